@@ -1,0 +1,22 @@
+#!/bin/sh
+# Install the Debian packages whose programs the tests use as real peers.
+# Each entry is "command:package".
+set -eu
+NEEDED="wrk:wrk tshark:tshark gnutls-cli:gnutls-bin dnsmasq:dnsmasq-base ip:iproute2 curl:curl git:git openssl:openssl"
+missing=""
+for pair in $NEEDED; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
+        missing="$missing $pkg"
+    fi
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "system-deps: missing Debian packages:$missing (run as root, or install them)" >&2
+    exit 0
+fi
+echo "system-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
