@@ -1,0 +1,1 @@
+"""Host implementations of the device interfaces (the ``unix`` target)."""
