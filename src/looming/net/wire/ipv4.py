@@ -1,0 +1,114 @@
+"""IPv4 headers (RFC 791): options carried but not interpreted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from looming.errors import Malformed
+from looming.net.wire.checksum import internet_checksum
+
+MIN_HEADER_LENGTH = 20
+MAX_PACKET_LENGTH = 65535
+_FLAG_DF = 0x4000
+_FLAG_MF = 0x2000
+
+_Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv4Header:
+    """An IPv4 header; ``fragment_offset`` is in bytes (a multiple of 8)."""
+
+    source: IPv4Address
+    destination: IPv4Address
+    protocol: int
+    ttl: int = 64
+    identification: int = 0
+    dont_fragment: bool = False
+    more_fragments: bool = False
+    fragment_offset: int = 0
+    tos: int = 0
+    options: bytes = b""
+
+    @property
+    def length(self) -> int:
+        return MIN_HEADER_LENGTH + len(self.options)
+
+    @property
+    def is_fragment(self) -> bool:
+        return self.more_fragments or self.fragment_offset != 0
+
+
+def parse(buf: _Buffer) -> tuple[Ipv4Header, memoryview]:
+    """Check and split one IPv4 packet; link-layer padding after the
+    packet's total length is dropped from the payload."""
+    view = memoryview(buf)
+    if len(view) < MIN_HEADER_LENGTH:
+        raise Malformed(f"IPv4 packet of {len(view)} bytes is shorter than a header")
+    first = view[0]
+    if first >> 4 != 4:
+        raise Malformed(f"IP version {first >> 4}, expected 4")
+    header_length = (first & 0x0F) * 4
+    if header_length < MIN_HEADER_LENGTH:
+        raise Malformed(f"IPv4 header length {header_length} is below 20")
+    total_length = int.from_bytes(view[2:4], "big")
+    if total_length < header_length:
+        raise Malformed(f"IPv4 total length {total_length} is below its header length")
+    if total_length > len(view):
+        raise Malformed(f"IPv4 total length {total_length} exceeds the {len(view)} bytes received")
+    if internet_checksum(view[:header_length]) != 0:
+        raise Malformed("IPv4 header checksum mismatch")
+    flags_offset = int.from_bytes(view[6:8], "big")
+    if flags_offset & 0x8000:
+        raise Malformed("IPv4 reserved flag set")
+    header = Ipv4Header(
+        source=IPv4Address(bytes(view[12:16])),
+        destination=IPv4Address(bytes(view[16:20])),
+        protocol=view[9],
+        ttl=view[8],
+        identification=int.from_bytes(view[4:6], "big"),
+        dont_fragment=bool(flags_offset & _FLAG_DF),
+        more_fragments=bool(flags_offset & _FLAG_MF),
+        fragment_offset=(flags_offset & 0x1FFF) * 8,
+        tos=view[1],
+        options=bytes(view[MIN_HEADER_LENGTH:header_length]),
+    )
+    return header, view[header_length:total_length]
+
+
+def emit_header(header: Ipv4Header, payload_length: int) -> bytes:
+    """The header bytes, checksum filled in, for a payload of this length."""
+    options = header.options
+    if len(options) % 4:
+        raise ValueError("IPv4 options must be padded to a multiple of 4 bytes")
+    if len(options) > 40:
+        raise ValueError("IPv4 options longer than 40 bytes")
+    if header.fragment_offset % 8 or header.fragment_offset > 0x1FFF * 8:
+        raise ValueError(f"fragment offset {header.fragment_offset} is not a multiple of 8")
+    header_length = MIN_HEADER_LENGTH + len(options)
+    total_length = header_length + payload_length
+    if total_length > MAX_PACKET_LENGTH:
+        raise ValueError(f"IPv4 packet of {total_length} bytes exceeds 65535")
+    flags_offset = header.fragment_offset // 8
+    if header.dont_fragment:
+        flags_offset |= _FLAG_DF
+    if header.more_fragments:
+        flags_offset |= _FLAG_MF
+    raw = bytearray(
+        bytes((0x40 | header_length // 4, header.tos))
+        + total_length.to_bytes(2, "big")
+        + header.identification.to_bytes(2, "big")
+        + flags_offset.to_bytes(2, "big")
+        + bytes((header.ttl, header.protocol))
+        + b"\x00\x00"
+        + header.source.packed
+        + header.destination.packed
+        + options
+    )
+    raw[10:12] = internet_checksum(raw).to_bytes(2, "big")
+    return bytes(raw)
+
+
+def emit(header: Ipv4Header, payload: _Buffer) -> bytes:
+    return emit_header(header, len(payload)) + bytes(payload)

@@ -1,0 +1,60 @@
+"""UDP datagrams (RFC 768), checksummed over the IPv4 pseudo-header."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from looming.errors import Malformed
+from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
+
+HEADER_LENGTH = 8
+PROTOCOL_UDP = 17
+
+_Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class UdpHeader:
+    source_port: int
+    destination_port: int
+
+
+def parse(
+    buf: _Buffer, source: IPv4Address | None = None, destination: IPv4Address | None = None
+) -> tuple[UdpHeader, memoryview]:
+    """Split a datagram; when both addresses are given a non-zero checksum is
+    verified (zero means the sender computed none)."""
+    view = memoryview(buf)
+    if len(view) < HEADER_LENGTH:
+        raise Malformed(f"UDP datagram of {len(view)} bytes is shorter than its header")
+    length = int.from_bytes(view[4:6], "big")
+    if length < HEADER_LENGTH or length > len(view):
+        raise Malformed(f"UDP length {length} does not fit the {len(view)} bytes received")
+    view = view[:length]
+    if source is not None and destination is not None and (view[6] or view[7]):
+        initial = pseudo_header_sum(source, destination, PROTOCOL_UDP, length)
+        if internet_checksum(view, initial) != 0:
+            raise Malformed("UDP checksum mismatch")
+    header = UdpHeader(
+        source_port=int.from_bytes(view[0:2], "big"),
+        destination_port=int.from_bytes(view[2:4], "big"),
+    )
+    return header, view[HEADER_LENGTH:]
+
+
+def emit(
+    header: UdpHeader, payload: _Buffer, source: IPv4Address, destination: IPv4Address
+) -> bytes:
+    length = HEADER_LENGTH + len(payload)
+    if length > 0xFFFF:
+        raise ValueError(f"UDP datagram of {length} bytes exceeds 65535")
+    head = (
+        header.source_port.to_bytes(2, "big")
+        + header.destination_port.to_bytes(2, "big")
+        + length.to_bytes(2, "big")
+    )
+    data = bytes(payload)
+    initial = pseudo_header_sum(source, destination, PROTOCOL_UDP, length)
+    checksum = internet_checksum(head + data, initial) or 0xFFFF
+    return head + checksum.to_bytes(2, "big") + data
