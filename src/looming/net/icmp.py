@@ -1,0 +1,164 @@
+"""ICMPv4 (RFC 792): echo replies, unreachable errors and a ping client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from looming.devices.net import IpProtocol
+from looming.devices.random import Random
+from looming.devices.time import Time
+from looming.errors import ConnectionTimeout, Malformed
+from looming.net._timeouts import wait_until_done
+from looming.net.ipv4 import Ipv4Layer
+from looming.net.wire import icmp as wire
+from looming.net.wire import ipv4 as ipv4_wire
+from looming.net.wire.checksum import internet_checksum
+from looming.net.wire.icmp import IcmpHeader, IcmpType, UnreachableCode
+from looming.net.wire.ipv4 import Ipv4Header
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """An ICMP error received about a datagram we sent."""
+
+    reporter: IPv4Address
+    type: int
+    code: int
+    original: Ipv4Header
+    original_payload: bytes  # at least the first 8 bytes (ports for TCP/UDP)
+
+
+IcmpErrorHandler = Callable[[IcmpError], None]
+
+
+class IcmpLayer:
+    def __init__(self, ipv4: Ipv4Layer, time: Time, random: Random) -> None:
+        self._ipv4 = ipv4
+        self._time = time
+        self._identifier = random.randint(0, 0xFFFF)
+        self._sequence = 0
+        self._pings: dict[tuple[IPv4Address, int, int], asyncio.Future[None]] = {}
+        self._error_handlers: dict[int, IcmpErrorHandler] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters: Counter[str] = Counter()
+        ipv4.register(IpProtocol.ICMP, self.input)
+        ipv4.unhandled_protocol = self._on_unknown_protocol
+
+    def register_errors(self, protocol: int, handler: IcmpErrorHandler) -> None:
+        """Deliver ICMP errors about datagrams of ``protocol`` we sent."""
+        self._error_handlers[protocol] = handler
+
+    def _send(self, destination: IPv4Address, message: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._write(destination, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, destination: IPv4Address, message: bytes) -> None:
+        try:
+            await self._ipv4.write(destination, IpProtocol.ICMP, message)
+        except Exception:
+            # Replies and errors are best effort (RFC 1122 3.2.2).
+            self.counters["tx_failed"] += 1
+
+    def input(self, source: IPv4Address, destination: IPv4Address, payload: bytes) -> None:
+        try:
+            header, body = wire.parse(payload)
+        except Malformed:
+            self.counters["malformed"] += 1
+            return
+        if header.type == IcmpType.ECHO_REQUEST:
+            if self._ipv4.is_broadcast(destination) or destination.is_multicast:
+                self.counters["ignored_broadcast_echo"] += 1
+                return
+            self.counters["rx_echo_request"] += 1
+            reply = wire.emit(IcmpHeader(IcmpType.ECHO_REPLY, 0, header.rest), body)
+            self._send(source, reply)
+        elif header.type == IcmpType.ECHO_REPLY:
+            self.counters["rx_echo_reply"] += 1
+            future = self._pings.pop((source, header.identifier, header.sequence), None)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif header.type in (IcmpType.DESTINATION_UNREACHABLE, IcmpType.TIME_EXCEEDED):
+            self._on_error(source, header, bytes(body))
+        else:
+            self.counters["rx_other"] += 1
+
+    def _on_error(self, source: IPv4Address, header: IcmpHeader, body: bytes) -> None:
+        try:
+            original, _ = ipv4_wire.parse(_tolerate_truncation(body))
+        except Malformed:
+            self.counters["malformed"] += 1
+            return
+        self.counters["rx_error"] += 1
+        quoted = body[original.length :]
+        handler = self._error_handlers.get(original.protocol)
+        if handler is not None:
+            handler(IcmpError(source, header.type, header.code, original, quoted))
+
+    # -- errors we send ------------------------------------------------------
+
+    def destination_unreachable(self, original: Ipv4Header, payload: bytes, code: int) -> None:
+        """Tell the sender of ``original`` that it cannot be delivered."""
+        if original.source.is_unspecified or self._ipv4.is_broadcast(original.destination):
+            return  # never answer broadcasts or anonymous senders (RFC 1122 3.2.2)
+        quoted = ipv4_wire.emit(original, payload[:8])
+        message = wire.emit(IcmpHeader(IcmpType.DESTINATION_UNREACHABLE, code), quoted)
+        self.counters["tx_unreachable"] += 1
+        self._send(original.source, message)
+
+    def port_unreachable(self, original: Ipv4Header, payload: bytes) -> None:
+        self.destination_unreachable(original, payload, UnreachableCode.PORT)
+
+    def _on_unknown_protocol(self, header: Ipv4Header, payload: bytes) -> None:
+        self.destination_unreachable(header, payload, UnreachableCode.PROTOCOL)
+
+    # -- ping ----------------------------------------------------------------
+
+    async def ping(
+        self, destination: IPv4Address | str, *, size: int = 56, timeout: float = 1.0
+    ) -> float:
+        """Send one echo request; the round-trip time in seconds.
+
+        Raises :class:`~looming.errors.ConnectionTimeout` without a reply.
+        """
+        destination = IPv4Address(destination)
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        key = (destination, self._identifier, self._sequence)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[key] = future
+        payload = bytes(i & 0xFF for i in range(size))
+        message = wire.emit(IcmpHeader.echo(IcmpType.ECHO_REQUEST, *key[1:]), payload)
+        started = self._time.now_ns()
+        try:
+            self.counters["tx_echo_request"] += 1
+            await self._ipv4.write(destination, IpProtocol.ICMP, message)
+            if not await wait_until_done(future, self._time, timeout):
+                raise ConnectionTimeout(f"no echo reply from {destination} within {timeout} s")
+        finally:
+            self._pings.pop(key, None)
+        return (self._time.now_ns() - started) / 1e9
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _tolerate_truncation(quoted: bytes) -> bytes:
+    """Errors quote the original header and only 8 bytes of its payload, so
+    the total length field overstates what is here: fix it up to parse."""
+    if len(quoted) < ipv4_wire.MIN_HEADER_LENGTH:
+        return quoted
+    header_length = (quoted[0] & 0x0F) * 4
+    total = int.from_bytes(quoted[2:4], "big")
+    if total <= len(quoted) or header_length > len(quoted):
+        return quoted
+    patched = bytearray(quoted)
+    patched[2:4] = len(quoted).to_bytes(2, "big")
+    # The checksum covers the length: recompute so parse accepts the header.
+    patched[10:12] = b"\x00\x00"
+    patched[10:12] = internet_checksum(patched[:header_length]).to_bytes(2, "big")
+    return bytes(patched)

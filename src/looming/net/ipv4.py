@@ -1,0 +1,234 @@
+"""IPv4 (RFC 791): addressing, routing to a gateway, fragmentation and
+reassembly, over Ethernet and ARP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface
+
+from looming.devices.net import BROADCAST_MAC, EthernetProtocol, Ipv4Handler, MacAddress
+from looming.devices.random import Random
+from looming.devices.time import Time
+from looming.errors import Malformed, NoRoute
+from looming.net.arp import ArpLayer
+from looming.net.ethernet import EthernetLayer
+from looming.net.reassembly import Reassembler
+from looming.net.wire import ipv4 as wire
+from looming.net.wire.ipv4 import MIN_HEADER_LENGTH, Ipv4Header
+
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+_UNSPECIFIED = IPv4Address(0)
+
+UnhandledProtocolHandler = Callable[[Ipv4Header, bytes], None]
+"""Called with the header and payload of a datagram nobody registered for."""
+
+
+def multicast_mac(address: IPv4Address) -> MacAddress:
+    """The Ethernet group address an IPv4 multicast maps to (RFC 1112)."""
+    low = int(address) & 0x7FFFFF
+    return MacAddress(b"\x01\x00\x5e" + low.to_bytes(3, "big"))
+
+
+class Ipv4Layer:
+    """:class:`looming.devices.net.Ipv4` with one interface address (static
+    or later set by DHCP through :meth:`configure`)."""
+
+    def __init__(
+        self,
+        ethernet: EthernetLayer,
+        arp: ArpLayer,
+        time: Time,
+        random: Random,
+        *,
+        interface: IPv4Interface | None = None,
+        gateway: IPv4Address | None = None,
+        reassembler: Reassembler | None = None,
+    ) -> None:
+        self._ethernet = ethernet
+        self._arp = arp
+        self._time = time
+        self._interface: IPv4Interface | None = None
+        self._gateway: IPv4Address | None = None
+        self._handlers: dict[int, Ipv4Handler] = {}
+        self._identification = random.randint(0, 0xFFFF)
+        self.reassembler = reassembler if reassembler is not None else Reassembler()
+        self.counters: Counter[str] = Counter()
+        self.unhandled_protocol: UnhandledProtocolHandler | None = None
+        # The header of the datagram being delivered, so that a layer above
+        # can quote it in an ICMP error (RFC 792 wants the original header).
+        self.current_header: Ipv4Header | None = None
+        ethernet.register(EthernetProtocol.IPV4, self._on_frame)
+        self.configure(interface, gateway, announce=False)
+
+    # -- configuration -------------------------------------------------------
+
+    def configure(
+        self,
+        interface: IPv4Interface | None,
+        gateway: IPv4Address | None = None,
+        *,
+        announce: bool = True,
+    ) -> None:
+        """Set (or with ``None`` remove) our address and gateway."""
+        if gateway is not None and interface is not None and gateway not in interface.network:
+            raise ValueError(f"gateway {gateway} is not inside {interface.network}")
+        self._interface = interface
+        self._gateway = gateway
+        addresses = [interface.ip] if interface is not None else []
+        self._arp.set_addresses(addresses, announce=announce)
+
+    @property
+    def gateway(self) -> IPv4Address | None:
+        return self._gateway
+
+    def interfaces(self) -> list[IPv4Interface]:
+        return [self._interface] if self._interface is not None else []
+
+    def source_for(self, destination: IPv4Address) -> IPv4Address:
+        return self._interface.ip if self._interface is not None else _UNSPECIFIED
+
+    def mtu(self, destination: IPv4Address) -> int:
+        return self._ethernet.mtu - MIN_HEADER_LENGTH
+
+    def register(self, protocol: int, handler: Ipv4Handler) -> None:
+        self._handlers[protocol] = handler
+
+    def is_local(self, address: IPv4Address) -> bool:
+        return self._interface is not None and address == self._interface.ip
+
+    def is_broadcast(self, address: IPv4Address) -> bool:
+        if address == _LIMITED_BROADCAST:
+            return True
+        return self._interface is not None and (
+            address == self._interface.network.broadcast_address
+            and self._interface.network.prefixlen < 31
+        )
+
+    # -- receiving -----------------------------------------------------------
+
+    def _on_frame(self, source: MacAddress, destination: MacAddress, payload: bytes) -> None:
+        self.input(payload)
+
+    def input(self, packet: bytes) -> None:
+        counters = self.counters
+        try:
+            header, payload_view = wire.parse(packet)
+        except Malformed:
+            counters["malformed"] += 1
+            return
+        destination = header.destination
+        if not (
+            self._interface is None
+            or destination == self._interface.ip
+            or self.is_broadcast(destination)
+        ):
+            counters["not_for_us"] += 1
+            return
+        payload = bytes(payload_view)
+        if header.is_fragment:
+            counters["rx_fragments"] += 1
+            whole = self.reassembler.add(header, payload, self._time.now_ns())
+            if whole is None:
+                return
+            payload = whole
+            header = Ipv4Header(
+                source=header.source,
+                destination=header.destination,
+                protocol=header.protocol,
+                ttl=header.ttl,
+                identification=header.identification,
+                tos=header.tos,
+            )
+        counters["rx_datagrams"] += 1
+        handler = self._handlers.get(header.protocol)
+        self.current_header = header
+        try:
+            if handler is None:
+                counters["unknown_protocol"] += 1
+                if self.unhandled_protocol is not None:
+                    self.unhandled_protocol(header, payload)
+                return
+            handler(header.source, destination, payload)
+        finally:
+            self.current_header = None
+
+    # -- sending -------------------------------------------------------------
+
+    async def next_hop_mac(self, destination: IPv4Address) -> MacAddress:
+        """The Ethernet address to send a datagram for ``destination`` to."""
+        if self.is_broadcast(destination):
+            return BROADCAST_MAC
+        if destination.is_multicast:
+            return multicast_mac(destination)
+        interface = self._interface
+        if interface is None:
+            raise NoRoute(f"no IPv4 address configured yet; cannot reach {destination}")
+        if destination in interface.network:
+            return await self._arp.query(destination)
+        if self._gateway is None:
+            raise NoRoute(f"{destination} is outside {interface.network} and there is no gateway")
+        return await self._arp.query(self._gateway)
+
+    def _next_identification(self) -> int:
+        self._identification = (self._identification + 1) & 0xFFFF
+        return self._identification
+
+    async def write(
+        self,
+        destination: IPv4Address,
+        protocol: int,
+        payload: bytes,
+        *,
+        ttl: int = 64,
+        dont_fragment: bool = False,
+        source: IPv4Address | None = None,
+    ) -> None:
+        if source is None:
+            source = self.source_for(destination)
+        header = Ipv4Header(
+            source=source,
+            destination=destination,
+            protocol=protocol,
+            ttl=ttl,
+            identification=self._next_identification(),
+            dont_fragment=dont_fragment,
+        )
+        if self.is_local(destination):
+            # Our own address: deliver through input() on the next turn of
+            # the loop, as a device would, without touching the wire.
+            packet = wire.emit(header, payload)
+            asyncio.get_running_loop().call_soon(self.input, packet)
+            self.counters["tx_local"] += 1
+            return
+        mac = await self.next_hop_mac(destination)
+        payload_mtu = self.mtu(destination)
+        if len(payload) <= payload_mtu:
+            self.counters["tx_datagrams"] += 1
+            await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(header, payload))
+            return
+        if dont_fragment:
+            self.counters["tx_too_big"] += 1
+            raise ValueError(
+                f"{len(payload)} bytes exceed the path MTU payload {payload_mtu} "
+                "and fragmenting is forbidden"
+            )
+        if len(payload) + MIN_HEADER_LENGTH > wire.MAX_PACKET_LENGTH:
+            raise ValueError(f"{len(payload)} bytes do not fit one IPv4 datagram")
+        self.counters["tx_datagrams"] += 1
+        chunk = payload_mtu // 8 * 8
+        view = memoryview(payload)
+        for offset in range(0, len(payload), chunk):
+            piece = view[offset : offset + chunk]
+            fragment = Ipv4Header(
+                source=source,
+                destination=destination,
+                protocol=protocol,
+                ttl=ttl,
+                identification=header.identification,
+                more_fragments=offset + chunk < len(payload),
+                fragment_offset=offset,
+            )
+            self.counters["tx_fragments"] += 1
+            await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(fragment, piece))

@@ -1,0 +1,134 @@
+"""IPv4 fragment reassembly (RFC 791, RFC 815), sans-I/O and bounded.
+
+Datagrams in progress are keyed by (source, destination, protocol,
+identification).  Memory is bounded three ways: total bytes held across all
+datagrams, the number of datagrams in progress and fragments per datagram.
+An incomplete datagram is dropped after a timeout (RFC 791 suggests 15 s; the
+Linux default is 30 s).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from looming.net.wire.ipv4 import MAX_PACKET_LENGTH, MIN_HEADER_LENGTH, Ipv4Header
+
+_SECOND_NS = 1_000_000_000
+
+ReassemblyKey = tuple[IPv4Address, IPv4Address, int, int]
+
+
+@dataclass(slots=True)
+class _Partial:
+    first_seen_ns: int
+    fragments: dict[int, bytes] = field(default_factory=dict)
+    held_bytes: int = 0
+    total_length: int | None = None
+
+
+class Reassembler:
+    def __init__(
+        self,
+        *,
+        timeout_ns: int = 30 * _SECOND_NS,
+        max_bytes: int = 4 * 1024 * 1024,
+        max_datagrams: int = 64,
+        max_fragments: int = 128,
+    ) -> None:
+        self.timeout_ns = timeout_ns
+        self.max_bytes = max_bytes
+        self.max_datagrams = max_datagrams
+        self.max_fragments = max_fragments
+        self._partials: OrderedDict[ReassemblyKey, _Partial] = OrderedDict()
+        self.held_bytes = 0
+        self.counters: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._partials)
+
+    def next_deadline_ns(self) -> int | None:
+        """When the oldest datagram in progress times out."""
+        for partial in self._partials.values():
+            return partial.first_seen_ns + self.timeout_ns
+        return None
+
+    def expire(self, now_ns: int) -> None:
+        while self._partials:
+            key, partial = next(iter(self._partials.items()))
+            if partial.first_seen_ns + self.timeout_ns > now_ns:
+                break
+            self._drop(key)
+            self.counters["timed_out"] += 1
+
+    def _drop(self, key: ReassemblyKey) -> None:
+        partial = self._partials.pop(key)
+        self.held_bytes -= partial.held_bytes
+
+    def add(self, header: Ipv4Header, payload: bytes, now_ns: int) -> bytes | None:
+        """Take one fragment; the whole payload once every piece has come."""
+        self.expire(now_ns)
+        offset = header.fragment_offset
+        end = offset + len(payload)
+        if end + MIN_HEADER_LENGTH > MAX_PACKET_LENGTH:
+            self.counters["too_long"] += 1
+            return None
+        if header.more_fragments and (len(payload) == 0 or len(payload) % 8):
+            self.counters["bad_fragment"] += 1
+            return None
+        key = (header.source, header.destination, header.protocol, header.identification)
+        partial = self._partials.get(key)
+        if partial is None:
+            if len(self._partials) >= self.max_datagrams:
+                # Evict the oldest: under a flood new datagrams still get a chance.
+                self._drop(next(iter(self._partials)))
+                self.counters["evicted"] += 1
+            partial = _Partial(first_seen_ns=now_ns)
+            self._partials[key] = partial
+        if not header.more_fragments:
+            if partial.total_length is not None and partial.total_length != end:
+                self.counters["inconsistent"] += 1
+                self._drop(key)
+                return None
+            partial.total_length = end
+        if len(partial.fragments) >= self.max_fragments:
+            self.counters["too_many_fragments"] += 1
+            self._drop(key)
+            return None
+        while self.held_bytes + len(payload) > self.max_bytes and self._partials:
+            oldest = next(iter(self._partials))
+            self._drop(oldest)
+            self.counters["evicted"] += 1
+            if oldest == key:
+                return None
+        previous = partial.fragments.get(offset)
+        if previous is not None:
+            partial.held_bytes -= len(previous)
+            self.held_bytes -= len(previous)
+        partial.fragments[offset] = payload
+        partial.held_bytes += len(payload)
+        self.held_bytes += len(payload)
+        if partial.total_length is None:
+            return None
+        return self._try_complete(key, partial)
+
+    def _try_complete(self, key: ReassemblyKey, partial: _Partial) -> bytes | None:
+        assert partial.total_length is not None
+        covered = 0
+        for offset in sorted(partial.fragments):
+            if offset > covered:
+                return None
+            covered = max(covered, offset + len(partial.fragments[offset]))
+        if covered < partial.total_length:
+            return None
+        buffer = bytearray(partial.total_length)
+        # Later offsets overwrite earlier overlaps; a peer sending conflicting
+        # overlaps gets an arbitrary (but bounded and deterministic) result.
+        for offset in sorted(partial.fragments):
+            data = partial.fragments[offset]
+            buffer[offset : offset + len(data)] = data
+        del buffer[partial.total_length :]
+        self._drop(key)
+        self.counters["reassembled"] += 1
+        return bytes(buffer)

@@ -1,0 +1,135 @@
+"""UDP (RFC 768) over :class:`~looming.net.ipv4.Ipv4Layer`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter
+from ipaddress import IPv4Address
+
+from looming.devices.net import IpProtocol
+from looming.devices.random import Random
+from looming.devices.stack import Datagram, UdpHandler
+from looming.errors import AddressInUse, Malformed
+from looming.net.icmp import IcmpLayer
+from looming.net.ipv4 import Ipv4Layer
+from looming.net.wire import udp as wire
+from looming.net.wire.udp import UdpHeader
+
+EPHEMERAL_PORTS = (49152, 65535)
+
+
+class UdpBinding:
+    """:class:`looming.devices.stack.Listener` for one bound UDP port."""
+
+    def __init__(self, layer: UdpLayer, port: int, host: IPv4Address | None) -> None:
+        self._layer = layer
+        self._port = port
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def send(self, destination: str | IPv4Address, port: int, data: bytes) -> None:
+        """Send from this binding's port."""
+        await self._layer.send(destination, port, data, source_port=self._port)
+
+    async def close(self) -> None:
+        self._layer._unbind(self._port)
+
+
+class UdpLayer:
+    """:class:`looming.devices.stack.Udp`."""
+
+    def __init__(self, ipv4: Ipv4Layer, random: Random, *, icmp: IcmpLayer | None = None) -> None:
+        self._ipv4 = ipv4
+        self._random = random
+        self._icmp = icmp
+        self._bindings: dict[int, tuple[UdpHandler, IPv4Address | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters: Counter[str] = Counter()
+        ipv4.register(IpProtocol.UDP, self.input)
+
+    def _free_port(self) -> int:
+        low, high = EPHEMERAL_PORTS
+        for _ in range(64):
+            port = self._random.randint(low, high)
+            if port not in self._bindings:
+                return port
+        for port in range(low, high + 1):
+            if port not in self._bindings:
+                return port
+        raise AddressInUse("every ephemeral UDP port is bound")
+
+    async def bind(self, port: int, handler: UdpHandler, *, host: str | None = None) -> UdpBinding:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"UDP port {port} is outside 0..65535")
+        if port == 0:
+            port = self._free_port()
+        if port in self._bindings:
+            raise AddressInUse(f"UDP port {port} is already bound")
+        address = IPv4Address(host) if host not in (None, "", "0.0.0.0") else None
+        self._bindings[port] = (handler, address)
+        return UdpBinding(self, port, address)
+
+    def _unbind(self, port: int) -> None:
+        self._bindings.pop(port, None)
+
+    async def send(
+        self,
+        destination: str | IPv4Address,
+        port: int,
+        data: bytes,
+        *,
+        source_port: int | None = None,
+    ) -> None:
+        destination = IPv4Address(destination)
+        if source_port is None:
+            source_port = self._free_port()
+        source = self._ipv4.source_for(destination)
+        datagram = wire.emit(UdpHeader(source_port, port), data, source, destination)
+        self.counters["tx_datagrams"] += 1
+        await self._ipv4.write(destination, IpProtocol.UDP, datagram)
+
+    def input(self, source: IPv4Address, destination: IPv4Address, payload: bytes) -> None:
+        try:
+            header, data = wire.parse(payload, source, destination)
+        except Malformed:
+            self.counters["malformed"] += 1
+            return
+        binding = self._bindings.get(header.destination_port)
+        if binding is None or (binding[1] is not None and binding[1] != destination):
+            self.counters["no_listener"] += 1
+            original = self._ipv4.current_header
+            if self._icmp is not None and original is not None:
+                self._icmp.port_unreachable(original, payload)
+            return
+        self.counters["rx_datagrams"] += 1
+        handler = binding[0]
+        datagram = Datagram(
+            source=str(source),
+            source_port=header.source_port,
+            destination=str(destination),
+            destination_port=header.destination_port,
+            data=bytes(data),
+        )
+        try:
+            result = handler(datagram)
+        except Exception:
+            self.counters["handler_error"] += 1
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["handler_error"] += 1
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._bindings.clear()
