@@ -1,0 +1,41 @@
+"""The flagship unikernel: serves its htdocs folder over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from looming.devices import Console, KvRo, Stack
+from looming.http import HttpServer, StaticSite
+
+log = logging.getLogger("website")
+
+
+def served_url(stack: Stack, port: int) -> str:
+    """The URL a browser on this host uses to reach the site."""
+    addresses = stack.addresses()
+    host = str(addresses[0].ip) if addresses else "0.0.0.0"
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+class Website:
+    """Serves the files of ``htdocs`` on ``port`` until cancelled."""
+
+    def __init__(self, console: Console, htdocs: KvRo, stack: Stack, *, port: int = 8080) -> None:
+        self.console = console
+        self.htdocs = htdocs
+        self.stack = stack
+        self.port = port
+        self.server = HttpServer(StaticSite(htdocs))
+
+    async def start(self) -> None:
+        listener = await self.stack.tcp.listen(self.port, self.server.serve_flow)
+        url = served_url(self.stack, listener.port)
+        log.info("serving %s", url)
+        await self.console.log(f"serving {url}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await listener.close()
