@@ -1,0 +1,128 @@
+"""The device functions a ``config.py`` calls.
+
+Each returns a :class:`~looming.config.dsl.Device`; targets map kinds to
+implementations. Adding a device kind means adding a function here and a
+case in each target that supports it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from looming.config.dsl import Device, caller_location, device, fail
+
+_DIR_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
+
+
+def _name_from(path: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_]", "_", path.strip("/").split("/")[-1]) or "data"
+    return base if not base[0].isdigit() else "d_" + base
+
+
+def console() -> Device:
+    """The console: stdout on unix, the serial port in a VM."""
+    return device("console", where=caller_location())
+
+
+def time() -> Device:
+    """Monotonic time and sleeping."""
+    return device("time", where=caller_location())
+
+
+def clock() -> Device:
+    """Wall-clock (POSIX) time."""
+    return device("clock", where=caller_location())
+
+
+def random() -> Device:
+    """Random bytes and numbers; seeded by the ``--seed`` key when given."""
+    return device("random", where=caller_location())
+
+
+def _check_dir(func: str, dirname: str) -> None:
+    if not isinstance(dirname, str) or not _DIR_NAME.match(dirname) or ".." in dirname.split("/"):
+        raise fail(
+            f"{func}(): {dirname!r} must be a folder inside the application folder "
+            "(a relative path without '..')",
+            caller_location(),
+        )
+
+
+def kv_ro(dirname: str) -> Device:
+    """A read-only key-value store with the contents of ``dirname``.
+
+    On the unix target it is crunched into the built artifact by default
+    (``--kv-ro crunch``) or read from the folder (``--kv-ro direct``).
+    """
+    _check_dir("kv_ro", dirname)
+    return device("kv_ro", where=caller_location(), name=_name_from(dirname), dirname=dirname)
+
+
+def kv_rw(dirname: str) -> Device:
+    """A read-write key-value store kept in ``dirname`` (created if missing)."""
+    _check_dir("kv_rw", dirname)
+    return device("kv_rw", where=caller_location(), name=_name_from(dirname), dirname=dirname)
+
+
+def block(filename: str, *, sector_size: int = 512) -> Device:
+    """A block device backed by ``filename``."""
+    _check_dir("block", filename)
+    if sector_size <= 0 or sector_size & (sector_size - 1):
+        raise fail(f"block(): sector_size must be a power of two, not {sector_size}")
+    return device(
+        "block",
+        where=caller_location(),
+        name=_name_from(filename),
+        filename=filename,
+        sector_size=sector_size,
+    )
+
+
+def default_network() -> Device:
+    """The network interface a target uses by default (a TAP device on unix)."""
+    return device("network", where=caller_location(), name="net")
+
+
+def netif(name: str) -> Device:
+    """A named network interface (for example a TAP device ``tap1``)."""
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]{1,15}$", name):
+        raise fail(f"netif(): {name!r} is not an interface name (1-15 letters, digits, _.-)")
+    return device("network", where=caller_location(), name="net_" + _name_from(name), iface=name)
+
+
+def stack(network: Device | None = None) -> Device:
+    """A TCP/IP stack over ``network`` (``default_network()`` when omitted).
+
+    ``--net socket`` uses the host's sockets (the network device is unused);
+    ``--net direct`` runs looming's own stack on the network device.
+    """
+    where = caller_location()
+    if network is None:
+        network = device("network", where=where, name="net")
+    if not isinstance(network, Device) or network.kind != "network":
+        raise fail(f"stack() needs a network device such as default_network(), not {network!r}")
+    return device("stack", [network], where=where)
+
+
+def generic_stack(network: Device | None = None) -> Device:
+    """Alias of :func:`stack`, after MirageOS's ``generic_stackv4``."""
+    return stack(network)
+
+
+def all_device_functions() -> list[str]:
+    return [
+        "block",
+        "clock",
+        "console",
+        "default_network",
+        "generic_stack",
+        "kv_ro",
+        "kv_rw",
+        "netif",
+        "random",
+        "stack",
+        "time",
+    ]
+
+
+__all__ = [*all_device_functions(), "Device"]

@@ -1,0 +1,276 @@
+"""The language of ``config.py``: devices, keys, jobs and unikernels.
+
+A ``config.py`` describes *what* a unikernel needs, never *which*
+implementation provides it; a target decides that at configure time.
+Every object records the line of ``config.py`` that made it, so errors
+point there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from looming.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNIKERNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+KEY_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "str": str,
+    "float": float,
+    "bool": lambda s: _parse_bool(s),
+    "ipv4_interface": ipaddress.IPv4Interface,
+    "ipv4_address": ipaddress.IPv4Address,
+}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in ``config.py`` something was declared."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def caller_location() -> Location:
+    """The innermost frame outside looming's own config package."""
+    frame = sys._getframe(1)
+    here = str(Path(__file__).parent)
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return Location("<unknown>", 0)
+    return Location(frame.f_code.co_filename, frame.f_lineno)
+
+
+def fail(message: str, where: Location | None = None) -> ConfigError:
+    where = where or caller_location()
+    return ConfigError(message, path=where.path, line=where.line)
+
+
+@dataclass(eq=False)
+class Key:
+    """A configuration value settable at configure time and at run time.
+
+    ``looming configure --port 80`` bakes 80 in as the default;
+    ``looming run --port 81`` (or ``app.pyz --port 81``) overrides it.
+    """
+
+    name: str
+    type_name: str
+    default: Any
+    doc: str
+    where: Location
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, text: str) -> Any:
+        try:
+            return KEY_TYPES[self.type_name](text)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{self.option}: {exc}") from None
+
+
+def key(name: str, type: type | str = str, default: Any = None, doc: str = "") -> Key:
+    """Declare a key: ``key("port", int, default=8080, doc="TCP port")``."""
+    where = caller_location()
+    if not _NAME.match(name):
+        raise fail(f"key name {name!r} must be a Python identifier (letters, digits, _)", where)
+    type_name = type if isinstance(type, str) else _type_name(type)
+    if type_name not in KEY_TYPES:
+        valid = ", ".join(sorted(KEY_TYPES))
+        raise fail(f"key {name!r} has unsupported type {type!r}; use one of: {valid}", where)
+    if isinstance(default, str) and type_name != "str":
+        try:
+            default = KEY_TYPES[type_name](default)
+        except ValueError as exc:
+            message = f"key {name!r}: default {default!r} is not a {type_name}: {exc}"
+            raise fail(message, where) from None
+    return Key(name, type_name, default, doc, where)
+
+
+def _type_name(t: type) -> str:
+    names = {
+        int: "int",
+        str: "str",
+        float: "float",
+        bool: "bool",
+        ipaddress.IPv4Interface: "ipv4_interface",
+        ipaddress.IPv4Address: "ipv4_address",
+    }
+    return names.get(t, getattr(t, "__name__", repr(t)))
+
+
+@dataclass(eq=False)
+class Device:
+    """A node of the device graph: a kind, its settings and what it needs.
+
+    Two devices of the same kind with the same settings and dependencies are
+    the same device (one ``time()`` serves the whole unikernel).
+    """
+
+    kind: str
+    settings: tuple[tuple[str, Any], ...]
+    deps: list[Device]
+    where: Location
+    name_hint: str
+
+    def setting(self, name: str, default: Any = None) -> Any:
+        return dict(self.settings).get(name, default)
+
+    def requires(self, *devices: Device) -> Device:
+        """Add dependencies after creation (for graphs built in several steps)."""
+        for d in devices:
+            if not isinstance(d, Device):
+                raise fail(f"{self.kind}: requires() takes devices, not {d!r}")
+            self.deps.append(d)
+        return self
+
+    def identity(self) -> tuple[Any, ...]:
+        return (self.kind, self.settings, tuple(id(d) for d in self.deps))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings)
+        return f"{self.kind}({args})"
+
+
+_interned: dict[tuple[Any, ...], Device] = {}
+
+
+def device(
+    kind: str,
+    deps: Sequence[Device] = (),
+    *,
+    name: str | None = None,
+    where: Location | None = None,
+    **settings: Any,
+) -> Device:
+    """Make (or reuse) the device of ``kind`` with these settings and deps."""
+    where = where or caller_location()
+    for d in deps:
+        if not isinstance(d, Device):
+            raise fail(f"{kind}() expects devices as dependencies, not {d!r}", where)
+    made = Device(kind, tuple(sorted(settings.items())), list(deps), where, name or kind)
+    ident = made.identity()
+    existing = _interned.get(ident)
+    if existing is not None:
+        return existing
+    _interned[ident] = made
+    return made
+
+
+@dataclass(eq=False)
+class Job:
+    """An application entry point and the devices it is given, in order."""
+
+    target: str
+    devices: list[Device]
+    keys: list[Key]
+    where: Location
+
+    @property
+    def module(self) -> str:
+        return self.target.split(":", 1)[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.target.split(":", 1)[1]
+
+
+@dataclass(eq=False)
+class Unikernel:
+    """What ``register`` records: a named set of jobs run together."""
+
+    name: str
+    jobs: list[Job]
+    where: Location
+    packages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Registry:
+    """Everything one ``config.py`` declared."""
+
+    unikernels: list[Unikernel] = field(default_factory=list)
+
+
+_registry = Registry()
+
+
+def reset() -> Registry:
+    """Start a fresh declaration scope (called before executing a config.py)."""
+    global _registry
+    _registry = Registry()
+    _interned.clear()
+    return _registry
+
+
+def current() -> Registry:
+    return _registry
+
+
+def main(target: str, devices: Sequence[Device] = (), *, keys: Sequence[Key] = ()) -> Job:
+    """The application: ``main("unikernel:Website", [console(), ...], keys=[port])``.
+
+    ``target`` names a class (constructed with the devices positionally and the
+    keys by name, then its ``start()`` is awaited) or an async function (called
+    the same way) in a module of the application folder.
+    """
+    where = caller_location()
+    if not isinstance(target, str) or target.count(":") != 1:
+        raise fail(f"main() target must look like 'module:Name', not {target!r}", where)
+    module, attr = target.split(":")
+    if not all(_NAME.match(p) for p in module.split(".")) or not _NAME.match(attr):
+        raise fail(f"main() target {target!r} is not 'module:Name' with Python names", where)
+    devs = list(devices)
+    for i, d in enumerate(devs):
+        if not isinstance(d, Device):
+            raise fail(
+                f"main(): device #{i + 1} is {d!r}, not a device; "
+                "use the device functions from looming.config (console(), kv_ro(...), ...)",
+                where,
+            )
+    for k in keys:
+        if not isinstance(k, Key):
+            raise fail(f"main(): keys must be made with key(...), not {k!r}", where)
+    return Job(target, devs, list(keys), where)
+
+
+def register(name: str, jobs: Sequence[Job], *, packages: Sequence[str] = ()) -> Unikernel:
+    """Declare a unikernel called ``name`` that runs ``jobs`` together."""
+    where = caller_location()
+    if not isinstance(name, str) or not _UNIKERNEL_NAME.match(name):
+        raise fail(f"register(): name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]*", where)
+    if isinstance(jobs, Job):
+        jobs = [jobs]
+    if not jobs:
+        raise fail(f"register({name!r}): give at least one job made with main(...)", where)
+    for j in jobs:
+        if not isinstance(j, Job):
+            raise fail(f"register({name!r}): jobs must be made with main(...), not {j!r}", where)
+    if any(u.name == name for u in _registry.unikernels):
+        raise fail(f"register(): a unikernel named {name!r} is already registered", where)
+    u = Unikernel(name, list(jobs), where, list(packages))
+    _registry.unikernels.append(u)
+    return u

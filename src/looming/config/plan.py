@@ -1,0 +1,303 @@
+"""Resolving the device graph: from declared devices to a linking plan.
+
+A target maps each device to an :class:`Impl` (which class, which
+arguments, which devices it needs); this module orders the result so every
+device is connected after the ones it uses, detects cycles and unsatisfied
+devices, checks the application's entry point against the devices it is
+given, and collects the keys.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from looming.config.dsl import Device, Job, Key, Location, Unikernel
+from looming.errors import ConfigError
+
+if TYPE_CHECKING:
+    from looming.config.targets import Target
+
+
+@dataclass(frozen=True)
+class KeyDecl:
+    """A key in the plan: from config.py or added by an implementation."""
+
+    name: str
+    type_name: str
+    default: Any
+    doc: str
+    where: Location | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @classmethod
+    def from_key(cls, k: Key) -> KeyDecl:
+        return cls(k.name, k.type_name, k.default, k.doc, k.where)
+
+
+@dataclass
+class Impl:
+    """How a target provides one device.
+
+    ``factory`` is ``"module:Name"`` or ``"module:Name.method"``; ``args`` and
+    ``kwargs`` values are Python expressions in which ``{0}``, ``{1}``, ...
+    stand for the variables holding ``deps`` and ``keys.NAME`` for key values.
+    """
+
+    factory: str
+    args: Sequence[str] = ()
+    kwargs: Sequence[tuple[str, str]] = ()
+    awaited: bool = False
+    disconnect: str | None = None
+    deps: Sequence[Device] | None = None
+    keys: Sequence[KeyDecl] = ()
+    crunch: Sequence[tuple[str, str]] = ()
+    summary: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.factory.split(":", 1)[0]
+
+    @property
+    def qualname(self) -> str:
+        return self.factory.split(":", 1)[1]
+
+    @property
+    def class_name(self) -> str:
+        return self.qualname.split(".", 1)[0]
+
+
+@dataclass
+class PlannedDevice:
+    device: Device
+    impl: Impl
+    var: str
+    dep_vars: list[str]
+
+    def call(self) -> str:
+        def fill(expr: str) -> str:
+            return expr.format(*self.dep_vars) if self.dep_vars else expr
+
+        parts = [fill(a) for a in self.impl.args]
+        parts += [f"{k}={fill(v)}" for k, v in self.impl.kwargs]
+        text = f"{self.impl.qualname}({', '.join(parts)})"
+        return f"await {text}" if self.impl.awaited else text
+
+
+@dataclass
+class PlannedJob:
+    job: Job
+    is_class: bool
+    device_vars: list[str]
+
+
+@dataclass
+class Plan:
+    unikernel: Unikernel
+    app_dir: Path
+    target: str
+    options: dict[str, str]
+    devices: list[PlannedDevice] = field(default_factory=list)
+    jobs: list[PlannedJob] = field(default_factory=list)
+    keys: list[KeyDecl] = field(default_factory=list)
+
+    def key(self, name: str) -> KeyDecl | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[str, str]) -> Plan:
+    plan = Plan(unikernel, app_dir, target.name, dict(options))
+    impls: dict[int, Impl] = {}
+    order: list[Device] = []
+    state: dict[int, str] = {}
+
+    def visit(dev: Device, path: list[Device]) -> None:
+        mark = state.get(id(dev))
+        if mark == "done":
+            return
+        if mark == "active":
+            cycle = [*path[path.index(dev) :], dev]
+            chain = " -> ".join(f"{d.kind} ({d.where})" for d in cycle)
+            raise ConfigError(
+                f"the devices form a cycle: {chain}; break it so each device only "
+                "needs devices made before it",
+                path=dev.where.path,
+                line=dev.where.line,
+            )
+        state[id(dev)] = "active"
+        impl = target.implement(dev, plan.options)
+        impls[id(dev)] = impl
+        deps = list(impl.deps) if impl.deps is not None else list(dev.deps)
+        for d in deps:
+            visit(d, [*path, dev])
+        state[id(dev)] = "done"
+        order.append(dev)
+
+    for job in unikernel.jobs:
+        for dev in job.devices:
+            visit(dev, [])
+
+    names: dict[str, int] = {}
+    var_of: dict[int, str] = {}
+    for dev in order:
+        base = dev.name_hint
+        count = names.get(base, 0)
+        names[base] = count + 1
+        var = base if count == 0 else f"{base}_{count}"
+        var_of[id(dev)] = var
+    # A later device may have claimed a base name that an earlier suffix used.
+    for dev in order:
+        impl = impls[id(dev)]
+        deps = list(impl.deps) if impl.deps is not None else list(dev.deps)
+        plan.devices.append(
+            PlannedDevice(dev, impl, var_of[id(dev)], [var_of[id(d)] for d in deps])
+        )
+
+    seen: dict[str, KeyDecl] = {}
+
+    def add_key(k: KeyDecl) -> None:
+        prior = seen.get(k.name)
+        if prior is None:
+            seen[k.name] = k
+            plan.keys.append(k)
+        elif prior.type_name != k.type_name:
+            where = k.where or prior.where
+            raise ConfigError(
+                f"key {k.name!r} is declared twice with different types "
+                f"({prior.type_name} and {k.type_name}); rename one",
+                path=where.path if where else None,
+                line=where.line if where else None,
+            )
+
+    for job in unikernel.jobs:
+        for k in job.keys:
+            add_key(KeyDecl.from_key(k))
+    for pd in plan.devices:
+        for decl in pd.impl.keys:
+            add_key(decl)
+    add_key(
+        KeyDecl(
+            "logs",
+            "str",
+            "*:info",
+            "log levels, e.g. '*:info,http:debug' (debug|info|warning|error|quiet)",
+        )
+    )
+
+    for job in unikernel.jobs:
+        is_class = check_entry_point(job, app_dir)
+        plan.jobs.append(PlannedJob(job, is_class, [var_of[id(d)] for d in job.devices]))
+    return plan
+
+
+def check_entry_point(job: Job, app_dir: Path) -> bool:
+    """Check ``job.target`` exists and accepts its devices and keys.
+
+    Reads the module's source (without importing it). Returns whether the
+    entry point is a class (else an async function).
+    """
+    rel = Path(*job.module.split("."))
+    candidates = [app_dir / rel.with_suffix(".py"), app_dir / rel / "__init__.py"]
+    source_path = next((p for p in candidates if p.is_file()), None)
+    where = job.where
+    if source_path is None:
+        raise ConfigError(
+            f"main(): no module {job.module!r} in {app_dir} (expected {candidates[0].name})",
+            path=where.path,
+            line=where.line,
+        )
+    try:
+        tree = ast.parse(source_path.read_text(encoding="utf-8"), str(source_path))
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"syntax error: {exc.msg}", path=str(source_path), line=exc.lineno or 1
+        ) from None
+    node = next(
+        (
+            n
+            for n in tree.body
+            if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.name == job.attribute
+        ),
+        None,
+    )
+    if node is None:
+        defined = sorted(
+            n.name
+            for n in tree.body
+            if isinstance(n, ast.ClassDef | ast.AsyncFunctionDef | ast.FunctionDef)
+        )
+        raise ConfigError(
+            f"main(): {job.module}.py defines no class or function {job.attribute!r}"
+            + (f" (it defines: {', '.join(defined)})" if defined else ""),
+            path=where.path,
+            line=where.line,
+        )
+    if isinstance(node, ast.ClassDef):
+        init = next(
+            (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+            None,
+        )
+        if init is not None:
+            _check_signature(job, f"{job.attribute}.__init__", init.args, drop_self=True)
+        return True
+    if isinstance(node, ast.FunctionDef):
+        raise ConfigError(
+            f"main(): {job.attribute} must be a class or an 'async def' function",
+            path=where.path,
+            line=where.line,
+        )
+    _check_signature(job, job.attribute, node.args, drop_self=False)
+    return False
+
+
+def _check_signature(job: Job, shown: str, args: ast.arguments, *, drop_self: bool) -> None:
+    where = job.where
+    positional = [a.arg for a in [*args.posonlyargs, *args.args]]
+    if drop_self and positional:
+        positional = positional[1:]
+    required = len(positional) - len(args.defaults)
+    given = len(job.devices)
+    if args.vararg is None and given > len(positional):
+        raise ConfigError(
+            f"main(): {shown} takes {len(positional)} devices ({', '.join(positional)}) "
+            f"but config.py gives {given}",
+            path=where.path,
+            line=where.line,
+        )
+    if given < required:
+        missing = ", ".join(positional[given:required])
+        raise ConfigError(
+            f"main(): {shown} needs {required} devices but config.py gives {given}; "
+            f"unsatisfied: {missing}. Add the devices to main(...) in order",
+            path=where.path,
+            line=where.line,
+        )
+    kwonly = {a.arg for a in args.kwonlyargs}
+    kw_required = {
+        a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None
+    }
+    keys = {k.name for k in job.keys}
+    if args.kwarg is None:
+        extra = sorted(keys - kwonly - set(positional))
+        if extra:
+            raise ConfigError(
+                f"main(): {shown} does not accept the key(s) {', '.join(extra)}; "
+                "add keyword-only parameters for them",
+                path=where.path,
+                line=where.line,
+            )
+    unsatisfied = sorted(kw_required - keys)
+    if unsatisfied:
+        raise ConfigError(
+            f"main(): {shown} needs the key(s) {', '.join(unsatisfied)}; "
+            "declare them with key(...) and pass keys=[...]",
+            path=where.path,
+            line=where.line,
+        )

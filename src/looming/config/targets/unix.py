@@ -1,0 +1,163 @@
+"""The ``unix`` target: a zipapp run by the host's Python.
+
+``--net socket`` (the default) gives the application the host's TCP/IP
+stack through sockets; ``--net direct`` runs looming's own stack on a TAP
+device. ``--kv-ro crunch`` (the default) embeds kv_ro folders in the
+artifact; ``--kv-ro direct`` reads them from the application folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from looming.config.dsl import Device, device
+from looming.config.plan import Impl, KeyDecl
+from looming.config.targets import Target
+
+NET_CHOICES = ("socket", "direct")
+KV_RO_CHOICES = ("crunch", "direct")
+
+
+def _kv_ro_direct_path(dirname: str) -> str:
+    return f"runtime.app_path({dirname!r})"
+
+
+class UnixTarget(Target):
+    name = "unix"
+    summary = "a zipapp run by the host's Python (socket or direct networking)"
+
+    KINDS = ("console", "time", "clock", "random", "kv_ro", "kv_rw", "block", "network", "stack")
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--net",
+            choices=NET_CHOICES,
+            default="socket",
+            help="socket: host sockets (default); direct: looming's TCP/IP stack on a TAP device",
+        )
+        parser.add_argument(
+            "--kv-ro",
+            dest="kv_ro",
+            choices=KV_RO_CHOICES,
+            default="crunch",
+            help="crunch: embed kv_ro folders in the artifact (default); direct: read the folder",
+        )
+
+    def default_options(self) -> dict[str, str]:
+        return {"net": "socket", "kv_ro": "crunch"}
+
+    def supports(self, kind: str) -> bool:
+        return kind in self.KINDS
+
+    def implement(self, dev: Device, options: dict[str, str]) -> Impl:
+        kind = dev.kind
+        if kind == "console":
+            return Impl("looming.unix.console:UnixConsole", summary="stdout")
+        if kind == "time":
+            return Impl("looming.unix.time:UnixTime", summary="host monotonic clock")
+        if kind == "clock":
+            return Impl("looming.unix.clock:UnixClock", summary="host wall clock")
+        if kind == "random":
+            return Impl(
+                "looming.unix.random:UnixRandom",
+                kwargs=[("seed", "keys.seed")],
+                keys=[KeyDecl("seed", "int", None, "seed for a deterministic random stream")],
+                summary="os.urandom, or seeded by --seed",
+            )
+        if kind == "kv_ro":
+            dirname = dev.setting("dirname")
+            if options.get("kv_ro", "crunch") == "direct":
+                return Impl(
+                    "looming.unix.kv:DirectoryKv.connect",
+                    args=[_kv_ro_direct_path(dirname)],
+                    awaited=True,
+                    summary=f"folder {dirname}/",
+                )
+            return Impl(
+                "looming.unix.kv:CrunchedKv.connect",
+                args=[repr(dev.name_hint)],
+                awaited=True,
+                crunch=[(dev.name_hint, dirname)],
+                summary=f"{dirname}/ crunched into the artifact",
+            )
+        if kind == "kv_rw":
+            dirname = dev.setting("dirname")
+            key = f"{dev.name_hint}_dir"
+            return Impl(
+                "looming.unix.kv:DirectoryKvRw.connect",
+                args=[f"keys.{key}"],
+                awaited=True,
+                keys=[KeyDecl(key, "str", dirname, f"folder holding the {dirname!r} store")],
+                summary=f"folder {dirname}/",
+            )
+        if kind == "block":
+            filename = dev.setting("filename")
+            key = f"{dev.name_hint}_file"
+            return Impl(
+                "looming.unix.block:FileBlock.connect",
+                args=[f"keys.{key}"],
+                kwargs=[("sector_size", str(dev.setting("sector_size", 512)))],
+                awaited=True,
+                disconnect="disconnect",
+                keys=[KeyDecl(key, "str", filename, f"file backing the {filename!r} block device")],
+                summary=f"file {filename}",
+            )
+        if kind == "network":
+            if options.get("net") != "direct":
+                raise self.unsupported(dev, "only with --net direct")
+            iface = dev.setting("iface")
+            key = "interface" if iface is None else f"{dev.name_hint}_interface"
+            return Impl(
+                "looming.net.netif.tap:TapNetwork.connect",
+                args=[f"keys.{key}"],
+                awaited=True,
+                disconnect="disconnect",
+                keys=[KeyDecl(key, "str", iface or "tap0", "TAP interface to attach to")],
+                summary="TAP device",
+            )
+        if kind == "stack":
+            if options.get("net", "socket") == "socket":
+                return Impl(
+                    "looming.unix.socket_stack:SocketStack.connect",
+                    kwargs=[("host", "str(keys.ipv4.ip)")],
+                    awaited=True,
+                    disconnect="disconnect",
+                    deps=[],
+                    keys=[
+                        KeyDecl(
+                            "ipv4",
+                            "ipv4_interface",
+                            "0.0.0.0/0",
+                            "address to listen on (0.0.0.0 for every host address)",
+                        )
+                    ],
+                    summary="host sockets",
+                )
+            time_dev = device("time", where=dev.where)
+            clock_dev = device("clock", where=dev.where)
+            random_dev = device("random", where=dev.where)
+            return Impl(
+                "looming.net.stack:DirectStack.connect",
+                args=["{0}"],
+                kwargs=[
+                    ("time", "{1}"),
+                    ("clock", "{2}"),
+                    ("random", "{3}"),
+                    ("address", "None if keys.dhcp else keys.ipv4"),
+                    ("gateway", "keys.ipv4_gateway"),
+                    ("dhcp", "keys.dhcp"),
+                ],
+                awaited=True,
+                disconnect="disconnect",
+                deps=[dev.deps[0], time_dev, clock_dev, random_dev],
+                keys=[
+                    KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
+                    KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
+                    KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
+                ],
+                summary="looming TCP/IP stack",
+            )
+        raise self.unsupported(dev)
+
+
+TARGET = UnixTarget()

@@ -1,0 +1,231 @@
+"""What a built unikernel runs on: key parsing, logging, start-up and shutdown.
+
+The generated ``main.py`` declares its keys and an async ``start`` function
+and hands both to :func:`main`; everything else (``--help``, ``--logs``,
+signals, exit codes) is here, the same for every unikernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+log = logging.getLogger("looming.runtime")
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "str": str,
+    "float": float,
+    "ipv4_interface": ipaddress.IPv4Interface,
+    "ipv4_address": ipaddress.IPv4Address,
+}
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "quiet": logging.CRITICAL + 10,
+}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+_PARSERS["bool"] = parse_bool
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A key as the built unikernel knows it: name, type, default, help."""
+
+    name: str
+    type_name: str
+    default: Any
+    doc: str
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, text: str) -> Any:
+        return _PARSERS[self.type_name](text)
+
+    def initial(self) -> Any:
+        if isinstance(self.default, str) and self.type_name != "str":
+            return self.parse(self.default)
+        return self.default
+
+
+class Keys:
+    """The values of a unikernel's keys, as attributes (``keys.port``)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"no key named {name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class UsageError(Exception):
+    """Bad command-line input: the message is printed and the exit code is 2."""
+
+
+def usage(name: str, specs: Sequence[KeySpec]) -> str:
+    lines = [f"usage: {name} [--KEY VALUE ...]", "", "keys:"]
+    width = max((len(s.option) + len(s.type_name) + 1 for s in specs), default=0)
+    for s in specs:
+        left = f"{s.option} {s.type_name.upper()}"
+        default = "none" if s.default is None else str(s.default)
+        lines.append(f"  {left:<{width + 2}} {s.doc} (default: {default})")
+    lines.append(f"  {'--help':<{width + 2}} show this message and exit")
+    return "\n".join(lines)
+
+
+def parse_keys(specs: Sequence[KeySpec], argv: Sequence[str]) -> Keys:
+    """Values for ``specs`` from ``--key value`` / ``--key=value`` arguments."""
+    by_option = {s.option: s for s in specs}
+    by_option.update({"--" + s.name: s for s in specs})
+    values = {s.name: s.initial() for s in specs}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: keys are given as --KEY VALUE")
+        option, eq, text = arg.partition("=")
+        spec = by_option.get(option)
+        if spec is None:
+            valid = ", ".join(s.option for s in specs)
+            raise UsageError(f"unknown key {option}; valid keys: {valid}")
+        if not eq:
+            if spec.type_name == "bool" and (i + 1 == len(args) or args[i + 1].startswith("--")):
+                text = "true"
+            else:
+                i += 1
+                if i == len(args):
+                    raise UsageError(f"{option} needs a value ({spec.type_name})")
+                text = args[i]
+        try:
+            values[spec.name] = spec.parse(text)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {text!r} is not a valid {spec.type_name}: {exc}") from None
+        i += 1
+    return Keys(values)
+
+
+def configure_logging(spec: str, stream: Any = None) -> None:
+    """Set log levels from a ``--logs`` value such as ``*:info,http:debug``.
+
+    ``*`` sets the default; ``NAME`` sets both the ``NAME`` logger and
+    ``looming.NAME``. Levels: debug, info, warning, error, quiet.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        source, colon, level_name = item.rpartition(":")
+        if not colon:
+            source, level_name = "*", item
+        level = LEVELS.get(level_name.lower())
+        if level is None:
+            raise UsageError(
+                f"--logs: unknown level {level_name!r} in {item!r}; use one of: "
+                + ", ".join(LEVELS)
+            )
+        if source in ("*", ""):
+            root.setLevel(level)
+        else:
+            logging.getLogger(source).setLevel(level)
+            logging.getLogger("looming." + source).setLevel(level)
+
+
+StartFunction = Callable[[Keys, AsyncExitStack], Awaitable[None]]
+
+
+async def _run(start: StartFunction, keys: Keys) -> int:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopped_by: list[int] = []
+
+    def stop(signum: int) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stopped_by.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        async with AsyncExitStack() as devices:
+            await start(keys, devices)
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    if stopped_by and stopped_by[0] == signal.SIGINT:
+        return 130
+    return 0
+
+
+def main(name: str, specs: Sequence[KeySpec], start: StartFunction) -> NoReturn:
+    """Parse the command line, set up logging, run ``start``, and exit."""
+    argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        print(usage(name, specs))
+        sys.exit(0)
+    try:
+        keys = parse_keys(specs, argv)
+        configure_logging(getattr(keys, "logs", "*:info") or "*:info")
+    except UsageError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        print(f"run '{name} --help' to list the keys", file=sys.stderr)
+        sys.exit(2)
+    try:
+        code = asyncio.run(_run(start, keys))
+    except KeyboardInterrupt:
+        code = 130
+    except Exception:
+        log.critical("%s stopped on an unhandled error", name, exc_info=True)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def app_path(relative: str) -> str:
+    """``relative`` inside the application folder.
+
+    A built artifact lives in ``<app>/dist/``; anything else resolves against
+    the current directory.
+    """
+    from pathlib import Path
+
+    artifact = Path(sys.argv[0]).resolve()
+    if artifact.suffix == ".pyz" and artifact.parent.name == "dist":
+        return str(artifact.parent.parent / relative)
+    return str(Path.cwd() / relative)

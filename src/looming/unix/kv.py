@@ -1,0 +1,304 @@
+"""Key-value stores on the host: a folder, or data crunched into the artifact.
+
+Keys are ``/``-separated; each name is checked so that no key can reach
+outside the store (``..``, empty names, NUL and backslashes are refused as
+missing keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from looming.devices.kv import EntryKind
+from looming.errors import DeviceError, KeyNotFound, NotAValue
+
+MANIFEST_DIR = "_looming/kv"
+
+
+def split_key(key: str) -> tuple[str, ...] | None:
+    """The names of ``key``, or ``None`` when it cannot name anything safely."""
+    parts = tuple(p for p in key.split("/") if p != "")
+    for p in parts:
+        if p in (".", "..") or "\x00" in p or "\\" in p:
+            return None
+    return parts
+
+
+class DirectoryKv:
+    """:class:`looming.devices.KvRo` over a host folder (``--kv-ro direct``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = Path(root).resolve()
+        if not self._root.is_dir():
+            raise DeviceError(f"kv_ro: {self._root} is not a folder; create it or fix the path")
+
+    @classmethod
+    async def connect(cls, root: str | os.PathLike[str]) -> DirectoryKv:
+        return cls(root)
+
+    def _path(self, key: str) -> Path | None:
+        parts = split_key(key)
+        if parts is None:
+            return None
+        path = self._root.joinpath(*parts)
+        # A symlink inside the folder must not lead outside it.
+        try:
+            path.resolve().relative_to(self._root)
+        except ValueError:
+            return None
+        return path
+
+    def _value_path(self, key: str) -> Path:
+        path = self._path(key)
+        if path is None or not path.exists():
+            raise KeyNotFound(key)
+        if path.is_dir():
+            raise NotAValue(f"{key!r} is a dictionary, not a value")
+        return path
+
+    async def exists(self, key: str) -> EntryKind | None:
+        path = self._path(key)
+        if path is None or not path.exists():
+            return None
+        return EntryKind.DICTIONARY if path.is_dir() else EntryKind.VALUE
+
+    async def get(self, key: str) -> bytes:
+        return self._value_path(key).read_bytes()
+
+    async def get_partial(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be >= 0")
+        with self._value_path(key).open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    async def size(self, key: str) -> int:
+        return self._value_path(key).stat().st_size
+
+    async def list(self, prefix: str = "") -> list[tuple[str, EntryKind]]:
+        path = self._path(prefix)
+        if path is None or not path.exists():
+            raise KeyNotFound(prefix)
+        if not path.is_dir():
+            raise NotAValue(f"{prefix!r} is a value, not a dictionary")
+        return [
+            (p.name, EntryKind.DICTIONARY if p.is_dir() else EntryKind.VALUE)
+            for p in sorted(path.iterdir(), key=lambda p: p.name)
+        ]
+
+    async def digest(self, key: str) -> str:
+        path = self._path(key)
+        if path is None or not path.exists():
+            raise KeyNotFound(key)
+        if path.is_dir():
+            listing = "\n".join(f"{n}:{k.value}" for n, k in await self.list(key))
+            return hashlib.sha256(listing.encode()).hexdigest()
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    async def last_modified(self, key: str) -> float:
+        path = self._path(key)
+        if path is None or not path.exists():
+            raise KeyNotFound(key)
+        return path.stat().st_mtime
+
+
+class DirectoryKvRw(DirectoryKv):
+    """:class:`looming.devices.KvRw` over a host folder, created if missing.
+
+    Values are written to a temporary file and renamed into place, so a
+    reader never sees half a value.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
+
+    @classmethod
+    async def connect(cls, root: str | os.PathLike[str]) -> DirectoryKvRw:
+        return cls(root)
+
+    def _writable_path(self, key: str) -> Path:
+        path = self._path(key)
+        parts = split_key(key)
+        if path is None or not parts:
+            raise DeviceError(f"kv_rw: {key!r} is not a valid key (empty, '..', NUL or '\\')")
+        return path
+
+    async def set(self, key: str, value: bytes) -> None:
+        path = self._writable_path(key)
+        if path.is_dir():
+            raise NotAValue(f"{key!r} is a dictionary; remove it before storing a value")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        await asyncio.to_thread(_write_durably, tmp, value)
+        os.replace(tmp, path)
+
+    async def remove(self, key: str) -> None:
+        path = self._writable_path(key) if split_key(key) else self._root
+        if path == self._root:
+            for child in self._root.iterdir():
+                _remove_tree(child)
+            return
+        if path.exists() or path.is_symlink():
+            _remove_tree(path)
+
+    async def rename(self, source: str, dest: str) -> None:
+        src = self._path(source)
+        if src is None or not src.exists():
+            raise KeyNotFound(source)
+        dst = self._writable_path(dest)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            _remove_tree(dst)
+        os.replace(src, dst)
+
+
+def _write_durably(path: Path, value: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(value)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@dataclass(frozen=True, slots=True)
+class CrunchedEntry:
+    size: int
+    digest: str
+    mtime: float
+
+
+class CrunchedKv:
+    """:class:`looming.devices.KvRo` over data crunched into the artifact.
+
+    ``looming build`` stores the folder's files in the zipapp under
+    ``_looming/kv/<name>/`` with a manifest of sizes, digests and
+    modification times; this class loads them into memory on connect.
+    """
+
+    def __init__(self, entries: dict[tuple[str, ...], tuple[CrunchedEntry, bytes]]) -> None:
+        self._values = entries
+        self._dirs: dict[tuple[str, ...], dict[str, EntryKind]] = {(): {}}
+        for parts in entries:
+            for i in range(len(parts)):
+                parent = parts[:i]
+                kind = EntryKind.VALUE if i == len(parts) - 1 else EntryKind.DICTIONARY
+                self._dirs.setdefault(parent, {})[parts[i]] = kind
+                if kind is EntryKind.DICTIONARY:
+                    self._dirs.setdefault(parts[: i + 1], {})
+
+    @classmethod
+    async def connect(cls, name: str, archive: str | None = None) -> CrunchedKv:
+        return cls.load(name, archive)
+
+    @classmethod
+    def load(cls, name: str, archive: str | None = None) -> CrunchedKv:
+        archive = archive or _running_archive()
+        if archive is None:
+            raise DeviceError(
+                f"kv_ro {name!r} was crunched into the artifact, but this code is not "
+                "running from one; run the built .pyz, or configure with --kv-ro direct"
+            )
+        entries: dict[tuple[str, ...], tuple[CrunchedEntry, bytes]] = {}
+        with zipfile.ZipFile(archive) as z:
+            manifest = json.loads(z.read(f"{MANIFEST_DIR}/{name}.json"))
+            for rel, meta in manifest["files"].items():
+                data = z.read(f"{MANIFEST_DIR}/{name}/{rel}")
+                entry = CrunchedEntry(meta["size"], meta["sha256"], meta["mtime"])
+                entries[tuple(rel.split("/"))] = (entry, data)
+        return cls(entries)
+
+    def _lookup(self, key: str) -> tuple[CrunchedEntry, bytes]:
+        parts = split_key(key)
+        if parts is None:
+            raise KeyNotFound(key)
+        found = self._values.get(parts)
+        if found is None:
+            if parts in self._dirs:
+                raise NotAValue(f"{key!r} is a dictionary, not a value")
+            raise KeyNotFound(key)
+        return found
+
+    async def exists(self, key: str) -> EntryKind | None:
+        parts = split_key(key)
+        if parts is None:
+            return None
+        if parts in self._values:
+            return EntryKind.VALUE
+        return EntryKind.DICTIONARY if parts in self._dirs else None
+
+    async def get(self, key: str) -> bytes:
+        return self._lookup(key)[1]
+
+    async def get_partial(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be >= 0")
+        return self._lookup(key)[1][offset : offset + length]
+
+    async def size(self, key: str) -> int:
+        return self._lookup(key)[0].size
+
+    async def list(self, prefix: str = "") -> list[tuple[str, EntryKind]]:
+        parts = split_key(prefix)
+        if parts is None:
+            raise KeyNotFound(prefix)
+        children = self._dirs.get(parts)
+        if children is None:
+            if parts in self._values:
+                raise NotAValue(f"{prefix!r} is a value, not a dictionary")
+            raise KeyNotFound(prefix)
+        return sorted(children.items())
+
+    async def digest(self, key: str) -> str:
+        parts = split_key(key)
+        if parts is not None and parts in self._dirs and parts not in self._values:
+            listing = "\n".join(f"{n}:{k.value}" for n, k in await self.list(key))
+            return hashlib.sha256(listing.encode()).hexdigest()
+        return self._lookup(key)[0].digest
+
+    async def last_modified(self, key: str) -> float:
+        parts = split_key(key)
+        if parts is not None and parts in self._dirs and parts not in self._values:
+            return 0.0
+        return self._lookup(key)[0].mtime
+
+
+def _running_archive() -> str | None:
+    """The zipapp this module was imported from, if any."""
+    loader = globals().get("__loader__")
+    archive = getattr(loader, "archive", None)
+    return archive if isinstance(archive, str) else None
+
+
+def crunch_manifest(folder: Path) -> tuple[dict[str, object], list[tuple[str, Path]]]:
+    """The manifest and (relative name, file) pairs for crunching ``folder``.
+
+    Hidden files (starting with ``.``) are left out, like a web server would.
+    """
+    files: dict[str, object] = {}
+    pairs: list[tuple[str, Path]] = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() or any(p.startswith(".") for p in rel.split("/")):
+            continue
+        data = path.read_bytes()
+        files[rel] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "mtime": int(path.stat().st_mtime),
+        }
+        pairs.append((rel, path))
+    return {"version": 1, "files": files}, pairs
