@@ -87,6 +87,10 @@ class DhcpMessage:
         value = self.option(code)
         return IPv4Address(value[:4]) if value is not None and len(value) >= 4 else None
 
+    @property
+    def server_identifier(self) -> IPv4Address | None:
+        return self.address_option(DhcpOption.SERVER_IDENTIFIER)
+
     def addresses_option(self, code: int) -> list[IPv4Address]:
         value = self.option(code) or b""
         return [IPv4Address(value[i : i + 4]) for i in range(0, len(value) - 3, 4)]

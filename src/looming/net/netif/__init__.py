@@ -1,0 +1,3 @@
+"""Network interfaces (:class:`looming.devices.net.Network`): a TAP device,
+an AF_PACKET socket on an existing interface, an in-memory switch and a pcap
+recorder that wraps any of them."""

@@ -1,0 +1,124 @@
+"""An asyncio reader/writer loop over a non-blocking frame-oriented fd,
+shared by the TAP and AF_PACKET interfaces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+from looming.devices.net import FrameHandler, NetworkStats
+from looming.errors import DeviceError
+
+# Frames read per wake-up before yielding to the loop: enough to amortise the
+# wake-up, few enough that writers are not starved.
+_BATCH = 64
+
+
+class FrameDevice:
+    """Reads and writes whole frames on ``fd`` (one read() is one frame)."""
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        receive: Callable[[], bytes] | None = None,
+        send: Callable[[bytes], int] | None = None,
+        read_size: int = 65536,
+    ) -> None:
+        self._fd = fd
+        self._read_size = read_size
+        self._receive = receive if receive is not None else self._read
+        self._send = send if send is not None else self._write
+        self._stats = NetworkStats()
+        self._handler: FrameHandler | None = None
+        self._closed = asyncio.Event()
+        self._listening = False
+
+    def _read(self) -> bytes:
+        return os.read(self._fd, self._read_size)
+
+    def _write(self, frame: bytes) -> int:
+        return os.write(self._fd, frame)
+
+    def stats(self) -> NetworkStats:
+        s = self._stats
+        return NetworkStats(
+            s.rx_bytes, s.rx_packets, s.tx_bytes, s.tx_packets, s.rx_dropped, s.tx_dropped
+        )
+
+    async def write(self, frame: bytes) -> None:
+        if self._closed.is_set():
+            raise DeviceError("the network interface is disconnected")
+        while True:
+            try:
+                self._send(frame)
+            except BlockingIOError:
+                await self._wait_writable()
+                continue
+            except OSError:
+                # The device refused the frame (e.g. link down): like a full
+                # transmit ring, the frame is lost and counted.
+                self._stats.tx_dropped += 1
+                return
+            self._stats.tx_packets += 1
+            self._stats.tx_bytes += len(frame)
+            return
+
+    async def _wait_writable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def on_writable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(self._fd, on_writable)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(self._fd)
+
+    def _on_readable(self) -> None:
+        handler = self._handler
+        stats = self._stats
+        receive = self._receive
+        for _ in range(_BATCH):
+            try:
+                frame = receive()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                stats.rx_dropped += 1
+                return
+            if not frame:
+                continue
+            stats.rx_packets += 1
+            stats.rx_bytes += len(frame)
+            if handler is not None:
+                handler(frame)
+
+    async def listen(self, handler: FrameHandler) -> None:
+        if self._listening:
+            raise DeviceError("this network interface already has a listener")
+        self._listening = True
+        self._handler = handler
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._fd, self._on_readable)
+        try:
+            await self._closed.wait()
+        finally:
+            loop.remove_reader(self._fd)
+            self._listening = False
+
+    def close(self) -> None:
+        """Stop listening (the owner closes the fd)."""
+        self._closed.set()
+        try:
+            asyncio.get_running_loop().remove_reader(self._fd)
+        except RuntimeError:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()

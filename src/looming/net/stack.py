@@ -1,0 +1,188 @@
+"""``DirectStack``: looming's own TCP/IP stack assembled over one network
+interface (``--net direct``).
+
+Layers are built bottom-up, each receiving the one below:
+Network -> Ethernet -> ARP -> IPv4 -> ICMP / UDP / TCP (and the DHCP client
+and DNS resolver over UDP).  Every layer counts what it drops; see
+:meth:`DirectStack.counters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections import Counter
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+from looming.devices.clock import Clock
+from looming.devices.net import Network
+from looming.devices.random import Random
+from looming.devices.stack import Tcp
+from looming.devices.time import Time
+from looming.errors import DeviceError
+from looming.net.arp import ArpLayer
+from looming.net.dhcp import DhcpClient, DhcpLease, DhcpShell
+from looming.net.dns import DnsResolver
+from looming.net.ethernet import EthernetLayer
+from looming.net.icmp import IcmpLayer
+from looming.net.ipv4 import Ipv4Layer
+from looming.net.udp import UdpLayer
+
+
+def _tcp_layer(ipv4: Ipv4Layer, time: Time, random: Random, icmp: IcmpLayer) -> Any:
+    """Build ``looming.net.tcp.TcpLayer`` when that package provides it."""
+    try:
+        module = importlib.import_module("looming.net.tcp")
+    except ImportError:
+        return None
+    layer_class = getattr(module, "TcpLayer", None)
+    if layer_class is None:
+        return None
+    return layer_class(ipv4, time, random)
+
+
+class DirectStack:
+    """:class:`looming.devices.stack.Stack` on a :class:`Network`."""
+
+    def __init__(
+        self,
+        network: Network,
+        *,
+        time: Time,
+        clock: Clock,
+        random: Random,
+        address: IPv4Interface | None = None,
+        gateway: IPv4Address | None = None,
+    ) -> None:
+        self.network = network
+        self.time = time
+        self.clock = clock
+        self.random = random
+        self.ethernet = EthernetLayer(network)
+        self.arp = ArpLayer(self.ethernet, time)
+        self.ipv4 = Ipv4Layer(
+            self.ethernet, self.arp, time, random, interface=address, gateway=gateway
+        )
+        self.icmp = IcmpLayer(self.ipv4, time, random)
+        self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp)
+        self._tcp: Any = _tcp_layer(self.ipv4, time, random, self.icmp)
+        self.dhcp: DhcpShell | None = None
+        self.lease: DhcpLease | None = None
+        self.resolver = DnsResolver(self._udp, time, random, [])
+        self._listen_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        network: Network,
+        *,
+        time: Time,
+        clock: Clock,
+        random: Random,
+        address: IPv4Interface | None = None,
+        gateway: IPv4Address | None = None,
+        dhcp: bool = False,
+        dhcp_timeout: float = 30.0,
+        dns_servers: list[IPv4Address] | None = None,
+    ) -> DirectStack:
+        """Assemble the stack on ``network`` and start receiving.
+
+        Give either a static ``address`` (with an optional ``gateway``) or
+        ``dhcp=True``, which waits up to ``dhcp_timeout`` seconds for a lease.
+        """
+        if dhcp and address is not None:
+            raise ValueError("give either a static address or dhcp=True, not both")
+        if not dhcp and address is None:
+            raise ValueError("a direct stack needs an address (or dhcp=True)")
+        stack = cls(
+            network, time=time, clock=clock, random=random, address=address, gateway=gateway
+        )
+        stack.resolver.servers = list(dns_servers or [])
+        stack._listen_task = asyncio.get_running_loop().create_task(
+            network.listen(stack.ethernet.input)
+        )
+        await asyncio.sleep(0)  # let the interface start listening first
+        try:
+            await stack.arp.start()
+            if dhcp:
+                stack.dhcp = DhcpShell(
+                    DhcpClient(network.mac, random), stack._udp, stack.ipv4, time
+                )
+                await stack.dhcp.start()
+                stack.lease = await stack.dhcp.wait_bound(dhcp_timeout)
+                if not stack.resolver.servers:
+                    stack.resolver.servers = list(stack.lease.dns_servers)
+        except BaseException:
+            await stack.disconnect()
+            raise
+        return stack
+
+    @property
+    def tcp(self) -> Tcp:
+        if self._tcp is None:
+            raise DeviceError("this build of looming's direct stack has no TCP layer")
+        tcp: Tcp = self._tcp
+        return tcp
+
+    @property
+    def udp(self) -> UdpLayer:
+        return self._udp
+
+    def addresses(self) -> list[IPv4Interface]:
+        return self.ipv4.interfaces()
+
+    async def ping(
+        self, destination: IPv4Address | str, *, size: int = 56, timeout: float = 1.0
+    ) -> float:
+        """One ICMP echo round trip in seconds."""
+        return await self.icmp.ping(destination, size=size, timeout=timeout)
+
+    async def resolve(self, name: str) -> list[IPv4Address]:
+        """IPv4 addresses of ``name`` from the configured DNS servers."""
+        return await self.resolver.resolve(name)
+
+    def counters(self) -> dict[str, int]:
+        """Every layer's counters, keyed ``layer.reason`` (drops included)."""
+        layers: dict[str, Counter[str]] = {
+            "ethernet": self.ethernet.counters,
+            "arp": self.arp.counters,
+            "ipv4": self.ipv4.counters,
+            "reassembly": self.ipv4.reassembler.counters,
+            "icmp": self.icmp.counters,
+            "udp": self._udp.counters,
+        }
+        tcp_counters = getattr(self._tcp, "counters", None)
+        if isinstance(tcp_counters, Counter | dict):
+            layers["tcp"] = Counter(tcp_counters)
+        if self.dhcp is not None:
+            layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
+        layers["dns"] = self.resolver.counters
+        return {
+            f"{layer}.{reason}": count
+            for layer, counters in layers.items()
+            for reason, count in sorted(counters.items())
+        }
+
+    async def disconnect(self) -> None:
+        closer = None
+        for name in ("close", "stop", "disconnect"):
+            closer = getattr(self._tcp, name, None)
+            if closer is not None:
+                break
+        if closer is not None:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+        if self.dhcp is not None:
+            await self.dhcp.stop()
+        await self._udp.stop()
+        await self.icmp.stop()
+        await self.arp.stop()
+        await self.network.disconnect()
+        if self._listen_task is not None:
+            try:
+                await self._listen_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._listen_task = None
