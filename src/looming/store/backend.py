@@ -1,0 +1,435 @@
+"""Where objects and refs live: in memory, or in a Git repository on disk.
+
+A backend stores encoded objects by id and refs by name. It knows nothing of
+trees or merges; :mod:`looming.store.repo` builds those on top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from looming.errors import Malformed
+from looming.store.errors import BadRef, CorruptObject, MissingObject, NotARepository, RefChanged
+from looming.store.objects import (
+    OBJECT_TYPES,
+    ObjectId,
+    encode_loose,
+    hash_object,
+    parse_loose,
+    raw_id,
+)
+
+_TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
+
+
+def check_ref_name(name: str) -> str:
+    """Refuse ref names Git would refuse (the common cases)."""
+    bad = (
+        not name
+        or name.startswith("/")
+        or name.endswith("/")
+        or name.endswith(".lock")
+        or ".." in name
+        or "//" in name
+        or any(c in name for c in " ~^:?*[\\\0\x7f")
+        or any(ord(c) < 32 for c in name)
+        or "@{" in name
+        or any(part.startswith(".") for part in name.split("/"))
+    )
+    if bad:
+        raise BadRef(f"{name!r} is not a valid branch or ref name")
+    return name
+
+
+class Backend(Protocol):
+    """Objects by id and refs by name, with compare-and-set on refs."""
+
+    def read(self, object_id: ObjectId) -> tuple[str, bytes]: ...
+
+    def contains(self, object_id: ObjectId) -> bool: ...
+
+    def write(self, kind: str, body: bytes) -> ObjectId: ...
+
+    def read_ref(self, name: str) -> ObjectId | None: ...
+
+    def set_ref(self, name: str, old: ObjectId | None, new: ObjectId | None) -> None:
+        """Move ``name`` from ``old`` to ``new`` (None: absent) or raise RefChanged."""
+        ...
+
+    def list_refs(self, prefix: str) -> dict[str, ObjectId]: ...
+
+    def writer_lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def refs_version(self) -> object:
+        """Something that changes whenever any ref may have changed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryBackend:
+    """Objects and refs in dictionaries: fast, gone when the process ends."""
+
+    def __init__(self) -> None:
+        self._objects: dict[ObjectId, tuple[str, bytes]] = {}
+        self._refs: dict[str, ObjectId] = {}
+        self._lock = threading.RLock()
+        self._version = 0
+        self.head = "refs/heads/main"
+
+    def read(self, object_id: ObjectId) -> tuple[str, bytes]:
+        try:
+            return self._objects[object_id]
+        except KeyError:
+            raise MissingObject(object_id.hex()) from None
+
+    def contains(self, object_id: ObjectId) -> bool:
+        return object_id in self._objects
+
+    def write(self, kind: str, body: bytes) -> ObjectId:
+        object_id = hash_object(kind, body)
+        self._objects[object_id] = (kind, body)
+        return object_id
+
+    def read_ref(self, name: str) -> ObjectId | None:
+        return self._refs.get(name)
+
+    def set_ref(self, name: str, old: ObjectId | None, new: ObjectId | None) -> None:
+        with self._lock:
+            if self._refs.get(name) != old:
+                raise RefChanged(f"{name} moved while updating it; retry")
+            if new is None:
+                self._refs.pop(name, None)
+            else:
+                self._refs[name] = new
+            self._version += 1
+
+    def list_refs(self, prefix: str) -> dict[str, ObjectId]:
+        return {name: oid for name, oid in self._refs.items() if name.startswith(prefix)}
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def refs_version(self) -> object:
+        return self._version
+
+    def iter_objects(self) -> Iterator[tuple[ObjectId, str, bytes]]:
+        for oid, (kind, body) in list(self._objects.items()):
+            yield oid, kind, body
+
+    def close(self) -> None:
+        pass
+
+
+def find_git_dir(path: str) -> str:
+    """The Git directory of ``path``: ``path/.git`` or ``path`` when bare."""
+    dot_git = os.path.join(path, ".git")
+    if os.path.isdir(dot_git):
+        return dot_git
+    if os.path.isfile(os.path.join(path, "HEAD")) and os.path.isdir(os.path.join(path, "objects")):
+        return path
+    raise NotARepository(f"{path} is not a Git repository (no HEAD and objects/); run init first")
+
+
+def init_git_dir(path: str, *, bare: bool = True, branch: str = "main") -> str:
+    git_dir = path if bare else os.path.join(path, ".git")
+    for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
+        os.makedirs(os.path.join(git_dir, sub), exist_ok=True)
+    head = os.path.join(git_dir, "HEAD")
+    if not os.path.exists(head):
+        with open(head, "w") as file:
+            file.write(f"ref: refs/heads/{branch}\n")
+    config = os.path.join(git_dir, "config")
+    if not os.path.exists(config):
+        with open(config, "w") as file:
+            file.write(
+                "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n"
+                f"\tbare = {'true' if bare else 'false'}\n"
+            )
+    return git_dir
+
+
+class GitBackend:
+    """A Git repository on disk: loose objects, packs, loose and packed refs.
+
+    New objects are written as zlib-compressed loose objects through a
+    temporary file and a rename, and gathered into a pack when many have
+    accumulated, so a writer killed at any point leaves a valid repository.
+    Every object read is hashed and checked against its name.
+    """
+
+    def __init__(self, path: str, *, pack_threshold: int = 20000, compression: int = 1) -> None:
+        self.git_dir = find_git_dir(path)
+        self.objects_dir = os.path.join(self.git_dir, "objects")
+        self._compression = compression
+        self._pack_threshold = pack_threshold
+        self._loose_written = 0
+        self._known: set[ObjectId] = set()
+        self._made_dirs: set[str] = set()
+        self._thread_lock = threading.RLock()
+        self._pack_store: object | None = None
+        self._lock_depth = 0
+        self._lock_file: int | None = None
+
+    # -------------------------------------------------------------- objects
+
+    def _loose_path(self, hex_name: str) -> str:
+        return os.path.join(self.objects_dir, hex_name[:2], hex_name[2:])
+
+    def _packs(self) -> object:
+        if self._pack_store is None:
+            from dulwich.object_store import DiskObjectStore
+
+            self._pack_store = DiskObjectStore(self.objects_dir)
+        return self._pack_store
+
+    def read(self, object_id: ObjectId) -> tuple[str, bytes]:
+        hex_name = object_id.hex()
+        try:
+            with open(self._loose_path(hex_name), "rb") as file:
+                compressed = file.read()
+        except FileNotFoundError:
+            return self._read_packed(object_id)
+        try:
+            data = zlib.decompress(compressed)
+            kind, body = parse_loose(data)
+        except (zlib.error, Malformed) as error:
+            raise CorruptObject(hex_name, f"loose object does not inflate: {error}") from None
+        if hash_object(kind, body) != object_id:
+            raise CorruptObject(hex_name, "its content does not hash to its name")
+        return kind, body
+
+    def _read_packed(self, object_id: ObjectId) -> tuple[str, bytes]:
+        hex_name = object_id.hex()
+        store = self._packs()
+        try:
+            type_number, body = store.get_raw(hex_name.encode())  # type: ignore[attr-defined]
+        except KeyError:
+            raise MissingObject(hex_name) from None
+        except Exception as error:  # dulwich raises many kinds on a damaged pack
+            raise CorruptObject(hex_name, f"pack read failed: {error}") from None
+        kind = _TYPE_NUMBERS.get(type_number)
+        if kind is None:
+            raise CorruptObject(hex_name, f"unknown object type {type_number}")
+        if hash_object(kind, body) != object_id:
+            raise CorruptObject(hex_name, "its content does not hash to its name")
+        return kind, body
+
+    def contains(self, object_id: ObjectId) -> bool:
+        if object_id in self._known:
+            return True
+        if os.path.exists(self._loose_path(object_id.hex())):
+            return True
+        store = self._packs()
+        return bool(store.contains_packed(object_id.hex().encode()))  # type: ignore[attr-defined]
+
+    def write(self, kind: str, body: bytes) -> ObjectId:
+        if kind not in OBJECT_TYPES:
+            raise ValueError(f"unknown object type {kind!r}")
+        data = encode_loose(kind, body)
+        object_id = hashlib.sha1(data).digest()
+        if object_id in self._known:
+            return object_id
+        hex_name = object_id.hex()
+        directory = os.path.join(self.objects_dir, hex_name[:2])
+        final = os.path.join(directory, hex_name[2:])
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
+        elif os.path.exists(final):
+            self._known.add(object_id)
+            return object_id
+        temporary = os.path.join(directory, f"tmp_obj_{os.getpid()}_{threading.get_ident()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+        try:
+            os.write(fd, zlib.compress(data, self._compression))
+        finally:
+            os.close(fd)
+        os.rename(temporary, final)
+        self._known.add(object_id)
+        self._loose_written += 1
+        return object_id
+
+    def maybe_pack(self) -> None:
+        """Gather loose objects into a pack once many have piled up."""
+        if self._loose_written >= self._pack_threshold:
+            self.pack_loose()
+
+    def pack_loose(self) -> int:
+        """Move every loose object into one new pack (Git's ``gc`` first step)."""
+        with self.writer_lock():
+            store = self._packs()
+            count = int(store.pack_loose_objects())  # type: ignore[attr-defined]
+            self._loose_written = 0
+            self._made_dirs.clear()
+            return count
+
+    # -------------------------------------------------------------- refs
+
+    def _ref_path(self, name: str) -> str:
+        return os.path.join(self.git_dir, *name.split("/"))
+
+    def _packed_refs(self) -> dict[str, ObjectId]:
+        refs: dict[str, ObjectId] = {}
+        try:
+            with open(os.path.join(self.git_dir, "packed-refs"), "rb") as file:
+                lines = file.read().splitlines()
+        except FileNotFoundError:
+            return refs
+        for line in lines:
+            if not line or line.startswith((b"#", b"^")):
+                continue
+            hex_name, _, name = line.partition(b" ")
+            try:
+                refs[name.decode()] = raw_id(hex_name.decode("ascii", "replace"))
+            except Malformed:
+                raise BadRef(f"packed-refs line {line[:100]!r} does not parse") from None
+        return refs
+
+    def read_ref(self, name: str, depth: int = 0) -> ObjectId | None:
+        try:
+            with open(self._ref_path(name), "rb") as file:
+                text = file.read().strip()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return self._packed_refs().get(name)
+        if text.startswith(b"ref: "):
+            if depth > 5:
+                raise BadRef(f"ref {name} is a loop of symbolic refs")
+            return self.read_ref(text[5:].decode(), depth + 1)
+        try:
+            return raw_id(text.decode("ascii", "replace"))
+        except Malformed:
+            raise BadRef(f"ref {name} holds {text[:60]!r}, not an object id") from None
+
+    def head_target(self) -> str:
+        try:
+            with open(os.path.join(self.git_dir, "HEAD"), "rb") as file:
+                text = file.read().strip().decode("utf-8", "replace")
+        except FileNotFoundError:
+            raise NotARepository(f"{self.git_dir} has no HEAD") from None
+        return text[5:] if text.startswith("ref: ") else "HEAD"
+
+    def set_ref(self, name: str, old: ObjectId | None, new: ObjectId | None) -> None:
+        path = self._ref_path(name)
+        lock_path = path + ".lock"
+        with self.writer_lock():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                # We hold the store's writer lock, so a leftover lock file is
+                # from a writer that died (or from git itself); take it over.
+                os.unlink(lock_path)
+                fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                current = self.read_ref(name)
+                if current != old:
+                    raise RefChanged(f"{name} moved while updating it; retry")
+                if new is None:
+                    os.close(fd)
+                    fd = -1
+                    os.unlink(lock_path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    self._remove_packed_ref(name)
+                    return
+                os.write(fd, new.hex().encode() + b"\n")
+                os.close(fd)
+                fd = -1
+                os.rename(lock_path, path)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock_path)
+
+    def _remove_packed_ref(self, name: str) -> None:
+        packed = os.path.join(self.git_dir, "packed-refs")
+        try:
+            with open(packed, "rb") as file:
+                lines = file.read().splitlines(keepends=True)
+        except FileNotFoundError:
+            return
+        kept: list[bytes] = []
+        skip_peeled = False
+        for line in lines:
+            if line.startswith(b"^"):
+                if not skip_peeled:
+                    kept.append(line)
+                continue
+            skip_peeled = line.rstrip(b"\n").endswith(b" " + name.encode())
+            if not skip_peeled:
+                kept.append(line)
+        if len(kept) != len(lines):
+            temporary = packed + ".looming-tmp"
+            with open(temporary, "wb") as file:
+                file.writelines(kept)
+            os.rename(temporary, packed)
+
+    def list_refs(self, prefix: str) -> dict[str, ObjectId]:
+        refs = {name: oid for name, oid in self._packed_refs().items() if name.startswith(prefix)}
+        base = self._ref_path(prefix.rstrip("/")) if prefix else self.git_dir
+        for directory, _dirs, files in os.walk(base):
+            for file_name in files:
+                if file_name.endswith(".lock"):
+                    continue
+                full = os.path.join(directory, file_name)
+                name = os.path.relpath(full, self.git_dir).replace(os.sep, "/")
+                if not name.startswith(prefix):
+                    continue
+                oid = self.read_ref(name)
+                if oid is not None:
+                    refs[name] = oid
+        return refs
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """One writer at a time: a thread lock, then an flock across processes."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                fd = os.open(
+                    os.path.join(self.git_dir, "looming.lock"), os.O_RDWR | os.O_CREAT, 0o644
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_file = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_file is not None:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                    os.close(self._lock_file)
+                    self._lock_file = None
+
+    def refs_version(self) -> object:
+        """Stamps of the ref files: cheap to poll, changes with any ref move."""
+        stamps: list[tuple[str, int, int]] = []
+        for sub in ("refs/heads", "packed-refs"):
+            full = os.path.join(self.git_dir, sub)
+            if os.path.isfile(full):
+                stat = os.stat(full)
+                stamps.append((sub, stat.st_mtime_ns, stat.st_ino))
+                continue
+            for directory, _dirs, files in os.walk(full):
+                for file_name in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        stat = os.stat(os.path.join(directory, file_name))
+                        stamps.append(
+                            (os.path.join(directory, file_name), stat.st_mtime_ns, stat.st_ino)
+                        )
+        return tuple(sorted(stamps))
+
+    def close(self) -> None:
+        if self._pack_store is not None:
+            self._pack_store.close()  # type: ignore[attr-defined]
+            self._pack_store = None

@@ -1,0 +1,126 @@
+"""Typed access to a backend's objects, with LRU caches of parsed objects."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+from looming.errors import Malformed
+from looming.store.backend import Backend
+from looming.store.errors import CorruptObject, MissingObject
+from looming.store.objects import (
+    BLOB,
+    COMMIT,
+    TREE,
+    Commit,
+    ObjectId,
+    encode_tree,
+    parse_tree,
+)
+
+TreeEntries = dict[bytes, tuple[int, ObjectId]]
+K = TypeVar("K")
+V = TypeVar("V")
+
+EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
+
+
+class LruCache(Generic[K, V]):
+    """A bounded mapping that forgets the least recently used entry."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class ObjectDb:
+    """Blobs, trees and commits by id over a backend, cached once parsed."""
+
+    def __init__(
+        self, backend: Backend, *, tree_cache: int = 4096, blob_cache: int = 65536
+    ) -> None:
+        self.backend = backend
+        self._trees: LruCache[ObjectId, TreeEntries] = LruCache(tree_cache)
+        self._blobs: LruCache[ObjectId, bytes] = LruCache(blob_cache)
+        self._commits: LruCache[ObjectId, Commit] = LruCache(4096)
+
+    def _read(self, object_id: ObjectId, expected: str) -> bytes:
+        kind, body = self.backend.read(object_id)
+        if kind != expected:
+            raise CorruptObject(object_id.hex(), f"is a {kind}, expected a {expected}")
+        return body
+
+    def tree(self, object_id: ObjectId) -> TreeEntries:
+        """The entries of a tree; shared with the cache, so never mutate it."""
+        entries = self._trees.get(object_id)
+        if entries is None:
+            if object_id == EMPTY_TREE_ID:
+                entries = {}
+            else:
+                try:
+                    entries = parse_tree(self._read(object_id, TREE))
+                except MissingObject:
+                    raise MissingObject(object_id.hex(), "tree") from None
+                except Malformed as error:
+                    raise CorruptObject(object_id.hex(), str(error)) from None
+            self._trees.put(object_id, entries)
+        return entries
+
+    def blob(self, object_id: ObjectId) -> bytes:
+        data = self._blobs.get(object_id)
+        if data is None:
+            try:
+                data = self._read(object_id, BLOB)
+            except MissingObject:
+                raise MissingObject(object_id.hex(), "blob") from None
+            self._blobs.put(object_id, data)
+        return data
+
+    def commit(self, object_id: ObjectId) -> Commit:
+        commit = self._commits.get(object_id)
+        if commit is None:
+            try:
+                body = self._read(object_id, COMMIT)
+            except MissingObject:
+                raise MissingObject(object_id.hex(), "commit") from None
+            try:
+                commit = Commit.parse(body)
+            except Malformed as error:
+                raise CorruptObject(object_id.hex(), str(error)) from None
+            self._commits.put(object_id, commit)
+        return commit
+
+    def write_blob(self, data: bytes) -> ObjectId:
+        object_id = self.backend.write(BLOB, data)
+        self._blobs.put(object_id, data)
+        return object_id
+
+    def write_tree(self, entries: TreeEntries) -> ObjectId:
+        object_id = self.backend.write(TREE, encode_tree(entries))
+        self._trees.put(object_id, entries)
+        return object_id
+
+    def write_tree_encoded(self, entries: TreeEntries, body: bytes) -> ObjectId:
+        object_id = self.backend.write(TREE, body)
+        self._trees.put(object_id, entries)
+        return object_id
+
+    def write_commit(self, commit: Commit) -> ObjectId:
+        object_id = self.backend.write(COMMIT, commit.encode())
+        self._commits.put(object_id, commit)
+        return object_id
