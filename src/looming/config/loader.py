@@ -59,7 +59,7 @@ def _line_in(exc: BaseException, shown: str) -> int | None:
 
 
 def _explain(exc: Exception) -> str:
-    if isinstance(exc, ImportError) and exc.name is None and "looming.config" in str(exc):
+    if isinstance(exc, ImportError) and "from 'looming.config'" in str(exc):
         missing = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
         valid = ", ".join([*all_device_functions(), "key", "main", "register"])
         return f"unknown device or function {missing!r} in looming.config; available: {valid}"
