@@ -8,7 +8,8 @@ two new values (``ours``, ``theirs``); any of them may be :data:`ABSENT`
 The laws every function here keeps (tested with hypothesis):
 
 * ``merge(b, b, x) == merge(b, x, b) == x`` (merging with the base is identity),
-* ``merge(b, x, x) == x`` (idempotence),
+* ``merge(b, x, x) == x`` (idempotence; not for counters, where two
+  increments are two),
 * ``merge(b, o, t)`` and ``merge(b, t, o)`` agree (symmetry), except the text
   merge when both sides insert at the same place (then it conflicts both ways).
 """
@@ -159,13 +160,21 @@ def text(base: Any, ours: Any, theirs: Any) -> Merged[Any] | Conflicting:
 
 
 def counter(base: Any, ours: Any, theirs: Any) -> Merged[Any] | Conflicting:
-    """Integers that count: both sides' increments add up (absent is 0)."""
-    values = [0 if value is ABSENT else value for value in (base, ours, theirs)]
-    if not all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+    """Integers that count: both sides' increments add up (a missing base
+    counts as 0). Not idempotent on purpose: two increments of 1 make 2."""
+    if ours == base:
+        return Merged(theirs)
+    if theirs == base:
+        return Merged(ours)
+    if ours is ABSENT or theirs is ABSENT:
+        return Conflicting("one side removed the counter the other changed")
+    base_value = 0 if base is ABSENT else base
+    if not all(
+        isinstance(value, int) and not isinstance(value, bool)
+        for value in (base_value, ours, theirs)
+    ):
         return Conflicting("counter merge needs integers")
-    if ours is ABSENT and theirs is ABSENT:
-        return Merged(ABSENT)
-    return Merged(values[1] + values[2] - values[0])
+    return Merged(ours + theirs - base_value)
 
 
 def _canonical(value: Any) -> str:
@@ -184,8 +193,9 @@ def lww(timestamp: Callable[[Any], Any] = lambda value: value[0]) -> MergeFuncti
     """
 
     def merge(base: Any, ours: Any, theirs: Any) -> Merged[Any] | Conflicting:
-        if ours == theirs:
-            return Merged(ours)
+        trivial = default(base, ours, theirs)
+        if isinstance(trivial, Merged):
+            return trivial
         if ours is ABSENT:
             return Merged(theirs)
         if theirs is ABSENT:
@@ -219,6 +229,9 @@ def set_union(base: Any, ours: Any, theirs: Any) -> Merged[Any] | Conflicting:
 
     Lists come back sorted (by canonical form) so replicas agree byte for byte.
     """
+    trivial = default(base, ours, theirs)
+    if isinstance(trivial, Merged):
+        return trivial
     sets = [_as_set(value) for value in (base, ours, theirs)]
     if any(value is None for value in sets):
         return Conflicting("set merge needs sets or lists of hashable values")

@@ -1,0 +1,165 @@
+"""A store on disk is a Git repository, checked with the real ``git`` CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from looming.store.errors import BadRef, CorruptObject, MissingObject
+from looming.store.repo import Repo
+
+from .conftest import GitRunner
+
+
+def _fill(repo: Repo) -> None:
+    store = repo.store()
+    for i in range(20):
+        store.set(f"dir{i % 4}/key{i}", b"value %d\n" % i)
+    store.remove("dir0/key4")
+    feature = store.clone("feature")
+    feature.set("feature.txt", b"feature\n")
+    store.set("main.txt", b"main\n")
+    assert store.merge("feature").ok
+
+
+def test_git_fsck_log_show_and_clone(disk_repo: Repo, git: GitRunner, tmp_path: Path) -> None:
+    _fill(disk_repo)
+    path = disk_repo.path
+    assert path is not None
+    git("fsck", "--strict", "--no-dangling", cwd=path)
+    log = git("log", "--format=%s", "main", cwd=path).splitlines()
+    assert log[0] == "merge feature into main"
+    assert len(log) == 24
+    assert git("show", "main:dir1/key5", cwd=path) == "value 5\n"
+    git("clone", "-q", path, str(tmp_path / "checkout"), cwd=tmp_path)
+    assert (tmp_path / "checkout" / "feature.txt").read_text() == "feature\n"
+    assert not (tmp_path / "checkout" / "dir0" / "key4").exists()
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "checkout").strip() == disk_repo.head("main")
+
+
+def test_packed_store_passes_fsck(tmp_path: Path, git: GitRunner) -> None:
+    repo = Repo.init(str(tmp_path / "s.git"), pack_threshold=50)
+    store = repo.store()
+    for i in range(40):
+        store.set(f"k{i}", b"%d" % i)
+    assert list((tmp_path / "s.git" / "objects" / "pack").glob("*.pack"))
+    assert store.get("k3") == b"3"
+    git("fsck", "--strict", cwd=tmp_path / "s.git")
+    repo.close()
+
+
+def test_git_made_repository_opens_as_store(tmp_path: Path, git: GitRunner) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    git("init", "-q", cwd=work)
+    (work / "a").mkdir()
+    for i in range(30):
+        (work / "a" / f"f{i}").write_text("line\n" * i + f"file {i}\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "first", cwd=work)
+    (work / "a" / "f1").write_text("changed\n")
+    git("commit", "-q", "-am", "second", cwd=work)
+    git("branch", "side", cwd=work)
+    git("gc", "-q", "--aggressive", cwd=work)  # packs with deltas, packed refs
+    assert (work / ".git" / "packed-refs").exists()
+    repo = Repo.open(str(work))
+    store = repo.store("main")
+    assert store.get("a/f1") == b"changed\n"
+    assert store.get("a/f29") == b"line\n" * 29 + b"file 29\n"
+    assert [c.message for c in store.history()] == ["second\n", "first\n"]
+    assert repo.branches() == ["main", "side"]
+    # Our commits on top; git sees them and the repository stays valid.
+    store.set("from-looming", b"hello\n")
+    repo.remove_branch("side")
+    assert git("log", "-1", "--format=%s", cwd=work).strip() == "set from-looming"
+    assert git("branch", "--list", cwd=work).split() == ["*", "main"]
+    git("fsck", "--strict", cwd=work)
+    repo.close()
+
+
+def test_git_commits_are_seen_by_the_store(disk_repo: Repo, git: GitRunner, tmp_path: Path) -> None:
+    _fill(disk_repo)
+    path = disk_repo.path
+    assert path is not None
+    checkout = tmp_path / "checkout"
+    git("clone", "-q", path, str(checkout), cwd=tmp_path)
+    (checkout / "from-git.txt").write_text("git\n")
+    git("add", ".", cwd=checkout)
+    git("commit", "-q", "-m", "from git", cwd=checkout)
+    git("push", "-q", "origin", "main", cwd=checkout)
+    store = disk_repo.store()
+    assert store.get("from-git.txt") == b"git\n"
+    assert store.history(limit=1)[0].message == "from git\n"
+
+
+def test_corrupt_loose_object_is_detected(disk_repo: Repo) -> None:
+    store = disk_repo.store()
+    store.set("k", b"precious")
+    blob_id = disk_repo.db.write_blob(b"precious")
+    path = disk_repo.path
+    assert path is not None
+    loose = Path(path) / "objects" / blob_id.hex()[:2] / blob_id.hex()[2:]
+    import zlib
+
+    os.chmod(loose, 0o644)
+    loose.write_bytes(zlib.compress(b"blob 8\0precioux"))
+    fresh = Repo.open(path)
+    with pytest.raises(CorruptObject) as error:
+        fresh.store().get("k")
+    assert blob_id.hex() in str(error.value)
+    loose.write_bytes(b"not zlib")
+    with pytest.raises(CorruptObject):
+        Repo.open(path).store().get("k")
+    loose.unlink()
+    with pytest.raises(MissingObject) as missing:
+        Repo.open(path).store().get("k")
+    assert blob_id.hex() in str(missing.value)
+
+
+def test_bad_ref_is_reported(disk_repo: Repo) -> None:
+    disk_repo.store().set("k", b"v")
+    path = disk_repo.path
+    assert path is not None
+    (Path(path) / "refs" / "heads" / "main").write_text("garbage\n")
+    with pytest.raises(BadRef) as error:
+        disk_repo.store().get("k")
+    assert "refs/heads/main" in str(error.value)
+
+
+def test_truncated_pack_is_rejected(disk_repo: Repo) -> None:
+    _fill(disk_repo)
+    data = disk_repo.export_pack()
+    other = Repo.memory()
+    with pytest.raises(CorruptObject):
+        other.import_pack(data[: len(data) // 2])
+    added = other.import_pack(data)
+    assert len(added) == len(set(added))
+    other.set_head("main", disk_repo.head("main"))
+    assert other.store().get("feature.txt") == b"feature\n"
+
+
+def test_import_git_pack_with_deltas(tmp_path: Path, git: GitRunner) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    git("init", "-q", cwd=work)
+    for i in range(5):
+        (work / "f").write_text("common line\n" * 50 + f"version {i}\n")
+        git("add", ".", cwd=work)
+        git("commit", "-q", "-m", f"v{i}", cwd=work)
+    head = git("rev-parse", "HEAD", cwd=work).strip()
+    import subprocess
+
+    raw = subprocess.run(
+        ["git", "pack-objects", "--stdout", "--revs"],
+        cwd=work,
+        input=b"HEAD\n",
+        capture_output=True,
+        check=True,
+    ).stdout
+    repo = Repo.memory()
+    repo.import_pack(raw)
+    repo.set_head("main", head)
+    assert repo.store().get("f").endswith(b"version 4\n")
+    assert len(repo.store().history()) == 5
