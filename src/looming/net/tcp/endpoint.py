@@ -1,0 +1,348 @@
+"""All TCP connections of one host, without I/O: demultiplexing, listeners,
+the SYN backlog with SYN cookies, and resets for segments that belong to no
+connection (RFC 9293 3.10.7.1 and 3.10.7.2).
+
+The owner feeds received segments to :meth:`TcpEndpoint.input`, calls user
+operations on connections and then :meth:`TcpEndpoint.collect`, and takes
+:meth:`TcpEndpoint.take_outbox` (segments to transmit, already encoded with
+their checksum) and :meth:`TcpEndpoint.take_touched` (connections with their
+new events, whose timers may have moved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from looming.errors import AddressInUse, Malformed
+from looming.net.tcp.config import MS, TcpConfig, TcpStats
+from looming.net.tcp.connection import Event, State, TcpConnection
+from looming.net.tcp.isn import FourTuple, IsnGenerator, SynCookies
+from looming.net.tcp.seq import MASK
+from looming.net.wire import tcp as wire
+from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
+
+IP_AND_TCP_HEADERS = 40
+
+
+@dataclass(slots=True)
+class ListenerState:
+    """A listening port and how many of its connections are half open."""
+
+    port: int
+    host: IPv4Address | None
+    backlog: int
+    half_open: int = 0
+
+
+Touched = tuple[FourTuple, TcpConnection, list[Event]]
+
+
+class TcpEndpoint:
+    """The connection table and listeners of one TCP layer."""
+
+    def __init__(
+        self,
+        config: TcpConfig,
+        stats: TcpStats,
+        *,
+        secret: bytes,
+        mtu_for: Callable[[IPv4Address], int],
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self._mtu_for = mtu_for
+        self._isn = IsnGenerator(secret[:16] + secret[-16:])
+        self._cookies = SynCookies(secret[16:] + secret[:16])
+        self.connections: dict[FourTuple, TcpConnection] = {}
+        self.listeners: dict[int, ListenerState] = {}
+        self._half_open: dict[FourTuple, int] = {}
+        self._outbox: list[tuple[IPv4Address, bytes]] = []
+        self._touched: list[Touched] = []
+        self.accepted: list[tuple[int, FourTuple, TcpConnection]] = []
+        low, high = config.ephemeral_ports
+        self._port_span = high - low + 1
+        self._port_cursor = int.from_bytes(secret[:4], "big") % self._port_span
+
+    # ------------------------------------------------------------------ output
+
+    def take_outbox(self) -> list[tuple[IPv4Address, bytes]]:
+        """(destination, encoded segment) pairs to transmit, in order."""
+        out = self._outbox
+        self._outbox = []
+        return out
+
+    def take_touched(self) -> list[Touched]:
+        touched = self._touched
+        self._touched = []
+        return touched
+
+    def take_accepted(self) -> list[tuple[int, FourTuple, TcpConnection]]:
+        accepted = self.accepted
+        self.accepted = []
+        return accepted
+
+    def _send(self, key: FourTuple, header: TcpHeader, payload: bytes = b"") -> None:
+        local_ip, _, remote_ip, _ = key
+        self._outbox.append((remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip)))
+
+    def collect(self, key: FourTuple, conn: TcpConnection) -> None:
+        """Move a connection's segments and events out after any call on it."""
+        local_ip, _, remote_ip, _ = key
+        if conn.outbox:
+            emit = wire.emit
+            self._outbox.extend(
+                (remote_ip, emit(header, payload, src=local_ip, dst=remote_ip))
+                for header, payload in conn.take_outbox()
+            )
+        events = conn.take_events()
+        for event in events:
+            if event is Event.CONNECTED:
+                port = self._half_open.pop(key, None)
+                if port is not None:
+                    self._leave_backlog(port)
+                    self.stats.connections_accepted += 1
+                    self.accepted.append((port, key, conn))
+            elif event is Event.CLOSED:
+                if self.connections.get(key) is conn:
+                    del self.connections[key]
+                port = self._half_open.pop(key, None)
+                if port is not None:
+                    self._leave_backlog(port)
+        self._touched.append((key, conn, events))
+
+    def _leave_backlog(self, port: int) -> None:
+        listener = self.listeners.get(port)
+        if listener is not None:
+            listener.half_open = max(listener.half_open - 1, 0)
+
+    # ------------------------------------------------------------------ user side
+
+    def path_mss(self, remote: IPv4Address) -> int:
+        try:
+            mtu = self._mtu_for(remote)
+        except Exception:
+            mtu = 576
+        return max(mtu - IP_AND_TCP_HEADERS, 88)
+
+    def listen(self, port: int, host: IPv4Address | None, backlog: int) -> int:
+        if port == 0:
+            port = self._free_listen_port()
+        if port in self.listeners:
+            raise AddressInUse(f"TCP port {port} already has a listener: pick another port")
+        self.listeners[port] = ListenerState(port, host, max(backlog, 1))
+        return port
+
+    def _free_listen_port(self) -> int:
+        low, _ = self.config.ephemeral_ports
+        for _ in range(self._port_span):
+            self._port_cursor = (self._port_cursor + 1) % self._port_span
+            port = low + self._port_cursor
+            if port not in self.listeners:
+                return port
+        raise AddressInUse("no free TCP port to listen on")
+
+    def unlisten(self, port: int, now: int) -> None:
+        """Stop listening; half-open connections of this port are reset."""
+        self.listeners.pop(port, None)
+        for key, owner in list(self._half_open.items()):
+            if owner == port:
+                conn = self.connections.get(key)
+                if conn is not None:
+                    conn.abort(now)
+                    self.collect(key, conn)
+
+    def connect(
+        self, local_ip: IPv4Address, remote_ip: IPv4Address, remote_port: int, now: int
+    ) -> tuple[FourTuple, TcpConnection]:
+        low, _ = self.config.ephemeral_ports
+        for _ in range(self._port_span):
+            self._port_cursor = (self._port_cursor + 1) % self._port_span
+            port = low + self._port_cursor
+            key = (local_ip, port, remote_ip, remote_port)
+            if key not in self.connections and port not in self.listeners:
+                break
+        else:
+            raise AddressInUse(f"no free local TCP port to reach {remote_ip}:{remote_port}")
+        conn = TcpConnection.connect(
+            self.config,
+            self.stats,
+            local_port=port,
+            remote_port=remote_port,
+            iss=self._isn.isn(key, now),
+            path_mss=self.path_mss(remote_ip),
+            timestamp_offset=self._isn.timestamp_offset(key),
+            now=now,
+        )
+        self.connections[key] = conn
+        self.stats.connections_opened += 1
+        self.collect(key, conn)
+        return key, conn
+
+    def on_timer(self, key: FourTuple, now: int) -> None:
+        conn = self.connections.get(key)
+        if conn is not None:
+            conn.on_timer(now)
+            self.collect(key, conn)
+
+    def abort_all(self, now: int) -> None:
+        for key, conn in list(self.connections.items()):
+            conn.abort(now)
+            self.collect(key, conn)
+        self.listeners.clear()
+
+    # ------------------------------------------------------------------ network side
+
+    def input(self, src: IPv4Address, dst: IPv4Address, segment: bytes, now: int) -> None:
+        """Handle one received segment; bad ones are counted and dropped."""
+        try:
+            header, payload = wire.parse(segment)
+        except Malformed:
+            self.stats.malformed_dropped += 1
+            return
+        if not wire.checksum_ok(segment, src, dst):
+            self.stats.checksum_errors += 1
+            self.stats.malformed_dropped += 1
+            return
+        self.stats.segments_in += 1
+        self.stats.bytes_in += len(payload)
+        if header.src_port == 0 or header.dst_port == 0:
+            self.stats.malformed_dropped += 1
+            return
+        key = (dst, header.dst_port, src, header.src_port)
+        conn = self.connections.get(key)
+        if conn is not None:
+            if conn.state is State.TIME_WAIT and header.syn and conn.accepts_new_syn(header):
+                conn.on_timer(conn.time_wait_at or now)  # end TIME-WAIT now
+                self.collect(key, conn)
+            else:
+                conn.input(header, payload, now)
+                self.collect(key, conn)
+                return
+        listener = self.listeners.get(header.dst_port)
+        if listener is not None and listener.host is not None and listener.host != dst:
+            listener = None
+        if listener is not None and not header.rst:
+            if header.syn and not header.has_ack:
+                self._on_syn(listener, key, header, now)
+                return
+            if (
+                header.has_ack
+                and not header.syn
+                and self.config.syn_cookies
+                and self._on_cookie_ack(listener, key, header, payload, now)
+            ):
+                return
+        self.stats.no_connection += 1
+        self._reset_for(key, header, len(payload))
+
+    def _reset_for(self, key: FourTuple, header: TcpHeader, payload_length: int) -> None:
+        """RFC 9293 3.10.7.1: answer with a reset, but never answer a reset."""
+        if header.rst:
+            return
+        if header.has_ack:
+            reply = TcpHeader(header.dst_port, header.src_port, header.ack, 0, RST, 0)
+        else:
+            length = payload_length + (1 if header.syn else 0) + (1 if header.fin else 0)
+            reply = TcpHeader(
+                header.dst_port, header.src_port, 0, (header.seq + length) & MASK, RST | ACK, 0
+            )
+        self.stats.resets_sent += 1
+        self._send(key, reply)
+
+    def _on_syn(self, listener: ListenerState, key: FourTuple, syn: TcpHeader, now: int) -> None:
+        limit = min(listener.backlog, self.config.syn_backlog)
+        if listener.half_open >= limit:
+            if self.config.syn_cookies:
+                self._send_cookie(key, syn, now)
+            else:
+                self.stats.backlog_dropped += 1
+            return
+        _, _, remote_ip, _ = key
+        conn = TcpConnection.accept_syn(
+            self.config,
+            self.stats,
+            syn,
+            iss=self._isn.isn(key, now),
+            path_mss=self.path_mss(remote_ip),
+            timestamp_offset=self._isn.timestamp_offset(key),
+            now=now,
+        )
+        self.connections[key] = conn
+        self._half_open[key] = listener.port
+        listener.half_open += 1
+        self.collect(key, conn)
+
+    def _send_cookie(self, key: FourTuple, syn: TcpHeader, now: int) -> None:
+        _, _, remote_ip, _ = key
+        path_mss = self.path_mss(remote_ip)
+        peer_mss = syn.mss if syn.mss else self.config.default_mss
+        cookie = self._cookies.make(key, syn.seq, min(peer_mss, path_mss), now)
+        timestamps = None
+        window_scale = None
+        sack_permitted = False
+        if self.config.timestamps and syn.timestamps is not None:
+            offered_scale = syn.window_scale if self.config.window_scaling else None
+            offered_sack = syn.sack_permitted and self.config.sack
+            bits = SynCookies.encode_options(offered_scale, offered_sack)
+            ts_now = (now // MS + self._isn.timestamp_offset(key)) & MASK
+            # Stay at or below the clock so later TSvals never go backwards.
+            tsval = ((ts_now - 64) & MASK & ~0x3F) | bits
+            timestamps = (tsval, syn.timestamps[0])
+            if offered_scale is not None:
+                window_scale = self.config.window_scale
+            sack_permitted = offered_sack
+        header = TcpHeader(
+            src_port=syn.dst_port,
+            dst_port=syn.src_port,
+            seq=cookie,
+            ack=(syn.seq + 1) & MASK,
+            flags=SYN | ACK,
+            window=min(self.config.receive_buffer, 0xFFFF),
+            mss=min(path_mss, 0xFFFF),
+            window_scale=window_scale,
+            sack_permitted=sack_permitted,
+            timestamps=timestamps,
+        )
+        self.stats.cookies_sent += 1
+        self._send(key, header)
+
+    def _on_cookie_ack(
+        self,
+        listener: ListenerState,
+        key: FourTuple,
+        header: TcpHeader,
+        payload: memoryview,
+        now: int,
+    ) -> bool:
+        cookie = (header.ack - 1) & MASK
+        peer_isn = (header.seq - 1) & MASK
+        mss = self._cookies.check(key, peer_isn, cookie, now)
+        if mss is None:
+            self.stats.cookies_rejected += 1
+            return False
+        window_scale: int | None = None
+        sack_permitted = False
+        if header.timestamps is not None and self.config.timestamps:
+            window_scale, sack_permitted = SynCookies.decode_options(header.timestamps[1] & 0x3F)
+        _, _, remote_ip, _ = key
+        conn = TcpConnection.from_cookie(
+            self.config,
+            self.stats,
+            header,
+            mss=mss,
+            window_scale=window_scale,
+            sack_permitted=sack_permitted,
+            path_mss=self.path_mss(remote_ip),
+            timestamp_offset=self._isn.timestamp_offset(key),
+            now=now,
+        )
+        self.stats.cookies_accepted += 1
+        self.stats.connections_accepted += 1
+        self.connections[key] = conn
+        conn.take_events()  # CONNECTED is reported through the accepted list
+        self.accepted.append((listener.port, key, conn))
+        conn.input(header, payload, now)
+        self.collect(key, conn)
+        return True

@@ -1,0 +1,385 @@
+"""The asyncio shell around :class:`~looming.net.tcp.endpoint.TcpEndpoint`.
+
+It receives segments from an :class:`~looming.devices.net.Ipv4` layer,
+transmits what the core produces in order through one draining task, keeps
+one event-loop timer per connection at the deadline the core reports, and
+turns core events into wake-ups of :class:`TcpStream` readers and writers.
+"Now" always comes from the Time device, so a virtual clock can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from ipaddress import IPv4Address
+from typing import TypeVar
+
+from looming.devices.net import IpProtocol, Ipv4
+from looming.devices.random import Random
+from looming.devices.stack import TcpHandler
+from looming.devices.time import Time
+from looming.errors import Closed, ConnectionRefused, ConnectionReset, ConnectionTimeout
+from looming.net.tcp.config import TcpConfig, TcpStats
+from looming.net.tcp.connection import Event, State, TcpConnection
+from looming.net.tcp.endpoint import TcpEndpoint
+from looming.net.tcp.isn import FourTuple
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_ERRORS: dict[Event, type[Exception]] = {
+    Event.RESET: ConnectionReset,
+    Event.REFUSED: ConnectionRefused,
+    Event.TIMED_OUT: ConnectionTimeout,
+}
+
+
+class TcpStream:
+    """An open TCP connection: :class:`looming.devices.TcpFlow`."""
+
+    def __init__(self, layer: TcpLayer, key: FourTuple, conn: TcpConnection) -> None:
+        self._layer = layer
+        self._key = key
+        self._conn = conn
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._error: Exception | None = None
+        self._closed = False
+        self._write_shut = False
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return str(self._key[0]), self._key[1]
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return str(self._key[2]), self._key[3]
+
+    @property
+    def state(self) -> State:
+        """The connection's RFC 9293 state (for diagnostics)."""
+        return self._conn.state
+
+    @property
+    def connection(self) -> TcpConnection:
+        return self._conn
+
+    def set_nodelay(self, enabled: bool) -> None:
+        self._conn.nodelay = enabled
+        if enabled:
+            self._layer._drive(self._key, self._conn, lambda now: self._conn._output(now))
+
+    def set_keepalive(self, enabled: bool) -> None:
+        self._conn.keepalive = enabled
+        self._layer._drive(self._key, self._conn, lambda now: None)
+
+    def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            if event is Event.READABLE or event is Event.PEER_CLOSED:
+                self._readable.set()
+            elif event is Event.WRITABLE:
+                self._writable.set()
+            elif event is Event.CONNECTED:
+                if not self._connected.done():
+                    self._connected.set_result(None)
+            elif event in _ERRORS:
+                remote = f"{self._key[2]}:{self._key[3]}"
+                error_type = _ERRORS[event]
+                message = {
+                    Event.RESET: f"connection to {remote} was reset by the peer",
+                    Event.REFUSED: f"{remote} refused the connection (nothing listens there?)",
+                    Event.TIMED_OUT: f"connection to {remote} timed out: the peer stopped answering",
+                }[event]
+                self._error = error_type(message)
+                if not self._connected.done():
+                    self._connected.set_exception(error_type(message))
+            elif event is Event.CLOSED:
+                if not self._connected.done():
+                    self._connected.set_exception(Closed("the connection closed while opening"))
+                self._readable.set()
+                self._writable.set()
+        if self._error is not None:
+            self._readable.set()
+            self._writable.set()
+
+    async def read(self) -> bytes:
+        while True:
+            conn = self._conn
+            if conn.readable_bytes:
+                return self._layer._drive(self._key, conn, conn.receive)
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise Closed("this TCP flow was closed: open a new connection to read again")
+            if conn.fin_received or conn.state is State.CLOSED:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        offset = 0
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._write_shut or self._closed:
+                raise Closed("this TCP flow was shut down for writing")
+            conn = self._conn
+            if conn.state is State.CLOSED:
+                raise Closed("the TCP connection is closed")
+            if offset >= len(view):
+                return
+            chunk = view[offset:]
+            offset += self._layer._drive(self._key, conn, partial(conn.send, chunk))
+            if offset < len(view):
+                self._writable.clear()
+                await self._writable.wait()
+
+    async def writev(self, buffers: Iterable[bytes]) -> None:
+        await self.write(b"".join(buffers))
+
+    async def shutdown(self) -> None:
+        if self._write_shut or self._closed:
+            return
+        self._write_shut = True
+        conn = self._conn
+        self._layer._drive(self._key, conn, lambda now: conn.shutdown(now))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        if conn.state is not State.CLOSED:
+            self._layer._drive(self._key, conn, lambda now: conn.close(now))
+        self._readable.set()
+        self._writable.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has left every state (after TIME-WAIT too)."""
+        while self._conn.state is not State.CLOSED:
+            self._readable.clear()
+            await self._readable.wait()
+
+
+class TcpListener:
+    """A listening port: :class:`looming.devices.Listener`."""
+
+    def __init__(self, layer: TcpLayer, port: int, handler: TcpHandler) -> None:
+        self._layer = layer
+        self._port = port
+        self.handler = handler
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._layer._unlisten(self._port)
+
+
+class TcpLayer:
+    """looming's TCP (:class:`looming.devices.Tcp`) over an IPv4 layer."""
+
+    def __init__(
+        self, ipv4: Ipv4, time: Time, random: Random, *, config: TcpConfig | None = None
+    ) -> None:
+        self._ipv4 = ipv4
+        self._time = time
+        self.config = config or TcpConfig()
+        self.stats = TcpStats()
+        self._endpoint = TcpEndpoint(
+            self.config, self.stats, secret=random.bytes(32), mtu_for=ipv4.mtu
+        )
+        self._streams: dict[FourTuple, TcpStream] = {}
+        self._listeners: dict[int, TcpListener] = {}
+        self._timers: dict[FourTuple, tuple[int, asyncio.TimerHandle]] = {}
+        self._tx: deque[tuple[IPv4Address, bytes]] = deque()
+        self._tx_task: asyncio.Task[None] | None = None
+        self.transmit_errors = 0
+        self.handler_errors = 0
+        ipv4.register(IpProtocol.TCP, self.input)
+
+    # ------------------------------------------------------------------ Tcp device
+
+    async def listen(
+        self, port: int, handler: TcpHandler, *, host: str | None = None, backlog: int = 128
+    ) -> TcpListener:
+        address = IPv4Address(host) if host not in (None, "", "0.0.0.0") else None
+        bound = self._endpoint.listen(port, address, backlog)
+        listener = TcpListener(self, bound, handler)
+        self._listeners[bound] = listener
+        return listener
+
+    async def connect(
+        self, host: str | IPv4Address, port: int, *, timeout: float | None = None
+    ) -> TcpStream:
+        remote = IPv4Address(host)
+        local = self._ipv4.source_for(remote)
+        now = self._time.now_ns()
+        key, conn = self._endpoint.connect(local, remote, port, now)
+        stream = TcpStream(self, key, conn)
+        self._streams[key] = stream
+        self._pump()
+        try:
+            if timeout is None:
+                await asyncio.shield(stream._connected)
+            else:
+                await asyncio.wait_for(asyncio.shield(stream._connected), timeout)
+        except TimeoutError:
+            self._drive(key, conn, lambda now: conn.abort(now))
+            raise ConnectionTimeout(
+                f"no answer from {remote}:{port} within {timeout} s: is the host up?"
+            ) from None
+        except asyncio.CancelledError:
+            self._drive(key, conn, lambda now: conn.abort(now))
+            raise
+        return stream
+
+    # ------------------------------------------------------------------ driving
+
+    def input(self, src: IPv4Address, dst: IPv4Address, payload: bytes) -> None:
+        """Receive one segment from IPv4. Never raises."""
+        try:
+            self._endpoint.input(src, dst, payload, self._time.now_ns())
+            self._pump()
+        except Exception:
+            # A bug must not take the stack down with it: count, log, drop.
+            self.stats.malformed_dropped += 1
+            log.exception("TCP input failed; segment dropped")
+
+    def _drive(self, key: FourTuple, conn: TcpConnection, action: Callable[[int], _T]) -> _T:
+        result = action(self._time.now_ns())
+        self._endpoint.collect(key, conn)
+        self._pump()
+        return result
+
+    def _pump(self) -> None:
+        endpoint = self._endpoint
+        outbox = endpoint.take_outbox()
+        if outbox:
+            self._tx.extend(outbox)
+            if self._tx_task is None:
+                self._tx_task = asyncio.get_running_loop().create_task(self._drain())
+        for key, conn, events in endpoint.take_touched():
+            stream = self._streams.get(key)
+            if stream is not None and stream._conn is conn and events:
+                stream._on_events(events)
+            if conn.state is State.CLOSED:
+                self._cancel_timer(key)
+                if stream is not None and stream._conn is conn:
+                    del self._streams[key]
+            else:
+                self._schedule(key, conn.next_deadline())
+        if endpoint.accepted:
+            for port, key, conn in endpoint.take_accepted():
+                self._accept(port, key, conn)
+
+    def _accept(self, port: int, key: FourTuple, conn: TcpConnection) -> None:
+        listener = self._listeners.get(port)
+        if listener is None or listener.closed:
+            self._drive(key, conn, lambda now: conn.abort(now))
+            return
+        stream = TcpStream(self, key, conn)
+        stream._connected.set_result(None)
+        self._streams[key] = stream
+        task = asyncio.get_running_loop().create_task(self._serve(listener, stream))
+        listener.tasks.add(task)
+        task.add_done_callback(listener.tasks.discard)
+        self._schedule(key, conn.next_deadline())
+
+    async def _serve(self, listener: TcpListener, stream: TcpStream) -> None:
+        try:
+            await listener.handler(stream)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("TCP connection handler for port %d failed", listener.port)
+        finally:
+            await stream.close()
+
+    async def _drain(self) -> None:
+        try:
+            while self._tx:
+                destination, segment = self._tx.popleft()
+                try:
+                    await self._ipv4.write(destination, IpProtocol.TCP, segment)
+                except Exception as error:
+                    # No route or no ARP answer: TCP retransmits, like a lost segment.
+                    self.transmit_errors += 1
+                    log.debug("TCP segment to %s not sent: %s", destination, error)
+        finally:
+            self._tx_task = None
+
+    def _schedule(self, key: FourTuple, deadline: int | None) -> None:
+        current = self._timers.get(key)
+        if deadline is None:
+            if current is not None:
+                current[1].cancel()
+                del self._timers[key]
+            return
+        # A timer that fires too early is harmless (the core re-checks), so
+        # keep an earlier one rather than re-arming on every ACK.
+        if current is not None:
+            if current[0] <= deadline:
+                return
+            current[1].cancel()
+        delay = max(deadline - self._time.now_ns(), 0) / 1e9
+        handle = asyncio.get_running_loop().call_later(delay, self._on_timer, key)
+        self._timers[key] = (deadline, handle)
+
+    def _cancel_timer(self, key: FourTuple) -> None:
+        current = self._timers.pop(key, None)
+        if current is not None:
+            current[1].cancel()
+
+    def _on_timer(self, key: FourTuple) -> None:
+        self._timers.pop(key, None)
+        try:
+            self._endpoint.on_timer(key, self._time.now_ns())
+            conn = self._endpoint.connections.get(key)
+            self._pump()
+            if conn is not None and conn.state is not State.CLOSED and key not in self._timers:
+                self._schedule(key, conn.next_deadline())
+        except Exception:
+            log.exception("TCP timer failed")
+
+    def _unlisten(self, port: int) -> None:
+        self._listeners.pop(port, None)
+        self._endpoint.unlisten(port, self._time.now_ns())
+        self._pump()
+
+    # ------------------------------------------------------------------ whole layer
+
+    @property
+    def connection_count(self) -> int:
+        """Connections in any state, TIME-WAIT included."""
+        return len(self._endpoint.connections)
+
+    @property
+    def timer_count(self) -> int:
+        return len(self._timers)
+
+    async def close(self) -> None:
+        """Reset every connection, stop every listener and wait for handlers."""
+        tasks = [task for listener in self._listeners.values() for task in listener.tasks]
+        self._listeners.clear()
+        self._endpoint.abort_all(self._time.now_ns())
+        self._pump()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tx_task is not None:
+            await asyncio.gather(self._tx_task, return_exceptions=True)

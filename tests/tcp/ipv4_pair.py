@@ -1,0 +1,115 @@
+"""An in-memory IPv4 test double: two hosts joined by a faulty wire.
+
+Each :class:`WireIpv4` implements :class:`looming.devices.Ipv4` well enough
+for a TCP layer. Datagrams cross the wire on the event loop (never inside
+``write``), and the wire can lose, duplicate, reorder and corrupt them with
+a seeded generator so that every run is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+
+Handler = Callable[[IPv4Address, IPv4Address, bytes], None]
+
+
+@dataclass
+class Faults:
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    latency_s: float = 0.0
+    reorder_delay_s: float = 0.002
+    seed: int = 1
+    rng: random.Random = field(init=False)
+    dropped: int = 0
+    delivered: int = 0
+    # Return True to drop a given (source, payload); for scripted losses.
+    drop_filter: Callable[[IPv4Address, bytes], bool] | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+
+class WireIpv4:
+    def __init__(self, address: str, faults: Faults, *, mtu: int = 1500) -> None:
+        self.address = IPv4Address(address)
+        self.faults = faults
+        self._mtu = mtu
+        self.handlers: dict[int, Handler] = {}
+        self.peer: WireIpv4 | None = None
+        self.sent: list[tuple[IPv4Address, bytes]] = []
+        self.record = False
+
+    def interfaces(self) -> list[IPv4Interface]:
+        return [IPv4Interface(f"{self.address}/24")]
+
+    def source_for(self, destination: IPv4Address) -> IPv4Address:
+        return self.address
+
+    def mtu(self, destination: IPv4Address) -> int:
+        return self._mtu
+
+    def register(self, protocol: int, handler: Handler) -> None:
+        self.handlers[protocol] = handler
+
+    def input(self, packet: bytes) -> None:
+        raise NotImplementedError("the test wire delivers payloads directly")
+
+    async def write(
+        self,
+        destination: IPv4Address,
+        protocol: int,
+        payload: bytes,
+        *,
+        ttl: int = 64,
+        dont_fragment: bool = False,
+    ) -> None:
+        if self.record:
+            self.sent.append((destination, payload))
+        peer = self.peer
+        if peer is None or destination != peer.address:
+            return
+        faults = self.faults
+        rng = faults.rng
+        if faults.drop_filter is not None and faults.drop_filter(self.address, payload):
+            faults.dropped += 1
+            return
+        if rng.random() < faults.loss:
+            faults.dropped += 1
+            return
+        copies = 2 if rng.random() < faults.duplicate else 1
+        loop = asyncio.get_running_loop()
+        for _ in range(copies):
+            data = payload
+            if rng.random() < faults.corrupt and data:
+                damaged = bytearray(data)
+                damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+                data = bytes(damaged)
+            delay = faults.latency_s
+            if rng.random() < faults.reorder:
+                delay += faults.reorder_delay_s
+            faults.delivered += 1
+            if delay:
+                loop.call_later(delay, peer.deliver, protocol, self.address, destination, data)
+            else:
+                loop.call_soon(peer.deliver, protocol, self.address, destination, data)
+
+    def deliver(self, protocol: int, src: IPv4Address, dst: IPv4Address, data: bytes) -> None:
+        handler = self.handlers.get(protocol)
+        if handler is not None:
+            handler(src, dst, data)
+
+
+def wire_pair(faults: Faults | None = None, *, mtu: int = 1500) -> tuple[WireIpv4, WireIpv4]:
+    faults = faults or Faults()
+    a = WireIpv4("10.9.0.1", faults, mtu=mtu)
+    b = WireIpv4("10.9.0.2", faults, mtu=mtu)
+    a.peer = b
+    b.peer = a
+    return a, b
