@@ -181,7 +181,12 @@ class AsgiAdapter:
             first = await messages.get()
             if first.get("type") == "http.response.body" and not first.get("more_body", False):
                 response_done.set()
-                await task
+                try:
+                    await task
+                except Exception:
+                    # The response is complete; an error raised after it (as
+                    # Starlette re-raises after sending its 500 page) is logged.
+                    log.exception("ASGI application failed after responding")
                 return Response(status, headers, bytes(first.get("body", b"")))
         except BaseException:
             response_done.set()

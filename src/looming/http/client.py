@@ -26,7 +26,8 @@ class HttpClient:
     @property
     def reusable(self) -> bool:
         """Whether another request may be sent on this flow."""
-        return self._conn.our_state is h11.IDLE and self._conn.their_state is h11.IDLE
+        states = (self._conn.our_state, self._conn.their_state)
+        return states in ((h11.IDLE, h11.IDLE), (h11.DONE, h11.DONE))
 
     async def request(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 
 
@@ -17,5 +18,6 @@ def parse_http_date(value: bytes) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if parsed.tzinfo is None:
-        return None
+        # asctime form carries no zone; HTTP dates are always GMT.
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()

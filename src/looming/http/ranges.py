@@ -48,12 +48,12 @@ def parse_byte_ranges(header: bytes, size: int) -> list[tuple[int, int]] | None:
         if not first_text.isdigit() or (last_text and not last_text.isdigit()):
             return None
         first = int(first_text)
-        last = int(last_text) if last_text else size - 1
-        if last < first:
+        if last_text and int(last_text) < first:
             return None
         if first >= size:
             continue
-        ranges.append((first, min(last, size - 1)))
+        last = min(int(last_text), size - 1) if last_text else size - 1
+        ranges.append((first, last))
     if not ranges:
         raise Unsatisfiable
     return ranges

@@ -52,6 +52,10 @@ class ServerConfig:
     """A request line plus headers above this size gets 431."""
     max_body_bytes: int = 16 * 1024 * 1024
     """A request body above this size gets 413."""
+    linger_timeout: float = 0.5
+    """After an error response, how long unread request bytes are drained."""
+    linger_bytes: int = 4 * 1024 * 1024
+    """After an error response, how many unread request bytes are drained."""
     server_name: str = "looming"
     """The value of the Server header."""
 
@@ -116,9 +120,9 @@ class HttpServer:
                 await self._serve_requests(flow, conn, deadline)
         except TimeoutError:
             self.timeouts += 1
-            if conn.our_state is h11.SEND_RESPONSE or (
-                conn.our_state is h11.IDLE and conn.their_state is not h11.IDLE
-            ):
+            # 408 only when a request had begun; an idle connection just closes.
+            started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
+            if conn.our_state is h11.SEND_RESPONSE or (conn.our_state is h11.IDLE and started):
                 await self._send_error_raw(flow, 408)
         except (ConnectionReset, Closed) as error:
             log.debug("connection ended: %s", error)
@@ -160,6 +164,17 @@ class HttpServer:
                 return
             if type(event) is not h11.Request:
                 # ConnectionClosed (or anything else unexpected): we are done.
+                return
+            if not event.http_version.startswith(b"1."):
+                self.protocol_errors += 1
+                await self._send_error_raw(flow, 505)
+                return
+            # h11 bounds only a head that arrives in pieces; one that arrived
+            # whole is measured here so the limit holds either way.
+            head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+            if head_size > config.max_header_bytes:
+                self.protocol_errors += 1
+                await self._send_error_raw(flow, 431)
                 return
             try:
                 body = await self._read_body(flow, conn, deadline, loop)
@@ -301,6 +316,22 @@ class HttpServer:
             b"content-length: %d\r\nconnection: close\r\n\r\n"
             % (status, reason, self._date.now(), self._server_header[1], len(text))
         )
-        with contextlib.suppress(NetworkError, OSError):
+        with contextlib.suppress(NetworkError, OSError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await flow.write(head + text)
+            await self._linger(flow)
+
+    async def _linger(self, flow: Flow) -> None:
+        """Half-close, then drain what the client is still sending for a moment.
+
+        Closing with unread input makes the kernel send a reset, which can
+        destroy the error response before the client reads it.
+        """
+        await flow.shutdown()
+        drained = 0
+        async with asyncio.timeout(self.config.linger_timeout):
+            while drained < self.config.linger_bytes:
+                data = await flow.read()
+                if not data:
+                    return
+                drained += len(data)

@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any
+from typing import Any, cast
 
 from looming.devices.stack import Datagram, TcpHandler, UdpHandler
 from looming.errors import (
@@ -250,6 +251,11 @@ class SocketTcpFlow(asyncio.Protocol):
         """Drop the connection at once (the peer sees a reset)."""
         self._closed = True
         if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                # A zero linger time turns the close into a reset.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self._transport.abort()
         self._wake_reader()
 
@@ -381,8 +387,9 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.local: tuple[str, int] = ("0.0.0.0", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # The selector loop's datagram transport does not subclass
+        # DatagramTransport on every Python version, so no isinstance check.
+        self.transport = cast(asyncio.DatagramTransport, transport)
         name = transport.get_extra_info("sockname")
         self.local = (str(name[0]), int(name[1]))
 

@@ -1,0 +1,188 @@
+"""A real Starlette application served through AsgiAdapter over the socket stack."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from looming.http import AsgiAdapter, LifespanFailed
+
+from .serving import RunningServer, serve_in_thread
+
+events: list[str] = []
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[dict[str, str]]:
+    events.append("startup")
+    yield {"greeting": "hello from lifespan"}
+    events.append("shutdown")
+
+
+async def plain(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("plain text\n")
+
+
+async def info(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "query": dict(request.query_params),
+            "body": body.decode(),
+            "greeting": request.state.greeting,
+            "client_host": request.client.host if request.client else None,
+            "user_agent": request.headers.get("user-agent"),
+        }
+    )
+
+
+async def streamed(request: Request) -> StreamingResponse:
+    async def numbers() -> AsyncIterator[bytes]:
+        for index in range(4):
+            await asyncio.sleep(0)
+            yield f"part {index}\n".encode()
+
+    return StreamingResponse(numbers(), media_type="text/plain")
+
+
+async def broken(request: Request) -> PlainTextResponse:
+    raise RuntimeError("this route fails on purpose")
+
+
+app = Starlette(
+    routes=[
+        Route("/", plain),
+        Route("/info/{rest:path}", info, methods=["GET", "POST"]),
+        Route("/stream", streamed),
+        Route("/broken", broken),
+    ],
+    lifespan=lifespan,
+)
+
+
+@pytest.fixture(scope="module")
+def starlette_server() -> Iterator[RunningServer]:
+    adapter = AsgiAdapter(app)
+    with serve_in_thread(lambda: adapter) as running:
+        asyncio.run_coroutine_threadsafe(adapter.startup(), running.loop).result(10)
+        yield running
+        asyncio.run_coroutine_threadsafe(adapter.shutdown(), running.loop).result(10)
+
+
+def test_plain_route(starlette_server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", starlette_server.port, timeout=10)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b"plain text\n"
+    assert response.getheader("content-type") == "text/plain; charset=utf-8"
+    assert response.getheader("server") == "looming"
+    conn.close()
+
+
+def test_json_route_sees_path_query_body_and_lifespan_state(
+    starlette_server: RunningServer,
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", starlette_server.port, timeout=10)
+    conn.request("POST", "/info/a%20b/c?x=1&y=two", body=b"payload", headers={"User-Agent": "t"})
+    response = conn.getresponse()
+    assert response.status == 200
+    result = json.loads(response.read())
+    assert result == {
+        "method": "POST",
+        "path": "/info/a b/c",
+        "query": {"x": "1", "y": "two"},
+        "body": "payload",
+        "greeting": "hello from lifespan",
+        "client_host": "127.0.0.1",
+        "user_agent": "t",
+    }
+    # keep-alive across ASGI requests
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"plain text\n"
+    conn.close()
+
+
+def test_streaming_response_with_curl(starlette_server: RunningServer) -> None:
+    result = subprocess.run(
+        ["curl", "-sS", "-i", starlette_server.url + "/stream"],
+        capture_output=True,
+        check=True,
+        timeout=20,
+    )
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"part 0\npart 1\npart 2\npart 3\n"
+
+
+def test_not_found_and_failing_route(starlette_server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", starlette_server.port, timeout=10)
+    conn.request("GET", "/nowhere")
+    missing = conn.getresponse()
+    missing.read()
+    assert missing.status == 404
+    conn.request("GET", "/broken")
+    failed = conn.getresponse()
+    failed.read()
+    assert failed.status == 500
+    conn.close()
+
+
+def test_head_through_asgi(starlette_server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", starlette_server.port, timeout=10)
+    conn.request("HEAD", "/")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    assert response.getheader("content-length") == "11"
+    conn.close()
+
+
+def test_lifespan_startup_and_shutdown_run() -> None:
+    async def scenario() -> None:
+        events.clear()
+        adapter = AsgiAdapter(app)
+        async with adapter.lifespan():
+            assert events == ["startup"]
+            assert adapter.state == {"greeting": "hello from lifespan"}
+        assert events == ["startup", "shutdown"]
+
+    asyncio.run(scenario())
+
+
+def test_failed_startup_is_reported() -> None:
+    @asynccontextmanager
+    async def failing(app: Starlette) -> AsyncIterator[None]:
+        raise RuntimeError("no database")
+        yield
+
+    async def scenario() -> None:
+        adapter = AsgiAdapter(Starlette(lifespan=failing))
+        with pytest.raises(LifespanFailed, match="no database"):
+            await adapter.startup()
+
+    asyncio.run(scenario())
+
+
+def test_app_without_lifespan_support_still_starts() -> None:
+    async def bare_app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "http"
+
+    async def scenario() -> None:
+        adapter = AsgiAdapter(bare_app)  # type: ignore[arg-type]  # a deliberately loose app
+        await adapter.startup()
+        await adapter.shutdown()
+
+    asyncio.run(scenario())

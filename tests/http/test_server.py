@@ -1,0 +1,253 @@
+"""HTTP/1.1 server behaviour over the socket stack: keep-alive, pipelining, HEAD,
+bodies, chunked responses, errors and timeouts, checked with real clients."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from looming.http import Request, Response, ServerConfig
+
+from .serving import RunningServer, serve_in_thread
+
+
+async def describe(request: Request) -> Response:
+    if request.path == "/fail":
+        raise RuntimeError("this handler fails on purpose")
+    if request.path == "/stream":
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for index in range(5):
+                yield b"chunk %d\n" % index
+
+        return Response(200, [(b"content-type", b"text/plain")], chunks())
+    summary = {
+        "method": request.method,
+        "target": request.target,
+        "path": request.path,
+        "query": request.query,
+        "body": request.body.decode("latin-1"),
+        "length": len(request.body),
+        "version": request.http_version,
+        "client": list(request.client) if request.client else None,
+        "host": (request.header(b"host") or b"").decode(),
+    }
+    return Response(200, [(b"content-type", b"application/json")], json.dumps(summary).encode())
+
+
+def describer() -> object:
+    return describe
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    config = ServerConfig(max_body_bytes=1024 * 1024)
+    with serve_in_thread(lambda: describe, config) as running:
+        yield running
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_keep_alive_reuses_the_connection(server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/one")
+    first = conn.getresponse()
+    assert json.loads(first.read())["path"] == "/one"
+    sock = conn.sock
+    conn.request("GET", "/two?x=1")
+    second = conn.getresponse()
+    body = json.loads(second.read())
+    assert conn.sock is sock  # no reconnect happened
+    assert body["path"] == "/two" and body["query"] == "x=1"
+    assert second.getheader("server") == "looming"
+    assert second.getheader("date")
+    conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz"
+            b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        reply = read_until_closed(sock)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 3
+    positions = [reply.index(b'"path": "/%s"' % name) for name in (b"a", b"b", b"c")]
+    assert positions == sorted(positions)
+    assert b'"body": "xyz"' in reply
+
+
+def test_head_has_length_but_no_body(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        reply = read_until_closed(sock)
+    head, rest = reply.split(b"\r\n\r\n", 1)
+    assert b"content-length: " in head
+    # The next bytes are the second response, not a body for HEAD.
+    assert rest.startswith(b"HTTP/1.1 200 OK")
+    assert b'"path": "/after"' in rest
+
+
+def test_request_bodies_plain_and_chunked(server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("POST", "/p", body=b"hello body")
+    assert json.loads(conn.getresponse().read())["body"] == "hello body"
+    conn.request("POST", "/p", body=iter([b"abc", b"defg"]), encode_chunked=True)
+    result = json.loads(conn.getresponse().read())
+    assert result["body"] == "abcdefg" and result["length"] == 7
+    conn.close()
+
+
+def test_expect_100_continue_with_curl(server: RunningServer) -> None:
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "x" * 2000,
+            server.url + "/c",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=20,
+    )
+    assert json.loads(result.stdout)["length"] == 2000
+
+
+def test_too_large_body_is_413(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
+        sock.sendall(b"z" * 1_100_000)
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+def test_streamed_response_is_chunked(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = read_until_closed(sock)
+    assert b"transfer-encoding: chunked" in reply.lower()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/stream")
+    body = conn.getresponse().read()
+    assert body == b"".join(b"chunk %d\n" % i for i in range(5))
+    conn.close()
+
+
+def test_http_1_0_client_gets_a_closed_connection(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /old HTTP/1.0\r\n\r\n")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b'"version": "1.0"' in reply
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: nope\r\nHost: x\r\n\r\n",
+    ],
+)
+def test_malformed_requests_get_400(server: RunningServer, garbage: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(garbage)
+        reply = read_until_closed(sock)
+    assert reply.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 505 ")), reply[:80]
+    assert b"connection: close" in reply
+
+
+def test_headers_over_64_kib_get_431(server: RunningServer) -> None:
+    big = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(70))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before reading everything
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+def test_headers_just_under_the_limit_are_fine(server: RunningServer) -> None:
+    big = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(50))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + big + b"\r\n")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_handler_failure_is_500_and_server_lives_on(server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/fail")
+    response = conn.getresponse()
+    assert response.status == 500
+    response.read()
+    conn.request("GET", "/fine")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def impatient() -> Iterator[RunningServer]:
+    config = ServerConfig(keep_alive_timeout=0.2, header_timeout=0.3, body_timeout=0.3)
+    with serve_in_thread(lambda: describe, config) as running:
+        yield running
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[bytes, float]:
+    sock.settimeout(seconds)
+    start = time.monotonic()
+    reply = read_until_closed(sock)
+    return reply, time.monotonic() - start
+
+
+def test_silent_connection_is_closed(impatient: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as sock:
+        reply, elapsed = closed_within(sock, 5)
+    assert reply == b""
+    assert elapsed < 3
+
+
+def test_slow_request_head_gets_408(impatient: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+        reply, elapsed = closed_within(sock, 5)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert elapsed < 3
+
+
+def test_slow_request_body_gets_408(impatient: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+        reply, elapsed = closed_within(sock, 5)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert elapsed < 3
+
+
+def test_idle_keep_alive_connection_is_closed(impatient: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as sock:
+        sock.sendall(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply, elapsed = closed_within(sock, 5)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert reply.count(b"HTTP/1.1") == 1
+    assert elapsed < 3
