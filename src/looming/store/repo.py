@@ -121,6 +121,13 @@ class Repo:
                 return target[len(HEADS) :]
         return "main"
 
+    def set_default_branch(self, branch: str) -> None:
+        """Point HEAD at ``branch`` (what ``git clone`` checks out)."""
+        check_ref_name(branch)
+        if isinstance(self.backend, GitBackend):
+            with open(os.path.join(self.backend.git_dir, "HEAD"), "w") as file:
+                file.write(f"ref: {HEADS}{branch}\n")
+
     def branches(self) -> list[str]:
         return sorted(name[len(HEADS) :] for name in self.backend.list_refs(HEADS))
 

@@ -1,0 +1,145 @@
+"""Replicas: fetch, pull and push against any remote dulwich speaks (a
+local path, ``file://``, ``git://``, smart HTTP, ssh), so ``git`` and other
+stores interoperate with ours both ways."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from looming.store.backend import GitBackend
+from looming.store.errors import RefChanged, StoreError
+from looming.store.objects import ObjectId
+from looming.store.repo import HEADS, Repo
+from looming.store.store import MergeResult, Store
+from looming.store.treemerge import is_ancestor
+
+
+class SyncError(StoreError):
+    """The remote refused, was unreachable, or the update would lose commits."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The remote's branches (name to commit id), now present locally."""
+
+    branches: dict[str, str]
+    head: str | None = None  # the remote's default branch
+
+
+def _dulwich_repo(repo: Repo) -> Any:
+    if not isinstance(repo.backend, GitBackend):
+        raise SyncError("sync needs an on-disk repository; open one with Repo.init(path)")
+    from dulwich.repo import Repo as DulwichRepo
+
+    return DulwichRepo(repo.backend.git_dir)
+
+
+def _client(remote: str) -> tuple[Any, str]:
+    from dulwich.client import get_transport_and_path
+
+    try:
+        client, path = get_transport_and_path(remote)
+    except Exception as error:  # dulwich raises several kinds for bad URLs
+        raise SyncError(f"cannot reach {remote!r}: {error}") from None
+    return client, path
+
+
+def fetch(repo: Repo, remote: str, *, remote_name: str = "origin") -> FetchResult:
+    """Download the remote's branches into ``refs/remotes/<remote_name>/``."""
+    target = _dulwich_repo(repo)
+    client, path = _client(remote)
+    try:
+        result = client.fetch(path, target)
+    except Exception as error:
+        raise SyncError(f"fetch from {remote} failed: {error}") from None
+    finally:
+        target.close()
+    branches: dict[str, str] = {}
+    prefix = HEADS.encode()
+    for name, sha in (result.refs or {}).items():
+        if sha is None or not name.startswith(prefix):
+            continue
+        branch = name[len(prefix) :].decode("utf-8", "replace")
+        branches[branch] = sha.decode("ascii")
+        ref = f"refs/remotes/{remote_name}/{branch}"
+        new = bytes.fromhex(branches[branch])
+        with repo.backend.writer_lock():
+            old = repo.backend.read_ref(ref)
+            if old != new:
+                repo.backend.set_ref(ref, old, new)
+    head_ref = (result.symrefs or {}).get(b"HEAD", b"")
+    head = (
+        head_ref[len(prefix) :].decode("utf-8", "replace") if head_ref.startswith(prefix) else None
+    )
+    return FetchResult(branches, head)
+
+
+def pull(
+    store: Store, remote: str, branch: str | None = None, *, message: str | None = None
+) -> MergeResult:
+    """Fetch ``branch`` (default: the store's) and merge or fast-forward it in."""
+    if store.branch is None:
+        raise SyncError("pull into a store bound to a branch")
+    wanted = branch or store.branch
+    fetched = fetch(store.repo, remote)
+    if wanted not in fetched.branches:
+        raise SyncError(
+            f"{remote} has no branch {wanted!r} (it has: {', '.join(sorted(fetched.branches)) or 'none'})"
+        )
+    return store.merge(fetched.branches[wanted], message or f"merge {remote} {wanted}")
+
+
+def push(
+    repo: Repo, remote: str, branch: str, *, remote_branch: str | None = None, force: bool = False
+) -> str:
+    """Send ``branch`` to the remote; refuse to drop remote commits unless ``force``."""
+    local = repo.head_id(branch)
+    if local is None:
+        raise SyncError(f"branch {branch!r} is empty; nothing to push")
+    target_ref = (HEADS + (remote_branch or branch)).encode()
+    source = _dulwich_repo(repo)
+    client, path = _client(remote)
+    refused: list[str] = []
+
+    def update_refs(refs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        current = refs.get(target_ref)
+        if current is not None and current != b"0" * 40 and not force:
+            remote_head: ObjectId = bytes.fromhex(current.decode("ascii"))
+            if not repo.backend.contains(remote_head) or not is_ancestor(
+                repo.db, remote_head, local
+            ):
+                refused.append(current.decode("ascii"))
+                return dict(refs)
+        new_refs = dict(refs)
+        new_refs[target_ref] = local.hex().encode()
+        return new_refs
+
+    try:
+        result = client.send_pack(path, update_refs, generate_pack_data=source.generate_pack_data)
+    except Exception as error:
+        raise SyncError(f"push to {remote} failed: {error}") from None
+    finally:
+        source.close()
+    if refused:
+        raise RefChanged(
+            f"{remote} has commits on {target_ref.decode()} that {branch} lacks ({refused[0][:12]}); pull first"
+        )
+    status = (result.ref_status or {}).get(target_ref)
+    if status:
+        raise SyncError(f"{remote} refused {target_ref.decode()}: {status}")
+    return local.hex()
+
+
+def clone(remote: str, path: str, *, branch: str | None = None) -> Repo:
+    """A new repository at ``path`` with the remote's branches."""
+    repo = Repo.init(path)
+    fetched = fetch(repo, remote)
+    for name, head in fetched.branches.items():
+        repo.set_head(name, head)
+    default = branch or fetched.head
+    if default is not None:
+        if default not in fetched.branches:
+            raise SyncError(f"{remote} has no branch {default!r}")
+        repo.set_default_branch(default)
+    return repo
