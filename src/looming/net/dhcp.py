@@ -155,17 +155,41 @@ class DhcpClient:
         if self.state is DhcpState.RENEWING and now_ns >= rebind_at:
             self.state = DhcpState.REBINDING
             self._xid = self._random.randint(1, 0xFFFFFFFF)
+        return [self._extend(lease, now_ns)]
+
+    def renew(self, now_ns: int) -> list[DhcpSend]:
+        """Ask the server to extend the lease now, before T1 (RFC 2131 4.4.5
+        allows a client to renew early)."""
+        return self._extend_now(DhcpState.RENEWING, now_ns)
+
+    def rebind(self, now_ns: int) -> list[DhcpSend]:
+        """Ask any server (by broadcast) to extend the lease now."""
+        return self._extend_now(DhcpState.REBINDING, now_ns)
+
+    def _extend_now(self, state: DhcpState, now_ns: int) -> list[DhcpSend]:
+        if self.lease is None or self.state not in (
+            DhcpState.BOUND,
+            DhcpState.RENEWING,
+            DhcpState.REBINDING,
+        ):
+            return []
+        self.state = state
+        self._xid = self._random.randint(1, 0xFFFFFFFF)
+        return [self._extend(self.lease, now_ns)]
+
+    def _extend(self, lease: DhcpLease, now_ns: int) -> DhcpSend:
+        rebind_at = lease.bound_ns + lease.rebind_s * _SECOND_NS
         # RFC 2131 4.4.5: retransmit after half the time left to T2 (or to
         # the lease's end when rebinding), but no sooner than 60 seconds.
         limit = rebind_at if self.state is DhcpState.RENEWING else lease.expires_ns
         wait_ns = max((limit - now_ns) // 2, 60 * _SECOND_NS)
-        self._deadline_ns = min(now_ns + wait_ns, limit)
+        self._deadline_ns = min(now_ns + wait_ns, max(limit, now_ns + 1))
         destination = lease.server if self.state is DhcpState.RENEWING else _BROADCAST
         message = self._message(
             DhcpMessageType.REQUEST, now_ns, client_address=lease.interface.ip, broadcast=False
         )
         self.counters["tx_request"] += 1
-        return [DhcpSend(message, destination)]
+        return DhcpSend(message, destination)
 
     def input(self, message: DhcpMessage, now_ns: int) -> list[DhcpSend]:
         if message.op != DhcpOp.BOOTREPLY or message.xid != self._xid:
@@ -391,6 +415,16 @@ class DhcpShell:
             else:
                 await self._wake.wait()
             self._dispatch(self.client.poll(self._time.now_ns()))
+
+    def renew(self) -> None:
+        """Renew the lease now (unicast to the server that granted it)."""
+        self._dispatch(self.client.renew(self._time.now_ns()))
+        self._wake.set()
+
+    def rebind(self) -> None:
+        """Extend the lease now by broadcast (any server may answer)."""
+        self._dispatch(self.client.rebind(self._time.now_ns()))
+        self._wake.set()
 
     async def stop(self) -> None:
         if self._task is not None:
