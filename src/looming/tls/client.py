@@ -1,0 +1,589 @@
+"""The client side of the handshake: TLS 1.3 (RFC 8446) and TLS 1.2 (RFC 5246)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import messages as m
+from .constants import (
+    DOWNGRADE_TLS11,
+    DOWNGRADE_TLS12,
+    EMPTY_RENEGOTIATION_INFO_SCSV,
+    HELLO_RETRY_REQUEST_RANDOM,
+    TLS12,
+    TLS13,
+    AlertDescription,
+    ContentType,
+    PskKeyExchangeMode,
+)
+from .constants import (
+    ExtensionType as X,
+)
+from .constants import (
+    HandshakeType as H,
+)
+from .errors import TlsProtocolError
+from .events import HandshakeComplete, NewSession
+from .keyexchange import KeyShare
+from .keyschedule import KeySchedule13, resumption_psk
+from .session import Session
+from .suites import SUITES
+from .wire import Reader, extension, parse_extensions, u8, u16, u16_list, u32, vec8, vec16
+
+if TYPE_CHECKING:
+    from .client12 import Client12
+    from .engine import TlsConnection
+
+
+def _unexpected(what: str) -> TlsProtocolError:
+    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
+
+
+class ClientHandshake:
+    def __init__(self, conn: TlsConnection, session: Session | None, early_data: bytes) -> None:
+        self.conn = conn
+        self.config = conn.config
+        cache = self.config.session_cache
+        if session is None and cache is not None:
+            session = cache.take(conn.server_name, self.config.clock.now_ns() // 1_000_000)
+        self.offered_session = session
+        self.early_data = early_data if self.config.enable_early_data else b""
+        self.state = "start"
+        self.shares: dict[int, KeyShare] = {}
+        self.random = b""
+        self.session_id = b""
+        self.hrr_done = False
+        self.cookie = b""
+        self.offered_psk = False
+        self.sent_early_data = False
+        self.schedule: KeySchedule13 | None = None
+        self.client_hs_secret = b""
+        self.server_hs_secret = b""
+        self.certificate_request_context: bytes | None = None
+        self.requested_schemes: list[int] = []
+        self.server_random = b""
+        self.server_chain: list[bytes] = []
+        self.resumption_master = b""
+        self.v12: Client12 | None = None
+
+    # --- ClientHello --------------------------------------------------------------
+
+    def start(self) -> None:
+        rand = self.config.random
+        self.random = rand.bytes(32)
+        self.session_id = rand.bytes(32)
+        if TLS13 in self.config.versions:
+            for group in self.config.key_share_groups:
+                if group in self.config.groups:
+                    self.shares[group] = KeyShare(group, rand)
+        self.conn.records.plaintext_version = b"\x03\x01"
+        self._send_client_hello()
+        self.conn.records.plaintext_version = b"\x03\x03"
+        self.state = "wait_server_hello"
+
+    def _usable_session(self) -> Session | None:
+        session = self.offered_session
+        if session is None or session.version not in self.config.versions:
+            return None
+        if session.cipher_suite not in self.config.cipher_suites:
+            return None
+        if session.expired(self.config.clock.now_ns() // 1_000_000):
+            return None
+        return session
+
+    def _send_client_hello(self) -> None:
+        config = self.config
+        offer12 = TLS12 in config.versions
+        offer13 = TLS13 in config.versions
+        suites = [
+            s
+            for s in config.cipher_suites
+            if SUITES[s].version in ((TLS13,) if offer13 else ()) + ((TLS12,) if offer12 else ())
+        ]
+        if offer12:
+            suites.append(EMPTY_RENEGOTIATION_INFO_SCSV)
+        exts = []
+        name = self.conn.server_name
+        if name is not None and not _is_ip(name):
+            exts.append(extension(X.SERVER_NAME, m.server_name_body(name)))
+        if offer13:
+            versions = [TLS13] + ([TLS12] if offer12 else [])
+            exts.append(extension(X.SUPPORTED_VERSIONS, vec8(b"".join(u16(v) for v in versions))))
+        exts.append(extension(X.SUPPORTED_GROUPS, u16_list(config.groups)))
+        exts.append(extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)))
+        if offer12:
+            exts.append(extension(X.EC_POINT_FORMATS, vec8(b"\x00")))
+            exts.append(extension(X.EXTENDED_MASTER_SECRET, b""))
+            exts.append(extension(X.RENEGOTIATION_INFO, vec8(b"")))
+            session = self._usable_session()
+            ticket12 = session.ticket if session is not None and session.version == TLS12 else b""
+            exts.append(extension(X.SESSION_TICKET, ticket12))
+        if offer13:
+            shares = b"".join(u16(g) + vec16(s.public) for g, s in self.shares.items())
+            exts.append(extension(X.KEY_SHARE, vec16(shares)))
+            exts.append(
+                extension(X.PSK_KEY_EXCHANGE_MODES, vec8(u8(PskKeyExchangeMode.PSK_DHE_KE)))
+            )
+        if config.alpn_protocols:
+            exts.append(extension(X.ALPN, m.alpn_body(config.alpn_protocols)))
+        if config.record_size_limit is not None:
+            exts.append(extension(X.RECORD_SIZE_LIMIT, u16(config.record_size_limit)))
+        if self.cookie:
+            exts.append(extension(X.COOKIE, vec16(self.cookie)))
+        session = self._usable_session() if offer13 else None
+        psk13 = session if session is not None and session.version == TLS13 else None
+        if psk13 is not None and self.early_data and psk13.max_early_data > 0 and not self.hrr_done:
+            exts.append(extension(X.EARLY_DATA, b""))
+            self.sent_early_data = True
+        else:
+            self.sent_early_data = False
+        head = u16(TLS12) + self.random + vec8(self.session_id) + u16_list(suites) + vec8(b"\x00")
+        if psk13 is None:
+            self.offered_psk = False
+            self.conn.send_handshake(H.CLIENT_HELLO, head + vec16(b"".join(exts)))
+        else:
+            self._send_with_psk(head, exts, psk13)
+        if self.sent_early_data and psk13 is not None:
+            self._send_early_data(psk13)
+
+    def _send_with_psk(self, head: bytes, exts: list[bytes], session: Session) -> None:
+        """Append pre_shared_key (last) and fill in its binder over the truncated hello."""
+        suite = SUITES[session.cipher_suite]
+        self.offered_psk = True
+        now_ms = self.config.clock.now_ns() // 1_000_000
+        age = (now_ms - session.received_at_ms + session.ticket_age_add) % (1 << 32)
+        identities = vec16(vec16(session.ticket) + u32(age))
+        binder_length = suite.hash_length
+        binders = vec16(vec8(bytes(binder_length)))
+        psk_ext = extension(X.PRE_SHARED_KEY, identities + binders)
+        body = head + vec16(b"".join(exts) + psk_ext)
+        message = u8(H.CLIENT_HELLO) + len(body).to_bytes(3, "big") + body
+        truncated = message[: len(message) - len(binders)]
+        self.schedule = KeySchedule13(suite.hash_name, session.secret)
+        binder = self.schedule.finished_mac(
+            self.schedule.binder_key(), self.conn.transcript.digest_with(suite.hash_name, truncated)
+        )
+        self.conn.send_handshake(
+            H.CLIENT_HELLO, body[: len(body) - len(binders)] + vec16(vec8(binder))
+        )
+
+    def _send_early_data(self, session: Session) -> None:
+        assert self.schedule is not None
+        suite = SUITES[session.cipher_suite]
+        conn = self.conn
+        early_secret = self.schedule.derive(
+            self.schedule.early_secret,
+            b"c e traffic",
+            conn.transcript.digest_with(suite.hash_name, b""),
+        )
+        conn.suite = suite
+        conn.set_write_secret13(early_secret)
+        conn.records.write_records(
+            ContentType.APPLICATION_DATA, self.early_data[: session.max_early_data]
+        )
+
+    # --- dispatch -----------------------------------------------------------------
+
+    def handle_change_cipher_spec(self) -> None:
+        if self.v12 is not None:
+            self.v12.handle_change_cipher_spec()
+            return
+        if self.conn.version == TLS13 or self.state == "wait_server_hello":
+            if self.conn.handshake_complete:
+                raise _unexpected("change_cipher_spec after the handshake")
+            return  # middlebox compatibility (RFC 8446 appendix D.4): ignored
+        raise _unexpected("unexpected change_cipher_spec")
+
+    def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
+        if self.v12 is not None:
+            self.v12.handle(msg_type, body, raw)
+            return
+        state = self.state
+        if state == "connected13":
+            if msg_type == H.NEW_SESSION_TICKET:
+                self._new_session_ticket13(body)
+                return
+            raise _unexpected(f"handshake message {msg_type} after the handshake")
+        if state == "connected12":
+            raise TlsProtocolError(
+                AlertDescription.NO_RENEGOTIATION, "renegotiation is not supported"
+            )
+        handlers: dict[tuple[str, int], Callable[[bytes, bytes], None]] = {
+            ("wait_server_hello", H.SERVER_HELLO): self._server_hello,
+            ("wait_ee", H.ENCRYPTED_EXTENSIONS): self._encrypted_extensions,
+            ("wait_cert_cr", H.CERTIFICATE_REQUEST): self._certificate_request13,
+            ("wait_cert_cr", H.CERTIFICATE): self._certificate13,
+            ("wait_cert", H.CERTIFICATE): self._certificate13,
+            ("wait_cv", H.CERTIFICATE_VERIFY): self._certificate_verify13,
+            ("wait_finished", H.FINISHED): self._finished13,
+        }
+        handler = handlers.get((state, msg_type))
+        if handler is None:
+            raise _unexpected(f"handshake message {msg_type} while in state {state}")
+        handler(body, raw)
+
+    # --- ServerHello / HelloRetryRequest ------------------------------------------
+
+    def _server_hello(self, body: bytes, raw: bytes) -> None:
+        r = Reader(body)
+        legacy_version = r.u16()
+        server_random = r.take(32)
+        session_id = r.vector(1, maximum=32)
+        suite_id = r.u16()
+        compression = r.u8()
+        exts = dict(parse_extensions(r))
+        r.expect_end("ServerHello")
+        if compression != 0:
+            raise TlsProtocolError(AlertDescription.ILLEGAL_PARAMETER, "server chose compression")
+        if suite_id not in self.config.cipher_suites:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                f"server chose suite {suite_id:#06x}, which we did not offer",
+            )
+        version = legacy_version
+        if X.SUPPORTED_VERSIONS in exts:
+            sv = Reader(exts[X.SUPPORTED_VERSIONS])
+            version = sv.u16()
+            sv.expect_end("supported_versions")
+            if version != TLS13 or TLS13 not in self.config.versions:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, f"server selected version {version:#06x}"
+                )
+        elif version != TLS12 or TLS12 not in self.config.versions:
+            raise TlsProtocolError(
+                AlertDescription.PROTOCOL_VERSION, f"server selected version {version:#06x}"
+            )
+        suite = SUITES[suite_id]
+        if suite.version != version:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "suite does not match the version"
+            )
+        self.conn.version = version
+        self.conn.suite = suite
+        if version == TLS12:
+            if TLS13 in self.config.versions and server_random[24:] in (
+                DOWNGRADE_TLS12,
+                DOWNGRADE_TLS11,
+            ):
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, "downgrade to TLS 1.2 detected"
+                )
+            from .client12 import Client12
+
+            self.v12 = Client12(self)
+            self.v12.server_hello(server_random, session_id, exts, raw)
+            return
+        if session_id != self.session_id:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "server did not echo our session id"
+            )
+        if server_random == HELLO_RETRY_REQUEST_RANDOM:
+            self._hello_retry_request(exts, raw)
+            return
+        self.server_random = server_random
+        allowed = {X.KEY_SHARE, X.PRE_SHARED_KEY, X.SUPPORTED_VERSIONS}
+        if not set(exts) <= allowed:
+            raise TlsProtocolError(
+                AlertDescription.UNSUPPORTED_EXTENSION,
+                "ServerHello carries an extension we cannot accept",
+            )
+        if X.KEY_SHARE not in exts:
+            raise TlsProtocolError(
+                AlertDescription.MISSING_EXTENSION,
+                "ServerHello has no key_share (psk_ke is not offered)",
+            )
+        ks = Reader(exts[X.KEY_SHARE])
+        group = ks.u16()
+        share = ks.vector(2, minimum=1)
+        ks.expect_end("key_share")
+        if group not in self.shares:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                f"server key share for group {group:#06x} we did not send",
+            )
+        psk: bytes | None = None
+        if X.PRE_SHARED_KEY in exts:
+            pr = Reader(exts[X.PRE_SHARED_KEY])
+            selected = pr.u16()
+            pr.expect_end("pre_shared_key")
+            session = self.offered_session
+            if not self.offered_psk or selected != 0 or session is None:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, "server selected a PSK we did not offer"
+                )
+            if SUITES[session.cipher_suite].hash_name != suite.hash_name:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, "resumed suite has a different hash"
+                )
+            psk = session.secret
+            self.conn.resumed = True
+        conn = self.conn
+        conn.transcript.set_hash(suite.hash_name)
+        conn.transcript.add(raw)
+        if psk is None or self.schedule is None or self.schedule.hash_name != suite.hash_name:
+            self.schedule = KeySchedule13(suite.hash_name, psk)
+        schedule = self.schedule
+        schedule.enter_handshake(self.shares[group].shared_secret(share))
+        th = conn.transcript.digest()
+        self.client_hs_secret = schedule.derive(schedule.handshake_secret, b"c hs traffic", th)
+        self.server_hs_secret = schedule.derive(schedule.handshake_secret, b"s hs traffic", th)
+        conn.set_read_secret13(self.server_hs_secret)
+        if not self.sent_early_data:
+            conn.set_write_secret13(self.client_hs_secret)
+        self.state = "wait_ee"
+
+    def _hello_retry_request(self, exts: dict[int, bytes], raw: bytes) -> None:
+        if self.hrr_done:
+            raise _unexpected("a second HelloRetryRequest")
+        self.hrr_done = True
+        allowed = {X.KEY_SHARE, X.COOKIE, X.SUPPORTED_VERSIONS}
+        if not set(exts) <= allowed:
+            raise TlsProtocolError(
+                AlertDescription.UNSUPPORTED_EXTENSION,
+                "HelloRetryRequest carries an extension we cannot accept",
+            )
+        changed = False
+        if X.KEY_SHARE in exts:
+            kr = Reader(exts[X.KEY_SHARE])
+            group = kr.u16()
+            kr.expect_end("key_share")
+            if group not in self.config.groups or group in self.shares:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER,
+                    f"HelloRetryRequest asks for group {group:#06x}",
+                )
+            self.shares = {group: KeyShare(group, self.config.random)}
+            changed = True
+        if X.COOKIE in exts:
+            cr = Reader(exts[X.COOKIE])
+            self.cookie = cr.vector(2, minimum=1)
+            cr.expect_end("cookie")
+            changed = True
+        if not changed:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                "HelloRetryRequest would not change the ClientHello",
+            )
+        suite = self.conn.suite
+        assert suite is not None
+        conn = self.conn
+        if self.sent_early_data:
+            conn.records.write = None  # early data is abandoned after HRR
+        conn.transcript.set_hash(suite.hash_name)
+        conn.transcript.replace_with_message_hash()
+        conn.transcript.add(raw)
+        session = self.offered_session
+        if session is not None and SUITES[session.cipher_suite].hash_name != suite.hash_name:
+            self.offered_session = None
+        self._send_client_hello()
+        self.state = "wait_server_hello"
+
+    # --- TLS 1.3 server flight ------------------------------------------------------
+
+    def _encrypted_extensions(self, body: bytes, raw: bytes) -> None:
+        r = Reader(body)
+        exts = parse_extensions(r)
+        r.expect_end("EncryptedExtensions")
+        conn = self.conn
+        for ext_type, data in exts:
+            if ext_type == X.ALPN:
+                chosen = m.parse_alpn(data)
+                if len(chosen) != 1 or chosen[0] not in self.config.alpn_protocols:
+                    raise TlsProtocolError(
+                        AlertDescription.ILLEGAL_PARAMETER,
+                        "server chose an ALPN protocol we did not offer",
+                    )
+                conn.alpn_protocol = chosen[0]
+            elif ext_type == X.EARLY_DATA:
+                if not self.sent_early_data or data:
+                    raise TlsProtocolError(
+                        AlertDescription.ILLEGAL_PARAMETER,
+                        "server accepted early data we did not send",
+                    )
+                conn.early_data_accepted = True
+            elif ext_type == X.RECORD_SIZE_LIMIT:
+                self._record_size_limit(data)
+            elif ext_type in (X.SERVER_NAME, X.SUPPORTED_GROUPS):
+                pass
+            else:
+                raise TlsProtocolError(
+                    AlertDescription.UNSUPPORTED_EXTENSION,
+                    f"EncryptedExtensions carries extension {ext_type}",
+                )
+        conn.transcript.add(raw)
+        self.state = "wait_finished" if conn.resumed else "wait_cert_cr"
+
+    def _record_size_limit(self, data: bytes) -> None:
+        rr = Reader(data)
+        limit = rr.u16()
+        rr.expect_end("record_size_limit")
+        if limit < 64:
+            raise TlsProtocolError(AlertDescription.ILLEGAL_PARAMETER, "record_size_limit below 64")
+        self.conn.records.send_limit = limit
+        if self.config.record_size_limit is not None:
+            own = self.config.record_size_limit
+            self.conn.records.receive_plaintext_limit = (
+                own - 1 if self.conn.version == TLS13 else own
+            )
+
+    def _certificate_request13(self, body: bytes, raw: bytes) -> None:
+        r = Reader(body)
+        context = r.vector(1)
+        exts = dict(parse_extensions(r))
+        r.expect_end("CertificateRequest")
+        if X.SIGNATURE_ALGORITHMS not in exts:
+            raise TlsProtocolError(
+                AlertDescription.MISSING_EXTENSION,
+                "CertificateRequest without signature_algorithms",
+            )
+        self.requested_schemes = Reader(exts[X.SIGNATURE_ALGORITHMS]).u16_list(2, minimum=2)
+        self.certificate_request_context = context
+        self.conn.transcript.add(raw)
+        self.state = "wait_cert"
+
+    def _certificate13(self, body: bytes, raw: bytes) -> None:
+        context, chain = m.parse_certificate13(body)
+        if context:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "server Certificate has a request context"
+            )
+        if not chain:
+            raise TlsProtocolError(AlertDescription.DECODE_ERROR, "server sent no certificate")
+        self.conn.peer_certificates = m.check_peer_chain(
+            self.config, chain, self.conn.server_name, peer_is_server=True
+        )
+        self.server_chain = chain
+        self.conn.transcript.add(raw)
+        self.state = "wait_cv"
+
+    def _certificate_verify13(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        content = m.cv_content(m.CV_SERVER, conn.transcript.digest())
+        m.check_certificate_verify(
+            body, conn.peer_certificates[0], content, self.config.signature_schemes, tls13=True
+        )
+        conn.transcript.add(raw)
+        self.state = "wait_finished"
+
+    def _finished13(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        schedule = self.schedule
+        assert schedule is not None and conn.suite is not None
+        m.check_finished(
+            schedule.finished_mac(self.server_hs_secret, conn.transcript.digest()), body
+        )
+        conn.transcript.add(raw)
+        schedule.enter_master()
+        th = conn.transcript.digest()
+        client_app = schedule.derive(schedule.master_secret, b"c ap traffic", th)
+        server_app = schedule.derive(schedule.master_secret, b"s ap traffic", th)
+        conn.exporter_secret = schedule.derive(schedule.master_secret, b"exp master", th)
+        conn.set_read_secret13(server_app)
+        if conn.early_data_accepted:
+            conn.send_handshake(H.END_OF_EARLY_DATA, b"")
+        if self.sent_early_data:
+            conn.set_write_secret13(self.client_hs_secret)
+        if self.certificate_request_context is not None:
+            self._send_client_certificate13(self.certificate_request_context)
+        conn.send_handshake(
+            H.FINISHED, schedule.finished_mac(self.client_hs_secret, conn.transcript.digest())
+        )
+        conn.set_write_secret13(client_app)
+        self.resumption_master = schedule.derive(
+            schedule.master_secret, b"res master", conn.transcript.digest()
+        )
+        self.state = "connected13"
+        self._complete()
+
+    def _send_client_certificate13(self, context: bytes) -> None:
+        conn = self.conn
+        certified = None
+        scheme = None
+        for candidate in self.config.certificates:
+            scheme = m.choose_scheme(
+                candidate.key, self.requested_schemes, self.config.signature_schemes, tls13=True
+            )
+            if scheme is not None:
+                certified = candidate
+                break
+        if certified is None or scheme is None:
+            conn.send_handshake(H.CERTIFICATE, m.certificate13(context, []))
+            return
+        conn.send_handshake(H.CERTIFICATE, m.certificate13(context, certified.chain_der))
+        content = m.cv_content(m.CV_CLIENT, conn.transcript.digest())
+        conn.send_handshake(
+            H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
+        )
+
+    def _complete(self) -> None:
+        conn = self.conn
+        assert conn.suite is not None and conn.version is not None
+        if conn.resumed and self.offered_session is not None and not conn.peer_certificates:
+            from .certs import parse_chain
+
+            conn.peer_certificates = parse_chain(self.offered_session.peer_chain_der)
+            if conn.alpn_protocol is None:
+                conn.alpn_protocol = None
+        conn.complete_handshake()
+        conn.events.append(
+            HandshakeComplete(
+                version=conn.version,
+                cipher_suite=conn.suite.suite,
+                alpn_protocol=conn.alpn_protocol,
+                server_name=conn.server_name,
+                resumed=conn.resumed,
+                early_data_accepted=conn.early_data_accepted,
+                peer_certificates=list(conn.peer_certificates),
+            )
+        )
+
+    def _new_session_ticket13(self, body: bytes) -> None:
+        conn = self.conn
+        assert conn.suite is not None
+        r = Reader(body)
+        lifetime = r.u32()
+        age_add = r.u32()
+        nonce = r.vector(1)
+        ticket = r.vector(2, minimum=1)
+        exts = dict(parse_extensions(r))
+        r.expect_end("NewSessionTicket")
+        if lifetime > 604800:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "ticket lifetime over seven days"
+            )
+        max_early = 0
+        if X.EARLY_DATA in exts:
+            er = Reader(exts[X.EARLY_DATA])
+            max_early = er.u32()
+            er.expect_end("early_data")
+        session = Session(
+            version=TLS13,
+            cipher_suite=conn.suite.suite,
+            server_name=conn.server_name,
+            alpn_protocol=conn.alpn_protocol,
+            ticket=ticket,
+            secret=resumption_psk(conn.suite.hash_name, self.resumption_master, nonce),
+            ticket_age_add=age_add,
+            lifetime_s=lifetime,
+            received_at_ms=self.config.clock.now_ns() // 1_000_000,
+            max_early_data=max_early,
+            peer_chain_der=list(self.server_chain)
+            or (self.offered_session.peer_chain_der if self.offered_session else []),
+        )
+        self._remember(session)
+
+    def _remember(self, session: Session) -> None:
+        self.conn.session = session
+        if self.config.session_cache is not None:
+            self.config.session_cache.put(session)
+        self.conn.events.append(NewSession(session))
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

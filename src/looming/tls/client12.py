@@ -1,0 +1,255 @@
+"""The TLS 1.2 half of the client: ECDHE with AEAD suites, extended master secret, tickets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import messages as m
+from . import tls12
+from .constants import (
+    TLS12,
+    AlertDescription,
+    ContentType,
+)
+from .constants import (
+    ExtensionType as X,
+)
+from .constants import (
+    HandshakeType as H,
+)
+from .errors import TlsProtocolError
+from .keyexchange import KeyShare
+from .record import Protection
+from .session import Session
+from .signing import sign
+from .wire import Reader, u16, vec8, vec16
+
+if TYPE_CHECKING:
+    from .client import ClientHandshake
+
+
+def _unexpected(what: str) -> TlsProtocolError:
+    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
+
+
+_OFFERED12 = {
+    X.SERVER_NAME,
+    X.EC_POINT_FORMATS,
+    X.EXTENDED_MASTER_SECRET,
+    X.RENEGOTIATION_INFO,
+    X.SESSION_TICKET,
+    X.ALPN,
+    X.RECORD_SIZE_LIMIT,
+}
+
+
+class Client12:
+    def __init__(self, hs: ClientHandshake) -> None:
+        self.hs = hs
+        self.conn = hs.conn
+        self.config = hs.config
+        self.state = ""
+        self.server_random = b""
+        self.expect_ticket = False
+        self.abbreviated = False
+        self.server_group = 0
+        self.server_public = b""
+        self.requested_schemes: list[int] | None = None
+        self.server_write: Protection | None = None
+        self.ticket: bytes | None = None
+        self.ticket_lifetime = 0
+        self._client_write: Protection | None = None
+
+    def server_hello(
+        self, server_random: bytes, session_id: bytes, exts: dict[int, bytes], raw: bytes
+    ) -> None:
+        conn = self.conn
+        suite = conn.suite
+        assert suite is not None
+        self.server_random = server_random
+        if not set(exts) <= _OFFERED12:
+            raise TlsProtocolError(
+                AlertDescription.UNSUPPORTED_EXTENSION,
+                "ServerHello carries an extension we did not offer",
+            )
+        if X.RENEGOTIATION_INFO in exts and exts[X.RENEGOTIATION_INFO] != b"\x00":
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
+            )
+        if X.EXTENDED_MASTER_SECRET not in exts and self.config.require_extended_master_secret:
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE,
+                "server does not support the extended master secret (RFC 7627)",
+            )
+        if X.ALPN in exts:
+            chosen = m.parse_alpn(exts[X.ALPN])
+            if len(chosen) != 1 or chosen[0] not in self.config.alpn_protocols:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER,
+                    "server chose an ALPN protocol we did not offer",
+                )
+            conn.alpn_protocol = chosen[0]
+        if X.RECORD_SIZE_LIMIT in exts:
+            self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT])
+        self.expect_ticket = X.SESSION_TICKET in exts
+        conn.transcript.set_hash(suite.hash_name)
+        conn.transcript.add(raw)
+        session = self.hs._usable_session()
+        if session is not None and session.version == TLS12 and session_id == self.hs.session_id:
+            if session.cipher_suite != suite.suite:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, "resumed session with a different suite"
+                )
+            self.abbreviated = True
+            conn.resumed = True
+            conn.alpn_protocol = conn.alpn_protocol or session.alpn_protocol
+            client_write, self.server_write = tls12.install_keys(
+                conn, session.secret, self.hs.random, server_random
+            )
+            self._client_write = client_write
+            self.state = "wait_ticket_or_ccs"
+            return
+        self.state = "wait_certificate"
+
+    def handle_change_cipher_spec(self) -> None:
+        if self.state not in ("wait_ticket_or_ccs", "wait_ccs"):
+            raise _unexpected("change_cipher_spec out of order")
+        if self.expect_ticket and self.ticket is None:
+            raise _unexpected("change_cipher_spec before the promised NewSessionTicket")
+        self.conn.records.read = self.server_write
+        self.state = "wait_finished"
+
+    def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
+        state = self.state
+        if state == "connected":
+            if msg_type == H.HELLO_REQUEST:
+                self.conn.send_alert(1, AlertDescription.NO_RENEGOTIATION)
+                return
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, "renegotiation is not supported"
+            )
+        if state == "wait_certificate" and msg_type == H.CERTIFICATE:
+            self._certificate(body, raw)
+        elif state == "wait_ske" and msg_type == H.SERVER_KEY_EXCHANGE:
+            self._server_key_exchange(body, raw)
+        elif state == "wait_cr_or_done" and msg_type == H.CERTIFICATE_REQUEST:
+            self.requested_schemes = tls12.parse_certificate_request12(body)
+            self.conn.transcript.add(raw)
+            self.state = "wait_done"
+        elif state in ("wait_cr_or_done", "wait_done") and msg_type == H.SERVER_HELLO_DONE:
+            if body:
+                raise TlsProtocolError(AlertDescription.DECODE_ERROR, "ServerHelloDone has a body")
+            self.conn.transcript.add(raw)
+            self._client_flight()
+        elif (
+            state in ("wait_ticket_or_ccs", "wait_ccs")
+            and msg_type == H.NEW_SESSION_TICKET
+            and self.expect_ticket
+            and self.ticket is None
+        ):
+            r = Reader(body)
+            self.ticket_lifetime = r.u32()
+            self.ticket = r.vector(2)
+            r.expect_end("NewSessionTicket")
+            self.conn.transcript.add(raw)
+        elif state == "wait_finished" and msg_type == H.FINISHED:
+            self._finished(body, raw)
+        else:
+            raise _unexpected(f"handshake message {msg_type} while in TLS 1.2 state {state}")
+
+    def _certificate(self, body: bytes, raw: bytes) -> None:
+        chain = m.parse_certificate12(body)
+        if not chain:
+            raise TlsProtocolError(AlertDescription.DECODE_ERROR, "server sent no certificate")
+        self.conn.peer_certificates = m.check_peer_chain(
+            self.config, chain, self.conn.server_name, peer_is_server=True
+        )
+        self.hs.server_chain = chain
+        self.conn.transcript.add(raw)
+        self.state = "wait_ske"
+
+    def _server_key_exchange(self, body: bytes, raw: bytes) -> None:
+        group, public, params, scheme, signature = tls12.parse_server_key_exchange(body)
+        if group not in self.config.groups or group not in tls12.GROUPS12:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                f"server chose group {group:#06x}, which we did not offer",
+            )
+        leaf = self.conn.peer_certificates[0]
+        signed = self.hs.random + self.server_random + params
+        scheme_body = u16(scheme) + vec16(signature)
+        m.check_certificate_verify(
+            scheme_body, leaf, signed, self.config.signature_schemes, tls13=False
+        )
+        self.server_group = group
+        self.server_public = public
+        self.conn.transcript.add(raw)
+        self.state = "wait_cr_or_done"
+
+    def _client_flight(self) -> None:
+        conn = self.conn
+        suite = conn.suite
+        assert suite is not None
+        certified = None
+        scheme = None
+        if self.requested_schemes is not None:
+            for candidate in self.config.certificates:
+                scheme = m.choose_scheme(
+                    candidate.key,
+                    self.requested_schemes,
+                    self.config.signature_schemes,
+                    tls13=False,
+                )
+                if scheme is not None:
+                    certified = candidate
+                    break
+            conn.send_handshake(
+                H.CERTIFICATE, m.certificate12(certified.chain_der if certified else [])
+            )
+        share = KeyShare(self.server_group, self.config.random)
+        premaster = share.shared_secret(self.server_public)
+        conn.send_handshake(H.CLIENT_KEY_EXCHANGE, vec8(share.public))
+        master = tls12.extended_master_secret(suite, premaster, conn.transcript.digest())
+        client_write, self.server_write = tls12.install_keys(
+            conn, master, self.hs.random, self.server_random
+        )
+        if certified is not None and scheme is not None:
+            signature = sign(certified.key, scheme, bytes(conn.transcript.raw))
+            conn.send_handshake(H.CERTIFICATE_VERIFY, u16(scheme) + vec16(signature))
+        self._send_ccs_finished(client_write)
+        self.state = "wait_ccs"
+
+    def _send_ccs_finished(self, client_write: Protection) -> None:
+        conn = self.conn
+        conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
+        conn.records.write = client_write
+        if self.config.key_update_after_records is not None:
+            client_write.limit = self.config.key_update_after_records
+        conn.send_handshake(H.FINISHED, tls12.finished_data(conn, b"client finished"))
+
+    def _finished(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        m.check_finished(tls12.finished_data(conn, b"server finished"), body)
+        conn.transcript.add(raw)
+        if self.abbreviated:
+            assert self._client_write is not None
+            self._send_ccs_finished(self._client_write)
+        self.state = "connected"
+        self.hs.state = "connected12"
+        if self.ticket:
+            assert conn.suite is not None
+            session = Session(
+                version=TLS12,
+                cipher_suite=conn.suite.suite,
+                server_name=conn.server_name,
+                alpn_protocol=conn.alpn_protocol,
+                ticket=self.ticket,
+                secret=conn.master_secret12,
+                ticket_age_add=0,
+                lifetime_s=self.ticket_lifetime or 7200,
+                received_at_ms=self.config.clock.now_ns() // 1_000_000,
+                peer_chain_der=list(self.hs.server_chain)
+                or (self.hs.offered_session.peer_chain_der if self.hs.offered_session else []),
+            )
+            self.hs._remember(session)
+        self.hs._complete()

@@ -1,0 +1,93 @@
+"""TlsConfig: everything a connection needs to know, shared by many connections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from looming.devices.clock import Clock
+from looming.devices.random import Random
+from looming.errors import UsageError
+
+from .certs import CertifiedKey, TrustStore
+from .constants import TLS12, TLS13, CipherSuite, NamedGroup
+from .keyexchange import SUPPORTED_GROUPS
+from .session import ClientSessionCache, TicketKeys
+from .signing import DEFAULT_SCHEMES
+from .suites import TLS12_SUITES, TLS13_SUITES
+
+
+def _default_random() -> Random:
+    from looming.unix.random import UnixRandom
+
+    return UnixRandom()
+
+
+def _default_clock() -> Clock:
+    from looming.unix.clock import UnixClock
+
+    return UnixClock()
+
+
+@dataclass
+class TlsConfig:
+    """Settings for TLS clients and servers.
+
+    A client verifies the server against ``trust`` (the system store when
+    None) unless ``verify_peer`` is False; a server asks for a client
+    certificate when ``client_trust`` is set and insists on one when
+    ``require_client_certificate``.
+    """
+
+    certificates: list[CertifiedKey] = field(default_factory=list)
+    trust: TrustStore | None = None
+    verify_peer: bool = True
+    pins: Sequence[bytes] = ()
+    client_trust: TrustStore | None = None
+    require_client_certificate: bool = False
+    alpn_protocols: Sequence[bytes] = ()
+    versions: Sequence[int] = (TLS13, TLS12)
+    cipher_suites: Sequence[int] = (*TLS13_SUITES, *TLS12_SUITES)
+    groups: Sequence[int] = SUPPORTED_GROUPS
+    # Groups a client sends a key share for up front; others cost a HelloRetryRequest.
+    key_share_groups: Sequence[int] = (NamedGroup.X25519,)
+    signature_schemes: Sequence[int] = DEFAULT_SCHEMES
+    # RFC 8449: the largest record plaintext we accept; None: do not send the extension.
+    record_size_limit: int | None = None
+    # TLS 1.3 records are padded to a multiple of this many bytes (0: no padding).
+    padding_block: int = 0
+    # Server: tickets sent after each handshake; ticket lifetime.
+    session_tickets: int = 1
+    ticket_lifetime_s: int = 7200
+    ticket_keys: TicketKeys | None = None
+    # 0-RTT is off unless asked for: a server accepting up to this many early bytes,
+    # a client sending early data when a session allows it.
+    max_early_data: int = 0
+    enable_early_data: bool = False
+    # Client: resumable sessions by server name (None: never resume automatically).
+    session_cache: ClientSessionCache | None = None
+    # Send a KeyUpdate after this many records under one key (None: the AEAD's limit).
+    key_update_after_records: int | None = None
+    require_extended_master_secret: bool = True
+    random: Random = field(default_factory=_default_random)
+    clock: Clock = field(default_factory=_default_clock)
+
+    def __post_init__(self) -> None:
+        self.alpn_protocols = [
+            p.encode() if isinstance(p, str) else bytes(p) for p in self.alpn_protocols
+        ]
+        for proto in self.alpn_protocols:
+            if not 1 <= len(proto) <= 255:
+                raise UsageError(f"ALPN protocol {proto!r} must be 1 to 255 bytes")
+        if not set(self.versions) <= {TLS12, TLS13} or not self.versions:
+            raise UsageError(
+                "versions must be a non-empty subset of TLS 1.2 (0x0303) and 1.3 (0x0304)"
+            )
+        for suite in self.cipher_suites:
+            CipherSuite(suite)
+        for group in self.groups:
+            NamedGroup(group)
+        if self.record_size_limit is not None and not 64 <= self.record_size_limit <= (1 << 14) + 1:
+            raise UsageError("record_size_limit must be between 64 and 16385")
+        if self.ticket_keys is None:
+            self.ticket_keys = TicketKeys(self.random)

@@ -1,0 +1,362 @@
+"""TlsConnection: one sans-I/O TLS 1.3 / 1.2 endpoint, client or server.
+
+Bytes go in through :meth:`TlsConnection.receive`, which returns events;
+bytes to put on the wire come out of :meth:`TlsConnection.bytes_to_send`.
+The engine does no I/O and reads time and randomness only from the devices
+in its :class:`~looming.tls.config.TlsConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cryptography import x509
+
+from looming.errors import Malformed
+
+from .config import TlsConfig
+from .constants import (
+    TLS13,
+    AlertDescription,
+    AlertLevel,
+    ContentType,
+    HandshakeType,
+    KeyUpdateRequest,
+)
+from .errors import TlsAlertReceived, TlsClosed, TlsError, TlsProtocolError
+from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpdated
+from .keyschedule import Transcript, exporter13, next_traffic_secret, traffic_keys
+from .record import Protection, RecordLayer
+from .session import Session
+from .suites import SuiteInfo, prf12
+from .wire import handshake, u8
+
+_MAX_HANDSHAKE_MESSAGE = 1 << 18
+
+
+class Handshake(Protocol):
+    """A role's handshake state machine, driven by the engine."""
+
+    def start(self) -> None: ...
+
+    def handle(self, msg_type: int, body: bytes, raw: bytes) -> None: ...
+
+    def handle_change_cipher_spec(self) -> None: ...
+
+
+class TlsConnection:
+    """One TLS connection. See the module docstring."""
+
+    def __init__(
+        self,
+        config: TlsConfig,
+        *,
+        server_side: bool,
+        server_name: str | None = None,
+        session: Session | None = None,
+        early_data: bytes = b"",
+    ) -> None:
+        self.config = config
+        self.server_side = server_side
+        self.server_name = server_name
+        self.records = RecordLayer()
+        self.records.padding_block = config.padding_block
+        self.transcript = Transcript()
+        self.events: list[Event] = []
+        self.version: int | None = None
+        self.suite: SuiteInfo | None = None
+        self.alpn_protocol: bytes | None = None
+        self.peer_certificates: list[x509.Certificate] = []
+        self.resumed = False
+        self.early_data_accepted = False
+        self.handshake_complete = False
+        self.session: Session | None = None
+        # TLS 1.3 application traffic secrets and exporter secret; 1.2 master secret.
+        self.read_secret = b""
+        self.write_secret = b""
+        self.exporter_secret = b""
+        self.master_secret12 = b""
+        self.exporter_randoms = b""
+        self.receiving_early_data = False
+        self._hs_buffer = bytearray()
+        self._closed_by_peer = False
+        self._sent_close = False
+        self._failed: TlsError | None = None
+        self._pending_app_data: list[bytes] = []
+        self._handshake: Handshake
+        if server_side:
+            from .server import ServerHandshake
+
+            self._handshake = ServerHandshake(self)
+        else:
+            from .client import ClientHandshake
+
+            self._handshake = ClientHandshake(self, session, early_data)
+        self._run(self._handshake.start)
+
+    # --- the public face ------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; returns what happened. Raises TlsError on failure."""
+        if self._failed is not None:
+            raise self._failed
+        if self._closed_by_peer:
+            return []
+        self.records.feed(data)
+        self._run(self._process_records)
+        events, self.events = self.events, []
+        return events
+
+    def send_application_data(self, data: bytes) -> None:
+        """Queue ``data`` for sending (buffered until the handshake completes)."""
+        if self._failed is not None:
+            raise self._failed
+        if self._sent_close:
+            raise TlsClosed("cannot send after close()")
+        if not self.handshake_complete:
+            self._pending_app_data.append(bytes(data))
+            return
+        self._run(lambda: self._write_app_data(bytes(data)))
+
+    def bytes_to_send(self) -> bytes:
+        return self.records.take_outgoing()
+
+    def close(self) -> None:
+        """Send close_notify. Receiving may continue until the peer's close_notify."""
+        if self._sent_close or self._failed is not None:
+            return
+        self._sent_close = True
+        self.send_alert(AlertLevel.WARNING, AlertDescription.CLOSE_NOTIFY)
+
+    def key_update(self, request_peer_update: bool = True) -> None:
+        """Move our sending direction to new keys (TLS 1.3 only)."""
+        if self.version != TLS13 or not self.handshake_complete:
+            raise TlsClosed("KeyUpdate needs an established TLS 1.3 connection")
+        self._run(lambda: self._send_key_update(request_peer_update))
+
+    def export_keying_material(
+        self, label: bytes | str, context: bytes | None, length: int
+    ) -> bytes:
+        """RFC 8446 section 7.5 / RFC 5705 exporter."""
+        if not self.handshake_complete or self.suite is None:
+            raise TlsClosed("keying material can only be exported after the handshake")
+        label_bytes = label.encode() if isinstance(label, str) else label
+        if self.version == TLS13:
+            return exporter13(
+                self.suite.hash_name, self.exporter_secret, label_bytes, context or b"", length
+            )
+        seed = self.exporter_randoms
+        if context is not None:
+            seed += len(context).to_bytes(2, "big") + context
+        return prf12(self.suite.hash_name, self.master_secret12, label_bytes, seed, length)
+
+    @property
+    def peer_closed(self) -> bool:
+        return self._closed_by_peer
+
+    @property
+    def closed(self) -> bool:
+        return self._failed is not None or (self._sent_close and self._closed_by_peer)
+
+    # --- used by the handshake modules ----------------------------------------
+
+    def send_handshake(
+        self, msg_type: int, body: bytes, *, add_to_transcript: bool = True
+    ) -> bytes:
+        message = handshake(msg_type, body)
+        if add_to_transcript:
+            self.transcript.add(message)
+        self.records.write_records(ContentType.HANDSHAKE, message)
+        return message
+
+    def send_alert(self, level: int, description: int) -> None:
+        try:
+            self.records.write_records(ContentType.ALERT, bytes((level, description)))
+        except TlsProtocolError:
+            pass
+
+    def set_read_secret13(self, secret: bytes) -> None:
+        assert self.suite is not None
+        if self._hs_buffer:
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, "handshake message spans a key change"
+            )
+        key, iv = traffic_keys(self.suite.hash_name, secret, self.suite.key_length)
+        self.records.read = Protection(self.suite, key, iv, tls13=True)
+        self.read_secret = secret
+
+    def set_write_secret13(self, secret: bytes) -> None:
+        assert self.suite is not None
+        key, iv = traffic_keys(self.suite.hash_name, secret, self.suite.key_length)
+        self.records.write = Protection(self.suite, key, iv, tls13=True)
+        self.write_secret = secret
+        if self.config.key_update_after_records is not None:
+            self.records.write.limit = self.config.key_update_after_records
+
+    def fail(self, description: AlertDescription, message: str) -> TlsProtocolError:
+        return TlsProtocolError(description, message)
+
+    def complete_handshake(self) -> None:
+        self.handshake_complete = True
+        pending, self._pending_app_data = self._pending_app_data, []
+        for data in pending:
+            self._write_app_data(data)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _run(self, step: object) -> None:
+        """Run a step; turn any failure into a fatal alert and a TlsError."""
+        try:
+            step()  # type: ignore[operator]  # a zero-argument callable
+        except TlsProtocolError as exc:
+            self._abort(exc, exc.description)
+        except Malformed as exc:
+            self._abort(
+                TlsProtocolError(AlertDescription.DECODE_ERROR, f"malformed message: {exc}"),
+                AlertDescription.DECODE_ERROR,
+            )
+        except TlsAlertReceived as exc:
+            self._failed = exc
+            raise
+        except TlsError:
+            raise
+        except Exception as exc:  # a bug must still end in an alert, not a crash
+            error = TlsProtocolError(AlertDescription.INTERNAL_ERROR, f"internal error: {exc!r}")
+            self._abort(error, AlertDescription.INTERNAL_ERROR, cause=exc)
+
+    def _abort(
+        self,
+        error: TlsProtocolError,
+        description: AlertDescription,
+        cause: BaseException | None = None,
+    ) -> None:
+        self._failed = error
+        self.send_alert(AlertLevel.FATAL, description)
+        raise error from (cause or error.__cause__)
+
+    def _process_records(self) -> None:
+        while not self._closed_by_peer and self._failed is None:
+            record = self.records.next_record()
+            if record is None:
+                return
+            content_type, payload = record
+            if self._hs_buffer and content_type != ContentType.HANDSHAKE:
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE,
+                    "record interleaved within a handshake message",
+                )
+            if content_type == ContentType.HANDSHAKE:
+                if not payload:
+                    raise TlsProtocolError(
+                        AlertDescription.UNEXPECTED_MESSAGE, "empty handshake record"
+                    )
+                self._hs_buffer += payload
+                self._process_handshake_messages()
+            elif content_type == ContentType.APPLICATION_DATA:
+                self._on_application_data(payload)
+            elif content_type == ContentType.ALERT:
+                self._on_alert(payload)
+            else:
+                if payload != b"\x01":
+                    raise TlsProtocolError(
+                        AlertDescription.UNEXPECTED_MESSAGE, "malformed change_cipher_spec"
+                    )
+                self._handshake.handle_change_cipher_spec()
+
+    def _process_handshake_messages(self) -> None:
+        while len(self._hs_buffer) >= 4:
+            length = int.from_bytes(self._hs_buffer[1:4], "big")
+            if length > _MAX_HANDSHAKE_MESSAGE:
+                raise TlsProtocolError(
+                    AlertDescription.DECODE_ERROR,
+                    f"handshake message of {length} bytes is too long",
+                )
+            if len(self._hs_buffer) < 4 + length:
+                return
+            raw = bytes(self._hs_buffer[: 4 + length])
+            del self._hs_buffer[: 4 + length]
+            msg_type = raw[0]
+            if self.handshake_complete and self.version == TLS13:
+                self._post_handshake13(msg_type, raw[4:], raw)
+            else:
+                self._handshake.handle(msg_type, raw[4:], raw)
+            if self._failed is not None:
+                return
+
+    def _post_handshake13(self, msg_type: int, body: bytes, raw: bytes) -> None:
+        if msg_type == HandshakeType.KEY_UPDATE:
+            if len(body) != 1 or body[0] not in (0, 1):
+                raise TlsProtocolError(
+                    AlertDescription.DECODE_ERROR
+                    if len(body) != 1
+                    else AlertDescription.ILLEGAL_PARAMETER,
+                    "malformed KeyUpdate",
+                )
+            assert self.suite is not None
+            if self._hs_buffer:
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE, "handshake message spans a key change"
+                )
+            self.set_read_secret13(next_traffic_secret(self.suite.hash_name, self.read_secret))
+            requested = body[0] == KeyUpdateRequest.UPDATE_REQUESTED
+            if requested and not self._sent_close:
+                self._send_key_update(False)
+            self.events.append(KeyUpdated(peer_requested=requested))
+            return
+        self._handshake.handle(msg_type, body, raw)
+
+    def _send_key_update(self, request_peer_update: bool) -> None:
+        assert self.suite is not None
+        flag = (
+            KeyUpdateRequest.UPDATE_REQUESTED
+            if request_peer_update
+            else KeyUpdateRequest.UPDATE_NOT_REQUESTED
+        )
+        self.send_handshake(HandshakeType.KEY_UPDATE, u8(flag), add_to_transcript=False)
+        self.set_write_secret13(next_traffic_secret(self.suite.hash_name, self.write_secret))
+
+    def _write_app_data(self, data: bytes) -> None:
+        write = self.records.write
+        assert write is not None
+        step = 1 << 14
+        for start in range(0, max(len(data), 1), step):
+            write = self.records.write
+            assert write is not None
+            if write.seq >= write.limit:
+                if self.version == TLS13:
+                    # Replace the key before the AEAD's safety limit (RFC 8446 5.5).
+                    self._send_key_update(False)
+                else:
+                    raise TlsProtocolError(
+                        AlertDescription.INTERNAL_ERROR,
+                        "TLS 1.2 key usage limit reached; reconnect",
+                    )
+            self.records.write_records(ContentType.APPLICATION_DATA, data[start : start + step])
+
+    def _on_application_data(self, payload: bytes) -> None:
+        if self.receiving_early_data:
+            self.events.append(EarlyData(payload))
+            return
+        if not self.handshake_complete:
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE,
+                "application data before the handshake completed",
+            )
+        if payload:
+            self.events.append(ApplicationData(payload))
+
+    def _on_alert(self, payload: bytes) -> None:
+        if len(payload) != 2:
+            raise TlsProtocolError(AlertDescription.DECODE_ERROR, "alert is not two bytes")
+        level, description = payload
+        if description == AlertDescription.CLOSE_NOTIFY:
+            self._closed_by_peer = True
+            self.events.append(ConnectionClosed())
+            return
+        if description == AlertDescription.USER_CANCELED:
+            return
+        if level == AlertLevel.WARNING and self.version != TLS13:
+            return  # TLS 1.2 warnings (e.g. no_renegotiation) are not fatal
+        error = TlsAlertReceived(description)
+        self._failed = error
+        raise error

@@ -1,0 +1,117 @@
+"""The TLS 1.3 key schedule (RFC 8446 section 7) and the handshake transcript."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from .suites import derive_secret, empty_hash, hkdf_expand_label, hkdf_extract
+
+
+class Transcript:
+    """The running hash of handshake messages; buffers until the hash is known."""
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self._hash: hashlib._Hash | None = None
+        # Every message as sent, for TLS 1.2 CertificateVerify (which signs them all).
+        self.raw = bytearray()
+
+    def set_hash(self, hash_name: str) -> None:
+        """Start hashing with ``hash_name`` (once; later calls keep the running hash)."""
+        if self._hash is not None:
+            return
+        self._hash = hashlib.new(hash_name)
+        for message in self._pending:
+            self._hash.update(message)
+        self._pending.clear()
+
+    def add(self, message: bytes) -> None:
+        self.raw += message
+        if self._hash is None:
+            self._pending.append(message)
+        else:
+            self._hash.update(message)
+
+    def digest(self) -> bytes:
+        assert self._hash is not None, "transcript hash used before the suite was chosen"
+        return self._hash.copy().digest()
+
+    def digest_with(self, hash_name: str, extra: bytes) -> bytes:
+        """The hash of the transcript followed by ``extra`` (for PSK binders)."""
+        if self._hash is None:
+            h = hashlib.new(hash_name)
+            for message in self._pending:
+                h.update(message)
+        else:
+            h = self._hash.copy()
+        h.update(extra)
+        return h.digest()
+
+    def replace_with_message_hash(self) -> None:
+        """After a HelloRetryRequest: ClientHello1 becomes message_hash(Hash(ClientHello1))."""
+        assert self._hash is not None
+        digest = self._hash.digest()
+        self._hash = hashlib.new(self._hash.name)
+        self._hash.update(bytes((254, 0, 0, len(digest))) + digest)
+
+
+class KeySchedule13:
+    """Early, handshake and master secrets for one connection."""
+
+    def __init__(self, hash_name: str, psk: bytes | None = None) -> None:
+        self.hash_name = hash_name
+        self.hash_length = hashlib.new(hash_name).digest_size
+        self.psk = psk
+        self.early_secret = hkdf_extract(hash_name, b"", psk or bytes(self.hash_length))
+        self.handshake_secret = b""
+        self.master_secret = b""
+
+    def derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+        return derive_secret(self.hash_name, secret, label, transcript_hash)
+
+    def binder_key(self, external: bool = False) -> bytes:
+        label = b"ext binder" if external else b"res binder"
+        return self.derive(self.early_secret, label, empty_hash(self.hash_name))
+
+    def enter_handshake(self, shared_secret: bytes) -> None:
+        derived = self.derive(self.early_secret, b"derived", empty_hash(self.hash_name))
+        self.handshake_secret = hkdf_extract(self.hash_name, derived, shared_secret)
+
+    def enter_master(self) -> None:
+        derived = self.derive(self.handshake_secret, b"derived", empty_hash(self.hash_name))
+        self.master_secret = hkdf_extract(self.hash_name, derived, bytes(self.hash_length))
+
+    def finished_mac(self, base_key: bytes, transcript_hash: bytes) -> bytes:
+        finished_key = hkdf_expand_label(
+            self.hash_name, base_key, b"finished", b"", self.hash_length
+        )
+        return hmac.digest(finished_key, transcript_hash, self.hash_name)
+
+
+def traffic_keys(hash_name: str, secret: bytes, key_length: int) -> tuple[bytes, bytes]:
+    return (
+        hkdf_expand_label(hash_name, secret, b"key", b"", key_length),
+        hkdf_expand_label(hash_name, secret, b"iv", b"", 12),
+    )
+
+
+def next_traffic_secret(hash_name: str, secret: bytes) -> bytes:
+    return hkdf_expand_label(
+        hash_name, secret, b"traffic upd", b"", hashlib.new(hash_name).digest_size
+    )
+
+
+def exporter13(
+    hash_name: str, exporter_master: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    derived = derive_secret(hash_name, exporter_master, label, empty_hash(hash_name))
+    return hkdf_expand_label(
+        hash_name, derived, b"exporter", hashlib.new(hash_name, context).digest(), length
+    )
+
+
+def resumption_psk(hash_name: str, resumption_master: bytes, nonce: bytes) -> bytes:
+    return hkdf_expand_label(
+        hash_name, resumption_master, b"resumption", nonce, hashlib.new(hash_name).digest_size
+    )

@@ -1,0 +1,152 @@
+"""Handshake message bodies and extension payloads shared by client and server."""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+from collections.abc import Sequence
+
+from cryptography import x509
+
+from looming.errors import Malformed
+
+from .certs import CertifiedKey, check_pins, parse_chain, validate_chain
+from .config import TlsConfig
+from .constants import AlertDescription
+from .errors import TlsProtocolError
+from .signing import schemes_for_key, sign, verify
+from .wire import Reader, u16, vec8, vec16, vec24
+
+CV_SERVER = b"TLS 1.3, server CertificateVerify"
+CV_CLIENT = b"TLS 1.3, client CertificateVerify"
+
+
+def certificate13(context: bytes, chain_der: Sequence[bytes]) -> bytes:
+    entries = b"".join(vec24(der) + vec16(b"") for der in chain_der)
+    return vec8(context) + vec24(entries)
+
+
+def parse_certificate13(body: bytes) -> tuple[bytes, list[bytes]]:
+    r = Reader(body)
+    context = r.vector(1)
+    entries = r.sub(3)
+    r.expect_end("Certificate")
+    chain: list[bytes] = []
+    while not entries.at_end():
+        chain.append(entries.vector(3, minimum=1))
+        entries.vector(2)  # per-certificate extensions (OCSP, SCT): not used
+    return context, chain
+
+
+def certificate12(chain_der: Sequence[bytes]) -> bytes:
+    return vec24(b"".join(vec24(der) for der in chain_der))
+
+
+def parse_certificate12(body: bytes) -> list[bytes]:
+    r = Reader(body)
+    entries = r.sub(3)
+    r.expect_end("Certificate")
+    chain: list[bytes] = []
+    while not entries.at_end():
+        chain.append(entries.vector(3, minimum=1))
+    return chain
+
+
+def parse_alpn(body: bytes) -> list[bytes]:
+    r = Reader(body)
+    names = r.sub(2, minimum=2)
+    r.expect_end("ALPN")
+    out = []
+    while not names.at_end():
+        out.append(names.vector(1, minimum=1))
+    return out
+
+
+def alpn_body(protocols: Sequence[bytes]) -> bytes:
+    return vec16(b"".join(vec8(p) for p in protocols))
+
+
+def parse_server_name(body: bytes) -> str | None:
+    r = Reader(body)
+    names = r.sub(2, minimum=1)
+    r.expect_end("server_name")
+    while not names.at_end():
+        name_type = names.u8()
+        name = names.vector(2, minimum=1)
+        if name_type == 0:
+            try:
+                text = name.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise Malformed("server name is not ASCII") from exc
+            return text
+    return None
+
+
+def server_name_body(name: str) -> bytes:
+    return vec16(b"\x00" + vec16(name.encode("ascii")))
+
+
+def choose_scheme(
+    key: object, offered: Sequence[int], ours: Sequence[int], tls13: bool
+) -> int | None:
+    """Our most preferred scheme that the peer offered and the key can make."""
+    possible = schemes_for_key(key, tls13)  # type: ignore[arg-type]  # checked by schemes_for_key
+    for scheme in ours:
+        if scheme in possible and scheme in offered:
+            return scheme
+    return None
+
+
+def cv_content(context: bytes, transcript_hash: bytes) -> bytes:
+    return b"\x20" * 64 + context + b"\x00" + transcript_hash
+
+
+def make_certificate_verify(certified: CertifiedKey, scheme: int, content: bytes) -> bytes:
+    return u16(scheme) + vec16(sign(certified.key, scheme, content))
+
+
+def check_certificate_verify(
+    body: bytes, leaf: x509.Certificate, content: bytes, allowed: Sequence[int], tls13: bool
+) -> None:
+    r = Reader(body)
+    scheme = r.u16()
+    signature = r.vector(2)
+    r.expect_end("CertificateVerify")
+    if scheme not in allowed:
+        raise TlsProtocolError(
+            AlertDescription.ILLEGAL_PARAMETER,
+            f"peer signed with scheme {scheme:#06x}, which we did not offer",
+        )
+    if not verify(leaf.public_key(), scheme, content, signature, tls13):
+        raise TlsProtocolError(
+            AlertDescription.DECRYPT_ERROR, "the peer's handshake signature does not verify"
+        )
+
+
+def check_finished(expected: bytes, received: bytes) -> None:
+    if not hmac.compare_digest(expected, received):
+        raise TlsProtocolError(
+            AlertDescription.DECRYPT_ERROR, "Finished does not match the handshake"
+        )
+
+
+def check_peer_chain(
+    config: TlsConfig,
+    chain_der: list[bytes],
+    server_name: str | None,
+    peer_is_server: bool,
+) -> list[x509.Certificate]:
+    """Parse and, as configured, validate and pin the peer's chain."""
+    chain = parse_chain(chain_der)
+    now = datetime.datetime.fromtimestamp(config.clock.now(), datetime.UTC).replace(tzinfo=None)
+    if peer_is_server:
+        if config.verify_peer:
+            from .certs import TrustStore
+
+            trust = config.trust if config.trust is not None else TrustStore.system()
+            validate_chain(chain, trust, now, server_name, as_server_cert=True)
+    elif config.client_trust is not None:
+        validate_chain(chain, config.client_trust, now, None, as_server_cert=False)
+    if config.pins:
+        check_pins(chain, config.pins)
+    return chain

@@ -1,0 +1,230 @@
+"""The record layer: framing, AEAD protection for TLS 1.3 and 1.2, limits.
+
+A :class:`RecordLayer` turns received bytes into (content type, plaintext)
+pairs and plaintext into records to send. It knows nothing about handshakes;
+the engine installs and replaces the :class:`Protection` in each direction.
+"""
+
+from __future__ import annotations
+
+from cryptography.exceptions import InvalidTag
+
+from .constants import (
+    MAX_CIPHERTEXT_12,
+    MAX_CIPHERTEXT_13,
+    MAX_PLAINTEXT,
+    AlertDescription,
+    ContentType,
+)
+from .errors import TlsProtocolError
+from .suites import SuiteInfo
+
+_HEADER = 5
+_TAG = 16
+
+
+class Protection:
+    """AEAD keys and the sequence number for one direction of one epoch."""
+
+    def __init__(self, suite: SuiteInfo, key: bytes, iv: bytes, tls13: bool) -> None:
+        self.suite = suite
+        self.tls13 = tls13
+        self._aead = suite.aead(key)
+        # TLS 1.2 AES-GCM: a 4-byte implicit salt and an 8-byte explicit nonce
+        # on the wire (RFC 5288); ChaCha20 and all of 1.3 XOR the sequence
+        # number into a 12-byte IV (RFC 7905, RFC 8446 section 5.3).
+        self._explicit_nonce = not tls13 and not suite.is_chacha
+        self._salt = iv
+        self._iv = int.from_bytes(iv, "big") if len(iv) == 12 else 0
+        self.seq = 0
+        self.limit = suite.record_limit
+
+    def _nonce(self) -> bytes:
+        if self._explicit_nonce:
+            return self._salt + self.seq.to_bytes(8, "big")
+        return (self._iv ^ self.seq).to_bytes(12, "big")
+
+    def _next_seq(self) -> int:
+        seq = self.seq
+        if seq >= (1 << 64) - 1:
+            raise TlsProtocolError(AlertDescription.INTERNAL_ERROR, "sequence number would wrap")
+        self.seq = seq + 1
+        return seq
+
+    def seal(self, content_type: int, data: bytes, padding: int = 0) -> bytes:
+        nonce = self._nonce()
+        seq = self._next_seq()
+        if self.tls13:
+            inner = data + bytes((content_type,)) + bytes(padding)
+            length = len(inner) + _TAG
+            header = bytes((ContentType.APPLICATION_DATA, 3, 3)) + length.to_bytes(2, "big")
+            return header + self._aead.encrypt(nonce, inner, header)
+        aad = seq.to_bytes(8, "big") + bytes((content_type, 3, 3)) + len(data).to_bytes(2, "big")
+        sealed = self._aead.encrypt(nonce, data, aad)
+        if self._explicit_nonce:
+            sealed = nonce[4:] + sealed
+        return bytes((content_type, 3, 3)) + len(sealed).to_bytes(2, "big") + sealed
+
+    def open(self, header: bytes, body: bytes) -> tuple[int, bytes]:
+        """Decrypt one record; ``bad_record_mac`` if it does not authenticate."""
+        if self.tls13:
+            nonce = self._nonce()
+            try:
+                inner = self._aead.decrypt(nonce, body, header)
+            except InvalidTag:
+                raise TlsProtocolError(
+                    AlertDescription.BAD_RECORD_MAC, "record failed authentication"
+                ) from None
+            self._next_seq()
+            # Strip the zero padding; the last non-zero byte is the real type.
+            if len(inner) > MAX_PLAINTEXT + 1:
+                raise TlsProtocolError(AlertDescription.RECORD_OVERFLOW, "inner plaintext too long")
+            stripped = inner.rstrip(b"\x00")
+            if not stripped:
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE, "record has no content type"
+                )
+            return stripped[-1], stripped[:-1]
+        content_type = header[0]
+        if self._explicit_nonce:
+            if len(body) < 8 + _TAG:
+                raise TlsProtocolError(AlertDescription.BAD_RECORD_MAC, "record too short")
+            nonce = self._salt + body[:8]
+            body = body[8:]
+        else:
+            nonce = self._nonce()
+        if len(body) < _TAG:
+            raise TlsProtocolError(AlertDescription.BAD_RECORD_MAC, "record too short")
+        aad = self.seq.to_bytes(8, "big") + header[:3] + (len(body) - _TAG).to_bytes(2, "big")
+        try:
+            data = self._aead.decrypt(nonce, body, aad)
+        except InvalidTag:
+            raise TlsProtocolError(
+                AlertDescription.BAD_RECORD_MAC, "record failed authentication"
+            ) from None
+        self._next_seq()
+        return content_type, data
+
+
+class RecordLayer:
+    """Framing and protection of records in both directions."""
+
+    def __init__(self) -> None:
+        self._incoming = bytearray()
+        self.read: Protection | None = None
+        self.write: Protection | None = None
+        self.outgoing = bytearray()
+        # The peer's record_size_limit (RFC 8449), None when not negotiated,
+        # and the largest plaintext we accept.
+        self.send_limit: int | None = None
+        self.receive_plaintext_limit = MAX_PLAINTEXT
+        # Bytes of undecryptable early data still to skip after rejecting 0-RTT.
+        self.skip_early_data = 0
+        # The version field we put on plaintext records (0x0301 for a first ClientHello).
+        self.plaintext_version = b"\x03\x03"
+        self.padding_block = 0
+
+    def feed(self, data: bytes) -> None:
+        self._incoming += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._incoming)
+
+    def next_record(self) -> tuple[int, bytes] | None:
+        """The next complete record's (content type, plaintext), or None for more input."""
+        while True:
+            if len(self._incoming) < _HEADER:
+                return None
+            header = bytes(self._incoming[:_HEADER])
+            content_type = header[0]
+            length = int.from_bytes(header[3:5], "big")
+            if content_type not in (20, 21, 22, 23):
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE, f"unknown record type {content_type}"
+                )
+            if header[1] != 3:
+                raise TlsProtocolError(AlertDescription.DECODE_ERROR, "record version is not 3.x")
+            protection = self.read
+            limit = (
+                MAX_PLAINTEXT
+                if protection is None
+                else (MAX_CIPHERTEXT_13 if protection.tls13 else MAX_CIPHERTEXT_12)
+            )
+            if length > limit:
+                raise TlsProtocolError(
+                    AlertDescription.RECORD_OVERFLOW, f"record of {length} bytes exceeds {limit}"
+                )
+            if len(self._incoming) < _HEADER + length:
+                return None
+            body = bytes(self._incoming[_HEADER : _HEADER + length])
+            del self._incoming[: _HEADER + length]
+            if protection is None or (
+                protection.tls13 and content_type == ContentType.CHANGE_CIPHER_SPEC
+            ):
+                if length == 0 and content_type != ContentType.APPLICATION_DATA:
+                    raise TlsProtocolError(AlertDescription.DECODE_ERROR, "empty plaintext record")
+                if self.skip_early_data and content_type == ContentType.APPLICATION_DATA:
+                    self._skip(length)
+                    continue
+                return content_type, body
+            if protection.tls13 and content_type != ContentType.APPLICATION_DATA:
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE, "unprotected record after keys were set"
+                )
+            if self.skip_early_data:
+                try:
+                    opened = protection.open(header, body)
+                except TlsProtocolError:
+                    self._skip(length)
+                    continue
+                self.skip_early_data = 0
+            else:
+                opened = protection.open(header, body)
+            inner_type, plaintext = opened
+            if len(plaintext) > self.receive_plaintext_limit:
+                raise TlsProtocolError(
+                    AlertDescription.RECORD_OVERFLOW, "plaintext exceeds the record size limit"
+                )
+            if inner_type not in (21, 22, 23):
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE, f"unexpected inner type {inner_type}"
+                )
+            return inner_type, plaintext
+
+    def _skip(self, length: int) -> None:
+        if length > self.skip_early_data:
+            raise TlsProtocolError(
+                AlertDescription.BAD_RECORD_MAC, "undecryptable data beyond max_early_data_size"
+            )
+        self.skip_early_data -= length
+
+    def write_records(self, content_type: int, data: bytes) -> None:
+        """Fragment ``data`` into records of ``content_type`` and queue them."""
+        protection = self.write
+        tls13 = protection is not None and protection.tls13
+        limit = self.send_limit
+        # In 1.3 the peer's limit counts the inner content-type byte too.
+        step = MAX_PLAINTEXT if limit is None else min(MAX_PLAINTEXT, limit - 1 if tls13 else limit)
+        if protection is None:
+            for start in range(0, max(len(data), 1), step):
+                chunk = data[start : start + step]
+                self.outgoing += (
+                    bytes((content_type,))
+                    + self.plaintext_version
+                    + len(chunk).to_bytes(2, "big")
+                    + chunk
+                )
+            return
+        inner_max = min(limit if limit is not None else MAX_PLAINTEXT + 1, MAX_PLAINTEXT + 1)
+        for start in range(0, max(len(data), 1), step):
+            chunk = data[start : start + step]
+            pad = 0
+            if self.padding_block and tls13:
+                pad = min(inner_max - len(chunk) - 1, (-(len(chunk) + 1)) % self.padding_block)
+            self.outgoing += protection.seal(content_type, chunk, pad)
+
+    def take_outgoing(self) -> bytes:
+        out = bytes(self.outgoing)
+        self.outgoing.clear()
+        return out

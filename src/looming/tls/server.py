@@ -1,0 +1,594 @@
+"""The server side of the handshake: TLS 1.3 (RFC 8446) and TLS 1.2 (RFC 5246)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import messages as m
+from .certs import CertifiedKey, parse_chain
+from .constants import (
+    HELLO_RETRY_REQUEST_RANDOM,
+    TLS12,
+    TLS13,
+    AlertDescription,
+    ContentType,
+    PskKeyExchangeMode,
+)
+from .constants import (
+    ExtensionType as X,
+)
+from .constants import (
+    HandshakeType as H,
+)
+from .errors import TlsProtocolError
+from .events import HandshakeComplete
+from .keyexchange import server_exchange
+from .keyschedule import KeySchedule13, resumption_psk
+from .session import TicketState
+from .suites import SUITES
+from .wire import Reader, extension, parse_extensions, u8, u16, u16_list, u32, vec8, vec16
+
+if TYPE_CHECKING:
+    from .engine import TlsConnection
+    from .server12 import Server12
+
+# How far the client's idea of a ticket's age may differ from ours for 0-RTT.
+_EARLY_DATA_AGE_WINDOW_MS = 10_000
+# Undecryptable early data we skip after rejecting 0-RTT (RFC 8446 section 4.2.10).
+_REJECTED_EARLY_DATA_BUDGET = 1 << 17
+
+
+def _unexpected(what: str) -> TlsProtocolError:
+    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
+
+
+@dataclass
+class ClientHello:
+    raw: bytes
+    legacy_version: int
+    random: bytes
+    session_id: bytes
+    cipher_suites: list[int]
+    compression: bytes
+    extensions: dict[int, bytes]
+    extension_order: list[int]
+
+    @classmethod
+    def parse(cls, body: bytes, raw: bytes) -> ClientHello:
+        r = Reader(body)
+        legacy_version = r.u16()
+        random = r.take(32)
+        session_id = r.vector(1, maximum=32)
+        suites = r.u16_list(2, minimum=2)
+        compression = r.vector(1, minimum=1)
+        ext_list = parse_extensions(r)
+        r.expect_end("ClientHello")
+        return cls(
+            raw,
+            legacy_version,
+            random,
+            session_id,
+            suites,
+            compression,
+            dict(ext_list),
+            [t for t, _ in ext_list],
+        )
+
+
+class ServerHandshake:
+    def __init__(self, conn: TlsConnection) -> None:
+        self.conn = conn
+        self.config = conn.config
+        self.state = "wait_client_hello"
+        self.hrr_group: int | None = None
+        self.first_hello: ClientHello | None = None
+        self.schedule: KeySchedule13 | None = None
+        self.client_hs_secret = b""
+        self.client_app_secret = b""
+        self.requested_client_cert = False
+        self.client_chain: list[bytes] = []
+        self.ticket_state: TicketState | None = None
+        self.client_schemes: list[int] = []
+        self.v12: Server12 | None = None
+        self.tickets_sent = 0
+        self._ticket_age_skew_ms = 0
+
+    def start(self) -> None:
+        return None
+
+    def handle_change_cipher_spec(self) -> None:
+        if self.v12 is not None:
+            self.v12.handle_change_cipher_spec()
+            return
+        if self.conn.handshake_complete or (
+            self.state == "wait_client_hello" and self.first_hello is None
+        ):
+            raise _unexpected("unexpected change_cipher_spec")
+        # Middlebox compatibility (RFC 8446 appendix D.4): ignored.
+
+    def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
+        if self.v12 is not None:
+            self.v12.handle(msg_type, body, raw)
+            return
+        state = self.state
+        if state == "connected13":
+            raise _unexpected(f"handshake message {msg_type} after the handshake")
+        if state == "wait_client_hello" and msg_type == H.CLIENT_HELLO:
+            self._client_hello(ClientHello.parse(body, raw))
+        elif state == "wait_eoed" and msg_type == H.END_OF_EARLY_DATA:
+            self._end_of_early_data(body, raw)
+        elif state == "wait_cert" and msg_type == H.CERTIFICATE:
+            self._client_certificate13(body, raw)
+        elif state == "wait_cv" and msg_type == H.CERTIFICATE_VERIFY:
+            self._client_certificate_verify13(body, raw)
+        elif state == "wait_finished" and msg_type == H.FINISHED:
+            self._client_finished13(body, raw)
+        else:
+            raise _unexpected(f"handshake message {msg_type} while in state {state}")
+
+    # --- ClientHello --------------------------------------------------------------
+
+    def _choose_version(self, hello: ClientHello) -> int:
+        ours = self.config.versions
+        if X.SUPPORTED_VERSIONS in hello.extensions:
+            r = Reader(hello.extensions[X.SUPPORTED_VERSIONS])
+            offered = r.u16_list(1, minimum=2)
+            r.expect_end("supported_versions")
+            for version in (TLS13, TLS12):
+                if version in offered and version in ours:
+                    return version
+        elif hello.legacy_version >= TLS12 and TLS12 in ours:
+            return TLS12
+        raise TlsProtocolError(
+            AlertDescription.PROTOCOL_VERSION,
+            "no TLS version in common (1.2 and 1.3 are supported)",
+        )
+
+    def _client_hello(self, hello: ClientHello) -> None:
+        retry = self.first_hello is not None
+        version = TLS13 if retry else self._choose_version(hello)
+        if retry and self._choose_version(hello) != TLS13:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the version"
+            )
+        if 0 not in hello.compression:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "client does not offer null compression"
+            )
+        if X.SERVER_NAME in hello.extensions:
+            self.conn.server_name = m.parse_server_name(hello.extensions[X.SERVER_NAME])
+        if X.SIGNATURE_ALGORITHMS in hello.extensions:
+            self.client_schemes = Reader(hello.extensions[X.SIGNATURE_ALGORITHMS]).u16_list(
+                2, minimum=2
+            )
+        if version == TLS12:
+            from .server12 import Server12
+
+            self.conn.version = TLS12
+            self.v12 = Server12(self)
+            self.v12.client_hello(hello)
+            return
+        self._client_hello13(hello, retry)
+
+    def _choose_alpn(self, hello: ClientHello) -> bytes | None:
+        if X.ALPN not in hello.extensions or not self.config.alpn_protocols:
+            return None
+        offered = m.parse_alpn(hello.extensions[X.ALPN])
+        for proto in self.config.alpn_protocols:
+            if proto in offered:
+                return proto
+        raise TlsProtocolError(
+            AlertDescription.NO_APPLICATION_PROTOCOL, "no ALPN protocol in common"
+        )
+
+    def choose_certificate(
+        self, tls13: bool, allowed_auth: str | None = None
+    ) -> tuple[CertifiedKey, int]:
+        """The certificate for the client's server name and signature schemes."""
+        offered = self.client_schemes
+        name = self.conn.server_name
+        candidates = self.config.certificates
+        if not candidates:
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE, "server has no certificate configured"
+            )
+        named = [c for c in candidates if name is not None and c.matches_name(name)]
+        for pool in (named, candidates):
+            for certified in pool:
+                if allowed_auth is not None and _auth_kind(certified) != allowed_auth:
+                    continue
+                scheme = m.choose_scheme(
+                    certified.key, offered, self.config.signature_schemes, tls13
+                )
+                if scheme is not None:
+                    return certified, scheme
+        raise TlsProtocolError(
+            AlertDescription.HANDSHAKE_FAILURE,
+            "no certificate fits the client's signature algorithms",
+        )
+
+    def _client_hello13(self, hello: ClientHello, retry: bool) -> None:
+        conn = self.conn
+        config = self.config
+        exts = hello.extensions
+        if hello.compression != b"\x00":
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello offers compression"
+            )
+        if X.PRE_SHARED_KEY in exts and hello.extension_order[-1] != X.PRE_SHARED_KEY:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "pre_shared_key is not the last extension"
+            )
+        suite_id = next(
+            (
+                s
+                for s in config.cipher_suites
+                if SUITES[s].version == TLS13 and s in hello.cipher_suites
+            ),
+            None,
+        )
+        if suite_id is None:
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE, "no TLS 1.3 cipher suite in common"
+            )
+        if retry and conn.suite is not None and suite_id != conn.suite.suite:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the cipher suites"
+            )
+        suite = SUITES[suite_id]
+        conn.suite = suite
+        conn.version = TLS13
+        if X.SUPPORTED_GROUPS not in exts or X.KEY_SHARE not in exts:
+            raise TlsProtocolError(
+                AlertDescription.MISSING_EXTENSION,
+                "TLS 1.3 ClientHello needs supported_groups and key_share (psk_ke is not supported)",
+            )
+        client_groups = Reader(exts[X.SUPPORTED_GROUPS]).u16_list(2, minimum=2)
+        shares: dict[int, bytes] = {}
+        ks = Reader(exts[X.KEY_SHARE])
+        share_list = ks.sub(2)
+        ks.expect_end("key_share")
+        while not share_list.at_end():
+            group = share_list.u16()
+            share = share_list.vector(2, minimum=1)
+            if group in shares:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, "two key shares for one group"
+                )
+            shares[group] = share
+        for group in shares:
+            if group not in client_groups:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER,
+                    "key share for a group not in supported_groups",
+                )
+        chosen_group = next((g for g in config.groups if g in shares), None)
+        if retry and chosen_group != self.hrr_group:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                "second ClientHello lacks the requested key share",
+            )
+        if chosen_group is None:
+            wanted = next((g for g in config.groups if g in client_groups), None)
+            if wanted is None or retry:
+                raise TlsProtocolError(
+                    AlertDescription.HANDSHAKE_FAILURE, "no key exchange group in common"
+                )
+            self._send_hello_retry_request(hello, wanted)
+            return
+        transcript = conn.transcript
+        if not retry:
+            transcript.set_hash(suite.hash_name)
+        alpn = self._choose_alpn(hello)
+        conn.alpn_protocol = alpn
+        psk_selected = self._try_psk(hello, alpn)
+        if psk_selected is None and X.SIGNATURE_ALGORITHMS not in exts:
+            raise TlsProtocolError(
+                AlertDescription.MISSING_EXTENSION, "ClientHello without signature_algorithms"
+            )
+        transcript.add(hello.raw)
+        early_accepted = False
+        if X.EARLY_DATA in exts:
+            early_accepted = self._accept_early_data(retry, psk_selected, alpn)
+            if not early_accepted:
+                conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
+        server_share, shared_secret = server_exchange(
+            chosen_group, shares[chosen_group], config.random
+        )
+        sh_exts = [
+            extension(X.SUPPORTED_VERSIONS, u16(TLS13)),
+            extension(X.KEY_SHARE, u16(chosen_group) + vec16(server_share)),
+        ]
+        if psk_selected is not None:
+            sh_exts.append(extension(X.PRE_SHARED_KEY, u16(0)))
+        body = (
+            u16(TLS12)
+            + config.random.bytes(32)
+            + vec8(hello.session_id)
+            + u16(suite_id)
+            + b"\x00"
+            + vec16(b"".join(sh_exts))
+        )
+        conn.send_handshake(H.SERVER_HELLO, body)
+        if hello.session_id and not retry:
+            conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
+        schedule = (
+            self.schedule
+            if psk_selected is not None and self.schedule is not None
+            else KeySchedule13(suite.hash_name)
+        )
+        self.schedule = schedule
+        schedule.enter_handshake(shared_secret)
+        th = transcript.digest()
+        self.client_hs_secret = schedule.derive(schedule.handshake_secret, b"c hs traffic", th)
+        server_hs = schedule.derive(schedule.handshake_secret, b"s hs traffic", th)
+        conn.set_write_secret13(server_hs)
+        if not early_accepted:
+            conn.set_read_secret13(self.client_hs_secret)
+        # EncryptedExtensions
+        ee = []
+        if alpn is not None:
+            ee.append(extension(X.ALPN, m.alpn_body([alpn])))
+        if early_accepted:
+            ee.append(extension(X.EARLY_DATA, b""))
+        if conn.server_name is not None and X.SERVER_NAME in exts and psk_selected is None:
+            ee.append(extension(X.SERVER_NAME, b""))
+        if X.RECORD_SIZE_LIMIT in exts:
+            self._record_size_limit(exts[X.RECORD_SIZE_LIMIT], ee)
+        conn.send_handshake(H.ENCRYPTED_EXTENSIONS, vec16(b"".join(ee)))
+        if psk_selected is None:
+            if config.client_trust is not None or config.require_client_certificate:
+                self.requested_client_cert = True
+                cr_exts = extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes))
+                conn.send_handshake(H.CERTIFICATE_REQUEST, vec8(b"") + vec16(cr_exts))
+            certified, scheme = self.choose_certificate(tls13=True)
+            conn.send_handshake(H.CERTIFICATE, m.certificate13(b"", certified.chain_der))
+            content = m.cv_content(m.CV_SERVER, transcript.digest())
+            conn.send_handshake(
+                H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
+            )
+        conn.send_handshake(H.FINISHED, schedule.finished_mac(server_hs, transcript.digest()))
+        schedule.enter_master()
+        th = transcript.digest()
+        self.client_app_secret = schedule.derive(schedule.master_secret, b"c ap traffic", th)
+        conn.set_write_secret13(schedule.derive(schedule.master_secret, b"s ap traffic", th))
+        conn.exporter_secret = schedule.derive(schedule.master_secret, b"exp master", th)
+        if early_accepted:
+            self.state = "wait_eoed"
+        elif self.requested_client_cert:
+            self.state = "wait_cert"
+        else:
+            self.state = "wait_finished"
+
+    def _record_size_limit(self, data: bytes, ee: list[bytes]) -> None:
+        r = Reader(data)
+        limit = r.u16()
+        r.expect_end("record_size_limit")
+        if limit < 64:
+            raise TlsProtocolError(AlertDescription.ILLEGAL_PARAMETER, "record_size_limit below 64")
+        self.conn.records.send_limit = limit
+        own = self.config.record_size_limit
+        if own is not None:
+            ee.append(extension(X.RECORD_SIZE_LIMIT, u16(own)))
+            self.conn.records.receive_plaintext_limit = (
+                own - 1 if self.conn.version == TLS13 else own
+            )
+
+    def _send_hello_retry_request(self, hello: ClientHello, group: int) -> None:
+        conn = self.conn
+        assert conn.suite is not None
+        self.first_hello = hello
+        self.hrr_group = group
+        conn.transcript.set_hash(conn.suite.hash_name)
+        conn.transcript.add(hello.raw)
+        conn.transcript.replace_with_message_hash()
+        exts = extension(X.SUPPORTED_VERSIONS, u16(TLS13)) + extension(X.KEY_SHARE, u16(group))
+        body = (
+            u16(TLS12)
+            + HELLO_RETRY_REQUEST_RANDOM
+            + vec8(hello.session_id)
+            + u16(conn.suite.suite)
+            + b"\x00"
+            + vec16(exts)
+        )
+        conn.send_handshake(H.SERVER_HELLO, body)
+        if hello.session_id:
+            conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
+        if X.EARLY_DATA in hello.extensions:
+            conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
+        self.state = "wait_client_hello"
+
+    def _try_psk(self, hello: ClientHello, alpn: bytes | None) -> int | None:
+        """Accept the first PSK identity if it is a valid, unused ticket of ours; check its binder."""
+        exts = hello.extensions
+        if X.PRE_SHARED_KEY not in exts:
+            return None
+        if X.PSK_KEY_EXCHANGE_MODES not in exts:
+            raise TlsProtocolError(
+                AlertDescription.MISSING_EXTENSION, "pre_shared_key without psk_key_exchange_modes"
+            )
+        modes = Reader(exts[X.PSK_KEY_EXCHANGE_MODES]).vector(1, minimum=1)
+        r = Reader(exts[X.PRE_SHARED_KEY])
+        identities = r.sub(2, minimum=7)
+        binders_block = r.vector(2, minimum=33)
+        r.expect_end("pre_shared_key")
+        entries = []
+        while not identities.at_end():
+            entries.append((identities.vector(2, minimum=1), identities.u32()))
+        br = Reader(binders_block)
+        binders = []
+        while not br.at_end():
+            binders.append(br.vector(1, minimum=32))
+        if len(binders) != len(entries):
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "binder count differs from identity count"
+            )
+        if PskKeyExchangeMode.PSK_DHE_KE not in modes:
+            return None
+        conn = self.conn
+        assert conn.suite is not None and self.config.ticket_keys is not None
+        ticket, obfuscated_age = entries[0]
+        state = self.config.ticket_keys.open(ticket)
+        now_ms = self.config.clock.now_ns() // 1_000_000
+        if (
+            state is None
+            or state.version != TLS13
+            or SUITES[state.cipher_suite].hash_name != conn.suite.hash_name
+        ):
+            return None
+        if now_ms - state.issued_ms > state.lifetime_s * 1000:
+            return None
+        truncated = hello.raw[: len(hello.raw) - 2 - len(binders_block)]
+        schedule = KeySchedule13(conn.suite.hash_name, state.secret)
+        expected = schedule.finished_mac(
+            schedule.binder_key(), conn.transcript.digest_with(conn.suite.hash_name, truncated)
+        )
+        m.check_finished(expected, binders[0])
+        if not self.config.ticket_keys.redeem(state, now_ms):
+            return None  # single use: a replayed ticket gets a full handshake
+        self.schedule = schedule
+        self.ticket_state = state
+        state_age = (obfuscated_age - state.ticket_age_add) % (1 << 32)
+        self._ticket_age_skew_ms = abs(state_age - (now_ms - state.issued_ms))
+        conn.resumed = True
+        if state.client_chain_der:
+            conn.peer_certificates = parse_chain(state.client_chain_der)
+        return 0
+
+    def _accept_early_data(self, retry: bool, psk_selected: int | None, alpn: bytes | None) -> bool:
+        state = self.ticket_state
+        conn = self.conn
+        if (
+            retry
+            or psk_selected != 0
+            or state is None
+            or self.schedule is None
+            or conn.suite is None
+        ):
+            return False
+        if self.config.max_early_data <= 0 or state.max_early_data <= 0:
+            return False
+        if state.cipher_suite != conn.suite.suite or state.alpn_protocol != (alpn or b""):
+            return False
+        if self._ticket_age_skew_ms > _EARLY_DATA_AGE_WINDOW_MS:
+            return False
+        early_secret = self.schedule.derive(
+            self.schedule.early_secret, b"c e traffic", conn.transcript.digest()
+        )
+        conn.set_read_secret13(early_secret)
+        conn.receiving_early_data = True
+        conn.early_data_accepted = True
+        return True
+
+    # --- the client's second flight ---------------------------------------------
+
+    def _end_of_early_data(self, body: bytes, raw: bytes) -> None:
+        if body:
+            raise TlsProtocolError(AlertDescription.DECODE_ERROR, "EndOfEarlyData has a body")
+        conn = self.conn
+        conn.receiving_early_data = False
+        conn.transcript.add(raw)
+        conn.set_read_secret13(self.client_hs_secret)
+        self.state = "wait_cert" if self.requested_client_cert else "wait_finished"
+
+    def _client_certificate13(self, body: bytes, raw: bytes) -> None:
+        context, chain = m.parse_certificate13(body)
+        if context:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "client Certificate has a request context"
+            )
+        conn = self.conn
+        if not chain:
+            if self.config.require_client_certificate:
+                raise TlsProtocolError(
+                    AlertDescription.CERTIFICATE_REQUIRED, "client sent no certificate"
+                )
+            conn.transcript.add(raw)
+            self.state = "wait_finished"
+            return
+        conn.peer_certificates = m.check_peer_chain(self.config, chain, None, peer_is_server=False)
+        self.client_chain = chain
+        conn.transcript.add(raw)
+        self.state = "wait_cv"
+
+    def _client_certificate_verify13(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        content = m.cv_content(m.CV_CLIENT, conn.transcript.digest())
+        m.check_certificate_verify(
+            body, conn.peer_certificates[0], content, self.config.signature_schemes, tls13=True
+        )
+        conn.transcript.add(raw)
+        self.state = "wait_finished"
+
+    def _client_finished13(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        schedule = self.schedule
+        assert schedule is not None and conn.suite is not None and conn.version is not None
+        m.check_finished(
+            schedule.finished_mac(self.client_hs_secret, conn.transcript.digest()), body
+        )
+        conn.transcript.add(raw)
+        conn.set_read_secret13(self.client_app_secret)
+        resumption_master = schedule.derive(
+            schedule.master_secret, b"res master", conn.transcript.digest()
+        )
+        self.state = "connected13"
+        for _ in range(self.config.session_tickets):
+            self._send_ticket13(resumption_master)
+        conn.complete_handshake()
+        conn.events.append(
+            HandshakeComplete(
+                version=conn.version,
+                cipher_suite=conn.suite.suite,
+                alpn_protocol=conn.alpn_protocol,
+                server_name=conn.server_name,
+                resumed=conn.resumed,
+                early_data_accepted=conn.early_data_accepted,
+                peer_certificates=list(conn.peer_certificates),
+            )
+        )
+
+    def _send_ticket13(self, resumption_master: bytes) -> None:
+        conn = self.conn
+        config = self.config
+        assert conn.suite is not None and config.ticket_keys is not None
+        nonce = u8(self.tickets_sent)
+        self.tickets_sent += 1
+        age_add = int.from_bytes(config.random.bytes(4), "big")
+        max_early = config.max_early_data
+        chain = self.client_chain or (
+            self.ticket_state.client_chain_der if self.ticket_state else []
+        )
+        state = TicketState(
+            version=TLS13,
+            cipher_suite=conn.suite.suite,
+            secret=resumption_psk(conn.suite.hash_name, resumption_master, nonce),
+            ticket_age_add=age_add,
+            issued_ms=config.clock.now_ns() // 1_000_000,
+            lifetime_s=config.ticket_lifetime_s,
+            max_early_data=max_early,
+            alpn_protocol=conn.alpn_protocol or b"",
+            server_name=conn.server_name or "",
+            ticket_id=config.random.bytes(16),
+            client_chain_der=list(chain),
+        )
+        exts = extension(X.EARLY_DATA, u32(max_early)) if max_early > 0 else b""
+        body = (
+            u32(config.ticket_lifetime_s)
+            + u32(age_add)
+            + vec8(nonce)
+            + vec16(config.ticket_keys.seal(state))
+            + vec16(exts)
+        )
+        conn.send_handshake(H.NEW_SESSION_TICKET, body, add_to_transcript=False)
+
+
+def _auth_kind(certified: CertifiedKey) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(certified.key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(certified.key, ec.EllipticCurvePrivateKey):
+        return "ecdsa"
+    return "other"

@@ -1,0 +1,299 @@
+"""The TLS 1.2 half of the server: ECDHE with AEAD suites, extended master secret, tickets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import messages as m
+from . import tls12
+from .certs import CertifiedKey, parse_chain
+from .constants import (
+    DOWNGRADE_TLS12,
+    EMPTY_RENEGOTIATION_INFO_SCSV,
+    TLS12,
+    TLS13,
+    AlertDescription,
+    ContentType,
+)
+from .constants import (
+    ExtensionType as X,
+)
+from .constants import (
+    HandshakeType as H,
+)
+from .errors import TlsProtocolError
+from .events import HandshakeComplete
+from .keyexchange import KeyShare
+from .record import Protection
+from .session import TicketState
+from .signing import sign
+from .suites import SUITES
+from .wire import Reader, extension, u16, u16_list, u32, vec8, vec16
+
+if TYPE_CHECKING:
+    from .server import ClientHello, ServerHandshake
+
+
+def _unexpected(what: str) -> TlsProtocolError:
+    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
+
+
+class Server12:
+    def __init__(self, hs: ServerHandshake) -> None:
+        self.hs = hs
+        self.conn = hs.conn
+        self.config = hs.config
+        self.state = ""
+        self.client_random = b""
+        self.server_random = b""
+        self.share: KeyShare | None = None
+        self.requested_client_cert = False
+        self.client_chain: list[bytes] = []
+        self.issue_ticket = False
+        self.client_write: Protection | None = None
+        self.server_write: Protection | None = None
+        self.abbreviated = False
+
+    def client_hello(self, hello: ClientHello) -> None:
+        conn = self.conn
+        config = self.config
+        exts = hello.extensions
+        self.client_random = hello.random
+        secure_reneg = EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
+        if X.RENEGOTIATION_INFO in exts:
+            if exts[X.RENEGOTIATION_INFO] != b"\x00":
+                raise TlsProtocolError(
+                    AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
+                )
+            secure_reneg = True
+        ems = X.EXTENDED_MASTER_SECRET in exts
+        if not ems and config.require_extended_master_secret:
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE,
+                "client does not support the extended master secret (RFC 7627)",
+            )
+        if X.EC_POINT_FORMATS in exts and 0 not in Reader(exts[X.EC_POINT_FORMATS]).vector(
+            1, minimum=1
+        ):
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "client does not accept uncompressed points"
+            )
+        client_groups = (
+            Reader(exts[X.SUPPORTED_GROUPS]).u16_list(2, minimum=2)
+            if X.SUPPORTED_GROUPS in exts
+            else [23]
+        )
+        group = next((g for g in config.groups if g in tls12.GROUPS12 and g in client_groups), None)
+        if group is None:
+            raise TlsProtocolError(AlertDescription.HANDSHAKE_FAILURE, "no ECDHE group in common")
+        if not self.hs.client_schemes:
+            # RFC 5246 7.4.1.4.1: without the extension, assume SHA-1 based; we do not sign with SHA-1.
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE, "ClientHello without signature_algorithms"
+            )
+        alpn = self.hs._choose_alpn(hello)
+        conn.alpn_protocol = alpn
+        # Resumption by ticket (RFC 5077).
+        state = None
+        if X.SESSION_TICKET in exts and exts[X.SESSION_TICKET] and config.ticket_keys is not None:
+            state = config.ticket_keys.open(exts[X.SESSION_TICKET])
+            now_ms = config.clock.now_ns() // 1_000_000
+            if state is not None and (
+                state.version != TLS12
+                or state.cipher_suite not in hello.cipher_suites
+                or state.cipher_suite not in config.cipher_suites
+                or now_ms - state.issued_ms > state.lifetime_s * 1000
+            ):
+                state = None
+        self.issue_ticket = X.SESSION_TICKET in exts and config.session_tickets > 0
+        if state is not None:
+            suite_id = state.cipher_suite
+            certified: CertifiedKey | None = None
+            scheme = 0
+        else:
+            suite_id, certified, scheme = self._choose_suite(hello)
+        conn.suite = SUITES[suite_id]
+        conn.transcript.set_hash(conn.suite.hash_name)
+        conn.transcript.add(hello.raw)
+        self.server_random = config.random.bytes(24) + (
+            DOWNGRADE_TLS12 if TLS13 in config.versions else config.random.bytes(8)
+        )
+        sh_exts = []
+        if secure_reneg:
+            sh_exts.append(extension(X.RENEGOTIATION_INFO, vec8(b"")))
+        if ems:
+            sh_exts.append(extension(X.EXTENDED_MASTER_SECRET, b""))
+        if X.EC_POINT_FORMATS in exts:
+            sh_exts.append(extension(X.EC_POINT_FORMATS, vec8(b"\x00")))
+        if alpn is not None:
+            sh_exts.append(extension(X.ALPN, m.alpn_body([alpn])))
+        if self.issue_ticket:
+            sh_exts.append(extension(X.SESSION_TICKET, b""))
+        if X.RECORD_SIZE_LIMIT in exts:
+            ee: list[bytes] = []
+            self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT], ee)
+            sh_exts.extend(ee)
+        session_id = hello.session_id if state is not None else b""
+        body = (
+            u16(TLS12)
+            + self.server_random
+            + vec8(session_id)
+            + u16(suite_id)
+            + b"\x00"
+            + vec16(b"".join(sh_exts))
+        )
+        conn.send_handshake(H.SERVER_HELLO, body)
+        if state is not None:
+            self.abbreviated = True
+            conn.resumed = True
+            if state.client_chain_der:
+                conn.peer_certificates = parse_chain(state.client_chain_der)
+                self.client_chain = state.client_chain_der
+            self.client_write, self.server_write = tls12.install_keys(
+                conn, state.secret, self.client_random, self.server_random
+            )
+            self._send_ticket_ccs_finished()
+            self.state = "wait_ccs"
+            return
+        assert certified is not None
+        conn.send_handshake(H.CERTIFICATE, m.certificate12(certified.chain_der))
+        self.share = KeyShare(group, config.random)
+        params = tls12.ecdhe_params(group, self.share.public)
+        signature = sign(certified.key, scheme, self.client_random + self.server_random + params)
+        conn.send_handshake(H.SERVER_KEY_EXCHANGE, params + u16(scheme) + vec16(signature))
+        if config.client_trust is not None or config.require_client_certificate:
+            self.requested_client_cert = True
+            types = vec8(bytes((1, 64)))  # rsa_sign, ecdsa_sign
+            conn.send_handshake(
+                H.CERTIFICATE_REQUEST, types + u16_list(config.signature_schemes) + vec16(b"")
+            )
+        conn.send_handshake(H.SERVER_HELLO_DONE, b"")
+        self.state = "wait_certificate" if self.requested_client_cert else "wait_cke"
+
+    def _choose_suite(self, hello: ClientHello) -> tuple[int, CertifiedKey, int]:
+        for suite_id in self.config.cipher_suites:
+            info = SUITES[suite_id]
+            if info.version != TLS12 or suite_id not in hello.cipher_suites:
+                continue
+            try:
+                certified, scheme = self.hs.choose_certificate(tls13=False, allowed_auth=info.auth)
+            except TlsProtocolError:
+                continue
+            return suite_id, certified, scheme
+        raise TlsProtocolError(
+            AlertDescription.HANDSHAKE_FAILURE,
+            "no TLS 1.2 ECDHE AEAD suite fits the client's offer and our certificates",
+        )
+
+    def handle_change_cipher_spec(self) -> None:
+        if self.state != "wait_ccs":
+            raise _unexpected("change_cipher_spec out of order")
+        self.conn.records.read = self.client_write
+        self.state = "wait_finished"
+
+    def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
+        state = self.state
+        conn = self.conn
+        if state == "connected":
+            raise TlsProtocolError(
+                AlertDescription.NO_RENEGOTIATION, "renegotiation is not supported"
+            )
+        if state == "wait_certificate" and msg_type == H.CERTIFICATE:
+            chain = m.parse_certificate12(body)
+            if not chain and self.config.require_client_certificate:
+                raise TlsProtocolError(
+                    AlertDescription.HANDSHAKE_FAILURE, "client sent no certificate"
+                )
+            if chain:
+                conn.peer_certificates = m.check_peer_chain(
+                    self.config, chain, None, peer_is_server=False
+                )
+                self.client_chain = chain
+            conn.transcript.add(raw)
+            self.state = "wait_cke"
+        elif state == "wait_cke" and msg_type == H.CLIENT_KEY_EXCHANGE:
+            self._client_key_exchange(body, raw)
+        elif state == "wait_cv" and msg_type == H.CERTIFICATE_VERIFY:
+            m.check_certificate_verify(
+                body,
+                conn.peer_certificates[0],
+                bytes(conn.transcript.raw),
+                self.config.signature_schemes,
+                tls13=False,
+            )
+            conn.transcript.add(raw)
+            self.state = "wait_ccs"
+        elif state == "wait_finished" and msg_type == H.FINISHED:
+            self._finished(body, raw)
+        else:
+            raise _unexpected(f"handshake message {msg_type} while in TLS 1.2 state {state}")
+
+    def _client_key_exchange(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        assert self.share is not None and conn.suite is not None
+        r = Reader(body)
+        public = r.vector(1, minimum=1)
+        r.expect_end("ClientKeyExchange")
+        premaster = self.share.shared_secret(public)
+        conn.transcript.add(raw)
+        master = tls12.extended_master_secret(conn.suite, premaster, conn.transcript.digest())
+        self.client_write, self.server_write = tls12.install_keys(
+            conn, master, self.client_random, self.server_random
+        )
+        self.state = "wait_cv" if self.client_chain else "wait_ccs"
+
+    def _send_ticket_ccs_finished(self) -> None:
+        conn = self.conn
+        config = self.config
+        assert (
+            conn.suite is not None
+            and config.ticket_keys is not None
+            and self.server_write is not None
+        )
+        if self.issue_ticket:
+            state = TicketState(
+                version=TLS12,
+                cipher_suite=conn.suite.suite,
+                secret=conn.master_secret12,
+                ticket_age_add=0,
+                issued_ms=config.clock.now_ns() // 1_000_000,
+                lifetime_s=config.ticket_lifetime_s,
+                max_early_data=0,
+                alpn_protocol=conn.alpn_protocol or b"",
+                server_name=conn.server_name or "",
+                ticket_id=config.random.bytes(16),
+                client_chain_der=list(self.client_chain),
+            )
+            conn.send_handshake(
+                H.NEW_SESSION_TICKET,
+                u32(config.ticket_lifetime_s) + vec16(config.ticket_keys.seal(state)),
+            )
+        conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
+        conn.records.write = self.server_write
+        if config.key_update_after_records is not None:
+            self.server_write.limit = config.key_update_after_records
+        conn.send_handshake(H.FINISHED, tls12.finished_data(conn, b"server finished"))
+
+    def _finished(self, body: bytes, raw: bytes) -> None:
+        conn = self.conn
+        m.check_finished(tls12.finished_data(conn, b"client finished"), body)
+        conn.transcript.add(raw)
+        if not self.abbreviated:
+            self._send_ticket_ccs_finished()
+        self.state = "connected"
+        assert conn.suite is not None
+        conn.complete_handshake()
+        conn.events.append(
+            HandshakeComplete(
+                version=TLS12,
+                cipher_suite=conn.suite.suite,
+                alpn_protocol=conn.alpn_protocol,
+                server_name=conn.server_name,
+                resumed=conn.resumed,
+                early_data_accepted=False,
+                peer_certificates=list(conn.peer_certificates),
+            )
+        )
+
+
+__all__ = ["Server12"]

@@ -1,0 +1,144 @@
+"""Resumption state: client sessions, and the server's encrypted, single-use tickets.
+
+The server keeps no per-session state: a ticket is the session sealed with
+AES-256-GCM under a key only the server holds. For 0-RTT replay protection
+the server remembers the identifiers of tickets already redeemed until they
+expire, so each ticket is accepted at most once (RFC 8446 section 8.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from looming.devices.random import Random
+from looming.errors import Malformed
+
+from .wire import Reader, u8, u16, u32, vec8, vec16
+
+
+@dataclass
+class Session:
+    """What a client keeps to resume a session."""
+
+    version: int
+    cipher_suite: int
+    server_name: str | None
+    alpn_protocol: bytes | None
+    ticket: bytes
+    secret: bytes  # TLS 1.3: the PSK; TLS 1.2: the master secret
+    ticket_age_add: int
+    lifetime_s: int
+    received_at_ms: int
+    max_early_data: int = 0
+    peer_chain_der: list[bytes] = field(default_factory=list)
+
+    def expired(self, now_ms: int) -> bool:
+        return now_ms - self.received_at_ms > self.lifetime_s * 1000
+
+
+class ClientSessionCache:
+    """The most recent resumable session per server name; a session is used once."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str | None, list[Session]] = {}
+
+    def put(self, session: Session) -> None:
+        self._sessions.setdefault(session.server_name, []).append(session)
+
+    def take(self, server_name: str | None, now_ms: int) -> Session | None:
+        queue = self._sessions.get(server_name, [])
+        while queue:
+            session = queue.pop()
+            if not session.expired(now_ms):
+                return session
+        return None
+
+
+@dataclass
+class TicketState:
+    """The session inside a server's ticket."""
+
+    version: int
+    cipher_suite: int
+    secret: bytes
+    ticket_age_add: int
+    issued_ms: int
+    lifetime_s: int
+    max_early_data: int
+    alpn_protocol: bytes
+    server_name: str
+    ticket_id: bytes
+    client_chain_der: list[bytes] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        chain = b"".join(vec16(c) for c in self.client_chain_der)
+        return (
+            u16(self.version)
+            + u16(self.cipher_suite)
+            + vec8(self.secret)
+            + u32(self.ticket_age_add)
+            + self.issued_ms.to_bytes(8, "big")
+            + u32(self.lifetime_s)
+            + u32(self.max_early_data)
+            + vec8(self.alpn_protocol)
+            + vec16(self.server_name.encode())
+            + vec8(self.ticket_id)
+            + u8(len(self.client_chain_der))
+            + chain
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> TicketState:
+        r = Reader(data)
+        state = cls(
+            version=r.u16(),
+            cipher_suite=r.u16(),
+            secret=r.vector(1),
+            ticket_age_add=r.u32(),
+            issued_ms=r.uint(8),
+            lifetime_s=r.u32(),
+            max_early_data=r.u32(),
+            alpn_protocol=r.vector(1),
+            server_name=r.vector(2).decode("utf-8", "replace"),
+            ticket_id=r.vector(1),
+        )
+        state.client_chain_der = [r.vector(2) for _ in range(r.u8())]
+        r.expect_end("ticket")
+        return state
+
+
+class TicketKeys:
+    """The server's ticket sealing key and the record of redeemed tickets."""
+
+    def __init__(self, random: Random) -> None:
+        self._random = random
+        self._name = random.bytes(16)
+        self._aead = AESGCM(random.bytes(32))
+        self._redeemed: dict[bytes, int] = {}
+
+    def seal(self, state: TicketState) -> bytes:
+        nonce = self._random.bytes(12)
+        return self._name + nonce + self._aead.encrypt(nonce, state.encode(), self._name)
+
+    def open(self, ticket: bytes) -> TicketState | None:
+        """The state inside ``ticket``, or None if it is not one of ours."""
+        if len(ticket) < 16 + 12 + 16 or ticket[:16] != self._name:
+            return None
+        try:
+            plain = self._aead.decrypt(ticket[16:28], ticket[28:], self._name)
+            return TicketState.decode(plain)
+        except (InvalidTag, Malformed, UnicodeDecodeError):
+            return None
+
+    def redeem(self, state: TicketState, now_ms: int) -> bool:
+        """Mark the ticket used; False if it was already used (a replay)."""
+        for ticket_id, expiry in list(self._redeemed.items()):
+            if expiry < now_ms:
+                del self._redeemed[ticket_id]
+        if state.ticket_id in self._redeemed:
+            return False
+        self._redeemed[state.ticket_id] = state.issued_ms + state.lifetime_s * 1000
+        return True

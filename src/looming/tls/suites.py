@@ -1,0 +1,189 @@
+"""What each cipher suite means: its AEAD, key sizes, hash and (1.2) authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from .constants import CipherSuite
+
+AeadFactory = Callable[[bytes], AESGCM | ChaCha20Poly1305]
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    suite: CipherSuite
+    version: int  # 0x0304 for TLS 1.3 suites, 0x0303 for 1.2 suites
+    hash_name: str
+    key_length: int
+    aead: AeadFactory
+    is_chacha: bool
+    # TLS 1.2: which certificate key type authenticates the ECDHE exchange.
+    auth: str = ""
+    # Records one key may protect before it must be replaced (RFC 8446 5.5;
+    # RFC 9147 appendix: 2^24.5 full-size records for AES-GCM).
+    record_limit: int = 1 << 62
+
+    @property
+    def hash_length(self) -> int:
+        return hashlib.new(self.hash_name).digest_size
+
+
+_AES_GCM_LIMIT = 23_726_566  # floor(2^24.5)
+
+SUITES: dict[int, SuiteInfo] = {
+    s.suite: s
+    for s in (
+        SuiteInfo(
+            CipherSuite.TLS_AES_128_GCM_SHA256,
+            0x0304,
+            "sha256",
+            16,
+            AESGCM,
+            False,
+            "",
+            _AES_GCM_LIMIT,
+        ),
+        SuiteInfo(
+            CipherSuite.TLS_AES_256_GCM_SHA384,
+            0x0304,
+            "sha384",
+            32,
+            AESGCM,
+            False,
+            "",
+            _AES_GCM_LIMIT,
+        ),
+        SuiteInfo(
+            CipherSuite.TLS_CHACHA20_POLY1305_SHA256, 0x0304, "sha256", 32, ChaCha20Poly1305, True
+        ),
+        SuiteInfo(
+            CipherSuite.ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            0x0303,
+            "sha256",
+            16,
+            AESGCM,
+            False,
+            "ecdsa",
+            _AES_GCM_LIMIT,
+        ),
+        SuiteInfo(
+            CipherSuite.ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            0x0303,
+            "sha384",
+            32,
+            AESGCM,
+            False,
+            "ecdsa",
+            _AES_GCM_LIMIT,
+        ),
+        SuiteInfo(
+            CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            0x0303,
+            "sha256",
+            16,
+            AESGCM,
+            False,
+            "rsa",
+            _AES_GCM_LIMIT,
+        ),
+        SuiteInfo(
+            CipherSuite.ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            0x0303,
+            "sha384",
+            32,
+            AESGCM,
+            False,
+            "rsa",
+            _AES_GCM_LIMIT,
+        ),
+        SuiteInfo(
+            CipherSuite.ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            0x0303,
+            "sha256",
+            32,
+            ChaCha20Poly1305,
+            True,
+            "rsa",
+        ),
+        SuiteInfo(
+            CipherSuite.ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            0x0303,
+            "sha256",
+            32,
+            ChaCha20Poly1305,
+            True,
+            "ecdsa",
+        ),
+    )
+}
+
+TLS13_SUITES = (
+    CipherSuite.TLS_AES_128_GCM_SHA256,
+    CipherSuite.TLS_AES_256_GCM_SHA384,
+    CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
+)
+TLS12_SUITES = (
+    CipherSuite.ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite.ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite.ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite.ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    CipherSuite.ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+)
+
+
+# --- HKDF (RFC 5869) and the TLS 1.3 key schedule (RFC 8446 section 7) -------
+# HMAC runs inside OpenSSL (hmac.digest); Python only concatenates bytes.
+
+
+def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
+    if not salt:
+        salt = bytes(hashlib.new(hash_name).digest_size)
+    return hmac.digest(salt, ikm, hash_name)
+
+
+def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes((counter,)), hash_name)
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def hkdf_expand_label(
+    hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
+    return hkdf_expand(hash_name, secret, info, length)
+
+
+def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+    return hkdf_expand_label(
+        hash_name, secret, label, transcript_hash, hashlib.new(hash_name).digest_size
+    )
+
+
+def empty_hash(hash_name: str) -> bytes:
+    return hashlib.new(hash_name).digest()
+
+
+# --- The TLS 1.2 PRF (RFC 5246 section 5) --------------------------------------
+
+
+def prf12(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
+    full_seed = label + seed
+    out = b""
+    a = full_seed
+    while len(out) < length:
+        a = hmac.digest(secret, a, hash_name)
+        out += hmac.digest(secret, a + full_seed, hash_name)
+    return out[:length]

@@ -1,0 +1,81 @@
+"""Pieces of TLS 1.2 (RFC 5246, RFC 7627) shared by client and server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .constants import AlertDescription, NamedGroup
+from .errors import TlsProtocolError
+from .record import Protection
+from .suites import SuiteInfo, prf12
+from .wire import Reader, u8, u16, vec8
+
+if TYPE_CHECKING:
+    from .engine import TlsConnection
+
+# ECDHE for 1.2 uses the classical groups only.
+GROUPS12 = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
+_NAMED_CURVE = 3
+
+
+def extended_master_secret(suite: SuiteInfo, premaster: bytes, session_hash: bytes) -> bytes:
+    return prf12(suite.hash_name, premaster, b"extended master secret", session_hash, 48)
+
+
+def install_keys(
+    conn: TlsConnection, master_secret: bytes, client_random: bytes, server_random: bytes
+) -> tuple[Protection, Protection]:
+    """Derive the key block; returns (client write, server write) protections."""
+    suite = conn.suite
+    assert suite is not None
+    iv_length = 12 if suite.is_chacha else 4
+    block = prf12(
+        suite.hash_name,
+        master_secret,
+        b"key expansion",
+        server_random + client_random,
+        2 * suite.key_length + 2 * iv_length,
+    )
+    k = suite.key_length
+    client_key, server_key = block[:k], block[k : 2 * k]
+    client_iv, server_iv = block[2 * k : 2 * k + iv_length], block[2 * k + iv_length :]
+    conn.master_secret12 = master_secret
+    conn.exporter_randoms = client_random + server_random
+    return Protection(suite, client_key, client_iv, tls13=False), Protection(
+        suite, server_key, server_iv, tls13=False
+    )
+
+
+def finished_data(conn: TlsConnection, label: bytes) -> bytes:
+    assert conn.suite is not None
+    return prf12(conn.suite.hash_name, conn.master_secret12, label, conn.transcript.digest(), 12)
+
+
+def ecdhe_params(group: int, public: bytes) -> bytes:
+    return u8(_NAMED_CURVE) + u16(group) + vec8(public)
+
+
+def parse_server_key_exchange(body: bytes) -> tuple[int, bytes, bytes, int, bytes]:
+    """(group, server public, the signed params bytes, scheme, signature)."""
+    r = Reader(body)
+    curve_type = r.u8()
+    if curve_type != _NAMED_CURVE:
+        raise TlsProtocolError(
+            AlertDescription.ILLEGAL_PARAMETER, "ServerKeyExchange is not for a named curve"
+        )
+    group = r.u16()
+    public = r.vector(1, minimum=1)
+    params = body[: 3 + 1 + len(public)]
+    scheme = r.u16()
+    signature = r.vector(2)
+    r.expect_end("ServerKeyExchange")
+    return group, public, params, scheme, signature
+
+
+def parse_certificate_request12(body: bytes) -> list[int]:
+    r = Reader(body)
+    r.vector(1, minimum=1)  # certificate types: the schemes list says the same
+    schemes = r.u16_list(2, minimum=2)
+    r.vector(2)  # acceptable CAs: we send our one configured chain regardless
+    r.expect_end("CertificateRequest")
+    return schemes

@@ -1,0 +1,128 @@
+"""Parse and emit the TLS presentation language: integers and length-prefixed vectors.
+
+``Reader`` trusts nothing and raises only :class:`looming.errors.Malformed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from looming.errors import Malformed
+
+
+class Reader:
+    """Reads big-endian fields from a buffer, checking every length."""
+
+    __slots__ = ("_data", "_end", "_pos")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = bytes(data)
+        self._pos = 0
+        self._end = len(self._data)
+
+    @property
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+    def at_end(self) -> bool:
+        return self._pos >= self._end
+
+    def expect_end(self, what: str) -> None:
+        if self._pos != self._end:
+            raise Malformed(f"{self._end - self._pos} trailing bytes after {what}")
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self._pos + n > self._end:
+            raise Malformed(f"need {n} bytes, have {self._end - self._pos}")
+        out = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def uint(self, width: int) -> int:
+        return int.from_bytes(self.take(width), "big")
+
+    def u8(self) -> int:
+        return self.uint(1)
+
+    def u16(self) -> int:
+        return self.uint(2)
+
+    def u24(self) -> int:
+        return self.uint(3)
+
+    def u32(self) -> int:
+        return self.uint(4)
+
+    def vector(self, length_width: int, minimum: int = 0, maximum: int | None = None) -> bytes:
+        n = self.uint(length_width)
+        if n < minimum or (maximum is not None and n > maximum):
+            raise Malformed(f"vector length {n} outside [{minimum}, {maximum}]")
+        return self.take(n)
+
+    def sub(self, length_width: int, minimum: int = 0) -> Reader:
+        return Reader(self.vector(length_width, minimum))
+
+    def u16_list(self, length_width: int, minimum: int = 0) -> list[int]:
+        body = self.vector(length_width, minimum)
+        if len(body) % 2:
+            raise Malformed("odd length for a list of 16-bit values")
+        return [int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body), 2)]
+
+
+def u8(v: int) -> bytes:
+    return v.to_bytes(1, "big")
+
+
+def u16(v: int) -> bytes:
+    return v.to_bytes(2, "big")
+
+
+def u24(v: int) -> bytes:
+    return v.to_bytes(3, "big")
+
+
+def u32(v: int) -> bytes:
+    return v.to_bytes(4, "big")
+
+
+def vec8(b: bytes) -> bytes:
+    return u8(len(b)) + b
+
+
+def vec16(b: bytes) -> bytes:
+    return u16(len(b)) + b
+
+
+def vec24(b: bytes) -> bytes:
+    return u24(len(b)) + b
+
+
+def u16_list(values: Iterable[int], length_width: int = 2) -> bytes:
+    body = b"".join(u16(v) for v in values)
+    return len(body).to_bytes(length_width, "big") + body
+
+
+def handshake(msg_type: int, body: bytes) -> bytes:
+    """A handshake message: type, 24-bit length, body."""
+    return u8(msg_type) + u24(len(body)) + body
+
+
+def extension(ext_type: int, body: bytes) -> bytes:
+    return u16(ext_type) + vec16(body)
+
+
+def parse_extensions(r: Reader) -> list[tuple[int, bytes]]:
+    """Extensions in order; a repeated type is malformed (RFC 8446 section 4.2)."""
+    out: list[tuple[int, bytes]] = []
+    seen: set[int] = set()
+    if r.at_end():
+        return out
+    block = r.sub(2)
+    while not block.at_end():
+        ext_type = block.u16()
+        body = block.vector(2)
+        if ext_type in seen:
+            raise Malformed(f"extension {ext_type} appears twice")
+        seen.add(ext_type)
+        out.append((ext_type, body))
+    return out
