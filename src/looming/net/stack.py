@@ -10,36 +10,21 @@ and DNS resolver over UDP).  Every layer counts what it drops; see
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections import Counter
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any
 
 from looming.devices.clock import Clock
 from looming.devices.net import Network
 from looming.devices.random import Random
-from looming.devices.stack import Tcp
 from looming.devices.time import Time
-from looming.errors import DeviceError
 from looming.net.arp import ArpLayer
 from looming.net.dhcp import DhcpClient, DhcpLease, DhcpShell
 from looming.net.dns import DnsResolver
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
+from looming.net.tcp import TcpLayer
 from looming.net.udp import UdpLayer
-
-
-def _tcp_layer(ipv4: Ipv4Layer, time: Time, random: Random, icmp: IcmpLayer) -> Any:
-    """Build ``looming.net.tcp.TcpLayer`` when that package provides it."""
-    try:
-        module = importlib.import_module("looming.net.tcp")
-    except ImportError:
-        return None
-    layer_class = getattr(module, "TcpLayer", None)
-    if layer_class is None:
-        return None
-    return layer_class(ipv4, time, random)
 
 
 class DirectStack:
@@ -66,7 +51,7 @@ class DirectStack:
         )
         self.icmp = IcmpLayer(self.ipv4, time, random)
         self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp)
-        self._tcp: Any = _tcp_layer(self.ipv4, time, random, self.icmp)
+        self._tcp = TcpLayer(self.ipv4, time, random)
         self.dhcp: DhcpShell | None = None
         self.lease: DhcpLease | None = None
         self.resolver = DnsResolver(self._udp, time, random, [])
@@ -119,11 +104,8 @@ class DirectStack:
         return stack
 
     @property
-    def tcp(self) -> Tcp:
-        if self._tcp is None:
-            raise DeviceError("this build of looming's direct stack has no TCP layer")
-        tcp: Tcp = self._tcp
-        return tcp
+    def tcp(self) -> TcpLayer:
+        return self._tcp
 
     @property
     def udp(self) -> UdpLayer:
@@ -152,9 +134,7 @@ class DirectStack:
             "icmp": self.icmp.counters,
             "udp": self._udp.counters,
         }
-        tcp_counters = getattr(self._tcp, "counters", None)
-        if isinstance(tcp_counters, Counter | dict):
-            layers["tcp"] = Counter(tcp_counters)
+        layers["tcp"] = Counter(self._tcp.stats.as_dict())
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
         layers["dns"] = self.resolver.counters
@@ -165,15 +145,7 @@ class DirectStack:
         }
 
     async def disconnect(self) -> None:
-        closer = None
-        for name in ("close", "stop", "disconnect"):
-            closer = getattr(self._tcp, name, None)
-            if closer is not None:
-                break
-        if closer is not None:
-            result = closer()
-            if asyncio.iscoroutine(result):
-                await result
+        await self._tcp.close()
         if self.dhcp is not None:
             await self.dhcp.stop()
         await self._udp.stop()
