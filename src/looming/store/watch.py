@@ -100,7 +100,7 @@ class Watch:
     def _steps(
         self, old: ObjectId | None, new: ObjectId | None
     ) -> list[tuple[ObjectId | None, ObjectId | None]]:
-        if new is None or old is None:
+        if new is None:
             return [(old, new)]
         db = self.store.repo.db
         chain = [new]
@@ -108,6 +108,9 @@ class Watch:
         for _ in range(MAX_STEPS):
             parents = db.commit(current).parents
             if not parents:
+                if old is None:  # the branch was born: report from its root
+                    chain.reverse()
+                    return list(zip([None, *chain[:-1]], chain, strict=True))
                 break
             current = parents[0]
             if current == old:

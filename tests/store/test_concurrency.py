@@ -1,0 +1,100 @@
+"""Concurrent writers (threads and processes) and writers killed mid-write."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from looming.store.repo import Repo
+
+from .conftest import GitRunner
+
+WRITER = """
+import sys
+from looming.store.repo import Repo
+path, name, count, threshold = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+repo = Repo.open(path, pack_threshold=threshold)
+store = repo.store()
+for i in range(count):
+    with store.with_tree(f"{name} batch {i}") as tx:
+        for j in range(5):
+            tx.set(f"{name}/d{j}/k{i}", b"%d" % i)
+    print(i, flush=True)
+"""
+
+
+def test_threads_write_concurrently(any_repo: Repo) -> None:
+    store = any_repo.store()
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            for i in range(40):
+                store.set(f"{name}/{i}", name.encode())
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.history()) == 160
+    for n in range(4):
+        assert len(store.list(f"t{n}")) == 40
+
+
+def test_processes_write_concurrently(disk_repo: Repo, git: GitRunner) -> None:
+    path = disk_repo.path
+    assert path is not None
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, path, f"p{n}", "30", "100000"], stdout=subprocess.DEVNULL
+        )
+        for n in range(3)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0
+    store = Repo.open(path).store()
+    assert len(store.history()) == 90
+    for n in range(3):
+        for j in range(5):
+            assert len(store.list(f"p{n}/d{j}")) == 30
+    git("fsck", "--strict", cwd=path)
+
+
+def test_killed_writers_leave_a_valid_repository(tmp_path: Path, git: GitRunner) -> None:
+    chooser = random.Random(20261126)
+    path = str(tmp_path / "crash.git")
+    Repo.init(path).close()
+    committed = 0
+    for round_number in range(6):
+        # A small pack threshold makes kills land inside packing too.
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, path, f"r{round_number}", "1000", "40"],
+            stdout=subprocess.PIPE,
+        )
+        assert writer.stdout is not None
+        wait_for = chooser.randrange(1, 40)
+        for _ in range(wait_for):
+            assert writer.stdout.readline()
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+        committed += wait_for
+        git("fsck", "--strict", "--no-dangling", cwd=path)
+        repo = Repo.open(path)
+        store = repo.store()
+        history = store.history()
+        assert len(history) >= committed
+        # Every committed batch is whole: five keys per commit.
+        for info in history[:5]:
+            name, _, index = info.message.strip().partition(" batch ")
+            for j in range(5):
+                assert repo.at(info.id).get(f"{name}/d{j}/k{index}") == index.encode()
+        store.set("after-crash", b"writable")
+        repo.close()
