@@ -37,7 +37,7 @@ class Faults:
 
 
 class WireIpv4:
-    def __init__(self, address: str, faults: Faults, *, mtu: int = 1500) -> None:
+    def __init__(self, address: str, faults: Faults, *, mtu: int = 1480) -> None:
         self.address = IPv4Address(address)
         self.faults = faults
         self._mtu = mtu
@@ -53,6 +53,7 @@ class WireIpv4:
         return self.address
 
     def mtu(self, destination: IPv4Address) -> int:
+        # Like Ipv4.mtu: the largest IP payload (an Ethernet MTU of 1500 less 20).
         return self._mtu
 
     def register(self, protocol: int, handler: Handler) -> None:
@@ -106,7 +107,7 @@ class WireIpv4:
             handler(src, dst, data)
 
 
-def wire_pair(faults: Faults | None = None, *, mtu: int = 1500) -> tuple[WireIpv4, WireIpv4]:
+def wire_pair(faults: Faults | None = None, *, mtu: int = 1480) -> tuple[WireIpv4, WireIpv4]:
     faults = faults or Faults()
     a = WireIpv4("10.9.0.1", faults, mtu=mtu)
     b = WireIpv4("10.9.0.2", faults, mtu=mtu)

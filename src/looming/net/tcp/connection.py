@@ -639,7 +639,12 @@ class TcpConnection:
             if self.scoreboard and seq < self.snd_max:
                 seq = min(self.scoreboard.skip_sacked(seq), self.snd_max)
                 self.snd_nxt = seq
-            window_edge = self.snd_una + min(self.snd_wnd, self.cc.cwnd)
+            congestion_window = self.cc.cwnd
+            if self.cc.dupacks and not self.cc.in_recovery:
+                # Limited transmit (RFC 3042): a new segment for each of the
+                # first two duplicate ACKs, to keep ACKs coming.
+                congestion_window += min(self.cc.dupacks, 2) * mss
+            window_edge = self.snd_una + min(self.snd_wnd, congestion_window)
             if force_one:
                 window_edge = max(window_edge, self.snd_una + mss)
             if seq < data_end:
@@ -1026,8 +1031,13 @@ class TcpConnection:
                 if hole is not None:
                     self.rtx_high = self._retransmit_one(hole[0], now)
             return
-        # RFC 6582 section 4.1: fast retransmit only for losses after the last recovery.
-        if cc.dupacks == DUPACK_THRESHOLD and self.snd_una >= cc.recover:
+        # Three duplicate ACKs, or (RFC 6675 IsLost) more than two segments'
+        # worth SACKed above the cumulative ACK, mark the first segment lost.
+        # RFC 6582 section 4.1: only for losses after the last recovery.
+        lost = cc.dupacks >= DUPACK_THRESHOLD or (
+            self.scoreboard.sacked_bytes > (DUPACK_THRESHOLD - 1) * self.send_mss
+        )
+        if lost and self.snd_una >= cc.recover:
             self.stats.fast_retransmits += 1
             cc.enter_recovery(self.snd_max - self.snd_una, self.snd_max)
             self.rtx_high = self._retransmit_one(self.snd_una, now)

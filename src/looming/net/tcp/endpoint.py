@@ -23,7 +23,7 @@ from looming.net.tcp.seq import MASK
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 
-IP_AND_TCP_HEADERS = 40
+TCP_HEADER_LENGTH = 20
 
 
 @dataclass(slots=True)
@@ -120,11 +120,12 @@ class TcpEndpoint:
     # ------------------------------------------------------------------ user side
 
     def path_mss(self, remote: IPv4Address) -> int:
+        """MSS for ``remote``: the IPv4 layer's largest unfragmented payload less our header."""
         try:
-            mtu = self._mtu_for(remote)
+            ip_payload = self._mtu_for(remote)
         except Exception:
-            mtu = 576
-        return max(mtu - IP_AND_TCP_HEADERS, 88)
+            ip_payload = 556  # the 576-byte datagram every host must accept, less IP
+        return max(ip_payload - TCP_HEADER_LENGTH, 88)
 
     def listen(self, port: int, host: IPv4Address | None, backlog: int) -> int:
         if port == 0:

@@ -363,6 +363,14 @@ class TcpLayer:
     # ------------------------------------------------------------------ whole layer
 
     @property
+    def counters(self) -> dict[str, int]:
+        """Every counter, for the stack's per-layer report."""
+        counters = self.stats.as_dict()
+        counters["transmit_errors"] = self.transmit_errors
+        counters["handler_errors"] = self.handler_errors
+        return counters
+
+    @property
     def connection_count(self) -> int:
         """Connections in any state, TIME-WAIT included."""
         return len(self._endpoint.connections)
