@@ -8,7 +8,8 @@ waits (a short spin, then blocking in ``poll`` on its event and the
 control socket) when a ring is empty or full. The asyncio shell in
 :mod:`looming.vchan.aio` drives the same endpoint's non-blocking methods.
 
-An endpoint is used from one thread at a time.
+Blocking calls may come from two threads at once (one reading, one
+writing); each direction is used from one thread at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import os
 import select
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -73,9 +75,11 @@ class Endpoint:
         self._failure: BaseException | None = None
         self.spin = spin
         self._time = time or UnixTime()
-        self._poll = select.poll()
-        self._poll.register(notifier.wait_fd, select.POLLIN)
-        self._poll.register(control.fileno(), _POLL_IN)
+        # When a reader thread and a writer thread both block, one of them
+        # polls the event and wakes the other after draining it; two pollers
+        # would race to drain one kick and the loser would sleep through it.
+        self._waiters = threading.Condition()
+        self._polling = False
 
     # -- facts ---------------------------------------------------------------------
 
@@ -204,8 +208,6 @@ class Endpoint:
             data = b""
         if not data:
             self._control_eof = True
-            with contextlib.suppress(KeyError, ValueError):
-                self._poll.unregister(self._control.fileno())
 
     @property
     def control_eof(self) -> bool:
@@ -321,11 +323,26 @@ class Endpoint:
             if remaining_ns <= 0:
                 raise ConnectionTimeout("timed out waiting for the vchan peer")
             wait_ms = min(wait_ms, remaining_ns // 1_000_000 + 1)
-        for fd, _ in self._poll.poll(wait_ms):
-            if fd == self._notifier.wait_fd:
-                self._notifier.drain()
-            else:
-                self.poll_control()
+        with self._waiters:
+            if self._polling:
+                # Another thread is polling; it wakes us when anything arrives.
+                self._waiters.wait(wait_ms / 1000)
+                return
+            self._polling = True
+        try:
+            poller = select.poll()
+            poller.register(self._notifier.wait_fd, select.POLLIN)
+            if not self._control_eof:
+                poller.register(self._control.fileno(), _POLL_IN)
+            for fd, _ in poller.poll(wait_ms):
+                if fd == self._notifier.wait_fd:
+                    self._notifier.drain()
+                else:
+                    self.poll_control()
+        finally:
+            with self._waiters:
+                self._polling = False
+                self._waiters.notify_all()
 
     def _peer_may_write(self) -> bool:
         """False once the peer exited; raises when it died without saying so."""
