@@ -21,7 +21,7 @@ from looming.store.objectdb import EMPTY_TREE_ID
 from looming.store.objects import BLOB_MODES, MODE_TREE, ObjectId
 from looming.store.path import Path, show_path, to_path
 from looming.store.repo import CommitInfo, Repo
-from looming.store.tree import Kind, WorkTree, diff_trees, list_tree, lookup, walk_blobs
+from looming.store.tree import Kind, WorkTree, _Node, diff_trees, list_tree, lookup, walk_blobs
 from looming.store.treemerge import (
     ChooseMerge,
     Conflict,
@@ -294,6 +294,31 @@ class Store:
         return self._update(
             lambda work: work.remove(names), message or f"remove {show_path(names)}"
         )
+
+    def rename(self, source: PathLike, dest: PathLike, message: str | None = None) -> str | None:
+        """Move the value or directory at ``source`` to ``dest`` in one commit."""
+        src, dst = to_path(source), to_path(dest)
+        if not src or not dst:
+            raise KeyNotFound("/")
+
+        def edit(work: WorkTree) -> bool:
+            current = work.lookup(src)
+            if current is None:
+                raise KeyNotFound(show_path(src))
+            if isinstance(current, _Node):
+                assert current.base_id is not None  # a fresh work tree edits nothing
+                mode, object_id = MODE_TREE, current.base_id
+            else:
+                mode, object_id = current
+            work.remove(src)
+            work.remove(dst)
+            if mode == MODE_TREE:
+                work.set_subtree(dst, object_id)
+            else:
+                work.set_blob(dst, object_id, mode)
+            return True
+
+        return self._update(edit, message or f"rename {show_path(src)} to {show_path(dst)}")
 
     def test_and_set(self, path: PathLike, test: Any, set: Any, message: str | None = None) -> bool:
         """Set ``path`` to ``set`` (None removes) only if it holds ``test``
