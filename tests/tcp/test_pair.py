@@ -1,0 +1,232 @@
+"""Two looming TCP layers over an in-memory wire with seeded faults."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+
+import pytest
+
+from looming.devices.stack import TcpFlow
+from looming.errors import Closed, ConnectionRefused, ConnectionReset, ConnectionTimeout
+from looming.net.tcp import State, TcpConfig, TcpLayer
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
+from tests.tcp.ipv4_pair import Faults, wire_pair
+
+SIZE = 3 * 1024 * 1024
+
+
+def _layers(faults: Faults, config: TcpConfig | None = None) -> tuple[TcpLayer, TcpLayer]:
+    a, b = wire_pair(faults)
+    return (
+        TcpLayer(a, UnixTime(), UnixRandom(1), config=config),
+        TcpLayer(b, UnixTime(), UnixRandom(2), config=config),
+    )
+
+
+async def _read_all(flow: TcpFlow) -> bytes:
+    parts = []
+    while chunk := await flow.read():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _exchange(client: TcpLayer, server: TcpLayer, up: bytes, down: bytes) -> None:
+    """Send ``up`` to a server that answers with ``down``; check both by hash."""
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def serve(flow: TcpFlow) -> None:
+        async def send_down() -> None:
+            await flow.write(down)
+            await flow.shutdown()
+
+        sender = asyncio.create_task(send_down())
+        received.set_result(await _read_all(flow))
+        await sender
+
+    listener = await server.listen(80, serve)
+    flow = await client.connect("10.9.0.2", 80, timeout=10)
+    sender = asyncio.create_task(flow.write(up))
+    got_down = await _read_all(flow)
+    await sender
+    await flow.shutdown()
+    got_up = await asyncio.wait_for(received, 60)
+    assert hashlib.sha256(got_up).hexdigest() == hashlib.sha256(up).hexdigest()
+    assert hashlib.sha256(got_down).hexdigest() == hashlib.sha256(down).hexdigest()
+    await flow.close()
+    await listener.close()
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(),
+        Faults(loss=0.01, seed=2),
+        Faults(loss=0.05, seed=3),
+        Faults(reorder=0.05, duplicate=0.02, seed=4),
+        Faults(corrupt=0.02, loss=0.01, seed=5),
+    ],
+    ids=["clean", "loss1", "loss5", "reorder-dup", "corrupt"],
+)
+def test_bulk_both_ways(faults: Faults) -> None:
+    up = random.Random(1).randbytes(SIZE)
+    down = random.Random(2).randbytes(SIZE)
+
+    async def main() -> None:
+        client, server = _layers(faults)
+        await asyncio.wait_for(_exchange(client, server, up, down), 120)
+        if faults.loss:
+            assert client.stats.retransmits + server.stats.retransmits > 0
+        if faults.corrupt:
+            assert client.stats.checksum_errors + server.stats.checksum_errors > 0
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_connections_leave_every_table_and_timer() -> None:
+    config = TcpConfig(time_wait_ns=50_000_000)
+
+    async def main() -> None:
+        client, server = _layers(Faults(), config)
+
+        async def echo(flow: TcpFlow) -> None:
+            await flow.write(await flow.read())
+
+        await server.listen(7, echo)
+        for i in range(50):
+            flow = await client.connect("10.9.0.2", 7)
+            await flow.write(b"ping %d" % i)
+            assert await flow.read() == b"ping %d" % i
+            assert await flow.read() == b""
+            await flow.close()
+        await asyncio.sleep(0.2)  # past TIME-WAIT
+        for layer in (client, server):
+            assert layer.connection_count == 0
+            assert layer.timer_count == 0
+            assert not layer._streams
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_refused_and_reset_and_timeout() -> None:
+    async def main() -> None:
+        faults = Faults()
+        client, server = _layers(faults)
+        with pytest.raises(ConnectionRefused):
+            await client.connect("10.9.0.2", 81)
+
+        accepted: asyncio.Queue[TcpFlow] = asyncio.Queue()
+
+        async def hold(flow: TcpFlow) -> None:
+            await accepted.put(flow)
+            await asyncio.sleep(3600)
+
+        await server.listen(82, hold)
+        flow = await client.connect("10.9.0.2", 82)
+        peer = await accepted.get()
+        await flow.write(b"unread")
+        await asyncio.sleep(0.01)
+        await peer.close()  # unread data: an abort, the client sees a reset
+        with pytest.raises(ConnectionReset):
+            await flow.read()
+        with pytest.raises(ConnectionReset):
+            await flow.write(b"more")
+
+        faults.loss = 1.0
+        with pytest.raises(ConnectionTimeout):
+            await client.connect("10.9.0.2", 82, timeout=0.3)
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_write_after_shutdown_is_closed_and_half_close_still_reads() -> None:
+    async def main() -> None:
+        client, server = _layers(Faults())
+
+        async def serve(flow: TcpFlow) -> None:
+            data = await _read_all(flow)
+            await flow.write(data[::-1])
+
+        await server.listen(9, serve)
+        flow = await client.connect("10.9.0.2", 9)
+        await flow.write(b"abc")
+        await flow.shutdown()
+        with pytest.raises(Closed):
+            await flow.write(b"x")
+        assert await _read_all(flow) == b"cba"
+        await flow.close()
+        with pytest.raises(Closed):
+            await flow.read()
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_backpressure_with_a_slow_reader() -> None:
+    config = TcpConfig(send_buffer=64 * 1024, receive_buffer=32 * 1024)
+
+    async def main() -> None:
+        client, server = _layers(Faults(), config)
+        got = bytearray()
+        done = asyncio.Event()
+
+        async def slow(flow: TcpFlow) -> None:
+            while chunk := await flow.read():
+                got.extend(chunk)
+                await asyncio.sleep(0.002)
+            done.set()
+
+        await server.listen(10, slow)
+        flow = await client.connect("10.9.0.2", 10)
+        data = random.Random(3).randbytes(1024 * 1024)
+        await flow.write(data)
+        await flow.shutdown()
+        await asyncio.wait_for(done.wait(), 60)
+        assert bytes(got) == data
+        stream = flow
+        assert stream.state in (State.FIN_WAIT_2, State.TIME_WAIT)
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_syn_flood_is_answered_with_cookies_and_cookies_connect() -> None:
+    config = TcpConfig(syn_backlog=2)
+
+    async def main() -> None:
+        faults = Faults()
+        client, server = _layers(faults, config)
+
+        async def echo(flow: TcpFlow) -> None:
+            await flow.write(await flow.read())
+
+        await server.listen(11, echo, backlog=2)
+        # Fill the backlog with half-open connections whose final ACK is lost.
+        faults.drop_filter = lambda src, payload: str(src) == "10.9.0.1" and payload[13] == 0x10
+        pending = [asyncio.create_task(client.connect("10.9.0.2", 11)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        faults.drop_filter = None
+        flows = [await client.connect("10.9.0.2", 11) for _ in range(3)]
+        assert server.stats.cookies_sent == 3
+        assert server.stats.cookies_accepted == 3
+        for i, flow in enumerate(flows):
+            await flow.write(b"cookie %d" % i)
+            assert await flow.read() == b"cookie %d" % i
+            # Options survive the cookie through the timestamp echo.
+            assert flow.connection.sack_ok and flow.connection.ws_ok and flow.connection.ts_ok
+        for task in pending:
+            (await task).connection  # noqa: B018  (the half-open ones completed too)
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
