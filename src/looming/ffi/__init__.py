@@ -1,0 +1,169 @@
+"""Modular foreign-function bindings: describe a C library once, link it three ways.
+
+A :class:`Bindings` description lists ``foreign`` functions over the C types
+of :mod:`looming.ffi.types`. :func:`link` turns it into a callable library:
+
+* ``backend="dynamic"``: ctypes, in this process, no compiler needed;
+* ``backend="compiled"``: cffi API mode, built once by the C compiler and
+  cached by the description's hash; the compiler checks every declaration;
+* ``backend="isolated"``: the library runs in a helper process that serves
+  calls over a channel, so a crash in C is an exception here.
+
+All three give the same Python values for the same calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from looming.ffi.description import Bindings, Function, foreign
+from looming.ffi.errors import (
+    CompilerMissing,
+    DescriptionError,
+    DescriptionMismatch,
+    FfiError,
+    HelperCrashed,
+    HelperError,
+    HelperUnavailable,
+    LibraryNotFound,
+    StaleHandle,
+    VariadicFunction,
+)
+from looming.ffi.library import LinkedLibrary
+from looming.ffi.types import (
+    Array,
+    Buffer,
+    Callback,
+    CountedArray,
+    CString,
+    CType,
+    Deref,
+    Enum,
+    Handle,
+    Memory,
+    Opaque,
+    Pointer,
+    Ref,
+    Scalar,
+    Struct,
+    Union,
+    c_bool,
+    c_bytes,
+    c_char,
+    c_double,
+    c_float,
+    c_int,
+    c_long,
+    c_longlong,
+    c_schar,
+    c_short,
+    c_str,
+    c_uchar,
+    c_uint,
+    c_ulong,
+    c_ulonglong,
+    c_ushort,
+    const_void_p,
+    int8,
+    int16,
+    int32,
+    int64,
+    intptr_t,
+    size_t,
+    ssize_t,
+    time_t,
+    uint8,
+    uint16,
+    uint32,
+    uint64,
+    uintptr_t,
+    void,
+    void_p,
+)
+
+BACKENDS = ("dynamic", "compiled", "isolated")
+
+
+def link(bindings: Bindings, backend: str = "dynamic", **options: Any) -> LinkedLibrary:
+    """Link ``bindings`` with one backend; ``options`` go to that backend."""
+    if backend == "dynamic":
+        from looming.ffi.dynamic import DynamicLibrary
+
+        return DynamicLibrary(bindings, **options)
+    if backend == "compiled":
+        from looming.ffi.compiled import CompiledLibrary
+
+        return CompiledLibrary(bindings, **options)
+    if backend == "isolated":
+        from looming.ffi.isolated import IsolatedLibrary
+
+        return IsolatedLibrary(bindings, **options)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = [
+    "BACKENDS",
+    "Array",
+    "Bindings",
+    "Buffer",
+    "CString",
+    "CType",
+    "Callback",
+    "CompilerMissing",
+    "CountedArray",
+    "Deref",
+    "DescriptionError",
+    "DescriptionMismatch",
+    "Enum",
+    "FfiError",
+    "Function",
+    "Handle",
+    "HelperCrashed",
+    "HelperError",
+    "HelperUnavailable",
+    "LibraryNotFound",
+    "LinkedLibrary",
+    "Memory",
+    "Opaque",
+    "Pointer",
+    "Ref",
+    "Scalar",
+    "StaleHandle",
+    "Struct",
+    "Union",
+    "VariadicFunction",
+    "c_bool",
+    "c_bytes",
+    "c_char",
+    "c_double",
+    "c_float",
+    "c_int",
+    "c_long",
+    "c_longlong",
+    "c_schar",
+    "c_short",
+    "c_str",
+    "c_uchar",
+    "c_uint",
+    "c_ulong",
+    "c_ulonglong",
+    "c_ushort",
+    "const_void_p",
+    "foreign",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "intptr_t",
+    "link",
+    "size_t",
+    "ssize_t",
+    "time_t",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "uintptr_t",
+    "void",
+    "void_p",
+]

@@ -1,0 +1,137 @@
+"""Channels between the caller and the isolated backend's helper process.
+
+A channel carries whole messages both ways. The default is a socketpair
+(``AF_UNIX``, stream, each message preceded by its 32-bit length). Other
+transports plug in through :class:`Transport`: the client side opens the
+channel and says how the helper reaches its end, as an import path
+``"module:function:argument"`` that the helper calls with the argument to
+get its :class:`Channel`. A shared-memory transport (vchan) can be given to
+the isolated backend as ``transport=`` or found by ``transport="auto"``
+when ``looming.vchan`` offers an ``FfiTransport``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import struct
+from typing import Protocol
+
+from looming.ffi.errors import HelperError
+
+_LENGTH = struct.Struct("<I")
+MAX_MESSAGE = 1 << 30
+
+
+class ChannelClosed(HelperError):
+    """The other end closed the channel (for the client: the helper died)."""
+
+
+class Channel(Protocol):
+    def send(self, message: bytes | bytearray) -> None: ...
+
+    def recv(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Opens a channel for one helper process."""
+
+    name: str
+
+    def open(self) -> tuple[Channel, str, tuple[int, ...]]:
+        """(client end, the helper's connect spec, file descriptors the helper inherits)."""
+        ...
+
+    def after_spawn(self) -> None:
+        """Called once the helper has started (close what only the helper needs)."""
+        ...
+
+
+class SocketChannel:
+    """Length-prefixed messages over a connected stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def send(self, message: bytes | bytearray) -> None:
+        try:
+            self.sock.sendall(_LENGTH.pack(len(message)) + message)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ChannelClosed(f"channel closed while sending: {exc}") from exc
+
+    def recv(self) -> bytes:
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= 4:
+                (length,) = _LENGTH.unpack_from(buffer)
+                if length > MAX_MESSAGE:
+                    raise ChannelClosed(f"message of {length} bytes exceeds the limit")
+                if len(buffer) >= 4 + length:
+                    message = bytes(buffer[4 : 4 + length])
+                    del buffer[: 4 + length]
+                    return message
+            try:
+                chunk = self.sock.recv(262144)
+            except (ConnectionResetError, OSError) as exc:
+                raise ChannelClosed(f"channel closed while receiving: {exc}") from exc
+            if not chunk:
+                raise ChannelClosed("channel closed by the other end")
+            buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SocketpairTransport:
+    """The default transport: an AF_UNIX socketpair, one end inherited by the helper."""
+
+    name = "socketpair"
+
+    def __init__(self) -> None:
+        self._helper_end: socket.socket | None = None
+
+    def open(self) -> tuple[Channel, str, tuple[int, ...]]:
+        client_end, helper_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._helper_end = helper_end
+        spec = f"looming.ffi.channel:connect_socketpair:{helper_end.fileno()}"
+        return SocketChannel(client_end), spec, (helper_end.fileno(),)
+
+    def after_spawn(self) -> None:
+        if self._helper_end is not None:
+            self._helper_end.close()
+            self._helper_end = None
+
+
+def connect_socketpair(argument: str) -> Channel:
+    """Helper side of :class:`SocketpairTransport`: the inherited descriptor."""
+    return SocketChannel(socket.socket(fileno=int(argument)))
+
+
+def connect(spec: str) -> Channel:
+    """Helper side: resolve ``module:function:argument`` to a channel."""
+    module_name, function_name, argument = spec.split(":", 2)
+    function = getattr(importlib.import_module(module_name), function_name)
+    channel: Channel = function(argument)
+    return channel
+
+
+def default_transport(choice: str | Transport | None) -> Transport:
+    """The transport for ``choice``: a Transport, "socketpair", or "auto"."""
+    if choice is None or choice == "socketpair":
+        return SocketpairTransport()
+    if choice == "auto":
+        try:
+            vchan = importlib.import_module("looming.vchan")
+        except ImportError:
+            return SocketpairTransport()
+        factory = getattr(vchan, "FfiTransport", None)
+        if factory is None:
+            return SocketpairTransport()
+        transport: Transport = factory()
+        return transport
+    if isinstance(choice, str):
+        raise ValueError(f"unknown transport {choice!r}: use 'socketpair', 'auto' or a Transport")
+    return choice

@@ -1,0 +1,484 @@
+"""The compiled backend: the description built as a cffi API-mode extension.
+
+The C compiler sees the description next to the library's real header, so a
+declaration that disagrees with the header (a wrong argument type, a missing
+function, a struct whose fields are not where the description says) fails
+here, when linking, not at the first call. The extension is built once and
+cached under :func:`looming.ffi.probe.cache_dir` by a hash of the description
+(and of the compiler, cffi and Python versions); a later link only loads it.
+
+cffi releases the GIL around every call it makes, so ``release_gil=False``
+has no effect with this backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.machinery
+import importlib.util
+import io
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cffi
+
+from looming.ffi.description import Bindings, Function
+from looming.ffi.dynamic import CallbackErrors, callback_value
+from looming.ffi.errors import CompilerMissing, DescriptionError, DescriptionMismatch
+from looming.ffi.library import LinkedLibrary, argument_error, check_argument, describe_argument
+from looming.ffi.probe import cache_dir, find_compiler, header_hint, python_headers_present
+from looming.ffi.types import (
+    Buffer,
+    Callback,
+    CString,
+    CType,
+    Enum,
+    Handle,
+    Memory,
+    Opaque,
+    Pointer,
+    Record,
+    Ref,
+    Scalar,
+    Void,
+    pack_into,
+    unpack_value,
+)
+
+# Compiler warnings that mean "the description does not match the header".
+STRICT_FLAGS = [
+    "-Werror=incompatible-pointer-types",
+    "-Werror=implicit-function-declaration",
+    "-Werror=int-conversion",
+    # Buffers are described as (unsigned) char pointers whatever the header's
+    # byte typedef; signedness of the bytes is not a mismatch.
+    "-Wno-pointer-sign",
+]
+
+
+class CompiledHandle(Handle):
+    """A handle that also keeps the cffi pointer, so passing it back is free."""
+
+    __slots__ = ("cdata",)
+
+    def __init__(self, kind: Opaque, address: int, origin: object, cdata: Any) -> None:
+        super().__init__(kind, address, origin)
+        self.cdata = cdata
+
+
+class CompiledMemory(Memory):
+    """Memory allocated by cffi in this process."""
+
+    def __init__(self, ffi: Any, ctype: CType, count: int, origin: object) -> None:
+        size = max(ctype.size, 1) * count
+        self._ffi = ffi
+        self.cdata = ffi.new("char[]", size)
+        super().__init__(ctype, count, int(ffi.cast("uintptr_t", self.cdata)), origin)
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        length = self.size - offset if length is None else length
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise IndexError(f"read of {length} bytes at {offset} outside a {self.size}-byte block")
+        data: bytes = self._ffi.buffer(self.cdata)[offset : offset + length]
+        return data
+
+    def write(self, data: bytes, offset: int = 0) -> None:
+        if offset < 0 or offset + len(data) > self.size:
+            raise IndexError(
+                f"write of {len(data)} bytes at {offset} outside a {self.size}-byte block"
+            )
+        self._ffi.memmove(self.cdata + offset, bytes(data), len(data))
+
+
+def module_name(bindings: Bindings) -> str:
+    salt = "|".join(
+        [
+            bindings.digest,
+            cffi.__version__,
+            sys.version,
+            platform.machine(),
+            " ".join(find_compiler()),
+            " ".join(STRICT_FLAGS),
+        ]
+    )
+    digest = hashlib.sha256(salt.encode()).hexdigest()[:16]
+    return f"_looming_ffi_{bindings.name}_{digest}"
+
+
+def build_extension(bindings: Bindings, name: str, target: Path) -> None:
+    """Run the C compiler once: description + header -> extension module."""
+    compiler = find_compiler()
+    if not python_headers_present():
+        raise CompilerMissing(
+            "the compiled backend needs Python's C headers (Python.h), which are missing: "
+            "on Debian `apt-get install python3-dev`"
+        )
+    ffi = cffi.FFI()
+    try:
+        ffi.cdef(bindings.cdef())
+    except cffi.CDefError as exc:
+        raise DescriptionError(f"{bindings.name}: cffi refuses the declarations: {exc}") from exc
+    includes = "".join(f"#include <{header}>\n" for header in bindings.headers)
+    ffi.set_source(name, includes)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        c_file = Path(work) / f"{name}.c"
+        with contextlib.redirect_stdout(io.StringIO()):  # cffi announces the file
+            ffi.emit_c_code(str(c_file))
+        shared = Path(work) / target.name
+        include = sysconfig.get_paths()["include"]
+        command = [
+            *compiler,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            *STRICT_FLAGS,
+            f"-I{include}",
+            str(c_file),
+            "-o",
+            str(shared),
+            f"-l{bindings.library}",
+        ]
+        built = subprocess.run(command, capture_output=True, text=True, check=False)
+        if built.returncode != 0:
+            messages = "\n".join(
+                line for line in built.stderr.splitlines() if "error" in line or "note" in line
+            )
+            raise DescriptionMismatch(
+                f"{bindings.name}: the description does not compile against "
+                f"{', '.join(bindings.headers) or 'its headers'}{header_hint(bindings)}:\n"
+                f"{messages or built.stderr.strip()}"
+            )
+        os.replace(shared, target)
+
+
+def load_extension(bindings: Bindings) -> tuple[Any, Any, Path]:
+    """The (ffi, lib) of the compiled description, building it on first use."""
+    name = module_name(bindings)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    target = cache_dir() / "compiled" / f"{name}{suffix}"
+    if not target.exists():
+        build_extension(bindings, name, target)
+    loader = importlib.machinery.ExtensionFileLoader(name, str(target))
+    spec = importlib.util.spec_from_file_location(name, str(target), loader=loader)
+    if spec is None:  # pragma: no cover - a file path always gives a spec
+        raise DescriptionMismatch(f"cannot load {target}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        loader.exec_module(module)
+    except ImportError as exc:
+        raise DescriptionMismatch(
+            f"{bindings.name}: the compiled bindings do not load: {exc}"
+        ) from exc
+    return module.ffi, module.lib, target
+
+
+def verify_compiled_layouts(bindings: Bindings, ffi: Any) -> None:
+    """Compare our layouts with the compiler's (cffi also checks its own)."""
+    problems: list[str] = []
+    for record in bindings.records:
+        try:
+            size = ffi.sizeof(record.c)
+            offsets = {f.name: ffi.offsetof(record.c, f.name) for f in record.fields}
+        except ffi.error as exc:
+            problems.append(f"{record.c}: {exc}")
+            continue
+        if size != record.size:
+            problems.append(f"{record.c}: size {record.size} described, {size} per the compiler")
+        for field in record.fields:
+            if offsets[field.name] != field.offset:
+                problems.append(
+                    f"{record.c}.{field.name}: offset {field.offset} described, "
+                    f"{offsets[field.name]} per the compiler"
+                )
+    if problems:
+        raise DescriptionMismatch(
+            f"{bindings.name}: layouts differ from the header:\n  " + "\n  ".join(problems)
+        )
+
+
+def pointee_array(spelling: str) -> str:
+    """``const unsigned char *`` -> ``unsigned char[]`` (``void`` becomes ``char``)."""
+    base = spelling.replace("const", "").replace("*", "").strip()
+    return f"{'char' if base in ('void', '') else base}[]"
+
+
+class CompiledLibrary(LinkedLibrary):
+    """A description linked through a cffi extension built by the C compiler."""
+
+    backend = "compiled"
+
+    def __init__(self, bindings: Bindings) -> None:
+        super().__init__(bindings)
+        self.ffi, self.lib, self.path = load_extension(bindings)
+        verify_compiled_layouts(bindings, self.ffi)
+        for function in bindings.functions:
+            self._bind_function(function.name, self._wrap(function))
+
+    # -- conversions -------------------------------------------------------
+
+    def _buffer(self, spelling: str) -> Callable[[Any], Any]:
+        ffi = self.ffi
+        array = pointee_array(spelling)
+
+        def convert(value: Any) -> Any:
+            if value is None:
+                return ffi.NULL
+            if isinstance(value, CompiledMemory):
+                return ffi.cast(spelling, value.cdata)
+            if isinstance(value, int):
+                return ffi.cast(spelling, value)
+            if isinstance(value, memoryview) and value.readonly:
+                return bytes(value)
+            return ffi.from_buffer(array, value, require_writable=False)
+
+        return convert
+
+    def _pointer(
+        self, ctype: Pointer
+    ) -> Callable[[Any, str], tuple[Any, Callable[[], None] | None]]:
+        ffi = self.ffi
+        spelling = ctype.spell()
+        target = ctype.target
+        origin = self.origin
+
+        def convert(value: Any, what: str) -> tuple[Any, Callable[[], None] | None]:
+            if value is None:
+                return ffi.NULL, None
+            if isinstance(value, Memory):
+                return ffi.cast(spelling, value.address), None
+            items = (
+                [value.value]
+                if isinstance(value, Ref)
+                else value
+                if isinstance(value, list)
+                else [value]
+            )
+            size = max(target.size, 1)
+            raw = bytearray(size * max(len(items), 1))
+            for i, item in enumerate(items):
+                if item is not None:
+                    pack_into(target, raw, i * size, item, what)
+            memory = ffi.new("char[]", bytes(raw))
+
+            def write_back() -> None:
+                data = ffi.buffer(memory)[:]
+                if isinstance(value, Ref):
+                    value.value = self._fix_handles(unpack_value(target, data, 0, origin))
+                elif isinstance(value, list):
+                    value[:] = [
+                        unpack_value(target, data, i * size, origin) for i in range(len(value))
+                    ]
+                else:
+                    value.update(unpack_value(target, data, 0, origin))
+
+            return ffi.cast(spelling, memory), write_back
+
+        return convert
+
+    def _fix_handles(self, value: Any) -> Any:
+        if isinstance(value, Handle) and not isinstance(value, CompiledHandle):
+            return CompiledHandle(
+                value.kind,
+                value.address,
+                value.origin,
+                self.ffi.cast(value.kind.spell(), value.address),
+            )
+        return value
+
+    def _callback(self, ctype: Callback) -> Callable[[Any, CallbackErrors], Any]:
+        ffi = self.ffi
+        spelling = ctype.spell()
+        origin = self.origin
+
+        def read(address: int, length: int) -> bytes:
+            data: bytes = ffi.buffer(ffi.cast("char *", address), length)[:]
+            return data
+
+        def normalize(arg_type: CType, value: Any) -> Any:
+            if isinstance(arg_type, Scalar | Enum):
+                return value
+            if value == ffi.NULL:
+                return None if isinstance(arg_type, CString) else 0
+            if isinstance(arg_type, CString):
+                return ffi.string(ffi.cast("char *", value))
+            return int(ffi.cast("uintptr_t", value))
+
+        returns = ctype.returns
+
+        def make(fn: Any, errors: CallbackErrors) -> Any:
+            if fn is None:
+                return ffi.NULL
+
+            def trampoline(*raw_cdata: Any) -> Any:
+                try:
+                    raw = tuple(normalize(t, v) for t, v in zip(ctype.args, raw_cdata, strict=True))
+                    values = [
+                        callback_value(t, v, raw, read, origin)
+                        for t, v in zip(ctype.args, raw, strict=True)
+                    ]
+                    result = fn(*values)
+                    if isinstance(returns, Void):
+                        return None
+                    if isinstance(returns, Scalar) and returns.kind == "float":
+                        return float(result)
+                    if not isinstance(result, int):
+                        raise TypeError(
+                            f"callback {getattr(fn, '__name__', fn)!r} returned {type(result).__name__}, "
+                            f"expected {returns.spell()}"
+                        )
+                    return result
+                except BaseException as exc:
+                    if errors.error is None:
+                        errors.error = exc
+                    return None if isinstance(returns, Void) else ctype.error_value
+
+            if isinstance(returns, Void):
+                return ffi.callback(spelling, trampoline)
+            return ffi.callback(spelling, trampoline, error=ctype.error_value)
+
+        return make
+
+    def _wrap(self, function: Function) -> Callable[..., Any]:
+        ffi = self.ffi
+        c_function = getattr(self.lib, function.name)
+        names = [f"a{i}" for i in range(len(function.args))]
+        params = ", ".join(names)
+        env: dict[str, Any] = {
+            "_c": c_function,
+            "_ffi": ffi,
+            "_NULL": ffi.NULL,
+            "_fn": function,
+            "_lib": self,
+            "_origin": self.origin,
+            "_argument_error": argument_error,
+            "_check": check_argument,
+            "_Errors": CallbackErrors,
+            "_CHandle": CompiledHandle,
+            "_unpack": unpack_value,
+            "_pack_into": pack_into,
+        }
+        body: list[str] = []
+        after: list[str] = []
+        uses_callbacks = any(isinstance(t, Callback) for t in function.args)
+        if uses_callbacks:
+            body.append("_errors = _Errors()")
+        for i, (name, ctype) in enumerate(zip(names, function.args, strict=True)):
+            env[f"_t{i}"] = ctype
+            env[f"_w{i}"] = describe_argument(function, i)
+            c = f"c{i}"
+            if isinstance(ctype, Scalar | Enum):
+                body.append(f"{c} = {name}")
+            elif isinstance(ctype, CString):
+                null_or_check = f"(_NULL if {name} is None else _check(_fn, {i}, {name}, _origin))"
+                if ctype.as_text:
+                    body.append(
+                        f"{c} = {name}.encode() if type({name}) is str else {null_or_check}"
+                    )
+                else:
+                    body.append(f"{c} = {name} if type({name}) is bytes else {null_or_check}")
+                body.append(
+                    f"if type({c}) is bytes and b'\\0' in {c}:\n        _check(_fn, {i}, {name}, _origin)"
+                )
+            elif isinstance(ctype, Buffer):
+                env[f"_b{i}"] = self._buffer(ctype.spell())
+                body.append(
+                    f"if type({name}) is bytes:\n        {c} = {name}\n"
+                    f"    else:\n        _check(_fn, {i}, {name}, _origin)\n        {c} = _b{i}({name})"
+                )
+            elif isinstance(ctype, Opaque):
+                body.append(
+                    f"if type({name}) is _CHandle and {name}.kind is _t{i} and {name}.origin is _origin:\n"
+                    f"        {c} = {name}.cdata\n"
+                    f"    elif {name} is None:\n        {c} = _NULL\n"
+                    f"    else:\n        _check(_fn, {i}, {name}, _origin)\n"
+                    f"        {c} = _ffi.cast(_t{i}.spell(), {name}.address)"
+                )
+            elif isinstance(ctype, Pointer):
+                env[f"_p{i}"] = self._pointer(ctype)
+                body.append(f"_check(_fn, {i}, {name}, _origin)")
+                body.append(f"{c}, _wb{i} = _p{i}({name}, _w{i})")
+                after.append(f"if _wb{i} is not None:\n        _wb{i}()")
+            elif isinstance(ctype, Callback):
+                env[f"_cb{i}"] = self._callback(ctype)
+                body.append(f"_check(_fn, {i}, {name}, _origin)")
+                body.append(f"{c} = _cb{i}({name}, _errors)")
+            elif isinstance(ctype, Record):
+                body.append(f"_check(_fn, {i}, {name}, _origin)")
+                body.append(f"_raw{i} = bytearray({ctype.size})")
+                body.append(f"_pack_into(_t{i}, _raw{i}, 0, {name}, _w{i})")
+                body.append(f"_s{i} = _ffi.new('{ctype.spell()} *')")
+                body.append(f"_ffi.memmove(_s{i}, bytes(_raw{i}), {ctype.size})")
+                body.append(f"{c} = _s{i}[0]")
+            else:  # pragma: no cover - Function() refuses the rest
+                raise DescriptionError(f"{function.name}: cannot pass {ctype.spell()}")
+        c_args = ", ".join(f"c{i}" for i in range(len(names)))
+        if function.errno:
+            body.append("_ffi.errno = 0")
+        trailing = "," if len(names) == 1 else ""
+        body.append(
+            f"try:\n        r = _c({c_args})\n"
+            f"    except (TypeError, OverflowError) as exc:\n"
+            f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
+        )
+        if function.errno:
+            body.append("_e = _ffi.errno")
+        body.extend(after)
+        if uses_callbacks:
+            body.append("if _errors.error is not None:\n        raise _errors.error")
+        returns = function.returns
+        env["_rt"] = returns
+        if isinstance(returns, CString):
+            body.append("r = None if r == _NULL else _ffi.string(r)")
+            if returns.as_text:
+                body.append("r = None if r is None else r.decode('utf-8', 'surrogateescape')")
+        elif isinstance(returns, Opaque):
+            body.append(
+                "r = None if r == _NULL else _CHandle(_rt, int(_ffi.cast('uintptr_t', r)), _origin, r)"
+            )
+        elif isinstance(returns, Enum):
+            body.append("r = _rt.to_python(r)")
+        elif isinstance(returns, Record):
+            body.append(
+                f"r = _unpack(_rt, _ffi.buffer(_ffi.new('{returns.spell()} *', r))[:], 0, _origin)"
+            )
+        elif isinstance(returns, Pointer | Buffer):
+            body.append("r = None if r == _NULL else int(_ffi.cast('uintptr_t', r))")
+        if function.errno:
+            body.append("_lib._record_errno(_fn, r, _e)")
+        body.append("return r")
+        source = f"def {function.name}({params}):\n    " + "\n    ".join(body) + "\n"
+        namespace: dict[str, Any] = {}
+        exec(compile(source, f"<looming.ffi compiled {function.name}>", "exec"), env, namespace)
+        wrapper: Callable[..., Any] = namespace[function.name]
+        wrapper.__doc__ = function.prototype()
+        wrapper.__looming_source__ = source  # type: ignore[attr-defined]  # kept for reading
+        return wrapper
+
+    # -- memory ------------------------------------------------------------
+
+    def alloc(self, ctype: CType, count: int = 1) -> Memory:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        return CompiledMemory(self.ffi, ctype, count, self.origin)
+
+    def string_at(self, address: int, length: int | None = None) -> bytes:
+        if not address:
+            raise ValueError("string_at(NULL)")
+        pointer = self.ffi.cast("char *", address)
+        if length is None:
+            data: bytes = self.ffi.string(pointer)
+            return data
+        raw: bytes = self.ffi.buffer(pointer, length)[:]
+        return raw
+
+
+__all__ = ["CompiledLibrary"]

@@ -1,0 +1,569 @@
+"""The isolated backend: the library runs in a helper process.
+
+The helper (``python -m looming.ffi.helper``, the same interpreter as the
+caller) links the description with the dynamic backend and serves calls over
+a channel. Arguments are copied over: ``bytes`` in; ``bytearray`` buffers,
+:class:`~looming.ffi.types.Ref` out-parameters, lists and struct dicts in and
+back out; callbacks call back across the channel. Handles and
+:class:`~looming.ffi.types.Memory` blocks name the helper's memory.
+
+A crash of the helper (a segfault, an abort, a resource limit) raises
+:class:`~looming.ffi.errors.HelperCrashed` in the caller, with the signal.
+The next call starts a new helper if the :class:`RestartPolicy` allows it;
+handles and memory from the dead helper raise
+:class:`~looming.ffi.errors.StaleHandle`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from looming.devices.time import Time
+from looming.errors import Malformed
+from looming.ffi.channel import Channel, ChannelClosed, Transport, default_transport
+from looming.ffi.codec import (
+    CALLABLE,
+    Address,
+    PointedTo,
+    WireHandle,
+    Writable,
+    decode_all,
+    encode_message,
+)
+from looming.ffi.description import Bindings, Function
+from looming.ffi.errors import (
+    DescriptionMismatch,
+    HelperCrashed,
+    HelperError,
+    HelperUnavailable,
+    StaleHandle,
+)
+from looming.ffi.library import LinkedLibrary, check_argument
+from looming.ffi.types import (
+    Buffer,
+    Callback,
+    CString,
+    CType,
+    Enum,
+    Handle,
+    Memory,
+    Opaque,
+    Pointer,
+    Record,
+    Ref,
+    Void,
+    pack_into,
+    packed,
+    unpack_value,
+)
+from looming.unix.time import UnixTime
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a crashed helper may be started again.
+
+    ``mode``: ``"always"`` (at the next call), ``"never"`` (the library stays
+    down), or ``"backoff"`` (the n-th restart waits ``initial_delay *
+    factor**n`` seconds after the crash, capped at ``max_delay``; calls in
+    between raise HelperUnavailable). ``max_restarts`` bounds the total.
+    """
+
+    mode: str = "always"
+    max_restarts: int | None = None
+    initial_delay: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("always", "never", "backoff"):
+            raise ValueError(f"restart mode {self.mode!r}: use 'always', 'never' or 'backoff'")
+
+    def delay_ns(self, restarts_so_far: int) -> int:
+        if self.mode != "backoff":
+            return 0
+        delay = min(self.initial_delay * self.factor**restarts_so_far, self.max_delay)
+        return int(delay * 1e9)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied in the helper once the library is loaded."""
+
+    address_space: int | None = None  # bytes, RLIMIT_AS
+    cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU when exceeded
+
+
+class RemoteMemory(Memory):
+    """A block in the helper's memory; reads and writes are round trips."""
+
+    def __init__(self, library: IsolatedLibrary, ctype: CType, count: int, address: int) -> None:
+        super().__init__(ctype, count, address, library.origin)
+        self._library = library
+
+    def _check_alive(self) -> None:
+        if self.origin is not self._library.origin:
+            raise StaleHandle("this memory belonged to a helper process that has since died")
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        self._check_alive()
+        length = self.size - offset if length is None else length
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise IndexError(f"read of {length} bytes at {offset} outside a {self.size}-byte block")
+        data = self._library._request(b"G", "read", self.address + offset, length)
+        if not isinstance(data, bytes) or len(data) != length:
+            raise HelperError("the helper answered a read with the wrong length")
+        return data
+
+    def write(self, data: bytes, offset: int = 0) -> None:
+        self._check_alive()
+        if offset < 0 or offset + len(data) > self.size:
+            raise IndexError(
+                f"write of {len(data)} bytes at {offset} outside a {self.size}-byte block"
+            )
+        self._library._request(b"P", "write", self.address + offset, bytes(data))
+
+    def free(self) -> None:
+        if self.origin is self._library.origin:
+            self._library._request(b"D", "free", self.address)
+
+
+class HelperProcess:
+    """One running helper: its process and its channel."""
+
+    def __init__(self, process: subprocess.Popen[bytes], channel: Channel, pid: int) -> None:
+        self.process = process
+        self.channel = channel
+        self.pid = pid
+
+
+class IsolatedLibrary(LinkedLibrary):
+    """A description linked in a helper process, so C failures stay there."""
+
+    backend = "isolated"
+
+    def __init__(
+        self,
+        bindings: Bindings,
+        *,
+        restart: RestartPolicy | None = None,
+        limits: Limits | None = None,
+        seccomp: Any = None,
+        transport: str | Transport | None = None,
+        time: Time | None = None,
+        check_layout: bool | None = None,
+        python: str | None = None,
+    ) -> None:
+        super().__init__(bindings)
+        if check_layout is not False and bindings.records:
+            from looming.ffi.probe import verify_layouts
+
+            verify_layouts(bindings, required=bool(check_layout))
+        self.restart_policy = restart if restart is not None else RestartPolicy()
+        self.limits = limits if limits is not None else Limits()
+        self.seccomp = seccomp
+        self._transport_choice = transport
+        self._time: Time = time if time is not None else UnixTime()
+        self.python = python or sys.executable
+        self.restarts = 0
+        self.crashes = 0
+        self._crashed_at_ns: int | None = None
+        self._lock = threading.RLock()
+        self._helper: HelperProcess | None = None
+        self._closed = False
+        self._index = {f.name: i for i, f in enumerate(bindings.functions)}
+        self._opaque_index = {id(o): i for i, o in enumerate(bindings.opaques)}
+        self._start()
+        for function in bindings.functions:
+            self._bind_function(function.name, self._bind(function))
+
+    # -- the helper's life ----------------------------------------------------
+
+    @property
+    def helper_pid(self) -> int | None:
+        """The running helper's process id (None while it is down)."""
+        return self._helper.pid if self._helper is not None else None
+
+    def _start(self) -> None:
+        transport = default_transport(self._transport_choice)
+        channel, spec, fds = transport.open()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        process = subprocess.Popen(
+            [self.python, "-m", "looming.ffi.helper", "--channel", spec],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        transport.after_spawn()
+        config = {
+            "bindings": self.bindings,
+            "address_space": self.limits.address_space,
+            "cpu_seconds": self.limits.cpu_seconds,
+            "seccomp": self.seccomp,
+        }
+        try:
+            channel.send(b"B" + pickle.dumps(config))
+            ready = channel.recv()
+        except ChannelClosed as exc:
+            code = process.wait()
+            channel.close()
+            raise HelperError(
+                f"the helper for {self.bindings.name} did not start (status {code})"
+            ) from exc
+        if ready[:1] == b"E":
+            process.wait()
+            channel.close()
+            message = decode_all(ready, 1)[0]
+            raise DescriptionMismatch(f"the helper cannot link {self.bindings.name}: {message}")
+        if ready[:1] != b"Y":
+            process.kill()
+            process.wait()
+            channel.close()
+            raise HelperError("the helper sent a malformed greeting")
+        (pid,) = decode_all(ready, 1)
+        self.origin = object()
+        self._helper = HelperProcess(process, channel, int(pid))
+
+    def _ensure_running(self) -> HelperProcess:
+        if self._closed:
+            raise HelperUnavailable(f"{self.bindings.name} is closed", retry_after_ns=None)
+        if self._helper is not None:
+            return self._helper
+        policy = self.restart_policy
+        if policy.mode == "never":
+            raise HelperUnavailable(
+                f"the helper for {self.bindings.name} crashed and the restart policy is 'never'",
+                retry_after_ns=None,
+            )
+        if policy.max_restarts is not None and self.restarts >= policy.max_restarts:
+            raise HelperUnavailable(
+                f"the helper for {self.bindings.name} crashed {self.crashes} times; "
+                f"max_restarts={policy.max_restarts} reached",
+                retry_after_ns=None,
+            )
+        if self._crashed_at_ns is not None:
+            ready_at = self._crashed_at_ns + policy.delay_ns(self.restarts)
+            now = self._time.now_ns()
+            if now < ready_at:
+                raise HelperUnavailable(
+                    f"the helper for {self.bindings.name} is backing off after a crash",
+                    retry_after_ns=ready_at - now,
+                )
+        self._start()
+        self.restarts += 1
+        assert self._helper is not None
+        return self._helper
+
+    def _crashed(self, helper: HelperProcess, function: str, detail: str = "") -> HelperCrashed:
+        """Reap a helper whose channel broke; the exception to raise."""
+        try:
+            code = helper.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            helper.process.kill()
+            code = helper.process.wait()
+            detail = detail or "it stopped answering and was killed"
+        helper.channel.close()
+        self._helper = None
+        self.crashes += 1
+        self._crashed_at_ns = self._time.now_ns()
+        signal = -code if code < 0 else None
+        return HelperCrashed(
+            function, signal=signal, exit_code=code if code >= 0 else None, detail=detail
+        )
+
+    def _protocol_failure(
+        self, helper: HelperProcess, function: str, problem: str
+    ) -> HelperCrashed:
+        # A helper that speaks nonsense may be corrupted: end it.
+        helper.process.kill()
+        return self._crashed(helper, function, f"it sent a malformed message: {problem}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            helper, self._helper = self._helper, None
+            if helper is not None:
+                try:
+                    helper.channel.send(b"Q")
+                except ChannelClosed:
+                    pass
+                try:
+                    helper.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    helper.process.kill()
+                    helper.process.wait()
+                helper.channel.close()
+        super().close()
+
+    def __del__(self) -> None:
+        helper = getattr(self, "_helper", None)
+        if helper is not None and helper.process.poll() is None:
+            helper.process.kill()
+            helper.process.wait()
+            helper.channel.close()
+
+    # -- values to and from the wire -------------------------------------------
+
+    def _make_handle(self, index: int, address: int) -> Handle:
+        if not 0 <= index < len(self.bindings.opaques):
+            raise Malformed(f"handle of unknown opaque type {index}")
+        return Handle(self.bindings.opaques[index], address, self.origin)
+
+    def _check_origin(self, value: Any) -> None:
+        if isinstance(value, Handle | Memory) and value.origin is not self.origin:
+            raise StaleHandle(
+                f"{value!r} belongs to a helper process that has since died (or to another library)"
+            )
+
+    def _argument(
+        self, function: Function, index: int, ctype: CType, value: Any, callbacks: dict[int, Any]
+    ) -> Any:
+        self._check_origin(value)
+        check_argument(function, index, value, self.origin)
+        if isinstance(ctype, Buffer):
+            if isinstance(value, bytearray) or (
+                isinstance(value, memoryview) and not value.readonly
+            ):
+                return Writable(bytes(value))
+            if isinstance(value, Memory):
+                return Address(value.address)
+            if isinstance(value, memoryview):
+                return bytes(value)
+            return value
+        if isinstance(ctype, Opaque):
+            if value is None:
+                return None
+            return WireHandle(self._opaque_index[id(ctype)], value.address)
+        if isinstance(ctype, Pointer):
+            if value is None:
+                return None
+            if isinstance(value, Memory):
+                return Address(value.address)
+            target = ctype.target
+            items = (
+                [value.value]
+                if isinstance(value, Ref)
+                else value
+                if isinstance(value, list)
+                else [value]
+            )
+            size = max(target.size, 1)
+            raw = bytearray(size * max(len(items), 1))
+            what = f"{function.name}() argument {function.arg_names[index]!r}"
+            for i, item in enumerate(items):
+                if item is not None:
+                    pack_into(target, raw, i * size, item, what)
+            return PointedTo(bytes(raw))
+        if isinstance(ctype, Callback):
+            if value is None:
+                return None
+            callbacks[index] = value
+            return CALLABLE
+        if isinstance(ctype, Record):
+            return packed(ctype, value, function.name)
+        return value
+
+    def _write_back(self, ctype: CType, value: Any, data: Any) -> None:
+        if data is None:
+            return
+        if not isinstance(data, bytes):
+            raise Malformed("a written-back value is not bytes")
+        if isinstance(ctype, Buffer):
+            if len(data) != len(value) if not isinstance(value, memoryview) else value.nbytes:
+                raise Malformed("a written-back buffer changed size")
+            if isinstance(value, memoryview):
+                value.cast("B")[:] = data
+            else:
+                value[:] = data
+            return
+        if isinstance(ctype, Pointer):
+            target = ctype.target
+            size = max(target.size, 1)
+            if isinstance(value, Ref):
+                if len(data) < target.size:
+                    raise Malformed("a written-back value is too short")
+                value.value = unpack_value(target, data, 0, self.origin)
+            elif isinstance(value, list):
+                if len(data) < size * len(value):
+                    raise Malformed("a written-back array is too short")
+                value[:] = [
+                    unpack_value(target, data, i * size, self.origin) for i in range(len(value))
+                ]
+            elif isinstance(value, dict):
+                if len(data) < target.size:
+                    raise Malformed("a written-back struct is too short")
+                value.update(unpack_value(target, data, 0, self.origin))
+
+    def _result(self, ctype: CType, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(ctype, Record):
+            if not isinstance(value, bytes) or len(value) != ctype.size:
+                raise Malformed("a struct result has the wrong size")
+            return unpack_value(ctype, value, 0, self.origin)
+        if isinstance(ctype, Enum):
+            if not isinstance(value, int):
+                raise Malformed("an enum result is not an int")
+            return ctype.to_python(value)
+        if isinstance(ctype, CString):
+            expected: type = str if ctype.as_text else bytes
+            if not isinstance(value, expected):
+                raise Malformed("a string result has the wrong type")
+            return value
+        if isinstance(ctype, Opaque):
+            if not isinstance(value, Handle) or value.kind is not ctype:
+                raise Malformed("a handle result has the wrong type")
+            return value
+        return value
+
+    # -- calls ------------------------------------------------------------------
+
+    def _bind(self, function: Function) -> Callable[..., Any]:
+        index = self._index[function.name]
+        call = self._call
+
+        def wrapper(*args: Any) -> Any:
+            return call(function, index, args)
+
+        wrapper.__name__ = function.name
+        wrapper.__doc__ = function.prototype()
+        return wrapper
+
+    def _call(self, function: Function, index: int, args: tuple[Any, ...]) -> Any:
+        if len(args) != len(function.args):
+            raise TypeError(
+                f"{function.name}() takes {len(function.args)} arguments "
+                f"({', '.join(function.arg_names)}), got {len(args)}"
+            )
+        with self._lock:
+            helper = self._ensure_running()
+            callbacks: dict[int, Any] = {}
+            wire = [
+                self._argument(function, i, ctype, value, callbacks)
+                for i, (ctype, value) in enumerate(zip(function.args, args, strict=True))
+            ]
+            try:
+                helper.channel.send(encode_message(b"C", index, wire))
+                callback_error, reply = self._await_reply(helper, function, callbacks)
+            except ChannelClosed as exc:
+                raise self._crashed(helper, function.name) from exc
+            except Malformed as exc:
+                raise self._protocol_failure(helper, function.name, str(exc)) from exc
+            tag = reply[:1]
+            if tag == b"E":
+                (message,) = decode_all(reply, 1)
+                raise HelperError(f"{function.name}() failed in the helper: {message}")
+            try:
+                if tag != b"R":
+                    raise Malformed(f"unexpected reply {tag!r}")
+                values = decode_all(reply, 1, self._make_handle)
+                if (
+                    len(values) != 3
+                    or not isinstance(values[0], int)
+                    or not isinstance(values[2], list)
+                ):
+                    raise Malformed("a result has the wrong shape")
+                errno, raw_result, backs = values
+                if len(backs) != len(args):
+                    raise Malformed("write-backs do not match the arguments")
+                result = self._result(function.returns, raw_result)
+                for ctype, value, data in zip(function.args, args, backs, strict=True):
+                    self._write_back(ctype, value, data)
+            except Malformed as exc:
+                raise self._protocol_failure(helper, function.name, str(exc)) from exc
+        if callback_error is not None:
+            raise callback_error
+        if function.errno:
+            self._record_errno(function, result, errno)
+        return result
+
+    def _await_reply(
+        self, helper: HelperProcess, function: Function, callbacks: dict[int, Any]
+    ) -> tuple[BaseException | None, bytes]:
+        """Serve callbacks until the call's reply arrives."""
+        first_error: BaseException | None = None
+        while True:
+            message = helper.channel.recv()
+            if message[:1] != b"K":
+                return first_error, message
+            values = decode_all(message, 1, self._make_handle)
+            if (
+                len(values) != 2
+                or not isinstance(values[0], int)
+                or not isinstance(values[1], list)
+            ):
+                raise Malformed("a callback request has the wrong shape")
+            slot, cb_args = values
+            fn = callbacks.get(slot)
+            ctype = function.args[slot] if 0 <= slot < len(function.args) else None
+            if fn is None or not isinstance(ctype, Callback):
+                raise Malformed(f"a callback request for argument {slot}, which is no callback")
+            ok = True
+            result: Any = ctype.error_value
+            try:
+                converted = [
+                    arg_type.to_python(v)
+                    if isinstance(arg_type, Enum) and isinstance(v, int)
+                    else v
+                    for arg_type, v in zip(ctype.args, cb_args, strict=False)
+                ]
+                value = fn(*converted)
+                if isinstance(ctype.returns, Void):
+                    result = None
+                elif isinstance(value, int | float):
+                    result = value
+                else:
+                    raise TypeError(
+                        f"callback {getattr(fn, '__name__', fn)!r} returned {type(value).__name__}, "
+                        f"expected {ctype.returns.spell()}"
+                    )
+            except BaseException as exc:
+                if first_error is None:
+                    first_error = exc
+                ok = False
+                result = ctype.error_value
+            helper.channel.send(encode_message(b"k", ok, result if ok else ctype.error_value))
+
+    def _request(self, tag: bytes, what: str, *values: Any) -> Any:
+        with self._lock:
+            helper = self._ensure_running()
+            try:
+                helper.channel.send(encode_message(tag, *values))
+                reply = helper.channel.recv()
+                if reply[:1] == b"E":
+                    (message,) = decode_all(reply, 1)
+                    raise HelperError(f"{what} failed in the helper: {message}")
+                if reply[:1] != b"r":
+                    raise Malformed(f"unexpected reply {reply[:1]!r}")
+                (result,) = decode_all(reply, 1)
+            except ChannelClosed as exc:
+                raise self._crashed(helper, what) from exc
+            except Malformed as exc:
+                raise self._protocol_failure(helper, what, str(exc)) from exc
+            return result
+
+    # -- memory ------------------------------------------------------------------
+
+    def alloc(self, ctype: CType, count: int = 1) -> Memory:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        address = self._request(b"A", "alloc", max(ctype.size, 1) * count)
+        if not isinstance(address, int):
+            raise HelperError("the helper answered alloc with a non-address")
+        return RemoteMemory(self, ctype, count, address)
+
+    def string_at(self, address: int, length: int | None = None) -> bytes:
+        if not address:
+            raise ValueError("string_at(NULL)")
+        data = self._request(b"S", "string_at", address, length)
+        if not isinstance(data, bytes):
+            raise HelperError("the helper answered string_at with a non-bytes value")
+        return data

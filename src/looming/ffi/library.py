@@ -1,0 +1,260 @@
+"""What every backend's linked library has in common.
+
+A linked library exposes each described function as an attribute
+(``lib.crc32(0, data, len(data))``), an asyncio form (``await
+lib.acall.crc32(...)``, run in a worker thread so the loop keeps turning),
+the errno captured by the calling thread's last ``errno=True`` call
+(``lib.last_errno``), and memory that lives in the library's address space
+(``lib.alloc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from looming.ffi.description import Bindings, Function
+from looming.ffi.types import (
+    Buffer,
+    Callback,
+    CString,
+    CType,
+    Enum,
+    Handle,
+    Memory,
+    Opaque,
+    Pointer,
+    Record,
+    Ref,
+    Scalar,
+    Void,
+    check_scalar,
+    python_type_name,
+)
+
+
+class AsyncCalls:
+    """``lib.acall.name(...)``: the call runs in a worker thread."""
+
+    def __init__(self, library: LinkedLibrary) -> None:
+        self._library = library
+        self._cache: dict[str, Callable[..., Awaitable[Any]]] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        function = self._library.functions.get(name)
+        if function is None:
+            raise AttributeError(f"{self._library.bindings.name} has no function {name!r}")
+        library = self._library
+
+        async def call(*args: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                library.executor(), functools.partial(function, *args)
+            )
+
+        call.__name__ = name
+        self._cache[name] = call
+        return call
+
+
+class LinkedLibrary:
+    """A description linked by one backend. Subclasses bind the functions."""
+
+    backend = "abstract"
+
+    def __init__(self, bindings: Bindings) -> None:
+        self.bindings = bindings
+        self._thread_state = threading.local()
+        self.acall = AsyncCalls(self)
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        # Handles and memory carry this token so they cannot cross libraries.
+        self.origin: object = object()
+        self.functions: dict[str, Callable[..., Any]] = {}
+
+    def _bind_function(self, name: str, wrapper: Callable[..., Any]) -> None:
+        """Make ``lib.name`` call the function, unless the name is taken.
+
+        A C function named like a library method (``close``, ``alloc``) stays
+        reachable as ``lib[name]``.
+        """
+        self.functions[name] = wrapper
+        if name not in vars(self) and not hasattr(type(self), name):
+            setattr(self, name, wrapper)
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        try:
+            return self.functions[name]
+        except KeyError:
+            raise KeyError(f"{self.bindings.name} has no function {name!r}") from None
+
+    # -- errno -------------------------------------------------------------
+
+    @property
+    def last_errno(self) -> int:
+        """errno after this thread's last call of an ``errno=True`` function."""
+        value: int = getattr(self._thread_state, "errno", 0)
+        return value
+
+    def _record_errno(self, function: Function, result: Any, errno: int) -> None:
+        self._thread_state.errno = errno
+        if function.failed(result):
+            raise OSError(errno, f"{function.name}: {os.strerror(errno)}")
+
+    # -- threads for the asyncio form ---------------------------------------
+
+    def executor(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=4, thread_name_prefix=f"looming-ffi-{self.bindings.name}"
+                )
+            return self._executor
+
+    # -- memory ------------------------------------------------------------
+
+    def alloc(self, ctype: CType, count: int = 1) -> Memory:
+        """Zeroed memory for ``count`` values of ``ctype``, kept until freed or dropped."""
+        raise NotImplementedError
+
+    def alloc_bytes(self, data: bytes) -> Memory:
+        """Memory holding a copy of ``data`` (for pointers stored in structs)."""
+        from looming.ffi.types import c_uchar
+
+        memory = self.alloc(c_uchar, max(len(data), 1))
+        if data:
+            memory.write(bytes(data))
+        return memory
+
+    def string_at(self, address: int, length: int | None = None) -> bytes:
+        """Bytes at ``address``: ``length`` of them, or up to the first NUL."""
+        raise NotImplementedError
+
+    def sizeof(self, ctype: CType) -> int:
+        return ctype.size
+
+    def close(self) -> None:
+        """Release what the backend holds (threads, helper processes)."""
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def __enter__(self) -> LinkedLibrary:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not bound at link time.
+        raise AttributeError(
+            f"{self.bindings.name} ({self.backend} backend) has no function {name!r}; "
+            f"described: {sorted(self.bindings.by_name)}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self.backend} {self.bindings!r}>"
+
+
+# -- argument checking shared by the backends -----------------------------------
+
+
+def describe_argument(function: Function, index: int) -> str:
+    return f"{function.name}() argument {function.arg_names[index]!r} (#{index + 1})"
+
+
+def check_argument(function: Function, index: int, value: Any, origin: object) -> None:
+    """Raise TypeError naming the argument when ``value`` cannot be a ``ctype``."""
+    ctype = function.args[index]
+    what = describe_argument(function, index)
+    expected = python_type_name(ctype)
+
+    def wrong() -> TypeError:
+        return TypeError(f"{what}: expected {expected}, got {type(value).__name__}")
+
+    if isinstance(ctype, Scalar):
+        if (
+            isinstance(value, str | bytes | bytearray | float | type(None))
+            and ctype.kind != "float"
+        ):
+            raise wrong()
+        check_scalar(ctype, value, what)
+    elif isinstance(ctype, Enum):
+        if not isinstance(value, int):
+            raise wrong()
+    elif isinstance(ctype, CString):
+        if value is not None and not isinstance(value, str if ctype.as_text else bytes):
+            raise wrong()
+        if value is not None and ("\0" in value if ctype.as_text else b"\0" in value):
+            raise ValueError(f"{what}: embedded NUL character")
+    elif isinstance(ctype, Buffer):
+        if value is not None and not isinstance(
+            value, bytes | bytearray | memoryview | Memory | int
+        ):
+            raise wrong()
+        if isinstance(value, bool):
+            raise wrong()
+        if isinstance(value, Memory) and value.origin is not origin:
+            raise TypeError(f"{what}: this memory belongs to another library or helper")
+    elif isinstance(ctype, Opaque):
+        if value is None:
+            return
+        if not isinstance(value, Handle) or value.kind is not ctype:
+            got = f"a {value.kind.c} handle" if isinstance(value, Handle) else type(value).__name__
+            raise TypeError(f"{what}: expected {expected}, got {got}")
+        if value.origin is not origin:
+            raise TypeError(f"{what}: this handle belongs to another library or helper")
+    elif isinstance(ctype, Pointer):
+        if value is None:
+            return
+        if isinstance(value, Memory):
+            if value.origin is not origin:
+                raise TypeError(f"{what}: this memory belongs to another library or helper")
+            return
+        if isinstance(value, Ref | list):
+            return
+        if isinstance(value, dict) and isinstance(ctype.target, Record):
+            return
+        raise wrong()
+    elif isinstance(ctype, Callback):
+        if value is not None and not callable(value):
+            raise wrong()
+    elif isinstance(ctype, Record):
+        if not isinstance(value, dict | bytes):
+            raise wrong()
+    elif isinstance(ctype, Void):
+        raise wrong()
+
+
+def argument_error(
+    function: Function, args: Sequence[Any], origin: object, cause: BaseException
+) -> Exception:
+    """The TypeError to raise for a call that C-side conversion refused."""
+    if len(args) != len(function.args):
+        return TypeError(
+            f"{function.name}() takes {len(function.args)} arguments "
+            f"({', '.join(function.arg_names)}), got {len(args)}"
+        )
+    for index, value in enumerate(args):
+        try:
+            check_argument(function, index, value, origin)
+        except (TypeError, OverflowError, ValueError) as exc:
+            return exc
+    if isinstance(cause, Exception):
+        return cause
+    return TypeError(str(cause))
+
+
+def check_all(function: Function, args: Sequence[Any], origin: object) -> None:
+    error = argument_error(function, args, origin, TypeError("no error"))
+    if len(args) != len(function.args) or str(error) != "no error":
+        raise error
