@@ -2,7 +2,7 @@
 # Install the Debian packages whose programs the tests use as real peers.
 # Each entry is "command:package".
 set -eu
-NEEDED="wrk:wrk tshark:tshark gnutls-cli:gnutls-bin dnsmasq:dnsmasq-base ip:iproute2 curl:curl git:git openssl:openssl ping:iputils-ping ethtool:ethtool"
+NEEDED="wrk:wrk tshark:tshark gnutls-cli:gnutls-bin dnsmasq:dnsmasq-base ip:iproute2 curl:curl git:git openssl:openssl ping:iputils-ping ethtool:ethtool gcc:gcc /usr/include/zlib.h:zlib1g-dev /usr/include/sqlite3.h:libsqlite3-dev /usr/include/crypt.h:libcrypt-dev"
 missing=""
 for pair in $NEEDED; do
     cmd=${pair%%:*}
