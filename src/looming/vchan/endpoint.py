@@ -188,6 +188,14 @@ class Endpoint:
         """Something for a reader to act on: data, end of stream or a dead peer."""
         return self._closed or self._guard(self._ring.data_ready) > 0 or not self._peer_may_write()
 
+    def receivable_now(self, count: int) -> bool:
+        """A packet of ``count`` bytes is there, or the peer is gone."""
+        return (
+            self._closed
+            or self._guard(self._ring.data_ready) >= count
+            or not self._peer_may_write()
+        )
+
     def writable_now(self, need: int = 1) -> bool:
         """Room for ``need`` bytes, or a peer gone (so a writer should stop waiting)."""
         return (
