@@ -243,3 +243,29 @@ def test_criss_cross_merge(any_repo: Repo) -> None:
     assert result.ok
     assert a.get("k") == b"from a" and a.get("shared") == b"from b"
     assert a.get("ka") == b"a1" and a.get("kb") == b"b1"
+
+
+def test_async_form(any_repo: Repo) -> None:
+    import asyncio
+
+    async def main() -> None:
+        store = any_repo.store(codec=JSON).aio
+        await store.set("a", {"n": 1})
+        assert await store.get("a") == {"n": 1}
+        assert await store.find("b") is None
+        async with store.with_tree("two at once") as tx:
+            tx.set("b", 2)
+            tx.set("c", 3)
+        assert [name for name, _ in await store.list()] == ["a", "b", "c"]
+        assert await store.test_and_set("b", 2, 20)
+        other = await store.clone("other")
+        await other.set("d", 4)
+        assert (await store.merge("other")).fast_forward
+        assert len(await store.history()) == 4
+        with pytest.raises(RuntimeError):
+            async with store.with_tree("aborted") as tx:
+                tx.set("e", 5)
+                raise RuntimeError("abort")
+        assert await store.find("e") is None
+
+    asyncio.run(main())

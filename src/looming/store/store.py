@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from looming.errors import KeyNotFound
 from looming.store.contents import Codec
@@ -29,6 +29,10 @@ from looming.store.treemerge import (
     is_ancestor,
     merge_commits,
 )
+
+if TYPE_CHECKING:
+    from looming.store.aio import AsyncStore
+    from looming.store.watch import AsyncWatch, Watch, WatchEvent
 
 PathLike = str | Iterable[str]
 CommitList = list[CommitInfo]
@@ -160,6 +164,13 @@ class Store:
     def __repr__(self) -> str:
         where = f"branch {self.branch}" if self.branch else f"commit {self.head}"
         return f"<Store {where}>"
+
+    @property
+    def aio(self) -> AsyncStore:
+        """This store's async form (:class:`looming.store.aio.AsyncStore`)."""
+        from looming.store.aio import AsyncStore
+
+        return AsyncStore(self)
 
     # -------------------------------------------------------------- reading
 
@@ -488,14 +499,14 @@ class Store:
 
     # -------------------------------------------------------------- watching
 
-    def watch(self, callback: Callable[[Any], None], prefix: PathLike = ()) -> Any:
+    def watch(self, callback: Callable[[WatchEvent], object], prefix: PathLike = ()) -> Watch:
         """Call ``callback(event)`` for every move of this branch that changes
         a path under ``prefix``; see :mod:`looming.store.watch`."""
         from looming.store.watch import Watch
 
         return Watch.start(self, callback, to_path(prefix))
 
-    def events(self, prefix: PathLike = ()) -> Any:
+    def events(self, prefix: PathLike = ()) -> AsyncWatch:
         """An async iterator of watch events (see :meth:`watch`)."""
         from looming.store.watch import AsyncWatch
 
