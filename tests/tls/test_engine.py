@@ -75,8 +75,12 @@ def test_tls13_matrix(pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 )
 def test_tls12_matrix(pki: Pki, leaf: str, index: int, group: NamedGroup) -> None:
     suite = SUITES12[leaf][index]
-    server = TlsConfig(certificates=[pki.leaves[leaf].certified], versions=[TLS12])
-    client = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=[group])
+    server = TlsConfig(certificates=[pki.leaves[leaf].certified], versions=[TLS12], groups=[group])
+    # RFC 8422: a client must list the curve of the server's ECDSA key (P-256 here).
+    groups = (
+        [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
+    )
+    client = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
     pair = connect(client, server)
     done = _complete(pair.client_events)
     assert (done.version, done.cipher_suite) == (TLS12, suite)

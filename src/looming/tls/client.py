@@ -338,6 +338,7 @@ class ClientHandshake:
         if self.hrr_done:
             raise _unexpected("a second HelloRetryRequest")
         self.hrr_done = True
+        self.conn.hello_retried = True
         allowed = {X.KEY_SHARE, X.COOKIE, X.SUPPORTED_VERSIONS}
         if not set(exts) <= allowed:
             raise TlsProtocolError(

@@ -68,6 +68,7 @@ class TlsConnection:
         self.alpn_protocol: bytes | None = None
         self.peer_certificates: list[x509.Certificate] = []
         self.resumed = False
+        self.hello_retried = False
         self.early_data_accepted = False
         self.handshake_complete = False
         self.session: Session | None = None

@@ -19,6 +19,7 @@ from .events import (
     EarlyData,
     Event,
     HandshakeComplete,
+    KeyUpdated,
     NewSession,
 )
 from .session import Session
@@ -36,6 +37,7 @@ class TlsFlow:
         self.handshake_event: HandshakeComplete | None = None
         self._eof = False
         self._closed = False
+        self.key_updates_received = 0
 
     # --- properties of the negotiated connection ----------------------------------
 
@@ -89,6 +91,8 @@ class TlsFlow:
             elif isinstance(event, NewSession):
                 assert isinstance(event.session, Session)
                 self.sessions.append(event.session)
+            elif isinstance(event, KeyUpdated):
+                self.key_updates_received += 1
             elif isinstance(event, ConnectionClosed):
                 self._eof = True
 

@@ -183,7 +183,7 @@ class ServerHandshake:
         )
 
     def choose_certificate(
-        self, tls13: bool, allowed_auth: str | None = None
+        self, tls13: bool, allowed_auth: str | None = None, client_groups: list[int] | None = None
     ) -> tuple[CertifiedKey, int]:
         """The certificate for the client's server name and signature schemes."""
         offered = self.client_schemes
@@ -197,6 +197,8 @@ class ServerHandshake:
         for pool in (named, candidates):
             for certified in pool:
                 if allowed_auth is not None and _auth_kind(certified) != allowed_auth:
+                    continue
+                if client_groups is not None and not _curve_acceptable(certified, client_groups):
                     continue
                 scheme = m.choose_scheme(
                     certified.key, offered, self.config.signature_schemes, tls13
@@ -380,6 +382,7 @@ class ServerHandshake:
         assert conn.suite is not None
         self.first_hello = hello
         self.hrr_group = group
+        conn.hello_retried = True
         conn.transcript.set_hash(conn.suite.hash_name)
         conn.transcript.add(hello.raw)
         conn.transcript.replace_with_message_hash()
@@ -582,6 +585,19 @@ class ServerHandshake:
             + vec16(exts)
         )
         conn.send_handshake(H.NEW_SESSION_TICKET, body, add_to_transcript=False)
+
+
+def _curve_acceptable(certified: CertifiedKey, client_groups: list[int]) -> bool:
+    """TLS 1.2 (RFC 8422 section 5.1): an ECDSA key's curve must be one the client listed."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = certified.key
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return True
+    curve_group = {"secp256r1": 0x0017, "secp384r1": 0x0018, "secp521r1": 0x0019}.get(
+        key.curve.name
+    )
+    return curve_group in client_groups
 
 
 def _auth_kind(certified: CertifiedKey) -> str:

@@ -111,7 +111,7 @@ class Server12:
             certified: CertifiedKey | None = None
             scheme = 0
         else:
-            suite_id, certified, scheme = self._choose_suite(hello)
+            suite_id, certified, scheme = self._choose_suite(hello, client_groups)
         conn.suite = SUITES[suite_id]
         conn.transcript.set_hash(conn.suite.hash_name)
         conn.transcript.add(hello.raw)
@@ -170,13 +170,17 @@ class Server12:
         conn.send_handshake(H.SERVER_HELLO_DONE, b"")
         self.state = "wait_certificate" if self.requested_client_cert else "wait_cke"
 
-    def _choose_suite(self, hello: ClientHello) -> tuple[int, CertifiedKey, int]:
+    def _choose_suite(
+        self, hello: ClientHello, client_groups: list[int]
+    ) -> tuple[int, CertifiedKey, int]:
         for suite_id in self.config.cipher_suites:
             info = SUITES[suite_id]
             if info.version != TLS12 or suite_id not in hello.cipher_suites:
                 continue
             try:
-                certified, scheme = self.hs.choose_certificate(tls13=False, allowed_auth=info.auth)
+                certified, scheme = self.hs.choose_certificate(
+                    tls13=False, allowed_auth=info.auth, client_groups=client_groups
+                )
             except TlsProtocolError:
                 continue
             return suite_id, certified, scheme

@@ -1,0 +1,125 @@
+"""Running real TLS peers (OpenSSL, GnuTLS) as subprocesses, and a looming echo server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from looming.tls import TlsConfig, TlsError
+from looming.tls.flow import StreamFlow, TlsFlow, tls_server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def run(
+    args: Sequence[str], stdin: bytes = b"", timeout: float = 20.0
+) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+class Peer:
+    """A server subprocess; ``output`` collects what it printed."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.output = ""
+
+    async def finish(self, timeout: float = 10.0) -> str:
+        assert self.process.stdout is not None
+        try:
+            rest = await asyncio.wait_for(self.process.stdout.read(), timeout)
+        finally:
+            if self.process.returncode is None:
+                self.process.kill()
+            await self.process.wait()
+        self.output += rest.decode(errors="replace")
+        return self.output
+
+
+@asynccontextmanager
+async def server_process(args: Sequence[str], port: int, ready: str) -> AsyncIterator[Peer]:
+    """Start a server and wait until it prints ``ready`` (it is then listening)."""
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    peer = Peer(process, port)
+    assert process.stdout is not None
+    try:
+        while ready not in peer.output:
+            line = await asyncio.wait_for(process.stdout.readline(), 10)
+            if not line:
+                raise AssertionError(f"server exited before it was ready: {peer.output}")
+            peer.output += line.decode(errors="replace")
+        yield peer
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def connect_when_listening(
+    port: int, attempts: int = 200
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a server that announced no readiness line (GnuTLS): retry refusals."""
+    for _ in range(attempts):
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"nothing listening on port {port}")
+
+
+class EchoServer:
+    """A looming TLS server on loopback that echoes one message per connection."""
+
+    def __init__(self, config: TlsConfig, reply_prefix: bytes = b"echo:") -> None:
+        self.config = config
+        self.prefix = reply_prefix
+        self.flows: list[TlsFlow] = []
+        self.errors: list[BaseException] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        flow = StreamFlow(reader, writer)
+        try:
+            tls = await tls_server(flow, self.config)
+            self.flows.append(tls)
+            data = await tls.read()
+            await tls.write(self.prefix + data)
+            await tls.shutdown()
+        except (TlsError, OSError) as exc:
+            self.errors.append(exc)
+        finally:
+            await flow.close()
+
+    async def __aenter__(self) -> EchoServer:
+        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()

@@ -1,0 +1,498 @@
+"""Interoperability with OpenSSL: looming client against `openssl s_server`,
+looming server against `openssl s_client`, over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from looming.tls import (
+    TLS12,
+    TLS13,
+    CertificateError,
+    CipherSuite,
+    ClientSessionCache,
+    NamedGroup,
+    Session,
+    TlsAlertReceived,
+    TlsConfig,
+    spki_sha256,
+)
+from looming.tls.flow import TlsFlow, open_connection
+
+from .peers import EchoServer, free_port, run, server_process
+from .pki import Pki
+
+OPENSSL_GROUP = {
+    NamedGroup.X25519: "X25519",
+    NamedGroup.SECP256R1: "P-256",
+    NamedGroup.SECP384R1: "P-384",
+}
+S_CLIENT_TEMP_KEY = {
+    NamedGroup.X25519: "X25519",
+    NamedGroup.SECP256R1: "prime256v1",
+    NamedGroup.SECP384R1: "secp384r1",
+}
+SUITES13 = [
+    CipherSuite.TLS_AES_128_GCM_SHA256,
+    CipherSuite.TLS_AES_256_GCM_SHA384,
+    CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
+]
+OPENSSL12 = {
+    CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256: ("rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
+    CipherSuite.ECDHE_RSA_WITH_AES_256_GCM_SHA384: ("rsa", "ECDHE-RSA-AES256-GCM-SHA384"),
+    CipherSuite.ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: ("rsa", "ECDHE-RSA-CHACHA20-POLY1305"),
+    CipherSuite.ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: ("p256", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    CipherSuite.ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: ("p256", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    CipherSuite.ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: (
+        "p256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ),
+}
+GROUPS = list(OPENSSL_GROUP)
+LEAVES = ["rsa", "p256", "p384", "ed25519"]
+
+
+def s_server_args(pki: Pki, leaf: str, port: int, *extra: str) -> list[str]:
+    cert = pki.leaves[leaf]
+    return [
+        "openssl",
+        "s_server",
+        "-accept",
+        str(port),
+        "-cert",
+        str(cert.cert_path),
+        "-key",
+        str(cert.key_path),
+        "-naccept",
+        "1",
+        *extra,
+    ]
+
+
+async def exchange(flow: TlsFlow, line: bytes = b"hello looming\n") -> bytes:
+    """Send a line to an `s_server -rev` and read the reversed line back."""
+    await flow.write(line)
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = await flow.read()
+        assert chunk, "server closed before replying"
+        reply += chunk
+    return reply
+
+
+async def client_against_s_server(
+    pki: Pki, leaf: str, server_extra: list[str], config: TlsConfig, server_name: str = "localhost"
+) -> tuple[TlsFlow, bytes, str]:
+    port = free_port()
+    async with server_process(
+        s_server_args(pki, leaf, port, "-rev", *server_extra), port, "ACCEPT"
+    ) as peer:
+        flow = await open_connection("127.0.0.1", port, config, server_name=server_name)
+        reply = await exchange(flow)
+        await flow.close()
+        output = await peer.finish()
+    return flow, reply, output
+
+
+# --- looming client, OpenSSL server ---------------------------------------------------
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+@pytest.mark.parametrize("suite", SUITES13, ids=lambda s: s.name)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_client_tls13_against_s_server(
+    pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
+) -> None:
+    config = TlsConfig(
+        trust=pki.trust, cipher_suites=[suite], groups=[group], key_share_groups=[group]
+    )
+    extra = ["-tls1_3", "-ciphersuites", suite.name, "-groups", OPENSSL_GROUP[group]]
+    flow, reply, output = asyncio.run(client_against_s_server(pki, leaf, extra, config))
+    assert reply == b"gnimool olleh\n"
+    assert (flow.version, flow.cipher_suite) == (TLS13, suite)
+    assert not flow.connection.hello_retried
+    assert "Protocol version: TLSv1.3" in output and f"Ciphersuite: {suite.name}" in output
+
+
+@pytest.mark.parametrize("suite", list(OPENSSL12), ids=lambda s: s.name)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_client_tls12_against_s_server(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
+    leaf, name = OPENSSL12[suite]
+    groups = (
+        [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
+    )
+    config = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
+    extra = ["-tls1_2", "-cipher", name, "-groups", OPENSSL_GROUP[group]]
+    flow, reply, output = asyncio.run(client_against_s_server(pki, leaf, extra, config))
+    assert reply == b"gnimool olleh\n"
+    assert (flow.version, flow.cipher_suite) == (TLS12, suite)
+    assert "Protocol version: TLSv1.2" in output and f"Ciphersuite: {name}" in output
+
+
+def test_client_hello_retry_request(pki: Pki) -> None:
+    config = TlsConfig(trust=pki.trust)  # key share for X25519 only
+    flow, reply, _ = asyncio.run(client_against_s_server(pki, "p256", ["-groups", "P-384"], config))
+    assert reply == b"gnimool olleh\n"
+    assert flow.connection.hello_retried and flow.version == TLS13
+
+
+def test_client_downgrade_to_tls12_is_accepted_without_sentinel_but_versions_match(
+    pki: Pki,
+) -> None:
+    config = TlsConfig(trust=pki.trust, versions=[TLS12])
+    flow, reply, _ = asyncio.run(client_against_s_server(pki, "rsa", [], config))
+    assert flow.version == TLS12 and reply == b"gnimool olleh\n"
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12])
+def test_client_resumption_against_s_server(pki: Pki, version: int) -> None:
+    async def main() -> tuple[TlsFlow, TlsFlow]:
+        port = free_port()
+        cache = ClientSessionCache()
+        config = TlsConfig(trust=pki.trust, versions=[version], session_cache=cache)
+        async with server_process(
+            s_server_args(pki, "p256", port, "-rev", "-naccept", "2"), port, "ACCEPT"
+        ) as peer:
+            first = await open_connection("127.0.0.1", port, config, server_name="localhost")
+            await exchange(first)
+            await first.close()
+            second = await open_connection("127.0.0.1", port, config, server_name="localhost")
+            await exchange(second)
+            await second.close()
+            await peer.finish()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert not first.resumed and first.sessions
+    assert second.resumed and second.version == version
+    assert second.peer_certificates == first.peer_certificates
+
+
+def test_client_alpn(pki: Pki) -> None:
+    config = TlsConfig(trust=pki.trust, alpn_protocols=[b"looming/1", b"http/1.1"])
+    flow, _, _ = asyncio.run(client_against_s_server(pki, "p256", ["-alpn", "h2,http/1.1"], config))
+    assert flow.alpn_protocol == b"http/1.1"
+
+
+def test_client_sni_selects_second_certificate(pki: Pki) -> None:
+    other = pki.leaves["other-name"]
+    extra = [
+        "-servername",
+        "other.example",
+        "-cert2",
+        str(other.cert_path),
+        "-key2",
+        str(other.key_path),
+    ]
+    config = TlsConfig(trust=pki.trust)
+    flow, reply, _ = asyncio.run(
+        client_against_s_server(pki, "p256", extra, config, server_name="other.example")
+    )
+    assert reply == b"gnimool olleh\n"
+    assert flow.peer_certificates[0] == other.certified.chain[0]
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12])
+@pytest.mark.parametrize("client_leaf", ["client-p256", "client-rsa"])
+def test_client_certificate_to_s_server(pki: Pki, version: int, client_leaf: str) -> None:
+    config = TlsConfig(
+        trust=pki.trust, versions=[version], certificates=[pki.leaves[client_leaf].certified]
+    )
+    _flow, reply, output = asyncio.run(
+        client_against_s_server(pki, "p256", ["-Verify", "1", "-CAfile", str(pki.ca_path)], config)
+    )
+    assert reply == b"gnimool olleh\n"
+    assert "client.example" in output and "verify error" not in output
+
+
+def test_client_key_update_both_ways(pki: Pki) -> None:
+    async def main() -> TlsFlow:
+        port = free_port()
+        config = TlsConfig(trust=pki.trust)
+        async with server_process(s_server_args(pki, "p256", port, "-rev"), port, "ACCEPT") as peer:
+            flow = await open_connection("127.0.0.1", port, config, server_name="localhost")
+            assert await exchange(flow, b"one\n") == b"eno\n"
+            await flow.key_update(request_peer_update=True)
+            assert await exchange(flow, b"two\n") == b"owt\n"
+            await flow.key_update(request_peer_update=True)
+            assert await exchange(flow, b"three\n") == b"eerht\n"
+            await flow.close()
+            await peer.finish()
+        return flow
+
+    flow = asyncio.run(main())
+    # OpenSSL answered each update_requested with its own KeyUpdate.
+    assert flow.key_updates_received == 2
+
+
+def test_client_early_data_against_s_server(pki: Pki) -> None:
+    async def main() -> tuple[TlsFlow, str]:
+        port = free_port()
+        cache = ClientSessionCache()
+        config = TlsConfig(trust=pki.trust, session_cache=cache, enable_early_data=True)
+        args = s_server_args(pki, "p256", port, "-early_data", "-naccept", "2")
+        async with server_process(args, port, "ACCEPT") as peer:
+            first = await open_connection("127.0.0.1", port, config, server_name="localhost")
+            await first.write(b"first\n")
+            while not first.sessions:
+                await first._pump()
+            await first.close()
+            second = await open_connection(
+                "127.0.0.1", port, config, server_name="localhost", early_data=b"zero-rtt data\n"
+            )
+            await second.write(b"after\n")
+            await second.close()
+            output = await peer.finish()
+        return second, output
+
+    second, output = asyncio.run(main())
+    assert second.resumed and second.connection.early_data_accepted
+    assert "Early data received:" in output and "zero-rtt data" in output
+
+
+def test_client_rejects_unknown_ca_and_server_sees_alert(pki: Pki) -> None:
+    config = TlsConfig(trust=pki.trust)
+
+    async def main() -> str:
+        port = free_port()
+        async with server_process(s_server_args(pki, "untrusted", port), port, "ACCEPT") as peer:
+            with pytest.raises(CertificateError) as info:
+                await open_connection("127.0.0.1", port, config, server_name="localhost")
+            assert "unknown_ca" in str(info.value) or "unknown ca" in str(info.value).lower()
+            return await peer.finish()
+
+    assert "unknown ca" in asyncio.run(main())
+
+
+def test_client_pinning(pki: Pki) -> None:
+    good = TlsConfig(trust=pki.trust, pins=[spki_sha256(pki.leaves["p256"].certified.chain[0])])
+    _flow, reply, _ = asyncio.run(client_against_s_server(pki, "p256", [], good))
+    assert reply == b"gnimool olleh\n"
+    bad = TlsConfig(trust=pki.trust, pins=[b"\x00" * 32])
+    with pytest.raises(CertificateError, match="pinned"):
+        asyncio.run(client_against_s_server(pki, "p256", [], bad))
+
+
+def test_client_sees_server_alert(pki: Pki) -> None:
+    # The server insists on a client certificate; we have none.
+    config = TlsConfig(trust=pki.trust, versions=[TLS12])
+    with pytest.raises(TlsAlertReceived):
+        asyncio.run(
+            client_against_s_server(
+                pki, "p256", ["-Verify", "1", "-CAfile", str(pki.ca_path)], config
+            )
+        )
+
+
+# --- OpenSSL client, looming server --------------------------------------------------
+
+
+async def s_client_against_looming(
+    config: TlsConfig, args: list[str], stdin: bytes = b"hello\n"
+) -> tuple[int, str, EchoServer]:
+    async with EchoServer(config) as server:
+        rc, out, err = await run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-ign_eof", *args],
+            stdin,
+        )
+    return rc, out + err, server
+
+
+def _s_client_base(pki: Pki) -> list[str]:
+    return ["-CAfile", str(pki.ca_path), "-verify_return_error", "-servername", "localhost"]
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+@pytest.mark.parametrize("suite", SUITES13, ids=lambda s: s.name)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_server_tls13_against_s_client(
+    pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
+) -> None:
+    config = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    args = [
+        *_s_client_base(pki),
+        "-tls1_3",
+        "-ciphersuites",
+        suite.name,
+        "-groups",
+        OPENSSL_GROUP[group],
+    ]
+    rc, out, server = asyncio.run(s_client_against_looming(config, args))
+    assert rc == 0, out
+    assert "echo:hello" in out and "Verify return code: 0 (ok)" in out
+    assert f"Cipher is {suite.name}" in out and "TLSv1.3" in out
+    assert S_CLIENT_TEMP_KEY[group] in out
+    assert not server.errors
+
+
+@pytest.mark.parametrize("suite", list(OPENSSL12), ids=lambda s: s.name)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_server_tls12_against_s_client(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
+    leaf, name = OPENSSL12[suite]
+    config = TlsConfig(certificates=[pki.leaves[leaf].certified], groups=[group])
+    # RFC 8422: the client must list the curve of an ECDSA certificate (P-256 here).
+    groups = (
+        OPENSSL_GROUP[group]
+        if leaf == "rsa" or group == NamedGroup.SECP256R1
+        else f"{OPENSSL_GROUP[group]}:P-256"
+    )
+    args = [*_s_client_base(pki), "-tls1_2", "-cipher", name, "-groups", groups]
+    rc, out, _server = asyncio.run(s_client_against_looming(config, args))
+    assert rc == 0, out
+    assert (
+        "echo:hello" in out and f"Cipher is {name}" in out and "Extended master secret: yes" in out
+    )
+    assert "Secure Renegotiation IS supported" in out
+    assert S_CLIENT_TEMP_KEY[group] in out
+
+
+def test_server_hello_retry_request_to_s_client(pki: Pki) -> None:
+    config = TlsConfig(certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.SECP384R1])
+    rc, out, server = asyncio.run(
+        s_client_against_looming(config, [*_s_client_base(pki), "-groups", "X25519:P-384"])
+    )
+    assert rc == 0 and "echo:hello" in out and "secp384r1" in out
+    assert server.flows[0].connection.hello_retried
+
+
+def test_server_sni_and_alpn(pki: Pki) -> None:
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified, pki.leaves["other-name"].certified],
+        alpn_protocols=[b"h2", b"http/1.1"],
+    )
+    args = [
+        "-CAfile",
+        str(pki.ca_path),
+        "-verify_return_error",
+        "-servername",
+        "other.example",
+        "-alpn",
+        "http/1.1",
+        "-verify_hostname",
+        "other.example",
+    ]
+    rc, out, server = asyncio.run(s_client_against_looming(config, args))
+    assert rc == 0, out
+    assert "ALPN protocol: http/1.1" in out and "CN = other.example" in out
+    assert server.flows[0].connection.server_name == "other.example"
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_server_exporter_matches_s_client(pki: Pki, version: str) -> None:
+    config = TlsConfig(certificates=[pki.leaves["rsa"].certified])
+    args = [
+        *_s_client_base(pki),
+        version,
+        "-keymatexport",
+        "EXPORTER-looming",
+        "-keymatexportlen",
+        "24",
+    ]
+    rc, out, server = asyncio.run(s_client_against_looming(config, args))
+    match = re.search(r"Keying material: ([0-9A-F]+)", out)
+    assert rc == 0 and match, out
+    ours = server.flows[0].export_keying_material("EXPORTER-looming", None, 24)
+    assert ours.hex().upper() == match.group(1)
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_server_client_certificate_from_s_client(pki: Pki, version: str) -> None:
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        client_trust=pki.trust,
+        require_client_certificate=True,
+    )
+    client = pki.leaves["client-rsa"]
+    args = [
+        *_s_client_base(pki),
+        version,
+        "-cert",
+        str(client.cert_path),
+        "-key",
+        str(client.key_path),
+    ]
+    rc, out, server = asyncio.run(s_client_against_looming(config, args))
+    assert rc == 0 and "echo:hello" in out, out
+    assert server.flows[0].peer_certificates[0] == client.certified.chain[0]
+
+
+def test_server_requires_client_certificate(pki: Pki) -> None:
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        client_trust=pki.trust,
+        require_client_certificate=True,
+    )
+    _rc, out, server = asyncio.run(
+        s_client_against_looming(config, [*_s_client_base(pki), "-tls1_3"])
+    )
+    assert "certificate required" in out
+    assert server.errors and "certificate_required" in str(server.errors[0])
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_server_resumption_with_s_client(pki: Pki, version: str, tmp_path: Path) -> None:
+    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    session_file = tmp_path / "session.pem"
+
+    async def main() -> tuple[str, str]:
+        async with EchoServer(config) as server:
+            base = [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{server.port}",
+                "-ign_eof",
+                *_s_client_base(pki),
+                version,
+            ]
+            _, first, _ = await run([*base, "-sess_out", str(session_file)], b"one\n")
+            _, second, _ = await run([*base, "-sess_in", str(session_file)], b"two\n")
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert "New," in first and "echo:one" in first
+    assert "Reused," in second and "echo:two" in second
+
+
+def test_server_accepts_early_data_from_s_client(pki: Pki, tmp_path: Path) -> None:
+    config = TlsConfig(certificates=[pki.leaves["p256"].certified], max_early_data=4096)
+    session_file = tmp_path / "session.pem"
+    early_file = tmp_path / "early.txt"
+    early_file.write_bytes(b"early bird\n")
+
+    async def main() -> tuple[str, EchoServer]:
+        async with EchoServer(config) as server:
+            base = [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{server.port}",
+                "-ign_eof",
+                *_s_client_base(pki),
+            ]
+            await run([*base, "-sess_out", str(session_file)], b"one\n")
+            _, second, _ = await run(
+                [*base, "-sess_in", str(session_file), "-early_data", str(early_file)], b"two\n"
+            )
+            # Replaying the same ticket: single use, so no early data and no resumption.
+            _, third, _ = await run(
+                [*base, "-sess_in", str(session_file), "-early_data", str(early_file)], b"three\n"
+            )
+        return second + "\n====\n" + third, server
+
+    out, server = asyncio.run(main())
+    second, third = out.split("\n====\n")
+    assert "Early data was accepted" in second and "Reused," in second
+    assert server.flows[1].early_data == [b"early bird\n"]
+    assert "Early data was rejected" in third and "New," in third
+    assert server.flows[2].early_data == []
+
+
+def test_session_object_round_trip(pki: Pki) -> None:
+    config = TlsConfig(trust=pki.trust)
+    flow, _, _ = asyncio.run(client_against_s_server(pki, "p256", [], config))
+    assert flow.sessions and isinstance(flow.sessions[0], Session)
