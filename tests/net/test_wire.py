@@ -45,6 +45,13 @@ def test_checksum_of_rfc1071_example() -> None:
     assert internet_checksum(data) == ~0xDDF2 & 0xFFFF
 
 
+def test_checksum_edges() -> None:
+    assert internet_checksum(b"") == 0xFFFF
+    assert internet_checksum(bytes(6)) == 0xFFFF
+    assert internet_checksum(b"\xff\xff\xff\xff") == 0
+    assert internet_checksum(b"\x00\x01", 0xFFFE) == 0
+
+
 def test_pseudo_header_sum() -> None:
     total = pseudo_header_sum(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), 17, 20)
     assert total == 0x0A00 + 0x0001 + 0x0A00 + 0x0002 + 17 + 20

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from looming.devices.net import EthernetProtocol, MacAddress
 from looming.errors import Malformed
+from looming.net.wire._cache import mac_address
 
 HEADER_LENGTH = 14
 VLAN_TAG_LENGTH = 4
 _VLAN = int(EthernetProtocol.VLAN)
 _QINQ = 0x88A8
+
+_HEADER = struct.Struct("!6s6sH")
+_TAG = struct.Struct("!HH")
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -38,21 +43,20 @@ def parse(buf: _Buffer) -> tuple[EthernetHeader, memoryview]:
     view = memoryview(buf)
     if len(view) < HEADER_LENGTH:
         raise Malformed(f"Ethernet frame of {len(view)} bytes is shorter than its header")
-    ethertype = int.from_bytes(view[12:14], "big")
+    destination, source, ethertype = _HEADER.unpack_from(view)
     offset = HEADER_LENGTH
     vlan_tag: int | None = None
     if ethertype in (_VLAN, _QINQ):
         if len(view) < HEADER_LENGTH + VLAN_TAG_LENGTH:
             raise Malformed("Ethernet frame truncated inside its VLAN tag")
-        vlan_tag = int.from_bytes(view[14:16], "big")
-        ethertype = int.from_bytes(view[16:18], "big")
+        vlan_tag, ethertype = _TAG.unpack_from(view, HEADER_LENGTH)
         offset += VLAN_TAG_LENGTH
     if ethertype < 0x0600:
         # An 802.3 length field (LLC frames): nothing looming speaks.
         raise Malformed(f"802.3 length field {ethertype} instead of an EtherType")
     header = EthernetHeader(
-        destination=MacAddress(bytes(view[0:6])),
-        source=MacAddress(bytes(view[6:12])),
+        destination=mac_address(destination),
+        source=mac_address(source),
         ethertype=ethertype,
         vlan_tag=vlan_tag,
     )

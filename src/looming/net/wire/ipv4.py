@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from looming.errors import Malformed
+from looming.net.wire._cache import ipv4_address
 from looming.net.wire.checksum import internet_checksum
 
 MIN_HEADER_LENGTH = 20
 MAX_PACKET_LENGTH = 65535
 _FLAG_DF = 0x4000
 _FLAG_MF = 0x2000
+
+_FIXED = struct.Struct("!BBHHHBBH4s4s")
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -46,33 +50,42 @@ def parse(buf: _Buffer) -> tuple[Ipv4Header, memoryview]:
     view = memoryview(buf)
     if len(view) < MIN_HEADER_LENGTH:
         raise Malformed(f"IPv4 packet of {len(view)} bytes is shorter than a header")
-    first = view[0]
-    if first >> 4 != 4:
-        raise Malformed(f"IP version {first >> 4}, expected 4")
-    header_length = (first & 0x0F) * 4
+    (
+        version_length,
+        tos,
+        total_length,
+        identification,
+        flags_offset,
+        ttl,
+        protocol,
+        _checksum,
+        source,
+        destination,
+    ) = _FIXED.unpack_from(view)
+    if version_length >> 4 != 4:
+        raise Malformed(f"IP version {version_length >> 4}, expected 4")
+    header_length = (version_length & 0x0F) * 4
     if header_length < MIN_HEADER_LENGTH:
         raise Malformed(f"IPv4 header length {header_length} is below 20")
-    total_length = int.from_bytes(view[2:4], "big")
     if total_length < header_length:
         raise Malformed(f"IPv4 total length {total_length} is below its header length")
     if total_length > len(view):
         raise Malformed(f"IPv4 total length {total_length} exceeds the {len(view)} bytes received")
     if internet_checksum(view[:header_length]) != 0:
         raise Malformed("IPv4 header checksum mismatch")
-    flags_offset = int.from_bytes(view[6:8], "big")
     if flags_offset & 0x8000:
         raise Malformed("IPv4 reserved flag set")
     header = Ipv4Header(
-        source=IPv4Address(bytes(view[12:16])),
-        destination=IPv4Address(bytes(view[16:20])),
-        protocol=view[9],
-        ttl=view[8],
-        identification=int.from_bytes(view[4:6], "big"),
-        dont_fragment=bool(flags_offset & _FLAG_DF),
-        more_fragments=bool(flags_offset & _FLAG_MF),
-        fragment_offset=(flags_offset & 0x1FFF) * 8,
-        tos=view[1],
-        options=bytes(view[MIN_HEADER_LENGTH:header_length]),
+        ipv4_address(source),
+        ipv4_address(destination),
+        protocol,
+        ttl,
+        identification,
+        bool(flags_offset & _FLAG_DF),
+        bool(flags_offset & _FLAG_MF),
+        (flags_offset & 0x1FFF) * 8,
+        tos,
+        bytes(view[MIN_HEADER_LENGTH:header_length]) if header_length > MIN_HEADER_LENGTH else b"",
     )
     return header, view[header_length:total_length]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -10,6 +11,8 @@ from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
 
 HEADER_LENGTH = 8
 PROTOCOL_UDP = 17
+
+_HEADER = struct.Struct("!HHHH")
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -28,19 +31,16 @@ def parse(
     view = memoryview(buf)
     if len(view) < HEADER_LENGTH:
         raise Malformed(f"UDP datagram of {len(view)} bytes is shorter than its header")
-    length = int.from_bytes(view[4:6], "big")
+    source_port, destination_port, length, checksum = _HEADER.unpack_from(view)
     if length < HEADER_LENGTH or length > len(view):
         raise Malformed(f"UDP length {length} does not fit the {len(view)} bytes received")
-    view = view[:length]
-    if source is not None and destination is not None and (view[6] or view[7]):
+    if length != len(view):
+        view = view[:length]
+    if source is not None and destination is not None and checksum:
         initial = pseudo_header_sum(source, destination, PROTOCOL_UDP, length)
         if internet_checksum(view, initial) != 0:
             raise Malformed("UDP checksum mismatch")
-    header = UdpHeader(
-        source_port=int.from_bytes(view[0:2], "big"),
-        destination_port=int.from_bytes(view[2:4], "big"),
-    )
-    return header, view[HEADER_LENGTH:]
+    return UdpHeader(source_port, destination_port), view[HEADER_LENGTH:]
 
 
 def emit(
