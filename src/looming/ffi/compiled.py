@@ -307,7 +307,7 @@ class CompiledLibrary(LinkedLibrary):
             if isinstance(arg_type, Scalar | Enum):
                 return value
             if value == ffi.NULL:
-                return None if isinstance(arg_type, CString) else 0
+                return None
             if isinstance(arg_type, CString):
                 return ffi.string(ffi.cast("char *", value))
             return int(ffi.cast("uintptr_t", value))

@@ -255,6 +255,8 @@ def callback_value(
             return out
         data = read(value, count * element.size)
         return [unpack_value(element, data, i * element.size, origin) for i in range(count)]
+    if isinstance(arg_type, Buffer | Pointer | Callback):
+        return value or None  # an address; NULL reads as None in every backend
     return value
 
 
@@ -432,7 +434,11 @@ class DynamicLibrary(LinkedLibrary):
             if not function.release_gil:
                 handle = keep_gil
             c_function = getattr(handle, function.name)
-            c_function.argtypes = [ctypes_type(t) for t in function.args]
+            # Callbacks go as plain pointers so that None (NULL) is accepted.
+            c_function.argtypes = [
+                ctypes.c_void_p if isinstance(t, Callback) else ctypes_type(t)
+                for t in function.args
+            ]
             c_function.restype = ctypes_type(function.returns)
             self._bind_function(function.name, generate_wrapper(function, c_function, self))
 

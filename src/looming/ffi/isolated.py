@@ -377,7 +377,8 @@ class IsolatedLibrary(LinkedLibrary):
         if not isinstance(data, bytes):
             raise Malformed("a written-back value is not bytes")
         if isinstance(ctype, Buffer):
-            if len(data) != len(value) if not isinstance(value, memoryview) else value.nbytes:
+            expected_size = value.nbytes if isinstance(value, memoryview) else len(value)
+            if len(data) != expected_size:
                 raise Malformed("a written-back buffer changed size")
             if isinstance(value, memoryview):
                 value.cast("B")[:] = data

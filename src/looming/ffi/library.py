@@ -249,9 +249,9 @@ def argument_error(
             check_argument(function, index, value, origin)
         except (TypeError, OverflowError, ValueError) as exc:
             return exc
-    if isinstance(cause, Exception):
+    if isinstance(cause, TypeError | OverflowError | ValueError):
         return cause
-    return TypeError(str(cause))
+    return TypeError(f"{function.name}(): {cause}")
 
 
 def check_all(function: Function, args: Sequence[Any], origin: object) -> None:

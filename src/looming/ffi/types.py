@@ -375,6 +375,13 @@ class Enum(CType):
         inner = ",".join(f"{k}={v}" for k, v in sorted(self.members.items()))
         return f"enum {self.c}{{{inner}}}:{self.underlying.signature()}"
 
+    def __getattr__(self, name: str) -> Any:
+        # ZReturn.Z_OK: the members read as attributes of the type.
+        python = self.__dict__.get("python")
+        if python is not None and name in python.__members__:
+            return python[name]
+        raise AttributeError(name)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # The generated IntEnum is rebuilt rather than pickled by reference.
         return (Enum, (self.c, self.members, self.underlying))
