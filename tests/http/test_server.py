@@ -20,6 +20,8 @@ from .serving import RunningServer, serve_in_thread
 async def describe(request: Request) -> Response:
     if request.path == "/fail":
         raise RuntimeError("this handler fails on purpose")
+    if request.path == "/injection":
+        return Response(200, [(b"x-evil", b"a\r\nSet-Cookie: stolen=1")], b"never sent")
     if request.path == "/stream":
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -39,10 +41,6 @@ async def describe(request: Request) -> Response:
         "host": (request.header(b"host") or b"").decode(),
     }
     return Response(200, [(b"content-type", b"application/json")], json.dumps(summary).encode())
-
-
-def describer() -> object:
-    return describe
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +249,14 @@ def test_idle_keep_alive_connection_is_closed(impatient: RunningServer) -> None:
     assert reply.startswith(b"HTTP/1.1 200 OK")
     assert reply.count(b"HTTP/1.1") == 1
     assert elapsed < 3
+
+
+def test_header_injection_by_a_handler_becomes_500(server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/injection")
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 500
+    assert response.getheader("set-cookie") is None
+    assert b"never sent" not in body
+    conn.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Headers = Sequence[tuple[bytes, bytes]]
 """Header fields as (name, value) byte pairs; names arrive lower-cased."""
@@ -51,11 +51,13 @@ class Response:
     ``body`` is either the whole body or an async iterable of chunks; a
     streamed body is sent chunked unless ``headers`` carry a Content-Length.
     For a whole body the server adds Content-Length itself. Date and Server
-    headers are added by the server.
+    headers are added by the server. Headers given as a tuple are validated
+    once and then trusted when the same tuple comes again, so a handler that
+    answers from a cache should keep its header tuples.
     """
 
     status: int = 200
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    headers: Headers = ()
     body: Body = b""
 
 

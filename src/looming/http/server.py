@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -83,6 +83,57 @@ class _DateHeader:
         return self._value
 
 
+class _Watchdog:
+    """A connection's deadline, cheap to move: moving it only stores a number.
+
+    One timer is armed at a time; when it fires before the current deadline
+    it re-arms for the deadline instead of cancelling, so a busy keep-alive
+    connection costs no timer operations per request. At the deadline the
+    serving task is cancelled and :attr:`expired` tells why.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_loop", "_task", "expired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        self._loop = loop
+        self._task = task
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    def expire_in(self, seconds: float) -> None:
+        deadline = self._loop.time() + seconds
+        self._deadline = deadline
+        handle = self._handle
+        if handle is None or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def close(self) -> None:
+        self._deadline = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        deadline = self._deadline
+        if deadline is None or self.expired:
+            return
+        if self._loop.time() >= deadline:
+            self.expired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+
+_PLAIN_500 = ((b"content-type", b"text/plain; charset=utf-8"),)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -105,6 +156,7 @@ class HttpServer:
         self.config = config if config is not None else ServerConfig()
         self._date = _DateHeader(clock)
         self._server_header = (b"server", self.config.server_name.encode("ascii"))
+        self._checked: dict[tuple[tuple[bytes, bytes], ...], bool] = {}
         self.requests_served = 0
         self.protocol_errors = 0
         self.timeouts = 0
@@ -115,10 +167,18 @@ class HttpServer:
     async def serve_flow(self, flow: Flow) -> None:
         """Serve requests on ``flow`` until the peer or a timeout ends it; closes it."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = _Watchdog(asyncio.get_running_loop(), task)
         try:
-            async with asyncio.timeout(None) as deadline:
+            try:
                 await self._serve_requests(flow, conn, deadline)
-        except TimeoutError:
+            finally:
+                deadline.close()
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            task.uncancel()
             self.timeouts += 1
             # 408 only when a request had begun; an idle connection just closes.
             started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
@@ -132,17 +192,14 @@ class HttpServer:
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
 
-    async def _serve_requests(
-        self, flow: Flow, conn: h11.Connection, deadline: asyncio.Timeout
-    ) -> None:
-        loop = asyncio.get_running_loop()
+    async def _serve_requests(self, flow: Flow, conn: h11.Connection, deadline: _Watchdog) -> None:
         config = self.config
         client: tuple[str, int] | None = getattr(flow, "remote_address", None)
         server: tuple[str, int] | None = getattr(flow, "local_address", None)
         first = True
         while True:
             wait = config.header_timeout if first else config.keep_alive_timeout
-            deadline.reschedule(loop.time() + wait)
+            deadline.expire_in(wait)
             first = False
             try:
                 event = conn.next_event()
@@ -152,7 +209,7 @@ class HttpServer:
                         data = await flow.read()
                         if waiting_for_start and data:
                             waiting_for_start = False
-                            deadline.reschedule(loop.time() + config.header_timeout)
+                            deadline.expire_in(config.header_timeout)
                         conn.receive_data(data)
                         event = conn.next_event()
             except h11.RemoteProtocolError as error:
@@ -177,7 +234,7 @@ class HttpServer:
                 await self._send_error_raw(flow, 431)
                 return
             try:
-                body = await self._read_body(flow, conn, deadline, loop)
+                body = await self._read_body(flow, conn, deadline)
             except _BodyTooLarge:
                 await self._send_error_raw(flow, 413)
                 return
@@ -196,14 +253,20 @@ class HttpServer:
                 client,
                 server,
             )
-            deadline.reschedule(None)
+            deadline.disarm()
             try:
                 response = await self.handler(request)
             except Exception:
                 log.exception("handler failed on %s %s", method, request.target)
-                response = Response(500, [(b"content-type", b"text/plain")], b"internal error\n")
-            deadline.reschedule(loop.time() + config.send_timeout)
-            await self._send_response(flow, conn, response, method == "HEAD", deadline, loop)
+                response = Response(500, _PLAIN_500, b"internal error\n")
+            try:
+                has_length = self._checked_headers(response.headers)
+            except h11.LocalProtocolError as error:
+                log.error("handler for %s %s gave bad headers: %s", method, request.target, error)
+                response = Response(500, _PLAIN_500, b"internal error\n")
+                has_length = False
+            deadline.expire_in(config.send_timeout)
+            await self._send_response(flow, conn, response, has_length, method == "HEAD", deadline)
             self.requests_served += 1
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
@@ -213,8 +276,7 @@ class HttpServer:
         self,
         flow: Flow,
         conn: h11.Connection,
-        deadline: asyncio.Timeout,
-        loop: asyncio.AbstractEventLoop,
+        deadline: _Watchdog,
     ) -> bytes:
         event = conn.next_event()
         if type(event) is h11.EndOfMessage:
@@ -226,7 +288,7 @@ class HttpServer:
             await flow.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         while True:
             if event is h11.NEED_DATA:
-                deadline.reschedule(loop.time() + self.config.body_timeout)
+                deadline.expire_in(self.config.body_timeout)
                 conn.receive_data(await flow.read())
             elif type(event) is h11.Data:
                 received += len(event.data)
@@ -240,28 +302,46 @@ class HttpServer:
                 raise h11.RemoteProtocolError("connection closed in the middle of a body")
             event = conn.next_event()
 
+    def _checked_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Validate a handler's headers once per distinct tuple; whether they
+        carry a Content-Length. Lists are checked on every response."""
+        if type(headers) is tuple:
+            known = self._checked.get(headers)
+            if known is not None:
+                return known
+        # h11's own rules: raises LocalProtocolError on a bad name or value.
+        h11.Response(status_code=200, headers=list(headers))
+        has_length = any(name.lower() == b"content-length" for name, _ in headers)
+        if type(headers) is tuple:
+            if len(self._checked) >= 4096:
+                self._checked.clear()
+            self._checked[headers] = has_length
+        return has_length
+
     def _response_head(self, conn: h11.Connection, response: Response, length: int | None) -> bytes:
         headers: list[tuple[bytes, bytes]] = [(b"date", self._date.now()), self._server_header]
         headers.extend(response.headers)
-        if length is not None and not _head_only_status(response.status):
-            headers.append((b"content-length", b"%d" % length))
         status = response.status
-        return conn.send(
-            h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
+        if length is not None and not _head_only_status(status):
+            headers.append((b"content-length", b"%d" % length))
+        # Every header was validated above (ours are known good), so h11 may
+        # skip its per-response regular expressions.
+        event = h11.Response(
+            status_code=status, headers=headers, reason=REASONS.get(status, b""), _parsed=True
         )
+        return conn.send(event) or b""
 
     async def _send_response(
         self,
         flow: Flow,
         conn: h11.Connection,
         response: Response,
+        has_length: bool,
         head_only: bool,
-        deadline: asyncio.Timeout,
-        loop: asyncio.AbstractEventLoop,
+        deadline: _Watchdog,
     ) -> None:
         body = response.body
         if isinstance(body, bytes | bytearray | memoryview):
-            has_length = any(name.lower() == b"content-length" for name, _ in response.headers)
             head = self._response_head(conn, response, None if has_length else len(body))
             if head_only or _head_only_status(response.status) or not body:
                 conn.send(h11.EndOfMessage())
@@ -271,7 +351,7 @@ class HttpServer:
             conn.send(h11.EndOfMessage())
             await flow.writev([head, *pieces])
             return
-        await self._send_streamed(flow, conn, response, body, head_only, deadline, loop)
+        await self._send_streamed(flow, conn, response, body, head_only, deadline)
 
     async def _send_streamed(
         self,
@@ -280,8 +360,7 @@ class HttpServer:
         response: Response,
         body: AsyncIterable[bytes],
         head_only: bool,
-        deadline: asyncio.Timeout,
-        loop: asyncio.AbstractEventLoop,
+        deadline: _Watchdog,
     ) -> None:
         head = self._response_head(conn, response, None)
         try:
@@ -295,12 +374,12 @@ class HttpServer:
                 if not chunk:
                     continue
                 pending.extend(conn.send_with_data_passthrough(h11.Data(data=chunk)) or [])
-                deadline.reschedule(loop.time() + timeout)
+                deadline.expire_in(timeout)
                 await flow.writev(pending)
                 pending = []
-                deadline.reschedule(None)
+                deadline.disarm()
             pending.append(conn.send(h11.EndOfMessage()))
-            deadline.reschedule(loop.time() + timeout)
+            deadline.expire_in(timeout)
             await flow.writev(pending)
         finally:
             closer: Any = getattr(body, "aclose", None)

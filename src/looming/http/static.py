@@ -25,6 +25,9 @@ STREAM_CHUNK = 256 * 1024
 
 _NOT_FOUND_BODY = b"404 Not Found\n"
 _PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+# Tuples, so the server validates them once (see Response).
+_NOT_FOUND_HEADERS = (_PLAIN,)
+_NOT_ALLOWED_HEADERS = (_PLAIN, (b"allow", b"GET, HEAD"))
 
 
 @dataclass(slots=True)
@@ -36,13 +39,14 @@ class _File:
     etag: bytes
     modified: int
     content_type: bytes
-    headers: list[tuple[bytes, bytes]]
+    headers: tuple[tuple[bytes, bytes], ...]
+    not_modified_headers: tuple[tuple[bytes, bytes], ...]
     body: bytes | None
 
 
 @dataclass(slots=True)
 class _Redirect:
-    location: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
 
 
 @dataclass(slots=True)
@@ -100,7 +104,7 @@ class StaticSite:
     async def __call__(self, request: Request) -> Response:
         method = request.method
         if method != "GET" and method != "HEAD":
-            return Response(405, [_PLAIN, (b"allow", b"GET, HEAD")], b"405 Method Not Allowed\n")
+            return Response(405, _NOT_ALLOWED_HEADERS, b"405 Method Not Allowed\n")
         resolved = self._by_target.get(request.target)
         if resolved is None:
             resolved = await self._resolve(request.target)
@@ -110,8 +114,8 @@ class StaticSite:
         if type(resolved) is _File:
             return await self._serve_file(request, resolved)
         if type(resolved) is _Redirect:
-            return Response(301, [_PLAIN, (b"location", resolved.location)], b"")
-        return Response(404, [_PLAIN], _NOT_FOUND_BODY)
+            return Response(301, resolved.headers, b"")
+        return Response(404, _NOT_FOUND_HEADERS, _NOT_FOUND_BODY)
 
     async def _resolve(self, target: str) -> _Resolved:
         found = target_to_key(target)
@@ -124,7 +128,7 @@ class StaticSite:
                 if not trailing_slash:
                     path, _, query = target.partition("?")
                     location = path + "/" + ("?" + query if query else "")
-                    return _Redirect(location.encode("latin-1"))
+                    return _Redirect((_PLAIN, (b"location", location.encode("latin-1"))))
                 key = f"{key}/{self.index}" if key else self.index
                 kind = await self.kv.exists(key)
             elif trailing_slash:
@@ -150,7 +154,9 @@ class StaticSite:
         headers.append((b"accept-ranges", b"bytes"))
         headers.extend(self._extra)
         body = await self.kv.get(key) if size <= self.max_cached_file_bytes else None
-        entry = _File(key, size, etag, modified, content_type, headers, body)
+        entry = _File(
+            key, size, etag, modified, content_type, tuple(headers), tuple(headers[1:]), body
+        )
         self._by_key[key] = entry
         return entry
 
@@ -167,11 +173,11 @@ class StaticSite:
                 if_range = value
         if if_none_match is not None:
             if _etag_matches(if_none_match, entry.etag):
-                return Response(304, entry.headers[1:], b"")
+                return Response(304, entry.not_modified_headers, b"")
         elif if_modified_since is not None and entry.modified > 0:
             since = parse_http_date(if_modified_since)
             if since is not None and entry.modified <= since:
-                return Response(304, entry.headers[1:], b"")
+                return Response(304, entry.not_modified_headers, b"")
         if range_header is not None and self._if_range_holds(if_range, entry):
             try:
                 ranges = parse_byte_ranges(range_header, entry.size)
