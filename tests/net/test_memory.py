@@ -182,3 +182,22 @@ def test_random_frames_never_break_the_stack(frames: list[bytes], tails: bytes) 
         await stack.disconnect()
 
     asyncio.run(main())
+
+
+def test_slow_udp_handlers_are_bounded() -> None:
+    async def body(a: DirectStack, b: DirectStack) -> None:
+        never = asyncio.Event()
+
+        async def stuck(datagram: Datagram) -> None:
+            await never.wait()
+
+        await b.udp.bind(7, stuck)
+        b.udp.max_handler_tasks = 50
+        a.arp.cache.learn(B.ip, b.ethernet.mac, a.time.now_ns())
+        for _ in range(200):
+            await a.udp.send(B.ip, 7, b"work")
+        await asyncio.sleep(0.05)
+        assert b.counters()["udp.rx_datagrams"] == 200
+        assert b.counters()["udp.handler_backlog_full"] == 150
+
+    run(body)

@@ -18,6 +18,7 @@ from looming.net.wire.arp import ArpOperation, ArpPacket
 
 _ZERO_MAC = MacAddress(bytes(6))
 _SECOND_NS = 1_000_000_000
+MAX_PENDING_SENDS = 256
 
 
 class ArpCache:
@@ -134,6 +135,11 @@ class ArpLayer:
                 self._spawn(self.announce(address))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        if len(self._tasks) >= MAX_PENDING_SENDS:
+            # A request flood must not queue unbounded replies.
+            coroutine.close()
+            self.counters["tx_backlog_full"] += 1
+            return
         try:
             task = asyncio.get_running_loop().create_task(coroutine)
         except RuntimeError:

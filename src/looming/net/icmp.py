@@ -20,6 +20,8 @@ from looming.net.wire.checksum import internet_checksum
 from looming.net.wire.icmp import IcmpHeader, IcmpType, UnreachableCode
 from looming.net.wire.ipv4 import Ipv4Header
 
+MAX_PENDING_SENDS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class IcmpError:
@@ -53,6 +55,11 @@ class IcmpLayer:
         self._error_handlers[protocol] = handler
 
     def _send(self, destination: IPv4Address, message: bytes) -> None:
+        if len(self._tasks) >= MAX_PENDING_SENDS:
+            # Replies still waiting on ARP or the device: under a flood,
+            # drop rather than queue without bound.
+            self.counters["tx_backlog_full"] += 1
+            return
         task = asyncio.get_running_loop().create_task(self._write(destination, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -49,6 +49,7 @@ class UdpLayer:
         self._bindings: dict[int, tuple[UdpHandler, IPv4Address | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
+        self.max_handler_tasks = 1024
         ipv4.register(IpProtocol.UDP, self.input)
 
     def _free_port(self) -> int:
@@ -120,6 +121,13 @@ class UdpLayer:
             self.counters["handler_error"] += 1
             return
         if inspect.isawaitable(result):
+            if len(self._tasks) >= self.max_handler_tasks:
+                # Handlers slower than the arrival rate: shed load like a
+                # full socket buffer would, instead of growing memory.
+                self.counters["handler_backlog_full"] += 1
+                if inspect.iscoroutine(result):
+                    result.close()
+                return
             task = asyncio.ensure_future(result)
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
