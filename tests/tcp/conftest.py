@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.net.kernel import KernelPeer, have_root, kernel_peer_namespace
+pytest.register_assert_rewrite("tests.tcp.script", "tests.tcp.ipv4_pair")
+
+from tests.net.kernel import KernelPeer, have_root, kernel_peer_namespace  # noqa: E402  (after the rewrite hook)
 
 
 @pytest.fixture

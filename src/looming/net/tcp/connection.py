@@ -981,7 +981,7 @@ class TcpConnection:
         acked = ack - self.snd_una
         flight_before = self.snd_max - self.snd_una
         self._take_rtt_sample(ack, header, now)
-        self.send_buffer.release_to(ack)
+        released = self.send_buffer.release_to(ack)
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
@@ -1004,7 +1004,7 @@ class TcpConnection:
             cc.on_new_ack(acked, flight_before)
         # RFC 6298 5.2 and 5.3: stop the timer when all is acknowledged, else restart it.
         self.rto_at = None if self.snd_una >= self.snd_max else now + self.rtt.rto
-        if self.send_buffer.space and not self.fin_queued:
+        if released and not self.fin_queued:
             self.events.append(Event.WRITABLE)
         self._after_our_fin_acked(now)
 
