@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -57,6 +59,30 @@ async def streamed(request: Request) -> StreamingResponse:
     return StreamingResponse(numbers(), media_type="text/plain")
 
 
+cancelled_streams: list[str] = []
+
+
+async def endless(request: Request) -> StreamingResponse:
+    async def ticks() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.01)
+        finally:
+            cancelled_streams.append(request.url.path)
+
+    return StreamingResponse(ticks(), media_type="text/plain")
+
+
+async def fails_midway(request: Request) -> StreamingResponse:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"first part\n"
+        await asyncio.sleep(0)
+        raise RuntimeError("stream fails on purpose")
+
+    return StreamingResponse(parts(), media_type="text/plain")
+
+
 async def broken(request: Request) -> PlainTextResponse:
     raise RuntimeError("this route fails on purpose")
 
@@ -67,6 +93,8 @@ app = Starlette(
         Route("/info/{rest:path}", info, methods=["GET", "POST"]),
         Route("/stream", streamed),
         Route("/broken", broken),
+        Route("/endless", endless),
+        Route("/fails-midway", fails_midway),
     ],
     lifespan=lifespan,
 )
@@ -186,3 +214,45 @@ def test_app_without_lifespan_support_still_starts() -> None:
         await adapter.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_head_of_an_endless_stream_ends_the_application_task(
+    starlette_server: RunningServer,
+) -> None:
+    cancelled_streams.clear()
+    conn = http.client.HTTPConnection("127.0.0.1", starlette_server.port, timeout=10)
+    conn.request("HEAD", "/endless")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    conn.request("GET", "/")  # the connection is still usable
+    assert conn.getresponse().read() == b"plain text\n"
+    conn.close()
+    deadline = time.monotonic() + 5
+    while not cancelled_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cancelled_streams == ["/endless"]
+
+
+def test_client_leaving_an_endless_stream_ends_the_application_task(
+    starlette_server: RunningServer,
+) -> None:
+    cancelled_streams.clear()
+    with socket.create_connection(("127.0.0.1", starlette_server.port), timeout=10) as sock:
+        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"tick" in sock.recv(65536) + sock.recv(65536)
+    deadline = time.monotonic() + 5
+    while not cancelled_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cancelled_streams == ["/endless"]
+
+
+def test_stream_failing_midway_is_truncated(starlette_server: RunningServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", starlette_server.port, timeout=10)
+    conn.request("GET", "/fails-midway")
+    response = conn.getresponse()
+    assert response.status == 200
+    with pytest.raises(http.client.IncompleteRead) as caught:
+        response.read()
+    assert caught.value.partial == b"first part\n"
+    conn.close()

@@ -96,6 +96,57 @@ class _Lifespan:
             raise LifespanFailed(f"application shutdown failed: {message.get('message', '')}")
 
 
+class _AppBody:
+    """A streamed response body fed by a running application.
+
+    Closing it (the server does, after the last chunk, on HEAD, or when the
+    client went away) ends the application's task even if it never started
+    iterating, which an async generator's ``aclose`` would not do.
+    """
+
+    def __init__(
+        self,
+        first: Message,
+        messages: asyncio.Queue[Message],
+        task: asyncio.Task[None],
+        response_done: asyncio.Event,
+    ) -> None:
+        self._next: Message | None = first
+        self._messages = messages
+        self._task = task
+        self._response_done = response_done
+        self._finished = False
+
+    def __aiter__(self) -> _AppBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._finished:
+            message = self._next if self._next is not None else await self._messages.get()
+            self._next = None
+            if message.get("type") != "http.response.body":
+                self._finished = True
+                break
+            if not message.get("more_body", False):
+                self._finished = True
+            chunk = message.get("body", b"")
+            if chunk:
+                return bytes(chunk)
+        self._response_done.set()
+        # An application error here propagates: the server then drops the
+        # connection, so the client sees a truncated body, not a complete one.
+        await self._task
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._finished = True
+        self._response_done.set()
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
 class AsgiAdapter:
     """Serves the ASGI 3 application ``app`` as a looming HTTP handler."""
 
@@ -196,23 +247,4 @@ class AsgiAdapter:
                     await task
             raise
 
-        async def stream() -> AsyncIterator[bytes]:
-            message = first
-            try:
-                while message.get("type") == "http.response.body":
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        yield bytes(chunk)
-                    if not message.get("more_body", False):
-                        break
-                    message = await messages.get()
-                response_done.set()
-                await task
-            finally:
-                response_done.set()
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-
-        return Response(status, headers, stream())
+        return Response(status, headers, _AppBody(first, messages, task, response_done))

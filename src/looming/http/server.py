@@ -188,6 +188,10 @@ class HttpServer:
             log.debug("connection ended: %s", error)
         except NetworkError as error:
             log.debug("connection failed: %s", error)
+        except Exception:
+            # A streamed body failed midway: the response cannot be completed,
+            # so the connection is dropped and the client sees it truncated.
+            log.exception("response on %s failed", getattr(flow, "remote_address", "a flow"))
         finally:
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
