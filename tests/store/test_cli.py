@@ -1,0 +1,160 @@
+"""``looming store`` from the command line: run() and ``python -m``."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from looming.store import cli
+from looming.store.repo import Repo
+
+from .conftest import GitRunner
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="looming store")
+    cli.add_arguments(parser)
+    code = cli.run(parser.parse_args(list(argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_session(tmp_path: Path, capsys: pytest.CaptureFixture[str], git: GitRunner) -> None:
+    repo = str(tmp_path / "r.git")
+    assert run(capsys, "init", repo)[0] == 0
+    assert run(capsys, "-C", repo, "set", "a/b", "hello", "-m", "first")[0] == 0
+    (tmp_path / "value").write_bytes(b"from file")
+    assert run(capsys, "-C", repo, "set", "c", "--file", str(tmp_path / "value"))[0] == 0
+    assert run(capsys, "-C", repo, "ls") == (0, "a/\nc\n", "")
+    assert run(capsys, "-C", repo, "tree") == (0, "a/b\nc\n", "")
+    assert run(capsys, "-C", repo, "get", "c")[1] == "from file"
+    code, out, _ = run(capsys, "-C", repo, "log")
+    assert code == 0 and [line.split(" ", 1)[1] for line in out.splitlines()] == ["set c", "first"]
+    assert run(capsys, "-C", repo, "branch", "feature")[0] == 0
+    assert run(capsys, "-C", repo, "-b", "feature", "set", "f", "feature")[0] == 0
+    assert run(capsys, "-C", repo, "branch")[1] == "  feature\n* main\n"
+    code, out, _ = run(capsys, "-C", repo, "merge", "feature")
+    assert code == 0 and out.startswith("fast-forward to ")
+    assert run(capsys, "-C", repo, "rm", "a")[0] == 0
+    assert run(capsys, "-C", repo, "ls")[1] == "c\nf\n"
+    # a conflict: listed on stderr, exit 1, nothing committed
+    run(capsys, "-C", repo, "-b", "feature", "set", "c", "theirs")
+    run(capsys, "-C", repo, "set", "c", "ours")
+    code, _out, err = run(capsys, "-C", repo, "merge", "feature")
+    assert code == 1 and "conflict: c" in err
+    # clone, push and pull between two repositories
+    clone = str(tmp_path / "clone.git")
+    assert run(capsys, "clone", repo, clone)[0] == 0
+    assert run(capsys, "-C", clone, "set", "new", "from clone")[0] == 0
+    assert run(capsys, "-C", clone, "push", repo)[0] == 0
+    assert Repo.open(repo).store().get("new") == b"from clone"
+    run(capsys, "-C", repo, "set", "back", "to clone")
+    assert run(capsys, "-C", clone, "pull", repo)[0] == 0
+    assert run(capsys, "-C", clone, "get", "back")[1] == "to clone"
+    code, out, _ = run(capsys, "-C", clone, "fetch", repo)
+    assert code == 0 and "feature" in out
+    git("fsck", "--strict", cwd=repo)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["get", "nope"], "no such key"),
+        (["set", "a//b", "x"], "empty"),
+        (["branch", "bad..name"], "not a valid"),
+        (["merge", "no-such-branch"], "neither a commit id nor a branch"),
+        (["ls", "missing"], "nothing at"),
+        (["pull", "/nonexistent/remote"], "fetch from /nonexistent/remote failed"),
+    ],
+)
+def test_user_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    repo = str(tmp_path / "r.git")
+    run(capsys, "init", repo)
+    run(capsys, "-C", repo, "set", "k", "v")
+    code, _out, err = run(capsys, "-C", repo, *argv)
+    assert code == 2
+    assert err.startswith("looming store: ") and message in err and "Traceback" not in err
+
+
+def test_not_a_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "-C", str(tmp_path), "ls")
+    assert code == 2 and "not a Git repository" in err
+
+
+def test_python_m_and_help(tmp_path: Path) -> None:
+    repo = str(tmp_path / "r.git")
+    done = subprocess.run(
+        [sys.executable, "-m", "looming.store.cli", "init", repo], capture_output=True, check=False
+    )
+    assert done.returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "looming.store.cli", "-C", repo, "set", "k"],
+        input=b"from stdin",
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "looming.store.cli", "-C", repo, "get", "k"],
+        capture_output=True,
+        check=False,
+    )
+    assert done.stdout == b"from stdin"
+    for command in [
+        "init",
+        "get",
+        "set",
+        "rm",
+        "ls",
+        "tree",
+        "log",
+        "branch",
+        "merge",
+        "clone",
+        "fetch",
+        "pull",
+        "push",
+        "watch",
+        "serve",
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "looming.store.cli", command, "--help"],
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0 and b"usage:" in done.stdout, command
+
+
+def test_watch_command(tmp_path: Path) -> None:
+    repo = Repo.init(str(tmp_path / "r.git"))
+    store = repo.store()
+    store.set("seed", b"0")
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "looming.store.cli",
+            "-C",
+            str(tmp_path / "r.git"),
+            "watch",
+            "w",
+            "--count",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().startswith(b"watching main")
+    store.set("other", b"x")
+    first = store.set("w/a", b"1")
+    second = store.set("w/b", b"2")
+    out, _ = watcher.communicate(timeout=30)
+    lines = out.decode().splitlines()
+    assert [line.split()[1] for line in lines] == [first, second]
+    assert lines[1].split()[2] == "w/b"

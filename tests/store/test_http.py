@@ -1,0 +1,118 @@
+"""``looming store serve``: git clones and pushes over smart HTTP; the JSON API."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from looming.store.http import serve
+from looming.store.repo import Repo
+
+from .conftest import GitRunner
+
+
+@pytest.fixture
+def served(disk_repo: Repo) -> Iterator[tuple[Repo, int]]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def start() -> None:
+        state["listener"], state["handler"] = await serve(disk_repo, "127.0.0.1", 0)
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        state["task"] = loop.create_task(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(timeout=10)
+    try:
+        yield disk_repo, state["listener"].port
+    finally:
+        asyncio.run_coroutine_threadsafe(state["listener"].close(), loop).result(timeout=10)
+        state["handler"].close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def _call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_git_clone_and_push_over_smart_http(
+    served: tuple[Repo, int], tmp_path: Path, git: GitRunner
+) -> None:
+    repo, port = served
+    store = repo.store()
+    store.set("docs/readme.txt", b"served over HTTP\n")
+    checkout = tmp_path / "checkout"
+    git("clone", "-q", f"http://127.0.0.1:{port}/", str(checkout), cwd=tmp_path)
+    assert (checkout / "docs" / "readme.txt").read_text() == "served over HTTP\n"
+    (checkout / "index.html").write_text("<h1>published</h1>\n")
+    git("add", ".", cwd=checkout)
+    git("commit", "-q", "-m", "publish", cwd=checkout)
+    git("push", "-q", "origin", "main", cwd=checkout)
+    assert store.get("index.html") == b"<h1>published</h1>\n"
+    git("fsck", "--strict", cwd=repo.path or "")
+
+
+def test_json_api(served: tuple[Repo, int]) -> None:
+    repo, port = served
+    status, body = _call(port, "PUT", "/api/main/set/a/b?message=first", b"hello")
+    assert status == 200 and len(json.loads(body)["commit"]) == 40
+    assert _call(port, "GET", "/api/main/get/a/b") == (200, b"hello")
+    assert _call(port, "GET", "/api/main/get/a/zz")[0] == 404
+    status, body = _call(port, "GET", "/api/main/list/a")
+    assert json.loads(body) == [{"name": "b", "kind": "contents"}]
+    status, body = _call(port, "GET", "/api/main/history")
+    assert [c["message"] for c in json.loads(body)] == ["first\n"]
+    repo.store().clone("other").set("a/b", b"theirs")
+    repo.store().set("a/b", b"ours")
+    status, body = _call(port, "POST", "/api/main/merge?from=other", b"")
+    assert status == 409
+    (conflict,) = json.loads(body)["conflicts"]
+    assert conflict == {
+        "path": "a/b",
+        "base": "hello",
+        "ours": "ours",
+        "theirs": "theirs",
+        "why": conflict["why"],
+    }
+    assert _call(port, "GET", "/api/main/get/a//b")[0] == 400
+    assert _call(port, "DELETE", "/api/main/set/a")[0] == 200
+    assert _call(port, "GET", "/api/main/list/a")[0] == 404
+
+
+def test_watch_as_server_sent_events(served: tuple[Repo, int]) -> None:
+    repo, port = served
+    store = repo.store()
+    store.set("seed", b"0")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    connection.request("GET", "/api/main/watch?prefix=w")
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("content-type") == "text/event-stream"
+    assert response.readline() == b": watching\n"
+    assert response.readline() == b"\n"
+    store.set("x", b"ignored")
+    commit = store.set("w/1", b"seen")
+    assert response.readline() == b"event: change\n"
+    data = json.loads(response.readline().removeprefix(b"data: "))
+    assert data["new"] == commit and data["paths"] == ["w/1"]
+    connection.close()
