@@ -114,9 +114,12 @@ class KernelPeer:
 
     # -- the looming side ---------------------------------------------------
 
-    async def open_tap(self) -> TapNetwork:
-        """Open the TAP, move it into the namespace and address the kernel side."""
-        tap = await TapNetwork.connect(self.tap_name, mtu=self.mtu)
+    async def open_tap(self, *, offload: bool = False) -> TapNetwork:
+        """Open the TAP, move it into the namespace and address the kernel side.
+
+        ``offload`` opens it with virtio-net headers, checksum offload and TSO.
+        """
+        tap = await TapNetwork.connect(self.tap_name, mtu=self.mtu, offload=offload)
         try:
             sh("ip", "link", "set", self.tap_name, "netns", self.namespace)
             self.sh("ip", "link", "set", self.tap_name, "mtu", str(self.mtu))
@@ -128,11 +131,16 @@ class KernelPeer:
         return tap
 
     async def connect_stack(
-        self, *, seed: int = 1, pcap: str | None = None, **connect_args: Any
+        self,
+        *,
+        seed: int = 1,
+        pcap: str | None = None,
+        offload: bool = False,
+        **connect_args: Any,
     ) -> DirectStack:
         """A DirectStack on a fresh TAP (static ``stack_address`` unless
         ``dhcp=True`` or ``address=`` is given)."""
-        network: Network = await self.open_tap()
+        network: Network = await self.open_tap(offload=offload)
         if pcap is not None:
             network = PcapNetwork(network, pcap, UnixClock())
         if not connect_args.get("dhcp") and "address" not in connect_args:
