@@ -1,0 +1,469 @@
+"""Benchmark looming's TCP beside the Linux kernel's, in one run.
+
+Run as root (it creates network namespaces, TAP devices and a veth pair, all
+named with an ``lm`` prefix and removed at the end):
+
+    .venv/bin/python bench/tcp.py [--quick] [--json PATH]
+
+Measured for the kernel talking to a kernel over a veth pair, and for
+looming's TCP on the direct stack talking to the kernel over a TAP (plain,
+and with virtio-net offloads), plus two looming TCP layers over an
+in-memory wire:
+
+* bulk MB/s, kernel -> peer and peer -> kernel;
+* 64-byte echo round trip p50 and p99 (Nagle off);
+* connections per second (connect, the server closes, EOF, close).
+
+The kernel-side programs are small Python socket loops, the same ones in
+every column, so the ratios compare the stacks rather than the programs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.net.kernel import (  # noqa: E402
+    PEER_ADDRESS,
+    STACK_ADDRESS,
+    KernelPeer,
+    kernel_peer_namespace,
+    sh,
+    unique_suffix,
+)
+from tests.tcp.ipv4_pair import Faults, wire_pair  # noqa: E402
+
+from looming.devices.stack import TcpFlow  # noqa: E402
+from looming.net.netif.tap import TapNetwork  # noqa: E402
+from looming.net.stack import DirectStack  # noqa: E402
+from looming.net.tcp import TcpLayer  # noqa: E402
+from looming.unix.clock import UnixClock  # noqa: E402
+from looming.unix.random import UnixRandom  # noqa: E402
+from looming.unix.time import UnixTime  # noqa: E402
+
+KERNEL_PROGRAM = r"""
+import json, socket, sys, time
+mode, args = sys.argv[1], sys.argv[2:]
+
+def listener(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(512)
+    print("ready", flush=True)
+    return s
+
+if mode == "sink":
+    s = listener(args[0])
+    c, _ = s.accept()
+    start = time.perf_counter()
+    total = 0
+    buf = bytearray(1 << 20)
+    while n := c.recv_into(buf):
+        total += n
+    print(json.dumps({"bytes": total, "seconds": time.perf_counter() - start}))
+elif mode == "source":
+    c = socket.create_connection((args[0], int(args[1])))
+    block = b"\xa5" * (1 << 20)
+    left = int(args[2])
+    while left > 0:
+        c.sendall(block[: min(left, len(block))])
+        left -= len(block)
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(65536):
+        pass
+    print(json.dumps({"done": True}))
+elif mode == "echo":
+    s = listener(args[0])
+    c, _ = s.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := c.recv(65536):
+        c.sendall(data)
+elif mode == "echo-client":
+    c = socket.create_connection((args[0], int(args[1])))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    message, times = b"e" * 64, []
+    for _ in range(int(args[2])):
+        start = time.perf_counter()
+        c.sendall(message)
+        got = 0
+        while got < 64:
+            got += len(c.recv(64 - got))
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times}))
+elif mode == "acceptor":
+    s = listener(args[0])
+    for _ in range(int(args[1])):
+        c, _ = s.accept()
+        c.close()
+elif mode == "connector":
+    start = time.perf_counter()
+    for _ in range(int(args[2])):
+        c = socket.create_connection((args[0], int(args[1])))
+        c.recv(1)
+        c.close()
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def progress(message: str) -> None:
+    print(f"[tcp] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Column:
+    name: str
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Sizes:
+    bulk: int
+    echoes: int
+    connections: int
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)]
+
+
+# ------------------------------------------------------------------ kernel <-> kernel
+
+
+def netns(namespace: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", namespace, *argv]
+
+
+def kernel_program(namespace: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        netns(namespace, sys.executable, "-c", KERNEL_PROGRAM, *args),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"kernel program did not start: {line!r}")
+
+
+def result_of(process: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
+    out, _ = process.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"kernel program failed ({process.returncode}): {out!r}")
+    parsed: dict[str, Any] = json.loads(lines[-1])
+    return parsed
+
+
+def kernel_to_kernel(sizes: Sizes) -> Column:
+    suffix = unique_suffix()
+    server_ns, client_ns = f"lmbs{suffix}", f"lmbc{suffix}"
+    veth_server, veth_client = f"lmvs{suffix}", f"lmvc{suffix}"
+    column = Column("kernel<->kernel (veth)")
+    try:
+        sh("ip", "netns", "add", server_ns)
+        sh("ip", "netns", "add", client_ns)
+        sh("ip", "link", "add", veth_server, "type", "veth", "peer", "name", veth_client)
+        sh("ip", "link", "set", veth_server, "netns", server_ns)
+        sh("ip", "link", "set", veth_client, "netns", client_ns)
+        for namespace, device, address in (
+            (server_ns, veth_server, "10.78.0.1/24"),
+            (client_ns, veth_client, "10.78.0.2/24"),
+        ):
+            sh(*netns(namespace, "ip", "addr", "add", address, "dev", device))
+            sh(*netns(namespace, "ip", "link", "set", device, "up"))
+            sh(*netns(namespace, "ip", "link", "set", "lo", "up"))
+        server = "10.78.0.1"
+
+        progress("kernel -> kernel bulk")
+        sink = kernel_program(server_ns, "sink", "5001")
+        wait_ready(sink)
+        result_of(kernel_program(client_ns, "source", server, "5001", str(sizes.bulk)))
+        measured = result_of(sink)
+        column.values["bulk_in_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
+        column.values["bulk_out_MBps"] = column.values["bulk_in_MBps"]  # symmetric
+
+        progress("kernel echo round trips")
+        echo = kernel_program(server_ns, "echo", "5002")
+        wait_ready(echo)
+        times = result_of(
+            kernel_program(client_ns, "echo-client", server, "5002", str(sizes.echoes))
+        )["times"]
+        echo.wait(timeout=30)
+        column.values["echo_p50_us"] = statistics.median(times) * 1e6
+        column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
+
+        progress("kernel connections per second")
+        acceptor = kernel_program(server_ns, "acceptor", "5003", str(sizes.connections))
+        wait_ready(acceptor)
+        seconds = result_of(
+            kernel_program(client_ns, "connector", server, "5003", str(sizes.connections))
+        )["seconds"]
+        acceptor.wait(timeout=30)
+        column.values["connections_per_s"] = sizes.connections / seconds
+    finally:
+        sh("ip", "netns", "del", server_ns, check=False)
+        sh("ip", "netns", "del", client_ns, check=False)
+    return column
+
+
+# ------------------------------------------------------------------ looming <-> kernel
+
+
+async def open_stack(peer: KernelPeer, offload: bool) -> DirectStack:
+    tap = await TapNetwork.connect(peer.tap_name, mtu=peer.mtu, offload=offload)
+    sh("ip", "link", "set", peer.tap_name, "netns", peer.namespace)
+    peer.sh("ip", "addr", "add", f"{peer.peer_address}/24", "dev", peer.tap_name)
+    peer.sh("ip", "link", "set", peer.tap_name, "up")
+    return await DirectStack.connect(
+        tap,
+        time=UnixTime(),
+        clock=UnixClock(),
+        random=UnixRandom(),
+        address=STACK_ADDRESS,
+        gateway=PEER_ADDRESS,
+    )
+
+
+async def start_kernel(peer: KernelPeer, *args: str) -> asyncio.subprocess.Process:
+    process = await peer.python(KERNEL_PROGRAM, *args)
+    if args[0] in ("sink", "echo", "acceptor"):
+        assert process.stdout is not None
+        line = (await process.stdout.readline()).strip()
+        if line != b"ready":
+            raise RuntimeError(f"kernel program did not start: {line!r}")
+    return process
+
+
+async def kernel_result(process: asyncio.subprocess.Process) -> dict[str, Any]:
+    out, _ = await asyncio.wait_for(process.communicate(), 600)
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"kernel program failed ({process.returncode}): {out!r}")
+    parsed: dict[str, Any] = json.loads(lines[-1])
+    return parsed
+
+
+async def looming_with_kernel(sizes: Sizes, offload: bool) -> Column:
+    name = "looming<->kernel (TAP" + (", offload)" if offload else ")")
+    column = Column(name)
+    with kernel_peer_namespace() as peer:
+        stack = await open_stack(peer, offload)
+        tcp = stack.tcp
+        time_device = UnixTime()
+        try:
+            progress(f"{name}: kernel -> looming bulk")
+            done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+            async def sink(flow: TcpFlow) -> None:
+                start = time_device.now_ns()
+                total = 0
+                while chunk := await flow.read():
+                    total += len(chunk)
+                done.set_result(total / ((time_device.now_ns() - start) / 1e9) / 1e6)
+
+            listener = await tcp.listen(6001, sink)
+            source = await peer.python(
+                KERNEL_PROGRAM, "source", str(STACK_ADDRESS.ip), "6001", str(sizes.bulk)
+            )
+            column.values["bulk_in_MBps"] = await asyncio.wait_for(done, 600)
+            await kernel_result(source)
+            await listener.close()
+
+            progress(f"{name}: looming -> kernel bulk")
+            kernel_sink = await start_kernel(peer, "sink", "5001")
+            flow = await tcp.connect(peer.peer_address, 5001)
+            block = b"\x5a" * (1 << 20)
+            left = sizes.bulk
+            while left > 0:
+                await flow.write(block[: min(left, len(block))])
+                left -= len(block)
+            await flow.shutdown()
+            measured = await kernel_result(kernel_sink)
+            await flow.close()
+            column.values["bulk_out_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
+
+            progress(f"{name}: echo round trips")
+            echo = await start_kernel(peer, "echo", "5002")
+            flow = await tcp.connect(peer.peer_address, 5002)
+            flow.set_nodelay(True)
+            message = b"e" * 64
+            times = []
+            for _ in range(sizes.echoes):
+                start = time.perf_counter()
+                await flow.write(message)
+                got = 0
+                while got < 64:
+                    got += len(await flow.read())
+                times.append(time.perf_counter() - start)
+            await flow.close()
+            await echo.wait()
+            column.values["echo_p50_us"] = statistics.median(times) * 1e6
+            column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
+
+            progress(f"{name}: connections per second")
+            acceptor = await start_kernel(peer, "acceptor", "5003", str(sizes.connections))
+            start = time.perf_counter()
+            for _ in range(sizes.connections):
+                flow = await tcp.connect(peer.peer_address, 5003)
+                await flow.read()
+                await flow.close()
+            column.values["connections_per_s"] = sizes.connections / (time.perf_counter() - start)
+            await acceptor.wait()
+        finally:
+            await stack.disconnect()
+    return column
+
+
+# ------------------------------------------------------------------ looming <-> looming
+
+
+async def looming_pair(sizes: Sizes) -> Column:
+    column = Column("looming<->looming (memory)")
+    a, b = wire_pair(Faults())
+    client = TcpLayer(a, UnixTime(), UnixRandom(1))
+    server = TcpLayer(b, UnixTime(), UnixRandom(2))
+    progress("looming -> looming bulk in memory")
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def sink(flow: TcpFlow) -> None:
+        start = time.perf_counter()
+        total = 0
+        while chunk := await flow.read():
+            total += len(chunk)
+        done.set_result(total / (time.perf_counter() - start) / 1e6)
+
+    await server.listen(80, sink)
+    flow = await client.connect("10.9.0.2", 80)
+    block = b"\x33" * (1 << 20)
+    for _ in range(sizes.bulk >> 20):
+        await flow.write(block)
+    await flow.shutdown()
+    column.values["bulk_in_MBps"] = await done
+    column.values["bulk_out_MBps"] = column.values["bulk_in_MBps"]
+    await flow.close()
+
+    async def echo(flow: TcpFlow) -> None:
+        flow.set_nodelay(True)
+        while data := await flow.read():
+            await flow.write(data)
+
+    async def closer(flow: TcpFlow) -> None:
+        return
+
+    await server.listen(81, echo)
+    await server.listen(82, closer)
+    flow = await client.connect("10.9.0.2", 81)
+    flow.set_nodelay(True)
+    times = []
+    for _ in range(sizes.echoes):
+        start = time.perf_counter()
+        await flow.write(b"e" * 64)
+        got = 0
+        while got < 64:
+            got += len(await flow.read())
+        times.append(time.perf_counter() - start)
+    await flow.close()
+    column.values["echo_p50_us"] = statistics.median(times) * 1e6
+    column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
+    start = time.perf_counter()
+    for _ in range(sizes.connections):
+        flow = await client.connect("10.9.0.2", 82)
+        await flow.read()
+        await flow.close()
+    column.values["connections_per_s"] = sizes.connections / (time.perf_counter() - start)
+    await client.close()
+    await server.close()
+    return column
+
+
+# ------------------------------------------------------------------ report
+
+METRICS = [
+    ("bulk_in_MBps", "bulk kernel->stack MB/s", True),
+    ("bulk_out_MBps", "bulk stack->kernel MB/s", True),
+    ("echo_p50_us", "64 B echo p50 us", False),
+    ("echo_p99_us", "64 B echo p99 us", False),
+    ("connections_per_s", "connections/s", True),
+]
+
+
+def report(columns: list[Column]) -> str:
+    baseline = columns[0]
+    headers = ["metric", baseline.name]
+    for column in columns[1:]:
+        headers += [column.name, "ratio"]
+    rows = []
+    for key, label, higher_is_better in METRICS:
+        row = [label, f"{baseline.values.get(key, float('nan')):.1f}"]
+        for column in columns[1:]:
+            value = column.values.get(key)
+            base = baseline.values.get(key)
+            if value is None or not base:
+                row += ["-", "-"]
+                continue
+            ratio = value / base if higher_is_better else base / value
+            row += [f"{value:.1f}", f"{ratio:.3f}"]
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(str(cell).rjust(w) for cell, w in zip(r, widths, strict=True))
+        for r in [headers, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(
+        "ratio = looming / kernel for rates, kernel / looming for latencies (1.0 = parity)"
+    )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller transfers and fewer rounds")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args()
+    import os
+
+    if os.geteuid() != 0:
+        print("bench/tcp.py needs root (namespaces, TAP and veth devices)", file=sys.stderr)
+        return 2
+    sizes = (
+        Sizes(bulk=8 << 20, echoes=500, connections=200)
+        if args.quick
+        else Sizes(bulk=32 << 20, echoes=3000, connections=1000)
+    )
+    columns = [kernel_to_kernel(sizes)]
+    columns.append(asyncio.run(looming_with_kernel(sizes, offload=False)))
+    columns.append(asyncio.run(looming_with_kernel(sizes, offload=True)))
+    columns.append(asyncio.run(looming_pair(sizes)))
+    text = report(columns)
+    print(text)
+    if args.json:
+        payload = {
+            "sizes": sizes.__dict__,
+            "columns": {column.name: column.values for column in columns},
+            "digest": hashlib.sha256(text.encode()).hexdigest()[:16],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
