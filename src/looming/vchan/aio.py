@@ -139,15 +139,16 @@ class VchanFlow:
     # -- waiting ----------------------------------------------------------------------
 
     async def _wait(self, ready: Callable[[], bool], request: Callable[[], None]) -> None:
-        for _ in range(self._endpoint.spin):
-            if ready():
-                return
+        channel = self._endpoint
+        if channel.spin_succeeded(ready):
+            return
+        started = channel.now_ns()
         while True:
             if self._closed:
                 raise Closed("this vchan flow is closed")
             request()
             if ready():
-                return
+                break
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._waiters.add(waiter)
             # See SAFETY_RECHECK_MS: a rare lost request costs at most this.
@@ -160,7 +161,8 @@ class VchanFlow:
             if self._closed:
                 raise Closed("this vchan flow is closed")
             if ready():
-                return
+                break
+        channel.blocked_for(channel.now_ns() - started)
 
     def _on_kick(self) -> None:
         self._endpoint.drain_events()

@@ -40,6 +40,9 @@ DEFAULT_SPIN = 64
 # notify bytes are updated without atomic instructions (Python has none for
 # shared memory), so a request may very rarely be lost; this bounds the cost.
 SAFETY_RECHECK_MS = 50
+# The adaptive spin budget stays between these (never above the endpoint's spin).
+_MIN_SPIN = 4
+_GROW_BELOW_NS = 50_000
 _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 _T = TypeVar("_T")
 
@@ -74,12 +77,18 @@ class Endpoint:
         self._closed = False
         self._failure: BaseException | None = None
         self.spin = spin
+        self._spin_budget = spin
         self._time = time or UnixTime()
         # When a reader thread and a writer thread both block, one of them
         # polls the event and wakes the other after draining it; two pollers
         # would race to drain one kick and the loser would sleep through it.
         self._waiters = threading.Condition()
         self._polling = False
+        # Only the one polling thread uses this (see _block).
+        self._poller = select.poll()
+        self._poller.register(notifier.wait_fd, select.POLLIN)
+        self._poller.register(control.fileno(), _POLL_IN)
+        self._control_polled = True
 
     # -- facts ---------------------------------------------------------------------
 
@@ -134,8 +143,12 @@ class Endpoint:
 
     def try_read(self, limit: int) -> bytes | None:
         """Up to ``limit`` bytes, ``b""`` at end of stream, ``None`` if none yet."""
-        self._check_usable()
-        data, kick = self._guard(lambda: self._ring.read(limit))
+        if self._closed:
+            self._check_usable()
+        try:
+            data, kick = self._ring.read(limit)
+        except VchanCorrupt as exc:
+            raise self._fail(exc) from None
         if data:
             if kick:
                 self._notifier.kick()
@@ -144,8 +157,12 @@ class Endpoint:
 
     def try_read_into(self, buffer: bytearray | memoryview) -> int | None:
         """Like :meth:`try_read` into ``buffer``: a count, 0 at end, ``None`` if none yet."""
-        self._check_usable()
-        count, kick = self._guard(lambda: self._ring.read_into(buffer))
+        if self._closed:
+            self._check_usable()
+        try:
+            count, kick = self._ring.read_into(buffer)
+        except VchanCorrupt as exc:
+            raise self._fail(exc) from None
         if count:
             if kick:
                 self._notifier.kick()
@@ -154,8 +171,12 @@ class Endpoint:
 
     def try_recv(self, count: int) -> bytes | None:
         """Exactly ``count`` bytes, ``b""`` if the peer closed first, ``None`` if not yet."""
-        self._check_usable()
-        data, kick = self._guard(lambda: self._ring.recv(count))
+        if self._closed:
+            self._check_usable()
+        try:
+            data, kick = self._ring.recv(count)
+        except VchanCorrupt as exc:
+            raise self._fail(exc) from None
         if data is not None:
             if kick:
                 self._notifier.kick()
@@ -165,7 +186,10 @@ class Endpoint:
     def try_write(self, data: bytes | bytearray | memoryview) -> int:
         """Write what fits now; 0 means the ring is full. Raises if the peer left."""
         self._check_writable()
-        written, kick = self._guard(lambda: self._ring.write(data))
+        try:
+            written, kick = self._ring.write(data)
+        except VchanCorrupt as exc:
+            raise self._fail(exc) from None
         if kick:
             self._notifier.kick()
         return written
@@ -173,36 +197,67 @@ class Endpoint:
     def try_send(self, data: bytes | bytearray | memoryview) -> bool:
         """Write all of ``data`` or nothing; ``False`` means not enough space yet."""
         self._check_writable()
-        sent, kick = self._guard(lambda: self._ring.send(data))
+        try:
+            sent, kick = self._ring.send(data)
+        except VchanCorrupt as exc:
+            raise self._fail(exc) from None
         if kick:
             self._notifier.kick()
         return sent
 
+    def spin_succeeded(self, ready: Callable[[], bool]) -> bool:
+        """The first, spinning part of a wait: check ``ready`` up to the budget."""
+        return any(ready() for _ in range(self._spin_budget))
+
+    def blocked_for(self, duration_ns: int) -> None:
+        """Adapt the spin budget to how long the last blocking wait took.
+
+        As in KVM's halt polling: a wait the peer ended soon after we blocked
+        means a longer spin would have caught it (grow the budget); a long
+        one means the peer is idle or shares our core, where spinning only
+        steals its time (shrink it).
+        """
+        if duration_ns < _GROW_BELOW_NS:
+            self._spin_budget = min(self.spin, max(self._spin_budget * 2, _MIN_SPIN))
+        else:
+            self._spin_budget = min(self.spin, max(self._spin_budget // 2, _MIN_SPIN))
+
+    def now_ns(self) -> int:
+        return self._time.now_ns()
+
     def request_data_notify(self) -> None:
-        self._guard(self._ring.request_data_notify)
+        if not self._closed:
+            self._ring.request_data_notify()
 
     def request_space_notify(self) -> None:
-        self._guard(self._ring.request_space_notify)
+        if not self._closed:
+            self._ring.request_space_notify()
 
     def readable_now(self) -> bool:
         """Something for a reader to act on: data, end of stream or a dead peer."""
-        return self._closed or self._guard(self._ring.data_ready) > 0 or not self._peer_may_write()
+        return self.receivable_now(1)
 
     def receivable_now(self, count: int) -> bool:
         """A packet of ``count`` bytes is there, or the peer is gone."""
-        return (
-            self._closed
-            or self._guard(self._ring.data_ready) >= count
-            or not self._peer_may_write()
-        )
+        if self._closed:
+            return True
+        try:
+            if self._ring.data_ready() >= count:
+                return True
+            return self._ring.peer_state() != layout.LIVE_CONNECTED or self._control_eof
+        except VchanCorrupt:
+            return True  # the next read reports it
 
     def writable_now(self, need: int = 1) -> bool:
         """Room for ``need`` bytes, or a peer gone (so a writer should stop waiting)."""
-        return (
-            self._closed
-            or self._guard(self._ring.buffer_space) >= need
-            or not self._peer_may_write()
-        )
+        if self._closed:
+            return True
+        try:
+            if self._ring.buffer_space() >= need:
+                return True
+            return self._ring.peer_state() != layout.LIVE_CONNECTED or self._control_eof
+        except VchanCorrupt:
+            return True  # the next write reports it
 
     def poll_control(self) -> None:
         """Notice the peer process's end of the control socket closing."""
@@ -313,16 +368,17 @@ class Endpoint:
     def _wait(
         self, ready: Callable[[], bool], request: Callable[[], None], deadline: int | None
     ) -> None:
-        for _ in range(self.spin):
-            if ready():
-                return
+        if self.spin_succeeded(ready):
+            return
+        started = self._time.now_ns()
         while True:
             request()
             if ready():  # re-check after asking: the peer may have acted in between
-                return
+                break
             self._block(deadline)
             if ready():
-                return
+                break
+        self.blocked_for(self._time.now_ns() - started)
 
     def _block(self, deadline: int | None) -> None:
         wait_ms = SAFETY_RECHECK_MS
@@ -338,11 +394,10 @@ class Endpoint:
                 return
             self._polling = True
         try:
-            poller = select.poll()
-            poller.register(self._notifier.wait_fd, select.POLLIN)
-            if not self._control_eof:
-                poller.register(self._control.fileno(), _POLL_IN)
-            for fd, _ in poller.poll(wait_ms):
+            if self._control_eof and self._control_polled:
+                self._poller.unregister(self._control.fileno())
+                self._control_polled = False
+            for fd, _ in self._poller.poll(wait_ms):
                 if fd == self._notifier.wait_fd:
                     self._notifier.drain()
                 else:
@@ -353,15 +408,18 @@ class Endpoint:
                 self._waiters.notify_all()
 
     def _peer_may_write(self) -> bool:
-        """False once the peer exited; raises when it died without saying so."""
-        state = self._guard(self._ring.peer_state)
+        """False once the peer exited; raises when it died without saying so.
+
+        Death is learnt from the control socket while blocked (or through
+        :meth:`poll_control`), never by a system call on the fast path.
+        """
+        try:
+            state = self._ring.peer_state()
+        except VchanCorrupt as exc:
+            raise self._fail(exc) from None
         if state == layout.LIVE_EXITED:
             return False
-        if not self._control_eof:
-            self.poll_control()
         if self._control_eof:
-            if self._guard(self._ring.peer_state) == layout.LIVE_EXITED:
-                return False
             raise ConnectionReset("the vchan peer process died without closing the channel")
         return True
 
@@ -380,10 +438,13 @@ class Endpoint:
         try:
             return action()
         except VchanCorrupt as exc:
-            # A peer that breaks the layout gets no second chance.
-            self._failure = exc
-            self.close()
-            raise
+            raise self._fail(exc) from None
+
+    def _fail(self, exc: VchanCorrupt) -> VchanCorrupt:
+        # A peer that breaks the layout gets no second chance.
+        self._failure = exc
+        self.close()
+        return exc
 
 
 class Listener:

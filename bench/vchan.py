@@ -1,0 +1,331 @@
+"""vchan beside the host's other ways for two processes to talk.
+
+Round-trip latency (p50/p99) of 64-byte messages and one-way throughput of
+64 KiB messages between a parent and a forked child, over:
+
+- vchan with blocking waits (no spinning), with the default adaptive wait
+  (a short spin, then blocking) and with long spinning waits,
+- a Unix socketpair, a pipe pair, a TCP loopback connection (TCP_NODELAY)
+  and multiprocessing.Pipe.
+
+Everything runs in one go on the same machine; ratios are against the
+socketpair. Usage: python bench/vchan.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from looming.vchan import endpoint
+
+MESSAGE = 64
+CHUNK = 64 * 1024
+RING = 1 << 20
+
+
+class Link:
+    """One side of a transport, as the benchmark drives it."""
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def recv_exact(self, count: int) -> bytes:
+        raise NotImplementedError
+
+    def recv_into(self, buffer: memoryview) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class FdLink(Link):
+    """A pair of descriptors (one for each direction; the same for sockets)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.write_fd, view) :]
+
+    def recv_exact(self, count: int) -> bytes:
+        parts = bytearray()
+        while len(parts) < count:
+            chunk = os.read(self.read_fd, count - len(parts))
+            if not chunk:
+                raise EOFError
+            parts += chunk
+        return bytes(parts)
+
+    def recv_into(self, buffer: memoryview) -> int:
+        return os.readv(self.read_fd, [buffer])
+
+    def close(self) -> None:
+        for fd in {self.read_fd, self.write_fd}:
+            os.close(fd)
+
+
+class ConnectionLink(Link):
+    """multiprocessing.Pipe: message framed."""
+
+    def __init__(self, connection: multiprocessing.connection.Connection) -> None:
+        self.connection = connection
+
+    def send(self, data: bytes) -> None:
+        self.connection.send_bytes(data)
+
+    def recv_exact(self, count: int) -> bytes:
+        return self.connection.recv_bytes()
+
+    def recv_into(self, buffer: memoryview) -> int:
+        return self.connection.recv_bytes_into(buffer)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class VchanLink(Link):
+    def __init__(self, channel: endpoint.Endpoint) -> None:
+        self.channel = channel
+
+    def send(self, data: bytes) -> None:
+        if len(data) <= MESSAGE:
+            self.channel.send(data)
+        else:
+            self.channel.write(data)
+
+    def recv_exact(self, count: int) -> bytes:
+        return self.channel.recv(count)
+
+    def recv_into(self, buffer: memoryview) -> int:
+        return self.channel.read_into(buffer)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# A transport makes (parent side, function the child calls to get its side).
+Transport = Callable[[], tuple[Callable[[], Link], Callable[[], Link]]]
+
+
+def socketpair_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
+    a, b = socket.socketpair()
+
+    def parent() -> Link:
+        b.close()
+        fd = a.detach()
+        return FdLink(fd, fd)
+
+    def child() -> Link:
+        a.close()
+        fd = b.detach()
+        return FdLink(fd, fd)
+
+    return parent, child
+
+
+def pipe_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+
+    def parent() -> Link:
+        os.close(down_r)
+        os.close(up_w)
+        return FdLink(up_r, down_w)
+
+    def child() -> Link:
+        os.close(down_w)
+        os.close(up_r)
+        return FdLink(down_r, up_w)
+
+    return parent, child
+
+
+def tcp_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    address = server.getsockname()
+
+    def parent() -> Link:
+        conn, _ = server.accept()
+        server.close()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        fd = conn.detach()
+        return FdLink(fd, fd)
+
+    def child() -> Link:
+        server.close()
+        conn = socket.create_connection(address)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        fd = conn.detach()
+        return FdLink(fd, fd)
+
+    return parent, child
+
+
+def mp_pipe_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
+    a, b = multiprocessing.Pipe(duplex=True)
+
+    def parent() -> Link:
+        b.close()
+        return ConnectionLink(a)
+
+    def child() -> Link:
+        a.close()
+        return ConnectionLink(b)
+
+    return parent, child
+
+
+def vchan_transport(spin: int) -> Transport:
+    def make() -> tuple[Callable[[], Link], Callable[[], Link]]:
+        name = f"bench{os.getpid()}"
+        listener = endpoint.listen(name, "p", read_min=RING, write_min=RING, spin=spin)
+
+        def parent() -> Link:
+            return VchanLink(listener.accept(timeout=30))
+
+        def child() -> Link:
+            # The forked child leaves its copy of the listener alone: the
+            # port and segment are the parent's to clean up.
+            return VchanLink(endpoint.connect(name, "p", spin=spin))
+
+        return parent, child
+
+    return make
+
+
+@dataclass
+class Result:
+    transport: str
+    rtt_p50_us: float
+    rtt_p99_us: float
+    throughput_mb_s: float
+
+
+def child_main(link: Link, rounds: int, total: int) -> None:
+    for _ in range(rounds):
+        link.send(link.recv_exact(MESSAGE))
+    buffer = memoryview(bytearray(CHUNK * 4))
+    received = 0
+    while received < total:
+        count = link.recv_into(buffer)
+        if count <= 0:
+            raise EOFError("stream ended early")
+        received += count
+    link.send(b"!")
+    link.recv_exact(1)
+
+
+def run(name: str, transport: Transport, rounds: int, total: int) -> Result:
+    print(f"  {name} ...", file=sys.stderr, flush=True)
+    make_parent, make_child = transport()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            link = make_child()
+            child_main(link, rounds, total)
+            link.close()
+            code = 0
+        finally:
+            os._exit(code)
+    link = make_parent()
+    message = b"m" * MESSAGE
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        link.send(message)
+        link.recv_exact(MESSAGE)
+        samples.append(time.perf_counter_ns() - start)
+    chunk = os.urandom(CHUNK)
+    start = time.perf_counter_ns()
+    for _ in range(total // CHUNK):
+        link.send(chunk)
+    link.recv_exact(1)
+    elapsed = time.perf_counter_ns() - start
+    link.send(b".")
+    _, status = os.waitpid(pid, 0)
+    link.close()
+    if status != 0:
+        raise RuntimeError(f"{name}: child failed with status {status}")
+    samples.sort()
+    return Result(
+        name,
+        samples[len(samples) // 2] / 1000,
+        samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1000,
+        total / (elapsed / 1e9) / 1e6,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, less data")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+    rounds = 2000 if args.quick else 20000
+    total = (128 if args.quick else 1024) * (1 << 20)
+    os.environ.setdefault(
+        "LOOMING_VCHAN_REGISTRY", tempfile.mkdtemp(prefix="looming-vchan-bench-", dir="/tmp")
+    )
+    transports: list[tuple[str, Transport]] = [
+        ("vchan (blocking)", vchan_transport(spin=0)),
+        ("vchan (default)", vchan_transport(spin=endpoint.DEFAULT_SPIN)),
+        ("vchan (spinning)", vchan_transport(spin=20000)),
+        ("socketpair", socketpair_transport),
+        ("pipe pair", pipe_transport),
+        ("tcp loopback", tcp_transport),
+        ("multiprocessing.Pipe", mp_pipe_transport),
+    ]
+    print(
+        f"vchan bench: {rounds} round trips of {MESSAGE} B, {total >> 20} MiB in "
+        f"{CHUNK >> 10} KiB writes, vchan rings {RING >> 10} KiB",
+        file=sys.stderr,
+    )
+    results = [run(name, transport, rounds, total) for name, transport in transports]
+    base = next(r for r in results if r.transport == "socketpair")
+    print()
+    print(
+        f"{'transport':<22}{'RTT p50 us':>11}{'RTT p99 us':>11}{'MB/s':>9}"
+        f"{'p50 vs sp':>11}{'MB/s vs sp':>12}"
+    )
+    for r in results:
+        print(
+            f"{r.transport:<22}{r.rtt_p50_us:>11.1f}{r.rtt_p99_us:>11.1f}"
+            f"{r.throughput_mb_s:>9.0f}{base.rtt_p50_us / r.rtt_p50_us:>10.2f}x"
+            f"{r.throughput_mb_s / base.throughput_mb_s:>11.2f}x"
+        )
+    print("(ratios: >1 means faster than the socketpair)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {
+                    "rounds": rounds,
+                    "bytes": total,
+                    "message": MESSAGE,
+                    "chunk": CHUNK,
+                    "ring": RING,
+                    "results": [asdict(r) for r in results],
+                },
+                handle,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("fork", force=True)
+    raise SystemExit(main())
