@@ -2,7 +2,10 @@
 
 looming uses its own MAC address beside the kernel's, so the interface is
 put in promiscuous mode; frames the kernel itself sends on the interface
-(PACKET_OUTGOING) are skipped.  The kernel must not own an IPv4 address on
+(PACKET_OUTGOING) are skipped.  Packets that other parts of the same host
+sent with checksum offload (veth, bridges) arrive with their TCP or UDP
+checksum unfinished; PACKET_AUXDATA flags them, and the checksum is completed
+here so the layers above see ordinary packets.  The kernel must not own an IPv4 address on
 the interface, or both would answer.
 """
 
@@ -15,14 +18,32 @@ import struct
 from looming.devices.net import FrameHandler, MacAddress, NetworkStats
 from looming.errors import DeviceError
 from looming.net.netif._fd import FrameDevice
-from looming.net.netif.tap import mac_for_name
+from looming.net.netif.tap import complete_checksum, mac_for_name
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
+PACKET_AUXDATA = 8
+TP_STATUS_CSUMNOTREADY = 1 << 3
+AUXDATA = struct.Struct("IIIHHHH")
+_AUXDATA_SPACE = socket.CMSG_SPACE(AUXDATA.size)
+_CHECKSUM_OFFSETS = {6: 16, 17: 6}  # TCP and UDP: where the checksum field is
 SIOCGIFMTU = 0x8921
+
+
+def finish_ipv4_checksum(frame: bytes) -> bytes:
+    """Complete the TCP or UDP checksum of an untagged, unfragmented IPv4
+    frame whose checksum field holds only the pseudo-header sum."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return frame
+    header_length = (frame[14] & 0x0F) * 4
+    offset = _CHECKSUM_OFFSETS.get(frame[23])
+    fragment = int.from_bytes(frame[20:22], "big") & 0x3FFF
+    if offset is None or fragment or header_length < 20:
+        return frame
+    return complete_checksum(frame, 14 + header_length, offset)
 
 
 class PacketNetwork:
@@ -34,6 +55,7 @@ class PacketNetwork:
         self._mac = mac
         self._mtu = mtu
         self._device = FrameDevice(sock.fileno(), receive=self._receive, send=sock.send)
+        self.checksums_completed = 0
 
     @classmethod
     async def connect(
@@ -48,6 +70,7 @@ class PacketNetwork:
         try:
             sock.bind((interface, ETH_P_ALL))
             index = socket.if_nametoindex(interface)
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             if promiscuous:
                 request = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, request)
@@ -61,9 +84,16 @@ class PacketNetwork:
 
     def _receive(self) -> bytes:
         while True:
-            frame, address = self._socket.recvfrom(65536)
-            if address[2] != PACKET_OUTGOING:
-                return frame
+            frame, ancillary, _flags, address = self._socket.recvmsg(65536, _AUXDATA_SPACE)
+            if address[2] == PACKET_OUTGOING:
+                continue
+            for level, kind, data in ancillary:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= AUXDATA.size:
+                    status = AUXDATA.unpack_from(data)[0]
+                    if status & TP_STATUS_CSUMNOTREADY:
+                        frame = finish_ipv4_checksum(frame)
+                        self.checksums_completed += 1
+            return frame
 
     @property
     def mac(self) -> MacAddress:
