@@ -16,7 +16,7 @@ import pytest
 from looming.devices import Stack, TcpFlow
 from looming.devices.stack import Datagram
 from looming.errors import AddressInUse, Closed, ConnectionRefused, ConnectionReset
-from looming.unix.socket_stack import SocketStack
+from looming.unix.socket_stack import RECEIVE_HIGH_WATER, SocketStack, SocketTcpFlow
 
 
 async def echo(flow: TcpFlow) -> None:
@@ -272,6 +272,36 @@ def test_udp_bind_and_send_both_ways() -> None:
         assert seen == [b"direct"]
         await listener.close()
         peer.close()
+        await stack.disconnect()
+
+    run(scenario())
+
+
+def test_reading_stops_while_the_application_does_not_read() -> None:
+    async def scenario() -> None:
+        stack = SocketStack("127.0.0.1")
+        flows: list[SocketTcpFlow] = []
+        go = asyncio.Event()
+        received = bytearray()
+
+        async def slow_reader(flow: TcpFlow) -> None:
+            assert isinstance(flow, SocketTcpFlow)
+            flows.append(flow)
+            await go.wait()
+            while data := await flow.read():
+                received.extend(data)
+
+        listener = await stack.tcp.listen(0, slow_reader)
+        payload = bytes(range(251)) * (32 * 1024)  # about 8 MiB, a prime-sized pattern
+        sender = asyncio.create_task(peer_exchange(listener.port, payload))
+        await asyncio.sleep(0.3)
+        (flow,) = flows
+        # The protocol stopped taking data from the kernel near its high-water mark.
+        assert flow._buffered <= RECEIVE_HIGH_WATER + 256 * 1024
+        assert not sender.done()
+        go.set()
+        await asyncio.wait_for(sender, 10)
+        assert bytes(received) == payload
         await stack.disconnect()
 
     run(scenario())
