@@ -24,7 +24,7 @@ def test_getpid_is_the_callers_unless_isolated(c: LinkedLibrary, backend: str) -
     pid = c.getpid()
     if backend == "isolated":
         assert pid != os.getpid()
-        assert pid == c.helper_pid  # type: ignore[attr-defined]  # isolated only
+        assert pid == c.helper_pid
     else:
         assert pid == os.getpid()
 

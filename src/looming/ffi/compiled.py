@@ -33,7 +33,13 @@ import cffi
 from looming.ffi.description import Bindings, Function
 from looming.ffi.dynamic import CallbackErrors, callback_value
 from looming.ffi.errors import CompilerMissing, DescriptionError, DescriptionMismatch
-from looming.ffi.library import LinkedLibrary, argument_error, check_argument, describe_argument
+from looming.ffi.library import (
+    LinkedLibrary,
+    argument_error,
+    check_argument,
+    describe_argument,
+    parameter_names,
+)
 from looming.ffi.probe import cache_dir, find_compiler, header_hint, python_headers_present
 from looming.ffi.types import (
     Buffer,
@@ -350,7 +356,7 @@ class CompiledLibrary(LinkedLibrary):
     def _wrap(self, function: Function) -> Callable[..., Any]:
         ffi = self.ffi
         c_function = getattr(self.lib, function.name)
-        names = [f"a{i}" for i in range(len(function.args))]
+        names = parameter_names(function)
         params = ", ".join(names)
         env: dict[str, Any] = {
             "_c": c_function,

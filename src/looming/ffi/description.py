@@ -81,6 +81,8 @@ class Function:
                 arg_name, ctype = spec
             else:
                 arg_name, ctype = f"arg{i}", spec
+            if not arg_name.isidentifier():
+                raise DescriptionError(f"{name}(): argument name {arg_name!r} is not an identifier")
             if not isinstance(ctype, CType):
                 raise DescriptionError(f"{name}(): argument {i} is {ctype!r}, not a C type")
             if isinstance(ctype, Void):

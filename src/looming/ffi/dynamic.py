@@ -17,7 +17,13 @@ from typing import Any
 
 from looming.ffi.description import Bindings, Function
 from looming.ffi.errors import DescriptionError, DescriptionMismatch, LibraryNotFound
-from looming.ffi.library import LinkedLibrary, argument_error, check_argument, describe_argument
+from looming.ffi.library import (
+    LinkedLibrary,
+    argument_error,
+    check_argument,
+    describe_argument,
+    parameter_names,
+)
 from looming.ffi.types import (
     Array,
     Buffer,
@@ -304,7 +310,7 @@ def generate_wrapper(
     function: Function, c_function: Any, library: LinkedLibrary
 ) -> Callable[..., Any]:
     """Build the Python function that converts, calls and converts back."""
-    names = [f"a{i}" for i in range(len(function.args))]
+    names = parameter_names(function)
     params = ", ".join(names)
     env: dict[str, Any] = {
         "_c": c_function,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import keyword
 import os
+import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +168,24 @@ class LinkedLibrary:
 
 
 # -- argument checking shared by the backends -----------------------------------
+
+
+def parameter_names(function: Function) -> list[str]:
+    """Names for a generated wrapper's parameters: the description's where safe.
+
+    Python then names a missing argument itself; names that could clash with
+    the wrapper's own locals (``r``, ``c0``, ``exc``, anything starting with
+    an underscore) fall back to positional names.
+    """
+    names: list[str] = []
+    for i, name in enumerate(function.arg_names):
+        clash = (
+            keyword.iskeyword(name)
+            or name.startswith("_")
+            or re.fullmatch(r"r|exc|c\d+|a\d+", name)
+        )
+        names.append(f"a{i}" if clash else name)
+    return names
 
 
 def describe_argument(function: Function, index: int) -> str:
