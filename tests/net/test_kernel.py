@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from looming.devices.stack import Datagram
+from looming.devices.stack import Datagram, TcpFlow
 from looming.errors import HostUnreachable
 from looming.net.stack import DirectStack
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
 from tests.net.kernel import KernelPeer
 
 pytestmark = pytest.mark.root
@@ -223,3 +226,92 @@ def test_tshark_decodes_a_capture_without_errors(kernel_peer: KernelPeer, tmp_pa
         check=True,
     ).stdout.split()
     assert "5008" in fields
+
+
+def test_gratuitous_arp_updates_the_kernels_stale_entry(kernel_peer: KernelPeer) -> None:
+    async def main() -> None:
+        tap = await kernel_peer.open_tap()
+        address = str(kernel_peer.stack_address.ip)
+        # The kernel believes our address lives at another MAC; Linux updates
+        # an existing entry from a gratuitous ARP even with arp_accept off.
+        kernel_peer.sh(
+            "ip", "neigh", "replace", address, "lladdr", "02:11:11:11:11:11",
+            "dev", kernel_peer.tap_name, "nud", "stale",
+        )  # fmt: skip
+        stack = await DirectStack.connect(
+            tap,
+            time=UnixTime(),
+            clock=UnixClock(),
+            random=UnixRandom(4),
+            address=kernel_peer.stack_address,
+        )
+        try:
+            expected = str(stack.ethernet.mac)
+            for _ in range(100):
+                neighbours = await kernel_peer.exec_output("ip", "neigh", "show", address)
+                if expected in neighbours:
+                    break
+                await asyncio.sleep(0.02)
+            assert expected in neighbours
+            assert stack.counters()["arp.tx_gratuitous"] == 1
+        finally:
+            await stack.disconnect()
+
+    asyncio.run(main())
+
+
+TCP_ECHO_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5005)); s.listen(); print("ready", flush=True)
+c, _ = s.accept()
+while data := c.recv(65536):
+    c.sendall(data)
+c.close()
+"""
+
+TCP_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5006), timeout=10)
+payload = bytes(range(256)) * 400
+c.sendall(payload)
+c.shutdown(socket.SHUT_WR)
+received = b""
+while data := c.recv(65536):
+    received += data
+assert received == payload[::-1], len(received)
+print("ok", flush=True)
+"""
+
+
+def test_the_stack_carries_tcp_both_ways(kernel_peer: KernelPeer) -> None:
+    async def body(stack: DirectStack) -> None:
+        server = await kernel_peer.python(TCP_ECHO_SERVER, str(kernel_peer.peer_address))
+        assert server.stdout is not None
+        assert (await server.stdout.readline()).strip() == b"ready"
+        flow = await stack.tcp.connect(kernel_peer.peer_address, 5005, timeout=5)
+        payload = bytes(range(256)) * 300
+        await flow.write(payload)
+        await flow.shutdown()
+        echoed = b""
+        while data := await flow.read():
+            echoed += data
+        assert echoed == payload
+        await flow.close()
+        await server.wait()
+
+        async def reverse(flow: TcpFlow) -> None:
+            received = b""
+            while data := await flow.read():
+                received += data
+            await flow.write(received[::-1])
+            await flow.close()
+
+        await stack.tcp.listen(5006, reverse)
+        out = await kernel_peer.exec_output(
+            sys.executable, "-c", TCP_CLIENT, str(kernel_peer.stack_address.ip)
+        )
+        assert out.strip() == "ok"
+        assert stack.counters()["tcp.connections_accepted"] == 1
+
+    kernel_peer.run(body)

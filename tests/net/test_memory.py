@@ -16,7 +16,7 @@ from looming.devices.stack import Datagram, Stack, Udp
 from looming.errors import AddressInUse, HostUnreachable, NoRoute
 from looming.net.netif.memory import LinkFaults, MemorySwitch
 from looming.net.stack import DirectStack
-from looming.net.wire import ethernet, ipv4
+from looming.net.wire import ethernet, ipv4, udp
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
@@ -199,5 +199,18 @@ def test_slow_udp_handlers_are_bounded() -> None:
         await asyncio.sleep(0.05)
         assert b.counters()["udp.rx_datagrams"] == 200
         assert b.counters()["udp.handler_backlog_full"] == 150
+
+    run(body)
+
+
+def test_vlan_tagged_frames_are_tolerated() -> None:
+    async def body(a: DirectStack, b: DirectStack) -> None:
+        received: list[Datagram] = []
+        await b.udp.bind(7, received.append)
+        datagram = udp.emit(udp.UdpHeader(1000, 7), b"tagged", A.ip, B.ip)
+        packet = ipv4.emit(ipv4.Ipv4Header(A.ip, B.ip, 17), datagram)
+        header = ethernet.EthernetHeader(b.ethernet.mac, a.ethernet.mac, 0x0800, vlan_tag=42)
+        b.ethernet.input(ethernet.emit(header, packet) + bytes(10))  # with link padding
+        assert [d.data for d in received] == [b"tagged"]
 
     run(body)
