@@ -128,10 +128,25 @@ def test_expect_100_continue_with_curl(server: RunningServer) -> None:
     assert json.loads(result.stdout)["length"] == 2000
 
 
-def test_too_large_body_is_413(server: RunningServer) -> None:
+def test_announced_too_large_body_is_refused_before_sending(server: RunningServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
-        sock.sendall(b"z" * 1_100_000)
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in reply
+
+
+def test_chunked_too_large_body_is_413(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"z" * 65536)
+        try:
+            for _ in range(20):  # 1.25 MiB > the 1 MiB limit
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 413 ")
 

@@ -221,6 +221,7 @@ class HttpServer:
                 status = error.error_status_hint
                 log.debug("bad request: %s", error)
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE, h11.ERROR):
+                    deadline.disarm()
                     await self._send_error_raw(flow, status if status >= 400 else 400)
                 return
             if type(event) is not h11.Request:
@@ -228,6 +229,7 @@ class HttpServer:
                 return
             if not event.http_version.startswith(b"1."):
                 self.protocol_errors += 1
+                deadline.disarm()
                 await self._send_error_raw(flow, 505)
                 return
             # h11 bounds only a head that arrives in pieces; one that arrived
@@ -235,19 +237,32 @@ class HttpServer:
             head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
             if head_size > config.max_header_bytes:
                 self.protocol_errors += 1
+                deadline.disarm()
                 await self._send_error_raw(flow, 431)
                 return
+            method_bytes = event.method
+            if method_bytes != b"GET" and method_bytes != b"HEAD":
+                # Refuse an announced oversized body before reading it or
+                # inviting it with 100 Continue (the limit holds while
+                # reading in any case).
+                for name, value in event.headers:
+                    if name == b"content-length" and int(value) > config.max_body_bytes:
+                        deadline.disarm()
+                        await self._send_error_raw(flow, 413)
+                        return
             try:
                 body = await self._read_body(flow, conn, deadline)
             except _BodyTooLarge:
+                deadline.disarm()
                 await self._send_error_raw(flow, 413)
                 return
             except h11.RemoteProtocolError as error:
                 self.protocol_errors += 1
                 log.debug("bad request body: %s", error)
+                deadline.disarm()
                 await self._send_error_raw(flow, 400)
                 return
-            method = event.method.decode("ascii")
+            method = method_bytes.decode("ascii")
             request = Request(
                 method,
                 event.target.decode("latin-1"),
