@@ -203,9 +203,11 @@ class TcpLayer:
         self._endpoint = TcpEndpoint(
             self.config, self.stats, secret=random.bytes(32), mtu_for=ipv4.mtu
         )
-        self._streams: dict[FourTuple, TcpStream] = {}
+        # Keyed by the connection object: hashing it is cheap, unlike a
+        # tuple of IPv4Address objects, and this runs for every segment.
+        self._streams: dict[TcpConnection, TcpStream] = {}
         self._listeners: dict[int, TcpListener] = {}
-        self._timers: dict[FourTuple, tuple[int, asyncio.TimerHandle]] = {}
+        self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
         self._tx: deque[tuple[IPv4Address, bytes]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self.transmit_errors = 0
@@ -231,7 +233,7 @@ class TcpLayer:
         now = self._time.now_ns()
         key, conn = self._endpoint.connect(local, remote, port, now)
         stream = TcpStream(self, key, conn)
-        self._streams[key] = stream
+        self._streams[conn] = stream
         self._pump()
         try:
             if timeout is None:
@@ -274,15 +276,15 @@ class TcpLayer:
             if self._tx_task is None:
                 self._tx_task = asyncio.get_running_loop().create_task(self._drain())
         for key, conn, events in endpoint.take_touched():
-            stream = self._streams.get(key)
-            if stream is not None and stream._conn is conn and events:
+            stream = self._streams.get(conn)
+            if stream is not None and events:
                 stream._on_events(events)
             if conn.state is State.CLOSED:
-                self._cancel_timer(key)
-                if stream is not None and stream._conn is conn:
-                    del self._streams[key]
+                self._cancel_timer(conn)
+                if stream is not None:
+                    del self._streams[conn]
             else:
-                self._schedule(key, conn.next_deadline())
+                self._schedule(key, conn, conn.next_deadline())
         if endpoint.accepted:
             for port, key, conn in endpoint.take_accepted():
                 self._accept(port, key, conn)
@@ -294,11 +296,11 @@ class TcpLayer:
             return
         stream = TcpStream(self, key, conn)
         stream._connected.set_result(None)
-        self._streams[key] = stream
+        self._streams[conn] = stream
         task = asyncio.get_running_loop().create_task(self._serve(listener, stream))
         listener.tasks.add(task)
         task.add_done_callback(listener.tasks.discard)
-        self._schedule(key, conn.next_deadline())
+        self._schedule(key, conn, conn.next_deadline())
 
     async def _serve(self, listener: TcpListener, stream: TcpStream) -> None:
         try:
@@ -322,36 +324,34 @@ class TcpLayer:
         finally:
             self._tx_task = None
 
-    def _schedule(self, key: FourTuple, deadline: int | None) -> None:
-        current = self._timers.get(key)
+    def _schedule(self, key: FourTuple, conn: TcpConnection, deadline: int | None) -> None:
+        # A timer that fires too early is harmless (the core re-checks and
+        # the timer is set again), so an earlier pending one is kept rather
+        # than re-armed on every segment; only a sooner deadline re-arms.
         if deadline is None:
-            if current is not None:
-                current[1].cancel()
-                del self._timers[key]
             return
-        # A timer that fires too early is harmless (the core re-checks), so
-        # keep an earlier one rather than re-arming on every ACK.
+        current = self._timers.get(conn)
         if current is not None:
             if current[0] <= deadline:
                 return
             current[1].cancel()
         delay = max(deadline - self._time.now_ns(), 0) / 1e9
-        handle = asyncio.get_running_loop().call_later(delay, self._on_timer, key)
-        self._timers[key] = (deadline, handle)
+        handle = asyncio.get_running_loop().call_later(delay, self._on_timer, key, conn)
+        self._timers[conn] = (deadline, handle)
 
-    def _cancel_timer(self, key: FourTuple) -> None:
-        current = self._timers.pop(key, None)
+    def _cancel_timer(self, conn: TcpConnection) -> None:
+        current = self._timers.pop(conn, None)
         if current is not None:
             current[1].cancel()
 
-    def _on_timer(self, key: FourTuple) -> None:
-        self._timers.pop(key, None)
+    def _on_timer(self, key: FourTuple, conn: TcpConnection) -> None:
+        self._timers.pop(conn, None)
         try:
-            self._endpoint.on_timer(key, self._time.now_ns())
-            conn = self._endpoint.connections.get(key)
+            conn.on_timer(self._time.now_ns())
+            self._endpoint.collect(key, conn)
             self._pump()
-            if conn is not None and conn.state is not State.CLOSED and key not in self._timers:
-                self._schedule(key, conn.next_deadline())
+            if conn.state is not State.CLOSED and conn not in self._timers:
+                self._schedule(key, conn, conn.next_deadline())
         except Exception:
             log.exception("TCP timer failed")
 

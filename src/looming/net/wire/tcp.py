@@ -50,11 +50,13 @@ class TcpFlags(enum.IntFlag):
     CWR = 0x80
 
 
-FIN = TcpFlags.FIN
-SYN = TcpFlags.SYN
-RST = TcpFlags.RST
-PSH = TcpFlags.PSH
-ACK = TcpFlags.ACK
+# Plain ints for the hot paths: arithmetic on IntFlag members goes through
+# enum machinery on every segment.
+FIN = int(TcpFlags.FIN)
+SYN = int(TcpFlags.SYN)
+RST = int(TcpFlags.RST)
+PSH = int(TcpFlags.PSH)
+ACK = int(TcpFlags.ACK)
 
 
 @dataclass(frozen=True, slots=True)
