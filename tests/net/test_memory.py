@@ -214,3 +214,40 @@ def test_vlan_tagged_frames_are_tolerated() -> None:
         assert [d.data for d in received] == [b"tagged"]
 
     run(body)
+
+
+def test_forged_sources_are_dropped_and_partial_datagrams_time_out() -> None:
+    class FastTime(UnixTime):
+        """Sleeps a thousandth of what is asked, so a 30 s timeout passes fast."""
+
+        def __init__(self) -> None:
+            self.offset_ns = 0
+
+        def now_ns(self) -> int:
+            return super().now_ns() + self.offset_ns
+
+        async def sleep_ns(self, duration_ns: int) -> None:
+            self.offset_ns += duration_ns
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        switch = MemorySwitch()
+        stack = await DirectStack.connect(
+            switch.port(), time=FastTime(), clock=UnixClock(), random=UnixRandom(1), address=A
+        )
+        mac = stack.ethernet.mac
+        header = ethernet.EthernetHeader(mac, MacAddress(bytes(6)), 0x0800)
+        for forged in (A.ip, IPv4Address("224.0.0.1"), IPv4Address("255.255.255.255")):
+            packet = ipv4.emit(ipv4.Ipv4Header(forged, A.ip, 17), bytes(8))
+            stack.ethernet.input(ethernet.emit(header, packet))
+        assert stack.counters()["ipv4.martian_source"] == 3
+        first = ipv4.Ipv4Header(B.ip, A.ip, 17, identification=9, more_fragments=True)
+        stack.ethernet.input(ethernet.emit(header, ipv4.emit(first, bytes(1480))))
+        assert stack.ipv4.reassembler.held_bytes == 1480
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert stack.ipv4.reassembler.held_bytes == 0
+        assert stack.counters()["reassembly.timed_out"] == 1
+        await stack.disconnect()
+
+    asyncio.run(main())

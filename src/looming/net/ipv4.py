@@ -4,6 +4,7 @@ reassembly, over Ethernet and ARP."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface
@@ -59,6 +60,7 @@ class Ipv4Layer:
         # The header of the datagram being delivered, so that a layer above
         # can quote it in an ICMP error (RFC 792 wants the original header).
         self.current_header: Ipv4Header | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
         ethernet.register(EthernetProtocol.IPV4, self._on_frame)
         self.configure(interface, gateway, announce=False)
 
@@ -112,6 +114,9 @@ class Ipv4Layer:
         self.input(payload)
 
     def input(self, packet: bytes) -> None:
+        self._receive(packet, looped_back=False)
+
+    def _receive(self, packet: bytes, *, looped_back: bool) -> None:
         counters = self.counters
         try:
             header, payload_view = wire.parse(packet)
@@ -126,11 +131,20 @@ class Ipv4Layer:
         ):
             counters["not_for_us"] += 1
             return
+        source = header.source
+        if not looped_back and (
+            source.is_multicast or source == _LIMITED_BROADCAST or self.is_local(source)
+        ):
+            # RFC 1122 3.2.1.3: a datagram from a broadcast, multicast or
+            # our own address is forged or looped back; drop it.
+            counters["martian_source"] += 1
+            return
         payload = bytes(payload_view)
         if header.is_fragment:
             counters["rx_fragments"] += 1
             whole = self.reassembler.add(header, payload, self._time.now_ns())
             if whole is None:
+                self._watch_reassembly()
                 return
             payload = whole
             header = Ipv4Header(
@@ -153,6 +167,29 @@ class Ipv4Layer:
             handler(header.source, destination, payload)
         finally:
             self.current_header = None
+
+    def _watch_reassembly(self) -> None:
+        """Make sure incomplete datagrams are freed at their timeout even
+        if no further fragment arrives to trigger the check."""
+        if self._expiry_task is not None or not len(self.reassembler):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._expiry_task = loop.create_task(self._expire_reassembly())
+
+    async def _expire_reassembly(self) -> None:
+        try:
+            while (deadline := self.reassembler.next_deadline_ns()) is not None:
+                await self._time.sleep_ns(deadline - self._time.now_ns())
+                self.reassembler.expire(self._time.now_ns())
+        finally:
+            self._expiry_task = None
+
+    async def stop(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
 
     # -- sending -------------------------------------------------------------
 
@@ -199,7 +236,9 @@ class Ipv4Layer:
             # Our own address: deliver through input() on the next turn of
             # the loop, as a device would, without touching the wire.
             packet = wire.emit(header, payload)
-            asyncio.get_running_loop().call_soon(self.input, packet)
+            asyncio.get_running_loop().call_soon(
+                functools.partial(self._receive, packet, looped_back=True)
+            )
             self.counters["tx_local"] += 1
             return
         mac = await self.next_hop_mac(destination)

@@ -150,6 +150,7 @@ class DirectStack:
             await self.dhcp.stop()
         await self._udp.stop()
         await self.icmp.stop()
+        await self.ipv4.stop()
         await self.arp.stop()
         await self.network.disconnect()
         if self._listen_task is not None:
