@@ -1,0 +1,84 @@
+"""The ``sim`` target: a unikernel as a node of a deterministic simulation.
+
+``looming configure -t sim`` and ``looming build`` make
+``dist/NAME-sim.pyz``; a scenario (``looming sim run SCENARIO.py``) loads it
+as a node. Every device is resolved, when the node boots, to the node's
+simulated one through :class:`looming.sim.node.SimDevices`: virtual time and
+clock (with the node's skew and drift), a random stream seeded from the
+run's seed, a console that writes to the trace, kv_ro crunched into the
+artifact, kv_rw kept by the simulation (so it can survive a crash), and
+looming's own TCP/IP stack on the node's simulated Ethernet interface.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from looming.config.dsl import Device, device
+from looming.config.plan import Impl
+from looming.config.targets import Target
+
+_DEVICES = "looming.sim.node:SimDevices"
+
+
+class SimTarget(Target):
+    name = "sim"
+    summary = "a node of a deterministic simulated network (looming sim run)"
+
+    KINDS = ("console", "time", "clock", "random", "kv_ro", "kv_rw", "network", "stack")
+
+    def supports(self, kind: str) -> bool:
+        return kind in self.KINDS
+
+    def implement(self, dev: Device, options: dict[str, str]) -> Impl:
+        kind = dev.kind
+        if kind in ("console", "time", "clock", "random"):
+            return Impl(f"{_DEVICES}.{kind}", summary=f"the node's simulated {kind}")
+        if kind == "kv_ro":
+            return Impl(
+                f"{_DEVICES}.kv_ro",
+                args=[repr(dev.name_hint)],
+                awaited=True,
+                crunch=[(dev.name_hint, dev.setting("dirname"))],
+                summary=f"{dev.setting('dirname')}/ crunched into the artifact",
+            )
+        if kind == "kv_rw":
+            return Impl(
+                f"{_DEVICES}.kv_rw",
+                args=[repr(dev.name_hint)],
+                awaited=True,
+                summary="kept by the simulation across crashes (or not, as the scenario says)",
+            )
+        if kind == "network":
+            iface = dev.setting("iface")
+            return Impl(
+                f"{_DEVICES}.network",
+                args=[repr(iface or "default")],
+                summary="the node's simulated Ethernet interface",
+            )
+        if kind == "stack":
+            time_dev = device("time", where=dev.where)
+            clock_dev = device("clock", where=dev.where)
+            random_dev = device("random", where=dev.where)
+            return Impl(
+                f"{_DEVICES}.stack",
+                args=["{0}"],
+                kwargs=[("time", "{1}"), ("clock", "{2}"), ("random", "{3}")],
+                awaited=True,
+                disconnect="disconnect",
+                deps=[dev.deps[0], time_dev, clock_dev, random_dev],
+                summary="looming TCP/IP stack with the node's address",
+            )
+        raise self.unsupported(dev)
+
+    def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
+        # A sim artifact is a node, not a program: `looming run` explains.
+        message = (
+            f"{artifact.name} is built for the sim target: run it as a node of a scenario "
+            "with 'looming sim run SCENARIO.py --seed N'"
+        )
+        return [sys.executable, "-c", f"import sys; sys.exit({message!r})"]
+
+
+TARGET = SimTarget()

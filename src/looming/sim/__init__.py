@@ -1,0 +1,103 @@
+"""looming's simulator: many unikernels, one process, virtual time, one seed.
+
+Scenario files import what they need from here::
+
+    from looming import sim
+    SCENARIO = sim.Scenario("name", duration=60.0)
+
+The names are loaded lazily so that ``looming`` starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from looming.sim.loop import Gate, SimDeadlock, VirtualEventLoop
+    from looming.sim.network import Exponential, Fixed, LinkSpec, Uniform
+    from looming.sim.node import NodeCrashed, SimNode
+    from looming.sim.pytest_plugin import scenario
+    from looming.sim.scenario import (
+        Crash,
+        Fault,
+        Heal,
+        Hold,
+        Isolate,
+        Partition,
+        Pause,
+        Release,
+        Restart,
+        Resume,
+        Scenario,
+        load_scenario,
+        partition,
+    )
+    from looming.sim.world import RunResult, World, run
+
+_EXPORTS = {
+    "Gate": "looming.sim.loop",
+    "SimDeadlock": "looming.sim.loop",
+    "VirtualEventLoop": "looming.sim.loop",
+    "Exponential": "looming.sim.network",
+    "Fixed": "looming.sim.network",
+    "LinkSpec": "looming.sim.network",
+    "Uniform": "looming.sim.network",
+    "NodeCrashed": "looming.sim.node",
+    "SimNode": "looming.sim.node",
+    "scenario": "looming.sim.pytest_plugin",
+    "Crash": "looming.sim.scenario",
+    "Fault": "looming.sim.scenario",
+    "Heal": "looming.sim.scenario",
+    "Hold": "looming.sim.scenario",
+    "Isolate": "looming.sim.scenario",
+    "Partition": "looming.sim.scenario",
+    "Pause": "looming.sim.scenario",
+    "Release": "looming.sim.scenario",
+    "Restart": "looming.sim.scenario",
+    "Resume": "looming.sim.scenario",
+    "Scenario": "looming.sim.scenario",
+    "load_scenario": "looming.sim.scenario",
+    "partition": "looming.sim.scenario",
+    "RunResult": "looming.sim.world",
+    "World": "looming.sim.world",
+    "run": "looming.sim.world",
+}
+
+__all__ = [
+    "Crash",
+    "Exponential",
+    "Fault",
+    "Fixed",
+    "Gate",
+    "Heal",
+    "Hold",
+    "Isolate",
+    "LinkSpec",
+    "NodeCrashed",
+    "Partition",
+    "Pause",
+    "Release",
+    "Restart",
+    "Resume",
+    "RunResult",
+    "Scenario",
+    "SimDeadlock",
+    "SimNode",
+    "Uniform",
+    "VirtualEventLoop",
+    "World",
+    "load_scenario",
+    "partition",
+    "run",
+    "scenario",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'looming.sim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,263 @@
+"""A virtual-time asyncio event loop: the heart of the simulator.
+
+:class:`VirtualEventLoop` is an :class:`asyncio.BaseEventLoop` that never
+touches the outside world. Its clock is a number it owns: when no callback
+is ready, time jumps straight to the earliest timer. Ready callbacks run in
+the order they were scheduled, and timers with equal deadlines run in the
+order they were set (asyncio's own heap does not promise that), so a run is
+a pure function of its inputs. When nothing is ready and no timer is set,
+nothing can ever happen again: the loop raises :class:`SimDeadlock` naming
+every task still waiting.
+
+Callbacks scheduled on behalf of a simulated node pass through that node's
+:class:`Gate`, which is how a node is paused (its callbacks wait) or crashed
+(its callbacks are dropped) without the node's code knowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import heapq
+import itertools
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+# The gate of the node whose code is running; None for the scenario itself.
+CURRENT_GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar(
+    "looming_sim_gate", default=None
+)
+
+# Idle periods longer than this still jump in one step (asyncio caps a
+# select() timeout at one day; virtual time needs no cap, but keeping
+# BaseEventLoop's computation unchanged is simpler).
+NS_PER_S = 1_000_000_000
+
+
+class SimDeadlock(RuntimeError):
+    """Nothing is ready and no timer is set, so nothing can happen again."""
+
+    def __init__(self, now: float, blocked: list[str]) -> None:
+        self.now = now
+        self.blocked = blocked
+        listing = "\n".join(f"  {line}" for line in blocked) or "  (no tasks)"
+        super().__init__(
+            f"deadlock at t={now:.6f} s: nothing is ready and no timer is set, so no task "
+            f"can ever wake up. {len(blocked)} task(s) are waiting:\n{listing}"
+        )
+
+
+class Gate:
+    """Decides whether a node's callbacks run now, later, or never."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.alive = True
+        self.paused = False
+        self.deferred: list[tuple[Callable[..., object], tuple[Any, ...], contextvars.Context]] = []
+        self.dropped = 0
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+
+    def __call__(self, callback: Callable[..., object], *args: Any) -> None:
+        if not self.alive:
+            self.dropped += 1
+            return
+        if self.paused:
+            self.deferred.append((callback, args, contextvars.copy_context()))
+            return
+        callback(*args)
+
+    def context(self) -> contextvars.Context:
+        """A fresh context in which code runs as this node."""
+        ctx = contextvars.Context()
+        ctx.run(CURRENT_GATE.set, self)
+        return ctx
+
+
+class _OrderedTimer(asyncio.TimerHandle):
+    """A timer ordered by (deadline, order of scheduling)."""
+
+    __slots__ = ("_order",)
+
+    def __init__(
+        self,
+        when: float,
+        order: int,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context | None,
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._order = order
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, _OrderedTimer):
+            mine: float = self._when  # type: ignore[attr-defined]  # set by TimerHandle
+            theirs: float = other._when  # type: ignore[attr-defined]
+            return (mine, self._order) < (theirs, other._order)
+        return NotImplemented
+
+
+class _VirtualSelector:
+    """Stands where BaseEventLoop expects a selector: waiting is jumping."""
+
+    def __init__(self, loop: VirtualEventLoop) -> None:
+        self._loop = loop
+
+    def select(self, timeout: float | None) -> list[Any]:
+        loop = self._loop
+        if timeout is None:
+            raise SimDeadlock(loop.time(), loop.describe_tasks())
+        if timeout > 0:
+            loop._advance_to(loop._scheduled[0]._when)  # type: ignore[attr-defined]  # BaseEventLoop's heap
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class VirtualEventLoop(asyncio.BaseEventLoop):
+    """An event loop in virtual time, with no real I/O, threads or clocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = 0.0
+        self._clock_resolution = 1e-9
+        self._selector = _VirtualSelector(self)
+        self._timer_order = itertools.count()
+        self._task_order = itertools.count()
+        self.set_task_factory(self._make_task)  # type: ignore[arg-type]  # accepts context=
+
+    # -- time -----------------------------------------------------------
+
+    def time(self) -> float:
+        return self._now
+
+    def now_ns(self) -> int:
+        """Virtual nanoseconds since the start of the run."""
+        return round(self._now * NS_PER_S)
+
+    def _advance_to(self, when: float) -> None:
+        if when > self._now:
+            self._now = when
+
+    # -- scheduling ----------------------------------------------------
+
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        gate = context.get(CURRENT_GATE) if context is not None else CURRENT_GATE.get()
+        if gate is not None:
+            return super().call_soon(gate, callback, *args, context=context)
+        return super().call_soon(callback, *args, context=context)
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()  # type: ignore[attr-defined]  # BaseEventLoop internal
+        gate = context.get(CURRENT_GATE) if context is not None else CURRENT_GATE.get()
+        if gate is not None:
+            callback, args = gate, (callback, *args)
+        timer = _OrderedTimer(when, next(self._timer_order), callback, args, self, context)
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]  # BaseEventLoop's heap
+        timer._scheduled = True  # type: ignore[attr-defined]  # as BaseEventLoop.call_at does
+        return timer
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        pass
+
+    def _write_to_self(self) -> None:
+        pass  # one thread: nothing to wake
+
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> Any:  # type: ignore[override]
+        raise RuntimeError(
+            "the simulator runs no threads: run_in_executor (and getaddrinfo) are not "
+            "available; use the node's stack to resolve names"
+        )
+
+    # -- tasks ----------------------------------------------------------
+
+    def _make_task(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        order = next(self._task_order)
+        context = kwargs.get("context")
+        gate = context.get(CURRENT_GATE) if context is not None else CURRENT_GATE.get()
+        label = gate.label if gate is not None else "scenario"
+        kwargs.setdefault("name", f"{label}/task-{order}")
+        if kwargs["name"] is None:
+            kwargs["name"] = f"{label}/task-{order}"
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        if gate is not None:
+            gate.tasks[order] = task
+            task.add_done_callback(lambda _t: gate.tasks.pop(order, None))
+        return task
+
+    def describe_tasks(self) -> list[str]:
+        """Every pending task with where it waits, in creation order."""
+        tasks = sorted(
+            (
+                t
+                for t in asyncio.all_tasks(self)
+                if not t.done() and getattr(t.get_coro(), "cr_frame", True) is not None
+            ),
+            key=lambda t: _order_of(t.get_name()),
+        )
+        lines = []
+        for task in tasks:
+            stack = task.get_stack(limit=1)
+            if stack:
+                frame = stack[-1]
+                where = f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
+            else:
+                where = repr(task.get_coro())
+            lines.append(f"{task.get_name()}: waiting in {where}")
+        return lines
+
+    def run_in_context(
+        self, coro: Coroutine[Any, Any, _T], context: contextvars.Context
+    ) -> asyncio.Task[_T]:
+        return self.create_task(coro, context=context)
+
+
+def _order_of(name: str) -> tuple[int, str]:
+    head, _, number = name.rpartition("/task-")
+    return (int(number), head) if number.isdigit() else (1 << 62, name)
+
+
+def kill_tasks(gate: Gate) -> int:
+    """Stop every task of a crashed node where it stands, without running it
+    again: its coroutines are closed (their ``finally`` blocks run now, with
+    the node already cut off) and asyncio is told not to mourn them."""
+    gate.alive = False
+    gate.paused = False
+    gate.deferred.clear()
+    killed = 0
+    for task in list(gate.tasks.values()):
+        if task.done():
+            continue
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # a crash is not a leak
+        coro = task.get_coro()
+        try:
+            if coro is not None:
+                coro.close()
+        except BaseException:  # the node is gone; its last words are not ours
+            pass
+        killed += 1
+    gate.tasks.clear()
+    return killed

@@ -1,0 +1,343 @@
+"""Running a scenario: the world a driver sees, and one seeded run of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time as _walltime
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from looming.errors import UsageError
+from looming.sim.artifact import Artifact, ensure_artifact
+from looming.sim.devices import EPOCH_NS
+from looming.sim.loop import SimDeadlock, VirtualEventLoop
+from looming.sim.network import Link, SimNetwork
+from looming.sim.node import CURRENT_NODE, NodeSpec, SimNode, key_arguments
+from looming.sim.scenario import Fault, Scenario
+from looming.sim.trace import Trace, TraceLogHandler
+
+
+class CheckFailed(AssertionError):
+    """A scenario's check did not hold."""
+
+
+class World:
+    """The running simulation, as a scenario's driver sees it."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        artifacts: dict[str, Artifact],
+        *,
+        record_pcap: bool = True,
+        keep_trace: bool = True,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.loop = VirtualEventLoop()
+        self.trace = Trace(self.loop.now_ns, keep=keep_trace)
+        self.network = SimNetwork(self.loop, self.trace, seed, record_pcap)
+        self.artifacts = artifacts
+        self.nodes: dict[str, SimNode] = {}
+        self.failures: list[str] = []
+        self.checks = 0
+
+    # -- time ---------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the start of the run."""
+        return self.loop.time()
+
+    def virtual_wall_time(self) -> float:
+        return (EPOCH_NS + self.loop.now_ns()) / 1e9
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def after(self, delay: float, action: Callable[[], object]) -> None:
+        """Run ``action`` (as the scenario, not as a node) ``delay`` seconds from now."""
+        self.loop.call_later(delay, action, context=contextvars.Context())
+
+    # -- nodes and network ---------------------------------------------------
+
+    def node(self, name: str) -> SimNode:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise UsageError(
+                f"no node {name!r} in this scenario; nodes: {', '.join(self.nodes)}"
+            ) from None
+
+    def add(self, spec: NodeSpec, *, boot: bool = True) -> SimNode:
+        """Add a node while running (the scenario's declared nodes are added for you)."""
+        if spec.name in self.nodes:
+            raise UsageError(f"there is already a node called {spec.name!r}")
+        if spec.app is not None and spec.name not in self.artifacts:
+            self.artifacts[spec.name] = prepare_artifact(spec)
+        node = SimNode(self, spec, len(self.nodes) + 1)
+        self.nodes[spec.name] = node
+        if boot:
+            node.boot()
+        return node
+
+    def link(self, node: str) -> Link:
+        """The link between ``node`` and its switch (hold, release, in_flight)."""
+        self.node(node)
+        return self.network.link_of(node)
+
+    def partition(self, side_a: list[str], side_b: list[str], *, one_way: bool = False) -> None:
+        self.network.partition(side_a, side_b, one_way=one_way)
+
+    def isolate(self, node: str) -> None:
+        self.network.isolate(node)
+
+    def heal(self) -> None:
+        self.network.heal()
+
+    # -- checks -----------------------------------------------------------------
+
+    def check(self, condition: object, message: str) -> None:
+        """Record a check; a false one fails the run (and the run goes on)."""
+        self.checks += 1
+        if condition:
+            self.trace.record("check", f"ok {message}")
+        else:
+            self.trace.record("check", f"FAILED {message}")
+            self.failures.append(f"check failed at t={self.now:.3f} s: {message}")
+
+    def note(self, text: str) -> None:
+        """Put a line of the driver's own in the trace."""
+        self.trace.record("note", text)
+
+
+def prepare_artifact(spec: NodeSpec) -> Artifact:
+    """Build (if needed) and read the artifact of an application node,
+    checking the node's keys against the keys the unikernel declares."""
+    from looming.runtime import UsageError as KeyUsageError
+    from looming.runtime import parse_keys
+
+    assert spec.app is not None
+    artifact = Artifact(ensure_artifact(spec.app, spec.unikernel))
+    loaded = artifact.load(f"check_{spec.name}")
+    try:
+        parse_keys(loaded.keys, key_arguments(spec.keys))
+    except KeyUsageError as error:
+        raise UsageError(f"node {spec.name!r}: {error}") from None
+    finally:
+        loaded.unload()
+    return artifact
+
+
+def prepare(scenario: Scenario) -> dict[str, Artifact]:
+    """Every application node's artifact, built and checked before any run."""
+    by_app: dict[tuple[Path, str | None], Artifact] = {}
+    artifacts: dict[str, Artifact] = {}
+    for spec in scenario.nodes:
+        if spec.app is None:
+            continue
+        key = (spec.app.resolve(), spec.unikernel)
+        if key not in by_app:
+            by_app[key] = prepare_artifact(spec)
+        else:
+            # Keys may differ per node even when the application is shared.
+            prepare_artifact_keys(by_app[key], spec)
+        artifacts[spec.name] = by_app[key]
+    return artifacts
+
+
+def prepare_artifact_keys(artifact: Artifact, spec: NodeSpec) -> None:
+    from looming.runtime import UsageError as KeyUsageError
+    from looming.runtime import parse_keys
+
+    loaded = artifact.load(f"check_{spec.name}")
+    try:
+        parse_keys(loaded.keys, key_arguments(spec.keys))
+    except KeyUsageError as error:
+        raise UsageError(f"node {spec.name!r}: {error}") from None
+    finally:
+        loaded.unload()
+
+
+@dataclass
+class RunResult:
+    """What one seeded run did."""
+
+    scenario: str
+    seed: int
+    failures: list[str]
+    digest: str
+    event_count: int
+    events: list[str]
+    virtual_seconds: float
+    wall_seconds: float
+    checks: int
+    nodes: dict[str, str] = field(default_factory=dict)
+    links: dict[str, tuple[int, int]] = field(default_factory=dict)
+    pcaps: list[Path] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@contextmanager
+def _virtual_host_clock(world: World) -> Iterator[None]:
+    """Code that falls back to the host's clock (``UnixClock()``) gets its
+    node's virtual clock instead: a simulation reads no real time."""
+    from looming.unix.clock import UnixClock
+    from looming.unix.time import UnixTime
+
+    def clock_now_ns(_self: object) -> int:
+        incarnation = CURRENT_NODE.get()
+        if incarnation is not None:
+            return incarnation.clock.now_ns()
+        return EPOCH_NS + world.loop.now_ns()
+
+    def time_now_ns(_self: object) -> int:
+        incarnation = CURRENT_NODE.get()
+        if incarnation is not None:
+            return incarnation.time.now_ns()
+        return world.loop.now_ns()
+
+    saved = (UnixClock.now_ns, UnixClock.now, UnixTime.now_ns)
+    setattr(UnixClock, "now_ns", clock_now_ns)  # noqa: B010  (patching a method on purpose)
+    setattr(UnixClock, "now", lambda self: clock_now_ns(self) / 1e9)  # noqa: B010
+    setattr(UnixTime, "now_ns", time_now_ns)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(UnixClock, "now_ns", saved[0])  # noqa: B010
+        setattr(UnixClock, "now", saved[1])  # noqa: B010
+        setattr(UnixTime, "now_ns", saved[2])  # noqa: B010
+
+
+@contextmanager
+def _logs_to_trace(world: World, level: int) -> Iterator[TraceLogHandler]:
+    def label() -> str:
+        incarnation = CURRENT_NODE.get()
+        return incarnation.gate.label if incarnation is not None else "scenario"
+
+    handler = TraceLogHandler(world.trace, label, level)
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, saved_level) if saved_level else level)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+
+
+def _apply(world: World, fault: Fault) -> None:
+    world.trace.record("fault", f"apply {fault.describe()}")
+    try:
+        fault.apply(world)
+    except Exception as error:
+        world.failures.append(f"fault '{fault.describe()}' failed: {type(error).__name__}: {error}")
+
+
+def run(
+    scenario: Scenario,
+    seed: int,
+    *,
+    artifacts: dict[str, Artifact] | None = None,
+    pcap_dir: Path | None = None,
+    keep_trace: bool = True,
+    log_level: int = logging.INFO,
+) -> RunResult:
+    """Run ``scenario`` once with ``seed`` and report what happened."""
+    if artifacts is None:
+        artifacts = prepare(scenario)
+    started = _walltime.perf_counter()
+    world = World(
+        scenario, seed, dict(artifacts), record_pcap=pcap_dir is not None, keep_trace=keep_trace
+    )
+    loop = world.loop
+    driver = scenario.driver
+    assert driver is not None, "a scenario needs a driver"
+
+    async def main() -> None:
+        for a, b, trunk_spec in scenario.trunks:
+            world.network.trunk(a, b, trunk_spec)
+        for node_spec in scenario.nodes:
+            world.add(node_spec, boot=False)
+        for when, fault in sorted(scenario.faults, key=lambda item: item[0]):
+            loop.call_at(when, _apply, world, fault, context=contextvars.Context())
+        for node in world.nodes.values():
+            node.boot()
+        try:
+            async with asyncio.timeout(scenario.duration):
+                await driver(world)
+        except TimeoutError:
+            world.failures.append(
+                f"the driver did not finish within the scenario's {scenario.duration} s"
+            )
+
+    world.trace.record("run", f"{scenario.name} seed {seed}")
+    asyncio.set_event_loop(loop)
+    try:
+        with _virtual_host_clock(world), _logs_to_trace(world, log_level) as logs:
+            try:
+                loop.run_until_complete(loop.create_task(main(), context=contextvars.Context()))
+            except SimDeadlock as deadlock:
+                world.failures.append(str(deadlock))
+            except Exception as error:
+                detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+                where = traceback.extract_tb(error.__traceback__)[-1:]
+                place = f" ({where[0].filename}:{where[0].lineno})" if where else ""
+                world.failures.append(f"the driver raised {detail}{place}")
+            for node in world.nodes.values():
+                if node.status == "failed":
+                    world.failures.append(f"node {node.name} failed: {node.exit_error}")
+            statuses = {name: node.status for name, node in world.nodes.items()}
+            for node in world.nodes.values():
+                node.crash(reason="stop")
+            world.trace.record("run", f"end {'ok' if not world.failures else 'failed'}")
+    finally:
+        _cancel_leftovers(loop)
+        loop.close()
+        asyncio.set_event_loop(None)
+    pcaps: list[Path] = []
+    if pcap_dir is not None:
+        pcap_dir.mkdir(parents=True, exist_ok=True)
+        for name, link in world.network.links.items():
+            path = pcap_dir / f"{name}.pcap"
+            path.write_bytes(link.pcap_bytes())
+            pcaps.append(path)
+    return RunResult(
+        scenario=scenario.name,
+        seed=seed,
+        failures=list(world.failures),
+        digest=world.trace.digest(),
+        event_count=world.trace.count,
+        events=world.trace.events,
+        virtual_seconds=loop.time(),
+        wall_seconds=_walltime.perf_counter() - started,
+        checks=world.checks,
+        nodes=statuses,
+        links={n: (link.delivered, link.dropped) for n, link in world.network.links.items()},
+        pcaps=pcaps,
+        logs=logs.lines,
+    )
+
+
+def _cancel_leftovers(loop: VirtualEventLoop) -> None:
+    """Tasks of the scenario itself still pending at the end are not leaks."""
+    for task in asyncio.all_tasks(loop):
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # the run is over
+        coro: Any = task.get_coro()
+        try:
+            if coro is not None:
+                coro.close()
+        except BaseException:  # ending the run; nothing to report
+            pass
