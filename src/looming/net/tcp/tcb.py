@@ -1,0 +1,320 @@
+"""The transmission control block: the variables of one TCP connection
+(RFC 9293 section 3.3.1) and the ways it puts segments together.
+
+:class:`~looming.net.tcp.connection.TcpConnection` builds on this through
+:class:`~looming.net.tcp.sender.TcpSender`; nothing here reads a clock or
+does I/O. Sequence numbers are unwrapped integers (see
+:mod:`looming.net.tcp.seq`).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from looming.net.tcp.config import MS, SECOND, TcpConfig, TcpStats
+from looming.net.tcp.congestion import NewReno
+from looming.net.tcp.receive_buffer import ReceiveBuffer
+from looming.net.tcp.rtt import RttEstimator
+from looming.net.tcp.send_buffer import SackScoreboard, SendBuffer
+from looming.net.tcp.seq import MASK, wrap
+from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
+
+TIMESTAMP_OPTION_SPACE = 12  # NOP NOP kind len TSval TSecr
+MAX_WINDOW_SCALE = 14
+
+
+class State(enum.Enum):
+    CLOSED = "CLOSED"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+
+class Event(enum.Enum):
+    """What the owner of a connection is told."""
+
+    CONNECTED = "connected"  # the handshake completed
+    READABLE = "readable"  # new bytes are ready for receive()
+    PEER_CLOSED = "peer closed"  # the peer's FIN arrived: end of stream
+    WRITABLE = "writable"  # send-buffer space was freed
+    RESET = "reset"  # the peer reset the connection
+    REFUSED = "refused"  # the peer answered our SYN with a reset
+    TIMED_OUT = "timed out"  # retransmissions or keepalive gave up
+    CLOSED = "closed"  # the connection is gone: release it and its timers
+
+
+SYNCHRONIZED = frozenset(
+    {
+        State.ESTABLISHED,
+        State.FIN_WAIT_1,
+        State.FIN_WAIT_2,
+        State.CLOSE_WAIT,
+        State.CLOSING,
+        State.LAST_ACK,
+        State.TIME_WAIT,
+    }
+)
+RECEIVING = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+SENDING = frozenset(
+    {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK}
+)
+
+
+class TransmissionControlBlock:
+    """Connection state shared by the sending and receiving halves."""
+
+    def __init__(
+        self,
+        config: TcpConfig,
+        stats: TcpStats,
+        *,
+        local_port: int,
+        remote_port: int,
+        iss: int,
+        path_mss: int,
+        timestamp_offset: int,
+        now: int,
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self.state = State.CLOSED
+        self.outbox: list[tuple[TcpHeader, bytes]] = []
+        self.events: list[Event] = []
+        self.nodelay = config.nodelay
+        self.keepalive = config.keepalive
+        self.app_closed = False  # the application let go; nobody reads any more
+        self.passive = False
+        # Send side.
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_max = iss
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = iss
+        self.max_snd_wnd = 0
+        self.snd_scale = 0
+        self.send_buffer = SendBuffer(iss + 1, config.send_buffer)
+        self.fin_queued = False
+        self.scoreboard = SackScoreboard()
+        self.rtx_high = iss  # highest sequence retransmitted in this recovery
+        self.retries = 0
+        self.heard_since_timeout = False
+        self.last_send = now
+        # Receive side (set properly when the peer's SYN arrives).
+        self.irs = 0
+        self.receive_buffer = ReceiveBuffer(0, config.max_out_of_order_segments)
+        self.rcv_scale = 0
+        self.rcv_adv = 0
+        self.peer_fin: int | None = None  # sequence number of the peer's FIN
+        self.fin_received = False
+        self.full_segments_unacked = 0
+        self.rcv_mss = 536
+        # Options and sizes.
+        self.path_mss = path_mss
+        self.peer_mss = config.default_mss
+        self.ts_ok = False
+        self.ts_recent = 0
+        self.ts_offset = timestamp_offset
+        self.sack_ok = False
+        self.ws_ok = False
+        # Timers: absolute deadlines in ns, None when not running.
+        self.rto_at: int | None = None
+        self.persist_at: int | None = None
+        self.persist_backoff = 0
+        self.delack_at: int | None = None
+        self.time_wait_at: int | None = None
+        self.fin_wait_2_at: int | None = None
+        self.keepalive_probes = 0
+        self.last_receive = now
+        # Estimators.
+        self.rtt = RttEstimator(config.rto_initial_ns, config.rto_min_ns, config.rto_max_ns)
+        self.rtt_seq: int | None = None
+        self.rtt_sent_at = 0
+        self.cc = NewReno(self.send_mss, iss)
+        self.challenge_window_start = -SECOND
+        self.challenge_count = 0
+
+    @property
+    def send_mss(self) -> int:
+        """Largest payload of a data segment: the smaller MSS, less the timestamp option."""
+        mss = min(self.peer_mss, self.path_mss)
+        if self.ts_ok:
+            mss -= TIMESTAMP_OPTION_SPACE
+        return max(mss, 64)
+
+    @property
+    def receive_window(self) -> int:
+        """Bytes we can still accept above rcv_nxt (what we advertised, at least)."""
+        free = max(self.config.receive_buffer - len(self.receive_buffer.ready), 0)
+        return max(self.rcv_adv - self.receive_buffer.rcv_nxt, free)
+
+    @property
+    def rcv_nxt(self) -> int:
+        return self.receive_buffer.rcv_nxt
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self.snd_max - self.snd_una
+
+    @property
+    def send_space(self) -> int:
+        if self.fin_queued or self.state not in (
+            State.ESTABLISHED,
+            State.CLOSE_WAIT,
+            State.SYN_SENT,
+            State.SYN_RECEIVED,
+        ):
+            return 0
+        return self.send_buffer.space
+
+    @property
+    def readable_bytes(self) -> int:
+        return len(self.receive_buffer.ready)
+
+    @property
+    def at_end_of_stream(self) -> bool:
+        return self.fin_received and not self.receive_buffer.ready
+
+    def _ts_now(self, now: int) -> int:
+        return (now // MS + self.ts_offset) & MASK
+
+    def _window_field(self, syn: bool) -> int:
+        rcv_nxt = self.receive_buffer.rcv_nxt
+        buffer = self.config.receive_buffer
+        free = max(buffer - len(self.receive_buffer.ready), 0)
+        if syn:
+            window = min(free, 0xFFFF)
+            self.rcv_adv = max(self.rcv_adv, rcv_nxt + window)
+            return window
+        edge = rcv_nxt + free
+        # Receiver silly-window avoidance (RFC 9293 3.8.6.2.2): move the right
+        # edge only by a worthwhile step, and never move it back.
+        if edge < self.rcv_adv or edge - self.rcv_adv < min(buffer // 2, self.path_mss):
+            edge = max(self.rcv_adv, rcv_nxt)
+        window = edge - rcv_nxt
+        field = (window + (1 << self.rcv_scale) - 1) >> self.rcv_scale
+        field = min(field, 0xFFFF)
+        self.rcv_adv = max(self.rcv_adv, rcv_nxt + (field << self.rcv_scale))
+        return field
+
+    def _emit(self, flags: int, seq: int, payload: bytes, now: int) -> None:
+        sack_blocks: tuple[tuple[int, int], ...] = ()
+        if self.sack_ok and flags & ACK and self.receive_buffer.has_gaps:
+            limit = 3 if self.ts_ok else 4
+            sack_blocks = tuple(
+                (wrap(left), wrap(right)) for left, right in self.receive_buffer.sack_blocks(limit)
+            )
+        header = TcpHeader(
+            src_port=self.local_port,
+            dst_port=self.remote_port,
+            seq=wrap(seq),
+            ack=wrap(self.receive_buffer.rcv_nxt) if flags & ACK else 0,
+            flags=flags,
+            window=self._window_field(False),
+            sack_blocks=sack_blocks,
+            timestamps=(self._ts_now(now), self.ts_recent) if self.ts_ok else None,
+        )
+        self._push(header, payload, now)
+
+    def _push(self, header: TcpHeader, payload: bytes, now: int) -> None:
+        if header.flags & ACK:
+            self.delack_at = None
+            self.full_segments_unacked = 0
+        self.outbox.append((header, payload))
+        self.stats.segments_out += 1
+        self.stats.bytes_out += len(payload)
+        self.last_send = now
+
+    def _send_syn(self, now: int, *, with_ack: bool) -> None:
+        config = self.config
+        if with_ack:
+            # Answer with exactly the options the peer offered and we support.
+            timestamps = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
+            window_scale = self.rcv_scale if self.ws_ok else None
+            sack_permitted = self.sack_ok
+        else:
+            timestamps = (self._ts_now(now), 0) if config.timestamps else None
+            window_scale = config.window_scale if config.window_scaling else None
+            sack_permitted = config.sack
+        header = TcpHeader(
+            src_port=self.local_port,
+            dst_port=self.remote_port,
+            seq=wrap(self.iss),
+            ack=wrap(self.receive_buffer.rcv_nxt) if with_ack else 0,
+            flags=SYN | ACK if with_ack else SYN,
+            window=self._window_field(True),
+            mss=min(self.path_mss, 0xFFFF),
+            window_scale=window_scale,
+            sack_permitted=sack_permitted,
+            timestamps=timestamps,
+        )
+        self.snd_nxt = self.iss + 1
+        self.snd_max = max(self.snd_max, self.iss + 1)
+        self._push(header, b"", now)
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+        if self.retries == 0 and self.rtt_seq is None:
+            self.rtt_seq = self.iss
+            self.rtt_sent_at = now
+
+    def send_ack(self, now: int) -> None:
+        self._emit(ACK, self.snd_nxt, b"", now)
+
+    def _send_reset(self, seq: int, now: int) -> None:
+        header = TcpHeader(
+            src_port=self.local_port,
+            dst_port=self.remote_port,
+            seq=wrap(seq),
+            ack=0,
+            flags=RST,
+            window=0,
+        )
+        self.stats.resets_sent += 1
+        self._push(header, b"", now)
+
+    def _challenge_ack(self, now: int) -> None:
+        """RFC 5961 section 7: an ACK that a blind attacker cannot use, rate limited."""
+        if now - self.challenge_window_start >= SECOND:
+            self.challenge_window_start = now
+            self.challenge_count = 0
+        if self.challenge_count >= self.config.challenge_acks_per_second:
+            return
+        self.challenge_count += 1
+        self.stats.challenge_acks += 1
+        self.send_ack(now)
+
+    def _become_closed(self) -> None:
+        if self.state == State.CLOSED and Event.CLOSED in self.events:
+            return
+        self.state = State.CLOSED
+        self.rto_at = self.persist_at = self.delack_at = None
+        self.time_wait_at = self.fin_wait_2_at = None
+        self.events.append(Event.CLOSED)
+
+    def _fail(self, event: Event) -> None:
+        self.events.append(event)
+        self._become_closed()
+
+    def _enter_time_wait(self, now: int) -> None:
+        self.state = State.TIME_WAIT
+        self.rto_at = self.persist_at = self.delack_at = self.fin_wait_2_at = None
+        self.time_wait_at = now + self.config.time_wait_ns
+
+    def take_outbox(self) -> list[tuple[TcpHeader, bytes]]:
+        out = self.outbox
+        self.outbox = []
+        return out
+
+    def take_events(self) -> list[Event]:
+        events = self.events
+        self.events = []
+        return events
