@@ -27,8 +27,8 @@ class Session:
     cipher_suite: int
     server_name: str | None
     alpn_protocol: bytes | None
-    ticket: bytes
-    secret: bytes  # TLS 1.3: the PSK; TLS 1.2: the master secret
+    ticket: bytes = field(repr=False)
+    secret: bytes = field(repr=False)  # TLS 1.3: the PSK; TLS 1.2: the master secret
     ticket_age_add: int
     lifetime_s: int
     received_at_ms: int
@@ -63,7 +63,7 @@ class TicketState:
 
     version: int
     cipher_suite: int
-    secret: bytes
+    secret: bytes = field(repr=False)
     ticket_age_add: int
     issued_ms: int
     lifetime_s: int
