@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -278,9 +279,8 @@ def main() -> int:
     args = parser.parse_args()
     rounds = 2000 if args.quick else 20000
     total = (128 if args.quick else 1024) * (1 << 20)
-    os.environ.setdefault(
-        "LOOMING_VCHAN_REGISTRY", tempfile.mkdtemp(prefix="looming-vchan-bench-", dir="/tmp")
-    )
+    registry_dir = tempfile.mkdtemp(prefix="looming-vchan-bench-", dir="/tmp")
+    os.environ["LOOMING_VCHAN_REGISTRY"] = registry_dir
     transports: list[tuple[str, Transport]] = [
         ("vchan (blocking)", vchan_transport(spin=0)),
         ("vchan (default)", vchan_transport(spin=endpoint.DEFAULT_SPIN)),
@@ -295,7 +295,10 @@ def main() -> int:
         f"{CHUNK >> 10} KiB writes, vchan rings {RING >> 10} KiB",
         file=sys.stderr,
     )
-    results = [run(name, transport, rounds, total) for name, transport in transports]
+    try:
+        results = [run(name, transport, rounds, total) for name, transport in transports]
+    finally:
+        shutil.rmtree(registry_dir, ignore_errors=True)
     base = next(r for r in results if r.transport == "socketpair")
     print()
     print(

@@ -1,0 +1,88 @@
+"""The ``process`` target: every unikernel of config.py in its own process.
+
+``looming configure -t process --unikernel NAME`` links one of them (as the
+``unix`` target would, plus the ``vchan`` device); ``looming run`` then builds
+and starts *all* the unikernels config.py registers, each in its own
+process, connected by vchan through a private registry, and stops them
+together (see :mod:`looming.vchan.deploy`). Devices other than ``vchan`` are
+provided exactly as by the ``unix`` target, with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from looming.config.dsl import Device
+from looming.config.plan import Impl, KeyDecl
+from looming.config.targets import Target
+from looming.config.targets.unix import TARGET as UNIX
+
+VCHAN_NAME_KEY = "vchan_name"
+VCHAN_REGISTRY_KEY = "vchan_registry"
+
+
+class ProcessTarget(Target):
+    name = "process"
+    summary = "each unikernel of config.py in its own process, connected by vchan"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        UNIX.add_options(parser)
+
+    def default_options(self) -> dict[str, str]:
+        return UNIX.default_options()
+
+    def supports(self, kind: str) -> bool:
+        return kind == "vchan" or UNIX.supports(kind)
+
+    def implement(self, dev: Device, options: dict[str, str]) -> Impl:
+        if dev.kind != "vchan":
+            if not UNIX.supports(dev.kind):
+                raise self.unsupported(dev)
+            return UNIX.implement(dev, options)
+        port, peer = dev.setting("port"), dev.setting("peer")
+        keys = [
+            KeyDecl(
+                VCHAN_REGISTRY_KEY,
+                "str",
+                None,
+                "vchan registry folder (the process deployment passes a private one)",
+            )
+        ]
+        kwargs = [
+            ("read_size", repr(dev.setting("read_size"))),
+            ("write_size", repr(dev.setting("write_size"))),
+            ("registry", f"keys.{VCHAN_REGISTRY_KEY}"),
+        ]
+        if peer is None:
+            keys.append(
+                KeyDecl(
+                    VCHAN_NAME_KEY,
+                    "str",
+                    None,
+                    "name this unikernel serves vchan ports under (the deployment passes it)",
+                )
+            )
+            kwargs.append(("name", f"keys.{VCHAN_NAME_KEY}"))
+            summary = f"vchan serving port {port}"
+        else:
+            kwargs.append(("peer", repr(peer)))
+            summary = f"vchan to {peer}/{port}"
+        return Impl(
+            "looming.vchan.device:VchanDevice.connect",
+            args=[repr(port)],
+            kwargs=kwargs,
+            awaited=True,
+            disconnect="disconnect",
+            deps=[],
+            keys=keys,
+            summary=summary,
+        )
+
+    def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
+        app_dir = artifact.resolve().parent.parent
+        return [sys.executable, "-m", "looming.vchan.deploy", "--app", str(app_dir), *argv]
+
+
+TARGET = ProcessTarget()
