@@ -82,8 +82,9 @@ class Endpoint:
         # When a reader thread and a writer thread both block, one of them
         # polls the event and wakes the other after draining it; two pollers
         # would race to drain one kick and the loser would sleep through it.
+        self._poll_token = threading.Lock()
         self._waiters = threading.Condition()
-        self._polling = False
+        self._followers = 0
         # Only the one polling thread uses this (see _block).
         self._poller = select.poll()
         self._poller.register(notifier.wait_fd, select.POLLIN)
@@ -368,9 +369,9 @@ class Endpoint:
     def _wait(
         self, ready: Callable[[], bool], request: Callable[[], None], deadline: int | None
     ) -> None:
-        if self.spin_succeeded(ready):
+        if self.spin and self.spin_succeeded(ready):
             return
-        started = self._time.now_ns()
+        started = self._time.now_ns() if self.spin else 0
         while True:
             request()
             if ready():  # re-check after asking: the peer may have acted in between
@@ -378,7 +379,8 @@ class Endpoint:
             self._block(deadline)
             if ready():
                 break
-        self.blocked_for(self._time.now_ns() - started)
+        if self.spin:
+            self.blocked_for(self._time.now_ns() - started)
 
     def _block(self, deadline: int | None) -> None:
         wait_ms = SAFETY_RECHECK_MS
@@ -387,12 +389,16 @@ class Endpoint:
             if remaining_ns <= 0:
                 raise ConnectionTimeout("timed out waiting for the vchan peer")
             wait_ms = min(wait_ms, remaining_ns // 1_000_000 + 1)
-        with self._waiters:
-            if self._polling:
-                # Another thread is polling; it wakes us when anything arrives.
-                self._waiters.wait(wait_ms / 1000)
-                return
-            self._polling = True
+        if not self._poll_token.acquire(blocking=False):
+            # Another thread is polling; it wakes us when anything arrives.
+            with self._waiters:
+                self._followers += 1
+                try:
+                    if self._poll_token.locked():
+                        self._waiters.wait(wait_ms / 1000)
+                finally:
+                    self._followers -= 1
+            return
         try:
             if self._control_eof and self._control_polled:
                 self._poller.unregister(self._control.fileno())
@@ -403,9 +409,10 @@ class Endpoint:
                 else:
                     self.poll_control()
         finally:
-            with self._waiters:
-                self._polling = False
-                self._waiters.notify_all()
+            self._poll_token.release()
+            if self._followers:
+                with self._waiters:
+                    self._waiters.notify_all()
 
     def _peer_may_write(self) -> bool:
         """False once the peer exited; raises when it died without saying so.
