@@ -55,6 +55,9 @@ class SocketChannel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = bytearray()
+        # Received into one reusable buffer: a fresh large bytes per recv costs.
+        self._chunk = bytearray(262144)
+        self._chunk_view = memoryview(self._chunk)
 
     def send(self, message: bytes | bytearray) -> None:
         try:
@@ -74,12 +77,12 @@ class SocketChannel:
                     del buffer[: 4 + length]
                     return message
             try:
-                chunk = self.sock.recv(262144)
+                count = self.sock.recv_into(self._chunk)
             except (ConnectionResetError, OSError) as exc:
                 raise ChannelClosed(f"channel closed while receiving: {exc}") from exc
-            if not chunk:
+            if not count:
                 raise ChannelClosed("channel closed by the other end")
-            buffer += chunk
+            buffer += self._chunk_view[:count]
 
     def close(self) -> None:
         self.sock.close()

@@ -31,7 +31,7 @@ from typing import Any
 import cffi
 
 from looming.ffi.description import Bindings, Function
-from looming.ffi.dynamic import CallbackErrors, callback_value
+from looming.ffi.dynamic import CallbackErrors, callback_value, finish_wrapper
 from looming.ffi.errors import CompilerMissing, DescriptionError, DescriptionMismatch
 from looming.ffi.library import (
     LinkedLibrary,
@@ -211,6 +211,20 @@ def verify_compiled_layouts(bindings: Bindings, ffi: Any) -> None:
         )
 
 
+def slow_converter(
+    function: Function, index: int, origin: object, convert: Callable[[Any], Any], *, null: Any
+) -> Callable[[Any], Any]:
+    """The off-the-fast-path conversion of one argument: NULL, checks, the rest."""
+
+    def converter(value: Any) -> Any:
+        if value is None:
+            return null
+        check_argument(function, index, value, origin)
+        return convert(value)
+
+    return converter
+
+
 def pointee_array(spelling: str) -> str:
     """``const unsigned char *`` -> ``unsigned char[]`` (``void`` becomes ``char``)."""
     base = spelling.replace("const", "").replace("*", "").strip()
@@ -247,6 +261,14 @@ class CompiledLibrary(LinkedLibrary):
             return ffi.from_buffer(array, value, require_writable=False)
 
         return convert
+
+    def _handle_cast(self, spelling: str) -> Callable[[Any], Any]:
+        ffi = self.ffi
+
+        def cast(handle: Any) -> Any:
+            return ffi.cast(spelling, handle.address)
+
+        return cast
 
     def _pointer(
         self, ctype: Pointer
@@ -374,6 +396,8 @@ class CompiledLibrary(LinkedLibrary):
         }
         body: list[str] = []
         after: list[str] = []
+        exprs: list[str] = []
+        origin = self.origin
         uses_callbacks = any(isinstance(t, Callback) for t in function.args)
         if uses_callbacks:
             body.append("_errors = _Errors()")
@@ -381,34 +405,37 @@ class CompiledLibrary(LinkedLibrary):
             env[f"_t{i}"] = ctype
             env[f"_w{i}"] = describe_argument(function, i)
             c = f"c{i}"
+            # Common cases are one inline expression; the rest (and every
+            # wrong value) go through _cv{i}, which checks and converts.
             if isinstance(ctype, Scalar | Enum):
-                body.append(f"{c} = {name}")
-            elif isinstance(ctype, CString):
-                null_or_check = f"(_NULL if {name} is None else _check(_fn, {i}, {name}, _origin))"
-                if ctype.as_text:
-                    body.append(
-                        f"{c} = {name}.encode() if type({name}) is str else {null_or_check}"
-                    )
-                else:
-                    body.append(f"{c} = {name} if type({name}) is bytes else {null_or_check}")
-                body.append(
-                    f"if type({c}) is bytes and b'\\0' in {c}:\n        _check(_fn, {i}, {name}, _origin)"
+                exprs.append(name)
+                continue
+            if isinstance(ctype, CString):
+                env[f"_cv{i}"] = slow_converter(function, i, origin, lambda v: v, null=ffi.NULL)
+                fast = (
+                    f"{name}.encode() if type({name}) is str"
+                    if ctype.as_text
+                    else f"{name} if type({name}) is bytes"
                 )
-            elif isinstance(ctype, Buffer):
-                env[f"_b{i}"] = self._buffer(ctype.spell())
-                body.append(
-                    f"if type({name}) is bytes:\n        {c} = {name}\n"
-                    f"    else:\n        _check(_fn, {i}, {name}, _origin)\n        {c} = _b{i}({name})"
+                exprs.append(f"({fast} else _cv{i}({name}))")
+                continue
+            if isinstance(ctype, Buffer):
+                env[f"_cv{i}"] = slow_converter(
+                    function, i, origin, self._buffer(ctype.spell()), null=ffi.NULL
                 )
-            elif isinstance(ctype, Opaque):
-                body.append(
-                    f"if type({name}) is _CHandle and {name}.kind is _t{i} and {name}.origin is _origin:\n"
-                    f"        {c} = {name}.cdata\n"
-                    f"    elif {name} is None:\n        {c} = _NULL\n"
-                    f"    else:\n        _check(_fn, {i}, {name}, _origin)\n"
-                    f"        {c} = _ffi.cast(_t{i}.spell(), {name}.address)"
+                exprs.append(f"({name} if type({name}) is bytes else _cv{i}({name}))")
+                continue
+            if isinstance(ctype, Opaque):
+                env[f"_cv{i}"] = slow_converter(
+                    function, i, origin, self._handle_cast(ctype.spell()), null=ffi.NULL
                 )
-            elif isinstance(ctype, Pointer):
+                exprs.append(
+                    f"({name}.cdata if type({name}) is _CHandle and {name}.kind is _t{i} "
+                    f"and {name}.origin is _origin else _cv{i}({name}))"
+                )
+                continue
+            exprs.append(c)
+            if isinstance(ctype, Pointer):
                 env[f"_p{i}"] = self._pointer(ctype)
                 body.append(f"_check(_fn, {i}, {name}, _origin)")
                 body.append(f"{c}, _wb{i} = _p{i}({name}, _w{i})")
@@ -426,22 +453,26 @@ class CompiledLibrary(LinkedLibrary):
                 body.append(f"{c} = _s{i}[0]")
             else:  # pragma: no cover - Function() refuses the rest
                 raise DescriptionError(f"{function.name}: cannot pass {ctype.spell()}")
-        c_args = ", ".join(f"c{i}" for i in range(len(names)))
-        if function.errno:
-            body.append("_ffi.errno = 0")
+        c_args = ", ".join(exprs)
         trailing = "," if len(names) == 1 else ""
-        body.append(
-            f"try:\n        r = _c({c_args})\n"
+        returns = function.returns
+        env["_rt"] = returns
+        handler = (
             f"    except (TypeError, OverflowError) as exc:\n"
             f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
         )
+        converts_result = isinstance(returns, CString | Opaque | Enum | Record | Pointer | Buffer)
+        if not (body or after or function.errno or converts_result):
+            source = f"def {function.name}({params}):\n    try:\n        return _c({c_args})\n{handler}\n"
+            return finish_wrapper(function, source, env)
+        if function.errno:
+            body.append("_ffi.errno = 0")
+        body.append(f"try:\n        r = _c({c_args})\n{handler}")
         if function.errno:
             body.append("_e = _ffi.errno")
         body.extend(after)
         if uses_callbacks:
             body.append("if _errors.error is not None:\n        raise _errors.error")
-        returns = function.returns
-        env["_rt"] = returns
         if isinstance(returns, CString):
             body.append("r = None if r == _NULL else _ffi.string(r)")
             if returns.as_text:
@@ -462,12 +493,7 @@ class CompiledLibrary(LinkedLibrary):
             body.append("_lib._record_errno(_fn, r, _e)")
         body.append("return r")
         source = f"def {function.name}({params}):\n    " + "\n    ".join(body) + "\n"
-        namespace: dict[str, Any] = {}
-        exec(compile(source, f"<looming.ffi compiled {function.name}>", "exec"), env, namespace)
-        wrapper: Callable[..., Any] = namespace[function.name]
-        wrapper.__doc__ = function.prototype()
-        wrapper.__looming_source__ = source  # type: ignore[attr-defined]  # kept for reading
-        return wrapper
+        return finish_wrapper(function, source, env)
 
     # -- memory ------------------------------------------------------------
 

@@ -119,6 +119,15 @@ def ctypes_type(ctype: CType) -> Any:
     return ctypes.c_void_p
 
 
+def argument_ctype(ctype: CType) -> Any:
+    """The ctypes parameter type for an argument of ``ctype``."""
+    if isinstance(ctype, Callback):
+        return ctypes.c_void_p  # so that None (NULL) is accepted
+    if isinstance(ctype, Buffer):
+        return ctypes.c_char_p  # bytes pass without a copy, and fastest
+    return ctypes_type(ctype)
+
+
 # -- memory in this process ------------------------------------------------------
 
 
@@ -163,9 +172,9 @@ def buffer_argument(value: Any) -> Any:
         flat = value.cast("B")
         return (ctypes.c_char * len(flat)).from_buffer(flat) if len(flat) else b""
     if isinstance(value, Memory):
-        return value.address
+        return ctypes.c_char_p(value.address)
     if isinstance(value, int):
-        return value  # a raw address, as malloc returned it
+        return ctypes.c_char_p(value)  # a raw address, as malloc returned it
     raise TypeError("bad buffer")
 
 
@@ -333,6 +342,7 @@ def generate_wrapper(
     }
     body: list[str] = []
     after: list[str] = []
+    exprs: list[str] = []
     uses_callbacks = any(isinstance(t, Callback) for t in function.args)
     if uses_callbacks:
         body.append("_errors = _Errors()")
@@ -341,31 +351,33 @@ def generate_wrapper(
         what = describe_argument(function, i)
         env[f"_w{i}"] = what
         c = f"c{i}"
+        # Common cases are one inline expression; the rest (and every wrong
+        # value) go through _cv{i}, which checks and converts.
         if isinstance(ctype, Scalar | Enum):
-            body.append(f"{c} = {name}")
-        elif isinstance(ctype, CString):
-            if ctype.as_text:
-                body.append(
-                    f"{c} = {name}.encode() if type({name}) is str else "
-                    f"({name} if {name} is None else _check(_fn, {i}, {name}, _origin))"
-                )
-            else:
-                body.append(
-                    f"{c} = {name} if type({name}) is bytes or {name} is None else _check(_fn, {i}, {name}, _origin)"
-                )
-        elif isinstance(ctype, Buffer):
-            body.append(f"if type({name}) is bytes:\n        {c} = {name}")
-            body.append(
-                f"else:\n        _check(_fn, {i}, {name}, _origin)\n        {c} = _buffer({name})"
+            exprs.append(name)
+            continue
+        if isinstance(ctype, CString):
+            env[f"_cv{i}"] = slow_converter(function, i, library.origin, lambda v: v)
+            fast = (
+                f"{name}.encode() if type({name}) is str"
+                if ctype.as_text
+                else f"{name} if type({name}) is bytes"
             )
-        elif isinstance(ctype, Opaque):
-            body.append(
-                f"if {name} is None:\n        {c} = None\n"
-                f"    elif type({name}) is _Handle and {name}.kind is _t{i} and {name}.origin is _origin:\n"
-                f"        {c} = {name}.address\n"
-                f"    else:\n        _check(_fn, {i}, {name}, _origin)\n        {c} = {name}.address"
+            exprs.append(f"({fast} else _cv{i}({name}))")
+            continue
+        if isinstance(ctype, Buffer):
+            env[f"_cv{i}"] = slow_converter(function, i, library.origin, buffer_argument)
+            exprs.append(f"({name} if type({name}) is bytes else _cv{i}({name}))")
+            continue
+        if isinstance(ctype, Opaque):
+            env[f"_cv{i}"] = slow_converter(function, i, library.origin, lambda v: v.address)
+            exprs.append(
+                f"({name}.address if type({name}) is _Handle and {name}.kind is _t{i} "
+                f"and {name}.origin is _origin else _cv{i}({name}))"
             )
-        elif isinstance(ctype, Pointer):
+            continue
+        exprs.append(c)
+        if isinstance(ctype, Pointer):
             body.append(f"_check(_fn, {i}, {name}, _origin)")
             body.append(
                 f"if {name} is None or isinstance({name}, _Memory):\n"
@@ -385,21 +397,31 @@ def generate_wrapper(
             body.append(f"{c} = _R{i}.from_buffer_copy(_raw{i})")
         else:  # pragma: no cover - Function() refuses the rest
             raise DescriptionError(f"{function.name}: cannot pass {ctype.spell()}")
-    c_args = ", ".join(f"c{i}" for i in range(len(names)))
+    c_args = ", ".join(exprs)
+    trailing = "," if len(names) == 1 else ""
+    returns = function.returns
+    env["_rt"] = returns
+    converts_result = isinstance(returns, Opaque | Enum | Record | Pointer | Buffer) or (
+        isinstance(returns, CString) and returns.as_text
+    )
+    handler = (
+        f"    except (_ArgumentError, TypeError) as exc:\n"
+        f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
+    )
+    if not (body or after or function.errno or converts_result):
+        # The fast path: nothing to do after the call.
+        source = (
+            f"def {function.name}({params}):\n    try:\n        return _c({c_args})\n{handler}\n"
+        )
+        return finish_wrapper(function, source, env)
     if function.errno:
         body.append("_set_errno(0)")
-    body.append(
-        f"try:\n        r = _c({c_args})\n"
-        f"    except (_ArgumentError, TypeError) as exc:\n"
-        f"        raise _argument_error(_fn, ({params}{',' if len(names) == 1 else ''}), _origin, exc) from None"
-    )
+    body.append(f"try:\n        r = _c({c_args})\n{handler}")
     if function.errno:
         body.append("_e = _get_errno()")
     body.extend(after)
     if uses_callbacks:
         body.append("if _errors.error is not None:\n        raise _errors.error")
-    returns = function.returns
-    env["_rt"] = returns
     if isinstance(returns, CString) and returns.as_text:
         body.append("r = None if r is None else r.decode('utf-8', 'surrogateescape')")
     elif isinstance(returns, Opaque):
@@ -414,12 +436,31 @@ def generate_wrapper(
         body.append("_lib._record_errno(_fn, r, _e)")
     body.append("return r")
     source = f"def {function.name}({params}):\n    " + "\n    ".join(body) + "\n"
+    return finish_wrapper(function, source, env)
+
+
+def finish_wrapper(function: Function, source: str, env: dict[str, Any]) -> Callable[..., Any]:
+    """Compile a generated wrapper's source."""
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<looming.ffi {function.name}>", "exec"), env, namespace)
     wrapper: Callable[..., Any] = namespace[function.name]
     wrapper.__doc__ = function.prototype()
     wrapper.__looming_source__ = source  # type: ignore[attr-defined]  # kept for reading
     return wrapper
+
+
+def slow_converter(
+    function: Function, index: int, origin: object, convert: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """The off-the-fast-path conversion of one argument: None, checks, the rest."""
+
+    def converter(value: Any) -> Any:
+        if value is None:
+            return None
+        check_argument(function, index, value, origin)
+        return convert(value)
+
+    return converter
 
 
 class DynamicLibrary(LinkedLibrary):
@@ -441,10 +482,7 @@ class DynamicLibrary(LinkedLibrary):
                 handle = keep_gil
             c_function = getattr(handle, function.name)
             # Callbacks go as plain pointers so that None (NULL) is accepted.
-            c_function.argtypes = [
-                ctypes.c_void_p if isinstance(t, Callback) else ctypes_type(t)
-                for t in function.args
-            ]
+            c_function.argtypes = [argument_ctype(t) for t in function.args]
             c_function.restype = ctypes_type(function.returns)
             self._bind_function(function.name, generate_wrapper(function, c_function, self))
 

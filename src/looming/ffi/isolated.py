@@ -58,6 +58,7 @@ from looming.ffi.types import (
     Pointer,
     Record,
     Ref,
+    Scalar,
     Void,
     pack_into,
     packed,
@@ -99,6 +100,19 @@ class Limits:
 
     address_space: int | None = None  # bytes, RLIMIT_AS
     cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU when exceeded
+
+
+def fast_kind(ctype: CType) -> tuple[type, int | None, int | None] | None:
+    """(Python type, min, max) of values sent unconverted for ``ctype``, if any."""
+    if isinstance(ctype, Scalar) and ctype.kind == "int":
+        return (int, ctype.minimum, ctype.maximum)
+    if isinstance(ctype, Scalar) and ctype.kind == "float":
+        return (float, None, None)
+    if isinstance(ctype, Buffer):
+        return (bytes, None, None)
+    if isinstance(ctype, CString):
+        return (str, None, None) if ctype.as_text else (bytes, None, None)
+    return None
 
 
 class RemoteMemory(Memory):
@@ -179,6 +193,7 @@ class IsolatedLibrary(LinkedLibrary):
         self._helper: HelperProcess | None = None
         self._closed = False
         self._index = {f.name: i for i, f in enumerate(bindings.functions)}
+        self._fast_kinds = [[fast_kind(t) for t in f.args] for f in bindings.functions]
         self._opaque_index = {id(o): i for i, o in enumerate(bindings.opaques)}
         self._start()
         for function in bindings.functions:
@@ -447,10 +462,15 @@ class IsolatedLibrary(LinkedLibrary):
         with self._lock:
             helper = self._ensure_running()
             callbacks: dict[int, Any] = {}
-            wire = [
-                self._argument(function, i, ctype, value, callbacks)
-                for i, (ctype, value) in enumerate(zip(function.args, args, strict=True))
-            ]
+            wire = list(args)
+            for i, (fast, value) in enumerate(zip(self._fast_kinds[index], args, strict=True)):
+                # Ints in range, bytes and str go as they are; the rest is converted.
+                if fast is not None and type(value) is fast[0]:
+                    low, high = fast[1], fast[2]
+                    number: Any = value
+                    if low is None or high is None or low <= number <= high:
+                        continue
+                wire[i] = self._argument(function, i, function.args[i], value, callbacks)
             try:
                 helper.channel.send(encode_message(b"C", index, wire))
                 callback_error, reply = self._await_reply(helper, function, callbacks)

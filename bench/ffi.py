@@ -1,0 +1,287 @@
+"""FFI benchmark: nanoseconds per call, looming's backends beside hand-written bindings.
+
+Three calls, each through every way of making it:
+
+* ``abs(int)`` from the C library: a trivial function, so the figure is the
+  per-call overhead of the binding itself;
+* zlib's ``crc32`` over 56 bytes (the issue's measure);
+* zlib's ``crc32`` over 64 KiB (buffer-heavy: what copying costs).
+
+The ways: Python's ``zlib`` module (crc32 only), ctypes written by hand,
+cffi API mode written by hand, and looming's dynamic, compiled and isolated
+backends (the isolated one over a socketpair, and over vchan when
+``looming.vchan`` is present). Ratios are against the hand-written ctypes
+and cffi of the same run.
+
+    python bench/ffi.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import sys
+import time
+import zlib as stdlib_zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from looming.ffi import Bindings, Buffer, c_int, c_uint, c_ulong, foreign, link
+from looming.ffi.probe import cache_dir
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    progress(f"wrote {path}")
+
+
+bench_bindings = Bindings(
+    "bench",
+    library="z",
+    soname="libz.so.1",
+    headers=["zlib.h", "stdlib.h"],
+    functions=[
+        foreign(
+            "crc32",
+            [("crc", c_ulong), ("buf", Buffer("const unsigned char *")), ("len", c_uint)],
+            c_ulong,
+        ),
+    ],
+)
+libc_bindings = Bindings(
+    "benchlibc",
+    library="c",
+    soname="libc.so.6",
+    headers=["stdlib.h"],
+    functions=[foreign("abs", [("value", c_int)], c_int)],
+)
+
+
+def hand_cffi() -> Any:
+    """A cffi API-mode module written the usual way (built once, cached)."""
+    import cffi
+
+    directory = cache_dir() / "bench"
+    directory.mkdir(parents=True, exist_ok=True)
+    name = "_looming_bench_hand_cffi_v1"
+    built = list(directory.glob(f"{name}*.so"))
+    if not built:
+        progress("building the hand-written cffi module")
+        ffi = cffi.FFI()
+        ffi.cdef(
+            "unsigned long crc32(unsigned long, const unsigned char *, unsigned int);int abs(int);"
+        )
+        ffi.set_source(name, "#include <zlib.h>\n#include <stdlib.h>", libraries=["z"])
+        ffi.compile(tmpdir=str(directory), verbose=False)
+        built = list(directory.glob(f"{name}*.so"))
+    spec = importlib.util.spec_from_file_location(name, built[0])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def per_call_ns(call: Callable[[], object], iterations: int, repeats: int) -> float:
+    """Best-of-``repeats`` mean time of one call, in nanoseconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        for _ in range(iterations):
+            call()
+        best = min(best, (time.perf_counter_ns() - started) / iterations)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    options = parser.parse_args()
+    fast_iterations = 20_000 if options.quick else 200_000
+    slow_iterations = 500 if options.quick else 5_000
+    repeats = 3 if options.quick else 5
+
+    small = bytes(range(56))
+    big = bytes(range(256)) * 256  # 64 KiB
+    assert len(big) == 65536
+
+    progress("linking: hand ctypes, hand cffi, looming dynamic/compiled/isolated")
+    libz = ctypes.CDLL("libz.so.1")
+    ctypes_crc32 = libz.crc32
+    ctypes_crc32.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_uint]
+    ctypes_crc32.restype = ctypes.c_ulong
+    libc = ctypes.CDLL("libc.so.6")
+    ctypes_abs = libc.abs
+    ctypes_abs.argtypes = [ctypes.c_int]
+    ctypes_abs.restype = ctypes.c_int
+    cffi_module = hand_cffi()
+    cffi_lib = cffi_module.lib
+
+    looming: dict[str, tuple[Any, Any]] = {}
+    for backend in ("dynamic", "compiled", "isolated"):
+        looming[backend] = (link(bench_bindings, backend), link(libc_bindings, backend))
+    vchan_pair: tuple[Any, Any] | None = None
+    if importlib.util.find_spec("looming.vchan") is not None:
+        try:
+            from looming.ffi.vchan_transport import VchanTransport
+
+            vchan_pair = (
+                link(bench_bindings, "isolated", transport=VchanTransport()),
+                link(libc_bindings, "isolated", transport=VchanTransport()),
+            )
+        except Exception as exc:  # report and go on without it
+            progress(f"isolated over vchan unavailable: {exc}")
+
+    expected_small, expected_big = stdlib_zlib.crc32(small), stdlib_zlib.crc32(big)
+    for name, (z, c) in [
+        *looming.items(),
+        *([("isolated-vchan", vchan_pair)] if vchan_pair else []),
+    ]:
+        assert z.crc32(0, small, 56) == expected_small, name
+        assert z.crc32(0, big, 65536) == expected_big, name
+        assert c.abs(-5) == 5, name
+    assert ctypes_crc32(0, small, 56) == cffi_lib.crc32(0, small, 56) == expected_small
+
+    ways: list[
+        tuple[str, Callable[[], object] | None, Callable[[], object], Callable[[], object], bool]
+    ] = [
+        (
+            "stdlib zlib",
+            None,
+            lambda: stdlib_zlib.crc32(small),
+            lambda: stdlib_zlib.crc32(big),
+            False,
+        ),
+        (
+            "ctypes (hand)",
+            lambda: ctypes_abs(-5),
+            lambda: ctypes_crc32(0, small, 56),
+            lambda: ctypes_crc32(0, big, 65536),
+            False,
+        ),
+        (
+            "cffi API (hand)",
+            lambda: cffi_lib.abs(-5),
+            lambda: cffi_lib.crc32(0, small, 56),
+            lambda: cffi_lib.crc32(0, big, 65536),
+            False,
+        ),
+    ]
+    for backend, (z, c) in looming.items():
+        ways.append(
+            (
+                f"looming {backend}",
+                lambda c=c: c.abs(-5),
+                lambda z=z: z.crc32(0, small, 56),
+                lambda z=z: z.crc32(0, big, 65536),
+                backend == "isolated",
+            )
+        )
+    if vchan_pair is not None:
+        z, c = vchan_pair
+        ways.append(
+            (
+                "looming isolated (vchan)",
+                lambda c=c: c.abs(-5),
+                lambda z=z: z.crc32(0, small, 56),
+                lambda z=z: z.crc32(0, big, 65536),
+                True,
+            )
+        )
+
+    results: dict[str, dict[str, float | None]] = {}
+    for name, trivial, crc_small, crc_big, slow in ways:
+        iterations = slow_iterations if slow else fast_iterations
+        progress(f"measuring {name}")
+        results[name] = {
+            "abs_ns": per_call_ns(trivial, iterations, repeats) if trivial else None,
+            "crc32_56B_ns": per_call_ns(crc_small, iterations, repeats),
+            "crc32_64KiB_ns": per_call_ns(crc_big, max(iterations // 20, 200), repeats),
+        }
+
+    hand_ctypes = results["ctypes (hand)"]
+    hand_cffi_figures = results["cffi API (hand)"]
+
+    def ratio(value: float | None, base: float | None) -> str:
+        return "-" if value is None or base is None else f"{value / base:.2f}x"
+
+    def ns(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value / 1000:.1f} us" if value >= 10_000 else f"{value:.0f} ns"
+
+    rows = []
+    for name, figures in results.items():
+        rows.append(
+            [
+                name,
+                ns(figures["abs_ns"]),
+                ns(figures["crc32_56B_ns"]),
+                ns(figures["crc32_64KiB_ns"]),
+                ratio(figures["abs_ns"], hand_ctypes["abs_ns"]),
+                ratio(figures["crc32_56B_ns"], hand_ctypes["crc32_56B_ns"]),
+                ratio(figures["abs_ns"], hand_cffi_figures["abs_ns"]),
+                ratio(figures["crc32_56B_ns"], hand_cffi_figures["crc32_56B_ns"]),
+                ratio(figures["crc32_64KiB_ns"], hand_cffi_figures["crc32_64KiB_ns"]),
+            ]
+        )
+    print()
+    print(
+        table(
+            [
+                "way",
+                "abs()",
+                "crc32 56 B",
+                "crc32 64 KiB",
+                "abs/ctypes",
+                "56B/ctypes",
+                "abs/cffi",
+                "56B/cffi",
+                "64K/cffi",
+            ],
+            rows,
+        )
+    )
+    goals = {
+        "dynamic within 1.2x of hand ctypes (crc32 56 B)": results["looming dynamic"][
+            "crc32_56B_ns"
+        ]
+        <= 1.2 * hand_ctypes["crc32_56B_ns"],  # type: ignore[operator]
+        "compiled within 1.2x of hand cffi (crc32 56 B)": results["looming compiled"][
+            "crc32_56B_ns"
+        ]
+        <= 1.2 * hand_cffi_figures["crc32_56B_ns"],  # type: ignore[operator]
+        "isolated at most 25 us (crc32 56 B)": results["looming isolated"]["crc32_56B_ns"]
+        <= 25_000,  # type: ignore[operator]
+    }
+    print()
+    for goal, met in goals.items():
+        print(f"{'met ' if met else 'MISSED'}  {goal}")
+
+    for z, c in [*looming.values(), *([vchan_pair] if vchan_pair else [])]:
+        z.close()
+        c.close()
+    if options.json:
+        write_json(options.json, {"quick": options.quick, "results": results, "goals": goals})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
