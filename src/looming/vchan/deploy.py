@@ -212,7 +212,7 @@ def run(app_dir: Path, argv: list[str]) -> int:
     members = build_all(app_dir)
     if "--help" in argv or "-h" in argv:
         for member in members:
-            print(f"{member.name}: {member.artifact}")
+            print(f"{member.name}: {member.artifact}", flush=True)
             subprocess.run([sys.executable, str(member.artifact), "--help"], check=False)
         return 0
     shares = split_keys(members, argv)
