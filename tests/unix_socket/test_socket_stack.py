@@ -16,6 +16,7 @@ import pytest
 from looming.devices import Stack, TcpFlow
 from looming.devices.stack import Datagram
 from looming.errors import AddressInUse, Closed, ConnectionRefused, ConnectionReset
+from looming.unix import socket_stack
 from looming.unix.socket_stack import RECEIVE_HIGH_WATER, SocketStack, SocketTcpFlow
 
 
@@ -302,6 +303,52 @@ def test_reading_stops_while_the_application_does_not_read() -> None:
         go.set()
         await asyncio.wait_for(sender, 10)
         assert bytes(received) == payload
+        await stack.disconnect()
+
+    run(scenario())
+
+
+def test_close_gives_up_on_a_peer_that_never_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket_stack, "CLOSE_FLUSH_TIMEOUT", 0.2)
+
+    async def scenario() -> None:
+        stack = SocketStack("127.0.0.1")
+        closed = asyncio.Event()
+        flows: list[SocketTcpFlow] = []
+        pending: list[int] = []
+
+        async def write_and_close(flow: TcpFlow) -> None:
+            assert isinstance(flow, SocketTcpFlow)
+            flows.append(flow)
+            # Below the write high-water mark, so write() returns at once and
+            # the bytes wait in the transport once the kernel buffers are full.
+            assert flow._transport is not None
+            # Small kernel buffers on both ends, so most bytes stay with us.
+            flow._transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            for _ in range(3):
+                await flow.write(b"y" * 65536)
+            assert flow._transport is not None
+            pending.append(flow._transport.get_write_buffer_size())
+            closed.set()
+
+        listener = await stack.tcp.listen(0, write_and_close)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", listener.port))
+        await closed.wait()
+        # Fill the kernel buffers so some bytes stay in the transport.
+        await asyncio.sleep(0.5)
+        (flow,) = flows
+        assert pending[0] > 0  # bytes were still waiting when the handler returned
+        assert flow._lost  # given up after the grace time instead of waiting forever
+        with pytest.raises(ConnectionResetError):
+            while await loop.sock_recv(sock, 65536):
+                pass
+        sock.close()
         await stack.disconnect()
 
     run(scenario())

@@ -40,6 +40,8 @@ RECEIVE_HIGH_WATER = 256 * 1024
 # buffer drains below the low mark.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# How long a closed connection may take to hand its last bytes to a slow peer.
+CLOSE_FLUSH_TIMEOUT = 30.0
 
 
 class SocketTcpFlow(asyncio.Protocol):
@@ -245,7 +247,16 @@ class SocketTcpFlow(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()
+            if transport.get_write_buffer_size() > 0:
+                # close() waits for the buffer to drain; a peer that never
+                # reads would hold the connection forever.
+                asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT, self._abort_if_open)
         self._wake_reader()
+
+    def _abort_if_open(self) -> None:
+        if not self._lost and self._transport is not None:
+            tcp_log.debug("peer %s did not read the last bytes; resetting", self._remote)
+            self.abort()
 
     def abort(self) -> None:
         """Drop the connection at once (the peer sees a reset)."""
