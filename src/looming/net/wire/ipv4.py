@@ -108,19 +108,19 @@ def emit_header(header: Ipv4Header, payload_length: int) -> bytes:
         flags_offset |= _FLAG_DF
     if header.more_fragments:
         flags_offset |= _FLAG_MF
-    raw = bytearray(
-        bytes((0x40 | header_length // 4, header.tos))
-        + total_length.to_bytes(2, "big")
-        + header.identification.to_bytes(2, "big")
-        + flags_offset.to_bytes(2, "big")
-        + bytes((header.ttl, header.protocol))
-        + b"\x00\x00"
-        + header.source.packed
-        + header.destination.packed
-        + options
+    fields = (
+        0x40 | header_length // 4,
+        header.tos,
+        total_length,
+        header.identification,
+        flags_offset,
+        header.ttl,
+        header.protocol,
     )
-    raw[10:12] = internet_checksum(raw).to_bytes(2, "big")
-    return bytes(raw)
+    source, destination = header.source.packed, header.destination.packed
+    unsummed = _FIXED.pack(*fields, 0, source, destination) + options
+    checksum = internet_checksum(unsummed)
+    return _FIXED.pack(*fields, checksum, source, destination) + options
 
 
 def emit(header: Ipv4Header, payload: _Buffer) -> bytes:

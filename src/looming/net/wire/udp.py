@@ -49,12 +49,15 @@ def emit(
     length = HEADER_LENGTH + len(payload)
     if length > 0xFFFF:
         raise ValueError(f"UDP datagram of {length} bytes exceeds 65535")
-    head = (
-        header.source_port.to_bytes(2, "big")
-        + header.destination_port.to_bytes(2, "big")
-        + length.to_bytes(2, "big")
+    # The header's words join the pseudo-header sum, so the payload is
+    # summed where it lies instead of after a copy.
+    initial = (
+        pseudo_header_sum(source, destination, PROTOCOL_UDP, length)
+        + header.source_port
+        + header.destination_port
+        + length
     )
-    data = bytes(payload)
-    initial = pseudo_header_sum(source, destination, PROTOCOL_UDP, length)
-    checksum = internet_checksum(head + data, initial) or 0xFFFF
-    return head + checksum.to_bytes(2, "big") + data
+    checksum = internet_checksum(payload, initial) or 0xFFFF
+    return _HEADER.pack(header.source_port, header.destination_port, length, checksum) + bytes(
+        payload
+    )
