@@ -20,7 +20,9 @@ REMOTE_PORT = 80
 ISS = 1000  # ours
 IRS = 5000  # the peer's
 
-PLAIN = TcpConfig(timestamps=False, window_scaling=False, sack=False, nodelay=False)
+PLAIN = TcpConfig(
+    timestamps=False, window_scaling=False, sack=False, nodelay=False, coalesce_acks=False
+)
 
 
 def seg(

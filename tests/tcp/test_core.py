@@ -334,6 +334,18 @@ def test_delayed_ack_every_second_full_segment() -> None:
     s.expect(f"A {A}:{A}(0) ack {B + 2010}")
 
 
+def test_coalesced_ack_waits_for_the_end_of_the_burst() -> None:
+    s = established(replace(PLAIN, coalesce_acks=True))
+    for i in range(6):
+        s.recv(seg("A", B + 1000 * i, A), b"a" * 1000)
+    s.expect()
+    assert s.take_events().count(Event.ACK_DUE) == 1
+    s.call("flush_ack")
+    s.expect(f"A {A}:{A}(0) ack {B + 6000}")
+    s.call("flush_ack")  # nothing more is owed
+    s.expect()
+
+
 def test_out_of_order_data_is_acked_at_once_with_sack_blocks() -> None:
     config = replace(PLAIN, sack=True)
     s = active(config)

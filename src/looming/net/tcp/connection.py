@@ -436,7 +436,11 @@ class TcpConnection(TcpSender):
         if len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
         if self.full_segments_unacked >= 2:
-            self.send_ack(now)
+            if not self.config.coalesce_acks:
+                self.send_ack(now)
+            elif not self.ack_due:
+                self.ack_due = True
+                self.events.append(Event.ACK_DUE)
         elif self.delack_at is None:
             self.delack_at = now + self.config.delayed_ack_ns
 
@@ -454,6 +458,12 @@ class TcpConnection(TcpSender):
         elif self.state == State.FIN_WAIT_2:
             self._enter_time_wait(now)
         self.send_ack(now)
+
+    def flush_ack(self, now: int) -> None:
+        """Send the ACK announced by :attr:`Event.ACK_DUE`, unless one already went."""
+        if self.ack_due and self.state in SYNCHRONIZED:
+            self.send_ack(now)
+        self.ack_due = False
 
     def accepts_new_syn(self, syn: TcpHeader) -> bool:
         """Whether a SYN may reopen this TIME-WAIT connection (RFC 6191)."""

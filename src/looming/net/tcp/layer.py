@@ -210,6 +210,7 @@ class TcpLayer:
         self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
         self._tx: deque[tuple[IPv4Address, bytes]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
+        self._acks_due: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
         ipv4.register(IpProtocol.TCP, self.input)
@@ -277,8 +278,13 @@ class TcpLayer:
                 self._tx_task = asyncio.get_running_loop().create_task(self._drain())
         for key, conn, events in endpoint.take_touched():
             stream = self._streams.get(conn)
-            if stream is not None and events:
-                stream._on_events(events)
+            if events:
+                if Event.ACK_DUE in events:
+                    if not self._acks_due:
+                        asyncio.get_running_loop().call_soon(self._flush_acks)
+                    self._acks_due[conn] = key
+                if stream is not None:
+                    stream._on_events(events)
             if conn.state is State.CLOSED:
                 self._cancel_timer(conn)
                 if stream is not None:
@@ -288,6 +294,19 @@ class TcpLayer:
         if endpoint.accepted:
             for port, key, conn in endpoint.take_accepted():
                 self._accept(port, key, conn)
+
+    def _flush_acks(self) -> None:
+        """The burst of arrivals is handled: send the ACKs it earned."""
+        due = self._acks_due
+        self._acks_due = {}
+        now = self._time.now_ns()
+        try:
+            for conn, key in due.items():
+                conn.flush_ack(now)
+                self._endpoint.collect(key, conn)
+            self._pump()
+        except Exception:
+            log.exception("TCP ACK flush failed")
 
     def _accept(self, port: int, key: FourTuple, conn: TcpConnection) -> None:
         listener = self._listeners.get(port)

@@ -47,6 +47,7 @@ class Event(enum.Enum):
     REFUSED = "refused"  # the peer answered our SYN with a reset
     TIMED_OUT = "timed out"  # retransmissions or keepalive gave up
     CLOSED = "closed"  # the connection is gone: release it and its timers
+    ACK_DUE = "ack due"  # call flush_ack once the current burst of input is handled
 
 
 SYNCHRONIZED = frozenset(
@@ -117,6 +118,7 @@ class TransmissionControlBlock:
         self.peer_fin: int | None = None  # sequence number of the peer's FIN
         self.fin_received = False
         self.full_segments_unacked = 0
+        self.ack_due = False
         self.rcv_mss = 536
         # Options and sizes.
         self.path_mss = path_mss
@@ -229,6 +231,8 @@ class TransmissionControlBlock:
         if header.flags & ACK:
             self.delack_at = None
             self.full_segments_unacked = 0
+            self.ack_due = False
+        self.ack_due = False
         self.outbox.append((header, payload))
         self.stats.segments_out += 1
         self.stats.bytes_out += len(payload)
