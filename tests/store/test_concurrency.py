@@ -17,7 +17,7 @@ WRITER = """
 import sys
 from looming.store.repo import Repo
 path, name, count, threshold = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-repo = Repo.open(path, pack_threshold=threshold)
+repo = Repo.open(path, merge_packs_after=threshold)
 store = repo.store()
 for i in range(count):
     with store.with_tree(f"{name} batch {i}") as tx:
@@ -54,7 +54,7 @@ def test_processes_write_concurrently(disk_repo: Repo, git: GitRunner) -> None:
     assert path is not None
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, path, f"p{n}", "30", "100000"], stdout=subprocess.DEVNULL
+            [sys.executable, "-c", WRITER, path, f"p{n}", "30", "32"], stdout=subprocess.DEVNULL
         )
         for n in range(3)
     ]
@@ -74,9 +74,9 @@ def test_killed_writers_leave_a_valid_repository(tmp_path: Path, git: GitRunner)
     Repo.init(path).close()
     committed = 0
     for round_number in range(6):
-        # A small pack threshold makes kills land inside packing too.
+        # Merging packs every 4 commits makes kills land inside merges too.
         writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, path, f"r{round_number}", "1000", "40"],
+            [sys.executable, "-c", WRITER, path, f"r{round_number}", "1000", "4"],
             stdout=subprocess.PIPE,
         )
         assert writer.stdout is not None

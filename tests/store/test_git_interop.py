@@ -39,14 +39,18 @@ def test_git_fsck_log_show_and_clone(disk_repo: Repo, git: GitRunner, tmp_path: 
     assert git("rev-parse", "HEAD", cwd=tmp_path / "checkout").strip() == disk_repo.head("main")
 
 
-def test_packed_store_passes_fsck(tmp_path: Path, git: GitRunner) -> None:
-    repo = Repo.init(str(tmp_path / "s.git"), pack_threshold=50)
+def test_small_packs_are_merged(tmp_path: Path, git: GitRunner) -> None:
+    repo = Repo.init(str(tmp_path / "s.git"), merge_packs_after=8)
     store = repo.store()
     for i in range(40):
         store.set(f"k{i}", b"%d" % i)
-    assert list((tmp_path / "s.git" / "objects" / "pack").glob("*.pack"))
+    packs = list((tmp_path / "s.git" / "objects" / "pack").glob("*.pack"))
+    assert 1 <= len(packs) <= 8
+    assert not list((tmp_path / "s.git" / "objects").glob("??/*"))  # nothing loose
     assert store.get("k3") == b"3"
+    assert Repo.open(str(tmp_path / "s.git")).store().get("k39") == b"39"
     git("fsck", "--strict", cwd=tmp_path / "s.git")
+    git("verify-pack", str(packs[0].with_suffix(".idx")), cwd=tmp_path)
     repo.close()
 
 
@@ -94,28 +98,47 @@ def test_git_commits_are_seen_by_the_store(disk_repo: Repo, git: GitRunner, tmp_
     assert store.history(limit=1)[0].message == "from git\n"
 
 
-def test_corrupt_loose_object_is_detected(disk_repo: Repo) -> None:
-    store = disk_repo.store()
-    store.set("k", b"precious")
-    blob_id = disk_repo.db.write_blob(b"precious")
-    path = disk_repo.path
-    assert path is not None
-    loose = Path(path) / "objects" / blob_id.hex()[:2] / blob_id.hex()[2:]
+def test_corrupt_objects_are_detected(disk_repo: Repo, git: GitRunner) -> None:
     import zlib
 
+    path = disk_repo.path
+    assert path is not None
+    # A loose object written by git, then damaged.
+    blob_hex = git("hash-object", "-w", "--stdin", cwd=path, input=b"precious").strip()
+    tree_hex = git("mktree", cwd=path, input=f"100644 blob {blob_hex}\tk\n".encode()).strip()
+    commit_hex = git("commit-tree", tree_hex, "-m", "by git", cwd=path).strip()
+    disk_repo.set_head("main", commit_hex)
+    assert Repo.open(path).store().get("k") == b"precious"
+    loose = Path(path) / "objects" / blob_hex[:2] / blob_hex[2:]
     os.chmod(loose, 0o644)
     loose.write_bytes(zlib.compress(b"blob 8\0precioux"))
-    fresh = Repo.open(path)
     with pytest.raises(CorruptObject) as error:
-        fresh.store().get("k")
-    assert blob_id.hex() in str(error.value)
+        Repo.open(path).store().get("k")
+    assert blob_hex in str(error.value)
     loose.write_bytes(b"not zlib")
     with pytest.raises(CorruptObject):
         Repo.open(path).store().get("k")
     loose.unlink()
     with pytest.raises(MissingObject) as missing:
         Repo.open(path).store().get("k")
-    assert blob_id.hex() in str(missing.value)
+    assert blob_hex in str(missing.value)
+    # A damaged byte inside one of our packs.
+    store = disk_repo.store()
+    store.set("packed", b"in a pack " * 20)
+    (pack,) = [
+        p
+        for p in (Path(path) / "objects" / "pack").glob("*.pack")
+        if b"in a pack" not in p.read_bytes()
+    ]
+    del pack
+    damaged = Repo.open(path)
+    for pack_file in (Path(path) / "objects" / "pack").glob("*.pack"):
+        data = bytearray(pack_file.read_bytes())
+        data[-30] ^= 0xFF  # inside the last object's compressed data
+        os.chmod(pack_file, 0o644)
+        pack_file.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject):
+        damaged.store().get("packed")
 
 
 def test_bad_ref_is_reported(disk_repo: Repo) -> None:

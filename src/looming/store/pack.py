@@ -1,10 +1,13 @@
-"""Git pack files: written here without deltas; read with dulwich, which
-resolves deltas (packs made by ``git`` are full of them)."""
+"""Git pack files: written here without deltas (each commit's new objects
+become one small pack; small packs are later concatenated byte for byte);
+read with dulwich, which resolves the deltas packs made by ``git`` carry."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -14,6 +17,8 @@ from looming.store.objects import ObjectId, hash_object
 
 _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
+
+IndexEntry = tuple[ObjectId, int, int]  # id, offset in the pack, CRC-32 of the entry
 
 
 def _object_header(type_number: int, size: int) -> bytes:
@@ -28,16 +33,113 @@ def _object_header(type_number: int, size: int) -> bytes:
     return bytes(out)
 
 
-def write_pack(objects: Iterable[tuple[ObjectId, str, bytes]]) -> bytes:
-    """A version 2 pack holding ``(id, type, body)`` objects whole."""
+def build_pack(
+    objects: Iterable[tuple[ObjectId, str, bytes]], compression: int = 1
+) -> tuple[bytes, list[IndexEntry], bytes]:
+    """A version 2 pack of whole objects, its index entries and checksum."""
     items = list(objects)
+    parts = [b"PACK" + struct.pack(">II", 2, len(items))]
+    offset = 12
+    entries: list[IndexEntry] = []
+    for oid, kind, body in items:
+        entry = _object_header(_TYPE_NUMBERS[kind], len(body)) + zlib.compress(body, compression)
+        entries.append((oid, offset, zlib.crc32(entry)))
+        parts.append(entry)
+        offset += len(entry)
+    data = b"".join(parts)
+    checksum = hashlib.sha1(data).digest()
+    return data + checksum, entries, checksum
+
+
+def write_pack(objects: Iterable[tuple[ObjectId, str, bytes]]) -> bytes:
+    """The bytes of a pack holding ``(id, type, body)`` objects whole."""
+    return build_pack(objects)[0]
+
+
+def encode_index(entries: list[IndexEntry], pack_checksum: bytes) -> bytes:
+    """A version 2 pack index (``.idx``) for ``entries``."""
+    ordered = sorted(entries)
+    fanout = [0] * 256
+    for oid, _offset, _crc in ordered:
+        fanout[oid[0]] += 1
+    running = 0
+    for index in range(256):
+        running += fanout[index]
+        fanout[index] = running
+    large: list[int] = []
+    small_offsets: list[int] = []
+    for _oid, offset, _crc in ordered:
+        if offset < 0x80000000:
+            small_offsets.append(offset)
+        else:
+            small_offsets.append(0x80000000 | len(large))
+            large.append(offset)
+    count = len(ordered)
+    body = b"".join(
+        [
+            b"\377tOc" + struct.pack(">I", 2),
+            struct.pack(">256I", *fanout),
+            b"".join(oid for oid, _offset, _crc in ordered),
+            struct.pack(f">{count}I", *(crc & 0xFFFFFFFF for _oid, _offset, crc in ordered)),
+            struct.pack(f">{count}I", *small_offsets),
+            struct.pack(f">{len(large)}Q", *large),
+            pack_checksum,
+        ]
+    )
+    return body + hashlib.sha1(body).digest()
+
+
+def install_pack(pack_dir: str, data: bytes, entries: list[IndexEntry], checksum: bytes) -> str:
+    """Write ``pack-<checksum>.pack`` then its ``.idx``; the base name.
+
+    Git and dulwich ignore a pack until its index exists, and the index is
+    renamed into place last, so a crash leaves either nothing visible or a
+    whole pack.
+    """
+    base = os.path.join(pack_dir, f"pack-{checksum.hex()}")
+    if os.path.exists(base + ".idx"):
+        return base
+    with open(base + ".pack", "wb") as file:
+        file.write(data)
+    temporary = base + ".idx.tmp"
+    with open(temporary, "wb") as file:
+        file.write(encode_index(entries, checksum))
+    os.rename(temporary, base + ".idx")
+    return base
+
+
+PackRecord = tuple[str, list[IndexEntry]]  # base name and index entries of a delta-free pack
+
+
+def concatenate_packs(pack_dir: str, packs: list[PackRecord]) -> PackRecord:
+    """Merge delta-free packs into one by copying their entries; remove them."""
+    seen: set[ObjectId] = set()
     out = io.BytesIO()
-    out.write(b"PACK" + struct.pack(">II", 2, len(items)))
-    for _oid, kind, body in items:
-        out.write(_object_header(_TYPE_NUMBERS[kind], len(body)))
-        out.write(zlib.compress(body, 1))
-    data = out.getvalue()
-    return data + hashlib.sha1(data).digest()
+    out.write(b"PACK\0\0\0\2\0\0\0\0")
+    entries: list[IndexEntry] = []
+    for base, pack_entries in packs:
+        with open(base + ".pack", "rb") as file:
+            data = file.read()
+        ordered = sorted(pack_entries, key=lambda entry: entry[1])
+        ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
+        for (sha, offset, crc), end in zip(ordered, ends, strict=True):
+            if sha in seen:
+                continue
+            seen.add(sha)
+            entries.append((sha, out.tell(), crc))
+            out.write(data[offset:end])
+    packed = bytearray(out.getvalue())
+    packed[8:12] = struct.pack(">I", len(entries))
+    checksum = hashlib.sha1(packed).digest()
+    new_base = install_pack(pack_dir, bytes(packed) + checksum, entries, checksum)
+    for base, _entries in packs:
+        if base == new_base:
+            continue
+        # The index goes first so nobody opens a pack whose data is leaving.
+        for suffix in (".idx", ".pack"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base + suffix)
+    return new_base, entries
 
 
 def read_pack(data: bytes) -> Iterator[tuple[str, bytes]]:

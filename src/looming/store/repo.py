@@ -99,8 +99,8 @@ class Repo:
         return cls.open(path, **options)
 
     @classmethod
-    def open(cls, path: str, *, pack_threshold: int = 20000, **options: Any) -> Repo:
-        return cls(GitBackend(path, pack_threshold=pack_threshold), path=path, **options)
+    def open(cls, path: str, *, merge_packs_after: int = 32, **options: Any) -> Repo:
+        return cls(GitBackend(path, merge_after=merge_packs_after), path=path, **options)
 
     def close(self) -> None:
         self.backend.close()
@@ -297,4 +297,5 @@ class Repo:
         with self.backend.writer_lock():
             for kind, body in read_pack(data):
                 added.append(self.backend.write(kind, body).hex())
+            self.backend.flush()
         return added

@@ -280,7 +280,6 @@ class Store:
                     repo.update_ref(branch, head, commit)
                 except RefChanged:
                     continue
-                _maybe_pack(repo)
                 return commit.hex()
         raise RefChanged(f"branch {branch} kept moving; gave up after {_RETRIES} tries")
 
@@ -515,9 +514,3 @@ class Store:
 
 def default_choose(store: Store) -> ChooseMerge:
     return store._choose
-
-
-def _maybe_pack(repo: Repo) -> None:
-    maybe = getattr(repo.backend, "maybe_pack", None)
-    if maybe is not None:
-        maybe()
