@@ -114,9 +114,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     options = parser.parse_args()
-    fast_iterations = 20_000 if options.quick else 200_000
-    slow_iterations = 500 if options.quick else 5_000
-    repeats = 3 if options.quick else 5
+    fast_iterations = 20_000 if options.quick else 100_000
+    slow_iterations = 500 if options.quick else 3_000
+    repeats = 3 if options.quick else 7
 
     small = bytes(range(56))
     big = bytes(range(256)) * 256  # 64 KiB
@@ -206,15 +206,27 @@ def main() -> int:
             )
         )
 
-    results: dict[str, dict[str, float | None]] = {}
-    for name, trivial, crc_small, crc_big, slow in ways:
-        iterations = slow_iterations if slow else fast_iterations
-        progress(f"measuring {name}")
-        results[name] = {
-            "abs_ns": per_call_ns(trivial, iterations, repeats) if trivial else None,
-            "crc32_56B_ns": per_call_ns(crc_small, iterations, repeats),
-            "crc32_64KiB_ns": per_call_ns(crc_big, max(iterations // 20, 200), repeats),
-        }
+    # Rounds interleave the ways, so a burst of load elsewhere on a shared
+    # machine hits all of them alike; each figure is the best round.
+    results: dict[str, dict[str, float | None]] = {
+        name: {"abs_ns": None, "crc32_56B_ns": None, "crc32_64KiB_ns": None} for name, *_ in ways
+    }
+
+    def keep_best(figures: dict[str, float | None], key: str, value: float) -> None:
+        current = figures[key]
+        figures[key] = value if current is None else min(current, value)
+
+    for round_number in range(repeats):
+        progress(f"round {round_number + 1} of {repeats}")
+        for name, trivial, crc_small, crc_big, slow in ways:
+            iterations = slow_iterations if slow else fast_iterations
+            figures = results[name]
+            if trivial is not None:
+                keep_best(figures, "abs_ns", per_call_ns(trivial, iterations, 1))
+            keep_best(figures, "crc32_56B_ns", per_call_ns(crc_small, iterations, 1))
+            keep_best(
+                figures, "crc32_64KiB_ns", per_call_ns(crc_big, max(iterations // 20, 200), 1)
+            )
 
     hand_ctypes = results["ctypes (hand)"]
     hand_cffi_figures = results["cffi API (hand)"]
@@ -259,17 +271,24 @@ def main() -> int:
             rows,
         )
     )
+
+    def at_most(value: float | None, limit: float | None) -> bool:
+        return value is not None and limit is not None and value <= limit
+
+    def times(base: float | None, factor: float) -> float | None:
+        return None if base is None else base * factor
+
     goals = {
-        "dynamic within 1.2x of hand ctypes (crc32 56 B)": results["looming dynamic"][
-            "crc32_56B_ns"
-        ]
-        <= 1.2 * hand_ctypes["crc32_56B_ns"],  # type: ignore[operator]
-        "compiled within 1.2x of hand cffi (crc32 56 B)": results["looming compiled"][
-            "crc32_56B_ns"
-        ]
-        <= 1.2 * hand_cffi_figures["crc32_56B_ns"],  # type: ignore[operator]
-        "isolated at most 25 us (crc32 56 B)": results["looming isolated"]["crc32_56B_ns"]
-        <= 25_000,  # type: ignore[operator]
+        "dynamic within 1.2x of hand ctypes (crc32 56 B)": at_most(
+            results["looming dynamic"]["crc32_56B_ns"], times(hand_ctypes["crc32_56B_ns"], 1.2)
+        ),
+        "compiled within 1.2x of hand cffi (crc32 56 B)": at_most(
+            results["looming compiled"]["crc32_56B_ns"],
+            times(hand_cffi_figures["crc32_56B_ns"], 1.2),
+        ),
+        "isolated at most 25 us (crc32 56 B)": at_most(
+            results["looming isolated"]["crc32_56B_ns"], 25_000
+        ),
     }
     print()
     for goal, met in goals.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,12 +18,13 @@ from looming.ffi import (
     link,
     seccomp,
 )
-from looming.ffi.channel import Channel, SocketpairTransport
+from looming.ffi.channel import Channel, SocketpairTransport, default_transport
 from looming.ffi.isolated import IsolatedLibrary, Limits, RestartPolicy
 from looming.ffi.libs.crypt import crypt
 from looming.ffi.libs.libc import libc
 from looming.ffi.libs.sqlite3 import SQLITE_OK, sqlite3
 from looming.ffi.seccomp import SeccompPolicy
+from looming.ffi.vchan_transport import VchanTransport
 
 
 class FakeTime:
@@ -262,3 +264,30 @@ def test_closed_library_refuses_calls(isolated_libc: LinkedLibrary) -> None:
     isolated_libc.close()
     with pytest.raises(HelperUnavailable, match="closed"):
         isolated_libc.getpid()
+
+
+def test_the_helper_can_serve_over_vchan(tmp_path: Path) -> None:
+    registry = tmp_path / "vchan"
+    registry.mkdir()
+    library = IsolatedLibrary(libc, transport=VchanTransport(registry))
+    try:
+        assert library.getpid() not in (None, os.getpid())
+        values = [9, 4, 6]
+        library.qsort(values, 3, 4, lambda a, b: (a > b) - (a < b))
+        assert values == [4, 6, 9]
+        big = bytes(range(256)) * 1024  # larger than a ring: streamed in pieces
+        assert library.strlen(big.replace(b"\0", b"x")) == len(big)
+        with pytest.raises(HelperCrashed) as caught:
+            library.abort()
+        assert caught.value.signal == signal.SIGABRT
+        assert library.strlen(b"again") == 5
+    finally:
+        library.close()
+    assert list(registry.iterdir()) == []
+
+
+def test_auto_transport_picks_vchan_when_installed() -> None:
+    assert isinstance(default_transport("auto"), VchanTransport)
+    assert isinstance(default_transport(None), SocketpairTransport)
+    with pytest.raises(ValueError, match="unknown transport"):
+        default_transport("carrier pigeon")

@@ -6,8 +6,8 @@ transports plug in through :class:`Transport`: the client side opens the
 channel and says how the helper reaches its end, as an import path
 ``"module:function:argument"`` that the helper calls with the argument to
 get its :class:`Channel`. A shared-memory transport (vchan) can be given to
-the isolated backend as ``transport=`` or found by ``transport="auto"``
-when ``looming.vchan`` offers an ``FfiTransport``.
+the isolated backend as ``transport=`` (``"vchan"``, or ``"auto"`` to take it
+when :mod:`looming.vchan` is installed; see :mod:`looming.ffi.vchan_transport`).
 """
 
 from __future__ import annotations
@@ -122,19 +122,22 @@ def connect(spec: str) -> Channel:
 
 
 def default_transport(choice: str | Transport | None) -> Transport:
-    """The transport for ``choice``: a Transport, "socketpair", or "auto"."""
+    """The transport for ``choice``: a Transport, "socketpair", "vchan" or "auto".
+
+    "auto" takes vchan when :mod:`looming.vchan` is installed, else the socketpair.
+    """
     if choice is None or choice == "socketpair":
         return SocketpairTransport()
-    if choice == "auto":
+    if choice in ("vchan", "auto"):
         try:
-            vchan = importlib.import_module("looming.vchan")
+            from looming.ffi.vchan_transport import VchanTransport
         except ImportError:
+            if choice == "vchan":
+                raise
             return SocketpairTransport()
-        factory = getattr(vchan, "FfiTransport", None)
-        if factory is None:
-            return SocketpairTransport()
-        transport: Transport = factory()
-        return transport
+        return VchanTransport()
     if isinstance(choice, str):
-        raise ValueError(f"unknown transport {choice!r}: use 'socketpair', 'auto' or a Transport")
+        raise ValueError(
+            f"unknown transport {choice!r}: use 'socketpair', 'vchan', 'auto' or a Transport"
+        )
     return choice

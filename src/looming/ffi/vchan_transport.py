@@ -1,0 +1,115 @@
+"""The isolated backend's channel over vchan (shared-memory rings).
+
+The caller publishes a vchan port under a name unique to it, spawns the
+helper, which connects to that port, and accepts it on first use. Messages
+are framed as on the socketpair (a 32-bit length, then the bytes) and
+streamed through the rings, so a message may be larger than a ring. A helper
+that dies is seen by vchan's control socket and surfaces as ChannelClosed,
+as on the socketpair.
+
+    link(bindings, "isolated", transport=VchanTransport())
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from pathlib import Path
+
+from looming.errors import LoomingError
+from looming.ffi.channel import MAX_MESSAGE, Channel, ChannelClosed
+from looming.vchan import Endpoint, Listener, connect, listen
+
+_LENGTH = struct.Struct("<I")
+RING_SIZE = 128 * 1024
+ACCEPT_TIMEOUT = 30.0
+_serial = itertools.count()
+
+
+class VchanChannel:
+    """Length-prefixed messages over a vchan endpoint (stream mode)."""
+
+    def __init__(self, endpoint: Endpoint | None = None, listener: Listener | None = None) -> None:
+        self._endpoint = endpoint
+        self._listener = listener
+        self._buffer = bytearray()
+        self._chunk = bytearray(RING_SIZE)
+        self._view = memoryview(self._chunk)
+
+    def _ready(self) -> Endpoint:
+        if self._endpoint is None:
+            if self._listener is None:
+                raise ChannelClosed("this vchan channel is closed")
+            try:
+                self._endpoint = self._listener.accept(timeout=ACCEPT_TIMEOUT)
+            except (LoomingError, OSError) as exc:
+                raise ChannelClosed(f"the helper did not connect over vchan: {exc}") from exc
+            finally:
+                self._listener.close()
+                self._listener = None
+        return self._endpoint
+
+    def send(self, message: bytes | bytearray) -> None:
+        endpoint = self._ready()
+        try:
+            endpoint.write(_LENGTH.pack(len(message)) + message)
+        except (LoomingError, OSError) as exc:
+            raise ChannelClosed(f"vchan closed while sending: {exc}") from exc
+
+    def recv(self) -> bytes:
+        endpoint = self._ready()
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= 4:
+                (length,) = _LENGTH.unpack_from(buffer)
+                if length > MAX_MESSAGE:
+                    raise ChannelClosed(f"message of {length} bytes exceeds the limit")
+                if len(buffer) >= 4 + length:
+                    message = bytes(buffer[4 : 4 + length])
+                    del buffer[: 4 + length]
+                    return message
+            try:
+                count = endpoint.read_into(self._view)
+            except (LoomingError, OSError) as exc:
+                raise ChannelClosed(f"vchan closed while receiving: {exc}") from exc
+            if not count:
+                raise ChannelClosed("vchan closed by the other end")
+            buffer += self._view[:count]
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+
+class VchanTransport:
+    """Open one vchan per helper; ``registry_dir`` as vchan's (default: its own)."""
+
+    name = "vchan"
+
+    def __init__(self, registry_dir: Path | None = None) -> None:
+        self.registry_dir = registry_dir
+
+    def open(self) -> tuple[Channel, str, tuple[int, ...]]:
+        name = f"looming-ffi-{os.getpid()}-{next(_serial)}"
+        port = "ffi"
+        listener = listen(
+            name, port, read_min=RING_SIZE, write_min=RING_SIZE, registry_dir=self.registry_dir
+        )
+        where = str(self.registry_dir) if self.registry_dir is not None else ""
+        spec = f"looming.ffi.vchan_transport:connect_vchan:{name}|{port}|{where}"
+        return VchanChannel(listener=listener), spec, ()
+
+    def after_spawn(self) -> None:
+        return None
+
+
+def connect_vchan(argument: str) -> Channel:
+    """Helper side: connect to the caller's published port."""
+    name, port, where = argument.split("|", 2)
+    endpoint = connect(name, port, registry_dir=Path(where) if where else None)
+    return VchanChannel(endpoint=endpoint)
