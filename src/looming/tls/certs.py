@@ -122,7 +122,7 @@ def parse_chain(chain_der: Sequence[bytes]) -> list[x509.Certificate]:
 
 def _alert_for(message: str) -> AlertDescription:
     lowered = message.lower()
-    if "expired" in lowered or "not yet valid" in lowered or "validity" in lowered:
+    if "expired" in lowered or "not yet valid" in lowered or "validation time" in lowered:
         return AlertDescription.CERTIFICATE_EXPIRED
     if "candidates exhausted" in lowered or "no valid chain" in lowered or "issuer" in lowered:
         return AlertDescription.UNKNOWN_CA
@@ -157,13 +157,8 @@ def validate_chain(
         else:
             builder.build_client_verifier().verify(leaf, intermediates)
     except VerificationError as exc:
-        message = str(exc)
-        if (
-            as_server_cert
-            and server_name is not None
-            and "subject" in message.lower()
-            and "mismatch" in message.lower()
-        ):
+        message = str(exc).split(" (encountered processing", 1)[0]
+        if as_server_cert and server_name is not None and "subjectaltname" in message.lower():
             raise CertificateError(
                 AlertDescription.BAD_CERTIFICATE,
                 f"certificate is not valid for {server_name!r}: {message}",
