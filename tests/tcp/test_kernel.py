@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import random
 import re
+import sys
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from looming.devices.net import IpProtocol
 from looming.errors import ConnectionRefused, ConnectionReset
 from looming.net.stack import DirectStack
-from looming.net.tcp import State, TcpLayer, TcpStream
+from looming.net.tcp import State, TcpConfig, TcpLayer, TcpStream
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import TcpHeader
 from tests.net.kernel import KernelPeer
@@ -282,5 +283,100 @@ def test_bulk_under_loss_on_loomings_side(kernel_peer: KernelPeer) -> None:
         await server.wait()
         assert tcp.stats.retransmits > 0
         assert tcp.stats.fast_retransmits > 0
+
+    kernel_peer.run(body)
+
+
+# The kernel accepts with a small receive buffer and reads nothing until it
+# is told to on stdin; then it reads to EOF and prints the digest.
+KERNEL_STALLED_READER = r"""
+import hashlib, socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+listener.bind(("10.77.0.1", 5004))
+listener.listen(1)
+print("listening", flush=True)
+conn, _ = listener.accept()
+sys.stdin.readline()
+digest, total = hashlib.sha256(), 0
+while chunk := conn.recv(1 << 16):
+    digest.update(chunk)
+    total += len(chunk)
+print(total, digest.hexdigest(), flush=True)
+"""
+
+
+def test_zero_window_from_the_kernel_is_probed_until_it_opens(kernel_peer: KernelPeer) -> None:
+    data = _payload(21, 2_000_000)  # more than our 512 KiB send buffer holds
+
+    async def body(stack: DirectStack) -> None:
+        tcp = _tcp(stack)
+        process = await asyncio.create_subprocess_exec(
+            *kernel_peer.netns(sys.executable, "-c", KERNEL_STALLED_READER),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stdin is not None
+        await process.stdout.readline()
+        flow = await tcp.connect(kernel_peer.peer_address, 5004, timeout=10)
+        writer = asyncio.create_task(flow.write(data))
+        # The kernel's small buffer fills: its window closes and we probe it.
+        conn = flow.connection
+        for _ in range(200):
+            if conn.snd_wnd == 0 and conn.persist_backoff >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert conn.snd_wnd == 0
+        assert conn.persist_backoff >= 2  # probes went out, and were answered
+        assert not writer.done()
+        process.stdin.write(b"go\n")
+        await process.stdin.drain()
+        await asyncio.wait_for(writer, 30)
+        await flow.shutdown()
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        total, digest = out.decode().split()
+        assert int(total) == len(data)
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert tcp.stats.resets_received == 0
+
+    kernel_peer.run(body)
+
+
+def test_looming_zero_window_holds_the_kernel_sender(kernel_peer: KernelPeer) -> None:
+    config_size = 300_000
+
+    async def body(stack: DirectStack) -> None:
+        tcp = _tcp(stack)
+        accepted: asyncio.Queue[TcpStream] = asyncio.Queue()
+        release = asyncio.Event()
+
+        async def stalled(flow: TcpStream) -> None:
+            await accepted.put(flow)
+            await release.wait()
+            received.append(await _read_all(flow))
+
+        received: list[bytes] = []
+        # A small receive buffer so the window closes quickly.
+        tcp.config = TcpConfig(receive_buffer=16 * 1024)
+        tcp._endpoint.config = tcp.config
+        listener = await tcp.listen(6002, stalled)
+        client = await kernel_peer.python(KERNEL_CLIENT, "6002", str(config_size), "22")
+        flow = await asyncio.wait_for(accepted.get(), 10)
+        conn = flow.connection
+        for _ in range(100):
+            if conn.rcv_adv == conn.rcv_nxt and conn.readable_bytes > 0:
+                break
+            await asyncio.sleep(0.05)
+        assert conn.rcv_adv == conn.rcv_nxt  # we advertise a zero window...
+        held = conn.readable_bytes
+        await asyncio.sleep(0.6)  # ...and the kernel probes it, sending nothing more
+        assert conn.readable_bytes == held
+        release.set()
+        out, _ = await asyncio.wait_for(client.communicate(), 30)
+        assert client.returncode == 0
+        assert received and received[0] == _payload(22, config_size)
+        assert out.split()[0] == b"0"  # the server sent nothing back
+        await listener.close()
 
     kernel_peer.run(body)
