@@ -73,6 +73,12 @@ def test_folder_without_slash_redirects(site: RunningServer) -> None:
     assert response.getheader("location") == "/docs/?x=1"
 
 
+def test_redirect_never_leaves_the_site(site: RunningServer) -> None:
+    response, _ = get(site, "//docs")
+    assert response.status == 301
+    assert response.getheader("location") == "/docs/"
+
+
 def test_missing_file_and_file_with_slash_are_404(site: RunningServer) -> None:
     assert get(site, "/nothing-here.html")[0].status == 404
     assert get(site, "/index.html/")[0].status == 404

@@ -266,7 +266,7 @@ class HttpServer:
             request = Request(
                 method,
                 event.target.decode("latin-1"),
-                list(event.headers),
+                event.headers,  # h11's read-only sequence of (lower-case name, value)
                 body,
                 event.http_version.decode("ascii"),
                 client,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from looming.devices.kv import EntryKind, KvRo
 from looming.errors import DeviceError
@@ -126,8 +127,10 @@ class StaticSite:
             kind = EntryKind.DICTIONARY if key == "" else await self.kv.exists(key)
             if kind is EntryKind.DICTIONARY:
                 if not trailing_slash:
-                    path, _, query = target.partition("?")
-                    location = path + "/" + ("?" + query if query else "")
+                    # Rebuilt from the checked key, never from the raw target:
+                    # "//host/dir" must not become a protocol-relative redirect.
+                    _, _, query = target.partition("?")
+                    location = "/" + quote(key) + "/" + ("?" + query if query else "")
                     return _Redirect((_PLAIN, (b"location", location.encode("latin-1"))))
                 key = f"{key}/{self.index}" if key else self.index
                 kind = await self.kv.exists(key)
