@@ -19,7 +19,8 @@ Python values of each type, the same in every backend:
 * :class:`Opaque` handles: :class:`Handle` objects (``None`` for ``NULL``);
 * ``Pointer(T)`` arguments: ``None``, a :class:`Ref` (one value, in and out),
   a ``list`` (an array, in and out), a ``dict`` for a struct (in and out), or
-  a :class:`Memory` block; returned or stored pointers are ``int`` addresses;
+  a :class:`Memory` block; returned or stored pointers are ``int`` addresses
+  (``None`` for ``NULL``), read with ``lib.string_at`` or a Memory block;
 * structs and unions: ``dict`` of field values.
 """
 
@@ -395,10 +396,12 @@ class Callback(CType):
     """A C function pointer, given a Python callable at call time.
 
     The callable is valid for the duration of the call it is passed to (C must
-    not keep it). Its arguments are converted as for return values, except
-    that a ``Pointer(T)`` argument is passed as the pointed-to value (a copy)
-    and a :class:`CountedArray` as a list. If the callable raises, C gets
-    ``error_value`` and the exception is raised again when the call returns.
+    not keep it). Its arguments are converted as for return values (pointers
+    as addresses, ``NULL`` as ``None``), except that a :class:`Deref` argument
+    is passed as the pointed-to value (a copy) and a :class:`CountedArray` as
+    a list. It must return an int (a float for a floating-point return type).
+    If the callable raises, C gets ``error_value`` and the exception is raised
+    again when the call returns.
     """
 
     size = ctypes.sizeof(ctypes.c_void_p)
@@ -539,6 +542,9 @@ class Memory:
 
     def write(self, data: bytes, offset: int = 0) -> None:
         raise NotImplementedError
+
+    def free(self) -> None:
+        """Give the block back now rather than when it is dropped."""
 
     def get(self, index: int = 0) -> Any:
         """The value of element ``index``, converted (a dict for a struct)."""
