@@ -9,8 +9,10 @@ after making sequence numbers relative to each responder's ISN.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -28,17 +30,23 @@ pytestmark = pytest.mark.root
 HOST = IPv4Address("10.77.0.2")  # the raw host (us)
 OUR_ISN = 1000
 PORT = 7000
+# Accepts and holds connections; "close" on stdin closes them all.
 HOLDER = r"""
-import socket, time
+import socket, sys, threading
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("10.77.0.1", 7000))
 s.listen(8)
-print("ready", flush=True)
 held = []
-while True:
-    c, _ = s.accept()
-    held.append(c)
+def accept():
+    while True:
+        held.append(s.accept()[0])
+threading.Thread(target=accept, daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    for c in held:
+        c.close()
+    print("closed", flush=True)
 """
 
 Answer = tuple[str, int, int, int]  # flags, relative seq, relative ack, payload length
@@ -63,8 +71,12 @@ async def _kernel_session(peer: KernelPeer, scenario: Callable[..., object]) -> 
             "nud", "permanent",
         )  # fmt: skip
         kernel_mac = MacAddress(peer.sh("cat", f"/sys/class/net/{peer.tap_name}/address").strip())
-        holder = await peer.python(HOLDER)
-        assert holder.stdout is not None
+        holder = await asyncio.create_subprocess_exec(
+            *peer.netns(sys.executable, "-c", HOLDER),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert holder.stdout is not None and holder.stdin is not None
         assert (await holder.stdout.readline()).strip() == b"ready"
         replies: asyncio.Queue[tuple[TcpHeader, int]] = asyncio.Queue()
 
@@ -94,14 +106,31 @@ async def _kernel_session(peer: KernelPeer, scenario: Callable[..., object]) -> 
             await tap.write(
                 ethernet.emit(ethernet.EthernetHeader(kernel_mac, tap.mac, 0x0800), packet)
             )
+            return await collect()
+
+        async def collect() -> list[tuple[TcpHeader, int]]:
             await asyncio.sleep(0.15)
             answers = []
             while not replies.empty():
                 answers.append(replies.get_nowait())
             return answers
 
+        async def close() -> list[tuple[TcpHeader, int]]:
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.write(b"close\n")
+            await holder.stdin.drain()
+            await holder.stdout.readline()
+            return await collect()
+
+        async def state(port: int) -> str:
+            out = await peer.exec_output("ss", "-tan", "sport", f"= :{PORT}")
+            for line in out.splitlines():
+                if f"{HOST}:{port}" in line:
+                    return line.split()[0]
+            return "CLOSED"
+
         try:
-            return await scenario(send)  # type: ignore[no-any-return]
+            return await scenario(send, close, state)  # type: ignore[no-any-return]
         finally:
             holder.kill()
             await holder.wait()
@@ -129,19 +158,69 @@ async def _looming_session(scenario: Callable[..., object]) -> list[list[Answer]
             if deadline is not None and deadline <= clock[0] + 150_000_000:
                 conn.on_timer(deadline)
                 endpoint.collect(key, conn)
-        answers = []
-        for _, raw in endpoint.take_outbox():
-            reply, data = wire.parse(raw)
-            answers.append((reply, len(data)))
+        answers = take()
         endpoint.take_touched()
         endpoint.take_accepted()
         return answers
 
-    return await scenario(send)  # type: ignore[no-any-return]
+    def take() -> list[tuple[TcpHeader, int]]:
+        answers = []
+        for _, raw in endpoint.take_outbox():
+            reply, data = wire.parse(raw)
+            answers.append((reply, len(data)))
+        return answers
+
+    async def close() -> list[tuple[TcpHeader, int]]:
+        for key, conn in list(endpoint.connections.items()):
+            conn.close(clock[0])
+            endpoint.collect(key, conn)
+        return take()
+
+    async def state(port: int) -> str:
+        for key, conn in endpoint.connections.items():
+            if key[3] == port:
+                return {"ESTABLISHED": "ESTAB"}.get(conn.state.name, conn.state.value)
+        return "CLOSED"
+
+    return await scenario(send, close, state)  # type: ignore[no-any-return]
+
+
+def _relative(answers: list[tuple[TcpHeader, int]], their_isn: int) -> list[Answer]:
+    return [
+        (
+            _flags(h.flags),
+            (h.seq - their_isn) & 0xFFFFFFFF if h.seq else 0,
+            (h.ack - OUR_ISN) & 0xFFFFFFFF if h.flags & ACK else 0,
+            length,
+        )
+        for h, length in answers
+    ]
+
+
+async def _simultaneous_close(
+    send: Callable[..., Any], close: Callable[..., Any], state: Callable[..., Any]
+) -> list[object]:
+    """Both sides send FIN before seeing the other's (RFC 9293 figure 13)."""
+    (syn_ack,) = await send(TcpHeader(40020, PORT, OUR_ISN, 0, SYN, 8192, mss=1000), b"")
+    isn = syn_ack[0].seq
+    ours, theirs = OUR_ISN + 1, isn + 1
+    await send(TcpHeader(40020, PORT, ours, theirs, ACK, 8192), b"")
+    results: list[object] = [await state(40020)]
+    results.append(_relative(await close(), isn))  # their FIN
+    results.append(await state(40020))
+    # Our FIN, not yet acknowledging theirs: they go to CLOSING and ACK it.
+    our_fin = TcpHeader(40020, PORT, ours, theirs, ACK | FIN, 8192)
+    results.append(_relative(await send(our_fin, b""), isn))
+    results.append(await state(40020))
+    # Now we acknowledge their FIN: TIME-WAIT.
+    last_ack = TcpHeader(40020, PORT, ours + 1, theirs + 1, ACK, 8192)
+    results.append(_relative(await send(last_ack, b""), isn))
+    results.append(await state(40020))
+    return results
 
 
 async def _scenario(
-    send: Callable[..., asyncio.Future[list[tuple[TcpHeader, int]]]],
+    send: Callable[..., Any], close: Callable[..., Any], state: Callable[..., Any]
 ) -> list[list[Answer]]:
     """Every probe, in order; answers relative to the responder's ISN."""
     their_isn = 0
@@ -195,6 +274,21 @@ async def _scenario(
     # Now the connection is gone: data gets a reset.
     results.append(relative(await send(TcpHeader(40010, PORT, ours + 11, theirs, ACK, 8192), b"z")))
     return results
+
+
+def test_simultaneous_close_alike(kernel_peer: KernelPeer) -> None:
+    kernel = asyncio.run(_kernel_session(kernel_peer, _simultaneous_close))
+    looming = asyncio.run(_looming_session(_simultaneous_close))
+    assert looming == kernel
+    assert kernel == [
+        "ESTAB",
+        [("FA", 1, 1, 0)],
+        "FIN-WAIT-1",
+        [("A", 2, 2, 0)],
+        "CLOSING",
+        [],
+        "TIME-WAIT",
+    ]
 
 
 def test_kernel_and_looming_answer_probes_alike(kernel_peer: KernelPeer) -> None:
