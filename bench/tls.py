@@ -1,0 +1,407 @@
+"""TLS: looming's engine beside Python's ssl (OpenSSL) in one run.
+
+Both sides of every connection run in this process over memory buffers
+(looming's sans-I/O engine; ssl's MemoryBIO), so the figures compare the TLS
+implementations, not the socket path. Prints handshakes/s and bulk MB/s with
+ratios; --json PATH writes the figures, --quick shortens every measurement.
+
+    .venv/bin/python bench/tls.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from looming.tls import (
+    TLS12,
+    TLS13,
+    CertifiedKey,
+    CipherSuite,
+    ClientSessionCache,
+    TlsConfig,
+    TlsConnection,
+    TrustStore,
+)
+
+Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def make_pki(directory: Path) -> dict[str, tuple[Path, Path, CertifiedKey]]:
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out = {}
+    keys: dict[str, Key] = {
+        "p256": ec.generate_private_key(ec.SECP256R1()),
+        "rsa": rsa.generate_private_key(65537, 2048),
+    }
+    for label, key in keys.items():
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(2 + len(out))
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        cert_path, key_path = directory / f"{label}.pem", directory / f"{label}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        out[label] = (cert_path, key_path, CertifiedKey([cert], key))
+    return out
+
+
+# --- looming --------------------------------------------------------------------------
+
+
+def looming_pair(
+    client_config: TlsConfig, server_config: TlsConfig
+) -> tuple[TlsConnection, TlsConnection]:
+    server = TlsConnection(server_config, server_side=True)
+    client = TlsConnection(client_config, server_side=False, server_name="localhost")
+    for _ in range(6):
+        out = client.bytes_to_send()
+        if out:
+            server.receive(out)
+        out = server.bytes_to_send()
+        if out:
+            client.receive(out)
+    assert client.handshake_complete and server.handshake_complete
+    return client, server
+
+
+def looming_bulk(client: TlsConnection, server: TlsConnection, total: int) -> None:
+    chunk = bytes(16384)
+    received = 0
+    while received < total:
+        client.send_application_data(chunk)
+        for event in server.receive(client.bytes_to_send()):
+            received += len(event.data)  # type: ignore[attr-defined]
+
+
+# --- Python ssl over MemoryBIO ---------------------------------------------------------
+
+
+class SslEndpoint:
+    def __init__(
+        self, ctx: ssl.SSLContext, server_side: bool, session: ssl.SSLSession | None = None
+    ) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        hostname = None if server_side else "localhost"
+        self.obj = ctx.wrap_bio(
+            self.incoming,
+            self.outgoing,
+            server_side=server_side,
+            server_hostname=hostname,
+            session=session,
+        )
+        self.done = False
+
+    def step(self) -> None:
+        if self.done:
+            return
+        try:
+            self.obj.do_handshake()
+            self.done = True
+        except ssl.SSLWantReadError:
+            pass
+
+
+def ssl_pair(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[SslEndpoint, SslEndpoint]:
+    client = SslEndpoint(client_ctx, False, session)
+    server = SslEndpoint(server_ctx, True)
+    for _ in range(6):
+        client.step()
+        server.incoming.write(client.outgoing.read())
+        server.step()
+        client.incoming.write(server.outgoing.read())
+    client.step()
+    assert client.done and server.done
+    # Let the client take the TLS 1.3 tickets so its session can be resumed.
+    try:
+        client.obj.read(1)
+    except ssl.SSLWantReadError:
+        pass
+    return client, server
+
+
+def ssl_bulk(client: SslEndpoint, server: SslEndpoint, total: int) -> None:
+    chunk = bytes(16384)
+    received = 0
+    while received < total:
+        client.obj.write(chunk)
+        server.incoming.write(client.outgoing.read())
+        while True:
+            try:
+                received += len(server.obj.read(65536))
+            except ssl.SSLWantReadError:
+                break
+
+
+def ssl_bulk13_in_child(suite_name: str, total: int, directory: Path) -> float:
+    """Python's ssl cannot pick a TLS 1.3 suite; an OpenSSL config file in a child can."""
+    conf = directory / f"openssl-{suite_name}.cnf"
+    conf.write_text(
+        "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\n"
+        f"system_default = system_default_sect\n[system_default_sect]\nCiphersuites = {suite_name}\n"
+    )
+    env = dict(os.environ, OPENSSL_CONF=str(conf))
+    out = subprocess.run(
+        [sys.executable, __file__, "--ssl-bulk13", suite_name, str(total), str(directory)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def ssl_bulk13_child(suite_name: str, total: str, directory: str) -> int:
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(Path(directory) / "ca.pem")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(Path(directory) / "rsa.pem", Path(directory) / "rsa.key")
+    for ctx in (client_ctx, server_ctx):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    client, server = ssl_pair(client_ctx, server_ctx)
+    cipher = client.obj.cipher()
+    if cipher is None or cipher[0] != suite_name:
+        raise SystemExit(f"ssl negotiated {cipher}, not {suite_name}")
+    start = time.perf_counter()
+    ssl_bulk(client, server, int(total))
+    print(int(total) / (time.perf_counter() - start) / 1e6)
+    return 0
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def rate(run_once: Callable[[], None], seconds: float) -> float:
+    """Operations per second of ``run_once`` over about ``seconds``."""
+    run_once()  # warm up
+    count = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run_once()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short measurements (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--ssl-bulk13", nargs=3, metavar=("SUITE", "BYTES", "DIR"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.ssl_bulk13:
+        return ssl_bulk13_child(*args.ssl_bulk13)
+    seconds = 0.3 if args.quick else 2.0
+    bulk_bytes = (16 if args.quick else 256) << 20
+
+    directory = Path(tempfile.mkdtemp(prefix="looming-bench-tls-"))
+    pki = make_pki(directory)
+    trust = TrustStore.from_pem_file(directory / "ca.pem")
+
+    def looming_configs(
+        leaf: str, version: int, suite: int | None = None
+    ) -> tuple[TlsConfig, TlsConfig]:
+        suites = [suite] if suite is not None else list(TlsConfig().cipher_suites)
+        client = TlsConfig(trust=trust, versions=[version], cipher_suites=suites)
+        server = TlsConfig(certificates=[pki[leaf][2]], versions=[version])
+        return client, server
+
+    def ssl_contexts(
+        leaf: str, version: int, cipher12: str | None = None
+    ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        tls_version = ssl.TLSVersion.TLSv1_3 if version == TLS13 else ssl.TLSVersion.TLSv1_2
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_verify_locations(directory / "ca.pem")
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(pki[leaf][0], pki[leaf][1])
+        for ctx in (client, server):
+            ctx.minimum_version = ctx.maximum_version = tls_version
+            if cipher12:
+                ctx.set_ciphers(cipher12)
+        return client, server
+
+    rows: list[dict[str, object]] = []
+
+    def record(name: str, unit: str, looming_value: float, ssl_value: float) -> None:
+        ratio = looming_value / ssl_value if ssl_value else 0.0
+        rows.append(
+            {
+                "case": name,
+                "unit": unit,
+                "looming": round(looming_value, 1),
+                "ssl": round(ssl_value, 1),
+                "ratio": round(ratio, 3),
+            }
+        )
+        print(
+            f"  {name:<44} looming {looming_value:9.1f}  ssl {ssl_value:9.1f} {unit:<13} ratio {ratio:6.3f}",
+            flush=True,
+        )
+
+    print(
+        f"TLS benchmark ({'quick' if args.quick else 'full'}): looming engine vs Python ssl ({ssl.OPENSSL_VERSION}), in memory",
+        flush=True,
+    )
+    handshake_cases = [
+        ("full handshake TLS 1.3 ECDSA P-256 (X25519)", "p256", TLS13, None, None),
+        ("full handshake TLS 1.3 RSA-2048 (X25519)", "rsa", TLS13, None, None),
+        (
+            "full handshake TLS 1.2 ECDHE-RSA-AES128-GCM",
+            "rsa",
+            TLS12,
+            CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            "ECDHE-RSA-AES128-GCM-SHA256",
+        ),
+    ]
+    for name, leaf, version, suite, cipher12 in handshake_cases:
+        print(f"measuring {name} ...", flush=True)
+        lc, ls = looming_configs(leaf, version, suite)
+        sc, ss = ssl_contexts(leaf, version, cipher12)
+        record(
+            name,
+            "handshakes/s",
+            rate(lambda lc=lc, ls=ls: looming_pair(lc, ls) and None, seconds),
+            rate(lambda sc=sc, ss=ss: ssl_pair(sc, ss) and None, seconds),
+        )
+
+    for version, label in ((TLS13, "TLS 1.3 ECDSA"), (TLS12, "TLS 1.2 ECDHE-ECDSA")):
+        print(f"measuring resumed handshake {label} ...", flush=True)
+        lc, ls = looming_configs("p256", version)
+        lc.session_cache = ClientSessionCache()
+        looming_pair(lc, ls)
+
+        def looming_resume(lc: TlsConfig = lc, ls: TlsConfig = ls) -> None:
+            client, _ = looming_pair(lc, ls)
+            assert client.resumed
+
+        sc, ss = ssl_contexts("p256", version)
+        first, _ = ssl_pair(sc, ss)
+        session_box: list[ssl.SSLSession | None] = [first.obj.session]
+
+        def ssl_resume(
+            sc: ssl.SSLContext = sc,
+            ss: ssl.SSLContext = ss,
+            session_box: list[ssl.SSLSession | None] = session_box,
+        ) -> None:
+            client, _ = ssl_pair(sc, ss, session_box[0])
+            assert client.obj.session_reused
+            session_box[0] = client.obj.session
+
+        record(
+            f"resumed handshake {label}",
+            "handshakes/s",
+            rate(looming_resume, seconds),
+            rate(ssl_resume, seconds),
+        )
+
+    bulk_cases = [
+        (
+            "bulk TLS 1.3 AES-128-GCM, 16 KB records",
+            TLS13,
+            CipherSuite.TLS_AES_128_GCM_SHA256,
+            None,
+        ),
+        (
+            "bulk TLS 1.3 ChaCha20-Poly1305, 16 KB records",
+            TLS13,
+            CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
+            None,
+        ),
+        (
+            "bulk TLS 1.2 ECDHE-RSA-AES128-GCM, 16 KB",
+            TLS12,
+            CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            "ECDHE-RSA-AES128-GCM-SHA256",
+        ),
+    ]
+    for name, version, suite, cipher12 in bulk_cases:
+        print(f"measuring {name} ...", flush=True)
+        lc, ls = looming_configs("rsa", version, suite)
+        client, server = looming_pair(lc, ls)
+        start = time.perf_counter()
+        looming_bulk(client, server, bulk_bytes)
+        looming_mbs = bulk_bytes / (time.perf_counter() - start) / 1e6
+        if version == TLS13:
+            ssl_mbs = ssl_bulk13_in_child(suite.name, bulk_bytes, directory)
+        else:
+            sc, ss = ssl_contexts("rsa", version, cipher12)
+            ssl_client, ssl_server = ssl_pair(sc, ss)
+            start = time.perf_counter()
+            ssl_bulk(ssl_client, ssl_server, bulk_bytes)
+            ssl_mbs = bulk_bytes / (time.perf_counter() - start) / 1e6
+        record(name, "MB/s", looming_mbs, ssl_mbs)
+
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"openssl": ssl.OPENSSL_VERSION, "quick": args.quick, "results": rows}, indent=2
+            )
+        )
+        print(f"wrote {args.json}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
