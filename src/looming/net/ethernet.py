@@ -65,7 +65,29 @@ class EthernetLayer:
             counters["handler_error"] += 1
             self.last_handler_error = error
 
-    async def write(self, destination: MacAddress, ethertype: int, payload: bytes) -> None:
+    @property
+    def segmentation_offload(self) -> int:
+        """The largest IPv4 packet the interface segments itself for TCP
+        (a TAP with virtio-net headers), or 0."""
+        limit = getattr(self._network, "segmentation_offload", 0)
+        return limit if isinstance(limit, int) else 0
+
+    async def write(
+        self,
+        destination: MacAddress,
+        ethertype: int,
+        payload: bytes,
+        *,
+        segment_size: int | None = None,
+    ) -> None:
+        """Frame and send ``payload``; with ``segment_size`` the interface
+        splits the TCP packet inside into segments of that many bytes."""
         frame = destination + self._mac + ethertype.to_bytes(2, "big") + payload
         self.counters["tx_frames"] += 1
+        if segment_size is not None:
+            write_segmented = getattr(self._network, "write_segmented", None)
+            if write_segmented is None:
+                raise ValueError("this network interface cannot segment TCP packets")
+            await write_segmented(frame, segment_size)
+            return
         await self._network.write(frame)

@@ -7,9 +7,16 @@ import asyncio
 import functools
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
-from looming.devices.net import BROADCAST_MAC, EthernetProtocol, Ipv4Handler, MacAddress
+from looming.devices.net import (
+    BROADCAST_MAC,
+    EthernetProtocol,
+    IpProtocol,
+    Ipv4Handler,
+    MacAddress,
+)
 from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import Malformed, NoRoute
@@ -93,6 +100,15 @@ class Ipv4Layer:
 
     def mtu(self, destination: IPv4Address) -> int:
         return self._ethernet.mtu - MIN_HEADER_LENGTH
+
+    def segment_limit(self, destination: IPv4Address) -> int:
+        """The largest TCP payload-plus-header :meth:`write` takes in one
+        packet when given ``segment_size``: up to 64 KB when the interface
+        segments TCP itself (TSO), else the MTU's payload."""
+        offload = self._ethernet.segmentation_offload
+        if offload:
+            return offload - MIN_HEADER_LENGTH
+        return self.mtu(destination)
 
     def register(self, protocol: int, handler: Ipv4Handler) -> None:
         self._handlers[protocol] = handler
@@ -221,7 +237,14 @@ class Ipv4Layer:
         ttl: int = 64,
         dont_fragment: bool = False,
         source: IPv4Address | None = None,
+        segment_size: int | None = None,
     ) -> None:
+        """Send one datagram, fragmenting above the MTU.
+
+        A TCP layer may pass a packet of up to :meth:`segment_limit` bytes
+        with ``segment_size`` (its MSS for this connection): an interface with
+        segmentation offload then cuts it into segments of that payload size.
+        """
         if source is None:
             source = self.source_for(destination)
         header = Ipv4Header(
@@ -246,6 +269,20 @@ class Ipv4Layer:
         if len(payload) <= payload_mtu:
             self.counters["tx_datagrams"] += 1
             await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(header, payload))
+            return
+        if (
+            segment_size is not None
+            and protocol == IpProtocol.TCP
+            and len(payload) <= self.segment_limit(destination)
+        ):
+            self.counters["tx_offloaded"] += 1
+            offloaded = replace(header, dont_fragment=True)
+            await self._ethernet.write(
+                mac,
+                EthernetProtocol.IPV4,
+                wire.emit(offloaded, payload),
+                segment_size=segment_size,
+            )
             return
         if dont_fragment:
             self.counters["tx_too_big"] += 1

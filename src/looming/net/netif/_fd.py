@@ -47,12 +47,14 @@ class FrameDevice:
             s.rx_bytes, s.rx_packets, s.tx_bytes, s.tx_packets, s.rx_dropped, s.tx_dropped
         )
 
-    async def write(self, frame: bytes) -> None:
+    async def write(self, frame: bytes, *, send: Callable[[bytes], int] | None = None) -> None:
+        """Send one frame (with ``send`` instead of the device's own sender)."""
         if self._closed.is_set():
             raise DeviceError("the network interface is disconnected")
+        sender = send if send is not None else self._send
         while True:
             try:
-                self._send(frame)
+                sender(frame)
             except BlockingIOError:
                 await self._wait_writable()
                 continue

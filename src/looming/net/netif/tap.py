@@ -5,7 +5,10 @@ frame carries a virtio-net header, and the kernel is told (``TUNSETOFFLOAD``)
 that looming accepts checksum-less and TSO frames.  The kernel then hands over
 TCP segments of up to 64 KB in one read, with the checksum left for us to
 finish (it is then filled in here, so the layers above see ordinary,
-checksummed packets).  Frames looming sends carry an empty header.
+checksummed packets).  Frames looming sends carry an empty header, except
+IPv4/TCP packets larger than the MTU: those go out as one TSO frame that the
+kernel cuts into MSS-sized segments (see :attr:`TapNetwork.segmentation_offload`
+and ``Ipv4Layer.segment_limit``).
 
 The kernel side of the TAP is an ordinary interface: give it an address (in
 the root namespace or after moving it into a network namespace with
@@ -21,11 +24,12 @@ import hashlib
 import os
 import socket
 import struct
+from ipaddress import IPv4Address
 
 from looming.devices.net import FrameHandler, MacAddress, NetworkStats
 from looming.errors import DeviceError
 from looming.net.netif._fd import FrameDevice
-from looming.net.wire.checksum import internet_checksum
+from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -36,6 +40,8 @@ TUNSETVNETHDRSZ = 0x400454D8
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 0x01
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+MAX_OFFLOAD_PACKET = 65535
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso type, hdr len, gso size, csum start/offset
 _EMPTY_VNET_HEADER = bytes(VNET_HEADER.size)
 IFF_UP = 0x1
@@ -75,6 +81,41 @@ def complete_checksum(frame: bytes, start: int, offset: int) -> bytes:
     return frame[:field] + checksum.to_bytes(2, "big") + frame[field + 2 :]
 
 
+def tso_frame(
+    frame: bytes, segment_size: int
+) -> tuple[bytes, memoryview, bytes, memoryview] | None:
+    """The buffers to write for an oversized IPv4/TCP frame as one TSO frame:
+    a virtio-net header asking the kernel to cut it into segments of
+    ``segment_size`` payload bytes and finish each one's checksum, and the
+    frame with its TCP checksum field replaced by the pseudo-header sum (as
+    CHECKSUM_PARTIAL wants).  ``None`` for anything else."""
+    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    ip_length = (frame[14] & 0x0F) * 4
+    tcp_start = 14 + ip_length
+    total_length = int.from_bytes(frame[16:18], "big")
+    if total_length + 14 > len(frame) or tcp_start + 20 > len(frame):
+        return None
+    tcp_header_length = (frame[tcp_start + 12] >> 4) * 4
+    tcp_length = total_length - ip_length
+    if tcp_header_length < 20 or tcp_length < tcp_header_length or segment_size <= 0:
+        return None
+    header = VNET_HEADER.pack(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        tcp_start + tcp_header_length,
+        segment_size,
+        tcp_start,
+        16,
+    )
+    source = IPv4Address(frame[26:30])
+    destination = IPv4Address(frame[30:34])
+    partial = pseudo_header_sum(source, destination, 6, tcp_length).to_bytes(2, "big")
+    view = memoryview(frame)
+    field = tcp_start + 16
+    return header, view[:field], partial, view[field + 2 : 14 + total_length]
+
+
 class TapNetwork:
     """:class:`looming.devices.net.Network` on a TAP device."""
 
@@ -87,6 +128,7 @@ class TapNetwork:
         self._mtu = mtu
         self.offload = offload
         self.checksums_completed = 0
+        self.segments_offloaded = 0
         if offload:
             self._device = FrameDevice(fd, receive=self._read_vnet, send=self._write_vnet)
         else:
@@ -103,8 +145,23 @@ class TapNetwork:
             self.checksums_completed += 1
         return frame
 
+    @property
+    def segmentation_offload(self) -> int:
+        """The largest IPv4 packet this device takes in one frame for TCP
+        (the kernel segments it), or 0 without offloads."""
+        return MAX_OFFLOAD_PACKET if self.offload else 0
+
     def _write_vnet(self, frame: bytes) -> int:
         return os.writev(self._fd, (_EMPTY_VNET_HEADER, frame))
+
+    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
+        """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
+        segments of ``segment_size`` payload bytes (TCP segmentation offload)."""
+        pieces = tso_frame(frame, segment_size) if self.offload else None
+        if pieces is None:
+            raise ValueError("only an offloading TAP segments, and only IPv4/TCP frames")
+        self.segments_offloaded += 1
+        await self._device.write(frame, send=lambda _frame: os.writev(self._fd, pieces))
 
     @classmethod
     async def connect(
