@@ -251,3 +251,33 @@ def test_forged_sources_are_dropped_and_partial_datagrams_time_out() -> None:
         await stack.disconnect()
 
     asyncio.run(main())
+
+
+def test_icmp_errors_are_rate_limited() -> None:
+    async def body(a: DirectStack, b: DirectStack) -> None:
+        a.arp.cache.learn(B.ip, b.ethernet.mac, a.time.now_ns())
+        for _ in range(300):
+            await a.udp.send(B.ip, 9, b"closed port")
+        await asyncio.sleep(0.05)
+        counters = b.counters()
+        assert counters["udp.no_listener"] == 300
+        assert counters["icmp.tx_unreachable"] < 100
+        assert counters["icmp.tx_error_rate_limited"] > 200
+        assert a.counters()["icmp.rx_error"] == counters["icmp.tx_unreachable"]
+
+    run(body)
+
+
+def test_arp_entries_are_refreshed_before_they_lapse() -> None:
+    async def body(a: DirectStack, b: DirectStack) -> None:
+        await a.ping(B.ip)
+        assert a.counters()["arp.tx_request"] == 1
+        lifetime = a.arp.cache.lifetime_ns
+        # Age the entry into the last tenth of its life, then use it.
+        a.arp.cache.learn(B.ip, b.ethernet.mac, a.time.now_ns() - lifetime * 95 // 100)
+        await a.ping(B.ip)
+        await asyncio.sleep(0.01)
+        assert a.counters()["arp.tx_request"] == 2
+        assert not a.arp.cache.expires_soon(B.ip, a.time.now_ns())
+
+    run(body)

@@ -49,6 +49,11 @@ class ArpCache:
             return None
         return mac
 
+    def expires_soon(self, address: IPv4Address, now_ns: int) -> bool:
+        """Whether the entry is in the last tenth of its lifetime."""
+        entry = self._entries.get(address)
+        return entry is not None and entry[1] - now_ns < self.lifetime_ns // 10
+
     def learn(self, address: IPv4Address, mac: MacAddress, now_ns: int) -> None:
         self._entries.pop(address, None)
         self._entries[address] = (mac, now_ns + self.lifetime_ns)
@@ -121,6 +126,7 @@ class ArpLayer:
         self.max_waiting = max_waiting
         self._waiting_count = 0
         self._pending: dict[IPv4Address, asyncio.Future[MacAddress]] = {}
+        self._refreshing: set[IPv4Address] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         ethernet.register(EthernetProtocol.ARP, self._on_frame)
@@ -203,8 +209,14 @@ class ArpLayer:
         self.input(payload)
 
     async def query(self, address: IPv4Address) -> MacAddress:
-        mac = self.cache.lookup(address, self._time.now_ns())
+        now = self._time.now_ns()
+        mac = self.cache.lookup(address, now)
         if mac is not None:
+            if self.cache.expires_soon(address, now) and address not in self._refreshing:
+                # Ask again before the entry lapses, so a long-lived flow
+                # never stalls on a fresh resolution.
+                self._refreshing.add(address)
+                self._spawn(self._refresh(address))
             return mac
         if self._waiting_count >= self.max_waiting:
             self.counters["queue_full"] += 1
@@ -232,6 +244,12 @@ class ArpLayer:
             raise error
         finally:
             self._waiting_count -= 1
+
+    async def _refresh(self, address: IPv4Address) -> None:
+        try:
+            await self._request(address)
+        finally:
+            self._refreshing.discard(address)
 
     async def _request(self, address: IPv4Address) -> None:
         source = self._addresses[0] if self._addresses else IPv4Address(0)

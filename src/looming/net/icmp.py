@@ -47,6 +47,10 @@ class IcmpLayer:
         self._error_handlers: dict[int, IcmpErrorHandler] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
+        self.error_burst = 50
+        self.errors_per_second = 1000
+        self._bucket = float(self.error_burst)
+        self._bucket_time_ns = time.now_ns()
         ipv4.register(IpProtocol.ICMP, self.input)
         ipv4.unhandled_protocol = self._on_unknown_protocol
 
@@ -108,10 +112,27 @@ class IcmpLayer:
 
     # -- errors we send ------------------------------------------------------
 
+    def _error_allowed(self) -> bool:
+        """A token bucket on the errors we send (RFC 1812 4.3.2.8): a flood
+        to closed ports must not turn us into an amplifier."""
+        now = self._time.now_ns()
+        elapsed_s = (now - self._bucket_time_ns) / 1e9
+        self._bucket_time_ns = now
+        self._bucket = min(
+            float(self.error_burst), self._bucket + elapsed_s * self.errors_per_second
+        )
+        if self._bucket < 1.0:
+            self.counters["tx_error_rate_limited"] += 1
+            return False
+        self._bucket -= 1.0
+        return True
+
     def destination_unreachable(self, original: Ipv4Header, payload: bytes, code: int) -> None:
         """Tell the sender of ``original`` that it cannot be delivered."""
         if original.source.is_unspecified or self._ipv4.is_broadcast(original.destination):
             return  # never answer broadcasts or anonymous senders (RFC 1122 3.2.2)
+        if original.destination.is_multicast or not self._error_allowed():
+            return
         quoted = ipv4_wire.emit(original, payload[:8])
         message = wire.emit(IcmpHeader(IcmpType.DESTINATION_UNREACHABLE, code), quoted)
         self.counters["tx_unreachable"] += 1
