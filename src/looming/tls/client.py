@@ -49,7 +49,9 @@ class ClientHandshake:
         if session is None and cache is not None:
             session = cache.take(conn.server_name, self.config.clock.now_ns() // 1_000_000)
         self.offered_session = session
-        self.early_data = early_data if self.config.enable_early_data else b""
+        # Sent as 0-RTT data only when the configuration opts in; otherwise (and
+        # whenever the server declines it) it is sent after the handshake.
+        self.early_data = early_data
         self.state = "start"
         self.shares: dict[int, KeyShare] = {}
         self.random = b""
@@ -58,6 +60,7 @@ class ClientHandshake:
         self.cookie = b""
         self.offered_psk = False
         self.sent_early_data = False
+        self.early_data_sent = b""
         self.schedule: KeySchedule13 | None = None
         self.client_hs_secret = b""
         self.server_hs_secret = b""
@@ -134,7 +137,13 @@ class ClientHandshake:
             exts.append(extension(X.COOKIE, vec16(self.cookie)))
         session = self._usable_session() if offer13 else None
         psk13 = session if session is not None and session.version == TLS13 else None
-        if psk13 is not None and self.early_data and psk13.max_early_data > 0 and not self.hrr_done:
+        if (
+            psk13 is not None
+            and self.early_data
+            and self.config.enable_early_data
+            and psk13.max_early_data > 0
+            and not self.hrr_done
+        ):
             exts.append(extension(X.EARLY_DATA, b""))
             self.sent_early_data = True
         else:
@@ -180,9 +189,8 @@ class ClientHandshake:
         )
         conn.suite = suite
         conn.set_write_secret13(early_secret)
-        conn.records.write_records(
-            ContentType.APPLICATION_DATA, self.early_data[: session.max_early_data]
-        )
+        self.early_data_sent = self.early_data[: session.max_early_data]
+        conn.records.write_records(ContentType.APPLICATION_DATA, self.early_data_sent)
 
     # --- dispatch -----------------------------------------------------------------
 
@@ -525,8 +533,11 @@ class ClientHandshake:
             from .certs import parse_chain
 
             conn.peer_certificates = parse_chain(self.offered_session.peer_chain_der)
-            if conn.alpn_protocol is None:
-                conn.alpn_protocol = None
+        # Early data the server did not take (rejected, or beyond its limit) goes
+        # out as ordinary application data, first in line.
+        delivered = self.early_data_sent if conn.early_data_accepted else b""
+        if self.early_data[len(delivered) :]:
+            conn.queue_application_data_first(self.early_data[len(delivered) :])
         conn.complete_handshake()
         conn.events.append(
             HandshakeComplete(

@@ -197,6 +197,9 @@ class TlsConnection:
     def fail(self, description: AlertDescription, message: str) -> TlsProtocolError:
         return TlsProtocolError(description, message)
 
+    def queue_application_data_first(self, data: bytes) -> None:
+        self._pending_app_data.insert(0, data)
+
     def complete_handshake(self) -> None:
         self.handshake_complete = True
         pending, self._pending_app_data = self._pending_app_data, []
