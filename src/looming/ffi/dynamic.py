@@ -162,8 +162,8 @@ def read_local(address: int, length: int) -> bytes:
 
 def buffer_argument(value: Any) -> Any:
     """A ctypes-passable object for a Buffer argument other than ``bytes``."""
-    if value is None:
-        return None
+    if value is None or type(value) is bytes:
+        return value
     if isinstance(value, bytearray):
         return (ctypes.c_char * len(value)).from_buffer(value) if value else b""
     if isinstance(value, memoryview):
@@ -343,6 +343,7 @@ def generate_wrapper(
     body: list[str] = []
     after: list[str] = []
     exprs: list[str] = []
+    retry: dict[int, Callable[[Any], Any]] = {}
     uses_callbacks = any(isinstance(t, Callback) for t in function.args)
     if uses_callbacks:
         body.append("_errors = _Errors()")
@@ -367,7 +368,11 @@ def generate_wrapper(
             continue
         if isinstance(ctype, Buffer):
             env[f"_cv{i}"] = slow_converter(function, i, library.origin, buffer_argument)
-            exprs.append(f"({name} if type({name}) is bytes else _cv{i}({name}))")
+            # ctypes takes bytes and None for a char * parameter as they are;
+            # anything else it refuses before calling, and the call is retried
+            # with the argument converted (see retry_converted).
+            exprs.append(name)
+            retry[i] = env[f"_cv{i}"]
             continue
         if isinstance(ctype, Opaque):
             env[f"_cv{i}"] = slow_converter(function, i, library.origin, lambda v: v.address)
@@ -404,19 +409,30 @@ def generate_wrapper(
     converts_result = isinstance(returns, Opaque | Enum | Record | Pointer | Buffer) or (
         isinstance(returns, CString) and returns.as_text
     )
-    handler = (
-        f"    except (_ArgumentError, TypeError) as exc:\n"
-        f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
-    )
+
+    def call_block(target: str) -> str:
+        refused = (
+            f"    except (_ArgumentError, TypeError) as exc:\n"
+            f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
+        )
+        if retry:
+            # A buffer ctypes refused (a bytearray, a Memory) is converted and
+            # the call made then: ctypes refuses before calling, so C runs once.
+            refused = (
+                f"    except _ArgumentError:\n"
+                f"        {target}_retry([{c_args}], ({params}{trailing}))\n" + refused
+            )
+        return f"try:\n        {target}_c({c_args})\n{refused}"
+
+    if retry:
+        env["_retry"] = retry_converted(function, c_function, retry, library.origin)
     if not (body or after or function.errno or converts_result):
         # The fast path: nothing to do after the call.
-        source = (
-            f"def {function.name}({params}):\n    try:\n        return _c({c_args})\n{handler}\n"
-        )
+        source = f"def {function.name}({params}):\n    {call_block('return ')}\n"
         return finish_wrapper(function, source, env)
     if function.errno:
         body.append("_set_errno(0)")
-    body.append(f"try:\n        r = _c({c_args})\n{handler}")
+    body.append(call_block("r = "))
     if function.errno:
         body.append("_e = _get_errno()")
     body.extend(after)
@@ -447,6 +463,25 @@ def finish_wrapper(function: Function, source: str, env: dict[str, Any]) -> Call
     wrapper.__doc__ = function.prototype()
     wrapper.__looming_source__ = source  # type: ignore[attr-defined]  # kept for reading
     return wrapper
+
+
+def retry_converted(
+    function: Function,
+    c_function: Any,
+    converters: dict[int, Callable[[Any], Any]],
+    origin: object,
+) -> Callable[[list[Any], tuple[Any, ...]], Any]:
+    """Call again with the refused arguments converted (or raise a named TypeError)."""
+
+    def call(values: list[Any], originals: tuple[Any, ...]) -> Any:
+        try:
+            for index, convert in converters.items():
+                values[index] = convert(originals[index])
+            return c_function(*values)
+        except (ctypes.ArgumentError, TypeError, ValueError, OverflowError) as exc:
+            raise argument_error(function, originals, origin, exc) from None
+
+    return call
 
 
 def slow_converter(
