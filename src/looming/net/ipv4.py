@@ -85,6 +85,10 @@ class Ipv4Layer:
             raise ValueError(f"gateway {gateway} is not inside {interface.network}")
         self._interface = interface
         self._gateway = gateway
+        self._local_int = int(interface.ip) if interface is not None else -1
+        self._broadcast_ints = {int(_LIMITED_BROADCAST)}
+        if interface is not None and interface.network.prefixlen < 31:
+            self._broadcast_ints.add(int(interface.network.broadcast_address))
         addresses = [interface.ip] if interface is not None else []
         self._arp.set_addresses(addresses, announce=announce)
 
@@ -140,16 +144,19 @@ class Ipv4Layer:
             counters["malformed"] += 1
             return
         destination = header.destination
+        # Integer comparisons: IPv4Address's own are Python-level and this
+        # runs for every packet.
+        destination_int = int(destination)
         if not (
             self._interface is None
-            or destination == self._interface.ip
-            or self.is_broadcast(destination)
+            or destination_int == self._local_int
+            or destination_int in self._broadcast_ints
         ):
             counters["not_for_us"] += 1
             return
-        source = header.source
+        source_int = int(header.source)
         if not looped_back and (
-            source.is_multicast or source == _LIMITED_BROADCAST or self.is_local(source)
+            source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int
         ):
             # RFC 1122 3.2.1.3: a datagram from a broadcast, multicast or
             # our own address is forged or looped back; drop it.

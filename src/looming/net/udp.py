@@ -19,6 +19,19 @@ from looming.net.wire.udp import UdpHeader
 EPHEMERAL_PORTS = (49152, 65535)
 
 
+_texts: dict[IPv4Address, str] = {}
+
+
+def _text(address: IPv4Address) -> str:
+    """``str(address)``, memoised (bounded) as it is asked for every datagram."""
+    text = _texts.get(address)
+    if text is None:
+        if len(_texts) >= 4096:
+            _texts.clear()
+        text = _texts[address] = str(address)
+    return text
+
+
 class UdpBinding:
     """:class:`looming.devices.stack.Listener` for one bound UDP port."""
 
@@ -109,9 +122,9 @@ class UdpLayer:
         self.counters["rx_datagrams"] += 1
         handler = binding[0]
         datagram = Datagram(
-            source=str(source),
+            source=_text(source),
             source_port=header.source_port,
-            destination=str(destination),
+            destination=_text(destination),
             destination_port=header.destination_port,
             data=bytes(data),
         )
