@@ -8,7 +8,9 @@ Three calls, each through every way of making it:
 * zlib's ``crc32`` over 64 KiB (buffer-heavy: what copying costs).
 
 The ways: Python's ``zlib`` module (crc32 only), ctypes written by hand,
-cffi API mode written by hand, and looming's dynamic, compiled and isolated
+cffi API mode written by hand, a hand-written helper process answering
+crc32 over an AF_UNIX socketpair (the floor for any out-of-process call from
+Python), and looming's dynamic, compiled and isolated
 backends (the isolated one over a socketpair, and over vchan when
 ``looming.vchan`` is present). Ratios are against the hand-written ctypes
 and cffi of the same run. In-process ways are timed in the calling thread's
@@ -98,6 +100,48 @@ def hand_cffi() -> Any:
     return module
 
 
+RAW_HELPER = r"""
+import ctypes, socket, struct, sys
+channel = socket.socket(fileno=int(sys.argv[1]))
+crc32 = ctypes.CDLL("libz.so.1").crc32
+crc32.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_uint]
+crc32.restype = ctypes.c_ulong
+while True:
+    header = channel.recv(4, socket.MSG_WAITALL)
+    if len(header) < 4:
+        break
+    (length,) = struct.unpack("<I", header)
+    data = channel.recv(length, socket.MSG_WAITALL) if length else b""
+    channel.sendall(struct.pack("<Q", crc32(0, data, len(data))))
+"""
+
+
+class RawHelper:
+    """The hand-written baseline of the isolated backend: crc32 in a child over AF_UNIX."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+
+        self.ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", RAW_HELPER, str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+        )
+        theirs.close()
+
+    def crc32(self, data: bytes) -> int:
+        import socket
+        import struct
+
+        self.ours.sendall(struct.pack("<I", len(data)) + data)
+        (value,) = struct.unpack("<Q", self.ours.recv(8, socket.MSG_WAITALL))
+        return int(value)
+
+    def close(self) -> None:
+        self.ours.close()
+        self.process.wait()
+
+
 def per_call_ns(call: Callable[[], object], iterations: int, cpu: bool) -> float:
     """Mean time of one call, in nanoseconds.
 
@@ -139,6 +183,9 @@ def main() -> int:
     ctypes_abs.restype = ctypes.c_int
     cffi_module = hand_cffi()
     cffi_lib = cffi_module.lib
+    raw_helper = RawHelper()
+    raw_crc32 = raw_helper.crc32
+    assert raw_crc32(small) == stdlib_zlib.crc32(small)
     # Every way calls a function object bound beforehand, so no way pays an
     # attribute lookup the others do not.
     cffi_crc32, cffi_abs = cffi_lib.crc32, cffi_lib.abs
@@ -194,6 +241,15 @@ def main() -> int:
             False,
         ),
     ]
+    ways.append(
+        (
+            "helper over AF_UNIX (hand)",
+            None,
+            lambda: raw_crc32(small),
+            lambda: raw_crc32(big),
+            True,
+        )
+    )
     for backend, (z, c) in looming.items():
         ways.append(
             (
@@ -242,6 +298,7 @@ def main() -> int:
 
     hand_ctypes = results["ctypes (hand)"]
     hand_cffi_figures = results["cffi API (hand)"]
+    raw_figures = results["helper over AF_UNIX (hand)"]
 
     def ratio(value: float | None, base: float | None) -> str:
         return "-" if value is None or base is None else f"{value / base:.2f}x"
@@ -264,6 +321,7 @@ def main() -> int:
                 ratio(figures["abs_ns"], hand_cffi_figures["abs_ns"]),
                 ratio(figures["crc32_56B_ns"], hand_cffi_figures["crc32_56B_ns"]),
                 ratio(figures["crc32_64KiB_ns"], hand_cffi_figures["crc32_64KiB_ns"]),
+                ratio(figures["crc32_56B_ns"], raw_figures["crc32_56B_ns"]),
             ]
         )
     print()
@@ -279,6 +337,7 @@ def main() -> int:
                 "abs/cffi",
                 "56B/cffi",
                 "64K/cffi",
+                "56B/helper",
             ],
             rows,
         )
@@ -309,6 +368,7 @@ def main() -> int:
     for z, c in [*looming.values(), *([vchan_pair] if vchan_pair else [])]:
         z.close()
         c.close()
+    raw_helper.close()
     if options.json:
         write_json(options.json, {"quick": options.quick, "results": results, "goals": goals})
     return 0

@@ -69,6 +69,11 @@ class HelperServer:
         self.functions = [getattr(self.library, f.name) for f in bindings.functions]
         self.opaque_index = {id(o): i for i, o in enumerate(bindings.opaques)}
         self.blocks: dict[int, LocalMemory] = {}
+        # The arguments that need work here; the others pass as they arrived.
+        self.prepared_arguments = [
+            [i for i, t in enumerate(f.args) if isinstance(t, Buffer | Pointer | Callback)]
+            for f in bindings.functions
+        ]
 
     # -- values to and from the wire ----------------------------------------
 
@@ -131,12 +136,10 @@ class HelperServer:
     def call(self, message: bytes) -> None:
         index, args = decode_all(message, 1, self.make_handle)
         function = self.bindings.functions[index]
-        prepared: list[Any] = []
-        read_back: list[Any] = []
-        for i, (ctype, value) in enumerate(zip(function.args, args, strict=True)):
-            given, back = self.argument(ctype, value, i, function)
-            prepared.append(given)
-            read_back.append(back)
+        prepared: list[Any] = list(args)
+        read_back: list[Any] = [None] * len(args)
+        for i in self.prepared_arguments[index]:
+            prepared[i], read_back[i] = self.argument(function.args[i], args[i], i, function)
         error: str | None = None
         errno = 0
         result: Any = None
@@ -153,8 +156,14 @@ class HelperServer:
             None if back is None else bytes(back) if isinstance(back, bytearray) else back.read()
             for back in read_back
         ]
+        returns = function.returns
         self.channel.send(
-            encode_message(b"R", errno, self.to_wire(result, function.returns), backs)
+            encode_message(
+                b"R",
+                errno,
+                result if type(result) is int else self.to_wire(result, returns),
+                backs,
+            )
         )
 
     def memory(self, tag: bytes, message: bytes) -> None:
