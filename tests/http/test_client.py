@@ -65,6 +65,7 @@ def test_client_keeps_the_connection_alive(python_server: int) -> None:
         assert second.body == b"you asked for /two\n"
         assert posted.status == 201 and posted.body == b"cba"
         assert len(KeepAliveHandler.connections) == 1
+        await flow.close()
         await stack.disconnect()
 
     asyncio.run(scenario())
@@ -88,6 +89,7 @@ def test_client_against_looming_static_site() -> None:
             assert etag is not None
             cached = await client.request("GET", "/", headers=[(b"if-none-match", etag)])
             assert cached.status == 304
+            await flow.close()
             await stack.disconnect()
 
         asyncio.run(scenario())

@@ -22,6 +22,15 @@ async def describe(request: Request) -> Response:
         raise RuntimeError("this handler fails on purpose")
     if request.path == "/injection":
         return Response(200, [(b"x-evil", b"a\r\nSet-Cookie: stolen=1")], b"never sent")
+    if request.path == "/stream-with-length":
+
+        async def counted() -> AsyncIterator[bytes]:
+            yield b"12345"
+            yield b"67890"
+
+        return Response(200, [(b"content-length", b"10")], counted())
+    if request.path == "/close-after":
+        return Response(200, [(b"connection", b"close")], b"last one")
     if request.path == "/stream":
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -275,3 +284,53 @@ def test_header_injection_by_a_handler_becomes_500(server: RunningServer) -> Non
     assert response.getheader("set-cookie") is None
     assert b"never sent" not in body
     conn.close()
+
+
+def test_streamed_response_to_http_1_0_ends_with_the_close(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream HTTP/1.0\r\n\r\n")
+        reply = read_until_closed(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body == b"".join(b"chunk %d\n" % i for i in range(5))
+
+
+def test_streamed_response_with_declared_length(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /stream-with-length HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        reply = read_until_closed(sock)
+    first, _, rest = reply.partition(b"\r\n\r\n")
+    assert b"content-length: 10" in first
+    assert b"transfer-encoding" not in first.lower()
+    assert rest.startswith(b"1234567890HTTP/1.1 200 OK\r\n")
+
+
+def test_head_of_a_streamed_response_keeps_the_connection(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        reply = read_until_closed(sock)
+    first, _, rest = reply.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert rest.startswith(b"HTTP/1.1 200 OK")
+    assert b'"path": "/after"' in rest
+
+
+def test_connection_close_from_client_or_handler_ends_the_connection(
+    server: RunningServer,
+) -> None:
+    for request in (
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /close-after HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request)
+            reply = read_until_closed(sock)
+        assert reply.count(b"HTTP/1.1 ") == 1
+        assert b"connection: close" in reply.lower()

@@ -2,8 +2,10 @@
 
 One :class:`HttpServer` serves connections handed to :meth:`HttpServer.serve_flow`
 (or used directly as a Tcp listener handler). Each connection is a loop of
-request, handler, response: keep-alive and pipelining come from h11's state
-machine, which buffers any bytes received beyond the current request.
+request, handler, response. h11 parses each request (a fresh parser per
+request, handed whatever the client pipelined behind the previous one); the
+response is framed and written by :mod:`looming.http.response_head`, which
+caches what repeats from one response to the next.
 
 Every wait on the peer is bounded by one per-connection deadline that is moved
 as the connection changes phase (idle between requests, receiving a head,
@@ -16,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -28,11 +29,20 @@ from looming.devices.clock import Clock
 from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, NetworkError
 from looming.http.message import Handler, Request, Response
+from looming.http.response_head import (
+    CHUNKED,
+    CONNECTION_CLOSE,
+    LAST_CHUNK,
+    HeaderCache,
+    InvalidHeaders,
+    PreparedHeaders,
+    body_not_allowed,
+    chunk,
+    reason_phrase,
+    status_line,
+)
 
 log = logging.getLogger("looming.http")
-
-REASONS: dict[int, bytes] = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-REASONS[413] = b"Content Too Large"  # RFC 9110's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +71,16 @@ class ServerConfig:
 
 
 class _DateHeader:
-    """The Date header's value, formatted at most once a second."""
+    """The Date header line, formatted at most once a second."""
 
-    __slots__ = ("_clock", "_second", "_value")
+    __slots__ = ("_clock", "_line", "_second")
 
     def __init__(self, clock: Clock | None) -> None:
         self._clock = clock
         self._second = -1
-        self._value = b""
+        self._line = b""
 
-    def now(self) -> bytes:
+    def line(self) -> bytes:
         clock = self._clock
         if clock is None:
             from looming.unix.clock import UnixClock
@@ -79,8 +89,8 @@ class _DateHeader:
         second = int(clock.now())
         if second != self._second:
             self._second = second
-            self._value = formatdate(second, usegmt=True).encode("ascii")
-        return self._value
+            self._line = b"date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+        return self._line
 
 
 class _Watchdog:
@@ -131,15 +141,22 @@ class _Watchdog:
             self._handle = self._loop.call_at(deadline, self._fire)
 
 
-_PLAIN_500 = ((b"content-type", b"text/plain; charset=utf-8"),)
+_INTERNAL_ERROR = Response(
+    500, ((b"content-type", b"text/plain; charset=utf-8"),), b"500 Internal Server Error\n"
+)
+
+
+class _ParserHolder:
+    """The connection's current h11 parser, for the timeout path to inspect."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn: h11.Connection | None = None
 
 
 class _BodyTooLarge(Exception):
     pass
-
-
-def _head_only_status(status: int) -> bool:
-    return status < 200 or status in (204, 304)
 
 
 class HttpServer:
@@ -155,8 +172,8 @@ class HttpServer:
         self.handler = handler
         self.config = config if config is not None else ServerConfig()
         self._date = _DateHeader(clock)
-        self._server_header = (b"server", self.config.server_name.encode("ascii"))
-        self._checked: dict[tuple[tuple[bytes, bytes], ...], bool] = {}
+        self._server_line = b"server: " + self.config.server_name.encode("ascii") + b"\r\n"
+        self._headers = HeaderCache()
         self.requests_served = 0
         self.protocol_errors = 0
         self.timeouts = 0
@@ -166,13 +183,13 @@ class HttpServer:
 
     async def serve_flow(self, flow: Flow) -> None:
         """Serve requests on ``flow`` until the peer or a timeout ends it; closes it."""
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
         task = asyncio.current_task()
         assert task is not None
         deadline = _Watchdog(asyncio.get_running_loop(), task)
+        parser = _ParserHolder()
         try:
             try:
-                await self._serve_requests(flow, conn, deadline)
+                await self._serve_requests(flow, parser, deadline)
             finally:
                 deadline.close()
         except asyncio.CancelledError:
@@ -181,8 +198,8 @@ class HttpServer:
             task.uncancel()
             self.timeouts += 1
             # 408 only when a request had begun; an idle connection just closes.
-            started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
-            if conn.our_state is h11.SEND_RESPONSE or (conn.our_state is h11.IDLE and started):
+            conn = parser.conn
+            if conn is not None and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
                 await self._send_error_raw(flow, 408)
         except (ConnectionReset, Closed) as error:
             log.debug("connection ended: %s", error)
@@ -196,14 +213,24 @@ class HttpServer:
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
 
-    async def _serve_requests(self, flow: Flow, conn: h11.Connection, deadline: _Watchdog) -> None:
+    async def _serve_requests(self, flow: Flow, parser: _ParserHolder, deadline: _Watchdog) -> None:
         config = self.config
         client: tuple[str, int] | None = getattr(flow, "remote_address", None)
         server: tuple[str, int] | None = getattr(flow, "local_address", None)
+        leftover = b""
+        peer_closed = False
         first = True
         while True:
-            wait = config.header_timeout if first else config.keep_alive_timeout
-            deadline.expire_in(wait)
+            # A fresh parser per request: h11 reads the request, the server
+            # writes the response (see response_head), and bytes the client
+            # pipelined behind this request are handed on to the next parser.
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+            parser.conn = conn
+            if leftover or peer_closed:
+                conn.receive_data(leftover)
+                if peer_closed:
+                    conn.receive_data(b"")
+            deadline.expire_in(config.header_timeout if first else config.keep_alive_timeout)
             first = False
             try:
                 event = conn.next_event()
@@ -220,36 +247,44 @@ class HttpServer:
                 self.protocol_errors += 1
                 status = error.error_status_hint
                 log.debug("bad request: %s", error)
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE, h11.ERROR):
-                    deadline.disarm()
-                    await self._send_error_raw(flow, status if status >= 400 else 400)
+                deadline.disarm()
+                await self._send_error_raw(flow, status if status >= 400 else 400)
                 return
             if type(event) is not h11.Request:
                 # ConnectionClosed (or anything else unexpected): we are done.
                 return
-            if not event.http_version.startswith(b"1."):
+            version = event.http_version
+            if not version.startswith(b"1."):
                 self.protocol_errors += 1
                 deadline.disarm()
                 await self._send_error_raw(flow, 505)
                 return
             # h11 bounds only a head that arrives in pieces; one that arrived
             # whole is measured here so the limit holds either way.
-            head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+            headers = event.headers
+            head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
             if head_size > config.max_header_bytes:
                 self.protocol_errors += 1
                 deadline.disarm()
                 await self._send_error_raw(flow, 431)
                 return
             method_bytes = event.method
-            if method_bytes != b"GET" and method_bytes != b"HEAD":
-                # Refuse an announced oversized body before reading it or
-                # inviting it with 100 Continue (the limit holds while
-                # reading in any case).
-                for name, value in event.headers:
-                    if name == b"content-length" and int(value) > config.max_body_bytes:
-                        deadline.disarm()
-                        await self._send_error_raw(flow, 413)
-                        return
+            keep_alive = version == b"1.1"
+            check_length = method_bytes != b"GET" and method_bytes != b"HEAD"
+            for name, value in headers:
+                if name == b"connection":
+                    if b"close" in value.lower():
+                        keep_alive = False
+                elif (
+                    check_length
+                    and name == b"content-length"
+                    and int(value) > config.max_body_bytes
+                ):
+                    # Refused before reading it or inviting it with 100 Continue
+                    # (the limit holds while reading in any case).
+                    deadline.disarm()
+                    await self._send_error_raw(flow, 413)
+                    return
             try:
                 body = await self._read_body(flow, conn, deadline)
             except _BodyTooLarge:
@@ -262,13 +297,14 @@ class HttpServer:
                 deadline.disarm()
                 await self._send_error_raw(flow, 400)
                 return
+            leftover, peer_closed = conn.trailing_data
             method = method_bytes.decode("ascii")
             request = Request(
                 method,
                 event.target.decode("latin-1"),
-                event.headers,  # h11's read-only sequence of (lower-case name, value)
+                headers,  # h11's read-only sequence of (lower-case name, value)
                 body,
-                event.http_version.decode("ascii"),
+                version.decode("ascii"),
                 client,
                 server,
             )
@@ -277,19 +313,24 @@ class HttpServer:
                 response = await self.handler(request)
             except Exception:
                 log.exception("handler failed on %s %s", method, request.target)
-                response = Response(500, _PLAIN_500, b"internal error\n")
+                response = _INTERNAL_ERROR
             try:
-                has_length = self._checked_headers(response.headers)
-            except h11.LocalProtocolError as error:
-                log.error("handler for %s %s gave bad headers: %s", method, request.target, error)
-                response = Response(500, _PLAIN_500, b"internal error\n")
-                has_length = False
+                prepared = self._headers.prepare(response.headers)
+                if not 200 <= response.status <= 999:
+                    raise InvalidHeaders(f"status {response.status} is not a final status")
+            except InvalidHeaders as error:
+                log.error(
+                    "handler for %s %s gave a bad response: %s", method, request.target, error
+                )
+                response = _INTERNAL_ERROR
+                prepared = self._headers.prepare(response.headers)
             deadline.expire_in(config.send_timeout)
-            await self._send_response(flow, conn, response, has_length, method == "HEAD", deadline)
+            keep_alive = await self._send_response(
+                flow, response, prepared, method == "HEAD", version == b"1.1", keep_alive, deadline
+            )
             self.requests_served += 1
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            if not keep_alive or peer_closed:
                 return
-            conn.start_next_cycle()
 
     async def _read_body(
         self,
@@ -304,7 +345,7 @@ class HttpServer:
         chunks: list[bytes] = []
         received = 0
         if conn.they_are_waiting_for_100_continue:
-            await flow.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            await flow.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while True:
             if event is h11.NEED_DATA:
                 deadline.expire_in(self.config.body_timeout)
@@ -321,98 +362,136 @@ class HttpServer:
                 raise h11.RemoteProtocolError("connection closed in the middle of a body")
             event = conn.next_event()
 
-    def _checked_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
-        """Validate a handler's headers once per distinct tuple; whether they
-        carry a Content-Length. Lists are checked on every response."""
-        if type(headers) is tuple:
-            known = self._checked.get(headers)
-            if known is not None:
-                return known
-        # h11's own rules: raises LocalProtocolError on a bad name or value.
-        h11.Response(status_code=200, headers=list(headers))
-        has_length = any(name.lower() == b"content-length" for name, _ in headers)
-        if type(headers) is tuple:
-            if len(self._checked) >= 4096:
-                self._checked.clear()
-            self._checked[headers] = has_length
-        return has_length
-
-    def _response_head(self, conn: h11.Connection, response: Response, length: int | None) -> bytes:
-        headers: list[tuple[bytes, bytes]] = [(b"date", self._date.now()), self._server_header]
-        headers.extend(response.headers)
-        status = response.status
-        if length is not None and not _head_only_status(status):
-            headers.append((b"content-length", b"%d" % length))
-        # Every header was validated above (ours are known good), so h11 may
-        # skip its per-response regular expressions.
-        event = h11.Response(
-            status_code=status, headers=headers, reason=REASONS.get(status, b""), _parsed=True
-        )
-        return conn.send(event) or b""
+    def _head_lines(self, response: Response, prepared: PreparedHeaders) -> list[bytes]:
+        lines = [status_line(response.status)]
+        if not prepared.has_date:
+            lines.append(self._date.line())
+        if not prepared.has_server:
+            lines.append(self._server_line)
+        lines.append(prepared.lines)
+        return lines
 
     async def _send_response(
         self,
         flow: Flow,
-        conn: h11.Connection,
         response: Response,
-        has_length: bool,
+        prepared: PreparedHeaders,
         head_only: bool,
+        http_11: bool,
+        keep_alive: bool,
         deadline: _Watchdog,
-    ) -> None:
+    ) -> bool:
+        """Write ``response``; whether the connection may carry another request."""
+        keep_alive = keep_alive and not prepared.close
+        lines = self._head_lines(response, prepared)
         body = response.body
+        no_body = body_not_allowed(response.status)
         if isinstance(body, bytes | bytearray | memoryview):
-            head = self._response_head(conn, response, None if has_length else len(body))
-            if head_only or _head_only_status(response.status) or not body:
-                conn.send(h11.EndOfMessage())
-                await flow.write(head)
-                return
-            pieces = conn.send_with_data_passthrough(h11.Data(data=body)) or []
-            conn.send(h11.EndOfMessage())
-            await flow.writev([head, *pieces])
-            return
-        await self._send_streamed(flow, conn, response, body, head_only, deadline)
+            declared = prepared.declared_length
+            if no_body:
+                pass
+            elif head_only and declared is not None:
+                lines.append(b"content-length: %d\r\n" % declared)
+            else:
+                if declared is not None and declared != len(body) and not head_only:
+                    log.warning(
+                        "handler declared Content-Length %d for a %d byte body; sending the body's",
+                        declared,
+                        len(body),
+                    )
+                lines.append(b"content-length: %d\r\n" % len(body))
+            if not keep_alive:
+                lines.append(CONNECTION_CLOSE)
+            lines.append(b"\r\n")
+            if head_only or no_body or not body:
+                await flow.write(b"".join(lines))
+            else:
+                lines.append(body)
+                await flow.writev(lines)
+            return keep_alive
+        return await self._send_streamed(
+            flow,
+            response,
+            prepared,
+            lines,
+            body,
+            head_only or no_body,
+            http_11,
+            keep_alive,
+            deadline,
+        )
 
     async def _send_streamed(
         self,
         flow: Flow,
-        conn: h11.Connection,
         response: Response,
+        prepared: PreparedHeaders,
+        lines: list[bytes],
         body: AsyncIterable[bytes],
         head_only: bool,
+        http_11: bool,
+        keep_alive: bool,
         deadline: _Watchdog,
-    ) -> None:
-        head = self._response_head(conn, response, None)
+    ) -> bool:
+        declared = prepared.declared_length
+        chunked = declared is None and http_11
         try:
-            if head_only or _head_only_status(response.status):
-                await flow.write(head)
-                conn.send(h11.EndOfMessage())
-                return
-            pending: list[bytes] = [head]
+            if body_not_allowed(response.status):
+                pass
+            elif declared is not None:
+                lines.append(b"content-length: %d\r\n" % declared)
+            elif chunked:
+                lines.append(CHUNKED)
+            else:
+                keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
+            if not keep_alive:
+                lines.append(CONNECTION_CLOSE)
+            lines.append(b"\r\n")
+            if head_only:
+                await flow.write(b"".join(lines))
+                return keep_alive
+            pending: list[bytes] = lines
             timeout = self.config.send_timeout
-            async for chunk in body:
-                if not chunk:
+            sent = 0
+            async for piece in body:
+                if not piece:
                     continue
-                pending.extend(conn.send_with_data_passthrough(h11.Data(data=chunk)) or [])
+                sent += len(piece)
+                if declared is not None and sent > declared:
+                    raise RuntimeError(
+                        f"streamed body is longer than its Content-Length {declared}"
+                    )
+                if chunked:
+                    pending.extend(chunk(piece))
+                else:
+                    pending.append(piece)
                 deadline.expire_in(timeout)
                 await flow.writev(pending)
                 pending = []
                 deadline.disarm()
-            pending.append(conn.send(h11.EndOfMessage()))
-            deadline.expire_in(timeout)
-            await flow.writev(pending)
+            if declared is not None and sent != declared:
+                raise RuntimeError(f"streamed body of {sent} bytes, Content-Length said {declared}")
+            if chunked:
+                pending.append(LAST_CHUNK)
+            if pending:
+                deadline.expire_in(timeout)
+                await flow.writev(pending)
+            return keep_alive
         finally:
             closer: Any = getattr(body, "aclose", None)
             if closer is not None:
                 await closer()
 
     async def _send_error_raw(self, flow: Flow, status: int) -> None:
-        """A complete error response written past h11 (its state may be ERROR)."""
-        reason = REASONS.get(status, b"Error")
+        """A complete error response, then the connection is to be closed."""
+        reason = reason_phrase(status)
         text = b"%d %s\n" % (status, reason)
-        head = (
-            b"HTTP/1.1 %d %s\r\ndate: %s\r\nserver: %s\r\ncontent-type: text/plain\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, reason, self._date.now(), self._server_header[1], len(text))
+        head = b"%s%s%scontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n" % (
+            status_line(status),
+            self._date.line(),
+            self._server_line,
+            len(text),
+            CONNECTION_CLOSE,
         )
         with contextlib.suppress(NetworkError, OSError, TimeoutError):
             async with asyncio.timeout(1.0):
