@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from tests.tcp.ipv4_pair import Faults, wire_pair  # noqa: E402
 from looming.devices.stack import TcpFlow  # noqa: E402
 from looming.net.netif.tap import TapNetwork  # noqa: E402
 from looming.net.stack import DirectStack  # noqa: E402
-from looming.net.tcp import TcpLayer  # noqa: E402
+from looming.net.tcp import TcpConfig, TcpLayer  # noqa: E402
 from looming.unix.clock import UnixClock  # noqa: E402
 from looming.unix.random import UnixRandom  # noqa: E402
 from looming.unix.time import UnixTime  # noqa: E402
@@ -393,6 +395,51 @@ async def looming_pair(sizes: Sizes) -> Column:
     return column
 
 
+async def looming_memory(count: int) -> dict[str, float]:
+    """Memory held after ``count`` connections opened and closed (TIME-WAIT
+    shortened to 10 ms so that only leaks would remain)."""
+    config = TcpConfig(time_wait_ns=10_000_000)
+    a, b = wire_pair(Faults())
+    client = TcpLayer(a, UnixTime(), UnixRandom(1), config=config)
+    server = TcpLayer(b, UnixTime(), UnixRandom(2), config=config)
+
+    async def closer(flow: TcpFlow) -> None:
+        return
+
+    await server.listen(82, closer)
+
+    async def batch(n: int) -> None:
+        for _ in range(n):
+            flow = await client.connect("10.9.0.2", 82)
+            await flow.read()
+            await flow.close()
+        await asyncio.sleep(0.05)  # past TIME-WAIT
+
+    await batch(200)  # warm up caches and free lists
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    done = 0
+    while done < count:
+        step = min(5000, count - done)
+        progress(f"memory: {done + step}/{count} connections")
+        await batch(step)
+        done += step
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    left = client.connection_count + server.connection_count
+    timers = client.timer_count + server.timer_count
+    await client.close()
+    await server.close()
+    return {
+        "connections": count,
+        "growth_bytes": after - before,
+        "connections_left": left,
+        "timers_left": timers,
+    }
+
+
 # ------------------------------------------------------------------ report
 
 METRICS = [
@@ -453,12 +500,20 @@ def main() -> int:
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=False)))
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=True)))
     columns.append(asyncio.run(looming_pair(sizes)))
+    memory_count = 5_000 if args.quick else 100_000
+    memory = asyncio.run(looming_memory(memory_count))
     text = report(columns)
+    text += (
+        f"\nmemory after {memory['connections']:,} looming connections opened and closed: "
+        f"{memory['growth_bytes'] / 1024:+.1f} KiB traced, "
+        f"{memory['connections_left']:.0f} connections and {memory['timers_left']:.0f} timers left"
+    )
     print(text)
     if args.json:
         payload = {
             "sizes": sizes.__dict__,
             "columns": {column.name: column.values for column in columns},
+            "memory": memory,
             "digest": hashlib.sha256(text.encode()).hexdigest()[:16],
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

@@ -157,6 +157,7 @@ def test_write_after_shutdown_is_closed_and_half_close_still_reads() -> None:
 
         await server.listen(9, serve)
         flow = await client.connect("10.9.0.2", 9)
+        assert isinstance(flow, TcpFlow)  # the device interface, checked at run time
         await flow.write(b"abc")
         await flow.shutdown()
         with pytest.raises(Closed):

@@ -242,11 +242,13 @@ class TcpLayer:
             else:
                 await asyncio.wait_for(asyncio.shield(stream._connected), timeout)
         except TimeoutError:
+            stream._connected.cancel()  # nobody will look at how it ends
             self._drive(key, conn, lambda now: conn.abort(now))
             raise ConnectionTimeout(
                 f"no answer from {remote}:{port} within {timeout} s: is the host up?"
             ) from None
         except asyncio.CancelledError:
+            stream._connected.cancel()
             self._drive(key, conn, lambda now: conn.abort(now))
             raise
         return stream
