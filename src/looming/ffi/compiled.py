@@ -148,9 +148,12 @@ def build_extension(bindings: Bindings, name: str, target: Path) -> None:
             "-O2",
             *STRICT_FLAGS,
             f"-I{include}",
+            *(f"-I{d}" for d in bindings.include_dirs),
             str(c_file),
             "-o",
             str(shared),
+            *(f"-L{d}" for d in bindings.library_dirs),
+            *(f"-Wl,-rpath,{d}" for d in bindings.library_dirs),
             f"-l{bindings.library}",
         ]
         built = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -197,10 +197,12 @@ def _walk(ctype: CType) -> Iterator[CType]:
 class Bindings:
     """A C library described: what to load and what to call.
 
-    ``library`` is the name the linker knows (``"z"`` for ``-lz``); ``soname``
-    optionally pins the file to ``dlopen`` (``"libz.so.1"``), otherwise it is
-    found as ``ctypes.util.find_library`` finds it. ``headers`` are what the
-    compiled backend and the layout probe ``#include``.
+        ``library`` is the name the linker knows (``"z"`` for ``-lz``); ``soname``
+        optionally pins the file to ``dlopen`` (``"libz.so.1"``), otherwise it is
+        found as ``ctypes.util.find_library`` finds it (give a path for a library
+    of one's own, with ``include_dirs``/``library_dirs`` for the compiler and
+    the linker). ``headers`` are what the
+        compiled backend and the layout probe ``#include``.
     """
 
     def __init__(
@@ -214,6 +216,8 @@ class Bindings:
         records: Sequence[Record] = (),
         opaques: Sequence[Opaque] = (),
         dev_package: str | None = None,
+        include_dirs: Sequence[str] = (),
+        library_dirs: Sequence[str] = (),
     ) -> None:
         self.name = name
         # The Debian package with the headers, named in error messages.
@@ -221,6 +225,10 @@ class Bindings:
         self.library = library
         self.soname = soname
         self.headers = list(headers)
+        # For a library outside the system paths (one's own): where the
+        # compiler finds its header and the linker (and loader) the library.
+        self.include_dirs = [str(d) for d in include_dirs]
+        self.library_dirs = [str(d) for d in library_dirs]
         self.functions = list(functions)
         self.by_name: dict[str, Function] = {}
         for function in self.functions:
@@ -262,6 +270,7 @@ class Bindings:
         parts = [
             f"bindings {self.name} library={self.library} soname={self.soname}",
             f"headers={','.join(self.headers)}",
+            f"include_dirs={','.join(self.include_dirs)} library_dirs={','.join(self.library_dirs)}",
             *(r.signature() for r in self.records),
             *(o.signature() for o in self.opaques),
             *(f.signature() for f in self.functions),

@@ -86,7 +86,13 @@ def probe_layouts(bindings: Bindings, compiler: list[str]) -> list[int]:
         c_file.write_text(source)
         program = Path(work) / "probe"
         built = subprocess.run(
-            [*compiler, "-o", str(program), str(c_file)],
+            [
+                *compiler,
+                *(f"-I{d}" for d in bindings.include_dirs),
+                "-o",
+                str(program),
+                str(c_file),
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -633,7 +633,12 @@ def pack_into(ctype: CType, buf: bytearray, offset: int, value: Any, what: str) 
                     f"{what}.{field.name}",
                 )
     elif isinstance(ctype, Union):
-        if not isinstance(value, Mapping) or len(value) > 1:
+        if isinstance(value, Mapping) and len(value) > 1 and set(value) == set(ctype.by_name):
+            # Every member, as read back from memory: the largest one holds
+            # all the bytes, so packing it alone writes the union back as it was.
+            largest = max(ctype.fields, key=lambda f: f.ctype.size)
+            value = {largest.name: value[largest.name]}
+        if not isinstance(value, Mapping) or len(value) != 1:
             raise TypeError(f"{what}: expected a dict with one member of {ctype.c}")
         for name, member_value in value.items():
             member = ctype.by_name.get(name)
