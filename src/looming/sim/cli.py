@@ -21,7 +21,7 @@ from looming.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from looming.sim.artifact import Artifact
-    from looming.sim.scenario import Scenario
+    from looming.sim.spec import Scenario
     from looming.sim.world import RunResult
 
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print("looming sim: say 'run' or 'check' (looming sim --help)", file=sys.stderr)
         return 2
     try:
-        from looming.sim.scenario import load_scenario
+        from looming.sim.spec import load_scenario
         from looming.sim.world import prepare
 
         if verb == "run" and args.seeds is not None and args.seed is not None:

@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -143,6 +144,9 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
     def _advance_to(self, when: float) -> None:
         if when > self._now:
             self._now = when
+            # BaseEventLoop runs timers due before now + resolution; far from
+            # zero a nanosecond is below a float's step, so widen it to one step.
+            self._clock_resolution = max(1e-9, 2 * math.ulp(when))
 
     # -- scheduling ----------------------------------------------------
 

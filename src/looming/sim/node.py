@@ -341,6 +341,8 @@ class SimNode:
         async def body() -> None:
             try:
                 value = await work(stack)
+            except GeneratorExit:
+                raise  # the node crashed: crash() tells the waiter
             except BaseException as error:
                 if not result.done():
                     result.set_exception(error)

@@ -19,7 +19,7 @@ from looming.sim.devices import EPOCH_NS
 from looming.sim.loop import SimDeadlock, VirtualEventLoop
 from looming.sim.network import Link, SimNetwork
 from looming.sim.node import CURRENT_NODE, NodeSpec, SimNode, key_arguments
-from looming.sim.scenario import Fault, Scenario
+from looming.sim.spec import Fault, Scenario
 from looming.sim.trace import Trace, TraceLogHandler
 
 
@@ -87,6 +87,18 @@ class World:
         if boot:
             node.boot()
         return node
+
+    def add_host(self, name: str, **options: Any) -> SimNode:
+        """Add and boot a host (see :meth:`Scenario.host` for the options)."""
+        holder = Scenario("added")
+        holder.host(name, **options)
+        return self.add(holder.nodes[0])
+
+    def add_node(self, name: str, app: str | Path, **options: Any) -> SimNode:
+        """Add and boot a unikernel node (see :meth:`Scenario.node` for the options)."""
+        holder = Scenario("added")
+        holder.node(name, Path(app).resolve(), **options)
+        return self.add(holder.nodes[0])
 
     def link(self, node: str) -> Link:
         """The link between ``node`` and its switch (hold, release, in_flight)."""
@@ -183,6 +195,7 @@ class RunResult:
     links: dict[str, tuple[int, int]] = field(default_factory=dict)
     pcaps: list[Path] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -285,6 +298,7 @@ def run(
 
     world.trace.record("run", f"{scenario.name} seed {seed}")
     asyncio.set_event_loop(loop)
+    driver_error: Exception | None = None
     try:
         with _virtual_host_clock(world), _logs_to_trace(world, log_level) as logs:
             try:
@@ -292,6 +306,7 @@ def run(
             except SimDeadlock as deadlock:
                 world.failures.append(str(deadlock))
             except Exception as error:
+                driver_error = error
                 detail = "".join(traceback.format_exception_only(type(error), error)).strip()
                 where = traceback.extract_tb(error.__traceback__)[-1:]
                 place = f" ({where[0].filename}:{where[0].lineno})" if where else ""
@@ -328,6 +343,7 @@ def run(
         links={n: (link.delivered, link.dropped) for n, link in world.network.links.items()},
         pcaps=pcaps,
         logs=logs.lines,
+        error=driver_error,
     )
 
 

@@ -1,0 +1,241 @@
+"""The example scenarios, TCP under faults, and unikernels as nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import looming.sim
+from looming.errors import LoomingError
+from looming.sim import World
+from looming.sim.spec import load_scenario
+from looming.sim.world import prepare, run
+
+
+@pytest.fixture(scope="module")
+def website(app_copies: Path) -> tuple[looming.sim.Scenario, dict]:  # type: ignore[type-arg]
+    scenario = load_scenario(app_copies / "scenarios" / "website.py")
+    return scenario, prepare(scenario)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_website_with_three_clients_loss_and_a_partition(website, seed: int) -> None:  # type: ignore[no-untyped-def]
+    scenario, artifacts = website
+    result = run(scenario, seed, artifacts=artifacts)
+    assert result.ok, result.failures
+    # 3 clients x 3 rounds x 4 pages, each 200 with the exact bytes, plus counts.
+    ok_checks = [e for e in result.events if " check ok " in e]
+    assert len(ok_checks) == result.checks == 3 + 3 * 3 * 4
+    assert any(" drop " in e and " loss " in e for e in result.events)
+    assert any(" drop partition server->client" in e for e in result.events)
+
+
+def test_echo_server_crashes_and_restarts_mid_transfer(app_copies: Path) -> None:
+    scenario = load_scenario(app_copies / "scenarios" / "echo_crash.py")
+    artifacts = prepare(scenario)
+    for seed in (1, 2):
+        result = run(scenario, seed, artifacts=artifacts)
+        assert result.ok, result.failures
+        assert any("node crash server" in e for e in result.events)
+        assert any("node boot server #1" in e for e in result.events)
+        assert sum("echo listening on port 7777" in e for e in result.events) == 2
+        broke = [e for e in result.events if "broke after" in e]
+        assert broke and "reset" in broke[0]
+
+
+def _payload(size: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+@looming.sim.scenario(
+    duration=600.0,
+    link=looming.sim.LinkSpec(
+        latency=looming.sim.Uniform(0.001, 0.004),
+        jitter=0.001,
+        loss=0.05,
+        duplicate=0.02,
+        reorder=0.02,
+        corrupt=0.01,
+        bandwidth_bps=50_000_000,
+    ),
+    seeds=(1, 2),
+)
+async def test_tcp_data_arrives_intact_under_loss_reordering_duplication_corruption(
+    world: World,
+) -> None:
+    data = _payload(300_000)
+    server = world.add_host("server", ipv4="10.0.0.1/24")
+    client = world.add_host("client", ipv4="10.0.0.2/24")
+    received: dict[str, bytes] = {}
+    done = asyncio.Event()
+
+    async def serve(flow) -> None:  # type: ignore[no-untyped-def]
+        chunks = []
+        while chunk := await flow.read():
+            chunks.append(chunk)
+        received["data"] = b"".join(chunks)
+        await flow.write(hashlib.sha256(received["data"]).digest())
+        await flow.close()
+        done.set()
+
+    server_stack = await server.stack()
+    await server_stack.tcp.listen(5000, serve)
+
+    async def send(stack) -> bytes:  # type: ignore[no-untyped-def]
+        flow = await stack.tcp.connect("10.0.0.1", 5000, timeout=30.0)
+        for offset in range(0, len(data), 16_384):
+            await flow.write(data[offset : offset + 16_384])
+        await flow.shutdown()
+        reply = b""
+        while chunk := await flow.read():
+            reply += chunk
+        await flow.close()
+        return reply
+
+    reply = await client.run(send)
+    await done.wait()
+    assert received["data"] == data
+    assert reply == hashlib.sha256(data).digest()
+    trace = world.trace.events
+    assert any(" drop " in e and " loss " in e for e in trace)
+    assert any(" corrupt " in e for e in trace)
+    assert any(" duplicate " in e for e in trace)
+    assert any(" reorder " in e for e in trace)
+
+
+def test_faults_are_visible_in_the_pcap(app_copies: Path, tmp_path: Path) -> None:
+    """The website's partition (t=4 s to 14 s) as tshark sees it: nothing
+    reaches the server while the server and clients keep retransmitting."""
+    scenario = load_scenario(app_copies / "scenarios" / "website.py")
+    result = run(scenario, 7, artifacts=prepare(scenario), pcap_dir=tmp_path)
+    assert result.ok, result.failures
+    assert sorted(p.name for p in result.pcaps) == [
+        "client1-lan.pcap",
+        "client2-lan.pcap",
+        "client3-lan.pcap",
+        "server-lan.pcap",
+    ]
+
+    def times(pcap: Path, display_filter: str = "") -> list[float]:
+        command = ["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.time_relative"]
+        if display_filter:
+            command += ["-Y", display_filter]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+        return [float(line) for line in out.stdout.split()]
+
+    server = "02:10:00:00:00:01"
+    # Relative times count from the first frame, the ARP announcement at t=0.
+    to_server = times(tmp_path / "server-lan.pcap", f"eth.src != {server}")
+    assert to_server, "tshark read no frames"
+    inside = [t for t in to_server if 4.1 < t < 13.9]
+    assert inside == [], f"frames reached the partitioned server: {inside}"
+    assert any(t > 14.0 for t in to_server), "traffic resumes after the partition"
+    from_server = times(
+        tmp_path / "server-lan.pcap", f"eth.src == {server} && tcp.analysis.retransmission"
+    )
+    from_client = times(tmp_path / "client1-lan.pcap", "tcp.analysis.retransmission")
+    assert any(4.0 < t < 14.0 for t in from_server + from_client)
+    http = subprocess.run(
+        ["tshark", "-r", str(tmp_path / "server-lan.pcap"), "-Y", "http.response.code == 200"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert http.stdout.count("200 OK") >= 3 * 3 * 4
+
+
+@looming.sim.scenario(duration=100.0)
+async def test_kv_rw_state_is_kept_or_lost_across_restarts(world: World) -> None:
+    app = Path(__file__).resolve().parent / "apps" / "counter"
+    node = world.add_node("counter", app)
+    await asyncio.sleep(2.5)
+    assert node.console[0].startswith("boot 1 ")
+    assert node.console[1:] == [
+        f"tick 1 at {node.current.time.now_ns() - 1_500_000_000}",  # type: ignore[union-attr]
+        f"tick 2 at {node.current.time.now_ns() - 500_000_000}",  # type: ignore[union-attr]
+    ]
+    node.restart(keep_state=True)
+    await asyncio.sleep(0.1)
+    assert node.console[0].startswith("boot 2 ")
+    node.crash()
+    assert node.status == "crashed" and node.console == []
+    await asyncio.sleep(10.0)
+    node.restart(keep_state=False)
+    await asyncio.sleep(0.1)
+    assert node.console[0].startswith("boot 1 ")
+    assert node.incarnations == 3
+
+
+@looming.sim.scenario(duration=100.0)
+async def test_a_paused_node_misses_nothing_but_time(world: World) -> None:
+    app = Path(__file__).resolve().parent / "apps" / "counter"
+    node = world.add_node("counter", app)
+    await asyncio.sleep(2.5)
+    node.pause()
+    await asyncio.sleep(10.0)
+    assert len(node.console) == 3
+    node.resume()
+    await asyncio.sleep(0.0)
+    await asyncio.sleep(0.0)
+    # The tick due during the pause runs at once; then one a second again.
+    assert len(node.console) == 4
+    await asyncio.sleep(1.0)
+    assert len(node.console) == 5
+
+
+@looming.sim.scenario(duration=100.0)
+async def test_two_applications_with_the_same_module_names_share_a_network(world: World) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    echo = world.add_node("echo", _copy(examples / "echo"), ipv4="10.0.0.1/24")
+    hello = world.add_node("hello", _copy(examples / "hello"), keys={"greetings": 3})
+    client = world.add_host("client", ipv4="10.0.0.3/24")
+    await asyncio.sleep(2.5)
+    assert hello.console == [f"hello from looming ({i}/3)" for i in (1, 2, 3)]
+    assert echo.console == ["echo listening on port 7777"]
+
+    async def echo_once(stack) -> bytes:  # type: ignore[no-untyped-def]
+        flow = await stack.tcp.connect("10.0.0.1", 7777)
+        await flow.write(b"ping")
+        answer = await flow.read()
+        await flow.close()
+        return bytes(answer)
+
+    assert await client.run(echo_once) == b"ping"
+
+
+def _copy(app: Path) -> Path:
+    import shutil
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="looming-sim-")) / app.name
+    shutil.copytree(app, target, ignore=shutil.ignore_patterns("_build", "dist", "__pycache__"))
+    return target
+
+
+@looming.sim.scenario(duration=100.0)
+async def test_work_on_a_crashing_node_raises_node_crashed(world: World) -> None:
+    host = world.add_host("h")
+
+    async def forever(stack) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.Event().wait()
+
+    world.after(3.0, host.crash)
+    try:
+        await host.run(forever)
+    except looming.sim.NodeCrashed as error:
+        assert "h crashed" in str(error)
+        assert world.now == 3.0
+    else:
+        raise AssertionError("run() returned from a crashed node")
+    assert isinstance(looming.sim.NodeCrashed("x"), Exception)
+    assert not isinstance(looming.sim.NodeCrashed("x"), LoomingError)
