@@ -291,3 +291,19 @@ def test_auto_transport_picks_vchan_when_installed() -> None:
     assert isinstance(default_transport(None), SocketpairTransport)
     with pytest.raises(ValueError, match="unknown transport"):
         default_transport("carrier pigeon")
+
+
+def test_dropped_memory_is_given_back_to_the_helper() -> None:
+    library = IsolatedLibrary(libc)
+    try:
+        block = library.alloc_bytes(b"x" * 100)
+        address = block.address
+        del block
+        assert library._pending_frees == [address]
+        assert library.strlen(b"abc") == 3  # the free rides ahead of this call
+        assert library._pending_frees == []
+        kept = library.alloc_bytes(b"kept")
+        kept.free()
+        kept.free()  # twice is harmless
+    finally:
+        library.close()

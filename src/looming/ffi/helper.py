@@ -192,6 +192,9 @@ class HelperServer:
         tag = message[:1]
         if tag == b"C":
             self.call(message)
+        elif tag == b"F":  # blocks the caller dropped; no answer
+            for address in decode_all(message, 1)[0]:
+                self.blocks.pop(int(address), None)
         elif tag in (b"A", b"D", b"G", b"P", b"S"):
             self.memory(tag, message)
         else:

@@ -121,6 +121,7 @@ class RemoteMemory(Memory):
     def __init__(self, library: IsolatedLibrary, ctype: CType, count: int, address: int) -> None:
         super().__init__(ctype, count, address, library.origin)
         self._library = library
+        self._freed = False
 
     def _check_alive(self) -> None:
         if self.origin is not self._library.origin:
@@ -145,8 +146,15 @@ class RemoteMemory(Memory):
         self._library._request(b"P", "write", self.address + offset, bytes(data))
 
     def free(self) -> None:
-        if self.origin is self._library.origin:
+        if self.origin is self._library.origin and not self._freed:
+            self._freed = True
             self._library._request(b"D", "free", self.address)
+
+    def __del__(self) -> None:
+        # Dropped without free(): the helper is told with the next message
+        # (not now: this may run in the middle of a call's exchange).
+        if not getattr(self, "_freed", True) and self.origin is self._library.origin:
+            self._library._pending_frees.append(self.address)
 
 
 class HelperProcess:
@@ -192,6 +200,7 @@ class IsolatedLibrary(LinkedLibrary):
         self._lock = threading.RLock()
         self._helper: HelperProcess | None = None
         self._closed = False
+        self._pending_frees: list[int] = []
         self._index = {f.name: i for i, f in enumerate(bindings.functions)}
         self._fast_kinds = [[fast_kind(t) for t in f.args] for f in bindings.functions]
         self._opaque_index = {id(o): i for i, o in enumerate(bindings.opaques)}
@@ -245,6 +254,7 @@ class IsolatedLibrary(LinkedLibrary):
             raise HelperError("the helper sent a malformed greeting")
         (pid,) = decode_all(ready, 1)
         self.origin = object()
+        self._pending_frees = []  # blocks of an earlier helper died with it
         self._helper = HelperProcess(process, channel, int(pid))
 
     def _ensure_running(self) -> HelperProcess:
@@ -472,6 +482,7 @@ class IsolatedLibrary(LinkedLibrary):
                         continue
                 wire[i] = self._argument(function, i, function.args[i], value, callbacks)
             try:
+                self._send_pending_frees(helper)
                 helper.channel.send(encode_message(b"C", index, wire))
                 callback_error, reply = self._await_reply(helper, function, callbacks)
             except ChannelClosed as exc:
@@ -553,10 +564,16 @@ class IsolatedLibrary(LinkedLibrary):
                 result = ctype.error_value
             helper.channel.send(encode_message(b"k", ok, result if ok else ctype.error_value))
 
+    def _send_pending_frees(self, helper: HelperProcess) -> None:
+        if self._pending_frees:
+            addresses, self._pending_frees = self._pending_frees, []
+            helper.channel.send(encode_message(b"F", addresses))  # no reply
+
     def _request(self, tag: bytes, what: str, *values: Any) -> Any:
         with self._lock:
             helper = self._ensure_running()
             try:
+                self._send_pending_frees(helper)
                 helper.channel.send(encode_message(tag, *values))
                 reply = helper.channel.recv()
                 if reply[:1] == b"E":
