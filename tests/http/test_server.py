@@ -16,6 +16,8 @@ from looming.http import Request, Response, ServerConfig
 
 from .serving import RunningServer, serve_in_thread
 
+BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
 
 async def describe(request: Request) -> Response:
     if request.path == "/fail":
@@ -29,6 +31,8 @@ async def describe(request: Request) -> Response:
             yield b"67890"
 
         return Response(200, [(b"content-length", b"10")], counted())
+    if request.path == "/big":
+        return Response(200, [(b"content-type", b"application/octet-stream")], BIG)
     if request.path == "/close-after":
         return Response(200, [(b"connection", b"close")], b"last one")
     if request.path == "/stream":
@@ -231,7 +235,9 @@ def test_handler_failure_is_500_and_server_lives_on(server: RunningServer) -> No
 
 @pytest.fixture(scope="module")
 def impatient() -> Iterator[RunningServer]:
-    config = ServerConfig(keep_alive_timeout=0.2, header_timeout=0.3, body_timeout=0.3)
+    config = ServerConfig(
+        keep_alive_timeout=0.2, header_timeout=0.3, body_timeout=0.3, send_timeout=0.3
+    )
     with serve_in_thread(lambda: describe, config) as running:
         yield running
 
@@ -334,3 +340,20 @@ def test_connection_close_from_client_or_handler_ends_the_connection(
             reply = read_until_closed(sock)
         assert reply.count(b"HTTP/1.1 ") == 1
         assert b"connection: close" in reply.lower()
+
+
+def test_stalled_reader_times_out_without_a_stray_408(impatient: RunningServer) -> None:
+    timeouts_before = impatient.server.timeouts
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", impatient.port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.8)  # not reading: the server's send deadline passes
+        reply = read_until_closed(sock)
+    assert impatient.server.timeouts == timeouts_before + 1
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    # What was already handed to the transport is delivered; nothing follows it.
+    assert body == BIG
+    assert b"408" not in reply[-200:]

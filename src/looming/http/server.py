@@ -149,10 +149,11 @@ _INTERNAL_ERROR = Response(
 class _ParserHolder:
     """The connection's current h11 parser, for the timeout path to inspect."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "responding")
 
     def __init__(self) -> None:
         self.conn: h11.Connection | None = None
+        self.responding = False
 
 
 class _BodyTooLarge(Exception):
@@ -199,7 +200,12 @@ class HttpServer:
             self.timeouts += 1
             # 408 only when a request had begun; an idle connection just closes.
             conn = parser.conn
-            if conn is not None and (conn.their_state is not h11.IDLE or conn.trailing_data[0]):
+            # (a response that stalled midway cannot be followed by another).
+            if (
+                conn is not None
+                and not parser.responding
+                and (conn.their_state is not h11.IDLE or conn.trailing_data[0])
+            ):
                 await self._send_error_raw(flow, 408)
         except (ConnectionReset, Closed) as error:
             log.debug("connection ended: %s", error)
@@ -226,6 +232,7 @@ class HttpServer:
             # pipelined behind this request are handed on to the next parser.
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
             parser.conn = conn
+            parser.responding = False
             if leftover or peer_closed:
                 conn.receive_data(leftover)
                 if peer_closed:
@@ -325,6 +332,7 @@ class HttpServer:
                 response = _INTERNAL_ERROR
                 prepared = self._headers.prepare(response.headers)
             deadline.expire_in(config.send_timeout)
+            parser.responding = True
             keep_alive = await self._send_response(
                 flow, response, prepared, method == "HEAD", version == b"1.1", keep_alive, deadline
             )
