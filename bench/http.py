@@ -133,7 +133,7 @@ def version_of(package: str) -> str:
 
 
 PEERS: list[tuple[str, Server, Callable[[], str]]] = [
-    ("looming", looming_server, lambda: f"looming.http (h11 {version_of('h11')}, asyncio), unix target"),
+    ("looming", looming_server, lambda: f"looming.http (h11 {version_of('h11')} parsing, asyncio), unix target"),
     ("http.server", http_server, lambda: f"python -m http.server (Python {platform.python_version()}, HTTP/1.0, threads)"),
     ("uvicorn", uvicorn_server, uvicorn_implementation),
 ]  # fmt: skip
