@@ -297,3 +297,31 @@ def test_callback_types_spell_like_c() -> None:
     assert compare.spell("cmp") == "int (*cmp)(int *, int *)"
     assert Opaque("sqlite3").spell("db") == "sqlite3 *db"
     assert Pointer(Array(c_int, 4)).spell("p") == "int (*p)[4]"
+
+
+def test_the_compiled_extension_is_built_once_and_cached(ffi_cache: Path) -> None:
+    from looming.ffi.compiled import CompiledLibrary
+
+    first = link(libc, "compiled")
+    assert isinstance(first, CompiledLibrary)
+    assert first.path.parent == ffi_cache / "compiled"
+    assert first.path.name.startswith("_looming_ffi_libc_")
+    built_at = first.path.stat().st_mtime_ns
+    again = link(pickle.loads(pickle.dumps(libc)), "compiled")  # an equal description
+    assert isinstance(again, CompiledLibrary)
+    assert again.path == first.path
+    assert again.path.stat().st_mtime_ns == built_at
+    assert again.div(9, 4) == {"quot": 2, "rem": 1}
+
+
+def test_cache_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from looming.ffi.probe import cache_dir
+
+    monkeypatch.setenv("LOOMING_FFI_CACHE", "/somewhere/explicit")
+    assert cache_dir() == Path("/somewhere/explicit")
+    monkeypatch.delenv("LOOMING_FFI_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert cache_dir() == Path("/xdg/looming/ffi")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert cache_dir() == Path("/home/someone/.cache/looming/ffi")
