@@ -44,6 +44,16 @@ def test_compress2_output_is_read_by_the_stdlib_and_back(z: LinkedLibrary) -> No
     assert bytes(out) == DATA
 
 
+def test_compress_at_the_default_level_matches_the_stdlib(z: LinkedLibrary) -> None:
+    dest = bytearray(z.compressBound(len(DATA)))
+    dest_len = Ref(len(dest))
+    assert z.compress(dest, dest_len, DATA, len(DATA)) == ZReturn.Z_OK
+    # Same library algorithm, same level: byte for byte what Python's zlib makes.
+    assert bytes(dest[: dest_len.value]) == stdlib_zlib.compress(DATA)
+    too_small = Ref(10)
+    assert z.compress(bytearray(10), too_small, DATA, len(DATA)) == ZReturn.Z_BUF_ERROR
+
+
 def test_uncompress_of_garbage_is_a_data_error(z: LinkedLibrary) -> None:
     out = bytearray(100)
     result = z.uncompress(out, Ref(100), b"not zlib at all", 15)

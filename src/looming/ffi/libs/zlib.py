@@ -80,6 +80,16 @@ zlib = Bindings(
         foreign("adler32", [("adler", c_ulong), ("buf", bytes_in), ("len", c_uint)], c_ulong),
         foreign("compressBound", [("source_len", c_ulong)], c_ulong),
         foreign(
+            "compress",
+            [
+                ("dest", bytes_out),
+                ("dest_len", Pointer(c_ulong)),
+                ("source", bytes_in),
+                ("source_len", c_ulong),
+            ],
+            ZReturn,
+        ),
+        foreign(
             "compress2",
             [
                 ("dest", bytes_out),
