@@ -102,6 +102,7 @@ class Artifact:
                 self.sources["__main__.py"] = z.read("__main__.py")
         except (OSError, zipfile.BadZipFile, KeyError) as error:
             raise UsageError(f"{path} is not a built looming unikernel: {error}") from None
+        self.code: dict[str, types.CodeType] = {}
         app_dir = self.path.parent.parent
         tops = {name.partition("/")[0].removesuffix(".py") for name in self.sources}
         tops.discard("__main__")
@@ -221,7 +222,12 @@ class _ArtifactFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         zip_name, source, _ = found
         module.__dict__["__builtins__"] = _private_builtins(namespace, artifact.app_modules)
         module.__file__ = f"{artifact.path}/{zip_name}"
-        code = compile(source, module.__file__, "exec", dont_inherit=True)
+        # Every boot runs the modules afresh, but compiles them only once.
+        code = artifact.code.get(zip_name)
+        if code is None:
+            code = artifact.code[zip_name] = compile(
+                source, module.__file__, "exec", dont_inherit=True
+            )
         exec(code, module.__dict__)
 
 
