@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from looming.devices.net import MacAddress
 from looming.devices.stack import Datagram, Stack, Udp
 from looming.errors import AddressInUse, HostUnreachable, NoRoute
+from looming.net.dns import ResolverTimeout
 from looming.net.netif.memory import LinkFaults, MemorySwitch
 from looming.net.stack import DirectStack
-from looming.net.wire import ethernet, ipv4, udp
+from looming.net.wire import dns, ethernet, ipv4, udp
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
@@ -279,5 +280,35 @@ def test_arp_entries_are_refreshed_before_they_lapse() -> None:
         await asyncio.sleep(0.01)
         assert a.counters()["arp.tx_request"] == 2
         assert not a.arp.cache.expires_soon(B.ip, a.time.now_ns())
+
+    run(body)
+
+
+def test_dns_resolver_matches_answers_and_gives_up_in_time() -> None:
+    async def body(a: DirectStack, b: DirectStack) -> None:
+        async def server(query: Datagram) -> None:
+            message = dns.parse(query.data)
+            question = message.questions[0]
+            if question.name == "silent.lm":
+                return
+            # A stray answer with the wrong id first: it must be ignored.
+            wrong = dns.DnsMessage(id=message.id ^ 1, flags=0x8180, questions=(question,))
+            await b.udp.send(query.source, query.source_port, dns.emit(wrong), source_port=53)
+            alias = dns.DnsRecord(question.name, dns.DnsType.CNAME, 1, 60, dns.encode_name("t.lm"))
+            target = dns.DnsRecord("t.lm", dns.DnsType.A, 1, 60, bytes([10, 0, 0, 99]))
+            answer = dns.DnsMessage(
+                id=message.id, flags=0x8180, questions=(question,), answers=(alias, target)
+            )
+            await b.udp.send(query.source, query.source_port, dns.emit(answer), source_port=53)
+
+        await b.udp.bind(53, server)
+        a.resolver.servers = [B.ip]
+        a.resolver.timeout_s = 0.1
+        assert await a.resolve("www.lm") == [IPv4Address("10.0.0.99")]
+        assert a.counters()["dns.mismatched"] == 1
+        with pytest.raises(ResolverTimeout):
+            await a.resolve("silent.lm")
+        assert a.counters()["dns.timeout"] == 3
+        assert await a.resolve("10.1.2.3") == [IPv4Address("10.1.2.3")]
 
     run(body)
