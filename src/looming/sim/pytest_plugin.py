@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 ScenarioTest = Callable[["World"], Awaitable[None]]
 _MARK = "_looming_sim_scenario"
+_SEEDS = pytest.StashKey["list[int] | None"]()
 
 
 def scenario(
@@ -94,15 +95,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    declared = getattr(metafunc.function, _MARK, None)
-    if declared is None or "sim_seed" not in metafunc.fixturenames:
-        return
-    config = metafunc.config
-    one = config.getoption("--sim-seed")
-    sweep = config.getoption("--sim-seeds")
+def pytest_configure(config: pytest.Config) -> None:
+    one = config.getoption("--sim-seed", None)
+    sweep = config.getoption("--sim-seeds", None)
     if one is not None and sweep is not None:
         raise pytest.UsageError("give --sim-seed or --sim-seeds, not both")
+    chosen: list[int] | None = None
     if sweep is not None:
         from looming.errors import UsageError
         from looming.sim.cli import parse_seed_range
@@ -115,6 +113,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if one < 0:
             raise pytest.UsageError(f"--sim-seed: {one} is negative; seeds are 0 or more")
         chosen = [one]
-    else:
+    config.stash[_SEEDS] = chosen
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    declared = getattr(metafunc.function, _MARK, None)
+    if declared is None or "sim_seed" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.stash.get(_SEEDS, None)
+    if chosen is None:
         chosen = list(declared)
     metafunc.parametrize("sim_seed", chosen, ids=[f"seed{s}" for s in chosen])
