@@ -47,7 +47,8 @@ class Result:
     commits_per_s: float
     reads_per_s: float
     disk_bytes: int | None
-    gc_bytes: int | None = None
+    gc_bytes: int | None = None  # the same history after `git gc`
+    own_gc_bytes: int | None = None  # after the store's own gc
 
 
 def progress(message: str) -> None:
@@ -103,11 +104,13 @@ def bench_looming(
     for path in paths:
         head.get(path)
     read_time = time.perf_counter() - started
-    size = None
+    size = own_gc = None
     if disk is not None:
         size = folder_bytes(disk / "objects")
+        repo.gc()
+        own_gc = folder_bytes(disk / "objects")
     repo.close()
-    return commits / commit_time, all_keys / read_time, size
+    return commits / commit_time, all_keys / read_time, size, own_gc
 
 
 # ---------------------------------------------------------------- dulwich
@@ -242,7 +245,7 @@ def main() -> int:
             c, r, size = bench_dulwich(commits, layout, scratch / "dulwich.git")
             results.append(Result("dulwich disk", layout_name, commits, c, r, size))
             progress(f"{layout_name}: looming in memory")
-            c, r, _ = bench_looming(commits, layout, None)
+            c, r, _, _ = bench_looming(commits, layout, None)
             results.append(Result("looming memory", layout_name, commits, c, r, None))
             progress(f"{layout_name}: looming on disk")
             disk = scratch / "looming.git"
@@ -262,7 +265,10 @@ def main() -> int:
     print(
         f"python {platform.python_version()} on {platform.machine()}; ratios are against git fast-import"
     )
-    header = f"{'layout':9} {'system':16} {'commits/s':>10} {'x fi':>6} {'reads/s':>10} {'x fi':>6} {'disk KiB':>9} {'gc KiB':>8}"
+    header = (
+        f"{'layout':9} {'system':16} {'commits/s':>10} {'x fi':>6} {'reads/s':>10} {'x fi':>6} "
+        f"{'disk KiB':>9} {'own gc':>8} {'git gc':>8}"
+    )
     print(header)
     print("-" * len(header))
     for result in results:
@@ -271,10 +277,13 @@ def main() -> int:
         )
         disk = f"{result.disk_bytes / 1024:9.0f}" if result.disk_bytes is not None else f"{'-':>9}"
         gc = f"{result.gc_bytes / 1024:8.0f}" if result.gc_bytes is not None else f"{'-':>8}"
+        own = (
+            f"{result.own_gc_bytes / 1024:8.0f}" if result.own_gc_bytes is not None else f"{'-':>8}"
+        )
         print(
             f"{result.layout:9} {result.system:16} {result.commits_per_s:10.0f} "
             f"{result.commits_per_s / reference.commits_per_s:6.2f} {result.reads_per_s:10.0f} "
-            f"{result.reads_per_s / reference.reads_per_s:6.2f} {disk} {gc}"
+            f"{result.reads_per_s / reference.reads_per_s:6.2f} {disk} {own} {gc}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")

@@ -75,6 +75,10 @@ class Backend(Protocol):
         """Make every written object durable (before a ref names it)."""
         ...
 
+    def note_delta_base(self, object_id: ObjectId, base: ObjectId) -> None:
+        """``object_id`` is a new version of ``base``: a good delta base on disk."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -127,6 +131,9 @@ class MemoryBackend:
         return self._version
 
     def flush(self) -> None:
+        pass
+
+    def note_delta_base(self, object_id: ObjectId, base: ObjectId) -> None:
         pass
 
     def iter_objects(self) -> Iterator[tuple[ObjectId, str, bytes]]:
@@ -188,6 +195,7 @@ class GitBackend:
         # tier are concatenated into one pack of the next tier, so each object
         # is copied about log(n) times.
         self._tiers: list[list[PackRecord]] = [[]]
+        self._delta_bases: dict[ObjectId, ObjectId] = {}
         self._thread_lock = threading.RLock()
         self._pack_store: object | None = None
         self._lock_depth = 0
@@ -259,6 +267,9 @@ class GitBackend:
                 self._pending[object_id] = (kind, body)
         return object_id
 
+    def note_delta_base(self, object_id: ObjectId, base: ObjectId) -> None:
+        self._delta_bases[object_id] = base
+
     def flush(self) -> None:
         """Write every pending object into one new pack."""
         with self._thread_lock:
@@ -276,21 +287,39 @@ class GitBackend:
             self._merge_tiers()
 
     def _merge_tiers(self) -> None:
-        from looming.store.pack import concatenate_packs
-
         tier = 0
         merged_any = False
-        while tier < len(self._tiers) and len(self._tiers[tier]) >= self._merge_after:
-            packs = [record for record in self._tiers[tier] if os.path.exists(record[0] + ".idx")]
+        while tier < len(self._tiers):
+            # Per-commit packs are many and tiny; above them, merge sooner so
+            # few packs (and few whole copies of big trees) remain.
+            threshold = self._merge_after if tier == 0 else 4
+            if len(self._tiers[tier]) < threshold:
+                break
+            packs = self._tiers[tier]
             self._tiers[tier] = []
             if len(self._tiers) == tier + 1:
                 self._tiers.append([])
-            if packs:
-                self._tiers[tier + 1].append(concatenate_packs(self.pack_dir, packs))
-                merged_any = True
+            self._tiers[tier + 1].append(self._concatenate(packs))
+            merged_any = True
             tier += 1
         if merged_any:
             self._reopen_packs()
+
+    def _concatenate(self, packs: list[PackRecord]) -> PackRecord:
+        from looming.store.pack import concatenate_packs
+
+        present = [record for record in packs if os.path.exists(record[0] + ".idx")]
+        return concatenate_packs(self.pack_dir, present, self._delta_bases)
+
+    def gc(self) -> None:
+        """Merge every pack this process wrote into one, with deltas between
+        the versions of each directory (``git gc`` for the store's own packs)."""
+        with self.writer_lock():
+            self.flush()
+            packs = [record for tier in reversed(self._tiers) for record in tier]
+            if len(packs) > 1:
+                self._tiers = [[], [self._concatenate(packs)]]
+                self._reopen_packs()
 
     def _reopen_packs(self) -> None:
         if self._pack_store is not None:

@@ -194,9 +194,12 @@ class StoreHttp:
         return _json(404, {"error": f"no API {method} {verb!r}; see looming.store.http"})
 
     async def _events(self, store: Any, prefix: str) -> AsyncIterator[bytes]:
-        yield b": watching\n\n"
+        # Watch before the first byte goes out: a client that sees the
+        # opening comment may update at once and must not miss that change.
         events = store.events(prefix)
-        async with events:
+        events.start()
+        try:
+            yield b": watching\n\n"
             async for event in events:
                 payload = {
                     "old": event.old,
@@ -204,6 +207,8 @@ class StoreHttp:
                     "paths": ["/".join(path) for path in event.paths],
                 }
                 yield b"event: change\ndata: " + json.dumps(payload).encode() + b"\n\n"
+        finally:
+            await events.aclose()
 
 
 async def serve(repo: Repo, host: str, port: int) -> tuple[Any, StoreHttp]:

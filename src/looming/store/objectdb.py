@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -15,7 +16,9 @@ from looming.store.objects import (
     Commit,
     ObjectId,
     encode_tree,
+    encode_tree_entry,
     parse_tree,
+    tree_sort_key,
 )
 
 TreeEntries = dict[bytes, tuple[int, ObjectId]]
@@ -23,6 +26,53 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
+
+# Trees with at least this many entries keep their encoding as sorted
+# chunks, so changing a few entries does not re-sort and re-encode them all.
+BIG_TREE = 48
+
+
+class EncodedTree:
+    """A tree's encoding as parallel sorted lists of sort keys and entry bytes."""
+
+    __slots__ = ("chunks", "keys")
+
+    def __init__(self, keys: list[bytes], chunks: list[bytes]) -> None:
+        self.keys = keys
+        self.chunks = chunks
+
+    @staticmethod
+    def build(entries: TreeEntries) -> EncodedTree:
+        ordered = sorted(
+            (tree_sort_key(name, mode), encode_tree_entry(name, mode, oid))
+            for name, (mode, oid) in entries.items()
+        )
+        return EncodedTree([key for key, _ in ordered], [chunk for _, chunk in ordered])
+
+    def edited(self, old: TreeEntries, new: TreeEntries, names: set[bytes]) -> EncodedTree:
+        """This encoding with ``names`` changed from ``old`` to ``new``."""
+        keys = list(self.keys)
+        chunks = list(self.chunks)
+        for name in names:
+            before = old.get(name)
+            after = new.get(name)
+            if before == after:
+                continue
+            if before is not None:
+                key = tree_sort_key(name, before[0])
+                at = bisect.bisect_left(keys, key)
+                if at < len(keys) and keys[at] == key:
+                    del keys[at]
+                    del chunks[at]
+            if after is not None:
+                key = tree_sort_key(name, after[0])
+                at = bisect.bisect_left(keys, key)
+                keys.insert(at, key)
+                chunks.insert(at, encode_tree_entry(name, after[0], after[1]))
+        return EncodedTree(keys, chunks)
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 class LruCache(Generic[K, V]):
@@ -48,6 +98,31 @@ class LruCache(Generic[K, V]):
         self._items.clear()
 
 
+class WeightedCache:
+    """An LRU of encoded trees bounded by their total number of entries."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.weight = 0
+        self._items: OrderedDict[ObjectId, EncodedTree] = OrderedDict()
+
+    def get(self, key: ObjectId) -> EncodedTree | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: ObjectId, value: EncodedTree) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.weight -= len(old.keys)
+        self._items[key] = value
+        self.weight += len(value.keys)
+        while self.weight > self.capacity and len(self._items) > 1:
+            _key, evicted = self._items.popitem(last=False)
+            self.weight -= len(evicted.keys)
+
+
 class ObjectDb:
     """Blobs, trees and commits by id over a backend, cached once parsed."""
 
@@ -58,6 +133,7 @@ class ObjectDb:
         self._trees: LruCache[ObjectId, TreeEntries] = LruCache(tree_cache)
         self._blobs: LruCache[ObjectId, bytes] = LruCache(blob_cache)
         self._commits: LruCache[ObjectId, Commit] = LruCache(4096)
+        self._encoded = WeightedCache(400_000)
 
     def _read(self, object_id: ObjectId, expected: str) -> bytes:
         kind, body = self.backend.read(object_id)
@@ -105,6 +181,20 @@ class ObjectDb:
             self._commits.put(object_id, commit)
         return commit
 
+    def encoded_tree(self, object_id: ObjectId) -> EncodedTree | None:
+        """The sorted encoding of a big tree, if remembered or rebuilt cheaply."""
+        encoded = self._encoded.get(object_id)
+        if encoded is None:
+            entries = self.tree(object_id)
+            if len(entries) < BIG_TREE:
+                return None
+            encoded = EncodedTree.build(entries)
+            self._encoded.put(object_id, encoded)
+        return encoded
+
+    def remember_encoded(self, object_id: ObjectId, encoded: EncodedTree) -> None:
+        self._encoded.put(object_id, encoded)
+
     def write_blob(self, data: bytes) -> ObjectId:
         object_id = self.backend.write(BLOB, data)
         self._blobs.put(object_id, data)
@@ -115,8 +205,12 @@ class ObjectDb:
         self._trees.put(object_id, entries)
         return object_id
 
-    def write_tree_encoded(self, entries: TreeEntries, body: bytes) -> ObjectId:
+    def write_tree_encoded(
+        self, entries: TreeEntries, body: bytes, previous: ObjectId | None = None
+    ) -> ObjectId:
         object_id = self.backend.write(TREE, body)
+        if previous is not None and previous != EMPTY_TREE_ID and previous != object_id:
+            self.backend.note_delta_base(object_id, previous)
         self._trees.put(object_id, entries)
         return object_id
 

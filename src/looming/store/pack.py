@@ -108,37 +108,128 @@ def install_pack(pack_dir: str, data: bytes, entries: list[IndexEntry], checksum
     return base
 
 
-PackRecord = tuple[str, list[IndexEntry]]  # base name and index entries of a delta-free pack
+PackRecord = tuple[str, list[IndexEntry]]  # base name and index entries of a pack we wrote
+
+MAX_DELTA_DEPTH = 50
+OFS_DELTA = 6
 
 
-def concatenate_packs(pack_dir: str, packs: list[PackRecord]) -> PackRecord:
-    """Merge delta-free packs into one by copying their entries; remove them."""
-    seen: set[ObjectId] = set()
+def _parse_entry_header(data: bytes, offset: int) -> tuple[int, int, int, int]:
+    """Type, size, base offset (OFS_DELTA, else 0) and data start of a pack entry."""
+    byte = data[offset]
+    kind = (byte >> 4) & 7
+    size = byte & 0x0F
+    shift = 4
+    position = offset + 1
+    while byte & 0x80:
+        byte = data[position]
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        position += 1
+    base = 0
+    if kind == OFS_DELTA:
+        byte = data[position]
+        position += 1
+        distance = byte & 0x7F
+        while byte & 0x80:
+            byte = data[position]
+            position += 1
+            distance = ((distance + 1) << 7) | (byte & 0x7F)
+        base = offset - distance
+    elif kind == 7:
+        raise CorruptObject("pack", "REF_DELTA in a pack this store wrote")
+    return kind, size, base, position
+
+
+def _ofs_header(size: int, distance: int) -> bytes:
+    header = bytearray(_object_header(OFS_DELTA, size))
+    encoded = [distance & 0x7F]
+    distance >>= 7
+    while distance:
+        distance -= 1
+        encoded.append(0x80 | (distance & 0x7F))
+        distance >>= 7
+    header.extend(reversed(encoded))
+    return bytes(header)
+
+
+def concatenate_packs(
+    pack_dir: str, packs: list[PackRecord], delta_bases: dict[ObjectId, ObjectId] | None = None
+) -> PackRecord:
+    """Merge packs this store wrote into one, then remove them.
+
+    Entries are copied without recompressing; a tree whose previous version
+    (``delta_bases``) is in the merged pack is stored as a delta against it
+    (an OFS_DELTA, chains bounded by :data:`MAX_DELTA_DEPTH`), which is what
+    keeps a long history of large directories small.
+    """
+    from dulwich._pack import apply_delta, create_delta
+
+    hints = delta_bases or {}
+    wanted_bodies = set(hints.values())
+    placed: dict[ObjectId, tuple[int, int]] = {}  # id -> (offset in output, delta depth)
+    bodies: dict[ObjectId, bytes] = {}
     out = io.BytesIO()
     out.write(b"PACK\0\0\0\2\0\0\0\0")
     entries: list[IndexEntry] = []
-    for base, pack_entries in packs:
-        with open(base + ".pack", "rb") as file:
+
+    def emit(oid: ObjectId, entry: bytes, depth: int) -> None:
+        offset = out.tell()
+        placed[oid] = (offset, depth)
+        entries.append((oid, offset, zlib.crc32(entry)))
+        out.write(entry)
+
+    for base_name, source_entries in packs:
+        with open(base_name + ".pack", "rb") as file:
             data = file.read()
-        ordered = sorted(pack_entries, key=lambda entry: entry[1])
+        ordered = sorted(source_entries, key=lambda entry: entry[1])
+        at_offset = {offset: oid for oid, offset, _crc in ordered}
         ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
-        for (sha, offset, crc), end in zip(ordered, ends, strict=True):
-            if sha in seen:
+        for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
+            if oid in placed:
                 continue
-            seen.add(sha)
-            entries.append((sha, out.tell(), crc))
-            out.write(data[offset:end])
+            kind, size, base_offset, start = _parse_entry_header(data, offset)
+            compressed = data[start:end]
+            if kind == OFS_DELTA:
+                base_id = at_offset[base_offset]
+                base_at, base_depth = placed[base_id]
+                new_offset = out.tell()
+                emit(oid, _ofs_header(size, new_offset - base_at) + compressed, base_depth + 1)
+                if oid in wanted_bodies and base_id in bodies:
+                    delta = zlib.decompress(compressed)
+                    bodies[oid] = b"".join(apply_delta(bodies[base_id], delta))
+                continue
+            if kind == 2 and (oid in hints or oid in wanted_bodies):
+                body = zlib.decompress(compressed)
+                hint = hints.get(oid)
+                if hint is not None and hint in bodies and placed[hint][1] < MAX_DELTA_DEPTH:
+                    delta = bytes(create_delta(bodies.pop(hint), body))
+                    if len(delta) < len(body) // 2:
+                        base_at, base_depth = placed[hint]
+                        new_offset = out.tell()
+                        packed_delta = zlib.compress(delta, 1)
+                        emit(
+                            oid,
+                            _ofs_header(len(delta), new_offset - base_at) + packed_delta,
+                            base_depth + 1,
+                        )
+                        if oid in wanted_bodies:
+                            bodies[oid] = body
+                        continue
+                if oid in wanted_bodies:
+                    bodies[oid] = body
+            emit(oid, data[offset:end], 0)
     packed = bytearray(out.getvalue())
     packed[8:12] = struct.pack(">I", len(entries))
     checksum = hashlib.sha1(packed).digest()
     new_base = install_pack(pack_dir, bytes(packed) + checksum, entries, checksum)
-    for base, _entries in packs:
-        if base == new_base:
+    for base_name, _entries in packs:
+        if base_name == new_base:
             continue
         # The index goes first so nobody opens a pack whose data is leaving.
         for suffix in (".idx", ".pack"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(base + suffix)
+                os.unlink(base_name + suffix)
     return new_base, entries
 
 

@@ -175,6 +175,12 @@ class Repo:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
+    def gc(self) -> None:
+        """Compact what this process wrote on disk (a no-op in memory)."""
+        gc = getattr(self.backend, "gc", None)
+        if gc is not None:
+            gc()
+
     # -------------------------------------------------------------- objects
 
     def resolve(self, name: str) -> ObjectId:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 
-from looming.store.objectdb import EMPTY_TREE_ID, ObjectDb, TreeEntries
+from looming.store.objectdb import BIG_TREE, EMPTY_TREE_ID, EncodedTree, ObjectDb, TreeEntries
 from looming.store.objects import (
     BLOB_MODES,
     MODE_FILE,
@@ -102,20 +102,24 @@ def diff_trees(
 class _Node:
     """One directory of a tree being edited: copied from its base on first write."""
 
-    __slots__ = ("base_id", "children", "dirty", "entries", "owned")
+    __slots__ = ("base_entries", "base_id", "children", "dirty", "entries", "owned", "touched")
 
     def __init__(self, entries: TreeEntries, base_id: ObjectId | None) -> None:
         self.entries = entries
+        self.base_entries = entries
         self.owned = False
         self.base_id = base_id
         self.children: dict[bytes, _Node] = {}
         self.dirty = base_id is None
+        # Names changed since ``base_id``, so big trees re-encode incrementally.
+        self.touched: set[bytes] = set()
 
-    def own(self) -> TreeEntries:
+    def own(self, name: bytes) -> TreeEntries:
         if not self.owned:
             self.entries = dict(self.entries)
             self.owned = True
         self.dirty = True
+        self.touched.add(name)
         return self.entries
 
 
@@ -220,12 +224,12 @@ class WorkTree:
             assert child is not None
             if existing is not None and existing[0] != MODE_TREE:
                 # A file becomes a directory.
-                node.own().pop(raw, None)
+                node.own(raw).pop(raw, None)
             node.dirty = True
             node = child
         raw = _name(path[-1])
         node.children.pop(raw, None)
-        node.own()[raw] = entry
+        node.own(raw)[raw] = entry
 
     def remove(self, path: Path) -> bool:
         """Remove what ``path`` names; True when something was there."""
@@ -246,7 +250,7 @@ class WorkTree:
         had_child = node.children.pop(raw, None) is not None
         had_entry = raw in node.entries
         if had_entry:
-            node.own().pop(raw)
+            node.own(raw).pop(raw)
         if had_child and not had_entry:
             node.dirty = True
         for parent in trail:
@@ -265,9 +269,9 @@ class WorkTree:
             child_id = self._write(child)
             if child_id == EMPTY_TREE_ID:
                 if name in node.entries:
-                    node.own().pop(name)
+                    node.own(name).pop(name)
             elif node.entries.get(name) != (MODE_TREE, child_id):
-                node.own()[name] = (MODE_TREE, child_id)
+                node.own(name)[name] = (MODE_TREE, child_id)
         node.children.clear()
         if not node.dirty and node.base_id is not None:
             return node.base_id
@@ -275,18 +279,29 @@ class WorkTree:
             node.base_id = EMPTY_TREE_ID
             node.dirty = False
             return EMPTY_TREE_ID
-        body = self._encode(node)
-        object_id = self.db.write_tree_encoded(node.entries, body)
+        body, encoded = self._encode(node)
+        object_id = self.db.write_tree_encoded(node.entries, body, node.base_id)
+        if encoded is not None:
+            self.db.remember_encoded(object_id, encoded)
         node.base_id = object_id
+        node.base_entries = node.entries
+        node.touched = set()
         node.dirty = False
         # The cache now shares this dict: copy before the next edit.
         node.owned = False
         return object_id
 
-    def _encode(self, node: _Node) -> bytes:
+    def _encode(self, node: _Node) -> tuple[bytes, EncodedTree | None]:
         entries = node.entries
-        if len(entries) < 256:
+        if len(entries) < BIG_TREE:
             ordered = sorted(entries.items(), key=lambda item: tree_sort_key(item[0], item[1][0]))
-            return b"".join(encode_tree_entry(name, mode, oid) for name, (mode, oid) in ordered)
-        ordered_names = sorted(entries, key=lambda name: tree_sort_key(name, entries[name][0]))
-        return b"".join(encode_tree_entry(name, *entries[name]) for name in ordered_names)
+            body = b"".join(encode_tree_entry(name, mode, oid) for name, (mode, oid) in ordered)
+            return body, None
+        encoded = None
+        if node.base_id is not None and node.base_id != EMPTY_TREE_ID:
+            encoded = self.db.encoded_tree(node.base_id)
+        if encoded is None:
+            encoded = EncodedTree.build(entries)
+        else:
+            encoded = encoded.edited(node.base_entries, entries, node.touched)
+        return encoded.body(), encoded
