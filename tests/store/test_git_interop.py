@@ -186,3 +186,26 @@ def test_import_git_pack_with_deltas(tmp_path: Path, git: GitRunner) -> None:
     repo.set_head("main", head)
     assert repo.store().get("f").endswith(b"version 4\n")
     assert len(repo.store().history()) == 5
+
+
+def test_merged_packs_hold_deltas_git_accepts(tmp_path: Path, git: GitRunner) -> None:
+    path = str(tmp_path / "d.git")
+    repo = Repo.init(path, merge_packs_after=4)
+    store = repo.store()
+    for commit in range(60):
+        with store.with_tree(f"commit {commit}") as tx:
+            for key in range(commit * 5, commit * 5 + 5):
+                tx.set(f"big/k{key % 200:03d}", b"version %d of %d\n" % (commit, key))
+    repo.gc()
+    packs = list((tmp_path / "d.git" / "objects" / "pack").glob("*.idx"))
+    assert len(packs) == 1
+    verify = git("verify-pack", "-v", str(packs[0]), cwd=tmp_path)
+    assert "chain length = 1:" in verify  # directory versions stored as deltas
+    git("fsck", "--strict", cwd=path)
+    fresh = Repo.open(path).store()
+    for key in range(295, 300):
+        assert fresh.get(f"big/k{key % 200:03d}") == b"version 59 of %d\n" % key
+    assert len(fresh.history()) == 60
+    git("clone", "-q", path, str(tmp_path / "clone"), cwd=tmp_path)
+    assert (tmp_path / "clone" / "big" / "k100").read_bytes() == b"version 20 of 100\n"
+    repo.close()

@@ -116,3 +116,21 @@ def test_watch_as_server_sent_events(served: tuple[Repo, int]) -> None:
     data = json.loads(response.readline().removeprefix(b"data: "))
     assert data["new"] == commit and data["paths"] == ["w/1"]
     connection.close()
+
+
+def test_store_replicas_sync_over_smart_http(served: tuple[Repo, int], tmp_path: Path) -> None:
+    from looming.store import sync
+
+    repo, port = served
+    repo.store().set("origin.txt", b"o")
+    url = f"http://127.0.0.1:{port}/"
+    replica = sync.clone(url, str(tmp_path / "replica.git"))
+    store = replica.store()
+    assert store.get("origin.txt") == b"o"
+    store.set("replica.txt", b"r")
+    sync.push(replica, url, "main")
+    assert repo.store().get("replica.txt") == b"r"
+    repo.store().set("later.txt", b"l")
+    assert sync.pull(store, url).fast_forward
+    assert store.get("later.txt") == b"l"
+    replica.close()
