@@ -239,3 +239,35 @@ async def test_work_on_a_crashing_node_raises_node_crashed(world: World) -> None
         raise AssertionError("run() returned from a crashed node")
     assert isinstance(looming.sim.NodeCrashed("x"), Exception)
     assert not isinstance(looming.sim.NodeCrashed("x"), LoomingError)
+
+
+def test_a_driver_waiting_for_nothing_is_reported_as_a_deadlock() -> None:
+    scenario = looming.sim.Scenario("stuck", duration=3600.0)
+    scenario.host("a")
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        await world.node("a").stack()
+        await world.sleep(5.0)
+        await asyncio.Event().wait()
+
+    result = run(scenario, 1, artifacts={})
+    assert not result.ok
+    (failure,) = result.failures
+    assert failure.startswith("deadlock at t=")
+    assert "scenario/task-" in failure and "drive" in failure
+    # Well before the scenario's hour: as soon as nothing but the deadline is left.
+    assert result.virtual_seconds < 100.0
+
+
+def test_a_driver_that_overruns_fails_at_the_deadline() -> None:
+    scenario = looming.sim.Scenario("slow", duration=30.0)
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        while True:
+            await world.sleep(1.0)
+
+    result = run(scenario, 1, artifacts={})
+    assert result.failures == ["the driver did not finish within the scenario's 30.0 s"]
+    assert result.virtual_seconds == 30.0

@@ -80,7 +80,7 @@ class Gate:
 class _OrderedTimer(asyncio.TimerHandle):
     """A timer ordered by (deadline, order of scheduling)."""
 
-    __slots__ = ("_order",)
+    __slots__ = ("_order", "watchdog")
 
     def __init__(
         self,
@@ -93,6 +93,8 @@ class _OrderedTimer(asyncio.TimerHandle):
     ) -> None:
         super().__init__(when, callback, args, loop, context)
         self._order = order
+        # A watchdog (a run's deadline) is not something a task waits for.
+        self.watchdog = False
 
     def __lt__(self, other: object) -> bool:
         if isinstance(other, _OrderedTimer):
@@ -113,7 +115,12 @@ class _VirtualSelector:
         if timeout is None:
             raise SimDeadlock(loop.time(), loop.describe_tasks())
         if timeout > 0:
-            loop._advance_to(loop._scheduled[0]._when)  # type: ignore[attr-defined]  # BaseEventLoop's heap
+            scheduled: list[_OrderedTimer] = loop._scheduled  # type: ignore[attr-defined]  # BaseEventLoop's heap
+            head = scheduled[0]
+            if head.watchdog and all(t.watchdog or t.cancelled() for t in scheduled):
+                # Only deadlines are left: no task can wake before them, ever.
+                raise SimDeadlock(loop.time(), loop.describe_tasks())
+            loop._advance_to(head.when())
         return []
 
     def close(self) -> None:
@@ -177,6 +184,16 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
         timer = _OrderedTimer(when, next(self._timer_order), callback, args, self, context)
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]  # BaseEventLoop's heap
         timer._scheduled = True  # type: ignore[attr-defined]  # as BaseEventLoop.call_at does
+        return timer
+
+    def call_watchdog(
+        self, when: float, callback: Callable[..., object], *args: Any
+    ) -> asyncio.TimerHandle:
+        """A deadline: fires at ``when`` like a timer, but when only
+        deadlines are left the loop reports a deadlock instead of waiting."""
+        timer = self.call_at(when, callback, *args, context=contextvars.Context())
+        assert isinstance(timer, _OrderedTimer)
+        timer.watchdog = True
         return timer
 
     def _process_events(self, event_list: list[Any]) -> None:

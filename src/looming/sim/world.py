@@ -288,13 +288,27 @@ def run(
             loop.call_at(when, _apply, world, fault, context=contextvars.Context())
         for node in world.nodes.values():
             node.boot()
+        async def drive() -> None:
+            await driver(world)
+
+        driving = loop.create_task(drive(), context=contextvars.Context())
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            driving.cancel()
+
+        deadline = loop.call_watchdog(scenario.duration, expire)
         try:
-            async with asyncio.timeout(scenario.duration):
-                await driver(world)
-        except TimeoutError:
+            await driving
+        except asyncio.CancelledError:
+            if not expired:
+                raise
             world.failures.append(
                 f"the driver did not finish within the scenario's {scenario.duration} s"
             )
+        finally:
+            deadline.cancel()
 
     world.trace.record("run", f"{scenario.name} seed {seed}")
     asyncio.set_event_loop(loop)
