@@ -269,6 +269,9 @@ def kill_tasks(gate: Gate) -> int:
     gate.paused = False
     gate.deferred.clear()
     killed = 0
+    # Run their last words as the (now dead) node, so whatever they schedule
+    # is dropped by the gate rather than run as the scenario.
+    as_node = gate.context()
     for task in list(gate.tasks.values()):
         if task.done():
             continue
@@ -276,7 +279,7 @@ def kill_tasks(gate: Gate) -> int:
         coro = task.get_coro()
         try:
             if coro is not None:
-                coro.close()
+                as_node.run(coro.close)
         except BaseException:  # the node is gone; its last words are not ours
             pass
         killed += 1

@@ -288,6 +288,7 @@ def run(
             loop.call_at(when, _apply, world, fault, context=contextvars.Context())
         for node in world.nodes.values():
             node.boot()
+
         async def drive() -> None:
             await driver(world)
 
