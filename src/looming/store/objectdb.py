@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -85,14 +86,18 @@ class LruCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         value = self._items.get(key)
         if value is not None:
-            self._items.move_to_end(key)
+            # Another thread may evict it between the two calls; that only
+            # costs a re-read later.
+            with contextlib.suppress(KeyError):
+                self._items.move_to_end(key)
         return value
 
     def put(self, key: K, value: V) -> None:
         self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        with contextlib.suppress(KeyError):
+            self._items.move_to_end(key)
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
     def clear(self) -> None:
         self._items.clear()
@@ -109,7 +114,8 @@ class WeightedCache:
     def get(self, key: ObjectId) -> EncodedTree | None:
         value = self._items.get(key)
         if value is not None:
-            self._items.move_to_end(key)
+            with contextlib.suppress(KeyError):
+                self._items.move_to_end(key)
         return value
 
     def put(self, key: ObjectId, value: EncodedTree) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from looming.errors import KeyNotFound
 from looming.store.contents import Codec
-from looming.store.errors import MergeFailed, ReadOnlyStore, RefChanged
+from looming.store.errors import InvalidPath, MergeFailed, ReadOnlyStore, RefChanged
 from looming.store.merge import MergeFunction
 from looming.store.objectdb import EMPTY_TREE_ID
 from looming.store.objects import BLOB_MODES, MODE_TREE, ObjectId
@@ -287,7 +287,7 @@ class Store:
         """Store ``value`` at ``path`` in a new commit; its id."""
         names = to_path(path)
         if not names:
-            raise KeyNotFound("/")
+            raise InvalidPath("the root holds a tree, not a value; give a path such as 'a/b'")
         data = self.codec.encode(value)
 
         def edit(work: WorkTree) -> bool:
@@ -309,7 +309,7 @@ class Store:
         """Move the value or directory at ``source`` to ``dest`` in one commit."""
         src, dst = to_path(source), to_path(dest)
         if not src or not dst:
-            raise KeyNotFound("/")
+            raise InvalidPath("rename needs a path with at least one name on both sides")
 
         def edit(work: WorkTree) -> bool:
             current = work.lookup(src)
