@@ -102,6 +102,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("--dot", action="store_true", help="print Graphviz DOT")
     describe.add_argument("-t", "--target", help="describe for this target instead")
+    describe.add_argument(
+        "--image",
+        action="store_true",
+        help="describe the built artifact instead: its size and what it contains",
+    )
 
     verbs.add_parser(
         "clean",
@@ -256,7 +261,6 @@ def _state(app_dir: Path) -> dict[str, Any]:
 
 
 def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
-    from looming.config.build import write_zipapp
     from looming.config.targets import get_target
 
     state = _state(app_dir)
@@ -266,10 +270,10 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
     if config_py.stat().st_mtime > main_py.stat().st_mtime:
         raise UsageError("config.py changed since 'looming configure'; configure again")
     started = time.perf_counter()
-    artifact = target.artifact(app_dir, state["unikernel"])
     if not args.quiet:
         print(f"building {state['unikernel']} for {target.name} ...", flush=True)
-    report = write_zipapp(artifact, main_py, app_dir, [tuple(c) for c in state["crunch"]])
+    crunch = [(str(name), str(folder)) for name, folder in state["crunch"]]
+    report = target.build(app_dir, state["unikernel"], main_py, crunch)
     elapsed = time.perf_counter() - started
     if args.quiet:
         print(_rel(report.artifact))
@@ -301,6 +305,16 @@ def cmd_run(app_dir: Path, keys: list[str]) -> int:
 
 
 def cmd_describe(app_dir: Path, args: argparse.Namespace) -> int:
+    if args.image:
+        from looming.config.targets import get_target
+
+        state = _state(app_dir)
+        target = get_target(state["target"])
+        artifact = target.artifact(app_dir, state["unikernel"])
+        if not artifact.is_file():
+            raise UsageError(f"{_rel(artifact)} is not built; run 'looming build' first")
+        print(target.describe_artifact(artifact), end="")
+        return 0
     state_path = app_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     target_name = args.target or state.get("target", "unix")

@@ -218,3 +218,14 @@ def test_direct_net_links_the_tap_and_looming_stack(tmp_path: Path) -> None:
     assert "stack = await DirectStack.connect(net, time=time, clock=clock, random=random" in main_py
     described = looming(app, "describe").stdout
     assert "stack    stack    looming.net.stack:DirectStack.connect" in described
+
+
+def test_describe_image_lists_the_artifact(tmp_path: Path) -> None:
+    app = make_app(tmp_path, GOOD)
+    looming(app, "configure")
+    proc = looming(app, "describe", "--image", check=False)
+    assert proc.returncode == 2 and "looming build" in proc.stderr
+    looming(app, "build")
+    out = looming(app, "describe", "--image").stdout
+    assert out.startswith("app-unix.pyz: ")
+    assert "  __main__.py" in out and "  unikernel.py" in out

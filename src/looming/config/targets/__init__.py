@@ -20,6 +20,7 @@ from looming.config.dsl import Device
 from looming.errors import ConfigError
 
 if TYPE_CHECKING:
+    from looming.config.build import BuildReport
     from looming.config.plan import Impl
 
 
@@ -59,6 +60,30 @@ class Target:
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:
         return app_dir / "dist" / f"{unikernel}-{self.name}.pyz"
+
+    def build(
+        self, app_dir: Path, unikernel: str, main_py: Path, crunch: list[tuple[str, str]]
+    ) -> BuildReport:
+        """Build the artifact for the configured ``main_py`` (a zipapp by default).
+
+        Targets that make something else (a VM image, ...) override this; it
+        may print progress for long work.
+        """
+        from looming.config.build import write_zipapp
+
+        return write_zipapp(self.artifact(app_dir, unikernel), main_py, app_dir, crunch)
+
+    def describe_artifact(self, artifact: Path) -> str:
+        """What ``looming describe --image`` prints: size and contents."""
+        import zipfile
+
+        lines = [f"{artifact.name}: {artifact.stat().st_size} bytes"]
+        with zipfile.ZipFile(artifact) as z:
+            infos = z.infolist()
+            total = sum(i.file_size for i in infos)
+            lines.append(f"{len(infos)} entries, {total} bytes uncompressed")
+            lines += [f"  {i.file_size:>9}  {i.filename}" for i in infos]
+        return "\n".join(lines) + "\n"
 
     def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
         """The command line that runs the built ``artifact``."""
