@@ -174,14 +174,17 @@ def bench_dulwich(
         _mode, sha = tree_lookup_path(store.__getitem__, root_id, path)
         return store[sha].as_raw_string()
 
-    for path in paths[:100]:
+    # dulwich on disk keeps one pack per add_objects call and searches them
+    # all on every lookup, so reading all keys takes minutes: time a sample.
+    sample = paths if disk is None else paths[:: max(1, len(paths) // 500)]
+    for path in sample[:100]:
         read(path)
     started = time.perf_counter()
-    for path in paths:
+    for path in sample:
         read(path)
     read_time = time.perf_counter() - started
     size = folder_bytes(disk / "objects") if disk is not None else None
-    return commits / commit_time, all_keys / read_time, size
+    return commits / commit_time, len(sample) / read_time, size
 
 
 # ---------------------------------------------------------------- git fast-import

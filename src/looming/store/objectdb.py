@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -30,7 +29,7 @@ EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
 
 # Trees with at least this many entries keep their encoding as sorted
 # chunks, so changing a few entries does not re-sort and re-encode them all.
-BIG_TREE = 48
+BIG_TREE = 24
 
 
 class EncodedTree:
@@ -86,18 +85,21 @@ class LruCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         value = self._items.get(key)
         if value is not None:
-            # Another thread may evict it between the two calls; that only
-            # costs a re-read later.
-            with contextlib.suppress(KeyError):
+            try:
                 self._items.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile: harmless
+                pass
         return value
 
     def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        with contextlib.suppress(KeyError):
-            self._items.move_to_end(key)
-            if len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        items = self._items
+        items[key] = value
+        try:
+            items.move_to_end(key)
+            if len(items) > self.capacity:
+                items.popitem(last=False)
+        except KeyError:  # another thread evicted it meanwhile: harmless
+            pass
 
     def clear(self) -> None:
         self._items.clear()
@@ -114,8 +116,10 @@ class WeightedCache:
     def get(self, key: ObjectId) -> EncodedTree | None:
         value = self._items.get(key)
         if value is not None:
-            with contextlib.suppress(KeyError):
+            try:
                 self._items.move_to_end(key)
+            except KeyError:
+                pass
         return value
 
     def put(self, key: ObjectId, value: EncodedTree) -> None:
