@@ -5,7 +5,8 @@ server: ``receive(bytes) -> list[Event]``, ``send_application_data(bytes)``,
 ``bytes_to_send() -> bytes``, ``close()``. It does no I/O; time and
 randomness come from the Clock and Random devices in :class:`TlsConfig`.
 
-Wrapping a flow::
+Wrapping a flow (any :class:`looming.devices.Flow`: host sockets, looming's
+own TCP stack, vchan)::
 
     config = TlsConfig(trust=TrustStore.from_pem_file("ca.pem"), alpn_protocols=[b"http/1.1"])
     flow = await tls_client(tcp_flow, config, server_name="example.org")
@@ -16,8 +17,23 @@ Wrapping a flow::
 
 :class:`TlsFlow` implements :class:`looming.devices.Flow`, so anything that
 speaks Flow (HTTP, the store's sync) runs over TLS unchanged. The ``tls``
-device of the configuration DSL is built from :class:`TlsConfig` and the two
-factories above.
+device of the configuration DSL is meant to be built from :class:`TlsConfig`
+and the two factories above: ``tls_client(flow, config, server_name=...)`` and
+``tls_server(flow, config)``, each returning a ready :class:`TlsFlow`.
+
+With asyncio streams directly: ``await open_connection(host, port, config)``
+and ``await start_server(handler, host, port, config)``.
+
+Versions TLS 1.3 (RFC 8446) and 1.2 (RFC 5246 with RFC 7627 extended master
+secret, ECDHE and AEAD suites only, RFC 5746 signalling, no renegotiation).
+Groups X25519, secp256r1, secp384r1, X25519MLKEM768; suites AES-128-GCM,
+AES-256-GCM, ChaCha20-Poly1305; signatures RSA-PSS, RSA-PKCS1 (1.2 and
+certificates), ECDSA P-256/P-384, Ed25519. Resumption by tickets (1.3
+psk_dhe_ke, 1.2 RFC 5077), 0-RTT only when both ``TlsConfig.enable_early_data``
+(client) and ``TlsConfig.max_early_data`` (server) opt in, with single-use
+tickets against replay. Errors: :class:`TlsProtocolError` (we sent the named
+alert), :class:`TlsAlertReceived`, :class:`CertificateError`,
+:class:`TlsTruncated` (the transport ended without close_notify).
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ from .events import (
     KeyUpdated,
     NewSession,
 )
+from .flow import StreamFlow, TlsFlow, open_connection, start_server, tls_client, tls_server
 from .session import ClientSessionCache, Session
 
 __all__ = [
@@ -63,13 +80,19 @@ __all__ = [
     "NewSession",
     "Session",
     "SignatureScheme",
+    "StreamFlow",
     "TlsAlertReceived",
     "TlsClosed",
     "TlsConfig",
     "TlsConnection",
     "TlsError",
+    "TlsFlow",
     "TlsProtocolError",
     "TlsTruncated",
     "TrustStore",
+    "open_connection",
     "spki_sha256",
+    "start_server",
+    "tls_client",
+    "tls_server",
 ]

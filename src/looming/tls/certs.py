@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import ipaddress
 import ssl
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.general_name import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -95,13 +97,32 @@ class TrustStore:
 
     @classmethod
     def system(cls) -> TrustStore:
-        """The host's CA bundle (the file OpenSSL is configured to use)."""
+        """The host's CA bundle (the file OpenSSL is configured to use).
+
+        Certificates in the bundle that do not parse (some old roots break
+        RFC 5280) are skipped rather than failing the whole store.
+        """
         paths = ssl.get_default_verify_paths()
         candidates = [paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
         for candidate in candidates:
             if candidate and Path(candidate).is_file():
-                return cls.from_pem_file(candidate)
+                return cls(_load_each(Path(candidate).read_bytes()))
         raise UsageError("no system CA bundle found; pass a CA file instead")
+
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def _load_each(bundle: bytes) -> list[x509.Certificate]:
+    out = []
+    for block in bundle.split(_PEM_BEGIN)[1:]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            try:
+                out.append(x509.load_pem_x509_certificate(_PEM_BEGIN + block))
+            except ValueError:
+                continue
+    return out
 
 
 def spki_sha256(cert: x509.Certificate) -> bytes:
