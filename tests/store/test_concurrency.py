@@ -98,3 +98,32 @@ def test_killed_writers_leave_a_valid_repository(tmp_path: Path, git: GitRunner)
                 assert repo.at(info.id).get(f"{name}/d{j}/k{index}") == index.encode()
         store.set("after-crash", b"writable")
         repo.close()
+
+
+def test_gc_removes_what_killed_writers_left(tmp_path: Path, git: GitRunner) -> None:
+    import os
+
+    class LaterClock:
+        def now_ns(self) -> int:
+            return 4_000_000_000 * 1_000_000_000
+
+        def now(self) -> float:
+            return 4_000_000_000.0
+
+        def utc_offset_s(self) -> int:
+            return 0
+
+    path = tmp_path / "s.git"
+    repo = Repo.init(str(path), clock=LaterClock())
+    repo.store().set("k", b"v")
+    stray_pack = path / "objects" / "pack" / ("pack-" + "1" * 40 + ".pack")
+    stray_index = path / "objects" / "pack" / ("pack-" + "2" * 40 + ".idx.tmp")
+    stray_pack.write_bytes(b"PACK half written")
+    stray_index.write_bytes(b"half")
+    os.utime(stray_pack, (1_000_000_000, 1_000_000_000))
+    os.utime(stray_index, (1_000_000_000, 1_000_000_000))
+    repo.gc()
+    assert not stray_pack.exists() and not stray_index.exists()
+    assert repo.store().get("k") == b"v"
+    git("fsck", "--strict", cwd=path)
+    repo.close()

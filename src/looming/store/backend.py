@@ -311,15 +311,37 @@ class GitBackend:
         present = [record for record in packs if os.path.exists(record[0] + ".idx")]
         return concatenate_packs(self.pack_dir, present, self._delta_bases)
 
-    def gc(self) -> None:
+    def gc(self, now: float | None = None) -> None:
         """Merge every pack this process wrote into one, with deltas between
-        the versions of each directory (``git gc`` for the store's own packs)."""
+        the versions of each directory (``git gc`` for the store's own packs).
+
+        With ``now`` (POSIX time), also remove what a killed writer left over
+        (a pack without its index, a half-written index) once an hour old.
+        """
         with self.writer_lock():
+            if now is not None:
+                self._remove_leftovers(now - 3600)
             self.flush()
             packs = [record for tier in reversed(self._tiers) for record in tier]
             if len(packs) > 1:
                 self._tiers = [[], [self._concatenate(packs)]]
                 self._reopen_packs()
+
+    def _remove_leftovers(self, older_than: float) -> None:
+        try:
+            names = set(os.listdir(self.pack_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            stray = name.endswith(".idx.tmp") or (
+                name.endswith(".pack") and name[: -len(".pack")] + ".idx" not in names
+            )
+            if not stray:
+                continue
+            full = os.path.join(self.pack_dir, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(full).st_mtime < older_than:
+                    os.unlink(full)
 
     def _reopen_packs(self) -> None:
         if self._pack_store is not None:

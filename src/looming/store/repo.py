@@ -177,9 +177,8 @@ class Repo:
 
     def gc(self) -> None:
         """Compact what this process wrote on disk (a no-op in memory)."""
-        gc = getattr(self.backend, "gc", None)
-        if gc is not None:
-            gc()
+        if isinstance(self.backend, GitBackend):
+            self.backend.gc(self.clock.now())
 
     # -------------------------------------------------------------- objects
 
