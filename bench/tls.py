@@ -14,13 +14,16 @@ import argparse
 import datetime
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -229,6 +232,65 @@ def ssl_bulk13_child(suite_name: str, total: str, directory: str) -> int:
     return 0
 
 
+# --- tlslite-ng over a socketpair (it has no memory interface) -----------------------------
+
+
+class TlslitePeer:
+    def __init__(self, cert_path: Path, key_path: Path, cipher: str = "aes128gcm") -> None:
+        # bench/ holds an http.py that would shadow the standard library's http,
+        # which tlslite imports; run as a script, bench/ is first on sys.path.
+        here = str(Path(__file__).resolve().parent)
+        sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != here]
+        from tlslite.api import HandshakeSettings, X509CertChain, parsePEMKey
+
+        self.chain = X509CertChain()
+        self.chain.parsePemList(cert_path.read_text())
+        self.key = parsePEMKey(key_path.read_text(), private=True)
+        self.settings = HandshakeSettings()
+        self.settings.minVersion = self.settings.maxVersion = (3, 4)
+        self.settings.cipherNames = [cipher]
+
+    def pair(self) -> tuple[Any, Any, socket.socket, socket.socket]:
+        from tlslite.api import TLSConnection
+
+        a, b = socket.socketpair()
+        server = TLSConnection(b)
+        thread = threading.Thread(
+            target=server.handshakeServer,
+            kwargs={"certChain": self.chain, "privateKey": self.key, "settings": self.settings},
+        )
+        thread.start()
+        client = TLSConnection(a)
+        client.handshakeClientCert(settings=self.settings)
+        thread.join()
+        return client, server, a, b
+
+    def handshake(self) -> None:
+        _, _, a, b = self.pair()
+        a.close()
+        b.close()
+
+    def bulk(self, total: int) -> float:
+        client, server, a, b = self.pair()
+        chunk = bytes(16384)
+
+        def reader() -> None:
+            got = 0
+            while got < total:
+                got += len(server.read(max=65536))
+
+        thread = threading.Thread(target=reader)
+        start = time.perf_counter()
+        thread.start()
+        for _ in range(total // len(chunk)):
+            client.write(chunk)
+        thread.join()
+        elapsed = time.perf_counter() - start
+        a.close()
+        b.close()
+        return total / elapsed / 1e6
+
+
 # --- measuring ---------------------------------------------------------------------------
 
 
@@ -255,6 +317,7 @@ def main() -> int:
         return ssl_bulk13_child(*args.ssl_bulk13)
     seconds = 0.3 if args.quick else 2.0
     bulk_bytes = (16 if args.quick else 256) << 20
+    tlslite_bytes = (128 if args.quick else 512) << 10
 
     directory = Path(tempfile.mkdtemp(prefix="looming-bench-tls-"))
     pki = make_pki(directory)
@@ -284,19 +347,30 @@ def main() -> int:
 
     rows: list[dict[str, object]] = []
 
-    def record(name: str, unit: str, looming_value: float, ssl_value: float) -> None:
+    def record(
+        name: str,
+        unit: str,
+        looming_value: float,
+        ssl_value: float,
+        tlslite_value: float | None = None,
+    ) -> None:
         ratio = looming_value / ssl_value if ssl_value else 0.0
-        rows.append(
-            {
-                "case": name,
-                "unit": unit,
-                "looming": round(looming_value, 1),
-                "ssl": round(ssl_value, 1),
-                "ratio": round(ratio, 3),
-            }
-        )
+        row: dict[str, object] = {
+            "case": name,
+            "unit": unit,
+            "looming": round(looming_value, 1),
+            "ssl": round(ssl_value, 1),
+            "looming/ssl": round(ratio, 3),
+        }
+        extra = ""
+        if tlslite_value is not None:
+            lite_ratio = looming_value / tlslite_value if tlslite_value else 0.0
+            row["tlslite"] = round(tlslite_value, 2)
+            row["looming/tlslite"] = round(lite_ratio, 1)
+            extra = f"  tlslite {tlslite_value:8.2f} (looming/tlslite {lite_ratio:.1f})"
+        rows.append(row)
         print(
-            f"  {name:<44} looming {looming_value:9.1f}  ssl {ssl_value:9.1f} {unit:<13} ratio {ratio:6.3f}",
+            f"  {name:<46} looming {looming_value:8.1f}  ssl {ssl_value:8.1f} {unit:<13} looming/ssl {ratio:5.2f}{extra}",
             flush=True,
         )
 
@@ -319,11 +393,16 @@ def main() -> int:
         print(f"measuring {name} ...", flush=True)
         lc, ls = looming_configs(leaf, version, suite)
         sc, ss = ssl_contexts(leaf, version, cipher12)
+        tlslite_rate = None
+        if leaf == "p256" and version == TLS13:
+            lite = TlslitePeer(pki[leaf][0], pki[leaf][1])
+            tlslite_rate = rate(lite.handshake, seconds)
         record(
             name,
             "handshakes/s",
             rate(lambda lc=lc, ls=ls: looming_pair(lc, ls) and None, seconds),
             rate(lambda sc=sc, ss=ss: ssl_pair(sc, ss) and None, seconds),
+            tlslite_rate,
         )
 
     for version, label in ((TLS13, "TLS 1.3 ECDSA"), (TLS12, "TLS 1.2 ECDHE-ECDSA")):
@@ -391,7 +470,10 @@ def main() -> int:
             start = time.perf_counter()
             ssl_bulk(ssl_client, ssl_server, bulk_bytes)
             ssl_mbs = bulk_bytes / (time.perf_counter() - start) / 1e6
-        record(name, "MB/s", looming_mbs, ssl_mbs)
+        tlslite_mbs = None
+        if version == TLS13 and suite == CipherSuite.TLS_AES_128_GCM_SHA256:
+            tlslite_mbs = TlslitePeer(pki["rsa"][0], pki["rsa"][1]).bulk(tlslite_bytes)
+        record(name, "MB/s", looming_mbs, ssl_mbs, tlslite_mbs)
 
     if args.json:
         Path(args.json).write_text(
