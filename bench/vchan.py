@@ -32,6 +32,7 @@ from looming.vchan import endpoint
 MESSAGE = 64
 CHUNK = 64 * 1024
 RING = 1 << 20
+SLICES = 10
 
 
 class Link:
@@ -193,8 +194,8 @@ def mp_pipe_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
 
 def vchan_transport(spin: int) -> Transport:
     def make() -> tuple[Callable[[], Link], Callable[[], Link]]:
-        name = f"bench{os.getpid()}"
-        listener = endpoint.listen(name, "p", read_min=RING, write_min=RING, spin=spin)
+        name, port = f"bench{os.getpid()}", f"spin{spin}"
+        listener = endpoint.listen(name, port, read_min=RING, write_min=RING, spin=spin)
 
         def parent() -> Link:
             return VchanLink(listener.accept(timeout=30))
@@ -202,7 +203,7 @@ def vchan_transport(spin: int) -> Transport:
         def child() -> Link:
             # The forked child leaves its copy of the listener alone: the
             # port and segment are the parent's to clean up.
-            return VchanLink(endpoint.connect(name, "p", spin=spin))
+            return VchanLink(endpoint.connect(name, port, spin=spin))
 
         return parent, child
 
@@ -217,59 +218,106 @@ class Result:
     throughput_mb_s: float
 
 
-def child_main(link: Link, rounds: int, total: int) -> None:
-    for _ in range(rounds):
-        link.send(link.recv_exact(MESSAGE))
+def child_main(link: Link) -> None:
+    """Echo pings; swallow throughput slices and acknowledge each; stop on 'q'."""
     buffer = memoryview(bytearray(CHUNK * 4))
-    received = 0
-    while received < total:
-        count = link.recv_into(buffer)
-        if count <= 0:
-            raise EOFError("stream ended early")
-        received += count
-    link.send(b"!")
-    link.recv_exact(1)
+    while True:
+        message = link.recv_exact(MESSAGE)
+        kind = message[:1]
+        if kind == b"p":
+            link.send(message)
+        elif kind == b"t":
+            total = int.from_bytes(message[1:9], "big")
+            received = 0
+            while received < total:
+                count = link.recv_into(buffer)
+                if count <= 0:
+                    raise EOFError("stream ended early")
+                received += count
+            link.send(b"!")
+        else:
+            return
 
 
-def run(name: str, transport: Transport, rounds: int, total: int) -> Result:
-    print(f"  {name} ...", file=sys.stderr, flush=True)
+@dataclass
+class Running:
+    name: str
+    pid: int
+    link: Link
+    samples: list[int]
+    moved: int = 0
+    elapsed_ns: int = 0
+
+
+def start(name: str, transport: Transport) -> Running:
     make_parent, make_child = transport()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             link = make_child()
-            child_main(link, rounds, total)
+            child_main(link)
             link.close()
             code = 0
         finally:
             os._exit(code)
-    link = make_parent()
-    message = b"m" * MESSAGE
-    samples = []
+    return Running(name, pid, make_parent(), [])
+
+
+def ping(running: Running, rounds: int) -> None:
+    message = b"p" * MESSAGE
+    link, samples = running.link, running.samples
     for _ in range(rounds):
-        start = time.perf_counter_ns()
+        begin = time.perf_counter_ns()
         link.send(message)
         link.recv_exact(MESSAGE)
-        samples.append(time.perf_counter_ns() - start)
-    chunk = os.urandom(CHUNK)
-    start = time.perf_counter_ns()
+        samples.append(time.perf_counter_ns() - begin)
+
+
+def stream(running: Running, total: int, chunk: bytes) -> None:
+    header = b"t" + total.to_bytes(8, "big")
+    header += b"\0" * (MESSAGE - len(header))
+    link = running.link
+    begin = time.perf_counter_ns()
+    link.send(header)
     for _ in range(total // CHUNK):
         link.send(chunk)
     link.recv_exact(1)
-    elapsed = time.perf_counter_ns() - start
-    link.send(b".")
-    _, status = os.waitpid(pid, 0)
-    link.close()
+    running.elapsed_ns += time.perf_counter_ns() - begin
+    running.moved += total
+
+
+def finish(running: Running) -> Result:
+    running.link.send(b"q" * MESSAGE)
+    _, status = os.waitpid(running.pid, 0)
+    running.link.close()
     if status != 0:
-        raise RuntimeError(f"{name}: child failed with status {status}")
-    samples.sort()
+        raise RuntimeError(f"{running.name}: child failed with status {status}")
+    samples = sorted(running.samples)
     return Result(
-        name,
+        running.name,
         samples[len(samples) // 2] / 1000,
         samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1000,
-        total / (elapsed / 1e9) / 1e6,
+        running.moved / (running.elapsed_ns / 1e9) / 1e6,
     )
+
+
+def measure(transports: list[tuple[str, Transport]], rounds: int, total: int) -> list[Result]:
+    """All transports side by side, in interleaved slices, so load changes on
+    a shared machine fall on every transport alike."""
+    running = []
+    for name, transport in transports:
+        print(f"  starting {name}", file=sys.stderr, flush=True)
+        running.append(start(name, transport))
+    chunk = os.urandom(CHUNK)
+    slice_bytes = max(CHUNK, total // SLICES // CHUNK * CHUNK)
+    for number in range(SLICES):
+        print(f"  slice {number + 1}/{SLICES}", file=sys.stderr, flush=True)
+        for each in running:
+            ping(each, rounds // SLICES)
+        for each in running:
+            stream(each, slice_bytes, chunk)
+    return [finish(each) for each in running]
 
 
 def main() -> int:
@@ -296,7 +344,7 @@ def main() -> int:
         file=sys.stderr,
     )
     try:
-        results = [run(name, transport, rounds, total) for name, transport in transports]
+        results = measure(transports, rounds, total)
     finally:
         shutil.rmtree(registry_dir, ignore_errors=True)
     base = next(r for r in results if r.transport == "socketpair")

@@ -25,8 +25,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vchan_store"
 TMP = Path("/tmp")
 
 
-def deploy_dirs() -> set[str]:
-    return {n for n in os.listdir(TMP) if n.startswith(DEPLOY_PREFIX)}
+def deploy_dirs(launcher: int) -> set[str]:
+    """The private registries of the deployment run by process ``launcher``."""
+    return {n for n in os.listdir(TMP) if n.startswith(f"{DEPLOY_PREFIX}{launcher}-")}
 
 
 @pytest.fixture
@@ -96,7 +97,6 @@ class Deployment:
 
 @pytest.fixture
 def deployment(app: Path) -> Iterator[Deployment]:
-    before = deploy_dirs()
     running = Deployment(app)
     try:
         yield running
@@ -109,7 +109,7 @@ def deployment(app: Path) -> Iterator[Deployment]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        left = deploy_dirs() - before
+        left = deploy_dirs(running.process.pid)
         for name in left:
             shutil.rmtree(TMP / name, ignore_errors=True)
     assert left == set(), "the deployment left its registry behind"

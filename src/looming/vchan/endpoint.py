@@ -40,9 +40,8 @@ DEFAULT_SPIN = 64
 # notify bytes are updated without atomic instructions (Python has none for
 # shared memory), so a request may very rarely be lost; this bounds the cost.
 SAFETY_RECHECK_MS = 50
-# The adaptive spin budget stays between these (never above the endpoint's spin).
+# The adaptive spin budget never drops below this (nor exceeds the endpoint's spin).
 _MIN_SPIN = 4
-_GROW_BELOW_NS = 50_000
 _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 _T = TypeVar("_T")
 
@@ -78,6 +77,7 @@ class Endpoint:
         self._failure: BaseException | None = None
         self.spin = spin
         self._spin_budget = spin
+        self._spin_spent_ns = 0
         self._time = time or UnixTime()
         # When a reader thread and a writer thread both block, one of them
         # polls the event and wakes the other after draining it; two pollers
@@ -208,17 +208,27 @@ class Endpoint:
 
     def spin_succeeded(self, ready: Callable[[], bool]) -> bool:
         """The first, spinning part of a wait: check ``ready`` up to the budget."""
-        return any(ready() for _ in range(self._spin_budget))
+        budget = self._spin_budget
+        if budget <= 0:
+            return False
+        began = self._time.now_ns()
+        for _ in range(budget):
+            if ready():
+                return True
+        self._spin_spent_ns = self._time.now_ns() - began
+        return False
 
     def blocked_for(self, duration_ns: int) -> None:
-        """Adapt the spin budget to how long the last blocking wait took.
+        """Adapt the spin budget after a spin failed and we blocked this long.
 
-        As in KVM's halt polling: a wait the peer ended soon after we blocked
-        means a longer spin would have caught it (grow the budget); a long
-        one means the peer is idle or shares our core, where spinning only
-        steals its time (shrink it).
+        As in KVM's halt polling: when the wait ended within another spin's
+        length, a longer spin would have caught it (grow the budget); when
+        it took longer, the peer is idle or shares our core, and spinning
+        only steals its time (shrink it).
         """
-        if duration_ns < _GROW_BELOW_NS:
+        if self.spin <= 0:
+            return
+        if duration_ns <= self._spin_spent_ns:
             self._spin_budget = min(self.spin, max(self._spin_budget * 2, _MIN_SPIN))
         else:
             self._spin_budget = min(self.spin, max(self._spin_budget // 2, _MIN_SPIN))
@@ -369,7 +379,7 @@ class Endpoint:
     def _wait(
         self, ready: Callable[[], bool], request: Callable[[], None], deadline: int | None
     ) -> None:
-        if self.spin and self.spin_succeeded(ready):
+        if self.spin_succeeded(ready):
             return
         started = self._time.now_ns() if self.spin else 0
         while True:
