@@ -55,18 +55,25 @@ class Deployment:
         )
         self.output = b""
         self.errors = b""
+        self.port = 0
+        self.pids: dict[str, int] = {}
+
+    def wait_until_serving(self) -> None:
         self.port = int(self.wait_for(rb"front: HTTP on port (\d+)").group(1))
+        self.wait_for(rb"started front \(pid", errors=True)
         self.pids = {
             m.group(1).decode(): int(m.group(2))
             for m in re.finditer(rb"deploy: started (\w+) \(pid (\d+)\)", self.errors)
         }
 
-    def wait_for(self, pattern: bytes, timeout: float = 30.0) -> re.Match[bytes]:
+    def wait_for(
+        self, pattern: bytes, timeout: float = 30.0, *, errors: bool = False
+    ) -> re.Match[bytes]:
         assert self.process.stdout is not None and self.process.stderr is not None
         with selectors.DefaultSelector() as selector:
             selector.register(self.process.stdout, selectors.EVENT_READ)
             selector.register(self.process.stderr, selectors.EVENT_READ)
-            while (found := re.search(pattern, self.output)) is None:
+            while (found := re.search(pattern, self.errors if errors else self.output)) is None:
                 events = selector.select(timeout)
                 assert events, f"no {pattern!r} in time: {self.output!r} {self.errors!r}"
                 for key, _ in events:
@@ -99,6 +106,7 @@ class Deployment:
 def deployment(app: Path) -> Iterator[Deployment]:
     running = Deployment(app)
     try:
+        running.wait_until_serving()
         yield running
     finally:
         if running.process.poll() is None:
