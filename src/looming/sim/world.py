@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import time as _walltime
 import traceback
@@ -196,6 +197,7 @@ class RunResult:
     pcaps: list[Path] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     error: Exception | None = None
+    garbage: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -314,6 +316,10 @@ def run(
     world.trace.record("run", f"{scenario.name} seed {seed}")
     asyncio.set_event_loop(loop)
     driver_error: Exception | None = None
+    # Collecting cycles mid-run would run destructors at moments that
+    # depend on the process's history, not on the seed.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         with _virtual_host_clock(world), _logs_to_trace(world, log_level) as logs:
             try:
@@ -337,6 +343,8 @@ def run(
         _cancel_leftovers(loop)
         loop.close()
         asyncio.set_event_loop(None)
+        if collecting:
+            gc.enable()
     pcaps: list[Path] = []
     if pcap_dir is not None:
         pcap_dir.mkdir(parents=True, exist_ok=True)
@@ -359,6 +367,7 @@ def run(
         pcaps=pcaps,
         logs=logs.lines,
         error=driver_error,
+        garbage=loop.garbage_reports,
     )
 
 
