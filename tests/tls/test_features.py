@@ -224,3 +224,26 @@ def test_seeded_randomness_makes_the_client_hello_reproducible(pki: Pki) -> None
         for _ in range(2)
     ]
     assert hellos[0] == hellos[1]
+
+
+@pytest.mark.parametrize("version", [TLS13, 0x0303])
+def test_handshake_fed_one_byte_at_a_time(pki: Pki, version: int) -> None:
+    from looming.tls import TlsConnection
+
+    server = TlsConnection(
+        TlsConfig(certificates=[pki.leaves["rsa"].certified], versions=[version]), server_side=True
+    )
+    client = TlsConnection(TlsConfig(trust=pki.trust), server_side=False, server_name="localhost")
+    client_events: list[object] = []
+    server_events: list[object] = []
+    for _ in range(6):
+        for byte in client.bytes_to_send():
+            server_events += server.receive(bytes((byte,)))
+        for byte in server.bytes_to_send():
+            client_events += client.receive(bytes((byte,)))
+    assert _done(client_events).version == version and _done(server_events).version == version
+    client.send_application_data(b"tiny steps")
+    received = []
+    for byte in client.bytes_to_send():
+        received += server.receive(bytes((byte,)))
+    assert received == [ApplicationData(b"tiny steps")]
