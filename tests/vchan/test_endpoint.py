@@ -282,3 +282,11 @@ def test_closing_a_listener_without_a_client_removes_everything(vchan_registry: 
     listener.close()
     assert os.listdir(vchan_registry) == []
     assert shm_names() == before
+
+
+def test_received_descriptors_are_not_inherited_by_programs_we_run() -> None:
+    server, client = connected_pair()
+    with server, client:
+        for channel in (server, client):
+            assert not os.get_inheritable(channel.wait_fd)
+            assert not os.get_inheritable(channel.control_fd)

@@ -64,7 +64,11 @@ def send_offer(
 def receive_offer(sock: socket.socket) -> Offer:
     """Read the offer (the socket must be readable). Raises :class:`VchanError`."""
     fd_bytes = array.array("i").itemsize * FD_COUNT
-    data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(fd_bytes))
+    # Close-on-exec, like every descriptor Python makes: a unikernel that runs
+    # a program must not hand it our shared segment or events.
+    data, ancillary, flags, _ = sock.recvmsg(
+        MAX_MESSAGE, socket.CMSG_SPACE(fd_bytes), socket.MSG_CMSG_CLOEXEC
+    )
     fds = array.array("i")
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
