@@ -8,6 +8,7 @@ in its :class:`~looming.tls.config.TlsConfig`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from cryptography import x509
@@ -194,9 +195,6 @@ class TlsConnection:
         if self.config.key_update_after_records is not None:
             self.records.write.limit = self.config.key_update_after_records
 
-    def fail(self, description: AlertDescription, message: str) -> TlsProtocolError:
-        return TlsProtocolError(description, message)
-
     def queue_application_data_first(self, data: bytes) -> None:
         self._pending_app_data.insert(0, data)
 
@@ -208,10 +206,10 @@ class TlsConnection:
 
     # --- internals ---------------------------------------------------------------
 
-    def _run(self, step: object) -> None:
+    def _run(self, step: Callable[[], None]) -> None:
         """Run a step; turn any failure into a fatal alert and a TlsError."""
         try:
-            step()  # type: ignore[operator]  # a zero-argument callable
+            step()
         except TlsProtocolError as exc:
             self._abort(exc, exc.description)
         except Malformed as exc:
