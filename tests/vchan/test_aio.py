@@ -13,7 +13,8 @@ import pytest
 
 from looming.devices import Flow
 from looming.errors import Closed, ConnectionRefused, ConnectionReset
-from looming.vchan import aio, endpoint
+from looming.vchan import aio, endpoint, layout
+from looming.vchan.errors import VchanCorrupt, VchanError
 from tests.vchan.helpers import fork_child, kill_child, wait_child
 
 
@@ -169,3 +170,27 @@ def test_processes_exchange_and_a_killed_peer_is_noticed() -> None:
     finally:
         kill_child(pid)
         assert wait_child(pid) == -signal.SIGKILL
+
+
+def test_a_corrupt_peer_fails_the_waiting_reader_and_releases_the_loop() -> None:
+    async def main() -> None:
+        server, client = await async_pair()
+        server_fds = {server.endpoint.wait_fd, server.endpoint.control_fd}
+        reading = asyncio.create_task(server.read())
+        await asyncio.sleep(0.01)
+        assert not reading.done()
+        # The client scribbles an impossible producer index and kicks.
+        layout.write_u32(client.endpoint._view, layout.LEFT_PROD, 5000)
+        client.endpoint._notifier.kick()
+        with pytest.raises(VchanCorrupt, match="more than the 1024-byte ring holds"):
+            await reading
+        assert not server.is_open()
+        with pytest.raises(VchanError, match="closed after an error"):
+            await server.read()
+        # The loop no longer watches the closed endpoint's descriptors.
+        watched = asyncio.get_running_loop()._selector.get_map()  # type: ignore[attr-defined]
+        assert not server_fds & set(watched)
+        assert await client.read() == b""  # the server's close reached the client
+        await client.close()
+
+    asyncio.run(main())

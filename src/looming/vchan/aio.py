@@ -40,8 +40,13 @@ class VchanFlow:
         self._write_shut = False
         self._closed = False
         self._watching_control = True
-        self._loop.add_reader(channel.wait_fd, self._on_kick)
-        self._loop.add_reader(channel.control_fd, self._on_control)
+        self._wait_fd = channel.wait_fd
+        self._control_fd = channel.control_fd
+        self._loop.add_reader(self._wait_fd, self._on_kick)
+        self._loop.add_reader(self._control_fd, self._on_control)
+        # However the endpoint closes (by us, or after a corrupt peer), the
+        # loop stops watching its descriptors before they are closed.
+        channel.add_close_hook(self._forget)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -106,14 +111,16 @@ class VchanFlow:
 
     def close_now(self) -> None:
         """:meth:`close` for synchronous callers (finalizers, signal handlers)."""
+        self._endpoint.close()  # runs _forget first
+
+    def _forget(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._endpoint.wait_fd)
+        self._loop.remove_reader(self._wait_fd)
         if self._watching_control:
-            self._loop.remove_reader(self._endpoint.control_fd)
+            self._loop.remove_reader(self._control_fd)
             self._watching_control = False
-        self._endpoint.close()
         self._wake()
 
     # -- packet mode ------------------------------------------------------------------
@@ -145,7 +152,7 @@ class VchanFlow:
         started = channel.now_ns()
         while True:
             if self._closed:
-                raise Closed("this vchan flow is closed")
+                return  # the caller's next try_* says why (closed, or corrupt)
             request()
             if ready():
                 break
@@ -159,7 +166,7 @@ class VchanFlow:
                 timer.cancel()
                 self._waiters.discard(waiter)
             if self._closed:
-                raise Closed("this vchan flow is closed")
+                return
             if ready():
                 break
         channel.blocked_for(channel.now_ns() - started)
@@ -171,7 +178,7 @@ class VchanFlow:
     def _on_control(self) -> None:
         self._endpoint.poll_control()
         if self._endpoint.control_eof and self._watching_control:
-            self._loop.remove_reader(self._endpoint.control_fd)
+            self._loop.remove_reader(self._control_fd)
             self._watching_control = False
         self._wake()
 

@@ -74,6 +74,7 @@ class Endpoint:
         self._control.setblocking(False)
         self._control_eof = False
         self._closed = False
+        self._close_hooks: list[Callable[[], None]] = []
         self._failure: BaseException | None = None
         self.spin = spin
         self._spin_budget = spin
@@ -356,6 +357,10 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
+        for hook in self._close_hooks:
+            with contextlib.suppress(Exception):
+                hook()
+        self._close_hooks.clear()
         with contextlib.suppress(Exception):
             self._ring.set_state(layout.LIVE_EXITED)
             self._notifier.kick()
@@ -364,6 +369,11 @@ class Endpoint:
         self._segment.close()
         self._notifier.close()
         self._control.close()
+
+    def add_close_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when this endpoint closes, before its descriptors do
+        (an event loop watching them must let go first)."""
+        self._close_hooks.append(hook)
 
     def __enter__(self) -> Endpoint:
         return self
