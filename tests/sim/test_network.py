@@ -174,3 +174,36 @@ async def test_clocks_have_skew_and_drift_per_node(world: World) -> None:
     assert clock_b.now() != clock_a.now()
     # The default skew is drawn from the seed, within the scenario's bound.
     assert abs(clock_b.now() - base) <= world.scenario.max_clock_skew_s + 0.1
+
+
+@looming.sim.scenario
+async def test_exponential_latency_has_its_mean_and_minimum(world: World) -> None:
+    stack_a, _, received = await udp_pair(
+        world, latency=looming.sim.Exponential(mean=0.010, minimum=0.002), reorder=0.0
+    )
+    arrivals: list[float] = []
+    for i in range(300):
+        sent = world.now
+        await stack_a.udp.send("10.0.0.2", 9000, b"%05d" % i)
+        while len(received) <= i:
+            await asyncio.sleep(0.0005)
+        arrivals.append(world.now - sent)
+    # Two hops, each at least 2 ms plus an exponential delay of mean 10 ms
+    # (FIFO on a link can only add to it); polling adds up to 0.5 ms.
+    assert min(arrivals) >= 0.004
+    mean = sum(arrivals) / len(arrivals)
+    assert 0.018 < mean < 0.032, mean
+
+
+@looming.sim.scenario
+async def test_in_flight_lists_frames_on_the_wire_with_their_arrival(world: World) -> None:
+    stack_a, _, received = await udp_pair(world, latency=looming.sim.Fixed(0.050))
+    await stack_a.udp.send("10.0.0.2", 9000, b"on the wire")
+    await asyncio.sleep(0.010)
+    (entry,) = world.link("a").in_flight()
+    assert entry.source == "a" and entry.destination == "lan"
+    assert entry.arrives_at is not None and abs(entry.arrives_at - (entry.sent_at + 0.050)) < 1e-9
+    assert "from a" in entry.summary()
+    await asyncio.sleep(0.2)
+    assert received == [b"on the wire"]
+    assert world.link("a").in_flight() == []

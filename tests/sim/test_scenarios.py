@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import subprocess
 from pathlib import Path
 
@@ -271,3 +272,67 @@ def test_a_driver_that_overruns_fails_at_the_deadline() -> None:
     result = run(scenario, 1, artifacts={})
     assert result.failures == ["the driver did not finish within the scenario's 30.0 s"]
     assert result.virtual_seconds == 30.0
+
+
+def test_a_fault_schedule_of_every_kind_runs_in_order() -> None:
+    scenario = looming.sim.Scenario("schedule", duration=60.0)
+    scenario.host("a", ipv4="10.0.0.1/24")
+    scenario.host("b", ipv4="10.0.0.2/24")
+    scenario.at(1.0, looming.sim.partition("a", "b", one_way=True, duration=1.0))
+    scenario.at(3.0, looming.sim.Isolate("b", duration=1.0))
+    scenario.at(5.0, looming.sim.Hold("a"))
+    scenario.at(6.0, looming.sim.Release("a"))
+    scenario.at(7.0, looming.sim.Pause("b", duration=2.0))
+    scenario.at(10.0, looming.sim.Crash("b"))
+    scenario.at(11.0, looming.sim.Restart("b", keep_state=False))
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        stack = await world.node("a").stack()
+        answered = []
+        while world.now < 15.0:
+            try:
+                await stack.ping("10.0.0.2", timeout=0.25)
+                answered.append(round(world.now, 1))
+            except LoomingError:
+                pass
+            await world.sleep(0.25)
+        world.note(f"answered {answered}")
+
+    result = run(scenario, 1, artifacts={})
+    assert result.ok, result.failures
+    faults = [
+        re.sub(r"release a-lan \d+ frames", "release a-lan HELD frames", e.split(" ", 2)[2])
+        for e in result.events
+        if e.split(" ", 2)[1] in ("fault", "node")
+    ]
+    assert faults == [
+        "boot a #0",
+        "boot b #0",
+        "apply partition a -> b",
+        "partition a -> b",
+        "heal",
+        "apply isolate b",
+        "partition b <-> a",
+        "heal",
+        "apply hold a",
+        "hold a-lan",
+        "apply release a",
+        "release a-lan HELD frames",
+        "apply pause b",
+        "pause b",
+        "resume b (4 waiting callbacks)",
+        "apply crash b",
+        "crash b (2 tasks)",
+        "apply restart b",
+        "restart b losing state",
+        "boot b #1",
+        "stop a (2 tasks)",
+        "stop b (2 tasks)",
+    ]
+    (note,) = [e for e in result.events if " note answered " in e]
+    answered = eval(note.split(" note answered ", 1)[1])  # a list of floats we wrote
+    # No answers while cut, isolated, held, paused or crashed.
+    for start, end in ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 9.0), (10.0, 11.0)):
+        assert not [t for t in answered if start + 0.3 < t < end], (start, answered)
+    assert any(t > 12.0 for t in answered)

@@ -110,6 +110,9 @@ class Resume(Fault):
     def apply(self, world: World) -> None:
         world.node(self.node).resume()
 
+    def describe(self) -> str:
+        return f"resume {self.node}"
+
 
 @dataclass(frozen=True)
 class Partition(Fault):
@@ -157,6 +160,9 @@ class Isolate(Fault):
         if self.duration is not None:
             world.after(self.duration, world.network.heal)
 
+    def describe(self) -> str:
+        return f"isolate {self.node}"
+
 
 @dataclass(frozen=True)
 class Heal(Fault):
@@ -176,6 +182,9 @@ class Hold(Fault):
     def apply(self, world: World) -> None:
         world.network.link_of(self.node).hold()
 
+    def describe(self) -> str:
+        return f"hold {self.node}"
+
 
 @dataclass(frozen=True)
 class Release(Fault):
@@ -187,6 +196,9 @@ class Release(Fault):
 
     def apply(self, world: World) -> None:
         world.network.link_of(self.node).release(drop=self.drop)
+
+    def describe(self) -> str:
+        return f"release {self.node}"
 
 
 def _names(value: str | Iterable[str]) -> tuple[str, ...]:
