@@ -44,6 +44,7 @@ SAFETY_RECHECK_MS = 50
 _MIN_SPIN = 4
 _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 _T = TypeVar("_T")
+_CONNECTED = layout.LIVE_CONNECTED
 
 
 def _close_fds(*fds: int) -> None:
@@ -69,6 +70,7 @@ class Endpoint:
         self._segment = segment
         self._view = view
         self._ring = ring
+        self._peer_live = layout.CLI_LIVE if ring.is_server else layout.SRV_LIVE
         self._notifier = notifier
         self._control = control
         self._control.setblocking(False)
@@ -187,7 +189,8 @@ class Endpoint:
 
     def try_write(self, data: bytes | bytearray | memoryview) -> int:
         """Write what fits now; 0 means the ring is full. Raises if the peer left."""
-        self._check_writable()
+        if self._closed or self._control_eof or self._view[self._peer_live] != _CONNECTED:
+            self._check_writable()
         try:
             written, kick = self._ring.write(data)
         except VchanCorrupt as exc:
@@ -198,7 +201,8 @@ class Endpoint:
 
     def try_send(self, data: bytes | bytearray | memoryview) -> bool:
         """Write all of ``data`` or nothing; ``False`` means not enough space yet."""
-        self._check_writable()
+        if self._closed or self._control_eof or self._view[self._peer_live] != _CONNECTED:
+            self._check_writable()
         try:
             sent, kick = self._ring.send(data)
         except VchanCorrupt as exc:

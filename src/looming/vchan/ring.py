@@ -23,6 +23,8 @@ from looming.vchan import layout
 from looming.vchan.errors import VchanCorrupt
 
 _MASK32 = 0xFFFFFFFF
+_CLEAR_WRITE = 0xFF & ~layout.NOTIFY_WRITE
+_CLEAR_READ = 0xFF & ~layout.NOTIFY_READ
 
 
 class RingEnd:
@@ -127,51 +129,67 @@ class RingEnd:
         seg = self._segment
         seg[self._peer_notify] = seg[self._peer_notify] | layout.NOTIFY_READ
 
-    def _take_notify(self, bit: int) -> bool:
-        # Clear the bit only when set, so the common case (the peer is not
-        # waiting) writes nothing and cannot overwrite a concurrent request.
-        seg = self._segment
-        current = seg[self._own_notify]
-        if current & bit:
-            seg[self._own_notify] = current & ~bit & 0xFF
-            return True
-        return False
-
     # -- stream mode -------------------------------------------------------------
+    # The hot paths compute the indices inline rather than through
+    # data_ready()/buffer_space(): each Python call is a measurable part of
+    # a small message's cost.
+
+    def _space(self) -> int:
+        cons = self._words[self._peer_cons_word]
+        used = (self._write_prod - cons) & _MASK32
+        if used > self._write_size:
+            self.buffer_space()  # raises with the full explanation
+        return self._write_size - used
+
+    def _ready(self) -> int:
+        ready = (self._words[self._peer_prod_word] - self._read_cons) & _MASK32
+        if ready > self._read_size:
+            self.data_ready()  # raises with the full explanation
+        return ready
 
     def write(self, data: bytes | bytearray | memoryview) -> tuple[int, bool]:
         """Copy as much of ``data`` as fits; returns (bytes written, kick peer)."""
-        count = min(len(data), self.buffer_space())
+        count = min(len(data), self._space())
         if count == 0:
             return 0, False
-        self._copy_in(data, count)
-        return count, self._take_notify(layout.NOTIFY_WRITE)
+        return count, self._store(data, count)
 
-    def _copy_in(self, data: bytes | bytearray | memoryview, count: int) -> None:
-        ring, size = self._write_ring, self._write_size
-        start = self._write_prod & (size - 1)
-        first = min(count, size - start)
-        if first == count:
-            ring[start : start + count] = data if len(data) == count else memoryview(data)[:count]
+    def _store(self, data: bytes | bytearray | memoryview, count: int) -> bool:
+        """Copy ``count`` bytes in, publish the index; whether to kick the peer."""
+        ring, size, prod = self._write_ring, self._write_size, self._write_prod
+        start = prod & (size - 1)
+        end = start + count
+        if end <= size:
+            ring[start:end] = data if len(data) == count else memoryview(data)[:count]
         else:
+            first = size - start
             view = memoryview(data)
             ring[start:size] = view[:first]
             ring[0 : count - first] = view[first:count]
-        self._write_prod = (self._write_prod + count) & _MASK32
+        prod = (prod + count) & _MASK32
+        self._write_prod = prod
         # Publish the data before the index (stores are ordered on x86 and
         # the interpreter gives no reordering of its own between statements).
-        self._words[self._write_prod_word] = self._write_prod
+        self._words[self._write_prod_word] = prod
+        # Clear the bit only when set, so the common case (the peer is not
+        # waiting) writes nothing and cannot overwrite a concurrent request.
+        segment, own = self._segment, self._own_notify
+        bits = segment[own]
+        if bits & layout.NOTIFY_WRITE:
+            segment[own] = bits & _CLEAR_WRITE
+            return True
+        return False
 
     def read(self, limit: int) -> tuple[bytes, bool]:
         """Up to ``limit`` available bytes; returns (data, kick peer)."""
-        count = min(limit, self.data_ready())
+        count = min(limit, self._ready())
         if count <= 0:
             return b"", False
-        return self._copy_out(count), self._take_notify(layout.NOTIFY_READ)
+        return self._fetch(count)
 
     def read_into(self, buffer: bytearray | memoryview) -> tuple[int, bool]:
         """Fill ``buffer`` with up to ``len(buffer)`` bytes; (count, kick peer)."""
-        count = min(len(buffer), self.data_ready())
+        count = min(len(buffer), self._ready())
         if count <= 0:
             return 0, False
         ring, size = self._read_ring, self._read_size
@@ -181,38 +199,45 @@ class RingEnd:
         target[:first] = ring[start : start + first]
         if first < count:
             target[first:count] = ring[0 : count - first]
-        self._consume(count)
-        return count, self._take_notify(layout.NOTIFY_READ)
+        return count, self._consume(count)
 
-    def _copy_out(self, count: int) -> bytes:
+    def _fetch(self, count: int) -> tuple[bytes, bool]:
         ring, size = self._read_ring, self._read_size
         start = self._read_cons & (size - 1)
-        if start + count <= size:
-            data = bytes(ring[start : start + count])
+        end = start + count
+        if end <= size:
+            data = bytes(ring[start:end])
         else:
-            data = bytes(ring[start:size]) + bytes(ring[0 : count - (size - start)])
-        self._consume(count)
-        return data
+            data = bytes(ring[start:size]) + bytes(ring[0 : end - size])
+        return data, self._consume(count)
 
-    def _consume(self, count: int) -> None:
-        self._read_cons = (self._read_cons + count) & _MASK32
-        self._words[self._read_cons_word] = self._read_cons
+    def _consume(self, count: int) -> bool:
+        """Publish the consumer index; whether to kick the peer."""
+        cons = (self._read_cons + count) & _MASK32
+        self._read_cons = cons
+        self._words[self._read_cons_word] = cons
+        segment, own = self._segment, self._own_notify
+        bits = segment[own]
+        if bits & layout.NOTIFY_READ:
+            segment[own] = bits & _CLEAR_READ
+            return True
+        return False
 
     # -- packet mode ---------------------------------------------------------------
 
     def send(self, data: bytes | bytearray | memoryview) -> tuple[bool, bool]:
         """Write all of ``data`` or nothing; returns (sent, kick peer)."""
-        if len(data) > self._write_size:
+        count = len(data)
+        if count > self._write_size:
             raise ValueError(
-                f"a {len(data)}-byte packet can never fit the {self._write_size}-byte ring; "
+                f"a {count}-byte packet can never fit the {self._write_size}-byte ring; "
                 "use stream mode or a larger ring"
             )
-        if self.buffer_space() < len(data):
+        if self._space() < count:
             return False, False
-        if not data:
+        if not count:
             return True, False
-        self._copy_in(data, len(data))
-        return True, self._take_notify(layout.NOTIFY_WRITE)
+        return True, self._store(data, count)
 
     def recv(self, count: int) -> tuple[bytes | None, bool]:
         """Exactly ``count`` bytes, or ``None`` while fewer are available."""
@@ -221,11 +246,11 @@ class RingEnd:
                 f"a {count}-byte packet can never fit the {self._read_size}-byte ring; "
                 "use stream mode or a larger ring"
             )
-        if self.data_ready() < count:
+        if self._ready() < count:
             return None, False
         if count == 0:
             return b"", False
-        return self._copy_out(count), self._take_notify(layout.NOTIFY_READ)
+        return self._fetch(count)
 
     # -- liveness --------------------------------------------------------------------
 
