@@ -200,3 +200,46 @@ def test_the_sim_target_configures_and_builds_a_node_artifact(
         r"^000001000000000 console h: hello from looming \(2/2\)$", result.stdout, re.M
     )
     assert artifact.stat().st_mtime_ns == stamp
+
+
+def _newest_other_python() -> Path | None:
+    """The newest CPython 3.12+ installed beside this one (pyenv keeps them
+    side by side), if any."""
+    import sys
+
+    found: list[tuple[tuple[int, ...], Path]] = []
+    for candidate in Path(sys.base_prefix).parent.glob("3.*/bin/python3"):
+        try:
+            version = tuple(int(p) for p in candidate.parents[1].name.split(".")[:2])
+        except ValueError:
+            continue
+        if version > sys.version_info[:2] and version >= (3, 12):
+            found.append((version, candidate))
+    return max(found)[1] if found else None
+
+
+def test_the_digest_is_the_same_on_the_newest_python(app_copies: Path, tmp_path: Path) -> None:
+    import h11
+
+    newest = _newest_other_python()
+    if newest is None:
+        pytest.skip("no Python newer than this one is installed beside it")
+    # The simulator needs only looming and h11 (pure Python) for this scenario.
+    (tmp_path / "h11").symlink_to(Path(h11.__file__).parent)
+    src = Path(__file__).resolve().parents[2] / "src"
+    scenario = str(app_copies / "scenarios" / "website.py")
+    args = ["sim", "run", scenario, "--seed", "21", "--no-pcap"]
+    here = run_looming(args, env={**os.environ, "PYTHONHASHSEED": "5"})
+    assert here.returncode == 0, here.stdout + here.stderr
+    import subprocess
+
+    there = subprocess.run(
+        [str(newest), "-m", "looming.cli", *args],
+        env={**os.environ, "PYTHONPATH": f"{src}:{tmp_path}", "PYTHONHASHSEED": "6"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert there.returncode == 0, there.stdout + there.stderr
+    assert digest_of(here.stdout) == digest_of(there.stdout)
