@@ -10,6 +10,7 @@ import asyncio
 
 import looming.sim
 from looming.devices import Datagram
+from looming.errors import LoomingError
 from looming.net.stack import DirectStack
 from looming.sim import World
 
@@ -207,3 +208,25 @@ async def test_in_flight_lists_frames_on_the_wire_with_their_arrival(world: Worl
     await asyncio.sleep(0.2)
     assert received == [b"on the wire"]
     assert world.link("a").in_flight() == []
+
+
+@looming.sim.scenario
+async def test_switches_joined_by_a_trunk_carry_frames_and_partitions(world: World) -> None:
+    world.network.trunk("east", "west", looming.sim.LinkSpec(latency=looming.sim.Fixed(0.020)))
+    a = world.add_host("a", ipv4="10.0.0.1/24", switch="east")
+    b = world.add_host("b", ipv4="10.0.0.2/24", switch="west")
+    stack = await a.stack()
+    await b.stack()
+    await stack.ping("10.0.0.2", timeout=1.0)  # resolves b's address first
+    rtt = await stack.ping("10.0.0.2", timeout=1.0)
+    # a->east, east->west, west->b and back: the trunk's 20 ms twice dominates.
+    assert 0.040 < rtt < 0.045, rtt
+    world.partition(["a"], ["b"])
+    try:
+        await stack.ping("10.0.0.2", timeout=1.0)
+    except LoomingError:
+        pass
+    else:
+        raise AssertionError("a ping crossed the partition")
+    assert count(world, "drop", "partition a->b") == 1
+    assert "east-west" in world.network.links
