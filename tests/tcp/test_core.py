@@ -439,6 +439,19 @@ def test_rto_backoff_and_karn() -> None:
     assert s.conn.rtt.rto == TcpConfig().rto_min_ns
 
 
+def test_pure_acks_after_a_timeout_carry_the_highest_sequence() -> None:
+    # After an RTO, snd_nxt goes back to resend; an ACK numbered from there
+    # would fall below the peer's rcv_nxt and be dropped whole by it.
+    s = established()
+    _fill(s, 4)
+    s.take()
+    s.advance(200)
+    s.expect(f"A {A}:{A + 1000}(1000) ack {B}")
+    s.recv(seg("PA", B, A), b"q" * 10)
+    s.advance(40)
+    s.expect(f"A {A + 4000}:{A + 4000}(0) ack {B + 10}")
+
+
 def test_data_retries_give_up_with_reset() -> None:
     s = established(replace(PLAIN, data_retries=2))
     s.call("send", b"q")

@@ -134,7 +134,7 @@ def test_looming_client_to_kernel_server(kernel_peer: KernelPeer) -> None:
         assert server.returncode == 0
         # Both FINs went across and were acknowledged: we closed first, so we
         # hold TIME-WAIT (one timer left) and the kernel has let go.
-        for _ in range(50):
+        for _ in range(500):
             if flow.state is State.TIME_WAIT:
                 break
             await asyncio.sleep(0.02)
@@ -170,7 +170,7 @@ def test_kernel_client_to_looming_server(kernel_peer: KernelPeer) -> None:
         # The kernel closed first (it shut down after sending), so it holds
         # TIME-WAIT and looming, through LAST-ACK, has let go of everything.
         tcp = _tcp(stack)
-        for _ in range(50):
+        for _ in range(500):
             if tcp.connection_count == 0:
                 break
             await asyncio.sleep(0.02)

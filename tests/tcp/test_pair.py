@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections.abc import Callable
 
 import pytest
 
 from looming.devices.stack import TcpFlow
 from looming.errors import Closed, ConnectionRefused, ConnectionReset, ConnectionTimeout
-from looming.net.tcp import State, TcpConfig, TcpLayer
+from looming.net.tcp import State, TcpConfig, TcpLayer, TcpStream
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
 from tests.tcp.ipv4_pair import Faults, wire_pair
@@ -24,6 +25,15 @@ def _layers(faults: Faults, config: TcpConfig | None = None) -> tuple[TcpLayer, 
         TcpLayer(a, UnixTime(), UnixRandom(1), config=config),
         TcpLayer(b, UnixTime(), UnixRandom(2), config=config),
     )
+
+
+async def _eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for ``condition`` without racing the event loop (or a busy machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
 
 
 async def _read_all(flow: TcpFlow) -> bytes:
@@ -103,7 +113,7 @@ def test_connections_leave_every_table_and_timer() -> None:
             assert await flow.read() == b"ping %d" % i
             assert await flow.read() == b""
             await flow.close()
-        await asyncio.sleep(0.2)  # past TIME-WAIT
+        await _eventually(lambda: client.connection_count + server.connection_count == 0)
         for layer in (client, server):
             assert layer.connection_count == 0
             assert layer.timer_count == 0
@@ -131,7 +141,8 @@ def test_refused_and_reset_and_timeout() -> None:
         flow = await client.connect("10.9.0.2", 82)
         peer = await accepted.get()
         await flow.write(b"unread")
-        await asyncio.sleep(0.01)
+        assert isinstance(peer, TcpStream)
+        await _eventually(lambda: peer.connection.readable_bytes == 6)
         await peer.close()  # unread data: an abort, the client sees a reset
         with pytest.raises(ConnectionReset):
             await flow.read()
@@ -193,8 +204,7 @@ def test_backpressure_with_a_slow_reader() -> None:
         await flow.shutdown()
         await asyncio.wait_for(done.wait(), 60)
         assert bytes(got) == data
-        stream = flow
-        assert stream.state in (State.FIN_WAIT_2, State.TIME_WAIT)
+        await _eventually(lambda: flow.state in (State.FIN_WAIT_2, State.TIME_WAIT))
         await client.close()
         await server.close()
 
@@ -215,7 +225,8 @@ def test_syn_flood_is_answered_with_cookies_and_cookies_connect() -> None:
         # Fill the backlog with half-open connections whose final ACK is lost.
         faults.drop_filter = lambda src, payload: str(src) == "10.9.0.1" and payload[13] == 0x10
         pending = [asyncio.create_task(client.connect("10.9.0.2", 11)) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await _eventually(lambda: server._endpoint.listeners[11].half_open == 2)
+        await _eventually(lambda: all(task.done() for task in pending))
         faults.drop_filter = None
         flows = [await client.connect("10.9.0.2", 11) for _ in range(3)]
         assert server.stats.cookies_sent == 3

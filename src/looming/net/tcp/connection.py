@@ -218,7 +218,7 @@ class TcpConnection(TcpSender):
         if (self.state in SYNCHRONIZED and self.state != State.TIME_WAIT) or (
             self.state == State.SYN_RECEIVED
         ):
-            self._send_reset(self.snd_nxt, now)
+            self._send_reset(self.snd_max, now)
         self._become_closed()
 
     def input(self, header: TcpHeader, payload: bytes | memoryview, now: int) -> None:
@@ -376,7 +376,7 @@ class TcpConnection(TcpSender):
         if payload and self.state in RECEIVING:
             if self.app_closed:
                 # Nobody will read this: tell the peer (RFC 9293 3.10.7.4, as Linux does).
-                self._send_reset(self.snd_nxt, now)
+                self._send_reset(self.snd_max, now)
                 self._fail(Event.RESET)
                 return
             self._receive_data(seq, payload, now)

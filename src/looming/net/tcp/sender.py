@@ -84,7 +84,7 @@ class TcpSender(TransmissionControlBlock):
                 self._become_closed()
             else:
                 if self.state in SYNCHRONIZED:
-                    self._send_reset(self.snd_nxt, now)
+                    self._send_reset(self.snd_max, now)
                 self._fail(Event.TIMED_OUT)
             return
         self.rtt.back_off()
@@ -125,7 +125,7 @@ class TcpSender(TransmissionControlBlock):
 
     def _on_keepalive(self, now: int) -> None:
         if self.keepalive_probes >= self.config.keepalive_probes:
-            self._send_reset(self.snd_nxt, now)
+            self._send_reset(self.snd_max, now)
             self._fail(Event.TIMED_OUT)
             return
         self.keepalive_probes += 1
@@ -191,7 +191,7 @@ class TcpSender(TransmissionControlBlock):
                 elif self.rtt_seq is None and not self.ts_ok:
                     self.rtt_seq = seq
                     self.rtt_sent_at = now
-                self._emit(flags, seq, payload, now)
+                self._emit(flags, seq, payload, now, resent=not is_new)
                 self.snd_nxt = end + (1 if flags & FIN else 0)
                 self.snd_max = max(self.snd_max, self.snd_nxt)
                 force_one = False
@@ -235,7 +235,7 @@ class TcpSender(TransmissionControlBlock):
         self.stats.retransmits += 1
         if self.rtt_seq is not None and self.rtt_seq < end:
             self.rtt_seq = None
-        self._emit(flags, seq, self.send_buffer.slice(seq, length), now)
+        self._emit(flags, seq, self.send_buffer.slice(seq, length), now, resent=True)
         return end + (1 if flags & FIN else 0)
 
     def _take_rtt_sample(self, ack: int, header: TcpHeader, now: int) -> None:

@@ -208,7 +208,9 @@ class TransmissionControlBlock:
         self.rcv_adv = max(self.rcv_adv, rcv_nxt + (field << self.rcv_scale))
         return field
 
-    def _emit(self, flags: int, seq: int, payload: bytes, now: int) -> None:
+    def _emit(
+        self, flags: int, seq: int, payload: bytes, now: int, *, resent: bool = False
+    ) -> None:
         sack_blocks: tuple[tuple[int, int], ...] = ()
         if self.sack_ok and flags & ACK and self.receive_buffer.has_gaps:
             limit = 3 if self.ts_ok else 4
@@ -225,10 +227,14 @@ class TransmissionControlBlock:
             sack_blocks=sack_blocks,
             timestamps=(self._ts_now(now), self.ts_recent) if self.ts_ok else None,
         )
-        self._push(header, payload, now)
+        self._push(header, payload, now, carries_ack=not resent)
 
-    def _push(self, header: TcpHeader, payload: bytes, now: int) -> None:
-        if header.flags & ACK:
+    def _push(
+        self, header: TcpHeader, payload: bytes, now: int, *, carries_ack: bool = True
+    ) -> None:
+        # A resent segment may be old news to the peer, which then drops it
+        # whole, ACK field included: it does not settle an ACK we owe.
+        if carries_ack and header.flags & ACK:
             self.delack_at = None
             self.full_segments_unacked = 0
             self.ack_due = False
@@ -271,7 +277,10 @@ class TransmissionControlBlock:
             self.rtt_sent_at = now
 
     def send_ack(self, now: int) -> None:
-        self._emit(ACK, self.snd_nxt, b"", now)
+        # snd_max, not snd_nxt: after a timeout snd_nxt goes back to resend,
+        # and an ACK numbered below the peer's rcv_nxt would be unacceptable
+        # to it, ACK field and all (as in BSD's tcp_output).
+        self._emit(ACK, self.snd_max, b"", now)
 
     def _send_reset(self, seq: int, now: int) -> None:
         header = TcpHeader(
