@@ -162,7 +162,7 @@ class ClientHandshake:
         suite = SUITES[session.cipher_suite]
         self.offered_psk = True
         now_ms = self.config.clock.now_ns() // 1_000_000
-        age = (now_ms - session.received_at_ms + session.ticket_age_add) % (1 << 32)
+        age = (max(0, now_ms - session.received_at_ms) + session.ticket_age_add) % (1 << 32)
         identities = vec16(vec16(session.ticket) + u32(age))
         binder_length = suite.hash_length
         binders = vec16(vec8(bytes(binder_length)))
@@ -579,7 +579,9 @@ class ClientHandshake:
             secret=resumption_psk(conn.suite.hash_name, self.resumption_master, nonce),
             ticket_age_add=age_add,
             lifetime_s=lifetime,
-            received_at_ms=self.config.clock.now_ns() // 1_000_000,
+            # Rounded up, so the age we report never exceeds the true age: a
+            # server's own view of the age (from issue time) must not be smaller.
+            received_at_ms=-(-self.config.clock.now_ns() // 1_000_000),
             max_early_data=max_early,
             peer_chain_der=list(self.server_chain)
             or (self.offered_session.peer_chain_der if self.offered_session else []),
