@@ -252,12 +252,11 @@ def main() -> int:
             results.append(Result("looming memory", layout_name, commits, c, r, None))
             progress(f"{layout_name}: looming on disk")
             disk = scratch / "looming.git"
-            c, r, size = bench_looming(commits, layout, disk)
+            c, r, size, own_gc = bench_looming(commits, layout, disk)
             progress(f"{layout_name}: git gc of the looming repository, for the size reference")
+            gc_size = git_gc_bytes(disk, scratch)
             results.append(
-                Result(
-                    "looming disk", layout_name, commits, c, r, size, git_gc_bytes(disk, scratch)
-                )
+                Result("looming disk", layout_name, commits, c, r, size, gc_size, own_gc)
             )
             for leftover in ("fast-import.git", "dulwich.git", "looming.git"):
                 shutil.rmtree(scratch / leftover, ignore_errors=True)
