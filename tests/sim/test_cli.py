@@ -130,16 +130,40 @@ def test_a_sweep_reports_each_failing_seed_with_its_replay_command(tmp_path: Pat
     assert f"replay:   looming sim run {path} --seed 6" in replay.stdout
 
 
-def test_the_same_seed_gives_the_same_digest_in_separate_processes(app_copies: Path) -> None:
+def test_the_same_seed_gives_the_same_digest_in_separate_processes(
+    app_copies: Path, tmp_path: Path
+) -> None:
     scenario = str(app_copies / "scenarios" / "website.py")
     digests = []
     for hash_seed, seed in (("1", "11"), ("2", "11"), ("3", "12")):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        result = run_looming(["sim", "run", scenario, "--seed", seed, "--no-pcap"], env=env)
+        out = tmp_path / f"hash{hash_seed}"
+        result = run_looming(["sim", "run", scenario, "--seed", seed, "--out", str(out)], env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         digests.append(digest_of(result.stdout))
     assert digests[0] == digests[1]
     assert digests[2] != digests[0]
+    # The pcaps and the trace are byte-identical too.
+    for name in ("server-lan.pcap", "client1-lan.pcap", "trace.txt"):
+        assert (tmp_path / "hash1" / name).read_bytes() == (tmp_path / "hash2" / name).read_bytes()
+        assert (tmp_path / "hash1" / name).read_bytes() != (tmp_path / "hash3" / name).read_bytes()
+
+
+def test_a_broken_application_fails_before_running(tmp_path: Path) -> None:
+    app = tmp_path / "broken"
+    app.mkdir()
+    (app / "config.py").write_text(
+        "from looming.config import main, register, console\n"
+        "job = main('unikernel:Missing', [console()])\n"
+        "register('broken', [job])\n"
+    )
+    (app / "unikernel.py").write_text("class Other:\n    pass\n")
+    path = scenario_file(tmp_path, faults=f"SCENARIO.node('web', {str(app)!r})")
+    result = run_looming(["sim", "run", str(path)])
+    assert result.returncode == 2
+    assert (
+        "config.py:2: main(): unikernel.py defines no class or function 'Missing'" in result.stderr
+    )
 
 
 def test_check_finds_identical_runs(app_copies: Path) -> None:
