@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from looming.vchan import endpoint
+from looming.vchan import listener as ports
 
 MESSAGE = 64
 CHUNK = 64 * 1024
@@ -195,7 +196,7 @@ def mp_pipe_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
 def vchan_transport(spin: int) -> Transport:
     def make() -> tuple[Callable[[], Link], Callable[[], Link]]:
         name, port = f"bench{os.getpid()}", f"spin{spin}"
-        listener = endpoint.listen(name, port, read_min=RING, write_min=RING, spin=spin)
+        listener = ports.listen(name, port, read_min=RING, write_min=RING, spin=spin)
 
         def parent() -> Link:
             return VchanLink(listener.accept(timeout=30))
@@ -203,7 +204,7 @@ def vchan_transport(spin: int) -> Transport:
         def child() -> Link:
             # The forked child leaves its copy of the listener alone: the
             # port and segment are the parent's to clean up.
-            return VchanLink(endpoint.connect(name, port, spin=spin))
+            return VchanLink(ports.connect(name, port, spin=spin))
 
         return parent, child
 

@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Callable
 
 from looming.vchan import endpoint
+from looming.vchan import listener as ports
 
 
 def fork_child(body: Callable[[], None]) -> int:
@@ -45,7 +46,7 @@ def connected_pair(
     read_min: int = 4096, write_min: int = 4096, **options: object
 ) -> tuple[endpoint.Endpoint, endpoint.Endpoint]:
     """A server and a client endpoint in this process (accept runs in a thread)."""
-    listener = endpoint.listen("pair", "p0", read_min=read_min, write_min=write_min, **options)  # type: ignore[arg-type]
+    listener = ports.listen("pair", "p0", read_min=read_min, write_min=write_min, **options)  # type: ignore[arg-type]
     accepted: list[endpoint.Endpoint] = []
     errors: list[BaseException] = []
 
@@ -58,7 +59,7 @@ def connected_pair(
     thread = threading.Thread(target=accept)
     thread.start()
     try:
-        client = endpoint.connect("pair", "p0", timeout=10)
+        client = ports.connect("pair", "p0", timeout=10)
     finally:
         thread.join()
         if errors:

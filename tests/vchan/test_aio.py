@@ -13,7 +13,8 @@ import pytest
 
 from looming.devices import Flow
 from looming.errors import Closed, ConnectionRefused, ConnectionReset
-from looming.vchan import aio, endpoint, layout
+from looming.vchan import aio, layout
+from looming.vchan import listener as ports
 from looming.vchan.errors import VchanCorrupt, VchanError
 from tests.vchan.helpers import fork_child, kill_child, wait_child
 
@@ -134,7 +135,7 @@ def test_connect_waits_for_the_server_to_appear() -> None:
 
 
 def test_processes_exchange_and_a_killed_peer_is_noticed() -> None:
-    listener = endpoint.listen("async", "kv", read_min=65536, write_min=65536)
+    listener = ports.listen("async", "kv", read_min=65536, write_min=65536)
     data = random.Random(5).randbytes(2_000_000)
 
     def child() -> None:

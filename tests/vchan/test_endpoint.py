@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from looming.errors import AddressInUse, Closed, ConnectionRefused, ConnectionReset
-from looming.vchan import endpoint, layout
+from looming.vchan import layout
+from looming.vchan import listener as ports
 from looming.vchan.errors import VchanCorrupt, VchanError
 from looming.vchan.segment import SEGMENT_PREFIX, shm_dir
 from tests.vchan.helpers import connected_pair, fork_child, kill_child, wait_child
@@ -29,12 +30,12 @@ def shm_names(pid: int | None = None) -> list[str]:
 
 def test_rendezvous_publishes_then_unpublishes(vchan_registry: Path) -> None:
     before = shm_names()
-    listener = endpoint.listen("front", "store-1", read_min=1024, write_min=1024)
+    listener = ports.listen("front", "store-1", read_min=1024, write_min=1024)
     assert sorted(os.listdir(vchan_registry)) == ["front.store-1.pid", "front.store-1.sock"]
     assert len(shm_names()) == len(before) + 1
 
     def client() -> None:
-        with endpoint.connect("front", "store-1") as channel:
+        with ports.connect("front", "store-1") as channel:
             channel.write(b"ping")
             assert channel.read() == b"pong"
 
@@ -53,11 +54,11 @@ def test_rendezvous_publishes_then_unpublishes(vchan_registry: Path) -> None:
 
 @pytest.mark.parametrize("notifier", ["eventfd", "pipe"])
 def test_stream_both_ways_with_each_notifier(notifier: str) -> None:
-    listener = endpoint.listen("srv", "echo", read_min=2047, write_min=4095, notifier=notifier)
+    listener = ports.listen("srv", "echo", read_min=2047, write_min=4095, notifier=notifier)
     total = 3_000_000
 
     def client() -> None:
-        with endpoint.connect("srv", "echo") as channel:
+        with ports.connect("srv", "echo") as channel:
             rng = random.Random(7)
             data = rng.randbytes(total)
             done = threading.Event()
@@ -92,12 +93,12 @@ def test_stream_both_ways_with_each_notifier(notifier: str) -> None:
 
 
 def test_one_gigabyte_between_processes_with_a_hash_check() -> None:
-    listener = endpoint.listen("bulk", "data", read_min=1 << 20, write_min=1024)
+    listener = ports.listen("bulk", "data", read_min=1 << 20, write_min=1024)
     block = random.Random(1).randbytes((1 << 20) + 4099)
     sizes = [65536, 4097, 131071, 1, 1 << 20, 30000]
 
     def sender() -> None:
-        with endpoint.connect("bulk", "data") as channel:
+        with ports.connect("bulk", "data") as channel:
             digest = hashlib.sha256()
             sent = 0
             turn = 0
@@ -131,10 +132,10 @@ def test_one_gigabyte_between_processes_with_a_hash_check() -> None:
 
 
 def test_writer_killed_mid_transfer_is_noticed_by_the_reader() -> None:
-    listener = endpoint.listen("victim", "stream", read_min=65536, write_min=1024)
+    listener = ports.listen("victim", "stream", read_min=65536, write_min=1024)
 
     def writer() -> None:
-        channel = endpoint.connect("victim", "stream")
+        channel = ports.connect("victim", "stream")
         while True:
             channel.write(b"x" * 4096)
 
@@ -155,10 +156,10 @@ def test_writer_killed_mid_transfer_is_noticed_by_the_reader() -> None:
 
 
 def test_reader_killed_mid_transfer_is_noticed_by_a_blocked_writer() -> None:
-    listener = endpoint.listen("victim", "stream", read_min=1024, write_min=65536)
+    listener = ports.listen("victim", "stream", read_min=1024, write_min=65536)
 
     def reader() -> None:
-        channel = endpoint.connect("victim", "stream")
+        channel = ports.connect("victim", "stream")
         received = 0
         while received < 1_000_000:
             received += len(channel.read(timeout=30))
@@ -221,12 +222,12 @@ def test_a_corrupt_index_from_the_peer_closes_the_channel() -> None:
 
 
 def test_a_corrupt_header_offered_by_the_server_is_refused() -> None:
-    listener = endpoint.listen("bad", "hdr", read_min=1024, write_min=1024)
+    listener = ports.listen("bad", "hdr", read_min=1024, write_min=1024)
     layout.write_u32(listener._view, layout.LEFT_ORDER, 31)  # order out of range
 
     def client() -> None:
         with pytest.raises(VchanCorrupt, match=r"outside 10\.\.20"):
-            endpoint.connect("bad", "hdr")
+            ports.connect("bad", "hdr")
 
     pid = fork_child(client)
     with pytest.raises(VchanError, match="refused the channel: left ring order 31"):
@@ -236,28 +237,28 @@ def test_a_corrupt_header_offered_by_the_server_is_refused() -> None:
 
 def test_connecting_to_nobody_is_refused() -> None:
     with pytest.raises(ConnectionRefused, match="no vchan server publishes ghost/none"):
-        endpoint.connect("ghost", "none")
+        ports.connect("ghost", "none")
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "a.b", "..", "spa ce", "é"])
 def test_invalid_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="letters, digits"):
-        endpoint.listen(name, "port")
+        ports.listen(name, "port")
     with pytest.raises(ValueError, match="letters, digits"):
-        endpoint.connect("peer", name)
+        ports.connect("peer", name)
 
 
 def test_a_port_has_one_live_server() -> None:
     with (
-        endpoint.listen("dup", "p", read_min=1024, write_min=1024),
+        ports.listen("dup", "p", read_min=1024, write_min=1024),
         pytest.raises(AddressInUse, match="already served by process"),
     ):
-        endpoint.listen("dup", "p")
+        ports.listen("dup", "p")
 
 
 def test_crash_recovery_at_next_start(vchan_registry: Path) -> None:
     def crashing_server() -> None:
-        endpoint.listen("crashy", "p", read_min=1024, write_min=1024)
+        ports.listen("crashy", "p", read_min=1024, write_min=1024)
         os.kill(os.getpid(), signal.SIGKILL)
 
     pid = fork_child(crashing_server)
@@ -267,9 +268,9 @@ def test_crash_recovery_at_next_start(vchan_registry: Path) -> None:
     leftovers = shm_names(pid)
     assert len(leftovers) == 1
     with pytest.raises(ConnectionRefused):
-        endpoint.connect("crashy", "p")
+        ports.connect("crashy", "p")
     # ...which the next start removes, taking the port over.
-    with endpoint.listen("crashy", "p", read_min=1024, write_min=1024):
+    with ports.listen("crashy", "p", read_min=1024, write_min=1024):
         assert shm_names(pid) == []
         assert len(shm_names()) == 1
     assert os.listdir(vchan_registry) == []
@@ -277,7 +278,7 @@ def test_crash_recovery_at_next_start(vchan_registry: Path) -> None:
 
 def test_closing_a_listener_without_a_client_removes_everything(vchan_registry: Path) -> None:
     before = shm_names()
-    listener = endpoint.listen("lonely", "p")
+    listener = ports.listen("lonely", "p")
     listener.close()
     listener.close()
     assert os.listdir(vchan_registry) == []

@@ -9,7 +9,8 @@ xenstore (:mod:`looming.vchan.registry`). Blocking endpoints are in
 :mod:`looming.vchan.endpoint`, asyncio flows in :mod:`looming.vchan.aio`.
 """
 
-from looming.vchan.endpoint import Endpoint, Listener, connect, listen, recover
+from looming.vchan.endpoint import Endpoint
 from looming.vchan.errors import VchanCorrupt, VchanError
+from looming.vchan.listener import Listener, connect, listen, recover
 
 __all__ = ["Endpoint", "Listener", "VchanCorrupt", "VchanError", "connect", "listen", "recover"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from looming.devices.time import Time
 from looming.errors import Closed, ConnectionRefused, ConnectionTimeout
 from looming.unix.time import UnixTime
-from looming.vchan import endpoint as blocking
+from looming.vchan import listener as blocking
 from looming.vchan import registry, rendezvous
 from looming.vchan.endpoint import DEFAULT_RING_SIZE, DEFAULT_SPIN, SAFETY_RECHECK_MS, Endpoint
 
@@ -238,7 +238,7 @@ async def listen(
     notifier: str | None = None,
     spin: int = DEFAULT_SPIN,
 ) -> AsyncListener:
-    """Publish ``port`` under ``name`` (see :func:`looming.vchan.endpoint.listen`)."""
+    """Publish ``port`` under ``name`` (see :func:`looming.vchan.listener.listen`)."""
     return AsyncListener(
         blocking.listen(
             name,
