@@ -50,8 +50,12 @@ class Pki:
         self.other_ca_key = ec.generate_private_key(ec.SECP256R1())
         self.other_ca_cert = self._ca("some other CA", self.other_ca_key)
         self.leaves: dict[str, Leaf] = {}
+        self.rsa_root: x509.Certificate | None = None
+        self.rsa_root_path = directory / "rsa-root.pem"
 
-    def _ca(self, name: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    def _ca(
+        self, name: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    ) -> x509.Certificate:
         return (
             x509.CertificateBuilder()
             .subject_name(_name(name))
@@ -128,6 +132,70 @@ class Pki:
         return leaf
 
 
+def add_rsa_root_chain(pki: Pki) -> Leaf:
+    """An RSA root (PKCS#1 v1.5 signatures) -> ECDSA intermediate -> ECDSA leaf, sent as a chain."""
+    root_key = rsa.generate_private_key(65537, 2048)
+    root = pki._ca("looming RSA root", root_key)
+    inter_key = ec.generate_private_key(ec.SECP384R1())
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(_name("looming intermediate"))
+        .issuer_name(root.subject)
+        .public_key(inter_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=1000))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(inter_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(inter.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(inter_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(inter_key, hashes.SHA384())
+    )
+    pki.rsa_root = root
+    pki.rsa_root_path = pki.directory / "rsa-root.pem"
+    pki.rsa_root_path.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    cert_path = pki.directory / "chain.pem"
+    key_path = pki.directory / "chain.key"
+    cert_path.write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM)
+        + inter.public_bytes(serialization.Encoding.PEM)
+    )
+    _write_key(key_path, leaf_key)
+    chained = Leaf("chain", cert_path, key_path, CertifiedKey([leaf, inter], leaf_key))
+    pki.leaves["chain"] = chained
+    return chained
+
+
 def build_pki(directory: Path) -> Pki:
     pki = Pki(directory)
     names = ["localhost", "127.0.0.1"]
@@ -142,4 +210,5 @@ def build_pki(directory: Path) -> Pki:
         "client-p256", ec.generate_private_key(ec.SECP256R1()), ["client.example"], client=True
     )
     pki.leaf("client-rsa", rsa.generate_private_key(65537, 2048), ["client.example"], client=True)
+    add_rsa_root_chain(pki)
     return pki

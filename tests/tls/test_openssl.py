@@ -496,3 +496,86 @@ def test_session_object_round_trip(pki: Pki) -> None:
     config = TlsConfig(trust=pki.trust)
     flow, _, _ = asyncio.run(client_against_s_server(pki, "p256", [], config))
     assert flow.sessions and isinstance(flow.sessions[0], Session)
+
+
+# --- signature schemes and chains ----------------------------------------------------------
+
+SIGALGS = [
+    (TLS13, "rsa", "rsa_pss_rsae_sha256", "RSA-PSS", "SHA256"),
+    (TLS13, "rsa", "rsa_pss_rsae_sha384", "RSA-PSS", "SHA384"),
+    (TLS13, "rsa", "rsa_pss_rsae_sha512", "RSA-PSS", "SHA512"),
+    (TLS13, "p256", "ecdsa_secp256r1_sha256", "ECDSA", "SHA256"),
+    (TLS13, "p384", "ecdsa_secp384r1_sha384", "ECDSA", "SHA384"),
+    (TLS13, "ed25519", "ed25519", "Ed25519", ""),
+    (TLS12, "rsa", "rsa_pkcs1_sha256", "RSA", "SHA256"),
+    (TLS12, "rsa", "rsa_pkcs1_sha384", "RSA", "SHA384"),
+    (TLS12, "rsa", "rsa_pss_rsae_sha256", "RSA-PSS", "SHA256"),
+    (TLS12, "p256", "ecdsa_secp256r1_sha256", "ECDSA", "SHA256"),
+    (TLS12, "p256", "ecdsa_secp384r1_sha384", "ECDSA", "SHA384"),
+]
+
+
+@pytest.mark.parametrize(
+    ("version", "leaf", "sigalg", "kind", "digest"),
+    SIGALGS,
+    ids=[f"{v:#x}-{s}" for v, _, s, _, _ in SIGALGS],
+)
+def test_server_signature_schemes_to_s_client(
+    pki: Pki, version: int, leaf: str, sigalg: str, kind: str, digest: str
+) -> None:
+    config = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    flag = "-tls1_3" if version == TLS13 else "-tls1_2"
+    rc, out, _ = asyncio.run(
+        s_client_against_looming(config, [*_s_client_base(pki), flag, "-sigalgs", sigalg])
+    )
+    assert rc == 0 and "echo:hello" in out, out
+    assert f"peer signature type: {kind.lower()}\n" in out.lower()
+    if digest:
+        assert f"Peer signing digest: {digest}" in out
+
+
+@pytest.mark.parametrize(
+    ("version", "leaf", "sigalg", "kind", "digest"),
+    SIGALGS,
+    ids=[f"{v:#x}-{s}" for v, _, s, _, _ in SIGALGS],
+)
+def test_client_verifies_signature_schemes_from_s_server(
+    pki: Pki, version: int, leaf: str, sigalg: str, kind: str, digest: str
+) -> None:
+    flag = "-tls1_3" if version == TLS13 else "-tls1_2"
+    flow, reply, _ = asyncio.run(
+        client_against_s_server(pki, leaf, [flag, "-sigalgs", sigalg], TlsConfig(trust=pki.trust))
+    )
+    assert reply == b"gnimool olleh\n" and flow.version == version
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12])
+def test_chain_with_intermediate_under_rsa_root(pki: Pki, version: int) -> None:
+    from looming.tls import TrustStore
+
+    assert pki.rsa_root is not None
+    # looming client builds the path leaf -> intermediate -> RSA root from s_server's chain.
+    config = TlsConfig(trust=TrustStore([pki.rsa_root]), versions=[version])
+    flow, reply, _ = asyncio.run(
+        client_against_s_server(
+            pki, "chain", ["-cert_chain", str(pki.leaves["chain"].cert_path)], config
+        )
+    )
+    assert reply == b"gnimool olleh\n"
+    assert flow.peer_certificates[0] == pki.leaves["chain"].certified.chain[0]
+    assert pki.leaves["chain"].certified.chain[1] in flow.peer_certificates
+    # And s_client validates the chain looming's server sends.
+    server_config = TlsConfig(certificates=[pki.leaves["chain"].certified])
+    args = [
+        "-CAfile",
+        str(pki.rsa_root_path),
+        "-verify_return_error",
+        "-servername",
+        "localhost",
+        "-verify_hostname",
+        "localhost",
+    ]
+    rc, out, _ = asyncio.run(s_client_against_looming(server_config, args))
+    assert (
+        rc == 0 and "Verify return code: 0 (ok)" in out and "depth=2 CN = looming RSA root" in out
+    ), out
