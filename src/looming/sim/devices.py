@@ -36,6 +36,9 @@ class SimTime:
 
     Each node's monotonic clock starts at its own origin (like a host that
     booted at a different moment), and sleeping is the loop's virtual sleep.
+    It runs at the virtual rate: drift belongs to the wall clock
+    (:class:`SimClock`), so the timers a stack sets through the event loop and
+    the durations it measures through this clock always agree.
     """
 
     def __init__(self, now_ns: NowNs, origin_ns: int) -> None:

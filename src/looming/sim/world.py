@@ -131,14 +131,15 @@ class World:
         self.trace.record("note", text)
 
 
-def prepare_artifact(spec: NodeSpec) -> Artifact:
+def prepare_artifact(spec: NodeSpec, artifact: Artifact | None = None) -> Artifact:
     """Build (if needed) and read the artifact of an application node,
     checking the node's keys against the keys the unikernel declares."""
     from looming.runtime import UsageError as KeyUsageError
     from looming.runtime import parse_keys
 
     assert spec.app is not None
-    artifact = Artifact(ensure_artifact(spec.app, spec.unikernel))
+    if artifact is None:
+        artifact = Artifact(ensure_artifact(spec.app, spec.unikernel))
     loaded = artifact.load(f"check_{spec.name}")
     try:
         parse_keys(loaded.keys, key_arguments(spec.keys))
@@ -157,26 +158,10 @@ def prepare(scenario: Scenario) -> dict[str, Artifact]:
         if spec.app is None:
             continue
         key = (spec.app.resolve(), spec.unikernel)
-        if key not in by_app:
-            by_app[key] = prepare_artifact(spec)
-        else:
-            # Keys may differ per node even when the application is shared.
-            prepare_artifact_keys(by_app[key], spec)
+        # Keys may differ per node even when the application is shared.
+        by_app[key] = prepare_artifact(spec, by_app.get(key))
         artifacts[spec.name] = by_app[key]
     return artifacts
-
-
-def prepare_artifact_keys(artifact: Artifact, spec: NodeSpec) -> None:
-    from looming.runtime import UsageError as KeyUsageError
-    from looming.runtime import parse_keys
-
-    loaded = artifact.load(f"check_{spec.name}")
-    try:
-        parse_keys(loaded.keys, key_arguments(spec.keys))
-    except KeyUsageError as error:
-        raise UsageError(f"node {spec.name!r}: {error}") from None
-    finally:
-        loaded.unload()
 
 
 @dataclass
