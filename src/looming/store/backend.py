@@ -508,11 +508,12 @@ class GitBackend:
         """One writer at a time: a thread lock, then an flock across processes."""
         with self._thread_lock:
             if self._lock_depth == 0:
-                fd = os.open(
-                    os.path.join(self.git_dir, "looming.lock"), os.O_RDWR | os.O_CREAT, 0o644
-                )
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self._lock_file = fd
+                if self._lock_file is None:
+                    # Kept open: opening it for every commit costs a syscall each.
+                    self._lock_file = os.open(
+                        os.path.join(self.git_dir, "looming.lock"), os.O_RDWR | os.O_CREAT, 0o644
+                    )
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             self._lock_depth += 1
             try:
                 yield
@@ -520,8 +521,6 @@ class GitBackend:
                 self._lock_depth -= 1
                 if self._lock_depth == 0 and self._lock_file is not None:
                     fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-                    os.close(self._lock_file)
-                    self._lock_file = None
 
     def refs_version(self) -> object:
         """Stamps of the ref files: cheap to poll, changes with any ref move."""
@@ -544,3 +543,7 @@ class GitBackend:
     def close(self) -> None:
         self.flush()
         self._reopen_packs()
+        with self._thread_lock:
+            if self._lock_file is not None:
+                os.close(self._lock_file)
+                self._lock_file = None
