@@ -109,7 +109,7 @@ class TcpSender(TransmissionControlBlock):
     def _send_window_probe(self, now: int) -> None:
         # An ACK with an old sequence number makes the peer answer with its
         # current window, without putting data beyond that window.
-        self._emit(ACK, self.snd_una - 1, b"", now)
+        self._emit(ACK, self.snd_una - 1, b"", now, resent=True)
 
     def _on_persist(self, now: int) -> None:
         if self.snd_wnd > 0 or self.state not in SENDING or not self._has_unsent():
@@ -129,7 +129,7 @@ class TcpSender(TransmissionControlBlock):
             self._fail(Event.TIMED_OUT)
             return
         self.keepalive_probes += 1
-        self._emit(ACK, self.snd_una - 1, b"", now)
+        self._emit(ACK, self.snd_una - 1, b"", now, resent=True)
 
     def _has_unsent(self) -> bool:
         return self.snd_nxt < self.send_buffer.end or (
