@@ -91,9 +91,12 @@ async def connect_when_listening(
 class EchoServer:
     """A looming TLS server on loopback that echoes one message per connection."""
 
-    def __init__(self, config: TlsConfig, reply_prefix: bytes = b"echo:") -> None:
+    def __init__(
+        self, config: TlsConfig, reply_prefix: bytes = b"echo:", until_eof: bool = False
+    ) -> None:
         self.config = config
         self.prefix = reply_prefix
+        self.until_eof = until_eof
         self.flows: list[TlsFlow] = []
         self.errors: list[BaseException] = []
         self.port = 0
@@ -108,6 +111,8 @@ class EchoServer:
             self.flows.append(tls)
             data = await tls.read()
             await tls.write(self.prefix + data)
+            while self.until_eof and (data := await tls.read()):
+                await tls.write(self.prefix + data)
             await tls.shutdown()
         except (TlsError, OSError) as exc:
             self.errors.append(exc)

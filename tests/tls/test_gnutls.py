@@ -379,3 +379,27 @@ def test_server_early_data_from_gnutls_cli(pki: Pki, tmp_path: Path) -> None:
     )
     assert rc == 0, out
     assert server.flows[1].resumed and server.flows[1].early_data == [b"gnutls early\n"]
+
+
+def test_server_answers_key_update_from_gnutls_cli(pki: Pki) -> None:
+    async def main() -> tuple[int, str, EchoServer]:
+        async with EchoServer(
+            TlsConfig(certificates=[pki.leaves["p256"].certified]), until_eof=True
+        ) as server:
+            args = [
+                "gnutls-cli",
+                "-p",
+                str(server.port),
+                "127.0.0.1",
+                *_cli_base(pki),
+                "--inline-commands",
+            ]
+            rc, out, err = await run(args, b"one\n^rekey1^\ntwo\n^rekey1^\nthree\n")
+        return rc, out + err, server
+
+    rc, out, server = asyncio.run(main())
+    assert rc == 0, out
+    assert out.count("Rekey was completed") == 2
+    assert "echo:one" in out and "echo:two" in out and "echo:three" in out
+    # Each update_requested from GnuTLS was answered with our own KeyUpdate.
+    assert server.flows[0].key_updates_received == 2

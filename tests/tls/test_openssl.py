@@ -579,3 +579,26 @@ def test_chain_with_intermediate_under_rsa_root(pki: Pki, version: int) -> None:
     assert (
         rc == 0 and "Verify return code: 0 (ok)" in out and "depth=2 CN = looming RSA root" in out
     ), out
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12])
+def test_client_exporter_matches_s_server(pki: Pki, version: int) -> None:
+    async def main() -> tuple[bytes, str]:
+        port = free_port()
+        flag = "-tls1_3" if version == TLS13 else "-tls1_2"
+        args = s_server_args(
+            pki, "p256", port, flag, "-keymatexport", "EXPORTER-client", "-keymatexportlen", "32"
+        )
+        async with server_process(args, port, "ACCEPT") as peer:
+            flow = await open_connection(
+                "127.0.0.1", port, TlsConfig(trust=pki.trust), server_name="localhost"
+            )
+            ours = flow.export_keying_material("EXPORTER-client", None, 32)
+            await flow.write(b"bye\n")
+            await flow.close()
+            return ours, await peer.finish()
+
+    ours, output = asyncio.run(main())
+    match = re.search(r"Keying material: ([0-9A-F]+)", output)
+    assert match, output
+    assert ours.hex().upper() == match.group(1)
