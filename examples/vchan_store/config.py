@@ -9,8 +9,7 @@ Then: curl -X PUT --data-binary hello http://127.0.0.1:8080/kv/greeting
       curl http://127.0.0.1:8080/kv/greeting
 """
 
-from looming.config import console, key, main, register, stack
-from looming.vchan.config import vchan
+from looming.config import console, key, main, register, stack, vchan
 
 port = key("port", int, default=8080, doc="TCP port of the HTTP front end")
 

@@ -9,6 +9,8 @@ A ``config.py``::
     register("website", [website])
 """
 
+from typing import Any
+
 from looming.config.devices import (
     block,
     clock,
@@ -23,6 +25,20 @@ from looming.config.devices import (
     time,
 )
 from looming.config.dsl import Device, Job, Key, Unikernel, device, key, main, register
+
+# Device functions that live with their implementation, imported on first use
+# so that a config.py which does not use them does not load them.
+_LAZY = {"vchan": "looming.vchan.config"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'looming.config' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "Device",

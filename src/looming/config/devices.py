@@ -122,7 +122,8 @@ def all_device_functions() -> list[str]:
         "random",
         "stack",
         "time",
+        "vchan",
     ]
 
 
-__all__ = [*all_device_functions(), "Device"]
+__all__ = [*(f for f in all_device_functions() if f != "vchan"), "Device"]
