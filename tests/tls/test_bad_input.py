@@ -338,3 +338,19 @@ def test_random_bytes_never_crash_either_side(pki: Pki, junk: bytes) -> None:
             conn.receive(junk)
         except TlsError:
             pass
+
+
+def test_downgrade_sentinel_is_detected(pki: Pki) -> None:
+    server_conn = server(pki, versions=[TLS13, TLS12])
+    client = TlsConnection(
+        TlsConfig(trust=pki.trust, versions=[TLS12]), server_side=False, server_name="localhost"
+    )
+    server_conn.receive(client.bytes_to_send())
+    # A client that can do TLS 1.3 (say its hello was rewritten on the way) sees
+    # the server's "DOWNGRD\x01" in ServerHello.random and aborts.
+    client.config.versions = (TLS13, TLS12)
+    with pytest.raises(TlsProtocolError) as info:
+        client.receive(server_conn.bytes_to_send())
+    assert info.value.description == AlertDescription.ILLEGAL_PARAMETER and "downgrade" in str(
+        info.value
+    )

@@ -26,7 +26,14 @@ from .session import Session
 
 
 class TlsFlow:
-    """A TLS connection over ``flow``; itself a Flow carrying the plaintext."""
+    """A TLS connection over ``flow``; itself a Flow carrying the plaintext.
+
+    ``read`` returns ``b""`` after the peer's close_notify and raises
+    :class:`TlsTruncated` if the transport ends without one. On a server,
+    0-RTT data is kept apart in ``early_data`` (it may be a replay from
+    another server instance), never mixed into ``read``. ``sessions`` collects
+    the tickets a client receives, for resumption.
+    """
 
     def __init__(self, flow: Flow, connection: TlsConnection) -> None:
         self.flow = flow
