@@ -200,6 +200,12 @@ class GitBackend:
         self._pack_store: object | None = None
         self._lock_depth = 0
         self._lock_file: int | None = None
+        self._made_dirs: set[str] = set()
+
+    def _make_dir(self, path: str) -> None:
+        if path not in self._made_dirs:
+            os.makedirs(path, exist_ok=True)
+            self._made_dirs.add(path)
 
     # -------------------------------------------------------------- objects
 
@@ -279,7 +285,7 @@ class GitBackend:
             data, entries, checksum = build_pack(
                 ((oid, kind, body) for oid, (kind, body) in pending.items()), self._compression
             )
-            os.makedirs(self.pack_dir, exist_ok=True)
+            self._make_dir(self.pack_dir)
             base = install_pack(self.pack_dir, data, entries, checksum)
             self._tiers[0].append((base, entries))
             self._known.update(pending)
@@ -408,8 +414,12 @@ class GitBackend:
         with self.writer_lock():
             # Objects first, so the ref never names anything not on disk.
             self.flush()
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._make_dir(os.path.dirname(path))
             try:
+                fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                # git may prune empty ref folders behind our back.
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 # We hold the store's writer lock, so a leftover lock file is
