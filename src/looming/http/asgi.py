@@ -150,9 +150,12 @@ class _AppBody:
 class AsgiAdapter:
     """Serves the ASGI 3 application ``app`` as a looming HTTP handler."""
 
-    def __init__(self, app: AsgiApp, *, root_path: str = "") -> None:
+    def __init__(self, app: AsgiApp, *, root_path: str = "", scheme: str = "http") -> None:
         self.app = app
         self.root_path = root_path
+        # The server cannot tell whether its flow is TLS; whoever wires a TLS
+        # flow in says so here.
+        self.scheme = scheme
         self.state: dict[str, Any] = {}
         self._lifespan: _Lifespan | None = None
 
@@ -186,7 +189,7 @@ class AsgiAdapter:
             "asgi": _ASGI,
             "http_version": request.http_version,
             "method": request.method,
-            "scheme": "http",
+            "scheme": self.scheme,
             "path": unquote(raw_path),
             "raw_path": raw_path.encode("latin-1"),
             "query_string": query.encode("latin-1"),
