@@ -135,15 +135,22 @@ def bench_dulwich(
     for commit in range(commits):
         new_objects = []
         touched: set[tuple[str, ...]] = set()
+
+        def editable(directory: tuple[str, ...], touched: set[tuple[str, ...]] = touched) -> Tree:
+            # dulwich trees are mutable and the store keeps the instance it
+            # was given: copy a tree before its first change in each commit.
+            if directory not in touched:
+                touched.add(directory)
+                old = directories.get(directory)
+                directories[directory] = Tree.from_string(old.as_raw_string()) if old else Tree()
+            return directories[directory]
+
         for key in keys_of(commit):
             path = layout(key)
             blob = Blob.from_string(value(key, commit))
             new_objects.append(blob)
-            directory = path[:-1]
-            tree = directories.setdefault(directory, Tree())
-            tree.add(path[-1].encode(), 0o100644, blob.id)
-            touched.add(directory)
-        root = directories[()]
+            editable(path[:-1]).add(path[-1].encode(), 0o100644, blob.id)
+        root = editable(())
         for directory in sorted(touched - {()}):
             tree = directories[directory]
             new_objects.append(tree)
@@ -159,11 +166,6 @@ def bench_dulwich(
         new_objects.append(made)
         store.add_objects([(obj, None) for obj in new_objects])
         parent = made.id
-        # Trees are mutated in place for the next commit: copy them so the
-        # stored objects stay as written.
-        directories = {
-            name: Tree.from_string(tree.as_raw_string()) for name, tree in directories.items()
-        }
     commit_time = time.perf_counter() - started
     assert parent is not None
     root_id = store[parent].tree
