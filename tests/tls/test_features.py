@@ -247,3 +247,28 @@ def test_handshake_fed_one_byte_at_a_time(pki: Pki, version: int) -> None:
     for byte in client.bytes_to_send():
         received += server.receive(bytes((byte,)))
     assert received == [ApplicationData(b"tiny steps")]
+
+
+@pytest.mark.parametrize(
+    ("cert_schemes", "expected"),
+    [
+        ([0x0403], "p256"),  # ECDSA-SHA256 signatures only: the leaf under the ECDSA CA
+        (
+            [0x0401, 0x0503],
+            "chain",
+        ),  # RSA-PKCS1 root signature and ECDSA-SHA384: the RSA-rooted chain
+        ([0x0806], "p256"),  # nothing fits: the server's first choice
+    ],
+)
+def test_signature_algorithms_cert_picks_chain(
+    pki: Pki, cert_schemes: list[int], expected: str
+) -> None:
+    from looming.tls import TrustStore
+
+    assert pki.rsa_root is not None
+    server = TlsConfig(certificates=[pki.leaves["p256"].certified, pki.leaves["chain"].certified])
+    client = TlsConfig(
+        trust=TrustStore([pki.ca_cert, pki.rsa_root]), certificate_signature_schemes=cert_schemes
+    )
+    pair = connect(client, server)
+    assert _done(pair.client_events).peer_certificates[0] == pki.leaves[expected].certified.chain[0]

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.general_name import DNSName, IPAddress
+from cryptography.x509.oid import SignatureAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from looming.errors import UsageError
@@ -56,6 +57,16 @@ class CertifiedKey:
                 f"cannot load certificate {cert_path} / key {key_path}: {exc}"
             ) from exc
         return cls(chain, key)  # type: ignore[arg-type]  # any signing key type; rejected at use if unsupported
+
+    def chain_signed_with(self, schemes: Sequence[int]) -> bool:
+        """Whether every signature in the chain (self-signed roots aside) uses one of ``schemes``."""
+        allowed = set(schemes)
+        for cert in self.chain:
+            if cert.issuer == cert.subject:
+                continue
+            if not allowed & certificate_signature_schemes(cert):
+                return False
+        return True
 
     def matches_name(self, server_name: str) -> bool:
         """Whether the leaf's subjectAltName covers ``server_name`` (exact or one-label wildcard)."""
@@ -123,6 +134,31 @@ def _load_each(bundle: bytes) -> list[x509.Certificate]:
             except ValueError:
                 continue
     return out
+
+
+_SIGNATURE_OIDS: dict[x509.ObjectIdentifier, frozenset[int]] = {
+    SignatureAlgorithmOID.RSA_WITH_SHA256: frozenset({0x0401}),
+    SignatureAlgorithmOID.RSA_WITH_SHA384: frozenset({0x0501}),
+    SignatureAlgorithmOID.RSA_WITH_SHA512: frozenset({0x0601}),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: frozenset({0x0403}),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: frozenset({0x0503}),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: frozenset({0x0603}),
+    SignatureAlgorithmOID.ED25519: frozenset({0x0807}),
+}
+_PSS_BY_HASH = {
+    "sha256": frozenset({0x0804, 0x0809}),
+    "sha384": frozenset({0x0805, 0x080A}),
+    "sha512": frozenset({0x0806, 0x080B}),
+}
+
+
+def certificate_signature_schemes(cert: x509.Certificate) -> frozenset[int]:
+    """The TLS signature schemes that name the algorithm ``cert`` is signed with."""
+    oid = cert.signature_algorithm_oid
+    if oid == SignatureAlgorithmOID.RSASSA_PSS:
+        digest = cert.signature_hash_algorithm
+        return _PSS_BY_HASH.get(digest.name if digest is not None else "", frozenset())
+    return _SIGNATURE_OIDS.get(oid, frozenset())
 
 
 def spki_sha256(cert: x509.Certificate) -> bytes:

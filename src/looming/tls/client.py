@@ -116,6 +116,12 @@ class ClientHandshake:
             exts.append(extension(X.SUPPORTED_VERSIONS, vec8(b"".join(u16(v) for v in versions))))
         exts.append(extension(X.SUPPORTED_GROUPS, u16_list(config.groups)))
         exts.append(extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)))
+        if config.certificate_signature_schemes is not None:
+            exts.append(
+                extension(
+                    X.SIGNATURE_ALGORITHMS_CERT, u16_list(config.certificate_signature_schemes)
+                )
+            )
         if offer12:
             exts.append(extension(X.EC_POINT_FORMATS, vec8(b"\x00")))
             exts.append(extension(X.EXTENDED_MASTER_SECRET, b""))

@@ -52,6 +52,9 @@ class TlsConfig:
     # Groups a client sends a key share for up front; others cost a HelloRetryRequest.
     key_share_groups: Sequence[int] = (NamedGroup.X25519,)
     signature_schemes: Sequence[int] = DEFAULT_SCHEMES
+    # Sent as signature_algorithms_cert when set: the signatures acceptable on
+    # certificates, if they differ from those acceptable in the handshake.
+    certificate_signature_schemes: Sequence[int] | None = None
     # RFC 8449: the largest record plaintext we accept; None: do not send the extension.
     record_size_limit: int | None = None
     # TLS 1.3 records are padded to a multiple of this many bytes (0: no padding).

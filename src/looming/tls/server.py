@@ -90,6 +90,7 @@ class ServerHandshake:
         self.client_chain: list[bytes] = []
         self.ticket_state: TicketState | None = None
         self.client_schemes: list[int] = []
+        self.client_cert_schemes: list[int] = []
         self.v12: Server12 | None = None
         self.tickets_sent = 0
         self._ticket_age_skew_ms = 0
@@ -162,6 +163,10 @@ class ServerHandshake:
             self.client_schemes = Reader(hello.extensions[X.SIGNATURE_ALGORITHMS]).u16_list(
                 2, minimum=2
             )
+        if X.SIGNATURE_ALGORITHMS_CERT in hello.extensions:
+            self.client_cert_schemes = Reader(
+                hello.extensions[X.SIGNATURE_ALGORITHMS_CERT]
+            ).u16_list(2, minimum=2)
         if version == TLS12:
             from .server12 import Server12
 
@@ -194,7 +199,13 @@ class ServerHandshake:
                 AlertDescription.HANDSHAKE_FAILURE, "server has no certificate configured"
             )
         named = [c for c in candidates if name is not None and c.matches_name(name)]
-        for pool in (named, candidates):
+        # RFC 8446 4.2.3: prefer chains signed only with algorithms the client
+        # listed (signature_algorithms_cert, else signature_algorithms); if none
+        # is, any chain will do and the client decides.
+        cert_schemes = self.client_cert_schemes or offered
+        named_fit = [c for c in named if c.chain_signed_with(cert_schemes)]
+        all_fit = [c for c in candidates if c.chain_signed_with(cert_schemes)]
+        for pool in (named_fit, named, all_fit, candidates):
             for certified in pool:
                 if allowed_auth is not None and _auth_kind(certified) != allowed_auth:
                     continue
