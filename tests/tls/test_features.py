@@ -272,3 +272,18 @@ def test_signature_algorithms_cert_picks_chain(
     )
     pair = connect(client, server)
     assert _done(pair.client_events).peer_certificates[0] == pki.leaves[expected].certified.chain[0]
+
+
+def test_resumption_and_early_data_through_hello_retry(pki: Pki) -> None:
+    clock = FakeClock()
+    client, server = _zero_rtt_configs(pki, clock)
+    first = connect(client, server)
+    session = next(e.session for e in first.client_events if isinstance(e, NewSession))
+    # Now the server wants P-384, for which the client sent no share: HRR. The PSK
+    # binder is recomputed over the new transcript; 0-RTT is abandoned and resent.
+    server.groups = [NamedGroup.SECP384R1]
+    second = connect(client, server, session=session, early_data=b"after retry")
+    done = _done(second.client_events)
+    assert second.client.hello_retried and done.resumed and not done.early_data_accepted
+    assert [e for e in second.server_events if isinstance(e, EarlyData)] == []
+    assert ApplicationData(b"after retry") in second.server_events
