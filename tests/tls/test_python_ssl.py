@@ -312,3 +312,23 @@ def test_ssl_client_rejects_wrong_host(pki: Pki) -> None:
     (result,), server = asyncio.run(ssl_clients_against_looming(config, client_context(pki)))
     assert isinstance(result.error, ssl.SSLCertVerificationError)
     assert server.errors  # the ssl client's alert reached the looming server as an error
+
+
+def test_client_key_update_with_ssl_server(pki: Pki) -> None:
+    async def main(port: int) -> tuple[TlsFlow, bytes]:
+        flow = await open_connection(
+            "127.0.0.1", port, TlsConfig(trust=pki.trust), server_name="localhost"
+        )
+        await flow.key_update(request_peer_update=True)
+        await flow.write(b"after update\n")
+        reply = b""
+        while chunk := await flow.read():
+            reply += chunk
+        await flow.close()
+        return flow, reply
+
+    with SslServer(server_context(pki, "p256")) as server:
+        flow, reply = asyncio.run(main(server.port))
+    assert reply == b"ssl:after update\n"
+    assert server.results[0].received == b"after update\n"
+    assert flow.key_updates_received == 1  # OpenSSL answered update_requested
