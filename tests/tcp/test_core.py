@@ -198,6 +198,37 @@ def test_passive_close_through_last_ack() -> None:
     assert s.take_events() == [Event.CLOSED]
 
 
+def test_fin_wait_1_straight_to_time_wait() -> None:
+    s = established()
+    s.call("shutdown")
+    s.take()
+    s.recv(seg("FA", B, A + 1))  # their FIN acknowledges ours in one segment
+    assert s.state is State.TIME_WAIT
+    s.expect(f"A {A + 1}:{A + 1}(0) ack {B + 1}")
+
+
+def test_close_in_syn_received_sends_fin_once_established() -> None:
+    s = passive(seg("S", IRS))
+    s.take()
+    s.call("shutdown")
+    assert s.state is State.SYN_RECEIVED
+    s.expect()  # the FIN waits for the handshake
+    s.recv(seg("A", B, A))
+    assert s.take_events() == [Event.CONNECTED]
+    assert s.state is State.FIN_WAIT_1
+    s.expect(f"FA {A}:{A}(0) ack {B}")
+
+
+def test_close_in_syn_sent_just_closes() -> None:
+    s = active()
+    s.take()
+    s.call("close")
+    assert s.state is State.CLOSED
+    assert s.take_events() == [Event.CLOSED]
+    assert s.conn.next_deadline() is None
+    s.expect()
+
+
 def test_simultaneous_close() -> None:
     s = established(replace(PLAIN, time_wait_ns=SECOND))
     s.call("shutdown")

@@ -197,7 +197,9 @@ class TcpConnection(TcpSender):
             self._become_closed()
             return
         self.fin_queued = True
-        if self.state in (State.ESTABLISHED, State.SYN_RECEIVED):
+        # In SYN-RECEIVED the FIN waits for ESTABLISHED (RFC 9293 3.10.4),
+        # which then becomes FIN-WAIT-1 at once.
+        if self.state == State.ESTABLISHED:
             self.state = State.FIN_WAIT_1
         elif self.state == State.CLOSE_WAIT:
             self.state = State.LAST_ACK
