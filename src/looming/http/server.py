@@ -27,7 +27,7 @@ import h11
 
 from looming.devices.clock import Clock
 from looming.devices.flow import Flow
-from looming.errors import Closed, ConnectionReset, NetworkError
+from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.message import Handler, Request, Response
 from looming.http.response_head import (
     CHUNKED,
@@ -209,7 +209,8 @@ class HttpServer:
                 await self._send_error_raw(flow, 408)
         except (ConnectionReset, Closed) as error:
             log.debug("connection ended: %s", error)
-        except NetworkError as error:
+        except LoomingError as error:
+            # NetworkError, or Malformed from a flow that decodes (TLS, vchan).
             log.debug("connection failed: %s", error)
         except Exception:
             # A streamed body failed midway: the response cannot be completed,
