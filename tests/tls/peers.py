@@ -76,18 +76,6 @@ async def server_process(args: Sequence[str], port: int, ready: str) -> AsyncIte
             await process.wait()
 
 
-async def connect_when_listening(
-    port: int, attempts: int = 200
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to a server that announced no readiness line (GnuTLS): retry refusals."""
-    for _ in range(attempts):
-        try:
-            return await asyncio.open_connection("127.0.0.1", port)
-        except ConnectionRefusedError:
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"nothing listening on port {port}")
-
-
 class EchoServer:
     """A looming TLS server on loopback that echoes one message per connection."""
 
