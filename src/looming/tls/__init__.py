@@ -34,6 +34,12 @@ psk_dhe_ke, 1.2 RFC 5077), 0-RTT only when both ``TlsConfig.enable_early_data``
 tickets against replay. Errors: :class:`TlsProtocolError` (we sent the named
 alert), :class:`TlsAlertReceived`, :class:`CertificateError`,
 :class:`TlsTruncated` (the transport ended without close_notify).
+
+Not supported: renegotiation, TLS 1.2 resumption by session ID (tickets
+only), external (non-ticket) PSKs, post-handshake client authentication,
+OCSP stapling, certificate compression, DTLS.
+
+``python -m looming.tls serve|connect`` runs a server or client from the shell.
 """
 
 from __future__ import annotations
