@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 APPS = Path(__file__).resolve().parent / "apps"
