@@ -51,21 +51,30 @@ class Protection:
         self.seq = seq + 1
         return seq
 
-    def seal(self, content_type: int, data: bytes, padding: int = 0) -> bytes:
+    def seal(self, content_type: int, data: bytes, padding: int = 0) -> bytes | bytearray:
         nonce = self._nonce()
         seq = self._next_seq()
         if self.tls13:
             inner = data + bytes((content_type,)) + bytes(padding)
             length = len(inner) + _TAG
             header = bytes((ContentType.APPLICATION_DATA, 3, 3)) + length.to_bytes(2, "big")
-            return header + self._aead.encrypt(nonce, inner, header)
+            # Encrypt straight behind the header: one copy less per record.
+            record = bytearray(_HEADER + length)
+            record[:_HEADER] = header
+            with memoryview(record) as view:
+                self._aead.encrypt_into(nonce, inner, header, view[_HEADER:])
+            return record
         aad = seq.to_bytes(8, "big") + bytes((content_type, 3, 3)) + len(data).to_bytes(2, "big")
-        sealed = self._aead.encrypt(nonce, data, aad)
-        if self._explicit_nonce:
-            sealed = nonce[4:] + sealed
-        return bytes((content_type, 3, 3)) + len(sealed).to_bytes(2, "big") + sealed
+        explicit = nonce[4:] if self._explicit_nonce else b""
+        length = len(explicit) + len(data) + _TAG
+        record = bytearray(_HEADER + length)
+        record[:_HEADER] = bytes((content_type, 3, 3)) + length.to_bytes(2, "big")
+        record[_HEADER : _HEADER + len(explicit)] = explicit
+        with memoryview(record) as view:
+            self._aead.encrypt_into(nonce, data, aad, view[_HEADER + len(explicit) :])
+        return record
 
-    def open(self, header: bytes, body: bytes) -> tuple[int, bytes]:
+    def open(self, header: bytes, body: bytes | memoryview) -> tuple[int, bytes]:
         """Decrypt one record; ``bad_record_mac`` if it does not authenticate."""
         if self.tls13:
             nonce = self._nonce()
@@ -79,6 +88,8 @@ class Protection:
             # Strip the zero padding; the last non-zero byte is the real type.
             if len(inner) > MAX_PLAINTEXT + 1:
                 raise TlsProtocolError(AlertDescription.RECORD_OVERFLOW, "inner plaintext too long")
+            if inner and inner[-1]:
+                return inner[-1], inner[:-1]  # the common case: no padding
             stripped = inner.rstrip(b"\x00")
             if not stripped:
                 raise TlsProtocolError(
@@ -89,7 +100,7 @@ class Protection:
         if self._explicit_nonce:
             if len(body) < 8 + _TAG:
                 raise TlsProtocolError(AlertDescription.BAD_RECORD_MAC, "record too short")
-            nonce = self._salt + body[:8]
+            nonce = self._salt + bytes(body[:8])
             body = body[8:]
         else:
             nonce = self._nonce()
@@ -111,9 +122,10 @@ class RecordLayer:
 
     def __init__(self) -> None:
         self._incoming = bytearray()
+        self._pos = 0  # start of the first unread record in _incoming
         self.read: Protection | None = None
         self.write: Protection | None = None
-        self.outgoing = bytearray()
+        self._outgoing: list[bytes | bytearray] = []
         # The peer's record_size_limit (RFC 8449), None when not negotiated,
         # and the largest plaintext we accept.
         self.send_limit: int | None = None
@@ -129,14 +141,22 @@ class RecordLayer:
 
     @property
     def buffered(self) -> int:
-        return len(self._incoming)
+        return len(self._incoming) - self._pos
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._incoming[: self._pos]
+            self._pos = 0
 
     def next_record(self) -> tuple[int, bytes] | None:
         """The next complete record's (content type, plaintext), or None for more input."""
         while True:
-            if len(self._incoming) < _HEADER:
+            buf = self._incoming
+            pos = self._pos
+            if len(buf) - pos < _HEADER:
+                self._compact()
                 return None
-            header = bytes(self._incoming[:_HEADER])
+            header = bytes(buf[pos : pos + _HEADER])
             content_type = header[0]
             length = int.from_bytes(header[3:5], "big")
             if content_type not in (20, 21, 22, 23):
@@ -155,10 +175,11 @@ class RecordLayer:
                 raise TlsProtocolError(
                     AlertDescription.RECORD_OVERFLOW, f"record of {length} bytes exceeds {limit}"
                 )
-            if len(self._incoming) < _HEADER + length:
+            end = pos + _HEADER + length
+            if len(buf) < end:
+                self._compact()
                 return None
-            body = bytes(self._incoming[_HEADER : _HEADER + length])
-            del self._incoming[: _HEADER + length]
+            self._pos = end
             if protection is None or (
                 protection.tls13 and content_type == ContentType.CHANGE_CIPHER_SPEC
             ):
@@ -167,20 +188,26 @@ class RecordLayer:
                 if self.skip_early_data and content_type == ContentType.APPLICATION_DATA:
                     self._skip(length)
                     continue
-                return content_type, body
+                return content_type, bytes(buf[pos + _HEADER : end])
             if protection.tls13 and content_type != ContentType.APPLICATION_DATA:
                 raise TlsProtocolError(
                     AlertDescription.UNEXPECTED_MESSAGE, "unprotected record after keys were set"
                 )
-            if self.skip_early_data:
-                try:
+            # Decrypt from a view of the buffer (no copy); the view is released
+            # before the buffer can be resized.
+            with memoryview(buf) as view, view[pos + _HEADER : end] as body:
+                if self.skip_early_data:
+                    try:
+                        opened = protection.open(header, body)
+                    except TlsProtocolError:
+                        opened = None
+                else:
                     opened = protection.open(header, body)
-                except TlsProtocolError:
-                    self._skip(length)
-                    continue
+            if opened is None:
+                self._skip(length)
+                continue
+            if self.skip_early_data:
                 self.skip_early_data = 0
-            else:
-                opened = protection.open(header, body)
             inner_type, plaintext = opened
             if len(plaintext) > self.receive_plaintext_limit:
                 raise TlsProtocolError(
@@ -209,7 +236,7 @@ class RecordLayer:
         if protection is None:
             for start in range(0, max(len(data), 1), step):
                 chunk = data[start : start + step]
-                self.outgoing += (
+                self._outgoing.append(
                     bytes((content_type,))
                     + self.plaintext_version
                     + len(chunk).to_bytes(2, "big")
@@ -222,9 +249,9 @@ class RecordLayer:
             pad = 0
             if self.padding_block and tls13:
                 pad = min(inner_max - len(chunk) - 1, (-(len(chunk) + 1)) % self.padding_block)
-            self.outgoing += protection.seal(content_type, chunk, pad)
+            self._outgoing.append(protection.seal(content_type, chunk, pad))
 
     def take_outgoing(self) -> bytes:
-        out = bytes(self.outgoing)
-        self.outgoing.clear()
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
         return out
