@@ -10,7 +10,6 @@ from . import messages as m
 from .constants import (
     DOWNGRADE_TLS11,
     DOWNGRADE_TLS12,
-    EMPTY_RENEGOTIATION_INFO_SCSV,
     HELLO_RETRY_REQUEST_RANDOM,
     TLS12,
     TLS13,
@@ -105,8 +104,8 @@ class ClientHandshake:
             for s in config.cipher_suites
             if SUITES[s].version in ((TLS13,) if offer13 else ()) + ((TLS12,) if offer12 else ())
         ]
-        if offer12:
-            suites.append(EMPTY_RENEGOTIATION_INFO_SCSV)
+        # RFC 5746 signalling is the empty renegotiation_info extension below;
+        # sending the SCSV as well is not recommended (section 3.4).
         exts = []
         name = self.conn.server_name
         if name is not None and not _is_ip(name):
