@@ -287,3 +287,19 @@ def test_resumption_and_early_data_through_hello_retry(pki: Pki) -> None:
     assert second.client.hello_retried and done.resumed and not done.early_data_accepted
     assert [e for e in second.server_events if isinstance(e, EarlyData)] == []
     assert ApplicationData(b"after retry") in second.server_events
+
+
+def test_resumption_keeps_the_ticket_suite(pki: Pki) -> None:
+    from looming.tls import CipherSuite
+
+    server = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    cache = ClientSessionCache()
+    first_client = TlsConfig(
+        trust=pki.trust, session_cache=cache, cipher_suites=[CipherSuite.TLS_AES_256_GCM_SHA384]
+    )
+    connect(first_client, server)
+    # The client now offers every suite; the server would prefer AES-128 (SHA-256),
+    # but the ticket's PSK is bound to SHA-384, so it resumes with AES-256.
+    second = connect(TlsConfig(trust=pki.trust, session_cache=cache), server)
+    done = _done(second.client_events)
+    assert done.resumed and done.cipher_suite == CipherSuite.TLS_AES_256_GCM_SHA384

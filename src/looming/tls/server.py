@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from looming.errors import Malformed
+
 from . import messages as m
 from .certs import CertifiedKey, parse_chain
 from .constants import (
@@ -233,14 +235,18 @@ class ServerHandshake:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "pre_shared_key is not the last extension"
             )
-        suite_id = next(
-            (
-                s
-                for s in config.cipher_suites
-                if SUITES[s].version == TLS13 and s in hello.cipher_suites
-            ),
-            None,
-        )
+        # A resumable ticket's suite wins (its PSK is bound to that hash);
+        # otherwise our preference among the client's suites.
+        suite_id = self._ticket_suite(hello) if not retry else None
+        if suite_id is None:
+            suite_id = next(
+                (
+                    s
+                    for s in config.cipher_suites
+                    if SUITES[s].version == TLS13 and s in hello.cipher_suites
+                ),
+                None,
+            )
         if suite_id is None:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "no TLS 1.3 cipher suite in common"
@@ -373,6 +379,24 @@ class ServerHandshake:
             self.state = "wait_cert"
         else:
             self.state = "wait_finished"
+
+    def _ticket_suite(self, hello: ClientHello) -> int | None:
+        """The suite of the first offered ticket, if it is ours and both sides still allow it."""
+        data = hello.extensions.get(X.PRE_SHARED_KEY)
+        if data is None or self.config.ticket_keys is None:
+            return None
+        try:
+            identities = Reader(data).sub(2, minimum=7)
+            ticket = identities.vector(2, minimum=1)
+        except Malformed:
+            return None  # _try_psk reports the malformed extension
+        state = self.config.ticket_keys.open(ticket)
+        if state is None or state.version != TLS13:
+            return None
+        suite = state.cipher_suite
+        if suite in hello.cipher_suites and suite in self.config.cipher_suites:
+            return suite
+        return None
 
     def _record_size_limit(self, data: bytes, ee: list[bytes]) -> None:
         r = Reader(data)
