@@ -332,3 +332,19 @@ def test_client_key_update_with_ssl_server(pki: Pki) -> None:
     assert reply == b"ssl:after update\n"
     assert server.results[0].received == b"after update\n"
     assert flow.key_updates_received == 1  # OpenSSL answered update_requested
+
+
+def test_client_hello_retry_with_ssl_server(pki: Pki) -> None:
+    ctx = server_context(pki, "p256")
+    ctx.set_ecdh_curve("secp384r1")  # the only group: our X25519 share needs a retry
+    with SslServer(ctx) as server:
+        flow, reply = asyncio.run(looming_client(server.port, TlsConfig(trust=pki.trust)))
+    assert reply == b"ssl:hi\n"
+    assert flow.connection.hello_retried and flow.version == TLS13
+
+
+def test_ssl_client_gets_hello_retry_from_server(pki: Pki) -> None:
+    config = TlsConfig(certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.SECP384R1])
+    (result,), server = asyncio.run(ssl_clients_against_looming(config, client_context(pki, TLS13)))
+    assert result.error is None and result.received == b"echo:line 0\n"
+    assert server.flows[0].connection.hello_retried
