@@ -339,6 +339,7 @@ def main() -> int:
         client.load_verify_locations(directory / "ca.pem")
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.load_cert_chain(pki[leaf][0], pki[leaf][1])
+        server.num_tickets = 1  # as many as looming's server sends by default
         for ctx in (client, server):
             ctx.minimum_version = ctx.maximum_version = tls_version
             if cipher12:
