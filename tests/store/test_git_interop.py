@@ -209,3 +209,27 @@ def test_merged_packs_hold_deltas_git_accepts(tmp_path: Path, git: GitRunner) ->
     git("clone", "-q", path, str(tmp_path / "clone"), cwd=tmp_path)
     assert (tmp_path / "clone" / "big" / "k100").read_bytes() == b"version 20 of 100\n"
     repo.close()
+
+
+def test_gc_merges_git_made_packs_too(tmp_path: Path, git: GitRunner) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    git("init", "-q", cwd=work)
+    for i in range(8):
+        (work / "f").write_text("shared line\n" * 40 + f"version {i}\n")
+        git("add", ".", cwd=work)
+        git("commit", "-q", "-m", f"v{i}", cwd=work)
+    git("gc", "-q", cwd=work)  # one git pack, with OFS deltas
+    repo = Repo.open(str(work))
+    store = repo.store()
+    for i in range(5):
+        store.set(f"ours/{i}", b"%d" % i)
+    repo.gc()
+    packs = list((work / ".git" / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == 1
+    git("fsck", "--strict", cwd=work)
+    fresh = Repo.open(str(work)).store()
+    assert fresh.get("f").endswith(b"version 7\n")
+    assert fresh.get("ours/4") == b"4"
+    assert len(fresh.history()) == 13
+    repo.close()

@@ -318,19 +318,40 @@ class GitBackend:
         return concatenate_packs(self.pack_dir, present, self._delta_bases)
 
     def gc(self, now: float | None = None) -> None:
-        """Merge every pack this process wrote into one, with deltas between
-        the versions of each directory (``git gc`` for the store's own packs).
+        """Merge the repository's packs into one, with deltas between the
+        versions of each directory this process wrote (``git gc`` for the
+        store). Packs holding REF_DELTA entries (rare; some tools write them)
+        are left as they are.
 
         With ``now`` (POSIX time), also remove what a killed writer left over
         (a pack without its index, a half-written index) once an hour old.
         """
+        from looming.store.pack import read_index_entries
+
         with self.writer_lock():
             if now is not None:
                 self._remove_leftovers(now - 3600)
             self.flush()
-            packs = [record for tier in reversed(self._tiers) for record in tier]
+            own = [record for tier in reversed(self._tiers) for record in tier]
+            known = {base for base, _entries in own}
+            others: list[PackRecord] = []
+            try:
+                names = sorted(os.listdir(self.pack_dir))
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                base = os.path.join(self.pack_dir, name[: -len(".idx")])
+                if name.endswith(".idx") and base not in known and os.path.exists(base + ".pack"):
+                    others.append((base, read_index_entries(base + ".idx")))
+            packs = others + own
             if len(packs) > 1:
-                self._tiers = [[], [self._concatenate(packs)]]
+                merged: PackRecord | None
+                try:
+                    merged = self._concatenate(packs)
+                except CorruptObject:
+                    merged = self._concatenate(own) if len(own) > 1 else None
+                if merged is not None:
+                    self._tiers = [[], [merged]]
                 self._reopen_packs()
 
     def _remove_leftovers(self, older_than: float) -> None:

@@ -108,6 +108,31 @@ def install_pack(pack_dir: str, data: bytes, entries: list[IndexEntry], checksum
     return base
 
 
+def read_index_entries(path: str) -> list[IndexEntry]:
+    """The entries of a version 2 pack index (as ``git`` and this store write them)."""
+    with open(path, "rb") as file:
+        data = file.read()
+    if data[:8] != b"\377tOc\0\0\0\2" or len(data) < 8 + 1024 + 40:
+        raise CorruptObject(path, "not a version 2 pack index")
+    count = struct.unpack_from(">I", data, 8 + 255 * 4)[0]
+    names_at = 8 + 1024
+    crcs_at = names_at + 20 * count
+    offsets_at = crcs_at + 4 * count
+    large_at = offsets_at + 4 * count
+    if len(data) < large_at + 40:
+        raise CorruptObject(path, "pack index truncated")
+    crcs = struct.unpack_from(f">{count}I", data, crcs_at)
+    offsets = struct.unpack_from(f">{count}I", data, offsets_at)
+    entries: list[IndexEntry] = []
+    for index in range(count):
+        offset = offsets[index]
+        if offset & 0x80000000:
+            (offset,) = struct.unpack_from(">Q", data, large_at + 8 * (offset & 0x7FFFFFFF))
+        name = data[names_at + 20 * index : names_at + 20 * index + 20]
+        entries.append((name, offset, crcs[index]))
+    return entries
+
+
 PackRecord = tuple[str, list[IndexEntry]]  # base name and index entries of a pack we wrote
 
 MAX_DELTA_DEPTH = 50
