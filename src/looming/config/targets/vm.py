@@ -1,0 +1,165 @@
+"""The ``vm`` target: a bootable image for x86_64 or aarch64, run under qemu.
+
+``looming configure -t vm --arch x86_64|aarch64`` links the unikernel to
+the host implementations of console, time, clock and random (inside the
+guest they are the guest kernel's), kv_ro crunched into the image, and
+looming's own TCP/IP stack on the virtio NIC through an AF_PACKET socket
+(the guest kernel holds no address on it). ``looming build`` makes
+``dist/NAME-vm.json`` beside a kernel and an initramfs (see
+:mod:`looming.vm.image`); ``looming run`` boots it (:mod:`looming.vm.launch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from looming.config.dsl import Device, device
+from looming.config.plan import Impl, KeyDecl
+from looming.config.targets import Target
+from looming.vm.arch import ARCHES, get_arch
+
+if TYPE_CHECKING:
+    from looming.config.build import BuildReport
+
+
+def _host_arch() -> str:
+    machine = platform.machine()
+    return machine if machine in ARCHES else "x86_64"
+
+
+class VmTarget(Target):
+    name = "vm"
+    summary = "a bootable kernel and initramfs for x86_64 or aarch64, run under qemu"
+
+    KINDS = ("console", "time", "clock", "random", "kv_ro", "network", "stack")
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--arch",
+            default=_host_arch(),
+            help=f"guest architecture: {' or '.join(ARCHES)} (default: this machine's)",
+        )
+
+    def default_options(self) -> dict[str, str]:
+        return {"arch": _host_arch()}
+
+    def supports(self, kind: str) -> bool:
+        return kind in self.KINDS
+
+    def implement(self, dev: Device, options: dict[str, str]) -> Impl:
+        get_arch(options.get("arch", _host_arch()))  # an unknown one fails at configure
+        kind = dev.kind
+        if kind == "console":
+            return Impl("looming.unix.console:UnixConsole", summary="the serial console")
+        if kind == "time":
+            return Impl("looming.unix.time:UnixTime", summary="the guest's monotonic clock")
+        if kind == "clock":
+            return Impl("looming.unix.clock:UnixClock", summary="the guest's wall clock")
+        if kind == "random":
+            return Impl(
+                "looming.unix.random:UnixRandom",
+                kwargs=[("seed", "keys.seed")],
+                keys=[KeyDecl("seed", "int", None, "seed for a deterministic random stream")],
+                summary="the guest kernel's random source (virtio-rng), or seeded by --seed",
+            )
+        if kind == "kv_ro":
+            dirname = dev.setting("dirname")
+            return Impl(
+                "looming.unix.kv:CrunchedKv.connect",
+                args=[repr(dev.name_hint)],
+                awaited=True,
+                crunch=[(dev.name_hint, dirname)],
+                summary=f"{dirname}/ crunched into the image",
+            )
+        if kind == "network":
+            iface = dev.setting("iface")
+            key = "interface" if iface is None else f"{dev.name_hint}_interface"
+            return Impl(
+                "looming.net.netif.af_packet:PacketNetwork.connect",
+                args=[f"keys.{key}"],
+                awaited=True,
+                disconnect="disconnect",
+                keys=[KeyDecl(key, "str", iface or "eth0", "the guest's NIC (virtio)")],
+                summary="the virtio NIC through an AF_PACKET socket",
+            )
+        if kind == "stack":
+            time_dev = device("time", where=dev.where)
+            clock_dev = device("clock", where=dev.where)
+            random_dev = device("random", where=dev.where)
+            return Impl(
+                "looming.net.stack:DirectStack.connect",
+                args=["{0}"],
+                kwargs=[
+                    ("time", "{1}"),
+                    ("clock", "{2}"),
+                    ("random", "{3}"),
+                    ("address", "None if keys.dhcp else keys.ipv4"),
+                    ("gateway", "keys.ipv4_gateway"),
+                    ("dhcp", "keys.dhcp"),
+                ],
+                awaited=True,
+                disconnect="disconnect",
+                deps=[dev.deps[0], time_dev, clock_dev, random_dev],
+                keys=[
+                    KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
+                    KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
+                    KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
+                ],
+                summary="looming TCP/IP stack",
+            )
+        raise self.unsupported(dev, "a VM image has no disk")
+
+    def artifact(self, app_dir: Path, unikernel: str) -> Path:
+        return app_dir / "dist" / f"{unikernel}-vm.json"
+
+    def configured_options(self, app_dir: Path) -> dict[str, str]:
+        """The options ``looming configure`` recorded for this application."""
+        state_file = app_dir / "_build" / "looming.json"
+        options: dict[str, str] = self.default_options()
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state.get("target") == self.name:
+                options.update(state.get("options", {}))
+        return options
+
+    def build(
+        self, app_dir: Path, unikernel: str, main_py: Path, crunch: list[tuple[str, str]]
+    ) -> BuildReport:
+        from looming.config.build import BuildReport
+        from looming.vm.image import build_image
+
+        def progress(message: str) -> None:
+            print(f"  {message}", flush=True)
+
+        options = self.configured_options(app_dir)
+        report = build_image(app_dir, unikernel, main_py, crunch, options, progress)
+        print(
+            f"  image for {report.arch}: kernel {report.kernel_size / 2**20:.1f} MiB, "
+            f"initramfs {report.initrd_size / 2**20:.1f} MiB "
+            f"({report.initrd_unpacked / 2**20:.1f} MiB unpacked), "
+            f"total {report.size / 2**20:.1f} MiB",
+            flush=True,
+        )
+        return BuildReport(
+            report.manifest,
+            report.size,
+            report.app_modules,
+            [],
+            sum(1 for name in report.app_modules if name.startswith("_looming")),
+        )
+
+    def describe_artifact(self, artifact: Path) -> str:
+        from looming.vm.image import describe_image
+
+        return describe_image(artifact)
+
+    def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
+        return [sys.executable, "-m", "looming.vm.launch", str(artifact), *argv]
+
+
+TARGET = VmTarget()

@@ -1,0 +1,66 @@
+"""The architectures a VM image is built for, and what differs between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from looming.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One guest architecture: its Debian names, its qemu and its console."""
+
+    name: str  # as uname -m says it
+    debian: str  # Debian's architecture name
+    triplet: str  # multiarch directory of shared libraries
+    kernel_package: str  # the metapackage naming the current cloud kernel
+    qemu: str  # the system emulator
+    qemu_user: str  # the user-mode emulator (for tests on the host)
+    machine: str
+    cpu: str
+    console: str  # the serial console device inside the guest
+    kernel_compressed: bool  # whether Debian ships the kernel compressed
+    finit_module: int  # the finit_module system call's number
+    kernel_arguments: tuple[str, ...] = ()
+
+
+ARCHES: dict[str, Arch] = {
+    "x86_64": Arch(
+        name="x86_64",
+        debian="amd64",
+        triplet="x86_64-linux-gnu",
+        kernel_package="linux-image-cloud-amd64",
+        qemu="qemu-system-x86_64",
+        qemu_user="qemu-x86_64-static",
+        machine="microvm,rtc=on",
+        cpu="max",
+        console="ttyS0",
+        kernel_compressed=True,
+        finit_module=313,
+    ),
+    "aarch64": Arch(
+        name="aarch64",
+        debian="arm64",
+        triplet="aarch64-linux-gnu",
+        kernel_package="linux-image-cloud-arm64",
+        qemu="qemu-system-aarch64",
+        qemu_user="qemu-aarch64-static",
+        machine="virt",
+        cpu="cortex-a57",
+        console="ttyAMA0",
+        kernel_compressed=False,
+        finit_module=273,
+    ),
+}
+
+
+def get_arch(name: str) -> Arch:
+    """The architecture called ``name`` (``arm64`` and ``amd64`` are accepted too)."""
+    aliases = {"amd64": "x86_64", "arm64": "aarch64"}
+    arch = ARCHES.get(aliases.get(name, name))
+    if arch is None:
+        raise UsageError(
+            f"unsupported VM architecture {name!r}; choose one of: {', '.join(ARCHES)}"
+        )
+    return arch

@@ -1,0 +1,432 @@
+"""Building a VM image: a Debian cloud kernel and an initramfs holding only
+the interpreter, what the unikernel reaches, and /init.
+
+Everything the guest runs comes from Debian packages of the guest's
+architecture (see :mod:`looming.vm.packages`). What goes in is computed:
+the standard-library modules from the unikernel's imports
+(:mod:`looming.vm.stdlib`), the shared libraries from the ELF files'
+``DT_NEEDED`` entries, the kernel modules from their ``depends=`` fields.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from looming.config.build import ModuleLocator, module_closure, write_zipapp
+from looming.errors import ConfigError, UsageError
+from looming.vm import cpio, elf
+from looming.vm.arch import Arch, get_arch
+from looming.vm.packages import AptArchive, PackageError, cache_root, check_host_tools
+from looming.vm.stdlib import (
+    GuestStdlib,
+    StdlibModule,
+    builtin_modules,
+    imports_of,
+    stdlib_closure,
+)
+
+Progress = Callable[[str], None]
+
+# Kernel modules the image loads (with whatever they depend on): the virtio
+# transport qemu gives both machines, the NIC, and a source of entropy so
+# os.urandom does not wait at boot.
+WANTED_KERNEL_MODULES = ("virtio_mmio", "virtio_net", "virtio_rng")
+LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8")
+DEVICE_NODES = (
+    ("dev/console", 5, 1, 0o600),
+    ("dev/null", 1, 3, 0o666),
+    ("dev/zero", 1, 5, 0o666),
+    ("dev/random", 1, 8, 0o666),
+    ("dev/urandom", 1, 9, 0o666),
+    ("dev/tty", 5, 0, 0o666),
+)
+INTERFACE = "eth0"
+ARCHIVE_IN_IMAGE = "/app/unikernel.pyz"
+INIT_SOURCE = Path(__file__).with_name("init.py")
+
+
+@dataclass
+class ImageReport:
+    """What ``looming build`` made and what is in it."""
+
+    arch: str
+    manifest: Path
+    kernel: Path
+    initrd: Path
+    kernel_size: int
+    initrd_size: int
+    initrd_unpacked: int
+    packages: dict[str, str] = field(default_factory=dict)
+    stdlib_modules: list[str] = field(default_factory=list)
+    extension_modules: list[str] = field(default_factory=list)
+    libraries: list[str] = field(default_factory=list)
+    kernel_modules: list[str] = field(default_factory=list)
+    app_modules: list[str] = field(default_factory=list)
+    archive_size: int = 0
+    crunched_files: int = 0
+    dropped_optional: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.kernel_size + self.initrd_size
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        for key in ("manifest", "kernel", "initrd"):
+            data[key] = str(data[key])
+        return data
+
+
+def check_can_build(arch_name: str, app_dir: Path, main_py: Path) -> Arch:
+    """Everything that can be checked before any download: raises UsageError
+    or ConfigError with what to do."""
+    arch = get_arch(arch_name)
+    check_host_tools()
+    if shutil.which(arch.qemu) is None:
+        raise UsageError(
+            f"{arch.qemu} is not installed; it runs {arch.name} images "
+            f"(Debian package {'qemu-system-x86' if arch.name == 'x86_64' else 'qemu-system-arm'})"
+        )
+    closure = module_closure(main_py, app_dir)
+    if closure.external:
+        raise ConfigError(
+            "a VM image holds only pure-Python code, but the unikernel reaches installed "
+            f"packages with compiled extensions: {', '.join(sorted(closure.external))}"
+        )
+    locator = ModuleLocator(app_dir)
+    unresolved: set[str] = set()
+    for source in closure.modules.values():
+        for module, _names, optional in imports_of(
+            source.path.read_bytes(), source.name, source.is_package
+        ):
+            if optional or not module:
+                continue
+            kind, _found = locator.find(module)
+            if kind == "missing" and not any(
+                module.startswith(m + ".") or module == m for m in closure.modules
+            ):
+                unresolved.add(f"{module} (imported by {source.name})")
+    if unresolved:
+        raise ConfigError(
+            "the unikernel imports modules that cannot be found: "
+            + ", ".join(sorted(unresolved))
+            + "; install them or fix the imports"
+        )
+    return arch
+
+
+class Tree:
+    """The union of several unpacked Debian packages, looked up by path."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+
+    def find(self, relative: str) -> Path | None:
+        for root in self.roots:
+            candidate = root / relative.lstrip("/")
+            if candidate.exists():
+                return candidate.resolve() if candidate.is_symlink() else candidate
+        return None
+
+
+def _library_dirs(arch: Arch) -> list[str]:
+    return [f"lib/{arch.triplet}", f"usr/lib/{arch.triplet}", "lib", "usr/lib"]
+
+
+def _resolve_libraries(
+    binaries: list[Path], tree: Tree, arch: Arch
+) -> tuple[dict[str, Path], list[str]]:
+    """Library path in the image -> file, for everything ``binaries`` need;
+    and the sonames that were found nowhere."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    pending = list(binaries)
+    seen: set[str] = set()
+    while pending:
+        binary = pending.pop()
+        for soname in elf.needed_libraries(binary):
+            if soname in seen:
+                continue
+            seen.add(soname)
+            for directory in _library_dirs(arch):
+                path = tree.find(f"{directory}/{soname}")
+                if path is not None:
+                    found[f"{directory}/{soname}"] = path
+                    pending.append(path)
+                    break
+            else:
+                missing.append(soname)
+    return found, missing
+
+
+def _kernel_modules(kernel_tree: Path) -> tuple[str, list[Path]]:
+    """The kernel's version and the modules to load, dependencies first."""
+    versions = sorted((kernel_tree / "lib" / "modules").iterdir())
+    if not versions:
+        raise PackageError(f"no kernel modules in {kernel_tree}")
+    base = versions[-1]
+    builtin_file = base / "modules.builtin"
+    builtin = set()
+    if builtin_file.is_file():
+        builtin = {Path(line).stem.replace("-", "_") for line in builtin_file.read_text().split()}
+    by_name = {p.stem.replace("-", "_"): p for p in base.rglob("*.ko")}
+    ordered: list[Path] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        name = name.replace("-", "_")
+        if name in builtin or name in visiting:
+            return
+        visiting.add(name)
+        path = by_name.get(name)
+        if path is None:
+            raise PackageError(f"kernel module {name} is not in {base.name}")
+        for dependency in filter(None, elf.module_info(path).get("depends", "").split(",")):
+            visit(dependency)
+        ordered.append(path)
+
+    for wanted in WANTED_KERNEL_MODULES:
+        visit(wanted)
+    return base.name, ordered
+
+
+def _compiled(source: Path, name: str, compile_here: bool) -> tuple[str, bytes]:
+    """(suffix, bytes): bytecode when this interpreter matches the guest's."""
+    data = source.read_bytes()
+    if not compile_here:
+        return ".py", data
+    code = compile(data, f"/usr/lib/{name}", "exec", dont_inherit=True, optimize=0)
+    import marshal
+
+    header = importlib.util.MAGIC_NUMBER + b"\x00\x00\x00\x00" + b"\x00" * 8
+    return ".pyc", header + marshal.dumps(code)
+
+
+def _directories(paths: list[str]) -> list[cpio.Entry]:
+    made: set[str] = set()
+    entries: list[cpio.Entry] = []
+    for path in paths:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            directory = "/".join(parts[:i])
+            if directory not in made:
+                made.add(directory)
+                entries.append(cpio.directory(directory))
+    return entries
+
+
+def build_image(
+    app_dir: Path,
+    unikernel: str,
+    main_py: Path,
+    crunch: list[tuple[str, str]],
+    options: dict[str, str],
+    progress: Progress,
+) -> ImageReport:
+    """Build ``dist/<unikernel>-vm.json`` with its kernel and initramfs."""
+    arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
+    dist = app_dir / "dist"
+    out_dir = dist / f"{unikernel}-vm-{arch.name}"
+    progress(f"packing the unikernel's modules for {arch.name}")
+    pyz = write_zipapp(out_dir / "unikernel.pyz", main_py, app_dir, crunch)
+    closure = module_closure(main_py, app_dir)
+
+    archive = AptArchive(arch, cache_root(), progress)
+    python_meta = archive.info("python3-minimal")
+    depends = [d.split("(")[0].strip() for d in python_meta.depends.split(",")]
+    python_name = next((d for d in depends if d.startswith("python3.")), "")
+    if not python_name.endswith("-minimal"):
+        raise PackageError(f"python3-minimal names no interpreter: {python_meta.depends}")
+    version = python_name.removeprefix("python").removesuffix("-minimal")
+    names = [python_name, f"libpython{version}-minimal", f"libpython{version}-stdlib"]
+    kernel_info = archive.kernel()
+    packages = {kernel_info.name: kernel_info}
+    for name in [*names, *LIBRARY_PACKAGES]:
+        packages[name] = archive.info(name)
+    trees = {name: archive.unpack(info) for name, info in packages.items()}
+    tree = Tree([trees[n] for n in [*names, *LIBRARY_PACKAGES]])
+
+    progress("computing the standard-library modules the unikernel reaches")
+    interpreter_path = tree.find(f"usr/bin/python{version}")
+    if interpreter_path is None:
+        raise PackageError(f"no usr/bin/python{version} in {python_name}")
+    abi = version.replace(".", "")
+    stdlib_dir = tree.find(f"usr/lib/python{version}/os.py")
+    if stdlib_dir is None:
+        raise PackageError(f"no standard library in libpython{version}-minimal")
+    guest = GuestStdlib(stdlib_dir.parent, arch.triplet, abi)
+    extra = GuestStdlib(
+        trees[f"libpython{version}-stdlib"] / f"usr/lib/python{version}", arch.triplet, abi
+    )
+    builtins = builtin_modules(interpreter_path)
+
+    class BothTrees(GuestStdlib):
+        def find(self, name: str) -> StdlibModule | None:
+            return guest.find(name) or extra.find(name)
+
+    both = BothTrees(guest.stdlib, arch.triplet, abi)
+
+    def extension_ok(module: StdlibModule) -> bool:
+        _found, missing = _resolve_libraries([module.path], tree, arch)
+        return not missing
+
+    roots = []
+    stdlib_names = set(sys.stdlib_module_names) | builtins
+    for source in closure.modules.values():
+        roots += [
+            item
+            for item in imports_of(source.path.read_bytes(), source.name, source.is_package)
+            if item[0].split(".")[0] in stdlib_names
+        ]
+    roots += imports_of(INIT_SOURCE.read_bytes(), "__init_program__", False)
+    stdlib = stdlib_closure(roots, both, builtins, extension_ok)
+    if stdlib.missing:
+        # Imports under conditions the walk cannot judge; reported, not fatal.
+        progress(
+            f"note: imported but not in Python {version} for {arch.debian}: "
+            + ", ".join(sorted(stdlib.missing))
+        )
+    extensions = [m for m in stdlib.modules.values() if m.is_extension]
+    libraries, missing_libraries = _resolve_libraries(
+        [interpreter_path, *(m.path for m in extensions)], tree, arch
+    )
+    if missing_libraries:
+        raise PackageError(
+            "shared libraries needed but in none of the image's packages: "
+            + ", ".join(sorted(missing_libraries))
+        )
+    loader = elf.interpreter(interpreter_path)
+    if loader is None:
+        raise PackageError(f"{interpreter_path} names no dynamic loader")
+    loader_file = tree.find(loader)
+    if loader_file is None:
+        raise PackageError(f"the dynamic loader {loader} is not in libc6")
+
+    kernel_tree = trees[kernel_info.name]
+    kernel_version, module_files = _kernel_modules(kernel_tree)
+
+    progress("writing the initramfs")
+    compile_here = sys.version_info[:2] == tuple(int(p) for p in version.split("."))
+    files: dict[str, cpio.Entry] = {}
+
+    def add(entry: cpio.Entry) -> None:
+        files[entry.path] = entry
+
+    add(cpio.regular(f"usr/bin/python{version}", interpreter_path.read_bytes(), executable=True))
+    add(cpio.symlink("usr/bin/python3", f"python{version}"))
+    add(cpio.regular(loader.lstrip("/"), loader_file.read_bytes(), executable=True))
+    for image_path, path in libraries.items():
+        add(cpio.regular(image_path, path.read_bytes(), executable=True))
+    for module in stdlib.modules.values():
+        if module.is_extension:
+            add(
+                cpio.regular(
+                    f"usr/lib/python{version}/lib-dynload/{module.path.name}",
+                    module.path.read_bytes(),
+                    executable=True,
+                )
+            )
+            continue
+        relative = "/".join(module.name.split("."))
+        relative = f"{relative}/__init__" if module.is_package else relative
+        suffix, data = _compiled(module.path, f"python{version}/{relative}.py", compile_here)
+        add(cpio.regular(f"usr/lib/python{version}/{relative}{suffix}", data))
+    module_paths = []
+    for path in module_files:
+        image_path = f"lib/modules/{path.name}"
+        module_paths.append("/" + image_path)
+        add(cpio.regular(image_path, path.read_bytes()))
+    add(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), pyz.artifact.read_bytes()))
+    settings = {
+        "modules": module_paths,
+        "finit_module": arch.finit_module,
+        "interface": INTERFACE,
+        "archive": ARCHIVE_IN_IMAGE,
+    }
+    init_source = INIT_SOURCE.read_text().replace(
+        "CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {settings!r}", 1
+    )
+    add(cpio.regular("init", f"#!/usr/bin/python{version} -ISB\n{init_source}".encode(), True))
+    for node, major, minor, mode in DEVICE_NODES:
+        add(cpio.char_device(node, major, minor, mode))
+    for directory in ("proc", "sys", "tmp"):
+        add(cpio.directory(directory))
+    ordered_paths = sorted(files)
+    entries = _directories(ordered_paths)
+    taken = {e.path for e in entries}
+    entries += [files[p] for p in ordered_paths if p not in taken]
+    raw = cpio.archive(entries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    initrd = out_dir / "initrd.gz"
+    initrd.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+
+    progress("copying the kernel")
+    vmlinuz = kernel_tree / "boot" / f"vmlinuz-{kernel_version}"
+    kernel = out_dir / "kernel"
+    if arch.kernel_compressed:
+        shutil.copyfile(vmlinuz, kernel)
+    else:
+        # qemu's arm64 loader takes a gzip-compressed Image as it is.
+        kernel.write_bytes(gzip.compress(vmlinuz.read_bytes(), compresslevel=9, mtime=0))
+    pyz.artifact.unlink()
+
+    manifest = dist / f"{unikernel}-vm.json"
+    report = ImageReport(
+        arch=arch.name,
+        manifest=manifest,
+        kernel=kernel,
+        initrd=initrd,
+        kernel_size=kernel.stat().st_size,
+        initrd_size=initrd.stat().st_size,
+        initrd_unpacked=len(raw),
+        packages={name: info.version for name, info in packages.items()},
+        stdlib_modules=sorted(m.name for m in stdlib.modules.values() if not m.is_extension),
+        extension_modules=sorted(m.name for m in extensions),
+        libraries=sorted([loader.lstrip("/"), *libraries]),
+        kernel_modules=[p.stem for p in module_files],
+        app_modules=pyz.modules,
+        archive_size=pyz.size,
+        crunched_files=pyz.crunched_files,
+        dropped_optional=sorted(stdlib.dropped),
+    )
+    manifest_data = report.to_json()
+    manifest_data["console"] = arch.console
+    manifest.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def describe_image(manifest_path: Path) -> str:
+    """What ``looming describe --image`` prints for a VM image."""
+    data = json.loads(manifest_path.read_text())
+
+    def mib(size: int) -> str:
+        return f"{size / 2**20:.1f} MiB"
+
+    total = int(data["kernel_size"]) + int(data["initrd_size"])
+    lines = [
+        f"{manifest_path.name}: {data['arch']} image, {mib(total)} ({total} bytes)",
+        f"  kernel     {data['kernel']}  {mib(data['kernel_size'])}",
+        f"  initramfs  {data['initrd']}  {mib(data['initrd_size'])} "
+        f"({mib(data['initrd_unpacked'])} unpacked)",
+        "Debian packages:",
+        *(f"  {name} {version}" for name, version in sorted(data["packages"].items())),
+        f"unikernel archive: {data['archive_size']} bytes, {len(data['app_modules'])} modules, "
+        f"{data['crunched_files']} crunched files",
+        f"standard library: {len(data['stdlib_modules'])} modules (bytecode), "
+        f"extensions: {', '.join(data['extension_modules']) or 'none'}",
+        f"shared libraries: {', '.join(data['libraries'])}",
+        f"kernel modules: {', '.join(data['kernel_modules'])}",
+    ]
+    if data.get("dropped_optional"):
+        lines.append(f"optional modules left out: {', '.join(data['dropped_optional'])}")
+    lines.append("modules:")
+    lines += [f"  {name}" for name in data["app_modules"]]
+    lines += [f"  {name}" for name in data["stdlib_modules"]]
+    return "\n".join(lines) + "\n"

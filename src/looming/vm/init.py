@@ -1,0 +1,151 @@
+"""The guest's /init: the only program in a looming VM image besides the unikernel.
+
+The kernel starts this file as process 1 with the image's Python (``-ISB``).
+It mounts /proc and /sys, loads the virtio modules (``finit_module``, as
+there is no modprobe), gives the loopback its address, brings the NIC's
+link up with IPv6 off (the kernel must not speak on it: looming's own stack
+drives it through an AF_PACKET socket), runs the unikernel's zipapp in this
+same interpreter with the keys from the kernel command line, and powers the
+machine off. The exit status goes out on the console as the last line, where
+``looming run`` reads it.
+
+At build time ``CONFIG`` is replaced by the image's settings. Only the
+standard library is used here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+import sys
+import time
+import traceback
+from typing import Any
+
+CONFIG: dict[str, Any] = {}
+
+EXIT_MARKER = "looming-vm: exit status"
+RB_POWER_OFF = 0x4321FEDC
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
+IFF_UP = 0x1
+EEXIST = 17
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def say(message: str) -> None:
+    print(f"looming-vm: {message}", flush=True)
+
+
+def mount(source: str, target: str, kind: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    if libc.mount(source.encode(), target.encode(), kind.encode(), 0, None) != 0:
+        say(f"mount {kind} on {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def load_module(path: str, system_call: int) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(system_call, descriptor, b"", 0) != 0:
+            error = ctypes.get_errno()
+            if error != EEXIST:
+                raise OSError(error, f"loading {path}: {os.strerror(error)}")
+    finally:
+        os.close(descriptor)
+
+
+def _ifreq(name: str, payload: bytes) -> bytes:
+    return struct.pack("16s16s", name.encode(), payload)
+
+
+def _sockaddr_in(address: str) -> bytes:
+    return struct.pack("<H2x4s8x", socket.AF_INET, socket.inet_aton(address))
+
+
+def link_up(control: socket.socket, name: str) -> None:
+    flags_answer = fcntl.ioctl(control, SIOCGIFFLAGS, _ifreq(name, b""))
+    flags = struct.unpack_from("<H", flags_answer, 16)[0]
+    fcntl.ioctl(control, SIOCSIFFLAGS, _ifreq(name, struct.pack("<H14x", flags | IFF_UP)))
+
+
+def configure_network(interface: str | None) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
+        fcntl.ioctl(control, SIOCSIFADDR, _ifreq("lo", _sockaddr_in("127.0.0.1")))
+        fcntl.ioctl(control, SIOCSIFNETMASK, _ifreq("lo", _sockaddr_in("255.0.0.0")))
+        link_up(control, "lo")
+        if interface is None:
+            return
+        # The NIC is the unikernel's alone: no IPv6 addresses, no kernel traffic.
+        for setting in ("all", "default"):
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{setting}/disable_ipv6", "w") as knob:
+                    knob.write("1")
+            except OSError:
+                pass
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                socket.if_nametoindex(interface)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    say(f"no network interface {interface}; running without it")
+                    return
+                time.sleep(0.02)
+        link_up(control, interface)
+
+
+def run_unikernel(archive: str, argv: list[str]) -> int:
+    sys.argv = [archive, *argv]
+    sys.path.insert(0, archive)
+    import runpy
+
+    try:
+        runpy.run_path(archive, run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr, flush=True)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def power_off(status: int) -> None:
+    sys.stderr.flush()
+    print(f"{EXIT_MARKER} {status}", flush=True)
+    os.sync()
+    libc.reboot(RB_POWER_OFF)
+    while True:  # process 1 must never return
+        time.sleep(3600)
+
+
+def main() -> None:
+    status = 1
+    try:
+        mount("proc", "/proc", "proc")
+        mount("sysfs", "/sys", "sysfs")
+        for path in CONFIG.get("modules", []):
+            load_module(path, int(CONFIG["finit_module"]))
+        # The launcher says on the kernel command line whether there is a NIC.
+        nic = CONFIG.get("interface") if os.environ.get("LOOMING_NIC") == "1" else None
+        configure_network(nic)
+        status = run_unikernel(str(CONFIG["archive"]), sys.argv[1:])
+    except BaseException:
+        traceback.print_exc()
+    power_off(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Booting a built image under qemu: ``looming run`` for the vm target.
+
+The serial console is streamed to standard output as the guest writes it;
+/init's last line carries the unikernel's exit status, which becomes this
+program's. Options for the machine start with ``--vm-`` (``--vm-tap NAME``,
+``--vm-memory MB``, ``--vm-timeout SECONDS``); every other argument is a
+unikernel key, passed on the kernel command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from looming.vm.arch import Arch, get_arch
+
+EXIT_MARKER = "looming-vm: exit status"
+POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
+DEFAULT_MEMORY_MB = 256
+NO_STATUS = 125  # qemu ended without the guest reporting a status
+
+
+class LaunchError(Exception):
+    """The machine could not be started as asked: exit code 2."""
+
+
+@dataclass
+class MachineOptions:
+    tap: str | None = None
+    memory_mb: int = DEFAULT_MEMORY_MB
+    timeout: float | None = None
+    accel: str = "tcg"
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
+    """Machine options (``--vm-*``) and the unikernel's keys."""
+    options = MachineOptions(accel=os.environ.get("LOOMING_VM_ACCEL", "tcg"))
+    keys: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in ("--vm-tap", "--vm-memory", "--vm-timeout"):
+            if not eq:
+                if i + 1 == len(args):
+                    raise LaunchError(f"{name} needs a value")
+                i += 1
+                value = args[i]
+            try:
+                if name == "--vm-tap":
+                    options.tap = value
+                elif name == "--vm-memory":
+                    options.memory_mb = int(value)
+                else:
+                    options.timeout = float(value)
+            except ValueError:
+                raise LaunchError(f"{name}: {value!r} is not a number") from None
+        else:
+            if any(c.isspace() for c in arg):
+                raise LaunchError(f"{arg!r}: values on the kernel command line cannot hold spaces")
+            keys.append(arg)
+        i += 1
+    return options, keys
+
+
+def qemu_command(
+    manifest: dict[str, object], options: MachineOptions, keys: list[str]
+) -> list[str]:
+    """The qemu command line booting the image described by ``manifest``."""
+    arch: Arch = get_arch(str(manifest["arch"]))
+    qemu = shutil.which(arch.qemu)
+    if qemu is None:
+        raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
+    nic = f"LOOMING_NIC={1 if options.tap else 0}"  # handed to /init as its environment
+    cmdline = [f"console={arch.console}", *arch.kernel_arguments, "loglevel=3", "panic=-1", nic]
+    cmdline += ["--", *keys]
+    command = [
+        qemu,
+        "-M", arch.machine,
+        "-accel", options.accel,
+        "-cpu", arch.cpu,
+        "-m", str(options.memory_mb),
+        "-smp", "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-serial", "stdio",
+        "-no-reboot",
+        "-kernel", str(manifest["kernel"]),
+        "-initrd", str(manifest["initrd"]),
+        "-append", " ".join(cmdline),
+        "-device", "virtio-rng-device",
+    ]  # fmt: skip
+    if options.tap:
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in options.tap.encode()[-3:].rjust(3, b"\0"))
+        command += [
+            "-netdev", f"tap,id=net0,ifname={options.tap},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={mac}",
+        ]  # fmt: skip
+    return command
+
+
+def boot(
+    manifest_path: Path,
+    argv: Sequence[str],
+    write: Callable[[str], None] | None = None,
+) -> int:
+    """Boot the image, stream its console, and return the unikernel's status."""
+    options, keys = split_arguments(argv)
+    manifest = json.loads(manifest_path.read_text())
+    command = qemu_command(manifest, options, keys)
+    out = write or _write_stdout
+    status: int | None = None
+    started = time.monotonic()
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    ) as qemu:
+        assert qemu.stdout is not None
+        try:
+            for raw in qemu.stdout:
+                line = raw.decode(errors="replace").replace("\r", "")
+                if line.startswith(EXIT_MARKER):
+                    try:
+                        status = int(line[len(EXIT_MARKER) :].strip())
+                    except ValueError:
+                        status = NO_STATUS
+                    continue
+                if POWER_DOWN.match(line):
+                    continue
+                out(line)
+                if options.timeout is not None and time.monotonic() - started > options.timeout:
+                    out(f"looming: the VM ran over {options.timeout} s; stopping it\n")
+                    break
+        except KeyboardInterrupt:
+            status = 130
+        finally:
+            if qemu.poll() is None:
+                qemu.send_signal(signal.SIGTERM)
+                try:
+                    qemu.wait(5)
+                except subprocess.TimeoutExpired:
+                    qemu.kill()
+        code = qemu.wait()
+    if status is None:
+        out(f"looming: qemu ended (status {code}) without the unikernel's exit status\n")
+        return NO_STATUS
+    return status
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m looming.vm.launch IMAGE.json [--vm-tap NAME] [KEYS...]")
+        return 2
+    try:
+        return boot(Path(args[0]), args[1:])
+    except LaunchError as error:
+        print(f"looming: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
