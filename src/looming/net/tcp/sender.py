@@ -140,6 +140,16 @@ class TcpSender(TransmissionControlBlock):
         """Send what the windows, Nagle and silly-window avoidance allow."""
         if self.state not in SENDING:
             return
+        if (
+            not self.fin_queued
+            and self.snd_nxt >= self.send_buffer.end
+            and self.snd_nxt >= self.snd_max
+        ):
+            # Nothing new and nothing to resend: the common case on a
+            # connection that is only receiving.
+            if self.snd_max > self.snd_una and self.rto_at is None:
+                self.rto_at = now + self.rtt.rto
+            return
         mss = self.send_mss
         data_end = self.send_buffer.end
         while True:
