@@ -407,19 +407,25 @@ class GitBackend:
         return refs
 
     def read_ref(self, name: str, depth: int = 0) -> ObjectId | None:
-        try:
-            with open(self._ref_path(name), "rb") as file:
-                text = file.read().strip()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return self._packed_refs().get(name)
-        if text.startswith(b"ref: "):
-            if depth > 5:
-                raise BadRef(f"ref {name} is a loop of symbolic refs")
-            return self.read_ref(text[5:].decode(), depth + 1)
-        try:
-            return raw_id(text.decode("ascii", "replace"))
-        except Malformed:
-            raise BadRef(f"ref {name} holds {text[:60]!r}, not an object id") from None
+        # Refs are rewritten in place; a read racing that write could see a
+        # mix of old and new bytes, so a bad read is tried again before it
+        # is reported as a damaged ref.
+        for attempt in range(3):
+            try:
+                with open(self._ref_path(name), "rb") as file:
+                    text = file.read().strip()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return self._packed_refs().get(name)
+            if text.startswith(b"ref: "):
+                if depth > 5:
+                    raise BadRef(f"ref {name} is a loop of symbolic refs")
+                return self.read_ref(text[5:].decode(), depth + 1)
+            try:
+                return raw_id(text.decode("ascii", "replace"))
+            except Malformed:
+                if attempt == 2:
+                    raise BadRef(f"ref {name} holds {text[:60]!r}, not an object id") from None
+        return None
 
     def head_target(self) -> str:
         try:
