@@ -95,6 +95,10 @@ def test_json_api(served: tuple[Repo, int]) -> None:
         "why": conflict["why"],
     }
     assert _call(port, "GET", "/api/main/get/a//b")[0] == 400
+    assert _call(port, "GET", "/api/main/history?limit=ten")[0] == 400
+    assert _call(port, "GET", "/api/bad..branch/get/a")[0] == 400
+    assert _call(port, "POST", "/api/main/merge")[0] == 400
+    assert _call(port, "PATCH", "/api/main/set/a")[0] == 404
     assert _call(port, "DELETE", "/api/main/set/a")[0] == 200
     assert _call(port, "GET", "/api/main/list/a")[0] == 404
 

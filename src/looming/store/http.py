@@ -153,7 +153,10 @@ class StoreHttp:
             names = await asyncio.to_thread(store.list, key)
             return _json(200, [{"name": name, "kind": kind.value} for name, kind in names])
         if verb == "history" and method == "GET":
-            limit = int(query.get("limit", ["100"])[0])
+            limit_text = query.get("limit", ["100"])[0]
+            if not limit_text.isdigit():
+                return _json(400, {"error": f"limit must be a whole number, not {limit_text!r}"})
+            limit = int(limit_text)
             history = await asyncio.to_thread(store.history, limit)
             return _json(
                 200,
