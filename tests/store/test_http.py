@@ -46,8 +46,16 @@ def served(disk_repo: Repo) -> Iterator[tuple[Repo, int]]:
         thread.join(timeout=10)
 
 
-def _call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+def _call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=20) as response:
             return response.status, response.read()
@@ -70,6 +78,11 @@ def test_git_clone_and_push_over_smart_http(
     git("push", "-q", "origin", "main", cwd=checkout)
     assert store.get("index.html") == b"<h1>published</h1>\n"
     git("fsck", "--strict", cwd=repo.path or "")
+    # A garbled protocol request is refused, and the server goes on serving.
+    kind = {"Content-Type": "application/x-git-upload-pack-request"}
+    status, _body = _call(port, "POST", "/git-upload-pack", b"garbage", kind)
+    assert status == 400
+    git("ls-remote", f"http://127.0.0.1:{port}/", cwd=tmp_path)
 
 
 def test_json_api(served: tuple[Repo, int]) -> None:

@@ -61,6 +61,7 @@ class StoreHttp:
         from dulwich.server import DictBackend
         from dulwich.web import make_wsgi_chain
 
+        self.bad_git_requests = 0
         self._git = DulwichRepo(repo.backend.git_dir)
         repos: dict[str, Any] = {"/": self._git}
         self._wsgi = make_wsgi_chain(DictBackend(repos))
@@ -73,7 +74,15 @@ class StoreHttp:
         try:
             if path.startswith("/api/"):
                 return await self._api(request, path[len("/api/") :])
-            return await asyncio.to_thread(self._git_http, request)
+            try:
+                return await asyncio.to_thread(self._git_http, request)
+            except (LoomingError, KeyError):
+                raise
+            except Exception as error:  # a peer's bad Git request: counted and refused
+                self.bad_git_requests += 1
+                return Response(
+                    400, [(b"content-type", b"text/plain")], f"bad Git request: {error}\n".encode()
+                )
         except KeyNotFound as error:
             return _json(404, {"error": str(error)})
         except LoomingError as error:
