@@ -443,63 +443,63 @@ class GitBackend:
             self.flush()
             self._make_dir(os.path.dirname(path))
             try:
-                fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileNotFoundError:
                 # git may prune empty ref folders behind our back.
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 # We hold the store's writer lock, so a leftover lock file is
                 # from a writer that died (or from git itself); take it over.
                 os.unlink(lock_path)
-                fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            ref = -1
             try:
-                current = self.read_ref(name)
+                try:
+                    ref = os.open(path, os.O_RDWR)
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    ref = -1
+                in_place = False
+                current: ObjectId | None
+                if ref >= 0:
+                    content = os.pread(ref, 128, 0)
+                    # Rewritten in place only when it is a plain 41-byte id:
+                    # renaming over an existing file makes ext4 flush the new
+                    # file first (auto_da_alloc), which costs milliseconds,
+                    # while one 41-byte write is all-or-nothing for readers
+                    # and for a killed writer; our lock file keeps git's
+                    # writers out meanwhile.
+                    in_place = len(content) == 41 and content.endswith(b"\n")
+                    try:
+                        current = raw_id(content[:40].decode("ascii")) if in_place else None
+                    except (Malformed, UnicodeDecodeError):
+                        in_place = False
+                    if not in_place:
+                        current = self.read_ref(name)
+                else:
+                    current = self._packed_refs().get(name)
                 if current != old:
                     raise RefChanged(f"{name} moved while updating it; retry")
                 if new is None:
-                    os.close(fd)
-                    fd = -1
                     os.unlink(lock_path)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                     self._remove_packed_ref(name)
                     return
                 line = new.hex().encode() + b"\n"
-                if self._overwrite_ref(path, line):
-                    os.close(fd)
-                    fd = -1
+                if in_place and os.pwrite(ref, line, 0) == len(line):
                     os.unlink(lock_path)
                     return
-                os.write(fd, line)
-                os.close(fd)
-                fd = -1
+                os.write(lock, line)
                 os.rename(lock_path, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)
+                raise
             finally:
-                if fd >= 0:
-                    os.close(fd)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(lock_path)
-
-    @staticmethod
-    def _overwrite_ref(path: str, line: bytes) -> bool:
-        """Rewrite a loose ref of the same length in place.
-
-        Renaming over an existing file makes ext4 flush the new file's data
-        first (auto_da_alloc), which costs milliseconds; one 41-byte write at
-        offset 0 is all-or-nothing for readers and for a killed writer, and
-        we hold the ref's lock file, so git's writers stay excluded.
-        """
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except (FileNotFoundError, IsADirectoryError):
-            return False
-        try:
-            if os.fstat(fd).st_size != len(line) or os.pread(fd, 5, 0) == b"ref: ":
-                return False
-            return os.pwrite(fd, line, 0) == len(line)
-        finally:
-            os.close(fd)
+                os.close(lock)
+                if ref >= 0:
+                    os.close(ref)
 
     def _remove_packed_ref(self, name: str) -> None:
         packed = os.path.join(self.git_dir, "packed-refs")
