@@ -354,3 +354,43 @@ def test_downgrade_sentinel_is_detected(pki: Pki) -> None:
     assert info.value.description == AlertDescription.ILLEGAL_PARAMETER and "downgrade" in str(
         info.value
     )
+
+
+def test_server_over_tcp_answers_garbage_with_an_alert_and_keeps_serving(pki: Pki) -> None:
+    from .peers import EchoServer, run
+
+    async def main() -> tuple[bytes, bytes, str, EchoServer]:
+        async with EchoServer(TlsConfig(certificates=[pki.leaves["p256"].certified])) as server:
+            replies = []
+            # An unknown record type; a complete ClientHello whose body stops after its version.
+            for garbage in (
+                b"\x63\x03\x03\x00\x01x",
+                b"\x16\x03\x01\x00\x06\x01\x00\x00\x02\x03\x03",
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(garbage)
+                await writer.drain()
+                replies.append(await asyncio.wait_for(reader.read(100), 10))  # the alert
+                writer.close()
+                await writer.wait_closed()
+            _, out, _ = await run(
+                [
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{server.port}",
+                    "-ign_eof",
+                    "-CAfile",
+                    str(pki.ca_path),
+                    "-servername",
+                    "localhost",
+                ],
+                b"still here\n",
+            )
+        return replies[0], replies[1], out, server
+
+    unknown_type, bad_hello, out, server = asyncio.run(main())
+    assert unknown_type == alert_record(AlertDescription.UNEXPECTED_MESSAGE)
+    assert bad_hello == alert_record(AlertDescription.DECODE_ERROR)
+    assert "echo:still here" in out
+    assert len(server.errors) == 2 and all(isinstance(e, TlsProtocolError) for e in server.errors)
