@@ -90,3 +90,19 @@ def test_tls_flow_over_memory_pipe(pki: Pki) -> None:
 def test_system_trust_store_loads() -> None:
     store = TrustStore.system()
     assert len(store.anchors) > 10
+
+
+def test_stalled_handshake_times_out(pki: Pki) -> None:
+    from looming.errors import ConnectionTimeout
+
+    async def main() -> None:
+        left, right = pipe()
+        await left.write(
+            b"\x16\x03\x01\x00\x04\x01\x00\x01\x00"
+        )  # a ClientHello that never finishes
+        with pytest.raises(ConnectionTimeout):
+            await tls_server(
+                right, TlsConfig(certificates=[pki.leaves["p256"].certified]), handshake_timeout=0.2
+            )
+
+    asyncio.run(main())

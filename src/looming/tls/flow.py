@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from cryptography import x509
 
 from looming.devices.flow import Flow
-from looming.errors import Closed, ConnectionReset
+from looming.errors import Closed, ConnectionReset, ConnectionTimeout
 
 from .config import TlsConfig
 from .engine import TlsConnection
@@ -171,21 +171,38 @@ async def tls_client(
     *,
     session: Session | None = None,
     early_data: bytes = b"",
+    handshake_timeout: float | None = None,
 ) -> TlsFlow:
-    """Run a client handshake over ``flow``; the returned TlsFlow carries plaintext."""
+    """Run a client handshake over ``flow``; the returned TlsFlow carries plaintext.
+
+    ``handshake_timeout`` (seconds, on the event loop's clock) bounds a peer
+    that stalls mid-handshake; it raises :class:`looming.errors.ConnectionTimeout`.
+    """
     connection = TlsConnection(
         config, server_side=False, server_name=server_name, session=session, early_data=early_data
     )
     tls = TlsFlow(flow, connection)
-    await tls.handshake()
+    await _handshake(tls, handshake_timeout)
     return tls
 
 
-async def tls_server(flow: Flow, config: TlsConfig) -> TlsFlow:
-    """Run a server handshake over ``flow``."""
+async def tls_server(
+    flow: Flow, config: TlsConfig, handshake_timeout: float | None = None
+) -> TlsFlow:
+    """Run a server handshake over ``flow`` (``handshake_timeout`` as for :func:`tls_client`)."""
     tls = TlsFlow(flow, TlsConnection(config, server_side=True))
-    await tls.handshake()
+    await _handshake(tls, handshake_timeout)
     return tls
+
+
+async def _handshake(tls: TlsFlow, timeout: float | None) -> None:
+    if timeout is None:
+        await tls.handshake()
+        return
+    try:
+        await asyncio.wait_for(tls.handshake(), timeout)
+    except TimeoutError as exc:
+        raise ConnectionTimeout(f"TLS handshake did not finish within {timeout} s") from exc
 
 
 class StreamFlow:
@@ -240,6 +257,7 @@ async def open_connection(
     *,
     session: Session | None = None,
     early_data: bytes = b"",
+    handshake_timeout: float | None = 30.0,
 ) -> TlsFlow:
     """Connect over TCP with asyncio streams and run a client handshake."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -251,6 +269,7 @@ async def open_connection(
             server_name if server_name is not None else host,
             session=session,
             early_data=early_data,
+            handshake_timeout=handshake_timeout,
         )
     except BaseException:
         await flow.close()
@@ -262,15 +281,19 @@ async def start_server(
     host: str,
     port: int,
     config: TlsConfig,
+    handshake_timeout: float | None = 30.0,
 ) -> asyncio.Server:
-    """Listen with asyncio streams; ``handler`` gets each connection after its handshake."""
+    """Listen with asyncio streams; ``handler`` gets each connection after its handshake.
+
+    A client that stalls mid-handshake is dropped after ``handshake_timeout`` seconds.
+    """
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         flow = StreamFlow(reader, writer)
         try:
-            tls = await tls_server(flow, config)
+            tls = await tls_server(flow, config, handshake_timeout)
             await handler(tls)
-        except (TlsError, ConnectionReset, Closed):
+        except (TlsError, ConnectionReset, ConnectionTimeout, Closed):
             pass  # a failed or aborted connection ends here; the alert was sent
         finally:
             await flow.close()
