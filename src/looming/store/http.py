@@ -25,7 +25,7 @@ from typing import Any
 
 from looming.errors import KeyNotFound, LoomingError
 from looming.http.message import Request, Response
-from looming.store.backend import GitBackend
+from looming.store.gitbackend import GitBackend
 from looming.store.merge import ABSENT
 from looming.store.repo import Repo
 from looming.store.treemerge import Directory

@@ -10,15 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from looming.devices.clock import Clock
 from looming.errors import Malformed
-from looming.store.backend import (
-    Backend,
-    GitBackend,
-    MemoryBackend,
-    check_ref_name,
-    init_git_dir,
-)
+from looming.store.backend import Backend, MemoryBackend, check_ref_name
 from looming.store.contents import BYTES, Codec
 from looming.store.errors import BadRef, MissingObject, RefChanged
+from looming.store.gitbackend import GitBackend, init_git_dir
 from looming.store.merge import MergeFunction, default
 from looming.store.objectdb import ObjectDb
 from looming.store.objects import Commit, Identity, ObjectId, raw_id

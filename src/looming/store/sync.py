@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from looming.store.backend import GitBackend
 from looming.store.errors import RefChanged, StoreError
+from looming.store.gitbackend import GitBackend
 from looming.store.objects import ObjectId
 from looming.store.repo import HEADS, Repo
 from looming.store.store import MergeResult, Store
