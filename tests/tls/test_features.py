@@ -303,3 +303,15 @@ def test_resumption_keeps_the_ticket_suite(pki: Pki) -> None:
     second = connect(TlsConfig(trust=pki.trust, session_cache=cache), server)
     done = _done(second.client_events)
     assert done.resumed and done.cipher_suite == CipherSuite.TLS_AES_256_GCM_SHA384
+
+
+def test_too_much_early_data_is_refused(pki: Pki) -> None:
+    clock = FakeClock()
+    client, server = _zero_rtt_configs(pki, clock)
+    first = connect(client, server)
+    session = next(e.session for e in first.client_events if isinstance(e, NewSession))
+    assert isinstance(session, Session)
+    session.max_early_data = 5000  # a client that ignores the server's limit of 1000
+    with pytest.raises(TlsProtocolError) as info:
+        connect(client, server, session=session, early_data=b"x" * 3000)
+    assert info.value.description == AlertDescription.UNEXPECTED_MESSAGE

@@ -80,6 +80,7 @@ class TlsConnection:
         self.master_secret12 = b""
         self.exporter_randoms = b""
         self.receiving_early_data = False
+        self._early_bytes = 0
         self._hs_buffer = bytearray()
         self._closed_by_peer = False
         self._sent_close = False
@@ -337,6 +338,12 @@ class TlsConnection:
 
     def _on_application_data(self, payload: bytes) -> None:
         if self.receiving_early_data:
+            self._early_bytes += len(payload)
+            if self._early_bytes > self.config.max_early_data:
+                raise TlsProtocolError(
+                    AlertDescription.UNEXPECTED_MESSAGE,
+                    "more 0-RTT data than max_early_data allows",
+                )
             self.events.append(EarlyData(payload))
             return
         if not self.handshake_complete:
