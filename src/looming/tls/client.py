@@ -269,6 +269,11 @@ class ClientHandshake:
                 AlertDescription.PROTOCOL_VERSION, f"server selected version {version:#06x}"
             )
         suite = SUITES[suite_id]
+        if self.hrr_done and self.conn.suite is not None and suite_id != self.conn.suite.suite:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                "ServerHello suite differs from the HelloRetryRequest's",
+            )
         if suite.version != version:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "suite does not match the version"
