@@ -585,3 +585,22 @@ def test_keepalive_probes_then_gives_up() -> None:
 @pytest.mark.parametrize("flags", ["A", "PA", "FA"])
 def test_render_helper_is_stable(flags: str) -> None:
     assert render(seg(flags, 1, 2), b"").startswith(flags)
+
+
+def test_offloaded_bursts_of_whole_segments_and_single_retransmissions() -> None:
+    s = established()
+    s.conn.offload_bytes = 10_500  # room for ten 1000-byte segments
+    s.conn.cc.cwnd = 100_000
+    _fill(s, 25)
+    s.expect(
+        f"A {A}:{A + 10_000}(10000) ack {B}",
+        f"A {A + 10_000}:{A + 20_000}(10000) ack {B}",
+        f"PA {A + 20_000}:{A + 25_000}(5000) ack {B}",
+    )
+    # A window that fits two and a half segments sends two, as one packet.
+    s.recv(seg("A", B, A + 25_000, window=0))
+    _fill(s, 5)
+    s.recv(seg("A", B, A + 25_000, window=2500))
+    s.expect(f"A {A + 25_000}:{A + 27_000}(2000) ack {B}")
+    s.advance(200)
+    s.expect(f"A {A + 25_000}:{A + 26_000}(1000) ack {B}")  # resent one segment at a time

@@ -25,7 +25,7 @@ def _send(
 ) -> list[TcpHeader]:
     endpoint.input(THEM, US, wire.emit(header, payload, src=THEM, dst=US), now)
     replies = []
-    for destination, segment in endpoint.take_outbox():
+    for destination, segment, _ in endpoint.take_outbox():
         assert destination == THEM
         assert wire.checksum_ok(segment, US, THEM)
         replies.append(wire.parse(segment)[0])

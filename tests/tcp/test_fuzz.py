@@ -25,7 +25,7 @@ def _endpoint_with_a_connection() -> tuple[TcpEndpoint, int, int]:
     endpoint.input(
         THEM, US, wire.emit(TcpHeader(4444, 80, 100, 0, SYN, 65535), src=THEM, dst=US), 0
     )
-    (_, syn_ack), *_ = endpoint.take_outbox()
+    (_, syn_ack, _), *_ = endpoint.take_outbox()
     header, _ = wire.parse(syn_ack)
     ack = TcpHeader(4444, 80, 101, header.seq + 1, ACK, 65535)
     endpoint.input(THEM, US, wire.emit(ack, src=THEM, dst=US), 0)

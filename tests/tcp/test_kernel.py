@@ -18,11 +18,15 @@ import pytest
 
 from looming.devices.net import IpProtocol
 from looming.errors import ConnectionRefused, ConnectionReset
+from looming.net.netif.tap import TapNetwork
 from looming.net.stack import DirectStack
 from looming.net.tcp import State, TcpConfig, TcpLayer, TcpStream
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import TcpHeader
-from tests.net.kernel import KernelPeer
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
+from tests.net.kernel import KernelPeer, sh
 
 pytestmark = pytest.mark.root
 
@@ -380,3 +384,46 @@ def test_looming_zero_window_holds_the_kernel_sender(kernel_peer: KernelPeer) ->
         await listener.close()
 
     kernel_peer.run(body)
+
+
+@pytest.mark.slow
+def test_bulk_over_an_offloading_tap(kernel_peer: KernelPeer) -> None:
+    """With a vnet TAP, looming sends packets of many segments for the kernel
+    to cut up (TSO) and receives the kernel's 64 KB ones: hashes both ways."""
+    upload = _payload(31, 8 * 1024 * 1024)
+
+    async def main() -> None:
+        tap = await TapNetwork.connect(kernel_peer.tap_name, mtu=kernel_peer.mtu, offload=True)
+        sh("ip", "link", "set", kernel_peer.tap_name, "netns", kernel_peer.namespace)
+        kernel_peer.sh(
+            "ip", "addr", "add", f"{kernel_peer.peer_address}/24", "dev", kernel_peer.tap_name
+        )
+        kernel_peer.sh("ip", "link", "set", kernel_peer.tap_name, "up")
+        stack = await DirectStack.connect(
+            tap,
+            time=UnixTime(),
+            clock=UnixClock(),
+            random=UnixRandom(5),
+            address=kernel_peer.stack_address,
+            gateway=kernel_peer.peer_address,
+        )
+        try:
+            tcp = _tcp(stack)
+            server = await kernel_peer.python(KERNEL_SERVER, "5005", str(len(upload)), "32")
+            assert server.stdout is not None
+            await server.stdout.readline()
+            flow = await tcp.connect(kernel_peer.peer_address, 5005, timeout=10)
+            assert flow.connection.burst_bytes > 40 * flow.connection.send_mss
+            await flow.write(upload)
+            await flow.shutdown()
+            reply = await asyncio.wait_for(_read_all(flow), 120)
+            digest, _, data = reply.partition(b"\n")
+            assert digest.decode() == hashlib.sha256(upload).hexdigest()
+            assert data == _payload(32, len(upload))
+            await flow.close()
+            await server.wait()
+            assert stack.ipv4.counters["tx_offloaded"] > 0
+        finally:
+            await stack.disconnect()
+
+    asyncio.run(main())

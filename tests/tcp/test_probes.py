@@ -165,7 +165,7 @@ async def _looming_session(scenario: Callable[..., object]) -> list[list[Answer]
 
     def take() -> list[tuple[TcpHeader, int]]:
         answers = []
-        for _, raw in endpoint.take_outbox():
+        for _, raw, _ in endpoint.take_outbox():
             reply, data = wire.parse(raw)
             answers.append((reply, len(data)))
         return answers

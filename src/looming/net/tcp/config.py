@@ -26,6 +26,9 @@ class TcpConfig:
     # calls flush_ack), as Linux does with GRO: one ACK per burst, not two
     # per three kilobytes. Out-of-order data is still acknowledged at once.
     coalesce_acks: bool = True
+    # Hand the IPv4 layer packets of many segments when its interface cuts
+    # them up itself (TSO on a vnet TAP); retransmissions stay one segment.
+    segmentation_offload: bool = True
     default_mss: int = 536  # RFC 9293 3.7.1: assumed when the peer sends no MSS option
     rto_initial_ns: int = 1 * SECOND  # RFC 6298 2.1
     # RFC 6298 asks for a 1 s floor but allows less; 200 ms (as Linux) keeps

@@ -49,16 +49,18 @@ class TcpEndpoint:
         *,
         secret: bytes,
         mtu_for: Callable[[IPv4Address], int],
+        segment_limit_for: Callable[[IPv4Address], int] | None = None,
     ) -> None:
         self.config = config
         self.stats = stats
         self._mtu_for = mtu_for
+        self._segment_limit_for = segment_limit_for
         self._isn = IsnGenerator(secret[:16] + secret[-16:])
         self._cookies = SynCookies(secret[16:] + secret[:16])
         self.connections: dict[FourTuple, TcpConnection] = {}
         self.listeners: dict[int, ListenerState] = {}
         self._half_open: dict[FourTuple, int] = {}
-        self._outbox: list[tuple[IPv4Address, bytes]] = []
+        self._outbox: list[tuple[IPv4Address, bytes, int | None]] = []
         self._touched: list[Touched] = []
         self.accepted: list[tuple[int, FourTuple, TcpConnection]] = []
         low, high = config.ephemeral_ports
@@ -67,8 +69,12 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ output
 
-    def take_outbox(self) -> list[tuple[IPv4Address, bytes]]:
-        """(destination, encoded segment) pairs to transmit, in order."""
+    def take_outbox(self) -> list[tuple[IPv4Address, bytes, int | None]]:
+        """(destination, encoded segment, segment size) to transmit, in order.
+
+        The segment size is given for a packet of several segments that the
+        interface is to cut up (segmentation offload), else it is None.
+        """
         out = self._outbox
         self._outbox = []
         return out
@@ -85,15 +91,22 @@ class TcpEndpoint:
 
     def _send(self, key: FourTuple, header: TcpHeader, payload: bytes = b"") -> None:
         local_ip, _, remote_ip, _ = key
-        self._outbox.append((remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip)))
+        self._outbox.append(
+            (remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip), None)
+        )
 
     def collect(self, key: FourTuple, conn: TcpConnection) -> None:
         """Move a connection's segments and events out after any call on it."""
         local_ip, _, remote_ip, _ = key
         if conn.outbox:
             emit = wire.emit
+            mss = conn.send_mss
             self._outbox.extend(
-                (remote_ip, emit(header, payload, src=local_ip, dst=remote_ip))
+                (
+                    remote_ip,
+                    emit(header, payload, src=local_ip, dst=remote_ip),
+                    mss if len(payload) > mss else None,
+                )
                 for header, payload in conn.take_outbox()
             )
         events = conn.take_events()
@@ -126,6 +139,17 @@ class TcpEndpoint:
         except Exception:
             ip_payload = 556  # the 576-byte datagram every host must accept, less IP
         return max(ip_payload - TCP_HEADER_LENGTH, 88)
+
+    def offload_bytes(self, remote: IPv4Address) -> int:
+        """Payload bytes one offloaded packet to ``remote`` may carry (0: none)."""
+        if self._segment_limit_for is None or not self.config.segmentation_offload:
+            return 0
+        try:
+            limit = self._segment_limit_for(remote)
+        except Exception:
+            return 0
+        # Leave room for the largest TCP header (60 bytes with options).
+        return max(limit - 60, 0)
 
     def listen(self, port: int, host: IPv4Address | None, backlog: int) -> int:
         if port == 0:
@@ -176,6 +200,7 @@ class TcpEndpoint:
             timestamp_offset=self._isn.timestamp_offset(key),
             now=now,
         )
+        conn.offload_bytes = self.offload_bytes(remote_ip)
         self.connections[key] = conn
         self.stats.connections_opened += 1
         self.collect(key, conn)
@@ -270,6 +295,7 @@ class TcpEndpoint:
             timestamp_offset=self._isn.timestamp_offset(key),
             now=now,
         )
+        conn.offload_bytes = self.offload_bytes(remote_ip)
         self.connections[key] = conn
         self._half_open[key] = listener.port
         listener.half_open += 1
@@ -341,6 +367,7 @@ class TcpEndpoint:
         )
         self.stats.cookies_accepted += 1
         self.stats.connections_accepted += 1
+        conn.offload_bytes = self.offload_bytes(remote_ip)
         self.connections[key] = conn
         conn.take_events()  # CONNECTED is reported through the accepted list
         self.accepted.append((listener.port, key, conn))

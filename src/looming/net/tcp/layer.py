@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from ipaddress import IPv4Address
 from typing import TypeVar
@@ -200,15 +200,25 @@ class TcpLayer:
         self._time = time
         self.config = config or TcpConfig()
         self.stats = TcpStats()
+        # Segmentation offload is not part of the Ipv4 interface: use it when
+        # this IPv4 layer offers it (looming.net.ipv4.Ipv4Layer does).
+        segment_limit = getattr(ipv4, "segment_limit", None)
+        self._write_offloaded: Callable[..., Awaitable[None]] | None = (
+            ipv4.write if callable(segment_limit) else None
+        )
         self._endpoint = TcpEndpoint(
-            self.config, self.stats, secret=random.bytes(32), mtu_for=ipv4.mtu
+            self.config,
+            self.stats,
+            secret=random.bytes(32),
+            mtu_for=ipv4.mtu,
+            segment_limit_for=segment_limit if callable(segment_limit) else None,
         )
         # Keyed by the connection object: hashing it is cheap, unlike a
         # tuple of IPv4Address objects, and this runs for every segment.
         self._streams: dict[TcpConnection, TcpStream] = {}
         self._listeners: dict[int, TcpListener] = {}
         self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
-        self._tx: deque[tuple[IPv4Address, bytes]] = deque()
+        self._tx: deque[tuple[IPv4Address, bytes, int | None]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
@@ -335,9 +345,14 @@ class TcpLayer:
     async def _drain(self) -> None:
         try:
             while self._tx:
-                destination, segment = self._tx.popleft()
+                destination, segment, segment_size = self._tx.popleft()
                 try:
-                    await self._ipv4.write(destination, IpProtocol.TCP, segment)
+                    if segment_size is not None and self._write_offloaded is not None:
+                        await self._write_offloaded(
+                            destination, IpProtocol.TCP, segment, segment_size=segment_size
+                        )
+                    else:
+                        await self._ipv4.write(destination, IpProtocol.TCP, segment)
                 except Exception as error:
                     # No route or no ARP answer: TCP retransmits, like a lost segment.
                     self.transmit_errors += 1

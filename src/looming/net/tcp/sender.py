@@ -151,6 +151,7 @@ class TcpSender(TransmissionControlBlock):
                 self.rto_at = now + self.rtt.rto
             return
         mss = self.send_mss
+        burst = self.burst_bytes
         data_end = self.send_buffer.end
         while True:
             seq = self.snd_nxt
@@ -166,14 +167,16 @@ class TcpSender(TransmissionControlBlock):
             if force_one:
                 window_edge = max(window_edge, self.snd_una + mss)
             if seq < data_end:
-                length = min(mss, data_end - seq)
+                is_new = seq >= self.snd_max
+                length = min(burst if is_new else mss, data_end - seq)
                 if self.scoreboard and seq < self.snd_max:
                     following = self.scoreboard.next_sacked_start(seq)
                     if following is not None:
                         length = min(length, following - seq)
                 room = window_edge - seq
-                is_new = seq >= self.snd_max
-                if room < length:
+                if room < length and length > mss and room >= mss:
+                    length = room - room % mss  # an offloaded burst of whole segments
+                elif room < length:
                     # Sender silly-window avoidance: a window-limited partial
                     # segment only when it is at least half the peer's largest window.
                     if room <= 0 or (is_new and room < self.max_snd_wnd // 2):

@@ -122,6 +122,8 @@ class TransmissionControlBlock:
         self.rcv_mss = 536
         # Options and sizes.
         self.path_mss = path_mss
+        # Payload bytes one offloaded packet may carry (0: no offload).
+        self.offload_bytes = 0
         self.peer_mss = config.default_mss
         self.ts_ok = False
         self.ts_recent = 0
@@ -152,6 +154,13 @@ class TransmissionControlBlock:
         if self.ts_ok:
             mss -= TIMESTAMP_OPTION_SPACE
         return max(mss, 64)
+
+    @property
+    def burst_bytes(self) -> int:
+        """The most new data one outgoing packet may carry: whole segments
+        when the interface segments for us, else one."""
+        mss = self.send_mss
+        return max(mss, self.offload_bytes - self.offload_bytes % mss)
 
     @property
     def receive_window(self) -> int:
@@ -212,7 +221,9 @@ class TransmissionControlBlock:
         self, flags: int, seq: int, payload: bytes, now: int, *, resent: bool = False
     ) -> None:
         sack_blocks: tuple[tuple[int, int], ...] = ()
-        if self.sack_ok and flags & ACK and self.receive_buffer.has_gaps:
+        # SACK blocks ride only on segments without data: on a full-sized
+        # segment their 28 bytes would push the packet past the MTU.
+        if self.sack_ok and flags & ACK and not payload and self.receive_buffer.has_gaps:
             limit = 3 if self.ts_ok else 4
             sack_blocks = tuple(
                 (wrap(left), wrap(right)) for left, right in self.receive_buffer.sack_blocks(limit)
