@@ -292,3 +292,46 @@ def test_tlslite_client_resumes_with_server(pki: Pki, version: int) -> None:
     assert results[0]["alpn"] == b"h2"
     assert [f.resumed for f in server.flows] == [False, True]
     assert server.flows[0].connection.records.send_limit == 300
+
+
+# --- the hybrid post-quantum group, against tlslite-ng's ML-KEM (kyber-py) -------------------
+
+
+def test_client_x25519mlkem768_against_tlslite(pki: Pki) -> None:
+    config = TlsConfig(
+        trust=pki.trust,
+        groups=[NamedGroup.X25519MLKEM768],
+        key_share_groups=[NamedGroup.X25519MLKEM768],
+    )
+    hs = settings(TLS13)
+    hs.eccCurves = ["x25519mlkem768"]
+    hs.keyShares = ["x25519mlkem768"]
+    with TlsliteServer(pki, "p256", hs) as server:
+        flow, reply = asyncio.run(looming_client(server.port, config))
+    assert reply == b"lite:hi\n" and flow.version == TLS13
+    assert "error" not in server.results[0]
+
+
+def test_tlslite_client_x25519mlkem768_against_server(pki: Pki) -> None:
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.X25519MLKEM768]
+    )
+    hs = settings(TLS13)
+    hs.eccCurves = ["x25519mlkem768", "x25519"]
+    hs.keyShares = ["x25519mlkem768"]
+    (result,), server = asyncio.run(tlslite_clients(config, hs))
+    assert "error" not in result, result.get("error")
+    assert result["received"] == b"echo:hello\n"
+    assert not server.flows[0].connection.hello_retried
+
+
+def test_tlslite_client_retries_into_x25519mlkem768(pki: Pki) -> None:
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.X25519MLKEM768]
+    )
+    hs = settings(TLS13)
+    hs.eccCurves = ["x25519", "x25519mlkem768"]
+    hs.keyShares = ["x25519"]
+    (result,), server = asyncio.run(tlslite_clients(config, hs))
+    assert "error" not in result, result.get("error")
+    assert server.flows[0].connection.hello_retried
