@@ -438,7 +438,10 @@ class TcpConnection(TcpSender):
         if len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
         if self.full_segments_unacked >= 2:
-            if not self.config.coalesce_acks:
+            unacknowledged = self.receive_buffer.rcv_nxt - self.acknowledged_to
+            if not self.config.coalesce_acks or unacknowledged >= self.config.receive_buffer // 4:
+                # Coalescing stops at a quarter of the window, so that a long
+                # burst does not leave the sender waiting for its window.
                 self.send_ack(now)
             elif not self.ack_due:
                 self.ack_due = True

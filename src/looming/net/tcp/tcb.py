@@ -119,6 +119,7 @@ class TransmissionControlBlock:
         self.fin_received = False
         self.full_segments_unacked = 0
         self.ack_due = False
+        self.acknowledged_to = 0  # rcv_nxt as of the last ACK we sent
         self.rcv_mss = 536
         # Options and sizes.
         self.path_mss = path_mss
@@ -249,7 +250,7 @@ class TransmissionControlBlock:
             self.delack_at = None
             self.full_segments_unacked = 0
             self.ack_due = False
-        self.ack_due = False
+            self.acknowledged_to = self.receive_buffer.rcv_nxt
         self.outbox.append((header, payload))
         self.stats.segments_out += 1
         self.stats.bytes_out += len(payload)
