@@ -266,6 +266,7 @@ def test_tlslite_client_groups_against_server(pki: Pki, group: NamedGroup) -> No
     # tlslite sends a share for secp256r1 and x25519: P-384 takes a HelloRetryRequest.
     hs = settings(TLS13)
     hs.eccCurves = ["x25519", "secp256r1", "secp384r1"]
+    hs.keyShares = ["secp256r1", "x25519"]
     (result,), server = asyncio.run(tlslite_clients(config, hs))
     assert "error" not in result, result.get("error")
     assert server.flows[0].connection.hello_retried == (group == NamedGroup.SECP384R1)
