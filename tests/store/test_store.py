@@ -269,3 +269,13 @@ def test_async_form(any_repo: Repo) -> None:
         assert await store.find("e") is None
 
     asyncio.run(main())
+
+
+def test_merge_across_repositories_is_refused(any_repo: Repo) -> None:
+    from looming.store.errors import StoreError
+
+    other = Repo.memory().store()
+    other.set("k", b"v")
+    any_repo.store().set("a", b"1")
+    with pytest.raises(StoreError, match="another repository"):
+        any_repo.store().merge(other)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from looming.errors import KeyNotFound
 from looming.store.contents import Codec
-from looming.store.errors import InvalidPath, MergeFailed, ReadOnlyStore, RefChanged
+from looming.store.errors import InvalidPath, MergeFailed, ReadOnlyStore, RefChanged, StoreError
 from looming.store.merge import MergeFunction
 from looming.store.objectdb import EMPTY_TREE_ID
 from looming.store.objects import BLOB_MODES, MODE_TREE, ObjectId
@@ -428,6 +428,10 @@ class Store:
         """
         branch = self._check_writable()
         repo = self.repo
+        if isinstance(other, Store) and other.repo is not repo:
+            raise StoreError(
+                "that store lives in another repository; fetch or import its commits first"
+            )
         theirs = other.head_id() if isinstance(other, Store) else repo.resolve(other)
         name = (other.branch or other.head) if isinstance(other, Store) else other
         if theirs is None:
