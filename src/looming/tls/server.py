@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from looming.errors import Malformed
-
 from . import messages as m
-from .certs import CertifiedKey, parse_chain
+from . import server_psk
+from .certs import CertifiedKey
 from .constants import (
     HELLO_RETRY_REQUEST_RANDOM,
     TLS12,
     TLS13,
     AlertDescription,
     ContentType,
-    PskKeyExchangeMode,
 )
 from .constants import (
     ExtensionType as X,
@@ -26,17 +24,15 @@ from .constants import (
 from .errors import TlsProtocolError
 from .events import HandshakeComplete
 from .keyexchange import server_exchange
-from .keyschedule import KeySchedule13, resumption_psk
+from .keyschedule import KeySchedule13
 from .session import TicketState
 from .suites import SUITES
-from .wire import Reader, extension, parse_extensions, u8, u16, u16_list, u32, vec8, vec16
+from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
 
 if TYPE_CHECKING:
     from .engine import TlsConnection
     from .server12 import Server12
 
-# How far the client's idea of a ticket's age may differ from ours for 0-RTT.
-_EARLY_DATA_AGE_WINDOW_MS = 10_000
 # Undecryptable early data we skip after rejecting 0-RTT (RFC 8446 section 4.2.10).
 _REJECTED_EARLY_DATA_BUDGET = 1 << 17
 
@@ -95,7 +91,7 @@ class ServerHandshake:
         self.client_cert_schemes: list[int] = []
         self.v12: Server12 | None = None
         self.tickets_sent = 0
-        self._ticket_age_skew_ms = 0
+        self.ticket_age_skew_ms = 0
 
     def start(self) -> None:
         return None
@@ -237,7 +233,7 @@ class ServerHandshake:
             )
         # A resumable ticket's suite wins (its PSK is bound to that hash);
         # otherwise our preference among the client's suites.
-        suite_id = self._ticket_suite(hello) if not retry else None
+        suite_id = server_psk.ticket_suite(self, hello) if not retry else None
         if suite_id is None:
             suite_id = next(
                 (
@@ -301,7 +297,7 @@ class ServerHandshake:
             transcript.set_hash(suite.hash_name)
         alpn = self._choose_alpn(hello)
         conn.alpn_protocol = alpn
-        psk_selected = self._try_psk(hello, alpn)
+        psk_selected = server_psk.try_psk(self, hello, alpn)
         if psk_selected is None and X.SIGNATURE_ALGORITHMS not in exts:
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION, "ClientHello without signature_algorithms"
@@ -309,7 +305,7 @@ class ServerHandshake:
         transcript.add(hello.raw)
         early_accepted = False
         if X.EARLY_DATA in exts:
-            early_accepted = self._accept_early_data(retry, psk_selected, alpn)
+            early_accepted = server_psk.accept_early_data(self, retry, psk_selected, alpn)
             if not early_accepted:
                 conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
         server_share, shared_secret = server_exchange(
@@ -380,24 +376,6 @@ class ServerHandshake:
         else:
             self.state = "wait_finished"
 
-    def _ticket_suite(self, hello: ClientHello) -> int | None:
-        """The suite of the first offered ticket, if it is ours and both sides still allow it."""
-        data = hello.extensions.get(X.PRE_SHARED_KEY)
-        if data is None or self.config.ticket_keys is None:
-            return None
-        try:
-            identities = Reader(data).sub(2, minimum=7)
-            ticket = identities.vector(2, minimum=1)
-        except Malformed:
-            return None  # _try_psk reports the malformed extension
-        state = self.config.ticket_keys.open(ticket)
-        if state is None or state.version != TLS13:
-            return None
-        suite = state.cipher_suite
-        if suite in hello.cipher_suites and suite in self.config.cipher_suites:
-            return suite
-        return None
-
     def _record_size_limit(self, data: bytes, ee: list[bytes]) -> None:
         r = Reader(data)
         limit = r.u16()
@@ -436,90 +414,6 @@ class ServerHandshake:
         if X.EARLY_DATA in hello.extensions:
             conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
         self.state = "wait_client_hello"
-
-    def _try_psk(self, hello: ClientHello, alpn: bytes | None) -> int | None:
-        """Accept the first PSK identity if it is a valid, unused ticket of ours; check its binder."""
-        exts = hello.extensions
-        if X.PRE_SHARED_KEY not in exts:
-            return None
-        if X.PSK_KEY_EXCHANGE_MODES not in exts:
-            raise TlsProtocolError(
-                AlertDescription.MISSING_EXTENSION, "pre_shared_key without psk_key_exchange_modes"
-            )
-        modes = Reader(exts[X.PSK_KEY_EXCHANGE_MODES]).vector(1, minimum=1)
-        r = Reader(exts[X.PRE_SHARED_KEY])
-        identities = r.sub(2, minimum=7)
-        binders_block = r.vector(2, minimum=33)
-        r.expect_end("pre_shared_key")
-        entries = []
-        while not identities.at_end():
-            entries.append((identities.vector(2, minimum=1), identities.u32()))
-        br = Reader(binders_block)
-        binders = []
-        while not br.at_end():
-            binders.append(br.vector(1, minimum=32))
-        if len(binders) != len(entries):
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER, "binder count differs from identity count"
-            )
-        if PskKeyExchangeMode.PSK_DHE_KE not in modes:
-            return None
-        conn = self.conn
-        assert conn.suite is not None and self.config.ticket_keys is not None
-        ticket, obfuscated_age = entries[0]
-        state = self.config.ticket_keys.open(ticket)
-        now_ms = self.config.clock.now_ns() // 1_000_000
-        if (
-            state is None
-            or state.version != TLS13
-            or SUITES[state.cipher_suite].hash_name != conn.suite.hash_name
-        ):
-            return None
-        if now_ms - state.issued_ms > state.lifetime_s * 1000:
-            return None
-        truncated = hello.raw[: len(hello.raw) - 2 - len(binders_block)]
-        schedule = KeySchedule13(conn.suite.hash_name, state.secret)
-        expected = schedule.finished_mac(
-            schedule.binder_key(), conn.transcript.digest_with(conn.suite.hash_name, truncated)
-        )
-        m.check_finished(expected, binders[0])
-        if not self.config.ticket_keys.redeem(state, now_ms):
-            return None  # single use: a replayed ticket gets a full handshake
-        self.schedule = schedule
-        self.ticket_state = state
-        state_age = (obfuscated_age - state.ticket_age_add) % (1 << 32)
-        self._ticket_age_skew_ms = abs(state_age - (now_ms - state.issued_ms))
-        conn.resumed = True
-        if state.client_chain_der:
-            conn.peer_certificates = parse_chain(state.client_chain_der)
-        return 0
-
-    def _accept_early_data(self, retry: bool, psk_selected: int | None, alpn: bytes | None) -> bool:
-        state = self.ticket_state
-        conn = self.conn
-        if (
-            retry
-            or psk_selected != 0
-            or state is None
-            or self.schedule is None
-            or conn.suite is None
-        ):
-            return False
-        if self.config.max_early_data <= 0 or state.max_early_data <= 0:
-            return False
-        if state.cipher_suite != conn.suite.suite or state.alpn_protocol != (alpn or b""):
-            return False
-        if self._ticket_age_skew_ms > _EARLY_DATA_AGE_WINDOW_MS:
-            return False
-        early_secret = self.schedule.derive(
-            self.schedule.early_secret, b"c e traffic", conn.transcript.digest()
-        )
-        conn.set_read_secret13(early_secret)
-        conn.receiving_early_data = True
-        conn.early_data_accepted = True
-        return True
-
-    # --- the client's second flight ---------------------------------------------
 
     def _end_of_early_data(self, body: bytes, raw: bytes) -> None:
         if body:
@@ -573,7 +467,7 @@ class ServerHandshake:
         )
         self.state = "connected13"
         for _ in range(self.config.session_tickets):
-            self._send_ticket13(resumption_master)
+            server_psk.send_ticket13(self, resumption_master)
         conn.complete_handshake()
         conn.events.append(
             HandshakeComplete(
@@ -586,40 +480,6 @@ class ServerHandshake:
                 peer_certificates=list(conn.peer_certificates),
             )
         )
-
-    def _send_ticket13(self, resumption_master: bytes) -> None:
-        conn = self.conn
-        config = self.config
-        assert conn.suite is not None and config.ticket_keys is not None
-        nonce = u8(self.tickets_sent)
-        self.tickets_sent += 1
-        age_add = int.from_bytes(config.random.bytes(4), "big")
-        max_early = config.max_early_data
-        chain = self.client_chain or (
-            self.ticket_state.client_chain_der if self.ticket_state else []
-        )
-        state = TicketState(
-            version=TLS13,
-            cipher_suite=conn.suite.suite,
-            secret=resumption_psk(conn.suite.hash_name, resumption_master, nonce),
-            ticket_age_add=age_add,
-            issued_ms=config.clock.now_ns() // 1_000_000,
-            lifetime_s=config.ticket_lifetime_s,
-            max_early_data=max_early,
-            alpn_protocol=conn.alpn_protocol or b"",
-            server_name=conn.server_name or "",
-            ticket_id=config.random.bytes(16),
-            client_chain_der=list(chain),
-        )
-        exts = extension(X.EARLY_DATA, u32(max_early)) if max_early > 0 else b""
-        body = (
-            u32(config.ticket_lifetime_s)
-            + u32(age_add)
-            + vec8(nonce)
-            + vec16(config.ticket_keys.seal(state))
-            + vec16(exts)
-        )
-        conn.send_handshake(H.NEW_SESSION_TICKET, body, add_to_transcript=False)
 
 
 def _curve_acceptable(certified: CertifiedKey, client_groups: list[int]) -> bool:
