@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import client_psk
 from . import messages as m
 from .constants import (
     DOWNGRADE_TLS11,
@@ -14,7 +15,6 @@ from .constants import (
     TLS12,
     TLS13,
     AlertDescription,
-    ContentType,
     PskKeyExchangeMode,
 )
 from .constants import (
@@ -26,10 +26,10 @@ from .constants import (
 from .errors import TlsProtocolError
 from .events import HandshakeComplete, NewSession
 from .keyexchange import KeyShare
-from .keyschedule import KeySchedule13, resumption_psk
+from .keyschedule import KeySchedule13
 from .session import Session
 from .suites import SUITES
-from .wire import Reader, extension, parse_extensions, u8, u16, u16_list, u32, vec8, vec16
+from .wire import Reader, extension, parse_extensions, u8, u16, u16_list, vec8, vec16
 
 if TYPE_CHECKING:
     from .client12 import Client12
@@ -158,44 +158,9 @@ class ClientHandshake:
             self.offered_psk = False
             self.conn.send_handshake(H.CLIENT_HELLO, head + vec16(b"".join(exts)))
         else:
-            self._send_with_psk(head, exts, psk13)
+            client_psk.send_with_psk(self, head, exts, psk13)
         if self.sent_early_data and psk13 is not None:
-            self._send_early_data(psk13)
-
-    def _send_with_psk(self, head: bytes, exts: list[bytes], session: Session) -> None:
-        """Append pre_shared_key (last) and fill in its binder over the truncated hello."""
-        suite = SUITES[session.cipher_suite]
-        self.offered_psk = True
-        now_ms = self.config.clock.now_ns() // 1_000_000
-        age = (max(0, now_ms - session.received_at_ms) + session.ticket_age_add) % (1 << 32)
-        identities = vec16(vec16(session.ticket) + u32(age))
-        binder_length = suite.hash_length
-        binders = vec16(vec8(bytes(binder_length)))
-        psk_ext = extension(X.PRE_SHARED_KEY, identities + binders)
-        body = head + vec16(b"".join(exts) + psk_ext)
-        message = u8(H.CLIENT_HELLO) + len(body).to_bytes(3, "big") + body
-        truncated = message[: len(message) - len(binders)]
-        self.schedule = KeySchedule13(suite.hash_name, session.secret)
-        binder = self.schedule.finished_mac(
-            self.schedule.binder_key(), self.conn.transcript.digest_with(suite.hash_name, truncated)
-        )
-        self.conn.send_handshake(
-            H.CLIENT_HELLO, body[: len(body) - len(binders)] + vec16(vec8(binder))
-        )
-
-    def _send_early_data(self, session: Session) -> None:
-        assert self.schedule is not None
-        suite = SUITES[session.cipher_suite]
-        conn = self.conn
-        early_secret = self.schedule.derive(
-            self.schedule.early_secret,
-            b"c e traffic",
-            conn.transcript.digest_with(suite.hash_name, b""),
-        )
-        conn.suite = suite
-        conn.set_write_secret13(early_secret)
-        self.early_data_sent = self.early_data[: session.max_early_data]
-        conn.records.write_records(ContentType.APPLICATION_DATA, self.early_data_sent)
+            client_psk.send_early_data(self, psk13)
 
     # --- dispatch -----------------------------------------------------------------
 
@@ -216,7 +181,7 @@ class ClientHandshake:
         state = self.state
         if state == "connected13":
             if msg_type == H.NEW_SESSION_TICKET:
-                self._new_session_ticket13(body)
+                client_psk.new_session_ticket13(self, body)
                 return
             raise _unexpected(f"handshake message {msg_type} after the handshake")
         if state == "connected12":
@@ -561,44 +526,7 @@ class ClientHandshake:
             )
         )
 
-    def _new_session_ticket13(self, body: bytes) -> None:
-        conn = self.conn
-        assert conn.suite is not None
-        r = Reader(body)
-        lifetime = r.u32()
-        age_add = r.u32()
-        nonce = r.vector(1)
-        ticket = r.vector(2, minimum=1)
-        exts = dict(parse_extensions(r))
-        r.expect_end("NewSessionTicket")
-        if lifetime > 604800:
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER, "ticket lifetime over seven days"
-            )
-        max_early = 0
-        if X.EARLY_DATA in exts:
-            er = Reader(exts[X.EARLY_DATA])
-            max_early = er.u32()
-            er.expect_end("early_data")
-        session = Session(
-            version=TLS13,
-            cipher_suite=conn.suite.suite,
-            server_name=conn.server_name,
-            alpn_protocol=conn.alpn_protocol,
-            ticket=ticket,
-            secret=resumption_psk(conn.suite.hash_name, self.resumption_master, nonce),
-            ticket_age_add=age_add,
-            lifetime_s=lifetime,
-            # Rounded up, so the age we report never exceeds the true age: a
-            # server's own view of the age (from issue time) must not be smaller.
-            received_at_ms=-(-self.config.clock.now_ns() // 1_000_000),
-            max_early_data=max_early,
-            peer_chain_der=list(self.server_chain)
-            or (self.offered_session.peer_chain_der if self.offered_session else []),
-        )
-        self._remember(session)
-
-    def _remember(self, session: Session) -> None:
+    def remember(self, session: Session) -> None:
         self.conn.session = session
         if self.config.session_cache is not None:
             self.config.session_cache.put(session)

@@ -251,5 +251,5 @@ class Client12:
                 peer_chain_der=list(self.hs.server_chain)
                 or (self.hs.offered_session.peer_chain_der if self.hs.offered_session else []),
             )
-            self.hs._remember(session)
+            self.hs.remember(session)
         self.hs._complete()

@@ -1,0 +1,90 @@
+"""TLS 1.3 resumption on the client: offering a ticket with its binder, 0-RTT data, new tickets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .constants import TLS13, AlertDescription, ContentType
+from .constants import ExtensionType as X
+from .constants import HandshakeType as H
+from .errors import TlsProtocolError
+from .keyschedule import KeySchedule13, resumption_psk
+from .session import Session
+from .suites import SUITES
+from .wire import Reader, extension, parse_extensions, u8, u32, vec8, vec16
+
+if TYPE_CHECKING:
+    from .client import ClientHandshake
+
+
+def send_with_psk(hs: ClientHandshake, head: bytes, exts: list[bytes], session: Session) -> None:
+    """Append pre_shared_key (last) and fill in its binder over the truncated hello."""
+    suite = SUITES[session.cipher_suite]
+    hs.offered_psk = True
+    now_ms = hs.config.clock.now_ns() // 1_000_000
+    age = (max(0, now_ms - session.received_at_ms) + session.ticket_age_add) % (1 << 32)
+    identities = vec16(vec16(session.ticket) + u32(age))
+    binder_length = suite.hash_length
+    binders = vec16(vec8(bytes(binder_length)))
+    psk_ext = extension(X.PRE_SHARED_KEY, identities + binders)
+    body = head + vec16(b"".join(exts) + psk_ext)
+    message = u8(H.CLIENT_HELLO) + len(body).to_bytes(3, "big") + body
+    truncated = message[: len(message) - len(binders)]
+    hs.schedule = KeySchedule13(suite.hash_name, session.secret)
+    binder = hs.schedule.finished_mac(
+        hs.schedule.binder_key(), hs.conn.transcript.digest_with(suite.hash_name, truncated)
+    )
+    hs.conn.send_handshake(H.CLIENT_HELLO, body[: len(body) - len(binders)] + vec16(vec8(binder)))
+
+
+def send_early_data(hs: ClientHandshake, session: Session) -> None:
+    assert hs.schedule is not None
+    suite = SUITES[session.cipher_suite]
+    conn = hs.conn
+    early_secret = hs.schedule.derive(
+        hs.schedule.early_secret,
+        b"c e traffic",
+        conn.transcript.digest_with(suite.hash_name, b""),
+    )
+    conn.suite = suite
+    conn.set_write_secret13(early_secret)
+    hs.early_data_sent = hs.early_data[: session.max_early_data]
+    conn.records.write_records(ContentType.APPLICATION_DATA, hs.early_data_sent)
+
+
+def new_session_ticket13(hs: ClientHandshake, body: bytes) -> None:
+    conn = hs.conn
+    assert conn.suite is not None
+    r = Reader(body)
+    lifetime = r.u32()
+    age_add = r.u32()
+    nonce = r.vector(1)
+    ticket = r.vector(2, minimum=1)
+    exts = dict(parse_extensions(r))
+    r.expect_end("NewSessionTicket")
+    if lifetime > 604800:
+        raise TlsProtocolError(
+            AlertDescription.ILLEGAL_PARAMETER, "ticket lifetime over seven days"
+        )
+    max_early = 0
+    if X.EARLY_DATA in exts:
+        er = Reader(exts[X.EARLY_DATA])
+        max_early = er.u32()
+        er.expect_end("early_data")
+    session = Session(
+        version=TLS13,
+        cipher_suite=conn.suite.suite,
+        server_name=conn.server_name,
+        alpn_protocol=conn.alpn_protocol,
+        ticket=ticket,
+        secret=resumption_psk(conn.suite.hash_name, hs.resumption_master, nonce),
+        ticket_age_add=age_add,
+        lifetime_s=lifetime,
+        # Rounded up, so the age we report never exceeds the true age: a
+        # server's own view of the age (from issue time) must not be smaller.
+        received_at_ms=-(-hs.config.clock.now_ns() // 1_000_000),
+        max_early_data=max_early,
+        peer_chain_der=list(hs.server_chain)
+        or (hs.offered_session.peer_chain_der if hs.offered_session else []),
+    )
+    hs.remember(session)
