@@ -233,3 +233,34 @@ def test_gc_merges_git_made_packs_too(tmp_path: Path, git: GitRunner) -> None:
     assert fresh.get("ours/4") == b"4"
     assert len(fresh.history()) == 13
     repo.close()
+
+
+def test_big_directories_stored_then_deflated(tmp_path: Path, git: GitRunner) -> None:
+    path = str(tmp_path / "big.git")
+    repo = Repo.init(path, merge_packs_after=4)
+    store = repo.store()
+    with store.with_tree("a thousand keys") as tx:
+        for key in range(1000):
+            tx.set(f"k{key:04d}", b"%d" % key)
+    tree_size = len(repo.backend.read(bytes.fromhex(store.history()[0].tree))[1])
+    assert tree_size > 16384  # big enough to be stored, not deflated, at first
+    for commit in range(9):
+        store.set(f"k{commit:04d}", b"changed %d" % commit)
+    git("fsck", "--strict", cwd=path)
+    repo.gc()
+    git("fsck", "--strict", cwd=path)
+    (index,) = (tmp_path / "big.git" / "objects" / "pack").glob("*.idx")
+    trees = [
+        line.split()
+        for line in git("verify-pack", "-v", str(index), cwd=tmp_path).splitlines()
+        if " tree " in line
+    ]
+    assert len(trees) == 10
+    # sha, type, size, size in pack, offset[, depth, base]: one whole tree,
+    # deflated, and nine versions stored as deltas.
+    whole = [fields for fields in trees if len(fields) == 5]
+    assert len(whole) == 1 and int(whole[0][3]) < int(whole[0][2])  # stored would be larger
+    assert all(int(fields[3]) < 200 for fields in trees if len(fields) == 7)
+    fresh = Repo.open(path).store()
+    assert fresh.get("k0003") == b"changed 3" and fresh.get("k0999") == b"999"
+    repo.close()

@@ -18,7 +18,8 @@ from looming.store.objects import ObjectId, hash_object
 _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
 
-IndexEntry = tuple[ObjectId, int, int]  # id, offset in the pack, CRC-32 of the entry
+IndexEntry = tuple[ObjectId, int, int]
+STORE_ABOVE = 16384  # id, offset in the pack, CRC-32 of the entry
 
 
 def _object_header(type_number: int, size: int) -> bytes:
@@ -42,7 +43,11 @@ def build_pack(
     offset = 12
     entries: list[IndexEntry] = []
     for oid, kind, body in items:
-        entry = _object_header(_TYPE_NUMBERS[kind], len(body)) + zlib.compress(body, compression)
+        # Big objects (large directories) are stored, not deflated, in the
+        # per-commit packs: deflating costs milliseconds, and a merge of packs
+        # soon replaces most of them by small deltas (and deflates the rest).
+        level = compression if len(body) < STORE_ABOVE else 0
+        entry = _object_header(_TYPE_NUMBERS[kind], len(body)) + zlib.compress(body, level)
         entries.append((oid, offset, zlib.crc32(entry)))
         parts.append(entry)
         offset += len(entry)
@@ -243,6 +248,11 @@ def concatenate_packs(
                         continue
                 if oid in wanted_bodies:
                     bodies[oid] = body
+            if size >= STORE_ABOVE and len(compressed) >= size:
+                # Stored whole by a per-commit pack: deflate it now.
+                deflated = zlib.compress(zlib.decompress(compressed), 1)
+                emit(oid, _object_header(kind, size) + deflated, 0)
+                continue
             emit(oid, data[offset:end], 0)
     packed = bytearray(out.getvalue())
     packed[8:12] = struct.pack(">I", len(entries))
