@@ -249,6 +249,9 @@ class TlslitePeer:
         self.settings = HandshakeSettings()
         self.settings.minVersion = self.settings.maxVersion = (3, 4)
         self.settings.cipherNames = [cipher]
+        # X25519 like the other rows (with kyber-py installed tlslite would pick ML-KEM).
+        self.settings.eccCurves = ["x25519"]
+        self.settings.keyShares = ["x25519"]
 
     def pair(self) -> tuple[Any, Any, socket.socket, socket.socket]:
         from tlslite.api import TLSConnection
