@@ -34,10 +34,10 @@ from looming.vm.stdlib import (
 
 Progress = Callable[[str], None]
 
-# Kernel modules the image loads (with whatever they depend on): the virtio
-# transport qemu gives both machines, the NIC, and a source of entropy so
+# Kernel modules the image loads after the virtio transport of the machine
+# (with whatever they depend on): the NIC, and a source of entropy so
 # os.urandom does not wait at boot.
-WANTED_KERNEL_MODULES = ("virtio_mmio", "virtio_net", "virtio_rng")
+WANTED_KERNEL_MODULES = ("virtio_net", "virtio_rng")
 LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8")
 DEVICE_NODES = (
     ("dev/console", 5, 1, 0o600),
@@ -102,7 +102,12 @@ def check_can_build(arch_name: str, app_dir: Path, main_py: Path) -> Arch:
         )
     locator = ModuleLocator(app_dir)
     unresolved: set[str] = set()
-    for source in closure.modules.values():
+    # Only the application's own imports are judged: libraries import modules
+    # of other Python versions under conditions this check does not evaluate.
+    own = [
+        s for s in closure.modules.values() if s.path.resolve().is_relative_to(app_dir.resolve())
+    ]
+    for source in own:
         for module, _names, optional in imports_of(
             source.path.read_bytes(), source.name, source.is_package
         ):
@@ -166,7 +171,7 @@ def _resolve_libraries(
     return found, missing
 
 
-def _kernel_modules(kernel_tree: Path) -> tuple[str, list[Path]]:
+def _kernel_modules(kernel_tree: Path, transport: str) -> tuple[str, list[Path]]:
     """The kernel's version and the modules to load, dependencies first."""
     versions = sorted((kernel_tree / "lib" / "modules").iterdir())
     if not versions:
@@ -192,7 +197,7 @@ def _kernel_modules(kernel_tree: Path) -> tuple[str, list[Path]]:
             visit(dependency)
         ordered.append(path)
 
-    for wanted in WANTED_KERNEL_MODULES:
+    for wanted in (transport, *WANTED_KERNEL_MODULES):
         visit(wanted)
     return base.name, ordered
 
@@ -310,7 +315,7 @@ def build_image(
         raise PackageError(f"the dynamic loader {loader} is not in libc6")
 
     kernel_tree = trees[kernel_info.name]
-    kernel_version, module_files = _kernel_modules(kernel_tree)
+    kernel_version, module_files = _kernel_modules(kernel_tree, arch.virtio_transport)
 
     progress("writing the initramfs")
     compile_here = sys.version_info[:2] == tuple(int(p) for p in version.split("."))

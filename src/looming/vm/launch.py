@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ EXIT_MARKER = "looming-vm: exit status"
 POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
 DEFAULT_MEMORY_MB = 256
 NO_STATUS = 125  # qemu ended without the guest reporting a status
+TIMED_OUT = 124
 
 
 class LaunchError(Exception):
@@ -99,15 +101,27 @@ def qemu_command(
         "-kernel", str(manifest["kernel"]),
         "-initrd", str(manifest["initrd"]),
         "-append", " ".join(cmdline),
-        "-device", "virtio-rng-device",
+        "-device", f"virtio-rng-{arch.device_suffix}",
     ]  # fmt: skip
     if options.tap:
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in options.tap.encode()[-3:].rjust(3, b"\0"))
         command += [
             "-netdev", f"tap,id=net0,ifname={options.tap},script=no,downscript=no",
-            "-device", f"virtio-net-device,netdev=net0,mac={mac}",
+            "-device", f"virtio-net-{arch.device_suffix},netdev=net0,mac={mac}",
         ]  # fmt: skip
     return command
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the launcher: the machine is stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.status = 128 + signum
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
 
 
 def boot(
@@ -115,46 +129,66 @@ def boot(
     argv: Sequence[str],
     write: Callable[[str], None] | None = None,
 ) -> int:
-    """Boot the image, stream its console, and return the unikernel's status."""
+    """Boot the image, stream its console, and return the unikernel's status.
+
+    The status is the one /init reports; 128 + N when this process is
+    stopped by signal N; 124 when ``--vm-timeout`` ran out; 125 when qemu
+    ended without a status (the guest did not get as far as /init).
+    """
     options, keys = split_arguments(argv)
     manifest = json.loads(manifest_path.read_text())
     command = qemu_command(manifest, options, keys)
     out = write or _write_stdout
     status: int | None = None
-    started = time.monotonic()
-    with subprocess.Popen(
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    qemu = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
-    ) as qemu:
-        assert qemu.stdout is not None
-        try:
-            for raw in qemu.stdout:
-                line = raw.decode(errors="replace").replace("\r", "")
-                if line.startswith(EXIT_MARKER):
-                    try:
-                        status = int(line[len(EXIT_MARKER) :].strip())
-                    except ValueError:
-                        status = NO_STATUS
-                    continue
-                if POWER_DOWN.match(line):
-                    continue
-                out(line)
-                if options.timeout is not None and time.monotonic() - started > options.timeout:
+        start_new_session=True,  # the launcher decides when qemu stops
+    )
+    assert qemu.stdout is not None
+    pending = b""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(qemu.stdout, selectors.EVENT_READ)
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if wait == 0.0:
                     out(f"looming: the VM ran over {options.timeout} s; stopping it\n")
+                    status = TIMED_OUT
                     break
-        except KeyboardInterrupt:
-            status = 130
-        finally:
-            if qemu.poll() is None:
-                qemu.send_signal(signal.SIGTERM)
-                try:
-                    qemu.wait(5)
-                except subprocess.TimeoutExpired:
-                    qemu.kill()
+                if not selector.select(wait):
+                    continue
+                chunk = os.read(qemu.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace").replace("\r", "")
+                    if line.startswith(EXIT_MARKER):
+                        try:
+                            status = int(line[len(EXIT_MARKER) :].strip())
+                        except ValueError:
+                            status = NO_STATUS
+                    elif not POWER_DOWN.match(line):
+                        out(line + "\n")
+    except Stopped as stop:
+        status = stop.status
+    finally:
+        if qemu.poll() is None:
+            qemu.terminate()
+            try:
+                qemu.wait(5)
+            except subprocess.TimeoutExpired:
+                qemu.kill()
         code = qemu.wait()
+        qemu.stdout.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if status is None:
         out(f"looming: qemu ended (status {code}) without the unikernel's exit status\n")
         return NO_STATUS

@@ -24,6 +24,7 @@ STARTUP_MODULES = (
     "encodings.utf_8",
     "encodings.latin_1",
     "encodings.ascii",
+    "encodings.cp437",  # zipfile decodes names that are not flagged UTF-8 with it
     "runpy",
     "pkgutil",  # runpy.run_path imports it when called
 )

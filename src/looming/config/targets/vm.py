@@ -150,7 +150,7 @@ class VmTarget(Target):
             report.size,
             report.app_modules,
             [],
-            sum(1 for name in report.app_modules if name.startswith("_looming")),
+            report.crunched_files,
         )
 
     def describe_artifact(self, artifact: Path) -> str:

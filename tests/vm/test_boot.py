@@ -1,0 +1,82 @@
+"""Booting images under qemu (software emulation) for both architectures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.vm.conftest import ARCHES, EXAMPLES, Images, TapNamespace, looming
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_hello_boots_and_prints_its_greetings(images: Images, arch: str) -> None:
+    app = images.app("hello", arch)
+    done = looming(app, "run", "--greetings", "2", "--vm-timeout", "120")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "hello from looming (1/2)" in lines
+    assert "hello from looming (2/2)" in lines
+    # The console shows the unikernel, not the kernel's boot messages.
+    assert not [line for line in lines if line.startswith("[")], done.stdout
+
+
+def test_a_crashing_unikernel_prints_its_traceback_and_the_vm_stops_with_its_status(
+    images: Images,
+) -> None:
+    app = images.app("crash", "x86_64")
+    done = looming(app, "run", "--vm-timeout", "120")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "about to fail" in done.stdout
+    assert "Traceback (most recent call last)" in done.stdout
+    assert "RuntimeError: the crash unikernel fails on purpose" in done.stdout
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("arch", ARCHES)
+def test_static_website_serves_curl_from_the_host_side(
+    images: Images, tap_namespace: TapNamespace, arch: str
+) -> None:
+    app = images.app("static_website", arch)
+    manifest = app / "dist" / "website-vm.json"
+    launcher = subprocess.Popen(
+        [
+            "ip", "netns", "exec", tap_namespace.namespace,
+            sys.executable, "-m", "looming.vm.launch", str(manifest),
+            "--vm-tap", tap_namespace.tap, "--vm-timeout", "150",
+            "--ipv4", "10.0.0.2/24", "--ipv4-gateway", tap_namespace.host_address, "--port", "8080",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        url = "http://10.0.0.2:8080/"
+        deadline = time.monotonic() + 120
+        answered = None
+        while time.monotonic() < deadline and launcher.poll() is None:
+            answered = tap_namespace.run("curl", "-s", "-f", "-m", "2", url, timeout=10)
+            if answered.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert answered is not None and answered.returncode == 0, "the website never answered"
+        expected = (EXAMPLES / "static_website" / "htdocs" / "index.html").read_text()
+        assert answered.stdout == expected
+        large = tap_namespace.run(
+            "curl", "-s", "-f", "-m", "30", url + "data/large.txt", timeout=40
+        )
+        assert large.returncode == 0
+        expected_large = (EXAMPLES / "static_website" / "htdocs" / "data" / "large.txt").read_text()
+        assert large.stdout == expected_large
+    finally:
+        if launcher.poll() is None:
+            os.kill(launcher.pid, signal.SIGTERM)  # ip netns exec runs the launcher in place
+        output, _ = launcher.communicate(timeout=30)
+    assert launcher.returncode == 128 + signal.SIGTERM, output
+    assert "serving http://10.0.0.2:8080" in output
