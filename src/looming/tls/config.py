@@ -86,10 +86,16 @@ class TlsConfig:
             raise UsageError(
                 "versions must be a non-empty subset of TLS 1.2 (0x0303) and 1.3 (0x0304)"
             )
-        for suite in self.cipher_suites:
-            CipherSuite(suite)
-        for group in self.groups:
-            NamedGroup(group)
+        unknown_suites = [s for s in self.cipher_suites if s not in CipherSuite._value2member_map_]
+        if unknown_suites or not self.cipher_suites:
+            names = ", ".join(s.name for s in CipherSuite)
+            raise UsageError(
+                f"cipher suites {unknown_suites} are not supported; choose from {names}"
+            )
+        unknown_groups = [g for g in self.groups if g not in NamedGroup._value2member_map_]
+        if unknown_groups or not self.groups:
+            names = ", ".join(g.name for g in NamedGroup)
+            raise UsageError(f"groups {unknown_groups} are not supported; choose from {names}")
         if self.record_size_limit is not None and not 64 <= self.record_size_limit <= (1 << 14) + 1:
             raise UsageError("record_size_limit must be between 64 and 16385")
         if self.ticket_keys is None:
