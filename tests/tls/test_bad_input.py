@@ -281,7 +281,10 @@ def test_flow_detects_truncation(pki: Pki) -> None:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
 def test_mutated_client_hello_never_crashes_server(pki: Pki, data: st.DataObject) -> None:
@@ -299,7 +302,10 @@ def test_mutated_client_hello_never_crashes_server(pki: Pki, data: st.DataObject
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data(), version=st.sampled_from([TLS13, TLS12]))
 def test_mutated_server_flight_never_crashes_client(
@@ -324,7 +330,10 @@ def test_mutated_server_flight_never_crashes_client(
 
 
 @settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    derandomize=True,
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(junk=st.binary(min_size=1, max_size=300))
 def test_random_bytes_never_crash_either_side(pki: Pki, junk: bytes) -> None:
