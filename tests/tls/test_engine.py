@@ -68,18 +68,17 @@ def test_tls13_matrix(pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
     ) == pair.server.export_keying_material("EXPORTER-test", b"ctx", 32)
 
 
-@pytest.mark.parametrize("leaf", ["rsa", "p256"])
+@pytest.mark.parametrize("leaf", ["rsa", "p256", "p384"])
 @pytest.mark.parametrize("index", [0, 1, 2])
 @pytest.mark.parametrize(
     "group", [NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1], ids=lambda g: g.name
 )
 def test_tls12_matrix(pki: Pki, leaf: str, index: int, group: NamedGroup) -> None:
-    suite = SUITES12[leaf][index]
+    suite = SUITES12["rsa" if leaf == "rsa" else "p256"][index]
     server = TlsConfig(certificates=[pki.leaves[leaf].certified], versions=[TLS12], groups=[group])
-    # RFC 8422: a client must list the curve of the server's ECDSA key (P-256 here).
-    groups = (
-        [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
-    )
+    # RFC 8422: a client must list the curve of the server's ECDSA key.
+    key_curve = {"p256": NamedGroup.SECP256R1, "p384": NamedGroup.SECP384R1}.get(leaf, group)
+    groups = [group] if key_curve == group else [group, key_curve]
     client = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
     pair = connect(client, server)
     done = _complete(pair.client_events)
