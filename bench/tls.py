@@ -1,8 +1,10 @@
 """TLS: looming's engine beside Python's ssl (OpenSSL) in one run.
 
 Both sides of every connection run in this process over memory buffers
-(looming's sans-I/O engine; ssl's MemoryBIO), so the figures compare the TLS
-implementations, not the socket path. Prints handshakes/s and bulk MB/s with
+(looming's sans-I/O engine; ssl's MemoryBIO), so most figures compare the TLS
+implementations, not the socket path; the last two rows run the same handshake
+and bulk transfer over loopback TCP with asyncio (looming's TlsFlow helpers
+beside asyncio's own ssl transport). tlslite-ng runs over a socketpair. Prints handshakes/s and bulk MB/s with
 ratios; --json PATH writes the figures, --quick shortens every measurement.
 
     .venv/bin/python bench/tls.py [--quick] [--json out.json]
@@ -11,6 +13,7 @@ ratios; --json PATH writes the figures, --quick shortens every measurement.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
@@ -38,7 +41,10 @@ from looming.tls import (
     ClientSessionCache,
     TlsConfig,
     TlsConnection,
+    TlsFlow,
     TrustStore,
+    open_connection,
+    start_server,
 )
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -294,6 +300,110 @@ class TlslitePeer:
         return total / elapsed / 1e6
 
 
+# --- over loopback TCP with asyncio (both implementations on one event loop) -----------------
+
+
+async def loopback_handshakes(
+    seconds: float,
+    looming: tuple[TlsConfig, TlsConfig] | None,
+    ssl_ctx: tuple[ssl.SSLContext, ssl.SSLContext] | None,
+) -> float:
+    handled = [0]
+
+    async def looming_handler(flow: TlsFlow) -> None:
+        await flow.read()
+        handled[0] += 1
+
+    async def ssl_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+        handled[0] += 1
+
+    if looming is not None:
+        server = await start_server(looming_handler, "127.0.0.1", 0, looming[1])
+    else:
+        assert ssl_ctx is not None
+        server = await asyncio.start_server(ssl_handler, "127.0.0.1", 0, ssl=ssl_ctx[1])
+    port = server.sockets[0].getsockname()[1]
+    count = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if looming is not None:
+            flow = await open_connection("127.0.0.1", port, looming[0], server_name="localhost")
+            await flow.close()
+        else:
+            assert ssl_ctx is not None
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ssl_ctx[0], server_hostname="localhost"
+            )
+            writer.close()
+            await writer.wait_closed()
+        count += 1
+    elapsed = time.perf_counter() - start
+    # Let the server side of the last connections finish before the loop ends.
+    for _ in range(10_000):
+        if handled[0] >= count:
+            break
+        await asyncio.sleep(0.001)
+    server.close()
+    await server.wait_closed()
+    return count / elapsed
+
+
+async def loopback_bulk(
+    total: int,
+    looming: tuple[TlsConfig, TlsConfig] | None,
+    ssl_ctx: tuple[ssl.SSLContext, ssl.SSLContext] | None,
+) -> float:
+    done = asyncio.Event()
+    chunk = bytes(16384)
+
+    async def looming_handler(flow: TlsFlow) -> None:
+        got = 0
+        while got < total:
+            got += len(await flow.read())
+        done.set()
+
+    async def ssl_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = 0
+        while got < total:
+            got += len(await reader.read(1 << 16))
+        done.set()
+        writer.close()
+
+    if looming is not None:
+        server = await start_server(looming_handler, "127.0.0.1", 0, looming[1])
+    else:
+        assert ssl_ctx is not None
+        server = await asyncio.start_server(ssl_handler, "127.0.0.1", 0, ssl=ssl_ctx[1])
+    port = server.sockets[0].getsockname()[1]
+    if looming is not None:
+        flow = await open_connection("127.0.0.1", port, looming[0], server_name="localhost")
+        start = time.perf_counter()
+        for _ in range(total // len(chunk)):
+            await flow.write(chunk)
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        await flow.close()
+        await asyncio.sleep(0.01)  # the server's close of this one connection
+    else:
+        assert ssl_ctx is not None
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ssl_ctx[0], server_hostname="localhost"
+        )
+        start = time.perf_counter()
+        for _ in range(total // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        writer.close()
+        await asyncio.sleep(0.01)
+    server.close()
+    await server.wait_closed()
+    return total / elapsed / 1e6
+
+
 # --- measuring ---------------------------------------------------------------------------
 
 
@@ -478,6 +588,22 @@ def main() -> int:
         if version == TLS13 and suite == CipherSuite.TLS_AES_128_GCM_SHA256:
             tlslite_mbs = TlslitePeer(pki["rsa"][0], pki["rsa"][1]).bulk(tlslite_bytes)
         record(name, "MB/s", looming_mbs, ssl_mbs, tlslite_mbs)
+
+    print("measuring over loopback TCP (asyncio) ...", flush=True)
+    lc, ls = looming_configs("p256", TLS13, CipherSuite.TLS_AES_128_GCM_SHA256)
+    sc, ss = ssl_contexts("p256", TLS13)
+    record(
+        "loopback handshake TLS 1.3 ECDSA (asyncio)",
+        "handshakes/s",
+        asyncio.run(loopback_handshakes(seconds, (lc, ls), None)),
+        asyncio.run(loopback_handshakes(seconds, None, (sc, ss))),
+    )
+    record(
+        "loopback bulk TLS 1.3 AES-GCM (asyncio)",
+        "MB/s",
+        asyncio.run(loopback_bulk(bulk_bytes // 4, (lc, ls), None)),
+        asyncio.run(loopback_bulk(bulk_bytes // 4, None, (sc, ss))),
+    )
 
     if args.json:
         Path(args.json).write_text(
