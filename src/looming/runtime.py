@@ -19,14 +19,6 @@ from typing import Any, NoReturn
 
 log = logging.getLogger("looming.runtime")
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "str": str,
-    "float": float,
-    "ipv4_interface": ipaddress.IPv4Interface,
-    "ipv4_address": ipaddress.IPv4Address,
-}
-
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -45,7 +37,15 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, not {text!r}")
 
 
-_PARSERS["bool"] = parse_bool
+# The types a key may have, by name, and how each is read from text.
+KEY_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "str": str,
+    "float": float,
+    "bool": parse_bool,
+    "ipv4_interface": ipaddress.IPv4Interface,
+    "ipv4_address": ipaddress.IPv4Address,
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class KeySpec:
         return "--" + self.name.replace("_", "-")
 
     def parse(self, text: str) -> Any:
-        return _PARSERS[self.type_name](text)
+        return KEY_PARSERS[self.type_name](text)
 
     def initial(self) -> Any:
         if isinstance(self.default, str) and self.type_name != "str":

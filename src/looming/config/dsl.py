@@ -11,33 +11,18 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from looming.errors import ConfigError
+from looming.runtime import KEY_PARSERS
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNIKERNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
-KEY_TYPES: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "str": str,
-    "float": float,
-    "bool": lambda s: _parse_bool(s),
-    "ipv4_interface": ipaddress.IPv4Interface,
-    "ipv4_address": ipaddress.IPv4Address,
-}
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, not {text!r}")
+KEY_TYPES = KEY_PARSERS
 
 
 @dataclass(frozen=True)
