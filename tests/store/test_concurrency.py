@@ -127,3 +127,28 @@ def test_gc_removes_what_killed_writers_left(tmp_path: Path, git: GitRunner) -> 
     assert repo.store().get("k") == b"v"
     git("fsck", "--strict", cwd=path)
     repo.close()
+
+
+def test_readers_survive_a_writer_merging_packs(disk_repo: Repo) -> None:
+    path = disk_repo.path
+    assert path is not None
+    disk_repo.store().set("w0/d0/k0", b"0")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, path, "w", "60", "2"], stdout=subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    reader = Repo.open(path)
+    seen = 0
+    for line in writer.stdout:
+        index = int(line)
+        # A fresh store each time: no cached objects, so reads go to packs
+        # that the writer keeps merging and deleting.
+        store = Repo.open(path).store()
+        head = store.head
+        assert head is not None
+        assert store.get(f"w/d4/k{index}") == b"%d" % index
+        assert reader.store().get(f"w/d0/k{index}") == b"%d" % index
+        seen += 1
+    assert writer.wait(timeout=60) == 0
+    assert seen == 60
+    reader.close()
