@@ -20,6 +20,7 @@ from looming.tls import CertifiedKey, TlsConfig, TrustStore
         ({"record_size_limit": 10}, "record_size_limit"),
         ({"cipher_suites": [0x0005]}, "cipher suites"),
         ({"groups": [0x0019]}, "groups"),
+        ({"require_client_certificate": True}, "client_trust"),
     ],
 )
 def test_bad_settings(kwargs: dict[str, object], words: str) -> None:

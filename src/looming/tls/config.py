@@ -98,5 +98,9 @@ class TlsConfig:
             raise UsageError(f"groups {unknown_groups} are not supported; choose from {names}")
         if self.record_size_limit is not None and not 64 <= self.record_size_limit <= (1 << 14) + 1:
             raise UsageError("record_size_limit must be between 64 and 16385")
+        if self.require_client_certificate and self.client_trust is None and not self.pins:
+            raise UsageError(
+                "require_client_certificate needs client_trust (CAs to validate against) or pins"
+            )
         if self.ticket_keys is None:
             self.ticket_keys = TicketKeys(self.random)
