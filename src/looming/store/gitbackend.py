@@ -75,6 +75,9 @@ class GitBackend:
         # is copied about log(n) times.
         self._tiers: list[list[PackRecord]] = [[]]
         self._delta_bases: dict[ObjectId, ObjectId] = {}
+        # The bytes of the per-commit packs not merged yet, so merging them
+        # does not read back what was just written.
+        self._recent_packs: dict[str, bytes] = {}
         self._thread_lock = threading.RLock()
         self._pack_store: object | None = None
         self._lock_depth = 0
@@ -167,6 +170,7 @@ class GitBackend:
             self._make_dir(self.pack_dir)
             base = install_pack(self.pack_dir, data, entries, checksum)
             self._tiers[0].append((base, entries))
+            self._recent_packs[base] = data
             self._known.update(pending)
             self._pending = {}
             self._merge_tiers()
@@ -194,7 +198,10 @@ class GitBackend:
         from looming.store.pack import concatenate_packs
 
         present = [record for record in packs if os.path.exists(record[0] + ".idx")]
-        return concatenate_packs(self.pack_dir, present, self._delta_bases)
+        merged = concatenate_packs(self.pack_dir, present, self._delta_bases, self._recent_packs)
+        for base, _entries in packs:
+            self._recent_packs.pop(base, None)
+        return merged
 
     def gc(self, now: float | None = None) -> None:
         """Merge the repository's packs into one, with deltas between the

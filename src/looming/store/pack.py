@@ -46,7 +46,8 @@ def build_pack(
         # Big objects (large directories) are stored, not deflated, in the
         # per-commit packs: deflating costs milliseconds, and a merge of packs
         # soon replaces most of them by small deltas (and deflates the rest).
-        level = compression if len(body) < STORE_ABOVE else 0
+        # Trees are stored too: merges store most of them as deltas.
+        level = compression if len(body) < STORE_ABOVE and kind != "tree" else 0
         entry = _object_header(_TYPE_NUMBERS[kind], len(body)) + zlib.compress(body, level)
         entries.append((oid, offset, zlib.crc32(entry)))
         parts.append(entry)
@@ -184,11 +185,15 @@ def _ofs_header(size: int, distance: int) -> bytes:
 
 
 def concatenate_packs(
-    pack_dir: str, packs: list[PackRecord], delta_bases: dict[ObjectId, ObjectId] | None = None
+    pack_dir: str,
+    packs: list[PackRecord],
+    delta_bases: dict[ObjectId, ObjectId] | None = None,
+    cached: dict[str, bytes] | None = None,
 ) -> PackRecord:
     """Merge packs this store wrote into one, then remove them.
 
-    Entries are copied without recompressing; a tree whose previous version
+    Entries are copied without recompressing (``cached`` holds the bytes of
+    packs still in memory); a tree whose previous version
     (``delta_bases``) is in the merged pack is stored as a delta against it
     (an OFS_DELTA, chains bounded by :data:`MAX_DELTA_DEPTH`), which is what
     keeps a long history of large directories small.
@@ -210,8 +215,10 @@ def concatenate_packs(
         out.write(entry)
 
     for base_name, source_entries in packs:
-        with open(base_name + ".pack", "rb") as file:
-            data = file.read()
+        data = (cached or {}).get(base_name) or b""
+        if not data:
+            with open(base_name + ".pack", "rb") as file:
+                data = file.read()
         ordered = sorted(source_entries, key=lambda entry: entry[1])
         at_offset = {offset: oid for oid, offset, _crc in ordered}
         ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
@@ -248,7 +255,7 @@ def concatenate_packs(
                         continue
                 if oid in wanted_bodies:
                     bodies[oid] = body
-            if size >= STORE_ABOVE and len(compressed) >= size:
+            if len(compressed) >= size and (size >= STORE_ABOVE or kind == 2):
                 # Stored whole by a per-commit pack: deflate it now.
                 deflated = zlib.compress(zlib.decompress(compressed), 1)
                 emit(oid, _object_header(kind, size) + deflated, 0)
