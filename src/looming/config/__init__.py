@@ -23,6 +23,7 @@ from looming.config.devices import (
     random,
     stack,
     time,
+    tls,
 )
 from looming.config.dsl import Device, Job, Key, Unikernel, device, key, main, register
 
@@ -60,4 +61,5 @@ __all__ = [
     "register",
     "stack",
     "time",
+    "tls",
 ]

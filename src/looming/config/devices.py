@@ -8,8 +8,10 @@ case in each target that supports it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from looming.config.dsl import Device, caller_location, device, fail
+from looming.config.plan import Impl
 
 _DIR_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
 
@@ -104,6 +106,68 @@ def stack(network: Device | None = None) -> Device:
     return device("stack", [network], where=where)
 
 
+def tls(
+    stack: Device,
+    store: Device,
+    *,
+    certificate: str = "server.pem",
+    private_key: str = "server.key",
+    ca: str = "ca.pem",
+    alpn: tuple[str, ...] = (),
+) -> Device:
+    """TLS over ``stack``: a stack whose TCP connections are TLS 1.3/1.2.
+
+    ``store`` (a ``kv_ro``) holds the server certificate chain and key (PEM,
+    under ``certificate`` and ``private_key``; needed to listen) and the CA
+    certificates a client trusts (``ca``; the system's when absent)::
+
+        secure = tls(stack(default_network()), kv_ro("tls"))
+    """
+    where = caller_location()
+    if not isinstance(stack, Device) or stack.kind not in ("stack", "tls"):
+        raise fail(f"tls() needs a stack device such as stack(default_network()), not {stack!r}")
+    if not isinstance(store, Device) or store.kind not in ("kv_ro", "kv_rw"):
+        raise fail(f"tls() needs a key-value store such as kv_ro('tls'), not {store!r}")
+    names = (certificate, private_key, ca)
+    if not all(isinstance(n, str) and n for n in names):
+        raise fail("tls(): certificate, private_key and ca must be key names in the store")
+    if isinstance(alpn, str) or not all(isinstance(p, str) and 0 < len(p) < 256 for p in alpn):
+        raise fail(
+            f"tls(): alpn must be a tuple of protocol names such as ('http/1.1',), not {alpn!r}"
+        )
+    randomness = device("random", where=where)
+    clock_dev = device("clock", where=where)
+    return device(
+        "tls",
+        [stack, store, randomness, clock_dev],
+        where=where,
+        name="tls_stack",
+        certificate=certificate,
+        private_key=private_key,
+        ca=ca,
+        alpn=tuple(alpn),
+    )
+
+
+def _tls_impl(dev: Device) -> Impl:
+    return Impl(
+        "looming.tls.device:TlsStack.connect",
+        args=["{0}", "{1}", "{2}", "{3}"],
+        kwargs=[
+            ("certificate", repr(dev.setting("certificate"))),
+            ("private_key", repr(dev.setting("private_key"))),
+            ("ca", repr(dev.setting("ca"))),
+            ("alpn", repr(dev.setting("alpn"))),
+        ],
+        awaited=True,
+        summary="TLS 1.3/1.2 on TCP",
+    )
+
+
+# Devices made only of other devices: the same implementation on every target.
+PORTABLE: dict[str, Callable[[Device], Impl]] = {"tls": _tls_impl}
+
+
 def generic_stack(network: Device | None = None) -> Device:
     """Alias of :func:`stack`, after MirageOS's ``generic_stackv4``."""
     return stack(network)
@@ -122,6 +186,7 @@ def all_device_functions() -> list[str]:
         "random",
         "stack",
         "time",
+        "tls",
         "vchan",
     ]
 

@@ -131,7 +131,7 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
                 line=dev.where.line,
             )
         state[id(dev)] = "active"
-        impl = target.implement(dev, plan.options)
+        impl = implement(target, dev, plan.options)
         impls[id(dev)] = impl
         deps = list(impl.deps) if impl.deps is not None else list(dev.deps)
         for d in deps:
@@ -194,6 +194,15 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
         is_class = check_entry_point(job, app_dir)
         plan.jobs.append(PlannedJob(job, is_class, [var_of[id(d)] for d in job.devices]))
     return plan
+
+
+def implement(target: Target, dev: Device, options: dict[str, str]) -> Impl:
+    """The target's implementation of ``dev``, or the portable one every target shares."""
+    from looming.config.devices import PORTABLE
+
+    if not target.supports(dev.kind) and dev.kind in PORTABLE:
+        return PORTABLE[dev.kind](dev)
+    return target.implement(dev, options)
 
 
 def check_entry_point(job: Job, app_dir: Path) -> bool:

@@ -1,0 +1,32 @@
+"""Serves htdocs over HTTPS. The application code is the plain HTTP server:
+TLS is the stack's business, chosen in config.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from looming.devices import Console, KvRo, Stack
+from looming.http import HttpServer, StaticSite
+
+log = logging.getLogger("website")
+
+
+class SecureWebsite:
+    def __init__(self, console: Console, htdocs: KvRo, stack: Stack, *, port: int) -> None:
+        self.console = console
+        self.stack = stack
+        self.port = port
+        self.server = HttpServer(StaticSite(htdocs))
+
+    async def start(self) -> None:
+        listener = await self.stack.tcp.listen(self.port, self.server.serve_flow)
+        addresses = self.stack.addresses()
+        host = str(addresses[0].ip) if addresses else "0.0.0.0"
+        url = f"https://{'localhost' if host == '0.0.0.0' else host}:{listener.port}"
+        log.info("serving %s", url)
+        await self.console.log(f"serving {url}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await listener.close()

@@ -1,0 +1,197 @@
+"""The ``tls`` device: a Stack whose TCP connections are TLS.
+
+``tls(stack(...), kv_ro("tls"))`` in config.py gives the application a
+:class:`looming.devices.Stack` that looks like any other: ``tcp.listen``
+hands the handler flows that already completed a TLS server handshake,
+``tcp.connect`` returns flows that completed a client handshake. The
+certificate, its key and the CA certificates come from a key-value store
+(crunched into the artifact on the unix target), so an application serves
+HTTPS without a line of TLS code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from ipaddress import IPv4Address, IPv4Interface
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from looming.devices import Clock, KvRo, Listener, Random, Stack, Tcp, TcpFlow, Udp
+from looming.devices.stack import TcpHandler
+from looming.errors import ConnectionTimeout, DeviceError, KeyNotFound, NetworkError
+
+from .certs import CertifiedKey, TrustStore
+from .config import TlsConfig
+from .engine import TlsConnection
+from .flow import TlsFlow
+
+# A handshake that fails for any network or TLS reason ends that connection only.
+HANDSHAKE_FAILURES = (NetworkError, OSError)
+
+log = logging.getLogger("looming.tls")
+
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class TlsTcpFlow(TlsFlow):
+    """A TLS connection over a TCP flow: a :class:`TcpFlow` carrying plaintext."""
+
+    def __init__(self, tcp: TcpFlow, connection: TlsConnection) -> None:
+        super().__init__(tcp, connection)
+        self.tcp = tcp
+
+    @classmethod
+    async def establish(
+        cls, tcp: TcpFlow, connection: TlsConnection, timeout: float | None
+    ) -> TlsTcpFlow:
+        """Run the handshake over ``tcp``, within ``timeout`` seconds when given."""
+        tls = cls(tcp, connection)
+        try:
+            async with asyncio.timeout(timeout):
+                await tls.handshake()
+        except TimeoutError:
+            raise ConnectionTimeout(f"TLS handshake did not finish within {timeout} s") from None
+        return tls
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.tcp.local_address
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return self.tcp.remote_address
+
+    def set_nodelay(self, enabled: bool) -> None:
+        self.tcp.set_nodelay(enabled)
+
+
+class TlsTcp:
+    """:class:`looming.devices.Tcp` with a TLS handshake on every connection."""
+
+    def __init__(self, tcp: Tcp, server: TlsConfig | None, client: TlsConfig) -> None:
+        self._tcp = tcp
+        self._server = server
+        self._client = client
+
+    async def listen(
+        self, port: int, handler: TcpHandler, *, host: str | None = None, backlog: int = 128
+    ) -> Listener:
+        server = self._server
+        if server is None:
+            raise DeviceError(
+                "tls: cannot listen without a certificate; put server.pem and server.key "
+                "in the tls device's key-value store"
+            )
+
+        async def handshake_then_serve(flow: TcpFlow) -> None:
+            try:
+                secure = await TlsTcpFlow.establish(
+                    flow, TlsConnection(server, server_side=True), HANDSHAKE_TIMEOUT_S
+                )
+            except HANDSHAKE_FAILURES as exc:
+                host, remote_port = flow.remote_address
+                log.info("TLS handshake with %s:%d failed: %s", host, remote_port, exc)
+                return
+            try:
+                await handler(secure)
+            finally:
+                await secure.close()
+
+        return await self._tcp.listen(port, handshake_then_serve, host=host, backlog=backlog)
+
+    async def connect(
+        self, host: str | IPv4Address, port: int, *, timeout: float | None = None
+    ) -> TcpFlow:
+        flow = await self._tcp.connect(host, port, timeout=timeout)
+        connection = TlsConnection(self._client, server_side=False, server_name=str(host))
+        try:
+            return await TlsTcpFlow.establish(flow, connection, timeout)
+        except BaseException:
+            await flow.close()
+            raise
+
+
+class TlsStack:
+    """:class:`looming.devices.Stack` over another stack, with TLS on TCP."""
+
+    def __init__(self, stack: Stack, tcp: TlsTcp) -> None:
+        self._stack = stack
+        self._tcp = tcp
+
+    @classmethod
+    async def connect(
+        cls,
+        stack: Stack,
+        store: KvRo,
+        random: Random,
+        clock: Clock,
+        *,
+        certificate: str = "server.pem",
+        private_key: str = "server.key",
+        ca: str = "ca.pem",
+        alpn: tuple[str, ...] = (),
+    ) -> TlsStack:
+        server_identity = await _load_identity(store, certificate, private_key)
+        trust = await _load_trust(store, ca)
+        protocols = [p.encode() for p in alpn]
+        server = (
+            TlsConfig(
+                certificates=[server_identity], alpn_protocols=protocols, random=random, clock=clock
+            )
+            if server_identity is not None
+            else None
+        )
+        client = TlsConfig(trust=trust, alpn_protocols=protocols, random=random, clock=clock)
+        return cls(stack, TlsTcp(stack.tcp, server, client))
+
+    @property
+    def tcp(self) -> Tcp:
+        return self._tcp
+
+    @property
+    def udp(self) -> Udp:
+        return self._stack.udp
+
+    def addresses(self) -> list[IPv4Interface]:
+        return self._stack.addresses()
+
+    async def disconnect(self) -> None:
+        await self._stack.disconnect()
+
+
+async def _maybe_get(store: KvRo, key: str) -> bytes | None:
+    try:
+        return await store.get(key)
+    except KeyNotFound:
+        return None
+
+
+async def _load_identity(store: KvRo, certificate: str, private_key: str) -> CertifiedKey | None:
+    cert_pem = await _maybe_get(store, certificate)
+    key_pem = await _maybe_get(store, private_key)
+    if cert_pem is None and key_pem is None:
+        return None
+    if cert_pem is None or key_pem is None:
+        missing = certificate if cert_pem is None else private_key
+        raise DeviceError(f"tls: {missing!r} is missing from the store; give both or neither")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, None)
+    except ValueError as exc:
+        raise DeviceError(f"tls: cannot load {certificate!r} / {private_key!r}: {exc}") from None
+    return CertifiedKey(chain, key)  # type: ignore[arg-type]  # unsupported key types fail at use
+
+
+async def _load_trust(store: KvRo, ca: str) -> TrustStore:
+    pem = await _maybe_get(store, ca)
+    if pem is None:
+        return TrustStore.system()
+    try:
+        return TrustStore(x509.load_pem_x509_certificates(pem))
+    except ValueError as exc:
+        raise DeviceError(f"tls: cannot load CA certificates {ca!r}: {exc}") from None
+
+
+__all__ = ["TlsStack", "TlsTcp", "TlsTcpFlow"]
