@@ -19,6 +19,7 @@ moves between namespaces.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -68,6 +69,40 @@ def _set_link(name: str, *, mtu: int | None = None, up: bool = True) -> None:
             current = fcntl.ioctl(control, SIOCGIFFLAGS, struct.pack("16sH", raw_name, 0))
             flags = struct.unpack("16sH", current[:18])[1] | IFF_UP
             fcntl.ioctl(control, SIOCSIFFLAGS, struct.pack("16sH", raw_name, flags))
+
+
+def _check_name(name: str) -> None:
+    """Refuse names the kernel would refuse, with the reason (the kernel
+    only says "invalid argument")."""
+    if not name or len(name.encode()) >= IFNAMSIZ:
+        raise DeviceError(f"TAP name {name!r} must have 1 to {IFNAMSIZ - 1} bytes")
+    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise DeviceError(
+            f"TAP name {name!r} is not a valid interface name: no '/', ':' or "
+            "white space, and not '.' or '..'"
+        )
+
+
+def _attach_failure(name: str, error: OSError) -> str:
+    """What went wrong attaching TAP ``name``, and what to do about it."""
+    if error.errno in (errno.EPERM, errno.EACCES):
+        return (
+            f"not allowed to create TAP device {name!r} ({error.strerror}): run as root "
+            "or with CAP_NET_ADMIN, or have it created for your user beforehand with "
+            f"'ip tuntap add dev {name} mode tap user $USER'"
+        )
+    if error.errno == errno.EBUSY:
+        return (
+            f"TAP device {name!r} is busy ({error.strerror}): another process has it "
+            "open, or it exists with other settings; stop that process or choose "
+            "another interface name"
+        )
+    if error.errno == errno.EINVAL:
+        return (
+            f"cannot attach TAP device {name!r} ({error.strerror}): an interface of "
+            "that name probably exists and is not a TAP device; choose another name"
+        )
+    return f"cannot attach TAP device {name!r} ({error.strerror})"
 
 
 def complete_checksum(frame: bytes, start: int, offset: int) -> bytes:
@@ -178,28 +213,25 @@ class TapNetwork:
         With ``bring_up`` the kernel side gets ``mtu`` and is set up, when the
         device lives in our namespace (best effort otherwise).
         """
-        if not name or len(name.encode()) >= IFNAMSIZ:
-            raise DeviceError(f"TAP name {name!r} must have 1 to {IFNAMSIZ - 1} bytes")
+        _check_name(name)
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as error:
             raise DeviceError(
                 f"cannot open /dev/net/tun ({error.strerror}): load the tun module "
-                "and run as root or with CAP_NET_ADMIN"
+                "('modprobe tun') and run as root or with CAP_NET_ADMIN"
             ) from error
         try:
             flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+            answer = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
             if offload:
                 fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HEADER.size))
                 fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
         except OSError as error:
             os.close(fd)
-            raise DeviceError(
-                f"cannot attach TAP device {name!r} ({error.strerror}): it needs "
-                "CAP_NET_ADMIN, or create it first with "
-                f"'ip tuntap add dev {name} mode tap user $USER'"
-            ) from error
+            raise DeviceError(_attach_failure(name, error)) from error
+        # The kernel fills in a template such as "tap%d"; use the real name.
+        name = answer[:IFNAMSIZ].split(b"\0", 1)[0].decode() or name
         if bring_up:
             try:
                 _set_link(name, mtu=mtu)
