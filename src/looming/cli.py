@@ -27,6 +27,10 @@ PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "store": ("looming.store.cli", "work with a Git-compatible branchable store"),
     "sim": ("looming.sim.cli", "run unikernels on a deterministic simulated network"),
     "ffi": ("looming.ffi.cli", "check and inspect foreign-function binding descriptions"),
+    "tls": (
+        "looming.tls.cli",
+        "TLS server and client for testing peers (like openssl s_server/s_client)",
+    ),
 }
 
 DESCRIPTION = """\
