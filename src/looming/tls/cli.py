@@ -1,0 +1,235 @@
+"""``looming tls serve|connect``: looming's TLS from the shell, like s_server/s_client.
+
+    looming tls serve --cert C --key K --port P [--echo | --http] [--alpn A]... [--client-ca CA]
+    looming tls connect HOST:PORT [--servername N] [--ca CA | --insecure] [--alpn A]...
+
+``serve`` prints ``listening on HOST:PORT`` once it accepts connections, so
+external test suites can be pointed at it; each connection is echoed
+(``--echo``, the default) or answered with one HTTP/1.1 response (``--http``).
+``connect`` sends standard input, then writes what the server sends to
+standard output until it closes; the negotiated version, suite, ALPN protocol
+and the server's certificate subject go to standard error. Bad arguments exit
+with code 2 and a message; a failed handshake or connection exits with code 1.
+``python -m looming.tls`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from looming.errors import UsageError
+
+from .certs import CertifiedKey, TrustStore
+from .config import TlsConfig
+from .constants import TLS12, TLS13, CipherSuite
+from .errors import TlsError
+from .flow import TlsFlow, open_connection, start_server
+
+PROG = "looming tls"
+HTTP_BODY = b"hello from looming over TLS\n"
+VERSION_NAMES = {TLS12: "TLSv1.2", TLS13: "TLSv1.3"}
+
+
+def _versions(name: str) -> tuple[int, ...]:
+    return {"1.2": (TLS12,), "1.3": (TLS13,), "any": (TLS13, TLS12)}[name]
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
+
+
+def _alpn(text: str) -> bytes:
+    encoded = text.encode()
+    if not 1 <= len(encoded) <= 255:
+        raise argparse.ArgumentTypeError("an ALPN protocol name is 1 to 255 bytes")
+    return encoded
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` and ``connect`` subcommands to ``parser``."""
+    commands = parser.add_subparsers(dest="tls_command", metavar="COMMAND")
+    commands.required = True
+    serve = commands.add_parser(
+        "serve",
+        help="accept TLS connections and echo or answer HTTP (like openssl s_server)",
+        description="Accept TLS 1.3 and 1.2 connections on a TCP port. Prints "
+        "'listening on HOST:PORT' when ready.",
+    )
+    serve.add_argument("--cert", required=True, help="PEM certificate chain, leaf first")
+    serve.add_argument("--key", required=True, help="PEM private key of the leaf")
+    serve.add_argument("--port", type=_port, default=4433, help="TCP port (default 4433)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--echo", action="store_true", help="echo what the client sends (default)")
+    mode.add_argument(
+        "--http", action="store_true", help="answer each HTTP/1.1 request with a short text page"
+    )
+    serve.add_argument(
+        "--alpn",
+        type=_alpn,
+        action="append",
+        default=[],
+        help="ALPN protocol to accept, in order of preference (repeatable)",
+    )
+    serve.add_argument(
+        "--client-ca", help="require client certificates issued by a CA in this PEM file"
+    )
+    serve.add_argument(
+        "--max-early-data", type=int, default=0, help="accept this many bytes of 0-RTT data"
+    )
+    serve.add_argument(
+        "--tls", choices=["1.2", "1.3", "any"], default="any", help="versions (default any)"
+    )
+    connect = commands.add_parser(
+        "connect",
+        help="connect, send standard input, print the reply (like openssl s_client)",
+        description="Connect over TLS, send standard input, then print what the server "
+        "sends until it closes. Connection details go to standard error.",
+    )
+    connect.add_argument("address", metavar="HOST:PORT")
+    connect.add_argument("--servername", help="name to send (SNI) and verify (default HOST)")
+    connect.add_argument("--ca", help="trust anchors, PEM (default: the system store)")
+    connect.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    connect.add_argument(
+        "--alpn",
+        type=_alpn,
+        action="append",
+        default=[],
+        help="ALPN protocol to offer (repeatable)",
+    )
+    connect.add_argument(
+        "--tls", choices=["1.2", "1.3", "any"], default="any", help="versions (default any)"
+    )
+
+
+async def _answer_http(flow: TlsFlow) -> None:
+    buffered = b""
+    while True:
+        while b"\r\n\r\n" not in buffered:
+            chunk = await flow.read()
+            if not chunk:
+                return
+            buffered += chunk
+        head, _, buffered = buffered.partition(b"\r\n\r\n")
+        first_line = head.split(b"\r\n", 1)[0]
+        # HTTP/1.0 closes after one response unless asked otherwise; we never are.
+        keep_alive = (
+            not first_line.endswith(b"HTTP/1.0") and b"connection: close" not in head.lower()
+        )
+        response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            + b"Content-Length: %d\r\n" % len(HTTP_BODY)
+            + (b"" if keep_alive else b"Connection: close\r\n")
+            + b"\r\n"
+            + (b"" if first_line.startswith(b"HEAD ") else HTTP_BODY)
+        )
+        await flow.write(response)
+        if not keep_alive:
+            return
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    config = TlsConfig(
+        certificates=[CertifiedKey.from_pem_files(args.cert, args.key)],
+        alpn_protocols=list(args.alpn),
+        client_trust=TrustStore.from_pem_file(args.client_ca) if args.client_ca else None,
+        require_client_certificate=bool(args.client_ca),
+        versions=_versions(args.tls),
+        max_early_data=args.max_early_data,
+    )
+
+    async def handle(flow: TlsFlow) -> None:
+        if args.http:
+            await _answer_http(flow)
+        else:
+            for early in flow.early_data:
+                await flow.write(early)
+            while chunk := await flow.read():
+                await flow.write(chunk)
+        await flow.shutdown()
+
+    server = await start_server(handle, args.host, args.port, config)
+    host, port = server.sockets[0].getsockname()[:2]
+    print(f"listening on {host}:{port}", flush=True)
+    async with server:
+        await server.serve_forever()
+    return 0
+
+
+def describe_connection(flow: TlsFlow) -> str:
+    """One line naming what was negotiated, for standard error."""
+    version = VERSION_NAMES.get(flow.version or 0, f"{flow.version}")
+    suite_value = flow.cipher_suite or 0
+    suite = (
+        CipherSuite(suite_value).name
+        if suite_value in CipherSuite._value2member_map_
+        else f"{suite_value:#06x}"
+    )
+    alpn = flow.alpn_protocol.decode(errors="replace") if flow.alpn_protocol else "(none)"
+    peer = flow.peer_certificates
+    subject = peer[0].subject.rfc4514_string() if peer else "(no certificate)"
+    return (
+        f"connected: version {flow.version or 0:#06x} ({version}), suite {suite}, "
+        f"alpn {alpn}, peer subject {subject}" + (", resumed" if flow.resumed else "")
+    )
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    host, _, port_text = args.address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise UsageError(f"expected HOST:PORT, got {args.address!r}")
+    if args.insecure and args.ca:
+        raise UsageError("--insecure and --ca contradict each other; give one")
+    trust = TrustStore.from_pem_file(args.ca) if args.ca else None
+    config = TlsConfig(
+        trust=trust,
+        verify_peer=not args.insecure,
+        alpn_protocols=list(args.alpn),
+        versions=_versions(args.tls),
+    )
+    if trust is None and not args.insecure:
+        config.trust = TrustStore.system()
+    flow = await open_connection(host, int(port_text), config, server_name=args.servername or host)
+    print(describe_connection(flow), file=sys.stderr, flush=True)
+    try:
+        data = await asyncio.to_thread(sys.stdin.buffer.read)
+        if data:
+            await flow.write(data)
+        await flow.shutdown()
+        while chunk := await flow.read():
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    finally:
+        await flow.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand ``add_arguments`` parsed; the process exit code."""
+    try:
+        return asyncio.run(_serve(args) if args.tls_command == "serve" else _connect(args))
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (TlsError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m looming.tls``: the same command without the ``looming`` front."""
+    parser = argparse.ArgumentParser(
+        prog="python -m looming.tls", description="looming TLS server and client for testing peers"
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
