@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tlslite.api import HandshakeSettings, SessionCache, TLSConnection, X509CertChain, parsePEMKey
+from tlslite.constants import KeyUpdateMessageType
 
 from looming.tls import TLS12, TLS13, CipherSuite, ClientSessionCache, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
@@ -336,3 +337,61 @@ def test_tlslite_client_retries_into_x25519mlkem768(pki: Pki) -> None:
     (result,), server = asyncio.run(tlslite_clients(config, hs))
     assert "error" not in result, result.get("error")
     assert server.flows[0].connection.hello_retried
+
+
+def test_tlslite_client_key_updates_with_server(pki: Pki) -> None:
+    """tlslite asks for a KeyUpdate before each message; the server answers each."""
+    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+
+    def client(port: int) -> dict[str, Any]:
+        result: dict[str, Any] = {"echoes": []}
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+                conn = TLSConnection(raw)
+                conn.handshakeClientCert(settings=settings(TLS13), serverName="localhost")
+                for i in range(3):
+                    for _ in conn.send_keyupdate_request(KeyUpdateMessageType.update_requested):
+                        pass
+                    message = b"message %d\n" % i
+                    conn.write(message)
+                    echoed = b""
+                    while len(echoed) < len(message) + 5:
+                        echoed += conn.read()
+                    result["echoes"].append(echoed)
+                conn.close()
+        except Exception as exc:  # recorded and asserted below
+            result["error"] = exc
+        return result
+
+    async def main() -> tuple[dict[str, Any], EchoServer]:
+        async with EchoServer(config, until_eof=True) as server:
+            result = await asyncio.to_thread(client, server.port)
+        return result, server
+
+    result, server = asyncio.run(main())
+    assert "error" not in result, result
+    assert result["echoes"] == [b"echo:message %d\n" % i for i in range(3)]
+    assert server.errors == []
+    # Counted as each request is read, before its echo is written.
+    assert server.flows[0].key_updates_received == 3
+
+
+def test_client_key_update_against_tlslite(pki: Pki) -> None:
+    """Our KeyUpdate asks tlslite to update too; its reply comes under its new keys."""
+
+    async def main() -> tuple[TlsFlow, bytes]:
+        config = TlsConfig(trust=pki.trust)
+        flow = await open_connection("127.0.0.1", server.port, config, server_name="localhost")
+        await flow.key_update(request_peer_update=True)
+        await flow.write(b"after the update\n")
+        reply = b""
+        while chunk := await flow.read():
+            reply += chunk
+        await flow.close()
+        return flow, reply
+
+    with TlsliteServer(pki, "p256", settings(TLS13)) as server:
+        flow, reply = asyncio.run(main())
+    assert server.results[0].get("error") is None, server.results
+    assert reply == b"lite:after the update\n"
+    assert flow.key_updates_received == 1
