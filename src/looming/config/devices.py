@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 
 from looming.config.dsl import Device, caller_location, device, fail
-from looming.config.plan import Impl
+from looming.config.plan import Impl, KeyDecl
 
 _DIR_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
 
@@ -64,6 +64,42 @@ def kv_rw(dirname: str) -> Device:
     """A read-write key-value store kept in ``dirname`` (created if missing)."""
     _check_dir("kv_rw", dirname)
     return device("kv_rw", where=caller_location(), name=_name_from(dirname), dirname=dirname)
+
+
+def kv_store(path: str, *, branch: str = "main") -> Device:
+    """A read-write key-value store kept as a Git repository at ``path``.
+
+    Every write is a commit on ``branch``; the repository is created when
+    missing, and ``git`` (clone, log, push) works on it. The path and branch
+    are keys, so a deployment can point the unikernel at another repository.
+    """
+    _check_dir("kv_store", path)
+    if not isinstance(branch, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", branch):
+        raise fail(f"kv_store(): {branch!r} is not a branch name", caller_location())
+    return device(
+        "kv_store",
+        where=caller_location(),
+        name=_name_from(path),
+        path=path,
+        branch=branch,
+    )
+
+
+def _kv_store_impl(dev: Device) -> Impl:
+    name = dev.name_hint
+    return Impl(
+        "looming.store.kv:StoreKv.connect",
+        args=[f"keys.{name}_repo"],
+        kwargs=[("branch", f"keys.{name}_branch")],
+        awaited=True,
+        keys=[
+            KeyDecl(f"{name}_repo", "str", dev.setting("path"), "Git repository of the store"),
+            KeyDecl(
+                f"{name}_branch", "str", dev.setting("branch"), "branch the store reads and writes"
+            ),
+        ],
+        summary=f"Git store {dev.setting('path')} ({dev.setting('branch')})",
+    )
 
 
 def block(filename: str, *, sector_size: int = 512) -> Device:
@@ -165,7 +201,7 @@ def _tls_impl(dev: Device) -> Impl:
 
 
 # Devices made only of other devices: the same implementation on every target.
-PORTABLE: dict[str, Callable[[Device], Impl]] = {"tls": _tls_impl}
+PORTABLE: dict[str, Callable[[Device], Impl]] = {"tls": _tls_impl, "kv_store": _kv_store_impl}
 
 
 def generic_stack(network: Device | None = None) -> Device:
@@ -182,6 +218,7 @@ def all_device_functions() -> list[str]:
         "generic_stack",
         "kv_ro",
         "kv_rw",
+        "kv_store",
         "netif",
         "random",
         "stack",
