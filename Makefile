@@ -11,7 +11,7 @@ APP    ?= examples/static_website
 help:
 	@echo "make run    build and run the static website unikernel (http://127.0.0.1:8080)"
 	@echo "make test   lint, type-check and run the whole test suite"
-	@echo "make bench  run the benchmarks in bench/ (looming beside its peers)"
+	@echo "make bench  run the benchmarks in bench/ (looming beside its peers; BENCH_ARGS=--quick)"
 	@echo "make clean  remove the virtual environment and build outputs"
 
 $(STAMP): pyproject.toml
@@ -42,8 +42,16 @@ test: lint typecheck unit
 run: venv
 	cd $(APP) && $(LOOMING) configure -t unix && $(LOOMING) build && $(LOOMING) run
 
+# Every area's benchmark, looming beside its peers; BENCH_ARGS=--quick for a short run.
+BENCHES := http tcpip tcp tls store vchan ffi sim image
+BENCH_ARGS ?=
 bench: venv system-deps
-	$(BIN)/python bench/http.py
+	@for b in $(BENCHES); do \
+		if [ -f bench/$$b.py ]; then \
+			echo "== bench/$$b.py"; \
+			$(BIN)/python bench/$$b.py $(BENCH_ARGS) || exit 1; \
+		fi; \
+	done
 
 clean:
 	rm -rf $(VENV) _build dist examples/*/_build examples/*/dist
