@@ -1,14 +1,17 @@
 """A handler that serves the files of a read-only key-value store as a web site.
 
 Per-target results (the key, its headers, and for small files the bytes
-themselves) are cached, since a KvRo never changes underneath its reader: a
-repeated request costs a dictionary lookup and a scan of its headers.
+themselves) are cached: a repeated request costs a dictionary lookup and a
+scan of its headers. A store that can change underneath its reader (a Git
+store a ``git push`` publishes to) offers ``generation()``, a cheap value
+that changes whenever its contents may have; the caches are dropped when it
+does, so the next request sees the new contents.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -101,11 +104,20 @@ class StaticSite:
             self._extra.append((b"cache-control", cache_control.encode("ascii")))
         self._by_target: dict[str, _Resolved] = {}
         self._by_key: dict[str, _File] = {}
+        generation = getattr(kv, "generation", None)
+        # None for stores that never change (crunched, a folder served as is):
+        # their hot path does not pay for the check.
+        self._generation_of: Callable[[], object] | None = (
+            generation if callable(generation) else None
+        )
+        self._generation: object = None
 
     async def __call__(self, request: Request) -> Response:
         method = request.method
         if method != "GET" and method != "HEAD":
             return Response(405, _NOT_ALLOWED_HEADERS, b"405 Method Not Allowed\n")
+        if self._generation_of is not None:
+            self._revalidate(self._generation_of)
         resolved = self._by_target.get(request.target)
         if resolved is None:
             resolved = await self._resolve(request.target)
@@ -117,6 +129,21 @@ class StaticSite:
         if type(resolved) is _Redirect:
             return Response(301, resolved.headers, b"")
         return Response(404, _NOT_FOUND_HEADERS, _NOT_FOUND_BODY)
+
+    def _revalidate(self, generation_of: Callable[[], object]) -> None:
+        try:
+            generation = generation_of()
+        except DeviceError as error:
+            # A store that cannot say (its ref is being rewritten) is read
+            # afresh rather than trusted.
+            log.debug("store generation unknown: %s", error)
+            generation = object()
+        if generation != self._generation:
+            # Read before anything is resolved, so what gets cached is at
+            # least as new as the generation it is filed under.
+            self._generation = generation
+            self._by_target.clear()
+            self._by_key.clear()
 
     async def _resolve(self, target: str) -> _Resolved:
         found = target_to_key(target)

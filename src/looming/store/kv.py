@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from looming.devices.kv import EntryKind
 from looming.errors import DeviceError, KeyNotFound, NotAValue
-from looming.store.errors import InvalidPath
+from looming.store.errors import InvalidPath, StoreError
 from looming.store.objects import MODE_TREE
 from looming.store.path import Path, to_path
 from looming.store.repo import Repo
@@ -33,6 +33,15 @@ class StoreKv:
         except Exception:
             repo = Repo.init(path, branch=branch)
         return cls(repo.store(branch))
+
+    def generation(self) -> bytes | None:
+        """The branch head's id: it changes with every commit, also one
+        pushed by ``git`` or written by another process, so a cache of what
+        was read (:class:`looming.http.StaticSite`) knows when to drop."""
+        try:
+            return self.store.head_id()
+        except StoreError as error:
+            raise DeviceError(f"kv_store: {error}") from None
 
     @staticmethod
     def _read_key(key: str) -> Path:

@@ -1,0 +1,77 @@
+"""Serves a branch of a Git store as a website, and the store itself over Git's
+smart HTTP protocol on a second port, so publishing is a ``git push``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from looming.devices import Console, KvRo, KvRw, Listener, Stack
+from looming.http import HttpServer, StaticSite
+
+log = logging.getLogger("store-website")
+
+WELCOME = b"""<!doctype html>
+<title>looming store website</title>
+<h1>It works</h1>
+<p>This page is index.html on the branch the site is served from.
+Clone the site, change it, and <code>git push</code> it back.</p>
+"""
+
+
+def served_url(stack: Stack, port: int) -> str:
+    """The URL a browser on this host uses to reach ``port``."""
+    addresses = stack.addresses()
+    host = str(addresses[0].ip) if addresses else "0.0.0.0"
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+class StoreWebsite:
+    """Serves the site on ``port`` and accepts ``git push`` (and ``git clone``)
+    on ``push_port`` until cancelled (port 0 picks a free one).
+
+    The site's store is any KvRo; the push endpoint needs the Git store
+    behind a ``kv_store`` device. StaticSite asks the store for its
+    generation (the branch head) on each request, so a push is served from
+    the next request on.
+    """
+
+    def __init__(
+        self, console: Console, site: KvRo, stack: Stack, *, port: int = 8080, push_port: int = 8418
+    ) -> None:
+        self.console = console
+        self.site = site
+        self.stack = stack
+        self.port = port
+        self.push_port = push_port
+        self.server = HttpServer(StaticSite(site))
+
+    def _git_server(self) -> HttpServer | None:
+        # Imported here: a site served from a plain KvRo needs none of it.
+        from looming.store.http import StoreHttp
+        from looming.store.kv import StoreKv
+
+        if not isinstance(self.site, StoreKv):
+            return None
+        return HttpServer(StoreHttp(self.site.store.repo))
+
+    async def start(self) -> None:
+        if isinstance(self.site, KvRw) and not await self.site.list():
+            # A new, empty branch: one page, so there is something to clone.
+            await self.site.set("index.html", WELCOME)
+        listeners: list[Listener] = [await self.stack.tcp.listen(self.port, self.server.serve_flow)]
+        url = served_url(self.stack, listeners[0].port)
+        log.info("serving %s", url)
+        await self.console.log(f"serving {url}")
+        git_server = self._git_server()
+        if git_server is not None:
+            listeners.append(await self.stack.tcp.listen(self.push_port, git_server.serve_flow))
+            push_url = served_url(self.stack, listeners[1].port)
+            await self.console.log(f"git push {push_url}/ main")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for listener in listeners:
+                await listener.close()
