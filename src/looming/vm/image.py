@@ -10,14 +10,20 @@ the standard-library modules from the unikernel's imports
 
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib.util
+import io
 import json
+import lzma
+import marshal
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from looming.config.build import ModuleLocator, module_closure, write_zipapp
 from looming.errors import ConfigError, UsageError
@@ -202,16 +208,69 @@ def _kernel_modules(kernel_tree: Path, transport: str) -> tuple[str, list[Path]]
     return base.name, ordered
 
 
+class _DocstringRemover(ast.NodeTransformer):
+    """Drops docstrings, as ``python -OO`` does, but keeps asserts."""
+
+    def _strip(self, node: _WithBody) -> _WithBody:
+        self.generic_visit(node)
+        body = node.body
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.copy_location(ast.Pass(), body[0])]
+        return node
+
+    visit_Module = _strip
+    visit_ClassDef = _strip
+    visit_FunctionDef = _strip
+    visit_AsyncFunctionDef = _strip
+
+
+_WithBody = TypeVar("_WithBody", ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
 def _compiled(source: Path, name: str, compile_here: bool) -> tuple[str, bytes]:
-    """(suffix, bytes): bytecode when this interpreter matches the guest's."""
+    """(suffix, bytes): bytecode without docstrings when this interpreter
+    matches the guest's (the same magic number), else the source."""
     data = source.read_bytes()
     if not compile_here:
         return ".py", data
-    code = compile(data, f"/usr/lib/{name}", "exec", dont_inherit=True, optimize=0)
-    import marshal
-
-    header = importlib.util.MAGIC_NUMBER + b"\x00\x00\x00\x00" + b"\x00" * 8
+    tree = _DocstringRemover().visit(ast.parse(data))
+    code = compile(tree, f"/usr/lib/{name}", "exec", dont_inherit=True, optimize=0)
+    # A sourceless .pyc: flags, date and size are not checked for those.
+    header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
     return ".pyc", header + marshal.dumps(code)
+
+
+def _with_bytecode(archive: Path, compile_here: bool) -> bytes:
+    """The zipapp with bytecode beside each module, so the guest does not
+    compile them at every boot (seconds under emulation). The sources stay
+    for tracebacks; the bytecode is hash-based and unchecked, so nothing
+    compares timestamps."""
+    if not compile_here:
+        return archive.read_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+            if not info.filename.endswith(".py"):
+                continue
+            code = compile(data, f"{ARCHIVE_IN_IMAGE}/{info.filename}", "exec", dont_inherit=True)
+            flags = (1).to_bytes(4, "little")  # hash-based, source not checked
+            pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
+            compiled = zipfile.ZipInfo(info.filename + "c", date_time=info.date_time)
+            compiled.external_attr = info.external_attr
+            target.writestr(
+                compiled,
+                pyc + marshal.dumps(code),
+                compress_type=zipfile.ZIP_DEFLATED,
+                compresslevel=9,
+            )
+    return out.getvalue()
 
 
 def _directories(paths: list[str]) -> list[cpio.Entry]:
@@ -253,8 +312,7 @@ def build_image(
     names = [python_name, f"libpython{version}-minimal", f"libpython{version}-stdlib"]
     kernel_info = archive.kernel()
     packages = {kernel_info.name: kernel_info}
-    for name in [*names, *LIBRARY_PACKAGES]:
-        packages[name] = archive.info(name)
+    packages.update(archive.infos([*names, *LIBRARY_PACKAGES]))
     trees = {name: archive.unpack(info) for name, info in packages.items()}
     tree = Tree([trees[n] for n in [*names, *LIBRARY_PACKAGES]])
 
@@ -326,9 +384,15 @@ def build_image(
 
     add(cpio.regular(f"usr/bin/python{version}", interpreter_path.read_bytes(), executable=True))
     add(cpio.symlink("usr/bin/python3", f"python{version}"))
-    add(cpio.regular(loader.lstrip("/"), loader_file.read_bytes(), executable=True))
     for image_path, path in libraries.items():
         add(cpio.regular(image_path, path.read_bytes(), executable=True))
+    loader_name = Path(loader).name
+    in_library_dir = next((p for p in libraries if Path(p).name == loader_name), None)
+    if in_library_dir is not None and in_library_dir != loader.lstrip("/"):
+        # The loader is also a library (libc needs it): one copy, one link.
+        add(cpio.symlink(loader.lstrip("/"), "/" + in_library_dir))
+    else:
+        add(cpio.regular(loader.lstrip("/"), loader_file.read_bytes(), executable=True))
     for module in stdlib.modules.values():
         if module.is_extension:
             add(
@@ -348,7 +412,7 @@ def build_image(
         image_path = f"lib/modules/{path.name}"
         module_paths.append("/" + image_path)
         add(cpio.regular(image_path, path.read_bytes()))
-    add(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), pyz.artifact.read_bytes()))
+    add(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), _with_bytecode(pyz.artifact, compile_here)))
     settings = {
         "modules": module_paths,
         "finit_module": arch.finit_module,
@@ -369,8 +433,19 @@ def build_image(
     entries += [files[p] for p in ordered_paths if p not in taken]
     raw = cpio.archive(entries)
     out_dir.mkdir(parents=True, exist_ok=True)
-    initrd = out_dir / "initrd.gz"
-    initrd.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    for stale in out_dir.glob("initrd.*"):
+        stale.unlink()
+    if options.get("compress", "xz") == "gzip":
+        initrd = out_dir / "initrd.gz"
+        initrd.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    else:
+        # xz takes a quarter less room than gzip; the kernel's decoder wants
+        # CRC32 checks, not xz's default CRC64.
+        initrd = out_dir / "initrd.xz"
+        xz_filters = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+        initrd.write_bytes(
+            lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=xz_filters)
+        )
 
     progress("copying the kernel")
     vmlinuz = kernel_tree / "boot" / f"vmlinuz-{kernel_version}"

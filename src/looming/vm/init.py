@@ -39,8 +39,17 @@ EEXIST = 17
 libc = ctypes.CDLL(None, use_errno=True)
 
 
+TRACE = os.environ.get("LOOMING_TRACE") == "1"
+
+
 def say(message: str) -> None:
     print(f"looming-vm: {message}", flush=True)
+
+
+def trace(stage: str) -> None:
+    """With --vm-trace: when each stage of boot was reached (seconds since boot)."""
+    if TRACE:
+        say(f"{time.monotonic():8.3f} {stage}")
 
 
 def mount(source: str, target: str, kind: str) -> None:
@@ -133,14 +142,17 @@ def power_off(status: int) -> None:
 
 def main() -> None:
     status = 1
+    trace("/init started")
     try:
         mount("proc", "/proc", "proc")
         mount("sysfs", "/sys", "sysfs")
         for path in CONFIG.get("modules", []):
             load_module(path, int(CONFIG["finit_module"]))
+        trace("modules loaded")
         # The launcher says on the kernel command line whether there is a NIC.
         nic = CONFIG.get("interface") if os.environ.get("LOOMING_NIC") == "1" else None
         configure_network(nic)
+        trace("network configured; starting the unikernel")
         status = run_unikernel(str(CONFIG["archive"]), sys.argv[1:])
     except BaseException:
         traceback.print_exc()

@@ -3,7 +3,7 @@
 The serial console is streamed to standard output as the guest writes it;
 /init's last line carries the unikernel's exit status, which becomes this
 program's. Options for the machine start with ``--vm-`` (``--vm-tap NAME``,
-``--vm-memory MB``, ``--vm-timeout SECONDS``); every other argument is a
+``--vm-memory MB``, ``--vm-timeout SECONDS``, ``--vm-trace``); every other argument is a
 unikernel key, passed on the kernel command line.
 """
 
@@ -27,6 +27,11 @@ from looming.vm.arch import Arch, get_arch
 EXIT_MARKER = "looming-vm: exit status"
 POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
 DEFAULT_MEMORY_MB = 256
+# Under emulation every boot-time check costs real seconds. The guest runs
+# one program that holds no secrets from itself, so speculative-execution
+# mitigations, audit and AppArmor buy nothing; the crypto self-tests check
+# algorithms nothing in the guest uses.
+FAST_BOOT = ("cryptomgr.notests", "mitigations=off", "audit=0", "apparmor=0")
 NO_STATUS = 125  # qemu ended without the guest reporting a status
 TIMED_OUT = 124
 
@@ -41,6 +46,7 @@ class MachineOptions:
     memory_mb: int = DEFAULT_MEMORY_MB
     timeout: float | None = None
     accel: str = "tcg"
+    trace: bool = False
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
@@ -52,7 +58,9 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
     while i < len(args):
         arg = args[i]
         name, eq, value = arg.partition("=")
-        if name in ("--vm-tap", "--vm-memory", "--vm-timeout"):
+        if arg == "--vm-trace":
+            options.trace = True
+        elif name in ("--vm-tap", "--vm-memory", "--vm-timeout"):
             if not eq:
                 if i + 1 == len(args):
                     raise LaunchError(f"{name} needs a value")
@@ -84,7 +92,10 @@ def qemu_command(
     if qemu is None:
         raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
     nic = f"LOOMING_NIC={1 if options.tap else 0}"  # handed to /init as its environment
-    cmdline = [f"console={arch.console}", *arch.kernel_arguments, "loglevel=3", "panic=-1", nic]
+    # --vm-trace shows the kernel's messages and /init's stages with their times.
+    verbosity = ["LOOMING_TRACE=1"] if options.trace else ["loglevel=3"]
+    cmdline = [f"console={arch.console}", *FAST_BOOT, *arch.kernel_arguments, *verbosity]
+    cmdline += ["panic=-1", nic]
     cmdline += ["--", *keys]
     command = [
         qemu,

@@ -129,28 +129,43 @@ class AptArchive:
 
     def info(self, name: str) -> PackageInfo:
         """The candidate version of package ``name``."""
+        return self.infos([name])[name]
+
+    def infos(self, names: list[str]) -> dict[str, PackageInfo]:
+        """The candidate versions of several packages, asking apt once."""
         self._ensure_lists()
         try:
-            text = self._run("apt-cache", "show", "--no-all-versions", name)
+            text = self._run("apt-cache", "show", "--no-all-versions", *names)
         except PackageError:
             if self._updated:
                 raise
             self.update()
-            text = self._run("apt-cache", "show", "--no-all-versions", name)
-        fields: dict[str, str] = {}
-        for line in text.splitlines():
-            if not line or line[0].isspace():
+            text = self._run("apt-cache", "show", "--no-all-versions", *names)
+        found: dict[str, PackageInfo] = {}
+        for paragraph in text.split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in paragraph.splitlines():
+                if not line or line[0].isspace():
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key, value.strip())
+            if "Package" not in fields or "Filename" not in fields:
                 continue
-            key, _, value = line.partition(":")
-            fields.setdefault(key, value.strip())
-        if "Filename" not in fields:
-            raise PackageError(f"no {self.arch.debian} package named {name!r} in the archive")
-        return PackageInfo(
-            name,
-            fields["Version"],
-            Path(fields["Filename"]).name,
-            ", ".join(filter(None, (fields.get("Pre-Depends"), fields.get("Depends")))),
-        )
+            found.setdefault(
+                fields["Package"],
+                PackageInfo(
+                    fields["Package"],
+                    fields["Version"],
+                    Path(fields["Filename"]).name,
+                    ", ".join(filter(None, (fields.get("Pre-Depends"), fields.get("Depends")))),
+                ),
+            )
+        absent = [n for n in names if n not in found]
+        if absent:
+            raise PackageError(
+                f"no {self.arch.debian} package named {', '.join(absent)} in the archive"
+            )
+        return found
 
     def kernel(self) -> PackageInfo:
         """The cloud kernel package the architecture's metapackage points at."""

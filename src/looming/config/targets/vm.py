@@ -45,8 +45,15 @@ class VmTarget(Target):
             help=f"guest architecture: {' or '.join(ARCHES)} (default: this machine's)",
         )
 
+        parser.add_argument(
+            "--compress",
+            choices=("xz", "gzip"),
+            default="xz",
+            help="initramfs compression: xz (smaller, default) or gzip (faster to unpack)",
+        )
+
     def default_options(self) -> dict[str, str]:
-        return {"arch": _host_arch()}
+        return {"arch": _host_arch(), "compress": "xz"}
 
     def supports(self, kind: str) -> bool:
         return kind in self.KINDS
