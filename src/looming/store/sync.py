@@ -4,6 +4,7 @@ stores interoperate with ours both ways."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,14 @@ def _client(remote: str) -> tuple[Any, str]:
         client, path = get_transport_and_path(remote)
     except Exception as error:  # dulwich raises several kinds for bad URLs
         raise SyncError(f"cannot reach {remote!r}: {error}") from None
+    from dulwich.client import SSHGitClient
+
+    if isinstance(client, SSHGitClient):
+        # As git does: GIT_SSH_COMMAND (a command line) or GIT_SSH (a program)
+        # chooses the ssh client and its options (key, known hosts, port).
+        command = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH")
+        if command:
+            client.ssh_command = command
     return client, path
 
 
