@@ -124,8 +124,12 @@ class RecordLayer:
         self._incoming = bytearray()
         self._pos = 0  # start of the first unread record in _incoming
         self.read: Protection | None = None
-        self.write: Protection | None = None
+        self._write: Protection | None = None
         self._outgoing: list[bytes | bytearray] = []
+        # Protected handshake messages wait here so that consecutive ones under
+        # one key share records (the server's whole flight in one record, as
+        # RFC 8448 shows it), instead of costing a record and an AEAD call each.
+        self._pending_handshake = bytearray()
         # The peer's record_size_limit (RFC 8449), None when not negotiated,
         # and the largest plaintext we accept.
         self.send_limit: int | None = None
@@ -226,9 +230,32 @@ class RecordLayer:
             )
         self.skip_early_data -= length
 
+    @property
+    def write(self) -> Protection | None:
+        return self._write
+
+    @write.setter
+    def write(self, protection: Protection | None) -> None:
+        # Messages queued under the old key are sealed with it before the change.
+        self._flush_handshake()
+        self._write = protection
+
+    def _flush_handshake(self) -> None:
+        if self._pending_handshake:
+            data = bytes(self._pending_handshake)
+            self._pending_handshake.clear()
+            self._write_fragments(ContentType.HANDSHAKE, data)
+
     def write_records(self, content_type: int, data: bytes) -> None:
         """Fragment ``data`` into records of ``content_type`` and queue them."""
-        protection = self.write
+        if content_type == ContentType.HANDSHAKE and self._write is not None:
+            self._pending_handshake += data
+            return
+        self._flush_handshake()
+        self._write_fragments(content_type, data)
+
+    def _write_fragments(self, content_type: int, data: bytes) -> None:
+        protection = self._write
         tls13 = protection is not None and protection.tls13
         limit = self.send_limit
         # In 1.3 the peer's limit counts the inner content-type byte too.
@@ -252,6 +279,7 @@ class RecordLayer:
             self._outgoing.append(protection.seal(content_type, chunk, pad))
 
     def take_outgoing(self) -> bytes:
+        self._flush_handshake()
         out = b"".join(self._outgoing)
         self._outgoing.clear()
         return out
