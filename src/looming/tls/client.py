@@ -75,7 +75,8 @@ class ClientHandshake:
     def start(self) -> None:
         rand = self.config.random
         self.random = rand.bytes(32)
-        self.session_id = rand.bytes(32)
+        compatible = self.config.middlebox_compatibility or TLS12 in self.config.versions
+        self.session_id = rand.bytes(32) if compatible else b""
         if TLS13 in self.config.versions:
             for group in self.config.key_share_groups:
                 if group in self.config.groups:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from looming.devices.clock import Clock
@@ -72,6 +72,18 @@ class TlsConfig:
     # Send a KeyUpdate after this many records under one key (None: the AEAD's limit).
     key_update_after_records: int | None = None
     require_extended_master_secret: bool = True
+    # RFC 8446 appendix D.4: a client offering TLS 1.3 sends a random 32-byte
+    # legacy_session_id, so the server answers with a change_cipher_spec and
+    # middleboxes see what looks like a resumed TLS 1.2 session. False sends an
+    # empty one (and no change_cipher_spec follows), as a TLS 1.3-only client may.
+    middlebox_compatibility: bool = True
+    # For tests only: called as (handshake type, body) -> body on every handshake
+    # message we send, before it is framed, hashed into the transcript and
+    # encrypted. The byte-exact replay of published traces (RFC 8448) uses it for
+    # what a trace fixes but the engine chooses otherwise: extension order, code
+    # points announced but not implemented, opaque ticket contents, and RSA-PSS
+    # salts, which OpenSSL draws internally.
+    handshake_rewriter: Callable[[int, bytes], bytes] | None = None
     random: Random = field(default_factory=_default_random)
     clock: Clock = field(default_factory=_default_clock)
 

@@ -166,6 +166,8 @@ class TlsConnection:
     def send_handshake(
         self, msg_type: int, body: bytes, *, add_to_transcript: bool = True
     ) -> bytes:
+        if self.config.handshake_rewriter is not None:
+            body = self.config.handshake_rewriter(msg_type, body)
         message = handshake(msg_type, body)
         if add_to_transcript:
             self.transcript.add(message)
