@@ -27,6 +27,25 @@ def test_hello_boots_and_prints_its_greetings(images: Images, arch: str) -> None
     assert not [line for line in lines if line.startswith("[")], done.stdout
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_describe_image_reports_size_and_contents(images: Images, arch: str) -> None:
+    app = images.app("hello", arch)
+    done = looming(app, "describe", "--image")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert text.startswith(f"hello-vm.json: {arch} image, ")
+    assert "linux-image-" in text and "python3.11-minimal" in text
+    lines = text.splitlines()
+    modules = next(line for line in lines if line.startswith("kernel modules: "))
+    assert "virtio_net" in modules
+    assert ("virtio_mmio" if arch == "aarch64" else "virtio_pci") in modules
+    libraries = next(line for line in lines if line.startswith("shared libraries: "))
+    assert "libc.so.6" in libraries and "libffi.so.8" in libraries
+    # Only what the unikernel reaches: asyncio is in, the stdlib's HTTP server is not.
+    assert "  asyncio" in lines and "  looming.runtime" in lines
+    assert "  http.server" not in lines and "  tkinter" not in lines
+
+
 def test_a_crashing_unikernel_prints_its_traceback_and_the_vm_stops_with_its_status(
     images: Images,
 ) -> None:
