@@ -8,6 +8,7 @@ expire, so each ticket is accepted at most once (RFC 8446 section 8.1).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -118,6 +119,9 @@ class TicketKeys:
         self._name = random.bytes(16)
         self._aead = AESGCM(random.bytes(32))
         self._redeemed: dict[bytes, int] = {}
+        # The same entries ordered by expiry, so forgetting expired ones costs
+        # O(log n) per redemption rather than a scan of every ticket ever used.
+        self._expiries: list[tuple[int, bytes]] = []
 
     def seal(self, state: TicketState) -> bytes:
         nonce = self._random.bytes(12)
@@ -135,10 +139,13 @@ class TicketKeys:
 
     def redeem(self, state: TicketState, now_ms: int) -> bool:
         """Mark the ticket used; False if it was already used (a replay)."""
-        for ticket_id, expiry in list(self._redeemed.items()):
-            if expiry < now_ms:
-                del self._redeemed[ticket_id]
+        expiries = self._expiries
+        while expiries and expiries[0][0] < now_ms:
+            _, ticket_id = heapq.heappop(expiries)
+            del self._redeemed[ticket_id]
         if state.ticket_id in self._redeemed:
             return False
-        self._redeemed[state.ticket_id] = state.issued_ms + state.lifetime_s * 1000
+        expiry = state.issued_ms + state.lifetime_s * 1000
+        self._redeemed[state.ticket_id] = expiry
+        heapq.heappush(expiries, (expiry, state.ticket_id))
         return True
