@@ -29,7 +29,7 @@ from .keyexchange import KeyShare
 from .keyschedule import KeySchedule13
 from .session import Session
 from .suites import SUITES
-from .wire import Reader, extension, parse_extensions, u8, u16, u16_list, vec8, vec16
+from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
 
 if TYPE_CHECKING:
     from .client12 import Client12
@@ -77,7 +77,13 @@ class ClientHandshake:
         self.random = rand.bytes(32)
         compatible = self.config.middlebox_compatibility or TLS12 in self.config.versions
         self.session_id = rand.bytes(32) if compatible else b""
-        if TLS13 in self.config.versions:
+        session = self._usable_session()
+        # Resuming by psk_ke alone needs no key share; the server asks for one
+        # (HelloRetryRequest) if it refuses the ticket.
+        psk_ke_only = list(self.config.psk_key_exchange_modes) == [PskKeyExchangeMode.PSK_KE]
+        if TLS13 in self.config.versions and not (
+            psk_ke_only and session is not None and session.version == TLS13
+        ):
             for group in self.config.key_share_groups:
                 if group in self.config.groups:
                     self.shares[group] = KeyShare(group, rand)
@@ -132,9 +138,8 @@ class ClientHandshake:
         if offer13:
             shares = b"".join(u16(g) + vec16(s.public) for g, s in self.shares.items())
             exts.append(extension(X.KEY_SHARE, vec16(shares)))
-            exts.append(
-                extension(X.PSK_KEY_EXCHANGE_MODES, vec8(u8(PskKeyExchangeMode.PSK_DHE_KE)))
-            )
+            modes = bytes(config.psk_key_exchange_modes)
+            exts.append(extension(X.PSK_KEY_EXCHANGE_MODES, vec8(modes)))
         if config.alpn_protocols:
             exts.append(extension(X.ALPN, m.alpn_body(config.alpn_protocols)))
         if config.record_size_limit is not None:
@@ -273,19 +278,25 @@ class ClientHandshake:
                 AlertDescription.UNSUPPORTED_EXTENSION,
                 "ServerHello carries an extension we cannot accept",
             )
-        if X.KEY_SHARE not in exts:
+        shared_secret: bytes | None = None
+        if X.KEY_SHARE in exts:
+            ks = Reader(exts[X.KEY_SHARE])
+            group = ks.u16()
+            share = ks.vector(2, minimum=1)
+            ks.expect_end("key_share")
+            if group not in self.shares:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER,
+                    f"server key share for group {group:#06x} we did not send",
+                )
+            shared_secret = self.shares[group].shared_secret(share)
+        elif (
+            X.PRE_SHARED_KEY not in exts
+            or PskKeyExchangeMode.PSK_KE not in self.config.psk_key_exchange_modes
+        ):
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION,
-                "ServerHello has no key_share (psk_ke is not offered)",
-            )
-        ks = Reader(exts[X.KEY_SHARE])
-        group = ks.u16()
-        share = ks.vector(2, minimum=1)
-        ks.expect_end("key_share")
-        if group not in self.shares:
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER,
-                f"server key share for group {group:#06x} we did not send",
+                "ServerHello has no key_share and we did not offer psk_ke",
             )
         psk: bytes | None = None
         if X.PRE_SHARED_KEY in exts:
@@ -303,13 +314,19 @@ class ClientHandshake:
                 )
             psk = session.secret
             self.conn.resumed = True
+            self.conn.resumption_mode = (
+                PskKeyExchangeMode.PSK_DHE_KE if X.KEY_SHARE in exts else PskKeyExchangeMode.PSK_KE
+            )
         conn = self.conn
         conn.transcript.set_hash(suite.hash_name)
         conn.transcript.add(raw)
         if psk is None or self.schedule is None or self.schedule.hash_name != suite.hash_name:
             self.schedule = KeySchedule13(suite.hash_name, psk)
         schedule = self.schedule
-        schedule.enter_handshake(self.shares[group].shared_secret(share))
+        # psk_ke: no (EC)DHE, so the handshake secret is extracted from zeros.
+        schedule.enter_handshake(
+            shared_secret if shared_secret is not None else bytes(suite.hash_length)
+        )
         th = conn.transcript.digest()
         self.client_hs_secret = schedule.derive(schedule.handshake_secret, b"c hs traffic", th)
         self.server_hs_secret = schedule.derive(schedule.handshake_secret, b"s hs traffic", th)

@@ -10,7 +10,7 @@ from looming.devices.random import Random
 from looming.errors import UsageError
 
 from .certs import CertifiedKey, TrustStore
-from .constants import TLS12, TLS13, CipherSuite, NamedGroup
+from .constants import TLS12, TLS13, CipherSuite, NamedGroup, PskKeyExchangeMode
 from .keyexchange import SUPPORTED_GROUPS
 from .session import ClientSessionCache, TicketKeys
 from .signing import DEFAULT_SCHEMES
@@ -69,6 +69,13 @@ class TlsConfig:
     enable_early_data: bool = False
     # Client: resumable sessions by server name (None: never resume automatically).
     session_cache: ClientSessionCache | None = None
+    # TLS 1.3 resumption modes, in order of preference. psk_dhe_ke (the default)
+    # runs a fresh (EC)DHE exchange, so a stolen ticket key does not reveal the
+    # traffic of resumed sessions; psk_ke skips it (faster, no forward secrecy
+    # for resumed connections) and is used only when listed here. A client that
+    # lists psk_ke alone sends no key share when it resumes (an empty key_share:
+    # a server that refuses the ticket asks for one with a HelloRetryRequest).
+    psk_key_exchange_modes: Sequence[int] = (PskKeyExchangeMode.PSK_DHE_KE,)
     # Send a KeyUpdate after this many records under one key (None: the AEAD's limit).
     key_update_after_records: int | None = None
     require_extended_master_secret: bool = True
@@ -108,6 +115,11 @@ class TlsConfig:
         if unknown_groups or not self.groups:
             names = ", ".join(g.name for g in NamedGroup)
             raise UsageError(f"groups {unknown_groups} are not supported; choose from {names}")
+        modes = list(self.psk_key_exchange_modes)
+        if not modes or len(set(modes)) != len(modes) or not set(modes) <= {0, 1}:
+            raise UsageError(
+                "psk_key_exchange_modes must list psk_dhe_ke (1) and/or psk_ke (0), each once"
+            )
         if self.record_size_limit is not None and not 64 <= self.record_size_limit <= (1 << 14) + 1:
             raise UsageError("record_size_limit must be between 64 and 16385")
         if self.require_client_certificate and self.client_trust is None and not self.pins:

@@ -69,6 +69,8 @@ class TlsConnection:
         self.alpn_protocol: bytes | None = None
         self.peer_certificates: list[x509.Certificate] = []
         self.resumed = False
+        # TLS 1.3: how a resumed handshake keyed itself (PskKeyExchangeMode), else None.
+        self.resumption_mode: int | None = None
         self.hello_retried = False
         self.early_data_accepted = False
         self.handshake_complete = False

@@ -14,6 +14,7 @@ from .constants import (
     TLS13,
     AlertDescription,
     ContentType,
+    PskKeyExchangeMode,
 )
 from .constants import (
     ExtensionType as X,
@@ -92,6 +93,8 @@ class ServerHandshake:
         self.v12: Server12 | None = None
         self.tickets_sent = 0
         self.ticket_age_skew_ms = 0
+        # The resumption mode in use once a ticket is accepted (psk_ke or psk_dhe_ke).
+        self.psk_mode: int | None = None
 
     def start(self) -> None:
         return None
@@ -254,14 +257,23 @@ class ServerHandshake:
         suite = SUITES[suite_id]
         conn.suite = suite
         conn.version = TLS13
-        if X.SUPPORTED_GROUPS not in exts or X.KEY_SHARE not in exts:
+        psk_ke_possible = (
+            not retry
+            and X.PRE_SHARED_KEY in exts
+            and server_psk.offers_mode(self, hello, PskKeyExchangeMode.PSK_KE)
+        )
+        if (X.SUPPORTED_GROUPS not in exts or X.KEY_SHARE not in exts) and not psk_ke_possible:
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION,
-                "TLS 1.3 ClientHello needs supported_groups and key_share (psk_ke is not supported)",
+                "TLS 1.3 ClientHello needs supported_groups and key_share unless it resumes by psk_ke",
             )
-        client_groups = Reader(exts[X.SUPPORTED_GROUPS]).u16_list(2, minimum=2)
+        client_groups = (
+            Reader(exts[X.SUPPORTED_GROUPS]).u16_list(2, minimum=2)
+            if X.SUPPORTED_GROUPS in exts
+            else []
+        )
         shares: dict[int, bytes] = {}
-        ks = Reader(exts[X.KEY_SHARE])
+        ks = Reader(exts.get(X.KEY_SHARE, b"\x00\x00"))
         share_list = ks.sub(2)
         ks.expect_end("key_share")
         while not share_list.at_end():
@@ -284,20 +296,21 @@ class ServerHandshake:
                 AlertDescription.ILLEGAL_PARAMETER,
                 "second ClientHello lacks the requested key share",
             )
-        if chosen_group is None:
-            wanted = next((g for g in config.groups if g in client_groups), None)
-            if wanted is None or retry:
-                raise TlsProtocolError(
-                    AlertDescription.HANDSHAKE_FAILURE, "no key exchange group in common"
-                )
-            self._send_hello_retry_request(hello, wanted)
+        if chosen_group is None and not psk_ke_possible:
+            self._retry_for_share(hello, client_groups, retry)
             return
         transcript = conn.transcript
         if not retry:
             transcript.set_hash(suite.hash_name)
         alpn = self._choose_alpn(hello)
         conn.alpn_protocol = alpn
-        psk_selected = server_psk.try_psk(self, hello, alpn)
+        psk_selected = server_psk.try_psk(self, hello, alpn, have_share=chosen_group is not None)
+        if chosen_group is None and psk_selected is None:
+            # The ticket was refused and psk_ke was all the client could do without a share.
+            conn.resumed = False
+            conn.alpn_protocol = None
+            self._retry_for_share(hello, client_groups, retry)
+            return
         if psk_selected is None and X.SIGNATURE_ALGORITHMS not in exts:
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION, "ClientHello without signature_algorithms"
@@ -308,13 +321,15 @@ class ServerHandshake:
             early_accepted = server_psk.accept_early_data(self, retry, psk_selected, alpn)
             if not early_accepted:
                 conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
-        server_share, shared_secret = server_exchange(
-            chosen_group, shares[chosen_group], config.random
-        )
-        sh_exts = [
-            extension(X.SUPPORTED_VERSIONS, u16(TLS13)),
-            extension(X.KEY_SHARE, u16(chosen_group) + vec16(server_share)),
-        ]
+        sh_exts = [extension(X.SUPPORTED_VERSIONS, u16(TLS13))]
+        if self.psk_mode == PskKeyExchangeMode.PSK_KE:
+            shared_secret = bytes(suite.hash_length)  # no (EC)DHE in psk_ke
+        else:
+            assert chosen_group is not None
+            server_share, shared_secret = server_exchange(
+                chosen_group, shares[chosen_group], config.random
+            )
+            sh_exts.append(extension(X.KEY_SHARE, u16(chosen_group) + vec16(server_share)))
         if psk_selected is not None:
             sh_exts.append(extension(X.PRE_SHARED_KEY, u16(0)))
         body = (
@@ -375,6 +390,14 @@ class ServerHandshake:
             self.state = "wait_cert"
         else:
             self.state = "wait_finished"
+
+    def _retry_for_share(self, hello: ClientHello, client_groups: list[int], retry: bool) -> None:
+        wanted = next((g for g in self.config.groups if g in client_groups), None)
+        if wanted is None or retry:
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE, "no key exchange group in common"
+            )
+        self._send_hello_retry_request(hello, wanted)
 
     def _record_size_limit(self, data: bytes, ee: list[bytes]) -> None:
         r = Reader(data)

@@ -47,8 +47,25 @@ def ticket_suite(hs: ServerHandshake, hello: ClientHello) -> int | None:
     return None
 
 
-def try_psk(hs: ServerHandshake, hello: ClientHello, alpn: bytes | None) -> int | None:
-    """Accept the first PSK identity if it is a valid, unused ticket of ours; check its binder."""
+def offers_mode(hs: ServerHandshake, hello: ClientHello, mode: int) -> bool:
+    """Whether both the client and our configuration allow resumption by ``mode``."""
+    data = hello.extensions.get(X.PSK_KEY_EXCHANGE_MODES)
+    if data is None or mode not in hs.config.psk_key_exchange_modes:
+        return False
+    try:
+        return mode in Reader(data).vector(1, minimum=1)
+    except Malformed:
+        return False  # try_psk reports the malformed extension
+
+
+def try_psk(
+    hs: ServerHandshake, hello: ClientHello, alpn: bytes | None, have_share: bool = True
+) -> int | None:
+    """Accept the first PSK identity if it is a valid, unused ticket of ours; check its binder.
+
+    The resumption mode is our first preference the client also offers
+    (psk_dhe_ke only when the client sent a usable key share).
+    """
     exts = hello.extensions
     if X.PRE_SHARED_KEY not in exts:
         return None
@@ -72,7 +89,15 @@ def try_psk(hs: ServerHandshake, hello: ClientHello, alpn: bytes | None) -> int 
         raise TlsProtocolError(
             AlertDescription.ILLEGAL_PARAMETER, "binder count differs from identity count"
         )
-    if PskKeyExchangeMode.PSK_DHE_KE not in modes:
+    mode = next(
+        (
+            mode
+            for mode in hs.config.psk_key_exchange_modes
+            if mode in modes and (have_share or mode == PskKeyExchangeMode.PSK_KE)
+        ),
+        None,
+    )
+    if mode is None:
         return None
     conn = hs.conn
     assert conn.suite is not None and hs.config.ticket_keys is not None
@@ -97,6 +122,8 @@ def try_psk(hs: ServerHandshake, hello: ClientHello, alpn: bytes | None) -> int 
         return None  # single use: a replayed ticket gets a full handshake
     hs.schedule = schedule
     hs.ticket_state = state
+    hs.psk_mode = mode
+    hs.conn.resumption_mode = mode
     state_age = (obfuscated_age - state.ticket_age_add) % (1 << 32)
     hs.ticket_age_skew_ms = abs(state_age - (now_ms - state.issued_ms))
     conn.resumed = True
