@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from .suites import derive_secret, empty_hash, hkdf_expand_label, hkdf_extract
+from .suites import derive_secret, digest_size, empty_hash, hkdf_expand_label, hkdf_extract
 
 
 class Transcript:
@@ -61,7 +61,7 @@ class KeySchedule13:
 
     def __init__(self, hash_name: str, psk: bytes | None = None) -> None:
         self.hash_name = hash_name
-        self.hash_length = hashlib.new(hash_name).digest_size
+        self.hash_length = digest_size(hash_name)
         self.psk = psk
         self.early_secret = hkdf_extract(hash_name, b"", psk or bytes(self.hash_length))
         self.handshake_secret = b""
@@ -97,9 +97,7 @@ def traffic_keys(hash_name: str, secret: bytes, key_length: int) -> tuple[bytes,
 
 
 def next_traffic_secret(hash_name: str, secret: bytes) -> bytes:
-    return hkdf_expand_label(
-        hash_name, secret, b"traffic upd", b"", hashlib.new(hash_name).digest_size
-    )
+    return hkdf_expand_label(hash_name, secret, b"traffic upd", b"", digest_size(hash_name))
 
 
 def exporter13(
@@ -113,5 +111,5 @@ def exporter13(
 
 def resumption_psk(hash_name: str, resumption_master: bytes, nonce: bytes) -> bytes:
     return hkdf_expand_label(
-        hash_name, resumption_master, b"resumption", nonce, hashlib.new(hash_name).digest_size
+        hash_name, resumption_master, b"resumption", nonce, digest_size(hash_name)
     )

@@ -95,6 +95,7 @@ class ServerHandshake:
         self.ticket_age_skew_ms = 0
         # The resumption mode in use once a ticket is accepted (psk_ke or psk_dhe_ke).
         self.psk_mode: int | None = None
+        self.opened_ticket: tuple[bytes, TicketState | None] | None = None
 
     def start(self) -> None:
         return None

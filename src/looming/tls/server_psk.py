@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 EARLY_DATA_AGE_WINDOW_MS = 10_000
 
 
+def _open_ticket(hs: ServerHandshake, ticket: bytes) -> TicketState | None:
+    """Decrypt ``ticket`` once per handshake (choosing the suite needs it too)."""
+    if hs.opened_ticket is not None and hs.opened_ticket[0] == ticket:
+        return hs.opened_ticket[1]
+    assert hs.config.ticket_keys is not None
+    state = hs.config.ticket_keys.open(ticket)
+    hs.opened_ticket = (ticket, state)
+    return state
+
+
 def ticket_suite(hs: ServerHandshake, hello: ClientHello) -> int | None:
     """The suite of the first offered ticket, if it is ours and both sides still allow it."""
     data = hello.extensions.get(X.PRE_SHARED_KEY)
@@ -38,7 +48,7 @@ def ticket_suite(hs: ServerHandshake, hello: ClientHello) -> int | None:
         ticket = identities.vector(2, minimum=1)
     except Malformed:
         return None  # _try_psk reports the malformed extension
-    state = hs.config.ticket_keys.open(ticket)
+    state = _open_ticket(hs, ticket)
     if state is None or state.version != TLS13:
         return None
     suite = state.cipher_suite
@@ -102,7 +112,7 @@ def try_psk(
     conn = hs.conn
     assert conn.suite is not None and hs.config.ticket_keys is not None
     ticket, obfuscated_age = entries[0]
-    state = hs.config.ticket_keys.open(ticket)
+    state = _open_ticket(hs, ticket)
     now_ms = hs.config.clock.now_ns() // 1_000_000
     if (
         state is None

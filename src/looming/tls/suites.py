@@ -30,7 +30,7 @@ class SuiteInfo:
 
     @property
     def hash_length(self) -> int:
-        return hashlib.new(self.hash_name).digest_size
+        return digest_size(self.hash_name)
 
 
 _AES_GCM_LIMIT = 23_726_566  # floor(2^24.5)
@@ -141,13 +141,27 @@ TLS12_SUITES = (
 # HMAC runs inside OpenSSL (hmac.digest); Python only concatenates bytes.
 
 
+# Digest sizes and hashes of the empty string, looked up rather than computed:
+# a TLS 1.3 handshake asks for them dozens of times.
+DIGEST_SIZE = {"sha256": 32, "sha384": 48}
+_EMPTY_HASH = {name: hashlib.new(name).digest() for name in DIGEST_SIZE}
+
+
+def digest_size(hash_name: str) -> int:
+    size = DIGEST_SIZE.get(hash_name)
+    return size if size is not None else hashlib.new(hash_name).digest_size
+
+
 def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     if not salt:
-        salt = bytes(hashlib.new(hash_name).digest_size)
+        salt = bytes(digest_size(hash_name))
     return hmac.digest(salt, ikm, hash_name)
 
 
 def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
+    if length <= DIGEST_SIZE.get(hash_name, 0):
+        # Every TLS 1.3 label asks for at most one block: one HMAC call.
+        return hmac.digest(prk, info + b"\x01", hash_name)[:length]
     out = b""
     block = b""
     counter = 1
@@ -161,19 +175,24 @@ def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
 def hkdf_expand_label(
     hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
-    full = b"tls13 " + label
-    info = length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
+    info = (
+        length.to_bytes(2, "big")
+        + bytes((6 + len(label),))
+        + b"tls13 "
+        + label
+        + bytes((len(context),))
+        + context
+    )
     return hkdf_expand(hash_name, secret, info, length)
 
 
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-    return hkdf_expand_label(
-        hash_name, secret, label, transcript_hash, hashlib.new(hash_name).digest_size
-    )
+    return hkdf_expand_label(hash_name, secret, label, transcript_hash, digest_size(hash_name))
 
 
 def empty_hash(hash_name: str) -> bytes:
-    return hashlib.new(hash_name).digest()
+    cached = _EMPTY_HASH.get(hash_name)
+    return cached if cached is not None else hashlib.new(hash_name).digest()
 
 
 # --- The TLS 1.2 PRF (RFC 5246 section 5) --------------------------------------

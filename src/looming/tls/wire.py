@@ -16,7 +16,7 @@ class Reader:
     __slots__ = ("_data", "_end", "_pos")
 
     def __init__(self, data: bytes | memoryview) -> None:
-        self._data = bytes(data)
+        self._data = data if type(data) is bytes else bytes(data)
         self._pos = 0
         self._end = len(self._data)
 
@@ -39,10 +39,20 @@ class Reader:
         return out
 
     def uint(self, width: int) -> int:
-        return int.from_bytes(self.take(width), "big")
+        # take() inlined: handshake parsing reads thousands of small integers.
+        pos = self._pos
+        end = pos + width
+        if end > self._end:
+            raise Malformed(f"need {width} bytes, have {self._end - pos}")
+        self._pos = end
+        return int.from_bytes(self._data[pos:end], "big")
 
     def u8(self) -> int:
-        return self.uint(1)
+        pos = self._pos
+        if pos >= self._end:
+            raise Malformed("need 1 byte, have 0")
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
         return self.uint(2)
