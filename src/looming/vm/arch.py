@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lzma
 from dataclasses import dataclass
 
 from looming.errors import UsageError
@@ -25,6 +26,7 @@ class Arch:
     kernel_arguments: tuple[str, ...] = ()
     virtio_transport: str = "virtio_mmio"  # the kernel module for the machine's virtio bus
     device_suffix: str = "device"  # qemu's virtio-net-<suffix> for that bus
+    xz_branch_filter: int | None = None  # lzma's BCJ filter the guest kernel can undo
 
 
 ARCHES: dict[str, Arch] = {
@@ -47,6 +49,7 @@ ARCHES: dict[str, Arch] = {
         kernel_arguments=("edd=off", "tsc=reliable", "no_timer_check"),
         virtio_transport="virtio_pci",
         device_suffix="pci",
+        xz_branch_filter=lzma.FILTER_X86,  # Debian's kernel has CONFIG_XZ_DEC_X86
     ),
     "aarch64": Arch(
         name="aarch64",

@@ -245,11 +245,12 @@ def _compiled(source: Path, name: str, compile_here: bool) -> tuple[str, bytes]:
     return ".pyc", header + marshal.dumps(code)
 
 
-def _with_bytecode(archive: Path, compile_here: bool) -> bytes:
+def _with_bytecode(archive: Path, compile_here: bool, app_dir: Path) -> bytes:
     """The zipapp with bytecode beside each module, so the guest does not
     compile them at every boot (seconds under emulation). The sources stay
     for tracebacks; the bytecode is hash-based and unchecked, so nothing
-    compares timestamps."""
+    compares timestamps. Libraries' bytecode has no docstrings (the
+    application's own keeps them, in case it reads them)."""
     if not compile_here:
         return archive.read_bytes()
     out = io.BytesIO()
@@ -259,7 +260,10 @@ def _with_bytecode(archive: Path, compile_here: bool) -> bytes:
             target.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
             if not info.filename.endswith(".py"):
                 continue
-            code = compile(data, f"{ARCHIVE_IN_IMAGE}/{info.filename}", "exec", dont_inherit=True)
+            top = info.filename.split("/")[0].removesuffix(".py")
+            own = top == "__main__" or (app_dir / f"{top}.py").is_file() or (app_dir / top).is_dir()
+            tree = ast.parse(data) if own else _DocstringRemover().visit(ast.parse(data))
+            code = compile(tree, f"{ARCHIVE_IN_IMAGE}/{info.filename}", "exec", dont_inherit=True)
             flags = (1).to_bytes(4, "little")  # hash-based, source not checked
             pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
             compiled = zipfile.ZipInfo(info.filename + "c", date_time=info.date_time)
@@ -412,7 +416,11 @@ def build_image(
         image_path = f"lib/modules/{path.name}"
         module_paths.append("/" + image_path)
         add(cpio.regular(image_path, path.read_bytes()))
-    add(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), _with_bytecode(pyz.artifact, compile_here)))
+    add(
+        cpio.regular(
+            ARCHIVE_IN_IMAGE.lstrip("/"), _with_bytecode(pyz.artifact, compile_here, app_dir)
+        )
+    )
     settings = {
         "modules": module_paths,
         "finit_module": arch.finit_module,
@@ -442,7 +450,10 @@ def build_image(
         # xz takes a quarter less room than gzip; the kernel's decoder wants
         # CRC32 checks, not xz's default CRC64.
         initrd = out_dir / "initrd.xz"
-        xz_filters = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+        # The branch filter makes machine code (most of the image) pack tighter.
+        xz_filters: list[dict[str, int]] = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+        if arch.xz_branch_filter is not None:
+            xz_filters.insert(0, {"id": arch.xz_branch_filter})
         initrd.write_bytes(
             lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=xz_filters)
         )

@@ -225,7 +225,24 @@ def stdlib_closure(
             for n in names:
                 if n != "*" and guest.find(f"{module}.{n}") is not None:
                     want(f"{module}.{n}", optional or inner_optional)
+    _drop_unimportable(closure)
     return closure
+
+
+def _drop_unimportable(closure: StdlibClosure) -> None:
+    """Leave out modules that could not be imported in the guest anyway: those
+    whose unconditional imports were left out (``ssl`` without ``_ssl``)."""
+    changed = True
+    while changed:
+        changed = False
+        for name, module in list(closure.modules.items()):
+            if module.is_extension:
+                continue
+            required = imports_of(module.path.read_bytes(), name, module.is_package, lazy=False)
+            if any(not optional and m in closure.dropped for m, _n, optional in required):
+                del closure.modules[name]
+                closure.dropped.add(name)
+                changed = True
 
 
 def builtin_modules(interpreter: Path) -> set[str]:
