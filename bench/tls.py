@@ -46,6 +46,7 @@ from looming.tls import (
     open_connection,
     start_server,
 )
+from looming.tls.constants import PskKeyExchangeMode
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -418,6 +419,23 @@ def rate(run_once: Callable[[], None], seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
+def interleaved_rates(
+    first: Callable[[], None], second: Callable[[], None], seconds: float, slices: int = 10
+) -> tuple[float, float]:
+    """Rates of two operations measured in alternating slices of about ``seconds`` in all."""
+    first()
+    second()
+    counts, elapsed = [0, 0], [0.0, 0.0]
+    for _ in range(slices):
+        for index, run_once in enumerate((first, second)):
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds / slices:
+                run_once()
+                counts[index] += 1
+            elapsed[index] += time.perf_counter() - start
+    return counts[0] / elapsed[0], counts[1] / elapsed[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short measurements (a smoke run)")
@@ -519,17 +537,36 @@ def main() -> int:
             tlslite_rate,
         )
 
-    for version, label in ((TLS13, "TLS 1.3 ECDSA"), (TLS12, "TLS 1.2 ECDHE-ECDSA")):
+    full_lc, full_ls = looming_configs("p256", TLS13)
+    full_sc, full_ss = ssl_contexts("p256", TLS13)
+
+    def looming_full_handshake() -> None:
+        looming_pair(full_lc, full_ls)
+
+    def ssl_full_handshake() -> None:
+        ssl_pair(full_sc, full_ss)
+
+    resumption_cases = (
+        (TLS13, "TLS 1.3 ECDSA", PskKeyExchangeMode.PSK_DHE_KE),
+        (TLS13, "TLS 1.3 ECDSA psk_ke (opt-in)", PskKeyExchangeMode.PSK_KE),
+        (TLS12, "TLS 1.2 ECDHE-ECDSA", None),
+    )
+    for version, label, mode in resumption_cases:
         print(f"measuring resumed handshake {label} ...", flush=True)
         lc, ls = looming_configs("p256", version)
         lc.session_cache = ClientSessionCache()
+        if mode is not None:
+            lc.psk_key_exchange_modes = ls.psk_key_exchange_modes = (mode,)
         looming_pair(lc, ls)
 
-        def looming_resume(lc: TlsConfig = lc, ls: TlsConfig = ls) -> None:
+        def looming_resume(lc: TlsConfig = lc, ls: TlsConfig = ls, mode: int | None = mode) -> None:
             client, _ = looming_pair(lc, ls)
-            assert client.resumed
+            assert client.resumed and client.resumption_mode == mode
 
         sc, ss = ssl_contexts("p256", version)
+        # No psk_ke for ssl: with SSL_OP_ALLOW_NO_DHE_KEX on both sides an OpenSSL
+        # client still sends a key share and an OpenSSL server then prefers
+        # psk_dhe_ke, so ssl's figure in the psk_ke row is its psk_dhe_ke.
         first, _ = ssl_pair(sc, ss)
         session_box: list[ssl.SSLSession | None] = [first.obj.session]
 
@@ -542,11 +579,28 @@ def main() -> int:
             assert client.obj.session_reused
             session_box[0] = client.obj.session
 
-        record(
-            f"resumed handshake {label}",
-            "handshakes/s",
-            rate(looming_resume, seconds),
-            rate(ssl_resume, seconds),
+        if version != TLS13:
+            looming_rate, ssl_rate = rate(looming_resume, seconds), rate(ssl_resume, seconds)
+            record(f"resumed handshake {label}", "handshakes/s", looming_rate, ssl_rate)
+            continue
+        # Full handshakes are measured again, interleaved with the resumed ones, so
+        # the resumed/full ratio of each implementation sees the same machine load.
+        looming_full, looming_rate = interleaved_rates(
+            looming_full_handshake, looming_resume, seconds
+        )
+        ssl_full, ssl_rate = interleaved_rates(ssl_full_handshake, ssl_resume, seconds)
+        record(f"resumed handshake {label}", "handshakes/s", looming_rate, ssl_rate)
+        looming_gain, ssl_gain = looming_rate / looming_full, ssl_rate / ssl_full
+        rows[-1]["looming resumed/full"] = round(looming_gain, 2)
+        rows[-1]["ssl resumed/full"] = round(ssl_gain, 2)
+        if mode == PskKeyExchangeMode.PSK_KE:
+            rows[-1]["ssl mode"] = "psk_dhe_ke (OpenSSL does not resume by psk_ke with itself)"
+            print("    (ssl resumes by psk_dhe_ke here: OpenSSL prefers it)", flush=True)
+        print(
+            f"    resumed/full, each against its own full ECDSA P-256 handshake measured alongside"
+            f" (looming {looming_full:.0f}/s, ssl {ssl_full:.0f}/s):"
+            f" looming {looming_gain:.2f}x  ssl {ssl_gain:.2f}x",
+            flush=True,
         )
 
     bulk_cases = [
