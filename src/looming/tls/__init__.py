@@ -29,7 +29,8 @@ secret, ECDHE and AEAD suites only, RFC 5746 signalling, no renegotiation).
 Groups X25519, secp256r1, secp384r1, X25519MLKEM768; suites AES-128-GCM,
 AES-256-GCM, ChaCha20-Poly1305; signatures RSA-PSS, RSA-PKCS1 (1.2 and
 certificates), ECDSA P-256/P-384, Ed25519. Resumption by tickets (1.3
-psk_dhe_ke, 1.2 RFC 5077), 0-RTT only when both ``TlsConfig.enable_early_data``
+psk_dhe_ke, or psk_ke when ``TlsConfig.psk_key_exchange_modes`` lists it;
+1.2 RFC 5077), 0-RTT only when both ``TlsConfig.enable_early_data``
 (client) and ``TlsConfig.max_early_data`` (server) opt in, with single-use
 tickets against replay. Errors: :class:`TlsProtocolError` (we sent the named
 alert), :class:`TlsAlertReceived`, :class:`CertificateError`,
@@ -39,7 +40,14 @@ Not supported: renegotiation, TLS 1.2 resumption by session ID (tickets
 only), external (non-ticket) PSKs, post-handshake client authentication,
 OCSP stapling, certificate compression, DTLS.
 
-``python -m looming.tls serve|connect`` runs a server or client from the shell.
+``looming tls serve|connect`` (also ``python -m looming.tls``; see
+:mod:`looming.tls.cli`) runs a server or client from the shell, in the
+spirit of ``openssl s_server`` / ``s_client``.
+
+The engine replays RFC 8448's "Simple 1-RTT Handshake" byte for byte as
+client and as server (tests/tls/test_rfc8448_replay.py), with its randomness
+injected through a scripted Random device and ``TlsConfig.handshake_rewriter``
+(tests only) for what the trace fixes differently.
 """
 
 from __future__ import annotations
