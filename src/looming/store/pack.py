@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 from looming.store.errors import CorruptObject
 from looming.store.objects import ObjectId, hash_object
+from looming.store.spares import TakeSpare, write_file_atomically
 
 _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
@@ -95,22 +96,25 @@ def encode_index(entries: list[IndexEntry], pack_checksum: bytes) -> bytes:
     return body + hashlib.sha1(body).digest()
 
 
-def install_pack(pack_dir: str, data: bytes, entries: list[IndexEntry], checksum: bytes) -> str:
+def install_pack(
+    pack_dir: str,
+    data: bytes,
+    entries: list[IndexEntry],
+    checksum: bytes,
+    take_spare: TakeSpare | None = None,
+) -> str:
     """Write ``pack-<checksum>.pack`` then its ``.idx``; the base name.
 
     Git and dulwich ignore a pack until its index exists, and the index is
-    renamed into place last, so a crash leaves either nothing visible or a
-    whole pack.
+    renamed into place last (each file is filled under another name, a
+    spare from ``take_spare`` or ``<name>.tmp``), so a crash leaves either
+    nothing visible or a whole pack.
     """
     base = os.path.join(pack_dir, f"pack-{checksum.hex()}")
     if os.path.exists(base + ".idx"):
         return base
-    with open(base + ".pack", "wb") as file:
-        file.write(data)
-    temporary = base + ".idx.tmp"
-    with open(temporary, "wb") as file:
-        file.write(encode_index(entries, checksum))
-    os.rename(temporary, base + ".idx")
+    write_file_atomically(base + ".pack", data, take_spare)
+    write_file_atomically(base + ".idx", encode_index(entries, checksum), take_spare)
     return base
 
 
@@ -189,6 +193,7 @@ def concatenate_packs(
     packs: list[PackRecord],
     delta_bases: dict[ObjectId, ObjectId] | None = None,
     cached: dict[str, bytes] | None = None,
+    take_spare: TakeSpare | None = None,
 ) -> PackRecord:
     """Merge packs this store wrote into one, then remove them.
 
@@ -198,7 +203,9 @@ def concatenate_packs(
     (an OFS_DELTA, chains bounded by :data:`MAX_DELTA_DEPTH`), which is what
     keeps a long history of large directories small.
     """
-    from dulwich._pack import apply_delta, create_delta
+    from dulwich._pack import apply_delta
+
+    from looming.store.delta import make_delta
 
     hints = delta_bases or {}
     wanted_bodies = set(hints.values())
@@ -240,7 +247,7 @@ def concatenate_packs(
                 body = zlib.decompress(compressed)
                 hint = hints.get(oid)
                 if hint is not None and hint in bodies and placed[hint][1] < MAX_DELTA_DEPTH:
-                    delta = bytes(create_delta(bodies.pop(hint), body))
+                    delta = make_delta(bodies.pop(hint), body)
                     if len(delta) < len(body) // 2:
                         base_at, base_depth = placed[hint]
                         new_offset = out.tell()
@@ -264,7 +271,7 @@ def concatenate_packs(
     packed = bytearray(out.getvalue())
     packed[8:12] = struct.pack(">I", len(entries))
     checksum = hashlib.sha1(packed).digest()
-    new_base = install_pack(pack_dir, bytes(packed) + checksum, entries, checksum)
+    new_base = install_pack(pack_dir, bytes(packed) + checksum, entries, checksum, take_spare)
     for base_name, _entries in packs:
         if base_name == new_base:
             continue
