@@ -152,3 +152,31 @@ def test_readers_survive_a_writer_merging_packs(disk_repo: Repo) -> None:
     assert writer.wait(timeout=60) == 0
     assert seen == 60
     reader.close()
+
+
+def test_commits_use_spare_files_made_while_idle(disk_repo: Repo, git: GitRunner) -> None:
+    import os
+    import time
+
+    from looming.store.gitbackend import GitBackend
+    from looming.store.spares import IDLE_SECONDS, SPARE_DIR
+
+    backend = disk_repo.backend
+    assert isinstance(backend, GitBackend) and disk_repo.path is not None
+    store = disk_repo.store()
+    store.set("first", b"1")  # starts the thread; it fills the pool once idle
+    spares = os.path.join(backend.git_dir, SPARE_DIR)
+    for _ in range(400):  # bounded wait for the idle thread
+        if len(os.listdir(spares)) >= 8:
+            break
+        time.sleep(IDLE_SECONDS / 2)
+    before = set(os.listdir(spares))
+    assert len(before) >= 8
+    store.set("second", b"2")
+    # The pack and its index were spares, renamed into place.
+    assert len(before - set(os.listdir(spares))) == 2
+    git("fsck", "--strict", cwd=disk_repo.path)
+    disk_repo.close()
+    # Closing removes this process's unused spares.
+    assert os.listdir(spares) == []
+    assert Repo.open(disk_repo.path).store().get("second") == b"2"

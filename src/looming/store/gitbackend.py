@@ -19,6 +19,7 @@ from looming.errors import Malformed
 from looming.store.errors import BadRef, CorruptObject, MissingObject, NotARepository, RefChanged
 from looming.store.objects import OBJECT_TYPES, ObjectId, hash_object, parse_loose, raw_id
 from looming.store.pack import PackRecord, build_pack, install_pack
+from looming.store.spares import SparePool
 
 _TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 
@@ -83,6 +84,8 @@ class GitBackend:
         self._lock_depth = 0
         self._lock_file: int | None = None
         self._made_dirs: set[str] = set()
+        self._spares = SparePool(self.git_dir)
+        self._lock_source: str | None = None
 
     def _make_dir(self, path: str) -> None:
         if path not in self._made_dirs:
@@ -168,7 +171,7 @@ class GitBackend:
                 ((oid, kind, body) for oid, (kind, body) in pending.items()), self._compression
             )
             self._make_dir(self.pack_dir)
-            base = install_pack(self.pack_dir, data, entries, checksum)
+            base = install_pack(self.pack_dir, data, entries, checksum, self._spares.take)
             self._tiers[0].append((base, entries))
             self._recent_packs[base] = data
             self._known.update(pending)
@@ -198,7 +201,9 @@ class GitBackend:
         from looming.store.pack import concatenate_packs
 
         present = [record for record in packs if os.path.exists(record[0] + ".idx")]
-        merged = concatenate_packs(self.pack_dir, present, self._delta_bases, self._recent_packs)
+        merged = concatenate_packs(
+            self.pack_dir, present, self._delta_bases, self._recent_packs, self._spares.take
+        )
         for base, _entries in packs:
             self._recent_packs.pop(base, None)
         return merged
@@ -241,12 +246,22 @@ class GitBackend:
                 self._reopen_packs()
 
     def _remove_leftovers(self, older_than: float) -> None:
+        spares = self._spares.folder
+        with contextlib.suppress(FileNotFoundError):
+            own = f"{os.getpid()}-"
+            for name in os.listdir(spares):
+                # Empty files of processes that died (or idled an hour: they
+                # make new ones); they cost only an inode each.
+                full = os.path.join(spares, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if not name.startswith(own) and os.stat(full).st_mtime < older_than:
+                        os.unlink(full)
         try:
             names = set(os.listdir(self.pack_dir))
         except FileNotFoundError:
             return
         for name in names:
-            stray = name.endswith(".idx.tmp") or (
+            stray = name.endswith(".tmp") or (
                 name.endswith(".pack") and name[: -len(".pack")] + ".idx" not in names
             )
             if not stray:
@@ -328,17 +343,7 @@ class GitBackend:
             # Objects first, so the ref never names anything not on disk.
             self.flush()
             self._make_dir(os.path.dirname(path))
-            try:
-                lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileNotFoundError:
-                # git may prune empty ref folders behind our back.
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                # We hold the store's writer lock, so a leftover lock file is
-                # from a writer that died (or from git itself); take it over.
-                os.unlink(lock_path)
-                lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._take_ref_lock(lock_path)
             ref = -1
             try:
                 try:
@@ -373,19 +378,47 @@ class GitBackend:
                     self._remove_packed_ref(name)
                     return
                 line = new.hex().encode() + b"\n"
-                if in_place and os.pwrite(ref, line, 0) == len(line):
-                    os.unlink(lock_path)
-                    return
-                os.write(lock, line)
-                os.rename(lock_path, path)
+                if not (in_place and os.pwrite(ref, line, 0) == len(line)):
+                    # A new ref, or one git wrote otherwise: a whole file
+                    # renamed over it, while our lock keeps git out.
+                    spare = self._spares.take_or_make()
+                    descriptor = os.open(spare, os.O_WRONLY | os.O_TRUNC)
+                    try:
+                        os.write(descriptor, line)
+                    finally:
+                        os.close(descriptor)
+                    os.rename(spare, path)
+                os.unlink(lock_path)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lock_path)
                 raise
             finally:
-                os.close(lock)
                 if ref >= 0:
                     os.close(ref)
+
+    def _take_ref_lock(self, lock_path: str) -> None:
+        """Git's lock on a ref: its ``.lock`` file, made as a hard link to a
+        file of ours (linking allocates no inode; creating one can take a
+        millisecond on a busy disk). Unlinking it later leaves our file."""
+        for attempt in range(3):
+            if self._lock_source is None:
+                self._lock_source = self._spares.lock_file()
+            try:
+                os.link(self._lock_source, lock_path)
+                return
+            except FileNotFoundError:
+                # git may prune empty ref folders behind our back, and gc
+                # may remove an idle process's lock file.
+                os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+                self._lock_source = None
+            except FileExistsError:
+                # We hold the store's writer lock, so a leftover lock file is
+                # from a writer that died (or from git itself); take it over.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)
+            if attempt == 2:
+                raise BadRef(f"cannot take the lock {lock_path}")
 
     def _remove_packed_ref(self, name: str) -> None:
         packed = os.path.join(self.git_dir, "packed-refs")
@@ -466,6 +499,7 @@ class GitBackend:
     def close(self) -> None:
         self.flush()
         self._reopen_packs()
+        self._spares.close()
         with self._thread_lock:
             if self._lock_file is not None:
                 os.close(self._lock_file)

@@ -1,0 +1,170 @@
+"""Empty files made ahead of time, so that a commit does not wait for inodes.
+
+On a busy ext4 disk, creating a file (allocating its inode) costs up to a
+millisecond, while renaming or linking an existing one costs tens of
+microseconds. A commit needs two new files (a pack and its index), so a
+thread keeps a few empty files ready in ``<git dir>/looming-spares/`` and
+the writer fills one and renames it into place. The names carry the
+process id, so a process only ever fills its own spares; git ignores the
+folder. A spare gone missing (removed by ``gc`` as a leftover) only means
+the file is created the slow way.
+
+Spares are made only while the writer is idle: inode allocation contends
+with the writer's own renames and unlinks in the kernel, so during a burst
+of commits the thread stays out of the way and the writer creates what it
+needs itself. Sparse commits (a unikernel's writes, a push now and then)
+then each cost a rename rather than an allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+
+SPARE_DIR = "looming-spares"
+
+TakeSpare = Callable[[], str | None]
+
+IDLE_SECONDS = 0.05  # no spare is taken for this long: the writer is idle
+
+
+def write_file_atomically(path: str, data: bytes, take_spare: TakeSpare | None = None) -> None:
+    """Make ``path`` hold ``data``, appearing whole or not at all: a spare
+    (or else ``path.tmp``) is filled, then renamed there."""
+    spare = take_spare() if take_spare is not None else None
+    if spare is not None:
+        try:
+            descriptor = os.open(spare, os.O_WRONLY | os.O_TRUNC)
+        except FileNotFoundError:
+            spare = None
+    if spare is None:
+        spare = path + ".tmp"
+        descriptor = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(descriptor, data)
+    finally:
+        os.close(descriptor)
+    try:
+        os.rename(spare, path)
+    except OSError:
+        if spare == path + ".tmp":
+            raise
+        # The spares folder is on another file system (a symlinked objects
+        # folder): drop the spare and write the file next to its place.
+        with contextlib.suppress(OSError):
+            os.unlink(spare)
+        write_file_atomically(path, data)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+class SparePool:
+    """Up to ``keep`` empty files of this process, refilled by a thread."""
+
+    def __init__(self, git_dir: str, keep: int = 24) -> None:
+        self.folder = os.path.join(git_dir, SPARE_DIR)
+        self.keep = keep
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ready: list[str] = []
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._active = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._counter = 0
+        self._pid = os.getpid()
+
+    def take(self) -> str | None:
+        """The path of an empty spare file, or None when none is ready."""
+        if self._pid != os.getpid():
+            # A forked child: the parent's spares and thread are not its own.
+            self._reset()
+        with self._lock:
+            spare = self._ready.pop() if self._ready else None
+            if self._thread is None and not self._stopping:
+                self._thread = threading.Thread(
+                    target=self._refill, name="looming-store-spares", daemon=True
+                )
+                self._thread.start()
+        self._active.set()
+        self._wanted.set()
+        return spare
+
+    def take_or_make(self) -> str:
+        """A spare, made now when none is ready."""
+        spare = self.take()
+        if spare is not None:
+            return spare
+        os.makedirs(self.folder, exist_ok=True)
+        while True:
+            name = self._next_name()
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                return name
+
+    def _next_name(self) -> str:
+        with self._lock:
+            self._counter += 1
+            counter = self._counter
+        return os.path.join(self.folder, f"{self._pid}-{counter}")
+
+    def _refill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.makedirs(self.folder, exist_ok=True)
+        while not self._stopping:
+            with self._lock:
+                missing = self.keep - len(self._ready)
+            if missing <= 0:
+                self._wanted.wait()
+                self._wanted.clear()
+                continue
+            # Wait for a pause in the writer's work (a blocking wait with a
+            # timeout, not a clock read).
+            self._active.clear()
+            if self._active.wait(IDLE_SECONDS) or self._stopping:
+                continue
+            name = self._next_name()
+            try:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                continue  # a spare of a dead process that had our pid
+            except OSError:
+                # Read-only or full disk: the writer creates files itself
+                # (and reports what goes wrong there).
+                self._wanted.wait()
+                self._wanted.clear()
+                continue
+            with self._lock:
+                self._ready.append(name)
+
+    def lock_file(self) -> str:
+        """A file of this process to hard-link as a ref's ``.lock``: linking
+        takes git's lock without allocating an inode."""
+        path = os.path.join(self.folder, f"{self._pid}-lock")
+        if not os.path.exists(path):
+            os.makedirs(self.folder, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        return path
+
+    def close(self) -> None:
+        """Stop the thread and remove this process's unused spares."""
+        with self._lock:
+            self._stopping = True
+        self._wanted.set()
+        self._active.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for name in [*ready, os.path.join(self.folder, f"{self._pid}-lock")]:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
