@@ -17,6 +17,7 @@ import asyncio
 import datetime
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -446,11 +447,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.ssl_bulk13:
         return ssl_bulk13_child(*args.ssl_bulk13)
+    directory = Path(tempfile.mkdtemp(prefix="looming-bench-tls-"))
+    try:
+        return measure(args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, directory: Path) -> int:
     seconds = 0.3 if args.quick else 2.0
     bulk_bytes = (16 if args.quick else 256) << 20
     tlslite_bytes = (128 if args.quick else 512) << 10
 
-    directory = Path(tempfile.mkdtemp(prefix="looming-bench-tls-"))
     pki = make_pki(directory)
     trust = TrustStore.from_pem_file(directory / "ca.pem")
 
