@@ -47,6 +47,11 @@ def test_static_site_revalidates_when_the_branch_moves(disk_repo: Repo, git: Git
     assert get(site, "/new/page.html")[:2] == (200, b"<p>new</p>")
     other.store().remove("new")
     assert get(site, "/new/page.html")[0] == 404
+    # git moves the ref into packed-refs, then a writer makes it loose again.
+    git("pack-refs", "--all", cwd=disk_repo.path)
+    assert get(site, "/")[:2] == (200, b"<p>two</p>")
+    other.store().set("index.html", b"<p>three</p>")
+    assert get(site, "/")[:2] == (200, b"<p>three</p>")
     other.close()
     git("fsck", "--strict", cwd=disk_repo.path)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from looming.devices.kv import EntryKind
 from looming.errors import DeviceError, KeyNotFound, NotAValue
 from looming.store.errors import InvalidPath, StoreError
+from looming.store.gitbackend import GitBackend
 from looming.store.objects import MODE_TREE
 from looming.store.path import Path, to_path
-from looming.store.repo import Repo
+from looming.store.repo import HEADS, Repo
 from looming.store.store import Store
 from looming.store.tree import Kind, lookup
 
@@ -34,11 +35,16 @@ class StoreKv:
             repo = Repo.init(path, branch=branch)
         return cls(repo.store(branch))
 
-    def generation(self) -> bytes | None:
-        """The branch head's id: it changes with every commit, also one
+    def generation(self) -> object:
+        """A stamp of the branch head: it changes with every commit, also one
         pushed by ``git`` or written by another process, so a cache of what
-        was read (:class:`looming.http.StaticSite`) knows when to drop."""
+        was read (:class:`looming.http.StaticSite`) knows when to drop. On
+        disk it is read from the ref file kept open (a few microseconds)."""
+        branch = self.store.branch
+        backend = self.store.repo.backend
         try:
+            if isinstance(backend, GitBackend) and branch is not None:
+                return backend.ref_stamp(HEADS + branch)
             return self.store.head_id()
         except StoreError as error:
             raise DeviceError(f"kv_store: {error}") from None
