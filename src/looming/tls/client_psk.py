@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from looming.errors import UsageError
+
 from .constants import TLS13, AlertDescription, ContentType
 from .constants import ExtensionType as X
 from .constants import HandshakeType as H
@@ -28,13 +30,23 @@ def send_with_psk(hs: ClientHandshake, head: bytes, exts: list[bytes], session: 
     binders = vec16(vec8(bytes(binder_length)))
     psk_ext = extension(X.PRE_SHARED_KEY, identities + binders)
     body = head + vec16(b"".join(exts) + psk_ext)
+    rewriter = hs.config.handshake_rewriter
+    if rewriter is not None:
+        # The binder covers the hello, so a test rewriter must see it before the
+        # binder is computed: it gets the hello with an all-zero binder and must
+        # leave pre_shared_key last with binders of the same length.
+        body = rewriter(H.CLIENT_HELLO, body)
+        if not body.endswith(binders):
+            raise UsageError("handshake_rewriter must keep the PSK binders last and unchanged")
     message = u8(H.CLIENT_HELLO) + len(body).to_bytes(3, "big") + body
     truncated = message[: len(message) - len(binders)]
     hs.schedule = KeySchedule13(suite.hash_name, session.secret)
     binder = hs.schedule.finished_mac(
         hs.schedule.binder_key(), hs.conn.transcript.digest_with(suite.hash_name, truncated)
     )
-    hs.conn.send_handshake(H.CLIENT_HELLO, body[: len(body) - len(binders)] + vec16(vec8(binder)))
+    hs.conn.send_handshake(
+        H.CLIENT_HELLO, body[: len(body) - len(binders)] + vec16(vec8(binder)), rewrite=False
+    )
 
 
 def send_early_data(hs: ClientHandshake, session: Session) -> None:

@@ -89,7 +89,9 @@ class TlsConfig:
     # encrypted. The byte-exact replay of published traces (RFC 8448) uses it for
     # what a trace fixes but the engine chooses otherwise: extension order, code
     # points announced but not implemented, opaque ticket contents, and RSA-PSS
-    # salts, which OpenSSL draws internally.
+    # salts, which OpenSSL draws internally. A ClientHello offering a PSK is
+    # passed with an all-zero binder, before the binder is computed over it; the
+    # rewriter must keep pre_shared_key's binders last and the same length.
     handshake_rewriter: Callable[[int, bytes], bytes] | None = None
     random: Random = field(default_factory=_default_random)
     clock: Clock = field(default_factory=_default_clock)

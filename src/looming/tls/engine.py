@@ -166,9 +166,16 @@ class TlsConnection:
     # --- used by the handshake modules ----------------------------------------
 
     def send_handshake(
-        self, msg_type: int, body: bytes, *, add_to_transcript: bool = True
+        self,
+        msg_type: int,
+        body: bytes,
+        *,
+        add_to_transcript: bool = True,
+        rewrite: bool = True,
     ) -> bytes:
-        if self.config.handshake_rewriter is not None:
+        # rewrite=False: the caller already ran the rewriter (a ClientHello with a
+        # PSK binder, which must be computed over the rewritten hello).
+        if rewrite and self.config.handshake_rewriter is not None:
             body = self.config.handshake_rewriter(msg_type, body)
         message = handshake(msg_type, body)
         if add_to_transcript:
