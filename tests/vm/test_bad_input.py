@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.vm.conftest import APPS, EXAMPLES, looming
@@ -76,9 +78,6 @@ def test_devices_a_vm_has_no_implementation_for_are_named(tmp_path: Path) -> Non
 def test_bad_machine_options_at_run_are_usage_errors(tmp_path: Path) -> None:
     manifest = tmp_path / "image.json"
     manifest.write_text('{"arch": "x86_64", "kernel": "k", "initrd": "i"}')
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-m", "looming.vm.launch", str(manifest), "--vm-memory", "lots"],
         capture_output=True,
@@ -88,3 +87,17 @@ def test_bad_machine_options_at_run_are_usage_errors(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--vm-memory: 'lots' is not a number" in done.stderr
+
+
+def test_a_unikernel_with_a_network_needs_a_tap_to_boot(tmp_path: Path) -> None:
+    manifest = tmp_path / "image.json"
+    manifest.write_text('{"arch": "aarch64", "kernel": "k", "initrd": "i", "needs_network": true}')
+    done = subprocess.run(
+        [sys.executable, "-m", "looming.vm.launch", str(manifest), "--port", "80"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "give --vm-tap NAME" in done.stderr

@@ -489,6 +489,8 @@ def build_image(
     )
     manifest_data = report.to_json()
     manifest_data["console"] = arch.console
+    # The launcher refuses to boot a unikernel that drives a NIC without one.
+    manifest_data["needs_network"] = "looming.net.netif.af_packet" in pyz.modules
     manifest.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
     return report
 

@@ -88,6 +88,11 @@ def qemu_command(
 ) -> list[str]:
     """The qemu command line booting the image described by ``manifest``."""
     arch: Arch = get_arch(str(manifest["arch"]))
+    if manifest.get("needs_network") and not options.tap:
+        raise LaunchError(
+            "this unikernel drives a network interface: give --vm-tap NAME, a TAP device "
+            "on the host (qemu creates it when missing and run as root)"
+        )
     qemu = shutil.which(arch.qemu)
     if qemu is None:
         raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
