@@ -97,8 +97,10 @@ def qemu_command(
     if qemu is None:
         raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
     nic = f"LOOMING_NIC={1 if options.tap else 0}"  # handed to /init as its environment
+    # The console is the unikernel's: the kernel speaks only to panic (stall
+    # warnings on a loaded emulating host are not the unikernel's business).
     # --vm-trace shows the kernel's messages and /init's stages with their times.
-    verbosity = ["LOOMING_TRACE=1"] if options.trace else ["loglevel=3"]
+    verbosity = ["LOOMING_TRACE=1"] if options.trace else ["loglevel=1"]
     cmdline = [f"console={arch.console}", *FAST_BOOT, *arch.kernel_arguments, *verbosity]
     cmdline += ["panic=-1", nic]
     cmdline += ["--", *keys]
