@@ -79,7 +79,7 @@ class Namespace:
     def __init__(self) -> None:
         suffix = os.getpid() % 100000
         self.name = f"loomingbench{suffix}"
-        self.tap = f"lbtap{suffix}"
+        self.tap = f"loomingb{suffix}"
 
     def __enter__(self) -> Namespace:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)

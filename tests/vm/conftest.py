@@ -98,7 +98,7 @@ def tap_namespace(request: pytest.FixtureRequest) -> Iterator[TapNamespace]:
         pytest.fail("this test needs root and /dev/net/tun (it is marked root; CI runs as root)")
     suffix = f"{os.getpid() % 100000}"
     namespace = f"loomingvm{suffix}"
-    tap = f"lvmtap{suffix}"
+    tap = f"loomingtap{suffix}"
     subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
     _ip("netns", "add", namespace)
     try:
