@@ -26,7 +26,6 @@ STATE_FILE = "_build/looming.json"
 PLUGIN_VERBS: dict[str, tuple[str, str]] = {
     "store": ("looming.store.cli", "work with a Git-compatible branchable store"),
     "sim": ("looming.sim.cli", "run unikernels on a deterministic simulated network"),
-    "ffi": ("looming.ffi.cli", "check and inspect foreign-function binding descriptions"),
     "tls": (
         "looming.tls.cli",
         "TLS server and client for testing peers (like openssl s_server/s_client)",
@@ -41,7 +40,7 @@ to the implementations one deployment needs.
 A unikernel is a folder with config.py. In that folder:
   looming configure -t unix     resolve devices, write _build/unix/main.py
   looming build                 make dist/NAME-unix.pyz
-  looming run                   run it (keys: looming run -- --help)
+  looming run                   run it (its keys: looming run --help)
 """
 
 
