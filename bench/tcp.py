@@ -5,17 +5,22 @@ named with an ``lm`` prefix and removed at the end):
 
     .venv/bin/python bench/tcp.py [--quick] [--json PATH]
 
-Measured for the kernel talking to a kernel over a veth pair, and for
-looming's TCP on the direct stack talking to the kernel over a TAP (plain,
-and with virtio-net offloads), plus two looming TCP layers over an
-in-memory wire:
+Measured for the kernel talking to a kernel over a veth pair, for looming's
+TCP on the direct stack talking to the kernel over a TAP (plain, and with
+virtio-net offloads), for PyTCP 2.7.6 (another pure-Python TCP/IP stack,
+from PyPI, in the test extra) talking to the kernel over a TAP, plus two
+looming TCP layers over an in-memory wire:
 
+* flood-ping round trip (``ping -f`` from the kernel);
 * bulk MB/s, kernel -> peer and peer -> kernel;
 * 64-byte echo round trip p50 and p99 (Nagle off);
 * connections per second (connect, the server closes, EOF, close).
 
 The kernel-side programs are small Python socket loops, the same ones in
 every column, so the ratios compare the stacks rather than the programs.
+PyTCP runs in its own process (it keeps global state and threads), driven
+over a pipe by the same loops written against its socket API; its bulk
+transfers are smaller, since it moves about a megabyte a second.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import asyncio
 import gc
 import hashlib
 import json
+import queue
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -110,6 +118,16 @@ elif mode == "acceptor":
     for _ in range(int(args[1])):
         c, _ = s.accept()
         c.close()
+elif mode == "acceptor-until-eof":
+    # For a client that closes first: read to EOF, close; report when the
+    # last connection's EOF arrived (perf_counter is system-wide monotonic).
+    s = listener(args[0])
+    for _ in range(int(args[1])):
+        c, _ = s.accept()
+        while c.recv(65536):
+            pass
+        c.close()
+    print(json.dumps({"last_eof": time.perf_counter()}))
 elif mode == "connector":
     start = time.perf_counter()
     for _ in range(int(args[2])):
@@ -135,6 +153,18 @@ class Sizes:
     bulk: int
     echoes: int
     connections: int
+    pings: int
+    pytcp_bulk: int
+    pytcp_echoes: int
+    pytcp_connections: int
+
+
+def flood_ping_rtt_us(output: str) -> float:
+    """The average round trip of ``ping -q -f`` output, in microseconds."""
+    match = re.search(r"= [\d.]+/([\d.]+)/", output)
+    if match is None or " 0% packet loss" not in output:
+        raise RuntimeError(f"flood ping failed: {output}")
+    return float(match.group(1)) * 1000
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -192,6 +222,10 @@ def kernel_to_kernel(sizes: Sizes) -> Column:
             sh(*netns(namespace, "ip", "link", "set", device, "up"))
             sh(*netns(namespace, "ip", "link", "set", "lo", "up"))
         server = "10.78.0.1"
+
+        progress("kernel flood ping over veth")
+        out = sh(*netns(client_ns, "ping", "-q", "-f", "-c", str(sizes.pings), server)).stdout
+        column.values["ping_rtt_us"] = flood_ping_rtt_us(out)
 
         progress("kernel -> kernel bulk")
         sink = kernel_program(server_ns, "sink", "5001")
@@ -270,6 +304,12 @@ async def looming_with_kernel(sizes: Sizes, offload: bool) -> Column:
         tcp = stack.tcp
         time_device = UnixTime()
         try:
+            progress(f"{name}: flood ping")
+            out = await peer.exec_output(
+                "ping", "-q", "-f", "-c", str(sizes.pings), str(STACK_ADDRESS.ip)
+            )
+            column.values["ping_rtt_us"] = flood_ping_rtt_us(out)
+
             progress(f"{name}: kernel -> looming bulk")
             done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
@@ -330,6 +370,238 @@ async def looming_with_kernel(sizes: Sizes, offload: bool) -> Column:
             await acceptor.wait()
         finally:
             await stack.disconnect()
+    return column
+
+
+# ------------------------------------------------------------------ PyTCP <-> kernel
+
+# PyTCP's side, run with ``python -O`` (PyTCP's own switch that drops its
+# debug logging) in the root namespace: it opens the TAP, says "opened",
+# waits for "go" (the TAP is in the namespace by then), starts and says
+# "ready", then runs one command per line read from stdin, answering JSON.
+PYTCP_PROGRAM = r"""
+import json, os, sys, time
+from pytcp import config
+config.LOG_CHANEL = set()
+from pytcp import TcpIpStack
+from pytcp.lib import socket
+
+tap, address, gateway = sys.argv[1:4]
+stack = TcpIpStack(interface=tap, ip4_address=address, ip4_gateway=gateway)
+print("opened", flush=True)
+sys.stdin.readline()
+stack.start()
+time.sleep(1.0)  # PyTCP claims its addresses (ARP probes) in the background
+print("ready", flush=True)
+for line in sys.stdin:
+    mode, *args = line.split()
+    if mode == "sink":
+        server = socket.socket()
+        server.bind(("0.0.0.0", int(args[0])))
+        server.listen()
+        print("listening", flush=True)
+        flow, _ = server.accept()
+        start, total = time.perf_counter(), 0
+        while data := flow.recv():
+            total += len(data)
+        seconds = time.perf_counter() - start
+        flow.close()
+        print(json.dumps({"bytes": total, "seconds": seconds}), flush=True)
+    elif mode == "source":
+        flow = socket.socket()
+        flow.connect((args[0], int(args[1])))
+        flow.send(b"\x5a" * int(args[2]))  # PyTCP queues it all at once
+        flow.close()
+        print(json.dumps({"queued": True}), flush=True)
+    elif mode == "echo-client":
+        flow = socket.socket()
+        flow.connect((args[0], int(args[1])))
+        times = []
+        for _ in range(int(args[2])):
+            start = time.perf_counter()
+            flow.send(b"e" * 64)
+            got = 0
+            while got < 64:
+                got += len(flow.recv(64 - got))
+            times.append(time.perf_counter() - start)
+        flow.close()
+        print(json.dumps({"times": times}), flush=True)
+    elif mode == "connect-close":
+        # PyTCP closes first: it picks the lowest free ephemeral port, so a
+        # port the kernel still holds in TIME-WAIT (when the kernel closed
+        # first) would come back at once, with a SYN the kernel does not
+        # take, and the connect would time out.
+        start = time.perf_counter()
+        for _ in range(int(args[2])):
+            flow = socket.socket()
+            flow.connect((args[0], int(args[1])))
+            flow.close()
+        print(json.dumps({"start": start}), flush=True)
+    else:
+        break
+stack.stop()
+print("stopped", flush=True)
+os._exit(0)  # PyTCP's service threads do not all end on stop()
+"""
+
+
+class PytcpDriver:
+    """The PyTCP process: one command line in, one answer line out."""
+
+    def __init__(self, peer: KernelPeer) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-O",
+                "-c",
+                PYTCP_PROGRAM,
+                peer.tap_name,
+                str(STACK_ADDRESS),
+                str(PEER_ADDRESS),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.noise: list[str] = []  # other output (PyTCP's tracebacks)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+        self._lines.put(None)  # PyTCP exited
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def expect(self, timeout: float) -> str:
+        """The next line PyTCP prints that is not noise (a JSON answer or a
+        word such as "ready")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"PyTCP did not answer within {timeout:.0f} s") from None
+            if line is None:
+                self.process.wait(timeout=10)
+                raise RuntimeError(f"PyTCP exited ({self.process.returncode})")
+            if line.startswith("{") or line.isalpha():
+                return line
+            self.noise.append(line)
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        line = self.expect(timeout)
+        if not line.startswith("{"):
+            raise RuntimeError(f"unexpected answer from PyTCP: {line!r}")
+        parsed: dict[str, Any] = json.loads(line)
+        return parsed
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.send("quit")
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+def pytcp_available() -> str | None:
+    """Why PyTCP 2.7.6 cannot run here, or None."""
+    try:
+        from importlib.metadata import version
+
+        found = version("PyTCP")
+    except Exception:
+        return "PyTCP is not installed (.venv/bin/pip install -e '.[test]')"
+    if found != "2.7.6":
+        return f"PyTCP {found} is installed, not 2.7.6"
+    return None
+
+
+def pytcp_with_kernel(sizes: Sizes, notes: list[str]) -> Column:
+    name = "PyTCP 2.7.6<->kernel (TAP)"
+    column = Column(name)
+    missing = pytcp_available()
+    if missing is not None:
+        notes.append(f"{name}: not run: {missing}")
+        return column
+    server = str(STACK_ADDRESS.ip)
+    kernel_programs: list[subprocess.Popen[str]] = []
+
+    def kernel_side(*args: str) -> subprocess.Popen[str]:
+        program = kernel_program(peer.namespace, *args)
+        kernel_programs.append(program)
+        return program
+
+    with kernel_peer_namespace() as peer:
+        driver = PytcpDriver(peer)
+        try:
+            if driver.expect(30) != "opened":
+                raise RuntimeError("PyTCP did not open its TAP")
+            sh("ip", "link", "set", peer.tap_name, "netns", peer.namespace)
+            peer.sh("ip", "addr", "add", f"{peer.peer_address}/24", "dev", peer.tap_name)
+            peer.sh("ip", "link", "set", peer.tap_name, "up")
+            driver.send("go")
+            if driver.expect(30) != "ready":
+                raise RuntimeError("PyTCP did not start")
+
+            progress(f"{name}: flood ping")
+            out = peer.sh("ping", "-q", "-f", "-c", str(sizes.pings), server, timeout=300)
+            column.values["ping_rtt_us"] = flood_ping_rtt_us(out)
+
+            progress(f"{name}: kernel -> PyTCP bulk ({sizes.pytcp_bulk >> 20} MB)")
+            driver.send("sink 6001")
+            driver.expect(30)  # listening
+            source = kernel_side("source", server, "6001", str(sizes.pytcp_bulk))
+            measured = driver.result(600)
+            result_of(source, 60)
+            column.values["bulk_in_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
+
+            progress(f"{name}: PyTCP -> kernel bulk ({sizes.pytcp_bulk >> 20} MB)")
+            sink = kernel_side("sink", "5001")
+            wait_ready(sink)
+            driver.send(f"source {peer.peer_address} 5001 {sizes.pytcp_bulk}")
+            driver.result(60)
+            measured = result_of(sink, 600)
+            column.values["bulk_out_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
+
+            progress(f"{name}: echo round trips")
+            echo = kernel_side("echo", "5002")
+            wait_ready(echo)
+            driver.send(f"echo-client {peer.peer_address} 5002 {sizes.pytcp_echoes}")
+            times = driver.result(300)["times"]
+            echo.wait(timeout=30)
+            column.values["echo_p50_us"] = statistics.median(times) * 1e6
+            column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
+
+            progress(f"{name}: connections per second")
+            acceptor = kernel_side("acceptor-until-eof", "5003", str(sizes.pytcp_connections))
+            wait_ready(acceptor)
+            driver.send(f"connect-close {peer.peer_address} 5003 {sizes.pytcp_connections}")
+            start = driver.result(300)["start"]
+            last_eof = result_of(acceptor, 60)["last_eof"]
+            column.values["connections_per_s"] = sizes.pytcp_connections / (last_eof - start)
+            notes.append(
+                f"{name}: connections are closed by PyTCP first and timed until the kernel "
+                "saw the last EOF (PyTCP reuses a port the kernel holds in TIME-WAIT at once)"
+            )
+        except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as error:
+            last = driver.noise[-1] if driver.noise else ""
+            notes.append(f"{name}: stopped early: {error} {last}".rstrip())
+            progress(f"{name}: stopped early: {error} {last}".rstrip())
+        finally:
+            driver.stop()
+            for program in kernel_programs:
+                if program.poll() is None:
+                    program.kill()
+                    program.wait()
     return column
 
 
@@ -443,6 +715,7 @@ async def looming_memory(count: int) -> dict[str, float]:
 # ------------------------------------------------------------------ report
 
 METRICS = [
+    ("ping_rtt_us", "flood ping RTT us", False),
     ("bulk_in_MBps", "bulk kernel->stack MB/s", True),
     ("bulk_out_MBps", "bulk stack->kernel MB/s", True),
     ("echo_p50_us", "64 B echo p50 us", False),
@@ -475,9 +748,28 @@ def report(columns: list[Column]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(
-        "ratio = looming / kernel for rates, kernel / looming for latencies (1.0 = parity)"
-    )
+    lines.append("ratio = stack / kernel for rates, kernel / stack for latencies (1.0 = parity)")
+    return "\n".join(lines)
+
+
+def versus_pytcp(columns: list[Column]) -> str:
+    """How many times better looming does than PyTCP, per metric."""
+    pytcp = next((c for c in columns if c.name.startswith("PyTCP")), None)
+    looming = [c for c in columns if c.name.startswith("looming<->kernel")]
+    if pytcp is None or not pytcp.values:
+        return ""
+    lines = ["", "looming / PyTCP (both on TAP against the kernel; > 1 means looming is better):"]
+    for key, label, higher_is_better in METRICS:
+        theirs = pytcp.values.get(key)
+        cells = []
+        for column in looming:
+            ours = column.values.get(key)
+            if ours is None or not theirs:
+                cells.append(f"{column.name}: -")
+                continue
+            ratio = ours / theirs if higher_is_better else theirs / ours
+            cells.append(f"{column.name}: {ratio:.1f}x")
+        lines.append(f"  {label:<24} " + "   ".join(cells))
     return "\n".join(lines)
 
 
@@ -492,17 +784,37 @@ def main() -> int:
         print("bench/tcp.py needs root (namespaces, TAP and veth devices)", file=sys.stderr)
         return 2
     sizes = (
-        Sizes(bulk=8 << 20, echoes=500, connections=200)
+        Sizes(
+            bulk=8 << 20,
+            echoes=500,
+            connections=200,
+            pings=2000,
+            pytcp_bulk=1 << 20,
+            pytcp_echoes=200,
+            pytcp_connections=50,
+        )
         if args.quick
-        else Sizes(bulk=32 << 20, echoes=3000, connections=1000)
+        else Sizes(
+            bulk=32 << 20,
+            echoes=3000,
+            connections=1000,
+            pings=10000,
+            pytcp_bulk=4 << 20,
+            pytcp_echoes=1000,
+            pytcp_connections=200,
+        )
     )
+    notes: list[str] = []
     columns = [kernel_to_kernel(sizes)]
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=False)))
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=True)))
+    columns.append(pytcp_with_kernel(sizes, notes))
     columns.append(asyncio.run(looming_pair(sizes)))
     memory_count = 5_000 if args.quick else 100_000
     memory = asyncio.run(looming_memory(memory_count))
-    text = report(columns)
+    text = report(columns) + versus_pytcp(columns)
+    if notes:
+        text += "\n" + "\n".join(f"note: {note}" for note in notes)
     text += (
         f"\nmemory after {memory['connections']:,} looming connections opened and closed: "
         f"{memory['growth_bytes'] / 1024:+.1f} KiB traced, "
@@ -514,6 +826,7 @@ def main() -> int:
             "sizes": sizes.__dict__,
             "columns": {column.name: column.values for column in columns},
             "memory": memory,
+            "notes": notes,
             "digest": hashlib.sha256(text.encode()).hexdigest()[:16],
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
