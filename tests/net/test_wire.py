@@ -3,6 +3,7 @@ nothing but Malformed."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
@@ -37,6 +38,19 @@ def reference_checksum(data: bytes, initial: int = 0) -> int:
 @given(st.binary(max_size=3000), st.integers(0, 0x3FFFF))
 def test_checksum_matches_the_word_by_word_definition(data: bytes, initial: int) -> None:
     assert internet_checksum(data, initial) == reference_checksum(data, initial)
+
+
+def test_long_checksums_match_the_word_by_word_definition() -> None:
+    # Buffers past a few kilobytes take the folding path (TSO-sized segments).
+    generator = random.Random(1071)
+    sizes = [4095, 4096, 4097, 4098, 8191, 9000, 65535, 65536, 65600]
+    for size in sizes + [generator.randrange(4000, 70000) for _ in range(20)]:
+        data = generator.randbytes(size)
+        for initial in (0, 1, 0xFFFF, generator.randrange(0x40000)):
+            assert internet_checksum(data, initial) == reference_checksum(data, initial)
+    for data in (b"\xff" * 5001, bytes(5000), b"\xff\xff" * 3000 + b"\x00\x01"):
+        for initial in (0, 1, 0xFFFE, 0xFFFF):
+            assert internet_checksum(data, initial) == reference_checksum(data, initial)
 
 
 def test_checksum_of_rfc1071_example() -> None:

@@ -141,3 +141,17 @@ def test_listener_bound_to_one_address_ignores_others() -> None:
     endpoint.listen(80, IPv4Address("10.0.0.9"), backlog=8)
     (reply,) = _send(endpoint, TcpHeader(5000, 80, 100, 0, SYN, 1000))
     assert reply.flags == RST | ACK
+
+
+def test_a_checksum_the_interface_vouched_for_is_not_summed_again() -> None:
+    # The checksum field is wrong (as it would be while still partial), but
+    # a vnet TAP completed or checked it: the segment is taken as it is.
+    endpoint = _endpoint()
+    segment = bytearray(wire.emit(TcpHeader(5555, 81, 1000, 0, SYN, 1000), src=THEM, dst=US))
+    segment[16] ^= 0xFF
+    endpoint.input(THEM, US, bytes(segment), 0, checksum_verified=True)
+    assert endpoint.stats.checksum_errors == 0
+    (reply,) = [wire.parse(s)[0] for _, s, _ in endpoint.take_outbox()]
+    assert reply.flags == RST | ACK and reply.ack == 1001
+    endpoint.input(THEM, US, bytes(segment), 0)
+    assert endpoint.stats.checksum_errors == 1

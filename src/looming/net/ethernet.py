@@ -66,6 +66,13 @@ class EthernetLayer:
             self.last_handler_error = error
 
     @property
+    def rx_checksum_verified(self) -> bool:
+        """Whether the interface vouches for the checksums of the frame being
+        handled (a vnet TAP completed or checked them), so they need no
+        second pass."""
+        return getattr(self._network, "rx_checksum_verified", False) is True
+
+    @property
     def segmentation_offload(self) -> int:
         """The largest IPv4 packet the interface segments itself for TCP
         (a TAP with virtio-net headers), or 0."""

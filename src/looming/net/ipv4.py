@@ -67,6 +67,10 @@ class Ipv4Layer:
         # The header of the datagram being delivered, so that a layer above
         # can quote it in an ICMP error (RFC 792 wants the original header).
         self.current_header: Ipv4Header | None = None
+        # Whether the transport checksum of the datagram being handled is
+        # already known to be right (see EthernetLayer.rx_checksum_verified);
+        # never for reassembled or looped-back datagrams.
+        self.current_checksum_verified = False
         self._expiry_task: asyncio.Task[None] | None = None
         ethernet.register(EthernetProtocol.IPV4, self._on_frame)
         self.configure(interface, gateway, announce=False)
@@ -163,7 +167,8 @@ class Ipv4Layer:
             counters["martian_source"] += 1
             return
         payload = bytes(payload_view)
-        if header.is_fragment:
+        fragmented = header.is_fragment
+        if fragmented:
             counters["rx_fragments"] += 1
             whole = self.reassembler.add(header, payload, self._time.now_ns())
             if whole is None:
@@ -181,6 +186,9 @@ class Ipv4Layer:
         counters["rx_datagrams"] += 1
         handler = self._handlers.get(header.protocol)
         self.current_header = header
+        self.current_checksum_verified = (
+            not looped_back and not fragmented and self._ethernet.rx_checksum_verified
+        )
         try:
             if handler is None:
                 counters["unknown_protocol"] += 1
@@ -190,6 +198,7 @@ class Ipv4Layer:
             handler(header.source, destination, payload)
         finally:
             self.current_header = None
+            self.current_checksum_verified = False
 
     def _watch_reassembly(self) -> None:
         """Make sure incomplete datagrams are freed at their timeout even

@@ -65,6 +65,11 @@ class PcapNetwork:
     def stats(self) -> NetworkStats:
         return self._inner.stats()
 
+    @property
+    def rx_checksum_verified(self) -> bool:
+        """Whether the inner interface vouches for the frame being handled."""
+        return bool(getattr(self._inner, "rx_checksum_verified", False))
+
     async def write(self, frame: bytes) -> None:
         self.writer.record(frame)
         await self._inner.write(frame)

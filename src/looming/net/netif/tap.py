@@ -41,6 +41,7 @@ TUNSETVNETHDRSZ = 0x400454D8
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 0x01
+VIRTIO_NET_HDR_F_DATA_VALID = 0x02
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
 MAX_OFFLOAD_PACKET = 65535
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso type, hdr len, gso size, csum start/offset
@@ -163,6 +164,13 @@ class TapNetwork:
         self._mtu = mtu
         self.offload = offload
         self.checksums_completed = 0
+        # Whether the frame being handed to the listener has a checksum known
+        # to be right: one this side just completed (the kernel left it
+        # partial) or one the kernel already checked.  The device hands each
+        # frame to the handler right after reading it, so this holds for
+        # exactly the frame being handled; the layers above then skip
+        # verifying it again, as a virtio-net driver does.
+        self.rx_checksum_verified = False
         self.segments_offloaded = 0
         if offload:
             self._device = FrameDevice(fd, receive=self._read_vnet, send=self._write_vnet)
@@ -176,8 +184,13 @@ class TapNetwork:
         flags, _gso_type, _header_length, _gso_size, start, offset = VNET_HEADER.unpack_from(data)
         frame = data[VNET_HEADER.size :]
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            frame = complete_checksum(frame, start, offset)
-            self.checksums_completed += 1
+            completed = complete_checksum(frame, start, offset)
+            # (Offsets outside the frame leave it as it was, unverified.)
+            self.rx_checksum_verified = completed is not frame
+            self.checksums_completed += self.rx_checksum_verified
+            frame = completed
+        else:
+            self.rx_checksum_verified = bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
         return frame
 
     @property

@@ -268,7 +268,8 @@ class TcpLayer:
     def input(self, src: IPv4Address, dst: IPv4Address, payload: bytes) -> None:
         """Receive one segment from IPv4. Never raises."""
         try:
-            self._endpoint.input(src, dst, payload, self._time.now_ns())
+            verified = getattr(self._ipv4, "current_checksum_verified", False) is True
+            self._endpoint.input(src, dst, payload, self._time.now_ns(), checksum_verified=verified)
             self._pump()
         except Exception:
             # A bug must not take the stack down with it: count, log, drop.
