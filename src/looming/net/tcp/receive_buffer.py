@@ -4,6 +4,62 @@ queue of out-of-order segments, from which SACK blocks are reported."""
 from __future__ import annotations
 
 import bisect
+from collections import deque
+
+_Bytes = bytes | bytearray | memoryview
+
+
+class ReadyBytes:
+    """In-order bytes waiting for the application, kept as the segments'
+    own buffers: a read joins them once, instead of every arrival growing
+    (and moving) one big buffer that the read then copies again."""
+
+    __slots__ = ("_chunks", "_length")
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes | memoryview] = deque()
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __bool__(self) -> bool:
+        return self._length > 0
+
+    def append(self, data: _Bytes) -> None:
+        if not data:
+            return
+        # Keep a view only over immutable bytes: a caller may reuse a
+        # mutable buffer once we return.
+        if isinstance(data, bytearray) or (
+            isinstance(data, memoryview) and not isinstance(data.obj, bytes)
+        ):
+            data = bytes(data)
+        self._chunks.append(data)
+        self._length += len(data)
+
+    def take(self, limit: int | None = None) -> bytes:
+        """Up to ``limit`` bytes (all of them without a limit), oldest first."""
+        chunks = self._chunks
+        if limit is None or limit >= self._length:
+            data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._length = 0
+            return data
+        pieces: list[bytes | memoryview] = []
+        need = limit
+        while need:
+            chunk = chunks[0]
+            if len(chunk) <= need:
+                pieces.append(chunks.popleft())
+                need -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                pieces.append(view[:need])
+                chunks[0] = view[need:]
+                need = 0
+        self._length -= limit
+        return b"".join(pieces)
 
 
 class ReceiveBuffer:
@@ -18,7 +74,7 @@ class ReceiveBuffer:
 
     def __init__(self, rcv_nxt: int, max_ranges: int) -> None:
         self.rcv_nxt = rcv_nxt
-        self.ready = bytearray()
+        self.ready = ReadyBytes()
         self.max_ranges = max_ranges
         self._lefts: list[int] = []
         self._pieces: list[bytearray] = []
@@ -46,7 +102,7 @@ class ReceiveBuffer:
         if not data:
             return False
         if seq == self.rcv_nxt:
-            self.ready += data
+            self.ready.append(data)
             self.rcv_nxt += len(data)
             self._pull_contiguous()
             return True
@@ -60,7 +116,7 @@ class ReceiveBuffer:
             self._forget_recent(left)
             end = left + len(piece)
             if end > self.rcv_nxt:
-                self.ready += piece[self.rcv_nxt - left :]
+                self.ready.append(bytes(piece[self.rcv_nxt - left :]))
                 self.rcv_nxt = end
 
     def _forget_recent(self, left: int) -> None:
@@ -105,10 +161,4 @@ class ReceiveBuffer:
         return blocks
 
     def read(self, limit: int | None = None) -> bytes:
-        if limit is None or limit >= len(self.ready):
-            data = bytes(self.ready)
-            self.ready.clear()
-            return data
-        data = bytes(self.ready[:limit])
-        del self.ready[:limit]
-        return data
+        return self.ready.take(limit)
