@@ -149,7 +149,6 @@ class VchanFlow:
         channel = self._endpoint
         if channel.spin_succeeded(ready):
             return
-        started = channel.now_ns()
         while True:
             if self._closed:
                 return  # the caller's next try_* says why (closed, or corrupt)
@@ -169,7 +168,6 @@ class VchanFlow:
                 return
             if ready():
                 break
-        channel.blocked_for(channel.now_ns() - started)
 
     def _on_kick(self) -> None:
         self._endpoint.drain_events()

@@ -38,8 +38,9 @@ DEFAULT_SPIN = 64
 # notify bytes are updated without atomic instructions (Python has none for
 # shared memory), so a request may very rarely be lost; this bounds the cost.
 SAFETY_RECHECK_MS = 50
-# The adaptive spin budget never drops below this (nor exceeds the endpoint's spin).
-_MIN_SPIN = 4
+# At most this many waits block at once after spins found nothing (see
+# spin_succeeded), so an idle peer costs a spin once in this many waits.
+SPIN_RETRY_AFTER = 64
 _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 _T = TypeVar("_T")
 _CONNECTED = layout.LIVE_CONNECTED
@@ -77,8 +78,8 @@ class Endpoint:
         self._close_hooks: list[Callable[[], None]] = []
         self._failure: BaseException | None = None
         self.spin = spin
-        self._spin_budget = spin
-        self._spin_spent_ns = 0
+        self._spin_skip = 0
+        self._spin_backoff = 0
         self._time = time or UnixTime()
         # When a reader thread and a writer thread both block, one of them
         # polls the event and wakes the other after draining it; two pollers
@@ -86,11 +87,13 @@ class Endpoint:
         self._poll_token = threading.Lock()
         self._waiters = threading.Condition()
         self._followers = 0
-        # Only the one polling thread uses this (see _block).
-        self._poller = select.poll()
-        self._poller.register(notifier.wait_fd, select.POLLIN)
-        self._poller.register(control.fileno(), _POLL_IN)
-        self._control_polled = True
+        # Only the one polling thread uses these (see _block).
+        self._wait_fd = notifier.wait_fd
+        self._poller: select.poll | None = None
+        self._control_polled = False
+        self._blocking_reads = notifier.is_eventfd
+        self._watchdog: threading.Thread | None = None
+        self._sleeping = False
 
     # -- facts ---------------------------------------------------------------------
 
@@ -210,31 +213,30 @@ class Endpoint:
         return sent
 
     def spin_succeeded(self, ready: Callable[[], bool]) -> bool:
-        """The first, spinning part of a wait: check ``ready`` up to the budget."""
-        budget = self._spin_budget
-        if budget <= 0:
-            return False
-        began = self._time.now_ns()
-        for _ in range(budget):
-            if ready():
-                return True
-        self._spin_spent_ns = self._time.now_ns() - began
-        return False
+        """The first, spinning part of a wait: check ``ready`` up to ``spin`` times.
 
-    def blocked_for(self, duration_ns: int) -> None:
-        """Adapt the spin budget after a spin failed and we blocked this long.
-
-        As in KVM's halt polling: when the wait ended within another spin's
-        length, a longer spin would have caught it (grow the budget); when
-        it took longer, the peer is idle or shares our core, and spinning
-        only steals its time (shrink it).
+        A spin pays only when the peer is awake and answers within it: then
+        neither side makes a system call (the peer sees no request, so it
+        does not kick, and we do not sleep). When it is asleep, its wake-up
+        alone outlasts a short spin, and a failed spin only adds its length
+        to the wait and steals a core on a busy machine. So each spin that
+        finds nothing doubles the number of waits that then block at once
+        (up to SPIN_RETRY_AFTER) before one spin tries again, and a spin that
+        succeeds resets it: a spinning pair stays spinning through a hiccup,
+        and an idle peer costs a spin only now and then.
         """
+        if self._spin_skip:
+            self._spin_skip -= 1
+            return False
         if self.spin <= 0:
-            return
-        if duration_ns <= self._spin_spent_ns:
-            self._spin_budget = min(self.spin, max(self._spin_budget * 2, _MIN_SPIN))
-        else:
-            self._spin_budget = min(self.spin, max(self._spin_budget // 2, _MIN_SPIN))
+            return False
+        for _ in range(self.spin):
+            if ready():
+                self._spin_backoff = 0
+                return True
+        self._spin_backoff = min(SPIN_RETRY_AFTER, self._spin_backoff * 2 + 1)
+        self._spin_skip = self._spin_backoff
+        return False
 
     def now_ns(self) -> int:
         return self._time.now_ns()
@@ -297,7 +299,7 @@ class Endpoint:
 
     def read(self, limit: int = DEFAULT_RING_SIZE, *, timeout: float | None = None) -> bytes:
         """Stream mode: block until some bytes arrive; ``b""`` once the peer closed."""
-        deadline = self._deadline(timeout)
+        deadline = None if timeout is None else self._deadline(timeout)
         while True:
             data = self.try_read(limit)
             if data is not None:
@@ -306,7 +308,7 @@ class Endpoint:
 
     def read_into(self, buffer: bytearray | memoryview, *, timeout: float | None = None) -> int:
         """Stream mode into ``buffer``: a count, 0 once the peer closed."""
-        deadline = self._deadline(timeout)
+        deadline = None if timeout is None else self._deadline(timeout)
         while True:
             count = self.try_read_into(buffer)
             if count is not None:
@@ -315,7 +317,7 @@ class Endpoint:
 
     def write(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> None:
         """Stream mode: block until all of ``data`` is in the ring (in pieces if need be)."""
-        deadline = self._deadline(timeout)
+        deadline = None if timeout is None else self._deadline(timeout)
         view = memoryview(data)
         while view:
             written = self.try_write(view)
@@ -325,7 +327,9 @@ class Endpoint:
 
     def send(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> None:
         """Packet mode: block until ``data`` fits, then write it in one piece."""
-        deadline = self._deadline(timeout)
+        if self.try_send(data):
+            return
+        deadline = None if timeout is None else self._deadline(timeout)
         need = len(data)
         while not self.try_send(data):
             self._wait(lambda: self.writable_now(need), self.request_space_notify, deadline)
@@ -335,12 +339,15 @@ class Endpoint:
 
         Returns ``b""`` when the peer closed before ``count`` bytes arrived.
         """
-        deadline = self._deadline(timeout)
+        data = self.try_recv(count)
+        if data is not None:
+            return data
+        deadline = None if timeout is None else self._deadline(timeout)
         while True:
+            self._wait(lambda: self.receivable_now(count), self.request_data_notify, deadline)
             data = self.try_recv(count)
             if data is not None:
                 return data
-            self._wait(lambda: self.receivable_now(count), self.request_data_notify, deadline)
 
     def wait(self, *, timeout: float | None = None) -> None:
         """Block until the peer kicks this end (or goes away)."""
@@ -358,6 +365,13 @@ class Endpoint:
         with contextlib.suppress(Exception):
             self._ring.set_state(layout.LIVE_EXITED)
             self._notifier.kick()
+        if self._watchdog is not None:
+            # Shutting the control socket down wakes the watchdog's poll
+            # (closing it would not); the peer learns no more than from close.
+            with contextlib.suppress(OSError):
+                self._control.shutdown(socket.SHUT_RDWR)
+            if self._watchdog is not threading.current_thread():
+                self._watchdog.join(timeout=5)
         self._ring.release()
         self._view.release()
         self._segment.close()
@@ -383,50 +397,111 @@ class Endpoint:
     def _wait(
         self, ready: Callable[[], bool], request: Callable[[], None], deadline: int | None
     ) -> None:
-        if self.spin_succeeded(ready):
+        """Return once ``ready()`` may hold; the caller re-checks by trying again.
+
+        The vchan discipline: ask the peer to kick (``request``), then look
+        again, and sleep only if there is still nothing, so a kick is never
+        missed. After a wake-up the caller's next try sees what changed (and
+        a wait that finds nothing asks again: the kick used up the request).
+        """
+        if self.spin and self.spin_succeeded(ready):
             return
-        started = self._time.now_ns() if self.spin else 0
-        while True:
-            request()
-            if ready():  # re-check after asking: the peer may have acted in between
-                break
+        request()
+        if not ready():
             self._block(deadline)
-            if ready():
-                break
-        if self.spin:
-            self.blocked_for(self._time.now_ns() - started)
 
     def _block(self, deadline: int | None) -> None:
-        wait_ms = SAFETY_RECHECK_MS
-        if deadline is not None:
-            remaining_ns = deadline - self._time.now_ns()
-            if remaining_ns <= 0:
-                raise ConnectionTimeout("timed out waiting for the vchan peer")
-            wait_ms = min(wait_ms, remaining_ns // 1_000_000 + 1)
+        """Sleep until a kick, the peer's death or the periodic re-check."""
         if not self._poll_token.acquire(blocking=False):
-            # Another thread is polling; it wakes us when anything arrives.
-            with self._waiters:
-                self._followers += 1
-                try:
-                    if self._poll_token.locked():
-                        self._waiters.wait(wait_ms / 1000)
-                finally:
-                    self._followers -= 1
+            self._follow(deadline)
             return
         try:
-            if self._control_eof and self._control_polled:
-                self._poller.unregister(self._control.fileno())
-                self._control_polled = False
-            for fd, _ in self._poller.poll(wait_ms):
-                if fd == self._notifier.wait_fd:
-                    self._notifier.drain()
-                else:
-                    self.poll_control()
+            if deadline is None and self._blocking_reads:
+                # The fast path: one system call to sleep and consume the
+                # kick. The watchdog thread wakes us when the peer dies and
+                # every SAFETY_RECHECK_MS while we sleep.
+                if self._watchdog is None:
+                    self._start_watchdog()
+                self._sleeping = True
+                try:
+                    os.eventfd_read(self._wait_fd)
+                finally:
+                    self._sleeping = False
+            else:
+                self._poll_once(deadline)
         finally:
             self._poll_token.release()
             if self._followers:
                 with self._waiters:
                     self._waiters.notify_all()
+
+    def _follow(self, deadline: int | None) -> None:
+        """Another thread is polling; it wakes us when anything arrives."""
+        wait_ms = self._wait_ms(deadline)
+        with self._waiters:
+            self._followers += 1
+            try:
+                if self._poll_token.locked():
+                    self._waiters.wait(wait_ms / 1000)
+            finally:
+                self._followers -= 1
+
+    def _wait_ms(self, deadline: int | None) -> int:
+        if deadline is None:
+            return SAFETY_RECHECK_MS
+        remaining_ns = deadline - self._time.now_ns()
+        if remaining_ns <= 0:
+            raise ConnectionTimeout("timed out waiting for the vchan peer")
+        return min(SAFETY_RECHECK_MS, remaining_ns // 1_000_000 + 1)
+
+    def _poll_once(self, deadline: int | None) -> None:
+        """Wait in ``poll`` on the event and the control socket (with a deadline,
+        or where the event is a pipe)."""
+        wait_ms = self._wait_ms(deadline)
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self._wait_fd, select.POLLIN)
+            self._poller.register(self._control.fileno(), _POLL_IN)
+            self._control_polled = True
+        if self._control_eof and self._control_polled:
+            self._poller.unregister(self._control.fileno())
+            self._control_polled = False
+        for fd, _ in self._poller.poll(wait_ms):
+            if fd == self._wait_fd:
+                self._notifier.drain()
+            else:
+                self.poll_control()
+
+    def _start_watchdog(self) -> None:
+        # A blocking read of the eventfd: one system call per wake-up instead
+        # of poll and then read. The flag belongs to the open file, which the
+        # peer shares only to kick (writes to an eventfd never block short
+        # of an overflow), and the asyncio shell reads only when it is readable.
+        os.set_blocking(self._wait_fd, True)
+        self._watchdog = threading.Thread(
+            target=self._watch, name="looming-vchan-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Watch the control socket for the peer's death, and re-wake a
+        sleeping reader now and then (see SAFETY_RECHECK_MS)."""
+        poller = select.poll()
+        poller.register(self._control.fileno(), _POLL_IN)
+        while not self._closed:
+            try:
+                events = poller.poll(SAFETY_RECHECK_MS)
+            except OSError:
+                return
+            if self._closed:
+                return
+            if events:
+                self.poll_control()
+                if self._control_eof:
+                    self._notifier.wake_self()
+                    return
+            elif self._sleeping:
+                self._notifier.wake_self()
 
     def _peer_may_write(self) -> bool:
         """False once the peer exited; raises when it died without saying so.

@@ -75,6 +75,22 @@ class Notifier:
         except (BrokenPipeError, OSError):
             pass  # the peer is gone; its death is noticed on the control socket
 
+    @property
+    def is_eventfd(self) -> bool:
+        return self._is_eventfd
+
+    def wake_self(self) -> None:
+        """Wake whoever waits on this end's own eventfd (never blocks).
+
+        Only an eventfd can be kicked from this side (a pipe's write end is
+        the peer's); with pipes, waiters use ``poll`` with a timeout instead.
+        """
+        if self._is_eventfd:
+            try:
+                os.eventfd_write(self.wait_fd, 1)
+            except OSError:
+                pass  # already pending, or closing
+
     def drain(self) -> None:
         """Consume pending kicks so the next wait blocks until a new one."""
         try:
