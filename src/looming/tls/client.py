@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import client_psk
 from . import messages as m
@@ -33,6 +33,7 @@ from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec1
 
 if TYPE_CHECKING:
     from .client12 import Client12
+    from .config import TlsConfig
     from .engine import TlsConnection
 
 
@@ -106,44 +107,28 @@ class ClientHandshake:
         config = self.config
         offer12 = TLS12 in config.versions
         offer13 = TLS13 in config.versions
-        suites = [
-            s
-            for s in config.cipher_suites
-            if SUITES[s].version in ((TLS13,) if offer13 else ()) + ((TLS12,) if offer12 else ())
-        ]
-        # RFC 5746 signalling is the empty renegotiation_info extension below;
-        # sending the SCSV as well is not recommended (section 3.4).
+        static = _static_hello_parts(config)
+        # RFC 5746 signalling is the empty renegotiation_info extension among the
+        # static ones; sending the SCSV as well is not recommended (section 3.4).
         exts = []
         name = self.conn.server_name
-        if name is not None and not _is_ip(name):
-            exts.append(extension(X.SERVER_NAME, m.server_name_body(name)))
-        if offer13:
-            versions = [TLS13] + ([TLS12] if offer12 else [])
-            exts.append(extension(X.SUPPORTED_VERSIONS, vec8(b"".join(u16(v) for v in versions))))
-        exts.append(extension(X.SUPPORTED_GROUPS, u16_list(config.groups)))
-        exts.append(extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)))
-        if config.certificate_signature_schemes is not None:
-            exts.append(
-                extension(
-                    X.SIGNATURE_ALGORITHMS_CERT, u16_list(config.certificate_signature_schemes)
-                )
-            )
+        if name is not None:
+            sni = _SNI_EXTENSIONS.get(name)
+            if sni is None:
+                sni = b"" if _is_ip(name) else extension(X.SERVER_NAME, m.server_name_body(name))
+                if len(_SNI_EXTENSIONS) < 256:
+                    _SNI_EXTENSIONS[name] = sni
+            if sni:
+                exts.append(sni)
+        exts.append(static.before_ticket)
         if offer12:
-            exts.append(extension(X.EC_POINT_FORMATS, vec8(b"\x00")))
-            exts.append(extension(X.EXTENDED_MASTER_SECRET, b""))
-            exts.append(extension(X.RENEGOTIATION_INFO, vec8(b"")))
             session = self._usable_session()
             ticket12 = session.ticket if session is not None and session.version == TLS12 else b""
             exts.append(extension(X.SESSION_TICKET, ticket12))
         if offer13:
             shares = b"".join(u16(g) + vec16(s.public) for g, s in self.shares.items())
             exts.append(extension(X.KEY_SHARE, vec16(shares)))
-            modes = bytes(config.psk_key_exchange_modes)
-            exts.append(extension(X.PSK_KEY_EXCHANGE_MODES, vec8(modes)))
-        if config.alpn_protocols:
-            exts.append(extension(X.ALPN, m.alpn_body(config.alpn_protocols)))
-        if config.record_size_limit is not None:
-            exts.append(extension(X.RECORD_SIZE_LIMIT, u16(config.record_size_limit)))
+        exts.append(static.after_key_share)
         if self.cookie:
             exts.append(extension(X.COOKIE, vec16(self.cookie)))
         session = self._usable_session() if offer13 else None
@@ -159,7 +144,7 @@ class ClientHandshake:
             self.sent_early_data = True
         else:
             self.sent_early_data = False
-        head = u16(TLS12) + self.random + vec8(self.session_id) + u16_list(suites) + vec8(b"\x00")
+        head = u16(TLS12) + self.random + vec8(self.session_id) + static.suites + b"\x01\x00"
         if psk13 is None:
             self.offered_psk = False
             self.conn.send_handshake(H.CLIENT_HELLO, head + vec16(b"".join(exts)))
@@ -194,19 +179,10 @@ class ClientHandshake:
             raise TlsProtocolError(
                 AlertDescription.NO_RENEGOTIATION, "renegotiation is not supported"
             )
-        handlers: dict[tuple[str, int], Callable[[bytes, bytes], None]] = {
-            ("wait_server_hello", H.SERVER_HELLO): self._server_hello,
-            ("wait_ee", H.ENCRYPTED_EXTENSIONS): self._encrypted_extensions,
-            ("wait_cert_cr", H.CERTIFICATE_REQUEST): self._certificate_request13,
-            ("wait_cert_cr", H.CERTIFICATE): self._certificate13,
-            ("wait_cert", H.CERTIFICATE): self._certificate13,
-            ("wait_cv", H.CERTIFICATE_VERIFY): self._certificate_verify13,
-            ("wait_finished", H.FINISHED): self._finished13,
-        }
-        handler = handlers.get((state, msg_type))
+        handler = _HANDLERS13.get((state, msg_type))
         if handler is None:
             raise _unexpected(f"handshake message {msg_type} while in state {state}")
-        handler(body, raw)
+        handler(self, body, raw)
 
     # --- ServerHello / HelloRetryRequest ------------------------------------------
 
@@ -481,7 +457,7 @@ class ClientHandshake:
         th = conn.transcript.digest()
         client_app = schedule.derive(schedule.master_secret, b"c ap traffic", th)
         server_app = schedule.derive(schedule.master_secret, b"s ap traffic", th)
-        conn.exporter_secret = schedule.derive(schedule.master_secret, b"exp master", th)
+        conn.set_exporter_source13(schedule.master_secret, th)
         conn.set_read_secret13(server_app)
         if conn.early_data_accepted:
             conn.send_handshake(H.END_OF_EARLY_DATA, b"")
@@ -549,6 +525,81 @@ class ClientHandshake:
         if self.config.session_cache is not None:
             self.config.session_cache.put(session)
         self.conn.events.append(NewSession(session))
+
+
+class _StaticHelloParts(NamedTuple):
+    """The parts of a ClientHello that depend only on the configuration."""
+
+    suites: bytes  # the cipher_suites vector
+    before_ticket: bytes  # supported_versions .. renegotiation_info
+    after_key_share: bytes  # psk_key_exchange_modes, ALPN, record_size_limit
+
+
+# Keyed by the configuration values they are built from, so a changed setting
+# is never served stale; a process has few distinct configurations.
+_STATIC_HELLO_PARTS: dict[tuple[object, ...], _StaticHelloParts] = {}
+# server_name extensions by name (b"" for an IP address, which SNI must not carry).
+_SNI_EXTENSIONS: dict[str, bytes] = {}
+
+
+def _static_hello_parts(config: TlsConfig) -> _StaticHelloParts:
+    key = (
+        tuple(config.versions),
+        tuple(config.cipher_suites),
+        tuple(config.groups),
+        tuple(config.signature_schemes),
+        None
+        if config.certificate_signature_schemes is None
+        else tuple(config.certificate_signature_schemes),
+        tuple(config.psk_key_exchange_modes),
+        tuple(config.alpn_protocols),
+        config.record_size_limit,
+    )
+    parts = _STATIC_HELLO_PARTS.get(key)
+    if parts is not None:
+        return parts
+    offer12 = TLS12 in config.versions
+    offer13 = TLS13 in config.versions
+    offered_versions = ((TLS13,) if offer13 else ()) + ((TLS12,) if offer12 else ())
+    suites = [s for s in config.cipher_suites if SUITES[s].version in offered_versions]
+    before = []
+    if offer13:
+        versions = [TLS13] + ([TLS12] if offer12 else [])
+        before.append(extension(X.SUPPORTED_VERSIONS, vec8(b"".join(u16(v) for v in versions))))
+    before.append(extension(X.SUPPORTED_GROUPS, u16_list(config.groups)))
+    before.append(extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)))
+    if config.certificate_signature_schemes is not None:
+        before.append(
+            extension(X.SIGNATURE_ALGORITHMS_CERT, u16_list(config.certificate_signature_schemes))
+        )
+    if offer12:
+        before.append(extension(X.EC_POINT_FORMATS, vec8(b"\x00")))
+        before.append(extension(X.EXTENDED_MASTER_SECRET, b""))
+        before.append(extension(X.RENEGOTIATION_INFO, vec8(b"")))
+    after = []
+    if offer13:
+        modes = bytes(config.psk_key_exchange_modes)
+        after.append(extension(X.PSK_KEY_EXCHANGE_MODES, vec8(modes)))
+    if config.alpn_protocols:
+        after.append(extension(X.ALPN, m.alpn_body(config.alpn_protocols)))
+    if config.record_size_limit is not None:
+        after.append(extension(X.RECORD_SIZE_LIMIT, u16(config.record_size_limit)))
+    parts = _StaticHelloParts(u16_list(suites), b"".join(before), b"".join(after))
+    if len(_STATIC_HELLO_PARTS) < 64:
+        _STATIC_HELLO_PARTS[key] = parts
+    return parts
+
+
+# The TLS 1.3 handshake's transitions: (state, message type) -> handler.
+_HANDLERS13: dict[tuple[str, int], Callable[[ClientHandshake, bytes, bytes], None]] = {
+    ("wait_server_hello", H.SERVER_HELLO): ClientHandshake._server_hello,
+    ("wait_ee", H.ENCRYPTED_EXTENSIONS): ClientHandshake._encrypted_extensions,
+    ("wait_cert_cr", H.CERTIFICATE_REQUEST): ClientHandshake._certificate_request13,
+    ("wait_cert_cr", H.CERTIFICATE): ClientHandshake._certificate13,
+    ("wait_cert", H.CERTIFICATE): ClientHandshake._certificate13,
+    ("wait_cv", H.CERTIFICATE_VERIFY): ClientHandshake._certificate_verify13,
+    ("wait_finished", H.FINISHED): ClientHandshake._finished13,
+}
 
 
 def _is_ip(name: str) -> bool:

@@ -29,7 +29,7 @@ from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpda
 from .keyschedule import Transcript, exporter13, next_traffic_secret, traffic_keys
 from .record import Protection, RecordLayer
 from .session import Session
-from .suites import SuiteInfo, prf12
+from .suites import SuiteInfo, derive_secret, prf12
 from .wire import handshake, u8
 
 _MAX_HANDSHAKE_MESSAGE = 1 << 18
@@ -78,7 +78,10 @@ class TlsConnection:
         # TLS 1.3 application traffic secrets and exporter secret; 1.2 master secret.
         self.read_secret = b""
         self.write_secret = b""
-        self.exporter_secret = b""
+        # TLS 1.3 exporter_master_secret, derived only when something asks for
+        # it: (master secret, transcript hash through server Finished) until then.
+        self._exporter_secret = b""
+        self._exporter_source: tuple[bytes, bytes] | None = None
         self.master_secret12 = b""
         self.exporter_randoms = b""
         self.receiving_early_data = False
@@ -154,6 +157,23 @@ class TlsConnection:
         if context is not None:
             seed += len(context).to_bytes(2, "big") + context
         return prf12(self.suite.hash_name, self.master_secret12, label_bytes, seed, length)
+
+    @property
+    def exporter_secret(self) -> bytes:
+        """TLS 1.3 exporter_master_secret (RFC 8446 section 7.1), b"" before it exists."""
+        source = self._exporter_source
+        if source is not None and self.suite is not None:
+            master_secret, transcript_hash = source
+            self._exporter_secret = derive_secret(
+                self.suite.hash_name, master_secret, b"exp master", transcript_hash
+            )
+            self._exporter_source = None
+        return self._exporter_secret
+
+    def set_exporter_source13(self, master_secret: bytes, transcript_hash: bytes) -> None:
+        """Remember what exporter_master_secret is derived from, for later."""
+        self._exporter_source = (master_secret, transcript_hash)
+        self._exporter_secret = b""
 
     @property
     def peer_closed(self) -> bool:

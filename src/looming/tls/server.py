@@ -384,7 +384,7 @@ class ServerHandshake:
         th = transcript.digest()
         self.client_app_secret = schedule.derive(schedule.master_secret, b"c ap traffic", th)
         conn.set_write_secret13(schedule.derive(schedule.master_secret, b"s ap traffic", th))
-        conn.exporter_secret = schedule.derive(schedule.master_secret, b"exp master", th)
+        conn.set_exporter_source13(schedule.master_secret, th)
         if early_accepted:
             self.state = "wait_eoed"
         elif self.requested_client_cert:

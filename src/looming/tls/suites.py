@@ -141,6 +141,14 @@ TLS12_SUITES = (
 # HMAC runs inside OpenSSL (hmac.digest); Python only concatenates bytes.
 
 
+# OpenSSL's one-shot HMAC, without hmac.digest's Python-level dispatch: a
+# handshake makes about fifty of these calls per side.
+_hmac_digest: Callable[[bytes, bytes, str], bytes]
+try:
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # a Python built without OpenSSL's hashlib
+    _hmac_digest = hmac.digest
+
 # Digest sizes and hashes of the empty string, looked up rather than computed:
 # a TLS 1.3 handshake asks for them dozens of times.
 DIGEST_SIZE = {"sha256": 32, "sha384": 48}
@@ -155,35 +163,47 @@ def digest_size(hash_name: str) -> int:
 def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     if not salt:
         salt = bytes(digest_size(hash_name))
-    return hmac.digest(salt, ikm, hash_name)
+    return _hmac_digest(salt, ikm, hash_name)
 
 
 def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
     if length <= DIGEST_SIZE.get(hash_name, 0):
         # Every TLS 1.3 label asks for at most one block: one HMAC call.
-        return hmac.digest(prk, info + b"\x01", hash_name)[:length]
+        return _hmac_digest(prk, info + b"\x01", hash_name)[:length]
     out = b""
     block = b""
     counter = 1
     while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), hash_name)
+        block = _hmac_digest(prk, block + info + bytes((counter,)), hash_name)
         out += block
         counter += 1
     return out[:length]
 
 
+# HkdfLabel (RFC 8446 section 7.1) up to the context: the output length, the
+# length-prefixed "tls13 " + label. A handshake asks for the same few dozen
+# labels every time, so each prefix is built once.
+_LABEL_PREFIX: dict[tuple[bytes, int], bytes] = {}
+_ONE_BYTE = [bytes((n,)) for n in range(256)]
+
+
+def _label_prefix(label: bytes, length: int) -> bytes:
+    prefix = length.to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label
+    if len(_LABEL_PREFIX) < 1024:  # labels are a small closed set; exporters bring their own
+        _LABEL_PREFIX[(label, length)] = prefix
+    return prefix
+
+
 def hkdf_expand_label(
     hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
-    info = (
-        length.to_bytes(2, "big")
-        + bytes((6 + len(label),))
-        + b"tls13 "
-        + label
-        + bytes((len(context),))
-        + context
-    )
-    return hkdf_expand(hash_name, secret, info, length)
+    prefix = _LABEL_PREFIX.get((label, length)) or _label_prefix(label, length)
+    if length <= DIGEST_SIZE.get(hash_name, 0) and len(context) < 256:
+        # One block (T(1) = HMAC(secret, info | 0x01)): every label a handshake uses.
+        info = prefix + _ONE_BYTE[len(context)] + context + b"\x01"
+        digest = _hmac_digest(secret, info, hash_name)
+        return digest if len(digest) == length else digest[:length]
+    return hkdf_expand(hash_name, secret, prefix + bytes((len(context),)) + context, length)
 
 
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:

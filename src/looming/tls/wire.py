@@ -124,15 +124,24 @@ def extension(ext_type: int, body: bytes) -> bytes:
 def parse_extensions(r: Reader) -> list[tuple[int, bytes]]:
     """Extensions in order; a repeated type is malformed (RFC 8446 section 4.2)."""
     out: list[tuple[int, bytes]] = []
-    seen: set[int] = set()
     if r.at_end():
         return out
-    block = r.sub(2)
-    while not block.at_end():
-        ext_type = block.u16()
-        body = block.vector(2)
+    # The block is walked by hand rather than through Reader calls: every
+    # handshake parses several of these.
+    block = r.vector(2)
+    end = len(block)
+    pos = 0
+    seen: set[int] = set()
+    while pos < end:
+        if pos + 4 > end:
+            raise Malformed(f"need 4 bytes, have {end - pos}")
+        ext_type = (block[pos] << 8) | block[pos + 1]
+        body_end = pos + 4 + ((block[pos + 2] << 8) | block[pos + 3])
+        if body_end > end:
+            raise Malformed(f"need {body_end - pos - 4} bytes, have {end - pos - 4}")
         if ext_type in seen:
             raise Malformed(f"extension {ext_type} appears twice")
         seen.add(ext_type)
-        out.append((ext_type, body))
+        out.append((ext_type, block[pos + 4 : body_end]))
+        pos = body_end
     return out
