@@ -17,11 +17,18 @@ from collections.abc import Iterator
 
 from looming.errors import Malformed
 from looming.store.errors import BadRef, CorruptObject, MissingObject, NotARepository, RefChanged
+from looming.store.growing import SEAL_ABOVE, GrowingPack
 from looming.store.objects import OBJECT_TYPES, ObjectId, hash_object, parse_loose, raw_id
 from looming.store.pack import PackRecord, build_pack, install_pack
 from looming.store.spares import SparePool
 
 _TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
+
+# Small packs are folded once they amount to this fraction of the growing
+# pack (or this many bytes): the disk holds at most that much beyond one
+# compact pack, and folding costs a bounded multiple of what was written.
+FOLD_FRACTION = 0.25
+FOLD_FLOOR = 2 << 20
 
 
 def find_git_dir(path: str) -> str:
@@ -57,8 +64,9 @@ class GitBackend:
 
     New objects wait in memory until the next ref update, then are written
     together as one pack (data first, index renamed into place last), so a
-    commit costs two files, not one per object. Every ``merge_after`` small
-    packs are concatenated into one. A writer killed at any point leaves a
+    commit costs two files, not one per object. The small packs are folded
+    into one growing pack (see :mod:`looming.store.growing`) once they are
+    ``merge_after`` many or amount to :data:`FOLD_FRACTION` of it. A writer killed at any point leaves a
     valid repository: a ref only ever names objects already in a complete
     pack. Every object read is hashed and checked against its name.
     """
@@ -71,10 +79,12 @@ class GitBackend:
         self._merge_after = merge_after
         self._pending: dict[ObjectId, tuple[str, bytes]] = {}
         self._known: set[ObjectId] = set()
-        # Packs this process wrote, by tier: every ``merge_after`` packs of a
-        # tier are concatenated into one pack of the next tier, so each object
-        # is copied about log(n) times.
-        self._tiers: list[list[PackRecord]] = [[]]
+        # Packs this process wrote: per-commit packs not folded yet, the
+        # pack they are folded into, and growing packs grown past their limit.
+        self._small_packs: list[PackRecord] = []
+        self._small_bytes = 0
+        self._growing = GrowingPack()
+        self._sealed: list[PackRecord] = []
         self._delta_bases: dict[ObjectId, ObjectId] = {}
         # The bytes of the per-commit packs not merged yet, so merging them
         # does not read back what was just written.
@@ -173,30 +183,34 @@ class GitBackend:
             )
             self._make_dir(self.pack_dir)
             base = install_pack(self.pack_dir, data, entries, checksum, self._spares.take)
-            self._tiers[0].append((base, entries))
+            self._small_packs.append((base, entries))
+            self._small_bytes += len(data)
             self._recent_packs[base] = data
             self._known.update(pending)
             self._pending = {}
-            self._merge_tiers()
+            self._maybe_fold()
 
-    def _merge_tiers(self) -> None:
-        tier = 0
-        merged_any = False
-        while tier < len(self._tiers):
-            # Per-commit packs are many and tiny; above them, merge sooner so
-            # few packs (and few whole copies of big trees) remain.
-            threshold = self._merge_after if tier == 0 else 4
-            if len(self._tiers[tier]) < threshold:
-                break
-            packs = self._tiers[tier]
-            self._tiers[tier] = []
-            if len(self._tiers) == tier + 1:
-                self._tiers.append([])
-            self._tiers[tier + 1].append(self._concatenate(packs))
-            merged_any = True
-            tier += 1
-        if merged_any:
-            self._reopen_packs()
+    def _maybe_fold(self) -> None:
+        # Folding copies the growing pack, so it waits until the small packs
+        # amount to a fraction of it (its cost stays proportional to what
+        # was written), or are so many that reads would search too many.
+        growing_size = self._growing.size()
+        enough = max(int(growing_size * FOLD_FRACTION), FOLD_FLOOR)
+        if len(self._small_packs) < self._merge_after and self._small_bytes < enough:
+            return
+        if growing_size > SEAL_ABOVE:
+            record = self._growing.record
+            if record is not None:
+                self._sealed.append(record)
+            self._growing = GrowingPack()
+        small = [record for record in self._small_packs if record[0] in self._recent_packs]
+        self._growing.fold(
+            self.pack_dir, small, self._delta_bases, self._recent_packs, self._spares.take
+        )
+        self._small_packs = []
+        self._small_bytes = 0
+        self._recent_packs.clear()
+        self._reopen_packs()
 
     def _concatenate(self, packs: list[PackRecord]) -> PackRecord:
         from looming.store.pack import concatenate_packs
@@ -224,7 +238,8 @@ class GitBackend:
             if now is not None:
                 self._remove_leftovers(now - 3600)
             self.flush()
-            own = [record for tier in reversed(self._tiers) for record in tier]
+            growing = self._growing.record
+            own = [*self._sealed, *([growing] if growing else []), *self._small_packs]
             known = {base for base, _entries in own}
             others: list[PackRecord] = []
             try:
@@ -243,7 +258,11 @@ class GitBackend:
                 except CorruptObject:
                     merged = self._concatenate(own) if len(own) > 1 else None
                 if merged is not None:
-                    self._tiers = [[], [merged]]
+                    self._sealed = [merged]
+                    self._growing = GrowingPack()
+                    self._small_packs = []
+                    self._small_bytes = 0
+                    self._recent_packs.clear()
                 self._reopen_packs()
 
     def _remove_leftovers(self, older_than: float) -> None:

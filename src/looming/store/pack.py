@@ -4,13 +4,17 @@ read with dulwich, which resolves the deltas packs made by ``git`` carry."""
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import hashlib
 import io
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 
 from looming.store.errors import CorruptObject
 from looming.store.objects import ObjectId, hash_object
@@ -20,6 +24,9 @@ _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
 
 IndexEntry = tuple[ObjectId, int, int]
+_ID_OF = itemgetter(0)
+_OFFSET_OF = itemgetter(1)
+_CRC_OF = itemgetter(2)
 STORE_ABOVE = 16384  # id, offset in the pack, CRC-32 of the entry
 
 
@@ -63,33 +70,40 @@ def write_pack(objects: Iterable[tuple[ObjectId, str, bytes]]) -> bytes:
     return build_pack(objects)[0]
 
 
-def encode_index(entries: list[IndexEntry], pack_checksum: bytes) -> bytes:
-    """A version 2 pack index (``.idx``) for ``entries``."""
-    ordered = sorted(entries)
-    fanout = [0] * 256
-    for oid, _offset, _crc in ordered:
-        fanout[oid[0]] += 1
-    running = 0
-    for index in range(256):
-        running += fanout[index]
-        fanout[index] = running
-    large: list[int] = []
-    small_offsets: list[int] = []
-    for _oid, offset, _crc in ordered:
-        if offset < 0x80000000:
-            small_offsets.append(offset)
-        else:
-            small_offsets.append(0x80000000 | len(large))
-            large.append(offset)
-    count = len(ordered)
+def encode_index(entries: list[IndexEntry], pack_checksum: bytes, presorted: bool = False) -> bytes:
+    """A version 2 pack index (``.idx``) for ``entries`` (sorted by id when ``presorted``)."""
+    ordered = entries if presorted else sorted(entries)
+    # Column by column with C-level loops: the growing pack's index is
+    # rewritten on every fold.
+    names = b"".join(map(_ID_OF, ordered))
+    first_bytes = names[::20]
+    fanout = array.array("I", [bisect.bisect_right(first_bytes, first) for first in range(256)])
+    crcs = array.array("I", map(_CRC_OF, ordered))
+    offsets = array.array("I")
+    large = array.array("Q")
+    try:
+        offsets.extend(map(_OFFSET_OF, ordered))
+        if offsets and max(offsets) >= 0x80000000:
+            raise OverflowError
+    except OverflowError:
+        offsets = array.array("I")
+        for _oid, offset, _crc in ordered:
+            if offset < 0x80000000:
+                offsets.append(offset)
+            else:
+                offsets.append(0x80000000 | len(large))
+                large.append(offset)
+    if sys.byteorder == "little":
+        for column in (fanout, crcs, offsets, large):
+            column.byteswap()
     body = b"".join(
         [
             b"\377tOc" + struct.pack(">I", 2),
-            struct.pack(">256I", *fanout),
-            b"".join(oid for oid, _offset, _crc in ordered),
-            struct.pack(f">{count}I", *(crc & 0xFFFFFFFF for _oid, _offset, crc in ordered)),
-            struct.pack(f">{count}I", *small_offsets),
-            struct.pack(f">{len(large)}Q", *large),
+            fanout.tobytes(),
+            names,
+            crcs.tobytes(),
+            offsets.tobytes(),
+            large.tobytes(),
             pack_checksum,
         ]
     )
@@ -98,12 +112,16 @@ def encode_index(entries: list[IndexEntry], pack_checksum: bytes) -> bytes:
 
 def install_pack(
     pack_dir: str,
-    data: bytes,
+    data: bytes | bytearray,
     entries: list[IndexEntry],
     checksum: bytes,
     take_spare: TakeSpare | None = None,
+    presorted: bool = False,
+    tail: bytes = b"",
 ) -> str:
-    """Write ``pack-<checksum>.pack`` then its ``.idx``; the base name.
+    """Write ``pack-<checksum>.pack`` (``data`` then ``tail``, which may
+    carry the checksum so a large ``data`` is not copied to append it) then
+    its ``.idx``; the base name.
 
     Git and dulwich ignore a pack until its index exists, and the index is
     renamed into place last (each file is filled under another name, a
@@ -113,8 +131,8 @@ def install_pack(
     base = os.path.join(pack_dir, f"pack-{checksum.hex()}")
     if os.path.exists(base + ".idx"):
         return base
-    write_file_atomically(base + ".pack", data, take_spare)
-    write_file_atomically(base + ".idx", encode_index(entries, checksum), take_spare)
+    write_file_atomically(base + ".pack", data, take_spare, tail)
+    write_file_atomically(base + ".idx", encode_index(entries, checksum, presorted), take_spare)
     return base
 
 

@@ -30,9 +30,11 @@ TakeSpare = Callable[[], str | None]
 IDLE_SECONDS = 0.05  # no spare is taken for this long: the writer is idle
 
 
-def write_file_atomically(path: str, data: bytes, take_spare: TakeSpare | None = None) -> None:
-    """Make ``path`` hold ``data``, appearing whole or not at all: a spare
-    (or else ``path.tmp``) is filled, then renamed there."""
+def write_file_atomically(
+    path: str, data: bytes | bytearray, take_spare: TakeSpare | None = None, tail: bytes = b""
+) -> None:
+    """Make ``path`` hold ``data`` then ``tail``, appearing whole or not at
+    all: a spare (or else ``path.tmp``) is filled, then renamed there."""
     spare = take_spare() if take_spare is not None else None
     if spare is not None:
         try:
@@ -44,6 +46,8 @@ def write_file_atomically(path: str, data: bytes, take_spare: TakeSpare | None =
         descriptor = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(descriptor, data)
+        if tail:
+            _write_all(descriptor, tail)
     finally:
         os.close(descriptor)
     try:
@@ -55,10 +59,10 @@ def write_file_atomically(path: str, data: bytes, take_spare: TakeSpare | None =
         # folder): drop the spare and write the file next to its place.
         with contextlib.suppress(OSError):
             os.unlink(spare)
-        write_file_atomically(path, data)
+        write_file_atomically(path, data, None, tail)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def _write_all(descriptor: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         written = os.write(descriptor, view)

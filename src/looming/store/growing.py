@@ -1,0 +1,163 @@
+"""The pack a writer folds its per-commit packs into.
+
+Every commit becomes a small pack of whole objects (two new files, made
+visible by renaming its index into place). Every so often the small packs
+are folded into one growing pack: the growing pack's bytes are copied as
+one block (its entries keep their offsets, so its deltas stay valid) and
+the small packs' objects are appended, each directory version stored as a
+delta against its previous version, wherever that version lives in the
+growing pack. So the history holds one whole copy of each directory (plus
+one per :data:`MAX_DELTA_DEPTH` versions), as after ``git gc``, rather than
+one per merged pack, and each object is processed once, not once per tier.
+
+Folding copies the growing pack (a memory copy, a SHA-1 and a write, all
+outside Python's loop), so it is started when the small packs amount to a
+fraction of the growing pack, or are many: its cost stays proportional to
+what was written. A growing pack past :data:`SEAL_ABOVE` bytes is left as
+it is and a new one begun, so no fold copies more than that.
+
+A crash at any point leaves a valid repository: the folded pack is renamed
+into place whole (index last), and only then are the packs it replaces
+removed (index first); until then their objects are simply in two packs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import zlib
+
+from looming.store.objects import ObjectId
+from looming.store.pack import (
+    MAX_DELTA_DEPTH,
+    STORE_ABOVE,
+    IndexEntry,
+    PackRecord,
+    _object_header,
+    _ofs_header,
+    _parse_entry_header,
+    install_pack,
+)
+from looming.store.spares import TakeSpare
+
+SEAL_ABOVE = 32 << 20
+_TREE = 2
+_PACK_HEADER = b"PACK\0\0\0\2"
+
+
+class GrowingPack:
+    """A pack of this process, kept in memory as well as on disk, with what
+    folding more objects into it needs: its entries, where each tree is and
+    how deep its delta chain, and the bodies of the newest directory
+    versions (the bases of the next versions' deltas)."""
+
+    def __init__(self) -> None:
+        self.base_name: str | None = None
+        self.body = bytearray(_PACK_HEADER + b"\0\0\0\0")  # without the trailing checksum
+        self.entries: list[IndexEntry] = []  # sorted by id
+        self.ids: set[ObjectId] = set()
+        self.trees: dict[ObjectId, tuple[int, int]] = {}  # id -> (offset, delta depth)
+        self.bodies: dict[ObjectId, bytes] = {}
+
+    @property
+    def record(self) -> PackRecord | None:
+        return None if self.base_name is None else (self.base_name, self.entries)
+
+    def size(self) -> int:
+        return len(self.body)
+
+    def fold(
+        self,
+        pack_dir: str,
+        small_packs: list[PackRecord],
+        delta_bases: dict[ObjectId, ObjectId],
+        cached: dict[str, bytes],
+        take_spare: TakeSpare | None = None,
+    ) -> None:
+        """Append the objects of ``small_packs`` (whole objects, as
+        :func:`looming.store.pack.build_pack` writes them), install the
+        result as a new pack, then remove the packs it replaces."""
+        from looming.store.delta import make_delta
+
+        body = self.body
+        grown_from = len(body)
+        new_entries: list[IndexEntry] = []
+        trees = self.trees
+        bodies = self.bodies
+        ids = self.ids
+        added: list[ObjectId] = []
+        try:
+            for base_name, source_entries in small_packs:
+                data = cached.get(base_name)
+                if data is None:
+                    with open(base_name + ".pack", "rb") as file:
+                        data = file.read()
+                ordered = sorted(source_entries, key=lambda entry: entry[1])
+                ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
+                for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
+                    if oid in ids:
+                        continue
+                    kind, size, _base, start = _parse_entry_header(data, offset)
+                    at = len(body)
+                    if kind == _TREE:
+                        tree_body = zlib.decompress(data[start:end])
+                        previous = delta_bases.get(oid)
+                        depth = 0
+                        entry = b""
+                        if previous is not None and previous in bodies:
+                            base_at, base_depth = trees[previous]
+                            if base_depth < MAX_DELTA_DEPTH:
+                                delta = make_delta(bodies[previous], tree_body)
+                                if len(delta) < len(tree_body) // 2:
+                                    entry = _ofs_header(len(delta), at - base_at) + zlib.compress(
+                                        delta, 1
+                                    )
+                                    depth = base_depth + 1
+                            # Superseded: no later version deltas against it.
+                            del bodies[previous]
+                        if not entry:
+                            entry = _object_header(kind, size) + zlib.compress(tree_body, 1)
+                        trees[oid] = (at, depth)
+                        bodies[oid] = tree_body
+                    elif end - start >= size and size >= STORE_ABOVE:
+                        # Stored whole by the per-commit pack: deflate it now.
+                        deflated = zlib.compress(zlib.decompress(data[start:end]), 1)
+                        entry = _object_header(kind, size) + deflated
+                    else:
+                        entry = data[offset:end]
+                    body += entry
+                    new_entries.append((oid, at, zlib.crc32(entry)))
+                    ids.add(oid)
+                    added.append(oid)
+            count = len(self.entries) + len(new_entries)
+            struct.pack_into(">I", body, 8, count)
+            checksum = hashlib.sha1(body).digest()
+            new_entries.sort()
+            entries = sorted(self.entries + new_entries)  # two sorted runs: a linear merge
+            new_base = install_pack(
+                pack_dir, body, entries, checksum, take_spare, presorted=True, tail=checksum
+            )
+        except BaseException:
+            # Undo the in-memory growth, so the pack still matches its file.
+            del body[grown_from:]
+            struct.pack_into(">I", body, 8, len(self.entries))
+            for oid in added:
+                ids.discard(oid)
+                trees.pop(oid, None)
+                bodies.pop(oid, None)
+            raise
+        replaced = [record[0] for record in small_packs]
+        if self.base_name is not None:
+            replaced.append(self.base_name)
+        self.base_name = new_base
+        self.entries = entries
+        for base_name in replaced:
+            cached.pop(base_name, None)
+            if base_name == new_base:
+                continue
+            # The index goes first so nobody opens a pack whose data is leaving.
+            for suffix in (".idx", ".pack"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(base_name + suffix)
