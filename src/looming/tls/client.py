@@ -499,9 +499,13 @@ class ClientHandshake:
         conn = self.conn
         assert conn.suite is not None and conn.version is not None
         if conn.resumed and self.offered_session is not None and not conn.peer_certificates:
-            from .certs import parse_chain
+            offered = self.offered_session
+            if offered.peer_certificates:
+                conn.peer_certificates = list(offered.peer_certificates)
+            else:
+                from .certs import parse_chain
 
-            conn.peer_certificates = parse_chain(self.offered_session.peer_chain_der)
+                conn.peer_certificates = parse_chain(offered.peer_chain_der)
         # Early data the server did not take (rejected, or beyond its limit) goes
         # out as ordinary application data, first in line.
         delivered = self.early_data_sent if conn.early_data_accepted else b""

@@ -98,5 +98,6 @@ def new_session_ticket13(hs: ClientHandshake, body: bytes) -> None:
         max_early_data=max_early,
         peer_chain_der=list(hs.server_chain)
         or (hs.offered_session.peer_chain_der if hs.offered_session else []),
+        peer_certificates=list(conn.peer_certificates),
     )
     hs.remember(session)

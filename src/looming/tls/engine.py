@@ -15,6 +15,7 @@ from cryptography import x509
 
 from looming.errors import Malformed
 
+from .client import ClientHandshake
 from .config import TlsConfig
 from .constants import (
     TLS13,
@@ -28,6 +29,7 @@ from .errors import TlsAlertReceived, TlsClosed, TlsError, TlsProtocolError
 from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpdated
 from .keyschedule import Transcript, exporter13, next_traffic_secret, traffic_keys
 from .record import Protection, RecordLayer
+from .server import ServerHandshake
 from .session import Session
 from .suites import SuiteInfo, derive_secret, prf12
 from .wire import handshake, u8
@@ -93,12 +95,8 @@ class TlsConnection:
         self._pending_app_data: list[bytes] = []
         self._handshake: Handshake
         if server_side:
-            from .server import ServerHandshake
-
             self._handshake = ServerHandshake(self)
         else:
-            from .client import ClientHandshake
-
             self._handshake = ClientHandshake(self, session, early_data)
         self._run(self._handshake.start)
 

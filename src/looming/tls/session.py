@@ -9,8 +9,10 @@ expire, so each ticket is accepted at most once (RFC 8446 section 8.1).
 from __future__ import annotations
 
 import heapq
+import struct
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -35,6 +37,11 @@ class Session:
     received_at_ms: int
     max_early_data: int = 0
     peer_chain_der: list[bytes] = field(default_factory=list)
+    # peer_chain_der parsed, when the connection that got this session had it
+    # parsed already: a resumed handshake then reports it without parsing again.
+    peer_certificates: list[x509.Certificate] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def expired(self, now_ms: int) -> bool:
         return now_ms - self.received_at_ms > self.lifetime_s * 1000
@@ -94,21 +101,28 @@ class TicketState:
     @classmethod
     def decode(cls, data: bytes) -> TicketState:
         r = Reader(data)
+        version, cipher_suite = r.u16(), r.u16()
+        secret = r.vector(1)
+        # ticket_age_add, issued_ms, lifetime_s, max_early_data: one fixed block.
+        age_add, issued_ms, lifetime_s, max_early = _FIXED.unpack(r.take(_FIXED.size))
         state = cls(
-            version=r.u16(),
-            cipher_suite=r.u16(),
-            secret=r.vector(1),
-            ticket_age_add=r.u32(),
-            issued_ms=r.uint(8),
-            lifetime_s=r.u32(),
-            max_early_data=r.u32(),
-            alpn_protocol=r.vector(1),
-            server_name=r.vector(2).decode("utf-8", "replace"),
-            ticket_id=r.vector(1),
+            version,
+            cipher_suite,
+            secret,
+            age_add,
+            issued_ms,
+            lifetime_s,
+            max_early,
+            r.vector(1),
+            r.vector(2).decode("utf-8", "replace"),
+            r.vector(1),
+            [r.vector(2) for _ in range(r.u8())],
         )
-        state.client_chain_der = [r.vector(2) for _ in range(r.u8())]
         r.expect_end("ticket")
         return state
+
+
+_FIXED = struct.Struct(">IQII")
 
 
 class TicketKeys:

@@ -5,9 +5,22 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 
 from looming.errors import Malformed
+
+_U16_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _u16_struct(count: int) -> struct.Struct:
+    """A Struct reading ``count`` big-endian 16-bit values (cached per count)."""
+    unpacker = _U16_STRUCTS.get(count)
+    if unpacker is None:
+        unpacker = struct.Struct(f">{count}H")
+        if len(_U16_STRUCTS) < 512:
+            _U16_STRUCTS[count] = unpacker
+    return unpacker
 
 
 class Reader:
@@ -64,10 +77,20 @@ class Reader:
         return self.uint(4)
 
     def vector(self, length_width: int, minimum: int = 0, maximum: int | None = None) -> bytes:
-        n = self.uint(length_width)
+        # uint() and take() inlined: the commonest read in handshake parsing.
+        data = self._data
+        pos = self._pos
+        start = pos + length_width
+        if start > self._end:
+            raise Malformed(f"need {length_width} bytes, have {self._end - pos}")
+        n = int.from_bytes(data[pos:start], "big")
         if n < minimum or (maximum is not None and n > maximum):
             raise Malformed(f"vector length {n} outside [{minimum}, {maximum}]")
-        return self.take(n)
+        end = start + n
+        if end > self._end:
+            raise Malformed(f"need {n} bytes, have {self._end - start}")
+        self._pos = end
+        return data[start:end]
 
     def sub(self, length_width: int, minimum: int = 0) -> Reader:
         return Reader(self.vector(length_width, minimum))
@@ -76,7 +99,7 @@ class Reader:
         body = self.vector(length_width, minimum)
         if len(body) % 2:
             raise Malformed("odd length for a list of 16-bit values")
-        return [int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body), 2)]
+        return list(_u16_struct(len(body) // 2).unpack(body))
 
 
 def u8(v: int) -> bytes:
