@@ -19,6 +19,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 from looming.devices.time import Time
@@ -158,6 +159,8 @@ class Endpoint:
             if kick:
                 self._notifier.kick()
             return data
+        if self._view[self._peer_live] == _CONNECTED and not self._control_eof:
+            return None  # the common case, without the full check's calls
         return None if self._peer_may_write() else b""
 
     def try_read_into(self, buffer: bytearray | memoryview) -> int | None:
@@ -172,6 +175,8 @@ class Endpoint:
             if kick:
                 self._notifier.kick()
             return count
+        if self._view[self._peer_live] == _CONNECTED and not self._control_eof:
+            return None
         return None if self._peer_may_write() else 0
 
     def try_recv(self, count: int) -> bytes | None:
@@ -186,6 +191,8 @@ class Endpoint:
             if kick:
                 self._notifier.kick()
             return data
+        if self._view[self._peer_live] == _CONNECTED and not self._control_eof:
+            return None
         return None if self._peer_may_write() else b""
 
     def try_write(self, data: bytes | bytearray | memoryview) -> int:
@@ -299,31 +306,43 @@ class Endpoint:
 
     def read(self, limit: int = DEFAULT_RING_SIZE, *, timeout: float | None = None) -> bytes:
         """Stream mode: block until some bytes arrive; ``b""`` once the peer closed."""
+        data = self.try_read(limit)
+        if data is not None:
+            return data
         deadline = None if timeout is None else self._deadline(timeout)
+        want = partial(self._ring.want_data, 1)
         while True:
+            self._wait(self.readable_now, want, deadline)
             data = self.try_read(limit)
             if data is not None:
                 return data
-            self._wait(self.readable_now, self.request_data_notify, deadline)
 
     def read_into(self, buffer: bytearray | memoryview, *, timeout: float | None = None) -> int:
         """Stream mode into ``buffer``: a count, 0 once the peer closed."""
+        count = self.try_read_into(buffer)
+        if count is not None:
+            return count
         deadline = None if timeout is None else self._deadline(timeout)
+        want = partial(self._ring.want_data, 1)
         while True:
+            self._wait(self.readable_now, want, deadline)
             count = self.try_read_into(buffer)
             if count is not None:
                 return count
-            self._wait(self.readable_now, self.request_data_notify, deadline)
 
     def write(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> None:
         """Stream mode: block until all of ``data`` is in the ring (in pieces if need be)."""
+        if not data:
+            return
+        written = self.try_write(data)
+        if written == len(data):
+            return
         deadline = None if timeout is None else self._deadline(timeout)
-        view = memoryview(data)
+        view = memoryview(data)[written:]
+        want = partial(self._ring.want_space, 1)
         while view:
-            written = self.try_write(view)
-            view = view[written:]
-            if view:
-                self._wait(self.writable_now, self.request_space_notify, deadline)
+            self._wait(self.writable_now, want, deadline)
+            view = view[self.try_write(view) :]
 
     def send(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> None:
         """Packet mode: block until ``data`` fits, then write it in one piece."""
@@ -331,8 +350,9 @@ class Endpoint:
             return
         deadline = None if timeout is None else self._deadline(timeout)
         need = len(data)
+        want = partial(self._ring.want_space, need)
         while not self.try_send(data):
-            self._wait(lambda: self.writable_now(need), self.request_space_notify, deadline)
+            self._wait(partial(self.writable_now, need), want, deadline)
 
     def recv(self, count: int, *, timeout: float | None = None) -> bytes:
         """Packet mode: block until ``count`` bytes are there and take exactly those.
@@ -343,8 +363,9 @@ class Endpoint:
         if data is not None:
             return data
         deadline = None if timeout is None else self._deadline(timeout)
+        want = partial(self._ring.want_data, count)
         while True:
-            self._wait(lambda: self.receivable_now(count), self.request_data_notify, deadline)
+            self._wait(partial(self.receivable_now, count), want, deadline)
             data = self.try_recv(count)
             if data is not None:
                 return data
@@ -395,20 +416,25 @@ class Endpoint:
         return None if timeout is None else self._time.now_ns() + int(timeout * 1e9)
 
     def _wait(
-        self, ready: Callable[[], bool], request: Callable[[], None], deadline: int | None
+        self, ready: Callable[[], bool], want: Callable[[], bool], deadline: int | None
     ) -> None:
         """Return once ``ready()`` may hold; the caller re-checks by trying again.
 
-        The vchan discipline: ask the peer to kick (``request``), then look
-        again, and sleep only if there is still nothing, so a kick is never
-        missed. After a wake-up the caller's next try sees what changed (and
-        a wait that finds nothing asks again: the kick used up the request).
+        The vchan discipline: ``want`` asks the peer to kick and then looks
+        again, and we sleep only if there is still nothing, so a kick is never
+        missed. Nor is the peer's exit (its close kicks whatever the bits say)
+        or death (the control socket, watched while we sleep, wakes us). A
+        wake-up leads to the caller's next try, and a wait that still finds
+        nothing asks again (a kick uses up the request).
         """
         if self.spin and self.spin_succeeded(ready):
             return
-        request()
-        if not ready():
-            self._block(deadline)
+        try:
+            if want():
+                return
+        except VchanCorrupt:
+            return  # the caller's next try reports it
+        self._block(deadline)
 
     def _block(self, deadline: int | None) -> None:
         """Sleep until a kick, the peer's death or the periodic re-check."""

@@ -129,6 +129,23 @@ class RingEnd:
         seg = self._segment
         seg[self._peer_notify] = seg[self._peer_notify] | layout.NOTIFY_READ
 
+    def want_data(self, count: int) -> bool:
+        """Ask the peer to kick us when it writes, then look again: whether
+        ``count`` bytes are there after all (the vchan discipline, in one call)."""
+        seg = self._segment
+        seg[self._peer_notify] = seg[self._peer_notify] | layout.NOTIFY_WRITE
+        ready = (self._words[self._peer_prod_word] - self._read_cons) & _MASK32
+        if ready > self._read_size:
+            self.data_ready()  # raises with the full explanation
+        return ready >= count
+
+    def want_space(self, count: int) -> bool:
+        """Ask the peer to kick us when it reads, then look again: whether
+        ``count`` bytes fit after all."""
+        seg = self._segment
+        seg[self._peer_notify] = seg[self._peer_notify] | layout.NOTIFY_READ
+        return self._space() >= count
+
     # -- stream mode -------------------------------------------------------------
     # The hot paths compute the indices inline rather than through
     # data_ready()/buffer_space(): each Python call is a measurable part of
