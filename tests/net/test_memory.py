@@ -17,7 +17,7 @@ from looming.errors import AddressInUse, HostUnreachable, NoRoute
 from looming.net.dns import ResolverTimeout
 from looming.net.netif.memory import LinkFaults, MemorySwitch
 from looming.net.stack import DirectStack
-from looming.net.wire import dns, ethernet, ipv4, udp
+from looming.net.wire import dns, ethernet, ipv4, tcp, udp
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
@@ -318,5 +318,30 @@ def test_dns_resolver_matches_answers_and_gives_up_in_time() -> None:
             await a.resolve("silent.lm")
         assert a.counters()["dns.timeout"] == 3
         assert await a.resolve("10.1.2.3") == [IPv4Address("10.1.2.3")]
+
+    run(body)
+
+
+def test_a_partial_tcp_checksum_is_finished_when_nothing_offloads_it() -> None:
+    # The TCP layer leaves multi-segment packets with only the pseudo-header
+    # sum for an offloading interface; without one (the switch, or our own
+    # address) the IPv4 layer finishes the checksum before it leaves.
+    async def body(a: DirectStack, b: DirectStack) -> None:
+        arrived: asyncio.Queue[tuple[IPv4Address, IPv4Address, bytes]] = asyncio.Queue()
+        for stack in (a, b):
+            stack.ipv4.register(
+                6, lambda src, dst, segment: arrived.put_nowait((src, dst, segment))
+            )
+        header = tcp.TcpHeader(40000, 80, 1, 1, tcp.ACK, 1000)
+        for destination in (B.ip, A.ip):
+            segment = tcp.emit(
+                header, bytes(3000), src=A.ip, dst=destination, partial_checksum=True
+            )
+            assert not tcp.checksum_ok(segment, A.ip, destination)
+            await a.ipv4.write(destination, 6, segment, segment_size=1000)
+            src, dst, received = await asyncio.wait_for(arrived.get(), 1)
+            assert (src, dst) == (A.ip, destination)
+            assert received[:16] == segment[:16] and received[18:] == segment[18:]
+            assert tcp.checksum_ok(received, src, dst)
 
     run(body)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from looming.devices.net import MacAddress
 from looming.errors import Malformed
-from looming.net.wire import arp, dhcp, dns, ethernet, icmp, ipv4, udp
+from looming.net.wire import arp, dhcp, dns, ethernet, icmp, ipv4, tcp, udp
 from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
 
 macs = st.binary(min_size=6, max_size=6).map(MacAddress)
@@ -266,3 +266,15 @@ def test_dns_parser_on_messages_with_plausible_counts(noise: bytes) -> None:
         dns.parse(data)
     except Malformed:
         pass
+
+
+def test_a_partial_tcp_checksum_finishes_to_the_full_one() -> None:
+    src, dst = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+    header = tcp.TcpHeader(1234, 80, 7, 9, tcp.ACK, 512)
+    for size in (0, 1, 1460, 5000, 60000):
+        payload = random.Random(size).randbytes(size)
+        full = tcp.emit(header, payload, src=src, dst=dst)
+        partial = tcp.emit(header, payload, src=src, dst=dst, partial_checksum=True)
+        assert int.from_bytes(partial[16:18], "big") == pseudo_header_sum(src, dst, 6, len(full))
+        assert tcp.checksum_ok(tcp.finish_checksum(partial), src, dst)
+        assert tcp.finish_checksum(partial)[18:] == full[18:]

@@ -25,6 +25,7 @@ from looming.net.ethernet import EthernetLayer
 from looming.net.reassembly import Reassembler
 from looming.net.wire import ipv4 as wire
 from looming.net.wire.ipv4 import MIN_HEADER_LENGTH, Ipv4Header
+from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 
 _LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 _UNSPECIFIED = IPv4Address(0)
@@ -260,7 +261,17 @@ class Ipv4Layer:
         A TCP layer may pass a packet of up to :meth:`segment_limit` bytes
         with ``segment_size`` (its MSS for this connection): an interface with
         segmentation offload then cuts it into segments of that payload size.
+        Such a packet's TCP checksum holds only the pseudo-header sum (the
+        interface finishes it per segment); it is finished here when the
+        packet does not go to such an interface after all.
         """
+        if (
+            segment_size is not None
+            and protocol == IpProtocol.TCP
+            and (self.is_local(destination) or not self._ethernet.segmentation_offload)
+        ):
+            payload = finish_tcp_checksum(payload)
+            segment_size = None
         if source is None:
             source = self.source_for(destination)
         header = Ipv4Header(
@@ -282,7 +293,7 @@ class Ipv4Layer:
             return
         mac = await self.next_hop_mac(destination)
         payload_mtu = self.mtu(destination)
-        if len(payload) <= payload_mtu:
+        if len(payload) <= payload_mtu and segment_size is None:
             self.counters["tx_datagrams"] += 1
             await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(header, payload))
             return
@@ -291,6 +302,8 @@ class Ipv4Layer:
             and protocol == IpProtocol.TCP
             and len(payload) <= self.segment_limit(destination)
         ):
+            # (Even a packet within the MTU: it may still hold more than one
+            # of the peer's segments.)
             self.counters["tx_offloaded"] += 1
             offloaded = replace(header, dont_fragment=True)
             await self._ethernet.write(
@@ -299,6 +312,12 @@ class Ipv4Layer:
                 wire.emit(offloaded, payload),
                 segment_size=segment_size,
             )
+            return
+        if segment_size is not None:
+            payload = finish_tcp_checksum(payload)
+        if len(payload) <= payload_mtu:
+            self.counters["tx_datagrams"] += 1
+            await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(header, payload))
             return
         if dont_fragment:
             self.counters["tx_too_big"] += 1

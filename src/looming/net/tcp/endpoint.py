@@ -101,10 +101,20 @@ class TcpEndpoint:
         if conn.outbox:
             emit = wire.emit
             mss = conn.send_mss
+            # A packet of several segments goes to an interface that cuts it
+            # up and checksums each piece: summing it here would be wasted,
+            # so it leaves with only the pseudo-header sum (the IPv4 layer
+            # finishes it should it not be offloaded after all).
             self._outbox.extend(
                 (
                     remote_ip,
-                    emit(header, payload, src=local_ip, dst=remote_ip),
+                    emit(
+                        header,
+                        payload,
+                        src=local_ip,
+                        dst=remote_ip,
+                        partial_checksum=len(payload) > mss,
+                    ),
                     mss if len(payload) > mss else None,
                 )
                 for header, payload in conn.take_outbox()

@@ -26,6 +26,7 @@ from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.isn import FourTuple
+from looming.net.wire import tcp as wire
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,8 @@ class TcpLayer:
                             destination, IpProtocol.TCP, segment, segment_size=segment_size
                         )
                     else:
+                        if segment_size is not None:
+                            segment = wire.finish_checksum(segment)
                         await self._ipv4.write(destination, IpProtocol.TCP, segment)
                 except Exception as error:
                     # No route or no ARP answer: TCP retransmits, like a lost segment.

@@ -154,11 +154,15 @@ def emit(
     *,
     src: IPv4Address | None = None,
     dst: IPv4Address | None = None,
+    partial_checksum: bool = False,
 ) -> bytes:
     """The wire form of ``header`` followed by ``payload``.
 
     With ``src`` and ``dst`` the checksum is computed over the IPv4
     pseudo-header; without them it is left zero (for offload or tests).
+    With ``partial_checksum`` too, the field holds only the pseudo-header
+    sum, for an interface that finishes it (CHECKSUM_PARTIAL, as segmentation
+    offload does; see :func:`finish_checksum`).
     Raises :class:`ValueError` for a header that cannot be encoded (fields
     out of range, or options longer than 40 bytes).
     """
@@ -186,11 +190,20 @@ def emit(
     segment += options
     segment += payload
     if src is not None and dst is not None:
-        checksum = internet_checksum(
-            segment, pseudo_header_sum(src, dst, PROTOCOL_NUMBER, len(segment))
-        )
+        pseudo = pseudo_header_sum(src, dst, PROTOCOL_NUMBER, len(segment))
+        checksum = pseudo if partial_checksum else internet_checksum(segment, pseudo)
         segment[16:18] = checksum.to_bytes(2, "big")
     return bytes(segment)
+
+
+def finish_checksum(segment: bytes) -> bytes:
+    """``segment`` emitted with ``partial_checksum``, with its checksum
+    finished: summing the segment with the pseudo-header sum in the field
+    gives the checksum proper."""
+    if len(segment) < 18:
+        return segment
+    checksum = internet_checksum(segment) or 0xFFFF
+    return segment[:16] + checksum.to_bytes(2, "big") + segment[18:]
 
 
 @dataclass(slots=True)
