@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from looming.errors import ConnectionReset
+from looming.errors import Closed, ConnectionReset
 from looming.vchan import endpoint
 from looming.vchan import listener as ports
 from looming.vchan.endpoint import Endpoint
@@ -117,6 +117,17 @@ def test_closing_stops_the_watchdog() -> None:
         assert watchdog is not None and watchdog.is_alive()
         server.close()
         assert not watchdog.is_alive()
+
+
+def test_closing_wakes_our_own_thread_blocked_without_timeout() -> None:
+    server, client = connected_pair()
+    with client:
+        thread, outcome = in_thread(lambda: server.recv(8))
+        wait_until_sleeping(server, thread, outcome)
+        server.close()
+        thread.join(JOIN_S)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], Closed)
 
 
 def test_a_peer_closing_wakes_a_blocked_reader_with_end_of_stream() -> None:

@@ -387,6 +387,9 @@ class Endpoint:
             self._ring.set_state(layout.LIVE_EXITED)
             self._notifier.kick()
         if self._watchdog is not None:
+            # A thread of ours asleep in the eventfd read would sleep on
+            # after the descriptor closes: wake it to find the endpoint closed.
+            self._notifier.wake_self()
             # Shutting the control socket down wakes the watchdog's poll
             # (closing it would not); the peer learns no more than from close.
             with contextlib.suppress(OSError):
