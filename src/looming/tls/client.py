@@ -15,13 +15,10 @@ from .constants import (
     TLS12,
     TLS13,
     AlertDescription,
+    ExtensionType,
+    HandshakeType,
     PskKeyExchangeMode,
-)
-from .constants import (
-    ExtensionType as X,
-)
-from .constants import (
-    HandshakeType as H,
+    plain_values,
 )
 from .errors import TlsProtocolError
 from .events import HandshakeComplete, NewSession
@@ -30,6 +27,10 @@ from .keyschedule import KeySchedule13
 from .session import Session
 from .suites import SUITES
 from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
+
+# Plain-int views of the code points (see plain_values).
+X = plain_values(ExtensionType)
+H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
     from .client12 import Client12

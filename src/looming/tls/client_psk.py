@@ -6,14 +6,23 @@ from typing import TYPE_CHECKING
 
 from looming.errors import UsageError
 
-from .constants import TLS13, AlertDescription, ContentType
-from .constants import ExtensionType as X
-from .constants import HandshakeType as H
+from .constants import (
+    TLS13,
+    AlertDescription,
+    ContentType,
+    ExtensionType,
+    HandshakeType,
+    plain_values,
+)
 from .errors import TlsProtocolError
 from .keyschedule import KeySchedule13, resumption_psk
 from .session import Session
 from .suites import SUITES
 from .wire import Reader, extension, parse_extensions, u8, u32, vec8, vec16
+
+# Plain-int views of the code points (see plain_values).
+X = plain_values(ExtensionType)
+H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
     from .client import ClientHandshake

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar, cast
+
+_E = TypeVar("_E", bound=IntEnum)
 
 
 class ContentType(IntEnum):
@@ -154,3 +157,14 @@ DOWNGRADE_TLS11 = b"DOWNGRD\x00"
 MAX_PLAINTEXT = 1 << 14
 MAX_CIPHERTEXT_13 = MAX_PLAINTEXT + 256
 MAX_CIPHERTEXT_12 = MAX_PLAINTEXT + 2048
+
+
+def plain_values(enum_type: type[_E]) -> type[_E]:
+    """A class with ``enum_type``'s members as plain int attributes.
+
+    Reading a member of an IntEnum class costs several times a plain class
+    attribute, and a handshake reads dozens of extension and message type
+    codes; hot modules use this view (typed as the enum for checking).
+    """
+    namespace = {member.name: int(member) for member in enum_type}
+    return cast("type[_E]", type(f"{enum_type.__name__}Values", (), namespace))

@@ -24,6 +24,7 @@ from .constants import (
     ContentType,
     HandshakeType,
     KeyUpdateRequest,
+    plain_values,
 )
 from .errors import TlsAlertReceived, TlsClosed, TlsError, TlsProtocolError
 from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpdated
@@ -34,6 +35,8 @@ from .session import Session
 from .suites import SuiteInfo, derive_secret, prf12
 from .wire import handshake, u8
 
+# A plain-int view of the record types (see plain_values): read on every record.
+_CT = plain_values(ContentType)
 _MAX_HANDSHAKE_MESSAGE = 1 << 18
 
 
@@ -198,12 +201,12 @@ class TlsConnection:
         message = handshake(msg_type, body)
         if add_to_transcript:
             self.transcript.add(message)
-        self.records.write_records(ContentType.HANDSHAKE, message)
+        self.records.write_records(_CT.HANDSHAKE, message)
         return message
 
     def send_alert(self, level: int, description: int) -> None:
         try:
-            self.records.write_records(ContentType.ALERT, bytes((level, description)))
+            self.records.write_records(_CT.ALERT, bytes((level, description)))
         except TlsProtocolError:
             pass
 
@@ -272,21 +275,21 @@ class TlsConnection:
             if record is None:
                 return
             content_type, payload = record
-            if self._hs_buffer and content_type != ContentType.HANDSHAKE:
+            if self._hs_buffer and content_type != _CT.HANDSHAKE:
                 raise TlsProtocolError(
                     AlertDescription.UNEXPECTED_MESSAGE,
                     "record interleaved within a handshake message",
                 )
-            if content_type == ContentType.HANDSHAKE:
+            if content_type == _CT.HANDSHAKE:
                 if not payload:
                     raise TlsProtocolError(
                         AlertDescription.UNEXPECTED_MESSAGE, "empty handshake record"
                     )
                 self._hs_buffer += payload
                 self._process_handshake_messages()
-            elif content_type == ContentType.APPLICATION_DATA:
+            elif content_type == _CT.APPLICATION_DATA:
                 self._on_application_data(payload)
-            elif content_type == ContentType.ALERT:
+            elif content_type == _CT.ALERT:
                 self._on_alert(payload)
             else:
                 if payload != b"\x01":
@@ -363,7 +366,7 @@ class TlsConnection:
                         AlertDescription.INTERNAL_ERROR,
                         "TLS 1.2 key usage limit reached; reconnect",
                     )
-            self.records.write_records(ContentType.APPLICATION_DATA, data[start : start + step])
+            self.records.write_records(_CT.APPLICATION_DATA, data[start : start + step])
 
     def _on_application_data(self, payload: bytes) -> None:
         if self.receiving_early_data:

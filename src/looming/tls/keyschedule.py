@@ -8,6 +8,15 @@ import hmac
 from .suites import derive_secret, digest_size, empty_hash, hkdf_expand_label, hkdf_extract
 
 
+_HASH_CONSTRUCTORS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
+
+
+def _new_hash(hash_name: str) -> hashlib._Hash:
+    """hashlib.new without its by-name dispatch for the two TLS 1.3 hashes."""
+    constructor = _HASH_CONSTRUCTORS.get(hash_name)
+    return constructor() if constructor is not None else hashlib.new(hash_name)
+
+
 class Transcript:
     """The running hash of handshake messages; buffers until the hash is known."""
 
@@ -21,7 +30,7 @@ class Transcript:
         """Start hashing with ``hash_name`` (once; later calls keep the running hash)."""
         if self._hash is not None:
             return
-        self._hash = hashlib.new(hash_name)
+        self._hash = _new_hash(hash_name)
         for message in self._pending:
             self._hash.update(message)
         self._pending.clear()
@@ -40,7 +49,7 @@ class Transcript:
     def digest_with(self, hash_name: str, extra: bytes) -> bytes:
         """The hash of the transcript followed by ``extra`` (for PSK binders)."""
         if self._hash is None:
-            h = hashlib.new(hash_name)
+            h = _new_hash(hash_name)
             for message in self._pending:
                 h.update(message)
         else:

@@ -15,10 +15,13 @@ from .constants import (
     MAX_PLAINTEXT,
     AlertDescription,
     ContentType,
+    plain_values,
 )
 from .errors import TlsProtocolError
 from .suites import SuiteInfo
 
+# A plain-int view of the record types (see plain_values): read on every record.
+_CT = plain_values(ContentType)
 _HEADER = 5
 _TAG = 16
 
@@ -57,7 +60,7 @@ class Protection:
         if self.tls13:
             inner = data + bytes((content_type,)) + bytes(padding)
             length = len(inner) + _TAG
-            header = bytes((ContentType.APPLICATION_DATA, 3, 3)) + length.to_bytes(2, "big")
+            header = bytes((_CT.APPLICATION_DATA, 3, 3)) + length.to_bytes(2, "big")
             # Encrypt straight behind the header: one copy less per record.
             record = bytearray(_HEADER + length)
             record[:_HEADER] = header
@@ -184,16 +187,14 @@ class RecordLayer:
                 self._compact()
                 return None
             self._pos = end
-            if protection is None or (
-                protection.tls13 and content_type == ContentType.CHANGE_CIPHER_SPEC
-            ):
-                if length == 0 and content_type != ContentType.APPLICATION_DATA:
+            if protection is None or (protection.tls13 and content_type == _CT.CHANGE_CIPHER_SPEC):
+                if length == 0 and content_type != _CT.APPLICATION_DATA:
                     raise TlsProtocolError(AlertDescription.DECODE_ERROR, "empty plaintext record")
-                if self.skip_early_data and content_type == ContentType.APPLICATION_DATA:
+                if self.skip_early_data and content_type == _CT.APPLICATION_DATA:
                     self._skip(length)
                     continue
                 return content_type, bytes(buf[pos + _HEADER : end])
-            if protection.tls13 and content_type != ContentType.APPLICATION_DATA:
+            if protection.tls13 and content_type != _CT.APPLICATION_DATA:
                 raise TlsProtocolError(
                     AlertDescription.UNEXPECTED_MESSAGE, "unprotected record after keys were set"
                 )
@@ -244,11 +245,11 @@ class RecordLayer:
         if self._pending_handshake:
             data = bytes(self._pending_handshake)
             self._pending_handshake.clear()
-            self._write_fragments(ContentType.HANDSHAKE, data)
+            self._write_fragments(_CT.HANDSHAKE, data)
 
     def write_records(self, content_type: int, data: bytes) -> None:
         """Fragment ``data`` into records of ``content_type`` and queue them."""
-        if content_type == ContentType.HANDSHAKE and self._write is not None:
+        if content_type == _CT.HANDSHAKE and self._write is not None:
             self._pending_handshake += data
             return
         self._flush_handshake()

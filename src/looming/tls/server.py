@@ -14,13 +14,10 @@ from .constants import (
     TLS13,
     AlertDescription,
     ContentType,
+    ExtensionType,
+    HandshakeType,
     PskKeyExchangeMode,
-)
-from .constants import (
-    ExtensionType as X,
-)
-from .constants import (
-    HandshakeType as H,
+    plain_values,
 )
 from .errors import TlsProtocolError
 from .events import HandshakeComplete
@@ -29,6 +26,10 @@ from .keyschedule import KeySchedule13
 from .session import TicketState
 from .suites import SUITES
 from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
+
+# Plain-int views of the code points (see plain_values).
+X = plain_values(ExtensionType)
+H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
     from .engine import TlsConnection

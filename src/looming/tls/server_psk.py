@@ -12,14 +12,23 @@ from looming.errors import Malformed
 
 from . import messages as m
 from .certs import parse_chain
-from .constants import TLS13, AlertDescription, PskKeyExchangeMode
-from .constants import ExtensionType as X
-from .constants import HandshakeType as H
+from .constants import (
+    TLS13,
+    AlertDescription,
+    ExtensionType,
+    HandshakeType,
+    PskKeyExchangeMode,
+    plain_values,
+)
 from .errors import TlsProtocolError
 from .keyschedule import KeySchedule13, resumption_psk
 from .session import TicketState
 from .suites import SUITES
 from .wire import Reader, extension, u8, u32, vec8, vec16
+
+# Plain-int views of the code points (see plain_values).
+X = plain_values(ExtensionType)
+H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
     from .server import ClientHello, ServerHandshake
