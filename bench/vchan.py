@@ -3,7 +3,7 @@
 Round-trip latency (p50/p99) of 64-byte messages and one-way throughput of
 64 KiB messages between a parent and a forked child, over:
 
-- vchan with blocking waits (no spinning), with the default adaptive wait
+- vchan with blocking waits (no spinning), with the default wait
   (a short spin, then blocking) and with long spinning waits,
 - a Unix socketpair, a pipe pair, a TCP loopback connection (TCP_NODELAY)
   and multiprocessing.Pipe.

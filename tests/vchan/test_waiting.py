@@ -190,3 +190,41 @@ def test_no_spin_never_checks() -> None:
     server, client = connected_pair(spin=0)
     with server, client:
         assert not server.spin_succeeded(pytest.fail)
+
+
+@pytest.mark.parametrize("spin", [0, endpoint.DEFAULT_SPIN])
+def test_both_directions_at_once_from_two_threads_per_end_without_timeouts(spin: int) -> None:
+    # Small rings make every thread wait often; one thread per end sleeps in
+    # the eventfd read and wakes the other, whichever direction the kick was for.
+    server, client = connected_pair(read_min=1024, write_min=1024, spin=spin)
+    client.spin = spin
+    total = 1 << 20
+    pattern = bytes(range(251)) * 8
+
+    def pump(channel: Endpoint) -> int:
+        sent = 0
+        while sent < total:
+            piece = pattern[: min(len(pattern), total - sent)]
+            channel.write(piece)
+            sent += len(piece)
+        return sent
+
+    def drain(channel: Endpoint) -> bytes:
+        digest = bytearray()
+        while len(digest) < total:
+            digest += channel.read(4096)
+        return bytes(digest)
+
+    expected = (pattern * (total // len(pattern) + 1))[:total]
+    with server, client:
+        threads = [
+            in_thread(lambda: pump(server)),
+            in_thread(lambda: pump(client)),
+            in_thread(lambda: drain(server)),
+            in_thread(lambda: drain(client)),
+        ]
+        for thread, _ in threads:
+            thread.join(JOIN_S * 3)
+            assert not thread.is_alive()
+        outcomes = [outcome for _, outcome in threads]
+        assert outcomes == [[total], [total], [expected], [expected]]

@@ -3,8 +3,12 @@
 :func:`~looming.vchan.listener.listen` and
 :func:`~looming.vchan.listener.connect` give an :class:`Endpoint`: the shell around
 :class:`~looming.vchan.ring.RingEnd` that kicks the peer when asked and
-waits (a short spin, then blocking in ``poll`` on its event and the
-control socket) when a ring is empty or full. The asyncio shell in
+waits when a ring is empty or full: a short spin (backing off while spins
+find nothing), then sleeping. Without a timeout, a sleep over an eventfd is
+one blocking read of it, and a watchdog thread watches the control socket
+for the peer's death and re-wakes a sleeper now and then (see
+SAFETY_RECHECK_MS); with a timeout, or over pipes, it is ``poll`` on the
+event and the control socket. The asyncio shell in
 :mod:`looming.vchan.aio` drives the same endpoint's non-blocking methods.
 
 Blocking calls may come from two threads at once (one reading, one
