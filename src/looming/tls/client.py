@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -44,7 +45,9 @@ def _unexpected(what: str) -> TlsProtocolError:
 
 class ClientHandshake:
     def __init__(self, conn: TlsConnection, session: Session | None, early_data: bytes) -> None:
-        self.conn = conn
+        # Weak: the connection owns this object, and a strong reference back
+        # would leave every finished connection for the cycle collector.
+        self.conn = weakref.proxy(conn)
         self.config = conn.config
         cache = self.config.session_cache
         if session is None and cache is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 from . import messages as m
@@ -45,7 +46,7 @@ _OFFERED12 = {
 
 class Client12:
     def __init__(self, hs: ClientHandshake) -> None:
-        self.hs = hs
+        self.hs = weakref.proxy(hs)  # hs owns this object (see ClientHandshake.conn)
         self.conn = hs.conn
         self.config = hs.config
         self.state = ""

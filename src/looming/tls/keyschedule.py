@@ -7,7 +7,6 @@ import hmac
 
 from .suites import derive_secret, digest_size, empty_hash, hkdf_expand_label, hkdf_extract
 
-
 _HASH_CONSTRUCTORS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,7 +79,9 @@ class ClientHello:
 
 class ServerHandshake:
     def __init__(self, conn: TlsConnection) -> None:
-        self.conn = conn
+        # Weak: the connection owns this object, and a strong reference back
+        # would leave every finished connection for the cycle collector.
+        self.conn = weakref.proxy(conn)
         self.config = conn.config
         self.state = "wait_client_hello"
         self.hrr_group: int | None = None

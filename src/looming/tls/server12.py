@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 from . import messages as m
@@ -40,7 +41,7 @@ def _unexpected(what: str) -> TlsProtocolError:
 
 class Server12:
     def __init__(self, hs: ServerHandshake) -> None:
-        self.hs = hs
+        self.hs = weakref.proxy(hs)  # hs owns this object (see ServerHandshake.conn)
         self.conn = hs.conn
         self.config = hs.config
         self.state = ""
