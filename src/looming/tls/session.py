@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from looming.devices.random import Random
 from looming.errors import Malformed
 
-from .wire import Reader, u8, u16, u32, vec8, vec16
+from .wire import Reader, u8, u16, vec8, vec16
 
 
 @dataclass
@@ -87,10 +87,7 @@ class TicketState:
             u16(self.version)
             + u16(self.cipher_suite)
             + vec8(self.secret)
-            + u32(self.ticket_age_add)
-            + self.issued_ms.to_bytes(8, "big")
-            + u32(self.lifetime_s)
-            + u32(self.max_early_data)
+            + _FIXED.pack(self.ticket_age_add, self.issued_ms, self.lifetime_s, self.max_early_data)
             + vec8(self.alpn_protocol)
             + vec16(self.server_name.encode())
             + vec8(self.ticket_id)
