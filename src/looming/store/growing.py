@@ -28,6 +28,7 @@ import hashlib
 import os
 import struct
 import zlib
+from collections.abc import Callable
 
 from looming.store.objects import ObjectId
 from looming.store.pack import (
@@ -43,6 +44,7 @@ from looming.store.pack import (
 from looming.store.spares import TakeSpare
 
 SEAL_ABOVE = 32 << 20
+ANCHOR_DEPTH = 1  # measured: anchors higher up the chain make longer deltas
 _TREE = 2
 _PACK_HEADER = b"PACK\0\0\0\2"
 
@@ -60,6 +62,46 @@ class GrowingPack:
         self.ids: set[ObjectId] = set()
         self.trees: dict[ObjectId, tuple[int, int]] = {}  # id -> (offset, delta depth)
         self.bodies: dict[ObjectId, bytes] = {}
+        # A chain of deltas that reaches MAX_DELTA_DEPTH goes on from its
+        # anchor (the first delta after the chain's whole copy) rather than
+        # from a new whole copy: for a big directory a delta spanning what
+        # changed since then stays a fraction of the whole, and a whole copy
+        # is made only when it does not.
+        self.anchors: dict[ObjectId, ObjectId] = {}  # newest version -> its anchor
+        self.anchor_bodies: dict[ObjectId, bytes] = {}
+
+    def _tree_entry(
+        self,
+        oid: ObjectId,
+        tree_body: bytes,
+        previous: ObjectId | None,
+        at: int,
+        make_delta: Callable[[bytes, bytes], bytes],
+    ) -> bytes:
+        """The pack entry of a tree as a delta (placed in ``trees``), or b""."""
+        if previous is None:
+            return b""
+        previous_body = self.bodies.pop(previous, None)  # superseded from now on
+        anchor = self.anchors.pop(previous, None)
+        if previous_body is None:
+            return b""
+        base_id, base_body = previous, previous_body
+        if self.trees[previous][1] >= MAX_DELTA_DEPTH:
+            if anchor is None:
+                return b""
+            base_id, base_body = anchor, self.anchor_bodies[anchor]
+        delta = make_delta(base_body, tree_body)
+        if len(delta) >= len(tree_body) // 2:
+            return b""
+        base_at, base_depth = self.trees[base_id]
+        depth = base_depth + 1
+        self.trees[oid] = (at, depth)
+        if depth == ANCHOR_DEPTH:
+            anchor = oid
+            self.anchor_bodies[oid] = tree_body
+        if anchor is not None:
+            self.anchors[oid] = anchor
+        return _ofs_header(len(delta), at - base_at) + zlib.compress(delta, 1)
 
     @property
     def record(self) -> PackRecord | None:
@@ -103,23 +145,12 @@ class GrowingPack:
                     at = len(body)
                     if kind == _TREE:
                         tree_body = zlib.decompress(data[start:end])
-                        previous = delta_bases.get(oid)
-                        depth = 0
-                        entry = b""
-                        if previous is not None and previous in bodies:
-                            base_at, base_depth = trees[previous]
-                            if base_depth < MAX_DELTA_DEPTH:
-                                delta = make_delta(bodies[previous], tree_body)
-                                if len(delta) < len(tree_body) // 2:
-                                    entry = _ofs_header(len(delta), at - base_at) + zlib.compress(
-                                        delta, 1
-                                    )
-                                    depth = base_depth + 1
-                            # Superseded: no later version deltas against it.
-                            del bodies[previous]
+                        entry = self._tree_entry(
+                            oid, tree_body, delta_bases.get(oid), at, make_delta
+                        )
                         if not entry:
                             entry = _object_header(kind, size) + zlib.compress(tree_body, 1)
-                        trees[oid] = (at, depth)
+                            trees[oid] = (at, 0)
                         bodies[oid] = tree_body
                     elif end - start >= size and size >= STORE_ABOVE:
                         # Stored whole by the per-commit pack: deflate it now.
@@ -146,8 +177,14 @@ class GrowingPack:
             for oid in added:
                 ids.discard(oid)
                 trees.pop(oid, None)
-                bodies.pop(oid, None)
+            # Forget the delta bases (the next versions are stored whole).
+            bodies.clear()
+            self.anchors.clear()
+            self.anchor_bodies.clear()
             raise
+        live_anchors = set(self.anchors.values())
+        for anchor in [oid for oid in self.anchor_bodies if oid not in live_anchors]:
+            del self.anchor_bodies[anchor]
         replaced = [record[0] for record in small_packs]
         if self.base_name is not None:
             replaced.append(self.base_name)
