@@ -321,6 +321,21 @@ def measure(transports: list[tuple[str, Transport]], rounds: int, total: int) ->
     return [finish(each) for each in running]
 
 
+def print_peer_ratios(results: list[Result]) -> None:
+    """Each vchan variant against each peer: p50 latency and throughput."""
+    ours = [r for r in results if r.transport.startswith("vchan")]
+    peers = [r for r in results if not r.transport.startswith("vchan")]
+    print()
+    print(f"{'p50 speed-up / MB/s ratio':<22}" + "".join(f"{p.transport:>22}" for p in peers))
+    for r in ours:
+        cells = "".join(
+            f"{f'{p.rtt_p50_us / r.rtt_p50_us:.2f}x / {r.throughput_mb_s / p.throughput_mb_s:.2f}x':>22}"
+            for p in peers
+        )
+        print(f"{r.transport:<22}{cells}")
+    print("(peer's p50 over vchan's, and vchan's MB/s over the peer's: >1 means vchan is better)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, less data")
@@ -361,6 +376,7 @@ def main() -> int:
             f"{r.throughput_mb_s / base.throughput_mb_s:>11.2f}x"
         )
     print("(ratios: >1 means faster than the socketpair)")
+    print_peer_ratios(results)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(

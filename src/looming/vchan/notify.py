@@ -3,8 +3,11 @@
 A vchan endpoint waits on its own event and kicks the peer's. With eventfd
 both are a single descriptor each (the counter is the event); with pipes
 each event is a pipe whose read end the waiter drains and whose write end
-the kicker writes one byte to. Descriptors are non-blocking: a kick to an
-event that is already pending (full pipe, saturated counter) is a no-op.
+the kicker writes one byte to. Descriptors start non-blocking: a kick to
+an event that is already pending (full pipe, saturated counter) is a no-op.
+A blocking endpoint may switch its own eventfd to blocking reads (see
+:mod:`looming.vchan.endpoint`); writes to an eventfd still never block
+short of the counter's overflow, which a draining reader never lets happen.
 """
 
 from __future__ import annotations
