@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from looming.store import gitbackend
 from looming.store.pack import MAX_DELTA_DEPTH
 from looming.store.repo import Repo
 
@@ -84,4 +87,25 @@ def test_growing_pack_is_replaced_not_added_to(tmp_path: Path, git: GitRunner) -
     assert len(packs) == 1
     git("fsck", "--strict", "--no-dangling", cwd=path)
     assert len(git("rev-list", "main", cwd=path).split()) == 20
+    repo.close()
+
+
+def test_a_full_growing_pack_is_sealed_and_a_new_one_begun(
+    tmp_path: Path, git: GitRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gitbackend, "SEAL_ABOVE", 4000)
+    path = str(tmp_path / "sealed.git")
+    repo = Repo.init(path, merge_packs_after=4)
+    store = repo.store()
+    for commit in range(40):
+        store.set(f"d{commit % 5}/k{commit}", b"value %d" % commit * 20)
+    pack_dir = tmp_path / "sealed.git" / "objects" / "pack"
+    assert len(list(pack_dir.glob("*.pack"))) > 2  # sealed packs stay as they are
+    git("fsck", "--strict", "--no-dangling", cwd=path)
+    fresh = Repo.open(path).store()
+    assert all(fresh.get(f"d{c % 5}/k{c}") == b"value %d" % c * 20 for c in range(40))
+    repo.gc()
+    assert len(list(pack_dir.glob("*.pack"))) == 1
+    git("fsck", "--strict", "--no-dangling", cwd=path)
+    assert len(git("rev-list", "main", cwd=path).split()) == 40
     repo.close()

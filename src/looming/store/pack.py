@@ -1,6 +1,7 @@
 """Git pack files: written here without deltas (each commit's new objects
-become one small pack; small packs are later concatenated byte for byte);
-read with dulwich, which resolves the deltas packs made by ``git`` carry."""
+become one small pack, later folded into a growing pack with deltas, see
+:mod:`looming.store.growing`, and merged whole by ``gc``); read with
+dulwich, which resolves the deltas packs made by ``git`` carry."""
 
 from __future__ import annotations
 
