@@ -11,8 +11,11 @@ key read back at the head. Each system does the same work:
   building blobs, trees and commits the way a dulwich user would;
 * git fast-import fed one stream, read back with ``git cat-file --batch``.
 
-Disk size is the bytes of the objects folder (files' sizes), and the same
-history after ``git gc`` for reference. Ratios are against fast-import.
+Disk size is the bytes of the objects folder (files' sizes) right after the
+last commit; for reference the same history after ``git gc`` (which keeps
+the deltas it finds, so it depends on the store's packing; "x gc" is the
+issue's size goal) and after ``git repack -a -d -f`` (deltas all git's own;
+"x gc-f"). Other ratios are against fast-import.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Result:
     reads_per_s: float
     disk_bytes: int | None
     gc_bytes: int | None = None  # the same history after `git gc`
+    fresh_gc_bytes: int | None = None  # after `git repack -a -d -f` (deltas git's own)
     own_gc_bytes: int | None = None  # after the store's own gc
 
 
@@ -69,11 +73,18 @@ def folder_bytes(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
-def git_gc_bytes(git_dir: Path, scratch: Path) -> int:
+def git_gc_bytes(git_dir: Path, scratch: Path, fresh: bool = False) -> int:
+    """The objects' size after ``git gc`` of a copy, which keeps the deltas
+    it finds (so it depends on the packing measured), or with ``fresh``
+    after ``git repack -a -d -f``, whose deltas are all git's own."""
     copy = scratch / "gc-copy.git"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(git_dir, copy)
-    subprocess.run(["git", "gc", "-q"], cwd=copy, check=True)
+    if fresh:
+        subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=copy, check=True)
+        subprocess.run(["git", "prune-packed"], cwd=copy, check=True)
+    else:
+        subprocess.run(["git", "gc", "-q"], cwd=copy, check=True)
     size = folder_bytes(copy / "objects")
     shutil.rmtree(copy)
     return size
@@ -84,7 +95,7 @@ def git_gc_bytes(git_dir: Path, scratch: Path) -> int:
 
 def bench_looming(
     commits: int, layout: Layout, disk: Path | None
-) -> tuple[float, float, int | None]:
+) -> tuple[float, float, int | None, int | None]:
     from looming.store.repo import Repo
 
     repo = Repo.init(str(disk)) if disk is not None else Repo.memory()
@@ -257,8 +268,11 @@ def main() -> int:
             c, r, size, own_gc = bench_looming(commits, layout, disk)
             progress(f"{layout_name}: git gc of the looming repository, for the size reference")
             gc_size = git_gc_bytes(disk, scratch)
+            fresh_size = git_gc_bytes(disk, scratch, fresh=True)
             results.append(
-                Result("looming disk", layout_name, commits, c, r, size, gc_size, own_gc)
+                Result(
+                    "looming disk", layout_name, commits, c, r, size, gc_size, own_gc, fresh_size
+                )
             )
             for leftover in ("fast-import.git", "dulwich.git", "looming.git"):
                 shutil.rmtree(scratch / leftover, ignore_errors=True)
@@ -271,7 +285,7 @@ def main() -> int:
     )
     header = (
         f"{'layout':9} {'system':16} {'commits/s':>10} {'x fi':>6} {'reads/s':>10} {'x fi':>6} "
-        f"{'disk KiB':>9} {'own gc':>8} {'git gc':>8}"
+        f"{'disk KiB':>9} {'own gc':>8} {'git gc':>8} {'x gc':>5} {'gc -f':>8} {'x gc-f':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -284,10 +298,18 @@ def main() -> int:
         own = (
             f"{result.own_gc_bytes / 1024:8.0f}" if result.own_gc_bytes is not None else f"{'-':>8}"
         )
+        versus_gc = versus_fresh = ""
+        fresh = f"{'-':>8}"
+        if result.disk_bytes is not None and result.gc_bytes:
+            versus_gc = f"{result.disk_bytes / result.gc_bytes:5.2f}"
+        if result.disk_bytes is not None and result.fresh_gc_bytes:
+            fresh = f"{result.fresh_gc_bytes / 1024:8.0f}"
+            versus_fresh = f"{result.disk_bytes / result.fresh_gc_bytes:6.2f}"
         print(
             f"{result.layout:9} {result.system:16} {result.commits_per_s:10.0f} "
             f"{result.commits_per_s / reference.commits_per_s:6.2f} {result.reads_per_s:10.0f} "
-            f"{result.reads_per_s / reference.reads_per_s:6.2f} {disk} {own} {gc}"
+            f"{result.reads_per_s / reference.reads_per_s:6.2f} {disk} {own} {gc} "
+            f"{versus_gc:>5} {fresh} {versus_fresh:>6}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
