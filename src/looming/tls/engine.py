@@ -28,7 +28,7 @@ from .constants import (
 )
 from .errors import TlsAlertReceived, TlsClosed, TlsError, TlsProtocolError
 from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpdated
-from .keyschedule import Transcript, exporter13, next_traffic_secret, traffic_keys
+from .keyschedule import Transcript, exporter13, next_traffic_secret
 from .record import Protection, RecordLayer
 from .server import ServerHandshake
 from .session import Session
@@ -216,14 +216,12 @@ class TlsConnection:
             raise TlsProtocolError(
                 AlertDescription.UNEXPECTED_MESSAGE, "handshake message spans a key change"
             )
-        key, iv = traffic_keys(self.suite.hash_name, secret, self.suite.key_length)
-        self.records.read = Protection(self.suite, key, iv, tls13=True)
+        self.records.read = Protection.from_traffic_secret13(self.suite, secret)
         self.read_secret = secret
 
     def set_write_secret13(self, secret: bytes) -> None:
         assert self.suite is not None
-        key, iv = traffic_keys(self.suite.hash_name, secret, self.suite.key_length)
-        self.records.write = Protection(self.suite, key, iv, tls13=True)
+        self.records.write = Protection.from_traffic_secret13(self.suite, secret)
         self.write_secret = secret
         if self.config.key_update_after_records is not None:
             self.records.write.limit = self.config.key_update_after_records

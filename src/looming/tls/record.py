@@ -8,6 +8,7 @@ the engine installs and replaces the :class:`Protection` in each direction.
 from __future__ import annotations
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .constants import (
     MAX_CIPHERTEXT_12,
@@ -18,7 +19,10 @@ from .constants import (
     plain_values,
 )
 from .errors import TlsProtocolError
+from .keyschedule import traffic_keys
 from .suites import SuiteInfo
+
+Aead = AESGCM | ChaCha20Poly1305
 
 # A plain-int view of the record types (see plain_values): read on every record.
 _CT = plain_values(ContentType)
@@ -32,15 +36,43 @@ class Protection:
     def __init__(self, suite: SuiteInfo, key: bytes, iv: bytes, tls13: bool) -> None:
         self.suite = suite
         self.tls13 = tls13
-        self._aead = suite.aead(key)
         # TLS 1.2 AES-GCM: a 4-byte implicit salt and an 8-byte explicit nonce
         # on the wire (RFC 5288); ChaCha20 and all of 1.3 XOR the sequence
         # number into a 12-byte IV (RFC 7905, RFC 8446 section 5.3).
         self._explicit_nonce = not tls13 and not suite.is_chacha
-        self._salt = iv
-        self._iv = int.from_bytes(iv, "big") if len(iv) == 12 else 0
         self.seq = 0
         self.limit = suite.record_limit
+        self._traffic_secret = b""
+        self._aead: Aead | None = None
+        self._salt = b""
+        self._iv = 0
+        self._set_keys(key, iv)
+
+    @classmethod
+    def from_traffic_secret13(cls, suite: SuiteInfo, secret: bytes) -> Protection:
+        """TLS 1.3 protection under ``secret``, its key and IV derived on first use.
+
+        A direction that never carries a record under this epoch (a client that
+        only reads after the handshake, say) costs no key derivation at all.
+        """
+        protection = cls(suite, b"", b"", tls13=True)
+        protection._traffic_secret = secret
+        return protection
+
+    def _set_keys(self, key: bytes, iv: bytes) -> None:
+        self._aead = self.suite.aead(key) if key else None
+        self._salt = iv
+        self._iv = int.from_bytes(iv, "big") if len(iv) == 12 else 0
+
+    def _keyed(self) -> Aead:
+        """The AEAD, deriving it (and the IV) from the traffic secret the first time."""
+        if self._aead is None:
+            suite = self.suite
+            key, iv = traffic_keys(suite.hash_name, self._traffic_secret, suite.key_length)
+            self._set_keys(key, iv)
+            self._traffic_secret = b""
+            assert self._aead is not None
+        return self._aead
 
     def _nonce(self) -> bytes:
         if self._explicit_nonce:
@@ -55,6 +87,7 @@ class Protection:
         return seq
 
     def seal(self, content_type: int, data: bytes, padding: int = 0) -> bytes | bytearray:
+        aead = self._aead or self._keyed()
         nonce = self._nonce()
         seq = self._next_seq()
         if self.tls13:
@@ -65,7 +98,7 @@ class Protection:
             record = bytearray(_HEADER + length)
             record[:_HEADER] = header
             with memoryview(record) as view:
-                self._aead.encrypt_into(nonce, inner, header, view[_HEADER:])
+                aead.encrypt_into(nonce, inner, header, view[_HEADER:])
             return record
         aad = seq.to_bytes(8, "big") + bytes((content_type, 3, 3)) + len(data).to_bytes(2, "big")
         explicit = nonce[4:] if self._explicit_nonce else b""
@@ -74,15 +107,16 @@ class Protection:
         record[:_HEADER] = bytes((content_type, 3, 3)) + length.to_bytes(2, "big")
         record[_HEADER : _HEADER + len(explicit)] = explicit
         with memoryview(record) as view:
-            self._aead.encrypt_into(nonce, data, aad, view[_HEADER + len(explicit) :])
+            aead.encrypt_into(nonce, data, aad, view[_HEADER + len(explicit) :])
         return record
 
     def open(self, header: bytes, body: bytes | memoryview) -> tuple[int, bytes]:
         """Decrypt one record; ``bad_record_mac`` if it does not authenticate."""
+        aead = self._aead or self._keyed()
         if self.tls13:
             nonce = self._nonce()
             try:
-                inner = self._aead.decrypt(nonce, body, header)
+                inner = aead.decrypt(nonce, body, header)
             except InvalidTag:
                 raise TlsProtocolError(
                     AlertDescription.BAD_RECORD_MAC, "record failed authentication"
@@ -111,7 +145,7 @@ class Protection:
             raise TlsProtocolError(AlertDescription.BAD_RECORD_MAC, "record too short")
         aad = self.seq.to_bytes(8, "big") + header[:3] + (len(body) - _TAG).to_bytes(2, "big")
         try:
-            data = self._aead.decrypt(nonce, body, aad)
+            data = aead.decrypt(nonce, body, aad)
         except InvalidTag:
             raise TlsProtocolError(
                 AlertDescription.BAD_RECORD_MAC, "record failed authentication"
