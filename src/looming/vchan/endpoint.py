@@ -51,6 +51,12 @@ _T = TypeVar("_T")
 _CONNECTED = layout.LIVE_CONNECTED
 
 
+def _unused() -> bool:
+    """The spin's readiness check for an endpoint that does not spin (should
+    ``spin`` be raised during the wait, the spin finds nothing and it sleeps)."""
+    return False
+
+
 def _close_fds(*fds: int) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
@@ -364,8 +370,11 @@ class Endpoint:
         deadline = None if timeout is None else self._deadline(timeout)
         need = len(data)
         want = partial(self._ring.want_space, need)
-        while not self.try_send(data):
-            self._wait(partial(self.writable_now, need), want, deadline)
+        ready = partial(self.writable_now, need) if self.spin else _unused
+        while True:
+            self._wait(ready, want, deadline)
+            if self.try_send(data):
+                return
 
     def recv(self, count: int, *, timeout: float | None = None) -> bytes:
         """Packet mode: block until ``count`` bytes are there and take exactly those.
@@ -384,13 +393,15 @@ class Endpoint:
             if kick:
                 self._notifier.kick()
             return data
-        data = self.try_recv(count)
-        if data is not None:
-            return data
+        if (
+            self._view[self._peer_live] != _CONNECTED or self._control_eof
+        ) and not self._peer_may_write():
+            return b""
         deadline = None if timeout is None else self._deadline(timeout)
         want = partial(self._ring.want_data, count)
+        ready = partial(self.receivable_now, count) if self.spin else _unused
         while True:
-            self._wait(partial(self.receivable_now, count), want, deadline)
+            self._wait(ready, want, deadline)
             data = self.try_recv(count)
             if data is not None:
                 return data
