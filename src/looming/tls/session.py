@@ -102,6 +102,11 @@ class TicketState:
         secret = r.vector(1)
         # ticket_age_add, issued_ms, lifetime_s, max_early_data: one fixed block.
         age_add, issued_ms, lifetime_s, max_early = _FIXED.unpack(r.take(_FIXED.size))
+        alpn_protocol = r.vector(1)
+        server_name = r.vector(2).decode("utf-8", "replace")
+        ticket_id = r.vector(1)
+        chain_length = r.u8()
+        chain = [r.vector(2) for _ in range(chain_length)] if chain_length else []
         state = cls(
             version,
             cipher_suite,
@@ -110,10 +115,10 @@ class TicketState:
             issued_ms,
             lifetime_s,
             max_early,
-            r.vector(1),
-            r.vector(2).decode("utf-8", "replace"),
-            r.vector(1),
-            [r.vector(2) for _ in range(r.u8())],
+            alpn_protocol,
+            server_name,
+            ticket_id,
+            chain,
         )
         r.expect_end("ticket")
         return state

@@ -68,7 +68,12 @@ class Reader:
         return self._data[pos]
 
     def u16(self) -> int:
-        return self.uint(2)
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise Malformed(f"need 2 bytes, have {self._end - pos}")
+        self._pos = pos + 2
+        data = self._data
+        return (data[pos] << 8) | data[pos + 1]
 
     def u24(self) -> int:
         return self.uint(3)
@@ -83,7 +88,12 @@ class Reader:
         start = pos + length_width
         if start > self._end:
             raise Malformed(f"need {length_width} bytes, have {self._end - pos}")
-        n = int.from_bytes(data[pos:start], "big")
+        if length_width == 2:
+            n = (data[pos] << 8) | data[pos + 1]
+        elif length_width == 1:
+            n = data[pos]
+        else:
+            n = int.from_bytes(data[pos:start], "big")
         if n < minimum or (maximum is not None and n > maximum):
             raise Malformed(f"vector length {n} outside [{minimum}, {maximum}]")
         end = start + n
