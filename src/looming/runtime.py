@@ -205,10 +205,23 @@ def main(name: str, specs: Sequence[KeySpec], start: StartFunction) -> NoReturn:
         print(f"{name}: {exc}", file=sys.stderr)
         print(f"run '{name} --help' to list the keys", file=sys.stderr)
         sys.exit(2)
+    from looming.errors import ConfigError, LoomingError
+    from looming.errors import UsageError as BadInput
+
     try:
         code = asyncio.run(_run(start, keys))
     except KeyboardInterrupt:
         code = 130
+    except (ConfigError, BadInput) as exc:
+        # The user's input was wrong: say so plainly (the traceback only at debug level).
+        log.debug("%s stopped", name, exc_info=True)
+        print(f"{name}: {exc}", file=sys.stderr)
+        code = 2
+    except LoomingError as exc:
+        # A device or protocol failure whose message says what to do.
+        log.debug("%s stopped", name, exc_info=True)
+        print(f"{name}: {exc}", file=sys.stderr)
+        code = 1
     except Exception:
         log.critical("%s stopped on an unhandled error", name, exc_info=True)
         code = 1

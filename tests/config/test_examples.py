@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -173,3 +174,14 @@ def test_configure_and_build_are_deterministic(tmp_path: Path, example: str) -> 
     assert (app / "_build" / "unix" / "main.py").read_bytes() == first
     looming(app, "build")
     assert pyz.read_bytes() == first_pyz
+
+
+def test_a_failing_device_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    app = copy_example("kv_ro", tmp_path)
+    build(app, "--kv-ro", "direct")
+    shutil.rmtree(app / "data")
+    proc = looming(app, "run", check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("is not a folder; create it or fix the path")
+    assert proc.stderr.startswith("kv_ro: kv_ro: ")

@@ -58,7 +58,7 @@ def running(
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
-        seen = []
+        seen: list[str] = []
         while True:
             line = proc.stdout.readline()
             if not line:
