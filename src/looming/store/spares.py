@@ -81,7 +81,9 @@ class SparePool:
         self._ready: list[str] = []
         self._lock = threading.Lock()
         self._wanted = threading.Event()
-        self._active = threading.Event()
+        self._stopped = threading.Event()
+        self._waiting_for_takes = False
+        self._takes = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._counter = 0
@@ -92,6 +94,10 @@ class SparePool:
         if self._pid != os.getpid():
             # A forked child: the parent's spares and thread are not its own.
             self._reset()
+        # Counted, not signalled: waking the thread on every commit would
+        # hand it the interpreter lock mid-burst, and on a loaded machine
+        # the writer then waits for it to be scheduled again.
+        self._takes += 1
         with self._lock:
             spare = self._ready.pop() if self._ready else None
             if self._thread is None and not self._stopping:
@@ -99,8 +105,9 @@ class SparePool:
                     target=self._refill, name="looming-store-spares", daemon=True
                 )
                 self._thread.start()
-        self._active.set()
-        self._wanted.set()
+        if self._waiting_for_takes:
+            self._waiting_for_takes = False
+            self._wanted.set()
         return spare
 
     def take_or_make(self) -> str:
@@ -125,30 +132,32 @@ class SparePool:
         with contextlib.suppress(OSError):
             os.makedirs(self.folder, exist_ok=True)
         while not self._stopping:
-            with self._lock:
-                missing = self.keep - len(self._ready)
-            if missing <= 0:
+            self._waiting_for_takes = True
+            if self.keep - len(self._ready) <= 0:
                 self._wanted.wait()
                 self._wanted.clear()
                 continue
-            # Wait for a pause in the writer's work (a blocking wait with a
-            # timeout, not a clock read).
-            self._active.clear()
-            if self._active.wait(IDLE_SECONDS) or self._stopping:
-                continue
-            name = self._next_name()
-            try:
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            except FileExistsError:
-                continue  # a spare of a dead process that had our pid
-            except OSError:
-                # Read-only or full disk: the writer creates files itself
-                # (and reports what goes wrong there).
-                self._wanted.wait()
-                self._wanted.clear()
-                continue
-            with self._lock:
-                self._ready.append(name)
+            self._waiting_for_takes = False
+            # Wait for a pause in the writer's work: no spare taken for a
+            # while (a blocking wait with a timeout, not a clock read).
+            takes = self._takes
+            if self._stopped.wait(IDLE_SECONDS):
+                return
+            while self._takes == takes and not self._stopping and len(self._ready) < self.keep:
+                name = self._next_name()
+                try:
+                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    continue  # a spare of a dead process that had our pid
+                except OSError:
+                    # Read-only or full disk: the writer creates files itself
+                    # (and reports what goes wrong there).
+                    self._waiting_for_takes = True
+                    self._wanted.wait()
+                    self._wanted.clear()
+                    break
+                with self._lock:
+                    self._ready.append(name)
 
     def lock_file(self) -> str:
         """A file of this process to hard-link as a ref's ``.lock``: linking
@@ -163,8 +172,8 @@ class SparePool:
         """Stop the thread and remove this process's unused spares."""
         with self._lock:
             self._stopping = True
+        self._stopped.set()
         self._wanted.set()
-        self._active.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
