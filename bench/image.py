@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 ARCHES = ("x86_64", "aarch64")
-GOALS = {"x86_64": 18 * 2**20, "aarch64": 14 * 2**20}  # bytes, from the issue
+GOALS = {"x86_64": 18_000_000, "aarch64": 14_000_000}  # bytes (decimal MB), from the issue
+ANSWER_GOAL_S = 3.0  # network answering within 3 s of qemu starting
 
 # Polls an HTTP server until it answers; prints the monotonic time it did.
 # Run inside the namespace, so its clock is the bench's (CLOCK_MONOTONIC).
@@ -175,12 +176,13 @@ def main() -> int:
             "python_running_s": statistics.median(t[0] for t in times),
             "first_answer_s": statistics.median(t[1] for t in times),
         }
-        variants = [(arch, "xz") for arch in ARCHES]
+        # The default initramfs compression (zstd), and xz (smaller, slower to unpack).
+        variants = [(arch, "zstd") for arch in ARCHES]
         if not args.quick:
-            variants += [(arch, "gzip") for arch in ARCHES]
+            variants += [(arch, "xz") for arch in ARCHES]
         built: dict[str, tuple[Path, float, dict[str, int]]] = {}
         for arch, compress in variants:
-            label = arch if compress == "xz" else f"{arch} gz"
+            label = arch if compress == "zstd" else f"{arch} {compress}"
             progress(f"{label}: building the static website image")
             app = copy_app("static_website", work, f"{arch}-{compress}")
             looming(app, "configure", "-t", "vm", "--arch", arch, "--compress", compress)
@@ -215,21 +217,27 @@ def main() -> int:
     print()
     print(f"static website, median of {runs} run(s); qemu TCG (no KVM)")
     header = (
-        f"{'target':<11} {'size MiB':>9} {'x unix':>8} {'goal':>8} "
-        f"{'python s':>9} {'answer s':>9} {'x unix':>8}"
+        f"{'target':<11} {'size MB':>9} {'x unix':>8} {'goal MB':>8} "
+        f"{'python s':>9} {'answer s':>9} {'x unix':>8} {'goals met':>10}"
     )
     print(header)
     print("-" * len(header))
     for name, figures in results.items():
-        goal = f"{GOALS[name.split()[0]] / 2**20:.0f}" if name.split()[0] in GOALS else "-"
+        arch = name.split()[0]
+        goal = f"{GOALS[arch] / 1e6:.0f}" if arch in GOALS else "-"
+        met = "-"
+        if arch in GOALS:
+            size_ok = figures["size_bytes"] <= GOALS[arch]
+            time_ok = figures["first_answer_s"] <= ANSWER_GOAL_S
+            met = f"size {'yes' if size_ok else 'no'}, 3 s {'yes' if time_ok else 'no'}"
         print(
-            f"{name:<11} {figures['size_bytes'] / 2**20:>9.2f} "
+            f"{name:<11} {figures['size_bytes'] / 1e6:>9.2f} "
             f"{figures['size_bytes'] / unix['size_bytes']:>8.1f} {goal:>8} "
             f"{figures['python_running_s']:>9.2f} {figures['first_answer_s']:>9.2f} "
-            f"{figures['first_answer_s'] / unix['first_answer_s']:>8.1f}"
+            f"{figures['first_answer_s'] / unix['first_answer_s']:>8.1f} {met:>10}"
         )
     print(
-        "size: kernel + initramfs for the VMs (initramfs xz, or gzip: 'gz'), the zipapp\n"
+        "size: kernel + initramfs for the VMs in decimal MB (initramfs zstd, or xz), the zipapp\n"
         "alone for unix (it uses the host's Python); python s: until the unikernel's\n"
         "first console line; answer s: until the first HTTP answer on the host side"
     )

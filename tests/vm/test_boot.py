@@ -46,6 +46,18 @@ def test_describe_image_reports_size_and_contents(images: Images, arch: str) -> 
     assert "  http.server" not in lines and "  tkinter" not in lines
 
 
+def test_run_help_lists_the_keys_from_the_build_without_booting(images: Images) -> None:
+    app = images.app("hello", "aarch64")
+    began = time.monotonic()
+    done = looming(app, "run", "--help")
+    elapsed = time.monotonic() - began
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--greetings INT" in done.stdout and "--vm-tap NAME" in done.stdout
+    # Read from the image's build inputs: no kernel started, so no console lines.
+    assert "looming-vm:" not in done.stdout
+    assert elapsed < 10, f"run --help took {elapsed:.1f} s"
+
+
 def test_a_crashing_unikernel_prints_its_traceback_and_the_vm_stops_with_its_status(
     images: Images,
 ) -> None:

@@ -47,13 +47,13 @@ class VmTarget(Target):
 
         parser.add_argument(
             "--compress",
-            choices=("xz", "gzip"),
-            default="xz",
-            help="initramfs compression: xz (smaller, default) or gzip (faster to unpack)",
+            choices=("zstd", "xz", "gzip"),
+            default="zstd",
+            help="initramfs compression: zstd (fastest to unpack, default), xz (smallest) or gzip",
         )
 
     def default_options(self) -> dict[str, str]:
-        return {"arch": _host_arch(), "compress": "xz"}
+        return {"arch": _host_arch(), "compress": "zstd"}
 
     def supports(self, kind: str) -> bool:
         return kind in self.KINDS
