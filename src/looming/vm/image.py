@@ -325,7 +325,9 @@ def _frozen_modules() -> set[str]:
     import _imp
 
     names: list[str] = getattr(_imp, "_frozen_module_names", lambda: [])()
-    return {name.removesuffix(".__init__") for name in names} - {"__hello__"}
+    # os stays: its file is the landmark by which the interpreter finds its
+    # prefix (without it, a warning at start-up and a longer search).
+    return {name.removesuffix(".__init__") for name in names} - {"__hello__", "os"}
 
 
 def _directories(paths: list[str]) -> list[cpio.Entry]:
