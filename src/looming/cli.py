@@ -49,7 +49,9 @@ def _plugin_available(module: str) -> bool:
     return base.joinpath(*module.split(".")[1:]).with_suffix(".py").is_file()
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; only the plugin named by ``verb`` is imported,
+    so one area's dependencies never stand in the way of another's verb."""
     parser = argparse.ArgumentParser(
         prog="looming",
         description=DESCRIPTION,
@@ -121,28 +123,35 @@ def make_parser() -> argparse.ArgumentParser:
         if _plugin_available(module):
             sub = verbs.add_parser(name, help=summary, description=summary)
             sub.set_defaults(plugin=module)
-            importlib.import_module(module).add_arguments(sub)
+            if name == verb:
+                importlib.import_module(module).add_arguments(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
-    # Everything after `run` belongs to the unikernel, verbatim.
-    run_keys: list[str] | None = None
+def _first_verb(args: list[str]) -> tuple[str | None, int]:
+    """The verb and its index in ``args`` (skipping global options)."""
     i = 0
-    while i < len(args_list):
-        arg = args_list[i]
+    while i < len(args):
+        arg = args[i]
         if arg == "--app":
             i += 2
             continue
         if arg.startswith("-"):
             i += 1
             continue
-        if arg == "run":
-            run_keys = args_list[i + 1 :]
-            args_list = args_list[: i + 1]
-        break
+        return arg, i
+    return None, len(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    verb, at = _first_verb(args_list)
+    parser = make_parser(verb)
+    # Everything after `run` belongs to the unikernel, verbatim.
+    run_keys: list[str] | None = None
+    if verb == "run":
+        run_keys = args_list[at + 1 :]
+        args_list = args_list[: at + 1]
     args, rest = parser.parse_known_args(args_list)
     try:
         if args.verb is None:

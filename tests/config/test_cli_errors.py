@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -229,3 +231,13 @@ def test_describe_image_lists_the_artifact(tmp_path: Path) -> None:
     out = looming(app, "describe", "--image").stdout
     assert out.startswith("app-unix.pyz: ")
     assert "  __main__.py" in out and "  unikernel.py" in out
+
+
+def test_plugin_verbs_load_only_when_used() -> None:
+    code = (
+        "import sys; from looming.cli import make_parser; make_parser('configure'); "
+        "print(sorted(m for m in sys.modules if m.startswith(('looming.tls', 'looming.store', "
+        "'looming.sim', 'cryptography'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
