@@ -133,31 +133,41 @@ class UnixTarget(Target):
                     ],
                     summary="host sockets",
                 )
-            time_dev = device("time", where=dev.where)
-            clock_dev = device("clock", where=dev.where)
-            random_dev = device("random", where=dev.where)
-            return Impl(
-                "looming.net.stack:DirectStack.connect",
-                args=["{0}"],
-                kwargs=[
-                    ("time", "{1}"),
-                    ("clock", "{2}"),
-                    ("random", "{3}"),
-                    ("address", "None if keys.dhcp else keys.ipv4"),
-                    ("gateway", "keys.ipv4_gateway"),
-                    ("dhcp", "keys.dhcp"),
-                ],
-                awaited=True,
-                disconnect="disconnect",
-                deps=[dev.deps[0], time_dev, clock_dev, random_dev],
-                keys=[
-                    KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
-                    KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
-                    KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
-                ],
-                summary="looming TCP/IP stack",
-            )
+            return direct_stack_impl(dev)
         raise self.unsupported(dev)
+
+
+def direct_stack_impl(dev: Device) -> Impl:
+    """looming's own TCP/IP stack on the stack device's network device.
+
+    Shared by every target whose network is a raw frame device (TAP, the
+    VM's NIC): the stack also needs time, clock and random devices, which
+    it shares with the application when the application uses them too.
+    """
+    time_dev = device("time", where=dev.where)
+    clock_dev = device("clock", where=dev.where)
+    random_dev = device("random", where=dev.where)
+    return Impl(
+        "looming.net.stack:DirectStack.connect",
+        args=["{0}"],
+        kwargs=[
+            ("time", "{1}"),
+            ("clock", "{2}"),
+            ("random", "{3}"),
+            ("address", "None if keys.dhcp else keys.ipv4"),
+            ("gateway", "keys.ipv4_gateway"),
+            ("dhcp", "keys.dhcp"),
+        ],
+        awaited=True,
+        disconnect="disconnect",
+        deps=[dev.deps[0], time_dev, clock_dev, random_dev],
+        keys=[
+            KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
+            KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
+            KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
+        ],
+        summary="looming TCP/IP stack",
+    )
 
 
 TARGET = UnixTarget()

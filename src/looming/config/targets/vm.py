@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from looming.config.dsl import Device, device
+from looming.config.dsl import Device
 from looming.config.plan import Impl, KeyDecl
 from looming.config.targets import Target
+from looming.config.targets.unix import direct_stack_impl
 from looming.vm.arch import ARCHES, get_arch
 
 if TYPE_CHECKING:
@@ -95,30 +96,7 @@ class VmTarget(Target):
                 summary="the virtio NIC through an AF_PACKET socket",
             )
         if kind == "stack":
-            time_dev = device("time", where=dev.where)
-            clock_dev = device("clock", where=dev.where)
-            random_dev = device("random", where=dev.where)
-            return Impl(
-                "looming.net.stack:DirectStack.connect",
-                args=["{0}"],
-                kwargs=[
-                    ("time", "{1}"),
-                    ("clock", "{2}"),
-                    ("random", "{3}"),
-                    ("address", "None if keys.dhcp else keys.ipv4"),
-                    ("gateway", "keys.ipv4_gateway"),
-                    ("dhcp", "keys.dhcp"),
-                ],
-                awaited=True,
-                disconnect="disconnect",
-                deps=[dev.deps[0], time_dev, clock_dev, random_dev],
-                keys=[
-                    KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
-                    KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
-                    KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
-                ],
-                summary="looming TCP/IP stack",
-            )
+            return direct_stack_impl(dev)
         raise self.unsupported(dev, "a VM image has no disk")
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:
