@@ -215,10 +215,14 @@ async def test_two_applications_with_the_same_module_names_share_a_network(world
 
 
 def _copy(app: Path) -> Path:
+    import atexit
     import shutil
     import tempfile
 
-    target = Path(tempfile.mkdtemp(prefix="looming-sim-")) / app.name
+    root = Path(tempfile.mkdtemp(prefix="looming-sim-"))
+    # Scenario tests take no fixtures, so the copy is removed when the run ends.
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    target = root / app.name
     shutil.copytree(app, target, ignore=shutil.ignore_patterns("_build", "dist", "__pycache__"))
     return target
 
