@@ -31,7 +31,13 @@ from typing import Any
 import cffi
 
 from looming.ffi.description import Bindings, Function
-from looming.ffi.dynamic import CallbackErrors, callback_value, finish_wrapper
+from looming.ffi.dynamic import (
+    CallbackErrors,
+    callback_failed,
+    callback_result,
+    callback_value,
+    finish_wrapper,
+)
 from looming.ffi.errors import CompilerMissing, DescriptionError, DescriptionMismatch
 from looming.ffi.library import (
     LinkedLibrary,
@@ -356,21 +362,9 @@ class CompiledLibrary(LinkedLibrary):
                         callback_value(t, v, raw, read, origin)
                         for t, v in zip(ctype.args, raw, strict=True)
                     ]
-                    result = fn(*values)
-                    if isinstance(returns, Void):
-                        return None
-                    if isinstance(returns, Scalar) and returns.kind == "float":
-                        return float(result)
-                    if not isinstance(result, int):
-                        raise TypeError(
-                            f"callback {getattr(fn, '__name__', fn)!r} returned {type(result).__name__}, "
-                            f"expected {returns.spell()}"
-                        )
-                    return result
+                    return callback_result(fn, ctype, fn(*values))
                 except BaseException as exc:
-                    if errors.error is None:
-                        errors.error = exc
-                    return None if isinstance(returns, Void) else ctype.error_value
+                    return callback_failed(ctype, errors, exc)
 
             if isinstance(returns, Void):
                 return ffi.callback(spelling, trampoline)

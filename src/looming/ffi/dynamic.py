@@ -289,27 +289,37 @@ def make_callback(ctype: Callback, fn: Any, errors: CallbackErrors, origin: obje
     if fn is None:
         return None
     convert = callback_argument_converter(ctype, read_local, origin)
-    returns = ctype.returns
 
     def trampoline(*raw: Any) -> Any:
         try:
-            result = fn(*convert(raw))
-            if isinstance(returns, Void):
-                return None
-            if isinstance(returns, Scalar) and returns.kind == "float":
-                return float(result)
-            if not isinstance(result, int):
-                raise TypeError(
-                    f"callback {getattr(fn, '__name__', fn)!r} returned {type(result).__name__}, "
-                    f"expected {returns.spell()}"
-                )
-            return result
+            return callback_result(fn, ctype, fn(*convert(raw)))
         except BaseException as exc:
-            if errors.error is None:
-                errors.error = exc
-            return None if isinstance(returns, Void) else ctype.error_value
+            return callback_failed(ctype, errors, exc)
 
     return ctypes_type(ctype)(trampoline)
+
+
+def callback_result(fn: Any, ctype: Callback, result: Any) -> Any:
+    """What a callback's Python result becomes for C (every backend)."""
+    returns = ctype.returns
+    if isinstance(returns, Void):
+        return None
+    if isinstance(returns, Scalar) and returns.kind == "float":
+        return float(result)
+    if not isinstance(result, int):
+        raise TypeError(
+            f"callback {getattr(fn, '__name__', fn)!r} returned {type(result).__name__}, "
+            f"expected {returns.spell()}"
+        )
+    return result
+
+
+def callback_failed(ctype: Callback, errors: CallbackErrors, exc: BaseException) -> Any:
+    """Keep the first exception a callback raised (re-raised after the C call
+    returns) and give C the callback's error value meanwhile."""
+    if errors.error is None:
+        errors.error = exc
+    return None if isinstance(ctype.returns, Void) else ctype.error_value
 
 
 # -- code generation ------------------------------------------------------------
