@@ -7,7 +7,7 @@ import asyncio
 import os
 from collections.abc import Callable
 
-from looming.devices.net import FrameHandler, NetworkStats
+from looming.devices.net import FrameHandler, MacAddress, NetworkStats
 from looming.errors import DeviceError
 
 # Frames read per wake-up before yielding to the loop: enough to amortise the
@@ -124,3 +124,40 @@ class FrameDevice:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+
+class FrameDeviceNetwork:
+    """The :class:`looming.devices.net.Network` methods of an interface whose
+    frames move through a :class:`FrameDevice` (TAP, AF_PACKET). Subclasses
+    set ``_mac``, ``_mtu`` and ``_device`` and release their fd in
+    :meth:`_release`."""
+
+    _mac: MacAddress
+    _mtu: int
+    _device: FrameDevice
+
+    @property
+    def mac(self) -> MacAddress:
+        return self._mac
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    def stats(self) -> NetworkStats:
+        return self._device.stats()
+
+    async def write(self, frame: bytes) -> None:
+        await self._device.write(frame)
+
+    async def listen(self, handler: FrameHandler) -> None:
+        await self._device.listen(handler)
+
+    async def disconnect(self) -> None:
+        if self._device.closed:
+            return
+        self._device.close()
+        self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError

@@ -15,9 +15,9 @@ import fcntl
 import socket
 import struct
 
-from looming.devices.net import FrameHandler, MacAddress, NetworkStats
+from looming.devices.net import MacAddress
 from looming.errors import DeviceError
-from looming.net.netif._fd import FrameDevice
+from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.netif.tap import complete_checksum, mac_for_name
 
 ETH_P_ALL = 0x0003
@@ -46,7 +46,7 @@ def finish_ipv4_checksum(frame: bytes) -> bytes:
     return complete_checksum(frame, 14 + header_length, offset)
 
 
-class PacketNetwork:
+class PacketNetwork(FrameDeviceNetwork):
     """:class:`looming.devices.net.Network` on an AF_PACKET socket."""
 
     def __init__(self, sock: socket.socket, interface: str, mac: MacAddress, mtu: int) -> None:
@@ -95,25 +95,5 @@ class PacketNetwork:
                         self.checksums_completed += 1
             return frame
 
-    @property
-    def mac(self) -> MacAddress:
-        return self._mac
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    def stats(self) -> NetworkStats:
-        return self._device.stats()
-
-    async def write(self, frame: bytes) -> None:
-        await self._device.write(frame)
-
-    async def listen(self, handler: FrameHandler) -> None:
-        await self._device.listen(handler)
-
-    async def disconnect(self) -> None:
-        if self._device.closed:
-            return
-        self._device.close()
+    def _release(self) -> None:
         self._socket.close()

@@ -27,9 +27,9 @@ import socket
 import struct
 from ipaddress import IPv4Address
 
-from looming.devices.net import FrameHandler, MacAddress, NetworkStats
+from looming.devices.net import MacAddress
 from looming.errors import DeviceError
-from looming.net.netif._fd import FrameDevice
+from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
 
 TUNSETIFF = 0x400454CA
@@ -152,7 +152,7 @@ def tso_frame(
     return header, view[:field], partial, view[field + 2 : 14 + total_length]
 
 
-class TapNetwork:
+class TapNetwork(FrameDeviceNetwork):
     """:class:`looming.devices.net.Network` on a TAP device."""
 
     def __init__(
@@ -252,25 +252,5 @@ class TapNetwork:
                 pass  # not in our namespace, or not allowed: the caller sets it up
         return cls(fd, name, mac if mac is not None else mac_for_name(name), mtu, offload=offload)
 
-    @property
-    def mac(self) -> MacAddress:
-        return self._mac
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    def stats(self) -> NetworkStats:
-        return self._device.stats()
-
-    async def write(self, frame: bytes) -> None:
-        await self._device.write(frame)
-
-    async def listen(self, handler: FrameHandler) -> None:
-        await self._device.listen(handler)
-
-    async def disconnect(self) -> None:
-        if self._device.closed:
-            return
-        self._device.close()
+    def _release(self) -> None:
         os.close(self._fd)
