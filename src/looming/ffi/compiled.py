@@ -37,6 +37,7 @@ from looming.ffi.dynamic import (
     callback_result,
     callback_value,
     finish_wrapper,
+    slow_converter,
 )
 from looming.ffi.errors import CompilerMissing, DescriptionError, DescriptionMismatch
 from looming.ffi.library import (
@@ -218,20 +219,6 @@ def verify_compiled_layouts(bindings: Bindings, ffi: Any) -> None:
         raise DescriptionMismatch(
             f"{bindings.name}: layouts differ from the header:\n  " + "\n  ".join(problems)
         )
-
-
-def slow_converter(
-    function: Function, index: int, origin: object, convert: Callable[[Any], Any], *, null: Any
-) -> Callable[[Any], Any]:
-    """The off-the-fast-path conversion of one argument: NULL, checks, the rest."""
-
-    def converter(value: Any) -> Any:
-        if value is None:
-            return null
-        check_argument(function, index, value, origin)
-        return convert(value)
-
-    return converter
 
 
 def pointee_array(spelling: str) -> str:

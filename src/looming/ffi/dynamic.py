@@ -495,13 +495,19 @@ def retry_converted(
 
 
 def slow_converter(
-    function: Function, index: int, origin: object, convert: Callable[[Any], Any]
+    function: Function,
+    index: int,
+    origin: object,
+    convert: Callable[[Any], Any],
+    *,
+    null: Any = None,
 ) -> Callable[[Any], Any]:
-    """The off-the-fast-path conversion of one argument: None, checks, the rest."""
+    """The off-the-fast-path conversion of one argument: ``None`` becomes
+    ``null`` (the backend's NULL), then the checks, then ``convert``."""
 
     def converter(value: Any) -> Any:
         if value is None:
-            return None
+            return null
         check_argument(function, index, value, origin)
         return convert(value)
 
