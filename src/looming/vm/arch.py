@@ -27,6 +27,9 @@ class Arch:
     virtio_transport: str = "virtio_mmio"  # the kernel module for the machine's virtio bus
     device_suffix: str = "device"  # qemu's virtio-net-<suffix> for that bus
     xz_branch_filter: int | None = None  # lzma's BCJ filter the guest kernel can undo
+    # Whether qemu can boot the kernel's ELF vmlinux through its PVH entry
+    # point, so an image can store that packed tighter than the bzImage.
+    pvh_boot: bool = False
 
 
 ARCHES: dict[str, Arch] = {
@@ -51,6 +54,7 @@ ARCHES: dict[str, Arch] = {
         virtio_transport="virtio_pci",
         device_suffix="pci",
         xz_branch_filter=lzma.FILTER_X86,  # Debian's kernel has CONFIG_XZ_DEC_X86
+        pvh_boot=True,
     ),
     "aarch64": Arch(
         name="aarch64",

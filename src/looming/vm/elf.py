@@ -102,3 +102,37 @@ def module_info(path: Path) -> dict[str, str]:
                     fields.setdefault(key.decode(), value.decode(errors="replace"))
             return fields
     return {}
+
+
+PT_NOTE = 4
+_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
+_NOTE_HEADER = struct.Struct("<III")
+
+
+def notes(data: bytes) -> list[tuple[str, int, bytes]]:
+    """(owner, type, description) of each note in the PT_NOTE segments of
+    the ELF file ``data`` (a kernel's ``vmlinux`` carries Xen's there)."""
+    if data[:4] != ELF_MAGIC or data[4] != 2 or data[5] != 1:
+        raise ElfError("not a 64-bit little-endian ELF file")
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    found: list[tuple[str, int, bytes]] = []
+    for i in range(phnum):
+        start = phoff + i * phentsize
+        if start + _PROGRAM_HEADER.size > len(data):
+            break
+        kind, _flags, offset, _vaddr, _paddr, size, _memsize, _align = _PROGRAM_HEADER.unpack_from(
+            data, start
+        )
+        if kind != PT_NOTE:
+            continue
+        position, end = offset, min(offset + size, len(data))
+        while position + _NOTE_HEADER.size <= end:
+            name_size, description_size, note_type = _NOTE_HEADER.unpack_from(data, position)
+            position += _NOTE_HEADER.size
+            name = data[position : position + name_size].rstrip(b"\0").decode(errors="replace")
+            position += (name_size + 3) & ~3
+            description = data[position : position + description_size]
+            position += (description_size + 3) & ~3
+            found.append((name, note_type, description))
+    return found

@@ -30,6 +30,7 @@ from looming.config.build import ModuleLocator, module_closure, write_zipapp
 from looming.errors import ConfigError, UsageError
 from looming.vm import cpio, elf
 from looming.vm.arch import Arch, get_arch
+from looming.vm.kernel import PVH_FORMAT, kernels_cache, pack_for_pvh
 from looming.vm.packages import AptArchive, PackageError, cache_root, check_host_tools
 from looming.vm.stdlib import (
     GuestStdlib,
@@ -71,6 +72,10 @@ class ImageReport:
     kernel_size: int
     initrd_size: int
     initrd_unpacked: int
+    # bzImage, Image.gz (qemu unpacks it) or vmlinux-pvh-xz (looming run does)
+    kernel_format: str = "bzImage"
+    kernel_unpacked: int = 0
+    kernel_sha256: str = ""  # of the unpacked vmlinux, when looming run unpacks it
     packages: dict[str, str] = field(default_factory=dict)
     stdlib_modules: list[str] = field(default_factory=list)
     extension_modules: list[str] = field(default_factory=list)
@@ -533,8 +538,21 @@ def build_image(
 
     progress("copying the kernel")
     vmlinuz = kernel_tree / "boot" / f"vmlinuz-{kernel_version}"
+    for stale in out_dir.glob("kernel*"):
+        stale.unlink()
     kernel = out_dir / "kernel"
-    if arch.kernel_compressed:
+    kernel_format = "bzImage" if arch.kernel_compressed else "Image.gz"
+    kernel_unpacked = vmlinuz.stat().st_size
+    kernel_sha256 = ""
+    pvh_kernel = pack_for_pvh(vmlinuz, kernels_cache(), progress) if arch.pvh_boot else None
+    if pvh_kernel is not None:
+        # 6 MB smaller than the bzImage; looming run unpacks it on the host.
+        kernel = out_dir / "kernel.xz"
+        shutil.copyfile(pvh_kernel.packed, kernel)
+        kernel_format = PVH_FORMAT
+        kernel_unpacked = pvh_kernel.unpacked_size
+        kernel_sha256 = pvh_kernel.unpacked_sha256
+    elif arch.kernel_compressed:
         shutil.copyfile(vmlinuz, kernel)
     else:
         # qemu's arm64 loader takes a gzip-compressed Image as it is.
@@ -548,6 +566,9 @@ def build_image(
         kernel=kernel,
         initrd=initrd,
         kernel_size=kernel.stat().st_size,
+        kernel_format=kernel_format,
+        kernel_unpacked=kernel_unpacked,
+        kernel_sha256=kernel_sha256,
         initrd_size=initrd.stat().st_size,
         initrd_unpacked=len(raw),
         packages={name: info.version for name, info in packages.items()},
@@ -614,9 +635,16 @@ def describe_image(manifest_path: Path) -> str:
         return f"{size / 2**20:.1f} MiB"
 
     total = int(data["kernel_size"]) + int(data["initrd_size"])
+    kernel_format = data.get("kernel_format", "bzImage")
+    kernel_note = {
+        "bzImage": " (bzImage: the guest unpacks itself)",
+        "Image.gz": f" (Image.gz, {mib(data.get('kernel_unpacked', 0))} once qemu unpacks it)",
+        PVH_FORMAT: f" (vmlinux packed with xz, booted through its PVH entry; "
+        f"{mib(data.get('kernel_unpacked', 0))} once looming run unpacks it on the host)",
+    }.get(kernel_format, f" ({kernel_format})")
     lines = [
         f"{manifest_path.name}: {data['arch']} image, {mib(total)} ({total} bytes)",
-        f"  kernel     {data['kernel']}  {mib(data['kernel_size'])}",
+        f"  kernel     {data['kernel']}  {mib(data['kernel_size'])}{kernel_note}",
         f"  initramfs  {data['initrd']}  {mib(data['initrd_size'])} "
         f"({mib(data['initrd_unpacked'])} unpacked)",
         "Debian packages:",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from looming.vm.arch import Arch, get_arch
+from looming.vm.kernel import PVH_FORMAT, KernelError, kernels_cache, unpacked_kernel
 
 EXIT_MARKER = "looming-vm: exit status"
 POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
@@ -127,7 +128,7 @@ def qemu_command(
         "-display", "none",
         "-serial", "stdio",
         "-no-reboot",
-        "-kernel", str(manifest["kernel"]),
+        "-kernel", str(bootable_kernel(manifest)),
         "-initrd", str(manifest["initrd"]),
         "-append", " ".join(cmdline),
         "-device", f"virtio-rng-{arch.device_suffix}",
@@ -139,6 +140,21 @@ def qemu_command(
             "-device", f"virtio-net-{arch.device_suffix},netdev=net0,mac={mac}",
         ]  # fmt: skip
     return command
+
+
+def bootable_kernel(manifest: dict[str, object]) -> Path:
+    """The file qemu's ``-kernel`` gets: the image's own, or for a vmlinux
+    packed with xz, that vmlinux unpacked on the host (cached by its SHA-256)."""
+    kernel = Path(str(manifest["kernel"]))
+    if manifest.get("kernel_format") != PVH_FORMAT:
+        return kernel
+    size = manifest.get("kernel_unpacked")
+    if not isinstance(size, int):
+        raise LaunchError(f"the image's manifest gives no unpacked size for {kernel}")
+    try:
+        return unpacked_kernel(kernel, str(manifest["kernel_sha256"]), size, kernels_cache())
+    except (OSError, KernelError) as error:
+        raise LaunchError(f"cannot unpack the kernel: {error}") from None
 
 
 class Stopped(Exception):
