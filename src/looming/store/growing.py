@@ -6,9 +6,10 @@ are folded into one growing pack: the growing pack's bytes are copied as
 one block (its entries keep their offsets, so its deltas stay valid) and
 the small packs' objects are appended, each directory version stored as a
 delta against its previous version, wherever that version lives in the
-growing pack. So the history holds one whole copy of each directory (plus
-one per :data:`MAX_DELTA_DEPTH` versions), as after ``git gc``, rather than
-one per merged pack, and each object is processed once, not once per tier.
+growing pack. So the history holds one whole copy of each directory and
+each of its changes about twice (see :class:`GrowingPack`), rather than a
+whole copy per merged pack, and each object is processed once, not once
+per tier.
 
 Folding copies the growing pack (a memory copy, a SHA-1 and a write, all
 outside Python's loop), so it is started when the small packs amount to a
@@ -44,7 +45,6 @@ from looming.store.pack import (
 from looming.store.spares import TakeSpare
 
 SEAL_ABOVE = 32 << 20
-ANCHOR_DEPTH = 1  # measured: anchors higher up the chain make longer deltas
 _TREE = 2
 _PACK_HEADER = b"PACK\0\0\0\2"
 
@@ -62,12 +62,15 @@ class GrowingPack:
         self.ids: set[ObjectId] = set()
         self.trees: dict[ObjectId, tuple[int, int]] = {}  # id -> (offset, delta depth)
         self.bodies: dict[ObjectId, bytes] = {}
-        # A chain of deltas that reaches MAX_DELTA_DEPTH goes on from its
-        # anchor (the first delta after the chain's whole copy) rather than
-        # from a new whole copy: for a big directory a delta spanning what
-        # changed since then stays a fraction of the whole, and a whole copy
-        # is made only when it does not.
-        self.anchors: dict[ObjectId, ObjectId] = {}  # newest version -> its anchor
+        # A directory's versions form segments: a whole copy, deltas each
+        # against the previous version up to MAX_DELTA_DEPTH, then a new
+        # segment whose first version is a delta against the first version
+        # of the segment before (its "anchor"), one level deeper, and so on.
+        # A segment's first delta spans only that segment's changes, so each
+        # change is stored about twice in all, and a whole copy is made only
+        # once the anchors themselves reach the depth limit (after some
+        # MAX_DELTA_DEPTH**2 / 2 versions) or a delta is no longer small.
+        self.anchors: dict[ObjectId, ObjectId] = {}  # newest version -> its segment's first
         self.anchor_bodies: dict[ObjectId, bytes] = {}
 
     def _tree_entry(
@@ -78,7 +81,8 @@ class GrowingPack:
         at: int,
         make_delta: Callable[[bytes, bytes], bytes],
     ) -> bytes:
-        """The pack entry of a tree as a delta (placed in ``trees``), or b""."""
+        """The pack entry of a tree as a delta (placed in ``trees``), or b""
+        for a whole copy (which the caller places)."""
         if previous is None:
             return b""
         previous_body = self.bodies.pop(previous, None)  # superseded from now on
@@ -86,17 +90,17 @@ class GrowingPack:
         if previous_body is None:
             return b""
         base_id, base_body = previous, previous_body
-        if self.trees[previous][1] >= MAX_DELTA_DEPTH:
-            if anchor is None:
+        starts_segment = self.trees[previous][1] >= MAX_DELTA_DEPTH
+        if starts_segment:
+            if anchor is None or self.trees[anchor][1] + 1 >= MAX_DELTA_DEPTH:
                 return b""
             base_id, base_body = anchor, self.anchor_bodies[anchor]
         delta = make_delta(base_body, tree_body)
         if len(delta) >= len(tree_body) // 2:
             return b""
         base_at, base_depth = self.trees[base_id]
-        depth = base_depth + 1
-        self.trees[oid] = (at, depth)
-        if depth == ANCHOR_DEPTH:
+        self.trees[oid] = (at, base_depth + 1)
+        if starts_segment:
             anchor = oid
             self.anchor_bodies[oid] = tree_body
         if anchor is not None:
@@ -117,10 +121,12 @@ class GrowingPack:
         delta_bases: dict[ObjectId, ObjectId],
         cached: dict[str, bytes],
         take_spare: TakeSpare | None = None,
+        retire: Callable[[str], bool] | None = None,
     ) -> None:
         """Append the objects of ``small_packs`` (whole objects, as
         :func:`looming.store.pack.build_pack` writes them), install the
-        result as a new pack, then remove the packs it replaces."""
+        result as a new pack, then remove the packs it replaces (each file
+        handed to ``retire`` first, which may keep it as a spare)."""
         from looming.store.delta import make_delta
 
         body = self.body
@@ -151,6 +157,8 @@ class GrowingPack:
                         if not entry:
                             entry = _object_header(kind, size) + zlib.compress(tree_body, 1)
                             trees[oid] = (at, 0)
+                            self.anchors[oid] = oid  # the first segment's anchor
+                            self.anchor_bodies[oid] = tree_body
                         bodies[oid] = tree_body
                     elif end - start >= size and size >= STORE_ABOVE:
                         # Stored whole by the per-commit pack: deflate it now.
@@ -196,5 +204,7 @@ class GrowingPack:
                 continue
             # The index goes first so nobody opens a pack whose data is leaving.
             for suffix in (".idx", ".pack"):
+                if retire is not None and retire(base_name + suffix):
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(base_name + suffix)
