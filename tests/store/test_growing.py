@@ -3,6 +3,10 @@ deltas with bounded chains, checked with ``git verify-pack`` and ``fsck``."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,7 @@ def test_long_history_of_one_directory_folds_into_one_small_pack(
     tmp_path: Path, git: GitRunner
 ) -> None:
     path = str(tmp_path / "long.git")
-    repo = Repo.init(path, merge_packs_after=8)
+    repo = Repo.init(path, merge_packs_after=8, fold_when_idle=None)
     store = repo.store()
     with store.with_tree("three hundred keys") as tx:
         for key in range(300):
@@ -48,10 +52,15 @@ def test_long_history_of_one_directory_folds_into_one_small_pack(
     whole = [fields for fields in trees if len(fields) == 5]
     assert len(trees) >= VERSIONS - 8  # all but the last few versions were folded in
     assert max(depths) <= MAX_DELTA_DEPTH
-    # Past the first chain, versions delta against its anchor: no new whole copy.
+    # Past the first chain, a new segment begins with a delta against the
+    # previous segment's first version: no new whole copy.
     assert len(whole) == 1
     delta_sizes = [int(fields[3]) for fields in trees if len(fields) == 7]
     whole_size = int(whole[0][3])
+    # A segment's first delta spans that segment's changes, not all since the
+    # first chain: none is much more than MAX_DELTA_DEPTH versions' worth.
+    typical = sorted(delta_sizes)[len(delta_sizes) // 2]
+    assert max(delta_sizes) < (MAX_DELTA_DEPTH + 10) * typical
     # Each delta is smaller than the deflated whole tree, and all of them
     # together weigh as a few whole copies, not one per version.
     assert max(delta_sizes) < whole_size
@@ -78,7 +87,7 @@ def test_long_history_of_one_directory_folds_into_one_small_pack(
 
 def test_growing_pack_is_replaced_not_added_to(tmp_path: Path, git: GitRunner) -> None:
     path = str(tmp_path / "few.git")
-    repo = Repo.init(path, merge_packs_after=4)
+    repo = Repo.init(path, merge_packs_after=4, fold_when_idle=None)
     store = repo.store()
     for commit in range(4 * 5):
         store.set(f"d{commit % 3}/k{commit}", b"%d" % commit)
@@ -108,4 +117,108 @@ def test_a_full_growing_pack_is_sealed_and_a_new_one_begun(
     assert len(list(pack_dir.glob("*.pack"))) == 1
     git("fsck", "--strict", "--no-dangling", cwd=path)
     assert len(git("rev-list", "main", cwd=path).split()) == 40
+    repo.close()
+
+
+def _packs(path: Path) -> list[Path]:
+    return sorted((path / "objects" / "pack").glob("*.pack"))
+
+
+def test_closing_the_writer_leaves_one_compact_pack(tmp_path: Path, git: GitRunner) -> None:
+    path = tmp_path / "closed.git"
+    repo = Repo.init(str(path), fold_when_idle=None)
+    store = repo.store()
+    for commit in range(6):  # fewer than a fold needs: six per-commit packs
+        store.set(f"d/k{commit}", b"value %d" % commit)
+    assert len(_packs(path)) == 6
+    repo.close()
+    assert len(_packs(path)) == 1
+    git("fsck", "--strict", "--no-dangling", cwd=str(path))
+    fresh = Repo.open(str(path))
+    assert [fresh.store().get(f"d/k{c}") for c in range(6)] == [b"value %d" % c for c in range(6)]
+    fresh.close()
+
+
+def test_an_idle_writer_folds_what_it_wrote(tmp_path: Path, git: GitRunner) -> None:
+    path = tmp_path / "idle.git"
+    repo = Repo.init(str(path), fold_when_idle=0.05)
+    store = repo.store()
+    for commit in range(5):
+        store.set(f"k{commit}", b"%d" % commit)
+    deadline = time.monotonic() + 20
+    while len(_packs(path)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_packs(path)) == 1
+    git("fsck", "--strict", "--no-dangling", cwd=str(path))
+    # The writer goes on as before, and its next commits fold in later.
+    for commit in range(5, 8):
+        store.set(f"k{commit}", b"%d" % commit)
+    deadline = time.monotonic() + 20
+    while len(_packs(path)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_packs(path)) == 1
+    assert Repo.open(str(path)).store().get("k7") == b"7"
+    repo.close()
+
+
+def test_an_idle_fold_waits_for_another_process_holding_the_lock(
+    tmp_path: Path, git: GitRunner
+) -> None:
+    path = tmp_path / "shared.git"
+    repo = Repo.init(str(path), fold_when_idle=0.05)
+    store = repo.store()
+    store.set("a", b"1")
+    store.set("b", b"2")
+    # Another writer holds the store's lock: the idle folder leaves the
+    # small packs alone rather than wait for it.
+    other = os.open(path / "looming.lock", os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        time.sleep(0.5)  # ten idle periods
+        assert len(_packs(path)) == 2
+        repo.close()  # does not wait for the lock either
+        assert len(_packs(path)) == 2
+    finally:
+        os.close(other)
+    git("fsck", "--strict", "--no-dangling", cwd=str(path))
+
+
+def test_reads_in_another_thread_go_on_through_idle_folds(tmp_path: Path) -> None:
+    path = tmp_path / "busy.git"
+    repo = Repo.init(str(path), fold_when_idle=0.01)
+    store = repo.store()
+    failures: list[BaseException] = []
+    done = threading.Event()
+    heads: list[str] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            seen = len(heads)
+            if not seen:
+                continue
+            view = repo.at(heads[seen - 1])
+            try:
+                for key in range(seen):
+                    assert view.get(f"d{key % 3}/k{key}") == b"%d" % key
+            except BaseException as error:
+                failures.append(error)
+                return
+            time.sleep(0.001)  # leave the writer the interpreter now and then
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for commit in range(40):
+            store.set(f"d{commit % 3}/k{commit}", b"%d" % commit)
+            heads.append(store.head or "")
+            if commit % 8 == 7:
+                # Idle long enough for the folder to run while reads go on.
+                deadline = time.monotonic() + 20
+                while len(_packs(path)) > 1 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+    finally:
+        done.set()
+        thread.join()
+    assert failures == []
+    assert len(_packs(path)) == 1
     repo.close()

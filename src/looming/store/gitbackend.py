@@ -29,6 +29,9 @@ _TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 # compact pack, and folding costs a bounded multiple of what was written.
 FOLD_FRACTION = 0.25
 FOLD_FLOOR = 2 << 20
+# A writer that has committed nothing for this long folds what is left, so a
+# store at rest (idle, or closed) is one compact pack and nothing beside it.
+FOLD_WHEN_IDLE = 1.0
 
 
 def find_git_dir(path: str) -> str:
@@ -66,12 +69,21 @@ class GitBackend:
     together as one pack (data first, index renamed into place last), so a
     commit costs two files, not one per object. The small packs are folded
     into one growing pack (see :mod:`looming.store.growing`) once they are
-    ``merge_after`` many or amount to :data:`FOLD_FRACTION` of it. A writer killed at any point leaves a
-    valid repository: a ref only ever names objects already in a complete
-    pack. Every object read is hashed and checked against its name.
+    ``merge_after`` many or amount to :data:`FOLD_FRACTION` of it, and also
+    when the writer has been idle for ``fold_when_idle`` seconds and when it
+    is closed. A writer killed at any point leaves a valid repository: a ref
+    only ever names objects already in a complete pack. Every object read is
+    hashed and checked against its name.
     """
 
-    def __init__(self, path: str, *, merge_after: int = 32, compression: int = 1) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        merge_after: int = 32,
+        compression: int = 1,
+        fold_when_idle: float | None = FOLD_WHEN_IDLE,
+    ) -> None:
         self.git_dir = find_git_dir(path)
         self.objects_dir = os.path.join(self.git_dir, "objects")
         self.pack_dir = os.path.join(self.objects_dir, "pack")
@@ -97,6 +109,12 @@ class GitBackend:
         self._spares = SparePool(self.git_dir)
         self._watched_refs: dict[str, tuple[int, int]] = {}  # name -> (inode, descriptor)
         self._lock_source: str | None = None
+        # The idle folder: a thread started at the first unfolded commit.
+        self._idle_thread: threading.Thread | None = None
+        self._idle_wake = threading.Event()
+        self._closing = threading.Event()
+        self._flushes = 0
+        self._fold_when_idle = fold_when_idle
 
     def _make_dir(self, path: str) -> None:
         if path not in self._made_dirs:
@@ -136,13 +154,19 @@ class GitBackend:
 
     def _read_packed(self, object_id: ObjectId) -> tuple[str, bytes]:
         hex_name = object_id.hex()
-        store = self._packs()
-        try:
-            type_number, body = store.get_raw(hex_name.encode())  # type: ignore[attr-defined]
-        except KeyError:
-            raise MissingObject(hex_name) from None
-        except Exception as error:  # dulwich raises many kinds on a damaged pack
-            raise CorruptObject(hex_name, f"pack read failed: {error}") from None
+        for attempt in range(2):
+            store = self._packs()
+            try:
+                type_number, body = store.get_raw(hex_name.encode())  # type: ignore[attr-defined]
+                break
+            except KeyError:
+                if attempt == 0 and store is not self._pack_store:
+                    continue  # packs folded meanwhile (by another thread): look again
+                raise MissingObject(hex_name) from None
+            except Exception as error:  # dulwich raises many kinds on a damaged pack
+                if attempt == 0 and store is not self._pack_store:
+                    continue
+                raise CorruptObject(hex_name, f"pack read failed: {error}") from None
         kind = _TYPE_NUMBERS.get(type_number)
         if kind is None:
             raise CorruptObject(hex_name, f"unknown object type {type_number}")
@@ -197,20 +221,66 @@ class GitBackend:
         growing_size = self._growing.size()
         enough = max(int(growing_size * FOLD_FRACTION), FOLD_FLOOR)
         if len(self._small_packs) < self._merge_after and self._small_bytes < enough:
+            self._fold_later()
             return
-        if growing_size > SEAL_ABOVE:
+        self._fold()
+
+    def _fold(self) -> None:
+        """Fold the small packs into the growing pack (thread lock held)."""
+        if not self._small_packs:
+            return
+        if self._growing.size() > SEAL_ABOVE:
             record = self._growing.record
             if record is not None:
                 self._sealed.append(record)
             self._growing = GrowingPack()
         small = [record for record in self._small_packs if record[0] in self._recent_packs]
+        # Our own readers let go of the packs first, so that the ones folded
+        # away can become spares (see SparePool.recycle).
+        self._reopen_packs()
         self._growing.fold(
-            self.pack_dir, small, self._delta_bases, self._recent_packs, self._spares.take
+            self.pack_dir,
+            small,
+            self._delta_bases,
+            self._recent_packs,
+            self._spares.take,
+            self._spares.recycle,
         )
         self._small_packs = []
         self._small_bytes = 0
         self._recent_packs.clear()
         self._reopen_packs()
+
+    def _fold_later(self) -> None:
+        """Have the idle folder fold the small packs once no commit came for
+        ``fold_when_idle`` seconds."""
+        self._flushes += 1
+        if self._fold_when_idle is None or self._closing.is_set():
+            return
+        if self._idle_thread is None:
+            self._idle_thread = threading.Thread(
+                target=self._idle_folder, name="looming-store-fold", daemon=True
+            )
+            self._idle_thread.start()
+        self._idle_wake.set()
+
+    def _idle_folder(self) -> None:
+        while True:
+            self._idle_wake.wait()
+            self._idle_wake.clear()
+            # Idle means no flush during a whole wait (a blocking wait with a
+            # timeout, not a clock read).
+            flushes = -1
+            while flushes != self._flushes:
+                flushes = self._flushes
+                if self._closing.wait(self._fold_when_idle):
+                    return
+            with self._try_writer_lock() as locked:
+                # Another process writing now: its next idle fold, or ours
+                # after our next commit, catches up.
+                if locked and flushes == self._flushes:
+                    with contextlib.suppress(OSError, CorruptObject):
+                        self._fold()  # on failure the small packs stay valid
 
     def _concatenate(self, packs: list[PackRecord]) -> PackRecord:
         from looming.store.pack import concatenate_packs
@@ -525,6 +595,32 @@ class GitBackend:
                 if self._lock_depth == 0 and self._lock_file is not None:
                     fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def _try_writer_lock(self) -> Iterator[bool]:
+        """The writer lock if it is free right now (yields whether taken)."""
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._lock_depth == 0:
+                if self._lock_file is None:
+                    yield False
+                    return
+                try:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+            self._lock_depth += 1
+            try:
+                yield True
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_file is not None:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
     def refs_version(self) -> object:
         """Stamps of the ref files: cheap to poll, changes with any ref move."""
         stamps: list[tuple[str, int, int]] = []
@@ -544,7 +640,17 @@ class GitBackend:
         return tuple(sorted(stamps))
 
     def close(self) -> None:
-        self.flush()
+        self._closing.set()
+        self._idle_wake.set()
+        if self._idle_thread is not None:
+            self._idle_thread.join()
+            self._idle_thread = None
+        # What this process wrote is left as one compact pack, unless another
+        # writer holds the lock now (then the small packs simply stay).
+        with self._try_writer_lock() as locked:
+            self.flush()
+            if locked:
+                self._fold()
         self._reopen_packs()
         self._spares.close()
         with self._thread_lock:

@@ -13,7 +13,7 @@ from looming.errors import Malformed
 from looming.store.backend import Backend, MemoryBackend, check_ref_name
 from looming.store.contents import BYTES, Codec
 from looming.store.errors import BadRef, MissingObject, RefChanged
-from looming.store.gitbackend import GitBackend, init_git_dir
+from looming.store.gitbackend import FOLD_WHEN_IDLE, GitBackend, init_git_dir
 from looming.store.merge import MergeFunction, default
 from looming.store.objectdb import ObjectDb
 from looming.store.objects import Commit, Identity, ObjectId, raw_id
@@ -94,8 +94,20 @@ class Repo:
         return cls.open(path, **options)
 
     @classmethod
-    def open(cls, path: str, *, merge_packs_after: int = 32, **options: Any) -> Repo:
-        return cls(GitBackend(path, merge_after=merge_packs_after), path=path, **options)
+    def open(
+        cls,
+        path: str,
+        *,
+        merge_packs_after: int = 32,
+        fold_when_idle: float | None = FOLD_WHEN_IDLE,
+        **options: Any,
+    ) -> Repo:
+        """Open the Git repository at ``path``. Each commit is written as a
+        small pack; ``merge_packs_after`` of them are folded into one compact
+        pack, and so are fewer once the writer has been idle for
+        ``fold_when_idle`` seconds (None: only when closed)."""
+        backend = GitBackend(path, merge_after=merge_packs_after, fold_when_idle=fold_when_idle)
+        return cls(backend, path=path, **options)
 
     def close(self) -> None:
         self.backend.close()
