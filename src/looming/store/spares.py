@@ -11,15 +11,20 @@ the file is created the slow way.
 
 Spares are made only while the writer is idle: inode allocation contends
 with the writer's own renames and unlinks in the kernel, so during a burst
-of commits the thread stays out of the way and the writer creates what it
-needs itself. Sparse commits (a unikernel's writes, a push now and then)
-then each cost a rename rather than an allocation.
+of commits the thread stays out of the way. Sparse commits (a unikernel's
+writes, a push now and then) then each cost a rename rather than an
+allocation. During a burst the spares come from the files that folding
+retires instead (:meth:`SparePool.recycle`): a pack nobody else has open is
+moved into the spares folder and emptied rather than unlinked, so its inode
+serves the next commit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import signal
 import threading
 from collections.abc import Callable
 
@@ -28,6 +33,10 @@ SPARE_DIR = "looming-spares"
 TakeSpare = Callable[[], str | None]
 
 IDLE_SECONDS = 0.05  # no spare is taken for this long: the writer is idle
+# Retired files kept as spares hold their old bytes until written over, so
+# they are kept only up to this many bytes in all: the disk a busy writer
+# uses stays within a bounded margin of what it has folded.
+RECYCLE_BYTES = 512 << 10
 
 
 def write_file_atomically(
@@ -38,7 +47,9 @@ def write_file_atomically(
     spare = take_spare() if take_spare is not None else None
     if spare is not None:
         try:
-            descriptor = os.open(spare, os.O_WRONLY | os.O_TRUNC)
+            # Written over, then cut to length: a recycled spare keeps its
+            # blocks, and writing into them costs no allocation.
+            descriptor = os.open(spare, os.O_WRONLY)
         except FileNotFoundError:
             spare = None
     if spare is None:
@@ -48,6 +59,7 @@ def write_file_atomically(
         _write_all(descriptor, data)
         if tail:
             _write_all(descriptor, tail)
+        os.ftruncate(descriptor, len(data) + len(tail))
     finally:
         os.close(descriptor)
     try:
@@ -70,7 +82,8 @@ def _write_all(descriptor: int, data: bytes | bytearray) -> None:
 
 
 class SparePool:
-    """Up to ``keep`` empty files of this process, refilled by a thread."""
+    """Spare files of this process: up to ``keep`` empty ones refilled by a
+    thread while the writer is idle, and files retired by folding."""
 
     def __init__(self, git_dir: str, keep: int = 24) -> None:
         self.folder = os.path.join(git_dir, SPARE_DIR)
@@ -79,6 +92,8 @@ class SparePool:
 
     def _reset(self) -> None:
         self._ready: list[str] = []
+        self._stale: dict[str, int] = {}  # recycled spares not written yet -> bytes
+        self._stale_bytes = 0
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._stopped = threading.Event()
@@ -100,6 +115,8 @@ class SparePool:
         self._takes += 1
         with self._lock:
             spare = self._ready.pop() if self._ready else None
+            if spare is not None and self._stale:
+                self._stale_bytes -= self._stale.pop(spare, 0)
             if self._thread is None and not self._stopping:
                 self._thread = threading.Thread(
                     target=self._refill, name="looming-store-spares", daemon=True
@@ -159,6 +176,57 @@ class SparePool:
                 with self._lock:
                     self._ready.append(name)
 
+    def recycle(self, path: str) -> bool:
+        """Make ``path``, a file being retired, a spare of this
+        process when no other process has it open; False (the caller unlinks
+        it) when one has, or when it cannot be done here.
+
+        "Nobody else has it open" is the kernel's condition for a write
+        lease. While the lease is held an opener waits, so the file is
+        renamed away with nobody able to see it (a spare is written over in
+        place, so one still linked elsewhere is not kept); its break
+        notice, should one come in that window, goes to nobody (owner 0,
+        and a signal ignored by default until then) rather than SIGIO."""
+        if self._pid != os.getpid() or self._stale_bytes >= RECYCLE_BYTES:
+            return False
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        name = self._next_name()
+        renamed = False
+        try:
+            size = os.fstat(descriptor).st_size
+            if self._stale_bytes + size > RECYCLE_BYTES:
+                return False
+            fcntl.fcntl(descriptor, fcntl.F_SETSIG, signal.SIGURG)
+            fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+            try:
+                fcntl.fcntl(descriptor, fcntl.F_SETOWN, 0)
+                os.rename(path, name)
+                renamed = True
+            finally:
+                fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            # A hard link made before the rename (``git clone`` of a local
+            # path links packs) shares the inode: writing into it would
+            # change the clone's pack, so it is only let go of.
+            if os.fstat(descriptor).st_nlink != 1:
+                os.unlink(name)
+                return True
+        except OSError:
+            if not renamed:
+                return False
+            with contextlib.suppress(OSError):
+                os.unlink(name)  # retired all the same
+            return True
+        finally:
+            os.close(descriptor)
+        with self._lock:
+            self._ready.append(name)
+            self._stale[name] = size
+            self._stale_bytes += size
+        return True
+
     def lock_file(self) -> str:
         """A file of this process to hard-link as a ref's ``.lock``: linking
         takes git's lock without allocating an inode."""
@@ -178,6 +246,8 @@ class SparePool:
             self._thread.join(timeout=5)
         with self._lock:
             ready, self._ready = self._ready, []
+            self._stale.clear()
+            self._stale_bytes = 0
         for name in [*ready, os.path.join(self.folder, f"{self._pid}-lock")]:
             with contextlib.suppress(OSError):
                 os.unlink(name)
