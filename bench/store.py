@@ -11,11 +11,14 @@ key read back at the head. Each system does the same work:
   building blobs, trees and commits the way a dulwich user would;
 * git fast-import fed one stream, read back with ``git cat-file --batch``.
 
-Disk size is the bytes of the objects folder (files' sizes) right after the
-last commit; for reference the same history after ``git gc`` (which keeps
-the deltas it finds, so it depends on the store's packing; "x gc" is the
-issue's size goal) and after ``git repack -a -d -f`` (deltas all git's own;
-"x gc-f"). Other ratios are against fast-import.
+Disk size is the bytes of the objects folder (files' sizes) with the writer
+closed ("disk"; looming's is also shown right after the last commit with the
+writer still open, "open": the per-commit packs it has not folded yet and
+the retired packs it keeps as spares); for
+reference the same history after ``git gc`` (which keeps the deltas it
+finds, so it depends on the store's packing; "x gc" is the issue's size
+goal), after ``git repack -a -d -f`` (deltas all git's own; "x gc-f"), and
+after the store's own ``gc``. Other ratios are against fast-import.
 """
 
 from __future__ import annotations
@@ -49,10 +52,11 @@ class Result:
     commits: int
     commits_per_s: float
     reads_per_s: float
-    disk_bytes: int | None
+    disk_bytes: int | None  # with the writer closed
     gc_bytes: int | None = None  # the same history after `git gc`
     fresh_gc_bytes: int | None = None  # after `git repack -a -d -f` (deltas git's own)
     own_gc_bytes: int | None = None  # after the store's own gc
+    open_bytes: int | None = None  # right after the last commit, the writer still open
 
 
 def progress(message: str) -> None:
@@ -96,6 +100,8 @@ def git_gc_bytes(git_dir: Path, scratch: Path, fresh: bool = False) -> int:
 def bench_looming(
     commits: int, layout: Layout, disk: Path | None
 ) -> tuple[float, float, int | None, int | None]:
+    """Commits/s, reads/s, and the disk size right after the last commit and
+    once the writer is closed."""
     from looming.store.repo import Repo
 
     repo = Repo.init(str(disk)) if disk is not None else Repo.memory()
@@ -106,6 +112,10 @@ def bench_looming(
             for key in keys_of(commit):
                 tx.set(layout(key), value(key, commit))
     commit_time = time.perf_counter() - started
+    open_size = None
+    if disk is not None:
+        # The spares count too: retired packs wait there to be written over.
+        open_size = folder_bytes(disk / "objects") + folder_bytes(disk / "looming-spares")
     head = repo.at(store.head or "")
     all_keys = commits * KEYS_PER_COMMIT
     paths = [layout(key) for key in range(all_keys)]
@@ -115,13 +125,17 @@ def bench_looming(
     for path in paths:
         head.get(path)
     read_time = time.perf_counter() - started
-    size = own_gc = None
-    if disk is not None:
-        size = folder_bytes(disk / "objects")
-        repo.gc()
-        own_gc = folder_bytes(disk / "objects")
     repo.close()
-    return commits / commit_time, all_keys / read_time, size, own_gc
+    closed_size = folder_bytes(disk / "objects") if disk is not None else None
+    return commits / commit_time, all_keys / read_time, open_size, closed_size
+
+
+def own_gc_bytes(disk: Path) -> int:
+    from looming.store.repo import Repo
+
+    with Repo.open(str(disk)) as repo:
+        repo.gc()
+    return folder_bytes(disk / "objects")
 
 
 # ---------------------------------------------------------------- dulwich
@@ -265,13 +279,23 @@ def main() -> int:
             results.append(Result("looming memory", layout_name, commits, c, r, None))
             progress(f"{layout_name}: looming on disk")
             disk = scratch / "looming.git"
-            c, r, size, own_gc = bench_looming(commits, layout, disk)
+            c, r, open_size, size = bench_looming(commits, layout, disk)
             progress(f"{layout_name}: git gc of the looming repository, for the size reference")
             gc_size = git_gc_bytes(disk, scratch)
             fresh_size = git_gc_bytes(disk, scratch, fresh=True)
+            own_gc = own_gc_bytes(disk)
             results.append(
                 Result(
-                    "looming disk", layout_name, commits, c, r, size, gc_size, own_gc, fresh_size
+                    "looming disk",
+                    layout_name,
+                    commits,
+                    c,
+                    r,
+                    size,
+                    gc_bytes=gc_size,
+                    fresh_gc_bytes=fresh_size,
+                    own_gc_bytes=own_gc,
+                    open_bytes=open_size,
                 )
             )
             for leftover in ("fast-import.git", "dulwich.git", "looming.git"):
@@ -285,7 +309,8 @@ def main() -> int:
     )
     header = (
         f"{'layout':9} {'system':16} {'commits/s':>10} {'x fi':>6} {'reads/s':>10} {'x fi':>6} "
-        f"{'disk KiB':>9} {'own gc':>8} {'git gc':>8} {'x gc':>5} {'gc -f':>8} {'x gc-f':>6}"
+        f"{'open KiB':>9} {'disk KiB':>9} {'own gc':>8} {'git gc':>8} {'x gc':>5} "
+        f"{'gc -f':>8} {'x gc-f':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -294,6 +319,9 @@ def main() -> int:
             r for r in results if r.layout == result.layout and r.system == "git fast-import"
         )
         disk = f"{result.disk_bytes / 1024:9.0f}" if result.disk_bytes is not None else f"{'-':>9}"
+        opened = (
+            f"{result.open_bytes / 1024:9.0f}" if result.open_bytes is not None else f"{'-':>9}"
+        )
         gc = f"{result.gc_bytes / 1024:8.0f}" if result.gc_bytes is not None else f"{'-':>8}"
         own = (
             f"{result.own_gc_bytes / 1024:8.0f}" if result.own_gc_bytes is not None else f"{'-':>8}"
@@ -308,7 +336,7 @@ def main() -> int:
         print(
             f"{result.layout:9} {result.system:16} {result.commits_per_s:10.0f} "
             f"{result.commits_per_s / reference.commits_per_s:6.2f} {result.reads_per_s:10.0f} "
-            f"{result.reads_per_s / reference.reads_per_s:6.2f} {disk} {own} {gc} "
+            f"{result.reads_per_s / reference.reads_per_s:6.2f} {opened} {disk} {own} {gc} "
             f"{versus_gc:>5} {fresh} {versus_fresh:>6}"
         )
     if args.json:
