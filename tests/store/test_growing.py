@@ -222,3 +222,21 @@ def test_reads_in_another_thread_go_on_through_idle_folds(tmp_path: Path) -> Non
     assert failures == []
     assert len(_packs(path)) == 1
     repo.close()
+
+
+def test_one_commit_now_and_then_does_not_copy_the_growing_pack(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.git"
+    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=0.05)
+    store = repo.store()
+    for commit in range(40):
+        store.set(f"d{commit % 5}/k{commit}", b"value %d" % commit * 8)
+    deadline = time.monotonic() + 20
+    while len(_packs(path)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (growing,) = _packs(path)
+    store.set("late", b"one more")  # a small pack of 1/40 of the history
+    time.sleep(0.5)  # ten idle periods: not worth rewriting the growing pack
+    assert growing.exists() and len(_packs(path)) == 2
+    repo.close()  # closing folds it all the same
+    assert len(_packs(path)) == 1
+    assert Repo.open(str(path)).store().get("late") == b"one more"

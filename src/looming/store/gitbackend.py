@@ -30,8 +30,12 @@ _TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 FOLD_FRACTION = 0.25
 FOLD_FLOOR = 2 << 20
 # A writer that has committed nothing for this long folds what is left, so a
-# store at rest (idle, or closed) is one compact pack and nothing beside it.
+# store at rest (idle, or closed) is one compact pack and nothing beside it;
+# when idle, only once the small packs amount to 1/IDLE_FOLD_SHARE of the
+# growing pack, so a writer committing now and then does not copy a large
+# growing pack for every commit.
 FOLD_WHEN_IDLE = 1.0
+IDLE_FOLD_SHARE = 8
 
 
 def find_git_dir(path: str) -> str:
@@ -278,7 +282,8 @@ class GitBackend:
             with self._try_writer_lock() as locked:
                 # Another process writing now: its next idle fold, or ours
                 # after our next commit, catches up.
-                if locked and flushes == self._flushes:
+                worth_it = self._small_bytes * IDLE_FOLD_SHARE >= self._growing.size()
+                if locked and flushes == self._flushes and worth_it:
                     with contextlib.suppress(OSError, CorruptObject):
                         self._fold()  # on failure the small packs stay valid
 
