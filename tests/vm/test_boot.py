@@ -41,6 +41,8 @@ def test_describe_image_reports_size_and_contents(images: Images, arch: str) -> 
     modules = next(line for line in lines if line.startswith("kernel modules: "))
     assert "virtio_net" in modules
     assert ("virtio_mmio" if arch == "aarch64" else "virtio_pci") in modules
+    # Only aarch64's machine has a virtio-rng device (x86_64's kernel uses RDRAND).
+    assert ("virtio-rng" in modules) == (arch == "aarch64")
     libraries = next(line for line in lines if line.startswith("shared libraries: "))
     assert "libc.so.6" in libraries and "libffi.so.8" in libraries
     # Only what the unikernel reaches: asyncio is in, the stdlib's HTTP server is not.
@@ -64,11 +66,22 @@ def test_a_crashing_unikernel_prints_its_traceback_and_the_vm_stops_with_its_sta
     images: Images,
 ) -> None:
     app = images.app("crash", "x86_64")
-    done = looming(app, "run", "--vm-timeout", "120")
+    done = looming(app, "run", "--vm-timeout", "120", "--vm-trace")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "about to fail" in done.stdout
     assert "Traceback (most recent call last)" in done.stdout
     assert "RuntimeError: the crash unikernel fails on purpose" in done.stdout
+    # --vm-trace shows the kernel's messages and /init's stages, in order.
+    lines = done.stdout.splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    assert first("Run /init as init process") < first("/init started") < first("modules loaded")
+    # The x86_64 machine has no virtio-rng: the kernel's random pool must be
+    # ready (from RDRAND) before Python, which asks it for its hash seed.
+    assert "virtio_rng" not in done.stdout
+    assert first("random: crng init done") < first("Run /init as init process")
 
 
 @pytest.mark.root

@@ -43,9 +43,11 @@ from looming.vm.stdlib import (
 Progress = Callable[[str], None]
 
 # Kernel modules the image loads after the virtio transport of the machine
-# (with whatever they depend on): the NIC, and a source of entropy so
-# os.urandom does not wait at boot.
-WANTED_KERNEL_MODULES = ("virtio_net", "virtio_rng")
+# (with whatever they depend on): the NIC, and where the machine has a
+# virtio-rng device, its driver (a source of entropy, so os.urandom does not
+# wait at boot).
+NIC_MODULE = "virtio_net"
+ENTROPY_MODULE = "virtio_rng"
 LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8")
 DEVICE_NODES = (
     ("dev/console", 5, 1, 0o600),
@@ -184,7 +186,7 @@ def _resolve_libraries(
     return found, missing
 
 
-def _kernel_modules(kernel_tree: Path, transport: str) -> tuple[str, list[Path]]:
+def _kernel_modules(kernel_tree: Path, arch: Arch) -> tuple[str, list[Path]]:
     """The kernel's version and the modules to load, dependencies first."""
     versions = sorted((kernel_tree / "lib" / "modules").iterdir())
     if not versions:
@@ -210,8 +212,11 @@ def _kernel_modules(kernel_tree: Path, transport: str) -> tuple[str, list[Path]]
             visit(dependency)
         ordered.append(path)
 
-    for wanted in (transport, *WANTED_KERNEL_MODULES):
-        visit(wanted)
+    wanted = [arch.virtio_transport, NIC_MODULE]
+    if arch.entropy_device:
+        wanted.append(ENTROPY_MODULE)
+    for name in wanted:
+        visit(name)
     return base.name, ordered
 
 
@@ -441,7 +446,7 @@ def build_image(
         raise PackageError(f"the dynamic loader {loader} is not in libc6")
 
     kernel_tree = trees[kernel_info.name]
-    kernel_version, module_files = _kernel_modules(kernel_tree, arch.virtio_transport)
+    kernel_version, module_files = _kernel_modules(kernel_tree, arch)
 
     progress("writing the initramfs")
     compile_here = sys.version_info[:2] == tuple(int(p) for p in version.split("."))

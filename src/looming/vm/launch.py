@@ -131,8 +131,12 @@ def qemu_command(
         "-kernel", str(bootable_kernel(manifest)),
         "-initrd", str(manifest["initrd"]),
         "-append", " ".join(cmdline),
-        "-device", f"virtio-rng-{arch.device_suffix}",
     ]  # fmt: skip
+    if arch.entropy_device:
+        command += ["-device", f"virtio-rng-{arch.device_suffix}"]
+    firmware = _firmware(qemu, arch.firmware)
+    if firmware is not None:
+        command += ["-bios", firmware]
     if options.tap:
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in options.tap.encode()[-3:].rjust(3, b"\0"))
         command += [
@@ -140,6 +144,15 @@ def qemu_command(
             "-device", f"virtio-net-{arch.device_suffix},netdev=net0,mac={mac}",
         ]  # fmt: skip
     return command
+
+
+def _firmware(qemu: str, name: str | None) -> str | None:
+    """``name`` if it is among the firmware files beside ``qemu`` (Debian's
+    qemu-system-data), else None: qemu then starts with its default."""
+    if name is None:
+        return None
+    data = Path(qemu).resolve().parent.parent / "share" / "qemu"
+    return name if (data / name).is_file() else None
 
 
 def bootable_kernel(manifest: dict[str, object]) -> Path:
