@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from looming.vm.kernel import (
+    IMAGE_FORMAT,
     PVH_FORMAT,
     KernelError,
     bzimage_payload,
@@ -101,7 +102,7 @@ def test_a_packed_kernel_is_unpacked_once_then_taken_from_the_cache(tmp_path: Pa
     # A cached file of the wrong size (an interrupted copy) is unpacked again.
     first.write_bytes(KERNEL_LIKE[:1000])
     assert unpacked_kernel(packed, sha256, size, cache).read_bytes() == KERNEL_LIKE
-    assert [p.name for p in cache.iterdir()] == [f"{sha256}.vmlinux"]
+    assert [p.name for p in cache.iterdir()] == [f"{sha256}.kernel"]
 
 
 def test_a_packed_kernel_that_is_not_the_one_named_is_refused(tmp_path: Path) -> None:
@@ -151,11 +152,14 @@ def test_the_x86_64_image_stores_the_debian_kernel_as_an_xz_packed_pvh_vmlinux(
     assert manifest["kernel_format"] == PVH_FORMAT
     stored = Path(manifest["kernel"])
     assert stored.name == "kernel.xz" and stored.stat().st_size == manifest["kernel_size"]
+    # LZ4 on x86_64 by default, in the legacy frame format the kernel's decoder takes.
+    initrd = Path(manifest["initrd"])
+    assert initrd.name == "initrd.lz4" and initrd.read_bytes()[:4] == b"\x02\x21\x4c\x18"
     vmlinux = lzma.decompress(stored.read_bytes())
     assert len(vmlinux) == manifest["kernel_unpacked"]
     assert hashlib.sha256(vmlinux).hexdigest() == manifest["kernel_sha256"]
     # The entry point binutils reads from the same note (type 0x12, PHYS32_ENTRY).
-    cached = kernels_cache() / f"{manifest['kernel_sha256']}.vmlinux"
+    cached = kernels_cache() / f"{manifest['kernel_sha256']}.kernel"
     assert cached.read_bytes() == vmlinux
     notes = subprocess.run(
         ["readelf", "-n", "-W", str(cached)], capture_output=True, text=True, check=True
@@ -172,3 +176,20 @@ def test_the_x86_64_image_stores_the_debian_kernel_as_an_xz_packed_pvh_vmlinux(
     assert f"x86_64 image, {total / 2**20:.1f} MiB ({total} bytes)" in described
     assert "booted through its PVH entry" in described
     assert f"{len(vmlinux) / 2**20:.1f} MiB once looming run unpacks it" in described
+
+
+@pytest.mark.slow
+def test_the_aarch64_image_stores_the_debian_kernel_image_packed_with_xz(images: Images) -> None:
+    app = images.app("hello", "aarch64")
+    manifest = json.loads((app / "dist" / "hello-vm.json").read_text())
+    assert manifest["kernel_format"] == IMAGE_FORMAT
+    stored = Path(manifest["kernel"])
+    image = lzma.decompress(stored.read_bytes())
+    assert hashlib.sha256(image).hexdigest() == manifest["kernel_sha256"]
+    # An arm64 Linux Image header: "ARM\x64" at offset 56 (the boot protocol's magic).
+    assert image[56:60] == b"ARM\x64"
+    described = looming(app, "describe", "--image").stdout
+    assert "Image packed with xz" in described
+    assert f"{len(image) / 2**20:.1f} MiB once looming run unpacks it" in described
+    # zstd on aarch64 by default (LZ4 would take its image past 14 MB).
+    assert Path(manifest["initrd"]).name == "initrd.zst"

@@ -30,7 +30,7 @@ from looming.config.build import ModuleLocator, module_closure, write_zipapp
 from looming.errors import ConfigError, UsageError
 from looming.vm import cpio, elf
 from looming.vm.arch import Arch, get_arch
-from looming.vm.kernel import PVH_FORMAT, kernels_cache, pack_for_pvh
+from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
 from looming.vm.packages import AptArchive, PackageError, cache_root, check_host_tools
 from looming.vm.stdlib import (
     GuestStdlib,
@@ -58,7 +58,6 @@ DEVICE_NODES = (
     ("dev/tty", 5, 0, 0o666),
 )
 INTERFACE = "eth0"
-DEFAULT_COMPRESSION = "zstd"
 ARCHIVE_IN_IMAGE = "/app/unikernel.pyz"
 INIT_SOURCE = Path(__file__).with_name("init.py")
 
@@ -74,7 +73,7 @@ class ImageReport:
     kernel_size: int
     initrd_size: int
     initrd_unpacked: int
-    # bzImage, Image.gz (qemu unpacks it) or vmlinux-pvh-xz (looming run does)
+    # bzImage (the guest unpacks itself), or vmlinux-pvh-xz or Image-xz (looming run unpacks it)
     kernel_format: str = "bzImage"
     kernel_unpacked: int = 0
     kernel_sha256: str = ""  # of the unpacked vmlinux, when looming run unpacks it
@@ -289,26 +288,6 @@ def _with_bytecode(archive: Path, compile_here: bool, app_dir: Path) -> bytes:
     return out.getvalue()
 
 
-def _gzipped_kernel(vmlinuz: Path, progress: Progress) -> bytes:
-    """The kernel gzip-compressed as tightly as the host can: with zopfli
-    when it is installed (4% smaller than gzip -9, which is 0.4 MB of an
-    arm64 image, but half a minute of work, so it is kept beside the
-    unpacked package for the next build), else with zlib."""
-    zopfli = shutil.which("zopfli")
-    if zopfli is None:
-        return gzip.compress(vmlinuz.read_bytes(), compresslevel=9, mtime=0)
-    cached = vmlinuz.with_name(vmlinuz.name + ".zopfli.gz")
-    if not cached.is_file():
-        progress("compressing the kernel with zopfli (once per kernel version)")
-        packed = subprocess.run(
-            [zopfli, "--i1", "-c", str(vmlinuz)], capture_output=True, check=True
-        ).stdout
-        partial = cached.with_suffix(".partial")
-        partial.write_bytes(packed)
-        partial.replace(cached)
-    return cached.read_bytes()
-
-
 MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
 
 
@@ -363,11 +342,12 @@ def build_image(
 ) -> ImageReport:
     """Build ``dist/<unikernel>-vm.json`` with its kernel and initramfs."""
     arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
-    compression = options.get("compress", DEFAULT_COMPRESSION)
-    if compression == "zstd" and shutil.which("zstd") is None:
+    compression = options.get("compress") or arch.default_compression
+    if compression in ("zstd", "lz4") and shutil.which(compression) is None:
         raise UsageError(
-            "the initramfs is compressed with the zstd command, which is not installed "
-            "(Debian package zstd); install it or configure with --compress xz"
+            f"the initramfs is compressed with the {compression} command, which is not "
+            f"installed (Debian package {compression}); install it or configure with "
+            "--compress xz"
         )
     dist = app_dir / "dist"
     out_dir = dist / f"{unikernel}-vm-{arch.name}"
@@ -520,6 +500,13 @@ def build_image(
     if compression == "gzip":
         initrd = out_dir / "initrd.gz"
         initrd.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    elif compression == "lz4":
+        # The kernel's LZ4 decoder takes the legacy frame format only (-l).
+        initrd = out_dir / "initrd.lz4"
+        packed = subprocess.run(
+            ["lz4", "-q", "-l", "-12", "-c", "-"], input=raw, capture_output=True, check=True
+        )
+        initrd.write_bytes(packed.stdout)
     elif compression == "zstd":
         # A tenth larger than xz, but the guest kernel unpacks it several
         # times faster (under emulation, a second less to the first answer);
@@ -546,22 +533,25 @@ def build_image(
     for stale in out_dir.glob("kernel*"):
         stale.unlink()
     kernel = out_dir / "kernel"
-    kernel_format = "bzImage" if arch.kernel_compressed else "Image.gz"
+    kernel_format = "bzImage"
     kernel_unpacked = vmlinuz.stat().st_size
     kernel_sha256 = ""
-    pvh_kernel = pack_for_pvh(vmlinuz, kernels_cache(), progress) if arch.pvh_boot else None
-    if pvh_kernel is not None:
-        # 6 MB smaller than the bzImage; looming run unpacks it on the host.
-        kernel = out_dir / "kernel.xz"
-        shutil.copyfile(pvh_kernel.packed, kernel)
-        kernel_format = PVH_FORMAT
-        kernel_unpacked = pvh_kernel.unpacked_size
-        kernel_sha256 = pvh_kernel.unpacked_sha256
-    elif arch.kernel_compressed:
+    if arch.kernel_compressed:
+        stored = pack_for_pvh(vmlinuz, kernels_cache(), progress) if arch.pvh_boot else None
+        stored_format = PVH_FORMAT
+    else:
+        stored = pack_image(vmlinuz, kernels_cache(), progress)
+        stored_format = IMAGE_FORMAT
+    if stored is None:
         shutil.copyfile(vmlinuz, kernel)
     else:
-        # qemu's arm64 loader takes a gzip-compressed Image as it is.
-        kernel.write_bytes(_gzipped_kernel(vmlinuz, progress))
+        # Smaller than Debian's bzImage or than any gzip of the arm64 Image;
+        # looming run unpacks it on the host, once.
+        kernel = out_dir / "kernel.xz"
+        shutil.copyfile(stored.packed, kernel)
+        kernel_format = stored_format
+        kernel_unpacked = stored.unpacked_size
+        kernel_sha256 = stored.unpacked_sha256
     pyz.artifact.unlink()
 
     manifest = dist / f"{unikernel}-vm.json"
@@ -643,8 +633,9 @@ def describe_image(manifest_path: Path) -> str:
     kernel_format = data.get("kernel_format", "bzImage")
     kernel_note = {
         "bzImage": " (bzImage: the guest unpacks itself)",
-        "Image.gz": f" (Image.gz, {mib(data.get('kernel_unpacked', 0))} once qemu unpacks it)",
         PVH_FORMAT: f" (vmlinux packed with xz, booted through its PVH entry; "
+        f"{mib(data.get('kernel_unpacked', 0))} once looming run unpacks it on the host)",
+        IMAGE_FORMAT: f" (Image packed with xz; "
         f"{mib(data.get('kernel_unpacked', 0))} once looming run unpacks it on the host)",
     }.get(kernel_format, f" ({kernel_format})")
     lines = [

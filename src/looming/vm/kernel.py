@@ -11,7 +11,8 @@ bzImage, whose LZ4 favours a fast unpacking over size. ``looming run``
 unpacks it on the host, once per kernel (kept under the cache folder, by
 its SHA-256), and the guest skips decompressing itself under emulation.
 
-A kernel without the PVH note stays a bzImage.
+A kernel without the PVH note stays a bzImage. The arm64 kernel is an
+uncompressed ``Image``, stored packed with xz the same way.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 GZIP_MAGIC = b"\x1f\x8b"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-PVH_FORMAT = "vmlinux-pvh-xz"
+# How an image stores its kernel when looming run unpacks it on the host.
+PVH_FORMAT = "vmlinux-pvh-xz"  # x86_64: the ELF kernel, booted through PVH
+IMAGE_FORMAT = "Image-xz"  # arm64: the kernel's Image
+PACKED_FORMATS = (PVH_FORMAT, IMAGE_FORMAT)
+KERNEL_SUFFIX = "kernel"
 # The set-up header's payload fields appeared with boot protocol 2.08.
 PAYLOAD_PROTOCOL = 0x0208
 
@@ -52,7 +57,7 @@ class KernelError(LoomingError):
 
 @dataclass(frozen=True)
 class PackedKernel:
-    """A vmlinux packed for an image, and what it unpacks to."""
+    """A kernel packed for an image, and what it unpacks to."""
 
     packed: Path
     unpacked_size: int
@@ -121,41 +126,64 @@ def pvh_entry(vmlinux: bytes) -> int | None:
 def pack_for_pvh(vmlinuz: Path, cache: Path, progress: Progress) -> PackedKernel | None:
     """The bzImage's vmlinux packed with xz, or None when it cannot boot
     through PVH (or its payload cannot be unpacked here: then the image
-    keeps the bzImage, and says why). Packing takes seconds, so the result
-    is kept beside the unpacked package; the vmlinux goes into ``cache``,
-    where ``looming run`` looks first."""
-    packed = vmlinuz.with_name(vmlinuz.name + ".vmlinux.xz")
-    facts_file = vmlinuz.with_name(vmlinuz.name + ".vmlinux.json")
-    if not (packed.is_file() and facts_file.is_file()):
+    keeps the bzImage, and says why)."""
+
+    def vmlinux() -> bytes | None:
         try:
-            vmlinux = unpack_payload(bzimage_payload(vmlinuz.read_bytes()))
-            entry = pvh_entry(vmlinux)
+            unpacked = unpack_payload(bzimage_payload(vmlinuz.read_bytes()))
+            entry = pvh_entry(unpacked)
         except (KernelError, elf.ElfError, lzma.LZMAError, zlib.error) as error:
             progress(f"note: the kernel stays a bzImage: {error}")
             return None
         if entry is None:
             progress("note: the kernel has no PVH entry point (CONFIG_PVH); it stays a bzImage")
             return None
-        progress("packing the kernel's vmlinux with xz (once per kernel version)")
+        return unpacked
+
+    return _packed(vmlinuz, "vmlinux", vmlinux, [{"id": lzma.FILTER_X86}], cache, progress)
+
+
+def pack_image(image: Path, cache: Path, progress: Progress) -> PackedKernel:
+    """An arm64 kernel ``Image`` packed with xz (a fifth smaller than the
+    tightest gzip qemu could unpack itself, and unpacked once rather than at
+    every boot)."""
+    packed = _packed(image, "Image", image.read_bytes, [], cache, progress)
+    assert packed is not None  # the Image is always there to pack
+    return packed
+
+
+def _packed(
+    source: Path,
+    kind: str,
+    unpacked: Callable[[], bytes | None],
+    filters: list[dict[str, int]],
+    cache: Path,
+    progress: Progress,
+) -> PackedKernel | None:
+    """The kernel ``unpacked()`` gives, packed with xz and ``filters``
+    first. Packing takes seconds, so the result is kept beside the unpacked
+    package (``source``); the unpacked kernel goes into ``cache``, where
+    ``looming run`` looks first."""
+    packed = source.with_name(f"{source.name}.{kind}.xz")
+    facts_file = source.with_name(f"{source.name}.{kind}.json")
+    if not (packed.is_file() and facts_file.is_file()):
+        kernel = unpacked()
+        if kernel is None:
+            return None
+        progress(f"packing the kernel's {kind} with xz (once per kernel version)")
         partial = packed.with_suffix(".partial")
+        preset = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}
         partial.write_bytes(
-            lzma.compress(
-                vmlinux,
-                format=lzma.FORMAT_XZ,
-                filters=[
-                    {"id": lzma.FILTER_X86},
-                    {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME},
-                ],
-            )
+            lzma.compress(kernel, format=lzma.FORMAT_XZ, filters=[*filters, preset])
         )
         partial.replace(packed)
-        facts = {"size": len(vmlinux), "sha256": hashlib.sha256(vmlinux).hexdigest()}
+        facts = {"size": len(kernel), "sha256": hashlib.sha256(kernel).hexdigest()}
         facts_file.write_text(json.dumps(facts) + "\n")
-        _store(vmlinux, cache / f"{facts['sha256']}.vmlinux")
+        _store(kernel, cache / f"{facts['sha256']}.{KERNEL_SUFFIX}")
     facts = json.loads(facts_file.read_text())
-    kernel = PackedKernel(packed, int(facts["size"]), str(facts["sha256"]))
-    unpacked_kernel(kernel.packed, kernel.unpacked_sha256, kernel.unpacked_size, cache)
-    return kernel
+    result = PackedKernel(packed, int(facts["size"]), str(facts["sha256"]))
+    unpacked_kernel(result.packed, result.unpacked_sha256, result.unpacked_size, cache)
+    return result
 
 
 def _store(data: bytes, path: Path) -> None:
@@ -167,17 +195,17 @@ def _store(data: bytes, path: Path) -> None:
 
 
 def unpacked_kernel(packed: Path, sha256: str, size: int, cache: Path) -> Path:
-    """The vmlinux ``packed`` holds, as a file qemu can boot: from ``cache``
+    """The kernel ``packed`` holds, as a file qemu can boot: from ``cache``
     when it is there with the right size, else unpacked (half a second)
     and checked against its SHA-256 first."""
-    path = cache / f"{sha256}.vmlinux"
+    path = cache / f"{sha256}.{KERNEL_SUFFIX}"
     if path.is_file() and path.stat().st_size == size:
         return path
     try:
-        vmlinux = lzma.decompress(packed.read_bytes(), format=lzma.FORMAT_XZ)
+        kernel = lzma.decompress(packed.read_bytes(), format=lzma.FORMAT_XZ)
     except lzma.LZMAError as error:
         raise KernelError(f"{packed} is not an xz-packed kernel: {error}") from None
-    if len(vmlinux) != size or hashlib.sha256(vmlinux).hexdigest() != sha256:
+    if len(kernel) != size or hashlib.sha256(kernel).hexdigest() != sha256:
         raise KernelError(f"{packed} does not hold the kernel its image names")
-    _store(vmlinux, path)
+    _store(kernel, path)
     return path

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from looming.vm.arch import Arch, get_arch
-from looming.vm.kernel import PVH_FORMAT, KernelError, kernels_cache, unpacked_kernel
+from looming.vm.kernel import PACKED_FORMATS, KernelError, kernels_cache, unpacked_kernel
 
 EXIT_MARKER = "looming-vm: exit status"
 POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
@@ -156,10 +156,10 @@ def _firmware(qemu: str, name: str | None) -> str | None:
 
 
 def bootable_kernel(manifest: dict[str, object]) -> Path:
-    """The file qemu's ``-kernel`` gets: the image's own, or for a vmlinux
-    packed with xz, that vmlinux unpacked on the host (cached by its SHA-256)."""
+    """The file qemu's ``-kernel`` gets: the image's own, or for a kernel
+    packed with xz, that kernel unpacked on the host (cached by its SHA-256)."""
     kernel = Path(str(manifest["kernel"]))
-    if manifest.get("kernel_format") != PVH_FORMAT:
+    if manifest.get("kernel_format") not in PACKED_FORMATS:
         return kernel
     size = manifest.get("kernel_unpacked")
     if not isinstance(size, int):
