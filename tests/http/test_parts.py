@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from email.utils import formatdate, parsedate_to_datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -124,3 +128,77 @@ def test_http_dates_round_trip() -> None:
     assert parse_http_date(b"Sun Nov  6 08:49:37 1994") == 784111777
     assert parse_http_date(b"garbage") is None
     assert parse_http_date(b"\xff\xfe") is None
+
+
+# The standard library's email.utils is the reference the dates are checked
+# against (looming formats and parses them itself, to keep email, datetime
+# and calendar out of a unikernel's imports).
+_LAST_FOUR_DIGIT_SECOND = 253402300799  # 9999-12-31 23:59:59
+
+
+@given(st.integers(min_value=0, max_value=_LAST_FOUR_DIGIT_SECOND))
+def test_http_dates_are_formatted_as_email_utils_does(seconds: int) -> None:
+    assert format_http_date(seconds) == formatdate(seconds, usegmt=True).encode("ascii")
+    assert format_http_date(seconds + 0.75) == format_http_date(seconds)
+
+
+def _three_forms(seconds: int) -> list[bytes]:
+    moment = time.gmtime(seconds)
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+    month, day = months[moment.tm_mon - 1], days[moment.tm_wday]
+    clock = f"{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d}"
+    return [
+        format_http_date(seconds),
+        f"{day}, {moment.tm_mday:02d}-{month}-{moment.tm_year % 100:02d} {clock} GMT".encode(),
+        f"{day[:3]} {month} {moment.tm_mday:2d} {clock} {moment.tm_year}".encode(),
+    ]
+
+
+@given(st.integers(min_value=0, max_value=_LAST_FOUR_DIGIT_SECOND))
+def test_http_dates_in_all_three_forms_parse_as_email_utils_parses_them(seconds: int) -> None:
+    imf, rfc850, asctime = _three_forms(seconds)
+    assert parse_http_date(imf) == float(seconds)
+    assert parse_http_date(asctime) == float(seconds)
+    # A two-digit year is read in 1969-2068, as email.utils reads it.
+    expected = parsedate_to_datetime(rfc850.decode()).replace(tzinfo=UTC)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_http_date(rfc850) == (expected - epoch).total_seconds()
+    if 1969 <= time.gmtime(seconds).tm_year <= 2068:
+        assert parse_http_date(rfc850) == float(seconds)
+
+
+@given(
+    st.integers(min_value=86400, max_value=_LAST_FOUR_DIGIT_SECOND - 86400),
+    st.sampled_from(["+0000", "+0130", "-0845", "+1400", "UTC", "UT", "Z"]),
+)
+def test_http_dates_with_another_zone_agree_with_email_utils(seconds: int, zone: str) -> None:
+    text = format_http_date(seconds)[: -len(b"GMT")] + zone.encode()
+    assert parse_http_date(text) == parsedate_to_datetime(text.decode()).timestamp()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"Sun, 31 Feb 1994 08:49:37 GMT",  # no such day
+        b"Sun, 29 Feb 1900 08:49:37 GMT",  # 1900 was no leap year
+        b"Sun, 06 Nov 1994 24:00:00 GMT",
+        b"Sun, 06 Nov 1994 08:60:00 GMT",
+        b"Sun, 06 Nov 1994 08:49:37 CEST",
+        b"Sun, 06 Nov 1994 08:49:37 +0160",
+        b"Sun, 06 Foo 1994 08:49:37 GMT",
+        b"Sun, 06 Nov 199 08:49:37 GMT",
+        b"Sun, 06 Nov 1994 08:49 GMT",
+        b"Sun, \xd9\xa0\xd9\xa6 Nov 1994 08:49:37 GMT",  # Arabic-Indic digits
+        b"Sunday, 06-Nov-94 08:49:37",
+        b"Sun Nov  6 08:49:37",
+        b"1994 Nov  6 08:49:37 1994",
+    ],
+)
+def test_malformed_http_dates_do_not_parse(text: bytes) -> None:
+    assert parse_http_date(text) is None
+
+
+def test_a_leap_day_parses() -> None:
+    assert parse_http_date(b"Tue, 29 Feb 2000 00:00:00 GMT") == 951782400.0

@@ -3,8 +3,6 @@ then :mod:`mimetypes`, with ``charset=utf-8`` on every text type."""
 
 from __future__ import annotations
 
-import mimetypes
-
 DEFAULT_TYPE = "application/octet-stream"
 
 # Fixed so a site is served the same way whatever the host's mime.types says.
@@ -56,6 +54,9 @@ def content_type_for(name: str) -> str:
     extension = base.rsplit(".", 1)[-1].lower() if "." in base else ""
     media_type = _KNOWN.get(extension)
     if media_type is None:
+        # Imported here: a site of the usual files never loads its tables.
+        import mimetypes
+
         guessed, _ = mimetypes.guess_type(base, strict=False)
         media_type = guessed or DEFAULT_TYPE
     if media_type.startswith("text/") or media_type in _TEXTUAL:

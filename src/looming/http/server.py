@@ -20,7 +20,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any
 
 import h11
@@ -28,6 +27,7 @@ import h11
 from looming.devices.clock import Clock
 from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
+from looming.http.dates import format_http_date
 from looming.http.message import Handler, Request, Response
 from looming.http.response_head import (
     CHUNKED,
@@ -89,7 +89,7 @@ class _DateHeader:
         second = int(clock.now())
         if second != self._second:
             self._second = second
-            self._line = b"date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+            self._line = b"date: " + format_http_date(second) + b"\r\n"
         return self._line
 
 
