@@ -16,7 +16,6 @@ import importlib.util
 import io
 import json
 import lzma
-import marshal
 import shutil
 import subprocess
 import sys
@@ -24,12 +23,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from looming.config.build import ModuleLocator, module_closure, write_zipapp
 from looming.errors import ConfigError, UsageError
 from looming.vm import cpio, elf
 from looming.vm.arch import Arch, get_arch
+from looming.vm.bytecode import Compiler
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
 from looming.vm.packages import AptArchive, PackageError, cache_root, check_host_tools
 from looming.vm.stdlib import (
@@ -220,50 +219,24 @@ def _kernel_modules(kernel_tree: Path, arch: Arch) -> tuple[str, list[Path]]:
     return base.name, ordered
 
 
-class _DocstringRemover(ast.NodeTransformer):
-    """Drops docstrings, as ``python -OO`` does, but keeps asserts."""
-
-    def _strip(self, node: _WithBody) -> _WithBody:
-        self.generic_visit(node)
-        body = node.body
-        if (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.copy_location(ast.Pass(), body[0])]
-        return node
-
-    visit_Module = _strip
-    visit_ClassDef = _strip
-    visit_FunctionDef = _strip
-    visit_AsyncFunctionDef = _strip
-
-
-_WithBody = TypeVar("_WithBody", ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-
-
-def _compiled(source: Path, name: str, compile_here: bool) -> tuple[str, bytes]:
+def _compiled(source: Path, name: str, compiler: Compiler | None) -> tuple[str, bytes]:
     """(suffix, bytes): bytecode without docstrings when this interpreter
     matches the guest's (the same magic number), else the source."""
     data = source.read_bytes()
-    if not compile_here:
+    if compiler is None:
         return ".py", data
-    tree = _DocstringRemover().visit(ast.parse(data))
-    code = compile(tree, f"/usr/lib/{name}", "exec", dont_inherit=True, optimize=0)
+    code = compiler.compile(data, f"/usr/lib/{name}", strip_docstrings=True)
     # A sourceless .pyc: flags, date and size are not checked for those.
-    header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
-    return ".pyc", header + marshal.dumps(code)
+    return ".pyc", importlib.util.MAGIC_NUMBER + b"\x00" * 12 + code
 
 
-def _with_bytecode(archive: Path, compile_here: bool, app_dir: Path) -> bytes:
+def _with_bytecode(archive: Path, compiler: Compiler | None, app_dir: Path) -> bytes:
     """The zipapp with bytecode beside each module, so the guest does not
     compile them at every boot (seconds under emulation). The sources stay
     for tracebacks; the bytecode is hash-based and unchecked, so nothing
     compares timestamps. Libraries' bytecode has no docstrings (the
     application's own keeps them, in case it reads them)."""
-    if not compile_here:
+    if compiler is None:
         return archive.read_bytes()
     out = io.BytesIO()
     # Stored, not deflated: the initramfs is compressed as a whole, and packs
@@ -279,13 +252,14 @@ def _with_bytecode(archive: Path, compile_here: bool, app_dir: Path) -> bytes:
                 target.writestr(info, data, compress_type=zipfile.ZIP_STORED)
             if not info.filename.endswith(".py"):
                 continue
-            tree = ast.parse(data) if own else _DocstringRemover().visit(ast.parse(data))
-            code = compile(tree, f"{ARCHIVE_IN_IMAGE}/{info.filename}", "exec", dont_inherit=True)
+            code = compiler.compile(
+                data, f"{ARCHIVE_IN_IMAGE}/{info.filename}", strip_docstrings=not own
+            )
             flags = (1).to_bytes(4, "little")  # hash-based, source not checked
             pyc = importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data)
             compiled = zipfile.ZipInfo(info.filename + "c", date_time=info.date_time)
             compiled.external_attr = info.external_attr
-            target.writestr(compiled, pyc + marshal.dumps(code), compress_type=zipfile.ZIP_STORED)
+            target.writestr(compiled, pyc + code, compress_type=zipfile.ZIP_STORED)
     return out.getvalue()
 
 
@@ -431,76 +405,84 @@ def build_image(
 
     progress("writing the initramfs")
     compile_here = sys.version_info[:2] == tuple(int(p) for p in version.split("."))
-    files: dict[str, cpio.Entry] = {}
+    # Bytecode is made here when this Python is the guest's version.
+    compiler = Compiler() if compile_here else None
+    try:
+        files: dict[str, cpio.Entry] = {}
 
-    def add(entry: cpio.Entry) -> None:
-        files[entry.path] = entry
+        def add(entry: cpio.Entry) -> None:
+            files[entry.path] = entry
 
-    add(cpio.regular(f"usr/bin/python{version}", interpreter_path.read_bytes(), executable=True))
-    add(cpio.symlink("usr/bin/python3", f"python{version}"))
-    for image_path, path in libraries.items():
-        add(cpio.regular(image_path, path.read_bytes(), executable=True))
-    loader_name = Path(loader).name
-    in_library_dir = next((p for p in libraries if Path(p).name == loader_name), None)
-    if in_library_dir is not None and in_library_dir != loader.lstrip("/"):
-        # The loader is also a library (libc needs it): one copy, one link.
-        add(cpio.symlink(loader.lstrip("/"), "/" + in_library_dir))
-    else:
-        add(cpio.regular(loader.lstrip("/"), loader_file.read_bytes(), executable=True))
-    # Modules frozen into the interpreter are imported from there, never
-    # from a file: theirs would only take room and unpacking time.
-    frozen = _frozen_modules() if compile_here else set()
-    for module in stdlib.modules.values():
-        if module.name in frozen:
-            continue
-        if module.is_extension:
-            add(
-                cpio.regular(
-                    f"usr/lib/python{version}/lib-dynload/{module.path.name}",
-                    module.path.read_bytes(),
-                    executable=True,
-                )
-            )
-            continue
-        relative = "/".join(module.name.split("."))
-        relative = f"{relative}/__init__" if module.is_package else relative
-        suffix, data = _compiled(module.path, f"python{version}/{relative}.py", compile_here)
-        add(cpio.regular(f"usr/lib/python{version}/{relative}{suffix}", data))
-    module_paths = []
-    for path in module_files:
-        image_path = f"lib/modules/{path.name}"
-        module_paths.append("/" + image_path)
-        add(cpio.regular(image_path, _unsigned(path.read_bytes())))
-    add(
-        cpio.regular(
-            ARCHIVE_IN_IMAGE.lstrip("/"), _with_bytecode(pyz.artifact, compile_here, app_dir)
+        add(
+            cpio.regular(f"usr/bin/python{version}", interpreter_path.read_bytes(), executable=True)
         )
-    )
-    settings = {
-        "modules": module_paths,
-        "finit_module": arch.finit_module,
-        "interface": INTERFACE,
-        "archive": ARCHIVE_IN_IMAGE,
-    }
-    init_source = INIT_SOURCE.read_text().replace(
-        "CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {settings!r}", 1
-    )
-    shebang = f"#!/usr/bin/python{version} -ISB\n"
-    if compile_here:
-        # The kernel runs /init as a script, which Python would compile at
-        # every boot (30 ms under emulation): the program is bytecode beside
-        # the standard library instead, and /init only calls it.
-        program = f"usr/lib/python{version}/{INIT_MODULE}.py"
-        code = compile(init_source, "/" + program, "exec", dont_inherit=True)
-        header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
-        add(cpio.regular(program + "c", header + marshal.dumps(code)))
+        add(cpio.symlink("usr/bin/python3", f"python{version}"))
+        for image_path, path in libraries.items():
+            add(cpio.regular(image_path, path.read_bytes(), executable=True))
+        loader_name = Path(loader).name
+        in_library_dir = next((p for p in libraries if Path(p).name == loader_name), None)
+        if in_library_dir is not None and in_library_dir != loader.lstrip("/"):
+            # The loader is also a library (libc needs it): one copy, one link.
+            add(cpio.symlink(loader.lstrip("/"), "/" + in_library_dir))
+        else:
+            add(cpio.regular(loader.lstrip("/"), loader_file.read_bytes(), executable=True))
+        # Modules frozen into the interpreter are imported from there, never
+        # from a file: theirs would only take room and unpacking time.
+        frozen = _frozen_modules() if compile_here else set()
+        for module in stdlib.modules.values():
+            if module.name in frozen:
+                continue
+            if module.is_extension:
+                add(
+                    cpio.regular(
+                        f"usr/lib/python{version}/lib-dynload/{module.path.name}",
+                        module.path.read_bytes(),
+                        executable=True,
+                    )
+                )
+                continue
+            relative = "/".join(module.name.split("."))
+            relative = f"{relative}/__init__" if module.is_package else relative
+            suffix, data = _compiled(module.path, f"python{version}/{relative}.py", compiler)
+            add(cpio.regular(f"usr/lib/python{version}/{relative}{suffix}", data))
+        module_paths = []
+        for path in module_files:
+            image_path = f"lib/modules/{path.name}"
+            module_paths.append("/" + image_path)
+            add(cpio.regular(image_path, _unsigned(path.read_bytes())))
         add(
             cpio.regular(
-                "init", f"{shebang}from {INIT_MODULE} import main\nmain()\n".encode(), True
+                ARCHIVE_IN_IMAGE.lstrip("/"), _with_bytecode(pyz.artifact, compiler, app_dir)
             )
         )
-    else:
-        add(cpio.regular("init", f"{shebang}{init_source}".encode(), True))
+        settings = {
+            "modules": module_paths,
+            "finit_module": arch.finit_module,
+            "interface": INTERFACE,
+            "archive": ARCHIVE_IN_IMAGE,
+        }
+        init_source = INIT_SOURCE.read_text().replace(
+            "CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {settings!r}", 1
+        )
+        shebang = f"#!/usr/bin/python{version} -ISB\n"
+        if compiler is not None:
+            # The kernel runs /init as a script, which Python would compile at
+            # every boot (30 ms under emulation): the program is bytecode beside
+            # the standard library instead, and /init only calls it.
+            program = f"usr/lib/python{version}/{INIT_MODULE}.py"
+            code = compiler.compile(init_source.encode(), "/" + program, strip_docstrings=False)
+            header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
+            add(cpio.regular(program + "c", header + code))
+            add(
+                cpio.regular(
+                    "init", f"{shebang}from {INIT_MODULE} import main\nmain()\n".encode(), True
+                )
+            )
+        else:
+            add(cpio.regular("init", f"{shebang}{init_source}".encode(), True))
+    finally:
+        if compiler is not None:
+            compiler.close()
     for node, major, minor, mode in DEVICE_NODES:
         add(cpio.char_device(node, major, minor, mode))
     for directory in ("proc", "sys", "tmp"):
