@@ -26,6 +26,8 @@ from looming.vm.kernel import (
     KernelError,
     bzimage_payload,
     kernels_cache,
+    pack_for_pvh,
+    pack_image,
     pvh_entry,
     unpack_payload,
     unpacked_kernel,
@@ -78,6 +80,59 @@ def test_what_is_not_a_bzimage_is_refused() -> None:
         bzimage_payload(truncated)
     with pytest.raises(KernelError, match="unknown kernel compression"):
         unpack_payload(bzimage_payload(_bzimage(b"BZh9" + bytes(100))))
+
+
+def _elf(tmp_path: Path, with_pvh_note: bool) -> bytes:
+    """A small static ELF made by the GNU assembler and linker, with or
+    without the Xen note announcing a PVH entry point (as a kernel's)."""
+    note = (
+        '.section .note.Xen, "a"\n.balign 4\n.long 4, 4, 18\n.asciz "Xen"\n'
+        ".balign 4\n.long 0x1000850\n"
+    )
+    source = tmp_path / "kernel.s"
+    source.write_text((note if with_pvh_note else "") + ".text\n.globl _start\n_start:\nhlt\n")
+    subprocess.run(["gcc", "-c", str(source), "-o", str(tmp_path / "kernel.o")], check=True)
+    elf_file = tmp_path / "kernel.elf"
+    subprocess.run(["ld", "-o", str(elf_file), str(tmp_path / "kernel.o")], check=True)
+    return elf_file.read_bytes()
+
+
+def test_a_bzimage_whose_elf_has_the_pvh_note_is_packed_once(tmp_path: Path) -> None:
+    vmlinux = _elf(tmp_path, with_pvh_note=True)
+    assert pvh_entry(vmlinux) == 0x1000850
+    vmlinuz = tmp_path / "boot" / "vmlinuz-test"
+    vmlinuz.parent.mkdir()
+    vmlinuz.write_bytes(_bzimage(_packed_by(["lz4", "-l", "-9", "-c"], vmlinux)))
+    cache = tmp_path / "kernels"
+    said: list[str] = []
+    packed = pack_for_pvh(vmlinuz, cache, said.append)
+    assert packed is not None
+    assert lzma.decompress(packed.packed.read_bytes()) == vmlinux
+    assert packed.unpacked_sha256 == hashlib.sha256(vmlinux).hexdigest()
+    assert (cache / f"{packed.unpacked_sha256}.kernel").read_bytes() == vmlinux
+    assert said == ["packing the kernel's vmlinux with xz (once per kernel version)"]
+    # The next build takes what the first packed.
+    assert pack_for_pvh(vmlinuz, cache, said.append) == packed
+    assert len(said) == 1
+
+
+def test_a_bzimage_whose_elf_has_no_pvh_note_stays_a_bzimage(tmp_path: Path) -> None:
+    vmlinuz = tmp_path / "vmlinuz-test"
+    vmlinuz.write_bytes(_bzimage(_packed_by(["lz4", "-l", "-c"], _elf(tmp_path, False))))
+    said: list[str] = []
+    assert pack_for_pvh(vmlinuz, tmp_path / "kernels", said.append) is None
+    assert said == ["note: the kernel has no PVH entry point (CONFIG_PVH); it stays a bzImage"]
+    vmlinuz.write_bytes(b"MZ" + bytes(8192))  # not a bzImage at all
+    assert pack_for_pvh(vmlinuz, tmp_path / "kernels", said.append) is None
+    assert said[-1] == "note: the kernel stays a bzImage: not a bzImage (no HdrS set-up header)"
+
+
+def test_an_arm64_image_is_packed_as_it_is(tmp_path: Path) -> None:
+    image = tmp_path / "vmlinuz-arm64"
+    image.write_bytes(KERNEL_LIKE)
+    packed = pack_image(image, tmp_path / "kernels", lambda message: None)
+    assert lzma.decompress(packed.packed.read_bytes()) == KERNEL_LIKE
+    assert packed.unpacked_size == len(KERNEL_LIKE)
 
 
 def test_a_program_without_xen_notes_has_no_pvh_entry() -> None:

@@ -171,14 +171,11 @@ def _packed(
         if kernel is None:
             return None
         progress(f"packing the kernel's {kind} with xz (once per kernel version)")
-        partial = packed.with_suffix(".partial")
         preset = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}
-        partial.write_bytes(
-            lzma.compress(kernel, format=lzma.FORMAT_XZ, filters=[*filters, preset])
-        )
-        partial.replace(packed)
+        # Each file appears whole or not at all: two builds may pack at once.
+        _store(lzma.compress(kernel, format=lzma.FORMAT_XZ, filters=[*filters, preset]), packed)
         facts = {"size": len(kernel), "sha256": hashlib.sha256(kernel).hexdigest()}
-        facts_file.write_text(json.dumps(facts) + "\n")
+        _store(json.dumps(facts).encode() + b"\n", facts_file)
         _store(kernel, cache / f"{facts['sha256']}.{KERNEL_SUFFIX}")
     facts = json.loads(facts_file.read_text())
     result = PackedKernel(packed, int(facts["size"]), str(facts["sha256"]))
