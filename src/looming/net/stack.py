@@ -12,19 +12,23 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING
 
 from looming.devices.clock import Clock
 from looming.devices.net import Network
 from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.net.arp import ArpLayer
-from looming.net.dhcp import DhcpClient, DhcpLease, DhcpShell
-from looming.net.dns import DnsResolver
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.tcp import TcpLayer
 from looming.net.udp import UdpLayer
+
+if TYPE_CHECKING:  # imported when used: a stack with a static address and no names to
+    # resolve (most unikernels) loads neither, which shortens a VM's boot
+    from looming.net.dhcp import DhcpLease, DhcpShell
+    from looming.net.dns import DnsResolver
 
 
 class DirectStack:
@@ -54,7 +58,7 @@ class DirectStack:
         self._tcp = TcpLayer(self.ipv4, time, random)
         self.dhcp: DhcpShell | None = None
         self.lease: DhcpLease | None = None
-        self.resolver = DnsResolver(self._udp, time, random, [])
+        self._resolver: DnsResolver | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -83,7 +87,8 @@ class DirectStack:
         stack = cls(
             network, time=time, clock=clock, random=random, address=address, gateway=gateway
         )
-        stack.resolver.servers = list(dns_servers or [])
+        if dns_servers:
+            stack.resolver.servers = list(dns_servers)
         stack._listen_task = asyncio.get_running_loop().create_task(
             network.listen(stack.ethernet.input)
         )
@@ -91,17 +96,28 @@ class DirectStack:
         try:
             await stack.arp.start()
             if dhcp:
+                from looming.net.dhcp import DhcpClient, DhcpShell
+
                 stack.dhcp = DhcpShell(
                     DhcpClient(network.mac, random), stack._udp, stack.ipv4, time
                 )
                 await stack.dhcp.start()
                 stack.lease = await stack.dhcp.wait_bound(dhcp_timeout)
-                if not stack.resolver.servers:
+                if not dns_servers:
                     stack.resolver.servers = list(stack.lease.dns_servers)
         except BaseException:
             await stack.disconnect()
             raise
         return stack
+
+    @property
+    def resolver(self) -> DnsResolver:
+        """The DNS stub resolver, made on first use."""
+        if self._resolver is None:
+            from looming.net.dns import DnsResolver
+
+            self._resolver = DnsResolver(self._udp, self.time, self.random, [])
+        return self._resolver
 
     @property
     def tcp(self) -> TcpLayer:
@@ -137,7 +153,7 @@ class DirectStack:
         layers["tcp"] = Counter(self._tcp.stats.as_dict())
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
-        layers["dns"] = self.resolver.counters
+        layers["dns"] = self._resolver.counters if self._resolver is not None else Counter()
         return {
             f"{layer}.{reason}": count
             for layer, counters in layers.items()
