@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 
-from .suites import derive_secret, digest_size, empty_hash, hkdf_expand_label, hkdf_extract
+from .suites import (
+    DIGEST_SIZE,
+    derive_secret,
+    digest_size,
+    empty_hash,
+    hkdf_expand_label,
+    hkdf_extract,
+    hmac_digest,
+)
 
 _HASH_CONSTRUCTORS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 
@@ -64,6 +71,19 @@ class Transcript:
         self._hash.update(bytes((254, 0, 0, len(digest))) + digest)
 
 
+# HkdfLabel (RFC 8446 section 7.1) for Derive-Secret, per hash and label, up
+# to the context: (length, "tls13 " + label). A derivation is then one
+# concatenation and one HMAC call (HKDF-Expand to at most one hash block).
+_DERIVE_PREFIX: dict[tuple[str, bytes], bytes] = {}
+
+
+def _derive_prefix(hash_name: str, label: bytes) -> bytes:
+    length = DIGEST_SIZE[hash_name]
+    prefix = length.to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label
+    _DERIVE_PREFIX[(hash_name, label)] = prefix
+    return prefix
+
+
 class KeySchedule13:
     """Early, handshake and master secrets for one connection."""
 
@@ -74,30 +94,50 @@ class KeySchedule13:
         self.early_secret = hkdf_extract(hash_name, b"", psk or bytes(self.hash_length))
         self.handshake_secret = b""
         self.master_secret = b""
+        # The TLS 1.3 hashes (SHA-256, SHA-384) take the one-call path in derive.
+        self._fast = hash_name in DIGEST_SIZE
+        self._empty_hash = empty_hash(hash_name)
 
     def derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+        if self._fast and len(transcript_hash) < 256:
+            hash_name = self.hash_name
+            prefix = _DERIVE_PREFIX.get((hash_name, label)) or _derive_prefix(hash_name, label)
+            info = prefix + bytes((len(transcript_hash),)) + transcript_hash + b"\x01"
+            return hmac_digest(secret, info, hash_name)
         return derive_secret(self.hash_name, secret, label, transcript_hash)
 
     def binder_key(self, external: bool = False) -> bytes:
         label = b"ext binder" if external else b"res binder"
-        return self.derive(self.early_secret, label, empty_hash(self.hash_name))
+        return self.derive(self.early_secret, label, self._empty_hash)
 
     def enter_handshake(self, shared_secret: bytes) -> None:
-        derived = self.derive(self.early_secret, b"derived", empty_hash(self.hash_name))
+        derived = self.derive(self.early_secret, b"derived", self._empty_hash)
         self.handshake_secret = hkdf_extract(self.hash_name, derived, shared_secret)
 
     def enter_master(self) -> None:
-        derived = self.derive(self.handshake_secret, b"derived", empty_hash(self.hash_name))
+        derived = self.derive(self.handshake_secret, b"derived", self._empty_hash)
         self.master_secret = hkdf_extract(self.hash_name, derived, bytes(self.hash_length))
 
     def finished_mac(self, base_key: bytes, transcript_hash: bytes) -> bytes:
         finished_key = hkdf_expand_label(
             self.hash_name, base_key, b"finished", b"", self.hash_length
         )
-        return hmac.digest(finished_key, transcript_hash, self.hash_name)
+        return hmac_digest(finished_key, transcript_hash, self.hash_name)
+
+
+# HkdfLabel for the record keys (empty context, RFC 8446 section 7.3), whole:
+# key and IV are then one HMAC call each.
+_KEY_INFO = {n: n.to_bytes(2, "big") + b"\x09tls13 key\x00\x01" for n in (16, 32)}
+_IV_INFO = (12).to_bytes(2, "big") + b"\x08tls13 iv\x00\x01"
 
 
 def traffic_keys(hash_name: str, secret: bytes, key_length: int) -> tuple[bytes, bytes]:
+    key_info = _KEY_INFO.get(key_length)
+    if key_info is not None and hash_name in DIGEST_SIZE:
+        return (
+            hmac_digest(secret, key_info, hash_name)[:key_length],
+            hmac_digest(secret, _IV_INFO, hash_name)[:12],
+        )
     return (
         hkdf_expand_label(hash_name, secret, b"key", b"", key_length),
         hkdf_expand_label(hash_name, secret, b"iv", b"", 12),

@@ -148,6 +148,7 @@ try:
     from _hashlib import hmac_digest as _hmac_digest
 except ImportError:  # a Python built without OpenSSL's hashlib
     _hmac_digest = hmac.digest
+hmac_digest = _hmac_digest
 
 # Digest sizes and hashes of the empty string, looked up rather than computed:
 # a TLS 1.3 handshake asks for them dozens of times.
