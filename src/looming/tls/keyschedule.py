@@ -80,7 +80,8 @@ _DERIVE_PREFIX: dict[tuple[str, bytes], bytes] = {}
 def _derive_prefix(hash_name: str, label: bytes) -> bytes:
     length = DIGEST_SIZE[hash_name]
     prefix = length.to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label
-    _DERIVE_PREFIX[(hash_name, label)] = prefix
+    if len(_DERIVE_PREFIX) < 256:  # the labels are a small closed set; stay bounded anyway
+        _DERIVE_PREFIX[(hash_name, label)] = prefix
     return prefix
 
 
