@@ -130,21 +130,12 @@ def parse_keys(specs: Sequence[KeySpec], argv: Sequence[str]) -> Keys:
     return Keys(values)
 
 
-def configure_logging(spec: str, stream: Any = None) -> None:
-    """Set log levels from a ``--logs`` value such as ``*:info,http:debug``.
-
-    ``*`` sets the default; ``NAME`` sets both the ``NAME`` logger and
-    ``looming.NAME``. Levels: debug, info, warning, error, quiet.
-    """
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+def parse_log_levels(spec: str) -> tuple[int | None, dict[str, int]]:
+    """A ``--logs`` value such as ``*:info,http:debug`` as (the default
+    level, or None when not given; the level of each named logger, both
+    ``NAME`` and ``looming.NAME``)."""
+    default: int | None = None
+    named: dict[str, int] = {}
     for item in filter(None, (p.strip() for p in spec.split(","))):
         source, colon, level_name = item.rpartition(":")
         if not colon:
@@ -156,10 +147,31 @@ def configure_logging(spec: str, stream: Any = None) -> None:
                 + ", ".join(LEVELS)
             )
         if source in ("*", ""):
-            root.setLevel(level)
+            default = level
         else:
-            logging.getLogger(source).setLevel(level)
-            logging.getLogger("looming." + source).setLevel(level)
+            named[source] = level
+            named["looming." + source] = level
+    return default, named
+
+
+def configure_logging(spec: str, stream: Any = None) -> None:
+    """Set log levels from a ``--logs`` value such as ``*:info,http:debug``.
+
+    ``*`` sets the default; ``NAME`` sets both the ``NAME`` logger and
+    ``looming.NAME``. Levels: debug, info, warning, error, quiet.
+    """
+    default, named = parse_log_levels(spec)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if default is None else default)
+    for name, level in named.items():
+        logging.getLogger(name).setLevel(level)
 
 
 StartFunction = Callable[[Keys, AsyncExitStack], Awaitable[None]]
