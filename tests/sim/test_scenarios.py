@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -340,3 +341,36 @@ def test_a_fault_schedule_of_every_kind_runs_in_order() -> None:
     for start, end in ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 9.0), (10.0, 11.0)):
         assert not [t for t in answered if start + 0.3 < t < end], (start, answered)
     assert any(t > 12.0 for t in answered)
+
+
+def test_each_node_logs_at_the_levels_of_its_own_logs_key() -> None:
+    site = _copy(Path(__file__).resolve().parents[2] / "examples" / "static_website")
+    scenario = looming.sim.Scenario("logs", duration=30.0)
+    scenario.node("chatty", site, ipv4="10.0.0.1/24", keys={"port": 8080, "logs": "http:debug"})
+    scenario.node("plain", site, ipv4="10.0.0.2/24", keys={"port": 8080})
+    scenario.host("client", ipv4="10.0.0.3/24")
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        async def garbage(stack, address: str) -> bytes:  # type: ignore[no-untyped-def]
+            flow = await stack.tcp.connect(address, 8080, timeout=5.0)
+            await flow.write(b"NOT HTTP AT ALL\r\n\r\n")
+            answer = await flow.read()
+            await flow.close()
+            return bytes(answer)
+
+        await world.sleep(1.0)
+        for address in ("10.0.0.1", "10.0.0.2"):
+            answer = await world.node("client").run(lambda stack, at=address: garbage(stack, at))
+            world.check(answer.startswith(b"HTTP/1.1 400"), f"{address}: {answer[:20]!r}")
+
+    result = run(scenario, 1)
+    assert result.ok, result.failures
+    bad_requests = [line for line in result.logs if "bad request" in line]
+    # Only the node whose --logs asks for http debug records says so.
+    assert bad_requests and all(
+        line.startswith("chatty debug looming.http") for line in bad_requests
+    )
+    assert not any(line.startswith("plain debug") for line in result.logs)
+    # Levels are the run's: after it, the loggers are as they were.
+    assert logging.getLogger("looming.http").level == logging.NOTSET

@@ -86,6 +86,8 @@ class Incarnation:
         self.main: asyncio.Task[Any] | None = None
         self.loaded: LoadedUnikernel | None = None
         self.waiters: list[asyncio.Future[Any]] = []
+        # The node's --logs key: (default level, levels by logger name).
+        self.log_levels: tuple[int | None, dict[str, int]] | None = None
 
     def _console_line(self, line: str) -> None:
         self.node.world.trace.record("console", f"{self.node.name}: {line}")
@@ -223,6 +225,15 @@ class SimNode:
         loaded = incarnation.loaded
         assert loaded is not None
         keys = parse_keys(loaded.keys, key_arguments(self.spec.keys))
+        if "logs" in self.spec.keys:
+            from looming.runtime import parse_log_levels
+
+            default, named = parse_log_levels(str(self.spec.keys["logs"]))
+            incarnation.log_levels = (default, named)
+            if default is not None:
+                self.world.lower_log_level("", default)
+            for name, level in named.items():
+                self.world.lower_log_level(name, level)
         async with AsyncExitStack() as devices:
             await loaded.start(keys, devices)
 

@@ -49,6 +49,8 @@ class World:
         self.nodes: dict[str, SimNode] = {}
         self.failures: list[str] = []
         self.checks = 0
+        # Set during a run: lets a node's --logs levels reach the loggers.
+        self.lower_log_level: Callable[[str, int], None] = lambda _name, _level: None
 
     # -- time ---------------------------------------------------------------
 
@@ -222,20 +224,52 @@ def _virtual_host_clock(world: World) -> Iterator[None]:
 
 @contextmanager
 def _logs_to_trace(world: World, level: int) -> Iterator[TraceLogHandler]:
+    """Log records go to the trace, each node's at the levels of its own
+    ``--logs`` key (or ``level``); records outside nodes at ``level``."""
+
     def label() -> str:
         incarnation = CURRENT_NODE.get()
         return incarnation.gate.label if incarnation is not None else "scenario"
 
-    handler = TraceLogHandler(world.trace, label, level)
+    def admits(record: logging.LogRecord) -> bool:
+        incarnation = CURRENT_NODE.get()
+        levels = incarnation.log_levels if incarnation is not None else None
+        if levels is None:
+            return record.levelno >= level
+        default, named = levels
+        name = record.name
+        while True:
+            if name in named:
+                return record.levelno >= named[name]
+            if "." not in name:
+                break
+            name = name.rpartition(".")[0]
+        return record.levelno >= (level if default is None else default)
+
+    handler = TraceLogHandler(world.trace, label, logging.NOTSET)
+    handler.addFilter(admits)
     root = logging.getLogger()
-    saved_level = root.level
+    saved: dict[str, int] = {"": root.level}
+    root.setLevel(min(level, root.level) if root.level else level)
+
+    def lower(name: str, wanted: int) -> None:
+        # Records below a logger's level are never made, so a node asking
+        # for more detail lowers it for the run; the filter above keeps
+        # every other node at its own levels.
+        logger = logging.getLogger(name) if name else root
+        saved.setdefault(name, logger.level)
+        if logger.getEffectiveLevel() > wanted:
+            logger.setLevel(wanted)
+
     root.addHandler(handler)
-    root.setLevel(min(level, saved_level) if saved_level else level)
+    world.lower_log_level = lower
     try:
         yield handler
     finally:
         root.removeHandler(handler)
-        root.setLevel(saved_level)
+        world.lower_log_level = lambda _name, _level: None
+        for name, saved_level in saved.items():
+            (logging.getLogger(name) if name else root).setLevel(saved_level)
 
 
 def _apply(world: World, fault: Fault) -> None:
