@@ -180,3 +180,42 @@ def test_commits_use_spare_files_made_while_idle(disk_repo: Repo, git: GitRunner
     # Closing removes this process's unused spares.
     assert os.listdir(spares) == []
     assert Repo.open(disk_repo.path).store().get("second") == b"2"
+
+
+def test_a_forked_child_takes_the_lock_for_itself(tmp_path: Path, git: GitRunner) -> None:
+    import os
+    import select
+
+    path = str(tmp_path / "fork.git")
+    repo = Repo.init(path, fold_when_idle=None)
+    repo.store().set("before", b"fork")
+    read_end, write_end = os.pipe()
+    with repo.backend.writer_lock():  # held by the parent across the fork
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                os.close(read_end)
+                repo.store().set("child", b"wrote")  # must wait for the parent
+                repo.close()
+                os.write(write_end, b"ok")
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        # While the parent holds the lock the child cannot commit.
+        assert select.select([read_end], [], [], 0.5)[0] == []
+    assert select.select([read_end], [], [], 60)[0] == [read_end]
+    assert os.read(read_end, 2) == b"ok"
+    os.close(read_end)
+    assert os.waitpid(pid, 0)[1] == 0
+    repo.store().set("after", b"parent")
+    git("fsck", "--strict", "--no-dangling", cwd=path)
+    fresh = Repo.open(path)
+    assert [fresh.store().get(k) for k in ("before", "child", "after")] == [
+        b"fork",
+        b"wrote",
+        b"parent",
+    ]
+    fresh.close()
+    repo.close()

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator
 
@@ -64,6 +65,17 @@ def init_git_dir(path: str, *, bare: bool = True, branch: str = "main") -> str:
                 f"\tbare = {'true' if bare else 'false'}\n"
             )
     return git_dir
+
+
+_BACKENDS: weakref.WeakSet[GitBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_BACKENDS):
+        backend._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class GitBackend:
@@ -119,6 +131,30 @@ class GitBackend:
         self._closing = threading.Event()
         self._flushes = 0
         self._fold_when_idle = fold_when_idle
+        _BACKENDS.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's threads, locks and the packs it is
+        folding are not the child's. Locks held by the parent's threads
+        would never be released here, and its packs are its own to fold."""
+        self._thread_lock = threading.RLock()
+        self._idle_thread = None
+        self._idle_wake = threading.Event()
+        self._closing = threading.Event()
+        self._lock_depth = 0
+        if self._lock_file is not None:
+            # Our copy only: the lock belongs to the parent's open file and
+            # stays held while the parent holds it; the child opens its own.
+            with contextlib.suppress(OSError):
+                os.close(self._lock_file)
+            self._lock_file = None
+        self._lock_source = None
+        self._pack_store = None  # its files' read offsets are shared with the parent
+        self._small_packs = []
+        self._small_bytes = 0
+        self._growing = GrowingPack()
+        self._sealed = []
+        self._recent_packs = {}
 
     def _make_dir(self, path: str) -> None:
         if path not in self._made_dirs:
