@@ -164,3 +164,41 @@ def test_watch_command(tmp_path: Path) -> None:
     lines = out.decode().splitlines()
     assert [line.split()[1] for line in lines] == [first, second]
     assert lines[1].split()[2] == "w/b"
+
+
+def test_serve_stops_on_sigterm_and_leaves_the_store_compact(
+    tmp_path: Path, git: GitRunner
+) -> None:
+    import re
+    import signal
+    import urllib.request
+
+    path = tmp_path / "served.git"
+    Repo.init(str(path)).close()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "looming.store.cli", "-C", str(path), "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        found = re.search(rb"http://127\.0\.0\.1:(\d+)/", server.stdout.readline())
+        assert found is not None
+        for number in range(3):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{int(found.group(1))}/api/main/set/k{number}",
+                data=b"v%d" % number,
+                method="PUT",
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    # Closed on the way out: one pack holds the three commits, no spare is left.
+    assert len(list((path / "objects" / "pack").glob("*.pack"))) == 1
+    assert [p.name for p in (path / "looming-spares").iterdir()] == []
+    git("fsck", "--strict", "--no-dangling", cwd=str(path))
+    assert Repo.open(str(path)).store().get("k2") == b"v2"

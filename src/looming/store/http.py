@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -235,15 +236,25 @@ async def serve(repo: Repo, host: str, port: int) -> tuple[Any, StoreHttp]:
 
 
 def serve_forever(repo: Repo, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then close the repository (which
+    leaves what this process wrote as one compact pack)."""
+
     async def main() -> None:
         listener, _handler = await serve(repo, host, port)
         print(
             f"serving {repo.path} on http://{host}:{listener.port}/ (JSON API under /api/)",
             flush=True,
         )
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await listener.close()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    finally:
+        repo.close()
