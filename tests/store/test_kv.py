@@ -53,3 +53,19 @@ def test_kv_rw_over_a_store(tmp_path: Path, git: GitRunner) -> None:
     log = git("log", "--format=%s", "site", cwd=tmp_path / "kv.git").splitlines()
     assert log == ["remove styles", "rename css to styles", "set index.html", "set css/site.css"]
     assert Repo.open(str(tmp_path / "kv.git")).store("site").get("index.html") == b"<h1>hi</h1>"
+
+
+def test_disconnecting_the_device_closes_the_store(tmp_path: Path, git: GitRunner) -> None:
+    path = tmp_path / "kv.git"
+
+    async def main() -> None:
+        kv = await StoreKv.connect(str(path))
+        for number in range(4):
+            await kv.set(f"k{number}", b"%d" % number)
+        assert list((path / "looming-spares").iterdir())  # the open writer's files
+        await kv.disconnect()
+
+    asyncio.run(main())
+    assert len(list((path / "objects" / "pack").glob("*.pack"))) == 1
+    assert [spare.name for spare in (path / "looming-spares").iterdir()] == []
+    git("fsck", "--strict", "--no-dangling", cwd=path)

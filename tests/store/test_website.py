@@ -146,6 +146,9 @@ def test_example_serves_what_git_pushed(tmp_path: Path, git: GitRunner) -> None:
     finally:
         unikernel.terminate()
         unikernel.wait(timeout=30)
+    # Stopping closed the store device: its writer's spare files are gone.
+    spares = app / "site.git" / "looming-spares"
+    assert spares.is_dir() and list(spares.iterdir()) == []
     git("fsck", "--strict", cwd=app / "site.git")
     assert git("log", "--format=%s", "main", cwd=app / "site.git").split("\n")[:2] == [
         "unpublish",

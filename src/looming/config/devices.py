@@ -92,6 +92,7 @@ def _kv_store_impl(dev: Device) -> Impl:
         args=[f"keys.{name}_repo"],
         kwargs=[("branch", f"keys.{name}_branch")],
         awaited=True,
+        disconnect="disconnect",
         keys=[
             KeyDecl(f"{name}_repo", "str", dev.setting("path"), "Git repository of the store"),
             KeyDecl(

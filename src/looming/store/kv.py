@@ -35,6 +35,11 @@ class StoreKv:
             repo = Repo.init(path, branch=branch)
         return cls(repo.store(branch))
 
+    async def disconnect(self) -> None:
+        """Close the repository: what this unikernel wrote is left as one
+        compact pack."""
+        self.store.repo.close()
+
     def generation(self) -> object:
         """A stamp of the branch head: it changes with every commit, also one
         pushed by ``git`` or written by another process, so a cache of what
