@@ -10,7 +10,7 @@ from email.utils import formatdate
 import pytest
 
 from looming.http import StaticSite
-from looming.unix.kv import DirectoryKv
+from looming.unix.kv import DirectoryKv, DirectoryKvRw
 
 from .serving import FIXED_MTIME, HTDOCS, MemoryKv, RunningServer, serve_in_thread
 
@@ -258,3 +258,20 @@ def test_real_folder_neighbours_are_unreachable(tmp_path: object) -> None:
             )
             assert reply.startswith(b"HTTP/1.1 404")
             assert b"SECRET" not in reply
+
+
+def test_a_read_write_folder_serves_what_was_written_through_it(tmp_path: object) -> None:
+    import asyncio
+    from pathlib import Path
+
+    kv = DirectoryKvRw(Path(str(tmp_path)) / "site")
+    asyncio.run(kv.set("index.html", b"<p>first</p>"))
+    with serve_in_thread(lambda: StaticSite(kv)) as running:
+        assert get(running, "/")[1] == b"<p>first</p>"
+        asyncio.run(kv.set("index.html", b"<p>second</p>"))
+        assert get(running, "/")[1] == b"<p>second</p>"
+        asyncio.run(kv.rename("index.html", "old.html"))
+        assert get(running, "/")[0].status == 404
+        assert get(running, "/old.html")[1] == b"<p>second</p>"
+        asyncio.run(kv.remove("old.html"))
+        assert get(running, "/old.html")[0].status == 404

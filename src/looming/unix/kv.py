@@ -119,10 +119,17 @@ class DirectoryKvRw(DirectoryKv):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         Path(root).mkdir(parents=True, exist_ok=True)
         super().__init__(root)
+        self._writes = 0
 
     @classmethod
     async def connect(cls, root: str | os.PathLike[str]) -> DirectoryKvRw:
         return cls(root)
+
+    def generation(self) -> object:
+        """Changes with every write made through this device, so a cache of
+        what was read (:class:`looming.http.StaticSite`) drops what a write
+        replaced. Files changed in the folder by other programs are not seen."""
+        return self._writes
 
     def _writable_path(self, key: str) -> Path:
         path = self._path(key)
@@ -139,9 +146,11 @@ class DirectoryKvRw(DirectoryKv):
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         await asyncio.to_thread(_write_durably, tmp, value)
         os.replace(tmp, path)
+        self._writes += 1
 
     async def remove(self, key: str) -> None:
         path = self._writable_path(key) if split_key(key) else self._root
+        self._writes += 1
         if path == self._root:
             for child in self._root.iterdir():
                 _remove_tree(child)
@@ -158,6 +167,7 @@ class DirectoryKvRw(DirectoryKv):
         if dst.exists():
             _remove_tree(dst)
         os.replace(src, dst)
+        self._writes += 1
 
 
 def _write_durably(path: Path, value: bytes) -> None:
