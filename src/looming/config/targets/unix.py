@@ -18,6 +18,33 @@ NET_CHOICES = ("socket", "direct")
 KV_RO_CHOICES = ("crunch", "direct")
 
 
+def host_device_impl(kind: str, where: dict[str, str]) -> Impl | None:
+    """The console, time, clock or random device as the host's Python
+    gives it (``where`` describes each for ``describe``); None for others."""
+    if kind == "console":
+        return Impl("looming.unix.console:UnixConsole", summary=where["console"])
+    if kind == "time":
+        return Impl("looming.unix.time:UnixTime", summary=where["time"])
+    if kind == "clock":
+        return Impl("looming.unix.clock:UnixClock", summary=where["clock"])
+    if kind == "random":
+        return Impl(
+            "looming.unix.random:UnixRandom",
+            kwargs=[("seed", "keys.seed")],
+            keys=[KeyDecl("seed", "int", None, "seed for a deterministic random stream")],
+            summary=f"{where['random']}, or seeded by --seed",
+        )
+    return None
+
+
+_HOST = {
+    "console": "stdout",
+    "time": "host monotonic clock",
+    "clock": "host wall clock",
+    "random": "os.urandom",
+}
+
+
 def _kv_ro_direct_path(dirname: str) -> str:
     return f"runtime.app_path({dirname!r})"
 
@@ -51,19 +78,9 @@ class UnixTarget(Target):
 
     def implement(self, dev: Device, options: dict[str, str]) -> Impl:
         kind = dev.kind
-        if kind == "console":
-            return Impl("looming.unix.console:UnixConsole", summary="stdout")
-        if kind == "time":
-            return Impl("looming.unix.time:UnixTime", summary="host monotonic clock")
-        if kind == "clock":
-            return Impl("looming.unix.clock:UnixClock", summary="host wall clock")
-        if kind == "random":
-            return Impl(
-                "looming.unix.random:UnixRandom",
-                kwargs=[("seed", "keys.seed")],
-                keys=[KeyDecl("seed", "int", None, "seed for a deterministic random stream")],
-                summary="os.urandom, or seeded by --seed",
-            )
+        host = host_device_impl(kind, _HOST)
+        if host is not None:
+            return host
         if kind == "kv_ro":
             dirname = dev.setting("dirname")
             if options.get("kv_ro", "crunch") == "direct":

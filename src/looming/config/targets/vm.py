@@ -21,11 +21,19 @@ from typing import TYPE_CHECKING
 from looming.config.dsl import Device
 from looming.config.plan import Impl, KeyDecl
 from looming.config.targets import Target
-from looming.config.targets.unix import direct_stack_impl
+from looming.config.targets.unix import direct_stack_impl, host_device_impl
 from looming.vm.arch import ARCHES, COMPRESSIONS, get_arch
 
 if TYPE_CHECKING:
     from looming.config.build import BuildReport
+
+_GUEST = {
+    "console": "the serial console",
+    "time": "the guest's monotonic clock",
+    "clock": "the guest's wall clock",
+    # RDRAND on x86_64, virtio-rng on aarch64
+    "random": "the guest kernel's random source",
+}
 
 
 def _host_arch() -> str:
@@ -65,19 +73,9 @@ class VmTarget(Target):
     def implement(self, dev: Device, options: dict[str, str]) -> Impl:
         get_arch(options.get("arch", _host_arch()))  # an unknown one fails at configure
         kind = dev.kind
-        if kind == "console":
-            return Impl("looming.unix.console:UnixConsole", summary="the serial console")
-        if kind == "time":
-            return Impl("looming.unix.time:UnixTime", summary="the guest's monotonic clock")
-        if kind == "clock":
-            return Impl("looming.unix.clock:UnixClock", summary="the guest's wall clock")
-        if kind == "random":
-            return Impl(
-                "looming.unix.random:UnixRandom",
-                kwargs=[("seed", "keys.seed")],
-                keys=[KeyDecl("seed", "int", None, "seed for a deterministic random stream")],
-                summary="the guest kernel's random source (virtio-rng), or seeded by --seed",
-            )
+        host = host_device_impl(kind, _GUEST)
+        if host is not None:
+            return host
         if kind == "kv_ro":
             dirname = dev.setting("dirname")
             return Impl(
