@@ -620,35 +620,29 @@ class GitBackend:
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
         """One writer at a time: a thread lock, then an flock across processes."""
-        with self._thread_lock:
+        with self._writer_lock(blocking=True):
+            yield
+
+    @contextlib.contextmanager
+    def _try_writer_lock(self) -> Iterator[bool]:
+        """The writer lock if it is free right now (yields whether taken)."""
+        with self._writer_lock(blocking=False) as taken:
+            yield taken
+
+    @contextlib.contextmanager
+    def _writer_lock(self, *, blocking: bool) -> Iterator[bool]:
+        if not self._thread_lock.acquire(blocking=blocking):
+            yield False
+            return
+        try:
             if self._lock_depth == 0:
                 if self._lock_file is None:
                     # Kept open: opening it for every commit costs a syscall each.
                     self._lock_file = os.open(
                         os.path.join(self.git_dir, "looming.lock"), os.O_RDWR | os.O_CREAT, 0o644
                     )
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-                if self._lock_depth == 0 and self._lock_file is not None:
-                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def _try_writer_lock(self) -> Iterator[bool]:
-        """The writer lock if it is free right now (yields whether taken)."""
-        if not self._thread_lock.acquire(blocking=False):
-            yield False
-            return
-        try:
-            if self._lock_depth == 0:
-                if self._lock_file is None:
-                    yield False
-                    return
                 try:
-                    fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(self._lock_file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
                 except BlockingIOError:
                     yield False
                     return
