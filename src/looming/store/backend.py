@@ -12,27 +12,14 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
-from looming.store.errors import BadRef, MissingObject, RefChanged
+from looming.store.errors import MissingObject, RefChanged
+from looming.store.names import check_branch
 from looming.store.objects import ObjectId, hash_object
 
 
 def check_ref_name(name: str) -> str:
-    """Refuse ref names Git would refuse (the common cases)."""
-    bad = (
-        not name
-        or name.startswith("/")
-        or name.endswith("/")
-        or name.endswith(".lock")
-        or ".." in name
-        or "//" in name
-        or any(c in name for c in " ~^:?*[\\\0\x7f")
-        or any(ord(c) < 32 for c in name)
-        or "@{" in name
-        or any(part.startswith(".") for part in name.split("/"))
-    )
-    if bad:
-        raise BadRef(f"{name!r} is not a valid branch or ref name")
-    return name
+    """Refuse branch names git refuses (``git check-ref-format --branch``)."""
+    return check_branch(name)
 
 
 class Backend(Protocol):

@@ -13,6 +13,19 @@ class InvalidPath(StoreError, ValueError):
     """A path with an empty name, or ``/``, NUL, ``.`` or ``..`` as a name."""
 
 
+class InvalidName(StoreError, ValueError):
+    """A key or branch name git would refuse; ``rule`` says which rule."""
+
+    def __init__(self, name: object, rule: str) -> None:
+        self.name = name
+        self.rule = rule
+        super().__init__(rule)
+
+
+class InvalidKey(InvalidName, InvalidPath):
+    """A key name git's fsck refuses as a tree entry (see looming.store.names)."""
+
+
 class MissingObject(StoreError, KeyError):
     """An object the store needs is not in it."""
 
@@ -36,6 +49,13 @@ class CorruptObject(StoreError):
 
 class BadRef(StoreError):
     """A ref file that does not hold an object id, or a bad branch name."""
+
+
+class InvalidBranch(InvalidName, BadRef):
+    """A branch name ``git check-ref-format --branch`` refuses."""
+
+    def __init__(self, name: object, rule: str) -> None:
+        super().__init__(name, f"{name!r} is not a valid branch name: {rule}")
 
 
 class RefChanged(StoreError):
