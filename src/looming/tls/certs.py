@@ -22,8 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.general_name import DNSName, IPAddress
-from cryptography.x509.oid import SignatureAlgorithmOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID, SignatureAlgorithmOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from looming.errors import UsageError
 
@@ -58,6 +64,11 @@ class CertifiedKey:
             ) from exc
         return cls(chain, key)  # type: ignore[arg-type]  # any signing key type; rejected at use if unsupported
 
+    @property
+    def pss_only(self) -> bool:
+        """Whether the leaf is an RSA-PSS (id-RSASSA-PSS) certificate: rsa_pss_pss_* only."""
+        return is_pss_certificate(self.chain[0])
+
     def chain_signed_with(self, schemes: Sequence[int]) -> bool:
         """Whether every signature in the chain (self-signed roots aside) uses one of ``schemes``."""
         allowed = set(schemes)
@@ -70,24 +81,7 @@ class CertifiedKey:
 
     def matches_name(self, server_name: str) -> bool:
         """Whether the leaf's subjectAltName covers ``server_name`` (exact or one-label wildcard)."""
-        try:
-            san = (
-                self.chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            )
-        except x509.ExtensionNotFound:
-            return False
-        wanted = server_name.lower().rstrip(".")
-        for name in san.get_values_for_type(x509.DNSName):
-            pattern = name.lower().rstrip(".")
-            if pattern == wanted:
-                return True
-            if (
-                pattern.startswith("*.")
-                and "." in wanted
-                and wanted.split(".", 1)[1] == pattern[2:]
-            ):
-                return True
-        return False
+        return names_match(self.chain[0], server_name)
 
 
 class TrustStore:
@@ -144,6 +138,7 @@ _SIGNATURE_OIDS: dict[x509.ObjectIdentifier, frozenset[int]] = {
     SignatureAlgorithmOID.ECDSA_WITH_SHA384: frozenset({0x0503}),
     SignatureAlgorithmOID.ECDSA_WITH_SHA512: frozenset({0x0603}),
     SignatureAlgorithmOID.ED25519: frozenset({0x0807}),
+    SignatureAlgorithmOID.ED448: frozenset({0x0808}),
 }
 _PSS_BY_HASH = {
     "sha256": frozenset({0x0804, 0x0809}),
@@ -159,6 +154,11 @@ def certificate_signature_schemes(cert: x509.Certificate) -> frozenset[int]:
         digest = cert.signature_hash_algorithm
         return _PSS_BY_HASH.get(digest.name if digest is not None else "", frozenset())
     return _SIGNATURE_OIDS.get(oid, frozenset())
+
+
+def is_pss_certificate(cert: x509.Certificate) -> bool:
+    """Whether ``cert``'s key is an RSA-PSS key (RFC 4055), limited to PSS signatures."""
+    return cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS
 
 
 def spki_sha256(cert: x509.Certificate) -> bytes:
@@ -188,6 +188,28 @@ def _alert_for(message: str) -> AlertDescription:
     return AlertDescription.BAD_CERTIFICATE
 
 
+def client_certificate_policy() -> ExtensionPolicy:
+    """The end-entity policy for client certificates.
+
+    The Web PKI defaults require a subjectAltName, which most client
+    certificates (enterprise, internal CAs) do not have: they name their
+    subject in the CN. Here the SAN may be absent; when present it is still
+    checked to be well formed, as are key usage and the clientAuth EKU (the
+    client verifier insists on that). Matching names is left to the
+    application, which finds the subject in the peer certificates.
+    """
+    return ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+
+
+def _subject_for(server_name: str) -> DNSName | IPAddress:
+    try:
+        return IPAddress(ipaddress.ip_address(server_name))
+    except ValueError:
+        return DNSName(server_name)
+
+
 def validate_chain(
     chain: Sequence[x509.Certificate],
     trust: TrustStore,
@@ -196,22 +218,30 @@ def validate_chain(
     as_server_cert: bool,
 ) -> None:
     """Build a path from ``chain[0]`` to an anchor and check policy; raise CertificateError."""
-    builder = PolicyBuilder().store(trust.store).time(now)
     leaf, intermediates = chain[0], list(chain[1:])
+    if as_server_cert and server_name is None:
+        raise CertificateError(
+            AlertDescription.BAD_CERTIFICATE, "no server name to check the certificate against"
+        )
+    if leaf in trust.anchors:
+        check_anchored_leaf(leaf, now, server_name if as_server_cert else None, as_server_cert)
+        return
+    if leaf.issuer == leaf.subject and not intermediates:
+        raise CertificateError(
+            AlertDescription.UNKNOWN_CA,
+            f"self-signed certificate {leaf.subject.rfc4514_string()!r} is not a trust anchor;"
+            " give that exact certificate as a CA to trust it",
+        )
+    builder = PolicyBuilder().store(trust.store).time(now)
     try:
         if as_server_cert:
-            subject: DNSName | IPAddress
-            if server_name is None:
-                raise CertificateError(
-                    AlertDescription.BAD_CERTIFICATE,
-                    "no server name to check the certificate against",
-                )
-            try:
-                subject = IPAddress(ipaddress.ip_address(server_name))
-            except ValueError:
-                subject = DNSName(server_name)
-            builder.build_server_verifier(subject).verify(leaf, intermediates)
+            assert server_name is not None
+            builder.build_server_verifier(_subject_for(server_name)).verify(leaf, intermediates)
         else:
+            builder = builder.extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+                ee_policy=client_certificate_policy(),
+            )
             builder.build_client_verifier().verify(leaf, intermediates)
     except VerificationError as exc:
         message = str(exc).split(" (encountered processing", 1)[0]
@@ -223,6 +253,63 @@ def validate_chain(
         raise CertificateError(_alert_for(message), message) from exc
     except ValueError as exc:
         raise CertificateError(AlertDescription.BAD_CERTIFICATE, str(exc)) from exc
+
+
+def check_anchored_leaf(
+    leaf: x509.Certificate, now: datetime.datetime, server_name: str | None, as_server_cert: bool
+) -> None:
+    """A leaf that is itself a trust anchor (``-CAfile self.pem``): trusted as that exact
+    certificate, so no path is built, but its validity period, its extended key usage
+    and (for a server) the name are still checked."""
+    if not leaf.not_valid_before_utc.replace(tzinfo=None) <= now:
+        raise CertificateError(AlertDescription.CERTIFICATE_EXPIRED, "certificate is not yet valid")
+    if not now <= leaf.not_valid_after_utc.replace(tzinfo=None):
+        raise CertificateError(AlertDescription.CERTIFICATE_EXPIRED, "certificate has expired")
+    wanted = ExtendedKeyUsageOID.SERVER_AUTH if as_server_cert else ExtendedKeyUsageOID.CLIENT_AUTH
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    except ValueError as exc:
+        raise CertificateError(AlertDescription.BAD_CERTIFICATE, str(exc)) from exc
+    if (
+        usages is not None
+        and wanted not in usages
+        and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages
+    ):
+        raise CertificateError(
+            AlertDescription.UNSUPPORTED_CERTIFICATE,
+            "certificate's extended key usage does not allow "
+            + ("serverAuth" if as_server_cert else "clientAuth"),
+        )
+    if server_name is not None and not names_match(leaf, server_name):
+        raise CertificateError(
+            AlertDescription.BAD_CERTIFICATE,
+            f"certificate is not valid for {server_name!r}: no subjectAltName matches",
+        )
+
+
+def names_match(cert: x509.Certificate, server_name: str) -> bool:
+    """Whether ``cert``'s subjectAltName covers ``server_name`` (DNS: exact or one-label
+    wildcard; IP: equal address)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    try:
+        address = ipaddress.ip_address(server_name)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in san.get_values_for_type(x509.IPAddress)
+    wanted = server_name.lower().rstrip(".")
+    for name in san.get_values_for_type(x509.DNSName):
+        pattern = name.lower().rstrip(".")
+        if pattern == wanted:
+            return True
+        if pattern.startswith("*.") and "." in wanted and wanted.split(".", 1)[1] == pattern[2:]:
+            return True
+    return False
 
 
 def check_pins(chain: Sequence[x509.Certificate], pins: Iterable[bytes]) -> None:

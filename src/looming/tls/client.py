@@ -485,7 +485,7 @@ class ClientHandshake:
         scheme = None
         for candidate in self.config.certificates:
             scheme = m.choose_scheme(
-                candidate.key, self.requested_schemes, self.config.signature_schemes, tls13=True
+                candidate, self.requested_schemes, self.config.signature_schemes, tls13=True
             )
             if scheme is not None:
                 certified = candidate

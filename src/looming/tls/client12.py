@@ -196,7 +196,7 @@ class Client12:
         if self.requested_schemes is not None:
             for candidate in self.config.certificates:
                 scheme = m.choose_scheme(
-                    candidate.key,
+                    candidate,
                     self.requested_schemes,
                     self.config.signature_schemes,
                     tls13=False,

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from looming.errors import Malformed
 
-from .certs import CertifiedKey, check_pins, parse_chain, validate_chain
+from .certs import CertifiedKey, check_pins, is_pss_certificate, parse_chain, validate_chain
 from .config import TlsConfig
 from .constants import AlertDescription
 from .errors import TlsProtocolError
@@ -87,10 +87,10 @@ def server_name_body(name: str) -> bytes:
 
 
 def choose_scheme(
-    key: object, offered: Sequence[int], ours: Sequence[int], tls13: bool
+    certified: CertifiedKey, offered: Sequence[int], ours: Sequence[int], tls13: bool
 ) -> int | None:
-    """Our most preferred scheme that the peer offered and the key can make."""
-    possible = schemes_for_key(key, tls13)  # type: ignore[arg-type]  # checked by schemes_for_key
+    """Our most preferred scheme that the peer offered and the certified key can make."""
+    possible = schemes_for_key(certified.key, tls13, certified.pss_only)
     for scheme in ours:
         if scheme in possible and scheme in offered:
             return scheme
@@ -117,7 +117,8 @@ def check_certificate_verify(
             AlertDescription.ILLEGAL_PARAMETER,
             f"peer signed with scheme {scheme:#06x}, which we did not offer",
         )
-    if not verify(leaf.public_key(), scheme, content, signature, tls13):
+    pss_only = is_pss_certificate(leaf)
+    if not verify(leaf.public_key(), scheme, content, signature, tls13, pss_only):
         raise TlsProtocolError(
             AlertDescription.DECRYPT_ERROR, "the peer's handshake signature does not verify"
         )

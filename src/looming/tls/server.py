@@ -217,9 +217,7 @@ class ServerHandshake:
                     continue
                 if client_groups is not None and not _curve_acceptable(certified, client_groups):
                     continue
-                scheme = m.choose_scheme(
-                    certified.key, offered, self.config.signature_schemes, tls13
-                )
+                scheme = m.choose_scheme(certified, offered, self.config.signature_schemes, tls13)
                 if scheme is not None:
                     return certified, scheme
         raise TlsProtocolError(
@@ -524,10 +522,12 @@ def _curve_acceptable(certified: CertifiedKey, client_groups: list[int]) -> bool
 
 
 def _auth_kind(certified: CertifiedKey) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
     if isinstance(certified.key, rsa.RSAPrivateKey):
         return "rsa"
-    if isinstance(certified.key, ec.EllipticCurvePrivateKey):
+    # RFC 8422 section 2: EdDSA certificates authenticate the ECDHE_ECDSA suites.
+    edwards = ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+    if isinstance(certified.key, ec.EllipticCurvePrivateKey | edwards):
         return "ecdsa"
     return "other"
