@@ -257,6 +257,8 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
         "options": options,
         "keys": {k: str(v) for k, v in overrides.items()},
         "crunch": [list(c) for d in plan.devices for c in d.impl.crunch],
+        "packages": list(plan.unikernel.packages),
+        "job_modules": sorted({pj.job.module for pj in plan.jobs}),
     }
     (app_dir / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     shown_opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(options.items()))

@@ -5,8 +5,17 @@ executed), starting at the generated ``main.py``: the application's
 modules, looming's modules and pure-Python third-party modules are copied
 in; the standard library and packages with compiled extensions are left to
 the interpreter that runs the artifact. kv_ro folders are crunched in.
-Entries are written sorted with fixed timestamps, so building twice gives
-identical contents.
+Entries are written sorted with fixed timestamps and modes, so building
+twice, or in two clones, gives identical bytes.
+
+Imports made by name at run time (anyio's backends, pydantic's lazy
+attributes) are invisible to that reading: :data:`DYNAMIC_IMPORTS` lists the
+common ones, ``register(..., packages=[...])`` adds whole packages, and
+before the artifact is moved into place the application's modules are
+imported from it in a child interpreter that sees only the artifact, the
+standard library and the compiled packages (:func:`smoke_import`). A module
+still missing is named in a :class:`~looming.errors.ConfigError`, and
+nothing is left in ``dist/``.
 """
 
 from __future__ import annotations
@@ -16,17 +25,40 @@ import importlib.machinery
 import importlib.util
 import io
 import json
+import os
+import re
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from looming.errors import ConfigError
 from looming.unix.kv import MANIFEST_DIR, crunch_manifest
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 SHEBANG = b"#!/usr/bin/env python3\n"
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
+    # anyio loads its event-loop backend by name (to_thread, streams, ...):
+    # Starlette's sync endpoints, StreamingResponse and BackgroundTasks need it.
+    "anyio": ("anyio._backends", "anyio._backends._asyncio"),
+    # pydantic resolves most of its public names lazily, by import_module.
+    "pydantic": ("pydantic.*",),
+    # OpenTelemetry (which FastAPI reports to when it is installed) loads its
+    # context implementation through an entry point.
+    "opentelemetry.context": ("opentelemetry.context.contextvars_context",),
+}
+"""Modules imported by name at run time, packed whenever the key (a module
+or a top-level package) is reached. ``pkg.*`` stands for every module of
+``pkg``. Others are added with ``register(..., packages=[...])``."""
+
+_NEVER_PACKED = ("pydantic.v1", "pydantic.mypy", "pydantic.plugin._loader_v1", "fastapi.cli")
+"""Subpackages a ``pkg.*`` leaves out: the legacy API and tool plug-ins,
+which import what an application does not have."""
 
 
 @dataclass
@@ -34,6 +66,11 @@ class ModuleSource:
     name: str
     path: Path
     is_package: bool
+    namespace: bool = False
+    """A namespace package (a folder without ``__init__.py``): packed as an empty one."""
+
+    def source(self) -> bytes:
+        return b"" if self.namespace else self.path.read_bytes()
 
 
 @dataclass
@@ -41,6 +78,8 @@ class Closure:
     modules: dict[str, ModuleSource] = field(default_factory=dict)
     external: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    search_paths: dict[str, str] = field(default_factory=dict)
+    """Where each external (compiled) top-level package is installed."""
 
 
 class ModuleLocator:
@@ -91,23 +130,60 @@ class ModuleLocator:
         return "lib"
 
     def find(self, name: str) -> tuple[str, ModuleSource | None]:
+        """The kind of ``name`` and its source file, if it has one.
+
+        For a package with compiled code ("external") the Python source is
+        given too: it is read for the pure modules it imports, never packed.
+        """
         top, _, rest = name.partition(".")
         kind, location = self._root(top)
-        if kind not in ("app", "lib") or location is None:
+        if kind not in ("app", "lib", "external") or location is None:
             return kind, None
         if location.suffix == ".py":
             return (kind, ModuleSource(name, location, False)) if not rest else ("missing", None)
         path = location.joinpath(*rest.split(".")) if rest else location
         if (path / "__init__.py").is_file():
             return kind, ModuleSource(name, path / "__init__.py", True)
+        if path.is_dir() and (not rest or any(path.glob("*.py"))):
+            return kind, ModuleSource(name, path / "__init__.py", True, namespace=True)
         if path.with_suffix(".py").is_file():
             return kind, ModuleSource(name, path.with_suffix(".py"), False)
-        return "missing", None
+        return ("external", None) if kind == "external" else ("missing", None)
+
+    def search_path(self, top: str) -> str | None:
+        """The folder an installed top-level module ``top`` is imported from."""
+        spec = importlib.util.find_spec(top)
+        if spec is None:
+            return None
+        if spec.submodule_search_locations:
+            return str(Path(next(iter(spec.submodule_search_locations))).parent)
+        return str(Path(spec.origin).parent) if spec.origin else None
+
+    def submodules(self, package: str) -> list[str]:
+        """Every module of the app or pure-Python library ``package``, itself included."""
+        kind, src = self.find(package)
+        if src is None or kind == "external":
+            return []
+        if not src.is_package:
+            return [package]
+        root = src.path.parent
+        names = [package]
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            if not parts or not all(p.isidentifier() for p in parts):
+                continue
+            name = ".".join((package, *parts))
+            if not any(name == n or name.startswith(n + ".") for n in _NEVER_PACKED):
+                names.append(name)
+        return names
 
 
 def _imports(source: ModuleSource) -> list[tuple[str, tuple[str, ...]]]:
     """(module, imported names) for each import outside TYPE_CHECKING blocks."""
-    tree = ast.parse(source.path.read_bytes(), str(source.path))
+    if source.namespace:
+        return []
+    tree = ast.parse(source.source(), str(source.path))
     package = source.name if source.is_package else source.name.rpartition(".")[0]
     found: list[tuple[str, tuple[str, ...]]] = []
 
@@ -126,10 +202,32 @@ def _imports(source: ModuleSource) -> list[tuple[str, tuple[str, ...]]]:
                 else:
                     module = node.module or ""
                 found.append((module, tuple(a.name for a in node.names)))
+            elif isinstance(node, ast.Call):
+                named = _imported_by_name(node, package)
+                if named:
+                    found.append((named, ()))
             walk(list(ast.iter_child_nodes(node)))
 
     walk(tree.body)
     return found
+
+
+def _imported_by_name(call: ast.Call, package: str) -> str | None:
+    """The module of ``import_module("x")`` or ``__import__("x")`` with a literal name."""
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if called not in ("import_module", "__import__") or not call.args:
+        return None
+    first = call.args[0]
+    if not isinstance(first, ast.Constant) or not isinstance(first.value, str):
+        return None
+    name: str = first.value
+    if name.startswith("."):
+        dots = len(name) - len(name.lstrip("."))
+        base = package.split(".")
+        base = base[: len(base) - (dots - 1)] if dots > 1 else base
+        name = ".".join([*base, name[dots:]]) if name[dots:] else ".".join(base)
+    return name if all(p.isidentifier() for p in name.split(".")) else None
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -139,17 +237,29 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def module_closure(entry: Path, app_dir: Path, extra: tuple[str, ...] = ()) -> Closure:
-    """Every app or pure-Python library module reachable from ``entry``."""
+    """Every app or pure-Python library module reachable from ``entry``.
+
+    ``extra`` names more modules to start from (``pkg.*``: all of ``pkg``);
+    :data:`DYNAMIC_IMPORTS` adds its modules for each key that is reached.
+    """
     locator = ModuleLocator(app_dir)
     closure = Closure()
+    walked: set[str] = set()  # modules read, packed or (external) not
     pending: list[ModuleSource] = [ModuleSource("__main__", entry, False)]
-    for name in extra:
-        _kind, extra_src = locator.find(name)
-        if extra_src is not None:
-            pending.append(extra_src)
+    triggered: set[str] = set()
+
+    def expand(names: tuple[str, ...]) -> None:
+        for name in names:
+            listed = locator.submodules(name.removesuffix(".*")) if name.endswith(".*") else [name]
+            for listed_name in listed:
+                kind, src = locator.find(listed_name)
+                if src is not None and kind != "external":
+                    pending.append(src)
+                elif kind == "missing" and not name.endswith(".*"):
+                    closure.missing.add(listed_name)
 
     def want(name: str) -> ModuleSource | None:
-        if name in closure.modules:
+        if name in walked:
             return None
         kind, src = locator.find(name)
         if kind == "external":
@@ -158,11 +268,19 @@ def module_closure(entry: Path, app_dir: Path, extra: tuple[str, ...] = ()) -> C
             closure.missing.add(name)
         return src
 
+    expand(extra)
     while pending:
         src = pending.pop()
-        if src.name in closure.modules:
+        if src.name in walked:
             continue
-        closure.modules[src.name] = src
+        walked.add(src.name)
+        top = src.name.partition(".")[0]
+        if src.name == "__main__" or locator.find(src.name)[0] != "external":
+            closure.modules[src.name] = src
+        for key in (src.name, top):
+            if key in DYNAMIC_IMPORTS and key not in triggered:
+                triggered.add(key)
+                expand(DYNAMIC_IMPORTS[key])
         parts = src.name.split(".")
         for i in range(1, len(parts)):
             parent = want(".".join(parts[:i]))
@@ -178,10 +296,13 @@ def module_closure(entry: Path, app_dir: Path, extra: tuple[str, ...] = ()) -> C
                 if n == "*":
                     continue
                 _kind, sub = locator.find(f"{module}.{n}")
-                if sub is not None and sub.name not in closure.modules:
+                if sub is not None and sub.name not in walked:
                     pending.append(sub)
     closure.missing = {
         m for m in closure.missing if not any(m.startswith(k + ".") for k in closure.modules)
+    }
+    closure.search_paths = {
+        top: path for top in closure.external if (path := locator.search_path(top)) is not None
     }
     return closure
 
@@ -202,40 +323,172 @@ class BuildReport:
     crunched_files: int
 
 
+STATE_FILE = "looming.json"
+"""The configure state, in ``_build/``: the unikernel's packages and jobs are read from it."""
+
+SMOKE_TIMEOUT = 120.0
+
+_SMOKE_PROGRAM = """
+import importlib.machinery, json, sys
+zipapp, allowed, modules = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+class CompiledPackages:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        where = allowed.get(name)
+        return None if where is None else importlib.machinery.PathFinder.find_spec(name, [where])
+sys.meta_path.append(CompiledPackages)
+sys.path.insert(0, zipapp)
+for name in modules:
+    try:
+        __import__(name)
+    except ModuleNotFoundError as error:
+        print(json.dumps({"module": name, "missing": error.name, "error": str(error)}))
+        sys.exit(3)
+"""
+
+
+def configured(main_py: Path) -> tuple[list[str], list[str]]:
+    """The packages ``register`` asked for and the jobs' modules, from the configure state."""
+    state_path = main_py.parent.parent / STATE_FILE
+    if not state_path.is_file():
+        return [], []
+    state = json.loads(state_path.read_text())
+    return list(state.get("packages", [])), list(state.get("job_modules", []))
+
+
+def smoke_import(artifact: Path, modules: list[str], closure: Closure) -> None:
+    """Import ``modules`` from ``artifact`` alone; ConfigError naming what is missing.
+
+    The child interpreter is isolated (``-I -S``): it sees the artifact, the
+    standard library and the compiled packages the artifact leaves to the
+    host, and nothing else that happens to be installed here.
+    """
+    if not modules:
+        return
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    command = [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _SMOKE_PROGRAM,
+        str(artifact),
+        json.dumps(closure.search_paths, sort_keys=True),
+        *modules,
+    ]
+    with tempfile.TemporaryDirectory(prefix="looming-smoke-") as cwd:
+        try:
+            done = subprocess.run(
+                command, cwd=cwd, env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            raise ConfigError(
+                f"importing {', '.join(modules)} from the built artifact took over "
+                f"{SMOKE_TIMEOUT:.0f} s; move work done at import time into start()"
+            ) from None
+    if done.returncode == 0:
+        return
+    if done.returncode == 3:
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        missing = str(found["missing"] or "")
+        top = missing.partition(".")[0]
+        raise ConfigError(
+            f"the built artifact cannot import {found['module']!r}: {found['error']}. "
+            f"Install {top!r} if it is not, or pack it with "
+            f"register(..., packages=[{top!r}]) in config.py"
+        )
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise ConfigError(
+        f"importing {', '.join(modules)} from the built artifact failed: {last}; "
+        "fix the error (run the module with python to see the traceback)"
+    )
+
+
+def _check_packages(packages: list[str], app_dir: Path) -> None:
+    locator = ModuleLocator(app_dir)
+    for name in packages:
+        kind, _src = locator.find(name)
+        if kind in ("missing", "external", "stdlib") or not re.fullmatch(r"[\w.]+", name):
+            why = {
+                "missing": "is not installed",
+                "external": "has compiled code; it is used from the host's installation",
+                "stdlib": "is in the standard library, which the host provides",
+            }.get(kind, "is not a module name")
+            raise ConfigError(f"register(packages=[...]): {name!r} {why}; remove it or fix it")
+
+
+def _crunch_entries(app_dir: Path, crunch: list[tuple[str, str]]) -> tuple[dict[str, bytes], int]:
+    """The archive entries of the crunched kv_ro folders (and how many files).
+
+    Only regular files inside each folder are packed, never hidden ones or
+    what a symbolic link outside the folder points at; times are those of
+    ``SOURCE_DATE_EPOCH`` (0, no Last-Modified, without it), so two clones
+    build the same bytes.
+    """
+    entries: dict[str, bytes] = {}
+    crunched = 0
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    for name, dirname in crunch:
+        folder = app_dir / dirname
+        if not folder.is_dir():
+            raise ConfigError(f"kv_ro folder {folder} does not exist; create it or fix config.py")
+        root = folder.resolve()
+        manifest, pairs = crunch_manifest(folder)
+        files: dict[str, dict[str, object]] = manifest["files"]  # type: ignore[assignment]
+        for rel, path in pairs:
+            if not path.resolve().is_relative_to(root):
+                del files[rel]
+                continue
+            files[rel]["mtime"] = epoch
+            entries[f"{MANIFEST_DIR}/{name}/{rel}"] = path.read_bytes()
+            crunched += 1
+        entries[f"{MANIFEST_DIR}/{name}.json"] = json.dumps(manifest, sort_keys=True).encode()
+    return entries, crunched
+
+
 def write_zipapp(
     artifact: Path,
     main_py: Path,
     app_dir: Path,
     crunch: list[tuple[str, str]],
+    *,
+    packages: list[str] | None = None,
+    smoke_modules: list[str] | None = None,
 ) -> BuildReport:
-    closure = module_closure(main_py, app_dir)
+    """Build the zipapp ``artifact``; all or nothing.
+
+    ``packages`` and ``smoke_modules`` default to what configure recorded
+    (``register(packages=...)`` and the jobs' modules).
+    """
+    recorded_packages, recorded_jobs = configured(main_py)
+    packages = recorded_packages if packages is None else packages
+    smoke_modules = recorded_jobs if smoke_modules is None else smoke_modules
+    _check_packages(packages, app_dir)
+    closure = module_closure(main_py, app_dir, tuple(f"{p}.*" for p in packages))
     entries: dict[str, bytes] = {}
     for src in closure.modules.values():
-        entries[_archive_name(src)] = src.path.read_bytes()
-    crunched = 0
-    for name, dirname in crunch:
-        folder = app_dir / dirname
-        if not folder.is_dir():
-            from looming.errors import ConfigError
-
-            raise ConfigError(f"kv_ro folder {folder} does not exist; create it or fix config.py")
-        manifest, pairs = crunch_manifest(folder)
-        entries[f"{MANIFEST_DIR}/{name}.json"] = json.dumps(manifest, sort_keys=True).encode()
-        for rel, path in pairs:
-            entries[f"{MANIFEST_DIR}/{name}/{rel}"] = path.read_bytes()
-            crunched += 1
+        entries[_archive_name(src)] = src.source()
+    crunched_entries, crunched = _crunch_entries(app_dir, crunch)
+    entries.update(crunched_entries)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         for arcname in sorted(entries):
             info = zipfile.ZipInfo(arcname, date_time=FIXED_TIME)
             info.external_attr = 0o644 << 16
+            info.create_system = 3
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, entries[arcname], compresslevel=9)
     artifact.parent.mkdir(parents=True, exist_ok=True)
-    tmp = artifact.with_suffix(".tmp")
-    tmp.write_bytes(SHEBANG + buffer.getvalue())
-    tmp.chmod(0o755)
-    tmp.replace(artifact)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{artifact.name}.", dir=artifact.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(SHEBANG + buffer.getvalue())
+        tmp.chmod(0o755)
+        smoke_import(tmp, smoke_modules, closure)
+        tmp.replace(artifact)
+    finally:
+        tmp.unlink(missing_ok=True)
     return BuildReport(
         artifact,
         artifact.stat().st_size,

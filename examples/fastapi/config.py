@@ -1,0 +1,5 @@
+from looming.config import console, default_network, key, main, register, stack
+
+port = key("port", int, default=8000, doc="TCP port to serve on")
+service = main("unikernel:FastApiService", [console(), stack(default_network())], keys=[port])
+register("fastapi", [service])
