@@ -19,10 +19,10 @@ Clone the site, change it, and <code>git push</code> it back.</p>
 """
 
 
-def served_url(stack: Stack, port: int) -> str:
+def served_url(stack: Stack, port: int, listen: str | None = None) -> str:
     """The URL a browser on this host uses to reach ``port``."""
     addresses = stack.addresses()
-    host = str(addresses[0].ip) if addresses else "0.0.0.0"
+    host = listen or (str(addresses[0].ip) if addresses else "0.0.0.0")
     if host == "0.0.0.0":
         host = "127.0.0.1"
     return f"http://{host}:{port}"
@@ -39,36 +39,73 @@ class StoreWebsite:
     """
 
     def __init__(
-        self, console: Console, site: KvRo, stack: Stack, *, port: int = 8080, push_port: int = 8418
+        self,
+        console: Console,
+        site: KvRo,
+        stack: Stack,
+        *,
+        port: int = 8080,
+        push_port: int = 8418,
+        listen: str = "127.0.0.1",
+        push_token_file: str = "",
+        push_access: str = "",
+        push_anonymous_read: bool = False,
     ) -> None:
         self.console = console
         self.site = site
         self.stack = stack
         self.port = port
         self.push_port = push_port
+        self.listen = listen
+        self.push_token_file = push_token_file
+        self.push_access = push_access
+        self.push_anonymous_read = push_anonymous_read
         self.server = HttpServer(StaticSite(site))
 
-    def _git_server(self) -> HttpServer | None:
+    def _host(self) -> str | None:
+        """The address to listen on. A stack of its own (``--net direct``, a
+        VM) has no loopback: there the loopback default means its address."""
+        own = [str(address.ip) for address in self.stack.addresses()]
+        if self.listen == "127.0.0.1" and own and "0.0.0.0" not in own:
+            return None
+        return self.listen
+
+    async def _git_server(self) -> HttpServer | None:
         # Imported here: a site served from a plain KvRo needs none of it.
-        from looming.store.http import StoreHttp
+        from looming.http.server import ServerConfig
+        from looming.store.auth import describe, load_policy
+        from looming.store.http import ServeSettings, StoreHttp
         from looming.store.kv import StoreKv
 
         if not isinstance(self.site, StoreKv):
             return None
-        return HttpServer(StoreHttp(self.site.store.repo))
+        policy = load_policy(
+            token_file=self.push_token_file or None,
+            access_file=self.push_access or None,
+            anonymous_read=self.push_anonymous_read,
+        )
+        await self.console.log(f"push port access: {describe(policy)}")
+        settings = ServeSettings()
+        handler = StoreHttp(self.site.store.repo, policy, settings)
+        return HttpServer(handler, ServerConfig(max_body_bytes=settings.max_body_bytes))
 
     async def start(self) -> None:
         if isinstance(self.site, KvRw) and not await self.site.list():
             # A new, empty branch: one page, so there is something to clone.
             await self.site.set("index.html", WELCOME)
-        listeners: list[Listener] = [await self.stack.tcp.listen(self.port, self.server.serve_flow)]
-        url = served_url(self.stack, listeners[0].port)
+        host = self._host()
+        git_server = await self._git_server()
+        listeners: list[Listener] = [
+            await self.stack.tcp.listen(self.port, self.server.serve_flow, host=host)
+        ]
+        url = served_url(self.stack, listeners[0].port, host)
         log.info("serving %s", url)
         await self.console.log(f"serving {url}")
-        git_server = self._git_server()
         if git_server is not None:
-            listeners.append(await self.stack.tcp.listen(self.push_port, git_server.serve_flow))
-            push_url = served_url(self.stack, listeners[1].port)
+            listeners.append(
+                await self.stack.tcp.listen(self.push_port, git_server.serve_flow, host=host)
+            )
+            push_url = served_url(self.stack, listeners[1].port, host)
             await self.console.log(f"git push {push_url}/ main")
         try:
             await asyncio.Event().wait()

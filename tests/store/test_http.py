@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from looming.store.http import serve
 from looming.store.repo import Repo
 
 from .conftest import GitRunner
+from .served import TOKEN, basic, call, serving
 
 
 @pytest.fixture
 def served(disk_repo: Repo) -> Iterator[tuple[Repo, int]]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def start() -> None:
-        state["listener"], state["handler"] = await serve(disk_repo, "127.0.0.1", 0)
-        ready.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        state["task"] = loop.create_task(start())
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(timeout=10)
-    try:
-        yield disk_repo, state["listener"].port
-    finally:
-        asyncio.run_coroutine_threadsafe(state["listener"].close(), loop).result(timeout=10)
-        state["handler"].close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+    with serving(disk_repo) as (port, _handler):
+        yield disk_repo, port
 
 
 def _call(
@@ -53,14 +28,7 @@ def _call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    return call(port, method, path, body, {**basic(), **(headers or {})})
 
 
 def test_git_clone_and_push_over_smart_http(
@@ -75,7 +43,7 @@ def test_git_clone_and_push_over_smart_http(
     (checkout / "index.html").write_text("<h1>published</h1>\n")
     git("add", ".", cwd=checkout)
     git("commit", "-q", "-m", "publish", cwd=checkout)
-    git("push", "-q", "origin", "main", cwd=checkout)
+    git("push", "-q", f"http://user:{TOKEN}@127.0.0.1:{port}/", "main", cwd=checkout)
     assert store.get("index.html") == b"<h1>published</h1>\n"
     git("fsck", "--strict", cwd=repo.path or "")
     # A garbled protocol request is refused, and the server goes on serving.
@@ -140,7 +108,7 @@ def test_store_replicas_sync_over_smart_http(served: tuple[Repo, int], tmp_path:
 
     repo, port = served
     repo.store().set("origin.txt", b"o")
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://user:{TOKEN}@127.0.0.1:{port}/"
     replica = sync.clone(url, str(tmp_path / "replica.git"))
     store = replica.store()
     assert store.get("origin.txt") == b"o"

@@ -108,8 +108,13 @@ def test_example_serves_what_git_pushed(tmp_path: Path, git: GitRunner) -> None:
     shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("_build", "dist", "__pycache__"))
     _looming(app, "configure", "-t", "unix")
     _looming(app, "build")
+    token = "website-push-token-0123456789"
+    (tmp_path / "push.token").write_text(token + "\n")
     unikernel = subprocess.Popen(
-        [sys.executable, "-m", "looming.cli", "run", "--port", "0", "--push-port", "0"],
+        [
+            *(sys.executable, "-m", "looming.cli", "run", "--port", "0", "--push-port", "0"),
+            *("--push-token-file", str(tmp_path / "push.token")),
+        ],
         cwd=app,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -118,14 +123,31 @@ def test_example_serves_what_git_pushed(tmp_path: Path, git: GitRunner) -> None:
     )
     try:
         assert unikernel.stdout is not None
+        access_line = unikernel.stdout.readline()
+        assert access_line.startswith("push port access: writes need the token"), access_line
         site_line = unikernel.stdout.readline()
         push_line = unikernel.stdout.readline()
         site_match = re.fullmatch(r"serving (http://\S+)\n", site_line)
         push_match = re.fullmatch(r"git push (http://\S+) main\n", push_line)
         assert site_match and push_match, (site_line, push_line)
-        site, remote = site_match[1], push_match[1]
+        site, anonymous = site_match[1], push_match[1]
+        assert site.startswith("http://127.0.0.1:")  # loopback unless --listen says otherwise
+        remote = anonymous.replace("http://", f"http://user:{token}@")
         code, page = _curl(site + "/")
         assert code == 200 and b"It works" in page
+        # Without the token, nothing gets in: no clone (anonymous reads are
+        # off by default) and no write through the JSON API.
+        assert _curl(anonymous + "/api/main/get/index.html")[0] == 401
+        done = subprocess.run(
+            [
+                *("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"),
+                *("--data-binary", "defaced", anonymous + "/api/main/set/index.html"),
+            ],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert done.stdout == b"401"
         # Publish: clone the site, change it, push it back with git.
         git("clone", "-q", remote, "work", cwd=tmp_path)
         work = tmp_path / "work"
@@ -147,10 +169,13 @@ def test_example_serves_what_git_pushed(tmp_path: Path, git: GitRunner) -> None:
         unikernel.terminate()
         unikernel.wait(timeout=30)
     # Stopping closed the store device: its writer's spare files are gone.
-    spares = app / "site.git" / "looming-spares"
+    # The repository is state under _build/, not among the sources.
+    assert not (app / "site.git").exists()
+    repository = app / "_build" / "site.git"
+    spares = repository / "looming-spares"
     assert spares.is_dir() and list(spares.iterdir()) == []
-    git("fsck", "--strict", cwd=app / "site.git")
-    assert git("log", "--format=%s", "main", cwd=app / "site.git").split("\n")[:2] == [
+    git("fsck", "--strict", cwd=repository)
+    assert git("log", "--format=%s", "main", cwd=repository).split("\n")[:2] == [
         "unpublish",
         "publish",
     ]

@@ -2,96 +2,201 @@
 
 * Git's smart HTTP protocol at the root, so ``git clone http://host:port/``
   and ``git push`` work (dulwich's handlers speak the protocol; this module
-  runs them behind looming's HTTP server).
+  runs them behind looming's HTTP server; :mod:`looming.store.receive`
+  decides what a push may change).
 * A JSON API under ``/api/<branch>/``:
 
-  ``GET  get/<path>``      the raw value (404 when absent)
-  ``PUT  set/<path>``      store the request body (``?message=``), one commit
-  ``DELETE set/<path>``    remove the key or directory
-  ``GET  list/<path>``     ``[{"name":..., "kind": "contents"|"node"}]``
+  ``GET  get/<key>``       the raw value (404 when absent)
+  ``PUT  set/<key>``       store the request body (``?message=``), one commit
+  ``DELETE set/<key>``     remove the key or directory
+  ``GET  list/<key>``      ``[{"name":..., "kind": "contents"|"node"}]``
   ``GET  history``         ``[{"id", "parents", "message", "time"}]`` (``?limit=``)
-  ``POST merge?from=B``    merge branch B in; 409 with the conflicts when any
+  ``POST merge?from=B``    merge branch B in; 409 with the conflicts when any,
+                           which leaves a pending merge (:mod:`looming.store.pending`)
+  ``GET  merge``           the pending merge: conflicts with base, ours, theirs
+  ``POST resolve``         JSON ``{"key": K, "side": "ours"|"theirs"}`` or
+                           ``{"key": K, "value": TEXT}`` (or ``"base64"``)
+  ``POST merge/continue``  commit the resolved merge
+  ``POST merge/abort``     forget it
   ``GET  watch``           server-sent events, one per change (``?prefix=``)
+
+Every request is checked against an :class:`~looming.store.auth.AccessPolicy`
+(HTTP Basic, the token as password): 401 without the credentials a request
+needs, 403 when they do not allow it, 400 for bad names, JSON or parameters,
+413 for a body over :attr:`ServeSettings.max_body_bytes`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import json
 import signal
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from looming.errors import KeyNotFound, LoomingError
 from looming.http.message import Request, Response
+from looming.store import pending
+from looming.store.auth import AccessPolicy, Client, describe
 from looming.store.gitbackend import GitBackend
-from looming.store.merge import ABSENT
+from looming.store.names import check_branch, check_key
+from looming.store.path import show_path
+from looming.store.receive import Receiver, receive_handler
 from looming.store.repo import Repo
-from looming.store.treemerge import Directory
+from looming.store.store import Store
 
 JSON_TYPE = (b"content-type", b"application/json")
+TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 
 
-def _json(status: int, value: Any) -> Response:
-    return Response(status, [JSON_TYPE], json.dumps(value).encode() + b"\n")
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits of a served store."""
+
+    max_body_bytes: int = 256 * 1024 * 1024
+    """A request body (a push's pack, a PUT value) above this gets 413. The
+    server holds a body in memory while it runs, so this bounds memory too."""
+    watch_heartbeat_s: float = 1.0
+    """How often an idle ``watch`` stream sends a comment line, so a client
+    that went away is noticed (its thread and files released) within about
+    two of these."""
+    tls_handshake_timeout_s: float = 10.0
 
 
-def _show(value: Any) -> Any:
-    if value is ABSENT:
+def _json(status: int, value: Any, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
+    return Response(status, [JSON_TYPE, *headers], json.dumps(value).encode() + b"\n")
+
+
+class Denied(Exception):
+    """A request its client may not make: 401 (no credentials) or 403."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class BadRequest(LoomingError):
+    """A request the API cannot take; the message says what to send instead."""
+
+
+def _conflicts_json(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "path": c["key"],
+            "why": c["why"],
+            **{side: _plain(c[side]) for side in ("base", "ours", "theirs")},
+        }
+        for c in records
+    ]
+
+
+def _plain(side: dict[str, Any]) -> Any:
+    """A side as the API shows it: the text, null when absent, else the object."""
+    if side.get("absent"):
         return None
-    if isinstance(value, Directory):
-        return {"directory": value.tree_id}
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": __import__("base64").b64encode(value).decode()}
-    return value
+    if "text" in side:
+        return side["text"]
+    return side
 
 
 class StoreHttp:
     """An HTTP handler (for :class:`looming.http.HttpServer`) serving one repository."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(
+        self,
+        repo: Repo,
+        policy: AccessPolicy | None = None,
+        settings: ServeSettings | None = None,
+    ) -> None:
         if not isinstance(repo.backend, GitBackend):
             raise LoomingError("serve needs an on-disk repository")
         self.repo = repo
+        self.policy = policy if policy is not None else AccessPolicy()
+        self.settings = settings if settings is not None else ServeSettings()
         from dulwich.repo import Repo as DulwichRepo
-        from dulwich.server import DictBackend
-        from dulwich.web import make_wsgi_chain
 
         self.bad_git_requests = 0
+        self.denied = 0
         self._git = DulwichRepo(repo.backend.git_dir)
-        repos: dict[str, Any] = {"/": self._git}
-        self._wsgi = make_wsgi_chain(DictBackend(repos))
+        self.last_receive: Receiver | None = None
 
     def close(self) -> None:
         self._git.close()
 
+    # -------------------------------------------------------------- entry
+
     async def __call__(self, request: Request) -> Response:
+        client = self.policy.identify(request.header(b"authorization"))
         path = urllib.parse.unquote(request.path)
         try:
+            if client is None:
+                raise Denied(401, "wrong credentials: send the store's token as the password")
             if path.startswith("/api/"):
-                return await self._api(request, path[len("/api/") :])
-            try:
-                return await asyncio.to_thread(self._git_http, request)
-            except (LoomingError, KeyError):
-                raise
-            except Exception as error:  # a peer's bad Git request: counted and refused
-                self.bad_git_requests += 1
-                return Response(
-                    400, [(b"content-type", b"text/plain")], f"bad Git request: {error}\n".encode()
-                )
+                return await self._api(request, client, path[len("/api/") :])
+            return await self._git_request(request, client, path)
+        except Denied as denied:
+            self.denied += 1
+            headers: tuple[tuple[bytes, bytes], ...] = ()
+            if denied.status == 401:
+                realm = self.policy.realm.encode()
+                headers = ((b"www-authenticate", b'Basic realm="' + realm + b'"'),)
+            return _json(denied.status, {"error": denied.reason}, headers)
         except KeyNotFound as error:
             return _json(404, {"error": str(error)})
         except LoomingError as error:
             return _json(400, {"error": str(error)})
 
+    def _require(self, client: Client, branch: str, permission: str) -> None:
+        if not self.policy.allows(client, branch, permission):
+            reason = self.policy.refusal(client, branch, permission)
+            unauthenticated = not client.authenticated and self.policy.token is not None
+            raise Denied(401 if unauthenticated else 403, reason)
+
     # -------------------------------------------------------------- git smart HTTP
 
-    def _git_http(self, request: Request) -> Response:
+    async def _git_request(self, request: Request, client: Client, path: str) -> Response:
+        service = urllib.parse.parse_qs(request.query).get("service", [""])[0]
+        pushing = service == "git-receive-pack" or path.rstrip("/").endswith("/git-receive-pack")
+        receiver = None
+        if pushing:
+            if not client.authenticated:
+                self._require(client, "*", "write")
+            receiver = Receiver(
+                self.repo, self._git, self.policy, client, self.settings.max_body_bytes
+            )
+        elif not self.policy.allows_all(client, self.repo.branches(), "read"):
+            self._require(client, "*", "read")  # raises: some branch is not readable
+            raise Denied(403, "this client may not read every branch, and a clone reads them all")
+        try:
+            response = await asyncio.to_thread(self._git_http, request, receiver)
+        except (LoomingError, KeyError):
+            raise
+        except Exception as error:  # a peer's bad Git request: counted and refused
+            self.bad_git_requests += 1
+            return Response(400, [TEXT_TYPE], f"bad Git request: {error}\n".encode())
+        if receiver is not None:
+            self.last_receive = receiver
+            if receiver.report.unpack_error is not None:
+                self.bad_git_requests += 1
+                reason = f"push refused, nothing changed: {receiver.report.unpack_error}\n"
+                return Response(400, [TEXT_TYPE], reason.encode())
+        return response
+
+    def _git_http(self, request: Request, receiver: Receiver | None) -> Response:
+        from dulwich.server import DEFAULT_HANDLERS, DictBackend
+        from dulwich.web import make_wsgi_chain
+
+        handlers: dict[bytes, Any] = dict(DEFAULT_HANDLERS)
+        if receiver is not None:
+            handlers[b"git-receive-pack"] = receive_handler(receiver)
+        repos: dict[str, Any] = {"/": self._git}
+        app = make_wsgi_chain(DictBackend(repos), handlers=handlers)
         environ: dict[str, Any] = {
             "REQUEST_METHOD": request.method,
             "PATH_INFO": urllib.parse.unquote(request.path),
@@ -112,18 +217,18 @@ class StoreHttp:
             key = name.decode("latin-1").upper().replace("-", "_")
             if key == "CONTENT_TYPE":
                 environ["CONTENT_TYPE"] = value.decode("latin-1")
-            elif key != "CONTENT_LENGTH":
+            elif key not in ("CONTENT_LENGTH", "AUTHORIZATION"):
                 environ["HTTP_" + key] = value.decode("latin-1")
         started: list[Any] = []
+        chunks: list[bytes] = []
 
         def start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
             started[:] = [status, headers]
-            return lambda data: chunks.append(data)
+            return chunks.append
 
-        chunks: list[bytes] = []
-        result = self._wsgi(environ, start_response)
+        result = app(environ, start_response)
         try:
             for chunk in result:
                 chunks.append(chunk)
@@ -141,79 +246,134 @@ class StoreHttp:
 
     # -------------------------------------------------------------- JSON API
 
-    async def _api(self, request: Request, rest: str) -> Response:
+    async def _api(self, request: Request, client: Client, rest: str) -> Response:
         branch, _, action = rest.partition("/")
+        check_branch(branch)
         verb, _, key = action.partition("/")
-        query = urllib.parse.parse_qs(request.query)
-        store = self.repo.store(branch)
-        method = request.method
-        if verb == "get" and method == "GET":
-            data = await asyncio.to_thread(store.get, key)
-            return Response(200, [(b"content-type", b"application/octet-stream")], data)
-        if verb == "set" and method == "PUT":
-            message = query.get("message", [None])[0]
-            commit = await asyncio.to_thread(store.set, key, request.body, message)
-            return _json(200, {"commit": commit})
-        if verb == "set" and method == "DELETE":
-            removed = await asyncio.to_thread(store.remove, key, query.get("message", [None])[0])
-            return _json(200, {"commit": removed})
-        if verb == "list" and method == "GET":
-            if key and store.kind(key) is None:
-                raise KeyNotFound(key)
-            names = await asyncio.to_thread(store.list, key)
-            return _json(200, [{"name": name, "kind": kind.value} for name, kind in names])
-        if verb == "history" and method == "GET":
-            limit_text = query.get("limit", ["100"])[0]
-            if not limit_text.isdigit():
-                return _json(400, {"error": f"limit must be a whole number, not {limit_text!r}"})
-            limit = int(limit_text)
-            history = await asyncio.to_thread(store.history, limit)
+        route = _ROUTES.get((request.method, verb))
+        if route is None:
             return _json(
-                200,
-                [
-                    {"id": c.id, "parents": list(c.parents), "message": c.message, "time": c.time}
-                    for c in history
-                ],
+                404, {"error": f"no API {request.method} {verb!r}; see looming.store.http"}
             )
-        if verb == "merge" and method == "POST":
-            other = query.get("from", [""])[0]
-            if not other:
-                return _json(400, {"error": "say which branch to merge with ?from=BRANCH"})
-            result = await asyncio.to_thread(store.merge, other)
-            if result.conflicts:
-                return _json(
-                    409,
-                    {
-                        "conflicts": [
-                            {
-                                "path": "/".join(c.path),
-                                "base": _show(c.base),
-                                "ours": _show(c.ours),
-                                "theirs": _show(c.theirs),
-                                "why": c.why,
-                            }
-                            for c in result.conflicts
-                        ]
-                    },
-                )
-            return _json(200, {"commit": result.commit, "fast_forward": result.fast_forward})
-        if verb == "watch" and method == "GET":
-            prefix = query.get("prefix", [""])[0]
-            return Response(
-                200,
-                [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
-                self._events(store, prefix),
-            )
-        return _json(404, {"error": f"no API {method} {verb!r}; see looming.store.http"})
+        permission, method = route
+        self._require(client, branch, permission)
+        query = {name: values[0] for name, values in urllib.parse.parse_qs(request.query).items()}
+        return await method(self, _Call(self.repo.store(branch), request, key, query, client))
 
-    async def _events(self, store: Any, prefix: str) -> AsyncIterator[bytes]:
+    async def _get(self, call: _Call) -> Response:
+        data = await asyncio.to_thread(call.store.get, check_key(call.key))
+        return Response(200, [(b"content-type", b"application/octet-stream")], data)
+
+    async def _set(self, call: _Call) -> Response:
+        names = check_key(call.key)
+        message = call.query.get("message")
+        commit = await asyncio.to_thread(call.store.set, names, call.request.body, message)
+        return _json(200, {"commit": commit})
+
+    async def _remove(self, call: _Call) -> Response:
+        names = check_key(call.key)
+        commit = await asyncio.to_thread(call.store.remove, names, call.query.get("message"))
+        return _json(200, {"commit": commit})
+
+    async def _list(self, call: _Call) -> Response:
+        names = check_key(call.key)
+        if names and call.store.kind(names) is None:
+            raise KeyNotFound(show_path(names))
+        listed = await asyncio.to_thread(call.store.list, names)
+        return _json(200, [{"name": name, "kind": kind.value} for name, kind in listed])
+
+    async def _history(self, call: _Call) -> Response:
+        limit_text = call.query.get("limit", "100")
+        if not limit_text.isdigit():
+            raise BadRequest(f"limit must be a whole number, not {limit_text!r}")
+        history = await asyncio.to_thread(call.store.history, int(limit_text))
+        return _json(
+            200,
+            [
+                {"id": c.id, "parents": list(c.parents), "message": c.message, "time": c.time}
+                for c in history
+            ],
+        )
+
+    async def _merge(self, call: _Call) -> Response:
+        other = call.query.get("from", "")
+        if not other:
+            raise BadRequest("say which branch to merge with ?from=BRANCH")
+        if len(other) != 40:
+            self._require(call.client, check_branch(other), "read")
+        result = await asyncio.to_thread(
+            pending.start_merge, call.store, other, call.query.get("message")
+        )
+        if result.conflicts:
+            record = pending.load(self.repo, call.branch)
+            assert record is not None
+            return _json(409, {"conflicts": _conflicts_json(record.conflicts), "pending": True})
+        return _json(200, {"commit": result.commit, "fast_forward": result.fast_forward})
+
+    async def _merge_status(self, call: _Call) -> Response:
+        record = pending.load(self.repo, call.branch)
+        if record is None:
+            return _json(404, {"error": f"no merge is pending on {call.branch!r}"})
+        status = record.status()
+        status["conflicts"] = _conflicts_json(record.conflicts)
+        return _json(200, status)
+
+    async def _merge_step(self, call: _Call) -> Response:
+        if call.key == "continue":
+            commit = await asyncio.to_thread(pending.continue_merge, call.store)
+            return _json(200, {"commit": commit})
+        if call.key == "abort":
+            await asyncio.to_thread(pending.abort_merge, self.repo, call.branch)
+            return _json(200, {"aborted": True})
+        raise BadRequest(f"POST merge/continue or merge/abort, not merge/{call.key}")
+
+    async def _resolve(self, call: _Call) -> Response:
+        try:
+            body = json.loads(call.request.body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise BadRequest(f"the body is not JSON: {error}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+            raise BadRequest('send {"key": K, "side": "ours"|"theirs"} or {"key": K, "value": V}')
+        value: bytes | None = None
+        if isinstance(body.get("value"), str):
+            value = body["value"].encode("utf-8")
+        elif isinstance(body.get("base64"), str):
+            try:
+                value = base64.b64decode(body["base64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("base64 holds characters that are not base64") from None
+        side = body.get("side")
+        if side is not None and not isinstance(side, str):
+            raise BadRequest('side is "ours" or "theirs"')
+        record = await asyncio.to_thread(
+            pending.resolve, self.repo, call.branch, body["key"], value=value, side=side
+        )
+        return _json(200, {"unresolved": record.unresolved})
+
+    async def _watch(self, call: _Call) -> Response:
+        prefix = check_key(call.query.get("prefix", ""))
+        return Response(
+            200,
+            [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            self._events(call.store, prefix),
+        )
+
+    async def _events(self, store: Store, prefix: tuple[str, ...]) -> AsyncIterator[bytes]:
         # Watch before the first byte goes out: a client that sees the
         # opening comment may update at once and must not miss that change.
+        # While idle, a comment goes out each heartbeat: writing to a client
+        # that left fails, which ends this generator and stops the watch.
         events = store.events(prefix)
         events.start()
+        heartbeat = self.settings.watch_heartbeat_s
         try:
             yield b": watching\n\n"
-            async for event in events:
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.__anext__(), heartbeat)
+                except TimeoutError:
+                    yield b":\n\n"
+                    continue
                 payload = {
                     "old": event.old,
                     "new": event.new,
@@ -224,27 +384,121 @@ class StoreHttp:
             await events.aclose()
 
 
-async def serve(repo: Repo, host: str, port: int) -> tuple[Any, StoreHttp]:
-    """Start serving; the listener (``.port``, ``await .close()``) and the handler."""
-    from looming.http.server import HttpServer
+@dataclass
+class _Call:
+    store: Store
+    request: Request
+    key: str
+    query: dict[str, str]
+    client: Client
+
+    @property
+    def branch(self) -> str:
+        assert self.store.branch is not None
+        return self.store.branch
+
+
+_Method = Callable[[StoreHttp, _Call], Awaitable[Response]]
+_ROUTES: dict[tuple[str, str], tuple[str, _Method]] = {
+    ("GET", "get"): ("read", StoreHttp._get),
+    ("PUT", "set"): ("write", StoreHttp._set),
+    ("DELETE", "set"): ("write", StoreHttp._remove),
+    ("GET", "list"): ("read", StoreHttp._list),
+    ("GET", "history"): ("read", StoreHttp._history),
+    ("POST", "merge"): ("write", StoreHttp._merge),
+    ("GET", "merge"): ("read", StoreHttp._merge_status),
+    ("POST", "resolve"): ("write", StoreHttp._resolve),
+    ("GET", "watch"): ("read", StoreHttp._watch),
+}
+
+
+async def _dispatch_merge(handler: StoreHttp, call: _Call) -> Response:
+    if call.key:
+        return await handler._merge_step(call)
+    return await handler._merge(call)
+
+
+_ROUTES[("POST", "merge")] = ("write", _dispatch_merge)
+
+
+# ------------------------------------------------------------------ serving
+
+
+def _tls_config(cert: str, key: str) -> Any:
+    from looming.tls import CertifiedKey, TlsConfig
+
+    try:
+        certified = CertifiedKey.from_pem_files(cert, key)
+    except (OSError, ValueError, LoomingError) as error:
+        raise LoomingError(f"cannot use --cert {cert} --key {key}: {error}") from None
+    return TlsConfig(certificates=[certified], alpn_protocols=[b"http/1.1"])
+
+
+async def serve(
+    repo: Repo,
+    host: str,
+    port: int,
+    *,
+    policy: AccessPolicy | None = None,
+    settings: ServeSettings | None = None,
+    tls: Any = None,
+) -> tuple[Any, StoreHttp]:
+    """Start serving; the listener (``.port``, ``await .close()``) and the handler.
+    ``tls`` is a :class:`looming.tls.TlsConfig` to serve HTTPS."""
+    from looming.http.server import HttpServer, ServerConfig
     from looming.unix.socket_stack import SocketTcp
 
-    handler = StoreHttp(repo)
+    handler = StoreHttp(repo, policy, settings)
+    server = HttpServer(handler, ServerConfig(max_body_bytes=handler.settings.max_body_bytes))
     tcp = SocketTcp(host)
-    listener = await tcp.listen(port, HttpServer(handler))
+    if tls is None:
+        listener = await tcp.listen(port, server)
+    else:
+        listener = await tcp.listen(port, _tls_serving(server, tls, handler.settings))
     return listener, handler
 
 
-def serve_forever(repo: Repo, host: str, port: int) -> None:
+def _tls_serving(server: Any, config: Any, settings: ServeSettings) -> Any:
+    from looming.tls import tls_server
+
+    async def serve_flow(flow: Any) -> None:
+        try:
+            secure = await tls_server(flow, config, settings.tls_handshake_timeout_s)
+        except LoomingError:  # a failed handshake: the peer is told by alert
+            await flow.close()
+            return
+        await server.serve_flow(secure)
+
+    return serve_flow
+
+
+def serve_forever(
+    repo: Repo,
+    host: str,
+    port: int,
+    *,
+    policy: AccessPolicy | None = None,
+    settings: ServeSettings | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+) -> None:
     """Serve until SIGINT or SIGTERM, then close the repository (which
     leaves what this process wrote as one compact pack)."""
+    if (cert is None) != (key is None):
+        raise LoomingError("give both --cert and --key to serve HTTPS")
+    tls = _tls_config(cert, key) if cert is not None and key is not None else None
+    scheme = "https" if tls is not None else "http"
+    access = policy if policy is not None else AccessPolicy()
 
     async def main() -> None:
-        listener, _handler = await serve(repo, host, port)
+        listener, _handler = await serve(
+            repo, host, port, policy=access, settings=settings, tls=tls
+        )
         print(
-            f"serving {repo.path} on http://{host}:{listener.port}/ (JSON API under /api/)",
+            f"serving {repo.path} on {scheme}://{host}:{listener.port}/ (JSON API under /api/)",
             flush=True,
         )
+        print(f"access: {describe(access)}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
