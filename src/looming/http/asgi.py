@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from looming.http.message import Request, Response
+from looming.http.message import ClientGone, Request, Response
 
 log = logging.getLogger("looming.http.asgi")
 
@@ -26,7 +26,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
 class LifespanFailed(Exception):
@@ -96,6 +96,76 @@ class _Lifespan:
             raise LifespanFailed(f"application shutdown failed: {message.get('message', '')}")
 
 
+class ClientDisconnected(ClientGone):
+    """Raised by ``send()`` once the client has gone (ASGI HTTP 2.4: an OSError)."""
+
+
+_APP_DONE: Message = {"type": "looming.app.done"}
+_GONE: Message = {"type": "looming.client.gone"}
+
+
+class _Outbox:
+    """The application's response messages, one at a time.
+
+    ``put`` returns only once the server has taken the previous message, and
+    the server takes the next one only after writing the previous one to the
+    flow (whose ``write`` waits while its buffer is above its high-water
+    mark): an application that streams to a client that does not read is
+    held in ``send()``, and the server's memory stays bounded.
+    """
+
+    __slots__ = ("_getter", "_item", "_putter", "app_done", "finished", "gone")
+
+    def __init__(self) -> None:
+        self._item: Message | None = None
+        self._getter: asyncio.Future[None] | None = None
+        self._putter: asyncio.Future[None] | None = None
+        self.gone = False
+        self.finished = False
+        self.app_done = False
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def put(self, message: Message) -> None:
+        while self._item is not None and not self.gone and not self.finished:
+            self._putter = asyncio.get_running_loop().create_future()
+            await self._putter
+        if self.gone:
+            raise ClientDisconnected("the client has gone away")
+        if self.finished:
+            return  # the response is complete; later messages mean nothing
+        self._item = message
+        self._wake(self._getter)
+
+    async def get(self) -> Message:
+        while self._item is None:
+            if self.gone:
+                return _GONE
+            if self.app_done:
+                return _APP_DONE
+            self._getter = asyncio.get_running_loop().create_future()
+            await self._getter
+        message, self._item = self._item, None
+        self._wake(self._putter)
+        return message
+
+    def client_gone(self) -> None:
+        self.gone = True
+        self._wake(self._getter)
+        self._wake(self._putter)
+
+    def application_done(self) -> None:
+        self.app_done = True
+        self._wake(self._getter)
+
+    def response_finished(self) -> None:
+        self.finished = True
+        self._wake(self._putter)
+
+
 class _AppBody:
     """A streamed response body fed by a running application.
 
@@ -107,39 +177,55 @@ class _AppBody:
     def __init__(
         self,
         first: Message,
-        messages: asyncio.Queue[Message],
+        outbox: _Outbox,
         task: asyncio.Task[None],
         response_done: asyncio.Event,
     ) -> None:
         self._next: Message | None = first
-        self._messages = messages
+        self._outbox = outbox
         self._task = task
         self._response_done = response_done
         self._finished = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        """Set when the application announced trailers (``trailers: True``)."""
 
     def __aiter__(self) -> _AppBody:
         return self
 
     async def __anext__(self) -> bytes:
         while not self._finished:
-            message = self._next if self._next is not None else await self._messages.get()
+            message = self._next if self._next is not None else await self._outbox.get()
             self._next = None
-            if message.get("type") != "http.response.body":
-                self._finished = True
-                break
-            if not message.get("more_body", False):
-                self._finished = True
-            chunk = message.get("body", b"")
-            if chunk:
-                return bytes(chunk)
-        self._response_done.set()
+            kind = message.get("type")
+            if kind == "http.response.body":
+                if not message.get("more_body", False) and self.trailers is None:
+                    self._finish()
+                chunk = message.get("body", b"")
+                if chunk:
+                    return bytes(chunk)
+            elif kind == "http.response.trailers" and self.trailers is not None:
+                self.trailers.extend(
+                    (bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())
+                )
+                if not message.get("more_trailers", False):
+                    self._finish()
+            elif message is _GONE:
+                raise ClientDisconnected("the client went away during the response")
+            else:
+                self._finish()
         # An application error here propagates: the server then drops the
         # connection, so the client sees a truncated body, not a complete one.
         await self._task
         raise StopAsyncIteration
 
+    def _finish(self) -> None:
+        self._finished = True
+        self._outbox.response_finished()
+        self._response_done.set()
+
     async def aclose(self) -> None:
         self._finished = True
+        self._outbox.response_finished()
         self._response_done.set()
         if not self._task.done():
             self._task.cancel()
@@ -149,6 +235,12 @@ class _AppBody:
 
 class AsgiAdapter:
     """Serves the ASGI 3 application ``app`` as a looming HTTP handler."""
+
+    streams_request_body = True
+    """Request bodies reach the application in pieces, as it reads them."""
+
+    disconnect_grace = 1.0
+    """How long an application told of a disconnect may take to finish before it is cancelled."""
 
     def __init__(self, app: AsgiApp, *, root_path: str = "", scheme: str = "http") -> None:
         self.app = app
@@ -198,43 +290,76 @@ class AsgiAdapter:
             "client": request.client,
             "server": request.server,
             "state": dict(self.state),
+            "extensions": {"http.response.trailers": {}},
         }
+
+    def _receiver(self, request: Request, ended: asyncio.Event) -> Receive:
+        """The application's ``receive``: the body in pieces, then the disconnect."""
+        stream = request.body_stream
+        body_done = False
+
+        async def receive() -> Message:
+            nonlocal body_done
+            if not body_done:
+                if stream is None:
+                    body_done = True
+                    return {"type": "http.request", "body": request.body, "more_body": False}
+                try:
+                    chunk, more = await stream.next_chunk()
+                except ClientGone:
+                    body_done = True
+                    return {"type": "http.disconnect"}
+                body_done = not more
+                return {"type": "http.request", "body": chunk, "more_body": more}
+            # Nothing more to read: the next event is the end of the exchange,
+            # or the client leaving before it.
+            await ended.wait()
+            return {"type": "http.disconnect"}
+
+        return receive
 
     async def __call__(self, request: Request) -> Response:
         scope = self._scope(request)
-        body_sent = False
-        response_done = asyncio.Event()
-        messages: asyncio.Queue[Message] = asyncio.Queue()
+        ended = asyncio.Event()
+        outbox = _Outbox()
+        if request.watch is not None:
 
-        async def receive() -> Message:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": request.body, "more_body": False}
-            # Nothing more to read: the next event is the end of the exchange.
-            await response_done.wait()
-            return {"type": "http.disconnect"}
+            def gone() -> None:
+                ended.set()
+                outbox.client_gone()
 
-        async def send(message: Message) -> None:
-            await messages.put(message)
+            request.watch.on_gone(gone)
+        receive = self._receiver(request, ended)
 
         async def run_app() -> None:
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, outbox.put)
             finally:
-                await messages.put({"type": "looming.app.done"})
+                outbox.application_done()
 
         task = asyncio.get_running_loop().create_task(run_app())
         try:
-            start = await messages.get()
+            start = await outbox.get()
+            if start is _GONE:
+                await self._end_after_disconnect(task)
+                raise ClientDisconnected("the client went away before the response")
             if start.get("type") != "http.response.start":
                 await task  # re-raises the application's error, if any
                 raise RuntimeError(f"ASGI application sent {start.get('type')!r} before a response")
             status = int(start["status"])
             headers = [(bytes(name), bytes(value)) for name, value in start.get("headers", [])]
-            first = await messages.get()
-            if first.get("type") == "http.response.body" and not first.get("more_body", False):
-                response_done.set()
+            trailers = bool(start.get("trailers", False))
+            first = await outbox.get()
+            if first is _GONE:
+                await self._end_after_disconnect(task)
+                raise ClientDisconnected("the client went away before the response")
+            if (
+                not trailers
+                and first.get("type") == "http.response.body"
+                and not first.get("more_body", False)
+            ):
+                outbox.response_finished()
+                ended.set()
                 try:
                     await task
                 except Exception:
@@ -243,11 +368,20 @@ class AsgiAdapter:
                     log.exception("ASGI application failed after responding")
                 return Response(status, headers, bytes(first.get("body", b"")))
         except BaseException:
-            response_done.set()
+            ended.set()
+            outbox.response_finished()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             raise
+        body = _AppBody(first, outbox, task, ended)
+        if trailers:
+            body.trailers = []
+        return Response(status, headers, body)
 
-        return Response(status, headers, _AppBody(first, messages, task, response_done))
+    async def _end_after_disconnect(self, task: asyncio.Task[None]) -> None:
+        """Let the application, told of the disconnect, finish; cancel it after a grace."""
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+            async with asyncio.timeout(self.disconnect_grace):
+                await asyncio.shield(task)

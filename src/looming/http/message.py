@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 Headers = Sequence[tuple[bytes, bytes]]
 """Header fields as (name, value) byte pairs; names arrive lower-cased."""
@@ -12,9 +13,38 @@ Body = bytes | AsyncIterable[bytes]
 """A whole body, or an async iterable of chunks for a streamed one."""
 
 
+class RequestBody(Protocol):
+    """A request body read piece by piece, as the handler asks for it."""
+
+    async def next_chunk(self) -> tuple[bytes, bool]:
+        """The next piece and whether more follow; raises :class:`ClientGone`
+        if the client went away or sent a body the server refuses."""
+        ...
+
+
+class ConnectionWatch(Protocol):
+    """Tells a handler that its client went away, whether or not it is reading."""
+
+    @property
+    def gone(self) -> bool: ...
+
+    def on_gone(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once when the client goes away (now if it has)."""
+        ...
+
+
+class ClientGone(OSError):
+    """The client closed its connection (or broke its request) mid-exchange."""
+
+
 @dataclass(slots=True)
 class Request:
-    """One parsed HTTP request with its whole body."""
+    """One parsed HTTP request.
+
+    Its ``body`` is whole unless the handler asked for streamed bodies
+    (``streams_request_body = True``): then ``body_stream`` gives it piece by
+    piece and ``watch`` tells when the client goes away.
+    """
 
     method: str
     target: str
@@ -23,6 +53,8 @@ class Request:
     http_version: str = "1.1"
     client: tuple[str, int] | None = None
     server: tuple[str, int] | None = None
+    body_stream: RequestBody | None = None
+    watch: ConnectionWatch | None = None
 
     @property
     def path(self) -> str:

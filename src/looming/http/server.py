@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from looming.devices.clock import Clock
 from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.dates import format_http_date
-from looming.http.message import Handler, Request, Response
+from looming.http.message import ClientGone, Handler, Request, Response
 from looming.http.response_head import (
     CHUNKED,
     CONNECTION_CLOSE,
@@ -41,6 +41,7 @@ from looming.http.response_head import (
     reason_phrase,
     status_line,
 )
+from looming.http.streaming import BodyReader, Watch
 
 log = logging.getLogger("looming.http")
 
@@ -147,13 +148,59 @@ _INTERNAL_ERROR = Response(
 
 
 class _ParserHolder:
-    """The connection's current h11 parser, for the timeout path to inspect."""
+    """The connection's current h11 parser, for the timeout path to inspect,
+    and the watch on its last request (whose pending read comes first)."""
 
-    __slots__ = ("conn", "responding")
+    __slots__ = ("conn", "responding", "watch")
 
     def __init__(self) -> None:
         self.conn: h11.Connection | None = None
         self.responding = False
+        self.watch: Watch | None = None
+
+
+def _valid_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The trailer fields that are safe to send (no framing fields, no line breaks)."""
+    forbidden = (b"content-length", b"transfer-encoding", b"host", b"trailer")
+    return [
+        (name, value)
+        for name, value in trailers
+        if name.isascii()
+        and name not in forbidden
+        and not any(c in name for c in b" :\r\n")
+        and b"\r" not in value
+        and b"\n" not in value
+    ]
+
+
+def _framing_refusal(
+    headers: Sequence[tuple[bytes, bytes]], max_body: int, raw: list[bytes]
+) -> int:
+    """The error status for a request's framing headers, or 0 if they are fine.
+
+    Content-Length together with Transfer-Encoding is how requests are
+    smuggled past a proxy (RFC 9112 section 6.3): refused with 400 and the
+    connection closed, as is a Content-Length given twice or as a list and a
+    header line folded onto the next (h11 accepts these three quietly, so the
+    head's bytes are read).
+    """
+    head = raw[0] if len(raw) == 1 else b"".join(raw)
+    head = head[: head.find(b"\r\n\r\n")]
+    if b"\n " in head or b"\n\t" in head:
+        return 400  # obs-fold (RFC 9112 section 5.2), which h11 would unfold
+    lengths = [value for name, value in headers if name == b"content-length"]
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or any(name == b"transfer-encoding" for name, _ in headers):
+        return 400
+    head = head.lower()
+    given = [line for line in head.split(b"\r\n") if line.startswith(b"content-length")]
+    if len(given) > 1 or not all(line.partition(b":")[2].strip().isdigit() for line in given):
+        return 400
+    value = lengths[0]
+    if not value.isdigit():
+        return 400
+    return 413 if int(value) > max_body else 0
 
 
 class _BodyTooLarge(Exception):
@@ -178,6 +225,10 @@ class HttpServer:
         self.requests_served = 0
         self.protocol_errors = 0
         self.timeouts = 0
+        self.in_flight = 0
+        self.stopping = False
+        """Set by a graceful stop: each connection ends after its current response."""
+        self._streams_body = bool(getattr(handler, "streams_request_body", False))
 
     async def __call__(self, flow: Flow) -> None:
         await self.serve_flow(flow)
@@ -217,6 +268,8 @@ class HttpServer:
             # so the connection is dropped and the client sees it truncated.
             log.exception("response on %s failed", getattr(flow, "remote_address", "a flow"))
         finally:
+            if parser.watch is not None:
+                await parser.watch.close()
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
 
@@ -240,15 +293,23 @@ class HttpServer:
                     conn.receive_data(b"")
             deadline.expire_in(config.header_timeout if first else config.keep_alive_timeout)
             first = False
+            # What arrived for this head, for the checks h11's parse hides.
+            raw: list[bytes] = [leftover] if leftover else []
             try:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     waiting_for_start = True
+                    watched = parser.watch
+                    parser.watch = None
                     while event is h11.NEED_DATA:
-                        data = await flow.read()
+                        if watched is not None and watched.reading:
+                            data = await watched.take()
+                        else:
+                            data = await flow.read()
                         if waiting_for_start and data:
                             waiting_for_start = False
                             deadline.expire_in(config.header_timeout)
+                        raw.append(data)
                         conn.receive_data(data)
                         event = conn.next_event()
             except h11.RemoteProtocolError as error:
@@ -278,35 +339,42 @@ class HttpServer:
                 return
             method_bytes = event.method
             keep_alive = version == b"1.1"
-            check_length = method_bytes != b"GET" and method_bytes != b"HEAD"
+            refusal = _framing_refusal(headers, config.max_body_bytes, raw)
+            if refusal:
+                # Smuggling attempts and bodies over the limit are refused
+                # before the body is read or invited with 100 Continue.
+                if refusal == 400:
+                    self.protocol_errors += 1
+                deadline.disarm()
+                await self._send_error_raw(flow, refusal)
+                return
             for name, value in headers:
-                if name == b"connection":
-                    if b"close" in value.lower():
-                        keep_alive = False
-                elif (
-                    check_length
-                    and name == b"content-length"
-                    and int(value) > config.max_body_bytes
-                ):
-                    # Refused before reading it or inviting it with 100 Continue
-                    # (the limit holds while reading in any case).
+                if name == b"connection" and b"close" in value.lower():
+                    keep_alive = False
+            method = method_bytes.decode("ascii")
+            watch: Watch | None = None
+            reader: BodyReader | None = None
+            if self._streams_body:
+                watch = Watch(flow)
+                reader = BodyReader(
+                    flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
+                )
+                reader.start_if_empty()
+                body = b""
+            else:
+                try:
+                    body = await self._read_body(flow, conn, deadline)
+                except _BodyTooLarge:
                     deadline.disarm()
                     await self._send_error_raw(flow, 413)
                     return
-            try:
-                body = await self._read_body(flow, conn, deadline)
-            except _BodyTooLarge:
-                deadline.disarm()
-                await self._send_error_raw(flow, 413)
-                return
-            except h11.RemoteProtocolError as error:
-                self.protocol_errors += 1
-                log.debug("bad request body: %s", error)
-                deadline.disarm()
-                await self._send_error_raw(flow, 400)
-                return
-            leftover, peer_closed = conn.trailing_data
-            method = method_bytes.decode("ascii")
+                except h11.RemoteProtocolError as error:
+                    self.protocol_errors += 1
+                    log.debug("bad request body: %s", error)
+                    deadline.disarm()
+                    await self._send_error_raw(flow, 400)
+                    return
+                leftover, peer_closed = conn.trailing_data
             request = Request(
                 method,
                 event.target.decode("latin-1"),
@@ -315,13 +383,21 @@ class HttpServer:
                 version.decode("ascii"),
                 client,
                 server,
+                reader,
+                watch,
             )
+            parser.watch = watch
             deadline.disarm()
+            self.in_flight += 1
             try:
                 response = await self.handler(request)
+            except ClientGone:
+                return
             except Exception:
                 log.exception("handler failed on %s %s", method, request.target)
                 response = _INTERNAL_ERROR
+            finally:
+                self.in_flight -= 1
             try:
                 prepared = self._headers.prepare(response.headers)
                 if not 200 <= response.status <= 999:
@@ -338,7 +414,16 @@ class HttpServer:
                 flow, response, prepared, method == "HEAD", version == b"1.1", keep_alive, deadline
             )
             self.requests_served += 1
-            if not keep_alive or peer_closed:
+            if reader is not None and watch is not None:
+                # What the handler left unread is read and dropped (a little
+                # of it) before the next request; then the watch's pending
+                # read, if any, is the start of that request.
+                if not keep_alive or not await reader.discard(config.linger_bytes):
+                    return
+                leftover, peer_closed = conn.trailing_data
+                if watch.gone:
+                    return
+            if not keep_alive or peer_closed or self.stopping:
                 return
 
     async def _read_body(
@@ -481,7 +566,13 @@ class HttpServer:
             if declared is not None and sent != declared:
                 raise RuntimeError(f"streamed body of {sent} bytes, Content-Length said {declared}")
             if chunked:
-                pending.append(LAST_CHUNK)
+                trailers: list[tuple[bytes, bytes]] | None = getattr(body, "trailers", None)
+                if trailers:
+                    pending.append(b"0\r\n")
+                    pending.extend(b"%s: %s\r\n" % pair for pair in _valid_trailers(trailers))
+                    pending.append(b"\r\n")
+                else:
+                    pending.append(LAST_CHUNK)
             if pending:
                 deadline.expire_in(timeout)
                 await flow.writev(pending)

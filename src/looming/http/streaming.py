@@ -1,0 +1,164 @@
+"""Request bodies read as the handler asks, and noticing a client that left.
+
+Used by :class:`~looming.http.server.HttpServer` for handlers that set
+``streams_request_body`` (the ASGI adapter does). :class:`BodyReader` hands the
+body out piece by piece, inviting it with ``100 Continue`` only when first
+asked. Once the body is complete, :class:`Watch` keeps one read pending on the
+connection: an end of stream (or an error) means the client went away, which
+is told to the handler even while it is not reading; bytes that arrive
+instead are the client's next request, kept for the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import h11
+
+from looming.devices.flow import Flow
+from looming.errors import LoomingError
+from looming.http.message import ClientGone
+
+
+class Watch:
+    """One pending read after the request: end of stream means the client left."""
+
+    __slots__ = ("_callbacks", "_flow", "_task", "gone")
+
+    def __init__(self, flow: Flow) -> None:
+        self._flow = flow
+        self._task: asyncio.Task[bytes] | None = None
+        self._callbacks: list[Callable[[], object]] = []
+        self.gone = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> bytes:
+        try:
+            data = await self._flow.read()
+        except (LoomingError, OSError):
+            data = b""
+        if not data:
+            self._went_away()
+        return data
+
+    def _went_away(self) -> None:
+        self.gone = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_gone(self, callback: Callable[[], object]) -> None:
+        if self.gone:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    @property
+    def reading(self) -> bool:
+        """Whether a read was started (the server takes its result next)."""
+        return self._task is not None
+
+    async def take(self) -> bytes:
+        """What the pending read returned: the next request's bytes, or b"" at the end."""
+        assert self._task is not None
+        task, self._task = self._task, None
+        return await task
+
+    async def close(self) -> None:
+        """Abandon a pending read (the connection is closing)."""
+        self._callbacks.clear()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class BodyReader:
+    """A request's body, read from the connection when the handler asks."""
+
+    __slots__ = (
+        "_conn",
+        "_flow",
+        "_limit",
+        "_peeked",
+        "_timeout",
+        "_watch",
+        "broken",
+        "complete",
+        "received",
+    )
+
+    def __init__(
+        self, flow: Flow, conn: h11.Connection, watch: Watch, *, limit: int, timeout: float
+    ) -> None:
+        self._flow = flow
+        self._conn = conn
+        self._watch = watch
+        self._limit = limit
+        self._timeout = timeout
+        self._peeked: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED] | None = None
+        self.received = 0
+        self.complete = False
+        self.broken = False
+        """The body could not be read whole: the connection cannot carry another request."""
+
+    def start_if_empty(self) -> None:
+        """Mark a request without a body complete (and start watching) at once."""
+        event = self._conn.next_event()
+        if type(event) is h11.EndOfMessage:
+            self._finish()
+        elif event is not h11.NEED_DATA:
+            self._peeked = event
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._watch.start()
+
+    async def next_chunk(self) -> tuple[bytes, bool]:
+        if self.complete:
+            return b"", False
+        if self.broken:
+            raise ClientGone("the request body could not be read")
+        conn = self._conn
+        try:
+            if conn.they_are_waiting_for_100_continue:
+                await self._flow.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            while True:
+                event, self._peeked = self._peeked or conn.next_event(), None
+                if event is h11.NEED_DATA:
+                    async with asyncio.timeout(self._timeout):
+                        conn.receive_data(await self._flow.read())
+                    continue
+                if type(event) is h11.Data:
+                    self.received += len(event.data)
+                    if self.received > self._limit:
+                        raise ClientGone(f"request body over {self._limit} bytes")
+                    return bytes(event.data), True
+                if type(event) is h11.EndOfMessage:
+                    self._finish()
+                    return b"", False
+                raise ClientGone("the client closed the connection in the middle of a body")
+        except (h11.RemoteProtocolError, TimeoutError, LoomingError, OSError) as error:
+            self.broken = True
+            self._watch._went_away()
+            if isinstance(error, ClientGone):
+                raise
+            raise ClientGone(f"request body failed: {error}") from None
+
+    async def discard(self, limit: int) -> bool:
+        """Read and drop what the handler left unread; whether it all arrived within ``limit``."""
+        while not self.complete and not self.broken:
+            if self.received > limit:
+                return False
+            try:
+                await self.next_chunk()
+            except ClientGone:
+                return False
+        return self.complete
