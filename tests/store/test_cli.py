@@ -126,6 +126,8 @@ def test_python_m_and_help(tmp_path: Path) -> None:
         "push",
         "watch",
         "serve",
+        "resolve",
+        "gc",
     ],
 )
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,25 +171,32 @@ def test_watch_command(tmp_path: Path) -> None:
 def test_serve_stops_on_sigterm_and_leaves_the_store_compact(
     tmp_path: Path, git: GitRunner
 ) -> None:
+    import base64
+    import os
     import re
     import signal
     import urllib.request
 
     path = tmp_path / "served.git"
     Repo.init(str(path)).close()
+    token = "serve-token-0123456789abcdef"
     server = subprocess.Popen(
         [sys.executable, "-m", "looming.store.cli", "-C", str(path), "serve", "--port", "0"],
         stdout=subprocess.PIPE,
+        env={**os.environ, "LOOMING_STORE_TOKEN": token},
     )
     try:
         assert server.stdout is not None
         found = re.search(rb"http://127\.0\.0\.1:(\d+)/", server.stdout.readline())
         assert found is not None
+        assert server.stdout.readline().startswith(b"access: writes need the token")
+        credentials = base64.b64encode(f"me:{token}".encode()).decode()
         for number in range(3):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{int(found.group(1))}/api/main/set/k{number}",
                 data=b"v%d" % number,
                 method="PUT",
+                headers={"Authorization": f"Basic {credentials}"},
             )
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 200

@@ -13,7 +13,7 @@ from looming.store.gitbackend import GitBackend
 from looming.store.objects import ObjectId
 from looming.store.repo import HEADS, Repo
 from looming.store.store import MergeResult, Store
-from looming.store.treemerge import is_ancestor
+from looming.store.treemerge import is_ancestor, lowest_common_ancestors
 
 
 class SyncError(StoreError):
@@ -85,9 +85,19 @@ def fetch(repo: Repo, remote: str, *, remote_name: str = "origin") -> FetchResul
 
 
 def pull(
-    store: Store, remote: str, branch: str | None = None, *, message: str | None = None
+    store: Store,
+    remote: str,
+    branch: str | None = None,
+    *,
+    message: str | None = None,
+    allow_unrelated_histories: bool = False,
+    keep_conflicts: bool = False,
 ) -> MergeResult:
-    """Fetch ``branch`` (default: the store's) and merge or fast-forward it in."""
+    """Fetch ``branch`` (default: the store's) and merge or fast-forward it in.
+
+    As ``git pull`` does, a branch that shares no commit with ours is merged
+    only with ``allow_unrelated_histories``. With ``keep_conflicts`` a
+    conflicting merge is left pending (see :mod:`looming.store.pending`)."""
     if store.branch is None:
         raise SyncError("pull into a store bound to a branch")
     wanted = branch or store.branch
@@ -96,7 +106,24 @@ def pull(
         raise SyncError(
             f"{remote} has no branch {wanted!r} (it has: {', '.join(sorted(fetched.branches)) or 'none'})"
         )
-    return store.merge(fetched.branches[wanted], message or f"merge {remote} {wanted}")
+    theirs = fetched.branches[wanted]
+    ours = store.head_id()
+    if (
+        ours is not None
+        and not allow_unrelated_histories
+        and not lowest_common_ancestors(store.repo.db, ours, bytes.fromhex(theirs))
+    ):
+        raise SyncError(
+            f"refusing to merge unrelated histories: {remote} {wanted} shares no commit with "
+            f"{store.branch}; pass --allow-unrelated-histories (allow_unrelated_histories=True) "
+            "to merge them anyway"
+        )
+    merge_message = message or f"merge {remote} {wanted}"
+    if keep_conflicts:
+        from looming.store.pending import start_merge
+
+        return start_merge(store, theirs, merge_message)
+    return store.merge(theirs, merge_message)
 
 
 def push(
