@@ -295,3 +295,19 @@ def test_access_files_and_tokens_are_checked(tmp_path: Path) -> None:
     ]:
         with pytest.raises(AccessConfigError, match=error):
             parse_rules(text)
+
+
+def test_large_push_and_clone_within_the_default_limit(
+    disk_repo: Repo, work: Path, git: GitRunner
+) -> None:
+    """A 17 MiB file: beyond the old fixed 16 MiB limit, and sent chunked by git."""
+    data = os.urandom(17 * 1024 * 1024)
+    (work / "big.bin").write_bytes(data)
+    git("add", "big.bin", cwd=work)
+    git("commit", "-q", "-m", "big", cwd=work)
+    with serving(disk_repo) as (port, _):
+        url = f"http://u:{TOKEN}@127.0.0.1:{port}/"
+        git("push", "-q", url, "HEAD:main", cwd=work)
+        assert disk_repo.store().get("big.bin") == data
+        git("clone", "-q", url, "again", cwd=work.parent)
+    assert (work.parent / "again" / "big.bin").read_bytes() == data
