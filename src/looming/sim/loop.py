@@ -136,7 +136,6 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
         self._selector = _VirtualSelector(self)
         self._timer_order = itertools.count()
         self._task_order = itertools.count()
-        self.set_task_factory(self._make_task)  # type: ignore[arg-type]  # accepts context=
         self.set_exception_handler(self._report_exception)
         self.garbage_reports: list[str] = []
 
@@ -219,6 +218,20 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
         self.default_exception_handler(context)
 
     # -- tasks ----------------------------------------------------------
+
+    def create_task(  # type: ignore[override]
+        self,
+        coro: Coroutine[Any, Any, _T],
+        *,
+        name: object = None,
+        context: contextvars.Context | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Task[_T]:
+        # Made here rather than by a task factory: asyncio passes a factory
+        # different arguments on each version (3.13.0 renames its task to
+        # "None" afterwards), and deadlock reports list tasks by these names.
+        self._check_closed()  # type: ignore[attr-defined]  # BaseEventLoop internal
+        return self._make_task(self, coro, name=name, context=context, **kwargs)
 
     def _make_task(
         self,
