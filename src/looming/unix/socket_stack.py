@@ -219,7 +219,12 @@ class SocketTcpFlow(asyncio.Protocol):
 
     async def writev(self, buffers: Iterable[bytes]) -> None:
         transport = self._check_writable()
-        transport.writelines(buffers)
+        # One write() rather than writelines(): the selector transport's
+        # writelines() of CPython 3.12 and 3.13 (3.12.1 and 3.13.0 here) never
+        # pauses the protocol (gh-127655, fixed in later patch releases), so a
+        # peer that does not read would grow the buffer without bound. 3.11's
+        # writelines() joins and writes the same way.
+        transport.write(b"".join(buffers))
         if self._write_paused:
             await self._drain()
 
