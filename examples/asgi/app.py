@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +22,12 @@ async def greet(request: Request) -> JSONResponse:
     return JSONResponse({"greeting": f"hello, {name}", "started": request.state.started})
 
 
+async def slow(request: Request) -> PlainTextResponse:
+    # A response that takes a while: a graceful stop lets it finish.
+    await asyncio.sleep(float(request.query_params.get("seconds", "1")))
+    return PlainTextResponse("finished\n")
+
+
 async def echo(request: Request) -> JSONResponse:
     body = await request.body()
     return JSONResponse({"length": len(body), "text": body.decode("utf-8", "replace")})
@@ -29,6 +37,7 @@ async def echo(request: Request) -> JSONResponse:
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, bool]]:
     # State handed to every request as request.state.
     yield {"started": True}
+    logging.getLogger("asgi").info("lifespan shutdown done")
 
 
 app = Starlette(
@@ -36,6 +45,7 @@ app = Starlette(
         Route("/", hello),
         Route("/greet/{name}", greet),
         Route("/echo", echo, methods=["POST"]),
+        Route("/slow", slow),
     ],
     lifespan=lifespan,
 )

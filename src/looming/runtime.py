@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -95,14 +96,43 @@ def usage(name: str, specs: Sequence[KeySpec]) -> str:
         default = "none" if s.default is None else str(s.default)
         lines.append(f"  {left:<{width + 2}} {s.doc} (default: {default})")
     lines.append(f"  {'--help':<{width + 2}} show this message and exit")
+    lines.append("")
+    lines.append("Each key may also be set by an environment variable, e.g. --port by LOOMING_PORT;")
+    lines.append("the command line wins.")
     return "\n".join(lines)
 
 
-def parse_keys(specs: Sequence[KeySpec], argv: Sequence[str]) -> Keys:
-    """Values for ``specs`` from ``--key value`` / ``--key=value`` arguments."""
+ENV_PREFIX = "LOOMING_"
+
+
+def _port_checked(spec: KeySpec, value: Any, given_as: str) -> Any:
+    """A key named ``port`` or ``*_port`` must be a TCP/UDP port number."""
+    named_port = spec.name == "port" or spec.name.endswith("_port")
+    if named_port and isinstance(value, int) and not 0 <= value <= 65535:
+        raise UsageError(f"{given_as}: {value} is not a port number (0 to 65535)")
+    return value
+
+
+def parse_keys(
+    specs: Sequence[KeySpec], argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> Keys:
+    """Values for ``specs`` from ``--key value`` / ``--key=value`` arguments,
+    else from ``LOOMING_KEY`` environment variables, else the defaults."""
     by_option = {s.option: s for s in specs}
     by_option.update({"--" + s.name: s for s in specs})
     values = {s.name: s.initial() for s in specs}
+    environ = os.environ if environ is None else environ
+    for from_env in specs:
+        variable = ENV_PREFIX + from_env.name.upper()
+        if variable in environ:
+            text = environ[variable]
+            try:
+                values[from_env.name] = from_env.parse(text)
+            except ValueError as exc:
+                raise UsageError(
+                    f"{variable}={text!r} is not a valid {from_env.type_name}: {exc}"
+                ) from None
+            _port_checked(from_env, values[from_env.name], variable)
     args = list(argv)
     i = 0
     while i < len(args):
@@ -126,6 +156,7 @@ def parse_keys(specs: Sequence[KeySpec], argv: Sequence[str]) -> Keys:
             values[spec.name] = spec.parse(text)
         except ValueError as exc:
             raise UsageError(f"{option}: {text!r} is not a valid {spec.type_name}: {exc}") from None
+        _port_checked(spec, values[spec.name], option)
         i += 1
     return Keys(values)
 

@@ -26,7 +26,17 @@ from looming.config.devices import (
     time,
     tls,
 )
-from looming.config.dsl import Device, Job, Key, Unikernel, device, key, main, register
+from looming.config.dsl import (
+    Device,
+    Job,
+    Key,
+    Unikernel,
+    device,
+    http_keys,
+    key,
+    main,
+    register,
+)
 
 # Device functions that live with their implementation, imported on first use
 # so that a config.py which does not use them does not load them.
@@ -53,6 +63,7 @@ __all__ = [
     "default_network",
     "device",
     "generic_stack",
+    "http_keys",
     "key",
     "kv_ro",
     "kv_rw",

@@ -95,6 +95,25 @@ def key(name: str, type: type | str = str, default: Any = None, doc: str = "") -
     return Key(name, type_name, default, doc, where)
 
 
+def http_keys() -> list[Key]:
+    """The keys of an HTTP service (see ``looming.http.service``), for
+    ``main(..., keys=[port, *http_keys()])``; each is also read from its
+    ``LOOMING_*`` environment variable."""
+    where = caller_location()
+    return [
+        Key("access_log", "str", "off", "access log: off, common or json", where),
+        Key("metrics", "str", "", "path of a Prometheus metrics endpoint, e.g. /metrics", where),
+        Key("max_connections", "int", 1000, "connections served at once (0: no limit)", where),
+        Key(
+            "shutdown_timeout",
+            "float",
+            10.0,
+            "seconds responses in flight get to finish on SIGTERM",
+            where,
+        ),
+    ]
+
+
 def _type_name(t: type) -> str:
     names = {
         int: "int",

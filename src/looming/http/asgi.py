@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from looming.errors import LoomingError
 from looming.http.message import ClientGone, Request, Response
 
 log = logging.getLogger("looming.http.asgi")
@@ -29,8 +30,9 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
-class LifespanFailed(Exception):
-    """The application reported ``lifespan.startup.failed`` or ``shutdown.failed``."""
+class LifespanFailed(LoomingError):
+    """The application reported ``lifespan.startup.failed`` or ``shutdown.failed``
+    (a unikernel stops with its message, exit code 1)."""
 
 
 class _Lifespan:
@@ -186,6 +188,7 @@ class _AppBody:
         self._task = task
         self._response_done = response_done
         self._finished = False
+        self.bytes_sent = 0
         self.trailers: list[tuple[bytes, bytes]] | None = None
         """Set when the application announced trailers (``trailers: True``)."""
 
@@ -202,6 +205,7 @@ class _AppBody:
                     self._finish()
                 chunk = message.get("body", b"")
                 if chunk:
+                    self.bytes_sent += len(chunk)
                     return bytes(chunk)
             elif kind == "http.response.trailers" and self.trailers is not None:
                 self.trailers.extend(

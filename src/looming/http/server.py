@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,8 @@ class ServerConfig:
     """After an error response, how many unread request bytes are drained."""
     server_name: str = "looming"
     """The value of the Server header."""
+    max_connections: int = 0
+    """Connections served at once; one more gets 503 and a close (0: no limit)."""
 
 
 class _DateHeader:
@@ -80,6 +82,14 @@ class _DateHeader:
         self._clock = clock
         self._second = -1
         self._line = b""
+
+    def now(self) -> float:
+        clock = self._clock
+        if clock is None:
+            from looming.unix.clock import UnixClock
+
+            clock = self._clock = UnixClock()
+        return clock.now()
 
     def line(self) -> bytes:
         clock = self._clock
@@ -151,12 +161,16 @@ class _ParserHolder:
     """The connection's current h11 parser, for the timeout path to inspect,
     and the watch on its last request (whose pending read comes first)."""
 
-    __slots__ = ("conn", "responding", "watch")
+    __slots__ = ("busy", "conn", "responding", "sent", "watch")
 
     def __init__(self) -> None:
         self.conn: h11.Connection | None = None
         self.responding = False
         self.watch: Watch | None = None
+        self.busy = False
+        """Between a request's head and the end of its response."""
+        self.sent = 0
+        """Body bytes of the last response (for access logs)."""
 
 
 def _valid_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -207,6 +221,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+Observer = Callable[[Request, int, int, float], None]
+"""Told of each response: the request, status, body bytes sent, seconds taken."""
+
+
 class HttpServer:
     """Serves HTTP/1.1 on flows with ``handler``.
 
@@ -229,6 +247,36 @@ class HttpServer:
         self.stopping = False
         """Set by a graceful stop: each connection ends after its current response."""
         self._streams_body = bool(getattr(handler, "streams_request_body", False))
+        self._connections: dict[asyncio.Task[Any], _ParserHolder] = {}
+        self.observer: Observer | None = None
+        """Told of each response (access logs, metrics)."""
+        self.connections_refused = 0
+
+    @property
+    def connections_open(self) -> int:
+        return len(self._connections)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop gracefully: idle connections close now, each busy one after its
+        current response; those still busy after ``timeout`` seconds are cut.
+
+        Close the listener first, so no connection arrives meanwhile.
+        """
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            for task, holder in list(self._connections.items()):
+                if not holder.busy and not task.done():
+                    task.cancel()
+            if not self._connections or loop.time() >= give_up:
+                break
+            await asyncio.sleep(0.05)
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
 
     async def __call__(self, flow: Flow) -> None:
         await self.serve_flow(flow)
@@ -239,11 +287,20 @@ class HttpServer:
         assert task is not None
         deadline = _Watchdog(asyncio.get_running_loop(), task)
         parser = _ParserHolder()
+        limit = self.config.max_connections
+        if self.stopping or (limit and len(self._connections) >= limit):
+            self.connections_refused += 1
+            await self._send_error_raw(flow, 503)
+            with contextlib.suppress(NetworkError, OSError):
+                await flow.close()
+            return
+        self._connections[task] = parser
         try:
             try:
                 await self._serve_requests(flow, parser, deadline)
             finally:
                 deadline.close()
+                del self._connections[task]
         except asyncio.CancelledError:
             if not deadline.expired:
                 raise
@@ -387,8 +444,10 @@ class HttpServer:
                 watch,
             )
             parser.watch = watch
+            parser.busy = True
             deadline.disarm()
             self.in_flight += 1
+            started = self._date.now()
             try:
                 response = await self.handler(request)
             except ClientGone:
@@ -410,10 +469,21 @@ class HttpServer:
                 prepared = self._headers.prepare(response.headers)
             deadline.expire_in(config.send_timeout)
             parser.responding = True
+            sent_body = response.body
+            parser.sent = (
+                len(sent_body)
+                if method != "HEAD" and isinstance(sent_body, bytes | bytearray)
+                else 0
+            )
             keep_alive = await self._send_response(
                 flow, response, prepared, method == "HEAD", version == b"1.1", keep_alive, deadline
             )
+            if not isinstance(sent_body, bytes | bytearray | memoryview):
+                parser.sent = getattr(sent_body, "bytes_sent", 0)
             self.requests_served += 1
+            parser.busy = False
+            if self.observer is not None:
+                self.observer(request, response.status, parser.sent, self._date.now() - started)
             if reader is not None and watch is not None:
                 # What the handler left unread is read and dropped (a little
                 # of it) before the next request; then the watch's pending

@@ -141,10 +141,12 @@ class UnixTarget(Target):
                     disconnect="disconnect",
                     deps=[],
                     keys=[
+                        # Loopback unless told otherwise: what listens on a
+                        # network is reachable from it only when configured so.
                         KeyDecl(
                             "ipv4",
                             "ipv4_interface",
-                            "0.0.0.0/0",
+                            "127.0.0.1/32",
                             "address to listen on (0.0.0.0 for every host address)",
                         )
                     ],

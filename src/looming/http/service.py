@@ -1,0 +1,216 @@
+"""Running an ASGI application as a service: what operators expect around it.
+
+:func:`serve_asgi` runs the application's lifespan, listens, and on
+cancellation (``looming run`` turns SIGTERM and SIGINT into one) stops
+gracefully: the listener closes, idle connections close, responses in flight
+get ``shutdown_timeout`` seconds to finish, then the lifespan shutdown runs.
+Around it: access logs (common or JSON lines), an opt-in Prometheus
+``/metrics`` endpoint and a connection limit, all set by the keys that
+``looming.config.http_keys()`` declares (and so also by ``LOOMING_*``
+environment variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from looming.devices import Console, Stack
+from looming.errors import UsageError
+from looming.http.asgi import AsgiAdapter, AsgiApp
+from looming.http.message import Request, Response
+from looming.http.server import HttpServer, ServerConfig
+
+log = logging.getLogger("looming.http")
+access_log = logging.getLogger("looming.http.access")
+
+ACCESS_LOG_FORMATS = ("off", "common", "json")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The operational keys of an HTTP service (see ``looming.config.http_keys``)."""
+
+    access_log: str = "off"
+    metrics: str = ""
+    max_connections: int = 1000
+    shutdown_timeout: float = 10.0
+
+    @classmethod
+    def from_keys(cls, **keys: Any) -> HttpSettings:
+        """Settings from key values; a bad value is a UsageError (exit 2)."""
+        known = {k: v for k, v in keys.items() if k in cls.__dataclass_fields__}
+        settings = cls(**known)
+        if settings.access_log not in ACCESS_LOG_FORMATS:
+            raise UsageError(
+                f"--access-log: {settings.access_log!r} is not one of "
+                f"{', '.join(ACCESS_LOG_FORMATS)}"
+            )
+        if settings.metrics and not settings.metrics.startswith("/"):
+            raise UsageError(f"--metrics: {settings.metrics!r} must be a path such as /metrics")
+        if settings.max_connections < 0:
+            raise UsageError("--max-connections: give 0 (no limit) or a positive number")
+        if settings.shutdown_timeout < 0:
+            raise UsageError("--shutdown-timeout: give a number of seconds, 0 or more")
+        return settings
+
+
+class AccessLog:
+    """One log record per response, in the common log format or as JSON."""
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+
+    def __call__(self, request: Request, status: int, sent: int, seconds: float) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        host = request.client[0] if request.client else "-"
+        if self.style == "json":
+            record = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "client": host,
+                "method": request.method,
+                "target": request.target,
+                "http_version": request.http_version,
+                "status": status,
+                "bytes": sent,
+                "duration_ms": round(seconds * 1000, 3),
+                "user_agent": (request.header(b"user-agent") or b"").decode("latin-1"),
+            }
+            access_log.info("%s", json.dumps(record, sort_keys=True))
+        else:
+            stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+            line = f"{request.method} {request.target} HTTP/{request.http_version}"
+            access_log.info('%s - - [%s] "%s" %d %s', host, stamp, line, status, sent or "-")
+
+
+class Metrics:
+    """Counters of an :class:`HttpServer`, in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.server: HttpServer | None = None
+        self.by_status: Counter[str] = Counter()
+        self.body_bytes = 0
+        self.seconds = 0.0
+        self.count = 0
+
+    def __call__(self, request: Request, status: int, sent: int, seconds: float) -> None:
+        self.by_status[f"{status // 100}xx"] += 1
+        self.body_bytes += sent
+        self.seconds += seconds
+        self.count += 1
+
+    def render(self) -> bytes:
+        server = self.server
+        lines = [
+            "# HELP looming_http_responses_total Responses sent, by status class.",
+            "# TYPE looming_http_responses_total counter",
+        ]
+        for status in sorted(self.by_status):
+            lines.append(
+                f'looming_http_responses_total{{status="{status}"}} {self.by_status[status]}'
+            )
+        gauges = {
+            "looming_http_response_body_bytes_total": ("counter", self.body_bytes),
+            "looming_http_request_duration_seconds_sum": ("counter", round(self.seconds, 6)),
+            "looming_http_request_duration_seconds_count": ("counter", self.count),
+        }
+        if server is not None:
+            gauges.update(
+                {
+                    "looming_http_connections_open": ("gauge", server.connections_open),
+                    "looming_http_requests_in_flight": ("gauge", server.in_flight),
+                    "looming_http_connections_refused_total": (
+                        "counter",
+                        server.connections_refused,
+                    ),
+                    "looming_http_protocol_errors_total": ("counter", server.protocol_errors),
+                    "looming_http_timeouts_total": ("counter", server.timeouts),
+                }
+            )
+        for name, (kind, value) in gauges.items():
+            lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        return ("\n".join(lines) + "\n").encode()
+
+
+class MetricsEndpoint:
+    """Answers ``GET path`` with the metrics; everything else goes to ``inner``."""
+
+    def __init__(self, inner: Any, metrics: Metrics, path: str) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.path = path
+        self.streams_request_body = bool(getattr(inner, "streams_request_body", False))
+
+    async def __call__(self, request: Request) -> Response:
+        if request.path == self.path and request.method in ("GET", "HEAD"):
+            headers = ((b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),)
+            return Response(200, headers, self.metrics.render())
+        response: Response = await self.inner(request)
+        return response
+
+
+def _observers(settings: HttpSettings, metrics: Metrics | None) -> Any:
+    observers: list[Any] = []
+    if settings.access_log != "off":
+        observers.append(AccessLog(settings.access_log))
+    if metrics is not None:
+        observers.append(metrics)
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def both(request: Request, status: int, sent: int, seconds: float) -> None:
+        for observer in observers:
+            observer(request, status, sent, seconds)
+
+    return both
+
+
+def http_server(handler: Any, settings: HttpSettings) -> HttpServer:
+    """An :class:`HttpServer` for ``handler`` with the settings' logs, metrics and limit."""
+    metrics = Metrics() if settings.metrics else None
+    if metrics is not None:
+        handler = MetricsEndpoint(handler, metrics, settings.metrics)
+    server = HttpServer(handler, ServerConfig(max_connections=settings.max_connections))
+    if metrics is not None:
+        metrics.server = server
+    server.observer = _observers(settings, metrics)
+    return server
+
+
+async def serve_asgi(
+    app: AsgiApp,
+    console: Console,
+    stack: Stack,
+    *,
+    port: int,
+    settings: HttpSettings | None = None,
+) -> None:
+    """Serve ``app`` on ``port`` until cancelled, then stop gracefully."""
+    settings = settings or HttpSettings()
+    adapter = AsgiAdapter(app)
+    server = http_server(adapter, settings)
+    async with adapter.lifespan():
+        listener = await stack.tcp.listen(port, server.serve_flow)
+        addresses = stack.addresses()
+        host = str(addresses[0].ip) if addresses else "127.0.0.1"
+        url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{listener.port}"
+        log.info("serving %s", url)
+        await console.log(f"serving {url}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await listener.close()
+            log.info(
+                "stopping: %d connections open, up to %.1f s for responses in flight",
+                server.connections_open,
+                settings.shutdown_timeout,
+            )
+            await server.shutdown(settings.shutdown_timeout)
