@@ -82,7 +82,8 @@ class StaticSite:
     A directory is served through its ``index`` file (a request for the
     directory without a trailing slash is redirected to one). A target that
     does not name a file inside the store, including every attempt to escape
-    it, is answered with 404. Files up to ``max_cached_file_bytes`` are kept
+    it and every hidden file (a path segment starting with ``.``), is answered
+    with 404. Files up to ``max_cached_file_bytes`` are kept
     in memory after the first request; larger ones are streamed from ``kv``.
     """
 
@@ -150,6 +151,10 @@ class StaticSite:
         if found is None:
             return _MISSING
         key, trailing_slash = found
+        if key.startswith(".") or "/." in key:
+            # Hidden files (.env, .git/, .htpasswd) are never served, from a
+            # folder read directly as from a crunched one (which leaves them out).
+            return _MISSING
         try:
             kind = EntryKind.DICTIONARY if key == "" else await self.kv.exists(key)
             if kind is EntryKind.DICTIONARY:
