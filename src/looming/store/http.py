@@ -198,6 +198,7 @@ class StoreHttp:
         from dulwich.web import make_wsgi_chain
 
         handlers: dict[bytes, Any] = dict(DEFAULT_HANDLERS)
+        handlers[b"git-upload-pack"] = _upload_handler()
         if receiver is not None:
             handlers[b"git-receive-pack"] = receive_handler(receiver)
         repos: dict[str, Any] = {"/": self._git}
@@ -341,6 +342,42 @@ class StoreHttp:
                 yield b"event: change\ndata: " + json.dumps(payload).encode() + b"\n\n"
         finally:
             await events.aclose()
+
+
+SIDEBAND_PIECE = 65515  # a pkt-line's 65520 bytes less its length and channel
+
+
+def linear_sideband(proto: Any) -> None:
+    """Give a dulwich protocol a ``write_sideband`` linear in the blob's size.
+
+    dulwich's slices the rest of the blob after each 64 KiB piece, copying
+    it again each time: quadratic, 14 s of copying to send a 50 MB object
+    (0.6 s for 10 MB). Slices of a memoryview copy nothing."""
+    write_pkt_line = proto.write_pkt_line
+
+    def write_sideband(channel: int, blob: bytes) -> None:
+        view = memoryview(blob)
+        prefix = bytes((channel,))
+        for start in range(0, len(view), SIDEBAND_PIECE):
+            write_pkt_line(prefix + view[start : start + SIDEBAND_PIECE])
+
+    proto.write_sideband = write_sideband
+
+
+_UPLOAD_HANDLER: list[type] = []
+
+
+def _upload_handler() -> type:
+    if not _UPLOAD_HANDLER:
+        from dulwich.server import UploadPackHandler
+
+        class StoreUploadPack(UploadPackHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                linear_sideband(self.proto)
+
+        _UPLOAD_HANDLER.append(StoreUploadPack)
+    return _UPLOAD_HANDLER[0]
 
 
 def _wsgi_environ(request: Request) -> dict[str, Any]:
