@@ -203,3 +203,22 @@ def test_more_user_errors_exit_2(
     run(capsys, "init", repo)
     code, _out, err = run(capsys, "-C", repo, *argv)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_fetch_skips_branch_names_git_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], git: GitRunner
+) -> None:
+    remote = tmp_path / "remote"
+    git("init", "-q", str(remote), cwd=tmp_path)
+    (remote / "f").write_text("x\n")
+    git("add", "f", cwd=remote)
+    git("commit", "-q", "-m", "one", cwd=remote)
+    git("update-ref", "refs/heads/-dash", "HEAD", cwd=remote)
+    git("update-ref", "refs/heads/HEAD", "HEAD", cwd=remote)
+    repo = str(tmp_path / "r.git")
+    run(capsys, "init", repo)
+    code, out, err = run(capsys, "-C", repo, "fetch", str(remote))
+    assert code == 0 and out.split()[1] == "main" and len(out.splitlines()) == 1
+    assert "skipped '-dash'" in err and "skipped 'HEAD'" in err
+    refs = git("for-each-ref", "--format=%(refname)", cwd=repo).split()
+    assert refs == ["refs/remotes/origin/main"]

@@ -429,6 +429,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     fetched = sync.fetch(_open(args), args.remote)
     for name, head in sorted(fetched.branches.items()):
         print(f"{head} {name}")
+    for name, rule in sorted(fetched.skipped.items()):
+        print(f"skipped {name!r}: {rule}", file=sys.stderr)
     return 0
 
 

@@ -5,11 +5,12 @@ stores interoperate with ours both ways."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from looming.store.errors import RefChanged, StoreError
 from looming.store.gitbackend import GitBackend
+from looming.store.names import branch_rule
 from looming.store.objects import ObjectId
 from looming.store.repo import HEADS, Repo
 from looming.store.store import MergeResult, Store
@@ -26,6 +27,7 @@ class FetchResult:
 
     branches: dict[str, str]
     head: str | None = None  # the remote's default branch
+    skipped: dict[str, str] = field(default_factory=dict)  # bad branch name: the rule
 
 
 def _dulwich_repo(repo: Repo) -> Any:
@@ -65,11 +67,16 @@ def fetch(repo: Repo, remote: str, *, remote_name: str = "origin") -> FetchResul
     finally:
         target.close()
     branches: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     prefix = HEADS.encode()
     for name, sha in (result.refs or {}).items():
         if sha is None or not name.startswith(prefix):
             continue
         branch = name[len(prefix) :].decode("utf-8", "replace")
+        rule = branch_rule(branch)
+        if rule is not None:  # a remote's name git would refuse never becomes a ref here
+            skipped[branch] = rule
+            continue
         branches[branch] = sha.decode("ascii")
         ref = f"refs/remotes/{remote_name}/{branch}"
         new = bytes.fromhex(branches[branch])
@@ -81,7 +88,7 @@ def fetch(repo: Repo, remote: str, *, remote_name: str = "origin") -> FetchResul
     head = (
         head_ref[len(prefix) :].decode("utf-8", "replace") if head_ref.startswith(prefix) else None
     )
-    return FetchResult(branches, head)
+    return FetchResult(branches, head, skipped)
 
 
 def pull(
