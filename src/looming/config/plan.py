@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looming.config.dsl import Device, Job, Key, Location, Unikernel
+from looming.config.typecheck import check_device_types
 from looming.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -255,6 +256,7 @@ def check_entry_point(job: Job, app_dir: Path) -> bool:
         )
         if init is not None:
             _check_signature(job, f"{job.attribute}.__init__", init.args, drop_self=True)
+            check_device_types(job, init.args, tree, source_path, drop_self=True)
         return True
     if isinstance(node, ast.FunctionDef):
         raise ConfigError(
@@ -263,6 +265,7 @@ def check_entry_point(job: Job, app_dir: Path) -> bool:
             line=where.line,
         )
     _check_signature(job, job.attribute, node.args, drop_self=False)
+    check_device_types(job, node.args, tree, source_path, drop_self=False)
     return False
 
 
