@@ -31,11 +31,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
-import queue
 import signal
-import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -46,9 +43,10 @@ from looming.http.message import Request, Response
 from looming.store import pending
 from looming.store.auth import AccessPolicy, Client, describe
 from looming.store.gitbackend import GitBackend
+from looming.store.githttp import WsgiRun, git_app, wsgi_environ
 from looming.store.names import check_branch, check_key
 from looming.store.path import show_path
-from looming.store.receive import Receiver, receive_handler
+from looming.store.receive import Receiver
 from looming.store.repo import Repo
 from looming.store.store import Store
 
@@ -176,7 +174,7 @@ class StoreHttp:
             self._require(client, "*", "read")  # raises: some branch is not readable
             raise Denied(403, "this client may not read every branch, and a clone reads them all")
         try:
-            run = _WsgiRun(self._git_app(receiver), _wsgi_environ(request))
+            run = WsgiRun(git_app(self._git, receiver), wsgi_environ(request))
             # A push's answer is small and its status depends on the report;
             # a clone's may be large and is sent as it is made.
             response = await (run.whole() if receiver is not None else run.streamed())
@@ -192,17 +190,6 @@ class StoreHttp:
                 reason = f"push refused, nothing changed: {receiver.report.unpack_error}\n"
                 return Response(400, [TEXT_TYPE], reason.encode())
         return response
-
-    def _git_app(self, receiver: Receiver | None) -> Any:
-        from dulwich.server import DEFAULT_HANDLERS, DictBackend
-        from dulwich.web import make_wsgi_chain
-
-        handlers: dict[bytes, Any] = dict(DEFAULT_HANDLERS)
-        handlers[b"git-upload-pack"] = _upload_handler()
-        if receiver is not None:
-            handlers[b"git-receive-pack"] = receive_handler(receiver)
-        repos: dict[str, Any] = {"/": self._git}
-        return make_wsgi_chain(DictBackend(repos), handlers=handlers)
 
     # -------------------------------------------------------------- JSON API
 
@@ -342,157 +329,6 @@ class StoreHttp:
                 yield b"event: change\ndata: " + json.dumps(payload).encode() + b"\n\n"
         finally:
             await events.aclose()
-
-
-SIDEBAND_PIECE = 65515  # a pkt-line's 65520 bytes less its length and channel
-
-
-def linear_sideband(proto: Any) -> None:
-    """Give a dulwich protocol a ``write_sideband`` linear in the blob's size.
-
-    dulwich's slices the rest of the blob after each 64 KiB piece, copying
-    it again each time: quadratic, 14 s of copying to send a 50 MB object
-    (0.6 s for 10 MB). Slices of a memoryview copy nothing."""
-    write_pkt_line = proto.write_pkt_line
-
-    def write_sideband(channel: int, blob: bytes) -> None:
-        view = memoryview(blob)
-        prefix = bytes((channel,))
-        for start in range(0, len(view), SIDEBAND_PIECE):
-            write_pkt_line(prefix + view[start : start + SIDEBAND_PIECE])
-
-    proto.write_sideband = write_sideband
-
-
-_UPLOAD_HANDLER: list[type] = []
-
-
-def _upload_handler() -> type:
-    if not _UPLOAD_HANDLER:
-        from dulwich.server import UploadPackHandler
-
-        class StoreUploadPack(UploadPackHandler):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                linear_sideband(self.proto)
-
-        _UPLOAD_HANDLER.append(StoreUploadPack)
-    return _UPLOAD_HANDLER[0]
-
-
-def _wsgi_environ(request: Request) -> dict[str, Any]:
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "PATH_INFO": urllib.parse.unquote(request.path),
-        "QUERY_STRING": request.query,
-        "SERVER_NAME": "looming",
-        "SERVER_PORT": "0",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.input": io.BytesIO(request.body),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.url_scheme": "http",
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "CONTENT_LENGTH": str(len(request.body)),
-    }
-    for name, value in request.headers:
-        key = name.decode("latin-1").upper().replace("-", "_")
-        if key == "CONTENT_TYPE":
-            environ["CONTENT_TYPE"] = value.decode("latin-1")
-        elif key not in ("CONTENT_LENGTH", "AUTHORIZATION", "TRANSFER_ENCODING"):
-            # The body arrives whole and de-chunked: a chunked push (git
-            # sends pushes over http.postBuffer, 1 MiB, that way) must not
-            # be de-chunked again by dulwich.
-            environ["HTTP_" + key] = value.decode("latin-1")
-    return environ
-
-
-_END = object()
-
-
-class _WsgiRun:
-    """A WSGI app run on a thread of its own; its output comes out through a
-    queue of :data:`STREAM_DEPTH` chunks, so a large clone is sent as dulwich
-    makes it and never held whole (the thread waits while the client reads)."""
-
-    STREAM_DEPTH = 8
-
-    def __init__(self, app: Any, environ: dict[str, Any]) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(self.STREAM_DEPTH)
-        self._abandoned = threading.Event()
-        self._started: list[Any] = []
-        thread = threading.Thread(
-            target=self._produce, args=(app, environ), name="git http", daemon=True
-        )
-        thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._abandoned.is_set():
-            try:
-                self._queue.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _start_response(self, status: str, headers: list[tuple[str, str]], _exc: Any = None) -> Any:
-        self._started[:] = [status, headers]
-        return self._put
-
-    def _produce(self, app: Any, environ: dict[str, Any]) -> None:
-        try:
-            result = app(environ, self._start_response)
-            try:
-                for chunk in result:
-                    if chunk and not self._put(bytes(chunk)):
-                        return
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-            self._put(_END)
-        except Exception as error:  # handed to the request's task
-            self._put(error)
-
-    async def _next(self) -> Any:
-        item = await asyncio.to_thread(self._queue.get)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def _head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
-        if not self._started:
-            raise LoomingError("the Git handler gave no response")
-        status_text, headers = self._started
-        return int(status_text.split()[0]), [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers
-            if name.lower() not in ("content-length", "transfer-encoding")
-        ]
-
-    async def whole(self) -> Response:
-        chunks: list[bytes] = []
-        while (item := await self._next()) is not _END:
-            chunks.append(item)
-        status, headers = self._head()
-        return Response(status, headers, b"".join(chunks))
-
-    async def streamed(self) -> Response:
-        first = await self._next()
-        status, headers = self._head()
-        if first is _END:
-            return Response(status, headers, b"")
-        return Response(status, headers, self._rest(first))
-
-    async def _rest(self, first: bytes) -> AsyncIterator[bytes]:
-        try:
-            yield first
-            while (item := await self._next()) is not _END:
-                yield item
-        finally:
-            self._abandoned.set()
 
 
 @dataclass
