@@ -73,7 +73,15 @@ def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
         "deterministic _build/TARGET/main.py. Keys given as --KEY VALUE become the "
         "built unikernel's defaults.",
         epilog="Target options depend on the target: looming configure -t TARGET --help.",
+        add_help=False,
     )
+    configure.add_argument(
+        "-h",
+        "--help",
+        action="store_true",
+        help="show this help with the target's options and the application's keys",
+    )
+    configure.set_defaults(configure_help=configure.format_help)
     configure.add_argument("-t", "--target", default="unix", help="the target (default: unix)")
     configure.add_argument(
         "--unikernel",
@@ -232,9 +240,12 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
 
     target = get_target(args.target)
     target_parser = argparse.ArgumentParser(
-        prog=f"looming configure -t {target.name}", add_help=True
+        prog=f"looming configure -t {target.name}", add_help=False
     )
     target.add_options(target_parser)
+    if args.help:
+        print(_configure_help(app_dir, args, target_parser), end="")
+        return 0
     target_args, keys_argv = target_parser.parse_known_args(rest)
     options = {k: str(v) for k, v in vars(target_args).items() if v is not None}
     target, plan = _load_plan(app_dir, target.name, options, args.unikernel)
@@ -264,6 +275,42 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
     shown_opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(options.items()))
     print(f"configured {plan.unikernel.name} for {target.name} ({shown_opts}): {_rel(out)}")
     return 0
+
+
+def _configure_help(
+    app_dir: Path, args: argparse.Namespace, target_parser: argparse.ArgumentParser
+) -> str:
+    """configure's help, then the target's options, then the application's keys."""
+    parts = [args.configure_help(), ""]
+    options = target_parser.format_help().split("\n", 1)[1].strip("\n")
+    parts.append(f"options of the {args.target} target:")
+    parts.append(options.split(":", 1)[1].strip("\n") if ":" in options else "  (none)")
+    try:
+        _target, plan = _load_plan(app_dir, args.target, {}, args.unikernel)
+    except (ConfigError, UsageError, LoomingError) as exc:
+        parts += ["", f"keys: (config.py in {app_dir} could not be read: {exc})"]
+    else:
+        parts += ["", f"keys of {plan.unikernel.name} (--KEY VALUE bakes in a default):"]
+        parts += [f"  {k.option} {k.type_name.upper()}  {k.doc}" for k in plan.keys]
+    return "\n".join(parts) + "\n"
+
+
+def _stale_inputs(app_dir: Path, artifact: Path) -> list[str]:
+    """The configuration and source files changed since ``artifact`` was built."""
+    built = artifact.stat().st_mtime
+    skip = {"_build", "dist", "__pycache__"}
+    newer = [
+        path
+        for path in app_dir.rglob("*")
+        if path.is_file()
+        and not skip.intersection(path.relative_to(app_dir).parts[:-1])
+        and path.suffix == ".py"
+        and path.stat().st_mtime > built
+    ]
+    state = app_dir / STATE_FILE
+    if state.is_file() and state.stat().st_mtime > built:
+        newer.append(state)
+    return sorted({_rel(p) for p in newer})
 
 
 def _state(app_dir: Path) -> dict[str, Any]:
@@ -313,6 +360,14 @@ def cmd_run(app_dir: Path, keys: list[str]) -> int:
     artifact = target.artifact(app_dir, state["unikernel"])
     if not artifact.is_file():
         raise UsageError(f"{_rel(artifact)} is not built; run 'looming build' first")
+    stale = _stale_inputs(app_dir, artifact)
+    if stale:
+        shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        print(
+            f"looming: warning: {_rel(artifact)} is older than {shown}; "
+            "run 'looming configure' and 'looming build' to run what they say",
+            file=sys.stderr,
+        )
     command = target.run_command(artifact, keys)
     sys.stdout.flush()
     os.execv(command[0], command)
