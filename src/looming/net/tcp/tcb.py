@@ -291,8 +291,13 @@ class TransmissionControlBlock:
     def send_ack(self, now: int) -> None:
         # snd_max, not snd_nxt: after a timeout snd_nxt goes back to resend,
         # and an ACK numbered below the peer's rcv_nxt would be unacceptable
-        # to it, ACK field and all (as in BSD's tcp_output).
-        self._emit(ACK, self.snd_max, b"", now)
+        # to it, ACK field and all (as in BSD's tcp_output). But no further
+        # than the peer's window reaches: a peer that dropped data it had
+        # room for (Linux prunes its queues when the reader stalls) drops
+        # a pure ACK beyond its window whole, and would never hear our ACK
+        # (Linux's tcp_acceptable_seq makes the same choice).
+        seq = max(self.snd_una, min(self.snd_max, self.snd_una + self.snd_wnd))
+        self._emit(ACK, seq, b"", now)
 
     def _send_reset(self, seq: int, now: int) -> None:
         header = TcpHeader(

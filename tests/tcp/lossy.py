@@ -1,0 +1,154 @@
+"""10 MB echoes across the loss relay (tests/tcp/relay.py): Linux's echo
+server in the left namespace, and as its client either Linux in the right
+namespace or looming's direct stack on an AF_PACKET socket there.
+
+Shared by tests/tcp/test_relay.py and bench/tcp.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+
+from looming.devices.stack import TcpFlow
+from looming.net.netif.af_packet import PacketNetwork
+from looming.net.stack import DirectStack
+from looming.net.tcp import TcpConfig
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
+from tests.tcp.relay import RelayedPath, in_namespace
+
+ECHO_PORT = 7007
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+print("ready", flush=True)
+
+def serve(c):
+    with c:
+        while data := c.recv(262144):
+            c.sendall(data)
+
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+ECHO_CLIENT = r"""
+import hashlib, json, socket, sys, threading, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = (bytes(range(256)) * (size // 256 + 1))[:size]
+start = time.perf_counter()
+c = socket.create_connection((host, port))
+def writer():
+    c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+threading.Thread(target=writer, daemon=True).start()
+digest, got = hashlib.sha256(), 0
+while chunk := c.recv(262144):
+    digest.update(chunk)
+    got += len(chunk)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "bytes": got, "sha256": digest.hexdigest()}))
+"""
+
+
+def payload(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+@dataclass
+class EchoResult:
+    seconds: float
+    intact: bool
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def start_echo_server(path: RelayedPath) -> subprocess.Popen[str]:
+    server = subprocess.Popen(
+        path.left(sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    if server.stdout.readline().strip() != "ready":
+        raise RuntimeError("the echo server did not start")
+    return server
+
+
+def linux_echo(path: RelayedPath, size: int) -> EchoResult:
+    """Linux in the right namespace echoes ``size`` bytes through the relay."""
+    path.right_side_kernel(True)
+    try:
+        out = subprocess.run(
+            path.right(
+                sys.executable, "-c", ECHO_CLIENT, path.left_address, str(ECHO_PORT), str(size)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    finally:
+        path.right_side_kernel(False)
+    result = json.loads(out.splitlines()[-1])
+    expected = hashlib.sha256(payload(size)).hexdigest()
+    return EchoResult(result["seconds"], result["sha256"] == expected and result["bytes"] == size)
+
+
+async def open_looming(path: RelayedPath, config: TcpConfig | None = None) -> DirectStack:
+    """looming's stack on the right namespace's TAP (the kernel there has no address)."""
+    network = in_namespace(path.right_ns, lambda: _packet_socket(path.right_tap))
+    stack = await DirectStack.connect(
+        network,
+        time=UnixTime(),
+        clock=UnixClock(),
+        random=UnixRandom(7),
+        address=IPv4Interface(f"{path.right_address}/24"),
+        gateway=IPv4Address(path.left_address),
+    )
+    if config is not None:
+        stack.tcp.config = config
+    return stack
+
+
+def _packet_socket(interface: str) -> PacketNetwork:
+    return asyncio.run(PacketNetwork.connect(interface))
+
+
+async def looming_echo(stack: DirectStack, path: RelayedPath, size: int) -> EchoResult:
+    """looming echoes ``size`` bytes through the relay against Linux's server."""
+    data = payload(size)
+    before = dict(stack.tcp.stats.as_dict())
+    start = time.perf_counter()
+    flow: TcpFlow = await stack.tcp.connect(IPv4Address(path.left_address), ECHO_PORT)
+
+    async def writer() -> None:
+        view = memoryview(data)
+        for offset in range(0, len(view), 1 << 18):
+            await flow.write(bytes(view[offset : offset + (1 << 18)]))
+        await flow.shutdown()
+
+    task = asyncio.get_running_loop().create_task(writer())
+    digest, got = hashlib.sha256(), 0
+    while chunk := await flow.read():
+        digest.update(chunk)
+        got += len(chunk)
+    seconds = time.perf_counter() - start
+    await task
+    await flow.close()
+    after = stack.tcp.stats.as_dict()
+    counters = {key: after[key] - before.get(key, 0) for key in after}
+    intact = got == size and digest.digest() == hashlib.sha256(data).digest()
+    return EchoResult(seconds, intact, counters)
