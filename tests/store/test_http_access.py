@@ -92,7 +92,7 @@ def test_without_credentials_configured_nobody_writes(
         code, body = curl("-X", "PUT", "--data-binary", "x", f"{url}/api/main/set/a")
         assert code == 403 and b"--token-file" in body
         code, body = curl("-u", f"u:{TOKEN}", "-X", "PUT", "-d", "x", f"{url}/api/main/set/a")
-        assert code == 401  # no token is configured, so none is right
+        assert code == 403 and b"no credentials are configured" in body  # so none is right
         assert curl(f"{url}/api/main/get/index.html") == (200, b"one\n")
         commit(git, work, "index.html", "two\n")
         message = git_fails(git, *helper(TOKEN), "push", f"{url}/", "HEAD:main", cwd=work)
@@ -311,3 +311,29 @@ def test_large_push_and_clone_within_the_default_limit(
         assert disk_repo.store().get("big.bin") == data
         git("clone", "-q", url, "again", cwd=work.parent)
     assert (work.parent / "again" / "big.bin").read_bytes() == data
+
+
+def test_bad_api_requests_are_4xx_and_change_nothing(disk_repo: Repo) -> None:
+    store = disk_repo.store()
+    store.set("a", b"1")
+    store.clone("feature").set("a", b"2")
+    store.set("a", b"3")
+    before = snapshot(disk_repo)
+    auth = basic()
+    with serving(disk_repo, settings=ServeSettings(max_body_bytes=1000)) as (port, _):
+        for method, path, body, status, reason in [
+            ("PUT", "/api/main/set/.git/config", b"x", 400, b".git"),
+            ("PUT", "/api/main/set/a/GIT~1/x", b"x", 400, b"git~1"),
+            ("PUT", "/api/main/set/a/../b", b"x", 400, b".."),
+            ("PUT", "/api/HEAD/set/a", b"x", 400, b"HEAD"),
+            ("PUT", "/api/-x/set/a", b"x", 400, b"'-'"),
+            ("PUT", "/api/a..b/set/a", b"x", 400, b".."),
+            ("POST", "/api/main/merge?from=bad..name", b"", 400, b".."),
+            ("POST", "/api/main/resolve", b"{", 400, b"not JSON"),
+            ("GET", "/api/main/history?limit=-1", None, 400, b"whole number"),
+            ("PUT", "/api/main/set/big", b"x" * 1001, 413, b""),
+        ]:
+            code, answer = call(port, method, path, body, auth)
+            assert (code, reason in answer) == (status, True), (path, answer)
+        assert call(port, "DELETE", "/api/main/set/a", None, basic("not-the-token"))[0] == 401
+    assert snapshot(disk_repo) == before

@@ -41,7 +41,7 @@ from typing import Any
 from looming.errors import KeyNotFound, LoomingError
 from looming.http.message import Request, Response
 from looming.store import pending
-from looming.store.auth import AccessPolicy, Client, describe
+from looming.store.auth import ENABLE_WRITES, AccessPolicy, Client, describe
 from looming.store.gitbackend import GitBackend
 from looming.store.githttp import WsgiRun, git_app, wsgi_environ
 from looming.store.names import check_branch, check_key
@@ -135,6 +135,8 @@ class StoreHttp:
         client = self.policy.identify(request.header(b"authorization"))
         path = urllib.parse.unquote(request.path)
         try:
+            if client is None and self.policy.token is None:
+                raise Denied(403, ENABLE_WRITES)
             if client is None:
                 raise Denied(401, "wrong credentials: send the store's token as the password")
             if path.startswith("/api/"):
