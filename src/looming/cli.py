@@ -18,6 +18,7 @@ from typing import Any
 
 from looming import __version__
 from looming.errors import ConfigError, LoomingError, UsageError
+from looming.extras import require_for
 
 STATE_FILE = "_build/looming.json"
 
@@ -154,6 +155,12 @@ def _first_verb(args: list[str]) -> tuple[str | None, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     verb, at = _first_verb(args_list)
+    if verb in PLUGIN_VERBS:
+        try:  # a verb whose part is an extra that is not installed: say which
+            require_for(PLUGIN_VERBS[verb][0], f"looming {verb}")
+        except UsageError as exc:
+            print(f"looming: {exc}", file=sys.stderr)
+            return 2
     parser = make_parser(verb)
     # Everything after `run` belongs to the unikernel, verbatim.
     run_keys: list[str] | None = None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from looming.config.dsl import Device, Job, Key, Location, Unikernel
 from looming.config.typecheck import check_device_types
 from looming.errors import ConfigError
+from looming.extras import check_application
 
 if TYPE_CHECKING:
     from looming.config.targets import Target
@@ -159,6 +160,14 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
         plan.devices.append(
             PlannedDevice(dev, impl, var_of[id(dev)], [var_of[id(d)] for d in deps])
         )
+    # A part installed as an extra (TLS, the store) is checked now, not at run time.
+    check_application(
+        [
+            (d.device.kind, d.impl.module, d.device.where.path, d.device.where.line)
+            for d in plan.devices
+        ],
+        app_dir,
+    )
 
     seen: dict[str, KeyDecl] = {}
 

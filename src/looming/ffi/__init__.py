@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from looming.extras import require
 from looming.ffi.description import Bindings, Function, foreign
 from looming.ffi.errors import (
     CompilerMissing,
@@ -91,6 +92,7 @@ def link(bindings: Bindings, backend: str = "dynamic", **options: Any) -> Linked
 
         return DynamicLibrary(bindings, **options)
     if backend == "compiled":
+        require("ffi", "the compiled ffi backend")
         from looming.ffi.compiled import CompiledLibrary
 
         return CompiledLibrary(bindings, **options)
