@@ -1,0 +1,160 @@
+"""Test tiers: ``pytest --fast`` runs what needs nothing but this checkout.
+
+The fast tier leaves out four marks:
+
+* ``root`` and ``slow``: set by hand on the tests (``pytestmark = ...``);
+* ``peer``: the test runs a program written elsewhere (openssl, git, curl,
+  tshark, ...). Set here, from the source: a test is a peer test when its
+  module, a ``tests`` helper module it imports, or a fixture it uses names
+  such a program as a string literal (``["git", "init"]``,
+  ``shutil.which("openssl")``);
+* ``qemu``: the same, for a string naming qemu.
+
+``--fast`` is the same as ``-m "not root and not slow and not peer and not
+qemu"``; both select the tier ``make test-fast`` and ``make check`` run.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PEER_PROGRAMS = frozenset(
+    {
+        "curl",
+        "dnsmasq",
+        "git",
+        "gnutls-cli",
+        "gnutls-serv",
+        "openssl",
+        "ssh",
+        "sshd",
+        "tshark",
+        "wrk",
+    }
+)
+SLOW_MARKS = ("root", "slow", "peer", "qemu")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="only the fast tier: no root, slow, peer or qemu tests (see tests/tiers.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "peer: runs a program written elsewhere (tests/tiers.py)")
+    config.addinivalue_line("markers", "qemu: boots or runs code under qemu (tests/tiers.py)")
+
+
+def _marks_in(strings: frozenset[str]) -> set[str]:
+    marks = set()
+    if strings & PEER_PROGRAMS:
+        marks.add("peer")
+    if any(s.startswith("qemu") for s in strings):
+        marks.add("qemu")
+    return marks
+
+
+@functools.cache
+def _strings_of_file(path: Path) -> frozenset[str]:
+    try:
+        tree = ast.parse(path.read_bytes(), str(path))
+    except (OSError, SyntaxError):
+        return frozenset()
+    return frozenset(
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    )
+
+
+@functools.cache
+def _module_marks(module: ModuleType) -> frozenset[str]:
+    """Marks from the module's own source and from the tests helpers it imports."""
+    marks: set[str] = set()
+    seen: set[str] = set()
+    pending = [module]
+    while pending:
+        mod = pending.pop()
+        if mod.__name__ in seen or not getattr(mod, "__file__", None):
+            continue
+        seen.add(mod.__name__)
+        marks |= _marks_in(_strings_of_file(Path(str(mod.__file__))))
+        for value in vars(mod).values():
+            helper = value if isinstance(value, ModuleType) else inspect.getmodule(value)
+            if (
+                helper is not None
+                and helper.__name__.startswith("tests.")
+                and not helper.__name__.endswith("conftest")
+                and helper.__name__ != __name__
+            ):
+                pending.append(helper)
+    return frozenset(marks)
+
+
+@functools.cache
+def _strings_of_function(func: Any) -> frozenset[str]:
+    try:
+        tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset()
+    return frozenset(
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    )
+
+
+@functools.cache
+def _fixture_marks(func: Any) -> frozenset[str]:
+    """Marks from a fixture's source and the functions of its module it names
+    (a conftest fixture returning its module's ``run_git``)."""
+    marks = _marks_in(_strings_of_function(func))
+    module = inspect.getmodule(func)
+    try:
+        tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset(marks)
+    for node in ast.walk(tree):
+        callee = getattr(module, node.id, None) if isinstance(node, ast.Name) else None
+        if inspect.isfunction(callee) and callee is not func:
+            marks |= _marks_in(_strings_of_function(callee))
+    return frozenset(marks)
+
+
+def item_marks(item: pytest.Item) -> set[str]:
+    """The peer and qemu marks ``item`` earns from what it runs."""
+    marks: set[str] = set()
+    module = getattr(item, "module", None)
+    if module is not None:
+        marks |= _module_marks(module)
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info is not None else ():
+        for fixturedef in defs:
+            if getattr(fixturedef, "baseid", None) is not None and callable(fixturedef.func):
+                func_module = getattr(fixturedef.func, "__module__", "") or ""
+                if func_module.startswith("tests"):
+                    marks |= _fixture_marks(fixturedef.func)
+    return marks
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in sorted(item_marks(item)):
+            item.add_marker(mark)
+    if not config.getoption("fast"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        (dropped if any(item.get_closest_marker(m) for m in SLOW_MARKS) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
