@@ -62,6 +62,11 @@ class RefChanged(StoreError):
     """A compare-and-set on a ref lost: another writer moved it first."""
 
 
+class RefLocked(StoreError):
+    """A ref's ``.lock`` file stayed held by another process (git or
+    looming) past the lock timeout."""
+
+
 class NotARepository(StoreError):
     """The path holds no Git repository."""
 

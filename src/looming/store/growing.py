@@ -122,11 +122,14 @@ class GrowingPack:
         cached: dict[str, bytes],
         take_spare: TakeSpare | None = None,
         retire: Callable[[str], bool] | None = None,
+        *,
+        sync: bool = False,
     ) -> None:
         """Append the objects of ``small_packs`` (whole objects, as
         :func:`looming.store.pack.build_pack` writes them), install the
-        result as a new pack, then remove the packs it replaces (each file
-        handed to ``retire`` first, which may keep it as a spare)."""
+        result as a new pack (on the disk first, with ``sync``), then remove
+        the packs it replaces (each file handed to ``retire`` first, which
+        may keep it as a spare)."""
         from looming.store.delta import make_delta
 
         body = self.body
@@ -176,7 +179,14 @@ class GrowingPack:
             new_entries.sort()
             entries = sorted(self.entries + new_entries)  # two sorted runs: a linear merge
             new_base = install_pack(
-                pack_dir, body, entries, checksum, take_spare, presorted=True, tail=checksum
+                pack_dir,
+                body,
+                entries,
+                checksum,
+                take_spare,
+                presorted=True,
+                tail=checksum,
+                sync=sync,
             )
         except BaseException:
             # Undo the in-memory growth, so the pack still matches its file.

@@ -19,7 +19,7 @@ from operator import itemgetter
 
 from looming.store.errors import CorruptObject
 from looming.store.objects import ObjectId, hash_object
-from looming.store.spares import TakeSpare, write_file_atomically
+from looming.store.spares import TakeSpare, sync_dir, write_file_atomically
 
 _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
@@ -119,6 +119,8 @@ def install_pack(
     take_spare: TakeSpare | None = None,
     presorted: bool = False,
     tail: bytes = b"",
+    *,
+    sync: bool = False,
 ) -> str:
     """Write ``pack-<checksum>.pack`` (``data`` then ``tail``, which may
     carry the checksum so a large ``data`` is not copied to append it) then
@@ -127,13 +129,18 @@ def install_pack(
     Git and dulwich ignore a pack until its index exists, and the index is
     renamed into place last (each file is filled under another name, a
     spare from ``take_spare`` or ``<name>.tmp``), so a crash leaves either
-    nothing visible or a whole pack.
+    nothing visible or a whole pack. With ``sync``, both files and the
+    folder's names are on the disk when this returns (a power cut too
+    leaves the whole pack).
     """
     base = os.path.join(pack_dir, f"pack-{checksum.hex()}")
     if os.path.exists(base + ".idx"):
         return base
-    write_file_atomically(base + ".pack", data, take_spare, tail)
-    write_file_atomically(base + ".idx", encode_index(entries, checksum, presorted), take_spare)
+    index = encode_index(entries, checksum, presorted)
+    write_file_atomically(base + ".pack", data, take_spare, tail, sync=sync)
+    write_file_atomically(base + ".idx", index, take_spare, sync=sync)
+    if sync:
+        sync_dir(pack_dir)
     return base
 
 
@@ -213,6 +220,8 @@ def concatenate_packs(
     delta_bases: dict[ObjectId, ObjectId] | None = None,
     cached: dict[str, bytes] | None = None,
     take_spare: TakeSpare | None = None,
+    *,
+    sync: bool = False,
 ) -> PackRecord:
     """Merge packs this store wrote into one, then remove them.
 
@@ -290,7 +299,9 @@ def concatenate_packs(
     packed = bytearray(out.getvalue())
     packed[8:12] = struct.pack(">I", len(entries))
     checksum = hashlib.sha1(packed).digest()
-    new_base = install_pack(pack_dir, bytes(packed) + checksum, entries, checksum, take_spare)
+    new_base = install_pack(
+        pack_dir, bytes(packed) + checksum, entries, checksum, take_spare, sync=sync
+    )
     for base_name, _entries in packs:
         if base_name == new_base:
             continue

@@ -100,13 +100,25 @@ class Repo:
         *,
         merge_packs_after: int = 32,
         fold_when_idle: float | None = FOLD_WHEN_IDLE,
+        durability: str = "full",
         **options: Any,
     ) -> Repo:
         """Open the Git repository at ``path``. Each commit is written as a
         small pack; ``merge_packs_after`` of them are folded into one compact
         pack, and so are fewer once the writer has been idle for
-        ``fold_when_idle`` seconds (None: only when closed)."""
-        backend = GitBackend(path, merge_after=merge_packs_after, fold_when_idle=fold_when_idle)
+        ``fold_when_idle`` seconds (None: only when closed).
+
+        ``durability="full"`` (the default) fsyncs every pack, ref and
+        folder a commit touches before the commit returns, so it survives a
+        power cut; ``"none"`` skips the fsyncs (a commit then survives the
+        writer being killed, not the machine losing power): for tests,
+        benchmarks and data that can be made again."""
+        backend = GitBackend(
+            path,
+            merge_after=merge_packs_after,
+            fold_when_idle=fold_when_idle,
+            durability=durability,
+        )
         return cls(backend, path=path, **options)
 
     def close(self) -> None:
@@ -132,8 +144,7 @@ class Repo:
         """Point HEAD at ``branch`` (what ``git clone`` checks out)."""
         check_ref_name(branch)
         if isinstance(self.backend, GitBackend):
-            with open(os.path.join(self.backend.git_dir, "HEAD"), "w") as file:
-                file.write(f"ref: {HEADS}{branch}\n")
+            self.backend.set_head_target(HEADS + branch)
 
     def branches(self) -> list[str]:
         return sorted(name[len(HEADS) :] for name in self.backend.list_refs(HEADS))

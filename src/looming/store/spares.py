@@ -26,6 +26,7 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 SPARE_DIR = "looming-spares"
@@ -39,11 +40,28 @@ IDLE_SECONDS = 0.05  # no spare is taken for this long: the writer is idle
 RECYCLE_BYTES = 512 << 10
 
 
+def sync_dir(path: str) -> None:
+    """Make the names in folder ``path`` (files created, renamed or
+    removed there) survive a power cut: fsync the folder itself."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_file_atomically(
-    path: str, data: bytes | bytearray, take_spare: TakeSpare | None = None, tail: bytes = b""
+    path: str,
+    data: bytes | bytearray,
+    take_spare: TakeSpare | None = None,
+    tail: bytes = b"",
+    *,
+    sync: bool = False,
 ) -> None:
     """Make ``path`` hold ``data`` then ``tail``, appearing whole or not at
-    all: a spare (or else ``path.tmp``) is filled, then renamed there."""
+    all: a spare (or else ``path.tmp``) is filled, then renamed there. With
+    ``sync``, the file's bytes reach the disk before it is renamed (its
+    folder is the caller's to sync)."""
     spare = take_spare() if take_spare is not None else None
     if spare is not None:
         try:
@@ -60,6 +78,8 @@ def write_file_atomically(
         if tail:
             _write_all(descriptor, tail)
         os.ftruncate(descriptor, len(data) + len(tail))
+        if sync:
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
     try:
@@ -71,7 +91,7 @@ def write_file_atomically(
         # folder): drop the spare and write the file next to its place.
         with contextlib.suppress(OSError):
             os.unlink(spare)
-        write_file_atomically(path, data, None, tail)
+        write_file_atomically(path, data, None, tail, sync=sync)
 
 
 def _write_all(descriptor: int, data: bytes | bytearray) -> None:
@@ -103,16 +123,28 @@ class SparePool:
         self._thread: threading.Thread | None = None
         self._counter = 0
         self._pid = os.getpid()
+        # This process's lease on its spares: a file it holds flock'ed while
+        # it lives (see reclaim_dead); its name prefixes every spare's.
+        self._token = f"{self._pid}.{os.urandom(4).hex()}"
+        self._alive: int | None = None
 
     def take(self) -> str | None:
         """The path of an empty spare file, or None when none is ready."""
         if self._pid != os.getpid():
-            # A forked child: the parent's spares and thread are not its own.
+            # A forked child: the parent's spares, thread and lease are not
+            # its own (closing the inherited descriptor keeps the parent's
+            # flock: it belongs to the open file, which the parent holds).
+            if self._alive is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._alive)
             self._reset()
         # Counted, not signalled: waking the thread on every commit would
         # hand it the interpreter lock mid-burst, and on a loaded machine
         # the writer then waits for it to be scheduled again.
         self._takes += 1
+        if self._alive is None:
+            with contextlib.suppress(OSError):  # read-only: no spares then
+                self._take_lease()
         with self._lock:
             spare = self._ready.pop() if self._ready else None
             if spare is not None and self._stale:
@@ -143,7 +175,24 @@ class SparePool:
         with self._lock:
             self._counter += 1
             counter = self._counter
-        return os.path.join(self.folder, f"{self._pid}-{counter}")
+        if self._alive is None:
+            self._take_lease()
+        return os.path.join(self.folder, f"{self._token}-{counter}")
+
+    def _take_lease(self) -> None:
+        """Create and flock this process's ``<token>.alive`` file before
+        its first spare: while it is locked, nobody reclaims the spares."""
+        with self._lock:
+            if self._alive is not None:
+                return
+            os.makedirs(self.folder, exist_ok=True)
+            path = os.path.join(self.folder, f"{self._token}.alive")
+            # Locked before it is visible under its name, so a lease anyone
+            # can see is locked for as long as its process lives.
+            descriptor = os.open(path + ".new", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            os.rename(path + ".new", path)
+            self._alive = descriptor
 
     def _refill(self) -> None:
         with contextlib.suppress(OSError):
@@ -227,15 +276,6 @@ class SparePool:
             self._stale_bytes += size
         return True
 
-    def lock_file(self) -> str:
-        """A file of this process to hard-link as a ref's ``.lock``: linking
-        takes git's lock without allocating an inode."""
-        path = os.path.join(self.folder, f"{self._pid}-lock")
-        if not os.path.exists(path):
-            os.makedirs(self.folder, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-        return path
-
     def close(self) -> None:
         """Stop the thread and remove this process's unused spares."""
         with self._lock:
@@ -248,6 +288,79 @@ class SparePool:
             ready, self._ready = self._ready, []
             self._stale.clear()
             self._stale_bytes = 0
-        for name in [*ready, os.path.join(self.folder, f"{self._pid}-lock")]:
+        for name in ready:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+        if self._alive is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.folder, f"{self._token}.alive"))
+            with contextlib.suppress(OSError):
+                os.close(self._alive)
+            self._alive = None
+
+
+def reclaim_dead(folder: str) -> int:
+    """Remove the spares of processes that are gone; how many files.
+
+    A process's spares are named ``<token>-<n>`` beside its lease file
+    ``<token>.alive``, which it holds flock'ed while it lives; the kernel
+    drops the flock when it dies (kill -9 too). So a lease we can lock
+    ourselves is a dead process's, and its spares are nobody's. A spare
+    without any lease file (its owner died before making it) is nobody's.
+    """
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    leases = {name[: -len(".alive")] for name in names if name.endswith(".alive")}
+    removed = 0
+    for token in leases:
+        path = os.path.join(folder, f"{token}.alive")
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # alive
+            for name in names:
+                if name.startswith(token + "-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
+        finally:
+            os.close(descriptor)
+    for name in names:
+        if _orphan(folder, name, leases):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+def _orphan(folder: str, name: str, leases: set[str]) -> bool:
+    """Whether ``name`` in the spares folder belongs to no live process."""
+    if name.endswith(".alive.new"):
+        # A lease its process died making (a live one renames it at once).
+        with contextlib.suppress(FileNotFoundError):
+            age = time.time() - os.stat(os.path.join(folder, name)).st_mtime
+            return age > 60
+        return False
+    token, dash, _counter = name.rpartition("-")
+    if not dash or name.endswith(".alive") or token in leases:
+        return False
+    if token.isdigit():
+        # Named by an older looming: its process id alone.
+        try:
+            os.kill(int(token), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    return not os.path.exists(os.path.join(folder, f"{token}.alive"))
