@@ -1,11 +1,23 @@
-"""Benchmark: the static website unikernel against python -m http.server and
-uvicorn + Starlette StaticFiles, all serving the same htdocs folder, driven by wrk.
+"""Benchmark: one Starlette application under looming and the servers Python
+web developers use, interleaved in rounds, driven by wrk.
 
-    .venv/bin/python bench/http.py [--quick] [--json PATH] [-t 1] [-c 16] [-d 5]
+    .venv/bin/python bench/http.py [--quick] [--rounds N] [-c 32] [-d 3] [--json PATH]
 
-The looming server is built and run the way a user would: `looming configure
--t unix --port N`, `looming build`, `looming run --port N` in a temporary copy
-of examples/static_website.
+Servers (each started once, measured in turn in every round, so drift of
+this shared machine falls on all alike):
+
+  looming            the app built into a unikernel (looming configure/build/run)
+  uvicorn            uvicorn with httptools and uvloop (what its defaults pick)
+  uvicorn-h11        uvicorn --http h11 --loop asyncio
+  hypercorn          hypercorn (asyncio worker)
+  granian            granian --interface asgi, one worker
+
+Paths: ``/plain`` (a short text response), ``/json`` and ``/static`` (a
+16 KiB page held in memory by the app). For static files looming's own
+StaticSite (the static website unikernel, its files crunched into memory) is
+also measured as ``looming-static`` against the others' in-memory response.
+Then each server's memory (RSS of its process tree) is read before and with
+1,000 idle keep-alive connections open, each having made one request.
 """
 
 from __future__ import annotations
@@ -23,11 +35,14 @@ import importlib.util  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import AbstractContextManager, contextmanager  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import ExitStack, contextmanager  # noqa: E402
 from dataclasses import asdict  # noqa: E402
+from statistics import median  # noqa: E402
 from typing import Any  # noqa: E402
 
 
@@ -42,7 +57,6 @@ def _load_common() -> Any:
 
 _common = _load_common()
 REPO: Path = _common.REPO
-WrkResult = _common.WrkResult
 background = _common.background
 free_port = _common.free_port
 progress = _common.progress
@@ -51,19 +65,63 @@ table = _common.table
 wait_for_http = _common.wait_for_http
 write_json = _common.write_json
 
-SITE = REPO / "examples" / "static_website"
+PAGE = (b"<!doctype html><title>bench</title>" + b"<p>looming bench page</p>\n" * 700)[:16384]
 
-UVICORN_APP = """\
-import os
-
+APP = f"""\
 from starlette.applications import Starlette
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
-app = Starlette()
-app.mount("/", StaticFiles(directory=os.environ["LOOMING_BENCH_HTDOCS"], html=True))
+PAGE = {PAGE!r}
+
+
+async def plain(request):
+    return PlainTextResponse("Hello, world!")
+
+
+async def json_(request):
+    return JSONResponse({{"message": "Hello, world!"}})
+
+
+async def static(request):
+    return Response(PAGE, media_type="text/html; charset=utf-8")
+
+
+app = Starlette(routes=[Route("/plain", plain), Route("/json", json_), Route("/static", static)])
 """
 
-Server = Callable[[Path, int], AbstractContextManager[None]]
+CONFIG = """\
+from looming.config import console, default_network, http_keys, key, main, register, stack
+
+port = key("port", int, default=8000)
+register("bench", [main("unikernel:Bench", [console(), stack(default_network())], keys=[port, *http_keys()])])
+"""
+
+UNIKERNEL = """\
+from typing import Any
+
+from app import app
+
+from looming.http.service import HttpSettings, serve_asgi
+
+
+class Bench:
+    def __init__(self, console: Any, stack: Any, *, port: int, **http: Any) -> None:
+        self.console, self.stack, self.port = console, stack, port
+        self.settings = HttpSettings.from_keys(**http)
+
+    async def start(self) -> None:
+        await serve_asgi(app, self.console, self.stack, port=self.port, settings=self.settings)
+"""
+
+
+def version_of(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def looming_command() -> list[str]:
@@ -76,67 +134,99 @@ def looming_command() -> list[str]:
     return [found]
 
 
-@contextmanager
-def looming_server(work: Path, port: int) -> Iterator[None]:
-    app = work / "static_website"
-    shutil.copytree(SITE, app, ignore=shutil.ignore_patterns("_build", "dist", "__pycache__"))
+def build_looming_app(work: Path, port: int, *, static_site: bool) -> list[str]:
+    """Configure and build the app (or the static website) in ``work``; the run command."""
     looming = looming_command()
-    progress(f"looming configure -t unix --port {port} && looming build (in {app})")
-    for verb in (["configure", "-t", "unix", "--port", str(port)], ["build"]):
+    if static_site:
+        app = work / "static_website"
+        ignore = shutil.ignore_patterns("_build", "dist", "__pycache__")
+        shutil.copytree(REPO / "examples" / "static_website", app, ignore=ignore)
+        (app / "htdocs" / "bench.html").write_bytes(PAGE)
+    else:
+        app = work / "bench_app"
+        app.mkdir()
+        (app / "app.py").write_text(APP)
+        (app / "config.py").write_text(CONFIG)
+        (app / "unikernel.py").write_text(UNIKERNEL)
+    for verb in (["configure", "-t", "unix"], ["build"]):
         subprocess.run([*looming, *verb], cwd=app, check=True, stdout=subprocess.DEVNULL)
-    with background([*looming, "run", "--port", str(port)], cwd=app, name="looming") as process:
-        wait_for_http(f"http://127.0.0.1:{port}/")
-        process.check_running()
-        yield
+    command = [*looming, "--app", str(app), "run", "--port", str(port)]
+    return command if static_site else [*command, "--max-connections", "0"]
 
 
-@contextmanager
-def http_server(work: Path, port: int) -> Iterator[None]:
-    command = [
-        sys.executable, "-m", "http.server", str(port),
-        "--bind", "127.0.0.1", "--directory", str(SITE / "htdocs"),
-    ]  # fmt: skip
-    with background(command, name="http.server") as process:
-        wait_for_http(f"http://127.0.0.1:{port}/")
-        process.check_running()
-        yield
+def peer_commands(work: Path, port_of: dict[str, int]) -> dict[str, tuple[list[str], str]]:
+    """Name -> (command, path checked for readiness)."""
+    (work / "bench_app.py").write_text(APP)
+    py = sys.executable
+    app_dir = ["--app-dir", str(work)]
+    commands: dict[str, tuple[list[str], str]] = {
+        "looming": (build_looming_app(work, port_of["looming"], static_site=False), "/plain"),
+        "looming-static": (build_looming_app(work, port_of["looming-static"], static_site=True), "/bench.html"),
+        "uvicorn": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of["uvicorn"]), "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop"], "/plain"),
+        "uvicorn-h11": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of["uvicorn-h11"]), "--no-access-log", "--log-level", "warning", "--http", "h11", "--loop", "asyncio"], "/plain"),
+        "hypercorn": ([py, "-m", "hypercorn", "--bind", f"127.0.0.1:{port_of['hypercorn']}", "--log-level", "warning", "bench_app:app"], "/plain"),
+        "granian": ([py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port_of["granian"]), "--workers", "1", "--log-level", "warning", "--no-access-log", "bench_app:app"], "/plain"),
+    }  # fmt: skip
+    return commands
 
 
-@contextmanager
-def uvicorn_server(work: Path, port: int) -> Iterator[None]:
-    (work / "bench_static_app.py").write_text(UVICORN_APP)
-    command = [
-        sys.executable, "-m", "uvicorn", "--app-dir", str(work), "bench_static_app:app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    os.environ["LOOMING_BENCH_HTDOCS"] = str(SITE / "htdocs")
-    with background(command, name="uvicorn") as process:
-        wait_for_http(f"http://127.0.0.1:{port}/")
-        process.check_running()
-        yield
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, in KiB."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(
+                next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+            )
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pending.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
 
 
-def uvicorn_implementation() -> str:
-    # uvicorn's defaults (--http auto, --loop auto) pick these when installed.
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return f"uvicorn {version_of('uvicorn')} ({http}, {loop}) + starlette {version_of('starlette')} StaticFiles"
-
-
-def version_of(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
+def idle_connections_rss(pid: int, port: int, path: str, count: int) -> tuple[int, int, int]:
+    """(RSS before, RSS with ``count`` idle keep-alive connections, connections that answered)."""
+    before = tree_rss_kib(pid)
+    sockets: list[socket.socket] = []
+    answered = 0
+    request = f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode()
     try:
-        return version(package)
-    except PackageNotFoundError:
-        return "?"
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(request)
+            sockets.append(sock)
+        for sock in sockets:
+            try:
+                if sock.recv(65536).startswith(b"HTTP/1.1 200"):
+                    answered += 1
+            except OSError:
+                pass
+        time.sleep(1.0)
+        with_idle = tree_rss_kib(pid)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return before, with_idle, answered
 
 
-PEERS: list[tuple[str, Server, Callable[[], str]]] = [
-    ("looming", looming_server, lambda: f"looming.http (h11 {version_of('h11')} parsing, asyncio), unix target"),
-    ("http.server", http_server, lambda: f"python -m http.server (Python {platform.python_version()}, HTTP/1.0, threads)"),
-    ("uvicorn", uvicorn_server, uvicorn_implementation),
-]  # fmt: skip
+@contextmanager
+def servers(work: Path, names: list[str]) -> Iterator[dict[str, tuple[Any, int, str]]]:
+    ports = {name: free_port() for name in names}
+    commands = peer_commands(work, ports)
+    running: dict[str, tuple[Any, int, str]] = {}
+    with ExitStack() as stack:
+        for name in names:
+            command, ready_path = commands[name]
+            process = stack.enter_context(background(command, cwd=work, name=name))
+            wait_for_http(f"http://127.0.0.1:{ports[name]}{ready_path}", timeout=60)
+            process.check_running()
+            running[name] = (process, ports[name], ready_path)
+        yield running
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,97 +235,111 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-t", "--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument(
-        "-c", "--connections", type=int, default=16, help="wrk connections (default 16)"
+        "-c", "--connections", type=int, default=32, help="wrk connections (default 32)"
     )
     parser.add_argument(
-        "-d", "--duration", type=float, default=5.0, help="seconds per measurement (default 5)"
+        "-d", "--duration", type=float, default=3.0, help="seconds per measurement (default 3)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
-        "--paths", nargs="+", default=None, help="paths to fetch (default / and /data/large.txt)"
+        "--idle", type=int, default=1000, help="idle keep-alive connections for the memory figure"
     )
-    parser.add_argument("--quick", action="store_true", help="2 s per measurement, only /")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    duration = 2.0 if args.quick else args.duration
-    paths = args.paths or (["/"] if args.quick else ["/", "/data/large.txt"])
-    warmup = 1.0
-
-    results: dict[str, dict[str, Any]] = {}
-    implementations: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="looming-bench-http-") as tmp:
-        for name, server, describe in PEERS:
-            implementations[name] = describe()
-            port = free_port()
-            work = Path(tmp) / name
-            work.mkdir()
-            with server(work, port):
-                for path in paths:
-                    url = f"http://127.0.0.1:{port}{path}"
-                    run_wrk(
-                        url, threads=args.threads, connections=args.connections, duration=warmup
-                    )
-                    progress(
-                        f"{name}: wrk -t{args.threads} -c{args.connections} -d{duration:g}s {url}"
-                    )
+    rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
+    names = ["looming", "looming-static", "uvicorn", "uvicorn-h11", "hypercorn", "granian"]
+    names = [
+        n
+        for n in names
+        if n.startswith("looming") or version_of(n.split("-")[0]) != "not installed"
+    ]
+    paths = {"/plain": names, "/json": names, "/static": names}
+    samples: dict[str, dict[str, list[Any]]] = {}
+    memory: dict[str, tuple[int, int, int]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="looming-bench-http-") as tmp,
+        servers(Path(tmp), names) as running,
+    ):
+        for _process, port, ready_path in running.values():
+            run_wrk(
+                f"http://127.0.0.1:{port}{ready_path}",
+                threads=args.threads,
+                connections=args.connections,
+                duration=1.0,
+            )
+        for round_index in range(rounds):
+            for path, who in paths.items():
+                for name in who if round_index % 2 == 0 else list(reversed(who)):
+                    _process, port, _ready = running[name]
+                    target = "/bench.html" if name == "looming-static" else path
+                    if name == "looming-static" and path != "/static":
+                        continue
                     result = run_wrk(
-                        url, threads=args.threads, connections=args.connections, duration=duration
+                        f"http://127.0.0.1:{port}{target}",
+                        threads=args.threads,
+                        connections=args.connections,
+                        duration=duration,
                     )
-                    results.setdefault(path, {})[name] = result
+                    samples.setdefault(path, {}).setdefault(name, []).append(result)
                     progress(
-                        f"{name} {path}: {result.requests_per_second:,.0f} req/s, p99 {result.latency_p99_ms:.2f} ms"
+                        f"round {round_index + 1} {path} {name}: {result.requests_per_second:,.0f} req/s, p99 {result.latency_p99_ms:.2f} ms, errors {result.errors + result.non_2xx}"
                     )
+        for name, (process, port, ready_path) in running.items():
+            memory[name] = idle_connections_rss(process.process.pid, port, ready_path, args.idle)
+            progress(
+                f"{name}: RSS {memory[name][0]} KiB idle, {memory[name][1]} KiB with {memory[name][2]} keep-alive connections"
+            )
 
     print()
     print(
-        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
-    for name, description in implementations.items():
-        print(f"  {name:12} {description}")
-    ratios: dict[str, dict[str, float]] = {}
-    for path, by_server in results.items():
+    print(
+        f"  starlette {version_of('starlette')}, h11 {version_of('h11')}, uvicorn {version_of('uvicorn')} (httptools {version_of('httptools')}, uvloop {version_of('uvloop')}), hypercorn {version_of('hypercorn')}, granian {version_of('granian')}"
+    )
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for path, by_server in samples.items():
         print()
         print(f"GET {path}")
-        rows = [
-            [
-                name,
-                f"{result.requests_per_second:,.0f}",
-                f"{result.latency_p50_ms:.2f}",
-                f"{result.latency_p99_ms:.2f}",
-                str(result.errors + result.non_2xx),
-            ]
-            for name, result in by_server.items()
-        ]
-        print(table(["server", "req/s", "p50 ms", "p99 ms", "errors"], rows))
-        mine = by_server["looming"]
-        ratios[path] = {}
-        for peer in ("http.server", "uvicorn"):
-            other = by_server[peer]
-            throughput = mine.requests_per_second / max(other.requests_per_second, 1e-9)
-            latency = mine.latency_p99_ms / max(other.latency_p99_ms, 1e-9)
-            ratios[path][f"looming/{peer} req/s"] = throughput
-            ratios[path][f"looming/{peer} p99"] = latency
+        rows = []
+        for name, results in by_server.items():
+            rps = median(r.requests_per_second for r in results)
+            p99 = median(r.latency_p99_ms for r in results)
+            errors = sum(r.errors + r.non_2xx for r in results)
+            summary.setdefault(path, {})[name] = {"rps": rps, "p99_ms": p99, "errors": errors}
+            rows.append([name, f"{rps:,.0f}", f"{p99:.2f}", str(errors)])
+        print(table(["server", "req/s", "p99 ms", "errors"], rows))
+        mine = summary[path]["looming"]["rps"]
+        for peer in ("uvicorn", "uvicorn-h11", "hypercorn", "granian"):
+            if peer in summary[path]:
+                print(
+                    f"  looming/{peer}: {mine / max(summary[path][peer]['rps'], 1e-9):.2f}x the requests/s"
+                )
+        if path == "/static" and "uvicorn" in summary[path]:
+            static = summary[path]["looming-static"]["rps"]
             print(
-                f"  looming/{peer}: {throughput:.2f}x the requests/s,"
-                f" {latency:.2f}x the p99 latency (lower is better)"
+                f"  looming StaticSite/uvicorn (in-memory page): {static / max(summary[path]['uvicorn']['rps'], 1e-9):.2f}x the requests/s"
             )
-
+    print()
+    print(f"memory with {args.idle} idle keep-alive connections (RSS of the process tree)")
+    rows = [
+        [name, f"{b / 1024:.1f}", f"{w / 1024:.1f}", f"{(w - b) / max(n, 1):.1f}", str(n)]
+        for name, (b, w, n) in memory.items()
+    ]
+    print(table(["server", "MiB before", "MiB with", "KiB/conn", "answered"], rows))
+    print()
+    print(
+        "goals: looming >= 1.5x uvicorn (httptools+uvloop); >= 0.8x granian on /plain; static >= 2x uvicorn"
+    )
     if args.json:
-        payload: dict[str, Any] = {
-            "wrk": {
-                "threads": args.threads,
-                "connections": args.connections,
-                "duration_s": duration,
-            },
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "implementations": implementations,
-            "results": {
-                path: {name: asdict(result) for name, result in by_server.items()}
-                for path, by_server in results.items()
-            },
-            "ratios": ratios,
-        }
-        write_json(args.json, payload)
+        write_json(args.json, {
+            "wrk": {"threads": args.threads, "connections": args.connections, "duration_s": duration, "rounds": rounds},
+            "versions": {p: version_of(p) for p in ("starlette", "h11", "uvicorn", "httptools", "uvloop", "hypercorn", "granian")},
+            "summary": summary,
+            "samples": {path: {n: [asdict(r) for r in rs] for n, rs in by.items()} for path, by in samples.items()},
+            "memory_kib": {n: {"before": b, "with_idle": w, "answered": c} for n, (b, w, c) in memory.items()},
+        })  # fmt: skip
     return 0
 
 
