@@ -337,3 +337,18 @@ def test_bad_api_requests_are_4xx_and_change_nothing(disk_repo: Repo) -> None:
             assert (code, reason in answer) == (status, True), (path, answer)
         assert call(port, "DELETE", "/api/main/set/a", None, basic("not-the-token"))[0] == 401
     assert snapshot(disk_repo) == before
+
+
+def test_quarantines_left_by_a_killed_server_are_reclaimed(disk_repo: Repo) -> None:
+    from looming.store.http import StoreHttp
+
+    objects = Path(disk_repo.path or "", "objects")
+    stale, fresh = objects / "incoming-stale", objects / "incoming-fresh"
+    for folder in (stale, fresh):
+        (folder / "pack").mkdir(parents=True)
+        (folder / "pack" / "tmp_pack_x").write_bytes(b"PACK")
+    old = disk_repo.clock.now() - 7200
+    os.utime(stale, (old, old))
+    handler = StoreHttp(disk_repo, AccessPolicy(TOKEN.encode()))
+    handler.close()
+    assert handler.reclaimed == 1 and not stale.exists() and fresh.exists()

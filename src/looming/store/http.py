@@ -46,7 +46,7 @@ from looming.store.gitbackend import GitBackend
 from looming.store.githttp import WsgiRun, git_app, wsgi_environ
 from looming.store.names import check_branch, check_key
 from looming.store.path import show_path
-from looming.store.receive import Receiver
+from looming.store.receive import Receiver, reclaim_quarantines
 from looming.store.repo import Repo
 from looming.store.store import Store
 
@@ -124,6 +124,7 @@ class StoreHttp:
         self.bad_git_requests = 0
         self.denied = 0
         self._git = DulwichRepo(repo.backend.git_dir)
+        self.reclaimed = reclaim_quarantines(repo.backend.objects_dir, repo.clock.now())
         self.last_receive: Receiver | None = None
 
     def close(self) -> None:

@@ -214,7 +214,7 @@ class Receiver:
         from dulwich.object_store import DiskObjectStore
 
         objects = self.git.object_store.path
-        path = tempfile.mkdtemp(prefix="incoming-", dir=objects)
+        path = tempfile.mkdtemp(prefix=QUARANTINE_PREFIX, dir=objects)
         store = DiskObjectStore.init(path)
         store.add_alternate_path(os.path.abspath(objects))
         return store
@@ -247,6 +247,35 @@ class Receiver:
         except StoreError as error:
             return f"failed to update: {error}"
         return None
+
+
+QUARANTINE_PREFIX = "incoming-"
+STALE_QUARANTINE_S = 3600.0
+
+
+def reclaim_quarantines(
+    objects_dir: str, now: float, older_than_s: float = STALE_QUARANTINE_S
+) -> int:
+    """Delete quarantine folders a killed server left (untouched for
+    ``older_than_s``; a younger one may be another server's push in
+    progress). How many were deleted."""
+    reclaimed = 0
+    try:
+        names = os.listdir(objects_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(objects_dir, name)
+        if not name.startswith(QUARANTINE_PREFIX) or not os.path.isdir(path):
+            continue
+        try:
+            if now - os.stat(path).st_mtime < older_than_s:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        reclaimed += 1
+    return reclaimed
 
 
 def receive_handler(receiver: Receiver) -> type:
