@@ -352,3 +352,40 @@ def test_quarantines_left_by_a_killed_server_are_reclaimed(disk_repo: Repo) -> N
     handler = StoreHttp(disk_repo, AccessPolicy(TOKEN.encode()))
     handler.close()
     assert handler.reclaimed == 1 and not stale.exists() and fresh.exists()
+
+
+def pkt(line: bytes) -> bytes:
+    return f"{len(line) + 4:04x}".encode() + line
+
+
+def test_gzip_bodies_are_inflated_with_a_bound(disk_repo: Repo) -> None:
+    import gzip
+
+    head = disk_repo.store().set("a", b"1")
+    want = (
+        pkt(f"want {head} side-band-64k thin-pack ofs-delta\n".encode()) + b"0000" + pkt(b"done\n")
+    )
+    kind = {"Content-Type": "application/x-git-upload-pack-request", **basic()}
+    gzipped = {"Content-Encoding": "gzip", **kind}
+    with serving(disk_repo, settings=ServeSettings(max_body_bytes=100_000)) as (port, handler):
+        status, body = call(port, "POST", "/git-upload-pack", gzip.compress(want), gzipped)
+        assert status == 200 and b"PACK" in body
+        bomb = gzip.compress(want + b"0" * 10_000_000)
+        assert len(bomb) < 100_000
+        status, body = call(port, "POST", "/git-upload-pack", bomb, gzipped)
+        assert status == 413 and b"inflates past the limit" in body
+        status, body = call(port, "POST", "/git-upload-pack", b"\x1f\x8bnot gzip", gzipped)
+        assert status == 400 and b"does not inflate" in body
+        brotli = {"Content-Encoding": "br", **kind}
+        assert call(port, "POST", "/git-upload-pack", want, brotli)[0] == 400
+        assert handler.bad_git_requests == 1
+
+
+def test_branches_with_slashes_in_the_api(disk_repo: Repo) -> None:
+    rules, anonymous = parse_rules(RULES)
+    with serving(disk_repo, AccessPolicy(TOKEN.encode(), rules, anonymous)) as (port, _):
+        assert call(port, "PUT", "/api/scratch%2Fx/set/k", b"v", basic())[0] == 200
+        assert call(port, "GET", "/api/scratch%2Fx/get/k") == (200, b"v")
+        # anonymous_read opens scratch/* too (its rule says nothing of anonymous)
+        assert call(port, "PUT", "/api/scratch%2Fx/set/k", b"w")[0] == 401
+    assert disk_repo.store("scratch/x").get("k") == b"v"

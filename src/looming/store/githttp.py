@@ -10,6 +10,7 @@ import io
 import queue
 import threading
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -68,7 +69,32 @@ def _upload_handler() -> type:
     return _UPLOAD_HANDLER[0]
 
 
-def wsgi_environ(request: Request) -> dict[str, Any]:
+class BodyTooLarge(LoomingError):
+    """A compressed request body that inflates past the size limit."""
+
+
+def plain_body(request: Request, limit: int) -> bytes:
+    """The request body, inflated if git sent it gzip-compressed (as it does
+    large fetch negotiations), refused past ``limit`` bytes: inflated here,
+    with a bound, rather than by dulwich without one (a small gzip bomb
+    would otherwise inflate without end)."""
+    encoding = (request.header(b"content-encoding") or b"").strip().lower()
+    if encoding in (b"", b"identity"):
+        return request.body
+    if encoding not in (b"gzip", b"x-gzip"):
+        raise LoomingError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(request.body, limit + 1)
+    except zlib.error as error:
+        raise LoomingError(f"the gzip body does not inflate: {error}") from None
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"the body inflates past the limit of {limit} bytes")
+    return body
+
+
+def wsgi_environ(request: Request, body: bytes) -> dict[str, Any]:
+    """The WSGI environ of ``request`` with ``body`` (already plain)."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method,
         "PATH_INFO": urllib.parse.unquote(request.path),
@@ -76,20 +102,25 @@ def wsgi_environ(request: Request) -> dict[str, Any]:
         "SERVER_NAME": "looming",
         "SERVER_PORT": "0",
         "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.input": io.BytesIO(request.body),
+        "wsgi.input": io.BytesIO(body),
         "wsgi.errors": io.StringIO(),
         "wsgi.url_scheme": "http",
         "wsgi.version": (1, 0),
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
-        "CONTENT_LENGTH": str(len(request.body)),
+        "CONTENT_LENGTH": str(len(body)),
     }
     for name, value in request.headers:
         key = name.decode("latin-1").upper().replace("-", "_")
         if key == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = value.decode("latin-1")
-        elif key not in ("CONTENT_LENGTH", "AUTHORIZATION", "TRANSFER_ENCODING"):
+        elif key not in (
+            "CONTENT_LENGTH",
+            "AUTHORIZATION",
+            "TRANSFER_ENCODING",
+            "CONTENT_ENCODING",
+        ):
             # The body arrives whole and de-chunked: a chunked push (git
             # sends pushes over http.postBuffer, 1 MiB, that way) must not
             # be de-chunked again by dulwich.

@@ -20,6 +20,8 @@
   ``POST merge/abort``     forget it
   ``GET  watch``           server-sent events, one per change (``?prefix=``)
 
+A branch name with ``/`` is written with ``%2F`` (``/api/scratch%2Fx/get/a``).
+
 Every request is checked against an :class:`~looming.store.auth.AccessPolicy`
 (HTTP Basic, the token as password): 401 without the credentials a request
 needs, 403 when they do not allow it, 400 for bad names, JSON or parameters,
@@ -43,7 +45,7 @@ from looming.http.message import Request, Response
 from looming.store import pending
 from looming.store.auth import ENABLE_WRITES, AccessPolicy, Client, describe
 from looming.store.gitbackend import GitBackend
-from looming.store.githttp import WsgiRun, git_app, wsgi_environ
+from looming.store.githttp import BodyTooLarge, WsgiRun, git_app, plain_body, wsgi_environ
 from looming.store.names import check_branch, check_key
 from looming.store.path import show_path
 from looming.store.receive import Receiver, reclaim_quarantines
@@ -140,8 +142,8 @@ class StoreHttp:
                 raise Denied(403, ENABLE_WRITES)
             if client is None:
                 raise Denied(401, "wrong credentials: send the store's token as the password")
-            if path.startswith("/api/"):
-                return await self._api(request, client, path[len("/api/") :])
+            if request.path.startswith("/api/"):
+                return await self._api(request, client, request.path[len("/api/") :])
             return await self._git_request(request, client, path)
         except Denied as denied:
             self.denied += 1
@@ -177,10 +179,14 @@ class StoreHttp:
             self._require(client, "*", "read")  # raises: some branch is not readable
             raise Denied(403, "this client may not read every branch, and a clone reads them all")
         try:
-            run = WsgiRun(git_app(self._git, receiver), wsgi_environ(request))
+            body = plain_body(request, self.settings.max_body_bytes)
+            run = WsgiRun(git_app(self._git, receiver), wsgi_environ(request, body))
             # A push's answer is small and its status depends on the report;
             # a clone's may be large and is sent as it is made.
             response = await (run.whole() if receiver is not None else run.streamed())
+        except BodyTooLarge as error:
+            self.bad_git_requests += 1
+            return Response(413, [TEXT_TYPE], f"{error}\n".encode())
         except (LoomingError, KeyError):
             raise
         except Exception as error:  # a peer's bad Git request: counted and refused
@@ -197,9 +203,12 @@ class StoreHttp:
     # -------------------------------------------------------------- JSON API
 
     async def _api(self, request: Request, client: Client, rest: str) -> Response:
-        branch, _, action = rest.partition("/")
-        check_branch(branch)
-        verb, _, key = action.partition("/")
+        # Split before decoding, so a branch with a slash comes as %2F:
+        # /api/scratch%2Fx/get/a.
+        raw_branch, _, action = rest.partition("/")
+        branch = check_branch(urllib.parse.unquote(raw_branch))
+        verb, _, raw_key = action.partition("/")
+        key = urllib.parse.unquote(raw_key)
         route = _ROUTES.get((request.method, verb))
         if route is None:
             return _json(
