@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,16 @@ token = ["read", "write"]
 branch = "scratch/*"
 token = ["read", "write", "force-push", "delete"]
 """
+
+
+@pytest.fixture
+def disk_repo(tmp_path: Path) -> Iterator[Repo]:
+    """A repository whose writer never folds its packs in the background:
+    the tests compare objects/ before and after a request, and a fold of
+    earlier commits landing in between is not the request's doing."""
+    repo = Repo.init(str(tmp_path / "store.git"), fold_when_idle=None)
+    yield repo
+    repo.close()
 
 
 def snapshot(repo: Repo) -> dict[str, str]:
@@ -152,6 +163,13 @@ def test_git_push_with_rules(disk_repo: Repo, work: Path, git: GitRunner) -> Non
         refused = git_fails(git, *helper(TOKEN), "push", url, "HEAD:refs/heads/HEAD", cwd=work)
         assert "bad branch name" in refused and "checked-out commit" in refused
         assert snapshot(disk_repo) == before
+        # An atomic push is all or nothing: the refused tag holds main back.
+        ahead = commit(git, work, "atomic.html", "atomic\n")
+        refused = git_fails(
+            git, *helper(TOKEN), "push", "--atomic", url, "HEAD:side2", "HEAD:refs/tags/t", cwd=work
+        )
+        assert "atomic" in refused and "side2" not in disk_repo.branches()
+        assert disk_repo.head("main") == first and ahead != first
         # The URL form of credentials works as well as a helper.
         git("push", "-q", f"http://u:{TOKEN}@127.0.0.1:{port}/", "HEAD:side", cwd=work)
         assert disk_repo.branches() == ["main", "side"]
@@ -214,7 +232,7 @@ def test_broken_and_oversized_pushes_change_nothing(
 
 
 def test_push_to_checked_out_branch_is_refused_as_git_does(tmp_path: Path, git: GitRunner) -> None:
-    repo = Repo.init(str(tmp_path / "site"), bare=False)
+    repo = Repo.init(str(tmp_path / "site"), bare=False, fold_when_idle=None)
     try:
         repo.store().set("a", b"1")
         git("clone", "-q", str(tmp_path / "site"), "work", cwd=tmp_path)
