@@ -49,7 +49,7 @@ def test_abandoned_watches_release_their_threads(disk_repo: Repo) -> None:
             client.close()
         # No change lands on the branch: the heartbeat alone finds them gone.
         took = wait_for(lambda: watch_threads() == before + 1, 5)
-        assert took < 2.0
+        assert took < 3.0
         # The one still connected keeps its watch and sees the next change.
         commit = disk_repo.store().set("k", b"v")
         received = b""
