@@ -14,6 +14,7 @@ import pytest
 
 from looming.devices.stack import Datagram, TcpFlow
 from looming.errors import HostUnreachable
+from looming.net.arp import NeighbourLimits
 from looming.net.stack import DirectStack
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
@@ -100,10 +101,9 @@ def test_looming_pings_kernel_and_resolves_it_by_arp(kernel_peer: KernelPeer) ->
         learned = stack.arp.cache.lookup(kernel_peer.peer_address, now)
         assert learned is not None
         assert str(learned) == _kernel_mac(kernel_peer)
-        stack.arp.retries = 2
-        stack.arp.retry_interval_s = 0.1
+        stack.arp.limits = NeighbourLimits(requests=2, request_interval_ns=100_000_000)
         with pytest.raises(HostUnreachable):
-            await stack.ping("10.77.0.200", timeout=0.2)  # nobody there: ARP fails
+            await stack.ping("10.77.0.200", timeout=0.3)  # nobody there: ARP fails
         assert stack.counters()["arp.unresolved"] == 1
         neighbours = await kernel_peer.exec_output("ip", "neigh", "show", "10.77.0.2")
         assert str(stack.ethernet.mac) in neighbours

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from looming.devices.net import MacAddress
 from looming.devices.stack import Datagram, Stack, Udp
 from looming.errors import AddressInUse, HostUnreachable, NoRoute
+from looming.net.arp import NeighbourLimits
 from looming.net.dns import ResolverTimeout
 from looming.net.netif.memory import LinkFaults, MemorySwitch
 from looming.net.stack import DirectStack
@@ -91,18 +92,28 @@ def test_sending_to_ourselves_loops_back() -> None:
     run(body)
 
 
-def test_routing_needs_a_gateway_and_arp_waiters_are_bounded() -> None:
+def test_routing_needs_a_gateway_and_arp_queues_are_bounded() -> None:
     async def body(a: DirectStack, b: DirectStack) -> None:
         with pytest.raises(NoRoute):
             await a.udp.send("192.168.7.7", 9, b"far away")
-        a.arp.retries = 1
-        a.arp.retry_interval_s = 0.2
-        a.arp.max_waiting = 4
-        sends = [a.udp.send("10.0.0.77", 9, b"?") for _ in range(10)]
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        assert all(isinstance(r, HostUnreachable) for r in results)
+        a.arp.limits = NeighbourLimits(
+            requests=1, request_interval_ns=200_000_000, queue_per_neighbour=4
+        )
+        started = asyncio.get_running_loop().time()
+        for _ in range(10):
+            await a.udp.send("10.0.0.77", 9, b"?")  # queued, never waited for
+        assert asyncio.get_running_loop().time() - started < 0.1
         assert a.counters()["arp.queue_full"] == 6
+        assert a.arp.table.queued == 4
+        await asyncio.sleep(0.3)
         assert a.counters()["arp.unresolved"] == 1
+        assert a.counters()["arp.unresolved_dropped"] == 4
+        assert a.arp.table.queued == 0
+        # Remembered as failed: the next datagram fails at once, unsent.
+        with pytest.raises(HostUnreachable):
+            await a.udp.send("10.0.0.77", 9, b"?")
+        assert a.counters()["arp.failed_neighbour_dropped"] == 1
+        assert a.counters()["arp.tx_request"] == 1
 
     run(body)
 
@@ -264,6 +275,7 @@ def test_forged_sources_are_dropped_and_partial_datagrams_time_out() -> None:
 def test_icmp_errors_are_rate_limited() -> None:
     async def body(a: DirectStack, b: DirectStack) -> None:
         a.arp.cache.learn(B.ip, b.ethernet.mac, a.time.now_ns())
+        b.arp.cache.learn(A.ip, a.ethernet.mac, b.time.now_ns())
         b.icmp.errors_per_second = 0  # only the burst: independent of timing
         for _ in range(300):
             await a.udp.send(B.ip, 9, b"closed port")

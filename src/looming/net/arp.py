@@ -1,12 +1,23 @@
-"""Address resolution (RFC 826): a sans-I/O cache and a thin asyncio shell."""
+"""Address resolution (RFC 826, RFC 1122 2.3.2): a sans-I/O neighbour table
+and a thin asyncio shell.
+
+No sender ever waits for a resolution. A datagram for a neighbour whose
+address is not yet known joins that neighbour's small pending queue and the
+sender carries on; the queue leaves when the reply comes, or is dropped (and
+counted) when the neighbour stays silent, which is then remembered for a
+while (negative caching) so that traffic to it fails at once instead of
+asking again. Every table is bounded, so a flood from unresolvable sources
+costs a bounded amount of memory and never delays traffic to neighbours
+that answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, OrderedDict
-from collections.abc import Coroutine
+from collections import Counter, OrderedDict, deque
+from collections.abc import Container, Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any
 
 from looming.devices.net import BROADCAST_MAC, EthernetProtocol, MacAddress
 from looming.devices.time import Time
@@ -18,7 +29,12 @@ from looming.net.wire.arp import ArpOperation, ArpPacket
 
 _ZERO_MAC = MacAddress(bytes(6))
 _SECOND_NS = 1_000_000_000
-MAX_PENDING_SENDS = 256
+
+Frame = tuple[int, bytes, int | None]
+"""(EtherType, payload, segment size for the interface's segmentation or None)."""
+
+Datagram = tuple[Frame, ...]
+"""The frames of one datagram (several when it was fragmented)."""
 
 
 class ArpCache:
@@ -74,7 +90,7 @@ def answer(
     our_addresses: frozenset[IPv4Address],
     now_ns: int,
     *,
-    waiting: frozenset[IPv4Address] = frozenset(),
+    waiting: Container[IPv4Address] = frozenset(),
 ) -> ArpPacket | None:
     """Apply RFC 826's merge rule to ``packet`` and return the reply to send.
 
@@ -101,8 +117,142 @@ def answer(
     return None
 
 
+@dataclass(slots=True)
+class _Incomplete:
+    """A neighbour asked about and not yet answering."""
+
+    next_request_ns: int
+    requests: int = 0
+    queue: deque[Datagram] = field(default_factory=deque)
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourLimits:
+    """Bounds and timers of a :class:`NeighbourTable` (RFC 1122 2.3.2)."""
+
+    requests: int = 3  # broadcasts before a neighbour counts as unreachable
+    request_interval_ns: int = _SECOND_NS  # RFC 1122 2.3.2.1: at most one per second
+    queue_per_neighbour: int = 8  # datagrams held while one neighbour resolves
+    queue_total: int = 256  # datagrams held for all neighbours together
+    max_incomplete: int = 256  # neighbours being resolved at once
+    failed_lifetime_ns: int = 20 * _SECOND_NS  # negative caching of a silent neighbour
+    max_failed: int = 1024
+
+
+class NeighbourTable:
+    """Resolution state of every neighbour, without I/O.
+
+    Bound neighbours live in :attr:`cache`; neighbours being asked about hold
+    a few datagrams each; neighbours that never answered are remembered as
+    failed until ``failed_lifetime_ns`` passes. The owner calls
+    :meth:`on_timer` at :meth:`next_deadline_ns` and broadcasts a request for
+    each address it returns.
+    """
+
+    def __init__(self, cache: ArpCache, limits: NeighbourLimits | None = None) -> None:
+        self.cache = cache
+        self.limits = limits or NeighbourLimits()
+        # Ordered by the next request's time (every step adds the same interval).
+        self.incomplete: OrderedDict[IPv4Address, _Incomplete] = OrderedDict()
+        self.failed: OrderedDict[IPv4Address, int] = OrderedDict()
+        self.queued = 0
+        self.counters: Counter[str] = Counter()
+
+    def has_failed(self, address: IPv4Address, now_ns: int) -> bool:
+        until = self.failed.get(address)
+        if until is None:
+            return False
+        if now_ns >= until:
+            del self.failed[address]
+            return False
+        return True
+
+    def enqueue(self, address: IPv4Address, datagram: Datagram | None, now_ns: int) -> bool:
+        """Hold ``datagram`` (None: nothing, only resolve) until ``address``
+        resolves. Whether a request must go out now (a new resolution)."""
+        entry = self.incomplete.get(address)
+        started = entry is None
+        if entry is None:
+            limits = self.limits
+            while len(self.incomplete) >= limits.max_incomplete:
+                # Under a flood of new neighbours the oldest resolution gives
+                # way: newcomers still get their chance.
+                _, oldest = self.incomplete.popitem(last=False)
+                self._drop_queue(oldest, "incomplete_evicted")
+            entry = _Incomplete(next_request_ns=now_ns + limits.request_interval_ns, requests=1)
+            self.incomplete[address] = entry
+            self.counters["tx_request"] += 1
+        if datagram is not None:
+            if len(entry.queue) >= self.limits.queue_per_neighbour:
+                entry.queue.popleft()
+                self.queued -= 1
+                self.counters["queue_full"] += 1
+            elif self.queued >= self.limits.queue_total:
+                self.counters["queue_total_full"] += 1
+                return started
+            entry.queue.append(datagram)
+            self.queued += 1
+        return started
+
+    def _drop_queue(self, entry: _Incomplete, reason: str) -> None:
+        if entry.queue:
+            self.counters[reason] += len(entry.queue)
+            self.queued -= len(entry.queue)
+            entry.queue.clear()
+
+    def resolved(self, address: IPv4Address) -> list[Datagram]:
+        """The reply for ``address`` came (already in the cache): what waited for it."""
+        self.failed.pop(address, None)
+        entry = self.incomplete.pop(address, None)
+        if entry is None:
+            return []
+        self.queued -= len(entry.queue)
+        return list(entry.queue)
+
+    def next_deadline_ns(self) -> int | None:
+        for entry in self.incomplete.values():
+            return entry.next_request_ns
+        return None
+
+    def on_timer(self, now_ns: int) -> tuple[list[IPv4Address], list[IPv4Address]]:
+        """(addresses to ask again, addresses that just failed)."""
+        limits = self.limits
+        again: list[IPv4Address] = []
+        failed: list[IPv4Address] = []
+        incomplete = self.incomplete
+        while incomplete:
+            address, entry = next(iter(incomplete.items()))
+            if entry.next_request_ns > now_ns:
+                break
+            if entry.requests >= limits.requests:
+                del incomplete[address]
+                self._drop_queue(entry, "unresolved_dropped")
+                self.counters["unresolved"] += 1
+                self.failed.pop(address, None)
+                self.failed[address] = now_ns + limits.failed_lifetime_ns
+                while len(self.failed) > limits.max_failed:
+                    self.failed.popitem(last=False)
+                failed.append(address)
+                continue
+            entry.requests += 1
+            entry.next_request_ns = now_ns + limits.request_interval_ns
+            incomplete.move_to_end(address)
+            self.counters["tx_request"] += 1
+            again.append(address)
+        return again, failed
+
+
+MAX_QUEUED_FRAMES = 1024
+
+
 class ArpLayer:
-    """:class:`looming.devices.net.Arp` over an :class:`EthernetLayer`."""
+    """:class:`looming.devices.net.Arp` over an :class:`EthernetLayer`.
+
+    :meth:`send` is how the layers above transmit: at once to a bound
+    neighbour, queued (never waited for) otherwise. Everything this layer
+    transmits itself (requests, replies, released queues) leaves through one
+    bounded queue drained by one task.
+    """
 
     def __init__(
         self,
@@ -111,25 +261,30 @@ class ArpLayer:
         *,
         addresses: list[IPv4Address] | None = None,
         cache: ArpCache | None = None,
-        retries: int = 3,
-        retry_interval_s: float = 1.0,
-        max_waiting: int = 256,
+        limits: NeighbourLimits | None = None,
     ) -> None:
         self._ethernet = ethernet
         self._time = time
         self._addresses: list[IPv4Address] = list(addresses or [])
         self.cache = cache if cache is not None else ArpCache()
-        self.retries = retries
-        self.retry_interval_s = retry_interval_s
-        # Each waiting query holds one packet of the layer above; bounding
-        # them bounds the memory a burst to unresolvable hosts can take.
-        self.max_waiting = max_waiting
-        self._waiting_count = 0
-        self._pending: dict[IPv4Address, asyncio.Future[MacAddress]] = {}
+        self.table = NeighbourTable(self.cache, limits)
+        self._waiters: dict[IPv4Address, list[asyncio.Future[MacAddress]]] = {}
         self._refreshing: set[IPv4Address] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.counters: Counter[str] = Counter()
+        self._tx: deque[tuple[MacAddress, Frame]] = deque()
+        self._tx_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._stopped = False
+        self.counters: Counter[str] = self.table.counters
         ethernet.register(EthernetProtocol.ARP, self._on_frame)
+
+    @property
+    def limits(self) -> NeighbourLimits:
+        return self.table.limits
+
+    @limits.setter
+    def limits(self, limits: NeighbourLimits) -> None:
+        self.table.limits = limits
 
     def addresses(self) -> list[IPv4Address]:
         return list(self._addresses)
@@ -138,30 +293,14 @@ class ArpLayer:
         self._addresses = list(addresses)
         if announce:
             for address in self._addresses:
-                self._spawn(self.announce(address))
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        if len(self._tasks) >= MAX_PENDING_SENDS:
-            # A request flood must not queue unbounded replies.
-            coroutine.close()
-            self.counters["tx_backlog_full"] += 1
-            return
-        try:
-            task = asyncio.get_running_loop().create_task(coroutine)
-        except RuntimeError:
-            # No loop yet (configured before start): announce() runs in start().
-            coroutine.close()
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+                self._queue_frame(BROADCAST_MAC, self._gratuitous(address))
 
     async def start(self) -> None:
         """Announce every address with gratuitous ARP."""
         for address in self._addresses:
             await self.announce(address)
 
-    async def announce(self, address: IPv4Address) -> None:
-        """Send a gratuitous ARP request for ``address`` (RFC 5227 section 3)."""
+    def _gratuitous(self, address: IPv4Address) -> Frame:
         packet = ArpPacket(
             operation=ArpOperation.REQUEST,
             sender_mac=self._ethernet.mac,
@@ -170,15 +309,32 @@ class ArpLayer:
             target_ip=address,
         )
         self.counters["tx_gratuitous"] += 1
-        await self._ethernet.write(BROADCAST_MAC, EthernetProtocol.ARP, wire.emit(packet))
+        return (EthernetProtocol.ARP, wire.emit(packet), None)
+
+    async def announce(self, address: IPv4Address) -> None:
+        """Send a gratuitous ARP request for ``address`` (RFC 5227 section 3)."""
+        _, payload, _ = self._gratuitous(address)
+        await self._ethernet.write(BROADCAST_MAC, EthernetProtocol.ARP, payload)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(HostUnreachable("ARP stopped"))
-                future.exception()  # mark retrieved: nobody may be waiting
+        """Drop every queue and fail every waiter; returns at once."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._tx_task is not None:
+            self._tx_task.cancel()
+        self._tx.clear()
+        for address in list(self.table.incomplete):
+            self.table.resolved(address)
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(HostUnreachable("ARP stopped"))
+                    future.exception()  # mark retrieved: nobody may be waiting
+        self._waiters.clear()
+
+    # -- receiving -----------------------------------------------------------
 
     def input(self, payload: bytes) -> None:
         try:
@@ -188,70 +344,130 @@ class ArpLayer:
             return
         self.counters["rx_" + ("request" if packet.operation == 1 else "reply")] += 1
         now = self._time.now_ns()
+        sender = packet.sender_ip
         reply = answer(
             self.cache,
             packet,
             self._ethernet.mac,
             frozenset(self._addresses),
             now,
-            waiting=frozenset(self._pending),
+            waiting=self.table.incomplete,
         )
-        future = self._pending.pop(packet.sender_ip, None)
-        if future is not None and not future.done():
-            future.set_result(packet.sender_mac)
+        self._refreshing.discard(sender)
+        if sender in self.table.incomplete or sender in self._waiters:
+            mac = self.cache.lookup(sender, now)
+            if mac is not None:
+                for datagram in self.table.resolved(sender):
+                    for frame in datagram:
+                        self._queue_frame(mac, frame)
+                for future in self._waiters.pop(sender, []):
+                    if not future.done():
+                        future.set_result(mac)
         if reply is not None:
             self.counters["tx_reply"] += 1
-            self._spawn(
-                self._ethernet.write(packet.sender_mac, EthernetProtocol.ARP, wire.emit(reply))
-            )
+            self._queue_frame(packet.sender_mac, (EthernetProtocol.ARP, wire.emit(reply), None))
 
     def _on_frame(self, source: MacAddress, destination: MacAddress, payload: bytes) -> None:
         self.input(payload)
 
-    async def query(self, address: IPv4Address) -> MacAddress:
+    # -- sending -------------------------------------------------------------
+
+    def lookup(self, address: IPv4Address) -> MacAddress | None:
+        """The bound MAC of ``address`` (refreshing it near expiry), or None."""
         now = self._time.now_ns()
         mac = self.cache.lookup(address, now)
-        if mac is not None:
-            if self.cache.expires_soon(address, now) and address not in self._refreshing:
-                # Ask again before the entry lapses, so a long-lived flow
-                # never stalls on a fresh resolution.
-                self._refreshing.add(address)
-                self._spawn(self._refresh(address))
-            return mac
-        if self._waiting_count >= self.max_waiting:
-            self.counters["queue_full"] += 1
-            raise HostUnreachable(f"{address}: too many packets already wait on ARP resolution")
-        self._waiting_count += 1
-        try:
-            future = self._pending.get(address)
-            if future is not None:
-                await future
-                return future.result()
-            future = asyncio.get_running_loop().create_future()
-            self._pending[address] = future
-            try:
-                for _ in range(self.retries):
-                    await self._request(address)
-                    if await wait_until_done(future, self._time, self.retry_interval_s):
-                        return future.result()
-            finally:
-                if self._pending.get(address) is future:
-                    del self._pending[address]
-            self.counters["unresolved"] += 1
-            error = HostUnreachable(f"{address} did not answer ARP ({self.retries} requests)")
-            future.set_exception(error)
-            future.exception()
-            raise error
-        finally:
-            self._waiting_count -= 1
-
-    async def _refresh(self, address: IPv4Address) -> None:
-        try:
-            await self._request(address)
-        finally:
+        if mac is None:
             self._refreshing.discard(address)
+        elif self.cache.expires_soon(address, now) and address not in self._refreshing:
+            # Ask again (once) before the entry lapses, so a long-lived flow
+            # never stalls on a fresh resolution.
+            self._refreshing.add(address)
+            self._send_request(address)
+            self.counters["tx_request"] += 1
+        return mac
 
-    async def _request(self, address: IPv4Address) -> None:
+    async def send(self, address: IPv4Address, frames: Sequence[Frame]) -> None:
+        """Transmit ``frames`` (one datagram) to neighbour ``address``.
+
+        Never waits for resolution: an unknown neighbour's datagram is held
+        in its pending queue. Raises :class:`HostUnreachable` for a neighbour
+        that recently failed to answer.
+        """
+        mac = self.lookup(address)
+        if mac is not None:
+            write = self._ethernet.write
+            for ethertype, payload, segment_size in frames:
+                await write(mac, ethertype, payload, segment_size=segment_size)
+            return
+        self._hold(address, tuple(frames))
+
+    def _hold(self, address: IPv4Address, datagram: Datagram | None) -> None:
+        now = self._time.now_ns()
+        if self.table.has_failed(address, now):
+            self.counters["failed_neighbour_dropped"] += 1
+            raise HostUnreachable(
+                f"{address} did not answer ARP recently; "
+                f"asking again after {self.limits.failed_lifetime_ns // _SECOND_NS} s"
+            )
+        if self._stopped:
+            raise HostUnreachable("ARP stopped")
+        if self.table.enqueue(address, datagram, now):
+            self._send_request(address)
+            self._arm_timer()
+
+    async def query(self, address: IPv4Address) -> MacAddress:
+        """The MAC of ``address``, resolving it if needed (waits at most
+        ``requests`` x ``request_interval_ns``)."""
+        mac = self.lookup(address)
+        if mac is not None:
+            return mac
+        self._hold(address, None)
+        future: asyncio.Future[MacAddress] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(address, []).append(future)
+        limits = self.limits
+        seconds = limits.requests * limits.request_interval_ns / _SECOND_NS + 0.1
+        try:
+            if not await wait_until_done(future, self._time, seconds):
+                raise HostUnreachable(f"{address} did not answer ARP ({limits.requests} requests)")
+            return future.result()
+        finally:
+            waiters = self._waiters.get(address)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[address]
+
+    def _arm_timer(self) -> None:
+        deadline = self.table.next_deadline_ns()
+        if deadline is None or self._stopped:
+            return
+        if self._timer is not None:
+            assert self._timer_at is not None
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        delay = max(deadline - self._time.now_ns(), 0) / 1e9
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        again, failed = self.table.on_timer(self._time.now_ns())
+        for address in again:
+            self._send_request(address)
+        for address in failed:
+            for future in self._waiters.pop(address, []):
+                if not future.done():
+                    future.set_exception(
+                        HostUnreachable(
+                            f"{address} did not answer ARP ({self.limits.requests} requests)"
+                        )
+                    )
+                    future.exception()
+        self._arm_timer()
+
+    def _send_request(self, address: IPv4Address) -> None:
         source = self._addresses[0] if self._addresses else IPv4Address(0)
         packet = ArpPacket(
             operation=ArpOperation.REQUEST,
@@ -260,5 +476,31 @@ class ArpLayer:
             target_mac=_ZERO_MAC,
             target_ip=address,
         )
-        self.counters["tx_request"] += 1
-        await self._ethernet.write(BROADCAST_MAC, EthernetProtocol.ARP, wire.emit(packet))
+        self._queue_frame(BROADCAST_MAC, (EthernetProtocol.ARP, wire.emit(packet), None))
+
+    def _queue_frame(self, mac: MacAddress, frame: Frame) -> None:
+        if self._stopped:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # configured before start: start() announces
+        if len(self._tx) >= MAX_QUEUED_FRAMES:
+            # A request flood must not queue unbounded replies.
+            self.counters["tx_backlog_full"] += 1
+            return
+        self._tx.append((mac, frame))
+        if self._tx_task is None:
+            self._tx_task = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        write = self._ethernet.write
+        try:
+            while self._tx:
+                mac, (ethertype, payload, segment_size) = self._tx.popleft()
+                try:
+                    await write(mac, ethertype, payload, segment_size=segment_size)
+                except Exception:
+                    self.counters["tx_failed"] += 1
+        finally:
+            self._tx_task = None

@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 from looming.devices.net import IpProtocol
 from looming.devices.random import Random
 from looming.devices.time import Time
-from looming.errors import ConnectionTimeout, Malformed
+from looming.errors import ConnectionTimeout, HostUnreachable, Malformed
 from looming.net._timeouts import wait_until_done
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.wire import icmp as wire
@@ -165,6 +165,11 @@ class IcmpLayer:
             self.counters["tx_echo_request"] += 1
             await self._ipv4.write(destination, IpProtocol.ICMP, message)
             if not await wait_until_done(future, self._time, timeout):
+                if self._ipv4.resolving(destination):
+                    raise HostUnreachable(
+                        f"no echo reply from {destination} within {timeout} s: "
+                        "its link-layer address did not resolve (nobody answered ARP)"
+                    )
                 raise ConnectionTimeout(f"no echo reply from {destination} within {timeout} s")
         finally:
             self._pings.pop(key, None)

@@ -20,7 +20,7 @@ from looming.devices.net import (
 from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import Malformed, NoRoute
-from looming.net.arp import ArpLayer
+from looming.net.arp import ArpLayer, Frame
 from looming.net.ethernet import EthernetLayer
 from looming.net.reassembly import Reassembler
 from looming.net.wire import ipv4 as wire
@@ -226,8 +226,9 @@ class Ipv4Layer:
 
     # -- sending -------------------------------------------------------------
 
-    async def next_hop_mac(self, destination: IPv4Address) -> MacAddress:
-        """The Ethernet address to send a datagram for ``destination`` to."""
+    def next_hop(self, destination: IPv4Address) -> IPv4Address | MacAddress:
+        """The neighbour to resolve for ``destination``, or the Ethernet
+        address itself for broadcast and multicast."""
         if self.is_broadcast(destination):
             return BROADCAST_MAC
         if destination.is_multicast:
@@ -236,10 +237,29 @@ class Ipv4Layer:
         if interface is None:
             raise NoRoute(f"no IPv4 address configured yet; cannot reach {destination}")
         if destination in interface.network:
-            return await self._arp.query(destination)
+            return destination
         if self._gateway is None:
             raise NoRoute(f"{destination} is outside {interface.network} and there is no gateway")
-        return await self._arp.query(self._gateway)
+        return self._gateway
+
+    async def next_hop_mac(self, destination: IPv4Address) -> MacAddress:
+        """The Ethernet address to send a datagram for ``destination`` to
+        (waiting for its resolution: only for callers with nothing else to do)."""
+        hop = self.next_hop(destination)
+        if isinstance(hop, MacAddress):
+            return hop
+        return await self._arp.query(hop)
+
+    def resolving(self, destination: IPv4Address) -> bool:
+        """Whether the neighbour ``destination`` goes through has not (or
+        recently could not) be resolved: a datagram sent there waits or is lost."""
+        try:
+            hop = self.next_hop(destination)
+        except NoRoute:
+            return False
+        if isinstance(hop, MacAddress):
+            return False
+        return self._arp.lookup(hop) is None
 
     def _next_identification(self) -> int:
         self._identification = (self._identification + 1) & 0xFFFF
@@ -257,6 +277,10 @@ class Ipv4Layer:
         segment_size: int | None = None,
     ) -> None:
         """Send one datagram, fragmenting above the MTU.
+
+        Never waits for address resolution: a datagram for a neighbour not
+        yet resolved waits in that neighbour's queue (see
+        :class:`~looming.net.arp.ArpLayer`) and this returns at once.
 
         A TCP layer may pass a packet of up to :meth:`segment_limit` bytes
         with ``segment_size`` (its MSS for this connection): an interface with
@@ -291,35 +315,38 @@ class Ipv4Layer:
             )
             self.counters["tx_local"] += 1
             return
-        mac = await self.next_hop_mac(destination)
+        hop = self.next_hop(destination)
+        frames = self._frames(header, payload, segment_size)
+        if isinstance(hop, MacAddress):
+            for ethertype, frame, size in frames:
+                await self._ethernet.write(hop, ethertype, frame, segment_size=size)
+            return
+        await self._arp.send(hop, frames)
+
+    def _frames(self, header: Ipv4Header, payload: bytes, segment_size: int | None) -> list[Frame]:
+        """The Ethernet payloads carrying one datagram (several when fragmented)."""
+        destination = header.destination
         payload_mtu = self.mtu(destination)
+        ipv4 = EthernetProtocol.IPV4
         if len(payload) <= payload_mtu and segment_size is None:
             self.counters["tx_datagrams"] += 1
-            await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(header, payload))
-            return
+            return [(ipv4, wire.emit(header, payload), None)]
         if (
             segment_size is not None
-            and protocol == IpProtocol.TCP
+            and header.protocol == IpProtocol.TCP
             and len(payload) <= self.segment_limit(destination)
         ):
             # (Even a packet within the MTU: it may still hold more than one
             # of the peer's segments.)
             self.counters["tx_offloaded"] += 1
             offloaded = replace(header, dont_fragment=True)
-            await self._ethernet.write(
-                mac,
-                EthernetProtocol.IPV4,
-                wire.emit(offloaded, payload),
-                segment_size=segment_size,
-            )
-            return
+            return [(ipv4, wire.emit(offloaded, payload), segment_size)]
         if segment_size is not None:
             payload = finish_tcp_checksum(payload)
         if len(payload) <= payload_mtu:
             self.counters["tx_datagrams"] += 1
-            await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(header, payload))
-            return
-        if dont_fragment:
+            return [(ipv4, wire.emit(header, payload), None)]
+        if header.dont_fragment:
             self.counters["tx_too_big"] += 1
             raise ValueError(
                 f"{len(payload)} bytes exceed the path MTU payload {payload_mtu} "
@@ -330,16 +357,13 @@ class Ipv4Layer:
         self.counters["tx_datagrams"] += 1
         chunk = payload_mtu // 8 * 8
         view = memoryview(payload)
+        frames: list[Frame] = []
         for offset in range(0, len(payload), chunk):
-            piece = view[offset : offset + chunk]
-            fragment = Ipv4Header(
-                source=source,
-                destination=destination,
-                protocol=protocol,
-                ttl=ttl,
-                identification=header.identification,
+            fragment = replace(
+                header,
                 more_fragments=offset + chunk < len(payload),
                 fragment_offset=offset,
             )
             self.counters["tx_fragments"] += 1
-            await self._ethernet.write(mac, EthernetProtocol.IPV4, wire.emit(fragment, piece))
+            frames.append((ipv4, wire.emit(fragment, view[offset : offset + chunk]), None))
+        return frames
