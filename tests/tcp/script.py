@@ -21,7 +21,12 @@ ISS = 1000  # ours
 IRS = 5000  # the peer's
 
 PLAIN = TcpConfig(
-    timestamps=False, window_scaling=False, sack=False, nodelay=False, coalesce_acks=False
+    timestamps=False,
+    window_scaling=False,
+    sack=False,
+    nodelay=False,
+    coalesce_acks=False,
+    congestion_control="newreno",
 )
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from looming.net.tcp.config import MS, SECOND, TcpConfig
 from looming.net.tcp.connection import Event, State
+from looming.net.tcp.tcb import Recovery
 from tests.tcp.script import IRS, ISS, PLAIN, active, established, passive, render, seg
 
 A = ISS + 1  # our first data byte
@@ -508,39 +509,40 @@ def test_fast_retransmit_and_newreno_recovery() -> None:
         s.recv(seg("A", B, A))
     s.expect(f"A {A}:{A + 1000}(1000) ack {B}")
     cc = s.conn.cc
-    assert cc.in_recovery and cc.ssthresh == 5000 and cc.cwnd == 8000
+    assert s.conn.recovery is Recovery.RECOVERY and cc.ssthresh == 5000
     assert s.conn.stats.fast_retransmits == 1
     # Partial ACK (segments 1 and 2 arrived, 3 was lost too): resend 3 at once.
     s.recv(seg("A", B, A + 2000))
     s.expect(f"A {A + 2000}:{A + 3000}(1000) ack {B}")
-    assert cc.in_recovery
-    # Full ACK: leave recovery with cwnd = ssthresh.
+    assert s.conn.recovery is Recovery.RECOVERY
+    # Full ACK: leave recovery with cwnd = ssthresh (RFC 6937).
     s.recv(seg("A", B, A + 10_000))
-    assert not cc.in_recovery
-    assert cc.cwnd == 1000 + 1000  # min(ssthresh, flight + MSS): nothing was in flight
+    assert s.conn.recovery is Recovery.OPEN
+    assert cc.cwnd == 5000
 
 
 def test_sack_scoreboard_steers_retransmission() -> None:
     config = replace(PLAIN, sack=True)
     s = established(config, sack_permitted=True)
     _in_flight(s, 10)
+    s.advance(5)
     # Segments 1 and 4 lost; the receiver SACKs 2-3 and 5-10.
     blocks = ((A + 1000, A + 3000), (A + 4000, A + 10_000))
     s.recv(seg("A", B, A, sack_blocks=blocks[:1]))
+    s.expect()  # two segments SACKed: within the reordering window
     s.recv(seg("A", B, A, sack_blocks=blocks))
-    # More than two segments SACKed: the first hole is lost (RFC 6675).
-    s.expect(f"A {A}:{A + 1000}(1000) ack {B}")
-    s.recv(seg("A", B, A, sack_blocks=blocks))
-    # The next duplicate ACK goes to the second hole, skipping SACKed data.
-    s.expect(f"A {A + 3000}:{A + 4000}(1000) ack {B}")
-    # An RTO now resends only what was never SACKed.
-    s.conn.scoreboard.add(A + 3000, A + 4000)
+    # More than three segments' worth SACKed above both holes: RACK deems
+    # them lost at once and PRR lets both out (the pipe is empty).
+    s.expect(f"A {A}:{A + 1000}(1000) ack {B}", f"A {A + 3000}:{A + 4000}(1000) ack {B}")
+    s.recv(seg("A", B, A, sack_blocks=((A + 1000, A + 10_000),)))
+    s.expect()
+    # The first retransmission was lost too: the RTO resends only what was never SACKed.
     s.advance(200)
     s.expect(f"A {A}:{A + 1000}(1000) ack {B}")
     assert s.conn.snd_nxt == A + 10_000  # everything else was SACKed
     s.recv(seg("A", B, A + 10_000))
     s.expect()
-    assert not s.conn.scoreboard and s.conn.bytes_in_flight == 0
+    assert not s.conn.board and s.conn.bytes_in_flight == 0
 
 
 def test_zero_window_probe_with_backoff() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 MS = 1_000_000
 SECOND = 1_000_000_000
+CONGESTION_CONTROLS = ("cubic", "newreno")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,12 @@ class TcpConfig:
     syn_cookies: bool = True
     challenge_acks_per_second: int = 100  # RFC 5961 section 7 rate limit, per connection
     max_out_of_order_segments: int = 256
+    # Loss recovery: "cubic" (RFC 9438) or "newreno" (RFC 5681); RACK-TLP
+    # loss detection (RFC 8985) on connections with SACK; spurious
+    # retransmission undo by timestamps, D-SACK (RFC 2883) and F-RTO (RFC 5682).
+    congestion_control: str = "cubic"
+    tail_loss_probe: bool = True
+    undo: bool = True
     ephemeral_ports: tuple[int, int] = (32768, 60999)
 
     def __post_init__(self) -> None:
@@ -58,6 +65,11 @@ class TcpConfig:
             raise ValueError("TCP buffers must hold at least one byte")
         if self.receive_buffer > (1 << 30):
             raise ValueError("a TCP receive buffer cannot exceed 1 GiB (window scale 14)")
+        if self.congestion_control not in CONGESTION_CONTROLS:
+            raise ValueError(
+                f"unknown congestion control {self.congestion_control!r}: "
+                f"use one of {', '.join(CONGESTION_CONTROLS)}"
+            )
         if not 0 < self.ephemeral_ports[0] <= self.ephemeral_ports[1] <= 65535:
             raise ValueError(f"bad ephemeral port range {self.ephemeral_ports}")
 
@@ -79,7 +91,12 @@ class TcpStats:
     bytes_in: int = 0
     bytes_out: int = 0
     retransmits: int = 0
-    fast_retransmits: int = 0
+    fast_retransmits: int = 0  # recoveries entered without a timeout
+    segments_deemed_lost: int = 0  # by RACK, or by duplicate ACKs without SACK
+    tail_loss_probes: int = 0
+    dsacks_received: int = 0
+    spurious_recoveries_undone: int = 0
+    spurious_timeouts_undone: int = 0
     timeouts: int = 0
     malformed_dropped: int = 0
     checksum_errors: int = 0

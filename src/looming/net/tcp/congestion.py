@@ -1,81 +1,90 @@
-"""NewReno congestion control (RFC 5681 with the RFC 6582 recovery changes).
+"""Congestion control: the window and the slow-start threshold.
 
-This object only keeps the numbers; the connection decides what to
-retransmit. Amounts are bytes.
+These objects only keep the numbers (RFC 5681); the sender decides when a
+loss, a timeout or an ECN echo has happened and what to retransmit, and
+Proportional Rate Reduction (:mod:`looming.net.tcp.prr`) paces the
+reduction. :class:`NewReno` grows the window as RFC 5681 does;
+:class:`~looming.net.tcp.cubic.Cubic` (RFC 9438) is the default.
+Amounts are bytes, times nanoseconds.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 DUPACK_THRESHOLD = 3
 
 
-class NewReno:
-    """Congestion window, slow-start threshold and fast-recovery state."""
+def initial_window(mss: int) -> int:
+    """RFC 5681 3.1: up to 4 segments for this MSS range."""
+    if mss > 2190:
+        return 2 * mss
+    if mss > 1095:
+        return 3 * mss
+    return 4 * mss
 
-    __slots__ = ("cwnd", "dupacks", "in_recovery", "mss", "recover", "ssthresh")
 
-    def __init__(self, mss: int, initial_sequence: int) -> None:
-        self.mss = mss
-        # RFC 5681 3.1: an initial window of up to 4 segments for this MSS range.
-        self.cwnd = self.initial_window(mss)
-        self.ssthresh = 1 << 62  # "arbitrarily high"
-        self.dupacks = 0
-        self.in_recovery = False
-        # RFC 6582 3.2 step 1: recover starts at the initial send sequence.
-        self.recover = initial_sequence
+class CongestionControl(Protocol):
+    """What the sender asks of a congestion control algorithm."""
 
-    @staticmethod
-    def initial_window(mss: int) -> int:
-        if mss > 2190:
-            return 2 * mss
-        if mss > 1095:
-            return 3 * mss
-        return 4 * mss
+    mss: int
+    cwnd: int
+    ssthresh: int
 
-    def on_new_ack(self, acked: int, flight_before: int) -> None:
-        """Cumulative ACK advanced by ``acked`` bytes outside recovery."""
-        self.dupacks = 0
-        if self.cwnd < self.ssthresh:
-            # Slow start with appropriate byte counting, L = 2 * SMSS (RFC 3465).
-            self.cwnd += min(acked, 2 * self.mss)
-        elif flight_before + self.mss >= self.cwnd:
-            # Congestion avoidance: about one SMSS per RTT, and only while
-            # the window is actually being used.
-            self.cwnd += max(1, self.mss * self.mss // self.cwnd)
+    def on_ack(self, acked: int, now: int, srtt: int | None, cwnd_limited: bool) -> None:
+        """Grow the window: ``acked`` bytes newly delivered outside recovery."""
 
-    def enter_recovery(self, flight: int, highest_sent: int) -> None:
-        """Three duplicate ACKs: halve and inflate (RFC 6582 3.2 step 2/3)."""
-        self.ssthresh = max(flight // 2, 2 * self.mss)
-        self.cwnd = self.ssthresh + DUPACK_THRESHOLD * self.mss
-        self.recover = highest_sent
-        self.in_recovery = True
+    def on_congestion(self, now: int, flight: int) -> None:
+        """A loss or an ECN echo: set ssthresh (PRR then brings cwnd down)."""
 
-    def on_dupack_in_recovery(self) -> None:
-        self.cwnd += self.mss
+    def on_timeout(self, now: int, flight: int) -> None:
+        """A retransmission timeout: set ssthresh, back to one segment."""
 
-    def on_partial_ack(self, acked: int) -> None:
-        """Deflate by the amount acknowledged, add back one SMSS (RFC 6582 3.2 step 5)."""
-        self.cwnd = max(self.cwnd - acked, 0)
-        if acked >= self.mss:
-            self.cwnd += self.mss
-        self.cwnd = max(self.cwnd, self.mss)
+    def save(self) -> tuple[int, ...]:
+        """State to restore if the congestion turns out to be spurious."""
 
-    def on_full_ack(self, flight_after: int) -> None:
-        """Leave fast recovery (RFC 6582 3.2 step 6, option 1)."""
-        self.cwnd = min(self.ssthresh, max(flight_after, self.mss) + self.mss)
-        self.in_recovery = False
-        self.dupacks = 0
-
-    def on_timeout(self, flight: int, highest_sent: int, first: bool) -> None:
-        """RTO expiry (RFC 5681 3.1 eq. 4): back to one segment."""
-        if first:
-            self.ssthresh = max(flight // 2, 2 * self.mss)
-        self.cwnd = self.mss
-        self.in_recovery = False
-        self.dupacks = 0
-        self.recover = highest_sent  # RFC 6582 section 4: no fast retransmit of old data
+    def undo(self, saved: tuple[int, ...]) -> None:
+        """Restore :meth:`save`'s state (RFC 4015 / RFC 2883 undo)."""
 
     def after_idle(self, rto_ns: int, idle_ns: int) -> None:
         """RFC 5681 4.1: restart from the initial window after an idle RTO."""
+
+
+class NewReno:
+    """RFC 5681 slow start and congestion avoidance, halving on congestion."""
+
+    __slots__ = ("cwnd", "mss", "ssthresh")
+
+    name = "newreno"
+
+    def __init__(self, mss: int) -> None:
+        self.mss = mss
+        self.cwnd = initial_window(mss)
+        self.ssthresh = 1 << 62  # "arbitrarily high"
+
+    def on_ack(self, acked: int, now: int, srtt: int | None, cwnd_limited: bool) -> None:
+        if not cwnd_limited:
+            return  # RFC 7661: an application-limited window does not grow
+        if self.cwnd < self.ssthresh:
+            # Slow start with appropriate byte counting, L = 2 * SMSS (RFC 3465).
+            self.cwnd += min(acked, 2 * self.mss)
+        else:
+            self.cwnd += max(1, self.mss * self.mss // self.cwnd)
+
+    def on_congestion(self, now: int, flight: int) -> None:
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+
+    def on_timeout(self, now: int, flight: int) -> None:
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.cwnd = self.mss
+
+    def save(self) -> tuple[int, ...]:
+        return (self.cwnd, self.ssthresh)
+
+    def undo(self, saved: tuple[int, ...]) -> None:
+        self.cwnd = max(self.cwnd, saved[0])
+        self.ssthresh = max(self.ssthresh, saved[1])
+
+    def after_idle(self, rto_ns: int, idle_ns: int) -> None:
         if idle_ns > rto_ns:
-            self.cwnd = min(self.cwnd, self.initial_window(self.mss))
+            self.cwnd = min(self.cwnd, initial_window(self.mss))

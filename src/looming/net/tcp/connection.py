@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from looming.net.tcp.config import TcpConfig, TcpStats
-from looming.net.tcp.congestion import NewReno
 from looming.net.tcp.sender import TcpSender
 from looming.net.tcp.seq import MASK, before32, unwrap, wrap
 from looming.net.tcp.tcb import (
@@ -29,6 +28,7 @@ from looming.net.tcp.tcb import (
     SYNCHRONIZED,
     Event,
     State,
+    congestion_control,
 )
 from looming.net.wire.tcp import RST, SYN, TcpHeader
 
@@ -139,7 +139,8 @@ class TcpConnection(TcpSender):
         conn.snd_wl2 = iss + 1
         conn.snd_wnd = ack.window << conn.snd_scale
         conn.max_snd_wnd = conn.snd_wnd
-        conn.cc = NewReno(conn.send_mss, iss + 1)
+        conn.cc = congestion_control(config, conn.send_mss)
+        conn.recover = iss + 1
         conn.state = State.ESTABLISHED
         conn.events.append(Event.CONNECTED)
         return conn
@@ -163,7 +164,7 @@ class TcpConnection(TcpSender):
         # A SYN's window is never scaled (RFC 7323 2.2).
         self.snd_wnd = syn.window
         self.max_snd_wnd = syn.window
-        self.cc = NewReno(self.send_mss, self.iss)
+        self.cc = congestion_control(self.config, self.send_mss)
         self.last_receive = now
 
     def send(self, data: bytes | bytearray | memoryview, now: int) -> int:

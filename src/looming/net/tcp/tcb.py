@@ -12,15 +12,34 @@ from __future__ import annotations
 import enum
 
 from looming.net.tcp.config import MS, SECOND, TcpConfig, TcpStats
-from looming.net.tcp.congestion import NewReno
+from looming.net.tcp.congestion import CongestionControl, NewReno
+from looming.net.tcp.cubic import Cubic
+from looming.net.tcp.prr import ProportionalRateReduction
+from looming.net.tcp.rack import Rack
 from looming.net.tcp.receive_buffer import ReceiveBuffer
 from looming.net.tcp.rtt import RttEstimator
-from looming.net.tcp.send_buffer import SackScoreboard, SendBuffer
+from looming.net.tcp.scoreboard import Scoreboard
+from looming.net.tcp.send_buffer import SendBuffer
 from looming.net.tcp.seq import MASK, wrap
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 
 TIMESTAMP_OPTION_SPACE = 12  # NOP NOP kind len TSval TSecr
 MAX_WINDOW_SCALE = 14
+
+
+def congestion_control(config: TcpConfig, mss: int) -> CongestionControl:
+    """The algorithm the configuration names, for a connection of this MSS."""
+    if config.congestion_control == "newreno":
+        return NewReno(mss)
+    return Cubic(mss)
+
+
+class Recovery(enum.Enum):
+    """The sender's loss-recovery state (Linux's CA states, in RFC terms)."""
+
+    OPEN = "open"  # no loss known
+    RECOVERY = "recovery"  # fast recovery (RFC 6675) paced by PRR (RFC 6937)
+    LOSS = "loss"  # after a retransmission timeout
 
 
 class State(enum.Enum):
@@ -105,8 +124,22 @@ class TransmissionControlBlock:
         self.snd_scale = 0
         self.send_buffer = SendBuffer(iss + 1, config.send_buffer)
         self.fin_queued = False
-        self.scoreboard = SackScoreboard()
-        self.rtx_high = iss  # highest sequence retransmitted in this recovery
+        self.board = Scoreboard()
+        self.rack = Rack()
+        self.recovery = Recovery.OPEN
+        self.recover = iss  # snd_max when the current recovery began (RFC 6582 "recover")
+        self.prr: ProportionalRateReduction | None = None
+        self.prr_allowance = 0
+        self.dupacks = 0
+        # Undo of spurious recoveries (RFC 2883 D-SACK, RFC 4015 timestamps, RFC 5682).
+        self.undo_state: tuple[int, ...] | None = None
+        self.undo_retransmitted = 0  # bytes resent this episode not yet D-SACKed
+        self.retransmit_ts: int | None = None  # TSval of the episode's first retransmission
+        self.frto = False  # a timeout's F-RTO check is running
+        self.frto_new_segments = 0
+        self.tlp_at: int | None = None
+        self.tlp_high: int | None = None  # snd_max when the outstanding probe left
+        self.reorder_at: int | None = None
         self.retries = 0
         self.heard_since_timeout = False
         self.last_send = now
@@ -144,7 +177,7 @@ class TransmissionControlBlock:
         self.rtt = RttEstimator(config.rto_initial_ns, config.rto_min_ns, config.rto_max_ns)
         self.rtt_seq: int | None = None
         self.rtt_sent_at = 0
-        self.cc = NewReno(self.send_mss, iss)
+        self.cc = congestion_control(config, self.send_mss)
         self.challenge_window_start = -SECOND
         self.challenge_count = 0
 
@@ -328,6 +361,7 @@ class TransmissionControlBlock:
         self.state = State.CLOSED
         self.rto_at = self.persist_at = self.delack_at = None
         self.time_wait_at = self.fin_wait_2_at = None
+        self.tlp_at = self.reorder_at = None
         self.events.append(Event.CLOSED)
 
     def _fail(self, event: Event) -> None:
@@ -337,6 +371,7 @@ class TransmissionControlBlock:
     def _enter_time_wait(self, now: int) -> None:
         self.state = State.TIME_WAIT
         self.rto_at = self.persist_at = self.delack_at = self.fin_wait_2_at = None
+        self.tlp_at = self.reorder_at = None
         self.time_wait_at = now + self.config.time_wait_ns
 
     def take_outbox(self) -> list[tuple[TcpHeader, bytes]]:
