@@ -258,7 +258,7 @@ class GitBackend:
         self._lock_depth = 0
         self._lock_file: int | None = None
         self._made_dirs: set[str] = set()
-        self._spares = SparePool(self.git_dir)
+        self._spares = SparePool(self.git_dir, sync=self._sync)
         self._watched_refs: dict[str, tuple[int, int]] = {}  # name -> (inode, descriptor)
         # The idle folder: a thread started at the first unfolded commit.
         self._idle_thread: threading.Thread | None = None

@@ -225,6 +225,9 @@ class ObjectDb:
         return object_id
 
     def write_commit(self, commit: Commit) -> ObjectId:
+        if commit.tree == EMPTY_TREE_ID:
+            # Trees read as empty without it, but git needs the object.
+            self.backend.write(TREE, b"")
         object_id = self.backend.write(COMMIT, commit.encode())
         self._commits.put(object_id, commit)
         return object_id

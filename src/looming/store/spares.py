@@ -105,15 +105,20 @@ class SparePool:
     """Spare files of this process: up to ``keep`` empty ones refilled by a
     thread while the writer is idle, and files retired by folding."""
 
-    def __init__(self, git_dir: str, keep: int = 24) -> None:
+    def __init__(self, git_dir: str, keep: int = 24, *, sync: bool = False) -> None:
         self.folder = os.path.join(git_dir, SPARE_DIR)
         self.keep = keep
+        # With sync, a recycled file's old name is gone from the disk (its
+        # folder fsynced) before its inode is written over: else a power
+        # cut could bring back the old name with the new bytes.
+        self.sync = sync
         self._reset()
 
     def _reset(self) -> None:
         self._ready: list[str] = []
         self._stale: dict[str, int] = {}  # recycled spares not written yet -> bytes
         self._stale_bytes = 0
+        self._unsynced_folders: set[str] = set()
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._stopped = threading.Event()
@@ -149,6 +154,7 @@ class SparePool:
             spare = self._ready.pop() if self._ready else None
             if spare is not None and self._stale:
                 self._stale_bytes -= self._stale.pop(spare, 0)
+            unsynced, self._unsynced_folders = self._unsynced_folders, set()
             if self._thread is None and not self._stopping:
                 self._thread = threading.Thread(
                     target=self._refill, name="looming-store-spares", daemon=True
@@ -157,6 +163,8 @@ class SparePool:
         if self._waiting_for_takes:
             self._waiting_for_takes = False
             self._wanted.set()
+        for folder in unsynced:
+            sync_dir(folder)
         return spare
 
     def take_or_make(self) -> str:
@@ -274,6 +282,8 @@ class SparePool:
             self._ready.append(name)
             self._stale[name] = size
             self._stale_bytes += size
+            if self.sync:
+                self._unsynced_folders.add(os.path.dirname(path))
         return True
 
     def close(self) -> None:
