@@ -64,15 +64,35 @@ def run_checked(*args: str | Path, cwd: Path | None = None) -> str:
     return done.stdout
 
 
+_GENERATED = {"__pycache__", "_build", "dist", "build", "sim-out", "node_modules"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    """What the copy of the checkout leaves out: VCS data, environments, build output."""
+    at_top = Path(folder) == REPO
+    return {
+        n
+        for n in names
+        if n in _GENERATED
+        or n.endswith(".egg-info")
+        or (n.startswith(".") and n not in (".ci", ".gitignore"))
+        or (at_top and n.startswith(".venv"))
+        or (Path(folder).name == "bench" and n == "results")
+    }
+
+
 @pytest.fixture(scope="session")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     """``python -m build``: the sdist, then the wheel built from the sdist.
 
     No isolation: setuptools and build come from the test extra, so no
-    network is needed.
+    network is needed. It builds a copy of the checkout, as setuptools
+    writes its egg-info next to the sources.
     """
+    tree = tmp_path_factory.mktemp("tree") / "looming"
+    shutil.copytree(REPO, tree, ignore=_not_sources)
     out = tmp_path_factory.mktemp("dist")
-    run_checked(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, REPO)
+    run_checked(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, tree)
     (sdist,) = out.glob("looming-*.tar.gz")
     (wheel,) = out.glob("looming-*-py3-none-any.whl")
     return Dist(sdist, wheel)
