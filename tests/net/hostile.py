@@ -65,3 +65,80 @@ while time.monotonic() < end:
     time.sleep(0.002)
 print(json.dumps({"worst_ms": worst * 1000, "rounds": rounds}), flush=True)
 """
+
+# Send the frames given (hex) as arguments on the TAP with AF_PACKET, in order.
+RAW_SEND = r"""
+import socket, sys
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind((sys.argv[1], 0))
+for frame in sys.argv[2:]:
+    raw.send(bytes.fromhex(frame))
+"""
+
+# Bind UDP PORT on ADDRESS, print "ready", then print each datagram's hex
+# until none comes for a second.
+UDP_SINK = r"""
+import socket, sys
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink.bind((sys.argv[1], int(sys.argv[2])))
+sink.settimeout(1.0)
+print("ready", flush=True)
+try:
+    while True:
+        print(sink.recv(65536).hex(), flush=True)
+except TimeoutError:
+    pass
+print("done", flush=True)
+"""
+
+
+def ipv4_packet(
+    src: str, dst: str, protocol: int, data: object, *, ident: int = 0, options: bytes = b""
+) -> bytes:
+    """An IPv4 packet built by dpkt (``data`` a dpkt layer or raw bytes)."""
+    import socket
+
+    import dpkt
+
+    packet = dpkt.ip.IP(
+        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=protocol, id=ident, ttl=64
+    )
+    if options:
+        padded = options + bytes(-len(options) % 4)
+        packet.opts = padded
+        packet.hl = 5 + len(padded) // 4
+    packet.data = data
+    return bytes(packet)
+
+
+def udp_fragments(
+    src: str, dst: str, dport: int, payload: bytes, ident: int, cuts: list[tuple[int, int]]
+) -> list[bytes]:
+    """IPv4 fragments of one UDP datagram (checksummed by dpkt): one per
+    (start, end) byte range of the UDP datagram, ranges may overlap."""
+    import socket
+
+    import dpkt
+
+    whole = ipv4_packet(
+        src, dst, 17, dpkt.udp.UDP(sport=4000, dport=dport, ulen=8 + len(payload), data=payload)
+    )
+    udp = whole[20:]
+    fragments = []
+    for start, end in cuts:
+        packet = dpkt.ip.IP(
+            src=socket.inet_aton(src),
+            dst=socket.inet_aton(dst),
+            p=17,
+            id=ident,
+            ttl=64,
+            offset=start // 8,
+            mf=int(end < len(udp)),
+            data=udp[start:end],
+        )
+        fragments.append(bytes(packet))
+    return fragments
+
+
+def ethernet_frame(dst_mac: bytes, src_mac: bytes, packet: bytes) -> bytes:
+    return dst_mac + src_mac + b"\x08\x00" + packet

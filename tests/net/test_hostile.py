@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
 from asyncio.subprocess import Process
 from ipaddress import IPv4Interface
 
+import dpkt
 import pytest
 
 from looming.devices.stack import TcpFlow
 from looming.net.stack import DirectStack
-from tests.net.hostile import ECHO_PROBE, SYN_FLOOD
+from tests.net.hostile import (
+    ECHO_PROBE,
+    RAW_SEND,
+    SYN_FLOOD,
+    UDP_SINK,
+    ethernet_frame,
+    ipv4_packet,
+    udp_fragments,
+)
 from tests.net.kernel import KernelPeer
 
 pytestmark = pytest.mark.root
@@ -89,3 +99,91 @@ def test_syn_flood_from_unresolvable_sources_does_not_stall_a_connection(
         assert time.monotonic() - started < 1.0
 
     kernel_peer.run(body, address=WIDE)
+
+
+async def kernel_mac(peer: KernelPeer) -> bytes:
+    out = await peer.exec_output("ip", "-o", "link", "show", peer.tap_name)
+    match = re.search(r"link/ether ([0-9a-f:]{17})", out)
+    assert match is not None, out
+    return bytes.fromhex(match.group(1).replace(":", ""))
+
+
+# (name, fragments as (payload, start, end) over the UDP datagram of 48 bytes)
+FIRST = bytes(range(40))
+SECOND = bytes(range(100, 140))
+FRAGMENT_CASES = [
+    ("in order", [(FIRST, 0, 16), (FIRST, 16, 48)]),
+    ("reversed", [(FIRST, 24, 48), (FIRST, 0, 24)]),
+    ("exact duplicate", [(FIRST, 0, 16), (FIRST, 0, 16), (FIRST, 16, 48)]),
+    ("conflicting overlap", [(FIRST, 0, 24), (SECOND, 16, 48)]),
+    ("conflicting overlap, later first", [(SECOND, 16, 48), (FIRST, 0, 24)]),
+    ("same-bytes overlap", [(FIRST, 0, 24), (FIRST, 16, 48)]),
+    ("covering fragment", [(FIRST, 8, 16), (FIRST, 0, 24), (FIRST, 24, 48)]),
+]
+
+
+def fragments_of(src: str, dst: str, ident: int, case: list[tuple[bytes, int, int]]) -> list[bytes]:
+    """The case's fragments, its datagrams marked with ``ident`` in their first byte."""
+    return [
+        udp_fragments(src, dst, 9000, bytes([ident]) + data[1:], ident, [(a, b)])[0]
+        for data, a, b in case
+    ]
+
+
+def test_overlapping_fragments_are_dropped_as_linux_drops_them(kernel_peer: KernelPeer) -> None:
+    """The same fragment sequences go to looming and to Linux; both deliver
+    exactly the same datagrams."""
+
+    async def body(stack: DirectStack) -> None:
+        peer_mac = await kernel_mac(kernel_peer)
+        ours: asyncio.Queue[bytes] = asyncio.Queue()
+        await stack.udp.bind(9000, lambda datagram: ours.put_nowait(datagram.data))
+        sink = await kernel_program(kernel_peer, UDP_SINK, "10.77.0.1", 9000)
+        assert sink.stdout is not None
+        assert (await sink.stdout.readline()).strip() == b"ready"
+        to_looming: list[str] = []
+        for ident, (_, case) in enumerate(FRAGMENT_CASES, start=100):
+            for packet in fragments_of("10.77.0.1", "10.77.0.2", ident, case):
+                to_looming.append(ethernet_frame(stack.ethernet.mac, peer_mac, packet).hex())
+            for packet in fragments_of("10.77.0.2", "10.77.0.1", ident, case):
+                await stack.network.write(ethernet_frame(peer_mac, stack.ethernet.mac, packet))
+        sender = await kernel_program(kernel_peer, RAW_SEND, kernel_peer.tap_name, *to_looming)
+        assert await sender.wait() == 0
+        linux = []
+        while (line := (await asyncio.wait_for(sink.stdout.readline(), 5)).strip()) != b"done":
+            linux.append(bytes.fromhex(line.decode()))
+        looming = [ours.get_nowait() for _ in range(ours.qsize())]
+        assert looming == linux
+        # The cases without overlaps (a duplicate is no overlap), in order.
+        assert looming == [bytes([ident]) + FIRST[1:] for ident in (100, 101, 102)]
+        counters = stack.counters()
+        assert counters["reassembly.overlap_dropped"] == 4
+        assert counters["reassembly.duplicate"] == 1
+
+    kernel_peer.run(body)
+
+
+def test_source_routed_pings_are_not_answered(kernel_peer: KernelPeer) -> None:
+    """Loose and strict source routes: looming drops them as Linux does."""
+
+    async def body(stack: DirectStack) -> None:
+        peer_mac = await kernel_mac(kernel_peer)
+        frames = []
+        for option in (0x83, 0x89, None):
+            route = b"" if option is None else bytes([option, 7, 4]) + bytes([10, 77, 0, 9])
+            echo = dpkt.icmp.ICMP(
+                type=8, data=dpkt.icmp.ICMP.Echo(id=7, seq=option or 1, data=b"route")
+            )
+            to_looming = ipv4_packet("10.77.0.1", "10.77.0.2", 1, echo, ident=1, options=route)
+            to_linux = ipv4_packet("10.77.0.2", "10.77.0.1", 1, echo, ident=1, options=route)
+            frames.append(ethernet_frame(stack.ethernet.mac, peer_mac, to_looming).hex())
+            await stack.network.write(ethernet_frame(peer_mac, stack.ethernet.mac, to_linux))
+        sender = await kernel_program(kernel_peer, RAW_SEND, kernel_peer.tap_name, *frames)
+        assert await sender.wait() == 0
+        await asyncio.sleep(0.3)
+        counters = stack.counters()
+        assert counters["ipv4.source_route_dropped"] == 2
+        assert counters["icmp.rx_echo_request"] == 1  # only the plain one
+        assert counters["icmp.rx_echo_reply"] == 1  # Linux answered only the plain one too
+
+    kernel_peer.run(body)

@@ -40,6 +40,29 @@ def multicast_mac(address: IPv4Address) -> MacAddress:
     return MacAddress(b"\x01\x00\x5e" + low.to_bytes(3, "big"))
 
 
+_LSRR = 0x83
+_SSRR = 0x89
+
+
+def options_problem(options: bytes) -> str | None:
+    """Why a datagram with these IPv4 options is dropped: a source route
+    (loose or strict), or options that do not parse; None to accept it."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:  # end of options
+            return None
+        if kind == 1:  # no-operation
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2 or i + options[i + 1] > len(options):
+            return "bad_options"
+        if kind in (_LSRR, _SSRR):
+            return "source_route_dropped"
+        i += options[i + 1]
+    return None
+
+
 class Ipv4Layer:
     """:class:`looming.devices.net.Ipv4` with one interface address (static
     or later set by DHCP through :meth:`configure`)."""
@@ -167,6 +190,14 @@ class Ipv4Layer:
             # our own address is forged or looped back; drop it.
             counters["martian_source"] += 1
             return
+        if header.options:
+            problem = options_problem(header.options)
+            if problem is not None:
+                # RFC 7126 4.3/4.4 and Linux's accept_source_route=0: a
+                # source route would make us answer through a path the
+                # sender chose (spoofing aid); not honoured, the datagram goes.
+                counters[problem] += 1
+                return
         payload = bytes(payload_view)
         fragmented = header.is_fragment
         if fragmented:

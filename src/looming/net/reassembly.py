@@ -87,11 +87,18 @@ class Reassembler:
             partial = _Partial(first_seen_ns=now_ns)
             self._partials[key] = partial
         if not header.more_fragments:
-            if partial.total_length is not None and partial.total_length != end:
+            held_end = max((o + len(d) for o, d in partial.fragments.items()), default=0)
+            if (partial.total_length is not None and partial.total_length != end) or (
+                held_end > end
+            ):
                 self.counters["inconsistent"] += 1
                 self._drop(key)
                 return None
             partial.total_length = end
+        elif partial.total_length is not None and end > partial.total_length:
+            self.counters["inconsistent"] += 1
+            self._drop(key)
+            return None
         if len(partial.fragments) >= self.max_fragments:
             self.counters["too_many_fragments"] += 1
             self._drop(key)
@@ -102,10 +109,17 @@ class Reassembler:
             self.counters["evicted"] += 1
             if oldest == key:
                 return None
-        previous = partial.fragments.get(offset)
-        if previous is not None:
-            partial.held_bytes -= len(previous)
-            self.held_bytes -= len(previous)
+        overlap = _overlap(partial.fragments, offset, payload)
+        if overlap == "duplicate":
+            self.counters["duplicate"] += 1
+            return None
+        if overlap == "overlap":
+            # RFC 5722 (for IPv6) and Linux for IPv4: an overlap is how
+            # fragments are made to mean different things to us and to a
+            # firewall in front; the whole datagram goes.
+            self.counters["overlap_dropped"] += 1
+            self._drop(key)
+            return None
         partial.fragments[offset] = payload
         partial.held_bytes += len(payload)
         self.held_bytes += len(payload)
@@ -123,8 +137,6 @@ class Reassembler:
         if covered < partial.total_length:
             return None
         buffer = bytearray(partial.total_length)
-        # Later offsets overwrite earlier overlaps; a peer sending conflicting
-        # overlaps gets an arbitrary (but bounded and deterministic) result.
         for offset in sorted(partial.fragments):
             data = partial.fragments[offset]
             buffer[offset : offset + len(data)] = data
@@ -132,3 +144,21 @@ class Reassembler:
         self._drop(key)
         self.counters["reassembled"] += 1
         return bytes(buffer)
+
+
+def _overlap(fragments: dict[int, bytes], offset: int, payload: bytes) -> str | None:
+    """How a new fragment meets those held: None (no overlap), "duplicate"
+    (inside one of them with the same bytes) or "overlap"."""
+    end = offset + len(payload)
+    for held_offset, held in fragments.items():
+        held_end = held_offset + len(held)
+        if held_offset >= end or offset >= held_end:
+            continue
+        if (
+            held_offset <= offset
+            and end <= held_end
+            and held[offset - held_offset : end - held_offset] == payload
+        ):
+            return "duplicate"
+        return "overlap"
+    return None

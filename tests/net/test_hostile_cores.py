@@ -1,0 +1,133 @@
+"""Sans-I/O cores under hostile input: fragment reassembly, IPv4 options and
+the neighbour table."""
+
+from __future__ import annotations
+
+import itertools
+from ipaddress import IPv4Address
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from looming.net.arp import ArpCache, NeighbourLimits, NeighbourTable
+from looming.net.ipv4 import options_problem
+from looming.net.reassembly import Reassembler
+from looming.net.wire.ipv4 import Ipv4Header
+
+SRC = IPv4Address("10.0.0.1")
+DST = IPv4Address("10.0.0.2")
+
+
+def fragment(offset: int, data: bytes, more: bool, ident: int = 1) -> Ipv4Header:
+    return Ipv4Header(
+        source=SRC,
+        destination=DST,
+        protocol=17,
+        identification=ident,
+        more_fragments=more,
+        fragment_offset=offset,
+    )
+
+
+@st.composite
+def fragmented(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A payload and its fragments (8-byte aligned cuts), shuffled."""
+    units = draw(st.integers(2, 40))
+    payload = draw(st.binary(min_size=units * 8 - 7, max_size=units * 8))
+    cuts = sorted(draw(st.sets(st.integers(1, units - 1), min_size=1, max_size=8)))
+    edges = [0, *(c * 8 for c in cuts), len(payload)]
+    pieces = [(a, payload[a:b]) for a, b in itertools.pairwise(edges) if a < b]
+    return payload, draw(st.permutations(pieces))
+
+
+def feed(reassembler: Reassembler, payload_length: int, pieces: list[tuple[int, bytes]]) -> list:
+    results = []
+    for offset, data in pieces:
+        more = offset + len(data) < payload_length
+        results.append(reassembler.add(fragment(offset, data, more), data, 0))
+    return results
+
+
+@given(fragmented())
+def test_fragments_in_any_order_reassemble_exactly(case: tuple[bytes, list]) -> None:
+    payload, pieces = case
+    reassembler = Reassembler()
+    results = feed(reassembler, len(payload), pieces)
+    assert results[-1] == payload
+    assert all(r is None for r in results[:-1])
+    assert reassembler.held_bytes == 0 and len(reassembler) == 0
+
+
+@given(fragmented(), st.data())
+def test_any_conflicting_overlap_drops_the_datagram(
+    case: tuple[bytes, list], data: st.DataObject
+) -> None:
+    payload, pieces = case
+    # A forged fragment overlapping the payload somewhere, with other bytes.
+    start = data.draw(st.integers(0, (len(payload) - 1) // 8)) * 8
+    length = data.draw(st.integers(1, len(payload) - start))
+    forged = bytes(b ^ 0xFF for b in payload[start : start + length])
+    if start + length < len(payload):
+        length = max(8, length // 8 * 8)
+        forged = bytes(b ^ 0xFF for b in payload[start : start + length])
+    # It comes after a genuine piece it overlaps and before the datagram is
+    # whole (a forgery that arrives first and only fills a hole cannot be told).
+    overlapped = next(
+        i for i, (o, d) in enumerate(pieces) if o < start + len(forged) and start < o + len(d)
+    )
+    if overlapped == len(pieces) - 1:
+        pieces.insert(0, pieces.pop())
+        overlapped = 0
+    pieces.insert(overlapped + 1, (start, forged))
+    reassembler = Reassembler()
+    results = feed(reassembler, len(payload), pieces)
+    assert payload not in results and forged not in results
+    assert all(r is None for r in results)
+    assert reassembler.counters["overlap_dropped"] >= 1
+
+
+def test_a_fragment_past_the_end_is_inconsistent() -> None:
+    reassembler = Reassembler()
+    assert reassembler.add(fragment(16, b"x" * 8, False), b"x" * 8, 0) is None
+    assert reassembler.add(fragment(24, b"y" * 8, True), b"y" * 8, 0) is None
+    assert reassembler.counters["inconsistent"] == 1
+    assert reassembler.held_bytes == 0
+
+
+def test_source_route_options_are_refused() -> None:
+    assert options_problem(b"\x83\x07\x04\x0a\x00\x00\x01\x00") == "source_route_dropped"
+    assert options_problem(b"\x01\x89\x07\x04\x0a\x00\x00\x01") == "source_route_dropped"
+    assert options_problem(b"\x07\x07\x04\x00\x00\x00\x00\x00") is None  # record route
+    assert options_problem(b"\x01\x01\x01\x00") is None
+    assert options_problem(b"\x07\x30\x04\x00") == "bad_options"  # runs past the end
+    assert options_problem(b"\x07\x01\x00\x00") == "bad_options"
+
+
+def test_neighbour_table_is_bounded_and_remembers_failures() -> None:
+    limits = NeighbourLimits(
+        requests=2,
+        request_interval_ns=10,
+        queue_per_neighbour=2,
+        queue_total=5,
+        max_incomplete=3,
+        failed_lifetime_ns=100,
+    )
+    table = NeighbourTable(ArpCache(), limits)
+    frame = ((0x0800, b"x", None),)
+    neighbours = [IPv4Address(f"10.0.1.{i}") for i in range(1, 6)]
+    for address in neighbours:
+        for _ in range(3):
+            table.enqueue(address, frame, 0)
+    assert len(table.incomplete) == 3
+    assert table.queued <= 5
+    assert table.counters["queue_full"] == 4  # a full queue drops its oldest
+    assert table.counters["queue_total_full"] == 2  # all queues full: the newest goes
+    assert table.counters["incomplete_evicted"] > 0
+    again, failed = table.on_timer(10)
+    assert sorted(again) == neighbours[2:]
+    again, failed = table.on_timer(20)
+    assert again == [] and sorted(failed) == neighbours[2:]
+    assert table.queued == 0 and not table.incomplete
+    assert table.has_failed(neighbours[2], 50)
+    assert not table.has_failed(neighbours[2], 120)
+    assert table.counters["tx_request"] == 5 + 3
