@@ -19,6 +19,7 @@ from looming.errors import AddressInUse, Malformed
 from looming.net.tcp.config import MS, TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.isn import FourTuple, IsnGenerator, SynCookies
+from looming.net.tcp.receive_buffer import MemoryPool
 from looming.net.tcp.seq import MASK
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
@@ -50,8 +51,15 @@ class TcpEndpoint:
         secret: bytes,
         mtu_for: Callable[[IPv4Address], int],
         segment_limit_for: Callable[[IPv4Address], int] | None = None,
+        max_connections: int | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.config = config
+        # Connections in any state (TIME-WAIT too); None for no limit.
+        self.max_connections = max_connections
+        # Receive memory of all connections together, charged by true size.
+        self.pool = MemoryPool(memory_limit)
+        self.connection_limit_dropped = 0
         self.stats = stats
         self._mtu_for = mtu_for
         self._segment_limit_for = segment_limit_for
@@ -128,6 +136,7 @@ class TcpEndpoint:
                     self.stats.connections_accepted += 1
                     self.accepted.append((port, key, conn))
             elif event is Event.CLOSED:
+                conn.receive_buffer.release()
                 if self.connections.get(key) is conn:
                     del self.connections[key]
                 port = self._half_open.pop(key, None)
@@ -200,6 +209,11 @@ class TcpEndpoint:
                 break
         else:
             raise AddressInUse(f"no free local TCP port to reach {remote_ip}:{remote_port}")
+        if self._at_connection_limit():
+            raise AddressInUse(
+                f"{len(self.connections)} TCP connections are open, the configured limit: "
+                "close some or raise the limit (max_connections)"
+            )
         conn = TcpConnection.connect(
             self.config,
             self.stats,
@@ -211,10 +225,21 @@ class TcpEndpoint:
             now=now,
         )
         conn.offload_bytes = self.offload_bytes(remote_ip)
-        self.connections[key] = conn
+        self._adopt(key, conn)
         self.stats.connections_opened += 1
         self.collect(key, conn)
         return key, conn
+
+    def _at_connection_limit(self) -> bool:
+        limit = self.max_connections
+        if limit is not None and len(self.connections) >= limit:
+            self.connection_limit_dropped += 1
+            return True
+        return False
+
+    def _adopt(self, key: FourTuple, conn: TcpConnection) -> None:
+        self.connections[key] = conn
+        conn.receive_buffer.pool = self.pool
 
     def on_timer(self, key: FourTuple, now: int) -> None:
         conn = self.connections.get(key)
@@ -299,6 +324,8 @@ class TcpEndpoint:
         self._send(key, reply)
 
     def _on_syn(self, listener: ListenerState, key: FourTuple, syn: TcpHeader, now: int) -> None:
+        if self._at_connection_limit():
+            return  # dropped: the peer retries, maybe after others closed
         limit = min(listener.backlog, self.config.syn_backlog)
         if listener.half_open >= limit:
             if self.config.syn_cookies:
@@ -317,7 +344,7 @@ class TcpEndpoint:
             now=now,
         )
         conn.offload_bytes = self.offload_bytes(remote_ip)
-        self.connections[key] = conn
+        self._adopt(key, conn)
         self._half_open[key] = listener.port
         listener.half_open += 1
         self.collect(key, conn)
@@ -370,6 +397,8 @@ class TcpEndpoint:
         if mss is None:
             self.stats.cookies_rejected += 1
             return False
+        if self._at_connection_limit():
+            return True  # dropped (not reset): the peer retries
         window_scale: int | None = None
         sack_permitted = False
         if header.timestamps is not None and self.config.timestamps:
@@ -389,7 +418,7 @@ class TcpEndpoint:
         self.stats.cookies_accepted += 1
         self.stats.connections_accepted += 1
         conn.offload_bytes = self.offload_bytes(remote_ip)
-        self.connections[key] = conn
+        self._adopt(key, conn)
         conn.take_events()  # CONNECTED is reported through the accepted list
         self.accepted.append((listener.port, key, conn))
         conn.input(header, payload, now)

@@ -195,8 +195,18 @@ class TcpLayer:
     """looming's TCP (:class:`looming.devices.Tcp`) over an IPv4 layer."""
 
     def __init__(
-        self, ipv4: Ipv4, time: Time, random: Random, *, config: TcpConfig | None = None
+        self,
+        ipv4: Ipv4,
+        time: Time,
+        random: Random,
+        *,
+        config: TcpConfig | None = None,
+        max_connections: int | None = None,
+        memory_limit: int | None = None,
     ) -> None:
+        """``max_connections`` bounds the connections in any state (new ones
+        beyond it are dropped and counted); ``memory_limit`` the bytes all
+        receive queues together may hold, by true size."""
         self._ipv4 = ipv4
         self._time = time
         self.config = config or TcpConfig()
@@ -213,6 +223,8 @@ class TcpLayer:
             secret=random.bytes(32),
             mtu_for=ipv4.mtu,
             segment_limit_for=segment_limit if callable(segment_limit) else None,
+            max_connections=max_connections,
+            memory_limit=memory_limit,
         )
         # Keyed by the connection object: hashing it is cheap, unlike a
         # tuple of IPv4Address objects, and this runs for every segment.
@@ -408,6 +420,11 @@ class TcpLayer:
         counters = self.stats.as_dict()
         counters["transmit_errors"] = self.transmit_errors
         counters["handler_errors"] = self.handler_errors
+        endpoint = self._endpoint
+        counters["connection_limit_dropped"] = endpoint.connection_limit_dropped
+        counters["memory_limit_dropped"] = endpoint.pool.refused
+        counters["receive_memory"] = endpoint.pool.held
+        counters["receive_memory_dropped"] = endpoint.pool.connection_refused
         return counters
 
     @property

@@ -9,16 +9,70 @@ from collections import deque
 _Bytes = bytes | bytearray | memoryview
 
 
+# What one queued chunk costs beyond its bytes: the deque slot, the charge
+# kept beside it and, for a view, the memoryview object (CPython 3.11, 64-bit).
+CHUNK_OVERHEAD = 8 + 8 + 32
+VIEW_OVERHEAD = 184
+BYTES_OVERHEAD = 33  # sys.getsizeof(b"")
+BYTEARRAY_OVERHEAD = 57  # sys.getsizeof(bytearray())
+# Out-of-order ranges: the left edge (an int), its list slots and the recent list.
+RANGE_OVERHEAD = 32 + 8 + 8 + 8 + 32
+# Segments smaller than this are copied into a shared buffer instead of
+# being kept as their own object (or a view pinning a whole packet).
+COALESCE_BELOW = 1024
+COALESCED_CHUNK = 16 * 1024
+
+
+def true_size(data: bytes | bytearray | memoryview) -> int:
+    """The memory ``data`` keeps alive (a view keeps its whole buffer)."""
+    if isinstance(data, memoryview):
+        base = data.obj
+        held = base.nbytes if isinstance(base, memoryview) else len(base)  # type: ignore[arg-type]
+        return VIEW_OVERHEAD + BYTES_OVERHEAD + held
+    if isinstance(data, bytearray):
+        return BYTEARRAY_OVERHEAD + _capacity(data)
+    return BYTES_OVERHEAD + len(data)
+
+
+def _capacity(buffer: bytearray) -> int:
+    # CPython over-allocates a growing bytearray by an eighth.
+    return len(buffer) + (len(buffer) >> 3)
+
+
+class MemoryPool:
+    """Receive memory shared by every connection of one stack, with a limit
+    (``None``: none). Buffers charge it as they grow and release it as they
+    are read or freed; data that would go past the limit is dropped."""
+
+    __slots__ = ("connection_refused", "held", "limit", "refused")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = 0  # segments dropped at this limit
+        self.connection_refused = 0  # ... at a connection's own limit
+
+    def room(self) -> int | None:
+        return None if self.limit is None else self.limit - self.held
+
+
 class ReadyBytes:
     """In-order bytes waiting for the application, kept as the segments'
     own buffers: a read joins them once, instead of every arrival growing
-    (and moving) one big buffer that the read then copies again."""
+    (and moving) one big buffer that the read then copies again. Small
+    segments are copied into a shared buffer instead, so that a stream of
+    tiny segments costs about its bytes, not a packet each.
 
-    __slots__ = ("_chunks", "_length")
+    :attr:`charge` is the memory held, overheads included."""
+
+    __slots__ = ("_charges", "_chunks", "_length", "_tail_open", "charge")
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes | memoryview] = deque()
+        self._chunks: deque[bytes | bytearray | memoryview] = deque()
+        self._charges: deque[int] = deque()
         self._length = 0
+        self._tail_open = False  # the last chunk is our bytearray, still growing
+        self.charge = 0
 
     def __len__(self) -> int:
         return self._length
@@ -29,14 +83,37 @@ class ReadyBytes:
     def append(self, data: _Bytes) -> None:
         if not data:
             return
+        size = len(data)
+        chunks = self._chunks
+        if size < COALESCE_BELOW:
+            if self._tail_open and len(chunks[-1]) + size <= COALESCED_CHUNK:
+                tail = chunks[-1]
+                assert isinstance(tail, bytearray)
+                tail += data
+                cost = BYTEARRAY_OVERHEAD + _capacity(tail) + CHUNK_OVERHEAD
+                self.charge += cost - self._charges[-1]
+                self._charges[-1] = cost
+            else:
+                buffer = bytearray(data)
+                cost = BYTEARRAY_OVERHEAD + _capacity(buffer) + CHUNK_OVERHEAD
+                chunks.append(buffer)
+                self._charges.append(cost)
+                self.charge += cost
+                self._tail_open = True
+            self._length += size
+            return
         # Keep a view only over immutable bytes: a caller may reuse a
         # mutable buffer once we return.
         if isinstance(data, bytearray) or (
             isinstance(data, memoryview) and not isinstance(data.obj, bytes)
         ):
             data = bytes(data)
-        self._chunks.append(data)
-        self._length += len(data)
+        cost = true_size(data) + CHUNK_OVERHEAD
+        chunks.append(data)
+        self._charges.append(cost)
+        self.charge += cost
+        self._length += size
+        self._tail_open = False
 
     def take(self, limit: int | None = None) -> bytes:
         """Up to ``limit`` bytes (all of them without a limit), oldest first."""
@@ -44,20 +121,30 @@ class ReadyBytes:
         if limit is None or limit >= self._length:
             data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
+            self._charges.clear()
             self._length = 0
+            self.charge = 0
+            self._tail_open = False
             return data
-        pieces: list[bytes | memoryview] = []
+        pieces: list[bytes | bytearray | memoryview] = []
         need = limit
         while need:
             chunk = chunks[0]
             if len(chunk) <= need:
                 pieces.append(chunks.popleft())
+                self.charge -= self._charges.popleft()
                 need -= len(chunk)
             else:
+                # The rest stays as a view (still holding the whole chunk,
+                # and still charged for it); the tail grows no more.
                 view = memoryview(chunk)
                 pieces.append(view[:need])
                 chunks[0] = view[need:]
+                if len(chunks) == 1:
+                    self._tail_open = False
                 need = 0
+        if not chunks:
+            self._tail_open = False
         self._length -= limit
         return b"".join(pieces)
 
@@ -68,17 +155,44 @@ class ReceiveBuffer:
     Sequence numbers are unwrapped. ``rcv_nxt`` is the next byte expected.
     Out-of-order ranges are merged as they arrive; the most recently changed
     ones are reported first in SACK blocks (RFC 2018 section 4).
+
+    Everything held is charged by its true size (:attr:`charged`); data that
+    would take the charge past ``memory_limit`` (or the shared ``pool``'s
+    limit) is dropped and counted in :attr:`refused`, for the sender to
+    retransmit once the application has read.
     """
 
-    __slots__ = ("_lefts", "_pieces", "_recent", "max_ranges", "rcv_nxt", "ready")
+    __slots__ = (
+        "_lefts",
+        "_ooo_charge",
+        "_pieces",
+        "_recent",
+        "max_ranges",
+        "memory_limit",
+        "pool",
+        "rcv_nxt",
+        "ready",
+        "refused",
+    )
 
-    def __init__(self, rcv_nxt: int, max_ranges: int) -> None:
+    def __init__(
+        self,
+        rcv_nxt: int,
+        max_ranges: int,
+        *,
+        memory_limit: int | None = None,
+        pool: MemoryPool | None = None,
+    ) -> None:
         self.rcv_nxt = rcv_nxt
         self.ready = ReadyBytes()
         self.max_ranges = max_ranges
+        self.memory_limit = memory_limit
+        self.pool = pool
+        self.refused = 0
         self._lefts: list[int] = []
         self._pieces: list[bytearray] = []
         self._recent: list[int] = []  # left edges, most recently changed first
+        self._ooo_charge = 0
 
     @property
     def has_gaps(self) -> bool:
@@ -87,6 +201,41 @@ class ReceiveBuffer:
     @property
     def out_of_order_bytes(self) -> int:
         return sum(len(p) for p in self._pieces)
+
+    @property
+    def charged(self) -> int:
+        """Memory held by ready and out-of-order data, overheads included."""
+        return self.ready.charge + self._ooo_charge
+
+    def window_space(self, buffer_size: int) -> int:
+        """How much more the receive window may offer: the buffer less the
+        bytes ready, shrunk further when their true size runs past twice the
+        buffer (tiny segments) or the shared pool runs low."""
+        space = min(buffer_size - len(self.ready), 2 * buffer_size - self.charged)
+        pool = self.pool
+        if pool is not None and pool.limit is not None:
+            space = min(space, pool.limit - pool.held)
+        return space
+
+    def _room(self, cost: int) -> bool:
+        limit = self.memory_limit
+        if limit is not None and self.charged + cost > limit:
+            self.refused += 1
+            if self.pool is not None:
+                self.pool.connection_refused += 1
+            return False
+        pool = self.pool
+        if pool is not None and pool.limit is not None and pool.held + cost > pool.limit:
+            pool.refused += 1
+            self.refused += 1
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give everything back to the pool (the connection is gone)."""
+        if self.pool is not None:
+            self.pool.held -= self.charged
+            self.pool = None
 
     def insert(self, seq: int, data: bytes | memoryview) -> bool:
         """Add a segment's data; returns whether ``rcv_nxt`` advanced.
@@ -101,18 +250,31 @@ class ReceiveBuffer:
             seq = self.rcv_nxt
         if not data:
             return False
+        before = self.charged
         if seq == self.rcv_nxt:
+            cost = len(data) + CHUNK_OVERHEAD if len(data) < COALESCE_BELOW else true_size(data)
+            if not self._room(cost):
+                return False
             self.ready.append(data)
             self.rcv_nxt += len(data)
             self._pull_contiguous()
+            self._charge_pool(before)
             return True
+        if not self._room(len(data) + BYTEARRAY_OVERHEAD + RANGE_OVERHEAD):
+            return False
         self._insert_out_of_order(seq, bytes(data))
+        self._charge_pool(before)
         return False
+
+    def _charge_pool(self, before: int) -> None:
+        if self.pool is not None:
+            self.pool.held += self.charged - before
 
     def _pull_contiguous(self) -> None:
         while self._lefts and self._lefts[0] <= self.rcv_nxt:
             left = self._lefts.pop(0)
             piece = self._pieces.pop(0)
+            self._ooo_charge -= _range_cost(piece)
             self._forget_recent(left)
             end = left + len(piece)
             if end > self.rcv_nxt:
@@ -130,6 +292,7 @@ class ReceiveBuffer:
         if i >= 0 and self._lefts[i] + len(self._pieces[i]) >= seq:
             left = self._lefts[i]
             piece = self._pieces[i]
+            self._ooo_charge -= _range_cost(piece)
             if left + len(piece) < end:
                 piece += data[left + len(piece) - seq :]
             self._forget_recent(left)
@@ -145,10 +308,12 @@ class ReceiveBuffer:
         while i + 1 < len(self._lefts) and self._lefts[i + 1] <= left + len(piece):
             next_left = self._lefts.pop(i + 1)
             next_piece = self._pieces.pop(i + 1)
+            self._ooo_charge -= _range_cost(next_piece)
             self._forget_recent(next_left)
             next_end = next_left + len(next_piece)
             if next_end > left + len(piece):
                 piece += next_piece[left + len(piece) - next_left :]
+        self._ooo_charge += _range_cost(piece)
         self._recent.insert(0, left)
 
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
@@ -161,4 +326,11 @@ class ReceiveBuffer:
         return blocks
 
     def read(self, limit: int | None = None) -> bytes:
-        return self.ready.take(limit)
+        before = self.charged
+        data = self.ready.take(limit)
+        self._charge_pool(before)
+        return data
+
+
+def _range_cost(piece: bytearray) -> int:
+    return BYTEARRAY_OVERHEAD + _capacity(piece) + RANGE_OVERHEAD

@@ -114,8 +114,12 @@ class LossRecovery(TransmissionControlBlock):
             for segment in self.board.sack(left, right):
                 delivered += segment.length
                 self.rack.delivered(segment, now, ts_says_original=ts_original)
-                original |= not segment.ever_retransmitted
+                original |= self._original(segment)
         return delivered, original
+
+    def _original(self, segment: Segment) -> bool:
+        """Sent before the episode began and never resent (Linux's FLAG_ORIG_SACK_ACKED)."""
+        return not segment.ever_retransmitted and segment.end <= self.recover
 
     def _echo_predates_retransmission(self, header: TcpHeader) -> bool:
         """Whether the ACK echoes a timestamp from before this episode's
@@ -134,8 +138,10 @@ class LossRecovery(TransmissionControlBlock):
         self.rack.on_dsack(self.snd_max, self.snd_una)
         if self.undo_state is None:
             return
+        if self.undo_retransmitted <= 0:
+            return  # nothing resent in this episode: reordering or a duplicate
         self.undo_retransmitted -= right - left
-        if self.undo_retransmitted <= 0 and self.retransmit_ts is not None:
+        if self.undo_retransmitted <= 0:
             # Every byte resent in the episode arrived twice: none was lost.
             self._undo(timeout=self.recovery is Recovery.LOSS)
 
@@ -153,7 +159,7 @@ class LossRecovery(TransmissionControlBlock):
         for segment in gone:
             if not segment.sacked:
                 self.rack.delivered(segment, now, ts_says_original=ts_original)
-                original |= not segment.ever_retransmitted
+                original |= self._original(segment)
         if ts_original and any(segment.ever_retransmitted for segment in gone):
             self._undo(timeout=self.recovery is Recovery.LOSS)
         self.retries = 0

@@ -176,8 +176,11 @@ class TcpSender(LossRecovery):
             return
         budget = self._send_budget(force_one)
         start_budget = budget
+        frto_only_new = self.frto_new_segments > 0
         while budget > 0:
-            segment = None if self.frto_new_segments else board.first_lost_to_send()
+            if frto_only_new and not self.frto_new_segments:
+                break  # F-RTO step 2b: this ACK sends new data only
+            segment = None if frto_only_new else board.first_lost_to_send()
             if segment is not None:
                 budget -= self._resend(segment, now)
                 continue

@@ -145,7 +145,10 @@ class TransmissionControlBlock:
         self.last_send = now
         # Receive side (set properly when the peer's SYN arrives).
         self.irs = 0
-        self.receive_buffer = ReceiveBuffer(0, config.max_out_of_order_segments)
+        # Charged by true size, never past three windows (tiny segments).
+        self.receive_buffer = ReceiveBuffer(
+            0, config.max_out_of_order_segments, memory_limit=3 * config.receive_buffer
+        )
         self.rcv_scale = 0
         self.rcv_adv = 0
         self.peer_fin: int | None = None  # sequence number of the peer's FIN
@@ -199,7 +202,7 @@ class TransmissionControlBlock:
     @property
     def receive_window(self) -> int:
         """Bytes we can still accept above rcv_nxt (what we advertised, at least)."""
-        free = max(self.config.receive_buffer - len(self.receive_buffer.ready), 0)
+        free = max(self.receive_buffer.window_space(self.config.receive_buffer), 0)
         return max(self.rcv_adv - self.receive_buffer.rcv_nxt, free)
 
     @property

@@ -1,0 +1,423 @@
+"""Loss recovery's sans-I/O parts: the scoreboard against a simple model
+(hypothesis, stateful), RACK, PRR, CUBIC and NewReno, and scripted
+connections for tail loss probes and the undo of spurious retransmissions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from looming.net.tcp import TcpLayer
+from looming.net.tcp.config import MS, SECOND, TcpConfig
+from looming.net.tcp.congestion import NewReno
+from looming.net.tcp.cubic import BETA, C, Cubic
+from looming.net.tcp.prr import ProportionalRateReduction
+from looming.net.tcp.rack import Rack, probe_timeout, rack_detect
+from looming.net.tcp.scoreboard import Scoreboard
+from looming.net.tcp.tcb import Recovery
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
+from tests.tcp.ipv4_pair import Faults, wire_pair
+from tests.tcp.script import ISS, PLAIN, established, seg
+
+A = ISS + 1
+B = 5001  # IRS + 1 in tests/tcp/script.py
+MSS = 1000
+
+# ------------------------------------------------------------------ scoreboard
+
+
+class ScoreboardModel(RuleBasedStateMachine):
+    """Every operation on :class:`Scoreboard`, checked against per-segment
+    flags kept in a plain dict and totals recomputed from them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.board = Scoreboard()
+        self.una = 0
+        self.top = 0
+        # start -> [end, sacked, lost, retransmitted]
+        self.model: dict[int, list[int | bool]] = {}
+        self.now = 0
+
+    @rule(count=st.integers(1, 5), size=st.integers(1, 3000))
+    def send(self, count: int, size: int) -> None:
+        for _ in range(count):
+            self.now += 1
+            self.board.sent(self.top, self.top + size, self.now)
+            self.model[self.top] = [self.top + size, False, False, False]
+            self.top += size
+
+    @rule(data=st.data())
+    def sack(self, data: st.DataObject) -> None:
+        left = data.draw(st.integers(self.una, self.top))
+        right = data.draw(st.integers(left, self.top))
+        newly = {s.start for s in self.board.sack(left, right)}
+        expected = set()
+        for start, flags in self.model.items():
+            if left <= start and flags[0] <= right and not flags[1]:
+                flags[1:] = [True, False, False]
+                expected.add(start)
+        assert newly == expected
+
+    @rule(data=st.data())
+    def acknowledge(self, data: st.DataObject) -> None:
+        ack = data.draw(st.integers(self.una, self.top))
+        self.board.acknowledge(ack)
+        moved: dict[int, list[int | bool]] = {}
+        for start, flags in self.model.items():
+            end = int(flags[0])
+            if end <= ack:
+                continue
+            moved[max(start, ack)] = flags
+        self.model = moved
+        self.una = ack
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def mark_lost(self, data: st.DataObject) -> None:
+        start = data.draw(st.sampled_from(sorted(self.model)))
+        segment = self.board.find(start)
+        assert segment is not None and segment.start == start
+        flags = self.model[start]
+        expected = not flags[1] and not (flags[2] and not flags[3])
+        assert self.board.mark_lost(segment) == expected
+        if expected:
+            flags[2], flags[3] = True, False
+
+    @precondition(lambda self: self.board.has_lost_to_send)
+    @rule()
+    def resend_first_lost(self) -> None:
+        segment = self.board.first_lost_to_send()
+        assert segment is not None
+        wanted = min(s for s, f in self.model.items() if f[2] and not f[3])
+        assert segment.start == wanted
+        self.now += 1
+        self.board.retransmitted(segment, self.now)
+        self.model[wanted][3] = True
+
+    @rule()
+    def timeout(self) -> None:
+        self.board.mark_all_lost()
+        for flags in self.model.values():
+            if not flags[1]:
+                flags[2], flags[3] = True, False
+
+    @rule()
+    def undo(self) -> None:
+        self.board.unmark_lost()
+        for flags in self.model.values():
+            if flags[2] and not flags[3]:
+                flags[2] = False
+
+    @rule()
+    def renege(self) -> None:
+        self.board.forget_sacks()
+        for flags in self.model.values():
+            flags[1] = False
+
+    @invariant()
+    def totals_match(self) -> None:
+        def total(index: int, only: int | None = None) -> int:
+            return sum(
+                int(f[0]) - s
+                for s, f in self.model.items()
+                if f[index] and (only is None or not f[only])
+            )
+
+        board = self.board
+        assert [(s.start, s.end) for s in board.segments] == sorted(
+            (s, int(f[0])) for s, f in self.model.items()
+        )
+        assert board.sacked_bytes == total(1)
+        assert board.lost_bytes == total(2)
+        assert board.retransmitted_bytes == total(3)
+        flight = self.top - self.una
+        assert board.pipe(flight) == max(flight - total(1) - total(2) + total(3), 0)
+
+
+TestScoreboard = ScoreboardModel.TestCase
+TestScoreboard.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+# ------------------------------------------------------------------ RACK
+
+
+def test_rack_deems_earlier_segments_lost_after_rtt_and_reordering_window() -> None:
+    board = Scoreboard()
+    for i in range(5):
+        board.sent(i * MSS, (i + 1) * MSS, i * MS)  # one per millisecond
+    rack = Rack()
+    now = 20 * MS
+    for segment in board.sack(3 * MSS, 4 * MSS):
+        rack.delivered(segment, now)
+    assert rack.rtt == 17 * MS and rack.xmit_ts == 3 * MS
+    # No reordering seen and under three segments SACKed: a window of min_RTT/4.
+    lost, deadline = rack_detect(rack, board, now, 17 * MS, in_recovery=False, dupthresh=3 * MSS)
+    # Segment 0 left 3 ms before the delivered one: 3 ms > 17/4 ms? No: wait.
+    assert [s.start for s in lost] == []
+    assert deadline is not None and now < deadline <= now + 17 * MS // 4
+    lost, _ = rack_detect(rack, board, deadline, 17 * MS, in_recovery=False, dupthresh=3 * MSS)
+    assert [s.start for s in lost] == [0, MSS, 2 * MSS]  # all sent before segment 3
+    assert not board.find(4 * MSS).lost  # type: ignore[union-attr]
+
+
+def test_rack_reordering_and_dsack_widen_the_window() -> None:
+    rack = Rack()
+    board = Scoreboard()
+    for i in range(4):
+        board.sent(i * MSS, (i + 1) * MSS, 0)
+    for segment in board.sack(2 * MSS, 3 * MSS):
+        rack.delivered(segment, 10 * MS)
+    assert rack.reordering_window(10 * MS, in_recovery=True, dupthresh_met=False) == 0
+    for segment in board.sack(MSS, 2 * MSS):  # below what was delivered: reordering
+        rack.delivered(segment, 10 * MS)
+    assert rack.reordering_seen
+    assert rack.reordering_window(10 * MS, in_recovery=True, dupthresh_met=True) == 10 * MS // 4
+    rack.on_dsack(snd_max=4 * MSS, round_end=0)
+    rack.on_dsack(snd_max=4 * MSS, round_end=0)  # same round trip: once only
+    assert rack.reo_wnd_mult == 2
+    assert rack.reordering_window(10 * MS, in_recovery=True, dupthresh_met=True) == 5 * MS
+
+
+def test_probe_timeout() -> None:
+    assert probe_timeout(None, 3, 40 * MS, 200 * MS) == 200 * MS
+    assert probe_timeout(20 * MS, 3, 40 * MS, 200 * MS) == 40 * MS
+    assert probe_timeout(20 * MS, 1, 40 * MS, 200 * MS) == 80 * MS  # a lone segment: delayed ACK
+    assert probe_timeout(MS // 10, 3, 40 * MS, 200 * MS) == 10 * MS  # floor
+    assert probe_timeout(150 * MS, 3, 40 * MS, 200 * MS) == 200 * MS  # never past the RTO
+
+
+# ------------------------------------------------------------------ PRR
+
+
+@given(
+    flight=st.integers(10, 200),
+    deliveries=st.lists(st.integers(0, 4), min_size=1, max_size=300),
+)
+def test_prr_sends_in_proportion_and_ends_near_ssthresh(flight: int, deliveries: list[int]) -> None:
+    """While the pipe stays above ssthresh, PRR sends ssthresh/RecoverFS of
+    what is delivered (RFC 6937 section 3), never more (plus one segment)."""
+    ssthresh = flight * MSS * 7 // 10
+    prr = ProportionalRateReduction(ssthresh, flight * MSS, MSS)
+    pipe = flight * MSS
+    for segments in deliveries:
+        delivered = segments * MSS
+        pipe -= delivered
+        allowed = prr.on_ack(delivered, pipe)
+        assert allowed >= 0
+        prr.on_sent(allowed)
+        pipe += allowed
+        if pipe > ssthresh:
+            bound = -(-prr.delivered * ssthresh // (flight * MSS))
+            assert prr.out <= max(bound, MSS)
+        else:
+            assert pipe <= max(ssthresh, prr.out) + MSS
+    if prr.delivered >= flight * MSS:
+        # By the end of a round trip the pipe is back near ssthresh, not above it.
+        assert pipe <= ssthresh + MSS
+
+
+def test_prr_slow_starts_back_to_ssthresh_after_heavy_loss() -> None:
+    prr = ProportionalRateReduction(ssthresh=10 * MSS, flight=20 * MSS, mss=MSS)
+    # Most of the window was lost: the pipe is far below ssthresh.
+    assert prr.on_ack(2 * MSS, pipe=2 * MSS) == 3 * MSS  # delivered + one MSS (SSRB)
+    prr.on_sent(3 * MSS)
+    assert prr.on_ack(MSS, pipe=4 * MSS) == 2 * MSS
+
+
+# ------------------------------------------------------------------ congestion control
+
+
+def test_newreno_halves_and_cubic_keeps_seven_tenths() -> None:
+    reno, cubic = NewReno(MSS), Cubic(MSS)
+    for cc in (reno, cubic):
+        cc.cwnd = 100 * MSS
+        cc.on_congestion(0, 100 * MSS)
+    assert reno.ssthresh == 50 * MSS
+    assert cubic.ssthresh == int(100 * MSS * BETA)
+    saved = cubic.save()
+    cubic.on_timeout(0, 100 * MSS)
+    assert cubic.cwnd == MSS
+    cubic.undo(saved)
+    assert cubic.cwnd == 100 * MSS
+
+
+def _cubic_after_loss(seconds: float, rtt_ms: int) -> list[float]:
+    """Window (segments) each RTT after a loss at 100 segments, ACK-clocked."""
+    cubic = Cubic(MSS)
+    cubic.cwnd = 100 * MSS
+    cubic.on_congestion(0, 100 * MSS)
+    cubic.cwnd = cubic.ssthresh
+    now = 0
+    windows = []
+    while now < seconds * SECOND:
+        now += rtt_ms * MS
+        for _ in range(cubic.cwnd // MSS):
+            cubic.on_ack(MSS, now, rtt_ms * MS, True)
+        windows.append(cubic.cwnd / MSS)
+    return windows
+
+
+def test_cubic_returns_to_w_max_after_k_seconds_then_probes() -> None:
+    k = (100 * (1 - BETA) / C) ** (1 / 3)  # RFC 9438 eq. 2: 4.2 s
+    windows = _cubic_after_loss(k + 2, rtt_ms=100)
+    at_k = windows[int(k * 10) - 1]
+    assert 93 <= at_k <= 103
+    # Concave before K (growth slows down), convex after (speeds up).
+    early = windows[5] - windows[0]
+    near = windows[int(k * 10) - 1] - windows[int(k * 10) - 6]
+    late = windows[-1] - windows[-6]
+    assert early > near < late
+    assert windows[-1] > 100
+
+
+def test_cubic_is_no_slower_than_reno_on_short_rtts() -> None:
+    windows = _cubic_after_loss(1.0, rtt_ms=1)
+    # 1000 round trips: Reno-friendly growth (about 0.53 segments per RTT).
+    assert windows[-1] >= 70 + 0.5 * 1000 * 0.9
+
+
+# ------------------------------------------------------------------ scripted connections
+
+SACK_TS = replace(PLAIN, sack=True, timestamps=True)
+
+
+def _established_with_rtt(config: TcpConfig, rtt_ms: int = 10):  # type: ignore[no-untyped-def]
+    s = established(config, sack_permitted=True, timestamps=(1, 0))
+    s.conn.cc.cwnd = 100 * MSS
+    s.conn.rtt.srtt = rtt_ms * MS
+    s.conn.rtt.rttvar = rtt_ms * MS // 2
+    s.conn.rtt.rto = 200 * MS
+    return s
+
+
+def _ts(s) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Timestamps the peer would send now: its clock, and an echo of ours."""
+    return (s.now // MS + 1000, s.conn._ts_now(s.now))
+
+
+def test_tail_loss_probe_resends_the_last_segment_before_the_rto() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True))
+    s.call("send", b"t" * 3000)
+    assert len(s.take()) == 3
+    s.advance(19)
+    s.expect()
+    s.advance(1)  # PTO = 2 * SRTT = 20 ms, well before the 200 ms RTO
+    sent = s.take()
+    assert len(sent) == 1 and sent[0][0].seq == (A + 2000) & 0xFFFFFFFF
+    assert s.conn.stats.tail_loss_probes == 1 and s.conn.stats.timeouts == 0
+    # The probe's ACK SACKs it: the first two are now deemed lost by RACK.
+    s.advance(10)
+    s.recv(seg("A", B, A, sack_blocks=((A + 2000, A + 3000),)))
+    assert s.conn.recovery is Recovery.RECOVERY
+    resent = [h.seq for h, _ in s.take()]
+    assert resent == [A, A + 1000]
+
+
+def test_dsack_for_every_retransmission_undoes_the_recovery() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True))
+    s.call("send", b"d" * 10_000)
+    assert len(s.take()) == 10
+    s.advance(5)
+    # Segment 1 is late, not lost: everything after it is SACKed.
+    s.recv(seg("A", B, A, sack_blocks=((A + 1000, A + 10_000),)))
+    assert s.conn.recovery is Recovery.RECOVERY
+    assert [h.seq for h, _ in s.take()] == [A]
+    cwnd_before = 100 * MSS
+    assert s.conn.cc.cwnd < cwnd_before
+    # The original arrives, then the retransmission: the receiver D-SACKs it.
+    s.recv(seg("A", B, A + 10_000))
+    s.recv(seg("A", B, A + 10_000, sack_blocks=((A, A + 1000),)))
+    assert s.conn.stats.dsacks_received == 1
+    assert s.conn.stats.spurious_recoveries_undone == 1
+    assert s.conn.cc.cwnd >= cwnd_before
+
+
+def test_timestamp_echo_undoes_a_spurious_timeout() -> None:
+    s = _established_with_rtt(replace(SACK_TS, tail_loss_probe=False))
+    s.advance(5)  # (a timestamp of 0 would mean "no echo")
+    s.call("send", b"s" * 4 * 988)  # the MSS less the timestamp option
+    sent_ts = _ts(s)[1]
+    assert len(s.take()) == 4
+    s.advance(200)  # the RTO: everything deemed lost, one segment resent
+    assert s.conn.stats.timeouts == 1 and s.conn.recovery is Recovery.LOSS
+    s.take()
+    # The ACK for the originals arrives late, echoing their send time.
+    s.recv(seg("A", B, A + 4 * 988, timestamps=(5000, sent_ts)))
+    assert s.conn.stats.spurious_timeouts_undone == 1
+    assert s.conn.recovery is Recovery.OPEN
+    assert s.conn.cc.cwnd == 100 * MSS
+
+
+def test_frto_sends_new_data_and_undoes_when_originals_are_acked() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True, tail_loss_probe=False))
+    s.call("send", b"f" * 10_000)
+    assert len(s.take()) == 10
+    s.advance(200)
+    assert [h.seq for h, _ in s.take()] == [A]  # the RTO resends the first segment
+    s.call("send", b"g" * 5000)
+    s.take()
+    # The first ACK after the timeout advances: F-RTO sends new data, not retransmissions.
+    s.recv(seg("A", B, A + 2000))
+    assert [h.seq for h, _ in s.take()] == [A + 10_000, A + 11_000]
+    # The next ACK covers segments never retransmitted: the timeout was spurious.
+    s.recv(seg("A", B, A + 6000))
+    assert s.conn.stats.spurious_timeouts_undone == 1
+    assert s.conn.recovery is Recovery.OPEN
+    assert not s.conn.board.has_lost_to_send
+
+
+def test_frto_confirms_a_real_loss() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True, tail_loss_probe=False))
+    s.call("send", b"f" * 10_000)
+    s.take()
+    s.advance(200)
+    s.take()
+    s.call("send", b"g" * 5000)
+    s.recv(seg("A", B, A + 1000))  # only the retransmitted segment
+    s.take()
+    s.recv(seg("A", B, A + 1000, sack_blocks=((A + 10_000, A + 11_000),)))
+    assert not s.conn.frto and s.conn.stats.spurious_timeouts_undone == 0
+    # Still in loss recovery: the rest is resent.
+    assert A + 1000 in [h.seq for h, _ in s.take()]
+
+
+# ------------------------------------------------------------------ in memory, end to end
+
+
+def test_five_percent_loss_recovers_mostly_without_timeouts() -> None:
+    """Two looming stacks over the in-memory wire losing 5% each way."""
+
+    async def body() -> tuple[dict[str, int], bool]:
+        a, b = wire_pair(Faults(loss=0.05, seed=11, latency_s=0.001))
+        client = TcpLayer(a, UnixTime(), UnixRandom(1))
+        server = TcpLayer(b, UnixTime(), UnixRandom(2))
+        data = bytes(range(256)) * 4096  # 1 MiB
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def sink(flow) -> None:  # type: ignore[no-untyped-def]
+            parts = []
+            while chunk := await flow.read():
+                parts.append(chunk)
+            got.set_result(b"".join(parts))
+
+        await server.listen(80, sink)
+        flow = await client.connect("10.9.0.2", 80)
+        await flow.write(data)
+        await flow.shutdown()
+        received = await asyncio.wait_for(got, 60)
+        await flow.close()
+        stats = client.stats.as_dict()
+        await client.close()
+        await server.close()
+        return stats, received == data
+
+    stats, intact = asyncio.run(body())
+    assert intact
+    assert stats["fast_retransmits"] >= 10
+    assert stats["timeouts"] * 5 <= stats["fast_retransmits"]
+    assert stats["segments_deemed_lost"] + stats["timeouts"] >= stats["retransmits"] // 2

@@ -1,0 +1,95 @@
+"""looming's loss recovery against Linux across the loss relay
+(tests/tcp/relay.py), with Linux-to-Linux through the same relay as the
+reference that the path itself is sound."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests.net.kernel import have_root, unique_suffix
+from tests.tcp.lossy import linux_echo, looming_echo, open_looming, start_echo_server
+from tests.tcp.relay import Impairments, RelayCore, RelayedPath, relayed_path
+
+TEN_MB = 10_000_000
+
+
+def test_relay_decisions_are_seeded_and_near_the_rates() -> None:
+    frame = b"\x00" * 12 + b"\x08\x00" + b"\x45" + b"\x00" * 40
+    arp = b"\x00" * 12 + b"\x08\x06" + b"\x00" * 28
+
+    def run(seed: int) -> tuple[list[int], Counter[str]]:
+        core = RelayCore()
+        core.configure(Impairments(loss=0.05, duplicate=0.02, reorder=0.1, seed=seed))
+        shape = [len(core.decide(frame, 0.0)) for _ in range(20_000)]
+        assert all(len(core.decide(arp, 0.0)) == 1 for _ in range(1000))  # ARP is spared
+        return shape, Counter(core.counters)
+
+    first, counters = run(5)
+    again, _ = run(5)
+    other, _ = run(6)
+    assert first == again and first != other
+    assert 800 <= counters["dropped"] <= 1200
+    assert 250 <= counters["duplicated"] <= 500
+    assert 1700 <= counters["reordered"] <= 2100
+
+
+@pytest.fixture
+def path() -> Iterator[RelayedPath]:
+    if not have_root():
+        pytest.fail("this test needs root and /dev/net/tun (it is marked root; CI runs as root)")
+    with relayed_path(unique_suffix()) as relayed:
+        server = start_echo_server(relayed)
+        try:
+            yield relayed
+        finally:
+            server.kill()
+            server.wait()
+
+
+def _looming_echo(path: RelayedPath, size: int):  # type: ignore[no-untyped-def]
+    async def body():  # type: ignore[no-untyped-def]
+        stack = await open_looming(path)
+        try:
+            return await asyncio.wait_for(looming_echo(stack, path, size), 120)
+        finally:
+            await stack.disconnect()
+
+    return asyncio.run(body())
+
+
+@pytest.mark.root
+def test_ten_megabytes_at_three_percent_loss_recover_without_timeouts(path: RelayedPath) -> None:
+    path.impair(Impairments(loss=0.03, seed=3))
+    reference = linux_echo(path, TEN_MB)
+    assert reference.intact
+    path.impair(Impairments(loss=0.03, seed=3))
+    result = _looming_echo(path, TEN_MB)
+    relay = path.counters()
+    assert result.intact
+    assert relay["dropped"] > 300  # the loss really happened (about 3% of 17,000 frames)
+    counters = result.counters
+    assert counters["retransmits"] > 100
+    assert counters["fast_retransmits"] > 50
+    # Recovery by RACK and fast retransmit, not by waiting for the timer.
+    assert counters["timeouts"] * 10 <= counters["fast_retransmits"]
+    assert counters["segments_deemed_lost"] >= counters["retransmits"] // 2
+
+
+@pytest.mark.root
+def test_reordering_and_duplicates_are_told_apart_from_loss(path: RelayedPath) -> None:
+    path.impair(Impairments(reorder=0.03, reorder_ms=3, duplicate=0.02, seed=8))
+    result = _looming_echo(path, 4_000_000)
+    assert result.intact
+    counters = result.counters
+    # Linux reports the duplicated segments (D-SACK) ...
+    assert counters["dsacks_received"] > 10
+    # ... so the recoveries that reordering (3 ms, beyond RACK's window of
+    # at most one SRTT) set off are found spurious and undone.
+    assert counters["timeouts"] <= 2
+    undone = counters["spurious_recoveries_undone"] + counters["spurious_timeouts_undone"]
+    assert counters["fast_retransmits"] > 0
+    assert undone * 2 >= counters["fast_retransmits"]
