@@ -139,7 +139,7 @@ def test_bad_usage_exits_2(pki: Pki) -> None:
             ]
         )
     )
-    assert rc == 2 and "cannot load certificate" in err
+    assert rc == 2 and "cannot read /nonexistent.pem" in err
 
 
 def test_failed_handshake_exits_1(pki: Pki) -> None:

@@ -28,7 +28,10 @@ def test_https_website_serves_curl_and_python_ssl(tmp_path: Path) -> None:
     main_py = (app / "_build" / "unix" / "main.py").read_text()
     assert "tls_stack = await TlsStack.connect(stack, tls, random, clock" in main_py
     looming(app, "build")
-    with running(app, "--port", "0", ready=r"serving https://localhost:(\d+)") as (_, match):
+    with running(app, "--port", "0", ready=r"serving https://(?:localhost|127\.0\.0\.1):(\d+)") as (
+        _,
+        match,
+    ):
         port = match.group(1)
         curl = subprocess.run(
             [

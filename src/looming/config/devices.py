@@ -151,6 +151,9 @@ def tls(
     private_key: str = "server.key",
     ca: str = "ca.pem",
     alpn: tuple[str, ...] = (),
+    client_ca: str = "client-ca.pem",
+    client_auth: str = "none",
+    require_ems: bool = True,
 ) -> Device:
     """TLS over ``stack``: a stack whose TCP connections are TLS 1.3/1.2.
 
@@ -159,6 +162,11 @@ def tls(
     certificates a client trusts (``ca``; the system's when absent)::
 
         secure = tls(stack(default_network()), kv_ro("tls"))
+
+    ``client_auth`` ("none", "optional" or "required") asks clients for a
+    certificate issued by a CA in ``client_ca``; ``require_ems=False`` lets
+    TLS 1.2 peers without the extended master secret in (with a warning).
+    Both are also keys of the unikernel: ``--tls-client-auth``, ``--tls-require-ems``.
     """
     where = caller_location()
     if not isinstance(stack, Device) or stack.kind not in ("stack", "tls"):
@@ -172,6 +180,12 @@ def tls(
         raise fail(
             f"tls(): alpn must be a tuple of protocol names such as ('http/1.1',), not {alpn!r}"
         )
+    if client_auth not in ("none", "optional", "required"):
+        raise fail(
+            f"tls(): client_auth must be 'none', 'optional' or 'required', not {client_auth!r}"
+        )
+    if not isinstance(client_ca, str) or not client_ca or not isinstance(require_ems, bool):
+        raise fail("tls(): client_ca must be a key name in the store, require_ems True or False")
     randomness = device("random", where=where)
     clock_dev = device("clock", where=where)
     return device(
@@ -183,6 +197,9 @@ def tls(
         private_key=private_key,
         ca=ca,
         alpn=tuple(alpn),
+        client_ca=client_ca,
+        client_auth=client_auth,
+        require_ems=require_ems,
     )
 
 
@@ -195,8 +212,25 @@ def _tls_impl(dev: Device) -> Impl:
             ("private_key", repr(dev.setting("private_key"))),
             ("ca", repr(dev.setting("ca"))),
             ("alpn", repr(dev.setting("alpn"))),
+            ("client_ca", repr(dev.setting("client_ca"))),
+            ("client_auth", "keys.tls_client_auth"),
+            ("require_ems", "keys.tls_require_ems"),
         ],
         awaited=True,
+        keys=[
+            KeyDecl(
+                "tls_client_auth",
+                "str",
+                dev.setting("client_auth"),
+                "client certificates: none, optional or required",
+            ),
+            KeyDecl(
+                "tls_require_ems",
+                "bool",
+                dev.setting("require_ems"),
+                "refuse TLS 1.2 peers without the extended master secret",
+            ),
+        ],
         summary="TLS 1.3/1.2 on TCP",
     )
 

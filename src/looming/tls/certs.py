@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.general_name import DNSName, IPAddress
@@ -55,14 +54,17 @@ class CertifiedKey:
     def from_pem_files(
         cls, cert_path: str | Path, key_path: str | Path, password: bytes | None = None
     ) -> CertifiedKey:
+        """Load without the start-up checks of :func:`looming.tls.keyload.load_identity_files`."""
+        from .keyload import load_chain, load_private_key
+
         try:
-            chain = x509.load_pem_x509_certificates(Path(cert_path).read_bytes())
-            key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password)
-        except (OSError, ValueError) as exc:
+            cert_data, key_data = Path(cert_path).read_bytes(), Path(key_path).read_bytes()
+        except OSError as exc:
             raise UsageError(
                 f"cannot load certificate {cert_path} / key {key_path}: {exc}"
             ) from exc
-        return cls(chain, key)  # type: ignore[arg-type]  # any signing key type; rejected at use if unsupported
+        chain = load_chain(cert_data, str(cert_path))
+        return cls(chain, load_private_key(key_data, password, str(key_path)))
 
     @property
     def pss_only(self) -> bool:

@@ -1,7 +1,10 @@
 """``looming tls serve|connect``: looming's TLS from the shell, like s_server/s_client.
 
-    looming tls serve --cert C --key K --port P [--echo | --http] [--alpn A]... [--client-ca CA]
+    looming tls serve --cert C --key K [--cert C2 --key K2]... --port P [--echo | --http]
+                      [--alpn A]... [--client-ca CA [--client-auth optional]]
+                      [--key-password-file F] [--no-require-ems] [--keylog F]
     looming tls connect HOST:PORT [--servername N] [--ca CA | --insecure] [--alpn A]...
+                      [--cert C --key K] [--resume SESSION_FILE [--early-data]]
 
 ``serve`` prints ``listening on HOST:PORT`` once it accepts connections, so
 external test suites can be pointed at it; each connection is echoed
@@ -11,12 +14,22 @@ standard output until it closes; the negotiated version, suite, ALPN protocol
 and the server's certificate subject go to standard error. Bad arguments exit
 with code 2 and a message; a failed handshake or connection exits with code 1.
 ``python -m looming.tls`` is the same command.
+
+Certificates and keys are checked before anything listens or connects (see
+:mod:`looming.tls.keyload`): a key that does not match its certificate, an
+expired certificate or a key no handshake can use exits with code 2 and the
+reason. Several ``--cert``/``--key`` pairs are chosen between per connection
+by the client's server name and signature algorithms (an RSA and an ECDSA
+certificate side by side, as nginx does). An encrypted key's passphrase comes
+from ``--key-password-file`` or ``$LOOMING_TLS_KEY_PASSWORD``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +40,9 @@ from .config import TlsConfig
 from .constants import TLS12, TLS13, CipherSuite
 from .errors import TlsError
 from .flow import TlsFlow, open_connection, start_server
+from .keyload import KEY_PASSWORD_ENV, load_identity_files, read_key_password
+from .keylog import KeyLogFile
+from .session_file import read_session_file, write_session_file
 
 PROG = "looming tls"
 HTTP_BODY = b"hello from looming over TLS\n"
@@ -60,8 +76,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Accept TLS 1.3 and 1.2 connections on a TCP port. Prints "
         "'listening on HOST:PORT' when ready.",
     )
-    serve.add_argument("--cert", required=True, help="PEM certificate chain, leaf first")
-    serve.add_argument("--key", required=True, help="PEM private key of the leaf")
+    serve.add_argument(
+        "--cert",
+        required=True,
+        action="append",
+        help="PEM certificate chain, leaf first (repeatable, each with its --key)",
+    )
+    serve.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        help="private key of the leaf: PEM or DER, PKCS#8 or traditional, encrypted or not",
+    )
     serve.add_argument("--port", type=_port, default=4433, help="TCP port (default 4433)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     mode = serve.add_mutually_exclusive_group()
@@ -77,7 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ALPN protocol to accept, in order of preference (repeatable)",
     )
     serve.add_argument(
-        "--client-ca", help="require client certificates issued by a CA in this PEM file"
+        "--client-ca", help="ask for client certificates issued by a CA in this PEM file"
+    )
+    serve.add_argument(
+        "--client-auth",
+        choices=["required", "optional"],
+        default="required",
+        help="with --client-ca: refuse clients without a certificate (required, the "
+        "default) or accept them too (optional)",
     )
     serve.add_argument(
         "--max-early-data", type=int, default=0, help="accept this many bytes of 0-RTT data"
@@ -107,6 +140,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     connect.add_argument(
         "--tls", choices=["1.2", "1.3", "any"], default="any", help="versions (default any)"
     )
+    connect.add_argument("--cert", help="client certificate chain, PEM, leaf first")
+    connect.add_argument("--key", help="private key of the client certificate")
+    connect.add_argument(
+        "--resume",
+        metavar="SESSION_FILE",
+        help="resume the session saved in this file if there is one, and save the "
+        "newest session the server sends to it",
+    )
+    connect.add_argument(
+        "--early-data",
+        action="store_true",
+        help="with --resume: send standard input as 0-RTT early data when the saved "
+        "session allows it (it may be replayed; only for idempotent requests)",
+    )
+    for sub in (serve, connect):
+        _add_common_arguments(sub)
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key-password-file",
+        help=f"file whose first line is the key's passphrase (else ${KEY_PASSWORD_ENV})",
+    )
+    parser.add_argument(
+        "--no-require-ems",
+        action="store_true",
+        help="accept TLS 1.2 peers without the extended master secret (RFC 7627); "
+        "insecure, logged as a warning on each such connection",
+    )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append the session keys to FILE in the SSLKEYLOGFILE format (for "
+        "Wireshark); whoever reads it can decrypt the traffic",
+    )
 
 
 async def _answer_http(flow: TlsFlow) -> None:
@@ -135,15 +203,51 @@ async def _answer_http(flow: TlsFlow) -> None:
             return
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    config = TlsConfig(
-        certificates=[CertifiedKey.from_pem_files(args.cert, args.key)],
-        alpn_protocols=list(args.alpn),
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _identities(args: argparse.Namespace) -> list[CertifiedKey]:
+    """The --cert/--key pairs, loaded and checked."""
+    certs = args.cert if isinstance(args.cert, list) else [args.cert] if args.cert else []
+    keys = args.key if isinstance(args.key, list) else [args.key] if args.key else []
+    if len(certs) != len(keys):
+        raise UsageError(
+            f"{len(certs)} --cert but {len(keys)} --key: give each certificate its key, in order"
+        )
+    password = read_key_password(args.key_password_file)
+    return [
+        load_identity_files(cert, key, password=password, now=_now())
+        for cert, key in zip(certs, keys, strict=True)
+    ]
+
+
+def _common_settings(args: argparse.Namespace) -> dict[str, object]:
+    settings: dict[str, object] = {
+        "alpn_protocols": list(args.alpn),
+        "versions": _versions(args.tls),
+        "require_extended_master_secret": not args.no_require_ems,
+    }
+    if args.keylog:
+        settings["key_log"] = KeyLogFile(args.keylog)
+    return settings
+
+
+def server_config(args: argparse.Namespace) -> TlsConfig:
+    """The TlsConfig ``tls serve`` runs with."""
+    if args.client_auth == "optional" and not args.client_ca:
+        raise UsageError("--client-auth optional needs --client-ca (the CAs to validate against)")
+    return TlsConfig(
+        certificates=_identities(args),
         client_trust=TrustStore.from_pem_file(args.client_ca) if args.client_ca else None,
-        require_client_certificate=bool(args.client_ca),
-        versions=_versions(args.tls),
+        require_client_certificate=bool(args.client_ca) and args.client_auth == "required",
         max_early_data=args.max_early_data,
+        **_common_settings(args),  # type: ignore[arg-type]
     )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    config = server_config(args)
 
     async def handle(flow: TlsFlow) -> None:
         if args.http:
@@ -186,22 +290,28 @@ async def _connect(args: argparse.Namespace) -> int:
     host = host.removeprefix("[").removesuffix("]")
     if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
         raise UsageError(f"expected HOST:PORT, got {args.address!r}")
-    if args.insecure and args.ca:
-        raise UsageError("--insecure and --ca contradict each other; give one")
-    trust = TrustStore.from_pem_file(args.ca) if args.ca else None
-    config = TlsConfig(
-        trust=trust,
-        verify_peer=not args.insecure,
-        alpn_protocols=list(args.alpn),
-        versions=_versions(args.tls),
+    config = client_config(args)
+    session = read_session_file(args.resume) if args.resume else None
+    # Early data must be known before the ClientHello; otherwise read stdin once connected.
+    early_possible = args.early_data and session is not None and session.max_early_data > 0
+    data = await asyncio.to_thread(sys.stdin.buffer.read) if early_possible else b""
+    early = data
+    flow = await open_connection(
+        host,
+        int(port_text),
+        config,
+        server_name=args.servername or host,
+        session=session,
+        early_data=early,
     )
-    if trust is None and not args.insecure:
-        config.trust = TrustStore.system()
-    flow = await open_connection(host, int(port_text), config, server_name=args.servername or host)
     print(describe_connection(flow), file=sys.stderr, flush=True)
+    if early:
+        accepted = flow.connection.early_data_accepted
+        print(f"early data {'accepted' if accepted else 'rejected, resent'}", file=sys.stderr)
     try:
-        data = await asyncio.to_thread(sys.stdin.buffer.read)
-        if data:
+        if not early_possible:
+            data = await asyncio.to_thread(sys.stdin.buffer.read)
+        if data and not early:
             await flow.write(data)
         await flow.shutdown()
         while chunk := await flow.read():
@@ -209,11 +319,35 @@ async def _connect(args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
     finally:
         await flow.close()
+        if args.resume and flow.sessions:
+            write_session_file(args.resume, flow.sessions[-1])
     return 0
+
+
+def client_config(args: argparse.Namespace) -> TlsConfig:
+    """The TlsConfig ``tls connect`` runs with."""
+    if args.insecure and args.ca:
+        raise UsageError("--insecure and --ca contradict each other; give one")
+    if bool(args.cert) != bool(args.key):
+        raise UsageError("--cert and --key go together: give both or neither")
+    if args.early_data and not args.resume:
+        raise UsageError("--early-data needs --resume SESSION_FILE (0-RTT needs a session)")
+    trust = TrustStore.from_pem_file(args.ca) if args.ca else None
+    if trust is None and not args.insecure:
+        trust = TrustStore.system()
+    return TlsConfig(
+        trust=trust,
+        verify_peer=not args.insecure,
+        certificates=_identities(args),
+        enable_early_data=args.early_data,
+        **_common_settings(args),  # type: ignore[arg-type]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand ``add_arguments`` parsed; the process exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     try:
         return asyncio.run(_serve(args) if args.tls_command == "serve" else _connect(args))
     except UsageError as exc:

@@ -80,6 +80,7 @@ class ClientHandshake:
     def start(self) -> None:
         rand = self.config.random
         self.random = rand.bytes(32)
+        self.conn.client_random = self.random
         compatible = self.config.middlebox_compatibility or TLS12 in self.config.versions
         self.session_id = rand.bytes(32) if compatible else b""
         session = self._usable_session()
@@ -301,7 +302,7 @@ class ClientHandshake:
         conn.transcript.set_hash(suite.hash_name)
         conn.transcript.add(raw)
         if psk is None or self.schedule is None or self.schedule.hash_name != suite.hash_name:
-            self.schedule = KeySchedule13(suite.hash_name, psk)
+            self.schedule = self.conn.key_schedule(suite.hash_name, psk)
         schedule = self.schedule
         # psk_ke: no (EC)DHE, so the handshake secret is extracted from zeros.
         schedule.enter_handshake(

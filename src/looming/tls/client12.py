@@ -77,11 +77,7 @@ class Client12:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
             )
-        if X.EXTENDED_MASTER_SECRET not in exts and self.config.require_extended_master_secret:
-            raise TlsProtocolError(
-                AlertDescription.HANDSHAKE_FAILURE,
-                "server does not support the extended master secret (RFC 7627)",
-            )
+        tls12.check_extended_master_secret(self.config, X.EXTENDED_MASTER_SECRET in exts, "server")
         if X.ALPN in exts:
             chosen = m.parse_alpn(exts[X.ALPN])
             if len(chosen) != 1 or chosen[0] not in self.config.alpn_protocols:

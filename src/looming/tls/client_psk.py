@@ -15,7 +15,7 @@ from .constants import (
     plain_values,
 )
 from .errors import TlsProtocolError
-from .keyschedule import KeySchedule13, resumption_psk
+from .keyschedule import resumption_psk
 from .session import Session
 from .suites import SUITES
 from .wire import Reader, extension, parse_extensions, u8, u32, vec8, vec16
@@ -49,7 +49,7 @@ def send_with_psk(hs: ClientHandshake, head: bytes, exts: list[bytes], session: 
             raise UsageError("handshake_rewriter must keep the PSK binders last and unchanged")
     message = u8(H.CLIENT_HELLO) + len(body).to_bytes(3, "big") + body
     truncated = message[: len(message) - len(binders)]
-    hs.schedule = KeySchedule13(suite.hash_name, session.secret)
+    hs.schedule = hs.conn.key_schedule(suite.hash_name, session.secret)
     binder = hs.schedule.finished_mac(
         hs.schedule.binder_key(), hs.conn.transcript.digest_with(suite.hash_name, truncated)
     )

@@ -78,7 +78,12 @@ class TlsConfig:
     psk_key_exchange_modes: Sequence[int] = (PskKeyExchangeMode.PSK_DHE_KE,)
     # Send a KeyUpdate after this many records under one key (None: the AEAD's limit).
     key_update_after_records: int | None = None
+    # TLS 1.2 without RFC 7627's extended master secret is refused unless this is
+    # False (a warning is logged for each such connection): without it a
+    # man-in-the-middle can synchronise two sessions' keys (the triple handshake).
     require_extended_master_secret: bool = True
+    # Opt-in key log (see looming.tls.keylog): given each NSS key log line.
+    key_log: Callable[[str], None] | None = None
     # RFC 8446 appendix D.4: a client offering TLS 1.3 sends a random 32-byte
     # legacy_session_id, so the server answers with a change_cipher_spec and
     # middleboxes see what looks like a resumed TLS 1.2 session. False sends an

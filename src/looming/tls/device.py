@@ -12,20 +12,27 @@ HTTPS without a line of TLS code.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from ipaddress import IPv4Address, IPv4Interface
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from looming.devices import Clock, KvRo, Listener, Random, Stack, Tcp, TcpFlow, Udp
 from looming.devices.stack import TcpHandler
-from looming.errors import ConnectionTimeout, DeviceError, KeyNotFound, NetworkError
+from looming.errors import (
+    ConnectionTimeout,
+    DeviceError,
+    KeyNotFound,
+    NetworkError,
+    UsageError,
+)
 
 from .certs import CertifiedKey, TrustStore
 from .config import TlsConfig
 from .engine import TlsConnection
 from .flow import TlsFlow
+from .keyload import load_identity, read_key_password
 
 # A handshake that fails for any network or TLS reason ends that connection only.
 HANDSHAKE_FAILURES = (NetworkError, OSError)
@@ -132,18 +139,44 @@ class TlsStack:
         private_key: str = "server.key",
         ca: str = "ca.pem",
         alpn: tuple[str, ...] = (),
+        client_ca: str = "client-ca.pem",
+        client_auth: str = "none",
+        require_ems: bool = True,
     ) -> TlsStack:
-        server_identity = await _load_identity(store, certificate, private_key)
+        """Load and check the identity and trust anchors; refuse what cannot work.
+
+        An unusable key or certificate (mismatched, expired, encrypted without
+        ``$LOOMING_TLS_KEY_PASSWORD``) stops start-up with the reason
+        (:class:`looming.errors.UsageError`, exit code 2).
+        """
+        now = datetime.datetime.fromtimestamp(clock.now(), datetime.UTC)
+        server_identity = await _load_identity(store, certificate, private_key, now)
         trust = await _load_trust(store, ca)
-        protocols = [p.encode() for p in alpn]
-        server = (
-            TlsConfig(
-                certificates=[server_identity], alpn_protocols=protocols, random=random, clock=clock
+        if not require_ems:
+            log.warning(
+                "tls: TLS 1.2 peers without the extended master secret are accepted "
+                "(require_ems is off): such sessions are open to the triple handshake attack"
             )
-            if server_identity is not None
-            else None
+        protocols = [p.encode() for p in alpn]
+        server = None
+        if server_identity is not None:
+            client_trust, required = await _client_auth(store, client_ca, client_auth)
+            server = TlsConfig(
+                certificates=[server_identity],
+                client_trust=client_trust,
+                require_client_certificate=required,
+                alpn_protocols=protocols,
+                require_extended_master_secret=require_ems,
+                random=random,
+                clock=clock,
+            )
+        client = TlsConfig(
+            trust=trust,
+            alpn_protocols=protocols,
+            require_extended_master_secret=require_ems,
+            random=random,
+            clock=clock,
         )
-        client = TlsConfig(trust=trust, alpn_protocols=protocols, random=random, clock=clock)
         return cls(stack, TlsTcp(stack.tcp, server, client))
 
     @property
@@ -168,7 +201,9 @@ async def _maybe_get(store: KvRo, key: str) -> bytes | None:
         return None
 
 
-async def _load_identity(store: KvRo, certificate: str, private_key: str) -> CertifiedKey | None:
+async def _load_identity(
+    store: KvRo, certificate: str, private_key: str, now: datetime.datetime
+) -> CertifiedKey | None:
     cert_pem = await _maybe_get(store, certificate)
     key_pem = await _maybe_get(store, private_key)
     if cert_pem is None and key_pem is None:
@@ -177,11 +212,34 @@ async def _load_identity(store: KvRo, certificate: str, private_key: str) -> Cer
         missing = certificate if cert_pem is None else private_key
         raise DeviceError(f"tls: {missing!r} is missing from the store; give both or neither")
     try:
-        chain = x509.load_pem_x509_certificates(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, None)
+        return load_identity(
+            cert_pem,
+            key_pem,
+            password=read_key_password(None),
+            now=now,
+            cert_name=repr(certificate),
+            key_name=repr(private_key),
+        )
+    except UsageError as exc:
+        raise UsageError(f"tls: {exc}") from None
+
+
+async def _client_auth(store: KvRo, client_ca: str, mode: str) -> tuple[TrustStore | None, bool]:
+    """The CAs client certificates must chain to, and whether one is required."""
+    if mode == "none":
+        return None, False
+    if mode not in ("optional", "required"):
+        raise UsageError(f"tls: client auth must be none, optional or required, not {mode!r}")
+    pem = await _maybe_get(store, client_ca)
+    if pem is None:
+        raise UsageError(
+            f"tls: client auth is {mode} but {client_ca!r} (the client CAs) is not in the store"
+        )
+    try:
+        trust = TrustStore(x509.load_pem_x509_certificates(pem))
     except ValueError as exc:
-        raise DeviceError(f"tls: cannot load {certificate!r} / {private_key!r}: {exc}") from None
-    return CertifiedKey(chain, key)  # type: ignore[arg-type]  # unsupported key types fail at use
+        raise UsageError(f"tls: cannot load client CA certificates {client_ca!r}: {exc}") from None
+    return trust, mode == "required"
 
 
 async def _load_trust(store: KvRo, ca: str) -> TrustStore:

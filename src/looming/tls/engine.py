@@ -28,7 +28,8 @@ from .constants import (
 )
 from .errors import TlsAlertReceived, TlsClosed, TlsError, TlsProtocolError
 from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpdated
-from .keyschedule import Transcript, exporter13, next_traffic_secret
+from .keylog import LABELS_13, key_log_line
+from .keyschedule import KeySchedule13, Transcript, exporter13, next_traffic_secret
 from .record import Protection, RecordLayer
 from .server import ServerHandshake
 from .session import Session
@@ -89,6 +90,8 @@ class TlsConnection:
         self._exporter_source: tuple[bytes, bytes] | None = None
         self.master_secret12 = b""
         self.exporter_randoms = b""
+        # The ClientHello's random: names this connection's lines in the key log.
+        self.client_random = b""
         self.receiving_early_data = False
         self._early_bytes = 0
         self._hs_buffer = bytearray()
@@ -168,6 +171,7 @@ class TlsConnection:
             self._exporter_secret = derive_secret(
                 self.suite.hash_name, master_secret, b"exp master", transcript_hash
             )
+            self._log_secret13(b"exp master", self._exporter_secret)
             self._exporter_source = None
         return self._exporter_secret
 
@@ -185,6 +189,22 @@ class TlsConnection:
         return self._failed is not None or (self._sent_close and self._closed_by_peer)
 
     # --- used by the handshake modules ----------------------------------------
+
+    def key_schedule(self, hash_name: str, psk: bytes | None = None) -> KeySchedule13:
+        """A TLS 1.3 key schedule for this connection, its secrets key-logged when asked."""
+        schedule = KeySchedule13(hash_name, psk)
+        if self.config.key_log is not None:
+            schedule.observer = self._log_secret13
+        return schedule
+
+    def _log_secret13(self, label: bytes, secret: bytes) -> None:
+        name = LABELS_13.get(label)
+        if name is not None and self.config.key_log is not None:
+            self.config.key_log(key_log_line(name, self.client_random, secret))
+
+    def log_master_secret12(self, client_random: bytes, master_secret: bytes) -> None:
+        if self.config.key_log is not None:
+            self.config.key_log(key_log_line("CLIENT_RANDOM", client_random, master_secret))
 
     def send_handshake(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from .suites import (
     DIGEST_SIZE,
@@ -98,14 +99,20 @@ class KeySchedule13:
         # The TLS 1.3 hashes (SHA-256, SHA-384) take the one-call path in derive.
         self._fast = hash_name in DIGEST_SIZE
         self._empty_hash = empty_hash(hash_name)
+        # Given (label, secret) for every secret derived (the key log), when set.
+        self.observer: Callable[[bytes, bytes], None] | None = None
 
     def derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
         if self._fast and len(transcript_hash) < 256:
             hash_name = self.hash_name
             prefix = _DERIVE_PREFIX.get((hash_name, label)) or _derive_prefix(hash_name, label)
             info = prefix + bytes((len(transcript_hash),)) + transcript_hash + b"\x01"
-            return hmac_digest(secret, info, hash_name)
-        return derive_secret(self.hash_name, secret, label, transcript_hash)
+            derived = hmac_digest(secret, info, hash_name)
+        else:
+            derived = derive_secret(self.hash_name, secret, label, transcript_hash)
+        if self.observer is not None:
+            self.observer(label, derived)
+        return derived
 
     def binder_key(self, external: bool = False) -> bytes:
         label = b"ext binder" if external else b"res binder"

@@ -154,6 +154,7 @@ class ServerHandshake:
 
     def _client_hello(self, hello: ClientHello) -> None:
         retry = self.first_hello is not None
+        self.conn.client_random = hello.random
         version = TLS13 if retry else self._choose_version(hello)
         if retry and self._choose_version(hello) != TLS13:
             raise TlsProtocolError(
@@ -349,7 +350,7 @@ class ServerHandshake:
         schedule = (
             self.schedule
             if psk_selected is not None and self.schedule is not None
-            else KeySchedule13(suite.hash_name)
+            else conn.key_schedule(suite.hash_name)
         )
         self.schedule = schedule
         schedule.enter_handshake(shared_secret)

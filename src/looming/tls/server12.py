@@ -68,11 +68,7 @@ class Server12:
                 )
             secure_reneg = True
         ems = X.EXTENDED_MASTER_SECRET in exts
-        if not ems and config.require_extended_master_secret:
-            raise TlsProtocolError(
-                AlertDescription.HANDSHAKE_FAILURE,
-                "client does not support the extended master secret (RFC 7627)",
-            )
+        tls12.check_extended_master_secret(config, ems, "client")
         if X.EC_POINT_FORMATS in exts and 0 not in Reader(exts[X.EC_POINT_FORMATS]).vector(
             1, minimum=1
         ):

@@ -21,7 +21,7 @@ from .constants import (
     plain_values,
 )
 from .errors import TlsProtocolError
-from .keyschedule import KeySchedule13, resumption_psk
+from .keyschedule import resumption_psk
 from .session import TicketState
 from .suites import SUITES
 from .wire import Reader, extension, u8, u32, vec8, vec16
@@ -132,7 +132,7 @@ def try_psk(
     if now_ms - state.issued_ms > state.lifetime_s * 1000:
         return None
     truncated = hello.raw[: len(hello.raw) - 2 - len(binders_block)]
-    schedule = KeySchedule13(conn.suite.hash_name, state.secret)
+    schedule = conn.key_schedule(conn.suite.hash_name, state.secret)
     expected = schedule.finished_mac(
         schedule.binder_key(), conn.transcript.digest_with(conn.suite.hash_name, truncated)
     )

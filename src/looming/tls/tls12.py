@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .constants import AlertDescription, NamedGroup
@@ -11,7 +12,10 @@ from .suites import SuiteInfo, prf12
 from .wire import Reader, u8, u16, vec8
 
 if TYPE_CHECKING:
+    from .config import TlsConfig
     from .engine import TlsConnection
+
+log = logging.getLogger("looming.tls")
 
 # ECDHE for 1.2 uses the classical groups only.
 GROUPS12 = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
@@ -41,6 +45,7 @@ def install_keys(
     client_iv, server_iv = block[2 * k : 2 * k + iv_length], block[2 * k + iv_length :]
     conn.master_secret12 = master_secret
     conn.exporter_randoms = client_random + server_random
+    conn.log_master_secret12(client_random, master_secret)
     return Protection(suite, client_key, client_iv, tls13=False), Protection(
         suite, server_key, server_iv, tls13=False
     )
@@ -79,3 +84,22 @@ def parse_certificate_request12(body: bytes) -> list[int]:
     r.vector(2)  # acceptable CAs: we send our one configured chain regardless
     r.expect_end("CertificateRequest")
     return schemes
+
+
+def check_extended_master_secret(config: TlsConfig, offered: bool, peer: str) -> None:
+    """Refuse a TLS 1.2 peer without RFC 7627's extended master secret, unless
+    configured not to; then go on, with a warning in the log."""
+    if offered:
+        return
+    if config.require_extended_master_secret:
+        raise TlsProtocolError(
+            AlertDescription.HANDSHAKE_FAILURE,
+            f"{peer} does not support the extended master secret (RFC 7627); "
+            "require_extended_master_secret=False (--no-require-ems) allows it, insecurely",
+        )
+    log.warning(
+        "TLS 1.2 %s without the extended master secret (RFC 7627): accepted because "
+        "require_extended_master_secret is off; the session is open to the triple "
+        "handshake attack",
+        peer,
+    )
