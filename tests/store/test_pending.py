@@ -111,6 +111,7 @@ class PendingMerges(RuleBasedStateMachine):
         self.base: Content = {}
         self.pending: dict[str, Any] | None = None
         self.main_moved = False
+        self.writes = 0
 
     def teardown(self) -> None:
         self.repo.close()
@@ -123,11 +124,16 @@ class PendingMerges(RuleBasedStateMachine):
     )
     def write(self, branch: str, key: str, value: bytes | None) -> None:
         store = self.main if branch == "main" else self.feature
+        # Unique messages: the same change on both branches in the same
+        # second would otherwise be one commit (same tree, parent, message
+        # and time), which git rightly treats as already merged.
+        self.writes += 1
+        message = f"write {self.writes}"
         if value is None:
-            store.remove(key)
+            store.remove(key, message)
             self.model[branch].pop(key, None)
         else:
-            store.set(key, value)
+            store.set(key, value, message)
             self.model[branch][key] = value
         if branch == "main" and self.pending is not None:
             self.main_moved = True
