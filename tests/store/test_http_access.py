@@ -245,6 +245,9 @@ def test_push_to_checked_out_branch_is_refused_as_git_does(tmp_path: Path, git: 
             assert "branch is currently checked out" in refused
             assert snapshot(repo) == before
             git("push", "-q", url, "HEAD:other", cwd=work)  # another branch is fine
+            code, body = call(port, "PUT", "/api/main/set/a", b"3", basic())
+            assert code == 409 and b"checked out" in body
+            assert call(port, "PUT", "/api/other/set/a", b"3", basic())[0] == 200
         # git's own receive-pack refuses the same push the same way.
         refused = git_fails(git, "push", str(tmp_path / "site"), "HEAD:main", cwd=work)
         assert "branch is currently checked out" in refused

@@ -48,7 +48,12 @@ from looming.store.gitbackend import GitBackend
 from looming.store.githttp import BodyTooLarge, WsgiRun, git_app, plain_body, wsgi_environ
 from looming.store.names import check_branch, check_key
 from looming.store.path import show_path
-from looming.store.receive import Receiver, reclaim_quarantines
+from looming.store.receive import (
+    Receiver,
+    current_branch,
+    deny_current_branch,
+    reclaim_quarantines,
+)
 from looming.store.repo import Repo
 from looming.store.store import Store
 
@@ -157,6 +162,9 @@ class StoreHttp:
         except LoomingError as error:
             return _json(400, {"error": str(error)})
 
+    def _checked_out(self, branch: str) -> bool:
+        return branch == current_branch(self.repo) and deny_current_branch(self._git)
+
     def _require(self, client: Client, branch: str, permission: str) -> None:
         if not self.policy.allows(client, branch, permission):
             reason = self.policy.refusal(client, branch, permission)
@@ -216,6 +224,15 @@ class StoreHttp:
             )
         permission, method = route
         self._require(client, branch, permission)
+        if permission == "write" and self._checked_out(branch):
+            return _json(
+                409,
+                {
+                    "error": f"branch {branch!r} is checked out in this non-bare repository: "
+                    "a write here would not reach its work tree (git refuses pushes to it "
+                    "too; set receive.denyCurrentBranch=ignore in its config to allow them)"
+                },
+            )
         query = {name: values[0] for name, values in urllib.parse.parse_qs(request.query).items()}
         return await method(self, _Call(self.repo.store(branch), request, key, query, client))
 

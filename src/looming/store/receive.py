@@ -48,7 +48,7 @@ class ReceiveReport:
     updated: list[str] = field(default_factory=list)
 
 
-def _current_branch(repo: Repo) -> str | None:
+def current_branch(repo: Repo) -> str | None:
     """The branch checked out in a non-bare repository, else None."""
     backend = repo.backend
     assert isinstance(backend, GitBackend)
@@ -58,7 +58,7 @@ def _current_branch(repo: Repo) -> str | None:
     return target[len(HEADS) :] if target.startswith(HEADS) else None
 
 
-def _deny_current_branch(git: Any) -> bool:
+def deny_current_branch(git: Any) -> bool:
     try:
         value = git.get_config().get((b"receive",), b"denyCurrentBranch")
     except KeyError:
@@ -125,8 +125,8 @@ class Receiver:
         needed = "delete" if new == ZERO else "write"
         if not self.policy.allows(self.client, branch, needed):
             return self.policy.refusal(self.client, branch, needed)
-        current = _current_branch(self.repo)
-        if branch == current and _deny_current_branch(self.git):
+        current = current_branch(self.repo)
+        if branch == current and deny_current_branch(self.git):
             if new == ZERO:
                 return "deletion of the current branch prohibited"
             return "branch is currently checked out"
