@@ -53,6 +53,7 @@ class Client12:
         self.server_random = b""
         self.expect_ticket = False
         self.abbreviated = False
+        self.ems = True  # RFC 7627 negotiated (set from the ServerHello)
         self.server_group = 0
         self.server_public = b""
         self.requested_schemes: list[int] | None = None
@@ -77,7 +78,8 @@ class Client12:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
             )
-        tls12.check_extended_master_secret(self.config, X.EXTENDED_MASTER_SECRET in exts, "server")
+        self.ems = X.EXTENDED_MASTER_SECRET in exts
+        tls12.check_extended_master_secret(self.config, self.ems, "server")
         if X.ALPN in exts:
             chosen = m.parse_alpn(exts[X.ALPN])
             if len(chosen) != 1 or chosen[0] not in self.config.alpn_protocols:
@@ -206,7 +208,14 @@ class Client12:
         share = KeyShare(self.server_group, self.config.random)
         premaster = share.shared_secret(self.server_public)
         conn.send_handshake(H.CLIENT_KEY_EXCHANGE, vec8(share.public))
-        master = tls12.extended_master_secret(suite, premaster, conn.transcript.digest())
+        master = tls12.master_secret(
+            suite,
+            premaster,
+            self.ems,
+            conn.transcript.digest(),
+            self.hs.random,
+            self.server_random,
+        )
         client_write, self.server_write = tls12.install_keys(
             conn, master, self.hs.random, self.server_random
         )
@@ -233,7 +242,7 @@ class Client12:
             self._send_ccs_finished(self._client_write)
         self.state = "connected"
         self.hs.state = "connected12"
-        if self.ticket:
+        if self.ticket and self.ems:  # no resumption without EMS (RFC 7627 section 5.3)
             assert conn.suite is not None
             session = Session(
                 version=TLS12,

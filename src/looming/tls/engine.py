@@ -95,6 +95,7 @@ class TlsConnection:
         self.receiving_early_data = False
         self._early_bytes = 0
         self._hs_buffer = bytearray()
+        self._ccs_received = False
         self._closed_by_peer = False
         self._sent_close = False
         self._failed: TlsError | None = None
@@ -236,6 +237,10 @@ class TlsConnection:
             raise TlsProtocolError(
                 AlertDescription.UNEXPECTED_MESSAGE, "handshake message spans a key change"
             )
+        if self.records.read is None:
+            # The peer may not have its keys yet: it can still send a plaintext
+            # alert (say, refusing our ServerHello) until its first protected record.
+            self.records.plain_alerts_allowed = True
         self.records.read = Protection.from_traffic_secret13(self.suite, secret)
         self.read_secret = secret
 
@@ -310,11 +315,21 @@ class TlsConnection:
             elif content_type == _CT.ALERT:
                 self._on_alert(payload)
             else:
-                if payload != b"\x01":
-                    raise TlsProtocolError(
-                        AlertDescription.UNEXPECTED_MESSAGE, "malformed change_cipher_spec"
-                    )
-                self._handshake.handle_change_cipher_spec()
+                self._on_change_cipher_spec(payload)
+
+    def _on_change_cipher_spec(self, payload: bytes) -> None:
+        # One per connection in either version: TLS 1.2 has no renegotiation here,
+        # and TLS 1.3's compatibility CCS is sent once (RFC 8446 appendix D.4).
+        if payload != b"\x01":
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, "malformed change_cipher_spec"
+            )
+        if self._ccs_received:
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, "a second change_cipher_spec"
+            )
+        self._ccs_received = True
+        self._handshake.handle_change_cipher_spec()
 
     def _process_handshake_messages(self) -> None:
         while len(self._hs_buffer) >= 4:
@@ -405,6 +420,9 @@ class TlsConnection:
             self.events.append(ApplicationData(payload))
 
     def _on_alert(self, payload: bytes) -> None:
+        if not payload:
+            # RFC 8446 section 5.4 (and 5.1 for plaintext records).
+            raise TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, "empty alert record")
         if len(payload) != 2:
             raise TlsProtocolError(AlertDescription.DECODE_ERROR, "alert is not two bytes")
         level, description = payload

@@ -125,6 +125,11 @@ def check_certificate_verify(
 
 
 def check_finished(expected: bytes, received: bytes) -> None:
+    if len(received) != len(expected):
+        raise TlsProtocolError(
+            AlertDescription.DECODE_ERROR,
+            f"Finished is {len(received)} bytes, not {len(expected)}",
+        )
     if not hmac.compare_digest(expected, received):
         raise TlsProtocolError(
             AlertDescription.DECRYPT_ERROR, "Finished does not match the handshake"

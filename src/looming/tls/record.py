@@ -176,6 +176,9 @@ class RecordLayer:
         # The version field we put on plaintext records (0x0301 for a first ClientHello).
         self.plaintext_version = b"\x03\x03"
         self.padding_block = 0
+        # TLS 1.3: a plaintext alert is still taken after the first read key is set,
+        # until the first protected record arrives (the peer may lack the keys).
+        self.plain_alerts_allowed = False
 
     def feed(self, data: bytes) -> None:
         self._incoming += data
@@ -221,9 +224,17 @@ class RecordLayer:
                 self._compact()
                 return None
             self._pos = end
-            if protection is None or (protection.tls13 and content_type == _CT.CHANGE_CIPHER_SPEC):
+            if protection is None or (
+                protection.tls13
+                and (
+                    content_type == _CT.CHANGE_CIPHER_SPEC
+                    or (content_type == _CT.ALERT and self.plain_alerts_allowed)
+                )
+            ):
                 if length == 0 and content_type != _CT.APPLICATION_DATA:
-                    raise TlsProtocolError(AlertDescription.DECODE_ERROR, "empty plaintext record")
+                    raise TlsProtocolError(
+                        AlertDescription.UNEXPECTED_MESSAGE, "empty plaintext record"
+                    )
                 if self.skip_early_data and content_type == _CT.APPLICATION_DATA:
                     self._skip(length)
                     continue
@@ -247,6 +258,7 @@ class RecordLayer:
                 continue
             if self.skip_early_data:
                 self.skip_early_data = 0
+            self.plain_alerts_allowed = False
             inner_type, plaintext = opened
             if len(plaintext) > self.receive_plaintext_limit:
                 raise TlsProtocolError(

@@ -155,10 +155,14 @@ class ServerHandshake:
     def _client_hello(self, hello: ClientHello) -> None:
         retry = self.first_hello is not None
         self.conn.client_random = hello.random
+        check_hello_edges(hello)
         version = TLS13 if retry else self._choose_version(hello)
-        if retry and self._choose_version(hello) != TLS13:
+        if retry:
+            self._check_second_hello(hello)
+        elif FALLBACK_SCSV in hello.cipher_suites and version < max(self.config.versions):
             raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the version"
+                AlertDescription.INAPPROPRIATE_FALLBACK,
+                "client fell back to an older version than both support (RFC 7507)",
             )
         if 0 not in hello.compression:
             raise TlsProtocolError(
@@ -182,6 +186,22 @@ class ServerHandshake:
             self.v12.client_hello(hello)
             return
         self._client_hello13(hello, retry)
+
+    def _check_second_hello(self, hello: ClientHello) -> None:
+        """RFC 8446 section 4.1.2 and 4.2.10: what a ClientHello after HelloRetryRequest
+        must not change or add."""
+        if self._choose_version(hello) != TLS13:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the version"
+            )
+        if X.EARLY_DATA in hello.extensions:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                "second ClientHello offers early data (not allowed after HelloRetryRequest)",
+            )
+        # Early data sent before the retry has been skipped; anything undecryptable
+        # from now on is an error, not more early data.
+        self.conn.records.skip_early_data = 0
 
     def _choose_alpn(self, hello: ClientHello) -> bytes | None:
         if X.ALPN not in hello.extensions or not self.config.alpn_protocols:
@@ -319,6 +339,8 @@ class ServerHandshake:
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION, "ClientHello without signature_algorithms"
             )
+        # Chosen before ServerHello: when nothing fits, the alert comes at once.
+        identity = self.choose_certificate(tls13=True) if psk_selected is None else None
         transcript.add(hello.raw)
         early_accepted = False
         if X.EARLY_DATA in exts:
@@ -376,7 +398,8 @@ class ServerHandshake:
                 self.requested_client_cert = True
                 cr_exts = extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes))
                 conn.send_handshake(H.CERTIFICATE_REQUEST, vec8(b"") + vec16(cr_exts))
-            certified, scheme = self.choose_certificate(tls13=True)
+            assert identity is not None
+            certified, scheme = identity
             conn.send_handshake(H.CERTIFICATE, m.certificate13(b"", certified.chain_der))
             content = m.cv_content(m.CV_SERVER, transcript.digest())
             conn.send_handshake(
@@ -506,6 +529,20 @@ class ServerHandshake:
                 early_data_accepted=conn.early_data_accepted,
                 peer_certificates=list(conn.peer_certificates),
             )
+        )
+
+
+# RFC 7507: a client retrying with a lower version than it would like says so.
+FALLBACK_SCSV = 0x5600
+
+
+def check_hello_edges(hello: ClientHello) -> None:
+    """Refuse what no version we speak allows in a ClientHello."""
+    if hello.legacy_version <= 0x0300:
+        # RFC 8446 appendix D.5: SSL 3.0 and older are refused outright.
+        raise TlsProtocolError(
+            AlertDescription.PROTOCOL_VERSION,
+            f"ClientHello legacy_version {hello.legacy_version:#06x} is SSL 3.0 or older",
         )
 
 

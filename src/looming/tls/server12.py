@@ -54,6 +54,7 @@ class Server12:
         self.client_write: Protection | None = None
         self.server_write: Protection | None = None
         self.abbreviated = False
+        self.ems = True  # RFC 7627 negotiated (set from the ClientHello)
 
     def client_hello(self, hello: ClientHello) -> None:
         conn = self.conn
@@ -67,7 +68,7 @@ class Server12:
                     AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
                 )
             secure_reneg = True
-        ems = X.EXTENDED_MASTER_SECRET in exts
+        ems = self.ems = X.EXTENDED_MASTER_SECRET in exts
         tls12.check_extended_master_secret(config, ems, "client")
         if X.EC_POINT_FORMATS in exts and 0 not in Reader(exts[X.EC_POINT_FORMATS]).vector(
             1, minimum=1
@@ -92,7 +93,7 @@ class Server12:
         conn.alpn_protocol = alpn
         # Resumption by ticket (RFC 5077).
         state = None
-        if X.SESSION_TICKET in exts and exts[X.SESSION_TICKET] and config.ticket_keys is not None:
+        if ems and X.SESSION_TICKET in exts and exts[X.SESSION_TICKET] and config.ticket_keys:
             state = config.ticket_keys.open(exts[X.SESSION_TICKET])
             now_ms = config.clock.now_ns() // 1_000_000
             if state is not None and (
@@ -102,7 +103,8 @@ class Server12:
                 or now_ms - state.issued_ms > state.lifetime_s * 1000
             ):
                 state = None
-        self.issue_ticket = X.SESSION_TICKET in exts and config.session_tickets > 0
+        # Tickets only for EMS sessions: they carry no EMS flag (RFC 7627 section 5.3).
+        self.issue_ticket = ems and X.SESSION_TICKET in exts and config.session_tickets > 0
         if state is not None:
             suite_id = state.cipher_suite
             certified: CertifiedKey | None = None
@@ -237,7 +239,14 @@ class Server12:
         r.expect_end("ClientKeyExchange")
         premaster = self.share.shared_secret(public)
         conn.transcript.add(raw)
-        master = tls12.extended_master_secret(conn.suite, premaster, conn.transcript.digest())
+        master = tls12.master_secret(
+            conn.suite,
+            premaster,
+            self.ems,
+            conn.transcript.digest(),
+            self.client_random,
+            self.server_random,
+        )
         self.client_write, self.server_write = tls12.install_keys(
             conn, master, self.client_random, self.server_random
         )

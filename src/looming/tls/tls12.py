@@ -26,6 +26,20 @@ def extended_master_secret(suite: SuiteInfo, premaster: bytes, session_hash: byt
     return prf12(suite.hash_name, premaster, b"extended master secret", session_hash, 48)
 
 
+def master_secret(
+    suite: SuiteInfo,
+    premaster: bytes,
+    ems: bool,
+    session_hash: bytes,
+    client_random: bytes,
+    server_random: bytes,
+) -> bytes:
+    """RFC 7627's extended master secret, or RFC 5246 section 8.1's when not negotiated."""
+    if ems:
+        return extended_master_secret(suite, premaster, session_hash)
+    return prf12(suite.hash_name, premaster, b"master secret", client_random + server_random, 48)
+
+
 def install_keys(
     conn: TlsConnection, master_secret: bytes, client_random: bytes, server_random: bytes
 ) -> tuple[Protection, Protection]:
