@@ -190,6 +190,8 @@ def test_serve_without_credentials_says_how_to_enable_writes(tmp_path: Path) -> 
     [
         (["serve", "--token-file", "/nonexistent/token"], "cannot read token file"),
         (["serve", "--cert", "c.pem"], "both --cert and --key"),
+        (["serve", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"], "cannot use"),
+        (["serve", "--token-file", "/nonexistent/t", "--access", "/x.toml"], "cannot read"),
         (["serve", "--max-body-bytes", "0"], "positive"),
         (["merge"], "say what to merge"),
         (["merge", "x", "--abort"], "take no branch"),
