@@ -224,3 +224,18 @@ def test_fetch_skips_branch_names_git_refuses(
     assert "skipped '-dash'" in err and "skipped 'HEAD'" in err
     refs = git("for-each-ref", "--format=%(refname)", cwd=repo).split()
     assert refs == ["refs/remotes/origin/main"]
+
+
+def test_a_directory_side_can_be_chosen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = str(tmp_path / "r.git")
+    run(capsys, "init", repo)
+    run(capsys, "-C", repo, "set", "seed", "s")
+    run(capsys, "-C", repo, "branch", "feature")
+    run(capsys, "-C", repo, "set", "d", "a value")
+    run(capsys, "-C", repo, "-b", "feature", "set", "d/x", "in a directory")
+    assert run(capsys, "-C", repo, "merge", "feature")[0] == 1
+    assert "(directory " in run(capsys, "-C", repo, "merge", "--status")[1]
+    assert run(capsys, "-C", repo, "resolve", "d", "--theirs")[0] == 0
+    assert run(capsys, "-C", repo, "merge", "--continue")[0] == 0
+    store = Repo.open(repo).store()
+    assert store.get("d/x") == b"in a directory" and store.find("d") is None
