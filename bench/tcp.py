@@ -14,7 +14,12 @@ looming TCP layers over an in-memory wire:
 * flood-ping round trip (``ping -f`` from the kernel);
 * bulk MB/s, kernel -> peer and peer -> kernel;
 * 64-byte echo round trip p50 and p99 (Nagle off);
-* connections per second (connect, the server closes, EOF, close).
+* connections per second (connect, the server closes, EOF, close);
+* a 10 MB echo through the loss relay (tests/tcp/relay.py: two TAPs in two
+  namespaces, frames dropped, reordered and duplicated by a seeded process)
+  at 0, 1, 3 and 5% loss each way and with reordering, Linux to Linux and
+  looming to Linux across the same relay, in alternating rounds, with
+  looming's recovery counters.
 
 The kernel-side programs are small Python socket loops, the same ones in
 every column, so the ratios compare the stacks rather than the programs.
@@ -54,6 +59,14 @@ from tests.net.kernel import (  # noqa: E402
     unique_suffix,
 )
 from tests.tcp.ipv4_pair import Faults, wire_pair  # noqa: E402
+from tests.tcp.lossy import (  # noqa: E402
+    EchoResult,
+    linux_echo,
+    looming_echo,
+    open_looming,
+    start_echo_server,
+)
+from tests.tcp.relay import Impairments, relayed_path  # noqa: E402
 
 from looming.devices.stack import TcpFlow  # noqa: E402
 from looming.net.netif.tap import TapNetwork  # noqa: E402
@@ -712,6 +725,93 @@ async def looming_memory(count: int) -> dict[str, float]:
     }
 
 
+# ------------------------------------------------------------------ through the loss relay
+
+LOSSY_CONDITIONS = [
+    ("no loss", Impairments()),
+    ("1% loss", Impairments(loss=0.01)),
+    ("3% loss", Impairments(loss=0.03)),
+    ("5% loss", Impairments(loss=0.05)),
+    ("reorder 3%/1ms, dup 1%", Impairments(reorder=0.03, reorder_ms=1, duplicate=0.01)),
+]
+RECOVERY_COUNTERS = (
+    "retransmits",
+    "fast_retransmits",
+    "timeouts",
+    "tail_loss_probes",
+    "dsacks_received",
+    "spurious_recoveries_undone",
+    "spurious_timeouts_undone",
+)
+
+
+@dataclass
+class LossyRow:
+    condition: str
+    linux: list[float] = field(default_factory=list)
+    looming: list[float] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
+    """10 MB echoes, Linux and looming alternating, per impairment."""
+    rows = []
+    with relayed_path(unique_suffix()) as path:
+        server = start_echo_server(path)
+        try:
+            for name, impairments in LOSSY_CONDITIONS:
+                row = LossyRow(name)
+                for round_number in range(rounds):
+                    seeded = impairments.__class__(
+                        **{**impairments.__dict__, "seed": round_number + 1}
+                    )
+                    progress(f"relay, {name}, round {round_number + 1}: Linux")
+                    path.impair(seeded)
+                    row.linux.append(_checked(linux_echo(path, size)).seconds)
+                    progress(f"relay, {name}, round {round_number + 1}: looming")
+                    path.impair(seeded)
+                    result = _checked(asyncio.run(_looming_relay_echo(path, size)))
+                    row.looming.append(result.seconds)
+                    for key in RECOVERY_COUNTERS:
+                        row.counters[key] = row.counters.get(key, 0) + result.counters[key]
+                rows.append(row)
+        finally:
+            server.kill()
+            server.wait()
+    return rows
+
+
+def _checked(result: EchoResult) -> EchoResult:
+    if not result.intact:
+        raise RuntimeError("an echo through the relay came back damaged")
+    return result
+
+
+async def _looming_relay_echo(path: Any, size: int) -> EchoResult:
+    stack = await open_looming(path)
+    try:
+        return await asyncio.wait_for(looming_echo(stack, path, size), 300)
+    finally:
+        await stack.disconnect()
+
+
+def lossy_report(rows: list[LossyRow], size: int) -> str:
+    lines = [
+        "",
+        f"{size / 1e6:.0f} MB echo through the loss relay (median of rounds, seconds; "
+        "ratio = looming / Linux, goal <= 3 at 3% and 5%):",
+        f"  {'condition':<24} {'Linux':>7} {'looming':>8} {'ratio':>6}  looming counters (all rounds)",
+    ]
+    for row in rows:
+        linux = statistics.median(row.linux)
+        ours = statistics.median(row.looming)
+        counters = " ".join(f"{k}={v}" for k, v in row.counters.items() if v)
+        lines.append(
+            f"  {row.condition:<24} {linux:7.3f} {ours:8.3f} {ours / linux:6.2f}  {counters}"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ report
 
 METRICS = [
@@ -773,10 +873,23 @@ def versus_pytcp(columns: list[Column]) -> str:
     return "\n".join(lines)
 
 
+def echo_tail_check(columns: list[Column]) -> str:
+    """The echo goal: p99 at most 5x p50, per column."""
+    cells = []
+    for column in columns:
+        p50, p99 = column.values.get("echo_p50_us"), column.values.get("echo_p99_us")
+        if p50 and p99:
+            cells.append(f"{column.name}: {p99 / p50:.1f}")
+    return "echo p99 / p50 (goal <= 5): " + "   ".join(cells)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller transfers and fewer rounds")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument(
+        "--only-relay", action="store_true", help="only the echoes through the loss relay"
+    )
     args = parser.parse_args()
     import os
 
@@ -804,6 +917,12 @@ def main() -> int:
             pytcp_connections=200,
         )
     )
+    rounds = 2 if args.quick else 3
+    lossy = lossy_echoes(10_000_000, rounds)
+    relay_text = lossy_report(lossy, 10_000_000)
+    if args.only_relay:
+        print(relay_text.lstrip("\n"))
+        return 0
     notes: list[str] = []
     columns = [kernel_to_kernel(sizes)]
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=False)))
@@ -820,12 +939,21 @@ def main() -> int:
         f"{memory['growth_bytes'] / 1024:+.1f} KiB traced, "
         f"{memory['connections_left']:.0f} connections and {memory['timers_left']:.0f} timers left"
     )
+    text += "\n" + echo_tail_check(columns) + relay_text
     print(text)
     if args.json:
         payload = {
             "sizes": sizes.__dict__,
             "columns": {column.name: column.values for column in columns},
             "memory": memory,
+            "relay": {
+                row.condition: {
+                    "linux_s": row.linux,
+                    "looming_s": row.looming,
+                    "counters": row.counters,
+                }
+                for row in lossy
+            },
             "notes": notes,
             "digest": hashlib.sha256(text.encode()).hexdigest()[:16],
         }

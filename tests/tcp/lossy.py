@@ -120,6 +120,7 @@ async def open_looming(path: RelayedPath, config: TcpConfig | None = None) -> Di
     )
     if config is not None:
         stack.tcp.config = config
+        stack.tcp._endpoint.config = config  # connections take it from here
     return stack
 
 
