@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from looming.ffi import BACKENDS, Bindings, LinkedLibrary, link
+from looming.ffi.confine import Confinement
 from looming.ffi.libs.crypt import crypt
 from looming.ffi.libs.libc import libc
 from looming.ffi.libs.sqlite3 import sqlite3
@@ -28,15 +29,25 @@ def ffi_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["LOOMING_FFI_CACHE"] = before
 
 
+def files_confinement(tmp_path_factory: pytest.TempPathFactory) -> Confinement:
+    """Every layer, but the tests' own files (root's, under pytest's base folder) open to the helper."""
+    base = str(tmp_path_factory.getbasetemp())
+    return Confinement(user=None, writable_paths=(base,))
+
+
 @pytest.fixture(scope="session")
-def linked(ffi_cache: Path) -> Iterator[Callable[[Bindings, str], LinkedLibrary]]:
+def linked(
+    ffi_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[Bindings, str], LinkedLibrary]]:
     """Link a description once per backend for the whole session."""
     libraries: dict[tuple[str, str], LinkedLibrary] = {}
+    confinement = files_confinement(tmp_path_factory)
 
     def get(bindings: Bindings, backend: str) -> LinkedLibrary:
         key = (bindings.name, backend)
         if key not in libraries:
-            libraries[key] = link(bindings, backend)
+            options = {"confinement": confinement} if backend == "isolated" else {}
+            libraries[key] = link(bindings, backend, **options)
         return libraries[key]
 
     yield get

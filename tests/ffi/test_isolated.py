@@ -51,8 +51,9 @@ def isolated_libc() -> Iterator[IsolatedLibrary]:
 
 
 def test_a_segfault_is_an_exception_and_the_helper_restarts(isolated_libc: IsolatedLibrary) -> None:
-    first_pid = isolated_libc.getpid()
-    assert first_pid != os.getpid()
+    assert isolated_libc.getpid() == 2  # alone in its PID namespace, under its init
+    first_pid = isolated_libc.helper_pid
+    assert first_pid is not None and first_pid != os.getpid()
     with pytest.raises(HelperCrashed) as caught:
         isolated_libc.strlen(None)  # strlen(NULL) dereferences NULL
     assert caught.value.signal == signal.SIGSEGV
@@ -61,7 +62,7 @@ def test_a_segfault_is_an_exception_and_the_helper_restarts(isolated_libc: Isola
     assert isolated_libc.helper_pid is None
     # The caller is intact and the next call runs in a new helper.
     assert isolated_libc.strlen(b"still here") == 10
-    second_pid = isolated_libc.getpid()
+    second_pid = isolated_libc.helper_pid
     assert second_pid not in (first_pid, os.getpid())
     assert isolated_libc.restarts == 1 and isolated_libc.crashes == 1
 

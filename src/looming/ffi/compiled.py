@@ -232,8 +232,18 @@ class CompiledLibrary(LinkedLibrary):
 
     backend = "compiled"
 
-    def __init__(self, bindings: Bindings) -> None:
+    def __init__(
+        self,
+        bindings: Bindings,
+        *,
+        check_layout: bool | None = None,
+        check_declarations: bool | None = None,
+    ) -> None:
         super().__init__(bindings)
+        from looming.ffi.declarations import check_description
+
+        # Before the build: a mismatch named per argument, not as compiler output.
+        check_description(bindings, layouts=check_layout, declarations=check_declarations)
         self.ffi, self.lib, self.path = load_extension(bindings)
         verify_compiled_layouts(bindings, self.ffi)
         for function in bindings.functions:

@@ -63,6 +63,7 @@ class Function:
         release_gil: bool = True,
         error_when: str | int | None = None,
         variadic: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if not name.isidentifier():
             raise DescriptionError(f"{name!r} is not a C identifier")
@@ -117,6 +118,11 @@ class Function:
                 f"{name}(): error_when needs errno=True (the error comes from errno)"
             )
         self.error_when = error_when
+        if timeout is not None and not timeout > 0:
+            raise DescriptionError(f"{name}(): timeout must be a positive number of seconds")
+        # Wall-clock seconds a call may take in the isolated backend's helper
+        # (None: the library's default).
+        self.timeout = timeout
 
     def prototype(self) -> str:
         """The C prototype, as the compiled backend declares it."""
@@ -160,8 +166,12 @@ def foreign(
     release_gil: bool = True,
     error_when: str | int | None = None,
     variadic: bool = False,
+    timeout: float | None = None,
 ) -> Function:
-    """Describe the C function ``name``; ``args`` are types or (name, type) pairs."""
+    """Describe the C function ``name``; ``args`` are types or (name, type) pairs.
+
+    ``timeout``: wall-clock seconds a call may take in the isolated backend.
+    """
     return Function(
         name,
         args,
@@ -170,6 +180,7 @@ def foreign(
         release_gil=release_gil,
         error_when=error_when,
         variadic=variadic,
+        timeout=timeout,
     )
 
 
@@ -202,7 +213,9 @@ class Bindings:
         found as ``ctypes.util.find_library`` finds it (give a path for a library
     of one's own, with ``include_dirs``/``library_dirs`` for the compiler and
     the linker). ``headers`` are what the
-        compiled backend and the layout probe ``#include``.
+        compiled backend and the layout probe ``#include``. ``paths`` and
+        ``writable_paths`` are the files and folders the library may open in
+        the isolated backend's confined helper (nothing else can be opened).
     """
 
     def __init__(
@@ -218,8 +231,12 @@ class Bindings:
         dev_package: str | None = None,
         include_dirs: Sequence[str] = (),
         library_dirs: Sequence[str] = (),
+        paths: Sequence[str] = (),
+        writable_paths: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.paths = tuple(str(p) for p in paths)
+        self.writable_paths = tuple(str(p) for p in writable_paths)
         # The Debian package with the headers, named in error messages.
         self.dev_package = dev_package
         self.library = library

@@ -519,12 +519,17 @@ class DynamicLibrary(LinkedLibrary):
 
     backend = "dynamic"
 
-    def __init__(self, bindings: Bindings, *, check_layout: bool | None = None) -> None:
+    def __init__(
+        self,
+        bindings: Bindings,
+        *,
+        check_layout: bool | None = None,
+        check_declarations: bool | None = None,
+    ) -> None:
         super().__init__(bindings)
-        if check_layout is not False and bindings.records:
-            from looming.ffi.probe import verify_layouts
+        from looming.ffi.declarations import check_description
 
-            verify_layouts(bindings, required=bool(check_layout))
+        check_description(bindings, layouts=check_layout, declarations=check_declarations)
         plain, with_errno, keep_gil = load_library(bindings)
         self.path = find_library_file(bindings.library, bindings.soname)
         for function in bindings.functions:
@@ -548,9 +553,13 @@ class DynamicLibrary(LinkedLibrary):
         return ctypes.string_at(address, -1 if length is None else length)
 
 
-def link_dynamic(bindings: Bindings, *, check_layout: bool | None = None) -> DynamicLibrary:
+def link_dynamic(
+    bindings: Bindings, *, check_layout: bool | None = None, check_declarations: bool | None = None
+) -> DynamicLibrary:
     """Link ``bindings`` through ctypes (no compiler needed)."""
-    return DynamicLibrary(bindings, check_layout=check_layout)
+    return DynamicLibrary(
+        bindings, check_layout=check_layout, check_declarations=check_declarations
+    )
 
 
 __all__ = ["DynamicLibrary", "link_dynamic"]

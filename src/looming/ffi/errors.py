@@ -87,6 +87,31 @@ class HelperCrashed(HelperError):
         return f"helper process {how} during {self.function}(){extra}"
 
 
+class CallTimedOut(HelperError, TimeoutError):
+    """A call in the helper outlived its wall-clock timeout; the helper was killed.
+
+    ``function`` is the call, ``timeout`` the limit in seconds. The helper is
+    restarted at the next call under the library's restart policy; handles
+    and memory of the killed helper are stale. Raise the limit with
+    ``IsolatedLibrary(timeout=...)`` or ``foreign(..., timeout=...)``.
+    """
+
+    def __init__(self, function: str, timeout: float) -> None:
+        self.function = function
+        self.timeout = timeout
+        super().__init__(
+            f"{function}() did not return within {timeout:g} s; the helper was killed "
+            "(raise timeout= on the library or the function if it needs longer)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CallCancelled(HelperError):
+    """The call's asyncio task was cancelled; the helper serving it was killed."""
+
+
 class HelperUnavailable(HelperError):
     """The helper is down and the restart policy does not allow a restart now.
 

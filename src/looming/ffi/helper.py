@@ -1,9 +1,11 @@
 """The isolated backend's helper process: ``python -m looming.ffi.helper``.
 
 It connects to its channel, receives the description (pickled by the parent,
-which is the trusted side), links it with the dynamic backend, applies the
-resource limits and the syscall filter, says it is ready, then serves calls
-until the channel closes. A crash here ends only this process.
+which is the trusted side), links it with the dynamic backend, confines
+itself (:mod:`looming.ffi.confine`: namespaces, user, resource limits,
+Landlock, the syscall filter), says it is ready, with warnings for any layer
+the kernel refused, then serves calls until the channel closes. A crash
+here ends only the helper.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import argparse
 import ctypes
 import os
 import pickle
-import resource
 import sys
 from typing import Any
 
+from looming.ffi import syscalls
 from looming.ffi.channel import Channel, ChannelClosed, connect
 from looming.ffi.codec import (
     CALLABLE,
@@ -28,8 +30,16 @@ from looming.ffi.codec import (
     decode_all,
     encode_message,
 )
+from looming.ffi.confine import (
+    Confinement,
+    Layers,
+    apply_limits,
+    confine_server,
+    enter_process_tree,
+)
 from looming.ffi.description import Bindings, Function
 from looming.ffi.dynamic import DynamicLibrary, LocalMemory
+from looming.ffi.errors import FfiError
 from looming.ffi.types import (
     Buffer,
     Callback,
@@ -65,7 +75,7 @@ class HelperServer:
         for function in bindings.functions:
             # The caller decides what counts as failure; here every result goes back.
             function.error_when = None
-        self.library = DynamicLibrary(bindings, check_layout=False)
+        self.library = DynamicLibrary(bindings, check_layout=False, check_declarations=False)
         self.functions = [getattr(self.library, f.name) for f in bindings.functions]
         self.opaque_index = {id(o): i for i, o in enumerate(bindings.opaques)}
         self.blocks: dict[int, LocalMemory] = {}
@@ -211,12 +221,31 @@ class HelperServer:
             self.dispatch(message)
 
 
-def apply_limits(address_space: int | None, cpu_seconds: int | None) -> None:
-    if address_space is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    if cpu_seconds is not None:
-        # The soft limit sends SIGXCPU (the caller sees it), the hard one SIGKILL.
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+outer_pid = 0
+
+
+def confine(config: dict[str, Any], bindings: Bindings, caller_pid: int) -> list[str]:
+    """Apply the confinement layers; in the serving process, the warnings to report."""
+    confinement: Confinement = config.get("confinement") or Confinement.none()
+    layers = Layers(confinement)
+    if confinement.seccomp is not None or confinement.namespaces:
+        try:
+            syscalls.table()  # read now: files are out of reach once confined
+        except FfiError as exc:
+            layers.refused(f"no system call table ({exc})")
+    enter_process_tree(layers, caller_pid)
+    global outer_pid
+    try:  # /proc is the caller's: it names this process as the caller sees it
+        outer_pid = int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        outer_pid = os.getpid()
+    limits = config.get("limits")
+    if limits is not None:
+        apply_limits(limits.address_space, limits.cpu_seconds, limits.open_files, limits.processes)
+    readable = (*bindings.paths, *confinement.paths)
+    writable = (*bindings.writable_paths, *confinement.writable_paths)
+    confine_server(layers, readable, writable)
+    return layers.warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,15 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     config: dict[str, Any] = pickle.loads(setup[1:])
     try:
         server = HelperServer(channel, config["bindings"])
-        apply_limits(config.get("address_space"), config.get("cpu_seconds"))
-        if config.get("seccomp") is not None:
-            from looming.ffi.seccomp import install
-
-            install(config["seccomp"])
+        warnings = confine(config, config["bindings"], int(config.get("caller") or os.getppid()))
     except Exception as exc:
         channel.send(encode_message(b"E", f"{type(exc).__name__}: {exc}"))
         return 1
-    channel.send(encode_message(b"Y", os.getpid()))
+    channel.send(encode_message(b"Y", outer_pid, warnings))
     server.serve()
     return 0
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
+import warnings as _warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from looming.devices.time import Time
@@ -37,8 +39,11 @@ from looming.ffi.codec import (
     decode_all,
     encode_message,
 )
+from looming.ffi.confine import Confinement, ConfinementWarning
 from looming.ffi.description import Bindings, Function
 from looming.ffi.errors import (
+    CallCancelled,
+    CallTimedOut,
     DescriptionMismatch,
     HelperCrashed,
     HelperError,
@@ -96,10 +101,89 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits applied in the helper once the library is loaded."""
+    """Resource limits applied in the helper once the library is loaded.
 
-    address_space: int | None = None  # bytes, RLIMIT_AS
-    cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU when exceeded
+    The defaults bound a helper that misbehaves without getting in the way
+    of an ordinary library: 1 GiB of address space (a larger ``malloc``
+    fails), 300 s of CPU over the helper's life (then SIGXCPU), 64 open
+    files, 64 processes or threads. ``Limits.none()`` sets none.
+    """
+
+    address_space: int | None = 1 << 30  # bytes, RLIMIT_AS
+    cpu_seconds: int | None = 300  # RLIMIT_CPU: SIGXCPU when exceeded
+    open_files: int | None = 64  # RLIMIT_NOFILE
+    processes: int | None = 64  # RLIMIT_NPROC (threads count)
+
+    @classmethod
+    def none(cls) -> Limits:
+        return cls(address_space=None, cpu_seconds=None, open_files=None, processes=None)
+
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class CallWatch:
+    """Kills the helper of a call that outlives its deadline (one thread per library).
+
+    A call arms it with its deadline and disarms it when the reply is in; the
+    thread sleeps until the earliest armed deadline, so a call costs a lock
+    and two assignments, not a timer.
+    """
+
+    def __init__(self, time: Time, kill: Callable[[], None]) -> None:
+        self._time = time
+        self._kill = kill
+        self._condition = threading.Condition()
+        self._deadline_ns: int | None = None
+        self._sleeping_until: int | None = None
+        self._serial = 0
+        self.expired_serial = -1
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def current_serial(self) -> int:
+        return self._serial
+
+    def arm(self, seconds: float) -> int:
+        with self._condition:
+            self._serial += 1
+            deadline = self._time.now_ns() + int(seconds * 1e9)
+            self._deadline_ns = deadline
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="looming-ffi-call-watch", daemon=True
+                )
+                self._thread.start()
+            elif self._sleeping_until is None or deadline < self._sleeping_until:
+                self._condition.notify()
+            return self._serial
+
+    def disarm(self) -> None:
+        with self._condition:
+            self._deadline_ns = None
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+
+    def _run(self) -> None:
+        with self._condition:
+            while not self._stopped:
+                deadline = self._deadline_ns
+                if deadline is None:
+                    self._sleeping_until = None
+                    self._condition.wait()
+                    continue
+                now = self._time.now_ns()
+                if now >= deadline:
+                    self.expired_serial = self._serial
+                    self._deadline_ns = None
+                    self._kill()
+                    continue
+                self._sleeping_until = deadline
+                self._condition.wait((deadline - now) / 1e9)
 
 
 def fast_kind(ctype: CType) -> tuple[type, int | None, int | None] | None:
@@ -163,7 +247,14 @@ class HelperProcess:
     def __init__(self, process: subprocess.Popen[bytes], channel: Channel, pid: int) -> None:
         self.process = process
         self.channel = channel
-        self.pid = pid
+        self.pid = pid  # the serving process, as the caller sees it
+
+    def kill(self) -> None:
+        """SIGKILL the helper's whole process group (watcher, namespace init, server)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class IsolatedLibrary(LinkedLibrary):
@@ -181,16 +272,25 @@ class IsolatedLibrary(LinkedLibrary):
         transport: str | Transport | None = None,
         time: Time | None = None,
         check_layout: bool | None = None,
+        check_declarations: bool | None = None,
         python: str | None = None,
+        confinement: Confinement | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(bindings)
-        if check_layout is not False and bindings.records:
-            from looming.ffi.probe import verify_layouts
+        from looming.ffi.declarations import check_description
 
-            verify_layouts(bindings, required=bool(check_layout))
+        check_description(bindings, layouts=check_layout, declarations=check_declarations)
         self.restart_policy = restart if restart is not None else RestartPolicy()
         self.limits = limits if limits is not None else Limits()
-        self.seccomp = seccomp
+        confinement = confinement if confinement is not None else Confinement()
+        if seccomp is not None:
+            confinement = replace(confinement, seccomp=seccomp)
+        self.confinement = confinement
+        self.seccomp = confinement.seccomp
+        self.timeout = timeout
+        self._timeouts = [f.timeout or timeout for f in bindings.functions]
+        self.warnings: list[str] = []
         self._transport_choice = transport
         self._time: Time = time if time is not None else UnixTime()
         self.python = python or sys.executable
@@ -204,6 +304,11 @@ class IsolatedLibrary(LinkedLibrary):
         self._index = {f.name: i for i, f in enumerate(bindings.functions)}
         self._fast_kinds = [[fast_kind(t) for t in f.args] for f in bindings.functions]
         self._opaque_index = {id(o): i for i, o in enumerate(bindings.opaques)}
+        self._watch = CallWatch(self._time, self._kill_inflight)
+        self._inflight: HelperProcess | None = None
+        self._inflight_thread: int | None = None
+        self._abandoned_serial = -1
+        self._cancel_before_start: set[int] = set()
         self._start()
         for function in bindings.functions:
             self._bind_function(function.name, self._bind(function))
@@ -212,7 +317,10 @@ class IsolatedLibrary(LinkedLibrary):
 
     @property
     def helper_pid(self) -> int | None:
-        """The running helper's process id (None while it is down)."""
+        """The process id of the helper process that runs the library (None while it is down).
+
+        As this process sees it; inside its PID namespace the helper is 2.
+        """
         return self._helper.pid if self._helper is not None else None
 
     def _start(self) -> None:
@@ -225,13 +333,15 @@ class IsolatedLibrary(LinkedLibrary):
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
             env=env,
+            # A group of its own: a timeout kills the helper and all it started.
+            start_new_session=True,
         )
         transport.after_spawn()
         config = {
             "bindings": self.bindings,
-            "address_space": self.limits.address_space,
-            "cpu_seconds": self.limits.cpu_seconds,
-            "seccomp": self.seccomp,
+            "limits": self.limits,
+            "confinement": self.confinement,
+            "caller": os.getpid(),
         }
         try:
             channel.send(b"B" + pickle.dumps(config))
@@ -252,7 +362,12 @@ class IsolatedLibrary(LinkedLibrary):
             process.wait()
             channel.close()
             raise HelperError("the helper sent a malformed greeting")
-        (pid,) = decode_all(ready, 1)
+        pid, warnings = decode_all(ready, 1)
+        for warning in warnings:
+            message = f"the helper for {self.bindings.name} runs with {warning}"
+            if message not in self.warnings:
+                self.warnings.append(message)
+                _warnings.warn(ConfinementWarning(message), stacklevel=4)
         self.origin = object()
         self._pending_frees = []  # blocks of an earlier helper died with it
         self._helper = HelperProcess(process, channel, int(pid))
@@ -287,29 +402,78 @@ class IsolatedLibrary(LinkedLibrary):
         assert self._helper is not None
         return self._helper
 
-    def _crashed(self, helper: HelperProcess, function: str, detail: str = "") -> HelperCrashed:
+    def _crashed(
+        self, helper: HelperProcess, function: str, detail: str = "", serial: int = -1
+    ) -> HelperError:
         """Reap a helper whose channel broke; the exception to raise."""
         try:
             code = helper.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            helper.process.kill()
+            helper.kill()
             code = helper.process.wait()
             detail = detail or "it stopped answering and was killed"
+        helper.kill()  # anything it left in its group goes with it
         helper.channel.close()
         self._helper = None
         self.crashes += 1
         self._crashed_at_ns = self._time.now_ns()
-        signal = -code if code < 0 else None
+        if serial >= 0 and serial == self._abandoned_serial:
+            return CallCancelled(f"{function}() was cancelled; its helper was killed")
+        if serial >= 0 and serial == self._watch.expired_serial:
+            index = self._index.get(function)
+            limit = self._timeouts[index] if index is not None else self.timeout
+            return CallTimedOut(function, limit or 0.0)
+        signal_number = -code if code < 0 else None
         return HelperCrashed(
-            function, signal=signal, exit_code=code if code >= 0 else None, detail=detail
+            function,
+            signal=signal_number,
+            exit_code=code if code >= 0 else None,
+            detail=detail,
         )
 
-    def _protocol_failure(
-        self, helper: HelperProcess, function: str, problem: str
-    ) -> HelperCrashed:
+    def _protocol_failure(self, helper: HelperProcess, function: str, problem: str) -> HelperError:
         # A helper that speaks nonsense may be corrupted: end it.
-        helper.process.kill()
+        helper.kill()
         return self._crashed(helper, function, f"it sent a malformed message: {problem}")
+
+    # -- deadlines and cancellation ---------------------------------------------
+
+    def _begin(self, helper: HelperProcess, timeout: float | None) -> int:
+        """Mark a call in flight on ``helper``; its serial (-1: no deadline)."""
+        self._inflight = helper
+        self._inflight_thread = threading.get_ident()
+        return self._watch.arm(timeout) if timeout is not None else -1
+
+    def _end(self, serial: int) -> None:
+        if serial >= 0:
+            self._watch.disarm()
+        self._inflight = None
+        self._inflight_thread = None
+
+    def _kill_inflight(self) -> None:
+        helper = self._inflight
+        if helper is not None:
+            helper.kill()
+
+    def _abandon_call(self, thread: int) -> bool:
+        """Give up the call ``thread`` makes (its task was cancelled).
+
+        True if the thread will return promptly: its call was in flight and
+        the helper has been killed, or it has not started and will not.
+        """
+        if self._inflight_thread == thread and self._inflight is not None:
+            self._abandoned_serial = self._watch.current_serial
+            self._inflight.kill()
+            return True
+        self._cancel_before_start.add(thread)
+        return False
+
+    def _check_cancelled(self, name: str) -> None:
+        if self._cancel_before_start:
+            thread = threading.get_ident()
+            if thread in self._cancel_before_start:
+                self._cancel_before_start.discard(thread)
+                raise CallCancelled(f"{name}() was cancelled before it started")
 
     def close(self) -> None:
         with self._lock:
@@ -323,17 +487,22 @@ class IsolatedLibrary(LinkedLibrary):
                 try:
                     helper.process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    helper.process.kill()
+                    helper.kill()
                     helper.process.wait()
+                helper.kill()
                 helper.channel.close()
+        self._watch.stop()
         super().close()
 
     def __del__(self) -> None:
         helper = getattr(self, "_helper", None)
         if helper is not None and helper.process.poll() is None:
-            helper.process.kill()
+            helper.kill()
             helper.process.wait()
             helper.channel.close()
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.stop()
 
     # -- values to and from the wire -------------------------------------------
 
@@ -470,6 +639,7 @@ class IsolatedLibrary(LinkedLibrary):
                 f"({', '.join(function.arg_names)}), got {len(args)}"
             )
         with self._lock:
+            self._check_cancelled(function.name)
             helper = self._ensure_running()
             callbacks: dict[int, Any] = {}
             wire = list(args)
@@ -481,14 +651,17 @@ class IsolatedLibrary(LinkedLibrary):
                     if low is None or high is None or low <= number <= high:
                         continue
                 wire[i] = self._argument(function, i, function.args[i], value, callbacks)
+            serial = self._begin(helper, self._timeouts[index])
             try:
                 self._send_pending_frees(helper)
                 helper.channel.send(encode_message(b"C", index, wire))
                 callback_error, reply = self._await_reply(helper, function, callbacks)
             except ChannelClosed as exc:
-                raise self._crashed(helper, function.name) from exc
+                raise self._crashed(helper, function.name, serial=serial) from exc
             except Malformed as exc:
                 raise self._protocol_failure(helper, function.name, str(exc)) from exc
+            finally:
+                self._end(serial)
             tag = reply[:1]
             if tag == b"E":
                 (message,) = decode_all(reply, 1)
@@ -572,6 +745,7 @@ class IsolatedLibrary(LinkedLibrary):
     def _request(self, tag: bytes, what: str, *values: Any) -> Any:
         with self._lock:
             helper = self._ensure_running()
+            serial = self._begin(helper, self.timeout)
             try:
                 self._send_pending_frees(helper)
                 helper.channel.send(encode_message(tag, *values))
@@ -583,9 +757,11 @@ class IsolatedLibrary(LinkedLibrary):
                     raise Malformed(f"unexpected reply {reply[:1]!r}")
                 (result,) = decode_all(reply, 1)
             except ChannelClosed as exc:
-                raise self._crashed(helper, what) from exc
+                raise self._crashed(helper, what, serial=serial) from exc
             except Malformed as exc:
                 raise self._protocol_failure(helper, what, str(exc)) from exc
+            finally:
+                self._end(serial)
             return result
 
     # -- memory ------------------------------------------------------------------

@@ -5,7 +5,10 @@ A linked library exposes each described function as an attribute
 lib.acall.crc32(...)``, run in a worker thread so the loop keeps turning),
 the errno captured by the calling thread's last ``errno=True`` call
 (``lib.last_errno``), and memory that lives in the library's address space
-(``lib.alloc``).
+(``lib.alloc``). Cancelling an ``acall`` task stops the call where the
+backend can: the isolated backend kills the helper serving it (the next call
+starts a new one) and waits for its worker thread; the in-process backends
+let the C call finish in its thread and drop the result.
 """
 
 from __future__ import annotations
@@ -40,6 +43,29 @@ from looming.ffi.types import (
 )
 
 
+class _WorkerCall:
+    """A call queued for a worker thread, which may be cancelled before it starts."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._call = call
+        self._lock = threading.Lock()
+        self._thread: int | None = None
+        self._cancelled = False
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._cancelled:
+                return None
+            self._thread = threading.get_ident()
+        return self._call()
+
+    def cancel(self) -> int | None:
+        """Keep it from starting; the worker thread running it, if it has started."""
+        with self._lock:
+            self._cancelled = True
+            return self._thread
+
+
 class AsyncCalls:
     """``lib.acall.name(...)``: the call runs in a worker thread."""
 
@@ -58,9 +84,19 @@ class AsyncCalls:
 
         async def call(*args: Any) -> Any:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                library.executor(), functools.partial(function, *args)
-            )
+            run = _WorkerCall(functools.partial(function, *args))
+            future = loop.run_in_executor(library.executor(), run)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                thread = run.cancel()
+                if thread is not None and library._abandon_call(thread):
+                    # The backend ended the call (the isolated helper was
+                    # killed): wait for the worker so nothing runs on.
+                    await asyncio.wait([future])
+                    if not future.cancelled():
+                        future.exception()  # retrieved: the call's end is expected
+                raise
 
         call.__name__ = name
         self._cache[name] = call
@@ -112,6 +148,14 @@ class LinkedLibrary:
             raise OSError(errno, f"{function.name}: {os.strerror(errno)}")
 
     # -- threads for the asyncio form ---------------------------------------
+
+    def _abandon_call(self, thread: int) -> bool:
+        """End the call ``thread`` makes for a cancelled task; True if it returns promptly.
+
+        A call in this process cannot be interrupted: by default it runs on
+        and its result is dropped. The isolated backend kills its helper.
+        """
+        return False
 
     def executor(self) -> ThreadPoolExecutor:
         with self._executor_lock:

@@ -1,10 +1,13 @@
 """Checking a description's struct layouts against the C compiler.
 
-The dynamic and isolated backends compute layouts themselves. When the
-description names its headers and a compiler is at hand, a tiny program
-printing ``sizeof``/``offsetof`` of each described record is built once
-(cached by a hash of its source) and its answers compared with ours, so a
-wrong field type or a missing field is reported before the first call.
+The backends compute layouts themselves. When the description names its
+headers and a compiler is at hand, a tiny program printing, for each
+described record, its ``sizeof`` and alignment and for each field its
+``offsetof``, ``sizeof`` and type class (``__builtin_classify_type``) is
+built once (cached by a hash of its source) and its answers compared with
+ours, so a missing field, a field of the wrong size, or one of the wrong
+kind with the same layout (a ``float`` described as an ``int32_t``) is
+reported before the first call.
 """
 
 from __future__ import annotations
@@ -20,6 +23,19 @@ from pathlib import Path
 
 from looming.ffi.description import Bindings
 from looming.ffi.errors import CompilerMissing, DescriptionMismatch
+from looming.ffi.types import (
+    Array,
+    Buffer,
+    Callback,
+    CString,
+    CType,
+    Enum,
+    Opaque,
+    Pointer,
+    Record,
+    Scalar,
+    Union,
+)
 
 
 def cache_dir() -> Path:
@@ -67,7 +83,11 @@ def probe_source(bindings: Bindings) -> str:
     for record in bindings.records:
         lines.append(f'    printf("%zu %zu\\n", sizeof({record.c}), _Alignof({record.c}));')
         for field in record.fields:
-            lines.append(f'    printf("%zu\\n", offsetof({record.c}, {field.name}));')
+            member = f"(({record.c} *)0)->{field.name}"
+            lines.append(
+                f'    printf("%zu %zu %d\\n", offsetof({record.c}, {field.name}), '
+                f"sizeof({member}), __builtin_classify_type({member}));"
+            )
     lines.append("    return 0;\n}")
     return "\n".join(lines) + "\n"
 
@@ -109,6 +129,39 @@ def probe_layouts(bindings: Bindings, compiler: list[str]) -> list[int]:
     return [int(word) for word in ran.stdout.split()]
 
 
+# GCC's __builtin_classify_type answers, grouped as a description sees them
+# (an array member decays to a pointer there).
+CLASSES = {
+    "integer": (1, 2, 3, 4),
+    "floating point": (8,),
+    "pointer or array": (5, 14),
+    "struct": (12,),
+    "union": (13,),
+}
+
+
+def class_name(klass: int) -> str:
+    for name, numbers in CLASSES.items():
+        if klass in numbers:
+            return name
+    return f"type class {klass}"
+
+
+def type_class(ctype: CType) -> str | None:
+    """The class group a described field must have in the header."""
+    if isinstance(ctype, Scalar):
+        return "floating point" if ctype.kind == "float" else "integer"
+    if isinstance(ctype, Enum):
+        return "integer"
+    if isinstance(ctype, Union):
+        return "union"
+    if isinstance(ctype, Record):
+        return "struct"
+    if isinstance(ctype, Array | Buffer | CString | Opaque | Pointer | Callback):
+        return "pointer or array"
+    return None
+
+
 def verify_layouts(bindings: Bindings, *, required: bool) -> None:
     """Compare every record's layout with the compiler's; DescriptionMismatch if they differ.
 
@@ -139,10 +192,21 @@ def verify_layouts(bindings: Bindings, *, required: bool) -> None:
                 f"{record.c}: alignment {record.align} described, {align} per the compiler"
             )
         for field in record.fields:
-            offset = next(numbers)
+            offset, size, klass = next(numbers), next(numbers), next(numbers)
+            where = f"{record.c}.{field.name}"
             if offset != field.offset:
                 problems.append(
-                    f"{record.c}.{field.name}: offset {field.offset} described, {offset} per the compiler"
+                    f"{where}: offset {field.offset} described, {offset} per the compiler"
+                )
+            if size != field.ctype.size:
+                problems.append(
+                    f"{where}: size {field.ctype.size} described, {size} per the compiler"
+                )
+            expected = type_class(field.ctype)
+            if expected is not None and klass not in CLASSES[expected]:
+                problems.append(
+                    f"{where}: described as {field.ctype.spell()} ({expected}), "
+                    f"but the header's is {class_name(klass)}"
                 )
     if problems:
         raise DescriptionMismatch(

@@ -17,7 +17,7 @@ import os
 import struct
 from pathlib import Path
 
-from looming.errors import LoomingError
+from looming.errors import ConnectionTimeout, LoomingError
 from looming.ffi.channel import MAX_MESSAGE, Channel, ChannelClosed
 from looming.vchan import Endpoint, Listener, connect, listen
 
@@ -30,8 +30,18 @@ _serial = itertools.count()
 class VchanChannel:
     """Length-prefixed messages over a vchan endpoint (stream mode)."""
 
-    def __init__(self, endpoint: Endpoint | None = None, listener: Listener | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint | None = None,
+        listener: Listener | None = None,
+        *,
+        wait_slice: float | None = None,
+    ) -> None:
         self._endpoint = endpoint
+        # With a slice, waits poll in slices of it rather than sleep in a
+        # blocking read watched by a thread: the helper must stay
+        # single-threaded until it has entered its namespaces and forked.
+        self._wait_slice = wait_slice
         self._listener = listener
         self._buffer = bytearray()
         self._chunk = bytearray(RING_SIZE)
@@ -70,7 +80,9 @@ class VchanChannel:
                     del buffer[: 4 + length]
                     return message
             try:
-                count = endpoint.read_into(self._view)
+                count = endpoint.read_into(self._view, timeout=self._wait_slice)
+            except ConnectionTimeout:
+                continue
             except (LoomingError, OSError) as exc:
                 raise ChannelClosed(f"vchan closed while receiving: {exc}") from exc
             if not count:
@@ -112,4 +124,4 @@ def connect_vchan(argument: str) -> Channel:
     """Helper side: connect to the caller's published port."""
     name, port, where = argument.split("|", 2)
     endpoint = connect(name, port, registry_dir=Path(where) if where else None)
-    return VchanChannel(endpoint=endpoint)
+    return VchanChannel(endpoint=endpoint, wait_slice=3600.0)
