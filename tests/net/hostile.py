@@ -40,30 +40,39 @@ for k in range(0, count, burst):
 print("sent", round(time.monotonic() - started, 3), flush=True)
 """
 
-# An echo client measuring every round trip of SIZE bytes, one every 2 ms,
-# for DURATION seconds; prints "connected", then the worst and the count.
+# An echo client measuring every round trip of 64 bytes, one every 2 ms: for
+# QUIET seconds (the baseline: this machine's own scheduling noise), then,
+# after printing "quiet", for DURATION more; prints "connected" first and
+# last the worst round trip of each phase and the rounds of the second.
 ECHO_PROBE = r"""
 import json, socket, sys, time
-host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host, port, quiet, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 conn = socket.create_connection((host, port))
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 print("connected", flush=True)
 sys.stdin.readline()
-worst, rounds, end = 0.0, 0, time.monotonic() + duration
 message = b"m" * 64
-while time.monotonic() < end:
-    sent = time.monotonic()
-    conn.sendall(message)
-    got = 0
-    while got < len(message):
-        chunk = conn.recv(len(message) - got)
-        if not chunk:
-            raise SystemExit("the echo server closed the connection")
-        got += len(chunk)
-    worst = max(worst, time.monotonic() - sent)
-    rounds += 1
-    time.sleep(0.002)
-print(json.dumps({"worst_ms": worst * 1000, "rounds": rounds}), flush=True)
+
+def rounds_for(seconds):
+    worst, rounds, end = 0.0, 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        sent = time.monotonic()
+        conn.sendall(message)
+        got = 0
+        while got < len(message):
+            chunk = conn.recv(len(message) - got)
+            if not chunk:
+                raise SystemExit("the echo server closed the connection")
+            got += len(chunk)
+        worst = max(worst, time.monotonic() - sent)
+        rounds += 1
+        time.sleep(0.002)
+    return worst, rounds
+
+quiet_worst, _ = rounds_for(quiet)
+print("quiet", flush=True)
+worst, rounds = rounds_for(duration)
+print(json.dumps({"quiet_worst_ms": quiet_worst * 1000, "worst_ms": worst * 1000, "rounds": rounds}), flush=True)
 """
 
 # Send the frames given (hex) as arguments on the TAP with AF_PACKET, in order.

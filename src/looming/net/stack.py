@@ -150,7 +150,7 @@ class DirectStack:
             "icmp": self.icmp.counters,
             "udp": self._udp.counters,
         }
-        layers["tcp"] = Counter(self._tcp.stats.as_dict())
+        layers["tcp"] = Counter(self._tcp.counters)
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
         layers["dns"] = self._resolver.counters if self._resolver is not None else Counter()

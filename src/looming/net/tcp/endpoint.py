@@ -25,6 +25,7 @@ from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 
 TCP_HEADER_LENGTH = 20
+ECT0 = 0b10  # RFC 3168: the ECN field of an ECN-capable packet
 
 
 @dataclass(slots=True)
@@ -68,7 +69,7 @@ class TcpEndpoint:
         self.connections: dict[FourTuple, TcpConnection] = {}
         self.listeners: dict[int, ListenerState] = {}
         self._half_open: dict[FourTuple, int] = {}
-        self._outbox: list[tuple[IPv4Address, bytes, int | None]] = []
+        self._outbox: list[tuple[IPv4Address, bytes, int | None, int]] = []
         self._touched: list[Touched] = []
         self.accepted: list[tuple[int, FourTuple, TcpConnection]] = []
         low, high = config.ephemeral_ports
@@ -83,6 +84,11 @@ class TcpEndpoint:
         The segment size is given for a packet of several segments that the
         interface is to cut up (segmentation offload), else it is None.
         """
+        return [(d, segment, size) for d, segment, size, _ in self.take_marked_outbox()]
+
+    def take_marked_outbox(self) -> list[tuple[IPv4Address, bytes, int | None, int]]:
+        """As :meth:`take_outbox`, with each packet's IP ToS byte: 2 (ECT(0),
+        RFC 3168) for new data on a connection that agreed to ECN, else 0."""
         out = self._outbox
         self._outbox = []
         return out
@@ -100,7 +106,7 @@ class TcpEndpoint:
     def _send(self, key: FourTuple, header: TcpHeader, payload: bytes = b"") -> None:
         local_ip, _, remote_ip, _ = key
         self._outbox.append(
-            (remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip), None)
+            (remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip), None, 0)
         )
 
     def collect(self, key: FourTuple, conn: TcpConnection) -> None:
@@ -124,8 +130,9 @@ class TcpEndpoint:
                         partial_checksum=len(payload) > mss,
                     ),
                     mss if len(payload) > mss else None,
+                    ECT0 if ect else 0,
                 )
-                for header, payload in conn.take_outbox()
+                for header, payload, ect in conn.take_outbox_marked()
             )
         events = conn.take_events()
         for event in events:
@@ -263,11 +270,13 @@ class TcpEndpoint:
         now: int,
         *,
         checksum_verified: bool = False,
+        ce: bool = False,
     ) -> None:
         """Handle one received segment; bad ones are counted and dropped.
 
         ``checksum_verified``: the interface already vouched for the
-        checksum (checksum offload), so it is not summed again."""
+        checksum (checksum offload), so it is not summed again. ``ce``: the
+        IP header was marked Congestion Experienced (RFC 3168)."""
         try:
             header, payload = wire.parse(segment)
         except Malformed:
@@ -289,7 +298,7 @@ class TcpEndpoint:
                 conn.on_timer(conn.time_wait_at or now)  # end TIME-WAIT now
                 self.collect(key, conn)
             else:
-                conn.input(header, payload, now)
+                conn.input(header, payload, now, ce=ce)
                 self.collect(key, conn)
                 return
         listener = self.listeners.get(header.dst_port)

@@ -231,7 +231,7 @@ class TcpLayer:
         self._streams: dict[TcpConnection, TcpStream] = {}
         self._listeners: dict[int, TcpListener] = {}
         self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
-        self._tx: deque[tuple[IPv4Address, bytes, int | None]] = deque()
+        self._tx: deque[tuple[IPv4Address, bytes, int | None, int]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
@@ -282,7 +282,11 @@ class TcpLayer:
         """Receive one segment from IPv4. Never raises."""
         try:
             verified = getattr(self._ipv4, "current_checksum_verified", False) is True
-            self._endpoint.input(src, dst, payload, self._time.now_ns(), checksum_verified=verified)
+            ip_header = getattr(self._ipv4, "current_header", None)
+            ce = ip_header is not None and ip_header.tos & 0b11 == 0b11  # RFC 3168 CE
+            self._endpoint.input(
+                src, dst, payload, self._time.now_ns(), checksum_verified=verified, ce=ce
+            )
             self._pump()
         except Exception:
             # A bug must not take the stack down with it: count, log, drop.
@@ -297,7 +301,7 @@ class TcpLayer:
 
     def _pump(self) -> None:
         endpoint = self._endpoint
-        outbox = endpoint.take_outbox()
+        outbox = endpoint.take_marked_outbox()
         if outbox:
             self._tx.extend(outbox)
             if self._tx_task is None:
@@ -359,16 +363,20 @@ class TcpLayer:
     async def _drain(self) -> None:
         try:
             while self._tx:
-                destination, segment, segment_size = self._tx.popleft()
+                destination, segment, segment_size, tos = self._tx.popleft()
                 try:
                     if segment_size is not None and self._write_offloaded is not None:
                         await self._write_offloaded(
-                            destination, IpProtocol.TCP, segment, segment_size=segment_size
+                            destination,
+                            IpProtocol.TCP,
+                            segment,
+                            segment_size=segment_size,
+                            tos=tos,
                         )
                     else:
                         if segment_size is not None:
                             segment = wire.finish_checksum(segment)
-                        await self._ipv4.write(destination, IpProtocol.TCP, segment)
+                        await self._ipv4.write(destination, IpProtocol.TCP, segment, tos=tos)
                 except Exception as error:
                     # No route or no ARP answer: TCP retransmits, like a lost segment.
                     self.transmit_errors += 1

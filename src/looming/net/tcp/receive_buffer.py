@@ -170,6 +170,7 @@ class ReceiveBuffer:
         "max_ranges",
         "memory_limit",
         "pool",
+        "pruned",
         "rcv_nxt",
         "ready",
         "refused",
@@ -189,6 +190,7 @@ class ReceiveBuffer:
         self.memory_limit = memory_limit
         self.pool = pool
         self.refused = 0
+        self.pruned = 0  # out-of-order ranges dropped to make room
         self._lefts: list[int] = []
         self._pieces: list[bytearray] = []
         self._recent: list[int] = []  # left edges, most recently changed first
@@ -216,6 +218,26 @@ class ReceiveBuffer:
         if pool is not None and pool.limit is not None:
             space = min(space, pool.limit - pool.held)
         return space
+
+    def _fits(self, cost: int) -> bool:
+        limit = self.memory_limit
+        if limit is not None and self.charged + cost > limit:
+            return False
+        pool = self.pool
+        return pool is None or pool.limit is None or pool.held + cost <= pool.limit
+
+    def _prune_out_of_order(self, cost: int) -> None:
+        """Drop out-of-order ranges, furthest first, until ``cost`` more fits
+        (RFC 2018 allows reneging; Linux prunes so): in-order data must
+        always find room, or a full queue above a hole would stall forever."""
+        while self._lefts and not self._fits(cost):
+            left = self._lefts.pop()
+            piece = self._pieces.pop()
+            self._ooo_charge -= _range_cost(piece)
+            self._forget_recent(left)
+            self.pruned += 1
+            if self.pool is not None:
+                self.pool.held -= _range_cost(piece)
 
     def _room(self, cost: int) -> bool:
         limit = self.memory_limit
@@ -253,6 +275,9 @@ class ReceiveBuffer:
         before = self.charged
         if seq == self.rcv_nxt:
             cost = len(data) + CHUNK_OVERHEAD if len(data) < COALESCE_BELOW else true_size(data)
+            if self._lefts and not self._fits(cost):
+                self._prune_out_of_order(cost)
+                before = self.charged
             if not self._room(cost):
                 return False
             self.ready.append(data)

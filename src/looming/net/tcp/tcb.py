@@ -238,7 +238,7 @@ class TransmissionControlBlock:
     def _window_field(self, syn: bool) -> int:
         rcv_nxt = self.receive_buffer.rcv_nxt
         buffer = self.config.receive_buffer
-        free = max(buffer - len(self.receive_buffer.ready), 0)
+        free = max(self.receive_buffer.window_space(buffer), 0)
         if syn:
             window = min(free, 0xFFFF)
             self.rcv_adv = max(self.rcv_adv, rcv_nxt + window)
