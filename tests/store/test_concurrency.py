@@ -173,8 +173,9 @@ def test_commits_use_spare_files_made_while_idle(disk_repo: Repo, git: GitRunner
     before = set(os.listdir(spares))
     assert len(before) >= 8
     store.set("second", b"2")
-    # The pack and its index were spares, renamed into place.
-    assert len(before - set(os.listdir(spares))) == 2
+    # The pack and its index were spares, renamed into place, and the
+    # ref's lock was one, linked into place.
+    assert len(before - set(os.listdir(spares))) == 3
     git("fsck", "--strict", cwd=disk_repo.path)
     disk_repo.close()
     # Closing removes this process's unused spares.

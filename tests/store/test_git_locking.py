@@ -26,10 +26,14 @@ from .conftest import GitRunner, run_git
 LOOMING_WRITER = """
 import sys
 from looming.store import Repo, StoreError
+import time
 path, count = sys.argv[1], int(sys.argv[2])
 repo = Repo.open(path)
 store = repo.store("main")
-for i in range(count):
+until = time.monotonic() + 3  # long enough for the git side to commit too
+i = 0
+while i < count or time.monotonic() < until:
+    i += 1
     try:
         print("ok", store.set(f"looming/{i}", b"%d" % i), flush=True)
     except StoreError as error:

@@ -76,7 +76,10 @@ class Disk:
             path = os.readlink(f"/proc/self/fd/{descriptor}")
         except OSError:
             return
-        if not path.startswith(self.root) or path.endswith(" (deleted)"):
+        # An inode's bytes count by inode: one opened under a name since
+        # removed (a spare linked as a ref's lock) reads as "... (deleted)".
+        path = path.removesuffix(" (deleted)")
+        if not path.startswith(self.root):
             return
         with self.lock:
             if os.path.isdir(path):

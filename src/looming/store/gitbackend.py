@@ -28,7 +28,16 @@ from looming.store.errors import (
     StoreError,
 )
 from looming.store.growing import SEAL_ABOVE, GrowingPack
-from looming.store.objects import OBJECT_TYPES, ObjectId, hash_object, parse_loose, raw_id
+from looming.store.objects import (
+    MODE_TREE,
+    OBJECT_TYPES,
+    Commit,
+    ObjectId,
+    hash_object,
+    parse_loose,
+    parse_tree,
+    raw_id,
+)
 from looming.store.pack import PackRecord, build_pack, install_pack
 from looming.store.spares import SparePool, reclaim_dead, sync_dir
 
@@ -39,6 +48,12 @@ _TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 # compact pack, and folding costs a bounded multiple of what was written.
 FOLD_FRACTION = 0.25
 FOLD_FLOOR = 2 << 20
+# More packs than this (any writers', git's too) are merged by the next
+# writer that is idle or closes; a pack more than KEEP_ABOVE times larger than
+# all the smaller ones together is left as it is, so packs stay few while each
+# byte is copied only a few times over the repository's life.
+MANY_PACKS = 8
+KEEP_ABOVE = 4
 # A writer that has committed nothing for this long folds what is left, so a
 # store at rest (idle, or closed) is one compact pack and nothing beside it;
 # when idle, only once the small packs amount to 1/IDLE_FOLD_SHARE of the
@@ -123,7 +138,8 @@ class RefLockFile:
     and renames it over the ref; leaving the block without committing
     removes it. A lock that exists is waited for (with backoff) up to the
     timeout, then reported; it is removed only when it is the one a dead
-    looming writer recorded (see :meth:`GitBackend._stale_lock`)."""
+    looming writer recorded (see
+    :meth:`GitBackend._remove_dead_writers_lock`)."""
 
     def __init__(self, backend: GitBackend, name: str, path: str) -> None:
         self.backend = backend
@@ -135,13 +151,34 @@ class RefLockFile:
 
     def __enter__(self) -> RefLockFile:
         backend = self.backend
+        # The lock is made as a file of ours first (a spare: its inode is
+        # already allocated), recorded, then linked to ``<path>.lock``,
+        # which fails when the name exists, as git's O_EXCL create does. So
+        # a lock that appears under the name is always recorded: one that a
+        # writer killed at any point leaves is known to be looming's.
+        source = backend._spares.take_or_make()
+        self.descriptor = os.open(source, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            backend._note_lock(self.lock_path, self.descriptor)
+            self._link(source)
+        except BaseException:
+            os.close(self.descriptor)
+            self.descriptor = -1
+            backend._forget_lock()
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source)
+        return self
+
+    def _link(self, source: str) -> None:
+        backend = self.backend
         waited, delay = 0.0, 0.001
         pause = threading.Event()
         while True:
             try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                self.descriptor = os.open(self.lock_path, flags, 0o666)
-                break
+                os.link(source, self.lock_path)
+                return
             except FileNotFoundError:
                 # git removes empty ref folders; make them again.
                 make_dirs_durably(os.path.dirname(self.path), backend._sync)
@@ -151,10 +188,7 @@ class RefLockFile:
                     f"cannot create {self.name}: a ref named like one of its folders exists"
                 ) from None
             except FileExistsError:
-                if backend._stale_lock(self.lock_path):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.lock_path)
-                    continue
+                pass  # held by another process: wait for it
             if waited >= backend._lock_timeout():
                 raise RefLocked(
                     f"{self.name} is locked by another process ({self.lock_path} exists "
@@ -165,8 +199,6 @@ class RefLockFile:
             pause.wait(step)
             waited += step
             delay = min(delay * 2, 0.05)
-        backend._note_lock(self.lock_path, self.descriptor)
-        return self
 
     def commit(self, content: bytes) -> None:
         """Write ``content`` as the ref's new value, then rename it in place."""
@@ -194,6 +226,61 @@ class RefLockFile:
         # inode may soon be reused by a lock git takes, which must never
         # look like ours.
         self.backend._forget_lock()
+
+
+def tree_delta_hints(
+    backend: GitBackend, records: list[PackRecord], cached: dict[str, bytes]
+) -> dict[ObjectId, ObjectId]:
+    """For the commits in packs ``records``: each directory version that
+    changed -> the same directory in the commit's first parent, the base
+    its delta is made against when the packs are merged (so packs that
+    other processes wrote, which carry no such hints, merge small too)."""
+    hints: dict[ObjectId, ObjectId] = {}
+    for base, entries in records:
+        data = cached.get(base)
+        if data is None:
+            with open(base + ".pack", "rb") as file:
+                data = file.read()
+        for oid, offset, _crc in entries:
+            if _entry_type(data, offset) != _COMMIT:
+                continue
+            commit = Commit.parse(backend.read(oid)[1])
+            if commit.parents:
+                with contextlib.suppress(MissingObject, CorruptObject):
+                    parent = Commit.parse(backend.read(commit.parents[0])[1])
+                    _pair_trees(backend, commit.tree, parent.tree, hints)
+    return hints
+
+
+_COMMIT = 1
+
+
+def _history_order(bases: list[str]) -> list[str]:
+    """The largest pack first (it holds the oldest history: the bases of
+    the deltas of what came later), then the others oldest first."""
+    stats = {base: os.stat(base + ".pack") for base in bases}
+    largest = max(bases, key=lambda base: stats[base].st_size)
+    rest = sorted((b for b in bases if b != largest), key=lambda b: stats[b].st_mtime_ns)
+    return [largest, *rest]
+
+
+def _entry_type(data: bytes, offset: int) -> int:
+    return (data[offset] >> 4) & 7
+
+
+def _pair_trees(
+    backend: GitBackend, new: ObjectId, old: ObjectId, hints: dict[ObjectId, ObjectId]
+) -> None:
+    """Hint ``new`` -> ``old`` and the same for each subdirectory that changed."""
+    if new == old or new in hints:
+        return
+    hints[new] = old
+    new_entries = parse_tree(backend.read(new)[1])
+    old_entries = parse_tree(backend.read(old)[1])
+    for name, (mode, oid) in new_entries.items():
+        before = old_entries.get(name)
+        if mode == MODE_TREE and before is not None and before[0] == MODE_TREE:
+            _pair_trees(backend, oid, before[1], hints)
 
 
 _BACKENDS: weakref.WeakSet[GitBackend] = weakref.WeakSet()
@@ -474,64 +561,118 @@ class GitBackend:
                 if locked and flushes == self._flushes and worth_it:
                     with contextlib.suppress(OSError, CorruptObject):
                         self._fold()  # on failure the small packs stay valid
+                if locked and flushes == self._flushes:
+                    with contextlib.suppress(OSError, StoreError):
+                        self.compact()
 
-    def _concatenate(self, packs: list[PackRecord]) -> PackRecord:
+    def gc(self, now: float | None = None) -> None:
+        """Merge the repository's packs into one (``git gc`` for the
+        store), each directory version stored as a delta against its
+        version in the parent commit. If a pack cannot be merged (a REF_DELTA
+        some tools write), only this process's packs are.
+
+        With ``now`` (POSIX time), also remove what killed writers left:
+        spares of dead processes, half-written files, and a pack without
+        its index once an hour old (git may be writing one now).
+        """
+        with self.writer_lock():
+            self._remove_leftovers(None if now is None else now - 3600)
+            self.flush()
+            self._merge_packs([base for base, _size in self._pack_files()], fallback=True)
+
+    def compact(self) -> bool:
+        """Merge the small packs when there are more than
+        :data:`MANY_PACKS` (any writer's: each short-lived writer leaves
+        one), keeping only packs much larger than everything smaller, so
+        packs stay few and each byte is copied a few times at most.
+        Whether packs were merged. Writers call it when idle and on close."""
+        with self._try_writer_lock() as locked:
+            if not locked:
+                return False  # another writer is at work; it will compact
+            packs = self._pack_files()
+            if len(packs) <= MANY_PACKS:
+                return False
+            self._remove_leftovers(None)
+            chosen = sorted(packs, key=lambda pack: pack[1])
+            while len(chosen) > 1 and chosen[-1][1] > KEEP_ABOVE * sum(p[1] for p in chosen[:-1]):
+                chosen.pop()  # much larger than the rest together: left as it is
+            if len(chosen) < 2:
+                return False
+            return self._merge_packs([base for base, _size in chosen], fallback=False)
+
+    def _pack_files(self) -> list[tuple[str, int]]:
+        """The complete packs (base path, bytes) not marked ``.keep``."""
+        try:
+            names = set(os.listdir(self.pack_dir))
+        except FileNotFoundError:
+            return []
+        packs: list[tuple[str, int]] = []
+        for name in sorted(names):
+            if not (name.startswith("pack-") and name.endswith(".idx")):
+                continue
+            stem = name[: -len(".idx")]
+            if stem + ".pack" in names and stem + ".keep" not in names:
+                with contextlib.suppress(FileNotFoundError):
+                    size = os.stat(os.path.join(self.pack_dir, stem + ".pack")).st_size
+                    packs.append((os.path.join(self.pack_dir, stem), size))
+        return packs
+
+    def _merge_packs(self, bases: list[str], *, fallback: bool) -> bool:
+        """Merge packs ``bases`` into one (writer lock held); whether done.
+        A pack git removed meanwhile, or one that cannot be merged, leaves
+        everything as it was."""
+        from looming.store.pack import read_index_entries
+
+        own = {record[0]: record[1] for record in self._own_packs()}
+        try:
+            records = [
+                (base, own.get(base) or read_index_entries(base + ".idx"))
+                for base in _history_order(bases)
+            ]
+        except OSError:
+            return False
+        if len(records) < 2:
+            return False
+        try:
+            merged = self._concatenate_with_hints(records)
+        except CorruptObject:
+            mine = [record for record in records if record[0] in own]
+            if not fallback or len(mine) < 2:
+                return False
+            merged = self._concatenate_with_hints(mine)
+            records = mine
+        except OSError:
+            self._reopen_packs()
+            return False
+        gone = {base for base, _entries in records}
+        self._sealed = [record for record in self._sealed if record[0] not in gone] + [merged]
+        if self._growing.base_name in gone:
+            self._growing = GrowingPack()
+        self._small_packs = [record for record in self._small_packs if record[0] not in gone]
+        self._small_bytes = 0
+        for base in gone:
+            self._recent_packs.pop(base, None)
+        self._reopen_packs()
+        return True
+
+    def _own_packs(self) -> list[PackRecord]:
+        growing = self._growing.record
+        return [*self._sealed, *([growing] if growing else []), *self._small_packs]
+
+    def _concatenate_with_hints(self, records: list[PackRecord]) -> PackRecord:
         from looming.store.pack import concatenate_packs
 
-        present = [record for record in packs if os.path.exists(record[0] + ".idx")]
-        merged = concatenate_packs(
+        hints = tree_delta_hints(self, records, self._recent_packs)
+        hints.update(self._delta_bases)
+        self._reopen_packs()  # our readers let go of the packs leaving
+        return concatenate_packs(
             self.pack_dir,
-            present,
-            self._delta_bases,
+            records,
+            hints,
             self._recent_packs,
             self._spares.take,
             sync=self._sync,
         )
-        for base, _entries in packs:
-            self._recent_packs.pop(base, None)
-        return merged
-
-    def gc(self, now: float | None = None) -> None:
-        """Merge the repository's packs into one, with deltas between the
-        versions of each directory this process wrote (``git gc`` for the
-        store). Packs holding REF_DELTA entries (rare; some tools write them)
-        are left as they are.
-
-        With ``now`` (POSIX time), also remove what a killed writer left over
-        (a pack without its index, a half-written index) once an hour old.
-        """
-        from looming.store.pack import read_index_entries
-
-        with self.writer_lock():
-            if now is not None:
-                self._remove_leftovers(now - 3600)
-            self.flush()
-            growing = self._growing.record
-            own = [*self._sealed, *([growing] if growing else []), *self._small_packs]
-            known = {base for base, _entries in own}
-            others: list[PackRecord] = []
-            try:
-                names = sorted(os.listdir(self.pack_dir))
-            except FileNotFoundError:
-                names = []
-            for name in names:
-                base = os.path.join(self.pack_dir, name[: -len(".idx")])
-                if name.endswith(".idx") and base not in known and os.path.exists(base + ".pack"):
-                    others.append((base, read_index_entries(base + ".idx")))
-            packs = others + own
-            if len(packs) > 1:
-                merged: PackRecord | None
-                try:
-                    merged = self._concatenate(packs)
-                except CorruptObject:
-                    merged = self._concatenate(own) if len(own) > 1 else None
-                if merged is not None:
-                    self._sealed = [merged]
-                    self._growing = GrowingPack()
-                    self._small_packs = []
-                    self._small_bytes = 0
-                    self._recent_packs.clear()
-                self._reopen_packs()
 
     def _remove_leftovers(self, older_than: float | None) -> None:
         """Remove what killed writers left (writer lock held): the spares
@@ -744,7 +885,7 @@ class GitBackend:
         """Record, in our flock'ed looming.lock, which ``.lock`` file we
         hold: a writer that finds it after we died knows it is ours."""
         stat = os.fstat(descriptor)
-        record = f"{stat.st_ino} {stat.st_mtime_ns} {lock_path}\n".encode()
+        record = f"{stat.st_ino} {stat.st_dev} {lock_path}\n".encode()
         if self._lock_file is not None:
             os.pwrite(self._lock_file, record, 0)
             os.ftruncate(self._lock_file, len(record))
@@ -753,22 +894,24 @@ class GitBackend:
         if self._lock_file is not None:
             os.ftruncate(self._lock_file, 0)
 
-    def _stale_lock(self, lock_path: str) -> bool:
-        """Whether ``lock_path`` is a lock a dead looming writer left. We
-        hold the flock, so the looming writer that recorded it is gone;
-        it is that very file when inode and time still match."""
-        if self._lock_file is None:
-            return False
+    def _remove_dead_writers_lock(self) -> None:
+        """Just after taking the flock: a record left in looming.lock is
+        a dead writer's (a live one clears it before it lets go of the
+        flock), and the ``.lock`` it names, if that very file (same inode;
+        the record is made before the lock appears under its name) is
+        still there, is that writer's: remove it, or it would block git
+        and looming alike."""
+        assert self._lock_file is not None
         record = os.pread(self._lock_file, 4200, 0).decode("utf-8", "replace").rstrip("\n")
+        if not record:
+            return
         inode, _, rest = record.partition(" ")
-        mtime, _, recorded_path = rest.partition(" ")
-        if recorded_path != lock_path:
-            return False
-        try:
+        device, _, lock_path = rest.partition(" ")
+        with contextlib.suppress(FileNotFoundError):
             stat = os.stat(lock_path)
-        except FileNotFoundError:
-            return False
-        return str(stat.st_ino) == inode and str(stat.st_mtime_ns) == mtime
+            if str(stat.st_ino) == inode and str(stat.st_dev) == device:
+                os.unlink(lock_path)
+        self._forget_lock()
 
     def _lock_timeout(self) -> float:
         if self._ref_lock_timeout is None:
@@ -822,6 +965,7 @@ class GitBackend:
                 except BlockingIOError:
                     yield False
                     return
+                self._remove_dead_writers_lock()
             self._lock_depth += 1
             try:
                 yield True
@@ -862,6 +1006,8 @@ class GitBackend:
             self.flush()
             if locked:
                 self._fold()
+                with contextlib.suppress(OSError, StoreError):
+                    self.compact()  # others' small packs too (a CLI writes one each)
         self._reopen_packs()
         self._spares.close()
         with self._thread_lock:

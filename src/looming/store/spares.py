@@ -26,7 +26,6 @@ import fcntl
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 
 SPARE_DIR = "looming-spares"
@@ -194,13 +193,23 @@ class SparePool:
             if self._alive is not None:
                 return
             os.makedirs(self.folder, exist_ok=True)
-            path = os.path.join(self.folder, f"{self._token}.alive")
-            # Locked before it is visible under its name, so a lease anyone
-            # can see is locked for as long as its process lives.
-            descriptor = os.open(path + ".new", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            os.rename(path + ".new", path)
-            self._alive = descriptor
+            for _attempt in range(3):
+                path = os.path.join(self.folder, f"{self._token}.alive")
+                # Locked before it is visible under its name, so a lease
+                # anyone can see is locked for as long as its process lives.
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                descriptor = os.open(path + ".new", flags, 0o644)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                try:
+                    # Fails when a reclaimer took the unlocked ".new" for a
+                    # dead process's (see _orphan): then a new token.
+                    os.rename(path + ".new", path)
+                except FileNotFoundError:
+                    os.close(descriptor)
+                    self._token = f"{self._pid}.{os.urandom(4).hex()}"
+                    continue
+                self._alive = descriptor
+                return
 
     def _refill(self) -> None:
         with contextlib.suppress(OSError):
@@ -356,11 +365,19 @@ def reclaim_dead(folder: str) -> int:
 def _orphan(folder: str, name: str, leases: set[str]) -> bool:
     """Whether ``name`` in the spares folder belongs to no live process."""
     if name.endswith(".alive.new"):
-        # A lease its process died making (a live one renames it at once).
-        with contextlib.suppress(FileNotFoundError):
-            age = time.time() - os.stat(os.path.join(folder, name)).st_mtime
-            return age > 60
-        return False
+        # A lease being made: its process renames it once locked, and makes
+        # a new one should it be gone by then; one we can lock is not held.
+        try:
+            descriptor = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(descriptor)
+        return True
     token, dash, _counter = name.rpartition("-")
     if not dash or name.endswith(".alive") or token in leases:
         return False
