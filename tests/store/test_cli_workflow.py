@@ -239,3 +239,29 @@ def test_a_directory_side_can_be_chosen(tmp_path: Path, capsys: pytest.CaptureFi
     assert run(capsys, "-C", repo, "merge", "--continue")[0] == 0
     store = Repo.open(repo).store()
     assert store.get("d/x") == b"in a directory" and store.find("d") is None
+
+
+def test_fetch_refuses_trees_git_fsck_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], git: GitRunner
+) -> None:
+    remote = tmp_path / "remote"
+    git("init", "-q", str(remote), cwd=tmp_path)
+    (remote / "f").write_text("x\n")
+    git("add", "f", cwd=remote)
+    git("commit", "-q", "-m", "one", cwd=remote)
+    blob = git("hash-object", "-w", "--stdin", cwd=remote, input=b"[core]\n").strip()
+    tree = git("mktree", cwd=remote, input=f"100644 blob {blob}\tgit~1\n".encode()).strip()
+    bad = git("commit-tree", tree, "-p", "HEAD", "-m", "bad", cwd=remote).strip()
+    git("update-ref", "refs/heads/main", bad, cwd=remote)
+    repo = str(tmp_path / "r.git")
+    run(capsys, "init", repo)
+    objects = Path(repo, "objects")
+    before = sorted(str(p.relative_to(objects)) for p in objects.rglob("*"))
+    code, _out, err = run(capsys, "-C", repo, "fetch", str(remote))
+    assert code == 2 and "nothing was kept" in err and "git~1" in err
+    assert sorted(str(p.relative_to(objects)) for p in objects.rglob("*")) == before
+    assert git("for-each-ref", cwd=repo) == ""
+    # Once the remote is mended, the same fetch goes through.
+    git("update-ref", "refs/heads/main", "HEAD~1", cwd=remote)
+    assert run(capsys, "-C", repo, "fetch", str(remote))[0] == 0
+    git("fsck", "--strict", cwd=repo)

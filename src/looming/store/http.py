@@ -48,12 +48,8 @@ from looming.store.gitbackend import GitBackend
 from looming.store.githttp import BodyTooLarge, WsgiRun, git_app, plain_body, wsgi_environ
 from looming.store.names import check_branch, check_key
 from looming.store.path import show_path
-from looming.store.receive import (
-    Receiver,
-    current_branch,
-    deny_current_branch,
-    reclaim_quarantines,
-)
+from looming.store.quarantine import reclaim
+from looming.store.receive import Receiver, current_branch, deny_current_branch
 from looming.store.repo import Repo
 from looming.store.store import Store
 
@@ -131,7 +127,7 @@ class StoreHttp:
         self.bad_git_requests = 0
         self.denied = 0
         self._git = DulwichRepo(repo.backend.git_dir)
-        self.reclaimed = reclaim_quarantines(repo.backend.objects_dir, repo.clock.now())
+        self.reclaimed = reclaim(repo.backend.objects_dir, repo.clock.now())
         self.last_receive: Receiver | None = None
 
     def close(self) -> None:

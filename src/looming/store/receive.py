@@ -23,8 +23,6 @@ handler class whose ref updates are decided here, for one client:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +30,8 @@ from typing import Any
 from looming.store.auth import AccessPolicy, Client
 from looming.store.errors import StoreError
 from looming.store.gitbackend import GitBackend
-from looming.store.names import branch_rule, key_rule
+from looming.store.names import branch_rule
+from looming.store.quarantine import Quarantine, bad_tree_entry
 from looming.store.repo import HEADS, Repo
 
 ZERO = b"0" * 40
@@ -85,20 +84,6 @@ def _is_ancestor(store: Any, old: bytes, new: bytes) -> bool:
                 seen.add(parent)
                 stack.append(parent)
     return False
-
-
-def _bad_tree_entry(pack: Any) -> str | None:
-    """The first tree entry in ``pack`` git's fsck would refuse, described."""
-    from dulwich.objects import Tree
-
-    for obj in pack.iterobjects():
-        if isinstance(obj, Tree):
-            for entry in obj.iteritems():
-                name = entry.path.decode("utf-8", "surrogateescape")
-                rule = key_rule(name)
-                if rule is not None:
-                    return f"tree {obj.id.decode()} has entry {name!r}: {rule}"
-    return None
 
 
 class Receiver:
@@ -166,9 +151,9 @@ class Receiver:
         quarantine = None
         try:
             if any(new != ZERO for _old, new, _ref in refs):
-                quarantine = self._quarantine()
+                quarantine = Quarantine(self.git.object_store.path)
                 try:
-                    pack = quarantine.add_thin_pack(
+                    quarantine.store.add_thin_pack(
                         handler.proto.read,
                         getattr(handler.proto, "recv", None),
                         max_input_size=self.max_pack_bytes,
@@ -178,14 +163,13 @@ class Receiver:
                     self.report.unpack_error = f"the pack is unusable: {reason}"
                     yield (b"unpack", self.report.unpack_error.encode())
                     return
-                bad = _bad_tree_entry(pack)
-                pack.close()
+                bad = bad_tree_entry(quarantine.objects())
                 if bad is not None:
                     self.report.unpack_error = f"refused: {bad}"
                     yield (b"unpack", self.report.unpack_error.encode())
                     return
             yield (b"unpack", b"ok")
-            view = quarantine if quarantine is not None else self.git.object_store
+            view = quarantine.store if quarantine is not None else self.git.object_store
             for old, new, ref in wanted:
                 status[ref] = self._dynamic_refusal(view, old, new, ref)
             if atomic and any(status[r[2]] is not None for r in refs):
@@ -193,7 +177,7 @@ class Receiver:
                     status[ref] = status[ref] or "atomic push failed"
             accepted = [r for r in refs if status[r[2]] is None]
             if accepted and quarantine is not None:
-                self._migrate(quarantine)
+                quarantine.migrate()
             for old, new, ref in accepted:
                 status[ref] = self._update(old, new, ref)
             for _old, _new, ref in refs:
@@ -206,36 +190,7 @@ class Receiver:
                 yield (ref, b"ok" if refusal is None else refusal.encode("utf-8", "replace"))
         finally:
             if quarantine is not None:
-                shutil.rmtree(quarantine.path, ignore_errors=True)
-
-    # -------------------------------------------------------------- objects
-
-    def _quarantine(self) -> Any:
-        from dulwich.object_store import DiskObjectStore
-
-        objects = self.git.object_store.path
-        path = tempfile.mkdtemp(prefix=QUARANTINE_PREFIX, dir=objects)
-        store = DiskObjectStore.init(path)
-        store.add_alternate_path(os.path.abspath(objects))
-        return store
-
-    def _migrate(self, quarantine: Any) -> None:
-        """Move the quarantined pack in: data first, index last, so a reader
-        that finds the index finds its pack."""
-        source = os.path.join(quarantine.path, "pack")
-        target = os.path.join(self.git.object_store.path, "pack")
-        names = sorted(os.listdir(source), key=lambda n: (n.endswith(".idx"), n))
-        for name in names:
-            if name.startswith("tmp_"):
-                continue
-            with open(os.path.join(source, name), "rb") as file:
-                os.fsync(file.fileno())
-            os.replace(os.path.join(source, name), os.path.join(target, name))
-        directory = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+                quarantine.discard()
 
     def _update(self, old: bytes, new: bytes, ref: bytes) -> str | None:
         branch = ref.decode("utf-8")[len(HEADS) :]
@@ -247,35 +202,6 @@ class Receiver:
         except StoreError as error:
             return f"failed to update: {error}"
         return None
-
-
-QUARANTINE_PREFIX = "incoming-"
-STALE_QUARANTINE_S = 3600.0
-
-
-def reclaim_quarantines(
-    objects_dir: str, now: float, older_than_s: float = STALE_QUARANTINE_S
-) -> int:
-    """Delete quarantine folders a killed server left (untouched for
-    ``older_than_s``; a younger one may be another server's push in
-    progress). How many were deleted."""
-    reclaimed = 0
-    try:
-        names = os.listdir(objects_dir)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        path = os.path.join(objects_dir, name)
-        if not name.startswith(QUARANTINE_PREFIX) or not os.path.isdir(path):
-            continue
-        try:
-            if now - os.stat(path).st_mtime < older_than_s:
-                continue
-        except FileNotFoundError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        reclaimed += 1
-    return reclaimed
 
 
 def receive_handler(receiver: Receiver) -> type:

@@ -12,6 +12,7 @@ from looming.store.errors import RefChanged, StoreError
 from looming.store.gitbackend import GitBackend
 from looming.store.names import branch_rule
 from looming.store.objects import ObjectId
+from looming.store.quarantine import Quarantine, bad_tree_entry
 from looming.store.repo import HEADS, Repo
 from looming.store.store import MergeResult, Store
 from looming.store.treemerge import is_ancestor, lowest_common_ancestors
@@ -57,14 +58,28 @@ def _client(remote: str) -> tuple[Any, str]:
 
 
 def fetch(repo: Repo, remote: str, *, remote_name: str = "origin") -> FetchResult:
-    """Download the remote's branches into ``refs/remotes/<remote_name>/``."""
+    """Download the remote's branches into ``refs/remotes/<remote_name>/``.
+
+    What arrives waits in a quarantine (:mod:`looming.store.quarantine`)
+    until its trees pass git fsck's rules for entry names; a remote offering
+    a ``.git`` entry, say, is refused and nothing it sent is kept."""
     target = _dulwich_repo(repo)
     client, path = _client(remote)
+    quarantine = Quarantine(target.object_store.path)
+    main_store, target.object_store = target.object_store, quarantine.store
     try:
         result = client.fetch(path, target)
+        bad = bad_tree_entry(quarantine.objects())
+        if bad is not None:
+            raise SyncError(f"refused what {remote} sent, nothing was kept: {bad}")
+        quarantine.migrate()
+    except SyncError:
+        raise
     except Exception as error:
         raise SyncError(f"fetch from {remote} failed: {error}") from None
     finally:
+        quarantine.discard()
+        target.object_store = main_store
         target.close()
     branches: dict[str, str] = {}
     skipped: dict[str, str] = {}
