@@ -22,13 +22,16 @@ and the two factories above: ``tls_client(flow, config, server_name=...)`` and
 ``tls_server(flow, config)``, each returning a ready :class:`TlsFlow`.
 
 With asyncio streams directly: ``await open_connection(host, port, config)``
-and ``await start_server(handler, host, port, config)``.
+and ``await start_server(handler, host, port, config)``. For code written
+against Python's ``ssl`` (asyncio's ``ssl=``, httpx's ``verify=``,
+``websockets``), :class:`TlsContext` stands in for an ``ssl.SSLContext`` and
+makes ``ssl.SSLObject``-shaped objects (see :mod:`looming.tls.compat`).
 
 Versions TLS 1.3 (RFC 8446) and 1.2 (RFC 5246 with RFC 7627 extended master
 secret, ECDHE and AEAD suites only, RFC 5746 signalling, no renegotiation).
 Groups X25519, secp256r1, secp384r1, X25519MLKEM768; suites AES-128-GCM,
 AES-256-GCM, ChaCha20-Poly1305; signatures RSA-PSS, RSA-PKCS1 (1.2 and
-certificates), ECDSA P-256/P-384, Ed25519. Resumption by tickets (1.3
+certificates), RSA-PSS keys (rsa_pss_pss_*), ECDSA P-256/P-384, Ed25519, Ed448. Resumption by tickets (1.3
 psk_dhe_ke, or psk_ke when ``TlsConfig.psk_key_exchange_modes`` lists it;
 1.2 RFC 5077), 0-RTT only when both ``TlsConfig.enable_early_data``
 (client) and ``TlsConfig.max_early_data`` (server) opt in, with single-use
@@ -53,6 +56,7 @@ injected through a scripted Random device and ``TlsConfig.handshake_rewriter``
 from __future__ import annotations
 
 from .certs import CertifiedKey, TrustStore, spki_sha256
+from .compat import TlsContext, TlsObject
 from .config import TlsConfig
 from .constants import TLS12, TLS13, AlertDescription, CipherSuite, NamedGroup, SignatureScheme
 from .engine import TlsConnection
@@ -99,8 +103,10 @@ __all__ = [
     "TlsClosed",
     "TlsConfig",
     "TlsConnection",
+    "TlsContext",
     "TlsError",
     "TlsFlow",
+    "TlsObject",
     "TlsProtocolError",
     "TlsTruncated",
     "TrustStore",
