@@ -48,6 +48,8 @@ TOKEN_ENV = "LOOMING_STORE_TOKEN"
 PERMISSIONS = ("read", "write", "force-push", "delete")
 TOKEN_DEFAULT = frozenset({"read", "write"})
 
+NO_TOKEN = b"\0" * 32
+ANY_OTHER_BRANCH = "\0"  # matched by a "*" rule, and by no rule naming branches
 ENABLE_WRITES = (
     "this store takes no writes: no credentials are configured. Start it with "
     f"--token-file FILE (or set {TOKEN_ENV}) and send that token as the HTTP Basic "
@@ -109,9 +111,9 @@ class AccessPolicy:
             self.failures[0] += 1
             return None
         user, colon, password = decoded.partition(b":")
-        # Compared even when no token is configured, so the time taken does
-        # not tell an attacker whether one is.
-        expected = self.token if self.token is not None else os.urandom(32)
+        # Compared even when no token is configured (against one that never
+        # matches, as the check after it says), so the work is the same.
+        expected = self.token if self.token is not None else NO_TOKEN
         if not colon or not hmac.compare_digest(password, expected) or self.token is None:
             self.failures[0] += 1
             return None
@@ -142,8 +144,9 @@ class AccessPolicy:
         return permission in self.permissions(client, branch)
 
     def allows_all(self, client: Client, branches: Iterable[str], permission: str) -> bool:
-        """``permission`` on every branch given, and on a branch no rule names."""
-        return all(self.allows(client, b, permission) for b in [*branches, "\0unnamed"])
+        """``permission`` on every branch given, and on one created later
+        (:data:`ANY_OTHER_BRANCH`, a name no branch can have)."""
+        return all(self.allows(client, b, permission) for b in [*branches, ANY_OTHER_BRANCH])
 
     def refusal(self, client: Client, branch: str, permission: str) -> str:
         """Why ``client`` may not do ``permission`` on ``branch`` (for a 401/403 body)."""
