@@ -226,18 +226,35 @@ class Store:
         return list(self.repo.history(self.head, limit))
 
     def last_modified(self, path: PathLike, limit: int = 1) -> CommitList:
-        """The newest commits (up to ``limit``) that changed ``path``."""
+        """The newest commits (up to ``limit``) that changed ``path``, as
+        ``git log -- PATH`` lists them: a commit whose ``path`` equals its
+        parent's is left out and, at a merge, only the first parent it
+        equals is followed (git's default history simplification); a root
+        commit counts when ``path`` exists in it. Newest first."""
         names = to_path(path)
-        found: CommitList = []
+        head = self.head_id()
+        if head is None:
+            return []
         db = self.repo.db
-        for info in self.repo.history(self.head):
-            commit = db.commit(bytes.fromhex(info.id))
+        found: CommitList = []
+        seen = {head}
+        frontier = [head]
+        while frontier and len(found) < limit:
+            frontier.sort(key=lambda oid: db.commit(oid).committer.time)
+            current = frontier.pop()
+            commit = db.commit(current)
             now = lookup(db, commit.tree, names)
-            parents = [lookup(db, db.commit(parent).tree, names) for parent in commit.parents]
-            if all(now != before for before in parents) or (not parents and now is not None):
-                found.append(info)
-                if len(found) >= limit:
-                    break
+            same = [p for p in commit.parents if lookup(db, db.commit(p).tree, names) == now]
+            if same:
+                follow = same[:1]  # unchanged here: its history is that parent's
+            else:
+                follow = list(commit.parents)
+                if commit.parents or now is not None:
+                    found.append(CommitInfo.of(current, commit))
+            for parent in follow:
+                if parent not in seen:
+                    seen.add(parent)
+                    frontier.append(parent)
         return found
 
     def diff(self, old: str | None, new: str | None) -> ChangeList:
