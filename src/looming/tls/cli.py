@@ -42,11 +42,14 @@ from .errors import TlsError
 from .flow import TlsFlow, open_connection, start_server
 from .keyload import KEY_PASSWORD_ENV, load_identity_files, read_key_password
 from .keylog import KeyLogFile
+from .session import TicketKeys
 from .session_file import read_session_file, write_session_file
+from .ticket_file import load_ticket_key_file, watch_ticket_key_file
 
 PROG = "looming tls"
 HTTP_BODY = b"hello from looming over TLS\n"
 VERSION_NAMES = {TLS12: "TLSv1.2", TLS13: "TLSv1.3"}
+TICKET_FILE_CHECK_S = 5.0
 
 
 def _versions(name: str) -> tuple[int, ...]:
@@ -114,6 +117,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--max-early-data", type=int, default=0, help="accept this many bytes of 0-RTT data"
+    )
+    tickets = serve.add_mutually_exclusive_group()
+    tickets.add_argument(
+        "--ticket-keys",
+        metavar="FILE",
+        help="session-ticket keys shared with other servers: 48-byte keys (openssl rand "
+        "48), the first sealing; reloaded when the file changes",
+    )
+    tickets.add_argument(
+        "--ticket-rotation",
+        type=int,
+        metavar="SECONDS",
+        help="replace this process's own ticket key this often (tickets stay valid "
+        "for one more period)",
     )
     serve.add_argument(
         "--tls", choices=["1.2", "1.3", "any"], default="any", help="versions (default any)"
@@ -237,17 +254,29 @@ def server_config(args: argparse.Namespace) -> TlsConfig:
     """The TlsConfig ``tls serve`` runs with."""
     if args.client_auth == "optional" and not args.client_ca:
         raise UsageError("--client-auth optional needs --client-ca (the CAs to validate against)")
-    return TlsConfig(
+    config = TlsConfig(
         certificates=_identities(args),
         client_trust=TrustStore.from_pem_file(args.client_ca) if args.client_ca else None,
         require_client_certificate=bool(args.client_ca) and args.client_auth == "required",
         max_early_data=args.max_early_data,
         **_common_settings(args),  # type: ignore[arg-type]
     )
+    if args.ticket_keys:
+        config.ticket_keys = load_ticket_key_file(args.ticket_keys, config.random)
+    elif args.ticket_rotation is not None:
+        if args.ticket_rotation < 1:
+            raise UsageError("--ticket-rotation needs a number of seconds, 1 or more")
+        config.ticket_keys = TicketKeys(config.random, rotate_after_s=args.ticket_rotation)
+    return config
 
 
 async def _serve(args: argparse.Namespace) -> int:
     config = server_config(args)
+    watcher = None
+    if args.ticket_keys and config.ticket_keys is not None:
+        watcher = asyncio.create_task(
+            watch_ticket_key_file(args.ticket_keys, config.ticket_keys, TICKET_FILE_CHECK_S)
+        )
 
     async def handle(flow: TlsFlow) -> None:
         if args.http:
@@ -262,8 +291,12 @@ async def _serve(args: argparse.Namespace) -> int:
     server = await start_server(handle, args.host, args.port, config)
     host, port = server.sockets[0].getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
-    async with server:
-        await server.serve_forever()
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
     return 0
 
 

@@ -73,6 +73,16 @@ class TlsTcpFlow(TlsFlow):
     def set_nodelay(self, enabled: bool) -> None:
         self.tcp.set_nodelay(enabled)
 
+    def set_keepalive(
+        self,
+        enabled: bool,
+        *,
+        idle: float | None = None,
+        interval: float | None = None,
+        probes: int | None = None,
+    ) -> None:
+        self.tcp.set_keepalive(enabled, idle=idle, interval=interval, probes=probes)
+
 
 class TlsTcp:
     """:class:`looming.devices.Tcp` with a TLS handshake on every connection."""

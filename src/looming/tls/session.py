@@ -127,31 +127,96 @@ class TicketState:
 _FIXED = struct.Struct(">IQII")
 
 
-class TicketKeys:
-    """The server's ticket sealing key and the record of redeemed tickets."""
+# A ticket key as shared between processes: 16 bytes of name, 32 of AES-256-GCM key.
+TICKET_KEY_BYTES = 48
 
-    def __init__(self, random: Random) -> None:
+
+class TicketKeys:
+    """The server's ticket sealing keys and the record of redeemed tickets.
+
+    The newest key seals; it and up to ``keep - 1`` older ones open. With
+    ``rotate_after_s`` a new key replaces the sealing one that often (timed by
+    the tickets' issue times, so no clock is read here); a ticket then stays
+    resumable for ``keep - 1`` more periods. Keys may instead be given
+    (:meth:`from_bytes`, from a file several servers share, as nginx's
+    ``ssl_session_ticket_key``), so that each resumes the others' sessions;
+    :meth:`load` replaces them when the file changes. Replay protection of
+    0-RTT (each ticket redeemed once) holds within one process only.
+    """
+
+    def __init__(self, random: Random, rotate_after_s: int | None = None, keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError("keep at least the sealing key")
         self._random = random
-        self._name = random.bytes(16)
-        self._aead = AESGCM(random.bytes(32))
+        self.rotate_after_s = rotate_after_s
+        self.keep = keep
+        # Newest first: (name, aead); the first seals.
+        self._keys: list[tuple[bytes, AESGCM]] = []
+        self._sealing_since_ms: int | None = None
+        self._add(random.bytes(TICKET_KEY_BYTES))
         self._redeemed: dict[bytes, int] = {}
         # The same entries ordered by expiry, so forgetting expired ones costs
         # O(log n) per redemption rather than a scan of every ticket ever used.
         self._expiries: list[tuple[int, bytes]] = []
 
+    @classmethod
+    def from_bytes(cls, data: bytes, random: Random) -> TicketKeys:
+        """Keys from a shared file: 48 bytes each, the first sealing."""
+        keys = cls(random)
+        keys.load(data)
+        return keys
+
+    def load(self, data: bytes) -> None:
+        """Replace the keys with those in ``data`` (48 bytes each, the first sealing)."""
+        if not data or len(data) % TICKET_KEY_BYTES:
+            raise ValueError(
+                f"a ticket key file holds one or more {TICKET_KEY_BYTES}-byte keys, "
+                f"not {len(data)} bytes (make one with: openssl rand {TICKET_KEY_BYTES})"
+            )
+        self._keys = []
+        self.rotate_after_s = None  # keys shared with other processes change only together
+        chunks = [data[i : i + TICKET_KEY_BYTES] for i in range(0, len(data), TICKET_KEY_BYTES)]
+        self.keep = len(chunks)
+        for chunk in reversed(chunks):
+            self._add(chunk)
+
+    def _add(self, material: bytes) -> None:
+        self._keys.insert(0, (material[:16], AESGCM(material[16:])))
+        del self._keys[self.keep :]
+
+    def rotate(self) -> None:
+        """A fresh sealing key; the oldest beyond ``keep`` is forgotten."""
+        self._add(self._random.bytes(TICKET_KEY_BYTES))
+        self._sealing_since_ms = None
+
+    @property
+    def names(self) -> list[bytes]:
+        return [name for name, _ in self._keys]
+
     def seal(self, state: TicketState) -> bytes:
+        if self.rotate_after_s is not None:
+            if self._sealing_since_ms is None:
+                self._sealing_since_ms = state.issued_ms
+            elif state.issued_ms - self._sealing_since_ms >= self.rotate_after_s * 1000:
+                self.rotate()
+                self._sealing_since_ms = state.issued_ms
+        name, aead = self._keys[0]
         nonce = self._random.bytes(12)
-        return self._name + nonce + self._aead.encrypt(nonce, state.encode(), self._name)
+        return name + nonce + aead.encrypt(nonce, state.encode(), name)
 
     def open(self, ticket: bytes) -> TicketState | None:
         """The state inside ``ticket``, or None if it is not one of ours."""
-        if len(ticket) < 16 + 12 + 16 or ticket[:16] != self._name:
+        if len(ticket) < 16 + 12 + 16:
             return None
-        try:
-            plain = self._aead.decrypt(ticket[16:28], ticket[28:], self._name)
-            return TicketState.decode(plain)
-        except (InvalidTag, Malformed, UnicodeDecodeError):
-            return None
+        name = ticket[:16]
+        for key_name, aead in self._keys:
+            if key_name == name:
+                try:
+                    plain = aead.decrypt(ticket[16:28], ticket[28:], name)
+                    return TicketState.decode(plain)
+                except (InvalidTag, Malformed, UnicodeDecodeError):
+                    return None
+        return None
 
     def redeem(self, state: TicketState, now_ms: int) -> bool:
         """Mark the ticket used; False if it was already used (a replay)."""
