@@ -70,6 +70,7 @@ class WireIpv4:
         *,
         ttl: int = 64,
         dont_fragment: bool = False,
+        tos: int = 0,
     ) -> None:
         if self.record:
             self.sent.append((destination, payload))

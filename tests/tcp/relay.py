@@ -40,6 +40,7 @@ TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 ETHERTYPE_ARP = b"\x08\x06"
+ETHERTYPE_IPV4 = b"\x08\x00"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -53,6 +54,7 @@ class Impairments:
     reorder: float = 0.0  # held back by reorder_ms, so later frames overtake it
     reorder_ms: float = 2.0
     delay_ms: float = 0.0  # added to every frame, both ways
+    ce: float = 0.0  # ECN-capable IPv4 packets marked Congestion Experienced
     seed: int = 1
     impair_arp: bool = False
 
@@ -81,7 +83,7 @@ class RelayCore:
     rng: random.Random = field(init=False)
     counters: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("frames", "dropped", "duplicated", "reordered", "forwarded"), 0
+            ("frames", "dropped", "duplicated", "reordered", "forwarded", "ce_marked"), 0
         )
     )
 
@@ -103,6 +105,11 @@ class RelayCore:
         if imp.loss and rng.random() < imp.loss:
             self.counters["dropped"] += 1
             return []
+        if imp.ce and rng.random() < imp.ce:
+            marked = mark_ce(frame)
+            if marked is not None:
+                self.counters["ce_marked"] += 1
+                frame = marked
         due = now + imp.delay_ms / 1000
         if imp.reorder and rng.random() < imp.reorder:
             self.counters["reordered"] += 1
@@ -112,6 +119,22 @@ class RelayCore:
             self.counters["duplicated"] += 1
             out.append((due, frame))
         return out
+
+
+def mark_ce(frame: bytes) -> bytes | None:
+    """The frame with its IPv4 ECN field set to CE (RFC 3168), when the
+    packet is ECN-capable; the header checksum is recomputed."""
+    if frame[12:14] != ETHERTYPE_IPV4 or len(frame) < 34 or frame[15] & 0b11 == 0:
+        return None
+    length = (frame[14] & 0x0F) * 4
+    header = bytearray(frame[14 : 14 + length])
+    header[1] |= 0b11
+    header[10:12] = b"\0\0"
+    total = sum(int.from_bytes(header[i : i + 2], "big") for i in range(0, length, 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    header[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+    return frame[:14] + bytes(header) + frame[14 + length :]
 
 
 def open_tap(name: str) -> int:

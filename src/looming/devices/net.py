@@ -207,6 +207,8 @@ class Ipv4(Protocol):
         *,
         ttl: int = 64,
         dont_fragment: bool = False,
+        tos: int = 0,
     ) -> None:
-        """Send ``payload``, fragmenting above the MTU unless ``dont_fragment``."""
+        """Send ``payload``, fragmenting above the MTU unless ``dont_fragment``;
+        ``tos`` is the header's DSCP and ECN byte (RFC 3168: 2 is ECT(0))."""
         ...

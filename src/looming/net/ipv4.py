@@ -306,6 +306,7 @@ class Ipv4Layer:
         dont_fragment: bool = False,
         source: IPv4Address | None = None,
         segment_size: int | None = None,
+        tos: int = 0,
     ) -> None:
         """Send one datagram, fragmenting above the MTU.
 
@@ -336,6 +337,7 @@ class Ipv4Layer:
             ttl=ttl,
             identification=self._next_identification(),
             dont_fragment=dont_fragment,
+            tos=tos,
         )
         if self.is_local(destination):
             # Our own address: deliver through input() on the next turn of

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 MS = 1_000_000
 SECOND = 1_000_000_000
 CONGESTION_CONTROLS = ("cubic", "newreno")
+ECN_MODES = ("off", "accept", "on")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,9 @@ class TcpConfig:
     congestion_control: str = "cubic"
     tail_loss_probe: bool = True
     undo: bool = True
+    # ECN (RFC 3168): "accept" when the peer's SYN asks (Linux's tcp_ecn=2),
+    # "on" to ask in our SYNs too, "off" never.
+    ecn: str = "accept"
     ephemeral_ports: tuple[int, int] = (32768, 60999)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,8 @@ class TcpConfig:
                 f"unknown congestion control {self.congestion_control!r}: "
                 f"use one of {', '.join(CONGESTION_CONTROLS)}"
             )
+        if self.ecn not in ECN_MODES:
+            raise ValueError(f"unknown ECN mode {self.ecn!r}: use one of {', '.join(ECN_MODES)}")
         if not 0 < self.ephemeral_ports[0] <= self.ephemeral_ports[1] <= 65535:
             raise ValueError(f"bad ephemeral port range {self.ephemeral_ports}")
 
@@ -97,6 +103,9 @@ class TcpStats:
     dsacks_received: int = 0
     spurious_recoveries_undone: int = 0
     spurious_timeouts_undone: int = 0
+    ecn_negotiated: int = 0  # connections on which both ends agreed to ECN
+    ecn_ce_received: int = 0  # segments that arrived marked Congestion Experienced
+    ecn_echoes_received: int = 0  # ACKs with ECE that reduced the window
     timeouts: int = 0
     malformed_dropped: int = 0
     checksum_errors: int = 0

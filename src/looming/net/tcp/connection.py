@@ -22,6 +22,8 @@ from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.sender import TcpSender
 from looming.net.tcp.seq import MASK, before32, unwrap, wrap
 from looming.net.tcp.tcb import (
+    CWR,
+    ECE,
     MAX_WINDOW_SCALE,
     RECEIVING,
     SENDING,
@@ -158,6 +160,14 @@ class TcpConnection(TcpSender):
             self.snd_scale = min(syn.window_scale, MAX_WINDOW_SCALE)
             self.rcv_scale = self.config.window_scale
         self.sack_ok = self.config.sack and syn.sack_permitted
+        if syn.has_ack:
+            # Our SYN asked for ECN; a SYN-ACK with ECE and without CWR agrees.
+            self.ecn_ok = self.config.ecn == "on" and (syn.flags & (ECE | CWR)) == ECE
+        else:
+            # A SYN asking for ECN carries both ECE and CWR (RFC 3168 6.1.1).
+            self.ecn_ok = self.config.ecn != "off" and (syn.flags & (ECE | CWR)) == ECE | CWR
+        if self.ecn_ok:
+            self.stats.ecn_negotiated += 1
         if self.config.timestamps and syn.timestamps is not None:
             self.ts_ok = True
             self.ts_recent = syn.timestamps[0]
@@ -224,16 +234,29 @@ class TcpConnection(TcpSender):
             self._send_reset(self.snd_max, now)
         self._become_closed()
 
-    def input(self, header: TcpHeader, payload: bytes | memoryview, now: int) -> None:
-        """Process one received segment addressed to this connection."""
+    def input(
+        self, header: TcpHeader, payload: bytes | memoryview, now: int, *, ce: bool = False
+    ) -> None:
+        """Process one received segment addressed to this connection; ``ce``
+        says its IP header was marked Congestion Experienced."""
         if header.rst:
             self.stats.resets_received += 1
         if self.state == State.CLOSED:
             return
+        if self.ecn_ok and self.state in SYNCHRONIZED:
+            self._ecn_input(header, ce, now)
         if self.state == State.SYN_SENT:
             self._input_syn_sent(header, now)
             return
         self._input_synchronizing(header, payload, now)
+
+    def _ecn_input(self, header: TcpHeader, ce: bool, now: int) -> None:
+        """RFC 3168 6.1.3: echo CE with ECE until the peer says CWR."""
+        if header.flags & CWR:
+            self.ece_pending = False
+        if ce:
+            self.stats.ecn_ce_received += 1
+            self.ece_pending = True
 
     def _input_syn_sent(self, header: TcpHeader, now: int) -> None:
         ack_ok = False

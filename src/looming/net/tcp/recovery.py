@@ -26,7 +26,7 @@ from looming.net.tcp.prr import ProportionalRateReduction
 from looming.net.tcp.rack import rack_detect
 from looming.net.tcp.scoreboard import Segment
 from looming.net.tcp.seq import MASK, before32, unwrap
-from looming.net.tcp.tcb import Event, Recovery, State, TransmissionControlBlock
+from looming.net.tcp.tcb import ECE, Event, Recovery, State, TransmissionControlBlock
 from looming.net.wire.tcp import TcpHeader
 
 
@@ -57,6 +57,8 @@ class LossRecovery(TransmissionControlBlock):
             self._challenge_ack(now)
             return False
         window_changed = self._update_window(header, seq, ack)
+        if self.ecn_ok and header.flags & ECE:
+            self._on_ecn_echo(now)
         sacked, original = self._read_sack_blocks(header, ack, now)
         if ack > self.snd_una:
             acked, original_acked = self._on_new_ack(ack, header, now)
@@ -75,6 +77,20 @@ class LossRecovery(TransmissionControlBlock):
         elif sacked:
             self._after_ack(now, sacked, 0, original, advanced=False)
         return True
+
+    def _on_ecn_echo(self, now: int) -> None:
+        """RFC 3168 6.1.2: the network marked our data; reduce as for a loss,
+        once per window of data, and say so with CWR."""
+        if self.snd_una < self.ecn_high:
+            return
+        self.ecn_high = self.snd_max
+        self.cwr_pending = True
+        if self.recovery is not Recovery.OPEN:
+            return  # already reduced for a loss in this window
+        self.stats.ecn_echoes_received += 1
+        self.cc.on_congestion(now, self.snd_max - self.snd_una)
+        self.cc.cwnd = max(self.cc.ssthresh, self.send_mss)
+        self.undo_state = None  # a mark is no spurious loss: nothing to undo
 
     def _update_window(self, header: TcpHeader, seq: int, ack: int) -> bool:
         window = header.window << self.snd_scale

@@ -21,7 +21,10 @@ from looming.net.tcp.rtt import RttEstimator
 from looming.net.tcp.scoreboard import Scoreboard
 from looming.net.tcp.send_buffer import SendBuffer
 from looming.net.tcp.seq import MASK, wrap
-from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
+from looming.net.wire.tcp import ACK, RST, SYN, TcpFlags, TcpHeader
+
+ECE = int(TcpFlags.ECE)
+CWR = int(TcpFlags.CWR)
 
 TIMESTAMP_OPTION_SPACE = 12  # NOP NOP kind len TSval TSecr
 MAX_WINDOW_SCALE = 14
@@ -137,6 +140,13 @@ class TransmissionControlBlock:
         self.retransmit_ts: int | None = None  # TSval of the episode's first retransmission
         self.frto = False  # a timeout's F-RTO check is running
         self.frto_new_segments = 0
+        # ECN (RFC 3168): agreed in the handshake; ECE owed on our ACKs until
+        # the peer's CWR; CWR owed on our next new data after reducing.
+        self.ecn_ok = False
+        self.ece_pending = False
+        self.cwr_pending = False
+        self.ecn_high = iss  # one reduction per window of data
+        self.outbox_ect: list[bool] = []  # per outbox entry: send it as ECT(0)
         self.tlp_at: int | None = None
         self.tlp_high: int | None = None  # snd_max when the outstanding probe left
         self.reorder_at: int | None = None
@@ -265,6 +275,16 @@ class TransmissionControlBlock:
             sack_blocks = tuple(
                 (wrap(left), wrap(right)) for left, right in self.receive_buffer.sack_blocks(limit)
             )
+        ect = False
+        if self.ecn_ok:
+            if self.ece_pending and flags & ACK:
+                flags |= ECE
+            # RFC 3168 6.1.5: only new data is ECN-capable, never a retransmission.
+            if payload and not resent:
+                ect = True
+                if self.cwr_pending:
+                    flags |= CWR
+                    self.cwr_pending = False
         header = TcpHeader(
             src_port=self.local_port,
             dst_port=self.remote_port,
@@ -275,10 +295,16 @@ class TransmissionControlBlock:
             sack_blocks=sack_blocks,
             timestamps=(self._ts_now(now), self.ts_recent) if self.ts_ok else None,
         )
-        self._push(header, payload, now, carries_ack=not resent)
+        self._push(header, payload, now, carries_ack=not resent, ect=ect)
 
     def _push(
-        self, header: TcpHeader, payload: bytes, now: int, *, carries_ack: bool = True
+        self,
+        header: TcpHeader,
+        payload: bytes,
+        now: int,
+        *,
+        carries_ack: bool = True,
+        ect: bool = False,
     ) -> None:
         # A resent segment may be old news to the peer, which then drops it
         # whole, ACK field included: it does not settle an ACK we owe.
@@ -288,6 +314,7 @@ class TransmissionControlBlock:
             self.ack_due = False
             self.acknowledged_to = self.receive_buffer.rcv_nxt
         self.outbox.append((header, payload))
+        self.outbox_ect.append(ect)
         self.stats.segments_out += 1
         self.stats.bytes_out += len(payload)
         self.last_send = now
@@ -299,7 +326,9 @@ class TransmissionControlBlock:
             timestamps = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
             window_scale = self.rcv_scale if self.ws_ok else None
             sack_permitted = self.sack_ok
+            ecn_flags = ECE if self.ecn_ok else 0  # RFC 3168 6.1.1: ECE alone agrees
         else:
+            ecn_flags = ECE | CWR if config.ecn == "on" else 0
             timestamps = (self._ts_now(now), 0) if config.timestamps else None
             window_scale = config.window_scale if config.window_scaling else None
             sack_permitted = config.sack
@@ -308,7 +337,7 @@ class TransmissionControlBlock:
             dst_port=self.remote_port,
             seq=wrap(self.iss),
             ack=wrap(self.receive_buffer.rcv_nxt) if with_ack else 0,
-            flags=SYN | ACK if with_ack else SYN,
+            flags=(SYN | ACK if with_ack else SYN) | ecn_flags,
             window=self._window_field(True),
             mss=min(self.path_mss, 0xFFFF),
             window_scale=window_scale,
@@ -380,7 +409,19 @@ class TransmissionControlBlock:
     def take_outbox(self) -> list[tuple[TcpHeader, bytes]]:
         out = self.outbox
         self.outbox = []
+        self.outbox_ect = []
         return out
+
+    def take_outbox_marked(self) -> list[tuple[TcpHeader, bytes, bool]]:
+        """The outbox with, per segment, whether the IP layer should mark it
+        ECN-capable (ECT(0)): new data on a connection that agreed to ECN."""
+        marked = [
+            (header, payload, ect)
+            for (header, payload), ect in zip(self.outbox, self.outbox_ect, strict=True)
+        ]
+        self.outbox = []
+        self.outbox_ect = []
+        return marked
 
     def take_events(self) -> list[Event]:
         events = self.events
