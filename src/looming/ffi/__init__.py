@@ -17,8 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from looming.extras import require
+from looming.ffi.confine import Confinement, ConfinementWarning
 from looming.ffi.description import Bindings, Function, foreign
 from looming.ffi.errors import (
+    CallCancelled,
+    CallTimedOut,
     CompilerMissing,
     DescriptionError,
     DescriptionMismatch,
@@ -110,8 +113,12 @@ __all__ = [
     "Buffer",
     "CString",
     "CType",
+    "CallCancelled",
+    "CallTimedOut",
     "Callback",
     "CompilerMissing",
+    "Confinement",
+    "ConfinementWarning",
     "CountedArray",
     "Deref",
     "DescriptionError",
