@@ -51,16 +51,19 @@ async def watch_ticket_key_file(path: str | Path, keys: TicketKeys, interval_s: 
     are kept, so a botched rotation does not stop the server.
     """
     target = Path(path)
-    seen = _stamp(target)
+    # None: the first check reloads, covering a change since the keys were loaded.
+    seen: tuple[int, int] | None = None
     while True:
         await asyncio.sleep(interval_s)
         stamp = _stamp(target)
         if stamp == seen or stamp is None:
             continue
         seen = stamp
+        before = keys.names
         try:
             keys.load(target.read_bytes())
         except (OSError, ValueError) as exc:
             log.error("ticket key file %s not reloaded, keeping the keys in use: %s", path, exc)
             continue
-        log.info("ticket keys reloaded from %s (%d keys)", path, len(keys.names))
+        if keys.names != before:
+            log.info("ticket keys reloaded from %s (%d keys)", path, len(keys.names))
