@@ -11,8 +11,9 @@ The ways: Python's ``zlib`` module (crc32 only), ctypes written by hand,
 cffi API mode written by hand, a hand-written helper process answering
 crc32 over an AF_UNIX socketpair (the floor for any out-of-process call from
 Python), and looming's dynamic, compiled and isolated
-backends (the isolated one over a socketpair, and over vchan when
-``looming.vchan`` is present). Ratios are against the hand-written ctypes
+backends (the isolated one confined as by default and unconfined, over a
+socketpair, and over vchan when ``looming.vchan`` is present). The time a
+killed helper takes to be replaced is measured too, confined and not. Ratios are against the hand-written ctypes
 and cffi of the same run. In-process ways are timed in the calling thread's
 CPU time, the isolated backend on the wall clock (its cost is the helper's
 and the waiting); rounds interleave the ways and each figure is the best.
@@ -33,7 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from looming.ffi import Bindings, Buffer, c_int, c_uint, c_ulong, foreign, link
+from looming.ffi import Bindings, Buffer, Confinement, c_int, c_uint, c_ulong, foreign, link
+from looming.ffi.isolated import Limits
 from looming.ffi.probe import cache_dir
 
 
@@ -157,6 +159,53 @@ def per_call_ns(call: Callable[[], object], iterations: int, cpu: bool) -> float
     return (clock() - started) / iterations
 
 
+def restart_times(count: int) -> dict[str, tuple[float, float]]:
+    """Seconds from a helper's death to the next call's answer (median, best), per confinement.
+
+    The helper is killed between calls; the next call starts a new one
+    (a new interpreter, the library linked, then each layer applied).
+    """
+    import os
+    import signal
+    import statistics
+
+    found: dict[str, tuple[float, float]] = {}
+    options: dict[str, dict[str, Any]] = {
+        "confined (default)": {},
+        "unconfined": {"confinement": Confinement.none(), "limits": Limits.none()},
+    }
+    libraries = {name: link(libc_bindings, "isolated", **extra) for name, extra in options.items()}
+    samples: dict[str, list[float]] = {name: [] for name in options}
+    for _ in range(count):
+        for name, library in libraries.items():  # interleaved
+            pid = library.helper_pid
+            os.kill(pid, signal.SIGKILL)
+            try:
+                library.abs(-1)
+            except Exception:
+                pass
+            started = time.perf_counter()
+            assert library.abs(-2) == 2
+            samples[name].append(time.perf_counter() - started)
+    for name, library in libraries.items():
+        library.close()
+        found[name] = (statistics.median(samples[name]), min(samples[name]))
+    return found
+
+
+def versions() -> str:
+    import platform
+
+    import cffi
+
+    libz = ctypes.CDLL("libz.so.1")
+    libz.zlibVersion.restype = ctypes.c_char_p
+    return (
+        f"Python {platform.python_version()}, cffi {cffi.__version__}, "
+        f"zlib {libz.zlibVersion().decode()}, Linux {platform.release()}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,6 +221,7 @@ def main() -> int:
     big = bytes(range(256)) * 256  # 64 KiB
     assert len(big) == 65536
 
+    progress(versions())
     progress("linking: hand ctypes, hand cffi, looming dynamic/compiled/isolated")
     libz = ctypes.CDLL("libz.so.1")
     ctypes_crc32 = libz.crc32
@@ -194,6 +244,12 @@ def main() -> int:
     looming: dict[str, tuple[Any, Any]] = {}
     for backend in ("dynamic", "compiled", "isolated"):
         looming[backend] = (link(bench_bindings, backend), link(libc_bindings, backend))
+    # The isolated backend without confinement: what the layers cost.
+    bare = {"confinement": Confinement.none(), "limits": Limits.none(), "timeout": None}
+    looming["isolated unconfined"] = (
+        link(bench_bindings, "isolated", **bare),
+        link(libc_bindings, "isolated", **bare),
+    )
     vchan_pair: tuple[Any, Any] | None = None
     if importlib.util.find_spec("looming.vchan") is not None:
         try:
@@ -257,7 +313,7 @@ def main() -> int:
                 lambda f=c.abs: f(-5),
                 lambda f=z.crc32: f(0, small, 56),
                 lambda f=z.crc32: f(0, big, 65536),
-                backend == "isolated",
+                backend.startswith("isolated"),
             )
         )
     if vchan_pair is not None:
@@ -325,6 +381,7 @@ def main() -> int:
             ]
         )
     print()
+    print(versions())
     print(
         table(
             [
@@ -360,7 +417,22 @@ def main() -> int:
         "isolated at most 25 us (crc32 56 B)": at_most(
             results["looming isolated"]["crc32_56B_ns"], 25_000
         ),
+        "confined isolated within 1.5x of unconfined (crc32 56 B)": at_most(
+            results["looming isolated"]["crc32_56B_ns"],
+            times(results["looming isolated unconfined"]["crc32_56B_ns"], 1.5),
+        ),
     }
+    restarts = restart_times(3 if options.quick else 9)
+    print()
+    print(
+        table(
+            ["helper", "restart (median)", "restart (best)"],
+            [
+                [name, f"{median * 1e3:.1f} ms", f"{best * 1e3:.1f} ms"]
+                for name, (median, best) in restarts.items()
+            ],
+        )
+    )
     print()
     for goal, met in goals.items():
         print(f"{'met ' if met else 'MISSED'}  {goal}")
@@ -370,7 +442,10 @@ def main() -> int:
         c.close()
     raw_helper.close()
     if options.json:
-        write_json(options.json, {"quick": options.quick, "results": results, "goals": goals})
+        write_json(
+            options.json,
+            {"quick": options.quick, "results": results, "goals": goals, "restarts": restarts},
+        )
     return 0
 
 
