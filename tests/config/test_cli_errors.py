@@ -216,7 +216,7 @@ def test_direct_net_links_the_tap_and_looming_stack(tmp_path: Path) -> None:
     )
     looming(app, "configure", "--net", "direct")
     main_py = (app / "_build" / "unix" / "main.py").read_text()
-    assert "net = await TapNetwork.connect(keys.interface)" in main_py
+    assert "net = await TapNetwork.connect(keys.interface, offload=keys.offload)" in main_py
     assert "stack = await DirectStack.connect(net, time=time, clock=clock, random=random" in main_py
     described = looming(app, "describe").stdout
     assert "stack    stack    looming.net.stack:DirectStack.connect" in described

@@ -71,6 +71,10 @@ def test_static_website_serves_on_an_address_from_dnsmasq(
             )
             assert page == (app / "htdocs" / "index.html").read_bytes()
         assert unikernel.exit_code == 0, unikernel.log
+        # The address the lease brought is printed for the user.
+        assert f"looming: DHCP: address {address}/24 from {kernel_namespace.peer_address}" in (
+            unikernel.log
+        ), unikernel.log
     finally:
         for server, _ in servers:
             server.terminate()

@@ -33,6 +33,22 @@ class TcpFlow(Flow, Protocol):
         """Turn Nagle's algorithm off (``True``) or back on (``False``)."""
         ...
 
+    def set_keepalive(
+        self,
+        enabled: bool,
+        *,
+        idle: float | None = None,
+        interval: float | None = None,
+        probes: int | None = None,
+    ) -> None:
+        """Probe an idle connection (RFC 9293 3.8.4), so a peer that vanished
+        without a word ends it (its reads and writes then fail) instead of
+        holding it open forever. Off by default. The first probe goes after
+        ``idle`` seconds of silence, the next every ``interval`` seconds, and
+        ``probes`` unanswered ones end the connection (None: the stack's own
+        settings)."""
+        ...
+
 
 TcpHandler = Callable[[TcpFlow], Awaitable[None]]
 """Serves one accepted connection; the flow is closed when it returns."""

@@ -10,6 +10,8 @@ and DNS resolver over UDP).  Every layer counts what it drops; see
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections import Counter
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING
@@ -31,6 +33,9 @@ if TYPE_CHECKING:  # imported when used: a stack with a static address and no na
     from looming.net.dns import DnsResolver
 
 
+log = logging.getLogger(__name__)
+
+
 class DirectStack:
     """:class:`looming.devices.stack.Stack` on a :class:`Network`."""
 
@@ -43,6 +48,8 @@ class DirectStack:
         random: Random,
         address: IPv4Interface | None = None,
         gateway: IPv4Address | None = None,
+        max_connections: int | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.network = network
         self.time = time
@@ -55,7 +62,9 @@ class DirectStack:
         )
         self.icmp = IcmpLayer(self.ipv4, time, random)
         self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp)
-        self._tcp = TcpLayer(self.ipv4, time, random)
+        self._tcp = TcpLayer(
+            self.ipv4, time, random, max_connections=max_connections, memory_limit=memory_limit
+        )
         self.dhcp: DhcpShell | None = None
         self.lease: DhcpLease | None = None
         self._resolver: DnsResolver | None = None
@@ -74,18 +83,35 @@ class DirectStack:
         dhcp: bool = False,
         dhcp_timeout: float = 30.0,
         dns_servers: list[IPv4Address] | None = None,
+        max_connections: int | None = None,
+        memory_limit: int | None = None,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
         Give either a static ``address`` (with an optional ``gateway``) or
-        ``dhcp=True``, which waits up to ``dhcp_timeout`` seconds for a lease.
+        ``dhcp=True``, which waits up to ``dhcp_timeout`` seconds for a lease
+        (the address it brings is printed on standard error and logged).
+        ``max_connections`` bounds TCP connections (in any state) and
+        ``memory_limit`` the bytes all TCP receive queues may hold (None or
+        0: no limit); what they turn away is counted (see :meth:`counters`).
         """
+        if max_connections is not None and max_connections < 0:
+            raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
+        if memory_limit is not None and memory_limit < 0:
+            raise ValueError(f"memory_limit must be 0 (no limit) or more bytes, not {memory_limit}")
         if dhcp and address is not None:
             raise ValueError("give either a static address or dhcp=True, not both")
         if not dhcp and address is None:
             raise ValueError("a direct stack needs an address (or dhcp=True)")
         stack = cls(
-            network, time=time, clock=clock, random=random, address=address, gateway=gateway
+            network,
+            time=time,
+            clock=clock,
+            random=random,
+            address=address,
+            gateway=gateway,
+            max_connections=max_connections or None,
+            memory_limit=memory_limit or None,
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)
@@ -102,7 +128,13 @@ class DirectStack:
                     DhcpClient(network.mac, random), stack._udp, stack.ipv4, time
                 )
                 await stack.dhcp.start()
-                stack.lease = await stack.dhcp.wait_bound(dhcp_timeout)
+                stack.lease = lease = await stack.dhcp.wait_bound(dhcp_timeout)
+                report = (
+                    f"DHCP: address {lease.interface} from {lease.server}, gateway "
+                    f"{lease.gateway or 'none'}, lease {lease.lease_s} s"
+                )
+                log.info("%s", report)
+                print(f"looming: {report}", file=sys.stderr, flush=True)
                 if not dns_servers:
                     stack.resolver.servers = list(stack.lease.dns_servers)
         except BaseException:

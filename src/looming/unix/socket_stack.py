@@ -167,6 +167,30 @@ class SocketTcpFlow(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if enabled else 0)
 
+    def set_keepalive(
+        self,
+        enabled: bool,
+        *,
+        idle: float | None = None,
+        interval: float | None = None,
+        probes: int | None = None,
+    ) -> None:
+        if self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return
+        options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enabled else 0)]
+        # The host takes whole seconds (Linux: TCP_KEEPIDLE and friends).
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval)):
+            if value is not None and hasattr(socket, name):
+                options.append((socket.IPPROTO_TCP, getattr(socket, name), max(1, round(value))))
+        if probes is not None and hasattr(socket, "TCP_KEEPCNT"):
+            options.append((socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes))
+        with contextlib.suppress(OSError):
+            for level, option, value in options:
+                sock.setsockopt(level, option, value)
+
     def _raise_error(self) -> None:
         error = self._error
         if error is None:

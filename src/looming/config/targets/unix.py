@@ -127,9 +127,19 @@ class UnixTarget(Target):
             return Impl(
                 "looming.net.netif.tap:TapNetwork.connect",
                 args=[f"keys.{key}"],
+                kwargs=[("offload", "keys.offload")],
                 awaited=True,
                 disconnect="disconnect",
-                keys=[KeyDecl(key, "str", iface or "tap0", "TAP interface to attach to")],
+                keys=[
+                    KeyDecl(key, "str", iface or "tap0", "TAP interface to attach to"),
+                    KeyDecl(
+                        "offload",
+                        "bool",
+                        True,
+                        "virtio-net headers with checksum and segmentation offloads "
+                        "(when the TAP supports them)",
+                    ),
+                ],
                 summary="TAP device",
             )
         if kind == "stack":
@@ -176,6 +186,8 @@ def direct_stack_impl(dev: Device) -> Impl:
             ("address", "None if keys.dhcp else keys.ipv4"),
             ("gateway", "keys.ipv4_gateway"),
             ("dhcp", "keys.dhcp"),
+            ("max_connections", "keys.tcp_max_connections"),
+            ("memory_limit", "keys.tcp_memory_limit"),
         ],
         awaited=True,
         disconnect="disconnect",
@@ -184,6 +196,18 @@ def direct_stack_impl(dev: Device) -> Impl:
             KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
             KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
             KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
+            KeyDecl(
+                "tcp_max_connections",
+                "int",
+                10000,
+                "TCP connections at most, any state (0: no limit)",
+            ),
+            KeyDecl(
+                "tcp_memory_limit",
+                "int",
+                256 * 1024 * 1024,
+                "bytes all TCP receive queues may hold (0: no limit)",
+            ),
         ],
         summary="looming TCP/IP stack",
     )

@@ -242,6 +242,9 @@ class TapNetwork(FrameDeviceNetwork):
                 fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
         except OSError as error:
             os.close(fd)
+            if offload and error.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
+                # This kernel or device has no vnet offloads: run without.
+                return await cls.connect(name, mtu=mtu, mac=mac, bring_up=bring_up)
             raise DeviceError(_attach_failure(name, error)) from error
         # The kernel fills in a template such as "tap%d"; use the real name.
         name = answer[:IFNAMSIZ].split(b"\0", 1)[0].decode() or name

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address
 from typing import TypeVar
@@ -75,9 +76,32 @@ class TcpStream:
         if enabled:
             self._layer._drive(self._key, self._conn, lambda now: self._conn._output(now))
 
-    def set_keepalive(self, enabled: bool) -> None:
-        self._conn.keepalive = enabled
-        self._layer._drive(self._key, self._conn, lambda now: None)
+    def set_keepalive(
+        self,
+        enabled: bool,
+        *,
+        idle: float | None = None,
+        interval: float | None = None,
+        probes: int | None = None,
+    ) -> None:
+        """Probe the peer after ``idle`` seconds without a segment, then every
+        ``interval`` seconds, ending the connection after ``probes``
+        unanswered probes (the layer's settings, 7200 s / 75 s / 9, when
+        not given)."""
+        conn = self._conn
+        changes: dict[str, int] = {}
+        if idle is not None:
+            changes["keepalive_idle_ns"] = _positive_ns(idle, "idle")
+        if interval is not None:
+            changes["keepalive_interval_ns"] = _positive_ns(interval, "interval")
+        if probes is not None:
+            if probes < 1:
+                raise ValueError(f"keepalive probes must be at least 1, not {probes}")
+            changes["keepalive_probes"] = probes
+        if changes:
+            conn.config = replace(conn.config, **changes)  # type: ignore[arg-type]
+        conn.keepalive = enabled
+        self._layer._drive(self._key, conn, lambda now: None)
 
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
@@ -168,6 +192,12 @@ class TcpStream:
         while self._conn.state is not State.CLOSED:
             self._readable.clear()
             await self._readable.wait()
+
+
+def _positive_ns(seconds: float, what: str) -> int:
+    if not seconds > 0:
+        raise ValueError(f"keepalive {what} must be a positive number of seconds, not {seconds}")
+    return int(seconds * 1e9)
 
 
 class TcpListener:
@@ -454,5 +484,10 @@ class TcpLayer:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._tx_task is not None:
-            await asyncio.gather(self._tx_task, return_exceptions=True)
+        tx_task = self._tx_task
+        if tx_task is not None:
+            # The resets above get a moment to leave; a device that takes no
+            # more frames must not hold up the shutdown.
+            await asyncio.wait({tx_task}, timeout=0.25)
+            tx_task.cancel()
+            await asyncio.gather(tx_task, return_exceptions=True)
