@@ -10,9 +10,10 @@ falls on all of them; the median of the rounds is reported.
   transaction per commit), spread under 100 directories.
 * ``single``: commits of one key each (looming: ``Store.set``).
   looming runs with ``durability="full"`` (every commit fsynced: packs,
-  refs and their folders) and ``"none"``; git fast-import (one stream, ref
-  updated at the end) and dulwich (``DiskObjectStore.add_objects`` per
-  commit) do not fsync.
+  refs and their folders), the same with commits grouped 10 to a
+  ``Repo.batch()`` ("x10": one fsync'ed write per 10 commits), and
+  ``"none"``; git fast-import (one stream, ref updated at the end) and
+  dulwich (``DiskObjectStore.add_objects`` per commit) do not fsync.
 * ``reads``: every key of the batched history read at the head, cold (a
   freshly opened repository) and warm (the same keys again); git reads
   with one ``git cat-file --batch``.
@@ -28,6 +29,7 @@ single commits/s; size after the writers <= 1.2x ``git repack -a -d -f``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -73,20 +75,22 @@ def git(*args: str, cwd: Path, data: bytes | None = None) -> bytes:
 # ---------------------------------------------------------------- writers
 
 
-def looming_commits(durability: str) -> Callable[[Path, int, int], float]:
+def looming_commits(durability: str, batch: int = 1) -> Callable[[Path, int, int], float]:
     def run(disk: Path, commits: int, per_commit: int) -> float:
         from looming.store import Repo
 
         repo = Repo.init(str(disk), durability=durability)
         store = repo.store("main")
         started = time.perf_counter()
-        for commit in range(commits):
-            if per_commit == 1:
-                store.set(key_path(commit), value(commit, commit))
-                continue
-            with store.with_tree(f"commit {commit}") as tx:
-                for key in keys_of(commit, per_commit):
-                    tx.set(key_path(key), value(key, commit))
+        for first in range(0, commits, batch):
+            with repo.batch() if batch > 1 else contextlib.nullcontext():
+                for commit in range(first, min(first + batch, commits)):
+                    if per_commit == 1:
+                        store.set(key_path(commit), value(commit, commit))
+                        continue
+                    with store.with_tree(f"commit {commit}") as tx:
+                        for key in keys_of(commit, per_commit):
+                            tx.set(key_path(key), value(key, commit))
         elapsed = time.perf_counter() - started
         repo.close()
         return commits / elapsed
@@ -158,6 +162,7 @@ def dulwich_commits(disk: Path, commits: int, per_commit: int) -> float:
 
 WRITERS: dict[str, Callable[[Path, int, int], float]] = {
     "looming full": looming_commits("full"),
+    "looming full x10": looming_commits("full", batch=10),
     "looming none": looming_commits("none"),
     "git fast-import": fast_import_commits,
     "dulwich": dulwich_commits,

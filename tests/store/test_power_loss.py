@@ -175,6 +175,10 @@ def _work(repo: Repo, disk: Disk, rng: random.Random) -> None:
         else:
             commit = store.set("big", os.urandom(40_000))
         disk.acknowledged(commit)
+    with repo.batch():  # a transaction of commits, acknowledged at its end
+        batch = [store.set(f"batched/{n}", b"%d" % n) for n in range(5)]
+    for commit in batch:
+        disk.acknowledged(commit)
     side = store.clone("side")
     disk.acknowledged(side.set("only/on/side", b"x"))
     repo.gc()

@@ -323,6 +323,9 @@ class GitBackend:
         # returns, so it survives a power cut; none: kill -9 safe only.
         self._sync = durability == "full"
         self._ref_lock_timeout: float | None = None
+        # Inside batch(): ref -> (value on disk when the batch first moved
+        # it, value now); written to disk, with the objects, when it ends.
+        self._batch: dict[str, tuple[ObjectId | None, ObjectId | None]] | None = None
         self.git_dir = find_git_dir(path)
         self.objects_dir = os.path.join(self.git_dir, "objects")
         self.pack_dir = os.path.join(self.objects_dir, "pack")
@@ -735,7 +738,32 @@ class GitBackend:
                 raise BadRef(f"packed-refs line {line[:100]!r} does not parse") from None
         return refs
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commits made inside are written to disk together when the block
+        ends: one pack, one fsync'ed update per ref moved (compare-and-set
+        against the value before the batch). Until then they are visible
+        in this process only; if the block raises, or a ref moved on disk
+        meanwhile (RefChanged), none of them is kept. The writer lock is
+        held throughout, so other looming writers wait."""
+        with self.writer_lock():
+            if self._batch is not None:
+                yield  # nested: part of the outer batch
+                return
+            self._batch = {}
+            try:
+                yield
+            except BaseException:
+                self._batch = None
+                raise
+            moved, self._batch = self._batch, None
+            for name, (before, after) in moved.items():
+                if before != after:
+                    self.set_ref(name, before, after)
+
     def read_ref(self, name: str, depth: int = 0) -> ObjectId | None:
+        if self._batch is not None and name in self._batch:
+            return self._batch[name][1]
         # Refs are rewritten in place; a read racing that write could see a
         # mix of old and new bytes, so a bad read is tried again before it
         # is reported as a damaged ref.
@@ -761,6 +789,8 @@ class GitBackend:
         than :meth:`read_ref` (a stat and a pread of a file kept open, not an
         open, read and close): what a cache of the ref's tree polls per use.
         A ref git replaced by a new file is a new inode, so it reopens."""
+        if self._batch is not None and name in self._batch:
+            return ("batch", self._batch[name][1])
         path = self._ref_path(name)
         try:
             inode = os.stat(path).st_ino
@@ -807,6 +837,11 @@ class GitBackend:
         fsync it, rename it over the ref and fsync the folder. A lock held
         by another process is waited for up to the lock timeout, never
         removed; only one a dead looming writer left is taken over."""
+        if self._batch is not None:
+            with self.writer_lock():
+                if self._batch is not None:
+                    self._set_ref_in_batch(name, old, new)
+                    return
         path = self._ref_path(name)
         try:
             with self.writer_lock():
@@ -829,6 +864,14 @@ class GitBackend:
                 f"cannot update {name} in {self.git_dir}: {error.strerror or error} "
                 f"({error.filename}); check the disk and the repository's permissions"
             ) from error
+
+    def _set_ref_in_batch(self, name: str, old: ObjectId | None, new: ObjectId | None) -> None:
+        assert self._batch is not None
+        before = self._batch[name][0] if name in self._batch else self.read_ref(name)
+        current = self.read_ref(name)
+        if current != old:
+            raise RefChanged(f"{name} moved while updating it; retry")
+        self._batch[name] = (before, new)
 
     def _read_ref_locked(self, name: str, path: str) -> ObjectId | None:
         """The ref's value while we hold its lock: the loose file, or
@@ -934,6 +977,12 @@ class GitBackend:
                 oid = self.read_ref(name)
                 if oid is not None:
                     refs[name] = oid
+        for name, (_before, after) in (self._batch or {}).items():
+            if name.startswith(prefix):
+                if after is None:
+                    refs.pop(name, None)
+                else:
+                    refs[name] = after
         return refs
 
     @contextlib.contextmanager

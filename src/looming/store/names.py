@@ -25,6 +25,7 @@ Each check raises :class:`~looming.store.errors.InvalidName` (as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from looming.store.errors import InvalidBranch, InvalidKey
@@ -160,6 +161,21 @@ def key_rule(name: str) -> str | None:
     """The rule key name ``name`` (one path component) breaks, or None."""
     if not isinstance(name, str):
         return f"a key name must be a string, not {type(name).__name__}"
+    if (
+        name.isascii()
+        and name
+        and name[0] not in ".gG"
+        and not any(char in name for char in "~\\/\0")
+    ):
+        # Cannot mean .git or .gitmodules on any filesystem: those start
+        # with '.' or 'g' (HFS+'s ignored code points are not ASCII), and
+        # short names hold '~'.
+        return None
+    return _key_rule(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_rule(name: str) -> str | None:
     if not name:
         return "a key name cannot be empty; use names like ('a', 'b') or 'a/b'"
     if "/" in name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -170,6 +171,19 @@ class Repo:
                 if current != expected:
                     raise RefChanged(f"branch {branch} moved; expected {expect}")
             self.update_ref(branch, current, new)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the commits made inside into one write to disk (a
+        transaction of commits): one pack and one fsync'ed ref update per
+        branch when the block ends. A branch's commits in the batch are all
+        kept or none: none when the block raises, or when the branch moved
+        on disk meanwhile (RefChanged). In memory, nothing to group."""
+        if isinstance(self.backend, GitBackend):
+            with self.backend.batch():
+                yield
+        else:
+            yield
 
     def remove_branch(self, branch: str) -> None:
         self.set_head(branch, None)
