@@ -44,11 +44,13 @@ class CertifiedKey:
     chain: list[x509.Certificate]
     key: PrivateKey
     chain_der: list[bytes] = field(init=False)
+    _pss_only: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.chain:
             raise UsageError("a certificate chain needs at least the leaf certificate")
         self.chain_der = [c.public_bytes(Encoding.DER) for c in self.chain]
+        self._pss_only = is_pss_certificate(self.chain[0])
 
     @classmethod
     def from_pem_files(
@@ -69,7 +71,7 @@ class CertifiedKey:
     @property
     def pss_only(self) -> bool:
         """Whether the leaf is an RSA-PSS (id-RSASSA-PSS) certificate: rsa_pss_pss_* only."""
-        return is_pss_certificate(self.chain[0])
+        return self._pss_only
 
     def chain_signed_with(self, schemes: Sequence[int]) -> bool:
         """Whether every signature in the chain (self-signed roots aside) uses one of ``schemes``."""
@@ -94,6 +96,7 @@ class TrustStore:
         if not self.anchors:
             raise UsageError("a trust store needs at least one CA certificate")
         self.store = Store(self.anchors)
+        self.anchor_set = frozenset(self.anchors)
 
     @classmethod
     def from_pem_file(cls, path: str | Path) -> TrustStore:
@@ -225,15 +228,9 @@ def validate_chain(
         raise CertificateError(
             AlertDescription.BAD_CERTIFICATE, "no server name to check the certificate against"
         )
-    if leaf in trust.anchors:
+    if leaf in trust.anchor_set:
         check_anchored_leaf(leaf, now, server_name if as_server_cert else None, as_server_cert)
         return
-    if leaf.issuer == leaf.subject and not intermediates:
-        raise CertificateError(
-            AlertDescription.UNKNOWN_CA,
-            f"self-signed certificate {leaf.subject.rfc4514_string()!r} is not a trust anchor;"
-            " give that exact certificate as a CA to trust it",
-        )
     builder = PolicyBuilder().store(trust.store).time(now)
     try:
         if as_server_cert:
@@ -246,6 +243,12 @@ def validate_chain(
             )
             builder.build_client_verifier().verify(leaf, intermediates)
     except VerificationError as exc:
+        if leaf.issuer == leaf.subject and not intermediates:
+            raise CertificateError(
+                AlertDescription.UNKNOWN_CA,
+                f"self-signed certificate {leaf.subject.rfc4514_string()!r} is not a trust "
+                "anchor; give that exact certificate as a CA to trust it",
+            ) from exc
         message = str(exc).split(" (encountered processing", 1)[0]
         if as_server_cert and server_name is not None and "subjectaltname" in message.lower():
             raise CertificateError(
