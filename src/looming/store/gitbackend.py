@@ -7,6 +7,7 @@ durability under kill -9, Git's lock protocol, pack tiers and deltas.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import hashlib
@@ -117,6 +118,24 @@ def _config_milliseconds(git_dir: str, key: str, default: int) -> int:
                 with contextlib.suppress(ValueError):
                     return int(value.strip())
     return default
+
+
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long)
+
+
+def _identity(descriptor: int) -> str:
+    """Names one file for as long as it exists and never another: device,
+    inode and the inode's generation (ext4, xfs and btrfs change it when
+    the inode number is reused, which happens at once; "-" where the file
+    system has none, then device and inode only)."""
+    stat = os.fstat(descriptor)
+    generation = array.array("l", [0])
+    try:
+        fcntl.ioctl(descriptor, _FS_IOC_GETVERSION, generation, True)
+        version = str(generation[0])
+    except OSError:
+        version = "-"
+    return f"{stat.st_dev}:{stat.st_ino} {version}"
 
 
 def make_dirs_durably(path: str, sync: bool) -> None:
@@ -477,6 +496,15 @@ class GitBackend:
 
     def flush(self) -> None:
         """Write every pending object into one new pack."""
+        try:
+            self._flush()
+        except OSError as error:
+            raise StoreError(
+                f"cannot write a pack into {self.pack_dir}: {error.strerror or error} "
+                f"({error.filename}); check the disk's free space and permissions"
+            ) from error
+
+    def _flush(self) -> None:
         with self._thread_lock:
             if not self._pending:
                 return
@@ -578,10 +606,16 @@ class GitBackend:
         spares of dead processes, half-written files, and a pack without
         its index once an hour old (git may be writing one now).
         """
-        with self.writer_lock():
-            self._remove_leftovers(None if now is None else now - 3600)
-            self.flush()
-            self._merge_packs([base for base, _size in self._pack_files()], fallback=True)
+        try:
+            with self.writer_lock():
+                self._remove_leftovers(None if now is None else now - 3600)
+                self.flush()
+                self._merge_packs([base for base, _size in self._pack_files()], fallback=True)
+        except OSError as error:
+            raise StoreError(
+                f"gc of {self.git_dir} failed: {error.strerror or error} ({error.filename}); "
+                "the repository is as it was; check the disk and retry"
+            ) from error
 
     def compact(self) -> bool:
         """Merge the small packs when there are more than
@@ -927,8 +961,7 @@ class GitBackend:
     def _note_lock(self, lock_path: str, descriptor: int) -> None:
         """Record, in our flock'ed looming.lock, which ``.lock`` file we
         hold: a writer that finds it after we died knows it is ours."""
-        stat = os.fstat(descriptor)
-        record = f"{stat.st_ino} {stat.st_dev} {lock_path}\n".encode()
+        record = f"{_identity(descriptor)} {lock_path}\n".encode()
         if self._lock_file is not None:
             os.pwrite(self._lock_file, record, 0)
             os.ftruncate(self._lock_file, len(record))
@@ -940,19 +973,23 @@ class GitBackend:
     def _remove_dead_writers_lock(self) -> None:
         """Just after taking the flock: a record left in looming.lock is
         a dead writer's (a live one clears it before it lets go of the
-        flock), and the ``.lock`` it names, if that very file (same inode;
-        the record is made before the lock appears under its name) is
-        still there, is that writer's: remove it, or it would block git
-        and looming alike."""
+        flock), and the ``.lock`` it names, if that very file (same device,
+        inode and inode generation; the record is made before the lock
+        appears under its name) is still there, is that writer's: remove
+        it, or it would block git and looming alike."""
         assert self._lock_file is not None
         record = os.pread(self._lock_file, 4200, 0).decode("utf-8", "replace").rstrip("\n")
         if not record:
             return
-        inode, _, rest = record.partition(" ")
-        device, _, lock_path = rest.partition(" ")
+        parts = record.split(" ", 2)  # "device:inode generation path"
+        identity, lock_path = " ".join(parts[:2]), parts[-1]
         with contextlib.suppress(FileNotFoundError):
-            stat = os.stat(lock_path)
-            if str(stat.st_ino) == inode and str(stat.st_dev) == device:
+            descriptor = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                same = _identity(descriptor) == identity
+            finally:
+                os.close(descriptor)
+            if same:
                 os.unlink(lock_path)
         self._forget_lock()
 
