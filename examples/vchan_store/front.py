@@ -11,6 +11,7 @@ import logging
 from kvwire import DELETE, GET, NOT_FOUND, OK, PUT, RESPONSE, FrameReader, request
 
 from looming.devices import Console, Flow, Stack
+from looming.errors import LoomingError
 from looming.http import HttpServer, Request, Response
 
 log = logging.getLogger("front")
@@ -31,15 +32,24 @@ class Front:
 
     async def ask(self, op: bytes, key: bytes, value: bytes = b"") -> tuple[int, bytes]:
         async with self.lock:
-            await self.store.write(request(op, key, value))
-            header = await self.reader.exactly(RESPONSE.size)
-            if header is None:
-                raise ConnectionError("the store closed the channel")
-            status, length = RESPONSE.unpack(header)
-            value = await self.reader.exactly(length) if length else b""
-            if value is None:
-                raise ConnectionError("the store closed the channel")
-            return status, value
+            try:
+                return await self.exchange(op, key, value)
+            except (ConnectionError, LoomingError):
+                # The store died or restarts: what was half read is lost; the
+                # next request connects to the new store.
+                self.reader = FrameReader(self.store)
+                raise
+
+    async def exchange(self, op: bytes, key: bytes, value: bytes) -> tuple[int, bytes]:
+        await self.store.write(request(op, key, value))
+        header = await self.reader.exactly(RESPONSE.size)
+        if header is None:
+            raise ConnectionError("the store closed the channel")
+        status, length = RESPONSE.unpack(header)
+        value = await self.reader.exactly(length) if length else b""
+        if value is None:
+            raise ConnectionError("the store closed the channel")
+        return status, value
 
     async def handle(self, req: Request) -> Response:
         if not req.path.startswith("/kv/") or len(req.path) == 4:
@@ -48,7 +58,11 @@ class Front:
         if op is None:
             return Response(405, (*TEXT, (b"allow", b"GET, PUT, DELETE")), b"")
         key = req.path[4:].encode()
-        status, value = await self.ask(op, key, req.body if op == PUT else b"")
+        try:
+            status, value = await self.ask(op, key, req.body if op == PUT else b"")
+        except (ConnectionError, LoomingError) as exc:
+            log.info("front: the store is unavailable (%s)", exc)
+            return Response(503, (*TEXT, (b"retry-after", b"1")), b"the store is restarting\n")
         if status == NOT_FOUND:
             return Response(404, TEXT, b"no such key\n")
         if status != OK:

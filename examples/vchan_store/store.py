@@ -18,6 +18,7 @@ from kvwire import (
 )
 
 from looming.devices import Console, Flow
+from looming.errors import LoomingError
 
 log = logging.getLogger("store")
 
@@ -30,21 +31,35 @@ class Store:
 
     async def start(self) -> None:
         await self.console.log("store: serving over vchan")
-        reader = FrameReader(self.channel)
+        while True:
+            try:
+                await self.serve(FrameReader(self.channel))
+            except (ConnectionError, LoomingError) as exc:
+                await self.console.log(f"store: the front end went away ({exc})")
+            else:
+                await self.console.log("store: the front end went away")
+            # The channel accepts the next front end (or the same one, restarted).
+
+    async def serve(self, reader: FrameReader) -> None:
+        """Answer one front end's requests until it goes."""
         while True:
             header = await reader.exactly(REQUEST.size)
             if header is None:
-                break
+                return
             op, key_length, value_length = REQUEST.unpack(header)
             if value_length > MAX_VALUE:
                 await self.channel.write(response(BAD_REQUEST))
-                break  # the stream can no longer be trusted
+                # The stream can no longer be trusted: end it, and let the
+                # front end go before serving the next one.
+                await self.channel.shutdown()
+                while await self.channel.read():
+                    pass
+                return
             body = await reader.exactly(key_length + value_length)
             if body is None:
-                break
+                return
             key, value = body[:key_length], body[key_length:]
             await self.channel.write(self.apply(op, key, value))
-        await self.console.log("store: the front end went away; stopping")
 
     def apply(self, op: bytes, key: bytes, value: bytes) -> bytes:
         if op == GET:

@@ -15,6 +15,7 @@ import contextlib
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from looming.devices.time import Time
 from looming.errors import Closed, ConnectionRefused, ConnectionTimeout
@@ -248,6 +249,44 @@ async def listen(
             spin=spin,
         )
     )
+
+
+class ServingPort:
+    """A port that stays published: :meth:`accept` takes one client after another.
+
+    Each client gets a vchan of its own (a vchan joins exactly two ends);
+    the port is published again as soon as one is accepted, so the next
+    client, or the same one restarted, can connect while the first is served.
+    """
+
+    def __init__(self, name: str, port: str, **options: Any) -> None:
+        self.name = name
+        self.port = port
+        self._options = options
+        self._listener: AsyncListener | None = None
+        self.accepted = 0
+
+    async def publish(self) -> None:
+        if self._listener is None:
+            self._listener = await listen(self.name, self.port, **self._options)
+
+    async def accept(self) -> VchanFlow:
+        await self.publish()
+        assert self._listener is not None
+        try:
+            flow = await self._listener.accept()
+        except BaseException:
+            await self.close()
+            raise
+        self._listener = None
+        self.accepted += 1
+        await self.publish()
+        return flow
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
 
 
 async def connect(

@@ -1,8 +1,8 @@
 """vchan as a device of a unikernel: what ``vchan(port)`` in config.py becomes.
 
 A unikernel either serves a port (it publishes ``<its name>/<port>`` and
-waits for the one peer that connects) or connects to a port another
-unikernel serves. Either way the application receives a :class:`Vchan`: a
+serves one peer at a time, the next once the last has gone) or connects to
+a port another unikernel serves, again after that one restarts. Either way the application receives a :class:`Vchan`: a
 :class:`~looming.devices.Flow` with vchan's packet mode and ring queries.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from looming.devices.flow import Flow
-from looming.errors import ConfigError
+from looming.errors import Closed, ConfigError, LoomingError
 from looming.vchan import aio
 from looming.vchan.endpoint import DEFAULT_RING_SIZE
 from looming.vchan.registry import check_name
@@ -23,6 +23,7 @@ from looming.vchan.registry import check_name
 log = logging.getLogger("looming.vchan")
 
 NAME_ENV = "LOOMING_VCHAN_NAME"
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -46,12 +47,34 @@ class Vchan(Flow, Protocol):
         ...
 
 
-class VchanDevice:
-    """The :class:`Vchan` device the generated code connects at start-up."""
+RECONNECT_WAIT = 0.5
 
-    def __init__(self, flow: aio.VchanFlow, description: str) -> None:
-        self._flow = flow
+
+class VchanDevice:
+    """The :class:`Vchan` device the generated code connects at start-up.
+
+    It outlives its peer: when the peer dies or restarts, the operation in
+    progress fails (``ConnectionReset``, or ``b""`` from a read when the peer
+    closed cleanly) and the application learns it there; the next operation
+    connects again, a client to the restarted server (waiting up to
+    :data:`RECONNECT_WAIT` seconds for it to publish, then failing with
+    ``ConnectionRefused`` or ``ConnectionTimeout``), a server to its next
+    client (its port stays published: see :class:`looming.vchan.aio.ServingPort`).
+    """
+
+    def __init__(
+        self,
+        flow: aio.VchanFlow,
+        description: str,
+        *,
+        reconnect: Callable[[], Awaitable[aio.VchanFlow]] | None = None,
+        serving: aio.ServingPort | None = None,
+    ) -> None:
+        self._flow: aio.VchanFlow | None = flow
         self.description = description
+        self._reconnect = reconnect
+        self._serving = serving
+        self.connections = 1
 
     @classmethod
     async def connect(
@@ -84,58 +107,108 @@ class VchanDevice:
             flow = await aio.connect(
                 peer, port, registry_dir=registry_dir, wait_for_server=wait_for_server
             )
-            return cls(flow, f"client of {peer}/{port}")
+
+            async def again() -> aio.VchanFlow:
+                log.info("vchan: connecting again to %s/%s", peer, port)
+                return await aio.connect(
+                    peer, port, registry_dir=registry_dir, wait_for_server=RECONNECT_WAIT
+                )
+
+            return cls(flow, f"client of {peer}/{port}", reconnect=again)
         own = name or os.environ.get(NAME_ENV)
         if not own:
             raise ConfigError(
                 f"vchan({port!r}) serves a port but this unikernel has no vchan name: "
                 f"pass --vchan-name NAME or set {NAME_ENV} (the process deployment does)"
             )
-        listener = await aio.listen(
+        serving = aio.ServingPort(
             check_name("name", own),
             port,
             read_min=read_size,
             write_min=write_size,
             registry_dir=registry_dir,
         )
+        await serving.publish()
         log.info("vchan: serving %s/%s, waiting for the peer", own, port)
-        try:
-            flow = await listener.accept()
-        except BaseException:
-            await listener.close()
-            raise
+        flow = await serving.accept()
         log.info("vchan: %s/%s connected", own, port)
-        return cls(flow, f"server of {own}/{port}")
+        return cls(flow, f"server of {own}/{port}", serving=serving)
+
+    # -- the connection, again when the peer restarts -------------------------------
+
+    async def _current(self) -> aio.VchanFlow:
+        if self._flow is not None:
+            return self._flow
+        if self._serving is not None:
+            self._flow = await self._serving.accept()
+            log.info("vchan: %s: a new peer connected", self.description)
+        elif self._reconnect is not None:
+            self._flow = await self._reconnect()
+        else:
+            raise Closed(f"vchan {self.description} is closed")
+        self.connections += 1
+        return self._flow
+
+    def _lost(self, flow: aio.VchanFlow) -> None:
+        if self._flow is flow:
+            self._flow = None
+            flow.close_now()
+
+    async def _use(self, operation: Callable[[aio.VchanFlow], Awaitable[_T]]) -> _T:
+        flow = await self._current()
+        try:
+            return await operation(flow)
+        except (LoomingError, OSError):
+            self._lost(flow)
+            raise
 
     # -- Flow and packet mode --------------------------------------------------------
 
     async def read(self) -> bytes:
-        return await self._flow.read()
+        flow = await self._current()
+        try:
+            data = await flow.read()
+        except (LoomingError, OSError):
+            self._lost(flow)
+            raise
+        if not data:
+            self._lost(flow)  # the peer closed: this read says so, the next reconnects
+        return data
 
     async def write(self, data: bytes) -> None:
-        await self._flow.write(data)
+        await self._use(lambda flow: flow.write(data))
 
     async def writev(self, buffers: Iterable[bytes]) -> None:
-        await self._flow.writev(buffers)
+        await self._use(lambda flow: flow.writev(buffers))
 
     async def shutdown(self) -> None:
-        await self._flow.shutdown()
+        if self._flow is not None:
+            await self._flow.shutdown()
 
     async def close(self) -> None:
-        await self._flow.close()
+        self._reconnect = None
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            await serving.close()
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            await flow.close()
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
-        await self._flow.send(data)
+        await self._use(lambda flow: flow.send(data))
 
     async def recv(self, count: int) -> bytes:
-        return await self._flow.recv(count)
+        data = await self._use(lambda flow: flow.recv(count))
+        if not data and self._flow is not None:
+            self._lost(self._flow)
+        return data
 
     def data_ready(self) -> int:
-        return self._flow.data_ready()
+        return self._flow.data_ready() if self._flow is not None else 0
 
     def buffer_space(self) -> int:
-        return self._flow.buffer_space()
+        return self._flow.buffer_space() if self._flow is not None else 0
 
     async def disconnect(self) -> None:
         """Close the channel (the device's end of life)."""
-        await self._flow.close()
+        await self.close()

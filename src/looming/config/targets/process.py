@@ -29,9 +29,22 @@ class ProcessTarget(Target):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         UNIX.add_options(parser)
+        parser.add_argument(
+            "--restart",
+            default="",
+            help="restart policies, NAME=never|on-failure|always,... (default: never; "
+            "a unikernel that stops for good stops the deployment)",
+        )
+        parser.add_argument(
+            "--restart-budget",
+            dest="restart_budget",
+            default="5/10",
+            help="at most COUNT restarts of one unikernel within SECONDS, as COUNT/SECONDS "
+            "(default 5/10); past it the deployment stops",
+        )
 
     def default_options(self) -> dict[str, str]:
-        return UNIX.default_options()
+        return {**UNIX.default_options(), "restart": "", "restart_budget": "5/10"}
 
     def supports(self, kind: str) -> bool:
         return kind == "vchan" or UNIX.supports(kind)
