@@ -9,18 +9,24 @@ Round-trip latency (p50/p99) of 64-byte messages and one-way throughput of
   and multiprocessing.Pipe.
 
 Everything runs in one go on the same machine; ratios are against the
-socketpair. Usage: python bench/vchan.py [--quick] [--json PATH]
+socketpair. Then the time a client takes to talk again to a peer that was
+SIGKILLed and restarted: looming's vchan device (which reconnects by
+itself) beside a Unix stream socket client reconnecting by hand.
+Usage: python -P bench/vchan.py [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -336,6 +342,132 @@ def print_peer_ratios(results: list[Result]) -> None:
     print("(peer's p50 over vchan's, and vchan's MB/s over the peer's: >1 means vchan is better)")
 
 
+# -- reconnection after the peer restarts ------------------------------------------
+
+
+def vchan_echo_server(registry: str) -> None:
+    """A forked child: serve port "echo" through the vchan device, echoing."""
+    import asyncio
+
+    from looming.vchan.device import VchanDevice
+
+    async def serve() -> None:
+        device = await VchanDevice.connect("echo", name="echoer", registry=registry)
+        while True:
+            data = await device.read()
+            if data:
+                await device.write(data)
+
+    asyncio.run(serve())
+
+
+def unix_echo_server(path: str) -> None:
+    """The same over a Unix stream socket (the peer: what a reconnect costs there)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    while True:
+        connection, _ = server.accept()
+        while data := connection.recv(4096):
+            connection.sendall(data)
+
+
+def fork_server(target: Callable[[str], None], where: str) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            target(where)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def reconnect_vchan(registry: str, restarts: int) -> list[float]:
+    """Seconds from a SIGKILL of the server to the client's next echo, over the device."""
+    import asyncio
+
+    from looming.vchan.device import VchanDevice
+
+    async def run() -> list[float]:
+        server = fork_server(vchan_echo_server, registry)
+        client = await VchanDevice.connect("echo", peer="echoer", registry=registry)
+        samples = []
+        try:
+            for _ in range(restarts + 1):
+                await client.write(b"ping")
+                assert await client.read() == b"ping"
+                os.kill(server, signal.SIGKILL)
+                os.waitpid(server, 0)
+                started = time.perf_counter()
+                server = fork_server(vchan_echo_server, registry)
+                while True:
+                    try:
+                        await client.write(b"ping")
+                        if await client.read() == b"ping":
+                            break
+                    except Exception:
+                        pass
+                samples.append(time.perf_counter() - started)
+        finally:
+            os.kill(server, signal.SIGKILL)
+            os.waitpid(server, 0)
+            await client.close()
+        return samples[1:]  # the first includes warming up
+
+    return asyncio.run(run())
+
+
+def reconnect_unix(path: str, restarts: int) -> list[float]:
+    server = fork_server(unix_echo_server, path)
+    samples = []
+
+    def connect() -> socket.socket:
+        while True:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                client.connect(path)
+                return client
+            except OSError:
+                client.close()
+                time.sleep(0.001)
+
+    client = connect()
+    try:
+        for _ in range(restarts + 1):
+            client.sendall(b"ping")
+            assert client.recv(4) == b"ping"
+            os.kill(server, signal.SIGKILL)
+            os.waitpid(server, 0)
+            started = time.perf_counter()
+            server = fork_server(unix_echo_server, path)
+            while True:
+                try:
+                    client.sendall(b"ping")
+                    if client.recv(4) == b"ping":
+                        break
+                except OSError:
+                    pass
+                client.close()
+                client = connect()
+            samples.append(time.perf_counter() - started)
+    finally:
+        os.kill(server, signal.SIGKILL)
+        os.waitpid(server, 0)
+        client.close()
+    return samples[1:]
+
+
+def measure_reconnects(registry: str, rounds: int) -> dict[str, list[float]]:
+    """Interleaved rounds: vchan device, Unix socket, vchan device, ..."""
+    found: dict[str, list[float]] = {"vchan device": [], "unix socket": []}
+    for _ in range(rounds):
+        found["vchan device"] += reconnect_vchan(registry, 3)
+        found["unix socket"] += reconnect_unix(os.path.join(registry, "echo.sock"), 3)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, less data")
@@ -361,6 +493,7 @@ def main() -> int:
     )
     try:
         results = measure(transports, rounds, total)
+        reconnects = measure_reconnects(registry_dir, 2 if args.quick else 5)
     finally:
         shutil.rmtree(registry_dir, ignore_errors=True)
     base = next(r for r in results if r.transport == "socketpair")
@@ -377,6 +510,14 @@ def main() -> int:
         )
     print("(ratios: >1 means faster than the socketpair)")
     print_peer_ratios(results)
+    print()
+    print(f"{'reconnect after a SIGKILLed peer is restarted':<46}{'median ms':>10}{'best ms':>9}")
+    medians = {}
+    for name, samples in reconnects.items():
+        medians[name] = statistics.median(samples)
+        print(f"{name:<46}{medians[name] * 1e3:>10.2f}{min(samples) * 1e3:>9.2f}")
+    ratio = medians["vchan device"] / medians["unix socket"]
+    print(f"(vchan device / unix socket: {ratio:.2f}x; the peer is a fork, not a new interpreter)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(
@@ -387,6 +528,7 @@ def main() -> int:
                     "chunk": CHUNK,
                     "ring": RING,
                     "results": [asdict(r) for r in results],
+                    "reconnect_s": reconnects,
                 },
                 handle,
                 indent=2,
