@@ -407,3 +407,47 @@ def test_syscall_numbers_match_the_generic_header_aarch64_uses() -> None:
     # The calls arm64 never had: the table says so.
     assert table["open"] == table["fork"] == table["stat"] == -1
     assert table["read"] == 63 and table["openat"] == 56 and table["kill"] == 129
+
+
+WITHOUT_USER_NAMESPACES = """
+import sys, warnings
+from pathlib import Path
+from looming.ffi import ConfinementWarning, FfiError, HelperError
+from looming.ffi.confine import Confinement
+from looming.ffi.isolated import IsolatedLibrary
+from tests.ffi.hostile import hostile_bindings
+bindings = hostile_bindings(Path(sys.argv[1]))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    library = IsolatedLibrary(bindings, confinement=Confinement(user=None))
+print("warned:", [str(w.message) for w in caught if w.category is ConfinementWarning])
+print("kept:", library.make_socket(), library.add(1, 2))
+library.close()
+try:
+    IsolatedLibrary(bindings, confinement=Confinement(user=None, strict=True))
+except HelperError as exc:
+    print("strict:", exc)
+"""
+
+
+def test_a_kernel_without_user_namespaces_is_a_warning_not_a_silent_downgrade(
+    hostile_dir: Path,
+) -> None:
+    # In a user namespace of our own whose limit on further user namespaces is 0.
+    script = (
+        f'echo 0 > /proc/sys/user/max_user_namespaces && {sys.executable} -c "$0" {hostile_dir}'
+    )
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", script, WITHOUT_USER_NAMESPACES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert "no fresh user and PID namespaces (No space left on device)" in lines["warned"]
+    assert lines["kept"] == f"{-errno.EPERM} 3"  # the other layers still hold
+    assert "Confinement(strict=True) makes this an error" in lines["strict"]

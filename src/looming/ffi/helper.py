@@ -259,9 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     config: dict[str, Any] = pickle.loads(setup[1:])
     try:
         server = HelperServer(channel, config["bindings"])
-        warnings = confine(config, config["bindings"], int(config.get("caller") or os.getppid()))
     except Exception as exc:
         channel.send(encode_message(b"E", f"{type(exc).__name__}: {exc}"))
+        return 1
+    try:
+        warnings = confine(config, config["bindings"], int(config.get("caller") or os.getppid()))
+    except Exception as exc:  # a layer refused under strict=True, or a bad user name
+        channel.send(encode_message(b"X", f"{type(exc).__name__}: {exc}"))
         return 1
     channel.send(encode_message(b"Y", outer_pid, warnings))
     server.serve()

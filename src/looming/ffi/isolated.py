@@ -352,6 +352,13 @@ class IsolatedLibrary(LinkedLibrary):
             raise HelperError(
                 f"the helper for {self.bindings.name} did not start (status {code})"
             ) from exc
+        if ready[:1] == b"X":
+            process.wait()
+            channel.close()
+            message = decode_all(ready, 1)[0]
+            raise HelperError(
+                f"the helper for {self.bindings.name} could not be confined: {message}"
+            )
         if ready[:1] == b"E":
             process.wait()
             channel.close()
