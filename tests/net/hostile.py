@@ -151,3 +151,37 @@ def udp_fragments(
 
 def ethernet_frame(dst_mac: bytes, src_mac: bytes, packet: bytes) -> bytes:
     return dst_mac + src_mac + b"\x08\x00" + packet
+
+
+def icmp_error(
+    reporter: str,
+    to: str,
+    icmp_type: int,
+    code: int,
+    quoted_src: str,
+    quoted_dst: str,
+    protocol: int,
+    first8: bytes,
+    *,
+    mtu: int = 0,
+    quoted_length: int = 1500,
+) -> bytes:
+    """An IPv4 packet carrying an ICMP error (built by dpkt) that quotes a
+    datagram ``quoted_src`` -> ``quoted_dst`` of ``quoted_length`` bytes
+    whose first 8 payload bytes were ``first8``."""
+    import socket
+    import struct
+
+    import dpkt
+
+    quoted = dpkt.ip.IP(
+        src=socket.inet_aton(quoted_src), dst=socket.inet_aton(quoted_dst), p=protocol, ttl=63
+    )
+    quoted.data = first8
+    header = bytearray(bytes(quoted)[:20])
+    header[2:4] = struct.pack("!H", quoted_length)  # as a router quotes it: the whole length
+    header[10:12] = b"\0\0"
+    header[10:12] = struct.pack("!H", dpkt.in_cksum(bytes(header)))
+    body = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=bytes(header) + first8)
+    message = dpkt.icmp.ICMP(type=icmp_type, code=code, data=body)
+    return ipv4_packet(reporter, to, 1, message)

@@ -3,16 +3,22 @@ the neighbour table."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from looming.net.arp import ArpCache, NeighbourLimits, NeighbourTable
 from looming.net.ipv4 import options_problem
+from looming.net.netif.memory import MemorySwitch
 from looming.net.reassembly import Reassembler
+from looming.net.stack import DirectStack
 from looming.net.wire.ipv4 import Ipv4Header
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
 
 SRC = IPv4Address("10.0.0.1")
 DST = IPv4Address("10.0.0.2")
@@ -131,3 +137,28 @@ def test_neighbour_table_is_bounded_and_remembers_failures() -> None:
     assert table.has_failed(neighbours[2], 50)
     assert not table.has_failed(neighbours[2], 120)
     assert table.counters["tx_request"] == 5 + 3
+
+
+def test_path_mtu_reports_are_clamped_stepped_and_only_lower() -> None:
+    async def main() -> None:
+        stack = await DirectStack.connect(
+            MemorySwitch().port(),
+            time=UnixTime(),
+            clock=UnixClock(),
+            random=UnixRandom(1),
+            address=IPv4Interface("10.0.0.1/24"),
+        )
+        ipv4 = stack.ipv4
+        far = IPv4Address("10.0.0.9")
+        assert ipv4.mtu(far) == 1480
+        assert ipv4.lower_path_mtu(far, 1600, 1500) is None  # never raised
+        assert ipv4.lower_path_mtu(far, 68, 1500) == 552  # a forger's tiny MTU: clamped
+        assert ipv4.mtu(far) == 532
+        other = IPv4Address("10.0.0.8")
+        assert ipv4.lower_path_mtu(other, 0, 1500) == 1492  # no MTU given: next plateau
+        assert ipv4.lower_path_mtu(other, 0, 1492) == 1006
+        assert ipv4.mtu(IPv4Address("10.0.0.7")) == 1480  # per destination
+        assert stack.counters()["ipv4.pmtu_lowered"] == 3
+        await stack.disconnect()
+
+    asyncio.run(main())

@@ -32,6 +32,46 @@ class IcmpError:
     code: int
     original: Ipv4Header
     original_payload: bytes  # at least the first 8 bytes (ports for TCP/UDP)
+    next_hop_mtu: int = 0  # for "fragmentation needed" (RFC 1191), 0 if not given
+    original_length: int = 0  # the failed datagram's total length, as quoted
+
+    @property
+    def fragmentation_needed(self) -> bool:
+        return (
+            self.type == IcmpType.DESTINATION_UNREACHABLE
+            and self.code == UnreachableCode.FRAGMENTATION_NEEDED
+        )
+
+    @property
+    def hard(self) -> bool:
+        """Whether the error says the destination will not take this
+        traffic at all (RFC 1122 4.2.3.9; the codes Linux treats as fatal):
+        protocol or port unreachable, unknown or prohibited destinations.
+        Network and host unreachable and time exceeded are soft: transient."""
+        return self.type == IcmpType.DESTINATION_UNREACHABLE and self.code in _HARD_CODES
+
+    def describe(self) -> str:
+        if self.type == IcmpType.TIME_EXCEEDED:
+            what = "time exceeded in transit"
+        else:
+            what = _UNREACHABLE_NAMES.get(self.code, f"destination unreachable (code {self.code})")
+        return f"{what} (ICMP from {self.reporter})"
+
+
+# RFC 1122 3.2.2.1 and RFC 1812 5.2.7.1 codes: 2 protocol, 3 port, 6/7 unknown
+# network/host, 8 isolated, 9/10 prohibited, 13 filtered.
+_HARD_CODES = frozenset({2, 3, 6, 7, 8, 9, 10, 13})
+_UNREACHABLE_NAMES = {
+    0: "network unreachable",
+    1: "host unreachable",
+    2: "protocol unreachable",
+    3: "port unreachable",
+    4: "fragmentation needed",
+    5: "source route failed",
+    9: "network administratively prohibited",
+    10: "host administratively prohibited",
+    13: "communication administratively prohibited",
+}
 
 
 IcmpErrorHandler = Callable[[IcmpError], None]
@@ -106,9 +146,18 @@ class IcmpLayer:
             return
         self.counters["rx_error"] += 1
         quoted = body[original.length :]
+        if not self._ipv4.is_local(original.source) or len(quoted) < 8:
+            # RFC 5927 4.1: it must quote a datagram we could have sent, with
+            # the ports (and for TCP the sequence number) to check.
+            self.counters["error_not_ours"] += 1
+            return
         handler = self._error_handlers.get(original.protocol)
-        if handler is not None:
-            handler(IcmpError(source, header.type, header.code, original, quoted))
+        if handler is None:
+            self.counters["error_unhandled"] += 1
+            return
+        mtu = header.rest & 0xFFFF if header.type == IcmpType.DESTINATION_UNREACHABLE else 0
+        length = int.from_bytes(body[2:4], "big")
+        handler(IcmpError(source, header.type, header.code, original, bytes(quoted), mtu, length))
 
     # -- errors we send ------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
@@ -39,6 +39,12 @@ def multicast_mac(address: IPv4Address) -> MacAddress:
     low = int(address) & 0x7FFFFF
     return MacAddress(b"\x01\x00\x5e" + low.to_bytes(3, "big"))
 
+
+# RFC 1191 section 7's plateaus, for reports that carry no next-hop MTU.
+_PLATEAUS = (65535, 32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
+_MIN_PATH_MTU = 552
+_PATH_MTU_LIFETIME_NS = 600 * 1_000_000_000
+_MAX_PATH_MTUS = 1024
 
 _LSRR = 0x83
 _SSRR = 0x89
@@ -86,6 +92,7 @@ class Ipv4Layer:
         self._handlers: dict[int, Ipv4Handler] = {}
         self._identification = random.randint(0, 0xFFFF)
         self.reassembler = reassembler if reassembler is not None else Reassembler()
+        self._path_mtu: OrderedDict[IPv4Address, tuple[int, int]] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.unhandled_protocol: UnhandledProtocolHandler | None = None
         # The header of the datagram being delivered, so that a layer above
@@ -131,7 +138,42 @@ class Ipv4Layer:
         return self._interface.ip if self._interface is not None else _UNSPECIFIED
 
     def mtu(self, destination: IPv4Address) -> int:
-        return self._ethernet.mtu - MIN_HEADER_LENGTH
+        """The largest payload of an unfragmented datagram to ``destination``:
+        the link's, or less when path-MTU discovery learned a smaller path."""
+        link = self._ethernet.mtu
+        if self._path_mtu:
+            entry = self._path_mtu.get(destination)
+            if entry is not None:
+                if entry[1] > self._time.now_ns():
+                    return min(entry[0], link) - MIN_HEADER_LENGTH
+                del self._path_mtu[destination]
+        return link - MIN_HEADER_LENGTH
+
+    def lower_path_mtu(
+        self, destination: IPv4Address, mtu: int, original_length: int
+    ) -> int | None:
+        """Take a validated "fragmentation needed" (RFC 1191): the new path
+        MTU to ``destination``, or None when it changes nothing.
+
+        A report without the next-hop MTU (old routers) steps down the RFC
+        1191 plateau table below the datagram that failed; a report below
+        552 bytes (Linux's min_pmtu) is raised to it, so a forged error
+        cannot make us send tiny segments; the value lapses after ten
+        minutes, when a larger path is tried again.
+        """
+        if mtu == 0:
+            mtu = next((p for p in _PLATEAUS if p < original_length), _MIN_PATH_MTU)
+        mtu = max(mtu, _MIN_PATH_MTU)
+        if mtu >= self.mtu(destination) + MIN_HEADER_LENGTH:
+            self.counters["pmtu_not_lower"] += 1
+            return None
+        table = self._path_mtu
+        table.pop(destination, None)
+        table[destination] = (mtu, self._time.now_ns() + _PATH_MTU_LIFETIME_NS)
+        while len(table) > _MAX_PATH_MTUS:
+            table.popitem(last=False)
+        self.counters["pmtu_lowered"] += 1
+        return mtu
 
     def segment_limit(self, destination: IPv4Address) -> int:
         """The largest TCP payload-plus-header :meth:`write` takes in one

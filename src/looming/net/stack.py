@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING
 
 from looming.devices.clock import Clock
-from looming.devices.net import Network
+from looming.devices.net import IpProtocol, Network
 from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.net.arp import ArpLayer
@@ -65,6 +65,8 @@ class DirectStack:
         self._tcp = TcpLayer(
             self.ipv4, time, random, max_connections=max_connections, memory_limit=memory_limit
         )
+        self.icmp.register_errors(IpProtocol.TCP, self._tcp.on_icmp_error)
+        self.icmp.register_errors(IpProtocol.UDP, self._udp.on_icmp_error)
         self.dhcp: DhcpShell | None = None
         self.lease: DhcpLease | None = None
         self._resolver: DnsResolver | None = None

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from looming.devices.net import IpProtocol
 from looming.devices.random import Random
 from looming.devices.stack import Datagram, UdpHandler
 from looming.errors import AddressInUse, Malformed
-from looming.net.icmp import IcmpLayer
+from looming.net.icmp import IcmpError, IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.wire import udp as wire
 from looming.net.wire.udp import UdpHeader
@@ -35,10 +36,20 @@ def _text(address: IPv4Address) -> str:
 class UdpBinding:
     """:class:`looming.devices.stack.Listener` for one bound UDP port."""
 
-    def __init__(self, layer: UdpLayer, port: int, host: IPv4Address | None) -> None:
+    def __init__(
+        self,
+        layer: UdpLayer,
+        port: int,
+        host: IPv4Address | None,
+        on_error: Callable[[IcmpError], None] | None = None,
+    ) -> None:
         self._layer = layer
         self._port = port
         self.host = host
+        self.on_error = on_error
+        # ICMP errors about datagrams sent from this port (RFC 1122 4.1.3.3:
+        # they reach the application), the latest last.
+        self.errors: deque[IcmpError] = deque(maxlen=16)
 
     @property
     def port(self) -> int:
@@ -60,6 +71,7 @@ class UdpLayer:
         self._random = random
         self._icmp = icmp
         self._bindings: dict[int, tuple[UdpHandler, IPv4Address | None]] = {}
+        self._binding_objects: dict[int, UdpBinding] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         self.max_handler_tasks = 1024
@@ -76,7 +88,17 @@ class UdpLayer:
                 return port
         raise AddressInUse("every ephemeral UDP port is bound")
 
-    async def bind(self, port: int, handler: UdpHandler, *, host: str | None = None) -> UdpBinding:
+    async def bind(
+        self,
+        port: int,
+        handler: UdpHandler,
+        *,
+        host: str | None = None,
+        on_error: Callable[[IcmpError], None] | None = None,
+    ) -> UdpBinding:
+        """Receive on ``port``; ``on_error`` (if given) is called with every
+        ICMP error about a datagram sent from it (also kept in
+        :attr:`UdpBinding.errors`)."""
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"UDP port {port} is outside 0..65535")
         if port == 0:
@@ -85,10 +107,29 @@ class UdpLayer:
             raise AddressInUse(f"UDP port {port} is already bound")
         address = IPv4Address(host) if host not in (None, "", "0.0.0.0") else None
         self._bindings[port] = (handler, address)
-        return UdpBinding(self, port, address)
+        binding = UdpBinding(self, port, address, on_error)
+        self._binding_objects[port] = binding
+        return binding
 
     def _unbind(self, port: int) -> None:
         self._bindings.pop(port, None)
+        self._binding_objects.pop(port, None)
+
+    def on_icmp_error(self, error: IcmpError) -> None:
+        """Hand an ICMP error to the binding whose datagram it quotes (the
+        source port and address must match one; RFC 5927 4.1)."""
+        port = int.from_bytes(error.original_payload[0:2], "big")
+        binding = self._binding_objects.get(port)
+        if binding is None or (binding.host is not None and binding.host != error.original.source):
+            self.counters["icmp_no_binding"] += 1
+            return
+        self.counters["icmp_delivered"] += 1
+        binding.errors.append(error)
+        if binding.on_error is not None:
+            try:
+                binding.on_error(error)
+            except Exception:
+                self.counters["handler_error"] += 1
 
     async def send(
         self,

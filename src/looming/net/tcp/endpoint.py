@@ -20,7 +20,7 @@ from looming.net.tcp.config import MS, TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.isn import FourTuple, IsnGenerator, SynCookies
 from looming.net.tcp.receive_buffer import MemoryPool
-from looming.net.tcp.seq import MASK
+from looming.net.tcp.seq import MASK, unwrap
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 
@@ -247,6 +247,24 @@ class TcpEndpoint:
     def _adopt(self, key: FourTuple, conn: TcpConnection) -> None:
         self.connections[key] = conn
         conn.receive_buffer.pool = self.pool
+
+    def icmp_target(
+        self, local: IPv4Address, remote: IPv4Address, quoted: bytes
+    ) -> tuple[FourTuple, TcpConnection] | str:
+        """The connection an ICMP error quoting ``quoted`` (the first 8 bytes
+        of a segment we sent) is about, or why it is ignored: RFC 5927 4.1
+        (ports of a connection we have) and 5.1 (a sequence number we sent
+        and not yet acknowledged), so that a blind forger must guess both."""
+        src_port = int.from_bytes(quoted[0:2], "big")
+        dst_port = int.from_bytes(quoted[2:4], "big")
+        key = (local, src_port, remote, dst_port)
+        conn = self.connections.get(key)
+        if conn is None:
+            return "icmp_no_connection"
+        seq = unwrap(int.from_bytes(quoted[4:8], "big"), conn.snd_una)
+        if not conn.snd_una <= seq < max(conn.snd_max, conn.snd_una + 1):
+            return "icmp_out_of_window"
+        return key, conn
 
     def on_timer(self, key: FourTuple, now: int) -> None:
         conn = self.connections.get(key)

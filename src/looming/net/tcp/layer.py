@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from looming.devices.net import IpProtocol, Ipv4
 from looming.devices.random import Random
 from looming.devices.stack import TcpHandler
 from looming.devices.time import Time
-from looming.errors import Closed, ConnectionRefused, ConnectionReset, ConnectionTimeout
+from looming.errors import (
+    Closed,
+    ConnectionRefused,
+    ConnectionReset,
+    ConnectionTimeout,
+    HostUnreachable,
+)
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.isn import FourTuple
 from looming.net.wire import tcp as wire
+
+if TYPE_CHECKING:
+    from looming.net.icmp import IcmpError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,9 @@ class TcpStream:
         self._error: Exception | None = None
         self._closed = False
         self._write_shut = False
+        # The last soft ICMP error (RFC 1122 4.2.3.9), told if the connection
+        # later times out.
+        self.soft_error: str | None = None
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -120,6 +132,8 @@ class TcpStream:
                     Event.REFUSED: f"{remote} refused the connection (nothing listens there?)",
                     Event.TIMED_OUT: f"connection to {remote} timed out: the peer stopped answering",
                 }[event]
+                if event is Event.TIMED_OUT and self.soft_error is not None:
+                    message += f"; last error: {self.soft_error}"
                 self._error = error_type(message)
                 if not self._connected.done():
                     self._connected.set_exception(error_type(message))
@@ -131,6 +145,15 @@ class TcpStream:
         if self._error is not None:
             self._readable.set()
             self._writable.set()
+
+    def _fail(self, error: Exception) -> None:
+        """End with ``error`` (a hard ICMP error while opening)."""
+        self._error = error
+        if not self._connected.done():
+            self._connected.set_exception(error)
+            self._connected.exception()  # retrieved: connect() may be gone
+        self._readable.set()
+        self._writable.set()
 
     async def read(self) -> bytes:
         while True:
@@ -266,6 +289,7 @@ class TcpLayer:
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
+        self.icmp_counters: Counter[str] = Counter()
         ipv4.register(IpProtocol.TCP, self.input)
 
     # ------------------------------------------------------------------ Tcp device
@@ -322,6 +346,43 @@ class TcpLayer:
             # A bug must not take the stack down with it: count, log, drop.
             self.stats.malformed_dropped += 1
             log.exception("TCP input failed; segment dropped")
+
+    def on_icmp_error(self, error: IcmpError) -> None:
+        """An ICMP error about a segment we sent (RFC 1122 4.2.3.9, RFC 5927).
+
+        Only errors quoting a connection's ports and an unacknowledged
+        sequence number count. "Fragmentation needed" lowers the path MTU
+        and the MSS of every connection to that destination; a hard error
+        ends a connection still opening; anything else is remembered as a
+        soft error and told if the connection times out."""
+        counters = self.icmp_counters
+        remote = error.original.destination
+        target = self._endpoint.icmp_target(error.original.source, remote, error.original_payload)
+        if isinstance(target, str):
+            counters[target] += 1
+            return
+        key, conn = target
+        counters["icmp_accepted"] += 1
+        if error.fragmentation_needed:
+            lower = getattr(self._ipv4, "lower_path_mtu", None)
+            if callable(lower) and lower(remote, error.next_hop_mtu, error.original_length):
+                mss = self._endpoint.path_mss(remote)
+                for (_, _, other, _), each in self._endpoint.connections.items():
+                    if other == remote and each.path_mss > mss:
+                        each.path_mss = mss
+                        counters["icmp_mss_lowered"] += 1
+            return
+        stream = self._streams.get(conn)
+        if error.hard and conn.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            counters["icmp_hard_aborts"] += 1
+            if stream is not None:
+                error_type = ConnectionRefused if error.code in (2, 3) else HostUnreachable
+                stream._fail(error_type(f"{key[2]}:{key[3]}: {error.describe()}"))
+            self._drive(key, conn, lambda now: conn.abort(now))
+            return
+        counters["icmp_soft_errors"] += 1
+        if stream is not None:
+            stream.soft_error = error.describe()
 
     def _drive(self, key: FourTuple, conn: TcpConnection, action: Callable[[int], _T]) -> _T:
         result = action(self._time.now_ns())
@@ -406,7 +467,11 @@ class TcpLayer:
                     else:
                         if segment_size is not None:
                             segment = wire.finish_checksum(segment)
-                        await self._ipv4.write(destination, IpProtocol.TCP, segment, tos=tos)
+                        # DF: routers report a smaller path MTU (RFC 1191)
+                        # instead of fragmenting.
+                        await self._ipv4.write(
+                            destination, IpProtocol.TCP, segment, tos=tos, dont_fragment=True
+                        )
                 except Exception as error:
                     # No route or no ARP answer: TCP retransmits, like a lost segment.
                     self.transmit_errors += 1
@@ -463,6 +528,7 @@ class TcpLayer:
         counters["memory_limit_dropped"] = endpoint.pool.refused
         counters["receive_memory"] = endpoint.pool.held
         counters["receive_memory_dropped"] = endpoint.pool.connection_refused
+        counters.update(self.icmp_counters)
         return counters
 
     @property
