@@ -199,6 +199,7 @@ def client_config(rewrites: Rewrites, clock: TraceClock) -> TlsConfig:
         return head + rewrites.merge(msg_type, ours, trace_exts)
 
     return TlsConfig(
+        certificate_compression=(),  # the traces predate RFC 8879
         versions=(TLS13,),
         cipher_suites=(
             CipherSuite.TLS_AES_128_GCM_SHA256,
@@ -344,6 +345,7 @@ def server_config(
 
     config = TlsConfig(
         certificates=[certified],
+        certificate_compression=(),  # the traces predate RFC 8879
         versions=(TLS13,),
         cipher_suites=(CipherSuite.TLS_AES_128_GCM_SHA256,),
         groups=(NamedGroup.X25519,),
@@ -454,6 +456,7 @@ def resumed_client_config(rewrites: Rewrites, clock: TraceClock) -> TlsConfig:
         return head + rewrites.merge(msg_type, ours, expected_exts)
 
     return TlsConfig(
+        certificate_compression=(),  # the traces predate RFC 8879
         versions=(TLS13,),
         cipher_suites=(
             CipherSuite.TLS_AES_128_GCM_SHA256,
@@ -573,6 +576,7 @@ def resumed_server_config(
 
     return TlsConfig(
         certificates=[certified],
+        certificate_compression=(),  # the traces predate RFC 8879
         versions=(TLS13,),
         cipher_suites=(CipherSuite.TLS_AES_128_GCM_SHA256,),
         groups=(NamedGroup.X25519,),

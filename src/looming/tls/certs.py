@@ -45,6 +45,8 @@ class CertifiedKey:
     key: PrivateKey
     chain_der: list[bytes] = field(init=False)
     _pss_only: bool = field(init=False, repr=False)
+    # CompressedCertificate bodies of this chain by algorithm (RFC 8879), made once.
+    compressed: dict[int, bytes] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.chain:

@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import client_psk
+from . import certcompress, client_psk
 from . import messages as m
 from .constants import (
     DOWNGRADE_TLS11,
@@ -70,6 +70,8 @@ class ClientHandshake:
         self.server_hs_secret = b""
         self.certificate_request_context: bytes | None = None
         self.requested_schemes: list[int] = []
+        # RFC 8879: the algorithm the server's CertificateRequest lets us compress with.
+        self.certificate_compression: int | None = None
         self.server_random = b""
         self.server_chain: list[bytes] = []
         self.resumption_master = b""
@@ -422,6 +424,9 @@ class ClientHandshake:
                 "CertificateRequest without signature_algorithms",
             )
         self.requested_schemes = Reader(exts[X.SIGNATURE_ALGORITHMS]).u16_list(2, minimum=2)
+        self.certificate_compression = certcompress.choose(
+            exts.get(X.COMPRESS_CERTIFICATE), self.config.certificate_compression
+        )
         self.certificate_request_context = context
         self.conn.transcript.add(raw)
         self.state = "wait_cert"
@@ -440,6 +445,10 @@ class ClientHandshake:
         self.server_chain = chain
         self.conn.transcript.add(raw)
         self.state = "wait_cv"
+
+    def _compressed_certificate13(self, body: bytes, raw: bytes) -> None:
+        plain = certcompress.decompress(body, self.config.certificate_compression)
+        self._certificate13(plain, raw)  # the transcript takes the message as sent
 
     def _certificate_verify13(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
@@ -492,9 +501,9 @@ class ClientHandshake:
                 certified = candidate
                 break
         if certified is None or scheme is None:
-            conn.send_handshake(H.CERTIFICATE, m.certificate13(context, []))
+            certcompress.send_certificate13(conn, context, None, None)
             return
-        conn.send_handshake(H.CERTIFICATE, m.certificate13(context, certified.chain_der))
+        certcompress.send_certificate13(conn, context, certified, self.certificate_compression)
         content = m.cv_content(m.CV_CLIENT, conn.transcript.digest())
         conn.send_handshake(
             H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
@@ -563,6 +572,7 @@ def _static_hello_parts(config: TlsConfig) -> _StaticHelloParts:
         tuple(config.psk_key_exchange_modes),
         tuple(config.alpn_protocols),
         config.record_size_limit,
+        tuple(config.certificate_compression),
     )
     parts = _STATIC_HELLO_PARTS.get(key)
     if parts is not None:
@@ -593,6 +603,8 @@ def _static_hello_parts(config: TlsConfig) -> _StaticHelloParts:
         after.append(extension(X.ALPN, m.alpn_body(config.alpn_protocols)))
     if config.record_size_limit is not None:
         after.append(extension(X.RECORD_SIZE_LIMIT, u16(config.record_size_limit)))
+    if offer13:
+        after.append(certcompress.offer_extension(config.certificate_compression))
     parts = _StaticHelloParts(u16_list(suites), b"".join(before), b"".join(after))
     if len(_STATIC_HELLO_PARTS) < 64:
         _STATIC_HELLO_PARTS[key] = parts
@@ -606,6 +618,8 @@ _HANDLERS13: dict[tuple[str, int], Callable[[ClientHandshake, bytes, bytes], Non
     ("wait_cert_cr", H.CERTIFICATE_REQUEST): ClientHandshake._certificate_request13,
     ("wait_cert_cr", H.CERTIFICATE): ClientHandshake._certificate13,
     ("wait_cert", H.CERTIFICATE): ClientHandshake._certificate13,
+    ("wait_cert_cr", H.COMPRESSED_CERTIFICATE): ClientHandshake._compressed_certificate13,
+    ("wait_cert", H.COMPRESSED_CERTIFICATE): ClientHandshake._compressed_certificate13,
     ("wait_cv", H.CERTIFICATE_VERIFY): ClientHandshake._certificate_verify13,
     ("wait_finished", H.FINISHED): ClientHandshake._finished13,
 }

@@ -23,6 +23,12 @@ def _default_random() -> Random:
     return UnixRandom()
 
 
+def _default_compression() -> tuple[int, ...]:
+    from .certcompress import available
+
+    return available()
+
+
 def _default_clock() -> Clock:
     from looming.unix.clock import UnixClock
 
@@ -55,6 +61,9 @@ class TlsConfig:
     # Sent as signature_algorithms_cert when set: the signatures acceptable on
     # certificates, if they differ from those acceptable in the handshake.
     certificate_signature_schemes: Sequence[int] | None = None
+    # RFC 8879 algorithms (1 zlib, 2 brotli) we decompress and compress certificates
+    # with, in preference order; () turns certificate compression off.
+    certificate_compression: Sequence[int] = field(default_factory=_default_compression)
     # RFC 8449: the largest record plaintext we accept; None: do not send the extension.
     record_size_limit: int | None = None
     # TLS 1.3 records are padded to a multiple of this many bytes (0: no padding).

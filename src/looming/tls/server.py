@@ -6,8 +6,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import certcompress, server_psk
 from . import messages as m
-from . import server_psk
 from .certs import CertifiedKey
 from .constants import (
     HELLO_RETRY_REQUEST_RANDOM,
@@ -127,6 +127,9 @@ class ServerHandshake:
             self._end_of_early_data(body, raw)
         elif state == "wait_cert" and msg_type == H.CERTIFICATE:
             self._client_certificate13(body, raw)
+        elif state == "wait_cert" and msg_type == H.COMPRESSED_CERTIFICATE:
+            plain = certcompress.decompress(body, self.config.certificate_compression)
+            self._client_certificate13(plain, raw)  # the transcript takes it as sent
         elif state == "wait_cv" and msg_type == H.CERTIFICATE_VERIFY:
             self._client_certificate_verify13(body, raw)
         elif state == "wait_finished" and msg_type == H.FINISHED:
@@ -396,11 +399,16 @@ class ServerHandshake:
         if psk_selected is None:
             if config.client_trust is not None or config.require_client_certificate:
                 self.requested_client_cert = True
-                cr_exts = extension(X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes))
+                cr_exts = extension(
+                    X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)
+                ) + certcompress.offer_extension(config.certificate_compression)
                 conn.send_handshake(H.CERTIFICATE_REQUEST, vec8(b"") + vec16(cr_exts))
             assert identity is not None
             certified, scheme = identity
-            conn.send_handshake(H.CERTIFICATE, m.certificate13(b"", certified.chain_der))
+            compression = certcompress.choose(
+                exts.get(X.COMPRESS_CERTIFICATE), config.certificate_compression
+            )
+            certcompress.send_certificate13(conn, b"", certified, compression)
             content = m.cv_content(m.CV_SERVER, transcript.digest())
             conn.send_handshake(
                 H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
