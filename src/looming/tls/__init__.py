@@ -41,7 +41,8 @@ alert), :class:`TlsAlertReceived`, :class:`CertificateError`,
 
 Not supported: renegotiation, TLS 1.2 resumption by session ID (tickets
 only), external (non-ticket) PSKs, post-handshake client authentication,
-OCSP stapling, certificate compression, DTLS.
+OCSP stapling, DTLS. Certificate compression (RFC 8879) is used whenever
+the peer offers it (:mod:`looming.tls.certcompress`).
 
 ``looming tls serve|connect`` (also ``python -m looming.tls``; see
 :mod:`looming.tls.cli`) runs a server or client from the shell, in the
