@@ -41,8 +41,9 @@ alert), :class:`TlsAlertReceived`, :class:`CertificateError`,
 
 Not supported: renegotiation, TLS 1.2 resumption by session ID (tickets
 only), external (non-ticket) PSKs, post-handshake client authentication,
-OCSP stapling, DTLS. Certificate compression (RFC 8879) is used whenever
-the peer offers it (:mod:`looming.tls.certcompress`).
+DTLS. Certificate compression (RFC 8879) is used whenever the peer offers
+it (:mod:`looming.tls.certcompress`); servers staple OCSP responses given
+from a file (:mod:`looming.tls.ocsp`).
 
 ``looming tls serve|connect`` (also ``python -m looming.tls``; see
 :mod:`looming.tls.cli`) runs a server or client from the shell, in the

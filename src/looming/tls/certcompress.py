@@ -129,14 +129,15 @@ def send_certificate13(
     context: bytes,
     certified: CertifiedKey | None,
     algorithm: int | None,
+    leaf_extensions: bytes = b"",
 ) -> None:
     """Send our Certificate, compressed with ``algorithm`` when one was agreed."""
     chain = certified.chain_der if certified is not None else []
-    body = certificate13(context, chain)
+    body = certificate13(context, chain, leaf_extensions)
     if algorithm is None or not chain:
         conn.send_handshake(HandshakeType.CERTIFICATE, body)
         return
-    if certified is not None and not context:
+    if certified is not None and not context and not leaf_extensions:
         # A server's chain compresses the same way every time: once per algorithm.
         cached = certified.compressed.get(algorithm)
         if cached is None:

@@ -43,6 +43,8 @@ class CertifiedKey:
 
     chain: list[x509.Certificate]
     key: PrivateKey
+    # A DER OCSP response for the leaf, stapled when a client asks (see looming.tls.ocsp).
+    ocsp_response: bytes | None = None
     chain_der: list[bytes] = field(init=False)
     _pss_only: bool = field(init=False, repr=False)
     # CompressedCertificate bodies of this chain by algorithm (RFC 8879), made once.

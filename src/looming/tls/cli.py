@@ -3,6 +3,7 @@
     looming tls serve --cert C --key K [--cert C2 --key K2]... --port P [--echo | --http]
                       [--alpn A]... [--client-ca CA [--client-auth optional]]
                       [--key-password-file F] [--no-require-ems] [--keylog F]
+                      [--ocsp F]... [--ticket-keys F | --ticket-rotation S]
     looming tls connect HOST:PORT [--servername N] [--ca CA | --insecure] [--alpn A]...
                       [--cert C --key K] [--resume SESSION_FILE [--early-data]]
 
@@ -32,6 +33,7 @@ import datetime
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from looming.errors import UsageError
 
@@ -42,6 +44,7 @@ from .errors import TlsError
 from .flow import TlsFlow, open_connection, start_server
 from .keyload import KEY_PASSWORD_ENV, load_identity_files, read_key_password
 from .keylog import KeyLogFile
+from .ocsp import check_response as check_ocsp_response
 from .session import TicketKeys
 from .session_file import read_session_file, write_session_file
 from .ticket_file import load_ticket_key_file, watch_ticket_key_file
@@ -117,6 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--max-early-data", type=int, default=0, help="accept this many bytes of 0-RTT data"
+    )
+    serve.add_argument(
+        "--ocsp",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="DER OCSP response to staple for the --cert of the same rank (repeatable)",
     )
     tickets = serve.add_mutually_exclusive_group()
     tickets.add_argument(
@@ -261,6 +271,7 @@ def server_config(args: argparse.Namespace) -> TlsConfig:
         max_early_data=args.max_early_data,
         **_common_settings(args),  # type: ignore[arg-type]
     )
+    _attach_ocsp(config.certificates, args.ocsp)
     if args.ticket_keys:
         config.ticket_keys = load_ticket_key_file(args.ticket_keys, config.random)
     elif args.ticket_rotation is not None:
@@ -268,6 +279,18 @@ def server_config(args: argparse.Namespace) -> TlsConfig:
             raise UsageError("--ticket-rotation needs a number of seconds, 1 or more")
         config.ticket_keys = TicketKeys(config.random, rotate_after_s=args.ticket_rotation)
     return config
+
+
+def _attach_ocsp(certificates: list[CertifiedKey], paths: list[str]) -> None:
+    """Each --ocsp response, checked, to the --cert of the same rank."""
+    if len(paths) > len(certificates):
+        raise UsageError(f"{len(paths)} --ocsp for {len(certificates)} --cert; one each at most")
+    for certified, path in zip(certificates, paths, strict=False):
+        try:
+            der = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read the OCSP response {path}: {exc.strerror}") from exc
+        certified.ocsp_response = check_ocsp_response(der, certified, _now(), path)
 
 
 async def _serve(args: argparse.Namespace) -> int:

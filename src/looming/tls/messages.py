@@ -21,8 +21,13 @@ CV_SERVER = b"TLS 1.3, server CertificateVerify"
 CV_CLIENT = b"TLS 1.3, client CertificateVerify"
 
 
-def certificate13(context: bytes, chain_der: Sequence[bytes]) -> bytes:
-    entries = b"".join(vec24(der) + vec16(b"") for der in chain_der)
+def certificate13(
+    context: bytes, chain_der: Sequence[bytes], leaf_extensions: bytes = b""
+) -> bytes:
+    entries = b"".join(
+        vec24(der) + vec16(leaf_extensions if index == 0 else b"")
+        for index, der in enumerate(chain_der)
+    )
     return vec8(context) + vec24(entries)
 
 

@@ -6,7 +6,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import certcompress, server_psk
+from . import certcompress, ocsp, server_psk
 from . import messages as m
 from .certs import CertifiedKey
 from .constants import (
@@ -408,7 +408,8 @@ class ServerHandshake:
             compression = certcompress.choose(
                 exts.get(X.COMPRESS_CERTIFICATE), config.certificate_compression
             )
-            certcompress.send_certificate13(conn, b"", certified, compression)
+            staple = ocsp.leaf_extensions13(exts, certified)
+            certcompress.send_certificate13(conn, b"", certified, compression, staple)
             content = m.cv_content(m.CV_SERVER, transcript.digest())
             conn.send_handshake(
                 H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)

@@ -6,7 +6,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from . import messages as m
-from . import tls12
+from . import ocsp, tls12
 from .certs import CertifiedKey, parse_chain
 from .constants import (
     DOWNGRADE_TLS12,
@@ -128,6 +128,7 @@ class Server12:
             sh_exts.append(extension(X.ALPN, m.alpn_body([alpn])))
         if self.issue_ticket:
             sh_exts.append(extension(X.SESSION_TICKET, b""))
+        sh_exts.extend(ocsp.server_hello_extension12(exts, certified if state is None else None))
         if X.RECORD_SIZE_LIMIT in exts:
             ee: list[bytes] = []
             self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT], ee)
@@ -156,6 +157,7 @@ class Server12:
             return
         assert certified is not None
         conn.send_handshake(H.CERTIFICATE, m.certificate12(certified.chain_der))
+        ocsp.send_status12(conn, exts, certified)
         self.share = KeyShare(group, config.random)
         params = tls12.ecdhe_params(group, self.share.public)
         signature = sign(certified.key, scheme, self.client_random + self.server_random + params)
