@@ -74,7 +74,9 @@ def stream_sync(count: int = 3) -> StreamingResponse:
     return StreamingResponse(lines(), media_type="text/plain")
 
 
-def remember(what: str) -> None:
+async def remember(what: str) -> None:
+    # An async task runs on the event loop after the response (a plain def
+    # one would run in a worker thread, as /sync does).
     finished.append(what)
 
 

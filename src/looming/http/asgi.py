@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from looming.devices.flow import Flow
 from looming.errors import LoomingError
 from looming.http.message import ClientGone, Request, Response
 
@@ -383,6 +384,15 @@ class AsgiAdapter:
         if trailers:
             body.trailers = []
         return Response(status, headers, body)
+
+    async def serve_websocket(self, request: Request, flow: Flow, leftover: bytes) -> None:
+        """Serve an upgraded connection with the application's websocket scope."""
+        from looming.http.websocket import WebSocketSession
+
+        session = WebSocketSession(
+            self.app, request, flow, root_path=self.root_path, scheme=self.scheme, state=self.state
+        )
+        await session.run(leftover)
 
     async def _end_after_disconnect(self, task: asyncio.Task[None]) -> None:
         """Let the application, told of the disconnect, finish; cancel it after a grace."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +173,19 @@ class _ParserHolder:
         """Body bytes of the last response (for access logs)."""
 
 
+def is_websocket_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request asks to become a WebSocket (RFC 6455 section 4.1)."""
+    if method != b"GET":
+        return False
+    upgrade = connection = b""
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = value
+        elif name == b"connection":
+            connection = value
+    return upgrade.strip().lower() == b"websocket" and b"upgrade" in connection.lower()
+
+
 def _valid_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The trailer fields that are safe to send (no framing fields, no line breaks)."""
     forbidden = (b"content-length", b"transfer-encoding", b"host", b"trailer")
@@ -247,6 +260,9 @@ class HttpServer:
         self.stopping = False
         """Set by a graceful stop: each connection ends after its current response."""
         self._streams_body = bool(getattr(handler, "streams_request_body", False))
+        self._websockets: Callable[[Request, Flow, bytes], Awaitable[None]] | None = getattr(
+            handler, "serve_websocket", None
+        )
         self._connections: dict[asyncio.Task[Any], _ParserHolder] = {}
         self.observer: Observer | None = None
         """Told of each response (access logs, metrics)."""
@@ -409,6 +425,9 @@ class HttpServer:
                 if name == b"connection" and b"close" in value.lower():
                     keep_alive = False
             method = method_bytes.decode("ascii")
+            if self._websockets is not None and is_websocket_upgrade(method_bytes, headers):
+                await self._upgrade(flow, conn, event, client, server, deadline)
+                return
             watch: Watch | None = None
             reader: BodyReader | None = None
             if self._streams_body:
@@ -495,6 +514,35 @@ class HttpServer:
                     return
             if not keep_alive or peer_closed or self.stopping:
                 return
+
+    async def _upgrade(
+        self,
+        flow: Flow,
+        conn: h11.Connection,
+        event: h11.Request,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        deadline: _Watchdog,
+    ) -> None:
+        """Hand the connection to the handler's websocket side; it ends with it."""
+        assert self._websockets is not None
+        if type(conn.next_event()) is not h11.EndOfMessage:
+            self.protocol_errors += 1
+            deadline.disarm()
+            await self._send_error_raw(flow, 400)  # an upgrade request has no body
+            return
+        request = Request(
+            "GET",
+            event.target.decode("latin-1"),
+            event.headers,
+            b"",
+            event.http_version.decode("ascii"),
+            client,
+            server,
+        )
+        deadline.close()
+        self.requests_served += 1
+        await self._websockets(request, flow, conn.trailing_data[0])
 
     async def _read_body(
         self,

@@ -146,6 +146,9 @@ class MetricsEndpoint:
         self.metrics = metrics
         self.path = path
         self.streams_request_body = bool(getattr(inner, "streams_request_body", False))
+        websockets = getattr(inner, "serve_websocket", None)
+        if websockets is not None:
+            self.serve_websocket = websockets
 
     async def __call__(self, request: Request) -> Response:
         if request.path == self.path and request.method in ("GET", "HEAD"):

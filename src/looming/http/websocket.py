@@ -1,0 +1,286 @@
+"""WebSockets for ASGI applications (the ``websocket`` scope), on wsproto.
+
+The HTTP server hands over the connection of a request asking to upgrade
+(``Upgrade: websocket``); :class:`WebSocketSession` replays its handshake
+into wsproto, runs the application with the ASGI websocket protocol and
+moves frames between the two. permessage-deflate is offered when the client
+asks for it. Limits hold against a hostile client: a message over
+``max_message_bytes`` (counted after inflating, so a small compressed frame
+cannot grow without bound) closes with 1009; the client's messages wait in a
+short queue, and while the application does not read them, nothing more is
+read from the connection (TCP pushes back on the client); ``send()`` returns
+once the frame is written to the flow, which waits above its high-water mark.
+Pings are answered; a close is answered and told to the application as
+``websocket.disconnect`` with its code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.events import Request as WsRequest
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from looming.devices.flow import Flow
+from looming.errors import LoomingError
+from looming.http.message import Request
+
+log = logging.getLogger("looming.http.websocket")
+
+Scope = MutableMapping[str, Any]
+AsgiMessage = MutableMapping[str, Any]
+AsgiApp = Callable[
+    [Scope, Callable[[], Awaitable[AsgiMessage]], Callable[[AsgiMessage], Awaitable[None]]],
+    Awaitable[None],
+]
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+INBOX_MESSAGES = 16
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that refuses to inflate a message beyond a limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._limit = limit
+        self._inflated = 0
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        room = self._limit - self._inflated
+        try:
+            out = self._decompressor.decompress(bytes(data), max(room, 1))
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._decompressor.unconsumed_tail or self._inflated > self._limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if fin:
+            self._inflated = 0
+        return super().frame_inbound_complete(proto, fin)
+
+
+class WebSocketSession:
+    """One upgraded connection serving an ASGI application's websocket scope."""
+
+    def __init__(
+        self,
+        app: AsgiApp,
+        request: Request,
+        flow: Flow,
+        *,
+        root_path: str,
+        scheme: str,
+        state: dict[str, Any],
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.app = app
+        self.request = request
+        self.flow = flow
+        self.root_path = root_path
+        self.scheme = "wss" if scheme == "https" else "ws"
+        self.state = state
+        self.max_message_bytes = max_message_bytes
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.inbox: asyncio.Queue[AsgiMessage] = asyncio.Queue(INBOX_MESSAGES)
+        self.accepted = False
+        self.closed = False
+        self.handshake: WsRequest | None = None
+        self._final: AsgiMessage | None = None
+
+    async def receive(self) -> AsgiMessage:
+        """The application's ``receive``: after the disconnect, the disconnect again."""
+        if self._final is not None and self.inbox.empty():
+            return self._final
+        return await self.inbox.get()
+
+    def _scope(self, handshake: WsRequest) -> Scope:
+        request = self.request
+        raw_path, _, query = request.target.partition("?")
+        return {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.http_version,
+            "scheme": self.scheme,
+            "path": unquote(raw_path),
+            "raw_path": raw_path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": self.root_path,
+            "headers": [(name.lower(), value) for name, value in request.headers],
+            "client": request.client,
+            "server": request.server,
+            "subprotocols": list(handshake.subprotocols),
+            "state": dict(self.state),
+            "extensions": {},
+        }
+
+    async def _write(self, event: Event) -> None:
+        data = self.ws.send(event)
+        if data:
+            await self.flow.write(data)
+
+    async def run(self, leftover: bytes) -> None:
+        """Take the handshake, run the application, and close the connection."""
+        request = self.request
+        head = [b"GET " + request.target.encode("latin-1") + b" HTTP/1.1\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in request.headers]
+        self.ws.receive_data(b"".join(head) + b"\r\n" + leftover)
+        events = list(self.ws.events())
+        handshake = next((e for e in events if isinstance(e, WsRequest)), None)
+        if handshake is None:
+            await self.flow.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            return
+        self.handshake = handshake
+        await self.inbox.put({"type": "websocket.connect"})
+        reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            await self.app(self._scope(handshake), self.receive, self._send)
+        except ConnectionResetError:
+            pass  # the client went away while the application was sending
+        except Exception:
+            log.exception("websocket application failed on %s", request.target)
+            await self._close_after_error()
+        else:
+            if not self.accepted and not self.closed:
+                # Returning without accepting is a refusal (ASGI: 403).
+                await self._send({"type": "websocket.close", "code": 1000})
+            elif not self.closed:
+                await self._send({"type": "websocket.close", "code": 1000})
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _close_after_error(self) -> None:
+        """An application error: 500 before the handshake was accepted, 1011 after."""
+        if self.closed:
+            return
+        self.closed = True
+        event: Event = CloseConnection(1011) if self.accepted else RejectConnection(status_code=500)
+        with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
+            await self._write(event)
+
+    async def _send(self, message: AsgiMessage) -> None:
+        kind = message.get("type")
+        if self.closed:
+            if kind == "websocket.close":
+                return
+            # ASGI 2.4: sending on a closed connection raises an OSError.
+            raise ConnectionResetError("the websocket is closed")
+        try:
+            if kind == "websocket.accept" and not self.accepted:
+                self.accepted = True
+                extra = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
+                await self._write(
+                    AcceptConnection(
+                        subprotocol=message.get("subprotocol"),
+                        extensions=[_BoundedDeflate(self.max_message_bytes)],
+                        extra_headers=extra,
+                    )
+                )
+            elif kind == "websocket.send" and self.accepted:
+                text, data = message.get("text"), message.get("bytes")
+                if text is not None:
+                    await self._write(TextMessage(data=str(text)))
+                else:
+                    await self._write(BytesMessage(data=bytes(data or b"")))
+            elif kind == "websocket.close":
+                self.closed = True
+                if self.accepted:
+                    code = int(message.get("code", 1000))
+                    await self._write(CloseConnection(code, message.get("reason") or None))
+                else:
+                    await self._write(RejectConnection(status_code=403))
+            else:
+                raise RuntimeError(f"unexpected ASGI websocket message {kind!r} here")
+        except (LocalProtocolError, LoomingError, OSError) as error:
+            self.closed = True
+            raise ConnectionResetError(f"the websocket is closed: {error}") from None
+
+    async def _read(self) -> None:
+        """Client frames into the inbox, pings answered, until the close."""
+        parts: list[str | bytes] = []
+        size = 0
+        try:
+            while True:
+                data = await self.flow.read()
+                if not data:
+                    await self._disconnected(1006)
+                    return
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    if isinstance(event, Message):
+                        size += len(event.data)
+                        if size > self.max_message_bytes:
+                            await self._refuse(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                            return
+                        parts.append(event.data)
+                        if event.message_finished:
+                            await self.inbox.put(self._message(event, parts))
+                            parts, size = [], 0
+                    elif isinstance(event, Ping):
+                        await self._write(event.response())
+                    elif isinstance(event, CloseConnection):
+                        if not self.closed:
+                            self.closed = True
+                            with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
+                                await self._write(event.response())
+                        await self._disconnected(event.code, event.reason)
+                        return
+        except RemoteProtocolError as error:
+            await self._refuse(CloseReason.PROTOCOL_ERROR, str(error))
+        except (LoomingError, OSError, LocalProtocolError):
+            await self._disconnected(1006)
+
+    @staticmethod
+    def _message(event: Message[Any], parts: list[str | bytes]) -> AsgiMessage:
+        if isinstance(event, TextMessage):
+            return {"type": "websocket.receive", "text": "".join(str(p) for p in parts)}
+        chunks = [p for p in parts if isinstance(p, bytes | bytearray)]
+        return {"type": "websocket.receive", "bytes": b"".join(chunks)}
+
+    async def _refuse(self, reason: CloseReason, why: str) -> None:
+        log.debug("closing websocket: %s", why)
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
+                await self._write(CloseConnection(int(reason), why[:100]))
+        await self._disconnected(int(reason))
+
+    async def _disconnected(self, code: int, reason: str | None = None) -> None:
+        self.closed = True
+        message: AsgiMessage = {"type": "websocket.disconnect", "code": code}
+        if reason:
+            message["reason"] = reason
+        self._final = message
+        # The application may not be reading: make room rather than wait.
+        while self.inbox.full():
+            self.inbox.get_nowait()
+        self.inbox.put_nowait(message)
