@@ -67,7 +67,10 @@ def _marks_in(strings: frozenset[str]) -> set[str]:
 @functools.cache
 def _strings_of_file(path: Path) -> frozenset[str]:
     try:
-        tree = ast.parse(path.read_bytes(), str(path))
+        source = path.read_bytes()
+        if not any(name.encode() in source for name in (*PEER_PROGRAMS, "qemu")):
+            return frozenset()  # most modules: no need to parse them
+        tree = ast.parse(source, str(path))
     except (OSError, SyntaxError):
         return frozenset()
     return frozenset(
@@ -77,9 +80,18 @@ def _strings_of_file(path: Path) -> frozenset[str]:
     )
 
 
+def _is_project_module(module: ModuleType | None, root: Path) -> bool:
+    """A module of the project's tests (not looming, the stdlib or an installed package)."""
+    file = getattr(module, "__file__", None)
+    if module is None or not file or module.__name__ == __name__:
+        return False
+    path = Path(file).resolve()
+    return path.is_relative_to(root) and "site-packages" not in path.parts
+
+
 @functools.cache
-def _module_marks(module: ModuleType) -> frozenset[str]:
-    """Marks from the module's own source and from the tests helpers it imports."""
+def _module_marks(module: ModuleType, root: Path) -> frozenset[str]:
+    """Marks from the module's own source and from the project helpers it imports."""
     marks: set[str] = set()
     seen: set[str] = set()
     pending = [module]
@@ -91,13 +103,8 @@ def _module_marks(module: ModuleType) -> frozenset[str]:
         marks |= _marks_in(_strings_of_file(Path(str(mod.__file__))))
         for value in vars(mod).values():
             helper = value if isinstance(value, ModuleType) else inspect.getmodule(value)
-            if (
-                helper is not None
-                and helper.__name__.startswith("tests.")
-                and not helper.__name__.endswith("conftest")
-                and helper.__name__ != __name__
-            ):
-                pending.append(helper)
+            if _is_project_module(helper, root) and not helper.__name__.endswith("conftest"):  # type: ignore[union-attr]
+                pending.append(helper)  # type: ignore[arg-type]
     return frozenset(marks)
 
 
@@ -132,16 +139,19 @@ def _fixture_marks(func: Any) -> frozenset[str]:
 def item_marks(item: pytest.Item) -> set[str]:
     """The peer and qemu marks ``item`` earns from what it runs."""
     marks: set[str] = set()
+    # Helpers and fixtures are followed inside the test folder only, never
+    # into looming itself (whose sources name git, openssl, ...).
+    root = item.config.rootpath.resolve()
+    root = root / "tests" if (root / "tests").is_dir() else root
     module = getattr(item, "module", None)
     if module is not None:
-        marks |= _module_marks(module)
+        marks |= _module_marks(module, root)
     info = getattr(item, "_fixtureinfo", None)
     for defs in info.name2fixturedefs.values() if info is not None else ():
         for fixturedef in defs:
-            if getattr(fixturedef, "baseid", None) is not None and callable(fixturedef.func):
-                func_module = getattr(fixturedef.func, "__module__", "") or ""
-                if func_module.startswith("tests"):
-                    marks |= _fixture_marks(fixturedef.func)
+            func = fixturedef.func
+            if callable(func) and _is_project_module(inspect.getmodule(func), root):
+                marks |= _fixture_marks(func)
     return marks
 
 
