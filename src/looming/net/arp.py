@@ -275,6 +275,7 @@ class ArpLayer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._stopped = False
+        self._request_template: tuple[IPv4Address, bytes] | None = None
         self.counters: Counter[str] = self.table.counters
         ethernet.register(EthernetProtocol.ARP, self._on_frame)
 
@@ -469,14 +470,20 @@ class ArpLayer:
 
     def _send_request(self, address: IPv4Address) -> None:
         source = self._addresses[0] if self._addresses else IPv4Address(0)
-        packet = ArpPacket(
-            operation=ArpOperation.REQUEST,
-            sender_mac=self._ethernet.mac,
-            sender_ip=source,
-            target_mac=_ZERO_MAC,
-            target_ip=address,
-        )
-        self._queue_frame(BROADCAST_MAC, (EthernetProtocol.ARP, wire.emit(packet), None))
+        template = self._request_template
+        if template is None or template[0] != source:
+            # Every request differs only in the target address (the last
+            # four bytes): under a flood, build the rest once.
+            packet = ArpPacket(
+                operation=ArpOperation.REQUEST,
+                sender_mac=self._ethernet.mac,
+                sender_ip=source,
+                target_mac=_ZERO_MAC,
+                target_ip=IPv4Address(0),
+            )
+            template = self._request_template = (source, wire.emit(packet)[:-4])
+        frame = template[1] + address.packed
+        self._queue_frame(BROADCAST_MAC, (EthernetProtocol.ARP, frame, None))
 
     def _queue_frame(self, mac: MacAddress, frame: Frame) -> None:
         if self._stopped:
