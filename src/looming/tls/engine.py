@@ -129,6 +129,8 @@ class TlsConnection:
         if not self.handshake_complete:
             self._pending_app_data.append(bytes(data))
             return
+        if self.version == TLS13 and data and self.records.write_application_data13(bytes(data)):
+            return
         self._run(lambda: self._write_app_data(bytes(data)))
 
     def bytes_to_send(self) -> bytes:

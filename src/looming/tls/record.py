@@ -28,6 +28,10 @@ Aead = AESGCM | ChaCha20Poly1305
 _CT = plain_values(ContentType)
 _HEADER = 5
 _TAG = 16
+_SEQ_LAST = (1 << 64) - 1
+# Per record, on the hot path: the inner content type byte and the 1.3 header's start.
+_TYPE_BYTE = [bytes((value,)) for value in range(256)]
+_PREFIX13 = bytes((_CT.APPLICATION_DATA, 3, 3))
 
 
 class Protection:
@@ -87,19 +91,11 @@ class Protection:
         return seq
 
     def seal(self, content_type: int, data: bytes, padding: int = 0) -> bytes | bytearray:
+        if self.tls13:
+            return self._seal13(content_type, data, padding)
         aead = self._aead or self._keyed()
         nonce = self._nonce()
         seq = self._next_seq()
-        if self.tls13:
-            inner = data + bytes((content_type,)) + bytes(padding)
-            length = len(inner) + _TAG
-            header = bytes((_CT.APPLICATION_DATA, 3, 3)) + length.to_bytes(2, "big")
-            # Encrypt straight behind the header: one copy less per record.
-            record = bytearray(_HEADER + length)
-            record[:_HEADER] = header
-            with memoryview(record) as view:
-                aead.encrypt_into(nonce, inner, header, view[_HEADER:])
-            return record
         aad = seq.to_bytes(8, "big") + bytes((content_type, 3, 3)) + len(data).to_bytes(2, "big")
         explicit = nonce[4:] if self._explicit_nonce else b""
         length = len(explicit) + len(data) + _TAG
@@ -110,29 +106,54 @@ class Protection:
             aead.encrypt_into(nonce, data, aad, view[_HEADER + len(explicit) :])
         return record
 
+    def _seal13(self, content_type: int, data: bytes, padding: int) -> bytearray:
+        # TLS 1.3 is every record after the handshake: kept to the fewest steps.
+        aead = self._aead or self._keyed()
+        seq = self.seq
+        if seq >= _SEQ_LAST:
+            raise TlsProtocolError(AlertDescription.INTERNAL_ERROR, "sequence number would wrap")
+        self.seq = seq + 1
+        inner = data + _TYPE_BYTE[content_type]
+        if padding:
+            inner += bytes(padding)
+        length = len(inner) + _TAG
+        header = _PREFIX13 + length.to_bytes(2, "big")
+        # Encrypt straight behind the header: one copy less per record.
+        record = bytearray(_HEADER + length)
+        record[:_HEADER] = header
+        with memoryview(record) as view:
+            aead.encrypt_into((self._iv ^ seq).to_bytes(12, "big"), inner, header, view[_HEADER:])
+        return record
+
+    def _open13(self, header: bytes, body: bytes | memoryview) -> tuple[int, bytes]:
+        aead = self._aead or self._keyed()
+        seq = self.seq
+        try:
+            inner = aead.decrypt((self._iv ^ seq).to_bytes(12, "big"), body, header)
+        except InvalidTag:
+            raise TlsProtocolError(
+                AlertDescription.BAD_RECORD_MAC, "record failed authentication"
+            ) from None
+        if seq >= _SEQ_LAST:
+            raise TlsProtocolError(AlertDescription.INTERNAL_ERROR, "sequence number would wrap")
+        self.seq = seq + 1
+        # Strip the zero padding; the last non-zero byte is the real type.
+        if len(inner) > MAX_PLAINTEXT + 1:
+            raise TlsProtocolError(AlertDescription.RECORD_OVERFLOW, "inner plaintext too long")
+        if inner and inner[-1]:
+            return inner[-1], inner[:-1]  # the common case: no padding
+        stripped = inner.rstrip(b"\x00")
+        if not stripped:
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, "record has no content type"
+            )
+        return stripped[-1], stripped[:-1]
+
     def open(self, header: bytes, body: bytes | memoryview) -> tuple[int, bytes]:
         """Decrypt one record; ``bad_record_mac`` if it does not authenticate."""
-        aead = self._aead or self._keyed()
         if self.tls13:
-            nonce = self._nonce()
-            try:
-                inner = aead.decrypt(nonce, body, header)
-            except InvalidTag:
-                raise TlsProtocolError(
-                    AlertDescription.BAD_RECORD_MAC, "record failed authentication"
-                ) from None
-            self._next_seq()
-            # Strip the zero padding; the last non-zero byte is the real type.
-            if len(inner) > MAX_PLAINTEXT + 1:
-                raise TlsProtocolError(AlertDescription.RECORD_OVERFLOW, "inner plaintext too long")
-            if inner and inner[-1]:
-                return inner[-1], inner[:-1]  # the common case: no padding
-            stripped = inner.rstrip(b"\x00")
-            if not stripped:
-                raise TlsProtocolError(
-                    AlertDescription.UNEXPECTED_MESSAGE, "record has no content type"
-                )
-            return stripped[-1], stripped[:-1]
+            return self._open13(header, body)
+        aead = self._aead or self._keyed()
         content_type = header[0]
         if self._explicit_nonce:
             if len(body) < 8 + _TAG:
@@ -292,6 +313,24 @@ class RecordLayer:
             data = bytes(self._pending_handshake)
             self._pending_handshake.clear()
             self._write_fragments(_CT.HANDSHAKE, data)
+
+    def write_application_data13(self, data: bytes) -> bool:
+        """Seal one TLS 1.3 application data record at once when nothing else
+        applies (no handshake bytes queued, no record size limit, no padding, a
+        record's worth of data); False when the general path must be taken."""
+        protection = self._write
+        if (
+            protection is None
+            or not protection.tls13
+            or self._pending_handshake
+            or self.send_limit is not None
+            or self.padding_block
+            or len(data) > MAX_PLAINTEXT
+            or protection.seq >= protection.limit
+        ):
+            return False
+        self._outgoing.append(protection._seal13(_CT.APPLICATION_DATA, data, 0))
+        return True
 
     def write_records(self, content_type: int, data: bytes) -> None:
         """Fragment ``data`` into records of ``content_type`` and queue them."""
