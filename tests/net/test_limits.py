@@ -98,3 +98,44 @@ def test_receive_memory_stays_within_the_stack_limit() -> None:
         await client.disconnect()
 
     asyncio.run(main())
+
+
+def test_a_path_that_silently_drops_large_segments_is_found_out() -> None:
+    """RFC 2923's black hole: nothing over 1000 bytes gets through and no
+    ICMP error says so; after three timeouts TCP tries smaller segments."""
+
+    async def main() -> None:
+        server, client = await limited_pair()
+        network = client.network
+        send = network.write
+
+        async def narrow(frame: bytes) -> None:
+            if len(frame) <= 1000:
+                await send(frame)
+
+        network.write = narrow  # type: ignore[method-assign]
+        totals: list[int] = []
+
+        async def count(flow: TcpFlow) -> None:
+            total = 0
+            while data := await flow.read():
+                total += len(data)
+            totals.append(total)
+
+        await server.tcp.listen(80, count)
+        flow = await client.tcp.connect(A.ip, 80, timeout=1)
+        await flow.write(b"q" * 100_000)
+        await flow.shutdown()
+        for _ in range(400):
+            if totals:
+                break
+            await asyncio.sleep(0.02)
+        assert totals == [100_000]
+        counters = client.counters()
+        assert counters["tcp.black_hole_mss_lowered"] == 1
+        assert flow.connection.path_mss <= 1000 - 40
+        await flow.close()
+        await server.disconnect()
+        await client.disconnect()
+
+    asyncio.run(main())

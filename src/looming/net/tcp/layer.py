@@ -223,6 +223,12 @@ def _positive_ns(seconds: float, what: str) -> int:
     return int(seconds * 1e9)
 
 
+# Consecutive retransmission timeouts of full-sized segments after which the
+# path is suspected to drop them silently (see TcpLayer._suspect_black_hole).
+BLACK_HOLE_TIMEOUTS = 3
+_BLACK_HOLE_FLOOR_MSS = 512
+
+
 class TcpListener:
     """A listening port: :class:`looming.devices.Listener`."""
 
@@ -502,13 +508,35 @@ class TcpLayer:
     def _on_timer(self, key: FourTuple, conn: TcpConnection) -> None:
         self._timers.pop(conn, None)
         try:
+            retries = conn.retries
             conn.on_timer(self._time.now_ns())
+            if conn.retries == BLACK_HOLE_TIMEOUTS and retries < conn.retries:
+                self._suspect_black_hole(key, conn)
             self._endpoint.collect(key, conn)
             self._pump()
             if conn.state is not State.CLOSED and conn not in self._timers:
                 self._schedule(key, conn, conn.next_deadline())
         except Exception:
             log.exception("TCP timer failed")
+
+    def _suspect_black_hole(self, key: FourTuple, conn: TcpConnection) -> None:
+        """Full-sized segments timed out again and again: perhaps the path's
+        MTU is smaller and the ICMP errors that would say so are filtered
+        (RFC 2923's black hole). Try smaller segments, as RFC 4821 and RFC
+        8899 search does from below: half the MSS, at most 1024 and at
+        least 512 bytes, remembered for the path like a reported MTU."""
+        if conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1):
+            return
+        if conn.path_mss <= _BLACK_HOLE_FLOOR_MSS or conn.bytes_in_flight < conn.send_mss:
+            return
+        remote = key[2]
+        mss = max(min(conn.path_mss // 2, 1024), _BLACK_HOLE_FLOOR_MSS)
+        lower = getattr(self._ipv4, "lower_path_mtu", None)
+        if callable(lower):
+            lower(remote, mss + 40, 0)
+            mss = min(mss, self._endpoint.path_mss(remote))
+        conn.path_mss = mss
+        self.icmp_counters["black_hole_mss_lowered"] += 1
 
     def _unlisten(self, port: int) -> None:
         self._listeners.pop(port, None)
