@@ -129,13 +129,15 @@ class PendingMerges(RuleBasedStateMachine):
         # and time), which git rightly treats as already merged.
         self.writes += 1
         message = f"write {self.writes}"
+        before = dict(self.model[branch])
         if value is None:
             store.remove(key, message)
             self.model[branch].pop(key, None)
         else:
             store.set(key, value, message)
             self.model[branch][key] = value
-        if branch == "main" and self.pending is not None:
+        # A write that changes nothing makes no commit: the branch stays.
+        if branch == "main" and self.pending is not None and self.model[branch] != before:
             self.main_moved = True
 
     @precondition(lambda self: self.pending is None)
@@ -145,7 +147,14 @@ class PendingMerges(RuleBasedStateMachine):
         merged, conflicts = three_way(self.base, self.model["main"], self.model["feature"])
         assert {"/".join(c.path) for c in result.conflicts} == set(conflicts)
         if conflicts:
-            self.pending = {"merged": merged, "conflicts": conflicts, "chosen": {}}
+            # The merge's "theirs" is feature as it is now; it may move on.
+            theirs = dict(self.model["feature"])
+            self.pending = {
+                "merged": merged,
+                "conflicts": conflicts,
+                "chosen": {},
+                "theirs": theirs,
+            }
             self.main_moved = False
         else:
             self.model["main"] = merged
@@ -187,7 +196,7 @@ class PendingMerges(RuleBasedStateMachine):
             else:
                 content[key] = value
         self.model["main"] = content
-        self.base = dict(self.model["feature"])
+        self.base = self.pending["theirs"]
         self.pending = None
 
     @precondition(lambda self: self.pending is not None)
