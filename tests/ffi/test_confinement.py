@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -451,3 +452,23 @@ def test_a_kernel_without_user_namespaces_is_a_warning_not_a_silent_downgrade(
     assert "no fresh user and PID namespaces (No space left on device)" in lines["warned"]
     assert lines["kept"] == f"{-errno.EPERM} 3"  # the other layers still hold
     assert "Confinement(strict=True) makes this an error" in lines["strict"]
+
+
+def test_the_aarch64_table_matches_arm64s_own_headers() -> None:
+    """The generic table with arm64's switches equals what arm64's <asm/unistd.h> gives."""
+    compiler = shutil.which("aarch64-linux-gnu-gcc")
+    if compiler is None:
+        pytest.fail("aarch64-linux-gnu-gcc is missing: run scripts/system-deps.sh as root")
+    _, source = syscalls.preprocessor_input("aarch64")
+    source = source.replace("<asm-generic/unistd.h>", "<asm/unistd.h>")
+    done = subprocess.run(
+        [compiler, "-E", "-P", "-x", "c", "-"],
+        input=source,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    native = syscalls.parse_expansion(done.stdout)
+    table = syscalls.table("aarch64")
+    assert {name: table[name] for name in native} == native
+    assert {name for name, number in table.items() if number >= 0} == set(native)
