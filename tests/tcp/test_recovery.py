@@ -421,3 +421,18 @@ def test_five_percent_loss_recovers_mostly_without_timeouts() -> None:
     assert stats["fast_retransmits"] >= 10
     assert stats["timeouts"] * 5 <= stats["fast_retransmits"]
     assert stats["segments_deemed_lost"] + stats["timeouts"] >= stats["retransmits"] // 2
+
+
+def test_a_resend_stays_inside_a_window_the_peer_shrank() -> None:
+    """Linux drops a segment ending past its window while it holds unread
+    data; after it shrinks its window the RTO resends only what fits."""
+    s = established(replace(PLAIN, tail_loss_probe=False))
+    s.conn.cc.cwnd = 100 * MSS
+    s.call("send", b"w" * 3000)
+    assert len(s.take()) == 3
+    s.recv(seg("A", B, A, window=500))  # the reader stalled: 500 bytes left
+    s.advance(200)
+    s.expect(f"A {A}:{A + 500}(500) ack {B}")
+    s.recv(seg("A", B, A + 500, window=0))
+    s.advance(400)
+    s.expect(f"A {A + 499}:{A + 499}(0) ack {B}")  # a zero window: only a probe

@@ -182,7 +182,10 @@ class TcpSender(LossRecovery):
                 break  # F-RTO step 2b: this ACK sends new data only
             segment = None if frto_only_new else board.first_lost_to_send()
             if segment is not None:
-                budget -= self._resend(segment, now)
+                resent = self._resend(segment, now)
+                if not resent:
+                    break  # beyond the window: the persist or RTO timer will come back
+                budget -= resent
                 continue
             sent = self._send_new(now, budget)
             if sent <= 0:
@@ -252,11 +255,21 @@ class TcpSender(LossRecovery):
         return end - seq
 
     def _resend(self, segment: Segment, now: int) -> int:
-        """Retransmit one whole segment; returns its length."""
+        """Retransmit one segment; returns its length, 0 when the peer's
+        window no longer reaches it."""
         data_end = self.send_buffer.end
         start, end = segment.start, segment.end
         fin = self.fin_queued and end == data_end + 1
         payload_end = min(end, data_end)
+        edge = self.snd_una + self.snd_wnd
+        if payload_end > start and payload_end > edge:
+            # The peer shrank its window below what it once offered (Linux
+            # does when its reader stalls) and drops a segment that ends past
+            # it while it holds unread data: resend only what still fits.
+            if start >= edge:
+                return 0
+            payload_end = edge
+            fin = False
         flags = ACK
         if payload_end == data_end and start < data_end:
             flags |= PSH
