@@ -138,3 +138,53 @@ def test_client_auth_and_ems_are_keys_of_the_unikernel(tmp_path: Path) -> None:
     assert "KeySpec('tls_require_ems', 'bool', False" in main_py
     assert "client_auth=keys.tls_client_auth" in main_py
     assert "require_ems=keys.tls_require_ems" in main_py
+
+
+def _tlslite_without_ems(port: int) -> BaseException | bytes:
+    import socket
+
+    from tlslite.api import HandshakeSettings, TLSConnection
+
+    settings = HandshakeSettings()
+    settings.minVersion = settings.maxVersion = (3, 3)
+    settings.useExtendedMasterSecret = False
+    settings.requireExtendedMasterSecret = False
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            conn = TLSConnection(raw)
+            conn.handshakeClientCert(settings=settings, serverName="localhost")
+            conn.write(b"no ems\n")
+            reply = bytes(conn.read())
+            conn.close()
+            return reply
+    except Exception as exc:  # recorded and asserted by the test
+        return exc
+
+
+@pytest.mark.parametrize("require_ems", [True, False])
+def test_require_ems_switch_of_the_device(pki: Pki, tmp_path: Path, require_ems: bool) -> None:
+    store = _store(pki, tmp_path / "tls")
+
+    async def scenario() -> BaseException | bytes:
+        stack = await TlsStack.connect(
+            await SocketStack.connect("127.0.0.1"),
+            DirectoryKv(store),
+            UnixRandom(),
+            UnixClock(),
+            require_ems=require_ems,
+        )
+
+        async def answer(flow: TcpFlow) -> None:
+            await flow.write((await flow.read()).upper())
+
+        listener = await stack.tcp.listen(0, answer, host="127.0.0.1")
+        result = await asyncio.to_thread(_tlslite_without_ems, listener.port)
+        await listener.close()
+        await stack.disconnect()
+        return result
+
+    result = asyncio.run(scenario())
+    if require_ems:
+        assert isinstance(result, BaseException) and "handshake_failure" in str(result)
+    else:
+        assert result == b"NO EMS\n"
