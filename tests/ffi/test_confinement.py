@@ -472,3 +472,20 @@ def test_the_aarch64_table_matches_arm64s_own_headers() -> None:
     table = syscalls.table("aarch64")
     assert {name: table[name] for name in native} == native
     assert {name for name, number in table.items() if number >= 0} == set(native)
+
+
+def test_paths_the_description_declares_are_the_only_ones_open(hostile_dir: Path) -> None:
+    declared = hostile_dir / "declared.txt"
+    declared.write_text("ok")
+    bindings = hostile_bindings(hostile_dir)
+    bindings.paths = (str(declared),)
+    # Every layer; root's files stay root's (user=None) so the test's file can be read.
+    library = IsolatedLibrary(bindings, confinement=Confinement(user=None), timeout=5)
+    try:
+        assert library.warnings == []
+        assert library.open_path(str(declared)) == 0
+        assert library.open_shadow() == -errno.EACCES  # Landlock, not the filter
+        assert library.open_path(str(hostile_dir / "hostile.h")) == -errno.EACCES
+        assert library.make_socket() == -errno.EPERM  # the filter still holds
+    finally:
+        library.close()
