@@ -21,9 +21,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+import looming.http.websocket  # noqa: F401  (imported once here, see below)
 from looming.http import AsgiAdapter
 
 from .serving import RunningServer, serve_in_thread
+
+# The server imports its websocket module when the first connection needs it, in
+# the server's thread; imported here first, it is not compiled there while
+# pytest compiles in the main thread (CPython 3.11's AST state is shared, and
+# compiling in two threads at once fails with "recursion depth mismatch").
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 closes: list[int] = []

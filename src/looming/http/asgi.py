@@ -318,6 +318,8 @@ class AsgiAdapter:
                 return {"type": "http.request", "body": chunk, "more_body": more}
             # Nothing more to read: the next event is the end of the exchange,
             # or the client leaving before it.
+            if request.watch is not None:
+                request.watch.start()
             await ended.wait()
             return {"type": "http.disconnect"}
 

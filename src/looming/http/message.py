@@ -32,6 +32,10 @@ class ConnectionWatch(Protocol):
         """Call ``callback`` once when the client goes away (now if it has)."""
         ...
 
+    def start(self) -> None:
+        """Watch from now on (the handler is waiting to hear of a disconnect)."""
+        ...
+
 
 class ClientGone(OSError):
     """The client closed its connection (or broke its request) mid-exchange."""

@@ -353,6 +353,7 @@ class HttpServer:
         leftover = b""
         peer_closed = False
         first = True
+        first_read = True
         while True:
             # A fresh parser per request: h11 reads the request, the server
             # writes the response (see response_head), and bytes the client
@@ -379,6 +380,12 @@ class HttpServer:
                             data = await watched.take()
                         else:
                             data = await flow.read()
+                        if first_read and data.startswith(b"PRI * HTTP/2.0"):
+                            # HTTP/2 with prior knowledge (h2c): the connection is its.
+                            deadline.close()
+                            await self._serve_h2(flow, data)
+                            return
+                        first_read = False
                         if waiting_for_start and data:
                             waiting_for_start = False
                             deadline.expire_in(config.header_timeout)
@@ -504,6 +511,7 @@ class HttpServer:
             if self.observer is not None:
                 self.observer(request, response.status, parser.sent, self._date.now() - started)
             if reader is not None and watch is not None:
+                watch.disarm()
                 # What the handler left unread is read and dropped (a little
                 # of it) before the next request; then the watch's pending
                 # read, if any, is the start of that request.
@@ -514,6 +522,19 @@ class HttpServer:
                     return
             if not keep_alive or peer_closed or self.stopping:
                 return
+
+    async def _serve_h2(self, flow: Flow, first: bytes) -> None:
+        from looming.http.http2 import H2Session
+
+        session = H2Session(
+            flow,
+            self.handler,
+            server_name=self.config.server_name.encode("ascii"),
+            date_line=lambda: self._date.line()[6:-2],
+            clock=self._date.now,
+            max_body_bytes=self.config.max_body_bytes,
+        )
+        await session.run(first)
 
     async def _upgrade(
         self,

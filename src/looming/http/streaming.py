@@ -21,21 +21,45 @@ from looming.devices.flow import Flow
 from looming.errors import LoomingError
 from looming.http.message import ClientGone
 
+WATCH_DELAY = 0.05
+"""Seconds after the request before a quick response's connection is watched:
+most responses are done by then, and cost no extra read task."""
+
 
 class Watch:
-    """One pending read after the request: end of stream means the client left."""
+    """One pending read after the request: end of stream means the client left.
 
-    __slots__ = ("_callbacks", "_flow", "_task", "gone")
+    The read starts at once when the application waits for the disconnect
+    (``receive()`` after the body), else :data:`WATCH_DELAY` after the body
+    is complete unless the response is done sooner.
+    """
+
+    __slots__ = ("_callbacks", "_flow", "_task", "_timer", "gone")
 
     def __init__(self, flow: Flow) -> None:
         self._flow = flow
         self._task: asyncio.Task[bytes] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._callbacks: list[Callable[[], object]] = []
         self.gone = False
 
     def start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._read())
+
+    def arm(self) -> None:
+        """Start watching soon, unless :meth:`start` or :meth:`disarm` comes first."""
+        if self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self.start)
+
+    def disarm(self) -> None:
+        """The response is done: no need to start watching any more."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _read(self) -> bytes:
         try:
@@ -72,6 +96,7 @@ class Watch:
     async def close(self) -> None:
         """Abandon a pending read (the connection is closing)."""
         self._callbacks.clear()
+        self.disarm()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -119,7 +144,7 @@ class BodyReader:
 
     def _finish(self) -> None:
         self.complete = True
-        self._watch.start()
+        self._watch.arm()
 
     async def next_chunk(self) -> tuple[bytes, bool]:
         if self.complete:

@@ -1,0 +1,347 @@
+"""HTTP/2 over cleartext with prior knowledge (h2c), on the ``h2`` library.
+
+A connection that opens with the HTTP/2 preface is handed here by
+:class:`~looming.http.server.HttpServer`. Each stream becomes a
+:class:`~looming.http.message.Request` for the same handler the HTTP/1.1
+side uses (an ASGI adapter, a static site), with its body streamed and a
+watch that tells of a reset. Flow control is wired both ways: request body
+data is acknowledged (the window reopened) only as the handler reads it,
+and response data is sent only within the peer's window, so a client that
+stops reading holds the handler in ``send()``.
+
+Against abuse: at most :data:`MAX_CONCURRENT_STREAMS` streams at once (a
+stream over it is refused); a client that resets more than
+:data:`MAX_RESETS` streams, or sends more than :data:`MAX_CONTROL_FRAMES`
+SETTINGS and PING frames, in one :data:`ABUSE_WINDOW` gets GOAWAY
+(ENHANCE_YOUR_CALM) and the connection closes (the "rapid reset" attack,
+CVE-2023-44487).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from looming.devices.flow import Flow
+from looming.errors import LoomingError
+from looming.http.message import ClientGone, Handler, Request, Response
+
+log = logging.getLogger("looming.http.h2")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_CONCURRENT_STREAMS = 100
+MAX_RESETS = 200
+MAX_CONTROL_FRAMES = 1000
+ABUSE_WINDOW = 10.0
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+class _StreamWatch:
+    """Tells the handler that its stream was reset or the connection ended."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._callbacks: list[Callable[[], object]] = []
+
+    def on_gone(self, callback: Callable[[], object]) -> None:
+        if self.gone:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def start(self) -> None:
+        """Always watching: resets arrive as frames."""
+
+    def went_away(self) -> None:
+        if not self.gone:
+            self.gone = True
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                callback()
+
+
+class _Stream:
+    """One request's body, queued as it arrives and acknowledged as it is read."""
+
+    def __init__(self, session: H2Session, stream_id: int) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.watch = _StreamWatch()
+        self.window_open = asyncio.Event()
+        self.ended = False
+
+    async def next_chunk(self) -> tuple[bytes, bool]:
+        if self.ended and self.chunks.empty():
+            return b"", False
+        if self.watch.gone and self.chunks.empty():
+            raise ClientGone("the stream was reset")
+        waiter = asyncio.ensure_future(self.chunks.get())
+        gone = asyncio.Event()
+        self.watch.on_gone(gone.set)
+        stopper = asyncio.ensure_future(gone.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if waiter not in done:
+            waiter.cancel()
+            raise ClientGone("the stream was reset")
+        chunk = waiter.result()
+        if chunk is None:
+            self.ended = True
+            return b"", False
+        await self.session.acknowledge(self.stream_id, len(chunk))
+        return chunk, True
+
+
+class H2Session:
+    """Serves one HTTP/2 connection with ``handler``."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        handler: Handler,
+        *,
+        server_name: bytes,
+        date_line: Callable[[], bytes],
+        clock: Callable[[], float],
+        max_body_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.flow = flow
+        self.handler = handler
+        self.server_name = server_name
+        self.date_line = date_line
+        self.clock = clock
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.streams: dict[int, _Stream] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.write_lock = asyncio.Lock()
+        self.abuse: list[float] = []
+        self.resets: list[float] = []
+        self.client: tuple[str, int] | None = getattr(flow, "remote_address", None)
+        self.server: tuple[str, int] | None = getattr(flow, "local_address", None)
+
+    async def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            async with self.write_lock:
+                await self.flow.write(data)
+
+    async def acknowledge(self, stream_id: int, size: int) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            self.conn.acknowledge_received_data(size, stream_id)
+            await self._flush()
+
+    async def run(self, first: bytes) -> None:
+        """Serve until the client closes, misbehaves, or the connection fails."""
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+            },
+        )
+        self.conn.initiate_connection()
+        await self._flush()
+        data = first
+        try:
+            while data:
+                try:
+                    events = self.conn.receive_data(data)
+                except h2.exceptions.ProtocolError as error:
+                    log.debug("h2 protocol error: %s", error)
+                    await self._flush()
+                    return
+                for event in events:
+                    if not await self._handle(event):
+                        await self._flush()
+                        return
+                await self._flush()
+                data = await self.flow.read()
+        except (LoomingError, OSError) as error:
+            log.debug("h2 connection ended: %s", error)
+        finally:
+            for stream in self.streams.values():
+                stream.watch.went_away()
+                stream.window_open.set()
+            for task in list(self.tasks):
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=1.0)
+
+    def _abusive(self, times: list[float], limit: int) -> bool:
+        now = self.clock()
+        times.append(now)
+        while times and times[0] < now - ABUSE_WINDOW:
+            times.pop(0)
+        return len(times) > limit
+
+    async def _calm_down(self) -> bool:
+        self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        return False
+
+    async def _handle(self, event: h2.events.Event) -> bool:
+        """Act on one event; False ends the connection."""
+        if isinstance(event, h2.events.RequestReceived):
+            self._start_stream(event)
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and event.data:
+                stream.chunks.put_nowait(bytes(event.data))
+            elif event.flow_controlled_length:
+                # Data for a stream nobody reads: reopen the window at once.
+                await self.acknowledge(event.stream_id, event.flow_controlled_length)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.chunks.put_nowait(None)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.watch.went_away()
+                stream.window_open.set()
+            if self._abusive(self.resets, MAX_RESETS):
+                return await self._calm_down()
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = (
+                self.streams.values()
+                if event.stream_id == 0
+                else [s for s in [self.streams.get(event.stream_id)] if s is not None]
+            )
+            for stream in targets:
+                stream.window_open.set()
+        elif isinstance(event, h2.events.RemoteSettingsChanged | h2.events.PingReceived):
+            if self._abusive(self.abuse, MAX_CONTROL_FRAMES):
+                return await self._calm_down()
+            for stream in self.streams.values():
+                stream.window_open.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            return False
+        return True
+
+    def _start_stream(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        pseudo: dict[bytes, bytes] = {}
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in event.headers or ():
+            name_b, value_b = bytes(name), bytes(value)
+            if name_b.startswith(b":"):
+                pseudo[name_b] = value_b
+            else:
+                headers.append((name_b, value_b))
+        if b":authority" in pseudo and not any(n == b"host" for n, _ in headers):
+            headers.insert(0, (b"host", pseudo[b":authority"]))
+        stream = _Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        if event.stream_ended is not None:
+            stream.chunks.put_nowait(None)
+        request = Request(
+            pseudo.get(b":method", b"GET").decode("ascii", "replace"),
+            pseudo.get(b":path", b"/").decode("latin-1"),
+            headers,
+            b"",
+            "2",
+            self.client,
+            self.server,
+            stream,
+            stream.watch,
+        )
+        task = asyncio.get_running_loop().create_task(self._respond(stream, request))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _respond(self, stream: _Stream, request: Request) -> None:
+        try:
+            if not getattr(self.handler, "streams_request_body", False):
+                request = await self._whole_body(request, stream)
+            response = await self.handler(request)
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("handler failed on %s %s", request.method, request.target)
+            response = Response(500, ((b"content-type", b"text/plain"),), b"500\n")
+        try:
+            await self._send(stream, request, response)
+        except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
+            log.debug("h2 stream %d ended: %s", stream.stream_id, error)
+        finally:
+            closer: Any = getattr(response.body, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+            self.streams.pop(stream.stream_id, None)
+
+    async def _whole_body(self, request: Request, stream: _Stream) -> Request:
+        """The request with its whole body, for a handler that does not stream."""
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            chunk, more = await stream.next_chunk()
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise ClientGone(f"request body over {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        request.body = b"".join(chunks)
+        request.body_stream = None
+        return request
+
+    async def _send(self, stream: _Stream, request: Request, response: Response) -> None:
+        body = response.body
+        headers = [(b":status", str(response.status).encode())]
+        headers += [
+            (bytes(n).lower(), bytes(v))
+            for n, v in response.headers
+            if bytes(n).lower() not in _HOP_BY_HOP
+        ]
+        names = {n for n, _ in headers}
+        if b"server" not in names:
+            headers.append((b"server", self.server_name))
+        if b"date" not in names:
+            headers.append((b"date", self.date_line()))
+        whole = isinstance(body, bytes | bytearray | memoryview)
+        if whole and b"content-length" not in names:
+            headers.append((b"content-length", str(len(body)).encode()))  # type: ignore[arg-type]
+        head_only = request.method == "HEAD"
+        empty = head_only or (whole and not body)
+        self.conn.send_headers(stream.stream_id, headers, end_stream=empty)
+        await self._flush()
+        if empty:
+            return
+        if whole:
+            await self._send_data(stream, bytes(body))  # type: ignore[arg-type]
+        else:
+            async for piece in body:  # type: ignore[union-attr]
+                if piece:
+                    await self._send_data(stream, piece)
+        self.conn.end_stream(stream.stream_id)
+        await self._flush()
+
+    async def _send_data(self, stream: _Stream, data: bytes) -> None:
+        """Send ``data`` within the peer's flow-control windows, waiting for them."""
+        view = memoryview(data)
+        while view:
+            if stream.watch.gone:
+                raise ClientGone("the stream was reset")
+            window = self.conn.local_flow_control_window(stream.stream_id)
+            size = min(window, self.conn.max_outbound_frame_size, len(view))
+            if size <= 0:
+                stream.window_open.clear()
+                await stream.window_open.wait()
+                continue
+            self.conn.send_data(stream.stream_id, bytes(view[:size]))
+            view = view[size:]
+            await self._flush()
