@@ -247,3 +247,27 @@ def test_openssl_and_looming_agree_on_self_signed_anchor(
     rc, out, _ = asyncio.run(s_client_against_looming(config, args))
     assert rc == 0 and "Verify return code: 0 (ok)" in out, out
     _ = run  # the subprocess helper is shared with the other interop tests
+
+
+def test_validated_chains_are_remembered_within_their_dates(
+    wild: WildPki, issued: dict[str, Issued]
+) -> None:
+    import datetime
+
+    from looming.tls.certs import validate_chain
+
+    deep = issued["deep"]
+    trust = TrustStore([wild.ca])
+    der = [c.public_bytes(Encoding.DER) for c in deep.chain]
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    validate_chain(deep.chain, trust, now, "localhost", True, chain_der=der)
+    assert len(trust._validated) == 1
+    validate_chain(deep.chain, trust, now, "localhost", True, chain_der=der)
+    assert len(trust._validated) == 1  # served from memory
+    # Another name is another question, and is answered afresh (and refused).
+    with pytest.raises(CertificateError, match=r"not valid for 'elsewhere\.example'"):
+        validate_chain(deep.chain, trust, now, "elsewhere.example", True, chain_der=der)
+    # Past the leaf's notAfter the remembered answer does not apply: validated again, refused.
+    later = deep.cert.not_valid_after_utc.replace(tzinfo=None) + datetime.timedelta(days=1)
+    with pytest.raises(CertificateError, match=r"expired|validity"):
+        validate_chain(deep.chain, trust, later, "localhost", True, chain_der=der)

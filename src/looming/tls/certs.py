@@ -101,6 +101,22 @@ class TrustStore:
             raise UsageError("a trust store needs at least one CA certificate")
         self.store = Store(self.anchors)
         self.anchor_set = frozenset(self.anchors)
+        # Chains already validated against these anchors: (chain, name, role) -> the
+        # window in which every certificate of the path built is valid. A client
+        # reconnecting to a server skips the path building (the same input gives
+        # the same answer; the dates are checked again on every use).
+        self._validated: dict[object, tuple[datetime.datetime, datetime.datetime]] = {}
+
+    def validated(self, key: object, now: datetime.datetime) -> bool:
+        window = self._validated.get(key)
+        return window is not None and window[0] <= now <= window[1]
+
+    def remember_validated(self, key: object, path: Sequence[x509.Certificate]) -> None:
+        start = max(c.not_valid_before_utc for c in path).replace(tzinfo=None)
+        end = min(c.not_valid_after_utc for c in path).replace(tzinfo=None)
+        if len(self._validated) >= VALIDATED_CACHE_SIZE:
+            self._validated.pop(next(iter(self._validated)), None)  # the oldest
+        self._validated[key] = (start, end)
 
     @classmethod
     def from_pem_file(cls, path: str | Path) -> TrustStore:
@@ -125,6 +141,7 @@ class TrustStore:
 
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+VALIDATED_CACHE_SIZE = 256
 
 
 def _load_each(bundle: bytes) -> list[x509.Certificate]:
@@ -225,9 +242,15 @@ def validate_chain(
     now: datetime.datetime,
     server_name: str | None,
     as_server_cert: bool,
+    chain_der: Sequence[bytes] | None = None,
 ) -> None:
-    """Build a path from ``chain[0]`` to an anchor and check policy; raise CertificateError."""
-    leaf, intermediates = chain[0], list(chain[1:])
+    """Build a path from ``chain[0]`` to an anchor and check policy; raise CertificateError.
+
+    With ``chain_der`` (the chain as received) a success is remembered by the
+    trust store and the same chain for the same name is not validated again
+    while the dates of its path allow.
+    """
+    leaf = chain[0]
     if as_server_cert and server_name is None:
         raise CertificateError(
             AlertDescription.BAD_CERTIFICATE, "no server name to check the certificate against"
@@ -235,17 +258,33 @@ def validate_chain(
     if leaf in trust.anchor_set:
         check_anchored_leaf(leaf, now, server_name if as_server_cert else None, as_server_cert)
         return
+    key = (tuple(chain_der), server_name, as_server_cert) if chain_der is not None else None
+    if key is not None and trust.validated(key, now):
+        return
+    path = _build_path(chain, trust, now, server_name, as_server_cert)
+    if key is not None:
+        trust.remember_validated(key, path)
+
+
+def _build_path(
+    chain: Sequence[x509.Certificate],
+    trust: TrustStore,
+    now: datetime.datetime,
+    server_name: str | None,
+    as_server_cert: bool,
+) -> list[x509.Certificate]:
+    leaf, intermediates = chain[0], list(chain[1:])
     builder = PolicyBuilder().store(trust.store).time(now)
     try:
         if as_server_cert:
             assert server_name is not None
-            builder.build_server_verifier(_subject_for(server_name)).verify(leaf, intermediates)
-        else:
-            builder = builder.extension_policies(
-                ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-                ee_policy=client_certificate_policy(),
-            )
-            builder.build_client_verifier().verify(leaf, intermediates)
+            verifier = builder.build_server_verifier(_subject_for(server_name))
+            return verifier.verify(leaf, intermediates)
+        builder = builder.extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+            ee_policy=client_certificate_policy(),
+        )
+        return builder.build_client_verifier().verify(leaf, intermediates).chain
     except VerificationError as exc:
         if leaf.issuer == leaf.subject and not intermediates:
             raise CertificateError(

@@ -155,9 +155,11 @@ def check_peer_chain(
             from .certs import TrustStore
 
             trust = config.trust if config.trust is not None else TrustStore.system()
-            validate_chain(chain, trust, now, server_name, as_server_cert=True)
+            validate_chain(chain, trust, now, server_name, as_server_cert=True, chain_der=chain_der)
     elif config.client_trust is not None:
-        validate_chain(chain, config.client_trust, now, None, as_server_cert=False)
+        validate_chain(
+            chain, config.client_trust, now, None, as_server_cert=False, chain_der=chain_der
+        )
     if config.pins:
         check_pins(chain, config.pins)
     return chain
