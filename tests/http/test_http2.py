@@ -180,3 +180,36 @@ def test_h2load_many_streams_on_few_connections(server: RunningServer) -> None:
     )
     assert "400 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout
     assert "status codes: 400 2xx" in done.stdout, done.stdout
+
+
+def test_h2_over_looming_tls_with_alpn(tmp_path: Path) -> None:
+    # The HTTPS example with h2 offered first in ALPN: curl negotiates it and
+    # the server, seeing the HTTP/2 preface inside TLS, serves HTTP/2.
+    from tests.config.tooling import copy_example, looming, running
+
+    app = copy_example("https_website", tmp_path)
+    config = app / "config.py"
+    config.write_text(config.read_text().replace('alpn=("http/1.1",)', 'alpn=("h2", "http/1.1")'))
+    looming(app, "configure", "-t", "unix")
+    looming(app, "build")
+    ready = r"serving https://(?:localhost|127\.0\.0\.1):(\d+)"
+    with running(app, "--port", "0", ready=ready) as (_proc, match):
+        url = f"https://localhost:{match.group(1)}/"
+        common = ["curl", "--silent", "--show-error", "--max-time", "20"]
+        common += ["--cacert", str(app / "ca.pem"), "--write-out", "\n%{http_version} %{http_code}"]
+        for flag, version in (("--http2", b"2"), ("--http1.1", b"1.1")):
+            out = subprocess.run([*common, flag, url], capture_output=True, check=True).stdout
+            body, _, trailer = out.rpartition(b"\n")
+            assert trailer == version + b" 200"
+            assert body == (app / "htdocs" / "index.html").read_bytes()
+
+
+def test_curl_upgrades_to_h2c(server: RunningServer) -> None:
+    # curl --http2 on an http:// URL asks for "Upgrade: h2c" with HTTP2-Settings.
+    out = subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "20", "--http2",
+         "--write-out", "\n%{http_version} %{http_code}", f"http://127.0.0.1:{server.port}/up"],
+        capture_output=True,
+        check=True,
+    ).stdout  # fmt: skip
+    assert out == b"hello over 2\n2 200"

@@ -145,8 +145,12 @@ class H2Session:
             self.conn.acknowledge_received_data(size, stream_id)
             await self._flush()
 
-    async def run(self, first: bytes) -> None:
-        """Serve until the client closes, misbehaves, or the connection fails."""
+    async def run(self, first: bytes, upgraded: tuple[bytes, Request] | None = None) -> None:
+        """Serve until the client closes, misbehaves, or the connection fails.
+
+        ``upgraded`` is the HTTP2-Settings header and the request of an
+        ``Upgrade: h2c`` exchange (after the 101): that request is stream 1.
+        """
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -154,10 +158,20 @@ class H2Session:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
             },
         )
-        self.conn.initiate_connection()
+        if upgraded is not None:
+            settings, request = upgraded
+            try:
+                self.conn.initiate_upgrade_connection(settings)
+            except (h2.exceptions.ProtocolError, ValueError) as error:
+                log.debug("bad HTTP2-Settings in an h2c upgrade: %s", error)
+                return
+            self._dispatch(1, request, ended=True)
+        else:
+            self.conn.initiate_connection()
         await self._flush()
-        data = first
         try:
+            # After an upgrade the client's preface may not have come yet.
+            data = first or await self.flow.read()
             while data:
                 try:
                     events = self.conn.receive_data(data)
@@ -244,10 +258,6 @@ class H2Session:
                 headers.append((name_b, value_b))
         if b":authority" in pseudo and not any(n == b"host" for n, _ in headers):
             headers.insert(0, (b"host", pseudo[b":authority"]))
-        stream = _Stream(self, stream_id)
-        self.streams[stream_id] = stream
-        if event.stream_ended is not None:
-            stream.chunks.put_nowait(None)
         request = Request(
             pseudo.get(b":method", b"GET").decode("ascii", "replace"),
             pseudo.get(b":path", b"/").decode("latin-1"),
@@ -256,9 +266,18 @@ class H2Session:
             "2",
             self.client,
             self.server,
-            stream,
-            stream.watch,
         )
+        self._dispatch(stream_id, request, ended=event.stream_ended is not None)
+
+    def _dispatch(self, stream_id: int, request: Request, *, ended: bool) -> None:
+        """Run the handler for ``request`` on stream ``stream_id``."""
+        stream = _Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        if ended:
+            stream.chunks.put_nowait(None)
+        request.http_version = "2"
+        request.body_stream = stream
+        request.watch = stream.watch
         task = asyncio.get_running_loop().create_task(self._respond(stream, request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -186,6 +187,25 @@ def is_websocket_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]]) 
     return upgrade.strip().lower() == b"websocket" and b"upgrade" in connection.lower()
 
 
+def _h2c_upgrade_settings(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The HTTP2-Settings of a request asking to upgrade to h2c (RFC 7540 section 3.2)."""
+    if method not in (b"GET", b"HEAD", b"OPTIONS"):
+        return None  # a body would have to be read before switching: stay on HTTP/1.1
+    upgrade = settings = None
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = value
+        elif name == b"http2-settings":
+            settings = value
+        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return None
+    if upgrade is None or settings is None:
+        return None
+    if b"h2c" not in [token.strip().lower() for token in upgrade.split(b",")]:
+        return None
+    return settings
+
+
 def _valid_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The trailer fields that are safe to send (no framing fields, no line breaks)."""
     forbidden = (b"content-length", b"transfer-encoding", b"host", b"trailer")
@@ -260,6 +280,8 @@ class HttpServer:
         self.stopping = False
         """Set by a graceful stop: each connection ends after its current response."""
         self._streams_body = bool(getattr(handler, "streams_request_body", False))
+        self._h2 = importlib.util.find_spec("h2") is not None
+        """HTTP/2 is served when the h2 library is installed."""
         self._websockets: Callable[[Request, Flow, bytes], Awaitable[None]] | None = getattr(
             handler, "serve_websocket", None
         )
@@ -380,7 +402,7 @@ class HttpServer:
                             data = await watched.take()
                         else:
                             data = await flow.read()
-                        if first_read and data.startswith(b"PRI * HTTP/2.0"):
+                        if first_read and self._h2 and data.startswith(b"PRI * HTTP/2.0"):
                             # HTTP/2 with prior knowledge (h2c): the connection is its.
                             deadline.close()
                             await self._serve_h2(flow, data)
@@ -434,6 +456,17 @@ class HttpServer:
             method = method_bytes.decode("ascii")
             if self._websockets is not None and is_websocket_upgrade(method_bytes, headers):
                 await self._upgrade(flow, conn, event, client, server, deadline)
+                return
+            settings = _h2c_upgrade_settings(method_bytes, headers) if self._h2 else None
+            if settings is not None and type(conn.next_event()) is h11.EndOfMessage:
+                request = Request(
+                    method, event.target.decode("latin-1"), headers, b"", "2", client, server
+                )
+                deadline.close()
+                await flow.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+                )
+                await self._serve_h2(flow, conn.trailing_data[0], (settings, request))
                 return
             watch: Watch | None = None
             reader: BodyReader | None = None
@@ -523,7 +556,9 @@ class HttpServer:
             if not keep_alive or peer_closed or self.stopping:
                 return
 
-    async def _serve_h2(self, flow: Flow, first: bytes) -> None:
+    async def _serve_h2(
+        self, flow: Flow, first: bytes, upgraded: tuple[bytes, Request] | None = None
+    ) -> None:
         from looming.http.http2 import H2Session
 
         session = H2Session(
@@ -534,7 +569,7 @@ class HttpServer:
             clock=self._date.now,
             max_body_bytes=self.config.max_body_bytes,
         )
-        await session.run(first)
+        await session.run(first, upgraded)
 
     async def _upgrade(
         self,
