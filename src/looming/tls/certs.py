@@ -132,16 +132,21 @@ class TrustStore:
         Certificates in the bundle that do not parse (some old roots break
         RFC 5280) are skipped rather than failing the whole store.
         """
+        global _SYSTEM_STORE
+        if _SYSTEM_STORE is not None:
+            return _SYSTEM_STORE  # read once per process: it is hundreds of certificates
         paths = ssl.get_default_verify_paths()
         candidates = [paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
         for candidate in candidates:
             if candidate and Path(candidate).is_file():
-                return cls(_load_each(Path(candidate).read_bytes()))
+                _SYSTEM_STORE = cls(_load_each(Path(candidate).read_bytes()))
+                return _SYSTEM_STORE
         raise UsageError("no system CA bundle found; pass a CA file instead")
 
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 VALIDATED_CACHE_SIZE = 256
+_SYSTEM_STORE: TrustStore | None = None
 
 
 def _load_each(bundle: bytes) -> list[x509.Certificate]:
