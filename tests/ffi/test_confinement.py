@@ -489,3 +489,10 @@ def test_paths_the_description_declares_are_the_only_ones_open(hostile_dir: Path
         assert library.make_socket() == -errno.EPERM  # the filter still holds
     finally:
         library.close()
+
+
+def test_an_unknown_user_is_a_clear_error(hostile_dir: Path) -> None:
+    from looming.ffi import HelperError
+
+    with pytest.raises(HelperError, match="no user 'no-such-user' here to run the helper as"):
+        IsolatedLibrary(hostile_bindings(hostile_dir), confinement=Confinement(user="no-such-user"))

@@ -157,7 +157,13 @@ class Layers:
 
 def drop_user(name: str) -> None:
     """Become ``name`` (uid, gid, no supplementary groups); only when root."""
-    entry = pwd.getpwnam(name)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise FfiError(
+            f"there is no user {name!r} here to run the helper as: "
+            "give Confinement(user=...) an existing user, or None to stay root"
+        ) from None
     os.setgroups([])
     os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
     os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
