@@ -62,6 +62,7 @@ KEEP_ABOVE = 4
 # growing pack for every commit.
 FOLD_WHEN_IDLE = 1.0
 IDLE_FOLD_SHARE = 8
+IDLE_FOLD_TRIES = 20
 
 
 def find_git_dir(path: str) -> str:
@@ -585,16 +586,29 @@ class GitBackend:
                 flushes = self._flushes
                 if self._closing.wait(self._fold_when_idle):
                     return
-            with self._try_writer_lock() as locked:
-                # Another process writing now: its next idle fold, or ours
-                # after our next commit, catches up.
-                worth_it = self._small_bytes * IDLE_FOLD_SHARE >= self._growing.size()
-                if locked and flushes == self._flushes and worth_it:
-                    with contextlib.suppress(OSError, CorruptObject):
-                        self._fold()  # on failure the small packs stay valid
-                if locked and flushes == self._flushes:
-                    with contextlib.suppress(OSError, StoreError):
-                        self.compact()
+            # The lock may be busy for a moment (a reader in this process
+            # rescanning packs, another process committing): try again a
+            # few times while still idle; after that, another process's
+            # idle fold, or ours after our next commit, catches up.
+            for _attempt in range(IDLE_FOLD_TRIES):
+                if self._fold_if_free(flushes) or flushes != self._flushes:
+                    break
+                if self._closing.wait(self._fold_when_idle):
+                    return
+
+    def _fold_if_free(self, flushes: int) -> bool:
+        """The idle fold, if the writer lock is free now; whether it was."""
+        with self._try_writer_lock() as locked:
+            if not locked:
+                return False
+            worth_it = self._small_bytes * IDLE_FOLD_SHARE >= self._growing.size()
+            if flushes == self._flushes and worth_it:
+                with contextlib.suppress(OSError, CorruptObject):
+                    self._fold()  # on failure the small packs stay valid
+            if flushes == self._flushes:
+                with contextlib.suppress(OSError, StoreError):
+                    self.compact()
+            return True
 
     def gc(self, now: float | None = None) -> None:
         """Merge the repository's packs into one (``git gc`` for the
