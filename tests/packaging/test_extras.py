@@ -170,3 +170,28 @@ def test_the_extras_table_matches_the_project_metadata() -> None:
     assert "looming[all]" in optional["test"]
     assert set(extras.PARTS.values()) == set(extras.EXTRAS)
     assert cast(Any, extras.MissingExtra("tls", "x", ["cryptography"])).extra == "tls"
+
+
+def test_serving_the_store_over_tls_names_the_tls_extra(tmp_path: Path) -> None:
+    # looming[store] without looming[tls]: dulwich is there, cryptography is not.
+    code = (
+        "import sys\nsys.modules['cryptography'] = None\n"
+        "from looming.cli import main\nsys.exit(main())"
+    )
+    looming = [sys.executable, "-c", code]
+    init = subprocess.run([*looming, "store", "init", "repo"], cwd=tmp_path, check=False)
+    assert init.returncode == 0
+    tls_options = ["--cert", "server.pem", "--key", "server.key"]
+    done = subprocess.run(
+        [*looming, "store", "serve", "--repo", "repo", "--port", "0", *tls_options],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "looming store: serving the store over TLS (--cert, --key) needs looming's 'tls' "
+        "extra (cryptography is not installed): pip install 'looming[tls]'"
+    ]

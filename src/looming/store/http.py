@@ -397,6 +397,9 @@ _ROUTES[("POST", "merge")] = ("write", _dispatch_merge)
 
 
 def _tls_config(cert: str, key: str) -> Any:
+    from looming.extras import require
+
+    require("tls", "serving the store over TLS (--cert, --key)")
     from looming.tls import CertifiedKey, TlsConfig
 
     try:
