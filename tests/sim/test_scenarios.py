@@ -49,6 +49,44 @@ def test_echo_server_crashes_and_restarts_mid_transfer(app_copies: Path) -> None
         assert broke and "reset" in broke[0]
 
 
+def test_echo_crash_passes_when_the_first_syn_is_lost(app_copies: Path) -> None:
+    """Seeds 3 and 7 lose the client's first SYN: no connection is up at the
+    crash, one connection carries everything, and the scenario says so."""
+    scenario = load_scenario(app_copies / "scenarios" / "echo_crash.py")
+    artifacts = prepare(scenario)
+    for seed in (3, 7):
+        result = run(scenario, seed, artifacts=artifacts)
+        assert result.ok, result.failures
+        assert any("no connection was up at the crash" in e for e in result.events)
+        assert sum(" note connection " in e and "resumes" in e for e in result.events) == 1
+
+
+def _scenario_drawing(draws: list[float]) -> looming.sim.Scenario:
+    scenario = looming.sim.Scenario("draws", duration=10.0)
+    scenario.host("a")
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        for _ in range(4):
+            draws.append(world.random.random())
+        world.note(f"picked {world.random.choice(['x', 'y', 'z', 'w'])}")
+        await world.sleep(world.random.uniform(0.1, 1.0))
+
+    return scenario
+
+
+def test_world_random_is_drawn_from_the_seed_alone() -> None:
+    draws: list[float] = []
+    scenario = _scenario_drawing(draws)
+    first = run(scenario, 5, artifacts={})
+    again = run(scenario, 5, artifacts={})
+    other = run(scenario, 6, artifacts={})
+    assert first.ok and again.ok and other.ok
+    assert draws[0:4] == draws[4:8] != draws[8:12]
+    assert first.digest == again.digest != other.digest
+    assert first.virtual_seconds == again.virtual_seconds != other.virtual_seconds
+
+
 def _payload(size: int) -> bytes:
     out = bytearray()
     counter = 0

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import logging
+import random as _random
 import time as _walltime
 import traceback
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 from looming.errors import UsageError
 from looming.sim.artifact import Artifact, ensure_artifact
-from looming.sim.devices import EPOCH_NS
+from looming.sim.devices import EPOCH_NS, derive_seed
 from looming.sim.loop import SimDeadlock, VirtualEventLoop
 from looming.sim.network import Link, SimNetwork
 from looming.sim.node import CURRENT_NODE, NodeSpec, SimNode, key_arguments
@@ -49,6 +50,9 @@ class World:
         self.nodes: dict[str, SimNode] = {}
         self.failures: list[str] = []
         self.checks = 0
+        # The scenario's own seeded generator (choice, shuffle, uniform, ...):
+        # drawn from the run's seed, independent of every node's stream.
+        self.random = _random.Random(derive_seed(seed, "scenario"))
         # Set during a run: lets a node's --logs levels reach the loggers.
         self.lower_log_level: Callable[[str, int], None] = lambda _name, _level: None
 
