@@ -59,7 +59,9 @@ async def flood_while_probing(
     flood = await kernel_program(
         peer, SYN_FLOOD, peer.tap_name, stack.ethernet.mac.hex(), "10.77.0.2", "7", syns, burst
     )
-    probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", 0.8, duration)
+    # The quiet phase lasts as long as the flood's: this shared machine's own
+    # scheduling noise shows in both.
+    probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", duration, duration)
     assert flood.stdout is not None and flood.stdin is not None
     assert probe.stdout is not None and probe.stdin is not None
     assert (await asyncio.wait_for(flood.stdout.readline(), 30)).strip() == b"ready"
@@ -82,11 +84,13 @@ def test_syn_flood_from_unresolvable_sources_does_not_stall_a_connection(
             kernel_peer, stack, syns=5000, burst=25, duration=2.0
         )
         counters = stack.counters()
-        # Every SYN reached TCP (listeners' backlog, then cookies) and every
-        # answer went to a neighbour that never resolved.
-        assert counters["tcp.segments_in"] >= 5000 + report["rounds"]
-        assert counters["tcp.cookies_sent"] > 4000
-        assert counters["arp.tx_request"] >= 5000
+        # Every SYN reached TCP (listeners' backlog, then cookies) or was
+        # policed beyond 5,000 a second; every answer went to a neighbour
+        # that never resolved.
+        policed = counters.get("ethernet.syn_policed", 0)
+        assert counters["tcp.segments_in"] + policed >= 5000 + report["rounds"]
+        assert counters["tcp.cookies_sent"] > 3000
+        assert counters["arp.tx_request"] >= counters["tcp.cookies_sent"]
         assert counters["arp.incomplete_evicted"] > 0
         assert len(stack.arp.table.incomplete) <= stack.arp.limits.max_incomplete
         assert stack.arp.table.queued <= stack.arp.limits.queue_total
@@ -154,6 +158,7 @@ def test_overlapping_fragments_are_dropped_as_linux_drops_them(kernel_peer: Kern
         linux = []
         while (line := (await asyncio.wait_for(sink.stdout.readline(), 5)).strip()) != b"done":
             linux.append(bytes.fromhex(line.decode()))
+        assert await sink.wait() == 0
         looming = [ours.get_nowait() for _ in range(ours.qsize())]
         assert looming == linux
         # The cases without overlaps (a duplicate is no overlap), in order.

@@ -7,10 +7,12 @@ import asyncio
 import itertools
 from ipaddress import IPv4Address, IPv4Interface
 
+import dpkt
 from hypothesis import given
 from hypothesis import strategies as st
 
 from looming.net.arp import ArpCache, NeighbourLimits, NeighbourTable
+from looming.net.ethernet import EthernetLayer
 from looming.net.ipv4 import options_problem
 from looming.net.netif.memory import MemorySwitch
 from looming.net.reassembly import Reassembler
@@ -162,3 +164,47 @@ def test_path_mtu_reports_are_clamped_stepped_and_only_lower() -> None:
         await stack.disconnect()
 
     asyncio.run(main())
+
+
+class StoppedClock:
+    """Time that moves only when told (only now_ns is used here)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+def test_syns_beyond_the_rate_are_dropped_before_parsing() -> None:
+    clock = StoppedClock()
+    ethernet = EthernetLayer(MemorySwitch().port(), time=clock, syn_rate=1000, syn_burst=100)  # type: ignore[arg-type]
+    delivered: list[bytes] = []
+    ethernet.register(0x0800, lambda source, destination, payload: delivered.append(payload))
+
+    def frame(flags: int) -> bytes:
+        segment = dpkt.tcp.TCP(sport=1000, dport=80, flags=flags)
+        packet = ipv4_frame(segment)
+        return bytes(ethernet.mac) + bytes(6) + b"\x08\x00" + packet
+
+    syn, ack = frame(dpkt.tcp.TH_SYN), frame(dpkt.tcp.TH_ACK)
+    for _ in range(300):
+        ethernet.input(syn)
+        ethernet.input(ack)  # segments of connections are never policed
+    assert ethernet.counters["syn_policed"] == 200
+    assert len(delivered) == 100 + 300
+    clock.now += 50_000_000  # 50 ms: 50 more
+    for _ in range(100):
+        ethernet.input(syn)
+    assert len(delivered) == 400 + 50
+    assert ethernet.counters["syn_policed"] == 250
+
+
+def ipv4_frame(segment: object) -> bytes:
+    import socket
+
+    return bytes(
+        dpkt.ip.IP(
+            src=socket.inet_aton("10.0.0.9"), dst=socket.inet_aton("10.0.0.1"), p=6, data=segment
+        )
+    )

@@ -131,6 +131,7 @@ def test_tcp_takes_only_errors_about_its_own_unacknowledged_data(
         await flow.write(b"c" * 200_000)
         await flow.shutdown()
         total = int((await asyncio.wait_for(sink.stdout.readline(), 20)).strip())
+        assert await sink.wait() == 0
         assert total == 256_000
         await flow.close()
 

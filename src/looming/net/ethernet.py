@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from looming.devices.net import EthernetHandler, MacAddress, Network
+from looming.devices.time import Time
 from looming.errors import Malformed
 from looming.net.wire import ethernet as wire
 
@@ -19,12 +20,29 @@ class EthernetLayer:
     promiscuous); VLAN-tagged frames are accepted with the tag ignored.
     """
 
-    def __init__(self, network: Network, *, mac: MacAddress | None = None) -> None:
+    def __init__(
+        self,
+        network: Network,
+        *,
+        mac: MacAddress | None = None,
+        time: Time | None = None,
+        syn_rate: int = 5000,
+        syn_burst: int = 500,
+    ) -> None:
         self._network = network
         self._mac = mac if mac is not None else network.mac
         self._handlers: dict[int, EthernetHandler] = {}
         self.counters: Counter[str] = Counter()
         self.last_handler_error: Exception | None = None
+        # Connection requests (TCP SYNs) beyond syn_rate a second, after a
+        # burst of syn_burst, are dropped before any parsing (with a Time
+        # device only): a flood then costs a few byte comparisons a frame
+        # and cannot queue up in front of established connections' segments.
+        self._time = time
+        self.syn_rate = syn_rate
+        self.syn_burst = syn_burst
+        self._syn_tokens = float(syn_burst)
+        self._syn_refilled_ns = time.now_ns() if time is not None else 0
 
     @property
     def mac(self) -> MacAddress:
@@ -43,6 +61,17 @@ class EthernetLayer:
 
     def input(self, frame: bytes) -> None:
         counters = self.counters
+        if (
+            self._time is not None
+            and len(frame) > 47
+            and frame[12:14] == b"\x08\x00"
+            and frame[23] == 6  # TCP
+            and frame[14] == 0x45  # no IP options: the TCP header at 34
+            and frame[47] & 0x12 == 0x02  # SYN without ACK
+            and not self._syn_allowed()
+        ):
+            counters["syn_policed"] += 1
+            return
         try:
             header, payload = wire.parse(frame)
         except Malformed:
@@ -64,6 +93,17 @@ class EthernetLayer:
             # here is a bug there, but it must not stop frames arriving.
             counters["handler_error"] += 1
             self.last_handler_error = error
+
+    def _syn_allowed(self) -> bool:
+        assert self._time is not None
+        now = self._time.now_ns()
+        tokens = self._syn_tokens + (now - self._syn_refilled_ns) * self.syn_rate / 1e9
+        self._syn_refilled_ns = now
+        if tokens < 1.0:
+            self._syn_tokens = tokens
+            return False
+        self._syn_tokens = min(tokens, float(self.syn_burst)) - 1.0
+        return True
 
     @property
     def rx_checksum_verified(self) -> bool:

@@ -55,7 +55,7 @@ class DirectStack:
         self.time = time
         self.clock = clock
         self.random = random
-        self.ethernet = EthernetLayer(network)
+        self.ethernet = EthernetLayer(network, time=time)
         self.arp = ArpLayer(self.ethernet, time)
         self.ipv4 = Ipv4Layer(
             self.ethernet, self.arp, time, random, interface=address, gateway=gateway
