@@ -396,24 +396,8 @@ class ServerHandshake:
         if X.RECORD_SIZE_LIMIT in exts:
             self._record_size_limit(exts[X.RECORD_SIZE_LIMIT], ee)
         conn.send_handshake(H.ENCRYPTED_EXTENSIONS, vec16(b"".join(ee)))
-        if psk_selected is None:
-            if config.client_trust is not None or config.require_client_certificate:
-                self.requested_client_cert = True
-                cr_exts = extension(
-                    X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)
-                ) + certcompress.offer_extension(config.certificate_compression)
-                conn.send_handshake(H.CERTIFICATE_REQUEST, vec8(b"") + vec16(cr_exts))
-            assert identity is not None
-            certified, scheme = identity
-            compression = certcompress.choose(
-                exts.get(X.COMPRESS_CERTIFICATE), config.certificate_compression
-            )
-            staple = ocsp.leaf_extensions13(exts, certified)
-            certcompress.send_certificate13(conn, b"", certified, compression, staple)
-            content = m.cv_content(m.CV_SERVER, transcript.digest())
-            conn.send_handshake(
-                H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
-            )
+        if identity is not None:  # a full handshake: authenticate with a certificate
+            self._send_authentication13(exts, identity)
         conn.send_handshake(H.FINISHED, schedule.finished_mac(server_hs, transcript.digest()))
         schedule.enter_master()
         th = transcript.digest()
@@ -426,6 +410,28 @@ class ServerHandshake:
             self.state = "wait_cert"
         else:
             self.state = "wait_finished"
+
+    def _send_authentication13(
+        self, exts: dict[int, bytes], identity: tuple[CertifiedKey, int]
+    ) -> None:
+        """CertificateRequest (when asking for one), Certificate and CertificateVerify."""
+        conn, config = self.conn, self.config
+        if config.client_trust is not None or config.require_client_certificate:
+            self.requested_client_cert = True
+            cr_exts = extension(
+                X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)
+            ) + certcompress.offer_extension(config.certificate_compression)
+            conn.send_handshake(H.CERTIFICATE_REQUEST, vec8(b"") + vec16(cr_exts))
+        certified, scheme = identity
+        compression = certcompress.choose(
+            exts.get(X.COMPRESS_CERTIFICATE), config.certificate_compression
+        )
+        staple = ocsp.leaf_extensions13(exts, certified)
+        certcompress.send_certificate13(conn, b"", certified, compression, staple)
+        content = m.cv_content(m.CV_SERVER, conn.transcript.digest())
+        conn.send_handshake(
+            H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
+        )
 
     def _retry_for_share(self, hello: ClientHello, client_groups: list[int], retry: bool) -> None:
         wanted = next((g for g in self.config.groups if g in client_groups), None)
