@@ -174,6 +174,70 @@ def test_check_finds_identical_runs(app_copies: Path) -> None:
     assert "the two runs of seed 4 are identical" in result.stdout
 
 
+HASH_ORDER = """
+from looming import sim
+
+SCENARIO = sim.Scenario("hash-order", duration=30.0)
+SCENARIO.host("a", ipv4="10.0.0.1/24")
+SCENARIO.host("b", ipv4="10.0.0.2/24")
+NAMES = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+async def work(world, stack):
+    names = {ORDER}
+    for name in names:
+        world.note("visit " + name)
+    # The network sees the order too: one ping per name before 'alpha'.
+    for _ in range(list(names).index("alpha") + 1):
+        await stack.ping("10.0.0.2", timeout=1.0)
+
+
+@SCENARIO.main
+async def drive(world):
+    await world.node("a").run(lambda stack: work(world, stack))
+"""
+
+
+def test_check_reports_a_node_depending_on_string_hash_order(tmp_path: Path) -> None:
+    path = tmp_path / "hashy.py"
+    path.write_text(HASH_ORDER.replace("{ORDER}", "set(NAMES)"))
+    result = run_looming(["sim", "check", str(path), "--seed", "1"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PYTHONHASHSEED=1" in result.stdout and "PYTHONHASHSEED=2" in result.stdout
+    assert "the runs differ first at event" in result.stdout
+    lines = result.stdout.splitlines()
+    first, second = (next(x for x in lines if x.startswith(f"  run {n}: ")) for n in (1, 2))
+    assert " note visit " in first and " note visit " in second and first != second
+    assert "pcap a-lan.pcap: " in result.stdout
+
+
+def test_check_passes_a_node_that_sorts_its_set(tmp_path: Path) -> None:
+    path = tmp_path / "sorted.py"
+    path.write_text(HASH_ORDER.replace("{ORDER}", "sorted(set(NAMES))"))
+    result = run_looming(["sim", "check", str(path), "--seed", "1"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the two runs of seed 1 are identical (trace and 2 pcaps, in two processes)" in (
+        result.stdout
+    )
+
+
+def test_a_sweep_checks_a_sample_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "hashy.py"
+    path.write_text(HASH_ORDER.replace("{ORDER}", "set(NAMES)"))
+    result = run_looming(["sim", "run", str(path), "--seeds", "1..2"])
+    # Every seed passes its checks, but the sample does not replay.
+    assert "2 passed, 0 failed" in result.stdout
+    assert result.returncode == 1
+    assert "seed 1 does NOT replay identically in two fresh processes" in result.stdout
+    assert f"check: looming sim check {path} --seed 1" in result.stdout
+    fine = tmp_path / "sorted.py"
+    fine.write_text(HASH_ORDER.replace("{ORDER}", "sorted(set(NAMES))"))
+    result = run_looming(["sim", "run", str(fine), "--seeds", "1..2", "--check-sample", "2"])
+    assert result.returncode == 0, result.stdout
+    for seed in (1, 2):
+        assert f"seed {seed} replays identically in two fresh processes" in result.stdout
+
+
 def test_check_names_the_first_event_where_runs_differ(tmp_path: Path) -> None:
     # Host randomness leaks into the trace: exactly what check is for.
     path = scenario_file(tmp_path, extra='import os; world.note("token " + os.urandom(4).hex())')

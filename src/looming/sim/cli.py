@@ -2,7 +2,9 @@
 
     looming sim run SCENARIO.py --seed N        one run: summary, trace digest, pcaps
     looming sim run SCENARIO.py --seeds A..B    a sweep: failing seeds and how to replay them
-    looming sim check SCENARIO.py --seed N      two runs; the first event where they differ
+    looming sim check SCENARIO.py --seed N      two runs in two fresh processes with
+                                                different PYTHONHASHSEEDs; the first
+                                                event (or frame) where they differ
 
 Exit codes: 0 when every run passed (or both runs agree), 1 when a run
 failed (or runs differ), 2 for bad input. Imported when ``looming`` starts,
@@ -12,8 +14,12 @@ so the simulator itself is imported only when a verb runs.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,11 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--no-pcap", action="store_true", help="do not write pcaps")
     run.add_argument("--trace", action="store_true", help="print the whole trace after the summary")
+    run.add_argument(
+        "--check-sample",
+        type=int,
+        default=1,
+        metavar="K",
+        help="after a sweep, replay K seeds (failing ones first) in two fresh processes "
+        "and compare them as 'sim check' does (default: 1; 0: none)",
+    )
     check = verbs.add_parser(
         "check",
-        help="run a scenario twice and show the first event where the runs differ",
-        description="Run SCENARIO.py twice with the same seed and compare the traces event "
-        "by event; a difference means something in the run is not deterministic.",
+        help="run a seed in two fresh processes and show the first event where they differ",
+        description="Run SCENARIO.py with the same seed in two new Python processes with "
+        "different PYTHONHASHSEED values and compare trace digests, the traces event by "
+        "event and the pcaps frame by frame; a difference means something in the run is "
+        "not deterministic (host time or randomness, set or dict order, ...).",
     )
     _common(check)
 
@@ -96,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         if verb == "run" and args.seeds is not None and args.seed is not None:
             raise UsageError("give --seed or --seeds, not both")
         seeds = parse_seed_range(args.seeds) if verb == "run" and args.seeds else None
+        if verb == "run" and args.check_sample < 0:
+            raise UsageError(f"--check-sample: {args.check_sample} is negative; give 0 or more")
         seed = _seed(args.seed)
         scenario = load_scenario(args.scenario, args.name)
         artifacts = prepare(scenario)
@@ -103,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"looming sim: {error}", file=sys.stderr)
         return 2
     if verb == "check":
-        return _check(args, scenario, artifacts, seed)
+        return _check(args, seed)
     if seeds is not None:
         return _sweep(args, scenario, artifacts, seeds)
     return _run_one(args, scenario, artifacts, seed)
@@ -184,27 +202,137 @@ def _sweep(
     for seed, reason in failing:
         print(f"seed {seed} failed: {reason}")
         print(f"  replay: {_replay_command(args, seed)}")
-    return 1 if failing else 0
+    replays_differ = _check_sample(args, [s for s, _ in failing], seeds)
+    return 1 if failing or replays_differ else 0
 
 
-def _check(
-    args: argparse.Namespace, scenario: Scenario, artifacts: dict[str, Artifact], seed: int
-) -> int:
-    from looming.sim.world import run as run_scenario
+def _check_sample(args: argparse.Namespace, failing: list[int], seeds: range) -> bool:
+    """Replay a sample of the sweep's seeds (failing ones first) in fresh
+    processes; True when one of them does not replay identically."""
+    sample: list[int] = []
+    for seed in [*failing, *seeds]:
+        if len(sample) >= args.check_sample:
+            break
+        if seed not in sample:
+            sample.append(seed)
+    differ = False
+    for seed in sample:
+        code, report = check_across_processes(args, seed)
+        if code == 0:
+            print(f"seed {seed} replays identically in two fresh processes")
+            continue
+        differ = True
+        print(f"seed {seed} does NOT replay identically in two fresh processes:")
+        print("\n".join(f"  {line}" for line in report))
+        print(
+            f"  check: {shlex.join(['looming', 'sim', 'check', args.scenario, '--seed', str(seed)])}"
+        )
+    return differ
 
-    first = run_scenario(scenario, seed, artifacts=artifacts)
-    second = run_scenario(scenario, seed, artifacts=artifacts)
-    print(f"run 1: digest {first.digest}  {first.event_count} events")
-    print(f"run 2: digest {second.digest}  {second.event_count} events")
+
+# Two values that give different string hashes, so that code depending on set
+# or dict order of strings behaves differently in the two runs of a check.
+HASH_SEEDS = ("1", "2")
+
+
+@dataclass
+class Replay:
+    """What one run of a seed in a fresh process left behind."""
+
+    hash_seed: str
+    returncode: int
+    digest: str | None
+    events: list[str] = field(default_factory=list)
+    pcaps: dict[str, bytes] = field(default_factory=dict)
+    stderr: str = ""
+
+
+def replay_in_process(args: argparse.Namespace, seed: int, hash_seed: str, out: Path) -> Replay:
+    """Run ``seed`` with ``looming sim run`` in a new interpreter."""
+    command = [sys.executable, "-m", "looming.cli", "sim", "run", args.scenario]
+    command += ["--seed", str(seed), "--out", str(out)]
+    if args.name:
+        command += ["--name", args.name]
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    digest = None
+    for line in done.stdout.splitlines():
+        if line.startswith("digest:"):
+            digest = line.split()[1]
+    trace = out / "trace.txt"
+    events = trace.read_text(encoding="utf-8").splitlines() if trace.is_file() else []
+    pcaps = {p.name: p.read_bytes() for p in sorted(out.glob("*.pcap"))}
+    return Replay(hash_seed, done.returncode, digest, events, pcaps, done.stderr)
+
+
+def pcap_frames(data: bytes) -> list[bytes]:
+    """The records (header and bytes) of a classic pcap file."""
+    frames = []
+    offset = 24
+    while offset + 16 <= len(data):
+        length = int.from_bytes(data[offset + 8 : offset + 12], "little")
+        frames.append(data[offset : offset + 16 + length])
+        offset += 16 + length
+    return frames
+
+
+def compare_replays(first: Replay, second: Replay) -> list[str]:
+    """Lines saying where two replays differ; empty when they are identical."""
+    found: list[str] = []
     difference = first_difference(first.events, second.events)
-    if difference is None:
-        print(f"the two runs of seed {seed} are identical")
-        return 0
-    index, a, b = difference
-    print(f"the runs differ first at event {index}:")
-    print(f"  run 1: {a}")
-    print(f"  run 2: {b}")
-    return 1
+    if difference is not None:
+        index, a, b = difference
+        found += [f"the runs differ first at event {index}:", f"  run 1: {a}", f"  run 2: {b}"]
+    elif first.digest != second.digest:
+        found.append(f"the trace digests differ: {first.digest} and {second.digest}")
+    for name in sorted(set(first.pcaps) | set(second.pcaps)):
+        if name not in first.pcaps or name not in second.pcaps:
+            found.append(f"pcap {name}: written by only one of the runs")
+            continue
+        a_frames, b_frames = pcap_frames(first.pcaps[name]), pcap_frames(second.pcaps[name])
+        for number, (x, y) in enumerate(zip(a_frames, b_frames, strict=False), start=1):
+            if x != y:
+                found.append(f"pcap {name}: frame {number} differs")
+                break
+        else:
+            if len(a_frames) != len(b_frames):
+                found.append(
+                    f"pcap {name}: {len(a_frames)} frames in run 1, {len(b_frames)} in run 2"
+                )
+    return found
+
+
+def check_across_processes(args: argparse.Namespace, seed: int) -> tuple[int, list[str]]:
+    """(exit code, report lines) for ``seed`` run in two fresh processes."""
+    with tempfile.TemporaryDirectory(prefix="looming-sim-check-") as scratch:
+        replays = [
+            replay_in_process(args, seed, hash_seed, Path(scratch) / f"run{n}")
+            for n, hash_seed in enumerate(HASH_SEEDS, start=1)
+        ]
+    report = []
+    for n, replay in enumerate(replays, start=1):
+        if replay.digest is None:
+            message = replay.stderr.strip() or f"exit code {replay.returncode}"
+            return 2 if replay.returncode == 2 else 1, [f"run {n}: {message}"]
+        report.append(
+            f"run {n}: digest {replay.digest}  {len(replay.events)} events  "
+            f"(PYTHONHASHSEED={replay.hash_seed}, a new process)"
+        )
+    differences = compare_replays(*replays)
+    if not differences:
+        pcaps = len(replays[0].pcaps)
+        report.append(
+            f"the two runs of seed {seed} are identical (trace and {pcaps} pcaps, in two processes)"
+        )
+        return 0, report
+    return 1, report + differences
+
+
+def _check(args: argparse.Namespace, seed: int) -> int:
+    code, report = check_across_processes(args, seed)
+    stream = sys.stderr if code == 2 else sys.stdout
+    print("\n".join(report), file=stream)
+    return code
 
 
 def first_difference(a: list[str], b: list[str]) -> tuple[int, str, str] | None:
