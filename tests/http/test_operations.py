@@ -201,3 +201,26 @@ def test_connection_limit_answers_503() -> None:
         assert held[0].recv(4096).startswith(b"HTTP/1.1 200 ")
         for sock in [*held, extra]:
             sock.close()
+
+
+def test_a_failed_lifespan_startup_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    app = copy_example("asgi", tmp_path)
+    source = app / "app.py"
+    source.write_text(
+        source.read_text().replace(
+            "    # State handed to every request as request.state.\n",
+            '    raise RuntimeError("the database is not reachable")\n',
+        )
+    )
+    looming(app, "configure", "-t", "unix")
+    looming(app, "build")
+    done = subprocess.run(
+        [sys.executable, str(app / "dist" / "asgi-unix.pyz"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "application startup failed" in done.stderr
+    assert "the database is not reachable" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -36,6 +36,15 @@ class LifespanFailed(LoomingError):
     (a unikernel stops with its message, exit code 1)."""
 
 
+def _last_line(message: Message) -> str:
+    """A failure message in one line: Starlette sends a whole traceback, whose
+    last line names the error (the rest is logged at debug level)."""
+    text = str(message.get("message", "")).strip()
+    if "\n" in text:
+        log.debug("lifespan failure reported by the application:\n%s", text)
+    return text.splitlines()[-1] if text else "(no message)"
+
+
 class _Lifespan:
     """Runs the application's lifespan scope in a task and talks to it."""
 
@@ -71,12 +80,24 @@ class _Lifespan:
                 self.supported = False
                 log.debug("application does not support lifespan: %r", error)
                 self.startup_done.set_result({"type": "lifespan.unsupported"})
+            elif self._reported_failure():
+                # The failure was reported with its message (and is raised
+                # by startup() or shutdown()); the traceback only at debug.
+                log.debug("application lifespan raised after reporting failure", exc_info=True)
             else:
                 log.exception("application lifespan failed")
         finally:
             for future in (self.startup_done, self.shutdown_done):
                 if future is not None and not future.done():
                     future.set_result({"type": "lifespan.ended"})
+
+    def _reported_failure(self) -> bool:
+        return any(
+            future is not None
+            and future.done()
+            and future.result().get("type", "").endswith(".failed")
+            for future in (self.startup_done, self.shutdown_done)
+        )
 
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,7 +106,7 @@ class _Lifespan:
         await self.inbox.put({"type": "lifespan.startup"})
         message = await self.startup_done
         if message["type"] == "lifespan.startup.failed":
-            raise LifespanFailed(f"application startup failed: {message.get('message', '')}")
+            raise LifespanFailed(f"application startup failed: {_last_line(message)}")
 
     async def shutdown(self) -> None:
         if self.task is None or self.task.done() or not self.supported:
@@ -96,7 +117,7 @@ class _Lifespan:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         if message["type"] == "lifespan.shutdown.failed":
-            raise LifespanFailed(f"application shutdown failed: {message.get('message', '')}")
+            raise LifespanFailed(f"application shutdown failed: {_last_line(message)}")
 
 
 class ClientDisconnected(ClientGone):
