@@ -19,7 +19,7 @@ from .test_edges import _join_hello, _split_hello
 
 FUZZ = settings(
     derandomize=True,
-    max_examples=120,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
