@@ -97,7 +97,9 @@ def usage(name: str, specs: Sequence[KeySpec]) -> str:
         lines.append(f"  {left:<{width + 2}} {s.doc} (default: {default})")
     lines.append(f"  {'--help':<{width + 2}} show this message and exit")
     lines.append("")
-    lines.append("Each key may also be set by an environment variable, e.g. --port by LOOMING_PORT;")
+    lines.append(
+        "Each key may also be set by an environment variable, e.g. --port by LOOMING_PORT;"
+    )
     lines.append("the command line wins.")
     return "\n".join(lines)
 
