@@ -86,7 +86,7 @@ bench: venv system-deps
 	@for b in $(BENCHES); do \
 		if [ -f bench/$$b.py ]; then \
 			echo "== bench/$$b.py"; \
-			$(BIN)/python bench/$$b.py $(BENCH_ARGS) || exit 1; \
+			$(BIN)/python -P bench/$$b.py $(BENCH_ARGS) || exit 1; \
 		fi; \
 	done
 
