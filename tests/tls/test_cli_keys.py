@@ -306,3 +306,37 @@ def test_connect_resumes_and_sends_early_data(pki: Pki, tmp_path: Path) -> None:
 def test_connect_early_data_needs_resume(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _exit_and_error(["connect", "127.0.0.1:1", "--early-data"], capsys)
     assert code == 2 and "--early-data needs --resume" in err
+
+
+def test_record_size_limit_option_reaches_the_peer(pki: Pki) -> None:
+    from looming.tls import TlsConfig
+    from looming.tls.flow import open_connection
+
+    port = free_port()
+    leaf = pki.leaves["p256"]
+    command = [*LOOMING_TLS, "serve", "--port", str(port), "--cert", str(leaf.cert_path),
+               "--key", str(leaf.key_path), "--record-size-limit", "512"]  # fmt: skip
+
+    async def scenario() -> int | None:
+        async with server_process(command, port, "listening on"):
+            config = TlsConfig(trust=pki.trust, record_size_limit=1024)
+            flow = await open_connection("127.0.0.1", port, config, server_name="localhost")
+            await flow.write(b"x" * 3000)
+            echoed = b""
+            while len(echoed) < 3000:
+                echoed += await flow.read()
+            limit = flow.connection.records.send_limit
+            await flow.close()
+            return limit
+
+    assert asyncio.run(scenario()) == 512
+
+
+def test_record_size_limit_out_of_range(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = pki.leaves["p256"]
+    code, err = _exit_and_error(
+        ["serve", "--cert", str(leaf.cert_path), "--key", str(leaf.key_path),
+         "--record-size-limit", "20"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "record_size_limit must be between 64 and 16385" in err

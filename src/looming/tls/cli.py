@@ -197,6 +197,12 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "insecure, logged as a warning on each such connection",
     )
     parser.add_argument(
+        "--record-size-limit",
+        type=int,
+        metavar="BYTES",
+        help="announce the largest record plaintext accepted (RFC 8449), 64 to 16385",
+    )
+    parser.add_argument(
         "--keylog",
         metavar="FILE",
         help="append the session keys to FILE in the SSLKEYLOGFILE format (for "
@@ -254,6 +260,7 @@ def _common_settings(args: argparse.Namespace) -> dict[str, object]:
         "alpn_protocols": list(args.alpn),
         "versions": _versions(args.tls),
         "require_extended_master_secret": not args.no_require_ems,
+        "record_size_limit": args.record_size_limit,
     }
     if args.keylog:
         settings["key_log"] = KeyLogFile(args.keylog)
