@@ -1,12 +1,14 @@
 """The parts of looming installed as extras, and the error that names them.
 
 ``pip install looming`` is the core: configure, build and run, host sockets,
-looming's TCP/IP stack, HTTP, the simulator and vchan; it needs h11 only.
-TLS, the Git-compatible store and the compiled FFI backend need more, each
-installed with its extra (``pip install 'looming[tls]'``). ``looming
-configure`` checks the extras an application needs (from its devices and its
-imports) before writing anything, so a missing one is a one-line error then,
-never an ImportError while the unikernel runs.
+looming's TCP/IP stack, HTTP/1.1 and ASGI, the simulator and vchan; it needs
+h11 only. TLS, the Git-compatible store, the compiled FFI backend, HTTP/2 and
+WebSockets need more, each installed with its extra (``pip install
+'looming[tls]'``). ``looming configure`` checks the extras an application
+needs (from its devices and its imports) before writing anything, so a
+missing one is a one-line error then, never an ImportError while the
+unikernel runs. The HTTP server offers HTTP/2 and WebSockets only when h2
+and wsproto are installed; without them a connection is served as HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tls": ("cryptography",),
     "store": ("dulwich",),
     "ffi": ("cffi",),
+    "http2": ("h2",),
+    "websocket": ("wsproto",),
 }
 
 # looming module (or package) -> the extra it needs
@@ -30,6 +34,8 @@ PARTS: dict[str, str] = {
     "looming.tls": "tls",
     "looming.store": "store",
     "looming.ffi.compiled": "ffi",
+    "looming.http.http2": "http2",
+    "looming.http.websocket": "websocket",
 }
 
 _SKIPPED_DIRS = frozenset({"_build", "dist", "__pycache__"})

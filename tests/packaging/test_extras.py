@@ -1,5 +1,6 @@
-"""The core without its extras: nothing it imports needs cryptography, dulwich
-or cffi, and what needs them is named at configure time, not at run time.
+"""The core without its extras: nothing it imports needs cryptography, dulwich,
+cffi, h2 or wsproto, and what needs them is named at configure time, not at
+run time.
 
 The packages are hidden from a child interpreter by ``sys.modules[name] =
 None`` (an import then raises ModuleNotFoundError, and
@@ -10,6 +11,7 @@ without them looks like to looming.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +25,7 @@ from looming import extras
 from looming.errors import ConfigError
 from tests.packaging.conftest import REPO
 
-HIDDEN = ("cryptography", "dulwich", "cffi")
+HIDDEN = ("cryptography", "dulwich", "cffi", "h2", "wsproto")
 HIDE = f"import sys\nfor _name in {HIDDEN!r}:\n    sys.modules[_name] = None\n"
 
 
@@ -69,6 +71,9 @@ def test_every_module_outside_the_extras_imports_without_them() -> None:
     for core in ["looming.cli", "looming.config", "looming.http", "looming.net", "looming.unix"]:
         assert result[core] is None
     assert "looming.tls.engine" in failed and "looming.ffi.compiled" in failed
+    assert failed["looming.http.http2"].startswith("h2")
+    assert failed["looming.http.websocket"].startswith("wsproto")
+    assert result["looming.http.server"] is None and result["looming.http.asgi"] is None
     assert len(result) - len(failed) > 150
 
 
@@ -166,7 +171,7 @@ def test_the_extras_table_matches_the_project_metadata() -> None:
     for extra, packages in extras.EXTRAS.items():
         assert names(optional[extra]) == set(packages), extra
     assert optional["vm"] == []
-    assert optional["all"] == ["looming[tls,store,ffi,vm]"]
+    assert optional["all"] == ["looming[tls,store,ffi,http2,websocket,vm]"]
     assert "looming[all]" in optional["test"]
     assert set(extras.PARTS.values()) == set(extras.EXTRAS)
     assert cast(Any, extras.MissingExtra("tls", "x", ["cryptography"])).extra == "tls"
@@ -195,3 +200,62 @@ def test_serving_the_store_over_tls_names_the_tls_extra(tmp_path: Path) -> None:
         "looming store: serving the store over TLS (--cert, --key) needs looming's 'tls' "
         "extra (cryptography is not installed): pip install 'looming[tls]'"
     ]
+
+
+def test_without_h2_and_wsproto_the_server_speaks_http_1_1() -> None:
+    # An ASGI app behind looming's server, h2 and wsproto hidden: an HTTP/2
+    # preface and a WebSocket upgrade are answered as HTTP/1.1, nothing raises.
+    done = subprocess.run(
+        [sys.executable, "-c", NO_H2_OR_WSPROTO],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    scopes, upgrade_reply, preface_reply = done.stdout.splitlines()
+    assert scopes == "['http']"  # the upgrade reached the app as a plain request
+    assert upgrade_reply.startswith("HTTP/1.1 200 ")
+    assert re.match(r"HTTP/1\.1 (400|505) ", preface_reply), preface_reply
+    assert "Traceback" not in done.stderr
+
+
+NO_H2_OR_WSPROTO = """
+import socket, sys
+sys.modules["h2"] = None
+sys.modules["wsproto"] = None
+from looming.http.asgi import AsgiAdapter
+from tests.http.serving import serve_in_thread
+
+scopes = []
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return
+    scopes.append(scope["type"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"plain"})
+
+def exchange(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        reply = b""
+        while b"\\r\\n\\r\\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply.decode("latin-1").splitlines()[0] if reply else ""
+
+with serve_in_thread(lambda: AsgiAdapter(app)) as running:
+    upgrade = exchange(
+        running.port,
+        b"GET /chat HTTP/1.1\\r\\nhost: x\\r\\nconnection: Upgrade\\r\\nupgrade: websocket\\r\\n"
+        b"sec-websocket-version: 13\\r\\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n",
+    )
+    preface = exchange(running.port, b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n")
+print(scopes)
+print(upgrade)
+print(preface)
+"""

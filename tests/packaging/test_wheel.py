@@ -1,9 +1,9 @@
 """``pip install looming`` as a user gets it: the built wheel in a fresh
 environment with h11 only, used from a folder outside the checkout.
 
-The environment has no cryptography, dulwich or cffi, so these tests also
-prove the core works without the extras, and that an application needing
-one is stopped at configure time with the extra's name.
+The environment has no cryptography, dulwich, cffi, h2 or wsproto, so these
+tests also prove the core works without the extras, and that an application
+needing one is stopped at configure time with the extra's name.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 
 from tests.packaging.conftest import EXAMPLES, REPO, Dist, FreshEnv, copy_example
 
-EXTRA_PACKAGES = ("cryptography", "dulwich", "cffi")
+EXTRA_PACKAGES = ("cryptography", "dulwich", "cffi", "h2", "wsproto")
 # A build and a fresh environment (about 10 s): the whole suite and
 # make test-pythons run these, the fast tier does not.
 pytestmark = pytest.mark.slow
@@ -40,12 +40,18 @@ def test_the_wheel_declares_the_core_and_one_extra_per_part(dist: Dist) -> None:
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
     core = [r for r in requires if "extra ==" not in r]
     assert core == ["h11>=0.14"]
-    for extra, package in [("tls", "cryptography"), ("store", "dulwich"), ("ffi", "cffi")]:
+    for extra, package in [
+        ("tls", "cryptography"),
+        ("store", "dulwich"),
+        ("ffi", "cffi"),
+        ("http2", "h2"),
+        ("websocket", "wsproto"),
+    ]:
         assert any(r.startswith(package) and f'extra == "{extra}"' in r for r in requires), extra
-    assert 'looming[ffi,store,tls,vm]; extra == "all"' in requires
+    assert 'looming[ffi,http2,store,tls,vm,websocket]; extra == "all"' in requires
     assert 'looming[all]; extra == "test"' in requires
     provided = re.findall(r"^Provides-Extra: (.+)$", metadata, re.M)
-    assert {"tls", "store", "ffi", "vm", "all", "test"} <= set(provided)
+    assert {"tls", "store", "ffi", "http2", "websocket", "vm", "all", "test"} <= set(provided)
     assert "License-Expression: ISC" in metadata
     assert "Requires-Python: >=3.11" in metadata
     for version in ("3.11", "3.12", "3.13"):

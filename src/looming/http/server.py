@@ -282,9 +282,13 @@ class HttpServer:
         self._streams_body = bool(getattr(handler, "streams_request_body", False))
         self._h2 = importlib.util.find_spec("h2") is not None
         """HTTP/2 is served when the h2 library is installed."""
-        self._websockets: Callable[[Request, Flow, bytes], Awaitable[None]] | None = getattr(
-            handler, "serve_websocket", None
+        self._websockets: Callable[[Request, Flow, bytes], Awaitable[None]] | None = (
+            getattr(handler, "serve_websocket", None)
+            if importlib.util.find_spec("wsproto") is not None
+            else None
         )
+        """WebSockets are served when wsproto is installed (looming[websocket]);
+        without it an upgrade request reaches the handler as a plain request."""
         self._connections: dict[asyncio.Task[Any], _ParserHolder] = {}
         self.observer: Observer | None = None
         """Told of each response (access logs, metrics)."""
