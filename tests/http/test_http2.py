@@ -4,6 +4,7 @@ abuse cases (rapid reset, SETTINGS flood)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import subprocess
@@ -44,6 +45,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = f"{scope['http_version']} {size} {digest.hexdigest()}".encode()
     elif path == "/big":
         body = bytes(range(256)) * 4096  # 1 MiB
+    elif path == "/slow":
+        await asyncio.sleep(1.0)
+        body = b"finished"
     elif path == "/endless":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         while True:
@@ -213,3 +217,21 @@ def test_curl_upgrades_to_h2c(server: RunningServer) -> None:
         check=True,
     ).stdout  # fmt: skip
     assert out == b"hello over 2\n2 200"
+
+
+def test_graceful_stop_sends_goaway_and_finishes_open_streams() -> None:
+    with serve_in_thread(lambda: AsgiAdapter(app)) as running:
+        url = f"http://127.0.0.1:{running.port}/slow"
+        fetch = subprocess.Popen(
+            ["curl", "--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge",
+             "--write-out", "\n%{http_version} %{http_code}", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(0.5)
+        stopping = asyncio.run_coroutine_threadsafe(running.server.shutdown(5.0), running.loop)
+        out, err = fetch.communicate(timeout=20)
+        stopping.result(10)
+        assert running.server.connections_open == 0
+    assert fetch.returncode == 0, err
+    assert out == b"finished\n2 200"

@@ -31,6 +31,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
@@ -131,8 +132,25 @@ class H2Session:
         self.write_lock = asyncio.Lock()
         self.abuse: list[float] = []
         self.resets: list[float] = []
+        self.stopping = False
         self.client: tuple[str, int] | None = getattr(flow, "remote_address", None)
         self.server: tuple[str, int] | None = getattr(flow, "local_address", None)
+
+    async def stop(self) -> None:
+        """Send GOAWAY once: streams open now are finished, new ones refused.
+
+        The frame is written beside h2's state machine, which after its own
+        GOAWAY would send nothing more, not even the open streams' data.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = h2.errors.ErrorCodes.NO_ERROR
+        await self._flush()
+        async with self.write_lock:
+            await self.flow.write(goaway.serialize())
 
     async def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -248,6 +266,10 @@ class H2Session:
 
     def _start_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        if self.stopping:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
         for name, value in event.headers or ():

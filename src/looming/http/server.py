@@ -162,7 +162,7 @@ class _ParserHolder:
     """The connection's current h11 parser, for the timeout path to inspect,
     and the watch on its last request (whose pending read comes first)."""
 
-    __slots__ = ("busy", "conn", "responding", "sent", "watch")
+    __slots__ = ("busy", "conn", "h2", "responding", "sent", "watch")
 
     def __init__(self) -> None:
         self.conn: h11.Connection | None = None
@@ -172,6 +172,8 @@ class _ParserHolder:
         """Between a request's head and the end of its response."""
         self.sent = 0
         """Body bytes of the last response (for access logs)."""
+        self.h2: Any = None
+        """The HTTP/2 session, once the connection has become one."""
 
 
 def is_websocket_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
@@ -309,7 +311,14 @@ class HttpServer:
         give_up = loop.time() + timeout
         while True:
             for task, holder in list(self._connections.items()):
-                if not holder.busy and not task.done():
+                busy = holder.busy
+                if holder.h2 is not None:
+                    # GOAWAY: no new streams; those open are finished first.
+                    with contextlib.suppress(NetworkError, OSError, TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await holder.h2.stop()
+                    busy = bool(holder.h2.streams)
+                if not busy and not task.done():
                     task.cancel()
             if not self._connections or loop.time() >= give_up:
                 break
@@ -409,7 +418,7 @@ class HttpServer:
                         if first_read and self._h2 and data.startswith(b"PRI * HTTP/2.0"):
                             # HTTP/2 with prior knowledge (h2c): the connection is its.
                             deadline.close()
-                            await self._serve_h2(flow, data)
+                            await self._serve_h2(flow, parser, data)
                             return
                         first_read = False
                         if waiting_for_start and data:
@@ -470,7 +479,7 @@ class HttpServer:
                 await flow.write(
                     b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
                 )
-                await self._serve_h2(flow, conn.trailing_data[0], (settings, request))
+                await self._serve_h2(flow, parser, conn.trailing_data[0], (settings, request))
                 return
             watch: Watch | None = None
             reader: BodyReader | None = None
@@ -561,7 +570,11 @@ class HttpServer:
                 return
 
     async def _serve_h2(
-        self, flow: Flow, first: bytes, upgraded: tuple[bytes, Request] | None = None
+        self,
+        flow: Flow,
+        parser: _ParserHolder,
+        first: bytes,
+        upgraded: tuple[bytes, Request] | None = None,
     ) -> None:
         from looming.http.http2 import H2Session
 
@@ -573,6 +586,9 @@ class HttpServer:
             clock=self._date.now,
             max_body_bytes=self.config.max_body_bytes,
         )
+        parser.h2 = session
+        if self.stopping:
+            await session.stop()
         await session.run(first, upgraded)
 
     async def _upgrade(
