@@ -67,7 +67,7 @@ def _play(repo: Repo, operations: list[tuple[str, str, str, bytes]]) -> None:
             store.merge(other)  # conflicts leave the branch as it was
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPERATIONS)
 def test_last_modified_lists_what_git_log_lists(
     operations: list[tuple[str, str, str, bytes]],
