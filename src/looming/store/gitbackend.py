@@ -1082,8 +1082,9 @@ class GitBackend:
         for sub in ("refs/heads", "packed-refs"):
             full = os.path.join(self.git_dir, sub)
             if os.path.isfile(full):
-                stat = os.stat(full)
-                stamps.append((sub, stat.st_mtime_ns, stat.st_ino))
+                with contextlib.suppress(FileNotFoundError):  # git may remove it
+                    stat = os.stat(full)
+                    stamps.append((sub, stat.st_mtime_ns, stat.st_ino))
                 continue
             for directory, _dirs, files in os.walk(full):
                 for file_name in files:

@@ -208,7 +208,11 @@ class Repo:
                 self._listeners.remove(listener)
 
     def gc(self) -> None:
-        """Compact what this process wrote on disk (a no-op in memory)."""
+        """Merge every pack of the repository into one (``looming store
+        gc``), and remove what killed writers left: spares of dead
+        processes, half-written files, hour-old packs without an index. A
+        no-op in memory. Writers also merge many small packs on their own
+        (see :meth:`GitBackend.compact`)."""
         if isinstance(self.backend, GitBackend):
             self.backend.gc(self.clock.now())
 
