@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from ipaddress import IPv4Interface
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from looming.config.devices import default_network
+from looming.config.devices import stack as stack_device
+from looming.config.targets.unix import direct_stack_impl
+from looming.net.netif.memory import MemorySwitch
+from looming.net.stack import DirectStack
 from looming.net.tcp import TcpLayer
 from looming.net.tcp.config import MS, SECOND, TcpConfig
 from looming.net.tcp.congestion import NewReno
@@ -19,6 +26,7 @@ from looming.net.tcp.prr import ProportionalRateReduction
 from looming.net.tcp.rack import Rack, probe_timeout, rack_detect
 from looming.net.tcp.scoreboard import Scoreboard
 from looming.net.tcp.tcb import Recovery
+from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
 from tests.tcp.ipv4_pair import Faults, wire_pair
@@ -436,3 +444,28 @@ def test_a_resend_stays_inside_a_window_the_peer_shrank() -> None:
     s.recv(seg("A", B, A + 500, window=0))
     s.advance(400)
     s.expect(f"A {A + 499}:{A + 499}(0) ack {B}")  # a zero window: only a probe
+
+
+def test_the_direct_stack_takes_its_congestion_control_from_a_key() -> None:
+    impl = direct_stack_impl(_stack_device())
+    assert ("congestion_control", "keys.tcp_congestion") in impl.kwargs
+    assert any(key.name == "tcp_congestion" and key.default == "cubic" for key in impl.keys)
+
+    def stack(name: str) -> DirectStack:
+        return DirectStack(
+            MemorySwitch().port(),
+            time=UnixTime(),
+            clock=UnixClock(),
+            random=UnixRandom(1),
+            address=IPv4Interface("10.1.0.2/24"),
+            congestion_control=name,
+        )
+
+    assert stack("newreno").tcp.config.congestion_control == "newreno"
+    assert stack("cubic").tcp.config.congestion_control == "cubic"
+    with pytest.raises(ValueError, match="use one of cubic, newreno"):
+        stack("bbr")
+
+
+def _stack_device():  # type: ignore[no-untyped-def]
+    return stack_device(default_network())

@@ -24,7 +24,7 @@ from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
-from looming.net.tcp import TcpLayer
+from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
 
 if TYPE_CHECKING:  # imported when used: a stack with a static address and no names to
@@ -50,6 +50,7 @@ class DirectStack:
         gateway: IPv4Address | None = None,
         max_connections: int | None = None,
         memory_limit: int | None = None,
+        congestion_control: str = "cubic",
     ) -> None:
         self.network = network
         self.time = time
@@ -63,7 +64,12 @@ class DirectStack:
         self.icmp = IcmpLayer(self.ipv4, time, random)
         self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp)
         self._tcp = TcpLayer(
-            self.ipv4, time, random, max_connections=max_connections, memory_limit=memory_limit
+            self.ipv4,
+            time,
+            random,
+            config=TcpConfig(congestion_control=congestion_control),
+            max_connections=max_connections,
+            memory_limit=memory_limit,
         )
         self.icmp.register_errors(IpProtocol.TCP, self._tcp.on_icmp_error)
         self.icmp.register_errors(IpProtocol.UDP, self._udp.on_icmp_error)
@@ -87,6 +93,7 @@ class DirectStack:
         dns_servers: list[IPv4Address] | None = None,
         max_connections: int | None = None,
         memory_limit: int | None = None,
+        congestion_control: str = "cubic",
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
@@ -96,6 +103,7 @@ class DirectStack:
         ``max_connections`` bounds TCP connections (in any state) and
         ``memory_limit`` the bytes all TCP receive queues may hold (None or
         0: no limit); what they turn away is counted (see :meth:`counters`).
+        ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.
         """
         if max_connections is not None and max_connections < 0:
             raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
@@ -114,6 +122,7 @@ class DirectStack:
             gateway=gateway,
             max_connections=max_connections or None,
             memory_limit=memory_limit or None,
+            congestion_control=congestion_control,
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)

@@ -188,6 +188,7 @@ def direct_stack_impl(dev: Device) -> Impl:
             ("dhcp", "keys.dhcp"),
             ("max_connections", "keys.tcp_max_connections"),
             ("memory_limit", "keys.tcp_memory_limit"),
+            ("congestion_control", "keys.tcp_congestion"),
         ],
         awaited=True,
         disconnect="disconnect",
@@ -208,6 +209,7 @@ def direct_stack_impl(dev: Device) -> Impl:
                 256 * 1024 * 1024,
                 "bytes all TCP receive queues may hold (0: no limit)",
             ),
+            KeyDecl("tcp_congestion", "str", "cubic", "TCP congestion control: cubic or newreno"),
         ],
         summary="looming TCP/IP stack",
     )
