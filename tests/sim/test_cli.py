@@ -238,9 +238,21 @@ def test_a_sweep_checks_a_sample_across_processes(tmp_path: Path) -> None:
         assert f"seed {seed} replays identically in two fresh processes" in result.stdout
 
 
+def test_host_randomness_in_a_scenario_replays_in_fresh_processes(tmp_path: Path) -> None:
+    # os.urandom, uuid4 and secrets come from the seed inside a run.
+    extra = (
+        "import os, secrets, uuid, time; world.note(f'{os.urandom(4).hex()} {uuid.uuid4()} "
+        "{secrets.token_hex(4)} {time.time()}')"
+    )
+    path = scenario_file(tmp_path, extra=extra)
+    result = run_looming(["sim", "check", str(path), "--seed", "1"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the two runs of seed 1 are identical" in result.stdout
+
+
 def test_check_names_the_first_event_where_runs_differ(tmp_path: Path) -> None:
-    # Host randomness leaks into the trace: exactly what check is for.
-    path = scenario_file(tmp_path, extra='import os; world.note("token " + os.urandom(4).hex())')
+    # The process id leaks into the trace: exactly what check is for.
+    path = scenario_file(tmp_path, extra='import os; world.note(f"token {os.getpid()}")')
     result = run_looming(["sim", "check", str(path), "--seed", "1"])
     assert result.returncode == 1
     assert "the runs differ first at event" in result.stdout

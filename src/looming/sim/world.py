@@ -7,7 +7,6 @@ import contextvars
 import gc
 import logging
 import random as _random
-import time as _walltime
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 from looming.errors import UsageError
 from looming.sim.artifact import Artifact, ensure_artifact
 from looming.sim.devices import EPOCH_NS, derive_seed
+from looming.sim.intercept import intercepted, real_perf_counter
 from looming.sim.loop import SimDeadlock, VirtualEventLoop
 from looming.sim.network import Link, SimNetwork
 from looming.sim.node import CURRENT_NODE, NodeSpec, SimNode, key_arguments
@@ -196,37 +196,6 @@ class RunResult:
 
 
 @contextmanager
-def _virtual_host_clock(world: World) -> Iterator[None]:
-    """Code that falls back to the host's clock (``UnixClock()``) gets its
-    node's virtual clock instead: a simulation reads no real time."""
-    from looming.unix.clock import UnixClock
-    from looming.unix.time import UnixTime
-
-    def clock_now_ns(_self: object) -> int:
-        incarnation = CURRENT_NODE.get()
-        if incarnation is not None:
-            return incarnation.clock.now_ns()
-        return EPOCH_NS + world.loop.now_ns()
-
-    def time_now_ns(_self: object) -> int:
-        incarnation = CURRENT_NODE.get()
-        if incarnation is not None:
-            return incarnation.time.now_ns()
-        return world.loop.now_ns()
-
-    saved = (UnixClock.now_ns, UnixClock.now, UnixTime.now_ns)
-    setattr(UnixClock, "now_ns", clock_now_ns)  # noqa: B010  (patching a method on purpose)
-    setattr(UnixClock, "now", lambda self: clock_now_ns(self) / 1e9)  # noqa: B010
-    setattr(UnixTime, "now_ns", time_now_ns)  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(UnixClock, "now_ns", saved[0])  # noqa: B010
-        setattr(UnixClock, "now", saved[1])  # noqa: B010
-        setattr(UnixTime, "now_ns", saved[2])  # noqa: B010
-
-
-@contextmanager
 def _logs_to_trace(world: World, level: int) -> Iterator[TraceLogHandler]:
     """Log records go to the trace, each node's at the levels of its own
     ``--logs`` key (or ``level``); records outside nodes at ``level``."""
@@ -296,7 +265,7 @@ def run(
     """Run ``scenario`` once with ``seed`` and report what happened."""
     if artifacts is None:
         artifacts = prepare(scenario)
-    started = _walltime.perf_counter()
+    started = real_perf_counter()
     world = World(
         scenario, seed, dict(artifacts), record_pcap=pcap_dir is not None, keep_trace=keep_trace
     )
@@ -344,7 +313,7 @@ def run(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        with _virtual_host_clock(world), _logs_to_trace(world, log_level) as logs:
+        with intercepted(world), _logs_to_trace(world, log_level) as logs:
             try:
                 loop.run_until_complete(loop.create_task(main(), context=contextvars.Context()))
             except SimDeadlock as deadlock:
@@ -383,7 +352,7 @@ def run(
         event_count=world.trace.count,
         events=world.trace.events,
         virtual_seconds=loop.time(),
-        wall_seconds=_walltime.perf_counter() - started,
+        wall_seconds=real_perf_counter() - started,
         checks=world.checks,
         nodes=statuses,
         links={n: (link.delivered, link.dropped) for n, link in world.network.links.items()},

@@ -1,0 +1,325 @@
+"""The standard library's time and randomness, inside a simulation run.
+
+While a run is going on in a thread, code in that thread that asks the
+standard library for the time or for random bytes gets the answer of the
+node it runs as (its virtual ``time``, ``clock`` and ``random`` devices), or
+of the scenario (virtual time and a stream drawn from the seed) when it runs
+as the scenario's driver. What cannot be answered from virtual time raises
+:class:`HostAccessError` naming the call site. Nothing is silently real.
+
+Redirected: ``time.time``/``time_ns``, ``monotonic``/``monotonic_ns``,
+``perf_counter``/``perf_counter_ns``, ``localtime``/``gmtime``/``ctime``/
+``strftime`` without a time, ``os.urandom``, ``os.getrandom``, the
+``secrets`` module and ``random.SystemRandom`` (through ``random``'s
+``_urandom``), ``uuid.uuid4``, ``random.Random()`` created without a seed,
+``random``'s global generator (seeded from the run's seed for the run and
+put back afterwards), ``datetime.datetime.now``/``utcnow``/``today`` and
+``datetime.date.today``.
+
+Refused: ``time.sleep`` of more than 0 s (it would stop every node: use
+``await asyncio.sleep``), ``time.process_time``/``thread_time`` and
+``uuid.uuid1`` (host CPU time and the host's MAC address).
+
+Scope: the functions are replaced for as long as at least one run is going
+on, and they consult a per-thread record of the running world, so other
+threads (and everything after the run) get the real functions. Names bound
+before a run with ``from time import monotonic`` keep the real function;
+looming's own code reads time only through devices.
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from looming.sim.devices import EPOCH_NS, SimRandom, derive_seed
+
+if TYPE_CHECKING:
+    from looming.sim.world import World
+
+# The real functions, for looming's own measurements of wall time.
+real_perf_counter = time.perf_counter
+real_monotonic = time.monotonic
+
+
+class HostAccessError(RuntimeError):
+    """Code in a simulation asked the host for something only devices may give."""
+
+
+class _Active(threading.local):
+    def __init__(self) -> None:
+        self.worlds: list[World] = []
+        self.scenario_random: list[SimRandom] = []
+
+
+_active = _Active()
+_lock = threading.Lock()
+_installed = 0
+_saved: list[tuple[Any, str, Any]] = []
+
+
+def _world() -> World | None:
+    worlds = _active.worlds
+    return worlds[-1] if worlds else None
+
+
+def _call_site(depth: int = 3) -> str:
+    frame = sys._getframe(depth)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} (in {frame.f_code.co_name})"
+
+
+def _refuse(what: str, advice: str) -> HostAccessError:
+    return HostAccessError(
+        f"{what} at {_call_site()} would use the host inside a simulation, where "
+        f"runs must depend only on the seed; {advice}"
+    )
+
+
+# -- where the answers come from ---------------------------------------------------
+
+
+def _monotonic_ns(world: World) -> int:
+    from looming.sim.node import CURRENT_NODE
+
+    incarnation = CURRENT_NODE.get()
+    return incarnation.time.now_ns() if incarnation is not None else world.loop.now_ns()
+
+
+def _wall_ns(world: World) -> int:
+    from looming.sim.node import CURRENT_NODE
+
+    incarnation = CURRENT_NODE.get()
+    if incarnation is not None:
+        return incarnation.clock.now_ns()
+    return EPOCH_NS + world.loop.now_ns()
+
+
+def _random_bytes(world: World, n: int) -> bytes:
+    from looming.sim.node import CURRENT_NODE
+
+    incarnation = CURRENT_NODE.get()
+    source = incarnation.random if incarnation is not None else _active.scenario_random[-1]
+    return source.bytes(n)
+
+
+# -- the replacements -------------------------------------------------------------------
+
+
+def _redirect(real: Callable[..., Any], virtual: Callable[[World], Any]) -> Callable[..., Any]:
+    def replacement(*args: Any, **kwargs: Any) -> Any:
+        world = _world()
+        if world is None:
+            return real(*args, **kwargs)
+        return virtual(world)
+
+    replacement.__name__ = getattr(real, "__name__", "replacement")
+    replacement.__doc__ = getattr(real, "__doc__", None)
+    return replacement
+
+
+def _with_time(real: Callable[..., Any]) -> Callable[..., Any]:
+    """localtime(), gmtime(), ctime(): virtual time when none is given."""
+
+    def replacement(seconds: float | None = None) -> Any:
+        world = _world()
+        if world is not None and seconds is None:
+            seconds = _wall_ns(world) / 1e9
+        return real(seconds)
+
+    replacement.__name__ = real.__name__
+    return replacement
+
+
+def _strftime(real: Callable[..., str]) -> Callable[..., str]:
+    def strftime(format: str, *when: Any) -> str:
+        world = _world()
+        if world is not None and not when:
+            return real(format, time.gmtime(_wall_ns(world) / 1e9))
+        return real(format, *when)
+
+    return strftime
+
+
+def _refusing(real: Callable[..., Any], what: str, advice: str) -> Callable[..., Any]:
+    def replacement(*args: Any, **kwargs: Any) -> Any:
+        if _world() is None:
+            return real(*args, **kwargs)
+        raise _refuse(what, advice)
+
+    replacement.__name__ = getattr(real, "__name__", "replacement")
+    return replacement
+
+
+def _sleep(real: Callable[[float], None]) -> Callable[[float], None]:
+    def sleep(seconds: float) -> None:
+        if _world() is None or seconds <= 0:
+            real(seconds)
+            return
+        raise _refuse(
+            f"time.sleep({seconds})",
+            "it would stop every node without virtual time passing: use 'await asyncio.sleep' "
+            "(or the node's time device)",
+        )
+
+    return sleep
+
+
+def _urandom(real: Callable[[int], bytes]) -> Callable[..., bytes]:
+    def urandom(n: int, *flags: Any) -> bytes:
+        world = _world()
+        if world is None:
+            return real(n, *flags)
+        return _random_bytes(world, n)
+
+    urandom.__name__ = real.__name__
+    return urandom
+
+
+def _seed(real: Callable[..., None]) -> Callable[..., None]:
+    def seed(self: random.Random, a: Any = None, version: int = 2) -> None:
+        world = _world()
+        if a is None and world is not None:
+            a = int.from_bytes(_random_bytes(world, 32), "big")
+        real(self, a, version)
+
+    return seed
+
+
+def _datetime_classes() -> tuple[type, type]:
+    real_datetime = _datetime.datetime
+    real_date = _datetime.date
+
+    class _Meta(type):
+        def __instancecheck__(cls, obj: object) -> bool:
+            return isinstance(obj, real_datetime if cls.__name__ == "datetime" else real_date)
+
+    class SimDatetime(real_datetime, metaclass=_Meta):  # type: ignore[misc,valid-type]
+        @classmethod
+        def now(cls, tz: _datetime.tzinfo | None = None) -> _datetime.datetime:
+            world = _world()
+            if world is None:
+                return real_datetime.now(tz)
+            return real_datetime.fromtimestamp(_wall_ns(world) / 1e9, tz)
+
+        @classmethod
+        def utcnow(cls) -> _datetime.datetime:
+            world = _world()
+            if world is None:
+                return real_datetime.utcnow()
+            stamp = _wall_ns(world) / 1e9
+            return real_datetime.fromtimestamp(stamp, _datetime.UTC).replace(tzinfo=None)
+
+        @classmethod
+        def today(cls) -> _datetime.datetime:
+            return cls.now()
+
+    class SimDate(real_date, metaclass=_Meta):  # type: ignore[misc,valid-type]
+        @classmethod
+        def today(cls) -> _datetime.date:
+            world = _world()
+            if world is None:
+                return real_date.today()
+            return real_date.fromtimestamp(_wall_ns(world) / 1e9)
+
+    SimDatetime.__name__ = SimDatetime.__qualname__ = "datetime"
+    SimDate.__name__ = SimDate.__qualname__ = "date"
+    SimDatetime.__module__ = SimDate.__module__ = "datetime"
+    return SimDatetime, SimDate
+
+
+def _replacements() -> list[tuple[Any, str, Any]]:
+    """(owner, attribute, replacement) for everything redirected or refused."""
+    wall_s = _redirect(time.time, lambda w: _wall_ns(w) / 1e9)
+    mono_s = _redirect(time.monotonic, lambda w: _monotonic_ns(w) / 1e9)
+    sim_datetime, sim_date = _datetime_classes()
+    seed = _seed(random.Random.seed)
+    found: list[tuple[Any, str, Any]] = [
+        (time, "time", wall_s),
+        (time, "time_ns", _redirect(time.time_ns, _wall_ns)),
+        (time, "monotonic", mono_s),
+        (time, "monotonic_ns", _redirect(time.monotonic_ns, _monotonic_ns)),
+        (time, "perf_counter", _redirect(time.perf_counter, lambda w: _monotonic_ns(w) / 1e9)),
+        (time, "perf_counter_ns", _redirect(time.perf_counter_ns, _monotonic_ns)),
+        (time, "localtime", _with_time(time.localtime)),
+        (time, "gmtime", _with_time(time.gmtime)),
+        (time, "ctime", _with_time(time.ctime)),
+        (time, "strftime", _strftime(time.strftime)),
+        (time, "sleep", _sleep(time.sleep)),
+        (os, "urandom", _urandom(os.urandom)),
+        (random, "_urandom", _urandom(os.urandom)),
+        (random.Random, "seed", seed),
+        # random.seed is a method bound to the global generator at import.
+        (random, "seed", lambda a=None, version=2: seed(random._inst, a, version)),
+        (_datetime, "datetime", sim_datetime),
+        (_datetime, "date", sim_date),
+    ]
+    if hasattr(os, "getrandom"):
+        found.append((os, "getrandom", _urandom(os.getrandom)))
+    cpu = "host CPU time differs from run to run: measure with time.monotonic() (virtual)"
+    for name in ("process_time", "process_time_ns", "thread_time", "thread_time_ns"):
+        if hasattr(time, name):
+            found.append((time, name, _refusing(getattr(time, name), f"time.{name}()", cpu)))
+    found.append(
+        (
+            uuid,
+            "uuid1",
+            _refusing(
+                uuid.uuid1,
+                "uuid.uuid1()",
+                "it reads the host's clock and MAC address: use uuid.uuid4() (seeded here)",
+            ),
+        )
+    )
+    return found
+
+
+def _install() -> None:
+    global _installed
+    with _lock:
+        if _installed == 0:
+            for owner, name, replacement in _replacements():
+                _saved.append((owner, name, owner.__dict__[name]))
+                setattr(owner, name, replacement)
+        _installed += 1
+
+
+def _uninstall() -> None:
+    global _installed
+    with _lock:
+        _installed -= 1
+        if _installed == 0:
+            for owner, name, original in reversed(_saved):
+                setattr(owner, name, original)
+            _saved.clear()
+
+
+@contextmanager
+def intercepted(world: World) -> Iterator[None]:
+    """For the duration of a run of ``world`` in this thread: the standard
+    library's time and randomness come from the simulation."""
+    state = random.getstate()
+    _install()
+    _active.worlds.append(world)
+    _active.scenario_random.append(SimRandom(derive_seed(world.seed, "host", "scenario")))
+    # The global generator, for the run: drawn from the seed, not the host.
+    random.seed(derive_seed(world.seed, "host", "global"))
+    try:
+        yield
+    finally:
+        _active.worlds.pop()
+        _active.scenario_random.pop()
+        _uninstall()
+        random.setstate(state)
+
+
+def active() -> bool:
+    """Whether a run is going on in this thread."""
+    return _world() is not None
