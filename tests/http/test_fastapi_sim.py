@@ -35,8 +35,12 @@ def _copy(app: Path) -> Path:
 async def test_fastapi_example_in_the_simulator(world: World) -> None:
     server = world.add_node("api", _copy(EXAMPLES / "fastapi"), ipv4="10.0.0.1/24")
     client = world.add_host("client", ipv4="10.0.0.2/24")
-    await asyncio.sleep(1.0)
-    assert server.console == ["serving http://10.0.0.1:8000"]
+    # Importing FastAPI takes real time, not virtual time: wait for the line.
+    for _ in range(100):
+        if server.console:
+            break
+        await asyncio.sleep(0.1)
+    assert server.console == ["serving http://10.0.0.1:8000"], (server.status, server.exit_error)
 
     async def exchange(stack) -> list[tuple[int, bytes]]:  # type: ignore[no-untyped-def]
         flow = await stack.tcp.connect("10.0.0.1", 8000)
