@@ -205,3 +205,27 @@ def test_websocket_request_to_a_plain_route_gets_a_refusal(server: RunningServer
         return refused.value.response.status_code
 
     assert asyncio.run(talk()) == 403
+
+
+def test_graceful_stop_closes_websockets_with_1001() -> None:
+    adapter = AsgiAdapter(app)
+    with serve_in_thread(lambda: adapter) as running:
+
+        async def talk() -> tuple[int | None, float]:
+            async with connect(f"ws://127.0.0.1:{running.port}/echo") as ws:
+                await ws.send("still here")
+                assert await ws.recv() == "still here"
+                started = time.monotonic()
+                stopping = asyncio.run_coroutine_threadsafe(
+                    running.server.shutdown(5.0), running.loop
+                )
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                await asyncio.wrap_future(stopping)
+                return ws.close_code, time.monotonic() - started
+
+        code, took = asyncio.run(talk())
+        assert running.server.connections_open == 0
+    assert code == 1001
+    assert took < 2.0
+    assert 1001 in closes  # the application was told

@@ -276,6 +276,7 @@ class AsgiAdapter:
         self.scheme = scheme
         self.state: dict[str, Any] = {}
         self._lifespan: _Lifespan | None = None
+        self._websockets: set[Any] = set()
 
     async def startup(self) -> None:
         """Run the application's lifespan startup (no-op if it has none)."""
@@ -415,7 +416,16 @@ class AsgiAdapter:
         session = WebSocketSession(
             self.app, request, flow, root_path=self.root_path, scheme=self.scheme, state=self.state
         )
-        await session.run(leftover)
+        self._websockets.add(session)
+        try:
+            await session.run(leftover)
+        finally:
+            self._websockets.discard(session)
+
+    async def close_websockets(self) -> None:
+        """Close every open websocket with 1001 (the server is stopping)."""
+        for session in list(self._websockets):
+            await session.stop()
 
     async def _end_after_disconnect(self, task: asyncio.Task[None]) -> None:
         """Let the application, told of the disconnect, finish; cancel it after a grace."""

@@ -309,6 +309,11 @@ class HttpServer:
         self.stopping = True
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
+        close_websockets = getattr(self.handler, "close_websockets", None)
+        if close_websockets is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(timeout, 1.0)):
+                    await close_websockets()
         while True:
             for task, holder in list(self._connections.items()):
                 busy = holder.busy
@@ -468,7 +473,7 @@ class HttpServer:
                     keep_alive = False
             method = method_bytes.decode("ascii")
             if self._websockets is not None and is_websocket_upgrade(method_bytes, headers):
-                await self._upgrade(flow, conn, event, client, server, deadline)
+                await self._upgrade(flow, parser, conn, event, client, server, deadline)
                 return
             settings = _h2c_upgrade_settings(method_bytes, headers) if self._h2 else None
             if settings is not None and type(conn.next_event()) is h11.EndOfMessage:
@@ -594,6 +599,7 @@ class HttpServer:
     async def _upgrade(
         self,
         flow: Flow,
+        parser: _ParserHolder,
         conn: h11.Connection,
         event: h11.Request,
         client: tuple[str, int] | None,
@@ -618,6 +624,8 @@ class HttpServer:
         )
         deadline.close()
         self.requests_served += 1
+        # Busy until it closes: a graceful stop closes it (1001) and waits for it.
+        parser.busy = True
         await self._websockets(request, flow, conn.trailing_data[0])
 
     async def _read_body(

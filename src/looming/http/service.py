@@ -149,6 +149,7 @@ class MetricsEndpoint:
         websockets = getattr(inner, "serve_websocket", None)
         if websockets is not None:
             self.serve_websocket = websockets
+            self.close_websockets = inner.close_websockets
 
     async def __call__(self, request: Request) -> Response:
         if request.path == self.path and request.method in ("GET", "HEAD"):

@@ -178,6 +178,16 @@ class WebSocketSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
+    async def stop(self) -> None:
+        """The server is stopping: close with 1001 (going away), tell the application."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.accepted:
+            with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
+                await self._write(CloseConnection(1001, "server stopping"))
+        await self._disconnected(1001)
+
     async def _close_after_error(self) -> None:
         """An application error: 500 before the handshake was accepted, 1011 after."""
         if self.closed:
