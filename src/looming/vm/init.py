@@ -18,9 +18,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 import zipimport
@@ -29,6 +31,7 @@ from typing import Any
 CONFIG: dict[str, Any] = {}
 
 EXIT_MARKER = "looming-vm: exit status"
+STOP_MESSAGE = b"looming-vm: stop"  # the launcher's request, on the serial line
 RB_POWER_OFF = 0x4321FEDC
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -111,6 +114,38 @@ def configure_network(interface: str | None) -> None:
         link_up(control, interface)
 
 
+def _stop_before_the_runtime(signum: int, _frame: object) -> None:
+    # SIGTERM before the unikernel's runtime set its own handler (process 1
+    # ignores signals it has no handler for): stop as the runtime would.
+    raise SystemExit(0)
+
+
+def listen_for_stop() -> None:
+    """On the launcher's stop message, SIGTERM to this process: the
+    unikernel's runtime stops and closes its devices as on the unix target.
+
+    The serial line's input is the launcher's channel; it carries nothing else.
+    """
+    signal.signal(signal.SIGTERM, _stop_before_the_runtime)
+
+    def listen() -> None:
+        line = b""
+        while True:
+            try:
+                chunk = os.read(0, 256)
+            except OSError:
+                return
+            if not chunk:
+                return
+            line += chunk
+            if STOP_MESSAGE in line:
+                os.kill(os.getpid(), signal.SIGTERM)
+                line = b""
+            line = line[-len(STOP_MESSAGE) :]
+
+    threading.Thread(target=listen, name="looming-stop", daemon=True).start()
+
+
 def run_unikernel(archive: str, argv: list[str]) -> int:
     sys.argv = [archive, *argv]
     sys.path.insert(0, archive)
@@ -163,6 +198,7 @@ def main() -> None:
         # The launcher says on the kernel command line whether there is a NIC.
         nic = CONFIG.get("interface") if os.environ.get("LOOMING_NIC") == "1" else None
         configure_network(nic)
+        listen_for_stop()
         trace("network configured; starting the unikernel")
         status = run_unikernel(str(CONFIG["archive"]), sys.argv[1:])
     except BaseException:

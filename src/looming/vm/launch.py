@@ -28,6 +28,7 @@ from looming.vm.kernel import PACKED_FORMATS, KernelError, kernels_cache, unpack
 EXIT_MARKER = "looming-vm: exit status"
 POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
 DEFAULT_MEMORY_MB = 256
+DEFAULT_STOP_TIMEOUT = 10.0
 # Under emulation every boot-time check costs real seconds. The guest runs
 # one program that holds no secrets from itself, so speculative-execution
 # mitigations, audit and AppArmor buy nothing; the crypto self-tests check
@@ -44,6 +45,8 @@ machine options (for qemu, not the unikernel):
   --vm-tap NAME     attach a virtio NIC to the host's TAP device NAME
   --vm-memory MB    guest memory (default 256)
   --vm-timeout S    stop the VM after S seconds (exit status 124)
+  --vm-stop-timeout S
+                    after SIGTERM/SIGINT, give the guest S seconds to stop (default 10)
   --vm-trace        show the kernel's messages and /init's boot stages
 """
 
@@ -57,6 +60,7 @@ class MachineOptions:
     tap: str | None = None
     memory_mb: int = DEFAULT_MEMORY_MB
     timeout: float | None = None
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
     accel: str = "tcg"
     trace: bool = False
 
@@ -72,7 +76,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
         name, eq, value = arg.partition("=")
         if arg == "--vm-trace":
             options.trace = True
-        elif name in ("--vm-tap", "--vm-memory", "--vm-timeout"):
+        elif name in ("--vm-tap", "--vm-memory", "--vm-timeout", "--vm-stop-timeout"):
             if not eq:
                 if i + 1 == len(args):
                     raise LaunchError(f"{name} needs a value")
@@ -83,8 +87,10 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
                     options.tap = value
                 elif name == "--vm-memory":
                     options.memory_mb = int(value)
-                else:
+                elif name == "--vm-timeout":
                     options.timeout = float(value)
+                else:
+                    options.stop_timeout = float(value)
             except ValueError:
                 raise LaunchError(f"{name}: {value!r} is not a number") from None
         else:
@@ -155,6 +161,19 @@ def _firmware(qemu: str, name: str | None) -> str | None:
     return name if (data / name).is_file() else None
 
 
+def load_manifest(path: Path) -> dict[str, object]:
+    """The manifest at ``path``, its file names made absolute: they are
+    relative to its folder, so ``dist/`` can be moved or copied anywhere."""
+    try:
+        manifest: dict[str, object] = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise LaunchError(f"cannot read the image's manifest {path}: {error}") from None
+    for field in ("kernel", "initrd"):
+        if field in manifest:
+            manifest[field] = str(path.resolve().parent / str(manifest[field]))
+    return manifest
+
+
 def bootable_kernel(manifest: dict[str, object]) -> Path:
     """The file qemu's ``-kernel`` gets: the image's own, or for a kernel
     packed with xz, that kernel unpacked on the host (cached by its SHA-256)."""
@@ -170,16 +189,119 @@ def bootable_kernel(manifest: dict[str, object]) -> Path:
         raise LaunchError(f"cannot unpack the kernel: {error}") from None
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT reached the launcher: the machine is stopped."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.status = 128 + signum
+STOP_MESSAGE = "looming-vm: stop"  # read by /init from the serial line; see init.py
+PR_SET_PDEATHSIG = 1
 
 
-def _stop(signum: int, _frame: object) -> None:
-    raise Stopped(signum)
+def _die_with_parent() -> None:
+    """In qemu's child before exec: SIGKILL when the launcher dies, however it dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Signals:
+    """SIGTERM and SIGINT, recorded (never raised) and announced on a pipe the
+    console loop watches: a signal arriving at any moment, even twice within
+    microseconds, cannot interrupt the launcher with an exception."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.previous = {s: signal.signal(s, self._record) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        try:
+            os.write(self.write_fd, b"s")
+        except OSError:  # the pipe is full: the loop has enough to wake it
+            pass
+
+    def close(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+class _Console:
+    """Lines from qemu's serial console: shown, except the exit-status line."""
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self.out = out
+        self.pending = b""
+        self.status: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace").replace("\r", "")
+            if line.startswith(EXIT_MARKER):
+                try:
+                    self.status = int(line[len(EXIT_MARKER) :].strip())
+                except ValueError:
+                    self.status = NO_STATUS
+            elif line != STOP_MESSAGE and not POWER_DOWN.match(line):
+                self.out(line + "\n")  # (the guest's tty echoes the stop message)
+
+
+def _ask_guest_to_stop(qemu: subprocess.Popen[bytes]) -> None:
+    assert qemu.stdin is not None
+    try:
+        qemu.stdin.write(STOP_MESSAGE.encode() + b"\n")
+        qemu.stdin.flush()
+    except OSError:  # qemu already gone
+        pass
+
+
+def _supervise(
+    qemu: subprocess.Popen[bytes],
+    signals: _Signals,
+    console: _Console,
+    options: MachineOptions,
+) -> int | None:
+    """Stream the console until qemu ends; the status when it is not the guest's.
+
+    The first SIGTERM or SIGINT asks the guest to stop (the unikernel closes
+    its devices and /init powers off) and gives it ``options.stop_timeout``
+    seconds; a second signal, or the time running out, kills qemu.
+    """
+    assert qemu.stdout is not None
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    handled = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(qemu.stdout, selectors.EVENT_READ, "console")
+        selector.register(signals.read_fd, selectors.EVENT_READ, "signal")
+        while True:
+            if len(signals.received) > handled:
+                if handled == 0:
+                    handled = 1
+                    _ask_guest_to_stop(qemu)
+                    stop_at = time.monotonic() + options.stop_timeout
+                    deadline = stop_at if deadline is None else min(deadline, stop_at)
+                if len(signals.received) > 1:
+                    console.out("looming: stopping the VM at once\n")
+                    qemu.kill()
+                    return 128 + signals.received[0]
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait == 0.0:
+                if signals.received:
+                    console.out("looming: the guest did not stop in time; killing it\n")
+                    qemu.kill()
+                    return 128 + signals.received[0]
+                console.out(f"looming: the VM ran over {options.timeout} s; stopping it\n")
+                return TIMED_OUT
+            for key, _events in selector.select(wait):
+                if key.data == "signal":
+                    os.read(signals.read_fd, 512)
+                    continue
+                chunk = os.read(qemu.stdout.fileno(), 65536)
+                if not chunk:
+                    return None
+                console.feed(chunk)
 
 
 def boot(
@@ -189,73 +311,55 @@ def boot(
 ) -> int:
     """Boot the image, stream its console, and return the unikernel's status.
 
-    The status is the one /init reports; 128 + N when this process is
-    stopped by signal N; 124 when ``--vm-timeout`` ran out; 125 when qemu
-    ended without a status (the guest did not get as far as /init).
+    The status is the one /init reports (also after SIGTERM or SIGINT, which
+    the unikernel handles as on the unix target); 128 + N when signal N had
+    qemu killed (a second signal, or the guest not stopping in time); 124
+    when ``--vm-timeout`` ran out; 125 when qemu ended without a status (the
+    guest did not get as far as /init).
     """
     options, keys = split_arguments(argv)
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_manifest(manifest_path)
     out = write or _write_stdout
     if ("--help" in keys or "-h" in keys) and isinstance(manifest.get("usage"), str):
         # The keys were read from the generated main.py at build time:
         # listing them needs no VM.
-        out(manifest["usage"] + "\n" + MACHINE_USAGE)
+        out(str(manifest["usage"]) + "\n" + MACHINE_USAGE)
         return 0
     command = qemu_command(manifest, options, keys)
+    signals = _Signals()
+    console = _Console(out)
     status: int | None = None
-    deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    qemu = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the launcher decides when qemu stops
-    )
-    assert qemu.stdout is not None
-    pending = b""
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(qemu.stdout, selectors.EVENT_READ)
-            while True:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if wait == 0.0:
-                    out(f"looming: the VM ran over {options.timeout} s; stopping it\n")
-                    status = TIMED_OUT
-                    break
-                if not selector.select(wait):
-                    continue
-                chunk = os.read(qemu.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    line = raw.decode(errors="replace").replace("\r", "")
-                    if line.startswith(EXIT_MARKER):
-                        try:
-                            status = int(line[len(EXIT_MARKER) :].strip())
-                        except ValueError:
-                            status = NO_STATUS
-                    elif not POWER_DOWN.match(line):
-                        out(line + "\n")
-    except Stopped as stop:
-        status = stop.status
-    finally:
-        if qemu.poll() is None:
-            qemu.terminate()
-            try:
-                qemu.wait(5)
-            except subprocess.TimeoutExpired:
+        qemu = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the launcher decides when qemu stops
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            status = _supervise(qemu, signals, console, options)
+        finally:
+            if qemu.poll() is None:
                 qemu.kill()
-        code = qemu.wait()
-        qemu.stdout.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if status is None:
-        out(f"looming: qemu ended (status {code}) without the unikernel's exit status\n")
-        return NO_STATUS
-    return status
+            code = qemu.wait()
+            for stream in (qemu.stdin, qemu.stdout):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+    finally:
+        signals.close()
+    if status is not None:
+        return status
+    if console.status is not None:
+        return console.status
+    if signals.received:
+        return 128 + signals.received[0]
+    out(f"looming: qemu ended (status {code}) without the unikernel's exit status\n")
+    return NO_STATUS
 
 
 def _write_stdout(text: str) -> None:

@@ -1,0 +1,171 @@
+"""The launcher and signals: qemu never outlives ``looming run``, the guest
+stops as the unix target does, and repeated signals give no traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from looming.vm import launch
+from tests.vm.conftest import Images
+
+pytestmark = pytest.mark.slow
+
+
+def _start(app: Path, *keys: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "looming.cli", "run", "--vm-timeout", "150", *keys],
+        cwd=app,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _qemu_of(pid: int) -> int:
+    """The qemu process ``looming run`` (pid) started."""
+    deadline = time.monotonic() + 20
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    while not children and time.monotonic() < deadline:
+        time.sleep(0.05)
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    command = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")[0]
+    assert b"qemu-system-" in command, command
+    return int(children[0])
+
+
+def _wait_for_greeting(run: subprocess.Popen[str]) -> None:
+    """Until the unikernel is running (its first greeting is on the console)."""
+    assert run.stdout is not None
+    for line in run.stdout:
+        if line.startswith("hello from looming (1/"):
+            return
+    raise AssertionError(f"the unikernel never started: {run.communicate()}")
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # dead, waiting for whoever adopted it to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_of_looming_run_takes_qemu_with_it(images: Images) -> None:
+    run = _start(images.app("hello", "x86_64"), "--greetings", "200")
+    try:
+        _wait_for_greeting(run)
+        qemu = _qemu_of(run.pid)
+        run.kill()
+        run.wait(10)
+        assert _gone(qemu, 10), f"qemu {qemu} outlived looming run"
+    finally:
+        if run.poll() is None:
+            run.kill()
+        run.communicate()
+
+
+def test_sigterm_stops_the_unikernel_as_on_the_unix_target(images: Images) -> None:
+    run = _start(images.app("hello", "x86_64"), "--greetings", "200")
+    _wait_for_greeting(run)
+    qemu = _qemu_of(run.pid)
+    began = time.monotonic()
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    # The unikernel heard it (its runtime logs it), closed its devices and
+    # ended with status 0, which /init reported and the launcher returned.
+    assert "received SIGTERM, stopping" in out + err, out + err
+    assert run.returncode == 0, out + err
+    assert "killing it" not in out + err
+    assert _gone(qemu, 5)
+    assert time.monotonic() - began < 10
+
+
+def test_a_second_sigterm_kills_qemu_without_a_traceback(images: Images) -> None:
+    run = _start(images.app("hello", "x86_64"), "--greetings", "200")
+    _wait_for_greeting(run)
+    qemu = _qemu_of(run.pid)
+    os.kill(run.pid, signal.SIGTERM)
+    # Apart enough that the kernel does not merge them into one pending signal.
+    time.sleep(0.2)
+    os.kill(run.pid, signal.SIGTERM)
+    out, err = run.communicate(timeout=30)
+    assert "Traceback" not in out + err, out + err
+    # The guest may have stopped within the 0.2 s (status 0); if not, the
+    # second signal killed it.
+    if run.returncode == 0:
+        assert "received SIGTERM, stopping" in out + err
+    else:
+        assert run.returncode == 128 + signal.SIGTERM, out + err
+        assert "stopping the VM at once" in out
+    assert _gone(qemu, 5)
+
+
+def _stand_in_for_qemu() -> subprocess.Popen[bytes]:
+    """A process that, like a guest that does not listen, ignores the stop request."""
+    return subprocess.Popen(
+        ["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+    )
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.002, 0.05])
+def test_repeated_signals_never_raise_and_the_second_kills(gap: float) -> None:
+    signals = launch._Signals()
+    lines: list[str] = []
+    try:
+        qemu = _stand_in_for_qemu()
+        options = launch.MachineOptions(stop_timeout=2)
+
+        def send() -> None:
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(gap)
+
+        sender = threading.Timer(0.1, send)
+        sender.start()
+        began = time.monotonic()
+        status = launch._supervise(qemu, signals, launch._Console(lines.append), options)
+        qemu.wait(5)
+        sender.join()
+    finally:
+        signals.close()
+    assert status == 128 + signal.SIGTERM
+    assert time.monotonic() - began < 10
+    assert qemu.returncode == -signal.SIGKILL
+    assert qemu.stdin is not None and qemu.stdout is not None
+    qemu.stdin.close()
+    qemu.stdout.close()
+    # Signals the kernel merged (no gap) are one request, which times out;
+    # else the second kills at once.
+    if len(signals.received) > 1:
+        assert lines == ["looming: stopping the VM at once\n"]
+    else:
+        assert lines == ["looming: the guest did not stop in time; killing it\n"]
+
+
+def test_a_guest_that_ignores_the_request_is_killed_after_the_stop_timeout(
+    images: Images,
+) -> None:
+    # Before the guest's /init listens (during the kernel's boot) the request
+    # is lost: the launcher must not wait for ever.
+    run = _start(images.app("hello", "x86_64"), "--greetings", "200", "--vm-stop-timeout", "0.5")
+    qemu = _qemu_of(run.pid)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=30)
+    assert "Traceback" not in out + err, out + err
+    assert run.returncode == 128 + signal.SIGTERM, out + err
+    assert "did not stop in time" in out
+    assert _gone(qemu, 5)
