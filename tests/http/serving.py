@@ -127,3 +127,24 @@ def serve_in_thread(
         running.loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         assert not thread.is_alive(), "server thread did not stop"
+
+
+def wait_until_stalled(count: Callable[[], int], quiet: float = 1.0, timeout: float = 20.0) -> int:
+    """``count()`` once it has not changed for ``quiet`` seconds.
+
+    For producers held back by a client that does not read: on a busy
+    machine they take a while to fill the buffers, so a fixed pause would
+    make a flaky test. Still growing after ``timeout`` is a failure.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"still producing after {timeout} s (at {last}): no backpressure")

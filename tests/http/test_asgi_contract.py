@@ -15,7 +15,7 @@ import pytest
 
 from looming.http import AsgiAdapter
 
-from .serving import RunningServer, serve_in_thread
+from .serving import RunningServer, serve_in_thread, wait_until_stalled
 
 CHUNK = 64 * 1024
 
@@ -137,9 +137,7 @@ def test_send_waits_for_a_client_that_does_not_read(served: tuple[Recorder, Runn
     app, running = served
     sock = connect(running.port, rcvbuf=64 * 1024)
     sock.sendall(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n")
-    time.sleep(1.5)
-    stalled_at = app.chunks_sent
-    time.sleep(1.5)
+    stalled_at = wait_until_stalled(lambda: app.chunks_sent)
     # The application is held in send(): nothing more is produced, and what
     # was produced is what the socket buffers hold (a few MiB), not more.
     assert app.chunks_sent == stalled_at

@@ -59,7 +59,7 @@ def test_sigterm_finishes_responses_in_flight_then_stops(asgi_app: Path) -> None
         # The idle connection is closed at once, the slow response completes.
         started = time.monotonic()
         assert idle.recv(1) == b""
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # not the 5 s keep-alive timeout
         slow.join(10)
         assert results == [(200, b"finished\n")]
         assert proc.wait(10) == 0

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 import looming.http.websocket  # noqa: F401  (imported once here, see below)
 from looming.http import AsgiAdapter
 
-from .serving import RunningServer, serve_in_thread
+from .serving import RunningServer, serve_in_thread, wait_until_stalled
 
 # The server imports its websocket module when the first connection needs it, in
 # the server's thread; imported here first, it is not compiled there while
@@ -170,10 +170,7 @@ def test_a_client_that_never_reads_holds_the_sender(server: RunningServer) -> No
         b"sec-websocket-version: 13\r\nsec-websocket-key: " + key + b"\r\n\r\n"
     )
     assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
-    time.sleep(1.0)
-    stalled = len(sent_to_deaf)
-    time.sleep(1.0)
-    assert len(sent_to_deaf) == stalled
+    stalled = wait_until_stalled(lambda: len(sent_to_deaf))
     assert stalled * 65536 < 16 * 1024 * 1024
     sock.close()
 
@@ -227,5 +224,5 @@ def test_graceful_stop_closes_websockets_with_1001() -> None:
         code, took = asyncio.run(talk())
         assert running.server.connections_open == 0
     assert code == 1001
-    assert took < 2.0
+    assert took < 4.0  # not the 5 s shutdown timeout
     assert 1001 in closes  # the application was told
