@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from looming.devices.net import MacAddress
 from looming.errors import Malformed
-from looming.net.wire import ipv6
+from looming.net.wire import icmpv6, ipv6
 from looming.net.wire.checksum import internet_checksum
 
 macs = st.binary(min_size=6, max_size=6).map(MacAddress)
@@ -207,10 +207,79 @@ def test_solicited_node_and_multicast_mac() -> None:
     assert ipv6.link_local_from_mac(mac) == IPv6Address("fe80::5054:ff:fe12:3456")
 
 
+icmpv6_headers = st.builds(icmpv6.Icmpv6Header, type=u8, code=u8, rest=u32)
+
+
+@given(icmpv6_headers, st.binary(max_size=300), addresses, addresses)
+def test_icmpv6_round_trip(
+    header: icmpv6.Icmpv6Header, payload: bytes, src: IPv6Address, dst: IPv6Address
+) -> None:
+    parsed, rest = icmpv6.parse(icmpv6.emit(header, payload, src, dst), src, dst)
+    assert parsed == header
+    assert bytes(rest) == payload
+
+
+def test_icmpv6_checksum_covers_the_pseudo_header() -> None:
+    message = icmpv6.emit(icmpv6.Icmpv6Header.echo(128, 7, 1), b"ping", A, B)
+    icmpv6.parse(message, A, B)
+    with pytest.raises(Malformed, match="checksum"):
+        icmpv6.parse(message, A, IPv6Address("fe80::3"))
+    with pytest.raises(Malformed, match="checksum"):
+        icmpv6.parse(message[:-1] + b"\x00", A, B)
+
+
+def dpkt_icmp6_body(kind: int, rest: int, payload: bytes) -> Any:
+    """The dpkt object for an ICMPv6 body of this type."""
+    I6 = dpkt.icmp6.ICMP6
+    if kind in (128, 129):
+        return I6.Echo(id=rest >> 16, seq=rest & 0xFFFF, data=payload)
+    if kind == 2:
+        return I6.TooBig(mtu=rest, data=payload)
+    if kind == 4:
+        return I6.ParamProb(ptr=rest, data=payload)
+    error = {1: I6.Unreach, 3: I6.TimeExceed}[kind]
+    return error(pad=rest, data=payload)
+
+
+@given(st.sampled_from([1, 2, 3, 4, 128, 129]), u8, u32, st.binary(max_size=200))
+def test_icmpv6_against_dpkt_both_ways(kind: int, code: int, rest: int, payload: bytes) -> None:
+    # dpkt builds, fills in the checksum, and looming reads it...
+    theirs = dpkt.ip6.IP6(
+        src=A.packed,
+        dst=B.packed,
+        nxt=58,
+        hlim=64,
+        data=dpkt.icmp6.ICMP6(type=kind, code=code, data=dpkt_icmp6_body(kind, rest, payload)),
+    )
+    theirs.plen = len(theirs.data)
+    header, body = ipv6.parse(bytes(theirs))
+    message, rest_bytes = icmpv6.parse(body, header.source, header.destination)
+    assert message == icmpv6.Icmpv6Header(kind, code, rest)
+    assert bytes(rest_bytes) == payload
+    # ... and looming's checksum is the one dpkt computes.
+    ours = icmpv6.emit(icmpv6.Icmpv6Header(kind, code, rest), payload, A, B)
+    decoded = dpkt.ip6.IP6(ipv6.emit(ipv6.Ipv6Header(A, B, 58), ours)).data
+    assert isinstance(decoded, dpkt.icmp6.ICMP6)
+    assert (decoded.type, decoded.code) == (kind, code)
+    ours_sum = decoded.sum
+    decoded.sum = 0
+    recomputed = dpkt.ip6.IP6(src=A.packed, dst=B.packed, nxt=58, data=decoded)
+    recomputed.plen = len(decoded)
+    bytes(recomputed)
+    assert recomputed.data.sum == ours_sum
+
+
+def test_error_quote_fits_a_minimum_mtu_packet() -> None:
+    quoted = icmpv6.error_quote(bytes(5000))
+    error = icmpv6.emit(icmpv6.Icmpv6Header(1, 4), quoted, A, B)
+    assert ipv6.HEADER_LENGTH + len(error) == icmpv6.MIN_MTU
+
+
 PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("ipv6", ipv6.parse),
     ("ipv6-chain", lambda b: ipv6.walk(b[0] if b else 0, b[1:])),
     ("ipv6-chain-dstopts", lambda b: ipv6.walk(60, b)),
+    ("icmpv6", lambda b: icmpv6.parse(b, A, B)),
 ]
 
 
