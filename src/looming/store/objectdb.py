@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from looming.errors import Malformed
-from looming.store.backend import Backend
 from looming.store.errors import CorruptObject, MissingObject
 from looming.store.objects import (
     BLOB,
@@ -20,6 +19,9 @@ from looming.store.objects import (
     parse_tree,
     tree_sort_key,
 )
+
+if TYPE_CHECKING:  # annotations only: a Backend takes locks, a merge reads no files
+    from looming.store.backend import Backend
 
 TreeEntries = dict[bytes, tuple[int, ObjectId]]
 K = TypeVar("K")
