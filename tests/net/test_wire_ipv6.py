@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from looming.devices.net import MacAddress
 from looming.errors import Malformed
-from looming.net.wire import icmpv6, ipv6
+from looming.net.wire import icmpv6, ipv6, ndp
 from looming.net.wire.checksum import internet_checksum
 
 macs = st.binary(min_size=6, max_size=6).map(MacAddress)
@@ -275,11 +275,160 @@ def test_error_quote_fits_a_minimum_mtu_packet() -> None:
     assert ipv6.HEADER_LENGTH + len(error) == icmpv6.MIN_MTU
 
 
+unicast = addresses.filter(lambda a: not a.is_multicast)
+link_local = st.integers(0, 2**64 - 1).map(lambda n: IPv6Address((0xFE80 << 112) | n))
+nd_options = st.one_of(
+    macs.map(ndp.SourceLinkLayerAddress),
+    macs.map(ndp.TargetLinkLayerAddress),
+    st.builds(
+        ndp.PrefixInformation,
+        prefix=addresses,
+        prefix_length=st.integers(0, 128),
+        on_link=st.booleans(),
+        autonomous=st.booleans(),
+        valid_lifetime=u32,
+        preferred_lifetime=u32,
+    ),
+    u32.map(ndp.Mtu),
+    st.builds(ndp.RecursiveDnsServers, u32, st.lists(addresses, min_size=1, max_size=3).map(tuple)),
+    st.integers(0, 4).map(lambda n: ndp.RedirectedHeader(bytes(range(8 * n)))),
+    st.builds(
+        ndp.UnknownOption,
+        type=u8.filter(lambda t: t not in (1, 2, 3, 4, 5, 25)),
+        data=st.integers(0, 3).map(lambda n: bytes(6 + 8 * n)),
+    ),
+)
+nd_option_lists = st.lists(nd_options, max_size=5).map(tuple)
+nd_messages = st.one_of(
+    st.builds(ndp.RouterSolicitation, nd_option_lists),
+    st.builds(
+        ndp.RouterAdvertisement,
+        current_hop_limit=u8,
+        managed=st.booleans(),
+        other=st.booleans(),
+        router_lifetime=u16,
+        reachable_time=u32,
+        retransmit_timer=u32,
+        options=nd_option_lists,
+        preference=st.integers(0, 3),
+    ),
+    st.builds(ndp.NeighborSolicitation, unicast, nd_option_lists),
+    st.builds(
+        ndp.NeighborAdvertisement,
+        unicast,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        nd_option_lists,
+    ),
+    st.builds(ndp.Redirect, link_local, unicast, nd_option_lists),
+)
+
+
+@given(nd_messages, link_local, link_local)
+def test_nd_round_trip(message: ndp.NdMessage, src: IPv6Address, dst: IPv6Address) -> None:
+    emitted = ndp.emit(message, src, dst)
+    assert ndp.parse(emitted, src, dst, hop_limit=255) == message
+
+
+def nd_bytes(message: ndp.NdMessage, src: IPv6Address = A, dst: IPv6Address = B) -> bytes:
+    return ndp.emit(message, src, dst)
+
+
+def test_nd_from_off_link_is_refused() -> None:
+    solicitation = nd_bytes(ndp.NeighborSolicitation(B))
+    assert ndp.parse(solicitation, A, B, hop_limit=255) == ndp.NeighborSolicitation(B)
+    with pytest.raises(Malformed, match="hop limit 254"):
+        ndp.parse(solicitation, A, B, hop_limit=254)
+
+
+UNSPECIFIED = IPv6Address("::")
+GLOBAL = IPv6Address("2001:db8::1")
+MAC = MacAddress("02:00:00:00:00:01")
+
+INVALID_ND = [
+    ("ra-from-global", ndp.RouterAdvertisement(), GLOBAL, ipv6.ALL_NODES),
+    ("redirect-from-global", ndp.Redirect(A, GLOBAL), GLOBAL, B),
+    ("redirect-to-multicast", ndp.Redirect(A, ipv6.ALL_NODES), A, B),
+    ("redirect-to-global-target", ndp.Redirect(GLOBAL, IPv6Address("2001:db8::2")), A, B),
+    ("ns-multicast-target", ndp.NeighborSolicitation(ipv6.ALL_NODES), A, B),
+    ("dad-not-to-solicited-node", ndp.NeighborSolicitation(B), UNSPECIFIED, B),
+    (
+        "dad-with-source-mac",
+        ndp.NeighborSolicitation(B, (ndp.SourceLinkLayerAddress(MAC),)),
+        UNSPECIFIED,
+        ipv6.solicited_node(B),
+    ),
+    (
+        "rs-from-unspecified-with-mac",
+        ndp.RouterSolicitation((ndp.SourceLinkLayerAddress(MAC),)),
+        UNSPECIFIED,
+        ipv6.ALL_ROUTERS,
+    ),
+    ("na-multicast-target", ndp.NeighborAdvertisement(ipv6.ALL_NODES), A, B),
+    ("solicited-na-to-multicast", ndp.NeighborAdvertisement(A, solicited=True), A, ipv6.ALL_NODES),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "src", "dst"), INVALID_ND, ids=[case[0] for case in INVALID_ND]
+)
+def test_rfc4861_validity_checks(
+    name: str, message: ndp.NdMessage, src: IPv6Address, dst: IPv6Address
+) -> None:
+    with pytest.raises(Malformed):
+        ndp.parse(ndp.emit(message, src, dst), src, dst)
+
+
+def test_nd_valid_corner_cases_are_accepted() -> None:
+    dad = ndp.NeighborSolicitation(B)
+    assert (
+        ndp.parse(
+            nd_bytes(dad, UNSPECIFIED, ipv6.solicited_node(B)), UNSPECIFIED, ipv6.solicited_node(B)
+        )
+        == dad
+    )
+    unsolicited = ndp.NeighborAdvertisement(A, override=True)
+    assert ndp.parse(nd_bytes(unsolicited, A, ipv6.ALL_NODES), A, ipv6.ALL_NODES) == unsolicited
+    same = ndp.Redirect(GLOBAL, GLOBAL)
+    assert ndp.parse(nd_bytes(same), A, B) == same
+
+
+def raw_nd(kind: int, code: int, body: bytes) -> bytes:
+    return icmpv6.emit(icmpv6.Icmpv6Header(kind, code), body, A, B)
+
+
+def test_malformed_nd_options_and_lengths() -> None:
+    target = B.packed
+    cases = [
+        raw_nd(135, 1, target),  # non-zero code
+        raw_nd(135, 0, target[:8]),  # shorter than the fixed part
+        raw_nd(135, 0, target + b"\x01\x00" + bytes(6)),  # option of length 0
+        raw_nd(135, 0, target + b"\x01\x02" + bytes(6)),  # runs past the end
+        raw_nd(135, 0, target + b"\x01\x02" + bytes(14)),  # a 16-byte MAC option
+        raw_nd(134, 0, bytes(8) + b"\x03\x01" + bytes(6)),  # 8-byte prefix option
+        raw_nd(134, 0, bytes(8) + b"\x19\x01" + bytes(6)),  # RDNSS without a server
+        raw_nd(134, 0, bytes(8) + b"\x03\x04\x81" + bytes(29)),  # prefix length 129
+        raw_nd(135, 0, target + b"\x0e\x01" + bytes(6) * 1 + b"\x0e\x01" * 400),
+        raw_nd(135, 0, target + b"\x0e\x01\x00\x00\x00\x00\x00\x00" * 65),  # too many
+    ]
+    for message in cases:
+        with pytest.raises(Malformed):
+            ndp.parse(message, A, B)
+
+
+def _nd_header(data: bytes) -> icmpv6.Icmpv6Header:
+    """One of the five ND types, chosen by the first byte."""
+    return icmpv6.Icmpv6Header(133 + (data[0] % 5 if data else 0), 0)
+
+
 PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("ipv6", ipv6.parse),
     ("ipv6-chain", lambda b: ipv6.walk(b[0] if b else 0, b[1:])),
     ("ipv6-chain-dstopts", lambda b: ipv6.walk(60, b)),
     ("icmpv6", lambda b: icmpv6.parse(b, A, B)),
+    ("nd", lambda b: ndp.decode(_nd_header(b), memoryview(b[1:]), A, B)),
+    ("nd-from-unspecified", lambda b: ndp.decode(_nd_header(b), memoryview(b[1:]), UNSPECIFIED, B)),
 ]
 
 
