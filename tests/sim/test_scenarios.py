@@ -300,8 +300,37 @@ def test_a_driver_waiting_for_nothing_is_reported_as_a_deadlock() -> None:
     (failure,) = result.failures
     assert failure.startswith("deadlock at t=")
     assert "scenario/task-" in failure and "drive" in failure
+    assert "the scenario (2 tasks):" in failure and "node a (2 tasks):" in failure
+    assert "waiting in Event.wait (" in failure and "for a future nobody will complete" in failure
     # Well before the scenario's hour: as soon as nothing but the deadline is left.
     assert result.virtual_seconds < 100.0
+
+
+def test_a_deadlock_between_nodes_says_which_node_waits_on_what() -> None:
+    scenario = looming.sim.Scenario("waits", duration=3600.0)
+    scenario.host("a")
+    scenario.host("b")
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        never = asyncio.Event()
+
+        async def wait_for_peer(stack: object) -> None:
+            await never.wait()
+
+        async def wait_for_task(stack: object) -> None:
+            await asyncio.get_running_loop().create_task(never.wait())
+
+        await asyncio.gather(world.node("a").run(wait_for_peer), world.node("b").run(wait_for_task))
+
+    result = run(scenario, 1, artifacts={})
+    (failure,) = result.failures
+    assert "node a (" in failure and "node b (" in failure, failure
+    lines = failure.splitlines()
+    a_line = next(line for line in lines if "wait_for_peer" in line)
+    assert a_line.lstrip().startswith("a/task-") and "Event.wait" in a_line
+    b_line = next(line for line in lines if "wait_for_task" in line)
+    assert b_line.lstrip().startswith("b/task-") and "for task b/task-" in b_line
 
 
 def test_a_driver_that_overruns_fails_at_the_deadline() -> None:
@@ -412,3 +441,47 @@ def test_each_node_logs_at_the_levels_of_its_own_logs_key() -> None:
     assert not any(line.startswith("plain debug") for line in result.logs)
     # Levels are the run's: after it, the loggers are as they were.
     assert logging.getLogger("looming.http").level == logging.NOTSET
+
+
+@pytest.mark.parametrize("spin", ["cpu", "zero-sleep"])
+def test_a_node_that_spins_is_stopped_by_the_watchdog(spin: str) -> None:
+    scenario = looming.sim.Scenario("spin", duration=60.0, watchdog_s=0.5)
+    scenario.host("busy")
+
+    async def forever(stack: object) -> None:
+        total = 0
+        while True:
+            total += 1
+            if spin == "zero-sleep":
+                await asyncio.sleep(0)
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        await world.sleep(2.5)
+        await world.node("busy").run(forever)
+
+    result = run(scenario, 1, artifacts={})
+    assert not result.ok
+    (failure,) = [f for f in result.failures if f.startswith("watchdog:")]
+    assert "virtual time stood still at t=2.5" in failure
+    if spin == "cpu":
+        assert "node 'busy' ran forever (" in failure and __file__ in failure
+    assert result.wall_seconds < 10
+
+
+def test_the_watchdog_leaves_a_slow_but_moving_run_alone() -> None:
+    scenario = looming.sim.Scenario("slow-moving", duration=60.0, watchdog_s=0.5)
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        from looming.sim.intercept import real_monotonic
+
+        for _ in range(4):  # 1.2 s of wall time, never more than 0.3 s at one instant
+            deadline = real_monotonic() + 0.3
+            while real_monotonic() < deadline:
+                pass
+            await world.sleep(0.1)
+
+    result = run(scenario, 1, artifacts={})
+    assert result.ok, result.failures
+    assert result.wall_seconds > 1.0

@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from looming.sim.linearizability import History, Op, check_history
     from looming.sim.loop import Gate, SimDeadlock, VirtualEventLoop
     from looming.sim.network import Exponential, Fixed, LinkSpec, Uniform
     from looming.sim.node import NodeCrashed, SimNode
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from looming.sim.world import RunResult, World, run
 
 _EXPORTS = {
+    "History": "looming.sim.linearizability",
+    "Op": "looming.sim.linearizability",
+    "check_history": "looming.sim.linearizability",
     "Gate": "looming.sim.loop",
     "SimDeadlock": "looming.sim.loop",
     "VirtualEventLoop": "looming.sim.loop",
@@ -71,10 +75,12 @@ __all__ = [
     "Fixed",
     "Gate",
     "Heal",
+    "History",
     "Hold",
     "Isolate",
     "LinkSpec",
     "NodeCrashed",
+    "Op",
     "Partition",
     "Pause",
     "Release",
@@ -87,6 +93,7 @@ __all__ = [
     "Uniform",
     "VirtualEventLoop",
     "World",
+    "check_history",
     "load_scenario",
     "partition",
     "run",

@@ -21,6 +21,7 @@ import contextvars
 import heapq
 import itertools
 import math
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -43,11 +44,25 @@ class SimDeadlock(RuntimeError):
     def __init__(self, now: float, blocked: list[str]) -> None:
         self.now = now
         self.blocked = blocked
-        listing = "\n".join(f"  {line}" for line in blocked) or "  (no tasks)"
         super().__init__(
             f"deadlock at t={now:.6f} s: nothing is ready and no timer is set, so no task "
-            f"can ever wake up. {len(blocked)} task(s) are waiting:\n{listing}"
+            f"can ever wake up. {len(blocked)} task(s) are waiting:\n{_by_node(blocked)}"
         )
+
+
+def _by_node(blocked: list[str]) -> str:
+    """Task lines ("node/task-N: ...") grouped under the node they belong to."""
+    groups: dict[str, list[str]] = {}
+    for line in blocked:
+        name = line.partition(":")[0]
+        owner = name.rpartition("/task-")[0] or "scenario"
+        groups.setdefault(owner, []).append(f"    {line}")
+    lines = []
+    for owner, entries in groups.items():
+        who = "the scenario" if owner == "scenario" else f"node {owner}"
+        lines.append(f"  {who} ({len(entries)} task{'s' if len(entries) > 1 else ''}):")
+        lines.extend(entries)
+    return "\n".join(lines) or "  (no tasks)"
 
 
 class Gate:
@@ -258,7 +273,8 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
         return task
 
     def describe_tasks(self) -> list[str]:
-        """Every pending task with where it waits, in creation order."""
+        """Every pending task, grouped by the node it belongs to, with where
+        it waits and on what, in creation order."""
         tasks = sorted(
             (
                 t
@@ -267,21 +283,45 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
             ),
             key=lambda t: _order_of(t.get_name()),
         )
-        lines = []
-        for task in tasks:
-            stack = task.get_stack(limit=1)
-            if stack:
-                frame = stack[-1]
-                where = f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
-            else:
-                where = repr(task.get_coro())
-            lines.append(f"{task.get_name()}: waiting in {where}")
-        return lines
+        return [f"{task.get_name()}: {_waiting(task)}" for task in tasks]
 
     def run_in_context(
         self, coro: Coroutine[Any, Any, _T], context: contextvars.Context
     ) -> asyncio.Task[_T]:
         return self.create_task(coro, context=context)
+
+
+def _waiting(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task waits (innermost frame, and the innermost one
+    outside asyncio) and what it waits for."""
+    frames = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    if not frames:
+        return f"waiting in {task.get_coro()!r}"
+
+    def place(frame: Any) -> str:
+        code = frame.f_code
+        name = getattr(code, "co_qualname", code.co_name)
+        return f"{name} ({code.co_filename}:{frame.f_lineno})"
+
+    where = place(frames[-1])
+    own = [f for f in frames if f"{os.sep}asyncio{os.sep}" not in f.f_code.co_filename]
+    if own and own[-1] is not frames[-1]:
+        where += f" called from {place(own[-1])}"
+    waiter = getattr(task, "_fut_waiter", None)
+    if isinstance(waiter, asyncio.Task):
+        what = f"task {waiter.get_name()}"
+    elif waiter is not None:
+        what = "a future nobody will complete"
+    else:
+        what = "nothing (it is about to run)"
+    return f"waiting in {where} for {what}"
 
 
 def _order_of(name: str) -> tuple[int, str]:

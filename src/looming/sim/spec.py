@@ -227,6 +227,8 @@ class Scenario:
     link: LinkSpec = field(default_factory=lambda: LinkSpec(latency=Fixed(0.0005)))
     max_clock_skew_s: float = 0.5
     max_clock_drift_ppm: float = 50.0
+    # Wall seconds virtual time may stand still before the run is stopped.
+    watchdog_s: float = 30.0
     nodes: list[NodeSpec] = field(default_factory=list)
     trunks: list[tuple[str, str, LinkSpec]] = field(default_factory=list)
     faults: list[tuple[float, Fault]] = field(default_factory=list)
@@ -309,6 +311,8 @@ class Scenario:
         found: list[str] = []
         if not self.duration > 0:
             found.append(f"duration must be > 0 seconds, not {self.duration}")
+        if not self.watchdog_s > 0:
+            found.append(f"watchdog_s must be > 0 seconds, not {self.watchdog_s}")
         names = [n.name for n in self.nodes]
         seen: set[str] = set()
         for name in names:

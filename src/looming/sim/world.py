@@ -23,6 +23,7 @@ from looming.sim.network import Link, SimNetwork
 from looming.sim.node import CURRENT_NODE, NodeSpec, SimNode, key_arguments
 from looming.sim.spec import Fault, Scenario
 from looming.sim.trace import Trace, TraceLogHandler
+from looming.sim.watchdog import SimStalled, Watchdog
 
 
 class CheckFailed(AssertionError):
@@ -261,8 +262,12 @@ def run(
     pcap_dir: Path | None = None,
     keep_trace: bool = True,
     log_level: int = logging.INFO,
+    watchdog_s: float | None = None,
 ) -> RunResult:
-    """Run ``scenario`` once with ``seed`` and report what happened."""
+    """Run ``scenario`` once with ``seed`` and report what happened.
+
+    ``watchdog_s`` (default: the scenario's) is how many wall seconds virtual
+    time may stand still before the run is stopped as stalled."""
     if artifacts is None:
         artifacts = prepare(scenario)
     started = real_perf_counter()
@@ -313,9 +318,14 @@ def run(
     collecting = gc.isenabled()
     gc.disable()
     try:
+        limit = scenario.watchdog_s if watchdog_s is None else watchdog_s
         with intercepted(world), _logs_to_trace(world, log_level) as logs:
             try:
-                loop.run_until_complete(loop.create_task(main(), context=contextvars.Context()))
+                with Watchdog(loop, limit) as watchdog:
+                    loop.run_until_complete(loop.create_task(main(), context=contextvars.Context()))
+            except SimStalled:
+                world.trace.record("run", "stalled")
+                world.failures.append(watchdog.report or "watchdog: the run stalled")
             except SimDeadlock as deadlock:
                 world.failures.append(str(deadlock))
             except Exception as error:
