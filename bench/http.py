@@ -249,11 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
     names = ["looming", "looming-static", "uvicorn", "uvicorn-h11", "hypercorn", "granian"]
-    names = [
-        n
-        for n in names
-        if n.startswith("looming") or version_of(n.split("-")[0]) != "not installed"
-    ]
+    needs = {"uvicorn": ("uvicorn", "httptools", "uvloop"), "uvicorn-h11": ("uvicorn",)}
+    needs |= {"hypercorn": ("hypercorn",), "granian": ("granian",)}
+    missing = {
+        n for n, pkgs in needs.items() if any(version_of(p) == "not installed" for p in pkgs)
+    }
+    if missing:
+        progress(f"left out (not installed): {', '.join(sorted(missing))}")
+    names = [n for n in names if n not in missing]
     paths = {"/plain": names, "/json": names, "/static": names}
     samples: dict[str, dict[str, list[Any]]] = {}
     memory: dict[str, tuple[int, int, int]] = {}
