@@ -576,9 +576,10 @@ def build_image(
     )
     manifest_data = report.to_json()
     manifest_data["console"] = arch.console
+    manifest_data["unikernel"] = unikernel  # the default MAC is derived from it
     manifest_data["usage"] = keys_usage(main_py)
     # The launcher refuses to boot a unikernel that drives a NIC without one.
-    manifest_data["needs_network"] = "looming.net.netif.af_packet" in pyz.modules
+    manifest_data["needs_network"] = "looming.vm.nic" in pyz.modules
     manifest.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
     return report
 

@@ -9,6 +9,7 @@ unikernel key, passed on the kernel command line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,9 @@ MACHINE_USAGE = """
 machine options (for qemu, not the unikernel):
   --vm-tap NAME     attach a virtio NIC to the host's TAP device NAME
   --vm-memory MB    guest memory (default 256)
+  --mac MAC         the virtio NIC's MAC (default: derived from the unikernel's
+                    name and --instance, stable across boots)
+  --instance N      which of several VMs of this unikernel (default 0)
   --vm-timeout S    stop the VM after S seconds (exit status 124)
   --vm-stop-timeout S
                     after SIGTERM/SIGINT, give the guest S seconds to stop (default 10)
@@ -61,8 +65,63 @@ class MachineOptions:
     memory_mb: int = DEFAULT_MEMORY_MB
     timeout: float | None = None
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    mac: str | None = None
+    instance: int = 0
     accel: str = "tcg"
     trace: bool = False
+
+
+MACHINE_OPTIONS = (
+    "--vm-tap",
+    "--vm-memory",
+    "--vm-timeout",
+    "--vm-stop-timeout",
+    "--mac",
+    "--instance",
+)
+MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def parse_mac(text: str) -> str:
+    """``text`` as a MAC for a NIC: six octets, unicast."""
+    if not MAC.match(text):
+        raise LaunchError(f"--mac: {text!r} is not a MAC address like 02:00:00:00:00:01")
+    if int(text[:2], 16) & 1:
+        raise LaunchError(f"--mac: {text} is a multicast address; a NIC needs a unicast one")
+    return text.lower()
+
+
+def default_mac(unikernel: str, instance: int) -> str:
+    """A locally administered unicast MAC from the unikernel's name and the
+    instance number: the same at every boot, different for each instance."""
+    digest = bytearray(hashlib.sha256(f"looming-vm/{unikernel}/{instance}".encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in digest)
+
+
+def check_mac_unused(tap: str, mac: str, sys_net: Path = Path("/sys/class/net")) -> None:
+    """Refuse ``mac`` when the bridge ``tap`` is a port of has learnt it on
+    another port: another VM uses it, and the two would share its traffic."""
+    bridge_link = sys_net / tap / "master"
+    port_file = sys_net / tap / "brport" / "port_no"
+    if not bridge_link.exists() or not port_file.is_file():
+        return
+    bridge = bridge_link.resolve().name
+    own_port = int(port_file.read_text().strip(), 0)
+    try:
+        table = (sys_net / bridge / "brforward").read_bytes()
+    except OSError:
+        return
+    wanted = bytes.fromhex(mac.replace(":", ""))
+    # struct __fdb_entry: mac[6], port_no u8, is_local u8, ageing u32, port_hi u8, pad, u16
+    for offset in range(0, len(table) - 15, 16):
+        entry = table[offset : offset + 16]
+        port = entry[6] | (entry[12] << 8)
+        if entry[:6] == wanted and port != own_port:
+            raise LaunchError(
+                f"the MAC {mac} is already used on bridge {bridge} (port {port}): "
+                "give this VM another --instance or --mac"
+            )
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
@@ -76,7 +135,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
         name, eq, value = arg.partition("=")
         if arg == "--vm-trace":
             options.trace = True
-        elif name in ("--vm-tap", "--vm-memory", "--vm-timeout", "--vm-stop-timeout"):
+        elif name in MACHINE_OPTIONS:
             if not eq:
                 if i + 1 == len(args):
                     raise LaunchError(f"{name} needs a value")
@@ -85,6 +144,12 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
             try:
                 if name == "--vm-tap":
                     options.tap = value
+                elif name == "--mac":
+                    options.mac = parse_mac(value)
+                elif name == "--instance":
+                    options.instance = int(value)
+                    if options.instance < 0:
+                        raise LaunchError(f"--instance: {value!r} is negative")
                 elif name == "--vm-memory":
                     options.memory_mb = int(value)
                 elif name == "--vm-timeout":
@@ -144,7 +209,10 @@ def qemu_command(
     if firmware is not None:
         command += ["-bios", firmware]
     if options.tap:
-        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in options.tap.encode()[-3:].rjust(3, b"\0"))
+        mac = options.mac or default_mac(
+            str(manifest.get("unikernel", "looming")), options.instance
+        )
+        check_mac_unused(options.tap, mac)
         command += [
             "-netdev", f"tap,id=net0,ifname={options.tap},script=no,downscript=no",
             "-device", f"virtio-net-{arch.device_suffix},netdev=net0,mac={mac}",
@@ -168,6 +236,7 @@ def load_manifest(path: Path) -> dict[str, object]:
         manifest: dict[str, object] = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise LaunchError(f"cannot read the image's manifest {path}: {error}") from None
+    manifest.setdefault("unikernel", path.name.removesuffix("-vm.json"))
     for field in ("kernel", "initrd"):
         if field in manifest:
             manifest[field] = str(path.resolve().parent / str(manifest[field]))

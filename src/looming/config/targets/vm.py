@@ -89,12 +89,12 @@ class VmTarget(Target):
             iface = dev.setting("iface")
             key = "interface" if iface is None else f"{dev.name_hint}_interface"
             return Impl(
-                "looming.net.netif.af_packet:PacketNetwork.connect",
+                "looming.vm.nic:connect",
                 args=[f"keys.{key}"],
                 awaited=True,
                 disconnect="disconnect",
                 keys=[KeyDecl(key, "str", iface or "eth0", "the guest's NIC (virtio)")],
-                summary="the virtio NIC through an AF_PACKET socket",
+                summary="the virtio NIC through an AF_PACKET socket, with its own MAC",
             )
         if kind == "stack":
             return direct_stack_impl(dev)
