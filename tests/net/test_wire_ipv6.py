@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from looming.devices.net import MacAddress
 from looming.errors import Malformed
-from looming.net.wire import icmpv6, ipv6, ndp
+from looming.net.wire import icmpv6, ipv6, mld, ndp
 from looming.net.wire.checksum import internet_checksum
 
 macs = st.binary(min_size=6, max_size=6).map(MacAddress)
@@ -417,6 +417,89 @@ def test_malformed_nd_options_and_lengths() -> None:
             ndp.parse(message, A, B)
 
 
+multicast = st.integers(0, 2**120 - 1).map(lambda n: IPv6Address((0xFF << 120) | n))
+mld_records = st.builds(
+    mld.AddressRecord,
+    type=st.integers(1, 6),
+    group=multicast,
+    sources=st.lists(addresses, max_size=3).map(tuple),
+    auxiliary=st.integers(0, 3).map(lambda n: bytes(range(4 * n))),
+)
+mld_messages = st.one_of(
+    st.builds(mld.Report, st.lists(mld_records, max_size=5).map(tuple)),
+    st.builds(
+        mld.Query,
+        u16,
+        multicast | st.just(IPv6Address("::")),
+        st.just(1),
+        st.just(False),
+        st.just(0),
+        st.just(0),
+        st.just(()),
+    ),
+    st.builds(
+        mld.Query,
+        u16,
+        multicast | st.just(IPv6Address("::")),
+        st.just(2),
+        st.booleans(),
+        st.integers(0, 7),
+        u8,
+        st.lists(addresses, max_size=3).map(tuple),
+    ),
+)
+
+
+@given(mld_messages, link_local, multicast)
+def test_mld_round_trip(
+    message: mld.Report | mld.Query, src: IPv6Address, dst: IPv6Address
+) -> None:
+    assert mld.parse(mld.emit(message, src, dst), src, dst) == message
+
+
+def test_mld_report_packet_joins_solicited_node_groups() -> None:
+    groups = [ipv6.solicited_node(A), ipv6.solicited_node(GLOBAL)]
+    packet = mld.emit_packet(mld.join(groups), A)
+    header, payload = ipv6.parse(packet)
+    assert (header.destination, header.hop_limit) == (ipv6.ALL_MLDV2_ROUTERS, 1)
+    chain = ipv6.walk(header.next_header, payload)
+    assert mld.has_router_alert(chain) and chain.protocol == ipv6.NextHeader.ICMPV6
+    report = mld.parse(chain.payload, header.source, header.destination)
+    assert isinstance(report, mld.Report)
+    assert [(r.type, r.group) for r in report.records] == [
+        (mld.RecordType.CHANGE_TO_EXCLUDE, g) for g in groups
+    ]
+    assert [r.type for r in mld.leave(groups).records] == [mld.RecordType.CHANGE_TO_INCLUDE] * 2
+
+
+def test_malformed_mld() -> None:
+    one = mld.emit(mld.join([ipv6.solicited_node(A)]), A, ipv6.ALL_MLDV2_ROUTERS)
+    cases = [
+        (mld.emit(mld.join([ipv6.solicited_node(A)]), GLOBAL, ipv6.ALL_MLDV2_ROUTERS), GLOBAL),
+        (icmpv6.emit(icmpv6.Icmpv6Header(143, 0, 2), one[8:], A, ipv6.ALL_MLDV2_ROUTERS), A),
+        (icmpv6.emit(icmpv6.Icmpv6Header(143, 0, 1), one[8:-1], A, ipv6.ALL_MLDV2_ROUTERS), A),
+        (
+            icmpv6.emit(
+                icmpv6.Icmpv6Header(143, 0, 1),
+                b"\x04\x00\x00\x00" + A.packed,
+                A,
+                ipv6.ALL_MLDV2_ROUTERS,
+            ),
+            A,
+        ),
+        (icmpv6.emit(icmpv6.Icmpv6Header(130, 0), bytes(18), A, ipv6.ALL_MLDV2_ROUTERS), A),
+        (
+            icmpv6.emit(
+                icmpv6.Icmpv6Header(130, 0), bytes(18) + b"\x00\x05", A, ipv6.ALL_MLDV2_ROUTERS
+            ),
+            A,
+        ),
+    ]
+    for message, source in cases:
+        with pytest.raises(Malformed):
+            mld.parse(message, source, ipv6.ALL_MLDV2_ROUTERS)
+
+
 def _nd_header(data: bytes) -> icmpv6.Icmpv6Header:
     """One of the five ND types, chosen by the first byte."""
     return icmpv6.Icmpv6Header(133 + (data[0] % 5 if data else 0), 0)
@@ -428,6 +511,11 @@ PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("ipv6-chain-dstopts", lambda b: ipv6.walk(60, b)),
     ("icmpv6", lambda b: icmpv6.parse(b, A, B)),
     ("nd", lambda b: ndp.decode(_nd_header(b), memoryview(b[1:]), A, B)),
+    (
+        "mld-report",
+        lambda b: mld.decode(icmpv6.Icmpv6Header(143, 0, b[0] if b else 0), memoryview(b[1:]), A),
+    ),
+    ("mld-query", lambda b: mld.decode(icmpv6.Icmpv6Header(130, 0), memoryview(b), A)),
     ("nd-from-unspecified", lambda b: ndp.decode(_nd_header(b), memoryview(b[1:]), UNSPECIFIED, B)),
 ]
 
