@@ -56,6 +56,10 @@ def test_run_prints_a_summary_digest_and_writes_pcaps(tmp_path: Path) -> None:
     ("faults", "message"),
     [
         ('SCENARIO.at(5.0, sim.Crash("c"))', "names unknown node 'c'; nodes: a, b"),
+        ('SCENARIO.swarm(["a", "zz"])', "swarm names unknown node 'zz'; nodes: a, b"),
+        ('SCENARIO.swarm("a", kinds=["meteor"])', "unknown fault kind 'meteor'"),
+        ('SCENARIO.swarm("a", end=99.0)', "past the end of the scenario"),
+        ('SCENARIO.at(2.0, sim.Hold("nobody"))', "names unknown node 'nobody'"),
         ('SCENARIO.at(45.0, sim.Crash("a"))', "outside the scenario (0 to 30.0 s)"),
         ("SCENARIO.at(-1.0, sim.Heal())", "at t=-1.0 s is outside the scenario"),
         (

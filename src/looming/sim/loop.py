@@ -3,9 +3,10 @@
 :class:`VirtualEventLoop` is an :class:`asyncio.BaseEventLoop` that never
 touches the outside world. Its clock is a number it owns: when no callback
 is ready, time jumps straight to the earliest timer. Ready callbacks run in
-the order they were scheduled, and timers with equal deadlines run in the
-order they were set (asyncio's own heap does not promise that), so a run is
-a pure function of its inputs. When nothing is ready and no timer is set,
+the order they were scheduled, and timers with equal deadlines run in an
+order drawn from the run's seed (or in the order they were set, for a loop
+made without a seed), so a run is a pure function of its inputs and the
+seed explores the orders asyncio allows. When nothing is ready and no timer is set,
 nothing can ever happen again: the loop raises :class:`SimDeadlock` naming
 every task still waiting.
 
@@ -22,6 +23,7 @@ import heapq
 import itertools
 import math
 import os
+import random
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -95,11 +97,12 @@ class Gate:
 class _OrderedTimer(asyncio.TimerHandle):
     """A timer ordered by (deadline, order of scheduling)."""
 
-    __slots__ = ("_order", "watchdog")
+    __slots__ = ("_order", "_tie", "watchdog")
 
     def __init__(
         self,
         when: float,
+        tie: int,
         order: int,
         callback: Callable[..., object],
         args: tuple[Any, ...],
@@ -107,6 +110,7 @@ class _OrderedTimer(asyncio.TimerHandle):
         context: contextvars.Context | None,
     ) -> None:
         super().__init__(when, callback, args, loop, context)
+        self._tie = tie
         self._order = order
         # A watchdog (a run's deadline) is not something a task waits for.
         self.watchdog = False
@@ -115,7 +119,11 @@ class _OrderedTimer(asyncio.TimerHandle):
         # Called for every heap operation: no tuples, no isinstance.
         mine: float = self._when  # type: ignore[attr-defined]  # set by TimerHandle
         theirs: float = other._when  # type: ignore[attr-defined]
-        return mine < theirs or (mine == theirs and self._order < other._order)
+        if mine != theirs:
+            return mine < theirs
+        if self._tie != other._tie:
+            return self._tie < other._tie
+        return self._order < other._order
 
 
 class _VirtualSelector:
@@ -144,8 +152,11 @@ class _VirtualSelector:
 class VirtualEventLoop(asyncio.BaseEventLoop):
     """An event loop in virtual time, with no real I/O, threads or clocks."""
 
-    def __init__(self) -> None:
+    def __init__(self, tie_seed: int | None = None) -> None:
         super().__init__()
+        # With a seed, timers due at the same instant run in an order drawn
+        # from it (asyncio promises no order); without, in the order set.
+        self._ties = random.Random(tie_seed) if tie_seed is not None else None
         self._now = 0.0
         self._clock_resolution = 1e-9
         self._selector = _VirtualSelector(self)
@@ -196,7 +207,8 @@ class VirtualEventLoop(asyncio.BaseEventLoop):
         gate = context.get(CURRENT_GATE) if context is not None else CURRENT_GATE.get()
         if gate is not None:
             callback, args = gate, (callback, *args)
-        timer = _OrderedTimer(when, next(self._timer_order), callback, args, self, context)
+        tie = self._ties.getrandbits(32) if self._ties is not None else 0
+        timer = _OrderedTimer(when, tie, next(self._timer_order), callback, args, self, context)
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]  # BaseEventLoop's heap
         timer._scheduled = True  # type: ignore[attr-defined]  # as BaseEventLoop.call_at does
         return timer

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import io
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -211,7 +212,10 @@ class _Direction:
             arrival += spec.reorder_delay
             self.link.network.trace.record("reorder", f"{label} {frame_id(frame.data)}")
         else:
-            arrival = max(arrival, self.last_arrival)
+            # First in, first out: strictly after the previous frame, since
+            # timers due at the very same instant run in a seed-drawn order.
+            if arrival <= self.last_arrival:
+                arrival = math.nextafter(self.last_arrival, math.inf)
             self.last_arrival = arrival
         entry = InFlight(frame, self.source.name, self.destination.name, now, arrival)
         order = self._order

@@ -23,6 +23,7 @@ from looming.sim.network import Fixed, LinkSpec
 from looming.sim.node import NodeSpec
 
 if TYPE_CHECKING:
+    from looming.sim.swarm import Swarm
     from looming.sim.world import World
 
 Driver = Callable[["World"], Awaitable[None]]
@@ -229,9 +230,12 @@ class Scenario:
     max_clock_drift_ppm: float = 50.0
     # Wall seconds virtual time may stand still before the run is stopped.
     watchdog_s: float = 30.0
+    # Timers due at the same instant run in an order drawn from the seed.
+    shuffle_ties: bool = True
     nodes: list[NodeSpec] = field(default_factory=list)
     trunks: list[tuple[str, str, LinkSpec]] = field(default_factory=list)
     faults: list[tuple[float, Fault]] = field(default_factory=list)
+    swarms: list[Swarm] = field(default_factory=list)
     driver: Driver | None = None
     source: str = "<scenario>"
 
@@ -301,6 +305,33 @@ class Scenario:
         """Schedule ``fault`` at virtual time ``time`` (seconds from the start)."""
         self.faults.append((time, fault))
 
+    def swarm(
+        self,
+        nodes: str | Iterable[str],
+        *,
+        start: float = 0.0,
+        end: float | None = None,
+        kinds: Iterable[str] | None = None,
+        max_rate: float = 0.2,
+        min_down: float = 0.5,
+        max_down: float = 5.0,
+    ) -> None:
+        """Faults drawn from the seed between ``start`` and ``end`` (default:
+        the duration) on ``nodes``: see :mod:`looming.sim.swarm`."""
+        from looming.sim.swarm import KINDS, Swarm
+
+        self.swarms.append(
+            Swarm(
+                _names(nodes),
+                start,
+                self.duration if end is None else end,
+                tuple(KINDS if kinds is None else kinds),
+                max_rate,
+                min_down,
+                max_down,
+            )
+        )
+
     def main(self, driver: Driver) -> Driver:
         """Decorator naming the scenario's driver."""
         self.driver = driver
@@ -352,6 +383,12 @@ class Scenario:
                         f"nodes: {', '.join(names) or 'none'}"
                     )
             found.extend(f"fault '{what}': {p}" for p in fault.problems())
+        for swarm in self.swarms:
+            found.extend(swarm.problems(names))
+            if swarm.end > self.duration:
+                found.append(
+                    f"swarm: end {swarm.end} s is past the end of the scenario ({self.duration} s)"
+                )
         if self.driver is None:
             found.append("no driver: decorate an 'async def' with @SCENARIO.main")
         return found

@@ -44,7 +44,9 @@ class World:
     ) -> None:
         self.scenario = scenario
         self.seed = seed
-        self.loop = VirtualEventLoop()
+        self.loop = VirtualEventLoop(
+            derive_seed(seed, "same-instant order") if scenario.shuffle_ties else None
+        )
         self.trace = Trace(self.loop.now_ns, keep=keep_trace)
         self.network = SimNetwork(self.loop, self.trace, seed, record_pcap)
         self.artifacts = artifacts
@@ -254,6 +256,21 @@ def _apply(world: World, fault: Fault) -> None:
         world.failures.append(f"fault '{fault.describe()}' failed: {type(error).__name__}: {error}")
 
 
+def _schedule_swarms(world: World) -> None:
+    """Draw each swarm's fault schedule from the seed, put it in the trace
+    and on the loop."""
+    from looming.sim.swarm import draw
+
+    everyone = [spec.name for spec in world.scenario.nodes]
+    for number, swarm in enumerate(world.scenario.swarms):
+        rng = _random.Random(derive_seed(world.seed, "swarm", number))
+        schedule = draw(swarm, everyone, rng)
+        world.trace.record("swarm", schedule.describe())
+        for when, fault in schedule.faults:
+            world.trace.record("swarm", f"at t={when:.6f} s: {fault.describe()}")
+            world.loop.call_at(when, _apply, world, fault, context=contextvars.Context())
+
+
 def run(
     scenario: Scenario,
     seed: int,
@@ -285,6 +302,7 @@ def run(
             world.add(node_spec, boot=False)
         for when, fault in sorted(scenario.faults, key=lambda item: item[0]):
             loop.call_at(when, _apply, world, fault, context=contextvars.Context())
+        _schedule_swarms(world)
         for node in world.nodes.values():
             node.boot()
 
