@@ -100,6 +100,9 @@ def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
     build.add_argument(
         "--list", action="store_true", help="list the modules packed into the artifact"
     )
+    build.add_argument(
+        "--refresh", action="store_true", help="fetch package lists again (vm: security updates)"
+    )
 
     verbs.add_parser(
         "run",
@@ -329,6 +332,8 @@ def _state(app_dir: Path) -> dict[str, Any]:
 
 
 def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
+    if args.refresh:
+        os.environ["LOOMING_REFRESH"] = "1"  # read by looming.vm.packages
     from looming.config.targets import get_target
 
     state = _state(app_dir)

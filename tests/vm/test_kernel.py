@@ -205,10 +205,10 @@ def test_the_x86_64_image_stores_the_debian_kernel_as_an_xz_packed_pvh_vmlinux(
     app = images.app("hello", "x86_64")
     manifest = json.loads((app / "dist" / "hello-vm.json").read_text())
     assert manifest["kernel_format"] == PVH_FORMAT
-    stored = Path(manifest["kernel"])
+    stored = app / "dist" / manifest["kernel"]
     assert stored.name == "kernel.xz" and stored.stat().st_size == manifest["kernel_size"]
     # LZ4 on x86_64 by default, in the legacy frame format the kernel's decoder takes.
-    initrd = Path(manifest["initrd"])
+    initrd = app / "dist" / manifest["initrd"]
     assert initrd.name == "initrd.lz4" and initrd.read_bytes()[:4] == b"\x02\x21\x4c\x18"
     vmlinux = lzma.decompress(stored.read_bytes())
     assert len(vmlinux) == manifest["kernel_unpacked"]
@@ -228,7 +228,10 @@ def test_the_x86_64_image_stores_the_debian_kernel_as_an_xz_packed_pvh_vmlinux(
     # The image is the packed kernel and the initramfs; describe says what it unpacks to.
     described = looming(app, "describe", "--image").stdout
     total = manifest["kernel_size"] + manifest["initrd_size"]
-    assert f"x86_64 image, {total / 2**20:.1f} MiB ({total} bytes)" in described
+    assert f"x86_64 image, {total / 2**20:.1f} MiB ({total} bytes) packed" in described
+    booted = manifest["kernel_unpacked"] + manifest["initrd_size"]
+    assert manifest["booted_size"] == booted
+    assert f"{booted / 2**20:.1f} MiB as booted (kernel unpacked + initramfs)" in described
     assert "booted through its PVH entry" in described
     assert f"{len(vmlinux) / 2**20:.1f} MiB once looming run unpacks it" in described
 
@@ -238,7 +241,7 @@ def test_the_aarch64_image_stores_the_debian_kernel_image_packed_with_xz(images:
     app = images.app("hello", "aarch64")
     manifest = json.loads((app / "dist" / "hello-vm.json").read_text())
     assert manifest["kernel_format"] == IMAGE_FORMAT
-    stored = Path(manifest["kernel"])
+    stored = app / "dist" / manifest["kernel"]
     image = lzma.decompress(stored.read_bytes())
     assert hashlib.sha256(image).hexdigest() == manifest["kernel_sha256"]
     # An arm64 Linux Image header: "ARM\x64" at offset 56 (the boot protocol's magic).

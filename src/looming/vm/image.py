@@ -89,12 +89,23 @@ class ImageReport:
 
     @property
     def size(self) -> int:
+        """Packed: what dist/ holds and what is copied to another machine."""
         return self.kernel_size + self.initrd_size
 
+    @property
+    def booted_size(self) -> int:
+        """As booted: what qemu loads, the kernel unpacked plus the initramfs."""
+        return (self.kernel_unpacked or self.kernel_size) + self.initrd_size
+
     def to_json(self) -> dict[str, object]:
+        """The manifest: file names relative to its folder (dist/), which
+        can so be moved or copied elsewhere and still boot."""
         data = asdict(self)
-        for key in ("manifest", "kernel", "initrd"):
-            data[key] = str(data[key])
+        folder = self.manifest.parent
+        data["manifest"] = self.manifest.name
+        for key in ("kernel", "initrd"):
+            data[key] = str(Path(data[key]).relative_to(folder))
+        data["booted_size"] = self.booted_size
         return data
 
 
@@ -629,6 +640,7 @@ def describe_image(manifest_path: Path) -> str:
         return f"{size / 2**20:.1f} MiB"
 
     total = int(data["kernel_size"]) + int(data["initrd_size"])
+    booted = int(data.get("kernel_unpacked") or data["kernel_size"]) + int(data["initrd_size"])
     kernel_format = data.get("kernel_format", "bzImage")
     kernel_note = {
         "bzImage": " (bzImage: the guest unpacks itself)",
@@ -638,7 +650,8 @@ def describe_image(manifest_path: Path) -> str:
         f"{mib(data.get('kernel_unpacked', 0))} once looming run unpacks it on the host)",
     }.get(kernel_format, f" ({kernel_format})")
     lines = [
-        f"{manifest_path.name}: {data['arch']} image, {mib(total)} ({total} bytes)",
+        f"{manifest_path.name}: {data['arch']} image, {mib(total)} ({total} bytes) packed, "
+        f"{mib(booted)} as booted (kernel unpacked + initramfs)",
         f"  kernel     {data['kernel']}  {mib(data['kernel_size'])}{kernel_note}",
         f"  initramfs  {data['initrd']}  {mib(data['initrd_size'])} "
         f"({mib(data['initrd_unpacked'])} unpacked)",

@@ -56,6 +56,13 @@ def check_host_tools() -> None:
             )
 
 
+# Set by ``looming build --refresh``: fetch the package lists again (once per
+# architecture and build), so security updates of the kernel, libc and
+# Python reach the image.
+REFRESH_ENV = "LOOMING_REFRESH"
+_refreshed: set[Path] = set()
+
+
 class AptArchive:
     """apt, configured privately for one guest architecture."""
 
@@ -124,8 +131,10 @@ class AptArchive:
 
     def _ensure_lists(self) -> None:
         lists = self.apt_dir / "state" / "lists"
-        if not any(lists.glob("*_Packages*")):
+        refresh = os.environ.get(REFRESH_ENV) == "1" and self.root not in _refreshed
+        if refresh or not any(lists.glob("*_Packages*")):
             self.update()
+            _refreshed.add(self.root)
 
     def info(self, name: str) -> PackageInfo:
         """The candidate version of package ``name``."""

@@ -128,7 +128,8 @@ class VmTarget(Target):
             f"  image for {report.arch}: kernel {report.kernel_size / 2**20:.1f} MiB, "
             f"initramfs {report.initrd_size / 2**20:.1f} MiB "
             f"({report.initrd_unpacked / 2**20:.1f} MiB unpacked), "
-            f"total {report.size / 2**20:.1f} MiB",
+            f"total {report.size / 2**20:.1f} MiB packed, "
+            f"{report.booted_size / 2**20:.1f} MiB as booted (kernel unpacked + initramfs)",
             flush=True,
         )
         return BuildReport(
