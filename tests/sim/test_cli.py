@@ -93,7 +93,11 @@ def test_unknown_keys_for_a_node_fail_before_running(tmp_path: Path, app_copies:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--seeds", "5..2"], "is not a range of seeds"),
+        (["--seeds", "5..2"], "is not a range of seeds: 5 is above 2; write 2..5"),
+        (["--seeds", "9..1"], "9 is above 1; write 1..9"),
+        (["--seeds", "1..3", "-j", "0"], "-j: 0 processes; give 1 or more"),
+        (["--seeds", "1..3", "-j", "many"], "-j: 'many' is not a whole number"),
+        (["--seeds", "1..3", "--check-sample", "-1"], "--check-sample: -1 is negative"),
         (["--seeds", "x"], "is not a range of seeds"),
         (["--seed", "-4"], "negative"),
         (["--seed", "one"], "not a whole number"),
@@ -132,6 +136,30 @@ def test_a_sweep_reports_each_failing_seed_with_its_replay_command(tmp_path: Pat
     replay = run_looming(["sim", "run", str(path), "--seed", "6", "--no-pcap"])
     assert replay.returncode == 1
     assert f"replay:   looming sim run {path} --seed 6" in replay.stdout
+
+
+def _seed_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if re.match(r"seed \d+: (ok|FAILED) ", line)]
+
+
+def test_a_sweep_on_worker_processes_gives_what_one_process_gives(tmp_path: Path) -> None:
+    path = scenario_file(
+        tmp_path, extra='world.check(world.seed % 3 != 0, "seed not a multiple of 3")'
+    )
+    common = ["sim", "run", str(path), "--seeds", "1..7", "--check-sample", "0"]
+    one = run_looming([*common, "-j", "1"])
+    two = run_looming([*common, "-j", "2"])
+    assert one.returncode == two.returncode == 1, one.stdout + one.stderr + two.stderr
+    assert "1 process)" in one.stdout and "2 processes)" in two.stdout
+    assert _seed_lines(one.stdout) == _seed_lines(two.stdout)
+    assert [line.split(":")[0] for line in _seed_lines(two.stdout)] == [
+        f"seed {n}" for n in range(1, 8)
+    ]
+    for seed in (3, 6):
+        assert f"seed {seed} failed: check failed" in two.stdout
+        assert f"replay: looming sim run {path} --seed {seed}" in two.stdout
+    default = run_looming(common)
+    assert f"{min(os.cpu_count() or 1, 7)} process" in default.stdout
 
 
 def test_the_same_seed_gives_the_same_digest_in_separate_processes(

@@ -1,7 +1,8 @@
 """``looming sim``: run scenarios, sweep seeds, and check that runs replay.
 
     looming sim run SCENARIO.py --seed N        one run: summary, trace digest, pcaps
-    looming sim run SCENARIO.py --seeds A..B    a sweep: failing seeds and how to replay them
+    looming sim run SCENARIO.py --seeds A..B    a sweep on every core (-j N: N processes):
+                                                failing seeds and how to replay them
     looming sim check SCENARIO.py --seed N      two runs in two fresh processes with
                                                 different PYTHONHASHSEEDs; the first
                                                 event (or frame) where they differ
@@ -19,6 +20,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _common(run)
     run.add_argument("--seeds", metavar="A..B", help="sweep seeds A to B (inclusive)")
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=str,
+        default=None,
+        metavar="N",
+        help="with --seeds: run N seeds at a time in worker processes (default: every core)",
+    )
     run.add_argument(
         "--out",
         metavar="DIR",
@@ -93,11 +103,28 @@ def parse_seed_range(text: str) -> range:
         first, last = int(low), int(high)
     except ValueError:
         first = last = -1
+    if dots and 0 <= last < first:
+        raise UsageError(
+            f"--seeds: {text!r} is not a range of seeds: {first} is above {last}; "
+            f"write {last}..{first}"
+        )
     if not dots or first < 0 or last < first:
         raise UsageError(
             f"--seeds: {text!r} is not a range of seeds; write A..B with 0 <= A <= B, e.g. 1..100"
         )
     return range(first, last + 1)
+
+
+def _jobs(text: str | None) -> int:
+    if text is None:
+        return os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"-j: {text!r} is not a whole number of processes") from None
+    if value < 1:
+        raise UsageError(f"-j: {value} processes; give 1 or more")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if verb == "run" and args.seeds is not None and args.seed is not None:
             raise UsageError("give --seed or --seeds, not both")
         seeds = parse_seed_range(args.seeds) if verb == "run" and args.seeds else None
+        jobs = _jobs(args.jobs) if verb == "run" else 1
         if verb == "run" and args.check_sample < 0:
             raise UsageError(f"--check-sample: {args.check_sample} is negative; give 0 or more")
         seed = _seed(args.seed)
@@ -123,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if verb == "check":
         return _check(args, seed)
     if seeds is not None:
-        return _sweep(args, scenario, artifacts, seeds)
+        return _sweep(args, scenario, artifacts, seeds, jobs)
     return _run_one(args, scenario, artifacts, seed)
 
 
@@ -175,28 +203,77 @@ def _print_summary(result: RunResult) -> None:
         print(f"failure:  {failure}")
 
 
+# What the worker processes of a sweep run: set before the pool forks.
+_SWEEP: tuple[Scenario, dict[str, Artifact]] | None = None
+
+
+@dataclass
+class SeedOutcome:
+    seed: int
+    ok: bool
+    virtual_seconds: float
+    digest: str
+    failure: str | None
+
+
+def run_seed(seed: int) -> SeedOutcome:
+    """One seed of a sweep (in a worker process, or in this one)."""
+    from looming.sim.world import run as run_scenario
+
+    assert _SWEEP is not None
+    scenario, artifacts = _SWEEP
+    result = run_scenario(scenario, seed, artifacts=artifacts, keep_trace=False)
+    failure = result.failures[0] if result.failures else None
+    return SeedOutcome(seed, result.ok, result.virtual_seconds, result.digest, failure)
+
+
+def sweep_outcomes(
+    scenario: Scenario, artifacts: dict[str, Artifact], seeds: range, jobs: int
+) -> Iterator[SeedOutcome]:
+    """Every seed's outcome, in seed order, run ``jobs`` at a time."""
+    global _SWEEP
+    _SWEEP = (scenario, artifacts)
+    try:
+        if jobs == 1 or len(seeds) == 1:
+            yield from map(run_seed, seeds)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Forked workers inherit the loaded scenario and its built artifacts.
+        context = multiprocessing.get_context("fork")
+        workers = min(jobs, len(seeds))
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            yield from pool.map(run_seed, seeds, chunksize=1)
+    finally:
+        _SWEEP = None
+
+
 def _sweep(
-    args: argparse.Namespace, scenario: Scenario, artifacts: dict[str, Artifact], seeds: range
+    args: argparse.Namespace,
+    scenario: Scenario,
+    artifacts: dict[str, Artifact],
+    seeds: range,
+    jobs: int,
 ) -> int:
     import time
 
-    from looming.sim.world import run as run_scenario
-
     failing: list[tuple[int, str]] = []
     started = time.perf_counter()
-    for seed in seeds:
-        result = run_scenario(scenario, seed, artifacts=artifacts, keep_trace=False)
-        verdict = "ok" if result.ok else "FAILED"
+    for outcome in sweep_outcomes(scenario, artifacts, seeds, jobs):
+        verdict = "ok" if outcome.ok else "FAILED"
         print(
-            f"seed {seed}: {verdict}  {result.virtual_seconds:.1f} s virtual  "
-            f"digest {result.digest[:16]}",
+            f"seed {outcome.seed}: {verdict}  {outcome.virtual_seconds:.1f} s virtual  "
+            f"digest {outcome.digest[:16]}",
             flush=True,
         )
-        if not result.ok:
-            failing.append((seed, result.failures[0]))
+        if not outcome.ok:
+            failing.append((outcome.seed, outcome.failure or "failed"))
     elapsed = time.perf_counter() - started
+    workers = min(jobs, len(seeds))
     print(
-        f"{len(seeds)} seeds in {elapsed:.2f} s ({len(seeds) / elapsed:.1f} seeds/s): "
+        f"{len(seeds)} seeds in {elapsed:.2f} s ({len(seeds) / elapsed:.1f} seeds/s, "
+        f"{workers} process{'es' if workers > 1 else ''}): "
         f"{len(seeds) - len(failing)} passed, {len(failing)} failed"
     )
     for seed, reason in failing:
