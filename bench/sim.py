@@ -10,6 +10,9 @@ asyncio in real time (looming's stacks on the in-memory switch):
    partition), one run per seed. Figure: seeds per second (goal >= 10).
 3. website without faults: the same three clients fetching every page three
    times, once in the simulator and once on stock asyncio: wall time per run.
+4. website sweep on every core (``looming sim run --seeds``' process pool)
+   against the same sweep in one process, in interleaved ABAB rounds.
+   Figure: seeds per second each way, and the speed-up ratio.
 
     .venv/bin/python bench/sim.py [--quick] [--json PATH]
 """
@@ -275,10 +278,15 @@ def main() -> int:
                 "met": True,
             }
         )
+        rows.append(sweep_on_every_core(website, artifacts, args.quick))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    import os
+    import platform
+
     print()
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores")
     print(f"{'measure':<46} {'looming sim':>11} {'peer':>9} {'ratio':>9}  goal / peer")
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']}x"
@@ -292,6 +300,38 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({"sim": rows}, indent=2) + "\n")
         progress(f"wrote {args.json}")
     return 0
+
+
+def sweep_on_every_core(website: Any, artifacts: Any, quick: bool) -> dict[str, Any]:
+    """Seeds/s of a sweep on every core vs in one process, ABAB rounds."""
+    import os
+
+    from looming.sim.cli import sweep_outcomes
+
+    cores = os.cpu_count() or 1
+    seeds = range(1, 13) if quick else range(1, 25)
+    rounds = 2
+    elapsed = {1: 0.0, cores: 0.0}
+    digests: dict[int, list[str]] = {}
+    for number in range(rounds):
+        for jobs in (1, cores):
+            progress(f"website sweep, round {number + 1}: {len(seeds)} seeds on {jobs} process(es)")
+            started = time.perf_counter()
+            outcomes = list(sweep_outcomes(website, artifacts, seeds, jobs))
+            elapsed[jobs] += time.perf_counter() - started
+            digests[jobs] = [o.digest for o in outcomes]
+    assert digests[1] == digests[cores], "a sweep on several processes changed a digest"
+    one = rounds * len(seeds) / elapsed[1]
+    every = rounds * len(seeds) / elapsed[cores]
+    return {
+        "measure": f"website sweep, {cores} processes: seeds/s",
+        "looming_sim": round(every, 1),
+        "peer": "the same sweep in one process",
+        "peer_value": round(one, 1),
+        "ratio": round(every / one, 2),
+        "goal": "",
+        "met": True,
+    }
 
 
 def result_virtual_of(scenario: Any, artifacts: Any) -> float:

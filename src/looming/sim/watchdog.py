@@ -56,48 +56,85 @@ def _describe(frame: FrameType | None) -> tuple[str, str]:
 
 
 class Watchdog:
-    """Stops a run whose virtual time stands still for ``limit_s`` wall seconds."""
+    """Stops a run whose virtual time stands still for ``limit_s`` wall seconds.
+
+    One monitor thread per process polls every running watchdog, so a run
+    costs no thread start of its own."""
 
     def __init__(self, loop: VirtualEventLoop, limit_s: float) -> None:
         self.loop = loop
         self.limit_s = limit_s
         self.report: str | None = None
         self._target = threading.get_ident()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._watch, name="looming-sim-watchdog", daemon=True
-        )
+        self._seen = loop.time()
+        self._since = real_monotonic()
 
     def __enter__(self) -> Watchdog:
-        self._thread.start()
+        with _watched_changed:
+            self._seen, self._since = self.loop.time(), real_monotonic()
+            _watched.append(self)
+            _ensure_monitor()
+            _watched_changed.notify()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        with _watched_changed:
+            _watched.remove(self)
 
-    def _watch(self) -> None:
-        interval = min(0.25, self.limit_s / 4)
-        seen = self.loop.time()
-        since = real_monotonic()
-        while not self._stop.wait(interval):
-            now = self.loop.time()
-            if now != seen:
-                seen, since = now, real_monotonic()
-                continue
-            stalled = real_monotonic() - since
-            if stalled < self.limit_s:
-                continue
-            frame = sys._current_frames().get(self._target)
-            who, where = _describe(frame)
-            if self.report is None:
-                self.report = (
-                    f"watchdog: virtual time stood still at t={now:.6f} s for {stalled:.1f} s "
-                    f"of wall time while {who} ran {where}; the run was stopped. Code that "
-                    "loops without awaiting (or awaits only asyncio.sleep(0)) stops every "
-                    "node: await the node's time device or asyncio.sleep(seconds > 0) in it"
-                )
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._target), ctypes.py_object(SimStalled)
+    def poll(self) -> None:
+        """Called by the monitor, holding the lock (so the run cannot end meanwhile)."""
+        now = self.loop.time()
+        if now != self._seen:
+            self._seen, self._since = now, real_monotonic()
+            return
+        stalled = real_monotonic() - self._since
+        if stalled < self.limit_s:
+            return
+        who, where = _describe(sys._current_frames().get(self._target))
+        if self.report is None:
+            self.report = (
+                f"watchdog: virtual time stood still at t={now:.6f} s for {stalled:.1f} s "
+                f"of wall time while {who} ran {where}; the run was stopped. Code that "
+                "loops without awaiting (or awaits only asyncio.sleep(0)) stops every "
+                "node: await the node's time device or asyncio.sleep(seconds > 0) in it"
             )
-            since = real_monotonic()  # try again later if the exception was swallowed
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self._target), ctypes.py_object(SimStalled)
+        )
+        self._since = real_monotonic()  # try again later if the exception was swallowed
+
+
+_watched: list[Watchdog] = []
+_watched_changed = threading.Condition()
+_monitor: list[threading.Thread] = []
+
+
+def _ensure_monitor() -> None:
+    if not _monitor or not _monitor[0].is_alive():
+        thread = threading.Thread(target=_watch, name="looming-sim-watchdog", daemon=True)
+        _monitor[:] = [thread]
+        thread.start()
+
+
+def _watch() -> None:
+    with _watched_changed:
+        while True:
+            if not _watched:
+                _watched_changed.wait()
+                continue
+            interval = min(0.1, min(w.limit_s for w in _watched) / 4)
+            _watched_changed.wait(interval)
+            for watchdog in list(_watched):
+                watchdog.poll()
+
+
+def _after_fork_in_child() -> None:
+    """A forked sweep worker has no monitor thread, and the lock may have
+    been held by the parent's at the moment of the fork."""
+    global _watched_changed
+    _watched_changed = threading.Condition()
+    _watched.clear()
+    _monitor.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
