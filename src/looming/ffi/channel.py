@@ -1,7 +1,8 @@
 """Channels between the caller and the isolated backend's helper process.
 
 A channel carries whole messages both ways. The default is a socketpair
-(``AF_UNIX``, stream, each message preceded by its 32-bit length). Other
+(``AF_UNIX``, stream, each message preceded by its 32-bit length:
+:mod:`looming.ffi.framing`). Other
 transports plug in through :class:`Transport`: the client side opens the
 channel and says how the helper reaches its end, as an import path
 ``"module:function:argument"`` that the helper calls with the argument to
@@ -14,17 +15,21 @@ from __future__ import annotations
 
 import importlib
 import socket
-import struct
 from typing import Protocol
 
-from looming.ffi.errors import HelperError
+from looming.ffi.framing import MAX_MESSAGE, ChannelClosed, MessageReader, frame
 
-_LENGTH = struct.Struct("<I")
-MAX_MESSAGE = 1 << 30
-
-
-class ChannelClosed(HelperError):
-    """The other end closed the channel (for the client: the helper died)."""
+__all__ = [
+    "MAX_MESSAGE",
+    "Channel",
+    "ChannelClosed",
+    "SocketChannel",
+    "SocketpairTransport",
+    "Transport",
+    "connect",
+    "connect_socketpair",
+    "default_transport",
+]
 
 
 class Channel(Protocol):
@@ -54,35 +59,25 @@ class SocketChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._buffer = bytearray()
-        # Received into one reusable buffer: a fresh large bytes per recv costs.
-        self._chunk = bytearray(262144)
-        self._chunk_view = memoryview(self._chunk)
+        self._reader = MessageReader(262144)
 
     def send(self, message: bytes | bytearray) -> None:
         try:
-            self.sock.sendall(_LENGTH.pack(len(message)) + message)
+            self.sock.sendall(frame(message))
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ChannelClosed(f"channel closed while sending: {exc}") from exc
 
     def recv(self) -> bytes:
-        buffer = self._buffer
-        while True:
-            if len(buffer) >= 4:
-                (length,) = _LENGTH.unpack_from(buffer)
-                if length > MAX_MESSAGE:
-                    raise ChannelClosed(f"message of {length} bytes exceeds the limit")
-                if len(buffer) >= 4 + length:
-                    message = bytes(buffer[4 : 4 + length])
-                    del buffer[: 4 + length]
-                    return message
-            try:
-                count = self.sock.recv_into(self._chunk)
-            except (ConnectionResetError, OSError) as exc:
-                raise ChannelClosed(f"channel closed while receiving: {exc}") from exc
-            if not count:
-                raise ChannelClosed("channel closed by the other end")
-            buffer += self._chunk_view[:count]
+        message = self._reader.read(self._read_into)
+        if message is None:
+            raise ChannelClosed("channel closed by the other end")
+        return message
+
+    def _read_into(self, chunk: memoryview) -> int:
+        try:
+            return self.sock.recv_into(chunk)
+        except (ConnectionResetError, OSError) as exc:
+            raise ChannelClosed(f"channel closed while receiving: {exc}") from exc
 
     def close(self) -> None:
         self.sock.close()

@@ -2,7 +2,7 @@
 
 The caller publishes a vchan port under a name unique to it, spawns the
 helper, which connects to that port, and accepts it on first use. Messages
-are framed as on the socketpair (a 32-bit length, then the bytes) and
+are framed as on the socketpair (:mod:`looming.ffi.framing`) and
 streamed through the rings, so a message may be larger than a ring. A helper
 that dies is seen by vchan's control socket and surfaces as ChannelClosed,
 as on the socketpair.
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from pathlib import Path
 
 from looming.errors import ConnectionTimeout, LoomingError
-from looming.ffi.channel import MAX_MESSAGE, Channel, ChannelClosed
+from looming.ffi.channel import Channel
+from looming.ffi.framing import ChannelClosed, MessageReader, frame
 from looming.vchan import Endpoint, Listener, connect, listen
 
-_LENGTH = struct.Struct("<I")
 RING_SIZE = 128 * 1024
 ACCEPT_TIMEOUT = 30.0
 _serial = itertools.count()
@@ -43,9 +42,7 @@ class VchanChannel:
         # single-threaded until it has entered its namespaces and forked.
         self._wait_slice = wait_slice
         self._listener = listener
-        self._buffer = bytearray()
-        self._chunk = bytearray(RING_SIZE)
-        self._view = memoryview(self._chunk)
+        self._reader = MessageReader(RING_SIZE)
 
     def _ready(self) -> Endpoint:
         if self._endpoint is None:
@@ -63,31 +60,26 @@ class VchanChannel:
     def send(self, message: bytes | bytearray) -> None:
         endpoint = self._ready()
         try:
-            endpoint.write(_LENGTH.pack(len(message)) + message)
+            endpoint.write(frame(message))
         except (LoomingError, OSError) as exc:
             raise ChannelClosed(f"vchan closed while sending: {exc}") from exc
 
     def recv(self) -> bytes:
+        self._ready()
+        message = self._reader.read(self._read_into)
+        if message is None:
+            raise ChannelClosed("vchan closed by the other end")
+        return message
+
+    def _read_into(self, chunk: memoryview) -> int:
         endpoint = self._ready()
-        buffer = self._buffer
         while True:
-            if len(buffer) >= 4:
-                (length,) = _LENGTH.unpack_from(buffer)
-                if length > MAX_MESSAGE:
-                    raise ChannelClosed(f"message of {length} bytes exceeds the limit")
-                if len(buffer) >= 4 + length:
-                    message = bytes(buffer[4 : 4 + length])
-                    del buffer[: 4 + length]
-                    return message
             try:
-                count = endpoint.read_into(self._view, timeout=self._wait_slice)
+                return endpoint.read_into(chunk, timeout=self._wait_slice)
             except ConnectionTimeout:
                 continue
             except (LoomingError, OSError) as exc:
                 raise ChannelClosed(f"vchan closed while receiving: {exc}") from exc
-            if not count:
-                raise ChannelClosed("vchan closed by the other end")
-            buffer += self._view[:count]
 
     def close(self) -> None:
         if self._listener is not None:
