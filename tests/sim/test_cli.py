@@ -60,6 +60,8 @@ def test_run_prints_a_summary_digest_and_writes_pcaps(tmp_path: Path) -> None:
         ('SCENARIO.swarm("a", kinds=["meteor"])', "unknown fault kind 'meteor'"),
         ('SCENARIO.swarm("a", end=99.0)', "past the end of the scenario"),
         ('SCENARIO.at(2.0, sim.Hold("nobody"))', "names unknown node 'nobody'"),
+        ('SCENARIO.trunk("lan", "lna")', "trunk to switch 'lna', which no node is on"),
+        ('SCENARIO.trunk("lan", "lan")', "joins switch 'lan' to itself"),
         ('SCENARIO.at(45.0, sim.Crash("a"))', "outside the scenario (0 to 30.0 s)"),
         ("SCENARIO.at(-1.0, sim.Heal())", "at t=-1.0 s is outside the scenario"),
         (

@@ -383,6 +383,7 @@ class Scenario:
                         f"nodes: {', '.join(names) or 'none'}"
                     )
             found.extend(f"fault '{what}': {p}" for p in fault.problems())
+        found.extend(self._trunk_problems())
         for swarm in self.swarms:
             found.extend(swarm.problems(names))
             if swarm.end > self.duration:
@@ -391,6 +392,25 @@ class Scenario:
                 )
         if self.driver is None:
             found.append("no driver: decorate an 'async def' with @SCENARIO.main")
+        return found
+
+    def _trunk_problems(self) -> list[str]:
+        """A trunk to a switch nothing else is on is a typo, not a network."""
+        found = []
+        with_nodes = {spec.switch for spec in self.nodes}
+        trunks_at: dict[str, int] = {}
+        for a, b, _spec in self.trunks:
+            trunks_at[a] = trunks_at.get(a, 0) + 1
+            trunks_at[b] = trunks_at.get(b, 0) + 1
+            if a == b:
+                found.append(f"trunk {a}-{b} joins switch {a!r} to itself")
+        for switch, count in trunks_at.items():
+            if switch not in with_nodes and count < 2:
+                known = ", ".join(sorted(with_nodes)) or "none"
+                found.append(
+                    f"trunk to switch {switch!r}, which no node is on and no other trunk "
+                    f"reaches; switches with nodes: {known}"
+                )
         return found
 
 
