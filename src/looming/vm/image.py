@@ -16,9 +16,11 @@ import importlib.util
 import io
 import json
 import lzma
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from looming.config.build import ModuleLocator, module_closure, write_zipapp
 from looming.errors import ConfigError, UsageError
-from looming.vm import cpio, elf
+from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
@@ -47,7 +49,11 @@ Progress = Callable[[str], None]
 # wait at boot).
 NIC_MODULE = "virtio_net"
 ENTROPY_MODULE = "virtio_rng"
-LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8")
+LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8", "libssl3")
+CA_PACKAGE = "ca-certificates"
+CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"  # what update-ca-certificates would write
+# What manylinux wheels may take from the system besides libc (PEP 599's list).
+WHEEL_LIBRARY_PACKAGES = ("libgcc-s1", "libstdc++6")
 DEVICE_NODES = (
     ("dev/console", 5, 1, 0o600),
     ("dev/null", 1, 3, 0o666),
@@ -59,6 +65,8 @@ DEVICE_NODES = (
 INTERFACE = "eth0"
 ARCHIVE_IN_IMAGE = "/app/unikernel.pyz"
 INIT_SOURCE = Path(__file__).with_name("init.py")
+GUEST_PYTHON = "3.11"  # Debian 12's python3-minimal; wheels are fetched for it
+SITE_PACKAGES = "usr/lib/python3/dist-packages"  # the wheels' files, for the guest's Python
 INIT_MODULE = "_looming_vm_init"  # /init's program, as bytecode in the stdlib folder
 
 
@@ -120,11 +128,6 @@ def check_can_build(arch_name: str, app_dir: Path, main_py: Path) -> Arch:
             f"(Debian package {'qemu-system-x86' if arch.name == 'x86_64' else 'qemu-system-arm'})"
         )
     closure = module_closure(main_py, app_dir)
-    if closure.external:
-        raise ConfigError(
-            "a VM image holds only pure-Python code, but the unikernel reaches installed "
-            f"packages with compiled extensions: {', '.join(sorted(closure.external))}"
-        )
     locator = ModuleLocator(app_dir)
     unresolved: set[str] = set()
     # Only the application's own imports are judged: libraries import modules
@@ -318,6 +321,45 @@ def _directories(paths: list[str]) -> list[cpio.Entry]:
     return entries
 
 
+def _wheels_for(
+    app_dir: Path, main_py: Path, arch: Arch, archive: AptArchive, progress: Progress
+) -> list[wheels.Wheel]:
+    """Wheels for the guest of the compiled packages the unikernel reaches."""
+    external = module_closure(main_py, app_dir).external
+    if not external:
+        return []
+    libc = archive.info("libc6").version
+    match = re.match(r"(\d+)\.(\d+)", libc)
+    if match is None:
+        raise PackageError(f"libc6 {libc}: not a glibc version")
+    glibc = (int(match.group(1)), int(match.group(2)))
+    return wheels.fetch(
+        wheels.distributions(external), arch, GUEST_PYTHON, glibc, cache_root(), progress
+    )
+
+
+def _ca_bundle(tree: Path) -> bytes:
+    """Debian's CA certificates as one PEM bundle, in the order
+    update-ca-certificates writes them."""
+    folder = tree / "usr" / "share" / "ca-certificates"
+    return b"".join(
+        path.read_bytes().rstrip(b"\n") + b"\n" for path in sorted(folder.rglob("*.crt"))
+    )
+
+
+def _write_shared_objects(files: dict[str, bytes], folder: Path) -> list[Path]:
+    """The wheels' shared objects, written to ``folder`` for their DT_NEEDED to be read."""
+    written = []
+    for relative, data in files.items():
+        name = Path(relative).name
+        if name.endswith(".so") or ".so." in name:
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            written.append(path)
+    return written
+
+
 def build_image(
     app_dir: Path,
     unikernel: str,
@@ -335,13 +377,13 @@ def build_image(
             f"installed (Debian package {compression}); install it or configure with "
             "--compress xz"
         )
+    archive = AptArchive(arch, cache_root(), progress)
+    wheel_list = _wheels_for(app_dir, main_py, arch, archive, progress)
     dist = app_dir / "dist"
     out_dir = dist / f"{unikernel}-vm-{arch.name}"
     progress(f"packing the unikernel's modules for {arch.name}")
     pyz = write_zipapp(out_dir / "unikernel.pyz", main_py, app_dir, crunch)
     closure = module_closure(main_py, app_dir)
-
-    archive = AptArchive(arch, cache_root(), progress)
     python_meta = archive.info("python3-minimal")
     depends = [d.split("(")[0].strip() for d in python_meta.depends.split(",")]
     python_name = next((d for d in depends if d.startswith("python3.")), "")
@@ -351,9 +393,13 @@ def build_image(
     names = [python_name, f"libpython{version}-minimal", f"libpython{version}-stdlib"]
     kernel_info = archive.kernel()
     packages = {kernel_info.name: kernel_info}
-    packages.update(archive.infos([*names, *LIBRARY_PACKAGES]))
+    library_packages = [*LIBRARY_PACKAGES, *(WHEEL_LIBRARY_PACKAGES if wheel_list else ())]
+    uses_tls = any(m.startswith("looming.tls") for m in pyz.modules)
+    if uses_tls:  # looming's TLS trusts the system's CAs when the app gives none
+        library_packages.append(CA_PACKAGE)
+    packages.update(archive.infos([*names, *library_packages]))
     trees = {name: archive.unpack(info) for name, info in packages.items()}
-    tree = Tree([trees[n] for n in [*names, *LIBRARY_PACKAGES]])
+    tree = Tree([trees[n] for n in [*names, *library_packages]])
 
     progress("computing the standard-library modules the unikernel reaches")
     interpreter_path = tree.find(f"usr/bin/python{version}")
@@ -388,6 +434,17 @@ def build_image(
             if item[0].split(".")[0] in stdlib_names
         ]
     roots += imports_of(INIT_SOURCE.read_bytes(), "__init_program__", False)
+    site_files = wheels.unpack(wheel_list)
+    for relative, data in site_files.items():
+        if relative.endswith(".py"):
+            name = relative.removesuffix(".py").replace("/", ".")
+            is_package = name.endswith(".__init__")
+            name = name.removesuffix(".__init__")
+            roots += [
+                item
+                for item in imports_of(data, name, is_package)
+                if item[0].split(".")[0] in stdlib_names
+            ]
     stdlib = stdlib_closure(roots, both, builtins, extension_ok)
     if stdlib.missing:
         # Imports under conditions the walk cannot judge; reported, not fatal.
@@ -396,9 +453,14 @@ def build_image(
             + ", ".join(sorted(stdlib.missing))
         )
     extensions = [m for m in stdlib.modules.values() if m.is_extension]
+    site_dir = Path(tempfile.mkdtemp(prefix="looming-wheels-"))
+    shared_objects = _write_shared_objects(site_files, site_dir)
+    bundled = {path.name for path in shared_objects}  # auditwheel's *.libs, found by RPATH
     libraries, missing_libraries = _resolve_libraries(
-        [interpreter_path, *(m.path for m in extensions)], tree, arch
+        [interpreter_path, *(m.path for m in extensions), *shared_objects], tree, arch
     )
+    shutil.rmtree(site_dir, ignore_errors=True)
+    missing_libraries = [name for name in missing_libraries if name not in bundled]
     if missing_libraries:
         raise PackageError(
             "shared libraries needed but in none of the image's packages: "
@@ -456,6 +518,16 @@ def build_image(
             relative = f"{relative}/__init__" if module.is_package else relative
             suffix, data = _compiled(module.path, f"python{version}/{relative}.py", compiler)
             add(cpio.regular(f"usr/lib/python{version}/{relative}{suffix}", data))
+        if uses_tls:
+            add(cpio.regular(CA_BUNDLE, _ca_bundle(trees[CA_PACKAGE])))
+        for relative, data in site_files.items():
+            image_path = f"{SITE_PACKAGES}/{relative}"
+            if relative.endswith(".py") and compiler is not None:
+                header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
+                code = compiler.compile(data, "/" + image_path, strip_docstrings=False)
+                add(cpio.regular(image_path + "c", header + code))
+            else:
+                add(cpio.regular(image_path, data, executable=relative.endswith(".so")))
         module_paths = []
         for path in module_files:
             image_path = f"lib/modules/{path.name}"
@@ -471,6 +543,7 @@ def build_image(
             "finit_module": arch.finit_module,
             "interface": INTERFACE,
             "archive": ARCHIVE_IN_IMAGE,
+            "site_packages": "/" + SITE_PACKAGES if site_files else None,
         }
         init_source = INIT_SOURCE.read_text().replace(
             "CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {settings!r}", 1
@@ -588,6 +661,9 @@ def build_image(
     manifest_data = report.to_json()
     manifest_data["console"] = arch.console
     manifest_data["unikernel"] = unikernel  # the default MAC is derived from it
+    manifest_data["wheels"] = {
+        w.name: {"version": w.version, "file": w.path.name, "sha256": w.sha256} for w in wheel_list
+    }
     manifest_data["usage"] = keys_usage(main_py)
     # The launcher refuses to boot a unikernel that drives a NIC without one.
     manifest_data["needs_network"] = "looming.vm.nic" in pyz.modules
@@ -657,6 +733,11 @@ def describe_image(manifest_path: Path) -> str:
         f"({mib(data['initrd_unpacked'])} unpacked)",
         "Debian packages:",
         *(f"  {name} {version}" for name, version in sorted(data["packages"].items())),
+        *(["wheels:"] if data.get("wheels") else []),
+        *(
+            f"  {name} {w['version']}  {w['file']}  sha256 {w['sha256']}"
+            for name, w in sorted(data.get("wheels", {}).items())
+        ),
         f"unikernel archive: {data['archive_size']} bytes, {len(data['app_modules'])} modules, "
         f"{data['crunched_files']} crunched files",
         f"standard library: {len(data['stdlib_modules'])} modules (bytecode), "

@@ -149,6 +149,8 @@ def listen_for_stop() -> None:
 def run_unikernel(archive: str, argv: list[str]) -> int:
     sys.argv = [archive, *argv]
     sys.path.insert(0, archive)
+    if CONFIG.get("site_packages"):  # the wheels of packages with compiled code
+        sys.path.append(str(CONFIG["site_packages"]))
     try:
         # What runpy.run_path does for a zipapp (the archive's __main__ runs
         # as the __main__ module), without importing runpy, pkgutil and
