@@ -35,8 +35,7 @@ def _sample() -> dict[str, Any]:
         "global": random.random(),
         "unseeded": random.Random().random(),
         "system": random.SystemRandom().random(),
-        "now": datetime.datetime.now(datetime.UTC).timestamp(),
-        "today": datetime.date.today().isoformat(),
+        "now": datetime.datetime.fromtimestamp(time.time(), datetime.UTC).timestamp(),
         "strftime": time.strftime("%Y-%m-%d %H:%M:%S"),
         "active": active(),
     }
@@ -118,7 +117,7 @@ def test_everything_is_real_again_after_the_run_and_in_other_threads() -> None:
     assert abs(seen_in_thread[0] - real_before) < 60
     assert abs(time.time() - real_before) < 60
     assert random.getstate() == before_state
-    assert datetime.datetime.__module__ == "datetime" and type(datetime.datetime) is type
+    assert type(datetime.datetime) is type and type(datetime.date) is type
     assert not active()
     assert len(os.urandom(16)) == 16
 
@@ -169,3 +168,34 @@ def test_hash_seeded_global_generator_is_seeded_per_run() -> None:
     run(scenario, 9, artifacts={})
     run(scenario, 9, artifacts={})
     assert draws[0] == draws[1]
+
+
+def test_work_for_threads_runs_inline_as_the_node_in_virtual_time() -> None:
+    import asyncio
+
+    import anyio.to_thread
+
+    seen: list[tuple[str, int, float]] = []
+    scenario = looming.sim.Scenario("threads-inline", duration=10.0)
+    scenario.host("a", skew_s=0.0, drift_ppm=0.0)
+
+    def blocking(label: str) -> int:
+        seen.append((label, threading.get_ident(), time.time()))
+        return len(label)
+
+    @scenario.main
+    async def drive(world: World) -> None:
+        async def as_node(stack: Any) -> None:
+            await world.sleep(1.0)
+            assert await asyncio.to_thread(blocking, "asyncio") == 7
+            assert await anyio.to_thread.run_sync(blocking, "anyio") == 5
+
+        await world.node("a").run(as_node)
+
+    result = run(scenario, 1, artifacts={})
+    assert result.ok, result.failures
+    here = threading.get_ident()
+    assert [(label, ident) for label, ident, _ in seen] == [("asyncio", here), ("anyio", here)]
+    assert all(stamp >= EPOCH_NS / 1e9 + 1.0 and stamp < EPOCH_NS / 1e9 + 2 for *_, stamp in seen)
+    # Outside a run anyio's threads are real threads again.
+    assert anyio.run(anyio.to_thread.run_sync, threading.get_ident) != here

@@ -89,10 +89,17 @@ def test_a_deadlock_names_every_waiting_task() -> None:
     assert "deadlock at t=2.500000 s" in str(error)
 
 
-def test_no_threads_or_executors() -> None:
+def test_executor_work_runs_inline_and_no_host_resolver() -> None:
+    import threading
+
     async def main(loop: VirtualEventLoop) -> None:
-        with pytest.raises(RuntimeError, match="runs no threads"):
-            await loop.run_in_executor(None, print)
+        here = threading.get_ident()
+        assert await loop.run_in_executor(None, threading.get_ident) == here
+        assert await asyncio.to_thread(lambda: threading.get_ident()) == here
+        with pytest.raises(ZeroDivisionError):
+            await loop.run_in_executor(None, lambda: 1 // 0)
+        with pytest.raises(RuntimeError, match="asks no host resolver"):
+            await loop.getaddrinfo("example.com", 80)
 
     run(main)
 

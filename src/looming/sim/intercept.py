@@ -13,8 +13,18 @@ Redirected: ``time.time``/``time_ns``, ``monotonic``/``monotonic_ns``,
 ``secrets`` module and ``random.SystemRandom`` (through ``random``'s
 ``_urandom``), ``uuid.uuid4``, ``random.Random()`` created without a seed,
 ``random``'s global generator (seeded from the run's seed for the run and
-put back afterwards), ``datetime.datetime.now``/``utcnow``/``today`` and
-``datetime.date.today``.
+put back afterwards).
+
+Not intercepted: ``datetime.datetime.now()``, ``utcnow()``, ``today()`` and
+``datetime.date.today()`` are methods of C types, which only swapping the
+classes in the ``datetime`` module could reach; that breaks libraries that
+subclass them with a metaclass of their own (pydantic's ``ConstrainedDate``)
+or check ``isinstance`` against them. Use ``datetime.datetime.fromtimestamp
+(time.time(), tz)``, which is intercepted through ``time.time``.
+
+Run inline, as the node and in virtual time: work given to anyio's worker
+threads (sync FastAPI endpoints, ``BackgroundTasks``, ``anyio.to_thread``)
+and, through the loop's ``run_in_executor``, ``asyncio.to_thread``.
 
 Refused: ``time.sleep`` of more than 0 s (it would stop every node: use
 ``await asyncio.sleep``), ``time.process_time``/``thread_time`` and
@@ -29,7 +39,6 @@ looming's own code reads time only through devices.
 
 from __future__ import annotations
 
-import datetime as _datetime
 import os
 import random
 import sys
@@ -193,53 +202,10 @@ def _seed(real: Callable[..., None]) -> Callable[..., None]:
     return seed
 
 
-def _datetime_classes() -> tuple[type, type]:
-    real_datetime = _datetime.datetime
-    real_date = _datetime.date
-
-    class _Meta(type):
-        def __instancecheck__(cls, obj: object) -> bool:
-            return isinstance(obj, real_datetime if cls.__name__ == "datetime" else real_date)
-
-    class SimDatetime(real_datetime, metaclass=_Meta):  # type: ignore[misc,valid-type]
-        @classmethod
-        def now(cls, tz: _datetime.tzinfo | None = None) -> _datetime.datetime:
-            world = _world()
-            if world is None:
-                return real_datetime.now(tz)
-            return real_datetime.fromtimestamp(_wall_ns(world) / 1e9, tz)
-
-        @classmethod
-        def utcnow(cls) -> _datetime.datetime:
-            world = _world()
-            if world is None:
-                return real_datetime.utcnow()
-            stamp = _wall_ns(world) / 1e9
-            return real_datetime.fromtimestamp(stamp, _datetime.UTC).replace(tzinfo=None)
-
-        @classmethod
-        def today(cls) -> _datetime.datetime:
-            return cls.now()
-
-    class SimDate(real_date, metaclass=_Meta):  # type: ignore[misc,valid-type]
-        @classmethod
-        def today(cls) -> _datetime.date:
-            world = _world()
-            if world is None:
-                return real_date.today()
-            return real_date.fromtimestamp(_wall_ns(world) / 1e9)
-
-    SimDatetime.__name__ = SimDatetime.__qualname__ = "datetime"
-    SimDate.__name__ = SimDate.__qualname__ = "date"
-    SimDatetime.__module__ = SimDate.__module__ = "datetime"
-    return SimDatetime, SimDate
-
-
 def _replacements() -> list[tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for everything redirected or refused."""
     wall_s = _redirect(time.time, lambda w: _wall_ns(w) / 1e9)
     mono_s = _redirect(time.monotonic, lambda w: _monotonic_ns(w) / 1e9)
-    sim_datetime, sim_date = _datetime_classes()
     seed = _seed(random.Random.seed)
     found: list[tuple[Any, str, Any]] = [
         (time, "time", wall_s),
@@ -258,9 +224,8 @@ def _replacements() -> list[tuple[Any, str, Any]]:
         (random.Random, "seed", seed),
         # random.seed is a method bound to the global generator at import.
         (random, "seed", lambda a=None, version=2: seed(random._inst, a, version)),
-        (_datetime, "datetime", sim_datetime),
-        (_datetime, "date", sim_date),
     ]
+    found.extend(_anyio_threads())
     if hasattr(os, "getrandom"):
         found.append((os, "getrandom", _urandom(os.getrandom)))
     cpu = "host CPU time differs from run to run: measure with time.monotonic() (virtual)"
@@ -279,6 +244,28 @@ def _replacements() -> list[tuple[Any, str, Any]]:
         )
     )
     return found
+
+
+def _anyio_threads() -> list[tuple[Any, str, Any]]:
+    """anyio's worker threads (sync FastAPI endpoints, BackgroundTasks) run
+    inline in a simulation, as the node, in virtual time."""
+    try:
+        from anyio._backends._asyncio import AsyncIOBackend
+    except ImportError:
+        return []
+    real = AsyncIOBackend.__dict__["run_sync_in_worker_thread"]
+
+    async def run_sync_in_worker_thread(
+        cls: type, func: Callable[..., Any], args: tuple[Any, ...], *rest: Any, **kwargs: Any
+    ) -> Any:
+        if _world() is None:
+            return await real.__func__(cls, func, args, *rest, **kwargs)
+        import asyncio
+
+        await asyncio.sleep(0)  # a checkpoint, as handing work to a thread is
+        return func(*args)
+
+    return [(AsyncIOBackend, "run_sync_in_worker_thread", classmethod(run_sync_in_worker_thread))]
 
 
 def _install() -> None:
