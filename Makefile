@@ -80,9 +80,10 @@ run: venv
 	cd $(APP) && $(LOOMING) configure -t unix && $(LOOMING) build && $(LOOMING) run
 
 # Every area's benchmark, looming beside its peers; BENCH_ARGS=--quick for a short run.
-BENCHES := http tcpip tcp tls store vchan ffi sim image
+BENCHES := http tcpip tcp tcp_hostile tls store store_serve vchan ffi sim image
 BENCH_ARGS ?=
 bench: venv system-deps
+	$(BIN)/pip install -q -e '.[test,bench]'
 	@for b in $(BENCHES); do \
 		if [ -f bench/$$b.py ]; then \
 			echo "== bench/$$b.py"; \
