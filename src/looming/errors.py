@@ -41,6 +41,12 @@ class UsageError(LoomingError):
     """Bad input from a user on the command line: exit code 2."""
 
 
+class NotReplayable(LoomingError):
+    """Code in a simulation needs randomness its devices cannot give (a primitive
+    that draws from OpenSSL's generator): the run could not be replayed from its
+    seed. The message names the primitive and how to avoid it; the run fails."""
+
+
 class DeviceError(LoomingError):
     """A device failed to connect or failed an operation."""
 

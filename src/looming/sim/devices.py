@@ -88,6 +88,11 @@ class SimRandom:
     def seeded(self) -> bool:
         return True
 
+    @property
+    def simulated(self) -> bool:
+        """Every choice a node makes must come from here (``looming.tls.signing.simulated``)."""
+        return True
+
     def bytes(self, n: int) -> bytes:
         if n < 0:
             raise ValueError(f"cannot produce {n} bytes: n must be >= 0")

@@ -13,6 +13,8 @@ import logging
 import re
 from collections.abc import Callable
 
+from looming.errors import NotReplayable
+
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -56,6 +58,8 @@ class TraceLogHandler(logging.Handler):
         self._trace = trace
         self._label = label
         self.lines: list[str] = []
+        # Errors logged because something in the run could not be replayed.
+        self.not_replayable: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -66,5 +70,7 @@ class TraceLogHandler(logging.Handler):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             text += scrub(f" [{type(error).__name__}: {error}]")
+            if isinstance(error, NotReplayable):
+                self.not_replayable.append(f"{self._label()}: {error}")
         self._trace.record("log", text)
         self.lines.append(text)

@@ -355,6 +355,7 @@ def run(
             for node in world.nodes.values():
                 if node.status == "failed":
                     world.failures.append(f"node {node.name} failed: {node.exit_error}")
+            world.failures += [f"not replayable: {m}" for m in logs.not_replayable]
             statuses = {name: node.status for name, node in world.nodes.items()}
             for node in world.nodes.values():
                 node.crash(reason="stop")

@@ -506,7 +506,8 @@ class ClientHandshake:
         certcompress.send_certificate13(conn, context, certified, self.certificate_compression)
         content = m.cv_content(m.CV_CLIENT, conn.transcript.digest())
         conn.send_handshake(
-            H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
+            H.CERTIFICATE_VERIFY,
+            m.make_certificate_verify(certified, scheme, content, self.config.random),
         )
 
     def _complete(self) -> None:

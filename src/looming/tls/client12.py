@@ -220,7 +220,7 @@ class Client12:
             conn, master, self.hs.random, self.server_random
         )
         if certified is not None and scheme is not None:
-            signature = sign(certified.key, scheme, bytes(conn.transcript.raw))
+            signature = sign(certified.key, scheme, bytes(conn.transcript.raw), self.config.random)
             conn.send_handshake(H.CERTIFICATE_VERIFY, u16(scheme) + vec16(signature))
         self._send_ccs_finished(client_write)
         self.state = "wait_ccs"

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from cryptography import x509
 
-from looming.errors import Malformed
+from looming.errors import Malformed, NotReplayable
 
 from .client import ClientHandshake
 from .config import TlsConfig
@@ -279,6 +279,10 @@ class TlsConnection:
             self._failed = exc
             raise
         except TlsError:
+            raise
+        except NotReplayable as exc:  # a simulation's run fails with the reason
+            self._failed = TlsProtocolError(AlertDescription.INTERNAL_ERROR, str(exc))
+            self.send_alert(AlertLevel.FATAL, AlertDescription.INTERNAL_ERROR)
             raise
         except Exception as exc:  # a bug must still end in an alert, not a crash
             error = TlsProtocolError(AlertDescription.INTERNAL_ERROR, f"internal error: {exc!r}")

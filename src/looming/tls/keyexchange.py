@@ -1,10 +1,13 @@
 """Ephemeral key exchange for each named group, with keys drawn from a Random device.
 
-Scalar arithmetic happens inside OpenSSL. X25519 private keys are the Random
-device's bytes; for the NIST curves an unseeded device leaves the key to
-OpenSSL's generator, and a seeded one (tests, simulation) derives it from the
-device's bytes so a run can be replayed.
-ML-KEM encapsulation draws its own randomness inside OpenSSL.
+Scalar arithmetic happens inside OpenSSL, but every private key is made from
+the Random device's bytes (on a host, the system's CSPRNG), so that a seeded or
+simulated run replays exactly: X25519 keys are 32 device bytes, P-256 and P-384
+scalars are derived from the device as FIPS 186-5 appendix A.4.1 describes,
+and ML-KEM keys come from a 64-byte device seed. ML-KEM encapsulation (the
+server's side of X25519MLKEM768) draws its randomness inside OpenSSL, which
+cannot be seeded: under a simulated device it is refused
+(:class:`looming.errors.NotReplayable`), naming the group and how to avoid it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,25 @@ from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from looming.devices.random import Random
+from looming.errors import NotReplayable
 
 from .constants import AlertDescription, NamedGroup
 from .errors import TlsProtocolError
+from .signing import simulated
 
 _CURVES: dict[int, ec.EllipticCurve] = {
     NamedGroup.SECP256R1: ec.SECP256R1(),
     NamedGroup.SECP384R1: ec.SECP384R1(),
+}
+# The order n of each curve's base point (SEC 2 section 2.4).
+_ORDERS: dict[int, int] = {
+    NamedGroup.SECP256R1: int(
+        "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16
+    ),
+    NamedGroup.SECP384R1: int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    ),
 }
 _POINT_LENGTH: dict[int, int] = {NamedGroup.SECP256R1: 65, NamedGroup.SECP384R1: 97}
 _MLKEM768_PUBLIC = 1184
@@ -47,13 +62,11 @@ def _x25519_key(random: Random) -> x25519.X25519PrivateKey:
 
 
 def _ec_key(group: int, random: Random) -> ec.EllipticCurvePrivateKey:
-    curve = _CURVES[group]
-    if random.seeded:
-        # Rejection-free derivation is fine here: seeded streams never make real keys.
-        order_bytes = (curve.key_size + 7) // 8
-        value = int.from_bytes(random.bytes(order_bytes), "big") >> 1 or 1
-        return ec.derive_private_key(value, curve)
-    return ec.generate_private_key(curve)
+    # "Extra random bits" (FIPS 186-5 A.4.1): 64 bits more than the order,
+    # reduced into [1, n-1]; the bias is below 2**-64.
+    order = _ORDERS[group]
+    extra = int.from_bytes(random.bytes((order.bit_length() + 64 + 7) // 8), "big")
+    return ec.derive_private_key(extra % (order - 1) + 1, _CURVES[group])
 
 
 def _x25519_shared(private: x25519.X25519PrivateKey, peer: bytes, group: int) -> bytes:
@@ -125,6 +138,13 @@ def server_exchange(group: int, client_share: bytes, random: Random) -> tuple[by
     if group == NamedGroup.X25519MLKEM768:
         if len(client_share) != _MLKEM768_PUBLIC + 32:
             raise _bad_share(group)
+        if simulated(random):
+            raise NotReplayable(
+                "X25519MLKEM768: ML-KEM encapsulation takes its randomness from OpenSSL, "
+                "which a simulation cannot seed, so this run could not be replayed; "
+                "leave X25519MLKEM768 out of the server's groups in the simulation "
+                "(TlsConfig(groups=...)), or have the client send an X25519 key share"
+            )
         try:
             kem_public = mlkem.MLKEM768PublicKey.from_public_bytes(client_share[:_MLKEM768_PUBLIC])
             kem_secret, ciphertext = kem_public.encapsulate()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from looming.devices.random import Random
 from looming.errors import Malformed
 
 from .certs import CertifiedKey, check_pins, is_pss_certificate, parse_chain, validate_chain
@@ -106,8 +107,10 @@ def cv_content(context: bytes, transcript_hash: bytes) -> bytes:
     return b"\x20" * 64 + context + b"\x00" + transcript_hash
 
 
-def make_certificate_verify(certified: CertifiedKey, scheme: int, content: bytes) -> bytes:
-    return u16(scheme) + vec16(sign(certified.key, scheme, content))
+def make_certificate_verify(
+    certified: CertifiedKey, scheme: int, content: bytes, random: Random | None = None
+) -> bytes:
+    return u16(scheme) + vec16(sign(certified.key, scheme, content, random))
 
 
 def check_certificate_verify(

@@ -430,7 +430,8 @@ class ServerHandshake:
         certcompress.send_certificate13(conn, b"", certified, compression, staple)
         content = m.cv_content(m.CV_SERVER, conn.transcript.digest())
         conn.send_handshake(
-            H.CERTIFICATE_VERIFY, m.make_certificate_verify(certified, scheme, content)
+            H.CERTIFICATE_VERIFY,
+            m.make_certificate_verify(certified, scheme, content, config.random),
         )
 
     def _retry_for_share(self, hello: ClientHello, client_groups: list[int], retry: bool) -> None:

@@ -160,7 +160,8 @@ class Server12:
         ocsp.send_status12(conn, exts, certified)
         self.share = KeyShare(group, config.random)
         params = tls12.ecdhe_params(group, self.share.public)
-        signature = sign(certified.key, scheme, self.client_random + self.server_random + params)
+        signed = self.client_random + self.server_random + params
+        signature = sign(certified.key, scheme, signed, config.random)
         conn.send_handshake(H.SERVER_KEY_EXCHANGE, params + u16(scheme) + vec16(signature))
         if config.client_trust is not None or config.require_client_certificate:
             self.requested_client_cert = True
