@@ -14,8 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import looming.sim
+from looming.errors import NotReplayable
 from looming.sim.spec import load_scenario
 from looming.sim.world import prepare, run
+from looming.tls.constants import NamedGroup
+from looming.tls.constants import SignatureScheme as S
+from looming.tls.keyexchange import KeyShare, server_exchange
+from looming.tls.signing import sign
+from looming.unix.random import UnixRandom
 
 SEEDS = range(1, 21)
 
@@ -83,3 +92,37 @@ def test_an_unseedable_primitive_fails_the_run_with_its_name(app_copies: Path) -
     assert refused, result.failures
     assert "X25519MLKEM768: ML-KEM encapsulation" in refused[0]
     assert "leave X25519MLKEM768 out of the server's groups" in refused[0]
+
+
+def _host_default_device_scenario(
+    out: list[object], key: rsa.RSAPrivateKey, client: KeyShare
+) -> looming.sim.Scenario:
+    """A node that signs with RSA-PSS and answers an ML-KEM share using the
+    host's default device (``UnixRandom()``) instead of its own."""
+    scenario = looming.sim.Scenario("tls-host-default", duration=5.0)
+    scenario.host("a")
+
+    @scenario.main
+    async def drive(world: looming.sim.World) -> None:
+        async def as_node(stack: object) -> None:
+            out.append(sign(key, S.RSA_PSS_RSAE_SHA256, b"data", UnixRandom()))
+            try:
+                server_exchange(NamedGroup.X25519MLKEM768, client.public, UnixRandom())
+            except NotReplayable as error:
+                out.append(str(error))
+
+        await world.node("a").run(as_node)
+
+    return scenario
+
+
+def test_host_default_devices_inside_a_run_are_treated_as_simulated() -> None:
+    key = rsa.generate_private_key(65537, 2048)
+    client = KeyShare(NamedGroup.X25519MLKEM768, UnixRandom(seed=1))
+    runs: list[list[object]] = [[], [], []]
+    for out, seed in zip(runs, (3, 3, 4), strict=True):
+        result = run(_host_default_device_scenario(out, key, client), seed, artifacts={})
+        assert result.ok, result.failures
+    (sig3, refusal), (sig3_again, _), (sig4, _) = runs
+    assert sig3 == sig3_again != sig4  # the salt came from the run's seed
+    assert "X25519MLKEM768: ML-KEM encapsulation" in str(refusal)

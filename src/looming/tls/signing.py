@@ -14,6 +14,8 @@ device and the signature is computed here, so that a seed replays exactly.
 
 from __future__ import annotations
 
+import sys
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
@@ -95,9 +97,15 @@ def simulated(random: Random | None) -> bool:
     """Whether ``random`` is a simulation's device, from which every choice must come.
 
     A device says so with a ``simulated`` attribute that is True (the sim
-    target's ``SimRandom``); a seeded test stream is not simulated.
+    target's ``SimRandom``); a seeded test stream is not simulated. Any device
+    is, inside a simulation run on this thread (a host default such as
+    ``UnixRandom`` there answers from the run through the intercepted
+    ``os.urandom``); the simulator is looked up, never imported, from here.
     """
-    return getattr(random, "simulated", False) is True
+    if getattr(random, "simulated", False) is True:
+        return True
+    intercept = sys.modules.get("looming.sim.intercept")
+    return intercept is not None and bool(intercept.active())
 
 
 def sign(key: PrivateKey, scheme: int, data: bytes, random: Random | None = None) -> bytes:
