@@ -77,6 +77,11 @@ def test_https_website_serves_tls_from_an_x86_64_vm(
     manifest = json.loads((app / "dist" / "https_website-vm.json").read_text())
     assert {"cryptography", "cffi"} <= set(manifest["wheels"])
     assert all(len(w["sha256"]) == 64 for w in manifest["wheels"].values())
+    # ssl (which anyio and looming's TLS import) with the library it needs,
+    # and the system trust store.
+    assert "ssl" in manifest["stdlib_modules"] and "_ssl" in manifest["extension_modules"]
+    assert any(library.endswith("libssl.so.3") for library in manifest["libraries"])
+    assert "ca-certificates" in manifest["packages"]
     launcher = subprocess.Popen(
         [
             "ip", "netns", "exec", tap_namespace.namespace,
