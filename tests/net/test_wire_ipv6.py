@@ -162,6 +162,17 @@ def test_dpkt_walks_the_same_chain(chain: list[ipv6.ExtensionHeader], payload: b
                 assert ext.length == len(ipv6.emit_extension(ours))
 
 
+@given(u8, st.integers(0, 0x1FFF), st.booleans(), u32, st.binary(max_size=50))
+def test_looming_walks_a_fragment_header_dpkt_builds(
+    upper: int, units: int, more: bool, identification: int, payload: bytes
+) -> None:
+    theirs = dpkt.ip6.IP6FragmentHeader(nxt=upper, id=identification)
+    theirs.frag_off, theirs.m_flag = units, int(more)
+    walked = ipv6.walk(ipv6.NextHeader.FRAGMENT, bytes(theirs) + payload)
+    assert walked.fragment == ipv6.FragmentHeader(upper, units * 8, more, identification)
+    assert walked.protocol == upper and bytes(walked.payload) == payload
+
+
 def test_type_0_routing_header_with_segments_left_is_refused() -> None:
     rh0 = b"\x11\x02\x00\x01" + bytes(4) + IPv6Address("2001:db8::1").packed
     with pytest.raises(ipv6.ExtensionHeaderProblem) as problem:
