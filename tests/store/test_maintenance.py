@@ -24,20 +24,34 @@ def _packs(path: Path) -> list[Path]:
     return sorted((path / "objects" / "pack").glob("*.pack"))
 
 
-def _one_writer(path: Path, number: int, *, kill_after: float | None = None) -> None:
+def _one_writer(
+    path: Path, number: int, *, kill_after: float | None = None, kill_before_close: bool = False
+) -> None:
     """A writer process doing one set, as `looming store set` does (forked,
-    so the test does not pay Python's start-up per writer)."""
+    so the test does not pay Python's start-up per writer). It is killed
+    ``kill_after`` seconds in, or once its set is done but before it closes
+    the repository (whatever the machine's load, it then leaves files behind)."""
+    ready, done = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
+            os.close(ready)
             repo = Repo.open(str(path), durability="none")  # packs, not fsyncs, matter here
             repo.store("main").set(f"d{number % 7}/k{number}", b"value %d\n" % number)
+            if kill_before_close:
+                os.write(done, b"!")
+                time.sleep(60)
             repo.close()
         finally:
             os._exit(0)
-    if kill_after is not None:
+    os.close(done)
+    if kill_before_close:
+        assert os.read(ready, 1) == b"!"
+        os.kill(pid, signal.SIGKILL)
+    elif kill_after is not None:
         time.sleep(kill_after)
         os.kill(pid, signal.SIGKILL)
+    os.close(ready)
     os.waitpid(pid, 0)
 
 
@@ -63,7 +77,11 @@ def test_what_killed_writers_left_is_reclaimed(tmp_path: Path, git: GitRunner) -
     Repo.init(str(path)).close()
     rng = random.Random(7)
     for number in range(25):
-        _one_writer(path, number, kill_after=rng.uniform(0.0, 0.06))
+        # Killed at random moments, and every fifth one surely with its files open.
+        if number % 5 == 4:
+            _one_writer(path, number, kill_before_close=True)
+        else:
+            _one_writer(path, number, kill_after=rng.uniform(0.0, 0.06))
     # A live writer's files are not touched by a gc in another process.
     live = Repo.open(str(path))
     live_store = live.store("main")
