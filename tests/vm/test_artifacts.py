@@ -48,8 +48,8 @@ def test_a_moved_dist_folder_boots_in_the_least_memory_it_claims(
     moved = tmp_path / "elsewhere" / "dist"
     shutil.copytree(app / "dist", moved)
     minimum = minimum_memory_mb(manifest)
-    # Measured on x86_64: hello boots in 96 MB, not in 88 MB.
-    assert 88 < minimum <= 96
+    # Measured on x86_64: hello never boots in 88 MB, sometimes not in 96 MB.
+    assert 96 < minimum <= 112
     done = _launch(
         moved / "hello-vm.json", "--greetings", "1", "--vm-memory", str(minimum),
         "--vm-timeout", "150",

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from looming.config.build import ModuleLocator, module_closure, write_zipapp
+from looming.config.build import Closure, ModuleLocator, module_closure, write_zipapp
 from looming.errors import ConfigError, UsageError
 from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
@@ -49,7 +49,10 @@ Progress = Callable[[str], None]
 # wait at boot).
 NIC_MODULE = "virtio_net"
 ENTROPY_MODULE = "virtio_rng"
-LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8", "libssl3")
+LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8")
+# ssl's library: only for unikernels that import ssl outside a try (asyncio
+# imports it optionally; without libssl it is left out, 6 MB less).
+SSL_PACKAGE = "libssl3"
 CA_PACKAGE = "ca-certificates"
 CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"  # what update-ca-certificates would write
 # What manylinux wheels may take from the system besides libc (PEP 599's list).
@@ -347,6 +350,17 @@ def _ca_bundle(tree: Path) -> bytes:
     )
 
 
+def _requires(closure: Closure, top: str) -> bool:
+    """Whether a module of ``closure`` imports ``top`` outside a ``try``."""
+    return any(
+        module.split(".")[0] == top and not optional
+        for source in closure.modules.values()
+        for module, _names, optional in imports_of(
+            source.path.read_bytes(), source.name, source.is_package
+        )
+    )
+
+
 def _write_shared_objects(files: dict[str, bytes], folder: Path) -> list[Path]:
     """The wheels' shared objects, written to ``folder`` for their DT_NEEDED to be read."""
     written = []
@@ -394,6 +408,8 @@ def build_image(
     kernel_info = archive.kernel()
     packages = {kernel_info.name: kernel_info}
     library_packages = [*LIBRARY_PACKAGES, *(WHEEL_LIBRARY_PACKAGES if wheel_list else ())]
+    if wheel_list or _requires(closure, "ssl"):
+        library_packages.append(SSL_PACKAGE)
     uses_tls = any(m.startswith("looming.tls") for m in pyz.modules)
     if uses_tls:  # looming's TLS trusts the system's CAs when the app gives none
         library_packages.append(CA_PACKAGE)
