@@ -515,6 +515,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short measurements (a smoke run)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
+        "--bulk-only", action="store_true", help="only the in-memory bulk transfers"
+    )
+    parser.add_argument(
         "--ssl-bulk13", nargs=3, metavar=("SUITE", "BYTES", "DIR"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -600,7 +603,7 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
         ("RSA-PSS-2048", "rsa-pss"),
         ("Ed25519", "ed25519"),
     ]
-    for label, leaf in cert_types:
+    for label, leaf in [] if args.bulk_only else cert_types:
         print(f"measuring full and resumed handshakes TLS 1.3 {label} ...", flush=True)
         lc, ls = looming_configs(leaf, TLS13)
         sc, ss = ssl_contexts(leaf, TLS13)
@@ -621,16 +624,17 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
             "handshakes/s",
             *interleaved_rates(looming_resume, ssl_resume, seconds),
         )
-    print("measuring full handshake TLS 1.2 ECDHE-RSA-AES128-GCM ...", flush=True)
-    lc, ls = looming_configs("rsa", TLS12, CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256)
-    sc, ss = ssl_contexts("rsa", TLS12, "ECDHE-RSA-AES128-GCM-SHA256")
-    record(
-        "full handshake TLS 1.2 ECDHE-RSA-AES128-GCM",
-        "handshakes/s",
-        *interleaved_rates(
-            lambda: looming_pair(lc, ls) and None, lambda: ssl_pair(sc, ss) and None, seconds
-        ),
-    )
+    if not args.bulk_only:
+        print("measuring full handshake TLS 1.2 ECDHE-RSA-AES128-GCM ...", flush=True)
+        lc, ls = looming_configs("rsa", TLS12, CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+        sc, ss = ssl_contexts("rsa", TLS12, "ECDHE-RSA-AES128-GCM-SHA256")
+        record(
+            "full handshake TLS 1.2 ECDHE-RSA-AES128-GCM",
+            "handshakes/s",
+            *interleaved_rates(
+                lambda: looming_pair(lc, ls) and None, lambda: ssl_pair(sc, ss) and None, seconds
+            ),
+        )
 
     full_lc, full_ls = looming_configs("p256", TLS13)
     full_sc, full_ss = ssl_contexts("p256", TLS13)
@@ -642,8 +646,12 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
         ssl_pair(full_sc, full_ss)
 
     resumption_cases = (
-        (TLS13, "TLS 1.3 ECDSA psk_ke (opt-in)", PskKeyExchangeMode.PSK_KE),
-        (TLS12, "TLS 1.2 ECDHE-ECDSA", None),
+        ()
+        if args.bulk_only
+        else (
+            (TLS13, "TLS 1.3 ECDSA psk_ke (opt-in)", PskKeyExchangeMode.PSK_KE),
+            (TLS12, "TLS 1.2 ECDHE-ECDSA", None),
+        )
     )
     for version, label, mode in resumption_cases:
         print(f"measuring resumed handshake {label} ...", flush=True)
@@ -742,21 +750,22 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
             tlslite_mbs = TlslitePeer(pki["rsa"][0], pki["rsa"][1]).bulk(tlslite_bytes)
         record(name, "MB/s", looming_mbs, ssl_mbs, tlslite_mbs)
 
-    print("measuring over loopback TCP (asyncio) ...", flush=True)
-    lc, ls = looming_configs("p256", TLS13, CipherSuite.TLS_AES_128_GCM_SHA256)
-    sc, ss = ssl_contexts("p256", TLS13)
-    record(
-        "loopback handshake TLS 1.3 ECDSA (asyncio)",
-        "handshakes/s",
-        asyncio.run(loopback_handshakes(seconds, (lc, ls), None)),
-        asyncio.run(loopback_handshakes(seconds, None, (sc, ss))),
-    )
-    record(
-        "loopback bulk TLS 1.3 AES-GCM (asyncio)",
-        "MB/s",
-        asyncio.run(loopback_bulk(bulk_bytes // 4, (lc, ls), None)),
-        asyncio.run(loopback_bulk(bulk_bytes // 4, None, (sc, ss))),
-    )
+    if not args.bulk_only:
+        print("measuring over loopback TCP (asyncio) ...", flush=True)
+        lc, ls = looming_configs("p256", TLS13, CipherSuite.TLS_AES_128_GCM_SHA256)
+        sc, ss = ssl_contexts("p256", TLS13)
+        record(
+            "loopback handshake TLS 1.3 ECDSA (asyncio)",
+            "handshakes/s",
+            asyncio.run(loopback_handshakes(seconds, (lc, ls), None)),
+            asyncio.run(loopback_handshakes(seconds, None, (sc, ss))),
+        )
+        record(
+            "loopback bulk TLS 1.3 AES-GCM (asyncio)",
+            "MB/s",
+            asyncio.run(loopback_bulk(bulk_bytes // 4, (lc, ls), None)),
+            asyncio.run(loopback_bulk(bulk_bytes // 4, None, (sc, ss))),
+        )
 
     if args.json:
         Path(args.json).write_text(
