@@ -106,7 +106,7 @@ class Protection:
             aead.encrypt_into(nonce, data, aad, view[_HEADER + len(explicit) :])
         return record
 
-    def _seal13(self, content_type: int, data: bytes, padding: int) -> bytearray:
+    def _seal13(self, content_type: int, data: bytes, padding: int) -> bytes:
         # TLS 1.3 is every record after the handshake: kept to the fewest steps.
         aead = self._aead or self._keyed()
         seq = self.seq
@@ -116,14 +116,10 @@ class Protection:
         inner = data + _TYPE_BYTE[content_type]
         if padding:
             inner += bytes(padding)
-        length = len(inner) + _TAG
-        header = _PREFIX13 + length.to_bytes(2, "big")
-        # Encrypt straight behind the header: one copy less per record.
-        record = bytearray(_HEADER + length)
-        record[:_HEADER] = header
-        with memoryview(record) as view:
-            aead.encrypt_into((self._iv ^ seq).to_bytes(12, "big"), inner, header, view[_HEADER:])
-        return record
+        header = _PREFIX13 + (len(inner) + _TAG).to_bytes(2, "big")
+        # One immutable record: take_outgoing hands a lone record on without a
+        # join, and encrypt's output needs no zero-filled buffer first.
+        return header + aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), inner, header)
 
     def _open13(self, header: bytes, body: bytes | memoryview) -> tuple[int, bytes]:
         aead = self._aead or self._keyed()
@@ -366,6 +362,10 @@ class RecordLayer:
 
     def take_outgoing(self) -> bytes:
         self._flush_handshake()
-        out = b"".join(self._outgoing)
-        self._outgoing.clear()
+        outgoing = self._outgoing
+        if len(outgoing) == 1 and type(outgoing[0]) is bytes:
+            out: bytes = outgoing.pop()  # a lone record (bulk sending): no copy
+            return out
+        out = b"".join(outgoing)
+        outgoing.clear()
         return out
