@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,6 +52,37 @@ def test_seal_open_round_trip(
         out += record[1]
     assert out == payload
     assert receiver.read is not None and receiver.read.seq == sender.write.seq  # type: ignore[union-attr]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    suite_id=st.sampled_from(ALL_SUITES),
+    payloads=st.lists(st.binary(min_size=1, max_size=20000), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=90000), max_size=8),
+    as_bytearray=st.lists(st.booleans(), min_size=9, max_size=9),
+)
+def test_records_split_across_feeds_of_any_kind(
+    suite_id: int, payloads: list[bytes], cuts: list[int], as_bytearray: list[bool]
+) -> None:
+    """Feeds of bytes (kept without a copy) and of bytearrays (copied, then
+    overwritten by the caller) cut records anywhere; records are taken between feeds."""
+    sender, receiver = _layers(suite_id)
+    for payload in payloads:
+        sender.write_records(ContentType.APPLICATION_DATA, payload)
+    wire = sender.take_outgoing()
+    bounds = sorted({0, len(wire), *(cut % (len(wire) + 1) for cut in cuts)})
+    out = b""
+    for index, (start, end) in enumerate(itertools.pairwise(bounds)):
+        piece: bytes | bytearray = wire[start:end]
+        if as_bytearray[index]:
+            piece = bytearray(piece)
+        receiver.feed(piece)
+        if isinstance(piece, bytearray):
+            piece[:] = bytes(len(piece))  # the caller reuses its buffer
+        while (record := receiver.next_record()) is not None:
+            out += record[1]
+    assert out == b"".join(payloads)
+    assert receiver.buffered == 0
 
 
 @pytest.mark.parametrize("suite_id", ALL_SUITES)

@@ -175,7 +175,9 @@ class RecordLayer:
     """Framing and protection of records in both directions."""
 
     def __init__(self) -> None:
-        self._incoming = bytearray()
+        # Received bytes not yet taken as records: the caller's own bytes object
+        # while it is the only input, so a whole record is read without a copy.
+        self._incoming: bytes | bytearray = b""
         self._pos = 0  # start of the first unread record in _incoming
         self.read: Protection | None = None
         self._write: Protection | None = None
@@ -197,8 +199,16 @@ class RecordLayer:
         # until the first protected record arrives (the peer may lack the keys).
         self.plain_alerts_allowed = False
 
-    def feed(self, data: bytes) -> None:
-        self._incoming += data
+    def feed(self, data: bytes | bytearray) -> None:
+        incoming = self._incoming
+        if self._pos == len(incoming) and type(data) is bytes:
+            self._incoming, self._pos = data, 0  # nothing buffered: keep the bytes
+        elif isinstance(incoming, bytearray):
+            incoming += data
+        else:
+            self._incoming = bytearray(incoming[self._pos :])
+            self._incoming += data
+            self._pos = 0
 
     @property
     def buffered(self) -> int:
@@ -206,7 +216,10 @@ class RecordLayer:
 
     def _compact(self) -> None:
         if self._pos:
-            del self._incoming[: self._pos]
+            if isinstance(self._incoming, bytearray):
+                del self._incoming[: self._pos]
+            else:
+                self._incoming = bytearray(self._incoming[self._pos :])
             self._pos = 0
 
     def next_record(self) -> tuple[int, bytes] | None:
@@ -363,9 +376,9 @@ class RecordLayer:
     def take_outgoing(self) -> bytes:
         self._flush_handshake()
         outgoing = self._outgoing
-        if len(outgoing) == 1 and type(outgoing[0]) is bytes:
-            out: bytes = outgoing.pop()  # a lone record (bulk sending): no copy
-            return out
+        if len(outgoing) == 1 and isinstance(lone := outgoing[0], bytes):
+            outgoing.clear()
+            return lone  # a lone sealed record (bulk sending): no copy
         out = b"".join(outgoing)
         outgoing.clear()
         return out
