@@ -166,12 +166,16 @@ def test_commits_use_spare_files_made_while_idle(disk_repo: Repo, git: GitRunner
     store = disk_repo.store()
     store.set("first", b"1")  # starts the thread; it fills the pool once idle
     spares = os.path.join(backend.git_dir, SPARE_DIR)
+    # Wait until the pool is full (its lease file beside the spares): until
+    # then the thread may add a spare between the listing below and the
+    # commit, and the commit would take that one.
+    full = backend._spares.keep + 1
     for _ in range(400):  # bounded wait for the idle thread
-        if len(os.listdir(spares)) >= 8:
+        if len(os.listdir(spares)) >= full:
             break
         time.sleep(IDLE_SECONDS / 2)
     before = set(os.listdir(spares))
-    assert len(before) >= 8
+    assert len(before) == full
     store.set("second", b"2")
     # The pack and its index were spares, renamed into place, and the
     # ref's lock was one, linked into place.
