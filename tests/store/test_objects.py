@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,14 @@ def test_parsers_raise_only_malformed(data: bytes) -> None:
             parse(data)
         except Malformed:
             pass
+
+
+@given(st.one_of(st.binary(max_size=2000), st.integers(0, 140_000).map(lambda n: bytes(n))))
+def test_stored_zlib_inflates_to_its_input(data: bytes) -> None:
+    from looming.store.pack import stored_zlib
+
+    inflater = zlib.decompressobj()
+    assert inflater.decompress(stored_zlib(data)) == data
+    assert inflater.eof and not inflater.unused_data
+    if len(data) < 60_000:
+        assert stored_zlib(data) == zlib.compress(data, 0)
