@@ -216,7 +216,9 @@ class RecordLayer:
 
     def _compact(self) -> None:
         if self._pos:
-            if isinstance(self._incoming, bytearray):
+            if self._pos == len(self._incoming):
+                self._incoming = b""  # all taken: the common case, no copy
+            elif isinstance(self._incoming, bytearray):
                 del self._incoming[: self._pos]
             else:
                 self._incoming = bytearray(self._incoming[self._pos :])
@@ -232,7 +234,7 @@ class RecordLayer:
                 return None
             header = bytes(buf[pos : pos + _HEADER])
             content_type = header[0]
-            length = int.from_bytes(header[3:5], "big")
+            length = header[3] << 8 | header[4]
             if content_type not in (20, 21, 22, 23):
                 raise TlsProtocolError(
                     AlertDescription.UNEXPECTED_MESSAGE, f"unknown record type {content_type}"
