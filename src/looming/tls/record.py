@@ -271,36 +271,46 @@ class RecordLayer:
                     self._skip(length)
                     continue
                 return content_type, bytes(buf[pos + _HEADER : end])
-            if protection.tls13 and content_type != _CT.APPLICATION_DATA:
-                raise TlsProtocolError(
-                    AlertDescription.UNEXPECTED_MESSAGE, "unprotected record after keys were set"
-                )
-            # Decrypt from a view of the buffer (no copy); the view is released
-            # before the buffer can be resized.
-            with memoryview(buf) as view, view[pos + _HEADER : end] as body:
-                if self.skip_early_data:
-                    try:
-                        opened = protection.open(header, body)
-                    except TlsProtocolError:
-                        opened = None
-                else:
-                    opened = protection.open(header, body)
+            opened = self._open_protected(protection, header, buf, pos + _HEADER, end)
             if opened is None:
                 self._skip(length)
                 continue
+            return opened
+
+    def _open_protected(
+        self, protection: Protection, header: bytes, buf: bytes | bytearray, start: int, end: int
+    ) -> tuple[int, bytes] | None:
+        """The protected record in ``buf[start:end]`` opened; None for early data to skip."""
+        tls13 = protection.tls13
+        if tls13 and header[0] != _CT.APPLICATION_DATA:
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, "unprotected record after keys were set"
+            )
+        open_record = protection._open13 if tls13 else protection.open
+        # Decrypt from a view of the buffer (no copy); the view is released
+        # before the buffer can be resized (the parent view is a temporary).
+        body = memoryview(buf)[start:end]
+        try:
             if self.skip_early_data:
+                try:
+                    inner_type, plaintext = open_record(header, body)
+                except TlsProtocolError:
+                    return None
                 self.skip_early_data = 0
-            self.plain_alerts_allowed = False
-            inner_type, plaintext = opened
-            if len(plaintext) > self.receive_plaintext_limit:
-                raise TlsProtocolError(
-                    AlertDescription.RECORD_OVERFLOW, "plaintext exceeds the record size limit"
-                )
-            if inner_type not in (21, 22, 23):
-                raise TlsProtocolError(
-                    AlertDescription.UNEXPECTED_MESSAGE, f"unexpected inner type {inner_type}"
-                )
-            return inner_type, plaintext
+            else:
+                inner_type, plaintext = open_record(header, body)
+        finally:
+            body.release()
+        self.plain_alerts_allowed = False
+        if len(plaintext) > self.receive_plaintext_limit:
+            raise TlsProtocolError(
+                AlertDescription.RECORD_OVERFLOW, "plaintext exceeds the record size limit"
+            )
+        if inner_type not in (21, 22, 23):
+            raise TlsProtocolError(
+                AlertDescription.UNEXPECTED_MESSAGE, f"unexpected inner type {inner_type}"
+            )
+        return inner_type, plaintext
 
     def _skip(self, length: int) -> None:
         if length > self.skip_early_data:
