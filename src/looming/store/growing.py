@@ -41,10 +41,15 @@ from looming.store.pack import (
     _ofs_header,
     _parse_entry_header,
     install_pack,
+    stored_zlib,
 )
 from looming.store.spares import TakeSpare
 
 SEAL_ABOVE = 32 << 20
+# A delta this small is mostly the ids of the entries it inserts, which
+# deflate hardly shrinks (the packs of 300 ten-key commits grow by 1%),
+# while starting a compressor takes longer than making the delta: stored.
+STORE_DELTAS_BELOW = 128
 _TREE = 2
 _PACK_HEADER = b"PACK\0\0\0\2"
 
@@ -105,7 +110,9 @@ class GrowingPack:
             self.anchor_bodies[oid] = tree_body
         if anchor is not None:
             self.anchors[oid] = anchor
-        return _ofs_header(len(delta), at - base_at) + zlib.compress(delta, 1)
+        small = len(delta) < STORE_DELTAS_BELOW
+        packed = stored_zlib(delta) if small else zlib.compress(delta, 1)
+        return _ofs_header(len(delta), at - base_at) + packed
 
     @property
     def record(self) -> PackRecord | None:
