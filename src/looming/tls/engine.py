@@ -304,6 +304,9 @@ class TlsConnection:
             if record is None:
                 return
             content_type, payload = record
+            if content_type == _CT.APPLICATION_DATA and not self._hs_buffer:
+                self._on_application_data(payload)  # most records: checked first
+                continue
             if self._hs_buffer and content_type != _CT.HANDSHAKE:
                 raise TlsProtocolError(
                     AlertDescription.UNEXPECTED_MESSAGE,

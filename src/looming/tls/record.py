@@ -386,7 +386,8 @@ class RecordLayer:
             self._outgoing.append(protection.seal(content_type, chunk, pad))
 
     def take_outgoing(self) -> bytes:
-        self._flush_handshake()
+        if self._pending_handshake:
+            self._flush_handshake()
         outgoing = self._outgoing
         if len(outgoing) == 1 and isinstance(lone := outgoing[0], bytes):
             outgoing.clear()
