@@ -206,7 +206,7 @@ class RecordLayer:
         elif isinstance(incoming, bytearray):
             incoming += data
         else:
-            self._incoming = bytearray(incoming[self._pos :])
+            self._incoming = bytearray(memoryview(incoming)[self._pos :])
             self._incoming += data
             self._pos = 0
 
@@ -221,7 +221,7 @@ class RecordLayer:
             elif isinstance(self._incoming, bytearray):
                 del self._incoming[: self._pos]
             else:
-                self._incoming = bytearray(self._incoming[self._pos :])
+                self._incoming = bytearray(memoryview(self._incoming)[self._pos :])
             self._pos = 0
 
     def next_record(self) -> tuple[int, bytes] | None:
