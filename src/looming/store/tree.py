@@ -294,9 +294,14 @@ class WorkTree:
     def _encode(self, node: _Node) -> tuple[bytes, EncodedTree | None]:
         entries = node.entries
         if len(entries) < BIG_TREE:
-            ordered = sorted(entries.items(), key=lambda item: tree_sort_key(item[0], item[1][0]))
-            body = b"".join(encode_tree_entry(name, mode, oid) for name, (mode, oid) in ordered)
-            return body, None
+            # (sort key, encoded entry) pairs, sorted as tuples without a
+            # key function (a call per entry); names are unique, so the
+            # encoded halves are never compared.
+            ordered = sorted(
+                (tree_sort_key(name, mode), encode_tree_entry(name, mode, oid))
+                for name, (mode, oid) in entries.items()
+            )
+            return b"".join([chunk for _key, chunk in ordered]), None
         encoded = None
         if node.base_id is not None and node.base_id != EMPTY_TREE_ID:
             encoded = self.db.encoded_tree(node.base_id)
