@@ -25,11 +25,36 @@ class Leaf:
     certified: CertifiedKey
 
 
-def _name(common_name: str) -> x509.Name:
+def name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(path: Path, key: object) -> None:
+def ca_builder(
+    subject: x509.Name, issuer: x509.Name, public_key: object, *, days: int
+) -> x509.CertificateBuilder:
+    """A CA certificate to be signed: basic constraints, keyCertSign and
+    cRLSign, a subject key identifier, valid from yesterday for ``days``."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+
+
+def write_key(path: Path, key: object) -> None:
     path.write_bytes(
         key.private_bytes(  # type: ignore[attr-defined]
             serialization.Encoding.PEM,
@@ -54,26 +79,10 @@ class Pki:
         self.rsa_root_path = directory / "rsa-root.pem"
 
     def _ca(
-        self, name: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+        self, label: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     ) -> x509.Certificate:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - datetime.timedelta(days=1))
-            .not_valid_after(NOW + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .sign(key, hashes.SHA256())
-        )
+        subject = name(label)
+        return ca_builder(subject, subject, key.public_key(), days=3650).sign(key, hashes.SHA256())
 
     def leaf(
         self,
@@ -103,7 +112,7 @@ class Pki:
         eku = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(names[0] if names else label))
+            .subject_name(name(names[0] if names else label))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -126,7 +135,7 @@ class Pki:
         cert_path = self.directory / f"{label}.pem"
         key_path = self.directory / f"{label}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key_path, key)
+        write_key(key_path, key)
         leaf = Leaf(label, cert_path, key_path, CertifiedKey([cert], key))
         self.leaves[label] = leaf
         return leaf
@@ -139,7 +148,7 @@ def add_rsa_root_chain(pki: Pki) -> Leaf:
     inter_key = ec.generate_private_key(ec.SECP384R1())
     inter = (
         x509.CertificateBuilder()
-        .subject_name(_name("looming intermediate"))
+        .subject_name(name("looming intermediate"))
         .issuer_name(root.subject)
         .public_key(inter_key.public_key())
         .serial_number(x509.random_serial_number())
@@ -162,7 +171,7 @@ def add_rsa_root_chain(pki: Pki) -> Leaf:
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(name("localhost"))
         .issuer_name(inter.subject)
         .public_key(leaf_key.public_key())
         .serial_number(x509.random_serial_number())
@@ -190,7 +199,7 @@ def add_rsa_root_chain(pki: Pki) -> Leaf:
         leaf.public_bytes(serialization.Encoding.PEM)
         + inter.public_bytes(serialization.Encoding.PEM)
     )
-    _write_key(key_path, leaf_key)
+    write_key(key_path, leaf_key)
     chained = Leaf("chain", cert_path, key_path, CertifiedKey([leaf, inter], leaf_key))
     pki.leaves["chain"] = chained
     return chained

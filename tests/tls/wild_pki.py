@@ -15,11 +15,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from looming.tls import CertifiedKey, TrustStore
 
-NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+from .pki import NOW, ca_builder, name, write_key
+
 AnyKey = (
     ec.EllipticCurvePrivateKey
     | rsa.RSAPrivateKey
@@ -40,20 +41,6 @@ class Issued:
     @property
     def certified(self) -> CertifiedKey:
         return CertifiedKey(list(self.chain), self.key)  # type: ignore[arg-type]
-
-
-def name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def write_key(path: Path, key: AnyKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
 
 
 def _pem(certs: list[x509.Certificate]) -> bytes:
@@ -78,22 +65,8 @@ class WildPki:
         issuer: x509.Certificate | None,
         issuer_key: AnyKey | None,
     ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(label))
-            .issuer_name(issuer.subject if issuer else name(label))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - datetime.timedelta(days=1))
-            .not_valid_after(NOW + datetime.timedelta(days=1000))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
+        builder = ca_builder(
+            name(label), issuer.subject if issuer else name(label), key.public_key(), days=1000
         )
         signer = issuer_key or key
         if issuer is not None and issuer_key is not None:
