@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,20 +21,34 @@ pytestmark = pytest.mark.root  # capturing on the loopback interface
 
 
 class Capture:
-    """dumpcap on loopback for one TCP port."""
+    """dumpcap on loopback for one port.
+
+    dumpcap writes its file's header before its capture is live, so on a
+    busy machine a connection made right after could be missed. UDP probes
+    to the port (never a TCP stream, so tshark's stream 0 is still the TLS
+    connection) are sent until one is seen in the file."""
 
     def __init__(self, port: int, path: Path) -> None:
         self.path = path
         self.process = subprocess.Popen(
-            ["dumpcap", "-q", "-i", "lo", "-f", f"tcp port {port}", "-w", str(path)],
+            ["dumpcap", "-q", "-i", "lo", "-f", f"port {port}", "-w", str(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not path.exists() or path.stat().st_size == 0:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise AssertionError("dumpcap did not start capturing")
-            time.sleep(0.05)
+            self._check(deadline)
+            time.sleep(0.02)
+        header = path.stat().st_size
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            while path.stat().st_size == header:
+                self._check(deadline)
+                probe.sendto(b"capture probe", ("127.0.0.1", port))
+                time.sleep(0.02)
+
+    def _check(self, deadline: float) -> None:
+        if time.monotonic() > deadline or self.process.poll() is not None:
+            raise AssertionError("dumpcap did not start capturing")
 
     def stop(self) -> None:
         time.sleep(0.3)  # the last segments reach the capture
