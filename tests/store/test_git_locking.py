@@ -28,7 +28,7 @@ LOOMING_WRITER = """
 import sys
 from looming.store import Repo, StoreError
 import time
-path, count = sys.argv[1], int(sys.argv[2])
+path, count, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 repo = Repo.open(path)
 store = repo.store("main")
 until = time.monotonic() + 3  # long enough for the git side to commit too
@@ -36,7 +36,7 @@ i = 0
 while i < count or time.monotonic() < until:
     i += 1
     try:
-        print("ok", store.set(f"looming/{i}", b"%d" % i), flush=True)
+        print("ok", store.set(f"{tag}/{i}", b"%d" % i), flush=True)
     except StoreError as error:
         print("refused", type(error).__name__, error, flush=True)
 repo.close()
@@ -123,16 +123,17 @@ class GitSide:
                 self.bad_reads.append(content)
 
 
-# Mixes of git writers. ``git commit`` and ``git push`` are kept apart from
-# ``git pack-refs``: git itself loses updates when they race (with only git
-# writers, an update-ref loop beside them loses one in a few runs): git
-# commit (resolving HEAD) and receive-pack (advertising refs) cache
-# packed-refs early, and git's stat check does not see packed-refs
-# rewritten within the same second at the same size and a reused inode, so
-# the old value is compared against a stale snapshot.
+# Mixes of git writers. ``git pack-refs`` (also run by ``git gc``) is kept
+# apart from git's own compare-and-set writers: git itself loses updates
+# when they race. With only git writers (two ``update-ref`` loops and a
+# ``pack-refs --all`` loop, git 2.39) 7-11 of about 900 acknowledged updates
+# are lost in every 8-second run: a git writer caches packed-refs early, and
+# git's stat check does not see packed-refs rewritten within the same second
+# at the same size and a reused inode, so the old value is compared against
+# a stale snapshot. Packing is raced against looming's writers instead (two
+# processes), which read packed-refs afresh under the ref's lock.
 SCENARIOS = {
-    "update-ref, gc, pack-refs": [
-        ("update_ref", ()),
+    "two looming writers, gc, pack-refs": [
         ("loop", ("gc", "--quiet")),
         ("loop", ("pack-refs", "--all")),
     ],
@@ -164,27 +165,35 @@ def test_looming_and_git_write_one_branch_at_once(
         threading.Thread(target=getattr(side, method), args=args)
         for method, args in [*SCENARIOS[scenario], ("watch_ref", ())]
     ]
+    writers = 2 if scenario.startswith("two looming") else 1
     for thread in threads:
         thread.start()
     try:
-        looming = subprocess.run(
-            [sys.executable, "-c", LOOMING_WRITER, str(work), "150"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", LOOMING_WRITER, str(work), "150", f"looming{n}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(writers)
+        ]
+        outputs = [process.communicate(timeout=120) for process in processes]
     finally:
         side.stop.set()
         for thread in threads:
             thread.join()
-    assert looming.returncode == 0, looming.stderr  # no bare OSError, no traceback
-    lines = looming.stdout.splitlines()
-    looming_commits = [line.split()[1] for line in lines if line.startswith("ok ")]
-    assert len(looming_commits) > 75, lines  # most went through
-    refused = [line for line in lines if not line.startswith("ok ")]
-    assert all("RefLocked" in line or "RefChanged" in line for line in refused), refused
-    assert len(side.acknowledged) >= 2  # git got through too
+    looming_commits = []
+    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr  # no bare OSError, no traceback
+        lines = stdout.splitlines()
+        acknowledged = [line.split()[1] for line in lines if line.startswith("ok ")]
+        assert len(acknowledged) > 75 // writers, lines  # most went through
+        refused = [line for line in lines if not line.startswith("ok ")]
+        assert all("RefLocked" in line or "RefChanged" in line for line in refused), refused
+        looming_commits += acknowledged
+    if any(method != "loop" for method, _ in SCENARIOS[scenario]):
+        assert len(side.acknowledged) >= 2  # git got through too
     history = set(run_git("rev-list", "main", cwd=work).split())
     git_commits = [commit.strip() for commit in side.acknowledged]
     assert [c for c in looming_commits if c not in history] == []
