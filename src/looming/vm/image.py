@@ -11,6 +11,7 @@ the standard-library modules from the unikernel's imports
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.util
 import io
@@ -32,9 +33,16 @@ from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
-from looming.vm.packages import AptArchive, PackageError, cache_root, check_host_tools
+from looming.vm.packages import (
+    AptArchive,
+    PackageError,
+    PackageInfo,
+    cache_root,
+    check_host_tools,
+)
 from looming.vm.stdlib import (
     GuestStdlib,
+    StdlibClosure,
     StdlibModule,
     builtin_modules,
     imports_of,
@@ -374,16 +382,8 @@ def _write_shared_objects(files: dict[str, bytes], folder: Path) -> list[Path]:
     return written
 
 
-def build_image(
-    app_dir: Path,
-    unikernel: str,
-    main_py: Path,
-    crunch: list[tuple[str, str]],
-    options: dict[str, str],
-    progress: Progress,
-) -> ImageReport:
-    """Build ``dist/<unikernel>-vm.json`` with its kernel and initramfs."""
-    arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
+def _compression(arch: Arch, options: dict[str, str]) -> str:
+    """The initramfs's compression, checked to be possible here."""
     compression = options.get("compress") or arch.default_compression
     if compression in ("zstd", "lz4") and shutil.which(compression) is None:
         raise UsageError(
@@ -391,58 +391,75 @@ def build_image(
             f"installed (Debian package {compression}); install it or configure with "
             "--compress xz"
         )
-    archive = AptArchive(arch, cache_root(), progress)
-    wheel_list = _wheels_for(app_dir, main_py, arch, archive, progress)
-    dist = app_dir / "dist"
-    out_dir = dist / f"{unikernel}-vm-{arch.name}"
-    progress(f"packing the unikernel's modules for {arch.name}")
-    pyz = write_zipapp(out_dir / "unikernel.pyz", main_py, app_dir, crunch)
-    closure = module_closure(main_py, app_dir)
+    return compression
+
+
+@dataclass
+class GuestPackages:
+    """The Debian packages an image is made of, unpacked."""
+
+    version: str  # the guest's Python, as "3.11"
+    python_name: str  # its interpreter's package, python3.11-minimal
+    packages: dict[str, PackageInfo]
+    trees: dict[str, Path]  # package name -> its unpacked tree
+    tree: Tree  # the interpreter's and the libraries' packages, as one
+    kernel_tree: Path
+
+
+def _guest_python(archive: AptArchive) -> tuple[str, str]:
+    """The package of the interpreter python3-minimal depends on, and its version."""
     python_meta = archive.info("python3-minimal")
     depends = [d.split("(")[0].strip() for d in python_meta.depends.split(",")]
     python_name = next((d for d in depends if d.startswith("python3.")), "")
     if not python_name.endswith("-minimal"):
         raise PackageError(f"python3-minimal names no interpreter: {python_meta.depends}")
-    version = python_name.removeprefix("python").removesuffix("-minimal")
+    return python_name, python_name.removeprefix("python").removesuffix("-minimal")
+
+
+def _resolve_packages(
+    archive: AptArchive, closure: Closure, with_wheels: bool, uses_tls: bool
+) -> GuestPackages:
+    """Stage 1, resolve: the Debian packages the image needs, unpacked."""
+    python_name, version = _guest_python(archive)
     names = [python_name, f"libpython{version}-minimal", f"libpython{version}-stdlib"]
     kernel_info = archive.kernel()
     packages = {kernel_info.name: kernel_info}
-    library_packages = [*LIBRARY_PACKAGES, *(WHEEL_LIBRARY_PACKAGES if wheel_list else ())]
-    if wheel_list or _requires(closure, "ssl"):
+    library_packages = [*LIBRARY_PACKAGES, *(WHEEL_LIBRARY_PACKAGES if with_wheels else ())]
+    if with_wheels or _requires(closure, "ssl"):
         library_packages.append(SSL_PACKAGE)
-    uses_tls = any(m.startswith("looming.tls") for m in pyz.modules)
     if uses_tls:  # looming's TLS trusts the system's CAs when the app gives none
         library_packages.append(CA_PACKAGE)
     packages.update(archive.infos([*names, *library_packages]))
     trees = {name: archive.unpack(info) for name, info in packages.items()}
     tree = Tree([trees[n] for n in [*names, *library_packages]])
+    return GuestPackages(version, python_name, packages, trees, tree, trees[kernel_info.name])
 
-    progress("computing the standard-library modules the unikernel reaches")
-    interpreter_path = tree.find(f"usr/bin/python{version}")
-    if interpreter_path is None:
-        raise PackageError(f"no usr/bin/python{version} in {python_name}")
-    abi = version.replace(".", "")
-    stdlib_dir = tree.find(f"usr/lib/python{version}/os.py")
-    if stdlib_dir is None:
-        raise PackageError(f"no standard library in libpython{version}-minimal")
-    guest = GuestStdlib(stdlib_dir.parent, arch.triplet, abi)
-    extra = GuestStdlib(
-        trees[f"libpython{version}-stdlib"] / f"usr/lib/python{version}", arch.triplet, abi
-    )
-    builtins = builtin_modules(interpreter_path)
 
-    class BothTrees(GuestStdlib):
-        def find(self, name: str) -> StdlibModule | None:
-            return guest.find(name) or extra.find(name)
+class CombinedStdlib(GuestStdlib):
+    """The guest's standard library, split by Debian over libpython-minimal
+    and libpython-stdlib, looked up as one."""
 
-    both = BothTrees(guest.stdlib, arch.triplet, abi)
+    def __init__(self, first: GuestStdlib, second: GuestStdlib, triplet: str, abi: str) -> None:
+        super().__init__(first.stdlib, triplet, abi)
+        self.first = first
+        self.second = second
 
-    def extension_ok(module: StdlibModule) -> bool:
-        _found, missing = _resolve_libraries([module.path], tree, arch)
-        return not missing
+    def find(self, name: str) -> StdlibModule | None:
+        return self.first.find(name) or self.second.find(name)
 
+
+def _libraries_present(tree: Tree, arch: Arch, module: StdlibModule) -> bool:
+    """Whether every shared library an extension module needs is in ``tree``."""
+    _found, missing = _resolve_libraries([module.path], tree, arch)
+    return not missing
+
+
+def _stdlib_roots(
+    closure: Closure, site_files: dict[str, bytes], stdlib_names: set[str]
+) -> list[tuple[str, tuple[str, ...], bool]]:
+    """The standard-library imports of the unikernel's modules, of /init
+    and of the wheels' Python files: where the stdlib walk starts."""
     roots = []
-    stdlib_names = set(sys.stdlib_module_names) | builtins
     for source in closure.modules.values():
         roots += [
             item
@@ -450,7 +467,6 @@ def build_image(
             if item[0].split(".")[0] in stdlib_names
         ]
     roots += imports_of(INIT_SOURCE.read_bytes(), "__init_program__", False)
-    site_files = wheels.unpack(wheel_list)
     for relative, data in site_files.items():
         if relative.endswith(".py"):
             name = relative.removesuffix(".py").replace("/", ".")
@@ -461,14 +477,65 @@ def build_image(
                 for item in imports_of(data, name, is_package)
                 if item[0].split(".")[0] in stdlib_names
             ]
-    stdlib = stdlib_closure(roots, both, builtins, extension_ok)
+    return roots
+
+
+def _guest_stdlib_closure(
+    guest: GuestPackages,
+    arch: Arch,
+    closure: Closure,
+    site_files: dict[str, bytes],
+    progress: Progress,
+) -> tuple[Path, StdlibClosure]:
+    """Stage 2, closure: the guest's interpreter and the standard-library
+    modules the unikernel reaches."""
+    version = guest.version
+    interpreter_path = guest.tree.find(f"usr/bin/python{version}")
+    if interpreter_path is None:
+        raise PackageError(f"no usr/bin/python{version} in {guest.python_name}")
+    abi = version.replace(".", "")
+    stdlib_dir = guest.tree.find(f"usr/lib/python{version}/os.py")
+    if stdlib_dir is None:
+        raise PackageError(f"no standard library in libpython{version}-minimal")
+    minimal = GuestStdlib(stdlib_dir.parent, arch.triplet, abi)
+    extra = GuestStdlib(
+        guest.trees[f"libpython{version}-stdlib"] / f"usr/lib/python{version}", arch.triplet, abi
+    )
+    builtins = builtin_modules(interpreter_path)
+    roots = _stdlib_roots(closure, site_files, set(sys.stdlib_module_names) | builtins)
+    stdlib = stdlib_closure(
+        roots,
+        CombinedStdlib(minimal, extra, arch.triplet, abi),
+        builtins,
+        functools.partial(_libraries_present, guest.tree, arch),
+    )
     if stdlib.missing:
         # Imports under conditions the walk cannot judge; reported, not fatal.
         progress(
             f"note: imported but not in Python {version} for {arch.debian}: "
             + ", ".join(sorted(stdlib.missing))
         )
-    extensions = [m for m in stdlib.modules.values() if m.is_extension]
+    return interpreter_path, stdlib
+
+
+@dataclass
+class ImageLibraries:
+    """The shared libraries in the image and the dynamic loader."""
+
+    files: dict[str, Path]  # library path in the image -> file
+    loader: str  # the loader's path, as the interpreter names it
+    loader_file: Path
+
+
+def _image_libraries(
+    interpreter_path: Path,
+    extensions: list[StdlibModule],
+    site_files: dict[str, bytes],
+    tree: Tree,
+    arch: Arch,
+) -> ImageLibraries:
+    """Stage 3, libraries: what the interpreter, the stdlib's extension
+    modules and the wheels' shared objects need, and the dynamic loader."""
     site_dir = Path(tempfile.mkdtemp(prefix="looming-wheels-"))
     shared_objects = _write_shared_objects(site_files, site_dir)
     bundled = {path.name for path in shared_objects}  # auditwheel's *.libs, found by RPATH
@@ -488,110 +555,162 @@ def build_image(
     loader_file = tree.find(loader)
     if loader_file is None:
         raise PackageError(f"the dynamic loader {loader} is not in libc6")
+    return ImageLibraries(libraries, loader, loader_file)
 
-    kernel_tree = trees[kernel_info.name]
-    kernel_version, module_files = _kernel_modules(kernel_tree, arch)
 
-    progress("writing the initramfs")
+@dataclass
+class ImageContents:
+    """Everything the initramfs holds, found by the stages before it."""
+
+    arch: Arch
+    app_dir: Path
+    guest: GuestPackages
+    interpreter_path: Path
+    libraries: ImageLibraries
+    stdlib: StdlibClosure
+    site_files: dict[str, bytes]
+    module_files: list[Path]  # kernel modules, dependencies first
+    pyz: Path
+    uses_tls: bool
+
+
+def _interpreter_entries(contents: ImageContents) -> list[cpio.Entry]:
+    """The interpreter, its shared libraries and the dynamic loader."""
+    version = contents.guest.version
+    libraries = contents.libraries
+    loader = libraries.loader
+    entries = [
+        cpio.regular(
+            f"usr/bin/python{version}", contents.interpreter_path.read_bytes(), executable=True
+        ),
+        cpio.symlink("usr/bin/python3", f"python{version}"),
+    ]
+    for image_path, path in libraries.files.items():
+        entries.append(cpio.regular(image_path, path.read_bytes(), executable=True))
+    loader_name = Path(loader).name
+    in_library_dir = next((p for p in libraries.files if Path(p).name == loader_name), None)
+    if in_library_dir is not None and in_library_dir != loader.lstrip("/"):
+        # The loader is also a library (libc needs it): one copy, one link.
+        entries.append(cpio.symlink(loader.lstrip("/"), "/" + in_library_dir))
+    else:
+        entries.append(
+            cpio.regular(loader.lstrip("/"), libraries.loader_file.read_bytes(), executable=True)
+        )
+    return entries
+
+
+def _stdlib_entries(
+    contents: ImageContents, compiler: Compiler | None, frozen: set[str]
+) -> list[cpio.Entry]:
+    """The standard-library modules, as bytecode where it can be made here."""
+    version = contents.guest.version
+    entries = []
+    for module in contents.stdlib.modules.values():
+        if module.name in frozen:
+            continue
+        if module.is_extension:
+            entries.append(
+                cpio.regular(
+                    f"usr/lib/python{version}/lib-dynload/{module.path.name}",
+                    module.path.read_bytes(),
+                    executable=True,
+                )
+            )
+            continue
+        relative = "/".join(module.name.split("."))
+        relative = f"{relative}/__init__" if module.is_package else relative
+        suffix, data = _compiled(module.path, f"python{version}/{relative}.py", compiler)
+        entries.append(cpio.regular(f"usr/lib/python{version}/{relative}{suffix}", data))
+    return entries
+
+
+def _site_entries(site_files: dict[str, bytes], compiler: Compiler | None) -> list[cpio.Entry]:
+    """The wheels' files, their Python modules as bytecode where it can be made here."""
+    entries = []
+    for relative, data in site_files.items():
+        image_path = f"{SITE_PACKAGES}/{relative}"
+        if relative.endswith(".py") and compiler is not None:
+            header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
+            code = compiler.compile(data, "/" + image_path, strip_docstrings=False)
+            entries.append(cpio.regular(image_path + "c", header + code))
+        else:
+            entries.append(cpio.regular(image_path, data, executable=relative.endswith(".so")))
+    return entries
+
+
+def _init_entries(
+    settings: dict[str, object], version: str, compiler: Compiler | None
+) -> list[cpio.Entry]:
+    """/init with its settings, and its program as bytecode where it can be made here."""
+    init_source = INIT_SOURCE.read_text().replace(
+        "CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {settings!r}", 1
+    )
+    shebang = f"#!/usr/bin/python{version} -ISB\n"
+    if compiler is None:
+        return [cpio.regular("init", f"{shebang}{init_source}".encode(), True)]
+    # The kernel runs /init as a script, which Python would compile at every
+    # boot (30 ms under emulation): the program is bytecode beside the
+    # standard library instead, and /init only calls it.
+    program = f"usr/lib/python{version}/{INIT_MODULE}.py"
+    code = compiler.compile(init_source.encode(), "/" + program, strip_docstrings=False)
+    header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
+    return [
+        cpio.regular(program + "c", header + code),
+        cpio.regular("init", f"{shebang}from {INIT_MODULE} import main\nmain()\n".encode(), True),
+    ]
+
+
+def _initramfs_files(contents: ImageContents, compiler: Compiler | None) -> list[cpio.Entry]:
+    """Every file of the initramfs (a later entry replaces an earlier one of the same path)."""
+    # Modules frozen into the interpreter are imported from there, never
+    # from a file: theirs would only take room and unpacking time.
+    frozen = _frozen_modules() if compiler is not None else set()
+    entries = [*_interpreter_entries(contents), *_stdlib_entries(contents, compiler, frozen)]
+    if contents.uses_tls:
+        entries.append(cpio.regular(CA_BUNDLE, _ca_bundle(contents.guest.trees[CA_PACKAGE])))
+    entries += _site_entries(contents.site_files, compiler)
+    module_paths = []
+    for path in contents.module_files:
+        image_path = f"lib/modules/{path.name}"
+        module_paths.append("/" + image_path)
+        entries.append(cpio.regular(image_path, _unsigned(path.read_bytes())))
+    archive = _with_bytecode(contents.pyz, compiler, contents.app_dir)
+    entries.append(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), archive))
+    settings: dict[str, object] = {
+        "modules": module_paths,
+        "finit_module": contents.arch.finit_module,
+        "interface": INTERFACE,
+        "archive": ARCHIVE_IN_IMAGE,
+        "site_packages": "/" + SITE_PACKAGES if contents.site_files else None,
+    }
+    entries += _init_entries(settings, contents.guest.version, compiler)
+    return entries
+
+
+def _initramfs(contents: ImageContents) -> bytes:
+    """Stage 4, initramfs: the uncompressed cpio archive."""
+    version = contents.guest.version
     compile_here = sys.version_info[:2] == tuple(int(p) for p in version.split("."))
     # Bytecode is made here when this Python is the guest's version.
     compiler = Compiler() if compile_here else None
     try:
-        files: dict[str, cpio.Entry] = {}
-
-        def add(entry: cpio.Entry) -> None:
-            files[entry.path] = entry
-
-        add(
-            cpio.regular(f"usr/bin/python{version}", interpreter_path.read_bytes(), executable=True)
-        )
-        add(cpio.symlink("usr/bin/python3", f"python{version}"))
-        for image_path, path in libraries.items():
-            add(cpio.regular(image_path, path.read_bytes(), executable=True))
-        loader_name = Path(loader).name
-        in_library_dir = next((p for p in libraries if Path(p).name == loader_name), None)
-        if in_library_dir is not None and in_library_dir != loader.lstrip("/"):
-            # The loader is also a library (libc needs it): one copy, one link.
-            add(cpio.symlink(loader.lstrip("/"), "/" + in_library_dir))
-        else:
-            add(cpio.regular(loader.lstrip("/"), loader_file.read_bytes(), executable=True))
-        # Modules frozen into the interpreter are imported from there, never
-        # from a file: theirs would only take room and unpacking time.
-        frozen = _frozen_modules() if compile_here else set()
-        for module in stdlib.modules.values():
-            if module.name in frozen:
-                continue
-            if module.is_extension:
-                add(
-                    cpio.regular(
-                        f"usr/lib/python{version}/lib-dynload/{module.path.name}",
-                        module.path.read_bytes(),
-                        executable=True,
-                    )
-                )
-                continue
-            relative = "/".join(module.name.split("."))
-            relative = f"{relative}/__init__" if module.is_package else relative
-            suffix, data = _compiled(module.path, f"python{version}/{relative}.py", compiler)
-            add(cpio.regular(f"usr/lib/python{version}/{relative}{suffix}", data))
-        if uses_tls:
-            add(cpio.regular(CA_BUNDLE, _ca_bundle(trees[CA_PACKAGE])))
-        for relative, data in site_files.items():
-            image_path = f"{SITE_PACKAGES}/{relative}"
-            if relative.endswith(".py") and compiler is not None:
-                header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
-                code = compiler.compile(data, "/" + image_path, strip_docstrings=False)
-                add(cpio.regular(image_path + "c", header + code))
-            else:
-                add(cpio.regular(image_path, data, executable=relative.endswith(".so")))
-        module_paths = []
-        for path in module_files:
-            image_path = f"lib/modules/{path.name}"
-            module_paths.append("/" + image_path)
-            add(cpio.regular(image_path, _unsigned(path.read_bytes())))
-        add(
-            cpio.regular(
-                ARCHIVE_IN_IMAGE.lstrip("/"), _with_bytecode(pyz.artifact, compiler, app_dir)
-            )
-        )
-        settings = {
-            "modules": module_paths,
-            "finit_module": arch.finit_module,
-            "interface": INTERFACE,
-            "archive": ARCHIVE_IN_IMAGE,
-            "site_packages": "/" + SITE_PACKAGES if site_files else None,
-        }
-        init_source = INIT_SOURCE.read_text().replace(
-            "CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {settings!r}", 1
-        )
-        shebang = f"#!/usr/bin/python{version} -ISB\n"
-        if compiler is not None:
-            # The kernel runs /init as a script, which Python would compile at
-            # every boot (30 ms under emulation): the program is bytecode beside
-            # the standard library instead, and /init only calls it.
-            program = f"usr/lib/python{version}/{INIT_MODULE}.py"
-            code = compiler.compile(init_source.encode(), "/" + program, strip_docstrings=False)
-            header = importlib.util.MAGIC_NUMBER + b"\x00" * 12
-            add(cpio.regular(program + "c", header + code))
-            add(
-                cpio.regular(
-                    "init", f"{shebang}from {INIT_MODULE} import main\nmain()\n".encode(), True
-                )
-            )
-        else:
-            add(cpio.regular("init", f"{shebang}{init_source}".encode(), True))
+        files = {entry.path: entry for entry in _initramfs_files(contents, compiler)}
     finally:
         if compiler is not None:
             compiler.close()
     for node, major, minor, mode in DEVICE_NODES:
-        add(cpio.char_device(node, major, minor, mode))
+        files[node] = cpio.char_device(node, major, minor, mode)
     for directory in ("proc", "sys", "tmp"):
-        add(cpio.directory(directory))
+        files[directory] = cpio.directory(directory)
     ordered_paths = sorted(files)
     entries = _directories(ordered_paths)
     taken = {e.path for e in entries}
     entries += [files[p] for p in ordered_paths if p not in taken]
-    raw = cpio.archive(entries)
+    return cpio.archive(entries)
+
+
+def _write_initrd(raw: bytes, compression: str, arch: Arch, out_dir: Path) -> Path:
+    """The initramfs compressed as the kernel can unpack it, written to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("initrd.*"):
         stale.unlink()
@@ -625,15 +744,27 @@ def build_image(
         initrd.write_bytes(
             lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=xz_filters)
         )
+    return initrd
 
-    progress("copying the kernel")
+
+@dataclass
+class KernelFile:
+    """The kernel as stored in the image's folder."""
+
+    path: Path
+    format: str  # see ImageReport.kernel_format
+    unpacked: int
+    sha256: str
+
+
+def _copy_kernel(
+    kernel_tree: Path, kernel_version: str, arch: Arch, out_dir: Path, progress: Progress
+) -> KernelFile:
+    """Stage 5, kernel: Debian's kernel, packed smaller where the machine
+    boots it unpacked by looming run."""
     vmlinuz = kernel_tree / "boot" / f"vmlinuz-{kernel_version}"
     for stale in out_dir.glob("kernel*"):
         stale.unlink()
-    kernel = out_dir / "kernel"
-    kernel_format = "bzImage"
-    kernel_unpacked = vmlinuz.stat().st_size
-    kernel_sha256 = ""
     if arch.kernel_compressed:
         stored = pack_for_pvh(vmlinuz, kernels_cache(), progress) if arch.pvh_boot else None
         stored_format = PVH_FORMAT
@@ -641,39 +772,24 @@ def build_image(
         stored = pack_image(vmlinuz, kernels_cache(), progress)
         stored_format = IMAGE_FORMAT
     if stored is None:
+        kernel = out_dir / "kernel"
         shutil.copyfile(vmlinuz, kernel)
-    else:
-        # Smaller than Debian's bzImage or than any gzip of the arm64 Image;
-        # looming run unpacks it on the host, once.
-        kernel = out_dir / "kernel.xz"
-        shutil.copyfile(stored.packed, kernel)
-        kernel_format = stored_format
-        kernel_unpacked = stored.unpacked_size
-        kernel_sha256 = stored.unpacked_sha256
-    pyz.artifact.unlink()
+        return KernelFile(kernel, "bzImage", vmlinuz.stat().st_size, "")
+    # Smaller than Debian's bzImage or than any gzip of the arm64 Image;
+    # looming run unpacks it on the host, once.
+    kernel = out_dir / "kernel.xz"
+    shutil.copyfile(stored.packed, kernel)
+    return KernelFile(kernel, stored_format, stored.unpacked_size, stored.unpacked_sha256)
 
-    manifest = dist / f"{unikernel}-vm.json"
-    report = ImageReport(
-        arch=arch.name,
-        manifest=manifest,
-        kernel=kernel,
-        initrd=initrd,
-        kernel_size=kernel.stat().st_size,
-        kernel_format=kernel_format,
-        kernel_unpacked=kernel_unpacked,
-        kernel_sha256=kernel_sha256,
-        initrd_size=initrd.stat().st_size,
-        initrd_unpacked=len(raw),
-        packages={name: info.version for name, info in packages.items()},
-        stdlib_modules=sorted(m.name for m in stdlib.modules.values() if not m.is_extension),
-        extension_modules=sorted(m.name for m in extensions),
-        libraries=sorted([loader.lstrip("/"), *libraries]),
-        kernel_modules=[p.stem for p in module_files],
-        app_modules=pyz.modules,
-        archive_size=pyz.size,
-        crunched_files=pyz.crunched_files,
-        dropped_optional=sorted(stdlib.dropped),
-    )
+
+def _write_manifest(
+    report: ImageReport,
+    arch: Arch,
+    unikernel: str,
+    wheel_list: list[wheels.Wheel],
+    main_py: Path,
+    app_modules: list[str],
+) -> None:
     manifest_data = report.to_json()
     manifest_data["console"] = arch.console
     manifest_data["unikernel"] = unikernel  # the default MAC is derived from it
@@ -682,8 +798,82 @@ def build_image(
     }
     manifest_data["usage"] = keys_usage(main_py)
     # The launcher refuses to boot a unikernel that drives a NIC without one.
-    manifest_data["needs_network"] = "looming.vm.nic" in pyz.modules
-    manifest.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+    manifest_data["needs_network"] = "looming.vm.nic" in app_modules
+    report.manifest.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+
+
+def build_image(
+    app_dir: Path,
+    unikernel: str,
+    main_py: Path,
+    crunch: list[tuple[str, str]],
+    options: dict[str, str],
+    progress: Progress,
+) -> ImageReport:
+    """Build ``dist/<unikernel>-vm.json`` with its kernel and initramfs, in
+    stages: resolve the packages, walk the stdlib closure, find the shared
+    libraries, write the initramfs, copy the kernel."""
+    arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
+    compression = _compression(arch, options)
+    archive = AptArchive(arch, cache_root(), progress)
+    wheel_list = _wheels_for(app_dir, main_py, arch, archive, progress)
+    dist = app_dir / "dist"
+    out_dir = dist / f"{unikernel}-vm-{arch.name}"
+    progress(f"packing the unikernel's modules for {arch.name}")
+    pyz = write_zipapp(out_dir / "unikernel.pyz", main_py, app_dir, crunch)
+    closure = module_closure(main_py, app_dir)
+    uses_tls = any(m.startswith("looming.tls") for m in pyz.modules)
+    guest = _resolve_packages(archive, closure, bool(wheel_list), uses_tls)
+
+    progress("computing the standard-library modules the unikernel reaches")
+    site_files = wheels.unpack(wheel_list)
+    interpreter_path, stdlib = _guest_stdlib_closure(guest, arch, closure, site_files, progress)
+    extensions = [m for m in stdlib.modules.values() if m.is_extension]
+    libraries = _image_libraries(interpreter_path, extensions, site_files, guest.tree, arch)
+    kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch)
+
+    progress("writing the initramfs")
+    contents = ImageContents(
+        arch=arch,
+        app_dir=app_dir,
+        guest=guest,
+        interpreter_path=interpreter_path,
+        libraries=libraries,
+        stdlib=stdlib,
+        site_files=site_files,
+        module_files=module_files,
+        pyz=pyz.artifact,
+        uses_tls=uses_tls,
+    )
+    raw = _initramfs(contents)
+    initrd = _write_initrd(raw, compression, arch, out_dir)
+
+    progress("copying the kernel")
+    kernel = _copy_kernel(guest.kernel_tree, kernel_version, arch, out_dir, progress)
+    pyz.artifact.unlink()
+
+    report = ImageReport(
+        arch=arch.name,
+        manifest=dist / f"{unikernel}-vm.json",
+        kernel=kernel.path,
+        initrd=initrd,
+        kernel_size=kernel.path.stat().st_size,
+        kernel_format=kernel.format,
+        kernel_unpacked=kernel.unpacked,
+        kernel_sha256=kernel.sha256,
+        initrd_size=initrd.stat().st_size,
+        initrd_unpacked=len(raw),
+        packages={name: info.version for name, info in guest.packages.items()},
+        stdlib_modules=sorted(m.name for m in stdlib.modules.values() if not m.is_extension),
+        extension_modules=sorted(m.name for m in extensions),
+        libraries=sorted([libraries.loader.lstrip("/"), *libraries.files]),
+        kernel_modules=[p.stem for p in module_files],
+        app_modules=pyz.modules,
+        archive_size=pyz.size,
+        crunched_files=pyz.crunched_files,
+        dropped_optional=sorted(stdlib.dropped),
+    )
+    _write_manifest(report, arch, unikernel, wheel_list, main_py, pyz.modules)
     return report
 
 

@@ -168,6 +168,81 @@ def _never(name: str) -> bool:
     return any(".".join(parts[: i + 1]) in NEVER for i in range(len(parts)))
 
 
+class _StdlibWalk:
+    """The walk behind :func:`stdlib_closure`: a stack of (name, optional)
+    still to look at, and what each name came to."""
+
+    def __init__(
+        self,
+        guest: GuestStdlib,
+        builtins: set[str],
+        extension_ok: Callable[[StdlibModule], bool] | None,
+    ) -> None:
+        self.guest = guest
+        self.builtins = builtins
+        self.extension_ok = extension_ok
+        self.closure = StdlibClosure()
+        self.pending: list[tuple[str, bool]] = [(m, False) for m in STARTUP_MODULES]
+        self.seen_optional: set[str] = set()
+
+    def want(self, module: str, names: tuple[str, ...], optional: bool) -> None:
+        """``module``, and those of ``names`` imported from it that are submodules."""
+        self.pending.append((module, optional))
+        for n in names:
+            if n != "*" and self.guest.find(f"{module}.{n}") is not None:
+                self.pending.append((f"{module}.{n}", optional))
+
+    def _skipped(self, name: str, optional: bool) -> bool:
+        if not name or name in self.closure.modules or _never(name) or name in CORE:
+            return True
+        return optional and name in self.seen_optional
+
+    def _leave_out(self, name: str, optional: bool) -> None:
+        (self.closure.dropped if optional else self.closure.missing).add(name)
+        self.seen_optional.add(name)
+
+    def _take(self, name: str, optional: bool) -> StdlibModule | None:
+        """The module to add for ``name``, or None when it is left out."""
+        found = self.guest.find(name)
+        if found is None:
+            # Built into the interpreter, or a name inside a module: nothing to add.
+            if not (name.split(".")[0] in self.builtins or "." in name):
+                self._leave_out(name, optional)
+            return None
+        ok = self.extension_ok
+        if found.is_extension and optional and ok is not None and not ok(found):
+            self._leave_out(name, True)
+            return None
+        return found
+
+    def _add(self, name: str, found: StdlibModule, optional: bool) -> None:
+        """Take ``found``, its parent packages, and (but for an extension) its imports."""
+        self.closure.modules[name] = found
+        self.closure.missing.discard(name)
+        self.closure.dropped.discard(name)
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            self.pending.append((".".join(parts[:i]), False))
+        if found.is_extension:
+            return
+        for module, names, inner_optional in imports_of(
+            found.path.read_bytes(), name, found.is_package, lazy=False
+        ):
+            # Whatever an optional module needs is itself optional.
+            self.want(module, names, optional or inner_optional)
+
+    def run(self) -> StdlibClosure:
+        while self.pending:
+            name, optional = self.pending.pop()
+            if self._skipped(name, optional):
+                continue
+            found = self._take(name, optional)
+            if found is not None:
+                self._add(name, found, optional)
+        _drop_unimportable(self.closure)
+        return self.closure
+
+
 def stdlib_closure(
     roots: Iterable[tuple[str, tuple[str, ...], bool]],
     guest: GuestStdlib,
@@ -179,54 +254,10 @@ def stdlib_closure(
     ``extension_ok(module) -> bool`` says whether an optional extension
     module can be taken (its shared libraries are available).
     """
-    closure = StdlibClosure()
-    pending: list[tuple[str, bool]] = [(m, False) for m in STARTUP_MODULES]
-    queued_names: list[tuple[str, tuple[str, ...], bool]] = list(roots)
-    seen_optional: set[str] = set()
-
-    def want(name: str, optional: bool) -> None:
-        pending.append((name, optional))
-
-    for name, names, optional in queued_names:
-        want(name, optional)
-        for n in names:
-            if guest.find(f"{name}.{n}") is not None:
-                want(f"{name}.{n}", optional)
-    while pending:
-        name, optional = pending.pop()
-        if not name or name in closure.modules or _never(name) or name in CORE:
-            continue
-        if optional and name in seen_optional:
-            continue
-        found = guest.find(name)
-        if found is None:
-            if name.split(".")[0] in builtins or "." in name:
-                continue  # built into the interpreter, or a name inside a module
-            (closure.dropped if optional else closure.missing).add(name)
-            seen_optional.add(name)
-            continue
-        if found.is_extension and optional and extension_ok is not None and not extension_ok(found):
-            closure.dropped.add(name)
-            seen_optional.add(name)
-            continue
-        closure.modules[name] = found
-        closure.missing.discard(name)
-        closure.dropped.discard(name)
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            want(".".join(parts[:i]), False)
-        if found.is_extension:
-            continue
-        for module, names, inner_optional in imports_of(
-            found.path.read_bytes(), name, found.is_package, lazy=False
-        ):
-            # Whatever an optional module needs is itself optional.
-            want(module, optional or inner_optional)
-            for n in names:
-                if n != "*" and guest.find(f"{module}.{n}") is not None:
-                    want(f"{module}.{n}", optional or inner_optional)
-    _drop_unimportable(closure)
-    return closure
+    walk = _StdlibWalk(guest, builtins, extension_ok)
+    for name, names, optional in roots:
+        walk.want(name, names, optional)
+    return walk.run()
 
 
 def _drop_unimportable(closure: StdlibClosure) -> None:
