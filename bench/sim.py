@@ -131,7 +131,7 @@ async def website_on_asyncio() -> int:
         )
 
     server = await host(1)
-    site = HttpServer(StaticSite(await DirectoryKv.connect(SITE / "htdocs")))
+    site = HttpServer(StaticSite(await DirectoryKv.connect(SITE / "htdocs")), clock=UnixClock())
     await server.tcp.listen(8080, site.serve_flow)
     clients = [await host(n) for n in (2, 3, 4)]
     expected = {p: (SITE / "htdocs" / p.lstrip("/")).read_bytes() for p in PAGES}

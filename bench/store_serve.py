@@ -107,8 +107,9 @@ def run(work: Path, mb: int, rounds: int) -> int:
     import dulwich
 
     from looming.store.repo import Repo
+    from looming.unix.clock import UnixClock
 
-    Repo.init(str(work / "looming.git")).close()
+    Repo.init(str(work / "looming.git"), clock=UnixClock()).close()
     subprocess.run(["git", "init", "-q", "--bare", str(work / "peer.git")], check=True)
     git("config", "http.receivepack", "true", cwd=work / "peer.git")
     if os.getuid() == 0:

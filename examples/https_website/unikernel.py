@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from looming.devices import Console, KvRo, Stack
+from looming.devices import Clock, Console, KvRo, Stack
 from looming.http import HttpServer, StaticSite
 
 log = logging.getLogger("website")
 
 
 class SecureWebsite:
-    def __init__(self, console: Console, htdocs: KvRo, stack: Stack, *, port: int) -> None:
+    def __init__(
+        self, console: Console, htdocs: KvRo, stack: Stack, clock: Clock, *, port: int
+    ) -> None:
         self.console = console
         self.stack = stack
         self.port = port
-        self.server = HttpServer(StaticSite(htdocs))
+        self.server = HttpServer(StaticSite(htdocs), clock=clock)
 
     async def start(self) -> None:
         listener = await self.stack.tcp.listen(self.port, self.server.serve_flow)

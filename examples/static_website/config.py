@@ -1,7 +1,9 @@
-from looming.config import console, default_network, key, kv_ro, main, register, stack
+from looming.config import clock, console, default_network, key, kv_ro, main, register, stack
 
 port = key("port", int, default=8080, doc="TCP port to serve on")
 website = main(
-    "unikernel:Website", [console(), kv_ro("htdocs"), stack(default_network())], keys=[port]
+    "unikernel:Website",
+    [console(), kv_ro("htdocs"), stack(default_network()), clock()],
+    keys=[port],
 )
 register("website", [website])

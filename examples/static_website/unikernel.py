@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from looming.devices import Console, KvRo, Stack
+from looming.devices import Clock, Console, KvRo, Stack
 from looming.http import HttpServer, StaticSite
 
 log = logging.getLogger("website")
@@ -23,12 +23,14 @@ def served_url(stack: Stack, port: int) -> str:
 class Website:
     """Serves the files of ``htdocs`` on ``port`` until cancelled."""
 
-    def __init__(self, console: Console, htdocs: KvRo, stack: Stack, *, port: int = 8080) -> None:
+    def __init__(
+        self, console: Console, htdocs: KvRo, stack: Stack, clock: Clock, *, port: int = 8080
+    ) -> None:
         self.console = console
         self.htdocs = htdocs
         self.stack = stack
         self.port = port
-        self.server = HttpServer(StaticSite(htdocs))
+        self.server = HttpServer(StaticSite(htdocs), clock=clock)
 
     async def start(self) -> None:
         listener = await self.stack.tcp.listen(self.port, self.server.serve_flow)

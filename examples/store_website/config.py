@@ -8,7 +8,7 @@ echo '<h1>hello</h1>' > index.html && git add . && git commit -m hello
 git push origin HEAD:main        # the next request serves it
 """
 
-from looming.config import console, default_network, key, kv_store, main, register, stack
+from looming.config import clock, console, default_network, key, kv_store, main, register, stack
 
 port = key("port", int, default=8080, doc="TCP port the website is served on")
 push_port = key("push_port", int, default=8418, doc="TCP port git pushes the site to (smart HTTP)")
@@ -39,7 +39,7 @@ website = main(
     "unikernel:StoreWebsite",
     # The repository is state, kept out of the application's sources; point
     # --site-git-repo at a lasting folder for a real deployment.
-    [console(), kv_store("_build/site.git", branch="main"), stack(default_network())],
+    [console(), kv_store("_build/site.git", branch="main"), stack(default_network()), clock()],
     keys=[port, push_port, listen, push_token_file, push_access, push_anonymous_read],
 )
 register("store-website", [website])

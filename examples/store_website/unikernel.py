@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from looming.devices import Console, KvRo, KvRw, Listener, Stack
+from looming.devices import Clock, Console, KvRo, KvRw, Listener, Stack
 from looming.http import HttpServer, StaticSite
 
 log = logging.getLogger("store-website")
@@ -43,6 +43,7 @@ class StoreWebsite:
         console: Console,
         site: KvRo,
         stack: Stack,
+        clock: Clock,
         *,
         port: int = 8080,
         push_port: int = 8418,
@@ -60,7 +61,8 @@ class StoreWebsite:
         self.push_token_file = push_token_file
         self.push_access = push_access
         self.push_anonymous_read = push_anonymous_read
-        self.server = HttpServer(StaticSite(site))
+        self.clock = clock
+        self.server = HttpServer(StaticSite(site), clock=clock)
 
     def _host(self) -> str | None:
         """The address to listen on. A stack of its own (``--net direct``, a
@@ -87,7 +89,8 @@ class StoreWebsite:
         await self.console.log(f"push port access: {describe(policy)}")
         settings = ServeSettings()
         handler = StoreHttp(self.site.store.repo, policy, settings)
-        return HttpServer(handler, ServerConfig(max_body_bytes=settings.max_body_bytes))
+        config = ServerConfig(max_body_bytes=settings.max_body_bytes)
+        return HttpServer(handler, config, clock=self.clock)
 
     async def start(self) -> None:
         if isinstance(self.site, KvRw) and not await self.site.list():

@@ -10,7 +10,7 @@ import logging
 
 from kvwire import DELETE, GET, NOT_FOUND, OK, PUT, RESPONSE, FrameReader, request
 
-from looming.devices import Console, Flow, Stack
+from looming.devices import Clock, Console, Flow, Stack
 from looming.errors import LoomingError
 from looming.http import HttpServer, Request, Response
 
@@ -21,8 +21,11 @@ METHODS = {"GET": GET, "PUT": PUT, "DELETE": DELETE}
 
 
 class Front:
-    def __init__(self, console: Console, stack: Stack, store: Flow, *, port: int) -> None:
+    def __init__(
+        self, console: Console, stack: Stack, store: Flow, clock: Clock, *, port: int
+    ) -> None:
         self.console = console
+        self.clock = clock
         self.stack = stack
         self.store = store
         self.reader = FrameReader(store)
@@ -72,6 +75,6 @@ class Front:
         return Response(204)
 
     async def start(self) -> None:
-        listener = await self.stack.tcp.listen(self.port, HttpServer(self.handle))
+        listener = await self.stack.tcp.listen(self.port, HttpServer(self.handle, clock=self.clock))
         await self.console.log(f"front: HTTP on port {listener.port}, store over vchan")
         await asyncio.Event().wait()

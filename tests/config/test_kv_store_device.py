@@ -33,7 +33,11 @@ def test_kv_store_commits_to_a_git_repository(tmp_path: Path) -> None:
     (app / "unikernel.py").write_text(UNIKERNEL)
     looming(app, "configure")
     main_py = (app / "_build" / "unix" / "main.py").read_text()
-    assert "await StoreKv.connect(keys.notes_git_repo, branch=keys.notes_git_branch)" in main_py
+    assert "clock = UnixClock()" in main_py
+    assert (
+        "await StoreKv.connect(keys.notes_git_repo, clock=clock, branch=keys.notes_git_branch)"
+        in main_py
+    )
     looming(app, "build")
     assert looming(app, "run").stdout == "stored first\n"
     assert looming(app, "run", "--note", "second").stdout == "stored second\n"

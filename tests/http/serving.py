@@ -13,6 +13,7 @@ from pathlib import Path
 from looming.devices.kv import EntryKind
 from looming.errors import KeyNotFound, NotAValue
 from looming.http import Handler, HttpServer, ServerConfig
+from looming.unix.clock import UnixClock
 from looming.unix.socket_stack import SocketStack
 
 HTDOCS = Path(__file__).resolve().parents[2] / "examples" / "static_website" / "htdocs"
@@ -95,7 +96,7 @@ def serve_in_thread(
 
     async def main() -> None:
         stack = await SocketStack.connect("127.0.0.1")
-        server = HttpServer(handler_factory(), config)
+        server = HttpServer(handler_factory(), config, clock=UnixClock())
         listener = await stack.tcp.listen(0, server.serve_flow)
         stop = asyncio.Event()
         state["running"] = RunningServer(listener.port, server, asyncio.get_running_loop())

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from looming.unix.clock import UnixClock
 from looming.unix.kv import DirectoryKv
 from looming.unix.socket_stack import SocketStack
 
@@ -67,7 +68,7 @@ def test_website_serves_htdocs(caplog: pytest.LogCaptureFixture) -> None:
         console = RecordingConsole()
         stack = await SocketStack.connect("0.0.0.0")
         htdocs = DirectoryKv(EXAMPLES / "static_website" / "htdocs")
-        website = module.Website(console, htdocs, stack, port=0)
+        website = module.Website(console, htdocs, stack, UnixClock(), port=0)
         task = asyncio.create_task(website.start())
         await asyncio.wait_for(console.logged.wait(), 10)
         (line,) = console.lines
@@ -95,7 +96,7 @@ def test_asgi_service_serves_the_starlette_app() -> None:
     async def scenario() -> None:
         console = RecordingConsole()
         stack = await SocketStack.connect("127.0.0.1")
-        service = module.AsgiService(console, stack, port=0)
+        service = module.AsgiService(console, stack, UnixClock(), port=0)
         task = asyncio.create_task(service.start())
         await asyncio.wait_for(console.logged.wait(), 10)
         url = console.lines[0].removeprefix("serving ")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 GitRunner = Callable[..., str]
 
@@ -49,13 +50,17 @@ def git() -> GitRunner:
 
 @pytest.fixture
 def disk_repo(tmp_path: Path) -> Iterator[Repo]:
-    repo = Repo.init(str(tmp_path / "store.git"))
+    repo = Repo.init(str(tmp_path / "store.git"), clock=UnixClock())
     yield repo
     repo.close()
 
 
 @pytest.fixture(params=["memory", "disk"])
 def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repo]:
-    repo = Repo.memory() if request.param == "memory" else Repo.init(str(tmp_path / "store.git"))
+    repo = (
+        Repo.memory(clock=UnixClock())
+        if request.param == "memory"
+        else Repo.init(str(tmp_path / "store.git"), clock=UnixClock())
+    )
     yield repo
     repo.close()

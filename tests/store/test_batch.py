@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from looming.store import RefChanged, Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -17,7 +18,7 @@ def _packs(path: Path) -> set[Path]:
 
 def test_a_batch_is_written_once_at_its_end(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    repo = Repo.init(str(path))
+    repo = Repo.init(str(path), clock=UnixClock())
     store = repo.store("main")
     first = store.set("a", b"0")
     packs = _packs(path)
@@ -35,7 +36,7 @@ def test_a_batch_is_written_once_at_its_end(tmp_path: Path, git: GitRunner) -> N
 
 def test_a_failed_batch_keeps_nothing(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    repo = Repo.init(str(path))
+    repo = Repo.init(str(path), clock=UnixClock())
     store = repo.store("main")
     first = store.set("a", b"0")
     with pytest.raises(ZeroDivisionError), repo.batch():

@@ -11,6 +11,7 @@ import pytest
 
 from looming.store import cli
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -51,7 +52,7 @@ def test_cli_session(tmp_path: Path, capsys: pytest.CaptureFixture[str], git: Gi
     assert run(capsys, "clone", repo, clone)[0] == 0
     assert run(capsys, "-C", clone, "set", "new", "from clone")[0] == 0
     assert run(capsys, "-C", clone, "push", repo)[0] == 0
-    assert Repo.open(repo).store().get("new") == b"from clone"
+    assert Repo.open(repo, clock=UnixClock()).store().get("new") == b"from clone"
     run(capsys, "-C", repo, "set", "back", "to clone")
     assert run(capsys, "-C", clone, "pull", repo)[0] == 0
     assert run(capsys, "-C", clone, "get", "back")[1] == "to clone"
@@ -140,7 +141,7 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 
 def test_watch_command(tmp_path: Path) -> None:
-    repo = Repo.init(str(tmp_path / "r.git"))
+    repo = Repo.init(str(tmp_path / "r.git"), clock=UnixClock())
     store = repo.store()
     store.set("seed", b"0")
     watcher = subprocess.Popen(
@@ -178,7 +179,7 @@ def test_serve_stops_on_sigterm_and_leaves_the_store_compact(
     import urllib.request
 
     path = tmp_path / "served.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     token = "serve-token-0123456789abcdef"
     server = subprocess.Popen(
         [sys.executable, "-m", "looming.store.cli", "-C", str(path), "serve", "--port", "0"],
@@ -210,4 +211,4 @@ def test_serve_stops_on_sigterm_and_leaves_the_store_compact(
     assert len(list((path / "objects" / "pack").glob("*.pack"))) == 1
     assert [p.name for p in (path / "looming-spares").iterdir()] == []
     git("fsck", "--strict", "--no-dangling", cwd=str(path))
-    assert Repo.open(str(path)).store().get("k2") == b"v2"
+    assert Repo.open(str(path), clock=UnixClock()).store().get("k2") == b"v2"

@@ -14,6 +14,7 @@ import pytest
 
 from looming.store import cli
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -49,13 +50,13 @@ def test_merge_status_resolve_continue(
     conflicted: str, capsys: pytest.CaptureFixture[str], git: GitRunner
 ) -> None:
     repo = conflicted
-    head = Repo.open(repo).head("main")
+    head = Repo.open(repo, clock=UnixClock()).head("main")
     code, out, _ = run(capsys, "-C", repo, "merge", "--status")
     assert code == 0
     assert "c: " in out and "base   'base'" in out and "ours   'ours'" in out
     assert "theirs 'theirs'" in out and "ours   (absent)" in out and "2 unresolved" in out
     # The branch has not moved; a second merge is refused while one is pending.
-    assert Repo.open(repo).head("main") == head
+    assert Repo.open(repo, clock=UnixClock()).head("main") == head
     code, _, err = run(capsys, "-C", repo, "merge", "feature")
     assert code == 2 and "pending" in err
     code, _, err = run(capsys, "-C", repo, "merge", "--continue")
@@ -71,7 +72,7 @@ def test_merge_status_resolve_continue(
         capsys, "--author", "Ada L <ada@example.org>", "-C", repo, "merge", "--continue"
     )
     assert code == 0 and out.startswith("merged: ")
-    store = Repo.open(repo).store()
+    store = Repo.open(repo, clock=UnixClock()).store()
     assert [store.get(k) for k in ("c", "d", "e")] == [b"both", b"theirs-d", b"clean"]
     (info,) = store.history(1)
     assert len(info.parents) == 2 and info.parents[0] == head
@@ -84,10 +85,10 @@ def test_merge_status_resolve_continue(
 
 def test_merge_abort_leaves_the_branch(conflicted: str, capsys: pytest.CaptureFixture[str]) -> None:
     repo = conflicted
-    head = Repo.open(repo).head("main")
+    head = Repo.open(repo, clock=UnixClock()).head("main")
     assert run(capsys, "-C", repo, "resolve", "c", "--theirs")[0] == 0
     assert run(capsys, "-C", repo, "merge", "--abort")[0] == 0
-    assert Repo.open(repo).head("main") == head
+    assert Repo.open(repo, clock=UnixClock()).head("main") == head
     code, _, err = run(capsys, "-C", repo, "merge", "--abort")
     assert code == 2 and "no merge is pending" in err
     # Merging again starts afresh, with no resolution remembered.
@@ -104,7 +105,7 @@ def test_continue_refuses_a_branch_that_moved(
     run(capsys, "-C", repo, "set", "z", "moved meanwhile")
     code, _, err = run(capsys, "-C", repo, "merge", "--continue")
     assert code == 2 and "moved since the merge began" in err
-    assert Repo.open(repo).store().get("z") == b"moved meanwhile"
+    assert Repo.open(repo, clock=UnixClock()).store().get("z") == b"moved meanwhile"
 
 
 def test_options_after_the_subcommand_and_author(
@@ -115,9 +116,9 @@ def test_options_after_the_subcommand_and_author(
     assert run(capsys, "set", "k", "v", "-C", repo, "--branch", "side")[0] == 0
     assert run(capsys, "set", "--branch", "side", "--repo", repo, "k2", "v2")[0] == 0
     assert run(capsys, "-b", "other", "-C", repo, "set", "k3", "v3", "-b", "side")[0] == 0
-    store = Repo.open(repo).store("side")
+    store = Repo.open(repo, clock=UnixClock()).store("side")
     assert [store.get(k) for k in ("k", "k2", "k3")] == [b"v", b"v2", b"v3"]
-    assert Repo.open(repo).branches() == ["side"]
+    assert Repo.open(repo, clock=UnixClock()).branches() == ["side"]
     run(capsys, "-C", repo, "set", "a", "1", "--author", "Grace H <grace@example.org>")
     log = git("log", "-1", "--format=%an|%ae|%cn|%ce", "main", cwd=repo).strip()
     assert log == "Grace H|grace@example.org|Grace H|grace@example.org"
@@ -137,7 +138,7 @@ def test_gc_compacts_many_writers(tmp_path: Path, capsys: pytest.CaptureFixture[
     run(capsys, "init", repo)
     for number in range(12):
         # each a separate writer that never closes, as a CLI process
-        writer = Repo.open(repo, merge_packs_after=1000, fold_when_idle=None)
+        writer = Repo.open(repo, merge_packs_after=1000, fold_when_idle=None, clock=UnixClock())
         writer.store().set(f"k{number}", b"v")
         writer.backend.flush()
     packs = list((Path(repo) / "objects" / "pack").glob("*.pack"))
@@ -145,7 +146,7 @@ def test_gc_compacts_many_writers(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 0 and out.startswith("compacted ")
     after = list((Path(repo) / "objects" / "pack").glob("*.pack"))
     assert len(after) < max(len(packs), 2)
-    store = Repo.open(repo).store()
+    store = Repo.open(repo, clock=UnixClock()).store()
     assert [store.get(f"k{n}") for n in range(12)] == [b"v"] * 12
 
 
@@ -157,19 +158,19 @@ def test_pull_of_unrelated_histories_needs_the_flag(
     run(capsys, "init", theirs)
     run(capsys, "-C", ours, "set", "a", "ours")
     run(capsys, "-C", theirs, "set", "b", "theirs")
-    head = Repo.open(ours).head("main")
+    head = Repo.open(ours, clock=UnixClock()).head("main")
     code, _, err = run(capsys, "-C", ours, "pull", theirs)
     assert code == 2 and "unrelated histories" in err and "--allow-unrelated-histories" in err
-    assert Repo.open(ours).head("main") == head
+    assert Repo.open(ours, clock=UnixClock()).head("main") == head
     code, out, _ = run(capsys, "-C", ours, "pull", theirs, "--allow-unrelated-histories")
     assert code == 0 and out.startswith("merged: ")
-    store = Repo.open(ours).store()
+    store = Repo.open(ours, clock=UnixClock()).store()
     assert (store.get("a"), store.get("b")) == (b"ours", b"theirs")
 
 
 def test_serve_without_credentials_says_how_to_enable_writes(tmp_path: Path) -> None:
     path = tmp_path / "served.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     server = subprocess.Popen(
         [sys.executable, "-m", "looming.store.cli", "-C", str(path), "serve", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -237,7 +238,7 @@ def test_a_directory_side_can_be_chosen(tmp_path: Path, capsys: pytest.CaptureFi
     assert "(directory " in run(capsys, "-C", repo, "merge", "--status")[1]
     assert run(capsys, "-C", repo, "resolve", "d", "--theirs")[0] == 0
     assert run(capsys, "-C", repo, "merge", "--continue")[0] == 0
-    store = Repo.open(repo).store()
+    store = Repo.open(repo, clock=UnixClock()).store()
     assert store.get("d/x") == b"in a directory" and store.find("d") is None
 
 

@@ -10,14 +10,16 @@ import threading
 from pathlib import Path
 
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
 WRITER = """
 import sys
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 path, name, count, threshold = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-repo = Repo.open(path, merge_packs_after=threshold)
+repo = Repo.open(path, merge_packs_after=threshold, clock=UnixClock())
 store = repo.store()
 for i in range(count):
     with store.with_tree(f"{name} batch {i}") as tx:
@@ -60,7 +62,7 @@ def test_processes_write_concurrently(disk_repo: Repo, git: GitRunner) -> None:
     ]
     for writer in writers:
         assert writer.wait(timeout=120) == 0
-    store = Repo.open(path).store()
+    store = Repo.open(path, clock=UnixClock()).store()
     assert len(store.history()) == 90
     for n in range(3):
         for j in range(5):
@@ -71,7 +73,7 @@ def test_processes_write_concurrently(disk_repo: Repo, git: GitRunner) -> None:
 def test_killed_writers_leave_a_valid_repository(tmp_path: Path, git: GitRunner) -> None:
     chooser = random.Random(20261126)
     path = str(tmp_path / "crash.git")
-    Repo.init(path).close()
+    Repo.init(path, clock=UnixClock()).close()
     committed = 0
     for round_number in range(6):
         # Merging packs every 4 commits makes kills land inside merges too.
@@ -87,7 +89,7 @@ def test_killed_writers_leave_a_valid_repository(tmp_path: Path, git: GitRunner)
         writer.wait(timeout=30)
         committed += wait_for
         git("fsck", "--strict", "--no-dangling", cwd=path)
-        repo = Repo.open(path)
+        repo = Repo.open(path, clock=UnixClock())
         store = repo.store()
         history = store.history()
         assert len(history) >= committed
@@ -137,13 +139,13 @@ def test_readers_survive_a_writer_merging_packs(disk_repo: Repo) -> None:
         [sys.executable, "-c", WRITER, path, "w", "60", "2"], stdout=subprocess.PIPE
     )
     assert writer.stdout is not None
-    reader = Repo.open(path)
+    reader = Repo.open(path, clock=UnixClock())
     seen = 0
     for line in writer.stdout:
         index = int(line)
         # A fresh store each time: no cached objects, so reads go to packs
         # that the writer keeps merging and deleting.
-        store = Repo.open(path).store()
+        store = Repo.open(path, clock=UnixClock()).store()
         head = store.head
         assert head is not None
         assert store.get(f"w/d4/k{index}") == b"%d" % index
@@ -184,7 +186,7 @@ def test_commits_use_spare_files_made_while_idle(disk_repo: Repo, git: GitRunner
     disk_repo.close()
     # Closing removes this process's unused spares.
     assert os.listdir(spares) == []
-    assert Repo.open(disk_repo.path).store().get("second") == b"2"
+    assert Repo.open(disk_repo.path, clock=UnixClock()).store().get("second") == b"2"
 
 
 def test_a_forked_child_takes_the_lock_for_itself(tmp_path: Path, git: GitRunner) -> None:
@@ -192,7 +194,7 @@ def test_a_forked_child_takes_the_lock_for_itself(tmp_path: Path, git: GitRunner
     import select
 
     path = str(tmp_path / "fork.git")
-    repo = Repo.init(path, fold_when_idle=None)
+    repo = Repo.init(path, fold_when_idle=None, clock=UnixClock())
     repo.store().set("before", b"fork")
     read_end, write_end = os.pipe()
     with repo.backend.writer_lock():  # held by the parent across the fork
@@ -216,7 +218,7 @@ def test_a_forked_child_takes_the_lock_for_itself(tmp_path: Path, git: GitRunner
     assert os.waitpid(pid, 0)[1] == 0
     repo.store().set("after", b"parent")
     git("fsck", "--strict", "--no-dangling", cwd=path)
-    fresh = Repo.open(path)
+    fresh = Repo.open(path, clock=UnixClock())
     assert [fresh.store().get(k) for k in ("before", "child", "after")] == [
         b"fork",
         b"wrote",

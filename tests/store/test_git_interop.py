@@ -9,6 +9,7 @@ import pytest
 
 from looming.store.errors import BadRef, CorruptObject, MissingObject
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -40,7 +41,7 @@ def test_git_fsck_log_show_and_clone(disk_repo: Repo, git: GitRunner, tmp_path: 
 
 
 def test_small_packs_are_merged(tmp_path: Path, git: GitRunner) -> None:
-    repo = Repo.init(str(tmp_path / "s.git"), merge_packs_after=8)
+    repo = Repo.init(str(tmp_path / "s.git"), merge_packs_after=8, clock=UnixClock())
     store = repo.store()
     for i in range(40):
         store.set(f"k{i}", b"%d" % i)
@@ -48,7 +49,7 @@ def test_small_packs_are_merged(tmp_path: Path, git: GitRunner) -> None:
     assert 1 <= len(packs) <= 8
     assert not list((tmp_path / "s.git" / "objects").glob("??/*"))  # nothing loose
     assert store.get("k3") == b"3"
-    assert Repo.open(str(tmp_path / "s.git")).store().get("k39") == b"39"
+    assert Repo.open(str(tmp_path / "s.git"), clock=UnixClock()).store().get("k39") == b"39"
     git("fsck", "--strict", cwd=tmp_path / "s.git")
     git("verify-pack", str(packs[0].with_suffix(".idx")), cwd=tmp_path)
     repo.close()
@@ -68,7 +69,7 @@ def test_git_made_repository_opens_as_store(tmp_path: Path, git: GitRunner) -> N
     git("branch", "side", cwd=work)
     git("gc", "-q", "--aggressive", cwd=work)  # packs with deltas, packed refs
     assert (work / ".git" / "packed-refs").exists()
-    repo = Repo.open(str(work))
+    repo = Repo.open(str(work), clock=UnixClock())
     store = repo.store("main")
     assert store.get("a/f1") == b"changed\n"
     assert store.get("a/f29") == b"line\n" * 29 + b"file 29\n"
@@ -108,19 +109,19 @@ def test_corrupt_objects_are_detected(disk_repo: Repo, git: GitRunner) -> None:
     tree_hex = git("mktree", cwd=path, input=f"100644 blob {blob_hex}\tk\n".encode()).strip()
     commit_hex = git("commit-tree", tree_hex, "-m", "by git", cwd=path).strip()
     disk_repo.set_head("main", commit_hex)
-    assert Repo.open(path).store().get("k") == b"precious"
+    assert Repo.open(path, clock=UnixClock()).store().get("k") == b"precious"
     loose = Path(path) / "objects" / blob_hex[:2] / blob_hex[2:]
     os.chmod(loose, 0o644)
     loose.write_bytes(zlib.compress(b"blob 8\0precioux"))
     with pytest.raises(CorruptObject) as error:
-        Repo.open(path).store().get("k")
+        Repo.open(path, clock=UnixClock()).store().get("k")
     assert blob_hex in str(error.value)
     loose.write_bytes(b"not zlib")
     with pytest.raises(CorruptObject):
-        Repo.open(path).store().get("k")
+        Repo.open(path, clock=UnixClock()).store().get("k")
     loose.unlink()
     with pytest.raises(MissingObject) as missing:
-        Repo.open(path).store().get("k")
+        Repo.open(path, clock=UnixClock()).store().get("k")
     assert blob_hex in str(missing.value)
     # A damaged byte inside one of our packs.
     store = disk_repo.store()
@@ -131,7 +132,7 @@ def test_corrupt_objects_are_detected(disk_repo: Repo, git: GitRunner) -> None:
         if b"in a pack" not in p.read_bytes()
     ]
     del pack
-    damaged = Repo.open(path)
+    damaged = Repo.open(path, clock=UnixClock())
     for pack_file in (Path(path) / "objects" / "pack").glob("*.pack"):
         data = bytearray(pack_file.read_bytes())
         data[-30] ^= 0xFF  # inside the last object's compressed data
@@ -154,7 +155,7 @@ def test_bad_ref_is_reported(disk_repo: Repo) -> None:
 def test_truncated_pack_is_rejected(disk_repo: Repo) -> None:
     _fill(disk_repo)
     data = disk_repo.export_pack()
-    other = Repo.memory()
+    other = Repo.memory(clock=UnixClock())
     with pytest.raises(CorruptObject):
         other.import_pack(data[: len(data) // 2])
     added = other.import_pack(data)
@@ -181,7 +182,7 @@ def test_import_git_pack_with_deltas(tmp_path: Path, git: GitRunner) -> None:
         capture_output=True,
         check=True,
     ).stdout
-    repo = Repo.memory()
+    repo = Repo.memory(clock=UnixClock())
     repo.import_pack(raw)
     repo.set_head("main", head)
     assert repo.store().get("f").endswith(b"version 4\n")
@@ -190,7 +191,7 @@ def test_import_git_pack_with_deltas(tmp_path: Path, git: GitRunner) -> None:
 
 def test_merged_packs_hold_deltas_git_accepts(tmp_path: Path, git: GitRunner) -> None:
     path = str(tmp_path / "d.git")
-    repo = Repo.init(path, merge_packs_after=4)
+    repo = Repo.init(path, merge_packs_after=4, clock=UnixClock())
     store = repo.store()
     for commit in range(60):
         with store.with_tree(f"commit {commit}") as tx:
@@ -202,7 +203,7 @@ def test_merged_packs_hold_deltas_git_accepts(tmp_path: Path, git: GitRunner) ->
     verify = git("verify-pack", "-v", str(packs[0]), cwd=tmp_path)
     assert "chain length = 1:" in verify  # directory versions stored as deltas
     git("fsck", "--strict", cwd=path)
-    fresh = Repo.open(path).store()
+    fresh = Repo.open(path, clock=UnixClock()).store()
     for key in range(295, 300):
         assert fresh.get(f"big/k{key % 200:03d}") == b"version 59 of %d\n" % key
     assert len(fresh.history()) == 60
@@ -220,7 +221,7 @@ def test_gc_merges_git_made_packs_too(tmp_path: Path, git: GitRunner) -> None:
         git("add", ".", cwd=work)
         git("commit", "-q", "-m", f"v{i}", cwd=work)
     git("gc", "-q", cwd=work)  # one git pack, with OFS deltas
-    repo = Repo.open(str(work))
+    repo = Repo.open(str(work), clock=UnixClock())
     store = repo.store()
     for i in range(5):
         store.set(f"ours/{i}", b"%d" % i)
@@ -228,7 +229,7 @@ def test_gc_merges_git_made_packs_too(tmp_path: Path, git: GitRunner) -> None:
     packs = list((work / ".git" / "objects" / "pack").glob("*.pack"))
     assert len(packs) == 1
     git("fsck", "--strict", cwd=work)
-    fresh = Repo.open(str(work)).store()
+    fresh = Repo.open(str(work), clock=UnixClock()).store()
     assert fresh.get("f").endswith(b"version 7\n")
     assert fresh.get("ours/4") == b"4"
     assert len(fresh.history()) == 13
@@ -237,7 +238,7 @@ def test_gc_merges_git_made_packs_too(tmp_path: Path, git: GitRunner) -> None:
 
 def test_big_directories_stored_then_deflated(tmp_path: Path, git: GitRunner) -> None:
     path = str(tmp_path / "big.git")
-    repo = Repo.init(path, merge_packs_after=4)
+    repo = Repo.init(path, merge_packs_after=4, clock=UnixClock())
     store = repo.store()
     with store.with_tree("a thousand keys") as tx:
         for key in range(1000):
@@ -261,6 +262,6 @@ def test_big_directories_stored_then_deflated(tmp_path: Path, git: GitRunner) ->
     whole = [fields for fields in trees if len(fields) == 5]
     assert len(whole) == 1 and int(whole[0][3]) < int(whole[0][2])  # stored would be larger
     assert all(int(fields[3]) < 200 for fields in trees if len(fields) == 7)
-    fresh = Repo.open(path).store()
+    fresh = Repo.open(path, clock=UnixClock()).store()
     assert fresh.get("k0003") == b"changed 3" and fresh.get("k0999") == b"999"
     repo.close()

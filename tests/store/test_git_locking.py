@@ -21,6 +21,7 @@ import pytest
 
 from looming.store.errors import RefLocked
 from looming.store.gitbackend import GitBackend
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner, run_git
 
@@ -28,8 +29,9 @@ LOOMING_WRITER = """
 import sys
 from looming.store import Repo, StoreError
 import time
+from looming.unix.clock import UnixClock
 path, count, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-repo = Repo.open(path)
+repo = Repo.open(path, clock=UnixClock())
 store = repo.store("main")
 until = time.monotonic() + 3  # long enough for the git side to commit too
 i = 0
@@ -205,7 +207,7 @@ def test_looming_and_git_write_one_branch_at_once(
 def test_a_lock_git_holds_is_waited_for_then_reported(tmp_path: Path) -> None:
     from looming.store import Repo
 
-    repo = Repo.init(str(tmp_path / "r.git"))
+    repo = Repo.init(str(tmp_path / "r.git"), clock=UnixClock())
     store = repo.store("main")
     first = store.set("a", b"1")
     lock = tmp_path / "r.git" / "refs" / "heads" / "main.lock"
@@ -230,20 +232,21 @@ def test_a_killed_looming_writers_lock_is_taken_over(tmp_path: Path, git: GitRun
     from looming.store import Repo
 
     path = tmp_path / "r.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     # A writer killed while it holds the ref's lock (between creating and
     # renaming it): the lock stays, but its record says it was looming's.
     script = (
         "import os, sys\n"
         "from looming.store import Repo\n"
         "from looming.store.gitbackend import RefLockFile\n"
+        "from looming.unix.clock import UnixClock\n"
         "RefLockFile.commit = lambda self, content: os.kill(os.getpid(), 9)\n"
-        "Repo.open(sys.argv[1]).store('main').set('a', b'1')\n"
+        "Repo.open(sys.argv[1], clock=UnixClock()).store('main').set('a', b'1')\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(path)], check=False)
     assert done.returncode == -9
     assert (path / "refs" / "heads" / "main.lock").exists()
-    repo = Repo.open(str(path))
+    repo = Repo.open(str(path), clock=UnixClock())
     repo.store("main").set("b", b"2")
     assert not (path / "refs" / "heads" / "main.lock").exists()
     repo.close()

@@ -14,6 +14,7 @@ import pytest
 from looming.store import gitbackend
 from looming.store.pack import MAX_DELTA_DEPTH
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -33,7 +34,7 @@ def test_long_history_of_one_directory_folds_into_one_small_pack(
     tmp_path: Path, git: GitRunner
 ) -> None:
     path = str(tmp_path / "long.git")
-    repo = Repo.init(path, merge_packs_after=8, fold_when_idle=None)
+    repo = Repo.init(path, merge_packs_after=8, fold_when_idle=None, clock=UnixClock())
     store = repo.store()
     with store.with_tree("three hundred keys") as tx:
         for key in range(300):
@@ -66,7 +67,7 @@ def test_long_history_of_one_directory_folds_into_one_small_pack(
     assert max(delta_sizes) < whole_size
     assert sum(delta_sizes) < 10 * whole_size
     # Every version reads back, in this process and in a fresh one.
-    fresh = Repo.open(path)
+    fresh = Repo.open(path, clock=UnixClock())
     for version in (0, 49, 50, 51, 99, VERSIONS - 1):
         head = heads[version]
         assert head is not None
@@ -81,13 +82,13 @@ def test_long_history_of_one_directory_folds_into_one_small_pack(
     repo.gc()
     git("fsck", "--strict", "--no-dangling", cwd=path)
     assert len(list((tmp_path / "long.git" / "objects" / "pack").glob("*.pack"))) == 1
-    assert Repo.open(path).at(heads[60] or "").get("new0060") == b"added in 60"
+    assert Repo.open(path, clock=UnixClock()).at(heads[60] or "").get("new0060") == b"added in 60"
     repo.close()
 
 
 def test_growing_pack_is_replaced_not_added_to(tmp_path: Path, git: GitRunner) -> None:
     path = str(tmp_path / "few.git")
-    repo = Repo.init(path, merge_packs_after=4, fold_when_idle=None)
+    repo = Repo.init(path, merge_packs_after=4, fold_when_idle=None, clock=UnixClock())
     store = repo.store()
     for commit in range(4 * 5):
         store.set(f"d{commit % 3}/k{commit}", b"%d" % commit)
@@ -104,14 +105,14 @@ def test_a_full_growing_pack_is_sealed_and_a_new_one_begun(
 ) -> None:
     monkeypatch.setattr(gitbackend, "SEAL_ABOVE", 4000)
     path = str(tmp_path / "sealed.git")
-    repo = Repo.init(path, merge_packs_after=4)
+    repo = Repo.init(path, merge_packs_after=4, clock=UnixClock())
     store = repo.store()
     for commit in range(40):
         store.set(f"d{commit % 5}/k{commit}", b"value %d" % commit * 20)
     pack_dir = tmp_path / "sealed.git" / "objects" / "pack"
     assert len(list(pack_dir.glob("*.pack"))) > 2  # sealed packs stay as they are
     git("fsck", "--strict", "--no-dangling", cwd=path)
-    fresh = Repo.open(path).store()
+    fresh = Repo.open(path, clock=UnixClock()).store()
     assert all(fresh.get(f"d{c % 5}/k{c}") == b"value %d" % c * 20 for c in range(40))
     repo.gc()
     assert len(list(pack_dir.glob("*.pack"))) == 1
@@ -126,7 +127,7 @@ def _packs(path: Path) -> list[Path]:
 
 def test_closing_the_writer_leaves_one_compact_pack(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "closed.git"
-    repo = Repo.init(str(path), fold_when_idle=None)
+    repo = Repo.init(str(path), fold_when_idle=None, clock=UnixClock())
     store = repo.store()
     for commit in range(6):  # fewer than a fold needs: six per-commit packs
         store.set(f"d/k{commit}", b"value %d" % commit)
@@ -134,14 +135,14 @@ def test_closing_the_writer_leaves_one_compact_pack(tmp_path: Path, git: GitRunn
     repo.close()
     assert len(_packs(path)) == 1
     git("fsck", "--strict", "--no-dangling", cwd=str(path))
-    fresh = Repo.open(str(path))
+    fresh = Repo.open(str(path), clock=UnixClock())
     assert [fresh.store().get(f"d/k{c}") for c in range(6)] == [b"value %d" % c for c in range(6)]
     fresh.close()
 
 
 def test_an_idle_writer_folds_what_it_wrote(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "idle.git"
-    repo = Repo.init(str(path), fold_when_idle=0.05)
+    repo = Repo.init(str(path), fold_when_idle=0.05, clock=UnixClock())
     store = repo.store()
     for commit in range(5):
         store.set(f"k{commit}", b"%d" % commit)
@@ -157,7 +158,7 @@ def test_an_idle_writer_folds_what_it_wrote(tmp_path: Path, git: GitRunner) -> N
     while len(_packs(path)) > 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(_packs(path)) == 1
-    assert Repo.open(str(path)).store().get("k7") == b"7"
+    assert Repo.open(str(path), clock=UnixClock()).store().get("k7") == b"7"
     repo.close()
 
 
@@ -165,7 +166,7 @@ def test_an_idle_fold_waits_for_another_process_holding_the_lock(
     tmp_path: Path, git: GitRunner
 ) -> None:
     path = tmp_path / "shared.git"
-    repo = Repo.init(str(path), fold_when_idle=0.05)
+    repo = Repo.init(str(path), fold_when_idle=0.05, clock=UnixClock())
     store = repo.store()
     store.set("a", b"1")
     store.set("b", b"2")
@@ -185,7 +186,7 @@ def test_an_idle_fold_waits_for_another_process_holding_the_lock(
 
 def test_reads_in_another_thread_go_on_through_idle_folds(tmp_path: Path) -> None:
     path = tmp_path / "busy.git"
-    repo = Repo.init(str(path), fold_when_idle=0.01)
+    repo = Repo.init(str(path), fold_when_idle=0.01, clock=UnixClock())
     store = repo.store()
     failures: list[BaseException] = []
     done = threading.Event()
@@ -226,7 +227,7 @@ def test_reads_in_another_thread_go_on_through_idle_folds(tmp_path: Path) -> Non
 
 def test_one_commit_now_and_then_does_not_copy_the_growing_pack(tmp_path: Path) -> None:
     path = tmp_path / "sparse.git"
-    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=0.05)
+    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=0.05, clock=UnixClock())
     store = repo.store()
     for commit in range(40):
         store.set(f"d{commit % 5}/k{commit}", b"value %d" % commit * 8)
@@ -239,4 +240,4 @@ def test_one_commit_now_and_then_does_not_copy_the_growing_pack(tmp_path: Path) 
     assert growing.exists() and len(_packs(path)) == 2
     repo.close()  # closing folds it all the same
     assert len(_packs(path)) == 1
-    assert Repo.open(str(path)).store().get("late") == b"one more"
+    assert Repo.open(str(path), clock=UnixClock()).store().get("late") == b"one more"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 from .served import TOKEN, basic, call, serving
@@ -109,7 +110,7 @@ def test_store_replicas_sync_over_smart_http(served: tuple[Repo, int], tmp_path:
     repo, port = served
     repo.store().set("origin.txt", b"o")
     url = f"http://user:{TOKEN}@127.0.0.1:{port}/"
-    replica = sync.clone(url, str(tmp_path / "replica.git"))
+    replica = sync.clone(url, str(tmp_path / "replica.git"), clock=UnixClock())
     store = replica.store()
     assert store.get("origin.txt") == b"o"
     store.set("replica.txt", b"r")

@@ -15,6 +15,7 @@ import pytest
 from looming.store.auth import AccessPolicy, load_policy, parse_rules
 from looming.store.http import ServeSettings
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 from .served import TOKEN, basic, call, serving
@@ -37,7 +38,7 @@ def disk_repo(tmp_path: Path) -> Iterator[Repo]:
     """A repository whose writer never folds its packs in the background:
     the tests compare objects/ before and after a request, and a fold of
     earlier commits landing in between is not the request's doing."""
-    repo = Repo.init(str(tmp_path / "store.git"), fold_when_idle=None)
+    repo = Repo.init(str(tmp_path / "store.git"), fold_when_idle=None, clock=UnixClock())
     yield repo
     repo.close()
 
@@ -232,7 +233,7 @@ def test_broken_and_oversized_pushes_change_nothing(
 
 
 def test_push_to_checked_out_branch_is_refused_as_git_does(tmp_path: Path, git: GitRunner) -> None:
-    repo = Repo.init(str(tmp_path / "site"), bare=False, fold_when_idle=None)
+    repo = Repo.init(str(tmp_path / "site"), bare=False, fold_when_idle=None, clock=UnixClock())
     try:
         repo.store().set("a", b"1")
         git("clone", "-q", str(tmp_path / "site"), "work", cwd=tmp_path)
@@ -276,7 +277,7 @@ def test_serve_https_with_looming_tls(disk_repo: Repo, tmp_path: Path, git: GitR
         capture_output=True,
         check=True,
     )
-    with serving(disk_repo, tls=_tls_config(str(cert), str(key))) as (port, _):
+    with serving(disk_repo, tls=_tls_config(str(cert), str(key), disk_repo.clock)) as (port, _):
         url = f"https://127.0.0.1:{port}"
         code, _ = curl(
             "--cacert",

@@ -11,13 +11,14 @@ from looming.devices.kv import EntryKind, KvRw
 from looming.errors import DeviceError, KeyNotFound, NotAValue
 from looming.store.kv import StoreKv
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
 
 def test_kv_rw_over_a_store(tmp_path: Path, git: GitRunner) -> None:
     async def main() -> None:
-        kv = await StoreKv.connect(str(tmp_path / "kv.git"), branch="site")
+        kv = await StoreKv.connect(str(tmp_path / "kv.git"), branch="site", clock=UnixClock())
         assert isinstance(kv, KvRw)
         await kv.set("/css/site.css", b"body{}")
         await kv.set("index.html", b"<h1>hi</h1>")
@@ -52,14 +53,17 @@ def test_kv_rw_over_a_store(tmp_path: Path, git: GitRunner) -> None:
     # Publishing is a commit: git sees every write on the branch.
     log = git("log", "--format=%s", "site", cwd=tmp_path / "kv.git").splitlines()
     assert log == ["remove styles", "rename css to styles", "set index.html", "set css/site.css"]
-    assert Repo.open(str(tmp_path / "kv.git")).store("site").get("index.html") == b"<h1>hi</h1>"
+    assert (
+        Repo.open(str(tmp_path / "kv.git"), clock=UnixClock()).store("site").get("index.html")
+        == b"<h1>hi</h1>"
+    )
 
 
 def test_disconnecting_the_device_closes_the_store(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "kv.git"
 
     async def main() -> None:
-        kv = await StoreKv.connect(str(path))
+        kv = await StoreKv.connect(str(path), clock=UnixClock())
         for number in range(4):
             await kv.set(f"k{number}", b"%d" % number)
         assert list((path / "looming-spares").iterdir())  # the open writer's files

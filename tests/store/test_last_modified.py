@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from looming.store import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import run_git
 
@@ -88,7 +89,7 @@ def test_last_modified_lists_what_git_log_lists(
 
 
 def test_a_key_that_never_existed_has_no_commits(tmp_path: Path) -> None:
-    repo = Repo.init(str(tmp_path / "r.git"))
+    repo = Repo.init(str(tmp_path / "r.git"), clock=UnixClock())
     store = repo.store("main")
     store.set("a", b"1")
     store.set("b", b"2")

@@ -12,6 +12,7 @@ from pathlib import Path
 from looming.store import Repo
 from looming.store.gitbackend import MANY_PACKS, GitBackend
 from looming.store.spares import SPARE_DIR
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -36,7 +37,9 @@ def _one_writer(
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(ready)
-            repo = Repo.open(str(path), durability="none")  # packs, not fsyncs, matter here
+            repo = Repo.open(
+                str(path), durability="none", clock=UnixClock()
+            )  # packs, not fsyncs, matter here
             repo.store("main").set(f"d{number % 7}/k{number}", b"value %d\n" % number)
             if kill_before_close:
                 os.write(done, b"!")
@@ -57,7 +60,7 @@ def _one_writer(
 
 def test_many_short_lived_writers_leave_few_small_packs(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     for number in range(60):
         _one_writer(path, number)
     assert len(_packs(path)) <= MANY_PACKS + 1
@@ -67,14 +70,14 @@ def test_many_short_lived_writers_leave_few_small_packs(tmp_path: Path, git: Git
     git("gc", "-q", cwd=copy)
     assert ours <= 1.5 * _objects_bytes(copy)
     git("fsck", "--strict", "--no-dangling", cwd=path)
-    store = Repo.open(str(path)).store("main")
+    store = Repo.open(str(path), clock=UnixClock()).store("main")
     assert all(store.get(f"d{n % 7}/k{n}") == b"value %d\n" % n for n in range(60))
     assert list((path / SPARE_DIR).iterdir()) == []
 
 
 def test_what_killed_writers_left_is_reclaimed(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     rng = random.Random(7)
     for number in range(25):
         # Killed at random moments, and every fifth one surely with its files open.
@@ -83,7 +86,7 @@ def test_what_killed_writers_left_is_reclaimed(tmp_path: Path, git: GitRunner) -
         else:
             _one_writer(path, number, kill_after=rng.uniform(0.0, 0.06))
     # A live writer's files are not touched by a gc in another process.
-    live = Repo.open(str(path))
+    live = Repo.open(str(path), clock=UnixClock())
     live_store = live.store("main")
     live_store.set("live/0", b"x")
     spares = set((path / SPARE_DIR).iterdir())
@@ -94,7 +97,7 @@ def test_what_killed_writers_left_is_reclaimed(tmp_path: Path, git: GitRunner) -
     hour_ago = time.time() - 3700
     for leftover in (path / "objects" / "pack").iterdir():
         os.utime(leftover, (hour_ago, hour_ago))
-    repo = Repo.open(str(path))
+    repo = Repo.open(str(path), clock=UnixClock())
     repo.gc()
     repo.close()
     assert live_files <= set((path / SPARE_DIR).iterdir())
@@ -110,13 +113,13 @@ def test_what_killed_writers_left_is_reclaimed(tmp_path: Path, git: GitRunner) -
 
 def test_a_kept_pack_is_not_merged(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     _one_writer(path, 0)
     (kept,) = _packs(path)
     kept.with_suffix(".keep").write_bytes(b"")
     for number in range(1, 30):
         _one_writer(path, number)
-    repo = Repo.open(str(path))
+    repo = Repo.open(str(path), clock=UnixClock())
     assert isinstance(repo.backend, GitBackend)
     repo.gc()
     assert kept.exists() and len(_packs(path)) == 2

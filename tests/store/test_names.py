@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from looming.store import InvalidBranch, InvalidKey, InvalidPath, Repo
 from looming.store.errors import BadRef
 from looming.store.names import branch_rule, check_branch, check_key, key_rule
+from looming.unix.clock import UnixClock
 
 from .conftest import run_git
 
@@ -196,7 +197,7 @@ def test_the_error_names_the_rule() -> None:
 
 
 def test_the_store_refuses_bad_names_and_stays_as_it_was(tmp_path: Path) -> None:
-    repo = Repo.init(str(tmp_path / "r.git"))
+    repo = Repo.init(str(tmp_path / "r.git"), clock=UnixClock())
     store = repo.store("main")
     store.set("ok", b"1")
     head = store.head

@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from looming.store import pending
 from looming.store.errors import RefChanged
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .served import basic, call, serving
 
@@ -103,7 +104,7 @@ class PendingMerges(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="pending-")
-        self.repo = Repo.init(self.folder + "/r.git", fold_when_idle=None)
+        self.repo = Repo.init(self.folder + "/r.git", fold_when_idle=None, clock=UnixClock())
         self.main = self.repo.store("main")
         self.main.set("seed", b"s")
         self.feature = self.main.clone("feature")

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from looming.store import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import run_git
 
@@ -187,13 +188,13 @@ def _work(repo: Repo, disk: Disk, rng: random.Random) -> None:
 
 def _run(tmp_path: Path, durability: str, seed: int) -> tuple[Disk, list[int]]:
     path = tmp_path / "r.git"
-    Repo.init(str(path)).close()
+    Repo.init(str(path), clock=UnixClock()).close()
     disk = Disk(str(path))
     disk.start()
     start = len(disk.events)  # the disk as it was before the writer opened it
     rng = random.Random(seed)
     with tracking(disk):
-        repo = Repo.open(str(path), durability=durability, merge_packs_after=4)
+        repo = Repo.open(str(path), durability=durability, merge_packs_after=4, clock=UnixClock())
         _work(repo, disk, rng)
         repo.close()
     points = sorted(
@@ -224,7 +225,7 @@ def test_every_acknowledged_commit_survives_a_power_cut(tmp_path: Path, seed: in
     # The store opens on a cut disk and carries on from there.
     into = tmp_path / "reopened"
     disk.after_power_cut(points[len(points) // 2], str(into))
-    repo = Repo.open(str(into))
+    repo = Repo.open(str(into), clock=UnixClock())
     repo.store("main").set("after/the/cut", b"z")
     repo.close()
     run_git("fsck", "--strict", "--no-dangling", cwd=into)

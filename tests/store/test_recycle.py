@@ -10,6 +10,7 @@ from pathlib import Path
 
 from looming.store.repo import Repo
 from looming.store.spares import SPARE_DIR
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -30,13 +31,13 @@ def test_folded_packs_become_spares_and_the_store_stays_whole(
     tmp_path: Path, git: GitRunner
 ) -> None:
     path = tmp_path / "r.git"
-    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None)
+    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None, clock=UnixClock())
     _commit(repo, 0, 4)  # the fourth commit folds the first four packs
     spares = list((path / SPARE_DIR).iterdir())
     assert any(spare.stat().st_size > 0 for spare in spares)  # retired packs, kept
     _commit(repo, 4, 30)  # written into them, folded, retired again
     git("fsck", "--strict", "--no-dangling", cwd=str(path))
-    fresh = Repo.open(str(path))
+    fresh = Repo.open(str(path), clock=UnixClock())
     assert fresh.store().get("d1/k169") == b"value 169 of commit 33\n"
     assert len(fresh.store().history()) == 34
     fresh.close()
@@ -46,7 +47,7 @@ def test_folded_packs_become_spares_and_the_store_stays_whole(
 
 def test_a_pack_open_elsewhere_is_not_written_over(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None)
+    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None, clock=UnixClock())
     _commit(repo, 0, 2)
     held = _packs(path)
     readers = {pack: os.open(pack, os.O_RDONLY) for pack in held}
@@ -66,7 +67,7 @@ def test_a_pack_open_elsewhere_is_not_written_over(tmp_path: Path, git: GitRunne
 
 def test_a_local_git_clone_sharing_our_packs_stays_intact(tmp_path: Path, git: GitRunner) -> None:
     path = tmp_path / "r.git"
-    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None)
+    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None, clock=UnixClock())
     _commit(repo, 0, 6)
     clone = tmp_path / "clone.git"
     git("clone", "-q", "--bare", "--local", str(path), str(clone), cwd=str(tmp_path))

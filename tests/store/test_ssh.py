@@ -19,6 +19,7 @@ import pytest
 from looming.store import sync
 from looming.store.errors import RefChanged
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -121,7 +122,7 @@ def test_fetch_pull_push_and_clone_over_ssh(
 ) -> None:
     bare = tmp_path / "remote.git"
     git("init", "-q", "--bare", str(bare), cwd=tmp_path)
-    repo = Repo.init(str(tmp_path / "store.git"))
+    repo = Repo.init(str(tmp_path / "store.git"), clock=UnixClock())
     store = repo.store()
     store.set("docs/readme.txt", b"from the store\n")
     # push over ssh into a repository git-receive-pack updates
@@ -129,7 +130,7 @@ def test_fetch_pull_push_and_clone_over_ssh(
     git("fsck", "--strict", cwd=bare)
     assert git("show", "main:docs/readme.txt", cwd=bare) == "from the store\n"
     # another replica clones over ssh, commits and pushes
-    replica = sync.clone(ssh_server.url(bare), str(tmp_path / "replica.git"))
+    replica = sync.clone(ssh_server.url(bare), str(tmp_path / "replica.git"), clock=UnixClock())
     assert replica.store().get("docs/readme.txt") == b"from the store\n"
     replica.store().set("replica.txt", b"r\n")
     sync.push(replica, ssh_server.url(bare), "main")
@@ -160,7 +161,7 @@ def test_fetch_pull_push_and_clone_over_ssh(
 
 
 def test_unreachable_ssh_remote_is_a_clear_error(ssh_server: SshServer, tmp_path: Path) -> None:
-    repo = Repo.init(str(tmp_path / "store.git"))
+    repo = Repo.init(str(tmp_path / "store.git"), clock=UnixClock())
     with pytest.raises(sync.SyncError, match=r"fetch from .* failed"):
         sync.fetch(repo, ssh_server.url(tmp_path / "does-not-exist.git"))
     repo.close()

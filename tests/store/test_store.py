@@ -10,6 +10,7 @@ from looming.store.contents import JSON, STR, FunctionCodec
 from looming.store.errors import InvalidPath, MergeFailed, ReadOnlyStore, RefChanged
 from looming.store.repo import Repo
 from looming.store.tree import Kind
+from looming.unix.clock import UnixClock
 
 
 def test_set_get_find_remove(any_repo: Repo) -> None:
@@ -274,7 +275,7 @@ def test_async_form(any_repo: Repo) -> None:
 def test_merge_across_repositories_is_refused(any_repo: Repo) -> None:
     from looming.store.errors import StoreError
 
-    other = Repo.memory().store()
+    other = Repo.memory(clock=UnixClock()).store()
     other.set("k", b"v")
     any_repo.store().set("a", b"1")
     with pytest.raises(StoreError, match="another repository"):

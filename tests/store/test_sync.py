@@ -13,6 +13,7 @@ import pytest
 from looming.store import sync
 from looming.store.errors import RefChanged
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -30,7 +31,7 @@ def _git_repo(path: Path, git: GitRunner, files: dict[str, str]) -> None:
 def test_pull_from_git_repository_merges(tmp_path: Path, git: GitRunner) -> None:
     upstream = tmp_path / "upstream"
     _git_repo(upstream, git, {"a.txt": "a\n", "dir/b.txt": "b\n"})
-    repo = sync.clone(str(upstream), str(tmp_path / "replica.git"))
+    repo = sync.clone(str(upstream), str(tmp_path / "replica.git"), clock=UnixClock())
     store = repo.store()
     assert store.get("dir/b.txt") == b"b\n"
     store.set("local.txt", b"local\n")
@@ -46,7 +47,7 @@ def test_pull_from_git_repository_merges(tmp_path: Path, git: GitRunner) -> None
 def test_push_to_bare_git_repository(tmp_path: Path, git: GitRunner) -> None:
     bare = tmp_path / "bare.git"
     git("init", "-q", "--bare", str(bare), cwd=tmp_path)
-    repo = Repo.init(str(tmp_path / "store.git"))
+    repo = Repo.init(str(tmp_path / "store.git"), clock=UnixClock())
     store = repo.store()
     for i in range(10):
         store.set(f"k/{i}", b"%d\n" % i)
@@ -55,7 +56,7 @@ def test_push_to_bare_git_repository(tmp_path: Path, git: GitRunner) -> None:
     assert git("log", "--format=%s", "-1", "main", cwd=bare).strip() == "set k/9"
     assert git("show", "main:k/3", cwd=bare) == "3\n"
     # A second replica races ahead; pushing without pulling is refused.
-    other = sync.clone(str(bare), str(tmp_path / "other.git"))
+    other = sync.clone(str(bare), str(tmp_path / "other.git"), clock=UnixClock())
     other.store().set("other", b"o\n")
     sync.push(other, str(bare), "main")
     store.set("mine", b"m\n")
@@ -112,7 +113,7 @@ def test_git_protocol_both_ways(
     git_daemon: tuple[str, Path], tmp_path: Path, git: GitRunner
 ) -> None:
     url, base = git_daemon
-    repo = Repo.init(str(base / "store.git"))
+    repo = Repo.init(str(base / "store.git"), clock=UnixClock())
     store = repo.store()
     store.set("hello.txt", b"served by git daemon\n")
     # git clones our store over git://
@@ -125,7 +126,7 @@ def test_git_protocol_both_ways(
     git("push", "-q", "origin", "main", cwd=tmp_path / "clone")
     assert store.get("pushed.txt") == b"pushed by git\n"
     # another store fetches and pushes over git://
-    replica = sync.clone(f"{url}/store.git", str(tmp_path / "replica.git"))
+    replica = sync.clone(f"{url}/store.git", str(tmp_path / "replica.git"), clock=UnixClock())
     replica_store = replica.store()
     assert replica_store.get("pushed.txt") == b"pushed by git\n"
     replica_store.set("from-replica", b"r\n")

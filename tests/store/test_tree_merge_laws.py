@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from looming.store.contents import JSON
 from looming.store.merge import json_object
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 names = st.sampled_from(["a", "b", "c"])
 paths = st.lists(names, min_size=1, max_size=3).map(tuple)
@@ -28,7 +29,7 @@ def _apply(repo: Repo, branch: str, ops: list[tuple[tuple[str, ...], object]]) -
 
 
 def _setup(base_ops: list, ours_ops: list, theirs_ops: list) -> Repo:  # type: ignore[type-arg]
-    repo = Repo.memory()
+    repo = Repo.memory(clock=UnixClock())
     store = repo.store("base", codec=JSON)
     store.set("seed", 0)
     _apply(repo, "base", base_ops)

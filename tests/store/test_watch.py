@@ -68,8 +68,8 @@ def test_watch_sees_other_processes(disk_repo: Repo) -> None:
     collector = Collector(expected=10)
     with store.watch(collector):
         script = (
-            "import sys\nfrom looming.store.repo import Repo\n"
-            "s = Repo.open(sys.argv[1]).store()\n"
+            "import sys\nfrom looming.store.repo import Repo\nfrom looming.unix.clock import UnixClock\n"
+            "s = Repo.open(sys.argv[1], clock=UnixClock()).store()\n"
             "for i in range(10):\n    s.set('remote/%d' % i, b'x')\n"
         )
         subprocess.run([sys.executable, "-c", script, path], check=True, timeout=60)

@@ -16,6 +16,7 @@ from looming.http import StaticSite
 from looming.http.message import Request
 from looming.store.kv import StoreKv
 from looming.store.repo import Repo
+from looming.unix.clock import UnixClock
 
 from .conftest import GitRunner
 
@@ -38,7 +39,7 @@ def test_static_site_revalidates_when_the_branch_moves(disk_repo: Repo, git: Git
     first_etag = headers[b"etag"]
     # Another writer (another process, here another Repo on the same folder).
     assert disk_repo.path is not None
-    other = Repo.open(disk_repo.path)
+    other = Repo.open(disk_repo.path, clock=UnixClock())
     other.store().set("index.html", b"<p>two</p>")
     other.store().set("new/page.html", b"<p>new</p>")
     status, body, headers = get(site, "/")

@@ -72,13 +72,16 @@ def kv_store(path: str, *, branch: str = "main") -> Device:
     Every write is a commit on ``branch``; the repository is created when
     missing, and ``git`` (clone, log, push) works on it. The path and branch
     are keys, so a deployment can point the unikernel at another repository.
+    Commits are stamped by the clock device (shared with the application's).
     """
     _check_dir("kv_store", path)
     if not isinstance(branch, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", branch):
         raise fail(f"kv_store(): {branch!r} is not a branch name", caller_location())
+    where = caller_location()
     return device(
         "kv_store",
-        where=caller_location(),
+        [device("clock", where=where)],
+        where=where,
         name=_name_from(path),
         path=path,
         branch=branch,
@@ -90,7 +93,7 @@ def _kv_store_impl(dev: Device) -> Impl:
     return Impl(
         "looming.store.kv:StoreKv.connect",
         args=[f"keys.{name}_repo"],
-        kwargs=[("branch", f"keys.{name}_branch")],
+        kwargs=[("clock", "{0}"), ("branch", f"keys.{name}_branch")],
         awaited=True,
         disconnect="disconnect",
         keys=[

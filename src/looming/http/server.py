@@ -79,26 +79,16 @@ class _DateHeader:
 
     __slots__ = ("_clock", "_line", "_second")
 
-    def __init__(self, clock: Clock | None) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._second = -1
         self._line = b""
 
     def now(self) -> float:
-        clock = self._clock
-        if clock is None:
-            from looming.unix.clock import UnixClock
-
-            clock = self._clock = UnixClock()
-        return clock.now()
+        return self._clock.now()
 
     def line(self) -> bytes:
-        clock = self._clock
-        if clock is None:
-            from looming.unix.clock import UnixClock
-
-            clock = self._clock = UnixClock()
-        second = int(clock.now())
+        second = int(self._clock.now())
         if second != self._second:
             self._second = second
             self._line = b"date: " + format_http_date(second) + b"\r\n"
@@ -265,11 +255,10 @@ class HttpServer:
 
     The server adds Date, Server and framing headers; for ``HEAD`` requests
     it sends the headers the handler's ``GET`` answer would carry and no body.
+    The Date header reads ``clock``, the unikernel's clock device.
     """
 
-    def __init__(
-        self, handler: Handler, config: ServerConfig | None = None, *, clock: Clock | None = None
-    ) -> None:
+    def __init__(self, handler: Handler, config: ServerConfig | None = None, *, clock: Clock) -> None:
         self.handler = handler
         self.config = config if config is not None else ServerConfig()
         self._date = _DateHeader(clock)

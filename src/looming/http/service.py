@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from looming.devices import Console, Stack
+from looming.devices import Clock, Console, Stack
 from looming.errors import UsageError
 from looming.http.asgi import AsgiAdapter, AsgiApp
 from looming.http.message import Request, Response
@@ -61,10 +61,12 @@ class HttpSettings:
 
 
 class AccessLog:
-    """One log record per response, in the common log format or as JSON."""
+    """One log record per response, in the common log format or as JSON,
+    stamped with the time of ``clock`` (the unikernel's clock device)."""
 
-    def __init__(self, style: str) -> None:
+    def __init__(self, style: str, clock: Clock) -> None:
         self.style = style
+        self.clock = clock
 
     def __call__(self, request: Request, status: int, sent: int, seconds: float) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -72,7 +74,7 @@ class AccessLog:
         host = request.client[0] if request.client else "-"
         if self.style == "json":
             record = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.now())),
                 "client": host,
                 "method": request.method,
                 "target": request.target,
@@ -84,7 +86,7 @@ class AccessLog:
             }
             access_log.info("%s", json.dumps(record, sort_keys=True))
         else:
-            stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+            stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(self.clock.now()))
             line = f"{request.method} {request.target} HTTP/{request.http_version}"
             access_log.info('%s - - [%s] "%s" %d %s', host, stamp, line, status, sent or "-")
 
@@ -159,10 +161,10 @@ class MetricsEndpoint:
         return response
 
 
-def _observers(settings: HttpSettings, metrics: Metrics | None) -> Any:
+def _observers(settings: HttpSettings, metrics: Metrics | None, clock: Clock) -> Any:
     observers: list[Any] = []
     if settings.access_log != "off":
-        observers.append(AccessLog(settings.access_log))
+        observers.append(AccessLog(settings.access_log, clock))
     if metrics is not None:
         observers.append(metrics)
     if not observers:
@@ -177,15 +179,16 @@ def _observers(settings: HttpSettings, metrics: Metrics | None) -> Any:
     return both
 
 
-def http_server(handler: Any, settings: HttpSettings) -> HttpServer:
+def http_server(handler: Any, settings: HttpSettings, *, clock: Clock) -> HttpServer:
     """An :class:`HttpServer` for ``handler`` with the settings' logs, metrics and limit."""
     metrics = Metrics() if settings.metrics else None
     if metrics is not None:
         handler = MetricsEndpoint(handler, metrics, settings.metrics)
-    server = HttpServer(handler, ServerConfig(max_connections=settings.max_connections))
+    config = ServerConfig(max_connections=settings.max_connections)
+    server = HttpServer(handler, config, clock=clock)
     if metrics is not None:
         metrics.server = server
-    server.observer = _observers(settings, metrics)
+    server.observer = _observers(settings, metrics, clock)
     return server
 
 
@@ -194,13 +197,15 @@ async def serve_asgi(
     console: Console,
     stack: Stack,
     *,
+    clock: Clock,
     port: int,
     settings: HttpSettings | None = None,
 ) -> None:
-    """Serve ``app`` on ``port`` until cancelled, then stop gracefully."""
+    """Serve ``app`` on ``port`` until cancelled, then stop gracefully; the
+    Date headers read ``clock``, the unikernel's clock device."""
     settings = settings or HttpSettings()
     adapter = AsgiAdapter(app)
-    server = http_server(adapter, settings)
+    server = http_server(adapter, settings, clock=clock)
     async with adapter.lifespan():
         listener = await stack.tcp.listen(port, server.serve_flow)
         addresses = stack.addresses()

@@ -9,7 +9,8 @@ protocol.
 
     from looming.store import Repo, JSON, merge
 
-    repo = Repo.init("data.git")                     # or Repo.open / Repo.memory()
+    clock = host_devices().clock                     # from looming.unix, on the host
+    repo = Repo.init("data.git", clock=clock)        # or Repo.open / Repo.memory()
     store = repo.store("main", codec=JSON, merge=merge.json_object)
     store.set("users/alice", {"name": "Alice"}, message="add alice")
     with store.with_tree("batch") as tx:             # one commit, snapshot isolation

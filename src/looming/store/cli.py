@@ -24,6 +24,7 @@ from looming.store import pending
 from looming.store.repo import Repo
 from looming.store.store import MergeResult, Store
 from looming.store.tree import Kind
+from looming.unix import host_devices
 
 PROG = "looming store"
 AUTHOR = re.compile(r"^\s*([^<>\n]+?)\s*<([^<>\n]*)>\s*$")
@@ -236,7 +237,7 @@ def _identity(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def _open(args: argparse.Namespace) -> Repo:
     identity = _identity(args)
-    repo = Repo.open(args.repo)
+    repo = Repo.open(args.repo, clock=host_devices().clock)
     if identity is not None:
         repo.author, repo.email = identity
     return repo
@@ -282,7 +283,9 @@ def _report_merge(result: MergeResult, store: Store) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    repo = Repo.init(args.path or args.repo, branch=args.branch or "main")
+    repo = Repo.init(
+        args.path or args.repo, branch=args.branch or "main", clock=host_devices().clock
+    )
     print(f"initialised {repo.path}")
     return 0
 
@@ -418,7 +421,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def cmd_clone(args: argparse.Namespace) -> int:
     from looming.store import sync
 
-    repo = sync.clone(args.remote, args.path)
+    repo = sync.clone(args.remote, args.path, clock=host_devices().clock)
     print(f"cloned {args.remote} into {args.path}: {', '.join(repo.branches()) or 'no branches'}")
     return 0
 

@@ -396,17 +396,23 @@ _ROUTES[("POST", "merge")] = ("write", _dispatch_merge)
 # ------------------------------------------------------------------ serving
 
 
-def _tls_config(cert: str, key: str) -> Any:
+def _tls_config(cert: str, key: str, clock: Any) -> Any:
     from looming.extras import require
 
     require("tls", "serving the store over TLS (--cert, --key)")
     from looming.tls import CertifiedKey, TlsConfig
+    from looming.unix import host_devices
 
     try:
         certified = CertifiedKey.from_pem_files(cert, key)
     except (OSError, ValueError, LoomingError) as error:
         raise LoomingError(f"cannot use --cert {cert} --key {key}: {error}") from None
-    return TlsConfig(certificates=[certified], alpn_protocols=[b"http/1.1"])
+    return TlsConfig(
+        certificates=[certified],
+        alpn_protocols=[b"http/1.1"],
+        random=host_devices().random,
+        clock=clock,
+    )
 
 
 async def serve(
@@ -424,7 +430,8 @@ async def serve(
     from looming.unix.socket_stack import SocketTcp
 
     handler = StoreHttp(repo, policy, settings)
-    server = HttpServer(handler, ServerConfig(max_body_bytes=handler.settings.max_body_bytes))
+    config = ServerConfig(max_body_bytes=handler.settings.max_body_bytes)
+    server = HttpServer(handler, config, clock=repo.clock)
     tcp = SocketTcp(host)
     if tls is None:
         listener = await tcp.listen(port, server)
@@ -461,7 +468,7 @@ def serve_forever(
     leaves what this process wrote as one compact pack)."""
     if (cert is None) != (key is None):
         raise LoomingError("give both --cert and --key to serve HTTPS")
-    tls = _tls_config(cert, key) if cert is not None and key is not None else None
+    tls = _tls_config(cert, key, repo.clock) if cert is not None and key is not None else None
     scheme = "https" if tls is not None else "http"
     access = policy if policy is not None else AccessPolicy()
 

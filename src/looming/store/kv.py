@@ -6,6 +6,7 @@ is its Git blob id and a dictionary's its tree id, so both serve as ETags.
 
 from __future__ import annotations
 
+from looming.devices.clock import Clock
 from looming.devices.kv import EntryKind
 from looming.errors import DeviceError, KeyNotFound, NotAValue
 from looming.store.errors import InvalidPath, StoreError
@@ -27,12 +28,13 @@ class StoreKv:
         self._modified: dict[tuple[str | None, Path], float] = {}
 
     @classmethod
-    async def connect(cls, path: str, branch: str = "main") -> StoreKv:
-        """Open (creating if needed) the repository at ``path`` on ``branch``."""
+    async def connect(cls, path: str, *, clock: Clock, branch: str = "main") -> StoreKv:
+        """Open (creating if needed) the repository at ``path`` on ``branch``;
+        commits are stamped with the time of ``clock``."""
         try:
-            repo = Repo.open(path)
+            repo = Repo.open(path, clock=clock)
         except Exception:
-            repo = Repo.init(path, branch=branch)
+            repo = Repo.init(path, branch=branch, clock=clock)
         return cls(repo.store(branch))
 
     async def disconnect(self) -> None:

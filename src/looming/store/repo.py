@@ -49,31 +49,27 @@ class CommitInfo:
         )
 
 
-def _default_clock() -> Clock:
-    from looming.unix.clock import UnixClock
-
-    return UnixClock()
-
-
 RefListener = Callable[[str, ObjectId | None, ObjectId | None], None]
 
 
 class Repo:
     """Branches over an object database. Make one with :meth:`init`,
-    :meth:`open` or :meth:`memory`."""
+    :meth:`open` or :meth:`memory`. Commits are stamped with the time of
+    ``clock`` (a unikernel's clock device; on the host,
+    ``looming.unix.host_devices().clock``)."""
 
     def __init__(
         self,
         backend: Backend,
         *,
-        clock: Clock | None = None,
+        clock: Clock,
         author: str = "looming",
         email: str = "store@looming.invalid",
         path: str | None = None,
     ) -> None:
         self.backend = backend
         self.db = ObjectDb(backend)
-        self.clock = clock if clock is not None else _default_clock()
+        self.clock = clock
         self.author = author
         self.email = email
         self.path = path
@@ -83,22 +79,25 @@ class Repo:
     # -------------------------------------------------------------- making
 
     @classmethod
-    def memory(cls, **options: Any) -> Repo:
-        return cls(MemoryBackend(), **options)
+    def memory(cls, *, clock: Clock, **options: Any) -> Repo:
+        return cls(MemoryBackend(), clock=clock, **options)
 
     @classmethod
-    def init(cls, path: str, *, bare: bool = True, branch: str = "main", **options: Any) -> Repo:
+    def init(
+        cls, path: str, *, clock: Clock, bare: bool = True, branch: str = "main", **options: Any
+    ) -> Repo:
         """Create (or reopen) a Git repository at ``path``."""
         check_ref_name(branch)
         os.makedirs(path, exist_ok=True)
         init_git_dir(path, bare=bare, branch=branch)
-        return cls.open(path, **options)
+        return cls.open(path, clock=clock, **options)
 
     @classmethod
     def open(
         cls,
         path: str,
         *,
+        clock: Clock,
         merge_packs_after: int = 32,
         fold_when_idle: float | None = FOLD_WHEN_IDLE,
         durability: str = "full",
@@ -120,7 +119,7 @@ class Repo:
             fold_when_idle=fold_when_idle,
             durability=durability,
         )
-        return cls(backend, path=path, **options)
+        return cls(backend, clock=clock, path=path, **options)
 
     def close(self) -> None:
         self.backend.close()

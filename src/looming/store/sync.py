@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from looming.devices.clock import Clock
 from looming.store.errors import RefChanged, StoreError
 from looming.store.gitbackend import GitBackend
 from looming.store.names import branch_rule
@@ -189,9 +190,10 @@ def push(
     return local.hex()
 
 
-def clone(remote: str, path: str, *, branch: str | None = None) -> Repo:
-    """A new repository at ``path`` with the remote's branches."""
-    repo = Repo.init(path)
+def clone(remote: str, path: str, *, clock: Clock, branch: str | None = None) -> Repo:
+    """A new repository at ``path`` with the remote's branches; its commits
+    are stamped with the time of ``clock``."""
+    repo = Repo.init(path, clock=clock)
     fetched = fetch(repo, remote)
     for name, head in fetched.branches.items():
         repo.set_head(name, head)
