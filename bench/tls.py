@@ -53,6 +53,8 @@ from looming.tls import (
     start_server,
 )
 from looming.tls.constants import PskKeyExchangeMode
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -542,9 +544,21 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
     def looming_configs(
         leaf: str, version: int, suite: int | None = None
     ) -> tuple[TlsConfig, TlsConfig]:
-        suites = [suite] if suite is not None else list(TlsConfig().cipher_suites)
-        client = TlsConfig(trust=trust, versions=[version], cipher_suites=suites)
-        server = TlsConfig(certificates=[pki[leaf][2]], versions=[version])
+        suites = (
+            [suite]
+            if suite is not None
+            else list(TlsConfig(random=UnixRandom(), clock=UnixClock()).cipher_suites)
+        )
+        client = TlsConfig(
+            trust=trust,
+            versions=[version],
+            cipher_suites=suites,
+            random=UnixRandom(),
+            clock=UnixClock(),
+        )
+        server = TlsConfig(
+            certificates=[pki[leaf][2]], versions=[version], random=UnixRandom(), clock=UnixClock()
+        )
         return client, server
 
     def ssl_contexts(

@@ -24,6 +24,8 @@ from looming.tls import (
 )
 from looming.tls.constants import ContentType
 from looming.tls.flow import StreamFlow, tls_client
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .memory import connect, seeded
 from .pki import Pki
@@ -35,14 +37,16 @@ def alert_record(description: AlertDescription) -> bytes:
 
 def server(pki: Pki, leaf: str = "p256", **kw: object) -> TlsConnection:
     return TlsConnection(
-        TlsConfig(certificates=[pki.leaves[leaf].certified], random=seeded(1), **kw),
+        TlsConfig(
+            certificates=[pki.leaves[leaf].certified], random=seeded(1), **kw, clock=UnixClock()
+        ),
         server_side=True,
     )  # type: ignore[arg-type]
 
 
 def client_hello(pki: Pki, **kw: object) -> bytes:
     client = TlsConnection(
-        TlsConfig(trust=pki.trust, random=seeded(2), **kw),
+        TlsConfig(trust=pki.trust, random=seeded(2), **kw, clock=UnixClock()),
         server_side=False,
         server_name="localhost",
     )  # type: ignore[arg-type]
@@ -138,7 +142,10 @@ def test_alpn_mismatch(pki: Pki) -> None:
 
 def test_wrong_mac_after_handshake(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust), TlsConfig(certificates=[pki.leaves["p256"].certified])
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     pair.client.send_application_data(b"secret")
     record = bytearray(pair.client.bytes_to_send())
@@ -149,8 +156,13 @@ def test_wrong_mac_after_handshake(pki: Pki) -> None:
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_fatal_alert_reaches_peer(pki: Pki, version: int) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust),
-        TlsConfig(certificates=[pki.leaves["p256"].certified], versions=[version]),
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            versions=[version],
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
     )
     pair.client.send_application_data(b"x")
     record = bytearray(pair.client.bytes_to_send())
@@ -165,8 +177,13 @@ def test_fatal_alert_reaches_peer(pki: Pki, version: int) -> None:
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_unexpected_handshake_message_after_handshake(pki: Pki, version: int) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust),
-        TlsConfig(certificates=[pki.leaves["p256"].certified], versions=[version]),
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            versions=[version],
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
     )
     # The client sends a stray Finished after the handshake.
     pair.client.send_handshake(20, b"\x00" * 32, add_to_transcript=False)
@@ -180,7 +197,10 @@ def test_unexpected_handshake_message_after_handshake(pki: Pki, version: int) ->
 
 def test_malformed_key_update(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust), TlsConfig(certificates=[pki.leaves["p256"].certified])
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     pair.client.send_handshake(24, b"\x07", add_to_transcript=False)
     expect_alert(pair.server, pair.client.bytes_to_send(), AlertDescription.ILLEGAL_PARAMETER)
@@ -188,7 +208,10 @@ def test_malformed_key_update(pki: Pki) -> None:
 
 def test_send_after_close_is_refused(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust), TlsConfig(certificates=[pki.leaves["p256"].certified])
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     pair.client.close()
     with pytest.raises(TlsClosed):
@@ -215,31 +238,53 @@ def test_send_after_close_is_refused(pki: Pki) -> None:
 def test_certificate_failures(
     pki: Pki, leaf: str, name: str, description: AlertDescription, words: str
 ) -> None:
-    server_config = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    server_config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     with pytest.raises(CertificateError) as info:
-        connect(TlsConfig(trust=pki.trust), server_config, server_name=name)
+        connect(
+            TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+            server_config,
+            server_name=name,
+        )
     assert info.value.description == description, info.value
     assert words in str(info.value)
 
 
 def test_ip_address_identity_and_no_verification(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust),
-        TlsConfig(certificates=[pki.leaves["rsa"].certified]),
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["rsa"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
         server_name="127.0.0.1",
     )
     assert pair.client.handshake_complete
     pair = connect(
-        TlsConfig(verify_peer=False), TlsConfig(certificates=[pki.leaves["untrusted"].certified])
+        TlsConfig(verify_peer=False, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["untrusted"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     assert pair.client.handshake_complete
 
 
 def test_client_certificate_from_unknown_ca_is_refused(pki: Pki) -> None:
-    client = TlsConfig(trust=pki.trust, certificates=[pki.leaves["untrusted"].certified])
+    client = TlsConfig(
+        trust=pki.trust,
+        certificates=[pki.leaves["untrusted"].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     with pytest.raises(CertificateError):
         connect(
-            client, TlsConfig(certificates=[pki.leaves["p256"].certified], client_trust=pki.trust)
+            client,
+            TlsConfig(
+                certificates=[pki.leaves["p256"].certified],
+                client_trust=pki.trust,
+                random=UnixRandom(),
+                clock=UnixClock(),
+            ),
         )
 
 
@@ -248,7 +293,9 @@ def test_client_certificate_from_unknown_ca_is_refused(pki: Pki) -> None:
 
 def test_flow_detects_truncation(pki: Pki) -> None:
     async def main() -> None:
-        engine_config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+        engine_config = TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             conn = TlsConnection(engine_config, server_side=True)
@@ -265,7 +312,9 @@ def test_flow_detects_truncation(pki: Pki) -> None:
         port = listener.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         flow = await tls_client(
-            StreamFlow(reader, writer), TlsConfig(trust=pki.trust), server_name="localhost"
+            StreamFlow(reader, writer),
+            TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+            server_name="localhost",
         )
         assert await flow.read() == b"partial"
         with pytest.raises(TlsTruncated):
@@ -312,7 +361,9 @@ def test_mutated_server_flight_never_crashes_client(
     pki: Pki, data: st.DataObject, version: int
 ) -> None:
     client = TlsConnection(
-        TlsConfig(trust=pki.trust, random=seeded(3)), server_side=False, server_name="localhost"
+        TlsConfig(trust=pki.trust, random=seeded(3), clock=UnixClock()),
+        server_side=False,
+        server_name="localhost",
     )
     srv = server(
         pki, "rsa" if version == TLS12 else "ed25519", versions=[version]
@@ -340,7 +391,9 @@ def test_random_bytes_never_crash_either_side(pki: Pki, junk: bytes) -> None:
     for conn in (
         server(pki),
         TlsConnection(
-            TlsConfig(trust=pki.trust, random=seeded(4)), server_side=False, server_name="localhost"
+            TlsConfig(trust=pki.trust, random=seeded(4), clock=UnixClock()),
+            server_side=False,
+            server_name="localhost",
         ),
     ):
         try:
@@ -352,7 +405,9 @@ def test_random_bytes_never_crash_either_side(pki: Pki, junk: bytes) -> None:
 def test_downgrade_sentinel_is_detected(pki: Pki) -> None:
     server_conn = server(pki, versions=[TLS13, TLS12])
     client = TlsConnection(
-        TlsConfig(trust=pki.trust, versions=[TLS12]), server_side=False, server_name="localhost"
+        TlsConfig(trust=pki.trust, versions=[TLS12], random=UnixRandom(), clock=UnixClock()),
+        server_side=False,
+        server_name="localhost",
     )
     server_conn.receive(client.bytes_to_send())
     # A client that can do TLS 1.3 (say its hello was rewritten on the way) sees
@@ -369,7 +424,11 @@ def test_server_over_tcp_answers_garbage_with_an_alert_and_keeps_serving(pki: Pk
     from .peers import EchoServer, run
 
     async def main() -> tuple[bytes, bytes, str, EchoServer]:
-        async with EchoServer(TlsConfig(certificates=[pki.leaves["p256"].certified])) as server:
+        async with EchoServer(
+            TlsConfig(
+                certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+            )
+        ) as server:
             replies = []
             # An unknown record type; a complete ClientHello whose body stops after its version.
             for garbage in (

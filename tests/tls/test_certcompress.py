@@ -15,6 +15,8 @@ from tlslite.api import HandshakeSettings, TLSConnection, X509CertChain, parsePE
 from looming.tls import AlertDescription, TlsConfig, TlsConnection
 from looming.tls.client import ClientHandshake
 from looming.tls.constants import HandshakeType
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .memory import seeded
 from .peers import EchoServer
@@ -61,6 +63,8 @@ def test_tlslite_both_ways(pki: Pki, with_certificate: bool) -> None:
         client_trust=pki.trust if with_certificate else None,
         require_client_certificate=with_certificate,
         handshake_rewriter=_recording(sent),
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
 
     async def scenario() -> tuple[dict[str, Any], EchoServer]:
@@ -84,11 +88,13 @@ def test_tlslite_both_ways(pki: Pki, with_certificate: bool) -> None:
 def _client_at_certificate(pki: Pki) -> tuple[TlsConnection, TlsConnection]:
     """A client that has received the server's flight up to the certificate, and the server."""
     client = TlsConnection(
-        TlsConfig(trust=pki.trust, random=seeded(8)), server_side=False, server_name="localhost"
+        TlsConfig(trust=pki.trust, random=seeded(8), clock=UnixClock()),
+        server_side=False,
+        server_name="localhost",
     )
     server = TlsConnection(
         TlsConfig(certificates=[pki.leaves["p256"].certified], random=seeded(9),
-                  certificate_compression=()),
+                  certificate_compression=(), clock=UnixClock()),
         server_side=True,
     )  # fmt: skip
     return client, server

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
 from looming.tls.cli import main as tls_main
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import free_port, run, server_process
 from .pki import Pki
@@ -319,7 +321,9 @@ def test_record_size_limit_option_reaches_the_peer(pki: Pki) -> None:
 
     async def scenario() -> int | None:
         async with server_process(command, port, "listening on"):
-            config = TlsConfig(trust=pki.trust, record_size_limit=1024)
+            config = TlsConfig(
+                trust=pki.trust, record_size_limit=1024, random=UnixRandom(), clock=UnixClock()
+            )
             flow = await open_connection("127.0.0.1", port, config, server_name="localhost")
             await flow.write(b"x" * 3000)
             echoed = b""

@@ -14,6 +14,8 @@ from websockets.asyncio.server import serve as ws_serve
 
 from looming.tls import TlsConfig
 from looming.tls.compat import TlsContext
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import free_port, server_process
 from .pki import Pki
@@ -26,7 +28,7 @@ def _s_server_www(pki: Pki, port: int, *extra: str) -> list[str]:
 
 
 def test_asyncio_open_connection_against_s_server(pki: Pki) -> None:
-    context = TlsContext(TlsConfig(trust=pki.trust))
+    context = TlsContext(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()))
 
     async def scenario() -> tuple[bytes, dict[str, object]]:
         port = free_port()
@@ -51,7 +53,7 @@ def test_asyncio_open_connection_against_s_server(pki: Pki) -> None:
 
 
 def test_httpx_against_s_server_resumes(pki: Pki) -> None:
-    context = TlsContext(TlsConfig(trust=pki.trust))
+    context = TlsContext(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()))
 
     async def scenario() -> list[httpx.Response]:
         port = free_port()
@@ -69,7 +71,7 @@ def test_httpx_against_s_server_resumes(pki: Pki) -> None:
 
 
 def test_httpx_refuses_an_untrusted_server(pki: Pki) -> None:
-    context = TlsContext(TlsConfig(trust=pki.trust))
+    context = TlsContext(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()))
 
     async def scenario() -> None:
         port = free_port()
@@ -87,7 +89,7 @@ def test_websockets_against_python_ssl_server(pki: Pki) -> None:
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf = pki.leaves["p256"]
     server_context.load_cert_chain(leaf.cert_path, leaf.key_path)
-    context = TlsContext(TlsConfig(trust=pki.trust))
+    context = TlsContext(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()))
 
     async def echo(connection: ServerConnection) -> None:
         async for message in connection:
@@ -110,7 +112,12 @@ def test_websockets_against_python_ssl_server(pki: Pki) -> None:
 
 def test_looming_server_context_behind_asyncio_start_server(pki: Pki) -> None:
     server_context = TlsContext(
-        TlsConfig(certificates=[pki.leaves["p256"].certified], alpn_protocols=[b"http/1.1"]),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            alpn_protocols=[b"http/1.1"],
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
         server_side=True,
     )
     client_context = ssl.create_default_context(cafile=str(pki.ca_path))
@@ -139,7 +146,12 @@ def test_looming_server_context_behind_asyncio_start_server(pki: Pki) -> None:
 
 
 def test_tls_object_turns_bad_input_into_ssl_errors_with_an_alert(pki: Pki) -> None:
-    context = TlsContext(TlsConfig(certificates=[pki.leaves["p256"].certified]), server_side=True)
+    context = TlsContext(
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
+        server_side=True,
+    )
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_side=True)
     with pytest.raises(ssl.SSLWantReadError):
@@ -152,7 +164,12 @@ def test_tls_object_turns_bad_input_into_ssl_errors_with_an_alert(pki: Pki) -> N
 
 
 def test_tls_object_reports_eof_without_close_notify(pki: Pki) -> None:
-    context = TlsContext(TlsConfig(certificates=[pki.leaves["p256"].certified]), server_side=True)
+    context = TlsContext(
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
+        server_side=True,
+    )
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_side=True)
     incoming.write_eof()

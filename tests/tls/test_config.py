@@ -8,6 +8,8 @@ import pytest
 
 from looming.errors import UsageError
 from looming.tls import CertifiedKey, TlsConfig, TrustStore
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 
 @pytest.mark.parametrize(
@@ -25,7 +27,7 @@ from looming.tls import CertifiedKey, TlsConfig, TrustStore
 )
 def test_bad_settings(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(UsageError, match=words):
-        TlsConfig(**kwargs)  # type: ignore[arg-type]
+        TlsConfig(**kwargs, random=UnixRandom(), clock=UnixClock())  # type: ignore[arg-type]
 
 
 def test_missing_files(tmp_path: Path) -> None:
@@ -38,4 +40,6 @@ def test_missing_files(tmp_path: Path) -> None:
 
 
 def test_string_alpn_is_encoded() -> None:
-    assert TlsConfig(alpn_protocols=["h2", b"http/1.1"]).alpn_protocols == [b"h2", b"http/1.1"]  # type: ignore[list-item]
+    assert TlsConfig(
+        alpn_protocols=["h2", b"http/1.1"], random=UnixRandom(), clock=UnixClock()
+    ).alpn_protocols == [b"h2", b"http/1.1"]  # type: ignore[list-item]

@@ -24,6 +24,8 @@ from looming.tls import (
 )
 from looming.tls.constants import HandshakeType
 from looming.tls.wire import Reader, u16, vec8, vec16
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .memory import seeded
 from .pki import Pki
@@ -84,12 +86,14 @@ def hello_rewriter(
 
 
 def _server(pki: Pki, **kw: object) -> TlsConnection:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified], random=seeded(3), **kw)  # type: ignore[arg-type]
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=seeded(3), **kw, clock=UnixClock()
+    )  # type: ignore[arg-type]
     return TlsConnection(config, server_side=True)
 
 
 def _client(pki: Pki, **kw: object) -> TlsConnection:
-    config = TlsConfig(trust=pki.trust, random=seeded(4), **kw)  # type: ignore[arg-type]
+    config = TlsConfig(trust=pki.trust, random=seeded(4), **kw, clock=UnixClock())  # type: ignore[arg-type]
     return TlsConnection(config, server_side=False, server_name="localhost")
 
 
@@ -133,7 +137,9 @@ def test_fallback_scsv_accepted_at_the_server_highest_version(pki: Pki) -> None:
 
 
 def test_fallback_scsv_from_openssl_s_client(pki: Pki) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     args = ["-tls1_2", "-fallback_scsv", "-servername", "localhost"]
     rc, out, server = asyncio.run(s_client_against_looming(config, args))
     assert rc != 0 and "inappropriate fallback" in out, out
@@ -251,7 +257,9 @@ def test_undecryptable_records_after_the_second_hello_are_not_skipped(pki: Pki) 
 
 
 def test_ems_required_by_default(pki: Pki) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     hs = settings(TLS12, useExtendedMasterSecret=False, requireExtendedMasterSecret=False)
     (result,), server = asyncio.run(tlslite_clients(config, hs))
     assert "handshake_failure" in str(result.get("error")), result
@@ -260,7 +268,10 @@ def test_ems_required_by_default(pki: Pki) -> None:
 
 def test_ems_optional_with_a_warning(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     config = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], require_extended_master_secret=False
+        certificates=[pki.leaves["p256"].certified],
+        require_extended_master_secret=False,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     hs = settings(TLS12, useExtendedMasterSecret=False, requireExtendedMasterSecret=False)
     with caplog.at_level(logging.WARNING, logger="looming.tls"):
@@ -272,13 +283,19 @@ def test_ems_optional_with_a_warning(pki: Pki, caplog: pytest.LogCaptureFixture)
 
 def test_client_without_ems_against_tlslite(pki: Pki) -> None:
     hs = settings(TLS12, useExtendedMasterSecret=False, requireExtendedMasterSecret=False)
-    strict = TlsConfig(trust=pki.trust, versions=[TLS12])
+    strict = TlsConfig(trust=pki.trust, versions=[TLS12], random=UnixRandom(), clock=UnixClock())
     with (
         TlsliteServer(pki, "p256", hs) as server,
         pytest.raises(TlsProtocolError, match="extended master secret"),
     ):
         asyncio.run(looming_client(server.port, strict))
-    lenient = TlsConfig(trust=pki.trust, versions=[TLS12], require_extended_master_secret=False)
+    lenient = TlsConfig(
+        trust=pki.trust,
+        versions=[TLS12],
+        require_extended_master_secret=False,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     with TlsliteServer(pki, "p256", hs) as server:
         _flow, reply = asyncio.run(looming_client(server.port, lenient))
     assert reply == b"lite:hi\n" and "error" not in server.results[0]

@@ -16,6 +16,8 @@ from looming.tls import (
     NamedGroup,
     TlsConfig,
 )
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .memory import connect
 from .pki import Pki
@@ -50,9 +52,16 @@ def _complete(events: list[object]) -> HandshakeComplete:
 @pytest.mark.parametrize("suite", SUITES13, ids=lambda s: s.name)
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
 def test_tls13_matrix(pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup) -> None:
-    server = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    server = TlsConfig(
+        certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     client = TlsConfig(
-        trust=pki.trust, cipher_suites=[suite], groups=[group], key_share_groups=[group]
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=[group],
+        key_share_groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     pair = connect(client, server)
     done = _complete(pair.client_events)
@@ -75,11 +84,23 @@ def test_tls13_matrix(pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 )
 def test_tls12_matrix(pki: Pki, leaf: str, index: int, group: NamedGroup) -> None:
     suite = SUITES12["rsa" if leaf == "rsa" else "p256"][index]
-    server = TlsConfig(certificates=[pki.leaves[leaf].certified], versions=[TLS12], groups=[group])
+    server = TlsConfig(
+        certificates=[pki.leaves[leaf].certified],
+        versions=[TLS12],
+        groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     # RFC 8422: a client must list the curve of the server's ECDSA key.
     key_curve = {"p256": NamedGroup.SECP256R1, "p384": NamedGroup.SECP384R1}.get(leaf, group)
     groups = [group] if key_curve == group else [group, key_curve]
-    client = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
+    client = TlsConfig(
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=groups,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     pair = connect(client, server)
     done = _complete(pair.client_events)
     assert (done.version, done.cipher_suite) == (TLS12, suite)
@@ -93,8 +114,18 @@ def test_tls12_matrix(pki: Pki, leaf: str, index: int, group: NamedGroup) -> Non
 
 
 def test_hello_retry_request(pki: Pki) -> None:
-    server = TlsConfig(certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.SECP384R1])
-    client = TlsConfig(trust=pki.trust, key_share_groups=[NamedGroup.X25519])
+    server = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        groups=[NamedGroup.SECP384R1],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
+    client = TlsConfig(
+        trust=pki.trust,
+        key_share_groups=[NamedGroup.X25519],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     pair = connect(client, server)
     assert _complete(pair.client_events).version == TLS13
     assert pair.client_sends(b"after hrr") == [ApplicationData(b"after hrr")]
@@ -102,8 +133,15 @@ def test_hello_retry_request(pki: Pki) -> None:
 
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_resumption(pki: Pki, version: int) -> None:
-    server = TlsConfig(certificates=[pki.leaves["p256"].certified], versions=[version])
-    client = TlsConfig(trust=pki.trust, session_cache=ClientSessionCache())
+    server = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        versions=[version],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
+    client = TlsConfig(
+        trust=pki.trust, session_cache=ClientSessionCache(), random=UnixRandom(), clock=UnixClock()
+    )
     first = connect(client, server)
     assert not _complete(first.client_events).resumed
     second = connect(client, server)
@@ -115,7 +153,10 @@ def test_resumption(pki: Pki, version: int) -> None:
 
 def test_key_update_both_ways(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust), TlsConfig(certificates=[pki.leaves["p256"].certified])
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     pair.client.key_update(request_peer_update=True)
     events = pair.server.receive(pair.client.bytes_to_send())
@@ -126,8 +167,15 @@ def test_key_update_both_ways(pki: Pki) -> None:
 
 
 def test_automatic_key_update_before_limit(pki: Pki) -> None:
-    client = TlsConfig(trust=pki.trust, key_update_after_records=3)
-    pair = connect(client, TlsConfig(certificates=[pki.leaves["p256"].certified]))
+    client = TlsConfig(
+        trust=pki.trust, key_update_after_records=3, random=UnixRandom(), clock=UnixClock()
+    )
+    pair = connect(
+        client,
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
+    )
     received = []
     for i in range(10):
         received += pair.client_sends(b"x%d" % i)
@@ -140,7 +188,10 @@ def test_automatic_key_update_before_limit(pki: Pki) -> None:
 
 def test_close_notify(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust), TlsConfig(certificates=[pki.leaves["p256"].certified])
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     pair.client.close()
     assert pair.server.receive(pair.client.bytes_to_send()) == [ConnectionClosed()]

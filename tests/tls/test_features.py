@@ -17,6 +17,8 @@ from looming.tls import (
     TlsConfig,
     TlsProtocolError,
 )
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .memory import FakeClock, connect, seeded
 from .pki import Pki
@@ -109,9 +111,15 @@ def test_zero_rtt_refused_for_a_stale_ticket_age(pki: Pki) -> None:
 
 def test_sni_picks_certificate(pki: Pki) -> None:
     server = TlsConfig(
-        certificates=[pki.leaves["p256"].certified, pki.leaves["other-name"].certified]
+        certificates=[pki.leaves["p256"].certified, pki.leaves["other-name"].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
-    pair = connect(TlsConfig(trust=pki.trust), server, server_name="other.example")
+    pair = connect(
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        server,
+        server_name="other.example",
+    )
     assert (
         _done(pair.client_events).peer_certificates[0]
         == pki.leaves["other-name"].certified.chain[0]
@@ -120,8 +128,17 @@ def test_sni_picks_certificate(pki: Pki) -> None:
 
 
 def test_signature_algorithms_pick_certificate(pki: Pki) -> None:
-    server = TlsConfig(certificates=[pki.leaves["rsa"].certified, pki.leaves["ed25519"].certified])
-    pair = connect(TlsConfig(trust=pki.trust, signature_schemes=[0x0807]), server)
+    server = TlsConfig(
+        certificates=[pki.leaves["rsa"].certified, pki.leaves["ed25519"].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
+    pair = connect(
+        TlsConfig(
+            trust=pki.trust, signature_schemes=[0x0807], random=UnixRandom(), clock=UnixClock()
+        ),
+        server,
+    )
     assert (
         _done(pair.client_events).peer_certificates[0] == pki.leaves["ed25519"].certified.chain[0]
     )
@@ -130,8 +147,13 @@ def test_signature_algorithms_pick_certificate(pki: Pki) -> None:
 @pytest.mark.parametrize("limit", [64, 1000])
 def test_record_size_limit_both_ways(pki: Pki, limit: int) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust, record_size_limit=limit),
-        TlsConfig(certificates=[pki.leaves["p256"].certified], record_size_limit=limit),
+        TlsConfig(trust=pki.trust, record_size_limit=limit, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            record_size_limit=limit,
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
     )
     pair.client.send_application_data(b"x" * 5000)
     wire = pair.client.bytes_to_send()
@@ -144,15 +166,25 @@ def test_record_size_limit_both_ways(pki: Pki, limit: int) -> None:
 
 def test_oversized_record_against_our_limit(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust),
-        TlsConfig(certificates=[pki.leaves["p256"].certified], record_size_limit=100),
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            record_size_limit=100,
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
     )
     assert pair.server.records.receive_plaintext_limit == (
         1 << 14
     )  # the client did not offer the extension
     pair = connect(
-        TlsConfig(trust=pki.trust, record_size_limit=100),
-        TlsConfig(certificates=[pki.leaves["p256"].certified], record_size_limit=100),
+        TlsConfig(trust=pki.trust, record_size_limit=100, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            record_size_limit=100,
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
     )
     pair.client.records.send_limit = None  # a misbehaving peer ignoring our limit
     pair.client.send_application_data(b"y" * 500)
@@ -163,8 +195,10 @@ def test_oversized_record_against_our_limit(pki: Pki) -> None:
 
 def test_padding_hides_lengths(pki: Pki) -> None:
     pair = connect(
-        TlsConfig(trust=pki.trust, padding_block=256),
-        TlsConfig(certificates=[pki.leaves["p256"].certified]),
+        TlsConfig(trust=pki.trust, padding_block=256, random=UnixRandom(), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+        ),
     )
     sizes = set()
     for n in (1, 17, 200):
@@ -180,18 +214,31 @@ def test_client_certificate_required_but_missing(pki: Pki) -> None:
         certificates=[pki.leaves["p256"].certified],
         client_trust=pki.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     with pytest.raises(TlsProtocolError) as info:
-        connect(TlsConfig(trust=pki.trust), server)
+        connect(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()), server)
     assert info.value.description == AlertDescription.CERTIFICATE_REQUIRED
 
 
 def test_optional_client_certificate(pki: Pki) -> None:
-    server = TlsConfig(certificates=[pki.leaves["p256"].certified], client_trust=pki.trust)
-    pair = connect(TlsConfig(trust=pki.trust), server)
+    server = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        client_trust=pki.trust,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
+    pair = connect(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()), server)
     assert _done(pair.server_events).peer_certificates == []
     pair = connect(
-        TlsConfig(trust=pki.trust, certificates=[pki.leaves["client-rsa"].certified]), server
+        TlsConfig(
+            trust=pki.trust,
+            certificates=[pki.leaves["client-rsa"].certified],
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
+        server,
     )
     assert (
         _done(pair.server_events).peer_certificates[0]
@@ -201,9 +248,12 @@ def test_optional_client_certificate(pki: Pki) -> None:
 
 def test_hybrid_post_quantum_group_with_hello_retry(pki: Pki) -> None:
     server = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.X25519MLKEM768]
+        certificates=[pki.leaves["p256"].certified],
+        groups=[NamedGroup.X25519MLKEM768],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
-    pair = connect(TlsConfig(trust=pki.trust), server)
+    pair = connect(TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()), server)
     assert pair.client.hello_retried and _done(pair.client_events).version == TLS13
     assert pair.client_sends(b"pq") == [ApplicationData(b"pq")]
 
@@ -217,6 +267,7 @@ def test_seeded_randomness_makes_the_client_hello_reproducible(pki: Pki) -> None
                 trust=pki.trust,
                 random=seeded(99),
                 key_share_groups=[NamedGroup.X25519, NamedGroup.SECP256R1],
+                clock=UnixClock(),
             ),
             server_side=False,
             server_name="localhost",
@@ -231,9 +282,19 @@ def test_handshake_fed_one_byte_at_a_time(pki: Pki, version: int) -> None:
     from looming.tls import TlsConnection
 
     server = TlsConnection(
-        TlsConfig(certificates=[pki.leaves["rsa"].certified], versions=[version]), server_side=True
+        TlsConfig(
+            certificates=[pki.leaves["rsa"].certified],
+            versions=[version],
+            random=UnixRandom(),
+            clock=UnixClock(),
+        ),
+        server_side=True,
     )
-    client = TlsConnection(TlsConfig(trust=pki.trust), server_side=False, server_name="localhost")
+    client = TlsConnection(
+        TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        server_side=False,
+        server_name="localhost",
+    )
     client_events: list[object] = []
     server_events: list[object] = []
     for _ in range(6):
@@ -266,9 +327,16 @@ def test_signature_algorithms_cert_picks_chain(
     from looming.tls import TrustStore
 
     assert pki.rsa_root is not None
-    server = TlsConfig(certificates=[pki.leaves["p256"].certified, pki.leaves["chain"].certified])
+    server = TlsConfig(
+        certificates=[pki.leaves["p256"].certified, pki.leaves["chain"].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     client = TlsConfig(
-        trust=TrustStore([pki.ca_cert, pki.rsa_root]), certificate_signature_schemes=cert_schemes
+        trust=TrustStore([pki.ca_cert, pki.rsa_root]),
+        certificate_signature_schemes=cert_schemes,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     pair = connect(client, server)
     assert _done(pair.client_events).peer_certificates[0] == pki.leaves[expected].certified.chain[0]
@@ -292,15 +360,24 @@ def test_resumption_and_early_data_through_hello_retry(pki: Pki) -> None:
 def test_resumption_keeps_the_ticket_suite(pki: Pki) -> None:
     from looming.tls import CipherSuite
 
-    server = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    server = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     cache = ClientSessionCache()
     first_client = TlsConfig(
-        trust=pki.trust, session_cache=cache, cipher_suites=[CipherSuite.TLS_AES_256_GCM_SHA384]
+        trust=pki.trust,
+        session_cache=cache,
+        cipher_suites=[CipherSuite.TLS_AES_256_GCM_SHA384],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     connect(first_client, server)
     # The client now offers every suite; the server would prefer AES-128 (SHA-256),
     # but the ticket's PSK is bound to SHA-384, so it resumes with AES-256.
-    second = connect(TlsConfig(trust=pki.trust, session_cache=cache), server)
+    second = connect(
+        TlsConfig(trust=pki.trust, session_cache=cache, random=UnixRandom(), clock=UnixClock()),
+        server,
+    )
     done = _done(second.client_events)
     assert done.resumed and done.cipher_suite == CipherSuite.TLS_AES_256_GCM_SHA384
 

@@ -10,6 +10,8 @@ import pytest
 from looming.devices.flow import Flow
 from looming.errors import Closed
 from looming.tls import TlsConfig, TlsFlow, TrustStore, tls_client, tls_server
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .pki import Pki
 
@@ -56,11 +58,21 @@ def test_tls_flow_over_memory_pipe(pki: Pki) -> None:
         assert isinstance(left, Flow)
         client_task = asyncio.create_task(
             tls_client(
-                left, TlsConfig(trust=pki.trust, alpn_protocols=[b"x"]), server_name="localhost"
+                left,
+                TlsConfig(
+                    trust=pki.trust, alpn_protocols=[b"x"], random=UnixRandom(), clock=UnixClock()
+                ),
+                server_name="localhost",
             )
         )
         server = await tls_server(
-            right, TlsConfig(certificates=[pki.leaves["ed25519"].certified], alpn_protocols=[b"x"])
+            right,
+            TlsConfig(
+                certificates=[pki.leaves["ed25519"].certified],
+                alpn_protocols=[b"x"],
+                random=UnixRandom(),
+                clock=UnixClock(),
+            ),
         )
         client = await client_task
         assert isinstance(client, Flow) and isinstance(server, Flow)
@@ -102,7 +114,13 @@ def test_stalled_handshake_times_out(pki: Pki) -> None:
         )  # a ClientHello that never finishes
         with pytest.raises(ConnectionTimeout):
             await tls_server(
-                right, TlsConfig(certificates=[pki.leaves["p256"].certified]), handshake_timeout=0.2
+                right,
+                TlsConfig(
+                    certificates=[pki.leaves["p256"].certified],
+                    random=UnixRandom(),
+                    clock=UnixClock(),
+                ),
+                handshake_timeout=0.2,
             )
 
     asyncio.run(main())

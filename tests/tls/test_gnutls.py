@@ -11,6 +11,8 @@ import pytest
 
 from looming.tls import TLS12, TLS13, CipherSuite, ClientSessionCache, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer, free_port, run, server_process
 from .pki import Pki
@@ -112,7 +114,12 @@ def test_client_tls13_against_gnutls_serv(
     pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 ) -> None:
     config = TlsConfig(
-        trust=pki.trust, cipher_suites=[suite], groups=[group], key_share_groups=[group]
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=[group],
+        key_share_groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     flow, reply = asyncio.run(
         client_against_gnutls_serv(pki, leaf, ["--priority", priority(TLS13, group, suite)], config)
@@ -128,7 +135,13 @@ def test_client_tls12_against_gnutls_serv(pki: Pki, suite: CipherSuite, group: N
     groups = (
         [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
     )
-    config = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
+    config = TlsConfig(
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=groups,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     flow, reply = asyncio.run(
         client_against_gnutls_serv(pki, leaf, ["--priority", priority(TLS12, group, suite)], config)
     )
@@ -137,7 +150,7 @@ def test_client_tls12_against_gnutls_serv(pki: Pki, suite: CipherSuite, group: N
 
 
 def test_client_hello_retry_request_with_gnutls(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust)
+    config = TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
     flow, reply = asyncio.run(
         client_against_gnutls_serv(
             pki, "p256", ["--priority", priority(TLS13, NamedGroup.SECP384R1)], config
@@ -151,7 +164,10 @@ def test_client_key_update_with_gnutls(pki: Pki) -> None:
         port = free_port()
         async with server_process(gnutls_serv_args(pki, "p256", port), port, "IPv4"):
             flow = await open_connection(
-                "127.0.0.1", port, TlsConfig(trust=pki.trust), server_name="localhost"
+                "127.0.0.1",
+                port,
+                TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+                server_name="localhost",
             )
             assert await echo(flow, b"one\n") == b"one\n"
             await flow.key_update(request_peer_update=True)
@@ -166,7 +182,13 @@ def test_client_key_update_with_gnutls(pki: Pki) -> None:
 def test_client_resumption_with_gnutls(pki: Pki, version: int) -> None:
     async def main() -> tuple[TlsFlow, TlsFlow]:
         port = free_port()
-        config = TlsConfig(trust=pki.trust, versions=[version], session_cache=ClientSessionCache())
+        config = TlsConfig(
+            trust=pki.trust,
+            versions=[version],
+            session_cache=ClientSessionCache(),
+            random=UnixRandom(),
+            clock=UnixClock(),
+        )
         async with server_process(gnutls_serv_args(pki, "p256", port), port, "IPv4"):
             first = await open_connection("127.0.0.1", port, config, server_name="localhost")
             await echo(first)
@@ -181,7 +203,9 @@ def test_client_resumption_with_gnutls(pki: Pki, version: int) -> None:
 
 
 def test_client_alpn_with_gnutls(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust, alpn_protocols=[b"h2", b"http/1.1"])
+    config = TlsConfig(
+        trust=pki.trust, alpn_protocols=[b"h2", b"http/1.1"], random=UnixRandom(), clock=UnixClock()
+    )
     flow, _ = asyncio.run(client_against_gnutls_serv(pki, "p256", ["--alpn", "http/1.1"], config))
     assert flow.alpn_protocol == b"http/1.1"
 
@@ -189,7 +213,11 @@ def test_client_alpn_with_gnutls(pki: Pki) -> None:
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_client_certificate_to_gnutls(pki: Pki, version: int) -> None:
     config = TlsConfig(
-        trust=pki.trust, versions=[version], certificates=[pki.leaves["client-p256"].certified]
+        trust=pki.trust,
+        versions=[version],
+        certificates=[pki.leaves["client-p256"].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     extra = ["--require-client-cert", "--x509cafile", str(pki.ca_path)]
     flow, reply = asyncio.run(client_against_gnutls_serv(pki, "p256", extra, config))
@@ -200,7 +228,11 @@ def test_client_early_data_with_gnutls(pki: Pki) -> None:
     async def main() -> TlsFlow:
         port = free_port()
         config = TlsConfig(
-            trust=pki.trust, session_cache=ClientSessionCache(), enable_early_data=True
+            trust=pki.trust,
+            session_cache=ClientSessionCache(),
+            enable_early_data=True,
+            random=UnixRandom(),
+            clock=UnixClock(),
         )
         async with server_process(
             gnutls_serv_args(pki, "p256", port, "--earlydata", "--maxearlydata", "4096"),
@@ -257,7 +289,9 @@ def _cli_base(pki: Pki) -> list[str]:
 def test_server_tls13_against_gnutls_cli(
     pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 ) -> None:
-    config = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     rc, out, server = asyncio.run(
         gnutls_cli_against_looming(
             config, [*_cli_base(pki), "--priority", priority(TLS13, group, suite)]
@@ -277,7 +311,12 @@ def test_server_tls13_against_gnutls_cli(
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
 def test_server_tls12_against_gnutls_cli(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
     leaf = SUITES12[suite]
-    config = TlsConfig(certificates=[pki.leaves[leaf].certified], groups=[group])
+    config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified],
+        groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     extra = "" if leaf == "rsa" or group == NamedGroup.SECP256R1 else "SECP256R1"
     rc, out, _ = asyncio.run(
         gnutls_cli_against_looming(
@@ -293,7 +332,9 @@ def test_server_tls12_against_gnutls_cli(pki: Pki, suite: CipherSuite, group: Na
 
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_server_exporter_matches_gnutls_cli(pki: Pki, version: int) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     args = [
         *_cli_base(pki),
         "--priority",
@@ -313,7 +354,9 @@ def test_server_exporter_matches_gnutls_cli(pki: Pki, version: int) -> None:
 
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_server_resumption_with_gnutls_cli(pki: Pki, version: int) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     rc, out, server = asyncio.run(
         gnutls_cli_against_looming(
             config, [*_cli_base(pki), "--priority", priority(version), "--resume"]
@@ -329,6 +372,8 @@ def test_server_hrr_sni_alpn_with_gnutls_cli(pki: Pki) -> None:
         certificates=[pki.leaves["p256"].certified, pki.leaves["other-name"].certified],
         groups=[NamedGroup.SECP384R1],
         alpn_protocols=[b"http/1.1"],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     args = [
         "--x509cafile",
@@ -354,6 +399,8 @@ def test_server_client_certificate_from_gnutls_cli(pki: Pki, version: int) -> No
         certificates=[pki.leaves["rsa"].certified],
         client_trust=pki.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     client = pki.leaves["client-p256"]
     args = [
@@ -371,7 +418,12 @@ def test_server_client_certificate_from_gnutls_cli(pki: Pki, version: int) -> No
 
 
 def test_server_early_data_from_gnutls_cli(pki: Pki, tmp_path: Path) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified], max_early_data=4096)
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        max_early_data=4096,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     early = tmp_path / "early.txt"
     early.write_bytes(b"gnutls early\n")
     rc, out, server = asyncio.run(
@@ -384,7 +436,10 @@ def test_server_early_data_from_gnutls_cli(pki: Pki, tmp_path: Path) -> None:
 def test_server_answers_key_update_from_gnutls_cli(pki: Pki) -> None:
     async def main() -> tuple[int, str, EchoServer]:
         async with EchoServer(
-            TlsConfig(certificates=[pki.leaves["p256"].certified]), until_eof=True
+            TlsConfig(
+                certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+            ),
+            until_eof=True,
         ) as server:
             args = [
                 "gnutls-cli",

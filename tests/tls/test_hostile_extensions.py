@@ -12,6 +12,7 @@ from looming.tls import AlertDescription, TlsConfig, TlsConnection, TlsError, Tl
 from looming.tls.client import ClientHandshake
 from looming.tls.constants import HandshakeType
 from looming.tls.wire import handshake
+from looming.unix.clock import UnixClock
 
 from .memory import seeded
 from .pki import Pki
@@ -27,7 +28,9 @@ FUZZ = settings(
 
 def _server(pki: Pki) -> TlsConnection:
     certified = pki.leaves["p256"].certified
-    config = TlsConfig(certificates=[certified], client_trust=pki.trust, random=seeded(11))
+    config = TlsConfig(
+        certificates=[certified], client_trust=pki.trust, random=seeded(11), clock=UnixClock()
+    )
     return TlsConnection(config, server_side=True)
 
 
@@ -61,7 +64,9 @@ def test_hostile_client_hello_extensions(
         return _join_hello(head, suites + ([extra_suite] if extra_suite else []), compression, exts)
 
     client = TlsConnection(
-        TlsConfig(trust=pki.trust, random=seeded(12), handshake_rewriter=rewrite),
+        TlsConfig(
+            trust=pki.trust, random=seeded(12), handshake_rewriter=rewrite, clock=UnixClock()
+        ),
         server_side=False,
         server_name="localhost",
     )
@@ -72,7 +77,9 @@ def test_hostile_client_hello_extensions(
 @given(body=st.binary(max_size=200))
 def test_hostile_compressed_certificate_body(pki: Pki, body: bytes) -> None:
     client = TlsConnection(
-        TlsConfig(trust=pki.trust, random=seeded(13)), server_side=False, server_name="localhost"
+        TlsConfig(trust=pki.trust, random=seeded(13), clock=UnixClock()),
+        server_side=False,
+        server_name="localhost",
     )
     server = _server(pki)
     server.receive(client.bytes_to_send())

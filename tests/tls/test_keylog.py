@@ -13,6 +13,8 @@ import pytest
 from looming.tls import TLS12, TLS13, TlsConfig
 from looming.tls.flow import open_connection
 from looming.tls.keylog import KeyLogFile
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer
 from .pki import Pki
@@ -78,9 +80,15 @@ def test_tshark_decrypts_with_the_key_log(
         certificates=[leaf.certified],
         versions=[version],
         key_log=key_log if side == "server" else None,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     client_config = TlsConfig(
-        trust=pki.trust, versions=[version], key_log=key_log if side == "client" else None
+        trust=pki.trust,
+        versions=[version],
+        key_log=key_log if side == "client" else None,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     secret_message = b"the looming key log works %d" % version
 

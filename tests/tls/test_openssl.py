@@ -22,6 +22,8 @@ from looming.tls import (
     spki_sha256,
 )
 from looming.tls.flow import TlsFlow, open_connection
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer, free_port, run, server_process
 from .pki import Pki
@@ -108,7 +110,12 @@ def test_client_tls13_against_s_server(
     pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 ) -> None:
     config = TlsConfig(
-        trust=pki.trust, cipher_suites=[suite], groups=[group], key_share_groups=[group]
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=[group],
+        key_share_groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     extra = ["-tls1_3", "-ciphersuites", suite.name, "-groups", OPENSSL_GROUP[group]]
     flow, reply, output = asyncio.run(client_against_s_server(pki, leaf, extra, config))
@@ -125,7 +132,13 @@ def test_client_tls12_against_s_server(pki: Pki, suite: CipherSuite, group: Name
     groups = (
         [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
     )
-    config = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
+    config = TlsConfig(
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=groups,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     extra = ["-tls1_2", "-cipher", name, "-groups", OPENSSL_GROUP[group]]
     flow, reply, output = asyncio.run(client_against_s_server(pki, leaf, extra, config))
     assert reply == b"gnimool olleh\n"
@@ -134,7 +147,9 @@ def test_client_tls12_against_s_server(pki: Pki, suite: CipherSuite, group: Name
 
 
 def test_client_hello_retry_request(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust)  # key share for X25519 only
+    config = TlsConfig(
+        trust=pki.trust, random=UnixRandom(), clock=UnixClock()
+    )  # key share for X25519 only
     flow, reply, _ = asyncio.run(client_against_s_server(pki, "p256", ["-groups", "P-384"], config))
     assert reply == b"gnimool olleh\n"
     assert flow.connection.hello_retried and flow.version == TLS13
@@ -143,7 +158,7 @@ def test_client_hello_retry_request(pki: Pki) -> None:
 def test_client_downgrade_to_tls12_is_accepted_without_sentinel_but_versions_match(
     pki: Pki,
 ) -> None:
-    config = TlsConfig(trust=pki.trust, versions=[TLS12])
+    config = TlsConfig(trust=pki.trust, versions=[TLS12], random=UnixRandom(), clock=UnixClock())
     flow, reply, _ = asyncio.run(client_against_s_server(pki, "rsa", [], config))
     assert flow.version == TLS12 and reply == b"gnimool olleh\n"
 
@@ -153,7 +168,13 @@ def test_client_resumption_against_s_server(pki: Pki, version: int) -> None:
     async def main() -> tuple[TlsFlow, TlsFlow]:
         port = free_port()
         cache = ClientSessionCache()
-        config = TlsConfig(trust=pki.trust, versions=[version], session_cache=cache)
+        config = TlsConfig(
+            trust=pki.trust,
+            versions=[version],
+            session_cache=cache,
+            random=UnixRandom(),
+            clock=UnixClock(),
+        )
         async with server_process(
             s_server_args(pki, "p256", port, "-rev", "-naccept", "2"), port, "ACCEPT"
         ) as peer:
@@ -173,7 +194,12 @@ def test_client_resumption_against_s_server(pki: Pki, version: int) -> None:
 
 
 def test_client_alpn(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust, alpn_protocols=[b"looming/1", b"http/1.1"])
+    config = TlsConfig(
+        trust=pki.trust,
+        alpn_protocols=[b"looming/1", b"http/1.1"],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     flow, _, _ = asyncio.run(client_against_s_server(pki, "p256", ["-alpn", "h2,http/1.1"], config))
     assert flow.alpn_protocol == b"http/1.1"
 
@@ -188,7 +214,7 @@ def test_client_sni_selects_second_certificate(pki: Pki) -> None:
         "-key2",
         str(other.key_path),
     ]
-    config = TlsConfig(trust=pki.trust)
+    config = TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
     flow, reply, _ = asyncio.run(
         client_against_s_server(pki, "p256", extra, config, server_name="other.example")
     )
@@ -200,7 +226,11 @@ def test_client_sni_selects_second_certificate(pki: Pki) -> None:
 @pytest.mark.parametrize("client_leaf", ["client-p256", "client-rsa"])
 def test_client_certificate_to_s_server(pki: Pki, version: int, client_leaf: str) -> None:
     config = TlsConfig(
-        trust=pki.trust, versions=[version], certificates=[pki.leaves[client_leaf].certified]
+        trust=pki.trust,
+        versions=[version],
+        certificates=[pki.leaves[client_leaf].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     _flow, reply, output = asyncio.run(
         client_against_s_server(pki, "p256", ["-Verify", "1", "-CAfile", str(pki.ca_path)], config)
@@ -212,7 +242,7 @@ def test_client_certificate_to_s_server(pki: Pki, version: int, client_leaf: str
 def test_client_key_update_both_ways(pki: Pki) -> None:
     async def main() -> TlsFlow:
         port = free_port()
-        config = TlsConfig(trust=pki.trust)
+        config = TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
         async with server_process(s_server_args(pki, "p256", port, "-rev"), port, "ACCEPT") as peer:
             flow = await open_connection("127.0.0.1", port, config, server_name="localhost")
             assert await exchange(flow, b"one\n") == b"eno\n"
@@ -233,7 +263,13 @@ def test_client_early_data_against_s_server(pki: Pki) -> None:
     async def main() -> tuple[TlsFlow, str]:
         port = free_port()
         cache = ClientSessionCache()
-        config = TlsConfig(trust=pki.trust, session_cache=cache, enable_early_data=True)
+        config = TlsConfig(
+            trust=pki.trust,
+            session_cache=cache,
+            enable_early_data=True,
+            random=UnixRandom(),
+            clock=UnixClock(),
+        )
         args = s_server_args(pki, "p256", port, "-early_data", "-naccept", "2")
         async with server_process(args, port, "ACCEPT") as peer:
             first = await open_connection("127.0.0.1", port, config, server_name="localhost")
@@ -255,7 +291,7 @@ def test_client_early_data_against_s_server(pki: Pki) -> None:
 
 
 def test_client_rejects_unknown_ca_and_server_sees_alert(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust)
+    config = TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
 
     async def main() -> str:
         port = free_port()
@@ -269,17 +305,22 @@ def test_client_rejects_unknown_ca_and_server_sees_alert(pki: Pki) -> None:
 
 
 def test_client_pinning(pki: Pki) -> None:
-    good = TlsConfig(trust=pki.trust, pins=[spki_sha256(pki.leaves["p256"].certified.chain[0])])
+    good = TlsConfig(
+        trust=pki.trust,
+        pins=[spki_sha256(pki.leaves["p256"].certified.chain[0])],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     _flow, reply, _ = asyncio.run(client_against_s_server(pki, "p256", [], good))
     assert reply == b"gnimool olleh\n"
-    bad = TlsConfig(trust=pki.trust, pins=[b"\x00" * 32])
+    bad = TlsConfig(trust=pki.trust, pins=[b"\x00" * 32], random=UnixRandom(), clock=UnixClock())
     with pytest.raises(CertificateError, match="pinned"):
         asyncio.run(client_against_s_server(pki, "p256", [], bad))
 
 
 def test_client_sees_server_alert(pki: Pki) -> None:
     # The server insists on a client certificate; we have none.
-    config = TlsConfig(trust=pki.trust, versions=[TLS12])
+    config = TlsConfig(trust=pki.trust, versions=[TLS12], random=UnixRandom(), clock=UnixClock())
     with pytest.raises(TlsAlertReceived):
         asyncio.run(
             client_against_s_server(
@@ -312,7 +353,9 @@ def _s_client_base(pki: Pki) -> list[str]:
 def test_server_tls13_against_s_client(
     pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 ) -> None:
-    config = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     args = [
         *_s_client_base(pki),
         "-tls1_3",
@@ -333,7 +376,12 @@ def test_server_tls13_against_s_client(
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
 def test_server_tls12_against_s_client(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
     leaf, name = OPENSSL12[suite]
-    config = TlsConfig(certificates=[pki.leaves[leaf].certified], groups=[group])
+    config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified],
+        groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     # RFC 8422: the client must list the curve of an ECDSA certificate (P-256 here).
     groups = (
         OPENSSL_GROUP[group]
@@ -351,7 +399,12 @@ def test_server_tls12_against_s_client(pki: Pki, suite: CipherSuite, group: Name
 
 
 def test_server_hello_retry_request_to_s_client(pki: Pki) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.SECP384R1])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        groups=[NamedGroup.SECP384R1],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     rc, out, server = asyncio.run(
         s_client_against_looming(config, [*_s_client_base(pki), "-groups", "X25519:P-384"])
     )
@@ -363,6 +416,8 @@ def test_server_sni_and_alpn(pki: Pki) -> None:
     config = TlsConfig(
         certificates=[pki.leaves["p256"].certified, pki.leaves["other-name"].certified],
         alpn_protocols=[b"h2", b"http/1.1"],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     args = [
         "-CAfile",
@@ -383,7 +438,9 @@ def test_server_sni_and_alpn(pki: Pki) -> None:
 
 @pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
 def test_server_exporter_matches_s_client(pki: Pki, version: str) -> None:
-    config = TlsConfig(certificates=[pki.leaves["rsa"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["rsa"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     args = [
         *_s_client_base(pki),
         version,
@@ -405,6 +462,8 @@ def test_server_client_certificate_from_s_client(pki: Pki, version: str) -> None
         certificates=[pki.leaves["p256"].certified],
         client_trust=pki.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     client = pki.leaves["client-rsa"]
     args = [
@@ -425,6 +484,8 @@ def test_server_requires_client_certificate(pki: Pki) -> None:
         certificates=[pki.leaves["p256"].certified],
         client_trust=pki.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     _rc, out, server = asyncio.run(
         s_client_against_looming(config, [*_s_client_base(pki), "-tls1_3"])
@@ -435,7 +496,9 @@ def test_server_requires_client_certificate(pki: Pki) -> None:
 
 @pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
 def test_server_resumption_with_s_client(pki: Pki, version: str, tmp_path: Path) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     session_file = tmp_path / "session.pem"
 
     async def main() -> tuple[str, str]:
@@ -459,7 +522,12 @@ def test_server_resumption_with_s_client(pki: Pki, version: str, tmp_path: Path)
 
 
 def test_server_accepts_early_data_from_s_client(pki: Pki, tmp_path: Path) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified], max_early_data=4096)
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        max_early_data=4096,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     session_file = tmp_path / "session.pem"
     early_file = tmp_path / "early.txt"
     early_file.write_bytes(b"early bird\n")
@@ -493,7 +561,7 @@ def test_server_accepts_early_data_from_s_client(pki: Pki, tmp_path: Path) -> No
 
 
 def test_session_object_round_trip(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust)
+    config = TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
     flow, _, _ = asyncio.run(client_against_s_server(pki, "p256", [], config))
     assert flow.sessions and isinstance(flow.sessions[0], Session)
 
@@ -523,7 +591,9 @@ SIGALGS = [
 def test_server_signature_schemes_to_s_client(
     pki: Pki, version: int, leaf: str, sigalg: str, kind: str, digest: str
 ) -> None:
-    config = TlsConfig(certificates=[pki.leaves[leaf].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     flag = "-tls1_3" if version == TLS13 else "-tls1_2"
     rc, out, _ = asyncio.run(
         s_client_against_looming(config, [*_s_client_base(pki), flag, "-sigalgs", sigalg])
@@ -544,7 +614,12 @@ def test_client_verifies_signature_schemes_from_s_server(
 ) -> None:
     flag = "-tls1_3" if version == TLS13 else "-tls1_2"
     flow, reply, _ = asyncio.run(
-        client_against_s_server(pki, leaf, [flag, "-sigalgs", sigalg], TlsConfig(trust=pki.trust))
+        client_against_s_server(
+            pki,
+            leaf,
+            [flag, "-sigalgs", sigalg],
+            TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+        )
     )
     assert reply == b"gnimool olleh\n" and flow.version == version
 
@@ -555,7 +630,9 @@ def test_chain_with_intermediate_under_rsa_root(pki: Pki, version: int) -> None:
 
     assert pki.rsa_root is not None
     # looming client builds the path leaf -> intermediate -> RSA root from s_server's chain.
-    config = TlsConfig(trust=TrustStore([pki.rsa_root]), versions=[version])
+    config = TlsConfig(
+        trust=TrustStore([pki.rsa_root]), versions=[version], random=UnixRandom(), clock=UnixClock()
+    )
     flow, reply, _ = asyncio.run(
         client_against_s_server(
             pki, "chain", ["-cert_chain", str(pki.leaves["chain"].cert_path)], config
@@ -565,7 +642,9 @@ def test_chain_with_intermediate_under_rsa_root(pki: Pki, version: int) -> None:
     assert flow.peer_certificates[0] == pki.leaves["chain"].certified.chain[0]
     assert pki.leaves["chain"].certified.chain[1] in flow.peer_certificates
     # And s_client validates the chain looming's server sends.
-    server_config = TlsConfig(certificates=[pki.leaves["chain"].certified])
+    server_config = TlsConfig(
+        certificates=[pki.leaves["chain"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     args = [
         "-CAfile",
         str(pki.rsa_root_path),
@@ -591,7 +670,10 @@ def test_client_exporter_matches_s_server(pki: Pki, version: int) -> None:
         )
         async with server_process(args, port, "ACCEPT") as peer:
             flow = await open_connection(
-                "127.0.0.1", port, TlsConfig(trust=pki.trust), server_name="localhost"
+                "127.0.0.1",
+                port,
+                TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+                server_name="localhost",
             )
             ours = flow.export_keying_material("EXPORTER-client", None, 32)
             await flow.write(b"bye\n")

@@ -16,6 +16,8 @@ from looming.tls.constants import HandshakeType as H
 from looming.tls.constants import PskKeyExchangeMode as Mode
 from looming.tls.flow import TlsFlow, open_connection
 from looming.tls.wire import Reader, parse_extensions
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer, free_port, run, server_process
 from .pki import Pki
@@ -69,11 +71,15 @@ def configs(
         session_cache=ClientSessionCache(),
         psk_key_exchange_modes=client_modes,
         handshake_rewriter=client_hellos,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     server = TlsConfig(
         certificates=[pki.leaves["p256"].certified],
         psk_key_exchange_modes=server_modes,
         handshake_rewriter=server_hellos,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     return client, server, client_hellos, server_hellos
 
@@ -123,6 +129,8 @@ def test_client_resumes_by_psk_ke_with_openssl_s_server(pki: Pki) -> None:
             session_cache=ClientSessionCache(),
             psk_key_exchange_modes=(Mode.PSK_KE,),
             handshake_rewriter=recorder,
+            random=UnixRandom(),
+            clock=UnixClock(),
         )
         args = s_server_args(pki, "p256", port, "-rev", "-naccept", "2", "-allow_no_dhe_kex")
         async with server_process(args, port, "ACCEPT") as peer:
@@ -145,6 +153,8 @@ def test_openssl_s_client_resumes_by_psk_ke_with_server(pki: Pki, tmp_path: Path
     config = TlsConfig(
         certificates=[pki.leaves["p256"].certified],
         psk_key_exchange_modes=(Mode.PSK_KE, Mode.PSK_DHE_KE),
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     session_file = tmp_path / "session.pem"
 

@@ -15,6 +15,8 @@ import pytest
 
 from looming.tls import TLS12, TLS13, CipherSuite, ClientSessionCache, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer
 from .pki import Pki
@@ -180,7 +182,12 @@ def test_client_tls13_against_ssl_server(
     pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 ) -> None:
     config = TlsConfig(
-        trust=pki.trust, cipher_suites=[suite], groups=[group], key_share_groups=[group]
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=[group],
+        key_share_groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     with SslServer(server_context(pki, leaf)) as server:
         flow, reply = asyncio.run(looming_client(server.port, config))
@@ -196,7 +203,13 @@ def test_client_tls12_against_ssl_server(pki: Pki, suite: CipherSuite, group: Na
     groups = (
         [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
     )
-    config = TlsConfig(trust=pki.trust, cipher_suites=[suite], groups=groups)
+    config = TlsConfig(
+        trust=pki.trust,
+        cipher_suites=[suite],
+        groups=groups,
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     ctx = server_context(pki, leaf, TLS12)
     ctx.set_ciphers(name)
     with SslServer(ctx) as server:
@@ -208,7 +221,13 @@ def test_client_tls12_against_ssl_server(pki: Pki, suite: CipherSuite, group: Na
 
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_client_resumption_against_ssl_server(pki: Pki, version: int) -> None:
-    config = TlsConfig(trust=pki.trust, versions=[version], session_cache=ClientSessionCache())
+    config = TlsConfig(
+        trust=pki.trust,
+        versions=[version],
+        session_cache=ClientSessionCache(),
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
 
     async def main() -> list[TlsFlow]:
         flows = []
@@ -235,6 +254,8 @@ def test_client_certificate_alpn_sni_against_ssl_server(pki: Pki) -> None:
         trust=pki.trust,
         certificates=[pki.leaves["client-rsa"].certified],
         alpn_protocols=[b"http/1.1"],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     with SslServer(ctx) as server:
         flow, reply = asyncio.run(looming_client(server.port, config))
@@ -253,7 +274,11 @@ def test_ssl_client_tls13_against_server(
     pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
 ) -> None:
     config = TlsConfig(
-        certificates=[pki.leaves[leaf].certified], cipher_suites=[suite], groups=[group]
+        certificates=[pki.leaves[leaf].certified],
+        cipher_suites=[suite],
+        groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     (result,), server = asyncio.run(ssl_clients_against_looming(config, client_context(pki, TLS13)))
     assert result.error is None, result.error
@@ -269,7 +294,12 @@ def test_ssl_client_tls13_against_server(
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
 def test_ssl_client_tls12_against_server(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
     leaf, name = SUITES12[suite]
-    config = TlsConfig(certificates=[pki.leaves[leaf].certified], groups=[group])
+    config = TlsConfig(
+        certificates=[pki.leaves[leaf].certified],
+        groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     ctx = client_context(pki, TLS12)
     ctx.set_ciphers(name)
     (result,), _ = asyncio.run(ssl_clients_against_looming(config, ctx))
@@ -283,7 +313,9 @@ def test_ssl_client_tls12_against_server(pki: Pki, suite: CipherSuite, group: Na
 
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_ssl_client_resumes_with_server(pki: Pki, version: int) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     results, server = asyncio.run(
         ssl_clients_against_looming(config, client_context(pki, version), count=2)
     )
@@ -298,6 +330,8 @@ def test_ssl_client_certificate_and_alpn_with_server(pki: Pki) -> None:
         client_trust=pki.trust,
         require_client_certificate=True,
         alpn_protocols=[b"http/1.1"],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     ctx = client_context(pki)
     ctx.load_cert_chain(pki.leaves["client-p256"].cert_path, pki.leaves["client-p256"].key_path)
@@ -308,7 +342,9 @@ def test_ssl_client_certificate_and_alpn_with_server(pki: Pki) -> None:
 
 
 def test_ssl_client_rejects_wrong_host(pki: Pki) -> None:
-    config = TlsConfig(certificates=[pki.leaves["other-name"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["other-name"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     (result,), server = asyncio.run(ssl_clients_against_looming(config, client_context(pki)))
     assert isinstance(result.error, ssl.SSLCertVerificationError)
     assert server.errors  # the ssl client's alert reached the looming server as an error
@@ -317,7 +353,10 @@ def test_ssl_client_rejects_wrong_host(pki: Pki) -> None:
 def test_client_key_update_with_ssl_server(pki: Pki) -> None:
     async def main(port: int) -> tuple[TlsFlow, bytes]:
         flow = await open_connection(
-            "127.0.0.1", port, TlsConfig(trust=pki.trust), server_name="localhost"
+            "127.0.0.1",
+            port,
+            TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock()),
+            server_name="localhost",
         )
         await flow.key_update(request_peer_update=True)
         await flow.write(b"after update\n")
@@ -338,13 +377,22 @@ def test_client_hello_retry_with_ssl_server(pki: Pki) -> None:
     ctx = server_context(pki, "p256")
     ctx.set_ecdh_curve("secp384r1")  # the only group: our X25519 share needs a retry
     with SslServer(ctx) as server:
-        flow, reply = asyncio.run(looming_client(server.port, TlsConfig(trust=pki.trust)))
+        flow, reply = asyncio.run(
+            looming_client(
+                server.port, TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
+            )
+        )
     assert reply == b"ssl:hi\n"
     assert flow.connection.hello_retried and flow.version == TLS13
 
 
 def test_ssl_client_gets_hello_retry_from_server(pki: Pki) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.SECP384R1])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        groups=[NamedGroup.SECP384R1],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     (result,), server = asyncio.run(ssl_clients_against_looming(config, client_context(pki, TLS13)))
     assert result.error is None and result.received == b"echo:line 0\n"
     assert server.flows[0].connection.hello_retried

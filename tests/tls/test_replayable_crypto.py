@@ -23,6 +23,7 @@ from looming.tls.constants import SignatureScheme as S
 from looming.tls.events import ApplicationData
 from looming.tls.keyexchange import KeyShare, server_exchange
 from looming.tls.signing import sign, simulated, verify
+from looming.unix.clock import UnixClock
 
 from .memory import FakeClock, seeded
 from .pki import Pki
@@ -129,9 +130,14 @@ def test_mlkem_encapsulation_is_refused_in_a_simulation_with_the_reason() -> Non
 
 
 def test_mlkem_refusal_ends_the_handshake_with_an_alert_and_the_reason(pki: Pki) -> None:
-    server = TlsConfig(certificates=[pki.leaves["p256"].certified], random=SimRandom(1))
+    server = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=SimRandom(1), clock=UnixClock()
+    )
     client = TlsConfig(
-        trust=pki.trust, key_share_groups=[NamedGroup.X25519MLKEM768], random=SimRandom(2)
+        trust=pki.trust,
+        key_share_groups=[NamedGroup.X25519MLKEM768],
+        random=SimRandom(2),
+        clock=UnixClock(),
     )
     c = TlsConnection(client, server_side=False, server_name="localhost")
     s = TlsConnection(server, server_side=True)

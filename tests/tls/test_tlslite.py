@@ -13,6 +13,8 @@ from tlslite.constants import KeyUpdateMessageType
 
 from looming.tls import TLS12, TLS13, CipherSuite, ClientSessionCache, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer
 from .pki import Pki
@@ -191,7 +193,11 @@ async def tlslite_clients(
 @pytest.mark.parametrize("suite", SUITES13, ids=lambda s: s.name)
 def test_client_tls13_against_tlslite(pki: Pki, leaf: str, suite: CipherSuite) -> None:
     with TlsliteServer(pki, leaf, settings(TLS13, suite)) as server:
-        flow, reply = asyncio.run(looming_client(server.port, TlsConfig(trust=pki.trust)))
+        flow, reply = asyncio.run(
+            looming_client(
+                server.port, TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
+            )
+        )
     assert reply == b"lite:hi\n" and (flow.version, flow.cipher_suite) == (TLS13, suite)
     assert server.results[0]["version"] == (3, 4)
 
@@ -199,7 +205,11 @@ def test_client_tls13_against_tlslite(pki: Pki, leaf: str, suite: CipherSuite) -
 @pytest.mark.parametrize("group", list(TLSLITE_GROUP), ids=lambda g: g.name)
 def test_client_groups_and_hrr_against_tlslite(pki: Pki, group: NamedGroup) -> None:
     with TlsliteServer(pki, "p256", settings(TLS13, group=group)) as server:
-        flow, reply = asyncio.run(looming_client(server.port, TlsConfig(trust=pki.trust)))
+        flow, reply = asyncio.run(
+            looming_client(
+                server.port, TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
+            )
+        )
     assert reply == b"lite:hi\n"
     assert flow.connection.hello_retried == (group != NamedGroup.X25519)
 
@@ -208,7 +218,12 @@ def test_client_groups_and_hrr_against_tlslite(pki: Pki, group: NamedGroup) -> N
 def test_client_tls12_against_tlslite(pki: Pki, suite: CipherSuite) -> None:
     with TlsliteServer(pki, SUITES12[suite], settings(TLS12, suite)) as server:
         flow, reply = asyncio.run(
-            looming_client(server.port, TlsConfig(trust=pki.trust, cipher_suites=[suite]))
+            looming_client(
+                server.port,
+                TlsConfig(
+                    trust=pki.trust, cipher_suites=[suite], random=UnixRandom(), clock=UnixClock()
+                ),
+            )
         )
     assert reply == b"lite:hi\n" and (flow.version, flow.cipher_suite) == (TLS12, suite)
 
@@ -219,6 +234,8 @@ def test_client_resumption_alpn_and_record_size_limit_against_tlslite(pki: Pki) 
         session_cache=ClientSessionCache(),
         alpn_protocols=[b"http/1.1"],
         record_size_limit=1024,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
 
     async def main() -> list[TlsFlow]:
@@ -238,7 +255,12 @@ def test_client_resumption_alpn_and_record_size_limit_against_tlslite(pki: Pki) 
 
 
 def test_client_certificate_to_tlslite(pki: Pki) -> None:
-    config = TlsConfig(trust=pki.trust, certificates=[pki.leaves["client-p256"].certified])
+    config = TlsConfig(
+        trust=pki.trust,
+        certificates=[pki.leaves["client-p256"].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     with TlsliteServer(pki, "rsa", settings(TLS13), reqCert=True) as server:
         _, reply = asyncio.run(looming_client(server.port, config))
     assert reply == b"lite:hi\n"
@@ -253,7 +275,10 @@ def test_client_certificate_to_tlslite(pki: Pki) -> None:
 def test_tlslite_client_tls13_against_server(pki: Pki, leaf: str, suite: CipherSuite) -> None:
     (result,), server = asyncio.run(
         tlslite_clients(
-            TlsConfig(certificates=[pki.leaves[leaf].certified]), settings(TLS13, suite)
+            TlsConfig(
+                certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
+            ),
+            settings(TLS13, suite),
         )
     )
     assert "error" not in result, result.get("error")
@@ -263,7 +288,12 @@ def test_tlslite_client_tls13_against_server(pki: Pki, leaf: str, suite: CipherS
 
 @pytest.mark.parametrize("group", list(TLSLITE_GROUP), ids=lambda g: g.name)
 def test_tlslite_client_groups_against_server(pki: Pki, group: NamedGroup) -> None:
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified], groups=[group])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified],
+        groups=[group],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     # tlslite sends a share for secp256r1 and x25519: P-384 takes a HelloRetryRequest.
     hs = settings(TLS13)
     hs.eccCurves = ["x25519", "secp256r1", "secp384r1"]
@@ -275,7 +305,9 @@ def test_tlslite_client_groups_against_server(pki: Pki, group: NamedGroup) -> No
 
 @pytest.mark.parametrize("suite", list(SUITES12), ids=lambda s: s.name)
 def test_tlslite_client_tls12_against_server(pki: Pki, suite: CipherSuite) -> None:
-    config = TlsConfig(certificates=[pki.leaves[SUITES12[suite]].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves[SUITES12[suite]].certified], random=UnixRandom(), clock=UnixClock()
+    )
     (result,), server = asyncio.run(tlslite_clients(config, settings(TLS12, suite)))
     assert "error" not in result, result.get("error")
     assert result["version"] == (3, 3) and server.flows[0].cipher_suite == suite
@@ -284,7 +316,11 @@ def test_tlslite_client_tls12_against_server(pki: Pki, suite: CipherSuite) -> No
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_tlslite_client_resumes_with_server(pki: Pki, version: int) -> None:
     config = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], alpn_protocols=[b"h2"], record_size_limit=512
+        certificates=[pki.leaves["p256"].certified],
+        alpn_protocols=[b"h2"],
+        record_size_limit=512,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     results, server = asyncio.run(
         tlslite_clients(config, settings(version, record_size_limit=300), count=2, alpn=[b"h2"])
@@ -304,6 +340,8 @@ def test_client_x25519mlkem768_against_tlslite(pki: Pki) -> None:
         trust=pki.trust,
         groups=[NamedGroup.X25519MLKEM768],
         key_share_groups=[NamedGroup.X25519MLKEM768],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     hs = settings(TLS13)
     hs.eccCurves = ["x25519mlkem768"]
@@ -316,7 +354,10 @@ def test_client_x25519mlkem768_against_tlslite(pki: Pki) -> None:
 
 def test_tlslite_client_x25519mlkem768_against_server(pki: Pki) -> None:
     config = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.X25519MLKEM768]
+        certificates=[pki.leaves["p256"].certified],
+        groups=[NamedGroup.X25519MLKEM768],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     hs = settings(TLS13)
     hs.eccCurves = ["x25519mlkem768", "x25519"]
@@ -329,7 +370,10 @@ def test_tlslite_client_x25519mlkem768_against_server(pki: Pki) -> None:
 
 def test_tlslite_client_retries_into_x25519mlkem768(pki: Pki) -> None:
     config = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], groups=[NamedGroup.X25519MLKEM768]
+        certificates=[pki.leaves["p256"].certified],
+        groups=[NamedGroup.X25519MLKEM768],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     hs = settings(TLS13)
     hs.eccCurves = ["x25519", "x25519mlkem768"]
@@ -341,7 +385,9 @@ def test_tlslite_client_retries_into_x25519mlkem768(pki: Pki) -> None:
 
 def test_tlslite_client_key_updates_with_server(pki: Pki) -> None:
     """tlslite asks for a KeyUpdate before each message; the server answers each."""
-    config = TlsConfig(certificates=[pki.leaves["p256"].certified])
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
 
     def client(port: int) -> dict[str, Any]:
         result: dict[str, Any] = {"echoes": []}
@@ -380,7 +426,7 @@ def test_client_key_update_against_tlslite(pki: Pki) -> None:
     """Our KeyUpdate asks tlslite to update too; its reply comes under its new keys."""
 
     async def main() -> tuple[TlsFlow, bytes]:
-        config = TlsConfig(trust=pki.trust)
+        config = TlsConfig(trust=pki.trust, random=UnixRandom(), clock=UnixClock())
         flow = await open_connection("127.0.0.1", server.port, config, server_name="localhost")
         await flow.key_update(request_peer_update=True)
         await flow.write(b"after the update\n")

@@ -44,12 +44,14 @@ def configs(pki: Pki) -> tuple[TlsConfig, TlsConfig]:
         client_trust=pki.trust,
         require_client_certificate=True,
         random=UnixRandom(11),
+        clock=UnixClock(),
     )
     client = TlsConfig(
         certificates=[pki.leaves["client-p256"].certified],
         trust=pki.trust,
         alpn_protocols=[b"looming-test"],
         random=UnixRandom(12),
+        clock=UnixClock(),
     )
     return server, client
 

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from looming.tls import TLS12, TLS13, CertificateError, SignatureScheme, TlsConfig, TrustStore
 from looming.tls.flow import open_connection
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer, free_port, run, server_process
 from .test_openssl import exchange, s_client_against_looming
@@ -65,6 +67,8 @@ def test_server_accepts_client_certificates_with_and_without_san(
         certificates=[issued["server-p256"].certified],
         client_trust=wild.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     rc, out, server = asyncio.run(
         s_client_against_looming(config, _s_client(wild, version, issued[client]))
@@ -82,6 +86,8 @@ def test_server_refuses_client_certificate_without_client_auth_eku(
         certificates=[issued["server-p256"].certified],
         client_trust=wild.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     _rc, out, server = asyncio.run(
         s_client_against_looming(config, _s_client(wild, TLS13, issued["server-ed25519"]))
@@ -95,7 +101,12 @@ def test_server_refuses_client_certificate_without_client_auth_eku(
 def test_client_presents_cn_only_certificate_to_s_server(
     wild: WildPki, issued: dict[str, Issued], client: str
 ) -> None:
-    config = TlsConfig(trust=wild.trust, certificates=[issued[client].certified])
+    config = TlsConfig(
+        trust=wild.trust,
+        certificates=[issued[client].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     extra = ("-Verify", "1", "-CAfile", str(wild.ca_path), "-verify_return_error")
     reply, output, _ = asyncio.run(_looming_client(config, issued["server-p256"], extra))
     assert reply == b"gnimool olleh\n", output
@@ -111,7 +122,9 @@ def test_client_presents_cn_only_certificate_to_s_server(
 def test_server_with_pss_and_edwards_keys_to_s_client(
     wild: WildPki, issued: dict[str, Issued], version: int, leaf: str
 ) -> None:
-    config = TlsConfig(certificates=[issued[leaf].certified])
+    config = TlsConfig(
+        certificates=[issued[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     rc, out, server = asyncio.run(s_client_against_looming(config, _s_client(wild, version, None)))
     assert rc == 0 and "echo:hello" in out and "Verify return code: 0 (ok)" in out, out
     assert not server.errors
@@ -124,7 +137,7 @@ def test_server_with_pss_and_edwards_keys_to_s_client(
 def test_client_against_s_server_with_pss_and_ed448(
     wild: WildPki, issued: dict[str, Issued], version: int, leaf: str
 ) -> None:
-    config = TlsConfig(trust=wild.trust, versions=[version])
+    config = TlsConfig(trust=wild.trust, versions=[version], random=UnixRandom(), clock=UnixClock())
     reply, output, chain = asyncio.run(_looming_client(config, issued[leaf]))
     assert reply == b"gnimool olleh\n", output
     assert chain[0] == issued[leaf].cert
@@ -142,7 +155,9 @@ def test_client_against_s_server_with_pss_and_ed448(
 def test_every_rsa_pss_pss_scheme_with_s_client(
     wild: WildPki, issued: dict[str, Issued], scheme: SignatureScheme
 ) -> None:
-    config = TlsConfig(certificates=[issued["server-pss"].certified])
+    config = TlsConfig(
+        certificates=[issued["server-pss"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     openssl_name = {
         0x0809: "rsa_pss_pss_sha256",
         0x080A: "rsa_pss_pss_sha384",
@@ -158,7 +173,9 @@ def test_pss_server_refuses_client_offering_only_rsae(
     wild: WildPki, issued: dict[str, Issued]
 ) -> None:
     # An RSA-PSS key cannot make rsa_pss_rsae signatures: nothing fits, so no ServerHello.
-    config = TlsConfig(certificates=[issued["server-pss"].certified])
+    config = TlsConfig(
+        certificates=[issued["server-pss"].certified], random=UnixRandom(), clock=UnixClock()
+    )
     args = [*_s_client(wild, TLS13, None), "-sigalgs", "rsa_pss_rsae_sha256"]
     rc, out, server = asyncio.run(s_client_against_looming(config, args))
     assert rc != 0 and "echo:hello" not in out
@@ -168,7 +185,9 @@ def test_pss_server_refuses_client_offering_only_rsae(
 
 def test_python_ssl_client_to_pss_server(wild: WildPki, issued: dict[str, Issued]) -> None:
     async def scenario() -> bytes:
-        config = TlsConfig(certificates=[issued["server-pss"].certified])
+        config = TlsConfig(
+            certificates=[issued["server-pss"].certified], random=UnixRandom(), clock=UnixClock()
+        )
         async with EchoServer(config) as server:
             context = ssl.create_default_context(cafile=str(wild.ca_path))
             reader, writer = await asyncio.open_connection(
@@ -187,7 +206,7 @@ def test_python_ssl_client_to_pss_server(wild: WildPki, issued: dict[str, Issued
 
 def test_server_sends_two_intermediates_in_order(wild: WildPki, issued: dict[str, Issued]) -> None:
     deep = issued["deep"]
-    config = TlsConfig(certificates=[deep.certified])
+    config = TlsConfig(certificates=[deep.certified], random=UnixRandom(), clock=UnixClock())
     rc, out, _ = asyncio.run(
         s_client_against_looming(config, [*_s_client(wild, TLS13, None), "-showcerts"])
     )
@@ -204,7 +223,7 @@ def test_server_sends_two_intermediates_in_order(wild: WildPki, issued: dict[str
 def test_client_validates_two_intermediates_from_s_server(
     wild: WildPki, issued: dict[str, Issued]
 ) -> None:
-    config = TlsConfig(trust=wild.trust)
+    config = TlsConfig(trust=wild.trust, random=UnixRandom(), clock=UnixClock())
     reply, output, chain = asyncio.run(_looming_client(config, issued["deep"]))
     assert reply == b"gnimool olleh\n", output
     assert chain == issued["deep"].chain
@@ -212,7 +231,9 @@ def test_client_validates_two_intermediates_from_s_server(
 
 def test_self_signed_leaf_as_trust_anchor(issued: dict[str, Issued]) -> None:
     anchor = issued["self-signed"]
-    config = TlsConfig(trust=TrustStore.from_pem_file(anchor.cert_path))
+    config = TlsConfig(
+        trust=TrustStore.from_pem_file(anchor.cert_path), random=UnixRandom(), clock=UnixClock()
+    )
     reply, _, chain = asyncio.run(_looming_client(config, anchor))
     assert reply == b"gnimool olleh\n"
     assert chain == [anchor.cert]
@@ -220,14 +241,20 @@ def test_self_signed_leaf_as_trust_anchor(issued: dict[str, Issued]) -> None:
 
 def test_self_signed_anchor_trusts_only_that_certificate(issued: dict[str, Issued]) -> None:
     # Another self-signed certificate for the same name is not trusted.
-    config = TlsConfig(trust=TrustStore.from_pem_file(issued["self-signed"].cert_path))
+    config = TlsConfig(
+        trust=TrustStore.from_pem_file(issued["self-signed"].cert_path),
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
     with pytest.raises(CertificateError, match=r"self-signed certificate .* not a trust anchor"):
         asyncio.run(_looming_client(config, issued["other-self-signed"]))
 
 
 def test_self_signed_anchor_still_checks_the_name(issued: dict[str, Issued]) -> None:
     anchor = issued["self-signed"]
-    config = TlsConfig(trust=TrustStore.from_pem_file(anchor.cert_path))
+    config = TlsConfig(
+        trust=TrustStore.from_pem_file(anchor.cert_path), random=UnixRandom(), clock=UnixClock()
+    )
 
     async def scenario() -> None:
         port = free_port()
@@ -242,7 +269,7 @@ def test_openssl_and_looming_agree_on_self_signed_anchor(
     issued: dict[str, Issued], tmp_path: Path
 ) -> None:
     anchor = issued["self-signed"]
-    config = TlsConfig(certificates=[anchor.certified])
+    config = TlsConfig(certificates=[anchor.certified], random=UnixRandom(), clock=UnixClock())
     args = ["-CAfile", str(anchor.cert_path), "-verify_return_error", "-servername", "localhost"]
     rc, out, _ = asyncio.run(s_client_against_looming(config, args))
     assert rc == 0 and "Verify return code: 0 (ok)" in out, out

@@ -12,6 +12,8 @@ from tlslite.api import HandshakeSettings, TLSConnection, X509CertChain, parsePE
 
 from looming.tls import TLS12, TLS13, TlsConfig
 from looming.tls.flow import open_connection
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
 
 from .peers import EchoServer, free_port, server_process
 from .test_gnutls import echo, priority
@@ -47,6 +49,8 @@ def test_gnutls_client_certificates_to_looming(
         certificates=[issued["server-p256"].certified],
         client_trust=wild.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
     rc, out, server = asyncio.run(
         _gnutls_cli_to_looming(config, _gnutls_cli(wild, version, issued[client]))
@@ -60,7 +64,9 @@ def test_gnutls_client_certificates_to_looming(
 def test_gnutls_client_to_looming_pss_and_ed25519(
     wild: WildPki, issued: dict[str, Issued], version: int, leaf: str
 ) -> None:
-    config = TlsConfig(certificates=[issued[leaf].certified])
+    config = TlsConfig(
+        certificates=[issued[leaf].certified], random=UnixRandom(), clock=UnixClock()
+    )
     rc, out, server = asyncio.run(_gnutls_cli_to_looming(config, _gnutls_cli(wild, version, None)))
     assert rc == 0 and "echo:hi" in out, out
     assert not server.errors
@@ -77,7 +83,11 @@ def test_looming_client_to_gnutls_serv(
 ) -> None:
     server_leaf = issued[leaf]
     config = TlsConfig(
-        trust=wild.trust, versions=[version], certificates=[issued[client].certified]
+        trust=wild.trust,
+        versions=[version],
+        certificates=[issued[client].certified],
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
 
     async def scenario() -> tuple[bytes, list[object]]:
@@ -128,6 +138,8 @@ def test_tlslite_client_certificates_to_looming(
         certificates=[issued["server-p256"].certified],
         client_trust=wild.trust,
         require_client_certificate=True,
+        random=UnixRandom(),
+        clock=UnixClock(),
     )
 
     async def scenario() -> tuple[dict[str, Any], EchoServer]:

@@ -8,11 +8,21 @@ randomness come from the Clock and Random devices in :class:`TlsConfig`.
 Wrapping a flow (any :class:`looming.devices.Flow`: host sockets, looming's
 own TCP stack, vchan)::
 
-    config = TlsConfig(trust=TrustStore.from_pem_file("ca.pem"), alpn_protocols=[b"http/1.1"])
+    host = host_devices()  # from looming.unix; a unikernel passes its own devices
+    config = TlsConfig(
+        trust=TrustStore.from_pem_file("ca.pem"),
+        alpn_protocols=[b"http/1.1"],
+        random=host.random,
+        clock=host.clock,
+    )
     flow = await tls_client(tcp_flow, config, server_name="example.org")
     await flow.write(b"GET / HTTP/1.1\\r\\n...")
 
-    server_config = TlsConfig(certificates=[CertifiedKey.from_pem_files("cert.pem", "key.pem")])
+    server_config = TlsConfig(
+        certificates=[CertifiedKey.from_pem_files("cert.pem", "key.pem")],
+        random=host.random,
+        clock=host.clock,
+    )
     flow = await tls_server(tcp_flow, server_config)
 
 :class:`TlsFlow` implements :class:`looming.devices.Flow`, so anything that

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from looming.errors import UsageError
+from looming.unix import host_devices
 
 from .certs import CertifiedKey, TrustStore
 from .config import TlsConfig
@@ -256,7 +257,11 @@ def _identities(args: argparse.Namespace) -> list[CertifiedKey]:
 
 
 def _common_settings(args: argparse.Namespace) -> dict[str, object]:
+    # A host program: the host's clock and randomness, asked for by name.
+    host = host_devices()
     settings: dict[str, object] = {
+        "random": host.random,
+        "clock": host.clock,
         "alpn_protocols": list(args.alpn),
         "versions": _versions(args.tls),
         "require_extended_master_secret": not args.no_require_ems,

@@ -6,7 +6,11 @@ and ``ssl.SSLObject``.
 which asyncio's own TLS transport (``asyncio.sslproto``), anyio's ``TLSStream``
 and so httpx/httpcore are built. So, unchanged::
 
-    context = TlsContext(TlsConfig(trust=TrustStore.from_pem_file("ca.pem")))
+    devices = host_devices()  # from looming.unix: the host's clock and randomness
+    config = TlsConfig(
+        trust=TrustStore.from_pem_file("ca.pem"), random=devices.random, clock=devices.clock
+    )
+    context = TlsContext(config)
     reader, writer = await asyncio.open_connection(host, 443, ssl=context)
     async with httpx.AsyncClient(verify=context) as client: ...
     async with websockets.connect("wss://...", ssl=context) as ws: ...

@@ -17,22 +17,10 @@ from .signing import DEFAULT_SCHEMES
 from .suites import TLS12_SUITES, TLS13_SUITES
 
 
-def _default_random() -> Random:
-    from looming.unix.random import UnixRandom
-
-    return UnixRandom()
-
-
 def _default_compression() -> tuple[int, ...]:
     from .certcompress import available
 
     return available()
-
-
-def _default_clock() -> Clock:
-    from looming.unix.clock import UnixClock
-
-    return UnixClock()
 
 
 @dataclass
@@ -107,8 +95,11 @@ class TlsConfig:
     # passed with an all-zero binder, before the binder is computed over it; the
     # rewriter must keep pre_shared_key's binders last and the same length.
     handshake_rewriter: Callable[[int, bytes], bytes] | None = None
-    random: Random = field(default_factory=_default_random)
-    clock: Clock = field(default_factory=_default_clock)
+    # Where key shares, nonces, tickets and salts come from, and what expires
+    # tickets and checks certificate dates: the unikernel's devices (on the
+    # host, looming.unix.host_devices()). Required, keyword only.
+    random: Random = field(kw_only=True)
+    clock: Clock = field(kw_only=True)
 
     def __post_init__(self) -> None:
         self.alpn_protocols = [
