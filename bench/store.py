@@ -78,8 +78,9 @@ def git(*args: str, cwd: Path, data: bytes | None = None) -> bytes:
 def looming_commits(durability: str, batch: int = 1) -> Callable[[Path, int, int], float]:
     def run(disk: Path, commits: int, per_commit: int) -> float:
         from looming.store import Repo
+        from looming.unix.clock import UnixClock
 
-        repo = Repo.init(str(disk), durability=durability)
+        repo = Repo.init(str(disk), clock=UnixClock(), durability=durability)
         store = repo.store("main")
         started = time.perf_counter()
         for first in range(0, commits, batch):
@@ -174,9 +175,10 @@ WRITERS: dict[str, Callable[[Path, int, int], float]] = {
 
 def looming_reads(disk: Path, paths: list[tuple[str, str]]) -> tuple[float, float]:
     from looming.store import Repo
+    from looming.unix.clock import UnixClock
 
     started = time.perf_counter()
-    repo = Repo.open(str(disk))
+    repo = Repo.open(str(disk), clock=UnixClock())
     head = repo.at(repo.head("main") or "")
     for path in paths:
         head.get(path)
@@ -227,15 +229,16 @@ def separate_writers(disk: Path, count: int) -> tuple[float, int, int, int, int]
     and closing it; (writers/s, packs, bytes, bytes after git repack -a -d
     -f, bytes after git gc)."""
     from looming.store import Repo
+    from looming.unix.clock import UnixClock
 
-    Repo.init(str(disk)).close()
+    Repo.init(str(disk), clock=UnixClock()).close()
     started = time.perf_counter()
     for number in range(count):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                repo = Repo.open(str(disk))
+                repo = Repo.open(str(disk), clock=UnixClock())
                 repo.store("main").set(key_path(number), value(number, number))
                 repo.close()
                 code = 0

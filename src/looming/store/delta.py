@@ -14,46 +14,53 @@ _COPY_CHUNK = 0x10000  # the largest copy git's own deltas use per instruction
 _INSERT_CHUNK = 0x7F
 
 
-def _size_header(size: int) -> bytearray:
+def _size_header(size: int) -> bytes:
+    if size < 0x80:
+        return bytes((size,))
+    if size < 0x4000:
+        return bytes((size & 0x7F | 0x80, size >> 7))
     out = bytearray()
-    while True:
-        byte = size & 0x7F
+    while size >= 0x80:
+        out.append(size & 0x7F | 0x80)
         size >>= 7
-        if size:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return out
+    out.append(size)
+    return bytes(out)
 
 
 def _copy(out: bytearray, offset: int, size: int) -> None:
     while size > 0:
         chunk = min(size, _COPY_CHUNK)
         op = 0x80
-        args = bytearray()
+        at = len(out)
+        out.append(0)
         for index in range(4):
             byte = (offset >> (8 * index)) & 0xFF
             if byte:
                 op |= 1 << index
-                args.append(byte)
+                out.append(byte)
         # A size of 0x10000 is written as no size bytes at all.
         if chunk != _COPY_CHUNK:
-            for index in range(3):
-                byte = (chunk >> (8 * index)) & 0xFF
-                if byte:
-                    op |= 0x10 << index
-                    args.append(byte)
-        out.append(op)
-        out.extend(args)
+            if chunk & 0xFF:
+                op |= 0x10
+                out.append(chunk & 0xFF)
+            if chunk & 0xFF00:
+                op |= 0x20
+                out.append(chunk >> 8)
+        out[at] = op
         offset += chunk
         size -= chunk
 
 
 def _insert(out: bytearray, data: bytes) -> None:
+    if len(data) <= _INSERT_CHUNK:
+        if data:
+            out.append(len(data))
+            out += data
+        return
     for start in range(0, len(data), _INSERT_CHUNK):
         piece = data[start : start + _INSERT_CHUNK]
         out.append(len(piece))
-        out.extend(piece)
+        out += piece
 
 
 def _common_prefix(source: bytes, target: bytes, limit: int) -> int:
@@ -91,10 +98,11 @@ def make_delta(source: bytes, target: bytes) -> bytes:
     if len(middle) > 4096 and len(middle) > len(target) // 8:
         # Scattered edits in a big tree: the general algorithm finds the
         # copies between them.
-        from dulwich._pack import create_delta
+        from dulwich.pack import create_delta
 
-        return bytes(create_delta(source, target))
-    out = _size_header(len(source)) + _size_header(len(target))
+        return b"".join(create_delta(source, target))
+    out = bytearray(_size_header(len(source)))
+    out += _size_header(len(target))
     if prefix:
         _copy(out, 0, prefix)
     _insert(out, middle)

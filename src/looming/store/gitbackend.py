@@ -40,7 +40,7 @@ from looming.store.objects import (
     raw_id,
 )
 from looming.store.pack import PackRecord, build_pack, install_pack
-from looming.store.spares import SparePool, reclaim_dead, sync_dir
+from looming.store.spares import SparePool, reclaim_dead, sync_dir, sync_together
 
 _TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 
@@ -226,7 +226,12 @@ class RefLockFile:
         while view:
             view = view[os.write(self.descriptor, view) :]
         if self.backend._sync:
-            os.fsync(self.descriptor)
+            # The folders of the packs written for this update (their new
+            # names) are fsynced with the lock file, at once: both are on
+            # the disk before the rename below makes the ref name them.
+            folders = sorted(self.backend._unsynced_dirs)
+            sync_together([self.descriptor], folders)
+            self.backend._unsynced_dirs.difference_update(folders)
         os.close(self.descriptor)
         self.descriptor = -1
         os.rename(self.lock_path, self.path)
@@ -363,11 +368,15 @@ class GitBackend:
         # The bytes of the per-commit packs not merged yet, so merging them
         # does not read back what was just written.
         self._recent_packs: dict[str, bytes] = {}
+        self._recent_trees: dict[ObjectId, bytes] = {}  # the trees in them, whole
         self._thread_lock = threading.RLock()
         self._pack_store: object | None = None
         self._lock_depth = 0
         self._lock_file: int | None = None
         self._made_dirs: set[str] = set()
+        # Folders holding new packs whose names are not fsynced yet: the
+        # next ref update fsyncs them with its lock file.
+        self._unsynced_dirs: set[str] = set()
         self._spares = SparePool(self.git_dir, sync=self._sync)
         self._watched_refs: dict[str, tuple[int, int]] = {}  # name -> (inode, descriptor)
         # The idle folder: a thread started at the first unfolded commit.
@@ -399,6 +408,7 @@ class GitBackend:
         self._growing = GrowingPack()
         self._sealed = []
         self._recent_packs = {}
+        self._recent_trees = {}
 
     def _make_dir(self, path: str) -> None:
         if path not in self._made_dirs:
@@ -515,11 +525,23 @@ class GitBackend:
             )
             self._make_dir(self.pack_dir)
             base = install_pack(
-                self.pack_dir, data, entries, checksum, self._spares.take, sync=self._sync
+                self.pack_dir,
+                data,
+                entries,
+                checksum,
+                self._spares.take,
+                sync=self._sync,
+                sync_folder=False,
             )
+            if self._sync:
+                self._unsynced_dirs.add(self.pack_dir)  # with the ref's lock file
             self._small_packs.append((base, entries))
             self._small_bytes += len(data)
             self._recent_packs[base] = data
+            trees = self._recent_trees
+            for oid, (kind, body) in pending.items():
+                if kind == "tree":
+                    trees[oid] = body
             self._known.update(pending)
             self._pending = {}
             self._maybe_fold()
@@ -556,10 +578,12 @@ class GitBackend:
             self._spares.take,
             self._spares.recycle,
             sync=self._sync,
+            tree_bodies=self._recent_trees,
         )
         self._small_packs = []
         self._small_bytes = 0
         self._recent_packs.clear()
+        self._recent_trees.clear()
         self._reopen_packs()
 
     def _fold_later(self) -> None:
@@ -703,6 +727,8 @@ class GitBackend:
         self._small_bytes = 0
         for base in gone:
             self._recent_packs.pop(base, None)
+        if not self._recent_packs:
+            self._recent_trees.clear()
         self._reopen_packs()
         return True
 

@@ -30,6 +30,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from operator import itemgetter
 
 from looming.store.objects import ObjectId
 from looming.store.pack import (
@@ -51,6 +52,7 @@ SEAL_ABOVE = 32 << 20
 # while starting a compressor takes longer than making the delta: stored.
 STORE_DELTAS_BELOW = 128
 _TREE = 2
+_OFFSET = itemgetter(1)
 _PACK_HEADER = b"PACK\0\0\0\2"
 
 
@@ -131,81 +133,26 @@ class GrowingPack:
         retire: Callable[[str], bool] | None = None,
         *,
         sync: bool = False,
+        tree_bodies: dict[ObjectId, bytes] | None = None,
     ) -> None:
         """Append the objects of ``small_packs`` (whole objects, as
-        :func:`looming.store.pack.build_pack` writes them), install the
-        result as a new pack (on the disk first, with ``sync``), then remove
-        the packs it replaces (each file handed to ``retire`` first, which
-        may keep it as a spare)."""
-        from looming.store.delta import make_delta
-
-        body = self.body
-        grown_from = len(body)
+        :func:`looming.store.pack.build_pack` writes them; ``tree_bodies``
+        may hold their trees' bodies, so they are not inflated again),
+        install the result as a new pack (on the disk first, with ``sync``),
+        then remove the packs it replaces (each file handed to ``retire``
+        first, which may keep it as a spare)."""
+        grown_from = len(self.body)
         new_entries: list[IndexEntry] = []
-        trees = self.trees
-        bodies = self.bodies
-        ids = self.ids
-        added: list[ObjectId] = []
         try:
             for base_name, source_entries in small_packs:
                 data = cached.get(base_name)
                 if data is None:
                     with open(base_name + ".pack", "rb") as file:
                         data = file.read()
-                ordered = sorted(source_entries, key=lambda entry: entry[1])
-                ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
-                for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
-                    if oid in ids:
-                        continue
-                    kind, size, _base, start = _parse_entry_header(data, offset)
-                    at = len(body)
-                    if kind == _TREE:
-                        tree_body = zlib.decompress(data[start:end])
-                        entry = self._tree_entry(
-                            oid, tree_body, delta_bases.get(oid), at, make_delta
-                        )
-                        if not entry:
-                            entry = _object_header(kind, size) + zlib.compress(tree_body, 1)
-                            trees[oid] = (at, 0)
-                            self.anchors[oid] = oid  # the first segment's anchor
-                            self.anchor_bodies[oid] = tree_body
-                        bodies[oid] = tree_body
-                    elif end - start >= size and size >= STORE_ABOVE:
-                        # Stored whole by the per-commit pack: deflate it now.
-                        deflated = zlib.compress(zlib.decompress(data[start:end]), 1)
-                        entry = _object_header(kind, size) + deflated
-                    else:
-                        entry = data[offset:end]
-                    body += entry
-                    new_entries.append((oid, at, zlib.crc32(entry)))
-                    ids.add(oid)
-                    added.append(oid)
-            count = len(self.entries) + len(new_entries)
-            struct.pack_into(">I", body, 8, count)
-            checksum = hashlib.sha1(body).digest()
-            new_entries.sort()
-            entries = sorted(self.entries + new_entries)  # two sorted runs: a linear merge
-            new_base = install_pack(
-                pack_dir,
-                body,
-                entries,
-                checksum,
-                take_spare,
-                presorted=True,
-                tail=checksum,
-                sync=sync,
-            )
+                self._append(data, source_entries, delta_bases, tree_bodies or {}, new_entries)
+            new_base, entries = self._install(pack_dir, new_entries, take_spare, sync)
         except BaseException:
-            # Undo the in-memory growth, so the pack still matches its file.
-            del body[grown_from:]
-            struct.pack_into(">I", body, 8, len(self.entries))
-            for oid in added:
-                ids.discard(oid)
-                trees.pop(oid, None)
-            # Forget the delta bases (the next versions are stored whole).
-            bodies.clear()
-            self.anchors.clear()
-            self.anchor_bodies.clear()
+            self._undo(grown_from, new_entries)
             raise
         live_anchors = set(self.anchors.values())
         for anchor in [oid for oid in self.anchor_bodies if oid not in live_anchors]:
@@ -215,13 +162,105 @@ class GrowingPack:
             replaced.append(self.base_name)
         self.base_name = new_base
         self.entries = entries
-        for base_name in replaced:
-            cached.pop(base_name, None)
-            if base_name == new_base:
+        _remove_packs(replaced, new_base, cached, retire)
+
+    def _append(
+        self,
+        data: bytes,
+        source_entries: list[IndexEntry],
+        delta_bases: dict[ObjectId, ObjectId],
+        tree_bodies: dict[ObjectId, bytes],
+        new_entries: list[IndexEntry],
+    ) -> None:
+        """Append the objects of one small pack (``data``) not in this pack
+        yet, each tree as a delta against its previous version if it can."""
+        from looming.store.delta import make_delta
+
+        body, ids, trees, bodies = self.body, self.ids, self.trees, self.bodies
+        crc32 = zlib.crc32
+        ordered = sorted(source_entries, key=_OFFSET)
+        ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
+        for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
+            if oid in ids:
                 continue
-            # The index goes first so nobody opens a pack whose data is leaving.
-            for suffix in (".idx", ".pack"):
-                if retire is not None and retire(base_name + suffix):
+            at = len(body)
+            tree_body = tree_bodies.get(oid)
+            if tree_body is None:
+                if end - offset < STORE_ABOVE:
+                    kind = (data[offset] >> 4) & 7
+                    if kind != _TREE:  # a small blob or commit: copied as it is
+                        entry = data[offset:end]
+                        body += entry
+                        new_entries.append((oid, at, crc32(entry)))
+                        ids.add(oid)
+                        continue
+                kind, size, _base, start = _parse_entry_header(data, offset)
+                if kind != _TREE:
+                    entry = data[offset:end]
+                    if end - start >= size:
+                        # Stored whole by the per-commit pack: deflate it now.
+                        deflated = zlib.compress(zlib.decompress(data[start:end]), 1)
+                        entry = _object_header(kind, size) + deflated
+                    body += entry
+                    new_entries.append((oid, at, crc32(entry)))
+                    ids.add(oid)
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(base_name + suffix)
+                tree_body = zlib.decompress(data[start:end])
+            entry = self._tree_entry(oid, tree_body, delta_bases.get(oid), at, make_delta)
+            if not entry:
+                entry = _object_header(_TREE, len(tree_body)) + zlib.compress(tree_body, 1)
+                trees[oid] = (at, 0)
+                self.anchors[oid] = oid  # the first segment's anchor
+                self.anchor_bodies[oid] = tree_body
+            bodies[oid] = tree_body
+            body += entry
+            new_entries.append((oid, at, crc32(entry)))
+            ids.add(oid)
+
+    def _install(
+        self,
+        pack_dir: str,
+        new_entries: list[IndexEntry],
+        take_spare: TakeSpare | None,
+        sync: bool,
+    ) -> tuple[str, list[IndexEntry]]:
+        """Write the grown pack and its index; its base name and entries."""
+        body = self.body
+        struct.pack_into(">I", body, 8, len(self.entries) + len(new_entries))
+        checksum = hashlib.sha1(body).digest()
+        new_entries.sort()
+        entries = sorted(self.entries + new_entries)  # two sorted runs: a linear merge
+        new_base = install_pack(
+            pack_dir, body, entries, checksum, take_spare, presorted=True, tail=checksum, sync=sync
+        )
+        return new_base, entries
+
+    def _undo(self, grown_from: int, new_entries: list[IndexEntry]) -> None:
+        """Undo the in-memory growth, so the pack still matches its file."""
+        del self.body[grown_from:]
+        struct.pack_into(">I", self.body, 8, len(self.entries))
+        for oid, _offset, _crc in new_entries:
+            self.ids.discard(oid)
+            self.trees.pop(oid, None)
+        # Forget the delta bases (the next versions are stored whole).
+        self.bodies.clear()
+        self.anchors.clear()
+        self.anchor_bodies.clear()
+
+
+def _remove_packs(
+    replaced: list[str],
+    new_base: str,
+    cached: dict[str, bytes],
+    retire: Callable[[str], bool] | None,
+) -> None:
+    for base_name in replaced:
+        cached.pop(base_name, None)
+        if base_name == new_base:
+            continue
+        # The index goes first so nobody opens a pack whose data is leaving.
+        for suffix in (".idx", ".pack"):
+            if retire is not None and retire(base_name + suffix):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base_name + suffix)

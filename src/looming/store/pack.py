@@ -19,7 +19,7 @@ from operator import itemgetter
 
 from looming.store.errors import CorruptObject
 from looming.store.objects import ObjectId, hash_object
-from looming.store.spares import TakeSpare, sync_dir, write_file_atomically
+from looming.store.spares import TakeSpare, sync_dir, write_files_atomically
 
 _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
@@ -145,6 +145,7 @@ def install_pack(
     tail: bytes = b"",
     *,
     sync: bool = False,
+    sync_folder: bool = True,
 ) -> str:
     """Write ``pack-<checksum>.pack`` (``data`` then ``tail``, which may
     carry the checksum so a large ``data`` is not copied to append it) then
@@ -153,17 +154,20 @@ def install_pack(
     Git and dulwich ignore a pack until its index exists, and the index is
     renamed into place last (each file is filled under another name, a
     spare from ``take_spare`` or ``<name>.tmp``), so a crash leaves either
-    nothing visible or a whole pack. With ``sync``, both files and the
-    folder's names are on the disk when this returns (a power cut too
-    leaves the whole pack).
+    nothing visible or a whole pack. With ``sync``, both files' bytes are
+    on the disk (fsynced at once) before either is renamed, and the
+    folder's names when this returns (a power cut too leaves the whole
+    pack); ``sync_folder=False`` leaves the folder to the caller, who
+    fsyncs it before anything names the pack's objects.
     """
     base = os.path.join(pack_dir, f"pack-{checksum.hex()}")
     if os.path.exists(base + ".idx"):
         return base
     index = encode_index(entries, checksum, presorted)
-    write_file_atomically(base + ".pack", data, take_spare, tail, sync=sync)
-    write_file_atomically(base + ".idx", index, take_spare, sync=sync)
-    if sync:
+    write_files_atomically(
+        [(base + ".pack", data, tail), (base + ".idx", index, b"")], take_spare, sync=sync
+    )
+    if sync and sync_folder:
         sync_dir(pack_dir)
     return base
 
@@ -255,7 +259,7 @@ def concatenate_packs(
     (an OFS_DELTA, chains bounded by :data:`MAX_DELTA_DEPTH`), which is what
     keeps a long history of large directories small.
     """
-    from dulwich._pack import apply_delta
+    from dulwich.pack import apply_delta
 
     from looming.store.delta import make_delta
 
