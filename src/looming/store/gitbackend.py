@@ -35,6 +35,7 @@ from looming.store.objects import (
     Commit,
     ObjectId,
     hash_object,
+    object_header,
     parse_loose,
     parse_tree,
     raw_id,
@@ -494,7 +495,7 @@ class GitBackend:
     def write(self, kind: str, body: bytes) -> ObjectId:
         if kind not in OBJECT_TYPES:
             raise ValueError(f"unknown object type {kind!r}")
-        digest = hashlib.sha1(f"{kind} {len(body)}\0".encode())
+        digest = hashlib.sha1(object_header(kind, len(body)))
         digest.update(body)
         object_id = digest.digest()
         if object_id not in self._known:
@@ -941,8 +942,10 @@ class GitBackend:
 
     def _set_ref_in_batch(self, name: str, old: ObjectId | None, new: ObjectId | None) -> None:
         assert self._batch is not None
-        before = self._batch[name][0] if name in self._batch else self.read_ref(name)
-        current = self.read_ref(name)
+        if name in self._batch:
+            before, current = self._batch[name]
+        else:
+            before = current = self.read_ref(name)
         if current != old:
             raise RefChanged(f"{name} moved while updating it; retry")
         self._batch[name] = (before, new)

@@ -45,8 +45,14 @@ def raw_id(text: str) -> ObjectId:
         raise Malformed(f"object id {text!r} is not 40 hex digits") from error
 
 
+_HEADER_PREFIX = {kind: kind.encode() + b" " for kind in OBJECT_TYPES}
+
+
 def object_header(kind: str, length: int) -> bytes:
-    return f"{kind} {length}\0".encode()
+    prefix = _HEADER_PREFIX.get(kind)
+    if prefix is None:
+        return f"{kind} {length}\0".encode()
+    return b"%s%d\0" % (prefix, length)
 
 
 def hash_object(kind: str, body: bytes) -> ObjectId:

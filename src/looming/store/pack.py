@@ -32,6 +32,10 @@ STORE_ABOVE = 16384  # id, offset in the pack, CRC-32 of the entry
 
 
 def _object_header(type_number: int, size: int) -> bytes:
+    if size < 0x10:
+        return bytes(((type_number << 4) | size,))
+    if size < 0x800:
+        return bytes(((type_number << 4) | 0x80 | (size & 0x0F), size >> 4))
     first = (type_number << 4) | (size & 0x0F)
     size >>= 4
     out = bytearray()
@@ -44,6 +48,8 @@ def _object_header(type_number: int, size: int) -> bytes:
 
 
 _STORED_BLOCK = 0xFFFF  # the most a stored deflate block holds
+_ONE_STORED_BLOCK = struct.Struct("<BBBHH")  # zlib header, final block header
+_ADLER = struct.Struct(">I")
 
 
 def stored_zlib(data: bytes) -> bytes:
@@ -52,16 +58,24 @@ def stored_zlib(data: bytes) -> bytes:
     block size), without its cost: setting up a compressor clears its
     tables, some 12 us even when nothing is compressed, and a commit stores
     a dozen trees this way."""
-    parts = [b"\x78\x01"]  # deflate, 32 KiB window, level 0
-    for start in range(0, len(data), _STORED_BLOCK):
+    size = len(data)
+    if size < _STORED_BLOCK:
+        # deflate, 32 KiB window, level 0; one final block
+        header = _ONE_STORED_BLOCK.pack(0x78, 0x01, 1, size, size ^ 0xFFFF)
+        return b"".join((header, data, _ADLER.pack(zlib.adler32(data))))
+    parts = [b"\x78\x01"]
+    for start in range(0, size, _STORED_BLOCK):
         block = data[start : start + _STORED_BLOCK]
-        final = start + _STORED_BLOCK >= len(data)
+        final = start + _STORED_BLOCK >= size
         parts.append(struct.pack("<BHH", final, len(block), len(block) ^ 0xFFFF))
         parts.append(block)
-    if not data:
-        parts.append(b"\x01\x00\x00\xff\xff")  # one final, empty block
-    parts.append(struct.pack(">I", zlib.adler32(data)))
+    parts.append(_ADLER.pack(zlib.adler32(data)))
     return b"".join(parts)
+
+
+# Below this many bytes deflate saves nothing worth its cost (a few bytes
+# on short text, a compressor set up for each): stored.
+STORE_BELOW = 64
 
 
 def build_pack(
@@ -72,17 +86,19 @@ def build_pack(
     parts = [b"PACK" + struct.pack(">II", 2, len(items))]
     offset = 12
     entries: list[IndexEntry] = []
+    compress, crc32, types = zlib.compress, zlib.crc32, _TYPE_NUMBERS
     for oid, kind, body in items:
+        size = len(body)
         # Big objects (large directories) are stored, not deflated, in the
         # per-commit packs: deflating costs milliseconds, and a merge of packs
         # soon replaces most of them by small deltas (and deflates the rest).
         # Trees are stored too: merges store most of them as deltas.
-        if len(body) < STORE_ABOVE and kind != "tree" and compression:
-            deflated = zlib.compress(body, compression)
+        if STORE_BELOW <= size < STORE_ABOVE and kind != "tree" and compression:
+            deflated = compress(body, compression)
         else:
             deflated = stored_zlib(body)
-        entry = _object_header(_TYPE_NUMBERS[kind], len(body)) + deflated
-        entries.append((oid, offset, zlib.crc32(entry)))
+        entry = _object_header(types[kind], size) + deflated
+        entries.append((oid, offset, crc32(entry)))
         parts.append(entry)
         offset += len(entry)
     data = b"".join(parts)
