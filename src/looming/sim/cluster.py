@@ -362,17 +362,17 @@ class ClusterSweep:
                     "time; start workers with --nthreads 1 (and --nworkers N for N processes)"
                 )
 
-    def _watch_workers(self, left: int) -> None:
+    def _watch_workers(self, left: int, *, now_or_never: bool = False) -> None:
         """Say when workers come and go; give up when none is left for too long."""
         now = time.monotonic()
-        if now - self._checked < 0.25:
+        if now - self._checked < 0.25 and not now_or_never:
             return
         self._checked = now
         workers = len(self.client.nthreads())
         if workers != self._workers:
             self.note(f"cluster: {workers} workers (was {self._workers}); {left} seeds to go")
             self._workers = workers
-        if workers:
+        if workers or not left:
             self._none_since = None
             return
         self._none_since = self._none_since or now
@@ -406,6 +406,7 @@ class ClusterSweep:
                 for future in sorted(batch, key=futures.__getitem__):
                     left -= 1
                     yield self._outcome(future, futures[future])
+            self._watch_workers(0, now_or_never=True)  # a loss near the end is news too
         finally:
             self.client.cancel([*futures, data])
 
@@ -422,7 +423,7 @@ class ClusterSweep:
                 seed,
                 False,
                 0.0,
-                "",
+                "(worker died)",
                 "the worker running it died each time it was tried (it may crash the "
                 "interpreter or exhaust memory): replay it locally",
             )
