@@ -37,6 +37,7 @@ from typing import Any
 from looming.ffi import Bindings, Buffer, Confinement, c_int, c_uint, c_ulong, foreign, link
 from looming.ffi.isolated import Limits
 from looming.ffi.probe import cache_dir
+from looming.unix.time import UnixTime
 
 
 def progress(message: str) -> None:
@@ -174,7 +175,10 @@ def restart_times(count: int) -> dict[str, tuple[float, float]]:
         "confined (default)": {},
         "unconfined": {"confinement": Confinement.none(), "limits": Limits.none()},
     }
-    libraries = {name: link(libc_bindings, "isolated", **extra) for name, extra in options.items()}
+    libraries = {
+        name: link(libc_bindings, "isolated", **extra, time=UnixTime())
+        for name, extra in options.items()
+    }
     samples: dict[str, list[float]] = {name: [] for name in options}
     for _ in range(count):
         for name, library in libraries.items():  # interleaved
@@ -243,12 +247,15 @@ def main() -> int:
 
     looming: dict[str, tuple[Any, Any]] = {}
     for backend in ("dynamic", "compiled", "isolated"):
-        looming[backend] = (link(bench_bindings, backend), link(libc_bindings, backend))
+        looming[backend] = (
+            link(bench_bindings, backend, time=UnixTime()),
+            link(libc_bindings, backend, time=UnixTime()),
+        )
     # The isolated backend without confinement: what the layers cost.
     bare = {"confinement": Confinement.none(), "limits": Limits.none(), "timeout": None}
     looming["isolated unconfined"] = (
-        link(bench_bindings, "isolated", **bare),
-        link(libc_bindings, "isolated", **bare),
+        link(bench_bindings, "isolated", **bare, time=UnixTime()),
+        link(libc_bindings, "isolated", **bare, time=UnixTime()),
     )
     vchan_pair: tuple[Any, Any] | None = None
     if importlib.util.find_spec("looming.vchan") is not None:
@@ -256,8 +263,18 @@ def main() -> int:
             from looming.ffi.vchan_transport import VchanTransport
 
             vchan_pair = (
-                link(bench_bindings, "isolated", transport=VchanTransport()),
-                link(libc_bindings, "isolated", transport=VchanTransport()),
+                link(
+                    bench_bindings,
+                    "isolated",
+                    transport=VchanTransport(time=UnixTime()),
+                    time=UnixTime(),
+                ),
+                link(
+                    libc_bindings,
+                    "isolated",
+                    transport=VchanTransport(time=UnixTime()),
+                    time=UnixTime(),
+                ),
             )
         except Exception as exc:  # report and go on without it
             progress(f"isolated over vchan unavailable: {exc}")

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from looming.unix.time import UnixTime
 from looming.vchan import endpoint
 from looming.vchan import listener as ports
 
@@ -202,7 +203,9 @@ def mp_pipe_transport() -> tuple[Callable[[], Link], Callable[[], Link]]:
 def vchan_transport(spin: int) -> Transport:
     def make() -> tuple[Callable[[], Link], Callable[[], Link]]:
         name, port = f"bench{os.getpid()}", f"spin{spin}"
-        listener = ports.listen(name, port, read_min=RING, write_min=RING, spin=spin)
+        listener = ports.listen(
+            name, port, read_min=RING, write_min=RING, spin=spin, time=UnixTime()
+        )
 
         def parent() -> Link:
             return VchanLink(listener.accept(timeout=30))
@@ -210,7 +213,7 @@ def vchan_transport(spin: int) -> Transport:
         def child() -> Link:
             # The forked child leaves its copy of the listener alone: the
             # port and segment are the parent's to clean up.
-            return VchanLink(ports.connect(name, port, spin=spin))
+            return VchanLink(ports.connect(name, port, spin=spin, time=UnixTime()))
 
         return parent, child
 
@@ -352,7 +355,9 @@ def vchan_echo_server(registry: str) -> None:
     from looming.vchan.device import VchanDevice
 
     async def serve() -> None:
-        device = await VchanDevice.connect("echo", name="echoer", registry=registry)
+        device = await VchanDevice.connect(
+            "echo", name="echoer", registry=registry, time=UnixTime()
+        )
         while True:
             data = await device.read()
             if data:
@@ -392,7 +397,9 @@ def reconnect_vchan(registry: str, restarts: int) -> list[float]:
 
     async def run() -> list[float]:
         server = fork_server(vchan_echo_server, registry)
-        client = await VchanDevice.connect("echo", peer="echoer", registry=registry)
+        client = await VchanDevice.connect(
+            "echo", peer="echoer", registry=registry, time=UnixTime()
+        )
         samples = []
         try:
             for _ in range(restarts + 1):

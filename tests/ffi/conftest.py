@@ -14,6 +14,7 @@ from looming.ffi.libs.crypt import crypt
 from looming.ffi.libs.libc import libc
 from looming.ffi.libs.sqlite3 import sqlite3
 from looming.ffi.libs.zlib import zlib
+from looming.unix.time import UnixTime
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,7 +48,7 @@ def linked(
         key = (bindings.name, backend)
         if key not in libraries:
             options = {"confinement": confinement} if backend == "isolated" else {}
-            libraries[key] = link(bindings, backend, **options)
+            libraries[key] = link(bindings, backend, **options, time=UnixTime())
         return libraries[key]
 
     yield get

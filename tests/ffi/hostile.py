@@ -19,6 +19,7 @@ from looming.ffi import Bindings, HelperError, c_int, c_str, foreign
 from looming.ffi.confine import Confinement
 from looming.ffi.isolated import IsolatedLibrary, Limits
 from looming.ffi.probe import find_compiler
+from looming.unix.time import UnixTime
 
 SOURCE = Path(__file__).parent / "clib" / "hostile.c"
 
@@ -69,7 +70,7 @@ def signal_outcomes(directory: Path) -> dict[str, dict[str, object]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             library = IsolatedLibrary(
-                bindings, confinement=confinement, limits=Limits.none(), timeout=10
+                bindings, confinement=confinement, limits=Limits.none(), timeout=10, time=UnixTime()
             )
         try:
             for name in ("kill_parent", "kill_everyone"):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from looming.ffi import HelperError
 from looming.ffi.isolated import IsolatedLibrary
+from looming.unix.time import UnixTime
 from tests.ffi.hostile import hostile_bindings
 
 CALLS = ("null_deref", "sleep_long", "open_shadow", "kill_parent", "kill_everyone", "big_malloc")
@@ -27,7 +28,9 @@ def main(directory: Path, helper_python: str) -> dict[str, object]:
     ctypes.CDLL("/usr/aarch64-linux-gnu/lib/libgcc_s.so.1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        library = IsolatedLibrary(hostile_bindings(directory), python=helper_python, timeout=3)
+        library = IsolatedLibrary(
+            hostile_bindings(directory), python=helper_python, timeout=3, time=UnixTime()
+        )
     outcomes: dict[str, object] = {"machine": platform.machine(), "warnings": library.warnings}
     try:
         for name in CALLS:

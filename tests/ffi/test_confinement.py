@@ -27,6 +27,7 @@ from looming.ffi.confine import Confinement
 from looming.ffi.errors import CallCancelled
 from looming.ffi.isolated import IsolatedLibrary, Limits
 from looming.ffi.seccomp import SeccompPolicy
+from looming.unix.time import UnixTime
 from tests.ffi.hostile import SIGNAL_LAYERS, build, hostile_bindings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def hostile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def confined(hostile_dir: Path) -> Iterator[IsolatedLibrary]:
     """The default: every layer."""
-    library = IsolatedLibrary(hostile_bindings(hostile_dir), timeout=1.5)
+    library = IsolatedLibrary(hostile_bindings(hostile_dir), timeout=1.5, time=UnixTime())
     yield library
     library.close()
 
@@ -114,7 +115,7 @@ def test_a_per_function_timeout_overrides_the_default(hostile_dir: Path) -> None
     quick = foreign("sleep_long", [], c_int, timeout=0.3)
     bindings.functions[bindings.functions.index(bindings.by_name["sleep_long"])] = quick
     bindings.by_name["sleep_long"] = quick
-    library = IsolatedLibrary(bindings, timeout=60)
+    library = IsolatedLibrary(bindings, timeout=60, time=UnixTime())
     try:
         started = time.monotonic()
         with pytest.raises(CallTimedOut):
@@ -166,7 +167,11 @@ def test_cancelled_is_what_the_worker_saw(confined: IsolatedLibrary) -> None:
 
 def one_layer(hostile_dir: Path, confinement: Confinement, limits: Limits) -> IsolatedLibrary:
     return IsolatedLibrary(
-        hostile_bindings(hostile_dir), confinement=confinement, limits=limits, timeout=5
+        hostile_bindings(hostile_dir),
+        confinement=confinement,
+        limits=limits,
+        timeout=5,
+        time=UnixTime(),
     )
 
 
@@ -294,7 +299,9 @@ def test_the_helper_dies_with_its_caller(hostile_dir: Path) -> None:
         "from looming.ffi.isolated import IsolatedLibrary\n"
         "from tests.ffi.hostile import hostile_bindings\n"
         "from pathlib import Path\n"
-        f"lib = IsolatedLibrary(hostile_bindings(Path({str(hostile_dir)!r})), timeout=600)\n"
+        "from looming.unix.time import UnixTime\n"
+        f"lib = IsolatedLibrary(hostile_bindings(Path({str(hostile_dir)!r})), timeout=600,"
+        " time=UnixTime())\n"
         "print(lib.helper_pid, lib._helper.process.pid, flush=True)\n"
         "lib.spin()\n"
     )
@@ -416,16 +423,17 @@ from pathlib import Path
 from looming.ffi import ConfinementWarning, FfiError, HelperError
 from looming.ffi.confine import Confinement
 from looming.ffi.isolated import IsolatedLibrary
+from looming.unix.time import UnixTime
 from tests.ffi.hostile import hostile_bindings
 bindings = hostile_bindings(Path(sys.argv[1]))
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    library = IsolatedLibrary(bindings, confinement=Confinement(user=None))
+    library = IsolatedLibrary(bindings, confinement=Confinement(user=None), time=UnixTime())
 print("warned:", [str(w.message) for w in caught if w.category is ConfinementWarning])
 print("kept:", library.make_socket(), library.add(1, 2))
 library.close()
 try:
-    IsolatedLibrary(bindings, confinement=Confinement(user=None, strict=True))
+    IsolatedLibrary(bindings, confinement=Confinement(user=None, strict=True), time=UnixTime())
 except HelperError as exc:
     print("strict:", exc)
 """
@@ -480,7 +488,9 @@ def test_paths_the_description_declares_are_the_only_ones_open(hostile_dir: Path
     bindings = hostile_bindings(hostile_dir)
     bindings.paths = (str(declared),)
     # Every layer; root's files stay root's (user=None) so the test's file can be read.
-    library = IsolatedLibrary(bindings, confinement=Confinement(user=None), timeout=5)
+    library = IsolatedLibrary(
+        bindings, confinement=Confinement(user=None), timeout=5, time=UnixTime()
+    )
     try:
         assert library.warnings == []
         assert library.open_path(str(declared)) == 0
@@ -495,4 +505,8 @@ def test_an_unknown_user_is_a_clear_error(hostile_dir: Path) -> None:
     from looming.ffi import HelperError
 
     with pytest.raises(HelperError, match="no user 'no-such-user' here to run the helper as"):
-        IsolatedLibrary(hostile_bindings(hostile_dir), confinement=Confinement(user="no-such-user"))
+        IsolatedLibrary(
+            hostile_bindings(hostile_dir),
+            confinement=Confinement(user="no-such-user"),
+            time=UnixTime(),
+        )

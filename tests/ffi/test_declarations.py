@@ -26,6 +26,7 @@ from looming.ffi import (
     size_t,
 )
 from looming.ffi.declarations import parse_aux_info, split_params
+from looming.unix.time import UnixTime
 
 
 def math_bindings(*functions: object) -> Bindings:
@@ -35,7 +36,7 @@ def math_bindings(*functions: object) -> Bindings:
 def test_frexp_with_a_double_exponent_is_refused_on_every_backend(backend: str) -> None:
     wrong = math_bindings(foreign("frexp", [("x", c_double), ("exp", Pointer(c_double))], c_double))
     with pytest.raises(DescriptionMismatch) as caught:
-        link(wrong, backend)
+        link(wrong, backend, time=UnixTime())
     message = str(caught.value)
     assert (
         "frexp(): argument 2 'exp' is described as double * but <math.h> declares int *" in message
@@ -44,7 +45,7 @@ def test_frexp_with_a_double_exponent_is_refused_on_every_backend(backend: str) 
 
 def test_a_correct_description_links_and_calls(backend: str) -> None:
     right = math_bindings(foreign("frexp", [("x", c_double), ("exp", Pointer(c_int))], c_double))
-    library = link(right, backend)
+    library = link(right, backend, time=UnixTime())
     try:
         from looming.ffi import Ref
 
@@ -131,7 +132,7 @@ def test_a_field_of_the_same_layout_but_the_wrong_type_is_refused(backend: str) 
         DescriptionMismatch,
         match=r"struct timespec.tv_sec: described as double \(floating point\), but the header's is integer",
     ):
-        link(bindings, backend)
+        link(bindings, backend, time=UnixTime())
     right = Struct("struct timespec", [("tv_sec", int64), ("tv_nsec", c_long)])
     good = Bindings(
         "timespec",
@@ -140,7 +141,7 @@ def test_a_field_of_the_same_layout_but_the_wrong_type_is_refused(backend: str) 
         headers=["time.h"],
         functions=[foreign("timespec_get", [("ts", Pointer(right)), ("base", c_int)], c_int)],
     )
-    link(good, backend).close()
+    link(good, backend, time=UnixTime()).close()
 
 
 def test_a_field_of_the_wrong_size_is_named() -> None:

@@ -43,6 +43,7 @@ from looming.ffi import (
 from looming.ffi.libs.libc import div_t, libc, sigval, struct_tm
 from looming.ffi.libs.zlib import z_stream, zlib
 from looming.ffi.types import pack_into, packed, unpack_value
+from looming.unix.time import UnixTime
 
 
 def test_struct_layouts_follow_the_c_rules() -> None:
@@ -171,7 +172,7 @@ missing_symbol = Bindings(
 
 def test_missing_symbol_is_reported_by_every_backend(backend: str) -> None:
     with pytest.raises(DescriptionMismatch, match="crc33"):
-        link(missing_symbol, backend)
+        link(missing_symbol, backend, time=UnixTime())
 
 
 def wrong_tm_bindings() -> Bindings:
@@ -197,7 +198,7 @@ def wrong_tm_bindings() -> Bindings:
 
 def test_struct_layout_mismatch_is_reported_before_the_first_call(backend: str) -> None:
     with pytest.raises(DescriptionMismatch, match=r"tm_(gmtoff|zone)"):
-        link(wrong_tm_bindings(), backend)
+        link(wrong_tm_bindings(), backend, time=UnixTime())
 
 
 def test_wrong_argument_type_is_caught_by_the_compiler() -> None:
@@ -307,7 +308,9 @@ def test_the_compiled_extension_is_built_once_and_cached(ffi_cache: Path) -> Non
     assert first.path.parent == ffi_cache / "compiled"
     assert first.path.name.startswith("_looming_ffi_libc_")
     built_at = first.path.stat().st_mtime_ns
-    again = link(pickle.loads(pickle.dumps(libc)), "compiled")  # an equal description
+    again = link(
+        pickle.loads(pickle.dumps(libc)), "compiled", time=UnixTime()
+    )  # an equal description
     assert isinstance(again, CompiledLibrary)
     assert again.path == first.path
     assert again.path.stat().st_mtime_ns == built_at

@@ -25,6 +25,7 @@ from looming.ffi.libs.libc import libc
 from looming.ffi.libs.sqlite3 import SQLITE_OK, sqlite3
 from looming.ffi.seccomp import SeccompPolicy
 from looming.ffi.vchan_transport import VchanTransport
+from looming.unix.time import UnixTime
 
 
 class FakeTime:
@@ -45,7 +46,7 @@ class FakeTime:
 
 @pytest.fixture
 def isolated_libc() -> Iterator[IsolatedLibrary]:
-    library = IsolatedLibrary(libc)
+    library = IsolatedLibrary(libc, time=UnixTime())
     yield library
     library.close()
 
@@ -75,7 +76,7 @@ def test_abort_is_sigabrt(isolated_libc: IsolatedLibrary) -> None:
 
 
 def test_restart_policy_never_keeps_the_library_down() -> None:
-    library = IsolatedLibrary(libc, restart=RestartPolicy("never"))
+    library = IsolatedLibrary(libc, restart=RestartPolicy("never"), time=UnixTime())
     try:
         with pytest.raises(HelperCrashed):
             library.abort()
@@ -121,7 +122,7 @@ def test_restart_policy_backoff_waits_on_the_time_device() -> None:
 
 
 def test_handles_from_a_dead_helper_are_stale() -> None:
-    library = IsolatedLibrary(sqlite3)
+    library = IsolatedLibrary(sqlite3, time=UnixTime())
     try:
         db = Ref()
         assert library.sqlite3_open(":memory:", db) == SQLITE_OK
@@ -145,7 +146,7 @@ def test_handles_from_a_dead_helper_are_stale() -> None:
 
 
 def test_a_callback_may_call_back_into_the_library(backend: str) -> None:
-    library = link(libc, backend)
+    library = link(libc, backend, time=UnixTime())
     try:
         pids: list[int] = []
 
@@ -162,7 +163,7 @@ def test_a_callback_may_call_back_into_the_library(backend: str) -> None:
 
 
 def test_address_space_limit_makes_big_allocations_fail() -> None:
-    limited = IsolatedLibrary(libc, limits=Limits(address_space=1 << 30))
+    limited = IsolatedLibrary(libc, limits=Limits(address_space=1 << 30), time=UnixTime())
     try:
         assert limited.malloc(2 << 30) is None
         small = limited.malloc(1 << 20)
@@ -173,7 +174,7 @@ def test_address_space_limit_makes_big_allocations_fail() -> None:
 
 
 def test_cpu_limit_ends_a_runaway_call_with_sigxcpu() -> None:
-    limited = IsolatedLibrary(crypt, limits=Limits(cpu_seconds=1))
+    limited = IsolatedLibrary(crypt, limits=Limits(cpu_seconds=1), time=UnixTime())
     try:
         # bcrypt at cost 31 runs 2**31 rounds: far more than a second of CPU.
         with pytest.raises(HelperCrashed) as caught:
@@ -189,7 +190,7 @@ def test_seccomp_is_available_here() -> None:
 
 
 def test_seccomp_errno_mode_refuses_unlisted_syscalls() -> None:
-    library = IsolatedLibrary(libc, seccomp=SeccompPolicy(action="errno"))
+    library = IsolatedLibrary(libc, seccomp=SeccompPolicy(action="errno"), time=UnixTime())
     try:
         assert library.strlen(b"fine") == 4
         with pytest.raises(PermissionError):
@@ -197,7 +198,9 @@ def test_seccomp_errno_mode_refuses_unlisted_syscalls() -> None:
         assert library.getpid() != os.getpid()
     finally:
         library.close()
-    allowed = IsolatedLibrary(libc, seccomp=SeccompPolicy(allow=("openat",), action="errno"))
+    allowed = IsolatedLibrary(
+        libc, seccomp=SeccompPolicy(allow=("openat",), action="errno"), time=UnixTime()
+    )
     try:
         stream = allowed.fopen("/etc/hostname", "r")
         assert stream is not None
@@ -206,7 +209,7 @@ def test_seccomp_errno_mode_refuses_unlisted_syscalls() -> None:
 
 
 def test_seccomp_kill_mode_ends_the_helper_with_sigsys() -> None:
-    library = IsolatedLibrary(libc, seccomp=SeccompPolicy(action="kill"))
+    library = IsolatedLibrary(libc, seccomp=SeccompPolicy(action="kill"), time=UnixTime())
     try:
         with pytest.raises(HelperCrashed) as caught:
             library.fopen("/etc/hostname", "r")
@@ -252,7 +255,7 @@ class CountingTransport(SocketpairTransport):
 
 def test_the_channel_transport_is_pluggable() -> None:
     transport = CountingTransport()
-    library = IsolatedLibrary(libc, transport=transport)
+    library = IsolatedLibrary(libc, transport=transport, time=UnixTime())
     try:
         assert library.strlen(b"abc") == 3
         assert library.strlen(b"abcd") == 4
@@ -270,7 +273,9 @@ def test_closed_library_refuses_calls(isolated_libc: LinkedLibrary) -> None:
 def test_the_helper_can_serve_over_vchan(tmp_path: Path) -> None:
     registry = tmp_path / "vchan"
     registry.mkdir()
-    library = IsolatedLibrary(libc, transport=VchanTransport(registry))
+    library = IsolatedLibrary(
+        libc, transport=VchanTransport(registry, time=UnixTime()), time=UnixTime()
+    )
     try:
         assert library.getpid() not in (None, os.getpid())
         values = [9, 4, 6]
@@ -288,14 +293,14 @@ def test_the_helper_can_serve_over_vchan(tmp_path: Path) -> None:
 
 
 def test_auto_transport_picks_vchan_when_installed() -> None:
-    assert isinstance(default_transport("auto"), VchanTransport)
-    assert isinstance(default_transport(None), SocketpairTransport)
+    assert isinstance(default_transport("auto", time=UnixTime()), VchanTransport)
+    assert isinstance(default_transport(None, time=UnixTime()), SocketpairTransport)
     with pytest.raises(ValueError, match="unknown transport"):
-        default_transport("carrier pigeon")
+        default_transport("carrier pigeon", time=UnixTime())
 
 
 def test_dropped_memory_is_given_back_to_the_helper() -> None:
-    library = IsolatedLibrary(libc)
+    library = IsolatedLibrary(libc, time=UnixTime())
     try:
         block = library.alloc_bytes(b"x" * 100)
         address = block.address

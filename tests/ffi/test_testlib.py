@@ -34,6 +34,7 @@ from looming.ffi import (
     void,
 )
 from looming.ffi.probe import find_compiler
+from looming.unix.time import UnixTime
 
 SOURCE = Path(__file__).parent / "clib"
 
@@ -100,7 +101,7 @@ def testlib_bindings(tmp_path_factory: pytest.TempPathFactory) -> Bindings:
 
 @pytest.fixture
 def t(testlib_bindings: Bindings, backend: str) -> Iterator[LinkedLibrary]:
-    library = link(testlib_bindings, backend)
+    library = link(testlib_bindings, backend, time=UnixTime())
     yield library
     library.close()
 

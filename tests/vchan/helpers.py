@@ -8,6 +8,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
+from looming.unix.time import UnixTime
 from looming.vchan import endpoint
 from looming.vchan import listener as ports
 
@@ -46,7 +47,9 @@ def connected_pair(
     read_min: int = 4096, write_min: int = 4096, **options: object
 ) -> tuple[endpoint.Endpoint, endpoint.Endpoint]:
     """A server and a client endpoint in this process (accept runs in a thread)."""
-    listener = ports.listen("pair", "p0", read_min=read_min, write_min=write_min, **options)  # type: ignore[arg-type]
+    listener = ports.listen(
+        "pair", "p0", read_min=read_min, write_min=write_min, **options, time=UnixTime()
+    )  # type: ignore[arg-type]
     accepted: list[endpoint.Endpoint] = []
     errors: list[BaseException] = []
 
@@ -59,7 +62,7 @@ def connected_pair(
     thread = threading.Thread(target=accept)
     thread.start()
     try:
-        client = ports.connect("pair", "p0", timeout=10)
+        client = ports.connect("pair", "p0", timeout=10, time=UnixTime())
     finally:
         thread.join()
         if errors:

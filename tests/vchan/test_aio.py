@@ -13,6 +13,7 @@ import pytest
 
 from looming.devices import Flow
 from looming.errors import Closed, ConnectionRefused, ConnectionReset
+from looming.unix.time import UnixTime
 from looming.vchan import aio, layout
 from looming.vchan import listener as ports
 from looming.vchan.errors import VchanCorrupt, VchanError
@@ -22,9 +23,11 @@ from tests.vchan.helpers import fork_child, kill_child, wait_child
 async def async_pair(
     read_min: int = 1024, write_min: int = 1024
 ) -> tuple[aio.VchanFlow, aio.VchanFlow]:
-    listener = await aio.listen("apair", "p", read_min=read_min, write_min=write_min)
+    listener = await aio.listen(
+        "apair", "p", read_min=read_min, write_min=write_min, time=UnixTime()
+    )
     accepting = asyncio.create_task(listener.accept())
-    client = await aio.connect("apair", "p")
+    client = await aio.connect("apair", "p", time=UnixTime())
     return await accepting, client
 
 
@@ -120,10 +123,12 @@ def test_shutdown_stops_writing_but_not_reading() -> None:
 def test_connect_waits_for_the_server_to_appear() -> None:
     async def main() -> None:
         with pytest.raises(ConnectionRefused):
-            await aio.connect("late", "p")
-        connecting = asyncio.create_task(aio.connect("late", "p", wait_for_server=10))
+            await aio.connect("late", "p", time=UnixTime())
+        connecting = asyncio.create_task(
+            aio.connect("late", "p", wait_for_server=10, time=UnixTime())
+        )
         await asyncio.sleep(0.05)
-        listener = await aio.listen("late", "p", read_min=1024, write_min=1024)
+        listener = await aio.listen("late", "p", read_min=1024, write_min=1024, time=UnixTime())
         server = await listener.accept()
         client = await connecting
         await client.write(b"hi")
@@ -135,12 +140,12 @@ def test_connect_waits_for_the_server_to_appear() -> None:
 
 
 def test_processes_exchange_and_a_killed_peer_is_noticed() -> None:
-    listener = ports.listen("async", "kv", read_min=65536, write_min=65536)
+    listener = ports.listen("async", "kv", read_min=65536, write_min=65536, time=UnixTime())
     data = random.Random(5).randbytes(2_000_000)
 
     def child() -> None:
         async def run() -> None:
-            flow = await aio.connect("async", "kv")
+            flow = await aio.connect("async", "kv", time=UnixTime())
             digest = hashlib.sha256()
             received = 0
             while received < len(data):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from looming.errors import AddressInUse, Closed, ConnectionRefused, ConnectionReset
+from looming.unix.time import UnixTime
 from looming.vchan import layout
 from looming.vchan import listener as ports
 from looming.vchan.errors import VchanCorrupt, VchanError
@@ -30,12 +31,12 @@ def shm_names(pid: int | None = None) -> list[str]:
 
 def test_rendezvous_publishes_then_unpublishes(vchan_registry: Path) -> None:
     before = shm_names()
-    listener = ports.listen("front", "store-1", read_min=1024, write_min=1024)
+    listener = ports.listen("front", "store-1", read_min=1024, write_min=1024, time=UnixTime())
     assert sorted(os.listdir(vchan_registry)) == ["front.store-1.pid", "front.store-1.sock"]
     assert len(shm_names()) == len(before) + 1
 
     def client() -> None:
-        with ports.connect("front", "store-1") as channel:
+        with ports.connect("front", "store-1", time=UnixTime()) as channel:
             channel.write(b"ping")
             assert channel.read() == b"pong"
 
@@ -54,11 +55,13 @@ def test_rendezvous_publishes_then_unpublishes(vchan_registry: Path) -> None:
 
 @pytest.mark.parametrize("notifier", ["eventfd", "pipe"])
 def test_stream_both_ways_with_each_notifier(notifier: str) -> None:
-    listener = ports.listen("srv", "echo", read_min=2047, write_min=4095, notifier=notifier)
+    listener = ports.listen(
+        "srv", "echo", read_min=2047, write_min=4095, notifier=notifier, time=UnixTime()
+    )
     total = 3_000_000
 
     def client() -> None:
-        with ports.connect("srv", "echo") as channel:
+        with ports.connect("srv", "echo", time=UnixTime()) as channel:
             rng = random.Random(7)
             data = rng.randbytes(total)
             done = threading.Event()
@@ -93,12 +96,12 @@ def test_stream_both_ways_with_each_notifier(notifier: str) -> None:
 
 
 def test_one_gigabyte_between_processes_with_a_hash_check() -> None:
-    listener = ports.listen("bulk", "data", read_min=1 << 20, write_min=1024)
+    listener = ports.listen("bulk", "data", read_min=1 << 20, write_min=1024, time=UnixTime())
     block = random.Random(1).randbytes((1 << 20) + 4099)
     sizes = [65536, 4097, 131071, 1, 1 << 20, 30000]
 
     def sender() -> None:
-        with ports.connect("bulk", "data") as channel:
+        with ports.connect("bulk", "data", time=UnixTime()) as channel:
             digest = hashlib.sha256()
             sent = 0
             turn = 0
@@ -132,10 +135,10 @@ def test_one_gigabyte_between_processes_with_a_hash_check() -> None:
 
 
 def test_writer_killed_mid_transfer_is_noticed_by_the_reader() -> None:
-    listener = ports.listen("victim", "stream", read_min=65536, write_min=1024)
+    listener = ports.listen("victim", "stream", read_min=65536, write_min=1024, time=UnixTime())
 
     def writer() -> None:
-        channel = ports.connect("victim", "stream")
+        channel = ports.connect("victim", "stream", time=UnixTime())
         while True:
             channel.write(b"x" * 4096)
 
@@ -156,10 +159,10 @@ def test_writer_killed_mid_transfer_is_noticed_by_the_reader() -> None:
 
 
 def test_reader_killed_mid_transfer_is_noticed_by_a_blocked_writer() -> None:
-    listener = ports.listen("victim", "stream", read_min=1024, write_min=65536)
+    listener = ports.listen("victim", "stream", read_min=1024, write_min=65536, time=UnixTime())
 
     def reader() -> None:
-        channel = ports.connect("victim", "stream")
+        channel = ports.connect("victim", "stream", time=UnixTime())
         received = 0
         while received < 1_000_000:
             received += len(channel.read(timeout=30))
@@ -222,12 +225,12 @@ def test_a_corrupt_index_from_the_peer_closes_the_channel() -> None:
 
 
 def test_a_corrupt_header_offered_by_the_server_is_refused() -> None:
-    listener = ports.listen("bad", "hdr", read_min=1024, write_min=1024)
+    listener = ports.listen("bad", "hdr", read_min=1024, write_min=1024, time=UnixTime())
     layout.write_u32(listener._view, layout.LEFT_ORDER, 31)  # order out of range
 
     def client() -> None:
         with pytest.raises(VchanCorrupt, match=r"outside 10\.\.20"):
-            ports.connect("bad", "hdr")
+            ports.connect("bad", "hdr", time=UnixTime())
 
     pid = fork_child(client)
     with pytest.raises(VchanError, match="refused the channel: left ring order 31"):
@@ -237,28 +240,28 @@ def test_a_corrupt_header_offered_by_the_server_is_refused() -> None:
 
 def test_connecting_to_nobody_is_refused() -> None:
     with pytest.raises(ConnectionRefused, match="no vchan server publishes ghost/none"):
-        ports.connect("ghost", "none")
+        ports.connect("ghost", "none", time=UnixTime())
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "a.b", "..", "spa ce", "é"])
 def test_invalid_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="letters, digits"):
-        ports.listen(name, "port")
+        ports.listen(name, "port", time=UnixTime())
     with pytest.raises(ValueError, match="letters, digits"):
-        ports.connect("peer", name)
+        ports.connect("peer", name, time=UnixTime())
 
 
 def test_a_port_has_one_live_server() -> None:
     with (
-        ports.listen("dup", "p", read_min=1024, write_min=1024),
+        ports.listen("dup", "p", read_min=1024, write_min=1024, time=UnixTime()),
         pytest.raises(AddressInUse, match="already served by process"),
     ):
-        ports.listen("dup", "p")
+        ports.listen("dup", "p", time=UnixTime())
 
 
 def test_crash_recovery_at_next_start(vchan_registry: Path) -> None:
     def crashing_server() -> None:
-        ports.listen("crashy", "p", read_min=1024, write_min=1024)
+        ports.listen("crashy", "p", read_min=1024, write_min=1024, time=UnixTime())
         os.kill(os.getpid(), signal.SIGKILL)
 
     pid = fork_child(crashing_server)
@@ -268,9 +271,9 @@ def test_crash_recovery_at_next_start(vchan_registry: Path) -> None:
     leftovers = shm_names(pid)
     assert len(leftovers) == 1
     with pytest.raises(ConnectionRefused):
-        ports.connect("crashy", "p")
+        ports.connect("crashy", "p", time=UnixTime())
     # ...which the next start removes, taking the port over.
-    with ports.listen("crashy", "p", read_min=1024, write_min=1024):
+    with ports.listen("crashy", "p", read_min=1024, write_min=1024, time=UnixTime()):
         assert shm_names(pid) == []
         assert len(shm_names()) == 1
     assert os.listdir(vchan_registry) == []
@@ -278,7 +281,7 @@ def test_crash_recovery_at_next_start(vchan_registry: Path) -> None:
 
 def test_closing_a_listener_without_a_client_removes_everything(vchan_registry: Path) -> None:
     before = shm_names()
-    listener = ports.listen("lonely", "p")
+    listener = ports.listen("lonely", "p", time=UnixTime())
     listener.close()
     listener.close()
     assert os.listdir(vchan_registry) == []

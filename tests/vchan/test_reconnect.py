@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from looming.errors import ConnectionRefused, LoomingError
+from looming.unix.time import UnixTime
 from looming.vchan import aio
 from looming.vchan.device import VchanDevice
 
@@ -16,12 +17,12 @@ def test_a_serving_port_takes_one_client_after_another_and_two_at_once(
     vchan_registry: Path,
 ) -> None:
     async def scenario() -> None:
-        port = aio.ServingPort("server", "p", registry_dir=vchan_registry)
+        port = aio.ServingPort("server", "p", registry_dir=vchan_registry, time=UnixTime())
         await port.publish()
 
         async def both() -> tuple[aio.VchanFlow, aio.VchanFlow]:
             accepting = asyncio.ensure_future(port.accept())
-            client = await aio.connect("server", "p", registry_dir=vchan_registry)
+            client = await aio.connect("server", "p", registry_dir=vchan_registry, time=UnixTime())
             return client, await accepting
 
         first_client, first = await both()
@@ -50,8 +51,10 @@ def test_a_serving_port_takes_one_client_after_another_and_two_at_once(
 def test_devices_reconnect_when_the_peer_comes_back(vchan_registry: Path) -> None:
     async def scenario() -> None:
         registry = str(vchan_registry)
-        serving = asyncio.ensure_future(VchanDevice.connect("kv", name="store", registry=registry))
-        client = await VchanDevice.connect("kv", peer="store", registry=registry)
+        serving = asyncio.ensure_future(
+            VchanDevice.connect("kv", name="store", registry=registry, time=UnixTime())
+        )
+        client = await VchanDevice.connect("kv", peer="store", registry=registry, time=UnixTime())
         server = await serving
         await client.write(b"hello")
         assert await server.read() == b"hello"
@@ -64,7 +67,9 @@ def test_devices_reconnect_when_the_peer_comes_back(vchan_registry: Path) -> Non
             await client.read()
         with pytest.raises(ConnectionRefused):
             await client.write(b"still down")
-        serving = asyncio.ensure_future(VchanDevice.connect("kv", name="store", registry=registry))
+        serving = asyncio.ensure_future(
+            VchanDevice.connect("kv", name="store", registry=registry, time=UnixTime())
+        )
         await asyncio.sleep(0.05)
         await client.write(b"again")  # connects to the new server
         server = await serving
@@ -76,7 +81,7 @@ def test_devices_reconnect_when_the_peer_comes_back(vchan_registry: Path) -> Non
         await client.close()
         assert await server.read() == b""
         reading = asyncio.ensure_future(server.read())  # accepts the next client
-        other = await VchanDevice.connect("kv", peer="store", registry=registry)
+        other = await VchanDevice.connect("kv", peer="store", registry=registry, time=UnixTime())
         await other.write(b"next client")
         assert await reading == b"next client"
         assert server.connections == 2

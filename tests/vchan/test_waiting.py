@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from looming.errors import Closed, ConnectionReset
+from looming.unix.time import UnixTime
 from looming.vchan import endpoint
 from looming.vchan import listener as ports
 from looming.vchan.endpoint import Endpoint
@@ -44,10 +45,10 @@ def wait_until_sleeping(channel: Endpoint, thread: threading.Thread, outcome: li
 
 
 def test_a_reader_blocked_without_timeout_hears_the_writer_die() -> None:
-    listener = ports.listen("victim", "silent", read_min=4096, write_min=4096)
+    listener = ports.listen("victim", "silent", read_min=4096, write_min=4096, time=UnixTime())
 
     def writer() -> None:
-        channel = ports.connect("victim", "silent")
+        channel = ports.connect("victim", "silent", time=UnixTime())
         channel.write(b"hello")
         os.kill(os.getpid(), signal.SIGSTOP)  # wait to be killed, holding the channel
 
@@ -68,10 +69,10 @@ def test_a_reader_blocked_without_timeout_hears_the_writer_die() -> None:
 
 
 def test_a_writer_blocked_without_timeout_hears_the_reader_die() -> None:
-    listener = ports.listen("victim", "full", read_min=1024, write_min=4096)
+    listener = ports.listen("victim", "full", read_min=1024, write_min=4096, time=UnixTime())
 
     def reader() -> None:
-        channel = ports.connect("victim", "full")
+        channel = ports.connect("victim", "full", time=UnixTime())
         os.kill(os.getpid(), signal.SIGSTOP)  # never reads
         channel.close()
 

@@ -7,7 +7,8 @@ of :mod:`looming.ffi.types`. :func:`link` turns it into a callable library:
 * ``backend="compiled"``: cffi API mode, built once by the C compiler and
   cached by the description's hash; the compiler checks every declaration;
 * ``backend="isolated"``: the library runs in a helper process that serves
-  calls over a channel, so a crash in C is an exception here.
+  calls over a channel, so a crash in C is an exception here; it needs
+  ``time=`` (a Time device: restart back-off and call deadlines run on it).
 
 All three give the same Python values for the same calls.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from looming.devices.time import Time
 from looming.extras import require
 from looming.ffi.confine import Confinement, ConfinementWarning
 from looming.ffi.description import Bindings, Function, foreign
@@ -88,8 +90,13 @@ from looming.ffi.types import (
 BACKENDS = ("dynamic", "compiled", "isolated")
 
 
-def link(bindings: Bindings, backend: str = "dynamic", **options: Any) -> LinkedLibrary:
-    """Link ``bindings`` with one backend; ``options`` go to that backend."""
+def link(
+    bindings: Bindings, backend: str = "dynamic", *, time: Time | None = None, **options: Any
+) -> LinkedLibrary:
+    """Link ``bindings`` with one backend; ``options`` go to that backend.
+
+    The isolated backend needs ``time``, the Time device its deadlines and
+    restart back-off run on; the in-process backends take no device."""
     if backend == "dynamic":
         from looming.ffi.dynamic import DynamicLibrary
 
@@ -102,7 +109,12 @@ def link(bindings: Bindings, backend: str = "dynamic", **options: Any) -> Linked
     if backend == "isolated":
         from looming.ffi.isolated import IsolatedLibrary
 
-        return IsolatedLibrary(bindings, **options)
+        if time is None:
+            raise ValueError(
+                "link(..., 'isolated') needs time=, a Time device: the unikernel's own, "
+                "or on the host looming.unix.host_devices().time"
+            )
+        return IsolatedLibrary(bindings, time=time, **options)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

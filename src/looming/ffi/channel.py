@@ -17,6 +17,7 @@ import importlib
 import socket
 from typing import Protocol
 
+from looming.devices.time import Time
 from looming.ffi.framing import MAX_MESSAGE, ChannelClosed, MessageReader, frame
 
 __all__ = [
@@ -103,23 +104,25 @@ class SocketpairTransport:
             self._helper_end = None
 
 
-def connect_socketpair(argument: str) -> Channel:
+def connect_socketpair(argument: str, time: Time) -> Channel:
     """Helper side of :class:`SocketpairTransport`: the inherited descriptor."""
     return SocketChannel(socket.socket(fileno=int(argument)))
 
 
-def connect(spec: str) -> Channel:
-    """Helper side: resolve ``module:function:argument`` to a channel."""
+def connect(spec: str, *, time: Time) -> Channel:
+    """Helper side: resolve ``module:function:argument`` to a channel whose
+    waits are measured on ``time`` (the helper process's time device)."""
     module_name, function_name, argument = spec.split(":", 2)
     function = getattr(importlib.import_module(module_name), function_name)
-    channel: Channel = function(argument)
+    channel: Channel = function(argument, time)
     return channel
 
 
-def default_transport(choice: str | Transport | None) -> Transport:
+def default_transport(choice: str | Transport | None, *, time: Time) -> Transport:
     """The transport for ``choice``: a Transport, "socketpair", "vchan" or "auto".
 
-    "auto" takes vchan when :mod:`looming.vchan` is installed, else the socketpair.
+    "auto" takes vchan when :mod:`looming.vchan` is installed, else the socketpair;
+    vchan's waits are measured on ``time``.
     """
     if choice is None or choice == "socketpair":
         return SocketpairTransport()
@@ -130,7 +133,7 @@ def default_transport(choice: str | Transport | None) -> Transport:
             if choice == "vchan":
                 raise
             return SocketpairTransport()
-        return VchanTransport()
+        return VchanTransport(time=time)
     if isinstance(choice, str):
         raise ValueError(
             f"unknown transport {choice!r}: use 'socketpair', 'vchan', 'auto' or a Transport"

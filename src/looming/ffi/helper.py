@@ -52,6 +52,7 @@ from looming.ffi.types import (
     c_uchar,
     packed,
 )
+from looming.unix.time import UnixTime
 
 
 class AddressMemory(Memory):
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m looming.ffi.helper")
     parser.add_argument("--channel", required=True, help="module:function:argument")
     options = parser.parse_args(argv)
-    channel = connect(options.channel)
+    # The helper is a host process of its own: it measures on the host's time.
+    channel = connect(options.channel, time=UnixTime())
     setup = channel.recv()
     if setup[:1] != b"B":
         return 2

@@ -70,7 +70,6 @@ from looming.ffi.types import (
     packed,
     unpack_value,
 )
-from looming.unix.time import UnixTime
 
 
 @dataclass(frozen=True)
@@ -204,7 +203,7 @@ class IsolatedLibrary(LinkedLibrary):
         limits: Limits | None = None,
         seccomp: Any = None,
         transport: str | Transport | None = None,
-        time: Time | None = None,
+        time: Time,
         check_layout: bool | None = None,
         check_declarations: bool | None = None,
         python: str | None = None,
@@ -226,7 +225,7 @@ class IsolatedLibrary(LinkedLibrary):
         self._timeouts = [f.timeout or timeout for f in bindings.functions]
         self.warnings: list[str] = []
         self._transport_choice = transport
-        self._time: Time = time if time is not None else UnixTime()
+        self._time: Time = time
         self.python = python or sys.executable
         self.restarts = 0
         self.crashes = 0
@@ -258,7 +257,7 @@ class IsolatedLibrary(LinkedLibrary):
         return self._helper.pid if self._helper is not None else None
 
     def _start(self) -> None:
-        transport = default_transport(self._transport_choice)
+        transport = default_transport(self._transport_choice, time=self._time)
         channel, spec, fds = transport.open()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

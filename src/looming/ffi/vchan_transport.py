@@ -7,7 +7,7 @@ streamed through the rings, so a message may be larger than a ring. A helper
 that dies is seen by vchan's control socket and surfaces as ChannelClosed,
 as on the socketpair.
 
-    link(bindings, "isolated", transport=VchanTransport())
+    link(bindings, "isolated", transport=VchanTransport(time=time), time=time)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import itertools
 import os
 from pathlib import Path
 
+from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, LoomingError
 from looming.ffi.channel import Channel
 from looming.ffi.framing import ChannelClosed, MessageReader, frame
@@ -95,14 +96,20 @@ class VchanTransport:
 
     name = "vchan"
 
-    def __init__(self, registry_dir: Path | None = None) -> None:
+    def __init__(self, registry_dir: Path | None = None, *, time: Time) -> None:
         self.registry_dir = registry_dir
+        self.time = time
 
     def open(self) -> tuple[Channel, str, tuple[int, ...]]:
         name = f"looming-ffi-{os.getpid()}-{next(_serial)}"
         port = "ffi"
         listener = listen(
-            name, port, read_min=RING_SIZE, write_min=RING_SIZE, registry_dir=self.registry_dir
+            name,
+            port,
+            read_min=RING_SIZE,
+            write_min=RING_SIZE,
+            registry_dir=self.registry_dir,
+            time=self.time,
         )
         where = str(self.registry_dir) if self.registry_dir is not None else ""
         spec = f"looming.ffi.vchan_transport:connect_vchan:{name}|{port}|{where}"
@@ -112,8 +119,8 @@ class VchanTransport:
         return None
 
 
-def connect_vchan(argument: str) -> Channel:
+def connect_vchan(argument: str, time: Time) -> Channel:
     """Helper side: connect to the caller's published port."""
     name, port, where = argument.split("|", 2)
-    endpoint = connect(name, port, registry_dir=Path(where) if where else None)
+    endpoint = connect(name, port, registry_dir=Path(where) if where else None, time=time)
     return VchanChannel(endpoint=endpoint, wait_slice=3600.0)

@@ -19,7 +19,6 @@ from typing import Any
 
 from looming.devices.time import Time
 from looming.errors import Closed, ConnectionRefused, ConnectionTimeout
-from looming.unix.time import UnixTime
 from looming.vchan import listener as blocking
 from looming.vchan import registry, rendezvous
 from looming.vchan.endpoint import DEFAULT_RING_SIZE, DEFAULT_SPIN, SAFETY_RECHECK_MS, Endpoint
@@ -48,6 +47,9 @@ class VchanFlow:
         # However the endpoint closes (by us, or after a corrupt peer), the
         # loop stops watching its descriptors before they are closed.
         channel.add_close_hook(self._forget)
+
+    local_address: tuple[str, int] | None = None  # a vchan has no (host, port)
+    remote_address: tuple[str, int] | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -236,8 +238,10 @@ async def listen(
     registry_dir: Path | None = None,
     notifier: str | None = None,
     spin: int = DEFAULT_SPIN,
+    time: Time,
 ) -> AsyncListener:
-    """Publish ``port`` under ``name`` (see :func:`looming.vchan.listener.listen`)."""
+    """Publish ``port`` under ``name`` (see :func:`looming.vchan.listener.listen`);
+    channel deadlines are measured on ``time``, the unikernel's time device."""
     return AsyncListener(
         blocking.listen(
             name,
@@ -247,6 +251,7 @@ async def listen(
             registry_dir=registry_dir,
             notifier=notifier,
             spin=spin,
+            time=time,
         )
     )
 
@@ -259,16 +264,17 @@ class ServingPort:
     client, or the same one restarted, can connect while the first is served.
     """
 
-    def __init__(self, name: str, port: str, **options: Any) -> None:
+    def __init__(self, name: str, port: str, *, time: Time, **options: Any) -> None:
         self.name = name
         self.port = port
+        self._time = time
         self._options = options
         self._listener: AsyncListener | None = None
         self.accepted = 0
 
     async def publish(self) -> None:
         if self._listener is None:
-            self._listener = await listen(self.name, self.port, **self._options)
+            self._listener = await listen(self.name, self.port, time=self._time, **self._options)
 
     async def accept(self) -> VchanFlow:
         await self.publish()
@@ -296,11 +302,12 @@ async def connect(
     registry_dir: Path | None = None,
     spin: int = DEFAULT_SPIN,
     wait_for_server: float = 0.0,
-    time: Time | None = None,
+    time: Time,
 ) -> VchanFlow:
     """Connect to ``peer``'s ``port``, waiting up to ``wait_for_server`` seconds
-    for it to be published (useful when both sides start together)."""
-    clock = time or UnixTime()
+    of ``time`` (the unikernel's time device) for it to be published (useful
+    when both sides start together)."""
+    clock = time
     target = registry.entry(peer, port, registry_dir)
     give_up = clock.now_ns() + int(wait_for_server * 1e9)
     while True:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
 from looming.devices.flow import Flow
+from looming.devices.time import Time
 from looming.errors import Closed, ConfigError, LoomingError
 from looming.vchan import aio
 from looming.vchan.endpoint import DEFAULT_RING_SIZE
@@ -62,6 +63,9 @@ class VchanDevice:
     client (its port stays published: see :class:`looming.vchan.aio.ServingPort`).
     """
 
+    local_address: tuple[str, int] | None = None  # a vchan has no (host, port)
+    remote_address: tuple[str, int] | None = None
+
     def __init__(
         self,
         flow: aio.VchanFlow,
@@ -81,6 +85,7 @@ class VchanDevice:
         cls,
         port: str,
         *,
+        time: Time,
         peer: str | None = None,
         name: str | None = None,
         read_size: int = DEFAULT_RING_SIZE,
@@ -93,7 +98,7 @@ class VchanDevice:
         A server publishes under ``name``, which defaults to
         ``$LOOMING_VCHAN_NAME`` (the process deployment sets it to the
         unikernel's name). Sizes are the minimum ring sizes for what this
-        side reads and writes.
+        side reads and writes; waits and deadlines are measured on ``time``.
         """
         registry_dir = Path(registry) if registry else None
         try:
@@ -105,13 +110,13 @@ class VchanDevice:
         if peer is not None:
             log.info("vchan: connecting to %s/%s", peer, port)
             flow = await aio.connect(
-                peer, port, registry_dir=registry_dir, wait_for_server=wait_for_server
+                peer, port, registry_dir=registry_dir, wait_for_server=wait_for_server, time=time
             )
 
             async def again() -> aio.VchanFlow:
                 log.info("vchan: connecting again to %s/%s", peer, port)
                 return await aio.connect(
-                    peer, port, registry_dir=registry_dir, wait_for_server=RECONNECT_WAIT
+                    peer, port, registry_dir=registry_dir, wait_for_server=RECONNECT_WAIT, time=time
                 )
 
             return cls(flow, f"client of {peer}/{port}", reconnect=again)
@@ -127,6 +132,7 @@ class VchanDevice:
             read_min=read_size,
             write_min=write_size,
             registry_dir=registry_dir,
+            time=time,
         )
         await serving.publish()
         log.info("vchan: serving %s/%s, waiting for the peer", own, port)

@@ -28,7 +28,6 @@ from typing import TypeVar
 
 from looming.devices.time import Time
 from looming.errors import Closed, ConnectionReset, ConnectionTimeout
-from looming.unix.time import UnixTime
 from looming.vchan import layout
 from looming.vchan.errors import VchanCorrupt, VchanError
 from looming.vchan.notify import Notifier
@@ -75,7 +74,7 @@ class Endpoint:
         notifier: Notifier,
         control: socket.socket,
         spin: int = DEFAULT_SPIN,
-        time: Time | None = None,
+        time: Time,
     ) -> None:
         self._segment = segment
         self._view = view
@@ -91,7 +90,7 @@ class Endpoint:
         self.spin = spin
         self._spin_skip = 0
         self._spin_backoff = 0
-        self._time = time or UnixTime()
+        self._time = time
         # When a reader thread and a writer thread both block, one of them
         # polls the event and wakes the other after draining it; two pollers
         # would race to drain one kick and the loser would sleep through it.

@@ -42,7 +42,7 @@ class Listener:
         write_min: int,
         notifier_kind: str,
         spin: int,
-        time: Time | None,
+        time: Time,
     ) -> None:
         self.entry = entry
         self._spin = spin
@@ -184,7 +184,7 @@ def listen(
     registry_dir: Path | None = None,
     notifier: str | None = None,
     spin: int = DEFAULT_SPIN,
-    time: Time | None = None,
+    time: Time,
 ) -> Listener:
     """Publish ``port`` under our ``name``; rings of at least the given sizes.
 
@@ -221,7 +221,7 @@ def open_control(target: registry.Entry) -> socket.socket:
     return control
 
 
-def attach(control: socket.socket, *, spin: int, time: Time | None) -> Endpoint:
+def attach(control: socket.socket, *, spin: int, time: Time) -> Endpoint:
     """The client's half of rendezvous once the offer is readable on ``control``."""
     offer = rendezvous.receive_offer(control)
     segment: Segment | None = None
@@ -269,7 +269,7 @@ def connect(
     registry_dir: Path | None = None,
     spin: int = DEFAULT_SPIN,
     timeout: float | None = 30.0,
-    time: Time | None = None,
+    time: Time,
 ) -> Endpoint:
     """Connect to the port ``port`` published by ``peer``.
 

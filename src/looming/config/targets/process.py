@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from looming.config.dsl import Device
+from looming.config.dsl import Device, device
 from looming.config.plan import Impl, KeyDecl
 from looming.config.targets import Target
 from looming.config.targets.unix import TARGET as UNIX
@@ -85,10 +85,11 @@ class ProcessTarget(Target):
         return Impl(
             "looming.vchan.device:VchanDevice.connect",
             args=[repr(port)],
-            kwargs=kwargs,
+            kwargs=[("time", "{0}"), *kwargs],
             awaited=True,
             disconnect="disconnect",
-            deps=[],
+            # Waits for the peer and ring deadlines run on the time device.
+            deps=[device("time", where=dev.where)],
             keys=keys,
             summary=summary,
         )
