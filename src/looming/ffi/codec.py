@@ -87,7 +87,15 @@ def encode(value: Any, out: bytearray) -> None:
         for key, item in value.items():
             encode(str(key), out)
             encode(item, out)
-    elif kind is WireHandle:
+    else:
+        _encode_rare(value, out)
+
+
+def _encode_rare(value: Any, out: bytearray) -> None:
+    """The kinds :func:`encode` meets less often: handles, callables and
+    subclasses of the plain kinds."""
+    kind = type(value)
+    if kind is WireHandle:
         out += b"h" + _U16.pack(value.index) + _U64.pack(value.address)
     elif kind is CallableMarker:
         out += b"c"
@@ -123,7 +131,6 @@ def decode(
         raise Malformed("message ends where a value should start")
     tag = buf[pos]
     pos += 1
-    end = len(buf)
     if tag == 0x4E:  # N
         return None, pos
     if tag == 0x54:  # T
@@ -131,57 +138,15 @@ def decode(
     if tag == 0x46:  # F
         return False, pos
     if tag in (0x69, 0x61, 0x64):  # i a d
-        if pos + 8 > end:
-            raise Malformed("truncated number")
-        if tag == 0x64:
-            return _F64.unpack_from(buf, pos)[0], pos + 8
-        number = _I64.unpack_from(buf, pos)[0]
-        return (Address(number) if tag == 0x61 else number), pos + 8
+        return _decode_number(buf, pos, tag)
     if tag == 0x49:  # I
-        if pos >= end:
-            raise Malformed("truncated big integer")
-        length = buf[pos]
-        if pos + 1 + length > end:
-            raise Malformed("truncated big integer")
-        return int.from_bytes(buf[pos + 1 : pos + 1 + length], "big", signed=True), pos + 1 + length
+        return _decode_big_integer(buf, pos)
     if tag in (0x62, 0x73, 0x77, 0x70):  # b s w p
-        if pos + 4 > end:
-            raise Malformed("truncated length")
-        (length,) = _U32.unpack_from(buf, pos)
-        pos += 4
-        if pos + length > end:
-            raise Malformed(f"a {length}-byte value overruns the message")
-        raw = bytes(buf[pos : pos + length])
-        pos += length
-        if tag == 0x73:
-            return raw.decode("utf-8", "surrogateescape"), pos
-        if tag == 0x77:
-            return Writable(raw), pos
-        if tag == 0x70:
-            return PointedTo(raw), pos
-        return raw, pos
+        return _decode_bytes(buf, pos, tag)
     if tag in (0x6C, 0x6D):  # l m
-        if pos + 4 > end:
-            raise Malformed("truncated count")
-        (count,) = _U32.unpack_from(buf, pos)
-        pos += 4
-        if count > end - pos:
-            raise Malformed(f"{count} items cannot fit in the message")
-        if tag == 0x6C:
-            items: list[Any] = []
-            for _ in range(count):
-                item, pos = decode(buf, pos, make_handle, depth + 1)
-                items.append(item)
-            return items, pos
-        mapping: dict[str, Any] = {}
-        for _ in range(count):
-            key, pos = decode(buf, pos, make_handle, depth + 1)
-            if not isinstance(key, str):
-                raise Malformed("a dict key is not a string")
-            mapping[key], pos = decode(buf, pos, make_handle, depth + 1)
-        return mapping, pos
+        return _decode_container(buf, pos, tag, make_handle, depth)
     if tag == 0x68:  # h
-        if pos + 10 > end:
+        if pos + 10 > len(buf):
             raise Malformed("truncated handle")
         (index,) = _U16.unpack_from(buf, pos)
         (address,) = _U64.unpack_from(buf, pos + 2)
@@ -189,6 +154,71 @@ def decode(
     if tag == 0x63:  # c
         return CALLABLE, pos
     raise Malformed(f"unknown value tag {tag:#x}")
+
+
+def _decode_number(buf: bytes, pos: int, tag: int) -> tuple[Any, int]:
+    """An int64 (i), an address (a) or a double (d)."""
+    if pos + 8 > len(buf):
+        raise Malformed("truncated number")
+    if tag == 0x64:
+        return _F64.unpack_from(buf, pos)[0], pos + 8
+    number = _I64.unpack_from(buf, pos)[0]
+    return (Address(number) if tag == 0x61 else number), pos + 8
+
+
+def _decode_big_integer(buf: bytes, pos: int) -> tuple[int, int]:
+    if pos >= len(buf):
+        raise Malformed("truncated big integer")
+    length = buf[pos]
+    if pos + 1 + length > len(buf):
+        raise Malformed("truncated big integer")
+    return int.from_bytes(buf[pos + 1 : pos + 1 + length], "big", signed=True), pos + 1 + length
+
+
+def _decode_bytes(buf: bytes, pos: int, tag: int) -> tuple[Any, int]:
+    """Length-prefixed bytes (b), text (s), writable (w) or pointed-to (p) bytes."""
+    end = len(buf)
+    if pos + 4 > end:
+        raise Malformed("truncated length")
+    (length,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if pos + length > end:
+        raise Malformed(f"a {length}-byte value overruns the message")
+    raw = bytes(buf[pos : pos + length])
+    pos += length
+    if tag == 0x73:
+        return raw.decode("utf-8", "surrogateescape"), pos
+    if tag == 0x77:
+        return Writable(raw), pos
+    if tag == 0x70:
+        return PointedTo(raw), pos
+    return raw, pos
+
+
+def _decode_container(
+    buf: bytes, pos: int, tag: int, make_handle: HandleMaker, depth: int
+) -> tuple[Any, int]:
+    """A counted list (l) or dict with string keys (m)."""
+    end = len(buf)
+    if pos + 4 > end:
+        raise Malformed("truncated count")
+    (count,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if count > end - pos:
+        raise Malformed(f"{count} items cannot fit in the message")
+    if tag == 0x6C:
+        items: list[Any] = []
+        for _ in range(count):
+            item, pos = decode(buf, pos, make_handle, depth + 1)
+            items.append(item)
+        return items, pos
+    mapping: dict[str, Any] = {}
+    for _ in range(count):
+        key, pos = decode(buf, pos, make_handle, depth + 1)
+        if not isinstance(key, str):
+            raise Malformed("a dict key is not a string")
+        mapping[key], pos = decode(buf, pos, make_handle, depth + 1)
+    return mapping, pos
 
 
 def decode_all(buf: bytes, pos: int, make_handle: HandleMaker = _plain_handle) -> list[Any]:

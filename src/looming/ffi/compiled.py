@@ -33,10 +33,10 @@ import cffi
 from looming.ffi.description import Bindings, Function
 from looming.ffi.dynamic import (
     CallbackErrors,
+    WrapperSource,
     callback_failed,
     callback_result,
     callback_value,
-    finish_wrapper,
     slow_converter,
 )
 from looming.ffi.errors import CompilerMissing, DescriptionError, DescriptionMismatch
@@ -45,7 +45,6 @@ from looming.ffi.library import (
     argument_error,
     check_argument,
     describe_argument,
-    parameter_names,
 )
 from looming.ffi.probe import cache_dir, find_compiler, header_hint, python_headers_present
 from looming.ffi.types import (
@@ -227,6 +226,26 @@ def pointee_array(spelling: str) -> str:
     return f"{'char' if base in ('void', '') else base}[]"
 
 
+def _result_conversion(returns: CType) -> list[str]:
+    """Statements turning the C result ``r`` (cdata) into its Python value."""
+    if isinstance(returns, CString):
+        lines = ["r = None if r == _NULL else _ffi.string(r)"]
+        if returns.as_text:
+            lines.append("r = None if r is None else r.decode('utf-8', 'surrogateescape')")
+        return lines
+    if isinstance(returns, Opaque):
+        return [
+            "r = None if r == _NULL else _CHandle(_rt, int(_ffi.cast('uintptr_t', r)), _origin, r)"
+        ]
+    if isinstance(returns, Enum):
+        return ["r = _rt.to_python(r)"]
+    if isinstance(returns, Record):
+        return [f"r = _unpack(_rt, _ffi.buffer(_ffi.new('{returns.spell()} *', r))[:], 0, _origin)"]
+    if isinstance(returns, Pointer | Buffer):
+        return ["r = None if r == _NULL else int(_ffi.cast('uintptr_t', r))"]
+    return []
+
+
 class CompiledLibrary(LinkedLibrary):
     """A description linked through a cffi extension built by the C compiler."""
 
@@ -369,13 +388,10 @@ class CompiledLibrary(LinkedLibrary):
 
         return make
 
-    def _wrap(self, function: Function) -> Callable[..., Any]:
+    def _wrapper_env(self, function: Function) -> dict[str, Any]:
         ffi = self.ffi
-        c_function = getattr(self.lib, function.name)
-        names = parameter_names(function)
-        params = ", ".join(names)
-        env: dict[str, Any] = {
-            "_c": c_function,
+        return {
+            "_c": getattr(self.lib, function.name),
             "_ffi": ffi,
             "_NULL": ffi.NULL,
             "_fn": function,
@@ -388,106 +404,84 @@ class CompiledLibrary(LinkedLibrary):
             "_unpack": unpack_value,
             "_pack_into": pack_into,
         }
-        body: list[str] = []
-        after: list[str] = []
-        exprs: list[str] = []
-        origin = self.origin
-        uses_callbacks = any(isinstance(t, Callback) for t in function.args)
-        if uses_callbacks:
-            body.append("_errors = _Errors()")
-        for i, (name, ctype) in enumerate(zip(names, function.args, strict=True)):
+
+    def _inline_argument(
+        self, wrapper: WrapperSource, i: int, name: str, ctype: CType
+    ) -> str | None:
+        """The one inline expression passing argument ``i``, for the types
+        that have one (wrong values go through ``_cv{i}``, which checks and
+        converts)."""
+        function, origin, null = wrapper.function, self.origin, self.ffi.NULL
+        env = wrapper.env
+        if isinstance(ctype, Scalar | Enum):
+            return name
+        if isinstance(ctype, CString):
+            env[f"_cv{i}"] = slow_converter(function, i, origin, lambda v: v, null=null)
+            fast = (
+                f"{name}.encode() if type({name}) is str"
+                if ctype.as_text
+                else f"{name} if type({name}) is bytes"
+            )
+            return f"({fast} else _cv{i}({name}))"
+        if isinstance(ctype, Buffer):
+            convert = self._buffer(ctype.spell())
+            env[f"_cv{i}"] = slow_converter(function, i, origin, convert, null=null)
+            return f"({name} if type({name}) is bytes else _cv{i}({name}))"
+        if isinstance(ctype, Opaque):
+            convert = self._handle_cast(ctype.spell())
+            env[f"_cv{i}"] = slow_converter(function, i, origin, convert, null=null)
+            return (
+                f"({name}.cdata if type({name}) is _CHandle and {name}.kind is _t{i} "
+                f"and {name}.origin is _origin else _cv{i}({name}))"
+            )
+        return None
+
+    def _converted_argument(self, wrapper: WrapperSource, i: int, name: str, ctype: CType) -> None:
+        """Statements converting argument ``i`` into ``c{i}`` before the call."""
+        c = f"c{i}"
+        if isinstance(ctype, Pointer):
+            wrapper.env[f"_p{i}"] = self._pointer(ctype)
+            wrapper.checked(i, name, f"{c}, _wb{i} = _p{i}({name}, _w{i})")
+            wrapper.after.append(f"if _wb{i} is not None:\n        _wb{i}()")
+        elif isinstance(ctype, Callback):
+            wrapper.env[f"_cb{i}"] = self._callback(ctype)
+            wrapper.checked(i, name, f"{c} = _cb{i}({name}, _errors)")
+        elif isinstance(ctype, Record):
+            wrapper.checked(
+                i,
+                name,
+                f"_raw{i} = bytearray({ctype.size})",
+                f"_pack_into(_t{i}, _raw{i}, 0, {name}, _w{i})",
+                f"_s{i} = _ffi.new('{ctype.spell()} *')",
+                f"_ffi.memmove(_s{i}, bytes(_raw{i}), {ctype.size})",
+                f"{c} = _s{i}[0]",
+            )
+        else:  # pragma: no cover - Function() refuses the rest
+            raise DescriptionError(f"{wrapper.function.name}: cannot pass {ctype.spell()}")
+
+    def _wrap(self, function: Function) -> Callable[..., Any]:
+        """The Python function that converts, calls and converts back."""
+        wrapper = WrapperSource(function, self._wrapper_env(function))
+        env = wrapper.env
+        for i, (name, ctype) in enumerate(zip(wrapper.names, function.args, strict=True)):
             env[f"_t{i}"] = ctype
             env[f"_w{i}"] = describe_argument(function, i)
-            c = f"c{i}"
-            # Common cases are one inline expression; the rest (and every
-            # wrong value) go through _cv{i}, which checks and converts.
-            if isinstance(ctype, Scalar | Enum):
-                exprs.append(name)
-                continue
-            if isinstance(ctype, CString):
-                env[f"_cv{i}"] = slow_converter(function, i, origin, lambda v: v, null=ffi.NULL)
-                fast = (
-                    f"{name}.encode() if type({name}) is str"
-                    if ctype.as_text
-                    else f"{name} if type({name}) is bytes"
-                )
-                exprs.append(f"({fast} else _cv{i}({name}))")
-                continue
-            if isinstance(ctype, Buffer):
-                env[f"_cv{i}"] = slow_converter(
-                    function, i, origin, self._buffer(ctype.spell()), null=ffi.NULL
-                )
-                exprs.append(f"({name} if type({name}) is bytes else _cv{i}({name}))")
-                continue
-            if isinstance(ctype, Opaque):
-                env[f"_cv{i}"] = slow_converter(
-                    function, i, origin, self._handle_cast(ctype.spell()), null=ffi.NULL
-                )
-                exprs.append(
-                    f"({name}.cdata if type({name}) is _CHandle and {name}.kind is _t{i} "
-                    f"and {name}.origin is _origin else _cv{i}({name}))"
-                )
-                continue
-            exprs.append(c)
-            if isinstance(ctype, Pointer):
-                env[f"_p{i}"] = self._pointer(ctype)
-                body.append(f"_check(_fn, {i}, {name}, _origin)")
-                body.append(f"{c}, _wb{i} = _p{i}({name}, _w{i})")
-                after.append(f"if _wb{i} is not None:\n        _wb{i}()")
-            elif isinstance(ctype, Callback):
-                env[f"_cb{i}"] = self._callback(ctype)
-                body.append(f"_check(_fn, {i}, {name}, _origin)")
-                body.append(f"{c} = _cb{i}({name}, _errors)")
-            elif isinstance(ctype, Record):
-                body.append(f"_check(_fn, {i}, {name}, _origin)")
-                body.append(f"_raw{i} = bytearray({ctype.size})")
-                body.append(f"_pack_into(_t{i}, _raw{i}, 0, {name}, _w{i})")
-                body.append(f"_s{i} = _ffi.new('{ctype.spell()} *')")
-                body.append(f"_ffi.memmove(_s{i}, bytes(_raw{i}), {ctype.size})")
-                body.append(f"{c} = _s{i}[0]")
-            else:  # pragma: no cover - Function() refuses the rest
-                raise DescriptionError(f"{function.name}: cannot pass {ctype.spell()}")
-        c_args = ", ".join(exprs)
-        trailing = "," if len(names) == 1 else ""
-        returns = function.returns
-        env["_rt"] = returns
+            # Common cases are one inline expression; the rest are statements.
+            inline = self._inline_argument(wrapper, i, name, ctype)
+            if inline is None:
+                self._converted_argument(wrapper, i, name, ctype)
+            else:
+                wrapper.exprs.append(inline)
+        env["_rt"] = function.returns
         handler = (
             f"    except (TypeError, OverflowError) as exc:\n"
-            f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
+            f"        raise _argument_error(_fn, {wrapper.arguments}, _origin, exc) from None"
         )
-        converts_result = isinstance(returns, CString | Opaque | Enum | Record | Pointer | Buffer)
-        if not (body or after or function.errno or converts_result):
-            source = f"def {function.name}({params}):\n    try:\n        return _c({c_args})\n{handler}\n"
-            return finish_wrapper(function, source, env)
-        if function.errno:
-            body.append("_ffi.errno = 0")
-        body.append(f"try:\n        r = _c({c_args})\n{handler}")
-        if function.errno:
-            body.append("_e = _ffi.errno")
-        body.extend(after)
-        if uses_callbacks:
-            body.append("if _errors.error is not None:\n        raise _errors.error")
-        if isinstance(returns, CString):
-            body.append("r = None if r == _NULL else _ffi.string(r)")
-            if returns.as_text:
-                body.append("r = None if r is None else r.decode('utf-8', 'surrogateescape')")
-        elif isinstance(returns, Opaque):
-            body.append(
-                "r = None if r == _NULL else _CHandle(_rt, int(_ffi.cast('uintptr_t', r)), _origin, r)"
-            )
-        elif isinstance(returns, Enum):
-            body.append("r = _rt.to_python(r)")
-        elif isinstance(returns, Record):
-            body.append(
-                f"r = _unpack(_rt, _ffi.buffer(_ffi.new('{returns.spell()} *', r))[:], 0, _origin)"
-            )
-        elif isinstance(returns, Pointer | Buffer):
-            body.append("r = None if r == _NULL else int(_ffi.cast('uintptr_t', r))")
-        if function.errno:
-            body.append("_lib._record_errno(_fn, r, _e)")
-        body.append("return r")
-        source = f"def {function.name}({params}):\n    " + "\n    ".join(body) + "\n"
-        return finish_wrapper(function, source, env)
+        result = _result_conversion(function.returns)
+        if wrapper.needs_no_statements(bool(result)):
+            return wrapper.define([f"try:\n        return _c({wrapper.c_args})\n{handler}"])
+        call = f"try:\n        r = _c({wrapper.c_args})\n{handler}"
+        return wrapper.finish(call, ("_ffi.errno = 0", "_ffi.errno"), result)
 
     # -- memory ------------------------------------------------------------
 

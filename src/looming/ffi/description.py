@@ -50,6 +50,43 @@ CFFI_KNOWN_TYPES = frozenset(
 ArgSpec = CType | tuple[str, CType] | Any  # Any: the Ellipsis of a variadic prototype
 
 
+def _argument(function: str, i: int, spec: ArgSpec) -> tuple[str, CType]:
+    """Argument ``i`` of ``function`` as (name, type), checked."""
+    if isinstance(spec, tuple):
+        arg_name, ctype = spec
+    else:
+        arg_name, ctype = f"arg{i}", spec
+    if not arg_name.isidentifier():
+        raise DescriptionError(f"{function}(): argument name {arg_name!r} is not an identifier")
+    if not isinstance(ctype, CType):
+        raise DescriptionError(f"{function}(): argument {i} is {ctype!r}, not a C type")
+    if isinstance(ctype, Void):
+        raise DescriptionError(f"{function}(): argument {arg_name} cannot be void")
+    if isinstance(ctype, Array):
+        raise DescriptionError(
+            f"{function}(): argument {arg_name}: arrays decay to pointers in C; use Pointer(element)"
+        )
+    if isinstance(ctype, CountedArray | Deref):
+        raise DescriptionError(
+            f"{function}(): {type(ctype).__name__} is only for callback arguments"
+        )
+    return arg_name, ctype
+
+
+def _check_policies(
+    function: str, errno: bool, error_when: str | int | None, timeout: float | None
+) -> None:
+    """Raise DescriptionError for a policy that cannot hold."""
+    if error_when is not None and not isinstance(error_when, int) and error_when not in ERROR_WHEN:
+        raise DescriptionError(f"{function}(): error_when must be an int or one of {ERROR_WHEN}")
+    if error_when is not None and not errno:
+        raise DescriptionError(
+            f"{function}(): error_when needs errno=True (the error comes from errno)"
+        )
+    if timeout is not None and not timeout > 0:
+        raise DescriptionError(f"{function}(): timeout must be a positive number of seconds")
+
+
 class Function:
     """One C function: name, typed arguments, return type and policies."""
 
@@ -78,24 +115,7 @@ class Function:
         self.arg_names: list[str] = []
         self.args: list[CType] = []
         for i, spec in enumerate(args):
-            if isinstance(spec, tuple):
-                arg_name, ctype = spec
-            else:
-                arg_name, ctype = f"arg{i}", spec
-            if not arg_name.isidentifier():
-                raise DescriptionError(f"{name}(): argument name {arg_name!r} is not an identifier")
-            if not isinstance(ctype, CType):
-                raise DescriptionError(f"{name}(): argument {i} is {ctype!r}, not a C type")
-            if isinstance(ctype, Void):
-                raise DescriptionError(f"{name}(): argument {arg_name} cannot be void")
-            if isinstance(ctype, Array):
-                raise DescriptionError(
-                    f"{name}(): argument {arg_name}: arrays decay to pointers in C; use Pointer(element)"
-                )
-            if isinstance(ctype, CountedArray | Deref):
-                raise DescriptionError(
-                    f"{name}(): {type(ctype).__name__} is only for callback arguments"
-                )
+            arg_name, ctype = _argument(name, i, spec)
             self.arg_names.append(arg_name)
             self.args.append(ctype)
         if len(set(self.arg_names)) != len(self.arg_names):
@@ -107,19 +127,8 @@ class Function:
         self.returns = returns
         self.errno = errno
         self.release_gil = release_gil
-        if (
-            error_when is not None
-            and not isinstance(error_when, int)
-            and error_when not in ERROR_WHEN
-        ):
-            raise DescriptionError(f"{name}(): error_when must be an int or one of {ERROR_WHEN}")
-        if error_when is not None and not errno:
-            raise DescriptionError(
-                f"{name}(): error_when needs errno=True (the error comes from errno)"
-            )
+        _check_policies(name, errno, error_when, timeout)
         self.error_when = error_when
-        if timeout is not None and not timeout > 0:
-            raise DescriptionError(f"{name}(): timeout must be a positive number of seconds")
         # Wall-clock seconds a call may take in the isolated backend's helper
         # (None: the library's default).
         self.timeout = timeout

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from looming.ffi.description import Bindings, Function
@@ -325,13 +326,81 @@ def callback_failed(ctype: Callback, errors: CallbackErrors, exc: BaseException)
 # -- code generation ------------------------------------------------------------
 
 
-def generate_wrapper(
-    function: Function, c_function: Any, library: LinkedLibrary
-) -> Callable[..., Any]:
-    """Build the Python function that converts, calls and converts back."""
-    names = parameter_names(function)
-    params = ", ".join(names)
-    env: dict[str, Any] = {
+@dataclass
+class WrapperSource:
+    """A generated wrapper's source, filled in argument by argument: the
+    statements before the C call, the call's argument expressions, the
+    statements after it. Shared by the dynamic and compiled backends."""
+
+    function: Function
+    env: dict[str, Any]  # the names the generated source refers to
+    names: list[str] = field(init=False)
+    body: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    exprs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.names = parameter_names(self.function)
+        if self.uses_callbacks:
+            self.body.append("_errors = _Errors()")
+
+    @property
+    def uses_callbacks(self) -> bool:
+        return any(isinstance(t, Callback) for t in self.function.args)
+
+    @property
+    def params(self) -> str:
+        return ", ".join(self.names)
+
+    @property
+    def arguments(self) -> str:
+        """The Python arguments as a tuple expression (for error messages)."""
+        trailing = "," if len(self.names) == 1 else ""
+        return f"({self.params}{trailing})"
+
+    @property
+    def c_args(self) -> str:
+        return ", ".join(self.exprs)
+
+    def checked(self, i: int, name: str, *lines: str) -> None:
+        """Argument ``i`` checked, then converted into ``c{i}`` by ``lines``."""
+        self.exprs.append(f"c{i}")
+        self.body.append(f"_check(_fn, {i}, {name}, _origin)")
+        self.body.extend(lines)
+
+    def needs_no_statements(self, converts_result: bool) -> bool:
+        """Whether the wrapper can be the C call alone (the fast path)."""
+        return not (self.body or self.after or self.function.errno or converts_result)
+
+    def define(self, lines: list[str]) -> Callable[..., Any]:
+        """The wrapper whose body is ``lines``, compiled."""
+        body = "\n    ".join(lines)
+        source = f"def {self.function.name}({self.params}):\n    {body}\n"
+        return finish_wrapper(self.function, source, self.env)
+
+    def finish(self, call: str, errno: tuple[str, str], result: list[str]) -> Callable[..., Any]:
+        """The wrapper: ``call`` (which sets ``r``) between errno's reset and
+        read (``errno``, when the function keeps errno), then the
+        write-backs, a callback's exception, ``result`` (converting ``r``)."""
+        body = self.body
+        keeps_errno = self.function.errno
+        if keeps_errno:
+            body.append(errno[0])
+        body.append(call)
+        if keeps_errno:
+            body.append(f"_e = {errno[1]}")
+        body.extend(self.after)
+        if self.uses_callbacks:
+            body.append("if _errors.error is not None:\n        raise _errors.error")
+        body.extend(result)
+        if keeps_errno:
+            body.append("_lib._record_errno(_fn, r, _e)")
+        body.append("return r")
+        return self.define(body)
+
+
+def _wrapper_env(function: Function, c_function: Any, library: LinkedLibrary) -> dict[str, Any]:
+    return {
         "_c": c_function,
         "_fn": function,
         "_lib": library,
@@ -350,119 +419,128 @@ def generate_wrapper(
         "_pack_into": pack_into,
         "_Handle": Handle,
     }
-    body: list[str] = []
-    after: list[str] = []
-    exprs: list[str] = []
+
+
+def _inline_argument(
+    wrapper: WrapperSource, i: int, name: str, ctype: CType, origin: object
+) -> str | None:
+    """The one inline expression passing argument ``i``, for the types that
+    have one (wrong values go through ``_cv{i}``, which checks and converts)."""
+    function = wrapper.function
+    env = wrapper.env
+    if isinstance(ctype, Scalar | Enum):
+        return name
+    if isinstance(ctype, CString):
+        env[f"_cv{i}"] = slow_converter(function, i, origin, lambda v: v)
+        fast = (
+            f"{name}.encode() if type({name}) is str"
+            if ctype.as_text
+            else f"{name} if type({name}) is bytes"
+        )
+        return f"({fast} else _cv{i}({name}))"
+    if isinstance(ctype, Buffer):
+        # ctypes takes bytes and None for a char * parameter as they are;
+        # anything else it refuses before calling, and the call is retried
+        # with the argument converted (see retry_converted).
+        env[f"_cv{i}"] = slow_converter(function, i, origin, buffer_argument)
+        return name
+    if isinstance(ctype, Opaque):
+        env[f"_cv{i}"] = slow_converter(function, i, origin, lambda v: v.address)
+        return (
+            f"({name}.address if type({name}) is _Handle and {name}.kind is _t{i} "
+            f"and {name}.origin is _origin else _cv{i}({name}))"
+        )
+    return None
+
+
+def _converted_argument(wrapper: WrapperSource, i: int, name: str, ctype: CType) -> None:
+    """Statements converting argument ``i`` into ``c{i}`` before the call."""
+    c = f"c{i}"
+    if isinstance(ctype, Pointer):
+        wrapper.checked(
+            i,
+            name,
+            f"if {name} is None or isinstance({name}, _Memory):\n"
+            f"        _p{i} = None\n        {c} = None if {name} is None else {name}.address\n"
+            f"    else:\n        _p{i} = _Pointer(_t{i}.target, {name}, _w{i}, _origin)\n"
+            f"        {c} = _p{i}.address",
+        )
+        wrapper.after.append(f"if _p{i} is not None:\n        _p{i}.write_back()")
+    elif isinstance(ctype, Callback):
+        wrapper.checked(i, name, f"{c} = _callback(_t{i}, {name}, _errors, _origin)")
+    elif isinstance(ctype, Record):
+        wrapper.env[f"_R{i}"] = ctypes_record(ctype)
+        wrapper.checked(
+            i,
+            name,
+            f"_raw{i} = bytearray({ctype.size})",
+            f"_pack_into(_t{i}, _raw{i}, 0, {name}, _w{i})",
+            f"{c} = _R{i}.from_buffer_copy(_raw{i})",
+        )
+    else:  # pragma: no cover - Function() refuses the rest
+        raise DescriptionError(f"{wrapper.function.name}: cannot pass {ctype.spell()}")
+
+
+def _call_block(wrapper: WrapperSource, target: str, retries: bool) -> str:
+    """The C call, its result given to ``target``; arguments ctypes refuses
+    become a named TypeError."""
+    refused = (
+        f"    except (_ArgumentError, TypeError) as exc:\n"
+        f"        raise _argument_error(_fn, {wrapper.arguments}, _origin, exc) from None"
+    )
+    if retries:
+        # A buffer ctypes refused (a bytearray, a Memory) is converted and
+        # the call made then: ctypes refuses before calling, so C runs once.
+        refused = (
+            f"    except _ArgumentError:\n"
+            f"        {target}_retry([{wrapper.c_args}], {wrapper.arguments})\n" + refused
+        )
+    return f"try:\n        {target}_c({wrapper.c_args})\n{refused}"
+
+
+def _result_conversion(returns: CType) -> list[str]:
+    """Statements turning the C result ``r`` into its Python value."""
+    if isinstance(returns, CString) and returns.as_text:
+        return ["r = None if r is None else r.decode('utf-8', 'surrogateescape')"]
+    if isinstance(returns, Opaque):
+        return ["r = None if not r else _Handle(_rt, r, _origin)"]
+    if isinstance(returns, Enum):
+        return ["r = _rt.to_python(r)"]
+    if isinstance(returns, Record):
+        return ["r = _unpack(_rt, bytes(r), 0, _origin)"]
+    if isinstance(returns, Pointer | Buffer):
+        return ["r = r or None"]
+    return []
+
+
+def generate_wrapper(
+    function: Function, c_function: Any, library: LinkedLibrary
+) -> Callable[..., Any]:
+    """Build the Python function that converts, calls and converts back."""
+    wrapper = WrapperSource(function, _wrapper_env(function, c_function, library))
+    env = wrapper.env
     retry: dict[int, Callable[[Any], Any]] = {}
-    uses_callbacks = any(isinstance(t, Callback) for t in function.args)
-    if uses_callbacks:
-        body.append("_errors = _Errors()")
-    for i, (name, ctype) in enumerate(zip(names, function.args, strict=True)):
+    for i, (name, ctype) in enumerate(zip(wrapper.names, function.args, strict=True)):
         env[f"_t{i}"] = ctype
-        what = describe_argument(function, i)
-        env[f"_w{i}"] = what
-        c = f"c{i}"
-        # Common cases are one inline expression; the rest (and every wrong
-        # value) go through _cv{i}, which checks and converts.
-        if isinstance(ctype, Scalar | Enum):
-            exprs.append(name)
+        env[f"_w{i}"] = describe_argument(function, i)
+        # Common cases are one inline expression; the rest are statements.
+        inline = _inline_argument(wrapper, i, name, ctype, library.origin)
+        if inline is None:
+            _converted_argument(wrapper, i, name, ctype)
             continue
-        if isinstance(ctype, CString):
-            env[f"_cv{i}"] = slow_converter(function, i, library.origin, lambda v: v)
-            fast = (
-                f"{name}.encode() if type({name}) is str"
-                if ctype.as_text
-                else f"{name} if type({name}) is bytes"
-            )
-            exprs.append(f"({fast} else _cv{i}({name}))")
-            continue
+        wrapper.exprs.append(inline)
         if isinstance(ctype, Buffer):
-            env[f"_cv{i}"] = slow_converter(function, i, library.origin, buffer_argument)
-            # ctypes takes bytes and None for a char * parameter as they are;
-            # anything else it refuses before calling, and the call is retried
-            # with the argument converted (see retry_converted).
-            exprs.append(name)
             retry[i] = env[f"_cv{i}"]
-            continue
-        if isinstance(ctype, Opaque):
-            env[f"_cv{i}"] = slow_converter(function, i, library.origin, lambda v: v.address)
-            exprs.append(
-                f"({name}.address if type({name}) is _Handle and {name}.kind is _t{i} "
-                f"and {name}.origin is _origin else _cv{i}({name}))"
-            )
-            continue
-        exprs.append(c)
-        if isinstance(ctype, Pointer):
-            body.append(f"_check(_fn, {i}, {name}, _origin)")
-            body.append(
-                f"if {name} is None or isinstance({name}, _Memory):\n"
-                f"        _p{i} = None\n        {c} = None if {name} is None else {name}.address\n"
-                f"    else:\n        _p{i} = _Pointer(_t{i}.target, {name}, _w{i}, _origin)\n"
-                f"        {c} = _p{i}.address"
-            )
-            after.append(f"if _p{i} is not None:\n        _p{i}.write_back()")
-        elif isinstance(ctype, Callback):
-            body.append(f"_check(_fn, {i}, {name}, _origin)")
-            body.append(f"{c} = _callback(_t{i}, {name}, _errors, _origin)")
-        elif isinstance(ctype, Record):
-            env[f"_R{i}"] = ctypes_record(ctype)
-            body.append(f"_check(_fn, {i}, {name}, _origin)")
-            body.append(f"_raw{i} = bytearray({ctype.size})")
-            body.append(f"_pack_into(_t{i}, _raw{i}, 0, {name}, _w{i})")
-            body.append(f"{c} = _R{i}.from_buffer_copy(_raw{i})")
-        else:  # pragma: no cover - Function() refuses the rest
-            raise DescriptionError(f"{function.name}: cannot pass {ctype.spell()}")
-    c_args = ", ".join(exprs)
-    trailing = "," if len(names) == 1 else ""
     returns = function.returns
     env["_rt"] = returns
-    converts_result = isinstance(returns, Opaque | Enum | Record | Pointer | Buffer) or (
-        isinstance(returns, CString) and returns.as_text
-    )
-
-    def call_block(target: str) -> str:
-        refused = (
-            f"    except (_ArgumentError, TypeError) as exc:\n"
-            f"        raise _argument_error(_fn, ({params}{trailing}), _origin, exc) from None"
-        )
-        if retry:
-            # A buffer ctypes refused (a bytearray, a Memory) is converted and
-            # the call made then: ctypes refuses before calling, so C runs once.
-            refused = (
-                f"    except _ArgumentError:\n"
-                f"        {target}_retry([{c_args}], ({params}{trailing}))\n" + refused
-            )
-        return f"try:\n        {target}_c({c_args})\n{refused}"
-
     if retry:
         env["_retry"] = retry_converted(function, c_function, retry, library.origin)
-    if not (body or after or function.errno or converts_result):
+    result = _result_conversion(returns)
+    if wrapper.needs_no_statements(bool(result)):
         # The fast path: nothing to do after the call.
-        source = f"def {function.name}({params}):\n    {call_block('return ')}\n"
-        return finish_wrapper(function, source, env)
-    if function.errno:
-        body.append("_set_errno(0)")
-    body.append(call_block("r = "))
-    if function.errno:
-        body.append("_e = _get_errno()")
-    body.extend(after)
-    if uses_callbacks:
-        body.append("if _errors.error is not None:\n        raise _errors.error")
-    if isinstance(returns, CString) and returns.as_text:
-        body.append("r = None if r is None else r.decode('utf-8', 'surrogateescape')")
-    elif isinstance(returns, Opaque):
-        body.append("r = None if not r else _Handle(_rt, r, _origin)")
-    elif isinstance(returns, Enum):
-        body.append("r = _rt.to_python(r)")
-    elif isinstance(returns, Record):
-        body.append("r = _unpack(_rt, bytes(r), 0, _origin)")
-    elif isinstance(returns, Pointer | Buffer):
-        body.append("r = r or None")
-    if function.errno:
-        body.append("_lib._record_errno(_fn, r, _e)")
-    body.append("return r")
-    source = f"def {function.name}({params}):\n    " + "\n    ".join(body) + "\n"
-    return finish_wrapper(function, source, env)
+        return wrapper.define([_call_block(wrapper, "return ", bool(retry))])
+    errno = ("_set_errno(0)", "_get_errno()")
+    return wrapper.finish(_call_block(wrapper, "r = ", bool(retry)), errno, result)
 
 
 def finish_wrapper(function: Function, source: str, env: dict[str, Any]) -> Callable[..., Any]:

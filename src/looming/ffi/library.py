@@ -240,63 +240,65 @@ def check_argument(function: Function, index: int, value: Any, origin: object) -
     """Raise TypeError naming the argument when ``value`` cannot be a ``ctype``."""
     ctype = function.args[index]
     what = describe_argument(function, index)
-    expected = python_type_name(ctype)
+    if isinstance(ctype, Buffer | Opaque | Pointer):
+        wrong = _wrong_reference(ctype, value, origin, what)
+    else:
+        wrong = _wrong_value(ctype, value, what)
+    if wrong:
+        raise TypeError(f"{what}: expected {python_type_name(ctype)}, got {type(value).__name__}")
 
-    def wrong() -> TypeError:
-        return TypeError(f"{what}: expected {expected}, got {type(value).__name__}")
 
+def _wrong_value(ctype: CType, value: Any, what: str) -> bool:
+    """Whether ``value`` is of the wrong kind for a type passed by value
+    (other faults, a NUL inside a string or a number out of range, raise)."""
     if isinstance(ctype, Scalar):
         if (
             isinstance(value, str | bytes | bytearray | float | type(None))
             and ctype.kind != "float"
         ):
-            raise wrong()
+            return True
         check_scalar(ctype, value, what)
-    elif isinstance(ctype, Enum):
-        if not isinstance(value, int):
-            raise wrong()
-    elif isinstance(ctype, CString):
+        return False
+    if isinstance(ctype, Enum):
+        return not isinstance(value, int)
+    if isinstance(ctype, CString):
         if value is not None and not isinstance(value, str if ctype.as_text else bytes):
-            raise wrong()
+            return True
         if value is not None and ("\0" in value if ctype.as_text else b"\0" in value):
             raise ValueError(f"{what}: embedded NUL character")
-    elif isinstance(ctype, Buffer):
-        if value is not None and not isinstance(
-            value, bytes | bytearray | memoryview | Memory | int
-        ):
-            raise wrong()
-        if isinstance(value, bool):
-            raise wrong()
-        if isinstance(value, Memory) and value.origin is not origin:
-            raise TypeError(f"{what}: this memory belongs to another library or helper")
-    elif isinstance(ctype, Opaque):
-        if value is None:
-            return
+        return False
+    if isinstance(ctype, Callback):
+        return value is not None and not callable(value)
+    if isinstance(ctype, Record):
+        return not isinstance(value, dict | bytes)
+    return isinstance(ctype, Void)
+
+
+def _wrong_reference(
+    ctype: Buffer | Opaque | Pointer, value: Any, origin: object, what: str
+) -> bool:
+    """Whether ``value`` is of the wrong kind for a type passed by address;
+    raises for memory or a handle of another library (``origin``)."""
+    if value is None:
+        return False
+    if isinstance(ctype, Opaque):
         if not isinstance(value, Handle) or value.kind is not ctype:
             got = f"a {value.kind.c} handle" if isinstance(value, Handle) else type(value).__name__
-            raise TypeError(f"{what}: expected {expected}, got {got}")
+            raise TypeError(f"{what}: expected {python_type_name(ctype)}, got {got}")
         if value.origin is not origin:
             raise TypeError(f"{what}: this handle belongs to another library or helper")
-    elif isinstance(ctype, Pointer):
-        if value is None:
-            return
-        if isinstance(value, Memory):
-            if value.origin is not origin:
-                raise TypeError(f"{what}: this memory belongs to another library or helper")
-            return
-        if isinstance(value, Ref | list):
-            return
-        if isinstance(value, dict) and isinstance(ctype.target, Record):
-            return
-        raise wrong()
-    elif isinstance(ctype, Callback):
-        if value is not None and not callable(value):
-            raise wrong()
-    elif isinstance(ctype, Record):
-        if not isinstance(value, dict | bytes):
-            raise wrong()
-    elif isinstance(ctype, Void):
-        raise wrong()
+        return False
+    if isinstance(value, Memory):
+        if value.origin is not origin:
+            raise TypeError(f"{what}: this memory belongs to another library or helper")
+        return False
+    if isinstance(ctype, Buffer):
+        return not isinstance(value, bytes | bytearray | memoryview | int) or isinstance(
+            value, bool
+        )
+    if isinstance(value, Ref | list):
+        return False
+    return not (isinstance(value, dict) and isinstance(ctype.target, Record))
 
 
 def argument_error(

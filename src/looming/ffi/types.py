@@ -618,57 +618,71 @@ def pack_into(ctype: CType, buf: bytearray, offset: int, value: Any, what: str) 
             raise TypeError(f"{what}: {len(value)} bytes given for the {ctype.size}-byte {ctype.c}")
         buf[offset : offset + ctype.size] = value
     elif isinstance(ctype, Struct):
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{what}: expected a dict for {ctype.c}, got {type(value).__name__}")
-        unknown = set(value) - set(ctype.by_name)
-        if unknown:
-            raise TypeError(f"{what}: {ctype.c} has no field(s) {sorted(unknown)}")
-        for field in ctype.fields:
-            if field.name in value:
-                pack_into(
-                    field.ctype,
-                    buf,
-                    offset + field.offset,
-                    value[field.name],
-                    f"{what}.{field.name}",
-                )
+        _pack_struct(ctype, buf, offset, value, what)
     elif isinstance(ctype, Union):
-        if isinstance(value, Mapping) and len(value) > 1 and set(value) == set(ctype.by_name):
-            # Every member, as read back from memory: the largest one holds
-            # all the bytes, so packing it alone writes the union back as it was.
-            largest = max(ctype.fields, key=lambda f: f.ctype.size)
-            value = {largest.name: value[largest.name]}
-        if not isinstance(value, Mapping) or len(value) != 1:
-            raise TypeError(f"{what}: expected a dict with one member of {ctype.c}")
-        for name, member_value in value.items():
-            member = ctype.by_name.get(name)
-            if member is None:
-                raise TypeError(f"{what}: {ctype.c} has no member {name!r}")
-            pack_into(member.ctype, buf, offset, member_value, f"{what}.{name}")
+        _pack_union(ctype, buf, offset, value, what)
     elif isinstance(ctype, Array):
-        if isinstance(value, bytes | bytearray) and ctype.element.size == 1:
-            if len(value) > ctype.length:
-                raise TypeError(f"{what}: {len(value)} bytes do not fit in {ctype.length}")
-            buf[offset : offset + len(value)] = value
-            return
-        if not isinstance(value, Sequence) or len(value) > ctype.length:
-            raise TypeError(f"{what}: expected a sequence of at most {ctype.length} elements")
-        for i, element in enumerate(value):
-            pack_into(ctype.element, buf, offset + i * ctype.element.size, element, f"{what}[{i}]")
-    elif isinstance(ctype, Callback):
+        _pack_array(ctype, buf, offset, value, what)
+    else:
+        _pack_address(ctype, buf, offset, value, what)
+
+
+def _pack_struct(ctype: Struct, buf: bytearray, offset: int, value: Any, what: str) -> None:
+    """The fields ``value`` (a dict) names; the others' bytes stay as they are."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what}: expected a dict for {ctype.c}, got {type(value).__name__}")
+    unknown = set(value) - set(ctype.by_name)
+    if unknown:
+        raise TypeError(f"{what}: {ctype.c} has no field(s) {sorted(unknown)}")
+    for field in ctype.fields:
+        if field.name in value:
+            pack_into(
+                field.ctype, buf, offset + field.offset, value[field.name], f"{what}.{field.name}"
+            )
+
+
+def _pack_union(ctype: Union, buf: bytearray, offset: int, value: Any, what: str) -> None:
+    """The one member ``value`` (a dict) names."""
+    if isinstance(value, Mapping) and len(value) > 1 and set(value) == set(ctype.by_name):
+        # Every member, as read back from memory: the largest one holds
+        # all the bytes, so packing it alone writes the union back as it was.
+        largest = max(ctype.fields, key=lambda f: f.ctype.size)
+        value = {largest.name: value[largest.name]}
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise TypeError(f"{what}: expected a dict with one member of {ctype.c}")
+    for name, member_value in value.items():
+        member = ctype.by_name.get(name)
+        if member is None:
+            raise TypeError(f"{what}: {ctype.c} has no member {name!r}")
+        pack_into(member.ctype, buf, offset, member_value, f"{what}.{name}")
+
+
+def _pack_array(ctype: Array, buf: bytearray, offset: int, value: Any, what: str) -> None:
+    """Bytes into an array of bytes, else up to ``ctype.length`` elements."""
+    if isinstance(value, bytes | bytearray) and ctype.element.size == 1:
+        if len(value) > ctype.length:
+            raise TypeError(f"{what}: {len(value)} bytes do not fit in {ctype.length}")
+        buf[offset : offset + len(value)] = value
+        return
+    if not isinstance(value, Sequence) or len(value) > ctype.length:
+        raise TypeError(f"{what}: expected a sequence of at most {ctype.length} elements")
+    for i, element in enumerate(value):
+        pack_into(ctype.element, buf, offset + i * ctype.element.size, element, f"{what}[{i}]")
+
+
+def _pack_address(ctype: CType, buf: bytearray, offset: int, value: Any, what: str) -> None:
+    """A pointer-sized field: a callback, a handle, a pointer, a buffer or a string."""
+    if isinstance(ctype, Callback):
         if callable(value):
             raise TypeError(
                 f"{what}: a Python callable cannot be stored in memory; pass it as an argument"
             )
-        struct.pack_into(POINTER_FORMAT, buf, offset, _address_of(value, what))
     elif isinstance(ctype, Opaque):
         if value is not None and not isinstance(value, Handle | int):
             raise TypeError(f"{what}: expected a {ctype.c} handle, got {type(value).__name__}")
-        struct.pack_into(POINTER_FORMAT, buf, offset, _address_of(value, what))
-    elif isinstance(ctype, Pointer | Buffer | CString | CountedArray | Deref):
-        struct.pack_into(POINTER_FORMAT, buf, offset, _address_of(value, what))
-    else:
+    elif not isinstance(ctype, Pointer | Buffer | CString | CountedArray | Deref):
         raise TypeError(f"{what}: cannot store a {ctype.spell()}")
+    struct.pack_into(POINTER_FORMAT, buf, offset, _address_of(value, what))
 
 
 def unpack_value(ctype: CType, buf: bytes, offset: int, origin: object = None) -> Any:
