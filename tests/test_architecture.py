@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +60,6 @@ SHELLS = frozenset(
 # its reason. A violation is let through only when its chain takes one of these
 # edges, so any new path to I/O still fails. This list only shrinks.
 ALLOWED: dict[tuple[str, str], str] = {
-    # tls/config.py:21,33: with no Random or Clock given, TlsConfig falls back
-    # to the host's (UnixRandom reads os.urandom, UnixClock time.time); the
-    # defaults belong in the shells that build a config.
-    ("looming.tls.config", "looming.unix.random"): "default Random device",
-    ("looming.tls.config", "looming.unix.clock"): "default Clock device",
     # tls/certs.py:64: CertifiedKey.from_pem_files reads files through keyload.
     ("looming.tls.certs", "looming.tls.keyload"): "PEM files read by a core class",
     # tls/engine.py:31: the engine takes LABELS_13 and key_log_line from keylog,
@@ -290,3 +286,74 @@ def test_allow_list_lets_through_only_its_own_edges() -> None:
     assert not allowed(via_messages)
     direct = Violation("looming.tls.engine", ("looming.tls.engine",), "time", "engine.py:1")
     assert not allowed(direct)
+
+
+# Host devices only where a host program starts: DESIGN.md's fourth idea. Time,
+# clock and randomness reach library code as devices passed in; a module
+# outside looming.unix that imported it could fall back to the host's and a
+# simulation would silently read the real clock. These modules are programs
+# of the host (or take nothing but data from looming.unix), each with why.
+HOST_ENTRY_POINTS: dict[str, str] = {
+    "looming.store.cli": "the `looming store` command",
+    "looming.store.http": "`looming store serve`: host sockets, the host's random for HTTPS",
+    "looming.tls.cli": "the `looming tls` command",
+    "looming.ffi.helper": "the isolated library's helper, a host process of its own",
+    "looming.config.build": "the build tool: the kv_ro manifest format, no device",
+    "looming.sim.node": "kv_ro crunched into a node's artifact: read-only data, no device",
+}
+HOST_DEVICE_CLASS = re.compile(r"^Unix(Time|Clock|Random|Console)$")
+
+
+def host_device_uses(path: Path, src: Path) -> list[str]:
+    """Where ``path`` imports looming.unix or constructs a host device, as file:line."""
+    found = [
+        f"{path}:{line} imports {name}"
+        for name, line in imports_of(path, src)
+        if name == "looming.unix" or name.startswith("looming.unix.")
+    ]
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if HOST_DEVICE_CLASS.match(called):
+                found.append(f"{path}:{node.lineno} constructs {called}")
+    return found
+
+
+def host_device_violations(src: Path) -> dict[str, list[str]]:
+    """Each module outside looming.unix that reaches for host devices."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((src / "looming").rglob("*.py")):
+        name = module_name(path, src)
+        if name == "looming.unix" or name.startswith("looming.unix."):
+            continue
+        uses = host_device_uses(path, src)
+        if uses:
+            found[name] = uses
+    return found
+
+
+def test_host_devices_only_at_host_entry_points() -> None:
+    found = host_device_violations(SRC)
+    bad = {name: uses for name, uses in found.items() if name not in HOST_ENTRY_POINTS}
+    assert not bad, (
+        "pass the Time, Clock or Random device in instead of reaching for the host's:\n"
+        + "\n".join(use for uses in bad.values() for use in uses)
+    )
+    stale = sorted(set(HOST_ENTRY_POINTS) - set(found))
+    assert not stale, f"remove from HOST_ENTRY_POINTS: {stale}"
+
+
+def test_host_device_check_finds_imports_and_constructions(tmp_path: Path) -> None:
+    pkg = tmp_path / "looming"
+    (pkg / "unix").mkdir(parents=True)
+    for name in ("__init__.py", "unix/__init__.py", "unix/clock.py"):
+        (pkg / name).write_text("")
+    (pkg / "quiet.py").write_text("from looming.devices import Clock\n")
+    (pkg / "lazy.py").write_text("def f():\n    from looming.unix.clock import UnixClock\n")
+    (pkg / "sneaky.py").write_text("import looming\nc = looming.unix.clock.UnixClock()\n")
+    (pkg / "unix" / "own.py").write_text("from looming.unix.clock import UnixClock\n")
+    found = host_device_violations(tmp_path)
+    assert sorted(found) == ["looming.lazy", "looming.sneaky"]
+    assert found["looming.lazy"][0].endswith("lazy.py:2 imports looming.unix.clock")
+    assert found["looming.sneaky"] == [f"{pkg / 'sneaky.py'}:2 constructs UnixClock"]
