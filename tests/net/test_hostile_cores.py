@@ -180,7 +180,9 @@ def test_syns_beyond_the_rate_are_dropped_before_parsing() -> None:
     clock = StoppedClock()
     ethernet = EthernetLayer(MemorySwitch().port(), time=clock, syn_rate=1000, syn_burst=100)  # type: ignore[arg-type]
     delivered: list[bytes] = []
-    ethernet.register(0x0800, lambda source, destination, payload: delivered.append(payload))
+    ethernet.register(
+        0x0800, lambda source, destination, payload, verified: delivered.append(payload)
+    )
 
     def frame(flags: int) -> bytes:
         segment = dpkt.tcp.TCP(sport=1000, dport=80, flags=flags)

@@ -101,7 +101,7 @@ def test_tcp_takes_only_errors_about_its_own_unacknowledged_data(
         # Unacknowledged data in flight (Linux's ACKs are lost on the way
         # back for a moment), and an error quoting it: believed. (A router
         # reports a 1000-byte path for a 1500-byte datagram.)
-        stack.ipv4.register(IpProtocol.TCP, lambda source, destination, segment: None)
+        stack.ipv4.register(IpProtocol.TCP, lambda packet, segment: None)
         flow.set_nodelay(True)
         await flow.write(b"b" * 50_000)
         await inject(kernel_peer, stack, frag_needed(conn.snd_una, 1000))
@@ -110,7 +110,7 @@ def test_tcp_takes_only_errors_about_its_own_unacknowledged_data(
         assert conn.path_mss == 1000 - 40
         # A soft error on an established connection changes nothing but the
         # note (again quoting data in flight while ACKs are lost).
-        stack.ipv4.register(IpProtocol.TCP, lambda source, destination, segment: None)
+        stack.ipv4.register(IpProtocol.TCP, lambda packet, segment: None)
         await flow.write(b"d" * 3000)
         await inject(
             kernel_peer,

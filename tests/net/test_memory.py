@@ -129,7 +129,7 @@ def test_gateway_route_uses_the_gateway_mac() -> None:
         client = await DirectStack.connect(
             switch.port(), random=UnixRandom(2), address=B, gateway=A.ip, **common
         )
-        gateway.ethernet.register(0x0800, lambda src, dst, payload: seen.append(payload))
+        gateway.ethernet.register(0x0800, lambda src, dst, payload, verified: seen.append(payload))
         await client.udp.send("192.168.7.7", 9, b"via the gateway")
         await settle()
         header, _ = ipv4.parse(seen[0])
@@ -342,7 +342,10 @@ def test_a_partial_tcp_checksum_is_finished_when_nothing_offloads_it() -> None:
         arrived: asyncio.Queue[tuple[IPv4Address, IPv4Address, bytes]] = asyncio.Queue()
         for stack in (a, b):
             stack.ipv4.register(
-                6, lambda src, dst, segment: arrived.put_nowait((src, dst, segment))
+                6,
+                lambda packet, segment: arrived.put_nowait(
+                    (packet.source, packet.destination, segment)
+                ),
             )
         header = tcp.TcpHeader(40000, 80, 1, 1, tcp.ACK, 1000)
         for destination in (B.ip, A.ip):

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from looming.devices.net import ReceivedPacket
 from looming.devices.stack import Datagram, TcpFlow
 from looming.net.netif.tap import TapNetwork
 from looming.net.stack import DirectStack
@@ -100,7 +101,7 @@ def test_one_tso_packet_reaches_the_kernel_as_segments(kernel_peer: KernelPeer) 
         local, remote = stack.addresses()[0].ip, kernel_peer.peer_address
         segments: asyncio.Queue[tcp.TcpHeader] = asyncio.Queue()
 
-        def on_segment(source: IPv4Address, destination: IPv4Address, data: bytes) -> None:
+        def on_segment(packet: ReceivedPacket[IPv4Address], data: bytes) -> None:
             segments.put_nowait(tcp.parse(data)[0])
 
         stack.ipv4.register(6, on_segment)  # looming's TCP stays out of this one

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
-Handler = Callable[[IPv4Address, IPv4Address, bytes], None]
+from looming.devices.net import ReceivedPacket
+
+Handler = Callable[[ReceivedPacket[IPv4Address], bytes], None]
 
 
 @dataclass
@@ -56,6 +58,15 @@ class WireIpv4:
         # Like Ipv4.mtu: the largest IP payload (an Ethernet MTU of 1500 less 20).
         return self._mtu
 
+    def segment_limit(self, destination: IPv4Address) -> int:
+        # No segmentation offload on the test wire: one packet, one segment.
+        return self._mtu
+
+    def lower_path_mtu(
+        self, destination: IPv4Address, mtu: int, original_length: int
+    ) -> int | None:
+        return None  # the wire's MTU is fixed
+
     def register(self, protocol: int, handler: Handler) -> None:
         self.handlers[protocol] = handler
 
@@ -71,7 +82,10 @@ class WireIpv4:
         ttl: int = 64,
         dont_fragment: bool = False,
         tos: int = 0,
+        segment_size: int | None = None,
     ) -> None:
+        if segment_size is not None:
+            raise ValueError("the test wire does not segment: segment_limit() is its MTU")
         if self.record:
             self.sent.append((destination, payload))
         peer = self.peer
@@ -98,14 +112,16 @@ class WireIpv4:
                 delay += faults.reorder_delay_s
             faults.delivered += 1
             if delay:
-                loop.call_later(delay, peer.deliver, protocol, self.address, destination, data)
+                loop.call_later(delay, peer.deliver, protocol, self.address, destination, data, tos)
             else:
-                loop.call_soon(peer.deliver, protocol, self.address, destination, data)
+                loop.call_soon(peer.deliver, protocol, self.address, destination, data, tos)
 
-    def deliver(self, protocol: int, src: IPv4Address, dst: IPv4Address, data: bytes) -> None:
+    def deliver(
+        self, protocol: int, src: IPv4Address, dst: IPv4Address, data: bytes, tos: int = 0
+    ) -> None:
         handler = self.handlers.get(protocol)
         if handler is not None:
-            handler(src, dst, data)
+            handler(ReceivedPacket(src, dst, protocol, 64, tos, False, b""), data)
 
 
 def wire_pair(faults: Faults | None = None, *, mtu: int = 1480) -> tuple[WireIpv4, WireIpv4]:

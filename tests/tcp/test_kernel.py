@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from looming.devices.net import IpProtocol
+from looming.devices.net import IpProtocol, ReceivedPacket
 from looming.errors import ConnectionRefused, ConnectionReset
 from looming.net.netif.tap import TapNetwork
 from looming.net.stack import DirectStack
@@ -104,11 +104,11 @@ def test_looming_client_to_kernel_server(kernel_peer: KernelPeer) -> None:
         syn_acks: list[TcpHeader] = []
         deliver = tcp.input
 
-        def watch(src: IPv4Address, dst: IPv4Address, payload: bytes) -> None:
+        def watch(packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
             header, _ = wire.parse(payload)
             if header.syn:
                 syn_acks.append(header)
-            deliver(src, dst, payload)
+            deliver(packet, payload)
 
         stack.ipv4.register(IpProtocol.TCP, watch)
         flow = await tcp.connect(kernel_peer.peer_address, 5001, timeout=10)
@@ -257,9 +257,9 @@ def test_bulk_under_loss_on_loomings_side(kernel_peer: KernelPeer) -> None:
         ipv4 = stack.ipv4
         deliver = tcp.input
 
-        def lossy_input(src: IPv4Address, dst: IPv4Address, payload: bytes) -> None:
+        def lossy_input(packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
             if rng.random() >= 0.03:
-                deliver(src, dst, payload)
+                deliver(packet, payload)
 
         ipv4.register(IpProtocol.TCP, lossy_input)
         original_write = ipv4.write

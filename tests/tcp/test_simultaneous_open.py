@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import replace
 
 import pytest
 
-from looming.devices.net import FrameHandler, MacAddress, Network, NetworkStats
+from looming.devices.net import Capabilities, FrameHandler, MacAddress, Network, NetworkStats
 from looming.net.stack import DirectStack
 from looming.net.tcp import State
 from looming.net.wire import ethernet, ipv4
@@ -80,6 +81,11 @@ class CrossingNetwork:
     def mtu(self) -> int:
         return self.inner.mtu
 
+    @property
+    def capabilities(self) -> Capabilities:
+        # Held frames go through write() only: no segmentation offload.
+        return replace(self.inner.capabilities, tx_checksum=False, segmentation=0)
+
     def stats(self) -> NetworkStats:
         return self.inner.stats()
 
@@ -104,11 +110,11 @@ class CrossingNetwork:
             self.held.clear()
 
     async def listen(self, handler: FrameHandler) -> None:
-        def observe(frame: bytes) -> None:
+        def observe(frame: bytes, checksum_verified: bool = False, /) -> None:
             parsed = tcp_flags_and_ports(frame)
             if parsed is not None and parsed[1] == self.port:
                 self.received.append(parsed[0])
-            handler(frame)
+            handler(frame, checksum_verified)
 
         await self.inner.listen(observe)
 

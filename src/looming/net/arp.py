@@ -368,7 +368,9 @@ class ArpLayer:
             self.counters["tx_reply"] += 1
             self._queue_frame(packet.sender_mac, (EthernetProtocol.ARP, wire.emit(reply), None))
 
-    def _on_frame(self, source: MacAddress, destination: MacAddress, payload: bytes) -> None:
+    def _on_frame(
+        self, source: MacAddress, destination: MacAddress, payload: bytes, _verified: bool
+    ) -> None:
         self.input(payload)
 
     # -- sending -------------------------------------------------------------

@@ -4,8 +4,15 @@ demultiplexing by EtherType."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
-from looming.devices.net import EthernetHandler, MacAddress, Network
+from looming.devices.net import (
+    Capabilities,
+    EthernetHandler,
+    MacAddress,
+    Network,
+    SegmentingNetwork,
+)
 from looming.devices.time import Time
 from looming.errors import Malformed
 from looming.net.wire import ethernet as wire
@@ -31,6 +38,16 @@ class EthernetLayer:
     ) -> None:
         self._network = network
         self._mac = mac if mac is not None else network.mac
+        capabilities = network.capabilities
+        self._capabilities = capabilities
+        self._write_segmented: Callable[[bytes, int], Awaitable[None]] | None = None
+        if capabilities.segmentation:
+            if not isinstance(network, SegmentingNetwork):
+                raise TypeError(
+                    f"{type(network).__name__} declares segmentation offload in its "
+                    "capabilities but has no write_segmented method"
+                )
+            self._write_segmented = network.write_segmented
         self._handlers: dict[int, EthernetHandler] = {}
         self.counters: Counter[str] = Counter()
         self.last_handler_error: Exception | None = None
@@ -50,7 +67,11 @@ class EthernetLayer:
 
     @property
     def mtu(self) -> int:
-        return self._network.mtu
+        return self._capabilities.mtu
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     @property
     def network(self) -> Network:
@@ -59,7 +80,7 @@ class EthernetLayer:
     def register(self, ethertype: int, handler: EthernetHandler) -> None:
         self._handlers[ethertype] = handler
 
-    def input(self, frame: bytes) -> None:
+    def input(self, frame: bytes, checksum_verified: bool = False) -> None:
         counters = self.counters
         if (
             self._time is not None
@@ -87,7 +108,7 @@ class EthernetLayer:
             return
         counters["rx_frames"] += 1
         try:
-            handler(header.source, destination, bytes(payload))
+            handler(header.source, destination, bytes(payload), checksum_verified)
         except Exception as error:
             # A layer above must count and drop its own bad input; reaching
             # here is a bug there, but it must not stop frames arriving.
@@ -105,20 +126,6 @@ class EthernetLayer:
         self._syn_tokens = min(tokens, float(self.syn_burst)) - 1.0
         return True
 
-    @property
-    def rx_checksum_verified(self) -> bool:
-        """Whether the interface vouches for the checksums of the frame being
-        handled (a vnet TAP completed or checked them), so they need no
-        second pass."""
-        return getattr(self._network, "rx_checksum_verified", False) is True
-
-    @property
-    def segmentation_offload(self) -> int:
-        """The largest IPv4 packet the interface segments itself for TCP
-        (a TAP with virtio-net headers), or 0."""
-        limit = getattr(self._network, "segmentation_offload", 0)
-        return limit if isinstance(limit, int) else 0
-
     async def write(
         self,
         destination: MacAddress,
@@ -132,9 +139,11 @@ class EthernetLayer:
         frame = destination + self._mac + ethertype.to_bytes(2, "big") + payload
         self.counters["tx_frames"] += 1
         if segment_size is not None:
-            write_segmented = getattr(self._network, "write_segmented", None)
-            if write_segmented is None:
-                raise ValueError("this network interface cannot segment TCP packets")
-            await write_segmented(frame, segment_size)
+            if self._write_segmented is None:
+                raise ValueError(
+                    "this network interface cannot segment TCP packets: "
+                    "give segment_size only when capabilities.segmentation is set"
+                )
+            await self._write_segmented(frame, segment_size)
             return
         await self._network.write(frame)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from looming.devices.net import IpProtocol
+from looming.devices.net import IpProtocol, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, HostUnreachable, Malformed
@@ -115,7 +115,9 @@ class IcmpLayer:
             # Replies and errors are best effort (RFC 1122 3.2.2).
             self.counters["tx_failed"] += 1
 
-    def input(self, source: IPv4Address, destination: IPv4Address, payload: bytes) -> None:
+    def input(self, packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
+        source = packet.source
+        destination = packet.destination
         try:
             header, body = wire.parse(payload)
         except Malformed:
@@ -176,22 +178,26 @@ class IcmpLayer:
         self._bucket -= 1.0
         return True
 
-    def destination_unreachable(self, original: Ipv4Header, payload: bytes, code: int) -> None:
-        """Tell the sender of ``original`` that it cannot be delivered."""
+    def destination_unreachable(
+        self, original: ReceivedPacket[IPv4Address], payload: bytes, code: int
+    ) -> None:
+        """Tell the sender of ``original`` (with ``payload``) that it cannot
+        be delivered, quoting its header and the first 8 bytes of its payload
+        (RFC 792)."""
         if original.source.is_unspecified or self._ipv4.is_broadcast(original.destination):
             return  # never answer broadcasts or anonymous senders (RFC 1122 3.2.2)
         if original.destination.is_multicast or not self._error_allowed():
             return
-        quoted = ipv4_wire.emit(original, payload[:8])
+        quoted = original.header + payload[:8]
         message = wire.emit(IcmpHeader(IcmpType.DESTINATION_UNREACHABLE, code), quoted)
         self.counters["tx_unreachable"] += 1
         self._send(original.source, message)
 
-    def port_unreachable(self, original: Ipv4Header, payload: bytes) -> None:
+    def port_unreachable(self, original: ReceivedPacket[IPv4Address], payload: bytes) -> None:
         self.destination_unreachable(original, payload, UnreachableCode.PORT)
 
-    def _on_unknown_protocol(self, header: Ipv4Header, payload: bytes) -> None:
-        self.destination_unreachable(header, payload, UnreachableCode.PROTOCOL)
+    def _on_unknown_protocol(self, packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
+        self.destination_unreachable(packet, payload, UnreachableCode.PROTOCOL)
 
     # -- ping ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from looming.devices.net import (
     IpProtocol,
     Ipv4Handler,
     MacAddress,
+    ReceivedPacket,
 )
 from looming.devices.random import Random
 from looming.devices.time import Time
@@ -30,8 +31,8 @@ from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 _LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 _UNSPECIFIED = IPv4Address(0)
 
-UnhandledProtocolHandler = Callable[[Ipv4Header, bytes], None]
-"""Called with the header and payload of a datagram nobody registered for."""
+UnhandledProtocolHandler = Callable[[ReceivedPacket[IPv4Address], bytes], None]
+"""Called with what IPv4 knows of a datagram nobody registered for, and its payload."""
 
 
 def multicast_mac(address: IPv4Address) -> MacAddress:
@@ -95,13 +96,6 @@ class Ipv4Layer:
         self._path_mtu: OrderedDict[IPv4Address, tuple[int, int]] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.unhandled_protocol: UnhandledProtocolHandler | None = None
-        # The header of the datagram being delivered, so that a layer above
-        # can quote it in an ICMP error (RFC 792 wants the original header).
-        self.current_header: Ipv4Header | None = None
-        # Whether the transport checksum of the datagram being handled is
-        # already known to be right (see EthernetLayer.rx_checksum_verified);
-        # never for reassembled or looped-back datagrams.
-        self.current_checksum_verified = False
         self._expiry_task: asyncio.Task[None] | None = None
         ethernet.register(EthernetProtocol.IPV4, self._on_frame)
         self.configure(interface, gateway, announce=False)
@@ -179,7 +173,7 @@ class Ipv4Layer:
         """The largest TCP payload-plus-header :meth:`write` takes in one
         packet when given ``segment_size``: up to 64 KB when the interface
         segments TCP itself (TSO), else the MTU's payload."""
-        offload = self._ethernet.segmentation_offload
+        offload = self._ethernet.capabilities.segmentation
         if offload:
             return offload - MIN_HEADER_LENGTH
         return self.mtu(destination)
@@ -200,49 +194,27 @@ class Ipv4Layer:
 
     # -- receiving -----------------------------------------------------------
 
-    def _on_frame(self, source: MacAddress, destination: MacAddress, payload: bytes) -> None:
-        self.input(payload)
+    def _on_frame(
+        self, source: MacAddress, destination: MacAddress, payload: bytes, checksum_verified: bool
+    ) -> None:
+        self._receive(payload, looped_back=False, checksum_verified=checksum_verified)
 
     def input(self, packet: bytes) -> None:
-        self._receive(packet, looped_back=False)
+        self._receive(packet, looped_back=False, checksum_verified=False)
 
-    def _receive(self, packet: bytes, *, looped_back: bool) -> None:
+    def _receive(self, packet: bytes, *, looped_back: bool, checksum_verified: bool) -> None:
         counters = self.counters
         try:
             header, payload_view = wire.parse(packet)
         except Malformed:
             counters["malformed"] += 1
             return
-        destination = header.destination
-        # Integer comparisons: IPv4Address's own are Python-level and this
-        # runs for every packet.
-        destination_int = int(destination)
-        if not (
-            self._interface is None
-            or destination_int == self._local_int
-            or destination_int in self._broadcast_ints
-        ):
-            counters["not_for_us"] += 1
+        problem = self._refusal(header, looped_back)
+        if problem is not None:
+            counters[problem] += 1
             return
-        source_int = int(header.source)
-        if not looped_back and (
-            source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int
-        ):
-            # RFC 1122 3.2.1.3: a datagram from a broadcast, multicast or
-            # our own address is forged or looped back; drop it.
-            counters["martian_source"] += 1
-            return
-        if header.options:
-            problem = options_problem(header.options)
-            if problem is not None:
-                # RFC 7126 4.3/4.4 and Linux's accept_source_route=0: a
-                # source route would make us answer through a path the
-                # sender chose (spoofing aid); not honoured, the datagram goes.
-                counters[problem] += 1
-                return
         payload = bytes(payload_view)
-        fragmented = header.is_fragment
-        if fragmented:
+        if header.is_fragment:
             counters["rx_fragments"] += 1
             whole = self.reassembler.add(header, payload, self._time.now_ns())
             if whole is None:
@@ -257,22 +229,54 @@ class Ipv4Layer:
                 identification=header.identification,
                 tos=header.tos,
             )
+            raw_header = wire.emit_header(header, len(payload))
+            checksum_verified = False  # the interface saw only the pieces
+        else:
+            raw_header = packet[: header.length]
         counters["rx_datagrams"] += 1
-        handler = self._handlers.get(header.protocol)
-        self.current_header = header
-        self.current_checksum_verified = (
-            not looped_back and not fragmented and self._ethernet.rx_checksum_verified
+        received = ReceivedPacket(
+            header.source,
+            header.destination,
+            header.protocol,
+            header.ttl,
+            header.tos,
+            checksum_verified and not looped_back,
+            raw_header,
         )
-        try:
-            if handler is None:
-                counters["unknown_protocol"] += 1
-                if self.unhandled_protocol is not None:
-                    self.unhandled_protocol(header, payload)
-                return
-            handler(header.source, destination, payload)
-        finally:
-            self.current_header = None
-            self.current_checksum_verified = False
+        handler = self._handlers.get(header.protocol)
+        if handler is not None:
+            handler(received, payload)
+            return
+        counters["unknown_protocol"] += 1
+        if self.unhandled_protocol is not None:
+            self.unhandled_protocol(received, payload)
+
+    def _refusal(self, header: Ipv4Header, looped_back: bool) -> str | None:
+        """Why a parsed datagram is dropped before delivery (the counter to
+        raise), or None to deliver it."""
+        # Integer comparisons: IPv4Address's own are Python-level and this
+        # runs for every packet.
+        destination_int = int(header.destination)
+        if not (
+            self._interface is None
+            or destination_int == self._local_int
+            or destination_int in self._broadcast_ints
+        ):
+            return "not_for_us"
+        source_int = int(header.source)
+        if not looped_back and (
+            source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int
+        ):
+            # RFC 1122 3.2.1.3: a datagram from a broadcast, multicast or
+            # our own address is forged or looped back; drop it.
+            return "martian_source"
+        if header.options:
+            # RFC 7126 4.3/4.4 and Linux's accept_source_route=0: a source
+            # route would make us answer through a path the sender chose
+            # (spoofing aid); not honoured, the datagram goes. Options that
+            # do not parse go too.
+            return options_problem(header.options)
+        return None
 
     def _watch_reassembly(self) -> None:
         """Make sure incomplete datagrams are freed at their timeout even
@@ -366,7 +370,7 @@ class Ipv4Layer:
         if (
             segment_size is not None
             and protocol == IpProtocol.TCP
-            and (self.is_local(destination) or not self._ethernet.segmentation_offload)
+            and (self.is_local(destination) or not self._ethernet.capabilities.segmentation)
         ):
             payload = finish_tcp_checksum(payload)
             segment_size = None
@@ -386,7 +390,7 @@ class Ipv4Layer:
             # the loop, as a device would, without touching the wire.
             packet = wire.emit(header, payload)
             asyncio.get_running_loop().call_soon(
-                functools.partial(self._receive, packet, looped_back=True)
+                functools.partial(self._receive, packet, looped_back=True, checksum_verified=False)
             )
             self.counters["tx_local"] += 1
             return

@@ -8,13 +8,14 @@ from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from looming.devices.net import IpProtocol
+from looming.devices.net import IpProtocol, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.stack import Datagram, UdpHandler
 from looming.errors import AddressInUse, Malformed
 from looming.net.icmp import IcmpError, IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.wire import udp as wire
+from looming.net.wire.checksum import internet_checksum
 from looming.net.wire.udp import UdpHeader
 
 EPHEMERAL_PORTS = (49152, 65535)
@@ -31,6 +32,17 @@ def _text(address: IPv4Address) -> str:
             _texts.clear()
         text = _texts[address] = str(address)
     return text
+
+
+def _checksum_right(packet: ReceivedPacket[IPv4Address], datagram: bytes, data_length: int) -> bool:
+    """Whether the UDP checksum of ``datagram`` (its header and
+    ``data_length`` bytes of data) is right or absent. Absent is allowed
+    over IPv4 only (RFC 768; RFC 8200 8.1 forbids it over IPv6)."""
+    if datagram[6] == 0 and datagram[7] == 0:
+        return isinstance(packet.source, IPv4Address)
+    length = wire.HEADER_LENGTH + data_length
+    view = memoryview(datagram)[:length]
+    return internet_checksum(view, packet.pseudo_header_sum(length)) == 0
 
 
 class UdpBinding:
@@ -147,18 +159,22 @@ class UdpLayer:
         self.counters["tx_datagrams"] += 1
         await self._ipv4.write(destination, IpProtocol.UDP, datagram)
 
-    def input(self, source: IPv4Address, destination: IPv4Address, payload: bytes) -> None:
+    def input(self, packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
         try:
-            header, data = wire.parse(payload, source, destination)
+            header, data = wire.parse(payload)
         except Malformed:
             self.counters["malformed"] += 1
             return
+        if not packet.checksum_verified and not _checksum_right(packet, payload, len(data)):
+            self.counters["malformed"] += 1
+            return
+        source = packet.source
+        destination = packet.destination
         binding = self._bindings.get(header.destination_port)
         if binding is None or (binding[1] is not None and binding[1] != destination):
             self.counters["no_listener"] += 1
-            original = self._ipv4.current_header
-            if self._icmp is not None and original is not None:
-                self._icmp.port_unreachable(original, payload)
+            if self._icmp is not None:
+                self._icmp.port_unreachable(packet, payload)
             return
         self.counters["rx_datagrams"] += 1
         handler = binding[0]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from looming.devices.net import FrameHandler, MacAddress, NetworkStats
+from looming.devices.net import Capabilities, FrameHandler, MacAddress, NetworkStats
 from looming.errors import DeviceError
 from looming.net.netif.pcap import PcapWriter
 from looming.sim.devices import EPOCH_NS, SimRandom, derive_seed
@@ -422,6 +422,10 @@ class SimNic:
     @property
     def mtu(self) -> int:
         return self._mtu
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(mtu=self._mtu)
 
     def stats(self) -> NetworkStats:
         s = self._stats

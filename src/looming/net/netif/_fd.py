@@ -7,7 +7,7 @@ import asyncio
 import os
 from collections.abc import Callable
 
-from looming.devices.net import FrameHandler, MacAddress, NetworkStats
+from looming.devices.net import Capabilities, FrameHandler, MacAddress, NetworkStats
 from looming.errors import DeviceError
 
 # Frames read per wake-up before yielding to the loop: enough to amortise the
@@ -23,12 +23,17 @@ class FrameDevice:
         fd: int,
         *,
         receive: Callable[[], bytes] | None = None,
+        receive_checked: Callable[[], tuple[bytes, bool]] | None = None,
         send: Callable[[bytes], int] | None = None,
         read_size: int = 65536,
     ) -> None:
+        """``receive`` reads one frame; ``receive_checked`` instead reads one
+        with whether its checksum is known to be right, which goes to the
+        handler with the frame (an interface with ``rx_checksum``)."""
         self._fd = fd
         self._read_size = read_size
         self._receive = receive if receive is not None else self._read
+        self._receive_checked = receive_checked
         self._send = send if send is not None else self._write
         self._stats = NetworkStats()
         self._handler: FrameHandler | None = None
@@ -82,6 +87,9 @@ class FrameDevice:
             loop.remove_writer(self._fd)
 
     def _on_readable(self) -> None:
+        if self._receive_checked is not None:
+            self._on_readable_checked(self._receive_checked)
+            return
         handler = self._handler
         stats = self._stats
         receive = self._receive
@@ -99,6 +107,25 @@ class FrameDevice:
             stats.rx_bytes += len(frame)
             if handler is not None:
                 handler(frame)
+
+    def _on_readable_checked(self, receive: Callable[[], tuple[bytes, bool]]) -> None:
+        """:meth:`_on_readable` for frames read with their checksum state."""
+        handler = self._handler
+        stats = self._stats
+        for _ in range(_BATCH):
+            try:
+                frame, verified = receive()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                stats.rx_dropped += 1
+                return
+            if not frame:
+                continue
+            stats.rx_packets += 1
+            stats.rx_bytes += len(frame)
+            if handler is not None:
+                handler(frame, verified)
 
     async def listen(self, handler: FrameHandler) -> None:
         if self._listening:
@@ -143,6 +170,11 @@ class FrameDeviceNetwork:
     @property
     def mtu(self) -> int:
         return self._mtu
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """No offloads (a subclass that has some says so)."""
+        return Capabilities(mtu=self._mtu)
 
     def stats(self) -> NetworkStats:
         return self._device.stats()

@@ -15,7 +15,7 @@ import fcntl
 import socket
 import struct
 
-from looming.devices.net import MacAddress
+from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError
 from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.netif.tap import complete_checksum, mac_for_name
@@ -54,8 +54,14 @@ class PacketNetwork(FrameDeviceNetwork):
         self.interface = interface
         self._mac = mac
         self._mtu = mtu
-        self._device = FrameDevice(sock.fileno(), receive=self._receive, send=sock.send)
+        self._device = FrameDevice(sock.fileno(), receive_checked=self._receive, send=sock.send)
         self.checksums_completed = 0
+        # A frame whose checksum this side completed is vouched for.
+        self._capabilities = Capabilities(mtu=mtu, rx_checksum=True)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     @classmethod
     async def connect(
@@ -82,7 +88,9 @@ class PacketNetwork(FrameDeviceNetwork):
         sock.setblocking(False)
         return cls(sock, interface, mac if mac is not None else mac_for_name(interface), mtu)
 
-    def _receive(self) -> bytes:
+    def _receive(self) -> tuple[bytes, bool]:
+        """The next frame not sent by this host, and whether its checksum
+        was completed here (and so is known to be right)."""
         while True:
             frame, ancillary, _flags, address = self._socket.recvmsg(65536, _AUXDATA_SPACE)
             if address[2] == PACKET_OUTGOING:
@@ -91,9 +99,11 @@ class PacketNetwork(FrameDeviceNetwork):
                 if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= AUXDATA.size:
                     status = AUXDATA.unpack_from(data)[0]
                     if status & TP_STATUS_CSUMNOTREADY:
-                        frame = finish_ipv4_checksum(frame)
-                        self.checksums_completed += 1
-            return frame
+                        completed = finish_ipv4_checksum(frame)
+                        if completed is not frame:
+                            self.checksums_completed += 1
+                            return completed, True
+            return frame, False
 
     def _release(self) -> None:
         self._socket.close()

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from looming.devices.net import FrameHandler, MacAddress, NetworkStats
+from looming.devices.net import Capabilities, FrameHandler, MacAddress, NetworkStats
 from looming.devices.random import Random
 from looming.errors import DeviceError
 
@@ -113,6 +113,11 @@ class MemoryPort:
     @property
     def mtu(self) -> int:
         return self._mtu
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """No offloads: every checksum crosses the switch to be verified."""
+        return Capabilities(mtu=self._mtu)
 
     def stats(self) -> NetworkStats:
         s = self._stats

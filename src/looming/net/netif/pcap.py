@@ -8,10 +8,11 @@ Wireshark read.  Timestamps come from the Clock device.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from typing import BinaryIO
 
 from looming.devices.clock import Clock
-from looming.devices.net import FrameHandler, MacAddress, Network, NetworkStats
+from looming.devices.net import Capabilities, FrameHandler, MacAddress, Network, NetworkStats
 
 PCAP_MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
@@ -66,9 +67,10 @@ class PcapNetwork:
         return self._inner.stats()
 
     @property
-    def rx_checksum_verified(self) -> bool:
-        """Whether the inner interface vouches for the frame being handled."""
-        return bool(getattr(self._inner, "rx_checksum_verified", False))
+    def capabilities(self) -> Capabilities:
+        """The inner interface's, less segmentation: what is recorded is what
+        crosses the wire, whole frames only."""
+        return replace(self._inner.capabilities, tx_checksum=False, segmentation=0)
 
     async def write(self, frame: bytes) -> None:
         self.writer.record(frame)
@@ -77,9 +79,9 @@ class PcapNetwork:
     async def listen(self, handler: FrameHandler) -> None:
         record = self.writer.record
 
-        def recorded(frame: bytes) -> None:
+        def recorded(frame: bytes, checksum_verified: bool = False, /) -> None:
             record(frame)
-            handler(frame)
+            handler(frame, checksum_verified)
 
         await self._inner.listen(recorded)
 

@@ -7,7 +7,7 @@ TCP segments of up to 64 KB in one read, with the checksum left for us to
 finish (it is then filled in here, so the layers above see ordinary,
 checksummed packets).  Frames looming sends carry an empty header, except
 IPv4/TCP packets larger than the MTU: those go out as one TSO frame that the
-kernel cuts into MSS-sized segments (see :attr:`TapNetwork.segmentation_offload`
+kernel cuts into MSS-sized segments (see :attr:`TapNetwork.capabilities`
 and ``Ipv4Layer.segment_limit``).
 
 The kernel side of the TAP is an ordinary interface: give it an address (in
@@ -27,7 +27,7 @@ import socket
 import struct
 from ipaddress import IPv4Address
 
-from looming.devices.net import MacAddress
+from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError
 from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
@@ -164,40 +164,40 @@ class TapNetwork(FrameDeviceNetwork):
         self._mtu = mtu
         self.offload = offload
         self.checksums_completed = 0
-        # Whether the frame being handed to the listener has a checksum known
-        # to be right: one this side just completed (the kernel left it
-        # partial) or one the kernel already checked.  The device hands each
-        # frame to the handler right after reading it, so this holds for
-        # exactly the frame being handled; the layers above then skip
-        # verifying it again, as a virtio-net driver does.
-        self.rx_checksum_verified = False
         self.segments_offloaded = 0
         if offload:
-            self._device = FrameDevice(fd, receive=self._read_vnet, send=self._write_vnet)
+            # Received frames come with whether their checksum is known to
+            # be right: one this side just completed (the kernel left it
+            # partial) or one the kernel already checked; the layers above
+            # then skip verifying it again, as a virtio-net driver does.
+            self._capabilities = Capabilities(
+                mtu=mtu, rx_checksum=True, tx_checksum=True, segmentation=MAX_OFFLOAD_PACKET
+            )
+            self._device = FrameDevice(fd, receive_checked=self._read_vnet, send=self._write_vnet)
         else:
+            self._capabilities = Capabilities(mtu=mtu)
             self._device = FrameDevice(fd, read_size=mtu + 18 + 64)
 
-    def _read_vnet(self) -> bytes:
+    @property
+    def capabilities(self) -> Capabilities:
+        """With offloads: received checksums vouched for, and IPv4/TCP
+        packets of up to 64 KB segmented and checksummed by the kernel."""
+        return self._capabilities
+
+    def _read_vnet(self) -> tuple[bytes, bool]:
         data = os.read(self._fd, 65536 + 128)
         if len(data) < VNET_HEADER.size:
-            return b""
+            return b"", False
         flags, _gso_type, _header_length, _gso_size, start, offset = VNET_HEADER.unpack_from(data)
         frame = data[VNET_HEADER.size :]
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             completed = complete_checksum(frame, start, offset)
             # (Offsets outside the frame leave it as it was, unverified.)
-            self.rx_checksum_verified = completed is not frame
-            self.checksums_completed += self.rx_checksum_verified
-            frame = completed
-        else:
-            self.rx_checksum_verified = bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
-        return frame
-
-    @property
-    def segmentation_offload(self) -> int:
-        """The largest IPv4 packet this device takes in one frame for TCP
-        (the kernel segments it), or 0 without offloads."""
-        return MAX_OFFLOAD_PACKET if self.offload else 0
+            if completed is frame:
+                return frame, False
+            self.checksums_completed += 1
+            return completed, True
+        return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
 
     def _write_vnet(self, frame: bytes) -> int:
         return os.writev(self._fd, (_EMPTY_VNET_HEADER, frame))

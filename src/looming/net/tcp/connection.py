@@ -33,6 +33,7 @@ from looming.net.tcp.tcb import (
     congestion_control,
 )
 from looming.net.wire.tcp import RST, SYN, TcpHeader
+from looming.sim.buggify import buggify
 
 __all__ = ["Event", "State", "TcpConnection"]
 
@@ -461,7 +462,8 @@ class TcpConnection(TcpSender):
             return
         if len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
-        if self.full_segments_unacked >= 2:
+        # buggify: an ACK for two full segments held for the delayed-ACK timer.
+        if self.full_segments_unacked >= 2 and not buggify("tcp.delay_ack"):
             unacknowledged = self.receive_buffer.rcv_nxt - self.acknowledged_to
             if not self.config.coalesce_acks or unacknowledged >= self.config.receive_buffer // 4:
                 # Coalescing stops at a quarter of the window, so that a long
@@ -487,6 +489,10 @@ class TcpConnection(TcpSender):
         elif self.state == State.FIN_WAIT_2:
             self._enter_time_wait(now)
         self.send_ack(now)
+
+    def push(self, now: int) -> None:
+        """Send what may go now (after Nagle's algorithm is turned off)."""
+        self._output(now)
 
     def flush_ack(self, now: int) -> None:
         """Send the ACK announced by :attr:`Event.ACK_DUE`, unless one already went."""

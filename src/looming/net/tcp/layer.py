@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, TypeVar
 
-from looming.devices.net import IpProtocol, Ipv4
+from looming.devices.net import IpProtocol, Ipv4, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.stack import TcpHandler
 from looming.devices.time import Time
@@ -33,7 +33,6 @@ from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.isn import FourTuple
-from looming.net.wire import tcp as wire
 
 if TYPE_CHECKING:
     from looming.net.icmp import IcmpError
@@ -84,9 +83,10 @@ class TcpStream:
         return self._conn
 
     def set_nodelay(self, enabled: bool) -> None:
-        self._conn.nodelay = enabled
+        conn = self._conn
+        conn.nodelay = enabled
         if enabled:
-            self._layer._drive(self._key, self._conn, lambda now: self._conn._output(now))
+            self._layer.drive(self._key, conn, conn.push)
 
     def set_keepalive(
         self,
@@ -113,9 +113,29 @@ class TcpStream:
         if changes:
             conn.config = replace(conn.config, **changes)  # type: ignore[arg-type]
         conn.keepalive = enabled
-        self._layer._drive(self._key, conn, lambda now: None)
+        self._layer.drive(self._key, conn, lambda now: None)
 
-    def _on_events(self, events: list[Event]) -> None:
+    # -- called by the layer ---------------------------------------------------
+
+    def opened(self) -> None:
+        """The connection is established (a listener accepted it)."""
+        if not self._connected.done():
+            self._connected.set_result(None)
+
+    async def wait_opened(self, timeout: float | None) -> None:
+        """Wait until the connection is established, raising what ended it
+        instead (``TimeoutError`` after ``timeout`` seconds)."""
+        try:
+            if timeout is None:
+                await asyncio.shield(self._connected)
+            else:
+                await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            self._connected.cancel()  # nobody will look at how it ends
+            raise
+
+    def on_events(self, events: list[Event]) -> None:
+        """Wake readers, writers and the opener for the core's events."""
         for event in events:
             if event is Event.READABLE or event is Event.PEER_CLOSED:
                 self._readable.set()
@@ -146,7 +166,7 @@ class TcpStream:
             self._readable.set()
             self._writable.set()
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
         """End with ``error`` (a hard ICMP error while opening)."""
         self._error = error
         if not self._connected.done():
@@ -159,7 +179,7 @@ class TcpStream:
         while True:
             conn = self._conn
             if conn.readable_bytes:
-                return self._layer._drive(self._key, conn, conn.receive)
+                return self._layer.drive(self._key, conn, conn.receive)
             if self._error is not None:
                 raise self._error
             if self._closed:
@@ -185,7 +205,7 @@ class TcpStream:
             if offset >= len(view):
                 return
             chunk = view[offset:]
-            offset += self._layer._drive(self._key, conn, partial(conn.send, chunk))
+            offset += self._layer.drive(self._key, conn, partial(conn.send, chunk))
             if offset < len(view):
                 self._writable.clear()
                 await self._writable.wait()
@@ -198,7 +218,7 @@ class TcpStream:
             return
         self._write_shut = True
         conn = self._conn
-        self._layer._drive(self._key, conn, lambda now: conn.shutdown(now))
+        self._layer.drive(self._key, conn, conn.shutdown)
 
     async def close(self) -> None:
         if self._closed:
@@ -206,7 +226,7 @@ class TcpStream:
         self._closed = True
         conn = self._conn
         if conn.state is not State.CLOSED:
-            self._layer._drive(self._key, conn, lambda now: conn.close(now))
+            self._layer.drive(self._key, conn, conn.close)
         self._readable.set()
         self._writable.set()
 
@@ -247,7 +267,7 @@ class TcpListener:
         if self.closed:
             return
         self.closed = True
-        self._layer._unlisten(self._port)
+        self._layer.unlisten(self._port)
 
 
 class TcpLayer:
@@ -270,18 +290,12 @@ class TcpLayer:
         self._time = time
         self.config = config or TcpConfig()
         self.stats = TcpStats()
-        # Segmentation offload is not part of the Ipv4 interface: use it when
-        # this IPv4 layer offers it (looming.net.ipv4.Ipv4Layer does).
-        segment_limit = getattr(ipv4, "segment_limit", None)
-        self._write_offloaded: Callable[..., Awaitable[None]] | None = (
-            ipv4.write if callable(segment_limit) else None
-        )
         self._endpoint = TcpEndpoint(
             self.config,
             self.stats,
             secret=random.bytes(32),
             mtu_for=ipv4.mtu,
-            segment_limit_for=segment_limit if callable(segment_limit) else None,
+            segment_limit_for=ipv4.segment_limit,
             max_connections=max_connections,
             memory_limit=memory_limit,
         )
@@ -320,32 +334,29 @@ class TcpLayer:
         self._streams[conn] = stream
         self._pump()
         try:
-            if timeout is None:
-                await asyncio.shield(stream._connected)
-            else:
-                await asyncio.wait_for(asyncio.shield(stream._connected), timeout)
+            await stream.wait_opened(timeout)
         except TimeoutError:
-            stream._connected.cancel()  # nobody will look at how it ends
-            self._drive(key, conn, lambda now: conn.abort(now))
+            self.drive(key, conn, conn.abort)
             raise ConnectionTimeout(
                 f"no answer from {remote}:{port} within {timeout} s: is the host up?"
             ) from None
         except asyncio.CancelledError:
-            stream._connected.cancel()
-            self._drive(key, conn, lambda now: conn.abort(now))
+            self.drive(key, conn, conn.abort)
             raise
         return stream
 
     # ------------------------------------------------------------------ driving
 
-    def input(self, src: IPv4Address, dst: IPv4Address, payload: bytes) -> None:
+    def input(self, packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
         """Receive one segment from IPv4. Never raises."""
         try:
-            verified = getattr(self._ipv4, "current_checksum_verified", False) is True
-            ip_header = getattr(self._ipv4, "current_header", None)
-            ce = ip_header is not None and ip_header.tos & 0b11 == 0b11  # RFC 3168 CE
             self._endpoint.input(
-                src, dst, payload, self._time.now_ns(), checksum_verified=verified, ce=ce
+                packet.source,
+                packet.destination,
+                payload,
+                self._time.now_ns(),
+                checksum_verified=packet.checksum_verified,
+                ce=packet.traffic_class & 0b11 == 0b11,  # RFC 3168 CE
             )
             self._pump()
         except Exception:
@@ -370,8 +381,7 @@ class TcpLayer:
         key, conn = target
         counters["icmp_accepted"] += 1
         if error.fragmentation_needed:
-            lower = getattr(self._ipv4, "lower_path_mtu", None)
-            if callable(lower) and lower(remote, error.next_hop_mtu, error.original_length):
+            if self._ipv4.lower_path_mtu(remote, error.next_hop_mtu, error.original_length):
                 mss = self._endpoint.path_mss(remote)
                 for (_, _, other, _), each in self._endpoint.connections.items():
                     if other == remote and each.path_mss > mss:
@@ -383,14 +393,17 @@ class TcpLayer:
             counters["icmp_hard_aborts"] += 1
             if stream is not None:
                 error_type = ConnectionRefused if error.code in (2, 3) else HostUnreachable
-                stream._fail(error_type(f"{key[2]}:{key[3]}: {error.describe()}"))
-            self._drive(key, conn, lambda now: conn.abort(now))
+                stream.fail(error_type(f"{key[2]}:{key[3]}: {error.describe()}"))
+            self.drive(key, conn, conn.abort)
             return
         counters["icmp_soft_errors"] += 1
         if stream is not None:
             stream.soft_error = error.describe()
 
-    def _drive(self, key: FourTuple, conn: TcpConnection, action: Callable[[int], _T]) -> _T:
+    def drive(self, key: FourTuple, conn: TcpConnection, action: Callable[[int], _T]) -> _T:
+        """Call ``action`` (an operation of ``conn``) with the current time,
+        then move the segments and events it produced on: what
+        :class:`TcpStream` does for every read, write and close."""
         result = action(self._time.now_ns())
         self._endpoint.collect(key, conn)
         self._pump()
@@ -411,7 +424,7 @@ class TcpLayer:
                         asyncio.get_running_loop().call_soon(self._flush_acks)
                     self._acks_due[conn] = key
                 if stream is not None:
-                    stream._on_events(events)
+                    stream.on_events(events)
             if conn.state is State.CLOSED:
                 self._cancel_timer(conn)
                 if stream is not None:
@@ -438,10 +451,10 @@ class TcpLayer:
     def _accept(self, port: int, key: FourTuple, conn: TcpConnection) -> None:
         listener = self._listeners.get(port)
         if listener is None or listener.closed:
-            self._drive(key, conn, lambda now: conn.abort(now))
+            self.drive(key, conn, conn.abort)
             return
         stream = TcpStream(self, key, conn)
-        stream._connected.set_result(None)
+        stream.opened()
         self._streams[conn] = stream
         task = asyncio.get_running_loop().create_task(self._serve(listener, stream))
         listener.tasks.add(task)
@@ -462,22 +475,19 @@ class TcpLayer:
             while self._tx:
                 destination, segment, segment_size, tos = self._tx.popleft()
                 try:
-                    if segment_size is not None and self._write_offloaded is not None:
-                        await self._write_offloaded(
-                            destination,
-                            IpProtocol.TCP,
-                            segment,
-                            segment_size=segment_size,
-                            tos=tos,
-                        )
-                    else:
-                        if segment_size is not None:
-                            segment = wire.finish_checksum(segment)
-                        # DF: routers report a smaller path MTU (RFC 1191)
-                        # instead of fragmenting.
-                        await self._ipv4.write(
-                            destination, IpProtocol.TCP, segment, tos=tos, dont_fragment=True
-                        )
+                    # DF: routers report a smaller path MTU (RFC 1191) instead
+                    # of fragmenting. A packet of several segments goes with
+                    # segment_size: the interface cuts it up, or IPv4 finishes
+                    # its checksum and sends it whole, fragmented if it must
+                    # (a segment cut before the path MTU fell, resent).
+                    await self._ipv4.write(
+                        destination,
+                        IpProtocol.TCP,
+                        segment,
+                        tos=tos,
+                        dont_fragment=segment_size is None,
+                        segment_size=segment_size,
+                    )
                 except Exception as error:
                     # No route or no ARP answer: TCP retransmits, like a lost segment.
                     self.transmit_errors += 1
@@ -531,14 +541,14 @@ class TcpLayer:
             return
         remote = key[2]
         mss = max(min(conn.path_mss // 2, 1024), _BLACK_HOLE_FLOOR_MSS)
-        lower = getattr(self._ipv4, "lower_path_mtu", None)
-        if callable(lower):
-            lower(remote, mss + 40, 0)
-            mss = min(mss, self._endpoint.path_mss(remote))
+        self._ipv4.lower_path_mtu(remote, mss + 40, 0)
+        mss = min(mss, self._endpoint.path_mss(remote))
         conn.path_mss = mss
         self.icmp_counters["black_hole_mss_lowered"] += 1
 
-    def _unlisten(self, port: int) -> None:
+    def unlisten(self, port: int) -> None:
+        """Stop listening on ``port`` (what :meth:`TcpListener.close` calls);
+        its half-open connections are reset."""
         self._listeners.pop(port, None)
         self._endpoint.unlisten(port, self._time.now_ns())
         self._pump()
