@@ -18,6 +18,9 @@ from .serving import HTDOCS, MemoryKv
 class ScriptedFlow:
     """A Flow that hands out fixed chunks, then end of stream, and keeps what is written."""
 
+    local_address: tuple[str, int] | None = None
+    remote_address: tuple[str, int] | None = None
+
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = list(chunks)
         self.written = bytearray()

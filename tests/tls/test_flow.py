@@ -19,6 +19,9 @@ from .pki import Pki
 class PipeEnd:
     """One end of an in-memory Flow pair."""
 
+    local_address: tuple[str, int] | None = None
+    remote_address: tuple[str, int] | None = None
+
     def __init__(self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes]) -> None:
         self.inbox = inbox
         self.outbox = outbox

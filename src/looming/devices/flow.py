@@ -18,6 +18,17 @@ class Flow(Protocol):
     :class:`~looming.errors.ConnectionReset` from ``read`` and ``write``.
     """
 
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's (host, port), or None when the flow has none that an
+        address names (a pipe, a vchan) or does not know it."""
+        ...
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's (host, port), or None as for :attr:`local_address`."""
+        ...
+
     async def read(self) -> bytes:
         """The next received bytes; ``b""`` at end of stream."""
         ...

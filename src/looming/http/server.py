@@ -43,6 +43,7 @@ from looming.http.response_head import (
     status_line,
 )
 from looming.http.streaming import BodyReader, Watch
+from looming.sim.buggify import buggify
 
 log = logging.getLogger("looming.http")
 
@@ -368,7 +369,7 @@ class HttpServer:
         except Exception:
             # A streamed body failed midway: the response cannot be completed,
             # so the connection is dropped and the client sees it truncated.
-            log.exception("response on %s failed", getattr(flow, "remote_address", "a flow"))
+            log.exception("response on %s failed", flow.remote_address or "a flow")
         finally:
             if parser.watch is not None:
                 await parser.watch.close()
@@ -377,8 +378,8 @@ class HttpServer:
 
     async def _serve_requests(self, flow: Flow, parser: _ParserHolder, deadline: _Watchdog) -> None:
         config = self.config
-        client: tuple[str, int] | None = getattr(flow, "remote_address", None)
-        server: tuple[str, int] | None = getattr(flow, "local_address", None)
+        client = flow.remote_address
+        server = flow.local_address
         leftover = b""
         peer_closed = False
         first = True
@@ -560,7 +561,9 @@ class HttpServer:
                 leftover, peer_closed = conn.trailing_data
                 if watch.gone:
                     return
-            if not keep_alive or peer_closed or self.stopping:
+            # buggify: a keep-alive connection closed after a response, as
+            # servers may (RFC 9112 9.5); clients retry on a new one.
+            if not keep_alive or peer_closed or self.stopping or buggify("http.close_early"):
                 return
 
     async def _serve_h2(
@@ -691,6 +694,9 @@ class HttpServer:
             if head_only or no_body or not body:
                 await flow.write(b"".join(lines))
             else:
+                if buggify("http.split_response"):  # the head and the body in two writes
+                    await flow.write(b"".join(lines))
+                    lines.clear()
                 lines.append(body)
                 await flow.writev(lines)
             return keep_alive

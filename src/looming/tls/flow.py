@@ -9,8 +9,10 @@ from cryptography import x509
 
 from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, ConnectionTimeout
+from looming.sim.buggify import buggify
 
 from .config import TlsConfig
+from .constants import TLS13
 from .engine import TlsConnection
 from .errors import TlsClosed, TlsError, TlsTruncated
 from .events import (
@@ -53,6 +55,14 @@ class TlsFlow:
         return self.connection.alpn_protocol
 
     @property
+    def local_address(self) -> tuple[str, int] | None:
+        return self.flow.local_address
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        return self.flow.remote_address
+
+    @property
     def version(self) -> int | None:
         return self.connection.version
 
@@ -78,6 +88,9 @@ class TlsFlow:
 
     async def _flush(self) -> None:
         out = self.connection.bytes_to_send()
+        if len(out) > 1 and buggify("tls.split_flush"):  # two transport writes
+            await self.flow.write(out[: len(out) // 2])
+            out = out[len(out) // 2 :]
         if out:
             await self.flow.write(out)
 
@@ -138,6 +151,11 @@ class TlsFlow:
         if self._closed:
             raise Closed("TLS flow is shut down for writing")
         try:
+            if self._may_update_keys() and buggify("tls.key_update"):
+                self.connection.key_update(True)
+            if len(data) > 1 and buggify("tls.split_record"):  # two records
+                self.connection.send_application_data(data[: len(data) // 2])
+                data = data[len(data) // 2 :]
             self.connection.send_application_data(data)
         except TlsClosed as exc:
             raise Closed(str(exc)) from exc
@@ -145,6 +163,9 @@ class TlsFlow:
 
     async def writev(self, buffers: Iterable[bytes]) -> None:
         await self.write(b"".join(buffers))
+
+    def _may_update_keys(self) -> bool:
+        return self.connection.handshake_complete and self.version == TLS13
 
     async def key_update(self, request_peer_update: bool = True) -> None:
         self.connection.key_update(request_peer_update)
@@ -207,6 +228,9 @@ async def _handshake(tls: TlsFlow, timeout: float | None) -> None:
 
 class StreamFlow:
     """An asyncio (StreamReader, StreamWriter) pair as a Flow."""
+
+    local_address: tuple[str, int] | None = None
+    remote_address: tuple[str, int] | None = None
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunk: int = 1 << 16
