@@ -6,6 +6,8 @@
     looming sim check SCENARIO.py --seed N      two runs in two fresh processes with
                                                 different PYTHONHASHSEEDs; the first
                                                 event (or frame) where they differ
+    looming sim shrink SCENARIO.py --seed N     a smaller run failing the same way, and
+                                                the command that replays it
 
 Exit codes: 0 when every run passed (or both runs agree), 1 when a run
 failed (or runs differ), 2 for bad input. Imported when ``looming`` starts,
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from looming.errors import ConfigError, UsageError
+from looming.sim import shrink
 
 if TYPE_CHECKING:
     from looming.sim.artifact import Artifact
@@ -58,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where pcaps and the trace go (default: sim-out/SCENARIO-seedN)",
     )
     run.add_argument("--no-pcap", action="store_true", help="do not write pcaps")
+    shrink.add_override_arguments(run)
     run.add_argument("--trace", action="store_true", help="print the whole trace after the summary")
     run.add_argument(
         "--check-sample",
@@ -76,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "not deterministic (host time or randomness, set or dict order, ...).",
     )
     _common(check)
+    shrink.add_override_arguments(check)
+    shrink.add_parser(verbs)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +136,7 @@ def _jobs(text: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     verb = getattr(args, "sim_verb", None)
     if verb is None:
-        print("looming sim: say 'run' or 'check' (looming sim --help)", file=sys.stderr)
+        print("looming sim: say 'run', 'check' or 'shrink' (looming sim --help)", file=sys.stderr)
         return 2
     try:
         from looming.sim.spec import load_scenario
@@ -144,12 +150,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--check-sample: {args.check_sample} is negative; give 0 or more")
         seed = _seed(args.seed)
         scenario = load_scenario(args.scenario, args.name)
+        if verb in ("run", "check"):
+            scenario = shrink.apply_arguments(args, scenario)
         artifacts = prepare(scenario)
     except (UsageError, ConfigError) as error:
         print(f"looming sim: {error}", file=sys.stderr)
         return 2
     if verb == "check":
         return _check(args, seed)
+    if verb == "shrink":
+        return shrink.command(args, scenario, artifacts, seed)
     if seeds is not None:
         return _sweep(args, scenario, artifacts, seeds, jobs)
     return _run_one(args, scenario, artifacts, seed)
@@ -159,6 +169,8 @@ def _replay_command(args: argparse.Namespace, seed: int) -> str:
     parts = ["looming", "sim", "run", args.scenario, "--seed", str(seed)]
     if args.name:
         parts += ["--name", args.name]
+    if hasattr(args, "faults"):
+        parts += shrink.override_from(args).arguments()
     return shlex.join(parts)
 
 
@@ -330,6 +342,7 @@ def replay_in_process(args: argparse.Namespace, seed: int, hash_seed: str, out: 
     command += ["--seed", str(seed), "--out", str(out)]
     if args.name:
         command += ["--name", args.name]
+    command += shrink.override_from(args).arguments()
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     digest = None

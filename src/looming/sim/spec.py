@@ -232,12 +232,19 @@ class Scenario:
     watchdog_s: float = 30.0
     # Timers due at the same instant run in an order drawn from the seed.
     shuffle_ties: bool = True
+    # Rare paths marked with looming.sim.buggify fire at seed-drawn moments.
+    buggify: bool = False
     nodes: list[NodeSpec] = field(default_factory=list)
     trunks: list[tuple[str, str, LinkSpec]] = field(default_factory=list)
     faults: list[tuple[float, Fault]] = field(default_factory=list)
     swarms: list[Swarm] = field(default_factory=list)
     driver: Driver | None = None
     source: str = "<scenario>"
+    # Nodes the driver can do without (``sim shrink`` tries runs without them).
+    optional_nodes: list[str] = field(default_factory=list)
+    # A given fault schedule, in the order set, instead of ``faults`` and the
+    # swarms' draws (``sim run --faults``, ``sim shrink``).
+    schedule: list[tuple[float, Fault]] | None = None
 
     def node(
         self,
@@ -332,6 +339,11 @@ class Scenario:
             )
         )
 
+    def optional(self, *nodes: str) -> None:
+        """Say the driver copes without ``nodes`` (it looks them up in
+        ``world.nodes``), so ``sim shrink`` may try runs without them."""
+        self.optional_nodes.extend(nodes)
+
     def main(self, driver: Driver) -> Driver:
         """Decorator naming the scenario's driver."""
         self.driver = driver
@@ -367,7 +379,7 @@ class Scenario:
                 found.append(f"link of node {spec.name!r}: {problem}")
         for problem in self.link.problems():
             found.append(f"default link: {problem}")
-        for time, fault in self.faults:
+        for time, fault in [*self.faults, *(self.schedule or [])]:
             what = fault.describe()
             if not 0 <= time <= self.duration:
                 found.append(
@@ -384,6 +396,11 @@ class Scenario:
                     )
             found.extend(f"fault '{what}': {p}" for p in fault.problems())
         found.extend(self._trunk_problems())
+        found.extend(
+            f"optional node {node!r} is not a node of the scenario"
+            for node in self.optional_nodes
+            if node not in seen
+        )
         for swarm in self.swarms:
             found.extend(swarm.problems(names))
             if swarm.end > self.duration:

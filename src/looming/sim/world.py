@@ -271,6 +271,49 @@ def _schedule_swarms(world: World) -> None:
             world.loop.call_at(when, _apply, world, fault, context=contextvars.Context())
 
 
+def _schedule_given(world: World, schedule: list[tuple[float, Fault]]) -> None:
+    """A fault schedule given in full (instead of the scenario's faults and
+    swarms), set on the loop in the order given."""
+    world.trace.record("schedule", f"given: {len(schedule)} faults")
+    for when, fault in schedule:
+        world.trace.record("schedule", f"at t={when!r} s: {fault.describe()}")
+        world.loop.call_at(when, _apply, world, fault, context=contextvars.Context())
+
+
+def fault_schedule(scenario: Scenario, seed: int) -> list[tuple[float, Fault]]:
+    """Every fault a run of ``scenario`` with ``seed`` sets, in the order it
+    sets them: the given schedule, or the fixed faults by time and then each
+    swarm's draw. As ``Scenario.schedule``, it gives the same run again."""
+    from looming.sim.swarm import draw
+
+    if scenario.schedule is not None:
+        return list(scenario.schedule)
+    faults = sorted(scenario.faults, key=lambda item: item[0])
+    everyone = [spec.name for spec in scenario.nodes]
+    for number, swarm in enumerate(scenario.swarms):
+        rng = _random.Random(derive_seed(seed, "swarm", number))
+        faults += draw(swarm, everyone, rng).faults
+    return faults
+
+
+@contextmanager
+def _buggify_for(world: World, on: bool) -> Iterator[None]:
+    """Buggify points fire (into the trace) during the block when ``on``."""
+    if not on:
+        yield
+        return
+    from looming.sim.buggify import buggified
+
+    def record(text: str) -> None:
+        incarnation = CURRENT_NODE.get()
+        label = incarnation.gate.label if incarnation is not None else "scenario"
+        world.trace.record("buggify", f"{label} {text}")
+
+    world.trace.record("run", "buggify on")
+    with buggified(world.seed, record):
+        yield
+
+
 def run(
     scenario: Scenario,
     seed: int,
@@ -280,11 +323,13 @@ def run(
     keep_trace: bool = True,
     log_level: int = logging.INFO,
     watchdog_s: float | None = None,
+    buggify: bool | None = None,
 ) -> RunResult:
     """Run ``scenario`` once with ``seed`` and report what happened.
 
     ``watchdog_s`` (default: the scenario's) is how many wall seconds virtual
-    time may stand still before the run is stopped as stalled."""
+    time may stand still before the run is stopped as stalled; ``buggify``
+    (default: the scenario's) lets :mod:`looming.sim.buggify` points fire."""
     if artifacts is None:
         artifacts = prepare(scenario)
     started = real_perf_counter()
@@ -300,9 +345,12 @@ def run(
             world.network.trunk(a, b, trunk_spec)
         for node_spec in scenario.nodes:
             world.add(node_spec, boot=False)
-        for when, fault in sorted(scenario.faults, key=lambda item: item[0]):
-            loop.call_at(when, _apply, world, fault, context=contextvars.Context())
-        _schedule_swarms(world)
+        if scenario.schedule is not None:
+            _schedule_given(world, scenario.schedule)
+        else:
+            for when, fault in sorted(scenario.faults, key=lambda item: item[0]):
+                loop.call_at(when, _apply, world, fault, context=contextvars.Context())
+            _schedule_swarms(world)
         for node in world.nodes.values():
             node.boot()
 
@@ -337,7 +385,12 @@ def run(
     gc.disable()
     try:
         limit = scenario.watchdog_s if watchdog_s is None else watchdog_s
-        with intercepted(world), _logs_to_trace(world, log_level) as logs:
+        buggify_on = scenario.buggify if buggify is None else buggify
+        with (
+            intercepted(world),
+            _logs_to_trace(world, log_level) as logs,
+            _buggify_for(world, buggify_on),
+        ):
             try:
                 with Watchdog(loop, limit) as watchdog:
                     loop.run_until_complete(loop.create_task(main(), context=contextvars.Context()))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from looming.errors import KeyNotFound
+from looming.sim.buggify import buggify
 from looming.store.contents import Codec
 from looming.store.errors import InvalidPath, MergeFailed, ReadOnlyStore, RefChanged, StoreError
 from looming.store.merge import MergeFunction
@@ -293,6 +294,8 @@ class Store:
                 if tree == base_tree and head is not None:
                     return head.hex()
                 commit = repo.make_commit(tree, (head,) if head is not None else (), message)
+                if buggify("store.ref_changed"):
+                    continue  # as if another writer had moved the branch: retry
                 try:
                     repo.update_ref(branch, head, commit)
                 except RefChanged:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import bisect
 from collections import deque
 
+from looming.sim.buggify import buggify
+
 _Bytes = bytes | bytearray | memoryview
 
 
@@ -287,6 +289,8 @@ class ReceiveBuffer:
             return True
         if not self._room(len(data) + BYTEARRAY_OVERHEAD + RANGE_OVERHEAD):
             return False
+        if buggify("tcp.drop_out_of_order"):
+            return False  # as if there were no room for it: the sender resends it
         self._insert_out_of_order(seq, bytes(data))
         self._charge_pool(before)
         return False
@@ -352,6 +356,8 @@ class ReceiveBuffer:
 
     def read(self, limit: int | None = None) -> bytes:
         before = self.charged
+        if limit is None and len(self.ready) > 1 and buggify("tcp.short_read"):
+            limit = len(self.ready) // 2
         data = self.ready.take(limit)
         self._charge_pool(before)
         return data

@@ -22,6 +22,7 @@ from looming.net.tcp.scoreboard import Scoreboard
 from looming.net.tcp.send_buffer import SendBuffer
 from looming.net.tcp.seq import MASK, wrap
 from looming.net.wire.tcp import ACK, RST, SYN, TcpFlags, TcpHeader
+from looming.sim.buggify import buggify
 
 ECE = int(TcpFlags.ECE)
 CWR = int(TcpFlags.CWR)
@@ -256,7 +257,8 @@ class TransmissionControlBlock:
         edge = rcv_nxt + free
         # Receiver silly-window avoidance (RFC 9293 3.8.6.2.2): move the right
         # edge only by a worthwhile step, and never move it back.
-        if edge < self.rcv_adv or edge - self.rcv_adv < min(buffer // 2, self.path_mss):
+        step = edge - self.rcv_adv
+        if step < min(buffer // 2, self.path_mss) or buggify("tcp.hold_window"):
             edge = max(self.rcv_adv, rcv_nxt)
         window = edge - rcv_nxt
         field = (window + (1 << self.rcv_scale) - 1) >> self.rcv_scale
