@@ -14,6 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from looming.sim.disk import DiskFaults
+    from looming.sim.diskfault import DiskFault
     from looming.sim.linearizability import History, Op, check_history
     from looming.sim.loop import Gate, SimDeadlock, VirtualEventLoop
     from looming.sim.network import Exponential, Fixed, LinkSpec, Uniform
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from looming.sim.world import RunResult, World, run
 
 _EXPORTS = {
+    "DiskFaults": "looming.sim.disk",
+    "DiskFault": "looming.sim.diskfault",
     "History": "looming.sim.linearizability",
     "Op": "looming.sim.linearizability",
     "check_history": "looming.sim.linearizability",
@@ -70,6 +74,8 @@ _EXPORTS = {
 
 __all__ = [
     "Crash",
+    "DiskFault",
+    "DiskFaults",
     "Exponential",
     "Fault",
     "Fixed",

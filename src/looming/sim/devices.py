@@ -1,5 +1,6 @@
 """The devices of a simulated node: virtual time and clock, seeded random,
-a console that writes to the trace, and an in-memory read-write store.
+and a console that writes to the trace (its storage is in
+:mod:`looming.sim.storage` and :mod:`looming.sim.diskstore`, on its disk).
 
 Every value here is a function of the run's one seed and of virtual time,
 never of the host.
@@ -11,9 +12,6 @@ import asyncio
 import hashlib
 import random as _random
 from collections.abc import Callable
-
-from looming.devices.kv import EntryKind
-from looming.errors import KeyNotFound, NotAValue
 
 # Virtual wall-clock time 0 of every run: 2024-01-01T00:00:00Z.
 EPOCH_NS = 1_704_067_200 * 1_000_000_000
@@ -136,109 +134,3 @@ class SimConsole:
 
     async def read(self) -> bytes:
         return b""
-
-
-def _split(key: str) -> tuple[str, ...]:
-    parts = tuple(p for p in key.split("/") if p)
-    for part in parts:
-        if part in (".", ".."):
-            raise KeyNotFound(key)
-    return parts
-
-
-class MemoryKvRw:
-    """:class:`looming.devices.KvRw` held in memory by the simulation.
-
-    The values belong to the node, not to one run of its code: whether they
-    survive a crash is the scenario's choice (``restart(keep_state=...)``).
-    """
-
-    def __init__(self, last_modified: Callable[[], float]) -> None:
-        self.values: dict[tuple[str, ...], tuple[bytes, float]] = {}
-        self._now = last_modified
-
-    def _prefix_of(self, parts: tuple[str, ...]) -> bool:
-        n = len(parts)
-        return any(len(k) > n and k[:n] == parts for k in self.values)
-
-    async def exists(self, key: str) -> EntryKind | None:
-        parts = _split(key)
-        if parts in self.values:
-            return EntryKind.VALUE
-        if not parts or self._prefix_of(parts):
-            return EntryKind.DICTIONARY
-        return None
-
-    async def get(self, key: str) -> bytes:
-        parts = _split(key)
-        if parts in self.values:
-            return self.values[parts][0]
-        if not parts or self._prefix_of(parts):
-            raise NotAValue(f"{key!r} is a dictionary, not a value")
-        raise KeyNotFound(key)
-
-    async def get_partial(self, key: str, offset: int, length: int) -> bytes:
-        value = await self.get(key)
-        return value[max(0, offset) : max(0, offset) + max(0, length)]
-
-    async def size(self, key: str) -> int:
-        return len(await self.get(key))
-
-    async def list(self, prefix: str = "") -> list[tuple[str, EntryKind]]:
-        parts = _split(prefix)
-        n = len(parts)
-        children: dict[str, EntryKind] = {}
-        for k in self.values:
-            if len(k) > n and k[:n] == parts:
-                kind = EntryKind.VALUE if len(k) == n + 1 else EntryKind.DICTIONARY
-                if children.get(k[n]) is not EntryKind.DICTIONARY:
-                    children[k[n]] = kind
-        if not children and parts and parts not in self.values:
-            raise KeyNotFound(prefix)
-        return sorted(children.items())
-
-    async def digest(self, key: str) -> str:
-        parts = _split(key)
-        if parts in self.values:
-            return hashlib.sha256(self.values[parts][0]).hexdigest()
-        listing = await self.list(key)
-        text = "\n".join(f"{name} {kind.value}" for name, kind in listing)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    async def last_modified(self, key: str) -> float:
-        parts = _split(key)
-        if parts in self.values:
-            return self.values[parts][1]
-        if not parts or self._prefix_of(parts):
-            return max(
-                (v[1] for k, v in self.values.items() if k[: len(parts)] == parts), default=0.0
-            )
-        raise KeyNotFound(key)
-
-    async def set(self, key: str, value: bytes) -> None:
-        parts = _split(key)
-        if not parts:
-            raise NotAValue("cannot store a value at the root")
-        for i in range(1, len(parts)):
-            if parts[:i] in self.values:
-                raise NotAValue(f"{'/'.join(parts[:i])!r} is a value, not a dictionary")
-        if self._prefix_of(parts):
-            raise NotAValue(f"{key!r} is a dictionary, not a value")
-        self.values[parts] = (bytes(value), self._now())
-
-    async def remove(self, key: str) -> None:
-        parts = _split(key)
-        n = len(parts)
-        for k in [k for k in self.values if k[:n] == parts]:
-            del self.values[k]
-
-    async def rename(self, source: str, dest: str) -> None:
-        src, dst = _split(source), _split(dest)
-        n = len(src)
-        moved = {k: v for k, v in self.values.items() if k[:n] == src}
-        if not moved:
-            raise KeyNotFound(source)
-        await self.remove(dest)
-        for k, v in moved.items():
-            del self.values[k]
-            self.values[dst + k[n:]] = v

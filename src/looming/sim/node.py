@@ -1,6 +1,6 @@
 """Simulated nodes: one unikernel (or a scenario-driven host) each.
 
-A node owns what outlives its crashes (its cable, its kv_rw stores) and
+A node owns what outlives its crashes (its cable, its disk) and
 runs its code in *incarnations*: boot, perhaps pause and resume, and crash.
 The code of an incarnation runs in a context naming the node, which is how
 the generated ``start`` finds its devices (:class:`SimDevices`) and how the
@@ -21,19 +21,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from looming.devices.net import MacAddress
 from looming.errors import DeviceError
 from looming.sim.devices import (
-    MemoryKvRw,
     SimClock,
     SimConsole,
     SimRandom,
     SimTime,
     derive_seed,
 )
+from looming.sim.disk import DiskFaults, SimDisk
 from looming.sim.loop import CURRENT_GATE, Gate, kill_tasks
 from looming.sim.network import Attachment, LinkSpec, SimNic
+from looming.sim.storage import SimBlock, SimKvRw
 
 if TYPE_CHECKING:
     from looming.net.stack import DirectStack
     from looming.sim.artifact import Artifact, LoadedUnikernel
+    from looming.sim.diskstore import SimStoreKv
     from looming.sim.world import World
 
 _T = TypeVar("_T")
@@ -137,12 +139,26 @@ class SimDevices:
         return CrunchedKv.load(name, str(node.artifact.path))
 
     @staticmethod
-    async def kv_rw(name: str) -> MemoryKvRw:
-        node = SimDevices._current().node
-        store = node.stores.get(name)
-        if store is None:
-            store = node.stores[name] = MemoryKvRw(node.world.virtual_wall_time)
-        return store
+    async def kv_rw(name: str) -> SimKvRw:
+        """A store kept as a log on the node's disk (each change synced)."""
+        incarnation = SimDevices._current()
+        return await SimKvRw.open(incarnation.node.disk, name, incarnation.clock.now)
+
+    @staticmethod
+    async def kv_store(name: str, *, branch: str = "main") -> SimStoreKv:
+        """The store (commits, branches, merges) on the node's disk."""
+        from looming.sim.diskstore import SimStoreKv
+
+        incarnation = SimDevices._current()
+        return await SimStoreKv.open(incarnation.node.disk, name, branch, incarnation.clock)
+
+    @staticmethod
+    async def block(name: str, *, sector_size: int = 512, size_bytes: int = 1 << 20) -> SimBlock:
+        """A block device: one file of the node's disk, durable after ``flush``."""
+        from looming.devices.block import BlockInfo
+
+        disk = SimDevices._current().node.disk
+        return SimBlock(disk, name, BlockInfo(sector_size, size_bytes // sector_size, True))
 
     @staticmethod
     def network(name: str) -> SimNic:
@@ -187,7 +203,14 @@ class SimNode:
             spec.name, mac, spec.switch, self.link_spec
         )
         self.artifact: Artifact | None = world.artifacts.get(spec.name)
-        self.stores: dict[str, MemoryKvRw] = {}
+        faults = world.scenario.disks.get(spec.name, DiskFaults())
+        self.disk = SimDisk(
+            spec.name,
+            world.loop.time,
+            SimRandom(derive_seed(world.seed, spec.name, "disk")),
+            world.trace.record,
+            faults,
+        )
         self.incarnations = 0
         self.current: Incarnation | None = None
         self.status = "down"
@@ -288,6 +311,8 @@ class SimNode:
                 waiter.exception()  # whoever awaits it gets it; nobody must
         if incarnation.loaded is not None:
             incarnation.loaded.unload()
+        if reason == "crash":
+            self.disk.crash()
         self.status = "crashed" if reason == "crash" else "down"
         self.world.trace.record("node", f"{reason} {self.name} ({killed} tasks)")
 
@@ -296,7 +321,7 @@ class SimNode:
         if self.current is not None:
             self.crash()
         if not keep_state:
-            self.stores.clear()
+            self.disk.wipe()
         self.world.trace.record(
             "node", f"restart {self.name} {'keeping' if keep_state else 'losing'} state"
         )

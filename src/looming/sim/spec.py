@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from looming.errors import UsageError
+from looming.sim.disk import DiskFaults
 from looming.sim.network import Fixed, LinkSpec
 from looming.sim.node import NodeSpec
 
@@ -238,6 +239,8 @@ class Scenario:
     trunks: list[tuple[str, str, LinkSpec]] = field(default_factory=list)
     faults: list[tuple[float, Fault]] = field(default_factory=list)
     swarms: list[Swarm] = field(default_factory=list)
+    # Each node's disk faults from the start (``disk``); none by default.
+    disks: dict[str, DiskFaults] = field(default_factory=dict)
     driver: Driver | None = None
     source: str = "<scenario>"
     # Nodes the driver can do without (``sim shrink`` tries runs without them).
@@ -344,6 +347,17 @@ class Scenario:
         ``world.nodes``), so ``sim shrink`` may try runs without them."""
         self.optional_nodes.extend(nodes)
 
+    def disk(self, node: str, **faults: Any) -> None:
+        """How ``node``'s disk misbehaves for the whole run: the fields of
+        :class:`looming.sim.disk.DiskFaults` (rates from 0 to 1, latencies)."""
+        try:
+            self.disks[node] = DiskFaults(**faults)
+        except TypeError:
+            known = "lost_writes, torn_writes, read_errors, corruption, slow_io, latency, slow"
+            raise UsageError(
+                f"disk({node!r}): unknown fault in {sorted(faults)}; give some of: {known}"
+            ) from None
+
     def main(self, driver: Driver) -> Driver:
         """Decorator naming the scenario's driver."""
         self.driver = driver
@@ -396,6 +410,12 @@ class Scenario:
                     )
             found.extend(f"fault '{what}': {p}" for p in fault.problems())
         found.extend(self._trunk_problems())
+        for node, disk in self.disks.items():
+            if node not in seen:
+                found.append(
+                    f"disk faults for unknown node {node!r}; nodes: {', '.join(names) or 'none'}"
+                )
+            found.extend(f"disk faults of node {node!r}: {p}" for p in disk.problems())
         found.extend(
             f"optional node {node!r} is not a node of the scenario"
             for node in self.optional_nodes

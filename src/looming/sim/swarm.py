@@ -30,6 +30,8 @@ from looming.sim.spec import (
 )
 
 KINDS = ("crash", "pause", "partition", "isolate", "hold")
+# Kinds a swarm draws only when asked for: "disk" (a window of disk faults).
+EXTRA_KINDS = ("disk",)
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,9 @@ class Swarm:
         if not self.nodes:
             found.append("swarm: give at least one node faults may hit")
         for kind in self.kinds:
-            if kind not in KINDS:
-                found.append(f"swarm: unknown fault kind {kind!r}; kinds: {', '.join(KINDS)}")
+            if kind not in KINDS + EXTRA_KINDS:
+                kinds = ", ".join(KINDS + EXTRA_KINDS)
+                found.append(f"swarm: unknown fault kind {kind!r}; kinds: {kinds}")
         if not self.kinds:
             found.append("swarm: give at least one fault kind")
         if not 0 <= self.start < self.end:
@@ -110,6 +113,8 @@ def draw(swarm: Swarm, everyone: list[str], rng: random.Random) -> Schedule:
             continue
         node = rng.choice(swarm.nodes)
         needs = ["network", *everyone] if kind in ("partition", "isolate") else [node]
+        if kind == "disk":  # overlaps the node's crashes: that is when it matters
+            needs = [f"{node}/disk"]
         if any(busy.get(name, 0.0) > when for name in needs):
             continue
         for name in needs:
@@ -126,6 +131,10 @@ def _faults(
         return [(when, Crash(node)), (when + length, Restart(node, keep_state=rng.random() < 0.5))]
     if kind == "pause":
         return [(when, Pause(node, length))]
+    if kind == "disk":
+        from looming.sim.diskfault import DiskFault, draw_disk_faults
+
+        return [(when, DiskFault(node, draw_disk_faults(rng), length))]
     if kind == "isolate":
         return [(when, Isolate(node, length))]
     if kind == "hold":

@@ -6,8 +6,10 @@ as a node. Every device is resolved, when the node boots, to the node's
 simulated one through :class:`looming.sim.node.SimDevices`: virtual time and
 clock (with the node's skew and drift), a random stream seeded from the
 run's seed, a console that writes to the trace, kv_ro crunched into the
-artifact, kv_rw kept by the simulation (so it can survive a crash), and
-looming's own TCP/IP stack on the node's simulated Ethernet interface.
+artifact, kv_rw, kv_store and block kept on the node's simulated disk
+(:mod:`looming.sim.disk`: what was durably written survives a crash, as the
+scenario's disk faults allow), and looming's own TCP/IP stack on the node's
+simulated Ethernet interface.
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ class SimTarget(Target):
     name = "sim"
     summary = "a node of a deterministic simulated network (looming sim run)"
 
-    KINDS = ("console", "time", "clock", "random", "kv_ro", "kv_rw", "network", "stack")
+    KINDS = (
+        "console",
+        "time",
+        "clock",
+        "random",
+        "kv_ro",
+        "kv_rw",
+        "kv_store",
+        "block",
+        "network",
+        "stack",
+    )
 
     def supports(self, kind: str) -> bool:
         return kind in self.KINDS
@@ -48,7 +61,25 @@ class SimTarget(Target):
                 f"{_DEVICES}.kv_rw",
                 args=[repr(dev.name_hint)],
                 awaited=True,
-                summary="kept by the simulation across crashes (or not, as the scenario says)",
+                summary="a log on the node's simulated disk, each change synced",
+            )
+        if kind == "kv_store":
+            return Impl(
+                f"{_DEVICES}.kv_store",
+                args=[repr(dev.name_hint)],
+                kwargs=[("branch", repr(dev.setting("branch")))],
+                awaited=True,
+                disconnect="disconnect",
+                summary=f"store on the node's simulated disk ({dev.setting('branch')})",
+            )
+        if kind == "block":
+            return Impl(
+                f"{_DEVICES}.block",
+                args=[repr(dev.name_hint)],
+                kwargs=[("sector_size", repr(dev.setting("sector_size", 512)))],
+                awaited=True,
+                disconnect="disconnect",
+                summary="sectors of the node's simulated disk, durable after flush",
             )
         if kind == "network":
             iface = dev.setting("iface")
