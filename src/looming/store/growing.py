@@ -41,6 +41,7 @@ from looming.store.pack import (
     _object_header,
     _ofs_header,
     _parse_entry_header,
+    deflate,
     install_pack,
     stored_zlib,
 )
@@ -113,7 +114,7 @@ class GrowingPack:
         if anchor is not None:
             self.anchors[oid] = anchor
         small = len(delta) < STORE_DELTAS_BELOW
-        packed = stored_zlib(delta) if small else zlib.compress(delta, 1)
+        packed = stored_zlib(delta) if small else deflate(delta)
         return _ofs_header(len(delta), at - base_at) + packed
 
     @property
@@ -199,7 +200,7 @@ class GrowingPack:
                     entry = data[offset:end]
                     if end - start >= size:
                         # Stored whole by the per-commit pack: deflate it now.
-                        deflated = zlib.compress(zlib.decompress(data[start:end]), 1)
+                        deflated = deflate(zlib.decompress(data[start:end]))
                         entry = _object_header(kind, size) + deflated
                     body += entry
                     new_entries.append((oid, at, crc32(entry)))
@@ -208,7 +209,7 @@ class GrowingPack:
                 tree_body = zlib.decompress(data[start:end])
             entry = self._tree_entry(oid, tree_body, delta_bases.get(oid), at, make_delta)
             if not entry:
-                entry = _object_header(_TREE, len(tree_body)) + zlib.compress(tree_body, 1)
+                entry = _object_header(_TREE, len(tree_body)) + deflate(tree_body)
                 trees[oid] = (at, 0)
                 self.anchors[oid] = oid  # the first segment's anchor
                 self.anchor_bodies[oid] = tree_body

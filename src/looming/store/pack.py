@@ -73,6 +73,20 @@ def stored_zlib(data: bytes) -> bytes:
     return b"".join(parts)
 
 
+def deflate(data: bytes | bytearray, level: int = 1) -> bytes:
+    """``data`` as a zlib stream, like ``zlib.compress(data, level)``, with
+    a window and match tables sized to ``data``: zlib's defaults take some
+    256 KiB of state, which the allocator maps and unmaps for every object
+    (tens of microseconds each, ten times the compressing of a small
+    object), while a window larger than the data finds no more matches."""
+    bits = (len(data) + 262).bit_length()  # the window covers all of it
+    if bits >= 15:
+        return zlib.compress(data, level)
+    bits = max(bits, 9)
+    compressor = zlib.compressobj(level, zlib.DEFLATED, bits, max(1, min(6, bits - 6)))
+    return compressor.compress(data) + compressor.flush()
+
+
 # Below this many bytes deflate saves nothing worth its cost (a few bytes
 # on short text, a compressor set up for each): stored.
 STORE_BELOW = 64
@@ -86,7 +100,7 @@ def build_pack(
     parts = [b"PACK" + struct.pack(">II", 2, len(items))]
     offset = 12
     entries: list[IndexEntry] = []
-    compress, crc32, types = zlib.compress, zlib.crc32, _TYPE_NUMBERS
+    crc32, types = zlib.crc32, _TYPE_NUMBERS
     for oid, kind, body in items:
         size = len(body)
         # Big objects (large directories) are stored, not deflated, in the
@@ -94,7 +108,7 @@ def build_pack(
         # soon replaces most of them by small deltas (and deflates the rest).
         # Trees are stored too: merges store most of them as deltas.
         if STORE_BELOW <= size < STORE_ABOVE and kind != "tree" and compression:
-            deflated = compress(body, compression)
+            deflated = deflate(body, compression)
         else:
             deflated = stored_zlib(body)
         entry = _object_header(types[kind], size) + deflated
@@ -323,7 +337,7 @@ def concatenate_packs(
                     if len(delta) < len(body) // 2:
                         base_at, base_depth = placed[hint]
                         new_offset = out.tell()
-                        packed_delta = zlib.compress(delta, 1)
+                        packed_delta = deflate(delta)
                         emit(
                             oid,
                             _ofs_header(len(delta), new_offset - base_at) + packed_delta,
@@ -336,7 +350,7 @@ def concatenate_packs(
                     bodies[oid] = body
             if len(compressed) >= size and (size >= STORE_ABOVE or kind == 2):
                 # Stored whole by a per-commit pack: deflate it now.
-                deflated = zlib.compress(zlib.decompress(compressed), 1)
+                deflated = deflate(zlib.decompress(compressed))
                 emit(oid, _object_header(kind, size) + deflated, 0)
                 continue
             emit(oid, data[offset:end], 0)
