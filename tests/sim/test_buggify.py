@@ -169,3 +169,10 @@ def test_the_store_retries_a_spurious_ref_change() -> None:
         fired += _points(result.events)["store.ref_changed"]
     assert values == [b"199"] * 8
     assert fired > 0
+
+
+@looming.sim.scenario(duration=5.0, buggify=True)
+async def test_a_plugin_scenario_may_turn_buggify_on(world: World) -> None:
+    fired = [name for _ in range(20) for name in POINTS if buggify(name)]
+    assert fired, "no point fired in 1,200 hits"
+    await world.sleep(0.1)

@@ -42,9 +42,10 @@ def scenario(
     duration: float = 60.0,
     link: LinkSpec | None = None,
     seeds: Sequence[int] = (1,),
+    buggify: bool = False,
 ) -> Any:
     """Make ``async def test_...(world)`` a simulation test (usable with or
-    without arguments)."""
+    without arguments); ``buggify=True`` lets looming.sim.buggify points fire."""
 
     def decorate(driver: ScenarioTest) -> Callable[[int], None]:
         def run_test(sim_seed: int) -> None:
@@ -52,7 +53,9 @@ def scenario(
             from looming.sim.spec import Scenario
             from looming.sim.world import run
 
-            declared = Scenario(driver.__name__, duration=duration, link=link or LinkSpec())
+            declared = Scenario(
+                driver.__name__, duration=duration, link=link or LinkSpec(), buggify=buggify
+            )
             declared.driver = driver
             result = run(declared, sim_seed, artifacts={})
             if result.ok:
