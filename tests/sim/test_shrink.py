@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,15 @@ def test_drawn_swarm_schedules_read_back_exactly(end: float, rng: random.Random)
     swarm = Swarm(("a", "b"), 0.0, 1.0 + end % 1000, max_rate=2.0)
     schedule = draw(swarm, ["a", "b", "c"], rng).faults
     assert parse_faults(format_faults(schedule)) == schedule
+
+
+def test_a_fault_kind_without_a_text_form_is_a_clear_error() -> None:
+    @dataclass(frozen=True)
+    class Flood(looming.sim.Fault):
+        node: str
+
+    with pytest.raises(UsageError, match="Flood fault cannot be written for --faults"):
+        format_faults([(1.0, Crash("a")), (2.0, Flood("a"))])
 
 
 @pytest.mark.parametrize(

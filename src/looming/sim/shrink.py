@@ -87,7 +87,10 @@ def format_fault(when: float, fault: Fault) -> str:
             return f"{at}:hold:{node}"
         case Release(node, drop):
             return f"{at}:release:{node}:{'drop' if drop else 'deliver'}"
-    raise UsageError(f"a {type(fault).__name__} fault cannot be written as text")
+    raise UsageError(
+        f"a {type(fault).__name__} fault cannot be written for --faults; "
+        "replay the run with its scenario's faults instead"
+    )
 
 
 def format_faults(schedule: Iterable[Timed]) -> str:
@@ -614,7 +617,11 @@ def command(
     )
     for when, fault in schedule:
         print(f"  t={when:.6f} s  {fault.describe()}")
-    words = replay_words(args, seed, best)
+    try:
+        words = replay_words(args, seed, best)
+    except UsageError as error:  # a fault kind --faults cannot say
+        print(f"no replay command: {error}")
+        return 1
     print(f"replay: {shlex.join(words)}")
     if not args.no_confirm:
         same = confirm(words, shrinker.wanted, args.any_failure)
