@@ -3,6 +3,7 @@
     looming sim run SCENARIO.py --seed N        one run: summary, trace digest, pcaps
     looming sim run SCENARIO.py --seeds A..B    a sweep on every core (-j N: N processes):
                                                 failing seeds and how to replay them
+        ... --seeds A..B --cluster ADDRESS      the sweep on a Dask distributed cluster
     looming sim check SCENARIO.py --seed N      two runs in two fresh processes with
                                                 different PYTHONHASHSEEDs; the first
                                                 event (or frame) where they differ
@@ -32,6 +33,7 @@ from looming.sim import shrink
 
 if TYPE_CHECKING:
     from looming.sim.artifact import Artifact
+    from looming.sim.cluster import ClusterSweep
     from looming.sim.spec import Scenario
     from looming.sim.world import RunResult
 
@@ -54,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="with --seeds: run N seeds at a time in worker processes (default: every core)",
+    )
+    run.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="with --seeds: run the seeds on the Dask distributed cluster whose scheduler is "
+        "at ADDRESS (e.g. tcp://10.0.0.5:8786); needs looming[cluster]",
     )
     run.add_argument(
         "--out",
@@ -138,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if verb is None:
         print("looming sim: say 'run', 'check' or 'shrink' (looming sim --help)", file=sys.stderr)
         return 2
+    cluster: ClusterSweep | None = None
     try:
         from looming.sim.spec import load_scenario
         from looming.sim.world import prepare
@@ -149,11 +158,17 @@ def run(args: argparse.Namespace) -> int:
         if verb == "run" and args.check_sample < 0:
             raise UsageError(f"--check-sample: {args.check_sample} is negative; give 0 or more")
         seed = _seed(args.seed)
+        if verb == "run" and args.cluster is not None:
+            from looming.sim.cluster import connect
+
+            cluster = connect(args.cluster, args.seeds, args.jobs)
         scenario = load_scenario(args.scenario, args.name)
         if verb in ("run", "check"):
             scenario = shrink.apply_arguments(args, scenario)
         artifacts = prepare(scenario)
     except (UsageError, ConfigError) as error:
+        if cluster is not None:
+            cluster.close()
         print(f"looming sim: {error}", file=sys.stderr)
         return 2
     if verb == "check":
@@ -161,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if verb == "shrink":
         return shrink.command(args, scenario, artifacts, seed)
     if seeds is not None:
-        return _sweep(args, scenario, artifacts, seeds, jobs)
+        return _sweep(args, scenario, artifacts, seeds, jobs, cluster)
     return _run_one(args, scenario, artifacts, seed)
 
 
@@ -267,28 +282,41 @@ def _sweep(
     artifacts: dict[str, Artifact],
     seeds: range,
     jobs: int,
+    cluster: ClusterSweep | None = None,
 ) -> int:
     import time
 
     failing: list[tuple[int, str]] = []
     started = time.perf_counter()
-    for outcome in sweep_outcomes(scenario, artifacts, seeds, jobs):
-        verdict = "ok" if outcome.ok else "FAILED"
-        print(
-            f"seed {outcome.seed}: {verdict}  {outcome.virtual_seconds:.1f} s virtual  "
-            f"digest {outcome.digest[:16]}",
-            flush=True,
-        )
-        if not outcome.ok:
-            failing.append((outcome.seed, outcome.failure or "failed"))
+    if cluster is None:
+        outcomes = sweep_outcomes(scenario, artifacts, seeds, jobs)
+    else:  # in the order the seeds complete; the workers apply the overrides too
+        changes: shrink.Override | None = shrink.override_from(args)
+        if changes == shrink.Override():
+            changes = None
+        outcomes = cluster.sweep(args.scenario, args.name, scenario, artifacts, seeds, changes)
+    try:
+        for outcome in outcomes:
+            verdict = "ok" if outcome.ok else "FAILED"
+            print(
+                f"seed {outcome.seed}: {verdict}  {outcome.virtual_seconds:.1f} s virtual  "
+                f"digest {outcome.digest[:16]}",
+                flush=True,
+            )
+            if not outcome.ok:
+                failing.append((outcome.seed, outcome.failure or "failed"))
+    except UsageError as error:  # the cluster cannot go on
+        print(f"looming sim: {error}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - started
     workers = min(jobs, len(seeds))
+    where = f"{workers} process{'es' if workers > 1 else ''}"
     print(
         f"{len(seeds)} seeds in {elapsed:.2f} s ({len(seeds) / elapsed:.1f} seeds/s, "
-        f"{workers} process{'es' if workers > 1 else ''}): "
+        f"{where if cluster is None else cluster.describe()}): "
         f"{len(seeds) - len(failing)} passed, {len(failing)} failed"
     )
-    for seed, reason in failing:
+    for seed, reason in sorted(failing):
         print(f"seed {seed} failed: {reason}")
         print(f"  replay: {_replay_command(args, seed)}")
     replays_differ = _check_sample(args, [s for s, _ in failing], seeds)
