@@ -16,6 +16,7 @@ from looming.sim import World
 from looming.sim.buggify import ENABLED_CHANCE, active, buggified, buggify
 from looming.sim.spec import load_scenario
 from looming.sim.world import prepare, run
+from tests.sim.conftest import run_looming
 
 POINTS = [f"test.point{number}" for number in range(60)]
 
@@ -176,3 +177,17 @@ async def test_a_plugin_scenario_may_turn_buggify_on(world: World) -> None:
     fired = [name for _ in range(20) for name in POINTS if buggify(name)]
     assert fired, "no point fired in 1,200 hits"
     await world.sleep(0.1)
+
+
+def test_a_buggified_run_replays_in_fresh_processes(app_copies: Path) -> None:
+    scenario = str(app_copies / "scenarios" / "website.py")
+    ran = run_looming(["sim", "run", scenario, "--seed", "2", "--buggify", "--no-pcap", "--trace"])
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert " buggify server fire http.close_early" in ran.stdout
+    checked = run_looming(["sim", "check", scenario, "--seed", "2", "--buggify"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "are identical" in checked.stdout
+    digests = {line.split()[3] for line in checked.stdout.splitlines() if "digest" in line}
+    assert digests == {
+        next(line.split()[1] for line in ran.stdout.splitlines() if line.startswith("digest:"))
+    }
