@@ -9,11 +9,21 @@ falls on all of them; the median of the rounds is reported.
 * ``batched``: commits of 10 keys each (looming: one ``with_tree``
   transaction per commit), spread under 100 directories.
 * ``single``: commits of one key each (looming: ``Store.set``).
-  looming runs with ``durability="full"`` (every commit fsynced: packs,
-  refs and their folders), the same with commits grouped 10 to a
-  ``Repo.batch()`` ("x10": one fsync'ed write per 10 commits), and
-  ``"none"``; git fast-import (one stream, ref updated at the end) and
-  dulwich (``DiskObjectStore.add_objects`` per commit) do not fsync.
+  looming runs with ``durability="full"``, the same with commits grouped
+  10 to a ``Repo.batch()`` ("x10": one durable write per 10 commits), and
+  ``"none"``; then git fast-import (one stream) and dulwich
+  (``DiskObjectStore.add_objects`` per commit). What each makes durable
+  (checked with ``strace -f -e fsync``): looming full, per commit (per
+  batch for x10), three waits: the pack and its index fsynced together,
+  then the pack folder together with the ref's lock file, then the ref's
+  folder after the rename. git fast-import, with git's default
+  ``core.fsync`` (the bench sets no ``core.fsync`` or
+  ``core.fsyncMethod``; GIT_CONFIG_NOSYSTEM=1), fsyncs its one pack and
+  index once, at the end of the stream, and neither the ref nor any
+  folder, so a power cut can lose the run's ref update; it is the
+  reference of the ratios. "git fast-import fsync=all" runs it with
+  ``-c core.fsync=all`` (also the ref; still no folder). dulwich does
+  not fsync.
 * ``reads``: every key of the batched history read at the head, cold (a
   freshly opened repository) and warm (the same keys again); git reads
   with one ``git cat-file --batch``.
@@ -99,7 +109,9 @@ def looming_commits(durability: str, batch: int = 1) -> Callable[[Path, int, int
     return run
 
 
-def fast_import_commits(disk: Path, commits: int, per_commit: int) -> float:
+def fast_import_commits(
+    disk: Path, commits: int, per_commit: int, config: tuple[str, ...] = ()
+) -> float:
     git("init", "-q", "--bare", str(disk), cwd=disk.parent)
     chunks: list[bytes] = []
     for commit in range(commits):
@@ -113,7 +125,7 @@ def fast_import_commits(disk: Path, commits: int, per_commit: int) -> float:
             chunks.append(b"M 100644 inline %s\ndata %d\n%s\n" % (name, len(data), data))
     stream = b"".join(chunks)
     started = time.perf_counter()
-    git("fast-import", "--quiet", cwd=disk, data=stream)
+    git(*config, "fast-import", "--quiet", cwd=disk, data=stream)
     return commits / (time.perf_counter() - started)
 
 
@@ -166,6 +178,9 @@ WRITERS: dict[str, Callable[[Path, int, int], float]] = {
     "looming full x10": looming_commits("full", batch=10),
     "looming none": looming_commits("none"),
     "git fast-import": fast_import_commits,
+    "git fast-import fsync=all": lambda disk, commits, per_commit: fast_import_commits(
+        disk, commits, per_commit, ("-c", "core.fsync=all")
+    ),
     "dulwich": dulwich_commits,
 }
 
@@ -334,7 +349,14 @@ def report(results: dict[str, object], commits: int, writers: int) -> None:
         reference = rates["git fast-import"]
         print(f"\n{workload}: commits of {keys} key(s), commits/s (median), x fast-import")
         for name, rate in rates.items():
-            print(f"  {name:16} {rate:10.0f}  {rate / reference:6.2f}x")
+            print(f"  {name:25} {rate:10.0f}  {rate / reference:6.2f}x")
+    print(
+        "\nwhat is fsynced: looming full: per commit (x10: per batch of 10) the pack and its\n"
+        "  index, then the pack folder with the ref's lock, then the ref's folder; git\n"
+        "  fast-import (git's default core.fsync, no core.fsync/fsyncMethod set here): its\n"
+        "  pack and index once per run, not the ref nor any folder; fsync=all: also the ref;\n"
+        "  dulwich: nothing"
+    )
     reads = results["reads"]
     assert isinstance(reads, dict)
     print(f"\nreads of {commits * KEYS_PER_COMMIT} keys at the head, keys/s (cold, warm)")
