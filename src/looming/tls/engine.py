@@ -9,7 +9,7 @@ in its :class:`~looming.tls.config.TlsConfig`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from cryptography import x509
 
@@ -80,6 +80,7 @@ class TlsConnection:
         self.hello_retried = False
         self.early_data_accepted = False
         self.handshake_complete = False
+        self._bulk13 = False  # TLS 1.3 with the handshake complete: see complete_handshake
         self.session: Session | None = None
         # TLS 1.3 application traffic secrets and exporter secret; 1.2 master secret.
         self.read_secret = b""
@@ -115,7 +116,20 @@ class TlsConnection:
             raise self._failed
         if self._closed_by_peer:
             return []
-        self.records.feed(data)
+        records = self.records
+        if self._bulk13 and not self._hs_buffer:
+            # Bulk data: a run of application data records opened in one pass.
+            try:
+                payloads, more = records.open_application_data13(data)
+            except Exception as exc:
+                self._fail(exc)
+            events = self.events
+            events += map(ApplicationData, payloads)
+            if not more:
+                self.events = []
+                return events
+        else:
+            records.feed(data)
         self._run(self._process_records)
         events, self.events = self.events, []
         return events
@@ -126,12 +140,17 @@ class TlsConnection:
             raise self._failed
         if self._sent_close:
             raise TlsClosed("cannot send after close()")
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._bulk13 and data:
+            sealed = self.records.write_application_data13(data)
+            if sealed == len(data):
+                return
+            data = data[sealed:]
         if not self.handshake_complete:
-            self._pending_app_data.append(bytes(data))
+            self._pending_app_data.append(data)
             return
-        if self.version == TLS13 and data and self.records.write_application_data13(bytes(data)):
-            return
-        self._run(lambda: self._write_app_data(bytes(data)))
+        self._run(lambda: self._write_app_data(data))
 
     def bytes_to_send(self) -> bytes:
         return self.records.take_outgoing()
@@ -258,6 +277,8 @@ class TlsConnection:
 
     def complete_handshake(self) -> None:
         self.handshake_complete = True
+        # From here on TLS 1.3 application data takes the bulk record paths.
+        self._bulk13 = self.version == TLS13 and not self.receiving_early_data
         pending, self._pending_app_data = self._pending_app_data, []
         for data in pending:
             self._write_app_data(data)
@@ -268,39 +289,49 @@ class TlsConnection:
         """Run a step; turn any failure into a fatal alert and a TlsError."""
         try:
             step()
-        except TlsProtocolError as exc:
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> NoReturn:
+        """The connection fails with ``exc`` (raised in a step): alert, then raise."""
+        if isinstance(exc, TlsProtocolError):
             self._abort(exc, exc.description)
-        except Malformed as exc:
+        if isinstance(exc, Malformed):
             self._abort(
                 TlsProtocolError(AlertDescription.DECODE_ERROR, f"malformed message: {exc}"),
                 AlertDescription.DECODE_ERROR,
             )
-        except TlsAlertReceived as exc:
+        if isinstance(exc, TlsAlertReceived):
             self._failed = exc
-            raise
-        except TlsError:
-            raise
-        except NotReplayable as exc:  # a simulation's run fails with the reason
+            raise exc
+        if isinstance(exc, TlsError):
+            raise exc
+        if isinstance(exc, NotReplayable):  # a simulation's run fails with the reason
             self._failed = TlsProtocolError(AlertDescription.INTERNAL_ERROR, str(exc))
             self.send_alert(AlertLevel.FATAL, AlertDescription.INTERNAL_ERROR)
-            raise
-        except Exception as exc:  # a bug must still end in an alert, not a crash
-            error = TlsProtocolError(AlertDescription.INTERNAL_ERROR, f"internal error: {exc!r}")
-            self._abort(error, AlertDescription.INTERNAL_ERROR, cause=exc)
+            raise exc
+        # A bug must still end in an alert, not a crash.
+        error = TlsProtocolError(AlertDescription.INTERNAL_ERROR, f"internal error: {exc!r}")
+        self._abort(error, AlertDescription.INTERNAL_ERROR, cause=exc)
 
     def _abort(
         self,
         error: TlsProtocolError,
         description: AlertDescription,
         cause: BaseException | None = None,
-    ) -> None:
+    ) -> NoReturn:
         self._failed = error
         self.send_alert(AlertLevel.FATAL, description)
         raise error from (cause or error.__cause__)
 
     def _process_records(self) -> None:
+        records = self.records
         while not self._closed_by_peer and self._failed is None:
-            record = self.records.next_record()
+            if self._bulk13 and not self._hs_buffer:
+                # After a record of another kind, application data in bulk again.
+                payloads, _ = records.open_application_data13()
+                self.events += map(ApplicationData, payloads)
+            record = records.next_record()
             if record is None:
                 return
             content_type, payload = record

@@ -32,6 +32,7 @@ _SEQ_LAST = (1 << 64) - 1
 # Per record, on the hot path: the inner content type byte and the 1.3 header's start.
 _TYPE_BYTE = [bytes((value,)) for value in range(256)]
 _PREFIX13 = bytes((_CT.APPLICATION_DATA, 3, 3))
+_FULL_INNER = MAX_PLAINTEXT + 1
 
 
 class Protection:
@@ -106,16 +107,14 @@ class Protection:
             aead.encrypt_into(nonce, data, aad, view[_HEADER + len(explicit) :])
         return record
 
-    def _seal13(self, content_type: int, data: bytes, padding: int) -> bytes:
-        # TLS 1.3 is every record after the handshake: kept to the fewest steps.
+    def _seal13(self, content_type: int, data: bytes | memoryview, padding: int) -> bytes:
         aead = self._aead or self._keyed()
         seq = self.seq
         if seq >= _SEQ_LAST:
             raise TlsProtocolError(AlertDescription.INTERNAL_ERROR, "sequence number would wrap")
         self.seq = seq + 1
-        inner = data + _TYPE_BYTE[content_type]
-        if padding:
-            inner += bytes(padding)
+        # The inner plaintext: the content, its type byte, any zero padding.
+        inner = b"".join((data, _TYPE_BYTE[content_type], bytes(padding)))
         header = _PREFIX13 + (len(inner) + _TAG).to_bytes(2, "big")
         # One immutable record: take_outgoing hands a lone record on without a
         # join, and encrypt's output needs no zero-filled buffer first.
@@ -133,17 +132,7 @@ class Protection:
         if seq >= _SEQ_LAST:
             raise TlsProtocolError(AlertDescription.INTERNAL_ERROR, "sequence number would wrap")
         self.seq = seq + 1
-        # Strip the zero padding; the last non-zero byte is the real type.
-        if len(inner) > MAX_PLAINTEXT + 1:
-            raise TlsProtocolError(AlertDescription.RECORD_OVERFLOW, "inner plaintext too long")
-        if inner and inner[-1]:
-            return inner[-1], inner[:-1]  # the common case: no padding
-        stripped = inner.rstrip(b"\x00")
-        if not stripped:
-            raise TlsProtocolError(
-                AlertDescription.UNEXPECTED_MESSAGE, "record has no content type"
-            )
-        return stripped[-1], stripped[:-1]
+        return _split_inner13(inner)
 
     def open(self, header: bytes, body: bytes | memoryview) -> tuple[int, bytes]:
         """Decrypt one record; ``bad_record_mac`` if it does not authenticate."""
@@ -171,6 +160,19 @@ class Protection:
         return content_type, data
 
 
+def _split_inner13(inner: bytes) -> tuple[int, bytes]:
+    """A TLS 1.3 inner plaintext's (content type, content), zero padding stripped."""
+    if len(inner) > MAX_PLAINTEXT + 1:
+        raise TlsProtocolError(AlertDescription.RECORD_OVERFLOW, "inner plaintext too long")
+    if inner and inner[-1]:
+        return inner[-1], inner[:-1]  # the common case: no padding
+    # The last non-zero byte is the real type.
+    stripped = inner.rstrip(b"\x00")
+    if not stripped:
+        raise TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, "record has no content type")
+    return stripped[-1], stripped[:-1]
+
+
 class RecordLayer:
     """Framing and protection of records in both directions."""
 
@@ -189,7 +191,8 @@ class RecordLayer:
         # The peer's record_size_limit (RFC 8449), None when not negotiated,
         # and the largest plaintext we accept.
         self.send_limit: int | None = None
-        self.receive_plaintext_limit = MAX_PLAINTEXT
+        self._receive_limit = MAX_PLAINTEXT
+        self._inner_max13 = MAX_PLAINTEXT + 1
         # Bytes of undecryptable early data still to skip after rejecting 0-RTT.
         self.skip_early_data = 0
         # The version field we put on plaintext records (0x0301 for a first ClientHello).
@@ -198,6 +201,24 @@ class RecordLayer:
         # TLS 1.3: a plaintext alert is still taken after the first read key is set,
         # until the first protected record arrives (the peer may lack the keys).
         self.plain_alerts_allowed = False
+        # A record open_application_data13 opened but left for next_record to return.
+        self._opened: tuple[int, bytes] | None = None
+        # Reused buffers for full-size TLS 1.3 records (see _seal_buffer, _open_buffers).
+        self._seal_scratch = bytearray()
+        self._open_scratch = bytearray()
+        self._open_content = memoryview(b"")
+
+    @property
+    def receive_plaintext_limit(self) -> int:
+        """The largest plaintext accepted in a record (ours, RFC 8449)."""
+        return self._receive_limit
+
+    @receive_plaintext_limit.setter
+    def receive_plaintext_limit(self, limit: int) -> None:
+        self._receive_limit = limit
+        # The longest TLS 1.3 inner plaintext (content and type byte) the bulk
+        # path takes as it is.
+        self._inner_max13 = min(limit, MAX_PLAINTEXT) + 1
 
     def feed(self, data: bytes | bytearray) -> None:
         incoming = self._incoming
@@ -226,11 +247,15 @@ class RecordLayer:
 
     def next_record(self) -> tuple[int, bytes] | None:
         """The next complete record's (content type, plaintext), or None for more input."""
+        if (opened := self._opened) is not None:
+            self._opened = None
+            return opened
         while True:
             buf = self._incoming
             pos = self._pos
             if len(buf) - pos < _HEADER:
-                self._compact()
+                if pos:
+                    self._compact()
                 return None
             header = bytes(buf[pos : pos + _HEADER])
             content_type = header[0]
@@ -302,7 +327,11 @@ class RecordLayer:
         finally:
             body.release()
         self.plain_alerts_allowed = False
-        if len(plaintext) > self.receive_plaintext_limit:
+        return self._checked(inner_type, plaintext)
+
+    def _checked(self, inner_type: int, plaintext: bytes) -> tuple[int, bytes]:
+        """An opened record's (type, plaintext) once its size and type are allowed."""
+        if len(plaintext) > self._receive_limit:
             raise TlsProtocolError(
                 AlertDescription.RECORD_OVERFLOW, "plaintext exceeds the record size limit"
             )
@@ -311,6 +340,93 @@ class RecordLayer:
                 AlertDescription.UNEXPECTED_MESSAGE, f"unexpected inner type {inner_type}"
             )
         return inner_type, plaintext
+
+    def open_application_data13(self, data: bytes | bytearray = b"") -> tuple[list[bytes], bool]:
+        """Feed ``data``, then open the TLS 1.3 application data records in
+        the received bytes in one pass (once the handshake is complete): their
+        contents (none for empty records), and whether :meth:`next_record` has
+        more to do. The pass stops at an incomplete record, before one that
+        needs next_record's checks, and after one that opens to another type,
+        with padding or too long, which next_record returns (or fails on) next.
+        """
+        buf = self._incoming
+        pos = self._pos
+        if data:
+            if pos == len(buf) and type(data) is bytes:
+                self._incoming = buf = data  # nothing buffered: keep the bytes
+                self._pos = pos = 0
+            else:
+                self.feed(data)
+                buf, pos = self._incoming, self._pos
+        payloads: list[bytes] = []
+        if self._opened is not None:
+            return payloads, True
+        protection = self.read
+        assert protection is not None
+        aead = protection._aead or protection._keyed()
+        iv = protection._iv
+        seq = protection.seq
+        inner_max = self._inner_max13
+        # A full-size record opens into a reused buffer (allowed unless a record
+        # size limit is smaller): no output buffer to allocate and zero first.
+        full = _FULL_INNER + _TAG if inner_max == _FULL_INNER else -1
+        size = len(buf)
+        view = body = memoryview(buf)  # bodies are slices of it: no copy
+        more = True
+        while size - pos >= _HEADER:
+            length = buf[pos + 3] << 8 | buf[pos + 4]
+            if buf[pos] != 23 or buf[pos + 1] != 3 or length > MAX_CIPHERTEXT_13:
+                break  # next_record's checks apply
+            end = pos + _HEADER + length
+            if end > size:
+                more = False  # the rest of this record is still to come
+                break
+            if seq >= _SEQ_LAST:
+                break
+            nonce = (iv ^ seq).to_bytes(12, "big")
+            body, header = view[pos + _HEADER : end], buf[pos : pos + _HEADER]
+            try:
+                if length == full:
+                    scratch = self._open_scratch or self._open_buffers()
+                    aead.decrypt_into(nonce, body, header, scratch)
+                    inner = None
+                else:
+                    inner = aead.decrypt(nonce, body, header)
+            except InvalidTag:
+                raise TlsProtocolError(
+                    AlertDescription.BAD_RECORD_MAC, "record failed authentication"
+                ) from None
+            seq += 1
+            pos = end
+            if inner is None:
+                if scratch[-1] == 23:
+                    payloads.append(bytes(self._open_content))
+                    continue
+                inner = bytes(scratch)
+            elif len(inner) <= inner_max and inner[-1:] == b"\x17":
+                if len(inner) > 1:
+                    payloads.append(inner[:-1])
+                continue
+            # Another type, padding or too long: next_record returns it or fails.
+            self._opened = self._checked(*_split_inner13(inner))
+            break
+        else:
+            more = False
+        protection.seq = seq
+        del view, body  # before the buffer may be resized
+        if pos == size:
+            self._incoming = b""  # all taken: the common case
+            self._pos = 0
+        else:
+            self._pos = pos
+            self._compact()
+        return payloads, more
+
+    def _open_buffers(self) -> bytearray:
+        """The reused buffer full-size records open into, made on first use."""
+        self._open_scratch = bytearray(_FULL_INNER)
+        self._open_content = memoryview(self._open_scratch)[:-1]
+        return self._open_scratch
 
     def _skip(self, length: int) -> None:
         if length > self.skip_early_data:
@@ -335,23 +451,54 @@ class RecordLayer:
             self._pending_handshake.clear()
             self._write_fragments(_CT.HANDSHAKE, data)
 
-    def write_application_data13(self, data: bytes) -> bool:
-        """Seal one TLS 1.3 application data record at once when nothing else
-        applies (no handshake bytes queued, no record size limit, no padding, a
-        record's worth of data); False when the general path must be taken."""
+    def write_application_data13(self, data: bytes) -> int:
+        """Seal TLS 1.3 application data records of ``data`` at once, when
+        nothing else applies (no handshake bytes queued, no record size limit,
+        no padding): returns how many bytes of ``data`` were sealed, the rest
+        (all of it, or what follows a record at the key's usage limit) is for
+        the general path. Only once the handshake is complete."""
+        if self._pending_handshake or self.send_limit is not None or self.padding_block:
+            return 0
         protection = self._write
-        if (
-            protection is None
-            or not protection.tls13
-            or self._pending_handshake
-            or self.send_limit is not None
-            or self.padding_block
-            or len(data) > MAX_PLAINTEXT
-            or protection.seq >= protection.limit
-        ):
-            return False
-        self._outgoing.append(protection._seal13(_CT.APPLICATION_DATA, data, 0))
-        return True
+        assert protection is not None
+        seq = protection.seq
+        if len(data) > MAX_PLAINTEXT or seq >= protection.limit or seq >= _SEQ_LAST:
+            return self._write_application_data13_records(protection, data)
+        aead = protection._aead or protection._keyed()
+        inner = data + b"\x17"  # the content and its type byte: one copy
+        header = _PREFIX13 + (len(inner) + _TAG).to_bytes(2, "big")
+        protection.seq = seq + 1
+        nonce = (protection._iv ^ seq).to_bytes(12, "big")
+        # One immutable record: take_outgoing hands a lone record on without a
+        # join. A full one is sealed into a reused buffer first (no output
+        # buffer to allocate and zero).
+        if len(inner) == _FULL_INNER:
+            scratch = self._seal_scratch or self._seal_buffer()
+            aead.encrypt_into(nonce, inner, header, scratch)
+            self._outgoing.append(header + scratch)
+        else:
+            self._outgoing.append(header + aead.encrypt(nonce, inner, header))
+        return len(data)
+
+    def _seal_buffer(self) -> bytearray:
+        """The reused buffer full-size records are sealed into, made on first use."""
+        self._seal_scratch = bytearray(_FULL_INNER + _TAG)
+        return self._seal_scratch
+
+    def _write_application_data13_records(self, protection: Protection, data: bytes) -> int:
+        """write_application_data13 for more than a record's worth of data, or
+        at the key's usage limit (nothing sealed: the general path updates it)."""
+        size = len(data)
+        start = 0
+        while start < size:
+            seq = protection.seq
+            if seq >= protection.limit or seq >= _SEQ_LAST:
+                break
+            sealed = self.write_application_data13(data[start : start + MAX_PLAINTEXT])
+            if not sealed:
+                break
+            start += sealed
+        return start
 
     def write_records(self, content_type: int, data: bytes) -> None:
         """Fragment ``data`` into records of ``content_type`` and queue them."""
@@ -389,7 +536,7 @@ class RecordLayer:
         if self._pending_handshake:
             self._flush_handshake()
         outgoing = self._outgoing
-        if len(outgoing) == 1 and isinstance(lone := outgoing[0], bytes):
+        if len(outgoing) == 1 and type(lone := outgoing[0]) is bytes:
             outgoing.clear()
             return lone  # a lone sealed record (bulk sending): no copy
         out = b"".join(outgoing)
