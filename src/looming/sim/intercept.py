@@ -8,27 +8,31 @@ as the scenario's driver. What cannot be answered from virtual time raises
 :class:`HostAccessError` naming the call site. Nothing is silently real.
 
 Redirected: ``time.time``/``time_ns``, ``monotonic``/``monotonic_ns``,
-``perf_counter``/``perf_counter_ns``, ``localtime``/``gmtime``/``ctime``/
-``strftime`` without a time, ``os.urandom``, ``os.getrandom``, the
+``perf_counter``/``perf_counter_ns``, ``clock_gettime``/``clock_gettime_ns``
+(real-time and monotonic clocks), ``localtime``/``gmtime``/``ctime``/
+``strftime`` without a time, ``datetime.datetime.now``/``utcnow``/``today``
+and ``datetime.date.today``, ``os.urandom``, ``os.getrandom``, the
 ``secrets`` module and ``random.SystemRandom`` (through ``random``'s
 ``_urandom``), ``uuid.uuid4``, ``random.Random()`` created without a seed,
 ``random``'s global generator (seeded from the run's seed for the run and
-put back afterwards).
+put back afterwards). Naive local times (``localtime``, ``now()`` without a
+zone) follow the host's ``TZ``, as outside a run: compare runs made under
+the same ``TZ``.
 
-Not intercepted: ``datetime.datetime.now()``, ``utcnow()``, ``today()`` and
-``datetime.date.today()`` are methods of C types, which only swapping the
-classes in the ``datetime`` module could reach; that breaks libraries that
-subclass them with a metaclass of their own (pydantic's ``ConstrainedDate``)
-or check ``isinstance`` against them. Use ``datetime.datetime.fromtimestamp
-(time.time(), tz)``, which is intercepted through ``time.time``.
+The ``datetime`` classes stay what they are: their ``now``, ``utcnow`` and
+``today`` are replaced in the C types' own dictionaries for the run (the
+types refuse ``setattr``), so subclasses, ``isinstance`` checks, pydantic's
+schemas and values made by C code all see the real classes, and a call made
+through the C API is redirected too.
 
 Run inline, as the node and in virtual time: work given to anyio's worker
 threads (sync FastAPI endpoints, ``BackgroundTasks``, ``anyio.to_thread``)
 and, through the loop's ``run_in_executor``, ``asyncio.to_thread``.
 
 Refused: ``time.sleep`` of more than 0 s (it would stop every node: use
-``await asyncio.sleep``), ``time.process_time``/``thread_time`` and
-``uuid.uuid1`` (host CPU time and the host's MAC address).
+``await asyncio.sleep``), ``time.process_time``/``thread_time``, CPU-time
+clocks of ``clock_gettime`` and ``uuid.uuid1`` (host CPU time and the host's
+MAC address).
 
 Scope: the functions are replaced for as long as at least one run is going
 on, and they consult a per-thread record of the running world, so other
@@ -39,12 +43,16 @@ looming's own code reads time only through devices.
 
 from __future__ import annotations
 
+import ctypes
+import datetime
+import gc
 import os
 import random
 import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -73,6 +81,7 @@ _active = _Active()
 _lock = threading.Lock()
 _installed = 0
 _saved: list[tuple[Any, str, Any]] = []
+_saved_types: list[tuple[type, str, Any]] = []
 
 
 def _world() -> World | None:
@@ -202,6 +211,108 @@ def _seed(real: Callable[..., None]) -> Callable[..., None]:
     return seed
 
 
+# -- clock_gettime and datetime ---------------------------------------------------------
+
+_MONOTONIC_CLOCKS = frozenset(
+    getattr(time, name)
+    for name in ("CLOCK_MONOTONIC", "CLOCK_MONOTONIC_RAW", "CLOCK_BOOTTIME", "CLOCK_UPTIME")
+    if hasattr(time, name)
+)
+_CPU_ADVICE = "host CPU time differs from run to run: measure with time.monotonic() (virtual)"
+
+
+def _clock_gettime(real: Callable[[int], Any], in_ns: bool) -> Callable[[int], Any]:
+    def clock_gettime(clock_id: int) -> Any:
+        world = _world()
+        if world is None:
+            return real(clock_id)
+        if clock_id == time.CLOCK_REALTIME:
+            value = _wall_ns(world)
+        elif clock_id in _MONOTONIC_CLOCKS:
+            value = _monotonic_ns(world)
+        else:
+            raise _refuse(f"time.{real.__name__}({clock_id})", _CPU_ADVICE)
+        return value if in_ns else value / 1e9
+
+    clock_gettime.__name__ = real.__name__
+    return clock_gettime
+
+
+def _wall_parts(world: World) -> tuple[int, int]:
+    """The virtual wall time as (whole seconds, microseconds), exactly."""
+    seconds, nanoseconds = divmod(_wall_ns(world), 1_000_000_000)
+    return seconds, nanoseconds // 1000
+
+
+def _now(real: Any) -> classmethod[Any, Any, Any]:
+    def now(cls: type[datetime.datetime], tz: datetime.tzinfo | None = None) -> Any:
+        world = _world()
+        if world is None:
+            return real.__get__(None, cls)(tz)
+        seconds, micro = _wall_parts(world)
+        return cls.fromtimestamp(seconds, tz).replace(microsecond=micro)
+
+    return classmethod(now)
+
+
+def _utcnow(real: Any) -> classmethod[Any, Any, Any]:
+    def utcnow(cls: type[datetime.datetime]) -> Any:
+        world = _world()
+        if world is None:
+            return real.__get__(None, cls)()
+        if sys.version_info >= (3, 12):
+            warnings.warn(
+                "datetime.datetime.utcnow() is deprecated: use datetime.datetime.now(datetime.UTC)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        seconds, micro = _wall_parts(world)
+        moment = cls.fromtimestamp(seconds, datetime.UTC)
+        return moment.replace(tzinfo=None, microsecond=micro)
+
+    return classmethod(utcnow)
+
+
+def _today(real: Any) -> classmethod[Any, Any, Any]:
+    """date.today(), which datetime.today() inherits."""
+
+    def today(cls: type[datetime.date]) -> Any:
+        world = _world()
+        if world is None:
+            return real.__get__(None, cls)()
+        seconds, micro = _wall_parts(world)
+        day = cls.fromtimestamp(seconds)
+        return day.replace(microsecond=micro) if isinstance(day, datetime.datetime) else day
+
+    return classmethod(today)
+
+
+def _type_replacements() -> list[tuple[type, str, Any]]:
+    """(C type, attribute, replacement): set in the type's own dictionary."""
+    moment, day = datetime.datetime, datetime.date
+    return [
+        (moment, "now", _now(moment.__dict__["now"])),
+        (moment, "utcnow", _utcnow(moment.__dict__["utcnow"])),
+        (day, "today", _today(day.__dict__["today"])),
+    ]
+
+
+def _type_dict(cls: type) -> dict[str, Any]:
+    """The dictionary behind ``cls.__dict__`` (a read-only proxy)."""
+    for referent in gc.get_referents(cls.__dict__):
+        if isinstance(referent, dict):
+            return referent
+    raise RuntimeError(f"cannot reach the attributes of {cls.__qualname__}")
+
+
+def _set_type_attribute(cls: type, name: str, value: Any) -> None:
+    """Set an attribute of a type that refuses ``setattr`` (datetime's C types):
+    in its dictionary, then tell the interpreter, whose attribute caches and
+    specialised bytecode then look it up again (in subclasses too)."""
+    _type_dict(cls)[name] = value
+    ctypes.pythonapi.PyType_Modified(ctypes.py_object(cls))
+
+
 def _replacements() -> list[tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for everything redirected or refused."""
     wall_s = _redirect(time.time, lambda w: _wall_ns(w) / 1e9)
@@ -214,6 +325,8 @@ def _replacements() -> list[tuple[Any, str, Any]]:
         (time, "monotonic_ns", _redirect(time.monotonic_ns, _monotonic_ns)),
         (time, "perf_counter", _redirect(time.perf_counter, lambda w: _monotonic_ns(w) / 1e9)),
         (time, "perf_counter_ns", _redirect(time.perf_counter_ns, _monotonic_ns)),
+        (time, "clock_gettime", _clock_gettime(time.clock_gettime, in_ns=False)),
+        (time, "clock_gettime_ns", _clock_gettime(time.clock_gettime_ns, in_ns=True)),
         (time, "localtime", _with_time(time.localtime)),
         (time, "gmtime", _with_time(time.gmtime)),
         (time, "ctime", _with_time(time.ctime)),
@@ -228,10 +341,11 @@ def _replacements() -> list[tuple[Any, str, Any]]:
     found.extend(_anyio_threads())
     if hasattr(os, "getrandom"):
         found.append((os, "getrandom", _urandom(os.getrandom)))
-    cpu = "host CPU time differs from run to run: measure with time.monotonic() (virtual)"
     for name in ("process_time", "process_time_ns", "thread_time", "thread_time_ns"):
         if hasattr(time, name):
-            found.append((time, name, _refusing(getattr(time, name), f"time.{name}()", cpu)))
+            found.append(
+                (time, name, _refusing(getattr(time, name), f"time.{name}()", _CPU_ADVICE))
+            )
     found.append(
         (
             uuid,
@@ -275,6 +389,9 @@ def _install() -> None:
             for owner, name, replacement in _replacements():
                 _saved.append((owner, name, owner.__dict__[name]))
                 setattr(owner, name, replacement)
+            for cls, name, replacement in _type_replacements():
+                _saved_types.append((cls, name, cls.__dict__[name]))
+                _set_type_attribute(cls, name, replacement)
         _installed += 1
 
 
@@ -286,6 +403,9 @@ def _uninstall() -> None:
             for owner, name, original in reversed(_saved):
                 setattr(owner, name, original)
             _saved.clear()
+            for cls, name, original in reversed(_saved_types):
+                _set_type_attribute(cls, name, original)
+            _saved_types.clear()
 
 
 @contextmanager
