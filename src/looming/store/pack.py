@@ -272,6 +272,92 @@ def _ofs_header(size: int, distance: int) -> bytes:
     return bytes(header)
 
 
+class _PackMerger:
+    """The merged pack as :func:`concatenate_packs` builds it: entries
+    placed so far (offset and delta depth), the bodies of the trees later
+    versions will be deltas against, and the output."""
+
+    def __init__(self, hints: dict[ObjectId, ObjectId]) -> None:
+        self.hints = hints
+        self.wanted_bodies = set(hints.values())
+        self.placed: dict[ObjectId, tuple[int, int]] = {}  # id -> (offset in output, delta depth)
+        self.bodies: dict[ObjectId, bytes] = {}
+        self.out = io.BytesIO()
+        self.out.write(b"PACK\0\0\0\2\0\0\0\0")
+        self.entries: list[IndexEntry] = []
+
+    def emit(self, oid: ObjectId, entry: bytes, depth: int) -> None:
+        offset = self.out.tell()
+        self.placed[oid] = (offset, depth)
+        self.entries.append((oid, offset, zlib.crc32(entry)))
+        self.out.write(entry)
+
+    def add_pack(self, data: bytes, source_entries: list[IndexEntry]) -> None:
+        ordered = sorted(source_entries, key=_OFFSET_OF)
+        at_offset = {offset: oid for oid, offset, _crc in ordered}
+        ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
+        for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
+            if oid in self.placed:
+                continue
+            kind, size, base_offset, start = _parse_entry_header(data, offset)
+            compressed = data[start:end]
+            if kind == OFS_DELTA:
+                self._copy_delta(oid, size, at_offset[base_offset], compressed)
+            elif kind == 2 and (oid in self.hints or oid in self.wanted_bodies):
+                self._add_tree(oid, size, compressed, data[offset:end])
+            else:
+                self._copy_whole(oid, kind, size, compressed, data[offset:end])
+
+    def _copy_delta(self, oid: ObjectId, size: int, base_id: ObjectId, compressed: bytes) -> None:
+        """An OFS_DELTA copied as it is, pointed at its base's new place."""
+        from dulwich.pack import apply_delta
+
+        base_at, base_depth = self.placed[base_id]
+        new_offset = self.out.tell()
+        self.emit(oid, _ofs_header(size, new_offset - base_at) + compressed, base_depth + 1)
+        if oid in self.wanted_bodies and base_id in self.bodies:
+            delta = zlib.decompress(compressed)
+            self.bodies[oid] = b"".join(apply_delta(self.bodies[base_id], delta))
+
+    def _add_tree(self, oid: ObjectId, size: int, compressed: bytes, entry: bytes) -> None:
+        """A tree as a delta against its hinted previous version when that
+        is placed, not too deep, and the delta small; else whole."""
+        from looming.store.delta import make_delta
+
+        body = zlib.decompress(compressed)
+        hint = self.hints.get(oid)
+        if hint is not None and hint in self.bodies and self.placed[hint][1] < MAX_DELTA_DEPTH:
+            delta = make_delta(self.bodies.pop(hint), body)
+            if len(delta) < len(body) // 2:
+                base_at, base_depth = self.placed[hint]
+                header = _ofs_header(len(delta), self.out.tell() - base_at)
+                self.emit(oid, header + deflate(delta), base_depth + 1)
+                if oid in self.wanted_bodies:
+                    self.bodies[oid] = body
+                return
+        if oid in self.wanted_bodies:
+            self.bodies[oid] = body
+        self._copy_whole(oid, 2, size, compressed, entry)
+
+    def _copy_whole(
+        self, oid: ObjectId, kind: int, size: int, compressed: bytes, entry: bytes
+    ) -> None:
+        """A whole object: copied (``entry``), or deflated now when the
+        per-commit pack stored it whole."""
+        if len(compressed) >= size and (size >= STORE_ABOVE or kind == 2):
+            deflated = deflate(zlib.decompress(compressed))
+            self.emit(oid, _object_header(kind, size) + deflated, 0)
+        else:
+            self.emit(oid, entry, 0)
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """The pack's bytes (with its checksum) and its checksum."""
+        packed = bytearray(self.out.getvalue())
+        packed[8:12] = struct.pack(">I", len(self.entries))
+        checksum = hashlib.sha1(packed).digest()
+        return bytes(packed) + checksum, checksum
+
+
 def concatenate_packs(
     pack_dir: str,
     packs: list[PackRecord],
@@ -289,77 +375,15 @@ def concatenate_packs(
     (an OFS_DELTA, chains bounded by :data:`MAX_DELTA_DEPTH`), which is what
     keeps a long history of large directories small.
     """
-    from dulwich.pack import apply_delta
-
-    from looming.store.delta import make_delta
-
-    hints = delta_bases or {}
-    wanted_bodies = set(hints.values())
-    placed: dict[ObjectId, tuple[int, int]] = {}  # id -> (offset in output, delta depth)
-    bodies: dict[ObjectId, bytes] = {}
-    out = io.BytesIO()
-    out.write(b"PACK\0\0\0\2\0\0\0\0")
-    entries: list[IndexEntry] = []
-
-    def emit(oid: ObjectId, entry: bytes, depth: int) -> None:
-        offset = out.tell()
-        placed[oid] = (offset, depth)
-        entries.append((oid, offset, zlib.crc32(entry)))
-        out.write(entry)
-
+    merger = _PackMerger(delta_bases or {})
     for base_name, source_entries in packs:
         data = (cached or {}).get(base_name) or b""
         if not data:
             with open(base_name + ".pack", "rb") as file:
                 data = file.read()
-        ordered = sorted(source_entries, key=lambda entry: entry[1])
-        at_offset = {offset: oid for oid, offset, _crc in ordered}
-        ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
-        for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
-            if oid in placed:
-                continue
-            kind, size, base_offset, start = _parse_entry_header(data, offset)
-            compressed = data[start:end]
-            if kind == OFS_DELTA:
-                base_id = at_offset[base_offset]
-                base_at, base_depth = placed[base_id]
-                new_offset = out.tell()
-                emit(oid, _ofs_header(size, new_offset - base_at) + compressed, base_depth + 1)
-                if oid in wanted_bodies and base_id in bodies:
-                    delta = zlib.decompress(compressed)
-                    bodies[oid] = b"".join(apply_delta(bodies[base_id], delta))
-                continue
-            if kind == 2 and (oid in hints or oid in wanted_bodies):
-                body = zlib.decompress(compressed)
-                hint = hints.get(oid)
-                if hint is not None and hint in bodies and placed[hint][1] < MAX_DELTA_DEPTH:
-                    delta = make_delta(bodies.pop(hint), body)
-                    if len(delta) < len(body) // 2:
-                        base_at, base_depth = placed[hint]
-                        new_offset = out.tell()
-                        packed_delta = deflate(delta)
-                        emit(
-                            oid,
-                            _ofs_header(len(delta), new_offset - base_at) + packed_delta,
-                            base_depth + 1,
-                        )
-                        if oid in wanted_bodies:
-                            bodies[oid] = body
-                        continue
-                if oid in wanted_bodies:
-                    bodies[oid] = body
-            if len(compressed) >= size and (size >= STORE_ABOVE or kind == 2):
-                # Stored whole by a per-commit pack: deflate it now.
-                deflated = deflate(zlib.decompress(compressed))
-                emit(oid, _object_header(kind, size) + deflated, 0)
-                continue
-            emit(oid, data[offset:end], 0)
-    packed = bytearray(out.getvalue())
-    packed[8:12] = struct.pack(">I", len(entries))
-    checksum = hashlib.sha1(packed).digest()
-    new_base = install_pack(
-        pack_dir, bytes(packed) + checksum, entries, checksum, take_spare, sync=sync
-    )
+        merger.add_pack(data, source_entries)
+    packed, checksum = merger.finish()
+    new_base = install_pack(pack_dir, packed, merger.entries, checksum, take_spare, sync=sync)
     for base_name, _entries in packs:
         if base_name == new_base:
             continue
@@ -367,7 +391,7 @@ def concatenate_packs(
         for suffix in (".idx", ".pack"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(base_name + suffix)
-    return new_base, entries
+    return new_base, merger.entries
 
 
 def read_pack(data: bytes) -> Iterator[tuple[str, bytes]]:
