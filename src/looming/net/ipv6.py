@@ -1,0 +1,342 @@
+"""IPv6 (RFC 8200) on one link, over Ethernet: the link-local address made
+from the interface's MAC (RFC 4291 appendix A), address resolution by
+Neighbor Discovery (RFC 4861) with the neighbour cache of
+``net/neighbours.py``, ICMPv6 echo (RFC 4443), and delivery of upper-layer
+payloads with the same :class:`~looming.devices.net.ReceivedPacket` that
+IPv4 hands up.
+
+Not here yet: routers and SLAAC, duplicate address detection, MLD reports,
+fragment reassembly (fragments are counted and dropped) and ICMPv6 errors
+sent or taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Callable
+from ipaddress import IPv6Address
+
+from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
+from looming.devices.time import Time
+from looming.errors import ConnectionTimeout, Malformed
+from looming.net._timeouts import wait_until_done
+from looming.net.ethernet import EthernetLayer
+from looming.net.neighbours import NeighbourCache, NeighbourSettings, Solicitation
+from looming.net.wire import icmpv6, ndp
+from looming.net.wire import ipv6 as wire
+from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
+from looming.net.wire.ipv6 import Ipv6Header, NextHeader
+
+Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
+"""Called with (what IPv6 knows of the packet, its upper-layer payload)."""
+
+_MAX_PENDING = 1024  # packets waiting for the device, beyond which new ones are dropped
+
+
+class Ipv6Layer:
+    """IPv6 with a link-local address (and static ones added), answering
+    Neighbor Solicitations and echo requests, resolving neighbours for
+    what it sends."""
+
+    def __init__(
+        self,
+        ethernet: EthernetLayer,
+        time: Time,
+        *,
+        settings: NeighbourSettings | None = None,
+        hop_limit: int = 64,
+    ) -> None:
+        self._ethernet = ethernet
+        self._time = time
+        self.hop_limit = hop_limit
+        self.link_local = wire.link_local_from_mac(ethernet.mac)
+        self._addresses: list[IPv6Address] = []
+        self._accepted: set[IPv6Address] = {wire.ALL_NODES}
+        self._handlers: dict[int, Ipv6Handler] = {NextHeader.ICMPV6: self._on_icmpv6}
+        self.neighbours = NeighbourCache(settings)
+        self.counters: Counter[str] = Counter()
+        self._pings: dict[tuple[IPv6Address, int, int], asyncio.Future[None]] = {}
+        self._ping_identifier = int.from_bytes(ethernet.mac[4:6], "big")
+        self._ping_sequence = 0
+        self._outgoing: deque[tuple[MacAddress, bytes]] = deque()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.add_address(self.link_local)
+        ethernet.register(EthernetProtocol.IPV6, self._on_frame)
+
+    # -- configuration -----------------------------------------------------------
+
+    def addresses(self) -> list[IPv6Address]:
+        return list(self._addresses)
+
+    def add_address(self, address: IPv6Address) -> None:
+        """Answer for ``address`` too (a static address: no duplicate
+        address detection is run)."""
+        if address.is_multicast or address.is_unspecified:
+            raise ValueError(f"{address} cannot be an interface address")
+        if address not in self._addresses:
+            self._addresses.append(address)
+            self._accepted.update((address, wire.solicited_node(address)))
+
+    def register(self, protocol: int, handler: Ipv6Handler) -> None:
+        """Deliver payloads whose upper-layer protocol is ``protocol``."""
+        self._handlers[protocol] = handler
+
+    def mtu(self, destination: IPv6Address) -> int:
+        """The largest payload of one packet to ``destination`` (the link's)."""
+        return self._ethernet.mtu - wire.HEADER_LENGTH
+
+    def source_for(self, destination: IPv6Address) -> IPv6Address:
+        """Our address for reaching ``destination``: link-local for link-local
+        and multicast destinations, else the first other address we hold."""
+        if destination.is_link_local or destination.is_multicast:
+            return self.link_local
+        return next((a for a in self._addresses if not a.is_link_local), self.link_local)
+
+    # -- receiving -----------------------------------------------------------------
+
+    def _on_frame(
+        self, source: MacAddress, destination: MacAddress, payload: bytes, checksum_verified: bool
+    ) -> None:
+        self._receive(payload, checksum_verified)
+
+    def input(self, packet: bytes) -> None:
+        """Handle one received IPv6 packet."""
+        self._receive(packet, False)
+
+    def _receive(self, packet: bytes, checksum_verified: bool) -> None:
+        counters = self.counters
+        try:
+            header, payload_view = wire.parse(packet)
+            chain = wire.walk(header.next_header, payload_view)
+        except Malformed:
+            counters["malformed"] += 1
+            return
+        if header.destination not in self._accepted:
+            counters["not_for_us"] += 1
+            return
+        if header.source.is_multicast:
+            counters["martian_source"] += 1  # RFC 4291 2.7: never a source
+            return
+        if chain.fragment is not None:
+            counters["fragment_dropped"] += 1  # no reassembly yet
+            return
+        counters["rx_packets"] += 1
+        received = ReceivedPacket(
+            header.source,
+            header.destination,
+            chain.protocol,
+            header.hop_limit,
+            header.traffic_class,
+            checksum_verified,
+            packet[: len(packet) - len(chain.payload)],
+        )
+        handler = self._handlers.get(chain.protocol)
+        if handler is None:
+            counters["unknown_protocol"] += 1
+            return
+        handler(received, bytes(chain.payload))
+
+    def _on_icmpv6(self, packet: ReceivedPacket[IPv6Address], payload: bytes) -> None:
+        counters = self.counters
+        message: ndp.NdMessage | None = None
+        try:
+            header, body = icmpv6.parse(payload, packet.source, packet.destination)
+            if ndp.is_nd(header.type):
+                message = ndp.decode(header, body, packet.source, packet.destination)
+                if packet.hop_limit != ndp.HOP_LIMIT:
+                    raise Malformed("Neighbor Discovery from off-link (hop limit not 255)")
+        except Malformed:
+            counters["icmpv6_malformed"] += 1
+            return
+        if header.type == Icmpv6Type.ECHO_REQUEST:
+            self._answer_echo(packet, header, bytes(body))
+        elif header.type == Icmpv6Type.ECHO_REPLY:
+            counters["rx_echo_reply"] += 1
+            future = self._pings.pop((packet.source, header.identifier, header.sequence), None)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif isinstance(message, ndp.NeighborSolicitation):
+            self._on_solicitation(packet, message)
+        elif isinstance(message, ndp.NeighborAdvertisement):
+            self._on_advertisement(message)
+        else:
+            counters["icmpv6_ignored"] += 1
+
+    def _answer_echo(
+        self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, body: bytes
+    ) -> None:
+        self.counters["rx_echo_request"] += 1
+        # A request to a group is answered from our address (RFC 4443 4.2).
+        source = packet.destination
+        if source.is_multicast:
+            source = self.source_for(packet.source)
+        reply = Icmpv6Header(Icmpv6Type.ECHO_REPLY, 0, header.rest)
+        message = icmpv6.emit(reply, body, source, packet.source)
+        self._send(packet.source, NextHeader.ICMPV6, message, source=source)
+
+    def _on_solicitation(
+        self, packet: ReceivedPacket[IPv6Address], message: ndp.NeighborSolicitation
+    ) -> None:
+        counters = self.counters
+        if message.target not in self._addresses:
+            counters["solicit_not_ours"] += 1
+            return
+        counters["rx_solicit"] += 1
+        mac = ndp.source_mac(message)
+        if not packet.source.is_unspecified and mac is not None:
+            self._transmit_all(self.neighbours.solicited_by(packet.source, mac, self._now()))
+        anonymous = packet.source.is_unspecified  # a duplicate address check
+        destination = wire.ALL_NODES if anonymous else packet.source
+        advert = ndp.NeighborAdvertisement(
+            message.target,
+            solicited=not anonymous,
+            override=True,
+            options=(ndp.TargetLinkLayerAddress(self._ethernet.mac),),
+        )
+        payload = ndp.emit(advert, message.target, destination)
+        counters["tx_advert"] += 1
+        self._send(destination, NextHeader.ICMPV6, payload, source=message.target, hop_limit=255)
+
+    def _on_advertisement(self, message: ndp.NeighborAdvertisement) -> None:
+        if message.target in self._addresses:
+            # Someone else claims our address: log-worthy, never believed.
+            self.counters["advert_for_our_address"] += 1
+            return
+        self.counters["rx_advert"] += 1
+        released = self.neighbours.advertised(
+            message.target,
+            ndp.target_mac(message),
+            solicited=message.solicited,
+            override=message.override,
+            now=self._now(),
+        )
+        self._transmit_all(released)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self._time.now_ns()
+
+    async def write(
+        self,
+        destination: IPv6Address,
+        protocol: int,
+        payload: bytes,
+        *,
+        source: IPv6Address | None = None,
+        hop_limit: int | None = None,
+    ) -> None:
+        """Send one packet; never waits for address resolution (a packet for
+        a neighbour being resolved waits in its queue)."""
+        self._send(destination, protocol, payload, source=source, hop_limit=hop_limit)
+
+    def _send(
+        self,
+        destination: IPv6Address,
+        protocol: int,
+        payload: bytes,
+        *,
+        source: IPv6Address | None = None,
+        hop_limit: int | None = None,
+    ) -> None:
+        if len(payload) > self.mtu(destination):
+            raise ValueError(
+                f"{len(payload)} bytes exceed the link's IPv6 payload of "
+                f"{self.mtu(destination)} (no fragmentation yet)"
+            )
+        if source is None:
+            source = self.source_for(destination)
+        header = Ipv6Header(
+            source, destination, protocol, hop_limit if hop_limit is not None else self.hop_limit
+        )
+        packet = wire.emit(header, payload)
+        self.counters["tx_packets"] += 1
+        if destination.is_multicast:
+            self._transmit(wire.multicast_mac(destination), packet)
+            return
+        mac, solicitation = self.neighbours.send(destination, packet, self._now())
+        if solicitation is not None:
+            self._solicit(solicitation)
+        if mac is not None:
+            self._transmit(mac, packet)
+        self._arm_timer()
+
+    def _solicit(self, solicitation: Solicitation) -> None:
+        target, mac = solicitation
+        destination = wire.solicited_node(target) if mac is None else target
+        source = self.source_for(target)
+        message = ndp.NeighborSolicitation(
+            target, (ndp.SourceLinkLayerAddress(self._ethernet.mac),)
+        )
+        header = Ipv6Header(source, destination, NextHeader.ICMPV6, ndp.HOP_LIMIT)
+        packet = wire.emit(header, ndp.emit(message, source, destination))
+        self.counters["tx_solicit"] += 1
+        self._transmit(mac if mac is not None else wire.multicast_mac(destination), packet)
+
+    def _transmit_all(self, transmissions: list[tuple[MacAddress, bytes]]) -> None:
+        for mac, packet in transmissions:
+            self._transmit(mac, packet)
+
+    def _transmit(self, mac: MacAddress, packet: bytes) -> None:
+        """Queue one packet for the device; one task sends them in order."""
+        if len(self._outgoing) >= _MAX_PENDING:
+            self.counters["tx_backlog_dropped"] += 1
+            return
+        self._outgoing.append((mac, packet))
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._outgoing:
+                mac, packet = self._outgoing.popleft()
+                try:
+                    await self._ethernet.write(mac, EthernetProtocol.IPV6, packet)
+                except Exception:
+                    self.counters["tx_failed"] += 1
+        finally:
+            self._drain_task = None
+
+    def _arm_timer(self) -> None:
+        deadline = self.neighbours.next_deadline_ns()
+        if deadline is None or self._timer is not None:
+            return
+        delay = max(deadline - self._now(), 0) / 1e9
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for solicitation in self.neighbours.on_timer(self._now()):
+            self._solicit(solicitation)
+        self._arm_timer()
+
+    # -- ping ------------------------------------------------------------------------
+
+    async def ping(self, destination: IPv6Address | str, *, timeout: float = 1.0) -> float:
+        """One ICMPv6 echo round trip in seconds (resolving the neighbour
+        first if need be); raises ConnectionTimeout without a reply."""
+        destination = IPv6Address(destination)
+        self._ping_sequence = (self._ping_sequence + 1) & 0xFFFF
+        key = (destination, self._ping_identifier, self._ping_sequence)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[key] = future
+        source = self.source_for(destination)
+        request = Icmpv6Header.echo(Icmpv6Type.ECHO_REQUEST, key[1], key[2])
+        message = icmpv6.emit(request, bytes(range(56)), source, destination)
+        started = self._now()
+        try:
+            self._send(destination, NextHeader.ICMPV6, message, source=source)
+            if not await wait_until_done(future, self._time, timeout):
+                raise ConnectionTimeout(f"no ICMPv6 echo reply from {destination} in {timeout} s")
+        finally:
+            self._pings.pop(key, None)
+        return (self._now() - started) / 1e9
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()

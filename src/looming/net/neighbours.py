@@ -1,0 +1,263 @@
+"""The IPv6 neighbour cache of Neighbor Discovery (RFC 4861 section 7.3),
+without I/O.
+
+Each neighbour is in one of RFC 4861's states: INCOMPLETE (asked, no answer
+yet), REACHABLE (confirmed lately), STALE (known, not confirmed lately),
+DELAY and PROBE (in use while stale: waiting, then asking it directly).
+As with ARP (``net/arp.py``) no sender waits: a packet for a neighbour still
+being resolved joins that neighbour's small queue, which leaves when the
+advertisement comes and is dropped (and counted) when it never does. The
+number of neighbours and of those being resolved is bounded, so a flood of
+packets for unresolvable addresses costs bounded memory and never delays
+traffic to neighbours that answer.
+
+The owner calls :meth:`NeighbourCache.send` for each packet, the
+``advertised``/``solicited_by`` methods for Neighbor Discovery input and
+:meth:`NeighbourCache.on_timer` at :meth:`NeighbourCache.next_deadline_ns`;
+each returns what to transmit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
+
+from looming.devices.net import MacAddress
+
+_SECOND_NS = 1_000_000_000
+
+
+class NeighbourState(enum.Enum):
+    INCOMPLETE = "incomplete"
+    REACHABLE = "reachable"
+    STALE = "stale"
+    DELAY = "delay"
+    PROBE = "probe"
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourSettings:
+    """RFC 4861 section 10's constants, and the cache's bounds."""
+
+    retransmit_ns: int = _SECOND_NS  # RetransTimer
+    reachable_ns: int = 30 * _SECOND_NS  # ReachableTime
+    delay_ns: int = 5 * _SECOND_NS  # DELAY_FIRST_PROBE_TIME
+    multicast_solicits: int = 3  # MAX_MULTICAST_SOLICIT
+    unicast_solicits: int = 3  # MAX_UNICAST_SOLICIT
+    max_neighbours: int = 512
+    max_incomplete: int = 64
+    queue_packets: int = 3  # per neighbour being resolved
+
+
+@dataclass(slots=True)
+class Neighbour:
+    state: NeighbourState
+    mac: MacAddress | None
+    deadline_ns: int  # when the state's timer runs out (none while STALE)
+    probes: int = 0
+    queue: deque[bytes] = field(default_factory=deque)
+
+
+Solicitation = tuple[IPv6Address, MacAddress | None]
+"""A Neighbor Solicitation to send: the target, and the MAC to send it to
+(None: to the target's solicited-node multicast group)."""
+
+Transmission = tuple[MacAddress, bytes]
+"""An IPv6 packet to send to a neighbour's MAC."""
+
+
+class NeighbourCache:
+    """Neighbours on one link, their states and their queued packets."""
+
+    def __init__(self, settings: NeighbourSettings | None = None) -> None:
+        self.settings = settings if settings is not None else NeighbourSettings()
+        self._entries: OrderedDict[IPv6Address, Neighbour] = OrderedDict()
+        self._incomplete = 0
+        self.counters: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def state(self, address: IPv6Address) -> NeighbourState | None:
+        entry = self._entries.get(address)
+        return entry.state if entry is not None else None
+
+    def mac(self, address: IPv6Address) -> MacAddress | None:
+        entry = self._entries.get(address)
+        return entry.mac if entry is not None else None
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(
+        self, address: IPv6Address, packet: bytes, now: int
+    ) -> tuple[MacAddress | None, Solicitation | None]:
+        """Where ``packet`` for neighbour ``address`` goes now (None: queued
+        or dropped), and a solicitation to send first if one is due."""
+        entry = self._entries.get(address)
+        if entry is None:
+            return None, self._start(address, packet, now)
+        if entry.state is NeighbourState.INCOMPLETE:
+            self._enqueue(entry, packet)
+            return None, None
+        if entry.state is NeighbourState.REACHABLE and now >= entry.deadline_ns:
+            entry.state = NeighbourState.STALE
+        if entry.state is NeighbourState.STALE:
+            # In use while unconfirmed: wait a while for upper-layer hints,
+            # then probe (RFC 4861 7.3.3).
+            entry.state = NeighbourState.DELAY
+            entry.deadline_ns = now + self.settings.delay_ns
+        return entry.mac, None
+
+    def _start(self, address: IPv6Address, packet: bytes, now: int) -> Solicitation:
+        if self._incomplete >= self.settings.max_incomplete:
+            # Under a flood of new destinations the oldest resolution gives
+            # way (as in ARP): a newcomer that answers still gets its chance.
+            self._evict_oldest_incomplete()
+        self._make_room()
+        entry = Neighbour(NeighbourState.INCOMPLETE, None, now + self.settings.retransmit_ns, 1)
+        entry.queue.append(packet)
+        self._entries[address] = entry
+        self._incomplete += 1
+        self.counters["tx_multicast_solicit"] += 1
+        return address, None
+
+    def _evict_oldest_incomplete(self) -> None:
+        for address, entry in self._entries.items():
+            if entry.state is NeighbourState.INCOMPLETE:
+                del self._entries[address]
+                self._incomplete -= 1
+                self.counters["incomplete_evicted"] += len(entry.queue)
+                return
+
+    def _enqueue(self, entry: Neighbour, packet: bytes) -> None:
+        if len(entry.queue) >= self.settings.queue_packets:
+            entry.queue.popleft()  # the newest packets are the likelier to matter
+            self.counters["queue_overflow_dropped"] += 1
+        entry.queue.append(packet)
+
+    def _make_room(self) -> None:
+        while len(self._entries) >= self.settings.max_neighbours:
+            for address, entry in self._entries.items():
+                if entry.state is not NeighbourState.INCOMPLETE:
+                    del self._entries[address]
+                    break
+            else:
+                return  # all resolving: bounded by max_incomplete instead
+            self.counters["evicted"] += 1
+
+    # -- Neighbor Discovery input ------------------------------------------------
+
+    def advertised(
+        self,
+        target: IPv6Address,
+        mac: MacAddress | None,
+        *,
+        solicited: bool,
+        override: bool,
+        now: int,
+    ) -> list[Transmission]:
+        """A Neighbor Advertisement for ``target`` (RFC 4861 7.2.5): what
+        its queue now lets out."""
+        entry = self._entries.get(target)
+        if entry is None:
+            self.counters["unsolicited_advert_ignored"] += 1
+            return []
+        if entry.state is NeighbourState.INCOMPLETE:
+            if mac is None:
+                return []
+            return self._resolve(entry, mac, solicited, now)
+        changed = mac is not None and mac != entry.mac
+        if changed and not override:
+            if entry.state is NeighbourState.REACHABLE:
+                entry.state = NeighbourState.STALE
+            return []
+        if mac is not None:
+            entry.mac = mac
+        if solicited:
+            entry.state = NeighbourState.REACHABLE
+            entry.deadline_ns = now + self.settings.reachable_ns
+            entry.probes = 0
+        elif changed:
+            entry.state = NeighbourState.STALE
+        return []
+
+    def solicited_by(self, source: IPv6Address, mac: MacAddress, now: int) -> list[Transmission]:
+        """A Neighbor Solicitation from ``source`` carrying its MAC (RFC 4861
+        7.2.3): the sender is at least STALE now."""
+        entry = self._entries.get(source)
+        if entry is None:
+            self._make_room()
+            self._entries[source] = Neighbour(NeighbourState.STALE, mac, 0)
+            return []
+        if entry.state is NeighbourState.INCOMPLETE:
+            return self._resolve(entry, mac, False, now)
+        if mac != entry.mac:
+            entry.mac = mac
+            entry.state = NeighbourState.STALE
+        return []
+
+    def _resolve(
+        self, entry: Neighbour, mac: MacAddress, solicited: bool, now: int
+    ) -> list[Transmission]:
+        self._incomplete -= 1
+        entry.mac = mac
+        entry.probes = 0
+        if solicited:
+            entry.state = NeighbourState.REACHABLE
+            entry.deadline_ns = now + self.settings.reachable_ns
+        else:
+            entry.state = NeighbourState.STALE
+        out = [(mac, packet) for packet in entry.queue]
+        entry.queue.clear()
+        self.counters["resolved"] += 1
+        return out
+
+    # -- timers ------------------------------------------------------------------
+
+    def next_deadline_ns(self) -> int | None:
+        deadlines = [
+            e.deadline_ns for e in self._entries.values() if e.state is not NeighbourState.STALE
+        ]
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, now: int) -> list[Solicitation]:
+        """Retransmit, probe, give up and age entries whose timer ran out."""
+        solicitations: list[Solicitation] = []
+        for address, entry in list(self._entries.items()):
+            if entry.state is NeighbourState.STALE or now < entry.deadline_ns:
+                continue
+            solicitation = self._expire(address, entry, now)
+            if solicitation is not None:
+                solicitations.append(solicitation)
+        return solicitations
+
+    def _expire(self, address: IPv6Address, entry: Neighbour, now: int) -> Solicitation | None:
+        settings = self.settings
+        state = entry.state
+        if state is NeighbourState.REACHABLE:
+            entry.state = NeighbourState.STALE
+            return None
+        if state is NeighbourState.DELAY:
+            entry.state = NeighbourState.PROBE
+            entry.probes = 0
+        limit = (
+            settings.multicast_solicits
+            if state is NeighbourState.INCOMPLETE
+            else settings.unicast_solicits
+        )
+        if entry.probes >= limit:
+            del self._entries[address]
+            if state is NeighbourState.INCOMPLETE:
+                self._incomplete -= 1
+                self.counters["unresolved_dropped"] += len(entry.queue)
+            self.counters["unreachable"] += 1
+            return None
+        entry.probes += 1
+        entry.deadline_ns = now + settings.retransmit_ns
+        if state is NeighbourState.INCOMPLETE:
+            self.counters["tx_multicast_solicit"] += 1
+            return address, None
+        self.counters["tx_unicast_solicit"] += 1
+        return address, entry.mac
