@@ -13,17 +13,19 @@ import asyncio
 import logging
 import sys
 from collections import Counter
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address
 from typing import TYPE_CHECKING
 
 from looming.devices.clock import Clock
 from looming.devices.net import IpProtocol, Network
 from looming.devices.random import Random
 from looming.devices.time import Time
+from looming.errors import NoRoute
 from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
+from looming.net.ipv6 import Ipv6Layer
 from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
 
@@ -51,6 +53,7 @@ class DirectStack:
         max_connections: int | None = None,
         memory_limit: int | None = None,
         congestion_control: str = "cubic",
+        ipv6: bool = False,
     ) -> None:
         self.network = network
         self.time = time
@@ -62,7 +65,9 @@ class DirectStack:
             self.ethernet, self.arp, time, random, interface=address, gateway=gateway
         )
         self.icmp = IcmpLayer(self.ipv4, time, random)
-        self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp)
+        # IPv6 (link-local, neighbour discovery, echo, UDP) when asked for.
+        self.ipv6 = Ipv6Layer(self.ethernet, time) if ipv6 else None
+        self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp, ipv6=self.ipv6)
         self._tcp = TcpLayer(
             self.ipv4,
             time,
@@ -94,6 +99,7 @@ class DirectStack:
         max_connections: int | None = None,
         memory_limit: int | None = None,
         congestion_control: str = "cubic",
+        ipv6: bool = False,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
@@ -104,6 +110,8 @@ class DirectStack:
         ``memory_limit`` the bytes all TCP receive queues may hold (None or
         0: no limit); what they turn away is counted (see :meth:`counters`).
         ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.
+        ``ipv6`` adds an IPv6 layer with a link-local address (neighbour
+        discovery, echo and UDP; no TCP over IPv6 yet).
         """
         if max_connections is not None and max_connections < 0:
             raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
@@ -123,6 +131,7 @@ class DirectStack:
             max_connections=max_connections or None,
             memory_limit=memory_limit or None,
             congestion_control=congestion_control,
+            ipv6=ipv6,
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)
@@ -174,10 +183,15 @@ class DirectStack:
         return self.ipv4.interfaces()
 
     async def ping(
-        self, destination: IPv4Address | str, *, size: int = 56, timeout: float = 1.0
+        self, destination: IPv4Address | IPv6Address | str, *, size: int = 56, timeout: float = 1.0
     ) -> float:
-        """One ICMP echo round trip in seconds."""
-        return await self.icmp.ping(destination, size=size, timeout=timeout)
+        """One ICMP (or ICMPv6, for an IPv6 address) echo round trip in seconds."""
+        address = ip_address(destination)
+        if isinstance(address, IPv6Address):
+            if self.ipv6 is None:
+                raise NoRoute(f"cannot ping {address}: the stack was made without IPv6")
+            return await self.ipv6.ping(address, timeout=timeout)
+        return await self.icmp.ping(address, size=size, timeout=timeout)
 
     async def resolve(self, name: str) -> list[IPv4Address]:
         """IPv4 addresses of ``name`` from the configured DNS servers."""
@@ -194,6 +208,9 @@ class DirectStack:
             "udp": self._udp.counters,
         }
         layers["tcp"] = Counter(self._tcp.counters)
+        if self.ipv6 is not None:
+            layers["ipv6"] = self.ipv6.counters
+            layers["neighbours"] = self.ipv6.neighbours.counters
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
         layers["dns"] = self._resolver.counters if self._resolver is not None else Counter()
@@ -210,6 +227,8 @@ class DirectStack:
         await self._udp.stop()
         await self.icmp.stop()
         await self.ipv4.stop()
+        if self.ipv6 is not None:
+            await self.ipv6.stop()
         await self.arp.stop()
         await self.network.disconnect()
         if self._listen_task is not None:

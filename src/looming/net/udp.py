@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import struct
 from collections import Counter, deque
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from looming.devices.net import IpProtocol, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.stack import Datagram, UdpHandler
-from looming.errors import AddressInUse, Malformed
+from looming.errors import AddressInUse, Malformed, NoRoute
 from looming.net.icmp import IcmpError, IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
+from looming.net.ipv6 import Ipv6Layer
 from looming.net.wire import udp as wire
 from looming.net.wire.checksum import internet_checksum
 from looming.net.wire.udp import UdpHeader
@@ -21,10 +23,11 @@ from looming.net.wire.udp import UdpHeader
 EPHEMERAL_PORTS = (49152, 65535)
 
 
-_texts: dict[IPv4Address, str] = {}
+Address = IPv4Address | IPv6Address
+_texts: dict[Address, str] = {}
 
 
-def _text(address: IPv4Address) -> str:
+def _text(address: Address) -> str:
     """``str(address)``, memoised (bounded) as it is asked for every datagram."""
     text = _texts.get(address)
     if text is None:
@@ -34,7 +37,11 @@ def _text(address: IPv4Address) -> str:
     return text
 
 
-def _checksum_right(packet: ReceivedPacket[IPv4Address], datagram: bytes, data_length: int) -> bool:
+def _checksum_right(
+    packet: ReceivedPacket[IPv4Address] | ReceivedPacket[IPv6Address],
+    datagram: bytes,
+    data_length: int,
+) -> bool:
     """Whether the UDP checksum of ``datagram`` (its header and
     ``data_length`` bytes of data) is right or absent. Absent is allowed
     over IPv4 only (RFC 768; RFC 8200 8.1 forbids it over IPv6)."""
@@ -52,7 +59,7 @@ class UdpBinding:
         self,
         layer: UdpLayer,
         port: int,
-        host: IPv4Address | None,
+        host: Address | None,
         on_error: Callable[[IcmpError], None] | None = None,
     ) -> None:
         self._layer = layer
@@ -67,7 +74,7 @@ class UdpBinding:
     def port(self) -> int:
         return self._port
 
-    async def send(self, destination: str | IPv4Address, port: int, data: bytes) -> None:
+    async def send(self, destination: str | Address, port: int, data: bytes) -> None:
         """Send from this binding's port."""
         await self._layer.send(destination, port, data, source_port=self._port)
 
@@ -78,16 +85,27 @@ class UdpBinding:
 class UdpLayer:
     """:class:`looming.devices.stack.Udp`."""
 
-    def __init__(self, ipv4: Ipv4Layer, random: Random, *, icmp: IcmpLayer | None = None) -> None:
+    def __init__(
+        self,
+        ipv4: Ipv4Layer,
+        random: Random,
+        *,
+        icmp: IcmpLayer | None = None,
+        ipv6: Ipv6Layer | None = None,
+    ) -> None:
+        """UDP over ``ipv4``, and over ``ipv6`` too when given."""
         self._ipv4 = ipv4
+        self._ipv6 = ipv6
         self._random = random
         self._icmp = icmp
-        self._bindings: dict[int, tuple[UdpHandler, IPv4Address | None]] = {}
+        self._bindings: dict[int, tuple[UdpHandler, Address | None]] = {}
         self._binding_objects: dict[int, UdpBinding] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         self.max_handler_tasks = 1024
         ipv4.register(IpProtocol.UDP, self.input)
+        if ipv6 is not None:
+            ipv6.register(IpProtocol.UDP, self.input)
 
     def _free_port(self) -> int:
         low, high = EPHEMERAL_PORTS
@@ -117,7 +135,7 @@ class UdpLayer:
             port = self._free_port()
         if port in self._bindings:
             raise AddressInUse(f"UDP port {port} is already bound")
-        address = IPv4Address(host) if host not in (None, "", "0.0.0.0") else None
+        address = ip_address(host) if host not in (None, "", "0.0.0.0", "::") else None
         self._bindings[port] = (handler, address)
         binding = UdpBinding(self, port, address, on_error)
         self._binding_objects[port] = binding
@@ -145,21 +163,41 @@ class UdpLayer:
 
     async def send(
         self,
-        destination: str | IPv4Address,
+        destination: str | Address,
         port: int,
         data: bytes,
         *,
         source_port: int | None = None,
     ) -> None:
-        destination = IPv4Address(destination)
+        destination = ip_address(destination)
         if source_port is None:
             source_port = self._free_port()
+        if isinstance(destination, IPv6Address):
+            await self._send_ipv6(destination, UdpHeader(source_port, port), data)
+            return
         source = self._ipv4.source_for(destination)
         datagram = wire.emit(UdpHeader(source_port, port), data, source, destination)
         self.counters["tx_datagrams"] += 1
         await self._ipv4.write(destination, IpProtocol.UDP, datagram)
 
-    def input(self, packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
+    async def _send_ipv6(self, destination: IPv6Address, header: UdpHeader, data: bytes) -> None:
+        if self._ipv6 is None:
+            raise NoRoute(f"cannot send to {destination}: this stack has no IPv6 layer")
+        source = self._ipv6.source_for(destination)
+        length = wire.HEADER_LENGTH + len(data)
+        # The same record IPv6 hands up gives the pseudo-header sum.
+        pseudo = ReceivedPacket(source, destination, IpProtocol.UDP, 0, 0, False, b"")
+        initial = pseudo.pseudo_header_sum(length) + header.source_port + header.destination_port
+        checksum = internet_checksum(data, initial + length) or 0xFFFF  # RFC 8200 8.1
+        datagram = struct.pack(
+            "!HHHH", header.source_port, header.destination_port, length, checksum
+        )
+        self.counters["tx_datagrams"] += 1
+        await self._ipv6.write(destination, IpProtocol.UDP, datagram + bytes(data), source=source)
+
+    def input(
+        self, packet: ReceivedPacket[IPv4Address] | ReceivedPacket[IPv6Address], payload: bytes
+    ) -> None:
         try:
             header, data = wire.parse(payload)
         except Malformed:
@@ -173,7 +211,7 @@ class UdpLayer:
         binding = self._bindings.get(header.destination_port)
         if binding is None or (binding[1] is not None and binding[1] != destination):
             self.counters["no_listener"] += 1
-            if self._icmp is not None:
+            if self._icmp is not None and isinstance(packet.source, IPv4Address):
                 self._icmp.port_unreachable(packet, payload)
             return
         self.counters["rx_datagrams"] += 1
