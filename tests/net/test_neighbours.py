@@ -1,0 +1,221 @@
+"""The IPv6 neighbour cache (RFC 4861 7.3), without I/O: its states step
+by step, and a hypothesis state machine checking that every packet is sent,
+queued or counted, and that the bounds hold whatever the network does; then
+two IPv6 stacks on the in-memory switch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv6Address
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from looming.devices.net import MacAddress
+from looming.devices.stack import Datagram
+from looming.errors import ConnectionTimeout
+from looming.net.ipv6 import Ipv6Layer
+from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
+from looming.net.netif.memory import MemorySwitch
+from looming.net.stack import DirectStack
+from looming.net.wire import ipv6, ndp
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
+from tests.net.test_memory import A, B, settle
+
+S = 1_000_000_000
+PEER = IPv6Address("fe80::1")
+MAC = MacAddress("02:00:00:00:00:01")
+OTHER_MAC = MacAddress("02:00:00:00:00:02")
+
+
+def test_a_neighbour_goes_through_rfc_4861s_states() -> None:
+    cache = NeighbourCache()
+    assert cache.send(PEER, b"one", 0) == (None, (PEER, None))  # multicast solicitation
+    assert cache.send(PEER, b"two", 1) == (None, None)  # queued behind it
+    assert cache.state(PEER) is NeighbourState.INCOMPLETE
+    released = cache.advertised(PEER, MAC, solicited=True, override=True, now=2)
+    assert released == [(MAC, b"one"), (MAC, b"two")]
+    assert cache.state(PEER) is NeighbourState.REACHABLE
+    assert cache.send(PEER, b"three", 3) == (MAC, None)
+    assert cache.on_timer(30 * S + 2) == [] and cache.state(PEER) is NeighbourState.STALE
+    assert cache.send(PEER, b"four", 31 * S) == (MAC, None)  # used while stale
+    assert cache.state(PEER) is NeighbourState.DELAY
+    assert cache.next_deadline_ns() == 36 * S
+    assert cache.on_timer(36 * S) == [(PEER, MAC)]  # a unicast probe
+    assert cache.state(PEER) is NeighbourState.PROBE
+    assert cache.on_timer(37 * S) == [(PEER, MAC)]
+    assert cache.on_timer(38 * S) == [(PEER, MAC)]
+    assert cache.on_timer(39 * S) == [] and cache.state(PEER) is None  # gone
+    assert cache.counters["unreachable"] == 1
+
+
+def test_a_silent_neighbour_is_asked_three_times_then_forgotten() -> None:
+    cache = NeighbourCache()
+    cache.send(PEER, b"lost", 0)
+    assert cache.on_timer(1 * S) == [(PEER, None)]
+    assert cache.on_timer(2 * S) == [(PEER, None)]
+    assert cache.on_timer(3 * S) == [] and cache.state(PEER) is None
+    assert cache.counters["unresolved_dropped"] == 1
+
+
+def test_an_advertisement_without_override_does_not_move_a_known_neighbour() -> None:
+    cache = NeighbourCache()
+    cache.send(PEER, b"x", 0)
+    cache.advertised(PEER, MAC, solicited=True, override=False, now=0)
+    cache.advertised(PEER, OTHER_MAC, solicited=False, override=False, now=1)
+    assert cache.mac(PEER) == MAC and cache.state(PEER) is NeighbourState.STALE
+    cache.advertised(PEER, OTHER_MAC, solicited=False, override=True, now=2)
+    assert cache.mac(PEER) == OTHER_MAC
+    # Advertisements nobody asked about create nothing (RFC 4861 7.2.5).
+    cache.advertised(IPv6Address("fe80::9"), MAC, solicited=True, override=True, now=3)
+    assert cache.state(IPv6Address("fe80::9")) is None
+
+
+ADDRESSES = [IPv6Address(f"fe80::{i}") for i in range(1, 7)]
+BOUNDS = NeighbourSettings(max_neighbours=4, max_incomplete=3, queue_packets=2)
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """Every packet handed to the cache is transmitted, still queued, or
+    counted as dropped; the bounds hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = NeighbourCache(BOUNDS)
+        self.now = 0
+        self.handed = 0
+        self.transmitted = 0
+
+    @rule(address=st.sampled_from(ADDRESSES))
+    def send(self, address: IPv6Address) -> None:
+        self.handed += 1
+        mac, _ = self.cache.send(address, b"p", self.now)
+        self.transmitted += mac is not None
+
+    @rule(
+        address=st.sampled_from(ADDRESSES),
+        mac=st.sampled_from([MAC, OTHER_MAC, None]),
+        solicited=st.booleans(),
+        override=st.booleans(),
+    )
+    def advertise(
+        self, address: IPv6Address, mac: MacAddress | None, solicited: bool, override: bool
+    ) -> None:
+        released = self.cache.advertised(
+            address, mac, solicited=solicited, override=override, now=self.now
+        )
+        self.transmitted += len(released)
+
+    @rule(address=st.sampled_from(ADDRESSES), mac=st.sampled_from([MAC, OTHER_MAC]))
+    def solicit_us(self, address: IPv6Address, mac: MacAddress) -> None:
+        self.transmitted += len(self.cache.solicited_by(address, mac, self.now))
+
+    @rule(seconds=st.integers(0, 40))
+    def wait(self, seconds: int) -> None:
+        self.now += seconds * S
+        self.cache.on_timer(self.now)
+
+    @invariant()
+    def every_packet_is_accounted_for(self) -> None:
+        counters = self.cache.counters
+        queued = sum(len(e.queue) for e in self.cache._entries.values())
+        dropped = (
+            counters["queue_overflow_dropped"]
+            + counters["unresolved_dropped"]
+            + counters["incomplete_evicted"]
+        )
+        assert self.handed == self.transmitted + queued + dropped
+
+    @invariant()
+    def bounded(self) -> None:
+        entries = self.cache._entries.values()
+        incomplete = [e for e in entries if e.state is NeighbourState.INCOMPLETE]
+        assert len(incomplete) <= BOUNDS.max_incomplete
+        assert len(entries) <= BOUNDS.max_neighbours + BOUNDS.max_incomplete
+        assert all(len(e.queue) <= BOUNDS.queue_packets for e in entries)
+        assert all(not e.queue for e in entries if e.state is not NeighbourState.INCOMPLETE)
+
+
+TestCacheMachine = CacheMachine.TestCase
+TestCacheMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+async def ipv6_pair() -> tuple[DirectStack, DirectStack]:
+    switch = MemorySwitch()
+    common = {"time": UnixTime(), "clock": UnixClock(), "ipv6": True}
+    a = await DirectStack.connect(switch.port(), random=UnixRandom(1), address=A, **common)
+    b = await DirectStack.connect(switch.port(), random=UnixRandom(2), address=B, **common)
+    return a, b
+
+
+def run(body: Callable[[DirectStack, DirectStack, Ipv6Layer, Ipv6Layer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        a, b = await ipv6_pair()
+        assert a.ipv6 is not None and b.ipv6 is not None
+        try:
+            await body(a, b, a.ipv6, b.ipv6)
+        finally:
+            await a.disconnect()
+            await b.disconnect()
+
+    asyncio.run(main())
+
+
+def test_two_stacks_ping_and_talk_udp_over_link_local_ipv6() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        assert await a.ping(b6.link_local, timeout=1) < 1
+        received: asyncio.Queue[Datagram] = asyncio.Queue()
+        await b.udp.bind(53, received.put_nowait)
+        await a.udp.send(b6.link_local, 53, b"hello over ipv6")
+        datagram = await asyncio.wait_for(received.get(), 1)
+        assert datagram.data == b"hello over ipv6"
+        assert datagram.source == str(a6.link_local)
+
+    run(body)
+
+
+def test_unresolvable_neighbours_do_not_delay_one_that_answers() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        for i in range(200):
+            await a6.write(IPv6Address(f"fe80::dead:{i:x}"), 17, b"nobody home")
+        counters = a6.neighbours.counters
+        assert counters["incomplete_evicted"] == 200 - 64  # the oldest gave way
+        assert await a.ping(b6.link_local, timeout=1) < 1
+        assert len(a6.neighbours) <= 64 + 1
+
+    run(body)
+
+
+def test_forged_neighbour_discovery_is_dropped() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        target = b6.link_local
+        # An advertisement claiming a's own address, and one sent from off
+        # link (hop limit 64, not 255): both counted, neither believed.
+        for claimed, hop_limit in ((a6.link_local, 255), (target, 64)):
+            advert = ndp.NeighborAdvertisement(
+                claimed, override=True, options=(ndp.TargetLinkLayerAddress(OTHER_MAC),)
+            )
+            header = ipv6.Ipv6Header(target, a6.link_local, 58, hop_limit)
+            packet = ipv6.emit(header, ndp.emit(advert, target, a6.link_local))
+            a.ethernet.input(bytes(a.ethernet.mac) + bytes(OTHER_MAC) + b"\x86\xdd" + packet)
+        counters = a.counters()
+        assert counters["ipv6.advert_for_our_address"] == 1
+        assert counters["ipv6.icmpv6_malformed"] == 1
+        assert a6.neighbours.state(target) is None
+        await settle()
+
+    run(body)
+
+
+def test_an_unanswered_ping_times_out_after_the_solicitations() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        with pytest.raises(ConnectionTimeout):
+            await a.ping(IPv6Address("fe80::beef"), timeout=0.2)
+        assert a.counters()["ipv6.tx_solicit"] == 1
+
+    run(body)
