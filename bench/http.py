@@ -91,10 +91,11 @@ app = Starlette(routes=[Route("/plain", plain), Route("/json", json_), Route("/s
 """
 
 CONFIG = """\
-from looming.config import console, default_network, http_keys, key, main, register, stack
+from looming.config import clock, console, default_network, http_keys, key, main, register, stack
 
 port = key("port", int, default=8000)
-register("bench", [main("unikernel:Bench", [console(), stack(default_network())], keys=[port, *http_keys()])])
+devices = [console(), stack(default_network()), clock()]
+register("bench", [main("unikernel:Bench", devices, keys=[port, *http_keys()])])
 """
 
 UNIKERNEL = """\
@@ -106,12 +107,14 @@ from looming.http.service import HttpSettings, serve_asgi
 
 
 class Bench:
-    def __init__(self, console: Any, stack: Any, *, port: int, **http: Any) -> None:
-        self.console, self.stack, self.port = console, stack, port
+    def __init__(self, console: Any, stack: Any, clock: Any, *, port: int, **http: Any) -> None:
+        self.console, self.stack, self.clock, self.port = console, stack, clock, port
         self.settings = HttpSettings.from_keys(**http)
 
     async def start(self) -> None:
-        await serve_asgi(app, self.console, self.stack, port=self.port, settings=self.settings)
+        await serve_asgi(
+            app, self.console, self.stack, clock=self.clock, port=self.port, settings=self.settings
+        )
 """
 
 
