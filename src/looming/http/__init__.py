@@ -3,11 +3,12 @@
 The server only needs a :class:`~looming.devices.Flow`, so the same code runs
 over host sockets, looming's own TCP, TLS or a vchan::
 
-    server = HttpServer(StaticSite(htdocs))          # or AsgiAdapter(app)
+    server = HttpServer(StaticSite(htdocs), clock=clock)   # or AsgiAdapter(app)
     listener = await stack.tcp.listen(8080, server.serve_flow)
 
-A handler is any ``async def handler(request: Request) -> Response``; a
-response body may be ``bytes`` or an async iterable of chunks (sent chunked).
+The Date header reads ``clock``, the unikernel's clock device. A handler is
+any ``async def handler(request: Request) -> Response``; a response body may
+be ``bytes`` or an async iterable of chunks (sent chunked).
 
 Each name here imports its module when it is first used, so a static site
 does not load the ASGI adapter or the client (a unikernel's imports are
