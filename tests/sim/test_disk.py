@@ -4,6 +4,9 @@ it says and showing in the trace."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from looming.sim.devices import SimRandom
 from looming.sim.disk import DiskFaults, DiskReadError, SimDisk
@@ -184,3 +187,58 @@ def test_wipe_gives_an_empty_disk() -> None:
 def test_bad_fault_settings_are_named(faults: dict[str, object], problem: str) -> None:
     problems = DiskFaults().replace(**faults).problems()
     assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+class DiskMachine(RuleBasedStateMachine):
+    """The disk against a model: reads see every write; a crash (every
+    unsynced write lost) leaves exactly the writes whose sync completed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disk, self.clock, self.trace = make_disk(7, lost_writes=1.0, latency=Fixed(0.001))
+        self.writes: list[
+            tuple[str, int, bytes, float | None]
+        ] = []  # file, offset, data, durable at
+
+    @rule(
+        name=st.sampled_from("fg"),
+        offset=st.integers(0, 40),
+        data=st.binary(min_size=1, max_size=20),
+    )
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        self.disk.write(name, offset, data)
+        self.writes.append((name, offset, data, None))
+
+    @rule(name=st.sampled_from("fg"))
+    def sync(self, name: str) -> None:
+        done = self.disk.sync(name)
+        self.writes = [
+            (f, o, d, done if f == name and t is None else t) for f, o, d, t in self.writes
+        ]
+
+    @rule(seconds=st.sampled_from([0.0, 0.0005, 0.001, 0.003, 0.01]))
+    def wait(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule()
+    def crash(self) -> None:
+        self.disk.crash()
+        now = self.clock.now
+        self.writes = [(f, o, d, t) for f, o, d, t in self.writes if t is not None and t <= now]
+
+    def expected(self, name: str) -> bytes:
+        image = bytearray()
+        for f, o, d, _t in self.writes:
+            if f == name:
+                image.extend(bytes(max(0, o + len(d) - len(image))))
+                image[o : o + len(d)] = d
+        return bytes(image)
+
+    @invariant()
+    def reads_see_the_model(self) -> None:
+        for name in "fg":
+            assert self.disk.read_now(name, 0, 100) == self.expected(name)
+
+
+DiskMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+test_the_disk_behaves_like_its_model = DiskMachine.TestCase

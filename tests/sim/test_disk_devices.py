@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from looming.devices.block import Block, BlockInfo
-from looming.devices.kv import KvRw
-from looming.errors import BlockOutOfRange, DeviceError, KeyNotFound
+from looming.devices.kv import EntryKind, KvRw
+from looming.errors import BlockOutOfRange, DeviceError, KeyNotFound, NotAValue
 from looming.sim.devices import SimClock, SimRandom
 from looming.sim.disk import DiskCorruption, DiskFaults, DiskReadError, SimDisk
 from looming.sim.disklog import RecordLog
@@ -284,5 +284,34 @@ def test_a_torn_record_ends_the_log_with_what_followed_it() -> None:
         replayed = RecordLog(disk, "log").replay()
         assert [(r.tag, p) for r, p in replayed] == [(b"a", b"A" * 50)]
         assert trace[-1].startswith("n log log: ") and trace[-1].endswith("ignored")
+
+    simulate(body)
+
+
+def test_kv_rw_edge_cases_answer_as_the_interface_says() -> None:
+    async def body(loop: VirtualEventLoop) -> None:
+        disk, _trace = disk_on(loop)
+        kv = await open_kv_rw(disk)
+        await kv.set("a/b", b"1")
+        await kv.set("c", b"2")
+        generation = kv.generation()
+        await kv.rename("a/b", "a/b")  # onto itself: nothing moves
+        assert await kv.get("a/b") == b"1" and kv.generation() == generation
+        with pytest.raises(DeviceError, match="into itself"):
+            await kv.rename("a", "a/x")
+        with pytest.raises(DeviceError, match="root"):
+            await kv.rename("", "z")
+        with pytest.raises(DeviceError, match="root"):
+            await kv.set("/", b"x")
+        with pytest.raises(NotAValue):
+            await kv.list("c")
+        with pytest.raises(NotAValue):
+            await kv.set("c/d", b"x")
+        await kv.rename("c", "a")  # replaces the dictionary a
+        assert await kv.list("") == [("a", EntryKind.VALUE)]
+        assert kv.generation() != generation
+        disk.crash()
+        again = await open_kv_rw(disk)
+        assert await again.list("") == [("a", EntryKind.VALUE)] and await again.get("a") == b"2"
 
     simulate(body)

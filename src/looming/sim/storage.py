@@ -110,6 +110,7 @@ class SimKvRw:
         self._log = RecordLog(disk, f"kv_rw/{name}")
         self._now = now
         self._values: dict[tuple[str, ...], _Value] = {}
+        self._changes = 0
 
     @classmethod
     async def open(cls, disk: SimDisk, name: str, now: Callable[[], float]) -> SimKvRw:
@@ -134,10 +135,16 @@ class SimKvRw:
             dest, _ = _take_text(tag, at)
             self._move(parts, split_key(dest))
 
+    def generation(self) -> object:
+        """Changes with every change made, so a cache of what was read
+        (:class:`looming.http.StaticSite`) knows when to drop."""
+        return self._changes
+
     async def _commit(self, tag: bytes, payload: bytes = b"") -> None:
         """Append a change and wait until it is durable."""
         record, _done = self._log.append(tag, payload)
         self._apply(record)
+        self._changes += 1
         await self._disk.wait(self._log.sync())
 
     def _prefix_of(self, parts: tuple[str, ...]) -> bool:
@@ -179,6 +186,8 @@ class SimKvRw:
 
     async def list(self, prefix: str = "") -> list[tuple[str, EntryKind]]:
         parts = split_key(prefix)
+        if parts in self._values:
+            raise NotAValue(f"{prefix!r} is a value, not a dictionary")
         n = len(parts)
         children: dict[str, EntryKind] = {}
         for k in self._values:
@@ -210,7 +219,7 @@ class SimKvRw:
     async def set(self, key: str, value: bytes) -> None:
         parts = split_key(key)
         if not parts:
-            raise NotAValue("cannot store a value at the root")
+            raise DeviceError("kv_rw: give a key with at least one name, not the root")
         for i in range(1, len(parts)):
             if parts[:i] in self._values:
                 raise NotAValue(f"{'/'.join(parts[:i])!r} is a value, not a dictionary")
@@ -228,8 +237,14 @@ class SimKvRw:
     async def rename(self, source: str, dest: str) -> None:
         src, dst = split_key(source), split_key(dest)
         n = len(src)
+        if not src or not dst:
+            raise DeviceError("kv_rw: cannot rename the root or rename onto it")
         if not any(k[:n] == src for k in self._values):
             raise KeyNotFound(source)
+        if dst[:n] == src:
+            if dst == src:
+                return
+            raise DeviceError(f"kv_rw: cannot move {source!r} into itself ({dest!r})")
         await self._commit(_RENAME + _text("/".join(src)) + _text("/".join(dst)))
 
     def _drop(self, parts: tuple[str, ...]) -> None:
@@ -239,8 +254,7 @@ class SimKvRw:
 
     def _move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         n = len(src)
-        moved = {k: v for k, v in self._values.items() if k[:n] == src}
+        moved = {dst + k[n:]: v for k, v in self._values.items() if k[:n] == src}
+        self._drop(src)
         self._drop(dst)
-        for k, v in moved.items():
-            del self._values[k]
-            self._values[dst + k[n:]] = v
+        self._values.update(moved)
