@@ -436,3 +436,42 @@ def test_a_bundle_is_checked_and_unpacked_once(tmp_path: Path) -> None:
     assert unpack(data, digest, tmp_path) == folder  # found, not unpacked again
     assert (folder / "a" / "scenario.py").read_text() == "changed"
     assert [p.name for p in tmp_path.iterdir()] == [digest]
+
+
+def test_log_records_of_the_hosts_other_threads_stay_out_of_the_trace() -> None:
+    """A worker process has threads of its own (its event loop, heartbeats):
+    what they log while a seed runs is not part of the seed's trace."""
+    import logging
+
+    from looming import sim
+    from looming.sim.world import run
+
+    scenario = sim.Scenario("pings", duration=120.0)
+    scenario.host("a", ipv4="10.0.0.1/24")
+    scenario.host("b", ipv4="10.0.0.2/24")
+
+    @scenario.main
+    async def drive(world: sim.World) -> None:
+        stack = await world.node("a").stack()
+        for _ in range(40):
+            await stack.ping("10.0.0.2", timeout=1.0)
+            world.note(f"burnt {sum(i * i for i in range(20_000)) % 7}")
+
+    alone = run(scenario, 5, artifacts={}, keep_trace=True)
+    stop = threading.Event()
+    logger = logging.getLogger("host.heartbeat")
+
+    def chatter() -> None:
+        while not stop.is_set():
+            logger.warning("heartbeat")
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        beside = run(scenario, 5, artifacts={}, keep_trace=True)
+    finally:
+        stop.set()
+        thread.join()
+    assert not [e for e in beside.events if "heartbeat" in e]
+    assert beside.digest == alone.digest

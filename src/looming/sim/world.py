@@ -7,6 +7,7 @@ import contextvars
 import gc
 import logging
 import random as _random
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -207,7 +208,11 @@ def _logs_to_trace(world: World, level: int) -> Iterator[TraceLogHandler]:
         incarnation = CURRENT_NODE.get()
         return incarnation.gate.label if incarnation is not None else "scenario"
 
+    run_thread = threading.get_ident()
+
     def admits(record: logging.LogRecord) -> bool:
+        if threading.get_ident() != run_thread:
+            return False  # the host's own threads (a Dask worker's, say) are not the run
         incarnation = CURRENT_NODE.get()
         levels = incarnation.log_levels if incarnation is not None else None
         if levels is None:
