@@ -222,6 +222,19 @@ def _chacha_pair(pki: Pki, record_size_limit: int | None = None) -> Pair:
     return pair
 
 
+def test_no_keys_derived_for_a_direction_without_records(pki: Pki) -> None:
+    """The server read nothing under the client's application key, the client
+    sent nothing under it: neither derived it (the bulk pass derives the key
+    only when there is a record to open); the first record derives it."""
+    pair = _chacha_pair(pki)
+    server_read, client_write = pair.server.records.read, pair.client.records.write
+    assert server_read is not None and client_write is not None
+    assert pair.server.receive(b"") == []
+    assert server_read._aead is None and client_write._aead is None
+    assert pair.client_sends(b"first") == [ApplicationData(b"first")]
+    assert server_read._aead is not None and client_write._aead is not None
+
+
 def _record_lengths(wire: bytes) -> list[int]:
     lengths, pos = [], 0
     while pos < len(wire):

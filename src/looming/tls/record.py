@@ -361,6 +361,9 @@ class RecordLayer:
         payloads: list[bytes] = []
         if self._opened is not None:
             return payloads, True
+        size = len(buf)
+        if size - pos < _HEADER:  # nothing to open: no keys derived for it either
+            return payloads, False
         protection = self.read
         assert protection is not None
         aead = protection._aead or protection._keyed()
@@ -370,7 +373,6 @@ class RecordLayer:
         # A full-size record opens into a reused buffer (allowed unless a record
         # size limit is smaller): no output buffer to allocate and zero first.
         full = _FULL_INNER + _TAG if inner_max == _FULL_INNER else -1
-        size = len(buf)
         view = body = memoryview(buf)  # bodies are slices of it: no copy
         more = True
         while size - pos >= _HEADER:
