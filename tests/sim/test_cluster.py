@@ -475,3 +475,26 @@ def test_log_records_of_the_hosts_other_threads_stay_out_of_the_trace() -> None:
         thread.join()
     assert not [e for e in beside.events if "heartbeat" in e]
     assert beside.digest == alone.digest
+
+
+def test_a_scheduler_without_workers_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from looming.sim import cluster as cluster_module
+    from looming.sim.cluster import Bundle, BundleInfo, ClusterError, ClusterSweep
+
+    monkeypatch.setattr(cluster_module, "WORKER_WAIT_S", 0.5)
+    dask = DaskCluster(tmp_path)
+    try:
+        address = dask.start_scheduler()
+        notes: list[str] = []
+        sweep = ClusterSweep(address, notes.append)
+        try:
+            bundle = Bundle(BundleInfo("0" * 64, "s.py", None, (), "0"), b"")
+            with pytest.raises(ClusterError, match="has no workers: start some with 'dask worker"):
+                list(sweep.outcomes(bundle, [1]))
+        finally:
+            sweep.close()
+    finally:
+        dask.stop()
+    assert notes == ["cluster: waiting up to 0.5 s for a worker to join"]

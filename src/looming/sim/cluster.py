@@ -344,7 +344,7 @@ class ClusterSweep:
     def _wait_for_workers(self) -> None:
         threads = self.client.nthreads()
         if not threads:
-            self.note(f"cluster: waiting up to {WORKER_WAIT_S:.0f} s for a worker to join")
+            self.note(f"cluster: waiting up to {WORKER_WAIT_S:g} s for a worker to join")
             try:
                 self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
             except (TimeoutError, OSError):
@@ -379,7 +379,7 @@ class ClusterSweep:
         if now - self._none_since > WORKER_WAIT_S:
             raise ClusterError(
                 f"every worker left the cluster at {self.address} and none came back in "
-                f"{WORKER_WAIT_S:.0f} s; {left} seeds did not run"
+                f"{WORKER_WAIT_S:g} s; {left} seeds did not run"
             )
 
     def outcomes(self, bundle: Bundle, seeds: Iterable[int]) -> Iterator[SeedOutcome]:
