@@ -176,16 +176,16 @@ def test_a_cluster_sweep_gives_each_seed_the_digest_of_a_local_sweep(
 ) -> None:
     dask, address = cluster
     path = write_scenario(app_copies)
-    common = ["sim", "run", str(path), "--seeds", "1..12", "--check-sample", "0"]
+    common = ["sim", "run", str(path), "--seeds", "1..8", "--check-sample", "0"]
     remote = run_looming([*common, "--cluster", address])
     local = run_looming([*common, "-j", "1"])
     assert remote.returncode == local.returncode == 1, remote.stdout + remote.stderr
     remote_seeds, local_seeds = seed_lines(remote.stdout), seed_lines(local.stdout)
-    assert sorted(remote_seeds) == list(range(1, 13)), remote.stdout
+    assert sorted(remote_seeds) == list(range(1, 9)), remote.stdout
     assert remote_seeds == local_seeds
     failing = [s for s, (verdict, _) in remote_seeds.items() if verdict == "FAILED"]
-    assert 0 < len(failing) < 12, remote.stdout
-    assert f"{12 - len(failing)} passed, {len(failing)} failed" in remote.stdout
+    assert 0 < len(failing) < 8, remote.stdout
+    assert f"{8 - len(failing)} passed, {len(failing)} failed" in remote.stdout
     assert f"cluster: {address}, 2 workers" in remote.stdout
     assert "Dask workers at" in remote.stdout
     for seed in failing:
@@ -207,9 +207,8 @@ def test_the_workers_run_the_scenario_as_the_command_line_changes_it(
     common = ["sim", "run", str(path), "--seeds", "1..3", "--check-sample", "0"]
     common += ["--duration", "0.001"]  # too short for the driver: every seed fails
     remote = run_looming([*common, "--cluster", address])
-    local = run_looming([*common, "-j", "1"])
-    assert remote.returncode == local.returncode == 1, remote.stdout + remote.stderr
-    assert seed_lines(remote.stdout) == seed_lines(local.stdout)
+    assert remote.returncode == 1, remote.stdout + remote.stderr
+    # Without --duration every seed gets further (see the test above).
     assert {v for v, _ in seed_lines(remote.stdout).values()} == {"FAILED"}
     for seed in (1, 2, 3):
         reason = "the driver did not finish within the scenario's 0.001 s"
