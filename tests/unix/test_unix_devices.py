@@ -160,3 +160,17 @@ def test_file_block(tmp_path: Path) -> None:
         await ro.disconnect()
 
     run(scenario())
+
+
+def test_host_devices_are_the_hosts_by_name() -> None:
+    import time
+
+    from looming.unix import host_devices
+
+    host = host_devices()
+    assert isinstance(host.time, Time) and isinstance(host.clock, Clock)
+    assert isinstance(host.random, Random) and not host.random.seeded
+    assert abs(host.clock.now() - time.time()) < 5
+    # Seeded: the same stream each time, as --seed gives a unikernel.
+    first, again = host_devices(seed=7), host_devices(seed=7)
+    assert first.random.bytes(16) == again.random.bytes(16) != host_devices(seed=8).random.bytes(16)

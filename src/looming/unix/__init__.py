@@ -16,10 +16,14 @@ that needs time, a clock or randomness takes the device as an argument.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from looming.unix.clock import UnixClock
-from looming.unix.random import UnixRandom
-from looming.unix.time import UnixTime
+# Imported when asked for: a unikernel that links one host device (the
+# generated main.py imports looming.unix.clock, say) loads only that one.
+if TYPE_CHECKING:
+    from looming.unix.clock import UnixClock
+    from looming.unix.random import UnixRandom
+    from looming.unix.time import UnixTime
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class HostDevices:
 def host_devices(*, seed: int | None = None) -> HostDevices:
     """The host's time, clock and random devices; with ``seed``, the random
     device is a deterministic stream instead of ``os.urandom``."""
+    from looming.unix.clock import UnixClock
+    from looming.unix.random import UnixRandom
+    from looming.unix.time import UnixTime
+
     return HostDevices(time=UnixTime(), clock=UnixClock(), random=UnixRandom(seed))
 
 
