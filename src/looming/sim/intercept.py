@@ -37,8 +37,8 @@ MAC address).
 Scope: the functions are replaced for as long as at least one run is going
 on, and they consult a per-thread record of the running world, so other
 threads (and everything after the run) get the real functions. Names bound
-before a run with ``from time import monotonic`` keep the real function;
-looming's own code reads time only through devices.
+before a run with ``from time import monotonic`` (or ``now = datetime.now``)
+keep the real function; looming's own code reads time only through devices.
 """
 
 from __future__ import annotations
