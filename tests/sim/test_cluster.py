@@ -48,8 +48,8 @@ async def drive(world):
     # Read on the machine running the seed: a worker reads its unpacked copy.
     expected = (SITE / "htdocs" / "index.html").read_bytes()
 
-    async def fetch(stack):
-        flow = await stack.tcp.connect("10.0.0.1", 8080, timeout=10.0)
+    async def fetch(stack, address="10.0.0.1"):
+        flow = await stack.tcp.connect(address, 8080, timeout=10.0)
         response = await HttpClient(flow).request("GET", "/index.html")
         await flow.close()
         return response.status, response.body
@@ -59,18 +59,22 @@ async def drive(world):
     for _ in range({rounds}):
         status, body = await world.node("client").run(fetch)
         world.check(status == 200 and body == expected, f"index.html: {{status}}, {{len(body)}}")
+    if {added}:  # a node added while running, from a shipped application
+        world.add_node("late", SITE, ipv4="10.0.0.3/24", keys={{"port": 8080}})
+        status, body = await world.node("client").run(lambda s: fetch(s, "10.0.0.3"))
+        world.check(status == 200 and body == expected, f"late: {{status}}, {{len(body)}}")
     world.check(world.random.random() >= 0.3, "the seed's draw is at least 0.3")
 """
 
 SEED_LINE = re.compile(r"^seed (\d+): (ok|FAILED) .* digest ([0-9a-f]{16}|\(worker died\))$", re.M)
 
 
-def write_scenario(examples: Path, rounds: int = 1, burn: int = 0) -> Path:
+def write_scenario(examples: Path, rounds: int = 1, burn: int = 0, added: bool = False) -> Path:
     """A scenario file of its own (a new bundle hash) beside the example scenarios."""
     folder = examples / f"cluster-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
     path = folder / "site.py"
-    path.write_text(SCENARIO.format(token=uuid.uuid4().hex, rounds=rounds, burn=burn))
+    path.write_text(SCENARIO.format(token=uuid.uuid4().hex, rounds=rounds, burn=burn, added=added))
     return path
 
 
@@ -175,7 +179,7 @@ def test_a_cluster_sweep_gives_each_seed_the_digest_of_a_local_sweep(
     app_copies: Path, cluster: tuple[DaskCluster, str]
 ) -> None:
     dask, address = cluster
-    path = write_scenario(app_copies)
+    path = write_scenario(app_copies, added=True)
     common = ["sim", "run", str(path), "--seeds", "1..8", "--check-sample", "0"]
     remote = run_looming([*common, "--cluster", address])
     local = run_looming([*common, "-j", "1"])
@@ -197,6 +201,8 @@ def test_a_cluster_sweep_gives_each_seed_the_digest_of_a_local_sweep(
     assert unpacked, "no worker unpacked the bundle"
     assert all(re.fullmatch(r"[0-9a-f]{64}", p.parent.parent.name) for p in unpacked)
     assert all(p.read_text() == path.read_text() for p in unpacked)
+    # The added node's artifact was shipped, not built again on a worker.
+    assert not list(dask.root.glob("w*/**/looming-sim/*/static_website/_build"))
 
 
 def test_the_workers_run_the_scenario_as_the_command_line_changes_it(

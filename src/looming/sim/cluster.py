@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_S = 5.0
 # Wall seconds to wait for a first worker, or for one to come back when all left.
 WORKER_WAIT_S = 20.0
+# Every file's date in the bundle (1980-01-01, the first a zip can say).
+_BUNDLE_DATE = (1980, 1, 1, 0, 0, 0)
+_BUNDLE_TIME = 315532800
 # What an application folder's copy in the bundle leaves out.
 _SKIP_DIRS = frozenset({"_build", "dist", "__pycache__", "sim-out", "node_modules"})
 
@@ -129,7 +132,7 @@ def make_bundle(
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as bundle:
         for path in files:
-            entry = zipfile.ZipInfo(path.relative_to(root).as_posix(), (1980, 1, 1, 0, 0, 0))
+            entry = zipfile.ZipInfo(path.relative_to(root).as_posix(), _BUNDLE_DATE)
             entry.external_attr = 0o644 << 16
             entry.compress_type = zipfile.ZIP_DEFLATED
             bundle.writestr(entry, path.read_bytes())
@@ -173,6 +176,10 @@ def unpack(data: bytes, digest: str, root: Path) -> Path:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as bundle:
             bundle.extractall(scratch)
+            # One time for every file (the zip's), so that a built artifact is
+            # not older than its sources and nothing is built again here.
+            for name in bundle.namelist():
+                os.utime(scratch / name, (_BUNDLE_TIME, _BUNDLE_TIME))
         scratch.rename(target)
     except OSError:
         if not target.is_dir():  # not merely another process unpacking it first
