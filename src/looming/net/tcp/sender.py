@@ -13,6 +13,7 @@ from looming.net.tcp.recovery import LossRecovery
 from looming.net.tcp.scoreboard import Segment
 from looming.net.tcp.tcb import SENDING, SYNCHRONIZED, Event, Recovery, State
 from looming.net.wire.tcp import ACK, FIN, PSH
+from looming.sim.buggify import buggify
 
 
 class TcpSender(LossRecovery):
@@ -201,7 +202,8 @@ class TcpSender(LossRecovery):
         self.snd_nxt = self.snd_max
         if self.snd_max > self.snd_una:
             if self.rto_at is None:
-                self.rto_at = now + self.rtt.rto
+                early = buggify("tcp.early_rto")  # fires spuriously, as after a delay spike
+                self.rto_at = now + (self.rtt.rto // 8 if early else self.rtt.rto)
             self.persist_at = None
             self._arm_tail_loss_probe(now)
         elif self.snd_wnd == 0 and self._has_unsent() and self.persist_at is None:
