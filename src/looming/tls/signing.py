@@ -98,8 +98,8 @@ def simulated(random: Random | None) -> bool:
 
     A device says so with a ``simulated`` attribute that is True (the sim
     target's ``SimRandom``); a seeded test stream is not simulated. Any device
-    is, inside a simulation run on this thread (a host default such as
-    ``UnixRandom`` there answers from the run through the intercepted
+    is, inside a simulation run on this thread (a host device passed in, such
+    as ``UnixRandom``, there answers from the run through the intercepted
     ``os.urandom``); the simulator is looked up, never imported, from here.
     """
     if getattr(random, "simulated", False) is True:
