@@ -110,6 +110,8 @@ class DaskCluster:
             "dask_scheduler",
             [
                 *("--host", "127.0.0.1", "--port", "0", "--no-dashboard"),
+                # Should the test run itself be killed: gone after 5 idle minutes.
+                *("--idle-timeout", "300s"),
                 *("--scheduler-file", str(self.scheduler_file)),
             ],
         )
@@ -131,6 +133,7 @@ class DaskCluster:
                 *("--scheduler-file", str(self.scheduler_file), "--name", name),
                 *("--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard"),
                 *("--local-directory", str(self.root / name)),
+                *("--death-timeout", "30s"),  # without a scheduler, gone in 30 s
             ],
         )
 
