@@ -240,5 +240,5 @@ class DiskMachine(RuleBasedStateMachine):
             assert self.disk.read_now(name, 0, 100) == self.expected(name)
 
 
-DiskMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+DiskMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 test_the_disk_behaves_like_its_model = DiskMachine.TestCase
