@@ -4,15 +4,20 @@ Both sides of every connection run in this process over memory buffers
 (looming's sans-I/O engine; ssl's MemoryBIO), so most figures compare the TLS
 implementations, not the socket path; the last two rows run the same handshake
 and bulk transfer over loopback TCP with asyncio (looming's TlsFlow helpers
-beside asyncio's own ssl transport). tlslite-ng runs over a socketpair. Prints handshakes/s and bulk MB/s with
-ratios; --json PATH writes the figures, --quick shortens every measurement.
-looming and ssl are measured in alternating slices (ABAB), so both see the
-same machine load; full and resumed TLS 1.3 handshakes are measured for each
-certificate type (ECDSA P-256, RSA-2048, RSA-PSS-2048, Ed25519). Bulk rows
-give each side's best of 8 alternating rounds (--bulk-only runs just those
-rows, in memory, timed in CPU seconds of the thread running both ends). The first lines name the OpenSSL each side runs on (looming through ``cryptography``).
+beside asyncio's own ssl transport). tlslite-ng runs over a socketpair. Prints
+handshakes/s and bulk MB/s with ratios; --json PATH writes the figures, --quick
+shortens every measurement.
 
-    .venv/bin/python bench/tls.py [--quick] [--bulk-only] [--json out.json]
+looming and ssl are measured in alternating slices (ABAB), so both see the
+same machine load, and the in-memory rows count CPU seconds of the thread that
+runs both ends, so time the scheduler gives to other processes on a shared
+machine counts for neither. Full and resumed TLS 1.3 handshakes are measured
+for each certificate type (ECDSA P-256, RSA-2048, RSA-PSS-2048, Ed25519). Bulk
+rows give each side's best of 8 alternating rounds (--bulk-only runs just
+those rows). The first lines name the OpenSSL each side runs on (looming
+through ``cryptography``).
+
+    .venv/bin/python -P bench/tls.py [--quick] [--bulk-only] [--json out.json]
 """
 
 from __future__ import annotations
@@ -487,17 +492,19 @@ def rate(run_once: Callable[[], None], seconds: float) -> float:
 def interleaved_rates(
     first: Callable[[], None], second: Callable[[], None], seconds: float, slices: int = 10
 ) -> tuple[float, float]:
-    """Rates of two operations measured in alternating slices of about ``seconds`` in all."""
+    """Rates of two operations measured in alternating slices of about ``seconds``
+    in all, in CPU seconds of this thread (both ends of a connection run in it),
+    so time the scheduler gives to other processes counts for neither."""
     first()
     second()
     counts, elapsed = [0, 0], [0.0, 0.0]
     for _ in range(slices):
         for index, run_once in enumerate((first, second)):
-            start = time.perf_counter()
-            while time.perf_counter() - start < seconds / slices:
+            start = time.thread_time()
+            while time.thread_time() - start < seconds / slices:
                 run_once()
                 counts[index] += 1
-            elapsed[index] += time.perf_counter() - start
+            elapsed[index] += time.thread_time() - start
     return counts[0] / elapsed[0], counts[1] / elapsed[1]
 
 
@@ -533,16 +540,62 @@ def main() -> int:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def measure(args: argparse.Namespace, directory: Path) -> int:
-    seconds = 0.3 if args.quick else 2.0
-    bulk_bytes = (16 if args.quick else 256) << 20
-    tlslite_bytes = (128 if args.quick else 512) << 10
+CERT_TYPES = [
+    ("ECDSA P-256", "p256"),
+    ("RSA-2048", "rsa"),
+    ("RSA-PSS-2048", "rsa-pss"),
+    ("Ed25519", "ed25519"),
+]
+BULK_CASES = [
+    ("bulk TLS 1.3 AES-128-GCM, 16 KB records", TLS13, CipherSuite.TLS_AES_128_GCM_SHA256, None),
+    (
+        "bulk TLS 1.3 ChaCha20-Poly1305, 16 KB records",
+        TLS13,
+        CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
+        None,
+    ),
+    (
+        "bulk TLS 1.2 ECDHE-RSA-AES128-GCM, 16 KB",
+        TLS12,
+        CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ),
+]
 
-    pki = make_pki(directory)
-    trust = TrustStore.from_pem_file(directory / "ca.pem")
+
+def full_handshake(lc: TlsConfig, ls: TlsConfig) -> Callable[[], None]:
+    """One full looming handshake a call."""
+
+    def run_once() -> None:
+        looming_pair(lc, ls)
+
+    return run_once
+
+
+def ssl_full_handshake(sc: ssl.SSLContext, ss: ssl.SSLContext) -> Callable[[], None]:
+    """One full ssl handshake a call."""
+
+    def run_once() -> None:
+        ssl_pair(sc, ss)
+
+    return run_once
+
+
+class Measurement:
+    """One benchmark run: the PKI, the configurations and the rows measured so far."""
+
+    def __init__(self, args: argparse.Namespace, directory: Path) -> None:
+        self.args = args
+        self.directory = directory
+        self.seconds = 0.3 if args.quick else 2.0
+        self.bulk_bytes = (16 if args.quick else 256) << 20
+        self.tlslite_bytes = (128 if args.quick else 512) << 10
+        self.pki = make_pki(directory)
+        self.trust = TrustStore.from_pem_file(directory / "ca.pem")
+        self.rows: list[dict[str, object]] = []
 
     def looming_configs(
-        leaf: str, version: int, suite: int | None = None
+        self, leaf: str, version: int, suite: int | None = None
     ) -> tuple[TlsConfig, TlsConfig]:
         suites = (
             [suite]
@@ -550,25 +603,28 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
             else list(TlsConfig(random=UnixRandom(), clock=UnixClock()).cipher_suites)
         )
         client = TlsConfig(
-            trust=trust,
+            trust=self.trust,
             versions=[version],
             cipher_suites=suites,
             random=UnixRandom(),
             clock=UnixClock(),
         )
         server = TlsConfig(
-            certificates=[pki[leaf][2]], versions=[version], random=UnixRandom(), clock=UnixClock()
+            certificates=[self.pki[leaf][2]],
+            versions=[version],
+            random=UnixRandom(),
+            clock=UnixClock(),
         )
         return client, server
 
     def ssl_contexts(
-        leaf: str, version: int, cipher12: str | None = None
+        self, leaf: str, version: int, cipher12: str | None = None
     ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         tls_version = ssl.TLSVersion.TLSv1_3 if version == TLS13 else ssl.TLSVersion.TLSv1_2
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.load_verify_locations(directory / "ca.pem")
+        client.load_verify_locations(self.directory / "ca.pem")
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.load_cert_chain(pki[leaf][0], pki[leaf][1])
+        server.load_cert_chain(self.pki[leaf][0], self.pki[leaf][1])
         server.num_tickets = 1  # as many as looming's server sends by default
         for ctx in (client, server):
             ctx.minimum_version = ctx.maximum_version = tls_version
@@ -576,9 +632,8 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
                 ctx.set_ciphers(cipher12)
         return client, server
 
-    rows: list[dict[str, object]] = []
-
     def record(
+        self,
         name: str,
         unit: str,
         looming_value: float,
@@ -599,119 +654,100 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
             row["tlslite"] = round(tlslite_value, 2)
             row["looming/tlslite"] = round(lite_ratio, 1)
             extra = f"  tlslite {tlslite_value:8.2f} (looming/tlslite {lite_ratio:.1f})"
-        rows.append(row)
+        self.rows.append(row)
         print(
             f"  {name:<46} looming {looming_value:8.1f}  ssl {ssl_value:8.1f} {unit:<13} looming/ssl {ratio:5.2f}{extra}",
             flush=True,
         )
 
-    print(
-        f"TLS benchmark ({'quick' if args.quick else 'full'}): looming engine vs Python ssl, in memory",
-        flush=True,
-    )
-    versions = library_versions()
-    for name, version in versions.items():
-        print(f"  {name}: {version}", flush=True)
-    cert_types = [
-        ("ECDSA P-256", "p256"),
-        ("RSA-2048", "rsa"),
-        ("RSA-PSS-2048", "rsa-pss"),
-        ("Ed25519", "ed25519"),
-    ]
-    for label, leaf in [] if args.bulk_only else cert_types:
-        print(f"measuring full and resumed handshakes TLS 1.3 {label} ...", flush=True)
-        lc, ls = looming_configs(leaf, TLS13)
-        sc, ss = ssl_contexts(leaf, TLS13)
-        looming_full, ssl_full = interleaved_rates(
-            lambda lc=lc, ls=ls: looming_pair(lc, ls) and None,
-            lambda sc=sc, ss=ss: ssl_pair(sc, ss) and None,
-            seconds,
-        )
-        tlslite_rate = None
-        if leaf == "p256":
-            lite = TlslitePeer(pki[leaf][0], pki[leaf][1])
-            tlslite_rate = rate(lite.handshake, seconds / 2)
-        record(f"full handshake TLS 1.3 {label}", "handshakes/s", looming_full, ssl_full,
-               tlslite_rate)  # fmt: skip
-        looming_resume, ssl_resume = resumption_steps(lc, ls, sc, ss)
-        record(
-            f"resumed handshake TLS 1.3 {label}",
-            "handshakes/s",
-            *interleaved_rates(looming_resume, ssl_resume, seconds),
-        )
-    if not args.bulk_only:
+    def handshake_rows(self) -> None:
+        """Full and resumed TLS 1.3 handshakes for each certificate type, then TLS 1.2."""
+        for label, leaf in CERT_TYPES:
+            print(f"measuring full and resumed handshakes TLS 1.3 {label} ...", flush=True)
+            lc, ls = self.looming_configs(leaf, TLS13)
+            sc, ss = self.ssl_contexts(leaf, TLS13)
+            looming_full, ssl_full = interleaved_rates(
+                full_handshake(lc, ls), ssl_full_handshake(sc, ss), self.seconds
+            )
+            tlslite_rate = None
+            if leaf == "p256":
+                lite = TlslitePeer(self.pki[leaf][0], self.pki[leaf][1])
+                tlslite_rate = rate(lite.handshake, self.seconds / 2)
+            self.record(f"full handshake TLS 1.3 {label}", "handshakes/s", looming_full,
+                        ssl_full, tlslite_rate)  # fmt: skip
+            looming_resume, ssl_resume = resumption_steps(lc, ls, sc, ss)
+            self.record(
+                f"resumed handshake TLS 1.3 {label}",
+                "handshakes/s",
+                *interleaved_rates(looming_resume, ssl_resume, self.seconds),
+            )
         print("measuring full handshake TLS 1.2 ECDHE-RSA-AES128-GCM ...", flush=True)
-        lc, ls = looming_configs("rsa", TLS12, CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256)
-        sc, ss = ssl_contexts("rsa", TLS12, "ECDHE-RSA-AES128-GCM-SHA256")
-        record(
+        lc, ls = self.looming_configs("rsa", TLS12, CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+        sc, ss = self.ssl_contexts("rsa", TLS12, "ECDHE-RSA-AES128-GCM-SHA256")
+        self.record(
             "full handshake TLS 1.2 ECDHE-RSA-AES128-GCM",
             "handshakes/s",
-            *interleaved_rates(
-                lambda: looming_pair(lc, ls) and None, lambda: ssl_pair(sc, ss) and None, seconds
-            ),
+            *interleaved_rates(full_handshake(lc, ls), ssl_full_handshake(sc, ss), self.seconds),
         )
 
-    full_lc, full_ls = looming_configs("p256", TLS13)
-    full_sc, full_ss = ssl_contexts("p256", TLS13)
+    def resumption_rows(self) -> None:
+        self.resumption_row(TLS13, "TLS 1.3 ECDSA psk_ke (opt-in)", PskKeyExchangeMode.PSK_KE)
+        self.resumption_row(TLS12, "TLS 1.2 ECDHE-ECDSA", None)
 
-    def looming_full_handshake() -> None:
-        looming_pair(full_lc, full_ls)
-
-    def ssl_full_handshake() -> None:
-        ssl_pair(full_sc, full_ss)
-
-    resumption_cases = (
-        ()
-        if args.bulk_only
-        else (
-            (TLS13, "TLS 1.3 ECDSA psk_ke (opt-in)", PskKeyExchangeMode.PSK_KE),
-            (TLS12, "TLS 1.2 ECDHE-ECDSA", None),
-        )
-    )
-    for version, label, mode in resumption_cases:
+    def resumption_row(self, version: int, label: str, mode: int | None) -> None:
         print(f"measuring resumed handshake {label} ...", flush=True)
-        lc, ls = looming_configs("p256", version)
+        lc, ls = self.looming_configs("p256", version)
         lc.session_cache = ClientSessionCache()
         if mode is not None:
             lc.psk_key_exchange_modes = ls.psk_key_exchange_modes = (mode,)
         looming_pair(lc, ls)
 
-        def looming_resume(lc: TlsConfig = lc, ls: TlsConfig = ls, mode: int | None = mode) -> None:
+        def looming_resume() -> None:
             client, _ = looming_pair(lc, ls)
             assert client.resumed and client.resumption_mode == mode
 
-        sc, ss = ssl_contexts("p256", version)
+        sc, ss = self.ssl_contexts("p256", version)
         # No psk_ke for ssl: with SSL_OP_ALLOW_NO_DHE_KEX on both sides an OpenSSL
         # client still sends a key share and an OpenSSL server then prefers
         # psk_dhe_ke, so ssl's figure in the psk_ke row is its psk_dhe_ke.
         first, _ = ssl_pair(sc, ss)
         session_box: list[ssl.SSLSession | None] = [first.obj.session]
 
-        def ssl_resume(
-            sc: ssl.SSLContext = sc,
-            ss: ssl.SSLContext = ss,
-            session_box: list[ssl.SSLSession | None] = session_box,
-        ) -> None:
+        def ssl_resume() -> None:
             client, _ = ssl_pair(sc, ss, session_box[0])
             assert client.obj.session_reused
             session_box[0] = client.obj.session
 
         if version != TLS13:
-            looming_rate, ssl_rate = interleaved_rates(looming_resume, ssl_resume, seconds)
-            record(f"resumed handshake {label}", "handshakes/s", looming_rate, ssl_rate)
-            continue
+            looming_rate, ssl_rate = interleaved_rates(looming_resume, ssl_resume, self.seconds)
+            self.record(f"resumed handshake {label}", "handshakes/s", looming_rate, ssl_rate)
+            return
+        self.resumed_against_full(label, mode, looming_resume, ssl_resume)
+
+    def resumed_against_full(
+        self,
+        label: str,
+        mode: int | None,
+        looming_resume: Callable[[], None],
+        ssl_resume: Callable[[], None],
+    ) -> None:
+        """A TLS 1.3 resumption row, with each side's resumed/full ratio."""
+        full_lc, full_ls = self.looming_configs("p256", TLS13)
+        full_sc, full_ss = self.ssl_contexts("p256", TLS13)
         # Full handshakes are measured again, interleaved with the resumed ones, so
         # the resumed/full ratio of each implementation sees the same machine load.
         looming_full, looming_rate = interleaved_rates(
-            looming_full_handshake, looming_resume, seconds
+            full_handshake(full_lc, full_ls), looming_resume, self.seconds
         )
-        ssl_full, ssl_rate = interleaved_rates(ssl_full_handshake, ssl_resume, seconds)
-        record(f"resumed handshake {label}", "handshakes/s", looming_rate, ssl_rate)
+        ssl_full, ssl_rate = interleaved_rates(
+            ssl_full_handshake(full_sc, full_ss), ssl_resume, self.seconds
+        )
+        self.record(f"resumed handshake {label}", "handshakes/s", looming_rate, ssl_rate)
         looming_gain, ssl_gain = looming_rate / looming_full, ssl_rate / ssl_full
-        rows[-1]["looming resumed/full"] = round(looming_gain, 2)
-        rows[-1]["ssl resumed/full"] = round(ssl_gain, 2)
+        self.rows[-1]["looming resumed/full"] = round(looming_gain, 2)
+        self.rows[-1]["ssl resumed/full"] = round(ssl_gain, 2)
         if mode == PskKeyExchangeMode.PSK_KE:
-            rows[-1]["ssl mode"] = "psk_dhe_ke (OpenSSL does not resume by psk_ke with itself)"
+            self.rows[-1]["ssl mode"] = "psk_dhe_ke (OpenSSL does not resume by psk_ke with itself)"
             print("    (ssl resumes by psk_dhe_ke here: OpenSSL prefers it)", flush=True)
         print(
             f"    resumed/full, each against its own full ECDSA P-256 handshake measured alongside"
@@ -720,77 +756,82 @@ def measure(args: argparse.Namespace, directory: Path) -> int:
             flush=True,
         )
 
-    bulk_cases = [
-        (
-            "bulk TLS 1.3 AES-128-GCM, 16 KB records",
-            TLS13,
-            CipherSuite.TLS_AES_128_GCM_SHA256,
-            None,
-        ),
-        (
-            "bulk TLS 1.3 ChaCha20-Poly1305, 16 KB records",
-            TLS13,
-            CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
-            None,
-        ),
-        (
-            "bulk TLS 1.2 ECDHE-RSA-AES128-GCM, 16 KB",
-            TLS12,
-            CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            "ECDHE-RSA-AES128-GCM-SHA256",
-        ),
-    ]
-    print(
-        f"  bulk rows: each side's best of {BULK_ROUNDS} ABAB rounds, MB per CPU second"
-        " of the thread running both ends",
-        flush=True,
-    )
-    for name, version, suite, cipher12 in bulk_cases:
-        print(f"measuring {name} ...", flush=True)
-        lc, ls = looming_configs("rsa", version, suite)
+    def bulk_rows(self) -> None:
+        print(
+            f"  bulk rows: each side's best of {BULK_ROUNDS} ABAB rounds, MB per CPU second"
+            " of the thread running both ends",
+            flush=True,
+        )
+        for name, version, suite, cipher12 in BULK_CASES:
+            print(f"measuring {name} ...", flush=True)
+            looming_mbs, ssl_mbs = self.bulk_rounds(version, suite, cipher12)
+            tlslite_mbs = None
+            if version == TLS13 and suite == CipherSuite.TLS_AES_128_GCM_SHA256:
+                lite = TlslitePeer(self.pki["rsa"][0], self.pki["rsa"][1])
+                tlslite_mbs = lite.bulk(self.tlslite_bytes)
+            self.record(name, "MB/s", looming_mbs, ssl_mbs, tlslite_mbs)
+
+    def bulk_rounds(
+        self, version: int, suite: CipherSuite, cipher12: str | None
+    ) -> tuple[float, float]:
+        """Each side's best MB/s over BULK_ROUNDS alternating rounds."""
+        lc, ls = self.looming_configs("rsa", version, suite)
         # Each side's best round, timed by the CPU time of the thread doing the
         # work (both ends run in one thread): on a shared machine a round that
         # meets someone else's burst says nothing about the TLS implementation.
         looming_mbs = ssl_mbs = 0.0
-        share = bulk_bytes // BULK_ROUNDS
+        share = self.bulk_bytes // BULK_ROUNDS
         for _ in range(BULK_ROUNDS):  # ABAB: looming, ssl, looming, ssl, ...
             client, server = looming_pair(lc, ls)
             start = time.thread_time()
             looming_bulk(client, server, share)
             looming_mbs = max(looming_mbs, share / 1e6 / (time.thread_time() - start))
             if version == TLS13:
-                ssl_mbs = max(ssl_mbs, ssl_bulk13_in_child(suite.name, share, directory))
-            else:
-                sc, ss = ssl_contexts("rsa", version, cipher12)
-                ssl_client, ssl_server = ssl_pair(sc, ss)
-                start = time.thread_time()
-                ssl_bulk(ssl_client, ssl_server, share)
-                ssl_mbs = max(ssl_mbs, share / 1e6 / (time.thread_time() - start))
-        tlslite_mbs = None
-        if version == TLS13 and suite == CipherSuite.TLS_AES_128_GCM_SHA256:
-            tlslite_mbs = TlslitePeer(pki["rsa"][0], pki["rsa"][1]).bulk(tlslite_bytes)
-        record(name, "MB/s", looming_mbs, ssl_mbs, tlslite_mbs)
+                ssl_mbs = max(ssl_mbs, ssl_bulk13_in_child(suite.name, share, self.directory))
+                continue
+            sc, ss = self.ssl_contexts("rsa", version, cipher12)
+            ssl_client, ssl_server = ssl_pair(sc, ss)
+            start = time.thread_time()
+            ssl_bulk(ssl_client, ssl_server, share)
+            ssl_mbs = max(ssl_mbs, share / 1e6 / (time.thread_time() - start))
+        return looming_mbs, ssl_mbs
 
-    if not args.bulk_only:
+    def loopback_rows(self) -> None:
         print("measuring over loopback TCP (asyncio) ...", flush=True)
-        lc, ls = looming_configs("p256", TLS13, CipherSuite.TLS_AES_128_GCM_SHA256)
-        sc, ss = ssl_contexts("p256", TLS13)
-        record(
+        lc, ls = self.looming_configs("p256", TLS13, CipherSuite.TLS_AES_128_GCM_SHA256)
+        sc, ss = self.ssl_contexts("p256", TLS13)
+        self.record(
             "loopback handshake TLS 1.3 ECDSA (asyncio)",
             "handshakes/s",
-            asyncio.run(loopback_handshakes(seconds, (lc, ls), None)),
-            asyncio.run(loopback_handshakes(seconds, None, (sc, ss))),
+            asyncio.run(loopback_handshakes(self.seconds, (lc, ls), None)),
+            asyncio.run(loopback_handshakes(self.seconds, None, (sc, ss))),
         )
-        record(
+        self.record(
             "loopback bulk TLS 1.3 AES-GCM (asyncio)",
             "MB/s",
-            asyncio.run(loopback_bulk(bulk_bytes // 4, (lc, ls), None)),
-            asyncio.run(loopback_bulk(bulk_bytes // 4, None, (sc, ss))),
+            asyncio.run(loopback_bulk(self.bulk_bytes // 4, (lc, ls), None)),
+            asyncio.run(loopback_bulk(self.bulk_bytes // 4, None, (sc, ss))),
         )
 
+
+def measure(args: argparse.Namespace, directory: Path) -> int:
+    run = Measurement(args, directory)
+    print(
+        f"TLS benchmark ({'quick' if args.quick else 'full'}): looming engine vs Python ssl, in memory",
+        flush=True,
+    )
+    versions = library_versions()
+    for name, version in versions.items():
+        print(f"  {name}: {version}", flush=True)
+    if not args.bulk_only:
+        run.handshake_rows()
+        run.resumption_rows()
+    run.bulk_rows()
+    if not args.bulk_only:
+        run.loopback_rows()
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"versions": versions, "quick": args.quick, "results": rows}, indent=2)
+            json.dumps({"versions": versions, "quick": args.quick, "results": run.rows}, indent=2)
         )
         print(f"wrote {args.json}", flush=True)
     return 0
