@@ -347,7 +347,7 @@ class RecordLayer:
         contents (none for empty records), and whether :meth:`next_record` has
         more to do. The pass stops at an incomplete record, before one that
         needs next_record's checks, and after one that opens to another type,
-        with padding or too long, which next_record returns (or fails on) next.
+        with padding or too long: next_record returns it (or fails on it) next.
         """
         buf = self._incoming
         pos = self._pos
@@ -359,19 +359,17 @@ class RecordLayer:
                 self.feed(data)
                 buf, pos = self._incoming, self._pos
         payloads: list[bytes] = []
-        if self._opened is not None:
-            return payloads, True
         size = len(buf)
-        if size - pos < _HEADER:  # nothing to open: no keys derived for it either
-            return payloads, False
+        # A record already opened goes first; nothing to open derives no keys.
+        if self._opened is not None or size - pos < _HEADER:
+            return payloads, self._opened is not None
         protection = self.read
         assert protection is not None
         aead = protection._aead or protection._keyed()
         iv = protection._iv
         seq = protection.seq
         inner_max = self._inner_max13
-        # A full-size record opens into a reused buffer (allowed unless a record
-        # size limit is smaller): no output buffer to allocate and zero first.
+        # A full-size record (unless our size limit is smaller) opens into a reused buffer.
         full = _FULL_INNER + _TAG if inner_max == _FULL_INNER else -1
         view = body = memoryview(buf)  # bodies are slices of it: no copy
         more = True
@@ -409,7 +407,6 @@ class RecordLayer:
                 if len(inner) > 1:
                     payloads.append(inner[:-1])
                 continue
-            # Another type, padding or too long: next_record returns it or fails.
             self._opened = self._checked(*_split_inner13(inner))
             break
         else:
