@@ -92,8 +92,11 @@ def _common_suffix(source: bytes, target: bytes, limit: int) -> int:
 def make_delta(source: bytes, target: bytes) -> bytes:
     """Delta instructions that rebuild ``target`` from ``source``."""
     limit = min(len(source), len(target))
-    prefix = _common_prefix(source, target, limit)
-    suffix = _common_suffix(source, target, limit - prefix)
+    if target.startswith(source):  # entries added at the end: one comparison
+        prefix, suffix = limit, 0
+    else:
+        prefix = _common_prefix(source, target, limit)
+        suffix = _common_suffix(source, target, limit - prefix)
     middle = target[prefix : len(target) - suffix]
     if len(middle) > 4096 and len(middle) > len(target) // 8:
         # Scattered edits in a big tree: the general algorithm finds the
