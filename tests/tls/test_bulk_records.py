@@ -1,9 +1,10 @@
 """The bulk record paths (TLS 1.3 application data sealed and opened in one
-pass) against the general record path, against the engine's own checks, and
-against Python's ssl (OpenSSL) with every TLS 1.3 suite, ChaCha20 first."""
+pass) against the general record path, against the engine's own checks,
+against Python's ssl with every TLS 1.3 suite and against `openssl s_server`."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import ssl
@@ -25,12 +26,14 @@ from looming.tls import (
     TlsProtocolError,
 )
 from looming.tls.constants import MAX_PLAINTEXT, ContentType
+from looming.tls.flow import open_connection
 from looming.tls.record import Protection, RecordLayer
 from looming.tls.suites import SUITES, TLS13_SUITES
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 
 from .memory import Pair, connect
+from .peers import free_port, server_process
 from .pki import Pki
 
 CHACHA = CipherSuite.TLS_CHACHA20_POLY1305_SHA256
@@ -435,3 +438,58 @@ def test_bulk_both_ways_with_python_ssl(pki: Pki, suite: CipherSuite, looming_se
         pos += step
     assert received == expected
     assert looming.records.buffered == 0
+
+
+# --- against OpenSSL's s_server, over loopback TCP --------------------------------------------
+
+
+async def _lines_through_s_server(pki: Pki, suite: CipherSuite, lines: list[bytes]) -> bytes:
+    """Send ``lines`` to `openssl s_server -rev` in writes cut anywhere, while
+    reading its reversed lines (one record each, coalesced by TCP) back."""
+    port = free_port()
+    cert = pki.leaves["p256"]
+    args = ["openssl", "s_server", "-accept", str(port), "-naccept", "1", "-rev", "-tls1_3"]
+    args += ["-cert", str(cert.cert_path), "-key", str(cert.key_path)]
+    args += ["-ciphersuites", suite.name]
+    config = TlsConfig(
+        trust=pki.trust, cipher_suites=[suite], random=UnixRandom(), clock=UnixClock()
+    )
+    wire = b"".join(lines)
+    expected_size = len(wire)
+    async with server_process(args, port, "ACCEPT") as peer:
+        flow = await open_connection("127.0.0.1", port, config, server_name="localhost")
+        assert flow.cipher_suite == suite
+
+        async def write() -> None:
+            rng = random.Random(len(wire))
+            pos = 0
+            while pos < len(wire):
+                step = rng.choice([1, 700, MAX_PLAINTEXT, MAX_PLAINTEXT + 3, 60000])
+                await flow.write(wire[pos : pos + step])
+                pos += step
+
+        async def read() -> bytes:
+            received = b""
+            while len(received) < expected_size:
+                chunk = await flow.read()
+                assert chunk, "s_server closed before replying to every line"
+                received += chunk
+            return received
+
+        _, received = await asyncio.gather(write(), read())
+        await flow.close()
+        await peer.finish()
+    return received
+
+
+@pytest.mark.parametrize(
+    "suite", [CHACHA, CipherSuite.TLS_AES_128_GCM_SHA256], ids=lambda s: s.name
+)
+def test_bulk_lines_reversed_by_s_server(pki: Pki, suite: CipherSuite) -> None:
+    rng = random.Random(int(suite))
+    letters = b"abcdefghijklmnopqrstuvwxyz0123456789"
+    lines = [
+        bytes(rng.choices(letters, k=rng.choice([1, 80, 1000, 4000]))) + b"\n" for _ in range(300)
+    ]
+    received = asyncio.run(_lines_through_s_server(pki, suite, lines))
+    assert received == b"".join(line[:-1][::-1] + b"\n" for line in lines)
