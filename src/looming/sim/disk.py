@@ -153,14 +153,15 @@ class SimDisk:
     def _draw(self, rate: float) -> bool:
         return rate > 0.0 and self._random.random() < rate
 
-    def _operation(self, what: str) -> float:
+    def _operation(self, verb: str, name: str, where: str = "") -> float:
         """Queue one operation; the virtual time at which it completes."""
         start = self._next_start()
-        took = self.faults.latency.sample(self._random)
-        if self._draw(self.faults.slow_io):
-            extra = self.faults.slow.sample(self._random)
+        faults = self.faults
+        took = faults.latency.sample(self._random)
+        if faults.slow_io > 0.0 and self._draw(faults.slow_io):
+            extra = faults.slow.sample(self._random)
             took += extra
-            self._fault("slow", f"slow {what}: {extra * 1000:.3f} ms more")
+            self._fault("slow", f"slow {verb} {name}{where}: {extra * 1000:.3f} ms more")
         self.busy_until = start + took
         return self.busy_until
 
@@ -184,11 +185,12 @@ class SimDisk:
         """Put ``data`` in the cache at ``offset``; when the write completes."""
         _put(self.file(name).view, offset, bytes(data))
         self._cache.append(_Write(name, offset, bytes(data), self._next_start()))
-        return self._operation(f"write {name}@{offset}+{len(data)}")
+        return self._operation("write", name, f"@{offset}+{len(data)}")
 
     def sync(self, name: str) -> float:
         """Make the file's cached writes durable; when that happens."""
-        done = self._operation(f"sync {name}")
+        done = self._operation("sync", name)
+        self.settle()  # keeps the cache to what is in flight
         for write in self._cache:
             if write.file == name and write.durable_at is None:
                 write.durable_at = done
@@ -196,7 +198,7 @@ class SimDisk:
 
     def read(self, name: str, offset: int, length: int) -> tuple[bytes | DiskReadError, float]:
         """What a read returns (or the error it fails with), and when."""
-        done = self._operation(f"read {name}@{offset}+{length}")
+        done = self._operation("read", name, f"@{offset}+{length}")
         self.settle()
         if self._draw(self.faults.read_errors):
             self._fault("read_error", f"read error {name}@{offset}+{length}")
