@@ -262,6 +262,16 @@ def test_a_swarm_of_disk_faults_is_drawn_from_the_seed(store_app: Path, tmp_path
     assert disk_events > 0, "the faults drawn happen, and show in the trace"
 
 
+def test_the_sim_target_links_the_storage_devices_to_the_node_disk(store_app: Path) -> None:
+    result = run_looming(["configure", "-t", "sim"], cwd=store_app)
+    assert result.returncode == 0, result.stdout + result.stderr
+    main = (store_app / "_build" / "sim" / "main.py").read_text()
+    assert "await SimDevices.kv_store('data_git', branch='main')" in main
+    assert "await SimDevices.kv_rw('notes')" in main
+    assert "await SimDevices.block('disk_img', sector_size=512)" in main
+    assert "kv_store store on the node's simulated disk (main)" in main
+
+
 def test_keep_state_false_starts_with_an_empty_disk(store_app: Path, tmp_path: Path) -> None:
     extra = """
 @SCENARIO.main
