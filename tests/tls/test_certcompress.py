@@ -14,6 +14,7 @@ from tlslite.api import HandshakeSettings, TLSConnection, X509CertChain, parsePE
 
 from looming.tls import AlertDescription, TlsConfig, TlsConnection
 from looming.tls.client import ClientHandshake
+from looming.tls.states import ClientState
 from looming.tls.constants import HandshakeType
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
@@ -125,7 +126,7 @@ def test_bad_compressed_certificate_is_bad_certificate(pki: Pki, body: bytes) ->
     message = handshake(HandshakeType.COMPRESSED_CERTIFICATE, body)
     handler = client._handshake
     assert isinstance(handler, ClientHandshake)
-    handler.state = "wait_cert"
+    handler.state = ClientState.WAIT_CERT
     with pytest.raises(Exception) as info:
         client._run(lambda: handler.handle(HandshakeType.COMPRESSED_CERTIFICATE, body, message))
     assert getattr(info.value, "description", None) == AlertDescription.BAD_CERTIFICATE

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from looming.tls import AlertDescription, TlsConfig, TlsConnection, TlsError, TlsProtocolError
 from looming.tls.client import ClientHandshake
+from looming.tls.states import ClientState
 from looming.tls.constants import HandshakeType
 from looming.tls.wire import handshake
 from looming.unix.clock import UnixClock
@@ -86,7 +87,7 @@ def test_hostile_compressed_certificate_body(pki: Pki, body: bytes) -> None:
     client.receive(server.bytes_to_send())
     handler = client._handshake
     assert isinstance(handler, ClientHandshake)
-    handler.state = "wait_cert"
+    handler.state = ClientState.WAIT_CERT
     message = handshake(HandshakeType.COMPRESSED_CERTIFICATE, body)
     with pytest.raises(TlsProtocolError) as info:
         client._run(lambda: handler.handle(HandshakeType.COMPRESSED_CERTIFICATE, body, message))

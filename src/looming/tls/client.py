@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import certcompress, client_psk
@@ -26,6 +25,7 @@ from .events import HandshakeComplete, NewSession
 from .keyexchange import KeyShare
 from .keyschedule import KeySchedule13
 from .session import Session
+from .states import ClientState, Handler, dispatch, unexpected
 from .suites import SUITES
 from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
 
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
     from .client12 import Client12
     from .config import TlsConfig
     from .engine import TlsConnection
-
-
-def _unexpected(what: str) -> TlsProtocolError:
-    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
 
 
 class ClientHandshake:
@@ -56,7 +52,7 @@ class ClientHandshake:
         # Sent as 0-RTT data only when the configuration opts in; otherwise (and
         # whenever the server declines it) it is sent after the handshake.
         self.early_data = early_data
-        self.state = "start"
+        self.state = ClientState.START
         self.shares: dict[int, KeyShare] = {}
         self.random = b""
         self.session_id = b""
@@ -98,7 +94,7 @@ class ClientHandshake:
         self.conn.records.plaintext_version = b"\x03\x01"
         self._send_client_hello()
         self.conn.records.plaintext_version = b"\x03\x03"
-        self.state = "wait_server_hello"
+        self.state = ClientState.WAIT_SERVER_HELLO
 
     def _usable_session(self) -> Session | None:
         session = self.offered_session
@@ -166,30 +162,17 @@ class ClientHandshake:
         if self.v12 is not None:
             self.v12.handle_change_cipher_spec()
             return
-        if self.conn.version == TLS13 or self.state == "wait_server_hello":
+        if self.conn.version == TLS13 or self.state == ClientState.WAIT_SERVER_HELLO:
             if self.conn.handshake_complete:
-                raise _unexpected("change_cipher_spec after the handshake")
+                raise unexpected("change_cipher_spec after the handshake")
             return  # middlebox compatibility (RFC 8446 appendix D.4): ignored
-        raise _unexpected("unexpected change_cipher_spec")
+        raise unexpected("unexpected change_cipher_spec")
 
     def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
         if self.v12 is not None:
             self.v12.handle(msg_type, body, raw)
             return
-        state = self.state
-        if state == "connected13":
-            if msg_type == H.NEW_SESSION_TICKET:
-                client_psk.new_session_ticket13(self, body)
-                return
-            raise _unexpected(f"handshake message {msg_type} after the handshake")
-        if state == "connected12":
-            raise TlsProtocolError(
-                AlertDescription.NO_RENEGOTIATION, "renegotiation is not supported"
-            )
-        handler = _HANDLERS13.get((state, msg_type))
-        if handler is None:
-            raise _unexpected(f"handshake message {msg_type} while in state {state}")
-        handler(self, body, raw)
+        dispatch(_HANDLERS13, self, self.state, msg_type, body, raw)
 
     # --- ServerHello / HelloRetryRequest ------------------------------------------
 
@@ -244,6 +227,7 @@ class ClientHandshake:
                 )
             from .client12 import Client12
 
+            self.state = ClientState.TLS12
             self.v12 = Client12(self)
             self.v12.server_hello(server_random, session_id, exts, raw)
             return
@@ -316,11 +300,11 @@ class ClientHandshake:
         conn.set_read_secret13(self.server_hs_secret)
         if not self.sent_early_data:
             conn.set_write_secret13(self.client_hs_secret)
-        self.state = "wait_ee"
+        self.state = ClientState.WAIT_EE
 
     def _hello_retry_request(self, exts: dict[int, bytes], raw: bytes) -> None:
         if self.hrr_done:
-            raise _unexpected("a second HelloRetryRequest")
+            raise unexpected("a second HelloRetryRequest")
         self.hrr_done = True
         self.conn.hello_retried = True
         allowed = {X.KEY_SHARE, X.COOKIE, X.SUPPORTED_VERSIONS}
@@ -363,7 +347,7 @@ class ClientHandshake:
         if session is not None and SUITES[session.cipher_suite].hash_name != suite.hash_name:
             self.offered_session = None
         self._send_client_hello()
-        self.state = "wait_server_hello"
+        self.state = ClientState.WAIT_SERVER_HELLO
 
     # --- TLS 1.3 server flight ------------------------------------------------------
 
@@ -398,7 +382,7 @@ class ClientHandshake:
                     f"EncryptedExtensions carries extension {ext_type}",
                 )
         conn.transcript.add(raw)
-        self.state = "wait_finished" if conn.resumed else "wait_cert_cr"
+        self.state = ClientState.WAIT_FINISHED if conn.resumed else ClientState.WAIT_CERT_CR
 
     def _record_size_limit(self, data: bytes) -> None:
         rr = Reader(data)
@@ -429,7 +413,7 @@ class ClientHandshake:
         )
         self.certificate_request_context = context
         self.conn.transcript.add(raw)
-        self.state = "wait_cert"
+        self.state = ClientState.WAIT_CERT
 
     def _certificate13(self, body: bytes, raw: bytes) -> None:
         context, chain = m.parse_certificate13(body)
@@ -444,7 +428,7 @@ class ClientHandshake:
         )
         self.server_chain = chain
         self.conn.transcript.add(raw)
-        self.state = "wait_cv"
+        self.state = ClientState.WAIT_CV
 
     def _compressed_certificate13(self, body: bytes, raw: bytes) -> None:
         plain = certcompress.decompress(body, self.config.certificate_compression)
@@ -457,7 +441,7 @@ class ClientHandshake:
             body, conn.peer_certificates[0], content, self.config.signature_schemes, tls13=True
         )
         conn.transcript.add(raw)
-        self.state = "wait_finished"
+        self.state = ClientState.WAIT_FINISHED
 
     def _finished13(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
@@ -486,8 +470,11 @@ class ClientHandshake:
         self.resumption_master = schedule.derive(
             schedule.master_secret, b"res master", conn.transcript.digest()
         )
-        self.state = "connected13"
+        self.state = ClientState.CONNECTED
         self._complete()
+
+    def _new_session_ticket13(self, body: bytes, raw: bytes) -> None:
+        client_psk.new_session_ticket13(self, body)
 
     def _send_client_certificate13(self, context: bytes) -> None:
         conn = self.conn
@@ -613,16 +600,17 @@ def _static_hello_parts(config: TlsConfig) -> _StaticHelloParts:
 
 
 # The TLS 1.3 handshake's transitions: (state, message type) -> handler.
-_HANDLERS13: dict[tuple[str, int], Callable[[ClientHandshake, bytes, bytes], None]] = {
-    ("wait_server_hello", H.SERVER_HELLO): ClientHandshake._server_hello,
-    ("wait_ee", H.ENCRYPTED_EXTENSIONS): ClientHandshake._encrypted_extensions,
-    ("wait_cert_cr", H.CERTIFICATE_REQUEST): ClientHandshake._certificate_request13,
-    ("wait_cert_cr", H.CERTIFICATE): ClientHandshake._certificate13,
-    ("wait_cert", H.CERTIFICATE): ClientHandshake._certificate13,
-    ("wait_cert_cr", H.COMPRESSED_CERTIFICATE): ClientHandshake._compressed_certificate13,
-    ("wait_cert", H.COMPRESSED_CERTIFICATE): ClientHandshake._compressed_certificate13,
-    ("wait_cv", H.CERTIFICATE_VERIFY): ClientHandshake._certificate_verify13,
-    ("wait_finished", H.FINISHED): ClientHandshake._finished13,
+_HANDLERS13: dict[tuple[ClientState, int], Handler[ClientHandshake]] = {
+    (ClientState.WAIT_SERVER_HELLO, H.SERVER_HELLO): ClientHandshake._server_hello,
+    (ClientState.WAIT_EE, H.ENCRYPTED_EXTENSIONS): ClientHandshake._encrypted_extensions,
+    (ClientState.WAIT_CERT_CR, H.CERTIFICATE_REQUEST): ClientHandshake._certificate_request13,
+    (ClientState.WAIT_CERT_CR, H.CERTIFICATE): ClientHandshake._certificate13,
+    (ClientState.WAIT_CERT, H.CERTIFICATE): ClientHandshake._certificate13,
+    (ClientState.WAIT_CERT_CR, H.COMPRESSED_CERTIFICATE): ClientHandshake._compressed_certificate13,
+    (ClientState.WAIT_CERT, H.COMPRESSED_CERTIFICATE): ClientHandshake._compressed_certificate13,
+    (ClientState.WAIT_CV, H.CERTIFICATE_VERIFY): ClientHandshake._certificate_verify13,
+    (ClientState.WAIT_FINISHED, H.FINISHED): ClientHandshake._finished13,
+    (ClientState.CONNECTED, H.NEW_SESSION_TICKET): ClientHandshake._new_session_ticket13,
 }
 
 

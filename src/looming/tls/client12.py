@@ -23,14 +23,11 @@ from .keyexchange import KeyShare
 from .record import Protection
 from .session import Session
 from .signing import sign
+from .states import Client12State, Handler, dispatch, unexpected
 from .wire import Reader, u16, vec8, vec16
 
 if TYPE_CHECKING:
     from .client import ClientHandshake
-
-
-def _unexpected(what: str) -> TlsProtocolError:
-    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
 
 
 _OFFERED12 = {
@@ -49,7 +46,7 @@ class Client12:
         self.hs = weakref.proxy(hs)  # hs owns this object (see ClientHandshake.conn)
         self.conn = hs.conn
         self.config = hs.config
-        self.state = ""
+        self.state = Client12State.WAIT_CERTIFICATE
         self.server_random = b""
         self.expect_ticket = False
         self.abbreviated = False
@@ -106,55 +103,20 @@ class Client12:
                 conn, session.secret, self.hs.random, server_random
             )
             self._client_write = client_write
-            self.state = "wait_ticket_or_ccs"
+            self.state = Client12State.WAIT_TICKET_OR_CCS
             return
-        self.state = "wait_certificate"
+        self.state = Client12State.WAIT_CERTIFICATE
 
     def handle_change_cipher_spec(self) -> None:
-        if self.state not in ("wait_ticket_or_ccs", "wait_ccs"):
-            raise _unexpected("change_cipher_spec out of order")
+        if self.state not in (Client12State.WAIT_TICKET_OR_CCS, Client12State.WAIT_CCS):
+            raise unexpected("change_cipher_spec out of order")
         if self.expect_ticket and self.ticket is None:
-            raise _unexpected("change_cipher_spec before the promised NewSessionTicket")
+            raise unexpected("change_cipher_spec before the promised NewSessionTicket")
         self.conn.records.read = self.server_write
-        self.state = "wait_finished"
+        self.state = Client12State.WAIT_FINISHED
 
     def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
-        state = self.state
-        if state == "connected":
-            if msg_type == H.HELLO_REQUEST:
-                self.conn.send_alert(1, AlertDescription.NO_RENEGOTIATION)
-                return
-            raise TlsProtocolError(
-                AlertDescription.UNEXPECTED_MESSAGE, "renegotiation is not supported"
-            )
-        if state == "wait_certificate" and msg_type == H.CERTIFICATE:
-            self._certificate(body, raw)
-        elif state == "wait_ske" and msg_type == H.SERVER_KEY_EXCHANGE:
-            self._server_key_exchange(body, raw)
-        elif state == "wait_cr_or_done" and msg_type == H.CERTIFICATE_REQUEST:
-            self.requested_schemes = tls12.parse_certificate_request12(body)
-            self.conn.transcript.add(raw)
-            self.state = "wait_done"
-        elif state in ("wait_cr_or_done", "wait_done") and msg_type == H.SERVER_HELLO_DONE:
-            if body:
-                raise TlsProtocolError(AlertDescription.DECODE_ERROR, "ServerHelloDone has a body")
-            self.conn.transcript.add(raw)
-            self._client_flight()
-        elif (
-            state in ("wait_ticket_or_ccs", "wait_ccs")
-            and msg_type == H.NEW_SESSION_TICKET
-            and self.expect_ticket
-            and self.ticket is None
-        ):
-            r = Reader(body)
-            self.ticket_lifetime = r.u32()
-            self.ticket = r.vector(2)
-            r.expect_end("NewSessionTicket")
-            self.conn.transcript.add(raw)
-        elif state == "wait_finished" and msg_type == H.FINISHED:
-            self._finished(body, raw)
-        else:
-            raise _unexpected(f"handshake message {msg_type} while in TLS 1.2 state {state}")
+        dispatch(_HANDLERS12, self, self.state, msg_type, body, raw)
 
     def _certificate(self, body: bytes, raw: bytes) -> None:
         chain = m.parse_certificate12(body)
@@ -165,7 +127,31 @@ class Client12:
         )
         self.hs.server_chain = chain
         self.conn.transcript.add(raw)
-        self.state = "wait_ske"
+        self.state = Client12State.WAIT_SKE
+
+    def _hello_request(self, body: bytes, raw: bytes) -> None:
+        # A renegotiation request is declined with a warning (RFC 5746 section 4.2).
+        self.conn.send_alert(1, AlertDescription.NO_RENEGOTIATION)
+
+    def _certificate_request(self, body: bytes, raw: bytes) -> None:
+        self.requested_schemes = tls12.parse_certificate_request12(body)
+        self.conn.transcript.add(raw)
+        self.state = Client12State.WAIT_DONE
+
+    def _server_hello_done(self, body: bytes, raw: bytes) -> None:
+        if body:
+            raise TlsProtocolError(AlertDescription.DECODE_ERROR, "ServerHelloDone has a body")
+        self.conn.transcript.add(raw)
+        self._client_flight()
+
+    def _new_session_ticket(self, body: bytes, raw: bytes) -> None:
+        if not self.expect_ticket or self.ticket is not None:
+            raise unexpected("NewSessionTicket the server did not promise")
+        r = Reader(body)
+        self.ticket_lifetime = r.u32()
+        self.ticket = r.vector(2)
+        r.expect_end("NewSessionTicket")
+        self.conn.transcript.add(raw)
 
     def _server_key_exchange(self, body: bytes, raw: bytes) -> None:
         group, public, params, scheme, signature = tls12.parse_server_key_exchange(body)
@@ -183,7 +169,7 @@ class Client12:
         self.server_group = group
         self.server_public = public
         self.conn.transcript.add(raw)
-        self.state = "wait_cr_or_done"
+        self.state = Client12State.WAIT_CR_OR_DONE
 
     def _client_flight(self) -> None:
         conn = self.conn
@@ -223,7 +209,7 @@ class Client12:
             signature = sign(certified.key, scheme, bytes(conn.transcript.raw), self.config.random)
             conn.send_handshake(H.CERTIFICATE_VERIFY, u16(scheme) + vec16(signature))
         self._send_ccs_finished(client_write)
-        self.state = "wait_ccs"
+        self.state = Client12State.WAIT_CCS
 
     def _send_ccs_finished(self, client_write: Protection) -> None:
         conn = self.conn
@@ -240,8 +226,7 @@ class Client12:
         if self.abbreviated:
             assert self._client_write is not None
             self._send_ccs_finished(self._client_write)
-        self.state = "connected"
-        self.hs.state = "connected12"
+        self.state = Client12State.CONNECTED
         if self.ticket and self.ems:  # no resumption without EMS (RFC 7627 section 5.3)
             assert conn.suite is not None
             session = Session(
@@ -259,3 +244,18 @@ class Client12:
             )
             self.hs.remember(session)
         self.hs._complete()
+
+
+# The TLS 1.2 handshake's transitions: (state, message type) -> handler.
+_S = Client12State
+_HANDLERS12: dict[tuple[Client12State, int], Handler[Client12]] = {
+    (_S.WAIT_CERTIFICATE, H.CERTIFICATE): Client12._certificate,
+    (_S.WAIT_SKE, H.SERVER_KEY_EXCHANGE): Client12._server_key_exchange,
+    (_S.WAIT_CR_OR_DONE, H.CERTIFICATE_REQUEST): Client12._certificate_request,
+    (_S.WAIT_CR_OR_DONE, H.SERVER_HELLO_DONE): Client12._server_hello_done,
+    (_S.WAIT_DONE, H.SERVER_HELLO_DONE): Client12._server_hello_done,
+    (_S.WAIT_TICKET_OR_CCS, H.NEW_SESSION_TICKET): Client12._new_session_ticket,
+    (_S.WAIT_CCS, H.NEW_SESSION_TICKET): Client12._new_session_ticket,
+    (_S.WAIT_FINISHED, H.FINISHED): Client12._finished,
+    (_S.CONNECTED, H.HELLO_REQUEST): Client12._hello_request,
+}

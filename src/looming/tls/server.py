@@ -25,6 +25,7 @@ from .events import HandshakeComplete
 from .keyexchange import server_exchange
 from .keyschedule import KeySchedule13
 from .session import TicketState
+from .states import Handler, ServerState, dispatch, unexpected
 from .suites import SUITES
 from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
 
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 
 # Undecryptable early data we skip after rejecting 0-RTT (RFC 8446 section 4.2.10).
 _REJECTED_EARLY_DATA_BUDGET = 1 << 17
-
-
-def _unexpected(what: str) -> TlsProtocolError:
-    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
 
 
 @dataclass
@@ -83,7 +80,7 @@ class ServerHandshake:
         # would leave every finished connection for the cycle collector.
         self.conn = weakref.proxy(conn)
         self.config = conn.config
-        self.state = "wait_client_hello"
+        self.state = ServerState.WAIT_CLIENT_HELLO
         self.hrr_group: int | None = None
         self.first_hello: ClientHello | None = None
         self.schedule: KeySchedule13 | None = None
@@ -109,35 +106,21 @@ class ServerHandshake:
             self.v12.handle_change_cipher_spec()
             return
         if self.conn.handshake_complete or (
-            self.state == "wait_client_hello" and self.first_hello is None
+            self.state == ServerState.WAIT_CLIENT_HELLO and self.first_hello is None
         ):
-            raise _unexpected("unexpected change_cipher_spec")
+            raise unexpected("unexpected change_cipher_spec")
         # Middlebox compatibility (RFC 8446 appendix D.4): ignored.
 
     def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
         if self.v12 is not None:
             self.v12.handle(msg_type, body, raw)
             return
-        state = self.state
-        if state == "connected13":
-            raise _unexpected(f"handshake message {msg_type} after the handshake")
-        if state == "wait_client_hello" and msg_type == H.CLIENT_HELLO:
-            self._client_hello(ClientHello.parse(body, raw))
-        elif state == "wait_eoed" and msg_type == H.END_OF_EARLY_DATA:
-            self._end_of_early_data(body, raw)
-        elif state == "wait_cert" and msg_type == H.CERTIFICATE:
-            self._client_certificate13(body, raw)
-        elif state == "wait_cert" and msg_type == H.COMPRESSED_CERTIFICATE:
-            plain = certcompress.decompress(body, self.config.certificate_compression)
-            self._client_certificate13(plain, raw)  # the transcript takes it as sent
-        elif state == "wait_cv" and msg_type == H.CERTIFICATE_VERIFY:
-            self._client_certificate_verify13(body, raw)
-        elif state == "wait_finished" and msg_type == H.FINISHED:
-            self._client_finished13(body, raw)
-        else:
-            raise _unexpected(f"handshake message {msg_type} while in state {state}")
+        dispatch(_HANDLERS13, self, self.state, msg_type, body, raw)
 
     # --- ClientHello --------------------------------------------------------------
+
+    def _client_hello_message(self, body: bytes, raw: bytes) -> None:
+        self._client_hello(ClientHello.parse(body, raw))
 
     def _choose_version(self, hello: ClientHello) -> int:
         ours = self.config.versions
@@ -185,6 +168,7 @@ class ServerHandshake:
             from .server12 import Server12
 
             self.conn.version = TLS12
+            self.state = ServerState.TLS12
             self.v12 = Server12(self)
             self.v12.client_hello(hello)
             return
@@ -405,11 +389,11 @@ class ServerHandshake:
         conn.set_write_secret13(schedule.derive(schedule.master_secret, b"s ap traffic", th))
         conn.set_exporter_source13(schedule.master_secret, th)
         if early_accepted:
-            self.state = "wait_eoed"
+            self.state = ServerState.WAIT_EOED
         elif self.requested_client_cert:
-            self.state = "wait_cert"
+            self.state = ServerState.WAIT_CERT
         else:
-            self.state = "wait_finished"
+            self.state = ServerState.WAIT_FINISHED
 
     def _send_authentication13(
         self, exts: dict[int, bytes], identity: tuple[CertifiedKey, int]
@@ -479,7 +463,7 @@ class ServerHandshake:
             conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         if X.EARLY_DATA in hello.extensions:
             conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
-        self.state = "wait_client_hello"
+        self.state = ServerState.WAIT_CLIENT_HELLO
 
     def _end_of_early_data(self, body: bytes, raw: bytes) -> None:
         if body:
@@ -488,7 +472,9 @@ class ServerHandshake:
         conn.receiving_early_data = False
         conn.transcript.add(raw)
         conn.set_read_secret13(self.client_hs_secret)
-        self.state = "wait_cert" if self.requested_client_cert else "wait_finished"
+        self.state = (
+            ServerState.WAIT_CERT if self.requested_client_cert else ServerState.WAIT_FINISHED
+        )
 
     def _client_certificate13(self, body: bytes, raw: bytes) -> None:
         context, chain = m.parse_certificate13(body)
@@ -503,12 +489,16 @@ class ServerHandshake:
                     AlertDescription.CERTIFICATE_REQUIRED, "client sent no certificate"
                 )
             conn.transcript.add(raw)
-            self.state = "wait_finished"
+            self.state = ServerState.WAIT_FINISHED
             return
         conn.peer_certificates = m.check_peer_chain(self.config, chain, None, peer_is_server=False)
         self.client_chain = chain
         conn.transcript.add(raw)
-        self.state = "wait_cv"
+        self.state = ServerState.WAIT_CV
+
+    def _compressed_client_certificate13(self, body: bytes, raw: bytes) -> None:
+        plain = certcompress.decompress(body, self.config.certificate_compression)
+        self._client_certificate13(plain, raw)  # the transcript takes it as sent
 
     def _client_certificate_verify13(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
@@ -517,7 +507,7 @@ class ServerHandshake:
             body, conn.peer_certificates[0], content, self.config.signature_schemes, tls13=True
         )
         conn.transcript.add(raw)
-        self.state = "wait_finished"
+        self.state = ServerState.WAIT_FINISHED
 
     def _client_finished13(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
@@ -531,7 +521,7 @@ class ServerHandshake:
         resumption_master = schedule.derive(
             schedule.master_secret, b"res master", conn.transcript.digest()
         )
-        self.state = "connected13"
+        self.state = ServerState.CONNECTED
         for _ in range(self.config.session_tickets):
             server_psk.send_ticket13(self, resumption_master)
         conn.complete_handshake()
@@ -547,6 +537,17 @@ class ServerHandshake:
             )
         )
 
+
+# The TLS 1.3 handshake's transitions: (state, message type) -> handler.
+_S = ServerState
+_HANDLERS13: dict[tuple[ServerState, int], Handler[ServerHandshake]] = {
+    (_S.WAIT_CLIENT_HELLO, H.CLIENT_HELLO): ServerHandshake._client_hello_message,
+    (_S.WAIT_EOED, H.END_OF_EARLY_DATA): ServerHandshake._end_of_early_data,
+    (_S.WAIT_CERT, H.CERTIFICATE): ServerHandshake._client_certificate13,
+    (_S.WAIT_CERT, H.COMPRESSED_CERTIFICATE): ServerHandshake._compressed_client_certificate13,
+    (_S.WAIT_CV, H.CERTIFICATE_VERIFY): ServerHandshake._client_certificate_verify13,
+    (_S.WAIT_FINISHED, H.FINISHED): ServerHandshake._client_finished13,
+}
 
 # RFC 7507: a client retrying with a lower version than it would like says so.
 FALLBACK_SCSV = 0x5600

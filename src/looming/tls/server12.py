@@ -28,6 +28,7 @@ from .keyexchange import KeyShare
 from .record import Protection
 from .session import TicketState
 from .signing import sign
+from .states import Handler, Server12State, dispatch, unexpected
 from .suites import SUITES
 from .wire import Reader, extension, u16, u16_list, u32, vec8, vec16
 
@@ -35,16 +36,12 @@ if TYPE_CHECKING:
     from .server import ClientHello, ServerHandshake
 
 
-def _unexpected(what: str) -> TlsProtocolError:
-    return TlsProtocolError(AlertDescription.UNEXPECTED_MESSAGE, what)
-
-
 class Server12:
     def __init__(self, hs: ServerHandshake) -> None:
         self.hs = weakref.proxy(hs)  # hs owns this object (see ServerHandshake.conn)
         self.conn = hs.conn
         self.config = hs.config
-        self.state = ""
+        self.state = Server12State.WAIT_CKE
         self.client_random = b""
         self.server_random = b""
         self.share: KeyShare | None = None
@@ -153,7 +150,7 @@ class Server12:
                 conn, state.secret, self.client_random, self.server_random
             )
             self._send_ticket_ccs_finished()
-            self.state = "wait_ccs"
+            self.state = Server12State.WAIT_CCS
             return
         assert certified is not None
         conn.send_handshake(H.CERTIFICATE, m.certificate12(certified.chain_der))
@@ -170,7 +167,9 @@ class Server12:
                 H.CERTIFICATE_REQUEST, types + u16_list(config.signature_schemes) + vec16(b"")
             )
         conn.send_handshake(H.SERVER_HELLO_DONE, b"")
-        self.state = "wait_certificate" if self.requested_client_cert else "wait_cke"
+        self.state = (
+            Server12State.WAIT_CERTIFICATE if self.requested_client_cert else Server12State.WAIT_CKE
+        )
 
     def _choose_suite(
         self, hello: ClientHello, client_groups: list[int]
@@ -192,47 +191,40 @@ class Server12:
         )
 
     def handle_change_cipher_spec(self) -> None:
-        if self.state != "wait_ccs":
-            raise _unexpected("change_cipher_spec out of order")
+        if self.state != Server12State.WAIT_CCS:
+            raise unexpected("change_cipher_spec out of order")
         self.conn.records.read = self.client_write
-        self.state = "wait_finished"
+        self.state = Server12State.WAIT_FINISHED
 
     def handle(self, msg_type: int, body: bytes, raw: bytes) -> None:
-        state = self.state
+        dispatch(_HANDLERS12, self, self.state, msg_type, body, raw)
+
+    def _after_handshake(self, body: bytes, raw: bytes) -> None:
+        raise TlsProtocolError(AlertDescription.NO_RENEGOTIATION, "renegotiation is not supported")
+
+    def _certificate(self, body: bytes, raw: bytes) -> None:
+        chain = m.parse_certificate12(body)
+        if not chain and self.config.require_client_certificate:
+            raise TlsProtocolError(AlertDescription.HANDSHAKE_FAILURE, "client sent no certificate")
+        if chain:
+            self.conn.peer_certificates = m.check_peer_chain(
+                self.config, chain, None, peer_is_server=False
+            )
+            self.client_chain = chain
+        self.conn.transcript.add(raw)
+        self.state = Server12State.WAIT_CKE
+
+    def _certificate_verify(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
-        if state == "connected":
-            raise TlsProtocolError(
-                AlertDescription.NO_RENEGOTIATION, "renegotiation is not supported"
-            )
-        if state == "wait_certificate" and msg_type == H.CERTIFICATE:
-            chain = m.parse_certificate12(body)
-            if not chain and self.config.require_client_certificate:
-                raise TlsProtocolError(
-                    AlertDescription.HANDSHAKE_FAILURE, "client sent no certificate"
-                )
-            if chain:
-                conn.peer_certificates = m.check_peer_chain(
-                    self.config, chain, None, peer_is_server=False
-                )
-                self.client_chain = chain
-            conn.transcript.add(raw)
-            self.state = "wait_cke"
-        elif state == "wait_cke" and msg_type == H.CLIENT_KEY_EXCHANGE:
-            self._client_key_exchange(body, raw)
-        elif state == "wait_cv" and msg_type == H.CERTIFICATE_VERIFY:
-            m.check_certificate_verify(
-                body,
-                conn.peer_certificates[0],
-                bytes(conn.transcript.raw),
-                self.config.signature_schemes,
-                tls13=False,
-            )
-            conn.transcript.add(raw)
-            self.state = "wait_ccs"
-        elif state == "wait_finished" and msg_type == H.FINISHED:
-            self._finished(body, raw)
-        else:
-            raise _unexpected(f"handshake message {msg_type} while in TLS 1.2 state {state}")
+        m.check_certificate_verify(
+            body,
+            conn.peer_certificates[0],
+            bytes(conn.transcript.raw),
+            self.config.signature_schemes,
+            tls13=False,
+        )
+        conn.transcript.add(raw)
+        self.state = Server12State.WAIT_CCS
 
     def _client_key_exchange(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
@@ -253,7 +245,7 @@ class Server12:
         self.client_write, self.server_write = tls12.install_keys(
             conn, master, self.client_random, self.server_random
         )
-        self.state = "wait_cv" if self.client_chain else "wait_ccs"
+        self.state = Server12State.WAIT_CV if self.client_chain else Server12State.WAIT_CCS
 
     def _send_ticket_ccs_finished(self) -> None:
         conn = self.conn
@@ -293,7 +285,7 @@ class Server12:
         conn.transcript.add(raw)
         if not self.abbreviated:
             self._send_ticket_ccs_finished()
-        self.state = "connected"
+        self.state = Server12State.CONNECTED
         assert conn.suite is not None
         conn.complete_handshake()
         conn.events.append(
@@ -308,5 +300,16 @@ class Server12:
             )
         )
 
+
+# The TLS 1.2 handshake's transitions: (state, message type) -> handler.
+_S = Server12State
+_HANDLERS12: dict[tuple[Server12State, int], Handler[Server12]] = {
+    (_S.WAIT_CERTIFICATE, H.CERTIFICATE): Server12._certificate,
+    (_S.WAIT_CKE, H.CLIENT_KEY_EXCHANGE): Server12._client_key_exchange,
+    (_S.WAIT_CV, H.CERTIFICATE_VERIFY): Server12._certificate_verify,
+    (_S.WAIT_FINISHED, H.FINISHED): Server12._finished,
+    # Once connected, any handshake message would start a renegotiation.
+    **{(_S.CONNECTED, msg_type): Server12._after_handshake for msg_type in H},
+}
 
 __all__ = ["Server12"]
