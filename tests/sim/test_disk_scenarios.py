@@ -11,6 +11,7 @@ import pytest
 
 from looming.sim.diskstore import SimDiskBackend
 from looming.sim.spec import load_scenario
+from looming.sim.storage import SimKvRw
 from looming.sim.world import RunResult, prepare, run
 from looming.store.objects import ObjectId
 from tests.sim.conftest import run_looming
@@ -180,6 +181,23 @@ def test_a_backend_writing_the_ref_before_its_objects_is_caught(
     failing = [r for r in results if not r.ok]
     assert failing, "six seeds of crashes under lost writes find the misordered ref"
     assert any("missing commit" in "\n".join(r.events) for r in failing)
+
+
+async def _ack_before_sync(self: SimKvRw, tag: bytes, payload: bytes = b"") -> None:
+    """The bug: the change is acknowledged once its sync is issued, not done."""
+    record, _done = self._log.append(tag, payload)
+    self._apply(record)
+    self._log.sync()
+
+
+def test_a_kv_rw_acknowledging_before_its_sync_completes_is_caught(
+    store_app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SimKvRw, "_commit", _ack_before_sync)
+    path = scenario_file(tmp_path, store_app, verbs=("PUT", "FETCH"))
+    failing = [r for r in sweep(path, range(1, 4)) if not r.ok]
+    assert failing, "three seeds of crashes under lost writes find the early acknowledgement"
+    assert any("FAILED every acknowledged commit is kept" in "\n".join(r.events) for r in failing)
 
 
 def test_without_lost_writes_the_broken_backend_goes_unnoticed(
