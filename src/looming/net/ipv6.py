@@ -5,9 +5,13 @@ Neighbor Discovery (RFC 4861) with the neighbour cache of
 payloads with the same :class:`~looming.devices.net.ReceivedPacket` that
 IPv4 hands up.
 
+Packets larger than the link's MTU are fragmented at the source (RFC 8200
+4.5) and fragments are reassembled, bounded, by ``net/reassembly.py``
+(overlapping fragments drop the whole, RFC 5722; atomic fragments, which
+nobody should send any more (RFC 8021), are counted and dropped).
+
 Not here yet: routers and SLAAC, duplicate address detection, MLD reports,
-fragment reassembly (fragments are counted and dropped) and ICMPv6 errors
-sent or taken.
+path MTU discovery and ICMPv6 errors sent or taken.
 """
 
 from __future__ import annotations
@@ -15,18 +19,21 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv6Address
 
 from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
+from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, Malformed
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, Solicitation
+from looming.net.reassembly import Reassembler
 from looming.net.wire import icmpv6, ndp
 from looming.net.wire import ipv6 as wire
 from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
-from looming.net.wire.ipv6 import Ipv6Header, NextHeader
+from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader
 
 Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
 """Called with (what IPv6 knows of the packet, its upper-layer payload)."""
@@ -43,12 +50,18 @@ class Ipv6Layer:
         self,
         ethernet: EthernetLayer,
         time: Time,
+        random: Random,
         *,
         settings: NeighbourSettings | None = None,
         hop_limit: int = 64,
+        reassembler: Reassembler | None = None,
     ) -> None:
         self._ethernet = ethernet
         self._time = time
+        # RFC 7739: fragment identifications others cannot predict.
+        self._identification = random.randint(0, 0xFFFFFFFF)
+        self.reassembler = reassembler if reassembler is not None else Reassembler()
+        self._reassembly_timer: asyncio.TimerHandle | None = None
         self.hop_limit = hop_limit
         self.link_local = wire.link_local_from_mac(ethernet.mac)
         self._addresses: list[IPv6Address] = []
@@ -119,24 +132,75 @@ class Ipv6Layer:
         if header.source.is_multicast:
             counters["martian_source"] += 1  # RFC 4291 2.7: never a source
             return
-        if chain.fragment is not None:
-            counters["fragment_dropped"] += 1  # no reassembly yet
-            return
+        if chain.fragment is None:
+            protocol, upper = chain.protocol, bytes(chain.payload)
+            raw_header = packet[: len(packet) - len(chain.payload)]
+        else:
+            whole = self._reassemble(header, chain.fragment, chain.payload)
+            if whole is None:
+                return
+            protocol, upper = whole
+            raw_header = wire.emit_header(replace(header, next_header=protocol), len(upper))
+            checksum_verified = False  # the interface saw only the pieces
         counters["rx_packets"] += 1
         received = ReceivedPacket(
             header.source,
             header.destination,
-            chain.protocol,
+            protocol,
             header.hop_limit,
             header.traffic_class,
             checksum_verified,
-            packet[: len(packet) - len(chain.payload)],
+            raw_header,
         )
-        handler = self._handlers.get(chain.protocol)
+        handler = self._handlers.get(protocol)
         if handler is None:
             counters["unknown_protocol"] += 1
             return
-        handler(received, bytes(chain.payload))
+        handler(received, upper)
+
+    def _reassemble(
+        self, header: Ipv6Header, fragment: FragmentHeader, data: memoryview
+    ) -> tuple[int, bytes] | None:
+        """Add a fragment; the upper-layer protocol and payload of the whole
+        once it is complete."""
+        counters = self.counters
+        if fragment.is_atomic:
+            counters["atomic_fragment_dropped"] += 1
+            return None
+        counters["rx_fragments"] += 1
+        # The Next Header is part of the key: pieces that disagree on it
+        # never make a whole.
+        key = (header.source, header.destination, fragment.next_header, fragment.identification)
+        whole = self.reassembler.add_piece(
+            key, fragment.offset, fragment.more_fragments, bytes(data), self._now(), 0xFFFF
+        )
+        if whole is None:
+            self._watch_reassembly()
+            return None
+        try:
+            chain = wire.walk(fragment.next_header, whole)
+        except Malformed:
+            counters["malformed"] += 1
+            return None
+        if chain.fragment is not None:
+            counters["nested_fragment_dropped"] += 1
+            return None
+        return chain.protocol, bytes(chain.payload)
+
+    def _watch_reassembly(self) -> None:
+        """Free incomplete packets at their timeout even if no fragment comes."""
+        deadline = self.reassembler.next_deadline_ns()
+        if deadline is None or self._reassembly_timer is not None:
+            return
+        delay = max(deadline - self._now(), 0) / 1e9
+        self._reassembly_timer = asyncio.get_running_loop().call_later(
+            delay, self._expire_reassembly
+        )
+
+    def _expire_reassembly(self) -> None:
+        self._reassembly_timer = None
+        self.reassembler.expire(self._now())
+        self._watch_reassembly()
 
     def _on_icmpv6(self, packet: ReceivedPacket[IPv6Address], payload: bytes) -> None:
         counters = self.counters
@@ -241,27 +305,44 @@ class Ipv6Layer:
         source: IPv6Address | None = None,
         hop_limit: int | None = None,
     ) -> None:
-        if len(payload) > self.mtu(destination):
-            raise ValueError(
-                f"{len(payload)} bytes exceed the link's IPv6 payload of "
-                f"{self.mtu(destination)} (no fragmentation yet)"
-            )
         if source is None:
             source = self.source_for(destination)
         header = Ipv6Header(
             source, destination, protocol, hop_limit if hop_limit is not None else self.hop_limit
         )
-        packet = wire.emit(header, payload)
+        packets = self._packets(header, payload)
         self.counters["tx_packets"] += 1
         if destination.is_multicast:
-            self._transmit(wire.multicast_mac(destination), packet)
+            for packet in packets:
+                self._transmit(wire.multicast_mac(destination), packet)
             return
-        mac, solicitation = self.neighbours.send(destination, packet, self._now())
-        if solicitation is not None:
-            self._solicit(solicitation)
-        if mac is not None:
-            self._transmit(mac, packet)
+        for packet in packets:
+            mac, solicitation = self.neighbours.send(destination, packet, self._now())
+            if solicitation is not None:
+                self._solicit(solicitation)
+            if mac is not None:
+                self._transmit(mac, packet)
         self._arm_timer()
+
+    def _packets(self, header: Ipv6Header, payload: bytes) -> list[bytes]:
+        """The packet, or its fragments when it exceeds the link's MTU (only
+        the source fragments in IPv6, RFC 8200 4.5)."""
+        mtu = self.mtu(header.destination)
+        if len(payload) <= mtu:
+            return [wire.emit(header, payload)]
+        if len(payload) + 8 > wire.MAX_PAYLOAD_LENGTH:
+            raise ValueError(f"{len(payload)} bytes do not fit one IPv6 packet (no jumbograms)")
+        self._identification = (self._identification + 1) & 0xFFFFFFFF
+        chunk = (mtu - 8) // 8 * 8
+        fragmented = replace(header, next_header=NextHeader.FRAGMENT)
+        packets = []
+        for offset in range(0, len(payload), chunk):
+            more = offset + chunk < len(payload)
+            piece = FragmentHeader(header.next_header, offset, more, self._identification)
+            extension = wire.emit_extension(piece)
+            packets.append(wire.emit(fragmented, extension + payload[offset : offset + chunk]))
+        self.counters["tx_fragments"] += len(packets)
+        return packets
 
     def _solicit(self, solicitation: Solicitation) -> None:
         target, mac = solicitation
@@ -314,7 +395,9 @@ class Ipv6Layer:
 
     # -- ping ------------------------------------------------------------------------
 
-    async def ping(self, destination: IPv6Address | str, *, timeout: float = 1.0) -> float:
+    async def ping(
+        self, destination: IPv6Address | str, *, size: int = 56, timeout: float = 1.0
+    ) -> float:
         """One ICMPv6 echo round trip in seconds (resolving the neighbour
         first if need be); raises ConnectionTimeout without a reply."""
         destination = IPv6Address(destination)
@@ -324,7 +407,7 @@ class Ipv6Layer:
         self._pings[key] = future
         source = self.source_for(destination)
         request = Icmpv6Header.echo(Icmpv6Type.ECHO_REQUEST, key[1], key[2])
-        message = icmpv6.emit(request, bytes(range(56)), source, destination)
+        message = icmpv6.emit(request, bytes(i & 0xFF for i in range(size)), source, destination)
         started = self._now()
         try:
             self._send(destination, NextHeader.ICMPV6, message, source=source)
@@ -335,6 +418,9 @@ class Ipv6Layer:
         return (self._now() - started) / 1e9
 
     async def stop(self) -> None:
+        if self._reassembly_timer is not None:
+            self._reassembly_timer.cancel()
+            self._reassembly_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

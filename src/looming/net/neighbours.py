@@ -5,11 +5,12 @@ Each neighbour is in one of RFC 4861's states: INCOMPLETE (asked, no answer
 yet), REACHABLE (confirmed lately), STALE (known, not confirmed lately),
 DELAY and PROBE (in use while stale: waiting, then asking it directly).
 As with ARP (``net/arp.py``) no sender waits: a packet for a neighbour still
-being resolved joins that neighbour's small queue, which leaves when the
-advertisement comes and is dropped (and counted) when it never does. The
-number of neighbours and of those being resolved is bounded, so a flood of
-packets for unresolvable addresses costs bounded memory and never delays
-traffic to neighbours that answer.
+being resolved joins that neighbour's queue (bounded in bytes: the
+fragments of one largest packet fit), which leaves when the advertisement
+comes and is dropped (and counted) when it never does. The number of
+neighbours, of those being resolved and the bytes all queues hold are
+bounded, so a flood of packets for unresolvable addresses costs bounded
+memory and never delays traffic to neighbours that answer.
 
 The owner calls :meth:`NeighbourCache.send` for each packet, the
 ``advertised``/``solicited_by`` methods for Neighbor Discovery input and
@@ -48,7 +49,10 @@ class NeighbourSettings:
     unicast_solicits: int = 3  # MAX_UNICAST_SOLICIT
     max_neighbours: int = 512
     max_incomplete: int = 64
-    queue_packets: int = 3  # per neighbour being resolved
+    # Held for a neighbour being resolved: the fragments of the largest
+    # packet fit; and for all of them together.
+    queue_bytes: int = 72 * 1024
+    total_queue_bytes: int = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class Neighbour:
     deadline_ns: int  # when the state's timer runs out (none while STALE)
     probes: int = 0
     queue: deque[bytes] = field(default_factory=deque)
+    queued_bytes: int = 0
 
 
 Solicitation = tuple[IPv6Address, MacAddress | None]
@@ -75,6 +80,7 @@ class NeighbourCache:
         self.settings = settings if settings is not None else NeighbourSettings()
         self._entries: OrderedDict[IPv6Address, Neighbour] = OrderedDict()
         self._incomplete = 0
+        self.queued_bytes = 0  # held for all neighbours together
         self.counters: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -117,8 +123,8 @@ class NeighbourCache:
             self._evict_oldest_incomplete()
         self._make_room()
         entry = Neighbour(NeighbourState.INCOMPLETE, None, now + self.settings.retransmit_ns, 1)
-        entry.queue.append(packet)
         self._entries[address] = entry
+        self._enqueue(entry, packet)
         self._incomplete += 1
         self.counters["tx_multicast_solicit"] += 1
         return address, None
@@ -129,13 +135,31 @@ class NeighbourCache:
                 del self._entries[address]
                 self._incomplete -= 1
                 self.counters["incomplete_evicted"] += len(entry.queue)
+                self._release(entry)
                 return
 
     def _enqueue(self, entry: Neighbour, packet: bytes) -> None:
-        if len(entry.queue) >= self.settings.queue_packets:
-            entry.queue.popleft()  # the newest packets are the likelier to matter
-            self.counters["queue_overflow_dropped"] += 1
+        settings = self.settings
+        if self.queued_bytes + len(packet) > settings.total_queue_bytes:
+            self.counters["queue_total_dropped"] += 1
+            return
         entry.queue.append(packet)
+        entry.queued_bytes += len(packet)
+        self.queued_bytes += len(packet)
+        while entry.queued_bytes > settings.queue_bytes:
+            # The newest packets are the likelier to matter.
+            dropped = entry.queue.popleft()
+            entry.queued_bytes -= len(dropped)
+            self.queued_bytes -= len(dropped)
+            self.counters["queue_overflow_dropped"] += 1
+
+    def _release(self, entry: Neighbour) -> list[bytes]:
+        """Empty ``entry``'s queue, returning what it held."""
+        packets = list(entry.queue)
+        entry.queue.clear()
+        self.queued_bytes -= entry.queued_bytes
+        entry.queued_bytes = 0
+        return packets
 
     def _make_room(self) -> None:
         while len(self._entries) >= self.settings.max_neighbours:
@@ -209,10 +233,8 @@ class NeighbourCache:
             entry.deadline_ns = now + self.settings.reachable_ns
         else:
             entry.state = NeighbourState.STALE
-        out = [(mac, packet) for packet in entry.queue]
-        entry.queue.clear()
         self.counters["resolved"] += 1
-        return out
+        return [(mac, packet) for packet in self._release(entry)]
 
     # -- timers ------------------------------------------------------------------
 
@@ -252,6 +274,7 @@ class NeighbourCache:
             if state is NeighbourState.INCOMPLETE:
                 self._incomplete -= 1
                 self.counters["unresolved_dropped"] += len(entry.queue)
+                self._release(entry)
             self.counters["unreachable"] += 1
             return None
         entry.probes += 1

@@ -1,4 +1,5 @@
-"""IPv4 fragment reassembly (RFC 791, RFC 815), sans-I/O and bounded.
+"""Fragment reassembly (RFC 791 and RFC 815 for IPv4, RFC 8200 4.5 for
+IPv6), sans-I/O and bounded.
 
 Datagrams in progress are keyed by (source, destination, protocol,
 identification).  Memory is bounded three ways: total bytes held across all
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from looming.net.wire.ipv4 import MAX_PACKET_LENGTH, MIN_HEADER_LENGTH, Ipv4Header
 
 _SECOND_NS = 1_000_000_000
 
-ReassemblyKey = tuple[IPv4Address, IPv4Address, int, int]
+ReassemblyKey = tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address, int, int]
 
 
 @dataclass(slots=True)
@@ -67,17 +68,33 @@ class Reassembler:
         self.held_bytes -= partial.held_bytes
 
     def add(self, header: Ipv4Header, payload: bytes, now_ns: int) -> bytes | None:
-        """Take one fragment; the whole payload once every piece has come."""
+        """Take one IPv4 fragment; the whole payload once every piece has come."""
+        key = (header.source, header.destination, header.protocol, header.identification)
+        limit = MAX_PACKET_LENGTH - MIN_HEADER_LENGTH
+        return self.add_piece(
+            key, header.fragment_offset, header.more_fragments, payload, now_ns, limit
+        )
+
+    def add_piece(
+        self,
+        key: ReassemblyKey,
+        offset: int,
+        more_fragments: bool,
+        payload: bytes,
+        now_ns: int,
+        max_length: int,
+    ) -> bytes | None:
+        """Take one fragment of the datagram ``key`` names (IPv4's or IPv6's:
+        source, destination, protocol, identification), ``offset`` bytes
+        into a whole of at most ``max_length`` bytes."""
         self.expire(now_ns)
-        offset = header.fragment_offset
         end = offset + len(payload)
-        if end + MIN_HEADER_LENGTH > MAX_PACKET_LENGTH:
+        if end > max_length:
             self.counters["too_long"] += 1
             return None
-        if header.more_fragments and (len(payload) == 0 or len(payload) % 8):
+        if more_fragments and (len(payload) == 0 or len(payload) % 8):
             self.counters["bad_fragment"] += 1
             return None
-        key = (header.source, header.destination, header.protocol, header.identification)
         partial = self._partials.get(key)
         if partial is None:
             if len(self._partials) >= self.max_datagrams:
@@ -86,7 +103,7 @@ class Reassembler:
                 self.counters["evicted"] += 1
             partial = _Partial(first_seen_ns=now_ns)
             self._partials[key] = partial
-        if not header.more_fragments:
+        if not more_fragments:
             held_end = max((o + len(d) for o, d in partial.fragments.items()), default=0)
             if (partial.total_length is not None and partial.total_length != end) or (
                 held_end > end

@@ -66,7 +66,7 @@ class DirectStack:
         )
         self.icmp = IcmpLayer(self.ipv4, time, random)
         # IPv6 (link-local, neighbour discovery, echo, UDP) when asked for.
-        self.ipv6 = Ipv6Layer(self.ethernet, time) if ipv6 else None
+        self.ipv6 = Ipv6Layer(self.ethernet, time, random) if ipv6 else None
         self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp, ipv6=self.ipv6)
         self._tcp = TcpLayer(
             self.ipv4,
@@ -111,7 +111,7 @@ class DirectStack:
         0: no limit); what they turn away is counted (see :meth:`counters`).
         ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.
         ``ipv6`` adds an IPv6 layer with a link-local address (neighbour
-        discovery, echo and UDP; no TCP over IPv6 yet).
+        discovery, echo, fragments and UDP; no TCP over IPv6 yet).
         """
         if max_connections is not None and max_connections < 0:
             raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
@@ -190,7 +190,7 @@ class DirectStack:
         if isinstance(address, IPv6Address):
             if self.ipv6 is None:
                 raise NoRoute(f"cannot ping {address}: the stack was made without IPv6")
-            return await self.ipv6.ping(address, timeout=timeout)
+            return await self.ipv6.ping(address, size=size, timeout=timeout)
         return await self.icmp.ping(address, size=size, timeout=timeout)
 
     async def resolve(self, name: str) -> list[IPv4Address]:
@@ -211,6 +211,7 @@ class DirectStack:
         if self.ipv6 is not None:
             layers["ipv6"] = self.ipv6.counters
             layers["neighbours"] = self.ipv6.neighbours.counters
+            layers["reassembly6"] = self.ipv6.reassembler.counters
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
         layers["dns"] = self._resolver.counters if self._resolver is not None else Counter()
