@@ -80,6 +80,28 @@ def test_the_kernel_pings_looming_and_looming_pings_the_kernel(kernel_peer: Kern
     kernel_peer.run(body, ipv6=True)
 
 
+def test_pings_larger_than_the_mtu_are_fragmented_and_reassembled(
+    kernel_peer: KernelPeer,
+) -> None:
+    without_dad(kernel_peer)
+
+    async def body(stack: DirectStack) -> None:
+        assert stack.ipv6 is not None
+        ours = stack.ipv6.link_local
+        out = await kernel_peer.exec_output(
+            "ping", "-6", "-c", "3", "-i", "0.1", "-W", "2", "-s", "4000",
+            f"{ours}%{kernel_peer.tap_name}",
+        )  # fmt: skip
+        assert "3 received" in out, out
+        assert await stack.ping(kernel_link_local(kernel_peer), size=4000, timeout=2) < 2
+        counters = stack.counters()
+        # 4,048-byte ICMPv6 messages in three fragments each, both ways.
+        assert counters["reassembly6.reassembled"] == 4
+        assert counters["ipv6.rx_fragments"] == counters["ipv6.tx_fragments"] == 12
+
+    kernel_peer.run(body, ipv6=True)
+
+
 def test_looming_resolves_the_kernel_by_neighbour_solicitation(kernel_peer: KernelPeer) -> None:
     without_dad(kernel_peer)
 

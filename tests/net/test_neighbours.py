@@ -77,7 +77,9 @@ def test_an_advertisement_without_override_does_not_move_a_known_neighbour() -> 
 
 
 ADDRESSES = [IPv6Address(f"fe80::{i}") for i in range(1, 7)]
-BOUNDS = NeighbourSettings(max_neighbours=4, max_incomplete=3, queue_packets=2)
+BOUNDS = NeighbourSettings(
+    max_neighbours=4, max_incomplete=3, queue_bytes=250, total_queue_bytes=500
+)
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -91,10 +93,10 @@ class CacheMachine(RuleBasedStateMachine):
         self.handed = 0
         self.transmitted = 0
 
-    @rule(address=st.sampled_from(ADDRESSES))
-    def send(self, address: IPv6Address) -> None:
+    @rule(address=st.sampled_from(ADDRESSES), size=st.integers(1, 300))
+    def send(self, address: IPv6Address, size: int) -> None:
         self.handed += 1
-        mac, _ = self.cache.send(address, b"p", self.now)
+        mac, _ = self.cache.send(address, bytes(size), self.now)
         self.transmitted += mac is not None
 
     @rule(
@@ -128,6 +130,7 @@ class CacheMachine(RuleBasedStateMachine):
             counters["queue_overflow_dropped"]
             + counters["unresolved_dropped"]
             + counters["incomplete_evicted"]
+            + counters["queue_total_dropped"]
         )
         assert self.handed == self.transmitted + queued + dropped
 
@@ -137,7 +140,10 @@ class CacheMachine(RuleBasedStateMachine):
         incomplete = [e for e in entries if e.state is NeighbourState.INCOMPLETE]
         assert len(incomplete) <= BOUNDS.max_incomplete
         assert len(entries) <= BOUNDS.max_neighbours + BOUNDS.max_incomplete
-        assert all(len(e.queue) <= BOUNDS.queue_packets for e in entries)
+        held = [sum(map(len, e.queue)) for e in entries]
+        assert all(size == e.queued_bytes for size, e in zip(held, entries, strict=True))
+        assert all(size <= BOUNDS.queue_bytes for size in held)
+        assert sum(held) == self.cache.queued_bytes <= BOUNDS.total_queue_bytes
         assert all(not e.queue for e in entries if e.state is not NeighbourState.INCOMPLETE)
 
 
@@ -217,5 +223,55 @@ def test_an_unanswered_ping_times_out_after_the_solicitations() -> None:
         with pytest.raises(ConnectionTimeout):
             await a.ping(IPv6Address("fe80::beef"), timeout=0.2)
         assert a.counters()["ipv6.tx_solicit"] == 1
+
+    run(body)
+
+
+def fragment_frame(
+    to: DirectStack, source: IPv6Address, offset: int, more: bool, data: bytes, *, nh: int = 17
+) -> bytes:
+    header = ipv6.Ipv6Header(source, to.ipv6.link_local, ipv6.NextHeader.FRAGMENT)  # type: ignore[union-attr]
+    extension = ipv6.emit_extension(ipv6.FragmentHeader(nh, offset, more, 77))
+    packet = ipv6.emit(header, extension + data)
+    return bytes(to.ethernet.mac) + bytes(OTHER_MAC) + b"\x86\xdd" + packet
+
+
+def test_udp_larger_than_the_mtu_crosses_in_fragments() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        received: asyncio.Queue[Datagram] = asyncio.Queue()
+        await b.udp.bind(9, received.put_nowait)
+        payload = bytes(i % 253 for i in range(5000))
+        await a.udp.send(b6.link_local, 9, payload)
+        assert (await asyncio.wait_for(received.get(), 1)).data == payload
+        assert a.counters()["ipv6.tx_fragments"] == 4
+        assert b.counters()["reassembly6.reassembled"] == 1
+
+    run(body)
+
+
+def test_hostile_fragments_are_dropped() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        source = a6.link_local
+        # Overlapping pieces (RFC 5722): the whole datagram goes.
+        b.ethernet.input(fragment_frame(b, source, 0, True, bytes(16)))
+        b.ethernet.input(fragment_frame(b, source, 8, False, bytes(16)))
+        # An atomic fragment (RFC 8021: nobody should send them any more).
+        b.ethernet.input(fragment_frame(b, source, 0, False, bytes(16)))
+        # Pieces disagreeing on the next header never make a whole.
+        b.ethernet.input(fragment_frame(b, source, 0, True, bytes(16), nh=17))
+        b.ethernet.input(fragment_frame(b, source, 16, False, bytes(16), nh=58))
+        counters = b.counters()
+        assert counters["reassembly6.overlap_dropped"] == 1
+        assert counters["ipv6.atomic_fragment_dropped"] == 1
+        assert "reassembly6.reassembled" not in counters
+        assert "ipv6.rx_packets" not in counters
+        # A flood of first pieces that never complete stays bounded.
+        for i in range(500):
+            frame = fragment_frame(b, IPv6Address(f"fe80::f:{i:x}"), 0, True, bytes(1024))
+            b.ethernet.input(frame)
+        reassembler = b6.reassembler
+        assert len(reassembler) <= reassembler.max_datagrams
+        assert reassembler.held_bytes <= reassembler.max_bytes
+        await settle()
 
     run(body)
