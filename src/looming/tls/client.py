@@ -177,36 +177,11 @@ class ClientHandshake:
     # --- ServerHello / HelloRetryRequest ------------------------------------------
 
     def _server_hello(self, body: bytes, raw: bytes) -> None:
-        r = Reader(body)
-        legacy_version = r.u16()
-        server_random = r.take(32)
-        session_id = r.vector(1, maximum=32)
-        suite_id = r.u16()
-        compression = r.u8()
-        exts = dict(parse_extensions(r))
-        r.expect_end("ServerHello")
-        if compression != 0:
-            raise TlsProtocolError(AlertDescription.ILLEGAL_PARAMETER, "server chose compression")
-        if suite_id not in self.config.cipher_suites:
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER,
-                f"server chose suite {suite_id:#06x}, which we did not offer",
-            )
-        version = legacy_version
-        if X.SUPPORTED_VERSIONS in exts:
-            sv = Reader(exts[X.SUPPORTED_VERSIONS])
-            version = sv.u16()
-            sv.expect_end("supported_versions")
-            if version != TLS13 or TLS13 not in self.config.versions:
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER, f"server selected version {version:#06x}"
-                )
-        elif version != TLS12 or TLS12 not in self.config.versions:
-            raise TlsProtocolError(
-                AlertDescription.PROTOCOL_VERSION, f"server selected version {version:#06x}"
-            )
-        suite = SUITES[suite_id]
-        if self.hrr_done and self.conn.suite is not None and suite_id != self.conn.suite.suite:
+        """ServerHello or HelloRetryRequest: the version and suite, then on by version."""
+        hello = m.ServerHello.parse(body)
+        version = self._negotiated_version(hello)
+        suite = SUITES[hello.cipher_suite]
+        if self.hrr_done and self.conn.suite is not None and suite.suite != self.conn.suite.suite:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER,
                 "ServerHello suite differs from the HelloRetryRequest's",
@@ -218,45 +193,67 @@ class ClientHandshake:
         self.conn.version = version
         self.conn.suite = suite
         if version == TLS12:
-            if TLS13 in self.config.versions and server_random[24:] in (
-                DOWNGRADE_TLS12,
-                DOWNGRADE_TLS11,
-            ):
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER, "downgrade to TLS 1.2 detected"
-                )
-            from .client12 import Client12
-
-            self.state = ClientState.TLS12
-            self.v12 = Client12(self)
-            self.v12.server_hello(server_random, session_id, exts, raw)
-            return
-        if session_id != self.session_id:
+            self._continue_in_tls12(hello, raw)
+        elif hello.session_id != self.session_id:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "server did not echo our session id"
             )
-        if server_random == HELLO_RETRY_REQUEST_RANDOM:
-            self._hello_retry_request(exts, raw)
-            return
-        self.server_random = server_random
-        allowed = {X.KEY_SHARE, X.PRE_SHARED_KEY, X.SUPPORTED_VERSIONS}
-        if not set(exts) <= allowed:
+        elif hello.random == HELLO_RETRY_REQUEST_RANDOM:
+            self._hello_retry_request(hello.extensions, raw)
+        else:
+            self._server_hello13(hello, raw)
+
+    def _negotiated_version(self, hello: m.ServerHello) -> int:
+        """The version the server chose, checked against what we offered."""
+        if hello.compression != 0:
+            raise TlsProtocolError(AlertDescription.ILLEGAL_PARAMETER, "server chose compression")
+        if hello.cipher_suite not in self.config.cipher_suites:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                f"server chose suite {hello.cipher_suite:#06x}, which we did not offer",
+            )
+        version = hello.legacy_version
+        if X.SUPPORTED_VERSIONS in hello.extensions:
+            sv = Reader(hello.extensions[X.SUPPORTED_VERSIONS])
+            version = sv.u16()
+            sv.expect_end("supported_versions")
+            if version != TLS13 or TLS13 not in self.config.versions:
+                raise TlsProtocolError(
+                    AlertDescription.ILLEGAL_PARAMETER, f"server selected version {version:#06x}"
+                )
+        elif version != TLS12 or TLS12 not in self.config.versions:
+            raise TlsProtocolError(
+                AlertDescription.PROTOCOL_VERSION, f"server selected version {version:#06x}"
+            )
+        return version
+
+    def _continue_in_tls12(self, hello: m.ServerHello, raw: bytes) -> None:
+        """Hand the handshake over to the TLS 1.2 machine (after the downgrade check)."""
+        if TLS13 in self.config.versions and hello.random[24:] in (
+            DOWNGRADE_TLS12,
+            DOWNGRADE_TLS11,
+        ):
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "downgrade to TLS 1.2 detected"
+            )
+        from .client12 import Client12
+
+        self.state = ClientState.TLS12
+        self.v12 = Client12(self)
+        self.v12.server_hello(hello.random, hello.session_id, hello.extensions, raw)
+
+    def _server_hello13(self, hello: m.ServerHello, raw: bytes) -> None:
+        """A TLS 1.3 ServerHello: the key exchange and PSK it accepts, then handshake keys."""
+        self.server_random = hello.random
+        exts = hello.extensions
+        if not set(exts) <= {X.KEY_SHARE, X.PRE_SHARED_KEY, X.SUPPORTED_VERSIONS}:
             raise TlsProtocolError(
                 AlertDescription.UNSUPPORTED_EXTENSION,
                 "ServerHello carries an extension we cannot accept",
             )
         shared_secret: bytes | None = None
         if X.KEY_SHARE in exts:
-            ks = Reader(exts[X.KEY_SHARE])
-            group = ks.u16()
-            share = ks.vector(2, minimum=1)
-            ks.expect_end("key_share")
-            if group not in self.shares:
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER,
-                    f"server key share for group {group:#06x} we did not send",
-                )
-            shared_secret = self.shares[group].shared_secret(share)
+            shared_secret = self._shared_secret(exts[X.KEY_SHARE])
         elif (
             X.PRE_SHARED_KEY not in exts
             or PskKeyExchangeMode.PSK_KE not in self.config.psk_key_exchange_modes
@@ -265,30 +262,56 @@ class ClientHandshake:
                 AlertDescription.MISSING_EXTENSION,
                 "ServerHello has no key_share and we did not offer psk_ke",
             )
-        psk: bytes | None = None
+        psk = None
         if X.PRE_SHARED_KEY in exts:
-            pr = Reader(exts[X.PRE_SHARED_KEY])
-            selected = pr.u16()
-            pr.expect_end("pre_shared_key")
-            session = self.offered_session
-            if not self.offered_psk or selected != 0 or session is None:
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER, "server selected a PSK we did not offer"
-                )
-            if SUITES[session.cipher_suite].hash_name != suite.hash_name:
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER, "resumed suite has a different hash"
-                )
-            psk = session.secret
-            self.conn.resumed = True
-            self.conn.resumption_mode = (
-                PskKeyExchangeMode.PSK_DHE_KE if X.KEY_SHARE in exts else PskKeyExchangeMode.PSK_KE
+            psk = self._accepted_psk(exts[X.PRE_SHARED_KEY], X.KEY_SHARE in exts)
+        self._derive_handshake_keys(raw, psk, shared_secret)
+        self.state = ClientState.WAIT_EE
+
+    def _shared_secret(self, key_share: bytes) -> bytes:
+        ks = Reader(key_share)
+        group = ks.u16()
+        share = ks.vector(2, minimum=1)
+        ks.expect_end("key_share")
+        if group not in self.shares:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER,
+                f"server key share for group {group:#06x} we did not send",
             )
+        return self.shares[group].shared_secret(share)
+
+    def _accepted_psk(self, pre_shared_key: bytes, with_dhe: bool) -> bytes:
+        """The resumption secret of the ticket the server accepted."""
+        pr = Reader(pre_shared_key)
+        selected = pr.u16()
+        pr.expect_end("pre_shared_key")
+        session = self.offered_session
+        if not self.offered_psk or selected != 0 or session is None:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "server selected a PSK we did not offer"
+            )
+        suite = self.conn.suite
+        assert suite is not None
+        if SUITES[session.cipher_suite].hash_name != suite.hash_name:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "resumed suite has a different hash"
+            )
+        self.conn.resumed = True
+        self.conn.resumption_mode = (
+            PskKeyExchangeMode.PSK_DHE_KE if with_dhe else PskKeyExchangeMode.PSK_KE
+        )
+        return session.secret
+
+    def _derive_handshake_keys(
+        self, raw: bytes, psk: bytes | None, shared_secret: bytes | None
+    ) -> None:
         conn = self.conn
+        suite = conn.suite
+        assert suite is not None
         conn.transcript.set_hash(suite.hash_name)
         conn.transcript.add(raw)
         if psk is None or self.schedule is None or self.schedule.hash_name != suite.hash_name:
-            self.schedule = self.conn.key_schedule(suite.hash_name, psk)
+            self.schedule = conn.key_schedule(suite.hash_name, psk)
         schedule = self.schedule
         # psk_ke: no (EC)DHE, so the handshake secret is extracted from zeros.
         schedule.enter_handshake(
@@ -300,7 +323,6 @@ class ClientHandshake:
         conn.set_read_secret13(self.server_hs_secret)
         if not self.sent_early_data:
             conn.set_write_secret13(self.client_hs_secret)
-        self.state = ClientState.WAIT_EE
 
     def _hello_retry_request(self, exts: dict[int, bytes], raw: bytes) -> None:
         if self.hrr_done:

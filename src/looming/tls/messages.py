@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hmac
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 
@@ -13,13 +14,89 @@ from looming.errors import Malformed
 
 from .certs import CertifiedKey, check_pins, is_pss_certificate, parse_chain, validate_chain
 from .config import TlsConfig
-from .constants import AlertDescription
+from .constants import TLS12, AlertDescription
 from .errors import TlsProtocolError
 from .signing import schemes_for_key, sign, verify
-from .wire import Reader, u16, vec8, vec16, vec24
+from .wire import Reader, extension, parse_extensions, u8, u16, vec8, vec16, vec24
 
 CV_SERVER = b"TLS 1.3, server CertificateVerify"
 CV_CLIENT = b"TLS 1.3, client CertificateVerify"
+
+
+@dataclass
+class ClientHello:
+    """ClientHello (RFC 8446 section 4.1.2, RFC 5246 section 7.4.1.2) as a server reads it."""
+
+    raw: bytes  # the whole message, for the transcript
+    legacy_version: int
+    random: bytes
+    session_id: bytes
+    cipher_suites: list[int]
+    compression: bytes
+    extensions: dict[int, bytes]
+    extension_order: list[int]
+
+    @classmethod
+    def parse(cls, body: bytes, raw: bytes) -> ClientHello:
+        r = Reader(body)
+        legacy_version = r.u16()
+        random = r.take(32)
+        session_id = r.vector(1, maximum=32)
+        suites = r.u16_list(2, minimum=2)
+        compression = r.vector(1, minimum=1)
+        ext_list = parse_extensions(r)
+        r.expect_end("ClientHello")
+        return cls(
+            raw,
+            legacy_version,
+            random,
+            session_id,
+            suites,
+            compression,
+            dict(ext_list),
+            [t for t, _ in ext_list],
+        )
+
+
+@dataclass
+class ServerHello:
+    """ServerHello (RFC 8446 section 4.1.3, RFC 5246 section 7.4.1.3); a HelloRetryRequest
+    is one with HELLO_RETRY_REQUEST_RANDOM as its random."""
+
+    random: bytes
+    session_id: bytes
+    cipher_suite: int
+    extensions: dict[int, bytes]  # type -> body, emitted in this order
+    legacy_version: int = TLS12
+    compression: int = 0
+
+    @classmethod
+    def parse(cls, body: bytes) -> ServerHello:
+        r = Reader(body)
+        legacy_version = r.u16()
+        random = r.take(32)
+        session_id = r.vector(1, maximum=32)
+        suite = r.u16()
+        compression = r.u8()
+        extensions = dict(parse_extensions(r))
+        r.expect_end("ServerHello")
+        return cls(random, session_id, suite, extensions, legacy_version, compression)
+
+    def emit(self) -> bytes:
+        exts = b"".join(extension(t, body) for t, body in self.extensions.items())
+        return (
+            u16(self.legacy_version)
+            + self.random
+            + vec8(self.session_id)
+            + u16(self.cipher_suite)
+            + u8(self.compression)
+            + vec16(exts)
+        )
+
+
+def encrypted_extensions(extensions: dict[int, bytes]) -> bytes:
+    """The EncryptedExtensions body (RFC 8446 section 4.3.1), in the given order."""
+    return vec16(b"".join(extension(t, body) for t, body in extensions.items()))
 
 
 def certificate13(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import certcompress, ocsp, server_psk
@@ -24,10 +23,11 @@ from .errors import TlsProtocolError
 from .events import HandshakeComplete
 from .keyexchange import server_exchange
 from .keyschedule import KeySchedule13
+from .messages import ClientHello, ServerHello
 from .session import TicketState
 from .states import Handler, ServerState, dispatch, unexpected
-from .suites import SUITES
-from .wire import Reader, extension, parse_extensions, u16, u16_list, vec8, vec16
+from .suites import SUITES, SuiteInfo
+from .wire import Reader, extension, u16, u16_list, vec8, vec16
 
 # Plain-int views of the code points (see plain_values).
 X = plain_values(ExtensionType)
@@ -39,39 +39,6 @@ if TYPE_CHECKING:
 
 # Undecryptable early data we skip after rejecting 0-RTT (RFC 8446 section 4.2.10).
 _REJECTED_EARLY_DATA_BUDGET = 1 << 17
-
-
-@dataclass
-class ClientHello:
-    raw: bytes
-    legacy_version: int
-    random: bytes
-    session_id: bytes
-    cipher_suites: list[int]
-    compression: bytes
-    extensions: dict[int, bytes]
-    extension_order: list[int]
-
-    @classmethod
-    def parse(cls, body: bytes, raw: bytes) -> ClientHello:
-        r = Reader(body)
-        legacy_version = r.u16()
-        random = r.take(32)
-        session_id = r.vector(1, maximum=32)
-        suites = r.u16_list(2, minimum=2)
-        compression = r.vector(1, minimum=1)
-        ext_list = parse_extensions(r)
-        r.expect_end("ClientHello")
-        return cls(
-            raw,
-            legacy_version,
-            random,
-            session_id,
-            suites,
-            compression,
-            dict(ext_list),
-            [t for t, _ in ext_list],
-        )
 
 
 class ServerHandshake:
@@ -234,40 +201,12 @@ class ServerHandshake:
         )
 
     def _client_hello13(self, hello: ClientHello, retry: bool) -> None:
+        """Negotiate suite, key share and PSK; then answer, or ask again for a share."""
+        _check_hello13(hello)
         conn = self.conn
-        config = self.config
-        exts = hello.extensions
-        if hello.compression != b"\x00":
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello offers compression"
-            )
-        if X.PRE_SHARED_KEY in exts and hello.extension_order[-1] != X.PRE_SHARED_KEY:
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER, "pre_shared_key is not the last extension"
-            )
-        # A resumable ticket's suite wins (its PSK is bound to that hash);
-        # otherwise our preference among the client's suites.
-        suite_id = server_psk.ticket_suite(self, hello) if not retry else None
-        if suite_id is None:
-            suite_id = next(
-                (
-                    s
-                    for s in config.cipher_suites
-                    if SUITES[s].version == TLS13 and s in hello.cipher_suites
-                ),
-                None,
-            )
-        if suite_id is None:
-            raise TlsProtocolError(
-                AlertDescription.HANDSHAKE_FAILURE, "no TLS 1.3 cipher suite in common"
-            )
-        if retry and conn.suite is not None and suite_id != conn.suite.suite:
-            raise TlsProtocolError(
-                AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the cipher suites"
-            )
-        suite = SUITES[suite_id]
-        conn.suite = suite
+        suite = conn.suite = self._choose_suite13(hello, retry)
         conn.version = TLS13
+        exts = hello.extensions
         psk_ke_possible = (
             not retry
             and X.PRE_SHARED_KEY in exts
@@ -278,122 +217,152 @@ class ServerHandshake:
                 AlertDescription.MISSING_EXTENSION,
                 "TLS 1.3 ClientHello needs supported_groups and key_share unless it resumes by psk_ke",
             )
-        client_groups = (
-            Reader(exts[X.SUPPORTED_GROUPS]).u16_list(2, minimum=2)
-            if X.SUPPORTED_GROUPS in exts
-            else []
-        )
-        shares: dict[int, bytes] = {}
-        ks = Reader(exts.get(X.KEY_SHARE, b"\x00\x00"))
-        share_list = ks.sub(2)
-        ks.expect_end("key_share")
-        while not share_list.at_end():
-            group = share_list.u16()
-            share = share_list.vector(2, minimum=1)
-            if group in shares:
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER, "two key shares for one group"
-                )
-            shares[group] = share
-        for group in shares:
-            if group not in client_groups:
-                raise TlsProtocolError(
-                    AlertDescription.ILLEGAL_PARAMETER,
-                    "key share for a group not in supported_groups",
-                )
-        chosen_group = next((g for g in config.groups if g in shares), None)
-        if retry and chosen_group != self.hrr_group:
+        client_groups, shares = _parse_key_shares(exts)
+        share = next(((g, shares[g]) for g in self.config.groups if g in shares), None)
+        if retry and (share is None or share[0] != self.hrr_group):
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER,
                 "second ClientHello lacks the requested key share",
             )
-        if chosen_group is None and not psk_ke_possible:
+        if share is None and not psk_ke_possible:
             self._retry_for_share(hello, client_groups, retry)
             return
-        transcript = conn.transcript
         if not retry:
-            transcript.set_hash(suite.hash_name)
-        alpn = self._choose_alpn(hello)
-        conn.alpn_protocol = alpn
-        psk_selected = server_psk.try_psk(self, hello, alpn, have_share=chosen_group is not None)
-        if chosen_group is None and psk_selected is None:
+            conn.transcript.set_hash(suite.hash_name)
+        alpn = conn.alpn_protocol = self._choose_alpn(hello)
+        resumed = server_psk.try_psk(self, hello, alpn, have_share=share is not None) is not None
+        if share is None and not resumed:
             # The ticket was refused and psk_ke was all the client could do without a share.
             conn.resumed = False
             conn.alpn_protocol = None
             self._retry_for_share(hello, client_groups, retry)
             return
-        if psk_selected is None and X.SIGNATURE_ALGORITHMS not in exts:
+        self._answer13(hello, retry, share, resumed, alpn)
+
+    def _choose_suite13(self, hello: ClientHello, retry: bool) -> SuiteInfo:
+        """A resumable ticket's suite wins (its PSK is bound to that hash); otherwise
+        our preference among the client's suites."""
+        suite_id = server_psk.ticket_suite(self, hello) if not retry else None
+        if suite_id is None:
+            ours = (s for s in self.config.cipher_suites if SUITES[s].version == TLS13)
+            suite_id = next((s for s in ours if s in hello.cipher_suites), None)
+        if suite_id is None:
+            raise TlsProtocolError(
+                AlertDescription.HANDSHAKE_FAILURE, "no TLS 1.3 cipher suite in common"
+            )
+        previous = self.conn.suite
+        if retry and previous is not None and suite_id != previous.suite:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the cipher suites"
+            )
+        return SUITES[suite_id]
+
+    def _answer13(
+        self,
+        hello: ClientHello,
+        retry: bool,
+        share: tuple[int, bytes] | None,
+        resumed: bool,
+        alpn: bytes | None,
+    ) -> None:
+        """ServerHello, the handshake keys, then the rest of the server's flight."""
+        exts = hello.extensions
+        if not resumed and X.SIGNATURE_ALGORITHMS not in exts:
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION, "ClientHello without signature_algorithms"
             )
         # Chosen before ServerHello: when nothing fits, the alert comes at once.
-        identity = self.choose_certificate(tls13=True) if psk_selected is None else None
-        transcript.add(hello.raw)
+        identity = None if resumed else self.choose_certificate(tls13=True)
+        self.conn.transcript.add(hello.raw)
         early_accepted = False
         if X.EARLY_DATA in exts:
-            early_accepted = server_psk.accept_early_data(self, retry, psk_selected, alpn)
+            early_accepted = server_psk.accept_early_data(self, retry, 0 if resumed else None, alpn)
             if not early_accepted:
-                conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
-        sh_exts = [extension(X.SUPPORTED_VERSIONS, u16(TLS13))]
-        if self.psk_mode == PskKeyExchangeMode.PSK_KE:
-            shared_secret = bytes(suite.hash_length)  # no (EC)DHE in psk_ke
-        else:
-            assert chosen_group is not None
-            server_share, shared_secret = server_exchange(
-                chosen_group, shares[chosen_group], config.random
-            )
-            sh_exts.append(extension(X.KEY_SHARE, u16(chosen_group) + vec16(server_share)))
-        if psk_selected is not None:
-            sh_exts.append(extension(X.PRE_SHARED_KEY, u16(0)))
-        body = (
-            u16(TLS12)
-            + config.random.bytes(32)
-            + vec8(hello.session_id)
-            + u16(suite_id)
-            + b"\x00"
-            + vec16(b"".join(sh_exts))
-        )
-        conn.send_handshake(H.SERVER_HELLO, body)
-        if hello.session_id and not retry:
-            conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
-        schedule = (
-            self.schedule
-            if psk_selected is not None and self.schedule is not None
-            else conn.key_schedule(suite.hash_name)
-        )
-        self.schedule = schedule
-        schedule.enter_handshake(shared_secret)
-        th = transcript.digest()
-        self.client_hs_secret = schedule.derive(schedule.handshake_secret, b"c hs traffic", th)
-        server_hs = schedule.derive(schedule.handshake_secret, b"s hs traffic", th)
-        conn.set_write_secret13(server_hs)
-        if not early_accepted:
-            conn.set_read_secret13(self.client_hs_secret)
-        # EncryptedExtensions
-        ee = []
-        if alpn is not None:
-            ee.append(extension(X.ALPN, m.alpn_body([alpn])))
-        if early_accepted:
-            ee.append(extension(X.EARLY_DATA, b""))
-        if conn.server_name is not None and X.SERVER_NAME in exts and psk_selected is None:
-            ee.append(extension(X.SERVER_NAME, b""))
-        if X.RECORD_SIZE_LIMIT in exts:
-            self._record_size_limit(exts[X.RECORD_SIZE_LIMIT], ee)
-        conn.send_handshake(H.ENCRYPTED_EXTENSIONS, vec16(b"".join(ee)))
+                self.conn.records.skip_early_data = _REJECTED_EARLY_DATA_BUDGET
+        shared_secret = self._send_server_hello13(hello, retry, share, resumed)
+        server_hs = self._derive_handshake_keys13(shared_secret, resumed, early_accepted)
+        self._send_encrypted_extensions(hello, alpn, early_accepted, resumed)
         if identity is not None:  # a full handshake: authenticate with a certificate
             self._send_authentication13(exts, identity)
-        conn.send_handshake(H.FINISHED, schedule.finished_mac(server_hs, transcript.digest()))
-        schedule.enter_master()
-        th = transcript.digest()
-        self.client_app_secret = schedule.derive(schedule.master_secret, b"c ap traffic", th)
-        conn.set_write_secret13(schedule.derive(schedule.master_secret, b"s ap traffic", th))
-        conn.set_exporter_source13(schedule.master_secret, th)
+        self._send_finished13(server_hs)
         if early_accepted:
             self.state = ServerState.WAIT_EOED
         elif self.requested_client_cert:
             self.state = ServerState.WAIT_CERT
         else:
             self.state = ServerState.WAIT_FINISHED
+
+    def _send_server_hello13(
+        self, hello: ClientHello, retry: bool, share: tuple[int, bytes] | None, resumed: bool
+    ) -> bytes:
+        """Send ServerHello (and the compatibility CCS); returns the (EC)DHE secret."""
+        conn = self.conn
+        suite = conn.suite
+        assert suite is not None
+        extensions: dict[int, bytes] = {X.SUPPORTED_VERSIONS: u16(TLS13)}
+        if self.psk_mode == PskKeyExchangeMode.PSK_KE:
+            shared_secret = bytes(suite.hash_length)  # no (EC)DHE in psk_ke
+        else:
+            assert share is not None
+            group, client_share = share
+            server_share, shared_secret = server_exchange(group, client_share, self.config.random)
+            extensions[X.KEY_SHARE] = u16(group) + vec16(server_share)
+        if resumed:
+            extensions[X.PRE_SHARED_KEY] = u16(0)
+        server_hello = ServerHello(
+            self.config.random.bytes(32), hello.session_id, suite.suite, extensions
+        )
+        conn.send_handshake(H.SERVER_HELLO, server_hello.emit())
+        if hello.session_id and not retry:
+            conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
+        return shared_secret
+
+    def _derive_handshake_keys13(
+        self, shared_secret: bytes, resumed: bool, early_accepted: bool
+    ) -> bytes:
+        """Enter the handshake secret and install its keys; returns the server's secret."""
+        conn = self.conn
+        assert conn.suite is not None
+        if not resumed or self.schedule is None:
+            self.schedule = conn.key_schedule(conn.suite.hash_name)
+        schedule = self.schedule
+        schedule.enter_handshake(shared_secret)
+        th = conn.transcript.digest()
+        self.client_hs_secret = schedule.derive(schedule.handshake_secret, b"c hs traffic", th)
+        server_hs = schedule.derive(schedule.handshake_secret, b"s hs traffic", th)
+        conn.set_write_secret13(server_hs)
+        if not early_accepted:
+            conn.set_read_secret13(self.client_hs_secret)
+        return server_hs
+
+    def _send_encrypted_extensions(
+        self, hello: ClientHello, alpn: bytes | None, early_accepted: bool, resumed: bool
+    ) -> None:
+        exts = hello.extensions
+        ee: dict[int, bytes] = {}
+        if alpn is not None:
+            ee[X.ALPN] = m.alpn_body([alpn])
+        if early_accepted:
+            ee[X.EARLY_DATA] = b""
+        if self.conn.server_name is not None and X.SERVER_NAME in exts and not resumed:
+            ee[X.SERVER_NAME] = b""
+        if X.RECORD_SIZE_LIMIT in exts:
+            own = self._record_size_limit(exts[X.RECORD_SIZE_LIMIT])
+            if own is not None:
+                ee[X.RECORD_SIZE_LIMIT] = u16(own)
+        self.conn.send_handshake(H.ENCRYPTED_EXTENSIONS, m.encrypted_extensions(ee))
+
+    def _send_finished13(self, server_hs: bytes) -> None:
+        """The server's Finished; then the application keys for writing."""
+        conn = self.conn
+        schedule = self.schedule
+        assert schedule is not None
+        conn.send_handshake(H.FINISHED, schedule.finished_mac(server_hs, conn.transcript.digest()))
+        schedule.enter_master()
+        th = conn.transcript.digest()
+        self.client_app_secret = schedule.derive(schedule.master_secret, b"c ap traffic", th)
+        conn.set_write_secret13(schedule.derive(schedule.master_secret, b"s ap traffic", th))
+        conn.set_exporter_source13(schedule.master_secret, th)
 
     def _send_authentication13(
         self, exts: dict[int, bytes], identity: tuple[CertifiedKey, int]
@@ -426,7 +395,8 @@ class ServerHandshake:
             )
         self._send_hello_retry_request(hello, wanted)
 
-    def _record_size_limit(self, data: bytes, ee: list[bytes]) -> None:
+    def _record_size_limit(self, data: bytes) -> int | None:
+        """Apply the client's record_size_limit; returns ours to announce, if any."""
         r = Reader(data)
         limit = r.u16()
         r.expect_end("record_size_limit")
@@ -435,10 +405,10 @@ class ServerHandshake:
         self.conn.records.send_limit = limit
         own = self.config.record_size_limit
         if own is not None:
-            ee.append(extension(X.RECORD_SIZE_LIMIT, u16(own)))
             self.conn.records.receive_plaintext_limit = (
                 own - 1 if self.conn.version == TLS13 else own
             )
+        return own
 
     def _send_hello_retry_request(self, hello: ClientHello, group: int) -> None:
         conn = self.conn
@@ -449,16 +419,11 @@ class ServerHandshake:
         conn.transcript.set_hash(conn.suite.hash_name)
         conn.transcript.add(hello.raw)
         conn.transcript.replace_with_message_hash()
-        exts = extension(X.SUPPORTED_VERSIONS, u16(TLS13)) + extension(X.KEY_SHARE, u16(group))
-        body = (
-            u16(TLS12)
-            + HELLO_RETRY_REQUEST_RANDOM
-            + vec8(hello.session_id)
-            + u16(conn.suite.suite)
-            + b"\x00"
-            + vec16(exts)
+        exts: dict[int, bytes] = {X.SUPPORTED_VERSIONS: u16(TLS13), X.KEY_SHARE: u16(group)}
+        retry_request = ServerHello(
+            HELLO_RETRY_REQUEST_RANDOM, hello.session_id, conn.suite.suite, exts
         )
-        conn.send_handshake(H.SERVER_HELLO, body)
+        conn.send_handshake(H.SERVER_HELLO, retry_request.emit())
         if hello.session_id:
             conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         if X.EARLY_DATA in hello.extensions:
@@ -548,6 +513,45 @@ _HANDLERS13: dict[tuple[ServerState, int], Handler[ServerHandshake]] = {
     (_S.WAIT_CV, H.CERTIFICATE_VERIFY): ServerHandshake._client_certificate_verify13,
     (_S.WAIT_FINISHED, H.FINISHED): ServerHandshake._client_finished13,
 }
+
+
+def _check_hello13(hello: ClientHello) -> None:
+    if hello.compression != b"\x00":
+        raise TlsProtocolError(
+            AlertDescription.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello offers compression"
+        )
+    exts = hello.extensions
+    if X.PRE_SHARED_KEY in exts and hello.extension_order[-1] != X.PRE_SHARED_KEY:
+        raise TlsProtocolError(
+            AlertDescription.ILLEGAL_PARAMETER, "pre_shared_key is not the last extension"
+        )
+
+
+def _parse_key_shares(exts: dict[int, bytes]) -> tuple[list[int], dict[int, bytes]]:
+    """The client's supported_groups and its key shares by group."""
+    client_groups = (
+        Reader(exts[X.SUPPORTED_GROUPS]).u16_list(2, minimum=2)
+        if X.SUPPORTED_GROUPS in exts
+        else []
+    )
+    shares: dict[int, bytes] = {}
+    ks = Reader(exts.get(X.KEY_SHARE, b"\x00\x00"))
+    share_list = ks.sub(2)
+    ks.expect_end("key_share")
+    while not share_list.at_end():
+        group = share_list.u16()
+        share = share_list.vector(2, minimum=1)
+        if group in shares:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "two key shares for one group"
+            )
+        shares[group] = share
+    if not set(shares) <= set(client_groups):
+        raise TlsProtocolError(
+            AlertDescription.ILLEGAL_PARAMETER, "key share for a group not in supported_groups"
+        )
+    return client_groups, shares
+
 
 # RFC 7507: a client retrying with a lower version than it would like says so.
 FALLBACK_SCSV = 0x5600

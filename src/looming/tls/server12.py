@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import messages as m
 from . import ocsp, tls12
@@ -25,15 +25,21 @@ from .constants import (
 from .errors import TlsProtocolError
 from .events import HandshakeComplete
 from .keyexchange import KeyShare
+from .messages import ClientHello, ServerHello
 from .record import Protection
 from .session import TicketState
 from .signing import sign
 from .states import Handler, Server12State, dispatch, unexpected
 from .suites import SUITES
-from .wire import Reader, extension, u16, u16_list, u32, vec8, vec16
+from .wire import Reader, u16, u16_list, u32, vec8, vec16
 
 if TYPE_CHECKING:
-    from .server import ClientHello, ServerHandshake
+    from .server import ServerHandshake
+
+
+class _Groups(NamedTuple):
+    client_groups: list[int]  # the client's supported_groups
+    chosen: int  # the ECDHE group for ServerKeyExchange
 
 
 class Server12:
@@ -54,10 +60,43 @@ class Server12:
         self.ems = True  # RFC 7627 negotiated (set from the ClientHello)
 
     def client_hello(self, hello: ClientHello) -> None:
+        """Negotiate from the ClientHello, then resume by ticket or run a full handshake."""
         conn = self.conn
-        config = self.config
-        exts = hello.extensions
         self.client_random = hello.random
+        secure_reneg, group = self._check_client_hello(hello)
+        alpn = conn.alpn_protocol = self.hs._choose_alpn(hello)
+        exts = hello.extensions
+        state = self._open_ticket(hello)
+        # Tickets only for EMS sessions: they carry no EMS flag (RFC 7627 section 5.3).
+        self.issue_ticket = (
+            self.ems and X.SESSION_TICKET in exts and self.config.session_tickets > 0
+        )
+        if state is not None:
+            suite_id, certified, scheme = state.cipher_suite, None, 0
+        else:
+            suite_id, certified, scheme = self._choose_suite(hello, group.client_groups)
+        conn.suite = SUITES[suite_id]
+        conn.transcript.set_hash(conn.suite.hash_name)
+        conn.transcript.add(hello.raw)
+        self.server_random = self.config.random.bytes(24) + (
+            DOWNGRADE_TLS12 if TLS13 in self.config.versions else self.config.random.bytes(8)
+        )
+        server_hello = ServerHello(
+            self.server_random,
+            hello.session_id if state is not None else b"",
+            suite_id,
+            self._server_hello_extensions(exts, secure_reneg, alpn, certified),
+        )
+        conn.send_handshake(H.SERVER_HELLO, server_hello.emit())
+        if state is not None:
+            self._resume(state)
+            return
+        assert certified is not None
+        self._send_full_flight(exts, certified, scheme, group.chosen)
+
+    def _check_client_hello(self, hello: ClientHello) -> tuple[bool, _Groups]:
+        """Whether the client signals secure renegotiation, and the ECDHE group."""
+        exts = hello.extensions
         secure_reneg = EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
         if X.RENEGOTIATION_INFO in exts:
             if exts[X.RENEGOTIATION_INFO] != b"\x00":
@@ -65,8 +104,8 @@ class Server12:
                     AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
                 )
             secure_reneg = True
-        ems = self.ems = X.EXTENDED_MASTER_SECRET in exts
-        tls12.check_extended_master_secret(config, ems, "client")
+        self.ems = X.EXTENDED_MASTER_SECRET in exts
+        tls12.check_extended_master_secret(self.config, self.ems, "client")
         if X.EC_POINT_FORMATS in exts and 0 not in Reader(exts[X.EC_POINT_FORMATS]).vector(
             1, minimum=1
         ):
@@ -78,7 +117,8 @@ class Server12:
             if X.SUPPORTED_GROUPS in exts
             else [23]
         )
-        group = next((g for g in config.groups if g in tls12.GROUPS12 and g in client_groups), None)
+        ours = (g for g in self.config.groups if g in tls12.GROUPS12)
+        group = next((g for g in ours if g in client_groups), None)
         if group is None:
             raise TlsProtocolError(AlertDescription.HANDSHAKE_FAILURE, "no ECDHE group in common")
         if not self.hs.client_schemes:
@@ -86,73 +126,72 @@ class Server12:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "ClientHello without signature_algorithms"
             )
-        alpn = self.hs._choose_alpn(hello)
-        conn.alpn_protocol = alpn
-        # Resumption by ticket (RFC 5077).
-        state = None
-        if ems and X.SESSION_TICKET in exts and exts[X.SESSION_TICKET] and config.ticket_keys:
-            state = config.ticket_keys.open(exts[X.SESSION_TICKET])
-            now_ms = config.clock.now_ns() // 1_000_000
-            if state is not None and (
-                state.version != TLS12
-                or state.cipher_suite not in hello.cipher_suites
-                or state.cipher_suite not in config.cipher_suites
-                or now_ms - state.issued_ms > state.lifetime_s * 1000
-            ):
-                state = None
-        # Tickets only for EMS sessions: they carry no EMS flag (RFC 7627 section 5.3).
-        self.issue_ticket = ems and X.SESSION_TICKET in exts and config.session_tickets > 0
-        if state is not None:
-            suite_id = state.cipher_suite
-            certified: CertifiedKey | None = None
-            scheme = 0
-        else:
-            suite_id, certified, scheme = self._choose_suite(hello, client_groups)
-        conn.suite = SUITES[suite_id]
-        conn.transcript.set_hash(conn.suite.hash_name)
-        conn.transcript.add(hello.raw)
-        self.server_random = config.random.bytes(24) + (
-            DOWNGRADE_TLS12 if TLS13 in config.versions else config.random.bytes(8)
-        )
-        sh_exts = []
+        return secure_reneg, _Groups(client_groups, group)
+
+    def _open_ticket(self, hello: ClientHello) -> TicketState | None:
+        """The session of a ticket we can resume (RFC 5077), if the client sent one."""
+        exts = hello.extensions
+        config = self.config
+        ticket = exts.get(X.SESSION_TICKET)
+        if not (self.ems and ticket and config.ticket_keys):
+            return None
+        state = config.ticket_keys.open(ticket)
+        now_ms = config.clock.now_ns() // 1_000_000
+        if state is None or (
+            state.version != TLS12
+            or state.cipher_suite not in hello.cipher_suites
+            or state.cipher_suite not in config.cipher_suites
+            or now_ms - state.issued_ms > state.lifetime_s * 1000
+        ):
+            return None
+        return state
+
+    def _server_hello_extensions(
+        self,
+        exts: dict[int, bytes],
+        secure_reneg: bool,
+        alpn: bytes | None,
+        certified: CertifiedKey | None,
+    ) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
         if secure_reneg:
-            sh_exts.append(extension(X.RENEGOTIATION_INFO, vec8(b"")))
-        if ems:
-            sh_exts.append(extension(X.EXTENDED_MASTER_SECRET, b""))
+            out[X.RENEGOTIATION_INFO] = vec8(b"")
+        if self.ems:
+            out[X.EXTENDED_MASTER_SECRET] = b""
         if X.EC_POINT_FORMATS in exts:
-            sh_exts.append(extension(X.EC_POINT_FORMATS, vec8(b"\x00")))
+            out[X.EC_POINT_FORMATS] = vec8(b"\x00")
         if alpn is not None:
-            sh_exts.append(extension(X.ALPN, m.alpn_body([alpn])))
+            out[X.ALPN] = m.alpn_body([alpn])
         if self.issue_ticket:
-            sh_exts.append(extension(X.SESSION_TICKET, b""))
-        sh_exts.extend(ocsp.server_hello_extension12(exts, certified if state is None else None))
+            out[X.SESSION_TICKET] = b""
+        if ocsp.server_hello_extension12(exts, certified):
+            out[X.STATUS_REQUEST] = b""  # a CertificateStatus follows
         if X.RECORD_SIZE_LIMIT in exts:
-            ee: list[bytes] = []
-            self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT], ee)
-            sh_exts.extend(ee)
-        session_id = hello.session_id if state is not None else b""
-        body = (
-            u16(TLS12)
-            + self.server_random
-            + vec8(session_id)
-            + u16(suite_id)
-            + b"\x00"
-            + vec16(b"".join(sh_exts))
+            own = self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT])
+            if own is not None:
+                out[X.RECORD_SIZE_LIMIT] = u16(own)
+        return out
+
+    def _resume(self, state: TicketState) -> None:
+        """The abbreviated handshake: keys from the ticket's master secret, our Finished first."""
+        conn = self.conn
+        self.abbreviated = True
+        conn.resumed = True
+        if state.client_chain_der:
+            conn.peer_certificates = parse_chain(state.client_chain_der)
+            self.client_chain = state.client_chain_der
+        self.client_write, self.server_write = tls12.install_keys(
+            conn, state.secret, self.client_random, self.server_random
         )
-        conn.send_handshake(H.SERVER_HELLO, body)
-        if state is not None:
-            self.abbreviated = True
-            conn.resumed = True
-            if state.client_chain_der:
-                conn.peer_certificates = parse_chain(state.client_chain_der)
-                self.client_chain = state.client_chain_der
-            self.client_write, self.server_write = tls12.install_keys(
-                conn, state.secret, self.client_random, self.server_random
-            )
-            self._send_ticket_ccs_finished()
-            self.state = Server12State.WAIT_CCS
-            return
-        assert certified is not None
+        self._send_ticket_ccs_finished()
+        self.state = Server12State.WAIT_CCS
+
+    def _send_full_flight(
+        self, exts: dict[int, bytes], certified: CertifiedKey, scheme: int, group: int
+    ) -> None:
+        """Certificate, CertificateStatus, ServerKeyExchange, CertificateRequest, ServerHelloDone."""
+        conn = self.conn
+        config = self.config
         conn.send_handshake(H.CERTIFICATE, m.certificate12(certified.chain_der))
         ocsp.send_status12(conn, exts, certified)
         self.share = KeyShare(group, config.random)

@@ -22,6 +22,7 @@ from .constants import (
 )
 from .errors import TlsProtocolError
 from .keyschedule import resumption_psk
+from .messages import ClientHello
 from .session import TicketState
 from .suites import SUITES
 from .wire import Reader, extension, u8, u32, vec8, vec16
@@ -31,7 +32,7 @@ X = plain_values(ExtensionType)
 H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
-    from .server import ClientHello, ServerHandshake
+    from .server import ServerHandshake
 
 # How far the client's idea of a ticket's age may differ from ours for 0-RTT.
 EARLY_DATA_AGE_WINDOW_MS = 10_000
