@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from ipaddress import IPv6Address
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -21,7 +21,7 @@ from looming.net.ipv6 import Ipv6Layer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
 from looming.net.netif.memory import MemorySwitch
 from looming.net.stack import DirectStack
-from looming.net.wire import ipv6, ndp
+from looming.net.wire import icmpv6, ipv6, ndp
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
@@ -275,3 +275,35 @@ def test_hostile_fragments_are_dropped() -> None:
         await settle()
 
     run(body)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    bodies=st.lists(st.binary(max_size=160), min_size=1, max_size=12),
+    types=st.lists(st.sampled_from([128, 129, 133, 134, 135, 136, 137, 1, 2]), min_size=1),
+)
+def test_random_ipv6_input_is_counted_never_raised(bodies: list[bytes], types: list[int]) -> None:
+    """Random bytes behind plausible IPv6 headers (extension headers,
+    fragments, UDP, and ICMPv6 with a right checksum, so that Neighbor
+    Discovery parses them) are counted and dropped, never raised."""
+
+    async def main() -> None:
+        a, b = await ipv6_pair()
+        assert b.ipv6 is not None
+        ours, theirs = b.ipv6.link_local, IPv6Address("fe80::1234")
+        for i, body in enumerate(bodies):
+            frames = [body]
+            for next_header in (0, 17, 43, 44, 60, 99):
+                header = ipv6.Ipv6Header(theirs, ours, next_header, 255)
+                frames.append(ipv6.emit(header, body))
+            kind = types[i % len(types)]
+            message = icmpv6.emit(icmpv6.Icmpv6Header(kind, 0, len(body)), body, theirs, ours)
+            frames.append(ipv6.emit(ipv6.Ipv6Header(theirs, ours, 58, 255), message))
+            for packet in frames:
+                b.ethernet.input(bytes(b.ethernet.mac) + bytes(OTHER_MAC) + b"\x86\xdd" + packet)
+        await settle(20)
+        assert b.ethernet.counters["handler_error"] == 0, b.ethernet.last_handler_error
+        await a.disconnect()
+        await b.disconnect()
+
+    asyncio.run(main())
