@@ -139,10 +139,12 @@ def test_tls_over_vchan(pki: Pki, vchan_registry: Path) -> None:
     server_config, client_config = configs(pki)
 
     async def main() -> None:
-        listener = await vchan.listen("looming-tls", "tls", read_min=4096, write_min=4096)
+        listener = await vchan.listen(
+            "looming-tls", "tls", read_min=4096, write_min=4096, time=UnixTime()
+        )
         try:
             accepting = asyncio.create_task(listener.accept())
-            client_flow = await vchan.connect("looming-tls", "tls")
+            client_flow = await vchan.connect("looming-tls", "tls", time=UnixTime())
             server_flow = await accepting
         finally:
             await listener.close()
