@@ -10,8 +10,9 @@ Packets larger than the link's MTU are fragmented at the source (RFC 8200
 (overlapping fragments drop the whole, RFC 5722; atomic fragments, which
 nobody should send any more (RFC 8021), are counted and dropped).
 
-Not here yet: routers and SLAAC, duplicate address detection, MLD reports,
-path MTU discovery and ICMPv6 errors sent or taken.
+Errors sent: destination unreachable (UDP's port unreachable), rate
+limited. Not here yet: routers and SLAAC, duplicate address detection, MLD
+reports, path MTU discovery, the other ICMPv6 errors, and errors received.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class Ipv6Layer:
         self._outgoing: deque[tuple[MacAddress, bytes]] = deque()
         self._drain_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # A token bucket on the errors we send (RFC 4443 2.4(f)).
+        self.error_burst = 50
+        self.errors_per_second = 1000
+        self._error_tokens = float(self.error_burst)
+        self._error_refilled_ns = time.now_ns()
         self.add_address(self.link_local)
         ethernet.register(EthernetProtocol.IPV6, self._on_frame)
 
@@ -392,6 +398,40 @@ class Ipv6Layer:
         for solicitation in self.neighbours.on_timer(self._now()):
             self._solicit(solicitation)
         self._arm_timer()
+
+    # -- errors we send ----------------------------------------------------------------
+
+    def destination_unreachable(
+        self, original: ReceivedPacket[IPv6Address], payload: bytes, code: int
+    ) -> None:
+        """Tell the sender of ``original`` (with ``payload``) that it cannot
+        be delivered (RFC 4443 3.1), quoting as much of it as fits a
+        minimum-MTU packet; never about a packet sent to a group or from no
+        address (RFC 4443 2.4(e)), and rate limited."""
+        if original.destination.is_multicast or original.source.is_unspecified:
+            return
+        if not self._error_allowed():
+            self.counters["tx_error_rate_limited"] += 1
+            return
+        quoted = icmpv6.error_quote(original.header + payload)
+        header = Icmpv6Header(Icmpv6Type.DESTINATION_UNREACHABLE, code)
+        source = original.destination
+        message = icmpv6.emit(header, quoted, source, original.source)
+        self.counters["tx_unreachable"] += 1
+        self._send(original.source, NextHeader.ICMPV6, message, source=source)
+
+    def _error_allowed(self) -> bool:
+        now = self._now()
+        elapsed_s = (now - self._error_refilled_ns) / 1e9
+        self._error_refilled_ns = now
+        tokens = min(
+            float(self.error_burst), self._error_tokens + elapsed_s * self.errors_per_second
+        )
+        if tokens < 1.0:
+            self._error_tokens = tokens
+            return False
+        self._error_tokens = tokens - 1.0
+        return True
 
     # -- ping ------------------------------------------------------------------------
 

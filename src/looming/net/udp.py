@@ -18,6 +18,7 @@ from looming.net.ipv4 import Ipv4Layer
 from looming.net.ipv6 import Ipv6Layer
 from looming.net.wire import udp as wire
 from looming.net.wire.checksum import internet_checksum
+from looming.net.wire.icmpv6 import UnreachableCode
 from looming.net.wire.udp import UdpHeader
 
 EPHEMERAL_PORTS = (49152, 65535)
@@ -211,8 +212,11 @@ class UdpLayer:
         binding = self._bindings.get(header.destination_port)
         if binding is None or (binding[1] is not None and binding[1] != destination):
             self.counters["no_listener"] += 1
-            if self._icmp is not None and isinstance(packet.source, IPv4Address):
-                self._icmp.port_unreachable(packet, payload)
+            if isinstance(packet.source, IPv4Address):
+                if self._icmp is not None:
+                    self._icmp.port_unreachable(packet, payload)
+            elif self._ipv6 is not None:
+                self._ipv6.destination_unreachable(packet, payload, UnreachableCode.PORT)
             return
         self.counters["rx_datagrams"] += 1
         handler = binding[0]
