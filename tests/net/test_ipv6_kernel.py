@@ -151,6 +151,33 @@ def test_udp_over_ipv6_with_the_kernels_sockets(kernel_peer: KernelPeer) -> None
     kernel_peer.run(body, ipv6=True)
 
 
+CLOSED_PORT_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect(socket.getaddrinfo(sys.argv[1], 5999, socket.AF_INET6)[0][4])
+s.send(b"anyone?")
+try:
+    s.recv(100)
+except ConnectionRefusedError:
+    print("refused", flush=True)
+"""
+
+
+def test_a_closed_udp_port_answers_with_icmpv6_port_unreachable(kernel_peer: KernelPeer) -> None:
+    without_dad(kernel_peer)
+
+    async def body(stack: DirectStack) -> None:
+        assert stack.ipv6 is not None
+        target = f"{stack.ipv6.link_local}%{kernel_peer.tap_name}"
+        out = await kernel_peer.exec_output(sys.executable, "-c", CLOSED_PORT_CLIENT, target)
+        # The kernel matched the error to its socket: the quote was right.
+        assert out.split() == ["refused"]
+        assert stack.counters()["ipv6.tx_unreachable"] == 1
+
+    kernel_peer.run(body, ipv6=True)
+
+
 def test_tshark_decodes_the_ipv6_capture(kernel_peer: KernelPeer, tmp_path: Path) -> None:
     without_dad(kernel_peer)
     capture = tmp_path / "ipv6.pcap"

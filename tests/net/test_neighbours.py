@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from looming.devices.net import MacAddress
+from looming.devices.net import MacAddress, ReceivedPacket
 from looming.devices.stack import Datagram
 from looming.errors import ConnectionTimeout
 from looming.net.ipv6 import Ipv6Layer
@@ -223,6 +223,29 @@ def test_an_unanswered_ping_times_out_after_the_solicitations() -> None:
         with pytest.raises(ConnectionTimeout):
             await a.ping(IPv6Address("fe80::beef"), timeout=0.2)
         assert a.counters()["ipv6.tx_solicit"] == 1
+
+    run(body)
+
+
+def test_a_closed_port_answers_with_a_quoting_port_unreachable() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        await a.ping(b6.link_local, timeout=1)  # both resolved first
+        errors: list[tuple[ReceivedPacket[IPv6Address], bytes]] = []
+        a6.register(58, lambda packet, payload: errors.append((packet, payload)))
+        await a.udp.send(b6.link_local, 5999, b"x" * 2000, source_port=4444)  # two fragments
+        for _ in range(20):
+            await settle()
+        ((packet, message),) = errors
+        assert (packet.source, packet.destination) == (b6.link_local, a6.link_local)
+        header, quoted = icmpv6.parse(message, packet.source, packet.destination)
+        assert (header.type, header.code) == (1, 4)
+        # The reassembled datagram's header (next header UDP, its whole
+        # length), then as much of the datagram as fits.
+        whole = ipv6.emit_header(ipv6.Ipv6Header(a6.link_local, b6.link_local, 17), 2008)
+        assert bytes(quoted[:40]) == whole
+        assert len(quoted) == 1232  # RFC 4443: what a 1280-byte packet holds
+        assert bytes(quoted[40:44]) == (4444).to_bytes(2, "big") + (5999).to_bytes(2, "big")
+        assert bytes(quoted[48:]) == b"x" * (1232 - 48)
 
     run(body)
 
