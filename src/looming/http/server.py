@@ -259,7 +259,9 @@ class HttpServer:
     The Date header reads ``clock``, the unikernel's clock device.
     """
 
-    def __init__(self, handler: Handler, config: ServerConfig | None = None, *, clock: Clock) -> None:
+    def __init__(
+        self, handler: Handler, config: ServerConfig | None = None, *, clock: Clock
+    ) -> None:
         self.handler = handler
         self.config = config if config is not None else ServerConfig()
         self._date = _DateHeader(clock)
