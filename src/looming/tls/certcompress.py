@@ -23,7 +23,7 @@ from .wire import Reader, extension, u16, vec8, vec24
 
 if TYPE_CHECKING:
     from .certs import CertifiedKey
-    from .engine import TlsConnection
+    from .link import HandshakeConnection as TlsConnection
 
 ZLIB = 1
 BROTLI = 2

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import certcompress, client_psk
 from . import messages as m
+from .client12 import Client12
 from .constants import (
     DOWNGRADE_TLS11,
     DOWNGRADE_TLS12,
@@ -34,16 +35,17 @@ X = plain_values(ExtensionType)
 H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
-    from .client12 import Client12
     from .config import TlsConfig
-    from .engine import TlsConnection
+    from .link import HandshakeConnection
 
 
 class ClientHandshake:
-    def __init__(self, conn: TlsConnection, session: Session | None, early_data: bytes) -> None:
+    def __init__(
+        self, conn: HandshakeConnection, session: Session | None, early_data: bytes
+    ) -> None:
         # Weak: the connection owns this object, and a strong reference back
         # would leave every finished connection for the cycle collector.
-        self.conn = weakref.proxy(conn)
+        self.conn: HandshakeConnection = weakref.proxy(conn)
         self.config = conn.config
         cache = self.config.session_cache
         if session is None and cache is not None:
@@ -81,7 +83,7 @@ class ClientHandshake:
         self.conn.client_random = self.random
         compatible = self.config.middlebox_compatibility or TLS12 in self.config.versions
         self.session_id = rand.bytes(32) if compatible else b""
-        session = self._usable_session()
+        session = self.usable_session()
         # Resuming by psk_ke alone needs no key share; the server asks for one
         # (HelloRetryRequest) if it refuses the ticket.
         psk_ke_only = list(self.config.psk_key_exchange_modes) == [PskKeyExchangeMode.PSK_KE]
@@ -96,7 +98,7 @@ class ClientHandshake:
         self.conn.records.plaintext_version = b"\x03\x03"
         self.state = ClientState.WAIT_SERVER_HELLO
 
-    def _usable_session(self) -> Session | None:
+    def usable_session(self) -> Session | None:
         session = self.offered_session
         if session is None or session.version not in self.config.versions:
             return None
@@ -125,7 +127,7 @@ class ClientHandshake:
                 exts.append(sni)
         exts.append(static.before_ticket)
         if offer12:
-            session = self._usable_session()
+            session = self.usable_session()
             ticket12 = session.ticket if session is not None and session.version == TLS12 else b""
             exts.append(extension(X.SESSION_TICKET, ticket12))
         if offer13:
@@ -134,7 +136,7 @@ class ClientHandshake:
         exts.append(static.after_key_share)
         if self.cookie:
             exts.append(extension(X.COOKIE, vec16(self.cookie)))
-        session = self._usable_session() if offer13 else None
+        session = self.usable_session() if offer13 else None
         psk13 = session if session is not None and session.version == TLS13 else None
         if (
             psk13 is not None
@@ -236,8 +238,6 @@ class ClientHandshake:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "downgrade to TLS 1.2 detected"
             )
-        from .client12 import Client12
-
         self.state = ClientState.TLS12
         self.v12 = Client12(self)
         self.v12.server_hello(hello.random, hello.session_id, hello.extensions, raw)
@@ -395,7 +395,7 @@ class ClientHandshake:
                     )
                 conn.early_data_accepted = True
             elif ext_type == X.RECORD_SIZE_LIMIT:
-                self._record_size_limit(data)
+                self.record_size_limit(data)
             elif ext_type in (X.SERVER_NAME, X.SUPPORTED_GROUPS):
                 pass
             else:
@@ -406,7 +406,7 @@ class ClientHandshake:
         conn.transcript.add(raw)
         self.state = ClientState.WAIT_FINISHED if conn.resumed else ClientState.WAIT_CERT_CR
 
-    def _record_size_limit(self, data: bytes) -> None:
+    def record_size_limit(self, data: bytes) -> None:
         rr = Reader(data)
         limit = rr.u16()
         rr.expect_end("record_size_limit")
@@ -493,7 +493,7 @@ class ClientHandshake:
             schedule.master_secret, b"res master", conn.transcript.digest()
         )
         self.state = ClientState.CONNECTED
-        self._complete()
+        self.complete()
 
     def _new_session_ticket13(self, body: bytes, raw: bytes) -> None:
         client_psk.new_session_ticket13(self, body)
@@ -519,7 +519,7 @@ class ClientHandshake:
             m.make_certificate_verify(certified, scheme, content, self.config.random),
         )
 
-    def _complete(self) -> None:
+    def complete(self) -> None:
         conn = self.conn
         assert conn.suite is not None and conn.version is not None
         if conn.resumed and self.offered_session is not None and not conn.peer_certificates:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import messages as m
 from . import tls12
@@ -27,7 +27,28 @@ from .states import Client12State, Handler, dispatch, unexpected
 from .wire import Reader, u16, vec8, vec16
 
 if TYPE_CHECKING:
-    from .client import ClientHandshake
+    from .config import TlsConfig
+    from .link import HandshakeConnection
+
+
+class ClientHandshake13(Protocol):
+    """What the TLS 1.2 client takes over from the handshake that began as 1.3-capable
+    (``client.ClientHandshake``): its hello, its session, how it ends."""
+
+    config: TlsConfig
+    conn: HandshakeConnection
+    random: bytes  # ClientHello.random
+    session_id: bytes
+    offered_session: Session | None
+    server_chain: list[bytes]
+
+    def usable_session(self) -> Session | None: ...
+
+    def record_size_limit(self, data: bytes) -> None: ...
+
+    def remember(self, session: Session) -> None: ...
+
+    def complete(self) -> None: ...
 
 
 _OFFERED12 = {
@@ -42,8 +63,10 @@ _OFFERED12 = {
 
 
 class Client12:
-    def __init__(self, hs: ClientHandshake) -> None:
-        self.hs = weakref.proxy(hs)  # hs owns this object (see ClientHandshake.conn)
+    def __init__(self, hs: ClientHandshake13) -> None:
+        self.hs: ClientHandshake13 = weakref.proxy(
+            hs
+        )  # hs owns this object (see ClientHandshake.conn)
         self.conn = hs.conn
         self.config = hs.config
         self.state = Client12State.WAIT_CERTIFICATE
@@ -86,11 +109,11 @@ class Client12:
                 )
             conn.alpn_protocol = chosen[0]
         if X.RECORD_SIZE_LIMIT in exts:
-            self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT])
+            self.hs.record_size_limit(exts[X.RECORD_SIZE_LIMIT])
         self.expect_ticket = X.SESSION_TICKET in exts
         conn.transcript.set_hash(suite.hash_name)
         conn.transcript.add(raw)
-        session = self.hs._usable_session()
+        session = self.hs.usable_session()
         if session is not None and session.version == TLS12 and session_id == self.hs.session_id:
             if session.cipher_suite != suite.suite:
                 raise TlsProtocolError(
@@ -243,7 +266,7 @@ class Client12:
                 or (self.hs.offered_session.peer_chain_der if self.hs.offered_session else []),
             )
             self.hs.remember(session)
-        self.hs._complete()
+        self.hs.complete()
 
 
 # The TLS 1.2 handshake's transitions: (state, message type) -> handler.

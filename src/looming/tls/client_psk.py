@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from looming.errors import UsageError
 
@@ -25,10 +25,28 @@ X = plain_values(ExtensionType)
 H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
-    from .client import ClientHandshake
+    from .config import TlsConfig
+    from .keyschedule import KeySchedule13
+    from .link import HandshakeConnection
 
 
-def send_with_psk(hs: ClientHandshake, head: bytes, exts: list[bytes], session: Session) -> None:
+class ResumingClient(Protocol):
+    """What resumption reads and sets of the client handshake (``client.ClientHandshake``)."""
+
+    config: TlsConfig
+    conn: HandshakeConnection
+    offered_session: Session | None
+    offered_psk: bool
+    schedule: KeySchedule13 | None
+    early_data: bytes
+    early_data_sent: bytes
+    resumption_master: bytes
+    server_chain: list[bytes]
+
+    def remember(self, session: Session) -> None: ...
+
+
+def send_with_psk(hs: ResumingClient, head: bytes, exts: list[bytes], session: Session) -> None:
     """Append pre_shared_key (last) and fill in its binder over the truncated hello."""
     suite = SUITES[session.cipher_suite]
     hs.offered_psk = True
@@ -58,7 +76,7 @@ def send_with_psk(hs: ClientHandshake, head: bytes, exts: list[bytes], session: 
     )
 
 
-def send_early_data(hs: ClientHandshake, session: Session) -> None:
+def send_early_data(hs: ResumingClient, session: Session) -> None:
     assert hs.schedule is not None
     suite = SUITES[session.cipher_suite]
     conn = hs.conn
@@ -73,7 +91,7 @@ def send_early_data(hs: ClientHandshake, session: Session) -> None:
     conn.records.write_records(ContentType.APPLICATION_DATA, hs.early_data_sent)
 
 
-def new_session_ticket13(hs: ClientHandshake, body: bytes) -> None:
+def new_session_ticket13(hs: ResumingClient, body: bytes) -> None:
     conn = hs.conn
     assert conn.suite is not None
     r = Reader(body)

@@ -25,7 +25,7 @@ from .wire import extension, vec24
 
 if TYPE_CHECKING:
     from .certs import CertifiedKey
-    from .engine import TlsConnection
+    from .link import HandshakeConnection as TlsConnection
 
 _OCSP = 1  # CertificateStatusType.ocsp
 

@@ -24,6 +24,7 @@ from .events import HandshakeComplete
 from .keyexchange import server_exchange
 from .keyschedule import KeySchedule13
 from .messages import ClientHello, ServerHello
+from .server12 import Server12
 from .session import TicketState
 from .states import Handler, ServerState, dispatch, unexpected
 from .suites import SUITES, SuiteInfo
@@ -34,18 +35,17 @@ X = plain_values(ExtensionType)
 H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
-    from .engine import TlsConnection
-    from .server12 import Server12
+    from .link import HandshakeConnection
 
 # Undecryptable early data we skip after rejecting 0-RTT (RFC 8446 section 4.2.10).
 _REJECTED_EARLY_DATA_BUDGET = 1 << 17
 
 
 class ServerHandshake:
-    def __init__(self, conn: TlsConnection) -> None:
+    def __init__(self, conn: HandshakeConnection) -> None:
         # Weak: the connection owns this object, and a strong reference back
         # would leave every finished connection for the cycle collector.
-        self.conn = weakref.proxy(conn)
+        self.conn: HandshakeConnection = weakref.proxy(conn)
         self.config = conn.config
         self.state = ServerState.WAIT_CLIENT_HELLO
         self.hrr_group: int | None = None
@@ -132,8 +132,6 @@ class ServerHandshake:
                 hello.extensions[X.SIGNATURE_ALGORITHMS_CERT]
             ).u16_list(2, minimum=2)
         if version == TLS12:
-            from .server12 import Server12
-
             self.conn.version = TLS12
             self.state = ServerState.TLS12
             self.v12 = Server12(self)
@@ -157,7 +155,7 @@ class ServerHandshake:
         # from now on is an error, not more early data.
         self.conn.records.skip_early_data = 0
 
-    def _choose_alpn(self, hello: ClientHello) -> bytes | None:
+    def choose_alpn(self, hello: ClientHello) -> bytes | None:
         if X.ALPN not in hello.extensions or not self.config.alpn_protocols:
             return None
         offered = m.parse_alpn(hello.extensions[X.ALPN])
@@ -229,7 +227,7 @@ class ServerHandshake:
             return
         if not retry:
             conn.transcript.set_hash(suite.hash_name)
-        alpn = conn.alpn_protocol = self._choose_alpn(hello)
+        alpn = conn.alpn_protocol = self.choose_alpn(hello)
         resumed = server_psk.try_psk(self, hello, alpn, have_share=share is not None) is not None
         if share is None and not resumed:
             # The ticket was refused and psk_ke was all the client could do without a share.
@@ -347,7 +345,7 @@ class ServerHandshake:
         if self.conn.server_name is not None and X.SERVER_NAME in exts and not resumed:
             ee[X.SERVER_NAME] = b""
         if X.RECORD_SIZE_LIMIT in exts:
-            own = self._record_size_limit(exts[X.RECORD_SIZE_LIMIT])
+            own = self.record_size_limit(exts[X.RECORD_SIZE_LIMIT])
             if own is not None:
                 ee[X.RECORD_SIZE_LIMIT] = u16(own)
         self.conn.send_handshake(H.ENCRYPTED_EXTENSIONS, m.encrypted_extensions(ee))
@@ -395,7 +393,7 @@ class ServerHandshake:
             )
         self._send_hello_retry_request(hello, wanted)
 
-    def _record_size_limit(self, data: bytes) -> int | None:
+    def record_size_limit(self, data: bytes) -> int | None:
         """Apply the client's record_size_limit; returns ours to announce, if any."""
         r = Reader(data)
         limit = r.u16()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from . import messages as m
 from . import ocsp, tls12
@@ -34,7 +34,25 @@ from .suites import SUITES
 from .wire import Reader, u16, u16_list, u32, vec8, vec16
 
 if TYPE_CHECKING:
-    from .server import ServerHandshake
+    from .config import TlsConfig
+    from .link import HandshakeConnection
+
+
+class ServerHandshake13(Protocol):
+    """What the TLS 1.2 server takes from the handshake that read the ClientHello
+    (``server.ServerHandshake``): its choices of protocol, certificate and limits."""
+
+    config: TlsConfig
+    conn: HandshakeConnection
+    client_schemes: list[int]
+
+    def choose_alpn(self, hello: ClientHello) -> bytes | None: ...
+
+    def record_size_limit(self, data: bytes) -> int | None: ...
+
+    def choose_certificate(
+        self, tls13: bool, allowed_auth: str | None = None, client_groups: list[int] | None = None
+    ) -> tuple[CertifiedKey, int]: ...
 
 
 class _Groups(NamedTuple):
@@ -43,8 +61,10 @@ class _Groups(NamedTuple):
 
 
 class Server12:
-    def __init__(self, hs: ServerHandshake) -> None:
-        self.hs = weakref.proxy(hs)  # hs owns this object (see ServerHandshake.conn)
+    def __init__(self, hs: ServerHandshake13) -> None:
+        self.hs: ServerHandshake13 = weakref.proxy(
+            hs
+        )  # hs owns this object (see ServerHandshake.conn)
         self.conn = hs.conn
         self.config = hs.config
         self.state = Server12State.WAIT_CKE
@@ -64,7 +84,7 @@ class Server12:
         conn = self.conn
         self.client_random = hello.random
         secure_reneg, group = self._check_client_hello(hello)
-        alpn = conn.alpn_protocol = self.hs._choose_alpn(hello)
+        alpn = conn.alpn_protocol = self.hs.choose_alpn(hello)
         exts = hello.extensions
         state = self._open_ticket(hello)
         # Tickets only for EMS sessions: they carry no EMS flag (RFC 7627 section 5.3).
@@ -167,7 +187,7 @@ class Server12:
         if ocsp.server_hello_extension12(exts, certified):
             out[X.STATUS_REQUEST] = b""  # a CertificateStatus follows
         if X.RECORD_SIZE_LIMIT in exts:
-            own = self.hs._record_size_limit(exts[X.RECORD_SIZE_LIMIT])
+            own = self.hs.record_size_limit(exts[X.RECORD_SIZE_LIMIT])
             if own is not None:
                 out[X.RECORD_SIZE_LIMIT] = u16(own)
         return out

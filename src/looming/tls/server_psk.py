@@ -6,7 +6,7 @@ which is what makes 0-RTT replay-safe across connections to this server.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from looming.errors import Malformed
 
@@ -32,13 +32,31 @@ X = plain_values(ExtensionType)
 H = plain_values(HandshakeType)
 
 if TYPE_CHECKING:
-    from .server import ServerHandshake
+    from .config import TlsConfig
+    from .keyschedule import KeySchedule13
+    from .link import HandshakeConnection
+
+
+class ResumingServer(Protocol):
+    """What tickets and resumption read and set of the server handshake
+    (``server.ServerHandshake``)."""
+
+    config: TlsConfig
+    conn: HandshakeConnection
+    schedule: KeySchedule13 | None
+    ticket_state: TicketState | None
+    opened_ticket: tuple[bytes, TicketState | None] | None
+    psk_mode: int | None
+    ticket_age_skew_ms: int
+    tickets_sent: int
+    client_chain: list[bytes]
+
 
 # How far the client's idea of a ticket's age may differ from ours for 0-RTT.
 EARLY_DATA_AGE_WINDOW_MS = 10_000
 
 
-def _open_ticket(hs: ServerHandshake, ticket: bytes) -> TicketState | None:
+def _open_ticket(hs: ResumingServer, ticket: bytes) -> TicketState | None:
     """Decrypt ``ticket`` once per handshake (choosing the suite needs it too)."""
     if hs.opened_ticket is not None and hs.opened_ticket[0] == ticket:
         return hs.opened_ticket[1]
@@ -48,7 +66,7 @@ def _open_ticket(hs: ServerHandshake, ticket: bytes) -> TicketState | None:
     return state
 
 
-def ticket_suite(hs: ServerHandshake, hello: ClientHello) -> int | None:
+def ticket_suite(hs: ResumingServer, hello: ClientHello) -> int | None:
     """The suite of the first offered ticket, if it is ours and both sides still allow it."""
     data = hello.extensions.get(X.PRE_SHARED_KEY)
     if data is None or hs.config.ticket_keys is None:
@@ -67,7 +85,7 @@ def ticket_suite(hs: ServerHandshake, hello: ClientHello) -> int | None:
     return None
 
 
-def offers_mode(hs: ServerHandshake, hello: ClientHello, mode: int) -> bool:
+def offers_mode(hs: ResumingServer, hello: ClientHello, mode: int) -> bool:
     """Whether both the client and our configuration allow resumption by ``mode``."""
     data = hello.extensions.get(X.PSK_KEY_EXCHANGE_MODES)
     if data is None or mode not in hs.config.psk_key_exchange_modes:
@@ -79,7 +97,7 @@ def offers_mode(hs: ServerHandshake, hello: ClientHello, mode: int) -> bool:
 
 
 def try_psk(
-    hs: ServerHandshake, hello: ClientHello, alpn: bytes | None, have_share: bool = True
+    hs: ResumingServer, hello: ClientHello, alpn: bytes | None, have_share: bool = True
 ) -> int | None:
     """Accept the first PSK identity if it is a valid, unused ticket of ours; check its binder.
 
@@ -153,7 +171,7 @@ def try_psk(
 
 
 def accept_early_data(
-    hs: ServerHandshake, retry: bool, psk_selected: int | None, alpn: bytes | None
+    hs: ResumingServer, retry: bool, psk_selected: int | None, alpn: bytes | None
 ) -> bool:
     state = hs.ticket_state
     conn = hs.conn
@@ -177,7 +195,7 @@ def accept_early_data(
 # --- the client's second flight ---------------------------------------------
 
 
-def send_ticket13(hs: ServerHandshake, resumption_master: bytes) -> None:
+def send_ticket13(hs: ResumingServer, resumption_master: bytes) -> None:
     conn = hs.conn
     config = hs.config
     assert conn.suite is not None and config.ticket_keys is not None

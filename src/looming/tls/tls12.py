@@ -13,7 +13,7 @@ from .wire import Reader, u8, u16, vec8
 
 if TYPE_CHECKING:
     from .config import TlsConfig
-    from .engine import TlsConnection
+    from .link import HandshakeConnection as TlsConnection
 
 log = logging.getLogger("looming.tls")
 
