@@ -186,12 +186,14 @@ class SimStoreKv(StoreKv):
         return kv
 
     async def _settled(self, call: Any) -> Any:
+        # Not in a finally: a crash closes the coroutine, which must not wait.
         try:
-            return await call
+            result = await call
         except StoreError as error:
-            raise DeviceError(f"kv_store: {error}") from None
-        finally:
             await self.disk.idle()
+            raise DeviceError(f"kv_store: {error}") from None
+        await self.disk.idle()
+        return result
 
     async def exists(self, key: str) -> Any:
         return await self._settled(super().exists(key))
