@@ -297,10 +297,19 @@ class Ipv6Layer:
         *,
         source: IPv6Address | None = None,
         hop_limit: int | None = None,
+        traffic_class: int = 0,
     ) -> None:
         """Send one packet; never waits for address resolution (a packet for
-        a neighbour being resolved waits in its queue)."""
-        self._send(destination, protocol, payload, source=source, hop_limit=hop_limit)
+        a neighbour being resolved waits in its queue). ``traffic_class`` is
+        the DSCP and ECN byte (RFC 3168: 2 is ECT(0))."""
+        self._send(
+            destination,
+            protocol,
+            payload,
+            source=source,
+            hop_limit=hop_limit,
+            traffic_class=traffic_class,
+        )
 
     def _send(
         self,
@@ -310,11 +319,16 @@ class Ipv6Layer:
         *,
         source: IPv6Address | None = None,
         hop_limit: int | None = None,
+        traffic_class: int = 0,
     ) -> None:
         if source is None:
             source = self.source_for(destination)
         header = Ipv6Header(
-            source, destination, protocol, hop_limit if hop_limit is not None else self.hop_limit
+            source,
+            destination,
+            protocol,
+            hop_limit if hop_limit is not None else self.hop_limit,
+            traffic_class,
         )
         packets = self._packets(header, payload)
         self.counters["tx_packets"] += 1

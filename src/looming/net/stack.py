@@ -75,6 +75,7 @@ class DirectStack:
             config=TcpConfig(congestion_control=congestion_control),
             max_connections=max_connections,
             memory_limit=memory_limit,
+            ipv6=self.ipv6,
         )
         self.icmp.register_errors(IpProtocol.TCP, self._tcp.on_icmp_error)
         self.icmp.register_errors(IpProtocol.UDP, self._udp.on_icmp_error)
@@ -111,7 +112,7 @@ class DirectStack:
         0: no limit); what they turn away is counted (see :meth:`counters`).
         ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.
         ``ipv6`` adds an IPv6 layer with a link-local address (neighbour
-        discovery, echo, fragments and UDP; no TCP over IPv6 yet).
+        discovery, echo, fragments, UDP and TCP).
         """
         if max_connections is not None and max_connections < 0:
             raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")

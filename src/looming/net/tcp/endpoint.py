@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from looming.errors import AddressInUse, Malformed
 from looming.net.tcp.config import MS, TcpConfig, TcpStats
@@ -24,6 +24,8 @@ from looming.net.tcp.seq import MASK, unwrap
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 
+Address = IPv4Address | IPv6Address
+
 TCP_HEADER_LENGTH = 20
 ECT0 = 0b10  # RFC 3168: the ECN field of an ECN-capable packet
 
@@ -33,7 +35,7 @@ class ListenerState:
     """A listening port and how many of its connections are half open."""
 
     port: int
-    host: IPv4Address | None
+    host: Address | None
     backlog: int
     half_open: int = 0
 
@@ -50,8 +52,8 @@ class TcpEndpoint:
         stats: TcpStats,
         *,
         secret: bytes,
-        mtu_for: Callable[[IPv4Address], int],
-        segment_limit_for: Callable[[IPv4Address], int] | None = None,
+        mtu_for: Callable[[Address], int],
+        segment_limit_for: Callable[[Address], int] | None = None,
         max_connections: int | None = None,
         memory_limit: int | None = None,
     ) -> None:
@@ -69,7 +71,7 @@ class TcpEndpoint:
         self.connections: dict[FourTuple, TcpConnection] = {}
         self.listeners: dict[int, ListenerState] = {}
         self._half_open: dict[FourTuple, int] = {}
-        self._outbox: list[tuple[IPv4Address, bytes, int | None, int]] = []
+        self._outbox: list[tuple[Address, bytes, int | None, int]] = []
         self._touched: list[Touched] = []
         self.accepted: list[tuple[int, FourTuple, TcpConnection]] = []
         low, high = config.ephemeral_ports
@@ -78,7 +80,7 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ output
 
-    def take_outbox(self) -> list[tuple[IPv4Address, bytes, int | None]]:
+    def take_outbox(self) -> list[tuple[Address, bytes, int | None]]:
         """(destination, encoded segment, segment size) to transmit, in order.
 
         The segment size is given for a packet of several segments that the
@@ -86,7 +88,7 @@ class TcpEndpoint:
         """
         return [(d, segment, size) for d, segment, size, _ in self.take_marked_outbox()]
 
-    def take_marked_outbox(self) -> list[tuple[IPv4Address, bytes, int | None, int]]:
+    def take_marked_outbox(self) -> list[tuple[Address, bytes, int | None, int]]:
         """As :meth:`take_outbox`, with each packet's IP ToS byte: 2 (ECT(0),
         RFC 3168) for new data on a connection that agreed to ECN, else 0."""
         out = self._outbox
@@ -158,7 +160,7 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ user side
 
-    def path_mss(self, remote: IPv4Address) -> int:
+    def path_mss(self, remote: Address) -> int:
         """MSS for ``remote``: the IPv4 layer's largest unfragmented payload less our header."""
         try:
             ip_payload = self._mtu_for(remote)
@@ -166,7 +168,7 @@ class TcpEndpoint:
             ip_payload = 556  # the 576-byte datagram every host must accept, less IP
         return max(ip_payload - TCP_HEADER_LENGTH, 88)
 
-    def offload_bytes(self, remote: IPv4Address) -> int:
+    def offload_bytes(self, remote: Address) -> int:
         """Payload bytes one offloaded packet to ``remote`` may carry (0: none)."""
         if self._segment_limit_for is None or not self.config.segmentation_offload:
             return 0
@@ -177,7 +179,7 @@ class TcpEndpoint:
         # Leave room for the largest TCP header (60 bytes with options).
         return max(limit - 60, 0)
 
-    def listen(self, port: int, host: IPv4Address | None, backlog: int) -> int:
+    def listen(self, port: int, host: Address | None, backlog: int) -> int:
         if port == 0:
             port = self._free_listen_port()
         if port in self.listeners:
@@ -205,7 +207,7 @@ class TcpEndpoint:
                     self.collect(key, conn)
 
     def connect(
-        self, local_ip: IPv4Address, remote_ip: IPv4Address, remote_port: int, now: int
+        self, local_ip: Address, remote_ip: Address, remote_port: int, now: int
     ) -> tuple[FourTuple, TcpConnection]:
         low, _ = self.config.ephemeral_ports
         for _ in range(self._port_span):
@@ -249,7 +251,7 @@ class TcpEndpoint:
         conn.receive_buffer.pool = self.pool
 
     def icmp_target(
-        self, local: IPv4Address, remote: IPv4Address, quoted: bytes
+        self, local: Address, remote: Address, quoted: bytes
     ) -> tuple[FourTuple, TcpConnection] | str:
         """The connection an ICMP error quoting ``quoted`` (the first 8 bytes
         of a segment we sent) is about, or why it is ignored: RFC 5927 4.1
@@ -282,8 +284,8 @@ class TcpEndpoint:
 
     def input(
         self,
-        src: IPv4Address,
-        dst: IPv4Address,
+        src: Address,
+        dst: Address,
         segment: bytes,
         now: int,
         *,

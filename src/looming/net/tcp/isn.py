@@ -8,11 +8,11 @@ seeded simulation.
 from __future__ import annotations
 
 import hashlib
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from looming.net.tcp.seq import MASK
 
-FourTuple = tuple[IPv4Address, int, IPv4Address, int]
+FourTuple = tuple[IPv4Address | IPv6Address, int, IPv4Address | IPv6Address, int]
 """(local address, local port, remote address, remote port)."""
 
 # MSS values a cookie can carry in 3 bits (those common on real paths).

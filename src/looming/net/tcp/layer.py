@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, TypeVar
 
 from looming.devices.net import IpProtocol, Ipv4, ReceivedPacket
@@ -28,14 +28,17 @@ from looming.errors import (
     ConnectionReset,
     ConnectionTimeout,
     HostUnreachable,
+    NoRoute,
 )
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.isn import FourTuple
+from looming.net.wire import tcp as wire
 
 if TYPE_CHECKING:
     from looming.net.icmp import IcmpError
+    from looming.net.ipv6 import Ipv6Layer
 
 log = logging.getLogger(__name__)
 
@@ -282,11 +285,14 @@ class TcpLayer:
         config: TcpConfig | None = None,
         max_connections: int | None = None,
         memory_limit: int | None = None,
+        ipv6: Ipv6Layer | None = None,
     ) -> None:
         """``max_connections`` bounds the connections in any state (new ones
         beyond it are dropped and counted); ``memory_limit`` the bytes all
-        receive queues together may hold, by true size."""
+        receive queues together may hold, by true size. With ``ipv6``, TCP
+        runs over IPv6 too, with the same core."""
         self._ipv4 = ipv4
+        self._ipv6 = ipv6
         self._time = time
         self.config = config or TcpConfig()
         self.stats = TcpStats()
@@ -294,8 +300,8 @@ class TcpLayer:
             self.config,
             self.stats,
             secret=random.bytes(32),
-            mtu_for=ipv4.mtu,
-            segment_limit_for=ipv4.segment_limit,
+            mtu_for=self._mtu_for,
+            segment_limit_for=self._segment_limit_for,
             max_connections=max_connections,
             memory_limit=memory_limit,
         )
@@ -304,30 +310,51 @@ class TcpLayer:
         self._streams: dict[TcpConnection, TcpStream] = {}
         self._listeners: dict[int, TcpListener] = {}
         self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
-        self._tx: deque[tuple[IPv4Address, bytes, int | None, int]] = deque()
+        self._tx: deque[tuple[IPv4Address | IPv6Address, bytes, int | None, int]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
         self.icmp_counters: Counter[str] = Counter()
         ipv4.register(IpProtocol.TCP, self.input)
+        if ipv6 is not None:
+            ipv6.register(IpProtocol.TCP, self.input)
+
+    def _mtu_for(self, remote: IPv4Address | IPv6Address) -> int:
+        if isinstance(remote, IPv4Address):
+            return self._ipv4.mtu(remote)
+        return self._ipv6_layer(remote).mtu(remote)
+
+    def _segment_limit_for(self, remote: IPv4Address | IPv6Address) -> int:
+        if isinstance(remote, IPv4Address):
+            return self._ipv4.segment_limit(remote)
+        return self._ipv6_layer(remote).mtu(remote)  # no segmentation offload over IPv6
+
+    def _ipv6_layer(self, remote: IPv6Address) -> Ipv6Layer:
+        if self._ipv6 is None:
+            raise NoRoute(f"cannot reach {remote}: this stack has no IPv6 layer")
+        return self._ipv6
 
     # ------------------------------------------------------------------ Tcp device
 
     async def listen(
         self, port: int, handler: TcpHandler, *, host: str | None = None, backlog: int = 128
     ) -> TcpListener:
-        address = IPv4Address(host) if host not in (None, "", "0.0.0.0") else None
+        address = ip_address(host) if host not in (None, "", "0.0.0.0", "::") else None
         bound = self._endpoint.listen(port, address, backlog)
         listener = TcpListener(self, bound, handler)
         self._listeners[bound] = listener
         return listener
 
     async def connect(
-        self, host: str | IPv4Address, port: int, *, timeout: float | None = None
+        self, host: str | IPv4Address | IPv6Address, port: int, *, timeout: float | None = None
     ) -> TcpStream:
-        remote = IPv4Address(host)
-        local = self._ipv4.source_for(remote)
+        remote = ip_address(host)
+        local: IPv4Address | IPv6Address
+        if isinstance(remote, IPv4Address):
+            local = self._ipv4.source_for(remote)
+        else:
+            local = self._ipv6_layer(remote).source_for(remote)
         now = self._time.now_ns()
         key, conn = self._endpoint.connect(local, remote, port, now)
         stream = TcpStream(self, key, conn)
@@ -347,7 +374,9 @@ class TcpLayer:
 
     # ------------------------------------------------------------------ driving
 
-    def input(self, packet: ReceivedPacket[IPv4Address], payload: bytes) -> None:
+    def input(
+        self, packet: ReceivedPacket[IPv4Address] | ReceivedPacket[IPv6Address], payload: bytes
+    ) -> None:
         """Receive one segment from IPv4. Never raises."""
         try:
             self._endpoint.input(
@@ -475,6 +504,9 @@ class TcpLayer:
             while self._tx:
                 destination, segment, segment_size, tos = self._tx.popleft()
                 try:
+                    if isinstance(destination, IPv6Address):
+                        await self._write_ipv6(destination, segment, segment_size, tos)
+                        continue
                     # DF: routers report a smaller path MTU (RFC 1191) instead
                     # of fragmenting. A packet of several segments goes with
                     # segment_size: the interface cuts it up, or IPv4 finishes
@@ -494,6 +526,15 @@ class TcpLayer:
                     log.debug("TCP segment to %s not sent: %s", destination, error)
         finally:
             self._tx_task = None
+
+    async def _write_ipv6(
+        self, destination: IPv6Address, segment: bytes, segment_size: int | None, tos: int
+    ) -> None:
+        if segment_size is not None:
+            segment = wire.finish_checksum(segment)  # no segmentation offload over IPv6
+        await self._ipv6_layer(destination).write(
+            destination, IpProtocol.TCP, segment, traffic_class=tos
+        )
 
     def _schedule(self, key: FourTuple, conn: TcpConnection, deadline: int | None) -> None:
         # A timer that fires too early is harmless (the core re-checks and
@@ -541,8 +582,9 @@ class TcpLayer:
             return
         remote = key[2]
         mss = max(min(conn.path_mss // 2, 1024), _BLACK_HOLE_FLOOR_MSS)
-        self._ipv4.lower_path_mtu(remote, mss + 40, 0)
-        mss = min(mss, self._endpoint.path_mss(remote))
+        if isinstance(remote, IPv4Address):
+            self._ipv4.lower_path_mtu(remote, mss + 40, 0)
+            mss = min(mss, self._endpoint.path_mss(remote))
         conn.path_mss = mss
         self.icmp_counters["black_hole_mss_lowered"] += 1
 

@@ -10,7 +10,7 @@ number replace a Python loop, dozens of times faster.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -68,11 +68,15 @@ def internet_checksum(data: _Buffer, initial: int = 0) -> int:
     return ~ones_complement_sum(data, initial) & 0xFFFF
 
 
-def pseudo_header_sum(src: IPv4Address, dst: IPv4Address, protocol: int, length: int) -> int:
-    """The uninverted sum of the IPv4 pseudo-header used by TCP and UDP
-    (RFC 793 section 3.1, RFC 768), to pass as ``initial``."""
-    # Both addresses as one 64-bit number: congruent to the sum of their
-    # four 16-bit words modulo 0xFFFF, like the whole-buffer sum above.
-    total = (int(src) << 32 | int(dst)) + protocol + length
+def pseudo_header_sum(
+    src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address, protocol: int, length: int
+) -> int:
+    """The uninverted sum of the pseudo-header used by TCP and UDP (RFC 793
+    section 3.1, RFC 768; for IPv6 addresses RFC 8200 section 8.1), to pass
+    as ``initial``."""
+    # An address read as one number is congruent to the sum of its 16-bit
+    # words modulo 0xFFFF, like the whole-buffer sum above; both
+    # pseudo-headers hold the addresses, the protocol and the length.
+    total = int(src) + int(dst) + protocol + length
     folded = total % 0xFFFF
     return 0xFFFF if folded == 0 and total else folded

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from looming.errors import Malformed
 from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
@@ -152,8 +152,8 @@ def emit(
     header: TcpHeader,
     payload: _Buffer = b"",
     *,
-    src: IPv4Address | None = None,
-    dst: IPv4Address | None = None,
+    src: IPv4Address | IPv6Address | None = None,
+    dst: IPv4Address | IPv6Address | None = None,
     partial_checksum: bool = False,
 ) -> bytes:
     """The wire form of ``header`` followed by ``payload``.
@@ -306,7 +306,9 @@ def parse(buf: _Buffer) -> tuple[TcpHeader, memoryview]:
     return header, view[header_length:]
 
 
-def checksum_ok(segment: _Buffer, src: IPv4Address, dst: IPv4Address) -> bool:
+def checksum_ok(
+    segment: _Buffer, src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address
+) -> bool:
     """Whether the checksum of a received ``segment`` from ``src`` to ``dst`` is right."""
     initial = pseudo_header_sum(src, dst, PROTOCOL_NUMBER, len(segment))
     return internet_checksum(segment, initial) == 0
