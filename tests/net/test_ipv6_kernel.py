@@ -5,6 +5,7 @@ IPv6 with the kernel's sockets, and what a tshark makes of the capture."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 from ipaddress import IPv6Address
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from looming.devices.stack import Datagram
+from looming.devices.stack import Datagram, TcpFlow
 from looming.net.neighbours import NeighbourState
 from looming.net.stack import DirectStack
 from tests.net.kernel import KernelPeer
@@ -174,6 +175,70 @@ def test_a_closed_udp_port_answers_with_icmpv6_port_unreachable(kernel_peer: Ker
         # The kernel matched the error to its socket: the quote was right.
         assert out.split() == ["refused"]
         assert stack.counters()["ipv6.tx_unreachable"] == 1
+
+    kernel_peer.run(body, ipv6=True)
+
+
+TCP_SINK = r"""
+import hashlib, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.bind(("::", 6006))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+digest, total = hashlib.sha256(), 0
+while data := c.recv(65536):
+    digest.update(data)
+    total += len(data)
+c.sendall(digest.hexdigest().encode())
+c.close()
+print(total, flush=True)
+"""
+
+TCP_SOURCE = r"""
+import hashlib, socket, sys
+c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+c.connect(socket.getaddrinfo(sys.argv[1], 6007, socket.AF_INET6)[0][4])
+data = bytes(i % 251 for i in range(2_000_000))
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+answer = b""
+while chunk := c.recv(65536):
+    answer += chunk
+print(answer.decode() == hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def test_tcp_over_ipv6_both_ways_with_hash_checks(kernel_peer: KernelPeer) -> None:
+    without_dad(kernel_peer)
+
+    async def body(stack: DirectStack) -> None:
+        assert stack.ipv6 is not None
+        sink = await kernel_peer.python(TCP_SINK)
+        assert sink.stdout is not None
+        assert (await sink.stdout.readline()).strip() == b"ready"
+        flow = await stack.tcp.connect(kernel_link_local(kernel_peer), 6006, timeout=3)
+        # The MSS comes from the IPv6 MTU: 1500 - 40 - 20, less options.
+        assert flow.connection.path_mss == 1440
+        data = bytes(i % 253 for i in range(3_000_000))
+        await flow.write(data)
+        await flow.shutdown()
+        answer = b""
+        while chunk := await flow.read():
+            answer += chunk
+        assert answer.decode() == hashlib.sha256(data).hexdigest()
+        assert (await sink.stdout.readline()).strip() == b"3000000"
+
+        async def digest(flow: TcpFlow) -> None:
+            hashed = hashlib.sha256()
+            while chunk := await flow.read():
+                hashed.update(chunk)
+            await flow.write(hashed.hexdigest().encode())
+
+        await stack.tcp.listen(6007, digest)
+        target = f"{stack.ipv6.link_local}%{kernel_peer.tap_name}"
+        out = await kernel_peer.exec_output(sys.executable, "-c", TCP_SOURCE, target)
+        assert out.split() == ["True"]
 
     kernel_peer.run(body, ipv6=True)
 

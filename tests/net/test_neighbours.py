@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from looming.devices.net import MacAddress, ReceivedPacket
-from looming.devices.stack import Datagram
+from looming.devices.stack import Datagram, TcpFlow
 from looming.errors import ConnectionTimeout
 from looming.net.ipv6 import Ipv6Layer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
@@ -181,6 +181,28 @@ def test_two_stacks_ping_and_talk_udp_over_link_local_ipv6() -> None:
         datagram = await asyncio.wait_for(received.get(), 1)
         assert datagram.data == b"hello over ipv6"
         assert datagram.source == str(a6.link_local)
+
+    run(body)
+
+
+def test_tcp_between_two_stacks_over_link_local_ipv6() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        async def echo(flow: TcpFlow) -> None:
+            while data := await flow.read():
+                await flow.write(data)
+
+        await b.tcp.listen(7, echo, host="::")
+        flow = await a.tcp.connect(b6.link_local, 7, timeout=2)
+        assert flow.remote_address == (str(b6.link_local), 7)
+        data = bytes(i % 249 for i in range(200_000))
+        await flow.write(data)
+        await flow.shutdown()
+        echoed = b""
+        while chunk := await flow.read():
+            echoed += chunk
+        assert echoed == data
+        assert b.counters()["tcp.segments_in"] > 100
+        assert "ipv4.rx_datagrams" not in b.counters()  # all of it over IPv6
 
     run(body)
 
