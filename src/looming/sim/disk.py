@@ -82,8 +82,12 @@ class DiskFaults:
         return found
 
     def describe(self) -> str:
-        rates = [f"{name} {getattr(self, name):g}" for name in RATES if getattr(self, name)]
-        return ", ".join([*rates, f"latency {self.latency}"])
+        parts = [f"{name} {getattr(self, name):g}" for name in RATES if getattr(self, name)]
+        if self.latency != NO_LATENCY:
+            parts.append(f"latency {self.latency}")
+        if self.slow_io:
+            parts.append(f"slow {self.slow}")
+        return ", ".join(parts) or "no faults"
 
     def replace(self, **changes: object) -> DiskFaults:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
