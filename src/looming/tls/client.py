@@ -420,10 +420,8 @@ class ClientHandshake:
             )
 
     def _certificate_request13(self, body: bytes, raw: bytes) -> None:
-        r = Reader(body)
-        context = r.vector(1)
-        exts = dict(parse_extensions(r))
-        r.expect_end("CertificateRequest")
+        request = m.CertificateRequest13.parse(body)
+        exts = request.extensions
         if X.SIGNATURE_ALGORITHMS not in exts:
             raise TlsProtocolError(
                 AlertDescription.MISSING_EXTENSION,
@@ -433,7 +431,7 @@ class ClientHandshake:
         self.certificate_compression = certcompress.choose(
             exts.get(X.COMPRESS_CERTIFICATE), self.config.certificate_compression
         )
-        self.certificate_request_context = context
+        self.certificate_request_context = request.context
         self.conn.transcript.add(raw)
         self.state = ClientState.WAIT_CERT
 

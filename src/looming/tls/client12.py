@@ -22,9 +22,8 @@ from .errors import TlsProtocolError
 from .keyexchange import KeyShare
 from .record import Protection
 from .session import Session
-from .signing import sign
 from .states import Client12State, Handler, dispatch, unexpected
-from .wire import Reader, u16, vec8, vec16
+from .wire import u16, vec8, vec16
 
 if TYPE_CHECKING:
     from .config import TlsConfig
@@ -157,7 +156,7 @@ class Client12:
         self.conn.send_alert(1, AlertDescription.NO_RENEGOTIATION)
 
     def _certificate_request(self, body: bytes, raw: bytes) -> None:
-        self.requested_schemes = tls12.parse_certificate_request12(body)
+        self.requested_schemes = tls12.CertificateRequest12.parse(body).schemes
         self.conn.transcript.add(raw)
         self.state = Client12State.WAIT_DONE
 
@@ -170,22 +169,22 @@ class Client12:
     def _new_session_ticket(self, body: bytes, raw: bytes) -> None:
         if not self.expect_ticket or self.ticket is not None:
             raise unexpected("NewSessionTicket the server did not promise")
-        r = Reader(body)
-        self.ticket_lifetime = r.u32()
-        self.ticket = r.vector(2)
-        r.expect_end("NewSessionTicket")
+        message = tls12.NewSessionTicket12.parse(body)
+        self.ticket_lifetime, self.ticket = message.lifetime_hint_s, message.ticket
         self.conn.transcript.add(raw)
 
     def _server_key_exchange(self, body: bytes, raw: bytes) -> None:
-        group, public, params, scheme, signature = tls12.parse_server_key_exchange(body)
+        exchange = tls12.ServerKeyExchange12.parse(body)
+        group, public = exchange.group, exchange.public
         if group not in self.config.groups or group not in tls12.GROUPS12:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER,
                 f"server chose group {group:#06x}, which we did not offer",
             )
         leaf = self.conn.peer_certificates[0]
+        params = tls12.ServerKeyExchange12.params(group, public)
         signed = self.hs.random + self.server_random + params
-        scheme_body = u16(scheme) + vec16(signature)
+        scheme_body = u16(exchange.scheme) + vec16(exchange.signature)
         m.check_certificate_verify(
             scheme_body, leaf, signed, self.config.signature_schemes, tls13=False
         )
@@ -229,8 +228,9 @@ class Client12:
             conn, master, self.hs.random, self.server_random
         )
         if certified is not None and scheme is not None:
-            signature = sign(certified.key, scheme, bytes(conn.transcript.raw), self.config.random)
-            conn.send_handshake(H.CERTIFICATE_VERIFY, u16(scheme) + vec16(signature))
+            content = bytes(conn.transcript.raw)
+            verify = m.make_certificate_verify(certified, scheme, content, self.config.random)
+            conn.send_handshake(H.CERTIFICATE_VERIFY, verify)
         self._send_ccs_finished(client_write)
         self.state = Client12State.WAIT_CCS
 

@@ -16,9 +16,10 @@ from .constants import (
 )
 from .errors import TlsProtocolError
 from .keyschedule import resumption_psk
+from .messages import NewSessionTicket13
 from .session import Session
 from .suites import SUITES
-from .wire import Reader, extension, parse_extensions, u8, u32, vec8, vec16
+from .wire import Reader, extension, u8, u32, vec8, vec16
 
 # Plain-int views of the code points (see plain_values).
 X = plain_values(ExtensionType)
@@ -94,13 +95,14 @@ def send_early_data(hs: ResumingClient, session: Session) -> None:
 def new_session_ticket13(hs: ResumingClient, body: bytes) -> None:
     conn = hs.conn
     assert conn.suite is not None
-    r = Reader(body)
-    lifetime = r.u32()
-    age_add = r.u32()
-    nonce = r.vector(1)
-    ticket = r.vector(2, minimum=1)
-    exts = dict(parse_extensions(r))
-    r.expect_end("NewSessionTicket")
+    message = NewSessionTicket13.parse(body)
+    lifetime, age_add, nonce, ticket, exts = (
+        message.lifetime_s,
+        message.age_add,
+        message.nonce,
+        message.ticket,
+        message.extensions,
+    )
     if lifetime > 604800:
         raise TlsProtocolError(
             AlertDescription.ILLEGAL_PARAMETER, "ticket lifetime over seven days"

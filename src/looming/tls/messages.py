@@ -17,7 +17,7 @@ from .config import TlsConfig
 from .constants import TLS12, AlertDescription
 from .errors import TlsProtocolError
 from .signing import schemes_for_key, sign, verify
-from .wire import Reader, extension, parse_extensions, u8, u16, vec8, vec16, vec24
+from .wire import Reader, extension, parse_extensions, u8, u16, u32, vec8, vec16, vec24
 
 CV_SERVER = b"TLS 1.3, server CertificateVerify"
 CV_CLIENT = b"TLS 1.3, client CertificateVerify"
@@ -83,20 +83,19 @@ class ServerHello:
         return cls(random, session_id, suite, extensions, legacy_version, compression)
 
     def emit(self) -> bytes:
-        exts = b"".join(extension(t, body) for t, body in self.extensions.items())
         return (
             u16(self.legacy_version)
             + self.random
             + vec8(self.session_id)
             + u16(self.cipher_suite)
             + u8(self.compression)
-            + vec16(exts)
+            + _extensions(self.extensions)
         )
 
 
 def encrypted_extensions(extensions: dict[int, bytes]) -> bytes:
     """The EncryptedExtensions body (RFC 8446 section 4.3.1), in the given order."""
-    return vec16(b"".join(extension(t, body) for t, body in extensions.items()))
+    return _extensions(extensions)
 
 
 def certificate13(
@@ -243,3 +242,57 @@ def check_peer_chain(
     if config.pins:
         check_pins(chain, config.pins)
     return chain
+
+
+@dataclass
+class CertificateRequest13:
+    """CertificateRequest (RFC 8446 section 4.3.2)."""
+
+    context: bytes
+    extensions: dict[int, bytes]  # type -> body, emitted in this order
+
+    @classmethod
+    def parse(cls, body: bytes) -> CertificateRequest13:
+        r = Reader(body)
+        context = r.vector(1)
+        extensions = dict(parse_extensions(r))
+        r.expect_end("CertificateRequest")
+        return cls(context, extensions)
+
+    def emit(self) -> bytes:
+        return vec8(self.context) + _extensions(self.extensions)
+
+
+@dataclass
+class NewSessionTicket13:
+    """NewSessionTicket (RFC 8446 section 4.6.1)."""
+
+    lifetime_s: int
+    age_add: int
+    nonce: bytes
+    ticket: bytes
+    extensions: dict[int, bytes]  # type -> body, emitted in this order
+
+    @classmethod
+    def parse(cls, body: bytes) -> NewSessionTicket13:
+        r = Reader(body)
+        lifetime = r.u32()
+        age_add = r.u32()
+        nonce = r.vector(1)
+        ticket = r.vector(2, minimum=1)
+        extensions = dict(parse_extensions(r))
+        r.expect_end("NewSessionTicket")
+        return cls(lifetime, age_add, nonce, ticket, extensions)
+
+    def emit(self) -> bytes:
+        return (
+            u32(self.lifetime_s)
+            + u32(self.age_add)
+            + vec8(self.nonce)
+            + vec16(self.ticket)
+            + _extensions(self.extensions)
+        )
+
+
+def _extensions(extensions: dict[int, bytes]) -> bytes:
+    return vec16(b"".join(extension(t, body) for t, body in extensions.items()))

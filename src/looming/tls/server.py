@@ -28,7 +28,7 @@ from .server12 import Server12
 from .session import TicketState
 from .states import Handler, ServerState, dispatch, unexpected
 from .suites import SUITES, SuiteInfo
-from .wire import Reader, extension, u16, u16_list, vec8, vec16
+from .wire import Reader, u16, u16_list, vec16
 
 # Plain-int views of the code points (see plain_values).
 X = plain_values(ExtensionType)
@@ -369,10 +369,13 @@ class ServerHandshake:
         conn, config = self.conn, self.config
         if config.client_trust is not None or config.require_client_certificate:
             self.requested_client_cert = True
-            cr_exts = extension(
-                X.SIGNATURE_ALGORITHMS, u16_list(config.signature_schemes)
-            ) + certcompress.offer_extension(config.certificate_compression)
-            conn.send_handshake(H.CERTIFICATE_REQUEST, vec8(b"") + vec16(cr_exts))
+            cr_exts: dict[int, bytes] = {X.SIGNATURE_ALGORITHMS: u16_list(config.signature_schemes)}
+            if config.certificate_compression:
+                cr_exts[X.COMPRESS_CERTIFICATE] = certcompress.extension_body(
+                    config.certificate_compression
+                )
+            request = m.CertificateRequest13(b"", cr_exts)
+            conn.send_handshake(H.CERTIFICATE_REQUEST, request.emit())
         certified, scheme = identity
         compression = certcompress.choose(
             exts.get(X.COMPRESS_CERTIFICATE), config.certificate_compression

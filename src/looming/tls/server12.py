@@ -31,7 +31,7 @@ from .session import TicketState
 from .signing import sign
 from .states import Handler, Server12State, dispatch, unexpected
 from .suites import SUITES
-from .wire import Reader, u16, u16_list, u32, vec8, vec16
+from .wire import Reader, u16, vec8
 
 if TYPE_CHECKING:
     from .config import TlsConfig
@@ -215,16 +215,15 @@ class Server12:
         conn.send_handshake(H.CERTIFICATE, m.certificate12(certified.chain_der))
         ocsp.send_status12(conn, exts, certified)
         self.share = KeyShare(group, config.random)
-        params = tls12.ecdhe_params(group, self.share.public)
+        params = tls12.ServerKeyExchange12.params(group, self.share.public)
         signed = self.client_random + self.server_random + params
         signature = sign(certified.key, scheme, signed, config.random)
-        conn.send_handshake(H.SERVER_KEY_EXCHANGE, params + u16(scheme) + vec16(signature))
+        exchange = tls12.ServerKeyExchange12(group, self.share.public, scheme, signature)
+        conn.send_handshake(H.SERVER_KEY_EXCHANGE, exchange.emit())
         if config.client_trust is not None or config.require_client_certificate:
             self.requested_client_cert = True
-            types = vec8(bytes((1, 64)))  # rsa_sign, ecdsa_sign
-            conn.send_handshake(
-                H.CERTIFICATE_REQUEST, types + u16_list(config.signature_schemes) + vec16(b"")
-            )
+            request = tls12.CertificateRequest12(list(config.signature_schemes))
+            conn.send_handshake(H.CERTIFICATE_REQUEST, request.emit())
         conn.send_handshake(H.SERVER_HELLO_DONE, b"")
         self.state = (
             Server12State.WAIT_CERTIFICATE if self.requested_client_cert else Server12State.WAIT_CKE
@@ -328,10 +327,10 @@ class Server12:
                 ticket_id=config.random.bytes(16),
                 client_chain_der=list(self.client_chain),
             )
-            conn.send_handshake(
-                H.NEW_SESSION_TICKET,
-                u32(config.ticket_lifetime_s) + vec16(config.ticket_keys.seal(state)),
+            ticket = tls12.NewSessionTicket12(
+                config.ticket_lifetime_s, config.ticket_keys.seal(state)
             )
+            conn.send_handshake(H.NEW_SESSION_TICKET, ticket.emit())
         conn.records.write_records(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         conn.records.write = self.server_write
         if config.key_update_after_records is not None:

@@ -25,7 +25,7 @@ from .keyschedule import resumption_psk
 from .messages import ClientHello
 from .session import TicketState
 from .suites import SUITES
-from .wire import Reader, extension, u8, u32, vec8, vec16
+from .wire import Reader, u8, u32
 
 # Plain-int views of the code points (see plain_values).
 X = plain_values(ExtensionType)
@@ -217,12 +217,8 @@ def send_ticket13(hs: ResumingServer, resumption_master: bytes) -> None:
         ticket_id=config.random.bytes(16),
         client_chain_der=list(chain),
     )
-    exts = extension(X.EARLY_DATA, u32(max_early)) if max_early > 0 else b""
-    body = (
-        u32(config.ticket_lifetime_s)
-        + u32(age_add)
-        + vec8(nonce)
-        + vec16(config.ticket_keys.seal(state))
-        + vec16(exts)
+    exts: dict[int, bytes] = {X.EARLY_DATA: u32(max_early)} if max_early > 0 else {}
+    ticket = m.NewSessionTicket13(
+        config.ticket_lifetime_s, age_add, nonce, config.ticket_keys.seal(state), exts
     )
-    conn.send_handshake(H.NEW_SESSION_TICKET, body, add_to_transcript=False)
+    conn.send_handshake(H.NEW_SESSION_TICKET, ticket.emit(), add_to_transcript=False)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .constants import AlertDescription, NamedGroup
 from .errors import TlsProtocolError
 from .record import Protection
 from .suites import SuiteInfo, prf12
-from .wire import Reader, u8, u16, vec8
+from .wire import Reader, u8, u16, u16_list, u32, vec8, vec16
 
 if TYPE_CHECKING:
     from .config import TlsConfig
@@ -70,34 +71,76 @@ def finished_data(conn: TlsConnection, label: bytes) -> bytes:
     return prf12(conn.suite.hash_name, conn.master_secret12, label, conn.transcript.digest(), 12)
 
 
-def ecdhe_params(group: int, public: bytes) -> bytes:
-    return u8(_NAMED_CURVE) + u16(group) + vec8(public)
+@dataclass
+class ServerKeyExchange12:
+    """ECDHE ServerKeyExchange (RFC 8422 section 5.4): named-curve parameters, signed."""
+
+    group: int
+    public: bytes
+    scheme: int
+    signature: bytes
+
+    @staticmethod
+    def params(group: int, public: bytes) -> bytes:
+        """The ServerECDHParams the signature covers (after the two randoms)."""
+        return u8(_NAMED_CURVE) + u16(group) + vec8(public)
+
+    @classmethod
+    def parse(cls, body: bytes) -> ServerKeyExchange12:
+        r = Reader(body)
+        curve_type = r.u8()
+        if curve_type != _NAMED_CURVE:
+            raise TlsProtocolError(
+                AlertDescription.ILLEGAL_PARAMETER, "ServerKeyExchange is not for a named curve"
+            )
+        group = r.u16()
+        public = r.vector(1, minimum=1)
+        scheme = r.u16()
+        signature = r.vector(2)
+        r.expect_end("ServerKeyExchange")
+        return cls(group, public, scheme, signature)
+
+    def emit(self) -> bytes:
+        return self.params(self.group, self.public) + u16(self.scheme) + vec16(self.signature)
 
 
-def parse_server_key_exchange(body: bytes) -> tuple[int, bytes, bytes, int, bytes]:
-    """(group, server public, the signed params bytes, scheme, signature)."""
-    r = Reader(body)
-    curve_type = r.u8()
-    if curve_type != _NAMED_CURVE:
-        raise TlsProtocolError(
-            AlertDescription.ILLEGAL_PARAMETER, "ServerKeyExchange is not for a named curve"
-        )
-    group = r.u16()
-    public = r.vector(1, minimum=1)
-    params = body[: 3 + 1 + len(public)]
-    scheme = r.u16()
-    signature = r.vector(2)
-    r.expect_end("ServerKeyExchange")
-    return group, public, params, scheme, signature
+@dataclass
+class CertificateRequest12:
+    """CertificateRequest (RFC 5246 section 7.4.4, with RFC 8422's certificate types)."""
+
+    schemes: list[int]
+    certificate_types: bytes = bytes((1, 64))  # rsa_sign, ecdsa_sign
+
+    @classmethod
+    def parse(cls, body: bytes) -> CertificateRequest12:
+        r = Reader(body)
+        types = r.vector(1, minimum=1)  # the schemes list says the same
+        schemes = r.u16_list(2, minimum=2)
+        r.vector(2)  # acceptable CAs: we send our one configured chain regardless
+        r.expect_end("CertificateRequest")
+        return cls(schemes, types)
+
+    def emit(self) -> bytes:
+        return vec8(self.certificate_types) + u16_list(self.schemes) + vec16(b"")
 
 
-def parse_certificate_request12(body: bytes) -> list[int]:
-    r = Reader(body)
-    r.vector(1, minimum=1)  # certificate types: the schemes list says the same
-    schemes = r.u16_list(2, minimum=2)
-    r.vector(2)  # acceptable CAs: we send our one configured chain regardless
-    r.expect_end("CertificateRequest")
-    return schemes
+@dataclass
+class NewSessionTicket12:
+    """NewSessionTicket (RFC 5077 section 3.3)."""
+
+    lifetime_hint_s: int
+    ticket: bytes
+
+    @classmethod
+    def parse(cls, body: bytes) -> NewSessionTicket12:
+        r = Reader(body)
+        lifetime = r.u32()
+        ticket = r.vector(2)
+        r.expect_end("NewSessionTicket")
+        return cls(lifetime, ticket)
+
+    def emit(self) -> bytes:
+        return u32(self.lifetime_hint_s) + vec16(self.ticket)
 
 
 def check_extended_master_secret(config: TlsConfig, offered: bool, peer: str) -> None:
