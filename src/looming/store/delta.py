@@ -27,40 +27,51 @@ def _size_header(size: int) -> bytes:
     return bytes(out)
 
 
-def _copy(out: bytearray, offset: int, size: int) -> None:
-    while size > 0:
-        chunk = min(size, _COPY_CHUNK)
-        op = 0x80
-        at = len(out)
-        out.append(0)
-        for index in range(4):
-            byte = (offset >> (8 * index)) & 0xFF
-            if byte:
-                op |= 1 << index
-                out.append(byte)
-        # A size of 0x10000 is written as no size bytes at all.
-        if chunk != _COPY_CHUNK:
-            if chunk & 0xFF:
-                op |= 0x10
-                out.append(chunk & 0xFF)
-            if chunk & 0xFF00:
-                op |= 0x20
-                out.append(chunk >> 8)
-        out[at] = op
-        offset += chunk
-        size -= chunk
+def _copy_op(offset: int, size: int) -> bytes:
+    """One copy instruction (``size`` at most 0x10000, offset below 2**32)."""
+    op = 0x80
+    args = []
+    if offset & 0xFF:
+        op |= 0x01
+        args.append(offset & 0xFF)
+    if offset & 0xFF00:
+        op |= 0x02
+        args.append(offset >> 8 & 0xFF)
+    if offset & 0xFF0000:
+        op |= 0x04
+        args.append(offset >> 16 & 0xFF)
+    if offset & 0xFF000000:
+        op |= 0x08
+        args.append(offset >> 24 & 0xFF)
+    # A size of 0x10000 is written as no size bytes at all.
+    if size != _COPY_CHUNK:
+        if size & 0xFF:
+            op |= 0x10
+            args.append(size & 0xFF)
+        if size & 0xFF00:
+            op |= 0x20
+            args.append(size >> 8)
+    return bytes((op, *args))
 
 
-def _insert(out: bytearray, data: bytes) -> None:
+def _copy(parts: list[bytes], offset: int, size: int) -> None:
+    while size > _COPY_CHUNK:
+        parts.append(_copy_op(offset, _COPY_CHUNK))
+        offset += _COPY_CHUNK
+        size -= _COPY_CHUNK
+    parts.append(_copy_op(offset, size))
+
+
+def _insert(parts: list[bytes], data: bytes) -> None:
     if len(data) <= _INSERT_CHUNK:
         if data:
-            out.append(len(data))
-            out += data
+            parts.append(bytes((len(data),)))
+            parts.append(data)
         return
     for start in range(0, len(data), _INSERT_CHUNK):
         piece = data[start : start + _INSERT_CHUNK]
-        out.append(len(piece))
-        out += piece
+        parts.append(bytes((len(piece),)))
+        parts.append(piece)
 
 
 def _common_prefix(source: bytes, target: bytes, limit: int) -> int:
@@ -104,11 +115,10 @@ def make_delta(source: bytes, target: bytes) -> bytes:
         from dulwich.pack import create_delta
 
         return b"".join(create_delta(source, target))
-    out = bytearray(_size_header(len(source)))
-    out += _size_header(len(target))
+    parts = [_size_header(len(source)), _size_header(len(target))]
     if prefix:
-        _copy(out, 0, prefix)
-    _insert(out, middle)
+        _copy(parts, 0, prefix)
+    _insert(parts, middle)
     if suffix:
-        _copy(out, len(source) - suffix, suffix)
-    return bytes(out)
+        _copy(parts, len(source) - suffix, suffix)
+    return b"".join(parts)

@@ -181,7 +181,8 @@ class GrowingPack:
         crc32 = zlib.crc32
         ordered = sorted(source_entries, key=_OFFSET)
         ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
-        for (oid, offset, _crc), end in zip(ordered, ends, strict=True):
+        view = memoryview(data)
+        for (oid, offset, crc), end in zip(ordered, ends, strict=True):
             if oid in ids:
                 continue
             at = len(body)
@@ -189,10 +190,10 @@ class GrowingPack:
             if tree_body is None:
                 if end - offset < STORE_ABOVE:
                     kind = (data[offset] >> 4) & 7
-                    if kind != _TREE:  # a small blob or commit: copied as it is
-                        entry = data[offset:end]
-                        body += entry
-                        new_entries.append((oid, at, crc32(entry)))
+                    if kind != _TREE:
+                        # A small blob or commit: copied as it is, its CRC too.
+                        body += view[offset:end]
+                        new_entries.append((oid, at, crc))
                         ids.add(oid)
                         continue
                 kind, size, _base, start = _parse_entry_header(data, offset)
