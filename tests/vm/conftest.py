@@ -38,11 +38,12 @@ def looming(
     )
 
 
-def build(source: Path, dest: Path, arch: str) -> Path:
-    """A private copy of the app at ``source``, configured and built for ``arch``."""
+def build(source: Path, dest: Path, arch: str, options: tuple[str, ...] = ()) -> Path:
+    """A private copy of the app at ``source``, configured (with the target
+    ``options``) and built for ``arch``."""
     app = dest / f"{source.name}-{arch}"
     shutil.copytree(source, app, ignore=shutil.ignore_patterns("_build", "dist", "__pycache__"))
-    for args in (("configure", "-t", "vm", "--arch", arch), ("build",)):
+    for args in (("configure", "-t", "vm", "--arch", arch, *options), ("build",)):
         done = looming(app, *args)
         assert done.returncode == 0, f"looming {' '.join(args)}: {done.stdout}\n{done.stderr}"
     return app
@@ -53,11 +54,13 @@ class Images:
     root: Path
     built: dict[tuple[str, str], Path]
 
-    def app(self, name: str, arch: str) -> Path:
+    def app(self, name: str, arch: str, *options: str) -> Path:
+        """``name`` built for ``arch``; an app is configured with one set of
+        ``options`` per session."""
         key = (name, arch)
         if key not in self.built:
             source = APPS / name if (APPS / name).is_dir() else EXAMPLES / name
-            self.built[key] = build(source, self.root, arch)
+            self.built[key] = build(source, self.root, arch, options)
         return self.built[key]
 
 

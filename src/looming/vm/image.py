@@ -27,11 +27,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from looming.config.build import Closure, ModuleLocator, module_closure, write_zipapp
+from looming.config.build import (
+    DYNAMIC_IMPORTS,
+    BuildReport,
+    Closure,
+    ModuleLocator,
+    configured,
+    module_closure,
+    write_zipapp,
+)
 from looming.errors import ConfigError, UsageError
 from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
+from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
 from looming.vm.packages import (
     AptArchive,
@@ -147,9 +156,7 @@ def check_can_build(arch_name: str, app_dir: Path, main_py: Path) -> Arch:
         s for s in closure.modules.values() if s.path.resolve().is_relative_to(app_dir.resolve())
     ]
     for source in own:
-        for module, _names, optional in imports_of(
-            source.path.read_bytes(), source.name, source.is_package
-        ):
+        for module, _names, optional in imports_of(source.source(), source.name, source.is_package):
             if optional or not module:
                 continue
             kind, _found = locator.find(module)
@@ -333,10 +340,10 @@ def _directories(paths: list[str]) -> list[cpio.Entry]:
 
 
 def _wheels_for(
-    app_dir: Path, main_py: Path, arch: Arch, archive: AptArchive, progress: Progress
+    closure: Closure, arch: Arch, archive: AptArchive, progress: Progress
 ) -> list[wheels.Wheel]:
     """Wheels for the guest of the compiled packages the unikernel reaches."""
-    external = module_closure(main_py, app_dir).external
+    external = closure.external
     if not external:
         return []
     libc = archive.info("libc6").version
@@ -363,9 +370,7 @@ def _requires(closure: Closure, top: str) -> bool:
     return any(
         module.split(".")[0] == top and not optional
         for source in closure.modules.values()
-        for module, _names, optional in imports_of(
-            source.path.read_bytes(), source.name, source.is_package
-        )
+        for module, _names, optional in imports_of(source.source(), source.name, source.is_package)
     )
 
 
@@ -463,7 +468,8 @@ def _stdlib_roots(
     for source in closure.modules.values():
         roots += [
             item
-            for item in imports_of(source.path.read_bytes(), source.name, source.is_package)
+            # source(): a namespace package has no file of its own
+            for item in imports_of(source.source(), source.name, source.is_package)
             if item[0].split(".")[0] in stdlib_names
         ]
     roots += imports_of(INIT_SOURCE.read_bytes(), "__init_program__", False)
@@ -799,40 +805,37 @@ def _write_manifest(
     manifest_data["usage"] = keys_usage(main_py)
     # The launcher refuses to boot a unikernel that drives a NIC without one.
     manifest_data["needs_network"] = "looming.vm.nic" in app_modules
-    report.manifest.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+    partial = report.manifest.with_name(f".{report.manifest.name}.new")
+    partial.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
+    partial.replace(report.manifest)
 
 
-def build_image(
-    app_dir: Path,
-    unikernel: str,
-    main_py: Path,
-    crunch: list[tuple[str, str]],
-    options: dict[str, str],
+def _app_closure(main_py: Path, app_dir: Path) -> Closure:
+    """The unikernel's modules, with the packages ``register(..., packages=[...])``
+    named (what the zipapp packs, so the stdlib walk starts from all of it)."""
+    packages, _jobs = configured(main_py)
+    return module_closure(main_py, app_dir, tuple(f"{p}.*" for p in packages))
+
+
+def _gather_contents(
+    app_dir: Path, main_py: Path, crunch: list[tuple[str, str]], arch: Arch, work: Path,
     progress: Progress,
-) -> ImageReport:
-    """Build ``dist/<unikernel>-vm.json`` with its kernel and initramfs, in
-    stages: resolve the packages, walk the stdlib closure, find the shared
-    libraries, write the initramfs, copy the kernel."""
-    arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
-    compression = _compression(arch, options)
+) -> tuple[ImageContents, BuildReport, list[wheels.Wheel]]:  # fmt: skip
+    """Stages 1 to 3: packages, the zipapp (in ``work``), the stdlib closure,
+    the libraries and kernel modules; nothing is written to dist/."""
     archive = AptArchive(arch, cache_root(), progress)
-    wheel_list = _wheels_for(app_dir, main_py, arch, archive, progress)
-    dist = app_dir / "dist"
-    out_dir = dist / f"{unikernel}-vm-{arch.name}"
+    closure = _app_closure(main_py, app_dir)
+    wheel_list = _wheels_for(closure, arch, archive, progress)
     progress(f"packing the unikernel's modules for {arch.name}")
-    pyz = write_zipapp(out_dir / "unikernel.pyz", main_py, app_dir, crunch)
-    closure = module_closure(main_py, app_dir)
+    pyz = write_zipapp(work / "unikernel.pyz", main_py, app_dir, crunch)
     uses_tls = any(m.startswith("looming.tls") for m in pyz.modules)
     guest = _resolve_packages(archive, closure, bool(wheel_list), uses_tls)
-
     progress("computing the standard-library modules the unikernel reaches")
     site_files = wheels.unpack(wheel_list)
     interpreter_path, stdlib = _guest_stdlib_closure(guest, arch, closure, site_files, progress)
     extensions = [m for m in stdlib.modules.values() if m.is_extension]
     libraries = _image_libraries(interpreter_path, extensions, site_files, guest.tree, arch)
-    kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch)
-
-    progress("writing the initramfs")
+    _kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch)
     contents = ImageContents(
         arch=arch,
         app_dir=app_dir,
@@ -845,16 +848,53 @@ def build_image(
         pyz=pyz.artifact,
         uses_tls=uses_tls,
     )
-    raw = _initramfs(contents)
-    initrd = _write_initrd(raw, compression, arch, out_dir)
+    return contents, pyz, wheel_list
 
-    progress("copying the kernel")
-    kernel = _copy_kernel(guest.kernel_tree, kernel_version, arch, out_dir, progress)
-    pyz.artifact.unlink()
 
-    report = ImageReport(
-        arch=arch.name,
-        manifest=dist / f"{unikernel}-vm.json",
+def _check_image_imports(
+    contents: ImageContents, closure: Closure, main_py: Path, progress: Progress
+) -> None:
+    """Stage 4, check: the unikernel imported against what the image holds."""
+    if sys.version_info[:2] != tuple(int(p) for p in contents.guest.version.split(".")):
+        progress(f"note: imports not checked: this is not Python {contents.guest.version}")
+        return
+    app_dir = contents.app_dir.resolve()
+    own = [
+        name
+        for name, source in closure.modules.items()
+        if name != "__main__" and source.path.resolve().is_relative_to(app_dir)
+    ]
+    dynamic = [
+        name for key in DYNAMIC_IMPORTS for name in DYNAMIC_IMPORTS[key] if name in closure.modules
+    ]
+    locator = ModuleLocator(contents.app_dir)
+    compiled = {
+        top: where
+        for top in wheel_tops(contents.site_files)
+        if (where := locator.search_path(top)) is not None
+    }
+    builtins = builtin_modules(contents.interpreter_path)
+    check_imports(
+        ImageModules(
+            archive=contents.pyz,
+            main_py=main_py,
+            stdlib={*contents.stdlib.modules, *builtins, *_frozen_modules(), "os"},
+            stdlib_names=set(sys.stdlib_module_names) | builtins,
+            compiled=compiled,
+            modules=[*own, *dynamic],
+        ),
+        contents.app_dir,
+    )
+
+
+def _image_report(
+    contents: ImageContents, pyz: BuildReport, raw_size: int, initrd: Path, kernel: KernelFile,
+    manifest: Path,
+) -> ImageReport:  # fmt: skip
+    stdlib = contents.stdlib.modules.values()
+    return ImageReport(
+        arch=contents.arch.name,
+        manifest=manifest,
         kernel=kernel.path,
         initrd=initrd,
         kernel_size=kernel.path.stat().st_size,
@@ -862,17 +902,69 @@ def build_image(
         kernel_unpacked=kernel.unpacked,
         kernel_sha256=kernel.sha256,
         initrd_size=initrd.stat().st_size,
-        initrd_unpacked=len(raw),
-        packages={name: info.version for name, info in guest.packages.items()},
-        stdlib_modules=sorted(m.name for m in stdlib.modules.values() if not m.is_extension),
-        extension_modules=sorted(m.name for m in extensions),
-        libraries=sorted([libraries.loader.lstrip("/"), *libraries.files]),
-        kernel_modules=[p.stem for p in module_files],
+        initrd_unpacked=raw_size,
+        packages={name: info.version for name, info in contents.guest.packages.items()},
+        stdlib_modules=sorted(m.name for m in stdlib if not m.is_extension),
+        extension_modules=sorted(m.name for m in stdlib if m.is_extension),
+        libraries=sorted([contents.libraries.loader.lstrip("/"), *contents.libraries.files]),
+        kernel_modules=[p.stem for p in contents.module_files],
         app_modules=pyz.modules,
         archive_size=pyz.size,
         crunched_files=pyz.crunched_files,
-        dropped_optional=sorted(stdlib.dropped),
+        dropped_optional=sorted(contents.stdlib.dropped),
     )
+
+
+def _write_image(
+    contents: ImageContents, out_dir: Path, compression: str, progress: Progress
+) -> tuple[int, Path, KernelFile]:
+    """Stages 5 and 6, into ``out_dir``: the initramfs, then the kernel."""
+    progress("writing the initramfs")
+    raw = _initramfs(contents)
+    initrd = _write_initrd(raw, compression, contents.arch, out_dir)
+    progress("copying the kernel")
+    kernel_version = _kernel_modules(contents.guest.kernel_tree, contents.arch)[0]
+    kernel = _copy_kernel(
+        contents.guest.kernel_tree, kernel_version, contents.arch, out_dir, progress
+    )
+    return len(raw), initrd, kernel
+
+
+def build_image(
+    app_dir: Path,
+    unikernel: str,
+    main_py: Path,
+    crunch: list[tuple[str, str]],
+    options: dict[str, str],
+    progress: Progress,
+) -> ImageReport:
+    """Build ``dist/<unikernel>-vm.json`` with its kernel and initramfs, in
+    stages: resolve the packages, walk the stdlib closure, find the shared
+    libraries, check the imports, write the initramfs, copy the kernel. All
+    or nothing: the files are made in a folder beside the image's and moved
+    into place, the manifest last."""
+    arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
+    compression = _compression(arch, options)
+    dist = app_dir / "dist"
+    out_dir = dist / f"{unikernel}-vm-{arch.name}"
+    with tempfile.TemporaryDirectory(prefix="looming-image-") as work:
+        contents, pyz, wheel_list = _gather_contents(
+            app_dir, main_py, crunch, arch, Path(work), progress
+        )
+        progress("importing the unikernel against the image's modules")
+        _check_image_imports(contents, _app_closure(main_py, app_dir), main_py, progress)
+        dist.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=dist))
+        staging.chmod(0o755)
+        try:
+            raw_size, initrd, kernel = _write_image(contents, staging, compression, progress)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            staging.rename(out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    kernel = KernelFile(out_dir / kernel.path.name, kernel.format, kernel.unpacked, kernel.sha256)
+    manifest = dist / f"{unikernel}-vm.json"
+    report = _image_report(contents, pyz, raw_size, out_dir / initrd.name, kernel, manifest)
     _write_manifest(report, arch, unikernel, wheel_list, main_py, pyz.modules)
     return report
 

@@ -34,8 +34,8 @@ NEVER = frozenset(
     {
         "idlelib", "tkinter", "turtle", "turtledemo", "test", "unittest", "doctest",
         "pydoc", "pydoc_data", "lib2to3", "ensurepip", "venv", "distutils", "pdb",
-        "_pydecimal", "_pyio", "_pydatetime", "_osx_support", "_aix_support", "sysconfig",
-        "_sysconfigdata", "_ctypes_test", "_testcapi", "_testinternalcapi",
+        "_pydecimal", "_pyio", "_pydatetime", "_osx_support", "_aix_support",
+        "_ctypes_test", "_testcapi", "_testinternalcapi",
         "_testbuffer", "_testmultiphase", "_testclinic", "ctypes.test", "sqlite3.test",
         "ctypes.macholib", "xmlrpc", "mailbox", "imaplib", "nntplib", "smtplib",
         "ftplib", "poplib", "telnetlib", "webbrowser", "curses", "readline",
@@ -43,6 +43,17 @@ NEVER = frozenset(
         "_bootsubprocess", "__phello__", "antigravity", "this",
     }
 )  # fmt: skip
+# Modules imported by name at run time, which no import statement shows:
+# taken with the module that imports them. {triplet} is the guest's
+# multiarch triplet (x86_64-linux-gnu).
+DYNAMIC_STDLIB: dict[str, tuple[str, ...]] = {
+    # get_config_var() imports the build's variables by a computed name
+    # (zoneinfo asks it for TZPATH, and pydantic imports zoneinfo).
+    "sysconfig": ("_sysconfigdata__{triplet}",),
+    # str.encode("idna") finds its codec by name (http.client's Host header
+    # for a name that is not ASCII).
+    "http.client": ("encodings.idna",),
+}
 # Part of every interpreter without an init function of their own, or only on Windows.
 CORE = frozenset(
     {"sys", "builtins", "marshal", "_warnings", "_imp", "_frozen_importlib",
@@ -148,6 +159,7 @@ class GuestStdlib:
 
     def __init__(self, stdlib: Path, triplet: str, abi: str) -> None:
         self.stdlib = stdlib
+        self.triplet = triplet
         self.dynload = stdlib / "lib-dynload"
         self.extension_suffix = f".cpython-{abi}-{triplet}.so"
 
@@ -223,6 +235,8 @@ class _StdlibWalk:
         parts = name.split(".")
         for i in range(1, len(parts)):
             self.pending.append((".".join(parts[:i]), False))
+        for dynamic in DYNAMIC_STDLIB.get(name, ()):
+            self.pending.append((dynamic.format(triplet=self.guest.triplet), optional))
         if found.is_extension:
             return
         for module, names, inner_optional in imports_of(

@@ -22,6 +22,7 @@ from looming.config.dsl import Device
 from looming.config.plan import Impl, KeyDecl
 from looming.config.targets import Target
 from looming.config.targets.unix import direct_stack_impl, host_device_impl
+from looming.errors import ConfigError
 from looming.vm.arch import ARCHES, COMPRESSIONS, get_arch
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class VmTarget(Target):
     name = "vm"
     summary = "a bootable kernel and initramfs for x86_64 or aarch64, run under qemu"
 
-    KINDS = ("console", "time", "clock", "random", "kv_ro", "network", "stack")
+    KINDS = ("console", "time", "clock", "random", "kv_ro", "network", "stack", "kv_store")
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -61,6 +62,13 @@ class VmTarget(Target):
             help="initramfs compression: lz4 (fastest to unpack, default on x86_64), zstd "
             "(a third smaller, default on aarch64 to keep its image within 14 MB), "
             "xz (smallest) or gzip",
+        )
+        parser.add_argument(
+            "--storage",
+            choices=("memory",),
+            default=None,
+            help="where kv_store keeps its Git repository: memory (the guest's RAM, lost "
+            "at power-off; a VM image has no disk yet). Without it kv_store is refused",
         )
 
     def default_options(self) -> dict[str, str]:
@@ -98,6 +106,8 @@ class VmTarget(Target):
             )
         if kind == "stack":
             return direct_stack_impl(dev)
+        if kind == "kv_store":
+            return _memory_store_impl(dev, options)
         raise self.unsupported(dev, "a VM image has no disk")
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:
@@ -147,6 +157,26 @@ class VmTarget(Target):
 
     def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
         return [sys.executable, "-m", "looming.vm.launch", str(artifact), *argv]
+
+
+def _memory_store_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """kv_store in the guest's memory (its root file system is the
+    initramfs, in RAM), only when ``--storage memory`` says so: what it
+    acknowledges does not survive the VM."""
+    from dataclasses import replace
+
+    from looming.config.devices import PORTABLE
+
+    if options.get("storage") != "memory":
+        raise ConfigError(
+            f"the vm target has nowhere lasting for kv_store {dev.setting('path')!r}: a VM "
+            "image has no disk yet. Configure with --storage memory to keep the store in the "
+            "guest's memory, where it is lost at power-off, or use the unix target",
+            path=dev.where.path,
+            line=dev.where.line,
+        )
+    impl = PORTABLE["kv_store"](dev)
+    return replace(impl, summary=f"{impl.summary} in the guest's memory, lost at power-off")
 
 
 TARGET = VmTarget()

@@ -1,0 +1,105 @@
+"""A module the unikernel reaches that its image lacks is a build error, not a boot crash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from looming.errors import ConfigError
+from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
+from looming.vm.stdlib import GuestStdlib, stdlib_closure
+from tests.vm.conftest import APPS, looming
+
+
+def _image(tmp_path: Path, modules: dict[str, str], stdlib: set[str]) -> ImageModules:
+    archive = tmp_path / "unikernel.pyz"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, source in modules.items():
+            z.writestr(name.replace(".", "/") + ".py", source)
+    main_py = tmp_path / "main.py"
+    main_py.write_text("import sys\n")
+    return ImageModules(
+        archive=archive,
+        main_py=main_py,
+        stdlib=stdlib,
+        stdlib_names=set(sys.stdlib_module_names),
+        compiled={},
+        modules=sorted(modules),
+    )
+
+
+# What the child interpreter needs to import from a zip and run the check.
+BASE = {"sys", "builtins", "zipimport", "zlib", "importlib", "importlib.machinery", "codecs"}
+
+
+def test_a_module_imported_by_name_and_absent_is_named_with_its_importer(
+    tmp_path: Path,
+) -> None:
+    image = _image(
+        tmp_path,
+        {"service": "import helper\n", "helper": "x = 1\n__import__('looming_absent_mod')\n"},
+        BASE,
+    )
+    with pytest.raises(ConfigError) as raised:
+        check_imports(image, tmp_path)
+    message = str(raised.value)
+    assert "the image lacks the module 'looming_absent_mod'" in message
+    assert "imported by helper.py:2" in message
+    assert "register(..., packages=['looming_absent_mod'])" in message
+
+
+def test_a_stdlib_module_left_out_of_the_image_is_named(tmp_path: Path) -> None:
+    image = _image(tmp_path, {"service": "import json\n"}, BASE)
+    with pytest.raises(ConfigError, match=r"lacks the module 'json', imported by service.py:1"):
+        check_imports(image, tmp_path)
+    # With json and what it imports in the image, the same unikernel passes.
+    program = "import sys, json; print(','.join(sys.modules))"
+    imported = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", program], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    image = _image(tmp_path, {"service": "import json\n"}, BASE | set(imported.split(",")))
+    check_imports(image, tmp_path)
+
+
+def test_wheel_tops_are_the_wheels_importable_names() -> None:
+    files = [
+        "cryptography/__init__.py",
+        "cryptography-51.0.1.dist-info/METADATA",
+        "_cffi_backend.cpython-311-x86_64-linux-gnu.so",
+        "cffi.libs/libffi.so",
+        "typing_extensions.py",
+    ]
+    assert wheel_tops(files) == {"cryptography", "_cffi_backend", "typing_extensions"}
+
+
+def test_sysconfig_brings_the_build_variables_it_imports_by_name(tmp_path: Path) -> None:
+    (tmp_path / "sysconfig.py").write_text("import os\n")
+    (tmp_path / "os.py").write_text("")
+    (tmp_path / "_sysconfigdata__x86_64-linux-gnu.py").write_text("build_time_vars = {}\n")
+    guest = GuestStdlib(tmp_path, "x86_64-linux-gnu", "311")
+    closure = stdlib_closure([("sysconfig", (), False)], guest, set())
+    assert {"sysconfig", "os", "_sysconfigdata__x86_64-linux-gnu"} <= set(closure.modules)
+
+
+@pytest.mark.slow
+def test_a_build_reaching_a_module_the_image_lacks_stops_and_names_it(tmp_path: Path) -> None:
+    app = tmp_path / "image_lacks"
+    shutil.copytree(APPS / "image_lacks", app)
+    assert looming(app, "configure", "-t", "vm", "--arch", "x86_64").returncode == 0
+    # An earlier image's manifest: a build that fails leaves it alone.
+    (app / "dist").mkdir()
+    manifest = app / "dist" / "image_lacks-vm.json"
+    manifest.write_text(json.dumps({"arch": "x86_64"}))
+    done = looming(app, "build")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the image lacks the module 'xmlrpc', imported by unikernel.py:3" in done.stderr
+    assert "Traceback" not in done.stderr
+    # Nothing half-written: no image folder, no staging folder, the manifest unchanged.
+    assert sorted(p.name for p in (app / "dist").iterdir()) == ["image_lacks-vm.json"]
+    assert json.loads(manifest.read_text()) == {"arch": "x86_64"}
