@@ -105,3 +105,24 @@ def test_tls12_server_refuses_renegotiation(pki: Pki) -> None:
     )
     pair.client.send_handshake(HandshakeType.CLIENT_HELLO, b"\x03\x03", add_to_transcript=False)
     expect_alert(pair.server, pair.client.bytes_to_send(), AlertDescription.NO_RENEGOTIATION)
+
+
+def test_tls12_client_declines_hello_request(pki: Pki) -> None:
+    """A HelloRequest after a TLS 1.2 handshake gets a warning no_renegotiation
+    (RFC 5746 section 4.2) and the connection carries on."""
+    pair = connect(
+        TlsConfig(trust=pki.trust, random=seeded(5), clock=UnixClock()),
+        TlsConfig(
+            certificates=[pki.leaves["p256"].certified],
+            versions=[TLS12],
+            random=seeded(6),
+            clock=UnixClock(),
+        ),
+    )
+    pair.server.send_handshake(HandshakeType.HELLO_REQUEST, b"", add_to_transcript=False)
+    assert pair.client.receive(pair.server.bytes_to_send()) == []
+    answer = pair.client.bytes_to_send()
+    assert answer[0] == ContentType.ALERT
+    assert len(answer) == 5 + 2 + 8 + 16  # one alert record: two bytes under AES-GCM
+    assert pair.server.receive(answer) == []  # a warning: the server carries on too
+    assert [e.data for e in pair.server_sends(b"still here")] == [b"still here"]  # type: ignore[attr-defined]
