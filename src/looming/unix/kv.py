@@ -142,11 +142,20 @@ class DirectoryKvRw(DirectoryKv):
         path = self._writable_path(key)
         if path.is_dir():
             raise NotAValue(f"{key!r} is a dictionary; remove it before storing a value")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_parents(key, path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         await asyncio.to_thread(_write_durably, tmp, value)
         os.replace(tmp, path)
+        _sync_folder(path.parent)
         self._writes += 1
+
+    def _make_parents(self, key: str, path: Path) -> None:
+        """The dictionaries above ``path``; a value among them is an error
+        naming the key, not an OSError."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotAValue(f"{key!r} is below a value; remove that value first") from None
 
     async def remove(self, key: str) -> None:
         path = self._writable_path(key) if split_key(key) else self._root
@@ -157,16 +166,35 @@ class DirectoryKvRw(DirectoryKv):
             return
         if path.exists() or path.is_symlink():
             _remove_tree(path)
+            _sync_folder(path.parent)
 
     async def rename(self, source: str, dest: str) -> None:
+        """Move ``source`` to ``dest``, replacing what is there. Onto itself
+        it does nothing; the root and moves into itself are refused."""
+        src_parts, dst_parts = split_key(source), split_key(dest)
+        if not src_parts or not dst_parts:
+            raise DeviceError("kv_rw: cannot rename the root or rename onto it")
         src = self._path(source)
-        if src is None or not src.exists():
+        if src is None or not (src.exists() or src.is_symlink()):
             raise KeyNotFound(source)
+        if dst_parts[: len(src_parts)] == src_parts:
+            if dst_parts == src_parts:
+                return
+            raise DeviceError(f"kv_rw: cannot move {source!r} into itself ({dest!r})")
         dst = self._writable_path(dest)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
+        self._make_parents(dest, dst)
+        if src_parts[: len(dst_parts)] == dst_parts:
+            # Out of the dictionary it replaces first, so removing that
+            # dictionary does not remove it.
+            aside = dst.with_name(f".{dst.name}.rename{os.getpid()}")
+            os.replace(src, aside)
+            src = aside
+        if dst.exists() or dst.is_symlink():
             _remove_tree(dst)
         os.replace(src, dst)
+        _sync_folder(dst.parent)
+        if src.parent != dst.parent:
+            _sync_folder(src.parent)
         self._writes += 1
 
 
@@ -175,6 +203,15 @@ def _write_durably(path: Path, value: bytes) -> None:
         f.write(value)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _sync_folder(path: Path) -> None:
+    """Make a rename or a new name in ``path`` durable."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _remove_tree(path: Path) -> None:
