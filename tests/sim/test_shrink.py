@@ -77,6 +77,46 @@ def test_drawn_swarm_schedules_read_back_exactly(end: float, rng: random.Random)
     assert parse_faults(format_faults(schedule)) == schedule
 
 
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False), st.randoms())
+def test_drawn_disk_faults_read_back_exactly(end: float, rng: random.Random) -> None:
+    from looming.sim.swarm import KINDS
+
+    swarm = Swarm(("a",), 0.0, 1.0 + end % 1000, kinds=(*KINDS, "disk"), max_rate=2.0)
+    schedule = draw(swarm, ["a", "b"], rng).faults
+    assert parse_faults(format_faults(schedule)) == schedule
+
+
+def test_disk_faults_with_every_setting_read_back_exactly() -> None:
+    from looming.sim import DiskFault, DiskFaults
+    from looming.sim.network import Exponential, Fixed, Uniform
+
+    for faults, duration in [
+        (DiskFaults(), None),
+        (DiskFaults(lost_writes=0.25, torn_writes=1.0, read_errors=1 / 3), 2.5),
+        (DiskFaults(corruption=0.01, slow_io=0.5, slow=Exponential(0.1, 0.02)), None),
+        (DiskFaults(latency=Uniform(0.001, 0.01)), 0.1),
+        (DiskFaults(latency=Fixed(0.002)), None),
+    ]:
+        timed = (1.5, DiskFault("server", faults, duration))
+        assert parse_fault(format_fault(*timed)) == timed
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("1:disk:a:lost=0.5", "not NAME=VALUE"),
+        ("1:disk:a:lost_writes=2", "probability"),
+        ("1:disk:a:lost_writes=often", "not a probability"),
+        ("1:disk:a:latency=normal/1/2", "fixed/S"),
+        ("1:disk:a:latency=uniform/1", "does not fit uniform"),
+        ("1:disk:a:latency=uniform/2/1", "low <= high"),
+    ],
+)
+def test_malformed_disk_faults_say_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(says)):
+        parse_faults(text)
+
+
 def test_a_fault_kind_without_a_text_form_is_a_clear_error() -> None:
     @dataclass(frozen=True)
     class Flood(looming.sim.Fault):

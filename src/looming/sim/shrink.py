@@ -41,6 +41,7 @@ from looming.errors import UsageError
 
 if TYPE_CHECKING:
     from looming.sim.artifact import Artifact
+    from looming.sim.disk import DiskFaults
     from looming.sim.spec import Fault, Scenario
     from looming.sim.world import RunResult
 
@@ -87,10 +88,84 @@ def format_fault(when: float, fault: Fault) -> str:
             return f"{at}:hold:{node}"
         case Release(node, drop):
             return f"{at}:release:{node}:{'drop' if drop else 'deliver'}"
+    from looming.sim.diskfault import DiskFault
+
+    if isinstance(fault, DiskFault):
+        tail = "" if fault.duration is None else f":{fault.duration!r}"
+        return f"{at}:disk:{fault.node}:{format_disk_faults(fault.faults)}{tail}"
     raise UsageError(
         f"a {type(fault).__name__} fault cannot be written for --faults; "
         "replay the run with its scenario's faults instead"
     )
+
+
+def format_disk_faults(faults: DiskFaults) -> str:
+    """What differs from a well-behaved disk, as ``name=value`` words joined
+    by commas (``lost_writes=0.25,latency=uniform/0.001/0.01``)."""
+    from dataclasses import fields
+
+    from looming.sim.disk import DiskFaults
+
+    plain = DiskFaults()
+    words = []
+    for field in fields(faults):
+        value = getattr(faults, field.name)
+        if value == getattr(plain, field.name):
+            continue
+        if isinstance(value, int | float):
+            words.append(f"{field.name}={float(value)!r}")
+        else:
+            numbers = "/".join(repr(float(getattr(value, f.name))) for f in fields(value))
+            words.append(f"{field.name}={type(value).__name__.lower()}/{numbers}")
+    return ",".join(words) or "none"
+
+
+def parse_disk_faults(text: str, word: str) -> DiskFaults:
+    """The inverse of :func:`format_disk_faults`; a bad setting is a
+    UsageError naming it."""
+    from dataclasses import fields
+
+    from looming.sim.disk import DiskFaults
+    from looming.sim.network import Exponential, Fixed, Uniform
+
+    shapes: dict[str, type[Fixed | Uniform | Exponential]] = {
+        "fixed": Fixed,
+        "uniform": Uniform,
+        "exponential": Exponential,
+    }
+    names = {field.name for field in fields(DiskFaults)}
+    settings: dict[str, object] = {}
+    for setting in [] if text == "none" else text.split(","):
+        name, _, value = setting.partition("=")
+        if name not in names or not value:
+            raise UsageError(
+                f"--faults: {word!r}: {setting!r} is not NAME=VALUE with NAME one of "
+                f"{', '.join(sorted(names))}"
+            )
+        shape, *numbers = value.split("/")
+        if not numbers:
+            settings[name] = _rate(value, word)
+            continue
+        if shape not in shapes:
+            raise UsageError(
+                f"--faults: {word!r}: {name} is fixed/S, uniform/LOW/HIGH or "
+                "exponential/MEAN/MINIMUM"
+            )
+        try:
+            settings[name] = shapes[shape](*(float(n) for n in numbers))
+        except (TypeError, ValueError):
+            raise UsageError(f"--faults: {word!r}: {value!r} does not fit {shape}") from None
+    faults = DiskFaults(**settings)  # type: ignore[arg-type]
+    if problems := faults.problems():
+        raise UsageError(f"--faults: {word!r}: {'; '.join(problems)}")
+    return faults
+
+
+def _rate(text: str, word: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--faults: {word!r}: {text!r} is not a probability") from None
 
 
 def format_faults(schedule: Iterable[Timed]) -> str:
@@ -128,6 +203,7 @@ _ARITY = {
     "heal": (0, 0),
     "hold": (1, 1),
     "release": (2, 2),
+    "disk": (2, 3),
 }
 
 
@@ -175,8 +251,14 @@ def parse_fault(word: str) -> Timed:
         fault = Heal()
     elif kind == "hold":
         fault = Hold(args[0])
-    else:
+    elif kind == "release":
         fault = Release(args[0], _choice(args[1], "drop", "deliver", word))
+    else:
+        from looming.sim.diskfault import DiskFault
+
+        fault = DiskFault(
+            args[0], parse_disk_faults(args[1], word), _optional_number(args, 2, word)
+        )
     return when, fault
 
 
