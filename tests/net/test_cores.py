@@ -63,6 +63,27 @@ def test_arp_updates_known_bindings_from_any_packet() -> None:
     assert cache.lookup(A, 1) == MAC_B
 
 
+def test_a_fresh_binding_is_not_moved_by_a_second_answer() -> None:
+    from collections import Counter
+
+    counters: Counter[str] = Counter()
+    cache = ArpCache(lock_ns=S)
+    other = MacAddress("02:00:00:00:00:0c")
+    first = ArpPacket(2, MAC_A, A, MAC_B, B)
+    second = ArpPacket(2, other, A, MAC_B, B)  # a damaged duplicate, or a rival
+    answer(cache, first, MAC_B, frozenset({B}), 0, waiting={A}, counters=counters)
+    answer(cache, second, MAC_B, frozenset({B}), S // 2, counters=counters)
+    assert cache.lookup(A, S // 2) == MAC_A and counters["locked"] == 1
+    answer(cache, first, MAC_B, frozenset({B}), S // 2, counters=counters)  # same MAC: refresh
+    assert counters["locked"] == 1
+    # Once the lock time has passed, or when the host announces itself, it moves.
+    answer(cache, second, MAC_B, frozenset({B}), 2 * S, counters=counters)
+    assert cache.lookup(A, 2 * S) == other
+    gratuitous = ArpPacket(1, MAC_A, A, MacAddress(bytes(6)), A)
+    answer(cache, gratuitous, MAC_B, frozenset({B}), 2 * S + 1, counters=counters)
+    assert cache.lookup(A, 2 * S + 1) == MAC_A and counters["locked"] == 1
+
+
 # -- reassembly --------------------------------------------------------------
 
 

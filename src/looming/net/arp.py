@@ -44,9 +44,20 @@ class ArpCache:
     cannot grow memory.
     """
 
-    def __init__(self, *, lifetime_ns: int = 60 * _SECOND_NS, max_entries: int = 512) -> None:
+    def __init__(
+        self,
+        *,
+        lifetime_ns: int = 60 * _SECOND_NS,
+        max_entries: int = 512,
+        lock_ns: int = _SECOND_NS,
+    ) -> None:
         self.lifetime_ns = lifetime_ns
         self.max_entries = max_entries
+        # A binding learned less than this long ago is not moved to another
+        # MAC by a non-gratuitous packet (Linux's neighbour locktime): of two
+        # answers to one request (a duplicate damaged on the way, or two
+        # hosts answering), the first one stays.
+        self.lock_ns = lock_ns
         self._entries: OrderedDict[IPv4Address, tuple[MacAddress, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -76,6 +87,14 @@ class ArpCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def locked(self, address: IPv4Address, mac: MacAddress, now_ns: int) -> bool:
+        """Whether moving ``address`` to ``mac`` now would change a binding
+        younger than :attr:`lock_ns`."""
+        entry = self._entries.get(address)
+        if entry is None or entry[0] == mac:
+            return False
+        return now_ns < entry[1] - self.lifetime_ns + self.lock_ns
+
     def forget(self, address: IPv4Address) -> None:
         self._entries.pop(address, None)
 
@@ -91,12 +110,14 @@ def answer(
     now_ns: int,
     *,
     waiting: Container[IPv4Address] = frozenset(),
+    counters: Counter[str] | None = None,
 ) -> ArpPacket | None:
     """Apply RFC 826's merge rule to ``packet`` and return the reply to send.
 
     The sender's binding is updated if already known, learned if the packet
     is for us or answers a question we asked; requests for our addresses get
-    a reply.
+    a reply. A binding learned within the cache's lock time keeps its MAC
+    unless the packet is gratuitous (counted as ``locked``).
     """
     sender = packet.sender_ip
     for_us = packet.target_ip in our_addresses
@@ -105,7 +126,12 @@ def answer(
         and sender not in our_addresses
         and (sender in cache or for_us or sender in waiting)
     ):
-        cache.learn(sender, packet.sender_mac, now_ns)
+        gratuitous = packet.target_ip == sender
+        if not gratuitous and cache.locked(sender, packet.sender_mac, now_ns):
+            if counters is not None:
+                counters["locked"] += 1
+        else:
+            cache.learn(sender, packet.sender_mac, now_ns)
     if for_us and packet.operation == ArpOperation.REQUEST:
         return ArpPacket(
             operation=ArpOperation.REPLY,
@@ -353,6 +379,7 @@ class ArpLayer:
             frozenset(self._addresses),
             now,
             waiting=self.table.incomplete,
+            counters=self.counters,
         )
         self._refreshing.discard(sender)
         if sender in self.table.incomplete or sender in self._waiters:
