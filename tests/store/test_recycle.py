@@ -83,3 +83,37 @@ def test_a_local_git_clone_sharing_our_packs_stays_intact(tmp_path: Path, git: G
     assert git("log", "--format=%s", "-1", "main", cwd=str(clone)).strip() == "commit 5"
     git("fsck", "--strict", "--no-dangling", cwd=str(path))
     repo.close()
+
+
+def test_packs_beyond_the_spares_budget_are_removed_off_the_commit_path(
+    tmp_path: Path, git: GitRunner
+) -> None:
+    from looming.store import spares
+
+    path = tmp_path / "r.git"
+    repo = Repo.init(str(path), merge_packs_after=4, fold_when_idle=None, clock=UnixClock())
+    pool = repo.backend._spares  # type: ignore[attr-defined]
+    removed: list[str] = []
+    real_unlink = os.unlink
+
+    def unlink(name: str) -> None:
+        removed.append(os.path.basename(name))
+        real_unlink(name)
+
+    budget, spares.RECYCLE_BYTES = spares.RECYCLE_BYTES, 0  # nothing kept: all discarded
+    os.unlink = unlink  # type: ignore[assignment]
+    try:
+        _commit(repo, 0, 12)  # three folds, each retiring packs
+        pool._doomed.join()
+    finally:
+        os.unlink = real_unlink
+        spares.RECYCLE_BYTES = budget
+    # Every retired pack file was renamed into the spares folder before it
+    # was removed there: none was unlinked under its pack name.
+    assert removed and not any(name.startswith("pack-") for name in removed)
+    assert len(_packs(path)) == 1
+    left = set(os.listdir(path / SPARE_DIR))
+    assert [name for name in removed if name in left] == []
+    repo.close()
+    git("fsck", "--strict", "--no-dangling", cwd=str(path))
+    assert Repo.open(str(path), clock=UnixClock()).store().get("d0/k0") is not None

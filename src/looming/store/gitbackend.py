@@ -569,7 +569,7 @@ class GitBackend:
             self._growing = GrowingPack()
         small = [record for record in self._small_packs if record[0] in self._recent_packs]
         # Our own readers let go of the packs first, so that the ones folded
-        # away can become spares (see SparePool.recycle).
+        # away can become spares (see SparePool.retire).
         self._reopen_packs()
         self._growing.fold(
             self.pack_dir,
@@ -577,7 +577,7 @@ class GitBackend:
             self._delta_bases,
             self._recent_packs,
             self._spares.take,
-            self._spares.recycle,
+            self._spares.retire,
             sync=self._sync,
             tree_bodies=self._recent_trees,
         )

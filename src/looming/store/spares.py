@@ -225,6 +225,9 @@ class SparePool:
         self._takes = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Retired files moved out of the way, removed by their own thread.
+        self._doomed: queue.Queue[str | None] = queue.Queue()
+        self._remover: threading.Thread | None = None
         self._counter = 0
         self._pid = os.getpid()
         # This process's lease on its spares: a file it holds flock'ed while
@@ -395,8 +398,54 @@ class SparePool:
                 self._unsynced_folders.add(os.path.dirname(path))
         return True
 
+    def retire(self, path: str) -> bool:
+        """Take ``path``, a file folding has replaced, off the caller's
+        hands: kept as a spare (:meth:`recycle`), else moved aside and
+        removed by a thread (:meth:`discard`); False when neither can be
+        done here (the caller unlinks it)."""
+        return self.recycle(path) or self.discard(path)
+
+    def discard(self, path: str) -> bool:
+        """Rename ``path`` into this process's spares folder (a rename,
+        some tens of microseconds) and unlink it there from a thread: freeing
+        a pack's blocks takes milliseconds on a busy disk, which a commit
+        need not wait for. Its old name is gone when this returns, so a new
+        file under that name is never the one removed. A process killed
+        before the thread gets to it leaves a spare, which
+        :func:`reclaim_dead` removes."""
+        if self._pid != os.getpid() or self._stopping:
+            return False
+        try:
+            name = self._next_name()
+            os.rename(path, name)
+        except OSError:
+            return False
+        self._doomed.put(name)
+        with self._lock:
+            if self._remover is None:
+                self._remover = threading.Thread(
+                    target=self._remove_doomed, name="looming-store-remove", daemon=True
+                )
+                self._remover.start()
+        return True
+
+    def _remove_doomed(self) -> None:
+        while True:
+            name = self._doomed.get()
+            try:
+                if name is None:
+                    return
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+            finally:
+                self._doomed.task_done()
+
     def close(self) -> None:
-        """Stop the thread and remove this process's unused spares."""
+        """Stop the threads and remove this process's unused spares."""
+        if self._remover is not None and self._pid == os.getpid():
+            self._doomed.put(None)
+            self._doomed.join()
+            self._remover = None
         with self._lock:
             self._stopping = True
         self._stopped.set()
