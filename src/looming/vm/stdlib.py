@@ -53,6 +53,9 @@ DYNAMIC_STDLIB: dict[str, tuple[str, ...]] = {
     # str.encode("idna") finds its codec by name (http.client's Host header
     # for a name that is not ASCII).
     "http.client": ("encodings.idna",),
+    # Its executors are attributes loaded on first use (a module __getattr__):
+    # asyncio's run_in_executor and to_thread reach the thread pool so.
+    "concurrent.futures": ("concurrent.futures.thread",),
 }
 # Part of every interpreter without an init function of their own, or only on Windows.
 CORE = frozenset(
