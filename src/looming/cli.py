@@ -66,7 +66,31 @@ def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
         help="the application folder holding config.py (default: the current folder)",
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    _add_configure(verbs)
+    _add_build(verbs)
+    verbs.add_parser(
+        "run",
+        help="run the built unikernel (keys as --KEY VALUE)",
+        description="Run the built artifact. Arguments are the unikernel's keys, e.g. "
+        "'looming run --port 9000'; 'looming run --help' lists them.",
+        add_help=False,
+    )
+    _add_describe(verbs)
+    verbs.add_parser(
+        "clean",
+        help="remove _build/ and dist/",
+        description="Remove the generated _build/ and dist/ folders.",
+    )
+    for name, (module, summary) in PLUGIN_VERBS.items():
+        if _plugin_available(module):
+            sub = verbs.add_parser(name, help=summary, description=summary)
+            sub.set_defaults(plugin=module)
+            if name == verb:
+                importlib.import_module(module).add_arguments(sub)
+    return parser
 
+
+def _add_configure(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     configure = verbs.add_parser(
         "configure",
         help="resolve the device graph for a target and write _build/TARGET/main.py",
@@ -90,6 +114,8 @@ def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
         help="which registered unikernel to configure, when config.py registers several",
     )
 
+
+def _add_build(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     build = verbs.add_parser(
         "build",
         help="build the configured unikernel into dist/",
@@ -104,14 +130,8 @@ def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
         "--refresh", action="store_true", help="fetch package lists again (vm: security updates)"
     )
 
-    verbs.add_parser(
-        "run",
-        help="run the built unikernel (keys as --KEY VALUE)",
-        description="Run the built artifact. Arguments are the unikernel's keys, e.g. "
-        "'looming run --port 9000'; 'looming run --help' lists them.",
-        add_help=False,
-    )
 
+def _add_describe(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     describe = verbs.add_parser(
         "describe",
         help="print the device graph (text, or Graphviz DOT with --dot)",
@@ -124,20 +144,6 @@ def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="describe the built artifact instead: its size and what it contains",
     )
-
-    verbs.add_parser(
-        "clean",
-        help="remove _build/ and dist/",
-        description="Remove the generated _build/ and dist/ folders.",
-    )
-
-    for name, (module, summary) in PLUGIN_VERBS.items():
-        if _plugin_available(module):
-            sub = verbs.add_parser(name, help=summary, description=summary)
-            sub.set_defaults(plugin=module)
-            if name == verb:
-                importlib.import_module(module).add_arguments(sub)
-    return parser
 
 
 def _first_verb(args: list[str]) -> tuple[str | None, int]:

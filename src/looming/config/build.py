@@ -236,75 +236,97 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+class _ModuleWalk:
+    """The walk behind :func:`module_closure`: a stack of modules to read and
+    the closure they add up to."""
+
+    def __init__(self, entry: Path, app_dir: Path) -> None:
+        self.locator = ModuleLocator(app_dir)
+        self.closure = Closure()
+        self.walked: set[str] = set()  # modules read, packed or (external) not
+        self.pending: list[ModuleSource] = [ModuleSource("__main__", entry, False)]
+        self.triggered: set[str] = set()  # DYNAMIC_IMPORTS keys already expanded
+
+    def expand(self, names: tuple[str, ...]) -> None:
+        """Queue ``names`` (``pkg.*``: every module of ``pkg``)."""
+        for name in names:
+            if name.endswith(".*"):
+                listed = self.locator.submodules(name.removesuffix(".*"))
+            else:
+                listed = [name]
+            for listed_name in listed:
+                kind, src = self.locator.find(listed_name)
+                if src is not None and kind != "external":
+                    self.pending.append(src)
+                elif kind == "missing" and not name.endswith(".*"):
+                    self.closure.missing.add(listed_name)
+
+    def want(self, name: str) -> None:
+        """Queue the module ``name`` unless it was read; note it when it is
+        compiled (external) or found nowhere."""
+        if name in self.walked:
+            return
+        kind, src = self.locator.find(name)
+        if kind == "external":
+            self.closure.external.add(name.partition(".")[0])
+        elif kind == "missing":
+            self.closure.missing.add(name)
+        if src is not None:
+            self.pending.append(src)
+
+    def visit(self, src: ModuleSource) -> None:
+        """Take ``src`` and queue what it brings: the modules DYNAMIC_IMPORTS
+        names for it, its parent packages and its imports."""
+        self.walked.add(src.name)
+        if src.name == "__main__" or self.locator.find(src.name)[0] != "external":
+            self.closure.modules[src.name] = src
+        for key in (src.name, src.name.partition(".")[0]):
+            if key in DYNAMIC_IMPORTS and key not in self.triggered:
+                self.triggered.add(key)
+                self.expand(DYNAMIC_IMPORTS[key])
+        parts = src.name.split(".")
+        for i in range(1, len(parts)):
+            self.want(".".join(parts[:i]))
+        for module, names in _imports(src):
+            if module:
+                self.want(module)
+                self._want_submodules(module, names)
+
+    def _want_submodules(self, module: str, names: tuple[str, ...]) -> None:
+        """Those of ``names`` (from ``from module import ...``) that are modules."""
+        for n in names:
+            if n == "*":
+                continue
+            _kind, sub = self.locator.find(f"{module}.{n}")
+            if sub is not None and sub.name not in self.walked:
+                self.pending.append(sub)
+
+    def run(self) -> Closure:
+        while self.pending:
+            src = self.pending.pop()
+            if src.name not in self.walked:
+                self.visit(src)
+        closure = self.closure
+        closure.missing = {
+            m for m in closure.missing if not any(m.startswith(k + ".") for k in closure.modules)
+        }
+        closure.search_paths = {
+            top: path
+            for top in closure.external
+            if (path := self.locator.search_path(top)) is not None
+        }
+        return closure
+
+
 def module_closure(entry: Path, app_dir: Path, extra: tuple[str, ...] = ()) -> Closure:
     """Every app or pure-Python library module reachable from ``entry``.
 
     ``extra`` names more modules to start from (``pkg.*``: all of ``pkg``);
     :data:`DYNAMIC_IMPORTS` adds its modules for each key that is reached.
     """
-    locator = ModuleLocator(app_dir)
-    closure = Closure()
-    walked: set[str] = set()  # modules read, packed or (external) not
-    pending: list[ModuleSource] = [ModuleSource("__main__", entry, False)]
-    triggered: set[str] = set()
-
-    def expand(names: tuple[str, ...]) -> None:
-        for name in names:
-            listed = locator.submodules(name.removesuffix(".*")) if name.endswith(".*") else [name]
-            for listed_name in listed:
-                kind, src = locator.find(listed_name)
-                if src is not None and kind != "external":
-                    pending.append(src)
-                elif kind == "missing" and not name.endswith(".*"):
-                    closure.missing.add(listed_name)
-
-    def want(name: str) -> ModuleSource | None:
-        if name in walked:
-            return None
-        kind, src = locator.find(name)
-        if kind == "external":
-            closure.external.add(name.partition(".")[0])
-        elif kind == "missing":
-            closure.missing.add(name)
-        return src
-
-    expand(extra)
-    while pending:
-        src = pending.pop()
-        if src.name in walked:
-            continue
-        walked.add(src.name)
-        top = src.name.partition(".")[0]
-        if src.name == "__main__" or locator.find(src.name)[0] != "external":
-            closure.modules[src.name] = src
-        for key in (src.name, top):
-            if key in DYNAMIC_IMPORTS and key not in triggered:
-                triggered.add(key)
-                expand(DYNAMIC_IMPORTS[key])
-        parts = src.name.split(".")
-        for i in range(1, len(parts)):
-            parent = want(".".join(parts[:i]))
-            if parent is not None:
-                pending.append(parent)
-        for module, names in _imports(src):
-            if not module:
-                continue
-            found = want(module)
-            if found is not None:
-                pending.append(found)
-            for n in names:
-                if n == "*":
-                    continue
-                _kind, sub = locator.find(f"{module}.{n}")
-                if sub is not None and sub.name not in walked:
-                    pending.append(sub)
-    closure.missing = {
-        m for m in closure.missing if not any(m.startswith(k + ".") for k in closure.modules)
-    }
-    closure.search_paths = {
-        top: path for top in closure.external if (path := locator.search_path(top)) is not None
-    }
-    return closure
+    walk = _ModuleWalk(entry, app_dir)
+    walk.expand(extra)
+    return walk.run()
 
 
 def _archive_name(src: ModuleSource) -> str:

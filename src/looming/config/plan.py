@@ -113,14 +113,24 @@ class Plan:
         return next((k for k in self.keys if k.name == name), None)
 
 
-def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[str, str]) -> Plan:
-    plan = Plan(unikernel, app_dir, target.name, dict(options))
-    impls: dict[int, Impl] = {}
-    order: list[Device] = []
-    state: dict[int, str] = {}
+class _DeviceWalk:
+    """Depth first through the device graph: each device's implementation,
+    and the devices in an order where each comes after those it uses."""
 
-    def visit(dev: Device, path: list[Device]) -> None:
-        mark = state.get(id(dev))
+    def __init__(self, target: Target, options: dict[str, str]) -> None:
+        self.target = target
+        self.options = options
+        self.impls: dict[int, Impl] = {}
+        self.order: list[Device] = []
+        self.state: dict[int, str] = {}
+
+    def deps(self, dev: Device) -> list[Device]:
+        """What ``dev`` needs: its implementation's devices, else its own."""
+        impl = self.impls[id(dev)]
+        return list(impl.deps) if impl.deps is not None else list(dev.deps)
+
+    def visit(self, dev: Device, path: list[Device]) -> None:
+        mark = self.state.get(id(dev))
         if mark == "done":
             return
         if mark == "active":
@@ -132,50 +142,47 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
                 path=dev.where.path,
                 line=dev.where.line,
             )
-        state[id(dev)] = "active"
-        impl = implement(target, dev, plan.options)
-        impls[id(dev)] = impl
-        deps = list(impl.deps) if impl.deps is not None else list(dev.deps)
-        for d in deps:
-            visit(d, [*path, dev])
-        state[id(dev)] = "done"
-        order.append(dev)
+        self.state[id(dev)] = "active"
+        self.impls[id(dev)] = implement(self.target, dev, self.options)
+        for d in self.deps(dev):
+            self.visit(d, [*path, dev])
+        self.state[id(dev)] = "done"
+        self.order.append(dev)
 
-    for job in unikernel.jobs:
-        for dev in job.devices:
-            visit(dev, [])
 
+def _variable_names(order: list[Device]) -> dict[int, str]:
+    """The variable holding each device in the generated code: its name
+    hint, numbered from the second device with the same hint."""
     names: dict[str, int] = {}
     var_of: dict[int, str] = {}
     for dev in order:
         base = dev.name_hint
         count = names.get(base, 0)
         names[base] = count + 1
-        var = base if count == 0 else f"{base}_{count}"
-        var_of[id(dev)] = var
-    # A later device may have claimed a base name that an earlier suffix used.
-    for dev in order:
-        impl = impls[id(dev)]
-        deps = list(impl.deps) if impl.deps is not None else list(dev.deps)
-        plan.devices.append(
-            PlannedDevice(dev, impl, var_of[id(dev)], [var_of[id(d)] for d in deps])
-        )
-    # A part installed as an extra (TLS, the store) is checked now, not at run time.
-    check_application(
-        [
-            (d.device.kind, d.impl.module, d.device.where.path, d.device.where.line)
-            for d in plan.devices
-        ],
-        app_dir,
-    )
+        var_of[id(dev)] = base if count == 0 else f"{base}_{count}"
+    return var_of
 
+
+LOGS_KEY = KeyDecl(
+    "logs",
+    "str",
+    "*:info",
+    "log levels, e.g. '*:info,http:debug' (debug|info|warning|error|quiet)",
+)
+
+
+def _collect_keys(unikernel: Unikernel, devices: list[PlannedDevice]) -> list[KeyDecl]:
+    """The jobs' keys, then the implementations', then ``logs``; a name
+    declared twice must have one type."""
     seen: dict[str, KeyDecl] = {}
-
-    def add_key(k: KeyDecl) -> None:
+    keys: list[KeyDecl] = []
+    declared = [KeyDecl.from_key(k) for job in unikernel.jobs for k in job.keys]
+    declared += [decl for pd in devices for decl in pd.impl.keys]
+    for k in [*declared, LOGS_KEY]:
         prior = seen.get(k.name)
         if prior is None:
             seen[k.name] = k
-            plan.keys.append(k)
+            keys.append(k)
         elif prior.type_name != k.type_name:
             where = k.where or prior.where
             raise ConfigError(
@@ -184,22 +191,29 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
                 path=where.path if where else None,
                 line=where.line if where else None,
             )
+    return keys
 
+
+def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[str, str]) -> Plan:
+    plan = Plan(unikernel, app_dir, target.name, dict(options))
+    walk = _DeviceWalk(target, plan.options)
     for job in unikernel.jobs:
-        for k in job.keys:
-            add_key(KeyDecl.from_key(k))
-    for pd in plan.devices:
-        for decl in pd.impl.keys:
-            add_key(decl)
-    add_key(
-        KeyDecl(
-            "logs",
-            "str",
-            "*:info",
-            "log levels, e.g. '*:info,http:debug' (debug|info|warning|error|quiet)",
-        )
+        for dev in job.devices:
+            walk.visit(dev, [])
+    # A later device may have claimed a base name that an earlier suffix used.
+    var_of = _variable_names(walk.order)
+    for dev in walk.order:
+        deps = [var_of[id(d)] for d in walk.deps(dev)]
+        plan.devices.append(PlannedDevice(dev, walk.impls[id(dev)], var_of[id(dev)], deps))
+    # A part installed as an extra (TLS, the store) is checked now, not at run time.
+    check_application(
+        [
+            (d.device.kind, d.impl.module, d.device.where.path, d.device.where.line)
+            for d in plan.devices
+        ],
+        app_dir,
     )
-
+    plan.keys = _collect_keys(unikernel, plan.devices)
     for job in unikernel.jobs:
         is_class = check_entry_point(job, app_dir)
         plan.jobs.append(PlannedJob(job, is_class, [var_of[id(d)] for d in job.devices]))

@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` and ``connect`` subcommands to ``parser``."""
     commands = parser.add_subparsers(dest="tls_command", metavar="COMMAND")
     commands.required = True
+    for sub in (_add_serve(commands), _add_connect(commands)):
+        _add_common_arguments(sub)
+
+
+def _add_serve(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="accept TLS connections and echo or answer HTTP (like openssl s_server)",
@@ -146,6 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--tls", choices=["1.2", "1.3", "any"], default="any", help="versions (default any)"
     )
+    return serve
+
+
+def _add_connect(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     connect = commands.add_parser(
         "connect",
         help="connect, send standard input, print the reply (like openssl s_client)",
@@ -182,8 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --resume: send standard input as 0-RTT early data when the saved "
         "session allows it (it may be replayed; only for idempotent requests)",
     )
-    for sub in (serve, connect):
-        _add_common_arguments(sub)
+    return connect
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -82,88 +82,108 @@ class UnixTarget(Target):
         if host is not None:
             return host
         if kind == "kv_ro":
-            dirname = dev.setting("dirname")
-            if options.get("kv_ro", "crunch") == "direct":
-                return Impl(
-                    "looming.unix.kv:DirectoryKv.connect",
-                    args=[_kv_ro_direct_path(dirname)],
-                    awaited=True,
-                    summary=f"folder {dirname}/",
-                )
-            return Impl(
-                "looming.unix.kv:CrunchedKv.connect",
-                args=[repr(dev.name_hint)],
-                awaited=True,
-                crunch=[(dev.name_hint, dirname)],
-                summary=f"{dirname}/ crunched into the artifact",
-            )
+            return _kv_ro_impl(dev, options)
         if kind == "kv_rw":
-            dirname = dev.setting("dirname")
-            key = f"{dev.name_hint}_dir"
-            return Impl(
-                "looming.unix.kv:DirectoryKvRw.connect",
-                args=[f"keys.{key}"],
-                awaited=True,
-                keys=[KeyDecl(key, "str", dirname, f"folder holding the {dirname!r} store")],
-                summary=f"folder {dirname}/",
-            )
+            return _kv_rw_impl(dev)
         if kind == "block":
-            filename = dev.setting("filename")
-            key = f"{dev.name_hint}_file"
-            return Impl(
-                "looming.unix.block:FileBlock.connect",
-                args=[f"keys.{key}"],
-                kwargs=[("sector_size", str(dev.setting("sector_size", 512)))],
-                awaited=True,
-                disconnect="disconnect",
-                keys=[KeyDecl(key, "str", filename, f"file backing the {filename!r} block device")],
-                summary=f"file {filename}",
-            )
+            return _block_impl(dev)
         if kind == "network":
             if options.get("net") != "direct":
                 raise self.unsupported(dev, "only with --net direct")
-            iface = dev.setting("iface")
-            key = "interface" if iface is None else f"{dev.name_hint}_interface"
-            return Impl(
-                "looming.net.netif.tap:TapNetwork.connect",
-                args=[f"keys.{key}"],
-                kwargs=[("offload", "keys.offload")],
-                awaited=True,
-                disconnect="disconnect",
-                keys=[
-                    KeyDecl(key, "str", iface or "tap0", "TAP interface to attach to"),
-                    KeyDecl(
-                        "offload",
-                        "bool",
-                        True,
-                        "virtio-net headers with checksum and segmentation offloads "
-                        "(when the TAP supports them)",
-                    ),
-                ],
-                summary="TAP device",
-            )
+            return _tap_network_impl(dev)
         if kind == "stack":
             if options.get("net", "socket") == "socket":
-                return Impl(
-                    "looming.unix.socket_stack:SocketStack.connect",
-                    kwargs=[("host", "str(keys.ipv4.ip)")],
-                    awaited=True,
-                    disconnect="disconnect",
-                    deps=[],
-                    keys=[
-                        # Loopback unless told otherwise: what listens on a
-                        # network is reachable from it only when configured so.
-                        KeyDecl(
-                            "ipv4",
-                            "ipv4_interface",
-                            "127.0.0.1/32",
-                            "address to listen on (0.0.0.0 for every host address)",
-                        )
-                    ],
-                    summary="host sockets",
-                )
+                return _socket_stack_impl()
             return direct_stack_impl(dev)
         raise self.unsupported(dev)
+
+
+def _kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
+    dirname = dev.setting("dirname")
+    if options.get("kv_ro", "crunch") == "direct":
+        return Impl(
+            "looming.unix.kv:DirectoryKv.connect",
+            args=[_kv_ro_direct_path(dirname)],
+            awaited=True,
+            summary=f"folder {dirname}/",
+        )
+    return Impl(
+        "looming.unix.kv:CrunchedKv.connect",
+        args=[repr(dev.name_hint)],
+        awaited=True,
+        crunch=[(dev.name_hint, dirname)],
+        summary=f"{dirname}/ crunched into the artifact",
+    )
+
+
+def _kv_rw_impl(dev: Device) -> Impl:
+    dirname = dev.setting("dirname")
+    key = f"{dev.name_hint}_dir"
+    return Impl(
+        "looming.unix.kv:DirectoryKvRw.connect",
+        args=[f"keys.{key}"],
+        awaited=True,
+        keys=[KeyDecl(key, "str", dirname, f"folder holding the {dirname!r} store")],
+        summary=f"folder {dirname}/",
+    )
+
+
+def _block_impl(dev: Device) -> Impl:
+    filename = dev.setting("filename")
+    key = f"{dev.name_hint}_file"
+    return Impl(
+        "looming.unix.block:FileBlock.connect",
+        args=[f"keys.{key}"],
+        kwargs=[("sector_size", str(dev.setting("sector_size", 512)))],
+        awaited=True,
+        disconnect="disconnect",
+        keys=[KeyDecl(key, "str", filename, f"file backing the {filename!r} block device")],
+        summary=f"file {filename}",
+    )
+
+
+def _tap_network_impl(dev: Device) -> Impl:
+    iface = dev.setting("iface")
+    key = "interface" if iface is None else f"{dev.name_hint}_interface"
+    return Impl(
+        "looming.net.netif.tap:TapNetwork.connect",
+        args=[f"keys.{key}"],
+        kwargs=[("offload", "keys.offload")],
+        awaited=True,
+        disconnect="disconnect",
+        keys=[
+            KeyDecl(key, "str", iface or "tap0", "TAP interface to attach to"),
+            KeyDecl(
+                "offload",
+                "bool",
+                True,
+                "virtio-net headers with checksum and segmentation offloads "
+                "(when the TAP supports them)",
+            ),
+        ],
+        summary="TAP device",
+    )
+
+
+def _socket_stack_impl() -> Impl:
+    return Impl(
+        "looming.unix.socket_stack:SocketStack.connect",
+        kwargs=[("host", "str(keys.ipv4.ip)")],
+        awaited=True,
+        disconnect="disconnect",
+        deps=[],
+        keys=[
+            # Loopback unless told otherwise: what listens on a network is
+            # reachable from it only when configured so.
+            KeyDecl(
+                "ipv4",
+                "ipv4_interface",
+                "127.0.0.1/32",
+                "address to listen on (0.0.0.0 for every host address)",
+            )
+        ],
+        summary="host sockets",
+    )
 
 
 def direct_stack_impl(dev: Device) -> Impl:
