@@ -295,4 +295,7 @@ class NewSessionTicket13:
 
 
 def _extensions(extensions: dict[int, bytes]) -> bytes:
-    return vec16(b"".join(extension(t, body) for t, body in extensions.items()))
+    out = b""
+    for ext_type, body in extensions.items():
+        out += extension(ext_type, body)
+    return vec16(out)

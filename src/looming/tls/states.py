@@ -17,7 +17,14 @@ from .constants import AlertDescription
 from .errors import TlsProtocolError
 
 
-class ClientState(enum.Enum):
+class _State(enum.Enum):
+    """A state: hashed by identity (members are singletons), as cheap as an int in the
+    dispatch tables, where Enum's own hash is a Python-level call."""
+
+    __hash__ = object.__hash__
+
+
+class ClientState(_State):
     """The TLS 1.3 client (RFC 8446 appendix A.1); 1.2 continues in ``Client12State``."""
 
     START = "start"
@@ -31,7 +38,7 @@ class ClientState(enum.Enum):
     TLS12 = "tls12"  # the server chose TLS 1.2: the Client12 machine has taken over
 
 
-class Client12State(enum.Enum):
+class Client12State(_State):
     """The TLS 1.2 client (RFC 5246 section 7.3, RFC 5077 section 3.1)."""
 
     WAIT_CERTIFICATE = "wait_certificate"
@@ -44,7 +51,7 @@ class Client12State(enum.Enum):
     CONNECTED = "connected"
 
 
-class ServerState(enum.Enum):
+class ServerState(_State):
     """The TLS 1.3 server (RFC 8446 appendix A.2); 1.2 continues in ``Server12State``."""
 
     WAIT_CLIENT_HELLO = "wait_client_hello"
@@ -56,7 +63,7 @@ class ServerState(enum.Enum):
     TLS12 = "tls12"  # TLS 1.2 was negotiated: the Server12 machine has taken over
 
 
-class Server12State(enum.Enum):
+class Server12State(_State):
     """The TLS 1.2 server (RFC 5246 section 7.3, RFC 5077 section 3.1)."""
 
     WAIT_CERTIFICATE = "wait_certificate"
