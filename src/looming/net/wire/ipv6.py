@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 
+from looming.bounded import Memo
 from looming.devices.net import MacAddress
 from looming.errors import Malformed
 
@@ -82,17 +83,17 @@ class ExtensionHeaderProblem(Malformed):
         self.pointer = pointer
 
 
-_ipv6: dict[bytes, IPv6Address] = {}
+_ipv6: Memo[bytes, IPv6Address] = Memo(4096)
+_ipv6_get = _ipv6.get
+_ipv6_put = _ipv6.put
 
 
 def ipv6_address(raw: bytes) -> IPv6Address:
     """The address for 16 bytes in network order, memoised like IPv4's
-    (bounded: emptied when full)."""
-    address = _ipv6.get(raw)
+    (bounded: emptied when full; a hit is one dict lookup)."""
+    address = _ipv6_get(raw)
     if address is None:
-        if len(_ipv6) >= 4096:
-            _ipv6.clear()
-        address = _ipv6[raw] = IPv6Address(raw)
+        address = _ipv6_put(raw, IPv6Address(raw))
     return address
 
 
