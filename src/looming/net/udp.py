@@ -9,6 +9,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from looming.bounded import Memo
 from looming.devices.net import IpProtocol, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.stack import Datagram, UdpHandler
@@ -25,16 +26,16 @@ EPHEMERAL_PORTS = (49152, 65535)
 
 
 Address = IPv4Address | IPv6Address
-_texts: dict[Address, str] = {}
+_texts: Memo[Address, str] = Memo(4096)
+_texts_get = _texts.get
+_texts_put = _texts.put
 
 
 def _text(address: Address) -> str:
     """``str(address)``, memoised (bounded) as it is asked for every datagram."""
-    text = _texts.get(address)
+    text = _texts_get(address)
     if text is None:
-        if len(_texts) >= 4096:
-            _texts.clear()
-        text = _texts[address] = str(address)
+        text = _texts_put(address, str(address))
     return text
 
 
