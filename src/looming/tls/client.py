@@ -22,9 +22,10 @@ from .constants import (
     plain_values,
 )
 from .errors import TlsProtocolError
-from .events import HandshakeComplete, NewSession
+from .events import NewSession
 from .keyexchange import KeyShare
 from .keyschedule import KeySchedule13
+from .link import finish_handshake
 from .session import Session
 from .states import ClientState, Handler, dispatch, unexpected
 from .suites import SUITES
@@ -533,18 +534,7 @@ class ClientHandshake:
         delivered = self.early_data_sent if conn.early_data_accepted else b""
         if self.early_data[len(delivered) :]:
             conn.queue_application_data_first(self.early_data[len(delivered) :])
-        conn.complete_handshake()
-        conn.events.append(
-            HandshakeComplete(
-                version=conn.version,
-                cipher_suite=conn.suite.suite,
-                alpn_protocol=conn.alpn_protocol,
-                server_name=conn.server_name,
-                resumed=conn.resumed,
-                early_data_accepted=conn.early_data_accepted,
-                peer_certificates=list(conn.peer_certificates),
-            )
-        )
+        finish_handshake(conn)
 
     def remember(self, session: Session) -> None:
         self.conn.session = session

@@ -14,7 +14,7 @@ from typing import Protocol
 from cryptography import x509
 
 from .config import TlsConfig
-from .events import Event
+from .events import Event, HandshakeComplete
 from .keyschedule import KeySchedule13, Transcript
 from .record import RecordLayer
 from .session import Session
@@ -65,3 +65,20 @@ class HandshakeConnection(Protocol):
     def queue_application_data_first(self, data: bytes) -> None: ...
 
     def complete_handshake(self) -> None: ...
+
+
+def finish_handshake(conn: HandshakeConnection) -> None:
+    """Mark the handshake complete and report what it negotiated, in one event."""
+    assert conn.version is not None and conn.suite is not None
+    conn.complete_handshake()
+    conn.events.append(
+        HandshakeComplete(
+            version=conn.version,
+            cipher_suite=conn.suite.suite,
+            alpn_protocol=conn.alpn_protocol,
+            server_name=conn.server_name,
+            resumed=conn.resumed,
+            early_data_accepted=conn.early_data_accepted,
+            peer_certificates=list(conn.peer_certificates),
+        )
+    )

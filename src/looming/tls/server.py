@@ -20,9 +20,9 @@ from .constants import (
     plain_values,
 )
 from .errors import TlsProtocolError
-from .events import HandshakeComplete
 from .keyexchange import server_exchange
 from .keyschedule import KeySchedule13
+from .link import finish_handshake
 from .messages import ClientHello, ServerHello
 from .server12 import Server12
 from .session import TicketState
@@ -490,18 +490,7 @@ class ServerHandshake:
         self.state = ServerState.CONNECTED
         for _ in range(self.config.session_tickets):
             server_psk.send_ticket13(self, resumption_master)
-        conn.complete_handshake()
-        conn.events.append(
-            HandshakeComplete(
-                version=conn.version,
-                cipher_suite=conn.suite.suite,
-                alpn_protocol=conn.alpn_protocol,
-                server_name=conn.server_name,
-                resumed=conn.resumed,
-                early_data_accepted=conn.early_data_accepted,
-                peer_certificates=list(conn.peer_certificates),
-            )
-        )
+        finish_handshake(conn)
 
 
 # The TLS 1.3 handshake's transitions: (state, message type) -> handler.

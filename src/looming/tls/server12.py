@@ -23,8 +23,8 @@ from .constants import (
     HandshakeType as H,
 )
 from .errors import TlsProtocolError
-from .events import HandshakeComplete
 from .keyexchange import KeyShare
+from .link import finish_handshake
 from .messages import ClientHello, ServerHello
 from .record import Protection
 from .session import TicketState
@@ -344,19 +344,7 @@ class Server12:
         if not self.abbreviated:
             self._send_ticket_ccs_finished()
         self.state = Server12State.CONNECTED
-        assert conn.suite is not None
-        conn.complete_handshake()
-        conn.events.append(
-            HandshakeComplete(
-                version=TLS12,
-                cipher_suite=conn.suite.suite,
-                alpn_protocol=conn.alpn_protocol,
-                server_name=conn.server_name,
-                resumed=conn.resumed,
-                early_data_accepted=False,
-                peer_certificates=list(conn.peer_certificates),
-            )
-        )
+        finish_handshake(conn)
 
 
 # The TLS 1.2 handshake's transitions: (state, message type) -> handler.
