@@ -11,14 +11,15 @@ Packets larger than the link's MTU are fragmented at the source (RFC 8200
 nobody should send any more (RFC 8021), are counted and dropped).
 
 Errors sent: destination unreachable (UDP's port unreachable), rate
-limited. Not here yet: routers and SLAAC, duplicate address detection, MLD
-reports, path MTU discovery, the other ICMPv6 errors, and errors received.
+limited. Errors taken: Packet Too Big, which lowers the path MTU (and TCP's
+MSS) for its destination (RFC 8201). Not here yet: routers and SLAAC,
+duplicate address detection, MLD reports, the other ICMPv6 errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv6Address
@@ -40,6 +41,11 @@ Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
 """Called with (what IPv6 knows of the packet, its upper-layer payload)."""
 
 _MAX_PENDING = 1024  # packets waiting for the device, beyond which new ones are dropped
+_PATH_MTU_LIFETIME_NS = 600 * 1_000_000_000  # RFC 8201 5.3: try larger after 10 minutes
+_MAX_PATH_MTUS = 1024
+
+PathMtuListener = Callable[[IPv6Address], None]
+"""Called with a destination whose path MTU was just lowered."""
 
 
 class Ipv6Layer:
@@ -76,6 +82,8 @@ class Ipv6Layer:
         self._outgoing: deque[tuple[MacAddress, bytes]] = deque()
         self._drain_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._path_mtu: OrderedDict[IPv6Address, tuple[int, int]] = OrderedDict()
+        self._path_mtu_listeners: list[PathMtuListener] = []
         # A token bucket on the errors we send (RFC 4443 2.4(f)).
         self.error_burst = 50
         self.errors_per_second = 1000
@@ -103,8 +111,20 @@ class Ipv6Layer:
         self._handlers[protocol] = handler
 
     def mtu(self, destination: IPv6Address) -> int:
-        """The largest payload of one packet to ``destination`` (the link's)."""
-        return self._ethernet.mtu - wire.HEADER_LENGTH
+        """The largest payload of one packet to ``destination``: the link's,
+        or less when a Packet Too Big said so (RFC 8201)."""
+        link = self._ethernet.mtu
+        if self._path_mtu:
+            entry = self._path_mtu.get(destination)
+            if entry is not None:
+                if entry[1] > self._now():
+                    return min(entry[0], link) - wire.HEADER_LENGTH
+                del self._path_mtu[destination]
+        return link - wire.HEADER_LENGTH
+
+    def watch_path_mtu(self, listener: PathMtuListener) -> None:
+        """Call ``listener`` with each destination whose path MTU falls."""
+        self._path_mtu_listeners.append(listener)
 
     def source_for(self, destination: IPv6Address) -> IPv6Address:
         """Our address for reaching ``destination``: link-local for link-local
@@ -227,6 +247,8 @@ class Ipv6Layer:
             future = self._pings.pop((packet.source, header.identifier, header.sequence), None)
             if future is not None and not future.done():
                 future.set_result(None)
+        elif header.type == Icmpv6Type.PACKET_TOO_BIG:
+            self._on_packet_too_big(header.mtu, bytes(body))
         elif isinstance(message, ndp.NeighborSolicitation):
             self._on_solicitation(packet, message)
         elif isinstance(message, ndp.NeighborAdvertisement):
@@ -245,6 +267,32 @@ class Ipv6Layer:
         reply = Icmpv6Header(Icmpv6Type.ECHO_REPLY, 0, header.rest)
         message = icmpv6.emit(reply, body, source, packet.source)
         self._send(packet.source, NextHeader.ICMPV6, message, source=source)
+
+    def _on_packet_too_big(self, mtu: int, quoted: bytes) -> None:
+        """A Packet Too Big (RFC 4443 3.2, RFC 8201): lower the path MTU to
+        the quoted packet's destination, if we sent that packet; never below
+        IPv6's minimum of 1280 (RFC 8021: no atomic fragments instead)."""
+        counters = self.counters
+        if len(quoted) < wire.HEADER_LENGTH:
+            counters["icmpv6_malformed"] += 1
+            return
+        source = IPv6Address(quoted[8:24])
+        destination = IPv6Address(quoted[24:40])
+        if source not in self._addresses or destination.is_multicast:
+            counters["packet_too_big_not_ours"] += 1
+            return
+        mtu = max(mtu, icmpv6.MIN_MTU)
+        if mtu - wire.HEADER_LENGTH >= self.mtu(destination):
+            counters["pmtu_not_lower"] += 1
+            return
+        table = self._path_mtu
+        table.pop(destination, None)
+        table[destination] = (mtu, self._now() + _PATH_MTU_LIFETIME_NS)
+        while len(table) > _MAX_PATH_MTUS:
+            table.popitem(last=False)
+        counters["pmtu_lowered"] += 1
+        for listener in self._path_mtu_listeners:
+            listener(destination)
 
     def _on_solicitation(
         self, packet: ReceivedPacket[IPv6Address], message: ndp.NeighborSolicitation

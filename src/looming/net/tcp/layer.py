@@ -319,6 +319,7 @@ class TcpLayer:
         ipv4.register(IpProtocol.TCP, self.input)
         if ipv6 is not None:
             ipv6.register(IpProtocol.TCP, self.input)
+            ipv6.watch_path_mtu(self._lower_mss)
 
     def _mtu_for(self, remote: IPv4Address | IPv6Address) -> int:
         if isinstance(remote, IPv4Address):
@@ -411,11 +412,7 @@ class TcpLayer:
         counters["icmp_accepted"] += 1
         if error.fragmentation_needed:
             if self._ipv4.lower_path_mtu(remote, error.next_hop_mtu, error.original_length):
-                mss = self._endpoint.path_mss(remote)
-                for (_, _, other, _), each in self._endpoint.connections.items():
-                    if other == remote and each.path_mss > mss:
-                        each.path_mss = mss
-                        counters["icmp_mss_lowered"] += 1
+                self._lower_mss(remote)
             return
         stream = self._streams.get(conn)
         if error.hard and conn.state in (State.SYN_SENT, State.SYN_RECEIVED):
@@ -428,6 +425,15 @@ class TcpLayer:
         counters["icmp_soft_errors"] += 1
         if stream is not None:
             stream.soft_error = error.describe()
+
+    def _lower_mss(self, remote: IPv4Address | IPv6Address) -> None:
+        """The path MTU to ``remote`` fell: every connection there sends
+        smaller segments from now on."""
+        mss = self._endpoint.path_mss(remote)
+        for (_, _, other, _), each in self._endpoint.connections.items():
+            if other == remote and each.path_mss > mss:
+                each.path_mss = mss
+                self.icmp_counters["icmp_mss_lowered"] += 1
 
     def drive(self, key: FourTuple, conn: TcpConnection, action: Callable[[int], _T]) -> _T:
         """Call ``action`` (an operation of ``conn``) with the current time,
