@@ -207,6 +207,55 @@ def test_tcp_between_two_stacks_over_link_local_ipv6() -> None:
     run(body)
 
 
+def packet_too_big(a: DirectStack, b: DirectStack, mtu: int, source: IPv6Address) -> None:
+    """A Packet Too Big from b's address to a, quoting a packet from ``source``."""
+    assert a.ipv6 is not None and b.ipv6 is not None
+    a_ll, b_ll = a.ipv6.link_local, b.ipv6.link_local
+    quoted = ipv6.emit_header(ipv6.Ipv6Header(source, b_ll, 6), 1400) + bytes(40)
+    message = icmpv6.emit(icmpv6.Icmpv6Header(2, 0, mtu), quoted, b_ll, a_ll)
+    packet = ipv6.emit(ipv6.Ipv6Header(b_ll, a_ll, 58, 64), message)
+    a.ethernet.input(bytes(a.ethernet.mac) + bytes(b.ethernet.mac) + b"\x86\xdd" + packet)
+
+
+def test_packet_too_big_lowers_the_path_mtu_and_the_tcp_mss() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        async def echo(flow: TcpFlow) -> None:
+            while data := await flow.read():
+                await flow.write(data)
+
+        await b.tcp.listen(7, echo)
+        flow = await a.tcp.connect(b6.link_local, 7, timeout=2)
+        conn = flow.connection
+        assert conn.path_mss == 1440
+        packet_too_big(a, b, 1300, IPv6Address("fe80::99"))  # quotes a packet not ours
+        assert conn.path_mss == 1440
+        packet_too_big(a, b, 1300, a6.link_local)
+        assert a6.mtu(b6.link_local) == 1260 and conn.path_mss == 1240
+        packet_too_big(a, b, 500, a6.link_local)  # never below IPv6's 1280
+        assert a6.mtu(b6.link_local) == 1240 and conn.path_mss == 1220
+        counters = a.counters()
+        assert counters["ipv6.packet_too_big_not_ours"] == 1
+        assert counters["ipv6.pmtu_lowered"] == 2 and counters["tcp.icmp_mss_lowered"] == 2
+        # From now on the path takes nothing larger, and the echo still works.
+        network = a.network
+        send = network.write
+
+        async def narrow(frame: bytes) -> None:
+            assert len(frame) <= 14 + 1280, len(frame)
+            await send(frame)
+
+        network.write = narrow  # type: ignore[method-assign]
+        data = bytes(i % 247 for i in range(100_000))
+        await flow.write(data)
+        await flow.shutdown()
+        echoed = b""
+        while chunk := await flow.read():
+            echoed += chunk
+        assert echoed == data
+
+    run(body)
+
+
 def test_unresolvable_neighbours_do_not_delay_one_that_answers() -> None:
     async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
         for i in range(200):
