@@ -14,6 +14,7 @@ from http import HTTPStatus
 
 import h11
 
+from looming.bounded import Memo
 from looming.http.message import Headers
 
 _STATUS_LINES: dict[int, bytes] = {
@@ -100,16 +101,14 @@ class HeaderCache:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._prepared: dict[tuple[tuple[bytes, bytes], ...], PreparedHeaders] = {}
+        self._prepared: Memo[tuple[tuple[bytes, bytes], ...], PreparedHeaders] = Memo(max_entries)
+        self._lookup = self._prepared.get  # bound once: a hit is one dict lookup
 
     def prepare(self, headers: Headers) -> PreparedHeaders:
         if type(headers) is tuple:
-            prepared = self._prepared.get(headers)
+            prepared = self._lookup(headers)
             if prepared is None:
-                prepared = prepare_headers(headers)
-                if len(self._prepared) >= self.max_entries:
-                    self._prepared.clear()
-                self._prepared[headers] = prepared
+                prepared = self._prepared.put(headers, prepare_headers(headers))
             return prepared
         return prepare_headers(headers)
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from looming.bounded import Memo
 from looming.devices.kv import EntryKind, KvRo
 from looming.errors import DeviceError
 from looming.http.content_types import content_type_for
@@ -103,7 +104,7 @@ class StaticSite:
         self._extra: list[tuple[bytes, bytes]] = []
         if cache_control is not None:
             self._extra.append((b"cache-control", cache_control.encode("ascii")))
-        self._by_target: dict[str, _Resolved] = {}
+        self._by_target: Memo[str, _Resolved] = Memo(max_cached_targets)
         self._by_key: dict[str, _File] = {}
         generation = getattr(kv, "generation", None)
         # None for stores that never change (crunched, a folder served as is):
@@ -121,10 +122,7 @@ class StaticSite:
             self._revalidate(self._generation_of)
         resolved = self._by_target.get(request.target)
         if resolved is None:
-            resolved = await self._resolve(request.target)
-            if len(self._by_target) >= self.max_cached_targets:
-                self._by_target.clear()
-            self._by_target[request.target] = resolved
+            resolved = self._by_target.put(request.target, await self._resolve(request.target))
         if type(resolved) is _File:
             return await self._serve_file(request, resolved)
         if type(resolved) is _Redirect:
