@@ -158,7 +158,7 @@ def dulwich_commits(disk: Path, commits: int, per_commit: int) -> float:
         new.append(root)
         made = Commit()
         made.tree = root.id
-        made.parents = [parent] if parent else []
+        made.parents = [parent] if parent else []  # type: ignore[list-item]
         made.author = made.committer = b"bench <b@example.invalid>"
         made.author_time = made.commit_time = 1_700_000_000 + commit
         made.author_timezone = made.commit_timezone = 0
@@ -223,7 +223,7 @@ def dulwich_reads(disk: Path, paths: list[tuple[str, str]]) -> tuple[float, floa
 
     started = time.perf_counter()
     repo = DulwichRepo(str(disk))
-    root = repo[repo.refs[b"refs/heads/main"]].tree  # type: ignore[attr-defined]
+    root = repo[repo.refs[b"refs/heads/main"]].tree  # type: ignore[attr-defined,index]
     encoded = [b"/".join(part.encode() for part in path) for path in paths]
     for path in encoded:
         repo.object_store[tree_lookup_path(repo.object_store.__getitem__, root, path)[1]]
@@ -362,7 +362,9 @@ def report(results: dict[str, object], commits: int, writers: int) -> None:
     print(f"\nreads of {commits * KEYS_PER_COMMIT} keys at the head, keys/s (cold, warm)")
     for name, (cold, warm) in reads.items():
         print(f"  {name:16} {cold:10.0f} {warm:10.0f}  x git {cold / reads['git'][0]:5.2f}")
-    rate, packs, size, repacked, gced = results["writers"]  # type: ignore[misc]
+    writer_results = results["writers"]
+    assert isinstance(writer_results, tuple)
+    rate, packs, size, repacked, gced = writer_results
     print(
         f"\n{writers} separate writers (one set each): {rate:.0f} writers/s, {packs} packs, "
         f"{size / 1024:.0f} KiB = {size / repacked:.2f}x git repack -a -d -f "
