@@ -30,6 +30,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from looming.bounded import LruMemo
 from looming.errors import UsageError
 
 from .constants import AlertDescription
@@ -104,8 +105,11 @@ class TrustStore:
         # Chains already validated against these anchors: (chain, name, role) -> the
         # window in which every certificate of the path built is valid. A client
         # reconnecting to a server skips the path building (the same input gives
-        # the same answer; the dates are checked again on every use).
-        self._validated: dict[object, tuple[datetime.datetime, datetime.datetime]] = {}
+        # the same answer; the dates are checked again on every use). The least
+        # recently used is forgotten first, so the servers in use stay.
+        self._validated: LruMemo[object, tuple[datetime.datetime, datetime.datetime]] = LruMemo(
+            VALIDATED_CACHE_SIZE
+        )
 
     def validated(self, key: object, now: datetime.datetime) -> bool:
         window = self._validated.get(key)
@@ -114,9 +118,7 @@ class TrustStore:
     def remember_validated(self, key: object, path: Sequence[x509.Certificate]) -> None:
         start = max(c.not_valid_before_utc for c in path).replace(tzinfo=None)
         end = min(c.not_valid_after_utc for c in path).replace(tzinfo=None)
-        if len(self._validated) >= VALIDATED_CACHE_SIZE:
-            self._validated.pop(next(iter(self._validated)), None)  # the oldest
-        self._validated[key] = (start, end)
+        self._validated.put(key, (start, end))
 
     @classmethod
     def from_pem_file(cls, path: str | Path) -> TrustStore:
