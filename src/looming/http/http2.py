@@ -241,20 +241,10 @@ class H2Session:
             if stream is not None:
                 stream.chunks.put_nowait(None)
         elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                stream.watch.went_away()
-                stream.window_open.set()
-            if self._abusive(self.resets, MAX_RESETS):
+            if self._reset(event.stream_id):
                 return await self._calm_down()
         elif isinstance(event, h2.events.WindowUpdated):
-            targets = (
-                self.streams.values()
-                if event.stream_id == 0
-                else [s for s in [self.streams.get(event.stream_id)] if s is not None]
-            )
-            for stream in targets:
-                stream.window_open.set()
+            self._window_opened(event.stream_id)
         elif isinstance(event, h2.events.RemoteSettingsChanged | h2.events.PingReceived):
             if self._abusive(self.abuse, MAX_CONTROL_FRAMES):
                 return await self._calm_down()
@@ -263,6 +253,25 @@ class H2Session:
         elif isinstance(event, h2.events.ConnectionTerminated):
             return False
         return True
+
+    def _reset(self, stream_id: int) -> bool:
+        """The peer reset a stream: its handler is told the client went away.
+        Whether the peer resets too often (a rapid-reset attack)."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.watch.went_away()
+            stream.window_open.set()
+        return self._abusive(self.resets, MAX_RESETS)
+
+    def _window_opened(self, stream_id: int) -> None:
+        """Wake the writers the peer's WINDOW_UPDATE lets go on (0: every stream)."""
+        targets = (
+            self.streams.values()
+            if stream_id == 0
+            else [s for s in [self.streams.get(stream_id)] if s is not None]
+        )
+        for stream in targets:
+            stream.window_open.set()
 
     def _start_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id

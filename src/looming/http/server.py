@@ -247,6 +247,48 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _RequestStream:
+    """Where a connection's request loop stands from one request to the next."""
+
+    __slots__ = (
+        "client",
+        "first",
+        "first_read",
+        "leftover",
+        "peer_closed",
+        "raw",
+        "server",
+        "streamed",
+        "upgrades",
+    )
+
+    def __init__(self, flow: Flow, upgrades: bool) -> None:
+        self.upgrades = upgrades
+        """Whether a request may upgrade the connection (WebSocket, h2c)."""
+        self.client = flow.remote_address
+        self.server = flow.local_address
+        self.leftover = b""
+        """What the client pipelined behind the last request."""
+        self.peer_closed = False
+        self.first = True
+        """Before the first request: its head has the header timeout, not keep-alive's."""
+        self.first_read = True
+        """Before the first read: HTTP/2 with prior knowledge may start."""
+        self.raw: list[bytes] = []
+        """What arrived for this head, for the checks h11's parse hides."""
+        self.streamed: tuple[BodyReader, Watch] | None = None
+        """The body reader and watch of a request whose handler streams it."""
+
+
+def _keeps_alive(version: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """Whether the client lets the connection carry another request."""
+    keep_alive = version == b"1.1"
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            keep_alive = False
+    return keep_alive
+
+
 Observer = Callable[[Request, int, int, float], None]
 """Told of each response: the request, status, body bytes sent, seconds taken."""
 
@@ -379,140 +421,31 @@ class HttpServer:
                 await flow.close()
 
     async def _serve_requests(self, flow: Flow, parser: _ParserHolder, deadline: _Watchdog) -> None:
-        config = self.config
-        client = flow.remote_address
-        server = flow.local_address
-        leftover = b""
-        peer_closed = False
-        first = True
-        first_read = True
+        """The request loop, in stages: head (:meth:`_read_head`), limits
+        (:meth:`_head_refusal`), body (:meth:`_read_request`) and respond,
+        which stays in the loop: the handler's call and the response's write
+        are then the only awaits a request adds to reading it."""
+        stream = _RequestStream(flow, self._websockets is not None or self._h2)
         while True:
-            # A fresh parser per request: h11 reads the request, the server
-            # writes the response (see response_head), and bytes the client
-            # pipelined behind this request are handed on to the next parser.
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
-            parser.conn = conn
-            parser.responding = False
-            if leftover or peer_closed:
-                conn.receive_data(leftover)
-                if peer_closed:
-                    conn.receive_data(b"")
-            deadline.expire_in(config.header_timeout if first else config.keep_alive_timeout)
-            first = False
-            # What arrived for this head, for the checks h11's parse hides.
-            raw: list[bytes] = [leftover] if leftover else []
-            try:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    waiting_for_start = True
-                    watched = parser.watch
-                    parser.watch = None
-                    while event is h11.NEED_DATA:
-                        if watched is not None and watched.reading:
-                            data = await watched.take()
-                        else:
-                            data = await flow.read()
-                        if first_read and self._h2 and data.startswith(b"PRI * HTTP/2.0"):
-                            # HTTP/2 with prior knowledge (h2c): the connection is its.
-                            deadline.close()
-                            await self._serve_h2(flow, parser, data)
-                            return
-                        first_read = False
-                        if waiting_for_start and data:
-                            waiting_for_start = False
-                            deadline.expire_in(config.header_timeout)
-                        raw.append(data)
-                        conn.receive_data(data)
-                        event = conn.next_event()
-            except h11.RemoteProtocolError as error:
-                self.protocol_errors += 1
-                status = error.error_status_hint
-                log.debug("bad request: %s", error)
-                deadline.disarm()
-                await self._send_error_raw(flow, status if status >= 400 else 400)
+            head = await self._read_head(flow, parser, stream, deadline)
+            if head is None:
                 return
-            if type(event) is not h11.Request:
-                # ConnectionClosed (or anything else unexpected): we are done.
-                return
-            version = event.http_version
-            if not version.startswith(b"1."):
-                self.protocol_errors += 1
-                deadline.disarm()
-                await self._send_error_raw(flow, 505)
-                return
-            # h11 bounds only a head that arrives in pieces; one that arrived
-            # whole is measured here so the limit holds either way.
-            headers = event.headers
-            head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
-            if head_size > config.max_header_bytes:
-                self.protocol_errors += 1
-                deadline.disarm()
-                await self._send_error_raw(flow, 431)
-                return
-            method_bytes = event.method
-            keep_alive = version == b"1.1"
-            refusal = _framing_refusal(headers, config.max_body_bytes, raw)
+            conn, event = head
+            # One pass over h11's header list (slow to iterate); the checks read the tuple.
+            items = tuple(event.headers)
+            refusal = self._head_refusal(event, items, stream.raw)
             if refusal:
-                # Smuggling attempts and bodies over the limit are refused
-                # before the body is read or invited with 100 Continue.
-                if refusal == 400:
-                    self.protocol_errors += 1
                 deadline.disarm()
                 await self._send_error_raw(flow, refusal)
                 return
-            for name, value in headers:
-                if name == b"connection" and b"close" in value.lower():
-                    keep_alive = False
-            method = method_bytes.decode("ascii")
-            if self._websockets is not None and is_websocket_upgrade(method_bytes, headers):
-                await self._upgrade(flow, parser, conn, event, client, server, deadline)
+            if stream.upgrades and await self._upgraded(
+                flow, parser, conn, event, items, stream, deadline
+            ):
                 return
-            settings = _h2c_upgrade_settings(method_bytes, headers) if self._h2 else None
-            if settings is not None and type(conn.next_event()) is h11.EndOfMessage:
-                request = Request(
-                    method, event.target.decode("latin-1"), headers, b"", "2", client, server
-                )
-                deadline.close()
-                await flow.write(
-                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
-                )
-                await self._serve_h2(flow, parser, conn.trailing_data[0], (settings, request))
+            request = await self._read_request(flow, parser, conn, event, stream, deadline)
+            if request is None:
                 return
-            watch: Watch | None = None
-            reader: BodyReader | None = None
-            if self._streams_body:
-                watch = Watch(flow)
-                reader = BodyReader(
-                    flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
-                )
-                reader.start_if_empty()
-                body = b""
-            else:
-                try:
-                    body = await self._read_body(flow, conn, deadline)
-                except _BodyTooLarge:
-                    deadline.disarm()
-                    await self._send_error_raw(flow, 413)
-                    return
-                except h11.RemoteProtocolError as error:
-                    self.protocol_errors += 1
-                    log.debug("bad request body: %s", error)
-                    deadline.disarm()
-                    await self._send_error_raw(flow, 400)
-                    return
-                leftover, peer_closed = conn.trailing_data
-            request = Request(
-                method,
-                event.target.decode("latin-1"),
-                headers,  # h11's read-only sequence of (lower-case name, value)
-                body,
-                version.decode("ascii"),
-                client,
-                server,
-                reader,
-                watch,
-            )
-            parser.watch = watch
+            # Stage 4, respond: the handler's response, checked, then written.
             parser.busy = True
             deadline.disarm()
             self.in_flight += 1
@@ -522,30 +455,26 @@ class HttpServer:
             except ClientGone:
                 return
             except Exception:
-                log.exception("handler failed on %s %s", method, request.target)
+                log.exception("handler failed on %s %s", request.method, request.target)
                 response = _INTERNAL_ERROR
             finally:
                 self.in_flight -= 1
-            try:
-                prepared = self._headers.prepare(response.headers)
-                if not 200 <= response.status <= 999:
-                    raise InvalidHeaders(f"status {response.status} is not a final status")
-            except InvalidHeaders as error:
-                log.error(
-                    "handler for %s %s gave a bad response: %s", method, request.target, error
-                )
-                response = _INTERNAL_ERROR
-                prepared = self._headers.prepare(response.headers)
-            deadline.expire_in(config.send_timeout)
+            response, prepared = self._checked_response(request, response)
+            deadline.expire_in(self.config.send_timeout)
             parser.responding = True
             sent_body = response.body
+            head_only = request.method == "HEAD"
             parser.sent = (
-                len(sent_body)
-                if method != "HEAD" and isinstance(sent_body, bytes | bytearray)
-                else 0
+                len(sent_body) if not head_only and isinstance(sent_body, bytes | bytearray) else 0
             )
             keep_alive = await self._send_response(
-                flow, response, prepared, method == "HEAD", version == b"1.1", keep_alive, deadline
+                flow,
+                response,
+                prepared,
+                head_only,
+                request.http_version == "1.1",
+                _keeps_alive(event.http_version, items),
+                deadline,
             )
             if not isinstance(sent_body, bytes | bytearray | memoryview):
                 parser.sent = getattr(sent_body, "bytes_sent", 0)
@@ -553,20 +482,215 @@ class HttpServer:
             parser.busy = False
             if self.observer is not None:
                 self.observer(request, response.status, parser.sent, self._date.now() - started)
-            if reader is not None and watch is not None:
-                watch.disarm()
-                # What the handler left unread is read and dropped (a little
-                # of it) before the next request; then the watch's pending
-                # read, if any, is the start of that request.
-                if not keep_alive or not await reader.discard(config.linger_bytes):
-                    return
-                leftover, peer_closed = conn.trailing_data
-                if watch.gone:
-                    return
+            if stream.streamed is not None and not await self._finish_streamed(
+                stream.streamed, conn, stream, keep_alive
+            ):
+                return
             # buggify: a keep-alive connection closed after a response, as
             # servers may (RFC 9112 9.5); clients retry on a new one.
-            if not keep_alive or peer_closed or self.stopping or buggify("http.close_early"):
+            if not keep_alive or stream.peer_closed or self.stopping or buggify("http.close_early"):
                 return
+
+    async def _read_head(
+        self, flow: Flow, parser: _ParserHolder, stream: _RequestStream, deadline: _Watchdog
+    ) -> tuple[h11.Connection, h11.Request] | None:
+        """Stage 1, head: a fresh parser and the next request's head, or None
+        when the connection is done (closed, refused, or handed to HTTP/2).
+
+        A fresh parser per request: h11 reads the request, the server
+        writes the response (see response_head), and bytes the client
+        pipelined behind this request are handed on to the next parser.
+        """
+        config = self.config
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        parser.conn = conn
+        parser.responding = False
+        leftover = stream.leftover
+        if leftover or stream.peer_closed:
+            conn.receive_data(leftover)
+            if stream.peer_closed:
+                conn.receive_data(b"")
+        deadline.expire_in(config.header_timeout if stream.first else config.keep_alive_timeout)
+        stream.first = False
+        # What arrived for this head, for the checks h11's parse hides.
+        stream.raw = raw = [leftover] if leftover else []
+        try:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                waiting_for_start = True
+                watched = parser.watch
+                parser.watch = None
+                while event is h11.NEED_DATA:
+                    if watched is not None and watched.reading:
+                        data = await watched.take()
+                    else:
+                        data = await flow.read()
+                    if stream.first_read and self._h2 and data.startswith(b"PRI * HTTP/2.0"):
+                        # HTTP/2 with prior knowledge (h2c): the connection is its.
+                        deadline.close()
+                        await self._serve_h2(flow, parser, data)
+                        return None
+                    stream.first_read = False
+                    if waiting_for_start and data:
+                        waiting_for_start = False
+                        deadline.expire_in(config.header_timeout)
+                    raw.append(data)
+                    conn.receive_data(data)
+                    event = conn.next_event()
+        except h11.RemoteProtocolError as error:
+            self.protocol_errors += 1
+            status = error.error_status_hint
+            log.debug("bad request: %s", error)
+            deadline.disarm()
+            await self._send_error_raw(flow, status if status >= 400 else 400)
+            return None
+        if type(event) is not h11.Request:
+            # ConnectionClosed (or anything else unexpected): we are done.
+            return None
+        return conn, event
+
+    def _head_refusal(
+        self, event: h11.Request, headers: tuple[tuple[bytes, bytes], ...], raw: list[bytes]
+    ) -> int:
+        """Stage 2, limits: the error status refusing this head, or 0."""
+        if not event.http_version.startswith(b"1."):
+            self.protocol_errors += 1
+            return 505
+        # h11 bounds only a head that arrives in pieces; one that arrived
+        # whole is measured here so the limit holds either way.
+        head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
+        if head_size > self.config.max_header_bytes:
+            self.protocol_errors += 1
+            return 431
+        # Smuggling attempts and bodies over the limit are refused before
+        # the body is read or invited with 100 Continue.
+        refusal = _framing_refusal(headers, self.config.max_body_bytes, raw)
+        if refusal == 400:
+            self.protocol_errors += 1
+        return refusal
+
+    async def _upgraded(
+        self,
+        flow: Flow,
+        parser: _ParserHolder,
+        conn: h11.Connection,
+        event: h11.Request,
+        items: tuple[tuple[bytes, bytes], ...],
+        stream: _RequestStream,
+        deadline: _Watchdog,
+    ) -> bool:
+        """Serve a WebSocket or h2c upgrade; whether the request was one (the
+        connection is then done). ``items`` are the head's header fields."""
+        method = event.method
+        if self._websockets is not None and is_websocket_upgrade(method, items):
+            await self._upgrade(flow, parser, conn, event, stream.client, stream.server, deadline)
+            return True
+        settings = _h2c_upgrade_settings(method, items) if self._h2 else None
+        if settings is None or type(conn.next_event()) is not h11.EndOfMessage:
+            return False
+        request = Request(
+            method.decode("ascii"),
+            event.target.decode("latin-1"),
+            event.headers,
+            b"",
+            "2",
+            stream.client,
+            stream.server,
+        )
+        deadline.close()
+        await flow.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+        )
+        await self._serve_h2(flow, parser, conn.trailing_data[0], (settings, request))
+        return True
+
+    async def _read_request(
+        self,
+        flow: Flow,
+        parser: _ParserHolder,
+        conn: h11.Connection,
+        event: h11.Request,
+        stream: _RequestStream,
+        deadline: _Watchdog,
+    ) -> Request | None:
+        """Stage 3, body: the request with its body read, or with a reader
+        for the handler to stream it; None when the body was refused."""
+        config = self.config
+        watch: Watch | None = None
+        reader: BodyReader | None = None
+        if self._streams_body:
+            watch = Watch(flow)
+            reader = BodyReader(
+                flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
+            )
+            reader.start_if_empty()
+            stream.streamed = (reader, watch)
+            body = b""
+        else:
+            try:
+                first = conn.next_event()
+                if type(first) is h11.EndOfMessage:
+                    body = b""
+                else:
+                    body = await self._read_body(flow, conn, first, deadline)
+            except _BodyTooLarge:
+                deadline.disarm()
+                await self._send_error_raw(flow, 413)
+                return None
+            except h11.RemoteProtocolError as error:
+                self.protocol_errors += 1
+                log.debug("bad request body: %s", error)
+                deadline.disarm()
+                await self._send_error_raw(flow, 400)
+                return None
+            stream.leftover, stream.peer_closed = conn.trailing_data
+        parser.watch = watch
+        return Request(
+            event.method.decode("ascii"),
+            event.target.decode("latin-1"),
+            event.headers,  # h11's read-only sequence of (lower-case name, value)
+            body,
+            event.http_version.decode("ascii"),
+            stream.client,
+            stream.server,
+            reader,
+            watch,
+        )
+
+    def _checked_response(
+        self, request: Request, response: Response
+    ) -> tuple[Response, PreparedHeaders]:
+        """The response with its headers prepared; a 500 in its place when
+        the handler's cannot be sent."""
+        try:
+            prepared = self._headers.prepare(response.headers)
+            if not 200 <= response.status <= 999:
+                raise InvalidHeaders(f"status {response.status} is not a final status")
+        except InvalidHeaders as error:
+            log.error(
+                "handler for %s %s gave a bad response: %s", request.method, request.target, error
+            )
+            response = _INTERNAL_ERROR
+            prepared = self._headers.prepare(response.headers)
+        return response, prepared
+
+    async def _finish_streamed(
+        self,
+        streamed: tuple[BodyReader, Watch],
+        conn: h11.Connection,
+        stream: _RequestStream,
+        keep_alive: bool,
+    ) -> bool:
+        """After a streamed request: whether the connection goes on. What the
+        handler left unread is read and dropped (a little of it) before the
+        next request; then the watch's pending read, if any, is the start
+        of that request."""
+        reader, watch = streamed
+        watch.disarm()
+        if not keep_alive or not await reader.discard(self.config.linger_bytes):
+            return False
+        stream.leftover, stream.peer_closed = conn.trailing_data
+        return not watch.gone
 
     async def _serve_h2(
         self,
@@ -626,11 +750,10 @@ class HttpServer:
         self,
         flow: Flow,
         conn: h11.Connection,
+        event: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED],
         deadline: _Watchdog,
     ) -> bytes:
-        event = conn.next_event()
-        if type(event) is h11.EndOfMessage:
-            return b""
+        """The body whose first event (not its end) is ``event``."""
         limit = self.config.max_body_bytes
         chunks: list[bytes] = []
         received = 0
