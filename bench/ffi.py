@@ -210,23 +210,15 @@ def versions() -> str:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    options = parser.parse_args()
-    fast_iterations = 20_000 if options.quick else 40_000
-    slow_iterations = 500 if options.quick else 1_500
-    repeats = 3 if options.quick else 15
+Way = tuple[str, Callable[[], object] | None, Callable[[], object], Callable[[], object], bool]
+"""(name, abs() call or None, crc32 of 56 B, crc32 of 64 KiB, whether it is slow)."""
+Pair = tuple[Any, Any]
+"""A backend's zlib and libc libraries."""
 
-    small = bytes(range(56))
-    big = bytes(range(256)) * 256  # 64 KiB
-    assert len(big) == 65536
 
-    progress(versions())
-    progress("linking: hand ctypes, hand cffi, looming dynamic/compiled/isolated")
+def hand_ways(small: bytes, big: bytes) -> tuple[list[Way], RawHelper]:
+    """The ways written by hand (and the stdlib's zlib), checked once; and
+    the hand-written helper, to be closed."""
     libz = ctypes.CDLL("libz.so.1")
     ctypes_crc32 = libz.crc32
     ctypes_crc32.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_uint]
@@ -235,8 +227,7 @@ def main() -> int:
     ctypes_abs = libc.abs
     ctypes_abs.argtypes = [ctypes.c_int]
     ctypes_abs.restype = ctypes.c_int
-    cffi_module = hand_cffi()
-    cffi_lib = cffi_module.lib
+    cffi_lib = hand_cffi().lib
     raw_helper = RawHelper()
     raw_crc32 = raw_helper.crc32
     assert raw_crc32(small) == stdlib_zlib.crc32(small)
@@ -244,8 +235,38 @@ def main() -> int:
     # attribute lookup the others do not.
     cffi_crc32, cffi_abs = cffi_lib.crc32, cffi_lib.abs
     stdlib_crc32 = stdlib_zlib.crc32
+    assert ctypes_crc32(0, small, 56) == cffi_lib.crc32(0, small, 56) == stdlib_crc32(small)
+    ways: list[Way] = [
+        ("stdlib zlib", None, lambda: stdlib_crc32(small), lambda: stdlib_crc32(big), False),
+        (
+            "ctypes (hand)",
+            lambda: ctypes_abs(-5),
+            lambda: ctypes_crc32(0, small, 56),
+            lambda: ctypes_crc32(0, big, 65536),
+            False,
+        ),
+        (
+            "cffi API (hand)",
+            lambda: cffi_abs(-5),
+            lambda: cffi_crc32(0, small, 56),
+            lambda: cffi_crc32(0, big, 65536),
+            False,
+        ),
+        (
+            "helper over AF_UNIX (hand)",
+            None,
+            lambda: raw_crc32(small),
+            lambda: raw_crc32(big),
+            True,
+        ),
+    ]
+    return ways, raw_helper
 
-    looming: dict[str, tuple[Any, Any]] = {}
+
+def looming_links() -> tuple[dict[str, Pair], Pair | None]:
+    """Each backend's libraries (the isolated one also unconfined), and the
+    isolated backend over vchan when it can be had."""
+    looming: dict[str, Pair] = {}
     for backend in ("dynamic", "compiled", "isolated"):
         looming[backend] = (
             link(bench_bindings, backend, time=UnixTime()),
@@ -257,7 +278,7 @@ def main() -> int:
         link(bench_bindings, "isolated", **bare, time=UnixTime()),
         link(libc_bindings, "isolated", **bare, time=UnixTime()),
     )
-    vchan_pair: tuple[Any, Any] | None = None
+    vchan_pair: Pair | None = None
     if importlib.util.find_spec("looming.vchan") is not None:
         try:
             from looming.ffi.vchan_transport import VchanTransport
@@ -278,75 +299,43 @@ def main() -> int:
             )
         except Exception as exc:  # report and go on without it
             progress(f"isolated over vchan unavailable: {exc}")
+    return looming, vchan_pair
 
+
+def looming_ways(
+    looming: dict[str, Pair], vchan_pair: Pair | None, small: bytes, big: bytes
+) -> list[Way]:
+    """looming's ways, each checked once against the stdlib's answers."""
     expected_small, expected_big = stdlib_zlib.crc32(small), stdlib_zlib.crc32(big)
-    for name, (z, c) in [
-        *looming.items(),
-        *([("isolated-vchan", vchan_pair)] if vchan_pair else []),
-    ]:
+    named = [
+        *((f"looming {backend}", pair) for backend, pair in looming.items()),
+        *([("looming isolated (vchan)", vchan_pair)] if vchan_pair else []),
+    ]
+    ways: list[Way] = []
+    for name, (z, c) in named:
         assert z.crc32(0, small, 56) == expected_small, name
         assert z.crc32(0, big, 65536) == expected_big, name
         assert c.abs(-5) == 5, name
-    assert ctypes_crc32(0, small, 56) == cffi_lib.crc32(0, small, 56) == expected_small
-
-    ways: list[
-        tuple[str, Callable[[], object] | None, Callable[[], object], Callable[[], object], bool]
-    ] = [
-        (
-            "stdlib zlib",
-            None,
-            lambda: stdlib_crc32(small),
-            lambda: stdlib_crc32(big),
-            False,
-        ),
-        (
-            "ctypes (hand)",
-            lambda: ctypes_abs(-5),
-            lambda: ctypes_crc32(0, small, 56),
-            lambda: ctypes_crc32(0, big, 65536),
-            False,
-        ),
-        (
-            "cffi API (hand)",
-            lambda: cffi_abs(-5),
-            lambda: cffi_crc32(0, small, 56),
-            lambda: cffi_crc32(0, big, 65536),
-            False,
-        ),
-    ]
-    ways.append(
-        (
-            "helper over AF_UNIX (hand)",
-            None,
-            lambda: raw_crc32(small),
-            lambda: raw_crc32(big),
-            True,
-        )
-    )
-    for backend, (z, c) in looming.items():
         ways.append(
             (
-                f"looming {backend}",
+                name,
                 lambda f=c.abs: f(-5),
                 lambda f=z.crc32: f(0, small, 56),
                 lambda f=z.crc32: f(0, big, 65536),
-                backend.startswith("isolated"),
+                name.startswith("looming isolated"),
             )
         )
-    if vchan_pair is not None:
-        z, c = vchan_pair
-        ways.append(
-            (
-                "looming isolated (vchan)",
-                lambda f=c.abs: f(-5),
-                lambda f=z.crc32: f(0, small, 56),
-                lambda f=z.crc32: f(0, big, 65536),
-                True,
-            )
-        )
+    return ways
 
-    # Rounds interleave the ways, so a burst of load elsewhere on a shared
-    # machine hits all of them alike; each figure is the best round.
+
+def measure(
+    ways: list[Way], repeats: int, fast_iterations: int, slow_iterations: int
+) -> dict[str, dict[str, float | None]]:
+    """Nanoseconds per call of each way, the best of ``repeats`` rounds.
+
+    Rounds interleave the ways, so a burst of load elsewhere on a shared
+    machine hits all of them alike.
+    """
     results: dict[str, dict[str, float | None]] = {
         name: {"abs_ns": None, "crc32_56B_ns": None, "crc32_64KiB_ns": None} for name, *_ in ways
     }
@@ -368,19 +357,24 @@ def main() -> int:
                 "crc32_64KiB_ns",
                 per_call_ns(crc_big, max(iterations // 20, 200), not slow),
             )
+    return results
 
+
+def ratio(value: float | None, base: float | None) -> str:
+    return "-" if value is None or base is None else f"{value / base:.2f}x"
+
+
+def ns(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.1f} us" if value >= 10_000 else f"{value:.0f} ns"
+
+
+def print_results(results: dict[str, dict[str, float | None]]) -> None:
+    """The figures, and each way's ratios to hand ctypes, hand cffi and the hand helper."""
     hand_ctypes = results["ctypes (hand)"]
     hand_cffi_figures = results["cffi API (hand)"]
     raw_figures = results["helper over AF_UNIX (hand)"]
-
-    def ratio(value: float | None, base: float | None) -> str:
-        return "-" if value is None or base is None else f"{value / base:.2f}x"
-
-    def ns(value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value / 1000:.1f} us" if value >= 10_000 else f"{value:.0f} ns"
-
     rows = []
     for name, figures in results.items():
         rows.append(
@@ -417,13 +411,17 @@ def main() -> int:
         )
     )
 
+
+def goals_met(results: dict[str, dict[str, float | None]]) -> dict[str, bool]:
     def at_most(value: float | None, limit: float | None) -> bool:
         return value is not None and limit is not None and value <= limit
 
     def times(base: float | None, factor: float) -> float | None:
         return None if base is None else base * factor
 
-    goals = {
+    hand_ctypes = results["ctypes (hand)"]
+    hand_cffi_figures = results["cffi API (hand)"]
+    return {
         "dynamic within 1.2x of hand ctypes (crc32 56 B)": at_most(
             results["looming dynamic"]["crc32_56B_ns"], times(hand_ctypes["crc32_56B_ns"], 1.2)
         ),
@@ -439,6 +437,32 @@ def main() -> int:
             times(results["looming isolated unconfined"]["crc32_56B_ns"], 1.5),
         ),
     }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    options = parser.parse_args()
+    small = bytes(range(56))
+    big = bytes(range(256)) * 256  # 64 KiB
+    assert len(big) == 65536
+
+    progress(versions())
+    progress("linking: hand ctypes, hand cffi, looming dynamic/compiled/isolated")
+    ways, raw_helper = hand_ways(small, big)
+    looming, vchan_pair = looming_links()
+    ways += looming_ways(looming, vchan_pair, small, big)
+    results = measure(
+        ways,
+        repeats=3 if options.quick else 15,
+        fast_iterations=20_000 if options.quick else 40_000,
+        slow_iterations=500 if options.quick else 1_500,
+    )
+    print_results(results)
+    goals = goals_met(results)
     restarts = restart_times(3 if options.quick else 9)
     print()
     print(
