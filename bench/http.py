@@ -232,7 +232,7 @@ def servers(work: Path, names: list[str]) -> Iterator[dict[str, tuple[Any, int, 
         yield running
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -249,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
+    return parser.parse_args(argv)
+
+
+def installed_servers() -> list[str]:
+    """The servers to measure: those whose packages are installed."""
     names = ["looming", "looming-static", "uvicorn", "uvicorn-h11", "hypercorn", "granian"]
     needs = {"uvicorn": ("uvicorn", "httptools", "uvloop"), "uvicorn-h11": ("uvicorn",)}
     needs |= {"hypercorn": ("hypercorn",), "granian": ("granian",)}
@@ -259,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if missing:
         progress(f"left out (not installed): {', '.join(sorted(missing))}")
-    names = [n for n in names if n not in missing]
+    return [n for n in names if n not in missing]
+
+
+def measure(
+    args: argparse.Namespace, names: list[str], rounds: int, duration: float
+) -> tuple[dict[str, dict[str, list[Any]]], dict[str, tuple[int, int, int]]]:
+    """wrk's results per path and server, in interleaved rounds; then each
+    server's memory before and with idle keep-alive connections."""
     paths = {"/plain": names, "/json": names, "/static": names}
     samples: dict[str, dict[str, list[Any]]] = {}
     memory: dict[str, tuple[int, int, int]] = {}
@@ -296,14 +306,13 @@ def main(argv: list[str] | None = None) -> int:
             progress(
                 f"{name}: RSS {memory[name][0]} KiB idle, {memory[name][1]} KiB with {memory[name][2]} keep-alive connections"
             )
+    return samples, memory
 
-    print()
-    print(
-        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    )
-    print(
-        f"  starlette {version_of('starlette')}, h11 {version_of('h11')}, uvicorn {version_of('uvicorn')} (httptools {version_of('httptools')}, uvloop {version_of('uvloop')}), hypercorn {version_of('hypercorn')}, granian {version_of('granian')}"
-    )
+
+def print_requests(
+    samples: dict[str, dict[str, list[Any]]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each path's medians per server and looming's ratios to the others."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for path, by_server in samples.items():
         print()
@@ -327,6 +336,21 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  looming StaticSite/uvicorn (in-memory page): {static / max(summary[path]['uvicorn']['rps'], 1e-9):.2f}x the requests/s"
             )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
+    samples, memory = measure(args, installed_servers(), rounds, duration)
+    print()
+    print(
+        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"  starlette {version_of('starlette')}, h11 {version_of('h11')}, uvicorn {version_of('uvicorn')} (httptools {version_of('httptools')}, uvloop {version_of('uvloop')}), hypercorn {version_of('hypercorn')}, granian {version_of('granian')}"
+    )
+    summary = print_requests(samples)
     print()
     print(f"memory with {args.idle} idle keep-alive connections (RSS of the process tree)")
     rows = [
