@@ -1,5 +1,6 @@
-"""A trust store remembers at most VALIDATED_CACHE_SIZE validated chains and
-forgets the least recently used first, so a server in use keeps its entry."""
+"""Bounded TLS memos: a trust store remembers at most VALIDATED_CACHE_SIZE
+validated chains, least recently used forgotten first; HKDF label prefixes
+stay bounded and right when exporters bring labels of their own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.x509.oid import NameOID
 
 from looming.tls.certs import VALIDATED_CACHE_SIZE, TrustStore
@@ -43,3 +45,15 @@ def test_the_chain_in_use_outlives_the_bound() -> None:
     assert not trust.validated(("other", 0), now)  # least recently used: forgotten
     assert trust.validated(("other", VALIDATED_CACHE_SIZE + 9), now)
     assert not trust.validated("in use", datetime.datetime(2040, 1, 1))  # past its dates
+
+
+def test_exporter_labels_beyond_the_label_memo_stay_right_and_bounded() -> None:
+    from looming.tls import suites
+
+    secret = bytes(range(32))
+    for n in range(suites._LABEL_PREFIX.bound + 50):
+        label = b"EXPORTER-%d" % n
+        info = (16).to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label + b"\x00"
+        expected = HKDFExpand(hashes.SHA256(), 16, info).derive(secret)
+        assert suites.hkdf_expand_label("sha256", secret, label, b"", 16) == expected
+        assert len(suites._LABEL_PREFIX) <= suites._LABEL_PREFIX.bound

@@ -6,6 +6,8 @@ import ipaddress
 import weakref
 from typing import TYPE_CHECKING, NamedTuple
 
+from looming.bounded import Memo
+
 from . import certcompress, client_psk
 from . import messages as m
 from .client12 import Client12
@@ -122,8 +124,7 @@ class ClientHandshake:
             sni = _SNI_EXTENSIONS.get(name)
             if sni is None:
                 sni = b"" if _is_ip(name) else extension(X.SERVER_NAME, m.server_name_body(name))
-                if len(_SNI_EXTENSIONS) < 256:
-                    _SNI_EXTENSIONS[name] = sni
+                _SNI_EXTENSIONS.put(name, sni)
             if sni:
                 exts.append(sni)
         exts.append(static.before_ticket)
@@ -553,9 +554,9 @@ class _StaticHelloParts(NamedTuple):
 
 # Keyed by the configuration values they are built from, so a changed setting
 # is never served stale; a process has few distinct configurations.
-_STATIC_HELLO_PARTS: dict[tuple[object, ...], _StaticHelloParts] = {}
+_STATIC_HELLO_PARTS: Memo[tuple[object, ...], _StaticHelloParts] = Memo(64)
 # server_name extensions by name (b"" for an IP address, which SNI must not carry).
-_SNI_EXTENSIONS: dict[str, bytes] = {}
+_SNI_EXTENSIONS: Memo[str, bytes] = Memo(256)
 
 
 def _static_hello_parts(config: TlsConfig) -> _StaticHelloParts:
@@ -604,9 +605,7 @@ def _static_hello_parts(config: TlsConfig) -> _StaticHelloParts:
     if offer13:
         after.append(certcompress.offer_extension(config.certificate_compression))
     parts = _StaticHelloParts(u16_list(suites), b"".join(before), b"".join(after))
-    if len(_STATIC_HELLO_PARTS) < 64:
-        _STATIC_HELLO_PARTS[key] = parts
-    return parts
+    return _STATIC_HELLO_PARTS.put(key, parts)
 
 
 # The TLS 1.3 handshake's transitions: (state, message type) -> handler.

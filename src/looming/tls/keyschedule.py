@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
+from looming.bounded import Memo
+
 from .suites import (
     DIGEST_SIZE,
     derive_secret,
@@ -75,15 +77,15 @@ class Transcript:
 # HkdfLabel (RFC 8446 section 7.1) for Derive-Secret, per hash and label, up
 # to the context: (length, "tls13 " + label). A derivation is then one
 # concatenation and one HMAC call (HKDF-Expand to at most one hash block).
-_DERIVE_PREFIX: dict[tuple[str, bytes], bytes] = {}
+# The labels are a small closed set; the memo stays bounded anyway.
+_DERIVE_PREFIX: Memo[tuple[str, bytes], bytes] = Memo(256)
+_derive_prefix_get = _DERIVE_PREFIX.get
 
 
 def _derive_prefix(hash_name: str, label: bytes) -> bytes:
     length = DIGEST_SIZE[hash_name]
     prefix = length.to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label
-    if len(_DERIVE_PREFIX) < 256:  # the labels are a small closed set; stay bounded anyway
-        _DERIVE_PREFIX[(hash_name, label)] = prefix
-    return prefix
+    return _DERIVE_PREFIX.put((hash_name, label), prefix)
 
 
 class KeySchedule13:
@@ -105,7 +107,7 @@ class KeySchedule13:
     def derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
         if self._fast and len(transcript_hash) < 256:
             hash_name = self.hash_name
-            prefix = _DERIVE_PREFIX.get((hash_name, label)) or _derive_prefix(hash_name, label)
+            prefix = _derive_prefix_get((hash_name, label)) or _derive_prefix(hash_name, label)
             info = prefix + bytes((len(transcript_hash),)) + transcript_hash + b"\x01"
             derived = hmac_digest(secret, info, hash_name)
         else:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from looming.bounded import Memo
+
 from .constants import CipherSuite
 
 AeadFactory = Callable[[bytes], AESGCM | ChaCha20Poly1305]
@@ -184,21 +186,21 @@ def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
 # HkdfLabel (RFC 8446 section 7.1) up to the context: the output length, the
 # length-prefixed "tls13 " + label. A handshake asks for the same few dozen
 # labels every time, so each prefix is built once.
-_LABEL_PREFIX: dict[tuple[bytes, int], bytes] = {}
+# Labels are a small closed set, but exporters bring their own: bounded.
+_LABEL_PREFIX: Memo[tuple[bytes, int], bytes] = Memo(1024)
+_label_prefix_get = _LABEL_PREFIX.get
 _ONE_BYTE = [bytes((n,)) for n in range(256)]
 
 
 def _label_prefix(label: bytes, length: int) -> bytes:
     prefix = length.to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label
-    if len(_LABEL_PREFIX) < 1024:  # labels are a small closed set; exporters bring their own
-        _LABEL_PREFIX[(label, length)] = prefix
-    return prefix
+    return _LABEL_PREFIX.put((label, length), prefix)
 
 
 def hkdf_expand_label(
     hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
-    prefix = _LABEL_PREFIX.get((label, length)) or _label_prefix(label, length)
+    prefix = _label_prefix_get((label, length)) or _label_prefix(label, length)
     if length <= DIGEST_SIZE.get(hash_name, 0) and len(context) < 256:
         # One block (T(1) = HMAC(secret, info | 0x01)): every label a handshake uses.
         info = prefix + _ONE_BYTE[len(context)] + context + b"\x01"

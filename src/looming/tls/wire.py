@@ -8,18 +8,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from looming.bounded import Memo
 from looming.errors import Malformed
 
-_U16_STRUCTS: dict[int, struct.Struct] = {}
+_U16_STRUCTS: Memo[int, struct.Struct] = Memo(512)
+_u16_structs_get = _U16_STRUCTS.get
 
 
 def _u16_struct(count: int) -> struct.Struct:
     """A Struct reading ``count`` big-endian 16-bit values (cached per count)."""
-    unpacker = _U16_STRUCTS.get(count)
+    unpacker = _u16_structs_get(count)
     if unpacker is None:
-        unpacker = struct.Struct(f">{count}H")
-        if len(_U16_STRUCTS) < 512:
-            _U16_STRUCTS[count] = unpacker
+        unpacker = _U16_STRUCTS.put(count, struct.Struct(f">{count}H"))
     return unpacker
 
 
