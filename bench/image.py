@@ -1,7 +1,9 @@
 """VM images: size and boot-to-first-response under qemu, beside the unix target.
 
 For x86_64 and aarch64 (qemu software emulation, no KVM), the static
-website and the HTTPS website are built as a VM image (twice:
+website, the HTTPS website, the ASGI (Starlette) and FastAPI apps and the
+Git-backed website (its store in the guest's memory) are built as a VM
+image (twice:
 first build and rebuild) and booted with a TAP device in a network
 namespace; the time from starting ``looming run`` to the first HTTP answer
 on the host side is measured, and the time until Python in the guest prints
@@ -9,7 +11,7 @@ its first line. The same unikernel on the unix target (host sockets, the
 host's Python) is the baseline: its artifact's size and its time to first
 answer. Run as root (namespaces, TAP):
 
-    .venv/bin/python bench/image.py [--quick] [--json PATH]
+    .venv/bin/python bench/image.py [--quick] [--json PATH] [--examples a,b] [--arch ARCH]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,89 +137,132 @@ def first_answer(
             poller.kill()
 
 
-# (example, manifest name, port, TLS, architectures)
+@dataclass(frozen=True)
+class Example:
+    name: str
+    manifest: str  # the unikernel's name, as dist/ names its artifacts
+    port: int
+    tls: bool
+    arches: tuple[str, ...]
+    vm_options: tuple[str, ...] = ()  # given to `looming configure -t vm`
+
+
 EXAMPLES_MEASURED = [
-    ("static_website", "website", 8080, False, ARCHES),
-    ("https_website", "https_website", 8443, True, ARCHES),
+    Example("static_website", "website", 8080, False, ARCHES),
+    Example("https_website", "https_website", 8443, True, ARCHES),
+    Example("asgi", "asgi", 8000, False, ARCHES),
+    Example("fastapi", "fastapi", 8000, False, ARCHES),
+    # The Git store in the guest's memory: a VM has no disk yet.
+    Example("store_website", "store-website", 8080, False, ARCHES, ("--storage", "memory")),
 ]
 
 
-def build_vm(work: Path, example: str, manifest_name: str, arch: str) -> dict[str, object]:
-    app = copy_app(example, work, arch)
-    looming(app, "configure", "-t", "vm", "--arch", arch)
+def build_vm(work: Path, example: Example, arch: str) -> dict[str, object]:
+    app = copy_app(example.name, work, arch)
+    looming(app, "configure", "-t", "vm", "--arch", arch, *example.vm_options)
     began = time.monotonic()
     looming(app, "build")
     first = time.monotonic() - began
     began = time.monotonic()
     looming(app, "build")  # everything cached: the rebuild after an edit
     rebuild = time.monotonic() - began
-    path = app / "dist" / f"{manifest_name}-vm.json"
+    path = app / "dist" / f"{example.manifest}-vm.json"
     manifest = json.loads(path.read_text())
     return {"path": path, "first_build_s": first, "rebuild_s": rebuild, "manifest": manifest}
+
+
+def build_cases(
+    work: Path, examples: list[Example], arches: set[str]
+) -> dict[str, dict[str, object]]:
+    """Each example on the unix target and as a VM image per architecture."""
+    cases: dict[str, dict[str, object]] = {}
+    for example in examples:
+        unix_app = copy_app(example.name, work, "unix")
+        looming(unix_app, "configure", "-t", "unix")
+        began = time.monotonic()
+        looming(unix_app, "build")
+        cases[f"{example.name} unix"] = {
+            "app": unix_app, "port": example.port, "tls": example.tls,
+            "first_build_s": time.monotonic() - began,
+            "size": (unix_app / "dist" / f"{example.manifest}-unix.pyz").stat().st_size,
+        }  # fmt: skip
+        for arch in (a for a in example.arches if a in arches):
+            progress(f"{example.name} {arch}: building the image (twice)")
+            built = build_vm(work, example, arch)
+            cases[f"{example.name} {arch}"] = {**built, "port": example.port, "tls": example.tls}
+    return cases
+
+
+def measure(cases: dict[str, dict[str, object]], runs: int) -> dict[str, list[tuple[float, float]]]:
+    """Start to first answer, interleaved: unix and each VM in turn, so a
+    change in the host's load (shared machines) falls on all alike."""
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label in cases}
+    with Namespace() as namespace:
+        inside = ["ip", "netns", "exec", namespace.name]
+        for i in range(runs):
+            for n, (label, case) in enumerate(cases.items()):
+                progress(f"{label}: start to first answer, run {i + 1}/{runs}")
+                port = int(str(case["port"])) + (0 if "unix" not in label else 10000 + n)
+                if "unix" in label:
+                    command = [
+                        sys.executable, "-m", "looming.cli", "--app", str(case["app"]), "run",
+                        "--port", str(port), "--ipv4", "127.0.0.1/8",
+                    ]  # fmt: skip
+                    figures = first_answer(command, [], "127.0.0.1", port, bool(case["tls"]))
+                else:
+                    command = [
+                        *inside, sys.executable, "-m", "looming.vm.launch", str(case["path"]),
+                        "--vm-tap", namespace.tap, "--vm-timeout", "150",
+                    ]  # fmt: skip
+                    figures = first_answer(command, inside, "10.0.0.2", port, bool(case["tls"]))
+                times[label].append(figures)
+    return times
+
+
+def summarise(
+    cases: dict[str, dict[str, object]], times: dict[str, list[tuple[float, float]]]
+) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for label, case in cases.items():
+        manifest = case.get("manifest")
+        entry: dict[str, float] = {
+            "first_build_s": float(str(case["first_build_s"])),
+            "python_running_s": statistics.median(t[0] for t in times[label]),
+            "first_answer_s": statistics.median(t[1] for t in times[label]),
+        }
+        if isinstance(manifest, dict):
+            entry["size_bytes"] = manifest["kernel_size"] + manifest["initrd_size"]
+            entry["booted_bytes"] = manifest["booted_size"]
+            entry["rebuild_s"] = float(str(case["rebuild_s"]))
+        else:
+            entry["size_bytes"] = entry["booted_bytes"] = float(str(case["size"]))
+        results[label] = entry
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one boot per case (default: five)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    names = [e.name for e in EXAMPLES_MEASURED]
+    parser.add_argument(
+        "--examples", default=",".join(names), help=f"comma-separated, of: {', '.join(names)}"
+    )
+    parser.add_argument("--arch", choices=ARCHES, help="only this architecture (default: both)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/image.py needs root (a network namespace and a TAP device)", file=sys.stderr)
         return 2
+    wanted = args.examples.split(",")
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        print(f"unknown examples {', '.join(unknown)}; known: {', '.join(names)}", file=sys.stderr)
+        return 2
+    examples = [e for e in EXAMPLES_MEASURED if e.name in wanted]
     runs = 1 if args.quick else 5
-    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="looming-bench-image-") as tmp:
-        work = Path(tmp)
-        cases: dict[str, dict[str, object]] = {}
-        for example, manifest_name, port, tls, arches in EXAMPLES_MEASURED:
-            unix_app = copy_app(example, work, "unix")
-            looming(unix_app, "configure", "-t", "unix")
-            began = time.monotonic()
-            looming(unix_app, "build")
-            cases[f"{example} unix"] = {
-                "app": unix_app, "port": port, "tls": tls, "first_build_s": time.monotonic() - began,
-                "size": (unix_app / "dist" / f"{manifest_name}-unix.pyz").stat().st_size,
-            }  # fmt: skip
-            for arch in arches:
-                progress(f"{example} {arch}: building the image (twice)")
-                built = build_vm(work, example, manifest_name, arch)
-                cases[f"{example} {arch}"] = {**built, "port": port, "tls": tls}
-        times: dict[str, list[tuple[float, float]]] = {label: [] for label in cases}
-        with Namespace() as namespace:
-            inside = ["ip", "netns", "exec", namespace.name]
-            # Interleaved: unix and each VM in turn, so a change in the
-            # host's load (shared machines) falls on all alike.
-            for i in range(runs):
-                for n, (label, case) in enumerate(cases.items()):
-                    progress(f"{label}: start to first answer, run {i + 1}/{runs}")
-                    port = int(str(case["port"])) + (0 if "unix" not in label else 10000 + n)
-                    if "unix" in label:
-                        command = [
-                            sys.executable, "-m", "looming.cli", "--app", str(case["app"]), "run",
-                            "--port", str(port), "--ipv4", "127.0.0.1/8",
-                        ]  # fmt: skip
-                        figures = first_answer(command, [], "127.0.0.1", port, bool(case["tls"]))
-                    else:
-                        command = [
-                            *inside, sys.executable, "-m", "looming.vm.launch", str(case["path"]),
-                            "--vm-tap", namespace.tap, "--vm-timeout", "150",
-                        ]  # fmt: skip
-                        figures = first_answer(command, inside, "10.0.0.2", port, bool(case["tls"]))
-                    times[label].append(figures)
-        for label, case in cases.items():
-            manifest = case.get("manifest")
-            entry: dict[str, float] = {
-                "first_build_s": float(str(case["first_build_s"])),
-                "python_running_s": statistics.median(t[0] for t in times[label]),
-                "first_answer_s": statistics.median(t[1] for t in times[label]),
-            }
-            if isinstance(manifest, dict):
-                entry["size_bytes"] = manifest["kernel_size"] + manifest["initrd_size"]
-                entry["booted_bytes"] = manifest["booted_size"]
-                entry["rebuild_s"] = float(str(case["rebuild_s"]))
-            else:
-                entry["size_bytes"] = entry["booted_bytes"] = float(str(case["size"]))
-            results[label] = entry
+        cases = build_cases(Path(tmp), examples, {args.arch} if args.arch else set(ARCHES))
+        results = summarise(cases, measure(cases, runs))
     report(results, runs)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -233,7 +279,7 @@ def report(results: dict[str, dict[str, float]], runs: int) -> None:
         f"{subprocess.run(['qemu-system-x86_64', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}"
     )
     header = (
-        f"{'case':<22} {'packed MB':>9} {'booted MB':>9} {'build s':>8} {'rebuild s':>9} "
+        f"{'case':<24} {'packed MB':>9} {'booted MB':>9} {'build s':>8} {'rebuild s':>9} "
         f"{'python s':>9} {'answer s':>9} {'x unix':>7}"
     )
     print(header)
@@ -241,7 +287,7 @@ def report(results: dict[str, dict[str, float]], runs: int) -> None:
     for name, figures in results.items():
         unix = results[name.split()[0] + " unix"]
         print(
-            f"{name:<22} {figures['size_bytes'] / 1e6:>9.2f} {figures['booted_bytes'] / 1e6:>9.2f} "
+            f"{name:<24} {figures['size_bytes'] / 1e6:>9.2f} {figures['booted_bytes'] / 1e6:>9.2f} "
             f"{figures['first_build_s']:>8.1f} {figures.get('rebuild_s', float('nan')):>9.1f} "
             f"{figures['python_running_s']:>9.2f} {figures['first_answer_s']:>9.2f} "
             f"{figures['first_answer_s'] / unix['first_answer_s']:>7.1f}"
