@@ -92,9 +92,12 @@ class LruMemo(Generic[K, V]):
         """Store ``value`` under ``key`` as the most recent entry and return it."""
         entries = self._entries
         entries[key] = value
-        entries.move_to_end(key)
-        while len(entries) > self.bound:
-            entries.popitem(last=False)
+        try:
+            entries.move_to_end(key)
+            while len(entries) > self.bound:
+                entries.popitem(last=False)
+        except KeyError:  # another thread moved or emptied it meanwhile: harmless
+            pass
         return value
 
     def get_or_make(self, key: K, make: Callable[[K], V]) -> V:
