@@ -117,3 +117,23 @@ def test_packs_beyond_the_spares_budget_are_removed_off_the_commit_path(
     repo.close()
     git("fsck", "--strict", "--no-dangling", cwd=str(path))
     assert Repo.open(str(path), clock=UnixClock()).store().get("d0/k0") is not None
+
+
+def test_a_long_running_writer_keeps_no_delta_bases_it_has_folded(tmp_path: Path) -> None:
+    from looming.store.gitbackend import GitBackend
+
+    path = tmp_path / "r.git"
+    repo = Repo.init(
+        str(path), merge_packs_after=4, fold_when_idle=None, durability="none", clock=UnixClock()
+    )
+    backend = repo.backend
+    assert isinstance(backend, GitBackend)
+    most = 0
+    for first in range(0, 200, 4):
+        _commit(repo, first, 4)  # every fourth commit folds
+        most = max(most, len(backend._delta_bases))
+    # Each commit changes up to 5 directories and the root: what is held is
+    # the last few commits' bases, not the 1,000+ of the whole run.
+    assert most <= 4 * 6, most
+    assert repo.store().get("d3/k997") == b"value 997 of commit 199\n"
+    repo.close()

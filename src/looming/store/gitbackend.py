@@ -585,6 +585,12 @@ class GitBackend:
         self._small_bytes = 0
         self._recent_packs.clear()
         self._recent_trees.clear()
+        # The folded objects' bases are used: a compaction finds them again
+        # from the commits (tree_delta_hints), so they are not kept for the
+        # writer's lifetime.
+        for _base, entries in small:
+            for object_id, _offset, _crc in entries:
+                self._delta_bases.pop(object_id, None)
         self._reopen_packs()
 
     def _fold_later(self) -> None:
