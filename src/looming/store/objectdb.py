@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
 
+from looming.bounded import LruMemo
 from looming.errors import Malformed
 from looming.store.errors import CorruptObject, MissingObject
 from looming.store.objects import (
@@ -24,8 +25,6 @@ if TYPE_CHECKING:  # annotations only: a Backend takes locks, a merge reads no f
     from looming.store.backend import Backend
 
 TreeEntries = dict[bytes, tuple[int, ObjectId]]
-K = TypeVar("K")
-V = TypeVar("V")
 
 EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
 
@@ -79,36 +78,6 @@ class EncodedTree:
         return b"".join(self.chunks)
 
 
-class LruCache(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used entry."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            try:
-                self._items.move_to_end(key)
-            except KeyError:  # evicted by another thread meanwhile: harmless
-                pass
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        items = self._items
-        items[key] = value
-        try:
-            items.move_to_end(key)
-            if len(items) > self.capacity:
-                items.popitem(last=False)
-        except KeyError:  # another thread evicted it meanwhile: harmless
-            pass
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
 class WeightedCache:
     """An LRU of encoded trees bounded by their total number of entries."""
 
@@ -144,9 +113,9 @@ class ObjectDb:
         self, backend: Backend, *, tree_cache: int = 4096, blob_cache: int = 65536
     ) -> None:
         self.backend = backend
-        self._trees: LruCache[ObjectId, TreeEntries] = LruCache(tree_cache)
-        self._blobs: LruCache[ObjectId, bytes] = LruCache(blob_cache)
-        self._commits: LruCache[ObjectId, Commit] = LruCache(4096)
+        self._trees: LruMemo[ObjectId, TreeEntries] = LruMemo(tree_cache)
+        self._blobs: LruMemo[ObjectId, bytes] = LruMemo(blob_cache)
+        self._commits: LruMemo[ObjectId, Commit] = LruMemo(4096)
         self._encoded = WeightedCache(400_000)
 
     def _read(self, object_id: ObjectId, expected: str) -> bytes:
