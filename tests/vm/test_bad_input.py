@@ -101,3 +101,27 @@ def test_a_unikernel_with_a_network_needs_a_tap_to_boot(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "give --vm-tap NAME" in done.stderr
+
+
+def test_kv_store_needs_storage_memory_and_says_it_does_not_persist(tmp_path: Path) -> None:
+    app = _copy(EXAMPLES / "store_website", tmp_path)
+    done = looming(app, "configure", "-t", "vm", "--arch", "x86_64")
+    assert done.returncode == 2
+    assert "config.py:" in done.stderr and "a VM image has no disk yet" in done.stderr
+    assert "--storage memory" in done.stderr and "lost at power-off" in done.stderr
+    assert not (app / "_build" / "vm").exists()
+    done = looming(app, "configure", "-t", "vm", "--arch", "x86_64", "--storage", "memory")
+    assert done.returncode == 0, done.stderr
+    main_py = (app / "_build" / "vm" / "main.py").read_text()
+    assert "in the guest's memory, lost at power-off" in main_py
+    assert "StoreKv.connect" in main_py
+    # kv_rw has no such option: refused whatever is given.
+    config = app / "config.py"
+    config.write_text(
+        config.read_text()
+        .replace('kv_store("_build/site.git", branch="main")', 'kv_rw("data")')
+        .replace("kv_store,", "kv_rw,")
+    )
+    done = looming(app, "configure", "-t", "vm", "--arch", "x86_64", "--storage", "memory")
+    assert done.returncode == 2
+    assert "no implementation for device 'kv_rw'" in done.stderr

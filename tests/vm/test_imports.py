@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from looming.errors import ConfigError
+from looming.vm import image
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
 from looming.vm.stdlib import GuestStdlib, stdlib_closure
 from tests.vm.conftest import APPS, looming
@@ -103,3 +104,22 @@ def test_a_build_reaching_a_module_the_image_lacks_stops_and_names_it(tmp_path: 
     # Nothing half-written: no image folder, no staging folder, the manifest unchanged.
     assert sorted(p.name for p in (app / "dist").iterdir()) == ["image_lacks-vm.json"]
     assert json.loads(manifest.read_text()) == {"arch": "x86_64"}
+
+
+def test_registered_packages_reach_the_stdlib_walk(tmp_path: Path) -> None:
+    # mypkg.extra is imported by no statement; register(packages=["mypkg"])
+    # packs it, so what it imports must be in the image too.
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "extra.py").write_text("import xml.dom.minidom\n")
+    main_py = tmp_path / "_build" / "vm" / "main.py"
+    main_py.parent.mkdir(parents=True)
+    main_py.write_text("import mypkg\n")
+    state = tmp_path / "_build" / "looming.json"
+    state.write_text(json.dumps({"packages": []}))
+    assert "mypkg.extra" not in image._app_closure(main_py, tmp_path).modules
+    state.write_text(json.dumps({"packages": ["mypkg"]}))
+    closure = image._app_closure(main_py, tmp_path)
+    assert "mypkg.extra" in closure.modules
+    roots = image._stdlib_roots(closure, {}, set(sys.stdlib_module_names))
+    assert ("xml.dom.minidom", (), False) in roots
