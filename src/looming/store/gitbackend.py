@@ -30,8 +30,10 @@ from looming.store.errors import (
 )
 from looming.store.growing import SEAL_ABOVE, GrowingPack
 from looming.store.objects import (
+    KIND_OF_PACK_NUMBER,
     MODE_TREE,
     OBJECT_TYPES,
+    PACK_COMMIT,
     Commit,
     ObjectId,
     hash_object,
@@ -42,8 +44,6 @@ from looming.store.objects import (
 )
 from looming.store.pack import PackRecord, build_pack, install_pack
 from looming.store.spares import SparePool, reclaim_dead, sync_dir, sync_together
-
-_TYPE_NUMBERS = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 
 # Small packs are folded once they amount to this fraction of the growing
 # pack (or this many bytes): the disk holds at most that much beyond one
@@ -268,7 +268,7 @@ def tree_delta_hints(
             with open(base + ".pack", "rb") as file:
                 data = file.read()
         for oid, offset, _crc in entries:
-            if _entry_type(data, offset) != _COMMIT:
+            if _entry_type(data, offset) != PACK_COMMIT:
                 continue
             commit = Commit.parse(backend.read(oid)[1])
             if commit.parents:
@@ -276,9 +276,6 @@ def tree_delta_hints(
                     parent = Commit.parse(backend.read(commit.parents[0])[1])
                     _pair_trees(backend, commit.tree, parent.tree, hints)
     return hints
-
-
-_COMMIT = 1
 
 
 def _history_order(bases: list[str]) -> list[str]:
@@ -466,7 +463,7 @@ class GitBackend:
                     self._rescan_packs(store)
                     continue
                 raise CorruptObject(hex_name, f"pack read failed: {error}") from None
-        kind = _TYPE_NUMBERS.get(type_number)
+        kind = KIND_OF_PACK_NUMBER.get(type_number)
         if kind is None:
             raise CorruptObject(hex_name, f"unknown object type {type_number}")
         if hash_object(kind, body) != object_id:

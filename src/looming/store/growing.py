@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable
 from operator import itemgetter
 
-from looming.store.objects import ObjectId
+from looming.store.objects import PACK_TREE, ObjectId
 from looming.store.pack import (
     MAX_DELTA_DEPTH,
     STORE_ABOVE,
@@ -52,7 +52,6 @@ SEAL_ABOVE = 32 << 20
 # deflate hardly shrinks (the packs of 300 ten-key commits grow by 1%),
 # while starting a compressor takes longer than making the delta: stored.
 STORE_DELTAS_BELOW = 128
-_TREE = 2
 _OFFSET = itemgetter(1)
 _PACK_HEADER = b"PACK\0\0\0\2"
 
@@ -190,14 +189,14 @@ class GrowingPack:
             if tree_body is None:
                 if end - offset < STORE_ABOVE:
                     kind = (data[offset] >> 4) & 7
-                    if kind != _TREE:
+                    if kind != PACK_TREE:
                         # A small blob or commit: copied as it is, its CRC too.
                         body += view[offset:end]
                         new_entries.append((oid, at, crc))
                         ids.add(oid)
                         continue
                 kind, size, _base, start = _parse_entry_header(data, offset)
-                if kind != _TREE:
+                if kind != PACK_TREE:
                     entry = data[offset:end]
                     if end - start >= size:
                         # Stored whole by the per-commit pack: deflate it now.
@@ -210,7 +209,7 @@ class GrowingPack:
                 tree_body = zlib.decompress(data[start:end])
             entry = self._tree_entry(oid, tree_body, delta_bases.get(oid), at, make_delta)
             if not entry:
-                entry = _object_header(_TREE, len(tree_body)) + deflate(tree_body)
+                entry = _object_header(PACK_TREE, len(tree_body)) + deflate(tree_body)
                 trees[oid] = (at, 0)
                 self.anchors[oid] = oid  # the first segment's anchor
                 self.anchor_bodies[oid] = tree_body

@@ -21,6 +21,13 @@ COMMIT = "commit"
 TAG = "tag"
 OBJECT_TYPES = (BLOB, TREE, COMMIT, TAG)
 
+# The type numbers of git's pack entries (gitformat-pack), one table read
+# both ways: the number of a kind, and the kind of a number.
+PACK_COMMIT, PACK_TREE, PACK_BLOB, PACK_TAG = 1, 2, 3, 4
+PACK_OFS_DELTA, PACK_REF_DELTA = 6, 7
+PACK_NUMBER_OF_KIND = {COMMIT: PACK_COMMIT, TREE: PACK_TREE, BLOB: PACK_BLOB, TAG: PACK_TAG}
+KIND_OF_PACK_NUMBER = {number: kind for kind, number in PACK_NUMBER_OF_KIND.items()}
+
 MODE_FILE = 0o100644
 MODE_EXECUTABLE = 0o100755
 MODE_SYMLINK = 0o120000

@@ -18,11 +18,15 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 
 from looming.store.errors import CorruptObject
-from looming.store.objects import ObjectId, hash_object
+from looming.store.objects import (
+    KIND_OF_PACK_NUMBER,
+    PACK_NUMBER_OF_KIND,
+    PACK_OFS_DELTA,
+    PACK_REF_DELTA,
+    ObjectId,
+    hash_object,
+)
 from looming.store.spares import TakeSpare, sync_dir, write_files_atomically
-
-_TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
-_TYPE_NAMES = {number: name for name, number in _TYPE_NUMBERS.items()}
 
 IndexEntry = tuple[ObjectId, int, int]
 _ID_OF = itemgetter(0)
@@ -100,7 +104,7 @@ def build_pack(
     parts = [b"PACK" + struct.pack(">II", 2, len(items))]
     offset = 12
     entries: list[IndexEntry] = []
-    crc32, types = zlib.crc32, _TYPE_NUMBERS
+    crc32, types = zlib.crc32, PACK_NUMBER_OF_KIND
     for oid, kind, body in items:
         size = len(body)
         # Big objects (large directories) are stored, not deflated, in the
@@ -230,7 +234,7 @@ def read_index_entries(path: str) -> list[IndexEntry]:
 PackRecord = tuple[str, list[IndexEntry]]  # base name and index entries of a pack we wrote
 
 MAX_DELTA_DEPTH = 50
-OFS_DELTA = 6
+OFS_DELTA = PACK_OFS_DELTA
 
 
 def _parse_entry_header(data: bytes, offset: int) -> tuple[int, int, int, int]:
@@ -255,7 +259,7 @@ def _parse_entry_header(data: bytes, offset: int) -> tuple[int, int, int, int]:
             position += 1
             distance = ((distance + 1) << 7) | (byte & 0x7F)
         base = offset - distance
-    elif kind == 7:
+    elif kind == PACK_REF_DELTA:
         raise CorruptObject("pack", "REF_DELTA in a pack this store wrote")
     return kind, size, base, position
 
@@ -411,7 +415,7 @@ def read_pack(data: bytes) -> Iterator[tuple[str, bytes]]:
         walker = UnpackedObjectIterator.for_pack_data(pack_data)
         for unpacked in walker:
             assert unpacked.obj_type_num is not None and unpacked.obj_chunks is not None
-            kind = _TYPE_NAMES[unpacked.obj_type_num]
+            kind = KIND_OF_PACK_NUMBER[unpacked.obj_type_num]
             body = b"".join(unpacked.obj_chunks)
             hash_object(kind, body)
             yield kind, body
