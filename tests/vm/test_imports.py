@@ -123,3 +123,23 @@ def test_registered_packages_reach_the_stdlib_walk(tmp_path: Path) -> None:
     assert "mypkg.extra" in closure.modules
     roots = image._stdlib_roots(closure, {}, set(sys.stdlib_module_names))
     assert ("xml.dom.minidom", (), False) in roots
+
+
+def test_wheel_packages_are_found_where_the_image_has_them(tmp_path: Path) -> None:
+    wheel_dir = tmp_path / "site, with a comma"
+    wheel_dir.mkdir()
+    (wheel_dir / "looming_wheel_mod.py").write_text("value = 1\n")
+    image = _image(tmp_path, {"service": "import looming_wheel_mod\n"}, BASE)
+    with pytest.raises(ConfigError, match="lacks the module 'looming_wheel_mod'"):
+        check_imports(image, tmp_path)
+    with_wheel = ImageModules(
+        **{**image.__dict__, "compiled": {"looming_wheel_mod": str(wheel_dir)}}
+    )
+    check_imports(with_wheel, tmp_path)
+
+
+def test_a_failure_other_than_a_missing_module_is_only_noted(tmp_path: Path) -> None:
+    image = _image(tmp_path, {"service": "raise RuntimeError('needs a device')\n"}, BASE)
+    notes: list[str] = []
+    check_imports(image, tmp_path, notes.append)
+    assert len(notes) == 1 and "RuntimeError: needs a device" in notes[0]

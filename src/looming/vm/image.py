@@ -884,6 +884,7 @@ def _check_image_imports(
             modules=[*own, *dynamic],
         ),
         contents.app_dir,
+        progress,
     )
 
 

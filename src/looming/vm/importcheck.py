@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +38,10 @@ import sys
 archive, main_py = sys.argv[1], sys.argv[2]
 allowed = set(sys.argv[3].split(","))
 stdlib = set(sys.argv[4].split(","))
-compiled = dict(item.split("=", 1) for item in sys.argv[5].split(",") if item)
+compiled = dict(item.split("=", 1) for item in sys.argv[5].split("\n") if item)
 modules = [m for m in sys.argv[6].split(",") if m]
+
+path_finder = next(f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder")
 
 class NotInImage:
     @classmethod
@@ -54,8 +56,7 @@ class ImageWheels:
         where = compiled.get(name)
         if where is None:
             return None
-        import importlib.machinery
-        return importlib.machinery.PathFinder.find_spec(name, [where])
+        return path_finder.find_spec(name, [where])
 
 def importer(error):
     where, tb = "", error.__traceback__
@@ -96,13 +97,16 @@ class ImageModules:
     modules: list[str]  # the application's modules and those imported by name
 
 
-def check_imports(image: ImageModules, app_dir: Path) -> None:
-    """Import ``image.modules`` as the guest would; ConfigError when one is missing."""
+def check_imports(
+    image: ImageModules, app_dir: Path, note: Callable[[str], None] = lambda _m: None
+) -> None:
+    """Import ``image.modules`` as the guest would; ConfigError when one is
+    missing. Another failure is only noted: the guest may not share it."""
     command = [
         sys.executable, "-I", "-S", "-c", _PROGRAM,
         str(image.archive), str(image.main_py),
         ",".join(sorted(image.stdlib)), ",".join(sorted(image.stdlib_names)),
-        ",".join(f"{top}={where}" for top, where in sorted(image.compiled.items())),
+        "\n".join(f"{top}={where}" for top, where in sorted(image.compiled.items())),
         ",".join(image.modules),
     ]  # fmt: skip
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -121,9 +125,14 @@ def check_imports(image: ImageModules, app_dir: Path) -> None:
             f"importing the unikernel's modules took over {CHECK_TIMEOUT:.0f} s; "
             "move work done at import time into start()"
         ) from None
-    if done.returncode != MISSING_EXIT:
-        return  # imported, or failed for another reason the guest may not share
-    line = done.stdout.strip().splitlines()[-1]
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == MISSING_EXIT and lines and lines[-1].startswith("MISSING\t"):
+        line = lines[-1]
+    else:
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            note(f"note: importing the unikernel here failed ({last}); the guest may too")
+        return
     _tag, module, missing, where = [*line.split("\t"), "", "", ""][:4]
     raise ConfigError(_missing_message(module, missing, where, image, app_dir))
 
