@@ -371,6 +371,32 @@ class Scenario:
         if not self.watchdog_s > 0:
             found.append(f"watchdog_s must be > 0 seconds, not {self.watchdog_s}")
         names = [n.name for n in self.nodes]
+        seen = set(names)
+        found.extend(self._name_problems(names))
+        found.extend(self._node_problems())
+        found.extend(f"default link: {problem}" for problem in self.link.problems())
+        found.extend(self._fault_problems(names))
+        found.extend(self._trunk_problems())
+        found.extend(self._disk_problems(names))
+        found.extend(
+            f"optional node {node!r} is not a node of the scenario"
+            for node in self.optional_nodes
+            if node not in seen
+        )
+        for swarm in self.swarms:
+            found.extend(swarm.problems(names))
+            if swarm.end > self.duration:
+                found.append(
+                    f"swarm: end {swarm.end} s is past the end of the scenario ({self.duration} s)"
+                )
+        if self.driver is None:
+            found.append("no driver: decorate an 'async def' with @SCENARIO.main")
+        return found
+
+    @staticmethod
+    def _name_problems(names: list[str]) -> list[str]:
+        """Node names must be unique and made of letters, digits, '-', '_'."""
+        found = []
         seen: set[str] = set()
         for name in names:
             if name in seen:
@@ -378,6 +404,11 @@ class Scenario:
             seen.add(name)
             if not name or not all(c.isalnum() or c in "-_" for c in name):
                 found.append(f"node name {name!r}: use letters, digits, '-' and '_'")
+        return found
+
+    def _node_problems(self) -> list[str]:
+        """Shared addresses, unknown applications and bad links, per node."""
+        found = []
         addresses: dict[IPv4Address, str] = {}
         for spec in self.nodes:
             if spec.ipv4 is not None:
@@ -391,8 +422,12 @@ class Scenario:
                 )
             for problem in (spec.link or self.link).problems():
                 found.append(f"link of node {spec.name!r}: {problem}")
-        for problem in self.link.problems():
-            found.append(f"default link: {problem}")
+        return found
+
+    def _fault_problems(self, names: list[str]) -> list[str]:
+        """Faults outside the run, lasting past its end or naming unknown nodes."""
+        found = []
+        seen = set(names)
         for time, fault in [*self.faults, *(self.schedule or [])]:
             what = fault.describe()
             if not 0 <= time <= self.duration:
@@ -409,26 +444,17 @@ class Scenario:
                         f"nodes: {', '.join(names) or 'none'}"
                     )
             found.extend(f"fault '{what}': {p}" for p in fault.problems())
-        found.extend(self._trunk_problems())
+        return found
+
+    def _disk_problems(self, names: list[str]) -> list[str]:
+        """Disk faults for unknown nodes or with bad rates."""
+        found = []
         for node, disk in self.disks.items():
-            if node not in seen:
+            if node not in names:
                 found.append(
                     f"disk faults for unknown node {node!r}; nodes: {', '.join(names) or 'none'}"
                 )
             found.extend(f"disk faults of node {node!r}: {p}" for p in disk.problems())
-        found.extend(
-            f"optional node {node!r} is not a node of the scenario"
-            for node in self.optional_nodes
-            if node not in seen
-        )
-        for swarm in self.swarms:
-            found.extend(swarm.problems(names))
-            if swarm.end > self.duration:
-                found.append(
-                    f"swarm: end {swarm.end} s is past the end of the scenario ({self.duration} s)"
-                )
-        if self.driver is None:
-            found.append("no driver: decorate an 'async def' with @SCENARIO.main")
         return found
 
     def _trunk_problems(self) -> list[str]:

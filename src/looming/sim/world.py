@@ -342,48 +342,9 @@ def run(
         scenario, seed, dict(artifacts), record_pcap=pcap_dir is not None, keep_trace=keep_trace
     )
     loop = world.loop
-    driver = scenario.driver
-    assert driver is not None, "a scenario needs a driver"
-
-    async def main() -> None:
-        for a, b, trunk_spec in scenario.trunks:
-            world.network.trunk(a, b, trunk_spec)
-        for node_spec in scenario.nodes:
-            world.add(node_spec, boot=False)
-        if scenario.schedule is not None:
-            _schedule_given(world, scenario.schedule)
-        else:
-            for when, fault in sorted(scenario.faults, key=lambda item: item[0]):
-                loop.call_at(when, _apply, world, fault, context=contextvars.Context())
-            _schedule_swarms(world)
-        for node in world.nodes.values():
-            node.boot()
-
-        async def drive() -> None:
-            await driver(world)
-
-        driving = loop.create_task(drive(), context=contextvars.Context())
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            driving.cancel()
-
-        deadline = loop.call_watchdog(scenario.duration, expire)
-        try:
-            await driving
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            world.failures.append(
-                f"the driver did not finish within the scenario's {scenario.duration} s"
-            )
-        finally:
-            deadline.cancel()
-
+    assert scenario.driver is not None, "a scenario needs a driver"
     world.trace.record("run", f"{scenario.name} seed {seed}")
     asyncio.set_event_loop(loop)
-    driver_error: Exception | None = None
     # Collecting cycles mid-run would run destructors at moments that
     # depend on the process's history, not on the seed.
     collecting = gc.isenabled()
@@ -396,41 +357,14 @@ def run(
             _logs_to_trace(world, log_level) as logs,
             _buggify_for(world, buggify_on),
         ):
-            try:
-                with Watchdog(loop, limit) as watchdog:
-                    loop.run_until_complete(loop.create_task(main(), context=contextvars.Context()))
-            except SimStalled:
-                world.trace.record("run", "stalled")
-                world.failures.append(watchdog.report or "watchdog: the run stalled")
-            except SimDeadlock as deadlock:
-                world.failures.append(str(deadlock))
-            except Exception as error:
-                driver_error = error
-                detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-                where = traceback.extract_tb(error.__traceback__)[-1:]
-                place = f" ({where[0].filename}:{where[0].lineno})" if where else ""
-                world.failures.append(f"the driver raised {detail}{place}")
-            for node in world.nodes.values():
-                if node.status == "failed":
-                    world.failures.append(f"node {node.name} failed: {node.exit_error}")
-            world.failures += [f"not replayable: {m}" for m in logs.not_replayable]
-            statuses = {name: node.status for name, node in world.nodes.items()}
-            for node in world.nodes.values():
-                node.crash(reason="stop")
-            world.trace.record("run", f"end {'ok' if not world.failures else 'failed'}")
+            driver_error = _run_loop(world, limit)
+            statuses = _stop_nodes(world, logs)
     finally:
         _cancel_leftovers(loop)
         loop.close()
         asyncio.set_event_loop(None)
         if collecting:
             gc.enable()
-    pcaps: list[Path] = []
-    if pcap_dir is not None:
-        pcap_dir.mkdir(parents=True, exist_ok=True)
-        for name, link in world.network.links.items():
-            path = pcap_dir / f"{name}.pcap"
-            path.write_bytes(link.pcap_bytes())
-            pcaps.append(path)
     return RunResult(
         scenario=scenario.name,
         seed=seed,
@@ -443,11 +377,106 @@ def run(
         checks=world.checks,
         nodes=statuses,
         links={n: (link.delivered, link.dropped) for n, link in world.network.links.items()},
-        pcaps=pcaps,
+        pcaps=_write_pcaps(world, pcap_dir),
         logs=logs.lines,
         error=driver_error,
         garbage=loop.garbage_reports,
     )
+
+
+def _build(world: World) -> None:
+    """Wire the trunks, add the nodes, schedule the faults and boot."""
+    scenario = world.scenario
+    for a, b, trunk_spec in scenario.trunks:
+        world.network.trunk(a, b, trunk_spec)
+    for node_spec in scenario.nodes:
+        world.add(node_spec, boot=False)
+    if scenario.schedule is not None:
+        _schedule_given(world, scenario.schedule)
+    else:
+        for when, fault in sorted(scenario.faults, key=lambda item: item[0]):
+            world.loop.call_at(when, _apply, world, fault, context=contextvars.Context())
+        _schedule_swarms(world)
+    for node in world.nodes.values():
+        node.boot()
+
+
+async def _main(world: World) -> None:
+    """Build the world, then run the driver for at most the scenario's duration."""
+    scenario = world.scenario
+    driver = scenario.driver
+    assert driver is not None
+    loop = world.loop
+    _build(world)
+
+    async def drive() -> None:
+        await driver(world)
+
+    driving = loop.create_task(drive(), context=contextvars.Context())
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        driving.cancel()
+
+    deadline = loop.call_watchdog(scenario.duration, expire)
+    try:
+        await driving
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        world.failures.append(
+            f"the driver did not finish within the scenario's {scenario.duration} s"
+        )
+    finally:
+        deadline.cancel()
+
+
+def _run_loop(world: World, limit: float) -> Exception | None:
+    """Run :func:`_main` under the watchdog; failures go to ``world.failures``.
+    Returns the exception the driver raised, if any."""
+    loop = world.loop
+    try:
+        with Watchdog(loop, limit) as watchdog:
+            loop.run_until_complete(loop.create_task(_main(world), context=contextvars.Context()))
+    except SimStalled:
+        world.trace.record("run", "stalled")
+        world.failures.append(watchdog.report or "watchdog: the run stalled")
+    except SimDeadlock as deadlock:
+        world.failures.append(str(deadlock))
+    except Exception as error:
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        where = traceback.extract_tb(error.__traceback__)[-1:]
+        place = f" ({where[0].filename}:{where[0].lineno})" if where else ""
+        world.failures.append(f"the driver raised {detail}{place}")
+        return error
+    return None
+
+
+def _stop_nodes(world: World, logs: TraceLogHandler) -> dict[str, str]:
+    """Record failed nodes and unreplayable logs, stop every node and
+    return the statuses they had."""
+    for node in world.nodes.values():
+        if node.status == "failed":
+            world.failures.append(f"node {node.name} failed: {node.exit_error}")
+    world.failures += [f"not replayable: {m}" for m in logs.not_replayable]
+    statuses = {name: node.status for name, node in world.nodes.items()}
+    for node in world.nodes.values():
+        node.crash(reason="stop")
+    world.trace.record("run", f"end {'ok' if not world.failures else 'failed'}")
+    return statuses
+
+
+def _write_pcaps(world: World, pcap_dir: Path | None) -> list[Path]:
+    """One capture file per link in ``pcap_dir`` (none without one)."""
+    pcaps: list[Path] = []
+    if pcap_dir is not None:
+        pcap_dir.mkdir(parents=True, exist_ok=True)
+        for name, link in world.network.links.items():
+            path = pcap_dir / f"{name}.pcap"
+            path.write_bytes(link.pcap_bytes())
+            pcaps.append(path)
+    return pcaps
 
 
 def _cancel_leftovers(loop: VirtualEventLoop) -> None:
