@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 
 from looming.config.dsl import Device, caller_location, device, fail
-from looming.config.plan import Impl, KeyDecl
+from looming.config.plan import Dep, Impl, KeyDecl
 
 _DIR_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
 
@@ -93,9 +93,10 @@ def _kv_store_impl(dev: Device) -> Impl:
     return Impl(
         "looming.store.kv:StoreKv.connect",
         args=[f"keys.{name}_repo"],
-        kwargs=[("clock", "{0}"), ("branch", f"keys.{name}_branch")],
+        kwargs=[("clock", Dep("clock")), ("branch", f"keys.{name}_branch")],
         awaited=True,
         disconnect="disconnect",
+        deps={"clock": dev.deps[0]},
         keys=[
             KeyDecl(f"{name}_repo", "str", dev.setting("path"), "Git repository of the store"),
             KeyDecl(
@@ -209,7 +210,7 @@ def tls(
 def _tls_impl(dev: Device) -> Impl:
     return Impl(
         "looming.tls.device:TlsStack.connect",
-        args=["{0}", "{1}", "{2}", "{3}"],
+        args=[Dep("stack"), Dep("store"), Dep("random"), Dep("clock")],
         kwargs=[
             ("certificate", repr(dev.setting("certificate"))),
             ("private_key", repr(dev.setting("private_key"))),
@@ -220,6 +221,7 @@ def _tls_impl(dev: Device) -> Impl:
             ("require_ems", "keys.tls_require_ems"),
         ],
         awaited=True,
+        deps=dict(zip(("stack", "store", "random", "clock"), dev.deps, strict=True)),
         keys=[
             KeyDecl(
                 "tls_client_auth",

@@ -10,7 +10,7 @@ given, and collects the keys.
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,21 +43,34 @@ class KeyDecl:
         return cls(k.name, k.type_name, k.default, k.doc, k.where)
 
 
+@dataclass(frozen=True)
+class Dep:
+    """An argument of an :class:`Impl`: the variable holding the device that
+    ``Impl.deps`` names ``name``."""
+
+    name: str
+
+
+Arg = str | Dep
+"""A Python expression (``keys.NAME`` reads a key), or a device the implementation needs."""
+
+
 @dataclass
 class Impl:
     """How a target provides one device.
 
     ``factory`` is ``"module:Name"`` or ``"module:Name.method"``; ``args`` and
-    ``kwargs`` values are Python expressions in which ``{0}``, ``{1}``, ...
-    stand for the variables holding ``deps`` and ``keys.NAME`` for key values.
+    ``kwargs`` values are Python expressions (``keys.NAME`` for key values) or
+    :class:`Dep` markers for the devices of ``deps``, by name. Without
+    ``deps`` the device's own dependencies are connected first, unnamed.
     """
 
     factory: str
-    args: Sequence[str] = ()
-    kwargs: Sequence[tuple[str, str]] = ()
+    args: Sequence[Arg] = ()
+    kwargs: Sequence[tuple[str, Arg]] = ()
     awaited: bool = False
     disconnect: str | None = None
-    deps: Sequence[Device] | None = None
+    deps: Mapping[str, Device] | None = None
     keys: Sequence[KeyDecl] = ()
     crunch: Sequence[tuple[str, str]] = ()
     summary: str = ""
@@ -81,10 +94,21 @@ class PlannedDevice:
     impl: Impl
     var: str
     dep_vars: list[str]
+    dep_names: dict[str, str] = field(default_factory=dict)
 
     def call(self) -> str:
-        def fill(expr: str) -> str:
-            return expr.format(*self.dep_vars) if self.dep_vars else expr
+        def fill(arg: Arg) -> str:
+            if isinstance(arg, str):
+                return arg
+            if arg.name not in self.dep_names:
+                named = ", ".join(self.dep_names) or "none"
+                raise ConfigError(
+                    f"the implementation {self.impl.factory} of {self.device.kind!r} uses the "
+                    f"device {arg.name!r} but its deps name only: {named}; add it to deps",
+                    path=self.device.where.path,
+                    line=self.device.where.line,
+                )
+            return self.dep_names[arg.name]
 
         parts = [fill(a) for a in self.impl.args]
         parts += [f"{k}={fill(v)}" for k, v in self.impl.kwargs]
@@ -127,7 +151,7 @@ class _DeviceWalk:
     def deps(self, dev: Device) -> list[Device]:
         """What ``dev`` needs: its implementation's devices, else its own."""
         impl = self.impls[id(dev)]
-        return list(impl.deps) if impl.deps is not None else list(dev.deps)
+        return list(impl.deps.values()) if impl.deps is not None else list(dev.deps)
 
     def visit(self, dev: Device, path: list[Device]) -> None:
         mark = self.state.get(id(dev))
@@ -203,8 +227,10 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
     # A later device may have claimed a base name that an earlier suffix used.
     var_of = _variable_names(walk.order)
     for dev in walk.order:
+        impl = walk.impls[id(dev)]
         deps = [var_of[id(d)] for d in walk.deps(dev)]
-        plan.devices.append(PlannedDevice(dev, walk.impls[id(dev)], var_of[id(dev)], deps))
+        named = {name: var_of[id(d)] for name, d in (impl.deps or {}).items()}
+        plan.devices.append(PlannedDevice(dev, impl, var_of[id(dev)], deps, named))
     # A part installed as an extra (TLS, the store) is checked now, not at run time.
     check_application(
         [

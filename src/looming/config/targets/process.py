@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from looming.config.dsl import Device, device
-from looming.config.plan import Impl, KeyDecl
+from looming.config.plan import Arg, Dep, Impl, KeyDecl
 from looming.config.targets import Target
 from looming.config.targets.unix import TARGET as UNIX
 
@@ -63,7 +63,7 @@ class ProcessTarget(Target):
                 "vchan registry folder (the process deployment passes a private one)",
             )
         ]
-        kwargs = [
+        kwargs: list[tuple[str, Arg]] = [
             ("read_size", repr(dev.setting("read_size"))),
             ("write_size", repr(dev.setting("write_size"))),
             ("registry", f"keys.{VCHAN_REGISTRY_KEY}"),
@@ -85,11 +85,11 @@ class ProcessTarget(Target):
         return Impl(
             "looming.vchan.device:VchanDevice.connect",
             args=[repr(port)],
-            kwargs=[("time", "{0}"), *kwargs],
+            kwargs=[("time", Dep("time")), *kwargs],
             awaited=True,
             disconnect="disconnect",
             # Waits for the peer and ring deadlines run on the time device.
-            deps=[device("time", where=dev.where)],
+            deps={"time": device("time", where=dev.where)},
             keys=keys,
             summary=summary,
         )

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from looming.config.dsl import Device, device
-from looming.config.plan import Impl
+from looming.config.plan import Dep, Impl
 from looming.config.targets import Target
 
 _DEVICES = "looming.sim.node:SimDevices"
@@ -94,11 +94,16 @@ class SimTarget(Target):
             random_dev = device("random", where=dev.where)
             return Impl(
                 f"{_DEVICES}.stack",
-                args=["{0}"],
-                kwargs=[("time", "{1}"), ("clock", "{2}"), ("random", "{3}")],
+                args=[Dep("network")],
+                kwargs=[("time", Dep("time")), ("clock", Dep("clock")), ("random", Dep("random"))],
                 awaited=True,
                 disconnect="disconnect",
-                deps=[dev.deps[0], time_dev, clock_dev, random_dev],
+                deps={
+                    "network": dev.deps[0],
+                    "time": time_dev,
+                    "clock": clock_dev,
+                    "random": random_dev,
+                },
                 summary="looming TCP/IP stack with the node's address",
             )
         raise self.unsupported(dev)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from looming.config.dsl import Device, device
-from looming.config.plan import Impl, KeyDecl
+from looming.config.plan import Dep, Impl, KeyDecl
 from looming.config.targets import Target
 
 NET_CHOICES = ("socket", "direct")
@@ -171,7 +171,7 @@ def _socket_stack_impl() -> Impl:
         kwargs=[("host", "str(keys.ipv4.ip)")],
         awaited=True,
         disconnect="disconnect",
-        deps=[],
+        deps={},
         keys=[
             # Loopback unless told otherwise: what listens on a network is
             # reachable from it only when configured so.
@@ -198,11 +198,11 @@ def direct_stack_impl(dev: Device) -> Impl:
     random_dev = device("random", where=dev.where)
     return Impl(
         "looming.net.stack:DirectStack.connect",
-        args=["{0}"],
+        args=[Dep("network")],
         kwargs=[
-            ("time", "{1}"),
-            ("clock", "{2}"),
-            ("random", "{3}"),
+            ("time", Dep("time")),
+            ("clock", Dep("clock")),
+            ("random", Dep("random")),
             ("address", "None if keys.dhcp else keys.ipv4"),
             ("gateway", "keys.ipv4_gateway"),
             ("dhcp", "keys.dhcp"),
@@ -212,7 +212,7 @@ def direct_stack_impl(dev: Device) -> Impl:
         ],
         awaited=True,
         disconnect="disconnect",
-        deps=[dev.deps[0], time_dev, clock_dev, random_dev],
+        deps={"network": dev.deps[0], "time": time_dev, "clock": clock_dev, "random": random_dev},
         keys=[
             KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
             KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
