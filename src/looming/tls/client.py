@@ -27,7 +27,7 @@ from .errors import TlsProtocolError
 from .events import NewSession
 from .keyexchange import KeyShare
 from .keyschedule import KeySchedule13
-from .link import finish_handshake
+from .link import Negotiated, finish_handshake
 from .session import Session
 from .states import ClientState, Handler, dispatch, unexpected
 from .suites import SUITES
@@ -44,15 +44,21 @@ if TYPE_CHECKING:
 
 class ClientHandshake:
     def __init__(
-        self, conn: HandshakeConnection, session: Session | None, early_data: bytes
+        self,
+        conn: HandshakeConnection,
+        server_name: str | None,
+        session: Session | None,
+        early_data: bytes,
     ) -> None:
         # Weak: the connection owns this object, and a strong reference back
         # would leave every finished connection for the cycle collector.
         self.conn: HandshakeConnection = weakref.proxy(conn)
+        # What this handshake decides, for the connection to read.
+        self.negotiated = Negotiated(server_name=server_name)
         self.config = conn.config
         cache = self.config.session_cache
         if session is None and cache is not None:
-            session = cache.take(conn.server_name, self.config.clock.now_ns() // 1_000_000)
+            session = cache.take(server_name, self.config.clock.now_ns() // 1_000_000)
         self.offered_session = session
         # Sent as 0-RTT data only when the configuration opts in; otherwise (and
         # whenever the server declines it) it is sent after the handshake.
@@ -83,7 +89,7 @@ class ClientHandshake:
     def start(self) -> None:
         rand = self.config.random
         self.random = rand.bytes(32)
-        self.conn.client_random = self.random
+        self.negotiated.client_random = self.random
         compatible = self.config.middlebox_compatibility or TLS12 in self.config.versions
         self.session_id = rand.bytes(32) if compatible else b""
         session = self.usable_session()
@@ -119,7 +125,7 @@ class ClientHandshake:
         # RFC 5746 signalling is the empty renegotiation_info extension among the
         # static ones; sending the SCSV as well is not recommended (section 3.4).
         exts = []
-        name = self.conn.server_name
+        name = self.negotiated.server_name
         if name is not None:
             sni = _SNI_EXTENSIONS.get(name)
             if sni is None:
@@ -166,7 +172,7 @@ class ClientHandshake:
         if self.v12 is not None:
             self.v12.handle_change_cipher_spec()
             return
-        if self.conn.version == TLS13 or self.state == ClientState.WAIT_SERVER_HELLO:
+        if self.negotiated.version == TLS13 or self.state == ClientState.WAIT_SERVER_HELLO:
             if self.conn.handshake_complete:
                 raise unexpected("change_cipher_spec after the handshake")
             return  # middlebox compatibility (RFC 8446 appendix D.4): ignored
@@ -185,7 +191,11 @@ class ClientHandshake:
         hello = m.ServerHello.parse(body)
         version = self._negotiated_version(hello)
         suite = SUITES[hello.cipher_suite]
-        if self.hrr_done and self.conn.suite is not None and suite.suite != self.conn.suite.suite:
+        if (
+            self.hrr_done
+            and self.negotiated.suite is not None
+            and suite.suite != self.negotiated.suite.suite
+        ):
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER,
                 "ServerHello suite differs from the HelloRetryRequest's",
@@ -194,8 +204,8 @@ class ClientHandshake:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "suite does not match the version"
             )
-        self.conn.version = version
-        self.conn.suite = suite
+        self.negotiated.version = version
+        self.negotiated.suite = suite
         if version == TLS12:
             self._continue_in_tls12(hello, raw)
         elif hello.session_id != self.session_id:
@@ -292,14 +302,14 @@ class ClientHandshake:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "server selected a PSK we did not offer"
             )
-        suite = self.conn.suite
+        suite = self.negotiated.suite
         assert suite is not None
         if SUITES[session.cipher_suite].hash_name != suite.hash_name:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "resumed suite has a different hash"
             )
-        self.conn.resumed = True
-        self.conn.resumption_mode = (
+        self.negotiated.resumed = True
+        self.negotiated.resumption_mode = (
             PskKeyExchangeMode.PSK_DHE_KE if with_dhe else PskKeyExchangeMode.PSK_KE
         )
         return session.secret
@@ -308,7 +318,7 @@ class ClientHandshake:
         self, raw: bytes, psk: bytes | None, shared_secret: bytes | None
     ) -> None:
         conn = self.conn
-        suite = conn.suite
+        suite = self.negotiated.suite
         assert suite is not None
         conn.transcript.set_hash(suite.hash_name)
         conn.transcript.add(raw)
@@ -330,7 +340,7 @@ class ClientHandshake:
         if self.hrr_done:
             raise unexpected("a second HelloRetryRequest")
         self.hrr_done = True
-        self.conn.hello_retried = True
+        self.negotiated.hello_retried = True
         allowed = {X.KEY_SHARE, X.COOKIE, X.SUPPORTED_VERSIONS}
         if not set(exts) <= allowed:
             raise TlsProtocolError(
@@ -359,7 +369,7 @@ class ClientHandshake:
                 AlertDescription.ILLEGAL_PARAMETER,
                 "HelloRetryRequest would not change the ClientHello",
             )
-        suite = self.conn.suite
+        suite = self.negotiated.suite
         assert suite is not None
         conn = self.conn
         if self.sent_early_data:
@@ -388,14 +398,14 @@ class ClientHandshake:
                         AlertDescription.ILLEGAL_PARAMETER,
                         "server chose an ALPN protocol we did not offer",
                     )
-                conn.alpn_protocol = chosen[0]
+                self.negotiated.alpn_protocol = chosen[0]
             elif ext_type == X.EARLY_DATA:
                 if not self.sent_early_data or data:
                     raise TlsProtocolError(
                         AlertDescription.ILLEGAL_PARAMETER,
                         "server accepted early data we did not send",
                     )
-                conn.early_data_accepted = True
+                self.negotiated.early_data_accepted = True
             elif ext_type == X.RECORD_SIZE_LIMIT:
                 self.record_size_limit(data)
             elif ext_type in (X.SERVER_NAME, X.SUPPORTED_GROUPS):
@@ -406,7 +416,9 @@ class ClientHandshake:
                     f"EncryptedExtensions carries extension {ext_type}",
                 )
         conn.transcript.add(raw)
-        self.state = ClientState.WAIT_FINISHED if conn.resumed else ClientState.WAIT_CERT_CR
+        self.state = (
+            ClientState.WAIT_FINISHED if self.negotiated.resumed else ClientState.WAIT_CERT_CR
+        )
 
     def record_size_limit(self, data: bytes) -> None:
         rr = Reader(data)
@@ -418,7 +430,7 @@ class ClientHandshake:
         if self.config.record_size_limit is not None:
             own = self.config.record_size_limit
             self.conn.records.receive_plaintext_limit = (
-                own - 1 if self.conn.version == TLS13 else own
+                own - 1 if self.negotiated.version == TLS13 else own
             )
 
     def _certificate_request13(self, body: bytes, raw: bytes) -> None:
@@ -445,8 +457,8 @@ class ClientHandshake:
             )
         if not chain:
             raise TlsProtocolError(AlertDescription.DECODE_ERROR, "server sent no certificate")
-        self.conn.peer_certificates = m.check_peer_chain(
-            self.config, chain, self.conn.server_name, peer_is_server=True
+        self.negotiated.peer_certificates = m.check_peer_chain(
+            self.config, chain, self.negotiated.server_name, peer_is_server=True
         )
         self.server_chain = chain
         self.conn.transcript.add(raw)
@@ -460,7 +472,11 @@ class ClientHandshake:
         conn = self.conn
         content = m.cv_content(m.CV_SERVER, conn.transcript.digest())
         m.check_certificate_verify(
-            body, conn.peer_certificates[0], content, self.config.signature_schemes, tls13=True
+            body,
+            self.negotiated.peer_certificates[0],
+            content,
+            self.config.signature_schemes,
+            tls13=True,
         )
         conn.transcript.add(raw)
         self.state = ClientState.WAIT_FINISHED
@@ -468,7 +484,7 @@ class ClientHandshake:
     def _finished13(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
         schedule = self.schedule
-        assert schedule is not None and conn.suite is not None
+        assert schedule is not None and self.negotiated.suite is not None
         m.check_finished(
             schedule.finished_mac(self.server_hs_secret, conn.transcript.digest()), body
         )
@@ -479,7 +495,7 @@ class ClientHandshake:
         server_app = schedule.derive(schedule.master_secret, b"s ap traffic", th)
         conn.set_exporter_source13(schedule.master_secret, th)
         conn.set_read_secret13(server_app)
-        if conn.early_data_accepted:
+        if self.negotiated.early_data_accepted:
             conn.send_handshake(H.END_OF_EARLY_DATA, b"")
         if self.sent_early_data:
             conn.set_write_secret13(self.client_hs_secret)
@@ -521,24 +537,28 @@ class ClientHandshake:
 
     def complete(self) -> None:
         conn = self.conn
-        assert conn.suite is not None and conn.version is not None
-        if conn.resumed and self.offered_session is not None and not conn.peer_certificates:
+        assert self.negotiated.suite is not None and self.negotiated.version is not None
+        if (
+            self.negotiated.resumed
+            and self.offered_session is not None
+            and not self.negotiated.peer_certificates
+        ):
             offered = self.offered_session
             if offered.peer_certificates:
-                conn.peer_certificates = list(offered.peer_certificates)
+                self.negotiated.peer_certificates = list(offered.peer_certificates)
             else:
                 from .certs import parse_chain
 
-                conn.peer_certificates = parse_chain(offered.peer_chain_der)
+                self.negotiated.peer_certificates = parse_chain(offered.peer_chain_der)
         # Early data the server did not take (rejected, or beyond its limit) goes
         # out as ordinary application data, first in line.
-        delivered = self.early_data_sent if conn.early_data_accepted else b""
+        delivered = self.early_data_sent if self.negotiated.early_data_accepted else b""
         if self.early_data[len(delivered) :]:
             conn.queue_application_data_first(self.early_data[len(delivered) :])
-        finish_handshake(conn)
+        finish_handshake(conn, self.negotiated)
 
     def remember(self, session: Session) -> None:
-        self.conn.session = session
+        self.negotiated.session = session
         if self.config.session_cache is not None:
             self.config.session_cache.put(session)
         self.conn.events.append(NewSession(session))

@@ -27,7 +27,7 @@ from .wire import u16, vec8, vec16
 
 if TYPE_CHECKING:
     from .config import TlsConfig
-    from .link import HandshakeConnection
+    from .link import HandshakeConnection, Negotiated
 
 
 class ClientHandshake13(Protocol):
@@ -36,6 +36,7 @@ class ClientHandshake13(Protocol):
 
     config: TlsConfig
     conn: HandshakeConnection
+    negotiated: Negotiated
     random: bytes  # ClientHello.random
     session_id: bytes
     offered_session: Session | None
@@ -67,6 +68,7 @@ class Client12:
             hs
         )  # hs owns this object (see ClientHandshake.conn)
         self.conn = hs.conn
+        self.negotiated = hs.negotiated  # the 1.3 machine's record, filled in here too
         self.config = hs.config
         self.state = Client12State.WAIT_CERTIFICATE
         self.server_random = b""
@@ -85,7 +87,7 @@ class Client12:
         self, server_random: bytes, session_id: bytes, exts: dict[int, bytes], raw: bytes
     ) -> None:
         conn = self.conn
-        suite = conn.suite
+        suite = self.negotiated.suite
         assert suite is not None
         self.server_random = server_random
         if not set(exts) <= _OFFERED12:
@@ -97,7 +99,7 @@ class Client12:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
             )
-        self.ems = X.EXTENDED_MASTER_SECRET in exts
+        self.ems = self.negotiated.extended_master_secret = X.EXTENDED_MASTER_SECRET in exts
         tls12.check_extended_master_secret(self.config, self.ems, "server")
         if X.ALPN in exts:
             chosen = m.parse_alpn(exts[X.ALPN])
@@ -106,7 +108,7 @@ class Client12:
                     AlertDescription.ILLEGAL_PARAMETER,
                     "server chose an ALPN protocol we did not offer",
                 )
-            conn.alpn_protocol = chosen[0]
+            self.negotiated.alpn_protocol = chosen[0]
         if X.RECORD_SIZE_LIMIT in exts:
             self.hs.record_size_limit(exts[X.RECORD_SIZE_LIMIT])
         self.expect_ticket = X.SESSION_TICKET in exts
@@ -119,10 +121,10 @@ class Client12:
                     AlertDescription.ILLEGAL_PARAMETER, "resumed session with a different suite"
                 )
             self.abbreviated = True
-            conn.resumed = True
-            conn.alpn_protocol = conn.alpn_protocol or session.alpn_protocol
+            self.negotiated.resumed = True
+            self.negotiated.alpn_protocol = self.negotiated.alpn_protocol or session.alpn_protocol
             client_write, self.server_write = tls12.install_keys(
-                conn, session.secret, self.hs.random, server_random
+                conn, self.negotiated, session.secret, self.hs.random, server_random
             )
             self._client_write = client_write
             self.state = Client12State.WAIT_TICKET_OR_CCS
@@ -144,8 +146,8 @@ class Client12:
         chain = m.parse_certificate12(body)
         if not chain:
             raise TlsProtocolError(AlertDescription.DECODE_ERROR, "server sent no certificate")
-        self.conn.peer_certificates = m.check_peer_chain(
-            self.config, chain, self.conn.server_name, peer_is_server=True
+        self.negotiated.peer_certificates = m.check_peer_chain(
+            self.config, chain, self.negotiated.server_name, peer_is_server=True
         )
         self.hs.server_chain = chain
         self.conn.transcript.add(raw)
@@ -181,7 +183,7 @@ class Client12:
                 AlertDescription.ILLEGAL_PARAMETER,
                 f"server chose group {group:#06x}, which we did not offer",
             )
-        leaf = self.conn.peer_certificates[0]
+        leaf = self.negotiated.peer_certificates[0]
         params = tls12.ServerKeyExchange12.params(group, public)
         signed = self.hs.random + self.server_random + params
         scheme_body = u16(exchange.scheme) + vec16(exchange.signature)
@@ -195,7 +197,7 @@ class Client12:
 
     def _client_flight(self) -> None:
         conn = self.conn
-        suite = conn.suite
+        suite = self.negotiated.suite
         assert suite is not None
         certified = None
         scheme = None
@@ -225,7 +227,7 @@ class Client12:
             self.server_random,
         )
         client_write, self.server_write = tls12.install_keys(
-            conn, master, self.hs.random, self.server_random
+            conn, self.negotiated, master, self.hs.random, self.server_random
         )
         if certified is not None and scheme is not None:
             content = bytes(conn.transcript.raw)
@@ -240,25 +242,27 @@ class Client12:
         conn.records.write = client_write
         if self.config.key_update_after_records is not None:
             client_write.limit = self.config.key_update_after_records
-        conn.send_handshake(H.FINISHED, tls12.finished_data(conn, b"client finished"))
+        conn.send_handshake(
+            H.FINISHED, tls12.finished_data(conn, self.negotiated, b"client finished")
+        )
 
     def _finished(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
-        m.check_finished(tls12.finished_data(conn, b"server finished"), body)
+        m.check_finished(tls12.finished_data(conn, self.negotiated, b"server finished"), body)
         conn.transcript.add(raw)
         if self.abbreviated:
             assert self._client_write is not None
             self._send_ccs_finished(self._client_write)
         self.state = Client12State.CONNECTED
         if self.ticket and self.ems:  # no resumption without EMS (RFC 7627 section 5.3)
-            assert conn.suite is not None
+            assert self.negotiated.suite is not None
             session = Session(
                 version=TLS12,
-                cipher_suite=conn.suite.suite,
-                server_name=conn.server_name,
-                alpn_protocol=conn.alpn_protocol,
+                cipher_suite=self.negotiated.suite.suite,
+                server_name=self.negotiated.server_name,
+                alpn_protocol=self.negotiated.alpn_protocol,
                 ticket=self.ticket,
-                secret=conn.master_secret12,
+                secret=self.negotiated.master_secret12,
                 ticket_age_add=0,
                 lifetime_s=self.ticket_lifetime or 7200,
                 received_at_ms=self.config.clock.now_ns() // 1_000_000,

@@ -28,7 +28,7 @@ H = plain_values(HandshakeType)
 if TYPE_CHECKING:
     from .config import TlsConfig
     from .keyschedule import KeySchedule13
-    from .link import HandshakeConnection
+    from .link import HandshakeConnection, Negotiated
 
 
 class ResumingClient(Protocol):
@@ -36,6 +36,7 @@ class ResumingClient(Protocol):
 
     config: TlsConfig
     conn: HandshakeConnection
+    negotiated: Negotiated
     offered_session: Session | None
     offered_psk: bool
     schedule: KeySchedule13 | None
@@ -86,15 +87,15 @@ def send_early_data(hs: ResumingClient, session: Session) -> None:
         b"c e traffic",
         conn.transcript.digest_with(suite.hash_name, b""),
     )
-    conn.suite = suite
+    hs.negotiated.suite = suite
     conn.set_write_secret13(early_secret)
     hs.early_data_sent = hs.early_data[: session.max_early_data]
     conn.records.write_records(ContentType.APPLICATION_DATA, hs.early_data_sent)
 
 
 def new_session_ticket13(hs: ResumingClient, body: bytes) -> None:
-    conn = hs.conn
-    assert conn.suite is not None
+    neg = hs.negotiated
+    assert neg.suite is not None
     message = NewSessionTicket13.parse(body)
     lifetime, age_add, nonce, ticket, exts = (
         message.lifetime_s,
@@ -114,11 +115,11 @@ def new_session_ticket13(hs: ResumingClient, body: bytes) -> None:
         er.expect_end("early_data")
     session = Session(
         version=TLS13,
-        cipher_suite=conn.suite.suite,
-        server_name=conn.server_name,
-        alpn_protocol=conn.alpn_protocol,
+        cipher_suite=neg.suite.suite,
+        server_name=neg.server_name,
+        alpn_protocol=neg.alpn_protocol,
         ticket=ticket,
-        secret=resumption_psk(conn.suite.hash_name, hs.resumption_master, nonce),
+        secret=resumption_psk(neg.suite.hash_name, hs.resumption_master, nonce),
         ticket_age_add=age_add,
         lifetime_s=lifetime,
         # Rounded up, so the age we report never exceeds the true age: a
@@ -127,6 +128,6 @@ def new_session_ticket13(hs: ResumingClient, body: bytes) -> None:
         max_early_data=max_early,
         peer_chain_der=list(hs.server_chain)
         or (hs.offered_session.peer_chain_der if hs.offered_session else []),
-        peer_certificates=list(conn.peer_certificates),
+        peer_certificates=list(neg.peer_certificates),
     )
     hs.remember(session)

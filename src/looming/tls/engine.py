@@ -30,6 +30,7 @@ from .errors import TlsAlertReceived, TlsClosed, TlsError, TlsProtocolError
 from .events import ApplicationData, ConnectionClosed, EarlyData, Event, KeyUpdated
 from .keylog import LABELS_13, key_log_line
 from .keyschedule import KeySchedule13, Transcript, exporter13, next_traffic_secret
+from .link import Negotiated
 from .record import Protection, RecordLayer
 from .server import ServerHandshake
 from .session import Session
@@ -43,6 +44,8 @@ _MAX_HANDSHAKE_MESSAGE = 1 << 18
 
 class Handshake(Protocol):
     """A role's handshake state machine, driven by the engine."""
+
+    negotiated: Negotiated
 
     def start(self) -> None: ...
 
@@ -65,23 +68,12 @@ class TlsConnection:
     ) -> None:
         self.config = config
         self.server_side = server_side
-        self.server_name = server_name
         self.records = RecordLayer()
         self.records.padding_block = config.padding_block
         self.transcript = Transcript()
         self.events: list[Event] = []
-        self.version: int | None = None
-        self.suite: SuiteInfo | None = None
-        self.alpn_protocol: bytes | None = None
-        self.peer_certificates: list[x509.Certificate] = []
-        self.resumed = False
-        # TLS 1.3: how a resumed handshake keyed itself (PskKeyExchangeMode), else None.
-        self.resumption_mode: int | None = None
-        self.hello_retried = False
-        self.early_data_accepted = False
         self.handshake_complete = False
         self._bulk13 = False  # TLS 1.3 with the handshake complete: see complete_handshake
-        self.session: Session | None = None
         # TLS 1.3 application traffic secrets and exporter secret; 1.2 master secret.
         self.read_secret = b""
         self.write_secret = b""
@@ -89,11 +81,6 @@ class TlsConnection:
         # it: (master secret, transcript hash through server Finished) until then.
         self._exporter_secret = b""
         self._exporter_source: tuple[bytes, bytes] | None = None
-        self.master_secret12 = b""
-        self.exporter_randoms = b""
-        # The ClientHello's random: names this connection's lines in the key log.
-        self.client_random = b""
-        self.receiving_early_data = False
         self._early_bytes = 0
         self._hs_buffer = bytearray()
         self._ccs_received = False
@@ -105,8 +92,77 @@ class TlsConnection:
         if server_side:
             self._handshake = ServerHandshake(self)
         else:
-            self._handshake = ClientHandshake(self, session, early_data)
+            self._handshake = ClientHandshake(self, server_name, session, early_data)
+        # What the handshake decided: it fills this record, the properties below read it.
+        self.negotiated = self._handshake.negotiated
         self._run(self._handshake.start)
+
+    # --- what the handshake negotiated (read-only: the handshake decides) ---------
+
+    @property
+    def server_name(self) -> str | None:
+        """The server's name: the one asked for (client), or the client's SNI (server)."""
+        return self.negotiated.server_name
+
+    @property
+    def version(self) -> int | None:
+        return self.negotiated.version
+
+    @property
+    def suite(self) -> SuiteInfo | None:
+        return self.negotiated.suite
+
+    @property
+    def alpn_protocol(self) -> bytes | None:
+        return self.negotiated.alpn_protocol
+
+    @property
+    def peer_certificates(self) -> list[x509.Certificate]:
+        return self.negotiated.peer_certificates
+
+    @property
+    def resumed(self) -> bool:
+        return self.negotiated.resumed
+
+    @property
+    def resumption_mode(self) -> int | None:
+        """TLS 1.3: how a resumed handshake keyed itself (PskKeyExchangeMode), else None."""
+        return self.negotiated.resumption_mode
+
+    @property
+    def hello_retried(self) -> bool:
+        return self.negotiated.hello_retried
+
+    @property
+    def early_data_accepted(self) -> bool:
+        return self.negotiated.early_data_accepted
+
+    @property
+    def receiving_early_data(self) -> bool:
+        return self.negotiated.receiving_early_data
+
+    @property
+    def extended_master_secret(self) -> bool:
+        """TLS 1.2: whether RFC 7627's extended master secret is in use."""
+        return self.negotiated.extended_master_secret
+
+    @property
+    def session(self) -> Session | None:
+        """The client's session to resume with later, once the server gave one."""
+        return self.negotiated.session
+
+    @property
+    def master_secret12(self) -> bytes:
+        return self.negotiated.master_secret12
+
+    @property
+    def exporter_randoms(self) -> bytes:
+        return self.negotiated.exporter_randoms
+
+    @property
+    def client_random(self) -> bytes:
+        """The ClientHello's random: names this connection's lines in the key log."""
+        return self.negotiated.client_random
 
     # --- the public face ------------------------------------------------------
 

@@ -9,6 +9,7 @@ engine builds its handshake).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
@@ -21,30 +22,51 @@ from .session import Session
 from .suites import SuiteInfo
 
 
+@dataclass(slots=True, eq=False)
+class Negotiated:
+    """What a handshake has decided so far: its answer to the engine.
+
+    The handshake owns and fills this record; the engine only reads it (its
+    ``version``, ``suite``, ``alpn_protocol``... properties delegate here).
+    """
+
+    # The server's name: the one asked for (client) or the one received (server).
+    server_name: str | None = None
+    version: int | None = None
+    suite: SuiteInfo | None = None
+    alpn_protocol: bytes | None = None
+    peer_certificates: list[x509.Certificate] = field(default_factory=list)
+    resumed: bool = False
+    # TLS 1.3: how a resumed handshake keyed itself (PskKeyExchangeMode), else None.
+    resumption_mode: int | None = None
+    hello_retried: bool = False
+    early_data_accepted: bool = False
+    # A server between accepting 0-RTT and the client's EndOfEarlyData.
+    receiving_early_data: bool = False
+    # TLS 1.2: RFC 7627 extended master secret in use.
+    extended_master_secret: bool = False
+    # The client's session for resuming later (from a ticket or the 1.2 handshake).
+    session: Session | None = None
+    # Secrets and randoms for exporters and the key log.
+    master_secret12: bytes = b""
+    exporter_randoms: bytes = b""
+    client_random: bytes = b""
+
+
 class HandshakeConnection(Protocol):
-    """The connection as its handshake sees it: negotiated values, transcript, records."""
+    """The connection as its handshake sees it: configuration, transcript, records.
+
+    A handshake reads and calls these; what it decides goes in its own
+    :class:`Negotiated`, never on the connection.
+    """
 
     config: TlsConfig
-    server_name: str | None
     records: RecordLayer
     transcript: Transcript
     events: list[Event]
-    # What the handshake negotiates.
-    version: int | None
-    suite: SuiteInfo | None
-    alpn_protocol: bytes | None
-    peer_certificates: list[x509.Certificate]
-    resumed: bool
-    resumption_mode: int | None
-    hello_retried: bool
-    early_data_accepted: bool
-    receiving_early_data: bool
-    handshake_complete: bool
-    session: Session | None
-    # Secrets and randoms for exporters and the key log.
-    master_secret12: bytes
-    exporter_randoms: bytes
-    client_random: bytes
+
+    @property
+    def handshake_complete(self) -> bool: ...
 
     def send_handshake(
         self, msg_type: int, body: bytes, *, add_to_transcript: bool = True, rewrite: bool = True
@@ -67,18 +89,18 @@ class HandshakeConnection(Protocol):
     def complete_handshake(self) -> None: ...
 
 
-def finish_handshake(conn: HandshakeConnection) -> None:
+def finish_handshake(conn: HandshakeConnection, neg: Negotiated) -> None:
     """Mark the handshake complete and report what it negotiated, in one event."""
-    assert conn.version is not None and conn.suite is not None
+    assert neg.version is not None and neg.suite is not None
     conn.complete_handshake()
     conn.events.append(
         HandshakeComplete(
-            version=conn.version,
-            cipher_suite=conn.suite.suite,
-            alpn_protocol=conn.alpn_protocol,
-            server_name=conn.server_name,
-            resumed=conn.resumed,
-            early_data_accepted=conn.early_data_accepted,
-            peer_certificates=list(conn.peer_certificates),
+            version=neg.version,
+            cipher_suite=neg.suite.suite,
+            alpn_protocol=neg.alpn_protocol,
+            server_name=neg.server_name,
+            resumed=neg.resumed,
+            early_data_accepted=neg.early_data_accepted,
+            peer_certificates=list(neg.peer_certificates),
         )
     )

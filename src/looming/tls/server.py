@@ -22,7 +22,7 @@ from .constants import (
 from .errors import TlsProtocolError
 from .keyexchange import server_exchange
 from .keyschedule import KeySchedule13
-from .link import finish_handshake
+from .link import Negotiated, finish_handshake
 from .messages import ClientHello, ServerHello
 from .server12 import Server12
 from .session import TicketState
@@ -46,6 +46,8 @@ class ServerHandshake:
         # Weak: the connection owns this object, and a strong reference back
         # would leave every finished connection for the cycle collector.
         self.conn: HandshakeConnection = weakref.proxy(conn)
+        # What this handshake decides, for the connection to read.
+        self.negotiated = Negotiated()
         self.config = conn.config
         self.state = ServerState.WAIT_CLIENT_HELLO
         self.hrr_group: int | None = None
@@ -107,7 +109,7 @@ class ServerHandshake:
 
     def _client_hello(self, hello: ClientHello) -> None:
         retry = self.first_hello is not None
-        self.conn.client_random = hello.random
+        self.negotiated.client_random = hello.random
         check_hello_edges(hello)
         version = TLS13 if retry else self._choose_version(hello)
         if retry:
@@ -122,7 +124,7 @@ class ServerHandshake:
                 AlertDescription.ILLEGAL_PARAMETER, "client does not offer null compression"
             )
         if X.SERVER_NAME in hello.extensions:
-            self.conn.server_name = m.parse_server_name(hello.extensions[X.SERVER_NAME])
+            self.negotiated.server_name = m.parse_server_name(hello.extensions[X.SERVER_NAME])
         if X.SIGNATURE_ALGORITHMS in hello.extensions:
             self.client_schemes = Reader(hello.extensions[X.SIGNATURE_ALGORITHMS]).u16_list(
                 2, minimum=2
@@ -132,7 +134,7 @@ class ServerHandshake:
                 hello.extensions[X.SIGNATURE_ALGORITHMS_CERT]
             ).u16_list(2, minimum=2)
         if version == TLS12:
-            self.conn.version = TLS12
+            self.negotiated.version = TLS12
             self.state = ServerState.TLS12
             self.v12 = Server12(self)
             self.v12.client_hello(hello)
@@ -171,7 +173,7 @@ class ServerHandshake:
     ) -> tuple[CertifiedKey, int]:
         """The certificate for the client's server name and signature schemes."""
         offered = self.client_schemes
-        name = self.conn.server_name
+        name = self.negotiated.server_name
         candidates = self.config.certificates
         if not candidates:
             raise TlsProtocolError(
@@ -202,8 +204,8 @@ class ServerHandshake:
         """Negotiate suite, key share and PSK; then answer, or ask again for a share."""
         _check_hello13(hello)
         conn = self.conn
-        suite = conn.suite = self._choose_suite13(hello, retry)
-        conn.version = TLS13
+        suite = self.negotiated.suite = self._choose_suite13(hello, retry)
+        self.negotiated.version = TLS13
         exts = hello.extensions
         psk_ke_possible = (
             not retry
@@ -227,12 +229,12 @@ class ServerHandshake:
             return
         if not retry:
             conn.transcript.set_hash(suite.hash_name)
-        alpn = conn.alpn_protocol = self.choose_alpn(hello)
+        alpn = self.negotiated.alpn_protocol = self.choose_alpn(hello)
         resumed = server_psk.try_psk(self, hello, alpn, have_share=share is not None) is not None
         if share is None and not resumed:
             # The ticket was refused and psk_ke was all the client could do without a share.
-            conn.resumed = False
-            conn.alpn_protocol = None
+            self.negotiated.resumed = False
+            self.negotiated.alpn_protocol = None
             self._retry_for_share(hello, client_groups, retry)
             return
         self._answer13(hello, retry, share, resumed, alpn)
@@ -248,7 +250,7 @@ class ServerHandshake:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "no TLS 1.3 cipher suite in common"
             )
-        previous = self.conn.suite
+        previous = self.negotiated.suite
         if retry and previous is not None and suite_id != previous.suite:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "second ClientHello changed the cipher suites"
@@ -295,7 +297,7 @@ class ServerHandshake:
     ) -> bytes:
         """Send ServerHello (and the compatibility CCS); returns the (EC)DHE secret."""
         conn = self.conn
-        suite = conn.suite
+        suite = self.negotiated.suite
         assert suite is not None
         extensions: dict[int, bytes] = {X.SUPPORTED_VERSIONS: u16(TLS13)}
         if self.psk_mode == PskKeyExchangeMode.PSK_KE:
@@ -320,9 +322,9 @@ class ServerHandshake:
     ) -> bytes:
         """Enter the handshake secret and install its keys; returns the server's secret."""
         conn = self.conn
-        assert conn.suite is not None
+        assert self.negotiated.suite is not None
         if not resumed or self.schedule is None:
-            self.schedule = conn.key_schedule(conn.suite.hash_name)
+            self.schedule = conn.key_schedule(self.negotiated.suite.hash_name)
         schedule = self.schedule
         schedule.enter_handshake(shared_secret)
         th = conn.transcript.digest()
@@ -342,7 +344,7 @@ class ServerHandshake:
             ee[X.ALPN] = m.alpn_body([alpn])
         if early_accepted:
             ee[X.EARLY_DATA] = b""
-        if self.conn.server_name is not None and X.SERVER_NAME in exts and not resumed:
+        if self.negotiated.server_name is not None and X.SERVER_NAME in exts and not resumed:
             ee[X.SERVER_NAME] = b""
         if X.RECORD_SIZE_LIMIT in exts:
             own = self.record_size_limit(exts[X.RECORD_SIZE_LIMIT])
@@ -407,22 +409,22 @@ class ServerHandshake:
         own = self.config.record_size_limit
         if own is not None:
             self.conn.records.receive_plaintext_limit = (
-                own - 1 if self.conn.version == TLS13 else own
+                own - 1 if self.negotiated.version == TLS13 else own
             )
         return own
 
     def _send_hello_retry_request(self, hello: ClientHello, group: int) -> None:
         conn = self.conn
-        assert conn.suite is not None
+        assert self.negotiated.suite is not None
         self.first_hello = hello
         self.hrr_group = group
-        conn.hello_retried = True
-        conn.transcript.set_hash(conn.suite.hash_name)
+        self.negotiated.hello_retried = True
+        conn.transcript.set_hash(self.negotiated.suite.hash_name)
         conn.transcript.add(hello.raw)
         conn.transcript.replace_with_message_hash()
         exts: dict[int, bytes] = {X.SUPPORTED_VERSIONS: u16(TLS13), X.KEY_SHARE: u16(group)}
         retry_request = ServerHello(
-            HELLO_RETRY_REQUEST_RANDOM, hello.session_id, conn.suite.suite, exts
+            HELLO_RETRY_REQUEST_RANDOM, hello.session_id, self.negotiated.suite.suite, exts
         )
         conn.send_handshake(H.SERVER_HELLO, retry_request.emit())
         if hello.session_id:
@@ -435,7 +437,7 @@ class ServerHandshake:
         if body:
             raise TlsProtocolError(AlertDescription.DECODE_ERROR, "EndOfEarlyData has a body")
         conn = self.conn
-        conn.receiving_early_data = False
+        self.negotiated.receiving_early_data = False
         conn.transcript.add(raw)
         conn.set_read_secret13(self.client_hs_secret)
         self.state = (
@@ -457,7 +459,9 @@ class ServerHandshake:
             conn.transcript.add(raw)
             self.state = ServerState.WAIT_FINISHED
             return
-        conn.peer_certificates = m.check_peer_chain(self.config, chain, None, peer_is_server=False)
+        self.negotiated.peer_certificates = m.check_peer_chain(
+            self.config, chain, None, peer_is_server=False
+        )
         self.client_chain = chain
         conn.transcript.add(raw)
         self.state = ServerState.WAIT_CV
@@ -470,7 +474,11 @@ class ServerHandshake:
         conn = self.conn
         content = m.cv_content(m.CV_CLIENT, conn.transcript.digest())
         m.check_certificate_verify(
-            body, conn.peer_certificates[0], content, self.config.signature_schemes, tls13=True
+            body,
+            self.negotiated.peer_certificates[0],
+            content,
+            self.config.signature_schemes,
+            tls13=True,
         )
         conn.transcript.add(raw)
         self.state = ServerState.WAIT_FINISHED
@@ -478,7 +486,11 @@ class ServerHandshake:
     def _client_finished13(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
         schedule = self.schedule
-        assert schedule is not None and conn.suite is not None and conn.version is not None
+        assert (
+            schedule is not None
+            and self.negotiated.suite is not None
+            and self.negotiated.version is not None
+        )
         m.check_finished(
             schedule.finished_mac(self.client_hs_secret, conn.transcript.digest()), body
         )
@@ -490,7 +502,7 @@ class ServerHandshake:
         self.state = ServerState.CONNECTED
         for _ in range(self.config.session_tickets):
             server_psk.send_ticket13(self, resumption_master)
-        finish_handshake(conn)
+        finish_handshake(conn, self.negotiated)
 
 
 # The TLS 1.3 handshake's transitions: (state, message type) -> handler.

@@ -35,7 +35,7 @@ from .wire import Reader, u16, vec8
 
 if TYPE_CHECKING:
     from .config import TlsConfig
-    from .link import HandshakeConnection
+    from .link import HandshakeConnection, Negotiated
 
 
 class ServerHandshake13(Protocol):
@@ -44,6 +44,7 @@ class ServerHandshake13(Protocol):
 
     config: TlsConfig
     conn: HandshakeConnection
+    negotiated: Negotiated
     client_schemes: list[int]
 
     def choose_alpn(self, hello: ClientHello) -> bytes | None: ...
@@ -66,6 +67,7 @@ class Server12:
             hs
         )  # hs owns this object (see ServerHandshake.conn)
         self.conn = hs.conn
+        self.negotiated = hs.negotiated  # the 1.3 machine's record, filled in here too
         self.config = hs.config
         self.state = Server12State.WAIT_CKE
         self.client_random = b""
@@ -84,7 +86,7 @@ class Server12:
         conn = self.conn
         self.client_random = hello.random
         secure_reneg, group = self._check_client_hello(hello)
-        alpn = conn.alpn_protocol = self.hs.choose_alpn(hello)
+        alpn = self.negotiated.alpn_protocol = self.hs.choose_alpn(hello)
         exts = hello.extensions
         state = self._open_ticket(hello)
         # Tickets only for EMS sessions: they carry no EMS flag (RFC 7627 section 5.3).
@@ -95,8 +97,8 @@ class Server12:
             suite_id, certified, scheme = state.cipher_suite, None, 0
         else:
             suite_id, certified, scheme = self._choose_suite(hello, group.client_groups)
-        conn.suite = SUITES[suite_id]
-        conn.transcript.set_hash(conn.suite.hash_name)
+        self.negotiated.suite = SUITES[suite_id]
+        conn.transcript.set_hash(self.negotiated.suite.hash_name)
         conn.transcript.add(hello.raw)
         self.server_random = self.config.random.bytes(24) + (
             DOWNGRADE_TLS12 if TLS13 in self.config.versions else self.config.random.bytes(8)
@@ -124,7 +126,7 @@ class Server12:
                     AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
                 )
             secure_reneg = True
-        self.ems = X.EXTENDED_MASTER_SECRET in exts
+        self.ems = self.negotiated.extended_master_secret = X.EXTENDED_MASTER_SECRET in exts
         tls12.check_extended_master_secret(self.config, self.ems, "client")
         if X.EC_POINT_FORMATS in exts and 0 not in Reader(exts[X.EC_POINT_FORMATS]).vector(
             1, minimum=1
@@ -196,12 +198,12 @@ class Server12:
         """The abbreviated handshake: keys from the ticket's master secret, our Finished first."""
         conn = self.conn
         self.abbreviated = True
-        conn.resumed = True
+        self.negotiated.resumed = True
         if state.client_chain_der:
-            conn.peer_certificates = parse_chain(state.client_chain_der)
+            self.negotiated.peer_certificates = parse_chain(state.client_chain_der)
             self.client_chain = state.client_chain_der
         self.client_write, self.server_write = tls12.install_keys(
-            conn, state.secret, self.client_random, self.server_random
+            conn, self.negotiated, state.secret, self.client_random, self.server_random
         )
         self._send_ticket_ccs_finished()
         self.state = Server12State.WAIT_CCS
@@ -265,7 +267,7 @@ class Server12:
         if not chain and self.config.require_client_certificate:
             raise TlsProtocolError(AlertDescription.HANDSHAKE_FAILURE, "client sent no certificate")
         if chain:
-            self.conn.peer_certificates = m.check_peer_chain(
+            self.negotiated.peer_certificates = m.check_peer_chain(
                 self.config, chain, None, peer_is_server=False
             )
             self.client_chain = chain
@@ -276,7 +278,7 @@ class Server12:
         conn = self.conn
         m.check_certificate_verify(
             body,
-            conn.peer_certificates[0],
+            self.negotiated.peer_certificates[0],
             bytes(conn.transcript.raw),
             self.config.signature_schemes,
             tls13=False,
@@ -286,14 +288,14 @@ class Server12:
 
     def _client_key_exchange(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
-        assert self.share is not None and conn.suite is not None
+        assert self.share is not None and self.negotiated.suite is not None
         r = Reader(body)
         public = r.vector(1, minimum=1)
         r.expect_end("ClientKeyExchange")
         premaster = self.share.shared_secret(public)
         conn.transcript.add(raw)
         master = tls12.master_secret(
-            conn.suite,
+            self.negotiated.suite,
             premaster,
             self.ems,
             conn.transcript.digest(),
@@ -301,7 +303,7 @@ class Server12:
             self.server_random,
         )
         self.client_write, self.server_write = tls12.install_keys(
-            conn, master, self.client_random, self.server_random
+            conn, self.negotiated, master, self.client_random, self.server_random
         )
         self.state = Server12State.WAIT_CV if self.client_chain else Server12State.WAIT_CCS
 
@@ -309,21 +311,21 @@ class Server12:
         conn = self.conn
         config = self.config
         assert (
-            conn.suite is not None
+            self.negotiated.suite is not None
             and config.ticket_keys is not None
             and self.server_write is not None
         )
         if self.issue_ticket:
             state = TicketState(
                 version=TLS12,
-                cipher_suite=conn.suite.suite,
-                secret=conn.master_secret12,
+                cipher_suite=self.negotiated.suite.suite,
+                secret=self.negotiated.master_secret12,
                 ticket_age_add=0,
                 issued_ms=config.clock.now_ns() // 1_000_000,
                 lifetime_s=config.ticket_lifetime_s,
                 max_early_data=0,
-                alpn_protocol=conn.alpn_protocol or b"",
-                server_name=conn.server_name or "",
+                alpn_protocol=self.negotiated.alpn_protocol or b"",
+                server_name=self.negotiated.server_name or "",
                 ticket_id=config.random.bytes(16),
                 client_chain_der=list(self.client_chain),
             )
@@ -335,16 +337,18 @@ class Server12:
         conn.records.write = self.server_write
         if config.key_update_after_records is not None:
             self.server_write.limit = config.key_update_after_records
-        conn.send_handshake(H.FINISHED, tls12.finished_data(conn, b"server finished"))
+        conn.send_handshake(
+            H.FINISHED, tls12.finished_data(conn, self.negotiated, b"server finished")
+        )
 
     def _finished(self, body: bytes, raw: bytes) -> None:
         conn = self.conn
-        m.check_finished(tls12.finished_data(conn, b"client finished"), body)
+        m.check_finished(tls12.finished_data(conn, self.negotiated, b"client finished"), body)
         conn.transcript.add(raw)
         if not self.abbreviated:
             self._send_ticket_ccs_finished()
         self.state = Server12State.CONNECTED
-        finish_handshake(conn)
+        finish_handshake(conn, self.negotiated)
 
 
 # The TLS 1.2 handshake's transitions: (state, message type) -> handler.

@@ -34,7 +34,7 @@ H = plain_values(HandshakeType)
 if TYPE_CHECKING:
     from .config import TlsConfig
     from .keyschedule import KeySchedule13
-    from .link import HandshakeConnection
+    from .link import HandshakeConnection, Negotiated
 
 
 class ResumingServer(Protocol):
@@ -43,6 +43,7 @@ class ResumingServer(Protocol):
 
     config: TlsConfig
     conn: HandshakeConnection
+    negotiated: Negotiated
     schedule: KeySchedule13 | None
     ticket_state: TicketState | None
     opened_ticket: tuple[bytes, TicketState | None] | None
@@ -138,22 +139,23 @@ def try_psk(
     if mode is None:
         return None
     conn = hs.conn
-    assert conn.suite is not None and hs.config.ticket_keys is not None
+    neg = hs.negotiated
+    assert neg.suite is not None and hs.config.ticket_keys is not None
     ticket, obfuscated_age = entries[0]
     state = _open_ticket(hs, ticket)
     now_ms = hs.config.clock.now_ns() // 1_000_000
     if (
         state is None
         or state.version != TLS13
-        or SUITES[state.cipher_suite].hash_name != conn.suite.hash_name
+        or SUITES[state.cipher_suite].hash_name != neg.suite.hash_name
     ):
         return None
     if now_ms - state.issued_ms > state.lifetime_s * 1000:
         return None
     truncated = hello.raw[: len(hello.raw) - 2 - len(binders_block)]
-    schedule = conn.key_schedule(conn.suite.hash_name, state.secret)
+    schedule = conn.key_schedule(neg.suite.hash_name, state.secret)
     expected = schedule.finished_mac(
-        schedule.binder_key(), conn.transcript.digest_with(conn.suite.hash_name, truncated)
+        schedule.binder_key(), conn.transcript.digest_with(neg.suite.hash_name, truncated)
     )
     m.check_finished(expected, binders[0])
     if not hs.config.ticket_keys.redeem(state, now_ms):
@@ -161,12 +163,12 @@ def try_psk(
     hs.schedule = schedule
     hs.ticket_state = state
     hs.psk_mode = mode
-    hs.conn.resumption_mode = mode
+    neg.resumption_mode = mode
     state_age = (obfuscated_age - state.ticket_age_add) % (1 << 32)
     hs.ticket_age_skew_ms = abs(state_age - (now_ms - state.issued_ms))
-    conn.resumed = True
+    neg.resumed = True
     if state.client_chain_der:
-        conn.peer_certificates = parse_chain(state.client_chain_der)
+        neg.peer_certificates = parse_chain(state.client_chain_der)
     return 0
 
 
@@ -175,11 +177,12 @@ def accept_early_data(
 ) -> bool:
     state = hs.ticket_state
     conn = hs.conn
-    if retry or psk_selected != 0 or state is None or hs.schedule is None or conn.suite is None:
+    neg = hs.negotiated
+    if retry or psk_selected != 0 or state is None or hs.schedule is None or neg.suite is None:
         return False
     if hs.config.max_early_data <= 0 or state.max_early_data <= 0:
         return False
-    if state.cipher_suite != conn.suite.suite or state.alpn_protocol != (alpn or b""):
+    if state.cipher_suite != neg.suite.suite or state.alpn_protocol != (alpn or b""):
         return False
     if hs.ticket_age_skew_ms > EARLY_DATA_AGE_WINDOW_MS:
         return False
@@ -187,8 +190,8 @@ def accept_early_data(
         hs.schedule.early_secret, b"c e traffic", conn.transcript.digest()
     )
     conn.set_read_secret13(early_secret)
-    conn.receiving_early_data = True
-    conn.early_data_accepted = True
+    neg.receiving_early_data = True
+    neg.early_data_accepted = True
     return True
 
 
@@ -197,8 +200,9 @@ def accept_early_data(
 
 def send_ticket13(hs: ResumingServer, resumption_master: bytes) -> None:
     conn = hs.conn
+    neg = hs.negotiated
     config = hs.config
-    assert conn.suite is not None and config.ticket_keys is not None
+    assert neg.suite is not None and config.ticket_keys is not None
     nonce = u8(hs.tickets_sent)
     hs.tickets_sent += 1
     age_add = int.from_bytes(config.random.bytes(4), "big")
@@ -206,14 +210,14 @@ def send_ticket13(hs: ResumingServer, resumption_master: bytes) -> None:
     chain = hs.client_chain or (hs.ticket_state.client_chain_der if hs.ticket_state else [])
     state = TicketState(
         version=TLS13,
-        cipher_suite=conn.suite.suite,
-        secret=resumption_psk(conn.suite.hash_name, resumption_master, nonce),
+        cipher_suite=neg.suite.suite,
+        secret=resumption_psk(neg.suite.hash_name, resumption_master, nonce),
         ticket_age_add=age_add,
         issued_ms=config.clock.now_ns() // 1_000_000,
         lifetime_s=config.ticket_lifetime_s,
         max_early_data=max_early,
-        alpn_protocol=conn.alpn_protocol or b"",
-        server_name=conn.server_name or "",
+        alpn_protocol=neg.alpn_protocol or b"",
+        server_name=neg.server_name or "",
         ticket_id=config.random.bytes(16),
         client_chain_der=list(chain),
     )

@@ -15,6 +15,7 @@ from .wire import Reader, u8, u16, u16_list, u32, vec8, vec16
 if TYPE_CHECKING:
     from .config import TlsConfig
     from .link import HandshakeConnection as TlsConnection
+    from .link import Negotiated
 
 log = logging.getLogger("looming.tls")
 
@@ -42,10 +43,14 @@ def master_secret(
 
 
 def install_keys(
-    conn: TlsConnection, master_secret: bytes, client_random: bytes, server_random: bytes
+    conn: TlsConnection,
+    neg: Negotiated,
+    master_secret: bytes,
+    client_random: bytes,
+    server_random: bytes,
 ) -> tuple[Protection, Protection]:
     """Derive the key block; returns (client write, server write) protections."""
-    suite = conn.suite
+    suite = neg.suite
     assert suite is not None
     iv_length = 12 if suite.is_chacha else 4
     block = prf12(
@@ -58,17 +63,17 @@ def install_keys(
     k = suite.key_length
     client_key, server_key = block[:k], block[k : 2 * k]
     client_iv, server_iv = block[2 * k : 2 * k + iv_length], block[2 * k + iv_length :]
-    conn.master_secret12 = master_secret
-    conn.exporter_randoms = client_random + server_random
+    neg.master_secret12 = master_secret
+    neg.exporter_randoms = client_random + server_random
     conn.log_master_secret12(client_random, master_secret)
     return Protection(suite, client_key, client_iv, tls13=False), Protection(
         suite, server_key, server_iv, tls13=False
     )
 
 
-def finished_data(conn: TlsConnection, label: bytes) -> bytes:
-    assert conn.suite is not None
-    return prf12(conn.suite.hash_name, conn.master_secret12, label, conn.transcript.digest(), 12)
+def finished_data(conn: TlsConnection, neg: Negotiated, label: bytes) -> bytes:
+    assert neg.suite is not None
+    return prf12(neg.suite.hash_name, neg.master_secret12, label, conn.transcript.digest(), 12)
 
 
 @dataclass
