@@ -245,15 +245,7 @@ def _parse_options(options: memoryview) -> _Options:
                 raise Malformed(f"TCP SACK-permitted option has length {length}, not 2")
             found.sack_permitted = True
         elif kind == OPTION_SACK:
-            if (length - 2) % 8 or length == 2:
-                raise Malformed(f"TCP SACK option has length {length}, not 2 + 8n")
-            found.sack_blocks = tuple(
-                (
-                    int.from_bytes(body[i : i + 4], "big"),
-                    int.from_bytes(body[i + 4 : i + 8], "big"),
-                )
-                for i in range(0, length - 2, 8)
-            )
+            found.sack_blocks = _sack_blocks(body, length)
         elif kind == OPTION_TIMESTAMPS:
             if length != 10:
                 raise Malformed(f"TCP timestamps option has length {length}, not 10")
@@ -264,6 +256,19 @@ def _parse_options(options: memoryview) -> _Options:
         # Unknown kinds are skipped by their length, as RFC 9293 requires.
         index += length
     return found
+
+
+def _sack_blocks(body: memoryview, length: int) -> tuple[tuple[int, int], ...]:
+    """The (left, right) edges of a SACK option of ``length`` bytes."""
+    if (length - 2) % 8 or length == 2:
+        raise Malformed(f"TCP SACK option has length {length}, not 2 + 8n")
+    return tuple(
+        (
+            int.from_bytes(body[i : i + 4], "big"),
+            int.from_bytes(body[i + 4 : i + 8], "big"),
+        )
+        for i in range(0, length - 2, 8)
+    )
 
 
 _NO_OPTIONS = _Options()
