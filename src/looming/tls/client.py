@@ -188,14 +188,11 @@ class ClientHandshake:
 
     def _server_hello(self, body: bytes, raw: bytes) -> None:
         """ServerHello or HelloRetryRequest: the version and suite, then on by version."""
+        neg = self.negotiated
         hello = m.ServerHello.parse(body)
         version = self._negotiated_version(hello)
         suite = SUITES[hello.cipher_suite]
-        if (
-            self.hrr_done
-            and self.negotiated.suite is not None
-            and suite.suite != self.negotiated.suite.suite
-        ):
+        if self.hrr_done and neg.suite is not None and suite.suite != neg.suite.suite:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER,
                 "ServerHello suite differs from the HelloRetryRequest's",
@@ -204,8 +201,8 @@ class ClientHandshake:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "suite does not match the version"
             )
-        self.negotiated.version = version
-        self.negotiated.suite = suite
+        neg.version = version
+        neg.suite = suite
         if version == TLS12:
             self._continue_in_tls12(hello, raw)
         elif hello.session_id != self.session_id:
@@ -294,6 +291,7 @@ class ClientHandshake:
 
     def _accepted_psk(self, pre_shared_key: bytes, with_dhe: bool) -> bytes:
         """The resumption secret of the ticket the server accepted."""
+        neg = self.negotiated
         pr = Reader(pre_shared_key)
         selected = pr.u16()
         pr.expect_end("pre_shared_key")
@@ -302,14 +300,14 @@ class ClientHandshake:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "server selected a PSK we did not offer"
             )
-        suite = self.negotiated.suite
+        suite = neg.suite
         assert suite is not None
         if SUITES[session.cipher_suite].hash_name != suite.hash_name:
             raise TlsProtocolError(
                 AlertDescription.ILLEGAL_PARAMETER, "resumed suite has a different hash"
             )
-        self.negotiated.resumed = True
-        self.negotiated.resumption_mode = (
+        neg.resumed = True
+        neg.resumption_mode = (
             PskKeyExchangeMode.PSK_DHE_KE if with_dhe else PskKeyExchangeMode.PSK_KE
         )
         return session.secret
@@ -386,6 +384,7 @@ class ClientHandshake:
     # --- TLS 1.3 server flight ------------------------------------------------------
 
     def _encrypted_extensions(self, body: bytes, raw: bytes) -> None:
+        neg = self.negotiated
         r = Reader(body)
         exts = parse_extensions(r)
         r.expect_end("EncryptedExtensions")
@@ -398,14 +397,14 @@ class ClientHandshake:
                         AlertDescription.ILLEGAL_PARAMETER,
                         "server chose an ALPN protocol we did not offer",
                     )
-                self.negotiated.alpn_protocol = chosen[0]
+                neg.alpn_protocol = chosen[0]
             elif ext_type == X.EARLY_DATA:
                 if not self.sent_early_data or data:
                     raise TlsProtocolError(
                         AlertDescription.ILLEGAL_PARAMETER,
                         "server accepted early data we did not send",
                     )
-                self.negotiated.early_data_accepted = True
+                neg.early_data_accepted = True
             elif ext_type == X.RECORD_SIZE_LIMIT:
                 self.record_size_limit(data)
             elif ext_type in (X.SERVER_NAME, X.SUPPORTED_GROUPS):
@@ -416,9 +415,7 @@ class ClientHandshake:
                     f"EncryptedExtensions carries extension {ext_type}",
                 )
         conn.transcript.add(raw)
-        self.state = (
-            ClientState.WAIT_FINISHED if self.negotiated.resumed else ClientState.WAIT_CERT_CR
-        )
+        self.state = ClientState.WAIT_FINISHED if neg.resumed else ClientState.WAIT_CERT_CR
 
     def record_size_limit(self, data: bytes) -> None:
         rr = Reader(data)
@@ -536,23 +533,20 @@ class ClientHandshake:
         )
 
     def complete(self) -> None:
+        neg = self.negotiated
         conn = self.conn
-        assert self.negotiated.suite is not None and self.negotiated.version is not None
-        if (
-            self.negotiated.resumed
-            and self.offered_session is not None
-            and not self.negotiated.peer_certificates
-        ):
+        assert neg.suite is not None and neg.version is not None
+        if neg.resumed and self.offered_session is not None and not neg.peer_certificates:
             offered = self.offered_session
             if offered.peer_certificates:
-                self.negotiated.peer_certificates = list(offered.peer_certificates)
+                neg.peer_certificates = list(offered.peer_certificates)
             else:
                 from .certs import parse_chain
 
-                self.negotiated.peer_certificates = parse_chain(offered.peer_chain_der)
+                neg.peer_certificates = parse_chain(offered.peer_chain_der)
         # Early data the server did not take (rejected, or beyond its limit) goes
         # out as ordinary application data, first in line.
-        delivered = self.early_data_sent if self.negotiated.early_data_accepted else b""
+        delivered = self.early_data_sent if neg.early_data_accepted else b""
         if self.early_data[len(delivered) :]:
             conn.queue_application_data_first(self.early_data[len(delivered) :])
         finish_handshake(conn, self.negotiated)

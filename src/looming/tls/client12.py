@@ -86,8 +86,9 @@ class Client12:
     def server_hello(
         self, server_random: bytes, session_id: bytes, exts: dict[int, bytes], raw: bytes
     ) -> None:
+        neg = self.negotiated
         conn = self.conn
-        suite = self.negotiated.suite
+        suite = neg.suite
         assert suite is not None
         self.server_random = server_random
         if not set(exts) <= _OFFERED12:
@@ -99,7 +100,7 @@ class Client12:
             raise TlsProtocolError(
                 AlertDescription.HANDSHAKE_FAILURE, "renegotiation_info is not empty"
             )
-        self.ems = self.negotiated.extended_master_secret = X.EXTENDED_MASTER_SECRET in exts
+        self.ems = neg.extended_master_secret = X.EXTENDED_MASTER_SECRET in exts
         tls12.check_extended_master_secret(self.config, self.ems, "server")
         if X.ALPN in exts:
             chosen = m.parse_alpn(exts[X.ALPN])
@@ -108,7 +109,7 @@ class Client12:
                     AlertDescription.ILLEGAL_PARAMETER,
                     "server chose an ALPN protocol we did not offer",
                 )
-            self.negotiated.alpn_protocol = chosen[0]
+            neg.alpn_protocol = chosen[0]
         if X.RECORD_SIZE_LIMIT in exts:
             self.hs.record_size_limit(exts[X.RECORD_SIZE_LIMIT])
         self.expect_ticket = X.SESSION_TICKET in exts
@@ -121,8 +122,8 @@ class Client12:
                     AlertDescription.ILLEGAL_PARAMETER, "resumed session with a different suite"
                 )
             self.abbreviated = True
-            self.negotiated.resumed = True
-            self.negotiated.alpn_protocol = self.negotiated.alpn_protocol or session.alpn_protocol
+            neg.resumed = True
+            neg.alpn_protocol = neg.alpn_protocol or session.alpn_protocol
             client_write, self.server_write = tls12.install_keys(
                 conn, self.negotiated, session.secret, self.hs.random, server_random
             )
@@ -247,6 +248,7 @@ class Client12:
         )
 
     def _finished(self, body: bytes, raw: bytes) -> None:
+        neg = self.negotiated
         conn = self.conn
         m.check_finished(tls12.finished_data(conn, self.negotiated, b"server finished"), body)
         conn.transcript.add(raw)
@@ -255,14 +257,14 @@ class Client12:
             self._send_ccs_finished(self._client_write)
         self.state = Client12State.CONNECTED
         if self.ticket and self.ems:  # no resumption without EMS (RFC 7627 section 5.3)
-            assert self.negotiated.suite is not None
+            assert neg.suite is not None
             session = Session(
                 version=TLS12,
-                cipher_suite=self.negotiated.suite.suite,
-                server_name=self.negotiated.server_name,
-                alpn_protocol=self.negotiated.alpn_protocol,
+                cipher_suite=neg.suite.suite,
+                server_name=neg.server_name,
+                alpn_protocol=neg.alpn_protocol,
                 ticket=self.ticket,
-                secret=self.negotiated.master_secret12,
+                secret=neg.master_secret12,
                 ticket_age_add=0,
                 lifetime_s=self.ticket_lifetime or 7200,
                 received_at_ms=self.config.clock.now_ns() // 1_000_000,

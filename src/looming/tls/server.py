@@ -108,8 +108,9 @@ class ServerHandshake:
         )
 
     def _client_hello(self, hello: ClientHello) -> None:
+        neg = self.negotiated
         retry = self.first_hello is not None
-        self.negotiated.client_random = hello.random
+        neg.client_random = hello.random
         check_hello_edges(hello)
         version = TLS13 if retry else self._choose_version(hello)
         if retry:
@@ -124,7 +125,7 @@ class ServerHandshake:
                 AlertDescription.ILLEGAL_PARAMETER, "client does not offer null compression"
             )
         if X.SERVER_NAME in hello.extensions:
-            self.negotiated.server_name = m.parse_server_name(hello.extensions[X.SERVER_NAME])
+            neg.server_name = m.parse_server_name(hello.extensions[X.SERVER_NAME])
         if X.SIGNATURE_ALGORITHMS in hello.extensions:
             self.client_schemes = Reader(hello.extensions[X.SIGNATURE_ALGORITHMS]).u16_list(
                 2, minimum=2
@@ -134,7 +135,7 @@ class ServerHandshake:
                 hello.extensions[X.SIGNATURE_ALGORITHMS_CERT]
             ).u16_list(2, minimum=2)
         if version == TLS12:
-            self.negotiated.version = TLS12
+            neg.version = TLS12
             self.state = ServerState.TLS12
             self.v12 = Server12(self)
             self.v12.client_hello(hello)
@@ -202,10 +203,11 @@ class ServerHandshake:
 
     def _client_hello13(self, hello: ClientHello, retry: bool) -> None:
         """Negotiate suite, key share and PSK; then answer, or ask again for a share."""
+        neg = self.negotiated
         _check_hello13(hello)
         conn = self.conn
-        suite = self.negotiated.suite = self._choose_suite13(hello, retry)
-        self.negotiated.version = TLS13
+        suite = neg.suite = self._choose_suite13(hello, retry)
+        neg.version = TLS13
         exts = hello.extensions
         psk_ke_possible = (
             not retry
@@ -229,12 +231,12 @@ class ServerHandshake:
             return
         if not retry:
             conn.transcript.set_hash(suite.hash_name)
-        alpn = self.negotiated.alpn_protocol = self.choose_alpn(hello)
+        alpn = neg.alpn_protocol = self.choose_alpn(hello)
         resumed = server_psk.try_psk(self, hello, alpn, have_share=share is not None) is not None
         if share is None and not resumed:
             # The ticket was refused and psk_ke was all the client could do without a share.
-            self.negotiated.resumed = False
-            self.negotiated.alpn_protocol = None
+            neg.resumed = False
+            neg.alpn_protocol = None
             self._retry_for_share(hello, client_groups, retry)
             return
         self._answer13(hello, retry, share, resumed, alpn)
@@ -414,17 +416,18 @@ class ServerHandshake:
         return own
 
     def _send_hello_retry_request(self, hello: ClientHello, group: int) -> None:
+        neg = self.negotiated
         conn = self.conn
-        assert self.negotiated.suite is not None
+        assert neg.suite is not None
         self.first_hello = hello
         self.hrr_group = group
-        self.negotiated.hello_retried = True
-        conn.transcript.set_hash(self.negotiated.suite.hash_name)
+        neg.hello_retried = True
+        conn.transcript.set_hash(neg.suite.hash_name)
         conn.transcript.add(hello.raw)
         conn.transcript.replace_with_message_hash()
         exts: dict[int, bytes] = {X.SUPPORTED_VERSIONS: u16(TLS13), X.KEY_SHARE: u16(group)}
         retry_request = ServerHello(
-            HELLO_RETRY_REQUEST_RANDOM, hello.session_id, self.negotiated.suite.suite, exts
+            HELLO_RETRY_REQUEST_RANDOM, hello.session_id, neg.suite.suite, exts
         )
         conn.send_handshake(H.SERVER_HELLO, retry_request.emit())
         if hello.session_id:

@@ -83,10 +83,11 @@ class Server12:
 
     def client_hello(self, hello: ClientHello) -> None:
         """Negotiate from the ClientHello, then resume by ticket or run a full handshake."""
+        neg = self.negotiated
         conn = self.conn
         self.client_random = hello.random
         secure_reneg, group = self._check_client_hello(hello)
-        alpn = self.negotiated.alpn_protocol = self.hs.choose_alpn(hello)
+        alpn = neg.alpn_protocol = self.hs.choose_alpn(hello)
         exts = hello.extensions
         state = self._open_ticket(hello)
         # Tickets only for EMS sessions: they carry no EMS flag (RFC 7627 section 5.3).
@@ -97,8 +98,8 @@ class Server12:
             suite_id, certified, scheme = state.cipher_suite, None, 0
         else:
             suite_id, certified, scheme = self._choose_suite(hello, group.client_groups)
-        self.negotiated.suite = SUITES[suite_id]
-        conn.transcript.set_hash(self.negotiated.suite.hash_name)
+        neg.suite = SUITES[suite_id]
+        conn.transcript.set_hash(neg.suite.hash_name)
         conn.transcript.add(hello.raw)
         self.server_random = self.config.random.bytes(24) + (
             DOWNGRADE_TLS12 if TLS13 in self.config.versions else self.config.random.bytes(8)
@@ -308,24 +309,25 @@ class Server12:
         self.state = Server12State.WAIT_CV if self.client_chain else Server12State.WAIT_CCS
 
     def _send_ticket_ccs_finished(self) -> None:
+        neg = self.negotiated
         conn = self.conn
         config = self.config
         assert (
-            self.negotiated.suite is not None
+            neg.suite is not None
             and config.ticket_keys is not None
             and self.server_write is not None
         )
         if self.issue_ticket:
             state = TicketState(
                 version=TLS12,
-                cipher_suite=self.negotiated.suite.suite,
-                secret=self.negotiated.master_secret12,
+                cipher_suite=neg.suite.suite,
+                secret=neg.master_secret12,
                 ticket_age_add=0,
                 issued_ms=config.clock.now_ns() // 1_000_000,
                 lifetime_s=config.ticket_lifetime_s,
                 max_early_data=0,
-                alpn_protocol=self.negotiated.alpn_protocol or b"",
-                server_name=self.negotiated.server_name or "",
+                alpn_protocol=neg.alpn_protocol or b"",
+                server_name=neg.server_name or "",
                 ticket_id=config.random.bytes(16),
                 client_chain_der=list(self.client_chain),
             )
