@@ -312,26 +312,68 @@ class TcpConnection(TcpSender):
     def _input_synchronizing(
         self, header: TcpHeader, payload: bytes | memoryview, now: int
     ) -> None:
+        """A segment in SYN-RECEIVED or later: RFC 9293 3.10.7.4, step by step."""
         rcv_nxt = self.receive_buffer.rcv_nxt
         seq = unwrap(header.seq, rcv_nxt)
         if header.syn and seq == self.irs and not header.rst:
-            if self.state != State.SYN_RECEIVED:
-                # A repeated SYN-ACK after our ACK was lost: its SYN is behind us.
-                self.send_ack(now)
-                if self.state == State.TIME_WAIT:
-                    self.time_wait_at = now + self.config.time_wait_ns
+            repeated = self._input_repeated_syn(header, seq, now)
+            if repeated is None:
                 return
-            if not header.has_ack:
-                # The peer repeated its SYN: our SYN-ACK was lost.
-                self._send_syn(now, with_ack=True)
-                return
-            # Simultaneous open: the peer's SYN-ACK. Its SYN is already
-            # counted, so process the rest as a plain ACK (RFC 9293 figure 7).
+            header = repeated
             seq += 1
-            header = replace(header, flags=header.flags & ~SYN, seq=wrap(seq))
-        seg_len = len(payload) + (1 if header.syn else 0) + (1 if header.fin else 0)
+        # First: the sequence number (with PAWS).
+        if not self._input_sequence_ok(header, seq, rcv_nxt, len(payload), now):
+            return
+        # Second: RST. Fourth: SYN (RFC 5961 section 4: a challenge ACK).
+        if header.rst:
+            self._input_reset(seq, now)
+            return
+        if header.syn:
+            self._challenge_ack(now)
+            return
+        # Fifth: ACK.
+        if not header.has_ack:
+            return
+        if self.state == State.SYN_RECEIVED and not self._input_ack_of_syn(header, seq, now):
+            return
+        if not self._process_ack(header, seq, len(payload), now):
+            return
+        if self.state == State.CLOSED:
+            return
+        # Timestamp to echo (RFC 7323 section 4.3).
+        if self.ts_ok and header.timestamps is not None and seq <= rcv_nxt:
+            self.ts_recent = header.timestamps[0]
+        # Sixth: URG. The urgent pointer is not supported; it is ignored.
+        # Seventh: segment text (data in states past the peer's FIN is ignored).
+        if payload and self.state in RECEIVING and not self._input_text(seq, payload, now):
+            return
+        # Eighth: FIN.
+        if header.fin or self.peer_fin is not None:
+            self._input_fin(header, seq + len(payload), now)
+        self._output(now)
 
-        # PAWS (RFC 7323 section 5).
+    def _input_repeated_syn(self, header: TcpHeader, seq: int, now: int) -> TcpHeader | None:
+        """The peer's SYN again (``seq`` is IRS): answer it and return None,
+        or, for a SYN-ACK in a simultaneous open, the header without its SYN."""
+        if self.state != State.SYN_RECEIVED:
+            # A repeated SYN-ACK after our ACK was lost: its SYN is behind us.
+            self.send_ack(now)
+            if self.state == State.TIME_WAIT:
+                self.time_wait_at = now + self.config.time_wait_ns
+            return None
+        if not header.has_ack:
+            # The peer repeated its SYN: our SYN-ACK was lost.
+            self._send_syn(now, with_ack=True)
+            return None
+        # Simultaneous open: the peer's SYN-ACK. Its SYN is already
+        # counted, so process the rest as a plain ACK (RFC 9293 figure 7).
+        return replace(header, flags=header.flags & ~SYN, seq=wrap(seq + 1))
+
+    def _input_sequence_ok(
+        self, header: TcpHeader, seq: int, rcv_nxt: int, length: int, now: int
+    ) -> bool:
+        """RFC 9293 3.10.7.4 first step, after PAWS (RFC 7323 section 5):
+        False when the segment was dropped (and answered if it should be)."""
         if (
             self.ts_ok
             and header.timestamps is not None
@@ -340,77 +382,70 @@ class TcpConnection(TcpSender):
         ):
             self.stats.paws_dropped += 1
             self.send_ack(now)
-            return
-
+            return False
+        seg_len = length + (1 if header.syn else 0) + (1 if header.fin else 0)
         if not self._segment_acceptable(seq, seg_len):
-            self.stats.out_of_window += 1
-            if header.rst:
-                return
-            self.send_ack(now)
-            if header.fin and self.state == State.TIME_WAIT:
-                self.time_wait_at = now + self.config.time_wait_ns
-            if (
-                header.has_ack
-                and seq == rcv_nxt
-                and self.receive_window == 0
-                and self.state in SYNCHRONIZED
-            ):
-                # RFC 9293 3.10.7.4: still take ACKs while our window is shut.
-                self._process_ack(header, seq, 0, now)
-                self._output(now)
-            return
+            self._input_out_of_window(header, seq, rcv_nxt, now)
+            return False
         self.last_receive = now
         self.keepalive_probes = 0
         self.heard_since_timeout = True
+        return True
 
+    def _input_out_of_window(self, header: TcpHeader, seq: int, rcv_nxt: int, now: int) -> None:
+        """An unacceptable segment: counted, ACKed unless it is a RST."""
+        self.stats.out_of_window += 1
         if header.rst:
-            self._input_reset(seq, now)
             return
-        if header.syn:
-            # RFC 5961 section 4: any SYN here gets a challenge ACK.
-            self._challenge_ack(now)
-            return
-        if not header.has_ack:
-            return
+        self.send_ack(now)
+        if header.fin and self.state == State.TIME_WAIT:
+            self.time_wait_at = now + self.config.time_wait_ns
+        if (
+            header.has_ack
+            and seq == rcv_nxt
+            and self.receive_window == 0
+            and self.state in SYNCHRONIZED
+        ):
+            # RFC 9293 3.10.7.4: still take ACKs while our window is shut.
+            self._process_ack(header, seq, 0, now)
+            self._output(now)
 
-        if self.state == State.SYN_RECEIVED:
-            ack = unwrap(header.ack, self.snd_una)
-            if not self.snd_una < ack <= self.snd_max:
-                self._push(
-                    TcpHeader(self.local_port, self.remote_port, header.ack, 0, RST, 0),
-                    b"",
-                    now,
-                )
-                self.stats.resets_sent += 1
-                return
-            self.state = State.FIN_WAIT_1 if self.fin_queued else State.ESTABLISHED
-            self.snd_wnd = header.window << self.snd_scale
-            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-            self.snd_wl1 = seq
-            self.snd_wl2 = ack
-            self.events.append(Event.CONNECTED)
+    def _input_ack_of_syn(self, header: TcpHeader, seq: int, now: int) -> bool:
+        """SYN-RECEIVED: an ACK of our SYN completes the handshake; any
+        other ACK gets a RST and False."""
+        ack = unwrap(header.ack, self.snd_una)
+        if not self.snd_una < ack <= self.snd_max:
+            self._push(
+                TcpHeader(self.local_port, self.remote_port, header.ack, 0, RST, 0),
+                b"",
+                now,
+            )
+            self.stats.resets_sent += 1
+            return False
+        self.state = State.FIN_WAIT_1 if self.fin_queued else State.ESTABLISHED
+        self.snd_wnd = header.window << self.snd_scale
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1 = seq
+        self.snd_wl2 = ack
+        self.events.append(Event.CONNECTED)
+        return True
 
-        if not self._process_ack(header, seq, len(payload), now):
-            return
-        if self.state == State.CLOSED:
-            return
+    def _input_text(self, seq: int, payload: bytes | memoryview, now: int) -> bool:
+        """Take the segment's data; False when the connection was reset
+        because the application let go of it."""
+        if self.app_closed:
+            # Nobody will read this: tell the peer (RFC 9293 3.10.7.4, as Linux does).
+            self._send_reset(self.snd_max, now)
+            self._fail(Event.RESET)
+            return False
+        self._receive_data(seq, payload, now)
+        return True
 
-        # Timestamp to echo (RFC 7323 section 4.3).
-        if self.ts_ok and header.timestamps is not None and seq <= rcv_nxt:
-            self.ts_recent = header.timestamps[0]
-
-        # (Data in states past the peer's FIN is ignored.)
-        if payload and self.state in RECEIVING:
-            if self.app_closed:
-                # Nobody will read this: tell the peer (RFC 9293 3.10.7.4, as Linux does).
-                self._send_reset(self.snd_max, now)
-                self._fail(Event.RESET)
-                return
-            self._receive_data(seq, payload, now)
-        if header.fin:
-            fin_seq = seq + len(payload)
-            if self.peer_fin is None:
-                self.peer_fin = fin_seq
+    def _input_fin(self, header: TcpHeader, fin_seq: int, now: int) -> None:
+        """A FIN at ``fin_seq`` (if the header has one) and a FIN that the
+        data has now reached; a retransmitted FIN is ACKed again."""
+        if header.fin and self.peer_fin is None:
+            self.peer_fin = fin_seq
         if (
             self.peer_fin is not None
             and not self.fin_received
@@ -421,7 +456,6 @@ class TcpConnection(TcpSender):
             self.send_ack(now)  # a retransmitted FIN: our ACK was lost
             if self.state == State.TIME_WAIT:
                 self.time_wait_at = now + self.config.time_wait_ns
-        self._output(now)
 
     def _input_reset(self, seq: int, now: int) -> None:
         # RFC 5961 section 3: only an exact match resets; in-window gets a challenge.

@@ -116,7 +116,18 @@ class TransmissionControlBlock:
         self.keepalive = config.keepalive
         self.app_closed = False  # the application let go; nobody reads any more
         self.passive = False
-        # Send side.
+        self._init_send(iss)
+        self._init_recovery(iss, now)
+        self._init_receive(config)
+        self._init_options(config, path_mss, timestamp_offset)
+        self._init_timers(now)
+        self._init_estimators(config)
+
+    # The initialisers below run once per connection, in this order (the
+    # attribute order is the same for every block).
+
+    def _init_send(self, iss: int) -> None:
+        """Send sequence space and buffer, all starting at ``iss``."""
         self.iss = iss
         self.snd_una = iss
         self.snd_nxt = iss
@@ -126,7 +137,7 @@ class TransmissionControlBlock:
         self.snd_wl2 = iss
         self.max_snd_wnd = 0
         self.snd_scale = 0
-        self.send_buffer = SendBuffer(iss + 1, config.send_buffer)
+        self.send_buffer = SendBuffer(iss + 1, self.config.send_buffer)
         self.fin_queued = False
         self.board = Scoreboard()
         self.rack = Rack()
@@ -135,6 +146,9 @@ class TransmissionControlBlock:
         self.prr: ProportionalRateReduction | None = None
         self.prr_allowance = 0
         self.dupacks = 0
+
+    def _init_recovery(self, iss: int, now: int) -> None:
+        """Loss recovery, undo, ECN, tail loss probes and retries."""
         # Undo of spurious recoveries (RFC 2883 D-SACK, RFC 4015 timestamps, RFC 5682).
         self.undo_state: tuple[int, ...] | None = None
         self.undo_retransmitted = 0  # bytes resent this episode not yet D-SACKed
@@ -154,7 +168,9 @@ class TransmissionControlBlock:
         self.retries = 0
         self.heard_since_timeout = False
         self.last_send = now
-        # Receive side (set properly when the peer's SYN arrives).
+
+    def _init_receive(self, config: TcpConfig) -> None:
+        """Receive side (set properly when the peer's SYN arrives)."""
         self.irs = 0
         # Charged by true size, never past three windows (tiny segments).
         self.receive_buffer = ReceiveBuffer(
@@ -168,7 +184,9 @@ class TransmissionControlBlock:
         self.ack_due = False
         self.acknowledged_to = 0  # rcv_nxt as of the last ACK we sent
         self.rcv_mss = 536
-        # Options and sizes.
+
+    def _init_options(self, config: TcpConfig, path_mss: int, timestamp_offset: int) -> None:
+        """Negotiated options and segment sizes."""
         self.path_mss = path_mss
         # Payload bytes one offloaded packet may carry (0: no offload).
         self.offload_bytes = 0
@@ -178,7 +196,9 @@ class TransmissionControlBlock:
         self.ts_offset = timestamp_offset
         self.sack_ok = False
         self.ws_ok = False
-        # Timers: absolute deadlines in ns, None when not running.
+
+    def _init_timers(self, now: int) -> None:
+        """Timers: absolute deadlines in ns, None when not running."""
         self.rto_at: int | None = None
         self.persist_at: int | None = None
         self.persist_backoff = 0
@@ -187,7 +207,9 @@ class TransmissionControlBlock:
         self.fin_wait_2_at: int | None = None
         self.keepalive_probes = 0
         self.last_receive = now
-        # Estimators.
+
+    def _init_estimators(self, config: TcpConfig) -> None:
+        """RTT estimation, congestion control and challenge-ACK limiting."""
         self.rtt = RttEstimator(config.rto_initial_ns, config.rto_min_ns, config.rto_max_ns)
         self.rtt_seq: int | None = None
         self.rtt_sent_at = 0
