@@ -401,6 +401,65 @@ def kernel_to_kernel_tcp(a: str, b: str, address_b: str, size: int) -> float:
     return size / float(elapsed) / 1e6
 
 
+async def udp_echo_rows(peer: KernelPeer, stack: DirectStack, count: int) -> list[Row]:
+    """64-byte UDP echo p50 and p99: looming over TAP vs kernel loopback."""
+    progress(f"UDP echo x{count}: looming over TAP")
+    ours = await udp_echo_looming(peer, stack, count)
+    progress(f"UDP echo x{count}: kernel loopback")
+    theirs = await udp_echo_kernel_loopback(count)
+    return [
+        Row(
+            "udp echo 64 B",
+            name,
+            percentile(ours, fraction) * 1e6,
+            "kernel loopback",
+            percentile(theirs, fraction) * 1e6,
+            "us",
+            higher_is_better=False,
+        )
+        for name, fraction in (("p50", 0.5), ("p99", 0.99))
+    ]
+
+
+async def flood_ping_row(
+    peer: KernelPeer, stack: DirectStack, namespace: str, address_b: str, count: str
+) -> Row:
+    """Flood ping average RTT: the kernel pinging looming over TAP vs the
+    kernel in ``namespace`` pinging ``address_b`` over veth."""
+    progress("flood ping: kernel -> looming over TAP")
+    out = await peer.exec_output("ping", "-q", "-f", "-c", count, str(stack.addresses()[0].ip))
+    looming_rtt = flood_ping_rtt(out)
+    progress("flood ping: kernel -> kernel over veth")
+    out = sh("ip", "netns", "exec", namespace, "ping", "-q", "-f", "-c", count, address_b).stdout
+    return Row(
+        "flood ping",
+        "avg rtt",
+        looming_rtt,
+        "kernel over veth",
+        flood_ping_rtt(out),
+        "us",
+        higher_is_better=False,
+    )
+
+
+async def tcp_bulk_rows(
+    peer: KernelPeer, stack: DirectStack, size: int, kernel_rate: float, *, vnet: bool
+) -> list[Row]:
+    """TCP bulk both ways between looming and the kernel over TAP (with
+    virtio-net headers when ``vnet``), against kernel -> kernel over veth."""
+    over = "TAP+vnet" if vnet else "TAP"
+    progress(f"TCP bulk {size >> 20} MB: looming -> kernel over {over}")
+    out_rate = await tcp_looming_to_kernel(peer, stack, size)
+    progress(f"TCP bulk {size >> 20} MB: kernel -> looming over {over}")
+    in_rate = await tcp_kernel_to_looming(peer, stack, size)
+    section = "tcp bulk vnet" if vnet else "tcp bulk"
+    peer_name = "kernel -> kernel (veth)"
+    return [
+        Row(section, "looming -> kernel", out_rate, peer_name, kernel_rate, "MB/s"),
+        Row(section, "kernel -> looming", in_rate, peer_name, kernel_rate, "MB/s"),
+    ]
+
+
 def bench_kernel(quick: bool) -> list[Row]:
     rows: list[Row] = []
     echo_count = 300 if quick else 3000
@@ -414,66 +473,9 @@ def bench_kernel(quick: bool) -> list[Row]:
 
             async def body(stack: DirectStack) -> None:
                 await stack.ping(peer.peer_address)
-                progress(f"UDP echo x{echo_count}: looming over TAP")
-                ours = await udp_echo_looming(peer, stack, echo_count)
-                progress(f"UDP echo x{echo_count}: kernel loopback")
-                theirs = await udp_echo_kernel_loopback(echo_count)
-                for name, fraction in (("p50", 0.5), ("p99", 0.99)):
-                    rows.append(
-                        Row(
-                            "udp echo 64 B",
-                            name,
-                            percentile(ours, fraction) * 1e6,
-                            "kernel loopback",
-                            percentile(theirs, fraction) * 1e6,
-                            "us",
-                            higher_is_better=False,
-                        )
-                    )
-                progress("flood ping: kernel -> looming over TAP")
-                out = await peer.exec_output(
-                    "ping", "-q", "-f", "-c", ping_count, str(stack.addresses()[0].ip)
-                )
-                looming_rtt = flood_ping_rtt(out)
-                progress("flood ping: kernel -> kernel over veth")
-                out = sh(
-                    "ip", "netns", "exec", a, "ping", "-q", "-f", "-c", ping_count, address_b
-                ).stdout
-                rows.append(
-                    Row(
-                        "flood ping",
-                        "avg rtt",
-                        looming_rtt,
-                        "kernel over veth",
-                        flood_ping_rtt(out),
-                        "us",
-                        higher_is_better=False,
-                    )
-                )
-                progress(f"TCP bulk {tcp_size >> 20} MB: looming -> kernel over TAP")
-                out_rate = await tcp_looming_to_kernel(peer, stack, tcp_size)
-                progress(f"TCP bulk {tcp_size >> 20} MB: kernel -> looming over TAP")
-                in_rate = await tcp_kernel_to_looming(peer, stack, tcp_size)
-                rows.append(
-                    Row(
-                        "tcp bulk",
-                        "looming -> kernel",
-                        out_rate,
-                        "kernel -> kernel (veth)",
-                        kernel_rate,
-                        "MB/s",
-                    )
-                )
-                rows.append(
-                    Row(
-                        "tcp bulk",
-                        "kernel -> looming",
-                        in_rate,
-                        "kernel -> kernel (veth)",
-                        kernel_rate,
-                        "MB/s",
-                    )
-                )
+                rows.extend(await udp_echo_rows(peer, stack, echo_count))
+                rows.append(await flood_ping_row(peer, stack, a, address_b, ping_count))
+                rows.extend(await tcp_bulk_rows(peer, stack, tcp_size, kernel_rate, vnet=False))
 
             peer.run(body)
 
@@ -481,30 +483,7 @@ def bench_kernel(quick: bool) -> list[Row]:
 
             async def offloaded(stack: DirectStack) -> None:
                 await stack.ping(peer.peer_address)
-                progress(f"TCP bulk {tcp_size >> 20} MB: looming -> kernel over TAP+vnet")
-                out_rate = await tcp_looming_to_kernel(peer, stack, tcp_size)
-                progress(f"TCP bulk {tcp_size >> 20} MB: kernel -> looming over TAP+vnet")
-                in_rate = await tcp_kernel_to_looming(peer, stack, tcp_size)
-                rows.append(
-                    Row(
-                        "tcp bulk vnet",
-                        "looming -> kernel",
-                        out_rate,
-                        "kernel -> kernel (veth)",
-                        kernel_rate,
-                        "MB/s",
-                    )
-                )
-                rows.append(
-                    Row(
-                        "tcp bulk vnet",
-                        "kernel -> looming",
-                        in_rate,
-                        "kernel -> kernel (veth)",
-                        kernel_rate,
-                        "MB/s",
-                    )
-                )
+                rows.extend(await tcp_bulk_rows(peer, stack, tcp_size, kernel_rate, vnet=True))
 
             peer.run(offloaded, offload=True)
     finally:

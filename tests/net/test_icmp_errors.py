@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from looming.devices.stack import Datagram
 from looming.errors import ConnectionRefused, HostUnreachable
 from looming.net.icmp import IcmpError
 from looming.net.stack import DirectStack
+from looming.net.tcp.layer import TcpStream
 from tests.net.hostile import RAW_SEND, ethernet_frame, icmp_error
 from tests.net.kernel import KernelPeer
 from tests.net.test_hostile import kernel_mac, kernel_program
@@ -50,6 +53,92 @@ def tcp_first8(src_port: int, dst_port: int, seq: int) -> bytes:
     return struct.pack("!HHI", src_port, dst_port, seq & 0xFFFFFFFF)
 
 
+def frag_needed(port: int, seq: int, mtu: int, dst_port: int = 7200) -> bytes:
+    """A router's "fragmentation needed" for a segment of ours at ``seq``."""
+    first8 = tcp_first8(port, dst_port, seq)
+    return icmp_error("10.77.0.1", "10.77.0.2", 3, 4, "10.77.0.2", "10.77.0.1", 6, first8, mtu=mtu)
+
+
+@contextmanager
+def acks_lost(stack: DirectStack) -> Iterator[None]:
+    """Linux's ACKs are lost on the way back during the block, so what
+    looming sends stays unacknowledged."""
+    stack.ipv4.register(IpProtocol.TCP, lambda packet, segment: None)
+    try:
+        yield
+    finally:
+        stack.ipv4.register(IpProtocol.TCP, stack.tcp.input)
+
+
+async def forged_errors_are_ignored(
+    peer: KernelPeer, stack: DirectStack, flow: TcpStream, port: int
+) -> None:
+    """A sequence number far from anything sent, other ports, a quoted
+    datagram that was never ours: counted, and the path MSS kept."""
+    conn = flow.connection
+    mss_before = conn.path_mss
+    una = conn.snd_una
+    never_ours = icmp_error(
+        "10.77.0.1",
+        "10.77.0.2",
+        3,
+        4,
+        "10.77.0.9",
+        "10.77.0.1",
+        6,
+        tcp_first8(port, 7200, una),
+        mtu=1000,
+    )
+    await inject(
+        peer,
+        stack,
+        frag_needed(port, una + 1_000_000, 1000),
+        frag_needed(port, una - 1, 1000),
+        frag_needed(port + 1, una, 1000),
+        never_ours,
+    )
+    counters = stack.counters()
+    assert counters["tcp.icmp_out_of_window"] == 2
+    assert counters["tcp.icmp_no_connection"] == 1
+    assert counters["icmp.error_not_ours"] == 1
+    assert conn.path_mss == mss_before
+
+
+async def errors_about_data_in_flight_are_believed(
+    peer: KernelPeer, stack: DirectStack, flow: TcpStream, port: int
+) -> None:
+    """A router reports a 1000-byte path for a 1500-byte datagram still
+    unacknowledged: the path MSS falls. A soft error on an established
+    connection changes nothing but the note."""
+    conn = flow.connection
+    with acks_lost(stack):
+        flow.set_nodelay(True)
+        await flow.write(b"b" * 50_000)
+        await inject(peer, stack, frag_needed(port, conn.snd_una, 1000))
+    assert stack.counters()["ipv4.pmtu_lowered"] == 1
+    assert conn.path_mss == 1000 - 40
+    with acks_lost(stack):
+        await flow.write(b"d" * 3000)
+        first8 = tcp_first8(port, 7200, conn.snd_una)
+        await inject(
+            peer,
+            stack,
+            icmp_error("10.77.0.1", "10.77.0.2", 3, 1, "10.77.0.2", "10.77.0.1", 6, first8),
+        )
+    assert "host unreachable" in (flow.soft_error or "")
+
+
+def looming_tcp_datagrams(capture: Path) -> list[tuple[int, bool, bool]]:
+    """(length, DF, is a fragment) of each TCP datagram looming sent."""
+    packets = []
+    with capture.open("rb") as handle:
+        for _, frame in dpkt.pcap.Reader(handle):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(ip, dpkt.ip.IP) and ip.src == bytes([10, 77, 0, 2]) and ip.p == 6:
+                packets.append((ip.len, bool(ip.df), bool(ip.mf or ip.offset)))
+    return packets
+
+
 def test_tcp_takes_only_errors_about_its_own_unacknowledged_data(
     kernel_peer: KernelPeer, tmp_path: Path
 ) -> None:
@@ -60,74 +149,11 @@ def test_tcp_takes_only_errors_about_its_own_unacknowledged_data(
         assert sink.stdout is not None
         assert (await sink.stdout.readline()).strip() == b"listening"
         flow = await stack.tcp.connect("10.77.0.1", 7200, timeout=5)
-        conn = flow.connection
         port = flow.local_address[1]
         await flow.write(b"a" * 3000)
         await asyncio.sleep(0.1)
-        mss_before = conn.path_mss
-        una = conn.snd_una
-
-        def frag_needed(seq: int, mtu: int, ports: tuple[int, int] = (port, 7200)) -> bytes:
-            first8 = tcp_first8(*ports, seq)
-            return icmp_error(
-                "10.77.0.1", "10.77.0.2", 3, 4, "10.77.0.2", "10.77.0.1", 6, first8, mtu=mtu
-            )
-
-        # Forgeries: a sequence number far from anything sent, other ports,
-        # a quoted datagram that was never ours.
-        await inject(
-            kernel_peer,
-            stack,
-            frag_needed(una + 1_000_000, 1000),
-            frag_needed(una - 1, 1000),
-            frag_needed(una, 1000, (port + 1, 7200)),
-            icmp_error(
-                "10.77.0.1",
-                "10.77.0.2",
-                3,
-                4,
-                "10.77.0.9",
-                "10.77.0.1",
-                6,
-                tcp_first8(port, 7200, una),
-                mtu=1000,
-            ),
-        )
-        counters = stack.counters()
-        assert counters["tcp.icmp_out_of_window"] == 2
-        assert counters["tcp.icmp_no_connection"] == 1
-        assert counters["icmp.error_not_ours"] == 1
-        assert conn.path_mss == mss_before
-        # Unacknowledged data in flight (Linux's ACKs are lost on the way
-        # back for a moment), and an error quoting it: believed. (A router
-        # reports a 1000-byte path for a 1500-byte datagram.)
-        stack.ipv4.register(IpProtocol.TCP, lambda packet, segment: None)
-        flow.set_nodelay(True)
-        await flow.write(b"b" * 50_000)
-        await inject(kernel_peer, stack, frag_needed(conn.snd_una, 1000))
-        stack.ipv4.register(IpProtocol.TCP, stack.tcp.input)
-        assert stack.counters()["ipv4.pmtu_lowered"] == 1
-        assert conn.path_mss == 1000 - 40
-        # A soft error on an established connection changes nothing but the
-        # note (again quoting data in flight while ACKs are lost).
-        stack.ipv4.register(IpProtocol.TCP, lambda packet, segment: None)
-        await flow.write(b"d" * 3000)
-        await inject(
-            kernel_peer,
-            stack,
-            icmp_error(
-                "10.77.0.1",
-                "10.77.0.2",
-                3,
-                1,
-                "10.77.0.2",
-                "10.77.0.1",
-                6,
-                tcp_first8(port, 7200, conn.snd_una),
-            ),
-        )
-        stack.ipv4.register(IpProtocol.TCP, stack.tcp.input)
-        assert "host unreachable" in (flow.soft_error or "")
+        await forged_errors_are_ignored(kernel_peer, stack, flow, port)
+        await errors_about_data_in_flight_are_believed(kernel_peer, stack, flow, port)
         await flow.write(b"c" * 200_000)
         await flow.shutdown()
         total = int((await asyncio.wait_for(sink.stdout.readline(), 20)).strip())
@@ -139,12 +165,7 @@ def test_tcp_takes_only_errors_about_its_own_unacknowledged_data(
     # After the path MTU fell, no TCP datagram from looming was over 1000
     # bytes; all carry DF but the fragments of segments cut before the
     # report and sent again after it.
-    packets = []
-    with capture.open("rb") as handle:
-        for _, frame in dpkt.pcap.Reader(handle):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            if isinstance(ip, dpkt.ip.IP) and ip.src == bytes([10, 77, 0, 2]) and ip.p == 6:
-                packets.append((ip.len, bool(ip.df), bool(ip.mf or ip.offset)))
+    packets = looming_tcp_datagrams(capture)
     assert all(df or fragment for _, df, fragment in packets)
     assert max(length for length, _, _ in packets) > 1000  # before the report
     assert max(length for length, _, _ in packets[-100:]) <= 1000
