@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 
 class Target:
-    """Base class of targets. Subclasses set ``name`` and ``summary`` and
-    implement :meth:`implement`; building and running default to a zipapp
-    run by this Python."""
+    """Base class of targets. Subclasses set ``name`` and ``summary``; which
+    device kinds they have, and how, comes from the table of
+    :mod:`looming.config.kinds` (a target from an entry point overrides
+    :meth:`supports` and :meth:`implement` instead). Building and running
+    default to a zipapp run by this Python."""
 
     name = ""
     summary = ""
@@ -40,9 +42,15 @@ class Target:
 
     def implement(self, device: Device, options: dict[str, str]) -> Impl:
         """The implementation of ``device``; raise ConfigError if unsupported."""
-        raise self.unsupported(device)
+        from looming.config.kinds import KINDS
+
+        build = KINDS.get(device.kind, {}).get(self.name)
+        if build is None:
+            raise self.unsupported(device)
+        return build(device, options)
 
     def unsupported(self, device: Device, why: str = "") -> ConfigError:
+        # Built-in targets answer supports() from the kind table; entry points their own way.
         others = [
             t.name for t in all_targets().values() if t.supports(device.kind) and t is not self
         ]
@@ -56,7 +64,9 @@ class Target:
         )
 
     def supports(self, kind: str) -> bool:
-        return False
+        from looming.config.kinds import targets_with
+
+        return self.name in targets_with(kind)
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:
         return app_dir / "dist" / f"{unikernel}-{self.name}.pyz"

@@ -46,57 +46,52 @@ class ProcessTarget(Target):
     def default_options(self) -> dict[str, str]:
         return {**UNIX.default_options(), "restart": "", "restart_budget": "5/10"}
 
-    def supports(self, kind: str) -> bool:
-        return kind == "vchan" or UNIX.supports(kind)
-
-    def implement(self, dev: Device, options: dict[str, str]) -> Impl:
-        if dev.kind != "vchan":
-            if not UNIX.supports(dev.kind):
-                raise self.unsupported(dev)
-            return UNIX.implement(dev, options)
-        port, peer = dev.setting("port"), dev.setting("peer")
-        keys = [
-            KeyDecl(
-                VCHAN_REGISTRY_KEY,
-                "str",
-                None,
-                "vchan registry folder (the process deployment passes a private one)",
-            )
-        ]
-        kwargs: list[tuple[str, Arg]] = [
-            ("read_size", repr(dev.setting("read_size"))),
-            ("write_size", repr(dev.setting("write_size"))),
-            ("registry", f"keys.{VCHAN_REGISTRY_KEY}"),
-        ]
-        if peer is None:
-            keys.append(
-                KeyDecl(
-                    VCHAN_NAME_KEY,
-                    "str",
-                    None,
-                    "name this unikernel serves vchan ports under (the deployment passes it)",
-                )
-            )
-            kwargs.append(("name", f"keys.{VCHAN_NAME_KEY}"))
-            summary = f"vchan serving port {port}"
-        else:
-            kwargs.append(("peer", repr(peer)))
-            summary = f"vchan to {peer}/{port}"
-        return Impl(
-            "looming.vchan.device:VchanDevice.connect",
-            args=[repr(port)],
-            kwargs=[("time", Dep("time")), *kwargs],
-            awaited=True,
-            disconnect="disconnect",
-            # Waits for the peer and ring deadlines run on the time device.
-            deps={"time": device("time", where=dev.where)},
-            keys=keys,
-            summary=summary,
-        )
-
     def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
         app_dir = artifact.resolve().parent.parent
         return [sys.executable, "-m", "looming.vchan.deploy", "--app", str(app_dir), *argv]
+
+
+def vchan_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """A vchan port, served or to a peer, through the deployment's registry."""
+    port, peer = dev.setting("port"), dev.setting("peer")
+    keys = [
+        KeyDecl(
+            VCHAN_REGISTRY_KEY,
+            "str",
+            None,
+            "vchan registry folder (the process deployment passes a private one)",
+        )
+    ]
+    kwargs: list[tuple[str, Arg]] = [
+        ("read_size", repr(dev.setting("read_size"))),
+        ("write_size", repr(dev.setting("write_size"))),
+        ("registry", f"keys.{VCHAN_REGISTRY_KEY}"),
+    ]
+    if peer is None:
+        keys.append(
+            KeyDecl(
+                VCHAN_NAME_KEY,
+                "str",
+                None,
+                "name this unikernel serves vchan ports under (the deployment passes it)",
+            )
+        )
+        kwargs.append(("name", f"keys.{VCHAN_NAME_KEY}"))
+        summary = f"vchan serving port {port}"
+    else:
+        kwargs.append(("peer", repr(peer)))
+        summary = f"vchan to {peer}/{port}"
+    return Impl(
+        "looming.vchan.device:VchanDevice.connect",
+        args=[repr(port)],
+        kwargs=[("time", Dep("time")), *kwargs],
+        awaited=True,
+        disconnect="disconnect",
+        # Waits for the peer and ring deadlines run on the time device.
+        deps={"time": device("time", where=dev.where)},
+        keys=keys,
+        summary=summary,
+    )
 
 
 TARGET = ProcessTarget()

@@ -18,9 +18,9 @@ NET_CHOICES = ("socket", "direct")
 KV_RO_CHOICES = ("crunch", "direct")
 
 
-def host_device_impl(kind: str, where: dict[str, str]) -> Impl | None:
+def host_device_impl(kind: str, where: dict[str, str]) -> Impl:
     """The console, time, clock or random device as the host's Python
-    gives it (``where`` describes each for ``describe``); None for others."""
+    gives it (``where`` describes each for ``describe``)."""
     if kind == "console":
         return Impl("looming.unix.console:UnixConsole", summary=where["console"])
     if kind == "time":
@@ -34,7 +34,7 @@ def host_device_impl(kind: str, where: dict[str, str]) -> Impl | None:
             keys=[KeyDecl("seed", "int", None, "seed for a deterministic random stream")],
             summary=f"{where['random']}, or seeded by --seed",
         )
-    return None
+    raise ValueError(f"the host has no {kind!r} device; it has {', '.join(where)}")
 
 
 _HOST = {
@@ -49,11 +49,14 @@ def _kv_ro_direct_path(dirname: str) -> str:
     return f"runtime.app_path({dirname!r})"
 
 
+def host_device(dev: Device, options: dict[str, str]) -> Impl:
+    """console, time, clock and random: the host's."""
+    return host_device_impl(dev.kind, _HOST)
+
+
 class UnixTarget(Target):
     name = "unix"
     summary = "a zipapp run by the host's Python (socket or direct networking)"
-
-    KINDS = ("console", "time", "clock", "random", "kv_ro", "kv_rw", "block", "network", "stack")
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -73,32 +76,9 @@ class UnixTarget(Target):
     def default_options(self) -> dict[str, str]:
         return {"net": "socket", "kv_ro": "crunch"}
 
-    def supports(self, kind: str) -> bool:
-        return kind in self.KINDS
 
-    def implement(self, dev: Device, options: dict[str, str]) -> Impl:
-        kind = dev.kind
-        host = host_device_impl(kind, _HOST)
-        if host is not None:
-            return host
-        if kind == "kv_ro":
-            return _kv_ro_impl(dev, options)
-        if kind == "kv_rw":
-            return _kv_rw_impl(dev)
-        if kind == "block":
-            return _block_impl(dev)
-        if kind == "network":
-            if options.get("net") != "direct":
-                raise self.unsupported(dev, "only with --net direct")
-            return _tap_network_impl(dev)
-        if kind == "stack":
-            if options.get("net", "socket") == "socket":
-                return _socket_stack_impl()
-            return direct_stack_impl(dev)
-        raise self.unsupported(dev)
-
-
-def _kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
+def kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """A folder crunched into the artifact, or read in place with --kv-ro direct."""
     dirname = dev.setting("dirname")
     if options.get("kv_ro", "crunch") == "direct":
         return Impl(
@@ -116,7 +96,7 @@ def _kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
     )
 
 
-def _kv_rw_impl(dev: Device) -> Impl:
+def kv_rw_impl(dev: Device, options: dict[str, str]) -> Impl:
     dirname = dev.setting("dirname")
     key = f"{dev.name_hint}_dir"
     return Impl(
@@ -128,7 +108,7 @@ def _kv_rw_impl(dev: Device) -> Impl:
     )
 
 
-def _block_impl(dev: Device) -> Impl:
+def block_impl(dev: Device, options: dict[str, str]) -> Impl:
     filename = dev.setting("filename")
     key = f"{dev.name_hint}_file"
     return Impl(
@@ -142,7 +122,10 @@ def _block_impl(dev: Device) -> Impl:
     )
 
 
-def _tap_network_impl(dev: Device) -> Impl:
+def network_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """A TAP device, with --net direct only (sockets need no frames)."""
+    if options.get("net") != "direct":
+        raise TARGET.unsupported(dev, "only with --net direct")
     iface = dev.setting("iface")
     key = "interface" if iface is None else f"{dev.name_hint}_interface"
     return Impl(
@@ -163,6 +146,13 @@ def _tap_network_impl(dev: Device) -> Impl:
         ],
         summary="TAP device",
     )
+
+
+def stack_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """The host's sockets (--net socket), or looming's stack on TAP (--net direct)."""
+    if options.get("net", "socket") == "socket":
+        return _socket_stack_impl()
+    return direct_stack_impl(dev)
 
 
 def _socket_stack_impl() -> Impl:

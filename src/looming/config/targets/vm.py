@@ -46,8 +46,6 @@ class VmTarget(Target):
     name = "vm"
     summary = "a bootable kernel and initramfs for x86_64 or aarch64, run under qemu"
 
-    KINDS = ("console", "time", "clock", "random", "kv_ro", "network", "stack", "kv_store")
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--arch",
@@ -75,40 +73,11 @@ class VmTarget(Target):
         # No compression here: without --compress, the architecture's default.
         return {"arch": _host_arch()}
 
-    def supports(self, kind: str) -> bool:
-        return kind in self.KINDS
-
     def implement(self, dev: Device, options: dict[str, str]) -> Impl:
         get_arch(options.get("arch", _host_arch()))  # an unknown one fails at configure
-        kind = dev.kind
-        host = host_device_impl(kind, _GUEST)
-        if host is not None:
-            return host
-        if kind == "kv_ro":
-            dirname = dev.setting("dirname")
-            return Impl(
-                "looming.unix.kv:CrunchedKv.connect",
-                args=[repr(dev.name_hint)],
-                awaited=True,
-                crunch=[(dev.name_hint, dirname)],
-                summary=f"{dirname}/ crunched into the image",
-            )
-        if kind == "network":
-            iface = dev.setting("iface")
-            key = "interface" if iface is None else f"{dev.name_hint}_interface"
-            return Impl(
-                "looming.vm.nic:connect",
-                args=[f"keys.{key}"],
-                awaited=True,
-                disconnect="disconnect",
-                keys=[KeyDecl(key, "str", iface or "eth0", "the guest's NIC (virtio)")],
-                summary="the virtio NIC through an AF_PACKET socket, with its own MAC",
-            )
-        if kind == "stack":
-            return direct_stack_impl(dev)
-        if kind == "kv_store":
-            return _memory_store_impl(dev, options)
-        raise self.unsupported(dev, "a VM image has no disk")
+        if not self.supports(dev.kind):
+            raise self.unsupported(dev, "a VM image has no disk")
+        return super().implement(dev, options)
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:
         return app_dir / "dist" / f"{unikernel}-vm.json"
@@ -159,7 +128,41 @@ class VmTarget(Target):
         return [sys.executable, "-m", "looming.vm.launch", str(artifact), *argv]
 
 
-def _memory_store_impl(dev: Device, options: dict[str, str]) -> Impl:
+def guest_device(dev: Device, options: dict[str, str]) -> Impl:
+    """console, time, clock and random: the guest kernel's."""
+    return host_device_impl(dev.kind, _GUEST)
+
+
+def kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
+    dirname = dev.setting("dirname")
+    return Impl(
+        "looming.unix.kv:CrunchedKv.connect",
+        args=[repr(dev.name_hint)],
+        awaited=True,
+        crunch=[(dev.name_hint, dirname)],
+        summary=f"{dirname}/ crunched into the image",
+    )
+
+
+def network_impl(dev: Device, options: dict[str, str]) -> Impl:
+    iface = dev.setting("iface")
+    key = "interface" if iface is None else f"{dev.name_hint}_interface"
+    return Impl(
+        "looming.vm.nic:connect",
+        args=[f"keys.{key}"],
+        awaited=True,
+        disconnect="disconnect",
+        keys=[KeyDecl(key, "str", iface or "eth0", "the guest's NIC (virtio)")],
+        summary="the virtio NIC through an AF_PACKET socket, with its own MAC",
+    )
+
+
+def stack_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """looming's TCP/IP stack on the virtio NIC, as on TAP."""
+    return direct_stack_impl(dev)
+
+
+def memory_store_impl(dev: Device, options: dict[str, str]) -> Impl:
     """kv_store in the guest's memory (its root file system is the
     initramfs, in RAM), only when ``--storage memory`` says so: what it
     acknowledges does not survive the VM."""
