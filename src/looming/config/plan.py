@@ -10,6 +10,7 @@ given, and collects the keys.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ class Dep:
 Arg = str | Dep
 """A Python expression (``keys.NAME`` reads a key), or a device the implementation needs."""
 
+# A positional placeholder left from before devices were named: emitted as
+# written it would be a set literal, so it is refused instead.
+_POSITIONAL = re.compile(r"^\{\d+\}$")
+
 
 @dataclass
 class Impl:
@@ -96,19 +101,30 @@ class PlannedDevice:
     dep_vars: list[str]
     dep_names: dict[str, str] = field(default_factory=dict)
 
-    def call(self) -> str:
-        def fill(arg: Arg) -> str:
-            if isinstance(arg, str):
-                return arg
-            if arg.name not in self.dep_names:
+    def check(self) -> None:
+        """Every :class:`Dep` names a device of ``deps``; no string still
+        holds a positional ``{0}`` (devices are passed as ``Dep(name)``)."""
+        for arg in [*self.impl.args, *(v for _, v in self.impl.kwargs)]:
+            if isinstance(arg, Dep) and arg.name not in self.dep_names:
                 named = ", ".join(self.dep_names) or "none"
-                raise ConfigError(
-                    f"the implementation {self.impl.factory} of {self.device.kind!r} uses the "
-                    f"device {arg.name!r} but its deps name only: {named}; add it to deps",
-                    path=self.device.where.path,
-                    line=self.device.where.line,
-                )
-            return self.dep_names[arg.name]
+                problem = f"uses the device {arg.name!r} but its deps name only: {named}"
+                fix = "add it to deps"
+            elif isinstance(arg, str) and _POSITIONAL.search(arg):
+                problem = f"passes {arg!r}: devices are no longer numbered"
+                fix = 'name them in deps={"time": ...} and pass Dep("time")'
+            else:
+                continue
+            raise ConfigError(
+                f"the implementation {self.impl.factory} of {self.device.kind!r} {problem}; {fix}",
+                path=self.device.where.path,
+                line=self.device.where.line,
+            )
+
+    def call(self) -> str:
+        self.check()
+
+        def fill(arg: Arg) -> str:
+            return arg if isinstance(arg, str) else self.dep_names[arg.name]
 
         parts = [fill(a) for a in self.impl.args]
         parts += [f"{k}={fill(v)}" for k, v in self.impl.kwargs]
@@ -230,7 +246,9 @@ def resolve(unikernel: Unikernel, app_dir: Path, target: Target, options: dict[s
         impl = walk.impls[id(dev)]
         deps = [var_of[id(d)] for d in walk.deps(dev)]
         named = {name: var_of[id(d)] for name, d in (impl.deps or {}).items()}
-        plan.devices.append(PlannedDevice(dev, impl, var_of[id(dev)], deps, named))
+        planned = PlannedDevice(dev, impl, var_of[id(dev)], deps, named)
+        planned.check()
+        plan.devices.append(planned)
     # A part installed as an extra (TLS, the store) is checked now, not at run time.
     check_application(
         [
