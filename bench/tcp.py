@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,76 +315,94 @@ async def looming_with_kernel(sizes: Sizes, offload: bool) -> Column:
     column = Column(name)
     with kernel_peer_namespace() as peer:
         stack = await open_stack(peer, offload)
-        tcp = stack.tcp
-        time_device = UnixTime()
         try:
             progress(f"{name}: flood ping")
             out = await peer.exec_output(
                 "ping", "-q", "-f", "-c", str(sizes.pings), str(STACK_ADDRESS.ip)
             )
             column.values["ping_rtt_us"] = flood_ping_rtt_us(out)
-
             progress(f"{name}: kernel -> looming bulk")
-            done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-            async def sink(flow: TcpFlow) -> None:
-                start = time_device.now_ns()
-                total = 0
-                while chunk := await flow.read():
-                    total += len(chunk)
-                done.set_result(total / ((time_device.now_ns() - start) / 1e9) / 1e6)
-
-            listener = await tcp.listen(6001, sink)
-            source = await peer.python(
-                KERNEL_PROGRAM, "source", str(STACK_ADDRESS.ip), "6001", str(sizes.bulk)
-            )
-            column.values["bulk_in_MBps"] = await asyncio.wait_for(done, 600)
-            await kernel_result(source)
-            await listener.close()
-
+            column.values["bulk_in_MBps"] = await _looming_bulk_in(peer, stack.tcp, sizes)
             progress(f"{name}: looming -> kernel bulk")
-            kernel_sink = await start_kernel(peer, "sink", "5001")
-            flow = await tcp.connect(peer.peer_address, 5001)
-            block = b"\x5a" * (1 << 20)
-            left = sizes.bulk
-            while left > 0:
-                await flow.write(block[: min(left, len(block))])
-                left -= len(block)
-            await flow.shutdown()
-            measured = await kernel_result(kernel_sink)
-            await flow.close()
-            column.values["bulk_out_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
-
+            column.values["bulk_out_MBps"] = await _looming_bulk_out(peer, stack.tcp, sizes)
             progress(f"{name}: echo round trips")
-            echo = await start_kernel(peer, "echo", "5002")
-            flow = await tcp.connect(peer.peer_address, 5002)
-            flow.set_nodelay(True)
-            message = b"e" * 64
-            times = []
-            for _ in range(sizes.echoes):
-                start = time.perf_counter()
-                await flow.write(message)
-                got = 0
-                while got < 64:
-                    got += len(await flow.read())
-                times.append(time.perf_counter() - start)
-            await flow.close()
-            await echo.wait()
+            times = await _looming_echo_times(peer, stack.tcp, sizes)
             column.values["echo_p50_us"] = statistics.median(times) * 1e6
             column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
-
             progress(f"{name}: connections per second")
-            acceptor = await start_kernel(peer, "acceptor", "5003", str(sizes.connections))
-            start = time.perf_counter()
-            for _ in range(sizes.connections):
-                flow = await tcp.connect(peer.peer_address, 5003)
-                await flow.read()
-                await flow.close()
-            column.values["connections_per_s"] = sizes.connections / (time.perf_counter() - start)
-            await acceptor.wait()
+            column.values["connections_per_s"] = await _looming_connections(peer, stack.tcp, sizes)
         finally:
             await stack.disconnect()
     return column
+
+
+async def _looming_bulk_in(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> float:
+    """MB/s the kernel sends to a looming listener."""
+    time_device = UnixTime()
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def sink(flow: TcpFlow) -> None:
+        start = time_device.now_ns()
+        total = 0
+        while chunk := await flow.read():
+            total += len(chunk)
+        done.set_result(total / ((time_device.now_ns() - start) / 1e9) / 1e6)
+
+    listener = await tcp.listen(6001, sink)
+    source = await peer.python(
+        KERNEL_PROGRAM, "source", str(STACK_ADDRESS.ip), "6001", str(sizes.bulk)
+    )
+    rate = await asyncio.wait_for(done, 600)
+    await kernel_result(source)
+    await listener.close()
+    return rate
+
+
+async def _looming_bulk_out(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> float:
+    """MB/s looming sends to a kernel sink, as the sink measured it."""
+    kernel_sink = await start_kernel(peer, "sink", "5001")
+    flow = await tcp.connect(peer.peer_address, 5001)
+    block = b"\x5a" * (1 << 20)
+    left = sizes.bulk
+    while left > 0:
+        await flow.write(block[: min(left, len(block))])
+        left -= len(block)
+    await flow.shutdown()
+    measured = await kernel_result(kernel_sink)
+    await flow.close()
+    return float(measured["bytes"] / measured["seconds"] / 1e6)
+
+
+async def _looming_echo_times(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> list[float]:
+    """Seconds per 64-byte round trip through a kernel echo server."""
+    echo = await start_kernel(peer, "echo", "5002")
+    flow = await tcp.connect(peer.peer_address, 5002)
+    flow.set_nodelay(True)
+    message = b"e" * 64
+    times = []
+    for _ in range(sizes.echoes):
+        start = time.perf_counter()
+        await flow.write(message)
+        got = 0
+        while got < 64:
+            got += len(await flow.read())
+        times.append(time.perf_counter() - start)
+    await flow.close()
+    await echo.wait()
+    return times
+
+
+async def _looming_connections(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> float:
+    """Connections per second looming opens to a kernel acceptor."""
+    acceptor = await start_kernel(peer, "acceptor", "5003", str(sizes.connections))
+    start = time.perf_counter()
+    for _ in range(sizes.connections):
+        flow = await tcp.connect(peer.peer_address, 5003)
+        await flow.read()
+        await flow.close()
+    rate = sizes.connections / (time.perf_counter() - start)
+    await acceptor.wait()
+    return rate
 
 
 # ------------------------------------------------------------------ PyTCP <-> kernel
@@ -538,6 +557,54 @@ def pytcp_available() -> str | None:
     return None
 
 
+def _pytcp_rows(
+    name: str,
+    driver: PytcpDriver,
+    peer: KernelPeer,
+    sizes: Sizes,
+    column: Column,
+    kernel_side: Callable[..., subprocess.Popen[str]],
+) -> None:
+    """Ping, bulk both ways, echo and connections/s of PyTCP with the kernel."""
+    server = str(STACK_ADDRESS.ip)
+    progress(f"{name}: flood ping")
+    out = peer.sh("ping", "-q", "-f", "-c", str(sizes.pings), server, timeout=300)
+    column.values["ping_rtt_us"] = flood_ping_rtt_us(out)
+
+    progress(f"{name}: kernel -> PyTCP bulk ({sizes.pytcp_bulk >> 20} MB)")
+    driver.send("sink 6001")
+    driver.expect(30)  # listening
+    source = kernel_side("source", server, "6001", str(sizes.pytcp_bulk))
+    measured = driver.result(600)
+    result_of(source, 60)
+    column.values["bulk_in_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
+
+    progress(f"{name}: PyTCP -> kernel bulk ({sizes.pytcp_bulk >> 20} MB)")
+    sink = kernel_side("sink", "5001")
+    wait_ready(sink)
+    driver.send(f"source {peer.peer_address} 5001 {sizes.pytcp_bulk}")
+    driver.result(60)
+    measured = result_of(sink, 600)
+    column.values["bulk_out_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
+
+    progress(f"{name}: echo round trips")
+    echo = kernel_side("echo", "5002")
+    wait_ready(echo)
+    driver.send(f"echo-client {peer.peer_address} 5002 {sizes.pytcp_echoes}")
+    times = driver.result(300)["times"]
+    echo.wait(timeout=30)
+    column.values["echo_p50_us"] = statistics.median(times) * 1e6
+    column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
+
+    progress(f"{name}: connections per second")
+    acceptor = kernel_side("acceptor-until-eof", "5003", str(sizes.pytcp_connections))
+    wait_ready(acceptor)
+    driver.send(f"connect-close {peer.peer_address} 5003 {sizes.pytcp_connections}")
+    start = driver.result(300)["start"]
+    last_eof = result_of(acceptor, 60)["last_eof"]
+    column.values["connections_per_s"] = sizes.pytcp_connections / (last_eof - start)
+
+
 def pytcp_with_kernel(sizes: Sizes, notes: list[str]) -> Column:
     name = "PyTCP 2.7.6<->kernel (TAP)"
     column = Column(name)
@@ -545,7 +612,6 @@ def pytcp_with_kernel(sizes: Sizes, notes: list[str]) -> Column:
     if missing is not None:
         notes.append(f"{name}: not run: {missing}")
         return column
-    server = str(STACK_ADDRESS.ip)
     kernel_programs: list[subprocess.Popen[str]] = []
 
     def kernel_side(*args: str) -> subprocess.Popen[str]:
@@ -565,42 +631,7 @@ def pytcp_with_kernel(sizes: Sizes, notes: list[str]) -> Column:
             if driver.expect(30) != "ready":
                 raise RuntimeError("PyTCP did not start")
 
-            progress(f"{name}: flood ping")
-            out = peer.sh("ping", "-q", "-f", "-c", str(sizes.pings), server, timeout=300)
-            column.values["ping_rtt_us"] = flood_ping_rtt_us(out)
-
-            progress(f"{name}: kernel -> PyTCP bulk ({sizes.pytcp_bulk >> 20} MB)")
-            driver.send("sink 6001")
-            driver.expect(30)  # listening
-            source = kernel_side("source", server, "6001", str(sizes.pytcp_bulk))
-            measured = driver.result(600)
-            result_of(source, 60)
-            column.values["bulk_in_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
-
-            progress(f"{name}: PyTCP -> kernel bulk ({sizes.pytcp_bulk >> 20} MB)")
-            sink = kernel_side("sink", "5001")
-            wait_ready(sink)
-            driver.send(f"source {peer.peer_address} 5001 {sizes.pytcp_bulk}")
-            driver.result(60)
-            measured = result_of(sink, 600)
-            column.values["bulk_out_MBps"] = measured["bytes"] / measured["seconds"] / 1e6
-
-            progress(f"{name}: echo round trips")
-            echo = kernel_side("echo", "5002")
-            wait_ready(echo)
-            driver.send(f"echo-client {peer.peer_address} 5002 {sizes.pytcp_echoes}")
-            times = driver.result(300)["times"]
-            echo.wait(timeout=30)
-            column.values["echo_p50_us"] = statistics.median(times) * 1e6
-            column.values["echo_p99_us"] = percentile(times, 0.99) * 1e6
-
-            progress(f"{name}: connections per second")
-            acceptor = kernel_side("acceptor-until-eof", "5003", str(sizes.pytcp_connections))
-            wait_ready(acceptor)
-            driver.send(f"connect-close {peer.peer_address} 5003 {sizes.pytcp_connections}")
-            start = driver.result(300)["start"]
-            last_eof = result_of(acceptor, 60)["last_eof"]
-            column.values["connections_per_s"] = sizes.pytcp_connections / (last_eof - start)
+            _pytcp_rows(name, driver, peer, sizes, column, kernel_side)
             notes.append(
                 f"{name}: connections are closed by PyTCP first and timed until the kernel "
                 "saw the last EOF (PyTCP reuses a port the kernel holds in TIME-WAIT at once)"
