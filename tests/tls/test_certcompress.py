@@ -14,8 +14,8 @@ from tlslite.api import HandshakeSettings, TLSConnection, X509CertChain, parsePE
 
 from looming.tls import AlertDescription, TlsConfig, TlsConnection
 from looming.tls.client import ClientHandshake
-from looming.tls.states import ClientState
 from looming.tls.constants import HandshakeType
+from looming.tls.states import ClientState
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 

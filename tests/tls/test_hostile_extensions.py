@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from looming.tls import AlertDescription, TlsConfig, TlsConnection, TlsError, TlsProtocolError
 from looming.tls.client import ClientHandshake
-from looming.tls.states import ClientState
 from looming.tls.constants import HandshakeType
+from looming.tls.states import ClientState
 from looming.tls.wire import handshake
 from looming.unix.clock import UnixClock
 

@@ -341,7 +341,9 @@ class RecordLayer:
             )
         return inner_type, plaintext
 
-    def open_application_data13(self, data: bytes | bytearray = b"") -> tuple[list[bytes], bool]:
+    def open_application_data13(  # noqa: PLR0915  (one pass: no call per record, see README)
+        self, data: bytes | bytearray = b""
+    ) -> tuple[list[bytes], bool]:
         """Feed ``data``, then open the TLS 1.3 application data records in
         the received bytes in one pass (once the handshake is complete): their
         contents (none for empty records), and whether :meth:`next_record` has
