@@ -120,10 +120,19 @@ class TcpSender(LossRecovery):
         self._emit(ACK, self.snd_una - 1, b"", now, resent=True)
 
     def _on_persist(self, now: int) -> None:
-        if self.snd_wnd > 0 or self.state not in SENDING or not self._has_unsent():
+        if self.state not in SENDING or not self._has_unsent() or self.snd_max > self.snd_una:
             self.persist_backoff = 0
             return
-        self._send_window_probe(now)
+        if self.snd_wnd > 0:
+            # The window is open but smaller than silly-window avoidance
+            # sends into, and nothing is in flight to bring an ACK that
+            # widens it (its update may have been lost): the override
+            # timeout of RFC 9293 3.8.6.2.1 sends what fits.
+            self._output(now, override_sws=True)
+            if self.snd_max > self.snd_una:
+                return
+        else:
+            self._send_window_probe(now)
         self.persist_backoff = min(self.persist_backoff + 1, 16)
         self._arm_persist(now)
 
@@ -163,7 +172,7 @@ class TcpSender(LossRecovery):
             budget = max(budget, mss)
         return budget
 
-    def _output(self, now: int, *, force_one: bool = False) -> None:
+    def _output(self, now: int, *, force_one: bool = False, override_sws: bool = False) -> None:
         """Send lost segments again, then new data, as far as the windows,
         Nagle and silly-window avoidance allow."""
         if self.state not in SENDING:
@@ -188,7 +197,7 @@ class TcpSender(LossRecovery):
                     break  # beyond the window: the persist or RTO timer will come back
                 budget -= resent
                 continue
-            sent = self._send_new(now, budget)
+            sent = self._send_new(now, budget, override_sws=override_sws)
             if sent <= 0:
                 break
             budget -= sent
@@ -206,10 +215,12 @@ class TcpSender(LossRecovery):
                 self.rto_at = now + (self.rtt.rto // 8 if early else self.rtt.rto)
             self.persist_at = None
             self._arm_tail_loss_probe(now)
-        elif self.snd_wnd == 0 and self._has_unsent() and self.persist_at is None:
+        elif self._has_unsent() and self.persist_at is None:
+            # Held back with nothing in flight: by a zero window, or by one
+            # too small to send into; the persist timer comes back for it.
             self._arm_persist(now)
 
-    def _send_new(self, now: int, budget: int) -> int:
+    def _send_new(self, now: int, budget: int, *, override_sws: bool = False) -> int:
         """Send one packet of new data (or the FIN) within ``budget``;
         returns the sequence space it took, 0 when nothing may go."""
         seq = self.snd_max
@@ -229,7 +240,7 @@ class TcpSender(LossRecovery):
         elif room < length:
             # Sender silly-window avoidance: a window-limited partial
             # segment only when it is at least half the peer's largest window.
-            if room <= 0 or room < self.max_snd_wnd // 2:
+            if room <= 0 or (room < self.max_snd_wnd // 2 and not override_sws):
                 return 0
             length = room
         elif (
