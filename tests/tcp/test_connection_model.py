@@ -283,4 +283,4 @@ class ConnectionPair(RuleBasedStateMachine):
 
 
 TestConnectionPair = ConnectionPair.TestCase
-TestConnectionPair.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
+TestConnectionPair.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
