@@ -411,3 +411,18 @@ def test_branches_with_slashes_in_the_api(disk_repo: Repo) -> None:
         # anonymous_read opens scratch/* too (its rule says nothing of anonymous)
         assert call(port, "PUT", "/api/scratch%2Fx/set/k", b"w")[0] == 401
     assert disk_repo.store("scratch/x").get("k") == b"v"
+
+
+def test_a_server_fault_in_a_git_request_is_not_blamed_on_the_peer(
+    disk_repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import looming.store.http as store_http
+
+    def missing_module(*args: object) -> object:
+        raise ModuleNotFoundError("No module named 'concurrent.futures.thread'")
+
+    monkeypatch.setattr(store_http, "git_app", missing_module)
+    with serving(disk_repo) as (port, handler):
+        status, _ = call(port, "GET", "/info/refs?service=git-upload-pack", b"", basic())
+        assert status == 500
+        assert handler.bad_git_requests == 0

@@ -191,8 +191,8 @@ class StoreHttp:
         except BodyTooLarge as error:
             self.bad_git_requests += 1
             return Response(413, [TEXT_TYPE], f"{error}\n".encode())
-        except (LoomingError, KeyError):
-            raise
+        except (LoomingError, KeyError, ImportError, MemoryError):
+            raise  # ours, not the peer's: answered as a server error
         except Exception as error:  # a peer's bad Git request: counted and refused
             self.bad_git_requests += 1
             return Response(400, [TEXT_TYPE], f"bad Git request: {error}\n".encode())
