@@ -145,7 +145,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # reaped between the signal and the read
+    return "State:\tZ" not in status
 
 
 def segments_of(pids: list[int]) -> list[str]:
