@@ -30,16 +30,24 @@ def _start(app: Path, *keys: str) -> subprocess.Popen[str]:
 
 
 def _qemu_of(pid: int) -> int:
-    """The qemu process ``looming run`` (pid) started."""
+    """The qemu process ``looming run`` (pid) started.
+
+    Right after the fork the child is not qemu yet (its command line is the
+    launcher's, or empty while it execs): wait until it is."""
     deadline = time.monotonic() + 20
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    while not children and time.monotonic() < deadline:
-        time.sleep(0.05)
+    seen: list[tuple[str, bytes]] = []
+    while time.monotonic() < deadline:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    command = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")[0]
-    assert b"qemu-system-" in command, command
-    return int(children[0])
+        for child in children:
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]
+            except FileNotFoundError:
+                continue
+            if b"qemu-system-" in command:
+                return int(child)
+            seen.append((child, command))
+        time.sleep(0.05)
+    raise AssertionError(f"looming run {pid} started no qemu within 20 s: {seen[-5:]}")
 
 
 def _wait_for_greeting(run: subprocess.Popen[str]) -> None:
