@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 from looming.devices.flow import Flow
@@ -29,6 +30,9 @@ Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
+
+PATHSEND_CHUNK = 256 * 1024
+"""How much of a file sent with ``http.response.pathsend`` is read at a time."""
 
 
 class LifespanFailed(LoomingError):
@@ -213,36 +217,72 @@ class _AppBody:
         self.bytes_sent = 0
         self.trailers: list[tuple[bytes, bytes]] | None = None
         """Set when the application announced trailers (``trailers: True``)."""
+        self._file: BinaryIO | None = None
 
     def __aiter__(self) -> _AppBody:
         return self
 
     async def __anext__(self) -> bytes:
-        while not self._finished:
+        while not self._finished or self._file is not None:
+            if self._file is not None:
+                chunk = await self._file_chunk()
+                if chunk:
+                    return chunk
+                continue
             message = self._next if self._next is not None else await self._outbox.get()
             self._next = None
-            kind = message.get("type")
-            if kind == "http.response.body":
-                if not message.get("more_body", False) and self.trailers is None:
-                    self._finish()
-                chunk = message.get("body", b"")
-                if chunk:
-                    self.bytes_sent += len(chunk)
-                    return bytes(chunk)
-            elif kind == "http.response.trailers" and self.trailers is not None:
-                self.trailers.extend(
-                    (bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())
-                )
-                if not message.get("more_trailers", False):
-                    self._finish()
-            elif message is _GONE:
-                raise ClientDisconnected("the client went away during the response")
-            else:
-                self._finish()
+            chunk = await self._take(message)
+            if chunk:
+                self.bytes_sent += len(chunk)
+                return chunk
         # An application error here propagates: the server then drops the
         # connection, so the client sees a truncated body, not a complete one.
         await self._task
         raise StopAsyncIteration
+
+    async def take_first(self) -> None:
+        """Act on the first message now (it carries no body bytes)."""
+        first, self._next = self._next, None
+        if first is not None:
+            await self._take(first)
+
+    async def _take(self, message: Message) -> bytes:
+        """Act on one response message; the body bytes it carries, if any."""
+        kind = message.get("type")
+        if kind == "http.response.body":
+            if not message.get("more_body", False) and self.trailers is None:
+                self._finish()
+            return bytes(message.get("body", b""))
+        if kind == "http.response.pathsend" and self.trailers is None:
+            # The file is the rest of the body (ASGI's pathsend extension).
+            # It is opened and read off the event loop, in large pieces.
+            self._file = await asyncio.to_thread(open, os.fspath(message["path"]), "rb")
+            self._finish()
+        elif kind == "http.response.trailers" and self.trailers is not None:
+            self.trailers.extend(
+                (bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())
+            )
+            if not message.get("more_trailers", False):
+                self._finish()
+        elif message is _GONE:
+            raise ClientDisconnected("the client went away during the response")
+        else:
+            self._finish()
+        return b""
+
+    async def _file_chunk(self) -> bytes:
+        """The next piece of a pathsend file; b"" (and the file closed) at its end."""
+        assert self._file is not None
+        chunk = await asyncio.to_thread(self._file.read, PATHSEND_CHUNK)
+        if not chunk:
+            self._close_file()
+        self.bytes_sent += len(chunk)
+        return chunk
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _finish(self) -> None:
         self._finished = True
@@ -251,6 +291,7 @@ class _AppBody:
 
     async def aclose(self) -> None:
         self._finished = True
+        self._close_file()
         self._outbox.response_finished()
         self._response_done.set()
         if not self._task.done():
@@ -317,7 +358,7 @@ class AsgiAdapter:
             "client": request.client,
             "server": request.server,
             "state": dict(self.state),
-            "extensions": {"http.response.trailers": {}},
+            "extensions": {"http.response.trailers": {}, "http.response.pathsend": {}},
         }
 
     def _receiver(self, request: Request, ended: asyncio.Event) -> Receive:
@@ -396,6 +437,13 @@ class AsgiAdapter:
                     # Starlette re-raises after sending its 500 page) is logged.
                     log.exception("ASGI application failed after responding")
                 return Response(status, headers, bytes(first.get("body", b"")))
+            body = _AppBody(first, outbox, task, ended)
+            if trailers:
+                body.trailers = []
+            if first.get("type") == "http.response.pathsend":
+                # Open the file now: one that cannot be opened is the
+                # server's 500, before any byte of the response is sent.
+                await body.take_first()
         except BaseException:
             ended.set()
             outbox.response_finished()
@@ -404,9 +452,6 @@ class AsgiAdapter:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             raise
-        body = _AppBody(first, outbox, task, ended)
-        if trailers:
-            body.trailers = []
         return Response(status, headers, body)
 
     async def serve_websocket(self, request: Request, flow: Flow, leftover: bytes) -> None:
