@@ -284,6 +284,7 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
         "options": options,
         "keys": {k: str(v) for k, v in overrides.items()},
         "crunch": [list(c) for d in plan.devices for c in d.impl.crunch],
+        "served_folders": [f for d in plan.devices for f in d.impl.served_folders],
         "packages": list(plan.unikernel.packages),
         "job_modules": sorted({pj.job.module for pj in plan.jobs}),
     }
@@ -340,6 +341,7 @@ def _state(app_dir: Path) -> dict[str, Any]:
 def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
     if args.refresh:
         os.environ["LOOMING_REFRESH"] = "1"  # read by looming.vm.packages
+    from looming.config.build import folder_notices
     from looming.config.targets import get_target
 
     state = _state(app_dir)
@@ -352,6 +354,9 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"building {state['unikernel']} for {target.name} ...", flush=True)
     crunch = [(str(name), str(folder)) for name, folder in state["crunch"]]
+    notices = folder_notices(
+        app_dir, [folder for _, folder in crunch] + list(state.get("served_folders", []))
+    )
     report = target.build(app_dir, state["unikernel"], main_py, crunch)
     elapsed = time.perf_counter() - started
     if args.quiet:
@@ -367,6 +372,8 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
     )
     if report.external:
         print(f"  uses installed packages with compiled code: {', '.join(report.external)}")
+    for notice in notices:
+        print(f"  {notice}")
     return 0
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from looming.errors import ConfigError
-from looming.unix.kv import MANIFEST_DIR, crunch_manifest
+from looming.unix.kv import MANIFEST_DIR, crunch_manifest, survey_folder
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 SHEBANG = b"#!/usr/bin/env python3\n"
@@ -437,6 +437,23 @@ def _check_packages(packages: list[str], app_dir: Path) -> None:
                 "stdlib": "is in the standard library, which the host provides",
             }.get(kind, "is not a module name")
             raise ConfigError(f"register(packages=[...]): {name!r} {why}; remove it or fix it")
+
+
+def folder_notices(app_dir: Path, folders: list[str]) -> list[str]:
+    """Check the kv_ro folders a build serves; a line for each that leaves
+    something out (hidden entries, links leading outside, FIFOs and the like).
+
+    A missing folder is an error: the unikernel could not start without it.
+    """
+    notices = []
+    for dirname in folders:
+        folder = app_dir / dirname
+        if not folder.is_dir():
+            raise ConfigError(f"kv_ro folder {dirname}/ does not exist; create it or fix config.py")
+        left_out = survey_folder(folder).left_out()
+        if left_out:
+            notices.append(f"kv_ro {dirname}/ will not serve {left_out}")
+    return notices
 
 
 def _crunch_entries(app_dir: Path, crunch: list[tuple[str, str]]) -> tuple[dict[str, bytes], int]:

@@ -78,6 +78,8 @@ class Impl:
     deps: Mapping[str, Device] | None = None
     keys: Sequence[KeyDecl] = ()
     crunch: Sequence[tuple[str, str]] = ()
+    served_folders: Sequence[str] = ()
+    """Folders of the application read in place at run time (checked at build)."""
     summary: str = ""
 
     @property

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ class DirectoryKv:
             raise KeyNotFound(key)
         if path.is_dir():
             raise NotAValue(f"{key!r} is a dictionary, not a value")
+        if not path.is_file():
+            # A FIFO, socket or device: reading it could block for ever.
+            raise KeyNotFound(key)
         return path
 
     async def exists(self, key: str) -> EntryKind | None:
@@ -330,17 +334,88 @@ def _running_archive() -> str | None:
     return archive if isinstance(archive, str) else None
 
 
+@dataclass
+class FolderSurvey:
+    """What a kv_ro folder holds, as the server will see it."""
+
+    served: list[tuple[str, Path]]
+    """Regular files inside the folder: (relative name, path)."""
+    hidden: list[str]
+    """Entries whose name starts with ``.`` (their contents are not listed)."""
+    outside: list[str]
+    """Symbolic links leading out of the folder."""
+    unusable: list[str]
+    """Broken links, FIFOs, sockets, devices and unreadable files, with why."""
+
+    def left_out(self) -> str:
+        """One line naming what will not be served, or ``""``."""
+        parts = []
+        for what, names in (
+            ("hidden", self.hidden),
+            ("leading outside the folder", self.outside),
+            ("unusable", self.unusable),
+        ):
+            if names:
+                shown = ", ".join(names[:5]) + (
+                    f" and {len(names) - 5} more" if len(names) > 5 else ""
+                )
+                parts.append(f"{len(names)} {what} ({shown})")
+        return "; ".join(parts)
+
+
+def _unusable(path: Path) -> str | None:
+    """Why ``path`` (not a folder) cannot be served; ``None`` if it can."""
+    if path.is_symlink() and not path.exists():
+        return "a broken link"
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return e.strerror or "cannot be read"
+    if stat.S_ISDIR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "not readable"
+    return None
+
+
+def survey_folder(folder: Path) -> FolderSurvey:
+    """Sort the entries of ``folder`` into served, hidden, outside and unusable.
+
+    Links to folders are not followed (as ``rglob`` does not); a link to a
+    file inside the folder is served, one leading outside is not.
+    """
+    root = folder.resolve()
+    survey = FolderSurvey([], [], [], [])
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        names = rel.split("/")
+        if any(name.startswith(".") for name in names):
+            if names[-1].startswith(".") and not any(n.startswith(".") for n in names[:-1]):
+                survey.hidden.append(rel + ("/" if path.is_dir() else ""))
+            continue
+        if path.is_symlink() and path.exists() and not path.resolve().is_relative_to(root):
+            survey.outside.append(rel)
+            continue
+        why = _unusable(path)
+        if why is not None:
+            survey.unusable.append(f"{rel}: {why}")
+        elif not path.is_dir():
+            survey.served.append((rel, path))
+    return survey
+
+
 def crunch_manifest(folder: Path) -> tuple[dict[str, object], list[tuple[str, Path]]]:
     """The manifest and (relative name, file) pairs for crunching ``folder``.
 
-    Hidden files (starting with ``.``) are left out, like a web server would.
+    Only what :func:`survey_folder` finds servable is packed: hidden entries,
+    links leading outside the folder, and anything but a regular file are
+    left out, as the server leaves them out when reading a folder in place.
     """
     files: dict[str, object] = {}
     pairs: list[tuple[str, Path]] = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_dir() or any(p.startswith(".") for p in rel.split("/")):
-            continue
+    for rel, path in survey_folder(folder).served:
         data = path.read_bytes()
         files[rel] = {
             "size": len(data),

@@ -85,6 +85,7 @@ def kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
             "looming.unix.kv:DirectoryKv.connect",
             args=[_kv_ro_direct_path(dirname)],
             awaited=True,
+            served_folders=[dirname],
             summary=f"folder {dirname}/",
         )
     return Impl(
