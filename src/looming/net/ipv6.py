@@ -12,27 +12,40 @@ nobody should send any more (RFC 8021), are counted and dropped).
 
 Errors sent: destination unreachable (UDP's port unreachable), rate
 limited. Errors taken: Packet Too Big, which lowers the path MTU (and TCP's
-MSS) for its destination (RFC 8201). Not here yet: routers and SLAAC,
-duplicate address detection, MLD reports, the other ICMPv6 errors.
+MSS) for its destination (RFC 8201).
+
+Addresses: the link-local one (taken as unique: it comes from the MAC),
+static ones with their on-link prefix and a static gateway
+(:meth:`Ipv6Layer.add_address`), and with ``autoconf`` those of
+``net/slaac.py``: Router Solicitations at :meth:`Ipv6Layer.start`, Router
+Advertisements giving default routers, on-link prefixes, the MTU and DNS
+servers, and addresses from autonomous prefixes after duplicate address
+detection (a probe from ::, one second without an answer).  Each
+solicited-node group joined is announced by an MLDv2 report, and MLD
+queries are answered.  A destination neither link-local, nor multicast,
+nor on an on-link prefix goes to a default router (RFC 4861 5.2); without
+one it is unreachable (RFC 4943: never assumed on-link).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 
 from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.time import Time
-from looming.errors import ConnectionTimeout, Malformed
+from looming.errors import ConnectionTimeout, Malformed, NoRoute
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, Solicitation
 from looming.net.reassembly import Reassembler
-from looming.net.wire import icmpv6, ndp
+from looming.net.slaac import Action, Assign, Autoconf, Remove, SolicitRouters, StartDad
+from looming.net.wire import icmpv6, mld, ndp
 from looming.net.wire import ipv6 as wire
 from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
 from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader
@@ -46,6 +59,12 @@ _MAX_PATH_MTUS = 1024
 
 PathMtuListener = Callable[[IPv6Address], None]
 """Called with a destination whose path MTU was just lowered."""
+
+AddressListener = Callable[[IPv6Address, bool], None]
+"""Called with an address autoconfiguration assigned (True) or removed (False)."""
+
+log = logging.getLogger(__name__)
+_ANY_GLOBAL = IPv6Address("2000::")  # a destination for which source_for picks a global address
 
 
 class Ipv6Layer:
@@ -62,7 +81,11 @@ class Ipv6Layer:
         settings: NeighbourSettings | None = None,
         hop_limit: int = 64,
         reassembler: Reassembler | None = None,
+        autoconf: bool = False,
+        secret: bytes | None = None,
     ) -> None:
+        """``autoconf`` runs router discovery and SLAAC; its RFC 7217
+        ``secret`` comes from ``random`` unless given."""
         self._ethernet = ethernet
         self._time = time
         # RFC 7739: fragment identifications others cannot predict.
@@ -89,6 +112,16 @@ class Ipv6Layer:
         self.errors_per_second = 1000
         self._error_tokens = float(self.error_burst)
         self._error_refilled_ns = time.now_ns()
+        self._random = random
+        self._static_on_link: set[IPv6Network] = set()
+        self.gateway: IPv6Address | None = None
+        self.autoconf: Autoconf | None = None
+        if autoconf:
+            key = secret if secret is not None else random.bytes(16)
+            self.autoconf = Autoconf(key, bytes(ethernet.mac), link_mtu=ethernet.mtu)
+        self._autoconf_timer: asyncio.TimerHandle | None = None
+        self._address_listeners: list[AddressListener] = []
+        self._address_waiters: list[asyncio.Future[None]] = []
         self.add_address(self.link_local)
         ethernet.register(EthernetProtocol.IPV6, self._on_frame)
 
@@ -97,14 +130,46 @@ class Ipv6Layer:
     def addresses(self) -> list[IPv6Address]:
         return list(self._addresses)
 
-    def add_address(self, address: IPv6Address) -> None:
+    def add_address(self, address: IPv6Address, prefix_length: int | None = None) -> None:
         """Answer for ``address`` too (a static address: no duplicate
-        address detection is run)."""
+        address detection is run); ``prefix_length`` makes its prefix
+        on-link."""
         if address.is_multicast or address.is_unspecified:
             raise ValueError(f"{address} cannot be an interface address")
+        if prefix_length is not None:
+            self._static_on_link.add(IPv6Network((address, prefix_length), strict=False))
         if address not in self._addresses:
             self._addresses.append(address)
-            self._accepted.update((address, wire.solicited_node(address)))
+            self._recompute_accepted()
+
+    def remove_address(self, address: IPv6Address) -> None:
+        if address in self._addresses and address != self.link_local:
+            self._addresses.remove(address)
+        self._recompute_accepted()
+
+    def _recompute_accepted(self) -> None:
+        """All-nodes, our addresses and the solicited-node groups of those
+        and of the tentative ones (whose probes must reach us)."""
+        tentative = list(self.autoconf.addresses) if self.autoconf is not None else []
+        accepted = {wire.ALL_NODES, *self._addresses}
+        accepted.update(wire.solicited_node(a) for a in (*self._addresses, *tentative))
+        self._accepted = accepted
+
+    def set_gateway(self, gateway: IPv6Address | None) -> None:
+        """A static default router (used when no advertised one is alive)."""
+        if gateway is not None and (gateway.is_multicast or gateway.is_unspecified):
+            raise ValueError(f"{gateway} cannot be a gateway")
+        self.gateway = gateway
+
+    def watch_addresses(self, listener: AddressListener) -> None:
+        """Call ``listener`` when autoconfiguration assigns or removes an address."""
+        self._address_listeners.append(listener)
+
+    def dns_servers(self) -> list[IPv6Address]:
+        """Recursive DNS servers from Router Advertisements (RFC 8106)."""
+        if self.autoconf is None:
+            return []
+        return self.autoconf.current_dns_servers(self._now())
 
     def register(self, protocol: int, handler: Ipv6Handler) -> None:
         """Deliver payloads whose upper-layer protocol is ``protocol``."""
@@ -114,6 +179,8 @@ class Ipv6Layer:
         """The largest payload of one packet to ``destination``: the link's,
         or less when a Packet Too Big said so (RFC 8201)."""
         link = self._ethernet.mtu
+        if self.autoconf is not None and self.autoconf.mtu is not None:
+            link = min(link, self.autoconf.mtu)
         if self._path_mtu:
             entry = self._path_mtu.get(destination)
             if entry is not None:
@@ -131,7 +198,28 @@ class Ipv6Layer:
         and multicast destinations, else the first other address we hold."""
         if destination.is_link_local or destination.is_multicast:
             return self.link_local
-        return next((a for a in self._addresses if not a.is_link_local), self.link_local)
+        deprecated = set(self.autoconf.deprecated()) if self.autoconf is not None else set()
+        candidates = [a for a in self._addresses if not a.is_link_local]
+        # RFC 6724 rule 3: a deprecated address only when nothing else is left.
+        candidates.sort(key=lambda a: a in deprecated)
+        return candidates[0] if candidates else self.link_local
+
+    def next_hop(self, destination: IPv6Address) -> IPv6Address | None:
+        """Whom to hand a packet for ``destination`` (RFC 4861 5.2): itself
+        when on-link, else a default router; None when unreachable."""
+        if destination.is_link_local or destination.is_multicast:
+            return destination
+        now = self._now()
+        if any(destination in prefix for prefix in self._static_on_link):
+            return destination
+        autoconf = self.autoconf
+        if autoconf is not None:
+            if autoconf.is_on_link(destination, now):
+                return destination
+            router = autoconf.default_router(now)
+            if router is not None:
+                return router
+        return self.gateway
 
     # -- receiving -----------------------------------------------------------------
 
@@ -253,6 +341,10 @@ class Ipv6Layer:
             self._on_solicitation(packet, message)
         elif isinstance(message, ndp.NeighborAdvertisement):
             self._on_advertisement(message)
+        elif isinstance(message, ndp.RouterAdvertisement):
+            self._on_router_advertisement(packet, message)
+        elif header.type == Icmpv6Type.MULTICAST_LISTENER_QUERY:
+            self._on_listener_query(packet, header, body)
         else:
             counters["icmpv6_ignored"] += 1
 
@@ -298,6 +390,13 @@ class Ipv6Layer:
         self, packet: ReceivedPacket[IPv6Address], message: ndp.NeighborSolicitation
     ) -> None:
         counters = self.counters
+        if self.autoconf is not None and self.autoconf.is_tentative(message.target):
+            if packet.source.is_unspecified:
+                # Another node is checking the same address (RFC 4862 5.4.3).
+                self._duplicate(message.target)
+            else:
+                counters["solicit_for_tentative"] += 1
+            return
         if message.target not in self._addresses:
             counters["solicit_not_ours"] += 1
             return
@@ -318,6 +417,9 @@ class Ipv6Layer:
         self._send(destination, NextHeader.ICMPV6, payload, source=message.target, hop_limit=255)
 
     def _on_advertisement(self, message: ndp.NeighborAdvertisement) -> None:
+        if self.autoconf is not None and self.autoconf.is_tentative(message.target):
+            self._duplicate(message.target)  # RFC 4862 5.4.4
+            return
         if message.target in self._addresses:
             # Someone else claims our address: log-worthy, never believed.
             self.counters["advert_for_our_address"] += 1
@@ -331,6 +433,144 @@ class Ipv6Layer:
             now=self._now(),
         )
         self._transmit_all(released)
+
+    def _on_router_advertisement(
+        self, packet: ReceivedPacket[IPv6Address], message: ndp.RouterAdvertisement
+    ) -> None:
+        if self.autoconf is None:
+            self.counters["router_advert_ignored"] += 1
+            return
+        mac = ndp.source_mac(message)
+        if mac is not None:
+            self._transmit_all(self.neighbours.solicited_by(packet.source, mac, self._now()))
+        self._run(self.autoconf.on_advertisement(packet.source, message, self._now()))
+        if self.autoconf.hop_limit is not None:
+            self.hop_limit = self.autoconf.hop_limit
+
+    def _on_listener_query(
+        self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, body: memoryview
+    ) -> None:
+        """An MLD query (RFC 3810 6.2): report the groups asked about that we
+        listen to (all-nodes is never reported)."""
+        try:
+            query = mld.decode(header, body, packet.source)
+        except Malformed:
+            self.counters["mld_malformed"] += 1
+            return
+        if not isinstance(query, mld.Query) or packet.hop_limit != mld.HOP_LIMIT:
+            self.counters["mld_malformed"] += 1
+            return
+        self.counters["rx_listener_query"] += 1
+        groups = self._groups()
+        if not query.group.is_unspecified:
+            groups = [g for g in groups if g == query.group]
+        if groups:
+            records = tuple(mld.AddressRecord(mld.RecordType.MODE_IS_EXCLUDE, g) for g in groups)
+            self._report(mld.Report(records))
+
+    def _groups(self) -> list[IPv6Address]:
+        return sorted(a for a in self._accepted if a.is_multicast and a != wire.ALL_NODES)
+
+    # -- autoconfiguration ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce our groups and, with autoconfiguration, solicit routers
+        (after a random delay of up to a second, RFC 4861 6.3.7)."""
+        self._report(mld.join(self._groups()))
+        if self.autoconf is not None:
+            delay = self._random.randint(0, 1_000_000_000)
+            self._run(self.autoconf.start(self._now(), delay))
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SolicitRouters):
+                self._solicit_routers()
+            elif isinstance(action, StartDad):
+                self._recompute_accepted()
+                self._report(mld.join([wire.solicited_node(action.address)]))
+                self._probe(action.address)
+            elif isinstance(action, Assign):
+                log.info("IPv6: %s assigned by autoconfiguration", action.address)
+                self.add_address(action.address)
+                self._tell(action.address, True)
+            elif isinstance(action, Remove):
+                was_ours = action.address in self._addresses
+                self.remove_address(action.address)
+                if was_ours:
+                    self._tell(action.address, False)
+        self._arm_autoconf()
+
+    def _tell(self, address: IPv6Address, assigned: bool) -> None:
+        if assigned:
+            for waiter in self._address_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        for listener in self._address_listeners:
+            listener(address, assigned)
+
+    def _duplicate(self, address: IPv6Address) -> None:
+        assert self.autoconf is not None
+        log.warning("IPv6: %s is already in use on the link; not using it", address)
+        self.counters["dad_duplicate"] += 1
+        self._run(self.autoconf.duplicate(address, self._now()))
+
+    def _arm_autoconf(self) -> None:
+        if self.autoconf is None:
+            return
+        deadline = self.autoconf.next_deadline_ns()
+        if self._autoconf_timer is not None:
+            self._autoconf_timer.cancel()
+            self._autoconf_timer = None
+        if deadline is not None:
+            delay = max(deadline - self._now(), 0) / 1e9
+            self._autoconf_timer = asyncio.get_running_loop().call_later(
+                delay, self._on_autoconf_timer
+            )
+
+    def _on_autoconf_timer(self) -> None:
+        self._autoconf_timer = None
+        if self.autoconf is not None:
+            self._run(self.autoconf.on_timer(self._now()))
+
+    def _solicit_routers(self) -> None:
+        message = ndp.RouterSolicitation((ndp.SourceLinkLayerAddress(self._ethernet.mac),))
+        destination = wire.ALL_ROUTERS
+        payload = ndp.emit(message, self.link_local, destination)
+        self.counters["tx_router_solicit"] += 1
+        self._send(destination, NextHeader.ICMPV6, payload, source=self.link_local, hop_limit=255)
+
+    def _probe(self, tentative: IPv6Address) -> None:
+        """Duplicate address detection's solicitation: from ::, to the
+        solicited-node group, no link-layer option (RFC 4862 5.4.2)."""
+        destination = wire.solicited_node(tentative)
+        unspecified = IPv6Address(0)
+        payload = ndp.emit(ndp.NeighborSolicitation(tentative), unspecified, destination)
+        self.counters["tx_dad_probe"] += 1
+        self._send(destination, NextHeader.ICMPV6, payload, source=unspecified, hop_limit=255)
+
+    def _report(self, report: mld.Report) -> None:
+        """An MLDv2 report (RFC 3810 5.2) from our link-local address."""
+        if not report.records:
+            return
+        self.counters["tx_listener_report"] += 1
+        packet = mld.emit_packet(report, self.link_local)
+        self._transmit(wire.multicast_mac(wire.ALL_MLDV2_ROUTERS), packet)
+
+    async def wait_for_address(self, timeout: float) -> IPv6Address:
+        """The first address that is not link-local, once there is one
+        (raises ConnectionTimeout after ``timeout`` seconds)."""
+        found = self.source_for(_ANY_GLOBAL)
+        if not found.is_link_local:
+            return found
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._address_waiters.append(future)
+        try:
+            if not await wait_until_done(future, self._time, timeout):
+                raise ConnectionTimeout(f"no IPv6 address beyond link-local in {timeout} s")
+        finally:
+            if future in self._address_waiters:
+                self._address_waiters.remove(future)
+        return self.source_for(_ANY_GLOBAL)
 
     # -- sending ---------------------------------------------------------------------
 
@@ -349,7 +589,11 @@ class Ipv6Layer:
     ) -> None:
         """Send one packet; never waits for address resolution (a packet for
         a neighbour being resolved waits in its queue). ``traffic_class`` is
-        the DSCP and ECN byte (RFC 3168: 2 is ECT(0))."""
+        the DSCP and ECN byte (RFC 3168: 2 is ECT(0)). Raises NoRoute when
+        the destination is off-link and no router is known."""
+        if self.next_hop(destination) is None:
+            self.counters["no_route"] += 1
+            raise NoRoute(f"{destination} is not on-link and no IPv6 router is known")
         self._send(
             destination,
             protocol,
@@ -384,8 +628,12 @@ class Ipv6Layer:
             for packet in packets:
                 self._transmit(wire.multicast_mac(destination), packet)
             return
+        hop = self.next_hop(destination)
+        if hop is None:
+            self.counters["no_route"] += 1
+            return
         for packet in packets:
-            mac, solicitation = self.neighbours.send(destination, packet, self._now())
+            mac, solicitation = self.neighbours.send(hop, packet, self._now())
             if solicitation is not None:
                 self._solicit(solicitation)
             if mac is not None:
@@ -520,6 +768,9 @@ class Ipv6Layer:
         return (self._now() - started) / 1e9
 
     async def stop(self) -> None:
+        if self._autoconf_timer is not None:
+            self._autoconf_timer.cancel()
+            self._autoconf_timer = None
         if self._reassembly_timer is not None:
             self._reassembly_timer.cancel()
             self._reassembly_timer = None

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sys
 from collections import Counter
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import TYPE_CHECKING
 
 from looming.devices.clock import Clock
@@ -54,6 +54,10 @@ class DirectStack:
         memory_limit: int | None = None,
         congestion_control: str = "cubic",
         ipv6: bool = False,
+        ipv6_address: IPv6Interface | None = None,
+        ipv6_gateway: IPv6Address | None = None,
+        slaac: bool = True,
+        slaac_secret: bytes | None = None,
     ) -> None:
         self.network = network
         self.time = time
@@ -66,7 +70,9 @@ class DirectStack:
         )
         self.icmp = IcmpLayer(self.ipv4, time, random)
         # IPv6 (link-local, neighbour discovery, echo, UDP) when asked for.
-        self.ipv6 = Ipv6Layer(self.ethernet, time, random) if ipv6 else None
+        self.ipv6 = (
+            self._make_ipv6(ipv6_address, ipv6_gateway, slaac, slaac_secret) if ipv6 else None
+        )
         self._udp = UdpLayer(self.ipv4, random, icmp=self.icmp, ipv6=self.ipv6)
         self._tcp = TcpLayer(
             self.ipv4,
@@ -83,6 +89,20 @@ class DirectStack:
         self.lease: DhcpLease | None = None
         self._resolver: DnsResolver | None = None
         self._listen_task: asyncio.Task[None] | None = None
+
+    def _make_ipv6(
+        self,
+        address: IPv6Interface | None,
+        gateway: IPv6Address | None,
+        slaac: bool,
+        secret: bytes | None,
+    ) -> Ipv6Layer:
+        layer = Ipv6Layer(self.ethernet, self.time, self.random, autoconf=slaac, secret=secret)
+        if address is not None:
+            layer.add_address(address.ip, address.network.prefixlen)
+        layer.set_gateway(gateway)
+        layer.watch_addresses(_report_ipv6_address)
+        return layer
 
     @classmethod
     async def connect(
@@ -101,6 +121,10 @@ class DirectStack:
         memory_limit: int | None = None,
         congestion_control: str = "cubic",
         ipv6: bool = False,
+        ipv6_address: IPv6Interface | None = None,
+        ipv6_gateway: IPv6Address | None = None,
+        slaac: bool = True,
+        slaac_secret: bytes | None = None,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
@@ -112,8 +136,14 @@ class DirectStack:
         0: no limit); what they turn away is counted (see :meth:`counters`).
         ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.
         ``ipv6`` adds an IPv6 layer with a link-local address (neighbour
-        discovery, echo, fragments, UDP and TCP).
+        discovery, echo, fragments, UDP and TCP), a static ``ipv6_address``
+        (its prefix on-link) and ``ipv6_gateway`` if given, and with
+        ``slaac`` router discovery and addresses from advertised prefixes
+        (RFC 4862; ``slaac_secret`` is the RFC 7217 key, drawn from
+        ``random`` when not given). Connecting does not wait for them.
         """
+        if not ipv6 and (ipv6_address is not None or ipv6_gateway is not None):
+            raise ValueError("an IPv6 address or gateway needs ipv6=True")
         if max_connections is not None and max_connections < 0:
             raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
         if memory_limit is not None and memory_limit < 0:
@@ -133,6 +163,10 @@ class DirectStack:
             memory_limit=memory_limit or None,
             congestion_control=congestion_control,
             ipv6=ipv6,
+            ipv6_address=ipv6_address,
+            ipv6_gateway=ipv6_gateway,
+            slaac=slaac,
+            slaac_secret=slaac_secret,
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)
@@ -142,6 +176,8 @@ class DirectStack:
         await asyncio.sleep(0)  # let the interface start listening first
         try:
             await stack.arp.start()
+            if stack.ipv6 is not None:
+                stack.ipv6.start()
             if dhcp:
                 from looming.net.dhcp import DhcpClient, DhcpShell
 
@@ -213,6 +249,8 @@ class DirectStack:
             layers["ipv6"] = self.ipv6.counters
             layers["neighbours"] = self.ipv6.neighbours.counters
             layers["reassembly6"] = self.ipv6.reassembler.counters
+            if self.ipv6.autoconf is not None:
+                layers["slaac"] = self.ipv6.autoconf.counters
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
         layers["dns"] = self._resolver.counters if self._resolver is not None else Counter()
@@ -239,3 +277,9 @@ class DirectStack:
             except (asyncio.CancelledError, Exception):
                 pass
             self._listen_task = None
+
+
+def _report_ipv6_address(address: IPv6Address, assigned: bool) -> None:
+    report = f"IPv6: address {address} {'assigned by SLAAC' if assigned else 'removed'}"
+    log.info("%s", report)
+    print(f"looming: {report}", file=sys.stderr, flush=True)

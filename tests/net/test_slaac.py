@@ -1,0 +1,227 @@
+"""Router discovery and SLAAC without I/O (``net/slaac.py``): RFC 7217
+identifiers, RFC 4862 lifetimes and the two-hour rule, duplicate address
+detection's retries, and bounded tables under a flood of advertisements."""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Address, IPv6Network
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from looming.net import slaac
+from looming.net.slaac import (
+    IDGEN_RETRIES,
+    SECOND_NS,
+    AddressState,
+    Assign,
+    Autoconf,
+    Remove,
+    SolicitRouters,
+    StartDad,
+    stable_interface_id,
+)
+from looming.net.wire import ndp
+
+SECRET = b"k" * 16
+MAC = bytes.fromhex("020000000001")
+ROUTER = IPv6Address("fe80::1")
+PREFIX = IPv6Network("2001:db8:1::/64")
+
+
+def advert(
+    *options: ndp.NdOption, router_lifetime: int = 1800, hop_limit: int = 64
+) -> ndp.RouterAdvertisement:
+    return ndp.RouterAdvertisement(
+        current_hop_limit=hop_limit, router_lifetime=router_lifetime, options=options
+    )
+
+
+def prefix_option(
+    prefix: IPv6Network = PREFIX,
+    valid: int = 86400,
+    preferred: int = 14400,
+    *,
+    on_link: bool = True,
+    autonomous: bool = True,
+) -> ndp.PrefixInformation:
+    return ndp.PrefixInformation(
+        prefix.network_address, prefix.prefixlen, on_link, autonomous, valid, preferred
+    )
+
+
+def expected(counter: int, prefix: IPv6Network = PREFIX) -> IPv6Address:
+    interface_id = stable_interface_id(prefix, MAC, b"", counter, SECRET)
+    return IPv6Address(int(prefix.network_address) | interface_id)
+
+
+def assigned(autoconf: Autoconf, now: int = 0) -> IPv6Address:
+    actions = autoconf.on_advertisement(ROUTER, advert(prefix_option()), now)
+    assert actions == [StartDad(expected(0))]
+    assert autoconf.on_timer(now + SECOND_NS) == [Assign(expected(0))]
+    return expected(0)
+
+
+@given(
+    st.binary(min_size=8, max_size=8),
+    st.binary(min_size=16, max_size=32),
+    st.integers(0, 3),
+)
+def test_stable_identifiers_depend_on_every_input(
+    network: bytes, secret: bytes, counter: int
+) -> None:
+    one = stable_interface_id(PREFIX, MAC, b"", counter, secret)
+    assert one == stable_interface_id(PREFIX, MAC, b"", counter, secret)
+    assert 0 <= one < 1 << 64
+    others = {
+        stable_interface_id(IPv6Network("2001:db8:2::/64"), MAC, b"", counter, secret),
+        stable_interface_id(PREFIX, bytes(6), b"", counter, secret),
+        stable_interface_id(PREFIX, MAC, network, counter, secret),
+        stable_interface_id(PREFIX, MAC, b"", counter + 1, secret),
+        stable_interface_id(PREFIX, MAC, b"", counter, secret + b"x"),
+    }
+    assert one not in others and len(others) == 5
+
+
+def test_routers_are_solicited_three_times_four_seconds_apart_until_an_answer() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    assert autoconf.start(0, delay_ns=SECOND_NS // 2) == []
+    assert autoconf.next_deadline_ns() == SECOND_NS // 2
+    assert autoconf.on_timer(SECOND_NS // 2) == [SolicitRouters()]
+    assert autoconf.next_deadline_ns() == SECOND_NS // 2 + 4 * SECOND_NS
+    assert autoconf.on_timer(5 * SECOND_NS) == [SolicitRouters()]
+    assert autoconf.on_timer(9 * SECOND_NS) == [SolicitRouters()]
+    assert autoconf.next_deadline_ns() is None  # three and no more
+    again = Autoconf(SECRET, MAC)
+    again.start(0)
+    assert again.on_timer(0) == [] and again.counters["tx_router_solicit"] == 1
+    again.on_advertisement(ROUTER, advert(), SECOND_NS)
+    assert again.next_deadline_ns() is None  # an answer stops the solicitations
+
+
+def test_an_address_is_tentative_for_one_retransmit_timer_then_assigned() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    actions = autoconf.on_advertisement(ROUTER, advert(prefix_option()), 0)
+    assert actions == [StartDad(expected(0))]
+    assert autoconf.is_tentative(expected(0)) and autoconf.preferred() == []
+    assert autoconf.on_timer(SECOND_NS - 1) == []
+    assert autoconf.on_timer(SECOND_NS) == [Assign(expected(0))]
+    assert autoconf.preferred() == [expected(0)]
+    assert autoconf.default_router(SECOND_NS) == ROUTER
+    assert autoconf.is_on_link(IPv6Address("2001:db8:1::99"), SECOND_NS)
+    assert not autoconf.is_on_link(IPv6Address("2001:db8:2::99"), SECOND_NS)
+    # The same advertisement again forms nothing new.
+    assert autoconf.on_advertisement(ROUTER, advert(prefix_option()), 2 * SECOND_NS) == []
+
+
+def test_a_duplicate_moves_to_the_next_dad_counter_and_gives_up_after_the_retries() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    autoconf.on_advertisement(ROUTER, advert(prefix_option()), 0)
+    for counter in range(IDGEN_RETRIES):
+        actions = autoconf.duplicate(expected(counter), SECOND_NS // 2)
+        assert actions == [Remove(expected(counter)), StartDad(expected(counter + 1))]
+    assert autoconf.duplicate(expected(IDGEN_RETRIES), SECOND_NS // 2) == [
+        Remove(expected(IDGEN_RETRIES))
+    ]
+    assert autoconf.addresses == {}
+    assert autoconf.counters["address_generation_failed"] == 1
+    assert autoconf.duplicate(expected(0), SECOND_NS) == []  # not ours any more: nothing
+
+
+def test_preferred_then_deprecated_then_removed() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    autoconf.on_advertisement(ROUTER, advert(prefix_option(valid=100, preferred=30)), 0)
+    assert autoconf.on_timer(SECOND_NS) == [Assign(expected(0))]
+    assert autoconf.next_deadline_ns() == 30 * SECOND_NS
+    assert autoconf.on_timer(30 * SECOND_NS) == []
+    assert autoconf.addresses[expected(0)].state is AddressState.DEPRECATED
+    assert autoconf.deprecated() == [expected(0)] and autoconf.preferred() == []
+    assert autoconf.next_deadline_ns() == 100 * SECOND_NS
+    assert autoconf.on_timer(100 * SECOND_NS) == [Remove(expected(0))]
+    assert autoconf.addresses == {}
+
+
+def test_the_two_hour_rule_keeps_a_forged_short_valid_lifetime_out() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    address = assigned(autoconf)
+    entry = autoconf.addresses[address]
+    now = 10 * SECOND_NS
+    autoconf.on_advertisement(ROUTER, advert(prefix_option(valid=60, preferred=0)), now)
+    # Cut to two hours, not to 60 s; the preferred lifetime is taken as is.
+    assert entry.valid_until_ns == now + 7200 * SECOND_NS
+    autoconf.on_timer(now)
+    assert entry.state is AddressState.DEPRECATED
+    autoconf.on_advertisement(ROUTER, advert(prefix_option(valid=60, preferred=0)), now)
+    assert entry.valid_until_ns == now + 7200 * SECOND_NS  # two hours left: unchanged
+    autoconf.on_advertisement(ROUTER, advert(prefix_option(valid=3 * 3600, preferred=3600)), now)
+    assert entry.valid_until_ns == now + 3 * 3600 * SECOND_NS  # longer: taken
+    assert entry.state is AddressState.PREFERRED
+
+
+def test_prefixes_that_form_no_address() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    options = (
+        prefix_option(valid=10, preferred=20),  # preferred > valid: ignored
+        prefix_option(IPv6Network("2001:db8:3::/48")),  # not /64: on-link only
+        prefix_option(IPv6Network("fe80::/64")),  # link-local: ignored
+        prefix_option(IPv6Network("2001:db8:4::/64"), autonomous=False),
+        prefix_option(IPv6Network("2001:db8:5::/64"), valid=0, preferred=0),
+    )
+    assert autoconf.on_advertisement(ROUTER, advert(*options), 0) == []
+    assert autoconf.addresses == {}
+    assert set(autoconf.on_link) == {
+        PREFIX,
+        IPv6Network("2001:db8:3::/48"),
+        IPv6Network("2001:db8:4::/64"),
+    }
+    assert autoconf.counters["prefix_lifetimes_inverted"] == 1
+    assert autoconf.counters["prefix_length_not_64"] == 1
+    assert autoconf.counters["prefix_ignored"] == 1
+
+
+def test_router_lifetimes_mtu_hop_limit_and_dns_servers() -> None:
+    autoconf = Autoconf(SECRET, MAC, link_mtu=1500)
+    dns = ndp.RecursiveDnsServers(600, (IPv6Address("2001:db8::53"),))
+    autoconf.on_advertisement(ROUTER, advert(ndp.Mtu(1400), dns, router_lifetime=30), 0)
+    assert autoconf.mtu == 1400 and autoconf.hop_limit == 64
+    assert autoconf.current_dns_servers(0) == [IPv6Address("2001:db8::53")]
+    assert autoconf.current_dns_servers(600 * SECOND_NS) == []
+    assert autoconf.default_router(29 * SECOND_NS) == ROUTER
+    assert autoconf.default_router(30 * SECOND_NS) is None  # lifetime over
+    autoconf.on_advertisement(ROUTER, advert(ndp.Mtu(9000), ndp.Mtu(1000)), 0)
+    assert autoconf.mtu == 1400 and autoconf.counters["mtu_option_ignored"] == 2
+    autoconf.on_advertisement(ROUTER, advert(router_lifetime=0, hop_limit=0), 0)
+    assert autoconf.routers == {} and autoconf.hop_limit == 64  # 0: unspecified
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 0xFFFF),
+            st.integers(0, 0xFFFF),
+            st.integers(0, 3600),
+            st.integers(0, 3600),
+            st.integers(1, 300),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_a_flood_of_advertisements_stays_bounded(
+    floods: list[tuple[int, int, int, int, int]],
+) -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    now = 0
+    for router, prefix, valid, preferred, step in floods:
+        now += step * SECOND_NS // 10
+        option = prefix_option(IPv6Network((prefix << 64 | 0x20010DB8 << 96, 64)), valid, preferred)
+        autoconf.on_advertisement(IPv6Address(0xFE80 << 112 | router), advert(option), now)
+        autoconf.on_timer(now)
+        assert len(autoconf.routers) <= slaac.MAX_ROUTERS
+        assert len(autoconf.on_link) <= slaac.MAX_PREFIXES
+        assert len(autoconf.addresses) <= slaac.MAX_ADDRESSES
+        for entry in autoconf.addresses.values():
+            assert entry.address in entry.prefix
+            if entry.valid_until_ns is not None:
+                assert entry.valid_until_ns > now  # the expired ones are gone
