@@ -46,6 +46,8 @@ KEY_PARSERS: dict[str, Callable[[str], Any]] = {
     "bool": parse_bool,
     "ipv4_interface": ipaddress.IPv4Interface,
     "ipv4_address": ipaddress.IPv4Address,
+    "ipv6_interface": ipaddress.IPv6Interface,
+    "ipv6_address": ipaddress.IPv6Address,
 }
 
 

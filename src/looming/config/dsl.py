@@ -122,6 +122,8 @@ def _type_name(t: type) -> str:
         bool: "bool",
         ipaddress.IPv4Interface: "ipv4_interface",
         ipaddress.IPv4Address: "ipv4_address",
+        ipaddress.IPv6Interface: "ipv6_interface",
+        ipaddress.IPv6Address: "ipv6_address",
     }
     return names.get(t, getattr(t, "__name__", repr(t)))
 

@@ -7,9 +7,9 @@ knows which one it runs on.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 from typing import Protocol, runtime_checkable
 
 from looming.devices.flow import Flow
@@ -131,8 +131,8 @@ class Stack(Protocol):
     @property
     def udp(self) -> Udp: ...
 
-    def addresses(self) -> list[IPv4Interface]:
-        """The IPv4 addresses (with prefix) this stack holds."""
+    def addresses(self) -> Sequence[IPv4Interface | IPv6Interface]:
+        """The addresses (with prefix) this stack holds, IPv4 and IPv6."""
         ...
 
     async def disconnect(self) -> None:

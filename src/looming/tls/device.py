@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from ipaddress import IPv4Address, IPv4Interface
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 
 from cryptography import x509
 
@@ -197,7 +198,7 @@ class TlsStack:
     def udp(self) -> Udp:
         return self._stack.udp
 
-    def addresses(self) -> list[IPv4Interface]:
+    def addresses(self) -> Sequence[IPv4Interface | IPv6Interface]:
         return self._stack.addresses()
 
     async def disconnect(self) -> None:

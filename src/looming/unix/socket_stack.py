@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
-from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Interface
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any, cast
 
+from looming.addresses import format_endpoint, is_ipv6, unmapped
 from looming.devices.stack import Datagram, TcpHandler, UdpHandler
 from looming.errors import (
     AddressInUse,
@@ -91,10 +93,12 @@ class SocketTcpFlow(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; the
+            # application sees the IPv4 address they are.
             local = sock.getsockname()
             remote = sock.getpeername()
-            self._local = (str(local[0]), int(local[1]))
-            self._remote = (str(remote[0]), int(remote[1]))
+            self._local = (unmapped(str(local[0])), int(local[1]))
+            self._remote = (unmapped(str(remote[0])), int(remote[1]))
         if self._on_made is not None:
             on_made = self._on_made
             self._on_made = None
@@ -319,11 +323,107 @@ class SocketListener:
         await self._closer()
 
 
-class SocketTcp:
-    """:class:`looming.devices.Tcp` over host sockets."""
+def _family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 literal, else AF_INET (IPv4 literals; names are
+    resolved by the caller)."""
+    return socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
 
-    def __init__(self, host: str) -> None:
-        self._host = host
+
+def _literal(host: str) -> bool:
+    try:
+        socket.inet_pton(_family(host), host.partition("%")[0])
+    except OSError:
+        return False
+    return True
+
+
+def _socket_for(kind: socket.SocketKind, host: str, port: int, *, ipv6_only: bool) -> socket.socket:
+    """A non-blocking socket bound to ``host`` (an IP literal) and ``port``.
+
+    An IPv6 socket is dual-stack unless ``ipv6_only``: bound to ``::`` it
+    accepts IPv4 clients too, as IPv4-mapped addresses (RFC 4291 2.5.5.2).
+    asyncio's own ``create_server`` always sets IPV6_V6ONLY, hence this.
+    """
+    family = _family(host)
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if ipv6_only else 0)
+        # getaddrinfo reads a zone ("fe80::1%eth0") into the scope id.
+        address = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_NUMERICHOST)[0][4]
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_error(error: OSError, what: str, host: str, port: int) -> NetworkError:
+    where = format_endpoint(host, port)
+    if error.errno == errno.EADDRINUSE:
+        return AddressInUse(f"{what} port {port} on {host} is already in use; pick another port")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return NetworkError(
+            f"cannot bind {what} {where}: no interface of this host has that address; "
+            "listen on one it has (ip address) or on 0.0.0.0 / ::"
+        )
+    return NetworkError(f"cannot bind {what} {where}: {error}")
+
+
+def listening_socket(
+    host: str, port: int, *, ipv6_only: bool = False, backlog: int = 128
+) -> socket.socket:
+    """A listening TCP socket on ``host`` (an address, or a name's first
+    address) and ``port``; ``::`` is dual-stack unless ``ipv6_only``. For
+    programs that serve through asyncio's own servers (``sock=``)."""
+    if not _literal(host):
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as error:
+            raise HostUnreachable(f"cannot resolve {host} to listen on: {error}") from error
+        host = unmapped(str(infos[0][4][0]))
+    try:
+        sock = _socket_for(socket.SOCK_STREAM, host, port, ipv6_only=ipv6_only)
+        sock.listen(backlog)
+    except OSError as error:
+        raise _bind_error(error, "TCP", host, port) from error
+    return sock
+
+
+async def _listen_hosts(hosts: Sequence[str]) -> list[str]:
+    """``hosts`` as IP literals: a name (``localhost``) becomes every address
+    it resolves to, in the resolver's order, without repeats."""
+    loop = asyncio.get_running_loop()
+    literals: list[str] = []
+    for host in hosts:
+        if _literal(host):
+            found = [host]
+        else:
+            try:
+                infos = await loop.getaddrinfo(
+                    host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+            except socket.gaierror as error:
+                raise HostUnreachable(f"cannot resolve {host} to listen on: {error}") from error
+            found = [unmapped(str(info[4][0])) for info in infos]
+        literals.extend(address for address in found if address not in literals)
+    return literals
+
+
+class SocketTcp:
+    """:class:`looming.devices.Tcp` over host sockets.
+
+    ``host`` is one address to listen on, or several (``["127.0.0.1",
+    "::1"]``: one listener on both, every socket on the same port). An IPv6
+    address is dual-stack unless ``ipv6_only``.
+    """
+
+    def __init__(self, host: str | Sequence[str], *, ipv6_only: bool = False) -> None:
+        self._hosts = [host] if isinstance(host, str) else list(host)
+        self._ipv6_only = ipv6_only
         self._listeners: set[SocketListener] = set()
         self._flows: set[SocketTcpFlow] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -341,6 +441,24 @@ class SocketTcp:
             await flow.close()
             self._flows.discard(flow)
 
+    def _bind_all(self, hosts: Sequence[str], port: int, backlog: int) -> list[socket.socket]:
+        """One listening socket per host, all on one port (the first's, when 0)."""
+        sockets: list[socket.socket] = []
+        try:
+            for host in hosts:
+                try:
+                    sock = _socket_for(socket.SOCK_STREAM, host, port, ipv6_only=self._ipv6_only)
+                except OSError as error:
+                    raise _bind_error(error, "TCP", host, port) from error
+                sockets.append(sock)
+                sock.listen(backlog)
+                port = int(sock.getsockname()[1])
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
     async def listen(
         self, port: int, handler: TcpHandler, *, host: str | None = None, backlog: int = 128
     ) -> SocketListener:
@@ -357,52 +475,63 @@ class SocketTcp:
         def make_protocol() -> SocketTcpFlow:
             return SocketTcpFlow(accepted)
 
-        bind_host = host if host is not None else self._host
-        try:
-            server = await loop.create_server(
-                make_protocol,
-                bind_host,
-                port,
-                family=socket.AF_INET,
-                backlog=backlog,
-                reuse_address=True,
-            )
-        except OSError as error:
-            if error.errno == 98:  # EADDRINUSE
-                raise AddressInUse(
-                    f"TCP port {port} on {bind_host} is already in use; pick another port"
-                ) from error
-            raise NetworkError(f"cannot listen on {bind_host}:{port}: {error}") from error
-        bound_port = int(server.sockets[0].getsockname()[1])
+        hosts = await _listen_hosts([host] if host is not None else self._hosts)
+        sockets = self._bind_all(hosts, port, backlog)
+        servers = []
+        for sock in sockets:
+            servers.append(await loop.create_server(make_protocol, sock=sock, backlog=backlog))
+        bound_port = int(sockets[0].getsockname()[1])
 
-        async def close_server() -> None:
-            server.close()
+        async def close_servers() -> None:
+            for server in servers:
+                server.close()
             self._listeners.discard(listener)
 
-        listener = SocketListener(bound_port, close_server)
+        listener = SocketListener(bound_port, close_servers)
         self._listeners.add(listener)
-        tcp_log.debug("listening on %s:%d", bind_host, bound_port)
+        tcp_log.debug("listening on %s", ", ".join(format_endpoint(h, bound_port) for h in hosts))
         return listener
 
     async def connect(
-        self, host: str | IPv4Address, port: int, *, timeout: float | None = None
+        self, host: str | IPv4Address | IPv6Address, port: int, *, timeout: float | None = None
     ) -> SocketTcpFlow:
-        loop = asyncio.get_running_loop()
+        """Connect to an address or a name; a name's addresses (AAAA and A,
+        in the resolver's order) are tried one after another until one
+        answers, all within ``timeout``."""
+        target = str(host).removeprefix("[").removesuffix("]")
+        where = format_endpoint(target, port)
         try:
             async with asyncio.timeout(timeout):
-                _, flow = await loop.create_connection(
-                    SocketTcpFlow, str(host), port, family=socket.AF_INET
-                )
+                flow = await self._connect_in_order(target, port)
         except TimeoutError as error:
-            raise ConnectionTimeout(f"connecting to {host}:{port} timed out") from error
-        except ConnectionRefusedError as error:
-            raise ConnectionRefused(f"{host}:{port} refused the connection") from error
-        except socket.gaierror as error:
-            raise HostUnreachable(f"cannot resolve {host}: {error}") from error
-        except OSError as error:
-            raise NetworkError(f"cannot connect to {host}:{port}: {error}") from error
+            raise ConnectionTimeout(f"connecting to {where} timed out") from error
         self._flows.add(flow)
         return flow
+
+    async def _connect_in_order(self, target: str, port: int) -> SocketTcpFlow:
+        loop = asyncio.get_running_loop()
+        where = format_endpoint(target, port)
+        try:
+            infos = await loop.getaddrinfo(target, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise HostUnreachable(f"cannot resolve {target}: {error}") from error
+        failures: list[OSError] = []
+        for family, _, _, _, address in infos:
+            try:
+                _, flow = await loop.create_connection(
+                    SocketTcpFlow, str(address[0]), port, family=family
+                )
+            except OSError as error:
+                tcp_log.debug("connecting to %s at %s failed: %s", where, address[0], error)
+                failures.append(error)
+                continue
+            return flow
+        if failures and all(isinstance(e, ConnectionRefusedError) for e in failures):
+            raise ConnectionRefused(f"{where} refused the connection") from failures[-1]
+        tried = "; ".join(str(error) for error in failures)
+        raise NetworkError(f"cannot connect to {where}: {tried}") from (
+            failures[-1] if failures else None
+        )
 
     async def disconnect(self) -> None:
         for listener in list(self._listeners):
@@ -425,6 +554,7 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.tasks = tasks
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] = ("0.0.0.0", 0)
+        self.family = socket.AF_INET
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector loop's datagram transport does not subclass
@@ -432,11 +562,16 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
         name = transport.get_extra_info("sockname")
         self.local = (str(name[0]), int(name[1]))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.family = sock.family
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         if self.handler is None:
             return
-        datagram = Datagram(str(addr[0]), int(addr[1]), self.local[0], self.local[1], data)
+        datagram = Datagram(
+            unmapped(str(addr[0])), int(addr[1]), unmapped(self.local[0]), self.local[1], data
+        )
         try:
             result = self.handler(datagram)
         except Exception:
@@ -456,34 +591,55 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         udp_log.debug("UDP error on port %d: %s", self.local[1], exc)
 
+    def destination(self, address: str, port: int) -> tuple[str, int]:
+        """``address`` as this socket can send to it: an IPv4 address from a
+        dual-stack IPv6 socket goes as ``::ffff:a.b.c.d``."""
+        if self.family == socket.AF_INET6 and not is_ipv6(address):
+            return f"::ffff:{address}", port
+        if self.family == socket.AF_INET and is_ipv6(address):
+            raise NetworkError(
+                f"UDP port {self.local[1]} is bound on IPv4 ({self.local[0]}) and cannot "
+                f"send to {address}; bind it on :: for both"
+            )
+        return address, port
+
 
 class SocketUdp:
-    """:class:`looming.devices.Udp` over host datagram sockets."""
+    """:class:`looming.devices.Udp` over host datagram sockets.
 
-    def __init__(self, host: str) -> None:
+    ``host`` is the IPv4 address ports bind to by default, ``ipv6`` the
+    IPv6 one (when set, it is the default, dual-stack unless ``ipv6_only``).
+    """
+
+    def __init__(self, host: str, *, ipv6: str | None = None, ipv6_only: bool = False) -> None:
         self._host = host
+        self._ipv6 = ipv6
+        self._ipv6_only = ipv6_only
         self._bound: dict[int, _UdpEndpoint] = {}
-        self._sender: _UdpEndpoint | None = None
+        self._senders: dict[socket.AddressFamily, _UdpEndpoint] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _open(self, handler: UdpHandler | None, host: str, port: int) -> _UdpEndpoint:
         loop = asyncio.get_running_loop()
+        host = (await _listen_hosts([host]))[0]
         try:
-            _, endpoint = await loop.create_datagram_endpoint(
-                lambda: _UdpEndpoint(handler, self._tasks),
-                local_addr=(host, port),
-                family=socket.AF_INET,
-            )
+            sock = _socket_for(socket.SOCK_DGRAM, host, port, ipv6_only=self._ipv6_only)
         except OSError as error:
-            if error.errno == 98:
-                raise AddressInUse(f"UDP port {port} on {host} is already in use") from error
-            raise NetworkError(f"cannot bind UDP {host}:{port}: {error}") from error
+            raise _bind_error(error, "UDP", host, port) from error
+        _, endpoint = await loop.create_datagram_endpoint(
+            lambda: _UdpEndpoint(handler, self._tasks), sock=sock
+        )
         return endpoint
+
+    def _default_host(self) -> str:
+        return self._ipv6 if self._ipv6 is not None else self._host
 
     async def bind(
         self, port: int, handler: UdpHandler, *, host: str | None = None
     ) -> SocketListener:
-        endpoint = await self._open(handler, host if host is not None else self._host, port)
+        endpoint = await self._open(
+            handler, host if host is not None else self._default_host(), port
+        )
         bound_port = endpoint.local[1]
         self._bound[bound_port] = endpoint
 
@@ -495,35 +651,44 @@ class SocketUdp:
 
         return SocketListener(bound_port, close_endpoint)
 
+    async def _sender(self, family: socket.AddressFamily) -> _UdpEndpoint:
+        endpoint = self._senders.get(family)
+        if endpoint is None:
+            if family == socket.AF_INET6:
+                host = self._ipv6 if self._ipv6 is not None else "::"
+            else:
+                host = self._host
+            endpoint = await self._open(None, host, 0)
+            self._senders[family] = endpoint
+        return endpoint
+
     async def send(
         self,
-        destination: str | IPv4Address,
+        destination: str | IPv4Address | IPv6Address,
         port: int,
         data: bytes,
         *,
         source_port: int | None = None,
     ) -> None:
+        address = str(destination).removeprefix("[").removesuffix("]")
         if source_port is not None:
             endpoint = self._bound.get(source_port)
             if endpoint is None:
                 # Sending from a port nobody bound: bind it just for sending.
-                endpoint = await self._open(None, self._host, source_port)
+                host = "::" if is_ipv6(address) and self._ipv6 is None else self._default_host()
+                endpoint = await self._open(None, host, source_port)
                 self._bound[source_port] = endpoint
         else:
-            if self._sender is None:
-                self._sender = await self._open(None, self._host, 0)
-            endpoint = self._sender
+            endpoint = await self._sender(_family(address))
         assert endpoint.transport is not None
-        endpoint.transport.sendto(data, (str(destination), port))
+        endpoint.transport.sendto(data, endpoint.destination(address, port))
 
     async def disconnect(self) -> None:
-        for endpoint in list(self._bound.values()):
+        for endpoint in [*self._bound.values(), *self._senders.values()]:
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self._bound.clear()
-        if self._sender is not None and self._sender.transport is not None:
-            self._sender.transport.close()
-        self._sender = None
+        self._senders.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -531,21 +696,49 @@ class SocketUdp:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def listen_hosts(host: str, ipv6: str | None, ipv6_only: bool) -> list[str]:
+    """Where the stack's listeners bind: the IPv4 ``host``, and ``ipv6`` too
+    when set; a dual-stack ``::`` alone, as it already takes IPv4 clients on
+    every address (binding an IPv4 address beside it would clash)."""
+    if ipv6 is None:
+        return [host]
+    if ipv6 == "::" and not ipv6_only:
+        return ["::"]
+    return [ipv6, host]
+
+
 class SocketStack:
     """:class:`looming.devices.Stack` over the host's own TCP/IP stack.
 
-    ``host`` is the address listeners and UDP ports bind to by default;
-    ``0.0.0.0`` means every host address.
+    ``host`` is the IPv4 address listeners and UDP ports bind to by default
+    (``0.0.0.0``: every host address). ``ipv6`` adds an IPv6 one: listeners
+    then accept on both (``::1`` beside ``127.0.0.1``); ``::`` is every
+    address of both families on one dual-stack socket unless ``ipv6_only``.
+    A host given as an IPv6 address (``SocketStack("::")``) works the same.
     """
 
-    def __init__(self, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, host: str = "0.0.0.0", *, ipv6: str | None = None, ipv6_only: bool = False
+    ) -> None:
+        if ipv6 is None and is_ipv6(host):
+            # An IPv6 host alone: that address only (``::``: both families).
+            ipv6, host = host, "0.0.0.0" if host == "::" else "127.0.0.1"
+            hosts = [ipv6]
+            self._ipv4_listened = ipv6 == "::" and not ipv6_only
+        else:
+            hosts = listen_hosts(host, ipv6, ipv6_only)
+            self._ipv4_listened = True
         self._host = host
-        self._tcp = SocketTcp(host)
-        self._udp = SocketUdp(host)
+        self._ipv6 = ipv6
+        self._dual = ipv6 == "::" and not ipv6_only
+        self._tcp = SocketTcp(hosts, ipv6_only=ipv6_only)
+        self._udp = SocketUdp(host, ipv6=ipv6, ipv6_only=ipv6_only)
 
     @classmethod
-    async def connect(cls, host: str = "0.0.0.0") -> SocketStack:
-        return cls(host)
+    async def connect(
+        cls, host: str = "0.0.0.0", *, ipv6: str | None = None, ipv6_only: bool = False
+    ) -> SocketStack:
+        return cls(host, ipv6=ipv6, ipv6_only=ipv6_only)
 
     @property
     def tcp(self) -> SocketTcp:
@@ -555,10 +748,17 @@ class SocketStack:
     def udp(self) -> SocketUdp:
         return self._udp
 
-    def addresses(self) -> list[IPv4Interface]:
-        if self._host == "0.0.0.0":
-            return [IPv4Interface("0.0.0.0/0")]
-        return [IPv4Interface(f"{self._host}/32")]
+    def addresses(self) -> list[IPv4Interface | IPv6Interface]:
+        """The addresses listeners bind to, IPv6 first when there is one
+        (``0.0.0.0/0`` and ``::/0`` stand for every address of a family)."""
+        found: list[IPv4Interface | IPv6Interface] = []
+        if self._ipv6 is not None:
+            ipv6 = self._ipv6.partition("%")[0]
+            found.append(IPv6Interface("::/0" if ipv6 == "::" else f"{ipv6}/128"))
+        if self._ipv4_listened:
+            everywhere = self._host == "0.0.0.0" or self._dual
+            found.append(IPv4Interface("0.0.0.0/0" if everywhere else f"{self._host}/32"))
+        return found
 
     async def disconnect(self) -> None:
         await self._tcp.disconnect()

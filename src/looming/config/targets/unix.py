@@ -159,7 +159,11 @@ def stack_impl(dev: Device, options: dict[str, str]) -> Impl:
 def _socket_stack_impl() -> Impl:
     return Impl(
         "looming.unix.socket_stack:SocketStack.connect",
-        kwargs=[("host", "str(keys.ipv4.ip)")],
+        kwargs=[
+            ("host", "str(keys.ipv4.ip)"),
+            ("ipv6", "None if keys.ipv6 is None else str(keys.ipv6.ip)"),
+            ("ipv6_only", "keys.ipv6_only"),
+        ],
         awaited=True,
         disconnect="disconnect",
         deps={},
@@ -171,7 +175,19 @@ def _socket_stack_impl() -> Impl:
                 "ipv4_interface",
                 "127.0.0.1/32",
                 "address to listen on (0.0.0.0 for every host address)",
-            )
+            ),
+            KeyDecl(
+                "ipv6",
+                "ipv6_interface",
+                None,
+                "IPv6 address to listen on too (::1; :: for every address of both families)",
+            ),
+            KeyDecl(
+                "ipv6_only",
+                "bool",
+                False,
+                "with --ipv6 ::, accept IPv6 clients only (IPV6_V6ONLY) and IPv4 on --ipv4",
+            ),
         ],
         summary="host sockets",
     )
