@@ -134,10 +134,7 @@ class RingEnd:
         ``count`` bytes are there after all (the vchan discipline, in one call)."""
         seg = self._segment
         seg[self._peer_notify] = seg[self._peer_notify] | layout.NOTIFY_WRITE
-        ready = (self._words[self._peer_prod_word] - self._read_cons) & _MASK32
-        if ready > self._read_size:
-            self.data_ready()  # raises with the full explanation
-        return ready >= count
+        return self._ready() >= count
 
     def want_space(self, count: int) -> bool:
         """Ask the peer to kick us when it reads, then look again: whether
@@ -146,10 +143,12 @@ class RingEnd:
         seg[self._peer_notify] = seg[self._peer_notify] | layout.NOTIFY_READ
         return self._space() >= count
 
-    # -- stream mode -------------------------------------------------------------
-    # The hot paths compute the indices inline rather than through
-    # data_ready()/buffer_space(): each Python call is a measurable part of
-    # a small message's cost.
+    # -- stream and packet mode ---------------------------------------------------
+    # One copy in (send) and one copy out to bytes (recv) serve both modes:
+    # write and read take what there is room or data for and hand it to them.
+    # The index checks are inline on these paths (each Python call costs
+    # about as much as copying a 64-byte message); the explaining
+    # buffer_space()/data_ready() run only when an index is out of range.
 
     def _space(self) -> int:
         cons = self._words[self._peer_cons_word]
@@ -169,40 +168,14 @@ class RingEnd:
         count = min(len(data), self._space())
         if count == 0:
             return 0, False
-        return count, self._store(data, count)
-
-    def _store(self, data: bytes | bytearray | memoryview, count: int) -> bool:
-        """Copy ``count`` bytes in, publish the index; whether to kick the peer."""
-        ring, size, prod = self._write_ring, self._write_size, self._write_prod
-        start = prod & (size - 1)
-        end = start + count
-        if end <= size:
-            ring[start:end] = data if len(data) == count else memoryview(data)[:count]
-        else:
-            first = size - start
-            view = memoryview(data)
-            ring[start:size] = view[:first]
-            ring[0 : count - first] = view[first:count]
-        prod = (prod + count) & _MASK32
-        self._write_prod = prod
-        # Publish the data before the index (stores are ordered on x86 and
-        # the interpreter gives no reordering of its own between statements).
-        self._words[self._write_prod_word] = prod
-        # Clear the bit only when set, so the common case (the peer is not
-        # waiting) writes nothing and cannot overwrite a concurrent request.
-        segment, own = self._segment, self._own_notify
-        bits = segment[own]
-        if bits & layout.NOTIFY_WRITE:
-            segment[own] = bits & _CLEAR_WRITE
-            return True
-        return False
+        return count, self.send(data if count == len(data) else memoryview(data)[:count])[1]
 
     def read(self, limit: int) -> tuple[bytes, bool]:
         """Up to ``limit`` available bytes; returns (data, kick peer)."""
         count = min(limit, self._ready())
         if count <= 0:
             return b"", False
-        return self._fetch(count)
+        return self.recv(count)  # type: ignore[return-value]  # count bytes are there
 
     def read_into(self, buffer: bytearray | memoryview) -> tuple[int, bool]:
         """Fill ``buffer`` with up to ``len(buffer)`` bytes; (count, kick peer)."""
@@ -218,34 +191,8 @@ class RingEnd:
             target[first:count] = ring[0 : count - first]
         return count, self._consume(count)
 
-    def _fetch(self, count: int) -> tuple[bytes, bool]:
-        ring, size = self._read_ring, self._read_size
-        start = self._read_cons & (size - 1)
-        end = start + count
-        if end <= size:
-            data = bytes(ring[start:end])
-        else:
-            data = bytes(ring[start:size]) + bytes(ring[0 : end - size])
-        return data, self._consume(count)
-
-    def _consume(self, count: int) -> bool:
-        """Publish the consumer index; whether to kick the peer."""
-        cons = (self._read_cons + count) & _MASK32
-        self._read_cons = cons
-        self._words[self._read_cons_word] = cons
-        segment, own = self._segment, self._own_notify
-        bits = segment[own]
-        if bits & layout.NOTIFY_READ:
-            segment[own] = bits & _CLEAR_READ
-            return True
-        return False
-
-    # -- packet mode ---------------------------------------------------------------
-
     def send(self, data: bytes | bytearray | memoryview) -> tuple[bool, bool]:
         """Write all of ``data`` or nothing; returns (sent, kick peer)."""
-        # One function for the whole small-packet path: each Python call
-        # costs about as much as the copy itself for a 64-byte message.
         count = len(data)
         size = self._write_size
         prod = self._write_prod
@@ -273,7 +220,11 @@ class RingEnd:
             ring[0 : count - first] = view[first:]
         prod = (prod + count) & _MASK32
         self._write_prod = prod
-        self._words[self._write_prod_word] = prod  # data first, then the index
+        # Publish the data before the index (stores are ordered on x86 and
+        # the interpreter gives no reordering of its own between statements).
+        self._words[self._write_prod_word] = prod
+        # Clear the bit only when set, so the common case (the peer is not
+        # waiting) writes nothing and cannot overwrite a concurrent request.
         segment, own = self._segment, self._own_notify
         bits = segment[own]
         if bits & layout.NOTIFY_WRITE:
@@ -304,15 +255,19 @@ class RingEnd:
             data = ring[start:end].tobytes()
         else:
             data = ring[start:size].tobytes() + ring[0 : end - size].tobytes()
-        cons = (cons + count) & _MASK32
+        return data, self._consume(count)
+
+    def _consume(self, count: int) -> bool:
+        """Publish the consumer index; whether to kick the peer."""
+        cons = (self._read_cons + count) & _MASK32
         self._read_cons = cons
         self._words[self._read_cons_word] = cons
         segment, own = self._segment, self._own_notify
         bits = segment[own]
         if bits & layout.NOTIFY_READ:
             segment[own] = bits & _CLEAR_READ
-            return data, True
-        return data, False
+            return True
+        return False
 
     # -- liveness --------------------------------------------------------------------
 
