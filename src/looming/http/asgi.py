@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
-from looming.http.message import ClientGone, Request, Response
+from looming.http.message import ClientGone, ExtendedConnect, Request, Response
 
 log = logging.getLogger("looming.http.asgi")
 
@@ -454,12 +454,25 @@ class AsgiAdapter:
             raise
         return Response(status, headers, body)
 
-    async def serve_websocket(self, request: Request, flow: Flow, leftover: bytes) -> None:
-        """Serve an upgraded connection with the application's websocket scope."""
+    async def serve_websocket(
+        self,
+        request: Request,
+        flow: Flow,
+        leftover: bytes,
+        extended: ExtendedConnect | None = None,
+    ) -> None:
+        """Serve an upgraded connection with the application's websocket scope
+        (or, with ``extended``, an HTTP/2 stream opened by an RFC 8441 CONNECT)."""
         from looming.http.websocket import WebSocketSession
 
         session = WebSocketSession(
-            self.app, request, flow, root_path=self.root_path, scheme=self.scheme, state=self.state
+            self.app,
+            request,
+            flow,
+            root_path=self.root_path,
+            scheme=self.scheme,
+            state=self.state,
+            extended=extended,
         )
         self._websockets.add(session)
         try:

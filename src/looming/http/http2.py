@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import h2.config
@@ -35,7 +35,13 @@ from hyperframe.frame import GoAwayFrame
 
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
-from looming.http.message import ClientGone, Handler, Request, Response
+from looming.http.message import (
+    ClientGone,
+    Handler,
+    Request,
+    Response,
+    ServeWebSocket,
+)
 
 log = logging.getLogger("looming.http.h2")
 
@@ -106,8 +112,58 @@ class _Stream:
         return chunk, True
 
 
+class _WebSocketStream:
+    """A websocket's HTTP/2 stream, as the flow its session reads and writes."""
+
+    def __init__(self, session: H2Session, stream: _Stream) -> None:
+        self.session = session
+        self.stream = stream
+        self.ended = False
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        return self.session.server
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        return self.session.client
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], *, end: bool) -> None:
+        fields = [(b":status", str(status).encode()), *headers]
+        self.session.conn.send_headers(self.stream.stream_id, fields, end_stream=end)
+        self.ended = end
+        await self.session.flush()
+
+    async def read(self) -> bytes:
+        while True:
+            try:
+                chunk, more = await self.stream.next_chunk()
+            except ClientGone as gone:
+                raise ConnectionResetError(str(gone)) from None
+            if chunk or not more:
+                return chunk
+
+    async def write(self, data: bytes) -> None:
+        if self.ended:
+            raise ConnectionResetError("the websocket's stream has ended")
+        await self.session.send_data(self.stream, bytes(data))
+
+    async def writev(self, buffers: Iterable[bytes]) -> None:
+        await self.write(b"".join(buffers))
+
+    async def shutdown(self) -> None:
+        if not self.ended and not self.stream.watch.gone:
+            self.ended = True
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.session.conn.end_stream(self.stream.stream_id)
+                await self.session.flush()
+
+    async def close(self) -> None:
+        await self.shutdown()
+
+
 class H2Session:
-    """Serves one HTTP/2 connection with ``handler``."""
+    """Serves one HTTP/2 connection with ``handler`` (and its websocket side)."""
 
     def __init__(
         self,
@@ -118,8 +174,10 @@ class H2Session:
         date_line: Callable[[], bytes],
         clock: Callable[[], float],
         max_body_bytes: int = 16 * 1024 * 1024,
+        websockets: ServeWebSocket | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.websockets = websockets
         self.flow = flow
         self.handler = handler
         self.server_name = server_name
@@ -148,11 +206,11 @@ class H2Session:
         goaway = GoAwayFrame(0)
         goaway.last_stream_id = self.conn.highest_inbound_stream_id
         goaway.error_code = h2.errors.ErrorCodes.NO_ERROR
-        await self._flush()
+        await self.flush()
         async with self.write_lock:
             await self.flow.write(goaway.serialize())
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         data = self.conn.data_to_send()
         if data:
             async with self.write_lock:
@@ -161,7 +219,7 @@ class H2Session:
     async def acknowledge(self, stream_id: int, size: int) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
             self.conn.acknowledge_received_data(size, stream_id)
-            await self._flush()
+            await self.flush()
 
     async def run(self, first: bytes, upgraded: tuple[bytes, Request] | None = None) -> None:
         """Serve until the client closes, misbehaves, or the connection fails.
@@ -174,6 +232,7 @@ class H2Session:
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: int(self.websockets is not None),
             },
         )
         if upgraded is not None:
@@ -186,7 +245,7 @@ class H2Session:
             self._dispatch(1, request, ended=True)
         else:
             self.conn.initiate_connection()
-        await self._flush()
+        await self.flush()
         try:
             # After an upgrade the client's preface may not have come yet.
             data = first or await self.flow.read()
@@ -195,13 +254,13 @@ class H2Session:
                     events = self.conn.receive_data(data)
                 except h2.exceptions.ProtocolError as error:
                     log.debug("h2 protocol error: %s", error)
-                    await self._flush()
+                    await self.flush()
                     return
                 for event in events:
                     if not await self._handle(event):
-                        await self._flush()
+                        await self.flush()
                         return
-                await self._flush()
+                await self.flush()
                 data = await self.flow.read()
         except (LoomingError, OSError) as error:
             log.debug("h2 connection ended: %s", error)
@@ -298,10 +357,18 @@ class H2Session:
             self.client,
             self.server,
         )
-        self._dispatch(stream_id, request, ended=event.stream_ended is not None)
+        websocket = (
+            pseudo.get(b":method") == b"CONNECT" and pseudo.get(b":protocol") == b"websocket"
+        )
+        self._dispatch(
+            stream_id, request, ended=event.stream_ended is not None, websocket=websocket
+        )
 
-    def _dispatch(self, stream_id: int, request: Request, *, ended: bool) -> None:
-        """Run the handler for ``request`` on stream ``stream_id``."""
+    def _dispatch(
+        self, stream_id: int, request: Request, *, ended: bool, websocket: bool = False
+    ) -> None:
+        """Run the handler (or, for an RFC 8441 CONNECT, its websocket side)
+        for ``request`` on stream ``stream_id``."""
         stream = _Stream(self, stream_id)
         self.streams[stream_id] = stream
         if ended:
@@ -309,9 +376,25 @@ class H2Session:
         request.http_version = "2"
         request.body_stream = stream
         request.watch = stream.watch
-        task = asyncio.get_running_loop().create_task(self._respond(stream, request))
+        work = (
+            self._serve_websocket(stream, request)
+            if websocket and self.websockets is not None
+            else self._respond(stream, request)
+        )
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _serve_websocket(self, stream: _Stream, request: Request) -> None:
+        assert self.websockets is not None
+        flow = _WebSocketStream(self, stream)
+        try:
+            await self.websockets(request, flow, b"", flow)
+        except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
+            log.debug("h2 websocket stream %d ended: %s", stream.stream_id, error)
+        finally:
+            await flow.close()
+            self.streams.pop(stream.stream_id, None)
 
     async def _respond(self, stream: _Stream, request: Request) -> None:
         try:
@@ -368,19 +451,19 @@ class H2Session:
         head_only = request.method == "HEAD"
         empty = head_only or (whole and not body)
         self.conn.send_headers(stream.stream_id, headers, end_stream=empty)
-        await self._flush()
+        await self.flush()
         if empty:
             return
         if whole:
-            await self._send_data(stream, bytes(body))  # type: ignore[arg-type]
+            await self.send_data(stream, bytes(body))  # type: ignore[arg-type]
         else:
             async for piece in body:  # type: ignore[union-attr]
                 if piece:
-                    await self._send_data(stream, piece)
+                    await self.send_data(stream, piece)
         self.conn.end_stream(stream.stream_id)
-        await self._flush()
+        await self.flush()
 
-    async def _send_data(self, stream: _Stream, data: bytes) -> None:
+    async def send_data(self, stream: _Stream, data: bytes) -> None:
         """Send ``data`` within the peer's flow-control windows, waiting for them."""
         view = memoryview(data)
         while view:
@@ -394,4 +477,4 @@ class H2Session:
                 continue
             self.conn.send_data(stream.stream_id, bytes(view[:size]))
             view = view[size:]
-            await self._flush()
+            await self.flush()

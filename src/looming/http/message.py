@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from looming.devices.flow import Flow
 
 Headers = Sequence[tuple[bytes, bytes]]
 """Header fields as (name, value) byte pairs; names arrive lower-cased."""
@@ -118,3 +121,25 @@ class ClientResponse:
 
 Handler = Callable[[Request], Awaitable[Response]]
 """Serves one request."""
+
+
+class ExtendedConnect(Protocol):
+    """The HTTP/2 stream of an RFC 8441 websocket: its response is HEADERS."""
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], *, end: bool) -> None:
+        """Send the response's HEADERS; ``end`` ends the stream with them."""
+
+
+class ServeWebSocket(Protocol):
+    """A handler's websocket side: serves a connection upgraded by
+    ``Upgrade: websocket`` (``leftover``: bytes read past the request), or an
+    HTTP/2 stream opened by an extended CONNECT (``extended`` given)."""
+
+    def __call__(
+        self,
+        request: Request,
+        flow: Flow,
+        leftover: bytes,
+        extended: ExtendedConnect | None = None,
+        /,
+    ) -> Awaitable[None]: ...

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from looming.devices.clock import Clock
 from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.dates import format_http_date
-from looming.http.message import ClientGone, Handler, Request, Response
+from looming.http.message import ClientGone, Handler, Request, Response, ServeWebSocket
 from looming.http.response_head import (
     CHUNKED,
     CONNECTION_CLOSE,
@@ -318,7 +318,7 @@ class HttpServer:
         self._streams_body = bool(getattr(handler, "streams_request_body", False))
         self._h2 = importlib.util.find_spec("h2") is not None
         """HTTP/2 is served when the h2 library is installed."""
-        self._websockets: Callable[[Request, Flow, bytes], Awaitable[None]] | None = (
+        self._websockets: ServeWebSocket | None = (
             getattr(handler, "serve_websocket", None)
             if importlib.util.find_spec("wsproto") is not None
             else None
@@ -708,6 +708,7 @@ class HttpServer:
             date_line=lambda: self._date.line()[6:-2],
             clock=self._date.now,
             max_body_bytes=self.config.max_body_bytes,
+            websockets=self._websockets,
         )
         parser.h2 = session
         if self.stopping:

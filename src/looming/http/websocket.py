@@ -3,7 +3,10 @@
 The HTTP server hands over the connection of a request asking to upgrade
 (``Upgrade: websocket``); :class:`WebSocketSession` replays its handshake
 into wsproto, runs the application with the ASGI websocket protocol and
-moves frames between the two. permessage-deflate is offered when the client
+moves frames between the two. Over HTTP/2 a websocket is one stream opened
+with an extended CONNECT (RFC 8441): the stream is the flow, and the
+handshake is that request and a ``200`` (or a refusal) in HEADERS, given
+by an :class:`ExtendedConnect`. permessage-deflate is offered when the client
 asks for it. Limits hold against a hostile client: a message over
 ``max_message_bytes`` (counted after inflating, so a small compressed frame
 cannot grow without bound) closes with 1009; the client's messages wait in a
@@ -20,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -38,11 +42,12 @@ from wsproto.events import (
 from wsproto.events import Request as WsRequest
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
+from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
-from looming.http.message import Request
+from looming.http.message import ExtendedConnect, Request
 
 log = logging.getLogger("looming.http.websocket")
 
@@ -85,8 +90,15 @@ class _BoundedDeflate(PerMessageDeflate):
         return super().frame_inbound_complete(proto, fin)
 
 
+def _header_list(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    """The comma-separated values of every ``name`` header."""
+    values = [v.decode("latin-1") for n, v in headers if n.lower() == name]
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
 class WebSocketSession:
-    """One upgraded connection serving an ASGI application's websocket scope."""
+    """One upgraded connection (or HTTP/2 stream) serving an ASGI
+    application's websocket scope."""
 
     def __init__(
         self,
@@ -98,6 +110,7 @@ class WebSocketSession:
         scheme: str,
         state: dict[str, Any],
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        extended: ExtendedConnect | None = None,
     ) -> None:
         self.app = app
         self.request = request
@@ -106,11 +119,16 @@ class WebSocketSession:
         self.scheme = "wss" if scheme == "https" else "ws"
         self.state = state
         self.max_message_bytes = max_message_bytes
-        self.ws = WSConnection(ConnectionType.SERVER)
+        self.extended = extended
+        self.ws: WSConnection | Connection = (
+            WSConnection(ConnectionType.SERVER)
+            if extended is None
+            else Connection(ConnectionType.SERVER)
+        )
+        self.subprotocols: list[str] = []
         self.inbox: asyncio.Queue[AsgiMessage] = asyncio.Queue(INBOX_MESSAGES)
         self.accepted = False
         self.closed = False
-        self.handshake: WsRequest | None = None
         self._final: AsgiMessage | None = None
 
     async def receive(self) -> AsgiMessage:
@@ -119,7 +137,7 @@ class WebSocketSession:
             return self._final
         return await self.inbox.get()
 
-    def _scope(self, handshake: WsRequest) -> Scope:
+    def _scope(self) -> Scope:
         request = self.request
         raw_path, _, query = request.target.partition("?")
         return {
@@ -134,7 +152,7 @@ class WebSocketSession:
             "headers": [(name.lower(), value) for name, value in request.headers],
             "client": request.client,
             "server": request.server,
-            "subprotocols": list(handshake.subprotocols),
+            "subprotocols": list(self.subprotocols),
             "state": dict(self.state),
             "extensions": {},
         }
@@ -146,37 +164,47 @@ class WebSocketSession:
 
     async def run(self, leftover: bytes) -> None:
         """Take the handshake, run the application, and close the connection."""
-        request = self.request
-        head = [b"GET " + request.target.encode("latin-1") + b" HTTP/1.1\r\n"]
-        head += [name + b": " + value + b"\r\n" for name, value in request.headers]
-        self.ws.receive_data(b"".join(head) + b"\r\n" + leftover)
-        events = list(self.ws.events())
-        handshake = next((e for e in events if isinstance(e, WsRequest)), None)
-        if handshake is None:
-            await self.flow.write(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            )
+        if not await self._handshake(leftover):
             return
-        self.handshake = handshake
         await self.inbox.put({"type": "websocket.connect"})
         reader = asyncio.get_running_loop().create_task(self._read())
         try:
-            await self.app(self._scope(handshake), self.receive, self._send)
+            await self.app(self._scope(), self.receive, self._send)
         except ConnectionResetError:
             pass  # the client went away while the application was sending
         except Exception:
-            log.exception("websocket application failed on %s", request.target)
+            log.exception("websocket application failed on %s", self.request.target)
             await self._close_after_error()
         else:
-            if not self.accepted and not self.closed:
+            if not self.closed:
                 # Returning without accepting is a refusal (ASGI: 403).
-                await self._send({"type": "websocket.close", "code": 1000})
-            elif not self.closed:
                 await self._send({"type": "websocket.close", "code": 1000})
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+    async def _handshake(self, leftover: bytes) -> bool:
+        """Check the opening request; False (after answering it) if it is refused."""
+        request = self.request
+        if self.extended is not None:
+            versions = _header_list(request.headers, b"sec-websocket-version")
+            if versions != ["13"]:
+                await self.extended.respond(400, [(b"sec-websocket-version", b"13")], end=True)
+                return False
+            self.subprotocols = _header_list(request.headers, b"sec-websocket-protocol")
+            return True
+        head = [b"GET " + request.target.encode("latin-1") + b" HTTP/1.1\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in request.headers]
+        self.ws.receive_data(b"".join(head) + b"\r\n" + leftover)
+        handshake = next((e for e in self.ws.events() if isinstance(e, WsRequest)), None)
+        if handshake is None:
+            await self.flow.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            return False
+        self.subprotocols = list(handshake.subprotocols)
+        return True
 
     async def stop(self) -> None:
         """The server is stopping: close with 1001 (going away), tell the application."""
@@ -193,9 +221,11 @@ class WebSocketSession:
         if self.closed:
             return
         self.closed = True
-        event: Event = CloseConnection(1011) if self.accepted else RejectConnection(status_code=500)
         with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
-            await self._write(event)
+            if self.accepted:
+                await self._write(CloseConnection(1011))
+            else:
+                await self._reject(500)
 
     async def _send(self, message: AsgiMessage) -> None:
         kind = message.get("type")
@@ -207,14 +237,7 @@ class WebSocketSession:
         try:
             if kind == "websocket.accept" and not self.accepted:
                 self.accepted = True
-                extra = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
-                await self._write(
-                    AcceptConnection(
-                        subprotocol=message.get("subprotocol"),
-                        extensions=[_BoundedDeflate(self.max_message_bytes)],
-                        extra_headers=extra,
-                    )
-                )
+                await self._accept(message)
             elif kind == "websocket.send" and self.accepted:
                 text, data = message.get("text"), message.get("bytes")
                 if text is not None:
@@ -227,12 +250,40 @@ class WebSocketSession:
                     code = int(message.get("code", 1000))
                     await self._write(CloseConnection(code, message.get("reason") or None))
                 else:
-                    await self._write(RejectConnection(status_code=403))
+                    await self._reject(403)
             else:
                 raise RuntimeError(f"unexpected ASGI websocket message {kind!r} here")
         except (LocalProtocolError, LoomingError, OSError) as error:
             self.closed = True
             raise ConnectionResetError(f"the websocket is closed: {error}") from None
+
+    async def _accept(self, message: AsgiMessage) -> None:
+        """Answer the handshake: a 101 upgrade, or over HTTP/2 a 200 in HEADERS."""
+        extra = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
+        subprotocol = message.get("subprotocol")
+        deflate = _BoundedDeflate(self.max_message_bytes)
+        if self.extended is None:
+            accept = AcceptConnection(
+                subprotocol=subprotocol, extensions=[deflate], extra_headers=extra
+            )
+            await self._write(accept)
+            return
+        headers = list(extra)
+        if subprotocol:
+            headers.append((b"sec-websocket-protocol", str(subprotocol).encode("latin-1")))
+        offers = _header_list(self.request.headers, b"sec-websocket-extensions")
+        agreed = server_extensions_handshake(offers, [deflate])
+        if agreed is not None:
+            headers.append((b"sec-websocket-extensions", agreed))
+        self.ws = Connection(ConnectionType.SERVER, [deflate] if agreed is not None else [])
+        await self.extended.respond(200, headers, end=False)
+
+    async def _reject(self, status: int) -> None:
+        """Refuse the handshake with ``status`` (no websocket follows)."""
+        if self.extended is not None:
+            await self.extended.respond(status, [], end=True)
+        else:
+            await self._write(RejectConnection(status_code=status))
 
     async def _read(self) -> None:
         """Client frames into the inbox, pings answered, until the close."""
