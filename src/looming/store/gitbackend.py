@@ -42,7 +42,7 @@ from looming.store.objects import (
     parse_tree,
     raw_id,
 )
-from looming.store.pack import PackRecord, build_pack, install_pack
+from looming.store.pack import IndexEntry, PackRecord, build_pack, install_pack
 from looming.store.spares import SparePool, reclaim_dead, sync_dir, sync_together
 
 # Small packs are folded once they amount to this fraction of the growing
@@ -140,6 +140,20 @@ def _identity(descriptor: int) -> str:
     return f"{stat.st_dev}:{stat.st_ino} {version}"
 
 
+def _read_small(path: str) -> bytes:
+    """The bytes of a small file such as a ref: an open, a read or two and
+    a close (Python's ``open`` adds five more calls into the kernel)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = [os.read(descriptor, 4096)]
+        if len(parts[0]) == 4096:  # a large packed-refs, say: to its end
+            while part := os.read(descriptor, 65536):
+                parts.append(part)
+    finally:
+        os.close(descriptor)
+    return b"".join(parts)
+
+
 def make_dirs_durably(path: str, sync: bool) -> None:
     """``os.makedirs``, and with ``sync`` each new folder's parent fsynced
     (a new folder's name is only on the disk once its parent is)."""
@@ -177,8 +191,7 @@ class RefLockFile:
         # which fails when the name exists, as git's O_EXCL create does. So
         # a lock that appears under the name is always recorded: one that a
         # writer killed at any point leaves is known to be looming's.
-        source = backend._spares.take_or_make()
-        self.descriptor = os.open(source, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        source, self.descriptor = backend._spares.take_or_make()
         try:
             backend._note_lock(self.lock_path, self.descriptor)
             self._link(source)
@@ -522,27 +535,58 @@ class GitBackend:
                 ((oid, kind, body) for oid, (kind, body) in pending.items()), self._compression
             )
             self._make_dir(self.pack_dir)
-            base = install_pack(
-                self.pack_dir,
-                data,
-                entries,
-                checksum,
-                self._spares.take,
-                sync=self._sync,
-                sync_folder=False,
-            )
+            growing = self._growing
+            if growing.size() > SEAL_ABOVE and not growing.absorbed:
+                self._seal()
+            trees = {oid: body for oid, (kind, body) in pending.items() if kind == "tree"}
+            base = os.path.join(self.pack_dir, f"pack-{checksum.hex()}")
+            mark = (len(self._growing.body), len(self._growing.pending))
+            try:
+                install_pack(
+                    self.pack_dir,
+                    data,
+                    entries,
+                    checksum,
+                    self._spares.take,
+                    sync=self._sync,
+                    sync_folder=False,
+                    # The fold's share of the work, done while the disk writes.
+                    while_waiting=lambda: self._absorb(base, data, entries, trees),
+                )
+            except BaseException:
+                if base in self._growing.absorbed:
+                    self._growing.absorbed.remove(base)
+                    self._growing.unabsorb(*mark)
+                raise
             if self._sync:
                 self._unsynced_dirs.add(self.pack_dir)  # with the ref's lock file
             self._small_packs.append((base, entries))
             self._small_bytes += len(data)
-            self._recent_packs[base] = data
-            trees = self._recent_trees
-            for oid, (kind, body) in pending.items():
-                if kind == "tree":
-                    trees[oid] = body
+            if base not in self._growing.absorbed:
+                self._recent_packs[base] = data
+                self._recent_trees.update(trees)
             self._known.update(pending)
             self._pending = {}
             self._maybe_fold()
+
+    def _absorb(
+        self, base: str, data: bytes, entries: list[IndexEntry], trees: dict[ObjectId, bytes]
+    ) -> None:
+        """Append a new small pack to the growing pack in memory (see
+        :meth:`GrowingPack.absorb`), unless packs before it wait for the
+        fold in memory (it appends in the order versions were written)."""
+        if self._recent_packs:
+            return
+        self._growing.absorb(base, data, entries, self._delta_bases, trees)
+        for object_id, _offset, _crc in entries:
+            self._delta_bases.pop(object_id, None)
+
+    def _seal(self) -> None:
+        """Leave the growing pack as it is on disk and begin a new one."""
+        record = self._growing.record
+        if record is not None:
+            self._sealed.append(record)
+        self._growing = GrowingPack()
 
     def _maybe_fold(self) -> None:
         # Folding copies the growing pack, so it waits until the small packs
@@ -559,12 +603,14 @@ class GitBackend:
         """Fold the small packs into the growing pack (thread lock held)."""
         if not self._small_packs:
             return
-        if self._growing.size() > SEAL_ABOVE:
-            record = self._growing.record
-            if record is not None:
-                self._sealed.append(record)
-            self._growing = GrowingPack()
-        small = [record for record in self._small_packs if record[0] in self._recent_packs]
+        if self._growing.size() > SEAL_ABOVE and not self._growing.absorbed:
+            self._seal()
+        absorbed = self._growing.absorbed
+        small = [
+            record
+            for record in self._small_packs
+            if record[0] in self._recent_packs or record[0] in absorbed
+        ]
         # Our own readers let go of the packs first, so that the ones folded
         # away can become spares (see SparePool.retire).
         self._reopen_packs()
@@ -847,8 +893,7 @@ class GitBackend:
         # is reported as a damaged ref.
         for attempt in range(3):
             try:
-                with open(self._ref_path(name), "rb") as file:
-                    text = file.read().strip()
+                text = _read_small(self._ref_path(name)).strip()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return self._packed_refs().get(name)
             if text.startswith(b"ref: "):
@@ -957,8 +1002,7 @@ class GitBackend:
         """The ref's value while we hold its lock: the loose file, or
         packed-refs when there is none (git's order)."""
         try:
-            with open(path, "rb") as file:
-                text = file.read().strip()
+            text = _read_small(path).strip()
         except (FileNotFoundError, NotADirectoryError):
             return self._packed_refs().get(name)
         except IsADirectoryError:

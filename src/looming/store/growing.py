@@ -79,6 +79,11 @@ class GrowingPack:
         # MAX_DELTA_DEPTH**2 / 2 versions) or a delta is no longer small.
         self.anchors: dict[ObjectId, ObjectId] = {}  # newest version -> its segment's first
         self.anchor_bodies: dict[ObjectId, bytes] = {}
+        # Small packs appended in memory ahead of the fold (see absorb), and
+        # the entries they added: the file on disk ends at ``installed``.
+        self.absorbed: list[str] = []
+        self.pending: list[IndexEntry] = []
+        self.installed = len(self.body)
 
     def _tree_entry(
         self,
@@ -121,7 +126,35 @@ class GrowingPack:
         return None if self.base_name is None else (self.base_name, self.entries)
 
     def size(self) -> int:
-        return len(self.body)
+        """The bytes of the pack on disk (without what is absorbed only)."""
+        return self.installed
+
+    def absorb(
+        self,
+        base_name: str,
+        data: bytes,
+        entries: list[IndexEntry],
+        delta_bases: dict[ObjectId, ObjectId],
+        tree_bodies: dict[ObjectId, bytes],
+    ) -> None:
+        """Append the objects of small pack ``base_name`` (``data``) in
+        memory now, so the fold that installs them has only the pack to
+        write: a writer does it while its own fsyncs are under way (see
+        :func:`looming.store.spares.fsync_together`), when the processor
+        would otherwise wait for the disk."""
+        grown_from, count = len(self.body), len(self.pending)
+        try:
+            self._append(data, entries, delta_bases, tree_bodies, self.pending)
+        except BaseException:
+            self.unabsorb(grown_from, count)
+            raise
+        self.absorbed.append(base_name)
+
+    def unabsorb(self, grown_from: int, count: int) -> None:
+        """Undo appends made since the body was ``grown_from`` bytes and
+        ``count`` entries were pending (their pack was not installed)."""
+        self._undo(grown_from, self.pending[count:])
+        del self.pending[count:]
 
     def fold(
         self,
@@ -141,27 +174,32 @@ class GrowingPack:
         install the result as a new pack (on the disk first, with ``sync``),
         then remove the packs it replaces (each file handed to ``retire``
         first, which may keep it as a spare)."""
-        grown_from = len(self.body)
-        new_entries: list[IndexEntry] = []
+        grown_from, count = len(self.body), len(self.pending)
+        new_entries = self.pending
         try:
             for base_name, source_entries in small_packs:
+                if base_name in self.absorbed:
+                    continue
                 data = cached.get(base_name)
                 if data is None:
                     with open(base_name + ".pack", "rb") as file:
                         data = file.read()
                 self._append(data, source_entries, delta_bases, tree_bodies or {}, new_entries)
-            new_base, entries = self._install(pack_dir, new_entries, take_spare, sync)
+            new_base, entries = self._install(pack_dir, list(new_entries), take_spare, sync)
         except BaseException:
-            self._undo(grown_from, new_entries)
+            self.unabsorb(grown_from, count)
             raise
         live_anchors = set(self.anchors.values())
         for anchor in [oid for oid in self.anchor_bodies if oid not in live_anchors]:
             del self.anchor_bodies[anchor]
-        replaced = [record[0] for record in small_packs]
+        replaced = list(dict.fromkeys([*self.absorbed, *(record[0] for record in small_packs)]))
         if self.base_name is not None:
             replaced.append(self.base_name)
         self.base_name = new_base
         self.entries = entries
+        self.installed = len(self.body)
+        self.absorbed = []
+        self.pending = []
         _remove_packs(replaced, new_base, cached, retire)
 
     def _append(

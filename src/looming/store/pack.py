@@ -14,7 +14,7 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 
 from looming.store.errors import CorruptObject
@@ -180,6 +180,7 @@ def install_pack(
     *,
     sync: bool = False,
     sync_folder: bool = True,
+    while_waiting: Callable[[], object] | None = None,
 ) -> str:
     """Write ``pack-<checksum>.pack`` (``data`` then ``tail``, which may
     carry the checksum so a large ``data`` is not copied to append it) then
@@ -192,14 +193,22 @@ def install_pack(
     on the disk (fsynced at once) before either is renamed, and the
     folder's names when this returns (a power cut too leaves the whole
     pack); ``sync_folder=False`` leaves the folder to the caller, who
-    fsyncs it before anything names the pack's objects.
+    fsyncs it before anything names the pack's objects. ``while_waiting``
+    is work done while the files are fsynced (see
+    :func:`~looming.store.spares.write_files_atomically`), called also when
+    the pack exists already.
     """
     base = os.path.join(pack_dir, f"pack-{checksum.hex()}")
     if os.path.exists(base + ".idx"):
+        if while_waiting is not None:
+            while_waiting()
         return base
     index = encode_index(entries, checksum, presorted)
     write_files_atomically(
-        [(base + ".pack", data, tail), (base + ".idx", index, b"")], take_spare, sync=sync
+        [(base + ".pack", data, tail), (base + ".idx", index, b"")],
+        take_spare,
+        sync=sync,
+        while_waiting=while_waiting,
     )
     if sync and sync_folder:
         sync_dir(pack_dir)

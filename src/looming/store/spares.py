@@ -28,7 +28,6 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, wait
 
 SPARE_DIR = "looming-spares"
 
@@ -58,7 +57,7 @@ class _Syncer:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.jobs: queue.SimpleQueue[tuple[int, Future[None]]] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.workers = 0
 
@@ -70,41 +69,71 @@ class _Syncer:
 
     def _work(self) -> None:
         while True:
-            descriptor, done = self.jobs.get()
+            descriptor, started, done = self.jobs.get()
+            if started is not None:
+                started.put(None)  # in the kernel from here on, without the GIL
             try:
                 os.fsync(descriptor)
             except BaseException as error:  # handed to the waiting writer
-                done.set_exception(error)
+                done.put(error)
             else:
-                done.set_result(None)
+                done.put(None)
 
+
+# descriptor, where to say the fsync is starting (or None), where its
+# outcome goes (None, or the error)
+_Job = tuple[int, "queue.SimpleQueue[None] | None", "queue.SimpleQueue[BaseException | None]"]
 
 _SYNCER: _Syncer | None = None
 
 
-def fsync_together(descriptors: list[int]) -> None:
+def fsync_together(
+    descriptors: list[int], while_waiting: Callable[[], object] | None = None
+) -> None:
     """fsync every descriptor, at once: returns when all are on the disk,
-    raising the first error after all have finished."""
+    raising the first error after all have finished.
+
+    ``while_waiting``, if given, is called once every fsync is under way
+    (all in threads, each past the point where it holds the interpreter
+    lock): work for the processor while the disk writes. It is called
+    even when there is nothing to fsync; whatever it raises is raised
+    after every fsync has finished."""
     global _SYNCER
-    if len(descriptors) < 2:
+    if len(descriptors) < (1 if while_waiting is not None else 2):
         for descriptor in descriptors:
             os.fsync(descriptor)
+        if while_waiting is not None:
+            while_waiting()
         return
     syncer = _SYNCER
     if syncer is None or syncer.pid != os.getpid():  # none yet, or a forked child's
         syncer = _SYNCER = _Syncer()
-    syncer.start(len(descriptors) - 1)
-    waiting: list[Future[None]] = []
-    for descriptor in descriptors[1:]:
-        done: Future[None] = Future()
-        syncer.jobs.put((descriptor, done))
-        waiting.append(done)
+    in_threads = descriptors if while_waiting is not None else descriptors[1:]
+    syncer.start(len(in_threads))
+    done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+    started: queue.SimpleQueue[None] | None = None
+    if while_waiting is not None:
+        started = queue.SimpleQueue()
+    for descriptor in in_threads:
+        syncer.jobs.put((descriptor, started, done))
+    errors: list[BaseException] = []
     try:
-        os.fsync(descriptors[0])
+        if while_waiting is None:
+            os.fsync(descriptors[0])
+        else:
+            assert started is not None
+            # Each worker takes the interpreter lock to start its fsync;
+            # blocking here hands it over, so none waits for ours to end.
+            for _descriptor in in_threads:
+                started.get()
+            while_waiting()
     finally:
-        wait(waiting)
-    for done in waiting:
-        done.result()
+        for _descriptor in in_threads:
+            error = done.get()
+            if error is not None:
+                errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 def sync_together(descriptors: list[int], folders: list[str]) -> None:
@@ -138,17 +167,25 @@ FileContent = tuple[str, bytes | bytearray, bytes]  # path, data, tail
 
 
 def write_files_atomically(
-    files: list[FileContent], take_spare: TakeSpare | None = None, *, sync: bool = False
+    files: list[FileContent],
+    take_spare: TakeSpare | None = None,
+    *,
+    sync: bool = False,
+    while_waiting: Callable[[], object] | None = None,
 ) -> None:
     """:func:`write_file_atomically` for several files: all are filled,
     fsynced at once (with ``sync``), then renamed into place in order, so
-    each name appears only once every file's bytes are on the disk."""
+    each name appears only once every file's bytes are on the disk.
+    ``while_waiting`` is called while the fsyncs run (or once the files
+    are filled, without ``sync``); if it raises, no file is renamed."""
     filled: list[tuple[int, str]] = []
     try:
         for path, data, tail in files:
             filled.append(_fill(path, data, tail, take_spare))
         if sync:
-            fsync_together([descriptor for descriptor, _spare in filled])
+            fsync_together([descriptor for descriptor, _spare in filled], while_waiting)
+        elif while_waiting is not None:
+            while_waiting()
     finally:
         for descriptor, _spare in filled:
             os.close(descriptor)
@@ -178,6 +215,7 @@ def _fill(
             descriptor = os.open(spare, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             spare = None
+    recycled = spare is not None
     if spare is None:
         spare = path + ".tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -186,7 +224,8 @@ def _fill(
         _write_all(descriptor, data)
         if tail:
             _write_all(descriptor, tail)
-        os.ftruncate(descriptor, len(data) + len(tail))
+        if recycled:  # it may have held more
+            os.ftruncate(descriptor, len(data) + len(tail))
     except BaseException:
         os.close(descriptor)
         raise
@@ -269,17 +308,22 @@ class SparePool:
             sync_dir(folder)
         return spare
 
-    def take_or_make(self) -> str:
-        """A spare, made now when none is ready."""
+    def take_or_make(self) -> tuple[str, int]:
+        """A spare, made now when none is ready, and its descriptor, open
+        for writing at its start, empty."""
         spare = self.take()
         if spare is not None:
-            return spare
-        os.makedirs(self.folder, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                return spare, os.open(spare, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
         while True:
-            name = self._next_name()
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                return name
+            name = self._next_name()  # its lease made the folder
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                return name, os.open(name, flags, 0o644)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # the folder was removed meanwhile
+                os.makedirs(self.folder, exist_ok=True)
 
     def _next_name(self) -> str:
         with self._lock:
