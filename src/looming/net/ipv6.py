@@ -10,9 +10,18 @@ Packets larger than the link's MTU are fragmented at the source (RFC 8200
 (overlapping fragments drop the whole, RFC 5722; atomic fragments, which
 nobody should send any more (RFC 8021), are counted and dropped).
 
-Errors sent: destination unreachable (UDP's port unreachable), rate
-limited. Errors taken: Packet Too Big, which lowers the path MTU (and TCP's
-MSS) for its destination (RFC 8201).
+Errors sent, all from one token bucket (RFC 4443 2.4(f)): destination
+unreachable (UDP's port unreachable); parameter problem for an unknown
+Next Header (code 1, pointing at the field that named it), a malformed
+extension header (code 0) and an unrecognised option whose action bits ask
+for it (code 2, RFC 8200 4.2; action 11 not for a packet sent to a group);
+time exceeded code 1 when a packet whose first fragment came is not
+complete in time (RFC 8200 4.5). Errors taken: Packet Too Big, which lowers
+the path MTU (and TCP's MSS) for its destination (RFC 8201); destination
+unreachable, time exceeded and parameter problem quoting a packet we sent,
+handed to the layer registered for its protocol (:meth:`register_errors`;
+TCP and UDP take them as their ICMP errors, with the same hard and soft
+meanings as Linux gives them).
 
 Addresses: the link-local one (taken as unique: it comes from the MAC),
 static ones with their on-link prefix and a static gateway
@@ -33,8 +42,9 @@ import asyncio
 import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import replace
-from ipaddress import IPv6Address, IPv6Network
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import cast
 
 from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
 from looming.devices.random import Random
@@ -42,13 +52,16 @@ from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, Malformed, NoRoute
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer
+from looming.net.icmp import IcmpError
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, Solicitation
-from looming.net.reassembly import Reassembler
+from looming.net.reassembly import Reassembler, ReassemblyKey
 from looming.net.slaac import Action, Assign, Autoconf, Remove, SolicitRouters, StartDad
 from looming.net.wire import icmpv6, mld, ndp
 from looming.net.wire import ipv6 as wire
+from looming.net.wire.icmp import IcmpType
 from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
-from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader
+from looming.net.wire.ipv4 import Ipv4Header
+from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader, UnrecognisedOption
 
 Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
 """Called with (what IPv6 knows of the packet, its upper-layer payload)."""
@@ -59,6 +72,114 @@ _MAX_PATH_MTUS = 1024
 
 PathMtuListener = Callable[[IPv6Address], None]
 """Called with a destination whose path MTU was just lowered."""
+
+_ERRORS_FOR_UPPER_LAYERS = frozenset(
+    {Icmpv6Type.DESTINATION_UNREACHABLE, Icmpv6Type.TIME_EXCEEDED, Icmpv6Type.PARAMETER_PROBLEM}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Icmpv6Error:
+    """An ICMPv6 error received about a packet we sent: ``original`` holds
+    its addresses and upper-layer protocol, ``original_payload`` at least
+    the first 8 bytes of its upper-layer header."""
+
+    reporter: IPv6Address
+    type: int
+    code: int
+    original: Ipv6Header
+    original_payload: bytes
+
+    @property
+    def hard(self) -> bool:
+        """Whether the destination refuses this traffic for good (the
+        codes Linux makes fatal): administratively prohibited, port
+        unreachable, source policy, reject route, and Parameter Problem."""
+        if self.type == Icmpv6Type.PARAMETER_PROBLEM:
+            return True
+        return self.type == Icmpv6Type.DESTINATION_UNREACHABLE and self.code in (1, 4, 5, 6)
+
+
+Icmpv6ErrorHandler = Callable[[Icmpv6Error], None]
+
+# RFC 4443 3.1 Destination Unreachable codes -> the RFC 1122 code with the
+# same meaning, for TCP and UDP, which classify errors by IPv4's codes.
+_UNREACHABLE_AS_IPV4 = {0: 0, 1: 13, 2: 1, 3: 1, 4: 3, 5: 13, 6: 13}
+
+
+def as_icmp_error(error: Icmpv6Error) -> IcmpError:
+    """The ICMPv6 error in the form TCP and UDP take for ICMP errors: the
+    same hard/soft meaning (port unreachable stays port unreachable,
+    Parameter Problem is protocol unreachable, Time Exceeded is time
+    exceeded). Those layers read the addresses, the quoted ports and
+    sequence, and the codes; the quoted header carries IPv6 addresses."""
+    if error.type == Icmpv6Type.TIME_EXCEEDED:
+        kind, code = IcmpType.TIME_EXCEEDED, error.code
+    elif error.type == Icmpv6Type.PARAMETER_PROBLEM:
+        kind, code = IcmpType.DESTINATION_UNREACHABLE, 2
+    else:
+        kind, code = IcmpType.DESTINATION_UNREACHABLE, _UNREACHABLE_AS_IPV4.get(error.code, 1)
+    quoted = error.original
+    original = cast(
+        Ipv4Header, _QuotedHeader(quoted.source, quoted.destination, quoted.next_header)
+    )
+    reporter = cast(IPv4Address, error.reporter)
+    return IcmpError(reporter, kind, code, original, error.original_payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _QuotedHeader:
+    """What TCP and UDP read of a quoted header: addresses and protocol."""
+
+    source: IPv6Address
+    destination: IPv6Address
+    protocol: int
+
+
+def _next_header_pointer(packet: bytes, chain: wire.Chain) -> int:
+    """The offset in ``packet`` of the Next Header field naming the
+    upper-layer protocol: 6 in the fixed header, else the first byte of
+    the last extension header."""
+    offset, last = wire.HEADER_LENGTH, 6
+    for extension in chain.headers:
+        last = offset
+        offset += 8 if isinstance(extension, FragmentHeader) else (packet[offset + 1] + 1) * 8
+    return last
+
+
+def _unrecognised_option(packet: bytes, chain: wire.Chain) -> tuple[int, int] | None:
+    """The offset and action (RFC 8200 4.2) of the first option in the
+    hop-by-hop or destination options headers that looming does not know
+    and may not skip; None when there is none."""
+    offset = wire.HEADER_LENGTH
+    for extension in chain.headers:
+        length = 8 if isinstance(extension, FragmentHeader) else (packet[offset + 1] + 1) * 8
+        if isinstance(extension, wire.OptionsHeader):
+            position, end = offset + 2, offset + length
+            while position < end:
+                kind = packet[position]
+                if kind == wire.OptionType.PAD1:
+                    position += 1
+                    continue
+                if kind not in _KNOWN_OPTIONS and kind >> 6 != UnrecognisedOption.SKIP:
+                    return position, kind >> 6
+                position += 2 + packet[position + 1]
+        offset += length
+    return None
+
+
+_KNOWN_OPTIONS = frozenset({wire.OptionType.PADN, wire.OptionType.ROUTER_ALERT})
+
+
+def _is_icmpv6_error(chain: wire.Chain) -> bool:
+    """RFC 4443 2.4(e.1): no error is sent about an ICMPv6 error."""
+    return (
+        chain.protocol == NextHeader.ICMPV6
+        and chain.fragment is None
+        and len(chain.payload) > 0
+        and chain.payload[0] < 128
+    )
+
 
 AddressListener = Callable[[IPv6Address, bool], None]
 """Called with an address autoconfiguration assigned (True) or removed (False)."""
@@ -122,6 +243,8 @@ class Ipv6Layer:
         self._autoconf_timer: asyncio.TimerHandle | None = None
         self._address_listeners: list[AddressListener] = []
         self._address_waiters: list[asyncio.Future[None]] = []
+        self._error_handlers: dict[int, Icmpv6ErrorHandler] = {}
+        self._first_fragments: dict[ReassemblyKey, bytes] = {}
         self.add_address(self.link_local)
         ethernet.register(EthernetProtocol.IPV6, self._on_frame)
 
@@ -236,7 +359,6 @@ class Ipv6Layer:
         counters = self.counters
         try:
             header, payload_view = wire.parse(packet)
-            chain = wire.walk(header.next_header, payload_view)
         except Malformed:
             counters["malformed"] += 1
             return
@@ -246,16 +368,21 @@ class Ipv6Layer:
         if header.source.is_multicast:
             counters["martian_source"] += 1  # RFC 4291 2.7: never a source
             return
+        chain = self._walk(header, packet, payload_view)
+        if chain is None:
+            return
         if chain.fragment is None:
             protocol, upper = chain.protocol, bytes(chain.payload)
             raw_header = packet[: len(packet) - len(chain.payload)]
+            pointer = _next_header_pointer(packet, chain)
         else:
-            whole = self._reassemble(header, chain.fragment, chain.payload)
+            whole = self._reassemble(header, chain.fragment, chain.payload, packet)
             if whole is None:
                 return
             protocol, upper = whole
             raw_header = wire.emit_header(replace(header, next_header=protocol), len(upper))
             checksum_verified = False  # the interface saw only the pieces
+            pointer = 6
         counters["rx_packets"] += 1
         received = ReceivedPacket(
             header.source,
@@ -269,11 +396,46 @@ class Ipv6Layer:
         handler = self._handlers.get(protocol)
         if handler is None:
             counters["unknown_protocol"] += 1
+            if protocol != NextHeader.NO_NEXT_HEADER:  # RFC 8200 4.7: nothing follows
+                # RFC 8200 section 4: the offset of the Next Header field.
+                code = icmpv6.ParameterProblemCode.UNRECOGNISED_NEXT_HEADER
+                self._send_error(
+                    header, raw_header + upper, Icmpv6Type.PARAMETER_PROBLEM, code, pointer
+                )
             return
         handler(received, upper)
 
+    def _walk(self, header: Ipv6Header, packet: bytes, payload: memoryview) -> wire.Chain | None:
+        """The extension headers, or None when the packet is dropped (and
+        answered with a Parameter Problem where RFC 8200 says so)."""
+        try:
+            chain = wire.walk(header.next_header, payload)
+        except wire.ExtensionHeaderProblem as problem:
+            self.counters["extension_header_problem"] += 1
+            problem_type = Icmpv6Type.PARAMETER_PROBLEM
+            self._send_error(header, packet, problem_type, problem.code, problem.pointer)
+            return None
+        except Malformed:
+            self.counters["malformed"] += 1
+            return None
+        bad_option = _unrecognised_option(packet, chain)
+        if bad_option is None:
+            return chain
+        position, action = bad_option
+        self.counters["unrecognised_option"] += 1
+        report = action == UnrecognisedOption.DISCARD_AND_REPORT or (
+            action == UnrecognisedOption.DISCARD_AND_REPORT_UNLESS_MULTICAST
+            and not header.destination.is_multicast
+        )
+        if report and not _is_icmpv6_error(chain):
+            code = icmpv6.ParameterProblemCode.UNRECOGNISED_OPTION
+            self._send_error(
+                header, packet, Icmpv6Type.PARAMETER_PROBLEM, code, position, to_group=True
+            )
+        return None
+
     def _reassemble(
-        self, header: Ipv6Header, fragment: FragmentHeader, data: memoryview
+        self, header: Ipv6Header, fragment: FragmentHeader, data: memoryview, packet: bytes
     ) -> tuple[int, bytes] | None:
         """Add a fragment; the upper-layer protocol and payload of the whole
         once it is complete."""
@@ -289,8 +451,10 @@ class Ipv6Layer:
             key, fragment.offset, fragment.more_fragments, bytes(data), self._now(), 0xFFFF
         )
         if whole is None:
+            self._keep_first_fragment(key, fragment, packet)
             self._watch_reassembly()
             return None
+        self._first_fragments.pop(key, None)
         try:
             chain = wire.walk(fragment.next_header, whole)
         except Malformed:
@@ -311,9 +475,29 @@ class Ipv6Layer:
             delay, self._expire_reassembly
         )
 
+    def _keep_first_fragment(
+        self, key: ReassemblyKey, fragment: FragmentHeader, packet: bytes
+    ) -> None:
+        """Keep the start of a first fragment (bounded like the reassembler)
+        for the Time Exceeded that its timeout sends (RFC 8200 4.5)."""
+        kept = self._first_fragments
+        if fragment.offset == 0 and key in self.reassembler:
+            kept[key] = packet[: icmpv6.MAX_ERROR_QUOTE]
+        if len(kept) > self.reassembler.max_datagrams:
+            for stale in [k for k in kept if k not in self.reassembler]:
+                del kept[stale]
+
     def _expire_reassembly(self) -> None:
         self._reassembly_timer = None
-        self.reassembler.expire(self._now())
+        for key in self.reassembler.expire(self._now()):
+            first = self._first_fragments.pop(key, None)
+            if first is None:
+                continue  # the first fragment never came: no error (RFC 8200 4.5)
+            source, destination = key[0], key[1]
+            assert isinstance(source, IPv6Address) and isinstance(destination, IPv6Address)
+            header = Ipv6Header(source, destination, NextHeader.FRAGMENT)
+            code = icmpv6.TimeExceededCode.REASSEMBLY
+            self._send_error(header, first, Icmpv6Type.TIME_EXCEEDED, code, 0)
         self._watch_reassembly()
 
     def _on_icmpv6(self, packet: ReceivedPacket[IPv6Address], payload: bytes) -> None:
@@ -337,6 +521,8 @@ class Ipv6Layer:
                 future.set_result(None)
         elif header.type == Icmpv6Type.PACKET_TOO_BIG:
             self._on_packet_too_big(header.mtu, bytes(body))
+        elif header.type in _ERRORS_FOR_UPPER_LAYERS:
+            self._on_error(packet, header, bytes(body))
         elif isinstance(message, ndp.NeighborSolicitation):
             self._on_solicitation(packet, message)
         elif isinstance(message, ndp.NeighborAdvertisement):
@@ -385,6 +571,43 @@ class Ipv6Layer:
         counters["pmtu_lowered"] += 1
         for listener in self._path_mtu_listeners:
             listener(destination)
+
+    def _on_error(
+        self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, quoted: bytes
+    ) -> None:
+        """Destination Unreachable, Time Exceeded or Parameter Problem: to
+        the upper layer whose packet it quotes (RFC 4443 3, RFC 5927 4.1:
+        only packets sent from our addresses, with at least 8 bytes of the
+        upper-layer header for the layer to match its ports)."""
+        counters = self.counters
+        if len(quoted) < wire.HEADER_LENGTH:
+            counters["icmpv6_malformed"] += 1
+            return
+        source = IPv6Address(quoted[8:24])
+        if source not in self._addresses:
+            counters["error_not_ours"] += 1
+            return
+        try:
+            chain = wire.walk(quoted[6], quoted[wire.HEADER_LENGTH :])
+        except Malformed:
+            counters["error_quote_malformed"] += 1
+            return
+        if (chain.fragment is not None and chain.fragment.offset) or len(chain.payload) < 8:
+            counters["error_quote_too_short"] += 1
+            return
+        handler = self._error_handlers.get(chain.protocol)
+        if handler is None:
+            counters["error_no_handler"] += 1
+            return
+        original = Ipv6Header(source, IPv6Address(quoted[24:40]), chain.protocol)
+        counters["rx_error_delivered"] += 1
+        handler(
+            Icmpv6Error(packet.source, header.type, header.code, original, bytes(chain.payload))
+        )
+
+    def register_errors(self, protocol: int, handler: Icmpv6ErrorHandler) -> None:
+        """Hand ICMPv6 errors quoting a ``protocol`` packet to ``handler``."""
+        self._error_handlers[protocol] = handler
 
     def _on_solicitation(
         self, packet: ReceivedPacket[IPv6Address], message: ndp.NeighborSolicitation
@@ -718,17 +941,39 @@ class Ipv6Layer:
         be delivered (RFC 4443 3.1), quoting as much of it as fits a
         minimum-MTU packet; never about a packet sent to a group or from no
         address (RFC 4443 2.4(e)), and rate limited."""
-        if original.destination.is_multicast or original.source.is_unspecified:
-            return
+        header = Ipv6Header(original.source, original.destination, original.protocol)
+        unreachable = Icmpv6Type.DESTINATION_UNREACHABLE
+        if self._send_error(header, original.header + payload, unreachable, code, 0):
+            self.counters["tx_unreachable"] += 1
+
+    def _send_error(
+        self,
+        original: Ipv6Header,
+        packet: bytes,
+        type: int,
+        code: int,
+        rest: int,
+        *,
+        to_group: bool = False,
+    ) -> bool:
+        """An ICMPv6 error to the sender of ``packet`` quoting as much of it
+        as fits a minimum-MTU packet (RFC 4443 2.4(c)); never about a packet
+        from no address, nor one sent to a group unless ``to_group`` (a
+        Parameter Problem for an option that asks for it, 2.4(e.3)); rate
+        limited (2.4(f)). Whether it was sent."""
+        if original.source.is_unspecified or (original.destination.is_multicast and not to_group):
+            return False
         if not self._error_allowed():
             self.counters["tx_error_rate_limited"] += 1
-            return
-        quoted = icmpv6.error_quote(original.header + payload)
-        header = Icmpv6Header(Icmpv6Type.DESTINATION_UNREACHABLE, code)
+            return False
         source = original.destination
-        message = icmpv6.emit(header, quoted, source, original.source)
-        self.counters["tx_unreachable"] += 1
+        if source.is_multicast or source not in self._addresses:
+            source = self.source_for(original.source)
+        quoted = icmpv6.error_quote(packet)
+        message = icmpv6.emit(Icmpv6Header(type, code, rest), quoted, source, original.source)
+        self.counters[f"tx_error_type_{type}"] += 1
         self._send(original.source, NextHeader.ICMPV6, message, source=source)
+        return True
 
     def _error_allowed(self) -> bool:
         now = self._now()

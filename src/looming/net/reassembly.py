@@ -55,13 +55,20 @@ class Reassembler:
             return partial.first_seen_ns + self.timeout_ns
         return None
 
-    def expire(self, now_ns: int) -> None:
+    def __contains__(self, key: object) -> bool:
+        return key in self._partials
+
+    def expire(self, now_ns: int) -> list[ReassemblyKey]:
+        """Drop the datagrams whose time is up; their keys."""
+        expired: list[ReassemblyKey] = []
         while self._partials:
             key, partial = next(iter(self._partials.items()))
             if partial.first_seen_ns + self.timeout_ns > now_ns:
                 break
             self._drop(key)
             self.counters["timed_out"] += 1
+            expired.append(key)
+        return expired
 
     def _drop(self, key: ReassemblyKey) -> None:
         partial = self._partials.pop(key)

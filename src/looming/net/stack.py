@@ -25,7 +25,7 @@ from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
-from looming.net.ipv6 import Ipv6Layer
+from looming.net.ipv6 import Ipv6Layer, as_icmp_error
 from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
 
@@ -85,6 +85,10 @@ class DirectStack:
         )
         self.icmp.register_errors(IpProtocol.TCP, self._tcp.on_icmp_error)
         self.icmp.register_errors(IpProtocol.UDP, self._udp.on_icmp_error)
+        if self.ipv6 is not None:
+            tcp_errors, udp_errors = self._tcp.on_icmp_error, self._udp.on_icmp_error
+            self.ipv6.register_errors(IpProtocol.TCP, lambda e: tcp_errors(as_icmp_error(e)))
+            self.ipv6.register_errors(IpProtocol.UDP, lambda e: udp_errors(as_icmp_error(e)))
         self.dhcp: DhcpShell | None = None
         self.lease: DhcpLease | None = None
         self._resolver: DnsResolver | None = None
