@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from looming.addresses import stack_url
 from looming.devices import Clock, Console, KvRo, Stack
 from looming.http import HttpServer, StaticSite
 
@@ -23,9 +24,7 @@ class SecureWebsite:
 
     async def start(self) -> None:
         listener = await self.stack.tcp.listen(self.port, self.server.serve_flow)
-        addresses = self.stack.addresses()
-        host = str(addresses[0].ip) if addresses else "0.0.0.0"
-        url = f"https://{'localhost' if host == '0.0.0.0' else host}:{listener.port}"
+        url = stack_url("https", self.stack.addresses(), listener.port, unspecified_as="localhost")
         log.info("serving %s", url)
         await self.console.log(f"serving {url}")
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from looming.addresses import stack_url
 from looming.devices import Clock, Console, KvRo, Stack
 from looming.http import HttpServer, StaticSite
 
@@ -13,11 +14,7 @@ log = logging.getLogger("website")
 
 def served_url(stack: Stack, port: int) -> str:
     """The URL a browser on this host uses to reach the site."""
-    addresses = stack.addresses()
-    host = str(addresses[0].ip) if addresses else "0.0.0.0"
-    if host == "0.0.0.0":
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    return stack_url("http", stack.addresses(), port)
 
 
 class Website:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from looming.addresses import parse_host, stack_url
 from looming.devices import Clock, Console, KvRo, KvRw, Listener, Stack
 from looming.http import HttpServer, StaticSite
 
@@ -21,11 +22,7 @@ Clone the site, change it, and <code>git push</code> it back.</p>
 
 def served_url(stack: Stack, port: int, listen: str | None = None) -> str:
     """The URL a browser on this host uses to reach ``port``."""
-    addresses = stack.addresses()
-    host = listen or (str(addresses[0].ip) if addresses else "0.0.0.0")
-    if host == "0.0.0.0":
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    return stack_url("http", stack.addresses(), port, listen=listen)
 
 
 class StoreWebsite:
@@ -57,7 +54,7 @@ class StoreWebsite:
         self.stack = stack
         self.port = port
         self.push_port = push_port
-        self.listen = listen
+        self.listen = parse_host(listen)
         self.push_token_file = push_token_file
         self.push_access = push_access
         self.push_anonymous_read = push_anonymous_read

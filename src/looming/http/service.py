@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from looming.addresses import stack_url
 from looming.devices import Clock, Console, Stack
 from looming.errors import UsageError
 from looming.http.asgi import AsgiAdapter, AsgiApp
@@ -208,9 +209,7 @@ async def serve_asgi(
     server = http_server(adapter, settings, clock=clock)
     async with adapter.lifespan():
         listener = await stack.tcp.listen(port, server.serve_flow)
-        addresses = stack.addresses()
-        host = str(addresses[0].ip) if addresses else "127.0.0.1"
-        url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{listener.port}"
+        url = stack_url("http", stack.addresses(), listener.port)
         log.info("serving %s", url)
         await console.log(f"serving {url}")
         try:

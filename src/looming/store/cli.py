@@ -178,6 +178,7 @@ def _add_watch(commands: Any) -> None:
 
 
 def _add_serve(commands: Any) -> None:
+    from looming.addresses import host_argument, port_argument
     from looming.store.auth import TOKEN_ENV
 
     serve = _subcommand(
@@ -186,8 +187,13 @@ def _add_serve(commands: Any) -> None:
         cmd_serve,
         "serve the store over smart HTTP and a JSON API (writes need a token)",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8418)
+    serve.add_argument(
+        "--host",
+        type=host_argument,
+        default="127.0.0.1",
+        help="address to listen on: 127.0.0.1, ::1, or :: for every address of both families",
+    )
+    serve.add_argument("--port", type=port_argument, default=8418)
     serve.add_argument(
         "--token-file",
         metavar="FILE",

@@ -472,12 +472,14 @@ def serve_forever(
     scheme = "https" if tls is not None else "http"
     access = policy if policy is not None else AccessPolicy()
 
+    from looming.addresses import url
+
     async def main() -> None:
         listener, _handler = await serve(
             repo, host, port, policy=access, settings=settings, tls=tls
         )
         print(
-            f"serving {repo.path} on {scheme}://{host}:{listener.port}/ (JSON API under /api/)",
+            f"serving {repo.path} on {url(scheme, host, listener.port)} (JSON API under /api/)",
             flush=True,
         )
         print(f"access: {describe(access)}", flush=True)

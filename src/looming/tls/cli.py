@@ -35,8 +35,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from looming.errors import UsageError
+from looming.addresses import format_endpoint, host_argument, parse_endpoint
+from looming.errors import NetworkError, UsageError
 from looming.unix import host_devices
+from looming.unix.socket_stack import listening_socket
 
 from .certs import CertifiedKey, TrustStore
 from .config import TlsConfig
@@ -103,7 +105,13 @@ def _add_serve(
         help="private key of the leaf: PEM or DER, PKCS#8 or traditional, encrypted or not",
     )
     serve.add_argument("--port", type=_port, default=4433, help="TCP port (default 4433)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--host",
+        type=host_argument,
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; ::1 for IPv6, :: for every address of "
+        "both families)",
+    )
     mode = serve.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo what the client sends (default)")
     mode.add_argument(
@@ -335,9 +343,11 @@ async def _serve(args: argparse.Namespace) -> int:
                 await flow.write(chunk)
         await flow.shutdown()
 
-    server = await start_server(handle, args.host, args.port, config)
+    server = await start_server(
+        handle, args.host, args.port, config, sock=listening_socket(args.host, args.port)
+    )
     host, port = server.sockets[0].getsockname()[:2]
-    print(f"listening on {host}:{port}", flush=True)
+    print(f"listening on {format_endpoint(host, port)}", flush=True)
     try:
         async with server:
             await server.serve_forever()
@@ -366,10 +376,9 @@ def describe_connection(flow: TlsFlow) -> str:
 
 
 async def _connect(args: argparse.Namespace) -> int:
-    host, _, port_text = args.address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise UsageError(f"expected HOST:PORT, got {args.address!r}")
+    host, port = parse_endpoint(args.address, allow_zero=False)
+    if not host:
+        raise UsageError(f"expected HOST:PORT, e.g. [::1]:4433, got {args.address!r}")
     config = client_config(args)
     session = read_session_file(args.resume) if args.resume else None
     # Early data must be known before the ClientHello; otherwise read stdin once connected.
@@ -378,7 +387,7 @@ async def _connect(args: argparse.Namespace) -> int:
     early = data
     flow = await open_connection(
         host,
-        int(port_text),
+        port,
         config,
         server_name=args.servername or host,
         session=session,
@@ -433,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except (TlsError, OSError) as exc:
+    except (TlsError, OSError, NetworkError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 
 from cryptography import x509
@@ -306,10 +307,14 @@ async def start_server(
     port: int,
     config: TlsConfig,
     handshake_timeout: float | None = 30.0,
+    *,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
     """Listen with asyncio streams; ``handler`` gets each connection after its handshake.
 
     A client that stalls mid-handshake is dropped after ``handshake_timeout`` seconds.
+    ``sock``, a bound socket, is listened on instead of ``host`` and ``port``
+    (a dual-stack one, say: asyncio binds ``::`` for IPv6 only).
     """
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -322,4 +327,6 @@ async def start_server(
         finally:
             await flow.close()
 
+    if sock is not None:
+        return await asyncio.start_server(on_connection, sock=sock)
     return await asyncio.start_server(on_connection, host, port)
