@@ -11,6 +11,7 @@ the interface, or both would answer.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import socket
 import struct
@@ -26,11 +27,29 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23  # Linux 4.20
+SO_RCVBUFFORCE = 33
+RECEIVE_QUEUE_BYTES = 8 << 20
 TP_STATUS_CSUMNOTREADY = 1 << 3
 AUXDATA = struct.Struct("IIIHHHH")
 _AUXDATA_SPACE = socket.CMSG_SPACE(AUXDATA.size)
 _CHECKSUM_OFFSETS = {6: 16, 17: 6}  # TCP and UDP: where the checksum field is
 SIOCGIFMTU = 0x8921
+
+
+def _widen_receive_queue(sock: socket.socket) -> None:
+    """A burst of a full TCP window must not overflow the socket's queue
+    (the default holds about 100 frames): ask for RECEIVE_QUEUE_BYTES
+    (beyond rmem_max with CAP_NET_ADMIN), and leave the copies of our own
+    frames out of it where the kernel can."""
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_QUEUE_BYTES)
+            break
+        except OSError:
+            continue
+    with contextlib.suppress(OSError):
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
 
 
 def finish_ipv4_checksum(frame: bytes) -> bytes:
@@ -77,6 +96,7 @@ class PacketNetwork(FrameDeviceNetwork):
             sock.bind((interface, ETH_P_ALL))
             index = socket.if_nametoindex(interface)
             sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            _widen_receive_queue(sock)
             if promiscuous:
                 request = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, request)
