@@ -260,7 +260,7 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
     )
     target.add_options(target_parser)
     if args.help:
-        print(_configure_help(app_dir, args, target_parser), end="")
+        print(_configure_help(app_dir, args, target_parser, rest), end="")
         return 0
     target_args, keys_argv = target_parser.parse_known_args(rest)
     options = {k: str(v) for k, v in vars(target_args).items() if v is not None}
@@ -295,15 +295,18 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
 
 
 def _configure_help(
-    app_dir: Path, args: argparse.Namespace, target_parser: argparse.ArgumentParser
+    app_dir: Path, args: argparse.Namespace, target_parser: argparse.ArgumentParser, rest: list[str]
 ) -> str:
-    """configure's help, then the target's options, then the application's keys."""
+    """configure's help, then the target's options, then the application's keys
+    (those of the implementations the options given choose, e.g. --net direct)."""
     parts = [args.configure_help(), ""]
     options = target_parser.format_help().split("\n", 1)[1].strip("\n")
     parts.append(f"options of the {args.target} target:")
     parts.append(options.split(":", 1)[1].strip("\n") if ":" in options else "  (none)")
     try:
-        _target, plan = _load_plan(app_dir, args.target, {}, args.unikernel)
+        target_args, _keys = target_parser.parse_known_args(rest)
+        chosen = {k: str(v) for k, v in vars(target_args).items() if v is not None}
+        _target, plan = _load_plan(app_dir, args.target, chosen, args.unikernel)
     except (ConfigError, UsageError, LoomingError) as exc:
         parts += ["", f"keys: (config.py in {app_dir} could not be read: {exc})"]
     else:

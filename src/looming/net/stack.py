@@ -20,7 +20,7 @@ from looming.devices.clock import Clock
 from looming.devices.net import IpProtocol, Network
 from looming.devices.random import Random
 from looming.devices.time import Time
-from looming.errors import NoRoute
+from looming.errors import NoRoute, UsageError
 from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
@@ -146,8 +146,7 @@ class DirectStack:
         (RFC 4862; ``slaac_secret`` is the RFC 7217 key, drawn from
         ``random`` when not given). Connecting does not wait for them.
         """
-        if not ipv6 and (ipv6_address is not None or ipv6_gateway is not None):
-            raise ValueError("an IPv6 address or gateway needs ipv6=True")
+        _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
         if max_connections is not None and max_connections < 0:
             raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
         if memory_limit is not None and memory_limit < 0:
@@ -287,3 +286,27 @@ def _report_ipv6_address(address: IPv6Address, assigned: bool) -> None:
     report = f"IPv6: address {address} {'assigned by SLAAC' if assigned else 'removed'}"
     log.info("%s", report)
     print(f"looming: {report}", file=sys.stderr, flush=True)
+
+
+def _check_ipv6(ipv6: bool, address: IPv6Interface | None, gateway: IPv6Address | None) -> None:
+    """Refuse IPv6 settings that cannot work, saying which key to fix."""
+    if not ipv6 and (address is not None or gateway is not None):
+        raise UsageError("an IPv6 address or gateway needs IPv6 turned on (--ipv6)")
+    if address is not None:
+        ip = address.ip
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+            raise UsageError(f"--ipv6-address {address}: not an address an interface can hold")
+        if address.network.prefixlen == 128 and gateway is not None and not gateway.is_link_local:
+            raise UsageError(
+                f"--ipv6-gateway {gateway} cannot be reached from {address}: give the "
+                "address with its prefix (e.g. /64) or a link-local gateway (fe80::...)"
+            )
+    if gateway is None:
+        return
+    if gateway.is_multicast or gateway.is_unspecified or gateway.is_loopback:
+        raise UsageError(f"--ipv6-gateway {gateway}: not a router's address")
+    if not gateway.is_link_local and (address is None or gateway not in address.network):
+        raise UsageError(
+            f"--ipv6-gateway {gateway} is neither link-local nor inside the prefix of "
+            "--ipv6-address: the router must be on the link"
+        )

@@ -216,6 +216,14 @@ def direct_stack_impl(dev: Device) -> Impl:
             ("max_connections", "keys.tcp_max_connections"),
             ("memory_limit", "keys.tcp_memory_limit"),
             ("congestion_control", "keys.tcp_congestion"),
+            # An IPv6 address or gateway given turns IPv6 on by itself.
+            (
+                "ipv6",
+                "keys.ipv6 or keys.ipv6_address is not None or keys.ipv6_gateway is not None",
+            ),
+            ("ipv6_address", "keys.ipv6_address"),
+            ("ipv6_gateway", "keys.ipv6_gateway"),
+            ("slaac", "keys.slaac"),
         ],
         awaited=True,
         disconnect="disconnect",
@@ -237,6 +245,12 @@ def direct_stack_impl(dev: Device) -> Impl:
                 "bytes all TCP receive queues may hold (0: no limit)",
             ),
             KeyDecl("tcp_congestion", "str", "cubic", "TCP congestion control: cubic or newreno"),
+            KeyDecl(
+                "ipv6", "bool", False, "IPv6 too: link-local address, SLAAC unless --slaac off"
+            ),
+            KeyDecl("ipv6_address", "ipv6_interface", None, "static IPv6 address and prefix"),
+            KeyDecl("ipv6_gateway", "ipv6_address", None, "static IPv6 default router"),
+            KeyDecl("slaac", "bool", True, "with IPv6: addresses and routers from advertisements"),
         ],
         summary="looming TCP/IP stack",
     )
