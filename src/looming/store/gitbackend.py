@@ -330,6 +330,22 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _WriterLock:
+    """:meth:`GitBackend.writer_lock` as a plain context manager: a commit
+    takes it several times over (nested), so it costs no generator."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: GitBackend) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        self.backend._enter_writer_lock(blocking=True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.backend._leave_writer_lock()
+
+
 class GitBackend:
     """A Git repository on disk: packs, loose objects, loose and packed refs.
 
@@ -396,6 +412,7 @@ class GitBackend:
         self._closing = threading.Event()
         self._flushes = 0
         self._fold_when_idle = fold_when_idle
+        self._held_writer_lock = _WriterLock(self)
         _BACKENDS.add(self)
 
     def _forget_parent(self) -> None:
@@ -1112,43 +1129,54 @@ class GitBackend:
                     refs[name] = after
         return refs
 
-    @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
+    def writer_lock(self) -> contextlib.AbstractContextManager[None]:
         """One writer at a time: a thread lock, then an flock across processes."""
-        with self._writer_lock(blocking=True):
-            yield
+        return self._held_writer_lock
 
     @contextlib.contextmanager
     def _try_writer_lock(self) -> Iterator[bool]:
         """The writer lock if it is free right now (yields whether taken)."""
-        with self._writer_lock(blocking=False) as taken:
-            yield taken
-
-    @contextlib.contextmanager
-    def _writer_lock(self, *, blocking: bool) -> Iterator[bool]:
-        if not self._thread_lock.acquire(blocking=blocking):
-            yield False
-            return
+        taken = self._enter_writer_lock(blocking=False)
         try:
-            if self._lock_depth == 0:
-                if self._lock_file is None:
-                    # Kept open: opening it for every commit costs a syscall each.
-                    self._lock_file = os.open(
-                        os.path.join(self.git_dir, "looming.lock"), os.O_RDWR | os.O_CREAT, 0o644
-                    )
-                try:
-                    fcntl.flock(self._lock_file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-                except BlockingIOError:
-                    yield False
-                    return
-                self._remove_dead_writers_lock()
+            yield taken
+        finally:
+            if taken:
+                self._leave_writer_lock()
+
+    def _enter_writer_lock(self, *, blocking: bool) -> bool:
+        """Take the writer lock (again, when this thread holds it); whether taken."""
+        if not self._thread_lock.acquire(blocking=blocking):
+            return False
+        if self._lock_depth:
             self._lock_depth += 1
+            return True
+        try:
+            if self._lock_file is None:
+                # Kept open: opening it for every commit costs a syscall each.
+                self._lock_file = os.open(
+                    os.path.join(self.git_dir, "looming.lock"), os.O_RDWR | os.O_CREAT, 0o644
+                )
             try:
-                yield True
-            finally:
-                self._lock_depth -= 1
-                if self._lock_depth == 0 and self._lock_file is not None:
-                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                self._thread_lock.release()
+                return False
+            try:
+                self._remove_dead_writers_lock()
+            except BaseException:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                raise
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._lock_depth = 1
+        return True
+
+    def _leave_writer_lock(self) -> None:
+        try:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_file is not None:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 

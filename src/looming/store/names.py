@@ -45,6 +45,11 @@ def branch_rule(name: str) -> str | None:
     """The rule ``name`` breaks as a branch name, or None when git takes it."""
     if not isinstance(name, str):
         return "a branch name must be a string"
+    return _branch_rule(name)
+
+
+@functools.lru_cache(maxsize=1024)  # a writer checks its branch at every commit
+def _branch_rule(name: str) -> str | None:
     if not name:
         return "a branch name cannot be empty"
     if name.startswith("-"):
@@ -165,7 +170,10 @@ def key_rule(name: str) -> str | None:
         name.isascii()
         and name
         and name[0] not in ".gG"
-        and not any(char in name for char in "~\\/\0")
+        and "~" not in name
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
     ):
         # Cannot mean .git or .gitmodules on any filesystem: those start
         # with '.' or 'g' (HFS+'s ignored code points are not ASCII), and
