@@ -1,11 +1,11 @@
-"""A DNS stub resolver over UDP (RFC 1035): A records, CNAME chains followed
-within one answer, retries across servers."""
+"""A DNS stub resolver over UDP (RFC 1035): A and AAAA records (RFC 3596),
+CNAME chains followed within one answer, retries across servers."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from looming.devices.random import Random
 from looming.devices.stack import Datagram
@@ -28,21 +28,38 @@ _MAX_CNAME_HOPS = 8
 
 
 class NameNotFound(NetworkError):
-    """The name does not exist or has no IPv4 address."""
+    """The name does not exist or has no address of the family asked for."""
+
+
+class NoSuchName(NameNotFound):
+    """The name does not exist at all (NXDOMAIN)."""
 
 
 class ResolverTimeout(NetworkError):
     """No DNS server answered."""
 
 
-def addresses_in(answer: DnsMessage, name: str) -> list[IPv4Address]:
-    """The A records for ``name`` in ``answer``, following CNAMEs."""
+def _target_name(data: bytes) -> str:
+    """The name a CNAME record points to (uncompressed by the parser)."""
+    labels = []
+    index = 0
+    while index < len(data) and data[index]:
+        length = data[index]
+        labels.append(data[index + 1 : index + 1 + length].decode("ascii", "replace"))
+        index += 1 + length
+    return ".".join(labels).lower()
+
+
+def _records_for(answer: DnsMessage, name: str, rtype: int) -> list[bytes]:
+    """The data of ``rtype`` records for ``name``, following CNAMEs (at most
+    a few hops: a loop of aliases ends empty)."""
     name = name.rstrip(".").lower()
+    size = 16 if rtype == DnsType.AAAA else 4
     for _ in range(_MAX_CNAME_HOPS):
         found = [
-            IPv4Address(r.data)
+            r.data
             for r in answer.answers
-            if r.name == name and r.type == DnsType.A and r.klass == CLASS_IN and len(r.data) == 4
+            if r.name == name and r.type == rtype and r.klass == CLASS_IN and len(r.data) == size
         ]
         if found:
             return found
@@ -51,15 +68,19 @@ def addresses_in(answer: DnsMessage, name: str) -> list[IPv4Address]:
         )
         if alias is None:
             return []
-        labels = []
-        data = alias.data
-        index = 0
-        while index < len(data) and data[index]:
-            length = data[index]
-            labels.append(data[index + 1 : index + 1 + length].decode("ascii", "replace"))
-            index += 1 + length
-        name = ".".join(labels).lower()
+        name = _target_name(alias.data)
     return []
+
+
+def addresses_in(answer: DnsMessage, name: str) -> list[IPv4Address]:
+    """The A records for ``name`` in ``answer``, following CNAMEs."""
+    return [IPv4Address(data) for data in _records_for(answer, name, DnsType.A)]
+
+
+def ipv6_addresses_in(answer: DnsMessage, name: str) -> list[IPv6Address]:
+    """The AAAA records for ``name`` in ``answer``, following CNAMEs; a
+    record whose data is not 16 bytes is ignored."""
+    return [IPv6Address(data) for data in _records_for(answer, name, DnsType.AAAA)]
 
 
 class DnsResolver:
@@ -87,23 +108,61 @@ class DnsResolver:
             return [IPv4Address(name)]
         except ValueError:
             pass
+        answer, question = await self._lookup(name, DnsType.A)
+        found = addresses_in(answer, question.name)
+        if not found:
+            raise NameNotFound(f"{name!r} has no IPv4 address (no A record)")
+        return found
+
+    async def resolve6(self, name: str) -> list[IPv6Address]:
+        """The IPv6 addresses of ``name`` (AAAA records; an IPv6 literal, with
+        or without brackets, is returned as is)."""
+        try:
+            return [IPv6Address(name.removeprefix("[").removesuffix("]"))]
+        except ValueError:
+            pass
+        answer, question = await self._lookup(name, DnsType.AAAA)
+        found = ipv6_addresses_in(answer, question.name)
+        if not found:
+            raise NameNotFound(f"{name!r} has no IPv6 address (no AAAA record)")
+        return found
+
+    async def resolve_any(self, name: str) -> list[IPv4Address | IPv6Address]:
+        """Every address of ``name``: IPv6 ones first, then IPv4 (RFC 6724's
+        default order), the way a dual-stack client tries them. Raises
+        :class:`NameNotFound` only when the name has neither."""
+        try:
+            return [ip_address(name.removeprefix("[").removesuffix("]"))]
+        except ValueError:
+            pass
+        found: list[IPv4Address | IPv6Address] = []
+        for lookup in (self.resolve6, self.resolve):
+            try:
+                found.extend(await lookup(name))
+            except NoSuchName:
+                raise
+            except NameNotFound:
+                pass  # no record of this family; the other may have one
+        if not found:
+            raise NameNotFound(f"{name!r} has no address (no AAAA or A record)")
+        return found
+
+    async def _lookup(self, name: str, rtype: DnsType) -> tuple[DnsMessage, DnsQuestion]:
+        """The first usable answer for ``name``'s ``rtype`` records."""
         if not self.servers:
             raise NameNotFound(f"cannot resolve {name!r}: no DNS server is configured")
-        question = DnsQuestion(name=name.rstrip(".").lower(), type=DnsType.A)
+        question = DnsQuestion(name=name.rstrip(".").lower(), type=rtype)
         for attempt in range(self.attempts):
             server = self.servers[attempt % len(self.servers)]
             answer = await self._ask(server, question)
             if answer is None:
                 continue
             if answer.rcode == DnsRcode.NXDOMAIN:
-                raise NameNotFound(f"{name!r} does not exist (NXDOMAIN from {server})")
+                raise NoSuchName(f"{name!r} does not exist (NXDOMAIN from {server})")
             if answer.rcode != DnsRcode.NOERROR:
                 self.counters["server_error"] += 1
                 continue
-            found = addresses_in(answer, question.name)
-            if not found:
-                raise NameNotFound(f"{name!r} has no IPv4 address")
-            return found
+            return answer, question
         raise ResolverTimeout(f"no DNS server answered for {name!r}")
 
     async def _ask(self, server: IPv4Address, question: DnsQuestion) -> DnsMessage | None:
@@ -124,7 +183,8 @@ class DnsResolver:
             if message.id != query_id or not message.is_response:
                 self.counters["mismatched"] += 1
                 return
-            if message.questions and message.questions[0].name != question.name:
+            asked = message.questions[0] if message.questions else None
+            if asked is not None and (asked.name, asked.type) != (question.name, question.type):
                 self.counters["mismatched"] += 1
                 return
             if not reply.done():
