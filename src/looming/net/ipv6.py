@@ -243,6 +243,7 @@ class Ipv6Layer:
         self._autoconf_timer: asyncio.TimerHandle | None = None
         self._address_listeners: list[AddressListener] = []
         self._address_waiters: list[asyncio.Future[None]] = []
+        self._managed_listeners: list[Callable[[], None]] = []
         self._error_handlers: dict[int, Icmpv6ErrorHandler] = {}
         self._first_fragments: dict[ReassemblyKey, bytes] = {}
         self.add_address(self.link_local)
@@ -669,6 +670,25 @@ class Ipv6Layer:
         self._run(self.autoconf.on_advertisement(packet.source, message, self._now()))
         if self.autoconf.hop_limit is not None:
             self.hop_limit = self.autoconf.hop_limit
+        if message.managed:
+            for listener in self._managed_listeners:
+                listener()
+
+    def watch_managed(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` for each Router Advertisement with the M flag
+        (addresses are to come from DHCPv6)."""
+        self._managed_listeners.append(listener)
+
+    def lease_address(self, address: IPv6Address, preferred_s: int, valid_s: int) -> None:
+        """Use an address DHCPv6 leased, once duplicate address detection
+        has found no other holder (needs ``autoconf``)."""
+        if self.autoconf is None:
+            raise RuntimeError("leased addresses need the layer made with autoconf=True")
+        self._run(self.autoconf.lease(address, preferred_s, valid_s, self._now()))
+
+    def release_address(self, address: IPv6Address) -> None:
+        if self.autoconf is not None:
+            self._run(self.autoconf.release(address))
 
     def _on_listener_query(
         self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, body: memoryview

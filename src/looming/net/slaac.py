@@ -62,6 +62,7 @@ class AutoAddress:
     dad_deadline_ns: int | None
     preferred_until_ns: int | None
     valid_until_ns: int | None
+    leased: bool = False  # from DHCPv6: its lifetimes come from there, not from prefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,7 @@ class Autoconf:
         self.addresses: dict[IPv6Address, AutoAddress] = {}
         self.mtu: int | None = None
         self.hop_limit: int | None = None
+        self.managed = False  # the last advertisement's M flag: addresses by DHCPv6
         self.counters: Counter[str] = Counter()
         self._solicitations_left = 0
         self._solicit_at: int | None = None
@@ -187,6 +189,7 @@ class Autoconf:
         self._solicitations_left = 0  # RFC 4861 6.3.7: an answer came
         self._solicit_at = None
         self._learn_router(source, advert.router_lifetime, now)
+        self.managed = advert.managed
         if advert.current_hop_limit:
             self.hop_limit = advert.current_hop_limit
         actions: list[Action] = []
@@ -310,6 +313,36 @@ class Autoconf:
         self.counters["dad_started"] += 1
         return [StartDad(address)]
 
+    def lease(self, address: IPv6Address, preferred_s: int, valid_s: int, now: int) -> list[Action]:
+        """An address DHCPv6 gave (or renewed): probed like the others
+        before use; its lifetimes are the lease's."""
+        entry = self.addresses.get(address)
+        if entry is not None:
+            entry.preferred_until_ns = _deadline(now, preferred_s)
+            entry.valid_until_ns = _deadline(now, valid_s)
+            if entry.state is AddressState.DEPRECATED and preferred_s:
+                entry.state = AddressState.PREFERRED
+            return []
+        if len(self.addresses) >= MAX_ADDRESSES:
+            self.counters["address_table_full"] += 1
+            return []
+        self.addresses[address] = AutoAddress(
+            address,
+            IPv6Network(address),
+            AddressState.TENTATIVE,
+            0,
+            now + self.dad_transmits * self.retransmit_ns,
+            _deadline(now, preferred_s),
+            _deadline(now, valid_s),
+            leased=True,
+        )
+        self.counters["dad_started"] += 1
+        return [StartDad(address)]
+
+    def release(self, address: IPv6Address) -> list[Action]:
+        """Forget an address (a lease that ended)."""
+        return [Remove(address)] if self.addresses.pop(address, None) is not None else []
+
     def is_tentative(self, address: IPv6Address) -> bool:
         entry = self.addresses.get(address)
         return entry is not None and entry.state is AddressState.TENTATIVE
@@ -322,6 +355,9 @@ class Autoconf:
             return []
         self.counters["dad_duplicate"] += 1
         actions: list[Action] = [Remove(address)]
+        if entry.leased:
+            self.counters["leased_address_duplicate"] += 1  # the server's to fix
+            return actions
         if entry.dad_counter >= IDGEN_RETRIES:
             self.counters["address_generation_failed"] += 1
             return actions

@@ -32,6 +32,7 @@ from looming.net.udp import UdpLayer
 if TYPE_CHECKING:  # imported when used: a stack with a static address and no names to
     # resolve (most unikernels) loads neither, which shortens a VM's boot
     from looming.net.dhcp import DhcpLease, DhcpShell
+    from looming.net.dhcp6 import Dhcp6Lease, Dhcp6Shell
     from looming.net.dns import DnsResolver
 
 
@@ -58,6 +59,7 @@ class DirectStack:
         ipv6_gateway: IPv6Address | None = None,
         slaac: bool = True,
         slaac_secret: bytes | None = None,
+        dhcp6: bool | None = None,
     ) -> None:
         self.network = network
         self.time = time
@@ -90,6 +92,8 @@ class DirectStack:
             self.ipv6.register_errors(IpProtocol.TCP, lambda e: tcp_errors(as_icmp_error(e)))
             self.ipv6.register_errors(IpProtocol.UDP, lambda e: udp_errors(as_icmp_error(e)))
         self.dhcp: DhcpShell | None = None
+        self.dhcp6: Dhcp6Shell | None = None
+        self._dhcp6_allowed = dhcp6 is not False
         self.lease: DhcpLease | None = None
         self._resolver: DnsResolver | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -105,8 +109,46 @@ class DirectStack:
         if address is not None:
             layer.add_address(address.ip, address.network.prefixlen)
         layer.set_gateway(gateway)
-        layer.watch_addresses(_report_ipv6_address)
+        layer.watch_addresses(self._report_ipv6_address)
+        if layer.autoconf is not None:
+            layer.watch_managed(self._start_dhcp6_soon)
         return layer
+
+    def _report_ipv6_address(self, address: IPv6Address, assigned: bool) -> None:
+        how = "assigned by SLAAC"
+        if self.dhcp6 is not None and address in self.dhcp6.leased:
+            how = "leased by DHCPv6"
+        report = f"IPv6: address {address} {how if assigned else 'removed'}"
+        log.info("%s", report)
+        print(f"looming: {report}", file=sys.stderr, flush=True)
+
+    def _start_dhcp6_soon(self) -> None:
+        """A Router Advertisement said addresses come from DHCPv6."""
+        if self.dhcp6 is None and self._dhcp6_allowed:
+            task = asyncio.get_running_loop().create_task(self.start_dhcp6())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def start_dhcp6(self) -> None:
+        """Run the DHCPv6 client (RFC 8415) for a stateful address."""
+        ipv6 = self.ipv6
+        if ipv6 is None or ipv6.autoconf is None:
+            raise UsageError("DHCPv6 needs IPv6 with router discovery (--ipv6, --slaac on)")
+        if self.dhcp6 is not None:
+            return
+        from looming.net.dhcp6 import Dhcp6Client, Dhcp6Shell
+
+        def on_lease(lease: Dhcp6Lease) -> None:
+            shell.leased.add(lease.address)
+            ipv6.lease_address(lease.address, lease.preferred_lifetime, lease.valid_lifetime)
+
+        def on_lost(address: IPv6Address) -> None:
+            shell.leased.discard(address)
+            ipv6.release_address(address)
+
+        client = Dhcp6Client(bytes(self.ethernet.mac), self.random)
+        shell = Dhcp6Shell(client, self._udp, self.time, on_lease, on_lost)
+        self.dhcp6 = shell
+        await shell.start()
 
     @classmethod
     async def connect(
@@ -129,6 +171,7 @@ class DirectStack:
         ipv6_gateway: IPv6Address | None = None,
         slaac: bool = True,
         slaac_secret: bytes | None = None,
+        dhcp6: bool | None = None,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
@@ -144,7 +187,9 @@ class DirectStack:
         (its prefix on-link) and ``ipv6_gateway`` if given, and with
         ``slaac`` router discovery and addresses from advertised prefixes
         (RFC 4862; ``slaac_secret`` is the RFC 7217 key, drawn from
-        ``random`` when not given). Connecting does not wait for them.
+        ``random`` when not given). ``dhcp6``: None runs the DHCPv6 client
+        when a Router Advertisement sets the M flag, True at once, False
+        never. Connecting does not wait for any of these addresses.
         """
         _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
         if max_connections is not None and max_connections < 0:
@@ -170,6 +215,7 @@ class DirectStack:
             ipv6_gateway=ipv6_gateway,
             slaac=slaac,
             slaac_secret=slaac_secret,
+            dhcp6=dhcp6,
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)
@@ -181,6 +227,8 @@ class DirectStack:
             await stack.arp.start()
             if stack.ipv6 is not None:
                 stack.ipv6.start()
+                if dhcp6:
+                    await stack.start_dhcp6()
             if dhcp:
                 from looming.net.dhcp import DhcpClient, DhcpShell
 
@@ -254,6 +302,8 @@ class DirectStack:
             layers["reassembly6"] = self.ipv6.reassembler.counters
             if self.ipv6.autoconf is not None:
                 layers["slaac"] = self.ipv6.autoconf.counters
+        if self.dhcp6 is not None:
+            layers["dhcp6"] = self.dhcp6.client.counters + self.dhcp6.counters
         if self.dhcp is not None:
             layers["dhcp"] = self.dhcp.client.counters + self.dhcp.counters
         layers["dns"] = self._resolver.counters if self._resolver is not None else Counter()
@@ -267,6 +317,8 @@ class DirectStack:
         await self._tcp.close()
         if self.dhcp is not None:
             await self.dhcp.stop()
+        if self.dhcp6 is not None:
+            await self.dhcp6.stop()
         await self._udp.stop()
         await self.icmp.stop()
         await self.ipv4.stop()
@@ -280,12 +332,6 @@ class DirectStack:
             except (asyncio.CancelledError, Exception):
                 pass
             self._listen_task = None
-
-
-def _report_ipv6_address(address: IPv6Address, assigned: bool) -> None:
-    report = f"IPv6: address {address} {'assigned by SLAAC' if assigned else 'removed'}"
-    log.info("%s", report)
-    print(f"looming: {report}", file=sys.stderr, flush=True)
 
 
 def _check_ipv6(ipv6: bool, address: IPv6Interface | None, gateway: IPv6Address | None) -> None:
