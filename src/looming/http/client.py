@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import h11
 
+from looming.addresses import format_endpoint
 from looming.devices.flow import Flow
 from looming.errors import ConnectionReset, Malformed
 from looming.http.message import ClientResponse
@@ -52,7 +53,8 @@ class HttpClient:
         names = {name.lower() for name, _ in header_list}
         if b"host" not in names:
             remote = getattr(self.flow, "remote_address", None)
-            host = f"{remote[0]}:{remote[1]}" if remote else "localhost"
+            # RFC 9110 7.2: an IPv6 literal in Host is bracketed.
+            host = format_endpoint(remote[0], remote[1]) if remote else "localhost"
             header_list.insert(0, (b"host", host.encode("latin-1")))
         if body and b"content-length" not in names and b"transfer-encoding" not in names:
             header_list.append((b"content-length", b"%d" % len(body)))
