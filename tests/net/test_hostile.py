@@ -85,13 +85,17 @@ def test_syn_flood_from_unresolvable_sources_does_not_stall_a_connection(
         )
         counters = stack.counters()
         # Every SYN reached TCP (listeners' backlog, then cookies) or was
-        # policed beyond 5,000 a second; every answer went to a neighbour
-        # that never resolved.
+        # policed beyond 2,000 a second; the answers went to neighbours that
+        # never resolve, and no more than the new-resolution budget of them
+        # became ARP broadcasts (each resolution asks at most three times).
         policed = counters.get("ethernet.syn_policed", 0)
         assert counters["tcp.segments_in"] + policed >= 5000 + report["rounds"]
-        assert counters["tcp.cookies_sent"] > 3000
-        assert counters["arp.tx_request"] >= counters["tcp.cookies_sent"]
-        assert counters["arp.incomplete_evicted"] > 0
+        assert policed > 1000
+        assert counters["tcp.cookies_sent"] > 1000
+        assert counters["arp.resolution_limited"] > 500
+        limits = stack.arp.limits
+        started_at_most = limits.new_burst + limits.new_per_second * (flood_s + 1.0)
+        assert counters["arp.tx_request"] <= limits.requests * started_at_most
         assert len(stack.arp.table.incomplete) <= stack.arp.limits.max_incomplete
         assert stack.arp.table.queued <= stack.arp.limits.queue_total
         assert flood_s < 2.0  # the flood did overlap the probe

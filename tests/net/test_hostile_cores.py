@@ -141,6 +141,28 @@ def test_neighbour_table_is_bounded_and_remembers_failures() -> None:
     assert table.counters["tx_request"] == 5 + 3
 
 
+def test_new_resolutions_beyond_the_budget_are_dropped_not_broadcast() -> None:
+    """A flood from unused on-link addresses (spoofed SYNs, each answered)
+    must not become as many ARP broadcasts: a burst, then a rate."""
+    limits = NeighbourLimits(new_burst=4, new_per_second=100, max_incomplete=64)
+    table = NeighbourTable(ArpCache(), limits)
+    frame = ((0x0800, b"x", None),)
+    started = [table.enqueue(IPv4Address(f"10.0.2.{i}"), frame, 0) for i in range(1, 11)]
+    assert started == [True] * 4 + [False] * 6
+    assert len(table.incomplete) == 4 and table.queued == 4
+    assert table.counters["resolution_limited"] == 6
+    assert table.counters["tx_request"] == 4
+    # A neighbour already being resolved still queues; an explicit query is
+    # never limited.
+    assert not table.enqueue(IPv4Address("10.0.2.1"), frame, 0)
+    assert table.queued == 5
+    assert table.enqueue(IPv4Address("10.0.3.1"), None, 0)
+    # 10 ms at 100 a second: one more.
+    later = [table.enqueue(IPv4Address(f"10.0.4.{i}"), frame, 10_000_000) for i in (1, 2)]
+    assert later == [True, False]
+    assert table.counters["resolution_limited"] == 7
+
+
 def test_path_mtu_reports_are_clamped_stepped_and_only_lower() -> None:
     async def main() -> None:
         stack = await DirectStack.connect(

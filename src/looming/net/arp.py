@@ -163,6 +163,13 @@ class NeighbourLimits:
     max_incomplete: int = 256  # neighbours being resolved at once
     failed_lifetime_ns: int = 20 * _SECOND_NS  # negative caching of a silent neighbour
     max_failed: int = 1024
+    # New resolutions started for outgoing datagrams: a burst, then so many
+    # a second. Each is a broadcast on the LAN and a write; a flood of
+    # packets from unused on-link addresses (spoofed SYNs) must not turn
+    # into as many broadcasts, nor cost the stack a write per packet. Hosts
+    # that talk to us first ask for our address and are learned from that.
+    new_burst: int = 32
+    new_per_second: int = 256
 
 
 class NeighbourTable:
@@ -183,6 +190,22 @@ class NeighbourTable:
         self.failed: OrderedDict[IPv4Address, int] = OrderedDict()
         self.queued = 0
         self.counters: Counter[str] = Counter()
+        self._new_tokens = float(self.limits.new_burst)
+        self._new_refilled_ns: int | None = None
+
+    def _may_start(self, now_ns: int) -> bool:
+        """Whether the new-resolution budget allows one more now."""
+        limits = self.limits
+        tokens = self._new_tokens
+        if self._new_refilled_ns is not None:
+            tokens += (now_ns - self._new_refilled_ns) * limits.new_per_second / _SECOND_NS
+        self._new_refilled_ns = now_ns
+        tokens = min(tokens, float(limits.new_burst))
+        if tokens < 1.0:
+            self._new_tokens = tokens
+            return False
+        self._new_tokens = tokens - 1.0
+        return True
 
     def has_failed(self, address: IPv4Address, now_ns: int) -> bool:
         until = self.failed.get(address)
@@ -195,10 +218,17 @@ class NeighbourTable:
 
     def enqueue(self, address: IPv4Address, datagram: Datagram | None, now_ns: int) -> bool:
         """Hold ``datagram`` (None: nothing, only resolve) until ``address``
-        resolves. Whether a request must go out now (a new resolution)."""
+        resolves. Whether a request must go out now (a new resolution).
+
+        A datagram for a neighbour not yet being resolved, beyond the
+        new-resolution budget, is dropped (``resolution_limited``); an
+        explicit query (None) is not limited."""
         entry = self.incomplete.get(address)
         started = entry is None
         if entry is None:
+            if datagram is not None and not self._may_start(now_ns):
+                self.counters["resolution_limited"] += 1
+                return False
             limits = self.limits
             while len(self.incomplete) >= limits.max_incomplete:
                 # Under a flood of new neighbours the oldest resolution gives

@@ -33,8 +33,8 @@ class EthernetLayer:
         *,
         mac: MacAddress | None = None,
         time: Time | None = None,
-        syn_rate: int = 5000,
-        syn_burst: int = 500,
+        syn_rate: int = 2000,
+        syn_burst: int = 64,
     ) -> None:
         self._network = network
         self._mac = mac if mac is not None else network.mac
