@@ -34,15 +34,17 @@ def test_static_website_on_ipv6_only_and_dual_stack(tmp_path: Path) -> None:
     app = built("static_website", tmp_path)
     index = (app / "htdocs" / "index.html").read_text()
     ready = r"serving (http://\[::1\]:(\d+))$"
-    with running(app, "--port", "0", "--ipv6", "::1", ready=ready) as (_, match):
-        # --ipv6 ::1 beside the default --ipv4 127.0.0.1: both loopbacks, one port.
+    with running(app, "--port", "0", "--ipv6", "true", ready=ready) as (_, match):
+        # --ipv6: ::1 beside the default --ipv4 127.0.0.1: both loopbacks, one port.
         assert curl("-6", match.group(1) + "/") == index
         assert curl("-4", f"http://127.0.0.1:{match.group(2)}/") == index
-    with running(app, "--port", "0", "--ipv6", "::", ready=ready) as (_, match):
+    with running(app, "--port", "0", "--ipv6-address", "::", ready=ready) as (_, match):
         port = match.group(2)
         assert curl("-6", f"http://[::1]:{port}/") == index
         assert curl("-4", f"http://127.0.0.1:{port}/") == index
-    with running(app, "--port", "0", "--ipv6", "::", "--ipv6-only", "true", ready=ready) as (
+    with running(
+        app, "--port", "0", "--ipv6-address", "::", "--ipv6-only", "true", ready=ready
+    ) as (
         _,
         match,
     ):
@@ -56,7 +58,7 @@ def test_https_website_on_ipv6(tmp_path: Path) -> None:
     app = built("https_website", tmp_path)
     index = (app / "htdocs" / "index.html").read_text()
     ready = r"serving https://\[::1\]:(\d+)$"
-    with running(app, "--port", "0", "--ipv6", "::1", ready=ready) as (_, match):
+    with running(app, "--port", "0", "--ipv6-address", "::1", ready=ready) as (_, match):
         port = match.group(1)
         page = curl(
             "--cacert",
@@ -92,8 +94,9 @@ def test_store_website_clone_over_ipv6(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("keys", "says"),
     [
-        (["--ipv6", "::1:"], "not a valid ipv6_interface"),
-        (["--ipv6", "127.0.0.1"], "not a valid ipv6_interface"),
+        (["--ipv6-address", "::1:"], "not a valid ipv6_interface"),
+        (["--ipv6-address", "127.0.0.1"], "not a valid ipv6_interface"),
+        (["--ipv6", "maybe"], "not a valid bool"),
         (["--listen", "[::1"], "unbalanced brackets"),
     ],
 )

@@ -161,7 +161,11 @@ def _socket_stack_impl() -> Impl:
         "looming.unix.socket_stack:SocketStack.connect",
         kwargs=[
             ("host", "str(keys.ipv4.ip)"),
-            ("ipv6", "None if keys.ipv6 is None else str(keys.ipv6.ip)"),
+            (
+                "ipv6",
+                "str(keys.ipv6_address.ip) if keys.ipv6_address is not None"
+                " else ('::' if keys.ipv4.ip.is_unspecified else '::1') if keys.ipv6 else None",
+            ),
             ("ipv6_only", "keys.ipv6_only"),
         ],
         awaited=True,
@@ -178,15 +182,22 @@ def _socket_stack_impl() -> Impl:
             ),
             KeyDecl(
                 "ipv6",
+                "bool",
+                False,
+                "listen on IPv6 too: ::1 beside 127.0.0.1 (:: beside 0.0.0.0)",
+            ),
+            KeyDecl(
+                "ipv6_address",
                 "ipv6_interface",
                 None,
-                "IPv6 address to listen on too (::1; :: for every address of both families)",
+                "IPv6 address to listen on too (turns --ipv6 on; :: is every address "
+                "of both families on one dual-stack socket)",
             ),
             KeyDecl(
                 "ipv6_only",
                 "bool",
                 False,
-                "with --ipv6 ::, accept IPv6 clients only (IPV6_V6ONLY) and IPv4 on --ipv4",
+                "IPV6_V6ONLY: --ipv6-address :: takes IPv6 clients only, IPv4 ones on --ipv4",
             ),
         ],
         summary="host sockets",
