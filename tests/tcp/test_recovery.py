@@ -469,3 +469,95 @@ def test_the_direct_stack_takes_its_congestion_control_from_a_key() -> None:
 
 def _stack_device():  # type: ignore[no-untyped-def]
     return stack_device(default_network())
+
+
+# ------------------------------------------------------------------ recovery episodes
+
+
+def _ack_with_sacks(s, delivered: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """What a SACK receiver (Linux) sends for the segment index
+    ``delivered[-1]``, having received ``delivered`` (indices, 1000 bytes
+    each from A): the cumulative ACK and up to three SACK blocks, the one
+    holding the newest segment first."""
+    have = sorted(delivered)
+    ack = A
+    while have and have[0] == (ack - A) // MSS:
+        have.pop(0)
+        ack += MSS
+    runs: list[tuple[int, int]] = []
+    for index in have:
+        if runs and runs[-1][1] == A + index * MSS:
+            runs[-1] = (runs[-1][0], A + (index + 1) * MSS)
+        else:
+            runs.append((A + index * MSS, A + (index + 1) * MSS))
+    newest = A + delivered[-1] * MSS
+    runs.sort(key=lambda run: not run[0] <= newest < run[1])
+    s.recv(seg("A", B, ack, sack_blocks=tuple(runs[:3])))
+
+
+def test_a_single_loss_is_repaired_by_fast_retransmit_within_a_round_trip() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True))
+    s.call("send", b"x" * 20_000)
+    assert len(s.take()) == 20
+    s.advance(10)  # one RTT: the ACKs come, segment 3 never arrives
+    delivered: list[int] = []
+    resent: list[int] = []
+    for index in [i for i in range(20) if i != 3]:
+        delivered.append(index)
+        _ack_with_sacks(s, delivered)
+        resent += [h.seq for h, p in s.take() if p and h.seq < A + 20_000]
+    assert resent == [A + 3000]  # once, at the third duplicate ACK's worth of SACKs
+    assert s.conn.recovery is Recovery.RECOVERY
+    s.advance(10)  # the retransmission's ACK, one RTT later
+    _ack_with_sacks(s, [*delivered, 3])
+    stats = s.conn.stats
+    assert s.conn.snd_una == A + 20_000 and s.conn.recovery is Recovery.OPEN
+    assert (stats.fast_retransmits, stats.timeouts, stats.tail_loss_probes) == (1, 0, 0)
+
+
+def test_losses_spread_over_one_window_are_repaired_in_one_episode() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True))
+    s.call("send", b"y" * 30_000)
+    assert len(s.take()) == 30
+    lost = {2, 9, 17, 25}
+    s.advance(10)
+    delivered: list[int] = []
+    resent: list[int] = []
+    for index in [i for i in range(30) if i not in lost]:
+        delivered.append(index)
+        _ack_with_sacks(s, delivered)
+        resent += [h.seq for h, p in s.take() if p and h.seq < A + 30_000]
+    # Every hole is resent once, within the round trip the SACKs arrived in,
+    # and the window is reduced once.
+    assert sorted(resent) == [A + i * MSS for i in sorted(lost)]
+    assert s.conn.stats.fast_retransmits == 1
+    s.advance(10)
+    for index in sorted(lost):
+        delivered.append(index)
+        _ack_with_sacks(s, delivered)
+    stats = s.conn.stats
+    assert s.conn.snd_una == A + 30_000 and s.conn.recovery is Recovery.OPEN
+    assert (stats.fast_retransmits, stats.timeouts, stats.retransmits) == (1, 0, 4)
+
+
+def test_a_lost_tail_is_found_by_the_probe_not_the_rto() -> None:
+    s = _established_with_rtt(replace(PLAIN, sack=True))
+    s.call("send", b"z" * 10_000)
+    assert len(s.take()) == 10
+    s.advance(10)
+    delivered: list[int] = []
+    for index in range(7):  # the last three are lost
+        delivered.append(index)
+        _ack_with_sacks(s, delivered)
+    s.take()
+    s.advance(25)  # PTO = 2 SRTT after the last ACK, long before the 200 ms RTO
+    probe = s.take()
+    assert [h.seq for h, p in probe if p] == [A + 9000]
+    s.advance(10)
+    _ack_with_sacks(s, [*delivered, 9])  # the probe arrived: RACK finds 7 and 8 lost
+    assert sorted(h.seq for h, p in s.take() if p) == [A + 7000, A + 8000]
+    s.advance(10)
+    _ack_with_sacks(s, [*delivered, 9, 7, 8])
+    stats = s.conn.stats
+    assert s.conn.snd_una == A + 10_000
+    assert (stats.tail_loss_probes, stats.timeouts, stats.fast_retransmits) == (1, 0, 1)
