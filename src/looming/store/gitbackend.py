@@ -549,7 +549,7 @@ class GitBackend:
                 return
             pending = self._pending
             data, entries, checksum = build_pack(
-                ((oid, kind, body) for oid, (kind, body) in pending.items()), self._compression
+                [(oid, kind, body) for oid, (kind, body) in pending.items()], self._compression
             )
             self._make_dir(self.pack_dir)
             growing = self._growing

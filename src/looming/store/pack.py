@@ -100,7 +100,7 @@ def build_pack(
     objects: Iterable[tuple[ObjectId, str, bytes]], compression: int = 1
 ) -> tuple[bytes, list[IndexEntry], bytes]:
     """A version 2 pack of whole objects, its index entries and checksum."""
-    items = list(objects)
+    items = objects if isinstance(objects, list) else list(objects)
     parts = [b"PACK" + struct.pack(">II", 2, len(items))]
     offset = 12
     entries: list[IndexEntry] = []
