@@ -23,11 +23,6 @@ def scrub(text: str) -> str:
     return _ADDRESS.sub("", text)
 
 
-def frame_id(data: bytes) -> str:
-    """A short, stable name for a frame's exact bytes."""
-    return hashlib.blake2b(data, digest_size=6).hexdigest()
-
-
 class Trace:
     """An append-only list of events, digested as it grows."""
 
