@@ -6,8 +6,9 @@ and removed at the end):
 
     .venv/bin/python -P bench/tcp_ipv6.py [--rounds N] [--megabytes M]
 
-Each round measures, over IPv4 and then over IPv6 on the same stack and
-TAP (no offloads): bulk kernel -> looming and looming -> kernel in MB/s,
+Each round measures, over IPv4, then over IPv6 to the stack's link-local
+address, then to a static global one (its prefix on-link: the next-hop
+lookup of a routable address), on the same stack and TAP (no offloads): bulk kernel -> looming and looming -> kernel in MB/s,
 and the 64-byte echo round trip p50 in microseconds (Nagle off). The
 kernel side is the same small Python socket program for both families.
 Printed: the best of the rounds per family and the ratio IPv6 / IPv4
@@ -23,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from ipaddress import IPv6Interface
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +34,8 @@ from tests.net.kernel import KernelPeer, kernel_peer_namespace  # noqa: E402
 
 from looming.devices.stack import TcpFlow  # noqa: E402
 from looming.net.stack import DirectStack  # noqa: E402
+
+GLOBAL_PREFIX = "fd77:0:0:9::"
 
 KERNEL = r"""
 import socket, sys, time
@@ -114,11 +118,15 @@ async def one_round(
 async def run(peer: KernelPeer, rounds: int, size: int, echoes: int) -> dict[str, list[float]]:
     for scope in ("all", "default"):
         peer.sh("sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
-    stack = await peer.connect_stack(ipv6=True)
+    stack = await peer.connect_stack(
+        ipv6=True, slaac=False, ipv6_address=IPv6Interface(f"{GLOBAL_PREFIX}2/64")
+    )
     assert stack.ipv6 is not None
+    peer.sh("ip", "-6", "addr", "add", f"{GLOBAL_PREFIX}1/64", "dev", peer.tap_name, "nodad")
     families = {
         "IPv4": str(peer.stack_address.ip),
         "IPv6": f"{stack.ipv6.link_local}%{peer.tap_name}",
+        "IPv6g": f"{GLOBAL_PREFIX}2",
     }
     figures: dict[str, list[float]] = {}
     try:
@@ -135,14 +143,16 @@ async def run(peer: KernelPeer, rounds: int, size: int, echoes: int) -> dict[str
 
 def report(figures: dict[str, list[float]]) -> str:
     lines = [f"{'metric':>16}  {'IPv4 best':>10}  {'IPv6 best':>10}  IPv6/IPv4  (medians)"]
-    for metric in ("bulk_in_MBps", "bulk_out_MBps", "echo_p50_us"):
-        pick = min if metric.endswith("_us") else max
-        four, six = figures[f"IPv4 {metric}"], figures[f"IPv6 {metric}"]
-        ratio = pick(six) / pick(four)
-        medians = f"{statistics.median(four):.1f} / {statistics.median(six):.1f}"
-        lines.append(
-            f"{metric:>16}  {pick(four):10.1f}  {pick(six):10.1f}  {ratio:9.3f}  ({medians})"
-        )
+    for six_name, label in (("IPv6", "link-local"), ("IPv6g", "global, on-link prefix")):
+        lines.append(f"IPv6 to a {label} address:")
+        for metric in ("bulk_in_MBps", "bulk_out_MBps", "echo_p50_us"):
+            pick = min if metric.endswith("_us") else max
+            four, six = figures[f"IPv4 {metric}"], figures[f"{six_name} {metric}"]
+            ratio = pick(six) / pick(four)
+            medians = f"{statistics.median(four):.1f} / {statistics.median(six):.1f}"
+            lines.append(
+                f"{metric:>16}  {pick(four):10.1f}  {pick(six):10.1f}  {ratio:9.3f}  ({medians})"
+            )
     lines.append(
         f"Python {platform.python_version()}, Linux {platform.release()}; "
         "ratio for latency: IPv6 / IPv4 too (above 1 is slower)"

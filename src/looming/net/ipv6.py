@@ -331,13 +331,15 @@ class Ipv6Layer:
     def next_hop(self, destination: IPv6Address) -> IPv6Address | None:
         """Whom to hand a packet for ``destination`` (RFC 4861 5.2): itself
         when on-link, else a default router; None when unreachable."""
-        if destination.is_link_local or destination.is_multicast:
+        value = int(destination)
+        # fe80::/10 and ff00::/8, by their top bits: this runs for every packet.
+        if value >> 118 == 0x3FA or value >> 120 == 0xFF:
             return destination
-        now = self._now()
         if any(destination in prefix for prefix in self._static_on_link):
             return destination
         autoconf = self.autoconf
         if autoconf is not None:
+            now = self._now()
             if autoconf.is_on_link(destination, now):
                 return destination
             router = autoconf.default_router(now)
@@ -834,7 +836,8 @@ class Ipv6Layer:
         a neighbour being resolved waits in its queue). ``traffic_class`` is
         the DSCP and ECN byte (RFC 3168: 2 is ECT(0)). Raises NoRoute when
         the destination is off-link and no router is known."""
-        if self.next_hop(destination) is None:
+        hop = self.next_hop(destination)
+        if hop is None:
             self.counters["no_route"] += 1
             raise NoRoute(f"{destination} is not on-link and no IPv6 router is known")
         self._send(
@@ -844,6 +847,7 @@ class Ipv6Layer:
             source=source,
             hop_limit=hop_limit,
             traffic_class=traffic_class,
+            hop=hop,
         )
 
     def _send(
@@ -855,6 +859,7 @@ class Ipv6Layer:
         source: IPv6Address | None = None,
         hop_limit: int | None = None,
         traffic_class: int = 0,
+        hop: IPv6Address | None = None,
     ) -> None:
         if source is None:
             source = self.source_for(destination)
@@ -871,10 +876,11 @@ class Ipv6Layer:
             for packet in packets:
                 self._transmit(wire.multicast_mac(destination), packet)
             return
-        hop = self.next_hop(destination)
         if hop is None:
-            self.counters["no_route"] += 1
-            return
+            hop = self.next_hop(destination)
+            if hop is None:
+                self.counters["no_route"] += 1
+                return
         for packet in packets:
             mac, solicitation = self.neighbours.send(hop, packet, self._now())
             if solicitation is not None:
