@@ -123,17 +123,17 @@ def is_ipv6(host: str) -> bool:
     return isinstance(_ip_literal(host.removeprefix("[").removesuffix("]")), IPv6Address)
 
 
-def format_host(host: str) -> str:
-    """``host`` as it goes before ``:PORT`` or into a URL: IPv6 in brackets."""
+def format_host(host: str, *, in_url: bool = False) -> str:
+    """``host`` as it goes before ``:PORT``: IPv6 in brackets. ``in_url``
+    percent-encodes a zone (``[fe80::1%25eth0]``, RFC 6874)."""
     if is_ipv6(host) and not host.startswith("["):
-        # A zone in a URL is percent-encoded (RFC 6874).
-        return "[" + host.replace("%", "%25") + "]"
+        return "[" + (host.replace("%", "%25") if in_url else host) + "]"
     return host
 
 
-def format_endpoint(host: str, port: int) -> str:
+def format_endpoint(host: str, port: int, *, in_url: bool = False) -> str:
     """``127.0.0.1:80``, ``[::1]:80``, ``example.org:80``."""
-    return f"{format_host(unmapped(host))}:{port}"
+    return f"{format_host(unmapped(host), in_url=in_url)}:{port}"
 
 
 def reachable_host(host: str) -> str:
@@ -150,7 +150,7 @@ def reachable_host(host: str) -> str:
 def url(scheme: str, host: str, port: int, path: str = "/") -> str:
     """``scheme://host:port/path`` with an IPv6 host bracketed and the
     unspecified address replaced by loopback (what a local client can open)."""
-    return f"{scheme}://{format_endpoint(reachable_host(host), port)}{path}"
+    return f"{scheme}://{format_endpoint(reachable_host(host), port, in_url=True)}{path}"
 
 
 def stack_url(
@@ -168,7 +168,7 @@ def stack_url(
     host = listen or (str(addresses[0].ip) if addresses else "127.0.0.1")
     if unspecified_as is not None and host in ("0.0.0.0", "::"):
         host = unspecified_as
-    return f"{scheme}://{format_endpoint(reachable_host(host), port)}"
+    return f"{scheme}://{format_endpoint(reachable_host(host), port, in_url=True)}"
 
 
 def host_argument(text: str) -> str:

@@ -107,6 +107,12 @@ def test_a_bad_host_argument_is_an_argparse_error() -> None:
     assert host_argument("[::1]") == "::1"
 
 
+def test_a_zone_is_kept_in_an_endpoint_and_encoded_in_a_url() -> None:
+    assert format_endpoint("fe80::1%eth0", 22) == "[fe80::1%eth0]:22"
+    assert parse_endpoint("[fe80::1%eth0]:22") == ("fe80::1%eth0", 22)
+    assert url("http", "fe80::1%eth0", 80) == "http://[fe80::1%25eth0]:80/"
+
+
 def test_mapped_addresses_are_shown_as_ipv4() -> None:
     assert unmapped("::ffff:192.0.2.7") == "192.0.2.7"
     assert unmapped("::1") == "::1"
@@ -124,3 +130,18 @@ def test_urls_of_unspecified_addresses_point_at_loopback() -> None:
         "https://localhost:8443"
     )
     assert stack_url("http", [], 80, listen="::1") == "http://[::1]:80"
+
+
+@given(st.text(alphabet="0123456789abcdefABCDEF:.[]%-_ xyz/", max_size=50))
+def test_any_text_is_an_endpoint_or_a_reason(text: str) -> None:
+    """Nothing a user types makes the parser fail any other way, and what it
+    accepts prints and parses back to itself."""
+    for default in (None, 80):
+        try:
+            host, port = parse_endpoint(text, default_port=default)
+        except AddressError as error:
+            assert str(error)
+            continue
+        assert 0 <= port <= 65535
+        if host:
+            assert parse_endpoint(format_endpoint(host, port)) == (unmapped(host), port)
