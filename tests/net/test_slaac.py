@@ -225,3 +225,18 @@ def test_a_flood_of_advertisements_stays_bounded(
             assert entry.address in entry.prefix
             if entry.valid_until_ns is not None:
                 assert entry.valid_until_ns > now  # the expired ones are gone
+
+
+def test_a_leased_address_is_probed_kept_for_its_lease_and_never_regenerated() -> None:
+    autoconf = Autoconf(SECRET, MAC)
+    leased = IPv6Address("2001:db8:9::100")
+    assert autoconf.lease(leased, 50, 100, 0) == [StartDad(leased)]
+    assert autoconf.on_timer(SECOND_NS) == [Assign(leased)]
+    assert autoconf.lease(leased, 50, 300, 10 * SECOND_NS) == []  # renewed: no two-hour rule
+    assert autoconf.addresses[leased].valid_until_ns == 310 * SECOND_NS
+    assert autoconf.release(leased) == [Remove(leased)] and autoconf.addresses == {}
+    assert autoconf.release(leased) == []
+    autoconf.lease(leased, 50, 100, 0)
+    # A duplicate of a leased address is dropped, not replaced by another.
+    assert autoconf.duplicate(leased, 0) == [Remove(leased)]
+    assert autoconf.counters["leased_address_duplicate"] == 1

@@ -173,3 +173,29 @@ def test_a_claim_on_the_tentative_address_moves_looming_to_the_next() -> None:
         assert {p.destination for p in probes} == {group, wire.solicited_node(second)}
 
     run(body)
+
+
+def test_advertised_timers_are_taken_within_bounds_and_reports_are_repeated() -> None:
+    async def body(stack: DirectStack, attacker: MemoryPort, heard: list[bytes]) -> None:
+        assert stack.ipv6 is not None and stack.ipv6.autoconf is not None
+        all_nodes = wire.multicast_mac(wire.ALL_NODES)
+        heard.clear()
+        timed = ndp.RouterAdvertisement(reachable_time=2000, retransmit_timer=1)
+        await attacker.write(frame(all_nodes, nd_packet(timed, ROUTER, wire.ALL_NODES)))
+        await settle()
+        settings = stack.ipv6.neighbours.settings
+        assert 1_000_000_000 <= settings.reachable_ns <= 3_000_000_000
+        # 1 ms would flood the link with solicitations: clamped to 100 ms.
+        assert settings.retransmit_ns == stack.ipv6.autoconf.retransmit_ns == 100_000_000
+        await attacker.write(frame(all_nodes, nd_packet(advert(), ROUTER, wire.ALL_NODES)))
+        await stack.ipv6.wait_for_address(2)
+        await settle(1.1)
+        group = wire.solicited_node(first_address(stack, 0))
+        reports = [
+            f
+            for f in heard
+            if f[:6] == wire.multicast_mac(wire.ALL_MLDV2_ROUTERS) and group.packed in f
+        ]
+        assert len(reports) == 2  # the join, and once more within a second (RFC 3810 6.1)
+
+    run(body)

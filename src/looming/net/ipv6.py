@@ -28,10 +28,14 @@ static ones with their on-link prefix and a static gateway
 (:meth:`Ipv6Layer.add_address`), and with ``autoconf`` those of
 ``net/slaac.py``: Router Solicitations at :meth:`Ipv6Layer.start`, Router
 Advertisements giving default routers, on-link prefixes, the MTU and DNS
-servers, and addresses from autonomous prefixes after duplicate address
-detection (a probe from ::, one second without an answer).  Each
-solicited-node group joined is announced by an MLDv2 report, and MLD
-queries are answered.  A destination neither link-local, nor multicast,
+servers, Reachable Time and Retrans Timer (clamped), and addresses from
+autonomous prefixes after duplicate address detection (a probe from ::,
+one RetransTimer without an answer); DHCPv6 leases
+(:meth:`Ipv6Layer.lease_address`) are probed the same way.  Each
+solicited-node group joined is announced by an MLDv2 report (repeated once
+within a second), and MLD queries are answered.  Options in extension
+headers after a fragment header are not checked (the reassembled packet
+is delivered as the pieces' Next Header says).  A destination neither link-local, nor multicast,
 nor on an on-link prefix goes to a default router (RFC 4861 5.2); without
 one it is unreachable (RFC 4943: never assumed on-link).
 """
@@ -69,6 +73,8 @@ Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
 _MAX_PENDING = 1024  # packets waiting for the device, beyond which new ones are dropped
 _PATH_MTU_LIFETIME_NS = 600 * 1_000_000_000  # RFC 8201 5.3: try larger after 10 minutes
 _MAX_PATH_MTUS = 1024
+_MAX_REACHABLE_MS = 3_600_000  # RFC 4861 6.2.1 MAX_REACHABLE_TIME
+_MIN_RETRANS_MS, _MAX_RETRANS_MS = 100, 60_000  # bounds on an advertised Retrans Timer
 
 PathMtuListener = Callable[[IPv6Address], None]
 """Called with a destination whose path MTU was just lowered."""
@@ -244,6 +250,7 @@ class Ipv6Layer:
         self._address_listeners: list[AddressListener] = []
         self._address_waiters: list[asyncio.Future[None]] = []
         self._managed_listeners: list[Callable[[], None]] = []
+        self._report_timers: set[asyncio.TimerHandle] = set()
         self._error_handlers: dict[int, Icmpv6ErrorHandler] = {}
         self._first_fragments: dict[ReassemblyKey, bytes] = {}
         self.add_address(self.link_local)
@@ -672,9 +679,27 @@ class Ipv6Layer:
         self._run(self.autoconf.on_advertisement(packet.source, message, self._now()))
         if self.autoconf.hop_limit is not None:
             self.hop_limit = self.autoconf.hop_limit
+        self._take_timers(message)
         if message.managed:
             for listener in self._managed_listeners:
                 listener()
+
+    def _take_timers(self, message: ndp.RouterAdvertisement) -> None:
+        """RFC 4861 6.3.4: a nonzero Reachable Time becomes the base of ours
+        (drawn between 0.5 and 1.5 times it, 6.3.2), a nonzero Retrans Timer
+        the wait between solicitations and DAD's wait; both clamped so a
+        forged advertisement can neither flood the link nor stall it."""
+        settings = self.neighbours.settings
+        if message.reachable_time:
+            base_ms = min(message.reachable_time, _MAX_REACHABLE_MS)
+            factor = 0.5 + self._random.random()
+            settings = replace(settings, reachable_ns=int(base_ms * factor * 1_000_000))
+        if message.retransmit_timer:
+            retransmit_ms = min(max(message.retransmit_timer, _MIN_RETRANS_MS), _MAX_RETRANS_MS)
+            settings = replace(settings, retransmit_ns=retransmit_ms * 1_000_000)
+            if self.autoconf is not None:
+                self.autoconf.retransmit_ns = settings.retransmit_ns
+        self.neighbours.settings = settings
 
     def watch_managed(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` for each Router Advertisement with the M flag
@@ -721,7 +746,7 @@ class Ipv6Layer:
     def start(self) -> None:
         """Announce our groups and, with autoconfiguration, solicit routers
         (after a random delay of up to a second, RFC 4861 6.3.7)."""
-        self._report(mld.join(self._groups()))
+        self._announce(mld.join(self._groups()))
         if self.autoconf is not None:
             delay = self._random.randint(0, 1_000_000_000)
             self._run(self.autoconf.start(self._now(), delay))
@@ -732,7 +757,7 @@ class Ipv6Layer:
                 self._solicit_routers()
             elif isinstance(action, StartDad):
                 self._recompute_accepted()
-                self._report(mld.join([wire.solicited_node(action.address)]))
+                self._announce(mld.join([wire.solicited_node(action.address)]))
                 self._probe(action.address)
             elif isinstance(action, Assign):
                 log.info("IPv6: %s assigned by autoconfiguration", action.address)
@@ -792,6 +817,22 @@ class Ipv6Layer:
         payload = ndp.emit(ndp.NeighborSolicitation(tentative), unspecified, destination)
         self.counters["tx_dad_probe"] += 1
         self._send(destination, NextHeader.ICMPV6, payload, source=unspecified, hop_limit=255)
+
+    def _announce(self, report: mld.Report) -> None:
+        """An unsolicited report, sent again once after a random delay of up
+        to a second (RFC 3810 6.1: Robustness Variable 2, Unsolicited
+        Report Interval 1 s), in case the first is lost."""
+        self._report(report)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._report_timers = {h for h in self._report_timers if h.when() > now}
+        handle = loop.call_later(self._random.random(), self._repeat_report, report)
+        self._report_timers.add(handle)
+
+    def _repeat_report(self, report: mld.Report) -> None:
+        joined = set(self._groups())
+        still = tuple(r for r in report.records if r.group in joined)
+        self._report(mld.Report(still))
 
     def _report(self, report: mld.Report) -> None:
         """An MLDv2 report (RFC 3810 5.2) from our link-local address."""
@@ -1039,6 +1080,9 @@ class Ipv6Layer:
         return (self._now() - started) / 1e9
 
     async def stop(self) -> None:
+        for handle in self._report_timers:
+            handle.cancel()
+        self._report_timers.clear()
         if self._autoconf_timer is not None:
             self._autoconf_timer.cancel()
             self._autoconf_timer = None
