@@ -449,14 +449,16 @@ class SwitchPort:
         self.name = name
         self.node: str | None = None
         self.link: Link | None = None
+        self.wire: Wire | None = None
+        """The way out of this port: its link's wire towards the far end."""
         self.far: LinkEnd | None = None
 
     def receive(self, frame: SimFrame) -> None:
         self.switch.forward(self, frame)
 
     def send(self, frame: SimFrame) -> None:
-        if self.link is not None:
-            self.link.transmit(self, frame)
+        if self.wire is not None:
+            self.wire.transmit(frame)
 
 
 class Switch:
@@ -491,17 +493,19 @@ class Switch:
             if not source[0] & 1:
                 self.table[source] = ingress
         known = self.table.get(data[0:6])
-        targets = [known] if known is not None else self.ports
+        targets = (known,) if known is not None else self.ports
         blocked = self.fabric.blocked
         for port in targets:
             if port is ingress:
                 continue
-            far = port.far
-            if blocked and far is not None and (frame.origin, far.node) in blocked:
-                self.fabric.record(
-                    "drop", f"partition {frame.origin}->{far.node} {self.fabric.frame_name(data)}"
-                )
-                continue
+            if blocked:
+                far = port.far
+                if far is not None and (frame.origin, far.node) in blocked:
+                    self.fabric.record(
+                        "drop",
+                        f"partition {frame.origin}->{far.node} {self.fabric.frame_name(data)}",
+                    )
+                    continue
             port.send(frame)
 
 
@@ -547,7 +551,7 @@ class Fabric:
         port = self.switch(switch).new_port()
         name = f"{end.node}-{switch}"
         link = Link(self, name, end, port, spec, back=back)
-        port.link = link
+        port.link, port.wire = link, link.backward
         port.far = end
         self.uplinks[end.node] = link
         self.links[name] = link
@@ -555,7 +559,8 @@ class Fabric:
 
     def plug(self, end: LinkEnd, mac: MacAddress, switch: str, spec: LinkSpec) -> Link:
         """Attach ``end`` with its MAC known to the switch from the start and
-        faults (``spec``) only on the way to the node: the in-memory switch's port."""
+        faults (``spec``) only on the way to the node: the in-memory switch's
+        port, whose frames go straight into the switch port (``link.b``)."""
         link = self.attach(end, switch, _STRAIGHT, back=spec)
         port = link.b
         assert isinstance(port, SwitchPort)
@@ -570,7 +575,7 @@ class Fabric:
         port = link.b
         assert isinstance(port, SwitchPort)
         port.switch.remove_port(port)
-        port.link = None
+        port.link = port.wire = None
         del self.links[link.name]
 
     def trunk(self, a: str, b: str, spec: LinkSpec) -> Link:
@@ -579,6 +584,7 @@ class Fabric:
         name = f"{a}-{b}"
         link = Link(self, name, port_a, port_b, spec)
         port_a.link = port_b.link = link
+        port_a.wire, port_b.wire = link.forward, link.backward
         port_a.far, port_b.far = port_b, port_a
         self.links[name] = link
         return link
