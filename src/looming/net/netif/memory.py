@@ -1,7 +1,11 @@
 """An in-memory Ethernet switch linking several stacks in one process.
 
-Frames are delivered on a later turn of the event loop, never re-entrantly.
-Faults (loss, duplication, corruption, reordering) are drawn from a seeded
+A preset of the one simulated Ethernet (:mod:`looming.net.netif.fabric`,
+which the simulator runs in virtual time): one switch, each port plugged in
+with its MAC known, no time passing. Frames are delivered on a later turn
+of the event loop, never re-entrantly. Faults (loss, duplication,
+corruption, reordering by swapping with the next frame) happen on the way
+out of the switch to each port, drawn from a seeded
 :class:`~looming.devices.random.Random` so a failing run can be replayed.
 """
 
@@ -14,6 +18,20 @@ from dataclasses import dataclass
 from looming.devices.net import Capabilities, FrameHandler, MacAddress, NetworkStats
 from looming.devices.random import Random
 from looming.errors import DeviceError
+from looming.net.netif.fabric import (
+    Draws,
+    Fabric,
+    Fixed,
+    Link,
+    LinkSpec,
+    SimFrame,
+    SwitchPort,
+    Timeless,
+    Undrawn,
+)
+
+SWITCH = "memory"
+"""The name of the preset's one switch in its fabric."""
 
 
 @dataclass(slots=True)
@@ -25,6 +43,18 @@ class LinkFaults:
     corrupt: float = 0.0
     reorder: float = 0.0
 
+    def spec(self) -> LinkSpec:
+        """The fabric's spec for the wire from the switch to a port."""
+        return LinkSpec(
+            latency=Fixed(0.0),
+            mtu=65535,
+            loss=self.loss,
+            duplicate=self.duplicate,
+            corrupt=self.corrupt,
+            reorder=self.reorder,
+            reorder_delay=None,
+        )
+
 
 _BACKLOG = 256
 
@@ -33,78 +63,51 @@ FrameFilter = Callable[[bytes], bool]
 
 
 class MemorySwitch:
-    """A learning switch: frames go to the port that owns the destination
-    MAC, or to every other port for broadcast, multicast and unknown MACs."""
+    """A switch: frames go to the port that owns the destination MAC, or to
+    every other port for broadcast, multicast and unknown MACs."""
 
     def __init__(self, *, random: Random | None = None, faults: LinkFaults | None = None) -> None:
-        self._ports: list[MemoryPort] = []
-        self._random = random
         self.faults = faults if faults is not None else LinkFaults()
-        if random is None and self._faulty():
+        draws: Draws = random if random is not None else Undrawn()
+        if random is None and not self.faults.spec().ideal:
             raise ValueError("fault injection needs a Random device (seeded for replay)")
+        self.fabric = Fabric(scheduler=Timeless(), random_for=lambda link, way: draws)
+        self.fabric.switch(SWITCH, learning=False)
+        self._ports = 0
         self.drop_filter: FrameFilter | None = None
         self.frames_switched = 0
 
-    def _faulty(self) -> bool:
-        f = self.faults
-        return bool(f.loss or f.duplicate or f.corrupt or f.reorder)
-
     def port(self, mac: MacAddress | str | None = None, *, mtu: int = 1500) -> MemoryPort:
+        self._ports += 1
         if mac is None:
-            mac = MacAddress(bytes((0x02, 0, 0, 0, 0, len(self._ports) + 1)))
-        port = MemoryPort(self, MacAddress(mac), mtu)
-        self._ports.append(port)
+            mac = MacAddress(bytes((0x02, 0, 0, 0, 0, self._ports)))
+        port = MemoryPort(self, f"port{self._ports}", MacAddress(mac), mtu)
+        link = self.fabric.plug(port, port.mac, SWITCH, self.faults.spec())
+        assert isinstance(link.b, SwitchPort)
+        port._link, port._port = link, link.b
         return port
 
     def _remove(self, port: MemoryPort) -> None:
-        if port in self._ports:
-            self._ports.remove(port)
-
-    def _forward(self, sender: MemoryPort, frame: bytes) -> None:
-        if self.drop_filter is not None and not self.drop_filter(frame):
-            return
-        self.frames_switched += 1
-        destination = frame[0:6]
-        targets = [p for p in self._ports if p is not sender and p.mac == destination]
-        if not targets:
-            targets = [p for p in self._ports if p is not sender]
-        for port in targets:
-            self._deliver(port, frame)
-
-    def _deliver(self, port: MemoryPort, frame: bytes) -> None:
-        random = self._random
-        if random is None or not self._faulty():
-            port._enqueue(frame)
-            return
-        faults = self.faults
-        if faults.loss and random.random() < faults.loss:
-            port._stats.rx_dropped += 1
-            return
-        if faults.corrupt and random.random() < faults.corrupt and frame:
-            position = random.randint(0, len(frame) - 1)
-            damaged = bytearray(frame)
-            damaged[position] ^= 1 << random.randint(0, 7)
-            frame = bytes(damaged)
-        copies = 2 if faults.duplicate and random.random() < faults.duplicate else 1
-        for _ in range(copies):
-            if faults.reorder and random.random() < faults.reorder:
-                port._hold(frame)
-            else:
-                port._enqueue(frame)
+        self.fabric.detach(port.name)
+        port._link = port._port = None
 
 
 class MemoryPort:
-    """:class:`looming.devices.net.Network` for one port of a :class:`MemorySwitch`."""
+    """:class:`looming.devices.net.Network` for one port of a :class:`MemorySwitch`
+    (and the fabric's end of the port's link)."""
 
-    def __init__(self, switch: MemorySwitch, mac: MacAddress, mtu: int) -> None:
+    def __init__(self, switch: MemorySwitch, name: str, mac: MacAddress, mtu: int) -> None:
         self._switch = switch
+        self.name = name
+        self.node: str | None = name
         self._mac = mac
         self._mtu = mtu
         self._stats = NetworkStats()
         self._handler: FrameHandler | None = None
         self._closed = asyncio.Event()
-        self._held: bytes | None = None
         self._backlog: list[bytes] = []
+        self._link: Link | None = None
+        self._port: SwitchPort | None = None
 
     @property
     def mac(self) -> MacAddress:
@@ -121,8 +124,9 @@ class MemoryPort:
 
     def stats(self) -> NetworkStats:
         s = self._stats
+        lost = self._link.backward.dropped if self._link is not None else 0
         return NetworkStats(
-            s.rx_bytes, s.rx_packets, s.tx_bytes, s.tx_packets, s.rx_dropped, s.tx_dropped
+            s.rx_bytes, s.rx_packets, s.tx_bytes, s.tx_packets, s.rx_dropped + lost, s.tx_dropped
         )
 
     async def write(self, frame: bytes) -> None:
@@ -133,9 +137,17 @@ class MemoryPort:
             return
         self._stats.tx_packets += 1
         self._stats.tx_bytes += len(frame)
-        self._switch._forward(self, bytes(frame))
+        data = bytes(frame)
+        switch = self._switch
+        if switch.drop_filter is not None and not switch.drop_filter(data):
+            return
+        switch.frames_switched += 1
+        port = self._port
+        if port is not None:
+            port.receive(SimFrame(data, self.name))  # plugged in: no wire on the way in
 
-    def _enqueue(self, frame: bytes) -> None:
+    def receive(self, frame: SimFrame) -> None:
+        """A frame out of the switch: handed to the stack on a later turn."""
         if self._closed.is_set():
             self._stats.rx_dropped += 1
             return
@@ -143,21 +155,11 @@ class MemoryPort:
             # Like a NIC's receive ring before the driver polls: a bounded
             # backlog, so frames sent while a stack starts are not lost.
             if len(self._backlog) < _BACKLOG:
-                self._backlog.append(frame)
+                self._backlog.append(frame.data)
             else:
                 self._stats.rx_dropped += 1
             return
-        asyncio.get_running_loop().call_soon(self._receive, frame)
-        if self._held is not None:
-            # A held frame goes out after the one that overtook it.
-            held, self._held = self._held, None
-            asyncio.get_running_loop().call_soon(self._receive, held)
-
-    def _hold(self, frame: bytes) -> None:
-        if self._held is not None:
-            self._enqueue(frame)
-        else:
-            self._held = frame
+        asyncio.get_running_loop().call_soon(self._receive, frame.data)
 
     def _receive(self, frame: bytes) -> None:
         handler = self._handler
