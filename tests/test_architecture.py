@@ -37,6 +37,7 @@ CORE_GLOBS = (
     "store/merge*.py",
     "store/treemerge.py",
     "vchan/ring.py",
+    "net/netif/fabric.py",
 )
 SHELLS = frozenset(
     {
