@@ -192,14 +192,7 @@ class DirectStack:
         never. Connecting does not wait for any of these addresses.
         """
         _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
-        if max_connections is not None and max_connections < 0:
-            raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
-        if memory_limit is not None and memory_limit < 0:
-            raise ValueError(f"memory_limit must be 0 (no limit) or more bytes, not {memory_limit}")
-        if dhcp and address is not None:
-            raise ValueError("give either a static address or dhcp=True, not both")
-        if not dhcp and address is None:
-            raise ValueError("a direct stack needs an address (or dhcp=True)")
+        _check_ipv4(address, dhcp, max_connections, memory_limit)
         stack = cls(
             network,
             time=time,
@@ -230,25 +223,29 @@ class DirectStack:
                 if dhcp6:
                     await stack.start_dhcp6()
             if dhcp:
-                from looming.net.dhcp import DhcpClient, DhcpShell
-
-                stack.dhcp = DhcpShell(
-                    DhcpClient(network.mac, random), stack._udp, stack.ipv4, time
-                )
-                await stack.dhcp.start()
-                stack.lease = lease = await stack.dhcp.wait_bound(dhcp_timeout)
-                report = (
-                    f"DHCP: address {lease.interface} from {lease.server}, gateway "
-                    f"{lease.gateway or 'none'}, lease {lease.lease_s} s"
-                )
-                log.info("%s", report)
-                print(f"looming: {report}", file=sys.stderr, flush=True)
-                if not dns_servers:
-                    stack.resolver.servers = list(stack.lease.dns_servers)
+                await stack._lease_ipv4(dhcp_timeout, keep_dns_servers=bool(dns_servers))
         except BaseException:
             await stack.disconnect()
             raise
         return stack
+
+    async def _lease_ipv4(self, timeout: float, *, keep_dns_servers: bool) -> None:
+        """Wait up to ``timeout`` s for a DHCP lease and report it."""
+        from looming.net.dhcp import DhcpClient, DhcpShell
+
+        self.dhcp = DhcpShell(
+            DhcpClient(self.network.mac, self.random), self._udp, self.ipv4, self.time
+        )
+        await self.dhcp.start()
+        self.lease = lease = await self.dhcp.wait_bound(timeout)
+        report = (
+            f"DHCP: address {lease.interface} from {lease.server}, gateway "
+            f"{lease.gateway or 'none'}, lease {lease.lease_s} s"
+        )
+        log.info("%s", report)
+        print(f"looming: {report}", file=sys.stderr, flush=True)
+        if not keep_dns_servers:
+            self.resolver.servers = list(lease.dns_servers)
 
     @property
     def resolver(self) -> DnsResolver:
@@ -332,6 +329,22 @@ class DirectStack:
             except (asyncio.CancelledError, Exception):
                 pass
             self._listen_task = None
+
+
+def _check_ipv4(
+    address: IPv4Interface | None,
+    dhcp: bool,
+    max_connections: int | None,
+    memory_limit: int | None,
+) -> None:
+    if max_connections is not None and max_connections < 0:
+        raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
+    if memory_limit is not None and memory_limit < 0:
+        raise ValueError(f"memory_limit must be 0 (no limit) or more bytes, not {memory_limit}")
+    if dhcp and address is not None:
+        raise ValueError("give either a static address or dhcp=True, not both")
+    if not dhcp and address is None:
+        raise ValueError("a direct stack needs an address (or dhcp=True)")
 
 
 def _check_ipv6(ipv6: bool, address: IPv6Interface | None, gateway: IPv6Address | None) -> None:
