@@ -53,9 +53,11 @@ unit: venv system-deps
 test: lint typecheck unit
 
 # The fast tier: what needs no root, no qemu, no peer program and is not slow
-# (tests/tiers.py says how a test is classed).
+# (tests/tiers.py says how a test is classed), on one worker per core
+# (pytest-xdist). Bytecode is written even under PYTHONDONTWRITEBYTECODE, so
+# the next run reuses pytest's rewritten test modules instead of redoing them.
 test-fast: venv
-	$(BIN)/pytest -q -ra --fast
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -ra --fast -n auto
 
 check: lint typecheck test-fast
 

@@ -10,8 +10,14 @@ The fast tier leaves out four marks:
   ``shutil.which("openssl")``);
 * ``qemu``: the same, for a string naming qemu.
 
-``--fast`` is the same as ``-m "not root and not slow and not peer and not
-qemu"``; both select the tier ``make test-fast`` and ``make check`` run.
+``slow`` is also given to every test listed in ``tests/slow-tests.txt``:
+the tests measured at more than 0.3 s in the fast tier's own run (see that
+file). ``--fast`` is the same as ``-m "not root and not slow and not peer
+and not qemu"``, and it loads the hypothesis profile ``fast`` (20 examples
+where a test does not set its own count, no deadline) and runs a fifth of
+each state machine's examples; both select the tier ``make test-fast`` and
+``make check`` run (on one pytest-xdist worker per core). The whole suite
+(``make test``) runs every test with its full count.
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# Fewer examples for the edit-test loop; a test that sets max_examples keeps
+# it. No deadline: the fast tier runs on two workers beside other work, and a
+# deadline there would measure the machine's load, not the code.
+settings.register_profile("fast", max_examples=20, stateful_step_count=20, deadline=None)
 
 PEER_PROGRAMS = frozenset(
     {
@@ -40,6 +52,7 @@ PEER_PROGRAMS = frozenset(
     }
 )
 SLOW_MARKS = ("root", "slow", "peer", "qemu")
+SLOW_LIST = Path(__file__).with_name("slow-tests.txt")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,6 +66,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "peer: runs a program written elsewhere (tests/tiers.py)")
     config.addinivalue_line("markers", "qemu: boots or runs code under qemu (tests/tiers.py)")
+    if config.getoption("fast"):
+        settings.load_profile("fast")
+
+
+def measured_slow(path: Path = SLOW_LIST) -> frozenset[str]:
+    """The test ids (without parameters) listed in ``tests/slow-tests.txt``."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
 def _marks_in(strings: frozenset[str]) -> set[str]:
@@ -85,6 +106,11 @@ def _is_project_module(module: ModuleType | None, root: Path) -> bool:
     file = getattr(module, "__file__", None)
     if module is None or not file or module.__name__ == __name__:
         return False
+    return _is_project_file(file, root)
+
+
+@functools.cache
+def _is_project_file(file: str, root: Path) -> bool:
     path = Path(file).resolve()
     return path.is_relative_to(root) and "site-packages" not in path.parts
 
@@ -149,22 +175,46 @@ def item_marks(item: pytest.Item) -> set[str]:
     info = getattr(item, "_fixtureinfo", None)
     for defs in info.name2fixturedefs.values() if info is not None else ():
         for fixturedef in defs:
-            func = fixturedef.func
-            if callable(func) and _is_project_module(inspect.getmodule(func), root):
-                marks |= _fixture_marks(func)
+            marks |= _project_fixture_marks(fixturedef.func, root)
     return marks
+
+
+@functools.cache
+def _project_fixture_marks(func: Any, root: Path) -> frozenset[str]:
+    if callable(func) and _is_project_module(inspect.getmodule(func), root):
+        return _fixture_marks(func)
+    return frozenset()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = measured_slow()
     for item in items:
         for mark in sorted(item_marks(item)):
             item.add_marker(mark)
+        if item.nodeid.split("[")[0] in slow:
+            item.add_marker("slow")
     if not config.getoption("fast"):
         return
-    kept, dropped = [], []
+    for cls in {getattr(item, "cls", None) for item in items}:
+        _fewer_stateful_examples(cls)
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         (dropped if any(item.get_closest_marker(m) for m in SLOW_MARKS) else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def _fewer_stateful_examples(cls: Any) -> None:
+    """A fifth of a state machine's examples (at least 10) in the fast tier.
+
+    ``Machine.TestCase.settings = settings(max_examples=...)`` sets a count
+    the ``fast`` profile cannot lower; the whole suite keeps it."""
+    if not (isinstance(cls, type) and cls.__qualname__.endswith(".TestCase")):
+        return
+    own = getattr(cls, "settings", None)
+    if isinstance(own, settings) and own.max_examples > 10:
+        fewer = settings(own, max_examples=max(10, own.max_examples // 5), deadline=None)
+        setattr(cls, "settings", fewer)  # noqa: B010 (a class made at run time)
