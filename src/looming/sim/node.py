@@ -14,7 +14,7 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -63,6 +63,7 @@ class NodeSpec:
     skew_s: float | None = None
     drift_ppm: float | None = None
     unikernel: str | None = None
+    ipv6: IPv6Interface | None = None
 
     @property
     def is_host(self) -> bool:
@@ -171,7 +172,7 @@ class SimDevices:
         incarnation = SimDevices._current()
         node = incarnation.node
         stack = await DirectStack.connect(
-            network, time=time, clock=clock, random=random, address=node.ipv4, gateway=node.gateway
+            network, time=time, clock=clock, random=random, **node.stack_addresses()
         )
         incarnation.stack = stack
         node._stack_is(stack)
@@ -188,6 +189,7 @@ class SimNode:
         self.index = index
         self.ipv4 = spec.ipv4 or IPv4Interface(f"10.0.{index // 250}.{index % 250 + 1}/16")
         self.gateway = spec.gateway
+        self.ipv6 = spec.ipv6
         self.link_spec = spec.link or world.scenario.link
         rng = SimRandom(derive_seed(world.seed, spec.name, "clock"))
         max_skew = world.scenario.max_clock_skew_s
@@ -268,12 +270,20 @@ class SimNode:
             time=incarnation.time,
             clock=incarnation.clock,
             random=incarnation.random,
-            address=self.ipv4,
-            gateway=self.gateway,
+            **self.stack_addresses(),
         )
         incarnation.stack = stack
         self._stack_is(stack)
         await asyncio.Event().wait()
+
+    def stack_addresses(self) -> dict[str, Any]:
+        """The node's addresses as DirectStack.connect takes them: IPv4, and
+        a static IPv6 one when the scenario gave it (no router discovery:
+        a simulated LAN has no router unless the scenario runs one)."""
+        addresses: dict[str, Any] = {"address": self.ipv4, "gateway": self.gateway}
+        if self.ipv6 is not None:
+            addresses.update(ipv6=True, ipv6_address=self.ipv6, slaac=False, dhcp6=False)
+        return addresses
 
     def _stack_is(self, stack: DirectStack) -> None:
         if self._stack_ready is not None and not self._stack_ready.done():

@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -262,8 +262,10 @@ class Scenario:
         skew_s: float | None = None,
         drift_ppm: float | None = None,
         unikernel: str | None = None,
+        ipv6: str | None = None,
     ) -> str:
-        """Add a node running the unikernel of the application folder ``app``."""
+        """Add a node running the unikernel of the application folder ``app``;
+        ``ipv6`` (``ADDR/PREFIX``) gives its stack an IPv6 address too."""
         self.nodes.append(
             NodeSpec(
                 name,
@@ -276,6 +278,7 @@ class Scenario:
                 skew_s,
                 drift_ppm,
                 unikernel,
+                _interface6(name, ipv6),
             )
         )
         return name
@@ -290,8 +293,10 @@ class Scenario:
         link: LinkSpec | None = None,
         skew_s: float | None = None,
         drift_ppm: float | None = None,
+        ipv6: str | None = None,
     ) -> str:
-        """Add a host: a looming stack the driver runs client code on."""
+        """Add a host: a looming stack the driver runs client code on;
+        ``ipv6`` (``ADDR/PREFIX``) gives it an IPv6 address too."""
         self.nodes.append(
             NodeSpec(
                 name,
@@ -303,6 +308,7 @@ class Scenario:
                 {},
                 skew_s,
                 drift_ppm,
+                ipv6=_interface6(name, ipv6),
             )
         )
         return name
@@ -409,12 +415,13 @@ class Scenario:
     def _node_problems(self) -> list[str]:
         """Shared addresses, unknown applications and bad links, per node."""
         found = []
-        addresses: dict[IPv4Address, str] = {}
+        addresses: dict[IPv4Address | IPv6Address, str] = {}
         for spec in self.nodes:
-            if spec.ipv4 is not None:
-                other = addresses.setdefault(spec.ipv4.ip, spec.name)
-                if other != spec.name:
-                    found.append(f"nodes {other!r} and {spec.name!r} share {spec.ipv4.ip}")
+            for interface in (spec.ipv4, spec.ipv6):
+                if interface is not None:
+                    other = addresses.setdefault(interface.ip, spec.name)
+                    if other != spec.name:
+                        found.append(f"nodes {other!r} and {spec.name!r} share {interface.ip}")
             if spec.app is not None and not (spec.app / "config.py").is_file():
                 found.append(
                     f"node {spec.name!r}: unknown application {str(spec.app)!r} "
@@ -485,6 +492,17 @@ def _interface(node: str, text: str | None) -> IPv4Interface | None:
     except ValueError as error:
         raise UsageError(
             f"node {node!r}: {text!r} is not an IPv4 address/prefix: {error}"
+        ) from None
+
+
+def _interface6(node: str, text: str | None) -> IPv6Interface | None:
+    if text is None:
+        return None
+    try:
+        return IPv6Interface(text)
+    except ValueError as error:
+        raise UsageError(
+            f"node {node!r}: {text!r} is not an IPv6 address/prefix (e.g. fd00::1/64): {error}"
         ) from None
 
 
