@@ -48,8 +48,13 @@ def connected_pair(
 ) -> tuple[endpoint.Endpoint, endpoint.Endpoint]:
     """A server and a client endpoint in this process (accept runs in a thread)."""
     listener = ports.listen(
-        "pair", "p0", read_min=read_min, write_min=write_min, **options, time=UnixTime()
-    )  # type: ignore[arg-type]
+        "pair",
+        "p0",
+        read_min=read_min,
+        write_min=write_min,
+        **options,  # type: ignore[arg-type]  # the listen options a test passes
+        time=UnixTime(),
+    )
     accepted: list[endpoint.Endpoint] = []
     errors: list[BaseException] = []
 

@@ -15,6 +15,7 @@ from looming.errors import AddressInUse, Closed, ConnectionRefused, ConnectionRe
 from looming.unix.time import UnixTime
 from looming.vchan import layout
 from looming.vchan import listener as ports
+from looming.vchan.endpoint import Endpoint
 from looming.vchan.errors import VchanCorrupt, VchanError
 from looming.vchan.segment import SEGMENT_PREFIX, shm_dir
 from tests.vchan.helpers import connected_pair, fork_child, kill_child, wait_child
@@ -294,3 +295,35 @@ def test_received_descriptors_are_not_inherited_by_programs_we_run() -> None:
         for channel in (server, client):
             assert not os.get_inheritable(channel.wait_fd)
             assert not os.get_inheritable(channel.control_fd)
+
+
+def test_every_try_method_is_one_reader_or_one_writer() -> None:
+    readers = {Endpoint.try_read, Endpoint.try_read_into, Endpoint.try_recv}
+    writers = {Endpoint.try_write, Endpoint.try_send}
+    assert len({f.__code__ for f in readers}) == 1
+    assert len({f.__code__ for f in writers}) == 1
+    server, client = connected_pair(read_min=1024, write_min=1024)
+    with server:
+        buffer = bytearray(8)
+        # Nothing yet: None from every reader; a zero-byte packet is there at once.
+        assert (server.try_read(8), server.try_read_into(buffer), server.try_recv(4)) == (
+            None,
+            None,
+            None,
+        )
+        assert server.try_recv(0) == b""
+        assert client.try_write(b"abcdef") == 6 and client.try_send(b"gh")
+        assert server.try_recv(2) == b"ab"
+        assert server.try_read_into(buffer) == 6 and bytes(buffer[:6]) == b"cdefgh"
+        client.try_send(b"tail")
+        client.close()
+        # The data first, then each reader's own end of stream.
+        assert server.try_read(2) == b"ta" and server.try_recv(2) == b"il"
+        assert (server.try_read(8), server.try_read_into(buffer), server.try_recv(4)) == (
+            b"",
+            0,
+            b"",
+        )
+        for write in (server.try_write, server.try_send):
+            with pytest.raises(ConnectionReset, match="closed"):
+                write(b"late")
