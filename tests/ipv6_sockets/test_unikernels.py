@@ -19,6 +19,11 @@ def built(name: str, tmp_path: Path) -> Path:
     return app
 
 
+@pytest.fixture(scope="module")
+def store_website(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built("store_website", tmp_path_factory.mktemp("store-website"))
+
+
 def curl(*args: str) -> str:
     done = subprocess.run(
         ["curl", "-sS", "-g", "--max-time", "10", *args],
@@ -70,8 +75,8 @@ def test_https_website_on_ipv6(tmp_path: Path) -> None:
         assert page == index
 
 
-def test_store_website_clone_over_ipv6(tmp_path: Path) -> None:
-    app = built("store_website", tmp_path)
+def test_store_website_clone_over_ipv6(store_website: Path, tmp_path: Path) -> None:
+    app = store_website
     keys = ["--port", "0", "--push-port", "0", "--listen", "::", "--push-anonymous-read", "true"]
     with running(app, *keys, ready=r"serving (http://\[::1\]:\d+)$") as (proc, match):
         page = curl("-6", match.group(1) + "/index.html")
@@ -101,9 +106,8 @@ def test_store_website_clone_over_ipv6(tmp_path: Path) -> None:
     ],
 )
 def test_bad_addresses_stop_a_unikernel_with_exit_2(
-    keys: list[str], says: str, tmp_path: Path
+    keys: list[str], says: str, store_website: Path
 ) -> None:
-    app = built("store_website", tmp_path)
-    done = looming(app, "run", *keys, check=False)
+    done = looming(store_website, "run", *keys, check=False)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert says in done.stderr
