@@ -206,8 +206,37 @@ def test_an_ipv4_bound_udp_port_refuses_ipv6_destinations_plainly() -> None:
     async def scenario() -> None:
         stack = SocketStack("127.0.0.1")
         bound = await stack.udp.bind(0, lambda datagram: None)
-        with pytest.raises(NetworkError, match="bind it on :: for both"):
+        with pytest.raises(NetworkError, match="bind it on :: for both families"):
             await stack.udp.send("::1", 9, b"x", source_port=bound.port)
         await stack.disconnect()
+
+    run(scenario())
+
+
+def test_udp_port_on_both_loopbacks_answers_each_family_from_its_own_socket() -> None:
+    async def scenario() -> None:
+        stack = SocketStack("127.0.0.1", ipv6="::1")
+        got: asyncio.Queue[Datagram] = asyncio.Queue()
+        bound = await stack.udp.bind(0, got.put_nowait)
+        try:
+            for family, client in ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")):
+                with socket.socket(family, socket.SOCK_DGRAM) as peer:
+                    peer.bind((client, 0))
+                    peer.settimeout(5)
+                    peer.sendto(b"ping", (client, bound.port))
+                    datagram = await asyncio.wait_for(got.get(), 5)
+                    assert (datagram.source, datagram.destination) == (client, client)
+                    await stack.udp.send(
+                        client, datagram.source_port, b"pong", source_port=bound.port
+                    )
+                    data, sender = await asyncio.to_thread(peer.recvfrom, 100)
+                    assert (data, sender[0], sender[1]) == (b"pong", client, bound.port)
+        finally:
+            await bound.close()
+            await stack.disconnect()
+        # Closed: the port is free on both families again.
+        for family, client in ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")):
+            with socket.socket(family, socket.SOCK_DGRAM) as again:
+                again.bind((client, bound.port))
 
     run(scenario())

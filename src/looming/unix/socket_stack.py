@@ -555,6 +555,7 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] = ("0.0.0.0", 0)
         self.family = socket.AF_INET
+        self.dual = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector loop's datagram transport does not subclass
@@ -591,31 +592,42 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         udp_log.debug("UDP error on port %d: %s", self.local[1], exc)
 
+    def sends_to(self, address: str) -> bool:
+        """Whether this socket can send to ``address``: its own family, or
+        IPv4 from a dual-stack IPv6 socket bound to ``::``."""
+        if self.family == socket.AF_INET:
+            return not is_ipv6(address)
+        return is_ipv6(address) or self.dual
+
     def destination(self, address: str, port: int) -> tuple[str, int]:
-        """``address`` as this socket can send to it: an IPv4 address from a
-        dual-stack IPv6 socket goes as ``::ffff:a.b.c.d``."""
+        """``address`` as this socket sends to it: an IPv4 address from a
+        dual-stack socket goes as ``::ffff:a.b.c.d``."""
         if self.family == socket.AF_INET6 and not is_ipv6(address):
             return f"::ffff:{address}", port
-        if self.family == socket.AF_INET and is_ipv6(address):
-            raise NetworkError(
-                f"UDP port {self.local[1]} is bound on IPv4 ({self.local[0]}) and cannot "
-                f"send to {address}; bind it on :: for both"
-            )
         return address, port
 
 
 class SocketUdp:
     """:class:`looming.devices.Udp` over host datagram sockets.
 
-    ``host`` is the IPv4 address ports bind to by default, ``ipv6`` the
-    IPv6 one (when set, it is the default, dual-stack unless ``ipv6_only``).
+    Ports bind on every host of ``hosts`` (one port number for all), as TCP
+    listeners do; ``host`` is the IPv4 address an ephemeral sender binds,
+    ``ipv6`` the IPv6 one (``::`` when None).
     """
 
-    def __init__(self, host: str, *, ipv6: str | None = None, ipv6_only: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        *,
+        ipv6: str | None = None,
+        ipv6_only: bool = False,
+        hosts: Sequence[str] | None = None,
+    ) -> None:
         self._host = host
         self._ipv6 = ipv6
         self._ipv6_only = ipv6_only
-        self._bound: dict[int, _UdpEndpoint] = {}
+        self._hosts = list(hosts) if hosts is not None else [host]
+        self._bound: dict[int, list[_UdpEndpoint]] = {}
         self._senders: dict[socket.AddressFamily, _UdpEndpoint] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -629,27 +641,44 @@ class SocketUdp:
         _, endpoint = await loop.create_datagram_endpoint(
             lambda: _UdpEndpoint(handler, self._tasks), sock=sock
         )
+        endpoint.dual = host == "::" and not self._ipv6_only
         return endpoint
 
-    def _default_host(self) -> str:
-        return self._ipv6 if self._ipv6 is not None else self._host
+    async def _open_all(
+        self, handler: UdpHandler | None, hosts: Sequence[str], port: int
+    ) -> list[_UdpEndpoint]:
+        """One endpoint per host, all on one port (the first's, when 0)."""
+        endpoints: list[_UdpEndpoint] = []
+        try:
+            for host in await _listen_hosts(hosts):
+                endpoint = await self._open(handler, host, port)
+                endpoints.append(endpoint)
+                port = endpoint.local[1]
+        except BaseException:
+            for endpoint in endpoints:
+                if endpoint.transport is not None:
+                    endpoint.transport.close()
+            raise
+        return endpoints
 
     async def bind(
         self, port: int, handler: UdpHandler, *, host: str | None = None
     ) -> SocketListener:
-        endpoint = await self._open(
-            handler, host if host is not None else self._default_host(), port
-        )
-        bound_port = endpoint.local[1]
-        self._bound[bound_port] = endpoint
+        endpoints = await self._open_all(handler, [host] if host else self._hosts, port)
+        bound_port = endpoints[0].local[1]
+        self._bound[bound_port] = endpoints
 
-        async def close_endpoint() -> None:
-            if endpoint.transport is not None:
-                endpoint.transport.close()
-            if self._bound.get(bound_port) is endpoint:
+        async def close_endpoints() -> None:
+            for endpoint in endpoints:
+                if endpoint.transport is not None:
+                    endpoint.transport.close()
+            if self._bound.get(bound_port) is endpoints:
                 del self._bound[bound_port]
+            # The transport closes its socket on the loop's next turn: the
+            # port is free once close() returns.
+            await asyncio.sleep(0)
 
-        return SocketListener(bound_port, close_endpoint)
+        return SocketListener(bound_port, close_endpoints)
 
     async def _sender(self, family: socket.AddressFamily) -> _UdpEndpoint:
         endpoint = self._senders.get(family)
@@ -671,24 +700,37 @@ class SocketUdp:
         source_port: int | None = None,
     ) -> None:
         address = str(destination).removeprefix("[").removesuffix("]")
-        if source_port is not None:
-            endpoint = self._bound.get(source_port)
-            if endpoint is None:
-                # Sending from a port nobody bound: bind it just for sending.
-                host = "::" if is_ipv6(address) and self._ipv6 is None else self._default_host()
-                endpoint = await self._open(None, host, source_port)
-                self._bound[source_port] = endpoint
-        else:
+        if source_port is None:
             endpoint = await self._sender(_family(address))
+        else:
+            endpoints = self._bound.get(source_port)
+            if endpoints is None:
+                # Sending from a port nobody bound: bind it just for sending.
+                endpoints = await self._open_all(None, self._hosts, source_port)
+                self._bound[source_port] = endpoints
+            endpoint = self._sender_among(endpoints, address)
         assert endpoint.transport is not None
         endpoint.transport.sendto(data, endpoint.destination(address, port))
 
+    @staticmethod
+    def _sender_among(endpoints: Sequence[_UdpEndpoint], address: str) -> _UdpEndpoint:
+        for endpoint in endpoints:
+            if endpoint.sends_to(address):
+                return endpoint
+        bound = ", ".join(e.local[0] for e in endpoints)
+        raise NetworkError(
+            f"UDP port {endpoints[0].local[1]} is bound on {bound} only and cannot send to "
+            f"{address}; bind it on :: for both families"
+        )
+
     async def disconnect(self) -> None:
-        for endpoint in [*self._bound.values(), *self._senders.values()]:
+        bound = [e for endpoints in self._bound.values() for e in endpoints]
+        for endpoint in [*bound, *self._senders.values()]:
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self._bound.clear()
         self._senders.clear()
+        await asyncio.sleep(0)  # let the transports close their sockets
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -732,7 +774,7 @@ class SocketStack:
         self._ipv6 = ipv6
         self._dual = ipv6 == "::" and not ipv6_only
         self._tcp = SocketTcp(hosts, ipv6_only=ipv6_only)
-        self._udp = SocketUdp(host, ipv6=ipv6, ipv6_only=ipv6_only)
+        self._udp = SocketUdp(host, ipv6=ipv6, ipv6_only=ipv6_only, hosts=hosts)
 
     @classmethod
     async def connect(
