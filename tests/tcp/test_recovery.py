@@ -221,7 +221,7 @@ def test_prr_sends_in_proportion_and_ends_near_ssthresh(flight: int, deliveries:
         pipe += allowed
         if pipe > ssthresh:
             bound = -(-prr.delivered * ssthresh // (flight * MSS))
-            assert prr.out <= max(bound, MSS)
+            assert prr.out <= max(bound, MSS) + MSS - 1  # at most a part segment more
         else:
             assert pipe <= max(ssthresh, prr.out) + MSS
     if prr.delivered >= flight * MSS:
@@ -561,3 +561,31 @@ def test_a_lost_tail_is_found_by_the_probe_not_the_rto() -> None:
     stats = s.conn.stats
     assert s.conn.snd_una == A + 10_000
     assert (stats.tail_loss_probes, stats.timeouts, stats.fast_retransmits) == (1, 0, 1)
+
+
+def test_recovery_begun_by_the_reordering_timer_resends_at_once() -> None:
+    """RACK's reordering timer, not an ACK, deems the first segments lost
+    (the ACKs after the SACK were lost too): the retransmission must leave
+    then, not wait for the RTO (RFC 8985 6.3 and RFC 6937's first send)."""
+    s = _established_with_rtt(replace(PLAIN, sack=True, tail_loss_probe=False))
+    s.conn.rack.min_rtt = 10 * MS
+    s.call("send", b"r" * 5000)
+    assert len(s.take()) == 5
+    s.advance(10)
+    _ack_with_sacks(s, [2])  # one segment SACKed: a reordering window to wait
+    assert s.conn.recovery is Recovery.OPEN and s.conn.reorder_at is not None
+    assert [h.seq for h, p in s.take() if p] == []
+    s.advance(3)  # min_RTT / 4 later, nothing else came
+    assert s.conn.recovery is Recovery.RECOVERY
+    assert [h.seq for h, p in s.take() if p] == [A]
+    assert s.conn.stats.timeouts == 0
+
+
+def test_prr_lets_a_whole_segment_out_for_part_of_one() -> None:
+    """Seen through the loss relay: pipe 2 segments, ssthresh 2.3: the
+    0.3 segment PRR allowed was never sent, no ACK came to add to it, and
+    the connection waited for its RTO. A part of a segment lets one out."""
+    prr = ProportionalRateReduction(ssthresh=3309, flight=4728, mss=1448)
+    assert prr.on_ack(1448, pipe=5792) == 1448  # the first retransmission
+    prr.on_sent(1448)
+    assert prr.on_ack(2896, pipe=2896) == 1448  # 413 bytes below ssthresh: one segment

@@ -33,8 +33,15 @@ class ProportionalRateReduction:
             # PRR-SSRB: catch up to ssthresh, at most one MSS beyond what was delivered.
             limit = max(self.delivered - self.out, delivered) + self.mss
             allowed = min(self.ssthresh - pipe, limit)
-        if allowed <= 0 and self.out == 0 and delivered > 0:
-            allowed = self.mss  # the first ACK of recovery always lets the retransmission out
+        if 0 < allowed < self.mss:
+            # Only whole segments leave: a part of one counts as one, as in
+            # Linux's PRR, which counts packets. Kept, the part would wait
+            # for an ACK that, with the flight this small, may never come.
+            allowed = self.mss
+        if allowed <= 0 and self.out == 0:
+            # Until the first retransmission has gone, every ACK lets it out
+            # (RFC 6675 5 step 4.2), even one that delivered nothing new.
+            allowed = self.mss
         return max(allowed, 0)
 
     def on_sent(self, length: int) -> None:

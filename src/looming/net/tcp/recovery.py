@@ -278,7 +278,9 @@ class LossRecovery(TransmissionControlBlock):
         self.recovery = Recovery.RECOVERY
         self.recover = self.snd_max
         self.prr = ProportionalRateReduction(self.cc.ssthresh, flight, self.send_mss)
-        self.prr_allowance = 0
+        # The first lost segment is resent at once (RFC 6675 5 step 4.2),
+        # also when RACK's reordering timer, not an ACK, began the episode.
+        self.prr_allowance = self.send_mss
         self.tlp_at = None
         self.tlp_high = None
 
