@@ -9,6 +9,8 @@ import contextvars
 import inspect
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from looming.devices.net import MacAddress
 from looming.net.netif import fabric, memory
@@ -38,9 +40,9 @@ def stream_seed(seed: int) -> int:
     return derive_seed(seed, "link", "b-lan", "ba")
 
 
-def through_memory(seed: int) -> list[bytes]:
+def through_memory(seed: int, faults: LinkFaults = FAULTS) -> list[bytes]:
     async def main() -> list[bytes]:
-        switch = MemorySwitch(random=SimRandom(stream_seed(seed)), faults=FAULTS)
+        switch = MemorySwitch(random=SimRandom(stream_seed(seed)), faults=faults)
         a, b = switch.port(), switch.port()
         assert (a.mac, b.mac) == (MAC_A, MAC_B)
         got: list[bytes] = []
@@ -58,11 +60,11 @@ def through_memory(seed: int) -> list[bytes]:
     return asyncio.run(main())
 
 
-def through_simulator(seed: int) -> list[bytes]:
+def through_simulator(seed: int, faults: LinkFaults = FAULTS) -> list[bytes]:
     loop = VirtualEventLoop()
     network = SimNetwork(loop, Trace(loop.now_ns), seed, record_pcap=False)
     a = network.attach("a", MAC_A, "lan", STRAIGHT)
-    b = network.attach("b", MAC_B, "lan", STRAIGHT, back=FAULTS.spec())
+    b = network.attach("b", MAC_B, "lan", STRAIGHT, back=faults.spec())
     nic_a, nic_b = SimNic(a, 1500), SimNic(b, 1500)
     for attachment, nic in ((a, nic_a), (b, nic_b)):
         attachment.nic = nic
@@ -95,6 +97,24 @@ def test_a_fault_configuration_does_the_same_through_both(seed: int) -> None:
     assert len(numbers) > len(set(numbers))
     assert any(f not in sent for f in in_memory)
     assert numbers != sorted(numbers)
+
+
+probability = st.floats(0.0, 0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    faults=st.builds(
+        LinkFaults,
+        loss=probability,
+        duplicate=probability,
+        corrupt=probability,
+        reorder=probability,
+    ),
+)
+def test_any_fault_configuration_does_the_same_through_both(seed: int, faults: LinkFaults) -> None:
+    assert through_memory(seed, faults) == through_simulator(seed, faults)
 
 
 def test_without_faults_both_deliver_every_frame_in_order() -> None:
