@@ -3,6 +3,7 @@
 import asyncio
 import logging
 
+from looming.addresses import format_endpoint
 from looming.devices import Console, Stack, TcpFlow
 
 log = logging.getLogger("echo")
@@ -15,8 +16,7 @@ class Echo:
         self.port = port
 
     async def serve(self, flow: TcpFlow) -> None:
-        host, port = flow.remote_address
-        peer = f"{host}:{port}"
+        peer = format_endpoint(*flow.remote_address)  # [::1]:PORT for IPv6
         log.info("connection from %s", peer)
         total = 0
         while data := await flow.read():
