@@ -199,3 +199,23 @@ def test_advertised_timers_are_taken_within_bounds_and_reports_are_repeated() ->
         assert len(reports) == 2  # the join, and once more within a second (RFC 3810 6.1)
 
     run(body)
+
+
+def test_a_reachable_router_is_preferred_and_unknown_ones_take_turns() -> None:
+    async def body(stack: DirectStack, attacker: MemoryPort, heard: list[bytes]) -> None:
+        assert stack.ipv6 is not None
+        all_nodes = wire.multicast_mac(wire.ALL_NODES)
+        silent, other = IPv6Address("fe80::51"), IPv6Address("fe80::52")
+        bare = ndp.RouterAdvertisement(router_lifetime=600)  # no link-layer address
+        for router in (silent, other):
+            await attacker.write(frame(all_nodes, nd_packet(bare, router, wire.ALL_NODES)))
+        await settle()
+        beyond = IPv6Address("2001:db8:99::1")
+        # Neither known reachable: in turn, not always the first.
+        assert {stack.ipv6.next_hop(beyond) for _ in range(4)} == {silent, other}
+        # The second one's advertisement now tells its MAC: it is preferred.
+        await attacker.write(frame(all_nodes, nd_packet(advert(), other, wire.ALL_NODES)))
+        await settle()
+        assert {stack.ipv6.next_hop(beyond) for _ in range(4)} == {other}
+
+    run(body)

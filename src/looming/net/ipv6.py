@@ -57,7 +57,12 @@ from looming.errors import ConnectionTimeout, Malformed, NoRoute
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpError
-from looming.net.neighbours import NeighbourCache, NeighbourSettings, Solicitation
+from looming.net.neighbours import (
+    NeighbourCache,
+    NeighbourSettings,
+    NeighbourState,
+    Solicitation,
+)
 from looming.net.reassembly import Reassembler, ReassemblyKey
 from looming.net.slaac import Action, Assign, Autoconf, Remove, SolicitRouters, StartDad
 from looming.net.wire import icmpv6, mld, ndp
@@ -251,6 +256,7 @@ class Ipv6Layer:
         self._address_waiters: list[asyncio.Future[None]] = []
         self._managed_listeners: list[Callable[[], None]] = []
         self._report_timers: set[asyncio.TimerHandle] = set()
+        self._router_turn = 0
         self._error_handlers: dict[int, Icmpv6ErrorHandler] = {}
         self._first_fragments: dict[ReassemblyKey, bytes] = {}
         self.add_address(self.link_local)
@@ -349,10 +355,21 @@ class Ipv6Layer:
             now = self._now()
             if autoconf.is_on_link(destination, now):
                 return destination
-            router = autoconf.default_router(now)
-            if router is not None:
-                return router
+            routers = autoconf.alive_routers(now)
+            if routers:
+                return self._choose_router(routers)
         return self.gateway
+
+    def _choose_router(self, routers: list[IPv6Address]) -> IPv6Address:
+        """RFC 4861 6.3.6: a router known (or probably) reachable, the first
+        such; when none is, each in turn, so that one that never answers
+        does not take all the traffic."""
+        for router in routers:
+            state = self.neighbours.state(router)
+            if state is not None and state is not NeighbourState.INCOMPLETE:
+                return router
+        self._router_turn += 1
+        return routers[self._router_turn % len(routers)]
 
     # -- receiving -----------------------------------------------------------------
 

@@ -169,10 +169,12 @@ class Autoconf:
 
     def default_router(self, now: int) -> IPv6Address | None:
         """A router whose lifetime has not ended (the first one learned)."""
-        for router, until in self.routers.items():
-            if until is None or until > now:
-                return router
-        return None
+        alive = self.alive_routers(now)
+        return alive[0] if alive else None
+
+    def alive_routers(self, now: int) -> list[IPv6Address]:
+        """The default router list: routers whose lifetime has not ended."""
+        return [r for r, until in self.routers.items() if until is None or until > now]
 
     def is_on_link(self, destination: IPv6Address, now: int) -> bool:
         return any(
