@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Protocol, runtime_checkable
 
 from looming.devices.flow import Flow
@@ -80,9 +80,10 @@ class Tcp(Protocol):
         ...
 
     async def connect(
-        self, host: str | IPv4Address, port: int, *, timeout: float | None = None
+        self, host: str | IPv4Address | IPv6Address, port: int, *, timeout: float | None = None
     ) -> TcpFlow:
-        """Open a connection. Raises :class:`~looming.errors.ConnectionRefused`
+        """Open a connection to an IPv4 or IPv6 address (or, where the stack
+        resolves names, a name). Raises :class:`~looming.errors.ConnectionRefused`
         or :class:`~looming.errors.ConnectionTimeout`."""
         ...
 
@@ -111,7 +112,7 @@ class Udp(Protocol):
 
     async def send(
         self,
-        destination: str | IPv4Address,
+        destination: str | IPv4Address | IPv6Address,
         port: int,
         data: bytes,
         *,

@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 from cryptography import x509
 
@@ -120,10 +120,12 @@ class TlsTcp:
         return await self._tcp.listen(port, handshake_then_serve, host=host, backlog=backlog)
 
     async def connect(
-        self, host: str | IPv4Address, port: int, *, timeout: float | None = None
+        self, host: str | IPv4Address | IPv6Address, port: int, *, timeout: float | None = None
     ) -> TcpFlow:
         flow = await self._tcp.connect(host, port, timeout=timeout)
-        connection = TlsConnection(self._client, server_side=False, server_name=str(host))
+        # An IPv6 literal may come bracketed; the name verified is the bare address.
+        name = str(host).removeprefix("[").removesuffix("]")
+        connection = TlsConnection(self._client, server_side=False, server_name=name)
         try:
             return await TlsTcpFlow.establish(flow, connection, timeout)
         except BaseException:
