@@ -589,3 +589,25 @@ def test_prr_lets_a_whole_segment_out_for_part_of_one() -> None:
     assert prr.on_ack(1448, pipe=5792) == 1448  # the first retransmission
     prr.on_sent(1448)
     assert prr.on_ack(2896, pipe=2896) == 1448  # 413 bytes below ssthresh: one segment
+
+
+def test_a_sack_for_the_original_of_a_resent_segment_does_not_move_rack() -> None:
+    """Seen through the relay with reordering: segment 5 was resent at 20 ms
+    though only delayed; the SACK that its original brought (its echo
+    predates the retransmission) gave an RTT of 1.5 ms from the resend and
+    made every segment sent before 20 ms look lost: 300 spurious resends
+    in one episode. The original's delivery says nothing about the resend."""
+    board = Scoreboard()
+    for i in range(10):
+        board.sent(i * MSS, (i + 1) * MSS, i * MS)
+    rack = Rack()
+    for segment in board.sack(0, MSS):  # a first sample: RTT 15 ms
+        rack.delivered(segment, 15 * MS)
+    five = board.find(5 * MSS)
+    assert five is not None
+    board.retransmitted(five, 20 * MS)
+    for segment in board.sack(5 * MSS, 6 * MSS):
+        rack.delivered(segment, 21_500_000, ts_says_original=True)
+    assert rack.xmit_ts == 0 and rack.rtt == 15 * MS
+    lost, _ = rack_detect(rack, board, 21_500_000, 15 * MS, in_recovery=True, dupthresh=3 * MSS)
+    assert lost == []

@@ -48,14 +48,14 @@ class Rack:
         """``segment`` was cumulatively acknowledged or SACKed at ``now``
         (RFC 8985 6.2 steps 1-3)."""
         rtt = now - segment.sent_at
-        if (
-            segment.ever_retransmitted
-            and not ts_says_original
-            and self.min_rtt is not None
-            and rtt < self.min_rtt
+        if segment.ever_retransmitted and (
+            ts_says_original or (self.min_rtt is not None and rtt < self.min_rtt)
         ):
-            # Step 2: an ACK sooner than min_RTT after the retransmission is
-            # most likely for the original; its RTT tells nothing.
+            # Step 2: the ACK is for the original (its timestamp echo is
+            # older than the retransmission), or likely so (it came sooner
+            # than min_RTT after the retransmission). Its time from the
+            # retransmission tells nothing, and taken as the path's RTT it
+            # would deem lost all sent before the resend and not yet acked.
             return
         rtt = max(rtt, 1)
         self.rtt = rtt
