@@ -175,3 +175,20 @@ def test_a_reply_that_takes_the_address_back() -> None:
     (solicit,) = client.input(answer(client, renew, Dhcp6Type.REPLY, ia_na=(gone,)), 11 * SECOND_NS)
     assert solicit.type == Dhcp6Type.SOLICIT
     assert client.events.lost == [OFFERED] and client.lease is None
+
+
+def test_a_declined_address_is_reported_to_its_server_then_solicited_anew() -> None:
+    client, _ = bound_client()
+    assert client.decline(IPv6Address("2001:db8::dead"), 5 * SECOND_NS) == []  # not ours
+    (decline,) = client.decline(OFFERED, 5 * SECOND_NS)
+    assert decline.type == Dhcp6Type.DECLINE and decline.server_id == SERVER_ID
+    assert [a.address for a in decline.ia_na[0].addresses] == [OFFERED]
+    assert client.lease is None and client.state is Dhcp6State.DECLINING
+    (solicit,) = client.input(answer(client, decline, Dhcp6Type.REPLY), 6 * SECOND_NS)
+    assert solicit.type == Dhcp6Type.SOLICIT
+    # Unanswered, a decline is sent four times, then the client solicits.
+    client, _ = bound_client()
+    sent = client.decline(OFFERED, 5 * SECOND_NS)
+    while client.state is Dhcp6State.DECLINING:
+        sent += client.on_timer(client.next_deadline_ns() or 0)
+    assert [m.type for m in sent] == [Dhcp6Type.DECLINE] * 4 + [Dhcp6Type.SOLICIT]

@@ -1,6 +1,7 @@
 """The DHCPv6 client against dnsmasq in the kernel peer's namespace: the
 Router Advertisement's M flag starts it, dnsmasq leases an address from
-its range, the kernel reaches it, and renewing and rebinding keep it."""
+its range, the kernel reaches it, renewing and rebinding keep it, and an
+address duplicate address detection finds taken is declined."""
 
 from __future__ import annotations
 
@@ -119,11 +120,33 @@ def test_a_stateful_address_from_dnsmasq(kernel_peer: KernelPeer, tmp_path: Path
         await until(lambda: client.counters["rx_reply"] >= 3, 10)
         assert client.state is Dhcp6State.BOUND and client.lease is not None
         assert client.lease.address == address and address in stack.ipv6.addresses()
+        await check_decline(kernel_peer, stack, address)
         text = "".join(log)
         for kind in ("DHCPSOLICIT", "DHCPADVERTISE", "DHCPREQUEST", "DHCPRENEW", "DHCPREBIND"):
             assert kind in text, text
+        assert f"DHCPDECLINE({kernel_peer.tap_name}) {dhcp6.client.duid.hex(':')}" in text
 
     asyncio.run(main())
+    check_capture(capture)
+
+
+async def check_decline(peer: KernelPeer, stack: DirectStack, address: IPv6Address) -> None:
+    """The kernel takes the address; when the lease is applied again,
+    duplicate address detection finds it, looming declines it to dnsmasq
+    and gets another."""
+    assert stack.ipv6 is not None and stack.dhcp6 is not None
+    client = stack.dhcp6.client
+    stack.ipv6.release_address(address)
+    peer.sh("ip", "-6", "addr", "add", f"{address}/128", "dev", peer.tap_name, "nodad")
+    stack.dhcp6.renew()
+    await until(lambda: client.counters["declined"] == 1, 10)
+    other = await stack.ipv6.wait_for_address(20)
+    assert other != address and LOW <= other <= HIGH
+    assert address not in stack.ipv6.addresses()
+    assert client.lease is not None and client.lease.address == other
+
+
+def check_capture(capture: Path) -> None:
     # tshark decodes what looming sent and received: Solicit, Advertise,
     # Request, Reply, Renew, Rebind, with no expert errors.
     decoded = subprocess.run(
@@ -133,7 +156,7 @@ def test_a_stateful_address_from_dnsmasq(kernel_peer: KernelPeer, tmp_path: Path
         timeout=60,
         check=True,
     )
-    assert {"1", "2", "3", "5", "6", "7"} <= set(decoded.stdout.split()), decoded.stdout
+    assert {"1", "2", "3", "5", "6", "7", "9"} <= set(decoded.stdout.split()), decoded.stdout
     expert = subprocess.run(
         ["tshark", "-r", str(capture), "-z", "expert,error", "-q"],
         capture_output=True,

@@ -4,7 +4,8 @@ machine and its asyncio shell.
 The client solicits, takes the first Advertise that offers an address,
 requests it, and holds it for its lifetimes: renewing at T1 with the
 server that gave it, rebinding with any server at T2, and giving it up
-when its valid lifetime ends (then soliciting again).  Retransmissions
+when its valid lifetime ends (then soliciting again).  An address that
+duplicate address detection finds in use is declined (RFC 8415 18.2.8).  Retransmissions
 follow RFC 8415 section 15 (doubling with a random factor of +-10%, within
 each message's maximum).  The address is handed to the IPv6 layer, which
 runs duplicate address detection before using it.  The shell starts when
@@ -47,6 +48,7 @@ SOLICIT = Timing(1, 3600)
 REQUEST = Timing(1, 30, 10)
 RENEW = Timing(10, 600)
 REBIND = Timing(10, 600)
+DECLINE = Timing(1, 3600, 4)
 
 
 class Dhcp6State(enum.Enum):
@@ -56,6 +58,7 @@ class Dhcp6State(enum.Enum):
     BOUND = "bound"
     RENEWING = "renewing"
     REBINDING = "rebinding"
+    DECLINING = "declining"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,21 @@ class Dhcp6Client:
         end = self._expiry_ns(lease)
         message = self._extend(Dhcp6Type.REBIND, lease, None)
         self._begin(Dhcp6State.REBINDING, message, REBIND, now, give_up_ns=end)
+        return [self._transmit(now)]
+
+    def decline(self, address: IPv6Address, now: int) -> list[Dhcp6Message]:
+        """Duplicate address detection found ``address`` in use: tell the
+        server (RFC 8415 18.2.8) and, answered or not, solicit again."""
+        lease = self.lease
+        if lease is None or lease.address != address:
+            return []
+        self.lease = None
+        self.counters["declined"] += 1
+        ia = IaNa(self.iaid, addresses=(IaAddress(address, 0, 0),))
+        message = Dhcp6Message(
+            Dhcp6Type.DECLINE, self._transaction_id(), server_id=lease.server_id, ia_na=(ia,)
+        )
+        self._begin(Dhcp6State.DECLINING, message, DECLINE, now)
         return [self._transmit(now)]
 
     def _exchange_failed(self, now: int) -> list[Dhcp6Message]:
@@ -260,6 +278,10 @@ class Dhcp6Client:
         return [self._transmit(now)]
 
     def _on_reply(self, message: Dhcp6Message, now: int) -> list[Dhcp6Message]:
+        if self.state is Dhcp6State.DECLINING:
+            self.counters["rx_reply"] += 1
+            self._begin(Dhcp6State.SOLICITING, self._solicit(), SOLICIT, now)
+            return [self._transmit(now)]
         ia = self._offered(message)
         if ia is None:
             self.counters["rx_reply_without_address"] += 1
@@ -288,7 +310,9 @@ class Dhcp6Client:
         return lease.obtained_ns + lease.valid_lifetime * SECOND_NS
 
 
-_WAITING_FOR_REPLY = frozenset({Dhcp6State.REQUESTING, Dhcp6State.RENEWING, Dhcp6State.REBINDING})
+_WAITING_FOR_REPLY = frozenset(
+    {Dhcp6State.REQUESTING, Dhcp6State.RENEWING, Dhcp6State.REBINDING, Dhcp6State.DECLINING}
+)
 
 
 def _lease(
@@ -360,6 +384,10 @@ class Dhcp6Shell:
 
     def rebind(self) -> None:
         self._handle(self.client.rebind(self._time.now_ns()))
+
+    def decline(self, address: IPv6Address) -> None:
+        self.leased.discard(address)
+        self._handle(self.client.decline(address, self._time.now_ns()))
 
     def _handle(self, messages: list[Dhcp6Message]) -> None:
         events = self.client.events

@@ -257,6 +257,7 @@ class Ipv6Layer:
         self._managed_listeners: list[Callable[[], None]] = []
         self._report_timers: set[asyncio.TimerHandle] = set()
         self._router_turn = 0
+        self._duplicate_listeners: list[Callable[[IPv6Address], None]] = []
         self._error_handlers: dict[int, Icmpv6ErrorHandler] = {}
         self._first_fragments: dict[ReassemblyKey, bytes] = {}
         self.add_address(self.link_local)
@@ -800,6 +801,13 @@ class Ipv6Layer:
         log.warning("IPv6: %s is already in use on the link; not using it", address)
         self.counters["dad_duplicate"] += 1
         self._run(self.autoconf.duplicate(address, self._now()))
+        for listener in self._duplicate_listeners:
+            listener(address)
+
+    def watch_duplicates(self, listener: Callable[[IPv6Address], None]) -> None:
+        """Call ``listener`` with each address duplicate address detection
+        found in use by another node."""
+        self._duplicate_listeners.append(listener)
 
     def _arm_autoconf(self) -> None:
         if self.autoconf is None:

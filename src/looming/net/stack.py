@@ -145,9 +145,14 @@ class DirectStack:
             shell.leased.discard(address)
             ipv6.release_address(address)
 
+        def on_duplicate(address: IPv6Address) -> None:
+            if address in shell.leased:
+                shell.decline(address)
+
         client = Dhcp6Client(bytes(self.ethernet.mac), self.random)
         shell = Dhcp6Shell(client, self._udp, self.time, on_lease, on_lost)
         self.dhcp6 = shell
+        ipv6.watch_duplicates(on_duplicate)
         await shell.start()
 
     @classmethod
