@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import queue
+import tempfile
 import threading
 import urllib.parse
 import zlib
@@ -93,8 +94,84 @@ def plain_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def wsgi_environ(request: Request, body: bytes) -> dict[str, Any]:
-    """The WSGI environ of ``request`` with ``body`` (already plain)."""
+class _Spool:
+    """A request body written to an unnamed file in ``folder`` as it
+    arrives, inflated when gzip-encoded, refused past ``limit`` bytes."""
+
+    def __init__(self, folder: str, limit: int, gzipped: bool) -> None:
+        self.file: Any = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (the caller's)
+        self.limit = limit
+        self.size = 0
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+
+    def write(self, chunk: bytes) -> None:
+        if self._inflater is not None:
+            try:
+                chunk = self._inflater.decompress(chunk, self.limit + 1 - self.size)
+            except zlib.error as error:
+                raise LoomingError(f"the gzip body does not inflate: {error}") from None
+            if self._inflater.unconsumed_tail:
+                raise BodyTooLarge(f"the body inflates past the limit of {self.limit} bytes")
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise BodyTooLarge(
+                f"the body is over the limit of {self.limit} bytes (the served store's "
+                "max_body_bytes, `looming store serve --max-body-bytes`)"
+            )
+        self.file.write(chunk)
+
+
+async def spooled_body(request: Request, folder: str, limit: int) -> tuple[Any, int]:
+    """The request body in an unnamed temporary file in ``folder`` (its
+    bytes never all in memory), rewound, and its size: a push's pack
+    can be far larger than what a server should hold. Inflated if git sent
+    it gzip-compressed; past ``limit`` bytes :class:`BodyTooLarge`."""
+    encoding = (request.header(b"content-encoding") or b"").strip().lower()
+    if encoding not in (b"", b"identity", b"gzip", b"x-gzip"):
+        raise LoomingError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
+    spool = _Spool(folder, limit, encoding in (b"gzip", b"x-gzip"))
+    try:
+        stream = request.body_stream
+        if stream is None:
+            spool.write(request.body)
+        else:
+            while True:
+                chunk, more = await stream.next_chunk()
+                if chunk:
+                    spool.write(chunk)
+                if not more:
+                    break
+        spool.file.seek(0)
+    except BaseException:
+        spool.file.close()
+        raise
+    return spool.file, spool.size
+
+
+async def whole_body(request: Request, limit: int) -> bytes:
+    """The request body in memory (read from its stream when streamed),
+    still encoded; past ``limit`` bytes :class:`BodyTooLarge`."""
+    stream = request.body_stream
+    if stream is None:
+        if len(request.body) > limit:
+            raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+        return request.body
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk, more = await stream.next_chunk()
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+        parts.append(chunk)
+        if not more:
+            return b"".join(parts)
+
+
+def wsgi_environ(request: Request, body: bytes | tuple[Any, int]) -> dict[str, Any]:
+    """The WSGI environ of ``request`` with ``body`` (already plain): bytes,
+    or an open file and its size."""
+    source, size = (io.BytesIO(body), len(body)) if isinstance(body, bytes) else body
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method,
         "PATH_INFO": urllib.parse.unquote(request.path),
@@ -102,14 +179,14 @@ def wsgi_environ(request: Request, body: bytes) -> dict[str, Any]:
         "SERVER_NAME": "looming",
         "SERVER_PORT": "0",
         "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.input": io.BytesIO(body),
+        "wsgi.input": source,
         "wsgi.errors": io.StringIO(),
         "wsgi.url_scheme": "http",
         "wsgi.version": (1, 0),
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
-        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_LENGTH": str(size),
     }
     for name, value in request.headers:
         key = name.decode("latin-1").upper().replace("-", "_")

@@ -25,7 +25,11 @@ A branch name with ``/`` is written with ``%2F`` (``/api/scratch%2Fx/get/a``).
 Every request is checked against an :class:`~looming.store.auth.AccessPolicy`
 (HTTP Basic, the token as password): 401 without the credentials a request
 needs, 403 when they do not allow it, 400 for bad names, JSON or parameters,
-413 for a body over :attr:`ServeSettings.max_body_bytes`.
+413 for a body over :attr:`ServeSettings.max_body_bytes`. A push's body is
+written to an unnamed temporary file in the repository as it arrives, so
+the server never holds a pack whole; other bodies (a PUT's value, a fetch's
+negotiation) are read into memory. Bodies are read only once the request's
+credentials are checked.
 """
 
 from __future__ import annotations
@@ -41,11 +45,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from looming.errors import KeyNotFound, LoomingError
-from looming.http.message import Request, Response
+from looming.http.message import ClientGone, Request, Response
 from looming.store import pending
 from looming.store.auth import ENABLE_WRITES, AccessPolicy, Client, describe
 from looming.store.gitbackend import GitBackend
-from looming.store.githttp import BodyTooLarge, WsgiRun, git_app, plain_body, wsgi_environ
+from looming.store.githttp import (
+    BodyTooLarge,
+    WsgiRun,
+    git_app,
+    plain_body,
+    spooled_body,
+    whole_body,
+    wsgi_environ,
+)
 from looming.store.names import check_branch, check_key
 from looming.store.path import show_path
 from looming.store.quarantine import reclaim
@@ -62,8 +74,9 @@ class ServeSettings:
     """Limits of a served store."""
 
     max_body_bytes: int = 256 * 1024 * 1024
-    """A request body (a push's pack, a PUT value) above this gets 413. The
-    server holds a body in memory while it runs, so this bounds memory too."""
+    """A request body (a push's pack, a PUT value) above this gets 413. A
+    push's pack goes to a temporary file in the repository (this bounds the
+    disk it takes); any other body is held in memory while it runs."""
     watch_heartbeat_s: float = 1.0
     """How often an idle ``watch`` stream sends a comment line, so a client
     that went away is noticed (its thread and files released) within about
@@ -111,6 +124,8 @@ def _plain(side: dict[str, Any]) -> Any:
 class StoreHttp:
     """An HTTP handler (for :class:`looming.http.HttpServer`) serving one repository."""
 
+    streams_request_body = True  # bodies are read here, after the credentials
+
     def __init__(
         self,
         repo: Repo,
@@ -126,7 +141,8 @@ class StoreHttp:
 
         self.bad_git_requests = 0
         self.denied = 0
-        self._git = DulwichRepo(repo.backend.git_dir)
+        self._git_dir = repo.backend.git_dir
+        self._git = DulwichRepo(self._git_dir)
         self.reclaimed = reclaim(repo.backend.objects_dir, repo.clock.now())
         self.last_receive: Receiver | None = None
 
@@ -144,8 +160,11 @@ class StoreHttp:
             if client is None:
                 raise Denied(401, "wrong credentials: send the store's token as the password")
             if request.path.startswith("/api/"):
+                request.body = await whole_body(request, self.settings.max_body_bytes)
                 return await self._api(request, client, request.path[len("/api/") :])
             return await self._git_request(request, client, path)
+        except (BodyTooLarge, ClientGone) as error:
+            return self._unread_body(request, error)
         except Denied as denied:
             self.denied += 1
             headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -157,6 +176,21 @@ class StoreHttp:
             return _json(404, {"error": str(error)})
         except LoomingError as error:
             return _json(400, {"error": str(error)})
+
+    def _unread_body(self, request: Request, error: Exception) -> Response:
+        """413 for a body over the limit (as the server's own reader may
+        find it), else 400 for one that broke off (a client that left)."""
+        self.bad_git_requests += not request.path.startswith("/api/")
+        received = getattr(request.body_stream, "received", 0)
+        if isinstance(error, BodyTooLarge) or received > self.settings.max_body_bytes:
+            limit = self.settings.max_body_bytes
+            return Response(
+                413,
+                [TEXT_TYPE],
+                f"{error}: the body is over the limit of {limit} bytes; the server's "
+                "max_body_bytes (`looming store serve --max-body-bytes`) sets it\n".encode(),
+            )
+        return Response(400, [TEXT_TYPE], f"the request body broke off: {error}\n".encode())
 
     def _checked_out(self, branch: str) -> bool:
         return branch == current_branch(self.repo) and deny_current_branch(self._git)
@@ -182,20 +216,30 @@ class StoreHttp:
         elif not self.policy.allows_all(client, self.repo.branches(), "read"):
             self._require(client, "*", "read")  # raises: some branch is not readable
             raise Denied(403, "this client may not read every branch, and a clone reads them all")
+        limit = self.settings.max_body_bytes
+        spooled: Any = None
         try:
-            body = plain_body(request, self.settings.max_body_bytes)
+            if receiver is not None and request.method == "POST":
+                # A push's pack: to a file as it arrives, never whole in memory.
+                spooled = await spooled_body(request, self._git_dir, limit)
+                body: bytes | tuple[Any, int] = spooled
+            else:
+                request.body = await whole_body(request, limit)
+                body = plain_body(request, limit)
             run = WsgiRun(git_app(self._git, receiver), wsgi_environ(request, body))
             # A push's answer is small and its status depends on the report;
             # a clone's may be large and is sent as it is made.
             response = await (run.whole() if receiver is not None else run.streamed())
-        except BodyTooLarge as error:
-            self.bad_git_requests += 1
-            return Response(413, [TEXT_TYPE], f"{error}\n".encode())
+        except (BodyTooLarge, ClientGone):
+            raise  # answered by __call__
         except (LoomingError, KeyError, ImportError, MemoryError):
             raise  # ours, not the peer's: answered as a server error
         except Exception as error:  # a peer's bad Git request: counted and refused
             self.bad_git_requests += 1
             return Response(400, [TEXT_TYPE], f"bad Git request: {error}\n".encode())
+        finally:
+            if spooled is not None:
+                spooled[0].close()
         if receiver is not None:
             self.last_receive = receiver
             if receiver.report.unpack_error is not None:

@@ -13,6 +13,7 @@ was.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import tempfile
@@ -59,6 +60,20 @@ class Quarantine:
         for folder, name in self._loose():
             yield self.store[(folder + name).encode()]
 
+    def trees(self) -> Iterator[Any]:
+        """Every tree received, parsed (and whatever loose object could be
+        one): the packs' entry headers tell which, so a large blob is never
+        inflated in memory for this."""
+        from dulwich.objects import Tree
+
+        for pack in list(self.store.packs):
+            for object_id in _packed_trees(pack):
+                yield pack[object_id]
+        for folder, name in self._loose():
+            obj = self.store[(folder + name).encode()]
+            if isinstance(obj, Tree):
+                yield obj
+
     def migrate(self) -> None:
         """Move everything received into the repository's object folder."""
         source = os.path.join(self.path, "pack")
@@ -81,6 +96,64 @@ class Quarantine:
         for pack in list(self.store.packs):
             pack.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+_TREE, _OFS_DELTA, _REF_DELTA = 2, 6, 7
+
+
+def _packed_trees(pack: Any) -> Iterator[bytes]:
+    """The hex ids of the trees in a dulwich pack, and of any object whose
+    type its headers do not tell (a delta against an object outside it),
+    found by following each delta's base through the entry headers."""
+    offsets = {name: offset for name, offset, _crc in pack.index.iterentries()}
+    kinds: dict[int, int | None] = {}
+    with (
+        open(pack.data.path, "rb") as file,
+        mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data,
+    ):
+        for name, offset in offsets.items():
+            if _kind_at(data, offset, offsets, kinds) in (_TREE, None):
+                yield name.hex().encode()
+
+
+def _kind_at(
+    data: Any, offset: int, offsets: dict[bytes, int], kinds: dict[int, int | None]
+) -> int | None:
+    """The object type of the pack entry at ``offset`` (a delta's is its
+    base's), or None when its base is not in the pack."""
+    chain: list[int] = []
+    kind: int | None = None
+    while offset not in kinds:
+        chain.append(offset)
+        kind = (data[offset] >> 4) & 7
+        position = offset
+        while data[position] & 0x80:  # the size's bytes
+            position += 1
+        position += 1
+        if kind == _OFS_DELTA:
+            byte = data[position]
+            distance = byte & 0x7F
+            while byte & 0x80:
+                position += 1
+                byte = data[position]
+                distance = ((distance + 1) << 7) | (byte & 0x7F)
+            offset -= distance
+        elif kind == _REF_DELTA:
+            base = offsets.get(bytes(data[position : position + 20]))
+            if base is None:
+                kind = None
+                break
+            offset = base
+        else:
+            break
+        if len(chain) > 10_000 or not 0 <= offset < len(data):
+            kind = None  # a loop or nonsense: let the full parse judge it
+            break
+    else:
+        kind = kinds[offset]
+    for seen in chain:
+        kinds[seen] = kind
+    return kind
 
 
 def bad_tree_entry(objects: Iterator[Any]) -> str | None:

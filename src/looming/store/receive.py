@@ -163,7 +163,7 @@ class Receiver:
                     self.report.unpack_error = f"the pack is unusable: {reason}"
                     yield (b"unpack", self.report.unpack_error.encode())
                     return
-                bad = bad_tree_entry(quarantine.objects())
+                bad = bad_tree_entry(quarantine.trees())
                 if bad is not None:
                     self.report.unpack_error = f"refused: {bad}"
                     yield (b"unpack", self.report.unpack_error.encode())
