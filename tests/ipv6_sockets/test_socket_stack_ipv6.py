@@ -167,6 +167,8 @@ def test_connect_errors_name_the_bracketed_endpoint() -> None:
             await stack.tcp.connect("no-such-host.invalid", 80, timeout=5)
         with pytest.raises(NetworkError, match="no interface of this host has that address"):
             await SocketStack("2001:db8::99").tcp.listen(0, tell_peer)
+        with pytest.raises(NetworkError, match="no interface 'nowhere0'"):
+            await SocketStack("fe80::1%nowhere0").tcp.listen(0, tell_peer)
         await stack.disconnect()
 
     run(scenario())

@@ -365,6 +365,12 @@ def _bind_error(error: OSError, what: str, host: str, port: int) -> NetworkError
     where = format_endpoint(host, port)
     if error.errno == errno.EADDRINUSE:
         return AddressInUse(f"{what} port {port} on {host} is already in use; pick another port")
+    if isinstance(error, socket.gaierror) and "%" in host:
+        zone = host.partition("%")[2]
+        return NetworkError(
+            f"cannot bind {what} {where}: this host has no interface {zone!r} "
+            "(the %zone of a link-local address names one: ip link)"
+        )
     if error.errno == errno.EADDRNOTAVAIL:
         return NetworkError(
             f"cannot bind {what} {where}: no interface of this host has that address; "
