@@ -65,9 +65,9 @@ def test_a_stateful_address_from_dnsmasq(kernel_peer: KernelPeer, tmp_path: Path
             log.append(line.decode(errors="replace"))
 
     async def main() -> None:
+        without_dad(kernel_peer)  # before the TAP moves in: its link-local usable at once
         tap = await kernel_peer.open_tap()
         network = PcapNetwork(tap, str(capture), UnixClock())
-        without_dad(kernel_peer)
         kernel_peer.sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         kernel_peer.sh("ip", "-6", "addr", "add", f"{SERVER}/64", "dev", kernel_peer.tap_name)
         server = await kernel_peer.exec(*dnsmasq_argv(kernel_peer, tmp_path))
