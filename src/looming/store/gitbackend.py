@@ -79,19 +79,30 @@ def find_git_dir(path: str) -> str:
 def init_git_dir(path: str, *, bare: bool = True, branch: str = "main") -> str:
     git_dir = path if bare else os.path.join(path, ".git")
     for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
-        os.makedirs(os.path.join(git_dir, sub), exist_ok=True)
-    head = os.path.join(git_dir, "HEAD")
-    if not os.path.exists(head):
-        with open(head, "w") as file:
-            file.write(f"ref: refs/heads/{branch}\n")
-    config = os.path.join(git_dir, "config")
-    if not os.path.exists(config):
-        with open(config, "w") as file:
-            file.write(
-                "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n"
-                f"\tbare = {'true' if bare else 'false'}\n"
-            )
+        make_dirs_durably(os.path.abspath(os.path.join(git_dir, sub)), True)
+    # Written whole and fsynced before they appear under their names: a
+    # crash just after init (a VM killed) must not leave an empty HEAD.
+    _create_durably(os.path.join(git_dir, "HEAD"), f"ref: refs/heads/{branch}\n")
+    _create_durably(
+        os.path.join(git_dir, "config"),
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n"
+        f"\tbare = {'true' if bare else 'false'}\n",
+    )
     return git_dir
+
+
+def _create_durably(path: str, text: str) -> None:
+    """``path`` with ``text`` unless it exists: written under a temporary
+    name, fsynced, renamed into place, and its folder fsynced."""
+    if os.path.exists(path):
+        return
+    partial = f"{path}.{os.getpid()}.new"
+    with open(partial, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    sync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 # How long a ref locked by another process is waited for (git's
@@ -1086,7 +1097,7 @@ class GitBackend:
         it, or it would block git and looming alike."""
         assert self._lock_file is not None
         record = os.pread(self._lock_file, 4200, 0).decode("utf-8", "replace").rstrip("\n")
-        if not record:
+        if not record or "\0" in record:  # none, or torn by a crash (its blocks zeroed)
             return
         parts = record.split(" ", 2)  # "device:inode generation path"
         identity, lock_path = " ".join(parts[:2]), parts[-1]
