@@ -611,3 +611,37 @@ def test_a_sack_for_the_original_of_a_resent_segment_does_not_move_rack() -> Non
     assert rack.xmit_ts == 0 and rack.rtt == 15 * MS
     lost, _ = rack_detect(rack, board, 21_500_000, 15 * MS, in_recovery=True, dupthresh=3 * MSS)
     assert lost == []
+
+
+# ------------------------------------------------------------------ D-SACK as the receiver
+
+
+def test_data_received_twice_is_reported_in_a_dsack_block() -> None:
+    """RFC 2883: a segment that arrives again (a spurious retransmission, a
+    duplicate on the path) is reported once as the ACK's first SACK block,
+    below the cumulative ACK or inside a SACK block, so the sender (Linux)
+    can undo its reduction and widen its reordering window."""
+    s = established(replace(PLAIN, sack=True), sack_permitted=True)
+    s.recv(seg("A", B, A), b"a" * 1000)
+    s.recv(seg("A", B + 1000, A), b"b" * 1000)
+    s.take()
+    s.recv(seg("A", B, A), b"a" * 1000)  # entirely old
+    (ack,) = s.take()
+    assert ack[0].ack == B + 2000 and ack[0].sack_blocks == ((B, B + 1000),)
+    s.recv(seg("A", B + 3000, A), b"d" * 1000)  # out of order
+    s.take()
+    s.recv(seg("A", B + 3000, A), b"d" * 1000)  # again, inside the SACKed range
+    (ack,) = s.take()
+    assert ack[0].sack_blocks == ((B + 3000, B + 4000), (B + 3000, B + 4000))
+    s.recv(seg("A", B + 2000, A), b"c" * 1000)  # fills the hole: reported once only
+    (ack,) = s.take()
+    assert ack[0].ack == B + 4000 and ack[0].sack_blocks == ()
+
+
+def test_no_dsack_without_sack() -> None:
+    s = established(PLAIN)
+    s.recv(seg("A", B, A), b"a" * 1000)
+    s.take()
+    s.recv(seg("A", B, A), b"a" * 1000)
+    (ack,) = s.take()
+    assert ack[0].ack == B + 1000 and ack[0].sack_blocks == ()

@@ -384,6 +384,9 @@ class TcpConnection(TcpSender):
             self.send_ack(now)
             return False
         seg_len = length + (1 if header.syn else 0) + (1 if header.fin else 0)
+        if self.sack_ok and length and seq + length <= rcv_nxt:
+            # All of it came before: a D-SACK tells the sender (RFC 2883).
+            self.receive_buffer.note_duplicate(seq, seq + length)
         if not self._segment_acceptable(seq, seg_len):
             self._input_out_of_window(header, seq, rcv_nxt, now)
             return False

@@ -169,6 +169,7 @@ class ReceiveBuffer:
         "_ooo_charge",
         "_pieces",
         "_recent",
+        "dsack",
         "max_ranges",
         "memory_limit",
         "pool",
@@ -197,6 +198,8 @@ class ReceiveBuffer:
         self._pieces: list[bytearray] = []
         self._recent: list[int] = []  # left edges, most recently changed first
         self._ooo_charge = 0
+        # A range received twice, for the next ACK's first SACK block (RFC 2883).
+        self.dsack: tuple[int, int] | None = None
 
     @property
     def has_gaps(self) -> bool:
@@ -268,6 +271,7 @@ class ReceiveBuffer:
         """
         if seq < self.rcv_nxt:
             skip = self.rcv_nxt - seq
+            self.note_duplicate(seq, min(seq + len(data), self.rcv_nxt))
             if skip >= len(data):
                 return False
             data = data[skip:]
@@ -291,6 +295,7 @@ class ReceiveBuffer:
             return False
         if buggify("tcp.drop_out_of_order"):
             return False  # as if there were no room for it: the sender resends it
+        self._note_held_twice(seq, seq + len(data))
         self._insert_out_of_order(seq, bytes(data))
         self._charge_pool(before)
         return False
@@ -345,9 +350,25 @@ class ReceiveBuffer:
         self._ooo_charge += _range_cost(piece)
         self._recent.insert(0, left)
 
+    def note_duplicate(self, left: int, right: int) -> None:
+        """[left, right) arrived again: the next ACK reports it (RFC 2883)."""
+        if left < right:
+            self.dsack = (left, right)
+
+    def _note_held_twice(self, left: int, right: int) -> None:
+        i = bisect.bisect_right(self._lefts, left) - 1
+        if i >= 0 and right <= self._lefts[i] + len(self._pieces[i]):
+            self.note_duplicate(left, right)
+
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
-        """Up to ``limit`` [left, right) ranges, most recently changed first."""
+        """Up to ``limit`` [left, right) ranges, most recently changed first,
+        after a pending D-SACK block (RFC 2883 section 4), which is then
+        consumed: it is reported once."""
         blocks: list[tuple[int, int]] = []
+        if self.dsack is not None:
+            blocks.append(self.dsack)
+            self.dsack = None
+            limit -= 1
         for left in self._recent[:limit]:
             i = bisect.bisect_left(self._lefts, left)
             if i < len(self._lefts) and self._lefts[i] == left:

@@ -294,10 +294,11 @@ class TransmissionControlBlock:
         sack_blocks: tuple[tuple[int, int], ...] = ()
         # SACK blocks ride only on segments without data: on a full-sized
         # segment their 28 bytes would push the packet past the MTU.
-        if self.sack_ok and flags & ACK and not payload and self.receive_buffer.has_gaps:
+        buffer = self.receive_buffer
+        if self.sack_ok and flags & ACK and not payload and (buffer.has_gaps or buffer.dsack):
             limit = 3 if self.ts_ok else 4
             sack_blocks = tuple(
-                (wrap(left), wrap(right)) for left, right in self.receive_buffer.sack_blocks(limit)
+                (wrap(left), wrap(right)) for left, right in buffer.sack_blocks(limit)
             )
         ect = False
         if self.ecn_ok:
