@@ -123,6 +123,7 @@ async def run(peer: KernelPeer, rounds: int, size: int, echoes: int) -> dict[str
     )
     assert stack.ipv6 is not None
     peer.sh("ip", "-6", "addr", "add", f"{GLOBAL_PREFIX}1/64", "dev", peer.tap_name, "nodad")
+    await stack.ipv6.wait_for_address(5)  # the static address, after its DAD probe
     families = {
         "IPv4": str(peer.stack_address.ip),
         "IPv6": f"{stack.ipv6.link_local}%{peer.tap_name}",

@@ -173,6 +173,8 @@ def test_tcp_gives_up_at_once_on_administratively_prohibited(kernel_peer: Kernel
         kernel_peer.sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         kernel_peer.sh("ip", "-6", "addr", "add", f"{router}/64", "dev", kernel_peer.tap_name)
         kernel_peer.sh("ip", "-6", "route", "add", "prohibit", "fd79::/64")
+        assert stack.ipv6 is not None
+        await stack.ipv6.wait_for_address(3)  # the static address, once probed
         started = time.monotonic()
         with pytest.raises(HostUnreachable, match="prohibited"):
             await stack.tcp.connect(IPv6Address("fd79::1"), 80, timeout=10)

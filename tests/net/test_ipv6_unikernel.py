@@ -137,6 +137,8 @@ def test_echo_unikernel_on_a_static_ipv6_address(
         ready=r"echo listening on port 7",
         before_ready=address_the_kernel,
     ) as unikernel:  # fmt: skip
+        # Usable once duplicate address detection has found no other holder.
+        assert unikernel.stderr.wait_for(rf"IPv6: address {STATIC.ip} assigned \(static", 5)
         reach_over_ipv6(kernel_namespace, STATIC.ip)
     assert unikernel.exit_code == 0, unikernel.log
     assert "SLAAC" not in unikernel.log

@@ -239,4 +239,4 @@ def test_a_leased_address_is_probed_kept_for_its_lease_and_never_regenerated() -
     autoconf.lease(leased, 50, 100, 0)
     # A duplicate of a leased address is dropped, not replaced by another.
     assert autoconf.duplicate(leased, 0) == [Remove(leased)]
-    assert autoconf.counters["leased_address_duplicate"] == 1
+    assert autoconf.counters["dhcpv6_address_duplicate"] == 1

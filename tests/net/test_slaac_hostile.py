@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Interface, IPv6Address, IPv6Network
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
 
 from looming.devices.net import MacAddress
 from looming.net import slaac
@@ -219,3 +219,45 @@ def test_a_reachable_router_is_preferred_and_unknown_ones_take_turns() -> None:
         assert {stack.ipv6.next_hop(beyond) for _ in range(4)} == {other}
 
     run(body)
+
+
+def test_a_static_address_is_probed_and_not_used_when_taken() -> None:
+    async def main() -> None:
+        switch = MemorySwitch()
+        port = switch.port()
+        attacker = switch.port(ATTACKER_MAC)
+        heard: list[bytes] = []
+        listening = asyncio.ensure_future(attacker.listen(heard.append))
+        static = IPv6Address("2001:db8:5::2")
+        stack = await DirectStack.connect(
+            port,
+            time=UnixTime(),
+            clock=UnixClock(),
+            random=UnixRandom(7),
+            address=IPv4Interface("10.9.0.2/24"),
+            ipv6=True,
+            slaac=False,
+            ipv6_address=IPv6Interface(f"{static}/64"),
+        )
+        try:
+            assert stack.ipv6 is not None
+            assert static not in stack.ipv6.addresses()  # tentative first
+            assert stack.ipv6.next_hop(IPv6Address("2001:db8:5::9")) is not None  # prefix on-link
+            claim = ndp.NeighborAdvertisement(
+                static, override=True, options=(ndp.TargetLinkLayerAddress(ATTACKER_MAC),)
+            )
+            attacker_ll = wire.link_local_from_mac(ATTACKER_MAC)
+            all_nodes = wire.multicast_mac(wire.ALL_NODES)
+            await attacker.write(frame(all_nodes, nd_packet(claim, attacker_ll, wire.ALL_NODES)))
+            await settle(1.3)
+            assert static not in stack.ipv6.addresses()
+            counters = stack.counters()
+            assert counters["slaac.static_address_duplicate"] == 1
+            assert "slaac.address_assigned" not in counters
+            assert stack.ipv6.source_for(IPv6Address("2001:db8:5::9")).is_link_local
+        finally:
+            await stack.disconnect()
+            await attacker.disconnect()
+            await listening
+
+    asyncio.run(main())

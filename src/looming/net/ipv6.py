@@ -25,7 +25,8 @@ meanings as Linux gives them).
 
 Addresses: the link-local one (taken as unique: it comes from the MAC),
 static ones with their on-link prefix and a static gateway
-(:meth:`Ipv6Layer.add_address`), and with ``autoconf`` those of
+(:meth:`Ipv6Layer.add_static`: used once duplicate address detection has
+found no other holder), and with ``autoconf`` those of
 ``net/slaac.py``: Router Solicitations at :meth:`Ipv6Layer.start`, Router
 Advertisements giving default routers, on-link prefixes, the MTU and DNS
 servers, Reachable Time and Retrans Timer (clamped), and addresses from
@@ -247,10 +248,12 @@ class Ipv6Layer:
         self._random = random
         self._static_on_link: set[IPv6Network] = set()
         self.gateway: IPv6Address | None = None
-        self.autoconf: Autoconf | None = None
-        if autoconf:
-            key = secret if secret is not None else random.bytes(16)
-            self.autoconf = Autoconf(key, bytes(ethernet.mac), link_mtu=ethernet.mtu)
+        # The address table and duplicate address detection, always; router
+        # discovery and SLAAC only with ``autoconf`` (the key is for SLAAC).
+        self.router_discovery = autoconf
+        key = secret if secret is not None else random.bytes(16) if autoconf else bytes(16)
+        self.autoconf = Autoconf(key, bytes(ethernet.mac), link_mtu=ethernet.mtu)
+        self._statics: list[IPv6Address] = []
         self._autoconf_timer: asyncio.TimerHandle | None = None
         self._address_listeners: list[AddressListener] = []
         self._address_waiters: list[asyncio.Future[None]] = []
@@ -269,9 +272,9 @@ class Ipv6Layer:
         return list(self._addresses)
 
     def add_address(self, address: IPv6Address, prefix_length: int | None = None) -> None:
-        """Answer for ``address`` too (a static address: no duplicate
-        address detection is run); ``prefix_length`` makes its prefix
-        on-link."""
+        """Answer for ``address`` at once, without duplicate address
+        detection (:meth:`add_static` runs it); ``prefix_length`` makes its
+        prefix on-link."""
         if address.is_multicast or address.is_unspecified:
             raise ValueError(f"{address} cannot be an interface address")
         if prefix_length is not None:
@@ -279,6 +282,15 @@ class Ipv6Layer:
         if address not in self._addresses:
             self._addresses.append(address)
             self._recompute_accepted()
+
+    def add_static(self, address: IPv6Address, prefix_length: int) -> None:
+        """A manually configured address: its prefix on-link at once, the
+        address itself after duplicate address detection, which
+        :meth:`start` begins (RFC 4862 5.4: every unicast address)."""
+        if address.is_multicast or address.is_unspecified:
+            raise ValueError(f"{address} cannot be an interface address")
+        self._static_on_link.add(IPv6Network((address, prefix_length), strict=False))
+        self._statics.append(address)
 
     def remove_address(self, address: IPv6Address) -> None:
         if address in self._addresses and address != self.link_local:
@@ -288,7 +300,7 @@ class Ipv6Layer:
     def _recompute_accepted(self) -> None:
         """All-nodes, our addresses and the solicited-node groups of those
         and of the tentative ones (whose probes must reach us)."""
-        tentative = list(self.autoconf.addresses) if self.autoconf is not None else []
+        tentative = list(self.autoconf.addresses)
         accepted = {wire.ALL_NODES, *self._addresses}
         accepted.update(wire.solicited_node(a) for a in (*self._addresses, *tentative))
         self._accepted = accepted
@@ -305,8 +317,6 @@ class Ipv6Layer:
 
     def dns_servers(self) -> list[IPv6Address]:
         """Recursive DNS servers from Router Advertisements (RFC 8106)."""
-        if self.autoconf is None:
-            return []
         return self.autoconf.current_dns_servers(self._now())
 
     def register(self, protocol: int, handler: Ipv6Handler) -> None:
@@ -317,7 +327,7 @@ class Ipv6Layer:
         """The largest payload of one packet to ``destination``: the link's,
         or less when a Packet Too Big said so (RFC 8201)."""
         link = self._ethernet.mtu
-        if self.autoconf is not None and self.autoconf.mtu is not None:
+        if self.autoconf.mtu is not None:
             link = min(link, self.autoconf.mtu)
         if self._path_mtu:
             entry = self._path_mtu.get(destination)
@@ -336,7 +346,7 @@ class Ipv6Layer:
         and multicast destinations, else the first other address we hold."""
         if destination.is_link_local or destination.is_multicast:
             return self.link_local
-        deprecated = set(self.autoconf.deprecated()) if self.autoconf is not None else set()
+        deprecated = set(self.autoconf.deprecated())
         candidates = [a for a in self._addresses if not a.is_link_local]
         # RFC 6724 rule 3: a deprecated address only when nothing else is left.
         candidates.sort(key=lambda a: a in deprecated)
@@ -352,13 +362,12 @@ class Ipv6Layer:
         if any(destination in prefix for prefix in self._static_on_link):
             return destination
         autoconf = self.autoconf
-        if autoconf is not None:
-            now = self._now()
-            if autoconf.is_on_link(destination, now):
-                return destination
-            routers = autoconf.alive_routers(now)
-            if routers:
-                return self._choose_router(routers)
+        now = self._now()
+        if autoconf.is_on_link(destination, now):
+            return destination
+        routers = autoconf.alive_routers(now)
+        if routers:
+            return self._choose_router(routers)
         return self.gateway
 
     def _choose_router(self, routers: list[IPv6Address]) -> IPv6Address:
@@ -641,7 +650,7 @@ class Ipv6Layer:
         self, packet: ReceivedPacket[IPv6Address], message: ndp.NeighborSolicitation
     ) -> None:
         counters = self.counters
-        if self.autoconf is not None and self.autoconf.is_tentative(message.target):
+        if self.autoconf.is_tentative(message.target):
             if packet.source.is_unspecified:
                 # Another node is checking the same address (RFC 4862 5.4.3).
                 self._duplicate(message.target)
@@ -668,7 +677,7 @@ class Ipv6Layer:
         self._send(destination, NextHeader.ICMPV6, payload, source=message.target, hop_limit=255)
 
     def _on_advertisement(self, message: ndp.NeighborAdvertisement) -> None:
-        if self.autoconf is not None and self.autoconf.is_tentative(message.target):
+        if self.autoconf.is_tentative(message.target):
             self._duplicate(message.target)  # RFC 4862 5.4.4
             return
         if message.target in self._addresses:
@@ -688,7 +697,7 @@ class Ipv6Layer:
     def _on_router_advertisement(
         self, packet: ReceivedPacket[IPv6Address], message: ndp.RouterAdvertisement
     ) -> None:
-        if self.autoconf is None:
+        if not self.router_discovery:
             self.counters["router_advert_ignored"] += 1
             return
         mac = ndp.source_mac(message)
@@ -715,8 +724,7 @@ class Ipv6Layer:
         if message.retransmit_timer:
             retransmit_ms = min(max(message.retransmit_timer, _MIN_RETRANS_MS), _MAX_RETRANS_MS)
             settings = replace(settings, retransmit_ns=retransmit_ms * 1_000_000)
-            if self.autoconf is not None:
-                self.autoconf.retransmit_ns = settings.retransmit_ns
+            self.autoconf.retransmit_ns = settings.retransmit_ns
         self.neighbours.settings = settings
 
     def watch_managed(self, listener: Callable[[], None]) -> None:
@@ -727,13 +735,10 @@ class Ipv6Layer:
     def lease_address(self, address: IPv6Address, preferred_s: int, valid_s: int) -> None:
         """Use an address DHCPv6 leased, once duplicate address detection
         has found no other holder (needs ``autoconf``)."""
-        if self.autoconf is None:
-            raise RuntimeError("leased addresses need the layer made with autoconf=True")
         self._run(self.autoconf.lease(address, preferred_s, valid_s, self._now()))
 
     def release_address(self, address: IPv6Address) -> None:
-        if self.autoconf is not None:
-            self._run(self.autoconf.release(address))
+        self._run(self.autoconf.release(address))
 
     def _on_listener_query(
         self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, body: memoryview
@@ -765,9 +770,12 @@ class Ipv6Layer:
         """Announce our groups and, with autoconfiguration, solicit routers
         (after a random delay of up to a second, RFC 4861 6.3.7)."""
         self._announce(mld.join(self._groups()))
-        if self.autoconf is not None:
+        now = self._now()
+        for address in self._statics:
+            self._run(self.autoconf.manual(address, now))
+        if self.router_discovery:
             delay = self._random.randint(0, 1_000_000_000)
-            self._run(self.autoconf.start(self._now(), delay))
+            self._run(self.autoconf.start(now, delay))
 
     def _run(self, actions: list[Action]) -> None:
         for action in actions:
@@ -797,7 +805,6 @@ class Ipv6Layer:
             listener(address, assigned)
 
     def _duplicate(self, address: IPv6Address) -> None:
-        assert self.autoconf is not None
         log.warning("IPv6: %s is already in use on the link; not using it", address)
         self.counters["dad_duplicate"] += 1
         self._run(self.autoconf.duplicate(address, self._now()))
@@ -810,8 +817,6 @@ class Ipv6Layer:
         self._duplicate_listeners.append(listener)
 
     def _arm_autoconf(self) -> None:
-        if self.autoconf is None:
-            return
         deadline = self.autoconf.next_deadline_ns()
         if self._autoconf_timer is not None:
             self._autoconf_timer.cancel()
@@ -824,8 +829,7 @@ class Ipv6Layer:
 
     def _on_autoconf_timer(self) -> None:
         self._autoconf_timer = None
-        if self.autoconf is not None:
-            self._run(self.autoconf.on_timer(self._now()))
+        self._run(self.autoconf.on_timer(self._now()))
 
     def _solicit_routers(self) -> None:
         message = ndp.RouterSolicitation((ndp.SourceLinkLayerAddress(self._ethernet.mac),))

@@ -62,7 +62,7 @@ class AutoAddress:
     dad_deadline_ns: int | None
     preferred_until_ns: int | None
     valid_until_ns: int | None
-    leased: bool = False  # from DHCPv6: its lifetimes come from there, not from prefixes
+    origin: str = "slaac"  # or "dhcpv6" or "static": only SLAAC's are formed anew
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +318,16 @@ class Autoconf:
     def lease(self, address: IPv6Address, preferred_s: int, valid_s: int, now: int) -> list[Action]:
         """An address DHCPv6 gave (or renewed): probed like the others
         before use; its lifetimes are the lease's."""
+        return self._add(address, preferred_s, valid_s, now, "dhcpv6")
+
+    def manual(self, address: IPv6Address, now: int) -> list[Action]:
+        """A statically configured address (lifetimes infinite): probed
+        like the others before use."""
+        return self._add(address, INFINITY, INFINITY, now, "static")
+
+    def _add(
+        self, address: IPv6Address, preferred_s: int, valid_s: int, now: int, origin: str
+    ) -> list[Action]:
         entry = self.addresses.get(address)
         if entry is not None:
             entry.preferred_until_ns = _deadline(now, preferred_s)
@@ -336,7 +346,7 @@ class Autoconf:
             now + self.dad_transmits * self.retransmit_ns,
             _deadline(now, preferred_s),
             _deadline(now, valid_s),
-            leased=True,
+            origin,
         )
         self.counters["dad_started"] += 1
         return [StartDad(address)]
@@ -357,8 +367,8 @@ class Autoconf:
             return []
         self.counters["dad_duplicate"] += 1
         actions: list[Action] = [Remove(address)]
-        if entry.leased:
-            self.counters["leased_address_duplicate"] += 1  # the server's to fix
+        if entry.origin != "slaac":
+            self.counters[f"{entry.origin}_address_duplicate"] += 1  # the server's or user's
             return actions
         if entry.dad_counter >= IDGEN_RETRIES:
             self.counters["address_generation_failed"] += 1

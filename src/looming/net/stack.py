@@ -107,17 +107,20 @@ class DirectStack:
     ) -> Ipv6Layer:
         layer = Ipv6Layer(self.ethernet, self.time, self.random, autoconf=slaac, secret=secret)
         if address is not None:
-            layer.add_address(address.ip, address.network.prefixlen)
+            layer.add_static(address.ip, address.network.prefixlen)
         layer.set_gateway(gateway)
         layer.watch_addresses(self._report_ipv6_address)
-        if layer.autoconf is not None:
+        if layer.router_discovery:
             layer.watch_managed(self._start_dhcp6_soon)
         return layer
 
     def _report_ipv6_address(self, address: IPv6Address, assigned: bool) -> None:
         how = "assigned by SLAAC"
-        if self.dhcp6 is not None and address in self.dhcp6.leased:
+        entry = self.ipv6.autoconf.addresses.get(address) if self.ipv6 is not None else None
+        if entry is not None and entry.origin == "dhcpv6":
             how = "leased by DHCPv6"
+        elif entry is not None and entry.origin == "static":
+            how = "assigned (static, no duplicate found)"
         report = f"IPv6: address {address} {how if assigned else 'removed'}"
         log.info("%s", report)
         print(f"looming: {report}", file=sys.stderr, flush=True)
@@ -131,7 +134,7 @@ class DirectStack:
     async def start_dhcp6(self) -> None:
         """Run the DHCPv6 client (RFC 8415) for a stateful address."""
         ipv6 = self.ipv6
-        if ipv6 is None or ipv6.autoconf is None:
+        if ipv6 is None or not ipv6.router_discovery:
             raise UsageError("DHCPv6 needs IPv6 with router discovery (--ipv6, --slaac on)")
         if self.dhcp6 is not None:
             return
@@ -302,8 +305,7 @@ class DirectStack:
             layers["ipv6"] = self.ipv6.counters
             layers["neighbours"] = self.ipv6.neighbours.counters
             layers["reassembly6"] = self.ipv6.reassembler.counters
-            if self.ipv6.autoconf is not None:
-                layers["slaac"] = self.ipv6.autoconf.counters
+            layers["slaac"] = self.ipv6.autoconf.counters
         if self.dhcp6 is not None:
             layers["dhcp6"] = self.dhcp6.client.counters + self.dhcp6.counters
         if self.dhcp is not None:
