@@ -14,7 +14,7 @@ from looming.net import slaac
 from looming.net.netif.memory import MemoryPort, MemorySwitch
 from looming.net.slaac import stable_interface_id
 from looming.net.stack import DirectStack
-from looming.net.wire import icmpv6, ndp
+from looming.net.wire import icmpv6, mld, ndp
 from looming.net.wire import ipv6 as wire
 from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
 from looming.unix.clock import UnixClock
@@ -171,6 +171,9 @@ def test_a_claim_on_the_tentative_address_moves_looming_to_the_next() -> None:
             if f[12:14] == b"\x86\xdd" and wire.parse(f[14:])[0].source.is_unspecified
         ]
         assert {p.destination for p in probes} == {group, wire.solicited_node(second)}
+        # The first address's group was left with a state-change report.
+        leave = mld.emit(mld.leave([group]), stack.ipv6.link_local, wire.ALL_MLDV2_ROUTERS)
+        assert any(f.endswith(leave) for f in heard)
 
     run(body)
 

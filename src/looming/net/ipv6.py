@@ -790,11 +790,20 @@ class Ipv6Layer:
                 self.add_address(action.address)
                 self._tell(action.address, True)
             elif isinstance(action, Remove):
-                was_ours = action.address in self._addresses
-                self.remove_address(action.address)
-                if was_ours:
-                    self._tell(action.address, False)
+                self._forget(action.address)
         self._arm_autoconf()
+
+    def _forget(self, address: IPv6Address) -> None:
+        """An address given up: its group left (RFC 3810 6.1, a state-change
+        report) unless another address still needs it."""
+        was_ours = address in self._addresses
+        before = set(self._groups())
+        self.remove_address(address)
+        left = before - set(self._groups())
+        if left:
+            self._report(mld.leave(sorted(left)))
+        if was_ours:
+            self._tell(address, False)
 
     def _tell(self, address: IPv6Address, assigned: bool) -> None:
         if assigned:
