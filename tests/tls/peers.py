@@ -32,7 +32,7 @@ async def run(
     return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-class Peer:
+class ServerProcess:
     """A server subprocess; ``output`` collects what it printed."""
 
     def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
@@ -53,7 +53,9 @@ class Peer:
 
 
 @asynccontextmanager
-async def server_process(args: Sequence[str], port: int, ready: str) -> AsyncIterator[Peer]:
+async def server_process(
+    args: Sequence[str], port: int, ready: str
+) -> AsyncIterator[ServerProcess]:
     """Start a server and wait until it prints ``ready`` (it is then listening)."""
     process = await asyncio.create_subprocess_exec(
         *args,
@@ -61,7 +63,7 @@ async def server_process(args: Sequence[str], port: int, ready: str) -> AsyncIte
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    peer = Peer(process, port)
+    peer = ServerProcess(process, port)
     assert process.stdout is not None
     try:
         while ready not in peer.output:
@@ -108,6 +110,59 @@ class EchoServer:
             await flow.close()
 
     async def __aenter__(self) -> EchoServer:
+        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class LateRelay:
+    """A loopback relay that holds each server-to-client chunk for ``delay`` s
+    once the client has written twice (its hello, then its Finished): what a
+    server sends after the handshake arrives late, as from a loaded machine."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target = port
+        self.delay = delay
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _downstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_writes: list[int]
+    ) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                if client_writes[0] >= 2:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        writes = [0]
+
+        async def upstream() -> None:
+            try:
+                while data := await reader.read(1 << 16):
+                    writes[0] += 1
+                    server_writer.write(data)
+                    await server_writer.drain()
+            finally:
+                server_writer.close()
+
+        await asyncio.gather(
+            upstream(), self._downstream(server_reader, writer, writes), return_exceptions=True
+        )
+
+    async def __aenter__(self) -> LateRelay:
         self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

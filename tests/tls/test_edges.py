@@ -27,11 +27,12 @@ from looming.tls.wire import Reader, u16, vec8, vec16
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 
+from .interop import TlsliteServer, looming_client, settings
 from .memory import seeded
 from .pki import Pki
 from .test_bad_input import alert_record, expect_alert
 from .test_openssl import s_client_against_looming
-from .test_tlslite import TlsliteServer, looming_client, settings, tlslite_clients
+from .test_tlslite import tlslite_clients_against_looming
 
 Rewriter = Callable[[int, bytes], bytes]
 
@@ -261,7 +262,7 @@ def test_ems_required_by_default(pki: Pki) -> None:
         certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
     )
     hs = settings(TLS12, useExtendedMasterSecret=False, requireExtendedMasterSecret=False)
-    (result,), server = asyncio.run(tlslite_clients(config, hs))
+    (result,), server = asyncio.run(tlslite_clients_against_looming(config, hs))
     assert "handshake_failure" in str(result.get("error")), result
     assert server.errors and "extended master secret" in str(server.errors[0])
 
@@ -275,7 +276,7 @@ def test_ems_optional_with_a_warning(pki: Pki, caplog: pytest.LogCaptureFixture)
     )
     hs = settings(TLS12, useExtendedMasterSecret=False, requireExtendedMasterSecret=False)
     with caplog.at_level(logging.WARNING, logger="looming.tls"):
-        (result,), server = asyncio.run(tlslite_clients(config, hs))
+        (result,), server = asyncio.run(tlslite_clients_against_looming(config, hs))
     assert "error" not in result, result.get("error")
     assert result["received"] == b"echo:hello\n" and not server.errors
     assert any("without the extended master secret" in r.getMessage() for r in caplog.records)

@@ -1,5 +1,7 @@
-"""Interoperability with OpenSSL: looming client against `openssl s_server`,
-looming server against `openssl s_client`, over loopback TCP."""
+"""Interoperability with OpenSSL beyond the handshake matrix of
+``test_interop.py``: looming client against `openssl s_server`, looming
+server against `openssl s_client`, over loopback TCP (peers from
+``interop.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from looming.tls import (
     TLS12,
     TLS13,
     CertificateError,
-    CipherSuite,
     ClientSessionCache,
     NamedGroup,
     Session,
@@ -25,125 +26,32 @@ from looming.tls.flow import TlsFlow, open_connection
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 
-from .peers import EchoServer, free_port, run, server_process
+from .interop import OpenSsl as _OpenSsl
+from .interop import Spec, read_reply, s_client, s_client_base, s_server_args
+from .peers import EchoServer, free_port, server_process
 from .pki import Pki
 
-OPENSSL_GROUP = {
-    NamedGroup.X25519: "X25519",
-    NamedGroup.SECP256R1: "P-256",
-    NamedGroup.SECP384R1: "P-384",
-}
-S_CLIENT_TEMP_KEY = {
-    NamedGroup.X25519: "X25519",
-    NamedGroup.SECP256R1: "prime256v1",
-    NamedGroup.SECP384R1: "secp384r1",
-}
-SUITES13 = [
-    CipherSuite.TLS_AES_128_GCM_SHA256,
-    CipherSuite.TLS_AES_256_GCM_SHA384,
-    CipherSuite.TLS_CHACHA20_POLY1305_SHA256,
-]
-OPENSSL12 = {
-    CipherSuite.ECDHE_RSA_WITH_AES_128_GCM_SHA256: ("rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
-    CipherSuite.ECDHE_RSA_WITH_AES_256_GCM_SHA384: ("rsa", "ECDHE-RSA-AES256-GCM-SHA384"),
-    CipherSuite.ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: ("rsa", "ECDHE-RSA-CHACHA20-POLY1305"),
-    CipherSuite.ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: ("p256", "ECDHE-ECDSA-AES128-GCM-SHA256"),
-    CipherSuite.ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: ("p256", "ECDHE-ECDSA-AES256-GCM-SHA384"),
-    CipherSuite.ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: (
-        "p256",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-    ),
-}
-GROUPS = list(OPENSSL_GROUP)
-LEAVES = ["rsa", "p256", "p384", "ed25519"]
-
-
-def s_server_args(pki: Pki, leaf: str, port: int, *extra: str) -> list[str]:
-    cert = pki.leaves[leaf]
-    return [
-        "openssl",
-        "s_server",
-        "-accept",
-        str(port),
-        "-cert",
-        str(cert.cert_path),
-        "-key",
-        str(cert.key_path),
-        "-naccept",
-        "1",
-        *extra,
-    ]
+OPENSSL = _OpenSsl()
 
 
 async def exchange(flow: TlsFlow, line: bytes = b"hello looming\n") -> bytes:
     """Send a line to an `s_server -rev` and read the reversed line back."""
     await flow.write(line)
-    reply = b""
-    while not reply.endswith(b"\n"):
-        chunk = await flow.read()
-        assert chunk, "server closed before replying"
-        reply += chunk
-    return reply
+    return await read_reply(flow, until_eof=False)
 
 
 async def client_against_s_server(
     pki: Pki, leaf: str, server_extra: list[str], config: TlsConfig, server_name: str = "localhost"
 ) -> tuple[TlsFlow, bytes, str]:
-    port = free_port()
-    async with server_process(
-        s_server_args(pki, leaf, port, "-rev", *server_extra), port, "ACCEPT"
-    ) as peer:
-        flow = await open_connection("127.0.0.1", port, config, server_name=server_name)
+    async with OPENSSL.serve(pki, Spec(leaf=leaf, extra=tuple(server_extra))) as server:
+        flow = await open_connection("127.0.0.1", server.port, config, server_name=server_name)
         reply = await exchange(flow)
         await flow.close()
-        output = await peer.finish()
-    return flow, reply, output
+        await server.close()
+    return flow, reply, server.output
 
 
 # --- looming client, OpenSSL server ---------------------------------------------------
-
-
-@pytest.mark.parametrize("leaf", LEAVES)
-@pytest.mark.parametrize("suite", SUITES13, ids=lambda s: s.name)
-@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
-def test_client_tls13_against_s_server(
-    pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
-) -> None:
-    config = TlsConfig(
-        trust=pki.trust,
-        cipher_suites=[suite],
-        groups=[group],
-        key_share_groups=[group],
-        random=UnixRandom(),
-        clock=UnixClock(),
-    )
-    extra = ["-tls1_3", "-ciphersuites", suite.name, "-groups", OPENSSL_GROUP[group]]
-    flow, reply, output = asyncio.run(client_against_s_server(pki, leaf, extra, config))
-    assert reply == b"gnimool olleh\n"
-    assert (flow.version, flow.cipher_suite) == (TLS13, suite)
-    assert not flow.connection.hello_retried
-    assert "Protocol version: TLSv1.3" in output and f"Ciphersuite: {suite.name}" in output
-
-
-@pytest.mark.parametrize("suite", list(OPENSSL12), ids=lambda s: s.name)
-@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
-def test_client_tls12_against_s_server(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
-    leaf, name = OPENSSL12[suite]
-    groups = (
-        [group] if leaf == "rsa" or group == NamedGroup.SECP256R1 else [group, NamedGroup.SECP256R1]
-    )
-    config = TlsConfig(
-        trust=pki.trust,
-        cipher_suites=[suite],
-        groups=groups,
-        random=UnixRandom(),
-        clock=UnixClock(),
-    )
-    extra = ["-tls1_2", "-cipher", name, "-groups", OPENSSL_GROUP[group]]
-    flow, reply, output = asyncio.run(client_against_s_server(pki, leaf, extra, config))
-    assert reply == b"gnimool olleh\n"
-    assert (flow.version, flow.cipher_suite) == (TLS12, suite)
-    assert "Protocol version: TLSv1.2" in output and f"Ciphersuite: {name}" in output
 
 
 def test_client_hello_retry_request(pki: Pki) -> None:
@@ -336,66 +244,8 @@ async def s_client_against_looming(
     config: TlsConfig, args: list[str], stdin: bytes = b"hello\n"
 ) -> tuple[int, str, EchoServer]:
     async with EchoServer(config) as server:
-        rc, out, err = await run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-ign_eof", *args],
-            stdin,
-        )
-    return rc, out + err, server
-
-
-def _s_client_base(pki: Pki) -> list[str]:
-    return ["-CAfile", str(pki.ca_path), "-verify_return_error", "-servername", "localhost"]
-
-
-@pytest.mark.parametrize("leaf", LEAVES)
-@pytest.mark.parametrize("suite", SUITES13, ids=lambda s: s.name)
-@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
-def test_server_tls13_against_s_client(
-    pki: Pki, leaf: str, suite: CipherSuite, group: NamedGroup
-) -> None:
-    config = TlsConfig(
-        certificates=[pki.leaves[leaf].certified], random=UnixRandom(), clock=UnixClock()
-    )
-    args = [
-        *_s_client_base(pki),
-        "-tls1_3",
-        "-ciphersuites",
-        suite.name,
-        "-groups",
-        OPENSSL_GROUP[group],
-    ]
-    rc, out, server = asyncio.run(s_client_against_looming(config, args))
-    assert rc == 0, out
-    assert "echo:hello" in out and "Verify return code: 0 (ok)" in out
-    assert f"Cipher is {suite.name}" in out and "TLSv1.3" in out
-    assert S_CLIENT_TEMP_KEY[group] in out
-    assert not server.errors
-
-
-@pytest.mark.parametrize("suite", list(OPENSSL12), ids=lambda s: s.name)
-@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
-def test_server_tls12_against_s_client(pki: Pki, suite: CipherSuite, group: NamedGroup) -> None:
-    leaf, name = OPENSSL12[suite]
-    config = TlsConfig(
-        certificates=[pki.leaves[leaf].certified],
-        groups=[group],
-        random=UnixRandom(),
-        clock=UnixClock(),
-    )
-    # RFC 8422: the client must list the curve of an ECDSA certificate (P-256 here).
-    groups = (
-        OPENSSL_GROUP[group]
-        if leaf == "rsa" or group == NamedGroup.SECP256R1
-        else f"{OPENSSL_GROUP[group]}:P-256"
-    )
-    args = [*_s_client_base(pki), "-tls1_2", "-cipher", name, "-groups", groups]
-    rc, out, _server = asyncio.run(s_client_against_looming(config, args))
-    assert rc == 0, out
-    assert (
-        "echo:hello" in out and f"Cipher is {name}" in out and "Extended master secret: yes" in out
-    )
-    assert "Secure Renegotiation IS supported" in out
-    assert S_CLIENT_TEMP_KEY[group] in out
+        rc, out = await s_client(server.port, args, stdin)
+    return rc, out, server
 
 
 def test_server_hello_retry_request_to_s_client(pki: Pki) -> None:
@@ -406,7 +256,7 @@ def test_server_hello_retry_request_to_s_client(pki: Pki) -> None:
         clock=UnixClock(),
     )
     rc, out, server = asyncio.run(
-        s_client_against_looming(config, [*_s_client_base(pki), "-groups", "X25519:P-384"])
+        s_client_against_looming(config, [*s_client_base(pki), "-groups", "X25519:P-384"])
     )
     assert rc == 0 and "echo:hello" in out and "secp384r1" in out
     assert server.flows[0].connection.hello_retried
@@ -442,7 +292,7 @@ def test_server_exporter_matches_s_client(pki: Pki, version: str) -> None:
         certificates=[pki.leaves["rsa"].certified], random=UnixRandom(), clock=UnixClock()
     )
     args = [
-        *_s_client_base(pki),
+        *s_client_base(pki),
         version,
         "-keymatexport",
         "EXPORTER-looming",
@@ -467,7 +317,7 @@ def test_server_client_certificate_from_s_client(pki: Pki, version: str) -> None
     )
     client = pki.leaves["client-rsa"]
     args = [
-        *_s_client_base(pki),
+        *s_client_base(pki),
         version,
         "-cert",
         str(client.cert_path),
@@ -488,7 +338,7 @@ def test_server_requires_client_certificate(pki: Pki) -> None:
         clock=UnixClock(),
     )
     _rc, out, server = asyncio.run(
-        s_client_against_looming(config, [*_s_client_base(pki), "-tls1_3"])
+        s_client_against_looming(config, [*s_client_base(pki), "-tls1_3"])
     )
     assert "certificate required" in out
     assert server.errors and "certificate_required" in str(server.errors[0])
@@ -503,17 +353,13 @@ def test_server_resumption_with_s_client(pki: Pki, version: str, tmp_path: Path)
 
     async def main() -> tuple[str, str]:
         async with EchoServer(config) as server:
-            base = [
-                "openssl",
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{server.port}",
-                "-ign_eof",
-                *_s_client_base(pki),
-                version,
-            ]
-            _, first, _ = await run([*base, "-sess_out", str(session_file)], b"one\n")
-            _, second, _ = await run([*base, "-sess_in", str(session_file)], b"two\n")
+            base = [*s_client_base(pki), version]
+            _, first = await s_client(
+                server.port, [*base, "-sess_out", str(session_file)], b"one\n"
+            )
+            _, second = await s_client(
+                server.port, [*base, "-sess_in", str(session_file)], b"two\n"
+            )
         return first, second
 
     first, second = asyncio.run(main())
@@ -534,22 +380,12 @@ def test_server_accepts_early_data_from_s_client(pki: Pki, tmp_path: Path) -> No
 
     async def main() -> tuple[str, EchoServer]:
         async with EchoServer(config) as server:
-            base = [
-                "openssl",
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{server.port}",
-                "-ign_eof",
-                *_s_client_base(pki),
-            ]
-            await run([*base, "-sess_out", str(session_file)], b"one\n")
-            _, second, _ = await run(
-                [*base, "-sess_in", str(session_file), "-early_data", str(early_file)], b"two\n"
-            )
+            base = s_client_base(pki)
+            early = ["-sess_in", str(session_file), "-early_data", str(early_file)]
+            await s_client(server.port, [*base, "-sess_out", str(session_file)], b"one\n")
+            _, second = await s_client(server.port, [*base, *early], b"two\n")
             # Replaying the same ticket: single use, so no early data and no resumption.
-            _, third, _ = await run(
-                [*base, "-sess_in", str(session_file), "-early_data", str(early_file)], b"three\n"
-            )
+            _, third = await s_client(server.port, [*base, *early], b"three\n")
         return second + "\n====\n" + third, server
 
     out, server = asyncio.run(main())
@@ -596,7 +432,7 @@ def test_server_signature_schemes_to_s_client(
     )
     flag = "-tls1_3" if version == TLS13 else "-tls1_2"
     rc, out, _ = asyncio.run(
-        s_client_against_looming(config, [*_s_client_base(pki), flag, "-sigalgs", sigalg])
+        s_client_against_looming(config, [*s_client_base(pki), flag, "-sigalgs", sigalg])
     )
     assert rc == 0 and "echo:hello" in out, out
     assert f"peer signature type: {kind.lower()}\n" in out.lower()

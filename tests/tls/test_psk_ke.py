@@ -19,9 +19,10 @@ from looming.tls.wire import Reader, parse_extensions
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 
+from .interop import s_client_base, s_server_args
 from .peers import EchoServer, free_port, run, server_process
 from .pki import Pki
-from .test_openssl import _s_client_base, exchange, s_server_args
+from .test_openssl import exchange
 
 
 def hello_extensions(hello_body: bytes, server: bool) -> dict[int, bytes]:
@@ -167,7 +168,7 @@ def test_openssl_s_client_resumes_by_psk_ke_with_server(pki: Pki, tmp_path: Path
                 f"127.0.0.1:{server.port}",
                 "-ign_eof",
                 "-allow_no_dhe_kex",
-                *_s_client_base(pki),
+                *s_client_base(pki),
             ]
             _, first, _ = await run([*base, "-sess_out", str(session_file)], b"one\n")
             _, second, _ = await run([*base, "-sess_in", str(session_file)], b"two\n")

@@ -15,8 +15,9 @@ from looming.tls.flow import open_connection
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 
+from .interop import priority
 from .peers import EchoServer, free_port, server_process
-from .test_gnutls import echo, priority
+from .test_gnutls import echo
 from .wild_pki import Issued, WildPki
 
 VERSIONS = [TLS13, TLS12]
