@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from looming.net.slaac import stable_interface_id
 from tests.config.tooling import looming
 from tests.direct.unikernel import (
     UNIKERNEL_ADDRESS,
@@ -36,6 +37,7 @@ def kernel_namespace() -> Iterator[Namespace]:
 
 ROUTER = IPv6Interface("fd77:0:0:2::1/64")
 STATIC = IPv6Interface("fd77:0:0:3::2/64")
+SECRET = bytes(range(100, 132))
 
 ECHO_CLIENT = r"""
 import hashlib, socket, sys
@@ -102,6 +104,7 @@ def test_echo_unikernel_gets_a_slaac_address_and_the_kernel_reaches_it(
             app,
             kernel_namespace,
             "--ipv4", str(UNIKERNEL_ADDRESS), "--ipv6", "--port", "7", "--seed", "3",
+            "--slaac-secret", SECRET.hex(),
             ready=r"echo listening on port 7",
             before_ready=start_router,
         ) as unikernel:  # fmt: skip
@@ -110,6 +113,11 @@ def test_echo_unikernel_gets_a_slaac_address_and_the_kernel_reaches_it(
             address = IPv6Address(assigned.group(1))
             assert address in ROUTER.network
             reach_over_ipv6(kernel_namespace, address)
+            # RFC 7217 from the prefix, the MAC the kernel learned and the secret.
+            neighbour = kernel_namespace.run("ip", "-6", "neigh", "show", str(address)).split()
+            mac = bytes.fromhex(neighbour[neighbour.index(b"lladdr") + 1].decode().replace(":", ""))
+            interface_id = stable_interface_id(ROUTER.network, mac, b"", 0, SECRET)
+            assert address == IPv6Address(int(ROUTER.network.network_address) | interface_id)
         assert unikernel.exit_code == 0, unikernel.log
         assert "Traceback" not in unikernel.log
     finally:
@@ -155,6 +163,8 @@ def test_configure_lists_the_ipv6_keys_and_bad_values_exit_2(tmp_path: Path) -> 
         ("--ipv6-address", "fd00::zz/64"): "is not a valid ipv6_interface",
         ("--ipv6-gateway", "fd99::1"): "neither link-local nor inside the prefix",
         ("--slaac", "maybe"): "expected true or false",
+        ("--slaac-secret", "xyz"): "not hex digits",
+        ("--slaac-secret", "00ff"): "give at least 128",
     }
     for (key, value), message in bad.items():
         tap = f"lmq{unique_suffix()}"

@@ -178,7 +178,7 @@ class DirectStack:
         ipv6_address: IPv6Interface | None = None,
         ipv6_gateway: IPv6Address | None = None,
         slaac: bool = True,
-        slaac_secret: bytes | None = None,
+        slaac_secret: bytes | str | None = None,
         dhcp6: bool | None = None,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
@@ -194,12 +194,15 @@ class DirectStack:
         discovery, echo, fragments, UDP and TCP), a static ``ipv6_address``
         (its prefix on-link) and ``ipv6_gateway`` if given, and with
         ``slaac`` router discovery and addresses from advertised prefixes
-        (RFC 4862; ``slaac_secret`` is the RFC 7217 key, drawn from
-        ``random`` when not given). ``dhcp6``: None runs the DHCPv6 client
+        (RFC 4862; ``slaac_secret`` is the RFC 7217 key, bytes or hex,
+        drawn from ``random`` when not given: then the addresses change
+        with every start). ``dhcp6``: None runs the DHCPv6 client
         when a Router Advertisement sets the M flag, True at once, False
         never. Connecting does not wait for any of these addresses.
         """
         _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
+        if isinstance(slaac_secret, str):
+            slaac_secret = _secret_from_hex(slaac_secret)
         _check_ipv4(address, dhcp, max_connections, memory_limit)
         stack = cls(
             network,
@@ -336,6 +339,18 @@ class DirectStack:
             except (asyncio.CancelledError, Exception):
                 pass
             self._listen_task = None
+
+
+def _secret_from_hex(text: str) -> bytes:
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise UsageError(f"--slaac-secret {text!r}: not hex digits") from None
+    if len(secret) < 16:
+        raise UsageError(
+            f"--slaac-secret: {len(secret) * 8} bits; give at least 128 (32 hex digits)"
+        )
+    return secret
 
 
 def _check_ipv4(

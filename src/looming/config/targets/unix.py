@@ -235,6 +235,7 @@ def direct_stack_impl(dev: Device) -> Impl:
             ("ipv6_address", "keys.ipv6_address"),
             ("ipv6_gateway", "keys.ipv6_gateway"),
             ("slaac", "keys.slaac"),
+            ("slaac_secret", "keys.slaac_secret or None"),
         ],
         awaited=True,
         disconnect="disconnect",
@@ -262,6 +263,12 @@ def direct_stack_impl(dev: Device) -> Impl:
             KeyDecl("ipv6_address", "ipv6_interface", None, "static IPv6 address and prefix"),
             KeyDecl("ipv6_gateway", "ipv6_address", None, "static IPv6 default router"),
             KeyDecl("slaac", "bool", True, "with IPv6: addresses and routers from advertisements"),
+            KeyDecl(
+                "slaac_secret",
+                "str",
+                "",
+                "32 or more hex digits: the same SLAAC address every start (else new each start)",
+            ),
         ],
         summary="looming TCP/IP stack",
     )
