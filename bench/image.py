@@ -152,8 +152,8 @@ EXAMPLES_MEASURED = [
     Example("https_website", "https_website", 8443, True, ARCHES),
     Example("asgi", "asgi", 8000, False, ARCHES),
     Example("fastapi", "fastapi", 8000, False, ARCHES),
-    # The Git store in the guest's memory: a VM has no disk yet.
-    Example("store_website", "store-website", 8080, False, ARCHES, ("--storage", "memory")),
+    # The Git store on the VM's disk (made by the first boot, in dist/).
+    Example("store_website", "store-website", 8080, False, ARCHES),
 ]
 
 

@@ -1,6 +1,7 @@
 """Applications beyond a static site in x86_64 VMs: FastAPI (pydantic's
 compiled core as a wheel, anyio's worker threads) and the Git-backed
-website (dulwich as a wheel, the store in the guest's memory)."""
+website (dulwich as a wheel, the store on the VM's disk, kept through a
+kill -9 of qemu)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,9 @@ from tests.vm.conftest import Images, TapNamespace
 BOOT_DEADLINE = 180.0
 
 
-@contextmanager
-def booted(manifest: Path, tap_namespace: TapNamespace, *keys: str) -> Iterator[list[str]]:
-    """The image booted on the namespace's TAP as 10.0.0.2; yields a list
-    that holds the console output once the VM has stopped (on SIGTERM)."""
-    launcher = subprocess.Popen(
+def _launch(manifest: Path, tap_namespace: TapNamespace, *keys: str) -> subprocess.Popen[str]:
+    """``looming run`` of the image on the namespace's TAP as 10.0.0.2."""
+    return subprocess.Popen(
         [
             "ip", "netns", "exec", tap_namespace.namespace,
             sys.executable, "-m", "looming.vm.launch", str(manifest),
@@ -36,6 +35,21 @@ def booted(manifest: Path, tap_namespace: TapNamespace, *keys: str) -> Iterator[
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
+
+
+def looming_run(manifest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The launcher, run to its end outside any namespace."""
+    return subprocess.run(
+        [sys.executable, "-m", "looming.vm.launch", str(manifest), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@contextmanager
+def booted(manifest: Path, tap_namespace: TapNamespace, *keys: str) -> Iterator[list[str]]:
+    """The image booted on the namespace's TAP as 10.0.0.2; yields a list
+    that holds the console output once the VM has stopped (on SIGTERM)."""
+    launcher = _launch(manifest, tap_namespace, *keys)
     output: list[str] = []
     try:
         yield output
@@ -43,6 +57,7 @@ def booted(manifest: Path, tap_namespace: TapNamespace, *keys: str) -> Iterator[
         if launcher.poll() is None:
             os.kill(launcher.pid, signal.SIGTERM)  # ip netns exec runs the launcher in place
         output.append(launcher.communicate(timeout=60)[0])
+        print(output[0])  # the console, shown if the test fails
     assert launcher.returncode == 0, output[0]
     assert "received SIGTERM, stopping" in output[0]
 
@@ -95,32 +110,81 @@ def test_fastapi_serves_from_an_x86_64_vm(images: Images, tap_namespace: TapName
     assert "serving http://10.0.0.2:8000" in output[0]
 
 
+def _git(clone: Path, *args: str) -> list[str]:
+    return ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.org", *args]
+
+
+def _seeded_disk(tmp_path: Path, token: str) -> Path:
+    """A disk image made beforehand, holding the push token: looming run
+    uses a disk image it finds as it is (mkfs.ext4 -d fills it from a folder)."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "push.token").write_text(token + "\n")
+    image = tmp_path / "site-disk.img"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(seed), str(image), "64M"], check=True)
+    return image
+
+
+def _kill_qemu_of(launcher: subprocess.Popen[str]) -> str:
+    """kill -9 of the launcher's qemu: the guest gets no chance to write
+    anything out. The launcher's output, once it has noticed."""
+    from tests.vm.test_launcher import _qemu_of
+
+    os.kill(_qemu_of(launcher.pid), signal.SIGKILL)
+    output = launcher.communicate(timeout=60)[0]
+    assert launcher.returncode == 125, output
+    return output
+
+
 @pytest.mark.slow
 @pytest.mark.root
-def test_store_website_serves_and_clones_from_an_x86_64_vm(
+def test_store_website_keeps_pushes_on_its_disk_through_kill_9(
     images: Images, tap_namespace: TapNamespace, tmp_path: Path
 ) -> None:
-    app = images.app("store_website", "x86_64", "--storage", "memory")
+    app = images.app("store_website", "x86_64")
     manifest = app / "dist" / "store-website-vm.json"
-    assert "dulwich" in json.loads(manifest.read_text())["wheels"]
-    keys = ("--listen", "0.0.0.0", "--push-anonymous-read", "true")
-    with booted(manifest, tap_namespace, *keys):
-        page = first_answer(tap_namespace, "http://10.0.0.2:8080/")
-        assert "<h1>It works</h1>" in page
-        # The git CLI clones the store the page came from, over the VM's stack.
+    facts = json.loads(manifest.read_text())
+    assert "dulwich" in facts["wheels"] and facts["needs_disk"]
+    assert "virtio_blk" in facts["kernel_modules"]
+    token = "vm-push-token-0123456789"
+    disk = _seeded_disk(tmp_path, token)
+    keys = ("--vm-disk", str(disk), "--listen", "0.0.0.0", "--push-token-file", "/disk/push.token")
+    site = "http://10.0.0.2:8080/"
+    repo = f"http://user:{token}@10.0.0.2:8418/"
+    first = _launch(manifest, tap_namespace, *keys)
+    try:
+        assert "<h1>It works</h1>" in first_answer(tap_namespace, site)
+        # A second VM on the same disk is refused before it boots.
+        again = looming_run(manifest, "--vm-disk", str(disk), "--vm-tap", "loomingnotap")
+        assert again.returncode == 2 and f"the disk image {disk} is in use" in again.stderr
         clone = tmp_path / "site"
         cloned = tap_namespace.run(
-            "git", "clone", "-q", "-b", "main", "http://10.0.0.2:8418/", str(clone), timeout=120
+            "git", "clone", "-q", "-b", "main", repo, str(clone), timeout=120
         )
         assert cloned.returncode == 0, cloned.stderr
-        assert (clone / "index.html").read_text() == page
-        # Without credentials the push port takes no writes.
-        (clone / "index.html").write_text("changed\n")
-        git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.org"]
-        subprocess.run([*git, "commit", "-q", "-am", "change"], check=True)
-        no_prompt = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-        pushed = tap_namespace.run(
-            *git, "push", "-q", "origin", "HEAD:main", timeout=60, env=no_prompt
+        (clone / "index.html").write_text("<h1>kept</h1>\n")
+        subprocess.run(_git(clone, "commit", "-q", "-am", "kept"), check=True)
+        pushed = tap_namespace.run(*_git(clone, "push", "-q", "origin", "HEAD:main"), timeout=120)
+        assert pushed.returncode == 0, pushed.stderr
+        assert curl(tap_namespace, site) == "<h1>kept</h1>\n"
+    except BaseException:
+        first.kill()  # and its qemu with it
+        print(first.communicate(timeout=60)[0])  # the console, shown with the failure
+        raise
+    output = _kill_qemu_of(first)
+    # The next boot of the same disk serves the push, and clones give its commit.
+    with booted(manifest, tap_namespace, *keys):
+        assert first_answer(tap_namespace, site) == "<h1>kept</h1>\n", output
+        again_clone = tmp_path / "again"
+        cloned = tap_namespace.run("git", "clone", "-q", "-b", "main", repo, str(again_clone))
+        assert cloned.returncode == 0, cloned.stderr
+        log = subprocess.run(
+            _git(again_clone, "log", "--format=%s"), capture_output=True, text=True
         )
-        assert pushed.returncode != 0
-        assert curl(tap_namespace, "http://10.0.0.2:8080/") == page
+        assert log.stdout.splitlines()[0] == "kept"
+        # Without the token the push port takes no writes.
+        anonymous = tap_namespace.run(
+            "git", "-C", str(again_clone), "push", "-q", "http://10.0.0.2:8418/", "HEAD:other",
+            timeout=60, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )  # fmt: skip
+        assert anonymous.returncode != 0

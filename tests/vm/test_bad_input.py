@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.vm.conftest import APPS, EXAMPLES, looming
 
 
@@ -61,20 +63,6 @@ def test_unresolvable_imports_are_reported_before_any_download(tmp_path: Path) -
     assert not cache.exists()
 
 
-def test_devices_a_vm_has_no_implementation_for_are_named(tmp_path: Path) -> None:
-    app = tmp_path / "disk"
-    app.mkdir()
-    (app / "config.py").write_text(
-        "from looming.config import block, main, register\n"
-        'register("disk", [main("unikernel:Disk", [block("disk.img")])])\n'
-    )
-    (app / "unikernel.py").write_text("class Disk:\n    pass\n")
-    done = looming(app, "configure", "-t", "vm", "--arch", "x86_64")
-    assert done.returncode == 2
-    assert "the vm target has no implementation for device 'block'" in done.stderr
-    assert "a VM image has no disk" in done.stderr
-
-
 def test_bad_machine_options_at_run_are_usage_errors(tmp_path: Path) -> None:
     manifest = tmp_path / "image.json"
     manifest.write_text('{"arch": "x86_64", "kernel": "k", "initrd": "i"}')
@@ -103,25 +91,36 @@ def test_a_unikernel_with_a_network_needs_a_tap_to_boot(tmp_path: Path) -> None:
     assert "give --vm-tap NAME" in done.stderr
 
 
-def test_kv_store_needs_storage_memory_and_says_it_does_not_persist(tmp_path: Path) -> None:
-    app = _copy(EXAMPLES / "store_website", tmp_path)
+@pytest.mark.parametrize(
+    ("app_name", "disk_factories", "memory_factories"),
+    [
+        ("store_website", ["connect_kv_store("], ["StoreKv.connect"]),
+        ("counter", ["connect_kv_rw(", "connect_block("], ["DirectoryKvRw.connect", "FileBlock"]),
+    ],
+)
+def test_storage_is_on_the_disk_unless_storage_memory_is_given(
+    tmp_path: Path, app_name: str, disk_factories: list[str], memory_factories: list[str]
+) -> None:
+    source = APPS / app_name if (APPS / app_name).is_dir() else EXAMPLES / app_name
+    app = _copy(source, tmp_path)
     done = looming(app, "configure", "-t", "vm", "--arch", "x86_64")
-    assert done.returncode == 2
-    assert "config.py:" in done.stderr and "a VM image has no disk yet" in done.stderr
-    assert "--storage memory" in done.stderr and "lost at power-off" in done.stderr
-    assert not (app / "_build" / "vm").exists()
+    assert done.returncode == 0, done.stderr
+    main_py = (app / "_build" / "vm" / "main.py").read_text()
+    assert all(f"await {factory}" in main_py for factory in disk_factories)
+    assert "on the VM's disk" in main_py
+    assert not any(factory in main_py for factory in memory_factories)
     done = looming(app, "configure", "-t", "vm", "--arch", "x86_64", "--storage", "memory")
     assert done.returncode == 0, done.stderr
     main_py = (app / "_build" / "vm" / "main.py").read_text()
     assert "in the guest's memory, lost at power-off" in main_py
-    assert "StoreKv.connect" in main_py
-    # kv_rw has no such option: refused whatever is given.
-    config = app / "config.py"
-    config.write_text(
-        config.read_text()
-        .replace('kv_store("_build/site.git", branch="main")', 'kv_rw("data")')
-        .replace("kv_store,", "kv_rw,")
-    )
-    done = looming(app, "configure", "-t", "vm", "--arch", "x86_64", "--storage", "memory")
-    assert done.returncode == 2
-    assert "no implementation for device 'kv_rw'" in done.stderr
+    assert all(factory in main_py for factory in memory_factories)
+    assert "looming.vm.storage" not in main_py and "looming.vm.gitstore" not in main_py
+
+
+def test_configure_help_lists_the_storage_keys(tmp_path: Path) -> None:
+    app = _copy(EXAMPLES / "store_website", tmp_path)
+    done = looming(app, "configure", "-t", "vm", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "could not be read" not in done.stdout
+    assert "--site-git-repo STR" in done.stdout and "(on the VM's disk)" in done.stdout
+    assert "--push-port INT" in done.stdout and "--storage {disk,memory}" in done.stdout

@@ -172,3 +172,33 @@ def test_the_guest_stack_reads_the_mac_qemu_gave_its_nic(tmp_path: Path) -> None
     assert hardware_address("eth1", tmp_path) is None
     (tmp_path / "eth0" / "address").write_text("not a mac\n")
     assert hardware_address("eth0", tmp_path) is None
+
+
+def _mac_on_command_line(command: list[str]) -> str:
+    device = next(a for a in command if a.startswith("virtio-net-"))
+    return dict(part.split("=", 1) for part in device.split(",")[1:])["mac"]
+
+
+def test_instances_of_one_image_get_their_own_macs_on_qemus_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest: dict[str, object] = {
+        "arch": "x86_64", "kernel": str(tmp_path / "kernel"), "initrd": str(tmp_path / "initrd"),
+        "unikernel": "website", "needs_network": True,
+    }  # fmt: skip
+    macs = []
+    for argv in (["--instance", "0"], ["--instance", "1"], ["--instance", "1"], []):
+        options, keys = launch.split_arguments(["--vm-tap", "loomingnotap", *argv])
+        macs.append(_mac_on_command_line(launch.qemu_command(manifest, options, keys)))
+    assert macs[0] != macs[1] and macs[1] == macs[2] and macs[3] == macs[0]
+    assert macs[1] == launch.default_mac("website", 1)
+    assert all(int(mac[:2], 16) & 0x03 == 0x02 for mac in macs)  # local, unicast
+    options, keys = launch.split_arguments(["--vm-tap", "t", "--mac", "02:00:00:00:00:2A"])
+    assert _mac_on_command_line(launch.qemu_command(manifest, options, keys)) == (
+        "02:00:00:00:00:2a"
+    )
+    # A bad MAC, given to `looming run`: the message, exit 2, no qemu.
+    image = tmp_path / "website-vm.json"
+    image.write_text('{"arch": "x86_64", "kernel": "k", "initrd": "i"}')
+    assert launch.main([str(image), "--mac", "03:00:00:00:00:01"]) == 2
+    assert "03:00:00:00:00:01 is a multicast address" in capsys.readouterr().err

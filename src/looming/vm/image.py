@@ -57,6 +57,7 @@ from looming.vm.stdlib import (
     imports_of,
     stdlib_closure,
 )
+from looming.vm.storage import MOUNT as DISK_MOUNT
 
 Progress = Callable[[str], None]
 
@@ -66,6 +67,10 @@ Progress = Callable[[str], None]
 # wait at boot).
 NIC_MODULE = "virtio_net"
 ENTROPY_MODULE = "virtio_rng"
+# The disk's driver, for unikernels with storage on it (looming.vm.storage);
+# ext4 and its checksums are built into Debian's cloud kernels.
+DISK_MODULE = "virtio_blk"
+STORAGE_MODULE = "looming.vm.storage"
 LIBRARY_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8")
 # ssl's library: only for unikernels that import ssl outside a try (asyncio
 # imports it optionally; without libssl it is left out, 6 MB less).
@@ -217,8 +222,9 @@ def _resolve_libraries(
     return found, missing
 
 
-def _kernel_modules(kernel_tree: Path, arch: Arch) -> tuple[str, list[Path]]:
-    """The kernel's version and the modules to load, dependencies first."""
+def _kernel_modules(kernel_tree: Path, arch: Arch, disk: bool = False) -> tuple[str, list[Path]]:
+    """The kernel's version and the modules to load, dependencies first
+    (with ``disk``, the virtio disk's driver too)."""
     versions = sorted((kernel_tree / "lib" / "modules").iterdir())
     if not versions:
         raise PackageError(f"no kernel modules in {kernel_tree}")
@@ -246,6 +252,8 @@ def _kernel_modules(kernel_tree: Path, arch: Arch) -> tuple[str, list[Path]]:
     wanted = [arch.virtio_transport, NIC_MODULE]
     if arch.entropy_device:
         wanted.append(ENTROPY_MODULE)
+    if disk:
+        wanted.append(DISK_MODULE)
     for name in wanted:
         visit(name)
     return base.name, ordered
@@ -578,6 +586,7 @@ class ImageContents:
     module_files: list[Path]  # kernel modules, dependencies first
     pyz: Path
     uses_tls: bool
+    uses_disk: bool = False  # storage devices on the VM's disk (looming.vm.storage)
 
 
 def _interpreter_entries(contents: ImageContents) -> list[cpio.Entry]:
@@ -688,6 +697,7 @@ def _initramfs_files(contents: ImageContents, compiler: Compiler | None) -> list
         "interface": INTERFACE,
         "archive": ARCHIVE_IN_IMAGE,
         "site_packages": "/" + SITE_PACKAGES if contents.site_files else None,
+        "disk": DISK_MOUNT if contents.uses_disk else None,
     }
     entries += _init_entries(settings, contents.guest.version, compiler)
     return entries
@@ -805,6 +815,8 @@ def _write_manifest(
     manifest_data["usage"] = keys_usage(main_py)
     # The launcher refuses to boot a unikernel that drives a NIC without one.
     manifest_data["needs_network"] = "looming.vm.nic" in app_modules
+    # ... and attaches a disk image to one whose storage is on it.
+    manifest_data["needs_disk"] = STORAGE_MODULE in app_modules
     partial = report.manifest.with_name(f".{report.manifest.name}.new")
     partial.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
     partial.replace(report.manifest)
@@ -835,7 +847,8 @@ def _gather_contents(
     interpreter_path, stdlib = _guest_stdlib_closure(guest, arch, closure, site_files, progress)
     extensions = [m for m in stdlib.modules.values() if m.is_extension]
     libraries = _image_libraries(interpreter_path, extensions, site_files, guest.tree, arch)
-    _kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch)
+    uses_disk = STORAGE_MODULE in pyz.modules
+    _kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch, uses_disk)
     contents = ImageContents(
         arch=arch,
         app_dir=app_dir,
@@ -847,6 +860,7 @@ def _gather_contents(
         module_files=module_files,
         pyz=pyz.artifact,
         uses_tls=uses_tls,
+        uses_disk=uses_disk,
     )
     return contents, pyz, wheel_list
 

@@ -4,9 +4,10 @@ The kernel starts this file as process 1 with the image's Python (``-ISB``).
 It mounts /proc and /sys, loads the virtio modules (``finit_module``, as
 there is no modprobe), gives the loopback its address, brings the NIC's
 link up with IPv6 off (the kernel must not speak on it: looming's own stack
-drives it through an AF_PACKET socket), runs the unikernel's zipapp in this
-same interpreter with the keys from the kernel command line, and powers the
-machine off. The exit status goes out on the console as the last line, where
+drives it through an AF_PACKET socket), mounts the disk ``looming run``
+attached when the unikernel keeps its storage there, runs the unikernel's
+zipapp in this same interpreter with the keys from the kernel command line,
+and powers the machine off (after writing out and unmounting the disk). The exit status goes out on the console as the last line, where
 ``looming run`` reads it.
 
 At build time ``CONFIG`` is replaced by the image's settings. Only the
@@ -20,6 +21,7 @@ import fcntl
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -39,6 +41,7 @@ SIOCSIFADDR = 0x8916
 SIOCSIFNETMASK = 0x891C
 IFF_UP = 0x1
 EEXIST = 17
+MS_NOATIME = 0x400
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -114,6 +117,53 @@ def configure_network(interface: str | None) -> None:
         link_up(control, interface)
 
 
+def _disk_device(deadline: float) -> str | None:
+    """The virtio disk's name in /sys/block (``vda``), waited for until ``deadline``."""
+    while True:
+        try:
+            disks = sorted(name for name in os.listdir("/sys/block") if name.startswith("vd"))
+        except OSError:
+            disks = []
+        if disks:
+            return disks[0]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def mount_disk(mount_point: str | None) -> None:
+    """Mount the VM's disk (ext4, made by ``looming run``) at ``mount_point``.
+
+    There is no udev: the device node is made from the numbers in sysfs.
+    Storage devices find the disk mounted or say that it is not.
+    """
+    if mount_point is None or os.environ.get("LOOMING_DISK") != "1":
+        return
+    name = _disk_device(time.monotonic() + 2.0)
+    if name is None:
+        say("no virtio disk appeared; storage devices will have no disk")
+        return
+    with open(f"/sys/block/{name}/dev") as numbers:
+        major, minor = (int(n) for n in numbers.read().split(":"))
+    node = f"/dev/{name}"
+    if not os.path.exists(node):
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+    os.makedirs(mount_point, exist_ok=True)
+    if libc.mount(node.encode(), mount_point.encode(), b"ext4", MS_NOATIME, None) != 0:
+        say(f"mount {node} on {mount_point}: {os.strerror(ctypes.get_errno())}")
+    else:
+        trace(f"disk {node} mounted on {mount_point}")
+
+
+def unmount_disk(mount_point: str | None) -> None:
+    """Write everything out and unmount, so the next boot needs no journal replay."""
+    os.sync()
+    if mount_point is None or not os.path.ismount(mount_point):
+        return
+    if libc.umount2(mount_point.encode(), 0) != 0:
+        say(f"unmount {mount_point}: {os.strerror(ctypes.get_errno())} (written out)")
+
+
 def _stop_before_the_runtime(signum: int, _frame: object) -> None:
     # SIGTERM before the unikernel's runtime set its own handler (process 1
     # ignores signals it has no handler for): stop as the runtime would.
@@ -181,8 +231,8 @@ def run_unikernel(archive: str, argv: list[str]) -> int:
 
 def power_off(status: int) -> None:
     sys.stderr.flush()
+    unmount_disk(CONFIG.get("disk"))
     print(f"{EXIT_MARKER} {status}", flush=True)
-    os.sync()
     libc.reboot(RB_POWER_OFF)
     while True:  # process 1 must never return
         time.sleep(3600)
@@ -200,6 +250,7 @@ def main() -> None:
         # The launcher says on the kernel command line whether there is a NIC.
         nic = CONFIG.get("interface") if os.environ.get("LOOMING_NIC") == "1" else None
         configure_network(nic)
+        mount_disk(CONFIG.get("disk"))
         listen_for_stop()
         trace("network configured; starting the unikernel")
         status = run_unikernel(str(CONFIG["archive"]), sys.argv[1:])

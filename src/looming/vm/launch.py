@@ -3,8 +3,10 @@
 The serial console is streamed to standard output as the guest writes it;
 /init's last line carries the unikernel's exit status, which becomes this
 program's. Options for the machine start with ``--vm-`` (``--vm-tap NAME``,
-``--vm-memory MB``, ``--vm-timeout SECONDS``, ``--vm-trace``); every other argument is a
-unikernel key, passed on the kernel command line.
+``--vm-memory MB``, ``--vm-disk PATH``, ``--vm-timeout SECONDS``, ``--vm-trace``),
+besides ``--mac`` and ``--instance``; every other argument is a unikernel
+key, passed on the kernel command line. A unikernel with storage on the
+VM's disk gets the disk image of :mod:`looming.vm.disk`, made on first use.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from looming.vm import disk
 from looming.vm.arch import Arch, get_arch
 from looming.vm.kernel import PACKED_FORMATS, KernelError, kernels_cache, unpacked_kernel
 
@@ -49,6 +52,10 @@ machine options (for qemu, not the unikernel):
   --mac MAC         the virtio NIC's MAC (default: derived from the unikernel's
                     name and --instance, stable across boots)
   --instance N      which of several VMs of this unikernel (default 0)
+  --vm-disk PATH    the disk image kv_rw, kv_store and block keep their data on
+                    (made on first use; default: dist/NAME-disk.img beside the
+                    image, NAME-N-disk.img for --instance N)
+  --vm-disk-size MB the size of a disk image made now (default 256)
   --vm-timeout S    stop the VM after S seconds (exit status 124)
   --vm-stop-timeout S
                     after SIGTERM/SIGINT, give the guest S seconds to stop (default 10)
@@ -68,6 +75,8 @@ class MachineOptions:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     mac: str | None = None
     instance: int = 0
+    disk: str | None = None
+    disk_size_mb: int | None = None
     accel: str = "tcg"
     trace: bool = False
 
@@ -79,6 +88,8 @@ MACHINE_OPTIONS = (
     "--vm-stop-timeout",
     "--mac",
     "--instance",
+    "--vm-disk",
+    "--vm-disk-size",
 )
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -125,8 +136,38 @@ def check_mac_unused(tap: str, mac: str, sys_net: Path = Path("/sys/class/net"))
             )
 
 
+def _number(name: str, value: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise LaunchError(f"{name}: {value!r} is not a number") from None
+    if number < 0:
+        raise LaunchError(f"{name}: {value!r} is negative")
+    return number
+
+
+def _set_option(options: MachineOptions, name: str, value: str) -> None:
+    """One machine option (``--vm-tap``, ...) from its value on the command line."""
+    if name == "--vm-tap":
+        options.tap = value
+    elif name == "--mac":
+        options.mac = parse_mac(value)
+    elif name == "--vm-disk":
+        options.disk = value
+    elif name == "--instance":
+        options.instance = int(_number(name, value, int))
+    elif name == "--vm-disk-size":
+        options.disk_size_mb = int(_number(name, value, int))
+    elif name == "--vm-memory":
+        options.memory_mb = int(_number(name, value, int))
+    elif name == "--vm-timeout":
+        options.timeout = _number(name, value, float)
+    else:
+        options.stop_timeout = _number(name, value, float)
+
+
 def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
-    """Machine options (``--vm-*``) and the unikernel's keys."""
+    """Machine options (``--vm-*``, ``--mac``, ``--instance``) and the unikernel's keys."""
     options = MachineOptions(accel=os.environ.get("LOOMING_VM_ACCEL", "tcg"))
     keys: list[str] = []
     args = list(argv)
@@ -142,23 +183,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
                     raise LaunchError(f"{name} needs a value")
                 i += 1
                 value = args[i]
-            try:
-                if name == "--vm-tap":
-                    options.tap = value
-                elif name == "--mac":
-                    options.mac = parse_mac(value)
-                elif name == "--instance":
-                    options.instance = int(value)
-                    if options.instance < 0:
-                        raise LaunchError(f"--instance: {value!r} is negative")
-                elif name == "--vm-memory":
-                    options.memory_mb = int(value)
-                elif name == "--vm-timeout":
-                    options.timeout = float(value)
-                else:
-                    options.stop_timeout = float(value)
-            except ValueError:
-                raise LaunchError(f"{name}: {value!r} is not a number") from None
+            _set_option(options, name, value)
         else:
             if any(c.isspace() for c in arg):
                 raise LaunchError(f"{arg!r}: values on the kernel command line cannot hold spaces")
@@ -168,9 +193,13 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
 
 
 def qemu_command(
-    manifest: dict[str, object], options: MachineOptions, keys: list[str]
+    manifest: dict[str, object],
+    options: MachineOptions,
+    keys: list[str],
+    disk_image: Path | None = None,
 ) -> list[str]:
-    """The qemu command line booting the image described by ``manifest``."""
+    """The qemu command line booting the image described by ``manifest``,
+    with ``disk_image`` as its virtio disk when given."""
     arch: Arch = get_arch(str(manifest["arch"]))
     if manifest.get("needs_network") and not options.tap:
         raise LaunchError(
@@ -186,7 +215,8 @@ def qemu_command(
     qemu = shutil.which(arch.qemu)
     if qemu is None:
         raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
-    nic = f"LOOMING_NIC={1 if options.tap else 0}"  # handed to /init as its environment
+    # handed to /init as its environment
+    nic = f"LOOMING_NIC={1 if options.tap else 0} LOOMING_DISK={1 if disk_image else 0}"
     # The console is the unikernel's: the kernel speaks only to panic (stall
     # warnings on a loaded emulating host are not the unikernel's business).
     # --vm-trace shows the kernel's messages and /init's stages with their times.
@@ -212,6 +242,8 @@ def qemu_command(
     ]  # fmt: skip
     if arch.entropy_device:
         command += ["-device", f"virtio-rng-{arch.device_suffix}"]
+    if disk_image is not None:
+        command += _disk_arguments(disk_image, arch)
     firmware = _firmware(qemu, arch.firmware)
     if firmware is not None:
         command += ["-bios", firmware]
@@ -225,6 +257,18 @@ def qemu_command(
             "-device", f"virtio-net-{arch.device_suffix},netdev=net0,mac={mac}",
         ]  # fmt: skip
     return command
+
+
+def _disk_arguments(image: Path, arch: Arch) -> list[str]:
+    """The disk image as a virtio-blk device. ``cache=writeback``: the guest
+    sees a volatile write cache, and each flush it sends (the file system's,
+    on an fsync) becomes an fdatasync of the image on the host, so what the
+    guest synced survives qemu's death and the host's."""
+    escaped = str(image).replace(",", ",,")  # qemu's option syntax doubles commas
+    return [
+        "-drive", f"file={escaped},format=raw,if=none,id=disk0,cache=writeback,discard=unmap",
+        "-device", f"virtio-blk-{arch.device_suffix},drive=disk0",
+    ]  # fmt: skip
 
 
 def _firmware(qemu: str, name: str | None) -> str | None:
@@ -419,7 +463,42 @@ def boot(
         # listing them needs no VM.
         out(str(manifest["usage"]) + "\n" + MACHINE_USAGE)
         return 0
-    command = qemu_command(manifest, options, keys)
+    image = _disk_path(manifest_path, manifest, options)
+    command = qemu_command(manifest, options, keys, image)
+    lock = None if image is None else _attach_disk(image, options, out)
+    try:
+        return _run_qemu(command, options, out)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _disk_path(
+    manifest_path: Path, manifest: dict[str, object], options: MachineOptions
+) -> Path | None:
+    """The VM's disk image: ``--vm-disk``, or the default for the unikernel
+    and instance; None when the unikernel keeps nothing on a disk."""
+    if not manifest.get("needs_disk"):
+        return None
+    if options.disk:
+        return Path(options.disk).resolve()
+    unikernel = str(manifest.get("unikernel", "looming"))
+    return disk.default_path(manifest_path, unikernel, options.instance)
+
+
+def _attach_disk(image: Path, options: MachineOptions, out: Callable[[str], None]) -> disk.DiskLock:
+    """The disk image, made when missing, checked and locked."""
+    try:
+        lock, note = disk.prepare(image, options.disk_size_mb)
+    except disk.DiskError as error:
+        raise LaunchError(str(error)) from None
+    if note is not None:
+        out(f"looming: {note}\n")
+    return lock
+
+
+def _run_qemu(command: list[str], options: MachineOptions, out: Callable[[str], None]) -> int:
+    """Run qemu, stream its console and return the status (see :func:`boot`)."""
     signals = _Signals()
     console = _Console(out)
     status: int | None = None

@@ -4,7 +4,9 @@
 the host implementations of console, time, clock and random (inside the
 guest they are the guest kernel's), kv_ro crunched into the image, and
 looming's own TCP/IP stack on the virtio NIC through an AF_PACKET socket
-(the guest kernel holds no address on it). ``looming build`` makes
+(the guest kernel holds no address on it); kv_rw, kv_store and block are
+the unix implementations on the VM's disk (:mod:`looming.vm.storage`), or in
+the guest's memory with ``--storage memory``. ``looming build`` makes
 ``dist/NAME-vm.json`` beside a kernel and an initramfs (see
 :mod:`looming.vm.image`); ``looming run`` boots it (:mod:`looming.vm.launch`).
 """
@@ -15,14 +17,16 @@ import argparse
 import json
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from looming.config.dsl import Device
 from looming.config.plan import Impl, KeyDecl
 from looming.config.targets import Target
+from looming.config.targets.unix import block_impl as unix_block_impl
 from looming.config.targets.unix import direct_stack_impl, host_device_impl
-from looming.errors import ConfigError
+from looming.config.targets.unix import kv_rw_impl as unix_kv_rw_impl
 from looming.vm.arch import ARCHES, COMPRESSIONS, get_arch
 
 if TYPE_CHECKING:
@@ -63,10 +67,11 @@ class VmTarget(Target):
         )
         parser.add_argument(
             "--storage",
-            choices=("memory",),
+            choices=("disk", "memory"),
             default=None,
-            help="where kv_store keeps its Git repository: memory (the guest's RAM, lost "
-            "at power-off; a VM image has no disk yet). Without it kv_store is refused",
+            help="where kv_rw, kv_store and block keep their data: disk (default: a disk "
+            "image 'looming run' creates on first use and attaches to the VM, see its "
+            "--vm-disk and --vm-disk-size) or memory (the guest's RAM, lost at power-off)",
         )
 
     def default_options(self) -> dict[str, str]:
@@ -75,8 +80,6 @@ class VmTarget(Target):
 
     def implement(self, dev: Device, options: dict[str, str]) -> Impl:
         get_arch(options.get("arch", _host_arch()))  # an unknown one fails at configure
-        if not self.supports(dev.kind):
-            raise self.unsupported(dev, "a VM image has no disk")
         return super().implement(dev, options)
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:
@@ -162,24 +165,36 @@ def stack_impl(dev: Device, options: dict[str, str]) -> Impl:
     return direct_stack_impl(dev)
 
 
-def memory_store_impl(dev: Device, options: dict[str, str]) -> Impl:
-    """kv_store in the guest's memory (its root file system is the
-    initramfs, in RAM), only when ``--storage memory`` says so: what it
-    acknowledges does not survive the VM."""
-    from dataclasses import replace
+def _stored(impl: Impl, factory: str, options: dict[str, str], what: str) -> Impl:
+    """A storage device's unix implementation, kept on the VM's disk (through
+    ``factory`` of :mod:`looming.vm.storage`), or with ``--storage memory`` in
+    the guest's root file system (the initramfs, in RAM)."""
+    if options.get("storage") == "memory":
+        return replace(impl, summary=f"{what} in the guest's memory, lost at power-off")
+    path, *others = impl.keys  # the first key names the folder or file
+    keys = [replace(path, doc=f"{path.doc} (on the VM's disk)"), *others]
+    return replace(impl, factory=factory, keys=keys, summary=f"{what} on the VM's disk")
 
+
+def kv_rw_impl(dev: Device, options: dict[str, str]) -> Impl:
+    impl = unix_kv_rw_impl(dev, options)
+    return _stored(
+        impl, "looming.vm.storage:connect_kv_rw", options, f"folder {dev.setting('dirname')}/"
+    )
+
+
+def block_impl(dev: Device, options: dict[str, str]) -> Impl:
+    impl = unix_block_impl(dev, options)
+    return _stored(
+        impl, "looming.vm.storage:connect_block", options, f"file {dev.setting('filename')}"
+    )
+
+
+def kv_store_impl(dev: Device, options: dict[str, str]) -> Impl:
     from looming.config.devices import PORTABLE
 
-    if options.get("storage") != "memory":
-        raise ConfigError(
-            f"the vm target has nowhere lasting for kv_store {dev.setting('path')!r}: a VM "
-            "image has no disk yet. Configure with --storage memory to keep the store in the "
-            "guest's memory, where it is lost at power-off, or use the unix target",
-            path=dev.where.path,
-            line=dev.where.line,
-        )
     impl = PORTABLE["kv_store"](dev)
-    return replace(impl, summary=f"{impl.summary} in the guest's memory, lost at power-off")
+    return _stored(impl, "looming.vm.gitstore:connect_kv_store", options, impl.summary)
 
 
 TARGET = VmTarget()
