@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from looming.config.build import Closure, ModuleSource
 from looming.errors import ConfigError
 from looming.vm import image
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
 from looming.vm.stdlib import GuestStdlib, stdlib_closure
-from tests.vm.conftest import APPS, looming
+from tests.vm.conftest import APPS, ROOT, looming
 
 
 def _image(tmp_path: Path, modules: dict[str, str], stdlib: set[str]) -> ImageModules:
@@ -143,3 +144,40 @@ def test_a_failure_other_than_a_missing_module_is_only_noted(tmp_path: Path) -> 
     notes: list[str] = []
     check_imports(image, tmp_path, notes.append)
     assert len(notes) == 1 and "RuntimeError: needs a device" in notes[0]
+
+
+def _closure(tmp_path: Path, modules: dict[str, str], external: set[str]) -> Closure:
+    closure = Closure(external=set(external))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name, text in modules.items():
+        path = tmp_path / (name.replace(".", "_") + ".py")
+        path.write_text(text)
+        closure.modules[name] = ModuleSource(name, path, is_package=False)
+    return closure
+
+
+def test_uvloop_is_left_out_when_only_anyio_asks_for_it_on_request(tmp_path: Path) -> None:
+    # anyio's asyncio backend imports uvloop inside a function, for the
+    # use_uvloop option looming never gives: FastAPI's images carried its
+    # 5 MB wheel for nothing.
+    anyio = (
+        "def run(use_uvloop=False):\n    if use_uvloop:\n        import uvloop\n"
+        "        return uvloop.new_event_loop\n"
+    )
+    modules = {"anyio._backends._asyncio": anyio, "unikernel": "import anyio\n"}
+    closure = _closure(tmp_path, modules, {"uvloop", "pydantic_core"})
+    assert image.on_request_only(closure) == {"uvloop"}
+    # The application importing it itself keeps it, as does any other library.
+    for importer in ("unikernel", "somelib.loops"):
+        mine = _closure(tmp_path / importer, {**modules, importer: "import uvloop\n"}, {"uvloop"})
+        assert image.on_request_only(mine) == set()
+
+
+def test_the_fastapi_closure_takes_no_uvloop(tmp_path: Path) -> None:
+    app = tmp_path / "fastapi"
+    shutil.copytree(ROOT / "examples" / "fastapi", app)
+    assert looming(app, "configure", "-t", "vm", "--arch", "x86_64").returncode == 0
+    closure = image._app_closure(app / "_build" / "vm" / "main.py", app)
+    # Installed here or not (uvicorn[standard] brings it), it is no wheel of the image.
+    assert "pydantic_core" in closure.external
+    assert "uvloop" not in closure.external - image.on_request_only(closure)

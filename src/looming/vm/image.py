@@ -347,11 +347,46 @@ def _directories(paths: list[str]) -> list[cpio.Entry]:
     return entries
 
 
+# Compiled packages a library imports only when an option asks for them,
+# one looming never gives: anyio imports uvloop for anyio.run(...,
+# backend_options={"use_uvloop": True}), while a unikernel's event loop is
+# looming's runtime's own asyncio loop. Left out of the image unless another
+# module imports them too.
+ON_REQUEST: dict[str, frozenset[str]] = {
+    "uvloop": frozenset({"anyio._backends._asyncio"}),
+}
+
+
+def on_request_only(closure: Closure) -> set[str]:
+    """The compiled packages of ``closure`` imported only as :data:`ON_REQUEST` says."""
+    left_out = set()
+    for top, requesters in ON_REQUEST.items():
+        if top not in closure.external:
+            continue
+        importers = {
+            source.name
+            for source in closure.modules.values()
+            if top.encode() in source.source()
+            and any(
+                module.split(".")[0] == top
+                for module, _names, _optional in imports_of(
+                    source.source(), source.name, source.is_package
+                )
+            )
+        }
+        if importers <= requesters:
+            left_out.add(top)
+    return left_out
+
+
 def _wheels_for(
     closure: Closure, arch: Arch, archive: AptArchive, progress: Progress
 ) -> list[wheels.Wheel]:
     """Wheels for the guest of the compiled packages the unikernel reaches."""
-    external = closure.external
+    left_out = on_request_only(closure)
+    for top in sorted(left_out):
+        progress(f"left out {top}: imported only on request ({', '.join(ON_REQUEST[top])})")
+    external = closure.external - left_out
     if not external:
         return []
     libc = archive.info("libc6").version
