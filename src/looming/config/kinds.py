@@ -36,7 +36,7 @@ KINDS: dict[str, dict[str, Build]] = {
     "block": {**_on_host(unix.block_impl), "sim": sim.block_impl, "vm": vm.block_impl},
     "network": {**_on_host(unix.network_impl), "sim": sim.network_impl, "vm": vm.network_impl},
     "stack": {**_on_host(unix.stack_impl), "sim": sim.stack_impl, "vm": vm.stack_impl},
-    "vchan": {"process": process.vchan_impl},
+    "vchan": {"process": process.vchan_impl, "vm": vm.vchan_impl},
 }
 
 

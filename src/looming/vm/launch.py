@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from looming.vm import disk
+from looming.vm import disk, ivshmem
 from looming.vm.arch import Arch, get_arch
 from looming.vm.kernel import PACKED_FORMATS, KernelError, kernels_cache, unpacked_kernel
 
@@ -217,6 +217,7 @@ def qemu_command(
         raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
     # handed to /init as its environment
     nic = f"LOOMING_NIC={1 if options.tap else 0} LOOMING_DISK={1 if disk_image else 0}"
+    nic += f" LOOMING_VCHAN_NAME={manifest.get('unikernel', 'looming')}"  # a served vchan's name
     # The console is the unikernel's: the kernel speaks only to panic (stall
     # warnings on a loaded emulating host are not the unikernel's business).
     # --vm-trace shows the kernel's messages and /init's stages with their times.
@@ -465,12 +466,26 @@ def boot(
         return 0
     image = _disk_path(manifest_path, manifest, options)
     command = qemu_command(manifest, options, keys, image)
-    lock = None if image is None else _attach_disk(image, options, out)
+    vchans = _attach_vchans(manifest)
+    lock = None
     try:
-        return _run_qemu(command, options, out)
+        lock = None if image is None else _attach_disk(image, options, out)
+        return _run_qemu(command + vchans.arguments, options, out)
     finally:
         if lock is not None:
             lock.close()
+        vchans.close()
+
+
+def _attach_vchans(manifest: dict[str, object]) -> ivshmem.Attached:
+    """The ivshmem regions of the image's vchans (:mod:`looming.vm.ivshmem`)."""
+    specs = manifest.get("vchans")
+    try:
+        return ivshmem.attach(
+            str(manifest.get("unikernel", "looming")), specs if isinstance(specs, list) else []
+        )
+    except ivshmem.IvshmemError as error:
+        raise LaunchError(str(error)) from None
 
 
 def _disk_path(

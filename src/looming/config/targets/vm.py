@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from looming.config.dsl import Device
-from looming.config.plan import Impl, KeyDecl
+from looming.config.dsl import Device, device
+from looming.config.plan import Arg, Dep, Impl, KeyDecl
 from looming.config.targets import Target
 from looming.config.targets.unix import block_impl as unix_block_impl
 from looming.config.targets.unix import direct_stack_impl, host_device_impl
@@ -195,6 +195,28 @@ def kv_store_impl(dev: Device, options: dict[str, str]) -> Impl:
 
     impl = PORTABLE["kv_store"](dev)
     return _stored(impl, "looming.vm.gitstore:connect_kv_store", options, impl.summary)
+
+
+def vchan_impl(dev: Device, options: dict[str, str]) -> Impl:
+    """A vchan to another VM: an ivshmem device's shared memory (:mod:`looming.vchan.pci`;
+    ``looming run`` attaches the region, :mod:`looming.vm.ivshmem`)."""
+    port, peer = dev.setting("port"), dev.setting("peer")
+    kwargs: list[tuple[str, Arg]] = [
+        ("read_size", repr(dev.setting("read_size"))),
+        ("write_size", repr(dev.setting("write_size"))),
+    ]
+    if peer is not None:
+        kwargs.append(("peer", repr(peer)))
+    return Impl(
+        "looming.vchan.pci:PciVchan.connect",
+        args=[repr(port)],
+        kwargs=[("time", Dep("time")), *kwargs],
+        awaited=True,
+        disconnect="disconnect",
+        deps={"time": device("time", where=dev.where)},
+        summary=f"vchan to {peer}/{port} over ivshmem" if peer else f"vchan serving port {port} "
+        "over ivshmem",
+    )
 
 
 TARGET = VmTarget()
