@@ -246,7 +246,8 @@ class Ipv6Layer:
         self._error_tokens = float(self.error_burst)
         self._error_refilled_ns = time.now_ns()
         self._random = random
-        self._static_on_link: set[IPv6Network] = set()
+        # Static on-link prefixes as (network, mask) integers: tested per packet.
+        self._static_on_link: set[tuple[int, int]] = set()
         self.gateway: IPv6Address | None = None
         # The address table and duplicate address detection, always; router
         # discovery and SLAAC only with ``autoconf`` (the key is for SLAAC).
@@ -278,7 +279,7 @@ class Ipv6Layer:
         if address.is_multicast or address.is_unspecified:
             raise ValueError(f"{address} cannot be an interface address")
         if prefix_length is not None:
-            self._static_on_link.add(IPv6Network((address, prefix_length), strict=False))
+            self._add_on_link(IPv6Network((address, prefix_length), strict=False))
         if address not in self._addresses:
             self._addresses.append(address)
             self._recompute_accepted()
@@ -289,8 +290,11 @@ class Ipv6Layer:
         :meth:`start` begins (RFC 4862 5.4: every unicast address)."""
         if address.is_multicast or address.is_unspecified:
             raise ValueError(f"{address} cannot be an interface address")
-        self._static_on_link.add(IPv6Network((address, prefix_length), strict=False))
+        self._add_on_link(IPv6Network((address, prefix_length), strict=False))
         self._statics.append(address)
+
+    def _add_on_link(self, prefix: IPv6Network) -> None:
+        self._static_on_link.add((int(prefix.network_address), int(prefix.netmask)))
 
     def remove_address(self, address: IPv6Address) -> None:
         if address in self._addresses and address != self.link_local:
@@ -359,8 +363,9 @@ class Ipv6Layer:
         # fe80::/10 and ff00::/8, by their top bits: this runs for every packet.
         if value >> 118 == 0x3FA or value >> 120 == 0xFF:
             return destination
-        if any(destination in prefix for prefix in self._static_on_link):
-            return destination
+        for network, mask in self._static_on_link:
+            if value & mask == network:
+                return destination
         autoconf = self.autoconf
         now = self._now()
         if autoconf.is_on_link(destination, now):
