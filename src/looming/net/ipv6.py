@@ -739,7 +739,7 @@ class Ipv6Layer:
 
     def lease_address(self, address: IPv6Address, preferred_s: int, valid_s: int) -> None:
         """Use an address DHCPv6 leased, once duplicate address detection
-        has found no other holder (needs ``autoconf``)."""
+        has found no other holder."""
         self._run(self.autoconf.lease(address, preferred_s, valid_s, self._now()))
 
     def release_address(self, address: IPv6Address) -> None:

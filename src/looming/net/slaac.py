@@ -11,7 +11,9 @@ address is *tentative* until duplicate address detection has sent
 an answer; only then is it assigned.  A duplicate (a Neighbor
 Advertisement for it, or another node's detection for the same address)
 makes the next address with the next DAD counter (RFC 7217 section 6),
-at most ``IDGEN_RETRIES`` times.
+at most ``IDGEN_RETRIES`` times.  The same table probes and ages the
+addresses DHCPv6 leases (:meth:`Autoconf.lease`) and static ones
+(:meth:`Autoconf.manual`); a duplicate of those is dropped, not replaced.
 
 The owner (``net/ipv6.py``) calls :meth:`Autoconf.start`,
 :meth:`Autoconf.on_advertisement`, :meth:`Autoconf.duplicate` and, at
