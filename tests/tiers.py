@@ -53,6 +53,10 @@ PEER_PROGRAMS = frozenset(
 )
 SLOW_MARKS = ("root", "slow", "peer", "qemu")
 SLOW_LIST = Path(__file__).with_name("slow-tests.txt")
+# A fast-tier test slower than this is named at the end of the run, to be
+# listed in SLOW_LIST (the list's own bar is lower; this one allows for load).
+REPORT_OVER = 1.0
+_over: list[tuple[float, str]] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -218,3 +222,18 @@ def _fewer_stateful_examples(cls: Any) -> None:
     if isinstance(own, settings) and own.max_examples > 10:
         fewer = settings(own, max_examples=max(10, own.max_examples // 5), deadline=None)
         setattr(cls, "settings", fewer)  # noqa: B010 (a class made at run time)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > REPORT_OVER:
+        _over.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not (config.getoption("fast") and _over):
+        return
+    terminalreporter.write_sep(
+        "-", f"fast-tier tests over {REPORT_OVER} s: add them to {SLOW_LIST.name}"
+    )
+    for duration, nodeid in sorted(_over, reverse=True):
+        terminalreporter.write_line(f"{duration:5.1f} s  {nodeid.split('[')[0]}")
