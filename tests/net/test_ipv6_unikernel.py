@@ -145,6 +145,11 @@ def test_echo_unikernel_on_a_static_ipv6_address(
         ready=r"echo listening on port 7",
         before_ready=address_the_kernel,
     ) as unikernel:  # fmt: skip
+        printed = unikernel.stderr.wait_for(r"IPv6: link-local address (\S+)", 5)
+        assert printed is not None
+        link_local = f"{printed.group(1)}%{kernel_namespace.tap}"
+        out = kernel_namespace.run("ping", "-6", "-c", "1", "-W", "3", link_local).decode()
+        assert "1 received" in out, out
         # Usable once duplicate address detection has found no other holder.
         assert unikernel.stderr.wait_for(rf"IPv6: address {STATIC.ip} assigned \(static", 5)
         reach_over_ipv6(kernel_namespace, STATIC.ip)

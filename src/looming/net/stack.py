@@ -231,6 +231,9 @@ class DirectStack:
             await stack.arp.start()
             if stack.ipv6 is not None:
                 stack.ipv6.start()
+                report = f"IPv6: link-local address {stack.ipv6.link_local}"
+                log.info("%s", report)
+                print(f"looming: {report}", file=sys.stderr, flush=True)
                 if dhcp6:
                     await stack.start_dhcp6()
             if dhcp:
