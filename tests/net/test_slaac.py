@@ -8,6 +8,7 @@ from ipaddress import IPv6Address, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from looming.net import slaac
 from looming.net.slaac import (
@@ -240,3 +241,95 @@ def test_a_leased_address_is_probed_kept_for_its_lease_and_never_regenerated() -
     # A duplicate of a leased address is dropped, not replaced by another.
     assert autoconf.duplicate(leased, 0) == [Remove(leased)]
     assert autoconf.counters["dhcpv6_address_duplicate"] == 1
+
+
+class AutoconfMachine(RuleBasedStateMachine):
+    """Advertisements, duplicates and time in any order against what RFC
+    4862 promises: an address is used only after its probe time, never
+    after its valid lifetime, deprecated exactly when its preferred
+    lifetime is over, never cut below two hours (or what was left) by an
+    advertisement, and the tables stay bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.autoconf = Autoconf(SECRET, MAC)
+        self.now = 0
+        self.tentative_since: dict[IPv6Address, int] = {}
+        self.assigned: set[IPv6Address] = set()
+
+    def _apply(self, actions: list[slaac.Action]) -> None:
+        for action in actions:
+            if isinstance(action, StartDad):
+                self.tentative_since[action.address] = self.now
+            elif isinstance(action, Assign):
+                since = self.tentative_since[action.address]
+                assert self.now - since >= SECOND_NS  # probed for a RetransTimer first
+                self.assigned.add(action.address)
+            elif isinstance(action, Remove):
+                self.assigned.discard(action.address)
+                self.tentative_since.pop(action.address, None)
+
+    @rule(
+        prefix=st.one_of(st.integers(0, 2), st.integers(3, 40)),
+        valid=st.sampled_from([0, 30, 3600, 7200, 20000, slaac.INFINITY]),
+        preferred=st.sampled_from([0, 10, 1800, 20000, slaac.INFINITY]),
+        router=st.integers(1, 12),
+        lifetime=st.sampled_from([0, 60, 1800]),
+    )
+    def advertise(
+        self, prefix: int, valid: int, preferred: int, router: int, lifetime: int
+    ) -> None:
+        network = IPv6Network((0x20010DB8 << 96 | prefix << 64, 64))
+        before = {
+            a: entry.valid_until_ns
+            for a, entry in self.autoconf.addresses.items()
+            if entry.prefix == network and entry.state is not AddressState.TENTATIVE
+        }
+        option = prefix_option(network, valid, preferred)
+        router_address = IPv6Address(0xFE80 << 112 | router)
+        self._apply(
+            self.autoconf.on_advertisement(
+                router_address, advert(option, router_lifetime=lifetime), self.now
+            )
+        )
+        if preferred > valid:
+            return
+        two_hours = self.now + slaac.TWO_HOURS_S * SECOND_NS
+        for address, old in before.items():
+            new = self.autoconf.addresses[address].valid_until_ns
+            if old is None:  # infinite: only a longer (infinite) or 2 h cut
+                assert new is None or new >= two_hours
+            else:
+                assert new is None or new >= min(old, two_hours)
+
+    @rule(pick=st.integers(0, 1000))
+    def duplicate(self, pick: int) -> None:
+        tentative = [a for a in self.autoconf.addresses if self.autoconf.is_tentative(a)]
+        if tentative:
+            self._apply(self.autoconf.duplicate(tentative[pick % len(tentative)], self.now))
+
+    @rule(seconds=st.sampled_from([0.5, 1, 5, 29, 600, 7200]))
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * SECOND_NS)
+        self._apply(self.autoconf.on_timer(self.now))
+
+    @invariant()
+    def promises_hold(self) -> None:
+        table = self.autoconf.addresses
+        assert len(table) <= slaac.MAX_ADDRESSES
+        assert len(self.autoconf.routers) <= slaac.MAX_ROUTERS
+        assert len(self.autoconf.on_link) <= slaac.MAX_PREFIXES
+        assert self.assigned == {
+            a for a, e in table.items() if e.state is not AddressState.TENTATIVE
+        }
+        for address, entry in table.items():
+            assert address in entry.prefix and entry.dad_counter <= IDGEN_RETRIES
+            if entry.valid_until_ns is not None:
+                assert entry.valid_until_ns > self.now or entry.state is AddressState.TENTATIVE
+            if entry.state is AddressState.DEPRECATED:
+                assert entry.preferred_until_ns is not None
+                assert entry.preferred_until_ns <= self.now
+
+
+AutoconfMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_autoconf_model = AutoconfMachine.TestCase
