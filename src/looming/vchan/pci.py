@@ -109,9 +109,6 @@ class Region:
     port: str
     address: str
 
-    def header(self) -> memoryview:
-        return self.segment.view()[HEADER_OFFSET:REGION_SIZE]
-
     def word(self, at: int) -> int:
         return int(_U32.unpack_from(self.segment.mapping, HEADER_OFFSET + at)[0])
 
@@ -293,6 +290,7 @@ class PciServingPort(aio.ServingPort):
             raise ConfigError(f"vchan rings of {self._sizes} bytes do not fit the ivshmem region")
         region.set_word(STATE, NOT_READY)
         segment, view = _mapping(region)
+        ring: RingEnd | None = None
         try:
             layout.initialize(view, geometry)
             region.set_word(GENERATION, region.word(GENERATION) + 1)
@@ -304,7 +302,9 @@ class PciServingPort(aio.ServingPort):
                 365 * 86400.0,
                 "no client",
             )
-        except BaseException:
+        except BaseException:  # cancelled while waiting, when the unikernel stops
+            if ring is not None:
+                ring.release()
             view.release()
             segment.close()
             raise
@@ -332,6 +332,7 @@ async def _attach(region: Region, time: Time, wait: float) -> aio.VchanFlow:
         f"the server VM did not serve {region.name}/{region.port}",
     )
     segment, view = _mapping(region)
+    ring: RingEnd | None = None
     try:
         part = view[0:SEGMENT_LIMIT]  # the rings never reach the header page
         try:
@@ -342,6 +343,8 @@ async def _attach(region: Region, time: Time, wait: float) -> aio.VchanFlow:
         if ring.peer_state() != layout.LIVE_CONNECTED:
             raise VchanCorrupt("the server's liveness byte does not say connected")
     except BaseException:
+        if ring is not None:
+            ring.release()
         view.release()
         segment.close()
         raise
