@@ -20,6 +20,7 @@ import pytest
 from looming.errors import ConnectionRefused, ConnectionReset, LoomingError
 from looming.unix.time import UnixTime
 from looming.vchan import layout, pci
+from looming.vchan.device import VchanDevice
 from looming.vm import ivshmem
 from tests.vm.conftest import EXAMPLES, Images, TapNamespace, build
 
@@ -49,7 +50,7 @@ def devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-async def _pair(time_: UnixTime) -> tuple[pci.VchanDevice, pci.VchanDevice]:
+async def _pair(time_: UnixTime) -> tuple[VchanDevice, VchanDevice]:
     serving = asyncio.create_task(pci.PciVchan.connect("kv", time=time_, read_size=5000))
     client = await pci.PciVchan.connect("kv", time=time_, peer="store", wait_for_server=10)
     return await serving, client

@@ -32,6 +32,7 @@ import ast
 import contextlib
 import fcntl
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def _connect(attached: Attached, peer: str, port: str, directory: Path | None) -
 
 
 def attach(
-    unikernel: str, vchans: list[dict[str, str | None]], directory: Path | None = None
+    unikernel: str, vchans: Sequence[Mapping[str, str | None]], directory: Path | None = None
 ) -> Attached:
     """Make or find the region of each vchan; raises :class:`IvshmemError`."""
     attached = Attached()
