@@ -15,7 +15,7 @@ import pytest
 
 from looming.devices.stack import Datagram
 from looming.errors import HostUnreachable
-from looming.net.icmp import IcmpError
+from looming.net.icmp import IcmpError, QuotedHeader
 from looming.net.stack import DirectStack
 from tests.net.kernel import KernelPeer
 from tests.net.test_ipv6_kernel import kernel_link_local, without_dad
@@ -158,6 +158,8 @@ def test_udp_takes_the_kernels_port_unreachable(kernel_peer: KernelPeer) -> None
         await binding.send(theirs, 5999, b"anyone there?")
         error = await asyncio.wait_for(errors.get(), 3)
         assert error.hard and error.code == 3  # port unreachable, as for IPv4
+        assert error.reporter == theirs and f"ICMP from {theirs}" in error.describe()
+        assert isinstance(error.original, QuotedHeader)
         assert error.original.destination == theirs
         assert stack.ipv6 is not None and error.original.source == stack.ipv6.link_local
         assert stack.counters()["ipv6.rx_error_delivered"] == 1

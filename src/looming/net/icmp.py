@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from looming.devices.net import IpProtocol, ReceivedPacket
 from looming.devices.random import Random
@@ -24,13 +24,26 @@ MAX_PENDING_SENDS = 256
 
 
 @dataclass(frozen=True, slots=True)
-class IcmpError:
-    """An ICMP error received about a datagram we sent."""
+class QuotedHeader:
+    """What TCP and UDP read of the IP header an ICMPv6 error quotes:
+    the addresses and the upper-layer protocol."""
 
-    reporter: IPv4Address
+    source: IPv6Address
+    destination: IPv6Address
+    protocol: int
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """An ICMP or ICMPv6 error received about a datagram we sent, in
+    ICMPv4's types and codes (:func:`looming.net.ipv6.as_icmp_error` maps
+    ICMPv6's onto them); ``reporter`` and ``original`` are of the family
+    the datagram was sent in."""
+
+    reporter: IPv4Address | IPv6Address
     type: int
     code: int
-    original: Ipv4Header
+    original: Ipv4Header | QuotedHeader
     original_payload: bytes  # at least the first 8 bytes (ports for TCP/UDP)
     next_hop_mtu: int = 0  # for "fragmentation needed" (RFC 1191), 0 if not given
     original_length: int = 0  # the failed datagram's total length, as quoted

@@ -48,8 +48,7 @@ import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import cast
+from ipaddress import IPv6Address, IPv6Network
 
 from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
 from looming.devices.random import Random
@@ -57,7 +56,7 @@ from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, Malformed, NoRoute
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer
-from looming.net.icmp import IcmpError
+from looming.net.icmp import IcmpError, QuotedHeader
 from looming.net.neighbours import (
     NeighbourCache,
     NeighbourSettings,
@@ -70,7 +69,6 @@ from looming.net.wire import icmpv6, mld, ndp
 from looming.net.wire import ipv6 as wire
 from looming.net.wire.icmp import IcmpType
 from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
-from looming.net.wire.ipv4 import Ipv4Header
 from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader, UnrecognisedOption
 
 Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
@@ -132,20 +130,8 @@ def as_icmp_error(error: Icmpv6Error) -> IcmpError:
     else:
         kind, code = IcmpType.DESTINATION_UNREACHABLE, _UNREACHABLE_AS_IPV4.get(error.code, 1)
     quoted = error.original
-    original = cast(
-        Ipv4Header, _QuotedHeader(quoted.source, quoted.destination, quoted.next_header)
-    )
-    reporter = cast(IPv4Address, error.reporter)
-    return IcmpError(reporter, kind, code, original, error.original_payload)
-
-
-@dataclass(frozen=True, slots=True)
-class _QuotedHeader:
-    """What TCP and UDP read of a quoted header: addresses and protocol."""
-
-    source: IPv6Address
-    destination: IPv6Address
-    protocol: int
+    original = QuotedHeader(quoted.source, quoted.destination, quoted.next_header)
+    return IcmpError(error.reporter, kind, code, original, error.original_payload)
 
 
 def _next_header_pointer(packet: bytes, chain: wire.Chain) -> int:

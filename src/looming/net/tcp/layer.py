@@ -411,7 +411,10 @@ class TcpLayer:
         key, conn = target
         counters["icmp_accepted"] += 1
         if error.fragmentation_needed:
-            if self._ipv4.lower_path_mtu(remote, error.next_hop_mtu, error.original_length):
+            # Over IPv6 the IP layer reads Packet Too Big itself (watch_path_mtu).
+            if isinstance(remote, IPv4Address) and self._ipv4.lower_path_mtu(
+                remote, error.next_hop_mtu, error.original_length
+            ):
                 self._lower_mss(remote)
             return
         stream = self._streams.get(conn)
