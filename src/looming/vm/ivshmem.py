@@ -104,21 +104,31 @@ class Attached:
     arguments: list[str] = field(default_factory=list)
     _locks: list[int] = field(default_factory=list)
     _made: list[Path] = field(default_factory=list)
+    _joined: list[Path] = field(default_factory=list)
 
     def close(self) -> None:
-        """Remove the regions this VM served (unless a client VM maps one) and unlock."""
+        """Remove the regions this VM served, unless a client VM still maps
+        one, and those it joined whose server has gone since; then unlock."""
         for region in self._made:
-            client = _lock(Path(f"{region}.client.lock"), fcntl.LOCK_EX)
-            if client is not None:  # no client VM holds it
-                region.unlink(missing_ok=True)
-                Path(f"{region}.client.lock").unlink(missing_ok=True)
-                os.close(client)
-            Path(f"{region}.lock").unlink(missing_ok=True)
+            _remove_unless_held(region, Path(f"{region}.client.lock"), fcntl.LOCK_EX)
+        for region in self._joined:
+            _remove_unless_held(region, Path(f"{region}.lock"), fcntl.LOCK_SH)
         self._made.clear()
+        self._joined.clear()
         for fd in self._locks:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._locks.clear()
+
+
+def _remove_unless_held(region: Path, other: Path, mode: int) -> None:
+    """Remove ``region`` and its lock files when the other side's lock is free."""
+    fd = _lock(other, mode)
+    if fd is None:
+        return  # the other VM still maps it
+    for path in (region, Path(f"{region}.client.lock"), Path(f"{region}.lock")):
+        path.unlink(missing_ok=True)
+    os.close(fd)
 
 
 def _serve(attached: Attached, name: str, port: str, directory: Path | None) -> Path:
@@ -164,6 +174,7 @@ def _connect(attached: Attached, peer: str, port: str, directory: Path | None) -
             f"{_holder(lock_path)}; a vchan joins exactly two VMs"
         )
     attached._locks.append(fd)
+    attached._joined.append(region)
     os.write(fd, f"{os.getpid()}\n".encode())
     return region
 
