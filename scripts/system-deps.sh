@@ -2,7 +2,7 @@
 # Install the Debian packages whose programs the tests use as real peers.
 # Each entry is "command:package".
 set -eu
-NEEDED="wrk:wrk tshark:tshark gnutls-cli:gnutls-bin dnsmasq:dnsmasq-base ip:iproute2 curl:curl h2load:nghttp2-client git:git openssl:openssl ping:iputils-ping ethtool:ethtool gcc:gcc /usr/include/zlib.h:zlib1g-dev /usr/include/sqlite3.h:libsqlite3-dev /usr/include/crypt.h:libcrypt-dev qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu dpkg-deb:dpkg sshd:openssh-server ssh:openssh-client zstd:zstd lz4:lz4 mkfs.ext4:e2fsprogs"
+NEEDED="wrk:wrk tshark:tshark gnutls-cli:gnutls-bin dnsmasq:dnsmasq-base ip:iproute2 curl:curl h2load:nghttp2-client git:git openssl:openssl ping:iputils-ping ethtool:ethtool gcc:gcc /usr/include/zlib.h:zlib1g-dev /usr/include/sqlite3.h:libsqlite3-dev /usr/include/crypt.h:libcrypt-dev qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu dpkg-deb:dpkg sshd:openssh-server ssh:openssh-client zstd:zstd lz4:lz4 mkfs.ext4:e2fsprogs skopeo:skopeo umoci:umoci"
 missing=""
 for pair in $NEEDED; do
     cmd=${pair%%:*}

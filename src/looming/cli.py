@@ -129,6 +129,12 @@ def _add_build(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     build.add_argument(
         "--refresh", action="store_true", help="fetch package lists again (vm: security updates)"
     )
+    build.add_argument(
+        "--oci",
+        action="store_true",
+        help="unix target: also write dist/NAME-oci/, an OCI image layout (a minimal "
+        "Debian Python root file system running the zipapp) for container engines",
+    )
 
 
 def _add_describe(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -349,6 +355,11 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
 
     state = _state(app_dir)
     target = get_target(state["target"])
+    if args.oci and target.name != "unix":
+        raise UsageError(
+            f"--oci makes an image of a unix-target unikernel; this one is configured for "
+            f"{target.name}: run 'looming configure -t unix' first"
+        )
     main_py = app_dir / "_build" / target.name / "main.py"
     config_py = app_dir / "config.py"
     if config_py.stat().st_mtime > main_py.stat().st_mtime:
@@ -361,6 +372,8 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
         app_dir, [folder for _, folder in crunch] + list(state.get("served_folders", []))
     )
     report = target.build(app_dir, state["unikernel"], main_py, crunch)
+    if args.oci:
+        _build_oci(app_dir, str(state["unikernel"]), main_py, crunch)
     elapsed = time.perf_counter() - started
     if args.quiet:
         print(_rel(report.artifact))
@@ -378,6 +391,19 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
     for notice in notices:
         print(f"  {notice}")
     return 0
+
+
+def _build_oci(app_dir: Path, unikernel: str, main_py: Path, crunch: list[tuple[str, str]]) -> None:
+    """``looming build --oci``: an OCI image layout beside the zipapp (looming.vm.oci)."""
+    import platform
+
+    from looming.vm.oci import build_layout
+
+    arch = platform.machine() if platform.machine() in ("x86_64", "aarch64") else "x86_64"
+    folder = build_layout(
+        app_dir, unikernel, main_py, crunch, arch, lambda m: print(f"  {m}", flush=True)
+    )
+    print(f"  OCI image layout for {arch}: {_rel(folder)} (skopeo copy oci:{_rel(folder)} ...)")
 
 
 def cmd_run(app_dir: Path, keys: list[str]) -> int:

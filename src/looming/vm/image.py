@@ -41,7 +41,6 @@ from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
-from looming.vm.ivshmem import vchans_of
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
 from looming.vm.packages import (
     AptArchive,
@@ -503,12 +502,23 @@ def _libraries_present(tree: Tree, arch: Arch, module: StdlibModule) -> bool:
     return not missing
 
 
+# Standard-library modules a library reaches by name, not by import: the
+# unix target's socket stack (in an OCI image, looming.vm.oci) resolves names
+# with getaddrinfo, which encodes them with the idna codec, found by name.
+LIBRARY_STDLIB: dict[str, tuple[str, ...]] = {"looming.unix.socket_stack": ("encodings.idna",)}
+
+
 def _stdlib_roots(
     closure: Closure, site_files: dict[str, bytes], stdlib_names: set[str]
 ) -> list[tuple[str, tuple[str, ...], bool]]:
     """The standard-library imports of the unikernel's modules, of /init
     and of the wheels' Python files: where the stdlib walk starts."""
-    roots = []
+    roots: list[tuple[str, tuple[str, ...], bool]] = [
+        (module, (), False)
+        for library, modules in LIBRARY_STDLIB.items()
+        if library in closure.modules
+        for module in modules
+    ]
     for source in closure.modules.values():
         roots += [
             item
@@ -853,7 +863,6 @@ def _write_manifest(
     manifest_data["needs_network"] = "looming.vm.nic" in app_modules
     # ... and attaches a disk image to one whose storage is on it.
     manifest_data["needs_disk"] = STORAGE_MODULE in app_modules
-    manifest_data["vchans"] = vchans_of(main_py)  # ivshmem regions looming run attaches
     partial = report.manifest.with_name(f".{report.manifest.name}.new")
     partial.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
     partial.replace(report.manifest)
