@@ -113,18 +113,28 @@ class ClientRun:
 
 
 class Peer(Protocol):
+    """A TLS implementation written elsewhere, as a server and as a client."""
+
     name: str
     suites13: Sequence[CipherSuite]
     suites12: Sequence[CipherSuite]
     groups: Sequence[NamedGroup | None]  # the groups the matrices ask it for
 
-    def serve(self, pki: Pki, spec: Spec) -> AbstractAsyncContextManager[PeerServer]: ...
+    def serve(self, pki: Pki, spec: Spec) -> AbstractAsyncContextManager[PeerServer]:
+        """Run it as a server for ``spec``, listening once the block is entered."""
+        ...
 
-    async def connect(self, pki: Pki, port: int, spec: Spec) -> ClientRun: ...
+    async def connect(self, pki: Pki, port: int, spec: Spec) -> ClientRun:
+        """Run it as a client of ``port`` for ``spec``: send a line, read the echo."""
+        ...
 
-    def check_server(self, server: PeerServer, spec: Spec) -> None: ...
+    def check_server(self, server: PeerServer, spec: Spec) -> None:
+        """Assert that what the closed server reports negotiating is ``spec``."""
+        ...
 
-    def check_client(self, run: ClientRun, spec: Spec) -> None: ...
+    def check_client(self, run: ClientRun, spec: Spec) -> None:
+        """Assert that the client finished cleanly, got the echo and reports ``spec``."""
+        ...
 
 
 # --- OpenSSL: s_server -rev and s_client --------------------------------------------------
