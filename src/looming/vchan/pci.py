@@ -25,8 +25,8 @@ Plain ivshmem has no interrupts, so notification is polling: a thread of
 the guest (the *doorbell*) watches the words the peer writes (its ring
 index and its liveness byte) and, when one changes, signals this end's
 own eventfd, which is what the process target's peer would have done. It
-checks every 0.2 ms after a change, backing off to every 4 ms when the
-channel is idle. Kicks this end sends go nowhere (an eventfd nobody
+checks every 0.2 ms while the peer is busy (a change within the last
+20 ms), backing off to every 4 ms when the channel is idle. Kicks this end sends go nowhere (an eventfd nobody
 reads); the peer's doorbell sees the index move. A peer VM that stops
 counting its heartbeat for :data:`DEAD_AFTER` seconds is dead: the
 endpoint's control socket is closed under it, as a process peer's death
@@ -78,6 +78,7 @@ NAME_AT, PORT_AT = 32, 96
 NOT_READY, READY = 0, 1
 FAST_POLL = 0.0002
 SLOW_POLL = 0.004
+HOT = 0.02  # polls stay fast this long after the last change
 BEAT_EVERY = 0.25
 DEAD_AFTER = 15.0
 _U32 = struct.Struct("=I")
@@ -192,17 +193,16 @@ class Doorbell:
     def _run(self) -> None:
         own, peer = (SERVER_BEAT, CLIENT_BEAT) if self._is_server else (CLIENT_BEAT, SERVER_BEAT)
         last, pause = self._look(), FAST_POLL
-        beat_at = heard_at = _time.monotonic()
+        beat_at = heard_at = changed_at = _time.monotonic()
         peer_beat = self._region.word(peer)
         while not self._stop.wait(pause):
-            now = self._look()
+            now, clock = self._look(), _time.monotonic()
             if now != last:
-                last, pause = now, FAST_POLL
+                last, pause, changed_at = now, FAST_POLL, clock
                 with contextlib.suppress(OSError):
                     os.eventfd_write(self._wake_fd, 1)
-            else:
+            elif clock - changed_at > HOT:
                 pause = min(pause * 2, SLOW_POLL)
-            clock = _time.monotonic()
             if clock - beat_at >= BEAT_EVERY:
                 beat_at = clock
                 self._region.set_word(own, self._region.word(own) + 1)
