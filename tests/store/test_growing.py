@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from looming.store import gitbackend
+from looming.store import growing as growing_module
 from looming.store.pack import MAX_DELTA_DEPTH
 from looming.store.repo import Repo
 from looming.unix.clock import UnixClock
@@ -241,3 +242,73 @@ def test_one_commit_now_and_then_does_not_copy_the_growing_pack(tmp_path: Path) 
     repo.close()  # closing folds it all the same
     assert len(_packs(path)) == 1
     assert Repo.open(str(path), clock=UnixClock()).store().get("late") == b"one more"
+
+
+def _commit_batches(repo: Repo, batches: range) -> None:
+    store = repo.store()
+    for batch in batches:
+        with repo.batch():
+            for commit in range(batch * 3, batch * 3 + 3):
+                store.set(f"d{commit % 4}/k{commit}", b"value %d" % commit)
+
+
+def _check_all(path: str, commits: int, git: GitRunner) -> None:
+    git("fsck", "--strict", "--no-dangling", cwd=path)
+    fresh = Repo.open(path, clock=UnixClock()).store()
+    assert all(fresh.get(f"d{c % 4}/k{c}") == b"value %d" % c for c in range(commits))
+
+
+def test_a_failed_absorb_folds_its_pack_from_its_bytes(
+    tmp_path: Path, git: GitRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs are appended to the growing pack in steps during fsync rounds;
+    one that fails midway is undone, and it and the packs queued after it
+    are folded from their bytes instead."""
+    path = str(tmp_path / "failed.git")
+    repo = Repo.init(path, merge_packs_after=6, fold_when_idle=None, clock=UnixClock())
+    real = growing_module.GrowingPack._append_spans
+    calls = [0]
+
+    def flaky(self: growing_module.GrowingPack, *args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] == 5:  # the second step of the second pack
+            real(self, *args, **kwargs)  # half of it appended, then it fails
+            raise MemoryError("injected")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(growing_module.GrowingPack, "_append_spans", flaky)
+    _commit_batches(repo, range(10))
+    assert calls[0] > 5
+    repo.close()
+    assert len(list(Path(path, "objects", "pack").glob("*.pack"))) == 1
+    _check_all(path, 30, git)
+
+
+def test_a_pack_that_could_not_be_installed_is_unabsorbed(
+    tmp_path: Path, git: GitRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from looming.store import spares
+    from looming.store.errors import StoreError
+
+    path = str(tmp_path / "uninstalled.git")
+    repo = Repo.init(path, merge_packs_after=6, fold_when_idle=None, clock=UnixClock())
+    _commit_batches(repo, range(2))
+    real = spares.os.rename
+
+    def failing(source: str, target: str) -> None:
+        if target.endswith(".idx"):
+            raise OSError(28, "No space left on device", target)
+        real(source, target)
+
+    monkeypatch.setattr(spares.os, "rename", failing)
+    with pytest.raises(StoreError, match="No space left"):
+        _commit_batches(repo, range(2, 3))
+    monkeypatch.setattr(spares.os, "rename", real)
+    store = repo.store()
+    store.set("after", b"the failure")
+    _commit_batches(repo, range(3, 10))
+    repo.close()
+    git("fsck", "--strict", "--no-dangling", cwd=path)
+    fresh = Repo.open(path, clock=UnixClock()).store()
+    assert fresh.get("after") == b"the failure"
+    assert all(fresh.get(f"d{c % 4}/k{c}") == b"value %d" % c for c in [*range(6), *range(9, 30)])

@@ -8,6 +8,7 @@ durability under kill -9, Git's lock protocol, pack tiers and deltas.
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -16,7 +17,7 @@ import random
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from looming.errors import Malformed
 from looming.store.errors import (
@@ -255,14 +256,14 @@ class RefLockFile:
             # names) are fsynced with the lock file, at once: both are on
             # the disk before the rename below makes the ref name them.
             folders = sorted(self.backend._unsynced_dirs)
-            sync_together([self.descriptor], folders)
+            sync_together([self.descriptor], folders, self.backend._chore_work())
             self.backend._unsynced_dirs.difference_update(folders)
         os.close(self.descriptor)
         self.descriptor = -1
         os.rename(self.lock_path, self.path)
         self.committed = True
         if self.backend._sync:
-            sync_dir(os.path.dirname(self.path))
+            sync_dir(os.path.dirname(self.path), self.backend._chore_work())
 
     def __exit__(self, *exc_info: object) -> None:
         if self.descriptor >= 0:
@@ -341,6 +342,29 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# The growing pack absorbs a new small pack in this many steps, one in each
+# fsync round of the commit that wrote it (the pack's files, then its folder
+# with the ref's lock, then the ref's folder).
+ABSORB_STEPS = 3
+
+
+class _Absorb:
+    """A small pack being absorbed: its bytes, entries and trees (to fold it
+    from if absorbing fails), the steps left and where its appends began."""
+
+    __slots__ = ("base", "data", "entries", "mark", "steps", "trees")
+
+    def __init__(
+        self, base: str, data: bytes, entries: list[IndexEntry], trees: dict[ObjectId, bytes]
+    ) -> None:
+        self.base = base
+        self.data = data
+        self.entries = entries
+        self.trees = trees
+        self.mark: list[int] = []
+        self.steps: Generator[None, None, None] = (None for _ in ())
+
+
 class _WriterLock:
     """:meth:`GitBackend.writer_lock` as a plain context manager: a commit
     takes it several times over (nested), so it costs no generator."""
@@ -407,6 +431,8 @@ class GitBackend:
         # does not read back what was just written.
         self._recent_packs: dict[str, bytes] = {}
         self._recent_trees: dict[ObjectId, bytes] = {}  # the trees in them, whole
+        # Small packs being appended to the growing pack, a step per fsync round.
+        self._chores: collections.deque[_Absorb] = collections.deque()
         self._thread_lock = threading.RLock()
         self._pack_store: object | None = None
         self._lock_depth = 0
@@ -448,6 +474,7 @@ class GitBackend:
         self._sealed = []
         self._recent_packs = {}
         self._recent_trees = {}
+        self._chores = collections.deque()
 
     def _make_dir(self, path: str) -> None:
         if path not in self._made_dirs:
@@ -564,11 +591,11 @@ class GitBackend:
             )
             self._make_dir(self.pack_dir)
             growing = self._growing
-            if growing.size() > SEAL_ABOVE and not growing.absorbed:
+            if growing.size() > SEAL_ABOVE and not growing.absorbed and not self._chores:
                 self._seal()
             trees = {oid: body for oid, (kind, body) in pending.items() if kind == "tree"}
             base = os.path.join(self.pack_dir, f"pack-{checksum.hex()}")
-            mark = (len(self._growing.body), len(self._growing.pending))
+            chore = self._queue_absorb(base, data, entries, trees)
             try:
                 install_pack(
                     self.pack_dir,
@@ -579,35 +606,79 @@ class GitBackend:
                     sync=self._sync,
                     sync_folder=False,
                     # The fold's share of the work, done while the disk writes.
-                    while_waiting=lambda: self._absorb(base, data, entries, trees),
+                    while_waiting=self._chore_work(),
                 )
             except BaseException:
-                if base in self._growing.absorbed:
-                    self._growing.absorbed.remove(base)
-                    self._growing.unabsorb(*mark)
+                if chore is not None:
+                    self._cancel_absorb(chore)
                 raise
             if self._sync:
                 self._unsynced_dirs.add(self.pack_dir)  # with the ref's lock file
             self._small_packs.append((base, entries))
             self._small_bytes += len(data)
-            if base not in self._growing.absorbed:
+            if chore is None:
                 self._recent_packs[base] = data
                 self._recent_trees.update(trees)
             self._known.update(pending)
             self._pending = {}
             self._maybe_fold()
 
-    def _absorb(
+    def _queue_absorb(
         self, base: str, data: bytes, entries: list[IndexEntry], trees: dict[ObjectId, bytes]
-    ) -> None:
-        """Append a new small pack to the growing pack in memory (see
-        :meth:`GrowingPack.absorb`), unless packs before it wait for the
-        fold in memory (it appends in the order versions were written)."""
+    ) -> _Absorb | None:
+        """Queue the appending of a new small pack to the growing pack in
+        memory (see :meth:`GrowingPack.absorb`) in :data:`ABSORB_STEPS`
+        steps, one per fsync round of the commit (:meth:`_chore_step`);
+        None when packs before it wait for the fold instead (it appends in
+        the order versions were written)."""
         if self._recent_packs:
-            return
-        self._growing.absorb(base, data, entries, self._delta_bases, trees)
-        for object_id, _offset, _crc in entries:
-            self._delta_bases.pop(object_id, None)
+            return None
+        chore = _Absorb(base, data, entries, trees)
+        chore.steps = self._growing.absorb(
+            base, data, entries, self._delta_bases, trees, ABSORB_STEPS, chore.mark
+        )
+        self._chores.append(chore)
+        return chore
+
+    def _chore_step(self) -> None:
+        """One step of the oldest queued absorb: what the writer does while
+        its fsyncs run. A failure gives the absorbs up: their packs are
+        folded from their bytes instead."""
+        with self._thread_lock:
+            if not self._chores:
+                return
+            chore = self._chores[0]
+            try:
+                next(chore.steps)
+            except StopIteration:
+                self._chores.popleft()
+                # The folded objects' bases are used: a compaction finds them
+                # again from the commits (tree_delta_hints).
+                for object_id, _offset, _crc in chore.entries:
+                    self._delta_bases.pop(object_id, None)
+            except Exception:
+                for waiting in self._chores:
+                    waiting.steps.close()  # only the first had begun: it undoes itself
+                    self._recent_packs[waiting.base] = waiting.data
+                    self._recent_trees.update(waiting.trees)
+                self._chores.clear()
+
+    def _chore_work(self) -> Callable[[], object] | None:
+        """Work for an fsync round, if any is queued."""
+        return self._chore_step if self._chores else None
+
+    def _finish_chores(self) -> None:
+        while self._chores:
+            self._chore_step()
+
+    def _cancel_absorb(self, chore: _Absorb) -> None:
+        """Undo the absorbing of the newest small pack (it was not installed)."""
+        if chore in self._chores:
+            self._chores.remove(chore)
+            chore.steps.close()
+        elif chore.base in self._growing.absorbed:
+            self._growing.absorbed.remove(chore.base)
+            self._growing.unabsorb(*chore.mark)
 
     def _seal(self) -> None:
         """Leave the growing pack as it is on disk and begin a new one."""
@@ -629,6 +700,7 @@ class GitBackend:
 
     def _fold(self) -> None:
         """Fold the small packs into the growing pack (thread lock held)."""
+        self._finish_chores()
         if not self._small_packs:
             return
         if self._growing.size() > SEAL_ABOVE and not self._growing.absorbed:
@@ -776,6 +848,7 @@ class GitBackend:
         everything as it was."""
         from looming.store.pack import read_index_entries
 
+        self._finish_chores()
         own = {record[0]: record[1] for record in self._own_packs()}
         try:
             records = [

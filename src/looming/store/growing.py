@@ -29,7 +29,7 @@ import hashlib
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from operator import itemgetter
 
 from looming.store.objects import PACK_TREE, ObjectId
@@ -136,15 +136,29 @@ class GrowingPack:
         entries: list[IndexEntry],
         delta_bases: dict[ObjectId, ObjectId],
         tree_bodies: dict[ObjectId, bytes],
-    ) -> None:
+        parts: int = 1,
+        mark: list[int] | None = None,
+    ) -> Generator[None, None, None]:
         """Append the objects of small pack ``base_name`` (``data``) in
-        memory now, so the fold that installs them has only the pack to
-        write: a writer does it while its own fsyncs are under way (see
+        memory, so the fold that installs them has only the pack to write: a
+        writer does it while its own fsyncs are under way (see
         :func:`looming.store.spares.fsync_together`), when the processor
-        would otherwise wait for the disk."""
+        would otherwise wait for the disk. A generator doing it in ``parts``
+        steps (one per fsync round); ``mark`` receives where the pack's
+        appends begin (for :meth:`unabsorb`). Closed before its end, it
+        undoes what it appended."""
         grown_from, count = len(self.body), len(self.pending)
+        if mark is not None:
+            mark[:] = [grown_from, count]
+        ordered = sorted(entries, key=_OFFSET)
+        ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
+        spans = [(*entry, end) for entry, end in zip(ordered, ends, strict=True)]
+        step = -(-len(spans) // max(parts, 1)) or 1
         try:
-            self._append(data, entries, delta_bases, tree_bodies, self.pending)
+            for start in range(0, len(spans), step):
+                if start:
+                    yield
+                self._append_spans(data, spans[start : start + step], delta_bases, tree_bodies)
         except BaseException:
             self.unabsorb(grown_from, count)
             raise
@@ -212,14 +226,30 @@ class GrowingPack:
     ) -> None:
         """Append the objects of one small pack (``data``) not in this pack
         yet, each tree as a delta against its previous version if it can."""
-        from looming.store.delta import make_delta
-
-        body, ids, trees, bodies = self.body, self.ids, self.trees, self.bodies
-        crc32 = zlib.crc32
         ordered = sorted(source_entries, key=_OFFSET)
         ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
+        spans = [(*entry, end) for entry, end in zip(ordered, ends, strict=True)]
+        self._append_spans(data, spans, delta_bases, tree_bodies, new_entries)
+
+    def _append_spans(
+        self,
+        data: bytes,
+        spans: list[tuple[ObjectId, int, int, int]],
+        delta_bases: dict[ObjectId, ObjectId],
+        tree_bodies: dict[ObjectId, bytes],
+        new_entries: list[IndexEntry] | None = None,
+    ) -> None:
+        """Append the entries ``spans`` (id, offset, CRC, end) of pack
+        ``data`` to this pack (their index entries to ``new_entries``, by
+        default the pending ones)."""
+        from looming.store.delta import make_delta
+
+        if new_entries is None:
+            new_entries = self.pending
+        body, ids, trees, bodies = self.body, self.ids, self.trees, self.bodies
+        crc32 = zlib.crc32
         view = memoryview(data)
-        for (oid, offset, crc), end in zip(ordered, ends, strict=True):
+        for oid, offset, crc, end in spans:
             if oid in ids:
                 continue
             at = len(body)

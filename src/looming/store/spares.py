@@ -40,10 +40,11 @@ IDLE_SECONDS = 0.05  # no spare is taken for this long: the writer is idle
 RECYCLE_BYTES = 512 << 10
 
 
-def sync_dir(path: str) -> None:
+def sync_dir(path: str, while_waiting: Callable[[], object] | None = None) -> None:
     """Make the names in folder ``path`` (files created, renamed or
-    removed there) survive a power cut: fsync the folder itself."""
-    sync_together([], [path])
+    removed there) survive a power cut: fsync the folder itself
+    (``while_waiting``: see :func:`fsync_together`)."""
+    sync_together([], [path], while_waiting)
 
 
 class _Syncer:
@@ -136,13 +137,18 @@ def fsync_together(
         raise errors[0]
 
 
-def sync_together(descriptors: list[int], folders: list[str]) -> None:
-    """fsync open files ``descriptors`` and the folders ``folders`` at once."""
+def sync_together(
+    descriptors: list[int],
+    folders: list[str],
+    while_waiting: Callable[[], object] | None = None,
+) -> None:
+    """fsync open files ``descriptors`` and the folders ``folders`` at once
+    (``while_waiting``: see :func:`fsync_together`)."""
     opened: list[int] = []
     try:
         for folder in folders:
             opened.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        fsync_together([*descriptors, *opened])
+        fsync_together([*descriptors, *opened], while_waiting)
     finally:
         for descriptor in opened:
             os.close(descriptor)
