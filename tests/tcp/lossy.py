@@ -107,9 +107,13 @@ def linux_echo(path: RelayedPath, size: int) -> EchoResult:
     return EchoResult(result["seconds"], result["sha256"] == expected and result["bytes"] == size)
 
 
-async def open_looming(path: RelayedPath, config: TcpConfig | None = None) -> DirectStack:
-    """looming's stack on the right namespace's TAP (the kernel there has no address)."""
-    network = in_namespace(path.right_ns, lambda: _packet_socket(path.right_tap))
+async def open_looming(
+    path: RelayedPath, config: TcpConfig | None = None, *, offload: bool = True
+) -> DirectStack:
+    """looming's stack on the right namespace's TAP (the kernel there has no
+    address), on an AF_PACKET socket with virtio-net offloads unless not
+    ``offload``."""
+    network = in_namespace(path.right_ns, lambda: _packet_socket(path.right_tap, offload))
     stack = await DirectStack.connect(
         network,
         time=UnixTime(),
@@ -124,8 +128,8 @@ async def open_looming(path: RelayedPath, config: TcpConfig | None = None) -> Di
     return stack
 
 
-def _packet_socket(interface: str) -> PacketNetwork:
-    return asyncio.run(PacketNetwork.connect(interface))
+def _packet_socket(interface: str, offload: bool) -> PacketNetwork:
+    return asyncio.run(PacketNetwork.connect(interface, offload=offload))
 
 
 async def looming_echo(stack: DirectStack, path: RelayedPath, size: int) -> EchoResult:

@@ -7,6 +7,13 @@ sent with checksum offload (veth, bridges) arrive with their TCP or UDP
 checksum unfinished; PACKET_AUXDATA flags them, and the checksum is completed
 here so the layers above see ordinary packets.  The kernel must not own an IPv4 address on
 the interface, or both would answer.
+
+With ``offload=True`` the socket carries a virtio-net header with every
+frame (``PACKET_VNET_HDR``), as an offloading TAP does: received frames say
+whether their checksum was checked or left partial, and an IPv4/TCP packet of
+up to 64 KB leaves in one ``send`` that the kernel cuts into segments (in
+software when the device cannot), so a window of segments costs one system
+call and one wake-up of whatever reads the interface, not one per segment.
 """
 
 from __future__ import annotations
@@ -19,7 +26,16 @@ import struct
 from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError
 from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
-from looming.net.netif.tap import complete_checksum, mac_for_name
+from looming.net.netif.tap import (
+    EMPTY_VNET_HEADER,
+    MAX_OFFLOAD_PACKET,
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VNET_HEADER,
+    complete_checksum,
+    mac_for_name,
+    tso_frame,
+)
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -27,6 +43,7 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 PACKET_AUXDATA = 8
+PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20
 SO_RCVBUFFORCE = 33
 RECEIVE_QUEUE_BYTES = 8 << 20
@@ -68,15 +85,34 @@ def finish_ipv4_checksum(frame: bytes) -> bytes:
 class PacketNetwork(FrameDeviceNetwork):
     """:class:`looming.devices.net.Network` on an AF_PACKET socket."""
 
-    def __init__(self, sock: socket.socket, interface: str, mac: MacAddress, mtu: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        interface: str,
+        mac: MacAddress,
+        mtu: int,
+        *,
+        offload: bool = False,
+    ) -> None:
+        """``offload``: ``sock`` has ``PACKET_VNET_HDR`` set."""
         self._socket = sock
         self.interface = interface
         self._mac = mac
         self._mtu = mtu
-        self._device = FrameDevice(sock.fileno(), receive_checked=self._receive, send=sock.send)
+        self.offload = offload
         self.checksums_completed = 0
-        # A frame whose checksum this side completed is vouched for.
-        self._capabilities = Capabilities(mtu=mtu, rx_checksum=True)
+        self.segments_offloaded = 0
+        if offload:
+            self._device = FrameDevice(
+                sock.fileno(), receive_checked=self._receive_vnet, send=self._send_vnet
+            )
+            self._capabilities = Capabilities(
+                mtu=mtu, rx_checksum=True, tx_checksum=True, segmentation=MAX_OFFLOAD_PACKET
+            )
+        else:
+            self._device = FrameDevice(sock.fileno(), receive_checked=self._receive, send=sock.send)
+            # A frame whose checksum this side completed is vouched for.
+            self._capabilities = Capabilities(mtu=mtu, rx_checksum=True)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -84,8 +120,16 @@ class PacketNetwork(FrameDeviceNetwork):
 
     @classmethod
     async def connect(
-        cls, interface: str, *, mac: MacAddress | None = None, promiscuous: bool = True
+        cls,
+        interface: str,
+        *,
+        mac: MacAddress | None = None,
+        promiscuous: bool = True,
+        offload: bool = False,
     ) -> PacketNetwork:
+        """Open an AF_PACKET socket on ``interface``; with ``offload``,
+        virtio-net headers (checksum state in, segmentation out) where the
+        kernel has them, plain frames where not."""
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except OSError as error:
@@ -105,8 +149,14 @@ class PacketNetwork(FrameDeviceNetwork):
         except OSError as error:
             sock.close()
             raise DeviceError(f"cannot use interface {interface!r}: {error.strerror}") from error
+        if offload:
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            except OSError:
+                offload = False  # an old kernel: plain frames
         sock.setblocking(False)
-        return cls(sock, interface, mac if mac is not None else mac_for_name(interface), mtu)
+        chosen = mac if mac is not None else mac_for_name(interface)
+        return cls(sock, interface, chosen, mtu, offload=offload)
 
     def _receive(self) -> tuple[bytes, bool]:
         """The next frame not sent by this host, and whether its checksum
@@ -124,6 +174,39 @@ class PacketNetwork(FrameDeviceNetwork):
                             self.checksums_completed += 1
                             return completed, True
             return frame, False
+
+    def _receive_vnet(self) -> tuple[bytes, bool]:
+        """:meth:`_receive` with a virtio-net header in front of each frame
+        (which says what AUXDATA says, and more)."""
+        header_size = VNET_HEADER.size
+        while True:
+            data, address = self._socket.recvfrom(65536 + header_size)
+            if address[2] == PACKET_OUTGOING:
+                continue
+            if len(data) < header_size:
+                return b"", False
+            flags, _gso, _length, _size, start, offset = VNET_HEADER.unpack_from(data)
+            frame = data[header_size:]
+            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                completed = complete_checksum(frame, start, offset)
+                if completed is frame:
+                    return frame, False
+                self.checksums_completed += 1
+                return completed, True
+            return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
+
+    def _send_vnet(self, frame: bytes) -> int:
+        return self._socket.sendmsg((EMPTY_VNET_HEADER, frame))
+
+    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
+        """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
+        segments of ``segment_size`` payload bytes."""
+        pieces = tso_frame(frame, segment_size) if self.offload else None
+        if pieces is None:
+            raise ValueError("only an offloading socket segments, and only IPv4/TCP frames")
+        self.segments_offloaded += 1
+        send = self._socket.sendmsg
+        await self._device.write(frame, send=lambda _frame: send(pieces))
 
     def _release(self) -> None:
         self._socket.close()

@@ -45,7 +45,7 @@ VIRTIO_NET_HDR_F_DATA_VALID = 0x02
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
 MAX_OFFLOAD_PACKET = 65535
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso type, hdr len, gso size, csum start/offset
-_EMPTY_VNET_HEADER = bytes(VNET_HEADER.size)
+EMPTY_VNET_HEADER = bytes(VNET_HEADER.size)
 IFF_UP = 0x1
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -200,7 +200,7 @@ class TapNetwork(FrameDeviceNetwork):
         return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
 
     def _write_vnet(self, frame: bytes) -> int:
-        return os.writev(self._fd, (_EMPTY_VNET_HEADER, frame))
+        return os.writev(self._fd, (EMPTY_VNET_HEADER, frame))
 
     async def write_segmented(self, frame: bytes, segment_size: int) -> None:
         """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
