@@ -15,6 +15,10 @@ looming TCP layers over an in-memory wire:
 * bulk MB/s, kernel -> peer and peer -> kernel;
 * 64-byte echo round trip p50 and p99 (Nagle off);
 * connections per second (connect, the server closes, EOF, close);
+* the same four (bulk both ways, echo p50, connections/s) for looming over
+  IPv6 beside IPv4 on one stack and TAP (no offloads), the families
+  alternating round by round, and the ratio IPv6 / IPv4 (goal: within 10%);
+  ``--only-ipv6`` runs these rows alone;
 * a 10 MB echo through the loss relay (tests/tcp/relay.py: two TAPs in two
   namespaces, frames dropped, reordered and duplicated by a seeded process)
   at 0, 1, 3 and 5% loss each way and with reordering, Linux to Linux and
@@ -45,6 +49,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +87,10 @@ import json, socket, sys, time
 mode, args = sys.argv[1], sys.argv[2:]
 
 def listener(port):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6)  # dual-stack: IPv4 arrives as ::ffff:a.b.c.d
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", int(port)))
     s.listen(512)
     print("ready", flush=True)
     return s
@@ -336,8 +342,13 @@ async def looming_with_kernel(sizes: Sizes, offload: bool) -> Column:
     return column
 
 
-async def _looming_bulk_in(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> float:
-    """MB/s the kernel sends to a looming listener."""
+Address = IPv4Address | IPv6Address
+
+
+async def _looming_bulk_in(
+    peer: KernelPeer, tcp: TcpLayer, sizes: Sizes, ours: Address = STACK_ADDRESS.ip
+) -> float:
+    """MB/s the kernel sends to a looming listener at ``ours``."""
     time_device = UnixTime()
     done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
@@ -349,19 +360,19 @@ async def _looming_bulk_in(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> flo
         done.set_result(total / ((time_device.now_ns() - start) / 1e9) / 1e6)
 
     listener = await tcp.listen(6001, sink)
-    source = await peer.python(
-        KERNEL_PROGRAM, "source", str(STACK_ADDRESS.ip), "6001", str(sizes.bulk)
-    )
+    source = await peer.python(KERNEL_PROGRAM, "source", str(ours), "6001", str(sizes.bulk))
     rate = await asyncio.wait_for(done, 600)
     await kernel_result(source)
     await listener.close()
     return rate
 
 
-async def _looming_bulk_out(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> float:
+async def _looming_bulk_out(
+    peer: KernelPeer, tcp: TcpLayer, sizes: Sizes, theirs: Address | None = None
+) -> float:
     """MB/s looming sends to a kernel sink, as the sink measured it."""
     kernel_sink = await start_kernel(peer, "sink", "5001")
-    flow = await tcp.connect(peer.peer_address, 5001)
+    flow = await tcp.connect(theirs or peer.peer_address, 5001)
     block = b"\x5a" * (1 << 20)
     left = sizes.bulk
     while left > 0:
@@ -373,10 +384,12 @@ async def _looming_bulk_out(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> fl
     return float(measured["bytes"] / measured["seconds"] / 1e6)
 
 
-async def _looming_echo_times(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> list[float]:
+async def _looming_echo_times(
+    peer: KernelPeer, tcp: TcpLayer, sizes: Sizes, theirs: Address | None = None
+) -> list[float]:
     """Seconds per 64-byte round trip through a kernel echo server."""
     echo = await start_kernel(peer, "echo", "5002")
-    flow = await tcp.connect(peer.peer_address, 5002)
+    flow = await tcp.connect(theirs or peer.peer_address, 5002)
     flow.set_nodelay(True)
     message = b"e" * 64
     times = []
@@ -392,17 +405,96 @@ async def _looming_echo_times(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> 
     return times
 
 
-async def _looming_connections(peer: KernelPeer, tcp: TcpLayer, sizes: Sizes) -> float:
+async def _looming_connections(
+    peer: KernelPeer, tcp: TcpLayer, sizes: Sizes, theirs: Address | None = None
+) -> float:
     """Connections per second looming opens to a kernel acceptor."""
     acceptor = await start_kernel(peer, "acceptor", "5003", str(sizes.connections))
     start = time.perf_counter()
+    target = theirs or peer.peer_address
     for _ in range(sizes.connections):
-        flow = await tcp.connect(peer.peer_address, 5003)
+        flow = await tcp.connect(target, 5003)
         await flow.read()
         await flow.close()
     rate = sizes.connections / (time.perf_counter() - start)
     await acceptor.wait()
     return rate
+
+
+# ------------------------------------------------------------------ IPv4 beside IPv6
+
+# The kernel's and looming's global IPv6 addresses on the TAP (one on-link prefix).
+KERNEL_IPV6 = IPv6Address("fd77:0:0:9::1")
+STACK_IPV6 = IPv6Interface("fd77:0:0:9::2/64")
+FAMILY_METRICS = ("bulk_in_MBps", "bulk_out_MBps", "echo_p50_us", "connections_per_s")
+
+
+async def open_dual_stack(peer: KernelPeer) -> DirectStack:
+    """One direct stack on a TAP (no offloads) with the usual IPv4 address
+    and a static IPv6 one, the kernel's on the same prefix; returns once
+    the IPv6 address has passed duplicate address detection."""
+    for scope in ("all", "default"):
+        peer.sh("sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
+    stack = await peer.connect_stack(ipv6=True, slaac=False, ipv6_address=STACK_IPV6)
+    assert stack.ipv6 is not None
+    peer.sh("ip", "-6", "addr", "add", f"{KERNEL_IPV6}/64", "dev", peer.tap_name, "nodad")
+    await stack.ipv6.wait_for_address(5)
+    return stack
+
+
+async def one_family(
+    peer: KernelPeer, stack: DirectStack, sizes: Sizes, ours: Address, theirs: Address
+) -> dict[str, float]:
+    """Bulk both ways, echo p50 and connections/s over one family."""
+    tcp = stack.tcp
+    return {
+        "bulk_in_MBps": await _looming_bulk_in(peer, tcp, sizes, ours),
+        "bulk_out_MBps": await _looming_bulk_out(peer, tcp, sizes, theirs),
+        "echo_p50_us": statistics.median(await _looming_echo_times(peer, tcp, sizes, theirs)) * 1e6,
+        "connections_per_s": await _looming_connections(peer, tcp, sizes, theirs),
+    }
+
+
+async def ipv4_and_ipv6(sizes: Sizes, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """looming's TCP over IPv4 and over IPv6 on the same stack and TAP
+    against the same kernel programs, families alternating (ABBA...)."""
+    figures: dict[str, dict[str, list[float]]] = {"IPv4": {}, "IPv6": {}}
+    with kernel_peer_namespace() as peer:
+        stack = await open_dual_stack(peer)
+        families: list[tuple[str, Address, Address]] = [
+            ("IPv4", STACK_ADDRESS.ip, peer.peer_address),
+            ("IPv6", STACK_IPV6.ip, KERNEL_IPV6),
+        ]
+        try:
+            for number in range(rounds):
+                for family, ours, theirs in families if number % 2 == 0 else families[::-1]:
+                    progress(f"IPv4 beside IPv6, round {number + 1}: {family}")
+                    values = await one_family(peer, stack, sizes, ours, theirs)
+                    for key, value in values.items():
+                        figures[family].setdefault(key, []).append(value)
+        finally:
+            await stack.disconnect()
+    return figures
+
+
+def family_report(figures: dict[str, dict[str, list[float]]]) -> str:
+    """IPv6 / IPv4 per metric, best of the rounds (medians beside)."""
+    lines = [
+        "",
+        "looming over IPv6 beside IPv4 (one stack, one TAP, no offloads, alternating rounds):",
+        f"  {'metric':<24} {'IPv4':>9} {'IPv6':>9}  ratio  (medians IPv4 / IPv6)",
+    ]
+    labels = {key: label for key, label, _ in METRICS}
+    for key in FAMILY_METRICS:
+        pick = min if key.endswith("_us") else max
+        four, six = figures["IPv4"][key], figures["IPv6"][key]
+        ratio = pick(six) / pick(four) if pick is max else pick(four) / pick(six)
+        lines.append(
+            f"  {labels[key]:<24} {pick(four):9.1f} {pick(six):9.1f}  {ratio:.3f}"
+            f"  ({statistics.median(four):.1f} / {statistics.median(six):.1f})"
+        )
+    lines.append("  ratio = IPv6 / IPv4 for rates, IPv4 / IPv6 for latency (goal: >= 0.9)")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ PyTCP <-> kernel
@@ -921,6 +1013,9 @@ def main() -> int:
     parser.add_argument(
         "--only-relay", action="store_true", help="only the echoes through the loss relay"
     )
+    parser.add_argument(
+        "--only-ipv6", action="store_true", help="only looming over IPv6 beside IPv4"
+    )
     args = parser.parse_args()
     import os
 
@@ -949,6 +1044,9 @@ def main() -> int:
         )
     )
     rounds = 2 if args.quick else 3
+    if args.only_ipv6:
+        print(family_report(asyncio.run(ipv4_and_ipv6(sizes, 2 * rounds))).lstrip("\n"))
+        return 0
     lossy = lossy_echoes(10_000_000, rounds)
     relay_text = lossy_report(lossy, 10_000_000)
     if args.only_relay:
@@ -958,11 +1056,12 @@ def main() -> int:
     columns = [kernel_to_kernel(sizes)]
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=False)))
     columns.append(asyncio.run(looming_with_kernel(sizes, offload=True)))
+    families = asyncio.run(ipv4_and_ipv6(sizes, rounds))
     columns.append(pytcp_with_kernel(sizes, notes))
     columns.append(asyncio.run(looming_pair(sizes)))
     memory_count = 5_000 if args.quick else 100_000
     memory = asyncio.run(looming_memory(memory_count))
-    text = report(columns) + versus_pytcp(columns)
+    text = report(columns) + versus_pytcp(columns) + family_report(families)
     if notes:
         text += "\n" + "\n".join(f"note: {note}" for note in notes)
     text += (
@@ -977,6 +1076,7 @@ def main() -> int:
             "sizes": sizes.__dict__,
             "columns": {column.name: column.values for column in columns},
             "memory": memory,
+            "families": families,
             "relay": {
                 row.condition: {
                     "linux_s": row.linux,

@@ -134,6 +134,10 @@ def as_icmp_error(error: Icmpv6Error) -> IcmpError:
     return IcmpError(error.reporter, kind, code, original, error.original_payload)
 
 
+# Upper-layer protocols a packet may name directly after the fixed header.
+_UPPER_LAYER = frozenset({NextHeader.TCP, NextHeader.UDP, NextHeader.ICMPV6})
+
+
 def _next_header_pointer(packet: bytes, chain: wire.Chain) -> int:
     """The offset in ``packet`` of the Next Header field naming the
     upper-layer protocol: 6 in the fixed header, else the first byte of
@@ -393,8 +397,14 @@ class Ipv6Layer:
         if header.destination not in self._accepted:
             counters["not_for_us"] += 1
             return
-        if header.source.is_multicast:
+        if packet[8] == 0xFF:  # a multicast source (ff00::/8)
             counters["martian_source"] += 1  # RFC 4291 2.7: never a source
+            return
+        if header.next_header in _UPPER_LAYER:
+            # No extension headers (the common case): nothing to walk.
+            protocol, upper = header.next_header, bytes(payload_view)
+            raw_header, pointer = packet[: wire.HEADER_LENGTH], 6
+            self._deliver(header, protocol, upper, raw_header, pointer, checksum_verified)
             return
         chain = self._walk(header, packet, payload_view)
         if chain is None:
@@ -411,6 +421,21 @@ class Ipv6Layer:
             raw_header = wire.emit_header(replace(header, next_header=protocol), len(upper))
             checksum_verified = False  # the interface saw only the pieces
             pointer = 6
+        self._deliver(header, protocol, upper, raw_header, pointer, checksum_verified)
+
+    def _deliver(
+        self,
+        header: Ipv6Header,
+        protocol: int,
+        upper: bytes,
+        raw_header: bytes,
+        pointer: int,
+        checksum_verified: bool,
+    ) -> None:
+        """Hand the upper-layer payload of a packet to its protocol's
+        handler; a protocol nobody handles gets a Parameter Problem
+        pointing (``pointer``) at the Next Header field that names it."""
+        counters = self.counters
         counters["rx_packets"] += 1
         received = ReceivedPacket(
             header.source,
