@@ -12,7 +12,13 @@ Everything runs in one go on the same machine; ratios are against the
 socketpair. Then the time a client takes to talk again to a peer that was
 SIGKILLed and restarted: looming's vchan device (which reconnects by
 itself) beside a Unix stream socket client reconnecting by hand.
-Usage: python -P bench/vchan.py [--quick] [--json PATH]
+
+With ``--vm`` (or ``--vm-only``), also the VM-to-VM figure: the same two
+unikernels (bench/vchan_vm: an echo server, and a client measuring round
+trips of 64 bytes and a stream in 64 KiB writes through the vchan device)
+as two processes of the process target and as two VMs of the vm target
+talking over ivshmem, in alternating rounds (ABAB), medians of the rounds.
+Usage: python -P bench/vchan.py [--quick] [--json PATH] [--vm | --vm-only] [--arch A]
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from looming.unix.time import UnixTime
 from looming.vchan import endpoint
@@ -475,11 +483,142 @@ def measure_reconnects(registry: str, rounds: int) -> dict[str, list[float]]:
     return found
 
 
+# -- VM to VM: bench/vchan_vm as two VMs (ivshmem) and as two processes ------------
+
+VM_APP = Path(__file__).resolve().with_name("vchan_vm")
+
+
+def _looming(app: Path, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "looming.cli", *args],
+        cwd=app, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"looming {' '.join(args)} in {app}: {done.stdout}{done.stderr}")
+
+
+def build_vm_apps(work: Path, arch: str) -> dict[str, Path]:
+    """The benchmark app built for the process target and as two VM images."""
+    built = {}
+    for name, args in (
+        ("process", ("-t", "process", "--unikernel", "pinger")),
+        ("echo", ("-t", "vm", "--arch", arch, "--unikernel", "echo")),
+        ("pinger", ("-t", "vm", "--arch", arch, "--unikernel", "pinger")),
+    ):
+        app = work / name
+        shutil.copytree(VM_APP, app, ignore=shutil.ignore_patterns("_build", "dist", "__pycache__"))
+        print(f"  building {name} ({' '.join(args)})", file=sys.stderr, flush=True)
+        _looming(app, "configure", *args)
+        _looming(app, "build")
+        built[name] = app
+    return built
+
+
+def _bench_line(output: str) -> dict[str, float]:
+    for line in output.splitlines():
+        if "vchan-bench " in line:
+            parsed: dict[str, float] = json.loads(line.split("vchan-bench ", 1)[1])
+            return parsed
+    raise RuntimeError(f"no result in the pinger's output:\n{output}")
+
+
+def run_process_pair(app: Path, keys: list[str]) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "looming.cli", "run", *keys],
+        cwd=app, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    return _bench_line(done.stdout + done.stderr)
+
+
+def run_vm_pair(echo: Path, pinger: Path, keys: list[str]) -> dict[str, float]:
+    """Boot the echo VM, then the pinger VM against it; the pinger's figures."""
+    regions = Path(tempfile.mkdtemp(prefix="looming-bench-", dir="/dev/shm"))
+    env = {**os.environ, "LOOMING_IVSHMEM_DIR": str(regions)}
+    launch = [sys.executable, "-m", "looming.vm.launch"]
+    server = subprocess.Popen(
+        [*launch, str(echo / "dist" / "echo-vm.json"), "--vm-timeout", "300"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(regions.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done = subprocess.run(
+            [*launch, str(pinger / "dist" / "pinger-vm.json"), "--vm-timeout", "300", *keys],
+            env=env, capture_output=True, text=True, timeout=330, check=False,
+        )  # fmt: skip
+        server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        shutil.rmtree(regions, ignore_errors=True)
+    return _bench_line(done.stdout + done.stderr)
+
+
+def measure_vm(quick: bool, arch: str) -> list[Result]:
+    """The same two unikernels as two processes and as two VMs, ABAB; medians."""
+    rounds, total = (300, 8 << 20) if quick else (2000, 64 << 20)
+    keys = ["--rounds", str(rounds), "--total", str(total)]
+    work = Path(tempfile.mkdtemp(prefix="looming-vchan-vm-bench-"))
+    try:
+        apps = build_vm_apps(work, arch)
+        runs: dict[str, list[dict[str, float]]] = {"process": [], "vm": []}
+        for number in range(2 if quick else 4):
+            print(f"  VM round {number + 1}: processes, then VMs", file=sys.stderr, flush=True)
+            runs["process"].append(run_process_pair(apps["process"], keys))
+            runs["vm"].append(run_vm_pair(apps["echo"], apps["pinger"], keys))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    names = {"process": "asyncio, 2 processes", "vm": f"asyncio, 2 VMs ({arch}, TCG)"}
+    return [
+        Result(
+            names[kind],
+            statistics.median(r["rtt_p50_us"] for r in found),
+            statistics.median(r["rtt_p99_us"] for r in found),
+            statistics.median(r["throughput_mb_s"] for r in found),
+        )
+        for kind, found in runs.items()
+    ]
+
+
+def print_vm(results: list[Result], arch: str) -> None:
+    qemu = subprocess.run(
+        [f"qemu-system-{arch}", "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    print()
+    print(
+        f"VM to VM (bench/vchan_vm; {qemu[0] if qemu else 'qemu ?'}, Python {sys.version.split()[0]})"
+    )
+    print(f"{'vchan device':<34}{'RTT p50 us':>11}{'RTT p99 us':>11}{'MB/s':>9}")
+    for r in results:
+        print(
+            f"{r.transport:<34}{r.rtt_p50_us:>11.1f}{r.rtt_p99_us:>11.1f}{r.throughput_mb_s:>9.1f}"
+        )
+    process, vm = results
+    print(
+        f"(VMs / processes: RTT {vm.rtt_p50_us / process.rtt_p50_us:.0f}x longer, "
+        f"throughput {vm.throughput_mb_s / process.throughput_mb_s:.2f}x)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, less data")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--vm", action="store_true", help="also two VMs over ivshmem beside two processes"
+    )
+    parser.add_argument(
+        "--vm-only", action="store_true", help="only the VM-to-VM figure and its process peer"
+    )
+    parser.add_argument("--arch", default="x86_64", help="the VMs' architecture (default x86_64)")
     args = parser.parse_args()
+    if args.vm_only:
+        vm_results = measure_vm(args.quick, args.arch)
+        print_vm(vm_results, args.arch)
+        _write_json(args.json, {"vm": [asdict(r) for r in vm_results]})
+        return 0
     rounds = 2000 if args.quick else 20000
     total = (128 if args.quick else 1024) * (1 << 20)
     registry_dir = tempfile.mkdtemp(prefix="looming-vchan-bench-", dir="/tmp")
@@ -525,22 +664,29 @@ def main() -> int:
         print(f"{name:<46}{medians[name] * 1e3:>10.2f}{min(samples) * 1e3:>9.2f}")
     ratio = medians["vchan device"] / medians["unix socket"]
     print(f"(vchan device / unix socket: {ratio:.2f}x; the peer is a fork, not a new interpreter)")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(
-                {
-                    "rounds": rounds,
-                    "bytes": total,
-                    "message": MESSAGE,
-                    "chunk": CHUNK,
-                    "ring": RING,
-                    "results": [asdict(r) for r in results],
-                    "reconnect_s": reconnects,
-                },
-                handle,
-                indent=2,
-            )
+    vm_results = measure_vm(args.quick, args.arch) if args.vm else []
+    if vm_results:
+        print_vm(vm_results, args.arch)
+    _write_json(
+        args.json,
+        {
+            "rounds": rounds,
+            "bytes": total,
+            "message": MESSAGE,
+            "chunk": CHUNK,
+            "ring": RING,
+            "results": [asdict(r) for r in results],
+            "reconnect_s": reconnects,
+            "vm": [asdict(r) for r in vm_results],
+        },
+    )
     return 0
+
+
+def _write_json(path: str | None, data: dict[str, object]) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(data, handle, indent=2)
 
 
 if __name__ == "__main__":
