@@ -7,7 +7,8 @@ Import it beside the other device functions::
     store = main("store:Store", [vchan("kv")])                   # serves port kv
     front = main("front:Front", [stack(), vchan("kv", peer="store")])  # connects to it
 
-The ``process`` target (``looming configure -t process``) provides it.
+The ``process`` target (``looming configure -t process``) provides it, and
+the ``vm`` target between two VMs (ivshmem, :mod:`looming.vchan.pci`).
 """
 
 from __future__ import annotations
