@@ -57,6 +57,7 @@ SLOW_LIST = Path(__file__).with_name("slow-tests.txt")
 # listed in SLOW_LIST (the list's own bar is lower; this one allows for load).
 REPORT_OVER = 1.0
 _over: list[tuple[float, str]] = []
+_stale: list[str] = []  # ids in SLOW_LIST that a whole-suite collection did not find
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -198,6 +199,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(mark)
         if item.nodeid.split("[")[0] in slow:
             item.add_marker("slow")
+    if [Path(arg).resolve() for arg in config.args] == [config.rootpath.resolve() / "tests"]:
+        _stale[:] = sorted(slow - {item.nodeid.split("[")[0] for item in items})
     if not config.getoption("fast"):
         return
     for cls in {getattr(item, "cls", None) for item in items}:
@@ -230,6 +233,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _stale:
+        terminalreporter.write_sep("-", f"{SLOW_LIST.name} names tests that are gone")
+        for nodeid in _stale:
+            terminalreporter.write_line(nodeid)
     if not (config.getoption("fast") and _over):
         return
     terminalreporter.write_sep(
