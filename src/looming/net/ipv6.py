@@ -48,7 +48,7 @@ import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 
 from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
 from looming.devices.random import Random
@@ -261,6 +261,19 @@ class Ipv6Layer:
 
     def addresses(self) -> list[IPv6Address]:
         return list(self._addresses)
+
+    def interfaces(self) -> list[IPv6Interface]:
+        """The addresses beyond link-local in use, with their prefixes
+        (/128 for one added without a prefix)."""
+        entries = self.autoconf.addresses
+        found = []
+        for address in self._addresses:
+            if address.is_link_local:
+                continue
+            entry = entries.get(address)
+            length = entry.prefix.prefixlen if entry is not None else 128
+            found.append(IPv6Interface((address, length)))
+        return found
 
     def add_address(self, address: IPv6Address, prefix_length: int | None = None) -> None:
         """Answer for ``address`` at once, without duplicate address

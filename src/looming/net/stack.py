@@ -180,6 +180,7 @@ class DirectStack:
         slaac: bool = True,
         slaac_secret: bytes | str | None = None,
         dhcp6: bool | None = None,
+        ipv4: bool = True,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
@@ -198,12 +199,16 @@ class DirectStack:
         drawn from ``random`` when not given: then the addresses change
         with every start). ``dhcp6``: None runs the DHCPv6 client
         when a Router Advertisement sets the M flag, True at once, False
-        never. Connecting does not wait for any of these addresses.
+        never. Connecting does not wait for any of these addresses, except
+        with ``ipv4=False`` (IPv6 only: no IPv4 address, no DHCP; needs
+        ``ipv6``): then it waits for a static ``ipv6_address`` to pass
+        duplicate address detection (about a second), so that the stack
+        has an address to announce.
         """
         _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
         if isinstance(slaac_secret, str):
             slaac_secret = _secret_from_hex(slaac_secret)
-        _check_ipv4(address, dhcp, max_connections, memory_limit)
+        _check_ipv4(address, dhcp, max_connections, memory_limit, ipv4=ipv4, ipv6=ipv6)
         stack = cls(
             network,
             time=time,
@@ -236,6 +241,8 @@ class DirectStack:
                 print(f"looming: {report}", file=sys.stderr, flush=True)
                 if dhcp6:
                     await stack.start_dhcp6()
+                if not ipv4 and ipv6_address is not None:
+                    await stack.ipv6.wait_for_address(_STATIC_DAD_WAIT_S)
             if dhcp:
                 await stack._lease_ipv4(dhcp_timeout, keep_dns_servers=bool(dns_servers))
         except BaseException:
@@ -278,8 +285,13 @@ class DirectStack:
     def udp(self) -> UdpLayer:
         return self._udp
 
-    def addresses(self) -> list[IPv4Interface]:
-        return self.ipv4.interfaces()
+    def addresses(self) -> list[IPv4Interface | IPv6Interface]:
+        """The IPv4 address, then the IPv6 ones beyond link-local (static,
+        SLAAC, DHCPv6) that passed duplicate address detection."""
+        found: list[IPv4Interface | IPv6Interface] = [*self.ipv4.interfaces()]
+        if self.ipv6 is not None:
+            found.extend(self.ipv6.interfaces())
+        return found
 
     async def ping(
         self, destination: IPv4Address | IPv6Address | str, *, size: int = 56, timeout: float = 1.0
@@ -356,16 +368,30 @@ def _secret_from_hex(text: str) -> bytes:
     return secret
 
 
+# How long an IPv6-only stack waits for its static address: one DAD probe
+# (RetransTimer, one second) with room for a slow start.
+_STATIC_DAD_WAIT_S = 5.0
+
+
 def _check_ipv4(
     address: IPv4Interface | None,
     dhcp: bool,
     max_connections: int | None,
     memory_limit: int | None,
+    *,
+    ipv4: bool = True,
+    ipv6: bool = False,
 ) -> None:
     if max_connections is not None and max_connections < 0:
         raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
     if memory_limit is not None and memory_limit < 0:
         raise ValueError(f"memory_limit must be 0 (no limit) or more bytes, not {memory_limit}")
+    if not ipv4:
+        if not ipv6:
+            raise UsageError("IPv6 only (--ipv6-only) needs IPv6: give --ipv6 on or drop it")
+        if dhcp or address is not None:
+            raise UsageError("IPv6 only (--ipv6-only) takes no IPv4 address and no --dhcp")
+        return
     if dhcp and address is not None:
         raise ValueError("give either a static address or dhcp=True, not both")
     if not dhcp and address is None:

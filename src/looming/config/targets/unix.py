@@ -221,7 +221,7 @@ def direct_stack_impl(dev: Device) -> Impl:
             ("time", Dep("time")),
             ("clock", Dep("clock")),
             ("random", Dep("random")),
-            ("address", "None if keys.dhcp else keys.ipv4"),
+            ("address", "None if keys.dhcp or keys.ipv6_only else keys.ipv4"),
             ("gateway", "keys.ipv4_gateway"),
             ("dhcp", "keys.dhcp"),
             ("max_connections", "keys.tcp_max_connections"),
@@ -230,8 +230,10 @@ def direct_stack_impl(dev: Device) -> Impl:
             # An IPv6 address or gateway given turns IPv6 on by itself.
             (
                 "ipv6",
-                "keys.ipv6 or keys.ipv6_address is not None or keys.ipv6_gateway is not None",
+                "keys.ipv6 or keys.ipv6_only or keys.ipv6_address is not None"
+                " or keys.ipv6_gateway is not None",
             ),
+            ("ipv4", "not keys.ipv6_only"),
             ("ipv6_address", "keys.ipv6_address"),
             ("ipv6_gateway", "keys.ipv6_gateway"),
             ("slaac", "keys.slaac"),
@@ -260,6 +262,7 @@ def direct_stack_impl(dev: Device) -> Impl:
             KeyDecl(
                 "ipv6", "bool", False, "IPv6 too: link-local address, SLAAC unless --slaac off"
             ),
+            KeyDecl("ipv6_only", "bool", False, "IPv6 only: no IPv4 address (turns IPv6 on)"),
             KeyDecl("ipv6_address", "ipv6_interface", None, "static IPv6 address and prefix"),
             KeyDecl("ipv6_gateway", "ipv6_address", None, "static IPv6 default router"),
             KeyDecl("slaac", "bool", True, "with IPv6: addresses and routers from advertisements"),
