@@ -262,3 +262,29 @@ def test_vchan_store_runs_as_two_vms(
     assert front is not None and front.returncode == 0 and store.returncode == 0, outputs
     assert "vchan: store/kv connected" in outputs[1]
     assert os.listdir(ivshmem_dir) == []  # the store's launcher removed the region
+
+
+def test_a_server_started_again_leaves_a_mapped_region_in_place(tmp_path: Path) -> None:
+    """After a server killed outright (its lock gone with it, the file left),
+    the next server neither shrinks the file a client's qemu maps (SIGBUS)
+    nor scribbles on the rings: it marks the old server exited."""
+    served = ivshmem.attach("store", [{"port": "kv", "peer": None}], tmp_path)
+    connected = ivshmem.attach("front", [{"port": "kv", "peer": "store"}], tmp_path)
+    region = tmp_path / "looming-ivshmem-store.kv"
+    with open(region, "r+b") as shared:
+        shared.seek(layout.SRV_LIVE)
+        shared.write(bytes([layout.LIVE_CONNECTED]))
+        shared.seek(5000)
+        shared.write(b"in the ring")
+    inode = region.stat().st_ino
+    for fd in served._locks:  # what a SIGKILL of its launcher leaves
+        os.close(fd)
+    again = ivshmem.attach("store", [{"port": "kv", "peer": None}], tmp_path)
+    data = region.read_bytes()
+    assert region.stat().st_ino == inode and len(data) == pci.REGION_SIZE
+    assert data[layout.SRV_LIVE] == layout.LIVE_EXITED
+    assert data[5000:5011] == b"in the ring"
+    assert data[pci.HEADER_OFFSET :] == pci.header("store", "kv")
+    connected.close()
+    again.close()
+    assert os.listdir(tmp_path) == []

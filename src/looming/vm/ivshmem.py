@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from looming.vchan import pci
+from looming.vchan import layout, pci
 from looming.vchan.segment import shm_dir
 
 PREFIX = "looming-ivshmem-"
@@ -143,11 +143,15 @@ def _serve(attached: Attached, name: str, port: str, directory: Path | None) -> 
     attached._locks.append(fd)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    # The same file again if a client VM still maps it (it sees a fresh region).
+    # The same file again if a client VM still maps it (left by a server
+    # killed outright): not shrunk, which would crash that qemu (SIGBUS), and
+    # its rings left alone; the old server is marked exited, so the client's
+    # guest closes that channel and waits for the new server's offer.
     data = os.open(region, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.ftruncate(data, 0)
-        os.ftruncate(data, pci.REGION_SIZE)
+        if os.fstat(data).st_size != pci.REGION_SIZE:
+            os.ftruncate(data, pci.REGION_SIZE)
+        os.pwrite(data, bytes([layout.LIVE_EXITED]), layout.SRV_LIVE)
         os.pwrite(data, pci.header(name, port), pci.HEADER_OFFSET)
     finally:
         os.close(data)
