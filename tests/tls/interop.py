@@ -60,6 +60,7 @@ class Spec:
     group: NamedGroup | None = None
     leaf: str = "p256"  # the certificate of a peer server
     extra: tuple[str, ...] = ()  # more arguments for a program peer
+    connections: int = 1  # how many connections a peer server takes
 
 
 async def looming_client(
@@ -119,6 +120,7 @@ class Peer(Protocol):
     suites13: Sequence[CipherSuite]
     suites12: Sequence[CipherSuite]
     groups: Sequence[NamedGroup | None]  # the groups the matrices ask it for
+    resumption_versions: Sequence[int]  # the versions it resumes sessions in as a server
 
     def serve(self, pki: Pki, spec: Spec) -> AbstractAsyncContextManager[PeerServer]:
         """Run it as a server for ``spec``, listening once the block is entered."""
@@ -134,6 +136,10 @@ class Peer(Protocol):
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         """Assert that the client finished cleanly, got the echo and reports ``spec``."""
+        ...
+
+    def check_resumed_server(self, server: PeerServer) -> None:
+        """Assert that the closed server reports a full handshake, then a resumed one."""
         ...
 
 
@@ -217,11 +223,13 @@ class OpenSsl:
     suites13: Sequence[CipherSuite] = SUITES13
     suites12: Sequence[CipherSuite] = list(SUITES12)
     groups: Sequence[NamedGroup | None] = GROUPS
+    resumption_versions: Sequence[int] = (TLS13, TLS12)
 
     @asynccontextmanager
     async def serve(self, pki: Pki, spec: Spec) -> AsyncIterator[PeerServer]:
         port = free_port()
         args = s_server_args(pki, spec.leaf, port, "-rev", *openssl_flags(spec))
+        args += ["-naccept", str(spec.connections)]  # the last -naccept counts
         async with server_process(args, port, "ACCEPT") as peer:
             yield ProgramServer(port, peer.finish, reverses=True)
 
@@ -236,6 +244,9 @@ class OpenSsl:
         if spec.suite is not None:
             name = spec.suite.name if spec.version == TLS13 else SUITES12[spec.suite][1]
             assert f"Ciphersuite: {name}" in out, out
+
+    def check_resumed_server(self, server: PeerServer) -> None:
+        pass  # s_server does not say which session it resumed; the looming client does
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         out = run.output
@@ -343,6 +354,7 @@ class GnuTls:
     suites13: Sequence[CipherSuite] = SUITES13
     suites12: Sequence[CipherSuite] = list(SUITES12)
     groups: Sequence[NamedGroup | None] = GROUPS
+    resumption_versions: Sequence[int] = (TLS13, TLS12)
 
     @asynccontextmanager
     async def serve(self, pki: Pki, spec: Spec) -> AsyncIterator[PeerServer]:
@@ -359,6 +371,9 @@ class GnuTls:
 
     def check_server(self, server: PeerServer, spec: Spec) -> None:
         pass  # gnutls-serv --echo says nothing of what it negotiated; the flow does
+
+    def check_resumed_server(self, server: PeerServer) -> None:
+        pass  # nor of what it resumed
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         out = run.output
@@ -514,13 +529,14 @@ class PythonSsl:
     suites13: Sequence[CipherSuite] = SUITES13
     suites12: Sequence[CipherSuite] = list(SUITES12)
     groups: Sequence[NamedGroup | None] = GROUPS
+    resumption_versions: Sequence[int] = (TLS13, TLS12)
 
     @asynccontextmanager
     async def serve(self, pki: Pki, spec: Spec) -> AsyncIterator[PeerServer]:
         ctx = server_context(pki, spec.leaf, spec.version if spec.version == TLS12 else None)
         if spec.version == TLS12 and spec.suite is not None:
             ctx.set_ciphers(SUITES12[spec.suite][1])
-        with SslServer(ctx) as server:
+        with SslServer(ctx, spec.connections) as server:
             yield server
 
     async def connect(self, pki: Pki, port: int, spec: Spec) -> ClientRun:
@@ -539,6 +555,10 @@ class PythonSsl:
         if spec.suite is not None:
             name = spec.suite.name if spec.version == TLS13 else SUITES12[spec.suite][1]
             assert result.cipher == name, result
+
+    def check_resumed_server(self, server: PeerServer) -> None:
+        assert isinstance(server, SslServer)
+        assert [r.reused for r in server.results] == [False, True], server.results
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         assert run.ok, run.output
@@ -709,11 +729,14 @@ class Tlslite:
         CipherSuite.ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     ]
     groups: Sequence[NamedGroup | None] = [None]  # its default groups; see test_tlslite.py
+    resumption_versions: Sequence[int] = (TLS13,)  # its TLS 1.2 server has session ids only
 
     @asynccontextmanager
     async def serve(self, pki: Pki, spec: Spec) -> AsyncIterator[PeerServer]:
-        with TlsliteServer(pki, spec.leaf, settings(spec.version, spec.suite, spec.group)) as s:
-            yield s
+        tickets = {"ticketKeys": [bytes(range(32))]} if spec.connections > 1 else {}
+        hs = settings(spec.version, spec.suite, spec.group, **tickets)
+        with TlsliteServer(pki, spec.leaf, hs, spec.connections) as server:
+            yield server
 
     async def connect(self, pki: Pki, port: int, spec: Spec) -> ClientRun:
         hs = settings(spec.version, spec.suite, spec.group)
@@ -727,6 +750,12 @@ class Tlslite:
         assert "error" not in result, result
         if spec.version is not None:
             assert result["version"] == TLSLITE_VERSION[spec.version]
+
+    def check_resumed_server(self, server: PeerServer) -> None:
+        # tlslite-ng's server marks every TLS 1.3 handshake resumed=False, with a
+        # ticket or not (TLSConnection.handshakeServerAsync); only errors tell.
+        assert isinstance(server, TlsliteServer)
+        assert [r.get("error") for r in server.results] == [None, None], server.results
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         assert run.ok, run.output

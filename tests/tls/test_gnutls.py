@@ -71,30 +71,6 @@ def test_client_key_update_with_gnutls(pki: Pki) -> None:
     assert asyncio.run(main()).key_updates_received == 1
 
 
-@pytest.mark.parametrize("version", [TLS13, TLS12])
-def test_client_resumption_with_gnutls(pki: Pki, version: int) -> None:
-    async def main() -> tuple[TlsFlow, TlsFlow]:
-        port = free_port()
-        config = TlsConfig(
-            trust=pki.trust,
-            versions=[version],
-            session_cache=ClientSessionCache(),
-            random=UnixRandom(),
-            clock=UnixClock(),
-        )
-        async with server_process(gnutls_serv_args(pki, "p256", port), port, "IPv4"):
-            first = await open_connection("127.0.0.1", port, config, server_name="localhost")
-            await echo(first)
-            await first.close()
-            second = await open_connection("127.0.0.1", port, config, server_name="localhost")
-            await echo(second)
-            await second.close()
-        return first, second
-
-    first, second = asyncio.run(main())
-    assert not first.resumed and second.resumed and second.version == version
-
-
 def test_client_alpn_with_gnutls(pki: Pki) -> None:
     config = TlsConfig(
         trust=pki.trust, alpn_protocols=[b"h2", b"http/1.1"], random=UnixRandom(), clock=UnixClock()

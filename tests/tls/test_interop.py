@@ -2,7 +2,8 @@
 
 A looming client against each peer's server, and each peer's client against
 a looming server, for every TLS 1.3 suite, group and certificate and every
-TLS 1.2 suite and group the peer has, over loopback TCP. What each peer
+TLS 1.2 suite and group the peer has, and a looming client resuming its
+session with each, over loopback TCP. What each peer
 reports it negotiated is checked by the peer (``check_server``,
 ``check_client``); what looming negotiated is checked here.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from looming.tls import TLS12, TLS13, CipherSuite, NamedGroup, TlsConfig
+from looming.tls import TLS12, TLS13, CipherSuite, ClientSessionCache, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
@@ -154,3 +155,46 @@ def test_peer_client_tls12(
     peer.check_client(run, spec)
     assert not server.errors
     assert (server.flows[0].version, server.flows[0].cipher_suite) == (TLS12, suite)
+
+
+# --- resumption -------------------------------------------------------------------------------
+
+
+RESUMPTION = [
+    pytest.param(peer, version, id=f"{peer.name}-{'tls13' if version == TLS13 else 'tls12'}")
+    for peer in PEERS
+    for version in peer.resumption_versions
+]
+
+
+async def two_looming_clients(
+    peer: Peer, pki: Pki, spec: Spec, config: TlsConfig
+) -> tuple[list[TlsFlow], PeerServer]:
+    """Two connections to one peer server; the second offers the first's session."""
+    flows = []
+    async with peer.serve(pki, spec) as server:
+        for _ in range(2):
+            flow = await open_connection("127.0.0.1", server.port, config, server_name="localhost")
+            await flow.write(LINE)
+            assert await read_reply(flow, server.closes_after_reply) == server.reply(LINE)
+            await flow.close()
+            flows.append(flow)
+        await server.close()
+    return flows, server
+
+
+@pytest.mark.parametrize(("peer", "version"), RESUMPTION)
+def test_looming_client_resumes(pki: Pki, peer: Peer, version: int) -> None:
+    config = TlsConfig(
+        trust=pki.trust,
+        versions=[version],
+        session_cache=ClientSessionCache(),
+        random=UnixRandom(),
+        clock=UnixClock(),
+    )
+    spec = Spec(version, connections=2)
+    (first, second), server = asyncio.run(two_looming_clients(peer, pki, spec, config))
+    assert not first.resumed and first.sessions
+    assert second.resumed and second.version == version
+    assert second.peer_certificates == first.peer_certificates
+    peer.check_resumed_server(server)

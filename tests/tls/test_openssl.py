@@ -71,36 +71,6 @@ def test_client_downgrade_to_tls12_is_accepted_without_sentinel_but_versions_mat
     assert flow.version == TLS12 and reply == b"gnimool olleh\n"
 
 
-@pytest.mark.parametrize("version", [TLS13, TLS12])
-def test_client_resumption_against_s_server(pki: Pki, version: int) -> None:
-    async def main() -> tuple[TlsFlow, TlsFlow]:
-        port = free_port()
-        cache = ClientSessionCache()
-        config = TlsConfig(
-            trust=pki.trust,
-            versions=[version],
-            session_cache=cache,
-            random=UnixRandom(),
-            clock=UnixClock(),
-        )
-        async with server_process(
-            s_server_args(pki, "p256", port, "-rev", "-naccept", "2"), port, "ACCEPT"
-        ) as peer:
-            first = await open_connection("127.0.0.1", port, config, server_name="localhost")
-            await exchange(first)
-            await first.close()
-            second = await open_connection("127.0.0.1", port, config, server_name="localhost")
-            await exchange(second)
-            await second.close()
-            await peer.finish()
-        return first, second
-
-    first, second = asyncio.run(main())
-    assert not first.resumed and first.sessions
-    assert second.resumed and second.version == version
-    assert second.peer_certificates == first.peer_certificates
-
-
 def test_client_alpn(pki: Pki) -> None:
     config = TlsConfig(
         trust=pki.trust,

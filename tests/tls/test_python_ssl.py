@@ -11,7 +11,7 @@ import ssl
 
 import pytest
 
-from looming.tls import TLS12, TLS13, ClientSessionCache, NamedGroup, TlsConfig
+from looming.tls import TLS12, TLS13, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
@@ -37,30 +37,6 @@ async def ssl_clients_against_looming(
 
 
 # --- looming client, Python ssl server ------------------------------------------------
-
-
-@pytest.mark.parametrize("version", [TLS13, TLS12])
-def test_client_resumption_against_ssl_server(pki: Pki, version: int) -> None:
-    config = TlsConfig(
-        trust=pki.trust,
-        versions=[version],
-        session_cache=ClientSessionCache(),
-        random=UnixRandom(),
-        clock=UnixClock(),
-    )
-
-    async def main() -> list[TlsFlow]:
-        flows = []
-        for _ in range(2):
-            flow, reply = await looming_client(server.port, config)
-            assert reply == b"ssl:hi\n"
-            flows.append(flow)
-        return flows
-
-    with SslServer(server_context(pki, "p256"), count=2) as server:
-        flows = asyncio.run(main())
-    assert [f.resumed for f in flows] == [False, True]
-    assert [r.reused for r in server.results] == [False, True]
 
 
 def test_client_certificate_alpn_sni_against_ssl_server(pki: Pki) -> None:
