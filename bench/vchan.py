@@ -602,6 +602,32 @@ def print_vm(results: list[Result], arch: str) -> None:
     )
 
 
+def print_host(results: list[Result], reconnects: dict[str, list[float]]) -> None:
+    """The table of host transports against the socketpair, then reconnection times."""
+    base = next(r for r in results if r.transport == "socketpair")
+    print()
+    print(
+        f"{'transport':<22}{'RTT p50 us':>11}{'RTT p99 us':>11}{'MB/s':>9}"
+        f"{'p50 vs sp':>11}{'MB/s vs sp':>12}"
+    )
+    for r in results:
+        print(
+            f"{r.transport:<22}{r.rtt_p50_us:>11.1f}{r.rtt_p99_us:>11.1f}"
+            f"{r.throughput_mb_s:>9.0f}{base.rtt_p50_us / r.rtt_p50_us:>10.2f}x"
+            f"{r.throughput_mb_s / base.throughput_mb_s:>11.2f}x"
+        )
+    print("(ratios: >1 means faster than the socketpair)")
+    print_peer_ratios(results)
+    print()
+    print(f"{'reconnect after a SIGKILLed peer is restarted':<46}{'median ms':>10}{'best ms':>9}")
+    medians = {}
+    for name, samples in reconnects.items():
+        medians[name] = statistics.median(samples)
+        print(f"{name:<46}{medians[name] * 1e3:>10.2f}{min(samples) * 1e3:>9.2f}")
+    ratio = medians["vchan device"] / medians["unix socket"]
+    print(f"(vchan device / unix socket: {ratio:.2f}x; the peer is a fork, not a new interpreter)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, less data")
@@ -642,28 +668,7 @@ def main() -> int:
         reconnects = measure_reconnects(registry_dir, 2 if args.quick else 5)
     finally:
         shutil.rmtree(registry_dir, ignore_errors=True)
-    base = next(r for r in results if r.transport == "socketpair")
-    print()
-    print(
-        f"{'transport':<22}{'RTT p50 us':>11}{'RTT p99 us':>11}{'MB/s':>9}"
-        f"{'p50 vs sp':>11}{'MB/s vs sp':>12}"
-    )
-    for r in results:
-        print(
-            f"{r.transport:<22}{r.rtt_p50_us:>11.1f}{r.rtt_p99_us:>11.1f}"
-            f"{r.throughput_mb_s:>9.0f}{base.rtt_p50_us / r.rtt_p50_us:>10.2f}x"
-            f"{r.throughput_mb_s / base.throughput_mb_s:>11.2f}x"
-        )
-    print("(ratios: >1 means faster than the socketpair)")
-    print_peer_ratios(results)
-    print()
-    print(f"{'reconnect after a SIGKILLed peer is restarted':<46}{'median ms':>10}{'best ms':>9}")
-    medians = {}
-    for name, samples in reconnects.items():
-        medians[name] = statistics.median(samples)
-        print(f"{name:<46}{medians[name] * 1e3:>10.2f}{min(samples) * 1e3:>9.2f}")
-    ratio = medians["vchan device"] / medians["unix socket"]
-    print(f"(vchan device / unix socket: {ratio:.2f}x; the peer is a fork, not a new interpreter)")
+    print_host(results, reconnects)
     vm_results = measure_vm(args.quick, args.arch) if args.vm else []
     if vm_results:
         print_vm(vm_results, args.arch)

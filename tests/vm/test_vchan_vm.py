@@ -145,6 +145,8 @@ def test_regions_are_made_by_the_server_and_refused_when_missing_or_in_use(
     client = [{"port": "kv", "peer": "store"}]
     with pytest.raises(ivshmem.IvshmemError, match="no VM serves vchan store/kv"):
         ivshmem.attach("front", client, tmp_path)
+    with pytest.raises(ivshmem.IvshmemError, match="longer than 63 bytes: shorten"):
+        ivshmem.attach("s" * 64, [{"port": "kv", "peer": None}], tmp_path)
     served = ivshmem.attach("store", [{"port": "kv", "peer": None}], tmp_path)
     region = tmp_path / "looming-ivshmem-store.kv"
     assert region.stat().st_size == pci.REGION_SIZE

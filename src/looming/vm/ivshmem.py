@@ -132,6 +132,10 @@ def _remove_unless_held(region: Path, other: Path, mode: int) -> None:
 
 
 def _serve(attached: Attached, name: str, port: str, directory: Path | None) -> Path:
+    try:
+        page = pci.header(name, port)
+    except ValueError as exc:
+        raise IvshmemError(f"{exc}: shorten the unikernel's name or the port") from None
     region = region_path(name, port, directory)
     lock_path = Path(f"{region}.lock")
     fd = _lock(lock_path, fcntl.LOCK_EX)
@@ -152,7 +156,7 @@ def _serve(attached: Attached, name: str, port: str, directory: Path | None) -> 
         if os.fstat(data).st_size != pci.REGION_SIZE:
             os.ftruncate(data, pci.REGION_SIZE)
         os.pwrite(data, bytes([layout.LIVE_EXITED]), layout.SRV_LIVE)
-        os.pwrite(data, pci.header(name, port), pci.HEADER_OFFSET)
+        os.pwrite(data, page, pci.HEADER_OFFSET)
     finally:
         os.close(data)
     attached._made.append(region)
