@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from looming.devices.random import Random
@@ -89,15 +90,20 @@ class DnsResolver:
         udp: UdpLayer,
         time: Time,
         random: Random,
-        servers: list[IPv4Address],
+        servers: Sequence[IPv4Address | IPv6Address],
         *,
         timeout_s: float = 2.0,
         attempts: int = 3,
+        learned: Callable[[], Sequence[IPv4Address | IPv6Address]] | None = None,
     ) -> None:
+        """``servers`` are asked first (static or from DHCP), then those
+        ``learned`` returns at each lookup (RDNSS options of Router
+        Advertisements, RFC 8106, while their lifetimes last)."""
         self._udp = udp
         self._time = time
         self._random = random
-        self.servers = list(servers)
+        self._learned = learned
+        self.servers: list[IPv4Address | IPv6Address] = list(servers)
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.counters: Counter[str] = Counter()
@@ -127,16 +133,20 @@ class DnsResolver:
             raise NameNotFound(f"{name!r} has no IPv6 address (no AAAA record)")
         return found
 
-    async def resolve_any(self, name: str) -> list[IPv4Address | IPv6Address]:
-        """Every address of ``name``: IPv6 ones first, then IPv4 (RFC 6724's
-        default order), the way a dual-stack client tries them. Raises
-        :class:`NameNotFound` only when the name has neither."""
+    async def resolve_any(
+        self, name: str, *, families: Sequence[int] = (6, 4)
+    ) -> list[IPv4Address | IPv6Address]:
+        """Every address of ``name`` in the ``families`` asked for, in that
+        order: by default IPv6 ones first, then IPv4 (RFC 6724's default
+        order), the way a dual-stack client tries them. Raises
+        :class:`NameNotFound` only when the name has none of them."""
         try:
             return [ip_address(name.removeprefix("[").removesuffix("]"))]
         except ValueError:
             pass
         found: list[IPv4Address | IPv6Address] = []
-        for lookup in (self.resolve6, self.resolve):
+        for family in families:
+            lookup = self.resolve6 if family == 6 else self.resolve
             try:
                 found.extend(await lookup(name))
             except NoSuchName:
@@ -144,16 +154,25 @@ class DnsResolver:
             except NameNotFound:
                 pass  # no record of this family; the other may have one
         if not found:
-            raise NameNotFound(f"{name!r} has no address (no AAAA or A record)")
+            records = " or ".join("AAAA" if family == 6 else "A" for family in families)
+            raise NameNotFound(f"{name!r} has no address (no {records} record)")
+        return found
+
+    def current_servers(self) -> list[IPv4Address | IPv6Address]:
+        """The servers a lookup asks now, in order: configured, then learned."""
+        found = list(self.servers)
+        if self._learned is not None:
+            found.extend(server for server in self._learned() if server not in found)
         return found
 
     async def _lookup(self, name: str, rtype: DnsType) -> tuple[DnsMessage, DnsQuestion]:
         """The first usable answer for ``name``'s ``rtype`` records."""
-        if not self.servers:
+        servers = self.current_servers()
+        if not servers:
             raise NameNotFound(f"cannot resolve {name!r}: no DNS server is configured")
         question = DnsQuestion(name=name.rstrip(".").lower(), type=rtype)
         for attempt in range(self.attempts):
-            server = self.servers[attempt % len(self.servers)]
+            server = servers[attempt % len(servers)]
             answer = await self._ask(server, question)
             if answer is None:
                 continue
@@ -165,7 +184,9 @@ class DnsResolver:
             return answer, question
         raise ResolverTimeout(f"no DNS server answered for {name!r}")
 
-    async def _ask(self, server: IPv4Address, question: DnsQuestion) -> DnsMessage | None:
+    async def _ask(
+        self, server: IPv4Address | IPv6Address, question: DnsQuestion
+    ) -> DnsMessage | None:
         query_id = self._random.randint(0, 0xFFFF)
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[DnsMessage] = loop.create_future()

@@ -96,6 +96,7 @@ class DirectStack:
         self._dhcp6_allowed = dhcp6 is not False
         self.lease: DhcpLease | None = None
         self._resolver: DnsResolver | None = None
+        self._tcp.resolver = self.resolve
         self._listen_task: asyncio.Task[None] | None = None
 
     def _make_ipv6(
@@ -170,7 +171,7 @@ class DirectStack:
         gateway: IPv4Address | None = None,
         dhcp: bool = False,
         dhcp_timeout: float = 30.0,
-        dns_servers: list[IPv4Address] | None = None,
+        dns_servers: list[IPv4Address | IPv6Address] | None = None,
         max_connections: int | None = None,
         memory_limit: int | None = None,
         congestion_control: str = "cubic",
@@ -274,7 +275,8 @@ class DirectStack:
         if self._resolver is None:
             from looming.net.dns import DnsResolver
 
-            self._resolver = DnsResolver(self._udp, self.time, self.random, [])
+            learned = self.ipv6.dns_servers if self.ipv6 is not None else None
+            self._resolver = DnsResolver(self._udp, self.time, self.random, [], learned=learned)
         return self._resolver
 
     @property
@@ -304,9 +306,22 @@ class DirectStack:
             return await self.ipv6.ping(address, size=size, timeout=timeout)
         return await self.icmp.ping(address, size=size, timeout=timeout)
 
-    async def resolve(self, name: str) -> list[IPv4Address]:
-        """IPv4 addresses of ``name`` from the configured DNS servers."""
-        return await self.resolver.resolve(name)
+    async def resolve(self, name: str) -> list[IPv4Address | IPv6Address]:
+        """The addresses of ``name`` this stack can reach, from the
+        configured DNS servers and those Router Advertisements name: AAAA
+        records only with IPv6, A records only with IPv4 (an address or
+        DHCP), IPv6 first when the stack holds an IPv6 address beyond
+        link-local, else IPv4 first. ``tcp.connect`` takes a name and
+        tries these in order."""
+        return await self.resolver.resolve_any(name, families=self._families())
+
+    def _families(self) -> tuple[int, ...]:
+        four = bool(self.ipv4.interfaces()) or self.dhcp is not None
+        if self.ipv6 is None:
+            return (4,)
+        if not four:
+            return (6,)
+        return (6, 4) if self.ipv6.interfaces() else (4, 6)
 
     def counters(self) -> dict[str, int]:
         """Every layer's counters, keyed ``layer.reason`` (drops included)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -28,6 +28,7 @@ from looming.errors import (
     ConnectionReset,
     ConnectionTimeout,
     HostUnreachable,
+    NetworkError,
     NoRoute,
 )
 from looming.net.tcp.config import TcpConfig, TcpStats
@@ -304,6 +305,7 @@ class TcpLayer:
             segment_limit_for=self._segment_limit_for,
             max_connections=max_connections,
             memory_limit=memory_limit,
+            defer_output=True,
         )
         # Keyed by the connection object: hashing it is cheap, unlike a
         # tuple of IPv4Address objects, and this runs for every segment.
@@ -315,6 +317,9 @@ class TcpLayer:
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
+        # Looks a name up for connect (set by the stack that has DNS): the
+        # addresses to try, in order.
+        self.resolver: Callable[[str], Awaitable[Sequence[IPv4Address | IPv6Address]]] | None = None
         self.icmp_counters: Counter[str] = Counter()
         ipv4.register(IpProtocol.TCP, self.input)
         if ipv6 is not None:
@@ -350,7 +355,37 @@ class TcpLayer:
     async def connect(
         self, host: str | IPv4Address | IPv6Address, port: int, *, timeout: float | None = None
     ) -> TcpStream:
-        remote = ip_address(host)
+        """Open a connection to an address, or to a name: its addresses
+        from :attr:`resolver`, tried in order (each with ``timeout``) until
+        one answers; the last one's error if none does."""
+        if not isinstance(host, str):
+            return await self._connect_address(host, port, timeout)
+        try:
+            remote = ip_address(host)
+        except ValueError:
+            return await self._connect_name(host, port, timeout)
+        return await self._connect_address(remote, port, timeout)
+
+    async def _connect_name(self, name: str, port: int, timeout: float | None) -> TcpStream:
+        if self.resolver is None:
+            from looming.net.dns import NameNotFound
+
+            raise NameNotFound(f"cannot connect to {name!r}: give an IP address (no DNS here)")
+        tried: list[str] = []
+        last: NetworkError | None = None
+        for address in await self.resolver(name):
+            try:
+                return await self._connect_address(address, port, timeout)
+            except (ConnectionRefused, ConnectionTimeout, HostUnreachable, NoRoute) as error:
+                tried.append(f"{address}: {error}")
+                last = error
+        if last is None:
+            raise NoRoute(f"{name!r} has no address to connect to")
+        raise type(last)(f"{name} port {port}: " + "; ".join(tried)) from last
+
+    async def _connect_address(
+        self, remote: IPv4Address | IPv6Address, port: int, timeout: float | None
+    ) -> TcpStream:
         local: IPv4Address | IPv6Address
         if isinstance(remote, IPv4Address):
             local = self._ipv4.source_for(remote)
