@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from tlslite.api import HandshakeSettings, SessionCache, TLSConnection, X509CertChain, parsePEMKey
@@ -26,7 +28,7 @@ from tlslite.api import HandshakeSettings, SessionCache, TLSConnection, X509Cert
 from looming.tls import TLS12, TLS13, CipherSuite, NamedGroup, TlsConfig
 from looming.tls.flow import TlsFlow, open_connection
 
-from .peers import EchoServer, ServerProcess, free_port, run, server_process
+from .peers import ServerProcess, free_port, run, server_process
 from .pki import Pki
 
 SUITES13 = [
@@ -142,6 +144,14 @@ class Peer(Protocol):
         """Assert that the closed server reports a full handshake, then a resumed one."""
         ...
 
+    async def connect_twice(self, pki: Pki, port: int, version: int) -> list[ClientRun]:
+        """Connect at ``version``, then again offering the first connection's session."""
+        ...
+
+    def check_resumed_client(self, runs: list[ClientRun]) -> None:
+        """Assert that the client reports a full handshake, then a resumed one."""
+        ...
+
 
 # --- OpenSSL: s_server -rev and s_client --------------------------------------------------
 
@@ -247,6 +257,19 @@ class OpenSsl:
 
     def check_resumed_server(self, server: PeerServer) -> None:
         pass  # s_server does not say which session it resumed; the looming client does
+
+    async def connect_twice(self, pki: Pki, port: int, version: int) -> list[ClientRun]:
+        base = [*s_client_base(pki), *openssl_flags(Spec(version))]
+        with tempfile.TemporaryDirectory() as folder:
+            session = str(Path(folder) / "session.pem")
+            first = await s_client(port, [*base, "-sess_out", session], b"one\n")
+            second = await s_client(port, [*base, "-sess_in", session], b"two\n")
+        return [ClientRun(rc == 0, out) for rc, out in (first, second)]
+
+    def check_resumed_client(self, runs: list[ClientRun]) -> None:
+        first, second = (run.output for run in runs)
+        assert "New," in first and "echo:one" in first, first
+        assert "Reused," in second and "echo:two" in second, second
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         out = run.output
@@ -374,6 +397,16 @@ class GnuTls:
 
     def check_resumed_server(self, server: PeerServer) -> None:
         pass  # nor of what it resumed
+
+    async def connect_twice(self, pki: Pki, port: int, version: int) -> list[ClientRun]:
+        args = [*gnutls_cli_base(pki), "--priority", priority(version), *GNUTLS_RESUME]
+        rc, out = await gnutls_cli(port, args)  # both connections, one run
+        return [ClientRun(rc == 0, out)]
+
+    def check_resumed_client(self, runs: list[ClientRun]) -> None:
+        (run,) = runs
+        assert run.ok, run.output
+        assert "This is a resumed session" in run.output, run.output
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         out = run.output
@@ -512,13 +545,13 @@ def run_ssl_client(
     return result
 
 
-async def ssl_clients(server: EchoServer, ctx: ssl.SSLContext, count: int = 1) -> list[SslResult]:
+async def ssl_clients(port: int, ctx: ssl.SSLContext, count: int = 1) -> list[SslResult]:
     """``count`` connections sending "line <i>", each resuming the session of the one before."""
     results: list[SslResult] = []
     session = None
     for i in range(count):
         line = b"line %d\n" % i
-        result = await asyncio.to_thread(run_ssl_client, server.port, ctx, line, session)
+        result = await asyncio.to_thread(run_ssl_client, port, ctx, line, session)
         results.append(result)
         session = result.sessions[-1] if result.sessions else None
     return results
@@ -559,6 +592,16 @@ class PythonSsl:
     def check_resumed_server(self, server: PeerServer) -> None:
         assert isinstance(server, SslServer)
         assert [r.reused for r in server.results] == [False, True], server.results
+
+    async def connect_twice(self, pki: Pki, port: int, version: int) -> list[ClientRun]:
+        results = await ssl_clients(port, client_context(pki, version), count=2)
+        return [
+            ClientRun(r.error is None, repr(r), r.received, {"reused": r.reused}) for r in results
+        ]
+
+    def check_resumed_client(self, runs: list[ClientRun]) -> None:
+        assert [run.ok for run in runs] == [True, True], runs
+        assert [run.details["reused"] for run in runs] == [False, True]
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         assert run.ok, run.output
@@ -708,13 +751,13 @@ def tlslite_client(
 
 
 async def tlslite_clients(
-    server: EchoServer, hs_settings: HandshakeSettings, count: int = 1, **args: Any
+    port: int, hs_settings: HandshakeSettings, count: int = 1, **args: Any
 ) -> list[dict[str, Any]]:
     """``count`` connections, each resuming the session of the one before."""
     results: list[dict[str, Any]] = []
     session = None
     for _ in range(count):
-        result = await asyncio.to_thread(tlslite_client, server.port, hs_settings, session, **args)
+        result = await asyncio.to_thread(tlslite_client, port, hs_settings, session, **args)
         results.append(result)
         session = result.get("session")
     return results
@@ -756,6 +799,14 @@ class Tlslite:
         # ticket or not (TLSConnection.handshakeServerAsync); only errors tell.
         assert isinstance(server, TlsliteServer)
         assert [r.get("error") for r in server.results] == [None, None], server.results
+
+    async def connect_twice(self, pki: Pki, port: int, version: int) -> list[ClientRun]:
+        results = await tlslite_clients(port, settings(version), count=2)
+        return [ClientRun("error" not in r, repr(r), r.get("received", b""), r) for r in results]
+
+    def check_resumed_client(self, runs: list[ClientRun]) -> None:
+        assert [run.ok for run in runs] == [True, True], runs
+        assert [run.details["resumed"] for run in runs] == [False, True]
 
     def check_client(self, run: ClientRun, spec: Spec) -> None:
         assert run.ok, run.output

@@ -163,24 +163,9 @@ def test_server_exporter_matches_gnutls_cli(pki: Pki, version: int) -> None:
     ).hex() == match.group(1)
 
 
-@pytest.mark.parametrize("version", [TLS13, TLS12])
-def test_server_resumption_with_gnutls_cli(pki: Pki, version: int) -> None:
-    config = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
-    )
-    rc, out, server = asyncio.run(
-        gnutls_cli_against_looming(
-            config, [*_cli_base(pki), "--priority", priority(version), *GNUTLS_RESUME]
-        )
-    )
-    assert rc == 0, out
-    assert "This is a resumed session" in out
-    assert [f.resumed for f in server.flows] == [False, True]
-
-
 def test_server_resumption_with_gnutls_cli_when_the_ticket_is_late(pki: Pki) -> None:
     """The TLS 1.3 ticket 0.3 s after the handshake (a loaded machine's delay,
-    which once failed the test above) still resumes."""
+    which once failed gnutls-cli's resumption in test_interop.py) still resumes."""
     config = TlsConfig(
         certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
     )

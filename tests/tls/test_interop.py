@@ -3,7 +3,7 @@
 A looming client against each peer's server, and each peer's client against
 a looming server, for every TLS 1.3 suite, group and certificate and every
 TLS 1.2 suite and group the peer has, and a looming client resuming its
-session with each, over loopback TCP. What each peer
+session with each and each client resuming with looming, over loopback TCP. What each peer
 reports it negotiated is checked by the peer (``check_server``,
 ``check_client``); what looming negotiated is checked here.
 """
@@ -198,3 +198,28 @@ def test_looming_client_resumes(pki: Pki, peer: Peer, version: int) -> None:
     assert second.resumed and second.version == version
     assert second.peer_certificates == first.peer_certificates
     peer.check_resumed_server(server)
+
+
+CLIENT_RESUMPTION = [
+    pytest.param(peer, version, id=f"{peer.name}-{'tls13' if version == TLS13 else 'tls12'}")
+    for peer in PEERS
+    for version in (TLS13, TLS12)
+]
+
+
+@pytest.mark.parametrize(("peer", "version"), CLIENT_RESUMPTION)
+def test_peer_client_resumes(pki: Pki, peer: Peer, version: int) -> None:
+    config = TlsConfig(
+        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
+    )
+
+    async def main() -> tuple[list[Any], EchoServer]:
+        async with EchoServer(config) as server:
+            runs = await peer.connect_twice(pki, server.port, version)
+        return runs, server
+
+    runs, server = asyncio.run(main())
+    peer.check_resumed_client(runs)
+    assert [f.resumed for f in server.flows] == [False, True]
+    assert {f.version for f in server.flows} == {version}
+    assert not server.errors

@@ -314,29 +314,6 @@ def test_server_requires_client_certificate(pki: Pki) -> None:
     assert server.errors and "certificate_required" in str(server.errors[0])
 
 
-@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
-def test_server_resumption_with_s_client(pki: Pki, version: str, tmp_path: Path) -> None:
-    config = TlsConfig(
-        certificates=[pki.leaves["p256"].certified], random=UnixRandom(), clock=UnixClock()
-    )
-    session_file = tmp_path / "session.pem"
-
-    async def main() -> tuple[str, str]:
-        async with EchoServer(config) as server:
-            base = [*s_client_base(pki), version]
-            _, first = await s_client(
-                server.port, [*base, "-sess_out", str(session_file)], b"one\n"
-            )
-            _, second = await s_client(
-                server.port, [*base, "-sess_in", str(session_file)], b"two\n"
-            )
-        return first, second
-
-    first, second = asyncio.run(main())
-    assert "New," in first and "echo:one" in first
-    assert "Reused," in second and "echo:two" in second
-
-
 def test_server_accepts_early_data_from_s_client(pki: Pki, tmp_path: Path) -> None:
     config = TlsConfig(
         certificates=[pki.leaves["p256"].certified],

@@ -31,7 +31,7 @@ async def tlslite_clients_against_looming(
     config: TlsConfig, hs_settings: HandshakeSettings, count: int = 1, **args: Any
 ) -> tuple[list[dict[str, Any]], EchoServer]:
     async with EchoServer(config) as server:
-        results = await tlslite_clients(server, hs_settings, count, **args)
+        results = await tlslite_clients(server.port, hs_settings, count, **args)
     return results, server
 
 
