@@ -245,6 +245,7 @@ class Ipv6Layer:
         key = secret if secret is not None else random.bytes(16) if autoconf else bytes(16)
         self.autoconf = Autoconf(key, bytes(ethernet.mac), link_mtu=ethernet.mtu)
         self._statics: list[IPv6Address] = []
+        self._static_prefixes: dict[IPv6Address, int] = {}
         self._autoconf_timer: asyncio.TimerHandle | None = None
         self._address_listeners: list[AddressListener] = []
         self._address_waiters: list[asyncio.Future[None]] = []
@@ -272,6 +273,7 @@ class Ipv6Layer:
                 continue
             entry = entries.get(address)
             length = entry.prefix.prefixlen if entry is not None else 128
+            length = self._static_prefixes.get(address, length)
             found.append(IPv6Interface((address, length)))
         return found
 
@@ -295,6 +297,7 @@ class Ipv6Layer:
             raise ValueError(f"{address} cannot be an interface address")
         self._add_on_link(IPv6Network((address, prefix_length), strict=False))
         self._statics.append(address)
+        self._static_prefixes[address] = prefix_length
 
     def _add_on_link(self, prefix: IPv6Network) -> None:
         self._static_on_link.add((int(prefix.network_address), int(prefix.netmask)))
