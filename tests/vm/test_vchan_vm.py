@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -195,10 +196,43 @@ def _curl(tap: TapNamespace, *args: str) -> tuple[str, str]:
     return body, code
 
 
+def _host_client(region: Path, root: Path) -> list[tuple[int, bytes]]:
+    """Talk to the store VM from this process through the region's file, as
+    a guest would through its BAR (a stand-in sysfs points at the file)."""
+    device = root / "0000:00:09.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text("0x1af4\n")
+    (device / "device").write_text("0x1110\n")
+    (device / "resource2").symlink_to(region)
+    request, answer = struct.Struct(">cHI"), struct.Struct(">BI")  # examples/vchan_store/kvwire.py
+
+    async def exchange() -> list[tuple[int, bytes]]:
+        channel = await pci.PciVchan.connect(
+            "kv", time=UnixTime(), peer="store", wait_for_server=180
+        )
+        answers = []
+        for op, key, value in (
+            (b"P", b"k", b"from the host"),
+            (b"G", b"k", b""),
+            (b"G", b"x", b""),
+        ):
+            await channel.write(request.pack(op, len(key), len(value)) + key + value)
+            status, length = answer.unpack(await channel.recv(answer.size))
+            answers.append((status, await channel.recv(length) if length else b""))
+        await channel.close()
+        return answers
+
+    return asyncio.run(exchange())
+
+
 @pytest.mark.slow
 @pytest.mark.root
 def test_vchan_store_runs_as_two_vms(
-    images: Images, tap_namespace: TapNamespace, ivshmem_dir: Path
+    images: Images,
+    tap_namespace: TapNamespace,
+    ivshmem_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     apps = {}
     for name in ("store", "front"):
@@ -230,6 +264,15 @@ def test_vchan_store_runs_as_two_vms(
             _launcher(apps["store"]), capture_output=True, text=True, timeout=60
         )
         assert second.returncode == 2 and "vchan store/kv is in use" in second.stderr
+        # First a client on the host, through the same shared file: the
+        # store VM's page is byte for byte the process target's.
+        monkeypatch.setattr(pci, "PCI_DEVICES", tmp_path / "pci")
+        assert _host_client(region, tmp_path / "pci") == [
+            (0, b""),
+            (0, b"from the host"),
+            (1, b""),
+        ]
+        # Then the front end's VM: the store serves its next client.
         front = subprocess.Popen(
             _launcher(apps["front"], *tap_args, namespace=tap_namespace.namespace),
             stdout=subprocess.PIPE,
@@ -251,6 +294,7 @@ def test_vchan_store_runs_as_two_vms(
         finally:
             body.unlink()
         assert _curl(tap_namespace, url) == (value, "200")
+        assert _curl(tap_namespace, "http://10.0.0.2:8080/kv/k") == ("from the host", "200")
         assert _curl(tap_namespace, "-X", "DELETE", url)[1] == "204"
         assert _curl(tap_namespace, url)[1] == "404"
     finally:
