@@ -82,8 +82,8 @@ def test_two_ends_exchange_reconnect_and_notice_a_dead_peer(
         again = await pci.PciVchan.connect("kv", time=clock, peer="store", wait_for_server=10)
         await again.write(b"back")
         assert await reading == b"back"
-        monkeypatch.setattr(pci, "DEAD_AFTER", 0.6)
-        monkeypatch.setattr(pci, "BEAT_EVERY", 0.05)
+        monkeypatch.setattr(pci, "DEAD_AFTER", 1.5)  # ten beats missed
+        monkeypatch.setattr(pci, "BEAT_EVERY", 0.15)
         # A fresh connection picks up the short limits; the client then goes
         # silent without closing (its doorbell stops counting).
         await again.close()

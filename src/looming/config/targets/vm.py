@@ -214,8 +214,9 @@ def vchan_impl(dev: Device, options: dict[str, str]) -> Impl:
         awaited=True,
         disconnect="disconnect",
         deps={"time": device("time", where=dev.where)},
-        summary=f"vchan to {peer}/{port} over ivshmem" if peer else f"vchan serving port {port} "
-        "over ivshmem",
+        summary=f"vchan to {peer}/{port} over ivshmem"
+        if peer
+        else f"vchan serving port {port} over ivshmem",
     )
 
 
