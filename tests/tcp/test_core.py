@@ -421,6 +421,32 @@ def _fill(s, count: int, size: int = 1000) -> None:  # type: ignore[no-untyped-d
     assert s.call("send", b"x" * (count * size)) == count * size
 
 
+def test_deferred_output_leaves_once_per_burst_as_one_packet() -> None:
+    """With defer_output (the shell's setting), ACKs arriving together let
+    out nothing until flush_ack; then what they allow leaves in one
+    offloaded packet, and exactly what sending per ACK would have sent."""
+    per_ack, deferred = established(), established()
+    deferred.conn.defer_output = True
+    for s in (per_ack, deferred):
+        s.conn.offload_bytes = 64_000
+        _fill(s, 20)
+        assert [len(p) for _, p in s.take()] == [4000]
+    per_ack.recv(seg("A", B, A + 1000))
+    per_ack.recv(seg("A", B, A + 2000))
+    packets = per_ack.take()
+    assert len(packets) == 2  # one per ACK
+    sent_per_ack = b"".join(bytes(p) for _, p in packets)
+    deferred.recv(seg("A", B, A + 1000))
+    deferred.recv(seg("A", B, A + 2000))
+    deferred.expect()
+    assert deferred.take_events().count(Event.ACK_DUE) == 1
+    deferred.call("flush_ack")
+    (packet,) = deferred.take()
+    assert packet[0].seq == A + 4000 and bytes(packet[1]) == sent_per_ack
+    deferred.call("flush_ack")  # nothing more is due
+    deferred.expect()
+
+
 def test_initial_window_and_slow_start() -> None:
     s = established()
     _fill(s, 20)

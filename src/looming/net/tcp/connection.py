@@ -350,7 +350,17 @@ class TcpConnection(TcpSender):
         # Eighth: FIN.
         if header.fin or self.peer_fin is not None:
             self._input_fin(header, seq + len(payload), now)
-        self._output(now)
+        self._output_after_input(now)
+
+    def _output_after_input(self, now: int) -> None:
+        """Send what the segment let out, or with ``defer_output`` say that
+        :meth:`flush_ack` is to, once for the whole burst."""
+        if not self.defer_output:
+            self._output(now)
+        elif not self.output_due:
+            self.output_due = True
+            if not self.ack_due:
+                self.events.append(Event.ACK_DUE)
 
     def _input_repeated_syn(self, header: TcpHeader, seq: int, now: int) -> TcpHeader | None:
         """The peer's SYN again (``seq`` is IRS): answer it and return None,
@@ -508,7 +518,8 @@ class TcpConnection(TcpSender):
                 self.send_ack(now)
             elif not self.ack_due:
                 self.ack_due = True
-                self.events.append(Event.ACK_DUE)
+                if not self.output_due:
+                    self.events.append(Event.ACK_DUE)
         elif self.delack_at is None:
             self.delack_at = now + self.config.delayed_ack_ns
 
@@ -532,7 +543,12 @@ class TcpConnection(TcpSender):
         self._output(now)
 
     def flush_ack(self, now: int) -> None:
-        """Send the ACK announced by :attr:`Event.ACK_DUE`, unless one already went."""
+        """Send what :attr:`Event.ACK_DUE` announced: the output the burst of
+        arrivals let out (with ``defer_output``), then the ACK it earned,
+        unless a segment already carried it."""
+        if self.output_due:
+            self.output_due = False
+            self._output(now)
         if self.ack_due and self.state in SYNCHRONIZED:
             self.send_ack(now)
         self.ack_due = False

@@ -56,8 +56,12 @@ class TcpEndpoint:
         segment_limit_for: Callable[[Address], int] | None = None,
         max_connections: int | None = None,
         memory_limit: int | None = None,
+        defer_output: bool = False,
     ) -> None:
+        """``defer_output``: connections send what arriving segments let out
+        only at ``flush_ack`` (see :attr:`Event.ACK_DUE`), once per burst."""
         self.config = config
+        self.defer_output = defer_output
         # Connections in any state (TIME-WAIT too); None for no limit.
         self.max_connections = max_connections
         # Receive memory of all connections together, charged by true size.
@@ -248,6 +252,7 @@ class TcpEndpoint:
 
     def _adopt(self, key: FourTuple, conn: TcpConnection) -> None:
         self.connections[key] = conn
+        conn.defer_output = self.defer_output
         conn.receive_buffer.pool = self.pool
 
     def icmp_target(

@@ -71,6 +71,7 @@ class Event(enum.Enum):
     TIMED_OUT = "timed out"  # retransmissions or keepalive gave up
     CLOSED = "closed"  # the connection is gone: release it and its timers
     ACK_DUE = "ack due"  # call flush_ack once the current burst of input is handled
+    # (an ACK is owed, or with defer_output, output is)
 
 
 SYNCHRONIZED = frozenset(
@@ -190,6 +191,11 @@ class TransmissionControlBlock:
         self.path_mss = path_mss
         # Payload bytes one offloaded packet may carry (0: no offload).
         self.offload_bytes = 0
+        # Set by a shell that handles arrivals in bursts: what a segment
+        # lets out is sent at flush_ack, once for the burst, so that the
+        # packets freed by a burst of ACKs leave as one offloaded packet.
+        self.defer_output = False
+        self.output_due = False
         self.peer_mss = config.default_mss
         self.ts_ok = False
         self.ts_recent = 0
