@@ -219,7 +219,7 @@ def test_broken_and_oversized_pushes_change_nothing(
         status, _ = call(port, "POST", "/git-receive-pack", commands + pack_bytes, kind)
         assert status == 413
         assert call(port, "PUT", "/api/main/set/k", b"x" * 200_001, basic())[0] == 413
-        assert handler.bad_git_requests == 1
+        assert handler.bad_git_requests == 2  # the truncated pack and the oversized one
         refused = git_fails(
             git, "push", f"http://u:{TOKEN}@127.0.0.1:{port}/", "HEAD:main", cwd=work
         )

@@ -6,6 +6,7 @@ uses (pushes decided by :mod:`looming.store.receive`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import queue
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from looming.errors import LoomingError
-from looming.http.message import Request, Response
+from looming.http.message import ClientGone, Request, Response
 from looming.store.receive import Receiver, receive_handler
 
 
@@ -121,6 +122,25 @@ class _Spool:
         self.file.write(chunk)
 
 
+DRAIN_BYTES = 64 << 20
+"""How much of a body past the limit is read and dropped before the 413 is
+sent: a client still sending when the server closes sees the connection
+reset, not the 413 (git says "curl 55 Send failure"). The server's own
+limit is set this much higher (:func:`looming.store.http.serve`)."""
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop the rest of a refused body, up to :data:`DRAIN_BYTES`."""
+    stream = request.body_stream
+    drained = 0
+    with contextlib.suppress(ClientGone):
+        while stream is not None and drained <= DRAIN_BYTES:
+            chunk, more = await stream.next_chunk()
+            drained += len(chunk)
+            if not more:
+                return
+
+
 async def spooled_body(request: Request, folder: str, limit: int) -> tuple[Any, int]:
     """The request body in an unnamed temporary file in ``folder`` (its
     bytes never all in memory), rewound, and its size: a push's pack
@@ -142,6 +162,10 @@ async def spooled_body(request: Request, folder: str, limit: int) -> tuple[Any, 
                 if not more:
                     break
         spool.file.seek(0)
+    except BodyTooLarge:
+        spool.file.close()
+        await _drain(request)
+        raise
     except BaseException:
         spool.file.close()
         raise
@@ -162,6 +186,7 @@ async def whole_body(request: Request, limit: int) -> bytes:
         chunk, more = await stream.next_chunk()
         size += len(chunk)
         if size > limit:
+            await _drain(request)
             raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
         parts.append(chunk)
         if not more:

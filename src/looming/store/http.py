@@ -50,6 +50,7 @@ from looming.store import pending
 from looming.store.auth import ENABLE_WRITES, AccessPolicy, Client, describe
 from looming.store.gitbackend import GitBackend
 from looming.store.githttp import (
+    DRAIN_BYTES,
     BodyTooLarge,
     WsgiRun,
     git_app,
@@ -474,7 +475,9 @@ async def serve(
     from looming.unix.socket_stack import SocketTcp
 
     handler = StoreHttp(repo, policy, settings)
-    config = ServerConfig(max_body_bytes=handler.settings.max_body_bytes)
+    # Room past the limit to read a refused body to its end (DRAIN_BYTES),
+    # so that its client hears the 413; the handler enforces the limit.
+    config = ServerConfig(max_body_bytes=handler.settings.max_body_bytes + DRAIN_BYTES)
     server = HttpServer(handler, config, clock=repo.clock)
     tcp = SocketTcp(host)
     if tls is None:
