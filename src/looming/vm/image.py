@@ -41,6 +41,7 @@ from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
+from looming.vm.ivshmem import vchans_of
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
 from looming.vm.packages import (
     AptArchive,
@@ -863,6 +864,7 @@ def _write_manifest(
     manifest_data["needs_network"] = "looming.vm.nic" in app_modules
     # ... and attaches a disk image to one whose storage is on it.
     manifest_data["needs_disk"] = STORAGE_MODULE in app_modules
+    manifest_data["vchans"] = vchans_of(main_py)  # ivshmem regions looming run attaches
     partial = report.manifest.with_name(f".{report.manifest.name}.new")
     partial.write_text(json.dumps(manifest_data, indent=2, sort_keys=True) + "\n")
     partial.replace(report.manifest)
