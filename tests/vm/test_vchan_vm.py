@@ -22,6 +22,7 @@ from looming.errors import ConnectionRefused, ConnectionReset, LoomingError
 from looming.unix.time import UnixTime
 from looming.vchan import layout, pci
 from looming.vchan.device import VchanDevice
+from looming.vchan.errors import VchanCorrupt
 from looming.vm import ivshmem
 from tests.vm.conftest import EXAMPLES, Images, TapNamespace, build
 
@@ -334,3 +335,26 @@ def test_a_server_started_again_leaves_a_mapped_region_in_place(tmp_path: Path) 
     connected.close()
     again.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_peer_that_scribbles_on_the_indices_is_caught_not_followed(devices: Path) -> None:
+    """A hostile peer VM moves its producer index past the ring: the waiting
+    reader wakes (its doorbell, or the periodic re-check) and refuses the
+    index (VchanCorrupt) instead of reading outside the ring."""
+
+    async def scenario() -> None:
+        server, client = await _pair(UnixTime())
+        reading = asyncio.create_task(server.read())
+        await asyncio.sleep(0.05)  # the server waits on its doorbell
+        region = pci.find_region("store", "kv")
+        words = region.segment.view()[0:16].cast("I")
+        words[1] = 1 << 20  # left.prod: the client "wrote" a megabyte into a 5000-byte ring
+        words.release()
+        with pytest.raises(VchanCorrupt, match="ahead of our consumer index"):
+            async with asyncio.timeout(5):
+                await reading
+        region.segment.close()
+        await client.close()
+        await server.close()
+
+    asyncio.run(scenario())
