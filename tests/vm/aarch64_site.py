@@ -27,6 +27,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from looming.vm import wheels
 from looming.vm.arch import get_arch
 from looming.vm.image import GUEST_PYTHON, WHEEL_LIBRARY_PACKAGES
@@ -39,6 +41,7 @@ FFI_LIBRARY_PACKAGES = ("libcrypt1", "libsqlite3-0")
 # tests' shared peer module imports it), and pytest's own plugin for the
 # suite's ``timeout`` setting; their dependencies follow.
 TEST_DISTRIBUTIONS = (
+    "h11",  # looming's own dependency
     "cryptography",
     "cffi",
     "dulwich",
@@ -102,6 +105,21 @@ def prepare(folder: Path, progress: Progress) -> Guest:
     )
     cc.chmod(0o755)
     return Guest(python, cc, site_packages(_glibc(infos["libc6"].version), progress))
+
+
+_prepared: dict[Path, Guest] = {}
+
+
+def session_guest(factory: pytest.TempPathFactory) -> Guest:
+    """:func:`prepare` once per pytest session (the test modules share it);
+    a missing emulator or compiler fails the test, naming what to install."""
+    base = factory.getbasetemp()
+    if base not in _prepared:
+        try:
+            _prepared[base] = prepare(factory.mktemp("aarch64-python"), lambda message: None)
+        except FileNotFoundError as exc:
+            pytest.fail(str(exc))
+    return _prepared[base]
 
 
 def _glibc(version: str) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm.aarch64_plugin import REPORT_ENV
-from tests.vm.aarch64_site import Guest, prepare
+from tests.vm.aarch64_site import Guest, session_guest
 from tests.vm.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -118,10 +118,7 @@ DESELECTED: dict[str, tuple[str, ...]] = {
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory: pytest.TempPathFactory) -> Guest:
-    try:
-        return prepare(tmp_path_factory.mktemp("aarch64-python"), lambda message: None)
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc))
+    return session_guest(tmp_path_factory)
 
 
 def run_suite(emulated: Guest, suite: str, folder: Path) -> tuple[dict[str, object], str]:
