@@ -315,6 +315,9 @@ class TcpLayer:
         self._tx: deque[tuple[IPv4Address | IPv6Address, bytes, int | None, int]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self._acks_due: dict[TcpConnection, FourTuple] = {}
+        # Segments are handed on as they arrive; what they produce (events,
+        # timers, segments to send) is moved on once the burst is in.
+        self._burst_pending = False
         self.transmit_errors = 0
         self.handler_errors = 0
         # Looks a name up for connect (set by the stack that has DNS): the
@@ -423,11 +426,24 @@ class TcpLayer:
                 checksum_verified=packet.checksum_verified,
                 ce=packet.traffic_class & 0b11 == 0b11,  # RFC 3168 CE
             )
-            self._pump()
         except Exception:
             # A bug must not take the stack down with it: count, log, drop.
             self.stats.malformed_dropped += 1
             log.exception("TCP input failed; segment dropped")
+        if not self._burst_pending:
+            self._burst_pending = True
+            asyncio.get_running_loop().call_soon(self._end_burst)
+
+    def _end_burst(self) -> None:
+        """Every segment that arrived with the last ones is in: move on
+        what they produced, once, and send what the burst let out."""
+        self._burst_pending = False
+        try:
+            self._pump()
+            if self._acks_due:
+                self._flush_acks()
+        except Exception:
+            log.exception("TCP burst handling failed")
 
     def on_icmp_error(self, error: IcmpError) -> None:
         """An ICMP error about a segment we sent (RFC 1122 4.2.3.9, RFC 5927).
@@ -489,15 +505,20 @@ class TcpLayer:
             self._tx.extend(outbox)
             if self._tx_task is None:
                 self._tx_task = asyncio.get_running_loop().create_task(self._drain())
+        touched: dict[TcpConnection, FourTuple] = {}
         for key, conn, events in endpoint.take_touched():
-            stream = self._streams.get(conn)
+            touched[conn] = key
             if events:
                 if Event.ACK_DUE in events:
                     if not self._acks_due:
                         asyncio.get_running_loop().call_soon(self._flush_acks)
                     self._acks_due[conn] = key
+                stream = self._streams.get(conn)
                 if stream is not None:
                     stream.on_events(events)
+        # Once per connection, however many segments it handled.
+        for conn, key in touched.items():
+            stream = self._streams.get(conn)
             if conn.state is State.CLOSED:
                 self._cancel_timer(conn)
                 if stream is not None:
