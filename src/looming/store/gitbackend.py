@@ -614,6 +614,8 @@ class GitBackend:
                 raise
             if self._sync:
                 self._unsynced_dirs.add(self.pack_dir)  # with the ref's lock file
+            else:
+                self._finish_chores()  # no fsync rounds to do them in
             self._small_packs.append((base, entries))
             self._small_bytes += len(data)
             if chore is None:
