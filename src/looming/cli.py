@@ -315,10 +315,29 @@ def _configure_help(
         _target, plan = _load_plan(app_dir, args.target, chosen, args.unikernel)
     except (ConfigError, UsageError, LoomingError) as exc:
         parts += ["", f"keys: (config.py in {app_dir} could not be read: {exc})"]
+        parts += _application_keys(app_dir, args.unikernel)
     else:
         parts += ["", f"keys of {plan.unikernel.name} (--KEY VALUE bakes in a default):"]
         parts += [f"  {k.option} {k.type_name.upper()}  {k.doc}" for k in plan.keys]
     return "\n".join(parts) + "\n"
+
+
+def _application_keys(app_dir: Path, unikernel: str | None) -> list[str]:
+    """The keys config.py itself declares, for a help whose target cannot link
+    the application (its devices' keys depend on the target's choices)."""
+    from looming.config import loader
+    from looming.config.plan import KeyDecl
+
+    try:
+        chosen = loader.load(app_dir).unikernels
+    except (ConfigError, UsageError, LoomingError):
+        return []
+    chosen = [u for u in chosen if unikernel is None or u.name == unikernel]
+    keys = [KeyDecl.from_key(k) for u in chosen for job in u.jobs for k in job.keys]
+    if not keys:
+        return []
+    lines = ["", "keys config.py declares (those of the devices depend on the target):"]
+    return lines + [f"  {k.option} {k.type_name.upper()}  {k.doc}" for k in keys]
 
 
 def _stale_inputs(app_dir: Path, artifact: Path) -> list[str]:

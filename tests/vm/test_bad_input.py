@@ -124,3 +124,12 @@ def test_configure_help_lists_the_storage_keys(tmp_path: Path) -> None:
     assert "could not be read" not in done.stdout
     assert "--site-git-repo STR" in done.stdout and "(on the VM's disk)" in done.stdout
     assert "--push-port INT" in done.stdout and "--storage {disk,memory}" in done.stdout
+
+
+def test_configure_help_lists_config_keys_when_the_target_cannot_link(tmp_path: Path) -> None:
+    app = _copy(EXAMPLES / "store_website", tmp_path)
+    done = looming(app, "configure", "-t", "vm", "--arch", "sparc64", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "unsupported VM architecture 'sparc64'" in done.stdout
+    assert "keys config.py declares" in done.stdout
+    assert "--push-port INT" in done.stdout and "--push-anonymous-read BOOL" in done.stdout
