@@ -73,6 +73,7 @@ class StoreWebsite:
         # Imported here: a site served from a plain KvRo needs none of it.
         from looming.http.server import ServerConfig
         from looming.store.auth import describe, load_policy
+        from looming.store.githttp import DRAIN_BYTES
         from looming.store.http import ServeSettings, StoreHttp
         from looming.store.kv import StoreKv
 
@@ -86,7 +87,7 @@ class StoreWebsite:
         await self.console.log(f"push port access: {describe(policy)}")
         settings = ServeSettings()
         handler = StoreHttp(self.site.store.repo, policy, settings)
-        config = ServerConfig(max_body_bytes=settings.max_body_bytes)
+        config = ServerConfig(max_body_bytes=settings.max_body_bytes + DRAIN_BYTES)
         return HttpServer(handler, config, clock=self.clock)
 
     async def start(self) -> None:
