@@ -301,6 +301,7 @@ HOST_ENTRY_POINTS: dict[str, str] = {
     "looming.ffi.helper": "the isolated library's helper, a host process of its own",
     "looming.config.build": "the build tool: the kv_ro manifest format, no device",
     "looming.sim.node": "kv_ro crunched into a node's artifact: read-only data, no device",
+    "looming.vm.storage": "inside a VM the storage devices are the unix ones on its disk",
 }
 HOST_DEVICE_CLASS = re.compile(r"^Unix(Time|Clock|Random|Console)$")
 
