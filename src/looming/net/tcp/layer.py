@@ -315,9 +315,10 @@ class TcpLayer:
         self._tx: deque[tuple[IPv4Address | IPv6Address, bytes, int | None, int]] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self._acks_due: dict[TcpConnection, FourTuple] = {}
-        # Segments are handed on as they arrive; what they produce (events,
-        # timers, segments to send) is moved on once the burst is in.
+        # Segments and events move on as each segment arrives; timers are
+        # re-armed once the burst is in, once per connection touched.
         self._burst_pending = False
+        self._touched: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
         # Looks a name up for connect (set by the stack that has DNS): the
@@ -426,6 +427,7 @@ class TcpLayer:
                 checksum_verified=packet.checksum_verified,
                 ce=packet.traffic_class & 0b11 == 0b11,  # RFC 3168 CE
             )
+            self._deliver()
         except Exception:
             # A bug must not take the stack down with it: count, log, drop.
             self.stats.malformed_dropped += 1
@@ -435,15 +437,13 @@ class TcpLayer:
             asyncio.get_running_loop().call_soon(self._end_burst)
 
     def _end_burst(self) -> None:
-        """Every segment that arrived with the last ones is in: move on
-        what they produced, once, and send what the burst let out."""
+        """Every segment that arrived with the last ones is in: re-arm the
+        timers of the connections they touched, once each."""
         self._burst_pending = False
         try:
-            self._pump()
-            if self._acks_due:
-                self._flush_acks()
+            self._rearm()
         except Exception:
-            log.exception("TCP burst handling failed")
+            log.exception("TCP timer update failed")
 
     def on_icmp_error(self, error: IcmpError) -> None:
         """An ICMP error about a segment we sent (RFC 1122 4.2.3.9, RFC 5927).
@@ -499,13 +499,20 @@ class TcpLayer:
         return result
 
     def _pump(self) -> None:
+        self._deliver()
+        self._rearm()
+
+    def _deliver(self) -> None:
+        """Move on the segments and events the core produced: segments to
+        the draining task, events to the streams, new connections to their
+        listeners; note whose timers need re-arming."""
         endpoint = self._endpoint
         outbox = endpoint.take_marked_outbox()
         if outbox:
             self._tx.extend(outbox)
             if self._tx_task is None:
                 self._tx_task = asyncio.get_running_loop().create_task(self._drain())
-        touched: dict[TcpConnection, FourTuple] = {}
+        touched = self._touched
         for key, conn, events in endpoint.take_touched():
             touched[conn] = key
             if events:
@@ -516,18 +523,21 @@ class TcpLayer:
                 stream = self._streams.get(conn)
                 if stream is not None:
                     stream.on_events(events)
-        # Once per connection, however many segments it handled.
-        for conn, key in touched.items():
-            stream = self._streams.get(conn)
-            if conn.state is State.CLOSED:
-                self._cancel_timer(conn)
-                if stream is not None:
-                    del self._streams[conn]
-            else:
-                self._schedule(key, conn, conn.next_deadline())
         if endpoint.accepted:
             for port, key, conn in endpoint.take_accepted():
                 self._accept(port, key, conn)
+
+    def _rearm(self) -> None:
+        """Each touched connection's timer at its next deadline (or gone
+        with the connection), however many segments it handled."""
+        touched = self._touched
+        self._touched = {}
+        for conn, key in touched.items():
+            if conn.state is State.CLOSED:
+                self._cancel_timer(conn)
+                self._streams.pop(conn, None)
+            else:
+                self._schedule(key, conn, conn.next_deadline())
 
     def _flush_acks(self) -> None:
         """The burst of arrivals is handled: send the ACKs it earned."""
