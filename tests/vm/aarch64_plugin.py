@@ -5,9 +5,9 @@ the hypothesis profile ``aarch64`` (fewer examples: the emulated CPU is
 some ten times slower; no deadline and no too-slow health check, which
 would measure the emulation), gives each state machine a tenth of its own
 example count, and writes what ran where to the JSON file named by
-``LOOMING_AARCH64_REPORT``: the machine and byte order the tests saw, and
-each test's outcome, so the caller checks that it ran on aarch64 and which
-tests passed.
+``LOOMING_AARCH64_REPORT``: the machine and byte order the tests saw, each
+test's outcome and the compiled extension modules loaded, so the caller
+checks that it ran on aarch64, with aarch64 builds, and which tests passed.
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "byteorder": sys.byteorder,
         "exitstatus": int(exitstatus),
         "outcomes": _outcomes,
+        "extensions": sorted(
+            str(getattr(module, "__file__", None))
+            for module in list(sys.modules.values())
+            if str(getattr(module, "__file__", None)).endswith(".so")
+        ),
     }
     with open(path, "w", encoding="utf-8") as file:
         json.dump(report, file, indent=1, sort_keys=True)

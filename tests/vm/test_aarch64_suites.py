@@ -14,7 +14,6 @@ not a skip) and reports the machine the tests saw and each outcome.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -116,6 +115,16 @@ DESELECTED: dict[str, tuple[str, ...]] = {
 }
 
 
+# Compiled modules of the site-packages each suite must have loaded.
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "tls": ("cryptography/hazmat/bindings/_rust.abi3.so",),
+    "store": ("dulwich/_objects.", "dulwich/_pack."),
+    "vchan": (),
+    "ffi": ("_cffi_backend.",),
+}
+EM_AARCH64 = 183
+
+
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory: pytest.TempPathFactory) -> Guest:
     return session_guest(tmp_path_factory)
@@ -166,7 +175,16 @@ def test_suite_passes_on_aarch64(emulated: Guest, suite: str, short_folder: Path
     assert isinstance(outcomes, dict)
     not_passed = {node: outcome for node, outcome in outcomes.items() if outcome != "passed"}
     assert not not_passed, output  # no failure and no skip
-    for path in SUITES[suite]:
-        ran = [node for node in outcomes if node.split("::")[0] == path]
-        assert ran, f"no test of {path} ran on aarch64"
-    assert os.path.isdir(emulated.site / "cryptography")
+    for module in SUITES[suite]:
+        ran = [node for node in outcomes if node.split("::")[0] == module]
+        assert ran, f"no test of {module} ran on aarch64"
+    extensions = report["extensions"]
+    assert isinstance(extensions, list)
+    ours = [Path(p) for p in extensions if Path(p).is_relative_to(emulated.site)]
+    for wanted in EXTENSIONS[suite]:
+        assert any(str(p.relative_to(emulated.site)).startswith(wanted) for p in ours), (
+            f"{wanted} was not loaded from the aarch64 site-packages: {extensions}"
+        )
+    for file in ours:  # each an aarch64 ELF shared object
+        header = file.read_bytes()[:20]
+        assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
