@@ -355,8 +355,8 @@ class TcpConnection(TcpSender):
     def _output_after_input(self, now: int) -> None:
         """Send what the segment let out, or with ``defer_output`` say that
         :meth:`flush_ack` is to, once for the whole burst."""
-        if not self.defer_output:
-            self._output(now)
+        if not self.defer_output or not (self._has_unsent() or self.board.has_lost_to_send):
+            self._output(now)  # (with nothing to send, only the timers)
         elif not self.output_due:
             self.output_due = True
             if not self.ack_due:
