@@ -31,21 +31,32 @@ pytestmark = pytest.mark.slow
 SUITES: dict[str, tuple[str, ...]] = {
     # The RFC 8448 traces byte for byte, the record layer, the engine pair
     # against its stateful model, handshakes of every version, suite, group
-    # and key type between two engines, and both directions against
-    # Python's ssl (the aarch64 build of OpenSSL) and openssl s_server.
+    # and key type between two engines, their features (0-RTT, SNI, client
+    # auth, psk_ke), the state machines, the alerts bad input gets, and
+    # both directions against Python's ssl (the aarch64 build of OpenSSL),
+    # openssl s_server and tlslite-ng.
     "tls": (
         "tests/tls/test_rfc8448.py",
         "tests/tls/test_rfc8448_replay.py",
         "tests/tls/test_records.py",
         "tests/tls/test_bulk_records.py",
+        "tests/tls/test_message_classes.py",
+        "tests/tls/test_states.py",
+        "tests/tls/test_negotiated.py",
         "tests/tls/test_engine_model.py",
         "tests/tls/test_engine.py",
+        "tests/tls/test_features.py",
+        "tests/tls/test_psk_ke.py",
+        "tests/tls/test_replayable_crypto.py",
+        "tests/tls/test_bad_input.py",
+        "tests/tls/test_edges.py",
         "tests/tls/test_flow.py",
         "tests/tls/test_python_ssl.py",
     ),
     # Object ids and encodings against git's, tree deltas through dulwich's
-    # compiled decoder, the merge laws, the Store API and the repository
-    # model, and repositories checked with git fsck / verify-pack.
+    # compiled decoder, the merge laws, the Store API, the repository model
+    # and the pending-merge model, repositories checked with git fsck /
+    # verify-pack, names and histories against git's.
     "store": (
         "tests/store/test_objects.py",
         "tests/store/test_delta.py",
@@ -56,6 +67,10 @@ SUITES: dict[str, tuple[str, ...]] = {
         "tests/store/test_git_interop.py",
         "tests/store/test_growing.py",
         "tests/store/test_kv.py",
+        "tests/store/test_batch.py",
+        "tests/store/test_pending.py",
+        "tests/store/test_names.py",
+        "tests/store/test_last_modified.py",
     ),
     # The ring's arithmetic and the shared page's layout, then endpoints in
     # two processes (fork) over shared memory: rendezvous, streams both
