@@ -1006,6 +1006,31 @@ def echo_tail_check(columns: list[Column]) -> str:
     return "echo p99 / p50 (goal <= 5): " + "   ".join(cells)
 
 
+def sizes_for(quick: bool) -> Sizes:
+    """Transfer sizes and counts: ``--quick`` or the full run."""
+    return (
+        Sizes(
+            bulk=8 << 20,
+            echoes=500,
+            connections=200,
+            pings=2000,
+            pytcp_bulk=1 << 20,
+            pytcp_echoes=200,
+            pytcp_connections=50,
+        )
+        if quick
+        else Sizes(
+            bulk=32 << 20,
+            echoes=3000,
+            connections=1000,
+            pings=10000,
+            pytcp_bulk=4 << 20,
+            pytcp_echoes=1000,
+            pytcp_connections=200,
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller transfers and fewer rounds")
@@ -1022,27 +1047,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/tcp.py needs root (namespaces, TAP and veth devices)", file=sys.stderr)
         return 2
-    sizes = (
-        Sizes(
-            bulk=8 << 20,
-            echoes=500,
-            connections=200,
-            pings=2000,
-            pytcp_bulk=1 << 20,
-            pytcp_echoes=200,
-            pytcp_connections=50,
-        )
-        if args.quick
-        else Sizes(
-            bulk=32 << 20,
-            echoes=3000,
-            connections=1000,
-            pings=10000,
-            pytcp_bulk=4 << 20,
-            pytcp_echoes=1000,
-            pytcp_connections=200,
-        )
-    )
+    sizes = sizes_for(args.quick)
     rounds = 2 if args.quick else 3
     if args.only_ipv6:
         print(family_report(asyncio.run(ipv4_and_ipv6(sizes, 2 * rounds))).lstrip("\n"))

@@ -229,27 +229,46 @@ class DirectStack:
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)
-        stack._listen_task = asyncio.get_running_loop().create_task(
-            network.listen(stack.ethernet.input)
+        wait_ipv6 = not ipv4 and ipv6_address is not None
+        dhcp_wait = dhcp_timeout if dhcp else None
+        await stack._start(dhcp6, wait_ipv6, dhcp_wait, keep_dns_servers=bool(dns_servers))
+        return stack
+
+    async def _start(
+        self,
+        dhcp6: bool | None,
+        wait_ipv6: bool,
+        dhcp_timeout: float | None,
+        *,
+        keep_dns_servers: bool,
+    ) -> None:
+        """Start receiving, ARP, IPv6 and DHCP (when ``dhcp_timeout`` is
+        given); on any failure, disconnect and raise."""
+        self._listen_task = asyncio.get_running_loop().create_task(
+            self.network.listen(self.ethernet.input)
         )
         await asyncio.sleep(0)  # let the interface start listening first
         try:
-            await stack.arp.start()
-            if stack.ipv6 is not None:
-                stack.ipv6.start()
-                report = f"IPv6: link-local address {stack.ipv6.link_local}"
-                log.info("%s", report)
-                print(f"looming: {report}", file=sys.stderr, flush=True)
-                if dhcp6:
-                    await stack.start_dhcp6()
-                if not ipv4 and ipv6_address is not None:
-                    await stack.ipv6.wait_for_address(_STATIC_DAD_WAIT_S)
-            if dhcp:
-                await stack._lease_ipv4(dhcp_timeout, keep_dns_servers=bool(dns_servers))
+            await self.arp.start()
+            if self.ipv6 is not None:
+                await self._start_ipv6(self.ipv6, dhcp6, wait=wait_ipv6)
+            if dhcp_timeout is not None:
+                await self._lease_ipv4(dhcp_timeout, keep_dns_servers=keep_dns_servers)
         except BaseException:
-            await stack.disconnect()
+            await self.disconnect()
             raise
-        return stack
+
+    async def _start_ipv6(self, ipv6: Ipv6Layer, dhcp6: bool | None, *, wait: bool) -> None:
+        """Start IPv6 and report the link-local address; with ``wait``, return
+        once the static address has passed duplicate address detection."""
+        ipv6.start()
+        report = f"IPv6: link-local address {ipv6.link_local}"
+        log.info("%s", report)
+        print(f"looming: {report}", file=sys.stderr, flush=True)
+        if dhcp6:
+            await self.start_dhcp6()
+        if wait:
+            await ipv6.wait_for_address(_STATIC_DAD_WAIT_S)
 
     async def _lease_ipv4(self, timeout: float, *, keep_dns_servers: bool) -> None:
         """Wait up to ``timeout`` s for a DHCP lease and report it."""
