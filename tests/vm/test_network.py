@@ -202,3 +202,52 @@ def test_instances_of_one_image_get_their_own_macs_on_qemus_command_line(
     image.write_text('{"arch": "x86_64", "kernel": "k", "initrd": "i"}')
     assert launch.main([str(image), "--mac", "03:00:00:00:00:01"]) == 2
     assert "03:00:00:00:00:01 is a multicast address" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_a_vm_serves_over_ipv6_and_ipv4(
+    images: Images, bridge_namespace: tuple[str, list[str]]
+) -> None:
+    namespace, taps = bridge_namespace
+    _ip("-n", namespace, "addr", "add", "fd00:6::1/64", "dev", next(iter(_bridges(namespace))))
+    manifest = images.app("static_website", "x86_64") / "dist" / "website-vm.json"
+    command = [
+        "ip", "netns", "exec", namespace, sys.executable, "-m", "looming.vm.launch",
+        str(manifest), "--vm-tap", taps[0], "--vm-timeout", "200", "--port", "8080",
+        "--ipv4", "10.0.0.2/24", "--ipv6-address", "fd00:6::2/64",
+    ]  # fmt: skip
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    expected = (EXAMPLES / "static_website" / "htdocs" / "index.html").read_text()
+    try:
+        for url in ("http://[fd00:6::2]:8080/", "http://10.0.0.2:8080/"):
+            deadline = time.monotonic() + 150
+            answered = None
+            while time.monotonic() < deadline and launcher.poll() is None:
+                answered = _in(namespace, "curl", "-g", "-s", "-f", "-m", "2", url)
+                if answered.returncode == 0:
+                    break
+                time.sleep(0.5)
+            if answered is None or answered.returncode != 0:
+                launcher.kill()
+                output = launcher.communicate(timeout=30)[0]
+                raise AssertionError(f"{url} never answered; the VM said:\n{output}")
+            assert answered.stdout == expected
+        # The kernel resolved the guest's IPv6 address by neighbour discovery,
+        # to the NIC's derived MAC, and reaches it with ping -6 too.
+        neighbour = _in(namespace, "ip", "-6", "neigh", "show", "fd00:6::2").stdout
+        assert launch.default_mac("website", 0) in neighbour, neighbour
+        ping = _in(namespace, "ping", "-6", "-c", "2", "-W", "5", "fd00:6::2")
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        if launcher.poll() is None:
+            os.kill(launcher.pid, signal.SIGTERM)
+        output = launcher.communicate(timeout=30)[0]
+    assert launcher.returncode == 0, output
+
+
+def _bridges(namespace: str) -> list[str]:
+    shown = _in(namespace, "ip", "-o", "link", "show", "type", "bridge").stdout
+    return [line.split(":")[1].strip() for line in shown.splitlines()]

@@ -69,17 +69,25 @@ def _widen_receive_queue(sock: socket.socket) -> None:
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
 
 
-def finish_ipv4_checksum(frame: bytes) -> bytes:
-    """Complete the TCP or UDP checksum of an untagged, unfragmented IPv4
-    frame whose checksum field holds only the pseudo-header sum."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-        return frame
-    header_length = (frame[14] & 0x0F) * 4
-    offset = _CHECKSUM_OFFSETS.get(frame[23])
-    fragment = int.from_bytes(frame[20:22], "big") & 0x3FFF
-    if offset is None or fragment or header_length < 20:
-        return frame
-    return complete_checksum(frame, 14 + header_length, offset)
+def finish_checksum(frame: bytes) -> bytes:
+    """Complete the TCP or UDP checksum of an untagged frame whose checksum
+    field holds only the pseudo-header sum (the kernel's CHECKSUM_PARTIAL):
+    an unfragmented IPv4 packet, or an IPv6 packet whose first header is
+    TCP or UDP. Anything else is returned as it is (and so not vouched for)."""
+    kind = frame[12:14]
+    if kind == b"\x08\x00" and len(frame) >= 34:
+        header_length = (frame[14] & 0x0F) * 4
+        offset = _CHECKSUM_OFFSETS.get(frame[23])
+        fragment = int.from_bytes(frame[20:22], "big") & 0x3FFF
+        if offset is None or fragment or header_length < 20:
+            return frame
+        return complete_checksum(frame, 14 + header_length, offset)
+    if kind == b"\x86\xdd" and len(frame) >= 54:
+        offset = _CHECKSUM_OFFSETS.get(frame[20])
+        if offset is None:
+            return frame
+        return complete_checksum(frame, 54, offset)
+    return frame
 
 
 class PacketNetwork(FrameDeviceNetwork):
@@ -169,7 +177,7 @@ class PacketNetwork(FrameDeviceNetwork):
                 if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= AUXDATA.size:
                     status = AUXDATA.unpack_from(data)[0]
                     if status & TP_STATUS_CSUMNOTREADY:
-                        completed = finish_ipv4_checksum(frame)
+                        completed = finish_checksum(frame)
                         if completed is not frame:
                             self.checksums_completed += 1
                             return completed, True
