@@ -271,6 +271,9 @@ def test_unresolvable_neighbours_do_not_delay_one_that_answers() -> None:
 def test_forged_neighbour_discovery_is_dropped() -> None:
     async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
         target = b6.link_local
+        # Once a's link-local address has been probed (a claim during the
+        # probe is a duplicate, tests/net/test_ipv6_link_local_dad.py)...
+        await asyncio.sleep(1.05)
         # An advertisement claiming a's own address, and one sent from off
         # link (hop limit 64, not 255): both counted, neither believed.
         for claimed, hop_limit in ((a6.link_local, 255), (target, 64)):

@@ -170,7 +170,12 @@ def test_a_claim_on_the_tentative_address_moves_looming_to_the_next() -> None:
             for f in heard
             if f[12:14] == b"\x86\xdd" and wire.parse(f[14:])[0].source.is_unspecified
         ]
-        assert {p.destination for p in probes} == {group, wire.solicited_node(second)}
+        link_local_group = wire.solicited_node(stack.ipv6.link_local)  # probed at start too
+        assert {p.destination for p in probes} == {
+            group,
+            wire.solicited_node(second),
+            link_local_group,
+        }
         # The first address's group was left with a state-change report.
         leave = mld.emit(mld.leave([group]), stack.ipv6.link_local, wire.ALL_MLDV2_ROUTERS)
         assert any(f.endswith(leave) for f in heard)

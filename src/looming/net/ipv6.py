@@ -255,6 +255,9 @@ class Ipv6Layer:
         self._duplicate_listeners: list[Callable[[IPv6Address], None]] = []
         self._error_handlers: dict[int, Icmpv6ErrorHandler] = {}
         self._first_fragments: dict[ReassemblyKey, bytes] = {}
+        # Until then (ns) the link-local address is being probed, in use
+        # meanwhile as RFC 4429's optimistic addresses are (None: not probing).
+        self._link_local_probe_until: int | None = None
         self.add_address(self.link_local)
         ethernet.register(EthernetProtocol.IPV6, self._on_frame)
 
@@ -692,6 +695,10 @@ class Ipv6Layer:
         if message.target not in self._addresses:
             counters["solicit_not_ours"] += 1
             return
+        probing = self._link_local_probing(message.target)
+        if probing and packet.source.is_unspecified:
+            self._link_local_duplicate()  # another node probes it too (RFC 4862 5.4.3)
+            return
         counters["rx_solicit"] += 1
         mac = ndp.source_mac(message)
         if not packet.source.is_unspecified and mac is not None:
@@ -701,7 +708,7 @@ class Ipv6Layer:
         advert = ndp.NeighborAdvertisement(
             message.target,
             solicited=not anonymous,
-            override=True,
+            override=not probing,  # RFC 4429 3.3: an optimistic address does not override
             options=(ndp.TargetLinkLayerAddress(self._ethernet.mac),),
         )
         payload = ndp.emit(advert, message.target, destination)
@@ -711,6 +718,9 @@ class Ipv6Layer:
     def _on_advertisement(self, message: ndp.NeighborAdvertisement) -> None:
         if self.autoconf.is_tentative(message.target):
             self._duplicate(message.target)  # RFC 4862 5.4.4
+            return
+        if self._link_local_probing(message.target):
+            self._link_local_duplicate()  # RFC 4862 5.4.4
             return
         if message.target in self._addresses:
             # Someone else claims our address: log-worthy, never believed.
@@ -803,11 +813,44 @@ class Ipv6Layer:
         (after a random delay of up to a second, RFC 4861 6.3.7)."""
         self._announce(mld.join(self._groups()))
         now = self._now()
+        self._probe_link_local(now)
         for address in self._statics:
             self._run(self.autoconf.manual(address, now))
         if self.router_discovery:
             delay = self._random.randint(0, 1_000_000_000)
             self._run(self.autoconf.start(now, delay))
+
+    def _probe_link_local(self, now: int) -> None:
+        """Duplicate address detection for the link-local address (RFC 4862
+        5.4) without delaying start-up: probed once, used at once; another
+        node answering for it (or probing it) within RetransTimer makes it
+        a duplicate."""
+        autoconf = self.autoconf
+        self._link_local_probe_until = now + autoconf.dad_transmits * autoconf.retransmit_ns
+        self._probe(self.link_local, counter="tx_link_local_probe")
+
+    def _link_local_probing(self, target: IPv6Address) -> bool:
+        until = self._link_local_probe_until
+        if target != self.link_local or until is None:
+            return False
+        if self._now() < until:
+            return True
+        self._link_local_probe_until = None
+        return False
+
+    def _link_local_duplicate(self) -> None:
+        """RFC 4862 5.4.5: the MAC-derived link-local address is another
+        node's; stop answering for it and say so."""
+        self._link_local_probe_until = None
+        self.counters["link_local_duplicate"] += 1
+        log.warning(
+            "IPv6: link-local address %s is already in use on the link; not using it "
+            "(give this interface another MAC address)",
+            self.link_local,
+        )
+        if self.link_local in self._addresses:
+            self._addresses.remove(self.link_local)
+            self._recompute_accepted()
 
     def _run(self, actions: list[Action]) -> None:
         for action in actions:
@@ -879,13 +922,13 @@ class Ipv6Layer:
         self.counters["tx_router_solicit"] += 1
         self._send(destination, NextHeader.ICMPV6, payload, source=self.link_local, hop_limit=255)
 
-    def _probe(self, tentative: IPv6Address) -> None:
+    def _probe(self, tentative: IPv6Address, *, counter: str = "tx_dad_probe") -> None:
         """Duplicate address detection's solicitation: from ::, to the
         solicited-node group, no link-layer option (RFC 4862 5.4.2)."""
         destination = wire.solicited_node(tentative)
         unspecified = IPv6Address(0)
         payload = ndp.emit(ndp.NeighborSolicitation(tentative), unspecified, destination)
-        self.counters["tx_dad_probe"] += 1
+        self.counters[counter] += 1
         self._send(destination, NextHeader.ICMPV6, payload, source=unspecified, hop_limit=255)
 
     def _announce(self, report: mld.Report) -> None:
