@@ -8,8 +8,9 @@ tags up to the guest's glibc, pip's hash check, then the SHA-256 of each file
 recorded in ``$LOOMING_VM_CACHE/wheels/aarch64/index.json`` and checked at
 every reuse). They are unpacked once into ``$LOOMING_VM_CACHE/usersite/aarch64``;
 a later run needs no network. Shared objects the sysroot lacks (libgcc_s,
-libstdc++, libcrypt, libsqlite3) and the guest Python's C headers come as
-Debian arm64 packages through the builder's apt cache, as the sysroot does.
+libstdc++, libcrypt, libsqlite3, liblzma, libbz2) and the guest Python's C
+headers come as Debian arm64 packages through the builder's apt cache, as
+the sysroot does.
 
 The interpreter runs through a small shell script that starts
 ``qemu-aarch64-static`` with the sysroot and passes its own path as the
@@ -36,7 +37,9 @@ from looming.vm.packages import AptArchive, PackageError, PackageInfo, Progress,
 from looming.vm.sysroot import python_sysroot
 
 ARCH = "aarch64"
-FFI_LIBRARY_PACKAGES = ("libcrypt1", "libsqlite3-0")
+# The FFI suite's libraries, and the rest of what the stdlib's extension
+# modules load (_sqlite3, _lzma, _bz2) beyond the sysroot.
+FFI_LIBRARY_PACKAGES = ("libcrypt1", "libsqlite3-0", "liblzma5", "libbz2-1.0")
 # What the TLS, store, vchan and FFI suites import (tlslite-ng: the TLS
 # tests' shared peer module imports it), and pytest's own plugin for the
 # suite's ``timeout`` setting; their dependencies follow.
@@ -156,7 +159,7 @@ def _libraries(archive: AptArchive, packages: list[PackageInfo]) -> dict[str, Pa
     take from the system besides libc (libgcc_s for cryptography's Rust
     code; the Debian packages the image builder puts beside the wheels), and
     the C libraries the FFI suite binds (libcrypt; libsqlite3, which
-    Python's own sqlite3 module loads too)."""
+    Python's own sqlite3 module loads too), liblzma and libbz2."""
     found: dict[str, Path] = {}
     for package in packages:
         tree = archive.unpack(package)

@@ -74,7 +74,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     ),
     # The ring's arithmetic and the shared page's layout, then endpoints in
     # two processes (fork) over shared memory: rendezvous, streams both
-    # ways with each notifier, packets, a killed peer, asyncio flows.
+    # ways with each notifier, packets, a killed peer, asyncio flows; and
+    # the process target: `looming run` of examples/vchan_store, the store
+    # and the HTTP front end in their own emulated processes, supervised.
     "vchan": (
         "tests/vchan/test_ring.py",
         "tests/vchan/test_layout.py",
@@ -82,6 +84,8 @@ SUITES: dict[str, tuple[str, ...]] = {
         "tests/vchan/test_waiting.py",
         "tests/vchan/test_aio.py",
         "tests/vchan/test_reconnect.py",
+        "tests/vchan/test_process_target.py",
+        "tests/vchan/test_supervision.py",
     ),
     # The three backends against the aarch64 libc, zlib, libcrypt and
     # SQLite: dynamic (ctypes), compiled (a cffi extension built by the
