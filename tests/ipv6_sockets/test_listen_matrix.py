@@ -25,9 +25,12 @@ CONFIGS = [
 
 def expected(host: str, ipv6: str | None, ipv6_only: bool) -> set[str]:
     """The model: an IPv6 address (::1 or ::) serves ::1; an IPv4 one serves
-    127.0.0.1; a dual-stack :: serves 127.0.0.1 too."""
+    127.0.0.1; a dual-stack :: serves 127.0.0.1 too; IPv6-only serves no
+    IPv4 client (with no IPv6 address given, on ::1)."""
     v6 = ipv6 if ipv6 is not None else (host if ":" in host else None)
-    v4 = None if ":" in host else host
+    if v6 is None and ipv6_only:
+        v6 = "::1"
+    v4 = None if ":" in host or ipv6_only else host
     reach = set()
     if v6 is not None:
         reach.add("::1")

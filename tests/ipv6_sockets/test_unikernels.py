@@ -55,8 +55,17 @@ def test_static_website_on_ipv6_only_and_dual_stack(tmp_path: Path) -> None:
     ):
         port = match.group(2)
         assert curl("-6", f"http://[::1]:{port}/") == index
-        # --ipv4 (loopback by default) still serves IPv4 beside the IPv6-only socket.
-        assert curl("-4", f"http://127.0.0.1:{port}/") == index
+        # IPv6 only, as on --net direct: no IPv4 client is served.
+        refused = subprocess.run(
+            ["curl", "-4", "-sS", "-m", "5", f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert refused.returncode == 7, refused  # curl: failed to connect
+    with running(app, "--port", "0", "--ipv6-only", "true", ready=ready) as (_, match):
+        # Without an IPv6 address given: the IPv6 loopback, as --ipv6 gives.
+        assert curl("-6", match.group(1) + "/") == index
 
 
 def test_https_website_on_ipv6(tmp_path: Path) -> None:

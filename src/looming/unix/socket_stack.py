@@ -747,10 +747,13 @@ class SocketUdp:
 def listen_hosts(host: str, ipv6: str | None, ipv6_only: bool) -> list[str]:
     """Where the stack's listeners bind: the IPv4 ``host``, and ``ipv6`` too
     when set; a dual-stack ``::`` alone, as it already takes IPv4 clients on
-    every address (binding an IPv4 address beside it would clash)."""
+    every address (binding an IPv4 address beside it would clash); with
+    ``ipv6_only``, the IPv6 address alone."""
     if ipv6 is None:
         return [host]
-    if ipv6 == "::" and not ipv6_only:
+    if ipv6_only:
+        return [ipv6]
+    if ipv6 == "::":
         return ["::"]
     return [ipv6, host]
 
@@ -761,8 +764,11 @@ class SocketStack:
     ``host`` is the IPv4 address listeners and UDP ports bind to by default
     (``0.0.0.0``: every host address). ``ipv6`` adds an IPv6 one: listeners
     then accept on both (``::1`` beside ``127.0.0.1``); ``::`` is every
-    address of both families on one dual-stack socket unless ``ipv6_only``.
-    A host given as an IPv6 address (``SocketStack("::")``) works the same.
+    address of both families on one dual-stack socket. ``ipv6_only`` leaves
+    IPv4 out, as ``--ipv6-only`` does on ``--net direct``: listeners bind the
+    IPv6 address alone (``::1``, or ``::`` when ``host`` is ``0.0.0.0``, if
+    none is given) with IPV6_V6ONLY. A host given as an IPv6 address
+    (``SocketStack("::")``) works the same.
     """
 
     def __init__(
@@ -774,8 +780,10 @@ class SocketStack:
             hosts = [ipv6]
             self._ipv4_listened = ipv6 == "::" and not ipv6_only
         else:
+            if ipv6_only and ipv6 is None:
+                ipv6 = "::" if host == "0.0.0.0" else "::1"
             hosts = listen_hosts(host, ipv6, ipv6_only)
-            self._ipv4_listened = True
+            self._ipv4_listened = not ipv6_only
         self._host = host
         self._ipv6 = ipv6
         self._dual = ipv6 == "::" and not ipv6_only

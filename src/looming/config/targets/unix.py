@@ -164,7 +164,8 @@ def _socket_stack_impl() -> Impl:
             (
                 "ipv6",
                 "str(keys.ipv6_address.ip) if keys.ipv6_address is not None"
-                " else ('::' if keys.ipv4.ip.is_unspecified else '::1') if keys.ipv6 else None",
+                " else ('::' if keys.ipv4.ip.is_unspecified else '::1')"
+                " if keys.ipv6 or keys.ipv6_only else None",
             ),
             ("ipv6_only", "keys.ipv6_only"),
         ],
@@ -197,7 +198,7 @@ def _socket_stack_impl() -> Impl:
                 "ipv6_only",
                 "bool",
                 False,
-                "IPV6_V6ONLY: --ipv6-address :: takes IPv6 clients only, IPv4 ones on --ipv4",
+                "IPv6 only: no IPv4 listener (turns IPv6 on; '::' gets IPV6_V6ONLY)",
             ),
         ],
         summary="host sockets",
