@@ -182,6 +182,7 @@ class DirectStack:
         slaac_secret: bytes | str | None = None,
         dhcp6: bool | None = None,
         ipv4: bool = True,
+        wait_for_ipv6: bool | None = None,
     ) -> DirectStack:
         """Assemble the stack on ``network`` and start receiving.
 
@@ -204,7 +205,9 @@ class DirectStack:
         with ``ipv4=False`` (IPv6 only: no IPv4 address, no DHCP; needs
         ``ipv6``): then it waits for a static ``ipv6_address`` to pass
         duplicate address detection (about a second), so that the stack
-        has an address to announce.
+        has an address to announce. ``wait_for_ipv6`` True waits so in
+        dual-stack too (the simulator's hosts do: a connection opened at
+        once then leaves from the static address, not the link-local one).
         """
         _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
         if isinstance(slaac_secret, str):
@@ -229,7 +232,9 @@ class DirectStack:
         )
         if dns_servers:
             stack.resolver.servers = list(dns_servers)
-        wait_ipv6 = not ipv4 and ipv6_address is not None
+        wait_ipv6 = ipv6_address is not None and (
+            not ipv4 if wait_for_ipv6 is None else wait_for_ipv6
+        )
         dhcp_wait = dhcp_timeout if dhcp else None
         await stack._start(dhcp6, wait_ipv6, dhcp_wait, keep_dns_servers=bool(dns_servers))
         return stack

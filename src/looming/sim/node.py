@@ -279,10 +279,13 @@ class SimNode:
     def stack_addresses(self) -> dict[str, Any]:
         """The node's addresses as DirectStack.connect takes them: IPv4, and
         a static IPv6 one when the scenario gave it (no router discovery:
-        a simulated LAN has no router unless the scenario runs one)."""
+        a simulated LAN has no router unless the scenario runs one), ready
+        when the node starts (its duplicate address detection done)."""
         addresses: dict[str, Any] = {"address": self.ipv4, "gateway": self.gateway}
         if self.ipv6 is not None:
-            addresses.update(ipv6=True, ipv6_address=self.ipv6, slaac=False, dhcp6=False)
+            addresses.update(
+                ipv6=True, ipv6_address=self.ipv6, slaac=False, dhcp6=False, wait_for_ipv6=True
+            )
         return addresses
 
     def _stack_is(self, stack: DirectStack) -> None:

@@ -75,7 +75,7 @@ class TcpEndpoint:
         self.connections: dict[FourTuple, TcpConnection] = {}
         self.listeners: dict[int, ListenerState] = {}
         self._half_open: dict[FourTuple, int] = {}
-        self._outbox: list[tuple[Address, bytes, int | None, int]] = []
+        self._outbox: list[tuple[Address, bytes, int | None, int, Address]] = []
         self._touched: list[Touched] = []
         self.accepted: list[tuple[int, FourTuple, TcpConnection]] = []
         low, high = config.ephemeral_ports
@@ -90,11 +90,13 @@ class TcpEndpoint:
         The segment size is given for a packet of several segments that the
         interface is to cut up (segmentation offload), else it is None.
         """
-        return [(d, segment, size) for d, segment, size, _ in self.take_marked_outbox()]
+        return [(d, segment, size) for d, segment, size, _, _ in self.take_marked_outbox()]
 
-    def take_marked_outbox(self) -> list[tuple[Address, bytes, int | None, int]]:
+    def take_marked_outbox(self) -> list[tuple[Address, bytes, int | None, int, Address]]:
         """As :meth:`take_outbox`, with each packet's IP ToS byte: 2 (ECT(0),
-        RFC 3168) for new data on a connection that agreed to ECN, else 0."""
+        RFC 3168) for new data on a connection that agreed to ECN, else 0;
+        and the source address its checksum was computed with (the IP layer
+        must send from that address, whatever it would choose itself)."""
         out = self._outbox
         self._outbox = []
         return out
@@ -112,7 +114,7 @@ class TcpEndpoint:
     def _send(self, key: FourTuple, header: TcpHeader, payload: bytes = b"") -> None:
         local_ip, _, remote_ip, _ = key
         self._outbox.append(
-            (remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip), None, 0)
+            (remote_ip, wire.emit(header, payload, src=local_ip, dst=remote_ip), None, 0, local_ip)
         )
 
     def collect(self, key: FourTuple, conn: TcpConnection) -> None:
@@ -137,6 +139,7 @@ class TcpEndpoint:
                     ),
                     mss if len(payload) > mss else None,
                     ECT0 if ect else 0,
+                    local_ip,
                 )
                 for header, payload, ect in conn.take_outbox_marked()
             )

@@ -312,7 +312,9 @@ class TcpLayer:
         self._streams: dict[TcpConnection, TcpStream] = {}
         self._listeners: dict[int, TcpListener] = {}
         self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
-        self._tx: deque[tuple[IPv4Address | IPv6Address, bytes, int | None, int]] = deque()
+        self._tx: deque[
+            tuple[IPv4Address | IPv6Address, bytes, int | None, int, IPv4Address | IPv6Address]
+        ] = deque()
         self._tx_task: asyncio.Task[None] | None = None
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         # Segments and events move on as each segment arrives; timers are
@@ -577,10 +579,11 @@ class TcpLayer:
     async def _drain(self) -> None:
         try:
             while self._tx:
-                destination, segment, segment_size, tos = self._tx.popleft()
+                destination, segment, segment_size, tos, source = self._tx.popleft()
                 try:
                     if isinstance(destination, IPv6Address):
-                        await self._write_ipv6(destination, segment, segment_size, tos)
+                        assert isinstance(source, IPv6Address)
+                        await self._write_ipv6(destination, source, segment, segment_size, tos)
                         continue
                     # DF: routers report a smaller path MTU (RFC 1191) instead
                     # of fragmenting. A packet of several segments goes with
@@ -603,12 +606,20 @@ class TcpLayer:
             self._tx_task = None
 
     async def _write_ipv6(
-        self, destination: IPv6Address, segment: bytes, segment_size: int | None, tos: int
+        self,
+        destination: IPv6Address,
+        source: IPv6Address,
+        segment: bytes,
+        segment_size: int | None,
+        tos: int,
     ) -> None:
         if segment_size is not None:
             segment = wire.finish_checksum(segment)  # no segmentation offload over IPv6
+        # From the connection's own address: the checksum covers it, and the
+        # layer's choice can change under a connection (a tentative address
+        # becoming usable, a destination reached from link-local).
         await self._ipv6_layer(destination).write(
-            destination, IpProtocol.TCP, segment, traffic_class=tos
+            destination, IpProtocol.TCP, segment, source=source, traffic_class=tos
         )
 
     def _schedule(self, key: FourTuple, conn: TcpConnection, deadline: int | None) -> None:
