@@ -38,7 +38,7 @@ def test_a_refusal_lists_the_targets_of_the_table_that_have_the_kind() -> None:
     assert str(info.value).endswith(
         "no implementation for device 'vchan'; targets that have one: process, vm"
     )
-    with pytest.raises(ConfigError, match="targets that have one: process, vm$"):
+    with pytest.raises(ConfigError, match=r"targets that have one: process, vm$"):
         all_targets()["unix"].implement(_device("vchan"), {})
 
 
