@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from looming.net.dns import NameNotFound, NoSuchName, addresses_in, ipv6_addresses_in
 from looming.net.wire import dns as wire
 from looming.net.wire.dns import CLASS_IN, DnsMessage, DnsQuestion, DnsRecord, DnsType
+from tests.net.dnsmasq_run import dnsmasq_command
 from tests.net.kernel import KernelPeer, have_root, kernel_peer_namespace
 
 
@@ -60,16 +61,10 @@ def test_a_cname_chain_is_followed_and_a_loop_ends_empty() -> None:
 
 
 def dnsmasq(peer: KernelPeer, state: Path) -> list[str]:
-    return [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        f"--interface={peer.tap_name}",
-        "--bind-interfaces",
-        "--user=root",
+    return dnsmasq_command(
+        peer,
+        state,
         "--log-queries",
-        "--log-facility=-",
-        f"--pid-file={state / 'dnsmasq.pid'}",
         "--no-resolv",
         "--no-hosts",
         "--local=/lm/",
@@ -77,7 +72,7 @@ def dnsmasq(peer: KernelPeer, state: Path) -> list[str]:
         "--host-record=v6.lm,fd00:77::6",
         "--host-record=v4.lm,10.77.0.4",
         "--cname=www.lm,dual.lm",
-    ]
+    )
 
 
 @pytest.mark.root

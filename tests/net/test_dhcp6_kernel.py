@@ -18,6 +18,7 @@ from looming.net.stack import DirectStack
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
+from tests.net.dnsmasq_run import dnsmasq_command
 from tests.net.kernel import KernelPeer
 from tests.net.test_ipv6_kernel import without_dad
 
@@ -29,22 +30,16 @@ LOW, HIGH = IPv6Address("fd77:0:0:4::100"), IPv6Address("fd77:0:0:4::1ff")
 
 
 def dnsmasq_argv(peer: KernelPeer, state: Path) -> list[str]:
-    return [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        f"--interface={peer.tap_name}",
-        "--bind-interfaces",
-        "--user=root",
+    return dnsmasq_command(
+        peer,
+        state,
         "--port=0",
         "--log-dhcp",
-        "--log-facility=-",
-        f"--pid-file={state / 'dnsmasq.pid'}",
         f"--dhcp-leasefile={state / 'leases'}",
         "--enable-ra",
         f"--dhcp-range={LOW},{HIGH},64,2m",
         f"--dhcp-option=option6:dns-server,[{SERVER}]",
-    ]
+    )
 
 
 async def until(predicate: object, seconds: float) -> None:

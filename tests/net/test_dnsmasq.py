@@ -14,24 +14,19 @@ from looming.net.stack import DirectStack
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
+from tests.net.dnsmasq_run import dnsmasq_command
 from tests.net.kernel import KernelPeer
 
 pytestmark = pytest.mark.root
 
 
 def dnsmasq_argv(peer: KernelPeer, state: Path) -> list[str]:
-    return [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        f"--interface={peer.tap_name}",
-        "--bind-interfaces",
-        "--user=root",
+    return dnsmasq_command(
+        peer,
+        state,
         "--no-ping",
         "--log-dhcp",
         "--log-queries",
-        "--log-facility=-",
-        f"--pid-file={state / 'dnsmasq.pid'}",
         f"--dhcp-leasefile={state / 'leases'}",
         "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,2m",
         f"--dhcp-option=option:router,{peer.peer_address}",
@@ -41,7 +36,7 @@ def dnsmasq_argv(peer: KernelPeer, state: Path) -> list[str]:
         "--local=/lm/",
         "--host-record=service.lm,10.77.0.124",
         "--cname=www.lm,service.lm",
-    ]
+    )
 
 
 async def until(predicate: object, seconds: float) -> None:

@@ -21,6 +21,7 @@ from looming.net.stack import DirectStack
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
+from tests.net.dnsmasq_run import dnsmasq_command
 from tests.net.kernel import KernelPeer
 from tests.net.test_slaac_kernel import PREFIX, ROUTER_ADDRESS, SECRET, make_router
 
@@ -46,16 +47,10 @@ print(peer[0].removeprefix("::ffff:"), flush=True)
 
 
 def dnsmasq_argv(peer: KernelPeer, state: Path) -> list[str]:
-    return [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        f"--interface={peer.tap_name}",
-        "--bind-interfaces",
-        "--user=root",
+    return dnsmasq_command(
+        peer,
+        state,
         "--log-queries",
-        "--log-facility=-",
-        f"--pid-file={state / 'dnsmasq.pid'}",
         f"--dhcp-leasefile={state / 'leases'}",
         "--enable-ra",
         f"--dhcp-range={PREFIX.network_address},ra-only,64,1h",
@@ -65,7 +60,7 @@ def dnsmasq_argv(peer: KernelPeer, state: Path) -> list[str]:
         "--local=/lm/",
         f"--host-record=web.lm,{peer.peer_address},{ROUTER_ADDRESS}",
         f"--host-record=six.lm,{ROUTER_ADDRESS}",
-    ]
+    )
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from looming.net.stack import DirectStack
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
+from tests.net.dnsmasq_run import dnsmasq_command
 from tests.net.kernel import KernelPeer
 from tests.net.test_ipv6_kernel import kernel_link_local, without_dad
 
@@ -46,22 +47,16 @@ print(hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest(), peer
 
 
 def dnsmasq_ra_argv(peer: KernelPeer, state: Path) -> list[str]:
-    return [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        f"--interface={peer.tap_name}",
-        "--bind-interfaces",
-        "--user=root",
+    return dnsmasq_command(
+        peer,
+        state,
         "--port=0",
-        "--log-facility=-",
-        f"--pid-file={state / 'dnsmasq.pid'}",
         f"--dhcp-leasefile={state / 'leases'}",
         "--enable-ra",
         f"--dhcp-range={PREFIX.network_address},ra-only,64,1h",
         f"--ra-param={peer.tap_name},mtu:1400,10,600",
         f"--dhcp-option=option6:dns-server,[{ROUTER_ADDRESS}]",
-    ]
+    )
 
 
 def make_router(peer: KernelPeer) -> None:
