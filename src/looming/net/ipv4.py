@@ -30,6 +30,7 @@ from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 
 _LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 _UNSPECIFIED = IPv4Address(0)
+_IPV4 = int(EthernetProtocol.IPV4)
 
 UnhandledProtocolHandler = Callable[[ReceivedPacket[IPv4Address], bytes], None]
 """Called with what IPv4 knows of a datagram nobody registered for, and its payload."""
@@ -97,6 +98,8 @@ class Ipv4Layer:
         self.counters: Counter[str] = Counter()
         self.unhandled_protocol: UnhandledProtocolHandler | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._last_destination: IPv4Address | None = None
+        self._last_destination_form = (0, b"")
         ethernet.register(EthernetProtocol.IPV4, self._on_frame)
         self.configure(interface, gateway, announce=False)
 
@@ -115,6 +118,12 @@ class Ipv4Layer:
         self._interface = interface
         self._gateway = gateway
         self._local_int = int(interface.ip) if interface is not None else -1
+        # The hot paths compare integers and reuse one address object:
+        # IPv4Interface.ip builds a new address on every access.
+        self._local_address = interface.ip if interface is not None else None
+        self._network_int = int(interface.network.network_address) if interface is not None else -1
+        self._netmask_int = int(interface.network.netmask) if interface is not None else 0
+        self._local_packed = interface.ip.packed if interface is not None else b""
         self._broadcast_ints = {int(_LIMITED_BROADCAST)}
         if interface is not None and interface.network.prefixlen < 31:
             self._broadcast_ints.add(int(interface.network.broadcast_address))
@@ -129,7 +138,8 @@ class Ipv4Layer:
         return [self._interface] if self._interface is not None else []
 
     def source_for(self, destination: IPv4Address) -> IPv4Address:
-        return self._interface.ip if self._interface is not None else _UNSPECIFIED
+        local = self._local_address
+        return local if local is not None else _UNSPECIFIED
 
     def mtu(self, destination: IPv4Address) -> int:
         """The largest payload of an unfragmented datagram to ``destination``:
@@ -182,7 +192,8 @@ class Ipv4Layer:
         self._handlers[protocol] = handler
 
     def is_local(self, address: IPv4Address) -> bool:
-        return self._interface is not None and address == self._interface.ip
+        local = self._local_address
+        return local is not None and (address is local or address == local)
 
     def is_broadcast(self, address: IPv4Address) -> bool:
         if address == _LIMITED_BROADCAST:
@@ -306,14 +317,15 @@ class Ipv4Layer:
     def next_hop(self, destination: IPv4Address) -> IPv4Address | MacAddress:
         """The neighbour to resolve for ``destination``, or the Ethernet
         address itself for broadcast and multicast."""
-        if self.is_broadcast(destination):
+        destination_int = int(destination)
+        if destination_int in self._broadcast_ints:
             return BROADCAST_MAC
-        if destination.is_multicast:
+        if destination_int >> 28 == 0xE:  # 224.0.0.0/4
             return multicast_mac(destination)
         interface = self._interface
         if interface is None:
             raise NoRoute(f"no IPv4 address configured yet; cannot reach {destination}")
-        if destination in interface.network:
+        if destination_int & self._netmask_int == self._network_int:
             return destination
         if self._gateway is None:
             raise NoRoute(f"{destination} is outside {interface.network} and there is no gateway")
@@ -368,6 +380,15 @@ class Ipv4Layer:
         packet does not go to such an interface after all.
         """
         if (
+            segment_size is None
+            and source is None
+            and self._local_address is not None
+            and len(payload) <= self.mtu(destination)
+            and not self.is_local(destination)
+        ):
+            await self._write_plain(destination, protocol, payload, ttl, dont_fragment, tos)
+            return
+        if (
             segment_size is not None
             and protocol == IpProtocol.TCP
             and (self.is_local(destination) or not self._ethernet.capabilities.segmentation)
@@ -401,6 +422,44 @@ class Ipv4Layer:
                 await self._ethernet.write(hop, ethertype, frame, segment_size=size)
             return
         await self._arp.send(hop, frames)
+
+    async def _write_plain(
+        self,
+        destination: IPv4Address,
+        protocol: int,
+        payload: bytes,
+        ttl: int,
+        dont_fragment: bool,
+        tos: int,
+    ) -> None:
+        """:meth:`write` for the common datagram: from our address, to
+        another host, unfragmented. The same bytes as the general path,
+        without building a header object."""
+        identification = self._next_identification()
+        hop = self.next_hop(destination)
+        if destination is self._last_destination:
+            destination_int, destination_packed = self._last_destination_form
+        else:
+            destination_int = int(destination)
+            destination_packed = destination_int.to_bytes(4, "big")
+            self._last_destination = destination
+            self._last_destination_form = (destination_int, destination_packed)
+        packet = wire.emit_plain(
+            self._local_packed,
+            destination_packed,
+            self._local_int + destination_int,
+            protocol,
+            ttl,
+            identification,
+            dont_fragment,
+            tos,
+            payload,
+        )
+        self.counters["tx_datagrams"] += 1
+        if isinstance(hop, MacAddress):
+            await self._ethernet.write(hop, _IPV4, packet)
+            return
+        await self._arp.send(hop, ((_IPV4, packet, None),))
 
     def _frames(self, header: Ipv4Header, payload: bytes, segment_size: int | None) -> list[Frame]:
         """The Ethernet payloads carrying one datagram (several when fragmented)."""
