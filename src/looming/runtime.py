@@ -239,6 +239,17 @@ async def _run(start: StartFunction, keys: Keys) -> int:
     return 0
 
 
+def _loop_factory(keys: Keys) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the ``loop`` key chose (the unix socket stack declares
+    it); None (asyncio's own) without the key."""
+    choice = getattr(keys, "loop", None)
+    if choice is None:
+        return None
+    from looming.unix.event_loop import event_loop_factory
+
+    return event_loop_factory(str(choice))
+
+
 def main(name: str, specs: Sequence[KeySpec], start: StartFunction) -> NoReturn:
     """Parse the command line, set up logging, run ``start``, and exit."""
     argv = sys.argv[1:]
@@ -256,7 +267,8 @@ def main(name: str, specs: Sequence[KeySpec], start: StartFunction) -> NoReturn:
     from looming.errors import UsageError as BadInput
 
     try:
-        code = asyncio.run(_run(start, keys))
+        with asyncio.Runner(loop_factory=_loop_factory(keys)) as runner:
+            code = runner.run(_run(start, keys))
     except KeyboardInterrupt:
         code = 130
     except (ConfigError, BadInput) as exc:

@@ -14,6 +14,7 @@ from looming.devices.kv import EntryKind
 from looming.errors import KeyNotFound, NotAValue
 from looming.http import Handler, HttpServer, ServerConfig
 from looming.unix.clock import UnixClock
+from looming.unix.event_loop import event_loop_factory
 from looming.unix.socket_stack import SocketStack
 
 HTDOCS = Path(__file__).resolve().parents[2] / "examples" / "static_website" / "htdocs"
@@ -88,9 +89,13 @@ class RunningServer:
 
 @contextmanager
 def serve_in_thread(
-    handler_factory: Callable[[], Handler], config: ServerConfig | None = None
+    handler_factory: Callable[[], Handler],
+    config: ServerConfig | None = None,
+    *,
+    loop: str = "asyncio",
 ) -> Iterator[RunningServer]:
-    """Serve ``handler_factory()`` on 127.0.0.1 (a free port) until the block ends."""
+    """Serve ``handler_factory()`` on 127.0.0.1 (a free port) until the block
+    ends, on the event loop ``loop`` names (asyncio or uvloop)."""
     ready = threading.Event()
     state: dict[str, object] = {}
 
@@ -107,7 +112,8 @@ def serve_in_thread(
 
     def run() -> None:
         try:
-            asyncio.run(main())
+            with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+                runner.run(main())
         except BaseException as error:
             state["error"] = error
             ready.set()

@@ -94,12 +94,12 @@ class Recorder:
         await send({"type": "http.response.body"})
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[Recorder, RunningServer]]:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, RunningServer]]:
     app = Recorder()
     adapter = AsgiAdapter(app, root_path="/mount")
     adapter.disconnect_grace = 0.2
-    with serve_in_thread(lambda: adapter) as running:
+    with serve_in_thread(lambda: adapter, loop=request.param) as running:
         asyncio.run_coroutine_threadsafe(adapter.startup(), running.loop).result(10)
         yield app, running
         asyncio.run_coroutine_threadsafe(adapter.shutdown(), running.loop).result(10)

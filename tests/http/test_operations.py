@@ -164,6 +164,7 @@ def test_keys_from_the_environment_and_loopback_by_default(asgi_app: Path) -> No
         (["--port", "-1"], {}, "--port: -1 is not a port number"),
         ([], {"LOOMING_PORT": "eighty"}, "LOOMING_PORT='eighty' is not a valid int"),
         (["--access-log", "xml"], {}, "--access-log: 'xml' is not one of off, common, json"),
+        (["--loop", "trio"], {}, "--loop: 'trio' is not one of auto, asyncio, uvloop"),
     ],
 )
 def test_bad_key_values_are_one_line_and_exit_2(
@@ -180,6 +181,30 @@ def test_bad_key_values_are_one_line_and_exit_2(
     assert done.returncode == 2
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_artifact_runs_on_the_event_loop_chosen(asgi_app: Path, loop: str) -> None:
+    keys = ("--port", "0", "--loop", loop, "--logs", "*:info,tcp:debug")
+    with running(asgi_app, *keys, ready=r"serving (http://\S+)") as (proc, ready):
+        url = ready.group(1)
+        curl = ["curl", "-sS", "--max-time", "10"]
+        hello = subprocess.run([*curl, f"{url}/", f"{url}/greet/ada"], capture_output=True)
+        assert (
+            hello.stdout
+            == b'hello from an ASGI unikernel\n{"greeting":"hello, ada","started":true}'
+        )
+        body = os.urandom(300_000).hex()
+        echoed = subprocess.run(
+            [*curl, "--data-binary", "@-", f"{url}/echo"], input=body.encode(), capture_output=True
+        )
+        assert json.loads(echoed.stdout) == {"length": len(body), "text": body}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    assert f"({loop} event loop)" in log, log
+    assert "Traceback" not in log, log
 
 
 def test_connection_limit_answers_503() -> None:

@@ -56,10 +56,10 @@ async def describe(request: Request) -> Response:
     return Response(200, [(b"content-type", b"application/json")], json.dumps(summary).encode())
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     config = ServerConfig(max_body_bytes=1024 * 1024)
-    with serve_in_thread(lambda: describe, config) as running:
+    with serve_in_thread(lambda: describe, config, loop=request.param) as running:
         yield running
 
 
@@ -233,12 +233,12 @@ def test_handler_failure_is_500_and_server_lives_on(server: RunningServer) -> No
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def impatient() -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def impatient(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     config = ServerConfig(
         keep_alive_timeout=0.2, header_timeout=0.3, body_timeout=0.3, send_timeout=0.3
     )
-    with serve_in_thread(lambda: describe, config) as running:
+    with serve_in_thread(lambda: describe, config, loop=request.param) as running:
         yield running
 
 

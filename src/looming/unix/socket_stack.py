@@ -46,6 +46,21 @@ WRITE_LOW_WATER = 64 * 1024
 CLOSE_FLUSH_TIMEOUT = 30.0
 
 
+_STREAM_METHODS = (
+    "write",
+    "write_eof",
+    "close",
+    "abort",
+    "is_closing",
+    "pause_reading",
+    "resume_reading",
+    "set_write_buffer_limits",
+    "get_write_buffer_size",
+    "get_extra_info",
+)
+"""What a connection uses of its transport (asyncio's or uvloop's)."""
+
+
 class SocketTcpFlow(asyncio.Protocol):
     """One TCP connection; both the asyncio protocol and the looming TcpFlow."""
 
@@ -88,7 +103,12 @@ class SocketTcpFlow(asyncio.Protocol):
     # --- asyncio.Protocol callbacks -------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Any stream transport will do: uvloop's do not subclass asyncio's
+        # classes, so the methods used here are checked instead.
+        missing = [name for name in _STREAM_METHODS if not hasattr(transport, name)]
+        if missing:
+            raise TypeError(f"{type(transport).__name__} is not a stream transport: no {missing}")
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
@@ -495,7 +515,11 @@ class SocketTcp:
 
         listener = SocketListener(bound_port, close_servers)
         self._listeners.add(listener)
-        tcp_log.debug("listening on %s", ", ".join(format_endpoint(h, bound_port) for h in hosts))
+        tcp_log.debug(
+            "listening on %s (%s event loop)",
+            ", ".join(format_endpoint(h, bound_port) for h in hosts),
+            type(loop).__module__.partition(".")[0],
+        )
         return listener
 
     async def connect(

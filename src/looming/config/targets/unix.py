@@ -200,6 +200,7 @@ def _socket_stack_impl() -> Impl:
                 False,
                 "IPv6 only: no IPv4 listener (turns IPv6 on; '::' gets IPV6_V6ONLY)",
             ),
+            KeyDecl("loop", "str", "auto", "event loop: auto (uvloop if found), asyncio, uvloop"),
         ],
         summary="host sockets",
     )
