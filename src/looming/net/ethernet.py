@@ -16,8 +16,11 @@ from looming.devices.net import (
 from looming.devices.time import Time
 from looming.errors import Malformed
 from looming.net.wire import ethernet as wire
+from looming.net.wire._cache import mac_address
 
 _BROADCAST = b"\xff" * 6
+_VLAN = 0x8100
+_QINQ = 0x88A8
 
 
 class EthernetLayer:
@@ -93,22 +96,50 @@ class EthernetLayer:
         ):
             counters["syn_policed"] += 1
             return
+        if type(frame) is bytes and len(frame) >= wire.HEADER_LENGTH:
+            # The common untagged frame, read without a header object.
+            ethertype = frame[12] << 8 | frame[13]
+            if ethertype >= 0x0600 and ethertype != _VLAN and ethertype != _QINQ:
+                self._dispatch(
+                    mac_address(frame[6:12]),
+                    frame[:6],
+                    ethertype,
+                    frame[wire.HEADER_LENGTH :],
+                    checksum_verified,
+                )
+                return
         try:
             header, payload = wire.parse(frame)
         except Malformed:
             counters["malformed"] += 1
             return
-        destination = header.destination
-        if destination != self._mac and destination != _BROADCAST and not destination[0] & 1:
-            counters["not_for_us"] += 1
-            return
-        handler = self._handlers.get(header.ethertype)
+        self._dispatch(
+            header.source, header.destination, header.ethertype, bytes(payload), checksum_verified
+        )
+
+    def _dispatch(
+        self,
+        source: MacAddress,
+        destination: bytes,
+        ethertype: int,
+        payload: bytes,
+        checksum_verified: bool,
+    ) -> None:
+        """Hand a parsed frame to the handler of its EtherType, if it is ours."""
+        counters = self.counters
+        to = self._mac
+        if destination != to:
+            if destination != _BROADCAST and not destination[0] & 1:
+                counters["not_for_us"] += 1
+                return
+            to = mac_address(destination)
+        handler = self._handlers.get(ethertype)
         if handler is None:
             counters["unknown_ethertype"] += 1
             return
         counters["rx_frames"] += 1
         try:
-            handler(header.source, destination, bytes(payload), checksum_verified)
+            handler(source, to, payload, checksum_verified)
         except Exception as error:
             # A layer above must count and drop its own bad input; reaching
             # here is a bug there, but it must not stop frames arriving.

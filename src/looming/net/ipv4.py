@@ -25,6 +25,8 @@ from looming.net.arp import ArpLayer, Frame
 from looming.net.ethernet import EthernetLayer
 from looming.net.reassembly import Reassembler
 from looming.net.wire import ipv4 as wire
+from looming.net.wire._cache import ipv4_address
+from looming.net.wire.checksum import ones_complement_sum
 from looming.net.wire.ipv4 import MIN_HEADER_LENGTH, Ipv4Header
 from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 
@@ -215,6 +217,16 @@ class Ipv4Layer:
 
     def _receive(self, packet: bytes, *, looped_back: bool, checksum_verified: bool) -> None:
         counters = self.counters
+        if (
+            not looped_back
+            and type(packet) is bytes
+            and len(packet) >= MIN_HEADER_LENGTH
+            and packet[0] == 0x45  # version 4, no options
+            and not packet[6] & 0xBF  # no fragment, no reserved flag (DF may be set)
+            and not packet[7]
+            and self._receive_plain(packet, checksum_verified)
+        ):
+            return
         try:
             header, payload_view = wire.parse(packet)
         except Malformed:
@@ -261,6 +273,49 @@ class Ipv4Layer:
         counters["unknown_protocol"] += 1
         if self.unhandled_protocol is not None:
             self.unhandled_protocol(received, payload)
+
+    def _receive_plain(self, packet: bytes, checksum_verified: bool) -> bool:
+        """:meth:`_receive` for a datagram from the wire without options
+        that is no fragment, without building a header object; False when
+        it is not for this path after all (the general one then counts it)."""
+        (_, tos, total_length, _, _, ttl, protocol, _, source, destination) = (
+            wire.FIXED.unpack_from(packet)
+        )
+        if total_length < MIN_HEADER_LENGTH or total_length > len(packet):
+            return False
+        counters = self.counters
+        if ones_complement_sum(packet[:MIN_HEADER_LENGTH]) != 0xFFFF:
+            counters["malformed"] += 1  # header checksum mismatch
+            return True
+        destination_int = int.from_bytes(destination, "big")
+        if self._interface is not None and not (
+            destination_int == self._local_int or destination_int in self._broadcast_ints
+        ):
+            counters["not_for_us"] += 1
+            return True
+        source_int = int.from_bytes(source, "big")
+        if source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int:
+            counters["martian_source"] += 1  # see _refusal
+            return True
+        counters["rx_datagrams"] += 1
+        received = ReceivedPacket(
+            ipv4_address(source),
+            ipv4_address(destination),
+            protocol,
+            ttl,
+            tos,
+            checksum_verified,
+            packet[:MIN_HEADER_LENGTH],
+        )
+        handler = self._handlers.get(protocol)
+        payload = packet[MIN_HEADER_LENGTH:total_length]
+        if handler is not None:
+            handler(received, payload)
+            return True
+        counters["unknown_protocol"] += 1
+        if self.unhandled_protocol is not None:
+            self.unhandled_protocol(received, payload)
+        return True
 
     def _refusal(self, header: Ipv4Header, looped_back: bool) -> str | None:
         """Why a parsed datagram is dropped before delivery (the counter to

@@ -16,6 +16,8 @@ _FLAG_DF = 0x4000
 _FLAG_MF = 0x2000
 
 _FIXED = struct.Struct("!BBHHHBBH4s4s")
+FIXED = _FIXED
+"""The 20 bytes every header starts with, for callers that read them directly."""
 
 _Buffer = bytes | bytearray | memoryview
 
