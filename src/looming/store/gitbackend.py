@@ -49,8 +49,11 @@ from looming.store.spares import SparePool, reclaim_dead, sync_dir, sync_togethe
 # Small packs are folded once they amount to this fraction of the growing
 # pack (or this many bytes): the disk holds at most that much beyond one
 # compact pack, and folding costs a bounded multiple of what was written.
+# The floor is what a busy writer keeps unfolded: per-commit packs hold
+# whole trees, so a floor of a few MiB is reached every few commits of a
+# wide repository, and each fold rewrites the whole growing pack.
 FOLD_FRACTION = 0.25
-FOLD_FLOOR = 2 << 20
+FOLD_FLOOR = 8 << 20
 # More packs than this (any writers', git's too) are merged by the next
 # writer that is idle or closes; a pack more than KEEP_ABOVE times larger than
 # all the smaller ones together is left as it is, so packs stay few while each
