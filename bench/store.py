@@ -285,6 +285,52 @@ def rounds_of(systems: list[str], rounds: int) -> list[list[str]]:
     return [systems[r % len(systems) :] + systems[: r % len(systems)] for r in range(rounds)]
 
 
+WORKLOADS = ("batched", "single", "reads", "writers")
+
+
+def commit_rates(
+    scratch: Path, workload: str, per_commit: int, commits: int, rounds: int
+) -> dict[str, list[float]]:
+    """Each writer's commits/s, one figure per round, rounds interleaved."""
+    rates: dict[str, list[float]] = {name: [] for name in WRITERS}
+    for number, order in enumerate(rounds_of(list(WRITERS), rounds)):
+        for name in order:
+            progress(f"{workload} round {number + 1}: {name}")
+            disk = scratch / "w.git"
+            shutil.rmtree(disk, ignore_errors=True)
+            disk.mkdir()
+            rates[name].append(WRITERS[name](disk, commits, per_commit))
+    return rates
+
+
+def read_rates(scratch: Path, commits: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Cold and warm keys/s of one batched history, written once by looming."""
+    paths = [key_path(key) for key in range(commits * KEYS_PER_COMMIT)]
+    reads: dict[str, list[tuple[float, float]]] = {"looming": [], "git": [], "dulwich": []}
+    readers = {"looming": looming_reads, "git": git_reads, "dulwich": dulwich_reads}
+    written = scratch / "read.git"
+    written.mkdir()
+    looming_commits("none")(written, commits, KEYS_PER_COMMIT)
+    for number, order in enumerate(rounds_of(list(readers), rounds)):
+        for name in order:
+            progress(f"reads round {number + 1}: {name}")
+            reads[name].append(readers[name](written, paths))
+    return {
+        name: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+        for name, v in reads.items()
+    }
+
+
+def workloads(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in WORKLOADS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {', '.join(unknown) or text!r}; choose from {', '.join(WORKLOADS)}"
+        )
+    return chosen
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,6 +339,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--commits", type=int, default=None, help="per round (default 300)")
     parser.add_argument("--writers", type=int, default=None, help="default 600")
+    parser.add_argument(
+        "--only",
+        type=workloads,
+        default=list(WORKLOADS),
+        metavar="W[,W...]",
+        help=f"run only these workloads ({', '.join(WORKLOADS)}; default all)",
+    )
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     commits = args.commits or (100 if args.quick else 300)
@@ -301,33 +354,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="looming-bench-store-") as scratch_name:
         scratch = Path(scratch_name)
         for workload, per_commit in (("batched", KEYS_PER_COMMIT), ("single", 1)):
-            rates: dict[str, list[float]] = {name: [] for name in WRITERS}
-            for number, order in enumerate(rounds_of(list(WRITERS), args.rounds)):
-                for name in order:
-                    progress(f"{workload} round {number + 1}: {name}")
-                    disk = scratch / "w.git"
-                    shutil.rmtree(disk, ignore_errors=True)
-                    disk.mkdir()
-                    rates[name].append(WRITERS[name](disk, commits, per_commit))
-            results[workload] = {name: statistics.median(v) for name, v in rates.items()}
-        # Reads of one batched history, written once by git fast-import and
-        # once by looming (the same content).
-        paths = [key_path(key) for key in range(commits * KEYS_PER_COMMIT)]
-        reads: dict[str, list[tuple[float, float]]] = {"looming": [], "git": [], "dulwich": []}
-        readers = {"looming": looming_reads, "git": git_reads, "dulwich": dulwich_reads}
-        written = scratch / "read.git"
-        written.mkdir()
-        looming_commits("none")(written, commits, KEYS_PER_COMMIT)
-        for number, order in enumerate(rounds_of(list(readers), args.rounds)):
-            for name in order:
-                progress(f"reads round {number + 1}: {name}")
-                reads[name].append(readers[name](written, paths))
-        results["reads"] = {
-            name: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
-            for name, v in reads.items()
-        }
-        progress(f"{writers} separate writer processes")
-        results["writers"] = separate_writers(scratch / "writers.git", writers)
+            if workload in args.only:
+                results[workload] = commit_rates(
+                    scratch, workload, per_commit, commits, args.rounds
+                )
+        if "reads" in args.only:
+            results["reads"] = read_rates(scratch, commits, args.rounds)
+        if "writers" in args.only:
+            progress(f"{writers} separate writer processes")
+            results["writers"] = separate_writers(scratch / "writers.git", writers)
     report(results, commits, writers)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -344,12 +379,8 @@ def report(results: dict[str, object], commits: int, writers: int) -> None:
         f"dulwich {'.'.join(map(str, dulwich.__version__))}, {commits} commits per run"
     )
     for workload, keys in (("batched", KEYS_PER_COMMIT), ("single", 1)):
-        rates = results[workload]
-        assert isinstance(rates, dict)
-        reference = rates["git fast-import"]
-        print(f"\n{workload}: commits of {keys} key(s), commits/s (median), x fast-import")
-        for name, rate in rates.items():
-            print(f"  {name:25} {rate:10.0f}  {rate / reference:6.2f}x")
+        if workload in results:
+            report_rates(workload, keys, results[workload])
     print(
         "\nwhat is fsynced: looming full: per commit (x10: per batch of 10) the pack and its\n"
         "  index, then the pack folder with the ref's lock, then the ref's folder; git\n"
@@ -357,12 +388,37 @@ def report(results: dict[str, object], commits: int, writers: int) -> None:
         "  pack and index once per run, not the ref nor any folder; fsync=all: also the ref;\n"
         "  dulwich: nothing"
     )
-    reads = results["reads"]
+    reads = results.get("reads")
+    if reads is not None:
+        report_reads(reads, commits)
+    writer_results = results.get("writers")
+    if writer_results is not None:
+        report_writers(writer_results, writers)
+
+
+def report_rates(workload: str, keys: int, rates: object) -> None:
+    """Medians and x fast-import; for looming, the range of the per-round
+    ratios too (each round's figures were taken side by side)."""
+    assert isinstance(rates, dict)
+    reference = statistics.median(rates["git fast-import"])
+    print(f"\n{workload}: commits of {keys} key(s), commits/s (median), x fast-import")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        line = f"  {name:25} {rate:10.0f}  {rate / reference:6.2f}x"
+        if name.startswith("looming"):
+            ratios = [v / g for v, g in zip(values, rates["git fast-import"], strict=True)]
+            line += f"  (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+        print(line)
+
+
+def report_reads(reads: object, commits: int) -> None:
     assert isinstance(reads, dict)
     print(f"\nreads of {commits * KEYS_PER_COMMIT} keys at the head, keys/s (cold, warm)")
     for name, (cold, warm) in reads.items():
         print(f"  {name:16} {cold:10.0f} {warm:10.0f}  x git {cold / reads['git'][0]:5.2f}")
-    writer_results = results["writers"]
+
+
+def report_writers(writer_results: object, writers: int) -> None:
     assert isinstance(writer_results, tuple)
     rate, packs, size, repacked, gced = writer_results
     print(
