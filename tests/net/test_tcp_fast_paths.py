@@ -7,6 +7,7 @@ checked against the general code it stands in for, on generated input.
 
 from __future__ import annotations
 
+import struct
 from ipaddress import IPv4Address, IPv4Interface
 
 from hypothesis import given
@@ -17,7 +18,8 @@ from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.netif.memory import MemorySwitch
-from looming.net.wire import ipv4
+from looming.net.wire import ipv4, tcp
+from looming.net.wire.checksum import internet_checksum
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
 
@@ -174,3 +176,59 @@ def _ethernet_layer(received: list[Delivery]) -> EthernetLayer:
     for ethertype in (0x0800, 0x86DD):
         layer.register(ethertype, record)
     return layer
+
+
+u32 = st.integers(0, 0xFFFFFFFF)
+
+
+@st.composite
+def timestamped_headers(draw: st.DrawFn) -> tcp.TcpHeader:
+    return tcp.TcpHeader(
+        src_port=draw(u16),
+        dst_port=draw(u16),
+        seq=draw(u32),
+        ack=draw(u32),
+        flags=draw(u8),
+        window=draw(u16),
+        urgent=draw(u16),
+        timestamps=(draw(u32), draw(u32)),
+    )
+
+
+def _reference_segment(
+    header: tcp.TcpHeader, payload: bytes, src: IPv4Address, dst: IPv4Address
+) -> bytes:
+    """The segment with NOP, NOP, timestamps, laid out field by field and
+    summed over its bytes and the pseudo-header spelled out."""
+    assert header.timestamps is not None
+    options = bytes((1, 1, 8, 10)) + struct.pack("!II", *header.timestamps)
+    fields = (header.src_port, header.dst_port, header.seq, header.ack, 8 << 4, header.flags)
+    bare = struct.pack("!HHIIBBHHH", *fields, header.window, 0, header.urgent) + options + payload
+    pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, 6, len(bare))
+    checksum = internet_checksum(pseudo + bare)
+    return bare[:16] + checksum.to_bytes(2, "big") + bare[18:]
+
+
+@given(timestamped_headers(), st.binary(max_size=1600), addresses, addresses)
+def test_timestamped_emit_is_the_reference_layout(
+    header: tcp.TcpHeader, payload: bytes, src: IPv4Address, dst: IPv4Address
+) -> None:
+    segment = tcp.emit(header, payload, src=src, dst=dst)
+    assert segment == _reference_segment(header, payload, src, dst)
+    assert tcp.checksum_ok(segment, src, dst)
+    partial = tcp.emit(header, payload, src=src, dst=dst, partial_checksum=True)
+    assert tcp.finish_checksum(partial) == segment
+
+
+@given(timestamped_headers(), st.binary(max_size=64), st.booleans())
+def test_timestamped_parse_is_the_general_parse(
+    header: tcp.TcpHeader, payload: bytes, nops_first: bool
+) -> None:
+    """NOP, NOP, timestamps takes the fast path; timestamps, NOP, NOP (the
+    same header) the general one."""
+    segment = tcp.emit(header, payload)
+    if not nops_first:
+        segment = segment[:20] + segment[22:32] + b"\x01\x01" + segment[32:]
+    parsed, rest = tcp.parse(segment)
+    assert parsed == header
+    assert bytes(rest) == payload
