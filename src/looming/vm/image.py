@@ -43,6 +43,7 @@ from looming.vm.bytecode import Compiler
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
 from looming.vm.ivshmem import vchans_of
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
+from looming.vm.nic import DEFAULT_DRIVER, NIC_DRIVERS, driver_modules, parse_nic_drivers
 from looming.vm.packages import (
     AptArchive,
     PackageError,
@@ -223,9 +224,12 @@ def _resolve_libraries(
     return found, missing
 
 
-def _kernel_modules(kernel_tree: Path, arch: Arch, disk: bool = False) -> tuple[str, list[Path]]:
+def _kernel_modules(
+    kernel_tree: Path, arch: Arch, disk: bool = False, nic_drivers: tuple[str, ...] = ()
+) -> tuple[str, list[Path]]:
     """The kernel's version and the modules to load, dependencies first
-    (with ``disk``, the virtio disk's driver too)."""
+    (with ``disk``, the virtio disk's driver too; the NIC ``nic_drivers``,
+    by default the machine's virtio one)."""
     versions = sorted((kernel_tree / "lib" / "modules").iterdir())
     if not versions:
         raise PackageError(f"no kernel modules in {kernel_tree}")
@@ -250,7 +254,15 @@ def _kernel_modules(kernel_tree: Path, arch: Arch, disk: bool = False) -> tuple[
             visit(dependency)
         ordered.append(path)
 
-    wanted = [arch.virtio_transport, NIC_MODULE]
+    drivers = nic_drivers or (DEFAULT_DRIVER[arch.virtio_transport],)
+    for driver in drivers:
+        for name in NIC_DRIVERS[driver]:
+            if name not in builtin and name not in by_name:
+                raise UsageError(
+                    f"--nic-drivers: the {arch.name} kernel {base.name} has no {driver} "
+                    f"driver (module {name}); leave {driver} out"
+                )
+    wanted = [arch.virtio_transport, *driver_modules(drivers)]
     if arch.entropy_device:
         wanted.append(ENTROPY_MODULE)
     if disk:
@@ -879,7 +891,7 @@ def _app_closure(main_py: Path, app_dir: Path) -> Closure:
 
 def _gather_contents(
     app_dir: Path, main_py: Path, crunch: list[tuple[str, str]], arch: Arch, work: Path,
-    progress: Progress,
+    progress: Progress, nic_drivers: tuple[str, ...] = (),
 ) -> tuple[ImageContents, BuildReport, list[wheels.Wheel]]:  # fmt: skip
     """Stages 1 to 3: packages, the zipapp (in ``work``), the stdlib closure,
     the libraries and kernel modules; nothing is written to dist/."""
@@ -896,7 +908,7 @@ def _gather_contents(
     extensions = [m for m in stdlib.modules.values() if m.is_extension]
     libraries = _image_libraries(interpreter_path, extensions, site_files, guest.tree, arch)
     uses_disk = STORAGE_MODULE in pyz.modules
-    _kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch, uses_disk)
+    _kernel_version, module_files = _kernel_modules(guest.kernel_tree, arch, uses_disk, nic_drivers)
     contents = ImageContents(
         arch=arch,
         app_dir=app_dir,
@@ -1008,11 +1020,17 @@ def build_image(
     into place, the manifest last."""
     arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
     compression = _compression(arch, options)
+    try:
+        nic_drivers = parse_nic_drivers(options.get("nic_drivers"), arch.virtio_transport)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if options.get("firecracker") and "virtio-mmio" not in nic_drivers:
+        nic_drivers += ("virtio-mmio",)  # Firecracker's devices are virtio-mmio
     dist = app_dir / "dist"
     out_dir = dist / f"{unikernel}-vm-{arch.name}"
     with tempfile.TemporaryDirectory(prefix="looming-image-") as work:
         contents, pyz, wheel_list = _gather_contents(
-            app_dir, main_py, crunch, arch, Path(work), progress
+            app_dir, main_py, crunch, arch, Path(work), progress, nic_drivers
         )
         progress("importing the unikernel against the image's modules")
         _check_image_imports(contents, _app_closure(main_py, app_dir), main_py, progress)
@@ -1029,6 +1047,9 @@ def build_image(
     manifest = dist / f"{unikernel}-vm.json"
     report = _image_report(contents, pyz, raw_size, out_dir / initrd.name, kernel, manifest)
     _write_manifest(report, arch, unikernel, wheel_list, main_py, pyz.modules)
+    from looming.vm.firecracker import write_machine_files
+
+    write_machine_files(report, unikernel, bool(options.get("firecracker")), progress)
     return report
 
 

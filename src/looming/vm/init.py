@@ -35,12 +35,19 @@ CONFIG: dict[str, Any] = {}
 EXIT_MARKER = "looming-vm: exit status"
 STOP_MESSAGE = b"looming-vm: stop"  # the launcher's request, on the serial line
 RB_POWER_OFF = 0x4321FEDC
+# Firecracker has no power-off: the guest ends it by rebooting (reboot=k).
+RB_AUTOBOOT = 0x01234567
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCSIFADDR = 0x8916
 SIOCSIFNETMASK = 0x891C
 IFF_UP = 0x1
 EEXIST = 17
+# A driver for hardware the machine lacks (Xen's netfront outside Xen,
+# Hyper-V's vmbus outside Hyper-V) refuses to load, and what depends on it
+# with it: no such device, or unknown symbols.
+ABSENT = (2, 6, 19)  # ENOENT, ENXIO, ENODEV
+ARPHRD_ETHER = "1"
 MS_NOATIME = 0x400
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -70,7 +77,9 @@ def load_module(path: str, system_call: int) -> None:
     try:
         if libc.syscall(system_call, descriptor, b"", 0) != 0:
             error = ctypes.get_errno()
-            if error != EEXIST:
+            if error in ABSENT:
+                trace(f"{os.path.basename(path)}: {os.strerror(error)} (not this machine's)")
+            elif error != EEXIST:
                 raise OSError(error, f"loading {path}: {os.strerror(error)}")
     finally:
         os.close(descriptor)
@@ -104,17 +113,42 @@ def configure_network(interface: str | None) -> None:
                     knob.write("1")
             except OSError:
                 pass
-        deadline = time.monotonic() + 1.0
-        while True:
+        found = find_nic(interface, time.monotonic() + 2.0)
+        if found is None:
+            say("no ethernet interface appeared; running without a network")
+            return
+        name, driver = found
+        os.environ["LOOMING_VM_NIC"] = name  # for looming.vm.nic
+        say(f"network interface {name} (driver {driver})")
+        link_up(control, name)
+
+
+def find_nic(preferred: str, deadline: float) -> tuple[str, str] | None:
+    """The NIC whichever driver made it: ``preferred`` when there, else the
+    first ethernet interface by name; with its driver's name."""
+    while True:
+        try:
+            names = sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
+        except OSError:
+            names = []
+        ethernet = []
+        for name in names:
             try:
-                socket.if_nametoindex(interface)
-                break
+                with open(f"/sys/class/net/{name}/type") as kind:
+                    if kind.read().strip() == ARPHRD_ETHER:
+                        ethernet.append(name)
             except OSError:
-                if time.monotonic() > deadline:
-                    say(f"no network interface {interface}; running without it")
-                    return
-                time.sleep(0.02)
-        link_up(control, interface)
+                pass
+        if ethernet:
+            name = preferred if preferred in ethernet else ethernet[0]
+            try:
+                driver = os.path.basename(os.readlink(f"/sys/class/net/{name}/device/driver"))
+            except OSError:
+                driver = "unknown"
+            return name, driver
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
 
 
 def _disk_device(deadline: float) -> str | None:
@@ -233,7 +267,7 @@ def power_off(status: int) -> None:
     sys.stderr.flush()
     unmount_disk(CONFIG.get("disk"))
     print(f"{EXIT_MARKER} {status}", flush=True)
-    libc.reboot(RB_POWER_OFF)
+    libc.reboot(RB_AUTOBOOT if os.environ.get("LOOMING_EXIT") == "reboot" else RB_POWER_OFF)
     while True:  # process 1 must never return
         time.sleep(3600)
 

@@ -59,6 +59,11 @@ machine options (for qemu, not the unikernel):
   --vm-timeout S    stop the VM after S seconds (exit status 124)
   --vm-stop-timeout S
                     after SIGTERM/SIGINT, give the guest S seconds to stop (default 10)
+  --vm-machine NAME the machine qemu emulates: pc (default) or microvm on x86_64
+                    (virtio-mmio devices, no PCI: the image needs --nic-drivers
+                    with virtio-mmio), virt on aarch64
+  --vm-nic MODEL    the NIC qemu gives the guest: virtio (default) or vmxnet3
+                    (a PCI machine; the image needs --nic-drivers with vmxnet3)
   --vm-trace        show the kernel's messages and /init's boot stages
 """
 
@@ -79,6 +84,8 @@ class MachineOptions:
     disk_size_mb: int | None = None
     accel: str = "tcg"
     trace: bool = False
+    machine: str | None = None  # the architecture's default
+    nic: str = "virtio"
 
 
 MACHINE_OPTIONS = (
@@ -90,6 +97,8 @@ MACHINE_OPTIONS = (
     "--instance",
     "--vm-disk",
     "--vm-disk-size",
+    "--vm-machine",
+    "--vm-nic",
 )
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -154,6 +163,14 @@ def _set_option(options: MachineOptions, name: str, value: str) -> None:
         options.mac = parse_mac(value)
     elif name == "--vm-disk":
         options.disk = value
+    elif name == "--vm-machine":
+        options.machine = value
+    elif name == "--vm-nic":
+        if value not in NIC_MODELS:
+            raise LaunchError(
+                f"--vm-nic: unknown NIC model {value!r}; choose from: {', '.join(NIC_MODELS)}"
+            )
+        options.nic = value
     elif name == "--instance":
         options.instance = int(_number(name, value, int))
     elif name == "--vm-disk-size":
@@ -192,6 +209,96 @@ def split_arguments(argv: Sequence[str]) -> tuple[MachineOptions, list[str]]:
     return options, keys
 
 
+@dataclass(frozen=True)
+class Machine:
+    """A machine qemu emulates for an architecture, and what differs on it."""
+
+    name: str
+    qemu: str  # the -M argument
+    transport: str  # the kernel module of its virtio bus
+    device_suffix: str  # qemu's virtio-net-<suffix> on that bus
+    pci: bool  # whether PCI devices (vmxnet3, ivshmem) can be plugged in
+    # Kernel arguments of the architecture's defaults it must not get.
+    drop_arguments: tuple[str, ...] = ()
+    uses_arch_firmware: bool = True
+    # Whether the kernel is told the TSC's frequency (no PIT calibration).
+    tsc_frequency: bool = False
+
+
+MACHINES: dict[str, dict[str, Machine]] = {
+    "x86_64": {
+        "pc": Machine("pc", "pc", "virtio_pci", "pci", pci=True),
+        # virtio-mmio devices, no PCI, no ACPI PM timer and no HPET: nothing
+        # to calibrate the TSC against when TCG makes the PIT's calibration
+        # fail, so the kernel is given the TSC's frequency; and no
+        # noapictimer, as there is no HPET to tick instead of the APIC.
+        "microvm": Machine(
+            "microvm", "microvm", "virtio_mmio", "device", pci=False,
+            drop_arguments=("noapictimer",), uses_arch_firmware=False, tsc_frequency=True,
+        ),
+    },
+    "aarch64": {"virt": Machine("virt", "virt", "virtio_mmio", "device", pci=True)},
+}  # fmt: skip
+# qemu's NIC models, and the kernel module the guest needs for each.
+NIC_MODELS = {"virtio": "virtio_net", "vmxnet3": "vmxnet3"}
+
+
+def machine_for(arch: Arch, name: str | None) -> Machine:
+    """The machine ``name`` of ``arch`` (None: the architecture's default)."""
+    machines = MACHINES[arch.name]
+    machine = machines.get(name or arch.machine)
+    if machine is None:
+        raise LaunchError(
+            f"--vm-machine: {arch.name} images boot on {', '.join(machines)}, not {name!r}"
+        )
+    return machine
+
+
+def check_drivers(manifest: dict[str, object], machine: Machine, nic: str | None) -> None:
+    """Refuse a machine or NIC the image has no driver for (its manifest
+    lists the kernel modules it loads; an older manifest is not judged)."""
+    modules = manifest.get("kernel_modules")
+    if not isinstance(modules, list):
+        return
+    loaded = {str(m).replace("-", "_") for m in modules}
+    if machine.transport not in loaded:
+        driver = "virtio-mmio" if machine.transport == "virtio_mmio" else "virtio-pci"
+        raise LaunchError(
+            f"--vm-machine {machine.name}: this image has no {driver} driver; configure "
+            f"it with --nic-drivers including {driver} and build again"
+        )
+    if nic is None:
+        return
+    if nic != "virtio" and not machine.pci:
+        raise LaunchError(f"--vm-nic {nic}: the {machine.name} machine has no PCI bus for it")
+    if NIC_MODELS[nic] not in loaded:
+        raise LaunchError(
+            f"--vm-nic {nic}: this image has no {nic} driver; configure it with "
+            f"--nic-drivers including {nic} and build again"
+        )
+
+
+def kernel_command_line(
+    manifest: dict[str, object], options: MachineOptions, machine: Machine, disk: bool
+) -> list[str]:
+    """The kernel's arguments, /init's environment among them, without the keys."""
+    arch = get_arch(str(manifest["arch"]))
+    # handed to /init as its environment
+    nic = f"LOOMING_NIC={1 if options.tap else 0} LOOMING_DISK={1 if disk else 0}"
+    nic += f" LOOMING_VCHAN_NAME={manifest.get('unikernel', 'looming')}"  # a served vchan's name
+    # The console is the unikernel's: the kernel speaks only to panic (stall
+    # warnings on a loaded emulating host are not the unikernel's business).
+    # --vm-trace shows the kernel's messages and /init's stages with their times.
+    verbosity = ["LOOMING_TRACE=1"] if options.trace else ["loglevel=1"]
+    machine_arguments = [a for a in arch.kernel_arguments if a not in machine.drop_arguments]
+    if machine.tsc_frequency and options.accel == "tcg":
+        khz = tsc_khz()
+        if khz is not None:
+            machine_arguments.append(f"tsc_early_khz={khz}")
+    cmdline = [f"console={arch.console}", *FAST_BOOT, *machine_arguments, *verbosity]
+    return [*cmdline, "panic=-1", nic]
+
+
 def qemu_command(
     manifest: dict[str, object],
     options: MachineOptions,
@@ -201,11 +308,15 @@ def qemu_command(
     """The qemu command line booting the image described by ``manifest``,
     with ``disk_image`` as its virtio disk when given."""
     arch: Arch = get_arch(str(manifest["arch"]))
+    machine = machine_for(arch, options.machine)
     if manifest.get("needs_network") and not options.tap:
         raise LaunchError(
             "this unikernel drives a network interface: give --vm-tap NAME, a TAP device "
             "on the host (qemu creates it when missing and run as root)"
         )
+    check_drivers(manifest, machine, options.nic if options.tap else None)
+    if manifest.get("vchans") and not machine.pci:
+        raise LaunchError(f"--vm-machine {machine.name}: vchans need a PCI machine (ivshmem)")
     minimum = minimum_memory_mb(manifest)
     if options.memory_mb < minimum:
         raise LaunchError(
@@ -215,19 +326,31 @@ def qemu_command(
     qemu = shutil.which(arch.qemu)
     if qemu is None:
         raise LaunchError(f"{arch.qemu} is not installed; it runs {arch.name} images")
-    # handed to /init as its environment
-    nic = f"LOOMING_NIC={1 if options.tap else 0} LOOMING_DISK={1 if disk_image else 0}"
-    nic += f" LOOMING_VCHAN_NAME={manifest.get('unikernel', 'looming')}"  # a served vchan's name
-    # The console is the unikernel's: the kernel speaks only to panic (stall
-    # warnings on a loaded emulating host are not the unikernel's business).
-    # --vm-trace shows the kernel's messages and /init's stages with their times.
-    verbosity = ["LOOMING_TRACE=1"] if options.trace else ["loglevel=1"]
-    cmdline = [f"console={arch.console}", *FAST_BOOT, *arch.kernel_arguments, *verbosity]
-    cmdline += ["panic=-1", nic]
-    cmdline += ["--", *keys]
+    cmdline = kernel_command_line(manifest, options, machine, disk_image is not None)
     command = [
         qemu,
-        "-M", arch.machine,
+        *machine_arguments(arch, machine, options),
+        "-kernel", str(bootable_kernel(manifest)),
+        "-initrd", str(manifest["initrd"]),
+        "-append", " ".join([*cmdline, "--", *keys]),
+    ]  # fmt: skip
+    command += device_arguments(arch, machine, qemu, disk_image)
+    if options.tap:
+        mac = options.mac or default_mac(
+            str(manifest.get("unikernel", "looming")), options.instance
+        )
+        check_mac_unused(options.tap, mac)
+        command += [
+            "-netdev", f"tap,id=net0,ifname={options.tap},script=no,downscript=no",
+            *nic_arguments(machine, options.nic, mac),
+        ]  # fmt: skip
+    return command
+
+
+def machine_arguments(arch: Arch, machine: Machine, options: MachineOptions) -> list[str]:
+    """qemu's arguments for the machine itself: no devices, the serial console."""
+    return [
+        "-M", machine.qemu,
         "-accel", options.accel,
         "-cpu", arch.cpu,
         "-m", str(options.memory_mb),
@@ -237,30 +360,66 @@ def qemu_command(
         "-display", "none",
         "-serial", "stdio",
         "-no-reboot",
-        "-kernel", str(bootable_kernel(manifest)),
-        "-initrd", str(manifest["initrd"]),
-        "-append", " ".join(cmdline),
     ]  # fmt: skip
+
+
+def device_arguments(arch: Arch, machine: Machine, qemu: str, disk_image: Path | None) -> list[str]:
+    """The entropy device, the disk and the firmware, where the machine has them."""
+    arguments = []
     if arch.entropy_device:
-        command += ["-device", f"virtio-rng-{arch.device_suffix}"]
+        arguments += ["-device", f"virtio-rng-{machine.device_suffix}"]
     if disk_image is not None:
-        command += _disk_arguments(disk_image, arch)
-    firmware = _firmware(qemu, arch.firmware)
+        arguments += _disk_arguments(disk_image, machine)
+    firmware = _firmware(qemu, arch.firmware) if machine.uses_arch_firmware else None
     if firmware is not None:
-        command += ["-bios", firmware]
-    if options.tap:
-        mac = options.mac or default_mac(
-            str(manifest.get("unikernel", "looming")), options.instance
-        )
-        check_mac_unused(options.tap, mac)
-        command += [
-            "-netdev", f"tap,id=net0,ifname={options.tap},script=no,downscript=no",
-            "-device", f"virtio-net-{arch.device_suffix},netdev=net0,mac={mac}",
-        ]  # fmt: skip
-    return command
+        arguments += ["-bios", firmware]
+    return arguments
 
 
-def _disk_arguments(image: Path, arch: Arch) -> list[str]:
+def nic_arguments(machine: Machine, nic: str, mac: str, netdev: str = "net0") -> list[str]:
+    """The NIC of model ``nic`` on ``netdev``, with ``mac``."""
+    model = f"virtio-net-{machine.device_suffix}" if nic == "virtio" else nic
+    return ["-device", f"{model},netdev={netdev},mac={mac}"]
+
+
+_TSC_KHZ: list[int | None] = []
+
+
+def tsc_khz() -> int | None:
+    """This x86_64 host's TSC frequency in kHz (TCG's guest TSC counts the
+    host's), measured against the monotonic clock; None elsewhere."""
+    if not _TSC_KHZ:
+        _TSC_KHZ.append(_measure_tsc_khz())
+    return _TSC_KHZ[0]
+
+
+def _measure_tsc_khz() -> int | None:
+    import ctypes
+    import mmap
+    import platform
+
+    if platform.machine() != "x86_64":
+        return None
+    # rdtsc; shl rdx, 32; or rax, rdx; ret
+    code = bytes.fromhex("0f3148c1e2204809d0c3")
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except OSError:  # a host refusing writable code: the guest calibrates itself
+        return None
+    page.write(code)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    rdtsc = ctypes.CFUNCTYPE(ctypes.c_uint64)(address)
+    rates = []
+    for _ in range(3):
+        start, ticks = time.perf_counter_ns(), rdtsc()
+        time.sleep(0.02)
+        ticks, end = rdtsc() - ticks, time.perf_counter_ns()
+        rates.append(int(ticks) * 1_000_000 // (end - start))
+    del rdtsc
+    return sorted(rates)[1]
+
+
+def _disk_arguments(image: Path, machine: Machine) -> list[str]:
     """The disk image as a virtio-blk device. ``cache=writeback``: the guest
     sees a volatile write cache, and each flush it sends (the file system's,
     on an fsync) becomes an fdatasync of the image on the host, so what the
@@ -268,7 +427,7 @@ def _disk_arguments(image: Path, arch: Arch) -> list[str]:
     escaped = str(image).replace(",", ",,")  # qemu's option syntax doubles commas
     return [
         "-drive", f"file={escaped},format=raw,if=none,id=disk0,cache=writeback,discard=unmap",
-        "-device", f"virtio-blk-{arch.device_suffix},drive=disk0",
+        "-device", f"virtio-blk-{machine.device_suffix},drive=disk0",
     ]  # fmt: skip
 
 

@@ -27,7 +27,9 @@ from looming.config.targets import Target
 from looming.config.targets.unix import block_impl as unix_block_impl
 from looming.config.targets.unix import direct_stack_impl, host_device_impl
 from looming.config.targets.unix import kv_rw_impl as unix_kv_rw_impl
+from looming.errors import UsageError
 from looming.vm.arch import ARCHES, COMPRESSIONS, get_arch
+from looming.vm.nic import NIC_DRIVERS, parse_nic_drivers
 
 if TYPE_CHECKING:
     from looming.config.build import BuildReport
@@ -73,13 +75,34 @@ class VmTarget(Target):
             "image 'looming run' creates on first use and attaches to the VM, see its "
             "--vm-disk and --vm-disk-size) or memory (the guest's RAM, lost at power-off)",
         )
+        parser.add_argument(
+            "--nic-drivers",
+            metavar="LIST",
+            default=None,
+            help="the NIC drivers the image carries, comma-separated, from: "
+            f"{','.join(NIC_DRIVERS)} (default: the machine's virtio, virtio-pci on x86_64 "
+            "and virtio-mmio on aarch64); /init brings up whichever NIC the machine has",
+        )
+        parser.add_argument(
+            "--firecracker",
+            action="store_const",
+            const="yes",
+            default=None,
+            help="also write dist/NAME-firecracker.json (a Firecracker --config-file) and "
+            "dist/NAME-qemu.sh (a plain qemu command line), with the unpacked kernel "
+            "beside the image; adds the virtio-mmio driver",
+        )
 
     def default_options(self) -> dict[str, str]:
         # No compression here: without --compress, the architecture's default.
         return {"arch": _host_arch()}
 
     def implement(self, dev: Device, options: dict[str, str]) -> Impl:
-        get_arch(options.get("arch", _host_arch()))  # an unknown one fails at configure
+        arch = get_arch(options.get("arch", _host_arch()))  # an unknown one fails at configure
+        try:
+            parse_nic_drivers(options.get("nic_drivers"), arch.virtio_transport)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         return super().implement(dev, options)
 
     def artifact(self, app_dir: Path, unikernel: str) -> Path:

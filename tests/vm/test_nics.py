@@ -1,0 +1,365 @@
+"""NIC drivers of other hypervisors in an image, and the machines and NICs
+``looming run`` boots it on: virtio-pci on pc, virtio-mmio on microvm, vmxnet3.
+
+Xen's netfront, AWS's ENA and Hyper-V's netvsc cannot be emulated here: for
+them, the modules and what they depend on are checked to be in the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from looming.errors import UsageError
+from looming.vm import elf, launch
+from looming.vm.arch import get_arch
+from looming.vm.image import _kernel_modules
+from looming.vm.nic import NIC_DRIVERS, NicDriverError, driver_modules, parse_nic_drivers
+from looming.vm.packages import cache_root
+from tests.vm.conftest import EXAMPLES, TapNamespace, build, looming
+
+ALL_DRIVERS = "virtio-pci,virtio-mmio,vmxnet3,xen-netfront,ena,netvsc"
+
+
+@pytest.fixture(scope="module")
+def website() -> Iterator[Path]:
+    """static_website for x86_64 with every NIC driver and the Firecracker files."""
+    with tempfile.TemporaryDirectory(prefix="looming-nics-") as root:
+        yield build(
+            EXAMPLES / "static_website",
+            Path(root),
+            "x86_64",
+            ("--nic-drivers", ALL_DRIVERS, "--firecracker"),
+        )
+
+
+@given(st.lists(st.sampled_from(sorted(NIC_DRIVERS)), min_size=1, max_size=8))
+def test_driver_lists_keep_their_order_without_repeats(names: list[str]) -> None:
+    drivers = parse_nic_drivers(",".join(names), "virtio_pci")
+    assert list(drivers) == list(dict.fromkeys(names))
+    modules = driver_modules(drivers)
+    assert len(modules) == len(set(modules))
+    assert {m for d in drivers for m in NIC_DRIVERS[d]} == set(modules)
+
+
+def test_the_default_driver_is_the_machines_virtio() -> None:
+    assert parse_nic_drivers(None, "virtio_pci") == ("virtio-pci",)
+    assert parse_nic_drivers("", "virtio_mmio") == ("virtio-mmio",)
+    with pytest.raises(NicDriverError, match="unknown NIC driver 'e1000'; choose from: virtio"):
+        parse_nic_drivers("virtio-pci,e1000", "virtio_pci")
+
+
+def test_an_unknown_driver_is_refused_at_configure(tmp_path: Path) -> None:
+    app = tmp_path / "hello"
+    app.mkdir()
+    for name in ("config.py", "unikernel.py"):
+        (app / name).write_text((EXAMPLES / "hello" / name).read_text())
+    done = looming(app, "configure", "-t", "vm", "--arch", "x86_64", "--nic-drivers", "e1000")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "looming: --nic-drivers: unknown NIC driver 'e1000'; choose from: "
+        "virtio-pci, virtio-mmio, vmxnet3, xen-netfront, ena, netvsc"
+    ]
+    assert not (app / "_build").exists()
+
+
+def _cpio_names(data: bytes) -> dict[str, bytes]:
+    """The files of a newc cpio archive, by name."""
+    files: dict[str, bytes] = {}
+    offset = 0
+    while True:
+        assert data[offset : offset + 6] == b"070701"
+        fields = [int(data[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        size, name_size = fields[6], fields[11]
+        name = data[offset + 110 : offset + 110 + name_size - 1].decode()
+        start = (offset + 110 + name_size + 3) & ~3
+        if name == "TRAILER!!!":
+            return files
+        files[name] = data[start : start + size]
+        offset = (start + size + 3) & ~3
+
+
+@pytest.mark.slow
+def test_every_driver_and_its_dependencies_are_in_the_image(website: Path, tmp_path: Path) -> None:
+    manifest = json.loads((website / "dist" / "website-vm.json").read_text())
+    initrd = website / "dist" / manifest["initrd"]
+    raw = subprocess.run(["lz4", "-d", "-c", str(initrd)], capture_output=True, check=True).stdout
+    files = _cpio_names(raw)
+    order = [Path(p).stem.replace("-", "_") for p in manifest["kernel_modules"]]
+    wanted = {"virtio_pci", "virtio_mmio", "virtio_net", "vmxnet3", "xen_netfront", "ena"}
+    assert wanted | {"hv_netvsc", "hv_vmbus"} <= set(order)
+    builtin = set()
+    for name in sorted(manifest["kernel_modules"]):
+        module = files[f"lib/modules/{name}.ko"]
+        (tmp_path / f"{name}.ko").write_bytes(module)
+        # Every dependency is in the image (or built into the kernel), loaded before.
+        for dependency in filter(
+            None, elf.module_info(tmp_path / f"{name}.ko").get("depends", "").split(",")
+        ):
+            dependency = dependency.replace("-", "_")
+            if dependency in order:
+                assert order.index(dependency) < order.index(name.replace("-", "_")), name
+            else:
+                builtin.add(dependency)
+    assert not builtin, f"dependencies neither in the image nor checked built in: {builtin}"
+
+
+def test_a_driver_the_kernel_lacks_is_refused(tmp_path: Path) -> None:
+    trees = sorted((cache_root() / "amd64" / "trees").glob("linux-image-*"))
+    if not trees:
+        pytest.skip("no x86_64 kernel in the package cache yet (the image tests fetch it)")
+    real = next((trees[-1] / "lib" / "modules").iterdir())
+    fake = tmp_path / "lib" / "modules" / real.name
+    fake.mkdir(parents=True)
+    (fake / "modules.builtin").symlink_to(real / "modules.builtin")
+    for module in real.rglob("*.ko"):
+        if module.name != "vmxnet3.ko":
+            (fake / module.name).symlink_to(module)
+    arch = get_arch("x86_64")
+    with pytest.raises(UsageError, match=f"kernel {real.name} has no vmxnet3 driver"):
+        _kernel_modules(tmp_path, arch, nic_drivers=("virtio-pci", "vmxnet3"))
+    _version, modules = _kernel_modules(tmp_path, arch, nic_drivers=("ena",))
+    assert "ena" in [m.stem for m in modules]
+
+
+@pytest.mark.slow
+def test_a_bad_driver_at_build_leaves_dist_as_it_was(website: Path) -> None:
+    state_file = website / "_build" / "looming.json"
+    state = state_file.read_text()
+    before = sorted(str(p.relative_to(website)) for p in (website / "dist").rglob("*"))
+    bad = json.loads(state)
+    bad["options"]["nic_drivers"] = "virtio-pci,rtl8139"
+    state_file.write_text(json.dumps(bad))
+    try:
+        done = looming(website, "build")
+    finally:
+        state_file.write_text(state)
+    assert done.returncode == 2
+    assert "unknown NIC driver 'rtl8139'" in done.stderr
+    assert sorted(str(p.relative_to(website)) for p in (website / "dist").rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--vm-machine", "q35"], "x86_64 images boot on pc, microvm, not 'q35'"),
+        (["--vm-nic", "e1000"], "unknown NIC model 'e1000'; choose from: virtio, vmxnet3"),
+        (["--vm-machine", "microvm"], "this image has no virtio-mmio driver"),
+        (["--vm-nic", "vmxnet3"], "this image has no vmxnet3 driver"),
+        (["--vm-machine", "microvm", "--vm-nic", "vmxnet3"], "has no PCI bus for it"),
+    ],
+)
+def test_a_machine_or_nic_the_image_cannot_use_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    image = tmp_path / "website-vm.json"
+    modules = ["virtio_pci", "virtio_net"]
+    if "--vm-nic" in argv and "microvm" in argv:
+        modules += ["virtio_mmio", "vmxnet3"]
+    image.write_text(
+        json.dumps(
+            {
+                "arch": "x86_64",
+                "kernel": "k",
+                "initrd": "i",
+                "needs_network": True,
+                "kernel_modules": modules,
+            }
+        )
+    )
+    assert launch.main([str(image), "--vm-tap", "loomingnotap", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def _serve(tap_namespace: TapNamespace, manifest: Path, *machine: str) -> tuple[float, str]:
+    """Boot the image with ``machine`` options; the time to its first HTTP
+    answer over the TAP, and its console."""
+    command = [
+        "ip", "netns", "exec", tap_namespace.namespace, sys.executable, "-m",
+        "looming.vm.launch", str(manifest), "--vm-tap", tap_namespace.tap, *machine,
+        "--vm-timeout", "120", "--ipv4", "10.0.0.2/24", "--port", "8080",
+    ]  # fmt: skip
+    started = time.monotonic()
+    vm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    answered = None
+    try:
+        while time.monotonic() < started + 100 and vm.poll() is None:
+            answered = tap_namespace.run("curl", "-s", "-f", "-m", "2", "http://10.0.0.2:8080/")
+            if answered.returncode == 0:
+                break
+            time.sleep(0.1)
+        took = time.monotonic() - started
+    finally:
+        if vm.poll() is None:
+            os.kill(vm.pid, signal.SIGTERM)
+        console = vm.communicate(timeout=30)[0]
+    expected = (EXAMPLES / "static_website" / "htdocs" / "index.html").read_text()
+    assert answered is not None and answered.stdout == expected, console
+    assert vm.returncode == 0, console
+    return took, console
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_microvm_and_vmxnet3_boot_and_serve(website: Path, tap_namespace: TapNamespace) -> None:
+    manifest = website / "dist" / "website-vm.json"
+    times = {}
+    for machine, driver in (
+        ((), "virtio_net"),
+        (("--vm-machine", "microvm"), "virtio_net"),
+        (("--vm-nic", "vmxnet3"), "vmxnet3"),
+    ):
+        took, console = _serve(tap_namespace, manifest, *machine)
+        # /init names the NIC it found and its driver.
+        assert f"looming-vm: network interface eth0 (driver {driver})" in console, console
+        times[" ".join(machine) or "pc"] = took
+    print("to first answer:", ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+
+
+# Firecracker's configuration and the plain qemu command line, beside the image.
+
+FIRECRACKER_SECTIONS = {"boot-source", "drives", "machine-config", "network-interfaces"}
+
+
+@pytest.mark.slow
+def test_the_firecracker_configuration_is_relative_and_complete(website: Path) -> None:
+    dist = website / "dist"
+    config = json.loads((dist / "website-firecracker.json").read_text())
+    assert set(config) == FIRECRACKER_SECTIONS
+    boot = config["boot-source"]
+    assert set(boot) == {"kernel_image_path", "initrd_path", "boot_args"}
+    kernel, initrd = dist / boot["kernel_image_path"], dist / boot["initrd_path"]
+    assert not Path(boot["kernel_image_path"]).is_absolute()
+    assert kernel.name == "vmlinux" and kernel.read_bytes()[:4] == b"\x7fELF"
+    assert any(name == "Xen" and kind == 18 for name, kind, _ in elf.notes(kernel.read_bytes()))
+    assert initrd.is_file() and initrd.parent == kernel.parent
+    args = boot["boot_args"].split()
+    assert args[0] == "console=ttyS0" and args[-1] == "--"
+    assert {"reboot=k", "pci=off", "LOOMING_NIC=1", "LOOMING_EXIT=reboot"} <= set(args)
+    assert "noapictimer" not in args  # Firecracker's machine has no HPET
+    manifest = json.loads((dist / "website-vm.json").read_text())
+    machine = config["machine-config"]
+    assert machine["vcpu_count"] == 1
+    assert machine["mem_size_mib"] >= launch.minimum_memory_mb(manifest)
+    assert config["network-interfaces"] == [
+        {"iface_id": "net0", "host_dev_name": "tap0", "guest_mac": launch.default_mac("website", 0)}
+    ]
+    assert config["drives"] == []  # the static site keeps nothing on a disk
+
+
+def test_a_unikernel_with_storage_gets_its_disk_as_a_drive() -> None:
+    from looming.vm.firecracker import firecracker_config
+
+    manifest: dict[str, object] = {
+        "arch": "aarch64", "unikernel": "store", "needs_disk": True, "needs_network": False,
+    }  # fmt: skip
+    paths = {"kernel": "store-vm-aarch64/Image", "initrd": "i", "disk": "store-disk.img"}
+    config = firecracker_config(manifest, paths)
+    assert config["drives"] == [
+        {"drive_id": "disk", "path_on_host": "store-disk.img", "is_root_device": False,
+         "is_read_only": False, "cache_type": "Writeback"}
+    ]  # fmt: skip
+    assert config["network-interfaces"] == []
+    boot = config["boot-source"]
+    assert isinstance(boot, dict)
+    assert "LOOMING_DISK=1" in boot["boot_args"] and "pci=off" not in boot["boot_args"]
+    assert boot["boot_args"].startswith("console=ttyS0 ")  # Firecracker's UART, not the PL011
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answer_and_stop(qemu: subprocess.Popen[str], port: int) -> tuple[float, str]:
+    """Wait for the site on 127.0.0.1:``port``, then ask the guest to stop as
+    ``looming run`` does; qemu must end by itself. The time to the answer,
+    and the console."""
+    import urllib.request
+
+    started = time.monotonic()
+    page = None
+    try:
+        while page is None and time.monotonic() < started + 100 and qemu.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                    page = answer.read().decode()
+            except OSError:
+                time.sleep(0.1)
+        took = time.monotonic() - started
+        assert qemu.stdin is not None
+        qemu.stdin.write(launch.STOP_MESSAGE + "\n")
+        qemu.stdin.flush()
+        console = qemu.communicate(timeout=60)[0]
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.communicate()
+    assert page == (EXAMPLES / "static_website" / "htdocs" / "index.html").read_text(), console
+    assert f"{launch.EXIT_MARKER} 0" in console, console
+    assert qemu.returncode == 0, console
+    return took, console
+
+
+@pytest.mark.slow
+def test_the_firecracker_boot_serves_under_qemus_microvm(website: Path) -> None:
+    """Firecracker's kernel, initramfs and boot_args on microvm, qemu's
+    closest machine (virtio-mmio found through ACPI, as Firecracker 1.8+
+    describes them); under TCG the kernel is also told the TSC's rate,
+    which KVM's clock gives it under Firecracker."""
+    dist = website / "dist"
+    config = json.loads((dist / "website-firecracker.json").read_text())
+    boot = config["boot-source"]
+    nic = config["network-interfaces"][0]
+    port = _free_port()
+    keys = "--ipv4 10.0.2.15/24 --ipv4-gateway 10.0.2.2 --port 8080"
+    extra = f"tsc_early_khz={launch.tsc_khz()}" if launch.tsc_khz() else ""
+    boot_args = boot["boot_args"].removesuffix(" --") + f" {extra} -- {keys}"
+    command = [
+        "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "qemu64,+rdrand",
+        "-m", str(config["machine-config"]["mem_size_mib"]), "-smp", "1", "-nodefaults",
+        "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", boot["kernel_image_path"], "-initrd", boot["initrd_path"],
+        "-append", boot_args,
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:8080",
+        "-device", f"virtio-net-device,netdev=net0,mac={nic['guest_mac']}",
+    ]  # fmt: skip
+    qemu = subprocess.Popen(
+        command, cwd=dist, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    took, console = _answer_and_stop(qemu, port)
+    # The guest ended the VM by rebooting (reboot=k), Firecracker's way out.
+    assert "network interface eth0 (driver virtio_net)" in console
+    print(f"Firecracker boot_args on microvm: first answer after {took:.2f} s")
+
+
+@pytest.mark.slow
+def test_the_plain_qemu_script_serves_from_anywhere(website: Path, tmp_path: Path) -> None:
+    script = website / "dist" / "website-qemu.sh"
+    text = script.read_text()
+    assert str(website) not in text  # paths relative to dist/
+    port = _free_port()
+    qemu = subprocess.Popen(
+        [os.path.relpath(script, tmp_path), "--ipv4", "10.0.2.15/24",
+         "--ipv4-gateway", "10.0.2.2", "--port", "8080"],
+        cwd=tmp_path, env={**os.environ, "HOST_PORT": str(port)},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    took, _console = _answer_and_stop(qemu, port)
+    print(f"plain qemu script: first answer after {took:.2f} s")
