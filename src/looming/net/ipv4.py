@@ -514,7 +514,12 @@ class Ipv4Layer:
         if isinstance(hop, MacAddress):
             await self._ethernet.write(hop, _IPV4, packet)
             return
-        await self._arp.send(hop, ((_IPV4, packet, None),))
+        mac = self._arp.lookup(hop)
+        if mac is not None:
+            # What ArpLayer.send does for a resolved neighbour, one await less.
+            await self._ethernet.write(mac, _IPV4, packet)
+            return
+        await self._arp.send(hop, ((_IPV4, packet, None),))  # held until resolved
 
     def _frames(self, header: Ipv4Header, payload: bytes, segment_size: int | None) -> list[Frame]:
         """The Ethernet payloads carrying one datagram (several when fragmented)."""
