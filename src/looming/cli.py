@@ -132,8 +132,22 @@ def _add_build(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     build.add_argument(
         "--oci",
         action="store_true",
-        help="unix target: also write dist/NAME-oci/, an OCI image layout (a minimal "
-        "Debian Python root file system running the zipapp) for container engines",
+        help="also write dist/NAME-oci/, an OCI image layout: unix target, a minimal "
+        "Debian Python root file system running the zipapp, for container engines; vm "
+        "target, the qcow2 disk image (see --disk-image) as a KubeVirt containerDisk",
+    )
+    build.add_argument(
+        "--disk-image",
+        metavar="FORMAT",
+        help="vm target: also write dist/NAME-boot-ARCH.FORMAT, a bootable disk (GPT, an "
+        "EFI system partition with a unified kernel image; BIOS boot too on x86_64), "
+        "FORMAT raw or qcow2",
+    )
+    build.add_argument(
+        "--disk-keys",
+        metavar="KEYS",
+        default="",
+        help="vm target: unikernel keys the disk image boots with, e.g. --disk-keys='--dhcp'",
     )
 
 
@@ -374,11 +388,16 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
 
     state = _state(app_dir)
     target = get_target(state["target"])
-    if args.oci and target.name != "unix":
+    if args.oci and target.name not in ("unix", "vm"):
         raise UsageError(
-            f"--oci makes an image of a unix-target unikernel; this one is configured for "
-            f"{target.name}: run 'looming configure -t unix' first"
+            f"--oci makes an image of a unix- or vm-target unikernel; this one is configured "
+            f"for {target.name}: run 'looming configure -t unix' (or -t vm) first"
         )
+    if args.disk_image is not None or args.disk_keys or (args.oci and target.name == "vm"):
+        from looming.vm.diskimage import check_build_options
+
+        opts = state.get("options", {})
+        check_build_options(target.name, opts, args.disk_image, args.oci, args.disk_keys)
     main_py = app_dir / "_build" / target.name / "main.py"
     config_py = app_dir / "config.py"
     if config_py.stat().st_mtime > main_py.stat().st_mtime:
@@ -391,8 +410,15 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
         app_dir, [folder for _, folder in crunch] + list(state.get("served_folders", []))
     )
     report = target.build(app_dir, state["unikernel"], main_py, crunch)
-    if args.oci:
+    if args.oci and target.name == "unix":
         _build_oci(app_dir, str(state["unikernel"]), main_py, crunch)
+    if target.name == "vm" and (args.disk_image is not None or args.oci):
+        from looming.vm.diskimage import build_artifacts
+
+        for line in build_artifacts(
+            report.artifact, args.disk_image, args.oci, args.disk_keys, lambda m: print(f"  {m}")
+        ):
+            print(f"  {line}", flush=True)
     elapsed = time.perf_counter() - started
     if args.quiet:
         print(_rel(report.artifact))

@@ -1,4 +1,9 @@
-"""An OCI image layout of a unix-target unikernel: ``looming build --oci``.
+"""OCI image layouts: ``looming build --oci``.
+
+For a ``vm``-target unikernel the layout is a KubeVirt containerDisk
+(:func:`write_container_disk`): one layer holding the qcow2 disk image of
+:mod:`looming.vm.diskimage` as ``/disk/NAME.qcow2``, owned by 107:107.
+For a unix-target one it is a root file system, as follows.
 
 The image's one layer is a minimal Debian root file system: the guest
 Python (Debian's ``python3.11-minimal``), the shared libraries it and its
@@ -124,21 +129,29 @@ def _json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _write_layout(folder: Path, layer_tar: bytes, arch: Arch, version: str) -> None:
-    """``oci-layout``, the blobs and ``index.json`` (last) into ``folder``."""
+def _entry_point(version: str) -> dict[str, object]:
+    """The image configuration's ``config`` of a unix-target unikernel."""
+    return {
+        "Entrypoint": [f"/usr/bin/python{version}", "-S", f"/{START}"],
+        "Env": ["PATH=/usr/bin", f"PYTHONPATH=/{SITE_PACKAGES}"],
+        "WorkingDir": "/app",
+    }
+
+
+def _write_layout(
+    folder: Path, layer_tar: bytes, arch: Arch, run: dict[str, object], level: int = 9
+) -> None:
+    """``oci-layout``, the blobs and ``index.json`` (last) into ``folder``;
+    ``run`` is the image configuration's ``config``, ``level`` the layer's gzip level."""
     blobs = folder / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     (folder / "oci-layout").write_bytes(_json({"imageLayoutVersion": "1.0.0"}))
-    layer = _blob(blobs, gzip.compress(layer_tar, compresslevel=9, mtime=0))
+    layer = _blob(blobs, gzip.compress(layer_tar, compresslevel=level, mtime=0))
     config = {
         "architecture": arch.debian,
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {
-            "Entrypoint": [f"/usr/bin/python{version}", "-S", f"/{START}"],
-            "Env": ["PATH=/usr/bin", f"PYTHONPATH=/{SITE_PACKAGES}"],
-            "WorkingDir": "/app",
-        },
+        "config": run,
         "rootfs": {
             "type": "layers",
             "diff_ids": [f"sha256:{hashlib.sha256(layer_tar).hexdigest()}"],
@@ -190,9 +203,53 @@ def build_layout(
         dist.mkdir(exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=dist))
         try:
-            _write_layout(staging, layer_tar, arch, contents.guest.version)
+            _write_layout(staging, layer_tar, arch, _entry_point(contents.guest.version))
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# KubeVirt's containerDisk: the disk image under /disk/, readable by the
+# user its virt-launcher runs qemu as (107, "qemu").
+CONTAINER_DISK_FOLDER = "disk"
+QEMU_UID = 107
+
+
+def container_disk_tar(name: str, disk: Path) -> bytes:
+    """The containerDisk layer: ``disk/`` and ``disk/<name>`` (the qcow2
+    file ``disk``) owned by 107:107, dated 1970, as a tar archive."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        folder = tarfile.TarInfo(CONTAINER_DISK_FOLDER)
+        folder.type = tarfile.DIRTYPE
+        folder.mode = 0o555
+        folder.uid = folder.gid = QEMU_UID
+        tar.addfile(folder)
+        info = tarfile.TarInfo(f"{CONTAINER_DISK_FOLDER}/{name}")
+        info.size = disk.stat().st_size
+        info.mode = 0o440
+        info.uid = info.gid = QEMU_UID
+        with disk.open("rb") as data:
+            tar.addfile(info, data)
+    return out.getvalue()
+
+
+def write_container_disk(target: Path, disk: Path, name: str, arch_name: str) -> Path:
+    """``target`` (``dist/NAME-oci/``): an OCI image layout holding the qcow2
+    disk image ``disk`` as ``/disk/<name>``, KubeVirt's containerDisk. No
+    entry point: KubeVirt reads the file, it does not run the image. All or
+    nothing (made beside ``target`` and moved into place)."""
+    arch = get_arch(arch_name)
+    layer_tar = container_disk_tar(name, disk)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        # The qcow2's clusters are compressed already: gzip's fastest level.
+        _write_layout(staging, layer_tar, arch, {}, level=1)
+        staging.chmod(0o755)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target

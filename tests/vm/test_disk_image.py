@@ -1,0 +1,231 @@
+"""``looming build --disk-image`` and ``--oci`` for the vm target: a GPT disk
+whose EFI system partition boots the unikernel under OVMF (x86_64) and
+AAVMF (aarch64) with no ``-kernel``, and from SeaBIOS through syslinux on
+x86_64; its structure as sgdisk, fdisk, mtools, fsck.fat, objdump and
+qemu-img see it; the qcow2 as a KubeVirt containerDisk that skopeo and
+umoci accept."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from looming.vm.arch import get_arch
+from looming.vm.diskimage import FIRMWARE, build_disk_image, qemu_command
+from tests.vm.conftest import EXAMPLES, Images, looming
+
+PARTITION_OFFSET = 2**20  # the EFI system partition starts at the first MiB
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _fetch(port: int) -> str | None:
+    done = subprocess.run(
+        ["curl", "-s", "-f", "-m", "3", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return done.stdout if done.returncode == 0 else None
+
+
+def _boot_and_fetch(command: list[str], port: int, log: Path, timeout: float) -> tuple[str, float]:
+    """Start qemu, fetch / through the forwarded port; the page and the seconds it took."""
+    started = time.monotonic()
+    with log.open("wb") as console:
+        qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=console, stderr=console)
+        try:
+            while time.monotonic() - started < timeout:
+                page = _fetch(port)
+                if page is not None:
+                    return page, time.monotonic() - started
+                assert qemu.poll() is None, log.read_text(errors="replace")
+                time.sleep(0.3)
+        finally:
+            qemu.kill()
+            qemu.wait()
+    raise AssertionError(f"no answer in {timeout} s:\n{log.read_text(errors='replace')}")
+
+
+def _user_net(port: int, guest_port: int) -> str:
+    # The unikernel's default address is 10.0.0.2/24: slirp's network is put there.
+    return (
+        "user,id=net0,net=10.0.0.0/24,host=10.0.0.1,"
+        f"hostfwd=tcp:127.0.0.1:{port}-10.0.0.2:{guest_port}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_name", ["x86_64", "aarch64"])
+def test_the_disk_boots_the_website_under_uefi_without_a_kernel_option(
+    images: Images, tmp_path: Path, arch_name: str
+) -> None:
+    app = images.app("static_website", arch_name)
+    manifest = app / "dist" / "website-vm.json"
+    disk = tmp_path / "disk.qcow2"
+    # The keys are built into the disk's command line: it serves on 8081.
+    build_disk_image(manifest, "qcow2", ["--port", "8081"], lambda _m: None, out=disk)
+    arch = get_arch(arch_name)
+    port = _free_port()
+    command = qemu_command(arch, disk, "qcow2", _user_net(port, 8081))
+    assert "-kernel" not in command and str(FIRMWARE[arch_name]) in command
+    log = tmp_path / "console.log"
+    page, _seconds = _boot_and_fetch(command, port, log, timeout=90)
+    assert page == (app / "htdocs" / "index.html").read_text()
+    console = log.read_text(errors="replace")
+    # The firmware's fallback path started the unified image, whose stub
+    # handed the kernel its initramfs; the unikernel's log reached serial.
+    assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID" in console
+    assert "serving http://10.0.0.2:8081" in console
+
+
+@pytest.mark.slow
+def test_the_x86_64_disk_boots_from_a_bios_through_syslinux(images: Images, tmp_path: Path) -> None:
+    app = images.app("static_website", "x86_64")
+    disk = tmp_path / "disk.raw"
+    build_disk_image(app / "dist" / "website-vm.json", "raw", [], lambda _m: None, out=disk)
+    port = _free_port()
+    command = qemu_command(get_arch("x86_64"), disk, "raw", _user_net(port, 8080), uefi=False)
+    assert "-bios" not in command  # qemu's own SeaBIOS
+    log = tmp_path / "console.log"
+    page, _seconds = _boot_and_fetch(command, port, log, timeout=90)
+    assert page == (app / "htdocs" / "index.html").read_text()
+    console = log.read_text(errors="replace")
+    assert "SYSLINUX" in console and "serving http://10.0.0.2:8080" in console
+
+
+def _tool(*command: str, stdin: bytes | None = None) -> str:
+    done = subprocess.run(command, capture_output=True, input=stdin, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.decode(errors="replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_name", ["x86_64", "aarch64"])
+def test_outside_tools_accept_the_partition_table_and_the_file_system(
+    images: Images, tmp_path: Path, arch_name: str
+) -> None:
+    app = images.app("static_website", arch_name)
+    manifest = app / "dist" / "website-vm.json"
+    disk = tmp_path / "disk.raw"
+    build_disk_image(manifest, "raw", [], lambda _m: None, out=disk)
+    verified = _tool("sgdisk", "-v", str(disk))
+    assert "No problems found" in verified
+    partition = _tool("sgdisk", "-i", "1", str(disk))
+    assert "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in partition  # EFI system partition
+    assert "First sector: 2048" in partition
+    # Bit 2, legacy BIOS bootable, where syslinux's gptmbr.bin looks.
+    assert ("0000000000000004" in partition) == (arch_name == "x86_64")
+    assert "EFI System" in _tool("fdisk", "-l", str(disk))
+    boot_file = "BOOTX64.EFI" if arch_name == "x86_64" else "BOOTAA64.EFI"
+    listing = _tool("mdir", "-b", "-i", f"{disk}@@{PARTITION_OFFSET}", "::/EFI/BOOT")
+    assert f"::/EFI/BOOT/{boot_file}" in listing
+    # fsck.fat reads the partition alone: sliced out by the GPT's numbers.
+    data = disk.read_bytes()
+    sectors = int(partition.split("Partition size: ")[1].split()[0])
+    esp = tmp_path / "esp.fat"
+    esp.write_bytes(data[PARTITION_OFFSET : PARTITION_OFFSET + sectors * 512])
+    _tool("fsck.fat", "-n", "-v", str(esp))
+    # The same inputs give the same bytes.
+    again = tmp_path / "again.raw"
+    build_disk_image(manifest, "raw", [], lambda _m: None, out=again)
+    assert again.read_bytes() == data
+
+
+@pytest.mark.slow
+def test_objdump_reads_the_unified_kernel_images_sections(images: Images, tmp_path: Path) -> None:
+    app = images.app("static_website", "x86_64")
+    disk = tmp_path / "disk.raw"
+    build_disk_image(app / "dist" / "website-vm.json", "raw", ["--port", "81"], print, out=disk)
+    efi = tmp_path / "BOOTX64.EFI"
+    _tool("mcopy", "-i", f"{disk}@@{PARTITION_OFFSET}", "::/EFI/BOOT/BOOTX64.EFI", str(efi))
+    headers = _tool("objdump", "-h", str(efi))
+    assert "pei-x86-64" in headers
+    for section in (".osrel", ".cmdline", ".initrd", ".linux", ".text", ".sbat"):
+        assert f" {section} " in headers, headers
+    cmdline = tmp_path / "cmdline"
+    _tool("objcopy", "-O", "binary", "--only-section=.cmdline", str(efi), str(cmdline))
+    text = cmdline.read_text()
+    assert text.startswith("console=ttyS0 ") and text.endswith(" -- --port 81")
+    initrd = tmp_path / "initrd"
+    _tool("objcopy", "-O", "binary", "--only-section=.initrd", str(efi), str(initrd))
+    built = json.loads((app / "dist" / "website-vm.json").read_text())
+    assert initrd.read_bytes() == (app / "dist" / built["initrd"]).read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_build_writes_the_qcow2_and_the_container_disk(tmp_path: Path) -> None:
+    app = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "hello", app, ignore=shutil.ignore_patterns("_build", "dist"))
+    assert looming(app, "configure", "-t", "vm", "--arch", "aarch64").returncode == 0
+    built = looming(app, "build", "--disk-image", "qcow2", "--oci")
+    assert built.returncode == 0, built.stdout + built.stderr
+    dist = app / "dist"
+    manifest = json.loads((dist / "hello-vm.json").read_text())
+    assert manifest["disk_image"]["file"] == "hello-boot-aarch64.qcow2"  # relative to dist/
+    assert manifest["container_disk"] == "hello-oci"
+    qcow2 = dist / "hello-boot-aarch64.qcow2"
+    assert "No errors were found" in _tool("qemu-img", "check", str(qcow2))
+    assert json.loads(_tool("qemu-img", "info", "--output=json", str(qcow2)))["format"] == "qcow2"
+    inspected = json.loads(_tool("skopeo", "inspect", f"oci:{dist / 'hello-oci'}"))
+    assert inspected["Architecture"] == "arm64" and len(inspected["Layers"]) == 1
+    bundle = tmp_path / "bundle"
+    _tool("umoci", "unpack", "--image", f"{dist / 'hello-oci'}:latest", str(bundle))
+    inside = bundle / "rootfs" / "disk" / "hello.qcow2"
+    facts = inside.stat()
+    assert (facts.st_uid, facts.st_gid) == (107, 107)
+    assert inside.read_bytes() == qcow2.read_bytes()
+    assert not any(p.name.startswith(".") for p in dist.iterdir())  # no staging left
+
+
+def _configured_hello(tmp_path: Path, target: str) -> Path:
+    app = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "hello", app, ignore=shutil.ignore_patterns("_build", "dist"))
+    args = ("configure", "-t", target) + (("--arch", "x86_64") if target == "vm" else ())
+    assert looming(app, *args).returncode == 0
+    return app
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "message"),
+    [
+        ("vm", ("--disk-image", "vhd"), "unknown format 'vhd'; choose one of: raw, qcow2"),
+        ("unix", ("--disk-image", "raw"), "--disk-image makes a bootable disk of a vm-target"),
+        ("vm", ("--disk-keys=--dhcp",), "--disk-keys sets the keys of a disk image"),
+    ],
+)
+def test_bad_disk_options_are_one_line_and_exit_2(
+    tmp_path: Path, target: str, args: tuple[str, ...], message: str
+) -> None:
+    app = _configured_hello(tmp_path, target)
+    done = looming(app, "build", *args)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+    assert not (app / "dist").exists()
+
+
+def test_a_missing_tool_is_named_before_anything_is_built(tmp_path: Path) -> None:
+    app = _configured_hello(tmp_path, "vm")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = looming(app, "build", "--disk-image", "qcow2", env={**os.environ, "PATH": str(empty)})
+    assert done.returncode == 2
+    assert "needs mcopy (Debian package mtools)" in done.stderr
+    assert not (app / "dist").exists()
+
+
+def test_build_help_lists_the_disk_options(tmp_path: Path) -> None:
+    done = looming(tmp_path, "build", "--help")
+    assert done.returncode == 0
+    assert "--disk-image FORMAT" in done.stdout and "--disk-keys KEYS" in done.stdout
+    assert "containerDisk" in done.stdout
