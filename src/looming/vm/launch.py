@@ -3,7 +3,8 @@
 The serial console is streamed to standard output as the guest writes it;
 /init's last line carries the unikernel's exit status, which becomes this
 program's. Options for the machine start with ``--vm-`` (``--vm-tap NAME``,
-``--vm-memory MB``, ``--vm-disk PATH``, ``--vm-timeout SECONDS``, ``--vm-trace``),
+``--vm-memory MB``, ``--vm-disk PATH``, ``--vm-timeout SECONDS``, ``--vm-trace``,
+``--vm-machine pc|microvm|virt``, ``--vm-nic virtio|vmxnet3``),
 besides ``--mac`` and ``--instance``; every other argument is a unikernel
 key, passed on the kernel command line. A unikernel with storage on the
 VM's disk gets the disk image of :mod:`looming.vm.disk`, made on first use.
