@@ -73,6 +73,7 @@ class TcpEndpoint:
         self._isn = IsnGenerator(secret[:16] + secret[-16:])
         self._cookies = SynCookies(secret[16:] + secret[:16])
         self.connections: dict[FourTuple, TcpConnection] = {}
+        self._recent: tuple[TcpConnection, FourTuple] | None = None
         self.listeners: dict[int, ListenerState] = {}
         self._half_open: dict[FourTuple, int] = {}
         self._outbox: list[tuple[Address, bytes, int | None, int, Address]] = []
@@ -319,8 +320,15 @@ class TcpEndpoint:
         if header.src_port == 0 or header.dst_port == 0:
             self.stats.malformed_dropped += 1
             return
-        key = (dst, header.dst_port, src, header.src_port)
-        conn = self.connections.get(key)
+        conn: TcpConnection | None
+        recent = self._recent_connection(src, dst, header)
+        if recent is not None:
+            conn, key = recent
+        else:
+            key = (dst, header.dst_port, src, header.src_port)
+            conn = self.connections.get(key)
+            if conn is not None:
+                self._recent = (conn, key)
         if conn is not None:
             if conn.state is State.TIME_WAIT and header.syn and conn.accepts_new_syn(header):
                 conn.on_timer(conn.time_wait_at or now)  # end TIME-WAIT now
@@ -345,6 +353,29 @@ class TcpEndpoint:
                 return
         self.stats.no_connection += 1
         self._reset_for(key, header, len(payload))
+
+    def _recent_connection(
+        self, src: Address, dst: Address, header: TcpHeader
+    ) -> tuple[TcpConnection, FourTuple] | None:
+        """The connection the last segment went to, if this one is for it
+        too: the same address objects (the memo in ``wire._cache`` gives
+        every segment of a flow the same ones) and ports. Hashing a key of
+        two addresses costs more than the rest of the lookup. A connection
+        leaves :attr:`connections` only once closed, so one not closed is
+        still the one its key maps to."""
+        recent = self._recent
+        if recent is None:
+            return None
+        conn, key = recent
+        if (
+            key[2] is src
+            and key[0] is dst
+            and key[3] == header.src_port
+            and key[1] == header.dst_port
+            and conn.state is not State.CLOSED
+        ):
+            return recent
+        return None
 
     def _reset_for(self, key: FourTuple, header: TcpHeader, payload_length: int) -> None:
         """RFC 9293 3.10.7.1: answer with a reset, but never answer a reset."""
