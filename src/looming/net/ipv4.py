@@ -441,7 +441,14 @@ class Ipv4Layer:
             and len(payload) <= self.mtu(destination)
             and not self.is_local(destination)
         ):
-            await self._write_plain(destination, protocol, payload, ttl, dont_fragment, tos)
+            hop, mac, packet = self._plain_datagram(
+                destination, protocol, payload, ttl, dont_fragment, tos
+            )
+            if mac is not None:
+                await self._ethernet.write(mac, _IPV4, packet)
+                return
+            assert isinstance(hop, IPv4Address)
+            await self._arp.send(hop, ((_IPV4, packet, None),))  # held until resolved
             return
         if (
             segment_size is not None
@@ -478,7 +485,7 @@ class Ipv4Layer:
             return
         await self._arp.send(hop, frames)
 
-    async def _write_plain(
+    def _plain_datagram(
         self,
         destination: IPv4Address,
         protocol: int,
@@ -486,10 +493,11 @@ class Ipv4Layer:
         ttl: int,
         dont_fragment: bool,
         tos: int,
-    ) -> None:
-        """:meth:`write` for the common datagram: from our address, to
-        another host, unfragmented. The same bytes as the general path,
-        without building a header object."""
+    ) -> tuple[IPv4Address | MacAddress, MacAddress | None, bytes]:
+        """For :meth:`write`'s common datagram (from our address, to another
+        host, unfragmented): the next hop, its MAC when known (ARP resolved
+        it, or a group address) and the packet. The same bytes as the
+        general path, without building a header object."""
         identification = self._next_identification()
         hop = self.next_hop(destination)
         if destination is self._last_destination:
@@ -511,15 +519,8 @@ class Ipv4Layer:
             payload,
         )
         self.counters["tx_datagrams"] += 1
-        if isinstance(hop, MacAddress):
-            await self._ethernet.write(hop, _IPV4, packet)
-            return
-        mac = self._arp.lookup(hop)
-        if mac is not None:
-            # What ArpLayer.send does for a resolved neighbour, one await less.
-            await self._ethernet.write(mac, _IPV4, packet)
-            return
-        await self._arp.send(hop, ((_IPV4, packet, None),))  # held until resolved
+        mac = hop if isinstance(hop, MacAddress) else self._arp.lookup(hop)
+        return hop, mac, packet
 
     def _frames(self, header: Ipv4Header, payload: bytes, segment_size: int | None) -> list[Frame]:
         """The Ethernet payloads carrying one datagram (several when fragmented)."""

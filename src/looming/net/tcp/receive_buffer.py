@@ -106,11 +106,15 @@ class ReadyBytes:
             return
         # Keep a view only over immutable bytes: a caller may reuse a
         # mutable buffer once we return.
-        if isinstance(data, bytearray) or (
-            isinstance(data, memoryview) and not isinstance(data.obj, bytes)
-        ):
-            data = bytes(data)
-        cost = true_size(data) + CHUNK_OVERHEAD
+        if type(data) is memoryview and type(data.obj) is bytes:
+            # A segment's payload, the usual case: what true_size says of it.
+            cost = VIEW_OVERHEAD + BYTES_OVERHEAD + len(data.obj) + CHUNK_OVERHEAD
+        else:
+            if isinstance(data, bytearray) or (
+                isinstance(data, memoryview) and not isinstance(data.obj, bytes)
+            ):
+                data = bytes(data)
+            cost = true_size(data) + CHUNK_OVERHEAD
         chunks.append(data)
         self._charges.append(cost)
         self.charge += cost
