@@ -283,6 +283,7 @@ def test_a_unikernel_with_storage_gets_its_disk_as_a_drive() -> None:
          "is_read_only": False, "cache_type": "Writeback"}
     ]  # fmt: skip
     assert config["network-interfaces"] == []
+    assert config["entropy"] == {}  # aarch64 guests get virtio-rng
     boot = config["boot-source"]
     assert isinstance(boot, dict)
     assert "LOOMING_DISK=1" in boot["boot_args"] and "pci=off" not in boot["boot_args"]
@@ -374,3 +375,24 @@ def test_the_plain_qemu_script_serves_from_anywhere(website: Path, tmp_path: Pat
     )  # fmt: skip
     took, _console = _answer_and_stop(qemu, port)
     print(f"plain qemu script: first answer after {took:.2f} s")
+
+
+@pytest.mark.slow
+def test_the_aarch64_firecracker_kernel_is_the_pe_image(tmp_path: Path) -> None:
+    app = build(EXAMPLES / "static_website", tmp_path, "aarch64", ("--firecracker",))
+    dist = app / "dist"
+    config = json.loads((dist / "website-firecracker.json").read_text())
+    assert set(config) == FIRECRACKER_SECTIONS | {"entropy"}
+    boot = config["boot-source"]
+    kernel = dist / boot["kernel_image_path"]
+    header = kernel.read_bytes()[:64]
+    assert kernel.name == "Image" and header[:2] == b"MZ" and header[0x38:0x3C] == b"ARM\x64"
+    assert (dist / boot["initrd_path"]).is_file()
+    args = boot["boot_args"].split()
+    assert args[0] == "console=ttyS0" and "pci=off" not in args and args[-1] == "--"
+    manifest = json.loads((dist / "website-vm.json").read_text())
+    assert "virtio_mmio" in manifest["kernel_modules"]
+    # The qemu script boots aarch64's virt machine with its own console.
+    script = (dist / "website-qemu.sh").read_text()
+    assert "qemu-system-aarch64" in script and "console=ttyAMA0" in script
+    assert "virtio-net-device" in script and str(dist) not in script

@@ -152,6 +152,8 @@ def firecracker_config(manifest: dict[str, object], paths: dict[str, str]) -> di
                 "cache_type": "Writeback",
             }
         ]
+    if get_arch(str(manifest["arch"])).entropy_device:
+        config["entropy"] = {}  # virtio-rng, as looming run gives aarch64 guests
     if manifest.get("needs_network"):
         config["network-interfaces"] = [
             {"iface_id": "net0", "host_dev_name": TAP, "guest_mac": default_mac(unikernel, 0)}
