@@ -26,7 +26,6 @@ from looming.net.ethernet import EthernetLayer
 from looming.net.reassembly import Reassembler
 from looming.net.wire import ipv4 as wire
 from looming.net.wire._cache import ipv4_address
-from looming.net.wire.checksum import ones_complement_sum
 from looming.net.wire.ipv4 import MIN_HEADER_LENGTH, Ipv4Header
 from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 
@@ -278,22 +277,44 @@ class Ipv4Layer:
         """:meth:`_receive` for a datagram from the wire without options
         that is no fragment, without building a header object; False when
         it is not for this path after all (the general one then counts it)."""
-        (_, tos, total_length, _, _, ttl, protocol, _, source, destination) = (
-            wire.FIXED.unpack_from(packet)
-        )
+        (
+            _,
+            tos,
+            total_length,
+            identification,
+            flags,
+            ttl,
+            protocol,
+            checksum,
+            source,
+            destination,
+        ) = wire.FIXED.unpack_from(packet)
         if total_length < MIN_HEADER_LENGTH or total_length > len(packet):
             return False
         counters = self.counters
-        if ones_complement_sum(packet[:MIN_HEADER_LENGTH]) != 0xFFFF:
+        destination_int = int.from_bytes(destination, "big")
+        source_int = int.from_bytes(source, "big")
+        # The header's words summed from the fields already read (an address
+        # is congruent to the sum of its halves modulo 0xFFFF); a right
+        # header sums to "negative zero", a multiple of 0xFFFF (never 0).
+        words = (
+            (0x4500 | tos)
+            + total_length
+            + identification
+            + flags
+            + (ttl << 8 | protocol)
+            + checksum
+            + source_int
+            + destination_int
+        )
+        if words % 0xFFFF:
             counters["malformed"] += 1  # header checksum mismatch
             return True
-        destination_int = int.from_bytes(destination, "big")
         if self._interface is not None and not (
             destination_int == self._local_int or destination_int in self._broadcast_ints
         ):
             counters["not_for_us"] += 1
             return True
-        source_int = int.from_bytes(source, "big")
         if source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int:
             counters["martian_source"] += 1  # see _refusal
             return True
