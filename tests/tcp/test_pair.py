@@ -242,3 +242,41 @@ def test_syn_flood_is_answered_with_cookies_and_cookies_connect() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_a_transfer_goes_on_after_timeouts_lower_the_segment_size() -> None:
+    """Three timeouts in a row make TCP suspect a path-MTU black hole and
+    halve its segments (``black_hole_mss_lowered``); a segment sent before
+    that, when resent, is larger than the new size and leaves as one packet
+    for the IP layer to cut or send whole. It must still arrive: at 5% loss
+    this happens now and then, and the transfer then stalled for good."""
+    up = random.Random(3).randbytes(300_000)
+
+    async def main() -> None:
+        faults = Faults()
+        client, server = _layers(faults)
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def serve(flow: TcpFlow) -> None:
+            received.set_result(await _read_all(flow))
+
+        listener = await server.listen(80, serve)
+        flow = await client.connect("10.9.0.2", 80, timeout=10)
+        await flow.write(up[:50_000])
+        # Every data segment from the client is lost until the MSS falls.
+        faults.drop_filter = lambda src, payload: str(src) == "10.9.0.1" and len(payload) > 100
+        sender = asyncio.create_task(flow.write(up[50_000:]))
+        await _eventually(lambda: client.icmp_counters["black_hole_mss_lowered"] >= 1)
+        faults.drop_filter = None
+        await sender
+        await flow.shutdown()
+        got = await asyncio.wait_for(received, 30)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(up).digest()
+        assert client.transmit_errors == 0
+        assert flow.connection.send_mss < 1448
+        await flow.close()
+        await listener.close()
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
