@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from looming.http import AsgiAdapter
+from looming.http import AsgiAdapter, ServerConfig
 
 from .serving import RunningServer, serve_in_thread, wait_until_stalled
 
@@ -94,12 +94,20 @@ class Recorder:
         await send({"type": "http.response.body"})
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", "h11"), id="asyncio-h11"),
+        pytest.param(("asyncio", "httptools"), id="asyncio-httptools"),
+        pytest.param(("uvloop", "httptools"), id="uvloop-httptools"),
+    ]
+)
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, RunningServer]]:
+    loop, parser = request.param
     app = Recorder()
     adapter = AsgiAdapter(app, root_path="/mount")
     adapter.disconnect_grace = 0.2
-    with serve_in_thread(lambda: adapter, loop=request.param) as running:
+    config = ServerConfig(parser=parser)
+    with serve_in_thread(lambda: adapter, config, loop=loop) as running:
         asyncio.run_coroutine_threadsafe(adapter.startup(), running.loop).result(10)
         yield app, running
         asyncio.run_coroutine_threadsafe(adapter.shutdown(), running.loop).result(10)

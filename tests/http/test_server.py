@@ -56,10 +56,20 @@ async def describe(request: Request) -> Response:
     return Response(200, [(b"content-type", b"application/json")], json.dumps(summary).encode())
 
 
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+# Each event loop with each request parser (h11, and httptools' llhttp).
+LOOPS_AND_PARSERS = [
+    pytest.param(("asyncio", "h11"), id="asyncio-h11"),
+    pytest.param(("asyncio", "httptools"), id="asyncio-httptools"),
+    pytest.param(("uvloop", "h11"), id="uvloop-h11"),
+    pytest.param(("uvloop", "httptools"), id="uvloop-httptools"),
+]
+
+
+@pytest.fixture(scope="module", params=LOOPS_AND_PARSERS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    config = ServerConfig(max_body_bytes=1024 * 1024)
-    with serve_in_thread(lambda: describe, config, loop=request.param) as running:
+    loop, parser = request.param
+    config = ServerConfig(max_body_bytes=1024 * 1024, parser=parser)
+    with serve_in_thread(lambda: describe, config, loop=loop) as running:
         yield running
 
 
@@ -233,12 +243,17 @@ def test_handler_failure_is_500_and_server_lives_on(server: RunningServer) -> No
     conn.close()
 
 
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+@pytest.fixture(scope="module", params=LOOPS_AND_PARSERS[1:])
 def impatient(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    loop, parser = request.param
     config = ServerConfig(
-        keep_alive_timeout=0.2, header_timeout=0.3, body_timeout=0.3, send_timeout=0.3
+        keep_alive_timeout=0.2,
+        header_timeout=0.3,
+        body_timeout=0.3,
+        send_timeout=0.3,
+        parser=parser,
     )
-    with serve_in_thread(lambda: describe, config, loop=request.param) as running:
+    with serve_in_thread(lambda: describe, config, loop=loop) as running:
         yield running
 
 

@@ -30,6 +30,7 @@ from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.dates import format_http_date
 from looming.http.message import ClientGone, Handler, Request, Response, ServeWebSocket
+from looming.http.parser import HttptoolsParser, RequestParser, chosen_parser
 from looming.http.response_head import (
     CHUNKED,
     CONNECTION_CLOSE,
@@ -73,6 +74,9 @@ class ServerConfig:
     """The value of the Server header."""
     max_connections: int = 0
     """Connections served at once; one more gets 503 and a close (0: no limit)."""
+    parser: str = "auto"
+    """Request parser: ``h11``, ``httptools`` (llhttp, from ``looming[fast]``), or
+    ``auto``: httptools when installed. Both answer alike (see looming.http.parser)."""
 
 
 class _DateHeader:
@@ -156,7 +160,7 @@ class _ParserHolder:
     __slots__ = ("busy", "conn", "h2", "responding", "sent", "watch")
 
     def __init__(self) -> None:
-        self.conn: h11.Connection | None = None
+        self.conn: RequestParser | None = None
         self.responding = False
         self.watch: Watch | None = None
         self.busy = False
@@ -252,6 +256,7 @@ class _RequestStream:
 
     __slots__ = (
         "client",
+        "fast",
         "first",
         "first_read",
         "leftover",
@@ -278,6 +283,8 @@ class _RequestStream:
         """What arrived for this head, for the checks h11's parse hides."""
         self.streamed: tuple[BodyReader, Watch] | None = None
         """The body reader and watch of a request whose handler streams it."""
+        self.fast: HttptoolsParser | None = None
+        """The connection's httptools parser, when it reads on from one request to the next."""
 
 
 def _keeps_alive(version: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> bool:
@@ -316,6 +323,7 @@ class HttpServer:
         self.stopping = False
         """Set by a graceful stop: each connection ends after its current response."""
         self._streams_body = bool(getattr(handler, "streams_request_body", False))
+        self._httptools = chosen_parser(self.config.parser) == "httptools"
         self._h2 = importlib.util.find_spec("h2") is not None
         """HTTP/2 is served when the h2 library is installed."""
         self._websockets: ServeWebSocket | None = (
@@ -491,9 +499,30 @@ class HttpServer:
             if not keep_alive or stream.peer_closed or self.stopping or buggify("http.close_early"):
                 return
 
+    def _next_parser(self, stream: _RequestStream) -> RequestParser:
+        """The parser of the next request, handed what arrived behind the last
+        one: h11's is made afresh; httptools' reads on unless an upgrade
+        stopped it."""
+        leftover, closed = stream.leftover, stream.peer_closed
+        fast = stream.fast
+        if fast is not None and fast.reusable:
+            return fast
+        conn: RequestParser
+        if self._httptools:
+            conn = stream.fast = HttptoolsParser(self.config.max_header_bytes)
+        else:
+            conn = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes
+            )
+        if leftover or closed:
+            conn.receive_data(leftover)
+            if closed:
+                conn.receive_data(b"")
+        return conn
+
     async def _read_head(
         self, flow: Flow, parser: _ParserHolder, stream: _RequestStream, deadline: _Watchdog
-    ) -> tuple[h11.Connection, h11.Request] | None:
+    ) -> tuple[RequestParser, h11.Request] | None:
         """Stage 1, head: a fresh parser and the next request's head, or None
         when the connection is done (closed, refused, or handed to HTTP/2).
 
@@ -502,14 +531,10 @@ class HttpServer:
         pipelined behind this request are handed on to the next parser.
         """
         config = self.config
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        conn = self._next_parser(stream)
         parser.conn = conn
         parser.responding = False
         leftover = stream.leftover
-        if leftover or stream.peer_closed:
-            conn.receive_data(leftover)
-            if stream.peer_closed:
-                conn.receive_data(b"")
         deadline.expire_in(config.header_timeout if stream.first else config.keep_alive_timeout)
         stream.first = False
         # What arrived for this head, for the checks h11's parse hides.
@@ -547,6 +572,12 @@ class HttpServer:
         if type(event) is not h11.Request:
             # ConnectionClosed (or anything else unexpected): we are done.
             return None
+        fast = stream.fast
+        if conn is fast:
+            # h11 read this head after llhttp refused it: its bytes from the
+            # first. llhttp itself refuses what the checks of the bytes look
+            # for (obs-fold, Content-Length twice or as a list).
+            stream.raw = fast.h11_raw if fast.read_by_h11 and fast.h11_raw is not None else []
         return conn, event
 
     def _head_refusal(
@@ -573,7 +604,7 @@ class HttpServer:
         self,
         flow: Flow,
         parser: _ParserHolder,
-        conn: h11.Connection,
+        conn: RequestParser,
         event: h11.Request,
         items: tuple[tuple[bytes, bytes], ...],
         stream: _RequestStream,
@@ -608,7 +639,7 @@ class HttpServer:
         self,
         flow: Flow,
         parser: _ParserHolder,
-        conn: h11.Connection,
+        conn: RequestParser,
         event: h11.Request,
         stream: _RequestStream,
         deadline: _Watchdog,
@@ -677,7 +708,7 @@ class HttpServer:
     async def _finish_streamed(
         self,
         streamed: tuple[BodyReader, Watch],
-        conn: h11.Connection,
+        conn: RequestParser,
         stream: _RequestStream,
         keep_alive: bool,
     ) -> bool:
@@ -719,7 +750,7 @@ class HttpServer:
         self,
         flow: Flow,
         parser: _ParserHolder,
-        conn: h11.Connection,
+        conn: RequestParser,
         event: h11.Request,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
@@ -750,7 +781,7 @@ class HttpServer:
     async def _read_body(
         self,
         flow: Flow,
-        conn: h11.Connection,
+        conn: RequestParser,
         event: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED],
         deadline: _Watchdog,
     ) -> bytes:

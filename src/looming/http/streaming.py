@@ -20,6 +20,7 @@ import h11
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
 from looming.http.message import ClientGone
+from looming.http.parser import RequestParser
 
 WATCH_DELAY = 0.05
 """Seconds after the request before a quick response's connection is watched:
@@ -121,7 +122,7 @@ class BodyReader:
     )
 
     def __init__(
-        self, flow: Flow, conn: h11.Connection, watch: Watch, *, limit: int, timeout: float
+        self, flow: Flow, conn: RequestParser, watch: Watch, *, limit: int, timeout: float
     ) -> None:
         self._flow = flow
         self._conn = conn

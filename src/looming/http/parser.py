@@ -1,0 +1,353 @@
+"""Request parsers for :class:`~looming.http.server.HttpServer`: h11's, or
+httptools' (llhttp, in C) when it is installed (``looming[fast]``).
+
+The server reads requests through the part of ``h11.Connection`` that
+:class:`RequestParser` names. :class:`HttptoolsParser` offers the same on
+llhttp and hands out h11's own event types, built without h11's second
+pass over what llhttp has checked, so everything after the parse is shared;
+what llhttp lets through and h11 refuses (a target with bytes outside
+visible ASCII, a second Host, a Transfer-Encoding other than chunked, no
+Host on HTTP/1.1) is refused here with h11's status, and a head llhttp
+refuses is read again by h11 (see :class:`HttptoolsParser`). One parser
+serves a whole connection (llhttp keeps its state from one request to the
+next), where h11's is made afresh for each request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections import deque
+from typing import Any, Protocol
+
+import h11
+
+ParserEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+PARSERS = ("auto", "h11", "httptools")
+"""The values of ``ServerConfig.parser``: ``auto`` is httptools when installed."""
+
+HTTPTOOLS = "httptools"
+
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+"""A request target as h11 takes it (RFC 9112 section 3.2: visible ASCII)."""
+
+_END = h11.EndOfMessage()
+
+
+class RequestParser(Protocol):
+    """What the server uses of a request parser (h11.Connection's names)."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_event(self) -> ParserEvent: ...
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]: ...
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool: ...
+
+    @property
+    def their_state(self) -> type[h11._util.Sentinel]: ...
+
+
+_found: list[Any] = []
+
+
+def httptools_module() -> Any:
+    """httptools, or None when it is not installed. Found by name at run
+    time, from the host's installation: the build packs no compiled parser
+    into images, where h11 serves."""
+    if not _found:
+        try:
+            _found.append(importlib.import_module(HTTPTOOLS))
+        except ImportError:
+            _found.append(None)
+    return _found[0]
+
+
+def chosen_parser(choice: str) -> str:
+    """``h11`` or ``httptools``, for ``choice`` (one of :data:`PARSERS`)."""
+    if choice not in PARSERS:
+        raise ValueError(f"parser {choice!r} is not one of {', '.join(PARSERS)}")
+    if choice == "auto":
+        return "httptools" if httptools_module() is not None else "h11"
+    if choice == "httptools" and httptools_module() is None:
+        raise ValueError("the httptools parser needs httptools: pip install 'looming[fast]'")
+    return choice
+
+
+def _remote_error(message: str, status: int = 400) -> h11.RemoteProtocolError:
+    return h11.RemoteProtocolError(message, error_status_hint=status)
+
+
+def _asks_for_100_continue(head: h11.Request) -> bool:
+    if head.http_version != b"1.1":
+        return False
+    return any(
+        name == b"expect" and b"100-continue" in [t.strip().lower() for t in value.split(b",")]
+        for name, value in head.headers
+    )
+
+
+def _after_messages(raw: bytes, count: int, limit: int) -> bytes | None:
+    """What follows the first ``count`` whole requests of ``raw``, by h11's
+    reading; None when h11 does not find them whole."""
+    for _ in range(count):
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+        conn.receive_data(raw)
+        try:
+            event = conn.next_event()
+            while type(event) is not h11.EndOfMessage:
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return None
+                event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        raw = conn.trailing_data[0]
+    return raw
+
+
+class HttptoolsParser:
+    """h11.Connection's reading side, on httptools, for a whole connection.
+
+    Events are queued as llhttp finds them (a read may hold several
+    pipelined requests); an error is raised once the events before it are
+    taken, as h11 does. After a request asking to upgrade, the bytes behind
+    it are :attr:`trailing_data` and nothing more is parsed.
+
+    llhttp refuses some heads that h11 takes (a method it does not know, a
+    target without its leading slash, bare LF line ends): when a head fails,
+    h11 reads that request from its first byte instead, so each request is
+    answered as h11 alone would answer it. The bytes since the last point
+    where no request was under way (at most twice the head limit) are kept
+    for that.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_completed",
+        "_error",
+        "_events",
+        "_h11",
+        "_head_bytes",
+        "_head_queued",
+        "_headers",
+        "_in_head",
+        "_in_message",
+        "_limit",
+        "_module",
+        "_parser",
+        "_raw",
+        "_raw_size",
+        "_trailing",
+        "_upgraded",
+        "_url",
+        "_waiting_100",
+        "h11_raw",
+        "read_by_h11",
+    )
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self._module = module = httptools_module()
+        self._parser = module.HttpRequestParser(self)
+        self._limit = max_header_bytes
+        self._events: deque[ParserEvent] = deque()
+        self._error: h11.RemoteProtocolError | None = None
+        self._h11: h11.Connection | None = None
+        """h11's parser, once it has taken over (see the class's notes)."""
+        self.h11_raw: list[bytes] | None = None
+        """What h11 was handed since it took over, from its request's first byte."""
+        self.read_by_h11 = False
+        """Whether h11 read the last request head handed out."""
+        self._closed = False
+        self._upgraded = False
+        self._trailing = b""
+        self._in_message = False
+        self._in_head = False
+        self._head_queued = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._waiting_100 = False
+        self._raw: list[bytes] = []
+        self._raw_size = 0
+        self._completed = 0
+
+    # --- llhttp's callbacks ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = self._in_head = True
+        self._head_queued = False
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+        # Trailer fields of a chunked body are dropped, as the server does.
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        parser = self._parser
+        target = self._url
+        if _TARGET.fullmatch(target) is None:
+            raise _remote_error("illegal request target")
+        try:
+            # llhttp checked the syntax; h11 adds its rules on the fields.
+            head = h11.Request(
+                method=parser.get_method(),
+                headers=self._headers,
+                target=target,
+                http_version=parser.get_http_version().encode("ascii"),
+                _parsed=True,
+            )
+        except h11.LocalProtocolError as error:
+            raise _remote_error(str(error), error.error_status_hint) from None
+        self._events.append(head)
+        self._head_queued = True
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(h11.Data(data=body))
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._completed += 1
+        self._events.append(_END)
+
+    # --- h11.Connection's reading side -----------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self._h11 is not None:
+            self._h11.receive_data(data)
+            if self.h11_raw is not None:
+                self.h11_raw.append(data)
+            return
+        if self._upgraded:
+            self._trailing += data
+            self._closed = self._closed or not data
+            return
+        if not data:
+            self._closed = True
+            if not self._in_message and self._error is None:
+                self._end_between_requests()
+            return
+        if self._error is not None or self._closed:
+            return
+        if not self._in_message:
+            # No request under way: a request's first byte is in ``data``.
+            self._raw.clear()
+            self._raw_size = self._completed = 0
+            if data[0] in b"\r\n":
+                # A blank line before a request, which llhttp would skip
+                # (RFC 9112 section 2.2) and h11 refuses: h11 judges it.
+                self._raw.append(data)
+                self._raw_size = len(data)
+                self._hand_to_h11()
+                return
+        self._raw_size += len(data)
+        if self._raw_size <= 2 * self._limit:
+            self._raw.append(data)
+        self._feed(data)
+        if self._in_head and self._error is None and self._h11 is None:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limit:
+                self._error = _remote_error("request head too large", 431)
+
+    def _feed(self, data: bytes) -> None:
+        module = self._module
+        try:
+            self._parser.feed_data(data)
+        except module.HttpParserUpgrade as upgrade:
+            self._upgraded = True
+            self._trailing = data[upgrade.args[0] :]
+        except h11.RemoteProtocolError as error:
+            self._error = error
+        except module.HttpParserError as error:
+            self._error = _remote_error(str(error))
+            self._hand_to_h11()
+
+    def _hand_to_h11(self) -> None:
+        """llhttp refused a head: h11 reads that request from its first byte."""
+        if self._head_queued or self._raw_size > 2 * self._limit:
+            return  # the head was read: the body is what is wrong
+        rest = _after_messages(b"".join(self._raw), self._completed, self._limit)
+        if rest is None:
+            return
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+        conn.receive_data(rest)
+        self._h11 = conn
+        self.h11_raw = [rest]
+        self._error = None
+        self._raw.clear()
+
+    def _end_between_requests(self) -> None:
+        """The client closed between requests: bytes it sent after the last
+        one (blank lines llhttp skips) are h11's to judge."""
+        if not self._raw or self._raw_size > 2 * self._limit:
+            return
+        rest = _after_messages(b"".join(self._raw), self._completed, self._limit)
+        if rest:
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+            conn.receive_data(rest)
+            conn.receive_data(b"")
+            self._h11 = conn
+
+    def next_event(self) -> ParserEvent:
+        events = self._events
+        if events:
+            event = events.popleft()
+            if type(event) is h11.Request:
+                self._waiting_100 = _asks_for_100_continue(event)
+            else:
+                self._waiting_100 = False
+            return event
+        if self._h11 is not None:
+            event = self._h11.next_event()
+            if type(event) is h11.Request:
+                self.read_by_h11 = True
+            return event
+        if self._error is not None:
+            raise self._error
+        if self._upgraded:
+            return h11.PAUSED
+        if self._closed:
+            if self._in_message:
+                self._error = _remote_error("the client closed the connection mid-request")
+                raise self._error
+            return h11.ConnectionClosed()
+        return h11.NEED_DATA
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        if self._h11 is not None:
+            return self._h11.trailing_data
+        return self._trailing, self._closed
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool:
+        if self._h11 is not None and not self._events:
+            return self._h11.they_are_waiting_for_100_continue
+        return self._waiting_100
+
+    @property
+    def their_state(self) -> type[h11._util.Sentinel]:
+        if self._h11 is not None and not self._events:
+            return self._h11.their_state
+        if self._in_message or self._events:
+            return h11.SEND_BODY
+        return h11.IDLE
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the next request is read on here: not after an upgrade,
+        nor once h11 has read a request (the bytes behind it go to a new
+        parser); an error is raised here, after the requests before it."""
+        if self._upgraded and not self._events:
+            return False
+        return self._h11 is None or self._h11.their_state is h11.IDLE
