@@ -183,6 +183,17 @@ def test_a_machine_or_nic_the_image_cannot_use_is_refused(
     assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
+def test_a_machine_without_virtio_devices_needs_no_virtio_driver(tmp_path: Path) -> None:
+    manifest: dict[str, object] = {
+        "arch": "x86_64", "kernel": str(tmp_path / "k"), "initrd": "i",
+        "kernel_modules": ["virtio_pci", "virtio_net"],
+    }  # fmt: skip
+    options, keys = launch.split_arguments(["--vm-machine", "microvm"])
+    command = launch.qemu_command(manifest, options, keys)  # hello: no NIC, no disk
+    assert command[command.index("-M") + 1] == "microvm"
+    assert "-bios" not in command and "noapictimer" not in command[command.index("-append") + 1]
+
+
 def test_run_help_lists_the_machine_and_nic_options(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -396,3 +407,16 @@ def test_the_aarch64_firecracker_kernel_is_the_pe_image(tmp_path: Path) -> None:
     script = (dist / "website-qemu.sh").read_text()
     assert "qemu-system-aarch64" in script and "console=ttyAMA0" in script
     assert "virtio-net-device" in script and str(dist) not in script
+
+
+def test_the_stack_takes_the_nic_init_found_when_the_key_names_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from looming.vm.nic import ENVIRONMENT, guest_interface
+
+    (tmp_path / "eth0").mkdir()
+    monkeypatch.delenv(ENVIRONMENT, raising=False)
+    assert guest_interface("eth1", tmp_path) == "eth1"  # nothing found: the key's own
+    monkeypatch.setenv(ENVIRONMENT, "ens5")
+    assert guest_interface("eth0", tmp_path) == "eth0"  # the guest has it
+    assert guest_interface("eth1", tmp_path) == "ens5"  # it has not: /init's NIC

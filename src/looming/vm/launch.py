@@ -255,14 +255,17 @@ def machine_for(arch: Arch, name: str | None) -> Machine:
     return machine
 
 
-def check_drivers(manifest: dict[str, object], machine: Machine, nic: str | None) -> None:
+def check_drivers(
+    manifest: dict[str, object], machine: Machine, nic: str | None, virtio: bool
+) -> None:
     """Refuse a machine or NIC the image has no driver for (its manifest
-    lists the kernel modules it loads; an older manifest is not judged)."""
+    lists the kernel modules it loads; an older manifest is not judged);
+    ``virtio``: whether the machine gets virtio devices at all."""
     modules = manifest.get("kernel_modules")
     if not isinstance(modules, list):
         return
     loaded = {str(m).replace("-", "_") for m in modules}
-    if machine.transport not in loaded:
+    if virtio and machine.transport not in loaded:
         driver = "virtio-mmio" if machine.transport == "virtio_mmio" else "virtio-pci"
         raise LaunchError(
             f"--vm-machine {machine.name}: this image has no {driver} driver; configure "
@@ -315,7 +318,9 @@ def qemu_command(
             "this unikernel drives a network interface: give --vm-tap NAME, a TAP device "
             "on the host (qemu creates it when missing and run as root)"
         )
-    check_drivers(manifest, machine, options.nic if options.tap else None)
+    nic = options.nic if options.tap else None
+    virtio = nic == "virtio" or disk_image is not None or arch.entropy_device
+    check_drivers(manifest, machine, nic, virtio)
     if manifest.get("vchans") and not machine.pci:
         raise LaunchError(f"--vm-machine {machine.name}: vchans need a PCI machine (ivshmem)")
     minimum = minimum_memory_mb(manifest)
