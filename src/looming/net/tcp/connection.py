@@ -32,7 +32,7 @@ from looming.net.tcp.tcb import (
     State,
     congestion_control,
 )
-from looming.net.wire.tcp import RST, SYN, TcpHeader
+from looming.net.wire.tcp import ACK, FIN, RST, SYN, TcpHeader
 from looming.sim.buggify import buggify
 
 __all__ = ["Event", "State", "TcpConnection"]
@@ -240,7 +240,7 @@ class TcpConnection(TcpSender):
     ) -> None:
         """Process one received segment addressed to this connection; ``ce``
         says its IP header was marked Congestion Experienced."""
-        if header.rst:
+        if header.flags & RST:
             self.stats.resets_received += 1
         if self.state == State.CLOSED:
             return
@@ -313,26 +313,30 @@ class TcpConnection(TcpSender):
         self, header: TcpHeader, payload: bytes | memoryview, now: int
     ) -> None:
         """A segment in SYN-RECEIVED or later: RFC 9293 3.10.7.4, step by step."""
+        # (The control bits are tested on the flags field directly: the
+        # properties are a call each, and this runs for every segment.)
         rcv_nxt = self.receive_buffer.rcv_nxt
         seq = unwrap(header.seq, rcv_nxt)
-        if header.syn and seq == self.irs and not header.rst:
+        flags = header.flags
+        if flags & SYN and seq == self.irs and not flags & RST:
             repeated = self._input_repeated_syn(header, seq, now)
             if repeated is None:
                 return
             header = repeated
+            flags = header.flags
             seq += 1
         # First: the sequence number (with PAWS).
         if not self._input_sequence_ok(header, seq, rcv_nxt, len(payload), now):
             return
         # Second: RST. Fourth: SYN (RFC 5961 section 4: a challenge ACK).
-        if header.rst:
+        if flags & RST:
             self._input_reset(seq, now)
             return
-        if header.syn:
+        if flags & SYN:
             self._challenge_ack(now)
             return
         # Fifth: ACK.
-        if not header.has_ack:
+        if not flags & ACK:
             return
         if self.state == State.SYN_RECEIVED and not self._input_ack_of_syn(header, seq, now):
             return
@@ -348,7 +352,7 @@ class TcpConnection(TcpSender):
         if payload and self.state in RECEIVING and not self._input_text(seq, payload, now):
             return
         # Eighth: FIN.
-        if header.fin or self.peer_fin is not None:
+        if flags & FIN or self.peer_fin is not None:
             self._input_fin(header, seq + len(payload), now)
         self._output_after_input(now)
 
@@ -384,16 +388,19 @@ class TcpConnection(TcpSender):
     ) -> bool:
         """RFC 9293 3.10.7.4 first step, after PAWS (RFC 7323 section 5):
         False when the segment was dropped (and answered if it should be)."""
+        flags = header.flags
         if (
             self.ts_ok
             and header.timestamps is not None
-            and not header.rst
+            and not flags & RST
             and before32(header.timestamps[0], self.ts_recent)
         ):
             self.stats.paws_dropped += 1
             self.send_ack(now)
             return False
-        seg_len = length + (1 if header.syn else 0) + (1 if header.fin else 0)
+        seg_len = length
+        if flags & (SYN | FIN):
+            seg_len += (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         if self.sack_ok and length and seq + length <= rcv_nxt:
             # All of it came before: a D-SACK tells the sender (RFC 2883).
             self.receive_buffer.note_duplicate(seq, seq + length)
