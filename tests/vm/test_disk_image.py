@@ -7,6 +7,7 @@ umoci accept."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -16,9 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from looming.errors import UsageError
+from looming.vm import uki
 from looming.vm.arch import get_arch
 from looming.vm.diskimage import FIRMWARE, build_disk_image, qemu_command
+from looming.vm.packages import AptArchive, cache_root
 from tests.vm.conftest import EXAMPLES, Images, looming
 
 PARTITION_OFFSET = 2**20  # the EFI system partition starts at the first MiB
@@ -229,3 +235,92 @@ def test_build_help_lists_the_disk_options(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "--disk-image FORMAT" in done.stdout and "--disk-keys KEYS" in done.stdout
     assert "containerDisk" in done.stdout
+
+
+def _archive(arch_name: str) -> AptArchive:
+    return AptArchive(get_arch(arch_name), cache_root(), lambda _m: None)
+
+
+@functools.cache
+def _stub(arch_name: str) -> bytes:
+    return uki.stub_path(get_arch(arch_name), _archive(arch_name)).read_bytes()
+
+
+@pytest.mark.slow
+def test_the_pe_checksum_is_the_one_debians_files_carry() -> None:
+    # The stub's build and the kernel's each computed their header's checksum.
+    archive = _archive("x86_64")
+    kernel_package = archive.kernel()
+    kernel_tree = archive.unpack(kernel_package)
+    kernel = kernel_tree / "boot" / f"vmlinuz-{kernel_package.name.removeprefix('linux-image-')}"
+    for data in (_stub("x86_64"), kernel.read_bytes()):
+        field = uki.parse(data).optional + uki.OPT_CHECKSUM
+        shipped = int.from_bytes(data[field : field + 4], "little")
+        assert shipped != 0 and uki.checksum(data, field) == shipped
+
+
+SECTION_NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_name", ["x86_64", "aarch64"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    added=st.lists(
+        st.tuples(SECTION_NAMES.map(lambda n: ".x" + n[:6]), st.binary(max_size=5000)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_added_sections_are_laid_out_as_a_pe_loader_needs(
+    arch_name: str, added: list[tuple[str, bytes]]
+) -> None:
+    stub = _stub(arch_name)
+    before = uki.parse(stub)
+    image = uki.add_sections(stub, added)
+    after = uki.parse(image)
+    assert after.sections[: len(before.sections)] == before.sections
+    new = after.sections[len(before.sections) :]
+    assert [s.name for s in new] == [name for name, _ in added]
+    end = max(s.virtual_address + s.virtual_size for s in before.sections)
+    for section, (_name, data) in zip(new, added, strict=True):
+        assert section.virtual_size == len(data)
+        assert section.virtual_address % after.section_alignment == 0
+        assert section.virtual_address >= end  # no overlap, in order
+        end = section.virtual_address + section.virtual_size
+        assert section.raw_pointer % after.file_alignment == 0
+        assert section.raw_size % after.file_alignment == 0
+        assert image[section.raw_pointer : section.raw_pointer + len(data)] == data
+    optional = after.optional
+    size_of_image = int.from_bytes(image[optional + 56 : optional + 60], "little")
+    assert size_of_image >= end and size_of_image % after.section_alignment == 0
+    field = optional + uki.OPT_CHECKSUM
+    assert int.from_bytes(image[field : field + 4], "little") == uki.checksum(image, field)
+    # The stub finds a section by its name (no stub section starts ".x").
+    name, data = added[0]
+    assert uki.section_data(image, name) == data
+
+
+@pytest.mark.slow
+def test_a_stub_without_room_or_a_long_name_is_refused() -> None:
+    stub = _stub("x86_64")
+    with pytest.raises(uki.PeError, match="no room"):
+        uki.add_sections(stub, [(f".s{i}", b"x") for i in range(8)])
+    with pytest.raises(uki.PeError, match="longer than 8 bytes"):
+        uki.add_sections(stub, [(".toolongname", b"x")])
+    with pytest.raises(uki.PeError, match="not a PE image"):
+        uki.parse(b"\x7fELF" + bytes(100))
+
+
+@pytest.mark.slow
+def test_a_unikernel_with_storage_on_the_vm_disk_is_refused(images: Images, tmp_path: Path) -> None:
+    app = images.app("static_website", "x86_64")
+    manifest = json.loads((app / "dist" / "website-vm.json").read_text())
+    copy = tmp_path / "dist"
+    shutil.copytree(app / "dist", copy)
+    (copy / "website-vm.json").write_text(json.dumps({**manifest, "needs_disk": True}))
+    with pytest.raises(UsageError, match="--storage memory"):
+        build_disk_image(copy / "website-vm.json", "raw", [], lambda _m: None)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        p.name for p in (app / "dist").iterdir()
+    )

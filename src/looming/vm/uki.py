@@ -22,7 +22,9 @@ signature) is dropped: it would describe the old file.
 
 from __future__ import annotations
 
+import hashlib
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,12 +192,29 @@ def os_release(unikernel: str, version: str) -> bytes:
 
 
 def stub_path(arch: Arch, archive: AptArchive) -> Path:
-    """The systemd EFI stub for ``arch``, from its Debian package (fetched
-    through ``archive``, which keeps it and apt checks its hash)."""
-    _info, tree = archive.get(STUB_PACKAGE)
-    stub = tree / STUB_FOLDER / STUB_FILES[arch.name]
+    """The systemd EFI stub for ``arch``, from its Debian package: fetched
+    through ``archive`` (apt checks the ``.deb`` against the signed package
+    lists when it downloads it; it is kept, unpacked, in the cache), and at
+    every use the unpacked file checked against the package's own list of
+    checksums (``md5sums``), so a cached stub changed since is refused."""
+    info, tree = archive.get(STUB_PACKAGE)
+    relative = f"{STUB_FOLDER}/{STUB_FILES[arch.name]}"
+    stub = tree / relative
     if not stub.is_file():
         raise PeError(f"{STUB_PACKAGE} for {arch.debian} holds no {STUB_FILES[arch.name]}")
+    listed = subprocess.run(
+        ["dpkg-deb", "--info", str(archive.fetch(info)), "md5sums"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    expected = {
+        name: digest
+        for digest, _, name in (line.partition("  ") for line in listed.stdout.splitlines())
+    }.get(relative)
+    if expected is None or hashlib.md5(stub.read_bytes(), usedforsecurity=False).hexdigest() != expected:
+        raise PeError(
+            f"{stub} does not match its package's checksum; remove "
+            f"{tree} and build again to unpack it afresh"
+        )
     return stub
 
 
