@@ -420,3 +420,39 @@ def test_the_stack_takes_the_nic_init_found_when_the_key_names_none(
     monkeypatch.setenv(ENVIRONMENT, "ens5")
     assert guest_interface("eth0", tmp_path) == "eth0"  # the guest has it
     assert guest_interface("eth1", tmp_path) == "ens5"  # it has not: /init's NIC
+
+
+@pytest.mark.slow
+def test_a_disk_on_microvm_and_as_the_firecracker_drive(tmp_path: Path) -> None:
+    """virtio-blk over MMIO: the counter's disk, made by ``looming run`` on
+    microvm, then attached as the Firecracker configuration's drive says."""
+    app = build(
+        Path(__file__).parent / "apps" / "counter", tmp_path, "x86_64",
+        ("--nic-drivers", "virtio-mmio", "--firecracker"),
+    )  # fmt: skip
+    dist = app / "dist"
+    done = looming(app, "run", "--vm-machine", "microvm", "--vm-timeout", "150")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "counter: kv_rw boots=1 block boots=1" in done.stdout
+    config = json.loads((dist / "counter-firecracker.json").read_text())
+    assert config["network-interfaces"] == []
+    (drive,) = config["drives"]
+    assert (dist / drive["path_on_host"]).is_file()  # the disk looming run made
+    boot = config["boot-source"]
+    assert "LOOMING_DISK=1" in boot["boot_args"].split()
+    extra = f"tsc_early_khz={launch.tsc_khz()}" if launch.tsc_khz() else ""
+    command = [
+        "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "qemu64,+rdrand",
+        "-m", str(config["machine-config"]["mem_size_mib"]), "-nodefaults",
+        "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", boot["kernel_image_path"], "-initrd", boot["initrd_path"],
+        "-append", boot["boot_args"].removesuffix(" --") + f" {extra} --",
+        "-drive", f"file={drive['path_on_host']},format=raw,if=none,id=d0,cache=writeback",
+        "-device", "virtio-blk-device,drive=d0",
+    ]  # fmt: skip
+    second = subprocess.run(
+        command, cwd=dist, capture_output=True, text=True, timeout=150, check=False
+    )
+    # The guest counted its second boot on the same disk, then rebooted out.
+    assert "counter: kv_rw boots=2 block boots=2" in second.stdout, second.stdout
+    assert f"{launch.EXIT_MARKER} 0" in second.stdout and second.returncode == 0
