@@ -158,6 +158,7 @@ def test_a_bad_driver_at_build_leaves_dist_as_it_was(website: Path) -> None:
         (["--vm-machine", "microvm"], "this image has no virtio-mmio driver"),
         (["--vm-nic", "vmxnet3"], "this image has no vmxnet3 driver"),
         (["--vm-machine", "microvm", "--vm-nic", "vmxnet3"], "has no PCI bus for it"),
+        (["--vm-nic", "virtio"], "no virtio-pci driver; configure it with --nic-drivers"),
     ],
 )
 def test_a_machine_or_nic_the_image_cannot_use_is_refused(
@@ -167,6 +168,8 @@ def test_a_machine_or_nic_the_image_cannot_use_is_refused(
     modules = ["virtio_pci", "virtio_net"]
     if "--vm-nic" in argv and "microvm" in argv:
         modules += ["virtio_mmio", "vmxnet3"]
+    if argv == ["--vm-nic", "virtio"]:
+        modules = ["virtio_pci", "ena"]  # --nic-drivers ena
     image.write_text(
         json.dumps(
             {

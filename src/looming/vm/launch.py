@@ -266,7 +266,7 @@ def check_drivers(
         return
     loaded = {str(m).replace("-", "_") for m in modules}
     if virtio and machine.transport not in loaded:
-        driver = "virtio-mmio" if machine.transport == "virtio_mmio" else "virtio-pci"
+        driver = machine.transport.replace("_", "-")
         raise LaunchError(
             f"--vm-machine {machine.name}: this image has no {driver} driver; configure "
             f"it with --nic-drivers including {driver} and build again"
@@ -276,9 +276,10 @@ def check_drivers(
     if nic != "virtio" and not machine.pci:
         raise LaunchError(f"--vm-nic {nic}: the {machine.name} machine has no PCI bus for it")
     if NIC_MODELS[nic] not in loaded:
+        driver = nic if nic != "virtio" else machine.transport.replace("_", "-")
         raise LaunchError(
-            f"--vm-nic {nic}: this image has no {nic} driver; configure it with "
-            f"--nic-drivers including {nic} and build again"
+            f"--vm-nic {nic}: this image has no {driver} driver; configure it with "
+            f"--nic-drivers including {driver} and build again"
         )
 
 
