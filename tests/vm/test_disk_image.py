@@ -208,6 +208,9 @@ def _configured_hello(tmp_path: Path, target: str) -> Path:
         ("vm", ("--disk-image", "vhd"), "unknown format 'vhd'; choose one of: raw, qcow2"),
         ("unix", ("--disk-image", "raw"), "--disk-image makes a bootable disk of a vm-target"),
         ("vm", ("--disk-keys=--dhcp",), "--disk-keys sets the keys of a disk image"),
+        ("vm", ("--disk-image", "raw", '--disk-keys=--name "x'), "without double quotes"),
+        ("vm", ("--disk-image", "raw", "--disk-keys=--name \x01"), "printable ASCII"),
+        ("vm", ("--disk-image", "raw", "--disk-keys=" + "x" * 1025), "at most 1024"),
     ],
 )
 def test_bad_disk_options_are_one_line_and_exit_2(

@@ -137,8 +137,20 @@ def kernel_command_line(manifest: dict[str, object], arch: Arch, keys: list[str]
     return " ".join(words)
 
 
+MAX_KEYS = 1024  # of the kernel's 2048-byte command line, the rest is looming's
+
+
 def parse_keys(text: str) -> list[str]:
-    """``--disk-keys``: unikernel keys, separated by spaces (none may hold one)."""
+    """``--disk-keys``: unikernel keys, separated by spaces (none may hold
+    one); UsageError for what the kernel's command line cannot carry."""
+    if len(text) > MAX_KEYS:
+        raise UsageError(
+            f"--disk-keys: {len(text)} characters; the disk's keys take at most {MAX_KEYS}"
+        )
+    if any(not (c.isprintable() and c.isascii()) or c == '"' for c in text.replace(" ", "")):
+        raise UsageError(
+            "--disk-keys: the kernel's command line takes printable ASCII without double quotes"
+        )
     return text.split()
 
 
@@ -405,6 +417,7 @@ def check_build_options(
         )
     if keys and fmt is None and not (oci and target == "vm"):
         raise UsageError("--disk-keys sets the keys of a disk image: give --disk-image or --oci")
+    parse_keys(keys)
     if fmt is not None:
         check_disk_tools(fmt, arch)
     if oci and target == "vm":
