@@ -391,10 +391,29 @@ def test_the_plain_qemu_script_serves_from_anywhere(website: Path, tmp_path: Pat
     print(f"plain qemu script: first answer after {took:.2f} s")
 
 
+@pytest.fixture(scope="module")
+def arm_website() -> Iterator[Path]:
+    """static_website for aarch64 with vmxnet3 and the Firecracker files."""
+    with tempfile.TemporaryDirectory(prefix="looming-nics-") as root:
+        yield build(
+            EXAMPLES / "static_website",
+            Path(root),
+            "aarch64",
+            ("--nic-drivers", "virtio-mmio,vmxnet3", "--firecracker"),
+        )
+
+
 @pytest.mark.slow
-def test_the_aarch64_firecracker_kernel_is_the_pe_image(tmp_path: Path) -> None:
-    app = build(EXAMPLES / "static_website", tmp_path, "aarch64", ("--firecracker",))
-    dist = app / "dist"
+@pytest.mark.root
+def test_vmxnet3_serves_on_aarch64(arm_website: Path, tap_namespace: TapNamespace) -> None:
+    manifest = arm_website / "dist" / "website-vm.json"
+    _took, console = _serve(tap_namespace, manifest, "--vm-nic", "vmxnet3")
+    assert "looming-vm: network interface eth0 (driver vmxnet3)" in console, console
+
+
+@pytest.mark.slow
+def test_the_aarch64_firecracker_kernel_is_the_pe_image(arm_website: Path) -> None:
+    dist = arm_website / "dist"
     config = json.loads((dist / "website-firecracker.json").read_text())
     assert set(config) == FIRECRACKER_SECTIONS | {"entropy"}
     boot = config["boot-source"]
