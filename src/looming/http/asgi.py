@@ -139,13 +139,16 @@ class _Outbox:
     the server takes the next one only after writing the previous one to the
     flow (whose ``write`` waits while its buffer is above its high-water
     mark): an application that streams to a client that does not read is
-    held in ``send()``, and the server's memory stays bounded.
+    held in ``send()``, and the server's memory stays bounded. The one
+    exception is the response's start, which the first body message may
+    join at once: an application answering in one body then finishes
+    without waiting for the server.
     """
 
-    __slots__ = ("_getter", "_item", "_putter", "app_done", "finished", "gone")
+    __slots__ = ("_getter", "_items", "_putter", "app_done", "finished", "gone")
 
     def __init__(self) -> None:
-        self._item: Message | None = None
+        self._items: list[Message] = []
         self._getter: asyncio.Future[None] | None = None
         self._putter: asyncio.Future[None] | None = None
         self.gone = False
@@ -157,26 +160,32 @@ class _Outbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _full(self) -> bool:
+        items = self._items
+        if not items:
+            return False
+        return len(items) > 1 or items[0].get("type") != "http.response.start"
+
     async def put(self, message: Message) -> None:
-        while self._item is not None and not self.gone and not self.finished:
+        while self._full() and not self.gone and not self.finished:
             self._putter = asyncio.get_running_loop().create_future()
             await self._putter
         if self.gone:
             raise ClientDisconnected("the client has gone away")
         if self.finished:
             return  # the response is complete; later messages mean nothing
-        self._item = message
+        self._items.append(message)
         self._wake(self._getter)
 
     async def get(self) -> Message:
-        while self._item is None:
+        while not self._items:
             if self.gone:
                 return _GONE
             if self.app_done:
                 return _APP_DONE
             self._getter = asyncio.get_running_loop().create_future()
             await self._getter
-        message, self._item = self._item, None
+        message = self._items.pop(0)
         self._wake(self._putter)
         return message
 
@@ -350,7 +359,7 @@ class AsgiAdapter:
             "http_version": request.http_version,
             "method": request.method,
             "scheme": self.scheme,
-            "path": unquote(raw_path),
+            "path": unquote(raw_path) if "%" in raw_path else raw_path,
             "raw_path": raw_path.encode("latin-1"),
             "query_string": query.encode("latin-1"),
             "root_path": self.root_path,
@@ -417,7 +426,10 @@ class AsgiAdapter:
                 await task  # re-raises the application's error, if any
                 raise RuntimeError(f"ASGI application sent {start.get('type')!r} before a response")
             status = int(start["status"])
-            headers = [(bytes(name), bytes(value)) for name, value in start.get("headers", [])]
+            # A tuple: the server prepares a head once per distinct tuple.
+            headers = tuple(
+                [(bytes(name), bytes(value)) for name, value in start.get("headers", ())]
+            )
             trailers = bool(start.get("trailers", False))
             first = await outbox.get()
             if first is _GONE:

@@ -22,8 +22,6 @@ from typing import Any, Protocol
 
 import h11
 
-ParserEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
-
 PARSERS = ("auto", "h11", "httptools")
 """The values of ``ServerConfig.parser``: ``auto`` is httptools when installed."""
 
@@ -33,23 +31,6 @@ _TARGET = re.compile(rb"[\x21-\x7e]+")
 """A request target as h11 takes it (RFC 9112 section 3.2: visible ASCII)."""
 
 _END = h11.EndOfMessage()
-
-
-class RequestParser(Protocol):
-    """What the server uses of a request parser (h11.Connection's names)."""
-
-    def receive_data(self, data: bytes) -> None: ...
-
-    def next_event(self) -> ParserEvent: ...
-
-    @property
-    def trailing_data(self) -> tuple[bytes, bool]: ...
-
-    @property
-    def they_are_waiting_for_100_continue(self) -> bool: ...
-
-    @property
-    def their_state(self) -> type[h11._util.Sentinel]: ...
 
 
 _found: list[Any] = []
@@ -82,7 +63,83 @@ def _remote_error(message: str, status: int = 400) -> h11.RemoteProtocolError:
     return h11.RemoteProtocolError(message, error_status_hint=status)
 
 
-def _asks_for_100_continue(head: h11.Request) -> bool:
+class RequestHead:
+    """A request's head as llhttp read it: h11.Request's fields, with the
+    names lower-cased, and without h11's second pass over them."""
+
+    __slots__ = ("headers", "http_version", "method", "target")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: tuple[tuple[bytes, bytes], ...],
+        http_version: bytes,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+
+
+Head = h11.Request | RequestHead
+"""A request head from either parser."""
+
+ParserEvent = h11.Event | RequestHead | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+
+class RequestParser(Protocol):
+    """What the server uses of a request parser (h11.Connection's names)."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_event(self) -> ParserEvent: ...
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]: ...
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool: ...
+
+    @property
+    def their_state(self) -> type[h11._util.Sentinel]: ...
+
+
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+def _checked_fields(
+    fields: list[tuple[bytes, bytes]], version: bytes
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The head's fields with lower-case names, checked by h11's rules that
+    llhttp does not apply: one Host (none is an error on HTTP/1.1), and a
+    Transfer-Encoding that is exactly ``chunked`` (else 501); values without
+    the trailing whitespace llhttp keeps."""
+    hosts = 0
+    chunked = False
+    checked = []
+    for name, value in fields:
+        name = name.lower()
+        if value[-1:] in b" \t" and value:
+            value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, h11 not
+        if name == b"host":
+            hosts += 1
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise _remote_error("multiple Transfer-Encoding headers", 501)
+            value = value.lower()
+            if value != b"chunked":
+                raise _remote_error("Only Transfer-Encoding: chunked is supported", 501)
+            chunked = True
+        checked.append((name, value))
+    if hosts == 0 and version == b"1.1":
+        raise _remote_error("Missing mandatory Host: header")
+    if hosts > 1:
+        raise _remote_error("Found multiple Host: headers")
+    return tuple(checked)
+
+
+def _asks_for_100_continue(head: Head) -> bool:
     if head.http_version != b"1.1":
         return False
     return any(
@@ -198,18 +255,11 @@ class HttptoolsParser:
         target = self._url
         if _TARGET.fullmatch(target) is None:
             raise _remote_error("illegal request target")
-        try:
-            # llhttp checked the syntax; h11 adds its rules on the fields.
-            head = h11.Request(
-                method=parser.get_method(),
-                headers=self._headers,
-                target=target,
-                http_version=parser.get_http_version().encode("ascii"),
-                _parsed=True,
-            )
-        except h11.LocalProtocolError as error:
-            raise _remote_error(str(error), error.error_status_hint) from None
-        self._events.append(head)
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            version = parser.get_http_version().encode("ascii")
+        headers = _checked_fields(self._headers, version)
+        self._events.append(RequestHead(parser.get_method(), target, headers, version))
         self._head_queued = True
 
     def on_body(self, body: bytes) -> None:
@@ -302,7 +352,7 @@ class HttptoolsParser:
         events = self._events
         if events:
             event = events.popleft()
-            if type(event) is h11.Request:
+            if type(event) is RequestHead:
                 self._waiting_100 = _asks_for_100_continue(event)
             else:
                 self._waiting_100 = False

@@ -30,7 +30,14 @@ from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.dates import format_http_date
 from looming.http.message import ClientGone, Handler, Request, Response, ServeWebSocket
-from looming.http.parser import HttptoolsParser, RequestParser, chosen_parser
+from looming.http.parser import (
+    Head,
+    HttptoolsParser,
+    ParserEvent,
+    RequestHead,
+    RequestParser,
+    chosen_parser,
+)
 from looming.http.response_head import (
     CHUNKED,
     CONNECTION_CLOSE,
@@ -522,7 +529,7 @@ class HttpServer:
 
     async def _read_head(
         self, flow: Flow, parser: _ParserHolder, stream: _RequestStream, deadline: _Watchdog
-    ) -> tuple[RequestParser, h11.Request] | None:
+    ) -> tuple[RequestParser, Head] | None:
         """Stage 1, head: a fresh parser and the next request's head, or None
         when the connection is done (closed, refused, or handed to HTTP/2).
 
@@ -569,7 +576,7 @@ class HttpServer:
             deadline.disarm()
             await self._send_error_raw(flow, status if status >= 400 else 400)
             return None
-        if type(event) is not h11.Request:
+        if type(event) is not RequestHead and type(event) is not h11.Request:
             # ConnectionClosed (or anything else unexpected): we are done.
             return None
         fast = stream.fast
@@ -581,7 +588,7 @@ class HttpServer:
         return conn, event
 
     def _head_refusal(
-        self, event: h11.Request, headers: tuple[tuple[bytes, bytes], ...], raw: list[bytes]
+        self, event: Head, headers: tuple[tuple[bytes, bytes], ...], raw: list[bytes]
     ) -> int:
         """Stage 2, limits: the error status refusing this head, or 0."""
         if not event.http_version.startswith(b"1."):
@@ -605,7 +612,7 @@ class HttpServer:
         flow: Flow,
         parser: _ParserHolder,
         conn: RequestParser,
-        event: h11.Request,
+        event: Head,
         items: tuple[tuple[bytes, bytes], ...],
         stream: _RequestStream,
         deadline: _Watchdog,
@@ -640,7 +647,7 @@ class HttpServer:
         flow: Flow,
         parser: _ParserHolder,
         conn: RequestParser,
-        event: h11.Request,
+        event: Head,
         stream: _RequestStream,
         deadline: _Watchdog,
     ) -> Request | None:
@@ -751,7 +758,7 @@ class HttpServer:
         flow: Flow,
         parser: _ParserHolder,
         conn: RequestParser,
-        event: h11.Request,
+        event: Head,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
         deadline: _Watchdog,
@@ -782,7 +789,7 @@ class HttpServer:
         self,
         flow: Flow,
         conn: RequestParser,
-        event: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED],
+        event: ParserEvent,
         deadline: _Watchdog,
     ) -> bytes:
         """The body whose first event (not its end) is ``event``."""

@@ -20,7 +20,7 @@ import h11
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
 from looming.http.message import ClientGone
-from looming.http.parser import RequestParser
+from looming.http.parser import ParserEvent, RequestParser
 
 WATCH_DELAY = 0.05
 """Seconds after the request before a quick response's connection is watched:
@@ -129,7 +129,7 @@ class BodyReader:
         self._watch = watch
         self._limit = limit
         self._timeout = timeout
-        self._peeked: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED] | None = None
+        self._peeked: ParserEvent | None = None
         self.received = 0
         self.complete = False
         self.broken = False
