@@ -136,6 +136,59 @@ def test_time_wait_reopened_by_a_newer_syn() -> None:
     assert endpoint.connections[key] is not conn
 
 
+def test_segments_after_a_reopened_time_wait_reach_the_new_connection() -> None:
+    """The endpoint takes the last segment's connection again for the next
+    one of the same flow: not once that connection has closed."""
+    endpoint = _endpoint(TcpConfig(timestamps=False))
+    endpoint.listen(80, None, backlog=8)
+    (syn_ack,) = _send(endpoint, TcpHeader(5000, 80, 100, 0, SYN, 1000))
+    _send(endpoint, TcpHeader(5000, 80, 101, syn_ack.seq + 1, ACK, 1000))
+    ((_, key, conn),) = endpoint.take_accepted()
+    conn.shutdown(0)
+    endpoint.collect(key, conn)
+    endpoint.take_outbox()
+    _send(endpoint, TcpHeader(5000, 80, 101, syn_ack.seq + 2, ACK | 1, 1000))  # ACK + FIN
+    (new_syn_ack,) = _send(endpoint, TcpHeader(5000, 80, 90_000, 0, SYN, 1000))
+    _send(
+        endpoint,
+        TcpHeader(
+            5000,
+            80,
+            90_001,
+            new_syn_ack.seq + 1,
+            ACK,
+            1000,
+        ),
+        b"hi",
+    )
+    ((_, new_key, new_conn),) = endpoint.take_accepted()
+    assert new_key == key and endpoint.connections[key] is new_conn is not conn
+    assert conn.state is State.CLOSED and new_conn.state is State.ESTABLISHED
+    assert new_conn.receive(0) == b"hi"
+
+
+def test_interleaved_flows_each_reach_their_own_connection() -> None:
+    """Segments of two flows alternate, with address objects equal but not
+    the same, and each goes to its own connection."""
+    endpoint = _endpoint(TcpConfig(timestamps=False))
+    endpoint.listen(80, None, backlog=8)
+    conns = {}
+    for port in (5000, 5001):
+        (syn_ack,) = _send(endpoint, TcpHeader(port, 80, 100, 0, SYN, 1000))
+        _send(endpoint, TcpHeader(port, 80, 101, syn_ack.seq + 1, ACK, 1000))
+        ((_, _, conns[port]),) = endpoint.take_accepted()
+    for index in range(6):
+        port = 5000 + index % 2
+        seq = 101 + index // 2
+        ack = conns[port].snd_max & 0xFFFFFFFF
+        header = TcpHeader(port, 80, seq, ack, ACK, 1000)
+        segment = wire.emit(header, bytes([index]), src=THEM, dst=US)
+        source = IPv4Address(str(THEM)) if index % 3 else THEM
+        endpoint.input(source, IPv4Address(str(US)), segment, 0)
+    assert conns[5000].receive(0) == bytes([0, 2, 4])
+    assert conns[5001].receive(0) == bytes([1, 3, 5])
+
+
 def test_listener_bound_to_one_address_ignores_others() -> None:
     endpoint = _endpoint()
     endpoint.listen(80, IPv4Address("10.0.0.9"), backlog=8)
