@@ -478,3 +478,38 @@ def test_a_disk_on_microvm_and_as_the_firecracker_drive(tmp_path: Path) -> None:
     # The guest counted its second boot on the same disk, then rebooted out.
     assert "counter: kv_rw boots=2 block boots=2" in second.stdout, second.stdout
     assert f"{launch.EXIT_MARKER} 0" in second.stdout and second.returncode == 0
+
+
+def test_a_kernel_without_pvh_gets_the_qemu_script_but_no_firecracker_file(
+    tmp_path: Path,
+) -> None:
+    from looming.vm.firecracker import write_machine_files
+    from looming.vm.image import ImageReport
+
+    folder = tmp_path / "x-vm-x86_64"
+    folder.mkdir()
+    (folder / "kernel").write_bytes(b"bzImage")
+    (folder / "initrd.lz4").write_bytes(b"initrd")
+    manifest = tmp_path / "x-vm.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "arch": "x86_64",
+                "kernel": "x-vm-x86_64/kernel",
+                "initrd": "x-vm-x86_64/initrd.lz4",
+                "kernel_format": "bzImage",
+                "unikernel": "x",
+                "needs_network": True,
+            }
+        )
+    )
+    (tmp_path / "x-firecracker.json").write_text("{}")  # from an earlier build
+    report = ImageReport("x86_64", manifest, folder / "kernel", folder / "initrd.lz4", 7, 6, 6)
+    notes: list[str] = []
+    write_machine_files(report, "x", True, notes.append)
+    assert not (tmp_path / "x-firecracker.json").exists()
+    assert "Firecracker cannot boot its bzImage" in notes[0]
+    script = (tmp_path / "x-qemu.sh").read_text()
+    assert "-kernel x-vm-x86_64/kernel " in script and str(tmp_path) not in script
+    write_machine_files(report, "x", False, notes.append)  # built without --firecracker
+    assert not (tmp_path / "x-qemu.sh").exists()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from looming.vm.arch import Arch, get_arch
 from looming.vm.launch import (
     DEFAULT_MEMORY_MB,
+    LaunchError,
     Machine,
     MachineOptions,
     default_mac,
@@ -43,6 +44,7 @@ from looming.vm.launch import (
     minimum_memory_mb,
     nic_arguments,
 )
+from looming.vm.packages import PackageError
 
 if TYPE_CHECKING:
     from looming.vm.image import ImageReport
@@ -74,15 +76,26 @@ def write_machine_files(
         return
     manifest = load_manifest(report.manifest)
     arch = get_arch(str(manifest["arch"]))
-    kernel = _kernel_beside_image(manifest, report.kernel.parent, arch)
+    try:
+        kernel = _kernel_beside_image(manifest, report.kernel.parent, arch)
+    except LaunchError as error:
+        raise PackageError(f"--firecracker: {error}") from None
     paths = {
         "kernel": kernel.relative_to(dist).as_posix(),
         "initrd": report.initrd.relative_to(dist).as_posix(),
         "disk": f"{unikernel}-disk.img",
     }
-    _write_atomically(config_path, json.dumps(firecracker_config(manifest, paths), indent=2))
     _write_atomically(script_path, qemu_script(manifest, paths))
     script_path.chmod(0o755)
+    if kernel.name != KERNEL_NAMES[arch.name]:
+        # A bzImage without the PVH entry point: Firecracker boots ELF kernels only.
+        config_path.unlink(missing_ok=True)
+        progress(
+            f"note: no {config_path.name}: this kernel has no PVH entry point (or the lz4 "
+            f"command is missing), and Firecracker cannot boot its bzImage; {script_path.name}"
+        )
+        return
+    _write_atomically(config_path, json.dumps(firecracker_config(manifest, paths), indent=2))
     progress(f"Firecracker configuration {config_path.name}, qemu command line {script_path.name}")
 
 
