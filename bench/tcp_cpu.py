@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
+import statistics
 import sys
 import time
 from collections import deque
@@ -226,7 +228,11 @@ def main() -> int:
             f"round {number + 1}: cpu {cpu:.3f} s  wall {wall:.3f} s  frames {frames}  "
             f"{per_frame[-1]:.1f} us/frame"
         )
-    print(f"best {min(per_frame):.1f} us/frame")
+    load = os.getloadavg()[0]
+    print(
+        f"best {min(per_frame):.1f} us/frame, median {statistics.median(per_frame):.1f} "
+        f"(load average {load:.2f}: CPU figures move with other work on the machine)"
+    )
     return 0
 
 
