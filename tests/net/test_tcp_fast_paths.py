@@ -7,9 +7,11 @@ checked against the general code it stands in for, on generated input.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from ipaddress import IPv4Address, IPv4Interface
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -232,3 +234,19 @@ def test_timestamped_parse_is_the_general_parse(
     parsed, rest = tcp.parse(segment)
     assert parsed == header
     assert bytes(rest) == payload
+
+
+def test_tcp_header_stays_a_frozen_dataclass() -> None:
+    """Its own constructor keeps what the generated one gave: keywords and
+    defaults, equality, hashing, replace(), and no assignment."""
+    header = tcp.TcpHeader(1, 2, 3, 4, tcp.ACK, 5, timestamps=(6, 7))
+    same = tcp.TcpHeader(
+        src_port=1, dst_port=2, seq=3, ack=4, flags=tcp.ACK, window=5, timestamps=(6, 7)
+    )
+    assert header == same and hash(header) == hash(same)
+    assert (header.urgent, header.mss, header.sack_blocks) == (0, None, ())
+    assert dataclasses.replace(header, seq=9) == tcp.TcpHeader(
+        1, 2, 9, 4, tcp.ACK, 5, timestamps=(6, 7)
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        header.seq = 10  # type: ignore[misc]
