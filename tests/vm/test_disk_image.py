@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from looming.errors import UsageError
 from looming.vm import uki
 from looming.vm.arch import get_arch
-from looming.vm.diskimage import FIRMWARE, build_disk_image, qemu_command
+from looming.vm.diskimage import FIRMWARE, build_container_disk, build_disk_image, qemu_command
 from looming.vm.packages import AptArchive, cache_root
 from tests.vm.conftest import EXAMPLES, Images, looming
 
@@ -192,6 +192,10 @@ def test_build_writes_the_qcow2_and_the_container_disk(tmp_path: Path) -> None:
     assert (facts.st_uid, facts.st_gid) == (107, 107)
     assert inside.read_bytes() == qcow2.read_bytes()
     assert not any(p.name.startswith(".") for p in dist.iterdir())  # no staging left
+    # Made again from the same image (a fresh qcow2): the same digests.
+    index = (dist / "hello-oci" / "index.json").read_bytes()
+    build_container_disk(dist / "hello-vm.json", [], lambda _m: None)
+    assert (dist / "hello-oci" / "index.json").read_bytes() == index
 
 
 def _configured_hello(tmp_path: Path, target: str) -> Path:
