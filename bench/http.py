@@ -6,7 +6,9 @@ web developers use, interleaved in rounds, driven by wrk.
 Servers (each started once, measured in turn in every round, so drift of
 this shared machine falls on all alike):
 
-  looming            the app built into a unikernel (looming configure/build/run)
+  looming            the app built into a unikernel (looming configure/build/run),
+                     on its defaults: uvloop and httptools when installed
+  looming-pure       the same unikernel with --loop asyncio --http-parser h11
   uvicorn            uvicorn with httptools and uvloop (what its defaults pick)
   uvicorn-h11        uvicorn --http h11 --loop asyncio
   hypercorn          hypercorn (asyncio worker)
@@ -16,8 +18,11 @@ Paths: ``/plain`` (a short text response), ``/json`` and ``/static`` (a
 16 KiB page held in memory by the app). For static files looming's own
 StaticSite (the static website unikernel, its files crunched into memory) is
 also measured as ``looming-static`` against the others' in-memory response.
-Then each server's memory (RSS of its process tree) is read before and with
-1,000 idle keep-alive connections open, each having made one request.
+Beside requests/s, each server's CPU time (its process tree's, from /proc)
+per request answered is given: on a shared machine it moves less than
+requests/s. Then each server's memory (RSS of its process tree) is read
+before and with 1,000 idle keep-alive connections open, each having made
+one request.
 """
 
 from __future__ import annotations
@@ -138,7 +143,8 @@ def looming_command() -> list[str]:
 
 
 def build_looming_app(work: Path, port: int, *, static_site: bool) -> list[str]:
-    """Configure and build the app (or the static website) in ``work``; the run command."""
+    """Configure and build the app (or the static website) in ``work`` unless
+    built already; the run command."""
     looming = looming_command()
     if static_site:
         app = work / "static_website"
@@ -147,12 +153,14 @@ def build_looming_app(work: Path, port: int, *, static_site: bool) -> list[str]:
         (app / "htdocs" / "bench.html").write_bytes(PAGE)
     else:
         app = work / "bench_app"
+    if not app.exists():
         app.mkdir()
         (app / "app.py").write_text(APP)
         (app / "config.py").write_text(CONFIG)
         (app / "unikernel.py").write_text(UNIKERNEL)
-    for verb in (["configure", "-t", "unix"], ["build"]):
-        subprocess.run([*looming, *verb], cwd=app, check=True, stdout=subprocess.DEVNULL)
+    if not (app / "dist").exists():
+        for verb in (["configure", "-t", "unix"], ["build"]):
+            subprocess.run([*looming, *verb], cwd=app, check=True, stdout=subprocess.DEVNULL)
     command = [*looming, "--app", str(app), "run", "--port", str(port)]
     return command if static_site else [*command, "--max-connections", "0"]
 
@@ -164,6 +172,7 @@ def peer_commands(work: Path, port_of: dict[str, int]) -> dict[str, tuple[list[s
     app_dir = ["--app-dir", str(work)]
     commands: dict[str, tuple[list[str], str]] = {
         "looming": (build_looming_app(work, port_of["looming"], static_site=False), "/plain"),
+        "looming-pure": ([*build_looming_app(work, port_of["looming-pure"], static_site=False), "--loop", "asyncio", "--http-parser", "h11"], "/plain"),
         "looming-static": (build_looming_app(work, port_of["looming-static"], static_site=True), "/bench.html"),
         "uvicorn": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of["uvicorn"]), "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop"], "/plain"),
         "uvicorn-h11": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of["uvicorn-h11"]), "--no-access-log", "--log-level", "warning", "--http", "h11", "--loop", "asyncio"], "/plain"),
@@ -190,6 +199,23 @@ def tree_rss_kib(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError, StopIteration):
             continue
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of ``pid`` and all its descendants, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total / ticks
 
 
 def idle_connections_rss(pid: int, port: int, path: str, count: int) -> tuple[int, int, int]:
@@ -254,7 +280,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def installed_servers() -> list[str]:
     """The servers to measure: those whose packages are installed."""
-    names = ["looming", "looming-static", "uvicorn", "uvicorn-h11", "hypercorn", "granian"]
+    names = [
+        "looming",
+        "looming-pure",
+        "looming-static",
+        "uvicorn",
+        "uvicorn-h11",
+        "hypercorn",
+        "granian",
+    ]
     needs = {"uvicorn": ("uvicorn", "httptools", "uvloop"), "uvicorn-h11": ("uvicorn",)}
     needs |= {"hypercorn": ("hypercorn",), "granian": ("granian",)}
     missing = {
@@ -267,11 +301,17 @@ def installed_servers() -> list[str]:
 
 def measure(
     args: argparse.Namespace, names: list[str], rounds: int, duration: float
-) -> tuple[dict[str, dict[str, list[Any]]], dict[str, tuple[int, int, int]]]:
-    """wrk's results per path and server, in interleaved rounds; then each
-    server's memory before and with idle keep-alive connections."""
+) -> tuple[
+    dict[str, dict[str, list[Any]]],
+    dict[str, dict[str, list[float]]],
+    dict[str, tuple[int, int, int]],
+]:
+    """wrk's results and the server's CPU microseconds per request, per path
+    and server, in interleaved rounds; then each server's memory before and
+    with idle keep-alive connections."""
     paths = {"/plain": names, "/json": names, "/static": names}
     samples: dict[str, dict[str, list[Any]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, tuple[int, int, int]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="looming-bench-http-") as tmp,
@@ -287,30 +327,34 @@ def measure(
         for round_index in range(rounds):
             for path, who in paths.items():
                 for name in who if round_index % 2 == 0 else list(reversed(who)):
-                    _process, port, _ready = running[name]
+                    process, port, _ready = running[name]
                     target = "/bench.html" if name == "looming-static" else path
                     if name == "looming-static" and path != "/static":
                         continue
+                    cpu_before = tree_cpu_seconds(process.process.pid)
                     result = run_wrk(
                         f"http://127.0.0.1:{port}{target}",
                         threads=args.threads,
                         connections=args.connections,
                         duration=duration,
                     )
+                    used = tree_cpu_seconds(process.process.pid) - cpu_before
+                    per_request = used * 1e6 / max(result.requests, 1)
                     samples.setdefault(path, {}).setdefault(name, []).append(result)
+                    cpu.setdefault(path, {}).setdefault(name, []).append(per_request)
                     progress(
-                        f"round {round_index + 1} {path} {name}: {result.requests_per_second:,.0f} req/s, p99 {result.latency_p99_ms:.2f} ms, errors {result.errors + result.non_2xx}"
+                        f"round {round_index + 1} {path} {name}: {result.requests_per_second:,.0f} req/s, p99 {result.latency_p99_ms:.2f} ms, {per_request:.1f} us CPU/request, errors {result.errors + result.non_2xx}"
                     )
         for name, (process, port, ready_path) in running.items():
             memory[name] = idle_connections_rss(process.process.pid, port, ready_path, args.idle)
             progress(
                 f"{name}: RSS {memory[name][0]} KiB idle, {memory[name][1]} KiB with {memory[name][2]} keep-alive connections"
             )
-    return samples, memory
+    return samples, cpu, memory
 
 
 def print_requests(
-    samples: dict[str, dict[str, list[Any]]],
+    samples: dict[str, dict[str, list[Any]]], cpu: dict[str, dict[str, list[float]]]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Each path's medians per server and looming's ratios to the others."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
@@ -322,19 +366,29 @@ def print_requests(
             rps = median(r.requests_per_second for r in results)
             p99 = median(r.latency_p99_ms for r in results)
             errors = sum(r.errors + r.non_2xx for r in results)
-            summary.setdefault(path, {})[name] = {"rps": rps, "p99_ms": p99, "errors": errors}
-            rows.append([name, f"{rps:,.0f}", f"{p99:.2f}", str(errors)])
-        print(table(["server", "req/s", "p99 ms", "errors"], rows))
-        mine = summary[path]["looming"]["rps"]
-        for peer in ("uvicorn", "uvicorn-h11", "hypercorn", "granian"):
+            used = median(cpu[path][name])
+            summary.setdefault(path, {})[name] = {
+                "rps": rps,
+                "p99_ms": p99,
+                "errors": errors,
+                "cpu_us_per_request": used,
+            }
+            rows.append([name, f"{rps:,.0f}", f"{p99:.2f}", f"{used:.1f}", str(errors)])
+        print(table(["server", "req/s", "p99 ms", "CPU us/req", "errors"], rows))
+        mine = summary[path]["looming"]
+        for peer in ("looming-pure", "uvicorn", "uvicorn-h11", "hypercorn", "granian"):
             if peer in summary[path]:
+                theirs = summary[path][peer]
                 print(
-                    f"  looming/{peer}: {mine / max(summary[path][peer]['rps'], 1e-9):.2f}x the requests/s"
+                    f"  looming/{peer}: {mine['rps'] / max(theirs['rps'], 1e-9):.2f}x the requests/s, "
+                    f"{theirs['cpu_us_per_request'] / max(mine['cpu_us_per_request'], 1e-9):.2f}x less CPU per request"
                 )
         if path == "/static" and "uvicorn" in summary[path]:
-            static = summary[path]["looming-static"]["rps"]
+            static = summary[path]["looming-static"]
+            theirs = summary[path]["uvicorn"]
             print(
-                f"  looming StaticSite/uvicorn (in-memory page): {static / max(summary[path]['uvicorn']['rps'], 1e-9):.2f}x the requests/s"
+                f"  looming StaticSite/uvicorn (in-memory page): {static['rps'] / max(theirs['rps'], 1e-9):.2f}x the requests/s, "
+                f"{theirs['cpu_us_per_request'] / max(static['cpu_us_per_request'], 1e-9):.2f}x less CPU per request"
             )
     return summary
 
@@ -342,15 +396,15 @@ def print_requests(
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
-    samples, memory = measure(args, installed_servers(), rounds, duration)
+    samples, cpu, memory = measure(args, installed_servers(), rounds, duration)
     print()
     print(
-        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
         f"  starlette {version_of('starlette')}, h11 {version_of('h11')}, uvicorn {version_of('uvicorn')} (httptools {version_of('httptools')}, uvloop {version_of('uvloop')}), hypercorn {version_of('hypercorn')}, granian {version_of('granian')}"
     )
-    summary = print_requests(samples)
+    summary = print_requests(samples, cpu)
     print()
     print(f"memory with {args.idle} idle keep-alive connections (RSS of the process tree)")
     rows = [

@@ -165,6 +165,11 @@ def test_keys_from_the_environment_and_loopback_by_default(asgi_app: Path) -> No
         ([], {"LOOMING_PORT": "eighty"}, "LOOMING_PORT='eighty' is not a valid int"),
         (["--access-log", "xml"], {}, "--access-log: 'xml' is not one of off, common, json"),
         (["--loop", "trio"], {}, "--loop: 'trio' is not one of auto, asyncio, uvloop"),
+        (
+            ["--http-parser", "fast"],
+            {},
+            "--http-parser: parser 'fast' is not one of auto, h11, httptools",
+        ),
     ],
 )
 def test_bad_key_values_are_one_line_and_exit_2(
@@ -183,9 +188,9 @@ def test_bad_key_values_are_one_line_and_exit_2(
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_the_artifact_runs_on_the_event_loop_chosen(asgi_app: Path, loop: str) -> None:
-    keys = ("--port", "0", "--loop", loop, "--logs", "*:info,tcp:debug")
+@pytest.mark.parametrize(("loop", "parser"), [("asyncio", "h11"), ("uvloop", "httptools")])
+def test_the_artifact_runs_on_the_event_loop_chosen(asgi_app: Path, loop: str, parser: str) -> None:
+    keys = ("--port", "0", "--loop", loop, "--http-parser", parser, "--logs", "*:info,tcp:debug")
     with running(asgi_app, *keys, ready=r"serving (http://\S+)") as (proc, ready):
         url = ready.group(1)
         curl = ["curl", "-sS", "--max-time", "10"]

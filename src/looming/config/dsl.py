@@ -105,6 +105,13 @@ def http_keys() -> list[Key]:
         Key("metrics", "str", "", "path of a Prometheus metrics endpoint, e.g. /metrics", where),
         Key("max_connections", "int", 1000, "connections served at once (0: no limit)", where),
         Key(
+            "http_parser",
+            "str",
+            "auto",
+            "HTTP/1.1 parser: auto (httptools if found), h11, httptools",
+            where,
+        ),
+        Key(
             "shutdown_timeout",
             "float",
             10.0,

@@ -25,6 +25,7 @@ from looming.devices import Clock, Console, Stack
 from looming.errors import UsageError
 from looming.http.asgi import AsgiAdapter, AsgiApp
 from looming.http.message import Request, Response
+from looming.http.parser import chosen_parser
 from looming.http.server import HttpServer, ServerConfig
 
 log = logging.getLogger("looming.http")
@@ -41,6 +42,7 @@ class HttpSettings:
     metrics: str = ""
     max_connections: int = 1000
     shutdown_timeout: float = 10.0
+    http_parser: str = "auto"
 
     @classmethod
     def from_keys(cls, **keys: Any) -> HttpSettings:
@@ -58,6 +60,10 @@ class HttpSettings:
             raise UsageError("--max-connections: give 0 (no limit) or a positive number")
         if settings.shutdown_timeout < 0:
             raise UsageError("--shutdown-timeout: give a number of seconds, 0 or more")
+        try:
+            chosen_parser(settings.http_parser)
+        except ValueError as error:
+            raise UsageError(f"--http-parser: {error}") from None
         return settings
 
 
@@ -185,7 +191,7 @@ def http_server(handler: Any, settings: HttpSettings, *, clock: Clock) -> HttpSe
     metrics = Metrics() if settings.metrics else None
     if metrics is not None:
         handler = MetricsEndpoint(handler, metrics, settings.metrics)
-    config = ServerConfig(max_connections=settings.max_connections)
+    config = ServerConfig(max_connections=settings.max_connections, parser=settings.http_parser)
     server = HttpServer(handler, config, clock=clock)
     if metrics is not None:
         metrics.server = server
