@@ -512,3 +512,16 @@ def test_a_kernel_without_pvh_gets_the_qemu_script_but_no_firecracker_file(
     assert "-kernel x-vm-x86_64/kernel " in script and str(tmp_path) not in script
     write_machine_files(report, "x", False, notes.append)  # built without --firecracker
     assert not (tmp_path / "x-qemu.sh").exists()
+
+
+def test_the_host_tsc_rate_is_measured_steadily() -> None:
+    import platform
+
+    khz = launch._measure_tsc_khz()
+    if platform.machine() != "x86_64":
+        assert khz is None
+        return
+    assert khz is not None and 100_000 < khz < 10_000_000  # 0.1 to 10 GHz
+    again = launch._measure_tsc_khz()
+    assert again is not None and abs(again - khz) < khz / 100  # within 1 %
+    assert launch.tsc_khz() == launch.tsc_khz()  # measured once per launcher
