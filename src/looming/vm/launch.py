@@ -416,14 +416,19 @@ def _measure_tsc_khz() -> int | None:
     page.write(code)
     address = ctypes.addressof(ctypes.c_char.from_buffer(page))
     rdtsc = ctypes.CFUNCTYPE(ctypes.c_uint64)(address)
-    rates = []
-    for _ in range(3):
-        start, ticks = time.perf_counter_ns(), rdtsc()
-        time.sleep(0.02)
-        ticks, end = rdtsc() - ticks, time.perf_counter_ns()
-        rates.append(int(ticks) * 1_000_000 // (end - start))
+    # Each reading of the TSC is bracketed by two of the clock; of several
+    # samples, the one with the tightest brackets wins (a loaded host may
+    # preempt the launcher between a reading and its clock).
+    samples = []
+    for _ in range(4):
+        before, first, after = time.perf_counter_ns(), int(rdtsc()), time.perf_counter_ns()
+        time.sleep(0.015)
+        later, second, last = time.perf_counter_ns(), int(rdtsc()), time.perf_counter_ns()
+        spread = (after - before) + (last - later)
+        elapsed = (later + last) / 2 - (before + after) / 2
+        samples.append((spread, int((second - first) * 1_000_000 / elapsed)))
     del rdtsc
-    return sorted(rates)[1]
+    return min(samples)[1]
 
 
 def _disk_arguments(image: Path, machine: Machine) -> list[str]:
