@@ -62,27 +62,35 @@ def _boot_and_fetch(command: list[str], port: int, log: Path, timeout: float) ->
     raise AssertionError(f"no answer in {timeout} s:\n{log.read_text(errors='replace')}")
 
 
-def _user_net(port: int, guest_port: int) -> str:
-    # The unikernel's default address is 10.0.0.2/24: slirp's network is put there.
+def _user_net(port: int, guest_port: int, guest: str = "10.0.0.2") -> str:
+    # The unikernel's default address is 10.0.0.2/24: slirp's network is put
+    # there; its DHCP server leases from 10.0.0.15.
     return (
-        "user,id=net0,net=10.0.0.0/24,host=10.0.0.1,"
-        f"hostfwd=tcp:127.0.0.1:{port}-10.0.0.2:{guest_port}"
+        "user,id=net0,net=10.0.0.0/24,host=10.0.0.1,dhcpstart=10.0.0.15,"
+        f"hostfwd=tcp:127.0.0.1:{port}-{guest}:{guest_port}"
     )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch_name", ["x86_64", "aarch64"])
+@pytest.mark.parametrize(
+    ("arch_name", "keys", "guest", "guest_port"),
+    [
+        ("x86_64", ["--port", "8081"], "10.0.0.2", 8081),
+        ("aarch64", ["--dhcp"], "10.0.0.15", 8080),
+    ],
+    ids=["x86_64-port", "aarch64-dhcp"],
+)
 def test_the_disk_boots_the_website_under_uefi_without_a_kernel_option(
-    images: Images, tmp_path: Path, arch_name: str
+    images: Images, tmp_path: Path, arch_name: str, keys: list[str], guest: str, guest_port: int
 ) -> None:
     app = images.app("static_website", arch_name)
     manifest = app / "dist" / "website-vm.json"
     disk = tmp_path / "disk.qcow2"
-    # The keys are built into the disk's command line: it serves on 8081.
-    build_disk_image(manifest, "qcow2", ["--port", "8081"], lambda _m: None, out=disk)
+    # The keys are built into the disk's command line.
+    build_disk_image(manifest, "qcow2", keys, lambda _m: None, out=disk)
     arch = get_arch(arch_name)
     port = _free_port()
-    command = qemu_command(arch, disk, "qcow2", _user_net(port, 8081))
+    command = qemu_command(arch, disk, "qcow2", _user_net(port, guest_port, guest))
     assert "-kernel" not in command and str(FIRMWARE[arch_name]) in command
     log = tmp_path / "console.log"
     page, _seconds = _boot_and_fetch(command, port, log, timeout=90)
@@ -91,7 +99,7 @@ def test_the_disk_boots_the_website_under_uefi_without_a_kernel_option(
     # The firmware's fallback path started the unified image, whose stub
     # handed the kernel its initramfs; the unikernel's log reached serial.
     assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID" in console
-    assert "serving http://10.0.0.2:8081" in console
+    assert f"serving http://{guest}:{guest_port}" in console
 
 
 @pytest.mark.slow
