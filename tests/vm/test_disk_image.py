@@ -188,6 +188,9 @@ def test_build_writes_the_qcow2_and_the_container_disk(tmp_path: Path) -> None:
     manifest = json.loads((dist / "hello-vm.json").read_text())
     assert manifest["disk_image"]["file"] == "hello-boot-aarch64.qcow2"  # relative to dist/
     assert manifest["container_disk"] == "hello-oci"
+    described = looming(app, "describe", "--image").stdout
+    assert "disk image: hello-boot-aarch64.qcow2 (qcow2," in described
+    assert "KubeVirt containerDisk: hello-oci/" in described
     qcow2 = dist / "hello-boot-aarch64.qcow2"
     assert "No errors were found" in _tool("qemu-img", "check", str(qcow2))
     assert json.loads(_tool("qemu-img", "info", "--output=json", str(qcow2)))["format"] == "qcow2"

@@ -465,3 +465,18 @@ def qemu_command(arch: Arch, disk: Path, fmt: str, netdev: str, uefi: bool = Tru
     if uefi:
         command += ["-bios", str(FIRMWARE[arch.name])]
     return command
+
+
+def describe(manifest: dict[str, object]) -> list[str]:
+    """``looming describe --image``'s lines for the disk image and containerDisk."""
+    lines = []
+    disk = manifest.get("disk_image")
+    if isinstance(disk, dict):
+        lines.append(
+            f"disk image: {disk['file']} ({disk['format']}, {int(disk['size']) / MIB:.1f} MiB, "
+            f"a {int(disk['disk_size']) / MIB:.0f} MiB disk booting from "
+            f"{' and '.join(str(b).upper() for b in disk['boot'])})"
+        )
+    if manifest.get("container_disk"):
+        lines.append(f"KubeVirt containerDisk: {manifest['container_disk']}/ (OCI image layout)")
+    return lines

@@ -40,6 +40,7 @@ from looming.errors import ConfigError, UsageError
 from looming.vm import cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
+from looming.vm.diskimage import describe as disk_description
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
 from looming.vm.ivshmem import vchans_of
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
@@ -1129,6 +1130,7 @@ def describe_image(manifest_path: Path) -> str:
     ]
     if data.get("dropped_optional"):
         lines.append(f"optional modules left out: {', '.join(data['dropped_optional'])}")
+    lines += disk_description(data)  # --disk-image, --oci
     lines.append("modules:")
     lines += [f"  {name}" for name in data["app_modules"]]
     lines += [f"  {name}" for name in data["stdlib_modules"]]
