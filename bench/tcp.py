@@ -23,7 +23,8 @@ looming TCP layers over an in-memory wire:
   namespaces, frames dropped, reordered and duplicated by a seeded process)
   at 0, 1, 3 and 5% loss each way and with reordering, Linux to Linux and
   looming to Linux across the same relay, in alternating rounds, with
-  looming's recovery counters.
+  looming's recovery counters, its CPU seconds, and the Linux peer's
+  retransmissions, timeouts and loss probes as the sender to looming.
 
 The kernel-side programs are small Python socket loops, the same ones in
 every column, so the ratios compare the stacks rather than the programs.
@@ -868,12 +869,42 @@ RECOVERY_COUNTERS = (
 )
 
 
+# What the Linux echo server's kernel did as the sender to looming, from
+# its namespace's /proc/net/snmp and /proc/net/netstat (deltas over
+# looming's echoes): a peer that waits for its own timeouts shows here.
+PEER_COUNTERS = {
+    "Tcp:RetransSegs": "retransmits",
+    "TcpExt:TCPTimeouts": "timeouts",
+    "TcpExt:TCPLossProbes": "tail_loss_probes",
+}
+
+
 @dataclass
 class LossyRow:
     condition: str
     linux: list[float] = field(default_factory=list)
     looming: list[float] = field(default_factory=list)
+    looming_cpu: list[float] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    peer_counters: dict[str, int] = field(default_factory=dict)
+
+
+def _peer_counters(path: Any) -> dict[str, int]:
+    """The Linux echo server's namespace's TCP counters named in PEER_COUNTERS."""
+    text = subprocess.run(
+        path.left("cat", "/proc/net/snmp", "/proc/net/netstat"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    values: dict[str, int] = {}
+    for names, numbers in zip(text[::2], text[1::2], strict=False):
+        prefix, *keys = names.split()
+        for key, number in zip(keys, numbers.split()[1:], strict=False):
+            name = f"{prefix}{key}"
+            if name in PEER_COUNTERS:
+                values[PEER_COUNTERS[name]] = int(number)
+    return values
 
 
 def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
@@ -893,10 +924,16 @@ def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
                     row.linux.append(_checked(linux_echo(path, size)).seconds)
                     progress(f"relay, {name}, round {round_number + 1}: looming")
                     path.impair(seeded)
+                    peer_before, cpu = _peer_counters(path), time.process_time()
                     result = _checked(asyncio.run(_looming_relay_echo(path, size)))
+                    row.looming_cpu.append(time.process_time() - cpu)
+                    peer_after = _peer_counters(path)
                     row.looming.append(result.seconds)
                     for key in RECOVERY_COUNTERS:
                         row.counters[key] = row.counters.get(key, 0) + result.counters[key]
+                    for key, value in peer_after.items():
+                        delta = value - peer_before.get(key, 0)
+                        row.peer_counters[key] = row.peer_counters.get(key, 0) + delta
                 rows.append(row)
         finally:
             server.kill()
@@ -922,15 +959,20 @@ def lossy_report(rows: list[LossyRow], size: int) -> str:
     lines = [
         "",
         f"{size / 1e6:.0f} MB echo through the loss relay (median of rounds, seconds; "
-        "ratio = looming / Linux, goal <= 3 at 3% and 5%):",
-        f"  {'condition':<24} {'Linux':>7} {'looming':>8} {'ratio':>6}  looming counters (all rounds)",
+        "ratio = looming / Linux, goal <= 3 at 3% and 5%; cpu: this process's CPU "
+        "seconds during looming's echo, so wall minus cpu is time spent waiting):",
+        f"  {'condition':<24} {'Linux':>7} {'looming':>8} {'ratio':>6} {'cpu':>6}  "
+        "looming counters; the Linux peer's as sender to looming (all rounds)",
     ]
     for row in rows:
         linux = statistics.median(row.linux)
         ours = statistics.median(row.looming)
+        cpu = statistics.median(row.looming_cpu)
         counters = " ".join(f"{k}={v}" for k, v in row.counters.items() if v)
+        peer = " ".join(f"{k}={v}" for k, v in row.peer_counters.items() if v)
         lines.append(
-            f"  {row.condition:<24} {linux:7.3f} {ours:8.3f} {ours / linux:6.2f}  {counters}"
+            f"  {row.condition:<24} {linux:7.3f} {ours:8.3f} {ours / linux:6.2f} {cpu:6.3f}  "
+            f"{counters}; peer: {peer or '-'}"
         )
     return "\n".join(lines)
 
@@ -1086,7 +1128,9 @@ def main() -> int:
                 row.condition: {
                     "linux_s": row.linux,
                     "looming_s": row.looming,
+                    "looming_cpu_s": row.looming_cpu,
                     "counters": row.counters,
+                    "peer_counters": row.peer_counters,
                 }
                 for row in lossy
             },
