@@ -145,9 +145,10 @@ class _Outbox:
     without waiting for the server.
     """
 
-    __slots__ = ("_getter", "_items", "_putter", "app_done", "finished", "gone")
+    __slots__ = ("_getter", "_items", "_loop", "_putter", "app_done", "finished", "gone")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._items: list[Message] = []
         self._getter: asyncio.Future[None] | None = None
         self._putter: asyncio.Future[None] | None = None
@@ -168,7 +169,7 @@ class _Outbox:
 
     async def put(self, message: Message) -> None:
         while self._full() and not self.gone and not self.finished:
-            self._putter = asyncio.get_running_loop().create_future()
+            self._putter = self._loop.create_future()
             await self._putter
         if self.gone:
             raise ClientDisconnected("the client has gone away")
@@ -183,7 +184,7 @@ class _Outbox:
                 return _GONE
             if self.app_done:
                 return _APP_DONE
-            self._getter = asyncio.get_running_loop().create_future()
+            self._getter = self._loop.create_future()
             await self._getter
         message = self._items.pop(0)
         self._wake(self._putter)
@@ -400,7 +401,8 @@ class AsgiAdapter:
     async def __call__(self, request: Request) -> Response:
         scope = self._scope(request)
         ended = asyncio.Event()
-        outbox = _Outbox()
+        loop = asyncio.get_running_loop()
+        outbox = _Outbox(loop)
         if request.watch is not None:
 
             def gone() -> None:
@@ -416,7 +418,7 @@ class AsgiAdapter:
             finally:
                 outbox.application_done()
 
-        task = asyncio.get_running_loop().create_task(run_app())
+        task = loop.create_task(run_app())
         try:
             start = await outbox.get()
             if start is _GONE:

@@ -50,7 +50,7 @@ from looming.http.response_head import (
     reason_phrase,
     status_line,
 )
-from looming.http.streaming import BodyReader, Watch
+from looming.http.streaming import Arming, BodyReader, Watch
 from looming.sim.buggify import buggify
 
 log = logging.getLogger("looming.http")
@@ -341,6 +341,8 @@ class HttpServer:
         """WebSockets are served when wsproto is installed (looming[websocket]);
         without it an upgrade request reaches the handler as a plain request."""
         self._connections: dict[asyncio.Task[Any], _ParserHolder] = {}
+        self._arming = Arming()
+        """Starts the watches of requests whose response is slow (see streaming)."""
         self.observer: Observer | None = None
         """Told of each response (access logs, metrics)."""
         self.connections_refused = 0
@@ -657,7 +659,7 @@ class HttpServer:
         watch: Watch | None = None
         reader: BodyReader | None = None
         if self._streams_body:
-            watch = Watch(flow)
+            watch = Watch(flow, self._arming)
             reader = BodyReader(
                 flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
             )

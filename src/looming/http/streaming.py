@@ -27,6 +27,43 @@ WATCH_DELAY = 0.05
 most responses are done by then, and cost no extra read task."""
 
 
+class Arming:
+    """Starts each armed :class:`Watch` once its delay has passed, with one
+    timer for all of a server's watches: arming and disarming, done for
+    every request, only store a time in a dict."""
+
+    __slots__ = ("_armed", "_handle", "_loop")
+
+    def __init__(self) -> None:
+        self._armed: dict[Watch, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, watch: Watch) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+            self._handle = None
+        self._armed[watch] = loop.time() + WATCH_DELAY
+        if self._handle is None:
+            self._handle = loop.call_later(WATCH_DELAY, self._tick)
+
+    def discard(self, watch: Watch) -> None:
+        self._armed.pop(watch, None)
+
+    def _tick(self) -> None:
+        self._handle = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        due = [watch for watch, when in self._armed.items() if when <= now]
+        for watch in due:
+            del self._armed[watch]
+            watch.start()
+        if self._armed:
+            self._handle = loop.call_at(min(self._armed.values()), self._tick)
+
+
 class Watch:
     """One pending read after the request: end of stream means the client left.
 
@@ -35,32 +72,32 @@ class Watch:
     is complete unless the response is done sooner.
     """
 
-    __slots__ = ("_callbacks", "_flow", "_task", "_timer", "gone")
+    __slots__ = ("__weakref__", "_armed", "_arming", "_callbacks", "_flow", "_task", "gone")
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, arming: Arming | None = None) -> None:
         self._flow = flow
         self._task: asyncio.Task[bytes] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._arming = arming if arming is not None else Arming()
+        self._armed = False
         self._callbacks: list[Callable[[], object]] = []
         self.gone = False
 
     def start(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.disarm()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._read())
 
     def arm(self) -> None:
         """Start watching soon, unless :meth:`start` or :meth:`disarm` comes first."""
-        if self._task is None and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self.start)
+        if self._task is None and not self._armed:
+            self._armed = True
+            self._arming.add(self)
 
     def disarm(self) -> None:
         """The response is done: no need to start watching any more."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._armed:
+            self._armed = False
+            self._arming.discard(self)
 
     async def _read(self) -> bytes:
         try:
