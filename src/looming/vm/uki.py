@@ -210,7 +210,10 @@ def stub_path(arch: Arch, archive: AptArchive) -> Path:
         name: digest
         for digest, _, name in (line.partition("  ") for line in listed.stdout.splitlines())
     }.get(relative)
-    if expected is None or hashlib.md5(stub.read_bytes(), usedforsecurity=False).hexdigest() != expected:
+    if (
+        expected is None
+        or hashlib.md5(stub.read_bytes(), usedforsecurity=False).hexdigest() != expected
+    ):
         raise PeError(
             f"{stub} does not match its package's checksum; remove "
             f"{tree} and build again to unpack it afresh"
