@@ -342,3 +342,22 @@ def test_a_unikernel_with_storage_on_the_vm_disk_is_refused(images: Images, tmp_
     assert sorted(p.name for p in copy.iterdir()) == sorted(
         p.name for p in (app / "dist").iterdir()
     )
+
+
+@pytest.mark.slow
+def test_a_cached_stub_changed_since_it_was_unpacked_is_refused(tmp_path: Path) -> None:
+    _stub("x86_64")  # fetched and unpacked into the real cache
+    real = cache_root() / "amd64"
+    copy = tmp_path / "amd64"
+    (copy / "trees").mkdir(parents=True)
+    for shared in ("apt", "debs"):
+        (copy / shared).symlink_to(real / shared)
+    tree = next((real / "trees").glob(f"{uki.STUB_PACKAGE}_*[!l]"))  # not *.partial
+    shutil.copytree(tree, copy / "trees" / tree.name)
+    stub = copy / "trees" / tree.name / uki.STUB_FOLDER / uki.STUB_FILES["x86_64"]
+    data = bytearray(stub.read_bytes())
+    data[0x500] ^= 0xFF
+    stub.write_bytes(data)
+    archive = AptArchive(get_arch("x86_64"), tmp_path, lambda _m: None)
+    with pytest.raises(uki.PeError, match="does not match its package's checksum"):
+        uki.stub_path(get_arch("x86_64"), archive)
