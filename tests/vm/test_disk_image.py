@@ -331,13 +331,22 @@ def test_a_stub_without_room_or_a_long_name_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_a_unikernel_with_storage_on_the_vm_disk_is_refused(images: Images, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("facts", "message"),
+    [
+        ({"needs_disk": True}, "--storage memory"),
+        ({"vchans": [{"port": "store"}]}, "talks over vchan"),
+    ],
+)
+def test_a_unikernel_a_disk_cannot_carry_is_refused(
+    images: Images, tmp_path: Path, facts: dict[str, object], message: str
+) -> None:
     app = images.app("static_website", "x86_64")
     manifest = json.loads((app / "dist" / "website-vm.json").read_text())
     copy = tmp_path / "dist"
     shutil.copytree(app / "dist", copy)
-    (copy / "website-vm.json").write_text(json.dumps({**manifest, "needs_disk": True}))
-    with pytest.raises(UsageError, match="--storage memory"):
+    (copy / "website-vm.json").write_text(json.dumps({**manifest, **facts}))
+    with pytest.raises(UsageError, match=message):
         build_disk_image(copy / "website-vm.json", "raw", [], lambda _m: None)
     assert sorted(p.name for p in copy.iterdir()) == sorted(
         p.name for p in (app / "dist").iterdir()

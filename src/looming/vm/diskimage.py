@@ -324,6 +324,11 @@ def _make_raw(
             "--disk-image: this unikernel keeps its storage on the VM's disk, which a boot "
             "disk does not carry; configure with --storage memory"
         )
+    if manifest.get("vchans"):
+        raise UsageError(
+            "--disk-image: this unikernel talks over vchan, through the shared memory "
+            "devices 'looming run' attaches; boot it with 'looming run'"
+        )
     archive = AptArchive(arch, cache_root(), progress)
     stub = uki.stub_path(arch, archive).read_bytes()
     kernel = _kernel_file(manifest, arch, archive)
