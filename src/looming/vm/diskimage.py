@@ -63,6 +63,8 @@ NAMESPACE = uuid.UUID("6c6f6f6d-696e-6700-8000-6469736b0000")  # this module's G
 DEFAULT_EPOCH = 315532800  # 1980-01-01, FAT's first date
 GPTMBR = Path("/usr/lib/syslinux/mbr/gptmbr.bin")  # Debian's syslinux-common
 SYSLINUX_CONFIG = "syslinux.cfg"
+# Boot arguments of `looming run` that hold only for qemu's machines.
+MACHINE_SPECIFIC = frozenset({"noapictimer"})
 
 
 # UEFI firmware for qemu, from Debian's ovmf and qemu-efi-aarch64.
@@ -131,7 +133,10 @@ def kernel_command_line(manifest: dict[str, object], arch: Arch, keys: list[str]
     """What the disk's kernel is started with: ``looming run``'s command line
     for a VM with a NIC when the unikernel drives one, and ``keys``."""
     nic = 1 if manifest.get("needs_network") else 0
-    words = [f"console={arch.console}", *FAST_BOOT, *arch.kernel_arguments, "loglevel=1"]
+    # qemu's pc machine has an HPET to take the local APIC timer's place;
+    # a cloud's machine may not (a Nitro instance has none): keep the timer.
+    kept = [a for a in arch.kernel_arguments if a not in MACHINE_SPECIFIC]
+    words = [f"console={arch.console}", *FAST_BOOT, *kept, "loglevel=1"]
     words += ["panic=-1", f"LOOMING_NIC={nic}", "LOOMING_DISK=0"]
     words += [f"LOOMING_VCHAN_NAME={manifest.get('unikernel', 'looming')}", "--", *keys]
     return " ".join(words)
