@@ -3,8 +3,9 @@ httptools' (llhttp, in C) when it is installed (``looming[fast]``).
 
 The server reads requests through the part of ``h11.Connection`` that
 :class:`RequestParser` names. :class:`HttptoolsParser` offers the same on
-llhttp and hands out h11's own event types, built without h11's second
-pass over what llhttp has checked, so everything after the parse is shared;
+llhttp and hands out h11's event types for bodies and a :class:`RequestHead`
+(h11.Request's fields, without h11's second pass over what llhttp has
+checked) for heads, so everything after the parse is shared;
 what llhttp lets through and h11 refuses (a target with bytes outside
 visible ASCII, a second Host, a Transfer-Encoding other than chunked, no
 Host on HTTP/1.1) is refused here with h11's status, and a head llhttp
@@ -293,6 +294,7 @@ class HttptoolsParser:
             # No request under way: a request's first byte is in ``data``.
             self._raw.clear()
             self._raw_size = self._completed = 0
+            self._head_queued = False
             if data[0] in b"\r\n":
                 # A blank line before a request, which llhttp would skip
                 # (RFC 9112 section 2.2) and h11 refuses: h11 judges it.
