@@ -68,7 +68,7 @@ class RequestHead:
     """A request's head as llhttp read it: h11.Request's fields, with the
     names lower-cased, and without h11's second pass over them."""
 
-    __slots__ = ("headers", "http_version", "method", "target")
+    __slots__ = ("expects_continue", "headers", "http_version", "method", "target")
 
     def __init__(
         self,
@@ -76,11 +76,14 @@ class RequestHead:
         target: bytes,
         headers: tuple[tuple[bytes, bytes], ...],
         http_version: bytes,
+        expects_continue: bool = False,
     ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.http_version = http_version
+        self.expects_continue = expects_continue
+        """Whether it carries ``Expect: 100-continue`` (HTTP/1.1 only)."""
 
 
 Head = h11.Request | RequestHead
@@ -260,7 +263,10 @@ class HttptoolsParser:
         if version is None:
             version = parser.get_http_version().encode("ascii")
         headers = _checked_fields(self._headers, version)
-        self._events.append(RequestHead(parser.get_method(), target, headers, version))
+        head = RequestHead(parser.get_method(), target, headers, version)
+        if parser.get_http_version() == "1.1" and any(n == b"expect" for n, _ in headers):
+            head.expects_continue = _asks_for_100_continue(head)
+        self._events.append(head)
         self._head_queued = True
 
     def on_body(self, body: bytes) -> None:
@@ -355,7 +361,7 @@ class HttptoolsParser:
         if events:
             event = events.popleft()
             if type(event) is RequestHead:
-                self._waiting_100 = _asks_for_100_continue(event)
+                self._waiting_100 = event.expects_continue
             else:
                 self._waiting_100 = False
             return event

@@ -155,6 +155,10 @@ class _Watchdog:
             self._handle = self._loop.call_at(deadline, self._fire)
 
 
+_BYTES = (bytes, bytearray)
+_WHOLE = (bytes, bytearray, memoryview)
+"""A whole body (tuples: ``isinstance`` with ``bytes | ...`` builds the union each time)."""
+
 _INTERNAL_ERROR = Response(
     500, ((b"content-type", b"text/plain; charset=utf-8"),), b"500 Internal Server Error\n"
 )
@@ -189,6 +193,11 @@ def is_websocket_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]]) 
         elif name == b"connection":
             connection = value
     return upgrade.strip().lower() == b"websocket" and b"upgrade" in connection.lower()
+
+
+def _asks_to_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request has an Upgrade field (a WebSocket or h2c upgrade needs one)."""
+    return any(name == b"upgrade" for name, _ in headers)
 
 
 def _h2c_upgrade_settings(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
@@ -455,8 +464,10 @@ class HttpServer:
                 deadline.disarm()
                 await self._send_error_raw(flow, refusal)
                 return
-            if stream.upgrades and await self._upgraded(
-                flow, parser, conn, event, items, stream, deadline
+            if (
+                stream.upgrades
+                and _asks_to_upgrade(items)
+                and await self._upgraded(flow, parser, conn, event, items, stream, deadline)
             ):
                 return
             request = await self._read_request(flow, parser, conn, event, stream, deadline)
@@ -481,9 +492,7 @@ class HttpServer:
             parser.responding = True
             sent_body = response.body
             head_only = request.method == "HEAD"
-            parser.sent = (
-                len(sent_body) if not head_only and isinstance(sent_body, bytes | bytearray) else 0
-            )
+            parser.sent = len(sent_body) if not head_only and isinstance(sent_body, _BYTES) else 0
             keep_alive = await self._send_response(
                 flow,
                 response,
@@ -493,7 +502,7 @@ class HttpServer:
                 _keeps_alive(event.http_version, items),
                 deadline,
             )
-            if not isinstance(sent_body, bytes | bytearray | memoryview):
+            if not isinstance(sent_body, _WHOLE):
                 parser.sent = getattr(sent_body, "bytes_sent", 0)
             self.requests_served += 1
             parser.busy = False
@@ -840,7 +849,7 @@ class HttpServer:
         lines = self._head_lines(response, prepared)
         body = response.body
         no_body = body_not_allowed(response.status)
-        if isinstance(body, bytes | bytearray | memoryview):
+        if isinstance(body, _WHOLE):
             declared = prepared.declared_length
             if no_body:
                 pass
