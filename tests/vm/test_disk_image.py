@@ -148,7 +148,9 @@ def test_outside_tools_accept_the_partition_table_and_the_file_system(
     sectors = int(partition.split("Partition size: ")[1].split()[0])
     esp = tmp_path / "esp.fat"
     esp.write_bytes(data[PARTITION_OFFSET : PARTITION_OFFSET + sectors * 512])
-    _tool("fsck.fat", "-n", "-v", str(esp))
+    checked = _tool("fsck.fat", "-n", "-v", str(esp))
+    assert "32 bit entries" in checked and f"{PARTITION_OFFSET // 512} hidden sectors" in checked
+    assert "differences between boot sector and its backup" not in checked
     # The same inputs give the same bytes.
     again = tmp_path / "again.raw"
     build_disk_image(manifest, "raw", [], lambda _m: None, out=again)

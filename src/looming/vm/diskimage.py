@@ -63,6 +63,7 @@ NAMESPACE = uuid.UUID("6c6f6f6d-696e-6700-8000-6469736b0000")  # this module's G
 DEFAULT_EPOCH = 315532800  # 1980-01-01, FAT's first date
 GPTMBR = Path("/usr/lib/syslinux/mbr/gptmbr.bin")  # Debian's syslinux-common
 SYSLINUX_CONFIG = "syslinux.cfg"
+FAT32_MIN_MIB = 34
 # Boot arguments of `looming run` that hold only for qemu's machines.
 MACHINE_SPECIFIC = frozenset({"noapictimer"})
 
@@ -193,8 +194,13 @@ def make_fat(image: Path, files: dict[str, bytes], label: str, seed: bytes) -> N
     epoch = _epoch()
     content = sum(len(d) + 4096 for d in files.values())
     size_kib = (content + content // 20 + 2 * MIB) // 1024 // 1024 * 1024 + 1024
+    # FAT32, as UEFI asks of a fixed disk's system partition: 512-byte
+    # clusters, and at least the 65525 clusters that make a FAT 32-bit.
+    size_kib = max(size_kib, FAT32_MIN_MIB * 1024)
     volume_id = hashlib.sha256(seed).hexdigest()[:8]
-    _run([_tool("mkfs.fat"), "-C", "--invariant", "-i", volume_id, "-n", label, str(image),
+    # Hidden sectors: where the partition starts on the disk, for whoever reads the BPB.
+    _run([_tool("mkfs.fat"), "-C", "--invariant", "-F", "32", "-s", "1", "-h",
+          str(PARTITION_START), "-i", volume_id, "-n", label, str(image),
           str(size_kib)])  # fmt: skip
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1"}
     staged = image.with_name(image.name + ".files")
@@ -319,6 +325,17 @@ def _esp_files(
     return files
 
 
+def _copy_boot_sector(fat: Path) -> None:
+    """FAT32 keeps a backup of its boot sector (at the sector its BPB names,
+    6 as mkfs.fat makes it); syslinux's installer rewrites only the first."""
+    with fat.open("r+b") as volume:
+        boot = volume.read(SECTOR)
+        backup = struct.unpack_from("<H", boot, 0x32)[0]
+        if boot[0x52:0x5A] == b"FAT32   " and 0 < backup < 32:
+            volume.seek(backup * SECTOR)
+            volume.write(boot)
+
+
 def _make_raw(
     manifest: dict[str, object], dist: Path, keys: list[str], work: Path, progress: Progress
 ) -> tuple[Path, int, Arch]:
@@ -347,6 +364,7 @@ def _make_raw(
     if arch.name == "x86_64":
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(_epoch()), "MTOOLS_SKIP_CHECK": "1"}
         _run([_tool("syslinux"), "--install", "--directory", "/syslinux", str(esp)], env)
+        _copy_boot_sector(esp)
         boot_code = GPTMBR.read_bytes()
     raw = work / "disk.raw"
     size = write_disk(raw, esp, seed, boot_code)
