@@ -373,3 +373,15 @@ def test_a_cached_stub_changed_since_it_was_unpacked_is_refused(tmp_path: Path) 
     archive = AptArchive(get_arch("x86_64"), tmp_path, lambda _m: None)
     with pytest.raises(uki.PeError, match="does not match its package's checksum"):
         uki.stub_path(get_arch("x86_64"), archive)
+
+
+@pytest.mark.slow
+def test_the_file_dates_are_source_date_epoch(
+    images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = images.app("static_website", "aarch64")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 22:13:20 UTC
+    disk = tmp_path / "disk.raw"
+    build_disk_image(app / "dist" / "website-vm.json", "raw", [], lambda _m: None, out=disk)
+    listing = _tool("mdir", "-i", f"{disk}@@{PARTITION_OFFSET}", "::/EFI/BOOT")
+    assert "BOOTAA64 EFI" in listing and "2023-11-14  22:13" in listing, listing
