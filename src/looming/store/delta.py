@@ -62,16 +62,16 @@ def _copy(parts: list[bytes], offset: int, size: int) -> None:
     parts.append(_copy_op(offset, size))
 
 
-def _insert(parts: list[bytes], data: bytes) -> None:
-    if len(data) <= _INSERT_CHUNK:
-        if data:
-            parts.append(bytes((len(data),)))
-            parts.append(data)
-        return
-    for start in range(0, len(data), _INSERT_CHUNK):
-        piece = data[start : start + _INSERT_CHUNK]
-        parts.append(bytes((len(piece),)))
-        parts.append(piece)
+_LENGTH_BYTE = [bytes((length,)) for length in range(_INSERT_CHUNK + 1)]
+
+
+def _insert(parts: list[bytes], data: bytes, start: int, end: int) -> None:
+    """Insert instructions for ``data[start:end]``."""
+    full_end = end - (end - start) % _INSERT_CHUNK
+    for at in range(start, full_end, _INSERT_CHUNK):
+        parts += (_LENGTH_BYTE[_INSERT_CHUNK], data[at : at + _INSERT_CHUNK])
+    if full_end < end:
+        parts += (_LENGTH_BYTE[end - full_end], data[full_end:end])
 
 
 def _common_prefix(source: bytes, target: bytes, limit: int) -> int:
@@ -108,8 +108,8 @@ def make_delta(source: bytes, target: bytes) -> bytes:
     else:
         prefix = _common_prefix(source, target, limit)
         suffix = _common_suffix(source, target, limit - prefix)
-    middle = target[prefix : len(target) - suffix]
-    if len(middle) > 4096 and len(middle) > len(target) // 8:
+    end = len(target) - suffix
+    if end - prefix > 4096 and end - prefix > len(target) // 8:
         # Scattered edits in a big tree: the general algorithm finds the
         # copies between them.
         from dulwich.pack import create_delta
@@ -117,8 +117,14 @@ def make_delta(source: bytes, target: bytes) -> bytes:
         return b"".join(create_delta(source, target))
     parts = [_size_header(len(source)), _size_header(len(target))]
     if prefix:
-        _copy(parts, 0, prefix)
-    _insert(parts, middle)
+        if prefix <= _COPY_CHUNK:
+            parts.append(_copy_op(0, prefix))
+        else:
+            _copy(parts, 0, prefix)
+    _insert(parts, target, prefix, end)
     if suffix:
-        _copy(parts, len(source) - suffix, suffix)
+        if suffix <= _COPY_CHUNK:
+            parts.append(_copy_op(len(source) - suffix, suffix))
+        else:
+            _copy(parts, len(source) - suffix, suffix)
     return b"".join(parts)

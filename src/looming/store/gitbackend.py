@@ -33,12 +33,11 @@ from looming.store.growing import SEAL_ABOVE, GrowingPack
 from looming.store.objects import (
     KIND_OF_PACK_NUMBER,
     MODE_TREE,
-    OBJECT_TYPES,
+    OBJECT_HEADER_PREFIX,
     PACK_COMMIT,
     Commit,
     ObjectId,
     hash_object,
-    object_header,
     parse_loose,
     parse_tree,
     raw_id,
@@ -561,9 +560,10 @@ class GitBackend:
         return bool(self._packs().contains_packed(hex_name))  # type: ignore[attr-defined]
 
     def write(self, kind: str, body: bytes) -> ObjectId:
-        if kind not in OBJECT_TYPES:
+        prefix = OBJECT_HEADER_PREFIX.get(kind)  # object_header's, inlined
+        if prefix is None:
             raise ValueError(f"unknown object type {kind!r}")
-        digest = hashlib.sha1(object_header(kind, len(body)))
+        digest = hashlib.sha1(b"%s%d\0" % (prefix, len(body)))
         digest.update(body)
         object_id = digest.digest()
         if object_id not in self._known:

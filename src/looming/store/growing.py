@@ -101,25 +101,29 @@ class GrowingPack:
         anchor = self.anchors.pop(previous, None)
         if previous_body is None:
             return b""
-        base_id, base_body = previous, previous_body
-        starts_segment = self.trees[previous][1] >= MAX_DELTA_DEPTH
+        trees = self.trees
+        base_body = previous_body
+        base_at, base_depth = trees[previous]
+        starts_segment = base_depth >= MAX_DELTA_DEPTH
         if starts_segment:
-            if anchor is None or self.trees[anchor][1] + 1 >= MAX_DELTA_DEPTH:
+            if anchor is None:
                 return b""
-            base_id, base_body = anchor, self.anchor_bodies[anchor]
+            base_at, base_depth = trees[anchor]
+            if base_depth + 1 >= MAX_DELTA_DEPTH:
+                return b""
+            base_body = self.anchor_bodies[anchor]
         delta = make_delta(base_body, tree_body)
-        if len(delta) >= len(tree_body) // 2:
+        size = len(delta)
+        if size >= len(tree_body) // 2:
             return b""
-        base_at, base_depth = self.trees[base_id]
-        self.trees[oid] = (at, base_depth + 1)
+        trees[oid] = (at, base_depth + 1)
         if starts_segment:
             anchor = oid
             self.anchor_bodies[oid] = tree_body
         if anchor is not None:
             self.anchors[oid] = anchor
-        small = len(delta) < STORE_DELTAS_BELOW
-        packed = stored_zlib(delta) if small else deflate(delta)
-        return _ofs_header(len(delta), at - base_at) + packed
+        packed = stored_zlib(delta) if size < STORE_DELTAS_BELOW else deflate(delta)
+        return _ofs_header(size, at - base_at) + packed
 
     @property
     def record(self) -> PackRecord | None:

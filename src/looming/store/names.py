@@ -230,5 +230,7 @@ def check_key(path: str | Iterable[str]) -> tuple[str, ...]:
     else:
         names = tuple(path)
     for name in names:
-        check_key_name(name)
+        rule = key_rule(name)  # check_key_name's test, without a call per name
+        if rule is not None:
+            raise InvalidKey(name, rule)
     return names

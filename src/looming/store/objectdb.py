@@ -52,15 +52,24 @@ class EncodedTree:
         )
         return EncodedTree([key for key, _ in ordered], [chunk for _, chunk in ordered])
 
-    def edited(self, old: TreeEntries, new: TreeEntries, names: set[bytes]) -> EncodedTree:
-        """This encoding with ``names`` changed from ``old`` to ``new``."""
-        keys = list(self.keys)
-        chunks = list(self.chunks)
+    def edit(self, old: TreeEntries, new: TreeEntries, names: set[bytes]) -> None:
+        """Change ``names`` from ``old`` to ``new`` in place: the caller owns
+        this encoding (taken out of the cache, see :meth:`ObjectDb.take_encoded`),
+        so its lists are not copied for every version of the tree."""
+        keys = self.keys
+        chunks = self.chunks
         for name in names:
             before = old.get(name)
             after = new.get(name)
             if before == after:
                 continue
+            if before is not None and after is not None and before[0] == after[0]:
+                # The same kind of entry with a new id: its place is unchanged.
+                key = tree_sort_key(name, after[0])
+                at = bisect.bisect_left(keys, key)
+                if at < len(keys) and keys[at] == key:
+                    chunks[at] = encode_tree_entry(name, after[0], after[1])
+                    continue
             if before is not None:
                 key = tree_sort_key(name, before[0])
                 at = bisect.bisect_left(keys, key)
@@ -72,7 +81,6 @@ class EncodedTree:
                 at = bisect.bisect_left(keys, key)
                 keys.insert(at, key)
                 chunks.insert(at, encode_tree_entry(name, after[0], after[1]))
-        return EncodedTree(keys, chunks)
 
     def body(self) -> bytes:
         return b"".join(self.chunks)
@@ -93,6 +101,13 @@ class WeightedCache:
                 self._items.move_to_end(key)
             except KeyError:
                 pass
+        return value
+
+    def take(self, key: ObjectId) -> EncodedTree | None:
+        """Remove and return the encoding of ``key``, if held."""
+        value = self._items.pop(key, None)
+        if value is not None:
+            self.weight -= len(value.keys)
         return value
 
     def put(self, key: ObjectId, value: EncodedTree) -> None:
@@ -164,15 +179,16 @@ class ObjectDb:
             self._commits.put(object_id, commit)
         return commit
 
-    def encoded_tree(self, object_id: ObjectId) -> EncodedTree | None:
-        """The sorted encoding of a big tree, if remembered or rebuilt cheaply."""
-        encoded = self._encoded.get(object_id)
+    def take_encoded(self, object_id: ObjectId) -> EncodedTree | None:
+        """The sorted encoding of a big tree, for the caller to edit in place:
+        taken out of the cache (remembered again under the edited tree's id,
+        see :meth:`write_tree_encoded`), or rebuilt from its entries."""
+        encoded = self._encoded.take(object_id)
         if encoded is None:
             entries = self.tree(object_id)
             if len(entries) < BIG_TREE:
                 return None
             encoded = EncodedTree.build(entries)
-            self._encoded.put(object_id, encoded)
         return encoded
 
     def remember_encoded(self, object_id: ObjectId, encoded: EncodedTree) -> None:
@@ -189,12 +205,20 @@ class ObjectDb:
         return object_id
 
     def write_tree_encoded(
-        self, entries: TreeEntries, body: bytes, previous: ObjectId | None = None
+        self,
+        entries: TreeEntries,
+        body: bytes,
+        previous: ObjectId | None = None,
+        encoded: EncodedTree | None = None,
     ) -> ObjectId:
+        """Write a tree already encoded as ``body`` (its sorted encoding
+        ``encoded`` remembered, when given, for editing the next version)."""
         object_id = self.backend.write(TREE, body)
         if previous is not None and previous != EMPTY_TREE_ID and previous != object_id:
             self.backend.note_delta_base(object_id, previous)
         self._trees.put(object_id, entries)
+        if encoded is not None:
+            self._encoded.put(object_id, encoded)
         return object_id
 
     def write_commit(self, commit: Commit) -> ObjectId:

@@ -52,7 +52,9 @@ def raw_id(text: str) -> ObjectId:
         raise Malformed(f"object id {text!r} is not 40 hex digits") from error
 
 
-_HEADER_PREFIX = {kind: kind.encode() + b" " for kind in OBJECT_TYPES}
+# "<kind> " of each object type: an object's header is this, its length, NUL.
+OBJECT_HEADER_PREFIX = {kind: kind.encode() + b" " for kind in OBJECT_TYPES}
+_HEADER_PREFIX = OBJECT_HEADER_PREFIX
 
 
 def object_header(kind: str, length: int) -> bytes:

@@ -96,6 +96,11 @@ def deflate(data: bytes | bytearray, level: int = 1) -> bytes:
 STORE_BELOW = 64
 
 
+# An entry of 16 to 2047 bytes stored whole: its two-byte object header,
+# zlib's header and the final stored block's header, packed at once.
+_SMALL_STORED_ENTRY = struct.Struct("<BBBBBHH")
+
+
 def build_pack(
     objects: Iterable[tuple[ObjectId, str, bytes]], compression: int = 1
 ) -> tuple[bytes, list[IndexEntry], bytes]:
@@ -104,7 +109,8 @@ def build_pack(
     parts = [b"PACK" + struct.pack(">II", 2, len(items))]
     offset = 12
     entries: list[IndexEntry] = []
-    crc32, types = zlib.crc32, PACK_NUMBER_OF_KIND
+    crc32, adler32, types = zlib.crc32, zlib.adler32, PACK_NUMBER_OF_KIND
+    small_stored, adler, join = _SMALL_STORED_ENTRY.pack, _ADLER.pack, b"".join
     for oid, kind, body in items:
         size = len(body)
         # Big objects (large directories) are stored, not deflated, in the
@@ -112,10 +118,15 @@ def build_pack(
         # soon replaces most of them by small deltas (and deflates the rest).
         # Trees are stored too: merges store most of them as deltas.
         if STORE_BELOW <= size < STORE_ABOVE and kind != "tree" and compression:
-            deflated = deflate(body, compression)
+            entry = _object_header(types[kind], size) + deflate(body, compression)
+        elif 0x10 <= size < 0x800:
+            # What _object_header and stored_zlib make, in one go.
+            head = small_stored(
+                types[kind] << 4 | 0x80 | size & 0x0F, size >> 4, 0x78, 0x01, 1, size, size ^ 0xFFFF
+            )
+            entry = join((head, body, adler(adler32(body))))
         else:
-            deflated = stored_zlib(body)
-        entry = _object_header(types[kind], size) + deflated
+            entry = _object_header(types[kind], size) + stored_zlib(body)
         entries.append((oid, offset, crc32(entry)))
         parts.append(entry)
         offset += len(entry)
@@ -274,6 +285,11 @@ def _parse_entry_header(data: bytes, offset: int) -> tuple[int, int, int, int]:
 
 
 def _ofs_header(size: int, distance: int) -> bytes:
+    if 0x10 <= size < 0x800 and distance < 0x4080:
+        # The usual delta: a two-byte size, a distance of one or two bytes.
+        if distance < 0x80:
+            return bytes((0xE0 | size & 0x0F, size >> 4, distance))
+        return bytes((0xE0 | size & 0x0F, size >> 4, 0x80 | (distance >> 7) - 1, distance & 0x7F))
     header = bytearray(_object_header(OFS_DELTA, size))
     encoded = [distance & 0x7F]
     distance >>= 7

@@ -218,7 +218,7 @@ class WorkTree:
     def _set_entry(self, path: Path, entry: tuple[int, ObjectId]) -> None:
         node = self._root
         for name in path[:-1]:
-            raw = _name(name)
+            raw = name.encode("utf-8", "surrogateescape")
             existing = node.entries.get(raw)
             child = self._child(node, raw, create=True)
             assert child is not None
@@ -227,9 +227,14 @@ class WorkTree:
                 node.own(raw).pop(raw, None)
             node.dirty = True
             node = child
-        raw = _name(path[-1])
+        raw = path[-1].encode("utf-8", "surrogateescape")
         node.children.pop(raw, None)
-        node.own(raw)[raw] = entry
+        if not node.owned:  # node.own(raw), inlined: a call per key saved
+            node.entries = dict(node.entries)
+            node.owned = True
+        node.dirty = True
+        node.touched.add(raw)
+        node.entries[raw] = entry
 
     def remove(self, path: Path) -> bool:
         """Remove what ``path`` names; True when something was there."""
@@ -280,9 +285,7 @@ class WorkTree:
             node.dirty = False
             return EMPTY_TREE_ID
         body, encoded = self._encode(node)
-        object_id = self.db.write_tree_encoded(node.entries, body, node.base_id)
-        if encoded is not None:
-            self.db.remember_encoded(object_id, encoded)
+        object_id = self.db.write_tree_encoded(node.entries, body, node.base_id, encoded)
         node.base_id = object_id
         node.base_entries = node.entries
         node.touched = set()
@@ -304,9 +307,9 @@ class WorkTree:
             return b"".join([chunk for _key, chunk in ordered]), None
         encoded = None
         if node.base_id is not None and node.base_id != EMPTY_TREE_ID:
-            encoded = self.db.encoded_tree(node.base_id)
+            encoded = self.db.take_encoded(node.base_id)
         if encoded is None:
             encoded = EncodedTree.build(entries)
         else:
-            encoded = encoded.edited(node.base_entries, entries, node.touched)
+            encoded.edit(node.base_entries, entries, node.touched)
         return encoded.body(), encoded
