@@ -192,18 +192,25 @@ def test_bad_key_values_are_one_line_and_exit_2(
 def test_the_artifact_runs_on_the_event_loop_chosen(asgi_app: Path, loop: str, parser: str) -> None:
     keys = ("--port", "0", "--loop", loop, "--http-parser", parser, "--logs", "*:info,tcp:debug")
     with running(asgi_app, *keys, ready=r"serving (http://\S+)") as (proc, ready):
-        url = ready.group(1)
-        curl = ["curl", "-sS", "--max-time", "10"]
-        hello = subprocess.run([*curl, f"{url}/", f"{url}/greet/ada"], capture_output=True)
-        assert (
-            hello.stdout
-            == b'hello from an ASGI unikernel\n{"greeting":"hello, ada","started":true}'
-        )
+        # One keep-alive connection carries all three requests.
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(ready.group(1)), timeout=10)
+        answers = []
+        sockets = []
+        for target in ("/", "/greet/ada"):
+            conn.request("GET", target)
+            answers.append(conn.getresponse().read())
+            sockets.append(conn.sock)
+        first_socket = sockets[0]
+        assert first_socket is not None and sockets[1] is first_socket
+        assert answers == [
+            b"hello from an ASGI unikernel\n",
+            b'{"greeting":"hello, ada","started":true}',
+        ]
         body = os.urandom(300_000).hex()
-        echoed = subprocess.run(
-            [*curl, "--data-binary", "@-", f"{url}/echo"], input=body.encode(), capture_output=True
-        )
-        assert json.loads(echoed.stdout) == {"length": len(body), "text": body}
+        conn.request("POST", "/echo", body=body.encode())
+        assert json.loads(conn.getresponse().read()) == {"length": len(body), "text": body}
+        assert conn.sock is first_socket
+        conn.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert proc.stderr is not None
