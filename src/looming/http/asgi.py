@@ -364,7 +364,9 @@ class AsgiAdapter:
             "raw_path": raw_path.encode("latin-1"),
             "query_string": query.encode("latin-1"),
             "root_path": self.root_path,
-            "headers": [(name.lower(), value) for name, value in request.headers],
+            # Names arrive lower-cased (h11, llhttp's heads, and h2, which
+            # refuses upper-case names).
+            "headers": list(request.headers),
             "client": request.client,
             "server": request.server,
             "state": dict(self.state),

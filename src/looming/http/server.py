@@ -736,7 +736,9 @@ class HttpServer:
         of that request."""
         reader, watch = streamed
         watch.disarm()
-        if not keep_alive or not await reader.discard(self.config.linger_bytes):
+        if not keep_alive:
+            return False
+        if not reader.complete and not await reader.discard(self.config.linger_bytes):
             return False
         stream.leftover, stream.peer_closed = conn.trailing_data
         return not watch.gone
