@@ -645,3 +645,43 @@ def test_no_dsack_without_sack() -> None:
     s.recv(seg("A", B, A), b"a" * 1000)
     (ack,) = s.take()
     assert ack[0].ack == B + 1000 and ack[0].sack_blocks == ()
+
+
+# ------------------------------------------------------------------ window growth
+
+
+def _in_congestion_avoidance(*, defer_output: bool):  # type: ignore[no-untyped-def]
+    s = established(window=65535, mss=MSS)
+    s.conn.defer_output = defer_output
+    s.conn.cc.cwnd = 10 * MSS
+    s.conn.cc.ssthresh = 5 * MSS
+    return s
+
+
+def test_acks_of_one_burst_grow_the_window_as_acks_one_by_one_do() -> None:
+    """A window the sender filled counts as used for its whole round: the
+    ACKs a burst brings each see the flight their predecessors shrank, with
+    nothing sent in between, and must not be taken for application-limited
+    ones (Linux decides at send time too)."""
+    per_ack = _in_congestion_avoidance(defer_output=False)
+    burst = _in_congestion_avoidance(defer_output=True)
+    for s in (per_ack, burst):
+        s.call("send", b"w" * 30_000)
+        assert sum(len(p) for _, p in s.take()) == 10 * MSS  # the window holds the rest
+    for index in range(1, 11):
+        per_ack.recv(seg("A", B, A + index * MSS))
+        burst.recv(seg("A", B, A + index * MSS))
+    burst.call("flush_ack")
+    grown = per_ack.conn.cc.cwnd - 10 * MSS
+    assert grown >= 900  # about one segment per round in congestion avoidance
+    assert burst.conn.cc.cwnd == per_ack.conn.cc.cwnd
+
+
+def test_an_application_limited_window_does_not_grow() -> None:
+    s = _in_congestion_avoidance(defer_output=True)
+    s.call("send", b"a" * 5000)  # half the window: the application is the limit
+    assert sum(len(p) for _, p in s.take()) == 5000
+    for index in range(1, 6):
+        s.recv(seg("A", B, A + index * MSS))
+    s.call("flush_ack")
+    assert s.conn.cc.cwnd == 10 * MSS

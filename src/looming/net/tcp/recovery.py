@@ -229,8 +229,13 @@ class LossRecovery(TransmissionControlBlock):
             self.cc.cwnd = max(pipe + self.prr_allowance, self.send_mss)
         elif advanced and delivered > 0:
             cwnd = self.cc.cwnd
-            limited = flight_before + self.send_mss >= cwnd or (
-                cwnd < self.cc.ssthresh and 2 * flight_before >= cwnd
+            # Cwnd-limited (RFC 7661) over the round, not by this ACK alone:
+            # the ACKs of a burst each see the flight their predecessors
+            # shrank, with nothing sent in between (Linux's is_cwnd_limited).
+            limited = (
+                flight_before + self.send_mss >= cwnd
+                or (cwnd < self.cc.ssthresh and 2 * flight_before >= cwnd)
+                or self.snd_una <= self.cwnd_limited_to
             )
             self.cc.on_ack(delivered, now, self.rtt.srtt, limited)
 
@@ -343,6 +348,7 @@ class LossRecovery(TransmissionControlBlock):
             return
         self.cc.undo(self.undo_state)
         self.undo_state = None
+        self.cwnd_limited_to = 0  # the reduced window was the one held back, not this
         self.board.unmark_lost()
         if timeout:
             self.stats.spurious_timeouts_undone += 1

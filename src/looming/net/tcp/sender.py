@@ -203,6 +203,8 @@ class TcpSender(LossRecovery):
             budget -= sent
             if self.frto_new_segments:
                 self.frto_new_segments = max(self.frto_new_segments - 1, 0)
+        if budget < self.send_mss and (self._has_unsent() or board.has_lost_to_send):
+            self.cwnd_limited_to = self.snd_max  # the window, not the application, held data back
         if self.prr is not None and self.recovery is Recovery.RECOVERY:
             used = start_budget - budget
             self.prr.on_sent(used)

@@ -220,6 +220,9 @@ class TransmissionControlBlock:
         self.rtt_seq: int | None = None
         self.rtt_sent_at = 0
         self.cc = congestion_control(config, self.send_mss)
+        # snd_max when the congestion window last held data back: the window
+        # counts as used (may grow) until the ACKs reach it, as in Linux.
+        self.cwnd_limited_to = 0
         self.challenge_window_start = -SECOND
         self.challenge_count = 0
 
