@@ -3,11 +3,15 @@ git's through fsck of merged packs elsewhere) gives back the target."""
 
 from __future__ import annotations
 
+import zlib
+
 from dulwich._pack import apply_delta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from looming.store.delta import make_delta
+from looming.store.growing import stored_delta_entry
+from looming.store.pack import OFS_DELTA, _ofs_header, _parse_entry_header, stored_zlib
 
 
 def _apply(source: bytes, delta: bytes) -> bytes:
@@ -49,3 +53,16 @@ def test_scattered_edits_fall_back_to_the_general_delta() -> None:
     delta = make_delta(source, bytes(target))
     assert len(delta) < len(target) // 10
     assert _apply(source, delta) == bytes(target)
+
+
+@settings(derandomize=True, max_examples=300)
+@given(delta=st.binary(max_size=3000), distance=st.integers(1, 1 << 24))
+def test_a_stored_delta_entry_parses_back(delta: bytes, distance: int) -> None:
+    """The one-go entry of a small stored delta is what the header and
+    stored-zlib helpers make, and reads back as an OFS_DELTA at its base."""
+    entry = stored_delta_entry(delta, distance)
+    assert entry == _ofs_header(len(delta), distance) + stored_zlib(delta)
+    offset = distance + 5  # where the entry sits in a pack
+    kind, size, base, start = _parse_entry_header(b"\0" * offset + entry, offset)
+    assert (kind, size, base) == (OFS_DELTA, len(delta), offset - distance)
+    assert zlib.decompress(entry[start - offset :]) == delta

@@ -104,6 +104,13 @@ def make_delta(source: bytes, target: bytes) -> bytes:
     """Delta instructions that rebuild ``target`` from ``source``."""
     limit = min(len(source), len(target))
     if target.startswith(source):  # entries added at the end: one comparison
+        added = len(target) - limit
+        if limit >= 0x80 and len(target) < 0x4000 and 0 < added <= _INSERT_CHUNK:
+            # One entry added (a new key in a folder): the sizes (two bytes
+            # each), a copy of the source, one insert.
+            size = len(target)
+            sizes = bytes((limit & 0x7F | 0x80, limit >> 7, size & 0x7F | 0x80, size >> 7))
+            return b"".join((sizes, _copy_op(0, limit), _LENGTH_BYTE[added], target[limit:]))
         prefix, suffix = limit, 0
     else:
         prefix = _common_prefix(source, target, limit)

@@ -52,8 +52,35 @@ SEAL_ABOVE = 32 << 20
 # deflate hardly shrinks (the packs of 300 ten-key commits grow by 1%),
 # while starting a compressor takes longer than making the delta: stored.
 STORE_DELTAS_BELOW = 128
+_ID = itemgetter(0)
 _OFFSET = itemgetter(1)
+# The start of a small delta's entry, stored: OFS_DELTA header with a
+# two-byte size, the base's distance (one byte, or two), zlib's header and
+# the one stored block's header; then the delta and its Adler-32.
+_NEAR_STORED_DELTA = struct.Struct("<BBBBBBHH")
+_FAR_STORED_DELTA = struct.Struct("<BBBBBBBHH")
+_ADLER = struct.Struct(">I")
 _PACK_HEADER = b"PACK\0\0\0\2"
+
+
+def stored_delta_entry(delta: bytes, distance: int) -> bytes:
+    """The pack entry of ``delta`` stored (not deflated) as an OFS_DELTA
+    ``distance`` bytes after its base: ``_ofs_header`` and ``stored_zlib``,
+    made in one go for the usual small delta (a size of two bytes, a
+    distance of one or two)."""
+    size = len(delta)
+    if not (0x10 <= size < 0x800 and distance < 0x4080):
+        return _ofs_header(size, distance) + stored_zlib(delta)
+    if distance < 0x80:
+        head = _NEAR_STORED_DELTA.pack(
+            0xE0 | size & 0x0F, size >> 4, distance, 0x78, 0x01, 1, size, size ^ 0xFFFF
+        )
+    else:
+        far = (0x80 | (distance >> 7) - 1, distance & 0x7F)
+        head = _FAR_STORED_DELTA.pack(
+            0xE0 | size & 0x0F, size >> 4, *far, 0x78, 0x01, 1, size, size ^ 0xFFFF
+        )
+    return b"".join((head, delta, _ADLER.pack(zlib.adler32(delta))))
 
 
 class GrowingPack:
@@ -122,8 +149,10 @@ class GrowingPack:
             self.anchor_bodies[oid] = tree_body
         if anchor is not None:
             self.anchors[oid] = anchor
-        packed = stored_zlib(delta) if size < STORE_DELTAS_BELOW else deflate(delta)
-        return _ofs_header(size, at - base_at) + packed
+        distance = at - base_at
+        if size >= STORE_DELTAS_BELOW:
+            return _ofs_header(size, distance) + deflate(delta)
+        return stored_delta_entry(delta, distance)
 
     @property
     def record(self) -> PackRecord | None:
@@ -301,8 +330,9 @@ class GrowingPack:
         body = self.body
         struct.pack_into(">I", body, 8, len(self.entries) + len(new_entries))
         checksum = hashlib.sha1(body).digest()
-        new_entries.sort()
-        entries = sorted(self.entries + new_entries)  # two sorted runs: a linear merge
+        # By id alone (unique here): two sorted runs, a linear merge.
+        new_entries.sort(key=_ID)
+        entries = sorted(self.entries + new_entries, key=_ID)
         new_base = install_pack(
             pack_dir, body, entries, checksum, take_spare, presorted=True, tail=checksum, sync=sync
         )

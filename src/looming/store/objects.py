@@ -167,8 +167,11 @@ class Commit:
     def encode(self) -> bytes:
         lines = [b"tree " + self.tree.hex().encode()]
         lines.extend(b"parent " + parent.hex().encode() for parent in self.parents)
-        lines.append(b"author " + self.author.encode())
-        lines.append(b"committer " + self.committer.encode())
+        author = self.author.encode()
+        # The store commits with one Identity as both: encoded once.
+        committer = author if self.committer is self.author else self.committer.encode()
+        lines.append(b"author " + author)
+        lines.append(b"committer " + committer)
         for key, value in self.extra_headers:
             lines.append(key + b" " + value.replace(b"\n", b"\n "))
         return b"\n".join(lines) + b"\n\n" + self.message.encode()

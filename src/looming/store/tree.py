@@ -275,8 +275,10 @@ class WorkTree:
             if child_id == EMPTY_TREE_ID:
                 if name in node.entries:
                     node.own(name).pop(name)
-            elif node.entries.get(name) != (MODE_TREE, child_id):
-                node.own(name)[name] = (MODE_TREE, child_id)
+            else:
+                entry = (MODE_TREE, child_id)
+                if node.entries.get(name) != entry:
+                    node.own(name)[name] = entry
         node.children.clear()
         if not node.dirty and node.base_id is not None:
             return node.base_id
