@@ -866,6 +866,7 @@ RECOVERY_COUNTERS = (
     "dsacks_received",
     "spurious_recoveries_undone",
     "spurious_timeouts_undone",
+    "black_hole_mss_lowered",  # three timeouts in a row halved the MSS
 )
 
 
@@ -930,7 +931,7 @@ def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
                     peer_after = _peer_counters(path)
                     row.looming.append(result.seconds)
                     for key in RECOVERY_COUNTERS:
-                        row.counters[key] = row.counters.get(key, 0) + result.counters[key]
+                        row.counters[key] = row.counters.get(key, 0) + result.counters.get(key, 0)
                     for key, value in peer_after.items():
                         delta = value - peer_before.get(key, 0)
                         row.peer_counters[key] = row.peer_counters.get(key, 0) + delta
