@@ -38,6 +38,9 @@ EMPTY_TREE_ID = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
 # (from 8 entries on that is cheaper: 8% fewer instructions per commit of
 # ten keys into folders of up to 30, counted with callgrind).
 BIG_TREE = 8
+# Bodies of encoded trees up to this many bytes are kept with them (see
+# EncodedTree.joined): some memory for a join of every entry per version.
+KEEP_JOINED = 16384
 
 # What encode_tree_entry puts before an entry's name, by mode.
 _ENTRY_PREFIX = {
@@ -49,11 +52,16 @@ _ENTRY_PREFIX = {
 class EncodedTree:
     """A tree's encoding as parallel sorted lists of sort keys and entry bytes."""
 
-    __slots__ = ("chunks", "keys")
+    __slots__ = ("chunks", "joined", "keys")
 
     def __init__(self, keys: list[bytes], chunks: list[bytes]) -> None:
         self.keys = keys
         self.chunks = chunks
+        # The chunks joined (the tree's body), kept for trees up to
+        # KEEP_JOINED bytes: a version that only adds an entry at the end
+        # (a new key sorting last, the usual case for growing folders) is
+        # then one concatenation, not a join of every entry again.
+        self.joined: bytes | None = None
 
     @staticmethod
     def build(entries: TreeEntries) -> EncodedTree:
@@ -69,6 +77,7 @@ class EncodedTree:
         so its lists are not copied for every version of the tree."""
         keys = self.keys
         chunks = self.chunks
+        joined = self.joined
         bisect_left = bisect.bisect_left
         for name in names:
             before = old.get(name)
@@ -86,6 +95,7 @@ class EncodedTree:
                     at = bisect_left(keys, key)
                     if at < len(keys) and keys[at] == key:
                         chunks[at] = chunk
+                        joined = None
                         continue
             if before is not None:
                 old_key = tree_sort_key(name, before[0])
@@ -93,13 +103,20 @@ class EncodedTree:
                 if at < len(keys) and keys[at] == old_key:
                     del keys[at]
                     del chunks[at]
+                    joined = None
             if after is not None:
                 at = bisect_left(keys, key)
+                joined = joined + chunk if joined is not None and at == len(keys) else None
                 keys.insert(at, key)
                 chunks.insert(at, chunk)
+        self.joined = joined
 
     def body(self) -> bytes:
-        return b"".join(self.chunks)
+        joined = self.joined
+        if joined is None:
+            joined = b"".join(self.chunks)
+        self.joined = joined if len(joined) <= KEEP_JOINED else None
+        return joined
 
 
 class WeightedCache:
