@@ -2,9 +2,15 @@
 
 :class:`AsgiAdapter` is a looming HTTP handler: it turns each request into an
 ASGI ``http`` scope, runs the application, and returns its response, whole
-when the application sends a single body message and streamed otherwise. The
-application's ``lifespan`` protocol runs through :meth:`AsgiAdapter.startup`
-and :meth:`AsgiAdapter.shutdown` (or ``async with adapter.lifespan():``).
+when the application sends a single body message and streamed otherwise.
+The response ends with the application's last message, not with the
+application: what it does after (Starlette's and FastAPI's background tasks)
+runs on by itself, holding back neither the response nor the connection's
+next request, and a failure then is logged. An application that returns
+before its last message has its response cut (the connection is dropped).
+The application's ``lifespan`` protocol runs through :meth:`AsgiAdapter.startup`
+and :meth:`AsgiAdapter.shutdown` (or ``async with adapter.lifespan():``), which
+first gives background tasks :attr:`AsgiAdapter.background_grace` seconds.
 """
 
 from __future__ import annotations
@@ -218,12 +224,16 @@ class _AppBody:
         outbox: _Outbox,
         task: asyncio.Task[None],
         response_done: asyncio.Event,
+        detach: Callable[[asyncio.Task[None]], None],
     ) -> None:
         self._next: Message | None = first
         self._outbox = outbox
         self._task = task
         self._response_done = response_done
+        self._detach: Callable[[asyncio.Task[None]], None] | None = detach
         self._finished = False
+        self._complete = False
+        """Set once the application sent its response's last message."""
         self.bytes_sent = 0
         self.trailers: list[tuple[bytes, bytes]] | None = None
         """Set when the application announced trailers (``trailers: True``)."""
@@ -245,9 +255,15 @@ class _AppBody:
             if chunk:
                 self.bytes_sent += len(chunk)
                 return chunk
-        # An application error here propagates: the server then drops the
-        # connection, so the client sees a truncated body, not a complete one.
-        await self._task
+        if not self._complete:
+            # The application returned (or failed) before its last message:
+            # its error, or this one, propagates and the server drops the
+            # connection, so the client sees a truncated body, not a whole one.
+            await self._task
+            raise RuntimeError("ASGI application returned without completing its response")
+        # What the application does after its response (Starlette's
+        # background tasks) does not hold the response's end back.
+        self._hand_over()
         raise StopAsyncIteration
 
     async def take_first(self) -> None:
@@ -261,23 +277,25 @@ class _AppBody:
         kind = message.get("type")
         if kind == "http.response.body":
             if not message.get("more_body", False) and self.trailers is None:
-                self._finish()
+                self._finish(complete=True)
             return bytes(message.get("body", b""))
         if kind == "http.response.pathsend" and self.trailers is None:
             # The file is the rest of the body (ASGI's pathsend extension).
             # It is opened and read off the event loop, in large pieces.
             self._file = await asyncio.to_thread(open, os.fspath(message["path"]), "rb")
-            self._finish()
+            self._finish(complete=True)
         elif kind == "http.response.trailers" and self.trailers is not None:
             self.trailers.extend(
                 (bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())
             )
             if not message.get("more_trailers", False):
-                self._finish()
+                self._finish(complete=True)
         elif message is _GONE:
             raise ClientDisconnected("the client went away during the response")
         else:
-            self._finish()
+            # The application returned, or sent what cannot follow (a second
+            # start, trailers it did not announce): the response ends here.
+            self._finish(complete=message is not _APP_DONE)
         return b""
 
     async def _file_chunk(self) -> bytes:
@@ -294,8 +312,14 @@ class _AppBody:
             self._file.close()
             self._file = None
 
-    def _finish(self) -> None:
+    def _hand_over(self) -> None:
+        if self._detach is not None:
+            self._detach(self._task)
+            self._detach = None
+
+    def _finish(self, *, complete: bool) -> None:
         self._finished = True
+        self._complete = complete
         self._outbox.response_finished()
         self._response_done.set()
 
@@ -304,7 +328,11 @@ class _AppBody:
         self._close_file()
         self._outbox.response_finished()
         self._response_done.set()
-        if not self._task.done():
+        if self._complete:
+            # The application sent its last message: what it does after
+            # (background tasks) runs on, even if the client left meanwhile.
+            self._hand_over()
+        elif not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
@@ -319,6 +347,10 @@ class AsgiAdapter:
     disconnect_grace = 1.0
     """How long an application told of a disconnect may take to finish before it is cancelled."""
 
+    background_grace = 10.0
+    """At shutdown, how long applications still running after their response
+    (background tasks) may take before they are cancelled."""
+
     def __init__(self, app: AsgiApp, *, root_path: str = "", scheme: str = "http") -> None:
         self.app = app
         self.root_path = root_path
@@ -328,6 +360,8 @@ class AsgiAdapter:
         self.state: dict[str, Any] = {}
         self._lifespan: _Lifespan | None = None
         self._websockets: set[Any] = set()
+        self._after: set[asyncio.Task[None]] = set()
+        """Applications still running after their response was complete."""
 
     async def startup(self) -> None:
         """Run the application's lifespan startup (no-op if it has none)."""
@@ -335,7 +369,9 @@ class AsgiAdapter:
         await self._lifespan.startup()
 
     async def shutdown(self) -> None:
-        """Run the application's lifespan shutdown."""
+        """Let work after responses finish (see :meth:`finish_background`),
+        then run the application's lifespan shutdown."""
+        await self.finish_background(self.background_grace)
         if self._lifespan is not None:
             await self._lifespan.shutdown()
             self._lifespan = None
@@ -347,6 +383,43 @@ class AsgiAdapter:
             yield self
         finally:
             await self.shutdown()
+
+    @property
+    def running_after_response(self) -> int:
+        """How many applications are still running after their response."""
+        return len(self._after)
+
+    def _run_on(self, task: asyncio.Task[None]) -> None:
+        """Let ``task``, whose response is complete, run on by itself (a
+        Starlette ``BackgroundTask`` runs inside the application after its
+        response was sent; it holds back neither that response nor the
+        connection's next request). Its failure is logged: the client
+        already has its whole response."""
+        self._after.add(task)
+        task.add_done_callback(self._ran_on)
+
+    def _ran_on(self, task: asyncio.Task[None]) -> None:
+        self._after.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("ASGI application failed after responding", exc_info=error)
+
+    async def finish_background(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the applications still running
+        after their response (background tasks); then cancel them."""
+        if not self._after:
+            return
+        log.info("waiting for %d background task(s) to complete", len(self._after))
+        _, pending = await asyncio.wait(set(self._after), timeout=timeout)
+        if pending:
+            log.error(
+                "cancelling %d background task(s) still running after %.1f s", len(pending), timeout
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
 
     def _scope(self, request: Request) -> Scope:
         raw_path, _, query = request.target.partition("?")
@@ -446,14 +519,12 @@ class AsgiAdapter:
             ):
                 outbox.response_finished()
                 ended.set()
-                try:
-                    await task
-                except Exception:
-                    # The response is complete; an error raised after it (as
-                    # Starlette re-raises after sending its 500 page) is logged.
-                    log.exception("ASGI application failed after responding")
+                # The response is complete and goes out now; the application
+                # runs on (background tasks), and an error it raises after
+                # (as Starlette re-raises after its 500 page) is logged.
+                self._run_on(task)
                 return Response(status, headers, bytes(first.get("body", b"")))
-            body = _AppBody(first, outbox, task, ended)
+            body = _AppBody(first, outbox, task, ended, self._run_on)
             if trailers:
                 body.trailers = []
             if first.get("type") == "http.response.pathsend":

@@ -212,6 +212,7 @@ async def serve_asgi(
     Date headers read ``clock``, the unikernel's clock device."""
     settings = settings or HttpSettings()
     adapter = AsgiAdapter(app)
+    adapter.background_grace = settings.shutdown_timeout
     server = http_server(adapter, settings, clock=clock)
     async with adapter.lifespan():
         listener = await stack.tcp.listen(port, server.serve_flow)

@@ -1,0 +1,266 @@
+"""Background work after a response: Starlette's ``BackgroundTask`` and
+FastAPI's ``BackgroundTasks`` run inside the application call after it sent
+its last body message. The client must have its whole response then, not
+when the task ends, as under uvicorn, which serves the same app in the same
+test (a differential check: both deliver before the task ends)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import logging
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import BackgroundTasks, FastAPI
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from looming.http.asgi import AsgiAdapter
+
+from .serving import serve_in_thread
+
+TASK_SECONDS = 1.5
+"""How long each background task sleeps."""
+PROMPT = 0.8
+"""The bound on a response's time: well under the task's, with margin."""
+
+
+class Log:
+    """When each background task started and ended (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+        self.ended: list[float] = []
+        self.cancelled = 0
+
+    async def work(self, seconds: float = TASK_SECONDS) -> None:
+        self.started.append(time.monotonic())
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.ended.append(time.monotonic())
+
+    def wait_ended(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ended) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.ended) >= count, f"{len(self.ended)} of {count} background tasks ran"
+
+
+def starlette_app(done: Log) -> Starlette:
+    async def slow(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("sent\n", background=BackgroundTask(done.work))
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain\n")
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield b"part %d\n" % i
+
+        return StreamingResponse(parts(), background=BackgroundTask(done.work))
+
+    async def fails() -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the background task broke")
+
+    async def boom(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("whole\n", background=BackgroundTask(fails))
+
+    routes = [Route("/slow", slow), Route("/plain", plain), Route("/stream", stream)]
+    return Starlette(routes=[*routes, Route("/boom", boom)])
+
+
+def fastapi_app(done: Log) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/signup")
+    async def signup(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(done.work)  # "send the welcome email"
+        return {"status": "ok"}
+
+    return app
+
+
+@contextmanager
+def under_uvicorn(app: Any) -> Iterator[int]:
+    """``app`` served by uvicorn (its default choices: httptools and uvloop
+    when installed) on a free port, in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@contextmanager
+def under_looming(app: Any) -> Iterator[int]:
+    with serve_in_thread(lambda: AsgiAdapter(app)) as running:
+        yield running.port
+
+
+SERVERS: dict[str, Callable[[Any], Any]] = {"looming": under_looming, "uvicorn": under_uvicorn}
+
+
+def timed(conn: http.client.HTTPConnection, method: str, path: str) -> tuple[float, int, bytes]:
+    """(seconds until the whole response was read, status, body)."""
+    began = time.monotonic()
+    conn.request(method, path)
+    response = conn.getresponse()
+    body = response.read()
+    return time.monotonic() - began, response.status, body
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+@pytest.mark.parametrize(
+    ("make", "method", "path", "expected"),
+    [
+        (starlette_app, "GET", "/slow", b"sent\n"),
+        (starlette_app, "GET", "/stream", b"part 0\npart 1\npart 2\n"),
+        (fastapi_app, "POST", "/signup", b'{"status":"ok"}'),
+    ],
+    ids=["starlette", "streaming", "fastapi"],
+)
+def test_the_response_does_not_wait_for_the_background_task(
+    name: str, make: Callable[[Log], Any], method: str, path: str, expected: bytes
+) -> None:
+    done = Log()
+    with SERVERS[name](make(done)) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        took, status, body = timed(conn, method, path)
+        received = time.monotonic()
+        # Keep-alive: the next request on the connection is not held back either.
+        again, status2, body2 = timed(conn, method, path)
+        print(f"{name} {path}: {took * 1000:.1f} ms, then {again * 1000:.1f} ms")
+        assert (status, body, status2, body2) == (200, expected, 200, expected)
+        assert took < PROMPT, f"{name}: the response took {took:.2f} s"
+        assert again < PROMPT, f"{name}: the next response took {again:.2f} s"
+        done.wait_ended(2)  # the tasks did run, after their responses
+        assert done.ended[0] - done.started[0] >= TASK_SECONDS - 0.05  # (timer grain)
+        assert received < done.ended[0]
+        conn.close()
+
+
+def test_over_h2c_the_response_does_not_wait_either() -> None:
+    done = Log()
+    with under_looming(starlette_app(done)) as port:
+        began = time.monotonic()
+        out = subprocess.run(
+            ["curl", "--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge",
+             "--write-out", "\n%{http_version}", f"http://127.0.0.1:{port}/slow"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        took = time.monotonic() - began
+        print(f"looming h2c /slow: {took * 1000:.1f} ms (curl, with its start)")
+        assert out == b"sent\n\n2"
+        assert took < PROMPT, f"the h2 response took {took:.2f} s"
+        assert not done.ended
+        done.wait_ended(1)
+
+
+def test_a_failing_background_task_is_logged_not_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done = Log()
+    with (
+        caplog.at_level(logging.ERROR, "looming.http.asgi"),
+        under_looming(starlette_app(done)) as port,
+    ):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"whole\n"):
+            piece = sock.recv(4096)
+            assert piece, f"closed before the whole response: {first!r}"
+            first += piece
+        deadline = time.monotonic() + 10
+        while "failed after responding" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "the background task broke" in caplog.text
+        # No second response, no traceback to the client; the connection,
+        # whose response was whole, still serves.
+        sock.sendall(b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n")
+        second = b""
+        while not second.endswith(b"plain\n"):
+            piece = sock.recv(4096)
+            assert piece, f"closed: {second!r}"
+            second += piece
+        sock.close()
+    assert first.startswith(b"HTTP/1.1 200 ") and first.count(b"HTTP/1.1") == 1
+    assert second.startswith(b"HTTP/1.1 200 ") and second.count(b"HTTP/1.1") == 1
+    assert b"Traceback" not in first + second
+
+
+def test_shutdown_waits_for_background_tasks_then_cancels() -> None:
+    done = Log()
+    app = starlette_app(done)
+    with serve_in_thread(lambda: AsgiAdapter(app)) as running:
+        adapter = running.server.handler
+        assert isinstance(adapter, AsgiAdapter)
+        conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+        for _ in range(2):
+            took, status, _body = timed(conn, "GET", "/slow")
+            assert status == 200 and took < PROMPT
+        conn.close()
+        assert adapter.running_after_response == 2
+
+        async def stop(grace: float) -> None:
+            await adapter.finish_background(grace)
+
+        # A short grace: both tasks are cancelled, none is left running.
+        asyncio.run_coroutine_threadsafe(stop(0.1), running.loop).result(10)
+        assert (adapter.running_after_response, done.cancelled, done.ended) == (0, 2, [])
+        # A long enough one: the task finishes.
+        conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+        timed(conn, "GET", "/slow")
+        conn.close()
+        asyncio.run_coroutine_threadsafe(stop(10), running.loop).result(15)
+        assert adapter.running_after_response == 0 and len(done.ended) == 1
+
+
+async def returns_early(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Starts a streamed response, then returns without its last message."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"half", "more_body": True})
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_a_response_left_unfinished_is_cut_not_completed(name: str) -> None:
+    # The body must not look whole (no last chunk): the connection is closed.
+    with SERVERS[name](returns_early) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        received = b""
+        while piece := sock.recv(4096):
+            received += piece
+        sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower()
+    assert body == b"4\r\nhalf\r\n", f"{name}: {body!r}"
