@@ -10,6 +10,7 @@ import bisect
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import struct
 import sys
@@ -149,7 +150,7 @@ def encode_index(entries: list[IndexEntry], pack_checksum: bytes, presorted: boo
     # rewritten on every fold.
     names = b"".join(map(_ID_OF, ordered))
     first_bytes = names[::20]
-    fanout = array.array("I", [bisect.bisect_right(first_bytes, first) for first in range(256)])
+    fanout = array.array("I", map(bisect.bisect_right, itertools.repeat(first_bytes), range(256)))
     crcs = array.array("I", map(_CRC_OF, ordered))
     offsets = array.array("I")
     large = array.array("Q")
