@@ -185,13 +185,18 @@ class GrowingPack:
             mark[:] = [grown_from, count]
         ordered = sorted(entries, key=_OFFSET)
         ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
-        spans = [(*entry, end) for entry, end in zip(ordered, ends, strict=True)]
-        step = -(-len(spans) // max(parts, 1)) or 1
+        step = -(-len(ordered) // max(parts, 1)) or 1
         try:
-            for start in range(0, len(spans), step):
+            for start in range(0, len(ordered), step):
                 if start:
                     yield
-                self._append_spans(data, spans[start : start + step], delta_bases, tree_bodies)
+                self._append_spans(
+                    data,
+                    ordered[start : start + step],
+                    ends[start : start + step],
+                    delta_bases,
+                    tree_bodies,
+                )
         except BaseException:
             self.unabsorb(grown_from, count)
             raise
@@ -261,20 +266,20 @@ class GrowingPack:
         yet, each tree as a delta against its previous version if it can."""
         ordered = sorted(source_entries, key=_OFFSET)
         ends = [entry[1] for entry in ordered[1:]] + [len(data) - 20]
-        spans = [(*entry, end) for entry, end in zip(ordered, ends, strict=True)]
-        self._append_spans(data, spans, delta_bases, tree_bodies, new_entries)
+        self._append_spans(data, ordered, ends, delta_bases, tree_bodies, new_entries)
 
     def _append_spans(
         self,
         data: bytes,
-        spans: list[tuple[ObjectId, int, int, int]],
+        spans: list[IndexEntry],
+        ends: list[int],
         delta_bases: dict[ObjectId, ObjectId],
         tree_bodies: dict[ObjectId, bytes],
         new_entries: list[IndexEntry] | None = None,
     ) -> None:
-        """Append the entries ``spans`` (id, offset, CRC, end) of pack
-        ``data`` to this pack (their index entries to ``new_entries``, by
-        default the pending ones)."""
+        """Append the entries ``spans`` (id, offset, CRC; each ending where
+        ``ends`` says) of pack ``data`` to this pack (their index entries to
+        ``new_entries``, by default the pending ones)."""
         from looming.store.delta import make_delta
 
         if new_entries is None:
@@ -282,7 +287,7 @@ class GrowingPack:
         body, ids, trees, bodies = self.body, self.ids, self.trees, self.bodies
         crc32 = zlib.crc32
         view = memoryview(data)
-        for oid, offset, crc, end in spans:
+        for (oid, offset, crc), end in zip(spans, ends, strict=True):
             if oid in ids:
                 continue
             at = len(body)
