@@ -74,6 +74,18 @@ def starlette_app(done: Log) -> Starlette:
 
         return StreamingResponse(parts(), background=BackgroundTask(done.work))
 
+    async def endless(request: Request) -> StreamingResponse:
+        async def forever() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"tick\n"
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                done.cancelled += 1
+                raise
+
+        return StreamingResponse(forever(), background=BackgroundTask(done.work))
+
     async def fails() -> None:
         await asyncio.sleep(0.2)
         raise RuntimeError("the background task broke")
@@ -82,7 +94,8 @@ def starlette_app(done: Log) -> Starlette:
         return PlainTextResponse("whole\n", background=BackgroundTask(fails))
 
     routes = [Route("/slow", slow), Route("/plain", plain), Route("/stream", stream)]
-    return Starlette(routes=[*routes, Route("/boom", boom)])
+    more = [Route("/boom", boom), Route("/endless", endless)]
+    return Starlette(routes=[*routes, *more])
 
 
 def fastapi_app(done: Log) -> FastAPI:
@@ -264,3 +277,35 @@ def test_a_response_left_unfinished_is_cut_not_completed(name: str) -> None:
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower()
     assert body == b"4\r\nhalf\r\n", f"{name}: {body!r}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_a_head_request_still_runs_the_background_task(name: str) -> None:
+    done = Log()
+    with SERVERS[name](starlette_app(done)) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        took, status, body = timed(conn, "HEAD", "/stream")
+        print(f"{name} HEAD /stream: {took * 1000:.1f} ms")
+        assert (status, body) == (200, b"") and took < PROMPT
+        done.wait_ended(1)
+        assert done.cancelled == 0
+        conn.close()
+
+
+def test_a_head_request_to_an_endless_stream_is_cut_after_the_grace() -> None:
+    # Its body goes nowhere: the application gets the disconnect grace to
+    # finish, then is cancelled (and its background task never starts).
+    done = Log()
+    with under_looming(starlette_app(done)) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        took, status, body = timed(conn, "HEAD", "/endless")
+        assert (status, body) == (200, b"") and took < PROMPT
+        deadline = time.monotonic() + 10
+        while not done.cancelled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cut = time.monotonic() - (deadline - 10)
+        assert done.cancelled == 1, "the endless stream was never cut"
+        assert AsgiAdapter.disconnect_grace - 0.1 <= cut < AsgiAdapter.disconnect_grace + 2
+        assert done.started == [] and done.ended == []
+        assert timed(conn, "GET", "/plain")[1:] == (200, b"plain\n")  # the connection goes on
+        conn.close()

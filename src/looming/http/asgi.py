@@ -151,7 +151,17 @@ class _Outbox:
     without waiting for the server.
     """
 
-    __slots__ = ("_getter", "_items", "_loop", "_putter", "app_done", "finished", "gone")
+    __slots__ = (
+        "_getter",
+        "_items",
+        "_loop",
+        "_putter",
+        "app_done",
+        "finished",
+        "gone",
+        "is_last",
+        "on_last",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -161,6 +171,10 @@ class _Outbox:
         self.gone = False
         self.finished = False
         self.app_done = False
+        self.is_last: Callable[[Message], bool] | None = None
+        self.on_last: Callable[[], None] | None = None
+        """Told when, the response being over (a HEAD's head sent), the
+        application sends what would have been its last message."""
 
     @staticmethod
     def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -180,7 +194,14 @@ class _Outbox:
         if self.gone:
             raise ClientDisconnected("the client has gone away")
         if self.finished:
-            return  # the response is complete; later messages mean nothing
+            # The response is over; later messages mean nothing.
+            if self.on_last is not None:
+                if self.is_last is not None and self.is_last(message):
+                    self.on_last()
+                    self.on_last = None
+                else:
+                    await asyncio.sleep(0)  # a stream sent into the void yields
+            return
         self._items.append(message)
         self._wake(self._getter)
 
@@ -225,6 +246,8 @@ class _AppBody:
         task: asyncio.Task[None],
         response_done: asyncio.Event,
         detach: Callable[[asyncio.Task[None]], None],
+        *,
+        head_grace: float | None = None,
     ) -> None:
         self._next: Message | None = first
         self._outbox = outbox
@@ -234,6 +257,9 @@ class _AppBody:
         self._finished = False
         self._complete = False
         """Set once the application sent its response's last message."""
+        self._head_grace = head_grace
+        """For a HEAD request (whose body the application sends is dropped):
+        how long the application may go on streaming after the head."""
         self.bytes_sent = 0
         self.trailers: list[tuple[bytes, bytes]] | None = None
         """Set when the application announced trailers (``trailers: True``)."""
@@ -312,6 +338,31 @@ class _AppBody:
             self._file.close()
             self._file = None
 
+    def _is_last(self, message: Message) -> bool:
+        kind = message.get("type")
+        if self.trailers is not None:
+            return kind == "http.response.trailers" and not message.get("more_trailers", False)
+        if kind == "http.response.body":
+            return not message.get("more_body", False)
+        return kind == "http.response.pathsend"
+
+    def _drop_rest(self, grace: float) -> None:
+        """After a HEAD's head: the application's body goes nowhere and it
+        runs on (to its background tasks) if it sends its last message
+        within the disconnect grace; one still streaming then is cancelled."""
+        task = self._task
+        self._outbox.is_last = self._is_last
+        self._outbox.on_last = self._sent_last
+        self._hand_over()
+        asyncio.get_running_loop().call_later(grace, self._cut_if_streaming, task)
+
+    def _sent_last(self) -> None:
+        self._complete = True
+
+    def _cut_if_streaming(self, task: asyncio.Task[None]) -> None:
+        if not self._complete and not task.done():
+            task.cancel()
+
     def _hand_over(self) -> None:
         if self._detach is not None:
             self._detach(self._task)
@@ -332,6 +383,8 @@ class _AppBody:
             # The application sent its last message: what it does after
             # (background tasks) runs on, even if the client left meanwhile.
             self._hand_over()
+        elif self._head_grace is not None and not self._outbox.gone and not self._task.done():
+            self._drop_rest(self._head_grace)
         elif not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -524,7 +577,8 @@ class AsgiAdapter:
                 # (as Starlette re-raises after its 500 page) is logged.
                 self._run_on(task)
                 return Response(status, headers, bytes(first.get("body", b"")))
-            body = _AppBody(first, outbox, task, ended, self._run_on)
+            head_grace = self.disconnect_grace if request.method == "HEAD" else None
+            body = _AppBody(first, outbox, task, ended, self._run_on, head_grace=head_grace)
             if trailers:
                 body.trailers = []
             if first.get("type") == "http.response.pathsend":
