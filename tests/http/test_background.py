@@ -7,6 +7,7 @@ test (a differential check: both deliver before the task ends)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import logging
 import socket
@@ -309,3 +310,62 @@ def test_a_head_request_to_an_endless_stream_is_cut_after_the_grace() -> None:
         assert done.started == [] and done.ended == []
         assert timed(conn, "GET", "/plain")[1:] == (200, b"plain\n")  # the connection goes on
         conn.close()
+
+
+class _Console:
+    """A console that hands over the first line it is given."""
+
+    def __init__(self) -> None:
+        self.first: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def log(self, message: str) -> None:
+        if not self.first.done():
+            self.first.set_result(message)
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def read(self) -> bytes:
+        return b""
+
+
+def test_a_stop_lets_background_tasks_finish_before_the_lifespan_shutdown() -> None:
+    from contextlib import asynccontextmanager
+
+    from looming.http.service import HttpSettings, serve_asgi
+    from looming.unix.clock import UnixClock
+    from looming.unix.socket_stack import SocketStack
+
+    events: list[str] = []
+    done = Log()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        events.append(f"lifespan shutdown, {len(done.ended)} task(s) ended")
+
+    app = starlette_app(done)
+    app.router.lifespan_context = lifespan
+
+    async def main() -> float:
+        console = _Console()
+        stack = await SocketStack.connect("127.0.0.1")
+        settings = HttpSettings(shutdown_timeout=5.0)
+        service = asyncio.create_task(
+            serve_asgi(app, console, stack, clock=UnixClock(), port=0, settings=settings)
+        )
+        port = int((await asyncio.wait_for(console.first, 10)).rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"\r\n\r\nsent\n")
+        writer.close()
+        stopping = time.monotonic()
+        service.cancel()  # how a unikernel is stopped (SIGTERM)
+        with contextlib.suppress(asyncio.CancelledError):
+            await service
+        await stack.disconnect()
+        return time.monotonic() - stopping
+
+    took = asyncio.run(main())
+    assert events == ["lifespan shutdown, 1 task(s) ended"]
+    assert took < TASK_SECONDS + 1.0
