@@ -369,3 +369,23 @@ def test_a_stop_lets_background_tasks_finish_before_the_lifespan_shutdown() -> N
     took = asyncio.run(main())
     assert events == ["lifespan shutdown, 1 task(s) ended"]
     assert took < TASK_SECONDS + 1.0
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_a_pipelined_request_is_answered_while_the_task_runs(name: str) -> None:
+    done = Log()
+    with SERVERS[name](starlette_app(done)) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        began = time.monotonic()
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /plain HTTP/1.1\r\nhost: x\r\n\r\n")
+        received = b""
+        while not received.endswith(b"plain\n"):
+            piece = sock.recv(4096)
+            assert piece, f"closed: {received!r}"
+            received += piece
+        took = time.monotonic() - began
+        sock.close()
+        print(f"{name} pipelined /slow + /plain: {took * 1000:.1f} ms")
+        assert received.count(b"HTTP/1.1 200 ") == 2 and b"sent\n" in received
+        assert took < PROMPT and not done.ended
+        done.wait_ended(1)
