@@ -334,6 +334,7 @@ def _pair_trees(
 
 
 _BACKENDS: weakref.WeakSet[GitBackend] = weakref.WeakSet()
+_sha1 = hashlib.sha1
 
 
 def _after_fork_in_child() -> None:
@@ -563,12 +564,16 @@ class GitBackend:
         prefix = OBJECT_HEADER_PREFIX.get(kind)  # object_header's, inlined
         if prefix is None:
             raise ValueError(f"unknown object type {kind!r}")
-        digest = hashlib.sha1(b"%s%d\0" % (prefix, len(body)))
+        digest = _sha1(b"%s%d\0" % (prefix, len(body)))
         digest.update(body)
         object_id = digest.digest()
         if object_id not in self._known:
-            with self._thread_lock:
+            lock = self._thread_lock
+            lock.acquire()  # not a with block: a commit writes a few dozen objects
+            try:
                 self._pending[object_id] = (kind, body)
+            finally:
+                lock.release()
         return object_id
 
     def note_delta_base(self, object_id: ObjectId, base: ObjectId) -> None:

@@ -166,7 +166,8 @@ class Commit:
 
     def encode(self) -> bytes:
         lines = [b"tree " + self.tree.hex().encode()]
-        lines.extend(b"parent " + parent.hex().encode() for parent in self.parents)
+        for parent in self.parents:
+            lines.append(b"parent " + parent.hex().encode())
         author = self.author.encode()
         # The store commits with one Identity as both: encoded once.
         committer = author if self.committer is self.author else self.committer.encode()

@@ -290,7 +290,7 @@ class WorkTree:
         object_id = self.db.write_tree_encoded(node.entries, body, node.base_id, encoded)
         node.base_id = object_id
         node.base_entries = node.entries
-        node.touched = set()
+        node.touched.clear()
         node.dirty = False
         # The cache now shares this dict: copy before the next edit.
         node.owned = False
