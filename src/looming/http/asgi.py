@@ -447,17 +447,12 @@ class AsgiAdapter:
         Starlette ``BackgroundTask`` runs inside the application after its
         response was sent; it holds back neither that response nor the
         connection's next request). Its failure is logged: the client
-        already has its whole response."""
-        self._after.add(task)
-        task.add_done_callback(self._ran_on)
-
-    def _ran_on(self, task: asyncio.Task[None]) -> None:
-        self._after.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("ASGI application failed after responding", exc_info=error)
+        already has its whole response (``run_app`` in :meth:`__call__`
+        logs it and leaves the set)."""
+        if not task.done():
+            self._after.add(task)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("ASGI application failed after responding", exc_info=task.exception())
 
     async def finish_background(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the applications still running
@@ -543,8 +538,13 @@ class AsgiAdapter:
         async def run_app() -> None:
             try:
                 await self.app(scope, receive, outbox.put)
+            except Exception as error:
+                if task not in self._after:
+                    raise  # the response is not complete: the adapter awaits it
+                log.error("ASGI application failed after responding", exc_info=error)
             finally:
                 outbox.application_done()
+                self._after.discard(task)
 
         task = loop.create_task(run_app())
         try:
