@@ -177,3 +177,42 @@ def test_a_guest_that_ignores_the_request_is_killed_after_the_stop_timeout(
     assert run.returncode == 128 + signal.SIGTERM, out + err
     assert "did not stop in time" in out
     assert _gone(qemu, 5)
+
+
+def _machine_of(manifest: dict[str, object], *argv: str) -> tuple[str, str]:
+    """qemu's -M and the kernel command line for ``manifest`` booted with ``argv``."""
+    options, keys = launch.split_arguments(argv)
+    command = launch.qemu_command(manifest, options, keys)
+    return command[command.index("-M") + 1], command[command.index("-append") + 1]
+
+
+def test_x86_64_boots_on_microvm_when_nothing_needs_pc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch, "tsc_khz", lambda: 2_600_000)
+    both = ["virtio_pci", "virtio_mmio", "virtio_net"]
+    manifest: dict[str, object] = {
+        "arch": "x86_64", "kernel": str(tmp_path / "k"), "initrd": "i",
+        "needs_network": True, "kernel_modules": both,
+    }  # fmt: skip
+    tap = ("--vm-tap", "loomingnotap")
+    machine, cmdline = _machine_of(manifest, *tap)
+    assert machine == "microvm" and "tsc_early_khz=2600000" in cmdline.split()
+    assert "noapictimer" not in cmdline.split()
+    assert _machine_of(manifest, *tap, "--vm-machine", "pc")[0] == "pc"
+    # Whatever needs PCI, or a driver the image lacks, keeps pc.
+    assert _machine_of({**manifest, "kernel_modules": both[::2]}, *tap)[0] == "pc"
+    assert _machine_of({**manifest, "vchans": [{"port": "kv", "peer": None}]}, *tap)[0] == "pc"
+    vmxnet3 = {**manifest, "kernel_modules": [*both, "vmxnet3"]}
+    assert _machine_of(vmxnet3, *tap, "--vm-nic", "vmxnet3")[0] == "pc"
+    assert _machine_of({**manifest, "kernel_modules": "?"}, *tap)[0] == "pc"  # an old manifest
+    # Without the host's TSC rate, microvm's kernel could wait for ever
+    # on a failed PIT calibration under emulation: pc, with its HPET.
+    monkeypatch.setattr(launch, "tsc_khz", lambda: None)
+    machine, cmdline = _machine_of(manifest, *tap)
+    assert machine == "pc" and "noapictimer" in cmdline.split()
+    monkeypatch.setenv("LOOMING_VM_ACCEL", "kvm")  # kvm-clock needs no calibration
+    assert _machine_of(manifest, *tap)[0] == "microvm"
+    # aarch64 has one machine.
+    arm = {**manifest, "arch": "aarch64", "kernel_modules": ["virtio_mmio", "virtio_net"]}
+    assert _machine_of(arm, *tap)[0] == "virt"

@@ -204,7 +204,7 @@ def test_run_help_lists_the_machine_and_nic_options(
     image.write_text(json.dumps({"arch": "x86_64", "kernel": "k", "initrd": "i", "usage": "keys"}))
     assert launch.main([str(image), "--help"]) == 0
     shown = capsys.readouterr().out
-    assert "--vm-machine NAME" in shown and "pc (default) or microvm" in shown
+    assert "--vm-machine NAME" in shown and "pc or microvm on x86_64" in shown
     assert "--vm-nic MODEL" in shown and "virtio (default) or vmxnet3" in shown
 
 

@@ -1025,6 +1025,8 @@ def build_image(
         nic_drivers = parse_nic_drivers(options.get("nic_drivers"), arch.virtio_transport)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if not options.get("nic_drivers") and arch.name == "x86_64":
+        nic_drivers += ("virtio-mmio",)  # for microvm, which boots sooner than pc
     if options.get("firecracker") and "virtio-mmio" not in nic_drivers:
         nic_drivers += ("virtio-mmio",)  # Firecracker's devices are virtio-mmio
     dist = app_dir / "dist"

@@ -60,9 +60,9 @@ machine options (for qemu, not the unikernel):
   --vm-timeout S    stop the VM after S seconds (exit status 124)
   --vm-stop-timeout S
                     after SIGTERM/SIGINT, give the guest S seconds to stop (default 10)
-  --vm-machine NAME the machine qemu emulates: pc (default) or microvm on x86_64
-                    (virtio-mmio devices, no PCI: the image needs --nic-drivers
-                    with virtio-mmio), virt on aarch64
+  --vm-machine NAME the machine qemu emulates: pc or microvm on x86_64 (virtio-mmio
+                    devices, no PCI; the default when the image has virtio-mmio and
+                    nothing needs PCI, else pc), virt on aarch64
   --vm-nic MODEL    the NIC qemu gives the guest: virtio (default) or vmxnet3
                     (a PCI machine; the image needs --nic-drivers with vmxnet3)
   --vm-trace        show the kernel's messages and /init's boot stages
@@ -255,6 +255,37 @@ def machine_for(arch: Arch, name: str | None) -> Machine:
     return machine
 
 
+# The machine an image boots on without --vm-machine, when it can: x86_64's
+# microvm reaches /init in half pc's time under emulation (no PCI bus to
+# scan, no PCI interrupt links for ACPI's interpreter to set up, a far
+# smaller ACPI table; 0.57 s against 1.10 s in one traced boot).
+FASTER_MACHINE = {"x86_64": "microvm"}
+
+
+def choose_machine(
+    arch: Arch, manifest: dict[str, object], options: MachineOptions, disk: bool
+) -> Machine:
+    """``--vm-machine``'s machine; without it, the faster machine of
+    :data:`FASTER_MACHINE` when the image and the run need nothing it lacks
+    (the image carries its virtio driver; no vchan, whose ivshmem is a PCI
+    device; no NIC but virtio; under TCG, the host's TSC rate is known, as
+    the kernel has no timer to calibrate it against there), else the
+    architecture's default."""
+    if options.machine is not None or arch.name not in FASTER_MACHINE:
+        return machine_for(arch, options.machine)
+    faster = MACHINES[arch.name][FASTER_MACHINE[arch.name]]
+    modules = manifest.get("kernel_modules")
+    virtio = bool(options.tap) or disk or arch.entropy_device
+    fits = (
+        isinstance(modules, list)
+        and (not virtio or faster.transport in {str(m).replace("-", "_") for m in modules})
+        and not manifest.get("vchans")
+        and not (options.tap and options.nic != "virtio")
+        and (options.accel != "tcg" or tsc_khz() is not None)
+    )
+    return faster if fits else machine_for(arch, None)
+
+
 def check_drivers(
     manifest: dict[str, object], machine: Machine, nic: str | None, virtio: bool
 ) -> None:
@@ -313,7 +344,7 @@ def qemu_command(
     """The qemu command line booting the image described by ``manifest``,
     with ``disk_image`` as its virtio disk when given."""
     arch: Arch = get_arch(str(manifest["arch"]))
-    machine = machine_for(arch, options.machine)
+    machine = choose_machine(arch, manifest, options, disk_image is not None)
     if manifest.get("needs_network") and not options.tap:
         raise LaunchError(
             "this unikernel drives a network interface: give --vm-tap NAME, a TAP device "
