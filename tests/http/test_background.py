@@ -2,7 +2,8 @@
 FastAPI's ``BackgroundTasks`` run inside the application call after it sent
 its last body message. The client must have its whole response then, not
 when the task ends, as under uvicorn, which serves the same app in the same
-test (a differential check: both deliver before the task ends)."""
+test (a differential check: both deliver before the task ends). HTTP/2 (h2c,
+with curl) is checked in test_http2.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import contextlib
 import http.client
 import logging
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -178,23 +178,6 @@ def test_the_response_does_not_wait_for_the_background_task(
         assert done.ended[0] - done.started[0] >= TASK_SECONDS - 0.05  # (timer grain)
         assert received < done.ended[0]
         conn.close()
-
-
-def test_over_h2c_the_response_does_not_wait_either() -> None:
-    done = Log()
-    with under_looming(starlette_app(done)) as port:
-        began = time.monotonic()
-        out = subprocess.run(
-            ["curl", "--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge",
-             "--write-out", "\n%{http_version}", f"http://127.0.0.1:{port}/slow"],
-            capture_output=True, check=True,
-        ).stdout  # fmt: skip
-        took = time.monotonic() - began
-        print(f"looming h2c /slow: {took * 1000:.1f} ms (curl, with its start)")
-        assert out == b"sent\n\n2"
-        assert took < PROMPT, f"the h2 response took {took:.2f} s"
-        assert not done.ended
-        done.wait_ended(1)
 
 
 def test_a_failing_background_task_is_logged_not_answered(

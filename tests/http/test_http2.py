@@ -232,3 +232,22 @@ def test_graceful_stop_sends_goaway_and_finishes_open_streams() -> None:
         assert running.server.connections_open == 0
     assert fetch.returncode == 0, err
     assert out == b"finished\n2 200"
+
+
+def test_over_h2c_a_response_does_not_wait_for_its_background_task() -> None:
+    from .test_background import PROMPT, Log, starlette_app, under_looming
+
+    done = Log()
+    with under_looming(starlette_app(done)) as port:
+        began = time.monotonic()
+        out = subprocess.run(
+            ["curl", "--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge",
+             "--write-out", "\n%{http_version}", f"http://127.0.0.1:{port}/slow"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        took = time.monotonic() - began
+        print(f"looming h2c /slow: {took * 1000:.1f} ms (curl, with its start)")
+        assert out == b"sent\n\n2"
+        assert took < PROMPT, f"the h2 response took {took:.2f} s"
+        assert not done.ended
+        done.wait_ended(1)
