@@ -109,3 +109,25 @@ def test_stored_zlib_inflates_to_its_input(data: bytes) -> None:
     assert inflater.eof and not inflater.unused_data
     if len(data) < 60_000:
         assert stored_zlib(data) == zlib.compress(data, 0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["blob", "tree", "commit", "tag"]),
+            st.one_of(st.binary(max_size=3000), st.integers(0, 20_000).map(lambda n: b"x" * n)),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([0, 1, 6]),
+)
+def test_a_pack_of_pending_objects_reads_back(objects: list[tuple[str, bytes]], level: int) -> None:
+    """The pack of a writer's pending objects (held by id) is the pack of
+    the same objects listed, and every object reads back from it."""
+    from looming.store.pack import build_pack, build_pack_of, read_pack
+
+    pending = {hash_object(kind, body): (kind, body) for kind, body in objects}
+    listed = [(oid, kind, body) for oid, (kind, body) in pending.items()]
+    packed = build_pack_of(pending, level)
+    assert packed == build_pack(listed, level)
+    assert list(read_pack(packed[0])) == list(pending.values())

@@ -42,7 +42,7 @@ from looming.store.objects import (
     parse_tree,
     raw_id,
 )
-from looming.store.pack import IndexEntry, PackRecord, build_pack, install_pack
+from looming.store.pack import IndexEntry, PackRecord, build_pack_of, install_pack
 from looming.store.spares import SparePool, reclaim_dead, sync_dir, sync_together
 
 # Small packs are folded once they amount to this fraction of the growing
@@ -594,9 +594,7 @@ class GitBackend:
             if not self._pending:
                 return
             pending = self._pending
-            data, entries, checksum = build_pack(
-                [(oid, kind, body) for oid, (kind, body) in pending.items()], self._compression
-            )
+            data, entries, checksum = build_pack_of(pending, self._compression)
             self._make_dir(self.pack_dir)
             growing = self._growing
             if growing.size() > SEAL_ABOVE and not growing.absorbed and not self._chores:
@@ -664,8 +662,9 @@ class GitBackend:
                 self._chores.popleft()
                 # The folded objects' bases are used: a compaction finds them
                 # again from the commits (tree_delta_hints).
+                forget = self._delta_bases.pop
                 for object_id, _offset, _crc in chore.entries:
-                    self._delta_bases.pop(object_id, None)
+                    forget(object_id, None)
             except Exception:
                 for waiting in self._chores:
                     waiting.steps.close()  # only the first had begun: it undoes itself

@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable, Generator
 from operator import itemgetter
 
+from looming.store.delta import make_delta
 from looming.store.objects import PACK_TREE, ObjectId
 from looming.store.pack import (
     MAX_DELTA_DEPTH,
@@ -280,8 +281,6 @@ class GrowingPack:
         """Append the entries ``spans`` (id, offset, CRC; each ending where
         ``ends`` says) of pack ``data`` to this pack (their index entries to
         ``new_entries``, by default the pending ones)."""
-        from looming.store.delta import make_delta
-
         if new_entries is None:
             new_entries = self.pending
         body, ids, trees, bodies = self.body, self.ids, self.trees, self.bodies

@@ -89,7 +89,7 @@ class EncodedTree:
                 mode = after[0]
                 key = name + b"/" if mode == MODE_TREE else name
                 prefix = _ENTRY_PREFIX.get(mode) or b"%o " % mode
-                chunk = prefix + name + b"\0" + after[1]
+                chunk = b"".join((prefix, name, b"\0", after[1]))
                 if before is not None and before[0] == mode:
                     # The same kind of entry with a new id: its place is unchanged.
                     at = bisect_left(keys, key)

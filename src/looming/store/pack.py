@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
 
 from looming.store.errors import CorruptObject
@@ -107,12 +107,27 @@ def build_pack(
 ) -> tuple[bytes, list[IndexEntry], bytes]:
     """A version 2 pack of whole objects, its index entries and checksum."""
     items = objects if isinstance(objects, list) else list(objects)
-    parts = [b"PACK" + struct.pack(">II", 2, len(items))]
+    pairs = ((oid, (kind, body)) for oid, kind, body in items)
+    return _build_pack(pairs, len(items), compression)
+
+
+def build_pack_of(
+    objects: Mapping[ObjectId, tuple[str, bytes]], compression: int = 1
+) -> tuple[bytes, list[IndexEntry], bytes]:
+    """:func:`build_pack` of objects held by id as ``(type, body)`` (a
+    writer's pending objects), in their order, without copying them out."""
+    return _build_pack(objects.items(), len(objects), compression)
+
+
+def _build_pack(
+    pairs: Iterable[tuple[ObjectId, tuple[str, bytes]]], count: int, compression: int
+) -> tuple[bytes, list[IndexEntry], bytes]:
+    parts = [b"PACK" + struct.pack(">II", 2, count)]
     offset = 12
     entries: list[IndexEntry] = []
     crc32, adler32, types = zlib.crc32, zlib.adler32, PACK_NUMBER_OF_KIND
     small_stored, adler, join = _SMALL_STORED_ENTRY.pack, _ADLER.pack, b"".join
-    for oid, kind, body in items:
+    for oid, (kind, body) in pairs:
         size = len(body)
         # Big objects (large directories) are stored, not deflated, in the
         # per-commit packs: deflating costs milliseconds, and a merge of packs
