@@ -105,6 +105,9 @@ ARCHES: dict[str, Arch] = {
         console="ttyAMA0",
         kernel_compressed=False,
         finit_module=273,
+        # LZ4 here too: the guest unpacks static_website's initramfs in
+        # 0.115 s against zstd's 0.193 s under emulation, for 1.8 MB more.
+        default_compression="lz4",
     ),
 }
 
