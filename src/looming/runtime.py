@@ -245,7 +245,7 @@ def _loop_factory(keys: Keys) -> Callable[[], asyncio.AbstractEventLoop] | None:
     choice = getattr(keys, "loop", None)
     if choice is None:
         return None
-    from looming.unix.event_loop import event_loop_factory
+    from looming.event_loop import event_loop_factory
 
     return event_loop_factory(str(choice))
 

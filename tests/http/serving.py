@@ -12,9 +12,9 @@ from pathlib import Path
 
 from looming.devices.kv import EntryKind
 from looming.errors import KeyNotFound, NotAValue
+from looming.event_loop import event_loop_factory
 from looming.http import Handler, HttpServer, ServerConfig
 from looming.unix.clock import UnixClock
-from looming.unix.event_loop import event_loop_factory
 from looming.unix.socket_stack import SocketStack
 
 HTDOCS = Path(__file__).resolve().parents[2] / "examples" / "static_website" / "htdocs"

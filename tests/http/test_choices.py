@@ -8,9 +8,9 @@ import asyncio
 import pytest
 import uvloop
 
+from looming import event_loop
 from looming.errors import UsageError
 from looming.http import parser
-from looming.unix import event_loop
 
 
 def test_the_loops_each_choice_makes() -> None:

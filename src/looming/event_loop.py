@@ -4,7 +4,8 @@
 else asyncio's own loop; ``asyncio`` and ``uvloop`` ask for one. The key is
 declared by the unix target's socket stack; ``looming.runtime`` reads it
 before starting the loop. The simulator keeps its own deterministic loop
-and never reads it.
+and never reads it. The module reaches for no host device, so it sits
+beside ``looming.runtime`` rather than in ``looming.unix``.
 """
 
 from __future__ import annotations
