@@ -9,9 +9,12 @@ namespace; the time from starting ``looming run`` to the first HTTP answer
 on the host side is measured, and the time until Python in the guest prints
 its first line. The same unikernel on the unix target (host sockets, the
 host's Python) is the baseline: its artifact's size and its time to first
-answer. Run as root (namespaces, TAP):
+answer. With ``--trace``, each image is booted once more with ``--vm-trace``
+and the guest's own stages are shown: the kernel until /init, the
+interpreter starting, /init's modules and network, the unikernel's start
+until its stack opens the NIC. Run as root (namespaces, TAP):
 
-    .venv/bin/python bench/image.py [--quick] [--json PATH] [--examples a,b] [--arch ARCH]
+    .venv/bin/python bench/image.py [--quick] [--trace] [--json PATH] [--examples a,b] [--arch ARCH]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -106,10 +110,16 @@ class Namespace:
 
 
 def first_answer(
-    start_command: list[str], poll_prefix: list[str], host: str, port: int, tls: bool
+    start_command: list[str],
+    poll_prefix: list[str],
+    host: str,
+    port: int,
+    tls: bool,
+    console: list[str] | None = None,
 ) -> tuple[float, float]:
     """(seconds to the unikernel's first console line, seconds to the first
-    HTTP(S) answer) after starting ``start_command``; it is stopped after."""
+    HTTP(S) answer) after starting ``start_command``; it is stopped after,
+    and its whole console goes to ``console`` when given."""
     poller = subprocess.Popen(
         [*poll_prefix, sys.executable, "-c", POLL, host, str(port), "150", str(int(tls))],
         stdout=subprocess.PIPE,
@@ -123,6 +133,8 @@ def first_answer(
     try:
         assert server.stdout is not None
         for line in server.stdout:
+            if console is not None:
+                console.append(line)
             if "serving" in line:
                 ready_at = time.monotonic() - started
                 break
@@ -132,7 +144,9 @@ def first_answer(
         return ready_at, float(answer) - started
     finally:
         server.terminate()
-        server.wait(30)
+        rest, _ = server.communicate(timeout=30)
+        if console is not None:
+            console.append(rest)
         if poller.poll() is None:
             poller.kill()
 
@@ -219,6 +233,73 @@ def measure(cases: dict[str, dict[str, object]], runs: int) -> dict[str, list[tu
     return times
 
 
+# The guest's boot stages in a --vm-trace console: the kernel's printk stamp
+# or /init's own (seconds since the guest's boot, on the host's clock under TCG).
+TRACE_STAGES = (
+    ("kernel", re.compile(r"^\[\s*([0-9.]+)\] Run /init as init process")),
+    ("python", re.compile(r"^looming-vm:\s+([0-9.]+) /init started")),
+    ("modules", re.compile(r"^looming-vm:\s+([0-9.]+) modules loaded")),
+    ("network", re.compile(r"^looming-vm:\s+([0-9.]+) network configured")),
+    ("nic open", re.compile(r"^\[\s*([0-9.]+)\] device \S+ entered promiscuous mode")),
+)
+
+
+def boot_stages(console: str) -> dict[str, float]:
+    """When the guest reached each of :data:`TRACE_STAGES` (those it printed)."""
+    stages: dict[str, float] = {}
+    for line in console.splitlines():
+        for stage, pattern in TRACE_STAGES:
+            found = pattern.match(line)
+            if found and stage not in stages:
+                stages[stage] = float(found.group(1))
+    return stages
+
+
+def trace_boots(cases: dict[str, dict[str, object]]) -> dict[str, dict[str, float]]:
+    """One boot of each VM case with --vm-trace: the guest's own stages."""
+    stages: dict[str, dict[str, float]] = {}
+    with Namespace() as namespace:
+        inside = ["ip", "netns", "exec", namespace.name]
+        for label, case in cases.items():
+            if "unix" in label:
+                continue
+            progress(f"{label}: a traced boot")
+            command = [
+                *inside, sys.executable, "-m", "looming.vm.launch", str(case["path"]),
+                "--vm-tap", namespace.tap, "--vm-timeout", "150", "--vm-trace",
+            ]  # fmt: skip
+            console: list[str] = []
+            _ready, answer = first_answer(
+                command, inside, "10.0.0.2", int(str(case["port"])), bool(case["tls"]), console
+            )
+            stages[label] = {**boot_stages("".join(console)), "answer (host)": answer}
+    return stages
+
+
+def report_stages(stages: dict[str, dict[str, float]]) -> None:
+    """Each traced boot's stages as the time each took after the one before."""
+    names = [stage for stage, _pattern in TRACE_STAGES]
+    print()
+    print(
+        "one traced boot each (--vm-trace, which itself slows the console): seconds in each stage"
+    )
+    header = f"{'case':<24} " + " ".join(f"{n:>8}" for n in names) + f" {'answer':>8}"
+    print(header)
+    print("-" * len(header))
+    for label, reached in stages.items():
+        previous, cells = 0.0, []
+        for name in names:
+            at = reached.get(name)
+            cells.append(f"{'-':>8}" if at is None else f"{at - previous:>8.2f}")
+            previous = previous if at is None else at
+        print(f"{label:<24} " + " ".join(cells) + f" {reached['answer (host)']:>8.2f}")
+    print(
+        "kernel: to 'Run /init'; python: the interpreter starting /init; modules, network:\n"
+        "/init's stages; nic open: the unikernel's imports and start until its stack opens\n"
+        "the NIC; answer: from starting looming run to the first answer, on the host."
+    )
+
+
 def summarise(
     cases: dict[str, dict[str, object]], times: dict[str, list[tuple[float, float]]]
 ) -> dict[str, dict[str, float]]:
@@ -249,6 +330,9 @@ def main() -> int:
         "--examples", default=",".join(names), help=f"comma-separated, of: {', '.join(names)}"
     )
     parser.add_argument("--arch", choices=ARCHES, help="only this architecture (default: both)")
+    parser.add_argument(
+        "--trace", action="store_true", help="also one traced boot per image: the guest's stages"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/image.py needs root (a network namespace and a TAP device)", file=sys.stderr)
@@ -263,7 +347,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="looming-bench-image-") as tmp:
         cases = build_cases(Path(tmp), examples, {args.arch} if args.arch else set(ARCHES))
         results = summarise(cases, measure(cases, runs))
+        stages = trace_boots(cases) if args.trace else {}
     report(results, runs)
+    if stages:
+        report_stages(stages)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         progress(f"wrote {args.json}")
