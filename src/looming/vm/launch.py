@@ -26,10 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from looming.vm import disk, ivshmem
+from looming.vm import disk
 from looming.vm.arch import Arch, get_arch
 from looming.vm.kernel import PACKED_FORMATS, KernelError, kernels_cache, unpacked_kernel
+
+if TYPE_CHECKING:
+    from looming.vm import ivshmem
 
 EXIT_MARKER = "looming-vm: exit status"
 POWER_DOWN = re.compile(r"^\[\s*\d+\.\d+\] reboot: Power down")
@@ -679,9 +683,24 @@ def boot(
         vchans.close()
 
 
-def _attach_vchans(manifest: dict[str, object]) -> ivshmem.Attached:
-    """The ivshmem regions of the image's vchans (:mod:`looming.vm.ivshmem`)."""
+class _NoVchans:
+    """What a VM without vchans attaches: nothing."""
+
+    def __init__(self) -> None:
+        self.arguments: list[str] = []
+
+    def close(self) -> None:
+        pass
+
+
+def _attach_vchans(manifest: dict[str, object]) -> ivshmem.Attached | _NoVchans:
+    """The ivshmem regions of the image's vchans (:mod:`looming.vm.ivshmem`,
+    imported only then: it brings asyncio, a tenth of the launcher's start)."""
     specs = manifest.get("vchans")
+    if not specs:
+        return _NoVchans()
+    from looming.vm import ivshmem
+
     try:
         return ivshmem.attach(
             str(manifest.get("unikernel", "looming")), specs if isinstance(specs, list) else []
