@@ -4,7 +4,9 @@
 
 Each workload runs every system once per round, the systems' order turned
 round by round (A B C D, then B C D A, ...), so a slow spell of the machine
-falls on all of them; the median of the rounds is reported.
+falls on all of them; the median of the rounds is reported. Before each
+run (untimed) ``os.sync()`` writes out what the run before left unsynced,
+so no system's first fsync pays for another's writes.
 
 * ``batched``: commits of 10 keys each (looming: one ``with_tree``
   transaction per commit), spread under 100 directories.
@@ -299,6 +301,11 @@ def commit_rates(
             disk = scratch / "w.git"
             shutil.rmtree(disk, ignore_errors=True)
             disk.mkdir()
+            # Untimed: the writes of the system before (dulwich and
+            # fast-import leave theirs unsynced, and the removal above is
+            # metadata too) reach the disk now, not in the next system's
+            # first fsync, which on ext4 would carry them all.
+            os.sync()
             rates[name].append(WRITERS[name](disk, commits, per_commit))
     return rates
 
