@@ -45,6 +45,8 @@ FFI_LIBRARY_PACKAGES = ("libcrypt1", "libsqlite3-0", "liblzma5", "libbz2-1.0")
 # suite's ``timeout`` setting; their dependencies follow.
 TEST_DISTRIBUTIONS = (
     "h11",  # looming's own dependency
+    "httptools",  # looming[fast]: the HTTP tests run each parser and loop
+    "uvloop",
     "cryptography",
     "cffi",
     "dulwich",
