@@ -412,7 +412,7 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
     report = target.build(app_dir, state["unikernel"], main_py, crunch)
     if args.oci and target.name == "unix":
         _build_oci(app_dir, str(state["unikernel"]), main_py, crunch)
-    if target.name == "vm" and (args.disk_image is not None or args.oci):
+    if target.name == "vm":
         from looming.vm.diskimage import build_artifacts
 
         for line in build_artifacts(

@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 from looming.errors import UsageError
 from looming.vm import uki
 from looming.vm.arch import get_arch
-from looming.vm.diskimage import FIRMWARE, build_container_disk, build_disk_image, qemu_command
+from looming.vm.diskimage import (
+    FIRMWARE,
+    build_container_disk,
+    build_disk_image,
+    qemu_command,
+    remove_stale_artifacts,
+)
 from looming.vm.packages import AptArchive, cache_root
 from tests.vm.conftest import EXAMPLES, Images, looming
 
@@ -210,6 +216,34 @@ def test_build_writes_the_qcow2_and_the_container_disk(tmp_path: Path) -> None:
     index = (dist / "hello-oci" / "index.json").read_bytes()
     build_container_disk(dist / "hello-vm.json", [], lambda _m: None)
     assert (dist / "hello-oci" / "index.json").read_bytes() == index
+    # Built again without the options: nothing of the old unikernel stays.
+    rebuilt = looming(app, "build")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert not qcow2.exists() and not (dist / "hello-oci").exists()
+    assert "disk_image" not in json.loads((dist / "hello-vm.json").read_text())
+
+
+def test_a_rebuild_removes_only_stale_disk_images(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    manifest = dist / "site-vm.json"
+    manifest.write_text(json.dumps({"unikernel": "site", "arch": "x86_64"}))
+    names = ["site-boot-x86_64.raw", "site-boot-x86_64.qcow2", "site-boot-aarch64.raw",
+             "site-boot-notes.txt", "other-boot-x86_64.raw"]  # fmt: skip
+    for name in names:
+        (dist / name).write_bytes(b"old")
+    (dist / "site-oci").mkdir()
+    (dist / "site-oci" / "oci-layout").write_text("{}")
+    remove_stale_artifacts(manifest, "qcow2", oci=True)
+    left = sorted(p.name for p in dist.iterdir())
+    assert left == ["other-boot-x86_64.raw", "site-boot-notes.txt", "site-boot-x86_64.qcow2",
+                    "site-oci", "site-vm.json"]  # fmt: skip
+    remove_stale_artifacts(manifest, None, oci=False)
+    assert sorted(p.name for p in dist.iterdir()) == [
+        "other-boot-x86_64.raw",
+        "site-boot-notes.txt",
+        "site-vm.json",
+    ]
 
 
 def _configured_hello(tmp_path: Path, target: str) -> Path:

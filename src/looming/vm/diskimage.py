@@ -457,8 +457,9 @@ def build_artifacts(
 ) -> list[str]:
     """The disk image and the containerDisk ``looming build`` was asked for,
     from the image just built; what to print about them."""
-    lines = []
+    lines: list[str] = []
     qcow2 = None
+    remove_stale_artifacts(manifest_path, fmt, oci)
     if fmt is not None:
         image = build_disk_image(manifest_path, fmt, parse_keys(keys), progress)
         qcow2 = image.path if fmt == "qcow2" else None
@@ -470,6 +471,21 @@ def build_artifacts(
         layout = build_container_disk(manifest_path, parse_keys(keys), progress, qcow2)
         lines.append(f"KubeVirt containerDisk (OCI image layout): {layout.name}")
     return lines
+
+
+def remove_stale_artifacts(manifest_path: Path, fmt: str | None, oci: bool) -> None:
+    """Disk images and a containerDisk left in dist/ by an earlier build that
+    this one does not remake: they hold the old unikernel, so they go."""
+    manifest = json.loads(manifest_path.read_text())
+    unikernel = str(manifest.get("unikernel", "looming"))
+    dist = manifest_path.parent
+    kept = {f"{unikernel}-boot-{manifest['arch']}.{fmt}"} if fmt is not None else set()
+    for old in sorted(dist.glob(f"{unikernel}-boot-*")):
+        if old.suffix in (".raw", ".qcow2") and old.is_file() and old.name not in kept:
+            old.unlink()
+    layout = dist / f"{unikernel}-oci"
+    if not oci and layout.is_dir() and (layout / "oci-layout").is_file():
+        shutil.rmtree(layout)
 
 
 def qemu_command(arch: Arch, disk: Path, fmt: str, netdev: str, uefi: bool = True) -> list[str]:

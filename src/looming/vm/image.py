@@ -65,10 +65,9 @@ from looming.vm.storage import MOUNT as DISK_MOUNT
 Progress = Callable[[str], None]
 
 # Kernel modules the image loads after the virtio transport of the machine
-# (with whatever they depend on): the NIC, and where the machine has a
-# virtio-rng device, its driver (a source of entropy, so os.urandom does not
-# wait at boot).
-NIC_MODULE = "virtio_net"
+# (with whatever they depend on; the NICs' come from looming.vm.nic): where
+# the machine has a virtio-rng device, its driver (a source of entropy, so
+# os.urandom does not wait at boot).
 ENTROPY_MODULE = "virtio_rng"
 # The disk's driver, for unikernels with storage on it (looming.vm.storage);
 # ext4 and its checksums are built into Debian's cloud kernels.
