@@ -170,14 +170,23 @@ def peer_commands(work: Path, port_of: dict[str, int]) -> dict[str, tuple[list[s
     (work / "bench_app.py").write_text(APP)
     py = sys.executable
     app_dir = ["--app-dir", str(work)]
+
+    def looming(name: str, static_site: bool = False) -> list[str]:
+        # Built only when measured (configure and build take a few seconds).
+        return (
+            build_looming_app(work, port_of[name], static_site=static_site)
+            if name in port_of
+            else []
+        )
+
     commands: dict[str, tuple[list[str], str]] = {
-        "looming": (build_looming_app(work, port_of["looming"], static_site=False), "/plain"),
-        "looming-pure": ([*build_looming_app(work, port_of["looming-pure"], static_site=False), "--loop", "asyncio", "--http-parser", "h11"], "/plain"),
-        "looming-static": (build_looming_app(work, port_of["looming-static"], static_site=True), "/bench.html"),
-        "uvicorn": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of["uvicorn"]), "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop"], "/plain"),
-        "uvicorn-h11": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of["uvicorn-h11"]), "--no-access-log", "--log-level", "warning", "--http", "h11", "--loop", "asyncio"], "/plain"),
-        "hypercorn": ([py, "-m", "hypercorn", "--bind", f"127.0.0.1:{port_of['hypercorn']}", "--log-level", "warning", "bench_app:app"], "/plain"),
-        "granian": ([py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port_of["granian"]), "--workers", "1", "--log-level", "warning", "--no-access-log", "bench_app:app"], "/plain"),
+        "looming": (looming("looming"), "/plain"),
+        "looming-pure": ([*looming("looming-pure"), "--loop", "asyncio", "--http-parser", "h11"], "/plain"),
+        "looming-static": (looming("looming-static", static_site=True), "/bench.html"),
+        "uvicorn": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of.get("uvicorn", 0)), "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop"], "/plain"),
+        "uvicorn-h11": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of.get("uvicorn-h11", 0)), "--no-access-log", "--log-level", "warning", "--http", "h11", "--loop", "asyncio"], "/plain"),
+        "hypercorn": ([py, "-m", "hypercorn", "--bind", f"127.0.0.1:{port_of.get('hypercorn', 0)}", "--log-level", "warning", "bench_app:app"], "/plain"),
+        "granian": ([py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port_of.get("granian", 0)), "--workers", "1", "--log-level", "warning", "--no-access-log", "bench_app:app"], "/plain"),
     }  # fmt: skip
     return commands
 
@@ -275,7 +284,23 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--servers",
+        metavar="A,B",
+        help="only these servers (default: all installed; looming is always measured)",
+    )
+    parser.add_argument(
+        "--paths", metavar="A,B", default="/plain,/json,/static", help="paths measured"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the idle keep-alive memory figure"
+    )
+    args = parser.parse_args(argv)
+    args.paths = [path for path in args.paths.split(",") if path]
+    unknown = [path for path in args.paths if path not in ("/plain", "/json", "/static")]
+    if unknown:
+        parser.error(f"unknown path {unknown[0]!r}: choose among /plain, /json, /static")
+    return args
 
 
 def installed_servers() -> list[str]:
@@ -309,7 +334,7 @@ def measure(
     """wrk's results and the server's CPU microseconds per request, per path
     and server, in interleaved rounds; then each server's memory before and
     with idle keep-alive connections."""
-    paths = {"/plain": names, "/json": names, "/static": names}
+    paths = {path: names for path in args.paths}
     samples: dict[str, dict[str, list[Any]]] = {}
     cpu: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, tuple[int, int, int]] = {}
@@ -346,6 +371,8 @@ def measure(
                         f"round {round_index + 1} {path} {name}: {result.requests_per_second:,.0f} req/s, p99 {result.latency_p99_ms:.2f} ms, {per_request:.1f} us CPU/request, errors {result.errors + result.non_2xx}"
                     )
         for name, (process, port, ready_path) in running.items():
+            if args.no_memory:
+                break
             memory[name] = idle_connections_rss(process.process.pid, port, ready_path, args.idle)
             progress(
                 f"{name}: RSS {memory[name][0]} KiB idle, {memory[name][1]} KiB with {memory[name][2]} keep-alive connections"
@@ -383,7 +410,7 @@ def print_requests(
                     f"  looming/{peer}: {mine['rps'] / max(theirs['rps'], 1e-9):.2f}x the requests/s, "
                     f"{theirs['cpu_us_per_request'] / max(mine['cpu_us_per_request'], 1e-9):.2f}x less CPU per request"
                 )
-        if path == "/static" and "uvicorn" in summary[path]:
+        if path == "/static" and "uvicorn" in summary[path] and "looming-static" in summary[path]:
             static = summary[path]["looming-static"]
             theirs = summary[path]["uvicorn"]
             print(
@@ -396,7 +423,15 @@ def print_requests(
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
-    samples, cpu, memory = measure(args, installed_servers(), rounds, duration)
+    names = installed_servers()
+    if args.servers:
+        wanted = {"looming", *args.servers.split(",")}
+        unknown = wanted - set(names)
+        if unknown:
+            print(f"error: unknown or not installed server {sorted(unknown)[0]!r}", file=sys.stderr)
+            return 2
+        names = [name for name in names if name in wanted]
+    samples, cpu, memory = measure(args, names, rounds, duration)
     print()
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
