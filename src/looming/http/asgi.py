@@ -205,6 +205,15 @@ class _Outbox:
         self._items.append(message)
         self._wake(self._getter)
 
+    def take(self) -> Message | None:
+        """The next message if one is waiting (without a coroutine's cost)."""
+        items = self._items
+        if not items:
+            return None
+        message = items.pop(0)
+        self._wake(self._putter)
+        return message
+
     async def get(self) -> Message:
         while not self._items:
             if self.gone:
@@ -231,6 +240,28 @@ class _Outbox:
         self._wake(self._putter)
 
 
+class _AppRun:
+    """One call of the application: its task, and how it ended."""
+
+    __slots__ = ("detached", "done", "error", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] = None  # type: ignore[assignment]  # set at its start
+        self.done = False
+        self.error: Exception | None = None
+        """What the application raised (kept for the response to raise)."""
+        self.detached = False
+        """The response is complete: the application runs on by itself."""
+
+    async def finished(self) -> None:
+        """Wait for the application's end; raise its error, if any."""
+        if not self.done:
+            await self.task
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
 class _AppBody:
     """A streamed response body fed by a running application.
 
@@ -243,17 +274,18 @@ class _AppBody:
         self,
         first: Message,
         outbox: _Outbox,
-        task: asyncio.Task[None],
+        run: _AppRun,
         response_done: asyncio.Event,
-        detach: Callable[[asyncio.Task[None]], None],
+        detach: Callable[[_AppRun], None],
         *,
         head_grace: float | None = None,
     ) -> None:
         self._next: Message | None = first
         self._outbox = outbox
-        self._task = task
+        self._run = run
+        self._task = run.task
         self._response_done = response_done
-        self._detach: Callable[[asyncio.Task[None]], None] | None = detach
+        self._detach: Callable[[_AppRun], None] | None = detach
         self._finished = False
         self._complete = False
         """Set once the application sent its response's last message."""
@@ -285,7 +317,7 @@ class _AppBody:
             # The application returned (or failed) before its last message:
             # its error, or this one, propagates and the server drops the
             # connection, so the client sees a truncated body, not a whole one.
-            await self._task
+            await self._run.finished()
             raise RuntimeError("ASGI application returned without completing its response")
         # What the application does after its response (Starlette's
         # background tasks) does not hold the response's end back.
@@ -360,12 +392,12 @@ class _AppBody:
         self._complete = True
 
     def _cut_if_streaming(self, task: asyncio.Task[None]) -> None:
-        if not self._complete and not task.done():
+        if not self._complete and not self._run.done:
             task.cancel()
 
     def _hand_over(self) -> None:
         if self._detach is not None:
-            self._detach(self._task)
+            self._detach(self._run)
             self._detach = None
 
     def _finish(self, *, complete: bool) -> None:
@@ -383,9 +415,9 @@ class _AppBody:
             # The application sent its last message: what it does after
             # (background tasks) runs on, even if the client left meanwhile.
             self._hand_over()
-        elif self._head_grace is not None and not self._outbox.gone and not self._task.done():
+        elif self._head_grace is not None and not self._outbox.gone and not self._run.done:
             self._drop_rest(self._head_grace)
-        elif not self._task.done():
+        elif not self._run.done:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
@@ -442,17 +474,19 @@ class AsgiAdapter:
         """How many applications are still running after their response."""
         return len(self._after)
 
-    def _run_on(self, task: asyncio.Task[None]) -> None:
-        """Let ``task``, whose response is complete, run on by itself (a
-        Starlette ``BackgroundTask`` runs inside the application after its
+    def _run_on(self, run: _AppRun) -> None:
+        """Let the application, whose response is complete, run on by itself
+        (a Starlette ``BackgroundTask`` runs inside the application after its
         response was sent; it holds back neither that response nor the
         connection's next request). Its failure is logged: the client
-        already has its whole response (``run_app`` in :meth:`__call__`
-        logs it and leaves the set)."""
-        if not task.done():
-            self._after.add(task)
-        elif not task.cancelled() and task.exception() is not None:
-            log.error("ASGI application failed after responding", exc_info=task.exception())
+        already has its whole response (:meth:`_run_app` logs one that
+        comes later)."""
+        run.detached = True
+        if not run.done:
+            self._after.add(run.task)
+        elif run.error is not None:
+            log.error("ASGI application failed after responding", exc_info=run.error)
+            run.error = None
 
     async def finish_background(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the applications still running
@@ -521,6 +555,23 @@ class AsgiAdapter:
 
         return receive
 
+    async def _run_app(self, run: _AppRun, scope: Scope, receive: Receive, outbox: _Outbox) -> None:
+        """The application's call; its failure is kept in ``run`` (the
+        adapter raises it for the response) or, once the response was
+        complete, logged."""
+        try:
+            await self.app(scope, receive, outbox.put)
+        except Exception as error:
+            if run.detached:
+                log.error("ASGI application failed after responding", exc_info=error)
+            else:
+                run.error = error
+        finally:
+            run.done = True
+            outbox.application_done()
+            if run.detached and run.task is not None:
+                self._after.discard(run.task)
+
     async def __call__(self, request: Request) -> Response:
         scope = self._scope(request)
         ended = asyncio.Event()
@@ -533,66 +584,62 @@ class AsgiAdapter:
                 outbox.client_gone()
 
             request.watch.on_gone(gone)
-        receive = self._receiver(request, ended)
-
-        async def run_app() -> None:
-            try:
-                await self.app(scope, receive, outbox.put)
-            except Exception as error:
-                if task not in self._after:
-                    raise  # the response is not complete: the adapter awaits it
-                log.error("ASGI application failed after responding", exc_info=error)
-            finally:
-                outbox.application_done()
-                self._after.discard(task)
-
-        task = loop.create_task(run_app())
+        run = _AppRun()
+        run.task = loop.create_task(
+            self._run_app(run, scope, self._receiver(request, ended), outbox)
+        )
         try:
-            start = await outbox.get()
-            if start is _GONE:
-                await self._end_after_disconnect(task)
-                raise ClientDisconnected("the client went away before the response")
-            if start.get("type") != "http.response.start":
-                await task  # re-raises the application's error, if any
-                raise RuntimeError(f"ASGI application sent {start.get('type')!r} before a response")
-            status = int(start["status"])
-            # A tuple: the server prepares a head once per distinct tuple.
-            headers = tuple(
-                [(bytes(name), bytes(value)) for name, value in start.get("headers", ())]
-            )
-            trailers = bool(start.get("trailers", False))
-            first = await outbox.get()
-            if first is _GONE:
-                await self._end_after_disconnect(task)
-                raise ClientDisconnected("the client went away before the response")
-            if (
-                not trailers
-                and first.get("type") == "http.response.body"
-                and not first.get("more_body", False)
-            ):
-                outbox.response_finished()
-                ended.set()
-                # The response is complete and goes out now; the application
-                # runs on (background tasks), and an error it raises after
-                # (as Starlette re-raises after its 500 page) is logged.
-                self._run_on(task)
-                return Response(status, headers, bytes(first.get("body", b"")))
-            head_grace = self.disconnect_grace if request.method == "HEAD" else None
-            body = _AppBody(first, outbox, task, ended, self._run_on, head_grace=head_grace)
-            if trailers:
-                body.trailers = []
-            if first.get("type") == "http.response.pathsend":
-                # Open the file now: one that cannot be opened is the
-                # server's 500, before any byte of the response is sent.
-                await body.take_first()
+            return await self._response(request, run, outbox, ended)
         except BaseException:
             ended.set()
             outbox.response_finished()
-            if not task.done():
+            task = run.task
+            if not run.done:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             raise
+
+    async def _response(
+        self, request: Request, run: _AppRun, outbox: _Outbox, ended: asyncio.Event
+    ) -> Response:
+        """The response the application's first messages give: whole when
+        its first body message is its last, else streamed from the outbox."""
+        start = outbox.take() or await outbox.get()
+        if start is _GONE:
+            await self._end_after_disconnect(run.task)
+            raise ClientDisconnected("the client went away before the response")
+        if start.get("type") != "http.response.start":
+            await run.finished()  # raises the application's error, if any
+            raise RuntimeError(f"ASGI application sent {start.get('type')!r} before a response")
+        status = int(start["status"])
+        # A tuple: the server prepares a head once per distinct tuple.
+        headers = tuple([(bytes(name), bytes(value)) for name, value in start.get("headers", ())])
+        trailers = bool(start.get("trailers", False))
+        first = outbox.take() or await outbox.get()
+        if first is _GONE:
+            await self._end_after_disconnect(run.task)
+            raise ClientDisconnected("the client went away before the response")
+        if (
+            not trailers
+            and first.get("type") == "http.response.body"
+            and not first.get("more_body", False)
+        ):
+            outbox.response_finished()
+            ended.set()
+            # The response is complete and goes out now; the application
+            # runs on (background tasks), and an error it raises after
+            # (as Starlette re-raises after its 500 page) is logged.
+            self._run_on(run)
+            return Response(status, headers, bytes(first.get("body", b"")))
+        head_grace = self.disconnect_grace if request.method == "HEAD" else None
+        body = _AppBody(first, outbox, run, ended, self._run_on, head_grace=head_grace)
+        if trailers:
+            body.trailers = []
+        if first.get("type") == "http.response.pathsend":
+            # Open the file now: one that cannot be opened is the
+            # server's 500, before any byte of the response is sent.
+            await body.take_first()
         return Response(status, headers, body)
 
     async def serve_websocket(
