@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import h11
@@ -64,11 +65,68 @@ def _remote_error(message: str, status: int = 400) -> h11.RemoteProtocolError:
     return h11.RemoteProtocolError(message, error_status_hint=status)
 
 
+FRAMING = 1
+"""A head note: the request has Content-Length or Transfer-Encoding."""
+UPGRADE = 2
+"""A head note: the request has an Upgrade field."""
+CLOSE = 4
+"""A head note: a Connection field says ``close``."""
+EXPECT = 8
+"""A head note: the request has an Expect field."""
+CONDITIONAL = 16
+"""A head note: the request has an ``If-*`` or a Range field."""
+
+
+def _note(name: bytes, value: bytes) -> int:
+    """The head note a field gives (0 for most fields)."""
+    if name == b"content-length" or name == b"transfer-encoding":
+        return FRAMING
+    if name == b"upgrade":
+        return UPGRADE
+    if name == b"connection":
+        return CLOSE if b"close" in value.lower() else 0
+    if name == b"expect":
+        return EXPECT
+    if name.startswith(b"if-") or name == b"range":
+        return CONDITIONAL
+    return 0
+
+
+_NOTED = frozenset(
+    [
+        b"content-length",
+        b"transfer-encoding",
+        b"upgrade",
+        b"connection",
+        b"expect",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+    ]
+)
+"""The names :func:`_note` looks at (others starting with ``if-`` too)."""
+
+
+def head_notes(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """What the server asks of every head, in one pass over its fields: the
+    head notes (:data:`FRAMING`, ...) and its size (the target and fields)."""
+    notes = 0
+    size = len(target)
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name in _NOTED or name[:3] == b"if-":
+            notes |= _note(name, value)
+    return notes, size
+
+
 class RequestHead:
     """A request's head as llhttp read it: h11.Request's fields, with the
     names lower-cased, and without h11's second pass over them."""
 
-    __slots__ = ("expects_continue", "headers", "http_version", "method", "target")
+    __slots__ = ("expects_continue", "headers", "http_version", "method", "notes", "size", "target")
 
     def __init__(
         self,
@@ -77,6 +135,8 @@ class RequestHead:
         headers: tuple[tuple[bytes, bytes], ...],
         http_version: bytes,
         expects_continue: bool = False,
+        notes: int = -1,
+        size: int = -1,
     ) -> None:
         self.method = method
         self.target = target
@@ -84,6 +144,12 @@ class RequestHead:
         self.http_version = http_version
         self.expects_continue = expects_continue
         """Whether it carries ``Expect: 100-continue`` (HTTP/1.1 only)."""
+        if notes < 0 or size < 0:
+            notes, size = head_notes(target, headers)
+        self.notes = notes
+        """Head notes (see :func:`head_notes`)."""
+        self.size = size
+        """The target's and the fields' bytes (see :func:`head_notes`)."""
 
 
 Head = h11.Request | RequestHead
@@ -113,34 +179,40 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 def _checked_fields(
-    fields: list[tuple[bytes, bytes]], version: bytes
-) -> tuple[tuple[bytes, bytes], ...]:
+    fields: list[tuple[bytes, bytes]], version: bytes, target: bytes
+) -> tuple[tuple[tuple[bytes, bytes], ...], int, int]:
     """The head's fields with lower-case names, checked by h11's rules that
     llhttp does not apply: one Host (none is an error on HTTP/1.1), and a
     Transfer-Encoding that is exactly ``chunked`` (else 501); values without
-    the trailing whitespace llhttp keeps."""
+    the trailing whitespace llhttp keeps. With them, in the same pass, the
+    head's notes and size (as :func:`head_notes` gives them)."""
     hosts = 0
     chunked = False
     checked = []
+    notes = 0
+    size = len(target)
     for name, value in fields:
         name = name.lower()
         if value[-1:] in b" \t" and value:
             value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, h11 not
+        size += len(name) + len(value) + 4
         if name == b"host":
             hosts += 1
-        elif name == b"transfer-encoding":
-            if chunked:
-                raise _remote_error("multiple Transfer-Encoding headers", 501)
-            value = value.lower()
-            if value != b"chunked":
-                raise _remote_error("Only Transfer-Encoding: chunked is supported", 501)
-            chunked = True
+        elif name in _NOTED or name[:3] == b"if-":
+            notes |= _note(name, value)
+            if name == b"transfer-encoding":
+                if chunked:
+                    raise _remote_error("multiple Transfer-Encoding headers", 501)
+                value = value.lower()
+                if value != b"chunked":
+                    raise _remote_error("Only Transfer-Encoding: chunked is supported", 501)
+                chunked = True
         checked.append((name, value))
     if hosts == 0 and version == b"1.1":
         raise _remote_error("Missing mandatory Host: header")
     if hosts > 1:
         raise _remote_error("Found multiple Host: headers")
-    return tuple(checked)
+    return tuple(checked), notes, size
 
 
 def _asks_for_100_continue(head: Head) -> bool:
@@ -262,9 +334,9 @@ class HttptoolsParser:
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             version = parser.get_http_version().encode("ascii")
-        headers = _checked_fields(self._headers, version)
-        head = RequestHead(parser.get_method(), target, headers, version)
-        if parser.get_http_version() == "1.1" and any(n == b"expect" for n, _ in headers):
+        headers, notes, size = _checked_fields(self._headers, version, target)
+        head = RequestHead(parser.get_method(), target, headers, version, False, notes, size)
+        if notes & EXPECT and version == b"1.1":
             head.expects_continue = _asks_for_100_continue(head)
         self._events.append(head)
         self._head_queued = True

@@ -31,12 +31,16 @@ from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.dates import format_http_date
 from looming.http.message import ClientGone, Handler, Request, Response, ServeWebSocket
 from looming.http.parser import (
+    CLOSE,
+    FRAMING,
+    UPGRADE,
     Head,
     HttptoolsParser,
     ParserEvent,
     RequestHead,
     RequestParser,
     chosen_parser,
+    head_notes,
 )
 from looming.http.response_head import (
     CHUNKED,
@@ -195,11 +199,6 @@ def is_websocket_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]]) 
     return upgrade.strip().lower() == b"websocket" and b"upgrade" in connection.lower()
 
 
-def _asks_to_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether a request has an Upgrade field (a WebSocket or h2c upgrade needs one)."""
-    return any(name == b"upgrade" for name, _ in headers)
-
-
 def _h2c_upgrade_settings(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     """The HTTP2-Settings of a request asking to upgrade to h2c (RFC 7540 section 3.2)."""
     if method not in (b"GET", b"HEAD", b"OPTIONS"):
@@ -301,15 +300,6 @@ class _RequestStream:
         """The body reader and watch of a request whose handler streams it."""
         self.fast: HttptoolsParser | None = None
         """The connection's httptools parser, when it reads on from one request to the next."""
-
-
-def _keeps_alive(version: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> bool:
-    """Whether the client lets the connection carry another request."""
-    keep_alive = version == b"1.1"
-    for name, value in headers:
-        if name == b"connection" and b"close" in value.lower():
-            keep_alive = False
-    return keep_alive
 
 
 Observer = Callable[[Request, int, int, float], None]
@@ -457,16 +447,21 @@ class HttpServer:
             if head is None:
                 return
             conn, event = head
-            # One pass over h11's header list (slow to iterate); the checks read the tuple.
-            items = tuple(event.headers)
-            refusal = self._head_refusal(event, items, stream.raw)
+            if type(event) is RequestHead:
+                items = event.headers
+                notes, size = event.notes, event.size
+            else:
+                # One pass over h11's header list (slow to iterate); the checks read the tuple.
+                items = tuple(event.headers)
+                notes, size = head_notes(event.target, items)
+            refusal = self._head_refusal(event, items, stream.raw, notes, size)
             if refusal:
                 deadline.disarm()
                 await self._send_error_raw(flow, refusal)
                 return
             if (
                 stream.upgrades
-                and _asks_to_upgrade(items)
+                and notes & UPGRADE
                 and await self._upgraded(flow, parser, conn, event, items, stream, deadline)
             ):
                 return
@@ -499,7 +494,7 @@ class HttpServer:
                 prepared,
                 head_only,
                 request.http_version == "1.1",
-                _keeps_alive(event.http_version, items),
+                event.http_version == b"1.1" and not notes & CLOSE,
                 deadline,
             )
             if not isinstance(sent_body, _WHOLE):
@@ -599,18 +594,25 @@ class HttpServer:
         return conn, event
 
     def _head_refusal(
-        self, event: Head, headers: tuple[tuple[bytes, bytes], ...], raw: list[bytes]
+        self,
+        event: Head,
+        headers: tuple[tuple[bytes, bytes], ...],
+        raw: list[bytes],
+        notes: int,
+        size: int,
     ) -> int:
-        """Stage 2, limits: the error status refusing this head, or 0."""
+        """Stage 2, limits: the error status refusing this head, or 0.
+        ``notes`` and ``size`` are the head's (see ``head_notes``)."""
         if not event.http_version.startswith(b"1."):
             self.protocol_errors += 1
             return 505
         # h11 bounds only a head that arrives in pieces; one that arrived
         # whole is measured here so the limit holds either way.
-        head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if head_size > self.config.max_header_bytes:
+        if size > self.config.max_header_bytes:
             self.protocol_errors += 1
             return 431
+        if not notes & FRAMING and not raw:
+            return 0  # no body, and llhttp read the head (which has no obs-fold)
         # Smuggling attempts and bodies over the limit are refused before
         # the body is read or invited with 100 Continue.
         refusal = _framing_refusal(headers, self.config.max_body_bytes, raw)
