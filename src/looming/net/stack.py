@@ -25,7 +25,6 @@ from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
-from looming.net.ipv6 import Ipv6Layer, as_icmp_error
 from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
 
@@ -34,6 +33,7 @@ if TYPE_CHECKING:  # imported when used: a stack with a static address and no na
     from looming.net.dhcp import DhcpLease, DhcpShell
     from looming.net.dhcp6 import Dhcp6Lease, Dhcp6Shell
     from looming.net.dns import DnsResolver
+    from looming.net.ipv6 import Ipv6Layer  # imported when IPv6 is on (off by default)
 
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ class DirectStack:
         self.icmp.register_errors(IpProtocol.TCP, self._tcp.on_icmp_error)
         self.icmp.register_errors(IpProtocol.UDP, self._udp.on_icmp_error)
         if self.ipv6 is not None:
+            from looming.net.ipv6 import as_icmp_error
+
             tcp_errors, udp_errors = self._tcp.on_icmp_error, self._udp.on_icmp_error
             self.ipv6.register_errors(IpProtocol.TCP, lambda e: tcp_errors(as_icmp_error(e)))
             self.ipv6.register_errors(IpProtocol.UDP, lambda e: udp_errors(as_icmp_error(e)))
@@ -106,6 +108,8 @@ class DirectStack:
         slaac: bool,
         secret: bytes | None,
     ) -> Ipv6Layer:
+        from looming.net.ipv6 import Ipv6Layer
+
         layer = Ipv6Layer(self.ethernet, self.time, self.random, autoconf=slaac, secret=secret)
         if address is not None:
             layer.add_static(address.ip, address.network.prefixlen)

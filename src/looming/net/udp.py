@@ -8,6 +8,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import TYPE_CHECKING
 
 from looming.bounded import Memo
 from looming.devices.net import IpProtocol, ReceivedPacket
@@ -16,11 +17,12 @@ from looming.devices.stack import Datagram, UdpHandler
 from looming.errors import AddressInUse, Malformed, NoRoute
 from looming.net.icmp import IcmpError, IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
-from looming.net.ipv6 import Ipv6Layer
 from looming.net.wire import udp as wire
 from looming.net.wire.checksum import internet_checksum
-from looming.net.wire.icmpv6 import UnreachableCode
 from looming.net.wire.udp import UdpHeader
+
+if TYPE_CHECKING:  # IPv6 (off by default) is imported only by a stack that has it
+    from looming.net.ipv6 import Ipv6Layer
 
 EPHEMERAL_PORTS = (49152, 65535)
 
@@ -217,6 +219,8 @@ class UdpLayer:
                 if self._icmp is not None:
                     self._icmp.port_unreachable(packet, payload)
             elif self._ipv6 is not None:
+                from looming.net.wire.icmpv6 import UnreachableCode
+
                 self._ipv6.destination_unreachable(packet, payload, UnreachableCode.PORT)
             return
         self.counters["rx_datagrams"] += 1
