@@ -37,7 +37,7 @@ from looming.config.build import (
     write_zipapp,
 )
 from looming.errors import ConfigError, UsageError
-from looming.vm import cpio, elf, wheels
+from looming.vm import bootcache, cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
 from looming.vm.diskimage import describe as disk_description
@@ -750,6 +750,9 @@ def _initramfs_files(contents: ImageContents, compiler: Compiler | None) -> list
         entries.append(cpio.regular(image_path, _unsigned(path.read_bytes())))
     archive = _with_bytecode(contents.pyz, compiler, contents.app_dir)
     entries.append(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), archive))
+    boot_cache = bootcache.for_image(contents) if compiler is not None else None
+    if boot_cache is not None:
+        entries.append(cpio.regular(bootcache.PATH_IN_IMAGE.lstrip("/"), boot_cache))
     settings: dict[str, object] = {
         "modules": module_paths,
         "finit_module": contents.arch.finit_module,
@@ -757,6 +760,8 @@ def _initramfs_files(contents: ImageContents, compiler: Compiler | None) -> list
         "archive": ARCHIVE_IN_IMAGE,
         "site_packages": "/" + SITE_PACKAGES if contents.site_files else None,
         "disk": DISK_MOUNT if contents.uses_disk else None,
+        "boot_cache": bootcache.PATH_IN_IMAGE if boot_cache is not None else None,
+        "boot_cache_version": bootcache.VERSION,
     }
     entries += _init_entries(settings, contents.guest.version, compiler)
     return entries

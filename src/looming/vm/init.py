@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import marshal
 import os
 import signal
 import socket
@@ -230,6 +231,46 @@ def listen_for_stop() -> None:
     threading.Thread(target=listen, name="looming-stop", daemon=True).start()
 
 
+def use_boot_cache(path: str | None) -> None:
+    """Answer ``@dataclass``'s generated functions and ``re``'s compiled
+    patterns from the build's cache (:mod:`looming.vm.bootcache`) when their
+    text is the one recorded; compile anything else as usual."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as stream:
+            cache = marshal.load(stream)
+    except (OSError, EOFError, ValueError, TypeError):
+        return
+    if not isinstance(cache, dict) or cache.get("version") != CONFIG.get("boot_cache_version"):
+        return
+    import dataclasses
+    import re
+
+    functions: dict[str, Any] = cache["functions"]
+
+    def cached_exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
+        code = functions.get(source) if type(source) is str else None
+        exec(source if code is None else code, globals, locals)
+
+    dataclasses.exec = cached_exec  # type: ignore[attr-defined]  # its only exec
+    compiler = sys.modules[re.__name__ + "._compiler"]
+    if cache["re_magic"] == compiler.MAGIC:
+        _cache_patterns(compiler, cache["patterns"])
+    trace(f"boot cache: {len(functions)} functions, {len(cache['patterns'])} patterns")
+
+
+def _cache_patterns(compiler: Any, patterns: dict[tuple[Any, int], tuple[Any, ...]]) -> None:
+    compile_pattern = compiler.compile
+    make = compiler._sre.compile
+
+    def cached_compile(pattern: Any, flags: int = 0) -> Any:
+        found = patterns.get((pattern, int(flags))) if type(pattern) in (str, bytes) else None
+        return compile_pattern(pattern, flags) if found is None else make(pattern, *found)
+
+    compiler.compile = cached_compile
+
+
 def run_unikernel(archive: str, argv: list[str]) -> int:
     sys.argv = [archive, *argv]
     sys.path.insert(0, archive)
@@ -287,6 +328,7 @@ def main() -> None:
         mount_disk(CONFIG.get("disk"))
         listen_for_stop()
         trace("network configured; starting the unikernel")
+        use_boot_cache(CONFIG.get("boot_cache"))
         status = run_unikernel(str(CONFIG["archive"]), sys.argv[1:])
     except BaseException:
         traceback.print_exc()
