@@ -130,11 +130,18 @@ def rack_detect(
     return newly, (now + wait if wait is not None else None)
 
 
+PTO_FLOOR_NS = 2_000_000  # two ms of timer slack, as Linux's two jiffies
+
+
 def probe_timeout(srtt: int | None, flight_segments: int, delayed_ack_ns: int, rto: int) -> int:
-    """The tail loss probe's timeout (RFC 8985 7.2), capped by the RTO."""
+    """The tail loss probe's timeout (RFC 8985 7.2), capped by the RTO.
+
+    The RFC's 2 * SRTT, with only a small floor for timer slack: on a LAN
+    whose RTT is a fraction of a millisecond a floor of 10 ms made every
+    lost tail wait 30 round trips for its probe."""
     if srtt is None:
         return rto
     pto = 2 * srtt
     if flight_segments <= 1:
         pto += delayed_ack_ns  # the receiver may hold its ACK for a lone segment
-    return min(max(pto, 10_000_000), rto)
+    return min(max(pto, PTO_FLOOR_NS), rto)
