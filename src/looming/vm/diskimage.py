@@ -446,6 +446,11 @@ def check_build_options(
     if keys and fmt is None and not (oci and target == "vm"):
         raise UsageError("--disk-keys sets the keys of a disk image: give --disk-image or --oci")
     parse_keys(keys)
+    if (fmt is not None or oci) and target == "vm" and options.get("kernel") == "minimal":
+        raise UsageError(
+            "--disk-image and --oci boot the kernel through its EFI stub, which the minimal "
+            "kernel lacks: configure with --kernel debian for a disk image"
+        )
     if fmt is not None:
         check_disk_tools(fmt, arch)
     if oci and target == "vm":

@@ -44,6 +44,13 @@ from looming.vm.diskimage import describe as disk_description
 from looming.vm.importcheck import ImageModules, check_imports, wheel_tops
 from looming.vm.ivshmem import vchans_of
 from looming.vm.kernel import IMAGE_FORMAT, PVH_FORMAT, kernels_cache, pack_for_pvh, pack_image
+from looming.vm.kernelbuild import (
+    KernelSpec,
+    builtin_drivers,
+    check_build_tools,
+    minimal_kernel,
+    parse_kernel,
+)
 from looming.vm.nic import DEFAULT_DRIVER, NIC_DRIVERS, driver_modules, parse_nic_drivers
 from looming.vm.packages import (
     AptArchive,
@@ -112,6 +119,7 @@ class ImageReport:
     kernel_format: str = "bzImage"
     kernel_unpacked: int = 0
     kernel_sha256: str = ""  # of the unpacked vmlinux, when looming run unpacks it
+    kernel_build: str = "debian"  # or "minimal": compiled by looming.vm.kernelbuild
     packages: dict[str, str] = field(default_factory=dict)
     stdlib_modules: list[str] = field(default_factory=list)
     extension_modules: list[str] = field(default_factory=list)
@@ -478,12 +486,18 @@ def _guest_python(archive: AptArchive) -> tuple[str, str]:
 
 
 def _resolve_packages(
-    archive: AptArchive, closure: Closure, with_wheels: bool, uses_tls: bool
-) -> GuestPackages:
-    """Stage 1, resolve: the Debian packages the image needs, unpacked."""
+    archive: AptArchive, closure: Closure, with_wheels: bool, uses_tls: bool,
+    minimal: KernelSpec | None = None, progress: Progress = print,
+) -> GuestPackages:  # fmt: skip
+    """Stage 1, resolve: the Debian packages the image needs, unpacked
+    (with ``minimal``, the kernel's source package, and the kernel built
+    from it)."""
     python_name, version = _guest_python(archive)
     names = [python_name, f"libpython{version}-minimal", f"libpython{version}-stdlib"]
     kernel_info = archive.kernel()
+    built_kernel = None
+    if minimal is not None:
+        kernel_info, built_kernel = minimal_kernel(archive, kernel_info, minimal, progress)
     packages = {kernel_info.name: kernel_info}
     library_packages = [*LIBRARY_PACKAGES, *(WHEEL_LIBRARY_PACKAGES if with_wheels else ())]
     if with_wheels or _requires(closure, "ssl"):
@@ -493,7 +507,8 @@ def _resolve_packages(
     packages.update(archive.infos([*names, *library_packages]))
     trees = {name: archive.unpack(info) for name, info in packages.items()}
     tree = Tree([trees[n] for n in [*names, *library_packages]])
-    return GuestPackages(version, python_name, packages, trees, tree, trees[kernel_info.name])
+    kernel_tree = built_kernel or trees[kernel_info.name]
+    return GuestPackages(version, python_name, packages, trees, tree, kernel_tree)
 
 
 class CombinedStdlib(GuestStdlib):
@@ -643,9 +658,11 @@ class ImageContents:
     stdlib: StdlibClosure
     site_files: dict[str, bytes]
     module_files: list[Path]  # kernel modules, dependencies first
+    builtin_modules: list[str]  # drivers built into a minimal kernel
     pyz: Path
     uses_tls: bool
     uses_disk: bool = False  # storage devices on the VM's disk (looming.vm.storage)
+    kernel_build: str = "debian"  # or "minimal" (looming.vm.kernelbuild)
 
 
 def _interpreter_entries(contents: ImageContents) -> list[cpio.Entry]:
@@ -896,7 +913,7 @@ def _app_closure(main_py: Path, app_dir: Path) -> Closure:
 
 def _gather_contents(
     app_dir: Path, main_py: Path, crunch: list[tuple[str, str]], arch: Arch, work: Path,
-    progress: Progress, nic_drivers: tuple[str, ...] = (),
+    progress: Progress, nic_drivers: tuple[str, ...] = (), kernel: str = "debian",
 ) -> tuple[ImageContents, BuildReport, list[wheels.Wheel]]:  # fmt: skip
     """Stages 1 to 3: packages, the zipapp (in ``work``), the stdlib closure,
     the libraries and kernel modules; nothing is written to dist/."""
@@ -906,7 +923,8 @@ def _gather_contents(
     progress(f"packing the unikernel's modules for {arch.name}")
     pyz = write_zipapp(work / "unikernel.pyz", main_py, app_dir, crunch)
     uses_tls = any(m.startswith("looming.tls") for m in pyz.modules)
-    guest = _resolve_packages(archive, closure, bool(wheel_list), uses_tls)
+    minimal = KernelSpec(arch, nic_drivers) if kernel == "minimal" else None
+    guest = _resolve_packages(archive, closure, bool(wheel_list), uses_tls, minimal, progress)
     progress("computing the standard-library modules the unikernel reaches")
     site_files = wheels.unpack(wheel_list)
     interpreter_path, stdlib = _guest_stdlib_closure(guest, arch, closure, site_files, progress)
@@ -923,9 +941,11 @@ def _gather_contents(
         stdlib=stdlib,
         site_files=site_files,
         module_files=module_files,
+        builtin_modules=builtin_drivers(guest.kernel_tree),
         pyz=pyz.artifact,
         uses_tls=uses_tls,
         uses_disk=uses_disk,
+        kernel_build=kernel,
     )
     return contents, pyz, wheel_list
 
@@ -987,7 +1007,8 @@ def _image_report(
         stdlib_modules=sorted(m.name for m in stdlib if not m.is_extension),
         extension_modules=sorted(m.name for m in stdlib if m.is_extension),
         libraries=sorted([contents.libraries.loader.lstrip("/"), *contents.libraries.files]),
-        kernel_modules=[p.stem for p in contents.module_files],
+        kernel_modules=[p.stem for p in contents.module_files] + contents.builtin_modules,
+        kernel_build=contents.kernel_build,
         app_modules=pyz.modules,
         archive_size=pyz.size,
         crunched_files=pyz.crunched_files,
@@ -1025,6 +1046,9 @@ def build_image(
     into place, the manifest last."""
     arch = check_can_build(options.get("arch", "x86_64"), app_dir, main_py)
     compression = _compression(arch, options)
+    kernel_build = parse_kernel(options.get("kernel"))
+    if kernel_build == "minimal":
+        check_build_tools(arch)  # before anything is downloaded
     try:
         nic_drivers = parse_nic_drivers(options.get("nic_drivers"), arch.virtio_transport)
     except ValueError as error:
@@ -1037,7 +1061,7 @@ def build_image(
     out_dir = dist / f"{unikernel}-vm-{arch.name}"
     with tempfile.TemporaryDirectory(prefix="looming-image-") as work:
         contents, pyz, wheel_list = _gather_contents(
-            app_dir, main_py, crunch, arch, Path(work), progress, nic_drivers
+            app_dir, main_py, crunch, arch, Path(work), progress, nic_drivers, kernel_build
         )
         progress("importing the unikernel against the image's modules")
         _check_image_imports(contents, _app_closure(main_py, app_dir), main_py, progress)
@@ -1114,6 +1138,8 @@ def describe_image(manifest_path: Path) -> str:
         IMAGE_FORMAT: f" (Image packed with xz; "
         f"{mib(data.get('kernel_unpacked', 0))} once looming run unpacks it on the host)",
     }.get(kernel_format, f" ({kernel_format})")
+    if data.get("kernel_build") == "minimal":
+        kernel_note += "; minimal kernel compiled from Debian's source, drivers built in"
     lines = [
         f"{manifest_path.name}: {data['arch']} image, {mib(total)} ({total} bytes) packed, "
         f"{mib(booted)} as booted (kernel unpacked + initramfs)",
