@@ -32,6 +32,8 @@ from looming.http.dates import format_http_date
 from looming.http.message import ClientGone, Handler, Request, Response, ServeWebSocket
 from looming.http.parser import (
     CLOSE,
+    CONDITIONAL,
+    EXPECT,
     FRAMING,
     UPGRADE,
     Head,
@@ -162,6 +164,13 @@ class _Watchdog:
 _BYTES = (bytes, bytearray)
 _WHOLE = (bytes, bytearray, memoryview)
 """A whole body (tuples: ``isinstance`` with ``bytes | ...`` builds the union each time)."""
+
+_NOT_CACHED = FRAMING | CONDITIONAL | EXPECT | UPGRADE | CLOSE
+"""Requests these head notes are on are not answered from a handler's cache."""
+WIRE_BODY_BYTES = 64 * 1024
+"""Bodies up to this size are kept joined to their head, ready to write."""
+WIRE_ENTRIES = 128
+"""Cached responses kept ready to write (when full, all are dropped and made again)."""
 
 _INTERNAL_ERROR = Response(
     500, ((b"content-type", b"text/plain; charset=utf-8"),), b"500 Internal Server Error\n"
@@ -345,6 +354,15 @@ class HttpServer:
         self.observer: Observer | None = None
         """Told of each response (access logs, metrics)."""
         self.connections_refused = 0
+        self._cached: Callable[[bytes, bytes], Response | None] | None = getattr(
+            handler, "cached_response", None
+        )
+        """The handler's answers it holds whole (StaticSite's files in memory),
+        written without a Request, a handler call or a head built each time."""
+        self.cached_answers = 0
+        """Requests answered from the handler's cache (see :meth:`_send_cached`)."""
+        self._wires: dict[int, tuple[Response, bytes, tuple[bytes, int, bytes]]] = {}
+        """id(response) -> (response, the Date line, what :meth:`_wire` gives)."""
 
     @property
     def connections_open(self) -> int:
@@ -465,6 +483,11 @@ class HttpServer:
                 and await self._upgraded(flow, parser, conn, event, items, stream, deadline)
             ):
                 return
+            wire = self._cached_wire(event, notes) if self._cached is not None else None
+            if wire is not None:
+                if not await self._send_cached(flow, parser, conn, event, stream, wire, deadline):
+                    return
+                continue
             request = await self._read_request(flow, parser, conn, event, stream, deadline)
             if request is None:
                 return
@@ -511,6 +534,84 @@ class HttpServer:
             # servers may (RFC 9112 9.5); clients retry on a new one.
             if not keep_alive or stream.peer_closed or self.stopping or buggify("http.close_early"):
                 return
+
+    def _cached_wire(self, event: Head, notes: int) -> tuple[bytes, int, bytes] | None:
+        """The handler's cached answer to a plain HTTP/1.1 request, ready to
+        write (see :meth:`_wire`), if it has one and nothing asks for more
+        (a body, conditions, ranges, an access log, a stop under way)."""
+        if (
+            notes & _NOT_CACHED
+            or event.http_version != b"1.1"
+            or self.stopping
+            or self.observer is not None
+            or self._cached is None
+        ):
+            return None
+        response = self._cached(event.method, event.target)
+        return self._wire(response) if response is not None else None
+
+    def _wire(self, response: Response) -> tuple[bytes, int, bytes] | None:
+        """A cached response as written to the keep-alive connection of an
+        HTTP/1.1 ``GET``: its head joined to its body (up to
+        :data:`WIRE_BODY_BYTES`), made again when the Date line changes; the
+        head's length; and the body when not joined (else b""). None for a
+        response this path does not send (not a whole 200)."""
+        date = self._date.line()
+        made = self._wires.get(id(response))
+        if made is not None and made[0] is response and made[1] is date:
+            return made[2]
+        body = response.body
+        if response.status != 200 or type(body) is not bytes:
+            return None
+        try:
+            prepared = self._headers.prepare(response.headers)
+        except InvalidHeaders:
+            return None  # the usual path answers it (with its log)
+        if prepared.close or prepared.declared_length is not None:
+            return None
+        lines = self._head_lines(response, prepared)
+        lines.append(b"content-length: %d\r\n\r\n" % len(body))
+        head = b"".join(lines)
+        if len(body) <= WIRE_BODY_BYTES:
+            wire = (head + body, len(head), b"")
+        else:
+            wire = (head, len(head), body)
+        if len(self._wires) >= WIRE_ENTRIES:
+            self._wires.clear()
+        self._wires[id(response)] = (response, date, wire)
+        return wire
+
+    async def _send_cached(
+        self,
+        flow: Flow,
+        parser: _ParserHolder,
+        conn: RequestParser,
+        event: Head,
+        stream: _RequestStream,
+        wire: tuple[bytes, int, bytes],
+        deadline: _Watchdog,
+    ) -> bool:
+        """Answer a bodiless keep-alive GET or HEAD with a cached response
+        (see :meth:`_wire`); whether the connection goes on."""
+        if type(conn.next_event()) is not h11.EndOfMessage:
+            return False  # not a request without a body after all
+        stream.leftover, stream.peer_closed = conn.trailing_data
+        data, head_length, rest = wire
+        parser.busy = parser.responding = True
+        deadline.expire_in(self.config.send_timeout)
+        if event.method == b"HEAD":
+            parser.sent = 0
+            await flow.write(data[:head_length])
+        elif rest:
+            parser.sent = len(rest)
+            await flow.writev((data, rest))
+        else:
+            parser.sent = len(data) - head_length
+            await flow.write(data)
+        self.requests_served += 1
+        self.cached_answers += 1
+        parser.busy = False
+        return not stream.peer_closed and not self.stopping and not buggify("http.close_early")
 
     def _next_parser(self, stream: _RequestStream) -> RequestParser:
         """The parser of the next request, handed what arrived behind the last

@@ -47,6 +47,8 @@ class _File:
     headers: tuple[tuple[bytes, bytes], ...]
     not_modified_headers: tuple[tuple[bytes, bytes], ...]
     body: bytes | None
+    response: Response | None = None
+    """The whole 200 response, for a file held in memory."""
 
 
 @dataclass(slots=True)
@@ -129,6 +131,20 @@ class StaticSite:
             return Response(301, resolved.headers, b"")
         return Response(404, _NOT_FOUND_HEADERS, _NOT_FOUND_BODY)
 
+    def cached_response(self, method: bytes, target: bytes) -> Response | None:
+        """The whole answer to a plain ``GET`` or ``HEAD`` of ``target`` when
+        it is a file already held in memory, else None (then ask the usual
+        way). For the server to call without a :class:`Request`, on requests
+        without a body, conditional or Range fields."""
+        if method != b"GET" and method != b"HEAD":
+            return None
+        if self._generation_of is not None:
+            self._revalidate(self._generation_of)
+        resolved = self._by_target.get(target.decode("latin-1"))
+        if type(resolved) is _File:
+            return resolved.response
+        return None
+
     def _revalidate(self, generation_of: Callable[[], object]) -> None:
         try:
             generation = generation_of()
@@ -190,6 +206,8 @@ class StaticSite:
         entry = _File(
             key, size, etag, modified, content_type, tuple(headers), tuple(headers[1:]), body
         )
+        if body is not None:
+            entry.response = Response(200, entry.headers, body)
         self._by_key[key] = entry
         return entry
 
@@ -226,8 +244,8 @@ class StaticSite:
                 len(ranges) == 1 or sum(last - first + 1 for first, last in ranges) <= entry.size
             ):
                 return await self._serve_ranges(entry, ranges)
-        if entry.body is not None:
-            return Response(200, entry.headers, entry.body)
+        if entry.response is not None:
+            return entry.response
         headers = [*entry.headers, (b"content-length", b"%d" % entry.size)]
         return Response(200, headers, self._stream(entry.key, 0, entry.size))
 
