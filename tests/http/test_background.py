@@ -373,3 +373,63 @@ def test_a_pipelined_request_is_answered_while_the_task_runs(name: str) -> None:
         assert received.count(b"HTTP/1.1 200 ") == 2 and b"sent\n" in received
         assert took < PROMPT and not done.ended
         done.wait_ended(1)
+
+
+def test_a_stop_takes_one_timeout_for_responses_and_background_tasks() -> None:
+    """A response that never ends and a background task that never ends
+    share the one shutdown timeout (not one each); both are cancelled."""
+    from looming.http.server import CUT_GRACE
+    from looming.http.service import HttpSettings, serve_asgi
+    from looming.unix.clock import UnixClock
+    from looming.unix.socket_stack import SocketStack
+
+    timeout = 1.0
+    done = Log()
+    stuck_response_cancelled: list[bool] = []
+
+    async def forever(request: Request) -> PlainTextResponse:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stuck_response_cancelled.append(True)
+            raise
+        return PlainTextResponse("never\n")
+
+    async def lingering(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("sent\n", background=BackgroundTask(done.work, 3600))
+
+    app = Starlette(routes=[Route("/forever", forever), Route("/lingering", lingering)])
+
+    async def main() -> float:
+        console = _Console()
+        stack = await SocketStack.connect("127.0.0.1")
+        settings = HttpSettings(shutdown_timeout=timeout)
+        service = asyncio.create_task(
+            serve_asgi(app, console, stack, clock=UnixClock(), port=0, settings=settings)
+        )
+        port = int((await asyncio.wait_for(console.first, 10)).rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /lingering HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"\r\n\r\nsent\n")
+        writer.close()
+        stuck_reader, stuck_writer = await asyncio.open_connection("127.0.0.1", port)
+        stuck_writer.write(b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
+        while len(done.started) < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the /forever request is in the application
+        stopping = time.monotonic()
+        service.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await service
+        took = time.monotonic() - stopping
+        assert await asyncio.wait_for(stuck_reader.read(), 5) == b""  # cut, no response
+        stuck_writer.close()
+        await stack.disconnect()
+        return took
+
+    took = asyncio.run(main())
+    assert stuck_response_cancelled == [True]
+    assert done.cancelled == 1 and done.ended == []
+    # Waited for the response in flight, then cut both: one timeout, plus
+    # the grace each cut gets to unwind (and the loop's timer grain).
+    assert timeout - 0.05 <= took < timeout + 2 * CUT_GRACE + 0.3

@@ -37,6 +37,9 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 
+CUT_GRACE = 0.25
+"""Seconds a background task cancelled at shutdown has to unwind."""
+
 PATHSEND_CHUNK = 256 * 1024
 """How much of a file sent with ``http.response.pathsend`` is read at a time."""
 
@@ -490,7 +493,8 @@ class AsgiAdapter:
 
     async def finish_background(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the applications still running
-        after their response (background tasks); then cancel them."""
+        after their response (background tasks); then cancel them (they
+        have :data:`CUT_GRACE` to unwind)."""
         if not self._after:
             return
         log.info("waiting for %d background task(s) to complete", len(self._after))
@@ -501,7 +505,7 @@ class AsgiAdapter:
             )
             for task in pending:
                 task.cancel()
-            await asyncio.wait(pending, timeout=1.0)
+            await asyncio.wait(pending, timeout=CUT_GRACE)
 
     def _scope(self, request: Request) -> Scope:
         raw_path, _, query = request.target.partition("?")

@@ -165,6 +165,9 @@ _BYTES = (bytes, bytearray)
 _WHOLE = (bytes, bytearray, memoryview)
 """A whole body (tuples: ``isinstance`` with ``bytes | ...`` builds the union each time)."""
 
+CUT_GRACE = 0.25
+"""Seconds a connection or task cancelled at the end of a stop has to unwind."""
+
 _NOT_CACHED = FRAMING | CONDITIONAL | EXPECT | UPGRADE | CLOSE
 """Requests these head notes are on are not answered from a handler's cache."""
 WIRE_BODY_BYTES = 64 * 1024
@@ -370,7 +373,9 @@ class HttpServer:
 
     async def shutdown(self, timeout: float) -> None:
         """Stop gracefully: idle connections close now, each busy one after its
-        current response; those still busy after ``timeout`` seconds are cut.
+        current response; those still busy after ``timeout`` seconds are cut
+        (and given :data:`CUT_GRACE` to unwind): the whole stop takes at
+        most ``timeout`` plus that grace.
 
         Close the listener first, so no connection arrives meanwhile.
         """
@@ -386,21 +391,27 @@ class HttpServer:
             for task, holder in list(self._connections.items()):
                 busy = holder.busy
                 if holder.h2 is not None:
-                    # GOAWAY: no new streams; those open are finished first.
-                    with contextlib.suppress(NetworkError, OSError, TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await holder.h2.stop()
-                    busy = bool(holder.h2.streams)
+                    busy = await self._stop_h2(holder.h2, give_up - loop.time())
                 if not busy and not task.done():
                     task.cancel()
             if not self._connections or loop.time() >= give_up:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(min(0.05, max(0.0, give_up - loop.time())))
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
+            await asyncio.wait(tasks, timeout=CUT_GRACE)
+
+    @staticmethod
+    async def _stop_h2(session: Any, seconds: float) -> bool:
+        """GOAWAY to an HTTP/2 connection (no new streams; those open are
+        finished first), within ``seconds``; whether streams are still open."""
+        if seconds > 0:
+            with contextlib.suppress(NetworkError, OSError, TimeoutError):
+                async with asyncio.timeout(min(1.0, seconds)):
+                    await session.stop()
+        return bool(session.streams)
 
     async def __call__(self, flow: Flow) -> None:
         await self.serve_flow(flow)

@@ -3,7 +3,10 @@
 :func:`serve_asgi` runs the application's lifespan, listens, and on
 cancellation (``looming run`` turns SIGTERM and SIGINT into one) stops
 gracefully: the listener closes, idle connections close, responses in flight
-get ``shutdown_timeout`` seconds to finish, then the lifespan shutdown runs.
+and work after responses (background tasks) get ``shutdown_timeout`` seconds
+in all to finish (what is still running then is cancelled, and has
+:data:`~looming.http.server.CUT_GRACE` to unwind), then the lifespan shutdown
+runs.
 Around it: access logs (common or JSON lines), an opt-in Prometheus
 ``/metrics`` endpoint and a connection limit, all set by the keys that
 ``looming.config.http_keys()`` declares (and so also by ``LOOMING_*``
@@ -228,4 +231,9 @@ async def serve_asgi(
                 server.connections_open,
                 settings.shutdown_timeout,
             )
+            # One deadline for responses in flight and background tasks alike:
+            # what the server's stop leaves of it is the background's grace.
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + settings.shutdown_timeout
             await server.shutdown(settings.shutdown_timeout)
+            adapter.background_grace = max(0.0, give_up - loop.time())
