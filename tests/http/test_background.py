@@ -96,7 +96,30 @@ def starlette_app(done: Log) -> Starlette:
 
     routes = [Route("/slow", slow), Route("/plain", plain), Route("/stream", stream)]
     more = [Route("/boom", boom), Route("/endless", endless)]
-    return Starlette(routes=[*routes, *more])
+    return Starlette(routes=[*routes, *more, *failing_routes()])
+
+
+def failing_routes() -> list[Route]:
+    """Background tasks failing at once, or after a streamed response."""
+
+    async def fails_at_once() -> None:
+        raise RuntimeError("the background task broke")
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the background task broke")
+
+    async def boom_now(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("whole\n", background=BackgroundTask(fails_at_once))
+
+    async def boom_stream(request: Request) -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b"who"
+            yield b"le\n"
+
+        return StreamingResponse(parts(), background=BackgroundTask(fails_later))
+
+    return [Route("/boom-now", boom_now), Route("/boom-stream", boom_stream)]
 
 
 def fastapi_app(done: Log) -> FastAPI:
@@ -180,18 +203,24 @@ def test_the_response_does_not_wait_for_the_background_task(
         conn.close()
 
 
+@pytest.mark.parametrize("target", ["/boom", "/boom-now", "/boom-stream"])
 def test_a_failing_background_task_is_logged_not_answered(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, target: str
 ) -> None:
+    """Whenever the task fails (at once, before the server has taken the
+    response, or later) and whatever the response (whole or streamed), the
+    failure is logged and the connection, whose response was whole, goes on
+    (uvicorn closes it instead: looming keeps a correctly framed exchange)."""
     done = Log()
     with (
         caplog.at_level(logging.ERROR, "looming.http.asgi"),
         under_looming(starlette_app(done)) as port,
     ):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.sendall(b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\n")
+        sock.sendall(b"GET %s HTTP/1.1\r\nhost: x\r\n\r\n" % target.encode())
         first = b""
-        while not first.endswith(b"whole\n"):
+        ending = b"le\n\r\n0\r\n\r\n" if target == "/boom-stream" else b"whole\n"
+        while not first.endswith(ending):
             piece = sock.recv(4096)
             assert piece, f"closed before the whole response: {first!r}"
             first += piece

@@ -6,7 +6,8 @@ when the application sends a single body message and streamed otherwise.
 The response ends with the application's last message, not with the
 application: what it does after (Starlette's and FastAPI's background tasks)
 runs on by itself, holding back neither the response nor the connection's
-next request, and a failure then is logged. An application that returns
+next request, and a failure then is logged while the connection goes on
+(its exchange was complete and framed; uvicorn closes it). An application that returns
 before its last message has its response cut (the connection is dropped).
 The application's ``lifespan`` protocol runs through :meth:`AsgiAdapter.startup`
 and :meth:`AsgiAdapter.shutdown` (or ``async with adapter.lifespan():``), which
