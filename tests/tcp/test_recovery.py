@@ -25,6 +25,7 @@ from looming.net.tcp.cubic import BETA, C, Cubic
 from looming.net.tcp.prr import ProportionalRateReduction
 from looming.net.tcp.rack import Rack, probe_timeout, rack_detect
 from looming.net.tcp.scoreboard import Scoreboard
+from looming.net.tcp.sender import TcpSender
 from looming.net.tcp.tcb import Recovery
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
@@ -699,3 +700,83 @@ def test_an_application_limited_window_does_not_grow() -> None:
         s.recv(seg("A", B, A + index * MSS))
     s.call("flush_ack")
     assert s.conn.cc.cwnd == 10 * MSS
+
+
+# ------------------------------------------------------------------ timeouts, classified
+
+
+def _overlooked_losses(conn: TcpSender) -> list[str]:
+    """What RACK should already have found when a retransmission timeout
+    fires: an outstanding segment sent before a segment the receiver has
+    SACKed (and that RACK's rule may use: never resent) is past RACK's
+    deadline by then, so it should be deemed lost and resent, unless the
+    window held it back (deemed lost, not yet resent, pipe >= cwnd)."""
+    board = conn.board
+    newest_sacked = max(
+        (s.sent_at for s in board.segments if s.sacked and not s.ever_retransmitted),
+        default=None,
+    )
+    if newest_sacked is None:
+        return []
+    pipe = board.pipe(conn.snd_max - conn.snd_una)
+    held_back = pipe >= conn.cc.cwnd
+    return [
+        repr(s)
+        for s in board.segments
+        if not s.sacked
+        and s.sent_at < newest_sacked
+        and not (s.lost and not s.retransmitted and held_back)
+    ]
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 1 << 16))
+def test_under_heavy_loss_no_timeout_waits_for_a_loss_rack_could_see(seed: int) -> None:
+    """Two looming stacks over the in-memory wire losing 12% of segments
+    each way (enough for a few timeouts per echo), an echo of 256 KiB: the
+    data always arrives intact, and every timeout that fires had nothing
+    RACK could have used (no segment sent before one SACKed is left
+    outstanding and unresent with room to send). A RACK that did not look
+    at retransmissions again fails this within a few examples."""
+    overlooked: list[list[str]] = []
+    original = TcpSender._on_retransmit_timeout
+
+    def classified(self: TcpSender, now: int) -> None:
+        if self.snd_una < self.snd_max and self.sack_ok:
+            overlooked.append(_overlooked_losses(self))
+        original(self, now)
+
+    config = TcpConfig(rto_min_ns=30 * MS)  # the class of a timeout, not its length, is checked
+
+    async def body() -> tuple[bytes, bytes, int]:
+        a, b = wire_pair(Faults(loss=0.12, seed=seed, latency_s=0.0002))
+        client = TcpLayer(a, UnixTime(), UnixRandom(seed), config=config)
+        server = TcpLayer(b, UnixTime(), UnixRandom(seed + 1), config=config)
+        data = bytes(range(256)) * 1024
+
+        async def echo(flow) -> None:  # type: ignore[no-untyped-def]
+            while chunk := await flow.read():
+                await flow.write(chunk)
+            await flow.shutdown()
+
+        await server.listen(80, echo)
+        flow = await client.connect("10.9.0.2", 80)
+        await flow.write(data)
+        await flow.shutdown()
+        parts = []
+        while chunk := await asyncio.wait_for(flow.read(), 30):
+            parts.append(chunk)
+        await flow.close()
+        timeouts = client.stats.timeouts + server.stats.timeouts
+        await client.close()
+        await server.close()
+        return data, b"".join(parts), timeouts
+
+    TcpSender._on_retransmit_timeout = classified  # type: ignore[method-assign]
+    try:
+        sent, echoed, timeouts = asyncio.run(body())
+    finally:
+        TcpSender._on_retransmit_timeout = original  # type: ignore[method-assign]
+    assert echoed == sent
+    assert len(overlooked) <= timeouts
+    assert [found for found in overlooked if found] == []
