@@ -50,6 +50,12 @@ IFF_UP = 0x1
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCSIFMTU = 0x8922
+SIOCGIFTXQLEN = 0x8942
+SIOCSIFTXQLEN = 0x8943
+# Frames the kernel holds for us (the TAP's txqueuelen, 1,000 by default):
+# enough for a burst of a few thousand spoofed SYNs to be read and policed
+# rather than overflow the queue and drop established connections' segments.
+QUEUE_FRAMES = 8192
 IFNAMSIZ = 16
 
 
@@ -66,6 +72,9 @@ def _set_link(name: str, *, mtu: int | None = None, up: bool = True) -> None:
         raw_name = name.encode()
         if mtu is not None:
             fcntl.ioctl(control, SIOCSIFMTU, struct.pack("16si", raw_name, mtu))
+        queue = fcntl.ioctl(control, SIOCGIFTXQLEN, struct.pack("16si", raw_name, 0))
+        if struct.unpack("16si", queue)[1] < QUEUE_FRAMES:
+            fcntl.ioctl(control, SIOCSIFTXQLEN, struct.pack("16si", raw_name, QUEUE_FRAMES))
         if up:
             current = fcntl.ioctl(control, SIOCGIFFLAGS, struct.pack("16sH", raw_name, 0))
             flags = struct.unpack("16sH", current[:18])[1] | IFF_UP
