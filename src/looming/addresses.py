@@ -15,7 +15,6 @@ mean the same everywhere:
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
@@ -176,6 +175,8 @@ def host_argument(text: str) -> str:
     try:
         return parse_host(text)
     except AddressError as error:
+        import argparse  # only a command line's parser needs it (not a unikernel at boot)
+
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -184,6 +185,8 @@ def port_argument(text: str) -> int:
     try:
         return parse_port(text)
     except AddressError as error:
+        import argparse
+
         raise argparse.ArgumentTypeError(str(error)) from None
 
 

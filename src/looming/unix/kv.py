@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import stat
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,14 +263,13 @@ class CrunchedKv:
                 f"kv_ro {name!r} was crunched into the artifact, but this code is not "
                 "running from one; run the built .pyz, or configure with --kv-ro direct"
             )
-        entries: dict[tuple[str, ...], tuple[CrunchedEntry, bytes]] = {}
+        read = _reader_of_running_archive(archive)
+        if read is not None:
+            return cls(_crunched_entries(name, read))
+        import zipfile  # another archive than the one running
+
         with zipfile.ZipFile(archive) as z:
-            manifest = json.loads(z.read(f"{MANIFEST_DIR}/{name}.json"))
-            for rel, meta in manifest["files"].items():
-                data = z.read(f"{MANIFEST_DIR}/{name}/{rel}")
-                entry = CrunchedEntry(meta["size"], meta["sha256"], meta["mtime"])
-                entries[tuple(rel.split("/"))] = (entry, data)
-        return cls(entries)
+            return cls(_crunched_entries(name, z.read))
 
     def _lookup(self, key: str) -> tuple[CrunchedEntry, bytes]:
         parts = split_key(key)
@@ -325,6 +324,40 @@ class CrunchedKv:
         if parts is not None and parts in self._dirs and parts not in self._values:
             return 0.0
         return self._lookup(key)[0].mtime
+
+
+def _crunched_entries(
+    name: str, read: Callable[[str], bytes]
+) -> dict[tuple[str, ...], tuple[CrunchedEntry, bytes]]:
+    """kv_ro ``name``'s values, with ``read`` giving an archive's member."""
+    entries: dict[tuple[str, ...], tuple[CrunchedEntry, bytes]] = {}
+    manifest = json.loads(read(f"{MANIFEST_DIR}/{name}.json"))
+    for rel, meta in manifest["files"].items():
+        data = read(f"{MANIFEST_DIR}/{name}/{rel}")
+        entry = CrunchedEntry(meta["size"], meta["sha256"], meta["mtime"])
+        entries[tuple(rel.split("/"))] = (entry, data)
+    return entries
+
+
+def _reader_of_running_archive(archive: str) -> Callable[[str], bytes] | None:
+    """Reads members of ``archive`` through the zipimporter this module was
+    loaded by, when it is that archive: its directory is already read, and
+    importing zipfile (with pathlib and importlib.util) is a boot cost a
+    VM guest feels. None otherwise."""
+    loader = globals().get("__loader__")
+    get_data = getattr(loader, "get_data", None)
+    if getattr(loader, "archive", None) != archive or get_data is None:
+        return None
+
+    def read(member: str) -> bytes:
+        try:
+            data = get_data(f"{archive}/{member}")
+        except OSError:
+            raise KeyError(f"There is no item named {member!r} in the archive") from None
+        assert isinstance(data, bytes)
+        return data
+
+    return read
 
 
 def _running_archive() -> str | None:
