@@ -548,9 +548,7 @@ def test_fast_retransmit_and_newreno_recovery() -> None:
 
 
 def test_sack_scoreboard_steers_retransmission() -> None:
-    # Without tail loss probes: 5 ms of silence is past the probe timeout
-    # (2 SRTT, at least 2 ms), and this is about the scoreboard alone.
-    config = replace(PLAIN, sack=True, tail_loss_probe=False)
+    config = replace(PLAIN, sack=True)
     s = established(config, sack_permitted=True)
     _in_flight(s, 10)
     s.advance(5)
