@@ -1,4 +1,5 @@
-"""The boot cache: dataclass functions and patterns compiled at build time.
+"""The boot cache: dataclass functions and patterns compiled at build time;
+and no garbage collection while the unikernel imports.
 
 The cache is recorded from a small zipapp by a child interpreter, as the
 image build does, and used by /init's own code (``use_boot_cache``) in
@@ -10,14 +11,18 @@ cache from another layout) must be compiled as before.
 from __future__ import annotations
 
 import _sre
+import gc
+import importlib.util
 import json
 import marshal
 import re
 import subprocess
 import sys
 import sysconfig
+import threading
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
@@ -175,3 +180,55 @@ def test_patterns_made_from_the_cache_match_as_compiled_ones(cache: bytes, text:
         assert made.findall(subject) == compiled.findall(subject)  # type: ignore[arg-type]
         found, expected = made.search(subject), compiled.search(subject)  # type: ignore[arg-type]
         assert (found and found.span()) == (expected and expected.span())
+
+
+class _Clock:
+    """time for /init's collector watch: each sleep waits for the test's tick."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.asleep = threading.Semaphore(0)
+        self.tick = threading.Semaphore(0)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, _seconds: float) -> None:
+        self.asleep.release()
+        self.tick.acquire()
+
+
+def _init_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("looming_init_under_test", INIT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("reason", ["imports stopped", "time limit"])
+def test_garbage_collection_comes_back_when_imports_stop_or_at_the_limit(reason: str) -> None:
+    init = _init_module()
+    clock = _Clock()
+    init.time = clock  # type: ignore[attr-defined]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        init.collect_garbage_after_imports(poll=0.5, limit=30.0)
+        watcher = next(t for t in threading.enumerate() if t.name == "looming-gc")
+        for step in range(3):  # a module imported during each interval
+            clock.asleep.acquire()
+            sys.modules[f"_looming_test_import_{reason[0]}{step}"] = ModuleType("imported")
+            clock.tick.release()
+        clock.asleep.acquire()
+        assert not gc.isenabled()
+        if reason == "time limit":
+            clock.now = 31.0
+            sys.modules["_looming_test_import_late"] = ModuleType("imported")
+        clock.tick.release()
+        watcher.join(timeout=10)
+        assert not watcher.is_alive() and gc.isenabled()
+    finally:
+        for name in [n for n in sys.modules if n.startswith("_looming_test_import_")]:
+            del sys.modules[name]
+        (gc.enable if was_enabled else gc.disable)()

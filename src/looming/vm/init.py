@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import marshal
 import os
 import signal
@@ -271,6 +272,29 @@ def _cache_patterns(compiler: Any, patterns: dict[tuple[Any, int], tuple[Any, ..
     compiler.compile = cached_compile
 
 
+def collect_garbage_after_imports(poll: float = 0.5, limit: float = 30.0) -> None:
+    """No garbage collection (:func:`main` turned it off) while the
+    unikernel imports its modules.
+
+    Importing makes objects that live as long as the program, and the
+    collector traversing them again and again took a tenth of the boot
+    under emulation. It is turned back on once a whole ``poll`` interval
+    passed with no module imported (the unikernel is then serving, or
+    waiting), or after ``limit`` seconds.
+    """
+
+    def watch() -> None:
+        deadline = time.monotonic() + limit
+        seen = -1
+        while len(sys.modules) != seen and time.monotonic() < deadline:
+            seen = len(sys.modules)
+            time.sleep(poll)
+        gc.enable()
+        trace("garbage collection on")
+
+    threading.Thread(target=watch, name="looming-gc", daemon=True).start()
+
+
 def run_unikernel(archive: str, argv: list[str]) -> int:
     sys.argv = [archive, *argv]
     sys.path.insert(0, archive)
@@ -316,6 +340,7 @@ def power_off(status: int) -> None:
 def main() -> None:
     status = 1
     trace("/init started")
+    gc.disable()  # until the unikernel's imports are done
     try:
         mount("proc", "/proc", "proc")
         mount("sysfs", "/sys", "sysfs")
@@ -329,6 +354,7 @@ def main() -> None:
         listen_for_stop()
         trace("network configured; starting the unikernel")
         use_boot_cache(CONFIG.get("boot_cache"))
+        collect_garbage_after_imports()
         status = run_unikernel(str(CONFIG["archive"]), sys.argv[1:])
     except BaseException:
         traceback.print_exc()
