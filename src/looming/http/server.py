@@ -506,7 +506,7 @@ class HttpServer:
             parser.busy = True
             deadline.disarm()
             self.in_flight += 1
-            started = self._date.now()
+            started = self._date.now() if self.observer is not None else 0.0
             try:
                 response = await self.handler(request)
             except ClientGone:
