@@ -5,6 +5,7 @@ reading, request bodies in pieces, trailers, and framing attacks refused."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from looming.http import AsgiAdapter, ServerConfig
 from .serving import RunningServer, serve_in_thread, wait_until_stalled
 
 CHUNK = 64 * 1024
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
 
 class Recorder:
@@ -41,6 +43,16 @@ class Recorder:
         self.scopes.append(scope)
         route = getattr(self, "route_" + scope["path"].strip("/").replace("-", "_"))
         await route(receive, send)
+
+    async def route_context(self, receive: Any, send: Any) -> None:
+        # What the previous request on the connection set must not show here.
+        seen = REQUEST_ID.get()
+        REQUEST_ID.set(f"set by request {len(self.scopes)}")
+        await asyncio.sleep(0)  # suspended mid-request: the value stays its own
+        mine = REQUEST_ID.get()
+        body = f"{seen}|{mine}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
 
     async def route_endless(self, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -228,6 +240,36 @@ def test_scope_has_root_path_state_and_extensions(served: tuple[Recorder, Runnin
     assert scope["state"] == {}
     assert "http.response.trailers" in scope["extensions"]
     assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+
+
+def bodies_of(stream: bytes) -> list[bytes]:
+    """The bodies of the Content-Length framed responses in ``stream``."""
+    bodies = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+        length = int(fields[b"content-length"])
+        bodies.append(rest[:length])
+        stream = rest[length:]
+    return bodies
+
+
+def test_context_variables_do_not_leak_between_requests(
+    served: tuple[Recorder, RunningServer],
+) -> None:
+    """Each application call runs in its own copy of the context (as a task
+    of its own would): a value it sets is not seen by the connection's next
+    request, and stays its own across a suspension."""
+    _app, running = served
+    sock = connect(running.port)
+    request = b"GET /context HTTP/1.1\r\nhost: x\r\n\r\n"
+    last = b"GET /context HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    sock.sendall(request + request + last)
+    assert bodies_of(read_all(sock)) == [
+        b"unset|set by request 1",
+        b"unset|set by request 2",
+        b"unset|set by request 3",
+    ]
 
 
 @pytest.mark.parametrize(
