@@ -26,7 +26,7 @@ from looming.net.tcp.prr import ProportionalRateReduction
 from looming.net.tcp.rack import Rack, probe_timeout, rack_detect
 from looming.net.tcp.scoreboard import Scoreboard
 from looming.net.tcp.sender import TcpSender
-from looming.net.tcp.tcb import Recovery
+from looming.net.tcp.tcb import Event, Recovery
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
@@ -638,6 +638,44 @@ def test_data_received_twice_is_reported_in_a_dsack_block() -> None:
     s.recv(seg("A", B + 2000, A), b"c" * 1000)  # fills the hole: reported once only
     (ack,) = s.take()
     assert ack[0].ack == B + 4000 and ack[0].sack_blocks == ()
+
+
+def test_a_burst_of_out_of_order_segments_gets_one_ack_with_all_its_sacks() -> None:
+    """A shell that hands over arrivals in bursts (the TCP layer does) gets
+    one immediate ACK per burst of out-of-order segments, sent at
+    flush_ack with SACK blocks covering the whole burst; the segment that
+    fills the hole is ACKed at the burst's end too, and the data our
+    output sends there (which carries no SACK blocks) does not stand in
+    for the ACK the sender needs."""
+    s = established(replace(PLAIN, sack=True), sack_permitted=True)
+    s.conn.defer_output = True
+    s.conn.cc.cwnd = 100 * MSS
+    for index in (1, 2, 3):  # segment 0 was lost
+        s.recv(seg("A", B + index * 1000, A), b"o" * 1000)
+    assert s.take() == []  # nothing until the burst has been handed over
+    assert Event.ACK_DUE in s.events
+    s.call("send", b"r" * 500)  # the application answers within the burst
+    s.conn.flush_ack(s.now)
+    s._collect()
+    sent = s.take()
+    acks = [h for h, p in sent if not p]
+    assert len(acks) == 1
+    assert acks[0].ack == B and acks[0].sack_blocks == ((B + 1000, B + 4000),)
+    s.recv(seg("A", B, A), b"o" * 1000)  # the hole is filled
+    s.conn.flush_ack(s.now)
+    s._collect()
+    assert [(h.ack, h.sack_blocks) for h, p in s.take()] == [(B + 4000, ())]
+
+
+def test_without_bursts_each_out_of_order_segment_is_acked_at_once() -> None:
+    s = established(replace(PLAIN, sack=True), sack_permitted=True)
+    for index in (1, 2, 3):
+        s.recv(seg("A", B + index * 1000, A), b"o" * 1000)
+    assert [h.sack_blocks[0] for h, _ in s.take()] == [
+        (B + 1000, B + 2000),
+        (B + 1000, B + 3000),
+        (B + 1000, B + 4000),
+    ]
 
 
 def test_no_dsack_without_sack() -> None:

@@ -508,11 +508,11 @@ class TcpConnection(TcpSender):
             self.rcv_mss = min(len(payload), self.path_mss)
         if not advanced:
             # Out of order or duplicate: ACK at once so the sender learns (RFC 5681 4.2).
-            self.send_ack(now)
+            self._ack_for_sender(now)
             return
         self.events.append(Event.READABLE)
         if had_gaps:
-            self.send_ack(now)  # a hole was filled
+            self._ack_for_sender(now)  # a hole was filled
             return
         if len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
@@ -529,6 +529,22 @@ class TcpConnection(TcpSender):
                     self.events.append(Event.ACK_DUE)
         elif self.delack_at is None:
             self.delack_at = now + self.config.delayed_ack_ns
+
+    def _ack_for_sender(self, now: int) -> None:
+        """The immediate ACK of RFC 5681 4.2 (out-of-order data, a filled
+        hole). A shell that hands over arrivals in bursts (``defer_output``)
+        gets one per burst on a SACK connection, sent by :meth:`flush_ack`
+        with the SACK blocks of the whole burst, as Linux's GRO gives one per
+        merged batch: the sender learns the same from fewer packets (at 5%
+        loss looming sent some 2,700 such ACKs per 10 MB echo, mostly in runs
+        of five or six within 30 us, one per segment of a burst)."""
+        if not (self.defer_output and self.sack_ok):
+            self.send_ack(now)
+            return
+        self.sack_due = True
+        if not self.ack_due and not self.output_due:
+            self.events.append(Event.ACK_DUE)
+        self.ack_due = True
 
     def _receive_fin(self, now: int) -> None:
         self.fin_received = True
@@ -556,9 +572,13 @@ class TcpConnection(TcpSender):
         if self.output_due:
             self.output_due = False
             self._output(now)
-        if self.ack_due and self.state in SYNCHRONIZED:
+        buffer = self.receive_buffer
+        # Data segments carry the ACK number but no SACK blocks.
+        sack_owed = self.sack_due and (buffer.has_gaps or bool(buffer.dsack))
+        if (self.ack_due or sack_owed) and self.state in SYNCHRONIZED:
             self.send_ack(now)
         self.ack_due = False
+        self.sack_due = False
 
     def accepts_new_syn(self, syn: TcpHeader) -> bool:
         """Whether a SYN may reopen this TIME-WAIT connection (RFC 6191)."""

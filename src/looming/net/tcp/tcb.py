@@ -183,6 +183,9 @@ class TransmissionControlBlock:
         self.fin_received = False
         self.full_segments_unacked = 0
         self.ack_due = False
+        # Out-of-order data or a filled hole came in this burst: its SACK
+        # blocks are owed in a pure ACK at flush_ack (data carries none).
+        self.sack_due = False
         self.acknowledged_to = 0  # rcv_nxt as of the last ACK we sent
         self.rcv_mss = 536
 
@@ -324,6 +327,7 @@ class TransmissionControlBlock:
             sack_blocks = tuple(
                 (wrap(left), wrap(right)) for left, right in buffer.sack_blocks(limit)
             )
+            self.sack_due = False
         ect = False
         if self.ecn_ok:
             if self.ece_pending and flags & ACK:
