@@ -167,3 +167,37 @@ def test_the_short_path_answers_a_file_read_before() -> None:
     cached = site.cached_response(b"GET", b"/css/site.css")
     assert cached is not None and cached.body == KV.files["css/site.css"]
     assert site.cached_response(b"POST", b"/css/site.css") is None
+
+
+class SteppedClock(FixedClock):
+    def __init__(self) -> None:
+        self.time = 1_765_000_000.0
+
+    def now(self) -> float:
+        return self.time
+
+
+def test_the_short_path_dates_each_answer_by_its_own_second() -> None:
+    from looming.http.dates import format_http_date
+
+    site = StaticSite(KV)
+    clock = SteppedClock()
+    once = request_bytes("GET", "/css/site.css", b"", "1.1")
+
+    async def run() -> list[bytes]:
+        server = HttpServer(site, clock=clock)
+        answers = []
+        for step in (0.0, 0.5, 1.0, 3600.0):
+            clock.time = 1_765_000_000.0 + step
+            flow = ScriptedFlow([once])
+            await server.serve_flow(flow)  # type: ignore[arg-type]
+            answers.append(bytes(flow.written))
+        assert server.cached_answers == 3  # all but the first, which read the file
+        return answers
+
+    answers = asyncio.run(run())
+    dates = [answer.split(b"\r\ndate: ", 1)[1].split(b"\r\n", 1)[0] for answer in answers]
+    assert dates == [
+        format_http_date(int(1_765_000_000 + step)) for step in (0.0, 0.5, 1.0, 3600.0)
+    ]
+    assert all(answer.endswith(KV.files["css/site.css"]) for answer in answers)

@@ -173,7 +173,8 @@ _NOT_CACHED = FRAMING | CONDITIONAL | EXPECT | UPGRADE | CLOSE
 WIRE_BODY_BYTES = 64 * 1024
 """Bodies up to this size are kept joined to their head, ready to write."""
 WIRE_ENTRIES = 128
-"""Cached responses kept ready to write (when full, all are dropped and made again)."""
+"""Cached responses kept ready to write within one second (all are let go
+at the next second, or when one more would not fit)."""
 
 _INTERNAL_ERROR = Response(
     500, ((b"content-type", b"text/plain; charset=utf-8"),), b"500 Internal Server Error\n"
@@ -364,8 +365,10 @@ class HttpServer:
         written without a Request, a handler call or a head built each time."""
         self.cached_answers = 0
         """Requests answered from the handler's cache (see :meth:`_send_cached`)."""
-        self._wires: dict[int, tuple[Response, bytes, tuple[bytes, int, bytes]]] = {}
-        """id(response) -> (response, the Date line, what :meth:`_wire` gives)."""
+        self._wires: dict[int, tuple[Response, tuple[bytes, int, bytes]]] = {}
+        """id(response) -> (response, what :meth:`_wire` gives), for this second."""
+        self._wires_date = b""
+        """The Date line the responses in ``_wires`` carry."""
 
     @property
     def connections_open(self) -> int:
@@ -568,9 +571,14 @@ class HttpServer:
         head's length; and the body when not joined (else b""). None for a
         response this path does not send (not a whole 200)."""
         date = self._date.line()
+        if date is not self._wires_date:
+            # A new second: every response is made again, and those no
+            # longer asked for (a store that changed) are let go.
+            self._wires.clear()
+            self._wires_date = date
         made = self._wires.get(id(response))
-        if made is not None and made[0] is response and made[1] is date:
-            return made[2]
+        if made is not None and made[0] is response:
+            return made[1]
         body = response.body
         if response.status != 200 or type(body) is not bytes:
             return None
@@ -589,7 +597,7 @@ class HttpServer:
             wire = (head, len(head), body)
         if len(self._wires) >= WIRE_ENTRIES:
             self._wires.clear()
-        self._wires[id(response)] = (response, date, wire)
+        self._wires[id(response)] = (response, wire)
         return wire
 
     async def _send_cached(
