@@ -185,3 +185,21 @@ def icmp_error(
     body = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=bytes(header) + first8)
     message = dpkt.icmp.ICMP(type=icmp_type, code=code, data=body)
     return ipv4_packet(reporter, to, 1, message)
+
+
+# Accept one TCP connection on ADDRESS PORT (after printing "ready"), read it
+# to the end and print "BYTES SHA256HEX".
+TCP_SINK = r"""
+import hashlib, socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(1)
+print("ready", flush=True)
+conn, _ = server.accept()
+digest, total = hashlib.sha256(), 0
+while chunk := conn.recv(65536):
+    digest.update(chunk)
+    total += len(chunk)
+print(total, digest.hexdigest(), flush=True)
+"""

@@ -567,9 +567,16 @@ class Ipv4Layer:
             self.counters["tx_datagrams"] += 1
             return [(ipv4, wire.emit(header, payload), None)]
         if header.dont_fragment:
+            link_payload = self._ethernet.mtu - MIN_HEADER_LENGTH
+            if len(payload) <= link_payload:
+                # Above the path MTU learned, within the link's: a probe for
+                # a larger path MTU (RFC 8899 4.5; TCP's, see tcp/plpmtud.py)
+                # or a sender that knows better. The path decides.
+                self.counters["tx_above_path_mtu"] += 1
+                return [(ipv4, wire.emit(header, payload), None)]
             self.counters["tx_too_big"] += 1
             raise ValueError(
-                f"{len(payload)} bytes exceed the path MTU payload {payload_mtu} "
+                f"{len(payload)} bytes exceed the link MTU payload {link_payload} "
                 "and fragmenting is forbidden"
             )
         if len(payload) + MIN_HEADER_LENGTH > wire.MAX_PACKET_LENGTH:

@@ -46,6 +46,9 @@ class TcpConfig:
     keepalive: bool = False
     keepalive_idle_ns: int = 7200 * SECOND
     keepalive_interval_ns: int = 75 * SECOND
+    # After a black hole lowered the MSS, how long before a larger size is
+    # probed, and between searches (RFC 8899's PMTU_RAISE_TIMER; plpmtud.py).
+    pmtu_raise_interval_ns: int = 600 * SECOND
     keepalive_probes: int = 9
     persist_min_ns: int = 200 * MS
     persist_max_ns: int = 60 * SECOND
@@ -107,6 +110,9 @@ class TcpStats:
     ecn_ce_received: int = 0  # segments that arrived marked Congestion Experienced
     ecn_echoes_received: int = 0  # ACKs with ECE that reduced the window
     timeouts: int = 0
+    pmtu_probes: int = 0  # segments sent larger, to find a larger path MTU
+    pmtu_probes_acked: int = 0
+    pmtu_probes_lost: int = 0
     malformed_dropped: int = 0
     checksum_errors: int = 0
     no_connection: int = 0

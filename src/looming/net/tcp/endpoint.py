@@ -124,6 +124,9 @@ class TcpEndpoint:
         if conn.outbox:
             emit = wire.emit
             mss = conn.send_mss
+            # (A path-MTU probe is one larger segment, sent whole with DF.)
+            search = conn.mtu_search
+            probe = search.probe_wire_seq if search is not None else -1
             # A packet of several segments goes to an interface that cuts it
             # up and checksums each piece: summing it here would be wasted,
             # so it leaves with only the pseudo-header sum (the IPv4 layer
@@ -136,9 +139,9 @@ class TcpEndpoint:
                         payload,
                         src=local_ip,
                         dst=remote_ip,
-                        partial_checksum=len(payload) > mss,
+                        partial_checksum=len(payload) > mss and header.seq != probe,
                     ),
-                    mss if len(payload) > mss else None,
+                    mss if len(payload) > mss and header.seq != probe else None,
                     ECT0 if ect else 0,
                     local_ip,
                 )

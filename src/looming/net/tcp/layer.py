@@ -35,6 +35,7 @@ from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.isn import FourTuple
+from looming.net.tcp.plpmtud import MtuSearch
 from looming.net.wire import tcp as wire
 
 if TYPE_CHECKING:
@@ -487,6 +488,8 @@ class TcpLayer:
         smaller segments from now on."""
         mss = self._endpoint.path_mss(remote)
         for (_, _, other, _), each in self._endpoint.connections.items():
+            if other == remote and each.mtu_search is not None:
+                each.mtu_search.cap(mss)
             if other == remote and each.path_mss > mss:
                 each.path_mss = mss
                 self.icmp_counters["icmp_mss_lowered"] += 1
@@ -661,17 +664,23 @@ class TcpLayer:
         MTU is smaller and the ICMP errors that would say so are filtered
         (RFC 2923's black hole). Try smaller segments, as RFC 4821 and RFC
         8899 search does from below: half the MSS, at most 1024 and at
-        least 512 bytes, remembered for the path like a reported MTU."""
+        least 512 bytes, remembered for the path like a reported MTU (so a
+        segment sent larger before is resent in fragments). Probes search
+        back up after ``pmtu_raise_interval_ns`` (see plpmtud.py)."""
         if conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1):
             return
         if conn.path_mss <= _BLACK_HOLE_FLOOR_MSS or conn.bytes_in_flight < conn.send_mss:
             return
         remote = key[2]
+        ceiling = min(self._endpoint.path_mss(remote), conn.peer_mss)
         mss = max(min(conn.path_mss // 2, 1024), _BLACK_HOLE_FLOOR_MSS)
         if isinstance(remote, IPv4Address):
             self._ipv4.lower_path_mtu(remote, mss + 40, 0)
             mss = min(mss, self._endpoint.path_mss(remote))
         conn.path_mss = mss
+        interval = self.config.pmtu_raise_interval_ns
+        now = self._time.now_ns()
+        conn.mtu_search = MtuSearch(mss, ceiling, interval, now + interval, self.stats)
         self.icmp_counters["black_hole_mss_lowered"] += 1
 
     def unlisten(self, port: int) -> None:

@@ -167,6 +167,8 @@ class LossRecovery(TransmissionControlBlock):
         self._take_rtt_sample(ack, header, now)
         released = self.send_buffer.release_to(ack)
         self.snd_una = ack
+        if self.mtu_search is not None:
+            self.path_mss = self.mtu_search.acknowledged(ack, self.path_mss)
         if self.snd_nxt < ack:
             self.snd_nxt = ack
         gone, fresh = self.board.acknowledge(ack)

@@ -237,6 +237,8 @@ class TcpSender(LossRecovery):
         mss = self.send_mss
         length = min(self.burst_bytes, data_end - seq)
         room = min(self.snd_una + self.snd_wnd - seq, budget)
+        if self.mtu_search is not None and self.recovery is Recovery.OPEN:
+            length = self.mtu_search.take(now, seq, data_end - seq, room, self) or length
         if room < length and length > mss and room >= mss:
             length = room - room % mss  # an offloaded burst of whole segments
         elif room < length:
@@ -274,6 +276,8 @@ class TcpSender(LossRecovery):
         window no longer reaches it."""
         data_end = self.send_buffer.end
         start, end = segment.start, segment.end
+        if self.mtu_search is not None:
+            self.mtu_search.resent(start, end)
         fin = self.fin_queued and end == data_end + 1
         payload_end = min(end, data_end)
         edge = self.snd_una + self.snd_wnd

@@ -14,6 +14,7 @@ import enum
 from looming.net.tcp.config import MS, SECOND, TcpConfig, TcpStats
 from looming.net.tcp.congestion import CongestionControl, NewReno
 from looming.net.tcp.cubic import Cubic
+from looming.net.tcp.plpmtud import MtuSearch
 from looming.net.tcp.prr import ProportionalRateReduction
 from looming.net.tcp.rack import Rack
 from looming.net.tcp.receive_buffer import ReceiveBuffer
@@ -192,6 +193,7 @@ class TransmissionControlBlock:
     def _init_options(self, config: TcpConfig, path_mss: int, timestamp_offset: int) -> None:
         """Negotiated options and segment sizes."""
         self.path_mss = path_mss
+        self.mtu_search: MtuSearch | None = None  # after a black hole (plpmtud.py)
         # Payload bytes one offloaded packet may carry (0: no offload).
         self.offload_bytes = 0
         # Set by a shell that handles arrivals in bursts: what a segment

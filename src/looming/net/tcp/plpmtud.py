@@ -1,0 +1,149 @@
+"""Searching the path MTU back up with probes (RFC 4821, RFC 8899), sans-I/O.
+
+When full-sized segments time out again and again and no ICMP error says
+why (RFC 2923's black hole), the TCP layer halves the connection's MSS.
+Nothing told it the path shrank, so nothing will tell it when the path is
+whole again: this search finds out by itself. After ``raise_interval_ns``
+(RFC 8899's PMTU_RAISE_TIMER, 600 s by default) one segment of new data
+goes out larger than the others, with DF set and not cut by segmentation
+offload: the probe. A cumulative ACK covering it without its bytes having
+been resent confirms the size, and the connection's MSS rises to it; a
+retransmission of any of its bytes marks it lost, and the search looks
+lower. The ceiling is tried first (the black hole may have been a passing
+fault), then sizes halving the interval between the largest size
+confirmed and the smallest one that failed (RFC 4821 7.4), until they are
+less than :data:`PROBE_THRESHOLD` apart; the search then rests for
+another ``raise_interval_ns`` and starts over from the ceiling: the
+interface's MTU, the peer's MSS and any path MTU an ICMP error reported.
+
+A probe's bytes are recorded in the scoreboard as segments of the current
+size, so a lost probe is resent as ordinary segments, as Linux does with
+its MTU probes (``tcp_mtu_probe``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from looming.net.tcp.config import TcpStats
+from looming.net.tcp.seq import wrap
+
+# Sizes closer than this (bytes of MSS) end a search (Linux: tcp_probe_threshold, 8).
+PROBE_THRESHOLD = 16
+
+
+class SegmentSizes(Protocol):
+    """What a probe's size depends on (a connection has these)."""
+
+    @property
+    def peer_mss(self) -> int: ...
+
+    @property
+    def ts_ok(self) -> bool: ...
+
+    @property
+    def send_mss(self) -> int: ...
+
+
+@dataclass(slots=True)
+class MtuSearch:
+    """One connection's search for a larger path MSS (the MTU less 40)."""
+
+    low: int  # the largest path MSS known to get through
+    ceiling: int  # the largest worth trying
+    raise_interval_ns: int
+    next_at: int  # no probe before this time
+    stats: TcpStats
+    high: int = 0  # the largest still believed possible in this search
+    probe_mss: int = 0  # the path MSS on trial (0: no probe out)
+    probe_start: int = 0  # its sequence range, unwrapped
+    probe_end: int = 0
+    probe_wire_seq: int = -1  # its sequence number as the segment carries it
+    ceiling_tried: bool = False  # in this search
+
+    def __post_init__(self) -> None:
+        if self.high == 0:
+            self.high = self.ceiling
+
+    @property
+    def searching(self) -> bool:
+        return self.low < self.ceiling
+
+    def candidate(self, now: int) -> int:
+        """The path MSS to try now; 0 when no probe is due."""
+        if self.probe_mss or now < self.next_at or not self.searching:
+            return 0
+        if not self.ceiling_tried and self.high == self.ceiling:
+            # The path may be whole again (the black hole was a passing
+            # fault): then one probe restores the full size.
+            return self.ceiling
+        if self.high - self.low < PROBE_THRESHOLD:
+            # Converged: rest, then look again as far up as the ceiling.
+            self.next_at = now + self.raise_interval_ns
+            self.high = self.ceiling
+            self.ceiling_tried = False
+            return 0
+        return (self.low + self.high + 1) // 2
+
+    def take(self, now: int, seq: int, available: int, room: int, sizes: SegmentSizes) -> int:
+        """The payload of a probe to send now at ``seq`` (0: send as usual),
+        given the unsent bytes ``available`` and the ``room`` the windows
+        leave; a probe taken is recorded as sent."""
+        path_mss = self.candidate(now)
+        if not path_mss:
+            return 0
+        payload = probe_payload(path_mss, sizes.peer_mss, sizes.ts_ok)
+        if payload <= sizes.send_mss:
+            # The peer's MSS, not the path, is the limit: nothing to find.
+            self.ceiling = self.high = self.low
+            return 0
+        if available < payload or room < payload:
+            return 0  # too little to send, or too little room: a later segment
+        self.sent(path_mss, seq, seq + payload, wrap(seq))
+        return payload
+
+    def sent(self, path_mss: int, start: int, end: int, wire_seq: int) -> None:
+        self.probe_mss = path_mss
+        self.probe_start, self.probe_end = start, end
+        self.probe_wire_seq = wire_seq
+        self.ceiling_tried |= path_mss == self.ceiling
+        self.stats.pmtu_probes += 1
+
+    def acknowledged(self, ack: int, path_mss: int) -> int:
+        """The cumulative ACK reached ``ack``: the connection's path MSS
+        from now on (``path_mss`` unless a probe was just confirmed)."""
+        if not self.probe_mss or ack < self.probe_end:
+            return path_mss
+        confirmed = self.probe_mss
+        self._clear()
+        self.stats.pmtu_probes_acked += 1
+        if confirmed <= path_mss:
+            return path_mss
+        self.low = confirmed
+        if self.high < confirmed:
+            self.high = confirmed
+        return confirmed
+
+    def resent(self, start: int, end: int) -> None:
+        """Bytes [start, end) go out again: if any were the probe's, it was lost."""
+        if self.probe_mss and start < self.probe_end and end > self.probe_start:
+            self.high = max(self.probe_mss - 1, self.low)
+            self._clear()
+            self.stats.pmtu_probes_lost += 1
+
+    def cap(self, path_mss: int) -> None:
+        """An ICMP error reported a path MSS of ``path_mss``: search no higher."""
+        self.ceiling = min(self.ceiling, path_mss)
+        self.low = min(self.low, path_mss)
+        self.high = min(self.high, self.ceiling)
+
+    def _clear(self) -> None:
+        self.probe_mss = 0
+        self.probe_wire_seq = -1
+
+
+def probe_payload(path_mss: int, peer_mss: int, timestamps: bool) -> int:
+    """Payload bytes of a full segment at ``path_mss`` (as ``send_mss``)."""
+    mss = min(path_mss, peer_mss) - (12 if timestamps else 0)
+    return max(mss, 64)
