@@ -30,6 +30,7 @@ PARSERS = ("auto", "h11", "httptools")
 HTTPTOOLS = "httptools"
 
 _TARGET = re.compile(rb"[\x21-\x7e]+")
+_TARGET_MATCH = _TARGET.fullmatch
 """A request target as h11 takes it (RFC 9112 section 3.2: visible ASCII)."""
 
 _END = h11.EndOfMessage()
@@ -193,7 +194,7 @@ def _checked_fields(
     size = len(target)
     for name, value in fields:
         name = name.lower()
-        if value[-1:] in b" \t" and value:
+        if value and value[-1] in b" \t":
             value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, h11 not
         size += len(name) + len(value) + 4
         if name == b"host":
@@ -329,11 +330,12 @@ class HttptoolsParser:
         self._head_bytes = 0
         parser = self._parser
         target = self._url
-        if _TARGET.fullmatch(target) is None:
+        if _TARGET_MATCH(target) is None:
             raise _remote_error("illegal request target")
-        version = _VERSIONS.get(parser.get_http_version())
+        given = parser.get_http_version()
+        version = _VERSIONS.get(given)
         if version is None:
-            version = parser.get_http_version().encode("ascii")
+            version = given.encode("ascii")
         headers, notes, size = _checked_fields(self._headers, version, target)
         head = RequestHead(parser.get_method(), target, headers, version, False, notes, size)
         if notes & EXPECT and version == b"1.1":
