@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import math
 import random
+import struct
 from dataclasses import replace
 from ipaddress import IPv4Interface
 
@@ -22,6 +23,7 @@ from looming.net.tcp.plpmtud import PROBE_THRESHOLD, MtuSearch
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
+from tests.net.hostile import icmp_error
 
 A = IPv4Interface("10.0.0.1/24")
 B = IPv4Interface("10.0.0.2/24")
@@ -190,3 +192,48 @@ async def write_slowly(flow: TcpFlow, data: bytes) -> None:
     for offset in range(0, len(data), 20_000):
         await flow.write(data[offset : offset + 20_000])
         await asyncio.sleep(0.01)
+
+
+def test_an_icmp_report_during_the_search_caps_it() -> None:
+    """A "fragmentation needed" naming 1,200 bytes, about data in flight, on
+    a connection searching after a black hole: when the drop stops, the
+    MSS comes back to 1,160, not to the interface's 1,460."""
+    data = random.Random(6).randbytes(3_000_000)
+
+    async def main() -> None:
+        server, client = await pair()
+        client.tcp.config = replace(client.tcp.config, pmtu_raise_interval_ns=SECOND // 4)
+        network = client.network
+        send = network.write
+        narrow = True
+
+        async def path(frame: bytes) -> None:
+            if len(frame) <= 1000 or not narrow:
+                await send(frame)
+
+        network.write = path  # type: ignore[method-assign]
+
+        async def sink(flow: TcpFlow) -> None:
+            while await flow.read():
+                pass
+
+        await server.tcp.listen(80, sink)
+        flow = await client.tcp.connect(A.ip, 80, timeout=1)
+        conn = flow.connection  # type: ignore[attr-defined]
+        writer = asyncio.create_task(write_slowly(flow, data))
+        await eventually(lambda: conn.mtu_search is not None and conn.snd_una < conn.snd_max)
+        first8 = struct.pack("!HHI", conn.local_port, 80, conn.snd_una & 0xFFFFFFFF)
+        client.ipv4.input(
+            icmp_error(str(A.ip), str(B.ip), 3, 4, str(B.ip), str(A.ip), 6, first8, mtu=1200)
+        )
+        assert client.tcp.icmp_counters["icmp_accepted"] == 1
+        assert conn.mtu_search.ceiling == 1160
+        narrow = False
+        await eventually(lambda: conn.path_mss == 1160)
+        await writer
+        assert conn.path_mss == 1160
+        await flow.close()
+        await server.disconnect()
+        await client.disconnect()
+
+    asyncio.run(main())

@@ -465,6 +465,9 @@ class TcpLayer:
         key, conn = target
         counters["icmp_accepted"] += 1
         if error.fragmentation_needed:
+            if conn.mtu_search is not None and error.next_hop_mtu:
+                # A probe met a smaller hop (RFC 8899 4.6.2): search below it.
+                conn.mtu_search.cap(max(error.next_hop_mtu, 552) - 40)
             # Over IPv6 the IP layer reads Packet Too Big itself (watch_path_mtu).
             if isinstance(remote, IPv4Address) and self._ipv4.lower_path_mtu(
                 remote, error.next_hop_mtu, error.original_length
