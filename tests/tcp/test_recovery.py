@@ -667,6 +667,27 @@ def test_a_burst_of_out_of_order_segments_gets_one_ack_with_all_its_sacks() -> N
     assert [(h.ack, h.sack_blocks) for h, p in s.take()] == [(B + 4000, ())]
 
 
+def test_a_new_range_in_a_burst_is_acked_at_once_its_growth_at_the_end() -> None:
+    """Every out-of-order range is the first SACK block of some ACK: with
+    three blocks to an ACK, ranges reported only at a burst's end could fall
+    out unreported. A segment that starts another range is ACKed at once;
+    segments that only grow the range last reported wait for flush_ack."""
+    s = established(replace(PLAIN, sack=True), sack_permitted=True)
+    s.conn.defer_output = True
+    for index in (1, 2):  # segment 0 lost: one range, [1, 3)
+        s.recv(seg("A", B + index * 1000, A), b"o" * 1000)
+    assert s.take() == []
+    s.recv(seg("A", B + 4000, A), b"o" * 1000)  # segment 3 lost: a second range
+    (ack,) = s.take()
+    assert ack[0].sack_blocks == ((B + 4000, B + 5000), (B + 1000, B + 3000))
+    s.recv(seg("A", B + 5000, A), b"o" * 1000)  # grows the range just reported
+    assert s.take() == []
+    s.conn.flush_ack(s.now)
+    s._collect()
+    (ack,) = s.take()
+    assert ack[0].sack_blocks == ((B + 4000, B + 6000), (B + 1000, B + 3000))
+
+
 def test_without_bursts_each_out_of_order_segment_is_acked_at_once() -> None:
     s = established(replace(PLAIN, sack=True), sack_permitted=True)
     for index in (1, 2, 3):

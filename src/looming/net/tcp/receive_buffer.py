@@ -369,6 +369,12 @@ class ReceiveBuffer:
         if i >= 0 and right <= self._lefts[i] + len(self._pieces[i]):
             self.note_duplicate(left, right)
 
+    @property
+    def latest_range(self) -> int | None:
+        """The left edge of the out-of-order range that changed last (the
+        first SACK block of the next ACK), or None when there is none."""
+        return self._recent[0] if self._recent else None
+
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
         """Up to ``limit`` [left, right) ranges, most recently changed first,
         after a pending D-SACK block (RFC 2883 section 4), which is then

@@ -187,6 +187,7 @@ class TransmissionControlBlock:
         # Out-of-order data or a filled hole came in this burst: its SACK
         # blocks are owed in a pure ACK at flush_ack (data carries none).
         self.sack_due = False
+        self.sack_due_range: int | None = None  # its first block's left edge
         self.acknowledged_to = 0  # rcv_nxt as of the last ACK we sent
         self.rcv_mss = 536
 
