@@ -43,7 +43,8 @@ print("sent", round(time.monotonic() - started, 3), flush=True)
 # An echo client measuring every round trip of 64 bytes, one every 2 ms: for
 # QUIET seconds (the baseline: this machine's own scheduling noise), then,
 # after printing "quiet", for DURATION more; prints "connected" first and
-# last the worst round trip of each phase and the rounds of the second.
+# last the worst round trip of each phase, the rounds of the second and
+# when its worst began (time.monotonic(): the same clock in every namespace).
 ECHO_PROBE = r"""
 import json, socket, sys, time
 host, port, quiet, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
@@ -54,7 +55,7 @@ sys.stdin.readline()
 message = b"m" * 64
 
 def rounds_for(seconds):
-    worst, rounds, end = 0.0, 0, time.monotonic() + seconds
+    worst, worst_at, rounds, end = 0.0, 0.0, 0, time.monotonic() + seconds
     while time.monotonic() < end:
         sent = time.monotonic()
         conn.sendall(message)
@@ -64,15 +65,17 @@ def rounds_for(seconds):
             if not chunk:
                 raise SystemExit("the echo server closed the connection")
             got += len(chunk)
-        worst = max(worst, time.monotonic() - sent)
+        if time.monotonic() - sent > worst:
+            worst, worst_at = time.monotonic() - sent, sent
         rounds += 1
         time.sleep(0.002)
-    return worst, rounds
+    return worst, worst_at, rounds
 
-quiet_worst, _ = rounds_for(quiet)
+quiet_worst, _, _ = rounds_for(quiet)
 print("quiet", flush=True)
-worst, rounds = rounds_for(duration)
-print(json.dumps({"quiet_worst_ms": quiet_worst * 1000, "worst_ms": worst * 1000, "rounds": rounds}), flush=True)
+worst, worst_at, rounds = rounds_for(duration)
+report = {"quiet_worst_ms": quiet_worst * 1000, "worst_ms": worst * 1000, "rounds": rounds}
+print(json.dumps({**report, "worst_at": worst_at}), flush=True)
 """
 
 # Send the frames given (hex) as arguments on the TAP with AF_PACKET, in order.
