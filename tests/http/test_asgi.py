@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -256,3 +257,45 @@ def test_stream_failing_midway_is_truncated(starlette_server: RunningServer) -> 
         response.read()
     assert caught.value.partial == b"first part\n"
     conn.close()
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["tuples", "lists", "bytearrays", "generator", "memoryviews"],
+)
+def test_response_headers_in_every_form_an_application_gives(form: str) -> None:
+    """Pairs as tuples, lists, bytearrays, memoryviews, or a generator of
+    them: the same header tuple each time (also the second time, when it is
+    found among those seen before), and a str name is still an error."""
+    from looming.http.message import Request as LoomingRequest
+
+    pairs = [(b"content-type", b"text/plain"), (b"x-n", b"1")]
+    made: Any = {
+        "tuples": lambda: [tuple(p) for p in pairs],
+        "lists": lambda: [list(p) for p in pairs],
+        "bytearrays": lambda: [(bytearray(n), bytearray(v)) for n, v in pairs],
+        "generator": lambda: ((n, v) for n, v in pairs),
+        "memoryviews": lambda: [(memoryview(n), memoryview(v)) for n, v in pairs],
+    }[form]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = made() if scope["path"] != "/str" else [("content-type", "text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> list[Any]:
+        adapter = AsgiAdapter(app)
+        answers: list[Any] = []
+        for target in ("/", "/", "/str"):
+            request = LoomingRequest("GET", target, ((b"host", b"x"),), b"", "1.1", None, None)
+            try:
+                answers.append((await adapter(request)).headers)
+            except TypeError as error:
+                answers.append(type(error))
+        return answers
+
+    expected = tuple(pairs)
+    answers = asyncio.run(main())
+    assert answers == [expected, expected, TypeError]
+    for headers in answers[:2]:
+        assert all(type(x) is bytes for pair in headers for x in pair)

@@ -20,10 +20,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
+from looming.bounded import Memo
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
 from looming.http.message import ClientGone, ExtendedConnect, Request, Response
@@ -450,6 +451,8 @@ class AsgiAdapter:
         self._lifespan: _Lifespan | None = None
         self._websockets: set[Any] = set()
         self._after: set[asyncio.Task[None]] = set()
+        self._known_headers: Memo[tuple[Any, ...], tuple[tuple[bytes, bytes], ...]] = Memo(1024)
+        """Response headers as applications gave them -> as the server takes them."""
         """Applications still running after their response was complete."""
 
     async def startup(self) -> None:
@@ -507,6 +510,24 @@ class AsgiAdapter:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=CUT_GRACE)
+
+    def _checked_headers(self, given: Iterable[Any]) -> tuple[tuple[bytes, bytes], ...]:
+        """The application's response headers as a tuple of byte pairs (the
+        server prepares a head once per distinct tuple). Headers seen before
+        are found by their value, without a pass over them in Python."""
+        items = tuple(given)
+        try:
+            known = self._known_headers.get(items)
+        except TypeError:  # unhashable pairs: lists, bytearrays
+            hashable = False
+        else:
+            if known is not None:
+                return known
+            hashable = True
+        headers = tuple([(bytes(name), bytes(value)) for name, value in items])
+        if hashable:
+            self._known_headers.put(items, headers)
+        return headers
 
     def _scope(self, request: Request) -> Scope:
         raw_path, _, query = request.target.partition("?")
@@ -618,8 +639,7 @@ class AsgiAdapter:
             await run.finished()  # raises the application's error, if any
             raise RuntimeError(f"ASGI application sent {start.get('type')!r} before a response")
         status = int(start["status"])
-        # A tuple: the server prepares a head once per distinct tuple.
-        headers = tuple([(bytes(name), bytes(value)) for name, value in start.get("headers", ())])
+        headers = self._checked_headers(start.get("headers", ()))
         trailers = bool(start.get("trailers", False))
         first = outbox.take() or await outbox.get()
         if first is _GONE:
