@@ -166,9 +166,13 @@ def test_the_mss_comes_back_when_the_black_hole_goes() -> None:
         writer = asyncio.create_task(write_slowly(flow, data))
         stats = client.tcp.stats
         await eventually(lambda: conn.mtu_search is not None)
+        await eventually(lambda: stats.pmtu_probes > 0)
+        recoveries, timeouts = stats.fast_retransmits, stats.timeouts
         await eventually(lambda: conn.path_mss > 946 - PROBE_THRESHOLD)
         assert conn.path_mss <= 946
         assert stats.pmtu_probes_lost >= 1  # the ceiling, at least
+        # Each lost probe was resent without a fast recovery (no congestion).
+        assert (stats.fast_retransmits, stats.timeouts) == (recoveries, timeouts)
         narrow = False
         await eventually(lambda: conn.path_mss == 1460)
         await writer

@@ -18,11 +18,15 @@ interface's MTU, the peer's MSS and any path MTU an ICMP error reported.
 
 A probe's bytes are recorded in the scoreboard as segments of the current
 size, so a lost probe is resent as ordinary segments, as Linux does with
-its MTU probes (``tcp_mtu_probe``).
+its MTU probes (``tcp_mtu_probe``); a loss of nothing but the probe's
+segments is no sign of congestion (RFC 8899 section 3) and starts no fast
+recovery (a probe lost at the tail still waits for the retransmission
+timer like any segment).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +35,16 @@ from looming.net.tcp.seq import wrap
 
 # Sizes closer than this (bytes of MSS) end a search (Linux: tcp_probe_threshold, 8).
 PROBE_THRESHOLD = 16
+
+
+class Span(Protocol):
+    """A stretch of sequence space (a scoreboard segment)."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
 
 
 class SegmentSizes(Protocol):
@@ -131,6 +145,13 @@ class MtuSearch:
             self.high = max(self.probe_mss - 1, self.low)
             self._clear()
             self.stats.pmtu_probes_lost += 1
+
+    def holds_only(self, segments: Sequence[Span]) -> bool:
+        """Whether every one of ``segments`` lies within the probe out."""
+        start, end = self.probe_start, self.probe_end
+        return bool(self.probe_mss) and all(
+            start <= segment.start and segment.end <= end for segment in segments
+        )
 
     def cap(self, path_mss: int) -> None:
         """An ICMP error reported a path MSS of ``path_mss``: search no higher."""

@@ -268,6 +268,8 @@ class LossRecovery(TransmissionControlBlock):
             return
         self.stats.segments_deemed_lost += len(newly)
         if self.recovery is Recovery.OPEN:
+            if self.mtu_search is not None and self.mtu_search.holds_only(newly):
+                return  # a lost path-MTU probe is no congestion (RFC 8899 3): resend it
             self._enter_recovery(now)
 
     def _start_episode(self) -> None:
