@@ -9,12 +9,18 @@ namespace; the time from starting ``looming run`` to the first HTTP answer
 on the host side is measured, and the time until Python in the guest prints
 its first line. The same unikernel on the unix target (host sockets, the
 host's Python) is the baseline: its artifact's size and its time to first
-answer. With ``--trace``, each image is booted once more with ``--vm-trace``
+answer. With ``--baseline REV``, each VM image is also built from the
+looming sources of git revision REV and booted in the same interleaved
+rounds, so a change is measured against what it changes under the same
+load. Beside the wall time, the qemu process's CPU time at the first
+answer is shown: the guest's work, which a shared host's load moves far
+less. With ``--trace``, each image is booted once more with ``--vm-trace``
 and the guest's own stages are shown: the kernel until /init, the
 interpreter starting, /init's modules and network, the unikernel's start
 until its stack opens the NIC. Run as root (namespaces, TAP):
 
     .venv/bin/python bench/image.py [--quick] [--trace] [--json PATH] [--examples a,b] [--arch ARCH]
+        [--baseline REV]
 """
 
 from __future__ import annotations
@@ -64,13 +70,14 @@ def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def looming(app: Path, *args: str) -> str:
+def looming(app: Path, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "looming.cli", *args],
         cwd=app,
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if done.returncode != 0:
         raise SystemExit(f"looming {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -116,10 +123,12 @@ def first_answer(
     port: int,
     tls: bool,
     console: list[str] | None = None,
-) -> tuple[float, float]:
+    env: dict[str, str] | None = None,
+) -> tuple[float, float, float]:
     """(seconds to the unikernel's first console line, seconds to the first
-    HTTP(S) answer) after starting ``start_command``; it is stopped after,
-    and its whole console goes to ``console`` when given."""
+    HTTP(S) answer, CPU seconds qemu had used by then: nan without qemu)
+    after starting ``start_command``; it is stopped after, and its whole
+    console goes to ``console`` when given."""
     poller = subprocess.Popen(
         [*poll_prefix, sys.executable, "-c", POLL, host, str(port), "150", str(int(tls))],
         stdout=subprocess.PIPE,
@@ -127,7 +136,7 @@ def first_answer(
     )
     started = time.monotonic()
     server = subprocess.Popen(
-        start_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        start_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     ready_at = float("nan")
     try:
@@ -139,9 +148,10 @@ def first_answer(
                 ready_at = time.monotonic() - started
                 break
         answer, _ = poller.communicate(timeout=160)
+        cpu = qemu_cpu_seconds(server.pid)
         if poller.returncode != 0:
             raise SystemExit(f"no answer from {host}:{port}")
-        return ready_at, float(answer) - started
+        return ready_at, float(answer) - started, cpu
     finally:
         server.terminate()
         rest, _ = server.communicate(timeout=30)
@@ -149,6 +159,35 @@ def first_answer(
             console.append(rest)
         if poller.poll() is None:
             poller.kill()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def qemu_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of the qemu process under ``pid`` (nan if none)."""
+    pending = [pid]
+    while pending:
+        process = pending.pop()
+        try:
+            name = Path(f"/proc/{process}/comm").read_text().strip()
+            stat = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if name.startswith("qemu-system"):
+            return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        pending += _children(process)
+    return float("nan")
 
 
 @dataclass(frozen=True)
@@ -171,24 +210,44 @@ EXAMPLES_MEASURED = [
 ]
 
 
-def build_vm(work: Path, example: Example, arch: str) -> dict[str, object]:
-    app = copy_app(example.name, work, arch)
-    looming(app, "configure", "-t", "vm", "--arch", arch, *example.vm_options)
+def build_vm(
+    work: Path, example: Example, arch: str, env: dict[str, str] | None = None, label: str = ""
+) -> dict[str, object]:
+    app = copy_app(example.name, work, f"{arch}{label}")
+    looming(app, "configure", "-t", "vm", "--arch", arch, *example.vm_options, env=env)
     began = time.monotonic()
-    looming(app, "build")
+    looming(app, "build", env=env)
     first = time.monotonic() - began
     began = time.monotonic()
-    looming(app, "build")  # everything cached: the rebuild after an edit
+    looming(app, "build", env=env)  # everything cached: the rebuild after an edit
     rebuild = time.monotonic() - began
     path = app / "dist" / f"{example.manifest}-vm.json"
     manifest = json.loads(path.read_text())
-    return {"path": path, "first_build_s": first, "rebuild_s": rebuild, "manifest": manifest}
+    return {
+        "path": path, "first_build_s": first, "rebuild_s": rebuild, "manifest": manifest,
+        "env": env,
+    }  # fmt: skip
+
+
+def baseline_env(work: Path, revision: str) -> dict[str, str]:
+    """An environment whose looming is the sources of git ``revision``."""
+    source = work / f"looming-{revision}"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, "src"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    return {**os.environ, "PYTHONPATH": str(source / "src")}
 
 
 def build_cases(
-    work: Path, examples: list[Example], arches: set[str]
+    work: Path, examples: list[Example], arches: set[str], baseline: str | None = None
 ) -> dict[str, dict[str, object]]:
-    """Each example on the unix target and as a VM image per architecture."""
+    """Each example on the unix target and as a VM image per architecture
+    (and with ``baseline``, as built by that git revision's looming too)."""
+    env = baseline_env(work, baseline) if baseline else None
     cases: dict[str, dict[str, object]] = {}
     for example in examples:
         unix_app = copy_app(example.name, work, "unix")
@@ -204,13 +263,20 @@ def build_cases(
             progress(f"{example.name} {arch}: building the image (twice)")
             built = build_vm(work, example, arch)
             cases[f"{example.name} {arch}"] = {**built, "port": example.port, "tls": example.tls}
+            if baseline:
+                progress(f"{example.name} {arch}: building the image as {baseline} did")
+                built = build_vm(work, example, arch, env, f"-{baseline}")
+                name = f"{example.name} {arch} {baseline}"
+                cases[name] = {**built, "port": example.port, "tls": example.tls}
     return cases
 
 
-def measure(cases: dict[str, dict[str, object]], runs: int) -> dict[str, list[tuple[float, float]]]:
+def measure(
+    cases: dict[str, dict[str, object]], runs: int
+) -> dict[str, list[tuple[float, float, float]]]:
     """Start to first answer, interleaved: unix and each VM in turn, so a
     change in the host's load (shared machines) falls on all alike."""
-    times: dict[str, list[tuple[float, float]]] = {label: [] for label in cases}
+    times: dict[str, list[tuple[float, float, float]]] = {label: [] for label in cases}
     with Namespace() as namespace:
         inside = ["ip", "netns", "exec", namespace.name]
         for i in range(runs):
@@ -228,7 +294,11 @@ def measure(cases: dict[str, dict[str, object]], runs: int) -> dict[str, list[tu
                         *inside, sys.executable, "-m", "looming.vm.launch", str(case["path"]),
                         "--vm-tap", namespace.tap, "--vm-timeout", "150",
                     ]  # fmt: skip
-                    figures = first_answer(command, inside, "10.0.0.2", port, bool(case["tls"]))
+                    env = case.get("env")
+                    figures = first_answer(
+                        command, inside, "10.0.0.2", port, bool(case["tls"]),
+                        env=env if isinstance(env, dict) else None,
+                    )  # fmt: skip
                 times[label].append(figures)
     return times
 
@@ -269,9 +339,11 @@ def trace_boots(cases: dict[str, dict[str, object]]) -> dict[str, dict[str, floa
                 "--vm-tap", namespace.tap, "--vm-timeout", "150", "--vm-trace",
             ]  # fmt: skip
             console: list[str] = []
-            _ready, answer = first_answer(
-                command, inside, "10.0.0.2", int(str(case["port"])), bool(case["tls"]), console
-            )
+            env = case.get("env")
+            _ready, answer, _cpu = first_answer(
+                command, inside, "10.0.0.2", int(str(case["port"])), bool(case["tls"]), console,
+                env if isinstance(env, dict) else None,
+            )  # fmt: skip
             stages[label] = {**boot_stages("".join(console)), "answer (host)": answer}
     return stages
 
@@ -283,7 +355,7 @@ def report_stages(stages: dict[str, dict[str, float]]) -> None:
     print(
         "one traced boot each (--vm-trace, which itself slows the console): seconds in each stage"
     )
-    header = f"{'case':<24} " + " ".join(f"{n:>8}" for n in names) + f" {'answer':>8}"
+    header = f"{'case':<32} " + " ".join(f"{n:>8}" for n in names) + f" {'answer':>8}"
     print(header)
     print("-" * len(header))
     for label, reached in stages.items():
@@ -292,7 +364,7 @@ def report_stages(stages: dict[str, dict[str, float]]) -> None:
             at = reached.get(name)
             cells.append(f"{'-':>8}" if at is None else f"{at - previous:>8.2f}")
             previous = previous if at is None else at
-        print(f"{label:<24} " + " ".join(cells) + f" {reached['answer (host)']:>8.2f}")
+        print(f"{label:<32} " + " ".join(cells) + f" {reached['answer (host)']:>8.2f}")
     print(
         "kernel: to 'Run /init'; python: the interpreter starting /init; modules, network:\n"
         "/init's stages; nic open: the unikernel's imports and start until its stack opens\n"
@@ -301,7 +373,7 @@ def report_stages(stages: dict[str, dict[str, float]]) -> None:
 
 
 def summarise(
-    cases: dict[str, dict[str, object]], times: dict[str, list[tuple[float, float]]]
+    cases: dict[str, dict[str, object]], times: dict[str, list[tuple[float, float, float]]]
 ) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for label, case in cases.items():
@@ -310,6 +382,7 @@ def summarise(
             "first_build_s": float(str(case["first_build_s"])),
             "python_running_s": statistics.median(t[0] for t in times[label]),
             "first_answer_s": statistics.median(t[1] for t in times[label]),
+            "qemu_cpu_s": statistics.median(t[2] for t in times[label]),
         }
         if isinstance(manifest, dict):
             entry["size_bytes"] = manifest["kernel_size"] + manifest["initrd_size"]
@@ -333,6 +406,11 @@ def main() -> int:
     parser.add_argument(
         "--trace", action="store_true", help="also one traced boot per image: the guest's stages"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also build each VM image with the looming of git revision REV, booted interleaved",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/image.py needs root (a network namespace and a TAP device)", file=sys.stderr)
@@ -345,7 +423,8 @@ def main() -> int:
     examples = [e for e in EXAMPLES_MEASURED if e.name in wanted]
     runs = 1 if args.quick else 5
     with tempfile.TemporaryDirectory(prefix="looming-bench-image-") as tmp:
-        cases = build_cases(Path(tmp), examples, {args.arch} if args.arch else set(ARCHES))
+        arches = {args.arch} if args.arch else set(ARCHES)
+        cases = build_cases(Path(tmp), examples, arches, args.baseline)
         results = summarise(cases, measure(cases, runs))
         stages = trace_boots(cases) if args.trace else {}
     report(results, runs)
@@ -366,25 +445,28 @@ def report(results: dict[str, dict[str, float]], runs: int) -> None:
         f"{subprocess.run(['qemu-system-x86_64', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}"
     )
     header = (
-        f"{'case':<24} {'packed MB':>9} {'booted MB':>9} {'build s':>8} {'rebuild s':>9} "
-        f"{'python s':>9} {'answer s':>9} {'x unix':>7}"
+        f"{'case':<32} {'packed MB':>9} {'booted MB':>9} {'build s':>8} {'rebuild s':>9} "
+        f"{'python s':>9} {'answer s':>9} {'x unix':>7} {'qemu cpu s':>10}"
     )
     print(header)
     print("-" * len(header))
     for name, figures in results.items():
         unix = results[name.split()[0] + " unix"]
         print(
-            f"{name:<24} {figures['size_bytes'] / 1e6:>9.2f} {figures['booted_bytes'] / 1e6:>9.2f} "
+            f"{name:<32} {figures['size_bytes'] / 1e6:>9.2f} {figures['booted_bytes'] / 1e6:>9.2f} "
             f"{figures['first_build_s']:>8.1f} {figures.get('rebuild_s', float('nan')):>9.1f} "
             f"{figures['python_running_s']:>9.2f} {figures['first_answer_s']:>9.2f} "
-            f"{figures['first_answer_s'] / unix['first_answer_s']:>7.1f}"
+            f"{figures['first_answer_s'] / unix['first_answer_s']:>7.1f} "
+            f"{figures['qemu_cpu_s']:>10.2f}"
         )
     print(
         "packed: kernel as stored (xz) + initramfs, decimal MB; booted: kernel unpacked +\n"
         "initramfs (what qemu loads); unix: the zipapp alone (it uses the host's Python).\n"
         "build s: first build with the Debian packages and wheels cached; rebuild s: the\n"
         "same build again. python s: to the unikernel's 'serving' line; answer s: to the\n"
-        "first HTTP (or HTTPS) answer on the host side, from starting looming run."
+        "first HTTP (or HTTPS) answer on the host side, from starting looming run; qemu cpu\n"
+        "s: the CPU time qemu had used by then (the guest's work, less moved by the load).\n"
+        "A case ending in a git revision was built by that revision's looming (--baseline)."
     )
 
 
