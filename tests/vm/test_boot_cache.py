@@ -29,8 +29,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from looming.vm import bootcache
+from looming.vm.image import GUEST_PYTHON
 
 INIT = Path(bootcache.__file__).with_name("init.py")
+# The build makes a cache only when its Python is the guest's (Debian 12's
+# 3.11): other versions write other texts (3.13 one per class).
+guest_python_only = pytest.mark.skipif(
+    f"{sys.version_info[0]}.{sys.version_info[1]}" != GUEST_PYTHON,
+    reason=f"the boot cache is made and used only by Python {GUEST_PYTHON}, the guest's",
+)
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 APP_MODULE = '''
@@ -116,6 +123,7 @@ def _child(archive: Path, cache_path: Path | None, version: int = bootcache.VERS
     return answer
 
 
+@guest_python_only
 def test_the_cache_holds_the_apps_generated_functions_and_patterns(cache: bytes) -> None:
     content = marshal.loads(cache)
     assert content["version"] == bootcache.VERSION
@@ -131,6 +139,7 @@ def test_the_cache_holds_the_apps_generated_functions_and_patterns(cache: bytes)
     assert bootcache.summary(cache).endswith(f"{len(patterns)} patterns")
 
 
+@guest_python_only
 def test_classes_and_patterns_behave_the_same_with_the_cache(
     archive: Path, cache: bytes, tmp_path: Path
 ) -> None:
@@ -140,8 +149,10 @@ def test_classes_and_patterns_behave_the_same_with_the_cache(
     with_cache = _child(archive, path)
     assert with_cache["cached"] and not without["cached"]
     assert with_cache["results"] == without["results"]
+    assert without["results"][12] == repr(["22", "333", "5555"])  # DIGITS.findall
 
 
+@guest_python_only
 def test_the_cache_is_what_answers_for_exactly_the_recorded_text(
     archive: Path, cache: bytes, tmp_path: Path
 ) -> None:
@@ -161,7 +172,6 @@ def test_the_cache_is_what_answers_for_exactly_the_recorded_text(
     results = _child(archive, path)["results"]
     assert results[0] == repr("from the cache")
     assert results[12] == repr([])  # DIGITS made with the words' code: no match in digits
-    assert _child(archive, None)["results"][12] == repr(["22", "333", "5555"])
     # A cache of another layout is not used at all.
     assert not _child(archive, path, version=bootcache.VERSION + 1)["cached"]
     # Nor a damaged one.
@@ -169,6 +179,7 @@ def test_the_cache_is_what_answers_for_exactly_the_recorded_text(
     assert not _child(archive, path)["cached"]
 
 
+@guest_python_only
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet="0123456789 helowrdHELOWRD-:\t\r\nab", max_size=40))
 def test_patterns_made_from_the_cache_match_as_compiled_ones(cache: bytes, text: str) -> None:
