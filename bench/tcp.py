@@ -25,6 +25,10 @@ looming TCP layers over an in-memory wire:
   looming to Linux across the same relay, in alternating rounds, with
   looming's recovery counters, its CPU seconds, and the Linux peer's
   retransmissions, timeouts and loss probes as the sender to looming.
+  Linux runs twice: with the namespaces' default congestion control (a new
+  namespace inherits the host's; with BBR, random loss barely slows it) and
+  with CUBIC on both sockets, as looming and its Linux peer run, which is
+  the like-for-like reference the ratio goal is measured against.
 
 The kernel-side programs are small Python socket loops, the same ones in
 every column, so the ratios compare the stacks rather than the programs.
@@ -67,6 +71,7 @@ from tests.net.kernel import (  # noqa: E402
 )
 from tests.tcp.ipv4_pair import Faults, wire_pair  # noqa: E402
 from tests.tcp.lossy import (  # noqa: E402
+    CUBIC_ECHO_PORT,
     EchoResult,
     linux_echo,
     looming_echo,
@@ -883,7 +888,8 @@ PEER_COUNTERS = {
 @dataclass
 class LossyRow:
     condition: str
-    linux: list[float] = field(default_factory=list)
+    linux: list[float] = field(default_factory=list)  # the namespaces' default
+    linux_cubic: list[float] = field(default_factory=list)
     looming: list[float] = field(default_factory=list)
     looming_cpu: list[float] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
@@ -908,9 +914,10 @@ def _peer_counters(path: Any) -> dict[str, int]:
     return values
 
 
-def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
-    """10 MB echoes, Linux and looming alternating, per impairment."""
-    rows = []
+def lossy_echoes(size: int, rounds: int) -> tuple[list[LossyRow], str]:
+    """10 MB echoes, Linux (its default congestion control, then CUBIC) and
+    looming alternating, per impairment; and the name of Linux's default."""
+    rows, default = [], "?"
     with relayed_path(unique_suffix()) as path:
         server = start_echo_server(path)
         try:
@@ -922,7 +929,12 @@ def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
                     )
                     progress(f"relay, {name}, round {round_number + 1}: Linux")
                     path.impair(seeded)
-                    row.linux.append(_checked(linux_echo(path, size)).seconds)
+                    plain = _checked(linux_echo(path, size))
+                    row.linux.append(plain.seconds)
+                    default = plain.congestion
+                    progress(f"relay, {name}, round {round_number + 1}: Linux with CUBIC")
+                    path.impair(seeded)
+                    row.linux_cubic.append(_checked(linux_echo(path, size, "cubic")).seconds)
                     progress(f"relay, {name}, round {round_number + 1}: looming")
                     path.impair(seeded)
                     peer_before, cpu = _peer_counters(path), time.process_time()
@@ -939,7 +951,7 @@ def lossy_echoes(size: int, rounds: int) -> list[LossyRow]:
         finally:
             server.kill()
             server.wait()
-    return rows
+    return rows, default
 
 
 def _checked(result: EchoResult) -> EchoResult:
@@ -951,29 +963,34 @@ def _checked(result: EchoResult) -> EchoResult:
 async def _looming_relay_echo(path: Any, size: int) -> EchoResult:
     stack = await open_looming(path)
     try:
-        return await asyncio.wait_for(looming_echo(stack, path, size), 300)
+        return await asyncio.wait_for(looming_echo(stack, path, size, CUBIC_ECHO_PORT), 300)
     finally:
         await stack.disconnect()
 
 
-def lossy_report(rows: list[LossyRow], size: int) -> str:
+def lossy_report(rows: list[LossyRow], size: int, default: str = "?") -> str:
+    plain = f"Linux {default}"
     lines = [
         "",
         f"{size / 1e6:.0f} MB echo through the loss relay (median of rounds, seconds; "
-        "ratio = looming / Linux, goal <= 3 at 3% and 5%; cpu: this process's CPU "
-        "seconds during looming's echo, so wall minus cpu is time spent waiting):",
-        f"  {'condition':<24} {'Linux':>7} {'looming':>8} {'ratio':>6} {'cpu':>6}  "
+        f"{plain}: the namespaces' default congestion control; Linux cubic and looming's "
+        "Linux peer: CUBIC on the sockets; ratio = looming / Linux cubic, goal <= 3 at 3% "
+        f"and 5%; /{default}: looming / {plain}; cpu: this process's CPU seconds during "
+        "looming's echo, so wall minus cpu is time spent waiting):",
+        f"  {'condition':<24} {plain:>11} {'Linux cubic':>11} {'looming':>8} {'ratio':>6} "
+        f"{'/' + default:>7} {'cpu':>6}  "
         "looming counters; the Linux peer's as sender to looming (all rounds)",
     ]
     for row in rows:
         linux = statistics.median(row.linux)
+        cubic = statistics.median(row.linux_cubic)
         ours = statistics.median(row.looming)
         cpu = statistics.median(row.looming_cpu)
         counters = " ".join(f"{k}={v}" for k, v in row.counters.items() if v)
         peer = " ".join(f"{k}={v}" for k, v in row.peer_counters.items() if v)
         lines.append(
-            f"  {row.condition:<24} {linux:7.3f} {ours:8.3f} {ours / linux:6.2f} {cpu:6.3f}  "
-            f"{counters}; peer: {peer or '-'}"
+            f"  {row.condition:<24} {linux:11.3f} {cubic:11.3f} {ours:8.3f} {ours / cubic:6.2f} "
+            f"{ours / linux:7.2f} {cpu:6.3f}  {counters}; peer: {peer or '-'}"
         )
     return "\n".join(lines)
 
@@ -1095,8 +1112,8 @@ def main() -> int:
     if args.only_ipv6:
         print(family_report(asyncio.run(ipv4_and_ipv6(sizes, 2 * rounds))).lstrip("\n"))
         return 0
-    lossy = lossy_echoes(10_000_000, rounds)
-    relay_text = lossy_report(lossy, 10_000_000)
+    lossy, default = lossy_echoes(10_000_000, rounds)
+    relay_text = lossy_report(lossy, 10_000_000, default)
     if args.only_relay:
         print(relay_text.lstrip("\n"))
         return 0
@@ -1128,6 +1145,8 @@ def main() -> int:
             "relay": {
                 row.condition: {
                     "linux_s": row.linux,
+                    "linux_congestion_control": default,
+                    "linux_cubic_s": row.linux_cubic,
                     "looming_s": row.looming,
                     "looming_cpu_s": row.looming_cpu,
                     "counters": row.counters,

@@ -25,24 +25,36 @@ from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
 from tests.tcp.relay import RelayedPath, in_namespace
 
-ECHO_PORT = 7007
+ECHO_PORT = 7007  # the server's congestion control: its namespace's default
+CUBIC_ECHO_PORT = 7008  # the server's sockets run CUBIC, whatever the default
+# A new namespace inherits the host's default congestion control (on the
+# machine this was measured on, BBR, which does not slow down for random
+# loss); a socket can name its own (TCP_CONGESTION, root may name any one).
+ECHO_PORTS = {None: ECHO_PORT, "cubic": CUBIC_ECHO_PORT}
 
 ECHO_SERVER = r"""
 import socket, sys, threading
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-print("ready", flush=True)
 
 def serve(c):
     with c:
         while data := c.recv(262144):
             c.sendall(data)
 
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
+def accept(s):
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+for port, congestion in ((int(sys.argv[1]), ""), (int(sys.argv[2]), "cubic")):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if congestion:  # accepted sockets inherit it
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+    s.bind(("0.0.0.0", port))
+    s.listen(64)
+    threading.Thread(target=accept, args=(s,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
 """
 
 ECHO_CLIENT = r"""
@@ -50,7 +62,11 @@ import hashlib, json, socket, sys, threading, time
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = (bytes(range(256)) * (size // 256 + 1))[:size]
 start = time.perf_counter()
-c = socket.create_connection((host, port))
+c = socket.socket()
+if sys.argv[4]:
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, sys.argv[4].encode())
+c.connect((host, port))
+congestion = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0").decode()
 def writer():
     c.sendall(data)
     c.shutdown(socket.SHUT_WR)
@@ -60,7 +76,8 @@ while chunk := c.recv(262144):
     digest.update(chunk)
     got += len(chunk)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "bytes": got, "sha256": digest.hexdigest()}))
+result = {"seconds": seconds, "bytes": got, "sha256": digest.hexdigest()}
+print(json.dumps({**result, "congestion": congestion}))
 """
 
 
@@ -73,11 +90,12 @@ class EchoResult:
     seconds: float
     intact: bool
     counters: dict[str, int] = field(default_factory=dict)
+    congestion: str = ""  # Linux's congestion control on the client socket
 
 
 def start_echo_server(path: RelayedPath) -> subprocess.Popen[str]:
     server = subprocess.Popen(
-        path.left(sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT)),
+        path.left(sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT), str(CUBIC_ECHO_PORT)),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -87,13 +105,22 @@ def start_echo_server(path: RelayedPath) -> subprocess.Popen[str]:
     return server
 
 
-def linux_echo(path: RelayedPath, size: int) -> EchoResult:
-    """Linux in the right namespace echoes ``size`` bytes through the relay."""
+def linux_echo(path: RelayedPath, size: int, congestion: str | None = None) -> EchoResult:
+    """Linux in the right namespace echoes ``size`` bytes through the relay,
+    both sockets with the namespaces' default congestion control, or both
+    with ``congestion`` (a key of ECHO_PORTS)."""
+    port = ECHO_PORTS[congestion]
     path.right_side_kernel(True)
     try:
         out = subprocess.run(
             path.right(
-                sys.executable, "-c", ECHO_CLIENT, path.left_address, str(ECHO_PORT), str(size)
+                sys.executable,
+                "-c",
+                ECHO_CLIENT,
+                path.left_address,
+                str(port),
+                str(size),
+                congestion or "",
             ),
             capture_output=True,
             text=True,
@@ -104,7 +131,8 @@ def linux_echo(path: RelayedPath, size: int) -> EchoResult:
         path.right_side_kernel(False)
     result = json.loads(out.splitlines()[-1])
     expected = hashlib.sha256(payload(size)).hexdigest()
-    return EchoResult(result["seconds"], result["sha256"] == expected and result["bytes"] == size)
+    intact = result["sha256"] == expected and result["bytes"] == size
+    return EchoResult(result["seconds"], intact, congestion=result["congestion"])
 
 
 async def open_looming(
@@ -132,12 +160,15 @@ def _packet_socket(interface: str, offload: bool) -> PacketNetwork:
     return asyncio.run(PacketNetwork.connect(interface, offload=offload))
 
 
-async def looming_echo(stack: DirectStack, path: RelayedPath, size: int) -> EchoResult:
-    """looming echoes ``size`` bytes through the relay against Linux's server."""
+async def looming_echo(
+    stack: DirectStack, path: RelayedPath, size: int, port: int = ECHO_PORT
+) -> EchoResult:
+    """looming echoes ``size`` bytes through the relay against Linux's server
+    (on ``port``: ECHO_PORT or CUBIC_ECHO_PORT)."""
     data = payload(size)
     before = stack.tcp.counters  # the recovery counters and the MSS lowered
     start = time.perf_counter()
-    flow: TcpFlow = await stack.tcp.connect(IPv4Address(path.left_address), ECHO_PORT)
+    flow: TcpFlow = await stack.tcp.connect(IPv4Address(path.left_address), port)
 
     async def writer() -> None:
         view = memoryview(data)
