@@ -27,6 +27,7 @@ from looming.vm.kernel import pvh_entry
 from looming.vm.kernelbuild import (
     COMMON_OPTIONS,
     OFF_OPTIONS,
+    X86_64_OPTIONS,
     KernelSpec,
     check_build_tools,
     minimal_kernel,
@@ -153,7 +154,7 @@ def test_the_minimal_kernel_holds_what_the_guest_uses_and_no_modules(
     configs = sorted((minimal_kernel_tree / "boot").glob("config-*"))
     assert len(configs) == 1
     config = configs[0].read_text()
-    for option in (*COMMON_OPTIONS, "PVH", "64BIT", "ACPI", "SERIAL_8250_CONSOLE"):
+    for option in (*COMMON_OPTIONS, *X86_64_OPTIONS):
         assert _config_value(config, option) == "y", option
     for option in OFF_OPTIONS:
         assert _config_value(config, option) is None, option
@@ -228,6 +229,7 @@ def test_static_website_with_the_minimal_kernel_boots_serves_and_fits_40_mb(
     assert "received SIGTERM, stopping" in output
     described = looming(app, "describe", "--image")
     assert "minimal kernel compiled from Debian's source" in described.stdout
+    assert "kernel drivers (built in): virtio_pci, virtio_mmio, virtio_net" in described.stdout
 
 
 @pytest.mark.slow

@@ -1158,7 +1158,8 @@ def describe_image(manifest_path: Path) -> str:
         f"standard library: {len(data['stdlib_modules'])} modules (bytecode), "
         f"extensions: {', '.join(data['extension_modules']) or 'none'}",
         f"shared libraries: {', '.join(data['libraries'])}",
-        f"kernel modules: {', '.join(data['kernel_modules'])}",
+        f"{'kernel drivers (built in)' if data.get('kernel_build') == 'minimal' else 'kernel modules'}"
+        f": {', '.join(data['kernel_modules'])}",
     ]
     if data.get("dropped_optional"):
         lines.append(f"optional modules left out: {', '.join(data['dropped_optional'])}")
