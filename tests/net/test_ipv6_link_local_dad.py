@@ -20,11 +20,28 @@ from tests.net.test_ipv6_kernel import without_dad
 pytestmark = pytest.mark.root
 
 
+async def held_by_kernel(peer: KernelPeer, address: str) -> None:
+    """Wait until the kernel holds ``address`` for good. Even with ``nodad``
+    an address stays tentative until the kernel deems the link ready, which
+    its link-state work does apart from ``ip link set up`` (it batches such
+    events when many links change); a probe arriving meanwhile would make
+    the kernel give up its own address instead of defending it, and the
+    test's premise would not hold."""
+    for _ in range(100):
+        shown = peer.sh("ip", "-6", "-o", "addr", "show", "dev", peer.tap_name)
+        line = next((row for row in shown.splitlines() if f" {address}/" in row), "")
+        if line and "tentative" not in line:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the kernel never held {address} for good: {shown}")
+
+
 async def start(peer: KernelPeer, *, taken: bool) -> DirectStack:
     tap = await peer.open_tap()
     if taken:  # the kernel holds looming's link-local address first
         ours = link_local_from_mac(tap.mac)
         peer.sh("ip", "-6", "addr", "add", f"{ours}/64", "dev", peer.tap_name, "nodad")
+        await held_by_kernel(peer, str(ours))
     return await DirectStack.connect(
         tap,
         time=UnixTime(),
