@@ -168,6 +168,13 @@ _WHOLE = (bytes, bytearray, memoryview)
 CUT_GRACE = 0.25
 """Seconds a connection or task cancelled at the end of a stop has to unwind."""
 
+PIPELINE_TURN = 8
+"""Requests a connection answers from bytes already received (pipelined)
+before it lets the other connections have a turn: a handler that answers
+without awaiting anything, or a ready-made response, never yields to the
+event loop, and one client pipelining thousands of requests would hold
+back every other connection until all of its were answered."""
+
 _NOT_CACHED = FRAMING | CONDITIONAL | EXPECT | UPGRADE | CLOSE
 """Requests these head notes are on are not answered from a handler's cache."""
 WIRE_BODY_BYTES = 64 * 1024
@@ -292,6 +299,7 @@ class _RequestStream:
         "raw",
         "server",
         "streamed",
+        "unanswered_turn",
         "upgrades",
     )
 
@@ -313,6 +321,9 @@ class _RequestStream:
         """The body reader and watch of a request whose handler streams it."""
         self.fast: HttptoolsParser | None = None
         """The connection's httptools parser, when it reads on from one request to the next."""
+        self.unanswered_turn = 0
+        """Requests taken from pipelined bytes since this connection last
+        waited for the client or gave the others a turn (:data:`PIPELINE_TURN`)."""
 
 
 Observer = Callable[[Request, int, int, float], None]
@@ -674,7 +685,14 @@ class HttpServer:
         stream.raw = raw = [leftover] if leftover else []
         try:
             event = conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is not h11.NEED_DATA:
+                # Pipelined: answered without waiting for the client.
+                stream.unanswered_turn += 1
+                if stream.unanswered_turn >= PIPELINE_TURN:
+                    stream.unanswered_turn = 0
+                    await asyncio.sleep(0)  # the other connections' turn
+            else:
+                stream.unanswered_turn = 0
                 waiting_for_start = True
                 watched = parser.watch
                 parser.watch = None
