@@ -28,7 +28,8 @@ looming TCP layers over an in-memory wire:
   Linux runs twice: with the namespaces' default congestion control (a new
   namespace inherits the host's; with BBR, random loss barely slows it) and
   with CUBIC on both sockets, as looming and its Linux peer run, which is
-  the like-for-like reference the ratio goal is measured against.
+  the like-for-like reference the ratio goal is measured against (its
+  recoveries, retransmissions, timeouts and loss probes are shown too).
 
 The kernel-side programs are small Python socket loops, the same ones in
 every column, so the ratios compare the stacks rather than the programs.
@@ -878,8 +879,10 @@ RECOVERY_COUNTERS = (
 # What the Linux echo server's kernel did as the sender to looming, from
 # its namespace's /proc/net/snmp and /proc/net/netstat (deltas over
 # looming's echoes): a peer that waits for its own timeouts shows here.
+# The same, from both namespaces, over the Linux-to-Linux CUBIC echoes.
 PEER_COUNTERS = {
     "Tcp:RetransSegs": "retransmits",
+    "TcpExt:TCPSackRecovery": "recoveries",
     "TcpExt:TCPTimeouts": "timeouts",
     "TcpExt:TCPLossProbes": "tail_loss_probes",
 }
@@ -894,24 +897,32 @@ class LossyRow:
     looming_cpu: list[float] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     peer_counters: dict[str, int] = field(default_factory=dict)
+    cubic_counters: dict[str, int] = field(default_factory=dict)  # both Linux ends
 
 
-def _peer_counters(path: Any) -> dict[str, int]:
-    """The Linux echo server's namespace's TCP counters named in PEER_COUNTERS."""
-    text = subprocess.run(
-        path.left("cat", "/proc/net/snmp", "/proc/net/netstat"),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+def _peer_counters(path: Any, *, both: bool = False) -> dict[str, int]:
+    """The TCP counters named in PEER_COUNTERS of the Linux echo server's
+    namespace, or summed over both namespaces."""
     values: dict[str, int] = {}
-    for names, numbers in zip(text[::2], text[1::2], strict=False):
-        prefix, *keys = names.split()
-        for key, number in zip(keys, numbers.split()[1:], strict=False):
-            name = f"{prefix}{key}"
-            if name in PEER_COUNTERS:
-                values[PEER_COUNTERS[name]] = int(number)
+    for side in (path.left, path.right) if both else (path.left,):
+        text = subprocess.run(
+            side("cat", "/proc/net/snmp", "/proc/net/netstat"),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        for names, numbers in zip(text[::2], text[1::2], strict=False):
+            prefix, *keys = names.split()
+            for key, number in zip(keys, numbers.split()[1:], strict=False):
+                name = PEER_COUNTERS.get(f"{prefix}{key}")
+                if name is not None:
+                    values[name] = values.get(name, 0) + int(number)
     return values
+
+
+def _add_deltas(into: dict[str, int], before: dict[str, int], after: dict[str, int]) -> None:
+    for key, value in after.items():
+        into[key] = into.get(key, 0) + value - before.get(key, 0)
 
 
 def lossy_echoes(size: int, rounds: int) -> tuple[list[LossyRow], str]:
@@ -934,7 +945,9 @@ def lossy_echoes(size: int, rounds: int) -> tuple[list[LossyRow], str]:
                     default = plain.congestion
                     progress(f"relay, {name}, round {round_number + 1}: Linux with CUBIC")
                     path.impair(seeded)
+                    before = _peer_counters(path, both=True)
                     row.linux_cubic.append(_checked(linux_echo(path, size, "cubic")).seconds)
+                    _add_deltas(row.cubic_counters, before, _peer_counters(path, both=True))
                     progress(f"relay, {name}, round {round_number + 1}: looming")
                     path.impair(seeded)
                     peer_before, cpu = _peer_counters(path), time.process_time()
@@ -944,9 +957,7 @@ def lossy_echoes(size: int, rounds: int) -> tuple[list[LossyRow], str]:
                     row.looming.append(result.seconds)
                     for key in RECOVERY_COUNTERS:
                         row.counters[key] = row.counters.get(key, 0) + result.counters.get(key, 0)
-                    for key, value in peer_after.items():
-                        delta = value - peer_before.get(key, 0)
-                        row.peer_counters[key] = row.peer_counters.get(key, 0) + delta
+                    _add_deltas(row.peer_counters, peer_before, peer_after)
                 rows.append(row)
         finally:
             server.kill()
@@ -979,7 +990,8 @@ def lossy_report(rows: list[LossyRow], size: int, default: str = "?") -> str:
         "looming's echo, so wall minus cpu is time spent waiting):",
         f"  {'condition':<24} {plain:>11} {'Linux cubic':>11} {'looming':>8} {'ratio':>6} "
         f"{'/' + default:>7} {'cpu':>6}  "
-        "looming counters; the Linux peer's as sender to looming (all rounds)",
+        "looming counters; the Linux peer's as sender to looming; Linux to Linux "
+        "with CUBIC, both namespaces (all rounds)",
     ]
     for row in rows:
         linux = statistics.median(row.linux)
@@ -988,9 +1000,11 @@ def lossy_report(rows: list[LossyRow], size: int, default: str = "?") -> str:
         cpu = statistics.median(row.looming_cpu)
         counters = " ".join(f"{k}={v}" for k, v in row.counters.items() if v)
         peer = " ".join(f"{k}={v}" for k, v in row.peer_counters.items() if v)
+        reference = " ".join(f"{k}={v}" for k, v in row.cubic_counters.items() if v)
         lines.append(
             f"  {row.condition:<24} {linux:11.3f} {cubic:11.3f} {ours:8.3f} {ours / cubic:6.2f} "
-            f"{ours / linux:7.2f} {cpu:6.3f}  {counters}; peer: {peer or '-'}"
+            f"{ours / linux:7.2f} {cpu:6.3f}  {counters}; peer: {peer or '-'}; "
+            f"Linux cubic, both ends: {reference or '-'}"
         )
     return "\n".join(lines)
 
@@ -1151,6 +1165,7 @@ def main() -> int:
                     "looming_cpu_s": row.looming_cpu,
                     "counters": row.counters,
                     "peer_counters": row.peer_counters,
+                    "linux_cubic_counters": row.cubic_counters,
                 }
                 for row in lossy
             },
