@@ -391,17 +391,37 @@ def print_requests(
         rows = []
         for name, results in by_server.items():
             rps = median(r.requests_per_second for r in results)
-            p99 = median(r.latency_p99_ms for r in results)
+            p50 = median(r.latency_p50_ms for r in results)
+            p99s = [r.latency_p99_ms for r in results]
+            p99 = median(p99s)
             errors = sum(r.errors + r.non_2xx for r in results)
             used = median(cpu[path][name])
             summary.setdefault(path, {})[name] = {
                 "rps": rps,
+                "p50_ms": p50,
                 "p99_ms": p99,
                 "errors": errors,
                 "cpu_us_per_request": used,
             }
-            rows.append([name, f"{rps:,.0f}", f"{p99:.2f}", f"{used:.1f}", str(errors)])
-        print(table(["server", "req/s", "p99 ms", "CPU us/req", "errors"], rows))
+            # The p99's spread over the rounds: on a shared machine a pause of
+            # the whole process (another program's turn) sets it, whoever serves.
+            spread = f"{min(p99s):.1f}-{max(p99s):.1f}"
+            rows.append(
+                [
+                    name,
+                    f"{rps:,.0f}",
+                    f"{p50:.2f}",
+                    f"{p99:.2f}",
+                    spread,
+                    f"{used:.1f}",
+                    str(errors),
+                ]
+            )
+        print(
+            table(
+                ["server", "req/s", "p50 ms", "p99 ms", "p99 rounds", "CPU us/req", "errors"], rows
+            )
+        )
         mine = summary[path]["looming"]
         for peer in ("looming-pure", "uvicorn", "uvicorn-h11", "hypercorn", "granian"):
             if peer in summary[path]:
