@@ -291,6 +291,17 @@ def test_cubic_is_no_slower_than_reno_on_short_rtts() -> None:
     assert windows[-1] >= 70 + 0.5 * 1000 * 0.9
 
 
+def test_cubic_reno_friendly_growth_speeds_up_once_back_at_the_cut_window() -> None:
+    """RFC 9438 4.3: W_est grows by 3(1-beta)/(1+beta) = 0.53 segments a
+    round trip until it reaches cwnd_prior (100 here), then by one."""
+    windows = _cubic_after_loss(0.4, rtt_ms=1)  # cubic's own curve is below 100 until K
+    below = next(i for i, w in enumerate(windows) if w >= 90)
+    beyond = next(i for i, w in enumerate(windows) if w >= 110)
+    assert 0.45 <= (windows[below] - windows[below - 20]) / 20 <= 0.6
+    assert 0.9 <= (windows[beyond + 100] - windows[beyond]) / 100 <= 1.1
+    assert windows[-1] >= 100 + (400 - 60) * 0.9
+
+
 # ------------------------------------------------------------------ scripted connections
 
 SACK_TS = replace(PLAIN, sack=True, timestamps=True)

@@ -4,7 +4,9 @@ The window grows as a cubic function of the time since the last
 congestion event, centred on the window at which that event happened
 (W_max): fast while far below it, flat near it, probing beyond it. A
 Reno-friendly estimate (section 4.3) keeps it no slower than NewReno on
-short, low-bandwidth paths. Amounts are bytes, times nanoseconds.
+short, low-bandwidth paths: it grows by ALPHA segments a round trip until it
+is back at the window the last congestion event cut (cwnd_prior), then by
+one, as Reno does. Amounts are bytes, times nanoseconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ SECOND = 1e9
 class Cubic:
     """The RFC 9438 state of one connection."""
 
-    __slots__ = ("cwnd", "epoch_start", "k", "mss", "origin", "ssthresh", "w_est", "w_max")
+    __slots__ = (
+        "cwnd",
+        "epoch_start",
+        "k",
+        "mss",
+        "origin",
+        "prior",
+        "ssthresh",
+        "w_est",
+        "w_max",
+    )
 
     name = "cubic"
 
@@ -33,6 +45,7 @@ class Cubic:
         self.k = 0.0  # seconds
         self.origin = 0.0  # segments
         self.w_est = 0.0  # segments
+        self.prior = 0.0  # segments: cwnd_prior, the window the last event cut
 
     def on_ack(self, acked: int, now: int, srtt: int | None, cwnd_limited: bool) -> None:
         if not cwnd_limited:
@@ -56,7 +69,9 @@ class Cubic:
         target = self.origin + C * (t + rtt - self.k) ** 3  # W_cubic(t + RTT), eq. 1
         target = min(max(target, cwnd), 1.5 * cwnd)
         segments = acked / mss
-        self.w_est += ALPHA * segments / cwnd
+        # 4.3: alpha_cubic is 1 once W_est is back at cwnd_prior (a SHOULD).
+        alpha = 1.0 if self.w_est >= self.prior else ALPHA
+        self.w_est += alpha * segments / cwnd
         # The Reno-friendly region (4.3), else the concave or convex one (4.4, 4.5).
         cubic = cwnd + (target - cwnd) / cwnd * segments
         grown = max(self.w_est, cubic)
@@ -65,6 +80,7 @@ class Cubic:
     def on_congestion(self, now: int, flight: int) -> None:
         """RFC 9438 4.6 and 4.7: multiplicative decrease with fast convergence."""
         cwnd = self.cwnd / self.mss
+        self.prior = cwnd
         if cwnd < self.w_max:
             self.w_max = cwnd * (1 + BETA) / 2
         else:
@@ -78,13 +94,14 @@ class Cubic:
         self.cwnd = self.mss
 
     def save(self) -> tuple[int, ...]:
-        return (self.cwnd, self.ssthresh, int(self.w_max * 1000))
+        return (self.cwnd, self.ssthresh, int(self.w_max * 1000), int(self.prior * 1000))
 
     def undo(self, saved: tuple[int, ...]) -> None:
         """RFC 9438 4.9: a spurious congestion event restores the state before it."""
         self.cwnd = max(self.cwnd, saved[0])
         self.ssthresh = max(self.ssthresh, saved[1])
         self.w_max = saved[2] / 1000
+        self.prior = saved[3] / 1000
         self.epoch_start = None
 
     def after_idle(self, rto_ns: int, idle_ns: int) -> None:
