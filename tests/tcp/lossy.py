@@ -1,6 +1,9 @@
 """10 MB echoes across the loss relay (tests/tcp/relay.py): Linux's echo
 server in the left namespace, and as its client either Linux in the right
-namespace or looming's direct stack on an AF_PACKET socket there.
+namespace or looming's direct stack on an AF_PACKET socket there. The
+server listens twice: on ECHO_PORT with the namespace's default congestion
+control (inherited from the host: BBR on some, CUBIC on most) and on
+CUBIC_ECHO_PORT with CUBIC, which a Linux client then also asks for.
 
 Shared by tests/tcp/test_relay.py and bench/tcp.py.
 """
