@@ -23,6 +23,11 @@ per request answered is given: on a shared machine it moves less than
 requests/s. Then each server's memory (RSS of its process tree) is read
 before and with 1,000 idle keep-alive connections open, each having made
 one request.
+
+With ``--fairness``, each server also answers 4 ordinary clients while one
+more connection keeps 64 pipelined requests in flight: the clients'
+requests/s and latency show whether one pipelining connection holds back
+the others.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -295,12 +301,87 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the idle keep-alive memory figure"
     )
+    parser.add_argument(
+        "--fairness",
+        action="store_true",
+        help=f"also measure {FAIR_CLIENTS} ordinary clients beside one pipelining {PIPELINE_DEPTH} requests",
+    )
     args = parser.parse_args(argv)
     args.paths = [path for path in args.paths.split(",") if path]
     unknown = [path for path in args.paths if path not in ("/plain", "/json", "/static")]
     if unknown:
         parser.error(f"unknown path {unknown[0]!r}: choose among /plain, /json, /static")
     return args
+
+
+PIPELINE_DEPTH = 64
+"""Requests the pipelining client of the fairness figure keeps in flight."""
+FAIR_CLIENTS = 4
+"""Ordinary clients (one request at a time each) beside it."""
+PIPELINE_SCRIPT = """\
+init = function(args)
+   local r = {}
+   for i = 1, tonumber(args[1]) do r[i] = wrk.format() end
+   req = table.concat(r)
+end
+request = function() return req end
+"""
+
+
+def run_beside_pipelining(url: str, work: Path, duration: float) -> tuple[Any, float]:
+    """wrk's result for :data:`FAIR_CLIENTS` ordinary clients while one more
+    connection pipelines :data:`PIPELINE_DEPTH` requests at a time; and that
+    connection's requests/s. A server that answers one connection's
+    pipelined requests before looking at the others starves the clients."""
+    script = work / "pipeline.lua"
+    if not script.exists():
+        script.write_text(PIPELINE_SCRIPT)
+    seconds = f"-d{max(1, round(duration))}s"
+    hog_command = ["wrk", "-t1", "-c1", seconds, "-s", str(script), url, "--", str(PIPELINE_DEPTH)]
+    with subprocess.Popen(hog_command, stdout=subprocess.PIPE, text=True) as hog:
+        clients = run_wrk(url, threads=1, connections=FAIR_CLIENTS, duration=duration)
+        hog_output = hog.communicate()[0]
+    hog_rps = re.search(r"Requests/sec:\s+([\d.]+)", hog_output)
+    if hog_rps is None:
+        raise RuntimeError(f"cannot read wrk output:\n{hog_output}")
+    return clients, float(hog_rps.group(1))
+
+
+def measure_fairness(
+    running: dict[str, tuple[Any, int, str]], work: Path, rounds: int, duration: float
+) -> dict[str, list[tuple[Any, float]]]:
+    """:func:`run_beside_pipelining` on each server's ready path, in interleaved rounds."""
+    results: dict[str, list[tuple[Any, float]]] = {}
+    names = list(running)
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else list(reversed(names)):
+            _process, port, ready_path = running[name]
+            clients, hog = run_beside_pipelining(
+                f"http://127.0.0.1:{port}{ready_path}", work, duration
+            )
+            results.setdefault(name, []).append((clients, hog))
+            progress(
+                f"round {round_index + 1} fairness {name}: clients {clients.requests_per_second:,.0f} req/s, p99 {clients.latency_p99_ms:.2f} ms; pipelining {hog:,.0f} req/s"
+            )
+    return results
+
+
+def print_fairness(results: dict[str, list[tuple[Any, float]]]) -> None:
+    print()
+    print(
+        f"{FAIR_CLIENTS} ordinary clients beside one pipelining {PIPELINE_DEPTH} requests (medians)"
+    )
+    rows = [
+        [
+            name,
+            f"{median(c.requests_per_second for c, _ in pairs):,.0f}",
+            f"{median(c.latency_p50_ms for c, _ in pairs):.2f}",
+            f"{median(c.latency_p99_ms for c, _ in pairs):.2f}",
+            f"{median(hog for _, hog in pairs):,.0f}",
+        ]
+        for name, pairs in results.items()
+    ]
+    print(table(["server", "clients req/s", "p50 ms", "p99 ms", "pipelining req/s"], rows))
 
 
 def installed_servers() -> list[str]:
@@ -330,6 +411,7 @@ def measure(
     dict[str, dict[str, list[Any]]],
     dict[str, dict[str, list[float]]],
     dict[str, tuple[int, int, int]],
+    dict[str, list[tuple[Any, float]]],
 ]:
     """wrk's results and the server's CPU microseconds per request, per path
     and server, in interleaved rounds; then each server's memory before and
@@ -338,6 +420,7 @@ def measure(
     samples: dict[str, dict[str, list[Any]]] = {}
     cpu: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, tuple[int, int, int]] = {}
+    fairness: dict[str, list[tuple[Any, float]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="looming-bench-http-") as tmp,
         servers(Path(tmp), names) as running,
@@ -370,6 +453,8 @@ def measure(
                     progress(
                         f"round {round_index + 1} {path} {name}: {result.requests_per_second:,.0f} req/s, p99 {result.latency_p99_ms:.2f} ms, {per_request:.1f} us CPU/request, errors {result.errors + result.non_2xx}"
                     )
+        if args.fairness:
+            fairness.update(measure_fairness(running, Path(tmp), rounds, duration))
         for name, (process, port, ready_path) in running.items():
             if args.no_memory:
                 break
@@ -377,7 +462,7 @@ def measure(
             progress(
                 f"{name}: RSS {memory[name][0]} KiB idle, {memory[name][1]} KiB with {memory[name][2]} keep-alive connections"
             )
-    return samples, cpu, memory
+    return samples, cpu, memory, fairness
 
 
 def print_requests(
@@ -451,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown or not installed server {sorted(unknown)[0]!r}", file=sys.stderr)
             return 2
         names = [name for name in names if name in wanted]
-    samples, cpu, memory = measure(args, names, rounds, duration)
+    samples, cpu, memory, fairness = measure(args, names, rounds, duration)
     print()
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
@@ -467,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (b, w, n) in memory.items()
     ]
     print(table(["server", "MiB before", "MiB with", "KiB/conn", "answered"], rows))
+    if fairness:
+        print_fairness(fairness)
     print()
     print(
         "goals: looming >= 1.5x uvicorn (httptools+uvloop); >= 0.8x granian on /plain; static >= 2x uvicorn"
@@ -478,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "samples": {path: {n: [asdict(r) for r in rs] for n, rs in by.items()} for path, by in samples.items()},
             "memory_kib": {n: {"before": b, "with_idle": w, "answered": c} for n, (b, w, c) in memory.items()},
+            "fairness": {n: [{"clients": asdict(c), "pipelining_rps": h} for c, h in pairs] for n, pairs in fairness.items()},
         })  # fmt: skip
     return 0
 
