@@ -4,13 +4,14 @@ until all of its own are answered (the server takes turns)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
 
 import pytest
 
-from looming.http import Request, Response, ServerConfig
+from looming.http import HttpServer, Request, Response, ServerConfig
 from looming.http.server import PIPELINE_TURN
 
 from .serving import RunningServer, serve_in_thread
@@ -119,3 +120,34 @@ def test_ready_made_answers_take_turns_too(loop_and_parser: tuple[str, str]) -> 
         # (counted just after the last answer is written, in the server's thread)
         wait_for(lambda: running.server.cached_answers == PIPELINED, "ready-made answers")
     assert before <= TURNS, f"B's request waited for {before} of A's {PIPELINED}"
+
+
+class StopsAtEight(Recorder):
+    """Starts the server's graceful stop from its eighth request: the stop
+    runs while the connection gives the others their turn."""
+
+    server: HttpServer | None = None
+
+    async def __call__(self, request: Request) -> Response:
+        self.note(request.path)
+        if len(self.order) == PIPELINE_TURN and self.server is not None:
+            self.stop = asyncio.get_running_loop().create_task(self.server.shutdown(5.0))
+        return OK
+
+
+@pytest.mark.parametrize("loop_and_parser", LOOPS_AND_PARSERS)
+def test_a_stop_during_a_turn_answers_the_request_taken(loop_and_parser: tuple[str, str]) -> None:
+    """The turn is given with a received request in hand: a graceful stop
+    then waits for its answer (RFC 9112 9.3.2: the requests behind it may
+    go unanswered, and the client retries them), and closes."""
+    loop, parser = loop_and_parser
+    recorder = StopsAtEight()
+    with serve_in_thread(lambda: recorder, ServerConfig(parser=parser), loop=loop) as running:
+        recorder.server = running.server
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" * (2 * PIPELINE_TURN))
+            replies = b""
+            while chunk := sock.recv(65536):
+                replies += chunk
+    assert replies.count(b"HTTP/1.1 200 ") == PIPELINE_TURN + 1
+    assert replies.endswith(b"ok\n")

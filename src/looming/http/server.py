@@ -690,7 +690,11 @@ class HttpServer:
                 stream.unanswered_turn += 1
                 if stream.unanswered_turn >= PIPELINE_TURN:
                     stream.unanswered_turn = 0
-                    await asyncio.sleep(0)  # the other connections' turn
+                    # The other connections' turn; a stop meanwhile lets
+                    # this request, already received, be answered first.
+                    parser.busy = True
+                    await asyncio.sleep(0)
+                    parser.busy = False
             else:
                 stream.unanswered_turn = 0
                 waiting_for_start = True
