@@ -45,6 +45,7 @@ from pathlib import Path
 from looming.errors import LoomingError, UsageError
 from looming.vm import uki
 from looming.vm.arch import Arch, get_arch
+from looming.vm.kernelbuild import built_kernel_image
 from looming.vm.launch import FAST_BOOT
 from looming.vm.packages import AptArchive, PackageInfo, cache_root
 
@@ -162,7 +163,15 @@ def parse_keys(text: str) -> list[str]:
 
 def _kernel_file(manifest: dict[str, object], arch: Arch, archive: AptArchive) -> bytes:
     """The kernel as a firmware starts it (a PE with the kernel's EFI stub):
-    Debian's own ``vmlinuz`` of the version the image was built from."""
+    Debian's own ``vmlinuz`` of the version the image was built from, or
+    the minimal kernel's bzImage."""
+    if manifest.get("kernel_build") == "minimal":  # looming.vm.kernelbuild's, from the cache
+        image = built_kernel_image(arch, str(manifest.get("kernel_build_id", "")))
+        if image is None:
+            raise DiskImageError(
+                "the image's minimal kernel is not in this machine's cache; build it again"
+            )
+        return image.read_bytes()
     packages = manifest.get("packages")
     if not isinstance(packages, dict):
         raise DiskImageError("the image's manifest lists no Debian packages; build it again")
@@ -446,11 +455,6 @@ def check_build_options(
     if keys and fmt is None and not (oci and target == "vm"):
         raise UsageError("--disk-keys sets the keys of a disk image: give --disk-image or --oci")
     parse_keys(keys)
-    if (fmt is not None or oci) and target == "vm" and options.get("kernel") == "minimal":
-        raise UsageError(
-            "--disk-image and --oci boot the kernel through its EFI stub, which the minimal "
-            "kernel lacks: configure with --kernel debian for a disk image"
-        )
     if fmt is not None:
         check_disk_tools(fmt, arch)
     if oci and target == "vm":

@@ -120,6 +120,7 @@ class ImageReport:
     kernel_unpacked: int = 0
     kernel_sha256: str = ""  # of the unpacked vmlinux, when looming run unpacks it
     kernel_build: str = "debian"  # or "minimal": compiled by looming.vm.kernelbuild
+    kernel_build_id: str = ""  # the minimal kernel's folder in the cache (for --disk-image)
     packages: dict[str, str] = field(default_factory=dict)
     stdlib_modules: list[str] = field(default_factory=list)
     extension_modules: list[str] = field(default_factory=list)
@@ -1009,6 +1010,7 @@ def _image_report(
         libraries=sorted([contents.libraries.loader.lstrip("/"), *contents.libraries.files]),
         kernel_modules=[p.stem for p in contents.module_files] + contents.builtin_modules,
         kernel_build=contents.kernel_build,
+        kernel_build_id=contents.guest.kernel_tree.name if contents.builtin_modules else "",
         app_modules=pyz.modules,
         archive_size=pyz.size,
         crunched_files=pyz.crunched_files,

@@ -88,6 +88,8 @@ X86_64_OPTIONS = (
     "RANDOM_TRUST_CPU",
     # the bzImage's payload, as Debian's (looming unpacks it on the host)
     "KERNEL_LZ4",
+    # the EFI stub a disk image's firmware starts (--disk-image, --oci)
+    "EFI", "EFI_STUB", "EFI_HANDOVER_PROTOCOL",
 )  # fmt: skip
 # aarch64's Debian kernel already gives a booted image of about 31 MB.
 ARCH_OPTIONS = {"x86_64": X86_64_OPTIONS}
@@ -334,6 +336,17 @@ def _install(linux: Path, image: Path, result: Path) -> None:
     (modules / "modules.builtin").write_text(
         "".join(f"{name}.ko\n" for name in builtin_drivers_of(config))
     )
+
+
+def built_kernel_image(arch: Arch, build_id: str) -> Path | None:
+    """The bzImage (with its EFI stub) of the minimal kernel ``build_id``
+    (a manifest's ``kernel_build_id``), if this machine's cache holds it."""
+    tree = kernels_root() / arch.name / build_id
+    if not build_id or "/" in build_id or not (tree / ".built").is_file():
+        return None
+    release = sorted((tree / "lib" / "modules").iterdir())[-1].name
+    image = tree / "boot" / f"vmlinuz-{release}"
+    return image if image.is_file() else None
 
 
 def builtin_drivers_of(config: str) -> list[str]:
