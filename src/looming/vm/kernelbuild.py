@@ -2,16 +2,17 @@
 
 Debian's cloud kernel carries drivers, file systems and debugging data a
 unikernel never uses: its x86_64 ``vmlinux`` is 53 MB, which is most of
-what qemu loads. ``looming build --kernel minimal`` compiles instead a
-kernel from the source package of the same Debian kernel
-(``linux-source-6.1``, fetched through the image's private apt, which
-checks it against the signed package lists), configured from
-``tinyconfig`` plus exactly what looming's guest uses, all built in (no
-modules): the PVH entry point ``looming run`` boots on x86_64, virtio over
-PCI and MMIO, virtio-net, virtio-blk with ext4, virtio-rng, the serial
-console, an initramfs in any of the image's compressions, ELF programs and
-scripts, the system calls CPython and asyncio make, unix and AF_PACKET
-sockets over IPv4, and the NIC drivers ``--nic-drivers`` names.
+what qemu loads. ``looming configure -t vm --kernel minimal`` (x86_64) has
+``looming build`` compile instead a kernel from the source package of the
+same Debian kernel (``linux-source-6.1``, fetched through the image's
+private apt, which checks it against the signed package lists),
+configured from ``tinyconfig`` plus exactly what looming's guest uses, all
+built in (no modules): the PVH entry point ``looming run`` boots, virtio
+over PCI and MMIO, virtio-net, virtio-blk with ext4, virtio-rng, the
+serial console, the EFI stub (for disk images), an initramfs in any of the
+image's compressions, ELF programs and scripts, the system calls CPython
+and asyncio make, unix and AF_PACKET sockets over IPv4, and the NIC
+drivers ``--nic-drivers`` names.
 
 The result is kept under the cache folder by (source version, the
 configuration's hash, architecture), in the layout of Debian's kernel
