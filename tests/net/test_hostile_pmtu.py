@@ -19,7 +19,7 @@ from looming.net.tcp.plpmtud import PROBE_THRESHOLD
 from tests.net.hostile import TCP_SINK
 from tests.net.kernel import KernelPeer
 from tests.net.test_hostile import kernel_program
-from tests.net.test_plpmtud import eventually, write_slowly
+from tests.net.test_plpmtud import BlackHole, eventually, write_slowly
 
 pytestmark = pytest.mark.root
 
@@ -37,22 +37,14 @@ def test_linux_receives_every_byte_while_the_mss_falls_and_comes_back(
         sink = await kernel_program(kernel_peer, TCP_SINK, kernel_peer.peer_address, 9100)
         assert sink.stdout is not None
         assert (await asyncio.wait_for(sink.stdout.readline(), 10)).strip() == b"ready"
-        network = stack.network
-        send = network.write
-        narrow = True
-
-        async def path(frame: bytes) -> None:
-            if len(frame) <= 1000 or not narrow:
-                await send(frame)
-
-        network.write = path  # type: ignore[method-assign]
+        hole = BlackHole(stack.network, 1000)
         flow = await stack.tcp.connect(kernel_peer.peer_address, 9100, timeout=5)
         conn = flow.connection  # type: ignore[attr-defined]
         writer = asyncio.create_task(write_slowly(flow, data))
         await eventually(lambda: conn.mtu_search is not None, 20)
         await eventually(lambda: conn.path_mss > NARROW_MSS - PROBE_THRESHOLD, 20)
         assert conn.path_mss <= NARROW_MSS  # no size that failed was kept
-        narrow = False
+        hole.on = False
         await eventually(lambda: conn.path_mss == 1460, 20)
         assert conn.send_mss == 1448  # Linux's MSS, less the timestamps
         await writer

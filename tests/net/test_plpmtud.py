@@ -11,6 +11,7 @@ import random
 import struct
 from dataclasses import replace
 from ipaddress import IPv4Interface
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -143,15 +144,7 @@ def test_the_mss_comes_back_when_the_black_hole_goes() -> None:
     async def main() -> None:
         server, client = await pair()
         client.tcp.config = replace(client.tcp.config, pmtu_raise_interval_ns=SECOND // 4)
-        network = client.network
-        send = network.write
-        narrow = True
-
-        async def path(frame: bytes) -> None:
-            if len(frame) <= 1000 or not narrow:
-                await send(frame)
-
-        network.write = path  # type: ignore[method-assign]
+        hole = BlackHole(client.network, 1000)
         got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         async def sink(flow: TcpFlow) -> None:
@@ -173,7 +166,7 @@ def test_the_mss_comes_back_when_the_black_hole_goes() -> None:
         assert stats.pmtu_probes_lost >= 1  # the ceiling, at least
         # Each lost probe was resent without a fast recovery (no congestion).
         assert (stats.fast_retransmits, stats.timeouts) == (recoveries, timeouts)
-        narrow = False
+        hole.on = False
         await eventually(lambda: conn.path_mss == 1460)
         await writer
         await flow.shutdown()
@@ -189,6 +182,21 @@ def test_the_mss_comes_back_when_the_black_hole_goes() -> None:
         await client.disconnect()
 
     asyncio.run(main())
+
+
+class BlackHole:
+    """A path on which frames over ``limit`` bytes written to ``network``
+    vanish while ``on`` (no ICMP says so), as through a PMTU black hole."""
+
+    def __init__(self, network: Any, limit: int) -> None:
+        self.on = True
+        send = network.write
+
+        async def path(frame: bytes) -> None:
+            if len(frame) <= limit or not self.on:
+                await send(frame)
+
+        network.write = path
 
 
 async def write_slowly(flow: TcpFlow, data: bytes) -> None:
@@ -207,15 +215,7 @@ def test_an_icmp_report_during_the_search_caps_it() -> None:
     async def main() -> None:
         server, client = await pair()
         client.tcp.config = replace(client.tcp.config, pmtu_raise_interval_ns=SECOND // 4)
-        network = client.network
-        send = network.write
-        narrow = True
-
-        async def path(frame: bytes) -> None:
-            if len(frame) <= 1000 or not narrow:
-                await send(frame)
-
-        network.write = path  # type: ignore[method-assign]
+        hole = BlackHole(client.network, 1000)
 
         async def sink(flow: TcpFlow) -> None:
             while await flow.read():
@@ -232,7 +232,7 @@ def test_an_icmp_report_during_the_search_caps_it() -> None:
         )
         assert client.tcp.icmp_counters["icmp_accepted"] == 1
         assert conn.mtu_search.ceiling == 1160
-        narrow = False
+        hole.on = False
         await eventually(lambda: conn.path_mss == 1160)
         await writer
         assert conn.path_mss == 1160
