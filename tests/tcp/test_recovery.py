@@ -766,8 +766,11 @@ def _overlooked_losses(conn: TcpSender) -> list[str]:
     """What RACK should already have found when a retransmission timeout
     fires: an outstanding segment sent before a segment the receiver has
     SACKed (and that RACK's rule may use: never resent) is past RACK's
-    deadline by then, so it should be deemed lost and resent, unless the
-    window held it back (deemed lost, not yet resent, pipe >= cwnd)."""
+    deadline by then, so it should be deemed lost. One deemed lost and not
+    yet resent counts as found: whether it went out before the timer is a
+    matter of the window (pipe >= cwnd) or of which of two callbacks due in
+    the same turn of the event loop ran first, which a shared machine's
+    pauses decide, not RACK."""
     board = conn.board
     newest_sacked = max(
         (s.sent_at for s in board.segments if s.sacked and not s.ever_retransmitted),
@@ -775,14 +778,10 @@ def _overlooked_losses(conn: TcpSender) -> list[str]:
     )
     if newest_sacked is None:
         return []
-    pipe = board.pipe(conn.snd_max - conn.snd_una)
-    held_back = pipe >= conn.cc.cwnd
     return [
         repr(s)
         for s in board.segments
-        if not s.sacked
-        and s.sent_at < newest_sacked
-        and not (s.lost and not s.retransmitted and held_back)
+        if not s.sacked and s.sent_at < newest_sacked and not (s.lost and not s.retransmitted)
     ]
 
 
