@@ -35,6 +35,7 @@ from looming.vm.kernelbuild import (
 )
 from looming.vm.packages import AptArchive, cache_root
 from tests.vm.conftest import EXAMPLES, TapNamespace, build, looming
+from tests.vm.test_storage import boot_counter_twice
 
 X86_64 = get_arch("x86_64")
 # Issue 13's goal for the static site: kernel unpacked plus initramfs.
@@ -243,14 +244,7 @@ def test_kv_rw_and_block_persist_on_the_disk_with_the_minimal_kernel(
 ) -> None:
     app = minimal_images.app("counter")
     image = tmp_path / "counter.img"
-    for boot in (1, 2):
-        done = subprocess.run(
-            [sys.executable, "-m", "looming.cli", "run", "--vm-timeout", "150",
-             "--vm-disk", str(image), "--vm-disk-size", "32"],
-            cwd=app, capture_output=True, text=True, timeout=200, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert f"counter: kv_rw boots={boot} block boots={boot}" in done.stdout
+    boot_counter_twice(app, image)
     # The guest's ext4 driver left a clean file system that e2fsprogs reads.
     assert subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True).returncode == 0
     read = subprocess.run(
