@@ -87,6 +87,18 @@ for frame in sys.argv[2:]:
     raw.send(bytes.fromhex(frame))
 """
 
+# Send each IPv4 packet read (hex, one a line) from stdin through a raw IP
+# socket (the kernel routes it; the header is ours, source included) and
+# print "sent" after each: forged ICMP errors from the namespace.
+IP_RAW_SEND = r"""
+import socket, sys
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for line in sys.stdin:
+    packet = bytes.fromhex(line.strip())
+    raw.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+    print("sent", flush=True)
+"""
+
 # Bind UDP PORT on ADDRESS, print "ready", then print each datagram's hex
 # until none comes for a second.
 UDP_SINK = r"""

@@ -180,6 +180,25 @@ class Ipv4Layer:
         self.counters["pmtu_lowered"] += 1
         return mtu
 
+    def raise_path_mtu(self, destination: IPv4Address, mtu: int) -> int | None:
+        """A datagram of ``mtu`` bytes reached ``destination`` whole (a
+        transport's confirmed probe, RFC 8899 4.3 and 5.1.4): the path MTU
+        learned for it rises to ``mtu``, for every sender, and goes once it
+        reaches the link's. The raised entry keeps its lifetime, so RFC
+        1191's aging still tries the link's MTU when it lapses. The new path
+        MTU, or None when nothing lower was learned.
+        """
+        link = self._ethernet.mtu
+        learned = self.mtu(destination) + MIN_HEADER_LENGTH  # (an expired entry goes)
+        if learned >= link or mtu <= learned:
+            return None
+        self.counters["pmtu_raised"] += 1
+        if mtu >= link:
+            del self._path_mtu[destination]
+            return link
+        self._path_mtu[destination] = (mtu, self._path_mtu[destination][1])
+        return mtu
+
     def segment_limit(self, destination: IPv4Address) -> int:
         """The largest TCP payload-plus-header :meth:`write` takes in one
         packet when given ``segment_size``: up to 64 KB when the interface

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -35,7 +35,7 @@ from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.isn import FourTuple
-from looming.net.tcp.plpmtud import MtuSearch
+from looming.net.tcp.plpmtud import MtuSearch, SharedPath
 from looming.net.wire import tcp as wire
 
 if TYPE_CHECKING:
@@ -684,7 +684,11 @@ class TcpLayer:
         interval = self.config.pmtu_raise_interval_ns
         now = self._time.now_ns()
         conn.mtu_search = MtuSearch(mss, ceiling, interval, now + interval, self.stats)
+        conn.mtu_search.on_confirmed = SharedPath(remote, self._ipv4, self._remotes)
         self.icmp_counters["black_hole_mss_lowered"] += 1
+
+    def _remotes(self) -> Iterator[tuple[IPv4Address | IPv6Address, TcpConnection]]:
+        return ((key[2], each) for key, each in self._endpoint.connections.items())
 
     def unlisten(self, port: int) -> None:
         """Stop listening on ``port`` (what :meth:`TcpListener.close` calls);

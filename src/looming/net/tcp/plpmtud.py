@@ -26,9 +26,10 @@ timer like any segment).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol, runtime_checkable
 
 from looming.net.tcp.config import TcpStats
 from looming.net.tcp.seq import wrap
@@ -75,6 +76,9 @@ class MtuSearch:
     probe_end: int = 0
     probe_wire_seq: int = -1  # its sequence number as the segment carries it
     ceiling_tried: bool = False  # in this search
+    # Told each path MSS a probe confirms (the path's, not this connection's
+    # alone: see :class:`SharedPath`).
+    on_confirmed: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.high == 0:
@@ -134,10 +138,18 @@ class MtuSearch:
         self.stats.pmtu_probes_acked += 1
         if confirmed <= path_mss:
             return path_mss
-        self.low = confirmed
-        if self.high < confirmed:
-            self.high = confirmed
+        self.learned(confirmed)
+        if self.on_confirmed is not None:
+            self.on_confirmed(confirmed)
         return confirmed
+
+    def learned(self, path_mss: int) -> None:
+        """``path_mss`` is known to get through (this search's probe, or
+        another connection's to the same destination): search above it."""
+        if path_mss > self.low:
+            self.low = path_mss
+        if self.high < self.low:
+            self.high = self.low
 
     def resent(self, start: int, end: int) -> None:
         """Bytes [start, end) go out again: if any were the probe's, it was lost."""
@@ -168,3 +180,47 @@ def probe_payload(path_mss: int, peer_mss: int, timestamps: bool) -> int:
     """Payload bytes of a full segment at ``path_mss`` (as ``send_mss``)."""
     mss = min(path_mss, peer_mss) - (12 if timestamps else 0)
     return max(mss, 64)
+
+
+@runtime_checkable
+class PathMtuTable(Protocol):
+    """An IP layer's path MTUs that probes may raise (RFC 1191's table,
+    ``Ipv4Layer``)."""
+
+    def raise_path_mtu(self, destination: IPv4Address, mtu: int) -> int | None: ...
+
+
+class PathUser(Protocol):
+    """A connection, as far as the path it shares matters."""
+
+    path_mss: int
+    mtu_search: MtuSearch | None
+
+
+# IPv4 and TCP headers without options: a path MSS is the path MTU less these.
+_IPV4_TCP_HEADERS = 40
+
+
+@dataclass(slots=True)
+class SharedPath:
+    """What a confirmed probe tells everyone sending to ``remote``: the
+    path carries segments of that size. The IP layer's path MTU rises
+    (RFC 8899 5.1.4: the PLPMTU is the path's, not one connection's), so
+    connections opened later start there rather than at the size an ICMP
+    error or a black hole left until the entry lapses; and every open
+    connection to ``remote`` sending smaller segments takes the size too."""
+
+    remote: IPv4Address | IPv6Address
+    table: object  # the IPv4 layer: raised when it is a PathMtuTable
+    connections: Callable[[], Iterable[tuple[IPv4Address | IPv6Address, PathUser]]]
+
+    def __call__(self, path_mss: int) -> None:
+        if isinstance(self.remote, IPv4Address) and isinstance(self.table, PathMtuTable):
+            self.table.raise_path_mtu(self.remote, path_mss + _IPV4_TCP_HEADERS)
+        for remote, conn in self.connections():
+            if remote != self.remote:
+                continue
+            if conn.path_mss < path_mss:
+                conn.path_mss = path_mss
+            if conn.mtu_search is not None:
+                conn.mtu_search.learned(path_mss)

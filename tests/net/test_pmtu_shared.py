@@ -1,0 +1,187 @@
+"""A path MTU confirmed by one connection's probe is the path's (RFC 8899
+5.1.4): the IPv4 layer's path-MTU entry (RFC 1191's, which an ICMP error or
+a black hole lowered) rises with it, so new connections and the other open
+ones to that destination send at the size found, and the raised entry still
+ages out as RFC 1191 says."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from looming.devices.stack import TcpFlow
+from looming.net.arp import ArpLayer
+from looming.net.ethernet import EthernetLayer
+from looming.net.ipv4 import Ipv4Layer
+from looming.net.netif.memory import MemorySwitch
+from looming.net.tcp.config import SECOND, TcpStats
+from looming.net.tcp.plpmtud import MtuSearch, SharedPath
+from looming.unix.random import UnixRandom
+from tests.net.test_plpmtud import A, BlackHole, eventually, pair, write_slowly
+
+LINK = 1500
+LIFETIME = 600 * SECOND
+PEER = IPv4Address("10.0.0.9")
+
+
+class FakeTime:
+    """A Time device whose clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1_000 * SECOND
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+class PathMtuTable(RuleBasedStateMachine):
+    """Ipv4Layer's path-MTU entry for one destination against a model: ICMP
+    reports lower it (never below 552), confirmed probes raise it (never
+    above what was learned lower, the entry's lifetime kept), time ages it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time = FakeTime()
+        ethernet = EthernetLayer(MemorySwitch().port())
+        arp = ArpLayer(ethernet, self.time)  # type: ignore[arg-type]
+        self.layer = Ipv4Layer(
+            ethernet,
+            arp,
+            self.time,  # type: ignore[arg-type]
+            UnixRandom(1),
+            interface=IPv4Interface("10.0.0.1/24"),
+        )
+        self.entry: tuple[int, int] | None = None  # (mtu, expiry)
+
+    def learned(self) -> int:
+        if self.entry is not None and self.entry[1] > self.time.now:
+            return self.entry[0]
+        self.entry = None
+        return LINK
+
+    @rule(mtu=st.integers(68, 1600))
+    def icmp_report(self, mtu: int) -> None:
+        new = max(mtu, 552)
+        expected = new if new < self.learned() else None
+        assert self.layer.lower_path_mtu(PEER, mtu, 1500) == expected
+        if expected is not None:
+            self.entry = (new, self.time.now + LIFETIME)
+
+    @rule(mtu=st.integers(552, 1600))
+    def probe_confirmed(self, mtu: int) -> None:
+        learned = self.learned()
+        got = self.layer.raise_path_mtu(PEER, mtu)
+        if learned >= LINK or mtu <= learned:
+            assert got is None
+            return
+        assert self.entry is not None
+        assert got == min(mtu, LINK)
+        self.entry = None if mtu >= LINK else (mtu, self.entry[1])
+
+    @rule(seconds=st.sampled_from([1, 60, 299, 599, 600, 601]))
+    def time_passes(self, seconds: int) -> None:
+        self.time.now += seconds * SECOND
+
+    @invariant()
+    def the_mtu_is_the_models(self) -> None:
+        assert self.layer.mtu(PEER) == self.learned() - 20
+        assert self.layer.mtu(IPv4Address("10.0.0.8")) == LINK - 20
+
+
+TestPathMtuTable = PathMtuTable.TestCase
+
+
+class Conn:
+    def __init__(self, path_mss: int, search: MtuSearch | None = None) -> None:
+        self.path_mss, self.mtu_search = path_mss, search
+
+
+def test_a_confirmed_size_reaches_every_connection_to_that_destination() -> None:
+    """One connection's confirmed probe raises the table and the others to
+    the same destination (their searches look above it), not the rest."""
+    table: list[tuple[IPv4Address, int]] = []
+
+    class Table:
+        def raise_path_mtu(self, destination: IPv4Address, mtu: int) -> int | None:
+            table.append((destination, mtu))
+            return mtu
+
+    search = MtuSearch(730, 1460, SECOND, 0, TcpStats())
+    other_search = MtuSearch(730, 1460, SECOND, 0, TcpStats())
+    prober, other, searching, elsewhere, larger = (
+        Conn(730, search),
+        Conn(730),
+        Conn(730, other_search),
+        Conn(730),
+        Conn(1460),
+    )
+    others = IPv4Address("10.0.0.3")
+    everyone = [(PEER, prober), (PEER, other), (PEER, searching), (others, elsewhere)]
+    everyone.append((PEER, larger))
+    search.on_confirmed = SharedPath(PEER, Table(), lambda: iter(everyone))
+    search.sent(1200, 100, 100 + 1188, 100)
+    assert search.acknowledged(1000, 730) == 730  # not yet covered: nothing learned
+    assert table == []
+    assert search.acknowledged(100 + 1188, 730) == 1200
+    assert table == [(PEER, 1240)]
+    assert (other.path_mss, searching.path_mss, elsewhere.path_mss) == (1200, 1200, 730)
+    assert larger.path_mss == 1460
+    assert other_search.low == 1200 and other_search.high == 1460
+
+
+def test_new_and_open_connections_take_the_size_a_probe_confirms() -> None:
+    """A black hole (frames over 1,000 bytes vanish) halves the MSS of the
+    connection that hit it and lowers the path MTU; a connection opened
+    then starts low. The search's confirmed sizes raise the path MTU and
+    that connection with it; once the hole is gone and the full size is
+    confirmed, the entry goes and a new connection starts at 1,460."""
+    data = random.Random(8).randbytes(3_000_000)
+
+    async def main() -> None:
+        server, client = await pair()
+        client.tcp.config = replace(client.tcp.config, pmtu_raise_interval_ns=SECOND // 4)
+        hole = BlackHole(client.network, 1000)
+        received: list[int] = []
+
+        async def sink(flow: TcpFlow) -> None:
+            total = 0
+            while chunk := await flow.read():
+                total += len(chunk)
+            received.append(total)
+
+        await server.tcp.listen(80, sink)
+        flow = await client.tcp.connect(A.ip, 80, timeout=1)
+        conn = flow.connection  # type: ignore[attr-defined]
+        writer = asyncio.create_task(write_slowly(flow, data))
+        await eventually(lambda: conn.mtu_search is not None)
+        assert client.ipv4.mtu(A.ip) == 730 + 20  # halved: 1,460 / 2, as a path MTU
+        late = await client.tcp.connect(A.ip, 80, timeout=1)
+        late_conn = late.connection  # type: ignore[attr-defined]
+        assert late_conn.path_mss == 730
+        await eventually(lambda: conn.mtu_search.low > 730)
+        assert client.ipv4.mtu(A.ip) == conn.mtu_search.low + 20
+        assert late_conn.path_mss == conn.mtu_search.low
+        await late.write(data[:200_000])  # at the size found, through the hole
+        await late.close()
+        hole.on = False
+        await eventually(lambda: conn.path_mss == 1460)
+        assert client.ipv4.mtu(A.ip) == 1480  # the entry went: the link's MTU
+        assert late_conn.path_mss == 1460 or late_conn.state.name in ("TIME_WAIT", "CLOSED")
+        fresh = await client.tcp.connect(A.ip, 80, timeout=1)
+        assert fresh.connection.path_mss == 1460  # type: ignore[attr-defined]
+        await fresh.close()
+        await writer
+        await flow.close()
+        await eventually(lambda: sorted(received) == [0, 200_000, len(data)])
+        counters = client.counters()
+        assert counters["ipv4.pmtu_raised"] >= 2
+        assert counters["tcp.black_hole_mss_lowered"] == 1
+        await server.disconnect()
+        await client.disconnect()
+
+    asyncio.run(main())
