@@ -431,8 +431,12 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
         f"{len(report.modules)} modules, {report.crunched_files} crunched files "
         f"in {elapsed:.2f} s"
     )
-    if report.external:
-        print(f"  uses installed packages with compiled code: {', '.join(report.external)}")
+    if report.compiled_packed:
+        packed = ", ".join(report.compiled_packed)
+        print(f"  packs compiled packages for {report.compiled_for}: {packed}")
+    host = sorted(set(report.external) - set(report.compiled_packed))
+    if host:
+        print(f"  uses installed packages with compiled code: {', '.join(host)}")
     for notice in notices:
         print(f"  {notice}")
     return 0

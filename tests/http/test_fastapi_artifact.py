@@ -76,8 +76,12 @@ def test_fastapi_artifact_over_host_sockets(tmp_path: Path) -> None:
     # Imported by name only: packed from the table of dynamic imports.
     assert "anyio/_backends/_asyncio.py" in names
     assert "pydantic/fields.py" in names
-    # Compiled code is left to the host's installation.
+    # The compiled half of pydantic travels with its pure half, outside the
+    # import path of the zip (a zip cannot hold an importable extension).
     assert not any(n.startswith("pydantic_core/") for n in names)
+    assert any(
+        n.startswith("_looming_native/files/pydantic_core/_pydantic_core.") for n in names
+    )
     with running(app, "--port", "0", ready=r"serving (http://\S+)") as (_proc, ready):
         check_fastapi_app(host_curl, ready.group(1), make_upload(tmp_path))
 

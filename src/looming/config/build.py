@@ -3,8 +3,15 @@
 The module closure is computed from import statements (read, never
 executed), starting at the generated ``main.py``: the application's
 modules, looming's modules and pure-Python third-party modules are copied
-in; the standard library and packages with compiled extensions are left to
-the interpreter that runs the artifact. kv_ro folders are crunched in.
+in; the standard library is left to the interpreter that runs the artifact.
+Packages with compiled extensions are either left to that interpreter too
+(the VM image installs them as wheels for its own), or, with ``natives``
+(the unix target), packed as the build's interpreter has them under
+``_looming_native/`` with what they were compiled for: the artifact checks
+at start that it runs on an interpreter that can load them and extracts
+them once into a private cache (:mod:`looming.config.build_boot`), so the
+pure half (pydantic) and the compiled half (pydantic_core) always come from
+one installation. kv_ro folders are crunched in.
 Entries are written sorted with fixed timestamps and modes, so building
 twice, or in two clones, gives identical bytes.
 
@@ -21,7 +28,9 @@ nothing is left in ``dist/``.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -35,11 +44,14 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from looming.config import build_boot
 from looming.errors import ConfigError
 from looming.unix.kv import MANIFEST_DIR, crunch_manifest, survey_folder
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 SHEBANG = b"#!/usr/bin/env python3\n"
+BOOT_MODULE = "_looming_boot"
+"""The archive's name of :mod:`looming.config.build_boot`."""
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -343,6 +355,137 @@ class BuildReport:
     modules: list[str]
     external: list[str]
     crunched_files: int
+    compiled_for: str = ""
+    """With packed compiled packages: the interpreter they need ("CPython 3.11 on linux-x86_64")."""
+    compiled_packed: list[str] = field(default_factory=list)
+    """The compiled packages packed (``natives``)."""
+
+
+@dataclass
+class NativePack:
+    """Compiled packages packed for the build's interpreter (``natives``)."""
+
+    entries: dict[str, bytes]
+    manifest: dict[str, object]
+
+    @property
+    def compiled_for(self) -> str:
+        m = self.manifest
+        version = [int(v) for v in build_boot.listed(m, "version")]
+        return build_boot.describe(str(m["implementation"]), version, str(m["platform"]))
+
+
+_SKIPPED_SUFFIXES = (".pyc", ".pyi", ".pyx", ".pxd", ".pxi", ".c", ".h", ".cpp", ".hpp")
+"""Bytecode, stubs and the C or Cython sources some wheels ship: never imported."""
+
+
+def _package_files(top: str, libs: dict[str, list[Path]]) -> list[tuple[str, Path]]:
+    """(path relative to site-packages, file) of the installed top-level module
+    ``top`` and the shared libraries its wheel vendors (``<dist>.libs/``)."""
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise ConfigError(f"{top!r} is imported but not installed; install it or remove the import")
+    if spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        base = folder.parent
+        files = [
+            f
+            for f in folder.rglob("*")
+            if f.is_file()
+            and "__pycache__" not in f.relative_to(folder).parts
+            and not f.name.endswith(_SKIPPED_SUFFIXES)
+        ]
+    elif spec.origin and spec.has_location:
+        base, files = Path(spec.origin).parent, [Path(spec.origin)]
+    else:
+        return []
+    found = [(f.relative_to(base).as_posix(), f) for f in files]
+    found += [(f"{p.parent.name}/{p.name}", p) for p in libs.get(top, [])]
+    return sorted(found)
+
+
+def _vendored_libraries() -> dict[str, list[Path]]:
+    """Top-level module -> the files of its wheel's ``<dist>.libs/`` folder (auditwheel's)."""
+    found: dict[str, list[Path]] = {}
+    for top, dists in importlib.metadata.packages_distributions().items():
+        for name in dists:
+            files = importlib.metadata.distribution(name).files or []
+            libs = [f for f in files if len(f.parts) == 2 and f.parts[0].endswith(".libs")]
+            found.setdefault(top, []).extend(Path(str(f.locate())) for f in libs)
+    return found
+
+
+def _extension_suffix(name: str) -> str | None:
+    matching = [s for s in _EXTENSION_SUFFIXES if name.endswith(s)]
+    return max(matching, key=len) if matching else None
+
+
+def native_pack(tops: set[str]) -> NativePack | None:
+    """The compiled packages ``tops`` as this interpreter has them, with a
+    manifest of what they were compiled for; None when there are none."""
+    if not tops:
+        return None
+    libs = _vendored_libraries()
+    entries: dict[str, bytes] = {}
+    suffixes: set[str] = set()
+    digest = hashlib.sha256()
+    for top in sorted(tops):
+        for relative, path in _package_files(top, libs):
+            data = path.read_bytes()
+            entries[build_boot.FILES + relative] = data
+            suffix = _extension_suffix(relative)
+            if suffix is not None:
+                suffixes.add(suffix)
+            digest.update(f"{relative}\0{len(data)}\0".encode() + data)
+    manifest: dict[str, object] = {
+        "implementation": sys.implementation.name,
+        "version": list(sys.version_info[:2]),
+        "platform": sysconfig.get_platform(),
+        "suffixes": sorted(suffixes),
+        "packages": sorted(tops),
+        "digest": digest.hexdigest()[:32],
+    }
+    entries[build_boot.MANIFEST] = json.dumps(manifest, sort_keys=True, indent=1).encode()
+    entries[f"{BOOT_MODULE}.py"] = Path(build_boot.__file__).read_bytes()
+    return NativePack(entries, manifest)
+
+
+def _compiled_packages_to_pack(closure: Closure) -> set[str]:
+    """The compiled packages reached, but those a library imports only on a
+    request looming never makes (anyio's uvloop): an event loop or parser
+    chosen by name at run time (``--loop``, ``--http-parser``) is the running
+    interpreter's own."""
+    from looming.vm.image import on_request_only
+
+    return closure.external - on_request_only(closure)
+
+
+def main_with_boot(source: bytes) -> bytes:
+    """The generated ``main.py`` calling :func:`build_boot.prepare` before its
+    own imports (after its docstring and ``from __future__`` imports)."""
+    tree = ast.parse(source)
+    after = 0
+    for index, node in enumerate(tree.body):
+        is_docstring = (
+            index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        )
+        if is_docstring or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            after = node.end_lineno or node.lineno
+        else:
+            break
+    lines = source.splitlines(keepends=True)
+    boot = (
+        f"import {BOOT_MODULE}  # compiled packages: check the interpreter, extract them\n"
+        f"{BOOT_MODULE}.prepare()\n"
+    ).encode()
+    return b"".join([*lines[:after], boot, *lines[after:]])
+
+
+def shebang(pack: NativePack | None) -> bytes:
+    """``python3``, or ``python3.X`` when compiled packages need that version."""
+    if pack is None:
+        return SHEBANG
+    return f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode()
 
 
 STATE_FILE = "looming.json"
@@ -360,6 +503,10 @@ class CompiledPackages:
         return None if where is None else importlib.machinery.PathFinder.find_spec(name, [where])
 sys.meta_path.append(CompiledPackages)
 sys.path.insert(0, zipapp)
+if "--natives" in modules:
+    modules.remove("--natives")
+    import _looming_boot
+    _looming_boot.prepare(zipapp)
 for name in modules:
     try:
         __import__(name)
@@ -378,16 +525,26 @@ def configured(main_py: Path) -> tuple[list[str], list[str]]:
     return list(state.get("packages", [])), list(state.get("job_modules", []))
 
 
-def smoke_import(artifact: Path, modules: list[str], closure: Closure) -> None:
+_SMOKE_ENVIRONMENT = ("PATH", "HOME", "XDG_CACHE_HOME", build_boot.CACHE_ENV)
+"""What the smoke import's child keeps of the environment (the cache of packed
+compiled packages is found through it)."""
+
+
+def smoke_import(
+    artifact: Path, modules: list[str], closure: Closure, *, natives: bool = False
+) -> None:
     """Import ``modules`` from ``artifact`` alone; ConfigError naming what is missing.
 
     The child interpreter is isolated (``-I -S``): it sees the artifact, the
     standard library and the compiled packages the artifact leaves to the
-    host, and nothing else that happens to be installed here.
+    host (none with ``natives``: the artifact's own are extracted as at
+    start), and nothing else that happens to be installed here.
     """
     if not modules:
         return
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env = {k: os.environ[k] for k in _SMOKE_ENVIRONMENT if k in os.environ}
+    env.setdefault("PATH", "/usr/bin:/bin")
+    allowed = {} if natives else closure.search_paths
     command = [
         sys.executable,
         "-I",
@@ -395,8 +552,9 @@ def smoke_import(artifact: Path, modules: list[str], closure: Closure) -> None:
         "-c",
         _SMOKE_PROGRAM,
         str(artifact),
-        json.dumps(closure.search_paths, sort_keys=True),
+        json.dumps(allowed, sort_keys=True),
         *modules,
+        *(["--natives"] if natives else []),
     ]
     with tempfile.TemporaryDirectory(prefix="looming-smoke-") as cwd:
         try:
@@ -493,11 +651,13 @@ def write_zipapp(
     *,
     packages: list[str] | None = None,
     smoke_modules: list[str] | None = None,
+    natives: bool = False,
 ) -> BuildReport:
     """Build the zipapp ``artifact``; all or nothing.
 
     ``packages`` and ``smoke_modules`` default to what configure recorded
-    (``register(packages=...)`` and the jobs' modules).
+    (``register(packages=...)`` and the jobs' modules). ``natives`` packs the
+    compiled packages reached, for this interpreter (see the module's doc).
     """
     recorded_packages, recorded_jobs = configured(main_py)
     packages = recorded_packages if packages is None else packages
@@ -507,8 +667,26 @@ def write_zipapp(
     entries: dict[str, bytes] = {}
     for src in closure.modules.values():
         entries[_archive_name(src)] = src.source()
+    pack = native_pack(_compiled_packages_to_pack(closure)) if natives else None
+    if pack is not None:
+        entries.update(pack.entries)
+        entries["__main__.py"] = main_with_boot(entries["__main__.py"])
     crunched_entries, crunched = _crunch_entries(app_dir, crunch)
     entries.update(crunched_entries)
+    _write_atomically(artifact, shebang(pack) + _zip_bytes(entries), smoke_modules, closure, pack)
+    return BuildReport(
+        artifact,
+        artifact.stat().st_size,
+        sorted(n for n in closure.modules if n != "__main__"),
+        sorted(closure.external),
+        crunched,
+        pack.compiled_for if pack is not None else "",
+        build_boot.listed(pack.manifest, "packages") if pack is not None else [],
+    )
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    """The archive of ``entries``: sorted, fixed times and modes (the same bytes every build)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         for arcname in sorted(entries):
@@ -517,21 +695,25 @@ def write_zipapp(
             info.create_system = 3
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, entries[arcname], compresslevel=9)
+    return buffer.getvalue()
+
+
+def _write_atomically(
+    artifact: Path,
+    content: bytes,
+    smoke_modules: list[str],
+    closure: Closure,
+    pack: NativePack | None,
+) -> None:
+    """Write ``artifact`` only once its modules import from it (nothing otherwise)."""
     artifact.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{artifact.name}.", dir=artifact.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(SHEBANG + buffer.getvalue())
+            out.write(content)
         tmp.chmod(0o755)
-        smoke_import(tmp, smoke_modules, closure)
+        smoke_import(tmp, smoke_modules, closure, natives=pack is not None)
         tmp.replace(artifact)
     finally:
         tmp.unlink(missing_ok=True)
-    return BuildReport(
-        artifact,
-        artifact.stat().st_size,
-        sorted(n for n in closure.modules if n != "__main__"),
-        sorted(closure.external),
-        crunched,
-    )

@@ -3,16 +3,23 @@
 ``--net socket`` (the default) gives the application the host's TCP/IP
 stack through sockets; ``--net direct`` runs looming's own stack on a TAP
 device. ``--kv-ro crunch`` (the default) embeds kv_ro folders in the
-artifact; ``--kv-ro direct`` reads them from the application folder.
+artifact; ``--kv-ro direct`` reads them from the application folder. The
+artifact carries the compiled packages it needs, built for the interpreter
+that built it, and checks at start that it runs on one that can load them.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from looming.config.dsl import Device, device
 from looming.config.plan import Dep, Impl, KeyDecl
 from looming.config.targets import Target
+
+if TYPE_CHECKING:
+    from looming.config.build import BuildReport
 
 NET_CHOICES = ("socket", "direct")
 KV_RO_CHOICES = ("crunch", "direct")
@@ -75,6 +82,18 @@ class UnixTarget(Target):
 
     def default_options(self) -> dict[str, str]:
         return {"net": "socket", "kv_ro": "crunch"}
+
+    def build(
+        self, app_dir: Path, unikernel: str, main_py: Path, crunch: list[tuple[str, str]]
+    ) -> BuildReport:
+        """A zipapp carrying the compiled packages it reaches, as this
+        interpreter has them: it runs on any interpreter that can load them
+        (same implementation, version and platform) and refuses others with
+        exit status 2 (see :mod:`looming.config.build_boot`)."""
+        from looming.config.build import write_zipapp
+
+        artifact = self.artifact(app_dir, unikernel)
+        return write_zipapp(artifact, main_py, app_dir, crunch, natives=True)
 
 
 def kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:

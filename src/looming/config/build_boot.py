@@ -1,0 +1,161 @@
+"""The start of a zipapp that holds compiled modules (the unix target's).
+
+A zipapp cannot import a compiled extension from inside itself, and the
+host's own copy of a package (Debian's python3-pydantic-core, or none) need
+not match the pure-Python half the build packed. So the build packs every
+compiled package the unikernel reaches, as the build's interpreter has it,
+under ``_looming_native/`` with a manifest of what they were compiled for;
+this module (packed as ``_looming_boot.py``, called first by the artifact's
+``__main__``) checks that the running interpreter can load them, extracts
+them once into a private cache folder named by their digest and puts that
+folder on ``sys.path`` right after the artifact.
+
+An interpreter that cannot load them (another version, implementation,
+ABI or platform) gets one line naming the interpreter the artifact was
+built for, and exit status 2, before anything else is imported.
+
+Only the standard library is used, in a syntax Python 3.7 parses (the
+generated ``__main__`` needs 3.7 too), so an older ``python3`` reaches the
+message rather than a SyntaxError.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.machinery
+import json
+import os
+import shutil
+import stat
+import sys
+import sysconfig
+import tempfile
+import zipfile
+
+NATIVE_DIR = "_looming_native"
+"""Folder of the archive holding the compiled packages (``files/``) and the manifest."""
+
+MANIFEST = NATIVE_DIR + "/manifest.json"
+FILES = NATIVE_DIR + "/files/"
+COMPLETE = ".complete"
+"""Written last into an extracted folder: a folder without it is not used."""
+
+CACHE_ENV = "LOOMING_NATIVE_CACHE"
+"""Where extracted packages are kept (default ``$XDG_CACHE_HOME/looming/native``)."""
+
+
+def describe(implementation: str, version: list[int], platform: str) -> str:
+    names = {"cpython": "CPython", "pypy": "PyPy"}
+    return f"{names.get(implementation, implementation)} {version[0]}.{version[1]} on {platform}"
+
+
+def listed(manifest: dict[str, object], key: str) -> list[str]:
+    """The list ``key`` of the manifest, as strings."""
+    value = manifest.get(key)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def incompatibility(manifest: dict[str, object], archive: str) -> str | None:
+    """Why this interpreter cannot load the extensions packed in ``archive``, or None."""
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    wanted = listed(manifest, "suffixes")
+    version = [int(v) for v in listed(manifest, "version")]
+    here = describe(sys.implementation.name, list(sys.version_info[:2]), sysconfig.get_platform())
+    built = describe(str(manifest["implementation"]), version, str(manifest["platform"]))
+    if (
+        sys.implementation.name != manifest["implementation"]
+        or sysconfig.get_platform() != manifest["platform"]
+        or any(s not in suffixes for s in wanted)
+        or tuple(sys.version_info[:2]) < tuple(version)
+    ):
+        python = f"python{version[0]}.{version[1]}"
+        return (
+            f"{archive} holds compiled modules ({', '.join(listed(manifest, 'packages'))}) "
+            f"built for {built} ({' '.join(wanted)}); {sys.executable or 'this interpreter'} "
+            f"is {here} ({' '.join(suffixes[:1])}). Run it with {python} ({python} {archive}), "
+            "or build it with the interpreter that is to run it"
+        )
+    return None
+
+
+def _private_folder(path: str) -> bool:
+    """Make ``path`` (mode 700) if needed; whether it is ours alone."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def cache_root() -> str | None:
+    """The folder extracted packages are kept in, or None if none is ours alone."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "looming", "native")
+    return root if _private_folder(root) else None
+
+
+def _write_members(archive: zipfile.ZipFile, names: list[str], folder: str) -> None:
+    for name in names:
+        relative = name[len(FILES) :]
+        parts = relative.split("/")
+        if not relative or any(p in ("", ".", "..") for p in parts):
+            raise RuntimeError(f"bad entry in the artifact: {name!r}")
+        target = os.path.join(folder, *parts)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with archive.open(name) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out)
+    with open(os.path.join(folder, COMPLETE), "w") as marker:
+        marker.write("complete\n")
+
+
+def extract(archive: zipfile.ZipFile, digest: str) -> str:
+    """The folder holding the packed compiled packages, extracted if needed."""
+    names = sorted(n for n in archive.namelist() if n.startswith(FILES) and not n.endswith("/"))
+    root = cache_root()
+    if root is None:
+        folder = tempfile.mkdtemp(prefix="looming-native-")
+        atexit.register(shutil.rmtree, folder, True)
+        _write_members(archive, names, folder)
+        return folder
+    final = os.path.join(root, digest)
+    if os.path.isfile(os.path.join(final, COMPLETE)):
+        return final
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
+    try:
+        _write_members(archive, names, staging)
+        if os.path.isdir(final):  # left half-written by a start that was killed
+            shutil.rmtree(final, ignore_errors=True)
+        os.rename(staging, final)
+    except OSError:
+        if not os.path.isfile(os.path.join(final, COMPLETE)):
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def prepare(archive_path: str | None = None) -> None:
+    """Check this interpreter, then put the packed compiled packages on sys.path."""
+    if archive_path is None:
+        archive_path = os.path.dirname(__file__)
+    with zipfile.ZipFile(archive_path) as archive:
+        try:
+            manifest = json.loads(archive.read(MANIFEST))
+        except KeyError:
+            return
+        why = incompatibility(manifest, archive_path)
+        if why is not None:
+            sys.stderr.write(why + "\n")
+            sys.exit(2)
+        folder = extract(archive, str(manifest["digest"]))
+    here = os.path.abspath(archive_path)
+    entries = [os.path.abspath(p) if p else p for p in sys.path]
+    position = entries.index(here) + 1 if here in entries else 0
+    sys.path.insert(position, folder)
