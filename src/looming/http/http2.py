@@ -9,12 +9,21 @@ data is acknowledged (the window reopened) only as the handler reads it,
 and response data is sent only within the peer's window, so a client that
 stops reading holds the handler in ``send()``.
 
-Against abuse: at most :data:`MAX_CONCURRENT_STREAMS` streams at once (a
-stream over it is refused); a client that resets more than
+Against abuse (each refusal counted in :data:`abuse`): at most
+:data:`MAX_CONCURRENT_STREAMS` streams at once, and as many handlers still
+running (a reset stream's handler counts until it ends), a stream over either
+refused with REFUSED_STREAM; a client that resets or gets refused more than
 :data:`MAX_RESETS` streams, or sends more than :data:`MAX_CONTROL_FRAMES`
-SETTINGS and PING frames, in one :data:`ABUSE_WINDOW` gets GOAWAY
-(ENHANCE_YOUR_CALM) and the connection closes (the "rapid reset" attack,
-CVE-2023-44487).
+frames that do no work (SETTINGS, PING, PRIORITY, unknown types, empty DATA),
+in one :data:`ABUSE_WINDOW` gets GOAWAY (ENHANCE_YOUR_CALM) and the
+connection closes (the "rapid reset" attack, CVE-2023-44487, and the 2019
+flood family). A header block (HEADERS and its CONTINUATIONs) is followed
+ahead of h2 and cut at :data:`MAX_HEADER_BLOCK` bytes (the CONTINUATION
+flood, CVE-2024-27316 class). A writer blocked by the client's window, or by
+a client that does not read, for :data:`STALL_TIMEOUT` seconds ends its
+stream (or the connection). Fairness: the bytes received are parsed
+:data:`TURN_BYTES` at a time, and at most :data:`STREAMS_PER_TURN` new
+streams are started, before the other connections get a turn.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,6 +60,24 @@ MAX_CONCURRENT_STREAMS = 100
 MAX_RESETS = 200
 MAX_CONTROL_FRAMES = 1000
 ABUSE_WINDOW = 10.0
+MAX_HEADER_LIST_SIZE = 64 * 1024
+MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST_SIZE
+"""Encoded header block bytes (HEADERS + CONTINUATION) at most: HPACK can
+encode a header list in more bytes than it holds, never much more."""
+STALL_TIMEOUT = 30.0
+TURN_BYTES = 4096
+STREAMS_PER_TURN = 8
+abuse: Counter[str] = Counter()
+"""Refusals in this process by reason: ``rapid_reset``, ``control_flood``,
+``refused_stream``, ``header_block``, ``protocol_error``, ``stalled``."""
+_IDLE_EVENTS = (
+    h2.events.RemoteSettingsChanged,
+    h2.events.PingReceived,
+    h2.events.PingAckReceived,
+    h2.events.PriorityUpdated,
+    h2.events.UnknownFrameReceived,
+)
+"""What frames that do no work for a stream give (a flood of them is abuse)."""
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
@@ -79,6 +107,57 @@ class _StreamWatch:
                 callback()
 
 
+def _without_request_priorities(events: list[h2.events.Event]) -> list[h2.events.Event]:
+    """``events`` less the priorities that came inside a request's HEADERS
+    (they are part of the request, not frames of their own)."""
+    riding = {
+        id(event.priority_updated)
+        for event in events
+        if isinstance(event, h2.events.RequestReceived) and event.priority_updated is not None
+    }
+    if not riding:
+        return events
+    return [event for event in events if id(event) not in riding]
+
+
+class _HeaderBlockWatch:
+    """Follows frame boundaries in the bytes received, ahead of h2, to tell a
+    header block (HEADERS or PUSH_PROMISE and its CONTINUATIONs) that grows
+    over a limit before h2 has buffered it (h2 bounds the frames, not bytes)."""
+
+    def __init__(self, limit: int, skip: int) -> None:
+        self.limit = limit
+        self._skip = skip  # the rest of the current frame (first: the preface)
+        self._head = b""
+        self._block = 0
+
+    def over(self, data: bytes) -> bool:
+        """Take ``data``; whether the current header block is now too big."""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = 9 - len(self._head)
+            self._head += data[pos : pos + take]
+            pos += take
+            if len(self._head) < 9:
+                break
+            length = int.from_bytes(self._head[:3], "big")
+            kind, flags = self._head[3], self._head[4]
+            self._head = b""
+            self._skip = length
+            if kind in (0x1, 0x5, 0x9):  # HEADERS, PUSH_PROMISE, CONTINUATION
+                self._block += length
+                if self._block > self.limit:
+                    return True
+                if flags & 0x4:  # END_HEADERS
+                    self._block = 0
+        return False
+
+
 class _Stream:
     """One request's body, queued as it arrives and acknowledged as it is read."""
 
@@ -89,6 +168,12 @@ class _Stream:
         self.watch = _StreamWatch()
         self.window_open = asyncio.Event()
         self.ended = False
+        self.unread = 0
+        """Bytes queued and not yet read (so not yet acknowledged)."""
+
+    def put(self, chunk: bytes) -> None:
+        self.unread += len(chunk)
+        self.chunks.put_nowait(chunk)
 
     async def next_chunk(self) -> tuple[bytes, bool]:
         if self.ended and self.chunks.empty():
@@ -108,6 +193,7 @@ class _Stream:
         if chunk is None:
             self.ended = True
             return b"", False
+        self.unread -= len(chunk)
         await self.session.acknowledge(self.stream_id, len(chunk))
         return chunk, True
 
@@ -191,6 +277,9 @@ class H2Session:
         self.abuse: list[float] = []
         self.resets: list[float] = []
         self.stopping = False
+        self.started = 0
+        """Streams started in this turn (see :data:`STREAMS_PER_TURN`)."""
+        self.header_watch = _HeaderBlockWatch(MAX_HEADER_BLOCK, len(PREFACE))
         self.client: tuple[str, int] | None = getattr(flow, "remote_address", None)
         self.server: tuple[str, int] | None = getattr(flow, "local_address", None)
 
@@ -214,12 +303,27 @@ class H2Session:
         data = self.conn.data_to_send()
         if data:
             async with self.write_lock:
-                await self.flow.write(data)
+                try:
+                    async with asyncio.timeout(STALL_TIMEOUT):
+                        await self.flow.write(data)
+                except TimeoutError:
+                    abuse["stalled"] += 1
+                    raise ClientGone(f"the client read nothing for {STALL_TIMEOUT} s") from None
 
     async def acknowledge(self, stream_id: int, size: int) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
             self.conn.acknowledge_received_data(size, stream_id)
             await self.flush()
+
+    def _forget(self, stream: _Stream) -> None:
+        """The stream's handler is done with it: what it left unread is
+        acknowledged, so it does not keep the connection's window closed."""
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        unread, stream.unread = stream.unread, 0
+        if unread:
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.acknowledge_received_data(unread, stream.stream_id)
 
     async def run(self, first: bytes, upgraded: tuple[bytes, Request] | None = None) -> None:
         """Serve until the client closes, misbehaves, or the connection fails.
@@ -231,7 +335,7 @@ class H2Session:
             client=False,
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: int(self.websockets is not None),
             },
         )
@@ -241,37 +345,57 @@ class H2Session:
                 self.conn.initiate_upgrade_connection(settings)
             except (h2.exceptions.ProtocolError, ValueError) as error:
                 log.debug("bad HTTP2-Settings in an h2c upgrade: %s", error)
+                abuse["protocol_error"] += 1
                 return
             self._dispatch(1, request, ended=True)
         else:
             self.conn.initiate_connection()
-        await self.flush()
         try:
+            await self.flush()
             # After an upgrade the client's preface may not have come yet.
             data = first or await self.flow.read()
-            while data:
-                try:
-                    events = self.conn.receive_data(data)
-                except h2.exceptions.ProtocolError as error:
-                    log.debug("h2 protocol error: %s", error)
-                    await self.flush()
-                    return
-                for event in events:
-                    if not await self._handle(event):
-                        await self.flush()
-                        return
-                await self.flush()
+            while data and await self._take(data):
                 data = await self.flow.read()
-        except (LoomingError, OSError) as error:
+        except (LoomingError, OSError, ClientGone) as error:
             log.debug("h2 connection ended: %s", error)
         finally:
-            for stream in self.streams.values():
-                stream.watch.went_away()
-                stream.window_open.set()
-            for task in list(self.tasks):
-                task.cancel()
-            if self.tasks:
-                await asyncio.wait(self.tasks, timeout=1.0)
+            await self._end()
+
+    async def _take(self, data: bytes) -> bool:
+        """Act on bytes received, a turn's worth at a time; False ends the connection."""
+        for start in range(0, len(data), TURN_BYTES):
+            if start:
+                await asyncio.sleep(0)  # the other connections' turn
+            piece = data[start : start + TURN_BYTES]
+            if self.header_watch.over(piece):
+                abuse["header_block"] += 1
+                return await self._calm_down()
+            try:
+                events = self.conn.receive_data(piece)
+            except h2.exceptions.ProtocolError as error:
+                log.debug("h2 protocol error: %s", error)
+                abuse["protocol_error"] += 1
+                await self.flush()
+                return False
+            for event in _without_request_priorities(events):
+                if not await self._handle(event):
+                    await self.flush()
+                    return False
+                if self.started >= STREAMS_PER_TURN:
+                    self.started = 0
+                    await self.flush()
+                    await asyncio.sleep(0)
+            await self.flush()
+        return True
+
+    async def _end(self) -> None:
+        for stream in self.streams.values():
+            stream.watch.went_away()
+            stream.window_open.set()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=1.0)
 
     def _abusive(self, times: list[float], limit: int) -> bool:
         now = self.clock()
@@ -282,42 +406,58 @@ class H2Session:
 
     async def _calm_down(self) -> bool:
         self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        await self.flush()
         return False
 
     async def _handle(self, event: h2.events.Event) -> bool:
         """Act on one event; False ends the connection."""
         if isinstance(event, h2.events.RequestReceived):
-            self._start_stream(event)
-        elif isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and event.data:
-                stream.chunks.put_nowait(bytes(event.data))
-            elif event.flow_controlled_length:
-                # Data for a stream nobody reads: reopen the window at once.
-                await self.acknowledge(event.stream_id, event.flow_controlled_length)
-        elif isinstance(event, h2.events.StreamEnded):
+            return await self._start_stream(event)
+        if isinstance(event, h2.events.DataReceived):
+            return await self._data(event)
+        if isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.chunks.put_nowait(None)
         elif isinstance(event, h2.events.StreamReset):
             if self._reset(event.stream_id):
+                abuse["rapid_reset"] += 1
                 return await self._calm_down()
         elif isinstance(event, h2.events.WindowUpdated):
             self._window_opened(event.stream_id)
-        elif isinstance(event, h2.events.RemoteSettingsChanged | h2.events.PingReceived):
+        elif isinstance(event, _IDLE_EVENTS):
             if self._abusive(self.abuse, MAX_CONTROL_FRAMES):
+                abuse["control_flood"] += 1
                 return await self._calm_down()
-            for stream in self.streams.values():
-                stream.window_open.set()
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                self._window_opened(0)  # the initial window may have grown
         elif isinstance(event, h2.events.ConnectionTerminated):
             return False
+        return True
+
+    async def _data(self, event: h2.events.DataReceived) -> bool:
+        """Queue a stream's data for its handler; padding and data nobody
+        will read is acknowledged at once. An empty DATA frame that does not
+        end its stream does no work: it counts as a control frame."""
+        stream = self.streams.get(event.stream_id)
+        size = len(event.data)
+        owed = event.flow_controlled_length - (size if stream is not None else 0)
+        if stream is not None and size:
+            stream.put(bytes(event.data))
+        if owed:
+            await self.acknowledge(event.stream_id, owed)
+        idle = not size and event.stream_ended is None
+        if idle and self._abusive(self.abuse, MAX_CONTROL_FRAMES):
+            abuse["control_flood"] += 1
+            return await self._calm_down()
         return True
 
     def _reset(self, stream_id: int) -> bool:
         """The peer reset a stream: its handler is told the client went away.
         Whether the peer resets too often (a rapid-reset attack)."""
-        stream = self.streams.pop(stream_id, None)
+        stream = self.streams.get(stream_id)
         if stream is not None:
+            self._forget(stream)
             stream.watch.went_away()
             stream.window_open.set()
         return self._abusive(self.resets, MAX_RESETS)
@@ -332,12 +472,30 @@ class H2Session:
         for stream in targets:
             stream.window_open.set()
 
-    def _start_stream(self, event: h2.events.RequestReceived) -> None:
+    async def _start_stream(self, event: h2.events.RequestReceived) -> bool:
+        """Start the stream's handler, or refuse the stream (REFUSED_STREAM)
+        while stopping or while as many handlers as streams allowed still
+        run; False (after GOAWAY) when the client is refused too often."""
         stream_id = event.stream_id
-        if self.stopping:
+        if self.stopping or len(self.tasks) >= MAX_CONCURRENT_STREAMS:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
+            if self.stopping:
+                return True
+            abuse["refused_stream"] += 1
+            if self._abusive(self.resets, MAX_RESETS):
+                abuse["rapid_reset"] += 1
+                return await self._calm_down()
+            return True
+        request, websocket = self._request(event)
+        self.started += 1
+        self._dispatch(
+            stream_id, request, ended=event.stream_ended is not None, websocket=websocket
+        )
+        return True
+
+    def _request(self, event: h2.events.RequestReceived) -> tuple[Request, bool]:
+        """The request a stream's HEADERS hold; whether it opens a websocket."""
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
         for name, value in event.headers or ():
@@ -360,9 +518,7 @@ class H2Session:
         websocket = (
             pseudo.get(b":method") == b"CONNECT" and pseudo.get(b":protocol") == b"websocket"
         )
-        self._dispatch(
-            stream_id, request, ended=event.stream_ended is not None, websocket=websocket
-        )
+        return request, websocket
 
     def _dispatch(
         self, stream_id: int, request: Request, *, ended: bool, websocket: bool = False
@@ -394,28 +550,49 @@ class H2Session:
             log.debug("h2 websocket stream %d ended: %s", stream.stream_id, error)
         finally:
             await flow.close()
-            self.streams.pop(stream.stream_id, None)
+            self._forget(stream)
 
     async def _respond(self, stream: _Stream, request: Request) -> None:
         try:
+            response = await self._response(stream, request)
+            if response is None:
+                return
+            try:
+                await self._send(stream, request, response)
+            except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
+                log.debug("h2 stream %d ended: %s", stream.stream_id, error)
+                self._cancel(stream)
+            finally:
+                closer: Any = getattr(response.body, "aclose", None)
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        await closer()
+        finally:
+            self._forget(stream)
+            with contextlib.suppress(LoomingError, OSError, ClientGone):
+                await self.flush()
+
+    async def _response(self, stream: _Stream, request: Request) -> Response | None:
+        """The handler's response (None: the stream was reset meanwhile)."""
+        try:
             if not getattr(self.handler, "streams_request_body", False):
                 request = await self._whole_body(request, stream)
-            response = await self.handler(request)
+                if request.body_stream is stream:
+                    return Response(413, ((b"content-type", b"text/plain"),), b"413\n")
+            return await self.handler(request)
         except ClientGone:
-            return
+            self._cancel(stream)
+            return None
         except Exception:
             log.exception("handler failed on %s %s", request.method, request.target)
-            response = Response(500, ((b"content-type", b"text/plain"),), b"500\n")
-        try:
-            await self._send(stream, request, response)
-        except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
-            log.debug("h2 stream %d ended: %s", stream.stream_id, error)
-        finally:
-            closer: Any = getattr(response.body, "aclose", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer()
-            self.streams.pop(stream.stream_id, None)
+            return Response(500, ((b"content-type", b"text/plain"),), b"500\n")
+
+    def _cancel(self, stream: _Stream) -> None:
+        """Reset a stream the server gives up on (if it is still open)."""
+        if not stream.watch.gone:
+            stream.watch.went_away()
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
 
     async def _whole_body(self, request: Request, stream: _Stream) -> Request:
         """The request with its whole body, for a handler that does not stream."""
@@ -426,7 +603,8 @@ class H2Session:
             chunk, more = await stream.next_chunk()
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise ClientGone(f"request body over {self.max_body_bytes} bytes")
+                log.debug("h2 stream %d: body over %d bytes", stream.stream_id, size)
+                return request  # still streaming: too big (413)
             chunks.append(chunk)
         request.body = b"".join(chunks)
         request.body_stream = None
@@ -473,7 +651,12 @@ class H2Session:
             size = min(window, self.conn.max_outbound_frame_size, len(view))
             if size <= 0:
                 stream.window_open.clear()
-                await stream.window_open.wait()
+                try:
+                    async with asyncio.timeout(STALL_TIMEOUT):
+                        await stream.window_open.wait()
+                except TimeoutError:
+                    abuse["stalled"] += 1
+                    raise ClientGone(f"the client's window stayed shut {STALL_TIMEOUT} s") from None
                 continue
             self.conn.send_data(stream.stream_id, bytes(view[:size]))
             view = view[size:]
