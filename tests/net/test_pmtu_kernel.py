@@ -4,7 +4,8 @@ MSS, then a "fragmentation needed" naming 1,200 bytes, forged by a raw
 socket in the namespace about data in flight, caps the search. When the
 hole is gone the probes confirm 1,200 bytes: the path-MTU entry rises to
 that (RFC 8899 5.1.4), a connection opened then starts there, and no frame
-larger than the report leaves."""
+larger than the report leaves. And a probe lost at the tail of the flight
+to Linux is resent at once (tests/net/test_pmtu_probe_loss.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from tests.net.hostile import IP_RAW_SEND, TCP_SINK, icmp_error
 from tests.net.kernel import KernelPeer
 from tests.net.test_hostile import kernel_program
 from tests.net.test_plpmtud import BlackHole, eventually, write_slowly
+from tests.net.test_pmtu_probe_loss import (
+    check_lost_probe_was_no_congestion,
+    lone_probe_through_a_hole,
+)
 
 pytestmark = pytest.mark.root
 
@@ -113,5 +118,25 @@ def test_a_reported_mtu_confirmed_by_probes_is_the_paths(kernel_peer: KernelPeer
         counters = stack.counters()
         assert counters["ipv4.pmtu_raised"] >= 1
         assert counters["tcp.icmp_accepted"] >= 1
+
+    kernel_peer.run(body)
+
+
+def test_a_lost_tail_probe_to_linux_is_resent_at_once(kernel_peer: KernelPeer) -> None:
+    """The same lone probe at the tail, lost on the way to Linux: its bytes
+    go again at the old size on the probe's timer, not the RTO, without a
+    window cut, and Linux receives every byte."""
+
+    async def body(stack: DirectStack) -> None:
+        sink = await sink_at(kernel_peer, 9103)
+        flow = await stack.tcp.connect(kernel_peer.peer_address, 9103, timeout=5)
+        elapsed, conn, before = await lone_probe_through_a_hole(stack, flow)
+        check_lost_probe_was_no_congestion(elapsed, conn, before, stack.tcp.stats)
+        await flow.close()
+        assert sink.stdout is not None
+        total, digest = (await asyncio.wait_for(sink.stdout.readline(), 20)).split()
+        sent = b"w" * 2000 + b"p" * 1448
+        assert (int(total), digest.decode()) == (len(sent), hashlib.sha256(sent).hexdigest())
+        assert await sink.wait() == 0
 
     kernel_peer.run(body)

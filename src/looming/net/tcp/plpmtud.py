@@ -20,8 +20,10 @@ A probe's bytes are recorded in the scoreboard as segments of the current
 size, so a lost probe is resent as ordinary segments, as Linux does with
 its MTU probes (``tcp_mtu_probe``); a loss of nothing but the probe's
 segments is no sign of congestion (RFC 8899 section 3) and starts no fast
-recovery (a probe lost at the tail still waits for the retransmission
-timer like any segment).
+recovery. A probe at the tail of the flight has nothing sent after it to
+show RACK its loss: its own timer (:func:`probe_lost_at`, the tail loss
+probe's timeout) deems it lost and its bytes are resent at once, rather
+than after the retransmission timeout.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol, runtime_checkable
 
-from looming.net.tcp.config import TcpStats
+from looming.net.tcp.config import TcpConfig, TcpStats
+from looming.net.tcp.rack import probe_timeout
+from looming.net.tcp.scoreboard import Scoreboard
 from looming.net.tcp.seq import wrap
 
 # Sizes closer than this (bytes of MSS) end a search (Linux: tcp_probe_threshold, 8).
@@ -76,6 +80,7 @@ class MtuSearch:
     probe_end: int = 0
     probe_wire_seq: int = -1  # its sequence number as the segment carries it
     ceiling_tried: bool = False  # in this search
+    probe_sent_at: int | None = None  # while its loss timer runs
     # Told each path MSS a probe confirms (the path's, not this connection's
     # alone: see :class:`SharedPath`).
     on_confirmed: Callable[[int], None] | None = None
@@ -118,11 +123,14 @@ class MtuSearch:
             return 0
         if available < payload or room < payload:
             return 0  # too little to send, or too little room: a later segment
-        self.sent(path_mss, seq, seq + payload, wrap(seq))
+        self.sent(path_mss, seq, seq + payload, wrap(seq), now)
         return payload
 
-    def sent(self, path_mss: int, start: int, end: int, wire_seq: int) -> None:
+    def sent(
+        self, path_mss: int, start: int, end: int, wire_seq: int, now: int | None = None
+    ) -> None:
         self.probe_mss = path_mss
+        self.probe_sent_at = now
         self.probe_start, self.probe_end = start, end
         self.probe_wire_seq = wire_seq
         self.ceiling_tried |= path_mss == self.ceiling
@@ -154,9 +162,13 @@ class MtuSearch:
     def resent(self, start: int, end: int) -> None:
         """Bytes [start, end) go out again: if any were the probe's, it was lost."""
         if self.probe_mss and start < self.probe_end and end > self.probe_start:
-            self.high = max(self.probe_mss - 1, self.low)
-            self._clear()
-            self.stats.pmtu_probes_lost += 1
+            self.lost()
+
+    def lost(self) -> None:
+        """The probe out was lost: search below it."""
+        self.high = max(self.probe_mss - 1, self.low)
+        self._clear()
+        self.stats.pmtu_probes_lost += 1
 
     def holds_only(self, segments: Sequence[Span]) -> bool:
         """Whether every one of ``segments`` lies within the probe out."""
@@ -174,6 +186,7 @@ class MtuSearch:
     def _clear(self) -> None:
         self.probe_mss = 0
         self.probe_wire_seq = -1
+        self.probe_sent_at = None
 
 
 def probe_payload(path_mss: int, peer_mss: int, timestamps: bool) -> int:
@@ -224,3 +237,67 @@ class SharedPath:
                 conn.path_mss = path_mss
             if conn.mtu_search is not None:
                 conn.mtu_search.learned(path_mss)
+
+
+class RoundTrip(Protocol):
+    @property
+    def srtt(self) -> int | None: ...
+
+    @property
+    def rto(self) -> int: ...
+
+
+class ProbingSender(Protocol):
+    """A connection's sending side, as the probe's loss timer reads it."""
+
+    @property
+    def mtu_search(self) -> MtuSearch | None: ...
+
+    @property
+    def rtt(self) -> RoundTrip: ...
+
+    @property
+    def config(self) -> TcpConfig: ...
+
+    @property
+    def board(self) -> Scoreboard: ...
+
+
+def probe_lost_at(conn: ProbingSender) -> int | None:
+    """When the probe out counts as lost if no ACK has covered it: the
+    tail loss probe's timeout after it left (2 SRTT, the delayed-ACK time
+    more for a lone segment, RFC 8985 7.2), not the RTO. Sent at the tail
+    of a flight, nothing sent later is SACKed to show RACK it was lost, and
+    a tail loss probe resending its last bytes shows nothing either (the
+    ACK for a resend sooner than min_RTT is taken for the original's)."""
+    search = conn.mtu_search
+    if search is None or search.probe_sent_at is None:
+        return None
+    rtt = conn.rtt
+    wait = probe_timeout(rtt.srtt, len(conn.board), conn.config.delayed_ack_ns, rtt.rto)
+    return search.probe_sent_at + wait
+
+
+def expire_probe(conn: ProbingSender, now: int) -> bool:
+    """At :func:`probe_lost_at`: deem the probe's segments not SACKed lost,
+    so that the sender resends them at once at the current size, and
+    search lower. No congestion signal (RFC 8899 section 3): the window
+    stays and no recovery starts. True when there is something to resend."""
+    deadline = probe_lost_at(conn)
+    if deadline is None or now < deadline:
+        return False
+    search = conn.mtu_search
+    assert search is not None
+    start, end = search.probe_start, search.probe_end
+    board = conn.board
+    pending = [
+        segment
+        for segment in board.segments
+        if start <= segment.start and segment.end <= end and not segment.sacked
+    ]
+    if not pending:
+        search.probe_sent_at = None  # it arrived: the cumulative ACK will confirm it
+        return False
+    search.stats.segments_deemed_lost += sum(board.mark_lost(segment) for segment in pending)
+    search.lost()
+    return True

@@ -8,6 +8,7 @@ What an acknowledgment tells us, and the loss recovery it drives, is in
 
 from __future__ import annotations
 
+from looming.net.tcp.plpmtud import expire_probe, probe_lost_at
 from looming.net.tcp.rack import probe_timeout
 from looming.net.tcp.recovery import LossRecovery
 from looming.net.tcp.scoreboard import Segment
@@ -31,6 +32,7 @@ class TcpSender(LossRecovery):
                 self.keepalive_deadline,
                 self.tlp_at,
                 self.reorder_at,
+                probe_lost_at(self),
             )
             if t is not None
         ]
@@ -61,6 +63,8 @@ class TcpSender(LossRecovery):
         if self.reorder_at is not None and now >= self.reorder_at:
             self.reorder_at = None
             self._on_reorder_timeout(now)
+        if expire_probe(self, now):
+            self._output(now)  # a lost path-MTU probe's bytes, at the old size
         if self.tlp_at is not None and now >= self.tlp_at:
             self.tlp_at = None
             self._send_tail_loss_probe(now)
