@@ -654,10 +654,10 @@ def test_data_received_twice_is_reported_in_a_dsack_block() -> None:
 def test_a_burst_of_out_of_order_segments_gets_one_ack_with_all_its_sacks() -> None:
     """A shell that hands over arrivals in bursts (the TCP layer does) gets
     one immediate ACK per burst of out-of-order segments, sent at
-    flush_ack with SACK blocks covering the whole burst; the segment that
-    fills the hole is ACKed at the burst's end too, and the data our
-    output sends there (which carries no SACK blocks) does not stand in
-    for the ACK the sender needs."""
+    flush_ack with SACK blocks covering the whole burst; data our output
+    sends there carries those blocks (RFC 2018 section 4), so no pure ACK
+    is needed beside it; the segment that fills the hole is ACKed at the
+    burst's end too."""
     s = established(replace(PLAIN, sack=True), sack_permitted=True)
     s.conn.defer_output = True
     s.conn.cc.cwnd = 100 * MSS
@@ -665,17 +665,20 @@ def test_a_burst_of_out_of_order_segments_gets_one_ack_with_all_its_sacks() -> N
         s.recv(seg("A", B + index * 1000, A), b"o" * 1000)
     assert s.take() == []  # nothing until the burst has been handed over
     assert Event.ACK_DUE in s.events
+    s.conn.flush_ack(s.now)
+    s._collect()
+    assert [(h.ack, h.sack_blocks, p) for h, p in s.take()] == [(B, ((B + 1000, B + 4000),), b"")]
+    s.recv(seg("A", B + 4000, A), b"o" * 1000)  # the burst grows the range
     s.call("send", b"r" * 500)  # the application answers within the burst
     s.conn.flush_ack(s.now)
     s._collect()
-    sent = s.take()
-    acks = [h for h, p in sent if not p]
-    assert len(acks) == 1
-    assert acks[0].ack == B and acks[0].sack_blocks == ((B + 1000, B + 4000),)
+    ((header, payload),) = s.take()
+    assert payload == b"r" * 500
+    assert header.ack == B and header.sack_blocks == ((B + 1000, B + 5000),)
     s.recv(seg("A", B, A), b"o" * 1000)  # the hole is filled
     s.conn.flush_ack(s.now)
     s._collect()
-    assert [(h.ack, h.sack_blocks) for h, p in s.take()] == [(B + 4000, ())]
+    assert [(h.ack, h.sack_blocks) for h, p in s.take()] == [(B + 5000, ())]
 
 
 def test_a_new_range_in_a_burst_is_acked_at_once_its_growth_at_the_end() -> None:

@@ -584,7 +584,7 @@ class TcpConnection(TcpSender):
             self.output_due = False
             self._output(now)
         buffer = self.receive_buffer
-        # Data segments carry the ACK number but no SACK blocks.
+        # Data segments carry SACK blocks too, but a retransmission may have had no room.
         sack_owed = self.sack_due and (buffer.has_gaps or bool(buffer.dsack))
         if (self.ack_due or sack_owed) and self.state in SYNCHRONIZED:
             self.send_ack(now)

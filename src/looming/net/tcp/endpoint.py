@@ -21,6 +21,7 @@ from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.isn import FourTuple, IsnGenerator, SynCookies
 from looming.net.tcp.receive_buffer import MemoryPool
 from looming.net.tcp.seq import MASK, unwrap
+from looming.net.tcp.tcb import sack_option_space
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 
@@ -131,22 +132,19 @@ class TcpEndpoint:
             # up and checksums each piece: summing it here would be wasted,
             # so it leaves with only the pseudo-header sum (the IPv4 layer
             # finishes it should it not be offloaded after all).
-            self._outbox.extend(
-                (
-                    remote_ip,
-                    emit(
-                        header,
-                        payload,
-                        src=local_ip,
-                        dst=remote_ip,
-                        partial_checksum=len(payload) > mss and header.seq != probe,
-                    ),
-                    mss if len(payload) > mss and header.seq != probe else None,
-                    ECT0 if ect else 0,
-                    local_ip,
+            for header, payload, ect in conn.take_outbox_marked():
+                # Segments carrying SACK blocks were cut smaller to leave room.
+                size = mss - sack_option_space(len(header.sack_blocks))
+                cut = len(payload) > size and header.seq != probe
+                self._outbox.append(
+                    (
+                        remote_ip,
+                        emit(header, payload, src=local_ip, dst=remote_ip, partial_checksum=cut),
+                        size if cut else None,
+                        ECT0 if ect else 0,
+                        local_ip,
+                    )
                 )
-                for header, payload, ect in conn.take_outbox_marked()
-            )
         events = conn.take_events()
         for event in events:
             if event is Event.CONNECTED:

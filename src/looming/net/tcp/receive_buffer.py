@@ -375,6 +375,16 @@ class ReceiveBuffer:
         first SACK block of the next ACK), or None when there is none."""
         return self._recent[0] if self._recent else None
 
+    def sack_block_count(self, limit: int) -> int:
+        """How many blocks :meth:`sack_blocks` would give now, without
+        consuming the D-SACK."""
+        count = 1 if self.dsack is not None else 0
+        for left in self._recent[: limit - count]:
+            i = bisect.bisect_left(self._lefts, left)
+            if i < len(self._lefts) and self._lefts[i] == left:
+                count += 1
+        return min(count, limit)
+
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
         """Up to ``limit`` [left, right) ranges, most recently changed first,
         after a pending D-SACK block (RFC 2883 section 4), which is then

@@ -238,7 +238,7 @@ class TcpSender(LossRecovery):
                 self.snd_max = seq + 1
                 return 1
             return 0
-        mss = self.send_mss
+        mss = self.data_mss
         length = min(self.burst_bytes, data_end - seq)
         room = min(self.snd_una + self.snd_wnd - seq, budget)
         if self.mtu_search is not None and self.recovery is Recovery.OPEN:

@@ -29,6 +29,14 @@ ECE = int(TcpFlags.ECE)
 CWR = int(TcpFlags.CWR)
 
 TIMESTAMP_OPTION_SPACE = 12  # NOP NOP kind len TSval TSecr
+
+
+def sack_option_space(blocks: int) -> int:
+    """Header bytes a SACK option of ``blocks`` blocks takes (NOP NOP kind
+    len, then 8 bytes a block; none for no blocks)."""
+    return 4 + 8 * blocks if blocks else 0
+
+
 MAX_WINDOW_SCALE = 14
 
 
@@ -241,11 +249,32 @@ class TransmissionControlBlock:
             mss -= TIMESTAMP_OPTION_SPACE
         return mss if mss > 64 else 64
 
+    def sack_blocks_on_data(self) -> int:
+        """How many SACK blocks a data segment sent now carries. RFC 2018
+        section 4 asks for them on every ACK while data is held out of
+        order, data segments included (as Linux sends them): a sender whose
+        only ACKs are our data would otherwise learn nothing of what
+        arrived, and wait for its timeout when a retransmission is lost.
+        None when the blocks would take over a third of the segment."""
+        if not self.sack_ok:
+            return 0
+        buffer = self.receive_buffer
+        if not buffer.has_gaps and buffer.dsack is None:
+            return 0
+        blocks = buffer.sack_block_count(3 if self.ts_ok else 4)
+        return blocks if 3 * sack_option_space(blocks) <= self.send_mss else 0
+
+    @property
+    def data_mss(self) -> int:
+        """Payload of a new data segment: the send MSS less the room the
+        SACK blocks it carries take (Linux's tcp_current_mss does the same)."""
+        return self.send_mss - sack_option_space(self.sack_blocks_on_data())
+
     @property
     def burst_bytes(self) -> int:
         """The most new data one outgoing packet may carry: whole segments
-        when the interface segments for us, else one."""
-        mss = self.send_mss
+        of :attr:`data_mss` when the interface segments for us, else one."""
+        mss = self.data_mss
         return max(mss, self.offload_bytes - self.offload_bytes % mss)
 
     @property
@@ -322,15 +351,18 @@ class TransmissionControlBlock:
         self, flags: int, seq: int, payload: bytes, now: int, *, resent: bool = False
     ) -> None:
         sack_blocks: tuple[tuple[int, int], ...] = ()
-        # SACK blocks ride only on segments without data: on a full-sized
-        # segment their 28 bytes would push the packet past the MTU.
+        # SACK blocks ride on data too, as many as fit below the MSS (new
+        # data is cut smaller to leave room for them; see data_mss).
         buffer = self.receive_buffer
-        if self.sack_ok and flags & ACK and not payload and (buffer.has_gaps or buffer.dsack):
+        if self.sack_ok and flags & ACK and (buffer.has_gaps or buffer.dsack):
             limit = 3 if self.ts_ok else 4
-            sack_blocks = tuple(
-                (wrap(left), wrap(right)) for left, right in buffer.sack_blocks(limit)
-            )
-            self.sack_due = False
+            if payload:
+                limit = self._sack_blocks_fitting(seq, len(payload))
+            if limit:
+                sack_blocks = tuple(
+                    (wrap(left), wrap(right)) for left, right in buffer.sack_blocks(limit)
+                )
+                self.sack_due = False
         ect = False
         if self.ecn_ok:
             if self.ece_pending and flags & ACK:
@@ -352,6 +384,22 @@ class TransmissionControlBlock:
             timestamps=(self._ts_now(now), self.ts_recent) if self.ts_ok else None,
         )
         self._push(header, payload, now, carries_ack=not resent, ect=ect)
+
+    def _sack_blocks_fitting(self, seq: int, length: int) -> int:
+        """SACK blocks a data packet of ``length`` payload bytes may carry:
+        those of :meth:`sack_blocks_on_data` (a packet of several segments
+        was cut to leave room for them), fewer when one segment (a
+        retransmission, sent at its old size) leaves less room, none on a
+        path-MTU probe (its size is the one being probed)."""
+        if self.mtu_search is not None and self.mtu_search.probe_wire_seq == wrap(seq):
+            return 0
+        blocks = self.sack_blocks_on_data()
+        mss = self.send_mss
+        if length > mss:
+            return blocks
+        while blocks and length + sack_option_space(blocks) > mss:
+            blocks -= 1
+        return blocks
 
     def _push(
         self,
