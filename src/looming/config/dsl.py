@@ -118,6 +118,7 @@ def http_keys() -> list[Key]:
             "seconds responses in flight get to finish on SIGTERM",
             where,
         ),
+        Key("ws_max_size", "int", 16 * 1024 * 1024, "websocket message bytes at most", where),
     ]
 
 

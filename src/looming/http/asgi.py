@@ -441,6 +441,9 @@ class AsgiAdapter:
     """At shutdown, how long applications still running after their response
     (background tasks) may take before they are cancelled."""
 
+    websocket_max_message_bytes = 16 * 1024 * 1024
+    """A websocket message over this (counted after inflating) closes with 1009."""
+
     def __init__(self, app: AsgiApp, *, root_path: str = "", scheme: str = "http") -> None:
         self.app = app
         self.root_path = root_path
@@ -685,6 +688,7 @@ class AsgiAdapter:
             root_path=self.root_path,
             scheme=self.scheme,
             state=self.state,
+            max_message_bytes=self.websocket_max_message_bytes,
             extended=extended,
         )
         self._websockets.add(session)

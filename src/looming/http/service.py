@@ -46,6 +46,7 @@ class HttpSettings:
     max_connections: int = 1000
     shutdown_timeout: float = 10.0
     http_parser: str = "auto"
+    ws_max_size: int = 16 * 1024 * 1024
 
     @classmethod
     def from_keys(cls, **keys: Any) -> HttpSettings:
@@ -61,6 +62,8 @@ class HttpSettings:
             raise UsageError(f"--metrics: {settings.metrics!r} must be a path such as /metrics")
         if settings.max_connections < 0:
             raise UsageError("--max-connections: give 0 (no limit) or a positive number")
+        if settings.ws_max_size <= 0:
+            raise UsageError("--ws-max-size: give a positive number of bytes")
         if settings.shutdown_timeout < 0:
             raise UsageError("--shutdown-timeout: give a number of seconds, 0 or more")
         try:
@@ -216,6 +219,7 @@ async def serve_asgi(
     settings = settings or HttpSettings()
     adapter = AsgiAdapter(app)
     adapter.background_grace = settings.shutdown_timeout
+    adapter.websocket_max_message_bytes = settings.ws_max_size
     server = http_server(adapter, settings, clock=clock)
     async with adapter.lifespan():
         listener = await stack.tcp.listen(port, server.serve_flow)

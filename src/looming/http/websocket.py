@@ -11,18 +11,28 @@ asks for it. Limits hold against a hostile client: a message over
 ``max_message_bytes`` (counted after inflating, so a small compressed frame
 cannot grow without bound) closes with 1009; the client's messages wait in a
 short queue, and while the application does not read them, nothing more is
-read from the connection (TCP pushes back on the client); ``send()`` returns
-once the frame is written to the flow, which waits above its high-water mark.
-Pings are answered; a close is answered and told to the application as
-``websocket.disconnect`` with its code.
+read from the connection (TCP pushes back on the client), and what waits
+there is bounded by bytes too (``max_message_bytes`` in all, or one message);
+``send()`` returns once the frame is written to the flow, which waits above
+its high-water mark, and a client that reads nothing for
+:data:`SEND_TIMEOUT` seconds is given up on. A message's fragments are joined
+as they come, so a flood of tiny or empty fragments holds no more than the
+message's bytes. Pings are answered, the latest of those read together only
+(RFC 6455 section 5.5.3 allows it: a ping flood gets no more bytes back than
+it sends). A close is answered and told to the application as
+``websocket.disconnect`` with its code. Fairness: at most
+:data:`EVENTS_PER_TURN` frames are taken from one connection before the
+others get a turn. Refusals are counted in :data:`abuse`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -60,6 +70,12 @@ AsgiApp = Callable[
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 INBOX_MESSAGES = 16
+EVENTS_PER_TURN = 64
+SEND_TIMEOUT = 30.0
+abuse: Counter[str] = Counter()
+"""Websockets closed in this process by reason: ``message_too_big``,
+``protocol_error`` (bad frames, bad UTF-8, bad close codes), ``send_stalled``."""
+_VERDICTS = {1002: "protocol_error", 1007: "protocol_error", 1009: "message_too_big"}
 
 
 class _BoundedDeflate(PerMessageDeflate):
@@ -88,6 +104,32 @@ class _BoundedDeflate(PerMessageDeflate):
         if fin:
             self._inflated = 0
         return super().frame_inbound_complete(proto, fin)
+
+
+class _Assembly:
+    """One message's fragments, joined as they come."""
+
+    def __init__(self) -> None:
+        self.text: io.StringIO | None = None
+        self.data = bytearray()
+        self.size = 0
+        """Bytes so far (text counted as UTF-8)."""
+
+    def add(self, piece: str | bytes) -> None:
+        if isinstance(piece, str):
+            if self.text is None:
+                self.text = io.StringIO()
+            self.text.write(piece)
+            self.size += len(piece) if piece.isascii() else len(piece.encode("utf-8"))
+        else:
+            self.data += piece
+            self.size += len(piece)
+
+    def message(self, text: bool) -> AsgiMessage:
+        if text:
+            joined = self.text.getvalue() if self.text is not None else ""
+            return {"type": "websocket.receive", "text": joined}
+        return {"type": "websocket.receive", "bytes": bytes(self.data)}
 
 
 def _header_list(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[str]:
@@ -126,7 +168,10 @@ class WebSocketSession:
             else Connection(ConnectionType.SERVER)
         )
         self.subprotocols: list[str] = []
-        self.inbox: asyncio.Queue[AsgiMessage] = asyncio.Queue(INBOX_MESSAGES)
+        self.inbox: asyncio.Queue[tuple[AsgiMessage, int]] = asyncio.Queue(INBOX_MESSAGES)
+        self.queued_bytes = 0
+        """Bytes of the messages in the inbox (bounded by ``max_message_bytes``)."""
+        self._room = asyncio.Event()
         self.accepted = False
         self.closed = False
         self._final: AsgiMessage | None = None
@@ -135,7 +180,18 @@ class WebSocketSession:
         """The application's ``receive``: after the disconnect, the disconnect again."""
         if self._final is not None and self.inbox.empty():
             return self._final
-        return await self.inbox.get()
+        message, size = await self.inbox.get()
+        self.queued_bytes -= size
+        self._room.set()
+        return message
+
+    async def _deliver(self, message: AsgiMessage, size: int) -> None:
+        """Queue a client message for the application, waiting for room."""
+        while self.queued_bytes and self.queued_bytes + size > self.max_message_bytes:
+            self._room.clear()
+            await self._room.wait()
+        self.queued_bytes += size
+        await self.inbox.put((message, size))
 
     def _scope(self) -> Scope:
         request = self.request
@@ -160,13 +216,20 @@ class WebSocketSession:
     async def _write(self, event: Event) -> None:
         data = self.ws.send(event)
         if data:
-            await self.flow.write(data)
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await self.flow.write(data)
+            except TimeoutError:
+                abuse["send_stalled"] += 1
+                raise ConnectionResetError(
+                    f"the client read nothing for {SEND_TIMEOUT} s"
+                ) from None
 
     async def run(self, leftover: bytes) -> None:
         """Take the handshake, run the application, and close the connection."""
         if not await self._handshake(leftover):
             return
-        await self.inbox.put({"type": "websocket.connect"})
+        await self.inbox.put(({"type": "websocket.connect"}, 0))
         reader = asyncio.get_running_loop().create_task(self._read())
         try:
             await self.app(self._scope(), self.receive, self._send)
@@ -287,45 +350,56 @@ class WebSocketSession:
 
     async def _read(self) -> None:
         """Client frames into the inbox, pings answered, until the close."""
-        parts: list[str | bytes] = []
-        size = 0
+        assembly: _Assembly | None = _Assembly()
         try:
-            while True:
+            while assembly is not None:
                 data = await self.flow.read()
                 if not data:
                     await self._disconnected(1006)
                     return
                 self.ws.receive_data(data)
-                for event in self.ws.events():
-                    if isinstance(event, Message):
-                        size += len(event.data)
-                        if size > self.max_message_bytes:
-                            await self._refuse(CloseReason.MESSAGE_TOO_BIG, "message too big")
-                            return
-                        parts.append(event.data)
-                        if event.message_finished:
-                            await self.inbox.put(self._message(event, parts))
-                            parts, size = [], 0
-                    elif isinstance(event, Ping):
-                        await self._write(event.response())
-                    elif isinstance(event, CloseConnection):
-                        if not self.closed:
-                            self.closed = True
-                            with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
-                                await self._write(event.response())
-                        await self._disconnected(event.code, event.reason)
-                        return
+                assembly = await self._take_events(assembly)
         except RemoteProtocolError as error:
+            abuse["protocol_error"] += 1
             await self._refuse(CloseReason.PROTOCOL_ERROR, str(error))
         except (LoomingError, OSError, LocalProtocolError):
             await self._disconnected(1006)
 
-    @staticmethod
-    def _message(event: Message[Any], parts: list[str | bytes]) -> AsgiMessage:
-        if isinstance(event, TextMessage):
-            return {"type": "websocket.receive", "text": "".join(str(p) for p in parts)}
-        chunks = [p for p in parts if isinstance(p, bytes | bytearray)]
-        return {"type": "websocket.receive", "bytes": b"".join(chunks)}
+    async def _take_events(self, assembly: _Assembly) -> _Assembly | None:
+        """Act on the frames received; the message under way after them
+        (None once the websocket is closed)."""
+        ping: Ping | None = None
+        for count, event in enumerate(self.ws.events(), 1):
+            if count % EVENTS_PER_TURN == 0:
+                await asyncio.sleep(0)  # the other connections' turn
+            if isinstance(event, Message):
+                assembly.add(event.data)
+                if assembly.size > self.max_message_bytes:
+                    abuse["message_too_big"] += 1
+                    await self._refuse(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                    return None
+                if event.message_finished:
+                    text = isinstance(event, TextMessage)
+                    await self._deliver(assembly.message(text), assembly.size)
+                    assembly = _Assembly()
+            elif isinstance(event, Ping):
+                ping = event  # only the latest is answered
+            elif isinstance(event, CloseConnection):
+                await self._closed_by_client(event)
+                return None
+        if ping is not None:
+            await self._write(ping.response())
+        return assembly
+
+    async def _closed_by_client(self, event: CloseConnection) -> None:
+        verdict = _VERDICTS.get(event.code)  # wsproto's on a bad frame (or the client's)
+        if verdict is not None:
+            abuse[verdict] += 1
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
+                await self._write(event.response())
+        await self._disconnected(event.code, event.reason)
 
     async def _refuse(self, reason: CloseReason, why: str) -> None:
         log.debug("closing websocket: %s", why)
@@ -343,5 +417,6 @@ class WebSocketSession:
         self._final = message
         # The application may not be reading: make room rather than wait.
         while self.inbox.full():
-            self.inbox.get_nowait()
-        self.inbox.put_nowait(message)
+            _, size = self.inbox.get_nowait()
+            self.queued_bytes -= size
+        self.inbox.put_nowait((message, 0))
