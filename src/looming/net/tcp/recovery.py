@@ -302,18 +302,23 @@ class LossRecovery(TransmissionControlBlock):
         self.rack.on_recovery_end()
 
     def _enter_loss(self, now: int) -> None:
-        """A retransmission timeout: everything outstanding is lost (RFC 6675 5.1)."""
+        """A retransmission timeout: everything outstanding is lost (RFC 6675 5.1).
+
+        ssthresh falls once per congestion event (RFC 5681 section 3.1): at
+        a timeout that no episode preceded, or one in the loss state after
+        the data resent at the last timeout was acknowledged (a new loss, as
+        Linux's tcp_enter_loss counts it). A timeout during fast recovery
+        keeps the ssthresh recovery set, as does a repeated timeout for the
+        same data; the window restarts from one segment either way."""
         flight = self.snd_max - self.snd_una
         first = self.recovery is not Recovery.LOSS
-        if first:
-            if self.recovery is Recovery.OPEN:
-                self._start_episode()
+        if self.recovery is Recovery.OPEN or (not first and self.retries <= 1):
+            self._start_episode()
             self.cc.on_timeout(now, flight)
-            # F-RTO (RFC 5682) needs SACK here, as Linux's tcp_frto default.
-            self.frto = self.sack_ok and self.config.undo
         else:
             self.cc.cwnd = self.send_mss
-            self.frto = False
+        # F-RTO (RFC 5682) needs SACK here, as Linux's tcp_frto default.
+        self.frto = first and self.sack_ok and self.config.undo
         if self.retries >= 2:
             # The receiver may have reneged on what it SACKed (RFC 2018 section 8).
             self.board.forget_sacks()
