@@ -140,3 +140,37 @@ def test_a_lost_tail_probe_to_linux_is_resent_at_once(kernel_peer: KernelPeer) -
         assert await sink.wait() == 0
 
     kernel_peer.run(body)
+
+
+def test_a_forged_report_lowers_the_mss_until_a_probe_restores_it(
+    kernel_peer: KernelPeer,
+) -> None:
+    """A "fragmentation needed" forged in the namespace about looming's data
+    in flight to Linux lowers the connection to 1,160 bytes of MSS; the path
+    was never narrower, so after the raise interval a probe at Linux's MSS
+    is confirmed and the connection, and the path's entry, are whole again.
+    Linux receives every byte."""
+    data = random.Random(11).randbytes(2_000_000)
+
+    async def body(stack: DirectStack) -> None:
+        stack.tcp.config = replace(stack.tcp.config, pmtu_raise_interval_ns=SECOND // 4)
+        sink = await sink_at(kernel_peer, 9104)
+        flow = await stack.tcp.connect(kernel_peer.peer_address, 9104, timeout=5)
+        conn = flow.connection  # type: ignore[attr-defined]
+        writer = asyncio.create_task(write_slowly(flow, data))
+        await forge_until_accepted(kernel_peer, stack, conn)
+        assert stack.tcp.icmp_counters["icmp_mss_lowered"] == 1
+        await eventually(lambda: conn.path_mss == 1460, 20)
+        assert stack.ipv4.mtu(kernel_peer.peer_address) == 1480
+        await writer
+        await flow.close()
+        assert sink.stdout is not None
+        total, digest = (await asyncio.wait_for(sink.stdout.readline(), 20)).split()
+        assert (int(total), digest.decode()) == (len(data), hashlib.sha256(data).hexdigest())
+        assert await sink.wait() == 0
+        counters = stack.counters()
+        assert counters["tcp.pmtu_probes_acked"] >= 1
+        assert counters["ipv4.pmtu_raised"] == 1
+        assert counters["tcp.timeouts"] == 0
+
+    kernel_peer.run(body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -22,7 +23,8 @@ from looming.net.netif.memory import MemorySwitch
 from looming.net.tcp.config import SECOND, TcpStats
 from looming.net.tcp.plpmtud import MtuSearch, SharedPath
 from looming.unix.random import UnixRandom
-from tests.net.test_plpmtud import A, BlackHole, eventually, pair, write_slowly
+from tests.net.hostile import icmp_error
+from tests.net.test_plpmtud import A, B, BlackHole, eventually, pair, write_slowly
 
 LINK = 1500
 LIFETIME = 600 * SECOND
@@ -185,3 +187,64 @@ def test_new_and_open_connections_take_the_size_a_probe_confirms() -> None:
         await client.disconnect()
 
     asyncio.run(main())
+
+
+async def icmp_lowered(limit: int | None) -> tuple[int, int, dict[str, int]]:
+    """A connection writing to a path takes a "fragmentation needed" naming
+    1,200 bytes about its data in flight, after which the path drops frames
+    over ``limit`` bytes (None: none); the raise interval is 0.25 s. Its path MSS
+    and the path MTU learned, after it ends, and the client's counters."""
+    data = random.Random(10).randbytes(2_000_000)
+    server, client = await pair()
+    client.tcp.config = replace(client.tcp.config, pmtu_raise_interval_ns=SECOND // 4)
+
+    async def sink(flow: TcpFlow) -> None:
+        while await flow.read():
+            pass
+
+    await server.tcp.listen(80, sink)
+    flow = await client.tcp.connect(A.ip, 80, timeout=1)
+    conn = flow.connection  # type: ignore[attr-defined]
+    writer = asyncio.create_task(write_slowly(flow, data))
+    await eventually(lambda: conn.snd_una < conn.snd_max)
+    first8 = struct.pack("!HHI", conn.local_port, 80, conn.snd_una & 0xFFFFFFFF)
+    client.ipv4.input(
+        icmp_error(str(A.ip), str(B.ip), 3, 4, str(B.ip), str(A.ip), 6, first8, mtu=1200)
+    )
+    assert conn.path_mss == 1160 and client.ipv4.mtu(A.ip) == 1180
+    if limit is not None:
+        BlackHole(client.network, limit)  # the path narrowed, as the error said
+    assert conn.mtu_search is not None and conn.mtu_search.next_at > 0
+    if limit is None:
+        await eventually(lambda: conn.path_mss == 1460)
+    await writer
+    await flow.close()
+    result = (conn.path_mss, client.ipv4.mtu(A.ip), client.counters())
+    await server.disconnect()
+    await client.disconnect()
+    return result
+
+
+def test_an_icmp_lowered_connection_probes_back_up() -> None:
+    """RFC 1191's aging for an open connection: the path is whole again
+    (the report was stale, or forged), so after the raise interval a probe
+    at the full size is confirmed, the connection and the shared entry go
+    back to 1,460 bytes of MSS."""
+    mss, mtu, counters = asyncio.run(icmp_lowered(None))
+    assert (mss, mtu) == (1460, 1480)
+    assert counters["tcp.icmp_mss_lowered"] == 1
+    assert counters["tcp.pmtu_probes_acked"] >= 1
+    assert counters["ipv4.tx_above_path_mtu"] >= 1
+    assert counters["ipv4.pmtu_raised"] == 1
+    assert counters["tcp.timeouts"] == 0
+
+
+def test_an_icmp_lowered_connection_stays_down_when_the_path_is_narrow() -> None:
+    """The report was right (frames over 1,214 bytes, 1,200 of IP, vanish):
+    the probes above it are lost without a timeout or a recovery, and the
+    connection stays at the reported size."""
+    mss, mtu, counters = asyncio.run(icmp_lowered(1200 + 14))
+    assert (mss, mtu) == (1160, 1180)
+    assert counters["tcp.pmtu_probes_lost"] >= 1
+    assert counters["tcp.timeouts"] == 0
+    assert counters["tcp.fast_retransmits"] == 0

@@ -494,6 +494,10 @@ class TcpLayer:
             if other == remote and each.mtu_search is not None:
                 each.mtu_search.cap(mss)
             if other == remote and each.path_mss > mss:
+                if each.mtu_search is None:
+                    # Probed back up after the raise interval (RFC 1191's aging).
+                    ceiling = min(each.path_mss, each.peer_mss)
+                    each.mtu_search = self._mtu_search(remote, mss, ceiling)
                 each.path_mss = mss
                 self.icmp_counters["icmp_mss_lowered"] += 1
 
@@ -681,11 +685,17 @@ class TcpLayer:
             self._ipv4.lower_path_mtu(remote, mss + 40, 0)
             mss = min(mss, self._endpoint.path_mss(remote))
         conn.path_mss = mss
+        conn.mtu_search = self._mtu_search(remote, mss, ceiling)
+        self.icmp_counters["black_hole_mss_lowered"] += 1
+
+    def _mtu_search(self, remote: IPv4Address | IPv6Address, mss: int, ceiling: int) -> MtuSearch:
+        """A search from ``mss`` up to ``ceiling``, its first probe after the
+        raise interval; what it confirms is the path's (``SharedPath``)."""
         interval = self.config.pmtu_raise_interval_ns
         now = self._time.now_ns()
-        conn.mtu_search = MtuSearch(mss, ceiling, interval, now + interval, self.stats)
-        conn.mtu_search.on_confirmed = SharedPath(remote, self._ipv4, self._remotes)
-        self.icmp_counters["black_hole_mss_lowered"] += 1
+        search = MtuSearch(mss, ceiling, interval, now + interval, self.stats)
+        search.on_confirmed = SharedPath(remote, self._ipv4, self._remotes)
+        return search
 
     def _remotes(self) -> Iterator[tuple[IPv4Address | IPv6Address, TcpConnection]]:
         return ((key[2], each) for key, each in self._endpoint.connections.items())

@@ -1,13 +1,15 @@
 """Searching the path MTU back up with probes (RFC 4821, RFC 8899), sans-I/O.
 
 When full-sized segments time out again and again and no ICMP error says
-why (RFC 2923's black hole), the TCP layer halves the connection's MSS.
+why (RFC 2923's black hole), the TCP layer halves the connection's MSS; an
+ICMP error may lower it too (RFC 1191), and may be stale or forged.
 Nothing told it the path shrank, so nothing will tell it when the path is
 whole again: this search finds out by itself. After ``raise_interval_ns``
 (RFC 8899's PMTU_RAISE_TIMER, 600 s by default) one segment of new data
 goes out larger than the others, with DF set and not cut by segmentation
 offload: the probe. A cumulative ACK covering it without its bytes having
-been resent confirms the size, and the connection's MSS rises to it; a
+been resent confirms the size, and the connection's MSS rises to it (and
+the path's, :class:`SharedPath`); a
 retransmission of any of its bytes marks it lost, and the search looks
 lower. The ceiling is tried first (the black hole may have been a passing
 fault), then sizes halving the interval between the largest size
