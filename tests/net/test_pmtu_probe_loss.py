@@ -10,6 +10,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from looming.devices.stack import TcpFlow
 from looming.net.stack import DirectStack
 from looming.net.tcp.config import SECOND, TcpConfig, TcpStats
@@ -144,3 +147,44 @@ def test_a_lost_tail_probe_is_resent_at_once_without_a_window_cut() -> None:
         await client.disconnect()
 
     asyncio.run(main())
+
+
+@given(
+    sizes=st.lists(st.integers(1, 1448), min_size=1, max_size=30),
+    data=st.data(),
+)
+def test_the_timer_marks_exactly_the_probes_unsacked_segments(
+    sizes: list[int], data: st.DataObject
+) -> None:
+    """Any scoreboard, any probe range on segment boundaries, any SACKs and
+    losses already marked: at the deadline exactly the probe's segments
+    neither SACKed nor already lost-and-unsent become lost, the rest is
+    untouched, and the search counts one lost probe unless all was SACKed."""
+    sender = Sender(MtuSearch(730, 1460, 600 * SECOND, 0, TcpStats()))
+    board, start = sender.board, 0
+    for size in sizes:
+        segment = board.sent(start, start + size, 0)
+        segment.sacked = data.draw(st.booleans())
+        if not segment.sacked and data.draw(st.booleans()):
+            board.mark_lost(segment)  # deemed lost before, by RACK
+        start += size
+    first = data.draw(st.integers(0, len(sizes) - 1), label="first")
+    last = data.draw(st.integers(first, len(sizes) - 1), label="last")
+    probe = board.segments[first : last + 1]
+    search = sender.mtu_search
+    assert search is not None
+    search.sent(1460, probe[0].start, probe[-1].end, probe[0].start, 0)
+    before = [(s.lost, s.sacked) for s in board.segments]
+    deadline = probe_lost_at(sender)
+    assert deadline is not None
+    resend = expire_probe(sender, deadline)
+    inside = range(first, last + 1)
+    for index, segment in enumerate(board.segments):
+        if index in inside and not segment.sacked:
+            assert segment.lost
+        else:
+            assert (segment.lost, segment.sacked) == before[index]
+    assert resend == any(not s.sacked for s in probe)
+    assert search.stats.pmtu_probes_lost == int(resend)
+    assert (search.probe_mss == 0) == resend
+    assert probe_lost_at(sender) is None
