@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import looming  # noqa: E402
 from tcp import (  # noqa: E402
     PEER_ADDRESS,
     kernel_peer_namespace,
@@ -50,8 +51,6 @@ from tcp import (  # noqa: E402
     unique_suffix,
     wait_ready,
 )
-
-import looming  # noqa: E402
 
 
 @contextmanager
