@@ -157,9 +157,9 @@ def test_the_timer_marks_exactly_the_probes_unsacked_segments(
     sizes: list[int], data: st.DataObject
 ) -> None:
     """Any scoreboard, any probe range on segment boundaries, any SACKs and
-    losses already marked: at the deadline exactly the probe's segments
-    neither SACKed nor already lost-and-unsent become lost, the rest is
-    untouched, and the search counts one lost probe unless all was SACKed."""
+    losses already marked: at the deadline every one of the probe's segments
+    not SACKed is lost, the rest is untouched, and the search counts one
+    lost probe unless all of it was SACKed."""
     sender = Sender(MtuSearch(730, 1460, 600 * SECOND, 0, TcpStats()))
     board, start = sender.board, 0
     for size in sizes:
