@@ -18,7 +18,7 @@ from looming.net.stack import DirectStack
 from looming.net.tcp.config import SECOND, TcpConfig, TcpStats
 from looming.net.tcp.connection import TcpConnection
 from looming.net.tcp.plpmtud import MtuSearch, expire_probe, probe_lost_at
-from looming.net.tcp.rack import PTO_FLOOR_NS
+from looming.net.tcp.rack import PTO_FLOOR_NS, probe_timeout
 from looming.net.tcp.scoreboard import Scoreboard
 from tests.net.test_plpmtud import A, BlackHole, eventually, pair
 
@@ -67,6 +67,16 @@ def test_the_probe_times_out_after_the_tail_loss_probe_time() -> None:
     assert (search.probe_mss, search.high, search.stats.pmtu_probes_lost) == (0, 1459, 1)
     assert probe_lost_at(sender) is None  # one verdict per probe
     assert not expire_probe(sender, deadline + SECOND)
+
+
+def test_the_timer_comes_no_later_than_the_tail_loss_probe() -> None:
+    """Whatever is in flight, the probe's timer is the tail loss probe's
+    (which, resending the probe's last bytes first, would hide its loss)."""
+    for acked in (0, 1000, 1718, 2436):
+        sender = probing(sent_at=50 * MS)
+        sender.board.acknowledge(acked)
+        tlp = probe_timeout(4 * MS, len(sender.board), sender.config.delayed_ack_ns, 200 * MS)
+        assert probe_lost_at(sender) == 50 * MS + tlp
 
 
 def test_a_sacked_probe_is_not_lost() -> None:

@@ -276,6 +276,9 @@ def probe_lost_at(conn: ProbingSender) -> int | None:
     if search is None or search.probe_sent_at is None:
         return None
     rtt = conn.rtt
+    # As the tail loss probe's timer reckons it (segments, not packets), so
+    # that this one comes first: a tail loss probe resending the probe's
+    # last bytes would hide its loss until the RTO.
     wait = probe_timeout(rtt.srtt, len(conn.board), conn.config.delayed_ack_ns, rtt.rto)
     return search.probe_sent_at + wait
 
