@@ -83,7 +83,8 @@ class RelayCore:
     rng: random.Random = field(init=False)
     counters: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("frames", "dropped", "duplicated", "reordered", "forwarded", "ce_marked"), 0
+            ("frames", "dropped", "duplicated", "reordered", "forwarded", "ce_marked", "unwritten"),
+            0,
         )
     )
 
@@ -178,7 +179,7 @@ def serve(left: str, right: str) -> None:
                 os.write(fd, frame)
                 core.counters["forwarded"] += 1
             except OSError:
-                core.counters["dropped"] += 1
+                core.counters["unwritten"] += 1  # the TAP's queue was full
 
 
 def _command(line: str, core: RelayCore) -> bool:
