@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from looming import __version__
 from looming.errors import ConfigError, LoomingError, UsageError
 from looming.extras import require_for
+
+if TYPE_CHECKING:
+    from looming.config.build import BuildReport
 
 STATE_FILE = "_build/looming.json"
 
@@ -431,15 +434,24 @@ def cmd_build(app_dir: Path, args: argparse.Namespace) -> int:
         f"{len(report.modules)} modules, {report.crunched_files} crunched files "
         f"in {elapsed:.2f} s"
     )
+    for line in _packed_lines(report) + notices:
+        print(f"  {line}")
+    return 0
+
+
+def _packed_lines(report: BuildReport) -> list[str]:
+    """What ``looming build`` says of the compiled packages and application files."""
+    lines = []
     if report.compiled_packed:
         packed = ", ".join(report.compiled_packed)
-        print(f"  packs compiled packages for {report.compiled_for}: {packed}")
+        lines.append(f"packs compiled packages for {report.compiled_for}: {packed}")
+    if report.app_files:
+        named = ", ".join(report.app_files)
+        lines.append(f"packs what the application's modules name beside them: {named}")
     host = sorted(set(report.external) - set(report.compiled_packed))
     if host:
-        print(f"  uses installed packages with compiled code: {', '.join(host)}")
-    for notice in notices:
-        print(f"  {notice}")
-    return 0
+        lines.append(f"uses installed packages with compiled code: {', '.join(host)}")
+    return lines
 
 
 def _build_oci(app_dir: Path, unikernel: str, main_py: Path, crunch: list[tuple[str, str]]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from looming.config import build_boot
-from looming.config.build import main_with_boot
+from looming.config.build_native import main_with_boot
 from tests.config.tooling import looming
 
 UNIKERNEL = """
@@ -214,13 +214,14 @@ def test_extraction_is_done_once_and_a_half_written_copy_is_replaced(
     with small_archive(tmp_path / "a.zip") as archive:
         folder = Path(build_boot.extract(archive, "d1"))
         assert folder == cache / "d1"
-        assert (folder / "pkg" / "sub" / "data.txt").read_text() == "data\n"
-        (folder / "pkg" / "__init__.py").write_text("VALUE = 2\n")
+        package = folder / "files" / "pkg"
+        assert (package / "sub" / "data.txt").read_text() == "data\n"
+        (package / "__init__.py").write_text("VALUE = 2\n")
         assert build_boot.extract(archive, "d1") == str(folder)  # reused, not rewritten
-        assert (folder / "pkg" / "__init__.py").read_text() == "VALUE = 2\n"
+        assert (package / "__init__.py").read_text() == "VALUE = 2\n"
         (folder / build_boot.COMPLETE).unlink()  # as a start killed midway leaves it
         assert build_boot.extract(archive, "d1") == str(folder)
-        assert (folder / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+        assert (package / "__init__.py").read_text() == "VALUE = 1\n"
     assert sorted(p.name for p in cache.iterdir()) == ["d1"]
 
 
@@ -235,7 +236,7 @@ def test_a_cache_others_may_write_is_not_used(
     with small_archive(tmp_path / "a.zip") as archive:
         folder = Path(build_boot.extract(archive, "d1"))
     assert not folder.is_relative_to(shared)
-    assert (folder / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+    assert (folder / "files" / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
     assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
     shutil.rmtree(folder)
 

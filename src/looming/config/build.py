@@ -28,9 +28,7 @@ nothing is left in ``dist/``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.machinery
-import importlib.metadata
 import importlib.util
 import io
 import json
@@ -45,13 +43,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from looming.config import build_boot
+from looming.config.build_native import (
+    NativePack,
+    application_files,
+    compiled_packages_to_pack,
+    distribution_metadata,
+    main_with_boot,
+    native_pack,
+    referenced_paths,
+    shebang,
+)
 from looming.errors import ConfigError
 from looming.unix.kv import MANIFEST_DIR, crunch_manifest, survey_folder
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-SHEBANG = b"#!/usr/bin/env python3\n"
-BOOT_MODULE = "_looming_boot"
-"""The archive's name of :mod:`looming.config.build_boot`."""
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -94,6 +99,19 @@ class Closure:
     """Where each external (compiled) top-level package is installed."""
 
 
+def _shadowed_module(top: str, package: Path) -> Path:
+    """The module ``top.py`` beside the package ``top/`` when the package is a
+    shim that finds and runs that file from ``sys.path`` at import time (as
+    python-multipart's ``multipart/`` does for the ``multipart`` distribution's
+    ``multipart.py``): inside a zip the shim would not find it, so the module
+    itself is packed. Else ``package``."""
+    module = package.parent / f"{top}.py"
+    init = package / "__init__.py"
+    if module.is_file() and init.is_file() and f'"{top}.py"' in init.read_text(errors="replace"):
+        return module
+    return package
+
+
 class ModuleLocator:
     """Finds modules' source files without importing them."""
 
@@ -119,7 +137,7 @@ class ModuleLocator:
             if spec is None:
                 result = ("missing", None)
             elif spec.submodule_search_locations:
-                location = Path(next(iter(spec.submodule_search_locations)))
+                location = _shadowed_module(top, Path(next(iter(spec.submodule_search_locations))))
                 result = (self._classify(location), location)
             elif spec.origin and spec.origin.endswith(".py"):
                 location = Path(spec.origin)
@@ -191,8 +209,17 @@ class ModuleLocator:
         return names
 
 
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?:\.[A-Z]\w*|:[A-Za-z_]\w*)")
+"""A string naming an object in a module (``pkg.mod.Class``, ``pkg.mod:app``)."""
+
+
 def _imports(source: ModuleSource) -> list[tuple[str, tuple[str, ...]]]:
-    """(module, imported names) for each import outside TYPE_CHECKING blocks."""
+    """(module, imported names) for each import outside TYPE_CHECKING blocks.
+
+    A string constant of the form ``pkg.mod.Class`` or ``pkg.mod:name`` gives
+    (``pkg.mod.Name``, ``(STRING,)``): a module perhaps imported by that name
+    at run time (``logging.config.dictConfig``'s handler classes, an
+    ``"app.main:app"``), to be packed if it is one."""
     if source.namespace:
         return []
     tree = ast.parse(source.source(), str(source.path))
@@ -218,10 +245,20 @@ def _imports(source: ModuleSource) -> list[tuple[str, tuple[str, ...]]]:
                 named = _imported_by_name(node, package)
                 if named:
                     found.append((named, ()))
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and _DOTTED_NAME.fullmatch(node.value)
+            ):
+                found.append((node.value.replace(":", "."), (STRING,)))
             walk(list(ast.iter_child_nodes(node)))
 
     walk(tree.body)
     return found
+
+
+STRING = "<named in a string>"
+"""The imported names :func:`_imports` gives a module named in a string."""
 
 
 def _imported_by_name(call: ast.Call, package: str) -> str | None:
@@ -300,9 +337,29 @@ class _ModuleWalk:
         for i in range(1, len(parts)):
             self.want(".".join(parts[:i]))
         for module, names in _imports(src):
-            if module:
+            if names == (STRING,):
+                self._want_named(module, src.name)
+            elif module:
                 self.want(module)
                 self._want_submodules(module, names)
+
+    def _want_named(self, dotted: str, named_by: str) -> None:
+        """The longest module ``dotted`` starts with, when it is one of the
+        package (or the application) of the module ``named_by`` naming it."""
+        top = dotted.partition(".")[0]
+        if top.startswith("__") or top == "looming":  # looming links its own at configure
+            return
+        if top != named_by.partition(".")[0] and self.locator.find(top)[0] != "app":
+            return
+        parts = dotted.split(".")
+        for end in range(len(parts), 1, -1):
+            name = ".".join(parts[:end])
+            if name in self.walked:
+                return
+            found_kind, src = self.locator.find(name)
+            if src is not None and found_kind != "external":
+                self.pending.append(src)
+                return
 
     def _want_submodules(self, module: str, names: tuple[str, ...]) -> None:
         """Those of ``names`` (from ``from module import ...``) that are modules."""
@@ -359,133 +416,8 @@ class BuildReport:
     """With packed compiled packages: the interpreter they need ("CPython 3.11 on linux-x86_64")."""
     compiled_packed: list[str] = field(default_factory=list)
     """The compiled packages packed (``natives``)."""
-
-
-@dataclass
-class NativePack:
-    """Compiled packages packed for the build's interpreter (``natives``)."""
-
-    entries: dict[str, bytes]
-    manifest: dict[str, object]
-
-    @property
-    def compiled_for(self) -> str:
-        m = self.manifest
-        version = [int(v) for v in build_boot.listed(m, "version")]
-        return build_boot.describe(str(m["implementation"]), version, str(m["platform"]))
-
-
-_SKIPPED_SUFFIXES = (".pyc", ".pyi", ".pyx", ".pxd", ".pxi", ".c", ".h", ".cpp", ".hpp")
-"""Bytecode, stubs and the C or Cython sources some wheels ship: never imported."""
-
-
-def _package_files(top: str, libs: dict[str, list[Path]]) -> list[tuple[str, Path]]:
-    """(path relative to site-packages, file) of the installed top-level module
-    ``top`` and the shared libraries its wheel vendors (``<dist>.libs/``)."""
-    spec = importlib.util.find_spec(top)
-    if spec is None:
-        raise ConfigError(f"{top!r} is imported but not installed; install it or remove the import")
-    if spec.submodule_search_locations:
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        base = folder.parent
-        files = [
-            f
-            for f in folder.rglob("*")
-            if f.is_file()
-            and "__pycache__" not in f.relative_to(folder).parts
-            and not f.name.endswith(_SKIPPED_SUFFIXES)
-        ]
-    elif spec.origin and spec.has_location:
-        base, files = Path(spec.origin).parent, [Path(spec.origin)]
-    else:
-        return []
-    found = [(f.relative_to(base).as_posix(), f) for f in files]
-    found += [(f"{p.parent.name}/{p.name}", p) for p in libs.get(top, [])]
-    return sorted(found)
-
-
-def _vendored_libraries() -> dict[str, list[Path]]:
-    """Top-level module -> the files of its wheel's ``<dist>.libs/`` folder (auditwheel's)."""
-    found: dict[str, list[Path]] = {}
-    for top, dists in importlib.metadata.packages_distributions().items():
-        for name in dists:
-            files = importlib.metadata.distribution(name).files or []
-            libs = [f for f in files if len(f.parts) == 2 and f.parts[0].endswith(".libs")]
-            found.setdefault(top, []).extend(Path(str(f.locate())) for f in libs)
-    return found
-
-
-def _extension_suffix(name: str) -> str | None:
-    matching = [s for s in _EXTENSION_SUFFIXES if name.endswith(s)]
-    return max(matching, key=len) if matching else None
-
-
-def native_pack(tops: set[str]) -> NativePack | None:
-    """The compiled packages ``tops`` as this interpreter has them, with a
-    manifest of what they were compiled for; None when there are none."""
-    if not tops:
-        return None
-    libs = _vendored_libraries()
-    entries: dict[str, bytes] = {}
-    suffixes: set[str] = set()
-    digest = hashlib.sha256()
-    for top in sorted(tops):
-        for relative, path in _package_files(top, libs):
-            data = path.read_bytes()
-            entries[build_boot.FILES + relative] = data
-            suffix = _extension_suffix(relative)
-            if suffix is not None:
-                suffixes.add(suffix)
-            digest.update(f"{relative}\0{len(data)}\0".encode() + data)
-    manifest: dict[str, object] = {
-        "implementation": sys.implementation.name,
-        "version": list(sys.version_info[:2]),
-        "platform": sysconfig.get_platform(),
-        "suffixes": sorted(suffixes),
-        "packages": sorted(tops),
-        "digest": digest.hexdigest()[:32],
-    }
-    entries[build_boot.MANIFEST] = json.dumps(manifest, sort_keys=True, indent=1).encode()
-    entries[f"{BOOT_MODULE}.py"] = Path(build_boot.__file__).read_bytes()
-    return NativePack(entries, manifest)
-
-
-def _compiled_packages_to_pack(closure: Closure) -> set[str]:
-    """The compiled packages reached, but those a library imports only on a
-    request looming never makes (anyio's uvloop): an event loop or parser
-    chosen by name at run time (``--loop``, ``--http-parser``) is the running
-    interpreter's own."""
-    from looming.vm.image import on_request_only
-
-    return closure.external - on_request_only(closure)
-
-
-def main_with_boot(source: bytes) -> bytes:
-    """The generated ``main.py`` calling :func:`build_boot.prepare` before its
-    own imports (after its docstring and ``from __future__`` imports)."""
-    tree = ast.parse(source)
-    after = 0
-    for index, node in enumerate(tree.body):
-        is_docstring = (
-            index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-        )
-        if is_docstring or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
-            after = node.end_lineno or node.lineno
-        else:
-            break
-    lines = source.splitlines(keepends=True)
-    boot = (
-        f"import {BOOT_MODULE}  # compiled packages: check the interpreter, extract them\n"
-        f"{BOOT_MODULE}.prepare()\n"
-    ).encode()
-    return b"".join([*lines[:after], boot, *lines[after:]])
-
-
-def shebang(pack: NativePack | None) -> bytes:
-    """``python3``, or ``python3.X`` when compiled packages need that version."""
-    if pack is None:
-        return SHEBANG
-    return f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode()
+    app_files: list[str] = field(default_factory=list)
+    """Files and folders the application's modules name, packed beside them (``natives``)."""
 
 
 STATE_FILE = "looming.json"
@@ -510,8 +442,15 @@ if "--natives" in modules:
 for name in modules:
     try:
         __import__(name)
-    except ModuleNotFoundError as error:
-        print(json.dumps({"module": name, "missing": error.name, "error": str(error)}))
+    except Exception as error:
+        # A module missing, perhaps behind another error (logging.config's
+        # ValueError for a handler class it could not import).
+        cause = error
+        while cause is not None and not isinstance(cause, ModuleNotFoundError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(json.dumps({"module": name, "missing": cause.name, "error": str(cause)}))
         sys.exit(3)
 """
 
@@ -570,12 +509,15 @@ def smoke_import(
         return
     if done.returncode == 3:
         found = json.loads(done.stdout.strip().splitlines()[-1])
-        missing = str(found["missing"] or "")
-        top = missing.partition(".")[0]
-        raise ConfigError(
-            f"the built artifact cannot import {found['module']!r}: {found['error']}. "
+        top = str(found["missing"] or "").partition(".")[0]
+        advice = (
             f"Install {top!r} if it is not, or pack it with "
             f"register(..., packages=[{top!r}]) in config.py"
+            if top
+            else "Install what it names, or report it as a build bug"
+        )
+        raise ConfigError(
+            f"the built artifact cannot import {found['module']!r}: {found['error']}. {advice}"
         )
     last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
     raise ConfigError(
@@ -667,10 +609,9 @@ def write_zipapp(
     entries: dict[str, bytes] = {}
     for src in closure.modules.values():
         entries[_archive_name(src)] = src.source()
-    pack = native_pack(_compiled_packages_to_pack(closure)) if natives else None
-    if pack is not None:
-        entries.update(pack.entries)
-        entries["__main__.py"] = main_with_boot(entries["__main__.py"])
+    pack, app_files = _extracted_pack(closure, app_dir, crunch, entries) if natives else (None, [])
+    packed_tops = {name.partition(".")[0] for name in closure.modules}
+    entries.update(distribution_metadata(packed_tops | set(pack.packages if pack else ())))
     crunched_entries, crunched = _crunch_entries(app_dir, crunch)
     entries.update(crunched_entries)
     _write_atomically(artifact, shebang(pack) + _zip_bytes(entries), smoke_modules, closure, pack)
@@ -682,7 +623,38 @@ def write_zipapp(
         crunched,
         pack.compiled_for if pack is not None else "",
         build_boot.listed(pack.manifest, "packages") if pack is not None else [],
+        app_files,
     )
+
+
+def _extracted_pack(
+    closure: Closure, app_dir: Path, crunch: list[tuple[str, str]], entries: dict[str, bytes]
+) -> tuple[NativePack | None, list[str]]:
+    """Move into ``entries`` what runs extracted (``natives``): the compiled
+    packages, and, when the application's modules name files or folders
+    beside them, those modules with those files. Also the paths named."""
+    locator = ModuleLocator(app_dir)
+    app_modules = [
+        src
+        for name, src in closure.modules.items()
+        if name != "__main__" and locator.find(name)[0] == "app"
+    ]
+    named = referenced_paths(
+        [(src.path, src.source()) for src in app_modules if not src.namespace],
+        app_dir,
+        [app_dir / dirname for _name, dirname in crunch],
+    )
+    app: dict[str, bytes] = {}
+    if named:
+        app = {_archive_name(src): entries.pop(_archive_name(src)) for src in app_modules}
+        files = application_files(named, app_dir)
+        app.update((name, path.read_bytes()) for name, path in files.items())
+    pack = native_pack(compiled_packages_to_pack(closure), app)
+    if pack is not None:
+        entries.update(pack.entries)
+        entries["__main__.py"] = main_with_boot(entries["__main__.py"])
+    root = app_dir.resolve()
+    return pack, [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in named]
 
 
 def _zip_bytes(entries: dict[str, bytes]) -> bytes:

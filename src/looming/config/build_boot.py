@@ -22,6 +22,7 @@ message rather than a SyntaxError.
 from __future__ import annotations
 
 import atexit
+import calendar
 import importlib.machinery
 import json
 import os
@@ -37,6 +38,12 @@ NATIVE_DIR = "_looming_native"
 
 MANIFEST = NATIVE_DIR + "/manifest.json"
 FILES = NATIVE_DIR + "/files/"
+"""The compiled packages: on ``sys.path`` right after the artifact."""
+APP = NATIVE_DIR + "/app/"
+"""The application's modules with the files they read beside them (templates,
+static folders): on ``sys.path`` before the artifact, so ``__file__`` is a
+real path there."""
+EXTRACTED = (FILES, APP)
 COMPLETE = ".complete"
 """Written last into an extracted folder: a folder without it is not used."""
 
@@ -57,6 +64,8 @@ def listed(manifest: dict[str, object], key: str) -> list[str]:
 
 def incompatibility(manifest: dict[str, object], archive: str) -> str | None:
     """Why this interpreter cannot load the extensions packed in ``archive``, or None."""
+    if not listed(manifest, "packages"):
+        return None
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
     wanted = listed(manifest, "suffixes")
     version = [int(v) for v in listed(manifest, "version")]
@@ -103,7 +112,7 @@ def cache_root() -> str | None:
 
 def _write_members(archive: zipfile.ZipFile, names: list[str], folder: str) -> None:
     for name in names:
-        relative = name[len(FILES) :]
+        relative = name[len(NATIVE_DIR) + 1 :]
         parts = relative.split("/")
         if not relative or any(p in ("", ".", "..") for p in parts):
             raise RuntimeError(f"bad entry in the artifact: {name!r}")
@@ -111,13 +120,18 @@ def _write_members(archive: zipfile.ZipFile, names: list[str], folder: str) -> N
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with archive.open(name) as source, open(target, "wb") as out:
             shutil.copyfileobj(source, out)
+        # The entry's fixed time, not the time of extraction: what a server
+        # derives from it (Last-Modified, Starlette's ETag) is then the same
+        # on every machine and after every extraction.
+        stamp = calendar.timegm((*archive.getinfo(name).date_time, 0, 0, 0))
+        os.utime(target, (stamp, stamp))
     with open(os.path.join(folder, COMPLETE), "w") as marker:
         marker.write("complete\n")
 
 
 def extract(archive: zipfile.ZipFile, digest: str) -> str:
     """The folder holding the packed compiled packages, extracted if needed."""
-    names = sorted(n for n in archive.namelist() if n.startswith(FILES) and not n.endswith("/"))
+    names = sorted(n for n in archive.namelist() if n.startswith(EXTRACTED) and not n.endswith("/"))
     root = cache_root()
     if root is None:
         folder = tempfile.mkdtemp(prefix="looming-native-")
@@ -142,7 +156,8 @@ def extract(archive: zipfile.ZipFile, digest: str) -> str:
 
 
 def prepare(archive_path: str | None = None) -> None:
-    """Check this interpreter, then put the packed compiled packages on sys.path."""
+    """Check this interpreter, then put the extracted application (before the
+    artifact) and compiled packages (after it) on sys.path."""
     if archive_path is None:
         archive_path = os.path.dirname(__file__)
     with zipfile.ZipFile(archive_path) as archive:
@@ -157,5 +172,8 @@ def prepare(archive_path: str | None = None) -> None:
         folder = extract(archive, str(manifest["digest"]))
     here = os.path.abspath(archive_path)
     entries = [os.path.abspath(p) if p else p for p in sys.path]
-    position = entries.index(here) + 1 if here in entries else 0
-    sys.path.insert(position, folder)
+    position = entries.index(here) if here in entries else 0
+    if listed(manifest, "packages"):
+        sys.path.insert(position + 1, os.path.join(folder, "files"))
+    if manifest.get("app"):
+        sys.path.insert(position, os.path.join(folder, "app"))
