@@ -94,8 +94,10 @@ class CongestionEvents(RuleBasedStateMachine):
         if conn.snd_una > self.una:
             self.progress_since_timeout = True
         if conn.stats.timeouts > self.timeouts:
-            if self.recovery is Recovery.LOSS and not self.progress_since_timeout:
-                self.may_cut = False
+            # A new event: from the open state, or a loss after progress.
+            self.may_cut = self.recovery is Recovery.OPEN or (
+                self.recovery is Recovery.LOSS and self.progress_since_timeout
+            )
             self.timeouts = conn.stats.timeouts
             self.progress_since_timeout = False
         if conn.cc.ssthresh < self.ssthresh:
@@ -115,6 +117,7 @@ class CongestionEvents(RuleBasedStateMachine):
     def acks(self, arrived: list[int], wait: int) -> None:
         conn = self.s.conn
         self.s.advance(wait)
+        self._observe()
         for index in arrived:
             if A + index * MSS >= conn.snd_max:
                 continue

@@ -104,6 +104,7 @@ class TcpStats:
     segments_deemed_lost: int = 0  # by RACK, or by duplicate ACKs without SACK
     tail_loss_probes: int = 0
     dsacks_received: int = 0
+    data_segments_with_sack: int = 0  # our data carried SACK blocks (RFC 2018 4)
     spurious_recoveries_undone: int = 0
     spurious_timeouts_undone: int = 0
     ecn_negotiated: int = 0  # connections on which both ends agreed to ECN

@@ -363,6 +363,8 @@ class TransmissionControlBlock:
                     (wrap(left), wrap(right)) for left, right in buffer.sack_blocks(limit)
                 )
                 self.sack_due = False
+                if payload:
+                    self.stats.data_segments_with_sack += 1
         ect = False
         if self.ecn_ok:
             if self.ece_pending and flags & ACK:
