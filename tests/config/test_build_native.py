@@ -5,6 +5,7 @@ into a private cache."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from looming.config.build_native import main_with_boot
 from tests.config.tooling import looming
 
 UNIKERNEL = """
+import importlib.metadata
 import sys
 
 import markupsafe
@@ -54,6 +56,7 @@ class Checker:
             "order": order.model_dump(),
             "errors": errors,
             "escaped": str(markupsafe.escape("<b>")),
+            "version": importlib.metadata.version("pydantic"),
             "compiled": compiled,
         }))
 """
@@ -108,6 +111,8 @@ def check_result(result: dict[str, object], cache: Path) -> None:
     assert result["order"] == {"item": "loom", "count": 3}
     assert result["errors"] == ["greater_than", "string_too_short"]
     assert result["escaped"] == "&lt;b&gt;"
+    # The distribution's metadata travels with it (libraries read their version).
+    assert result["version"] == importlib.metadata.version("pydantic")
     compiled = result["compiled"]
     assert isinstance(compiled, dict) and len(compiled) == 3
     # Every compiled module was loaded from the artifact's extracted copy.
