@@ -111,6 +111,9 @@ class Recorder:
         pytest.param(("asyncio", "h11"), id="asyncio-h11"),
         pytest.param(("asyncio", "httptools"), id="asyncio-httptools"),
         pytest.param(("uvloop", "httptools"), id="uvloop-httptools"),
+        # httptools without the socket stack's fast path (see fast_asgi):
+        # every connection read through its flow, as on --net direct.
+        pytest.param(("uvloop", "httptools-flow"), id="uvloop-httptools-flow"),
     ]
 )
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, RunningServer]]:
@@ -118,7 +121,8 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, RunningSe
     app = Recorder()
     adapter = AsgiAdapter(app, root_path="/mount")
     adapter.disconnect_grace = 0.2
-    config = ServerConfig(parser=parser)
+    fast_path = not parser.endswith("-flow")
+    config = ServerConfig(parser=parser.removesuffix("-flow"), fast_path=fast_path)
     with serve_in_thread(lambda: adapter, config, loop=loop) as running:
         asyncio.run_coroutine_threadsafe(adapter.startup(), running.loop).result(10)
         yield app, running

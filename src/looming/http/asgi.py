@@ -39,6 +39,9 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+"""Method names as str without decoding them each time."""
+
 CUT_GRACE = 0.25
 """Seconds a background task cancelled at shutdown has to unwind."""
 
@@ -533,7 +536,46 @@ class AsgiAdapter:
         return headers
 
     def _scope(self, request: Request) -> Scope:
-        raw_path, _, query = request.target.partition("?")
+        return self.scope_of(
+            request.method,
+            request.target,
+            request.headers,
+            request.http_version,
+            request.client,
+            request.server,
+        )
+
+    def fast_scope(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+    ) -> Scope:
+        """The scope of an HTTP/1.1 request as llhttp read it."""
+        name = _METHODS.get(method)
+        return self.scope_of(
+            name if name is not None else method.decode("ascii"),
+            target.decode("latin-1"),
+            headers,
+            "1.1",
+            client,
+            server,
+        )
+
+    def scope_of(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[bytes, bytes]],
+        http_version: str,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+    ) -> Scope:
+        """The ``http`` scope of a request (names in ``headers`` lower-case:
+        h11, llhttp's heads and h2 give them so)."""
+        raw_path, _, query = target.partition("?")
         if raw_path.startswith(("http://", "https://")):
             after = raw_path.split("://", 1)[1]
             slash = after.find("/")
@@ -541,19 +583,17 @@ class AsgiAdapter:
         return {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": request.http_version,
-            "method": request.method,
+            "http_version": http_version,
+            "method": method,
             "scheme": self.scheme,
             "path": unquote(raw_path) if "%" in raw_path else raw_path,
             "raw_path": raw_path.encode("latin-1"),
             "query_string": query.encode("latin-1"),
             "root_path": self.root_path,
-            # Names arrive lower-cased (h11, llhttp's heads, and h2, which
-            # refuses upper-case names).
-            "headers": list(request.headers),
-            "client": request.client,
-            "server": request.server,
-            "state": dict(self.state),
+            "headers": list(headers),
+            "client": client,
+            "server": server,
+            "state": self.state.copy(),
             "extensions": {"http.response.trailers": {}, "http.response.pathsend": {}},
         }
 
@@ -669,6 +709,13 @@ class AsgiAdapter:
             # server's 500, before any byte of the response is sent.
             await body.take_first()
         return Response(status, headers, body)
+
+    def fast_connection(self, server: Any, flow: Any, serve: Callable[[], None]) -> Any:
+        """Serve ``flow`` for ``server`` from its transport's callbacks (see
+        looming.http.fast_asgi); ``serve()`` hands it back to the server."""
+        from looming.http.fast_asgi import FastAsgiConnection
+
+        return FastAsgiConnection(server, self, flow, serve)
 
     async def serve_websocket(
         self,

@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import weakref
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -59,6 +60,9 @@ from looming.http.response_head import (
 from looming.http.streaming import Arming, BodyReader, Watch
 from looming.sim.buggify import buggify
 
+if TYPE_CHECKING:
+    from looming.http.fast_asgi import FastAsgiConnection
+
 log = logging.getLogger("looming.http")
 
 
@@ -90,6 +94,10 @@ class ServerConfig:
     parser: str = "auto"
     """Request parser: ``h11``, ``httptools`` (llhttp, from ``looming[fast]``), or
     ``auto``: httptools when installed. Both answer alike (see looming.http.parser)."""
+    fast_path: bool = True
+    """On the socket stack, serve an ASGI adapter's plain requests from the
+    transport's callbacks when the parser is httptools and no observer is
+    set (see looming.http.fast_asgi); False: every connection reads its flow."""
 
 
 class _DateHeader:
@@ -380,10 +388,51 @@ class HttpServer:
         """id(response) -> (response, what :meth:`_wire` gives), for this second."""
         self._wires_date = b""
         """The Date line the responses in ``_wires`` carry."""
+        self._fast_connection: Callable[..., FastAsgiConnection] | None = (
+            getattr(handler, "fast_connection", None)
+            if self.config.fast_path and self._httptools
+            else None
+        )
+        """What serves a connection from its transport's callbacks, when
+        the handler offers it (AsgiAdapter does)."""
+        self._fast: set[FastAsgiConnection] = set()
+        """Connections served from their transport's callbacks (see fast_asgi)."""
+        self._handed: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        """Flows the fast path handed back -> whether before their first request."""
+        self.connections_fast = 0
+        """Connections the fast path took (see :meth:`adopt_socket_flow`)."""
+        self.connections_handed_back = 0
+        """Of those, how many it handed back to :meth:`serve_flow`."""
 
     @property
     def connections_open(self) -> int:
-        return len(self._connections)
+        return len(self._connections) + len(self._fast)
+
+    def adopt_socket_flow(self, flow: Any, serve: Callable[[], None]) -> bool:
+        """Serve ``flow`` from its transport's callbacks (see fast_asgi), if
+        this server can; whether it does. The socket stack asks this of each
+        new connection; ``serve()`` hands it back to :meth:`serve_flow`."""
+        make = self._fast_connection
+        if make is None or self.observer is not None or self.stopping:
+            return False
+        limit = self.config.max_connections
+        if (limit and self.connections_open >= limit) or not hasattr(flow, "lend_transport"):
+            return False  # the usual path refuses it with 503
+        try:
+            connection = make(self, flow, serve)
+        except RuntimeError:
+            return False
+        self._fast.add(connection)
+        self.connections_fast += 1
+        return True
+
+    def forget_fast(self, connection: FastAsgiConnection) -> None:
+        self._fast.discard(connection)
+
+    def adopted_from_fast(self, flow: Any, *, first: bool) -> None:
+        """``flow`` comes back from the fast path, to be served by :meth:`serve_flow`."""
+        self._handed[flow] = first
+        self.connections_handed_back += 1
 
     async def shutdown(self, timeout: float) -> None:
         """Stop gracefully: idle connections close now, each busy one after its
@@ -408,9 +457,15 @@ class HttpServer:
                     busy = await self._stop_h2(holder.h2, give_up - loop.time())
                 if not busy and not task.done():
                     task.cancel()
-            if not self._connections or loop.time() >= give_up:
+            for connection in list(self._fast):
+                connection.close_after_response = True
+                if not connection.busy:
+                    connection.close()
+            if not self.connections_open or loop.time() >= give_up:
                 break
             await asyncio.sleep(min(0.05, max(0.0, give_up - loop.time())))
+        for connection in list(self._fast):
+            connection.abort()
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
@@ -437,7 +492,8 @@ class HttpServer:
         deadline = _Watchdog(asyncio.get_running_loop(), task)
         parser = _ParserHolder()
         limit = self.config.max_connections
-        if self.stopping or (limit and len(self._connections) >= limit):
+        first = self._handed.pop(flow, None)
+        if first is None and (self.stopping or (limit and self.connections_open >= limit)):
             self.connections_refused += 1
             await self._send_error_raw(flow, 503)
             with contextlib.suppress(NetworkError, OSError):
@@ -446,7 +502,7 @@ class HttpServer:
         self._connections[task] = parser
         try:
             try:
-                await self._serve_requests(flow, parser, deadline)
+                await self._serve_requests(flow, parser, deadline, first is not False)
             finally:
                 deadline.close()
                 del self._connections[task]
@@ -479,12 +535,16 @@ class HttpServer:
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
 
-    async def _serve_requests(self, flow: Flow, parser: _ParserHolder, deadline: _Watchdog) -> None:
+    async def _serve_requests(
+        self, flow: Flow, parser: _ParserHolder, deadline: _Watchdog, first: bool = True
+    ) -> None:
         """The request loop, in stages: head (:meth:`_read_head`), limits
         (:meth:`_head_refusal`), body (:meth:`_read_request`) and respond,
         which stays in the loop: the handler's call and the response's write
-        are then the only awaits a request adds to reading it."""
+        are then the only awaits a request adds to reading it. ``first``:
+        no request was answered on the connection yet (by the fast path)."""
         stream = _RequestStream(flow, self._websockets is not None or self._h2)
+        stream.first = stream.first_read = first
         while True:
             head = await self._read_head(flow, parser, stream, deadline)
             if head is None:
@@ -972,7 +1032,12 @@ class HttpServer:
             event = conn.next_event()
 
     def _head_lines(self, response: Response, prepared: PreparedHeaders) -> list[bytes]:
-        lines = [status_line(response.status)]
+        return self.head_lines(response.status, prepared)
+
+    def head_lines(self, status: int, prepared: PreparedHeaders) -> list[bytes]:
+        """A response head's lines up to its framing: status, Date, Server
+        (unless the handler gave them) and the handler's fields."""
+        lines = [status_line(status)]
         if not prepared.has_date:
             lines.append(self._date.line())
         if not prepared.has_server:
@@ -1100,8 +1165,17 @@ class HttpServer:
             if closer is not None:
                 await closer()
 
-    async def _send_error_raw(self, flow: Flow, status: int) -> None:
-        """A complete error response, then the connection is to be closed."""
+    def error_response(self, status: int, *, close: bool = True) -> bytes:
+        """One of the server's own error responses, whole: a plain-text one
+        after which the connection closes, or (``close`` False, status 500)
+        the answer to a handler that failed, on a connection that goes on."""
+        if not close:
+            response = _INTERNAL_ERROR
+            assert isinstance(response.body, bytes)
+            lines = self._head_lines(response, self._headers.prepare(response.headers))
+            lines.append(b"content-length: %d\r\n\r\n" % len(response.body))
+            lines.append(response.body)
+            return b"".join(lines)
         reason = reason_phrase(status)
         text = b"%d %s\n" % (status, reason)
         head = b"%s%s%scontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n" % (
@@ -1111,9 +1185,13 @@ class HttpServer:
             len(text),
             CONNECTION_CLOSE,
         )
+        return head + text
+
+    async def _send_error_raw(self, flow: Flow, status: int) -> None:
+        """A complete error response, then the connection is to be closed."""
         with contextlib.suppress(NetworkError, OSError, TimeoutError):
             async with asyncio.timeout(1.0):
-                await flow.write(head + text)
+                await flow.write(self.error_response(status))
             await self._linger(flow)
 
     async def _linger(self, flow: Flow) -> None:

@@ -74,6 +74,7 @@ class SocketTcpFlow(asyncio.Protocol):
         "_error",
         "_local",
         "_lost",
+        "_on_lost",
         "_on_made",
         "_read_waiter",
         "_reading_paused",
@@ -99,6 +100,7 @@ class SocketTcpFlow(asyncio.Protocol):
         self._local: tuple[str, int] = ("0.0.0.0", 0)
         self._remote: tuple[str, int] = ("0.0.0.0", 0)
         self._on_made = on_made
+        self._on_lost: Any = None
 
     # --- asyncio.Protocol callbacks -------------------------------------
 
@@ -154,6 +156,9 @@ class SocketTcpFlow(asyncio.Protocol):
             self._drain_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        if self._on_lost is not None:
+            on_lost, self._on_lost = self._on_lost, None
+            on_lost(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -172,6 +177,31 @@ class SocketTcpFlow(asyncio.Protocol):
             self._read_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    # --- lending the transport to a faster consumer ----------------------
+
+    def lend_transport(self, protocol: asyncio.BaseProtocol) -> asyncio.Transport:
+        """Hand the transport's callbacks to ``protocol``, which serves the
+        connection from them (an HTTP server's fast path) until it calls
+        :meth:`take_back`; it tells this flow of the connection's loss."""
+        transport = self._transport
+        if transport is None or self._chunks or self._eof:
+            raise RuntimeError("only a fresh connection's transport can be lent")
+        transport.set_protocol(protocol)
+        return transport
+
+    def take_back(
+        self, pending: bytes, *, eof: bool, write_paused: bool, reading_paused: bool
+    ) -> None:
+        """The connection is this flow's again, ``pending`` (received, not
+        consumed) first in its buffer, in the state the borrower left it."""
+        assert self._transport is not None
+        self._transport.set_protocol(self)
+        self._chunks = [pending] if pending else []
+        self._buffered = len(pending)
+        self._eof = self._eof or eof
+        self._write_paused = write_paused
+        self._reading_paused = reading_paused
 
     # --- looming Flow ---------------------------------------------------
 
@@ -439,6 +469,20 @@ async def _listen_hosts(hosts: Sequence[str]) -> list[str]:
     return literals
 
 
+def _adopter(handler: TcpHandler) -> Any:
+    """The ``adopt_socket_flow`` a handler's object offers (an HttpServer
+    and its ``serve_flow`` do), or None.
+
+    ``adopt(flow, serve)`` is asked of each new connection: True when it
+    serves the connection from the transport's callbacks (see
+    :meth:`SocketTcpFlow.lend_transport`), calling ``serve()`` if it hands
+    the connection back to be served by ``handler`` in a task after all.
+    """
+    owner = getattr(handler, "__self__", handler)
+    adopt = getattr(owner, "adopt_socket_flow", None)
+    return adopt if callable(adopt) else None
+
+
 class SocketTcp:
     """:class:`looming.devices.Tcp` over host sockets.
 
@@ -490,13 +534,20 @@ class SocketTcp:
     ) -> SocketListener:
         loop = asyncio.get_running_loop()
         tasks = self._tasks
+        adopt = _adopter(handler)
+
+        def serve(flow: SocketTcpFlow) -> None:
+            task = loop.create_task(self._serve(flow, handler))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         def accepted(flow: SocketTcpFlow) -> None:
             flow.set_nodelay(True)
             self._flows.add(flow)
-            task = loop.create_task(self._serve(flow, handler))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            if adopt is not None and adopt(flow, lambda: serve(flow)):
+                flow._on_lost = self._flows.discard
+                return
+            serve(flow)
 
         def make_protocol() -> SocketTcpFlow:
             return SocketTcpFlow(accepted)

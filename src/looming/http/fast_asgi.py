@@ -1,0 +1,694 @@
+"""HTTP/1.1 for an ASGI application, driven by the transport's callbacks.
+
+On the socket stack a connection of an :class:`~looming.http.server.HttpServer`
+serving an :class:`~looming.http.asgi.AsgiAdapter` (with the httptools
+parser and no access log or metrics) is served here instead of by a task
+reading its flow: :class:`FastAsgiConnection` takes the transport's
+callbacks, parses each request head with llhttp as it arrives, and runs
+the application in one task per request whose ``send()`` writes the
+response into the transport itself (waiting, as the flow would, while the
+transport's buffer is above its high-water mark). A request costs one task
+and no hand-off between tasks.
+
+Only the plain case is served here: HTTP/1.1 requests without a body,
+without ``Connection``, ``Upgrade`` or ``Expect`` fields, other than HEAD.
+The first request that is anything else, a head llhttp or the server's
+checks refuse, or the HTTP/2 preface, hands the connection back to its flow
+with every byte not yet answered, and the server's usual path serves it
+from then on (see ``HttpServer.serve_flow``): both paths answer alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+import h11
+
+from looming.http.asgi import PATHSEND_CHUNK, ClientDisconnected, Message, Scope
+from looming.http.parser import _TARGET_MATCH, _checked_fields, httptools_module
+from looming.http.response_head import (
+    CHUNKED,
+    CONNECTION_CLOSE,
+    LAST_CHUNK,
+    InvalidHeaders,
+    body_not_allowed,
+)
+from looming.http.server import _valid_trailers
+
+if TYPE_CHECKING:
+    from looming.http.asgi import AsgiAdapter
+    from looming.http.server import HttpServer
+
+log = logging.getLogger("looming.http")
+
+RECEIVE_HIGH_WATER = 256 * 1024
+"""Unanswered pipelined bytes above which the transport stops reading."""
+
+GONE_DELAY = 0.05
+"""Seconds after an end of stream before an application still responding is
+told its client is gone (a client that half-closes right after its request
+still gets a quick response, as on the flow path)."""
+
+_BAD_START = (b"\r", b"\n", b"PRI ")
+"""Heads the usual path judges: a blank line first (h11 refuses it), HTTP/2's preface."""
+
+
+class LentTransport(Protocol):
+    """What a flow offers a faster consumer of its connection (SocketTcpFlow does)."""
+
+    def lend_transport(self, protocol: asyncio.BaseProtocol) -> asyncio.Transport: ...
+
+    def take_back(
+        self, pending: bytes, *, eof: bool, write_paused: bool, reading_paused: bool
+    ) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    @property
+    def local_address(self) -> tuple[str, int]: ...
+
+    @property
+    def remote_address(self) -> tuple[str, int]: ...
+
+
+class FastAsgiConnection(asyncio.Protocol):
+    """One connection served from the transport's callbacks (see the module)."""
+
+    __slots__ = (
+        "_adapter",
+        "_buf",
+        "_context",
+        "_deadline",
+        "_drain_waiter",
+        "_eof",
+        "_exchange",
+        "_fallback",
+        "_first",
+        "_flow",
+        "_fresh",
+        "_headers",
+        "_loop",
+        "_lost",
+        "_message_done",
+        "_parser",
+        "_reading_paused",
+        "_server",
+        "_timer",
+        "_transport",
+        "_url",
+        "_write_paused",
+        "close_after_response",
+    )
+
+    def __init__(
+        self,
+        server: HttpServer,
+        adapter: AsgiAdapter,
+        flow: LentTransport,
+        fallback: Callable[[], None],
+    ) -> None:
+        self._server = server
+        self._adapter = adapter
+        self._flow = flow
+        self._fallback = fallback
+        self._loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()
+        self._parser: Any = httptools_module().HttpRequestParser(self)
+        self._buf = b""
+        self._fresh = True
+        """Whether ``_buf`` starts where a read started (see _next_request)."""
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._message_done = False
+        self._exchange: _Exchange | None = None
+        self._eof = self._lost = self._write_paused = self._reading_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._first = True
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.close_after_response = False
+        """Set by a graceful stop: the connection ends after its response."""
+        self._transport = flow.lend_transport(self)
+        self._expire_in(server.config.header_timeout)
+
+    # --- llhttp's callbacks -----------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+
+    # --- the transport's callbacks ----------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            self._buf += data
+        else:
+            self._buf = data
+            self._fresh = True
+        if self._exchange is None:
+            self._next_request()
+        elif len(self._buf) > RECEIVE_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        exchange = self._exchange
+        if exchange is None:
+            if self._buf:
+                self._hand_over()  # an unfinished head, then the end: the usual path answers
+            else:
+                self._transport.close()
+        else:
+            exchange.client_ending()
+        return True  # the response in progress may still be written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._cancel_timer()
+        self._server.forget_fast(self)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._exchange is not None:
+            self._exchange.client_gone()
+        self._flow.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- requests ---------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Between a request's head and the end of its response."""
+        return self._exchange is not None
+
+    def _next_request(self) -> None:
+        """Start the exchange of the next request in the buffer, if its head
+        is whole; hand the connection over if it is not a plain one."""
+        buf = self._buf
+        if not self._fresh and buf[:1] in (b"\r", b"\n"):
+            # Blank lines after a request in the same read: llhttp skips
+            # them, as the usual path's parser does; at the start of a
+            # read, they are h11's to judge (handed over below).
+            buf = self._buf = buf.lstrip(b"\r\n")
+        end = buf.find(b"\r\n\r\n")
+        config = self._server.config
+        if end < 0:
+            if buf and (
+                buf.startswith(_BAD_START) or b"\n\n" in buf or len(buf) > config.max_header_bytes
+            ):
+                self._hand_over()
+            elif buf:
+                self._expire_in(config.header_timeout)
+            return
+        end += 4
+        scope = self._parse_head(buf[:end]) if not buf.startswith(_BAD_START) else None
+        if scope is None:
+            self._hand_over()
+            return
+        self._buf = buf[end:]
+        self._fresh = False
+        if self._reading_paused and len(self._buf) <= RECEIVE_HIGH_WATER:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        self._first = False
+        self._deadline = 0.0
+        self._exchange = exchange = _Exchange(self, scope)
+        self._server.in_flight += 1
+        self._loop.create_task(exchange.run(), context=self._context.copy())
+
+    def _parse_head(self, head: bytes) -> Scope | None:
+        """The scope of a plain request whose whole head is ``head``, or
+        None for one the usual path must serve."""
+        self._url = b""
+        self._headers = []
+        self._message_done = False
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except Exception:
+            return None  # llhttp's error, or an upgrade (CONNECT): the usual path's
+        target = self._url
+        if not self._message_done or parser.get_http_version() != "1.1":
+            return None
+        method = parser.get_method()
+        if method == b"HEAD" or _TARGET_MATCH(target) is None:
+            return None
+        try:
+            headers, notes, size = _checked_fields(self._headers, b"1.1", target)
+        except h11.RemoteProtocolError:
+            return None
+        if notes or size > self._server.config.max_header_bytes:
+            return None
+        return self._adapter.fast_scope(
+            method, target, headers, self._flow.remote_address, self._flow.local_address
+        )
+
+    def response_done(self, exchange: _Exchange, keep_alive: bool) -> None:
+        """The exchange's response is written: on to the next request."""
+        if self._exchange is not exchange:
+            return
+        self._exchange = None
+        server = self._server
+        server.requests_served += 1
+        if self._lost:
+            return
+        if not keep_alive or self._eof or self.close_after_response or server.stopping:
+            self._transport.close()
+            return
+        if self._buf:
+            self._next_request()
+        if self._exchange is None and not self._lost:
+            self._expire_in(server.config.keep_alive_timeout)
+
+    def exchange_ended(self) -> None:
+        """The application ended without a response (the client had gone)."""
+        self._exchange = None
+        if not self._lost:
+            self._transport.close()
+
+    def _hand_over(self) -> None:
+        """The usual path serves the connection from here (see the module)."""
+        self._cancel_timer()
+        self._server.forget_fast(self)
+        self._server.adopted_from_fast(self._flow, first=self._first)
+        pending, self._buf = self._buf, b""
+        self._flow.take_back(
+            pending,
+            eof=self._eof,
+            write_paused=self._write_paused,
+            reading_paused=self._reading_paused,
+        )
+        # The connection's task starts in the connection's context, not in
+        # that of the request whose response ended (the caller, maybe).
+        self._context.copy().run(self._fallback)
+
+    # --- writing ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._lost:
+            raise ClientDisconnected("the client has gone away")
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is above its high-water mark,
+        for at most the send timeout (then the connection is dropped)."""
+        if not self._write_paused or self._lost:
+            return
+        try:
+            async with asyncio.timeout(self._server.config.send_timeout):
+                while self._write_paused and not self._lost:
+                    waiter = self._drain_waiter = self._loop.create_future()
+                    await waiter
+        except TimeoutError:
+            self._server.timeouts += 1
+            self.abort()
+        if self._lost:
+            raise ClientDisconnected("the client has gone away")
+
+    def close(self) -> None:
+        """Close now (an idle connection at a graceful stop)."""
+        if not self._lost:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if not self._lost:
+            self._transport.abort()
+
+    # --- timeouts ---------------------------------------------------------
+
+    def _expire_in(self, seconds: float) -> None:
+        """One timer at a time, moved lazily (see server._Watchdog)."""
+        deadline = self._loop.time() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        self._deadline = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if not deadline or self._exchange is not None or self._lost:
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        self._server.timeouts += 1
+        if self._buf:
+            self.write(self._server.error_response(408))
+        self._transport.close()
+
+
+class _Exchange:
+    """One request and its response on a :class:`FastAsgiConnection`."""
+
+    __slots__ = (
+        "_body_taken",
+        "_conn",
+        "_declared",
+        "_disconnect",
+        "_done",
+        "_ended",
+        "_gone",
+        "_head",
+        "_keep_alive",
+        "_sent",
+        "_started",
+        "_status",
+        "_task",
+        "_trailers",
+        "_written",
+        "scope",
+    )
+
+    def __init__(self, conn: FastAsgiConnection, scope: Scope) -> None:
+        self._conn = conn
+        self.scope = scope
+        self._body_taken = False
+        self._started = False
+        self._written = False
+        """Whether the head went out: no 500 can replace the response after."""
+        self._done = False
+        self._ended = False
+        self._gone = False
+        self._disconnect: asyncio.Future[None] | None = None
+        self._status = 200
+        self._head: list[bytes] = []
+        self._declared: int | None = None
+        self._keep_alive = True
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        conn = self._conn
+        adapter = conn._adapter
+        self._task = asyncio.current_task()
+        try:
+            await adapter.app(self.scope, self.receive, self.send)
+        except Exception as error:
+            self._failed(error)
+        finally:
+            if not self._ended:
+                self._ended = True
+                conn._server.in_flight -= 1
+            if not self._done:
+                self._unfinished()
+            self._settle()
+
+    def _failed(self, error: Exception) -> None:
+        scope = self.scope
+        if self._done:
+            log.error("ASGI application failed after responding", exc_info=error)
+        elif self._gone and isinstance(error, ClientDisconnected):
+            pass
+        elif not self._written and not self._gone:
+            log.error(
+                "handler failed on %s %s",
+                scope["method"],
+                scope["raw_path"].decode("latin-1"),
+                exc_info=error,
+            )
+            self._send_500()
+        else:
+            log.error("response on %s failed", scope["client"], exc_info=error)
+
+    def _unfinished(self) -> None:
+        """The application returned before its last message."""
+        conn = self._conn
+        if self._gone:
+            conn.exchange_ended()
+        elif not self._written:
+            log.error(
+                "handler failed on %s %s: ASGI application returned without a response",
+                self.scope["method"],
+                self.scope["raw_path"].decode("latin-1"),
+            )
+            self._send_500()
+        else:
+            # The client would see a whole body where a part was sent: dropped.
+            conn.abort()
+            conn.exchange_ended()
+
+    def _settle(self) -> None:
+        adapter = self._conn._adapter
+        task = self._task
+        if task is not None:
+            adapter._after.discard(task)
+
+    def _send_500(self) -> None:
+        self._written = True
+        conn = self._conn
+        self._finish(conn._server.error_response(500, close=False))
+
+    def _finish(self, last: bytes) -> None:
+        """The response ends with ``last``: the application is told, runs
+        on by itself (background tasks), and the connection goes on."""
+        self._done = True
+        waiter = self._disconnect
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self._ended:
+            # The application runs on after its response (background tasks).
+            self._conn._server.in_flight -= 1
+            self._ended = True
+            if self._task is not None:
+                self._conn._adapter._after.add(self._task)
+        conn = self._conn
+        try:
+            if last:
+                conn.write(last)
+        except ClientDisconnected:
+            pass
+        finally:
+            conn.response_done(self, self._keep_alive)
+
+    # --- the client going away --------------------------------------------
+
+    def client_gone(self) -> None:
+        if self._done or self._gone:
+            return
+        self._gone = True
+        waiter = self._disconnect
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._written:
+            # A response cut midway: the application is stopped now, as the
+            # flow path stops it when the write fails.
+            task.cancel()
+        else:
+            # Told of the disconnect, it may finish within the grace.
+            grace = self._conn._adapter.disconnect_grace
+            self._conn._loop.call_later(grace, self._cut, task)
+
+    def _cut(self, task: asyncio.Task[None]) -> None:
+        if not self._done and not task.done():
+            task.cancel()
+
+    def client_ending(self) -> None:
+        """An end of stream: the client is gone, told at once to an
+        application waiting for it, else after :data:`GONE_DELAY`."""
+        waiter = self._disconnect
+        if waiter is not None and not waiter.done():
+            self.client_gone()
+        else:
+            self._conn._loop.call_later(GONE_DELAY, self.client_gone)
+
+    # --- receive and send -------------------------------------------------
+
+    async def receive(self) -> Message:
+        if not self._body_taken:
+            self._body_taken = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if not self._done and not self._gone:
+            waiter = self._disconnect
+            if waiter is None or waiter.done():
+                waiter = self._disconnect = self._conn._loop.create_future()
+            await waiter
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self._gone:
+            raise ClientDisconnected("the client has gone away")
+        if self._done:
+            return  # the response is over; later messages mean nothing
+        kind = message["type"]
+        if kind == "http.response.body":
+            await self._body(message.get("body", b""), message.get("more_body", False))
+        elif not self._started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"ASGI application sent {kind!r} before a response")
+            self._start(message)
+        elif kind == "http.response.trailers" and self._trailers is not None:
+            self._add_trailers(message)
+        elif kind == "http.response.pathsend" and self._trailers is None and not self._done:
+            await self._pathsend(message)
+        else:
+            # What cannot follow (a second start, trailers not announced):
+            # the response ends here, as on the flow path.
+            await self._body(b"", False)
+
+    def _start(self, message: Message) -> None:
+        conn = self._conn
+        server = conn._server
+        status = int(message["status"])
+        headers = conn._adapter._checked_headers(message.get("headers", ()))
+        try:
+            prepared = server._headers.prepare(headers)
+            if not 200 <= status <= 999:
+                raise InvalidHeaders(f"status {status} is not a final status")
+        except InvalidHeaders as error:
+            scope = self.scope
+            log.error(
+                "handler for %s %s gave a bad response: %s",
+                scope["method"],
+                scope["raw_path"].decode("latin-1"),
+                error,
+            )
+            self._started = True
+            self._send_500()
+            return
+        self._started = True
+        self._status = status
+        self._head = server.head_lines(status, prepared)
+        self._declared = prepared.declared_length
+        self._keep_alive = not prepared.close
+        if message.get("trailers", False):
+            self._trailers = []
+
+    async def _body(self, body: bytes, more: bool) -> None:
+        if not self._started:
+            raise RuntimeError("ASGI application sent 'http.response.body' before a response")
+        conn = self._conn
+        if not self._written:
+            self._written = True
+            if not more and self._trailers is None:
+                self._finish(self._whole(bytes(body)))
+                return
+            conn.write(self._streamed_head())
+        if body_not_allowed(self._status):
+            body = b""
+        if body:
+            conn.write(self._framed(bytes(body)))
+        if not more and self._trailers is None:
+            self._end_body()
+        await conn.drain()
+
+    def _whole(self, body: bytes) -> bytes:
+        """Head and body of a response sent in one message."""
+        head = self._head
+        declared = self._declared
+        if body_not_allowed(self._status):
+            body = b""
+        else:
+            if declared is not None and declared != len(body):
+                log.warning(
+                    "handler declared Content-Length %d for a %d byte body; sending the body's",
+                    declared,
+                    len(body),
+                )
+            head.append(b"content-length: %d\r\n" % len(body))
+        if not self._keep_alive:
+            head.append(CONNECTION_CLOSE)
+        head.append(b"\r\n")
+        head.append(body)
+        return b"".join(head)
+
+    def _streamed_head(self) -> bytes:
+        head = self._head
+        if body_not_allowed(self._status):
+            pass
+        elif self._declared is not None:
+            head.append(b"content-length: %d\r\n" % self._declared)
+        else:
+            head.append(CHUNKED)
+        if not self._keep_alive:
+            head.append(CONNECTION_CLOSE)
+        head.append(b"\r\n")
+        return b"".join(head)
+
+    def _framed(self, piece: bytes) -> bytes:
+        self._sent += len(piece)
+        declared = self._declared
+        if declared is None:
+            return b"%x\r\n%s\r\n" % (len(piece), piece)
+        if self._sent > declared:
+            self._conn.abort()
+            raise RuntimeError(f"streamed body is longer than its Content-Length {declared}")
+        return piece
+
+    def _end_body(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        declared = self._declared
+        last = b""
+        if body_not_allowed(self._status):
+            pass
+        elif declared is None:
+            if trailers:
+                lines = [b"%s: %s\r\n" % pair for pair in _valid_trailers(trailers)]
+                last = b"0\r\n" + b"".join(lines) + b"\r\n"
+            else:
+                last = LAST_CHUNK
+        elif self._sent != declared:
+            self._conn.abort()
+            raise RuntimeError(
+                f"streamed body of {self._sent} bytes, Content-Length said {declared}"
+            )
+        self._finish(last)
+
+    def _add_trailers(self, message: Message) -> None:
+        trailers = self._trailers
+        assert trailers is not None
+        trailers.extend((bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ()))
+        if not message.get("more_trailers", False):
+            if not self._written:
+                self._written = True
+                self._conn.write(self._streamed_head())
+            self._end_body(trailers)
+
+    async def _pathsend(self, message: Message) -> None:
+        """The file is the rest of the body, read off the event loop."""
+        file: BinaryIO = await asyncio.to_thread(open, os.fspath(message["path"]), "rb")
+        conn = self._conn
+        try:
+            if not self._written:
+                self._written = True
+                conn.write(self._streamed_head())
+            while True:
+                piece = await asyncio.to_thread(file.read, PATHSEND_CHUNK)
+                if not piece:
+                    break
+                if not body_not_allowed(self._status):
+                    conn.write(self._framed(piece))
+                await conn.drain()
+        finally:
+            file.close()
+        self._end_body()
