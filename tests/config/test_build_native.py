@@ -8,13 +8,16 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,6 +231,32 @@ def test_extraction_is_done_once_and_a_half_written_copy_is_replaced(
         assert build_boot.extract(archive, "d1") == str(folder)
         assert (package / "__init__.py").read_text() == "VALUE = 1\n"
     assert sorted(p.name for p in cache.iterdir()) == ["d1"]
+
+
+def _extract_in_child(archive: str, cache: str, barrier: Any, results: Any) -> None:
+    os.environ[build_boot.CACHE_ENV] = cache
+    barrier.wait()
+    with zipfile.ZipFile(archive) as z:
+        folder = Path(build_boot.extract(z, "d1"))
+    time.sleep(0.3)  # while the others finish theirs
+    results.put(sum(1 for p in folder.rglob("*.txt")))
+
+
+def test_starts_extracting_at_once_all_get_a_whole_copy(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        for i in range(300):
+            z.writestr(f"{build_boot.FILES}pkg/f{i}.txt", b"x" * 4096)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(6), context.Queue()
+    args = (str(tmp_path / "a.zip"), str(tmp_path / "c"), barrier, results)
+    children = [context.Process(target=_extract_in_child, args=args) for _ in range(6)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [child.exitcode for child in children] == [0] * 6
+    assert sorted(results.get(timeout=5) for _ in children) == [300] * 6
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["d1"]
 
 
 def test_a_cache_others_may_write_is_not_used(

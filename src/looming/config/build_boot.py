@@ -144,9 +144,10 @@ def extract(archive: zipfile.ZipFile, digest: str) -> str:
     staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
     try:
         _write_members(archive, names, staging)
-        if os.path.isdir(final):  # left half-written by a start that was killed
+        if os.path.isdir(final) and not os.path.isfile(os.path.join(final, COMPLETE)):
+            # Not one this code published (renamed only once complete): replace it.
             shutil.rmtree(final, ignore_errors=True)
-        os.rename(staging, final)
+        os.rename(staging, final)  # another start may have published it first: then it fails
     except OSError:
         if not os.path.isfile(os.path.join(final, COMPLETE)):
             raise
