@@ -5,6 +5,8 @@ into a private cache."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import importlib.metadata
 import io
 import json
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 
 from looming.config import build_boot
-from looming.config.build_native import main_with_boot
+from looming.config.build_native import distribution_metadata, main_with_boot, native_pack
 from tests.config.tooling import looming
 
 UNIKERNEL = """
@@ -302,3 +304,42 @@ def test_two_clones_with_compiled_packages_build_the_same_bytes(tmp_path: Path) 
         looming(app, "build")
         built.append((app / "dist" / "native-unix.pyz").read_bytes())
     assert built[0] == built[1]
+
+
+def test_a_wheel_s_vendored_libraries_and_metadata_are_packed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    site = tmp_path / "site"
+    files = {
+        "weftpkg/__init__.py": b"from weftpkg._core import weave\n",
+        f"weftpkg/_core{suffix}": b"\x7fELF not really",
+        "weftpkg/__pycache__/__init__.cpython-311.pyc": b"stale",
+        "weftpkg/_core.pyx": b"# the Cython source",
+        "weftpkg.libs/libweft-1a2b3c.so.1": b"\x7fELF vendored",
+        "weftpkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: weftpkg\nVersion: 1.0\n",
+        "weftpkg-1.0.dist-info/top_level.txt": b"weftpkg\n",
+        "weftpkg-1.0.dist-info/direct_url.json": b'{"url": "file:///home/someone"}',
+    }
+    record = "".join(f"{name},,\n" for name in files) + "weftpkg-1.0.dist-info/RECORD,,\n"
+    files["weftpkg-1.0.dist-info/RECORD"] = record.encode()
+    for name, data in files.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_bytes(data)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    pack = native_pack({"weftpkg"})
+    assert pack is not None
+    packed = sorted(n for n in pack.entries if n.startswith(build_boot.FILES))
+    assert packed == [
+        build_boot.FILES + "weftpkg.libs/libweft-1a2b3c.so.1",
+        build_boot.FILES + "weftpkg/__init__.py",
+        build_boot.FILES + f"weftpkg/_core{suffix}",
+    ]
+    assert build_boot.listed(pack.manifest, "suffixes") == [suffix]
+    assert pack.packages == ["weftpkg"]
+    metadata = distribution_metadata({"weftpkg"})
+    assert sorted(metadata) == [
+        "weftpkg-1.0.dist-info/METADATA",
+        "weftpkg-1.0.dist-info/top_level.txt",
+    ]
