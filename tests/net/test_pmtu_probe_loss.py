@@ -93,6 +93,14 @@ def test_a_sacked_probe_is_not_lost() -> None:
     assert search.acknowledged(2448, 730) == 1460
 
 
+def test_no_timer_once_data_follows_the_probe() -> None:
+    sender = probing(sent_at=0)
+    sender.board.sent(2448, 3000, MS)
+    assert probe_lost_at(sender) is None
+    assert not expire_probe(sender, SECOND)
+    assert not any(segment.lost for segment in sender.board.segments)
+
+
 def test_no_timer_without_a_probe() -> None:
     assert probe_lost_at(Sender(None)) is None
     search = MtuSearch(730, 1460, 600 * SECOND, 0, TcpStats())
@@ -167,9 +175,10 @@ def test_the_timer_marks_exactly_the_probes_unsacked_segments(
     sizes: list[int], data: st.DataObject
 ) -> None:
     """Any scoreboard, any probe range on segment boundaries, any SACKs and
-    losses already marked: at the deadline every one of the probe's segments
-    not SACKed is lost, the rest is untouched, and the search counts one
-    lost probe unless all of it was SACKed."""
+    losses already marked: a probe at the tail gets a deadline, at which
+    every one of its segments not SACKed is lost, the rest is untouched,
+    and the search counts one lost probe unless all of it was SACKed; a
+    probe with data sent after it gets no timer."""
     sender = Sender(MtuSearch(730, 1460, 600 * SECOND, 0, TcpStats()))
     board, start = sender.board, 0
     for size in sizes:
@@ -186,6 +195,11 @@ def test_the_timer_marks_exactly_the_probes_unsacked_segments(
     search.sent(1460, probe[0].start, probe[-1].end, probe[0].start, 0)
     before = [(s.lost, s.sacked) for s in board.segments]
     deadline = probe_lost_at(sender)
+    if last < len(sizes) - 1:
+        # Not the tail: RACK sees its loss through what was sent later.
+        assert deadline is None and not expire_probe(sender, SECOND)
+        assert [(s.lost, s.sacked) for s in board.segments] == before
+        return
     assert deadline is not None
     resend = expire_probe(sender, deadline)
     inside = range(first, last + 1)

@@ -266,8 +266,8 @@ class ProbingSender(Protocol):
 
 
 def probe_lost_at(conn: ProbingSender) -> int | None:
-    """When the probe out counts as lost if no ACK has covered it: the
-    tail loss probe's timeout after it left (2 SRTT, the delayed-ACK time
+    """When the probe out, the tail of the flight, counts as lost if no ACK
+    has covered it: the tail loss probe's timeout after it left (2 SRTT, the delayed-ACK time
     more for a lone segment, RFC 8985 7.2), not the RTO. Sent at the tail
     of a flight, nothing sent later is SACKed to show RACK it was lost, and
     a tail loss probe resending its last bytes shows nothing either (the
@@ -275,11 +275,17 @@ def probe_lost_at(conn: ProbingSender) -> int | None:
     search = conn.mtu_search
     if search is None or search.probe_sent_at is None:
         return None
+    board = conn.board
+    if not board or board.segments[-1].end > search.probe_end:
+        # Data sent after it: its SACKs show RACK a lost probe, and a
+        # timer would take a probe merely ACKed late (a busy receiver)
+        # for a lost one, and search lower for nothing.
+        return None
     rtt = conn.rtt
     # As the tail loss probe's timer reckons it (segments, not packets), so
     # that this one comes first: a tail loss probe resending the probe's
     # last bytes would hide its loss until the RTO.
-    wait = probe_timeout(rtt.srtt, len(conn.board), conn.config.delayed_ack_ns, rtt.rto)
+    wait = probe_timeout(rtt.srtt, len(board), conn.config.delayed_ack_ns, rtt.rto)
     return search.probe_sent_at + wait
 
 
