@@ -2,16 +2,15 @@
 
 When full-sized segments time out again and again and no ICMP error says
 why (RFC 2923's black hole), the TCP layer halves the connection's MSS; an
-ICMP error may lower it too (RFC 1191), and may be stale or forged.
-Nothing told it the path shrank, so nothing will tell it when the path is
-whole again: this search finds out by itself. After ``raise_interval_ns``
+ICMP "fragmentation needed" lowers it too (RFC 1191), and may be stale or
+forged. Nothing will tell the connection when the path is whole again:
+this search finds out by itself. After ``raise_interval_ns``
 (RFC 8899's PMTU_RAISE_TIMER, 600 s by default) one segment of new data
 goes out larger than the others, with DF set and not cut by segmentation
 offload: the probe. A cumulative ACK covering it without its bytes having
-been resent confirms the size, and the connection's MSS rises to it (and
-the path's, :class:`SharedPath`); a
-retransmission of any of its bytes marks it lost, and the search looks
-lower. The ceiling is tried first (the black hole may have been a passing
+been resent confirms the size, and the connection's MSS rises to it, as
+does the path's (:class:`SharedPath`); a retransmission of any of its bytes
+marks it lost, and the search looks lower. The ceiling is tried first (the black hole may have been a passing
 fault), then sizes halving the interval between the largest size
 confirmed and the smallest one that failed (RFC 4821 7.4), until they are
 less than :data:`PROBE_THRESHOLD` apart; the search then rests for
@@ -266,12 +265,12 @@ class ProbingSender(Protocol):
 
 
 def probe_lost_at(conn: ProbingSender) -> int | None:
-    """When the probe out, the tail of the flight, counts as lost if no ACK
-    has covered it: the tail loss probe's timeout after it left (2 SRTT, the delayed-ACK time
-    more for a lone segment, RFC 8985 7.2), not the RTO. Sent at the tail
-    of a flight, nothing sent later is SACKed to show RACK it was lost, and
-    a tail loss probe resending its last bytes shows nothing either (the
-    ACK for a resend sooner than min_RTT is taken for the original's)."""
+    """When the probe out, the tail of the flight, counts as lost if no
+    ACK has covered it: the tail loss probe's timeout after it left (2
+    SRTT, the delayed-ACK time more for a lone segment, RFC 8985 7.2), not
+    the RTO. Nothing sent later can be SACKed to show RACK its loss, and a
+    tail loss probe resending its last bytes shows nothing either (the ACK
+    for a resend sooner than min_RTT is taken for the original's)."""
     search = conn.mtu_search
     if search is None or search.probe_sent_at is None:
         return None
