@@ -134,6 +134,32 @@ def test_templates_and_static_files_beside_the_app_are_served_from_the_artifact(
         assert fetch(f"{base}/static/leak.txt")[0] == 404
 
 
+CWD_APP = """
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+# As FastAPI's tutorial writes it: relative to the folder the server starts in.
+app = Starlette(routes=[Mount("/static", StaticFiles(directory="static"), name="static")])
+"""
+
+
+def test_a_folder_relative_to_the_start_folder_builds_and_is_served_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOOMING_NATIVE_CACHE", str(tmp_path / "cache"))
+    app = tmp_path / "site"
+    (app / "static").mkdir(parents=True)
+    (app / "static" / "hello.txt").write_text("from the start folder\n")
+    (app / "app.py").write_text(CWD_APP)
+    (app / "unikernel.py").write_text(UNIKERNEL)
+    (app / "config.py").write_text(CONFIG)
+    looming(app, "configure", "-t", "unix")
+    looming(app, "build")  # StaticFiles checks the folder when the app is imported
+    with running(app, "--port", "0", ready=r"serving (http://\S+)") as (_proc, ready):
+        assert fetch(f"{ready.group(1)}/static/hello.txt")[2] == b"from the start folder\n"
+
+
 def test_named_paths_and_conventional_folders_are_found(tmp_path: Path) -> None:
     app = tmp_path / "app"
     for folder in ("static", "templates", "data", "_build", ".git", "venv", "kv"):

@@ -28,6 +28,7 @@ nothing is left in ``dist/``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.machinery
 import importlib.util
 import io
@@ -39,6 +40,7 @@ import sys
 import sysconfig
 import tempfile
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -470,7 +472,13 @@ compiled packages is found through it)."""
 
 
 def smoke_import(
-    artifact: Path, modules: list[str], closure: Closure, *, natives: bool = False
+    artifact: Path,
+    modules: list[str],
+    closure: Closure,
+    *,
+    natives: bool = False,
+    app_dir: Path | None = None,
+    app_files: Sequence[str] = (),
 ) -> None:
     """Import ``modules`` from ``artifact`` alone; ConfigError naming what is missing.
 
@@ -496,6 +504,12 @@ def smoke_import(
         *(["--natives"] if natives else []),
     ]
     with tempfile.TemporaryDirectory(prefix="looming-smoke-") as cwd:
+        # The files the application names, also where a path relative to the
+        # current folder finds them (StaticFiles(directory="static") started
+        # in the application's folder, as `looming run` and uvicorn are).
+        for top in sorted({name.partition("/")[0] for name in app_files}):
+            if app_dir is not None:
+                Path(cwd, top).symlink_to((app_dir / top).resolve())
         try:
             done = subprocess.run(
                 command, cwd=cwd, env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT
@@ -614,7 +628,16 @@ def write_zipapp(
     entries.update(distribution_metadata(packed_tops | set(pack.packages if pack else ())))
     crunched_entries, crunched = _crunch_entries(app_dir, crunch)
     entries.update(crunched_entries)
-    _write_atomically(artifact, shebang(pack) + _zip_bytes(entries), smoke_modules, closure, pack)
+    content = shebang(pack) + _zip_bytes(entries)
+    with _written_atomically(artifact, content) as tmp:
+        smoke_import(
+            tmp,
+            smoke_modules,
+            closure,
+            natives=pack is not None,
+            app_dir=app_dir,
+            app_files=app_files,
+        )
     return BuildReport(
         artifact,
         artifact.stat().st_size,
@@ -670,14 +693,10 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomically(
-    artifact: Path,
-    content: bytes,
-    smoke_modules: list[str],
-    closure: Closure,
-    pack: NativePack | None,
-) -> None:
-    """Write ``artifact`` only once its modules import from it (nothing otherwise)."""
+@contextlib.contextmanager
+def _written_atomically(artifact: Path, content: bytes) -> Iterator[Path]:
+    """A temporary file holding ``content`` beside ``artifact``, moved into
+    place if the block succeeds and removed whatever happens."""
     artifact.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{artifact.name}.", dir=artifact.parent)
     tmp = Path(tmp_name)
@@ -685,7 +704,7 @@ def _write_atomically(
         with os.fdopen(fd, "wb") as out:
             out.write(content)
         tmp.chmod(0o755)
-        smoke_import(tmp, smoke_modules, closure, natives=pack is not None)
+        yield tmp
         tmp.replace(artifact)
     finally:
         tmp.unlink(missing_ok=True)
