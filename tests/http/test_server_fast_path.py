@@ -256,3 +256,35 @@ def test_a_stop_lets_a_response_in_flight_finish() -> None:
         assert running.server.connections_open == 0
         busy.close()
         idle.close()
+
+
+def test_thousands_of_pipelined_requests_are_answered_in_order(
+    servers: dict[str, RunningServer],
+) -> None:
+    count = 3000
+    requests = b"".join(_request(f"/n{i}") for i in range(count)) + LAST[0]
+    answer = exchange(servers["fast-uvloop"].port, [requests])
+    assert answer.count(b"HTTP/1.1 200 OK") == count + 1
+    order = [int(part.split(b" ", 1)[0]) for part in answer.split(b"GET /n")[1:]]
+    assert order == list(range(count))
+
+
+def test_a_dribbled_head_gets_408_at_the_header_timeout() -> None:
+    config = ServerConfig(parser="httptools", header_timeout=0.4)
+    with serve_in_thread(lambda: AsgiAdapter(app), config, loop="uvloop") as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+            began = time.monotonic()
+            received = b""
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 40:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.05)
+                if time.monotonic() - began > 1.5:
+                    break
+            while data := sock.recv(65536):
+                received += data
+            took = time.monotonic() - began
+        assert received.startswith(b"HTTP/1.1 408 ")
+        assert 0.3 < took < 1.5

@@ -91,12 +91,15 @@ class FastAsgiConnection(asyncio.Protocol):
         "_first",
         "_flow",
         "_fresh",
+        "_head_begun",
         "_headers",
         "_loop",
         "_lost",
         "_message_done",
         "_parser",
+        "_pos",
         "_reading_paused",
+        "_scan",
         "_server",
         "_timer",
         "_transport",
@@ -119,7 +122,12 @@ class FastAsgiConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
         self._parser: Any = httptools_module().HttpRequestParser(self)
-        self._buf = b""
+        self._buf = bytearray()
+        """What was received; from ``_pos`` on, not answered yet."""
+        self._pos = 0
+        self._scan = 0
+        """Where the search for the end of the head goes on."""
+        self._head_begun = False
         self._fresh = True
         """Whether ``_buf`` starts where a read started (see _next_request)."""
         self._url = b""
@@ -150,14 +158,17 @@ class FastAsgiConnection(asyncio.Protocol):
     # --- the transport's callbacks ----------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._buf:
-            self._buf += data
-        else:
-            self._buf = data
+        buf = self._buf
+        if self._pos == len(buf):
+            # Everything before was answered: this read starts afresh.
+            if buf:
+                buf.clear()
+                self._pos = self._scan = 0
             self._fresh = True
+        buf += data
         if self._exchange is None:
             self._next_request()
-        elif len(self._buf) > RECEIVE_HIGH_WATER and not self._reading_paused:
+        elif len(buf) - self._pos > RECEIVE_HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             self._transport.pause_reading()
 
@@ -165,7 +176,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._eof = True
         exchange = self._exchange
         if exchange is None:
-            if self._buf:
+            if self._pos < len(self._buf):
                 self._hand_over()  # an unfinished head, then the end: the usual path answers
             else:
                 self._transport.close()
@@ -203,39 +214,58 @@ class FastAsgiConnection(asyncio.Protocol):
     def _next_request(self) -> None:
         """Start the exchange of the next request in the buffer, if its head
         is whole; hand the connection over if it is not a plain one."""
-        buf = self._buf
-        if not self._fresh and buf[:1] in (b"\r", b"\n"):
+        buf, pos = self._buf, self._pos
+        if not self._fresh:
             # Blank lines after a request in the same read: llhttp skips
             # them, as the usual path's parser does; at the start of a
             # read, they are h11's to judge (handed over below).
-            buf = self._buf = buf.lstrip(b"\r\n")
-        end = buf.find(b"\r\n\r\n")
-        config = self._server.config
+            while pos < len(buf) and buf[pos] in b"\r\n":
+                pos += 1
+            self._pos = pos
+        scan = max(pos, self._scan)
+        end = buf.find(b"\r\n\r\n", scan)
         if end < 0:
-            if buf and (
-                buf.startswith(_BAD_START) or b"\n\n" in buf or len(buf) > config.max_header_bytes
-            ):
-                self._hand_over()
-            elif buf:
-                self._expire_in(config.header_timeout)
+            self._head_unfinished(scan)
             return
         end += 4
-        scope = self._parse_head(buf[:end]) if not buf.startswith(_BAD_START) else None
+        scope = self._parse_head(buf[pos:end]) if not buf.startswith(_BAD_START, pos) else None
         if scope is None:
             self._hand_over()
             return
-        self._buf = buf[end:]
+        self._pos = self._scan = end
         self._fresh = False
-        if self._reading_paused and len(self._buf) <= RECEIVE_HIGH_WATER:
+        if end > RECEIVE_HIGH_WATER // 4 and end * 2 > len(buf):
+            del buf[:end]  # what was answered (now and then, for a pipelining client)
+            self._pos = self._scan = 0
+        if self._reading_paused and len(buf) - self._pos <= RECEIVE_HIGH_WATER:
             self._reading_paused = False
             self._transport.resume_reading()
-        self._first = False
+        self._first = self._head_begun = False
         self._deadline = 0.0
         self._exchange = exchange = _Exchange(self, scope)
         self._server.in_flight += 1
         self._loop.create_task(exchange.run(), context=self._context.copy())
 
-    def _parse_head(self, head: bytes) -> Scope | None:
+    def _head_unfinished(self, scan: int) -> None:
+        """No whole head yet from ``_pos``; searched from ``scan``."""
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            return
+        config = self._server.config
+        if (
+            buf.startswith(_BAD_START, pos)
+            or buf.find(b"\n\n", scan) >= 0
+            or len(buf) - pos > config.max_header_bytes
+        ):
+            self._hand_over()
+            return
+        self._scan = max(pos, len(buf) - 3)  # a terminator may straddle the next read
+        if not self._head_begun:
+            # The head has header_timeout to arrive whole from its first byte.
+            self._head_begun = True
+            self._expire_in(config.header_timeout)
+
+    def _parse_head(self, head: bytearray) -> Scope | None:
         """The scope of a plain request whose whole head is ``head``, or
         None for one the usual path must serve."""
         self._url = b""
@@ -274,9 +304,9 @@ class FastAsgiConnection(asyncio.Protocol):
         if not keep_alive or self._eof or self.close_after_response or server.stopping:
             self._transport.close()
             return
-        if self._buf:
+        if self._pos < len(self._buf):
             self._next_request()
-        if self._exchange is None and not self._lost:
+        if self._exchange is None and not self._lost and self._deadline == 0.0:
             self._expire_in(server.config.keep_alive_timeout)
 
     def exchange_ended(self) -> None:
@@ -290,7 +320,9 @@ class FastAsgiConnection(asyncio.Protocol):
         self._cancel_timer()
         self._server.forget_fast(self)
         self._server.adopted_from_fast(self._flow, first=self._first)
-        pending, self._buf = self._buf, b""
+        pending = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = self._scan = 0
         self._flow.take_back(
             pending,
             eof=self._eof,
@@ -360,7 +392,7 @@ class FastAsgiConnection(asyncio.Protocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
         self._server.timeouts += 1
-        if self._buf:
+        if self._pos < len(self._buf):
             self.write(self._server.error_response(408))
         self._transport.close()
 
