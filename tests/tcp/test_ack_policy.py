@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from looming.net.tcp.config import TcpConfig, TcpStats
+from looming.net.tcp.config import MS, TcpConfig, TcpStats
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.seq import unwrap
 from looming.net.tcp.tcb import sack_option_space
@@ -174,3 +174,27 @@ def test_an_offloaded_burst_with_sack_blocks_is_cut_to_fit_the_mss() -> None:
         assert header.sack_blocks == ((2449, 3897),)
         assert size == conn.send_mss - sack_option_space(1) or (size is None and payload)
         assert (size or len(payload)) + sack_option_space(1) <= conn.send_mss
+
+
+def test_after_a_pause_longer_than_the_rto_each_segment_is_acked_at_once() -> None:
+    """A sender back from its retransmission timeout restarts from one
+    segment: after a pause in its data longer than our RTO we ACK every
+    in-order segment at once, 16 times (Linux's quickack mode), then every
+    second one again, with the delayed-ACK timer for a lone one."""
+    s = established(replace(PLAIN, sack=True), sack_permitted=True)
+    s.recv(seg("A", B, A), b"a" * MSS)
+    assert s.take() == []  # one full segment: the delayed-ACK timer holds it
+    s.recv(seg("A", B + MSS, A), b"b" * MSS)
+    assert len(s.take()) == 1  # the second full segment: ACKed at once
+    s.advance(s.conn.rtt.rto / MS + 10)  # the peer is silent past our RTO
+    at = B + 2 * MSS
+    for _ in range(16):
+        s.recv(seg("A", at, A), b"c" * MSS)
+        at += MSS
+        ((ack, _),) = s.take()
+        assert unwrap(ack.ack, B) == at
+    s.recv(seg("A", at, A), b"d" * MSS)
+    assert s.take() == []  # quick ACKs used up: every second segment again
+    s.recv(seg("A", at + MSS, A), b"e" * MSS)
+    ((ack, _),) = s.take()
+    assert unwrap(ack.ack, B) == at + 2 * MSS

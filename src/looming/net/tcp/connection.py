@@ -25,6 +25,7 @@ from looming.net.tcp.tcb import (
     CWR,
     ECE,
     MAX_WINDOW_SCALE,
+    QUICK_ACKS,
     RECEIVING,
     SENDING,
     SYNCHRONIZED,
@@ -516,8 +517,12 @@ class TcpConnection(TcpSender):
             return
         if len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
+        last, self.data_received_at = self.data_received_at, now
+        if last is not None and now - last > self.rtt.rto:
+            self.quick_acks = QUICK_ACKS  # the sender restarts, likely from one segment
         # buggify: an ACK for two full segments held for the delayed-ACK timer.
-        if self.full_segments_unacked >= 2 and not buggify("tcp.delay_ack"):
+        quick = self.full_segments_unacked >= 2 or self.quick_acks > 0
+        if quick and not buggify("tcp.delay_ack"):
             unacknowledged = self.receive_buffer.rcv_nxt - self.acknowledged_to
             if not self.config.coalesce_acks or unacknowledged >= self.config.receive_buffer // 4:
                 # Coalescing stops at a quarter of the window, so that a long

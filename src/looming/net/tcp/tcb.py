@@ -29,6 +29,12 @@ ECE = int(TcpFlags.ECE)
 CWR = int(TcpFlags.CWR)
 
 TIMESTAMP_OPTION_SPACE = 12  # NOP NOP kind len TSval TSecr
+# In-order segments ACKed at once, not every second one, after the peer's
+# data paused longer than our RTO: a sender restarting from a window of one
+# or two segments after its retransmission timeout is then not held by the
+# delayed-ACK timer every round (a Linux receiver does the same: through
+# the loss relay it ACKed each segment after such a pause; TCP_MAX_QUICKACKS).
+QUICK_ACKS = 16
 
 
 def sack_option_space(blocks: int) -> int:
@@ -192,8 +198,12 @@ class TransmissionControlBlock:
         self.fin_received = False
         self.full_segments_unacked = 0
         self.ack_due = False
+        # In-order data ACKed at once, not every second segment, after a
+        # silence longer than the RTO (Linux's quickack mode).
+        self.quick_acks = 0
+        self.data_received_at: int | None = None
         # Out-of-order data or a filled hole came in this burst: its SACK
-        # blocks are owed in a pure ACK at flush_ack (data carries none).
+        # blocks are owed at flush_ack, unless data we send carries them.
         self.sack_due = False
         self.sack_due_range: int | None = None  # its first block's left edge
         self.acknowledged_to = 0  # rcv_nxt as of the last ACK we sent
@@ -415,6 +425,8 @@ class TransmissionControlBlock:
         # A resent segment may be old news to the peer, which then drops it
         # whole, ACK field included: it does not settle an ACK we owe.
         if carries_ack and header.flags & ACK:
+            if self.quick_acks and self.receive_buffer.rcv_nxt > self.acknowledged_to:
+                self.quick_acks -= 1
             self.delack_at = None
             self.full_segments_unacked = 0
             self.ack_due = False
