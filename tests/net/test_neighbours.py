@@ -22,6 +22,7 @@ from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourS
 from looming.net.netif.memory import MemorySwitch
 from looming.net.stack import DirectStack
 from looming.net.wire import icmpv6, ipv6, ndp
+from looming.net.wire import udp as wire_udp
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
@@ -352,14 +353,11 @@ def test_hostile_fragments_are_dropped() -> None:
         # Overlapping pieces (RFC 5722): the whole datagram goes.
         b.ethernet.input(fragment_frame(b, source, 0, True, bytes(16)))
         b.ethernet.input(fragment_frame(b, source, 8, False, bytes(16)))
-        # An atomic fragment (RFC 8021: nobody should send them any more).
-        b.ethernet.input(fragment_frame(b, source, 0, False, bytes(16)))
         # Pieces disagreeing on the next header never make a whole.
         b.ethernet.input(fragment_frame(b, source, 0, True, bytes(16), nh=17))
         b.ethernet.input(fragment_frame(b, source, 16, False, bytes(16), nh=58))
         counters = b.counters()
         assert counters["reassembly6.overlap_dropped"] == 1
-        assert counters["ipv6.atomic_fragment_dropped"] == 1
         assert "reassembly6.reassembled" not in counters
         assert "ipv6.rx_packets" not in counters
         # A flood of first pieces that never complete stays bounded.
@@ -370,6 +368,30 @@ def test_hostile_fragments_are_dropped() -> None:
         assert len(reassembler) <= reassembler.max_datagrams
         assert reassembler.held_bytes <= reassembler.max_bytes
         await settle()
+
+    run(body)
+
+
+def test_an_atomic_fragment_is_taken_as_the_whole_packet() -> None:
+    """RFC 6946 section 4: a fragment header with offset 0 and M clear
+    holds a whole packet, processed as one, apart from any reassembly of
+    other fragments with the same identification."""
+
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        received: asyncio.Queue[Datagram] = asyncio.Queue()
+        await b.udp.bind(9, received.put_nowait)
+        source = a6.link_local
+        # A first piece of identification 77 is pending: the atomic fragment
+        # with the same identification must not join it.
+        b.ethernet.input(fragment_frame(b, source, 0, True, bytes(16)))
+        data = b"whole in one"
+        udp = wire_udp.emit(wire_udp.UdpHeader(4000, 9), data, source, b6.link_local)  # type: ignore[arg-type]
+        b.ethernet.input(fragment_frame(b, source, 0, False, udp))
+        datagram = await asyncio.wait_for(received.get(), 1)
+        assert datagram.data == data and datagram.source == str(source)
+        counters = b.counters()
+        assert counters["ipv6.rx_atomic_fragments"] == 1
+        assert len(b6.reassembler) == 1  # the pending piece is untouched
 
     run(body)
 

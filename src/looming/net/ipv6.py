@@ -7,8 +7,8 @@ IPv4 hands up.
 
 Packets larger than the link's MTU are fragmented at the source (RFC 8200
 4.5) and fragments are reassembled, bounded, by ``net/reassembly.py``
-(overlapping fragments drop the whole, RFC 5722; atomic fragments, which
-nobody should send any more (RFC 8021), are counted and dropped).
+(overlapping fragments drop the whole, RFC 5722; an atomic fragment, offset
+0 without more to come, is taken as the whole packet it is, RFC 6946).
 
 Errors sent, all from one token bucket (RFC 4443 2.4(f)): destination
 unreachable (UDP's port unreachable); parameter problem for an unknown
@@ -513,8 +513,10 @@ class Ipv6Layer:
         once it is complete."""
         counters = self.counters
         if fragment.is_atomic:
-            counters["atomic_fragment_dropped"] += 1
-            return None
+            # RFC 6946 section 4: a whole packet in a fragment header, taken
+            # as it is, never mixed with other fragments of its identification.
+            counters["rx_atomic_fragments"] += 1
+            return self._upper_layer(fragment, bytes(data))
         counters["rx_fragments"] += 1
         # The Next Header is part of the key: pieces that disagree on it
         # never make a whole.
@@ -527,6 +529,11 @@ class Ipv6Layer:
             self._watch_reassembly()
             return None
         self._first_fragments.pop(key, None)
+        return self._upper_layer(fragment, whole)
+
+    def _upper_layer(self, fragment: FragmentHeader, whole: bytes) -> tuple[int, bytes] | None:
+        """The upper-layer protocol and payload of a reassembled packet."""
+        counters = self.counters
         try:
             chain = wire.walk(fragment.next_header, whole)
         except Malformed:

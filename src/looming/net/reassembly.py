@@ -101,6 +101,8 @@ class Reassembler:
             return None
         if more_fragments and (len(payload) == 0 or len(payload) % 8):
             self.counters["bad_fragment"] += 1
+            if not payload and key in self._partials:
+                self._drop(key)  # as Linux: an empty piece spoils its datagram
             return None
         partial = self._partials.get(key)
         if partial is None:
