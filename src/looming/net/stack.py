@@ -193,7 +193,7 @@ class DirectStack:
         Give either a static ``address`` (with an optional ``gateway``) or
         ``dhcp=True``, which waits up to ``dhcp_timeout`` seconds for a lease
         (the address it brings is printed on standard error and logged).
-        ``max_connections`` bounds TCP connections (in any state) and
+        ``max_connections`` bounds TCP connections past the handshake and
         ``memory_limit`` the bytes all TCP receive queues may hold (None or
         0: no limit); what they turn away is counted (see :meth:`counters`).
         ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.

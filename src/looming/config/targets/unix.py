@@ -271,7 +271,7 @@ def direct_stack_impl(dev: Device) -> Impl:
                 "tcp_max_connections",
                 "int",
                 10000,
-                "TCP connections at most, any state (0: no limit)",
+                "TCP connections at most, half-open ones aside (0: no limit)",
             ),
             KeyDecl(
                 "tcp_memory_limit",

@@ -249,8 +249,12 @@ class TcpEndpoint:
         return key, conn
 
     def _at_connection_limit(self) -> bool:
+        """Whether the connections past the handshake (TIME-WAIT included)
+        fill ``max_connections``; counted as a drop when they do. Half-open
+        ones do not count: each listener's backlog bounds them, and spoofed
+        SYNs that never complete must not lock legitimate clients out."""
         limit = self.max_connections
-        if limit is not None and len(self.connections) >= limit:
+        if limit is not None and len(self.connections) - len(self._half_open) >= limit:
             self.connection_limit_dropped += 1
             return True
         return False
@@ -334,6 +338,16 @@ class TcpEndpoint:
             if conn.state is State.TIME_WAIT and header.syn and conn.accepts_new_syn(header):
                 conn.on_timer(conn.time_wait_at or now)  # end TIME-WAIT now
                 self.collect(key, conn)
+            elif (
+                conn.state is State.SYN_RECEIVED
+                and header.flags & (ACK | SYN | RST) == ACK
+                and key in self._half_open
+                and self._at_connection_limit()
+            ):
+                # The handshake's last ACK while the limit is reached:
+                # dropped (Linux's accept-queue overflow); our SYN-ACK is
+                # resent, and the peer's answer is admitted once a slot frees.
+                return
             else:
                 conn.input(header, payload, now, ce=ce)
                 self.collect(key, conn)
@@ -394,7 +408,9 @@ class TcpEndpoint:
 
     def _on_syn(self, listener: ListenerState, key: FourTuple, syn: TcpHeader, now: int) -> None:
         if self._at_connection_limit():
-            return  # dropped: the peer retries, maybe after others closed
+            # Dropped, as Linux drops a SYN while its accept queue is full:
+            # the peer retries, maybe after others closed.
+            return
         limit = min(listener.backlog, self.config.syn_backlog)
         if listener.half_open >= limit:
             if self.config.syn_cookies:

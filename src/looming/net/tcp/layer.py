@@ -289,8 +289,10 @@ class TcpLayer:
         memory_limit: int | None = None,
         ipv6: Ipv6Layer | None = None,
     ) -> None:
-        """``max_connections`` bounds the connections in any state (new ones
-        beyond it are dropped and counted); ``memory_limit`` the bytes all
+        """``max_connections`` bounds the connections past the handshake,
+        TIME-WAIT included (half-open ones are bounded by each listener's
+        backlog, then SYN cookies; SYNs and handshake ACKs beyond the limit
+        are dropped and counted); ``memory_limit`` the bytes all
         receive queues together may hold, by true size. With ``ipv6``, TCP
         runs over IPv6 too, with the same core."""
         self._ipv4 = ipv4
