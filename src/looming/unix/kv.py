@@ -3,6 +3,11 @@
 Keys are ``/``-separated; each name is checked so that no key can reach
 outside the store (``..``, empty names, NUL and backslashes are refused as
 missing keys).
+
+A read-only folder (``kv_ro``), crunched or read in place, serves what
+:func:`served_target` allows, one rule for both: nothing hidden (a name
+starting with ``.``) in the key or in where it leads, nothing outside the
+folder, and links to folders are not followed (a link to a file inside is).
 """
 
 from __future__ import annotations
@@ -48,13 +53,8 @@ class DirectoryKv:
         parts = split_key(key)
         if parts is None:
             return None
-        path = self._root.joinpath(*parts)
-        # A symlink inside the folder must not lead outside it.
-        try:
-            path.resolve().relative_to(self._root)
-        except ValueError:
-            return None
-        return path
+        found = served_target(self._root, parts)
+        return found if isinstance(found, Path) else None
 
     def _value_path(self, key: str) -> Path:
         path = self._path(key)
@@ -92,10 +92,12 @@ class DirectoryKv:
             raise KeyNotFound(prefix)
         if not path.is_dir():
             raise NotAValue(f"{prefix!r} is a value, not a dictionary")
-        return [
-            (p.name, EntryKind.DICTIONARY if p.is_dir() else EntryKind.VALUE)
-            for p in sorted(path.iterdir(), key=lambda p: p.name)
-        ]
+        listing = []
+        for name in sorted(os.listdir(path)):
+            child = self._path(f"{prefix}/{name}")
+            if child is not None and child.exists():
+                listing.append((name, EntryKind.DICTIONARY if child.is_dir() else EntryKind.VALUE))
+        return listing
 
     async def digest(self, key: str) -> str:
         path = self._path(key)
@@ -128,6 +130,18 @@ class DirectoryKvRw(DirectoryKv):
     @classmethod
     async def connect(cls, root: str | os.PathLike[str]) -> DirectoryKvRw:
         return cls(root)
+
+    def _path(self, key: str) -> Path | None:
+        """The application's own state: any name, hidden ones too (values are
+        written through hidden temporary files), as long as it stays inside."""
+        parts = split_key(key)
+        if parts is None:
+            return None
+        path = self._root.joinpath(*parts)
+        # A symlink inside the folder must not lead outside it.
+        if not path.resolve().is_relative_to(self._root):
+            return None
+        return path
 
     def generation(self) -> object:
         """Changes with every write made through this device, so a cache of
@@ -367,18 +381,58 @@ def _running_archive() -> str | None:
     return archive if isinstance(archive, str) else None
 
 
+HIDDEN = "hidden"
+HIDDEN_TARGET = "a link to a hidden entry"
+OUTSIDE = "leading outside the folder"
+FOLDER_LINK = "a link to a folder (not followed)"
+LINK_LOOP = "a link that loops"
+
+
+def served_target(root: Path, parts: tuple[str, ...]) -> Path | str:
+    """Where the key ``parts`` leads in the read-only folder ``root`` (an
+    absolute, resolved path), or why it is not served.
+
+    The one rule for a folder crunched into the artifact and one read in
+    place: no name of the key starts with ``.``; the key, links resolved,
+    stays inside ``root`` and no name of that target (relative to ``root``)
+    starts with ``.`` (so ``env.txt -> .env`` is refused); and links to
+    folders are not followed, neither as the key's last name nor on the way
+    (a link to a file inside the folder is served under its own name).
+    Whether the target exists is left to the caller.
+    """
+    if any(name.startswith(".") for name in parts):
+        return HIDDEN
+    path = root.joinpath(*parts)
+    try:
+        target = path.resolve()
+        parent_target = path.parent.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+        return LINK_LOOP
+    if not target.is_relative_to(root):
+        return OUTSIDE
+    if any(name.startswith(".") for name in target.relative_to(root).parts):
+        return HIDDEN_TARGET
+    if parts and parent_target != path.parent:
+        return FOLDER_LINK  # a link to a folder on the way
+    if path.is_symlink() and target.is_dir():
+        return FOLDER_LINK
+    return target
+
+
 @dataclass
 class FolderSurvey:
     """What a kv_ro folder holds, as the server will see it."""
 
     served: list[tuple[str, Path]]
-    """Regular files inside the folder: (relative name, path)."""
+    """Regular files the folder serves: (relative name, path)."""
     hidden: list[str]
-    """Entries whose name starts with ``.`` (their contents are not listed)."""
+    """Entries whose name starts with ``.`` (their contents are not listed),
+    and links leading to one."""
     outside: list[str]
     """Symbolic links leading out of the folder."""
     unusable: list[str]
-    """Broken links, FIFOs, sockets, devices and unreadable files, with why."""
+    """Broken links, links to folders, FIFOs, sockets, devices and
+    unreadable files, with why."""
 
     def left_out(self) -> str:
         """One line naming what will not be served, or ``""``."""
@@ -394,6 +448,23 @@ class FolderSurvey:
                 )
                 parts.append(f"{len(names)} {what} ({shown})")
         return "; ".join(parts)
+
+    def add(self, rel: str, path: Path, found: Path | str) -> None:
+        """File the entry ``rel`` (at ``path``) by what :func:`served_target` found."""
+        if found == HIDDEN:
+            self.hidden.append(rel + ("/" if path.is_dir() and not path.is_symlink() else ""))
+        elif found == HIDDEN_TARGET:
+            self.hidden.append(f"{rel} ({HIDDEN_TARGET})")
+        elif found == OUTSIDE and path.exists():
+            self.outside.append(rel)
+        elif found == OUTSIDE:
+            self.unusable.append(f"{rel}: a broken link")
+        elif isinstance(found, str):
+            self.unusable.append(f"{rel}: {found}")
+        elif (why := _unusable(path)) is not None:
+            self.unusable.append(f"{rel}: {why}")
+        elif not path.is_dir():
+            self.served.append((rel, path))
 
 
 def _unusable(path: Path) -> str | None:
@@ -414,28 +485,30 @@ def _unusable(path: Path) -> str | None:
 
 
 def survey_folder(folder: Path) -> FolderSurvey:
-    """Sort the entries of ``folder`` into served, hidden, outside and unusable.
-
-    Links to folders are not followed (as ``rglob`` does not); a link to a
-    file inside the folder is served, one leading outside is not.
-    """
+    """Sort the entries of ``folder`` into served, hidden, outside and unusable,
+    each by :func:`served_target`, the rule a folder read in place follows at
+    every request. Hidden folders and links to folders are not entered."""
     root = folder.resolve()
     survey = FolderSurvey([], [], [], [])
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        names = rel.split("/")
-        if any(name.startswith(".") for name in names):
-            if names[-1].startswith(".") and not any(n.startswith(".") for n in names[:-1]):
-                survey.hidden.append(rel + ("/" if path.is_dir() else ""))
+    pending = [root]
+    while pending:
+        where = pending.pop()
+        try:
+            entries = sorted(os.scandir(where), key=lambda e: e.name)
+        except OSError as e:
+            survey.unusable.append(f"{where.relative_to(root).as_posix()}/: {e.strerror}")
             continue
-        if path.is_symlink() and path.exists() and not path.resolve().is_relative_to(root):
-            survey.outside.append(rel)
-            continue
-        why = _unusable(path)
-        if why is not None:
-            survey.unusable.append(f"{rel}: {why}")
-        elif not path.is_dir():
-            survey.served.append((rel, path))
+        for entry in entries:
+            path = Path(entry.path)
+            rel = path.relative_to(root).as_posix()
+            found = served_target(root, tuple(rel.split("/")))
+            survey.add(rel, path, found)
+            if isinstance(found, Path) and entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+    survey.served.sort()
+    survey.hidden.sort()
+    survey.outside.sort()
+    survey.unusable.sort()
     return survey
 
 
