@@ -24,7 +24,13 @@ from typing import Any
 import pytest
 
 from looming.config import build_boot
-from looming.config.build_native import distribution_metadata, main_with_boot, native_pack
+from looming.config.build import _check_packages, _top_level_imports, module_closure
+from looming.config.build_native import (
+    distribution_metadata,
+    main_with_boot,
+    native_pack,
+    required_modules,
+)
 from tests.config.tooling import looming
 
 UNIKERNEL = """
@@ -343,3 +349,55 @@ def test_a_wheel_s_vendored_libraries_and_metadata_are_packed(
         "weftpkg-1.0.dist-info/METADATA",
         "weftpkg-1.0.dist-info/top_level.txt",
     ]
+
+
+def fake_distribution(site: Path, name: str, files: dict[str, bytes], requires: str = "") -> None:
+    """An installed distribution ``name`` 1.0 in ``site`` holding ``files``."""
+    info = f"{name}-1.0.dist-info"
+    tops = sorted({f.split("/")[0].split(".")[0] for f in files})
+    files = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{requires}".encode(),
+        f"{info}/top_level.txt": "".join(f"{t}\n" for t in tops).encode(),
+    }
+    files[f"{info}/RECORD"] = ("".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n").encode()
+    for path, data in files.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_bytes(data)
+
+
+def test_what_compiled_code_requires_is_packed_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    site = tmp_path / "site"
+    requires = (
+        "Requires-Dist: weft-backend>=1 ; platform_python_implementation != 'PyPy'\n"
+        "Requires-Dist: weft-extra ; extra == 'more'\n"
+        "Requires-Dist: not-installed-anywhere\n"
+    )
+    fake_distribution(site, "loomcore", {f"loomcore{suffix}": b"\x7fELF"}, requires)
+    fake_distribution(site, "weft_backend", {f"_weft_backend{suffix}": b"\x7fELF"})
+    fake_distribution(site, "weft_extra", {"weft_extra.py": b""})
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    assert required_modules({"loomcore"}) == {"_weft_backend"}
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("import loomcore\n")
+    closure = module_closure(app / "main.py", app)
+    assert closure.external == {"loomcore"}
+    # register(packages=[...]) may name a compiled package: it is packed whole.
+    _check_packages(["_weft_backend"], app)
+    closure = module_closure(app / "main.py", app, ("_weft_backend.*",))
+    assert closure.external == {"loomcore", "_weft_backend"}
+
+
+def test_the_smoke_import_covers_what_main_imports_at_start(tmp_path: Path) -> None:
+    main = tmp_path / "main.py"
+    main.write_text(
+        '"""Doc."""\nfrom __future__ import annotations\n\nimport json\n'
+        "from looming import runtime\nfrom looming.tls import TlsServer\n\n"
+        "async def start():\n    from unikernel import Job\n"
+    )
+    assert _top_level_imports(main) == ["json", "looming", "looming.tls"]

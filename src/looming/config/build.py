@@ -53,6 +53,7 @@ from looming.config.build_native import (
     main_with_boot,
     native_pack,
     referenced_paths,
+    required_modules,
     shebang,
 )
 from looming.errors import ConfigError
@@ -301,14 +302,17 @@ class _ModuleWalk:
     def expand(self, names: tuple[str, ...]) -> None:
         """Queue ``names`` (``pkg.*``: every module of ``pkg``)."""
         for name in names:
-            if name.endswith(".*"):
-                listed = self.locator.submodules(name.removesuffix(".*"))
-            else:
-                listed = [name]
+            base = name.removesuffix(".*")
+            if self.locator.find(base)[0] == "external":  # packed whole, or the host's
+                self.closure.external.add(base.partition(".")[0])
+                continue
+            listed = self.locator.submodules(base) if name.endswith(".*") else [name]
             for listed_name in listed:
                 kind, src = self.locator.find(listed_name)
                 if src is not None and kind != "external":
                     self.pending.append(src)
+                elif kind == "external":
+                    self.closure.external.add(listed_name.partition(".")[0])
                 elif kind == "missing" and not name.endswith(".*"):
                     self.closure.missing.add(listed_name)
 
@@ -540,14 +544,27 @@ def smoke_import(
     )
 
 
+def _top_level_imports(main_py: Path) -> list[str]:
+    """The modules the generated ``main.py`` imports when it starts (the
+    devices' implementations: looming.tls, ...), to import in the smoke test."""
+    if not main_py.is_file():
+        return []
+    names = []
+    for node in ast.parse(main_py.read_bytes()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return sorted(set(names))
+
+
 def _check_packages(packages: list[str], app_dir: Path) -> None:
     locator = ModuleLocator(app_dir)
     for name in packages:
         kind, _src = locator.find(name)
-        if kind in ("missing", "external", "stdlib") or not re.fullmatch(r"[\w.]+", name):
+        if kind in ("missing", "stdlib") or not re.fullmatch(r"[\w.]+", name):
             why = {
                 "missing": "is not installed",
-                "external": "has compiled code; it is used from the host's installation",
                 "stdlib": "is in the standard library, which the host provides",
             }.get(kind, "is not a module name")
             raise ConfigError(f"register(packages=[...]): {name!r} {why}; remove it or fix it")
@@ -617,9 +634,13 @@ def write_zipapp(
     """
     recorded_packages, recorded_jobs = configured(main_py)
     packages = recorded_packages if packages is None else packages
-    smoke_modules = recorded_jobs if smoke_modules is None else smoke_modules
+    if smoke_modules is None:
+        smoke_modules = [*_top_level_imports(main_py), *recorded_jobs]
     _check_packages(packages, app_dir)
-    closure = module_closure(main_py, app_dir, tuple(f"{p}.*" for p in packages))
+    starts = tuple(f"{p}.*" for p in packages)
+    closure = module_closure(main_py, app_dir, starts)
+    if natives:
+        closure = _with_requirements(closure, main_py, app_dir, starts)
     entries: dict[str, bytes] = {}
     for src in closure.modules.values():
         entries[_archive_name(src)] = src.source()
@@ -648,6 +669,22 @@ def write_zipapp(
         build_boot.listed(pack.manifest, "packages") if pack is not None else [],
         app_files,
     )
+
+
+def _with_requirements(
+    closure: Closure, main_py: Path, app_dir: Path, starts: tuple[str, ...]
+) -> Closure:
+    """``closure`` grown by what its compiled packages require (their
+    compiled code imports it unseen: :func:`required_modules`)."""
+    tried: set[str] = set()
+    while True:
+        reached = closure.external | {name.partition(".")[0] for name in closure.modules}
+        new = required_modules(closure.external) - reached - tried
+        if not new:
+            return closure
+        tried |= new
+        starts = (*starts, *sorted(new))
+        closure = module_closure(main_py, app_dir, starts)
 
 
 def _extracted_pack(

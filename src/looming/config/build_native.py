@@ -19,6 +19,7 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
+import re
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -273,3 +274,29 @@ def distribution_metadata(tops: set[str]) -> dict[str, bytes]:
             if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] in _METADATA_FILES:
                 entries[file.as_posix()] = Path(str(file.locate())).read_bytes()
     return entries
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def required_modules(tops: set[str]) -> set[str]:
+    """The top-level modules of the installed distributions that those
+    providing ``tops`` require (not for an extra): what compiled code may
+    import without an import statement the build could read (cryptography's
+    Rust core imports cffi's ``_cffi_backend``). Markers other than extras
+    are not evaluated: a requirement that is installed is taken."""
+    owners = importlib.metadata.packages_distributions()
+    provides: dict[str, set[str]] = {}
+    for top, dists in owners.items():
+        if top.isidentifier():
+            for dist in dists:
+                provides.setdefault(_normalised(dist), set()).add(top)
+    found: set[str] = set()
+    for dist in sorted({d for top in tops for d in owners.get(top, [])}):
+        for requirement in importlib.metadata.requires(dist) or []:
+            name, _, marker = requirement.partition(";")
+            match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
+            if match is not None and "extra" not in marker:
+                found |= provides.get(_normalised(match.group(1)), set())
+    return found - tops
