@@ -576,6 +576,42 @@ def test_a_lost_tail_is_found_by_the_probe_not_the_rto() -> None:
     assert (stats.tail_loss_probes, stats.timeouts, stats.fast_retransmits) == (1, 0, 1)
 
 
+def test_a_lost_retransmission_is_found_by_rack_not_the_rto() -> None:
+    """The retransmission of a lost segment is lost too; new data sent
+    after it is SACKed, so RACK (RFC 8985 6.2: a resent segment's send time
+    is its last) deems the retransmission lost once an RTT and the
+    reordering window have passed, and it is resent again without waiting
+    for the retransmission timer."""
+    s = _established_with_rtt(replace(PLAIN, sack=True))
+    s.conn.cc.cwnd = 20 * MSS
+    s.call("send", b"w" * 40_000)
+    assert len(s.take()) == 20  # the window's worth; the rest waits
+    s.advance(10)
+    delivered: list[int] = []
+    first: list[int] = []
+    for index in [i for i in range(20) if i != 3]:
+        delivered.append(index)
+        _ack_with_sacks(s, delivered)
+        first += [h.seq for h, p in s.take() if p and h.seq == A + 3000]
+    assert first == [A + 3000]  # resent once; that copy is lost as well
+    conn = s.conn
+    sent_after = [segment.start for segment in conn.board.segments if segment.start >= A + 20_000]
+    assert sent_after, "PRR let new data out after the retransmission"
+    s.advance(10)  # an RTT later the new segments are SACKed, the hole is not
+    again: list[int] = []
+    for start in sent_after:
+        delivered.append((start - A) // MSS)
+        _ack_with_sacks(s, delivered)
+        again += [h.seq for h, p in s.take() if p and h.seq == A + 3000]
+    s.advance(5)  # the reordering window, if RACK waits for one
+    again += [h.seq for h, p in s.take() if p and h.seq == A + 3000]
+    assert again == [A + 3000]
+    assert conn.stats.timeouts == 0 and conn.recovery is Recovery.RECOVERY
+    s.advance(10)
+    _ack_with_sacks(s, [*delivered, 3])
+    assert conn.snd_una > A + 20_000 and conn.stats.timeouts == 0
+
+
 def test_recovery_begun_by_the_reordering_timer_resends_at_once() -> None:
     """RACK's reordering timer, not an ACK, deems the first segments lost
     (the ACKs after the SACK were lost too): the retransmission must leave
