@@ -553,16 +553,36 @@ class AsgiAdapter:
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
     ) -> Scope:
-        """The scope of an HTTP/1.1 request as llhttp read it."""
+        """The scope of an HTTP/1.1 request as llhttp read it (the same as
+        :meth:`scope_of` gives, without decoding what is kept as bytes)."""
         name = _METHODS.get(method)
-        return self.scope_of(
-            name if name is not None else method.decode("ascii"),
-            target.decode("latin-1"),
-            headers,
-            "1.1",
-            client,
-            server,
-        )
+        if name is None or target[:1] != b"/":
+            return self.scope_of(
+                name or method.decode("ascii"),
+                target.decode("latin-1"),
+                headers,
+                "1.1",
+                client,
+                server,
+            )
+        raw_path, _, query = target.partition(b"?")
+        path = raw_path.decode("latin-1")
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": "1.1",
+            "method": name,
+            "scheme": self.scheme,
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": self.root_path,
+            "headers": list(headers),
+            "client": client,
+            "server": server,
+            "state": self.state.copy(),
+            "extensions": {"http.response.trailers": {}, "http.response.pathsend": {}},
+        }
 
     def scope_of(
         self,

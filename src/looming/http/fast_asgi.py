@@ -36,6 +36,7 @@ from looming.http.response_head import (
     CONNECTION_CLOSE,
     LAST_CHUNK,
     InvalidHeaders,
+    PreparedHeaders,
     body_not_allowed,
 )
 from looming.http.server import _valid_trailers
@@ -244,7 +245,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._exchange = exchange = _Exchange(self, scope)
         self._server.in_flight += 1
-        self._loop.create_task(exchange.run(), context=self._context.copy())
+        exchange._task = self._loop.create_task(exchange.run(), context=self._context.copy())
 
     def _head_unfinished(self, scan: int) -> None:
         """No whole head yet from ``_pos``; searched from ``scan``."""
@@ -408,8 +409,8 @@ class _Exchange:
         "_done",
         "_ended",
         "_gone",
-        "_head",
         "_keep_alive",
+        "_prepared",
         "_sent",
         "_started",
         "_status",
@@ -431,7 +432,7 @@ class _Exchange:
         self._gone = False
         self._disconnect: asyncio.Future[None] | None = None
         self._status = 200
-        self._head: list[bytes] = []
+        self._prepared: PreparedHeaders | None = None
         self._declared: int | None = None
         self._keep_alive = True
         self._trailers: list[tuple[bytes, bytes]] | None = None
@@ -440,10 +441,8 @@ class _Exchange:
 
     async def run(self) -> None:
         conn = self._conn
-        adapter = conn._adapter
-        self._task = asyncio.current_task()
         try:
-            await adapter.app(self.scope, self.receive, self.send)
+            await conn._adapter.app(self.scope, self.receive, self.send)
         except Exception as error:
             self._failed(error)
         finally:
@@ -575,7 +574,14 @@ class _Exchange:
             return  # the response is over; later messages mean nothing
         kind = message["type"]
         if kind == "http.response.body":
-            await self._body(message.get("body", b""), message.get("more_body", False))
+            more = message.get("more_body", False)
+            if not more and not self._written and self._started and self._trailers is None:
+                # The whole response in one message (the common case): no
+                # further coroutine, one write.
+                self._written = True
+                self._finish(self._whole(message.get("body", b"")))
+                return
+            await self._body(message.get("body", b""), more)
         elif not self._started:
             if kind != "http.response.start":
                 raise RuntimeError(f"ASGI application sent {kind!r} before a response")
@@ -611,7 +617,7 @@ class _Exchange:
             return
         self._started = True
         self._status = status
-        self._head = server.head_lines(status, prepared)
+        self._prepared = prepared
         self._declared = prepared.declared_length
         self._keep_alive = not prepared.close
         if message.get("trailers", False):
@@ -637,26 +643,24 @@ class _Exchange:
 
     def _whole(self, body: bytes) -> bytes:
         """Head and body of a response sent in one message."""
-        head = self._head
+        if type(body) is not bytes:
+            body = bytes(body)
+        status, prepared = self._status, self._prepared
+        assert prepared is not None  # set by the start
+        if body_not_allowed(status):
+            return self._conn._server.whole_head(status, prepared, -1)
         declared = self._declared
-        if body_not_allowed(self._status):
-            body = b""
-        else:
-            if declared is not None and declared != len(body):
-                log.warning(
-                    "handler declared Content-Length %d for a %d byte body; sending the body's",
-                    declared,
-                    len(body),
-                )
-            head.append(b"content-length: %d\r\n" % len(body))
-        if not self._keep_alive:
-            head.append(CONNECTION_CLOSE)
-        head.append(b"\r\n")
-        head.append(body)
-        return b"".join(head)
+        if declared is not None and declared != len(body):
+            log.warning(
+                "handler declared Content-Length %d for a %d byte body; sending the body's",
+                declared,
+                len(body),
+            )
+        return self._conn._server.whole_head(status, prepared, len(body)) + body
 
     def _streamed_head(self) -> bytes:
-        head = self._head
+        assert self._prepared is not None  # set by the start
+        head = self._conn._server.head_lines(self._status, self._prepared)
         if body_not_allowed(self._status):
             pass
         elif self._declared is not None:

@@ -399,6 +399,9 @@ class HttpServer:
         """Connections served from their transport's callbacks (see fast_asgi)."""
         self._handed: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         """Flows the fast path handed back -> whether before their first request."""
+        self._heads: dict[tuple[int, bytes, int], bytes] = {}
+        """Response heads made by :meth:`whole_head` within this second."""
+        self._heads_date = b""
         self.connections_fast = 0
         """Connections the fast path took (see :meth:`adopt_socket_flow`)."""
         self.connections_handed_back = 0
@@ -1033,6 +1036,29 @@ class HttpServer:
 
     def _head_lines(self, response: Response, prepared: PreparedHeaders) -> list[bytes]:
         return self.head_lines(response.status, prepared)
+
+    def whole_head(self, status: int, prepared: PreparedHeaders, length: int) -> bytes:
+        """The head of a response with a whole body of ``length`` bytes (-1:
+        a status without a body) on a keep-alive HTTP/1.1 connection, made
+        once per Date second for each status, header lines and length."""
+        date = self._date.line()
+        if date is not self._heads_date:
+            self._heads.clear()
+            self._heads_date = date
+        key = (status, prepared.lines, length)
+        head = self._heads.get(key)
+        if head is None:
+            lines = self.head_lines(status, prepared)
+            if length >= 0:
+                lines.append(b"content-length: %d\r\n" % length)
+            if prepared.close:
+                lines.append(CONNECTION_CLOSE)
+            lines.append(b"\r\n")
+            head = b"".join(lines)
+            if len(self._heads) >= WIRE_ENTRIES:
+                self._heads.clear()
+            self._heads[key] = head
+        return head
 
     def head_lines(self, status: int, prepared: PreparedHeaders) -> list[bytes]:
         """A response head's lines up to its framing: status, Date, Server
