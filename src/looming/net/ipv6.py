@@ -519,8 +519,9 @@ class Ipv6Layer:
             return self._upper_layer(fragment, bytes(data))
         counters["rx_fragments"] += 1
         # The Next Header is part of the key: pieces that disagree on it
-        # never make a whole.
-        key = (header.source, header.destination, fragment.next_header, fragment.identification)
+        # never make a whole. The addresses as bytes: their hash is cached,
+        # an IPv6Address's is computed at every lookup.
+        key = (packet[8:24], packet[24:40], fragment.next_header, fragment.identification)
         whole = self.reassembler.add_piece(
             key, fragment.offset, fragment.more_fragments, bytes(data), self._now(), 0xFFFF
         )
@@ -560,11 +561,14 @@ class Ipv6Layer:
         """Keep the start of a first fragment (bounded like the reassembler)
         for the Time Exceeded that its timeout sends (RFC 8200 4.5)."""
         kept = self._first_fragments
-        if fragment.offset == 0 and key in self.reassembler:
+        reassembler = self.reassembler
+        if fragment.offset == 0 and key in reassembler:
             kept[key] = packet[: icmpv6.MAX_ERROR_QUOTE]
-        if len(kept) > self.reassembler.max_datagrams:
-            for stale in [k for k in kept if k not in self.reassembler]:
-                del kept[stale]
+        if len(kept) > 2 * reassembler.max_datagrams:
+            # Keys the reassembler has let go of, swept once per
+            # max_datagrams first fragments: O(1) a fragment, not a scan
+            # of every key for each one once the table is full.
+            self._first_fragments = {k: v for k, v in kept.items() if k in reassembler}
 
     def _expire_reassembly(self) -> None:
         self._reassembly_timer = None
@@ -573,8 +577,8 @@ class Ipv6Layer:
             if first is None:
                 continue  # the first fragment never came: no error (RFC 8200 4.5)
             source, destination = key[0], key[1]
-            assert isinstance(source, IPv6Address) and isinstance(destination, IPv6Address)
-            header = Ipv6Header(source, destination, NextHeader.FRAGMENT)
+            assert isinstance(source, bytes) and isinstance(destination, bytes)
+            header = Ipv6Header(IPv6Address(source), IPv6Address(destination), NextHeader.FRAGMENT)
             code = icmpv6.TimeExceededCode.REASSEMBLY
             self._send_error(header, first, Icmpv6Type.TIME_EXCEEDED, code, 0)
         self._watch_reassembly()

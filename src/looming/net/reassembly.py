@@ -18,7 +18,10 @@ from looming.net.wire.ipv4 import MAX_PACKET_LENGTH, MIN_HEADER_LENGTH, Ipv4Head
 
 _SECOND_NS = 1_000_000_000
 
-ReassemblyKey = tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address, int, int]
+# Addresses as objects, or (IPv6, whose address objects hash slowly) as the
+# 16 bytes of the header.
+_Address = IPv4Address | IPv6Address | bytes
+ReassemblyKey = tuple[_Address, _Address, int, int]
 
 
 @dataclass(slots=True)
