@@ -99,3 +99,83 @@ def test_ambiguous_framing_is_refused_and_never_smuggles(parser: str) -> None:
                 name,
                 out,
             )
+
+
+async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"path=%s body=%s;" % (str(scope["path"]).encode(), body),
+        }
+    )
+
+
+UPGRADE_HEADS = {
+    "unknown-protocol": b"Connection: Upgrade\r\nUpgrade: foo\r\n",
+    "h2c-with-body": (
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+@pytest.mark.parametrize("upgrade", sorted(UPGRADE_HEADS))
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_declined_upgrade_gets_its_body_and_hides_no_request(
+    parser: str, upgrade: str, chunked: bool
+) -> None:
+    """An upgrade the server does not take: the body, framed by its
+    Content-Length or chunks, is the app's; the request pipelined behind it
+    is answered after it; nothing in the body is read as a request."""
+    pytest.importorskip(parser)
+    if chunked:
+        framing, body = (
+            b"Transfer-Encoding: chunked\r\n",
+            b"%x\r\n%s\r\n0\r\n\r\n"
+            % (
+                len(HIDDEN),
+                HIDDEN,
+            ),
+        )
+    else:
+        framing, body = b"Content-Length: %d\r\n" % len(HIDDEN), HIDDEN
+    data = (
+        _post(UPGRADE_HEADS[upgrade] + framing, body)
+        + b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    with serve_in_thread(lambda: AsgiAdapter(_echo), ServerConfig(parser=parser)) as server:
+        out, closed = _exchange(server.port, data, 2.0)
+    assert closed, out
+    answers = [part.split(b";")[0] for part in out.split(b"path=")[1:]]
+    assert answers == [b"/outer body=" + HIDDEN, b"/next body="], out
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_a_declined_upgrade_asking_100_continue_gets_it_and_its_body(parser: str) -> None:
+    """The body of a declined upgrade sent only after the 100 Continue (as
+    curl --http2 sends a POST): invited, then read as the request's."""
+    pytest.importorskip(parser)
+    head = _post(
+        UPGRADE_HEADS["h2c-with-body"] + b"Expect: 100-continue\r\nContent-Length: 7\r\n", b""
+    )
+    with (
+        serve_in_thread(lambda: AsgiAdapter(_echo), ServerConfig(parser=parser)) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=2.0) as sock,
+    ):
+        sock.sendall(head)
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello=1")
+        out = b""
+        while b";" not in out and (chunk := sock.recv(65536)):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 200 "), out
+    assert out.endswith(b"path=/outer body=hello=1;"), out

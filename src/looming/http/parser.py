@@ -249,7 +249,8 @@ class HttptoolsParser:
     Events are queued as llhttp finds them (a read may hold several
     pipelined requests); an error is raised once the events before it are
     taken, as h11 does. After a request asking to upgrade, the bytes behind
-    it are :attr:`trailing_data` and nothing more is parsed.
+    it are :attr:`trailing_data` and nothing more is parsed; a body it
+    announces is read first, by h11 (see :meth:`_read_body_by_h11`).
 
     llhttp refuses some heads that h11 takes (a method it does not know, a
     target without its leading slash, bare LF line ends): when a head fails,
@@ -396,13 +397,47 @@ class HttptoolsParser:
         try:
             self._parser.feed_data(data)
         except module.HttpParserUpgrade as upgrade:
-            self._upgraded = True
-            self._trailing = data[upgrade.args[0] :]
+            rest = data[upgrade.args[0] :]
+            if not self._read_body_by_h11(rest):
+                self._upgraded = True
+                self._trailing = rest
         except h11.RemoteProtocolError as error:
             self._error = error
         except module.HttpParserError as error:
             self._error = _remote_error(str(error))
             self._hand_to_h11()
+
+    def _read_body_by_h11(self, rest: bytes) -> bool:
+        """llhttp stops after the head of a request asking to upgrade, as if
+        it had no body, and leaves the rest unread. A body its head announces
+        is still this request's (the server answers it before any switch):
+        h11 reads it, set up by a head that frames it alike, and what
+        follows is the next request's. Whether there was such a body."""
+        events = self._events
+        if len(events) < 2 or events[-1] is not _END or type(events[-2]) is not RequestHead:
+            return False
+        head = events[-2]
+        if not head.notes & FRAMING:
+            return False
+        framing = b""
+        for name, value in head.headers:
+            if name == b"transfer-encoding":
+                framing = b"transfer-encoding: chunked\r\n"  # (checked: nothing else)
+                break
+            if name == b"content-length" and value.strip(b"0"):
+                framing = b"content-length: " + value + b"\r\n"
+        if not framing:
+            return False  # Content-Length: 0: the upgrade may go on
+        expect = b"expect: 100-continue\r\n" if head.expects_continue else b""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+        conn.receive_data(b"POST / HTTP/1.1\r\nhost: x\r\n" + framing + expect + b"\r\n")
+        conn.next_event()  # the head's stand-in
+        if rest:  # (empty would tell h11 the client closed)
+            conn.receive_data(rest)
+        events.pop()  # llhttp's end of a message without a body
+        self._completed -= 1
+        self._h11 = conn
+        return True
 
     def _hand_to_h11(self) -> None:
         """llhttp refused a head: h11 reads that request from its first byte."""
