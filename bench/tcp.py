@@ -47,6 +47,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import platform
 import queue
 import re
 import statistics
@@ -1010,9 +1011,11 @@ def _spread(values: list[float]) -> str:
 
 def lossy_report(rows: list[LossyRow], size: int, default: str = "?") -> str:
     plain = f"Linux {default}"
+    versions = f"Linux {platform.release()}, looming on Python {platform.python_version()}"
     lines = [
         "",
-        f"{size / 1e6:.0f} MB echo through the loss relay (seconds, min/median/max over the "
+        f"{size / 1e6:.0f} MB echo through the loss relay ({versions}; "
+        "seconds, min/median/max over the "
         f"rounds, which alternate; {plain}: the namespaces' default congestion control; "
         "Linux cubic and looming's Linux peer: CUBIC on the sockets; ratio = median "
         "looming / median Linux cubic, goal <= 3 at 3% and 5%; "
