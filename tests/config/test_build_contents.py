@@ -84,10 +84,10 @@ def test_register_packages_packs_the_whole_package(tmp_path: Path) -> None:
 def test_register_packages_must_name_an_installed_pure_package(tmp_path: Path) -> None:
     for name, why in [("no_such_package_x", "not installed"), ("json", "standard library")]:
         app = plugged_app(tmp_path / name, f', packages=["plugins", "{name}"]')
-        looming(app, "configure", "-t", "unix")
-        failed = looming(app, "build", check=False)
+        # Refused at configure already, at config.py's register line.
+        failed = looming(app, "configure", "-t", "unix", check=False)
         assert failed.returncode == 2
-        assert name in failed.stderr and why in failed.stderr
+        assert name in failed.stderr and why in failed.stderr and "config.py:2:" in failed.stderr
         assert "Traceback" not in failed.stderr
 
 

@@ -8,6 +8,7 @@ point there.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 import sys
@@ -285,6 +286,51 @@ def register(name: str, jobs: Sequence[Job], *, packages: Sequence[str] = ()) ->
             raise fail(f"register({name!r}): jobs must be made with main(...), not {j!r}", where)
     if any(u.name == name for u in _registry.unikernels):
         raise fail(f"register(): a unikernel named {name!r} is already registered", where)
-    u = Unikernel(name, list(jobs), where, list(packages))
+    u = Unikernel(name, list(jobs), where, _checked_packages(name, packages, where))
     _registry.unikernels.append(u)
     return u
+
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _checked_packages(name: str, packages: object, where: Location) -> list[str]:
+    """``register(packages=...)`` as a list of module names, each of whose
+    top-level package is in the application folder or installed; else a
+    :class:`ConfigError` at the ``register`` line."""
+    if isinstance(packages, (str, bytes)) or not isinstance(packages, (list, tuple)):
+        raise fail(
+            f"register({name!r}): packages must be a list of package names, "
+            f"e.g. packages=[{packages!r}], not {packages!r}",
+            where,
+        )
+    for package in packages:
+        if not isinstance(package, str) or not _MODULE_NAME.match(package):
+            raise fail(
+                f"register({name!r}): packages=[...] holds {package!r}, which is not a "
+                "module name (like 'plugins' or 'anyio._backends'); fix it",
+                where,
+            )
+        why = _why_not_packable(package.partition(".")[0], Path(where.path).parent)
+        if why:
+            raise fail(f"register({name!r}): packages=[{package!r}]: {why}", where)
+    return list(packages)
+
+
+def _why_not_packable(top: str, app_dir: Path) -> str:
+    """Why the top-level module ``top`` cannot be packed ("" if it can): it
+    is neither in ``app_dir`` nor installed, or it is in the standard library."""
+    if (app_dir / f"{top}.py").is_file() or (app_dir / top).is_dir():
+        return ""
+    if top in sys.builtin_module_names or top in sys.stdlib_module_names:
+        return f"{top!r} is in the standard library, which the host provides; remove it"
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):  # imported already, without a spec
+        return ""
+    if spec is None:
+        return (
+            f"{top!r} is not installed and not a module of the application folder "
+            f"({app_dir}); install it (pip install ...) or fix the name"
+        )
+    return ""
