@@ -543,8 +543,10 @@ class TcpConnection(TcpSender):
         first wait for :meth:`flush_ack`, as Linux's GRO merges them (at 5%
         loss looming sent some 2,700 such ACKs per 10 MB echo, mostly runs of
         five or six growing one range within 30 us). A segment that starts
-        or changes another range is ACKed at once, so that every range is
-        the first block of some ACK (an ACK holds three blocks). Through the
+        or changes another range is ACKed at once, with the pending range as
+        its second block, so that no range waits unreported behind others
+        (an ACK holds three blocks). Data the burst lets out carries the
+        blocks too, and then stands in for the pending ACK. Through the
         loss relay Linux, the sender, retransmitted a third more with one ACK
         per burst and a fifth more with this, while timeouts fell on both
         sides and looming's echoes got shorter (see the commit's figures)."""
