@@ -24,13 +24,14 @@ from typing import Any
 import pytest
 
 from looming.config import build_boot
-from looming.config.build import _check_packages, _top_level_imports, module_closure
+from looming.config.build import _check_packages, module_closure
 from looming.config.build_native import (
     distribution_metadata,
     main_with_boot,
     native_pack,
     required_modules,
 )
+from looming.config.build_smoke import top_level_imports
 from tests.config.tooling import looming
 
 UNIKERNEL = """
@@ -400,4 +401,4 @@ def test_the_smoke_import_covers_what_main_imports_at_start(tmp_path: Path) -> N
         "from looming import runtime\nfrom looming.tls import TlsServer\n\n"
         "async def start():\n    from unikernel import Job\n"
     )
-    assert _top_level_imports(main) == ["json", "looming", "looming.tls"]
+    assert top_level_imports(main) == ["json", "looming", "looming.tls"]

@@ -35,12 +35,11 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from looming.config.build_native import (
     required_modules,
     shebang,
 )
+from looming.config.build_smoke import smoke_import, top_level_imports
 from looming.errors import ConfigError
 from looming.unix.kv import MANIFEST_DIR, crunch_manifest, survey_folder
 
@@ -429,37 +429,6 @@ class BuildReport:
 STATE_FILE = "looming.json"
 """The configure state, in ``_build/``: the unikernel's packages and jobs are read from it."""
 
-SMOKE_TIMEOUT = 120.0
-
-_SMOKE_PROGRAM = """
-import importlib.machinery, json, sys
-zipapp, allowed, modules = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
-class CompiledPackages:
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        where = allowed.get(name)
-        return None if where is None else importlib.machinery.PathFinder.find_spec(name, [where])
-sys.meta_path.append(CompiledPackages)
-sys.path.insert(0, zipapp)
-if "--natives" in modules:
-    modules.remove("--natives")
-    import _looming_boot
-    _looming_boot.prepare(zipapp)
-for name in modules:
-    try:
-        __import__(name)
-    except Exception as error:
-        # A module missing, perhaps behind another error (logging.config's
-        # ValueError for a handler class it could not import).
-        cause = error
-        while cause is not None and not isinstance(cause, ModuleNotFoundError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        print(json.dumps({"module": name, "missing": cause.name, "error": str(cause)}))
-        sys.exit(3)
-"""
-
 
 def configured(main_py: Path) -> tuple[list[str], list[str]]:
     """The packages ``register`` asked for and the jobs' modules, from the configure state."""
@@ -468,94 +437,6 @@ def configured(main_py: Path) -> tuple[list[str], list[str]]:
         return [], []
     state = json.loads(state_path.read_text())
     return list(state.get("packages", [])), list(state.get("job_modules", []))
-
-
-_SMOKE_ENVIRONMENT = ("PATH", "HOME", "XDG_CACHE_HOME", build_boot.CACHE_ENV)
-"""What the smoke import's child keeps of the environment (the cache of packed
-compiled packages is found through it)."""
-
-
-def smoke_import(
-    artifact: Path,
-    modules: list[str],
-    closure: Closure,
-    *,
-    natives: bool = False,
-    app_dir: Path | None = None,
-    app_files: Sequence[str] = (),
-) -> None:
-    """Import ``modules`` from ``artifact`` alone; ConfigError naming what is missing.
-
-    The child interpreter is isolated (``-I -S``): it sees the artifact, the
-    standard library and the compiled packages the artifact leaves to the
-    host (none with ``natives``: the artifact's own are extracted as at
-    start), and nothing else that happens to be installed here.
-    """
-    if not modules:
-        return
-    env = {k: os.environ[k] for k in _SMOKE_ENVIRONMENT if k in os.environ}
-    env.setdefault("PATH", "/usr/bin:/bin")
-    allowed = {} if natives else closure.search_paths
-    command = [
-        sys.executable,
-        "-I",
-        "-S",
-        "-c",
-        _SMOKE_PROGRAM,
-        str(artifact),
-        json.dumps(allowed, sort_keys=True),
-        *modules,
-        *(["--natives"] if natives else []),
-    ]
-    with tempfile.TemporaryDirectory(prefix="looming-smoke-") as cwd:
-        # The files the application names, also where a path relative to the
-        # current folder finds them (StaticFiles(directory="static") started
-        # in the application's folder, as `looming run` and uvicorn are).
-        for top in sorted({name.partition("/")[0] for name in app_files}):
-            if app_dir is not None:
-                Path(cwd, top).symlink_to((app_dir / top).resolve())
-        try:
-            done = subprocess.run(
-                command, cwd=cwd, env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT
-            )
-        except subprocess.TimeoutExpired:
-            raise ConfigError(
-                f"importing {', '.join(modules)} from the built artifact took over "
-                f"{SMOKE_TIMEOUT:.0f} s; move work done at import time into start()"
-            ) from None
-    if done.returncode == 0:
-        return
-    if done.returncode == 3:
-        found = json.loads(done.stdout.strip().splitlines()[-1])
-        top = str(found["missing"] or "").partition(".")[0]
-        advice = (
-            f"Install {top!r} if it is not, or pack it with "
-            f"register(..., packages=[{top!r}]) in config.py"
-            if top
-            else "Install what it names, or report it as a build bug"
-        )
-        raise ConfigError(
-            f"the built artifact cannot import {found['module']!r}: {found['error']}. {advice}"
-        )
-    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise ConfigError(
-        f"importing {', '.join(modules)} from the built artifact failed: {last}; "
-        "fix the error (run the module with python to see the traceback)"
-    )
-
-
-def _top_level_imports(main_py: Path) -> list[str]:
-    """The modules the generated ``main.py`` imports when it starts (the
-    devices' implementations: looming.tls, ...), to import in the smoke test."""
-    if not main_py.is_file():
-        return []
-    names = []
-    for node in ast.parse(main_py.read_bytes()).body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
-            names.append(node.module)
-        elif isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-    return sorted(set(names))
 
 
 def _check_packages(packages: list[str], app_dir: Path) -> None:
@@ -635,7 +516,7 @@ def write_zipapp(
     recorded_packages, recorded_jobs = configured(main_py)
     packages = recorded_packages if packages is None else packages
     if smoke_modules is None:
-        smoke_modules = [*_top_level_imports(main_py), *recorded_jobs]
+        smoke_modules = [*top_level_imports(main_py), *recorded_jobs]
     _check_packages(packages, app_dir)
     starts = tuple(f"{p}.*" for p in packages)
     closure = module_closure(main_py, app_dir, starts)
