@@ -4,11 +4,17 @@ validation and the counters a running unikernel reports."""
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from looming.devices.stack import TcpFlow
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import State
 from looming.net.tcp.endpoint import TcpEndpoint
+from looming.net.tcp.receive_buffer import MemoryPool, ReceiveBuffer
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, SYN, TcpHeader
 
@@ -77,3 +83,113 @@ def test_established_connections_stay_within_the_limit() -> None:
     assert endpoint.connection_limit_dropped == 2
     assert _syn(endpoint, client, 6000) is None
     assert endpoint.connection_limit_dropped == 3
+
+
+def _fill(buffer: ReceiveBuffer, window: int) -> None:
+    """Insert in-order segments while the window offered has room."""
+    while (space := buffer.window_space(window)) > 0:
+        size = min(space, 1400)
+        frame = bytes(size + 66)  # a segment's payload as a view into its frame
+        if not buffer.insert(buffer.rcv_nxt, memoryview(frame)[66:]):
+            break
+
+
+def test_connections_that_never_read_leave_every_other_one_its_reserve() -> None:
+    """Peers that send and never read fill the pool; a new connection is
+    still offered a window and may hold its reserve, and the limit holds."""
+    window = 512 * 1024
+    pool = MemoryPool(limit=1024 * 1024)
+    hogs = [ReceiveBuffer(0, 64, memory_limit=3 * window, pool=pool) for _ in range(24)]
+    for hog in hogs:
+        _fill(hog, window)
+    newcomer = ReceiveBuffer(0, 64, memory_limit=3 * window, pool=pool)
+    space = newcomer.window_space(window)
+    assert space >= 4 * 1400 // 2
+    _fill(newcomer, window)
+    assert len(newcomer.ready) >= 4 * 1400 // 2
+    # Past the limit by at most the reserve of the one that came when full.
+    assert pool.held <= pool.limit + pool.reserve  # type: ignore[operator]
+    assert pool.refused == 0  # what was offered found room
+    newcomer.read()
+    assert newcomer.window_space(window) >= space
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 7), st.integers(1, 4000), st.booleans()),
+        max_size=400,
+    )
+)
+def test_the_pool_limit_holds_and_the_biggest_holders_shrink_first(
+    steps: list[tuple[int, int, bool]],
+) -> None:
+    window = 64 * 1024
+    pool = MemoryPool(limit=256 * 1024)
+    buffers = [ReceiveBuffer(0, 64, memory_limit=3 * window, pool=pool) for _ in range(8)]
+    for which, length, read in steps:
+        buffer = buffers[which]
+        space = buffer.window_space(window)
+        if space > 0:
+            frame = bytes(min(length, space) + 66)
+            buffer.insert(buffer.rcv_nxt, memoryview(frame)[66:])
+        if read:
+            buffer.read(length)
+        assert pool.held == sum(b.charged for b in buffers) <= 256 * 1024
+        assert pool.excess == sum(max(b.charged - pool.reserve, 0) for b in buffers)
+        charged = sorted(buffers, key=lambda b: b.charged)
+        if pool.shared() - pool.excess < pool.shared() // 4:  # under pressure
+            offers = [b.window_space(window) for b in charged]
+            assert offers == sorted(offers, reverse=True)
+    for buffer in buffers:
+        buffer.release()
+    assert pool.held == pool.excess == pool.members == 0
+
+
+def test_an_echo_gets_through_while_peers_that_never_read_hold_the_memory() -> None:
+    """Two direct stacks: eight connections fill the server's receive
+    memory and are never read; a new connection's echo still completes."""
+    from tests.net.test_limits import A, limited_pair
+
+    async def main() -> None:
+        server, client = await limited_pair(memory_limit=1024 * 1024)
+        never = asyncio.Event()
+
+        async def hold(flow: TcpFlow) -> None:
+            await never.wait()
+
+        async def echo(flow: TcpFlow) -> None:
+            while data := await flow.read():
+                await flow.write(data)
+            await flow.shutdown()
+
+        await server.tcp.listen(80, hold)
+        await server.tcp.listen(81, echo)
+        hogs = [await client.tcp.connect(A.ip, 80, timeout=1) for _ in range(8)]
+        writers = [asyncio.ensure_future(h.write(b"h" * 512 * 1024)) for h in hogs]
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if server.counters()["tcp.memory_limit_dropped"] or (
+                server.counters()["tcp.receive_memory"] > 900 * 1024
+            ):
+                break
+        flow = await client.tcp.connect(A.ip, 81, timeout=1)
+        size = 256 * 1024
+
+        async def read_all() -> int:
+            total = 0
+            while data := await flow.read():
+                total += len(data)
+            return total
+
+        reader = asyncio.ensure_future(read_all())
+        await asyncio.wait_for(flow.write(b"e" * size), 10)
+        await flow.shutdown()
+        assert await asyncio.wait_for(reader, 10) == size
+        for writer in writers:
+            writer.cancel()
+        never.set()
+        await server.disconnect()
+        await client.disconnect()
+
+    asyncio.run(main())

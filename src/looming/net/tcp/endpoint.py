@@ -262,7 +262,7 @@ class TcpEndpoint:
     def _adopt(self, key: FourTuple, conn: TcpConnection) -> None:
         self.connections[key] = conn
         conn.defer_output = self.defer_output
-        conn.receive_buffer.pool = self.pool
+        conn.receive_buffer.join(self.pool)
 
     def icmp_target(
         self, local: Address, remote: Address, quoted: bytes

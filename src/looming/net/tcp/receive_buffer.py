@@ -23,6 +23,12 @@ RANGE_OVERHEAD = 32 + 8 + 8 + 8 + 32
 # being kept as their own object (or a view pinning a whole packet).
 COALESCE_BELOW = 1024
 COALESCED_CHUNK = 16 * 1024
+# What every connection of a pool may hold whatever the others hold (Linux's
+# tcp_rmem[0]): a few segments by true size, so that connections whose
+# peers never read cannot stop the others. It is set aside from the limit.
+RESERVE = 16 * 1024
+# More than one segment costs beyond its bytes (a view, its frame's headers).
+SEGMENT_MARGIN = 512
 
 
 def true_size(data: bytes | bytearray | memoryview) -> int:
@@ -44,18 +50,66 @@ def _capacity(buffer: bytearray) -> int:
 class MemoryPool:
     """Receive memory shared by every connection of one stack, with a limit
     (``None``: none). Buffers charge it as they grow and release it as they
-    are read or freed; data that would go past the limit is dropped."""
+    are read or freed; data that would go past the limit is dropped.
 
-    __slots__ = ("connection_refused", "held", "limit", "refused")
+    Each member may hold ``reserve`` bytes whatever the others hold; the
+    rest of the limit (``limit - members * reserve``) is shared, and what a
+    member holds beyond its reserve (:attr:`excess`) is charged to it. The
+    limit therefore holds while ``members * reserve`` fits in it; past
+    that, each member still has its reserve."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    __slots__ = ("connection_refused", "excess", "held", "limit", "members", "refused", "reserve")
+
+    def __init__(self, limit: int | None = None, reserve: int = RESERVE) -> None:
         self.limit = limit
+        self.reserve = reserve
         self.held = 0
+        self.excess = 0  # held beyond each member's reserve, summed
+        self.members = 0  # buffers charging this pool
         self.refused = 0  # segments dropped at this limit
         self.connection_refused = 0  # ... at a connection's own limit
 
     def room(self) -> int | None:
         return None if self.limit is None else self.limit - self.held
+
+    def shared(self) -> int:
+        """The part of the limit not set aside as the members' reserves."""
+        assert self.limit is not None
+        return self.limit - self.members * self.reserve
+
+    def fits(self, charged: int, cost: int) -> bool:
+        """Whether a member holding ``charged`` may take ``cost`` more."""
+        if self.limit is None:
+            return True
+        after = charged + cost
+        reserve = self.reserve
+        if after <= reserve:
+            return True
+        grown = after - (charged if charged > reserve else reserve)
+        return self.excess + grown <= self.shared()
+
+    def allowance(self, charged: int) -> int:
+        """How much more a member holding ``charged`` should be offered:
+        what is left of its reserve, plus, of the shared part, what is
+        free; under pressure (under a quarter of it free) no more than a
+        fair share, so the biggest holders are shrunk first (to nothing
+        beyond what they hold)."""
+        shared = self.shared()
+        reserve = self.reserve
+        excess = charged - reserve if charged > reserve else 0
+        room = shared - self.excess
+        if room < shared // 4:
+            fair = shared // (self.members or 1) - excess
+            if fair < room:
+                room = fair
+        own = reserve - charged if charged < reserve else 0
+        # Less than the room, in bytes: what arrives costs more than its
+        # bytes (up to a frame's overhead each), and what was offered
+        # should find room.
+        offer = (own - SEGMENT_MARGIN) // 2 if own > SEGMENT_MARGIN else 0
+        if room > SEGMENT_MARGIN:
+            offer += room * 3 // 4 - SEGMENT_MARGIN
+        return offer
 
 
 class ReadyBytes:
@@ -195,7 +249,7 @@ class ReceiveBuffer:
         self.ready = ReadyBytes()
         self.max_ranges = max_ranges
         self.memory_limit = memory_limit
-        self.pool = pool
+        self.pool: MemoryPool | None = None
         self.refused = 0
         self.pruned = 0  # out-of-order ranges dropped to make room
         self._lefts: list[int] = []
@@ -204,6 +258,8 @@ class ReceiveBuffer:
         self._ooo_charge = 0
         # A range received twice, for the next ACK's first SACK block (RFC 2883).
         self.dsack: tuple[int, int] | None = None
+        if pool is not None:
+            self.join(pool)
 
     @property
     def has_gaps(self) -> bool:
@@ -230,7 +286,7 @@ class ReceiveBuffer:
             space = by_charge
         pool = self.pool
         if pool is not None and pool.limit is not None:
-            space = min(space, pool.limit - pool.held)
+            space = min(space, pool.allowance(ready.charge + self._ooo_charge))
         return space
 
     def _fits(self, cost: int) -> bool:
@@ -238,20 +294,20 @@ class ReceiveBuffer:
         if limit is not None and self.charged + cost > limit:
             return False
         pool = self.pool
-        return pool is None or pool.limit is None or pool.held + cost <= pool.limit
+        return pool is None or pool.fits(self.charged, cost)
 
     def _prune_out_of_order(self, cost: int) -> None:
         """Drop out-of-order ranges, furthest first, until ``cost`` more fits
         (RFC 2018 allows reneging; Linux prunes so): in-order data must
         always find room, or a full queue above a hole would stall forever."""
         while self._lefts and not self._fits(cost):
+            before = self.charged
             left = self._lefts.pop()
             piece = self._pieces.pop()
             self._ooo_charge -= _range_cost(piece)
             self._forget_recent(left)
             self.pruned += 1
-            if self.pool is not None:
-                self.pool.held -= _range_cost(piece)
+            self._charge_pool(before)
 
     def _room(self, cost: int) -> bool:
         limit = self.memory_limit
@@ -261,16 +317,28 @@ class ReceiveBuffer:
                 self.pool.connection_refused += 1
             return False
         pool = self.pool
-        if pool is not None and pool.limit is not None and pool.held + cost > pool.limit:
+        if pool is not None and not pool.fits(self.charged, cost):
             pool.refused += 1
             self.refused += 1
             return False
         return True
 
+    def join(self, pool: MemoryPool) -> None:
+        """Charge ``pool`` from now on (nothing is held yet)."""
+        if self.pool is not None:
+            self.release()
+        self.pool = pool
+        pool.members += 1
+        pool.held += self.charged
+        pool.excess += max(self.charged - pool.reserve, 0)
+
     def release(self) -> None:
         """Give everything back to the pool (the connection is gone)."""
-        if self.pool is not None:
-            self.pool.held -= self.charged
+        pool = self.pool
+        if pool is not None:
+            pool.held -= self.charged
+            pool.excess -= max(self.charged - pool.reserve, 0)
+            pool.members -= 1
             self.pool = None
 
     def insert(self, seq: int, data: bytes | memoryview) -> bool:
@@ -310,8 +378,13 @@ class ReceiveBuffer:
         return False
 
     def _charge_pool(self, before: int) -> None:
-        if self.pool is not None:
-            self.pool.held += self.charged - before
+        pool = self.pool
+        if pool is not None:
+            after = self.charged
+            pool.held += after - before
+            reserve = pool.reserve
+            if after > reserve or before > reserve:
+                pool.excess += max(after - reserve, 0) - max(before - reserve, 0)
 
     def _pull_contiguous(self) -> None:
         while self._lefts and self._lefts[0] <= self.rcv_nxt:
