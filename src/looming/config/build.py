@@ -607,7 +607,10 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
             info.external_attr = 0o644 << 16
             info.create_system = 3
             info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, entries[arcname], compresslevel=9)
+            # Compiled packages are large binaries: level 9 takes 3.5 times
+            # level 6's time on cryptography's 15 MB core for 0.6 % less.
+            level = 6 if arcname.startswith(build_boot.FILES) else 9
+            z.writestr(info, entries[arcname], compresslevel=level)
     return buffer.getvalue()
 
 
