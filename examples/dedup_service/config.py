@@ -16,7 +16,9 @@ sync_ms = key(
 )
 dedup = main(
     "unikernel:Ledger",
-    [console(), time(), kv_rw("ledger"), stack(default_network())],
+    # The ledger is state, kept out of the application's sources (and the
+    # checkout); point --ledger-dir at a lasting folder for a real deployment.
+    [console(), time(), kv_rw("_build/ledger"), stack(default_network())],
     keys=[port, recover_table, sync_ms],
 )
 register("dedup", [dedup])

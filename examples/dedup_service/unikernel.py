@@ -2,9 +2,10 @@
 
 Clients send ``APPLY <request id> <amount>`` and retry, with the same id,
 until they read ``OK <request id> <position>``. The server appends each new
-request to a durable ledger (the ``ledger`` kv_rw store, one key per entry)
-and remembers, in a duplicate-request table, where each request id went,
-so that a retry is answered from the table instead of applied again. An
+request to a durable ledger (the ``ledger`` kv_rw store, one key per entry,
+in ``_build/ledger/`` unless ``--ledger-dir`` says where) and remembers, in
+a duplicate-request table, where each request id went, so that a retry is
+answered from the table instead of applied again. An
 append is acknowledged after a flush of ``--sync-ms`` milliseconds.
 ``LEDGER`` lists every entry (``ENTRY <position> <request id> <amount>``)
 and then ``END <count>``.
