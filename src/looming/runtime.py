@@ -109,11 +109,31 @@ def usage(name: str, specs: Sequence[KeySpec]) -> str:
 ENV_PREFIX = "LOOMING_"
 
 
+# Keys whose values are checked beyond their type: the key's name and
+# "module:function", a function giving the problem with a value (None when
+# fine). The code that uses the value runs the same function, so configure,
+# run and the API accept the same values.
+KEY_CHECKS: dict[str, str] = {
+    "tcp_max_connections": "looming.net.limits:max_connections_problem",
+    "tcp_memory_limit": "looming.net.limits:memory_limit_problem",
+    "tcp_congestion": "looming.net.limits:congestion_problem",
+}
+
+
 def _port_checked(spec: KeySpec, value: Any, given_as: str) -> Any:
-    """A key named ``port`` or ``*_port`` must be a TCP/UDP port number."""
+    """A key named ``port`` or ``*_port`` must be a TCP/UDP port number;
+    a key of :data:`KEY_CHECKS` must pass its check."""
     named_port = spec.name == "port" or spec.name.endswith("_port")
     if named_port and isinstance(value, int) and not 0 <= value <= 65535:
         raise UsageError(f"{given_as}: {value} is not a port number (0 to 65535)")
+    check = KEY_CHECKS.get(spec.name)
+    if check is not None and value is not None:
+        import importlib
+
+        module, _, function = check.partition(":")
+        problem = getattr(importlib.import_module(module), function)(value)
+        if problem is not None:
+            raise UsageError(f"{given_as}: {problem}")
     return value
 
 

@@ -25,6 +25,7 @@ from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
+from looming.net.limits import check_stack_limits
 from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
 
@@ -216,7 +217,8 @@ class DirectStack:
         _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
         if isinstance(slaac_secret, str):
             slaac_secret = _secret_from_hex(slaac_secret)
-        _check_ipv4(address, dhcp, max_connections, memory_limit, ipv4=ipv4, ipv6=ipv6)
+        check_stack_limits(max_connections, memory_limit, congestion_control)
+        _check_ipv4(address, dhcp, ipv4=ipv4, ipv6=ipv6)
         stack = cls(
             network,
             time=time,
@@ -419,16 +421,10 @@ _STATIC_DAD_WAIT_S = 5.0
 def _check_ipv4(
     address: IPv4Interface | None,
     dhcp: bool,
-    max_connections: int | None,
-    memory_limit: int | None,
     *,
     ipv4: bool = True,
     ipv6: bool = False,
 ) -> None:
-    if max_connections is not None and max_connections < 0:
-        raise ValueError(f"max_connections must be 0 (no limit) or more, not {max_connections}")
-    if memory_limit is not None and memory_limit < 0:
-        raise ValueError(f"memory_limit must be 0 (no limit) or more bytes, not {memory_limit}")
     if not ipv4:
         if not ipv6:
             raise UsageError("IPv6 only (--ipv6-only) needs IPv6: give --ipv6 on or drop it")
