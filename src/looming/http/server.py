@@ -11,6 +11,11 @@ Every wait on the peer is bounded by one per-connection deadline that is moved
 as the connection changes phase (idle between requests, receiving a head,
 receiving a body, sending a response), so an idle or slow client cannot hold a
 connection open forever. The handler itself is not time-limited.
+
+On the socket stack, connections to an ASGI adapter are first offered to
+:mod:`looming.http.fast_asgi` (see :meth:`HttpServer.adopt_socket_flow`),
+which serves plain requests from the transport's callbacks and hands a
+connection back to :meth:`HttpServer.serve_flow` at its first other request.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from looming.http.parser import (
     EXPECT,
     FRAMING,
     UPGRADE,
+    H11Parser,
     Head,
     HttptoolsParser,
     ParserEvent,
@@ -553,13 +559,7 @@ class HttpServer:
             if head is None:
                 return
             conn, event = head
-            if type(event) is RequestHead:
-                items = event.headers
-                notes, size = event.notes, event.size
-            else:
-                # One pass over h11's header list (slow to iterate); the checks read the tuple.
-                items = tuple(event.headers)
-                notes, size = head_notes(event.target, items)
+            items, notes, size = self._fields_of(event)
             refusal = self._head_refusal(event, items, stream.raw, notes, size)
             if refusal:
                 deadline.disarm()
@@ -622,6 +622,16 @@ class HttpServer:
             # servers may (RFC 9112 9.5); clients retry on a new one.
             if not keep_alive or stream.peer_closed or self.stopping or buggify("http.close_early"):
                 return
+
+    @staticmethod
+    def _fields_of(event: Head) -> tuple[tuple[tuple[bytes, bytes], ...], int, int]:
+        """A head's fields as a tuple, its notes and its size (see head_notes)."""
+        if type(event) is RequestHead:
+            return event.headers, event.notes, event.size
+        # One pass over h11's header list (slow to iterate); the checks read the tuple.
+        items = tuple(event.headers)
+        notes, size = head_notes(event.target, items)
+        return items, notes, size
 
     def _cached_wire(self, event: Head, notes: int) -> tuple[bytes, int, bytes] | None:
         """The handler's cached answer to a plain HTTP/1.1 request, ready to
@@ -718,9 +728,7 @@ class HttpServer:
         if self._httptools:
             conn = stream.fast = HttptoolsParser(self.config.max_header_bytes)
         else:
-            conn = h11.Connection(
-                h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes
-            )
+            conn = H11Parser(self.config.max_header_bytes)
         if leftover or closed:
             conn.receive_data(leftover)
             if closed:
@@ -874,32 +882,32 @@ class HttpServer:
         config = self.config
         watch: Watch | None = None
         reader: BodyReader | None = None
-        if self._streams_body:
-            watch = Watch(flow, self._arming)
-            reader = BodyReader(
-                flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
-            )
-            reader.start_if_empty()
-            stream.streamed = (reader, watch)
-            body = b""
-        else:
-            try:
+        try:
+            if self._streams_body:
+                watch = Watch(flow, self._arming)
+                reader = BodyReader(
+                    flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
+                )
+                reader.start_if_empty()  # (what arrived with the head may be refused)
+                stream.streamed = (reader, watch)
+                body = b""
+            else:
                 first = conn.next_event()
                 if type(first) is h11.EndOfMessage:
                     body = b""
                 else:
                     body = await self._read_body(flow, conn, first, deadline)
-            except _BodyTooLarge:
-                deadline.disarm()
-                await self._send_error_raw(flow, 413)
-                return None
-            except h11.RemoteProtocolError as error:
-                self.protocol_errors += 1
-                log.debug("bad request body: %s", error)
-                deadline.disarm()
-                await self._send_error_raw(flow, 400)
-                return None
-            stream.leftover, stream.peer_closed = conn.trailing_data
+                stream.leftover, stream.peer_closed = conn.trailing_data
+        except _BodyTooLarge:
+            deadline.disarm()
+            await self._send_error_raw(flow, 413)
+            return None
+        except h11.RemoteProtocolError as error:
+            self.protocol_errors += 1
+            log.debug("bad request body: %s", error)
+            deadline.disarm()
+            await self._send_error_raw(flow, 400)
+            return None
         parser.watch = watch
         return Request(
             event.method.decode("ascii"),
