@@ -117,26 +117,47 @@ def test_the_build_names_links_to_hidden_entries_and_folders(tmp_path: Path) -> 
         assert name in left_out, left_out
 
 
-NAMES = ["a", "b.txt", ".env", ".git"]
+NAMES = ["a", "b", "c", ".env"]
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(tuple)
-targets = st.one_of(
-    paths.map(lambda p: ("inside", p)),
-    st.sampled_from([("outside", ("secret.txt",)), ("outside", ())]),
-)
-entries = st.lists(st.tuples(paths, st.sampled_from(["file", "dir", "link"]), targets), max_size=12)
+Tree = list[tuple[tuple[str, ...], str, int | str]]
 
 
-def build_tree(
-    top: Path, tree: list[tuple[tuple[str, ...], str, tuple[str, tuple[str, ...]]]]
-) -> Path:
+@st.composite
+def trees(draw: st.DrawFn) -> Tree:
+    """Files and folders, then links to one of them (index >= 0), to one of
+    the links (index < 0: chains and loops), or to a file or folder outside."""
+    made: Tree = [
+        (path, kind, 0)
+        for path, kind in draw(
+            st.lists(st.tuples(paths, st.sampled_from(["file", "dir"])), max_size=8)
+        )
+    ]
+    targets = st.one_of(st.integers(-3, 12), st.sampled_from(["secret.txt", ""]))
+    links = draw(st.lists(st.tuples(paths, targets), max_size=5))
+    return made + [(path, "link", target) for path, target in links]
+
+
+def link_target(tree: Tree, index: int) -> tuple[str, ...]:
+    """The path of the entry a link's ``index`` names (see :func:`trees`);
+    from 6 on, the folder that entry is in, if it is not the top."""
+    links = [path for path, kind, _ in tree if kind == "link"]
+    made = [path for path, kind, _ in tree if kind != "link"] or links
+    if index < 0:
+        return links[index % len(links)]
+    path = made[index % len(made)]
+    return path[: max(1, len(path) - 1)] if index >= 6 else path
+
+
+def build_tree(top: Path, tree: Tree) -> Path:
     """Plant ``tree`` under ``top/site``; what cannot be made (a name taken,
     a parent that is a file) is skipped. Hidden and outside files hold SECRET."""
     root, outside = top / "site", top / "outside"
     root.mkdir()
     outside.mkdir()
     (outside / "secret.txt").write_bytes(SECRET + b" outside")
-    for parts, kind, (where, target) in tree:
+    for parts, kind, target in tree:
         path = root.joinpath(*parts)
+        to = root.joinpath(*link_target(tree, target)) if isinstance(target, int) else None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if kind == "dir":
@@ -145,17 +166,15 @@ def build_tree(
                 hidden = any(name.startswith(".") for name in parts)
                 path.write_bytes((SECRET if hidden else b"") + "/".join(parts).encode())
             else:
-                path.symlink_to((root if where == "inside" else outside).joinpath(*target))
+                path.symlink_to(to or outside / str(target))
         except OSError:
             continue
     return root
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(entries)
-def test_crunched_and_direct_serve_the_same_keys(
-    tree: list[tuple[tuple[str, ...], str, tuple[str, tuple[str, ...]]]],
-) -> None:
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees())
+def test_crunched_and_direct_serve_the_same_keys(tree: Tree) -> None:
     """Differential: every key up to three names deep gives the same value
     (or none) from the folder read in place as from the crunched one, and no
     value served holds a secret."""

@@ -405,6 +405,8 @@ def served_target(root: Path, parts: tuple[str, ...]) -> Path | str:
     path = root.joinpath(*parts)
     try:
         target = path.resolve()
+        if target == path:
+            return path  # no link on the way (``root`` is resolved already)
         parent_target = path.parent.resolve()
     except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
         return LINK_LOOP
@@ -412,10 +414,8 @@ def served_target(root: Path, parts: tuple[str, ...]) -> Path | str:
         return OUTSIDE
     if any(name.startswith(".") for name in target.relative_to(root).parts):
         return HIDDEN_TARGET
-    if parts and parent_target != path.parent:
-        return FOLDER_LINK  # a link to a folder on the way
-    if path.is_symlink() and target.is_dir():
-        return FOLDER_LINK
+    if parent_target != path.parent or target.is_dir():
+        return FOLDER_LINK  # a link to a folder, on the way or at the end
     return target
 
 
