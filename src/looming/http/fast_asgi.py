@@ -50,6 +50,9 @@ log = logging.getLogger("looming.http")
 RECEIVE_HIGH_WATER = 256 * 1024
 """Unanswered pipelined bytes above which the transport stops reading."""
 
+FLUSH_TIMEOUT = 30.0
+"""Seconds a closed connection may take to hand its last bytes to a slow client."""
+
 GONE_DELAY = 0.05
 """Seconds after an end of stream before an application still responding is
 told its client is gone (a client that half-closes right after its request
@@ -83,6 +86,7 @@ class FastAsgiConnection(asyncio.Protocol):
     __slots__ = (
         "_adapter",
         "_buf",
+        "_closing",
         "_context",
         "_deadline",
         "_drain_waiter",
@@ -128,7 +132,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._pos = 0
         self._scan = 0
         """Where the search for the end of the head goes on."""
-        self._head_begun = False
+        self._head_begun = self._closing = False
         self._fresh = True
         """Whether ``_buf`` starts where a read started (see _next_request)."""
         self._url = b""
@@ -180,7 +184,7 @@ class FastAsgiConnection(asyncio.Protocol):
             if self._pos < len(self._buf):
                 self._hand_over()  # an unfinished head, then the end: the usual path answers
             else:
-                self._transport.close()
+                self.close()
         else:
             exchange.client_ending()
         return True  # the response in progress may still be written
@@ -303,7 +307,7 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._lost:
             return
         if not keep_alive or self._eof or self.close_after_response or server.stopping:
-            self._transport.close()
+            self.close()
             return
         if self._pos < len(self._buf):
             self._next_request()
@@ -311,10 +315,10 @@ class FastAsgiConnection(asyncio.Protocol):
             self._expire_in(server.config.keep_alive_timeout)
 
     def exchange_ended(self) -> None:
-        """The application ended without a response (the client had gone)."""
+        """The exchange ended without a whole response (the client had gone,
+        or the application stopped midway): the connection closes."""
         self._exchange = None
-        if not self._lost:
-            self._transport.close()
+        self.close()
 
     def _hand_over(self) -> None:
         """The usual path serves the connection from here (see the module)."""
@@ -337,7 +341,7 @@ class FastAsgiConnection(asyncio.Protocol):
     # --- writing ----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             raise ClientDisconnected("the client has gone away")
         self._transport.write(data)
 
@@ -358,11 +362,20 @@ class FastAsgiConnection(asyncio.Protocol):
             raise ClientDisconnected("the client has gone away")
 
     def close(self) -> None:
-        """Close now (an idle connection at a graceful stop)."""
-        if not self._lost:
-            self._transport.close()
+        """Close once what was written is sent (a client that does not read
+        it within :data:`FLUSH_TIMEOUT` is cut off)."""
+        if self._lost or self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        transport = self._transport
+        transport.close()
+        if transport.get_write_buffer_size() > 0:
+            self._loop.call_later(FLUSH_TIMEOUT, self.abort)
 
     def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all."""
+        self._closing = True
         if not self._lost:
             self._transport.abort()
 
@@ -387,7 +400,7 @@ class FastAsgiConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if not deadline or self._exchange is not None or self._lost:
+        if not deadline or self._exchange is not None or self._lost or self._closing:
             return
         if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._on_timer)
@@ -395,7 +408,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._server.timeouts += 1
         if self._pos < len(self._buf):
             self.write(self._server.error_response(408))
-        self._transport.close()
+        self.close()
 
 
 class _Exchange:
@@ -483,8 +496,8 @@ class _Exchange:
             )
             self._send_500()
         else:
-            # The client would see a whole body where a part was sent: dropped.
-            conn.abort()
+            # The client would take a part for the whole body: the
+            # connection is closed after what was sent, as on the flow path.
             conn.exchange_ended()
 
     def _settle(self) -> None:
@@ -678,7 +691,7 @@ class _Exchange:
         if declared is None:
             return b"%x\r\n%s\r\n" % (len(piece), piece)
         if self._sent > declared:
-            self._conn.abort()
+            self._conn.close()
             raise RuntimeError(f"streamed body is longer than its Content-Length {declared}")
         return piece
 
@@ -694,7 +707,7 @@ class _Exchange:
             else:
                 last = LAST_CHUNK
         elif self._sent != declared:
-            self._conn.abort()
+            self._conn.close()
             raise RuntimeError(
                 f"streamed body of {self._sent} bytes, Content-Length said {declared}"
             )
