@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
+from looming.devices.net import MacAddress
 from looming.net.ipv6 import Ipv6Layer
+from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
 from looming.net.reassembly import Reassembler
 from looming.net.stack import DirectStack
+from looming.net.wire import ipv6, ndp
+from tests.net.test_memory import settle
 from tests.net.test_neighbours import fragment_frame, run
 
 S = 1_000_000_000
@@ -60,5 +64,89 @@ def test_a_first_fragment_storm_costs_constant_work_per_fragment() -> None:
         source = IPv6Address(f"fe80::f:{count - 1:x}")
         newest = (source.packed, b6.link_local.packed, 17, 77)
         assert newest in kept
+
+    run(body)
+
+
+def solicitation_frame(to: DirectStack, source: IPv6Address, mac: MacAddress) -> bytes:
+    """A Neighbor Solicitation for ``to``'s link-local address from
+    ``source``, with its link-layer address option."""
+    assert to.ipv6 is not None
+    target = to.ipv6.link_local
+    group = ipv6.solicited_node(target)
+    message = ndp.NeighborSolicitation(target, (ndp.SourceLinkLayerAddress(mac),))
+    header = ipv6.Ipv6Header(source, group, 58, 255)
+    packet = ipv6.emit(header, ndp.emit(message, source, group))
+    return bytes(ipv6.multicast_mac(group)) + bytes(mac) + b"\x86\xdd" + packet
+
+
+def test_solicitations_from_new_sources_never_push_out_neighbours_in_use() -> None:
+    """RFC 4861 7.2.3: a solicitation carrying a link-layer address makes
+    its sender a STALE neighbour; a flood of them from new sources replaces
+    only such entries, within a bound, never a neighbour in use."""
+    settings = NeighbourSettings(max_neighbours=64, max_unsolicited=16)
+    cache = NeighbourCache(settings)
+    used = [IPv6Address(f"fe80::a:{i:x}") for i in range(40)]
+    for address in used:
+        cache.send(address, b"x", 0)
+        cache.advertised(address, MacAddress(bytes(6)), solicited=True, override=True, now=0)
+    for i in range(10_000):
+        mac = MacAddress(b"\x02\x99" + i.to_bytes(4, "big"))
+        cache.solicited_by(IPv6Address(f"fe80::9:{i:x}"), mac, 1)
+    assert all(cache.state(a) is NeighbourState.REACHABLE for a in used)
+    assert len(cache) == 40 + 16
+    assert cache.counters["unsolicited_evicted"] == 10_000 - 16
+    # One that spoke first and is then used is no longer replaceable.
+    talker = IPv6Address(f"fe80::9:{9_999:x}")
+    assert cache.send(talker, b"reply", 2)[0] is not None
+    for i in range(100):
+        cache.solicited_by(IPv6Address(f"fe80::8:{i:x}"), MacAddress(bytes(6)), 3)
+    assert cache.state(talker) is NeighbourState.DELAY
+
+
+def test_solicitations_beyond_the_burst_are_dropped_before_icmpv6_is_parsed() -> None:
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        burst = b6._solicit_bucket.burst
+        for i in range(burst + 500):
+            mac = MacAddress(b"\x02\x99" + i.to_bytes(4, "big"))
+            b.ethernet.input(solicitation_frame(b, IPv6Address(f"fe80::9:{i:x}"), mac))
+        counters = b.counters()
+        # A few more may be let through as the bucket refills meanwhile.
+        assert 400 <= counters["ipv6.solicit_policed"] <= 500
+        assert counters["ipv6.rx_solicit"] == burst + 500 - counters["ipv6.solicit_policed"]
+        await settle()
+
+    run(body)
+
+
+def test_a_solicitation_flood_never_queues_in_front_of_upper_layer_packets() -> None:
+    """What the layers above write leaves at once, as over IPv4: the
+    stack's own replies wait in bounded queues of their own (before, one
+    queue of 1,024 held both, and a flood of solicitations held a TCP
+    segment behind every reply, or dropped it)."""
+
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        assert await b.ping(a6.link_local, timeout=1) < 1  # a is resolved
+        b6._solicit_bucket.burst = 10**6  # let the whole flood in
+        b6._solicit_bucket._tokens = 10**6
+        for i in range(3_000):
+            mac = MacAddress(b"\x02\x99" + i.to_bytes(4, "big"))
+            b.ethernet.input(solicitation_frame(b, IPv6Address(f"fe80::9:{i:x}"), mac))
+        sent: list[bytes] = []
+        network = b.network
+        write = network.write
+
+        async def record(frame: bytes) -> None:
+            sent.append(frame)
+            await write(frame)
+
+        network.write = record  # type: ignore[method-assign]
+        await b6.write(a6.link_local, 17, b"\x00\x07\x00\x07\x00\x0d\x00\x00after")
+        assert sent and sent[0].endswith(b"after")
+        counters = b.counters()
+        assert counters["ipv6.tx_nd_backlog_dropped"] > 0  # replies bounded...
+        assert "ipv6.tx_released_backlog_dropped" not in counters  # ...by kind
+        assert len(b6.neighbours) <= b6.neighbours.settings.max_neighbours
+        await settle()
 
     run(body)

@@ -79,7 +79,7 @@ def test_an_advertisement_without_override_does_not_move_a_known_neighbour() -> 
 
 ADDRESSES = [IPv6Address(f"fe80::{i}") for i in range(1, 7)]
 BOUNDS = NeighbourSettings(
-    max_neighbours=4, max_incomplete=3, queue_bytes=250, total_queue_bytes=500
+    max_neighbours=4, max_incomplete=3, queue_bytes=250, total_queue_bytes=500, max_unsolicited=2
 )
 
 
@@ -116,7 +116,15 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(address=st.sampled_from(ADDRESSES), mac=st.sampled_from([MAC, OTHER_MAC]))
     def solicit_us(self, address: IPv6Address, mac: MacAddress) -> None:
+        in_use = {
+            a
+            for a, e in self.cache._entries.items()
+            if e.state in (NeighbourState.REACHABLE, NeighbourState.DELAY, NeighbourState.PROBE)
+        }
         self.transmitted += len(self.cache.solicited_by(address, mac, self.now))
+        # RFC 4861 7.2.3's entries for neighbours that spoke first never
+        # push out one in use.
+        assert in_use <= set(self.cache._entries)
 
     @rule(seconds=st.integers(0, 40))
     def wait(self, seconds: int) -> None:
@@ -146,6 +154,9 @@ class CacheMachine(RuleBasedStateMachine):
         assert all(size <= BOUNDS.queue_bytes for size in held)
         assert sum(held) == self.cache.queued_bytes <= BOUNDS.total_queue_bytes
         assert all(not e.queue for e in entries if e.state is not NeighbourState.INCOMPLETE)
+        unsolicited = [e for e in entries if e.unsolicited]
+        assert len(unsolicited) <= BOUNDS.max_unsolicited
+        assert all(e.state is NeighbourState.STALE for e in unsolicited)
 
 
 TestCacheMachine = CacheMachine.TestCase

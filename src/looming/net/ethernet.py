@@ -23,6 +23,28 @@ _VLAN = 0x8100
 _QINQ = 0x88A8
 
 
+class TokenBucket:
+    """``rate`` a second after a burst of ``burst``."""
+
+    __slots__ = ("_refilled_ns", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: int, burst: int, now_ns: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._refilled_ns = now_ns
+
+    def take(self, now_ns: int) -> bool:
+        """Whether one more is allowed now."""
+        tokens = self._tokens + (now_ns - self._refilled_ns) * self.rate / 1e9
+        self._refilled_ns = now_ns
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = min(tokens, float(self.burst)) - 1.0
+        return True
+
+
 class EthernetLayer:
     """:class:`looming.devices.net.Ethernet`.
 
@@ -59,10 +81,12 @@ class EthernetLayer:
         # device only): a flood then costs a few byte comparisons a frame
         # and cannot queue up in front of established connections' segments.
         self._time = time
-        self.syn_rate = syn_rate
-        self.syn_burst = syn_burst
-        self._syn_tokens = float(syn_burst)
-        self._syn_refilled_ns = time.now_ns() if time is not None else 0
+        now = time.now_ns() if time is not None else 0
+        self._syn_bucket = TokenBucket(syn_rate, syn_burst, now)
+
+    @property
+    def syn_burst(self) -> int:
+        return self._syn_bucket.burst
 
     @property
     def mac(self) -> MacAddress:
@@ -92,7 +116,7 @@ class EthernetLayer:
             and frame[23] == 6  # TCP
             and frame[14] == 0x45  # no IP options: the TCP header at 34
             and frame[47] & 0x12 == 0x02  # SYN without ACK
-            and not self._syn_allowed()
+            and not self._syn_bucket.take(self._time.now_ns())
         ):
             counters["syn_policed"] += 1
             return
@@ -145,17 +169,6 @@ class EthernetLayer:
             # here is a bug there, but it must not stop frames arriving.
             counters["handler_error"] += 1
             self.last_handler_error = error
-
-    def _syn_allowed(self) -> bool:
-        assert self._time is not None
-        now = self._time.now_ns()
-        tokens = self._syn_tokens + (now - self._syn_refilled_ns) * self.syn_rate / 1e9
-        self._syn_refilled_ns = now
-        if tokens < 1.0:
-            self._syn_tokens = tokens
-            return False
-        self._syn_tokens = min(tokens, float(self.syn_burst)) - 1.0
-        return True
 
     async def write(
         self,

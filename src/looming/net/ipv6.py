@@ -55,7 +55,7 @@ from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, Malformed, NoRoute
 from looming.net._timeouts import wait_until_done
-from looming.net.ethernet import EthernetLayer
+from looming.net.ethernet import EthernetLayer, TokenBucket
 from looming.net.icmp import IcmpError, QuotedHeader
 from looming.net.neighbours import (
     NeighbourCache,
@@ -74,7 +74,9 @@ from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader, Unreco
 Ipv6Handler = Callable[[ReceivedPacket[IPv6Address], bytes], None]
 """Called with (what IPv6 knows of the packet, its upper-layer payload)."""
 
-_MAX_PENDING = 1024  # packets waiting for the device, beyond which new ones are dropped
+# Packets of the stack's own waiting for the device, by kind, beyond which
+# new ones are dropped (counted): upper layers' packets never wait here.
+_MAX_PENDING = {"nd": 256, "icmp": 256, "released": 1024}
 _PATH_MTU_LIFETIME_NS = 600 * 1_000_000_000  # RFC 8201 5.3: try larger after 10 minutes
 _MAX_PATH_MTUS = 1024
 _MAX_REACHABLE_MS = 3_600_000  # RFC 4861 6.2.1 MAX_REACHABLE_TIME
@@ -225,7 +227,9 @@ class Ipv6Layer:
         self._pings: dict[tuple[IPv6Address, int, int], asyncio.Future[None]] = {}
         self._ping_identifier = int.from_bytes(ethernet.mac[4:6], "big")
         self._ping_sequence = 0
-        self._outgoing: deque[tuple[MacAddress, bytes]] = deque()
+        self._outgoing: dict[str, deque[tuple[MacAddress, bytes]]] = {
+            kind: deque() for kind in _MAX_PENDING
+        }
         self._drain_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._path_mtu: OrderedDict[IPv6Address, tuple[int, int]] = OrderedDict()
@@ -235,6 +239,11 @@ class Ipv6Layer:
         self.errors_per_second = 1000
         self._error_tokens = float(self.error_burst)
         self._error_refilled_ns = time.now_ns()
+        # Neighbor Solicitations for us (RFC 4861 7.2.3 asks each to be
+        # answered, and to make its sender a neighbour): beyond so many a
+        # second after a burst, dropped before ICMPv6 is parsed, so that a
+        # flood costs little more than a header check each.
+        self._solicit_bucket = TokenBucket(1000, 100, self._error_refilled_ns)
         self._random = random
         # Static on-link prefixes as (network, mask) integers: tested per packet.
         self._static_on_link: set[tuple[int, int]] = set()
@@ -418,6 +427,14 @@ class Ipv6Layer:
             return
         if packet[8] == 0xFF:  # a multicast source (ff00::/8)
             counters["martian_source"] += 1  # RFC 4291 2.7: never a source
+            return
+        if (
+            packet[6] == NextHeader.ICMPV6
+            and len(packet) > wire.HEADER_LENGTH
+            and packet[wire.HEADER_LENGTH] == Icmpv6Type.NEIGHBOR_SOLICITATION
+            and not self._solicit_bucket.take(self._now())
+        ):
+            counters["solicit_policed"] += 1
             return
         if header.next_header in _UPPER_LAYER:
             # No extension headers (the common case): nothing to walk.
@@ -627,7 +644,7 @@ class Ipv6Layer:
             source = self.source_for(packet.source)
         reply = Icmpv6Header(Icmpv6Type.ECHO_REPLY, 0, header.rest)
         message = icmpv6.emit(reply, body, source, packet.source)
-        self._send(packet.source, NextHeader.ICMPV6, message, source=source)
+        self._send(packet.source, NextHeader.ICMPV6, message, source=source, kind="icmp")
 
     def _on_packet_too_big(self, mtu: int, quoted: bytes) -> None:
         """A Packet Too Big (RFC 4443 3.2, RFC 8201): lower the path MTU to
@@ -724,7 +741,16 @@ class Ipv6Layer:
         )
         payload = ndp.emit(advert, message.target, destination)
         counters["tx_advert"] += 1
-        self._send(destination, NextHeader.ICMPV6, payload, source=message.target, hop_limit=255)
+        if anonymous or mac is None:
+            self._send(
+                destination, NextHeader.ICMPV6, payload, source=message.target, hop_limit=255
+            )
+            return
+        # To the link-layer address the solicitation gave (RFC 4861 7.2.4):
+        # answering moves no neighbour entry into DELAY and then PROBE, so a
+        # flood of solicitations costs one reply each and no probes later.
+        header = Ipv6Header(message.target, destination, NextHeader.ICMPV6, ndp.HOP_LIMIT)
+        self._transmit(mac, wire.emit(header, payload), "nd")
 
     def _on_advertisement(self, message: ndp.NeighborAdvertisement) -> None:
         if self.autoconf.is_tentative(message.target):
@@ -964,7 +990,7 @@ class Ipv6Layer:
             return
         self.counters["tx_listener_report"] += 1
         packet = mld.emit_packet(report, self.link_local)
-        self._transmit(wire.multicast_mac(wire.ALL_MLDV2_ROUTERS), packet)
+        self._transmit(wire.multicast_mac(wire.ALL_MLDV2_ROUTERS), packet, "nd")
 
     async def wait_for_address(self, timeout: float) -> IPv6Address:
         """The first address that is not link-local, once there is one
@@ -1005,15 +1031,17 @@ class Ipv6Layer:
         if hop is None:
             self.counters["no_route"] += 1
             raise NoRoute(f"{destination} is not on-link and no IPv6 router is known")
-        self._send(
-            destination,
-            protocol,
-            payload,
-            source=source,
-            hop_limit=hop_limit,
-            traffic_class=traffic_class,
-            hop=hop,
-        )
+        header = self._header(destination, protocol, source, hop_limit, traffic_class)
+        # Straight to the device, as IPv4 does: what the stack sends for
+        # itself (Neighbor Discovery, ICMPv6 answers) waits in queues of its
+        # own, never in front of this.
+        write = self._ethernet.write
+        for mac, packet in self._route(header, payload, hop):
+            try:
+                await write(mac, EthernetProtocol.IPV6, packet)
+            except Exception:
+                self.counters["tx_failed"] += 1
+                raise
 
     def _send(
         self,
@@ -1024,35 +1052,54 @@ class Ipv6Layer:
         source: IPv6Address | None = None,
         hop_limit: int | None = None,
         traffic_class: int = 0,
-        hop: IPv6Address | None = None,
+        kind: str = "nd",
     ) -> None:
+        """Send a packet of the stack's own through the ``kind`` queue."""
+        header = self._header(destination, protocol, source, hop_limit, traffic_class)
+        hop = destination if destination.is_multicast else self.next_hop(destination)
+        if hop is None:
+            self.counters["no_route"] += 1
+            return
+        for mac, packet in self._route(header, payload, hop):
+            self._transmit(mac, packet, kind)
+
+    def _header(
+        self,
+        destination: IPv6Address,
+        protocol: int,
+        source: IPv6Address | None,
+        hop_limit: int | None,
+        traffic_class: int,
+    ) -> Ipv6Header:
         if source is None:
             source = self.source_for(destination)
-        header = Ipv6Header(
+        return Ipv6Header(
             source,
             destination,
             protocol,
             hop_limit if hop_limit is not None else self.hop_limit,
             traffic_class,
         )
+
+    def _route(
+        self, header: Ipv6Header, payload: bytes, hop: IPv6Address
+    ) -> list[tuple[MacAddress, bytes]]:
+        """The frames of one packet that can leave now (to ``hop``); the
+        others wait in the neighbour's queue while it resolves."""
         packets = self._packets(header, payload)
         self.counters["tx_packets"] += 1
-        if destination.is_multicast:
-            for packet in packets:
-                self._transmit(wire.multicast_mac(destination), packet)
-            return
-        if hop is None:
-            hop = self.next_hop(destination)
-            if hop is None:
-                self.counters["no_route"] += 1
-                return
+        if header.destination.is_multicast:
+            group = wire.multicast_mac(header.destination)
+            return [(group, packet) for packet in packets]
+        ready = []
         for packet in packets:
             mac, solicitation = self.neighbours.send(hop, packet, self._now())
             if solicitation is not None:
                 self._solicit(solicitation)
             if mac is not None:
-                self._transmit(mac, packet)
+                ready.append((mac, packet))
         self._arm_timer()
+        return ready
 
     def _packets(self, header: Ipv6Header, payload: bytes) -> list[bytes]:
         """The packet, or its fragments when it exceeds the link's MTU (only
@@ -1084,35 +1131,48 @@ class Ipv6Layer:
         header = Ipv6Header(source, destination, NextHeader.ICMPV6, ndp.HOP_LIMIT)
         packet = wire.emit(header, ndp.emit(message, source, destination))
         self.counters["tx_solicit"] += 1
-        self._transmit(mac if mac is not None else wire.multicast_mac(destination), packet)
+        self._transmit(mac if mac is not None else wire.multicast_mac(destination), packet, "nd")
 
     def _transmit_all(self, transmissions: list[tuple[MacAddress, bytes]]) -> None:
+        """Packets a neighbour's resolution let out."""
         for mac, packet in transmissions:
-            self._transmit(mac, packet)
+            self._transmit(mac, packet, "released")
 
-    def _transmit(self, mac: MacAddress, packet: bytes) -> None:
-        """Queue one packet for the device; one task sends them in order."""
-        if len(self._outgoing) >= _MAX_PENDING:
-            self.counters["tx_backlog_dropped"] += 1
+    def _transmit(self, mac: MacAddress, packet: bytes, kind: str) -> None:
+        """Queue one packet of the stack's own for the device, in the queue
+        of its kind ("nd": Neighbor Discovery and MLD, "icmp": echo replies
+        and errors, "released": what waited for a neighbour), each bounded
+        so that one kind flooding cannot crowd out the others."""
+        queue = self._outgoing[kind]
+        if len(queue) >= _MAX_PENDING[kind]:
+            self.counters[f"tx_{kind}_backlog_dropped"] += 1
             return
-        self._outgoing.append((mac, packet))
+        queue.append((mac, packet))
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        """Send the queued packets, one of each kind in turn."""
+        queues = list(self._outgoing.values())
+        write = self._ethernet.write
         try:
-            while self._outgoing:
-                mac, packet = self._outgoing.popleft()
-                try:
-                    await self._ethernet.write(mac, EthernetProtocol.IPV6, packet)
-                except Exception:
-                    self.counters["tx_failed"] += 1
+            while any(queues):
+                for queue in queues:
+                    if not queue:
+                        continue
+                    mac, packet = queue.popleft()
+                    try:
+                        await write(mac, EthernetProtocol.IPV6, packet)
+                    except Exception:
+                        self.counters["tx_failed"] += 1
         finally:
             self._drain_task = None
 
     def _arm_timer(self) -> None:
+        if self._timer is not None:
+            return
         deadline = self.neighbours.next_deadline_ns()
-        if deadline is None or self._timer is not None:
+        if deadline is None:
             return
         delay = max(deadline - self._now(), 0) / 1e9
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
@@ -1163,7 +1223,7 @@ class Ipv6Layer:
         quoted = icmpv6.error_quote(packet)
         message = icmpv6.emit(Icmpv6Header(type, code, rest), quoted, source, original.source)
         self.counters[f"tx_error_type_{type}"] += 1
-        self._send(original.source, NextHeader.ICMPV6, message, source=source)
+        self._send(original.source, NextHeader.ICMPV6, message, source=source, kind="icmp")
         return True
 
     def _error_allowed(self) -> bool:
@@ -1196,7 +1256,7 @@ class Ipv6Layer:
         message = icmpv6.emit(request, bytes(i & 0xFF for i in range(size)), source, destination)
         started = self._now()
         try:
-            self._send(destination, NextHeader.ICMPV6, message, source=source)
+            self._send(destination, NextHeader.ICMPV6, message, source=source, kind="icmp")
             if not await wait_until_done(future, self._time, timeout):
                 raise ConnectionTimeout(f"no ICMPv6 echo reply from {destination} in {timeout} s")
         finally:

@@ -49,6 +49,10 @@ class NeighbourSettings:
     unicast_solicits: int = 3  # MAX_UNICAST_SOLICIT
     max_neighbours: int = 512
     max_incomplete: int = 64
+    # Entries a Neighbor Solicitation (or Router Advertisement) created
+    # before we ever sent to them (RFC 4861 7.2.3: STALE): a flood from new
+    # sources replaces only these, never a neighbour in use.
+    max_unsolicited: int = 128
     # Held for a neighbour being resolved: the fragments of the largest
     # packet fit; and for all of them together.
     queue_bytes: int = 72 * 1024
@@ -63,6 +67,7 @@ class Neighbour:
     probes: int = 0
     queue: deque[bytes] = field(default_factory=deque)
     queued_bytes: int = 0
+    unsolicited: bool = False  # created by its own solicitation, not used since
 
 
 Solicitation = tuple[IPv6Address, MacAddress | None]
@@ -79,6 +84,7 @@ class NeighbourCache:
     def __init__(self, settings: NeighbourSettings | None = None) -> None:
         self.settings = settings if settings is not None else NeighbourSettings()
         self._entries: OrderedDict[IPv6Address, Neighbour] = OrderedDict()
+        self._unsolicited: OrderedDict[IPv6Address, None] = OrderedDict()
         self._incomplete = 0
         self.queued_bytes = 0  # held for all neighbours together
         self.counters: Counter[str] = Counter()
@@ -107,6 +113,8 @@ class NeighbourCache:
         if entry.state is NeighbourState.INCOMPLETE:
             self._enqueue(entry, packet)
             return None, None
+        if entry.unsolicited:
+            self._adopt(address, entry)
         if entry.state is NeighbourState.REACHABLE and now >= entry.deadline_ns:
             entry.state = NeighbourState.STALE
         if entry.state is NeighbourState.STALE:
@@ -121,7 +129,8 @@ class NeighbourCache:
             # Under a flood of new destinations the oldest resolution gives
             # way (as in ARP): a newcomer that answers still gets its chance.
             self._evict_oldest_incomplete()
-        self._make_room()
+        if not self._make_room():
+            self._evict_oldest_resolved()  # our own traffic: room is made
         entry = Neighbour(NeighbourState.INCOMPLETE, None, now + self.settings.retransmit_ns, 1)
         self._entries[address] = entry
         self._enqueue(entry, packet)
@@ -132,7 +141,7 @@ class NeighbourCache:
     def _evict_oldest_incomplete(self) -> None:
         for address, entry in self._entries.items():
             if entry.state is NeighbourState.INCOMPLETE:
-                del self._entries[address]
+                self._remove(address)
                 self._incomplete -= 1
                 self.counters["incomplete_evicted"] += len(entry.queue)
                 self._release(entry)
@@ -161,15 +170,41 @@ class NeighbourCache:
         entry.queued_bytes = 0
         return packets
 
-    def _make_room(self) -> None:
-        while len(self._entries) >= self.settings.max_neighbours:
-            for address, entry in self._entries.items():
-                if entry.state is not NeighbourState.INCOMPLETE:
-                    del self._entries[address]
-                    break
-            else:
-                return  # all resolving: bounded by max_incomplete instead
+    def _adopt(self, address: IPv6Address, entry: Neighbour) -> None:
+        """An unsolicited entry in use from now on: no longer replaceable."""
+        entry.unsolicited = False
+        self._unsolicited.pop(address, None)
+
+    def _remove(self, address: IPv6Address) -> Neighbour:
+        entry = self._entries.pop(address)
+        if entry.unsolicited:
+            self._unsolicited.pop(address, None)
+        return entry
+
+    def _make_room(self) -> bool:
+        """Make room for one more entry by evicting one nobody uses (an
+        unsolicited one, else the oldest STALE); False when every entry is
+        in use (REACHABLE, DELAY, PROBE) or being resolved."""
+        if len(self._entries) < self.settings.max_neighbours:
+            return True
+        if self._unsolicited:
+            self._remove(next(iter(self._unsolicited)))
             self.counters["evicted"] += 1
+            return True
+        for address, entry in self._entries.items():
+            if entry.state is NeighbourState.STALE:
+                self._remove(address)
+                self.counters["evicted"] += 1
+                return True
+        return False
+
+    def _evict_oldest_resolved(self) -> None:
+        for address, entry in self._entries.items():
+            if entry.state is not NeighbourState.INCOMPLETE:
+                self._remove(address)
+                self.counters["evicted"] += 1
+                return
+        # All resolving: bounded by max_incomplete instead.
 
     # -- Neighbor Discovery input ------------------------------------------------
 
@@ -200,6 +235,8 @@ class NeighbourCache:
         if mac is not None:
             entry.mac = mac
         if solicited:
+            if entry.unsolicited:
+                self._adopt(target, entry)
             entry.state = NeighbourState.REACHABLE
             entry.deadline_ns = now + self.settings.reachable_ns
             entry.probes = 0
@@ -212,8 +249,7 @@ class NeighbourCache:
         7.2.3): the sender is at least STALE now."""
         entry = self._entries.get(source)
         if entry is None:
-            self._make_room()
-            self._entries[source] = Neighbour(NeighbourState.STALE, mac, 0)
+            self._learn_unsolicited(source, mac)
             return []
         if entry.state is NeighbourState.INCOMPLETE:
             return self._resolve(entry, mac, False, now)
@@ -221,6 +257,21 @@ class NeighbourCache:
             entry.mac = mac
             entry.state = NeighbourState.STALE
         return []
+
+    def _learn_unsolicited(self, source: IPv6Address, mac: MacAddress) -> None:
+        """A STALE entry for a neighbour that spoke first (RFC 4861 7.2.3),
+        within max_unsolicited such entries: the oldest gives way, and a
+        neighbour in use never does."""
+        unsolicited = self._unsolicited
+        if len(unsolicited) >= self.settings.max_unsolicited:
+            self._remove(next(iter(unsolicited)))
+            self.counters["unsolicited_evicted"] += 1
+        if not self._make_room():
+            self.counters["unsolicited_not_learned"] += 1
+            return
+        self._entries[source] = Neighbour(NeighbourState.STALE, mac, 0, unsolicited=True)
+        unsolicited[source] = None
+        self.counters["unsolicited_learned"] += 1
 
     def _resolve(
         self, entry: Neighbour, mac: MacAddress, solicited: bool, now: int
@@ -270,7 +321,7 @@ class NeighbourCache:
             else settings.unicast_solicits
         )
         if entry.probes >= limit:
-            del self._entries[address]
+            self._remove(address)
             if state is NeighbourState.INCOMPLETE:
                 self._incomplete -= 1
                 self.counters["unresolved_dropped"] += len(entry.queue)
