@@ -32,7 +32,7 @@ from looming.config.build_native import (
     required_modules,
 )
 from looming.config.build_smoke import top_level_imports
-from tests.config.tooling import looming
+from tests.config.tooling import copy_example, looming
 
 UNIKERNEL = """
 import importlib.metadata
@@ -402,3 +402,22 @@ def test_the_smoke_import_covers_what_main_imports_at_start(tmp_path: Path) -> N
         "async def start():\n    from unikernel import Job\n"
     )
     assert top_level_imports(main) == ["json", "looming", "looming.tls"]
+
+
+def test_an_artifact_without_compiled_code_still_refuses_an_older_python(tmp_path: Path) -> None:
+    app = copy_example("hello", tmp_path)
+    looming(app, "configure", "-t", "unix")
+    looming(app, "build")
+    artifact = app / "dist" / "hello-unix.pyz"
+    assert artifact.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    ran = run([sys.executable, str(artifact)], tmp_path / "cache")
+    assert ran.returncode == 0, ran.stderr
+    assert not (tmp_path / "cache").exists()  # nothing to extract
+    newer = with_manifest(artifact, tmp_path / "newer.pyz", requires=[3, 99])
+    done = run([sys.executable, str(newer)], tmp_path / "cache")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"{newer} needs Python 3.99 or newer; {sys.executable} is Python "
+        f"{'.'.join(map(str, sys.version_info[:3]))}. Run it with python3.99 or newer "
+        f"(python3.99 {newer})"
+    )

@@ -591,9 +591,8 @@ def _extracted_pack(
         files = application_files(named, app_dir)
         app.update((name, path.read_bytes()) for name, path in files.items())
     pack = native_pack(compiled_packages_to_pack(closure), app)
-    if pack is not None:
-        entries.update(pack.entries)
-        entries["__main__.py"] = main_with_boot(entries["__main__.py"])
+    entries.update(pack.entries)
+    entries["__main__.py"] = main_with_boot(entries["__main__.py"])
     root = app_dir.resolve()
     return pack, [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in named]
 

@@ -47,6 +47,9 @@ EXTRACTED = (FILES, APP)
 COMPLETE = ".complete"
 """Written last into an extracted folder: a folder without it is not used."""
 
+REQUIRES = (3, 11)
+"""The oldest Python looming runs on (``requires-python`` in pyproject.toml)."""
+
 CACHE_ENV = "LOOMING_NATIVE_CACHE"
 """Where extracted packages are kept (default ``$XDG_CACHE_HOME/looming/native``)."""
 
@@ -63,7 +66,17 @@ def listed(manifest: dict[str, object], key: str) -> list[str]:
 
 
 def incompatibility(manifest: dict[str, object], archive: str) -> str | None:
-    """Why this interpreter cannot load the extensions packed in ``archive``, or None."""
+    """Why this interpreter cannot run ``archive`` (too old, or unable to load
+    the extensions packed in it), or None."""
+    requires = [int(v) for v in listed(manifest, "requires")] or list(REQUIRES)
+    if tuple(sys.version_info[:2]) < tuple(requires):
+        running = ".".join(str(v) for v in sys.version_info[:3])
+        python = f"python{requires[0]}.{requires[1]}"
+        return (
+            f"{archive} needs Python {requires[0]}.{requires[1]} or newer; "
+            f"{sys.executable or 'this interpreter'} is Python {running}. "
+            f"Run it with {python} or newer ({python} {archive})"
+        )
     if not listed(manifest, "packages"):
         return None
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
@@ -158,7 +171,8 @@ def extract(archive: zipfile.ZipFile, digest: str) -> str:
 
 def prepare(archive_path: str | None = None) -> None:
     """Check this interpreter, then put the extracted application (before the
-    artifact) and compiled packages (after it) on sys.path."""
+    artifact) and compiled packages (after it) on sys.path. An interpreter
+    that cannot run the artifact gets one line and exit status 2."""
     if archive_path is None:
         archive_path = os.path.dirname(__file__)
     with zipfile.ZipFile(archive_path) as archive:
@@ -170,6 +184,8 @@ def prepare(archive_path: str | None = None) -> None:
         if why is not None:
             sys.stderr.write(why + "\n")
             sys.exit(2)
+        if not listed(manifest, "packages") and not manifest.get("app"):
+            return
         folder = extract(archive, str(manifest["digest"]))
     here = os.path.abspath(archive_path)
     entries = [os.path.abspath(p) if p else p for p in sys.path]

@@ -102,13 +102,11 @@ def _extension_suffix(name: str) -> str | None:
     return max(matching, key=len) if matching else None
 
 
-def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePack | None:
+def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePack:
     """The compiled packages ``tops`` as this interpreter has them, and the
     application's ``app`` entries (relative path: bytes), with a manifest of
-    what they need; None when there are neither."""
-    if not tops and not app:
-        return None
-    libs = _vendored_libraries()
+    what they need (with neither, the start still checks the Python version)."""
+    libs = _vendored_libraries() if tops else {}
     entries: dict[str, bytes] = {}
     suffixes: set[str] = set()
     for top in sorted(tops):
@@ -128,6 +126,7 @@ def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePa
         "suffixes": sorted(suffixes),
         "packages": sorted(tops),
         "app": len(app or {}),
+        "requires": list(build_boot.REQUIRES),
         "digest": digest.hexdigest()[:32],
     }
     entries[build_boot.MANIFEST] = json.dumps(manifest, sort_keys=True, indent=1).encode()
@@ -252,7 +251,7 @@ def main_with_boot(source: bytes) -> bytes:
 
 def shebang(pack: NativePack | None) -> bytes:
     """``python3``, or ``python3.X`` when compiled packages need that version."""
-    if pack is None:
+    if pack is None or not pack.packages:
         return SHEBANG
     return f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode()
 
