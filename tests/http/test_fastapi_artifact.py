@@ -7,11 +7,15 @@ statement names it (anyio's backend, pydantic's lazy modules)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
 import subprocess
+import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,11 +83,42 @@ def test_fastapi_artifact_over_host_sockets(tmp_path: Path) -> None:
     # The compiled half of pydantic travels with its pure half, outside the
     # import path of the zip (a zip cannot hold an importable extension).
     assert not any(n.startswith("pydantic_core/") for n in names)
-    assert any(
-        n.startswith("_looming_native/files/pydantic_core/_pydantic_core.") for n in names
-    )
+    assert any(n.startswith("_looming_native/files/pydantic_core/_pydantic_core.") for n in names)
     with running(app, "--port", "0", ready=r"serving (http://\S+)") as (_proc, ready):
         check_fastapi_app(host_curl, ready.group(1), make_upload(tmp_path))
+    # As a user runs it with a Python that has none of FastAPI's dependencies
+    # (Debian's /usr/bin/python3): -I -S leaves out every site-packages.
+    artifact = app / "dist" / "fastapi-unix.pyz"
+    command = [sys.executable, "-I", "-S", str(artifact), "--port", "0"]
+    with started(command, tmp_path, LOOMING_NATIVE_CACHE=str(tmp_path / "cache")) as base:
+        check_fastapi_app(host_curl, base, make_upload(tmp_path))
+
+
+@contextlib.contextmanager
+def started(command: list[str], cwd: Path, **env: str) -> Iterator[str]:
+    """Run ``command`` until it prints the address it serves; that address."""
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", **env},
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            match = re.search(r"^serving (http://\S+)", line)
+            if match:
+                yield match.group(1)
+                break
+        else:
+            raise AssertionError("the artifact stopped before serving:\n" + "".join(seen))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.mark.root
