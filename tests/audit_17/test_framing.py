@@ -9,6 +9,7 @@ the connection, and must never answer the hidden request.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -49,6 +50,9 @@ CASES = {
     "overflowing-chunk-size": _post(
         b"Transfer-Encoding: chunked\r\n", b"10000000000000003\r\nabc\r\n0\r\n\r\n" + HIDDEN
     ),
+    "chunk-size-of-20-digits": _post(
+        b"Transfer-Encoding: chunked\r\n", b"00010000000000000003\r\nabc\r\n0\r\n\r\n" + HIDDEN
+    ),
     "chunk-longer-than-size": _post(
         b"Transfer-Encoding: chunked\r\n", b"3\r\nabcdef\r\n0\r\n\r\n" + HIDDEN
     ),
@@ -81,24 +85,24 @@ def _exchange(port: int, data: bytes, wait: float) -> tuple[bytes, bool]:
 
 
 @pytest.mark.parametrize("parser", ["h11", "httptools"])
-def test_ambiguous_framing_is_refused_and_never_smuggles(parser: str) -> None:
+def test_ambiguous_framing_is_refused_and_never_smuggles(
+    parser: str, caplog: pytest.LogCaptureFixture
+) -> None:
     pytest.importorskip(parser)
     with serve_in_thread(lambda: AsgiAdapter(_app), ServerConfig(parser=parser)) as server:
         for name, data in CASES.items():
-            overflow = name == "overflowing-chunk-size"
-            out, closed = _exchange(server.port, data, 0.15 if overflow else 2.0)
+            out, closed = _exchange(server.port, data, 2.0)
             assert b"answered /smuggled" not in out, (parser, name, out)
             assert b"answered /outer" not in out, (parser, name, out)
             status = out.split(b"\r\n", 1)[0]
-            if not overflow:
-                # (h11 waits for a chunk of 2**64 + 3 bytes until the body
-                # timeout; the hidden bytes are then body, never a request.)
-                assert closed, (parser, name, out)
+            assert closed, (parser, name, out)
             assert status in (b"", b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 501 Not Implemented"), (
                 parser,
                 name,
                 out,
             )
+    # Bad input is counted and dropped, not logged as the server's failure.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def _echo(scope: Scope, receive: Receive, send: Send) -> None:

@@ -66,6 +66,27 @@ def _remote_error(message: str, status: int = 400) -> h11.RemoteProtocolError:
     return h11.RemoteProtocolError(message, error_status_hint=status)
 
 
+MAX_CHUNK_SIZE = 0xFFFF_FFFF_FFFF_FFFF
+"""The largest chunk size taken (16 hex digits), as llhttp takes."""
+
+
+class H11Parser(h11.Connection):
+    """h11's server side, refusing a chunk size over :data:`MAX_CHUNK_SIZE`
+    at once: h11 takes up to 20 hex digits and would wait for the chunk."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        event = super().next_event()
+        size = getattr(self._reader, "_bytes_in_chunk", 0)  # what the chunk still holds
+        if type(event) is h11.Data and event.chunk_start:
+            size += len(event.data)
+        if size > MAX_CHUNK_SIZE:
+            raise _remote_error("chunk size over 16 hex digits")
+        return event
+
+
 FRAMING = 1
 """A head note: the request has Content-Length or Transfer-Encoding."""
 UPGRADE = 2
@@ -429,7 +450,7 @@ class HttptoolsParser:
         if not framing:
             return False  # Content-Length: 0: the upgrade may go on
         expect = b"expect: 100-continue\r\n" if head.expects_continue else b""
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+        conn = H11Parser(self._limit)
         conn.receive_data(b"POST / HTTP/1.1\r\nhost: x\r\n" + framing + expect + b"\r\n")
         conn.next_event()  # the head's stand-in
         if rest:  # (empty would tell h11 the client closed)
@@ -446,7 +467,7 @@ class HttptoolsParser:
         rest = _after_messages(b"".join(self._raw), self._completed, self._limit)
         if rest is None:
             return
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+        conn = H11Parser(self._limit)
         conn.receive_data(rest)
         self._h11 = conn
         self.h11_raw = [rest]
@@ -460,7 +481,7 @@ class HttptoolsParser:
             return
         rest = _after_messages(b"".join(self._raw), self._completed, self._limit)
         if rest:
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+            conn = H11Parser(self._limit)
             conn.receive_data(rest)
             conn.receive_data(b"")
             self._h11 = conn
