@@ -341,9 +341,12 @@ class FastAsgiConnection(asyncio.Protocol):
     # --- writing ----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._lost or self._closing:
+        transport = self._transport
+        # is_closing: a failed send closed the transport, and its
+        # connection_lost is still to come.
+        if self._lost or self._closing or transport.is_closing():
             raise ClientDisconnected("the client has gone away")
-        self._transport.write(data)
+        transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is above its high-water mark,
