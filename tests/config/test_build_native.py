@@ -231,7 +231,7 @@ def test_extraction_is_done_once_and_a_half_written_copy_is_replaced(
     with small_archive(tmp_path / "a.zip") as archive:
         folder = Path(build_boot.extract(archive, "d1"))
         assert folder == cache / "d1"
-        package = folder / "files" / "pkg"
+        package = folder / "pkg"
         assert (package / "sub" / "data.txt").read_text() == "data\n"
         (package / "__init__.py").write_text("VALUE = 2\n")
         assert build_boot.extract(archive, "d1") == str(folder)  # reused, not rewritten
@@ -268,6 +268,24 @@ def test_starts_extracting_at_once_all_get_a_whole_copy(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["d1"]
 
 
+def test_copies_unused_for_a_month_are_removed_when_one_is_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(build_boot.CACHE_ENV, str(cache))
+    month_ago = time.time() - build_boot.UNUSED_FOR - 3600
+    with small_archive(tmp_path / "a.zip") as archive:
+        for digest in ("stale", "recent", "reused"):
+            build_boot.extract(archive, digest)
+        for digest in ("stale", "reused"):
+            marker = cache / digest / build_boot.COMPLETE
+            os.utime(marker, (month_ago, month_ago))
+        build_boot.extract(archive, "reused")  # a start using it dates it again
+        assert time.time() - (cache / "reused" / build_boot.COMPLETE).stat().st_mtime < 60
+        build_boot.extract(archive, "new")
+    assert sorted(p.name for p in cache.iterdir()) == ["new", "recent", "reused"]
+
+
 def test_a_cache_others_may_write_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,7 +297,7 @@ def test_a_cache_others_may_write_is_not_used(
     with small_archive(tmp_path / "a.zip") as archive:
         folder = Path(build_boot.extract(archive, "d1"))
     assert not folder.is_relative_to(shared)
-    assert (folder / "files" / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+    assert (folder / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
     assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
     shutil.rmtree(folder)
 

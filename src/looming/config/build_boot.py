@@ -31,6 +31,7 @@ import stat
 import sys
 import sysconfig
 import tempfile
+import time
 import zipfile
 
 NATIVE_DIR = "_looming_native"
@@ -43,7 +44,6 @@ APP = NATIVE_DIR + "/app/"
 """The application's modules with the files they read beside them (templates,
 static folders): on ``sys.path`` before the artifact, so ``__file__`` is a
 real path there."""
-EXTRACTED = (FILES, APP)
 COMPLETE = ".complete"
 """Written last into an extracted folder: a folder without it is not used."""
 
@@ -123,11 +123,13 @@ def cache_root() -> str | None:
     return root if _private_folder(root) else None
 
 
-def _write_members(archive: zipfile.ZipFile, names: list[str], folder: str) -> None:
+def _write_members(
+    archive: zipfile.ZipFile, names: list[str], folder: str, prefix: str = FILES
+) -> None:
     for name in names:
-        relative = name[len(NATIVE_DIR) + 1 :]
+        relative = name[len(prefix) :]
         parts = relative.split("/")
-        if not relative or any(p in ("", ".", "..") for p in parts):
+        if not name.startswith(prefix) or any(p in ("", ".", "..") for p in parts):
             raise RuntimeError(f"bad entry in the artifact: {name!r}")
         target = os.path.join(folder, *parts)
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -142,21 +144,53 @@ def _write_members(archive: zipfile.ZipFile, names: list[str], folder: str) -> N
         marker.write("complete\n")
 
 
-def extract(archive: zipfile.ZipFile, digest: str) -> str:
-    """The folder holding the packed compiled packages, extracted if needed."""
-    names = sorted(n for n in archive.namelist() if n.startswith(EXTRACTED) and not n.endswith("/"))
+UNUSED_FOR = 30 * 86400
+"""Seconds after which an extracted copy no start has used is removed (by
+the next start that extracts one): rebuilds leave a copy each."""
+
+
+def _mark_used(final: str) -> None:
+    """Refresh the copy's marker time, at most daily (it dates the last use)."""
+    marker = os.path.join(final, COMPLETE)
+    try:
+        if time.time() - os.stat(marker).st_mtime > 86400:
+            os.utime(marker)
+    except OSError:
+        pass
+
+
+def _prune(root: str, keep: str) -> None:
+    """Remove the copies in ``root`` unused for :data:`UNUSED_FOR` seconds."""
+    now = time.time()
+    for name in os.listdir(root):
+        folder = os.path.join(root, name)
+        if folder == keep:
+            continue
+        try:
+            used = os.stat(os.path.join(folder, COMPLETE)).st_mtime
+        except OSError:
+            used = os.stat(folder).st_mtime if os.path.isdir(folder) else now
+        if now - used > UNUSED_FOR:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def extract(archive: zipfile.ZipFile, digest: str, prefix: str = FILES) -> str:
+    """The folder holding the archive's entries under ``prefix`` (one of
+    :data:`EXTRACTED`), extracted if needed into the cache as ``digest``."""
+    names = sorted(n for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/"))
     root = cache_root()
     if root is None:
         folder = tempfile.mkdtemp(prefix="looming-native-")
         atexit.register(shutil.rmtree, folder, True)
-        _write_members(archive, names, folder)
+        _write_members(archive, names, folder, prefix)
         return folder
     final = os.path.join(root, digest)
     if os.path.isfile(os.path.join(final, COMPLETE)):
+        _mark_used(final)
         return final
     staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
     try:
-        _write_members(archive, names, staging)
+        _write_members(archive, names, staging, prefix)
         if os.path.isdir(final) and not os.path.isfile(os.path.join(final, COMPLETE)):
             # Not one this code published (renamed only once complete): replace it.
             shutil.rmtree(final, ignore_errors=True)
@@ -166,6 +200,7 @@ def extract(archive: zipfile.ZipFile, digest: str) -> str:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _prune(root, final)
     return final
 
 
@@ -184,13 +219,12 @@ def prepare(archive_path: str | None = None) -> None:
         if why is not None:
             sys.stderr.write(why + "\n")
             sys.exit(2)
-        if not listed(manifest, "packages") and not manifest.get("app"):
-            return
-        folder = extract(archive, str(manifest["digest"]))
+        compiled = extract(archive, str(manifest["digest"])) if listed(manifest, "packages") else ""
+        app = extract(archive, str(manifest["app_digest"]), APP) if manifest.get("app") else ""
     here = os.path.abspath(archive_path)
     entries = [os.path.abspath(p) if p else p for p in sys.path]
     position = entries.index(here) if here in entries else 0
-    if listed(manifest, "packages"):
-        sys.path.insert(position + 1, os.path.join(folder, "files"))
-    if manifest.get("app"):
-        sys.path.insert(position, os.path.join(folder, "app"))
+    if compiled:
+        sys.path.insert(position + 1, compiled)
+    if app:
+        sys.path.insert(position, app)

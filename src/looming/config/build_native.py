@@ -36,6 +36,8 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 BOOT_MODULE = "_looming_boot"
 """The archive's name of :mod:`looming.config.build_boot`."""
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+LAYOUT = b"looming native layout 2\0"
+"""Hashed into each digest: a cached copy of another layout is never taken for this one's."""
 
 
 @dataclass
@@ -116,9 +118,15 @@ def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePa
             if suffix is not None:
                 suffixes.add(suffix)
     entries.update((build_boot.APP + name, data) for name, data in (app or {}).items())
-    digest = hashlib.sha256()
-    for name in sorted(entries):
-        digest.update(f"{name}\0{len(entries[name])}\0".encode() + entries[name])
+
+    def digest(prefix: str) -> str:
+        """Of the entries under ``prefix``: each tree is its own cache copy,
+        so a rebuild of the application shares the compiled packages'."""
+        hashed = hashlib.sha256(LAYOUT)
+        for name in sorted(n for n in entries if n.startswith(prefix)):
+            hashed.update(f"{name}\0{len(entries[name])}\0".encode() + entries[name])
+        return hashed.hexdigest()[:32]
+
     manifest: dict[str, object] = {
         "implementation": sys.implementation.name,
         "version": list(sys.version_info[:2]),
@@ -127,7 +135,8 @@ def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePa
         "packages": sorted(tops),
         "app": len(app or {}),
         "requires": list(build_boot.REQUIRES),
-        "digest": digest.hexdigest()[:32],
+        "digest": digest(build_boot.FILES),
+        "app_digest": digest(build_boot.APP),
     }
     entries[build_boot.MANIFEST] = json.dumps(manifest, sort_keys=True, indent=1).encode()
     entries[f"{BOOT_MODULE}.py"] = Path(build_boot.__file__).read_bytes()
