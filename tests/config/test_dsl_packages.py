@@ -45,7 +45,8 @@ def app_with(tmp_path: Path, packages: str) -> Path:
         ('["json"]', "'json' is in the standard library"),
         ('["plugins/extra"]', "'plugins/extra', which is not a module name"),
         ("[3]", "holds 3, which is not a module name"),
-        ("None", "must be a list of package names"),
+        ("None", "e.g. packages=['plugins'], not the NoneType None"),
+        ('{"plugins"}', "not the set {'plugins'}"),
     ],
 )
 def test_bad_packages_name_the_register_line(tmp_path: Path, packages: str, says: str) -> None:

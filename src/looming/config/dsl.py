@@ -298,10 +298,11 @@ def _checked_packages(name: str, packages: object, where: Location) -> list[str]
     """``register(packages=...)`` as a list of module names, each of whose
     top-level package is in the application folder or installed; else a
     :class:`ConfigError` at the ``register`` line."""
-    if isinstance(packages, (str, bytes)) or not isinstance(packages, (list, tuple)):
+    if not isinstance(packages, (list, tuple)):
+        example = repr([packages]) if isinstance(packages, str) else "['plugins']"
         raise fail(
             f"register({name!r}): packages must be a list of package names, "
-            f"e.g. packages=[{packages!r}], not {packages!r}",
+            f"e.g. packages={example}, not the {type(packages).__name__} {packages!r}",
             where,
         )
     for package in packages:
