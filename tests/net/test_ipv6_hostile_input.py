@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from looming.devices.net import MacAddress
+from looming.devices.net import EthernetHandler, MacAddress
+from looming.net.ethernet import EthernetLayer
 from looming.net.ipv6 import Ipv6Layer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
+from looming.net.netif.memory import MemorySwitch
 from looming.net.reassembly import Reassembler
 from looming.net.stack import DirectStack
 from looming.net.wire import ipv6, ndp
@@ -84,7 +86,7 @@ def test_solicitations_from_new_sources_never_push_out_neighbours_in_use() -> No
     """RFC 4861 7.2.3: a solicitation carrying a link-layer address makes
     its sender a STALE neighbour; a flood of them from new sources replaces
     only such entries, within a bound, never a neighbour in use."""
-    settings = NeighbourSettings(max_neighbours=64, max_unsolicited=16)
+    settings = NeighbourSettings(max_neighbours=64, max_unsolicited=16, new_burst=64)
     cache = NeighbourCache(settings)
     used = [IPv6Address(f"fe80::a:{i:x}") for i in range(40)]
     for address in used:
@@ -150,3 +152,95 @@ def test_a_solicitation_flood_never_queues_in_front_of_upper_layer_packets() -> 
         await settle()
 
     run(body)
+
+
+class _StoppedClock:
+    now = 0
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+def _tcp(flags: int) -> bytes:
+    """A 20-byte TCP header (checksum left zero: the policer reads flags only)."""
+    return (
+        (1000).to_bytes(2, "big") + (80).to_bytes(2, "big") + bytes(9) + bytes([flags]) + bytes(6)
+    )
+
+
+def _ipv4_with_option(segment: bytes) -> bytes:
+    """IPv4 carrying ``segment`` with a 4-byte option (IHL 6): NOPs."""
+    header = bytes([0x46, 0, 0, 24 + len(segment), 0, 0, 0, 0, 64, 6, 0, 0])
+    return header + bytes([10, 0, 0, 1, 10, 0, 0, 2]) + b"\x01\x01\x01\x01" + segment
+
+
+def _ipv6(segment: bytes) -> bytes:
+    header = ipv6.Ipv6Header(IPv6Address("fd00::1"), IPv6Address("fd00::2"), 6)
+    return ipv6.emit(header, segment)
+
+
+def _collect(into: list[bytes]) -> EthernetHandler:
+    def handler(source: MacAddress, destination: MacAddress, payload: bytes, ok: bool) -> None:
+        into.append(payload)
+
+    return handler
+
+
+def test_syns_with_ipv4_options_or_over_ipv6_are_policed_too() -> None:
+    """The SYN policer read the TCP flags only of IPv4 without options:
+    5,000 IPv6 SYNs (or IPv4 ones with one NOP option) from unresolvable
+    sources went through whole and stalled connections 36-306 ms."""
+    for ethertype, wrap in ((b"\x08\x00", _ipv4_with_option), (b"\x86\xdd", _ipv6)):
+        ethernet = EthernetLayer(
+            MemorySwitch().port(),
+            time=_StoppedClock(),  # type: ignore[arg-type]
+            syn_rate=1000,
+            syn_burst=100,
+        )
+        delivered: list[bytes] = []
+        ethernet.register(int.from_bytes(ethertype, "big"), _collect(delivered))
+        head = bytes(ethernet.mac) + bytes(6) + ethertype
+        syn, syn_ack, ack = (head + wrap(_tcp(flags)) for flags in (0x02, 0x12, 0x10))
+        for _ in range(300):
+            ethernet.input(syn)
+            ethernet.input(syn_ack)
+            ethernet.input(ack)
+        assert ethernet.counters["syn_policed"] == 200
+        assert len(delivered) == 100 + 300 + 300
+
+
+def test_an_unresolvable_neighbour_is_asked_once_per_failure_lifetime() -> None:
+    """As ARP does (20 s): packets for a neighbour that never answered are
+    dropped without asking again (before, every SYN-ACK retransmission to
+    an unresolvable source started three more solicitations)."""
+    cache = NeighbourCache(NeighbourSettings(failed_lifetime_ns=20 * S))
+    peer = IPv6Address("fd00::99")
+    solicitations = [cache.send(peer, b"syn-ack", 0)[1]]
+    for second in range(1, 60):
+        solicitations += cache.on_timer(second * S)
+        solicitations.append(cache.send(peer, b"syn-ack again", second * S)[1])
+    asked = [s for s in solicitations if s is not None]
+    # Three solicitations at 0, 1 and 2 s, failed at 3 s; the next round at
+    # 23 s (20 s later), failed at 26 s; then again at 46 s, failed at 49 s.
+    assert len(asked) == 9
+    # Dropped meanwhile: at 3..22, 26..45 and 49..59 s.
+    assert cache.counters["failed_neighbour_dropped"] == 20 + 20 + 11
+    # A solicitation from it says it is there after all.
+    cache.solicited_by(peer, MacAddress(bytes(6)), 61 * S)
+    assert cache.send(peer, b"now", 62 * S)[0] is not None
+
+
+def test_new_resolutions_are_budgeted_as_arps_are() -> None:
+    """A flood of packets to new on-link addresses (SYN-ACKs to spoofed
+    sources) starts a burst of resolutions, then 256 a second: not one
+    multicast solicitation per packet."""
+    cache = NeighbourCache()
+    started = 0
+    for i in range(2_000):
+        # 2,000 packets over one second.
+        _, solicitation = cache.send(IPv6Address(f"fd00::5:{i:x}"), b"syn-ack", i * S // 2_000)
+        started += solicitation is not None
+    assert 32 + 256 - 2 <= started <= 32 + 256
+    assert cache.counters["resolution_limited"] == 2_000 - started
+    # A ping is asked for: never limited.
+    assert cache.send(IPv6Address("fd00::6"), b"echo", S, explicit=True)[1] is not None

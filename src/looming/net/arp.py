@@ -24,6 +24,7 @@ from looming.devices.time import Time
 from looming.errors import HostUnreachable, Malformed
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer
+from looming.net.failures import FAILED_LIFETIME_NS, MAX_FAILED, FailedNeighbours
 from looming.net.wire import arp as wire
 from looming.net.wire.arp import ArpOperation, ArpPacket
 
@@ -161,8 +162,8 @@ class NeighbourLimits:
     queue_per_neighbour: int = 8  # datagrams held while one neighbour resolves
     queue_total: int = 256  # datagrams held for all neighbours together
     max_incomplete: int = 256  # neighbours being resolved at once
-    failed_lifetime_ns: int = 20 * _SECOND_NS  # negative caching of a silent neighbour
-    max_failed: int = 1024
+    failed_lifetime_ns: int = FAILED_LIFETIME_NS  # negative caching of a silent neighbour
+    max_failed: int = MAX_FAILED
     # New resolutions started for outgoing datagrams: a burst, then so many
     # a second. Each is a broadcast on the LAN and a write; a flood of
     # packets from unused on-link addresses (spoofed SYNs) must not turn
@@ -187,7 +188,9 @@ class NeighbourTable:
         self.limits = limits or NeighbourLimits()
         # Ordered by the next request's time (every step adds the same interval).
         self.incomplete: OrderedDict[IPv4Address, _Incomplete] = OrderedDict()
-        self.failed: OrderedDict[IPv4Address, int] = OrderedDict()
+        self.failed: FailedNeighbours[IPv4Address] = FailedNeighbours(
+            self.limits.failed_lifetime_ns, self.limits.max_failed
+        )
         self.queued = 0
         self.counters: Counter[str] = Counter()
         self._new_tokens = float(self.limits.new_burst)
@@ -208,13 +211,7 @@ class NeighbourTable:
         return True
 
     def has_failed(self, address: IPv4Address, now_ns: int) -> bool:
-        until = self.failed.get(address)
-        if until is None:
-            return False
-        if now_ns >= until:
-            del self.failed[address]
-            return False
-        return True
+        return self.failed.has_failed(address, now_ns)
 
     def enqueue(self, address: IPv4Address, datagram: Datagram | None, now_ns: int) -> bool:
         """Hold ``datagram`` (None: nothing, only resolve) until ``address``
@@ -258,7 +255,7 @@ class NeighbourTable:
 
     def resolved(self, address: IPv4Address) -> list[Datagram]:
         """The reply for ``address`` came (already in the cache): what waited for it."""
-        self.failed.pop(address, None)
+        self.failed.forget(address)
         entry = self.incomplete.pop(address, None)
         if entry is None:
             return []
@@ -284,10 +281,10 @@ class NeighbourTable:
                 del incomplete[address]
                 self._drop_queue(entry, "unresolved_dropped")
                 self.counters["unresolved"] += 1
-                self.failed.pop(address, None)
-                self.failed[address] = now_ns + limits.failed_lifetime_ns
-                while len(self.failed) > limits.max_failed:
-                    self.failed.popitem(last=False)
+                # The limits may have been replaced since: their timers hold.
+                self.failed.lifetime_ns = limits.failed_lifetime_ns
+                self.failed.max_entries = limits.max_failed
+                self.failed.failed(address, now_ns)
                 failed.append(address)
                 continue
             entry.requests += 1

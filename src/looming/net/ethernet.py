@@ -23,6 +23,26 @@ _VLAN = 0x8100
 _QINQ = 0x88A8
 
 
+def _is_syn(frame: bytes) -> bool:
+    """Whether an untagged frame holds a TCP SYN without ACK, over IPv4
+    (whatever its options) or IPv6 (TCP right after the fixed header), read
+    from a few bytes without parsing."""
+    if len(frame) <= 47:  # 14 + 20 + 13: no TCP flags inside
+        return False
+    ethertype = frame[12:14]
+    if ethertype == b"\x08\x00":
+        flags = 27 + (frame[14] & 0x0F) * 4  # 14 + the header's length + 13
+        return (
+            frame[23] == 6  # TCP
+            and not (frame[20] & 0x1F or frame[21])  # a first fragment or none
+            and len(frame) > flags
+            and frame[flags] & 0x12 == 0x02  # SYN without ACK
+        )
+    if ethertype == b"\x86\xdd":
+        return len(frame) > 67 and frame[20] == 6 and frame[67] & 0x12 == 0x02
+    return False
+
+
 class TokenBucket:
     """``rate`` a second after a burst of ``burst``."""
 
@@ -111,11 +131,7 @@ class EthernetLayer:
         counters = self.counters
         if (
             self._time is not None
-            and len(frame) > 47
-            and frame[12:14] == b"\x08\x00"
-            and frame[23] == 6  # TCP
-            and frame[14] == 0x45  # no IP options: the TCP header at 34
-            and frame[47] & 0x12 == 0x02  # SYN without ACK
+            and _is_syn(frame)
             and not self._syn_bucket.take(self._time.now_ns())
         ):
             counters["syn_policed"] += 1

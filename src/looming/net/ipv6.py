@@ -1053,14 +1053,17 @@ class Ipv6Layer:
         hop_limit: int | None = None,
         traffic_class: int = 0,
         kind: str = "nd",
+        explicit: bool = False,
     ) -> None:
-        """Send a packet of the stack's own through the ``kind`` queue."""
+        """Send a packet of the stack's own through the ``kind`` queue
+        (``explicit``: asked for by a user, so outside the budget of new
+        resolutions)."""
         header = self._header(destination, protocol, source, hop_limit, traffic_class)
         hop = destination if destination.is_multicast else self.next_hop(destination)
         if hop is None:
             self.counters["no_route"] += 1
             return
-        for mac, packet in self._route(header, payload, hop):
+        for mac, packet in self._route(header, payload, hop, explicit=explicit):
             self._transmit(mac, packet, kind)
 
     def _header(
@@ -1082,7 +1085,7 @@ class Ipv6Layer:
         )
 
     def _route(
-        self, header: Ipv6Header, payload: bytes, hop: IPv6Address
+        self, header: Ipv6Header, payload: bytes, hop: IPv6Address, *, explicit: bool = False
     ) -> list[tuple[MacAddress, bytes]]:
         """The frames of one packet that can leave now (to ``hop``); the
         others wait in the neighbour's queue while it resolves."""
@@ -1093,7 +1096,7 @@ class Ipv6Layer:
             return [(group, packet) for packet in packets]
         ready = []
         for packet in packets:
-            mac, solicitation = self.neighbours.send(hop, packet, self._now())
+            mac, solicitation = self.neighbours.send(hop, packet, self._now(), explicit=explicit)
             if solicitation is not None:
                 self._solicit(solicitation)
             if mac is not None:
@@ -1256,7 +1259,9 @@ class Ipv6Layer:
         message = icmpv6.emit(request, bytes(i & 0xFF for i in range(size)), source, destination)
         started = self._now()
         try:
-            self._send(destination, NextHeader.ICMPV6, message, source=source, kind="icmp")
+            self._send(
+                destination, NextHeader.ICMPV6, message, source=source, kind="icmp", explicit=True
+            )
             if not await wait_until_done(future, self._time, timeout):
                 raise ConnectionTimeout(f"no ICMPv6 echo reply from {destination} in {timeout} s")
         finally:

@@ -10,7 +10,9 @@ fragments of one largest packet fit), which leaves when the advertisement
 comes and is dropped (and counted) when it never does. The number of
 neighbours, of those being resolved and the bytes all queues hold are
 bounded, so a flood of packets for unresolvable addresses costs bounded
-memory and never delays traffic to neighbours that answer.
+memory and never delays traffic to neighbours that answer; one that never
+answered is remembered for a while (``net/failures.py``, as ARP does), and
+packets for it are dropped without asking again.
 
 The owner calls :meth:`NeighbourCache.send` for each packet, the
 ``advertised``/``solicited_by`` methods for Neighbor Discovery input and
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
 from looming.devices.net import MacAddress
+from looming.net.ethernet import TokenBucket
+from looming.net.failures import FAILED_LIFETIME_NS, MAX_FAILED, FailedNeighbours
 
 _SECOND_NS = 1_000_000_000
 
@@ -48,7 +52,12 @@ class NeighbourSettings:
     multicast_solicits: int = 3  # MAX_MULTICAST_SOLICIT
     unicast_solicits: int = 3  # MAX_UNICAST_SOLICIT
     max_neighbours: int = 512
-    max_incomplete: int = 64
+    max_incomplete: int = 256  # as ARP's
+    # New resolutions started for outgoing packets, as ARP's: a burst, then
+    # so many a second. Each is a multicast solicitation; a flood of SYNs
+    # from unused on-link addresses must not turn into as many.
+    new_burst: int = 32
+    new_per_second: int = 256
     # Entries a Neighbor Solicitation (or Router Advertisement) created
     # before we ever sent to them (RFC 4861 7.2.3: STALE): a flood from new
     # sources replaces only these, never a neighbour in use.
@@ -57,6 +66,10 @@ class NeighbourSettings:
     # packet fit; and for all of them together.
     queue_bytes: int = 72 * 1024
     total_queue_bytes: int = 1024 * 1024
+    # A neighbour that never answered: packets for it are dropped (counted)
+    # without asking again for so long, as ARP does (``net/failures.py``).
+    failed_lifetime_ns: int = FAILED_LIFETIME_NS
+    max_failed: int = MAX_FAILED
 
 
 @dataclass(slots=True)
@@ -86,6 +99,10 @@ class NeighbourCache:
         self._entries: OrderedDict[IPv6Address, Neighbour] = OrderedDict()
         self._unsolicited: OrderedDict[IPv6Address, None] = OrderedDict()
         self._incomplete = 0
+        self.failed: FailedNeighbours[IPv6Address] = FailedNeighbours(
+            self.settings.failed_lifetime_ns, self.settings.max_failed
+        )
+        self._new_resolutions: TokenBucket | None = None
         self.queued_bytes = 0  # held for all neighbours together
         self.counters: Counter[str] = Counter()
 
@@ -103,12 +120,20 @@ class NeighbourCache:
     # -- sending ---------------------------------------------------------------
 
     def send(
-        self, address: IPv6Address, packet: bytes, now: int
+        self, address: IPv6Address, packet: bytes, now: int, *, explicit: bool = False
     ) -> tuple[MacAddress | None, Solicitation | None]:
         """Where ``packet`` for neighbour ``address`` goes now (None: queued
-        or dropped), and a solicitation to send first if one is due."""
+        or dropped), and a solicitation to send first if one is due. A new
+        resolution beyond the budget drops the packet (``resolution_limited``)
+        unless ``explicit`` (asked for by a user, as a ping is)."""
         entry = self._entries.get(address)
         if entry is None:
+            if self.failed and self.failed.has_failed(address, now):
+                self.counters["failed_neighbour_dropped"] += 1
+                return None, None
+            if not explicit and not self._may_start(now):
+                self.counters["resolution_limited"] += 1
+                return None, None
             return None, self._start(address, packet, now)
         if entry.state is NeighbourState.INCOMPLETE:
             self._enqueue(entry, packet)
@@ -123,6 +148,18 @@ class NeighbourCache:
             entry.state = NeighbourState.DELAY
             entry.deadline_ns = now + self.settings.delay_ns
         return entry.mac, None
+
+    def _may_start(self, now: int) -> bool:
+        settings = self.settings
+        bucket = self._new_resolutions
+        if bucket is None or (bucket.rate, bucket.burst) != (
+            settings.new_per_second,
+            settings.new_burst,
+        ):
+            bucket = self._new_resolutions = TokenBucket(
+                settings.new_per_second, settings.new_burst, now
+            )
+        return bucket.take(now)
 
     def _start(self, address: IPv6Address, packet: bytes, now: int) -> Solicitation:
         if self._incomplete >= self.settings.max_incomplete:
@@ -249,6 +286,7 @@ class NeighbourCache:
         7.2.3): the sender is at least STALE now."""
         entry = self._entries.get(source)
         if entry is None:
+            self.failed.forget(source)  # it speaks after all
             self._learn_unsolicited(source, mac)
             return []
         if entry.state is NeighbourState.INCOMPLETE:
@@ -326,6 +364,10 @@ class NeighbourCache:
                 self._incomplete -= 1
                 self.counters["unresolved_dropped"] += len(entry.queue)
                 self._release(entry)
+                # The settings may have been replaced since: their timers hold.
+                self.failed.lifetime_ns = settings.failed_lifetime_ns
+                self.failed.max_entries = settings.max_failed
+                self.failed.failed(address, now)
             self.counters["unreachable"] += 1
             return None
         entry.probes += 1
