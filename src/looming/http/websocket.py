@@ -19,7 +19,8 @@ its high-water mark, and a client that reads nothing for
 as they come, so a flood of tiny or empty fragments holds no more than the
 message's bytes. Pings are answered, the latest of those read together only
 (RFC 6455 section 5.5.3 allows it: a ping flood gets no more bytes back than
-it sends). A close is answered and told to the application as
+it sends), and more than :data:`MAX_IDLE_FRAMES` frames that carry nothing
+in :data:`IDLE_WINDOW` seconds close with 1008. A close is answered and told to the application as
 ``websocket.disconnect`` with its code. Fairness: at most
 :data:`EVENTS_PER_TURN` frames are taken from one connection before the
 others get a turn. Refusals are counted in :data:`abuse`.
@@ -46,6 +47,7 @@ from wsproto.events import (
     Event,
     Message,
     Ping,
+    Pong,
     RejectConnection,
     TextMessage,
 )
@@ -71,10 +73,15 @@ AsgiApp = Callable[
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 INBOX_MESSAGES = 16
 EVENTS_PER_TURN = 64
+MAX_IDLE_FRAMES = 1000
+IDLE_WINDOW = 10.0
+"""More than MAX_IDLE_FRAMES frames that carry nothing (pings, pongs, empty
+fragments) in IDLE_WINDOW seconds close the websocket with 1008."""
 SEND_TIMEOUT = 30.0
 abuse: Counter[str] = Counter()
 """Websockets closed in this process by reason: ``message_too_big``,
-``protocol_error`` (bad frames, bad UTF-8, bad close codes), ``send_stalled``."""
+``protocol_error`` (bad frames, bad UTF-8, bad close codes), ``frame_flood``,
+``send_stalled``."""
 _VERDICTS = {1002: "protocol_error", 1007: "protocol_error", 1009: "message_too_big"}
 
 
@@ -172,6 +179,8 @@ class WebSocketSession:
         self.queued_bytes = 0
         """Bytes of the messages in the inbox (bounded by ``max_message_bytes``)."""
         self._room = asyncio.Event()
+        self._idle_frames = 0
+        self._idle_since = 0.0
         self.accepted = False
         self.closed = False
         self._final: AsgiMessage | None = None
@@ -372,6 +381,13 @@ class WebSocketSession:
         for count, event in enumerate(self.ws.events(), 1):
             if count % EVENTS_PER_TURN == 0:
                 await asyncio.sleep(0)  # the other connections' turn
+            idle = isinstance(event, Ping | Pong) or (
+                isinstance(event, Message) and not event.data and not event.message_finished
+            )
+            if idle and self._flooding():
+                abuse["frame_flood"] += 1
+                await self._refuse(CloseReason.POLICY_VIOLATION, "too many frames without data")
+                return None
             if isinstance(event, Message):
                 assembly.add(event.data)
                 if assembly.size > self.max_message_bytes:
@@ -390,6 +406,14 @@ class WebSocketSession:
         if ping is not None:
             await self._write(ping.response())
         return assembly
+
+    def _flooding(self) -> bool:
+        """Count a frame that carries nothing; whether there are too many."""
+        now = asyncio.get_running_loop().time()
+        if now - self._idle_since > IDLE_WINDOW:
+            self._idle_since, self._idle_frames = now, 0
+        self._idle_frames += 1
+        return self._idle_frames > MAX_IDLE_FRAMES
 
     async def _closed_by_client(self, event: CloseConnection) -> None:
         verdict = _VERDICTS.get(event.code)  # wsproto's on a bad frame (or the client's)
