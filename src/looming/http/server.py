@@ -363,6 +363,8 @@ class HttpServer:
         self.requests_served = 0
         self.protocol_errors = 0
         self.timeouts = 0
+        self.clients_gone = 0
+        """Connections whose client went away mid-request or mid-response."""
         self.in_flight = 0
         self.stopping = False
         """Set by a graceful stop: each connection ends after its current response."""
@@ -529,7 +531,11 @@ class HttpServer:
                 and (conn.their_state is not h11.IDLE or conn.trailing_data[0])
             ):
                 await self._send_error_raw(flow, 408)
-        except (ConnectionReset, Closed) as error:
+        except (ConnectionReset, ClientGone) as error:
+            # The client went away mid-request or mid-response: normal traffic.
+            self.clients_gone += 1
+            log.debug("client gone: %s", error)
+        except Closed as error:
             log.debug("connection ended: %s", error)
         except LoomingError as error:
             # NetworkError, or Malformed from a flow that decodes (TLS, vchan).
@@ -587,6 +593,7 @@ class HttpServer:
             try:
                 response = await self.handler(request)
             except ClientGone:
+                self.clients_gone += 1
                 return
             except Exception:
                 log.exception("handler failed on %s %s", request.method, request.target)

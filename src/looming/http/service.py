@@ -146,6 +146,7 @@ class Metrics:
                     ),
                     "looming_http_protocol_errors_total": ("counter", server.protocol_errors),
                     "looming_http_timeouts_total": ("counter", server.timeouts),
+                    "looming_http_clients_gone_total": ("counter", server.clients_gone),
                 }
             )
         for name, (kind, value) in gauges.items():
