@@ -148,13 +148,17 @@ def servers() -> Iterator[dict[str, RunningServer]]:
         yield running
 
 
-def exchange(port: int, pieces: list[bytes]) -> bytes:
-    """Send ``pieces`` (a short pause between them) and read until the server closes."""
+def exchange(port: int, pieces: list[bytes], half_close: bool = False) -> bytes:
+    """Send ``pieces`` (a short pause between them), with ``half_close``
+    end the sending side, and read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for piece in pieces:
+        for number, piece in enumerate(pieces):
+            if number:
+                time.sleep(0.002)
             sock.sendall(piece)
-            time.sleep(0.002)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         received = []
         while True:
             try:
@@ -173,13 +177,14 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     plain=st.lists(st.sampled_from(PLAIN), max_size=5),
     handed_back=st.lists(st.sampled_from(HANDED_BACK), max_size=1),
     after=st.lists(st.sampled_from(PLAIN), max_size=2),
     last=st.sampled_from(LAST),
     points=st.lists(st.integers(min_value=0, max_value=4000), max_size=4),
+    half_close=st.booleans(),
 )
 def test_both_paths_answer_alike(
     servers: dict[str, RunningServer],
@@ -188,13 +193,14 @@ def test_both_paths_answer_alike(
     after: list[bytes],
     last: bytes,
     points: list[int],
+    half_close: bool,
 ) -> None:
     requests = b"".join([*plain, *handed_back, *after, last])
     pieces = cut(requests, points)
-    expected = exchange(servers["flow-uvloop"].port, pieces)
+    expected = exchange(servers["flow-uvloop"].port, pieces, half_close)
     assert expected.startswith(b"HTTP/1.1 ")
     for name in ("fast-uvloop", "fast-asyncio"):
-        assert exchange(servers[name].port, pieces) == expected, name
+        assert exchange(servers[name].port, pieces, half_close) == expected, name
 
 
 def test_plain_requests_take_the_fast_path_and_others_are_handed_back(
@@ -210,6 +216,14 @@ def test_plain_requests_take_the_fast_path_and_others_are_handed_back(
     answer = exchange(servers["fast-uvloop"].port, [PLAIN[0], PLAIN[1], HANDED_BACK[2], LAST[1]])
     assert answer.count(b"HTTP/1.1 200 OK") == 4 and b"body=hello" in answer
     assert flow.connections_fast == 0
+
+
+def test_requests_pipelined_before_the_client_s_end_are_all_answered(
+    servers: dict[str, RunningServer],
+) -> None:
+    for name in ("fast-uvloop", "flow-uvloop"):
+        answer = exchange(servers[name].port, [PLAIN[0] * 3 + PLAIN[3]], half_close=True)
+        assert answer.count(b"HTTP/1.1 200 OK") == 4, name
 
 
 def test_idle_and_slow_connections_time_out_on_the_fast_path() -> None:

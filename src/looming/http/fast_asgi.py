@@ -185,7 +185,9 @@ class FastAsgiConnection(asyncio.Protocol):
                 self._hand_over()  # an unfinished head, then the end: the usual path answers
             else:
                 self.close()
-        else:
+        elif self._pos == len(self._buf):
+            # (Requests pipelined before the end are answered first, and the
+            # client is not gone while they are, as on the flow path.)
             exchange.client_ending()
         return True  # the response in progress may still be written
 
@@ -250,6 +252,8 @@ class FastAsgiConnection(asyncio.Protocol):
         self._exchange = exchange = _Exchange(self, scope)
         self._server.in_flight += 1
         exchange._task = self._loop.create_task(exchange.run(), context=self._context.copy())
+        if self._eof and self._pos == len(buf):
+            exchange.client_ending()  # the last request the client sent before its end
 
     def _head_unfinished(self, scan: int) -> None:
         """No whole head yet from ``_pos``; searched from ``scan``."""
@@ -304,14 +308,21 @@ class FastAsgiConnection(asyncio.Protocol):
         self._exchange = None
         server = self._server
         server.requests_served += 1
-        if self._lost:
+        if self._lost or self._closing:
             return
-        if not keep_alive or self._eof or self.close_after_response or server.stopping:
+        if not keep_alive or self.close_after_response or server.stopping:
             self.close()
             return
         if self._pos < len(self._buf):
-            self._next_request()
-        if self._exchange is None and not self._lost and self._deadline == 0.0:
+            self._next_request()  # what was pipelined, even after the client's end
+        if self._exchange is not None or self._closing or self._lost:
+            return
+        if self._eof:
+            if self._pos < len(self._buf):
+                self._hand_over()  # an unfinished head, then the end: the usual path answers
+            else:
+                self.close()
+        elif self._deadline == 0.0:
             self._expire_in(server.config.keep_alive_timeout)
 
     def exchange_ended(self) -> None:
@@ -322,6 +333,7 @@ class FastAsgiConnection(asyncio.Protocol):
 
     def _hand_over(self) -> None:
         """The usual path serves the connection from here (see the module)."""
+        self._closing = True  # this object is done with it
         self._cancel_timer()
         self._server.forget_fast(self)
         self._server.adopted_from_fast(self._flow, first=self._first)
