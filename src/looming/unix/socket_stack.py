@@ -18,7 +18,7 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from looming.addresses import format_endpoint, is_ipv6, unmapped
 from looming.devices.stack import Datagram, TcpHandler, UdpHandler
@@ -63,6 +63,9 @@ _STREAM_METHODS = (
 
 class SocketTcpFlow(asyncio.Protocol):
     """One TCP connection; both the asyncio protocol and the looming TcpFlow."""
+
+    reset_before_served: ClassVar[int] = 0
+    """Accepted connections the peer had already reset (closed, not served)."""
 
     __slots__ = (
         "__weakref__",
@@ -117,8 +120,15 @@ class SocketTcpFlow(asyncio.Protocol):
         if sock is not None:
             # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; the
             # application sees the IPv4 address they are.
-            local = sock.getsockname()
-            remote = sock.getpeername()
+            try:
+                local = sock.getsockname()
+                remote = sock.getpeername()
+            except OSError:
+                # Reset before it was served (ENOTCONN): nothing to serve.
+                SocketTcpFlow.reset_before_served += 1
+                self._on_made = None
+                transport.abort()
+                return
             self._local = (unmapped(str(local[0])), int(local[1]))
             self._remote = (unmapped(str(remote[0])), int(remote[1]))
         if self._on_made is not None:
