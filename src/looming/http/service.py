@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -64,8 +65,8 @@ class HttpSettings:
             raise UsageError("--max-connections: give 0 (no limit) or a positive number")
         if settings.ws_max_size <= 0:
             raise UsageError("--ws-max-size: give a positive number of bytes")
-        if settings.shutdown_timeout < 0:
-            raise UsageError("--shutdown-timeout: give a number of seconds, 0 or more")
+        if not math.isfinite(settings.shutdown_timeout) or settings.shutdown_timeout < 0:
+            raise UsageError("--shutdown-timeout: give a finite number of seconds, 0 or more")
         try:
             chosen_parser(settings.http_parser)
         except ValueError as error:
