@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from looming.http import AsgiAdapter, ServerConfig
 
-from .serving import RunningServer, serve_in_thread
+from .serving import RunningServer, serve_in_thread, wait_until_stalled
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -302,3 +303,41 @@ def test_a_dribbled_head_gets_408_at_the_header_timeout() -> None:
             took = time.monotonic() - began
         assert received.startswith(b"HTTP/1.1 408 ")
         assert 0.3 < took < 1.5
+
+
+def test_a_pipelining_client_that_does_not_read_is_held_back() -> None:
+    """Responses to pipelined requests wait while the client does not read
+    them: the server stops answering (and reading) instead of buffering
+    every response, and goes on once the client reads."""
+    with serve_in_thread(lambda: AsgiAdapter(app), ServerConfig(parser="httptools")) as running:
+        server = running.server
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", running.port))
+        count = 60_000
+        sender = threading.Thread(target=sock.sendall, args=(PLAIN[0] * count,), daemon=True)
+        sender.start()
+        answered = wait_until_stalled(lambda: server.requests_served, quiet=0.5)
+        assert answered < count * 0.9  # the kernel holds a few MB of responses
+        (connection,) = server._fast
+        assert connection._transport.get_write_buffer_size() < 512 * 1024
+        received = 0
+        expected = len(exchange_bytes(running.port)) * count
+        while received < expected:
+            data = sock.recv(1 << 20)
+            assert data, "the server closed the connection"
+            received += len(data)
+        sender.join(10)
+        assert server.requests_served >= count
+        sock.close()
+
+
+def exchange_bytes(port: int) -> bytes:
+    """The bytes of one response to ``PLAIN[0]`` (its Date line the same length)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(PLAIN[0].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    return received.replace(b"connection: close\r\n", b"")

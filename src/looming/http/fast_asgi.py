@@ -171,7 +171,7 @@ class FastAsgiConnection(asyncio.Protocol):
                 self._pos = self._scan = 0
             self._fresh = True
         buf += data
-        if self._exchange is None:
+        if self._exchange is None and not self._write_paused:
             self._next_request()
         elif len(buf) - self._pos > RECEIVE_HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
@@ -181,7 +181,9 @@ class FastAsgiConnection(asyncio.Protocol):
         self._eof = True
         exchange = self._exchange
         if exchange is None:
-            if self._pos < len(self._buf):
+            if self._write_paused:
+                pass  # resume_writing goes on with what was received
+            elif self._pos < len(self._buf):
                 self._hand_over()  # an unfinished head, then the end: the usual path answers
             else:
                 self.close()
@@ -210,6 +212,9 @@ class FastAsgiConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._exchange is None and not self._closing and not self._lost:
+            self._deadline = 0.0  # the send timeout's
+            self._go_on()
 
     # --- requests ---------------------------------------------------------
 
@@ -313,6 +318,15 @@ class FastAsgiConnection(asyncio.Protocol):
         if not keep_alive or self.close_after_response or server.stopping:
             self.close()
             return
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Between requests: the next one received, the end, or the wait for one."""
+        if self._write_paused:
+            # The client does not read its responses: none is made until it
+            # does (resume_writing), within the send timeout.
+            self._expire_in(self._server.config.send_timeout)
+            return
         if self._pos < len(self._buf):
             self._next_request()  # what was pipelined, even after the client's end
         if self._exchange is not None or self._closing or self._lost:
@@ -323,7 +337,7 @@ class FastAsgiConnection(asyncio.Protocol):
             else:
                 self.close()
         elif self._deadline == 0.0:
-            self._expire_in(server.config.keep_alive_timeout)
+            self._expire_in(self._server.config.keep_alive_timeout)
 
     def exchange_ended(self) -> None:
         """The exchange ended without a whole response (the client had gone,
@@ -421,6 +435,9 @@ class FastAsgiConnection(asyncio.Protocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
         self._server.timeouts += 1
+        if self._write_paused:
+            self.abort()  # a client that stopped reading its responses
+            return
         if self._pos < len(self._buf):
             self.write(self._server.error_response(408))
         self.close()
