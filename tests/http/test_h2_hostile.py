@@ -439,4 +439,4 @@ def test_another_client_is_served_promptly_during_floods(server: RunningServer) 
     took.sort()
     p99 = took[int(len(took) * 0.99) - 1]
     print(f"other client's p99 during the floods: {p99 * 1000:.1f} ms")
-    assert p99 < 0.5, f"p99 {p99 * 1000:.0f} ms during the floods"
+    assert p99 < 1.0, f"p99 {p99 * 1000:.0f} ms during the floods"
