@@ -221,11 +221,14 @@ def test_tcp_between_two_stacks_over_link_local_ipv6() -> None:
     run(body)
 
 
-def packet_too_big(a: DirectStack, b: DirectStack, mtu: int, source: IPv6Address) -> None:
-    """A Packet Too Big from b's address to a, quoting a packet from ``source``."""
+def packet_too_big(
+    a: DirectStack, b: DirectStack, mtu: int, source: IPv6Address, tcp: bytes = bytes(40)
+) -> None:
+    """A Packet Too Big from b's address to a, quoting a packet from
+    ``source`` whose TCP header starts with ``tcp``."""
     assert a.ipv6 is not None and b.ipv6 is not None
     a_ll, b_ll = a.ipv6.link_local, b.ipv6.link_local
-    quoted = ipv6.emit_header(ipv6.Ipv6Header(source, b_ll, 6), 1400) + bytes(40)
+    quoted = ipv6.emit_header(ipv6.Ipv6Header(source, b_ll, 6), 1400) + tcp
     message = icmpv6.emit(icmpv6.Icmpv6Header(2, 0, mtu), quoted, b_ll, a_ll)
     packet = ipv6.emit(ipv6.Ipv6Header(b_ll, a_ll, 58, 64), message)
     a.ethernet.input(bytes(a.ethernet.mac) + bytes(b.ethernet.mac) + b"\x86\xdd" + packet)
@@ -241,14 +244,29 @@ def test_packet_too_big_lowers_the_path_mtu_and_the_tcp_mss() -> None:
         flow = await a.tcp.connect(b6.link_local, 7, timeout=2)
         conn = flow.connection
         assert conn.path_mss == 1440
-        packet_too_big(a, b, 1300, IPv6Address("fe80::99"))  # quotes a packet not ours
+        port = flow.local_address[1]
+        ours = (
+            port.to_bytes(2, "big")
+            + (7).to_bytes(2, "big")
+            + (conn.snd_una & 0xFFFFFFFF).to_bytes(4, "big")
+        )
+        packet_too_big(a, b, 1300, IPv6Address("fe80::99"), ours)  # quotes a packet not ours
         assert conn.path_mss == 1440
-        packet_too_big(a, b, 1300, a6.link_local)
+        # RFC 5927, as for IPv4's "fragmentation needed": a blind forgery
+        # (other ports, or a sequence number not in flight) changes nothing.
+        blind = (1).to_bytes(2, "big") + (2).to_bytes(2, "big") + (0xDEADBEEF).to_bytes(4, "big")
+        packet_too_big(a, b, 1300, a6.link_local, blind)
+        stale = ours[:4] + ((conn.snd_una + 10**6) & 0xFFFFFFFF).to_bytes(4, "big")
+        packet_too_big(a, b, 1300, a6.link_local, stale)
+        assert a6.mtu(b6.link_local) == 1460 and conn.path_mss == 1440
+        packet_too_big(a, b, 1300, a6.link_local, ours)
         assert a6.mtu(b6.link_local) == 1260 and conn.path_mss == 1240
-        packet_too_big(a, b, 500, a6.link_local)  # never below IPv6's 1280
+        packet_too_big(a, b, 500, a6.link_local, ours)  # never below IPv6's 1280
         assert a6.mtu(b6.link_local) == 1240 and conn.path_mss == 1220
         counters = a.counters()
         assert counters["ipv6.packet_too_big_not_ours"] == 1
+        assert counters["tcp.icmp_no_connection"] == 1
+        assert counters["tcp.icmp_out_of_window"] == 1
         assert counters["ipv6.pmtu_lowered"] == 2 and counters["tcp.icmp_mss_lowered"] == 2
         # From now on the path takes nothing larger, and the echo still works.
         network = a.network
@@ -275,10 +293,12 @@ def test_unresolvable_neighbours_do_not_delay_one_that_answers() -> None:
         for i in range(200):
             await a6.write(IPv6Address(f"fe80::dead:{i:x}"), 17, b"nobody home")
         counters = a6.neighbours.counters
-        # A burst of new resolutions, then 256 a second, as ARP: the rest dropped.
-        assert counters["resolution_limited"] == 200 - 32
+        # A burst of new resolutions, then 256 a second, as ARP: the rest
+        # dropped (a few more may start as the budget refills meanwhile).
+        limited = counters["resolution_limited"]
+        assert 200 - 48 <= limited <= 200 - 32
         assert await a.ping(b6.link_local, timeout=1) < 1  # asked for: not limited
-        assert len(a6.neighbours) <= 32 + 1
+        assert len(a6.neighbours) <= 200 - limited + 1
 
     run(body)
 

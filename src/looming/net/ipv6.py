@@ -17,7 +17,8 @@ extension header (code 0) and an unrecognised option whose action bits ask
 for it (code 2, RFC 8200 4.2; action 11 not for a packet sent to a group);
 time exceeded code 1 when a packet whose first fragment came is not
 complete in time (RFC 8200 4.5). Errors taken: Packet Too Big, which lowers
-the path MTU (and TCP's MSS) for its destination (RFC 8201); destination
+the path MTU (and TCP's MSS) for its destination (RFC 8201), one quoting
+TCP only after TCP's check of ports and sequence number (RFC 5927); destination
 unreachable, time exceeded and parameter problem quoting a packet we sent,
 handed to the layer registered for its protocol (:meth:`register_errors`;
 TCP and UDP take them as their ICMP errors, with the same hard and soft
@@ -67,7 +68,7 @@ from looming.net.reassembly import Reassembler, ReassemblyKey
 from looming.net.slaac import Action, Assign, Autoconf, Remove, SolicitRouters, StartDad
 from looming.net.wire import icmpv6, mld, ndp
 from looming.net.wire import ipv6 as wire
-from looming.net.wire.icmp import IcmpType
+from looming.net.wire.icmp import IcmpType, UnreachableCode
 from looming.net.wire.icmpv6 import Icmpv6Header, Icmpv6Type
 from looming.net.wire.ipv6 import FragmentHeader, Ipv6Header, NextHeader, UnrecognisedOption
 
@@ -101,6 +102,7 @@ class Icmpv6Error:
     code: int
     original: Ipv6Header
     original_payload: bytes
+    mtu: int = 0  # of a Packet Too Big
 
     @property
     def hard(self) -> bool:
@@ -123,17 +125,22 @@ def as_icmp_error(error: Icmpv6Error) -> IcmpError:
     """The ICMPv6 error in the form TCP and UDP take for ICMP errors: the
     same hard/soft meaning (port unreachable stays port unreachable,
     Parameter Problem is protocol unreachable, Time Exceeded is time
-    exceeded). Those layers read the addresses, the quoted ports and
+    exceeded, Packet Too Big is "fragmentation needed" with its MTU).
+    Those layers read the addresses, the quoted ports and
     sequence, and the codes; the quoted header carries IPv6 addresses."""
     if error.type == Icmpv6Type.TIME_EXCEEDED:
         kind, code = IcmpType.TIME_EXCEEDED, error.code
+    elif error.type == Icmpv6Type.PACKET_TOO_BIG:  # IPv4's "fragmentation needed"
+        kind, code = IcmpType.DESTINATION_UNREACHABLE, UnreachableCode.FRAGMENTATION_NEEDED
     elif error.type == Icmpv6Type.PARAMETER_PROBLEM:
         kind, code = IcmpType.DESTINATION_UNREACHABLE, 2
     else:
         kind, code = IcmpType.DESTINATION_UNREACHABLE, _UNREACHABLE_AS_IPV4.get(error.code, 1)
     quoted = error.original
     original = QuotedHeader(quoted.source, quoted.destination, quoted.next_header)
-    return IcmpError(error.reporter, kind, code, original, error.original_payload)
+    return IcmpError(
+        error.reporter, kind, code, original, error.original_payload, next_hop_mtu=error.mtu
+    )
 
 
 # Upper-layer protocols a packet may name directly after the fixed header.
@@ -620,7 +627,7 @@ class Ipv6Layer:
             if future is not None and not future.done():
                 future.set_result(None)
         elif header.type == Icmpv6Type.PACKET_TOO_BIG:
-            self._on_packet_too_big(header.mtu, bytes(body))
+            self._on_packet_too_big(packet, header, bytes(body))
         elif header.type in _ERRORS_FOR_UPPER_LAYERS:
             self._on_error(packet, header, bytes(body))
         elif isinstance(message, ndp.NeighborSolicitation):
@@ -646,23 +653,44 @@ class Ipv6Layer:
         message = icmpv6.emit(reply, body, source, packet.source)
         self._send(packet.source, NextHeader.ICMPV6, message, source=source, kind="icmp")
 
-    def _on_packet_too_big(self, mtu: int, quoted: bytes) -> None:
-        """A Packet Too Big (RFC 4443 3.2, RFC 8201): lower the path MTU to
-        the quoted packet's destination, if we sent that packet; never below
-        IPv6's minimum of 1280 (RFC 8021: no atomic fragments instead)."""
+    def _on_packet_too_big(
+        self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, quoted: bytes
+    ) -> None:
+        """A Packet Too Big (RFC 4443 3.2, RFC 8201) about a packet we sent.
+        One quoting TCP goes to TCP's check first, as IPv4's "fragmentation
+        needed" does (RFC 5927: a connection's ports and a sequence number
+        in flight), which lowers the path MTU (:meth:`lower_path_mtu`) only
+        if it passes; so a blind forger must guess both. Others lower it at
+        once (counted ``pmtu_unchecked``: UDP and ICMPv6 carry nothing to
+        check)."""
+        found = self._quoted(quoted, "packet_too_big_not_ours")
+        if found is None:
+            return
+        original, payload = found
+        if original.destination.is_multicast:
+            self.counters["packet_too_big_not_ours"] += 1
+            return
+        handler = self._error_handlers.get(original.next_header)
+        if original.next_header == NextHeader.TCP and handler is not None:
+            self.counters["rx_error_delivered"] += 1
+            error = Icmpv6Error(
+                packet.source, header.type, header.code, original, payload, mtu=header.mtu
+            )
+            handler(error)
+            return
+        self.counters["pmtu_unchecked"] += 1
+        self.lower_path_mtu(original.destination, header.mtu)
+
+    def lower_path_mtu(self, destination: IPv6Address, mtu: int) -> bool:
+        """Take a checked Packet Too Big: the path MTU to ``destination``
+        becomes ``mtu`` for ten minutes if that is lower (never below IPv6's
+        minimum of 1280, RFC 8021: no atomic fragments instead); whether it
+        was lowered. Those watching (:meth:`watch_path_mtu`) are told."""
         counters = self.counters
-        if len(quoted) < wire.HEADER_LENGTH:
-            counters["icmpv6_malformed"] += 1
-            return
-        source = IPv6Address(quoted[8:24])
-        destination = IPv6Address(quoted[24:40])
-        if source not in self._addresses or destination.is_multicast:
-            counters["packet_too_big_not_ours"] += 1
-            return
         mtu = max(mtu, icmpv6.MIN_MTU)
         if mtu - wire.HEADER_LENGTH >= self.mtu(destination):
             counters["pmtu_not_lower"] += 1
-            return
+            return False
         table = self._path_mtu
         table.pop(destination, None)
         table[destination] = (mtu, self._now() + _PATH_MTU_LIFETIME_NS)
@@ -671,6 +699,30 @@ class Ipv6Layer:
         counters["pmtu_lowered"] += 1
         for listener in self._path_mtu_listeners:
             listener(destination)
+        return True
+
+    def _quoted(self, quoted: bytes, not_ours: str) -> tuple[Ipv6Header, bytes] | None:
+        """The header (with its upper-layer protocol) and at least 8 bytes of
+        the upper-layer payload of the packet an error quotes, if it was sent
+        from one of our addresses (RFC 5927 4.1); None (counted) if not."""
+        counters = self.counters
+        if len(quoted) < wire.HEADER_LENGTH:
+            counters["icmpv6_malformed"] += 1
+            return None
+        source = IPv6Address(quoted[8:24])
+        if source not in self._addresses:
+            counters[not_ours] += 1
+            return None
+        try:
+            chain = wire.walk(quoted[6], quoted[wire.HEADER_LENGTH :])
+        except Malformed:
+            counters["error_quote_malformed"] += 1
+            return None
+        if (chain.fragment is not None and chain.fragment.offset) or len(chain.payload) < 8:
+            counters["error_quote_too_short"] += 1
+            return None
+        original = Ipv6Header(source, IPv6Address(quoted[24:40]), chain.protocol)
+        return original, bytes(chain.payload)
 
     def _on_error(
         self, packet: ReceivedPacket[IPv6Address], header: Icmpv6Header, quoted: bytes
@@ -679,31 +731,16 @@ class Ipv6Layer:
         the upper layer whose packet it quotes (RFC 4443 3, RFC 5927 4.1:
         only packets sent from our addresses, with at least 8 bytes of the
         upper-layer header for the layer to match its ports)."""
-        counters = self.counters
-        if len(quoted) < wire.HEADER_LENGTH:
-            counters["icmpv6_malformed"] += 1
+        found = self._quoted(quoted, "error_not_ours")
+        if found is None:
             return
-        source = IPv6Address(quoted[8:24])
-        if source not in self._addresses:
-            counters["error_not_ours"] += 1
-            return
-        try:
-            chain = wire.walk(quoted[6], quoted[wire.HEADER_LENGTH :])
-        except Malformed:
-            counters["error_quote_malformed"] += 1
-            return
-        if (chain.fragment is not None and chain.fragment.offset) or len(chain.payload) < 8:
-            counters["error_quote_too_short"] += 1
-            return
-        handler = self._error_handlers.get(chain.protocol)
+        original, payload = found
+        handler = self._error_handlers.get(original.next_header)
         if handler is None:
-            counters["error_no_handler"] += 1
+            self.counters["error_no_handler"] += 1
             return
-        original = Ipv6Header(source, IPv6Address(quoted[24:40]), chain.protocol)
-        counters["rx_error_delivered"] += 1
-        handler(
-            Icmpv6Error(packet.source, header.type, header.code, original, bytes(chain.payload))
-        )
+        self.counters["rx_error_delivered"] += 1
+        handler(Icmpv6Error(packet.source, header.type, header.code, original, payload))
 
     def register_errors(self, protocol: int, handler: Icmpv6ErrorHandler) -> None:
         """Hand ICMPv6 errors quoting a ``protocol`` packet to ``handler``."""

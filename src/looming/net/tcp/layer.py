@@ -470,10 +470,10 @@ class TcpLayer:
             if conn.mtu_search is not None and error.next_hop_mtu:
                 # A probe met a smaller hop (RFC 8899 4.6.2): search below it.
                 conn.mtu_search.cap(max(error.next_hop_mtu, 552) - 40)
-            # Over IPv6 the IP layer reads Packet Too Big itself (watch_path_mtu).
-            if isinstance(remote, IPv4Address) and self._ipv4.lower_path_mtu(
-                remote, error.next_hop_mtu, error.original_length
-            ):
+            if isinstance(remote, IPv6Address):
+                # A checked Packet Too Big: IPv6 tells us back (watch_path_mtu).
+                self._ipv6_layer(remote).lower_path_mtu(remote, error.next_hop_mtu)
+            elif self._ipv4.lower_path_mtu(remote, error.next_hop_mtu, error.original_length):
                 self._lower_mss(remote)
             return
         stream = self._streams.get(conn)
