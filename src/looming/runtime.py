@@ -231,6 +231,19 @@ def configure_logging(spec: str, stream: Any = None) -> None:
 
 StartFunction = Callable[[Keys, AsyncExitStack], Awaitable[None]]
 
+# Called on SIGUSR1 while a unikernel runs: each logs its device's state (the
+# direct stack its nonzero counters). Devices add themselves and leave.
+STATUS_REPORTERS: list[Callable[[], None]] = []
+
+
+def report_status() -> None:
+    """Run every status reporter (a failing one is logged, not raised)."""
+    for reporter in list(STATUS_REPORTERS):
+        try:
+            reporter()
+        except Exception:
+            log.exception("status report failed")
+
 
 async def _run(start: StartFunction, keys: Keys) -> int:
     loop = asyncio.get_running_loop()
@@ -245,6 +258,7 @@ async def _run(start: StartFunction, keys: Keys) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
+    loop.add_signal_handler(signal.SIGUSR1, report_status)
     try:
         async with AsyncExitStack() as devices:
             await start(keys, devices)
@@ -252,7 +266,7 @@ async def _run(start: StartFunction, keys: Keys) -> int:
         if not stopped_by:
             raise
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     if stopped_by and stopped_by[0] == signal.SIGINT:
         return 130

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import weakref
 from collections import Counter
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import TYPE_CHECKING
 
@@ -22,12 +24,14 @@ from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import NoRoute, UsageError
 from looming.net.arp import ArpLayer
+from looming.net.counter_log import LimitWarnings, nonzero
 from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.limits import check_stack_limits
 from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
+from looming.runtime import STATUS_REPORTERS
 
 if TYPE_CHECKING:  # imported when used: a stack with a static address and no names to
     # resolve (most unikernels) loads neither, which shortens a VM's boot
@@ -101,6 +105,12 @@ class DirectStack:
         self._resolver: DnsResolver | None = None
         self._tcp.resolver = self.resolve
         self._listen_task: asyncio.Task[None] | None = None
+        # With a limit set: a warning when it bites (see counter_log).
+        self._limits_set = bool(max_connections or memory_limit)
+        self.limit_warnings = LimitWarnings()
+        self._watch_task: asyncio.Task[None] | None = None
+        # For SIGUSR1: a stack never disconnected is not kept alive by it.
+        self._status_reporter = _weak_reporter(weakref.ref(self))
 
     def _make_ipv6(
         self,
@@ -255,9 +265,11 @@ class DirectStack:
     ) -> None:
         """Start receiving, ARP, IPv6 and DHCP (when ``dhcp_timeout`` is
         given); on any failure, disconnect and raise."""
-        self._listen_task = asyncio.get_running_loop().create_task(
-            self.network.listen(self.ethernet.input)
-        )
+        loop = asyncio.get_running_loop()
+        self._listen_task = loop.create_task(self.network.listen(self.ethernet.input))
+        if self._limits_set:
+            self._watch_task = loop.create_task(self._watch_limits())
+        STATUS_REPORTERS.append(self._status_reporter)
         await asyncio.sleep(0)  # let the interface start listening first
         try:
             await self.arp.start()
@@ -380,7 +392,29 @@ class DirectStack:
             for reason, count in sorted(counters.items())
         }
 
+    async def _watch_limits(self) -> None:
+        """Once a second, warn of limits that turned traffic away."""
+        while True:
+            await self.time.sleep(_LIMIT_CHECK_S)
+            self.warn_of_limits()
+
+    def warn_of_limits(self) -> None:
+        now_s = self.time.now_ns() / 1e9
+        for warning in self.limit_warnings.check(self.counters(), now_s):
+            log.warning("%s", warning)
+
+    def report_status(self) -> None:
+        """Log every nonzero counter, on one line."""
+        log.info("stack counters: %s", nonzero(self.counters()))
+
     async def disconnect(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
+            self.warn_of_limits()
+        if self._status_reporter in STATUS_REPORTERS:
+            STATUS_REPORTERS.remove(self._status_reporter)
+            log.info("stack counters at shutdown: %s", nonzero(self.counters()))
         await self._tcp.close()
         if self.dhcp is not None:
             await self.dhcp.stop()
@@ -401,6 +435,15 @@ class DirectStack:
             self._listen_task = None
 
 
+def _weak_reporter(stack: weakref.ref[DirectStack]) -> Callable[[], None]:
+    def report() -> None:
+        alive = stack()
+        if alive is not None:
+            alive.report_status()
+
+    return report
+
+
 def _secret_from_hex(text: str) -> bytes:
     try:
         secret = bytes.fromhex(text)
@@ -412,6 +455,9 @@ def _secret_from_hex(text: str) -> bytes:
         )
     return secret
 
+
+# How often the limit counters are looked at (a warning comes this late at most).
+_LIMIT_CHECK_S = 1.0
 
 # How long an IPv6-only stack waits for its static address: one DAD probe
 # (RetransTimer, one second) with room for a slow start.
