@@ -22,13 +22,21 @@ LOOPS = ("auto", "asyncio", "uvloop")
 UVLOOP = "uvloop"
 
 
+def loop_problem(value: object) -> str | None:
+    """What is wrong with a ``loop`` key value, or None (configure checks it too)."""
+    if value not in LOOPS:
+        return f"{value!r} is not one of {', '.join(LOOPS)}"
+    return None
+
+
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """What makes the event loop ``choice`` names: None for asyncio's own,
     uvloop's ``new_event_loop`` for ``uvloop`` (and for ``auto`` when uvloop
     is installed). A value outside :data:`LOOPS`, or ``uvloop`` without
     uvloop installed, is a UsageError (exit 2)."""
-    if choice not in LOOPS:
-        raise UsageError(f"--loop: {choice!r} is not one of {', '.join(LOOPS)}")
+    problem = loop_problem(choice)
+    if problem is not None:
+        raise UsageError(f"--loop: {problem}")
     if choice == "asyncio":
         return None
     try:

@@ -117,6 +117,18 @@ KEY_CHECKS: dict[str, str] = {
     "tcp_max_connections": "looming.net.limits:max_connections_problem",
     "tcp_memory_limit": "looming.net.limits:memory_limit_problem",
     "tcp_congestion": "looming.net.limits:congestion_problem",
+    "loop": "looming.event_loop:loop_problem",
+    **{
+        name: f"looming.http.service:{name}_problem"
+        for name in (
+            "access_log",
+            "metrics",
+            "max_connections",
+            "ws_max_size",
+            "shutdown_timeout",
+            "http_parser",
+        )
+    },
 }
 
 

@@ -54,24 +54,63 @@ class HttpSettings:
         """Settings from key values; a bad value is a UsageError (exit 2)."""
         known = {k: v for k, v in keys.items() if k in cls.__dataclass_fields__}
         settings = cls(**known)
-        if settings.access_log not in ACCESS_LOG_FORMATS:
-            raise UsageError(
-                f"--access-log: {settings.access_log!r} is not one of "
-                f"{', '.join(ACCESS_LOG_FORMATS)}"
-            )
-        if settings.metrics and not settings.metrics.startswith("/"):
-            raise UsageError(f"--metrics: {settings.metrics!r} must be a path such as /metrics")
-        if settings.max_connections < 0:
-            raise UsageError("--max-connections: give 0 (no limit) or a positive number")
-        if settings.ws_max_size <= 0:
-            raise UsageError("--ws-max-size: give a positive number of bytes")
-        if not math.isfinite(settings.shutdown_timeout) or settings.shutdown_timeout < 0:
-            raise UsageError("--shutdown-timeout: give a finite number of seconds, 0 or more")
-        try:
-            chosen_parser(settings.http_parser)
-        except ValueError as error:
-            raise UsageError(f"--http-parser: {error}") from None
+        for name, problem_of in KEY_PROBLEMS.items():
+            problem = problem_of(getattr(settings, name))
+            if problem is not None:
+                raise UsageError(f"--{name.replace('_', '-')}: {problem}")
         return settings
+
+
+# What is wrong with a key's value, or None. ``looming.runtime.KEY_CHECKS``
+# names these, so configure and run refuse what the service refuses.
+
+
+def access_log_problem(value: object) -> str | None:
+    if value not in ACCESS_LOG_FORMATS:
+        return f"{value!r} is not one of {', '.join(ACCESS_LOG_FORMATS)}"
+    return None
+
+
+def metrics_problem(value: object) -> str | None:
+    if value and not (isinstance(value, str) and value.startswith("/")):
+        return f"{value!r} must be a path such as /metrics"
+    return None
+
+
+def max_connections_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return "give 0 (no limit) or a positive number"
+    return None
+
+
+def ws_max_size_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return "give a positive number of bytes"
+    return None
+
+
+def shutdown_timeout_problem(value: object) -> str | None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return "give a finite number of seconds, 0 or more"
+    return None
+
+
+def http_parser_problem(value: object) -> str | None:
+    try:
+        chosen_parser(str(value))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+KEY_PROBLEMS = {
+    "access_log": access_log_problem,
+    "metrics": metrics_problem,
+    "max_connections": max_connections_problem,
+    "ws_max_size": ws_max_size_problem,
+    "shutdown_timeout": shutdown_timeout_problem,
+    "http_parser": http_parser_problem,
+}
 
 
 class AccessLog:
