@@ -49,7 +49,7 @@ def test_a_client_leaving_mid_stream_is_counted_not_logged_as_an_error(
                 # The server reads the end of the request stream first (as
                 # a FIN reads on --net direct), then its writes fail.
                 sock.shutdown(socket.SHUT_WR)
-                time.sleep(0.1)
+                time.sleep(0.05)
             elif how == "reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
@@ -79,7 +79,7 @@ def test_a_connection_reset_before_it_is_accepted_is_dropped_quietly(
 
     before = SocketTcpFlow.reset_before_served
     with serve_in_thread(lambda: AsgiAdapter(_hello), loop=loop) as running:
-        running.loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is busy
+        running.loop.call_soon_threadsafe(time.sleep, 0.15)  # the loop is busy
         time.sleep(0.05)
         for _ in range(5):
             sock = socket.create_connection(("127.0.0.1", running.port))
