@@ -440,3 +440,22 @@ def test_another_client_is_served_promptly_during_floods(server: RunningServer) 
     p99 = took[int(len(took) * 0.99) - 1]
     print(f"other client's p99 during the floods: {p99 * 1000:.1f} ms")
     assert p99 < 1.0, f"p99 {p99 * 1000:.0f} ms during the floods"
+
+
+def test_a_connection_without_streams_is_closed_when_idle(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream running longer than the idle timeout is answered; after it,
+    PINGs do not keep the connection: GOAWAY (NO_ERROR) and a close."""
+    monkeypatch.setattr(http2, "IDLE_TIMEOUT", 0.3)
+    before = counted("idle")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(PREFACE + frame(0x4, 0, 0) + frame(0x1, 0x5, 1, hpack_get("/stubborn")))
+    time.sleep(0.9)  # the handler takes 0.8 s
+    for _ in range(3):
+        sock.sendall(frame(0x6, 0, 0, b"12345678"))
+        time.sleep(0.05)
+    frames = frames_until_closed(sock)
+    assert b"".join(f.data for f in frames if f.type == 0x0 and f.stream_id == 1) == b"ok"
+    assert goaway(frames) == h2.errors.ErrorCodes.NO_ERROR
+    assert counted("idle") == before + 1

@@ -21,7 +21,8 @@ flood family). A header block (HEADERS and its CONTINUATIONs) is followed
 ahead of h2 and cut at :data:`MAX_HEADER_BLOCK` bytes (the CONTINUATION
 flood, CVE-2024-27316 class). A writer blocked by the client's window, or by
 a client that does not read, for :data:`STALL_TIMEOUT` seconds ends its
-stream (or the connection). Fairness: the bytes received are parsed
+stream (or the connection); a connection with no stream open for
+:data:`IDLE_TIMEOUT` seconds gets GOAWAY (NO_ERROR) and is closed. Fairness: the bytes received are parsed
 :data:`TURN_BYTES` at a time, and at most :data:`STREAMS_PER_TURN` new
 streams are started, before the other connections get a turn.
 """
@@ -65,11 +66,14 @@ MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST_SIZE
 """Encoded header block bytes (HEADERS + CONTINUATION) at most: HPACK can
 encode a header list in more bytes than it holds, never much more."""
 STALL_TIMEOUT = 30.0
+IDLE_TIMEOUT = 60.0
+"""A connection with no stream open for this long gets GOAWAY and is closed
+(PINGs and SETTINGS do not keep it: they are not streams)."""
 TURN_BYTES = 4096
 STREAMS_PER_TURN = 8
 abuse: Counter[str] = Counter()
 """Refusals in this process by reason: ``rapid_reset``, ``control_flood``,
-``refused_stream``, ``header_block``, ``protocol_error``, ``stalled``."""
+``refused_stream``, ``header_block``, ``protocol_error``, ``stalled``, ``idle``."""
 _IDLE_EVENTS = (
     h2.events.RemoteSettingsChanged,
     h2.events.PingReceived,
@@ -277,6 +281,8 @@ class H2Session:
         self.abuse: list[float] = []
         self.resets: list[float] = []
         self.stopping = False
+        self.idle_since = 0.0
+        """Loop time when the last stream ended (or the connection began)."""
         self.started = 0
         """Streams started in this turn (see :data:`STREAMS_PER_TURN`)."""
         self.header_watch = _HeaderBlockWatch(MAX_HEADER_BLOCK, len(PREFACE))
@@ -353,13 +359,38 @@ class H2Session:
         try:
             await self.flush()
             # After an upgrade the client's preface may not have come yet.
-            data = first or await self.flow.read()
+            self.idle_since = asyncio.get_running_loop().time()
+            data = first or await self._next_data()
             while data and await self._take(data):
-                data = await self.flow.read()
+                data = await self._next_data()
         except (LoomingError, OSError, ClientGone) as error:
             log.debug("h2 connection ended: %s", error)
         finally:
             await self._end()
+
+    async def _next_data(self) -> bytes:
+        """The next bytes received; b"" at the end, or (after GOAWAY) once no
+        stream has been open for :data:`IDLE_TIMEOUT` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            left = IDLE_TIMEOUT
+            if not self.tasks:
+                left = self.idle_since + IDLE_TIMEOUT - loop.time()
+            if left <= 0:
+                log.debug("h2 connection idle for %.0f s: GOAWAY", IDLE_TIMEOUT)
+                abuse["idle"] += 1
+                self.conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR)
+                await self.flush()
+                return b""
+            try:
+                async with asyncio.timeout(left):
+                    return await self.flow.read()
+            except TimeoutError:
+                continue
+
+    def _stream_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.idle_since = asyncio.get_running_loop().time()
 
     async def _take(self, data: bytes) -> bool:
         """Act on bytes received, a turn's worth at a time; False ends the connection."""
@@ -539,7 +570,7 @@ class H2Session:
         )
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._stream_done)
 
     async def _serve_websocket(self, stream: _Stream, request: Request) -> None:
         assert self.websockets is not None
