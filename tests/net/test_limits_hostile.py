@@ -15,6 +15,7 @@ from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import State
 from looming.net.tcp.endpoint import TcpEndpoint
 from looming.net.tcp.receive_buffer import MemoryPool, ReceiveBuffer
+from looming.net.tcp.send_buffer import SendBuffer
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, SYN, TcpHeader
 
@@ -193,3 +194,28 @@ def test_an_echo_gets_through_while_peers_that_never_read_hold_the_memory() -> N
         await client.disconnect()
 
     asyncio.run(main())
+
+
+def test_send_queues_are_charged_and_each_keeps_its_reserve() -> None:
+    """Send buffers count toward the stack's limit: queues that never drain
+    fill only the shared part, and a new connection may still queue its
+    reserve; acknowledged or closed, the bytes are given back."""
+    pool = MemoryPool(limit=1024 * 1024)
+    receivers = [ReceiveBuffer(0, 64, pool=pool) for _ in range(9)]  # the members
+    stuck = [SendBuffer(1, 512 * 1024) for _ in range(8)]
+    for buffer in stuck:
+        buffer.join(pool)
+        buffer.append(bytes(512 * 1024))
+    assert pool.send_held == sum(len(b) for b in stuck)
+    assert pool.send_held + pool.held <= pool.limit  # type: ignore[operator]
+    assert all(b.space == 0 for b in stuck)
+    newcomer = SendBuffer(1, 512 * 1024)
+    newcomer.join(pool)
+    assert newcomer.append(bytes(64 * 1024)) >= pool.send_reserve
+    receivers[0].insert(0, memoryview(bytes(1400 + 66))[66:])  # receiving still works
+    assert receivers[0].rcv_nxt == 1400
+    newcomer.release_to(1 + len(newcomer))
+    assert newcomer.space >= pool.send_reserve
+    for buffer in [*stuck, newcomer]:
+        buffer.release()
+    assert pool.send_held == pool.send_excess == 0

@@ -155,6 +155,7 @@ class TcpEndpoint:
                     self.accepted.append((port, key, conn))
             elif event is Event.CLOSED:
                 conn.receive_buffer.release()
+                conn.send_buffer.release()
                 if self.connections.get(key) is conn:
                     del self.connections[key]
                 port = self._half_open.pop(key, None)
@@ -263,6 +264,7 @@ class TcpEndpoint:
         self.connections[key] = conn
         conn.defer_output = self.defer_output
         conn.receive_buffer.join(self.pool)
+        conn.send_buffer.join(self.pool)
 
     def icmp_target(
         self, local: Address, remote: Address, quoted: bytes

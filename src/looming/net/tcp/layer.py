@@ -721,6 +721,7 @@ class TcpLayer:
         counters["connection_limit_dropped"] = endpoint.connection_limit_dropped
         counters["memory_limit_dropped"] = endpoint.pool.refused
         counters["receive_memory"] = endpoint.pool.held
+        counters["send_memory"] = endpoint.pool.send_held
         counters["receive_memory_dropped"] = endpoint.pool.connection_refused
         counters.update(self.icmp_counters)
         return counters

@@ -27,6 +27,8 @@ COALESCED_CHUNK = 16 * 1024
 # tcp_rmem[0]): a few segments by true size, so that connections whose
 # peers never read cannot stop the others. It is set aside from the limit.
 RESERVE = 16 * 1024
+# The same for the data a connection's application has queued to send.
+SEND_RESERVE = 16 * 1024
 # More than one segment costs beyond its bytes (a view, its frame's headers).
 SEGMENT_MARGIN = 512
 
@@ -52,19 +54,36 @@ class MemoryPool:
     (``None``: none). Buffers charge it as they grow and release it as they
     are read or freed; data that would go past the limit is dropped.
 
-    Each member may hold ``reserve`` bytes whatever the others hold; the
-    rest of the limit (``limit - members * reserve``) is shared, and what a
-    member holds beyond its reserve (:attr:`excess`) is charged to it. The
-    limit therefore holds while ``members * reserve`` fits in it; past
-    that, each member still has its reserve."""
+    Each member may hold ``reserve`` received bytes and ``send_reserve``
+    bytes queued to send whatever the others hold; the rest of the limit
+    (``limit - members * (reserve + send_reserve)``) is shared, and what a
+    member holds beyond its reserves (:attr:`excess`, :attr:`send_excess`)
+    is charged to it. The limit therefore holds while the reserves fit in
+    it; past that, each member still has its reserves."""
 
-    __slots__ = ("connection_refused", "excess", "held", "limit", "members", "refused", "reserve")
+    __slots__ = (
+        "connection_refused",
+        "excess",
+        "held",
+        "limit",
+        "members",
+        "refused",
+        "reserve",
+        "send_excess",
+        "send_held",
+        "send_reserve",
+    )
 
-    def __init__(self, limit: int | None = None, reserve: int = RESERVE) -> None:
+    def __init__(
+        self, limit: int | None = None, reserve: int = RESERVE, send_reserve: int = SEND_RESERVE
+    ) -> None:
         self.limit = limit
         self.reserve = reserve
+        self.send_reserve = send_reserve
         self.held = 0
         self.excess = 0  # held beyond each member's reserve, summed
+        self.send_held = 0  # bytes queued in send buffers
+        self.send_excess = 0  # ... beyond each member's send reserve
         self.members = 0  # buffers charging this pool
         self.refused = 0  # segments dropped at this limit
         self.connection_refused = 0  # ... at a connection's own limit
@@ -75,7 +94,10 @@ class MemoryPool:
     def shared(self) -> int:
         """The part of the limit not set aside as the members' reserves."""
         assert self.limit is not None
-        return self.limit - self.members * self.reserve
+        return self.limit - self.members * (self.reserve + self.send_reserve)
+
+    def _free(self) -> int:
+        return self.shared() - self.excess - self.send_excess
 
     def fits(self, charged: int, cost: int) -> bool:
         """Whether a member holding ``charged`` may take ``cost`` more."""
@@ -86,7 +108,7 @@ class MemoryPool:
         if after <= reserve:
             return True
         grown = after - (charged if charged > reserve else reserve)
-        return self.excess + grown <= self.shared()
+        return grown <= self._free()
 
     def allowance(self, charged: int) -> int:
         """How much more a member holding ``charged`` should be offered:
@@ -97,7 +119,7 @@ class MemoryPool:
         shared = self.shared()
         reserve = self.reserve
         excess = charged - reserve if charged > reserve else 0
-        room = shared - self.excess
+        room = self._free()
         if room < shared // 4:
             fair = shared // (self.members or 1) - excess
             if fair < room:
@@ -110,6 +132,20 @@ class MemoryPool:
         if room > SEGMENT_MARGIN:
             offer += room * 3 // 4 - SEGMENT_MARGIN
         return offer
+
+    def send_space(self, queued: int) -> int:
+        """How much more a member with ``queued`` bytes to send may queue:
+        the rest of its send reserve plus the free shared part."""
+        own = self.send_reserve - queued
+        room = self._free()
+        return (own if own > 0 else 0) + (room if room > 0 else 0)
+
+    def charge_send(self, before: int, after: int) -> None:
+        """A member's send queue went from ``before`` to ``after`` bytes."""
+        self.send_held += after - before
+        reserve = self.send_reserve
+        if after > reserve or before > reserve:
+            self.send_excess += max(after - reserve, 0) - max(before - reserve, 0)
 
 
 class ReadyBytes:

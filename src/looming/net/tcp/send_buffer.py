@@ -8,16 +8,34 @@ same buffer. What the receiver reported holding (SACK) is in
 
 from __future__ import annotations
 
+from looming.net.tcp.receive_buffer import MemoryPool
+
 
 class SendBuffer:
-    """A byte queue addressed by (unwrapped) sequence numbers."""
+    """A byte queue addressed by (unwrapped) sequence numbers.
 
-    __slots__ = ("_data", "capacity", "start")
+    With a ``pool`` (the stack's memory limit) the bytes queued are charged
+    to it, and what may be queued is bounded by it too."""
+
+    __slots__ = ("_data", "capacity", "pool", "start")
 
     def __init__(self, start: int, capacity: int) -> None:
         self.start = start
         self.capacity = capacity
         self._data = bytearray()
+        self.pool: MemoryPool | None = None
+
+    def join(self, pool: MemoryPool) -> None:
+        """Charge ``pool`` for the bytes queued from now on."""
+        self.release()
+        self.pool = pool
+        pool.charge_send(0, len(self._data))
+
+    def release(self) -> None:
+        """Give the charge back (the connection is gone)."""
+        if self.pool is not None:
+            self.pool.charge_send(len(self._data), 0)
+            self.pool = None
 
     @property
     def end(self) -> int:
@@ -29,13 +47,19 @@ class SendBuffer:
 
     @property
     def space(self) -> int:
-        return max(self.capacity - len(self._data), 0)
+        space = self.capacity - len(self._data)
+        pool = self.pool
+        if pool is not None and pool.limit is not None:
+            space = min(space, pool.send_space(len(self._data)))
+        return space if space > 0 else 0
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Queue as much of ``data`` as fits; returns how many bytes were taken."""
         taken = min(len(data), self.space)
         if taken:
             self._data += data[:taken]
+            if self.pool is not None:
+                self.pool.charge_send(len(self._data) - taken, len(self._data))
         return taken
 
     def slice(self, seq: int, length: int) -> bytes:
@@ -49,4 +73,6 @@ class SendBuffer:
             # Deleting from the front of a bytearray is cheap in CPython.
             del self._data[:count]
             self.start += count
+            if self.pool is not None:
+                self.pool.charge_send(len(self._data) + count, len(self._data))
         return count
