@@ -97,6 +97,7 @@ PLAIN = [
     _request("/", "X-Trailing:   spaces   ", "Accept: */*"),
     _request("/", method="DELETE"),
     _request("/", method="OPTIONS"),
+    _request("/", "X-Big: " + "a" * 60_000),
 ]
 """Requests the fast path answers itself."""
 
@@ -127,6 +128,7 @@ LAST = [
     b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
     b"NOT A REQUEST\r\n\r\n",
+    _request("/", "X-Too-Big: " + "a" * 70_000),
 ]
 """Requests after which the server closes the connection."""
 

@@ -407,9 +407,18 @@ class HttptoolsParser:
         self._raw_size += len(data)
         if self._raw_size <= 2 * self._limit:
             self._raw.append(data)
+        completed = self._completed
         self._feed(data)
         if self._in_head and self._error is None and self._h11 is None:
-            self._head_bytes += len(data)
+            if self._completed != completed:
+                # A head that began after another request's end in the same
+                # read: what llhttp handed over of it so far (a field in
+                # progress is counted with the next read), not the whole read.
+                self._head_bytes = len(self._url) + sum(
+                    len(name) + len(value) + 4 for name, value in self._headers
+                )
+            else:
+                self._head_bytes += len(data)
             if self._head_bytes > self._limit:
                 self._error = _remote_error("request head too large", 431)
 
