@@ -23,7 +23,7 @@ from looming.devices.net import BROADCAST_MAC, EthernetProtocol, MacAddress
 from looming.devices.time import Time
 from looming.errors import HostUnreachable, Malformed
 from looming.net._timeouts import wait_until_done
-from looming.net.ethernet import EthernetLayer
+from looming.net.ethernet import EthernetLayer, TokenBucket
 from looming.net.failures import FAILED_LIFETIME_NS, MAX_FAILED, FailedNeighbours
 from looming.net.wire import arp as wire
 from looming.net.wire.arp import ArpOperation, ArpPacket
@@ -51,9 +51,17 @@ class ArpCache:
         lifetime_ns: int = 60 * _SECOND_NS,
         max_entries: int = 512,
         lock_ns: int = _SECOND_NS,
+        max_unsolicited: int = 128,
     ) -> None:
         self.lifetime_ns = lifetime_ns
         self.max_entries = max_entries
+        # Bindings learned from requests for us, not yet used (RFC 826's
+        # merge rule): at most so many, the oldest giving way to a newer
+        # one; a full cache makes room for them only among themselves, so a
+        # request flood from new sources never evicts a neighbour in use.
+        self.max_unsolicited = max_unsolicited
+        self._unsolicited: OrderedDict[IPv4Address, None] = OrderedDict()
+        self.counters: Counter[str] = Counter()
         # A binding learned less than this long ago is not moved to another
         # MAC by a non-gratuitous packet (Linux's neighbour locktime): of two
         # answers to one request (a duplicate damaged on the way, or two
@@ -73,8 +81,10 @@ class ArpCache:
             return None
         mac, expires_ns = entry
         if now_ns >= expires_ns:
-            del self._entries[address]
+            self.forget(address)
             return None
+        if self._unsolicited and address in self._unsolicited:
+            del self._unsolicited[address]  # in use from now on
         return mac
 
     def expires_soon(self, address: IPv4Address, now_ns: int) -> bool:
@@ -82,11 +92,35 @@ class ArpCache:
         entry = self._entries.get(address)
         return entry is not None and entry[1] - now_ns < self.lifetime_ns // 10
 
-    def learn(self, address: IPv4Address, mac: MacAddress, now_ns: int) -> None:
-        self._entries.pop(address, None)
-        self._entries[address] = (mac, now_ns + self.lifetime_ns)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+    def learn(
+        self, address: IPv4Address, mac: MacAddress, now_ns: int, *, unsolicited: bool = False
+    ) -> None:
+        """Bind ``address`` to ``mac``; ``unsolicited``: a new binding
+        learned only because its holder asked for us."""
+        entries = self._entries
+        if unsolicited and address not in entries and not self._room_for_unsolicited():
+            self.counters["unsolicited_not_learned"] += 1
+            return
+        entries.pop(address, None)
+        entries[address] = (mac, now_ns + self.lifetime_ns)
+        if unsolicited:
+            self._unsolicited[address] = None
+        elif self._unsolicited:
+            self._unsolicited.pop(address, None)  # confirmed: in use
+        while len(entries) > self.max_entries:
+            oldest, _ = entries.popitem(last=False)
+            self._unsolicited.pop(oldest, None)
+
+    def _room_for_unsolicited(self) -> bool:
+        unsolicited = self._unsolicited
+        if len(unsolicited) >= self.max_unsolicited or (
+            unsolicited and len(self._entries) >= self.max_entries
+        ):
+            oldest, _ = unsolicited.popitem(last=False)
+            del self._entries[oldest]
+            self.counters["unsolicited_evicted"] += 1
+            return True
+        return len(self._entries) < self.max_entries
 
     def locked(self, address: IPv4Address, mac: MacAddress, now_ns: int) -> bool:
         """Whether moving ``address`` to ``mac`` now would change a binding
@@ -98,6 +132,7 @@ class ArpCache:
 
     def forget(self, address: IPv4Address) -> None:
         self._entries.pop(address, None)
+        self._unsolicited.pop(address, None)
 
     def entries(self, now_ns: int) -> dict[IPv4Address, MacAddress]:
         return {ip: mac for ip, (mac, expires) in self._entries.items() if expires > now_ns}
@@ -132,7 +167,8 @@ def answer(
             if counters is not None:
                 counters["locked"] += 1
         else:
-            cache.learn(sender, packet.sender_mac, now_ns)
+            known = sender in cache or sender in waiting
+            cache.learn(sender, packet.sender_mac, now_ns, unsolicited=not known)
     if for_us and packet.operation == ArpOperation.REQUEST:
         return ArpPacket(
             operation=ArpOperation.REPLY,
@@ -330,6 +366,12 @@ class ArpLayer:
         self._stopped = False
         self._request_template: tuple[IPv4Address, bytes] | None = None
         self.counters: Counter[str] = self.table.counters
+        self.cache.counters = self.counters
+        # Requests from senders we do not know, beyond so many a second after
+        # a burst: dropped before parsing (``request_policed``), so a flood
+        # from new sources costs a few byte comparisons a frame. Neighbours
+        # in the cache are always answered.
+        self._request_bucket = TokenBucket(1000, 100, time.now_ns())
         ethernet.register(EthernetProtocol.ARP, self._on_frame)
 
     @property
@@ -425,6 +467,14 @@ class ArpLayer:
     def _on_frame(
         self, source: MacAddress, destination: MacAddress, payload: bytes, _verified: bool
     ) -> None:
+        if (
+            len(payload) >= 28
+            and payload[6:8] == b"\x00\x01"  # a request
+            and not self._request_bucket.take(self._time.now_ns())
+            and IPv4Address(payload[14:18]) not in self.cache
+        ):
+            self.counters["request_policed"] += 1
+            return
         self.input(payload)
 
     # -- sending -------------------------------------------------------------
