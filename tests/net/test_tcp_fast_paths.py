@@ -7,6 +7,7 @@ checked against the general code it stands in for, on generated input.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import struct
 from ipaddress import IPv4Address, IPv4Interface
@@ -15,11 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from looming.devices.net import MacAddress, ReceivedPacket
+from looming.devices.net import Capabilities, MacAddress, ReceivedPacket
 from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer
 from looming.net.ipv4 import Ipv4Layer
-from looming.net.netif.memory import MemorySwitch
+from looming.net.netif.memory import MemoryPort, MemorySwitch
 from looming.net.wire import ipv4, tcp
 from looming.net.wire.checksum import internet_checksum
 from looming.unix.random import UnixRandom
@@ -118,6 +119,72 @@ def datagrams(draw: st.DrawFn) -> bytes:
         index = draw(st.integers(0, len(packet) - 1))
         packet[index] ^= draw(st.integers(1, 255))
     return bytes(packet)
+
+
+class _SegmentingPort(MemoryPort):
+    """A network that cuts TCP packets itself: it records what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(MemorySwitch(), "tso", MacAddress(b"\x02\x00\x00\x00\x00\x02"), 1500)
+        self.sent: list[tuple[bytes, int | None]] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(mtu=1500, tx_checksum=True, segmentation=65536)
+
+    async def write(self, frame: bytes) -> None:
+        self.sent.append((frame, None))
+
+    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
+        self.sent.append((frame, segment_size))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["10.0.0.1", "10.0.0.3", "8.8.8.8", "10.0.0.9"]),
+            st.integers(20, 65535 - 20),
+            st.integers(1, 1460),
+            u8,
+        ),
+        max_size=5,
+    )
+)
+def test_offloaded_ipv4_write_is_the_general_write(
+    packets: list[tuple[str, int, int, int]],
+) -> None:
+    """A TCP packet for the interface to segment, sent from the layer's own
+    address (its fast path) and with that address given as the source (the
+    general path): the same frames, segment sizes and counters, whether the
+    next hop is resolved (10.0.0.1, 8.8.8.8 through it) or held for ARP."""
+
+    async def run(explicit_source: bool) -> tuple[list[tuple[bytes, int | None]], object]:
+        port = _SegmentingPort()
+        ethernet = EthernetLayer(port)
+        time = UnixTime()
+        arp = ArpLayer(ethernet, time)
+        layer = Ipv4Layer(
+            ethernet, arp, time, UnixRandom(1), interface=LOCAL, gateway=IPv4Address("10.0.0.1")
+        )
+        arp.cache.learn(
+            IPv4Address("10.0.0.1"), MacAddress(b"\x02\x00\x00\x00\x00\x01"), time.now_ns()
+        )
+        for destination, length, segment_size, tos in packets:
+            await layer.write(
+                IPv4Address(destination),
+                6,
+                bytes(range(256)) * (length // 256) + bytes(length % 256),
+                tos=tos,
+                segment_size=segment_size,
+                source=LOCAL.ip if explicit_source else None,
+            )
+        return port.sent, (layer.counters, arp.counters)
+
+    fast = asyncio.run(run(False))
+    general = asyncio.run(run(True))
+    assert fast == general
+    offloaded = [frame for frame, size in fast[0] if size is not None]
+    assert len(offloaded) == sum(p[0] in ("10.0.0.1", "8.8.8.8") for p in packets)
 
 
 @given(st.lists(datagrams(), max_size=6))

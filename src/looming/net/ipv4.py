@@ -493,6 +493,13 @@ class Ipv4Layer:
         if (
             segment_size is not None
             and protocol == IpProtocol.TCP
+            and source is None
+            and await self._write_offloaded(destination, payload, ttl, tos, segment_size)
+        ):
+            return
+        if (
+            segment_size is not None
+            and protocol == IpProtocol.TCP
             and (self.is_local(destination) or not self._ethernet.capabilities.segmentation)
         ):
             payload = finish_tcp_checksum(payload)
@@ -525,6 +532,32 @@ class Ipv4Layer:
             return
         await self._arp.send(hop, frames)
 
+    async def _write_offloaded(
+        self, destination: IPv4Address, payload: bytes, ttl: int, tos: int, segment_size: int
+    ) -> bool:
+        """For :meth:`write`: a TCP packet from our address that the
+        interface cuts into segments (always with DF), sent with the general
+        path's bytes and counters but no header object; False when the
+        general path must send it."""
+        offload = self._ethernet.capabilities.segmentation
+        if (
+            not offload
+            or self._local_address is None
+            or len(payload) > offload - MIN_HEADER_LENGTH
+            or self.is_local(destination)
+        ):
+            return False
+        self.counters["tx_offloaded"] += 1
+        hop, mac, packet = self._plain_datagram(
+            destination, IpProtocol.TCP, payload, ttl, True, tos, counter=None
+        )
+        if mac is not None:
+            await self._ethernet.write(mac, _IPV4, packet, segment_size=segment_size)
+        else:
+            assert isinstance(hop, IPv4Address)
+            await self._arp.send(hop, ((_IPV4, packet, segment_size),))  # held until resolved
+        return True
+
     def _plain_datagram(
         self,
         destination: IPv4Address,
@@ -533,11 +566,13 @@ class Ipv4Layer:
         ttl: int,
         dont_fragment: bool,
         tos: int,
+        counter: str | None = "tx_datagrams",
     ) -> tuple[IPv4Address | MacAddress, MacAddress | None, bytes]:
         """For :meth:`write`'s common datagram (from our address, to another
         host, unfragmented): the next hop, its MAC when known (ARP resolved
         it, or a group address) and the packet. The same bytes as the
-        general path, without building a header object."""
+        general path, without building a header object; ``counter`` is
+        counted, if any."""
         identification = self._next_identification()
         hop = self.next_hop(destination)
         if destination is self._last_destination:
@@ -558,7 +593,8 @@ class Ipv4Layer:
             tos,
             payload,
         )
-        self.counters["tx_datagrams"] += 1
+        if counter is not None:
+            self.counters[counter] += 1
         mac = hop if isinstance(hop, MacAddress) else self._arp.lookup(hop)
         return hop, mac, packet
 

@@ -25,12 +25,11 @@ import hashlib
 import os
 import socket
 import struct
-from ipaddress import IPv4Address
 
 from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError
 from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
-from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
+from looming.net.wire.checksum import internet_checksum, packed_pseudo_header_sum
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -153,9 +152,7 @@ def tso_frame(
         tcp_start,
         16,
     )
-    source = IPv4Address(frame[26:30])
-    destination = IPv4Address(frame[30:34])
-    partial = pseudo_header_sum(source, destination, 6, tcp_length).to_bytes(2, "big")
+    partial = packed_pseudo_header_sum(frame[26:34], 6, tcp_length).to_bytes(2, "big")
     view = memoryview(frame)
     field = tcp_start + 16
     return header, view[:field], partial, view[field + 2 : 14 + total_length]

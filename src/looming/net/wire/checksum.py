@@ -94,3 +94,13 @@ def pseudo_header_sum(
     total: int = src._ip + dst._ip + protocol + length  # type: ignore[union-attr]
     folded = total % 0xFFFF
     return 0xFFFF if folded == 0 and total else folded
+
+
+def packed_pseudo_header_sum(addresses: _Buffer, protocol: int, length: int) -> int:
+    """:func:`pseudo_header_sum` for the source and destination addresses
+    as an IP header holds them, one after the other (bytes 12-20 of an IPv4
+    header): read as one number, they too are congruent to the sum of their
+    16-bit words modulo 0xFFFF."""
+    total = int.from_bytes(addresses, "big") + protocol + length
+    folded = total % 0xFFFF
+    return 0xFFFF if folded == 0 and total else folded
