@@ -62,6 +62,11 @@ class Recovery(enum.Enum):
 
 
 class State(enum.Enum):
+    # Members are compared by identity: hashing them so too keeps the
+    # per-segment state-set tests (``state in SENDING``) out of Enum's
+    # Python-level __hash__.
+    __hash__ = object.__hash__
+
     CLOSED = "CLOSED"
     SYN_SENT = "SYN-SENT"
     SYN_RECEIVED = "SYN-RECEIVED"
@@ -76,6 +81,8 @@ class State(enum.Enum):
 
 class Event(enum.Enum):
     """What the owner of a connection is told."""
+
+    __hash__ = object.__hash__  # (as State's)
 
     CONNECTED = "connected"  # the handshake completed
     READABLE = "readable"  # new bytes are ready for receive()
