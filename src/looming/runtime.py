@@ -125,6 +125,7 @@ KEY_CHECKS: dict[str, str] = {
             "metrics",
             "max_connections",
             "ws_max_size",
+            "max_body_size",
             "shutdown_timeout",
             "http_parser",
         )

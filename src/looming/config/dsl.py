@@ -120,6 +120,13 @@ def http_keys() -> list[Key]:
             where,
         ),
         Key("ws_max_size", "int", 16 * 1024 * 1024, "websocket message bytes at most", where),
+        Key(
+            "max_body_size",
+            "int",
+            16 * 1024 * 1024,
+            "request body bytes at most where it is held whole (streamed bodies: no cap)",
+            where,
+        ),
     ]
 
 

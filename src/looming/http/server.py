@@ -88,7 +88,9 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     """A request line plus headers above this size gets 431."""
     max_body_bytes: int = 16 * 1024 * 1024
-    """A request body above this size gets 413."""
+    """A request body above this size gets 413 where it is held whole (a
+    handler that does not stream it); a streamed body has no whole-body cap
+    (backpressure bounds what is held)."""
     linger_timeout: float = 0.5
     """After an error response, how long unread request bytes are drained."""
     linger_bytes: int = 4 * 1024 * 1024
@@ -275,7 +277,7 @@ def _framing_refusal(
     smuggled past a proxy (RFC 9112 section 6.3): refused with 400 and the
     connection closed, as is a Content-Length given twice or as a list and a
     header line folded onto the next (h11 accepts these three quietly, so the
-    head's bytes are read).
+    head's bytes are read). ``max_body`` 0: no cap on the body's size.
     """
     head = raw[0] if len(raw) == 1 else b"".join(raw)
     head = head[: head.find(b"\r\n\r\n")]
@@ -293,7 +295,7 @@ def _framing_refusal(
     value = lengths[0]
     if not value.isdigit():
         return 400
-    return 413 if int(value) > max_body else 0
+    return 413 if max_body and int(value) > max_body else 0
 
 
 class _BodyTooLarge(Exception):
@@ -835,7 +837,8 @@ class HttpServer:
             return 0  # no body, and llhttp read the head (which has no obs-fold)
         # Smuggling attempts and bodies over the limit are refused before
         # the body is read or invited with 100 Continue.
-        refusal = _framing_refusal(headers, self.config.max_body_bytes, raw)
+        max_body = 0 if self._streams_body else self.config.max_body_bytes
+        refusal = _framing_refusal(headers, max_body, raw)
         if refusal == 400:
             self.protocol_errors += 1
         return refusal
@@ -892,9 +895,7 @@ class HttpServer:
         try:
             if self._streams_body:
                 watch = Watch(flow, self._arming)
-                reader = BodyReader(
-                    flow, conn, watch, limit=config.max_body_bytes, timeout=config.body_timeout
-                )
+                reader = BodyReader(flow, conn, watch, limit=0, timeout=config.body_timeout)
                 reader.start_if_empty()  # (what arrived with the head may be refused)
                 stream.streamed = (reader, watch)
                 body = b""

@@ -48,6 +48,7 @@ class HttpSettings:
     shutdown_timeout: float = 10.0
     http_parser: str = "auto"
     ws_max_size: int = 16 * 1024 * 1024
+    max_body_size: int = 16 * 1024 * 1024
 
     @classmethod
     def from_keys(cls, **keys: Any) -> HttpSettings:
@@ -89,6 +90,12 @@ def ws_max_size_problem(value: object) -> str | None:
     return None
 
 
+def max_body_size_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return "give a positive number of bytes"
+    return None
+
+
 def shutdown_timeout_problem(value: object) -> str | None:
     if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         return "give a finite number of seconds, 0 or more"
@@ -108,6 +115,7 @@ KEY_PROBLEMS = {
     "metrics": metrics_problem,
     "max_connections": max_connections_problem,
     "ws_max_size": ws_max_size_problem,
+    "max_body_size": max_body_size_problem,
     "shutdown_timeout": shutdown_timeout_problem,
     "http_parser": http_parser_problem,
 }
@@ -238,7 +246,11 @@ def http_server(handler: Any, settings: HttpSettings, *, clock: Clock) -> HttpSe
     metrics = Metrics() if settings.metrics else None
     if metrics is not None:
         handler = MetricsEndpoint(handler, metrics, settings.metrics)
-    config = ServerConfig(max_connections=settings.max_connections, parser=settings.http_parser)
+    config = ServerConfig(
+        max_connections=settings.max_connections,
+        parser=settings.http_parser,
+        max_body_bytes=settings.max_body_size,
+    )
     server = HttpServer(handler, config, clock=clock)
     if metrics is not None:
         metrics.server = server

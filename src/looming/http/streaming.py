@@ -144,7 +144,8 @@ class Watch:
 
 
 class BodyReader:
-    """A request's body, read from the connection when the handler asks."""
+    """A request's body, read from the connection when the handler asks
+    (``limit``: the most bytes it may have; 0 for no limit)."""
 
     __slots__ = (
         "_conn",
@@ -201,7 +202,7 @@ class BodyReader:
                     continue
                 if type(event) is h11.Data:
                     self.received += len(event.data)
-                    if self.received > self._limit:
+                    if self._limit and self.received > self._limit:
                         raise ClientGone(f"request body over {self._limit} bytes")
                     return bytes(event.data), True
                 if type(event) is h11.EndOfMessage:
