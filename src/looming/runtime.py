@@ -307,8 +307,7 @@ def main(name: str, specs: Sequence[KeySpec], start: StartFunction) -> NoReturn:
         keys = parse_keys(specs, argv)
         configure_logging(getattr(keys, "logs", "*:info") or "*:info")
     except UsageError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        print(f"run '{name} --help' to list the keys", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)  # (an unknown key's names the valid ones)
         sys.exit(2)
     from looming.errors import ConfigError, LoomingError
     from looming.errors import UsageError as BadInput
