@@ -498,7 +498,7 @@ class AsgiAdapter:
         if not run.done:
             self._after.add(run.task)
         elif run.error is not None:
-            log.error("ASGI application failed after responding", exc_info=run.error)
+            log.error("ASGI application raised after its response was complete", exc_info=run.error)
             run.error = None
 
     async def finish_background(self, timeout: float) -> None:
@@ -652,7 +652,7 @@ class AsgiAdapter:
             await self.app(scope, receive, outbox.put)
         except Exception as error:
             if run.detached:
-                log.error("ASGI application failed after responding", exc_info=error)
+                log.error("ASGI application raised after its response was complete", exc_info=error)
             else:
                 run.error = error
         finally:

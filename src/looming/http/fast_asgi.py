@@ -501,7 +501,7 @@ class _Exchange:
     def _failed(self, error: Exception) -> None:
         scope = self.scope
         if self._done:
-            log.error("ASGI application failed after responding", exc_info=error)
+            log.error("ASGI application raised after its response was complete", exc_info=error)
         elif self._gone and isinstance(error, ClientDisconnected):
             pass
         elif not self._written and not self._gone:
