@@ -1,10 +1,8 @@
 """The FastAPI example as a node of the simulated network, in virtual time:
-async endpoints, pydantic models, streaming and background tasks, fetched by
-a simulated client over looming's own TCP/IP stack.
-
-Plain ``def`` endpoints are left out here: they run in worker threads, which
-the virtual-time loop does not see, so it reports a deadlock while one runs
-(they are tested on the socket and direct stacks)."""
+async and plain ``def`` endpoints, pydantic models, streaming and background
+tasks, fetched by a simulated client over looming's own TCP/IP stack. A
+simulation runs no threads: what anyio hands to a worker thread (a plain
+``def`` endpoint) runs inline, in virtual time (see looming.sim.intercept)."""
 
 from __future__ import annotations
 
@@ -52,6 +50,7 @@ async def test_fastapi_example_in_the_simulator(world: World) -> None:
             ("GET", "/stream?count=3", b""),
             ("POST", "/later/weft", b""),
             ("GET", "/done", b""),
+            ("GET", "/sync", b""),
         ]:
             headers = [(b"content-type", b"application/json")] if body else []
             response = await http.request(method, target, headers=headers, body=body)
@@ -65,3 +64,4 @@ async def test_fastapi_example_in_the_simulator(world: World) -> None:
     assert answers[2] == (200, b"0\n1\n2\n")
     assert answers[3][0] == 200
     assert answers[4][0] == 200 and json.loads(answers[4][1]) == {"finished": ["weft"]}
+    assert answers[5] == (200, b'{"thread":"main"}')  # inline: no threads here
