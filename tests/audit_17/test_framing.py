@@ -16,6 +16,7 @@ import pytest
 
 from looming.http import ServerConfig
 from looming.http.asgi import AsgiAdapter, Receive, Scope, Send
+from looming.http.message import Request, Response
 from tests.http.serving import serve_in_thread
 
 HIDDEN = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -157,6 +158,26 @@ def test_a_declined_upgrade_gets_its_body_and_hides_no_request(
         + b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     with serve_in_thread(lambda: AsgiAdapter(_echo), ServerConfig(parser=parser)) as server:
+        out, closed = _exchange(server.port, data, 2.0)
+    assert closed, out
+    answers = [part.split(b";")[0] for part in out.split(b"path=")[1:]]
+    assert answers == [b"/outer body=" + HIDDEN, b"/next body="], out
+
+
+class _WholeEcho:
+    """A handler that takes the body whole, as the static site's does."""
+
+    async def __call__(self, request: Request) -> Response:
+        return Response(200, [], b"path=%s body=%s;" % (request.target.encode(), request.body))
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_a_declined_upgrade_to_a_whole_body_handler_hides_no_request(parser: str) -> None:
+    pytest.importorskip(parser)
+    framing = b"Content-Length: %d\r\n" % len(HIDDEN)
+    data = _post(UPGRADE_HEADS["unknown-protocol"] + framing, HIDDEN)
+    data += b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with serve_in_thread(_WholeEcho, ServerConfig(parser=parser)) as server:
         out, closed = _exchange(server.port, data, 2.0)
     assert closed, out
     answers = [part.split(b";")[0] for part in out.split(b"path=")[1:]]
