@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The events every segment's delivery tests for, read once: an Enum
+# member's lookup through its class costs several times a global's.
+_ACK_DUE = Event.ACK_DUE
+_READABLE = Event.READABLE
+_PEER_CLOSED = Event.PEER_CLOSED
+
 _T = TypeVar("_T")
 
 _ERRORS: dict[Event, type[Exception]] = {
@@ -142,7 +148,7 @@ class TcpStream:
     def on_events(self, events: list[Event]) -> None:
         """Wake readers, writers and the opener for the core's events."""
         for event in events:
-            if event is Event.READABLE or event is Event.PEER_CLOSED:
+            if event is _READABLE or event is _PEER_CLOSED:
                 self._readable.set()
             elif event is Event.WRITABLE:
                 self._writable.set()
@@ -530,7 +536,7 @@ class TcpLayer:
         for key, conn, events in endpoint.take_touched():
             touched[conn] = key
             if events:
-                if Event.ACK_DUE in events:
+                if _ACK_DUE in events:
                     if not self._acks_due:
                         asyncio.get_running_loop().call_soon(self._flush_acks)
                     self._acks_due[conn] = key

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from looming.errors import Malformed
-from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
+from looming.net.wire.checksum import internet_checksum, ones_complement_sum, pseudo_header_sum
 
 HEADER_LENGTH = 20
 MAX_OPTIONS_LENGTH = 40
@@ -436,4 +436,5 @@ def checksum_ok(
 ) -> bool:
     """Whether the checksum of a received ``segment`` from ``src`` to ``dst`` is right."""
     initial = pseudo_header_sum(src, dst, PROTOCOL_NUMBER, len(segment))
-    return internet_checksum(segment, initial) == 0
+    # internet_checksum(...) == 0, one call fewer a segment.
+    return ones_complement_sum(segment, initial) == 0xFFFF
