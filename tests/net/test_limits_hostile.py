@@ -139,7 +139,7 @@ def test_the_pool_limit_holds_and_the_biggest_holders_shrink_first(
         assert pool.held == sum(b.charged for b in buffers) <= 256 * 1024
         assert pool.excess == sum(max(b.charged - pool.reserve, 0) for b in buffers)
         charged = sorted(buffers, key=lambda b: b.charged)
-        if pool.shared() - pool.excess < pool.shared() // 4:  # under pressure
+        if pool.shared - pool.excess < pool.shared // 4:  # under pressure
             offers = [b.window_space(window) for b in charged]
             assert offers == sorted(offers, reverse=True)
     for buffer in buffers:

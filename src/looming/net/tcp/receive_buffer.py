@@ -72,6 +72,7 @@ class MemoryPool:
         "send_excess",
         "send_held",
         "send_reserve",
+        "shared",
     )
 
     def __init__(
@@ -85,19 +86,19 @@ class MemoryPool:
         self.send_held = 0  # bytes queued in send buffers
         self.send_excess = 0  # ... beyond each member's send reserve
         self.members = 0  # buffers charging this pool
+        # The part of the limit not set aside as the members' reserves.
+        self.shared = 0 if limit is None else limit
         self.refused = 0  # segments dropped at this limit
         self.connection_refused = 0  # ... at a connection's own limit
 
     def room(self) -> int | None:
         return None if self.limit is None else self.limit - self.held
 
-    def shared(self) -> int:
-        """The part of the limit not set aside as the members' reserves."""
-        assert self.limit is not None
-        return self.limit - self.members * (self.reserve + self.send_reserve)
-
-    def _free(self) -> int:
-        return self.shared() - self.excess - self.send_excess
+    def add_member(self, count: int = 1) -> None:
+        """``count`` buffers (or -``count``) join (leave) the pool."""
+        self.members += count
+        if self.limit is not None:
+            self.shared = self.limit - self.members * (self.reserve + self.send_reserve)
 
     def fits(self, charged: int, cost: int) -> bool:
         """Whether a member holding ``charged`` may take ``cost`` more."""
@@ -108,7 +109,7 @@ class MemoryPool:
         if after <= reserve:
             return True
         grown = after - (charged if charged > reserve else reserve)
-        return grown <= self._free()
+        return grown <= self.shared - self.excess - self.send_excess
 
     def allowance(self, charged: int) -> int:
         """How much more a member holding ``charged`` should be offered:
@@ -116,10 +117,11 @@ class MemoryPool:
         free; under pressure (under a quarter of it free) no more than a
         fair share, so the biggest holders are shrunk first (to nothing
         beyond what they hold)."""
-        shared = self.shared()
+        # (Runs several times a segment: attributes only, no calls.)
+        shared = self.shared
         reserve = self.reserve
         excess = charged - reserve if charged > reserve else 0
-        room = self._free()
+        room = shared - self.excess - self.send_excess
         if room < shared // 4:
             fair = shared // (self.members or 1) - excess
             if fair < room:
@@ -137,7 +139,7 @@ class MemoryPool:
         """How much more a member with ``queued`` bytes to send may queue:
         the rest of its send reserve plus the free shared part."""
         own = self.send_reserve - queued
-        room = self._free()
+        room = self.shared - self.excess - self.send_excess
         return (own if own > 0 else 0) + (room if room > 0 else 0)
 
     def charge_send(self, before: int, after: int) -> None:
@@ -322,7 +324,14 @@ class ReceiveBuffer:
             space = by_charge
         pool = self.pool
         if pool is not None and pool.limit is not None:
-            space = min(space, pool.allowance(ready.charge + self._ooo_charge))
+            # The pool's allowance only when it may be the smaller: under
+            # pressure, or with less free than the space.
+            shared = pool.shared
+            room = shared - pool.excess - pool.send_excess
+            if room < shared // 4 or room * 3 // 4 - SEGMENT_MARGIN < space:
+                allowance = pool.allowance(ready.charge + self._ooo_charge)
+                if allowance < space:
+                    space = allowance
         return space
 
     def _fits(self, cost: int) -> bool:
@@ -364,7 +373,7 @@ class ReceiveBuffer:
         if self.pool is not None:
             self.release()
         self.pool = pool
-        pool.members += 1
+        pool.add_member()
         pool.held += self.charged
         pool.excess += max(self.charged - pool.reserve, 0)
 
@@ -374,7 +383,7 @@ class ReceiveBuffer:
         if pool is not None:
             pool.held -= self.charged
             pool.excess -= max(self.charged - pool.reserve, 0)
-            pool.members -= 1
+            pool.add_member(-1)
             self.pool = None
 
     def insert(self, seq: int, data: bytes | memoryview) -> bool:
