@@ -4,6 +4,8 @@ full; refused with 413 only where the body would be held whole."""
 from __future__ import annotations
 
 import socket
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +80,31 @@ def test_a_body_held_whole_is_capped_by_max_body_size(chunked: bool) -> None:
         assert _post(running.port, 2 * 1024 * 1024, chunked).endswith(b"got 2097152")
         out = _post(running.port, 3 * 1024 * 1024, chunked)
     assert out.startswith(b"HTTP/1.1 413 "), out[:200]
+
+
+CURL_H2 = ["curl", "--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge"]
+
+
+def _curl_h2(url: str, upload: Path) -> bytes:
+    return subprocess.run(
+        [*CURL_H2, "--data-binary", f"@{upload}", "--write-out", " %{http_code}", url],
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+def test_http2_applies_the_same_rules(tmp_path: Path) -> None:
+    """Over h2c: a body streamed to an ASGI app has no cap; one held whole
+    gets 413 over --max-body-size, as on HTTP/1.1."""
+    pytest.importorskip("h2")
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(b"x" * (2 * 1024 * 1024))
+    large.write_bytes(b"x" * SIZE)
+    with serve_in_thread(lambda: AsgiAdapter(_count)) as running:
+        assert _curl_h2(f"{running.url}/up", large) == b"got %d 200" % SIZE
+    config = ServerConfig(
+        max_body_bytes=HttpSettings.from_keys(max_body_size=3 << 20).max_body_size
+    )
+    with serve_in_thread(_Whole, config) as running:
+        assert _curl_h2(f"{running.url}/up", small) == b"got 2097152 200"
+        assert _curl_h2(f"{running.url}/up", large).endswith(b" 413")
