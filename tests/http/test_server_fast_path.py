@@ -343,3 +343,46 @@ def exchange_bytes(port: int) -> bytes:
         while data := sock.recv(65536):
             received += data
     return received.replace(b"connection: close\r\n", b"")
+
+
+class SlottedFlow:
+    """A flow no weak reference can be made to (as __slots__ classes are)."""
+
+    __slots__ = ("incoming", "sent")
+
+    def __init__(self, incoming: list[bytes]) -> None:
+        self.incoming = incoming
+        self.sent: list[bytes] = []
+
+    local_address = ("127.0.0.1", 80)
+    remote_address = ("127.0.0.1", 5000)
+
+    async def read(self) -> bytes:
+        return self.incoming.pop(0) if self.incoming else b""
+
+    async def write(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    async def writev(self, buffers: Any) -> None:
+        self.sent.append(b"".join(buffers))
+
+    async def shutdown(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def test_any_flow_is_served_by_the_flow_path() -> None:
+    """serve_flow keeps no weak reference to the flows it is given."""
+    from looming.http import HttpServer
+    from looming.unix.clock import UnixClock
+
+    async def main() -> bytes:
+        server = HttpServer(AsgiAdapter(app), ServerConfig(parser="httptools"), clock=UnixClock())
+        flow = SlottedFlow([PLAIN[1] + LAST[0]])
+        await server.serve_flow(flow)  # type: ignore[arg-type]
+        return b"".join(flow.sent)
+
+    answer = asyncio.run(main())
+    assert answer.count(b"HTTP/1.1 200 OK") == 2 and b"q=a=1&b=%20" in answer

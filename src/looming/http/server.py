@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import weakref
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -407,8 +406,9 @@ class HttpServer:
         the handler offers it (AsgiAdapter does)."""
         self._fast: set[FastAsgiConnection] = set()
         """Connections served from their transport's callbacks (see fast_asgi)."""
-        self._handed: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-        """Flows the fast path handed back -> whether before their first request."""
+        self._handed: dict[int, tuple[Any, bool]] = {}
+        """id(flow) -> (flow, whether before its first request), for flows the
+        fast path handed back (by id: not every flow can be weakly referred to)."""
         self._heads: dict[tuple[int, bytes, int], bytes] = {}
         """Response heads made by :meth:`whole_head` within this second."""
         self._heads_date = b""
@@ -444,7 +444,7 @@ class HttpServer:
 
     def adopted_from_fast(self, flow: Any, *, first: bool) -> None:
         """``flow`` comes back from the fast path, to be served by :meth:`serve_flow`."""
-        self._handed[flow] = first
+        self._handed[id(flow)] = (flow, first)
         self.connections_handed_back += 1
 
     async def shutdown(self, timeout: float) -> None:
@@ -505,7 +505,8 @@ class HttpServer:
         deadline = _Watchdog(asyncio.get_running_loop(), task)
         parser = _ParserHolder()
         limit = self.config.max_connections
-        first = self._handed.pop(flow, None)
+        handed = self._handed.pop(id(flow), None) if self._handed else None
+        first = handed[1] if handed is not None and handed[0] is flow else None
         if first is None and (self.stopping or (limit and self.connections_open >= limit)):
             self.connections_refused += 1
             await self._send_error_raw(flow, 503)
