@@ -228,6 +228,7 @@ class Ipv6Layer:
         self.link_local = wire.link_local_from_mac(ethernet.mac)
         self._addresses: list[IPv6Address] = []
         self._accepted: set[IPv6Address] = {wire.ALL_NODES}
+        self._accepted_packed: set[bytes] = {wire.ALL_NODES.packed}
         self._handlers: dict[int, Ipv6Handler] = {NextHeader.ICMPV6: self._on_icmpv6}
         self.neighbours = NeighbourCache(settings)
         self.counters: Counter[str] = Counter()
@@ -333,6 +334,7 @@ class Ipv6Layer:
         accepted = {wire.ALL_NODES, *self._addresses}
         accepted.update(wire.solicited_node(a) for a in (*self._addresses, *tentative))
         self._accepted = accepted
+        self._accepted_packed = {address.packed for address in accepted}
 
     def set_gateway(self, gateway: IPv6Address | None) -> None:
         """A static default router (used when no advertised one is alive)."""
@@ -424,6 +426,15 @@ class Ipv6Layer:
 
     def _receive(self, packet: bytes, checksum_verified: bool) -> None:
         counters = self.counters
+        if (
+            len(packet) > wire.HEADER_LENGTH
+            and packet[6] == NextHeader.ICMPV6
+            and packet[wire.HEADER_LENGTH] == Icmpv6Type.NEIGHBOR_SOLICITATION
+            and packet[24:40] in self._accepted_packed
+            and not self._solicit_bucket.take(self._now())
+        ):
+            counters["solicit_policed"] += 1
+            return
         try:
             header, payload_view = wire.parse(packet)
         except Malformed:
@@ -434,14 +445,6 @@ class Ipv6Layer:
             return
         if packet[8] == 0xFF:  # a multicast source (ff00::/8)
             counters["martian_source"] += 1  # RFC 4291 2.7: never a source
-            return
-        if (
-            packet[6] == NextHeader.ICMPV6
-            and len(packet) > wire.HEADER_LENGTH
-            and packet[wire.HEADER_LENGTH] == Icmpv6Type.NEIGHBOR_SOLICITATION
-            and not self._solicit_bucket.take(self._now())
-        ):
-            counters["solicit_policed"] += 1
             return
         if header.next_header in _UPPER_LAYER:
             # No extension headers (the common case): nothing to walk.
