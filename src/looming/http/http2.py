@@ -66,6 +66,10 @@ MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST_SIZE
 """Encoded header block bytes (HEADERS + CONTINUATION) at most: HPACK can
 encode a header list in more bytes than it holds, never much more."""
 STALL_TIMEOUT = 30.0
+GONE_GRACE = 1.5
+"""Seconds the handlers of a connection that ended may take to finish on
+their own (an ASGI app, told ``http.disconnect``, gets its own shorter grace)
+before they are cancelled."""
 IDLE_TIMEOUT = 60.0
 """A connection with no stream open for this long gets GOAWAY and is closed
 (PINGs and SETTINGS do not keep it: they are not streams)."""
@@ -162,14 +166,23 @@ class _HeaderBlockWatch:
         return False
 
 
+class _Reset:
+    """Queued behind a stream's body when the stream is reset or the
+    connection ends: wakes the reader waiting for more."""
+
+
+_RESET = _Reset()
+
+
 class _Stream:
     """One request's body, queued as it arrives and acknowledged as it is read."""
 
     def __init__(self, session: H2Session, stream_id: int) -> None:
         self.session = session
         self.stream_id = stream_id
-        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.chunks: asyncio.Queue[bytes | _Reset | None] = asyncio.Queue()
         self.watch = _StreamWatch()
+        self.watch.on_gone(lambda: self.chunks.put_nowait(_RESET))
         self.window_open = asyncio.Event()
         self.ended = False
         self.unread = 0
@@ -184,16 +197,12 @@ class _Stream:
             return b"", False
         if self.watch.gone and self.chunks.empty():
             raise ClientGone("the stream was reset")
-        waiter = asyncio.ensure_future(self.chunks.get())
-        gone = asyncio.Event()
-        self.watch.on_gone(gone.set)
-        stopper = asyncio.ensure_future(gone.wait())
-        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if waiter not in done:
-            waiter.cancel()
+        # Queue.get keeps what it has not returned when it is cancelled (as
+        # Starlette's is_disconnected cancels receive() at once): no helper
+        # task that could take a chunk and drop it.
+        chunk = await self.chunks.get()
+        if isinstance(chunk, _Reset):
             raise ClientGone("the stream was reset")
-        chunk = waiter.result()
         if chunk is None:
             self.ended = True
             return b"", False
@@ -423,6 +432,8 @@ class H2Session:
         for stream in self.streams.values():
             stream.watch.went_away()
             stream.window_open.set()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=GONE_GRACE)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

@@ -1,0 +1,119 @@
+"""HTTP/2 findings of the #17 audit: a Starlette app polling
+``request.is_disconnected()`` over h2c sees the client leave; receive() under
+a cancel scope loses no message and leaves no task behind."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import time
+from collections.abc import Iterator
+
+import anyio
+import h2.config
+import h2.connection
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+import looming.http.http2  # noqa: F401  (imported here first, see test_http2.py)
+from looming.http import AsgiAdapter
+from looming.http.http2 import _Stream
+
+from .serving import RunningServer, serve_in_thread
+
+events: list[str] = []
+
+
+async def poll(request: StarletteRequest) -> PlainTextResponse:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.02)
+    events.append("poll-disconnected")
+    return PlainTextResponse("bye")
+
+
+starlette_app = Starlette(routes=[Route("/poll", poll)])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with serve_in_thread(lambda: AsgiAdapter(starlette_app)) as running:
+        yield running
+
+
+def h2_get(port: int, path: str) -> socket.socket:
+    """A prior-knowledge h2 connection with one GET sent on it."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    headers = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
+    conn.send_headers(1, headers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    return sock
+
+
+def test_polling_app_sees_the_connection_close(server: RunningServer) -> None:
+    before = events.count("poll-disconnected")
+    sockets = [h2_get(server.port, "/poll") for _ in range(3)]
+    time.sleep(0.3)
+    for sock in sockets:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while events.count("poll-disconnected") < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events.count("poll-disconnected") == before + 3
+
+
+class _Session:
+    """What a _Stream needs of its session."""
+
+    acknowledged = 0
+
+    async def acknowledge(self, stream_id: int, size: int) -> None:
+        self.acknowledged += size
+
+
+async def _cancelled_reads(stream: _Stream, times: int) -> None:
+    for _ in range(times):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await stream.next_chunk()
+        await asyncio.sleep(0)
+
+
+def test_cancelled_reads_lose_no_chunk_and_leave_no_task() -> None:
+    async def main() -> None:
+        session = _Session()
+        stream = _Stream(session, 1)  # type: ignore[arg-type]
+        baseline = len(asyncio.all_tasks())
+        callbacks = len(stream.watch._callbacks)
+        await _cancelled_reads(stream, 50)
+        await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) == baseline
+        assert len(stream.watch._callbacks) == callbacks
+        stream.put(b"abc")
+        stream.chunks.put_nowait(None)
+        assert await stream.next_chunk() == (b"abc", True)
+        assert await stream.next_chunk() == (b"", False)
+        assert session.acknowledged == 3
+
+    asyncio.run(main())
+    gc.collect()
+
+
+def test_a_cancelled_read_then_a_reset_gives_client_gone() -> None:
+    from looming.http.message import ClientGone
+
+    async def main() -> None:
+        stream = _Stream(_Session(), 1)  # type: ignore[arg-type]
+        await _cancelled_reads(stream, 3)
+        reader = asyncio.ensure_future(stream.next_chunk())
+        await asyncio.sleep(0)
+        stream.watch.went_away()
+        with pytest.raises(ClientGone):
+            await asyncio.wait_for(reader, 2)
+
+    asyncio.run(main())
