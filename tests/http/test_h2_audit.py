@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -22,6 +24,8 @@ from starlette.routing import Route
 import looming.http.http2  # noqa: F401  (imported here first, see test_http2.py)
 from looming.http import AsgiAdapter
 from looming.http.http2 import _Stream
+from looming.http.service import AccessLog, Metrics
+from looming.unix.clock import UnixClock
 
 from .serving import RunningServer, serve_in_thread
 
@@ -35,7 +39,11 @@ async def poll(request: StarletteRequest) -> PlainTextResponse:
     return PlainTextResponse("bye")
 
 
-starlette_app = Starlette(routes=[Route("/poll", poll)])
+async def hello(request: StarletteRequest) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+starlette_app = Starlette(routes=[Route("/poll", poll), Route("/hello", hello)])
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +125,58 @@ def test_a_cancelled_read_then_a_reset_gives_client_gone() -> None:
             await asyncio.wait_for(reader, 2)
 
     asyncio.run(main())
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(["--http2-prior-knowledge"], id="prior-knowledge"),
+        pytest.param(["--http2"], id="upgrade"),
+    ],
+)
+def test_h2_responses_are_logged_and_counted(server: RunningServer, how: list[str]) -> None:
+    metrics = Metrics()
+    access = AccessLog("common", UnixClock())
+
+    def observe(*args: object) -> None:
+        access(*args)  # type: ignore[arg-type]
+        metrics(*args)  # type: ignore[arg-type]
+
+    lines = _Lines()
+    logger = logging.getLogger("looming.http.access")
+    logger.addHandler(lines)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    server.server.observer = observe
+    try:
+        url = f"http://127.0.0.1:{server.port}/hello"
+        versions = [
+            subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", "-w", "%{http_version}", *how, url],
+                capture_output=True,
+                timeout=20,
+                check=True,
+            ).stdout
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 5  # the record follows the last byte sent
+        while metrics.count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        server.server.observer = None
+        logger.removeHandler(lines)
+        logger.setLevel(old_level)
+    assert versions == [b"2", b"2"]
+    hits = [line for line in lines.lines if '"GET /hello HTTP/2.0" 200 5' in line]
+    assert len(hits) == 2, lines.lines
+    assert metrics.by_status == {"2xx": 2}
+    assert metrics.body_bytes == 10

@@ -274,8 +274,11 @@ class H2Session:
         clock: Callable[[], float],
         max_body_bytes: int = 16 * 1024 * 1024,
         websockets: ServeWebSocket | None = None,
+        observer: Callable[[Request, int, int, float], None] | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.observer = observer
+        """Told of each response, as the server's HTTP/1.1 responses (access log, metrics)."""
         self.websockets = websockets
         self.flow = flow
         self.handler = handler
@@ -595,16 +598,20 @@ class H2Session:
             self._forget(stream)
 
     async def _respond(self, stream: _Stream, request: Request) -> None:
+        started = self.clock()
         try:
             response = await self._response(stream, request)
             if response is None:
                 return
+            sent = [0]
             try:
-                await self._send(stream, request, response)
+                await self._send(stream, request, response, sent)
             except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
                 log.debug("h2 stream %d ended: %s", stream.stream_id, error)
                 self._cancel(stream)
             finally:
+                if self.observer is not None:
+                    self.observer(request, response.status, sent[0], self.clock() - started)
                 closer: Any = getattr(response.body, "aclose", None)
                 if closer is not None:
                     with contextlib.suppress(Exception):
@@ -652,7 +659,10 @@ class H2Session:
         request.body_stream = None
         return request
 
-    async def _send(self, stream: _Stream, request: Request, response: Response) -> None:
+    async def _send(
+        self, stream: _Stream, request: Request, response: Response, sent: list[int]
+    ) -> None:
+        """Send ``response`` on ``stream``; ``sent[0]`` counts its body bytes sent."""
         body = response.body
         headers = [(b":status", str(response.status).encode())]
         headers += [
@@ -676,10 +686,12 @@ class H2Session:
             return
         if whole:
             await self.send_data(stream, bytes(body))  # type: ignore[arg-type]
+            sent[0] = len(body)  # type: ignore[arg-type]
         else:
             async for piece in body:  # type: ignore[union-attr]
                 if piece:
                     await self.send_data(stream, piece)
+                    sent[0] += len(piece)
         self.conn.end_stream(stream.stream_id)
         await self.flush()
 

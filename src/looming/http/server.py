@@ -984,6 +984,7 @@ class HttpServer:
             clock=self._date.now,
             max_body_bytes=self.config.max_body_bytes,
             websockets=self._websockets,
+            observer=self.observer,
         )
         parser.h2 = session
         if self.stopping:

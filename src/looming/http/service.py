@@ -148,7 +148,8 @@ class AccessLog:
             access_log.info("%s", json.dumps(record, sort_keys=True))
         else:
             stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(self.clock.now()))
-            line = f"{request.method} {request.target} HTTP/{request.http_version}"
+            version = "2.0" if request.http_version == "2" else request.http_version
+            line = f"{request.method} {request.target} HTTP/{version}"
             access_log.info('%s - - [%s] "%s" %d %s', host, stamp, line, status, sent or "-")
 
 
