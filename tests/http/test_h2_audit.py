@@ -15,14 +15,16 @@ from collections.abc import Iterator
 import anyio
 import h2.config
 import h2.connection
+import h2.errors
 import pytest
+from hyperframe.frame import Frame, GoAwayFrame
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import looming.http.http2  # noqa: F401  (imported here first, see test_http2.py)
-from looming.http import AsgiAdapter
+from looming.http import AsgiAdapter, HttpServer, Request, Response, ServerConfig
 from looming.http.http2 import _Stream
 from looming.http.service import AccessLog, Metrics
 from looming.unix.clock import UnixClock
@@ -180,3 +182,77 @@ def test_h2_responses_are_logged_and_counted(server: RunningServer, how: list[st
     assert len(hits) == 2, lines.lines
     assert metrics.by_status == {"2xx": 2}
     assert metrics.body_bytes == 10
+
+
+def _frames(sock: socket.socket) -> list[Frame]:
+    """The frames a server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    frames = []
+    while len(received) >= 9:
+        found, length = Frame.parse_frame_header(memoryview(received[:9]))
+        found.parse_body(memoryview(received[9 : 9 + length]))
+        frames.append(found)
+        received = received[9 + length :]
+    return frames
+
+
+def test_an_h2_client_over_the_connection_limit_gets_goaway() -> None:
+    async def hello(request: Request) -> Response:
+        return Response(200, (), b"hi")
+
+    with serve_in_thread(lambda: hello, ServerConfig(max_connections=1)) as running:
+        server = running.server
+        assert isinstance(server, HttpServer)
+        held = socket.create_connection(("127.0.0.1", running.port))
+        deadline = time.monotonic() + 5
+        while server.connections_open < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        extra = h2_get(running.port, "/")
+        extra.settimeout(5)
+        frames = _frames(extra)
+        goaways = [frame for frame in frames if isinstance(frame, GoAwayFrame)]
+        assert len(goaways) == 1, frames
+        assert goaways[0].error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        assert goaways[0].last_stream_id == 0
+        assert server.connections_refused == 1
+        # An HTTP/1.1 client is still answered 503.
+        plain = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+        plain.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert plain.recv(4096).startswith(b"HTTP/1.1 503 ")
+        for sock in (held, extra, plain):
+            sock.close()
+
+
+def _upgrade(port: int, settings: bytes) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\n"
+        b"upgrade: h2c\r\nhttp2-settings: " + settings + b"\r\n\r\n"
+    )
+    answer = sock.recv(4096)
+    sock.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param(b"!!!notbase64", id="not-base64"),
+        pytest.param(b"AAIAAAAC", id="enable-push-2"),
+        pytest.param(b"AAMAAABkAA", id="not-whole-settings"),
+        pytest.param(b"AAUAAAAA", id="max-frame-size-0"),
+        pytest.param(b"A", id="bad-length"),
+    ],
+)
+def test_invalid_http2_settings_are_answered_without_upgrade(
+    server: RunningServer, settings: bytes
+) -> None:
+    answer = _upgrade(server.port, settings)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b"hello")
+
+
+def test_valid_http2_settings_upgrade(server: RunningServer) -> None:
+    assert _upgrade(server.port, b"AAMAAABkAAQAoAAAAAIAAAAA").startswith(b"HTTP/1.1 101 ")

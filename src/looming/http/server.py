@@ -34,6 +34,7 @@ from looming.devices.clock import Clock
 from looming.devices.flow import Flow
 from looming.errors import Closed, ConnectionReset, LoomingError, NetworkError
 from looming.http.dates import format_http_date
+from looming.http.h2c import goaway_refusal, is_preface, valid_upgrade_settings
 from looming.http.message import ClientGone, Handler, Request, Response, ServeWebSocket
 from looming.http.parser import (
     CLOSE,
@@ -250,7 +251,8 @@ def _h2c_upgrade_settings(method: bytes, headers: Sequence[tuple[bytes, bytes]])
         return None
     if b"h2c" not in [token.strip().lower() for token in upgrade.split(b",")]:
         return None
-    return settings
+    # RFC 7540 section 3.2.1: no upgrade on invalid settings (answered as HTTP/1.1).
+    return settings if valid_upgrade_settings(settings) else None
 
 
 def _valid_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -509,7 +511,7 @@ class HttpServer:
         first = handed[1] if handed is not None and handed[0] is flow else None
         if first is None and (self.stopping or (limit and self.connections_open >= limit)):
             self.connections_refused += 1
-            await self._send_error_raw(flow, 503)
+            await self._refuse(flow)
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
             return
@@ -1230,6 +1232,21 @@ class HttpServer:
             CONNECTION_CLOSE,
         )
         return head + text
+
+    async def _refuse(self, flow: Flow) -> None:
+        """Refuse a connection (over the limit, or while stopping): an HTTP/2
+        client, known by its preface, gets GOAWAY (REFUSED_STREAM), others 503."""
+        first = b""
+        with contextlib.suppress(NetworkError, OSError, TimeoutError):
+            async with asyncio.timeout(0.5):  # clients speak first
+                first = await flow.read()
+        if not is_preface(first):
+            await self._send_error_raw(flow, 503)
+            return
+        with contextlib.suppress(NetworkError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await flow.write(goaway_refusal())
+            await self._linger(flow)
 
     async def _send_error_raw(self, flow: Flow, status: int) -> None:
         """A complete error response, then the connection is to be closed."""
