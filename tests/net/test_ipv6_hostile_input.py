@@ -4,9 +4,11 @@ take over what others rely on (issue #16)."""
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address, IPv6Address
 
 from looming.devices.net import EthernetHandler, MacAddress
+from looming.devices.stack import Datagram
 from looming.net.ethernet import EthernetLayer
 from looming.net.ipv6 import Ipv6Layer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
@@ -14,6 +16,7 @@ from looming.net.netif.memory import MemorySwitch
 from looming.net.reassembly import Reassembler
 from looming.net.stack import DirectStack
 from looming.net.wire import ipv6, ndp
+from looming.net.wire import udp as wire_udp
 from tests.net.test_memory import settle
 from tests.net.test_neighbours import fragment_frame, run
 
@@ -53,13 +56,15 @@ def test_a_first_fragment_storm_costs_constant_work_per_fragment() -> None:
     async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
         reassembler = _CountingReassembler()
         b6.reassembler = reassembler
+        b6._reassembly_bucket.burst = 10**6  # every fragment reaches reassembly
+        b6._reassembly_bucket._tokens = 10**6
         count = 2_000
         for i in range(count):
             source = IPv6Address(f"fe80::f:{i:x}")
             b.ethernet.input(fragment_frame(b, source, 0, True, bytes(64)))
         assert len(reassembler) == reassembler.max_datagrams
         assert reassembler.counters["evicted"] == count - reassembler.max_datagrams
-        assert reassembler.lookups <= 3 * count, reassembler.lookups
+        assert reassembler.lookups <= 4 * count, reassembler.lookups
         kept = b6._first_fragments
         assert len(kept) <= 2 * reassembler.max_datagrams + 1
         # The newest are still there for their Time Exceeded.
@@ -244,3 +249,36 @@ def test_new_resolutions_are_budgeted_as_arps_are() -> None:
     assert cache.counters["resolution_limited"] == 2_000 - started
     # A ping is asked for: never limited.
     assert cache.send(IPv6Address("fd00::6"), b"echo", S, explicit=True)[1] is not None
+
+
+def test_fragments_starting_new_reassemblies_beyond_the_rate_are_dropped_unparsed() -> None:
+    """A storm of first fragments, each of a new packet (60,000 stalled an
+    IPv6 connection 0.25-0.5 s even at constant work each), is policed
+    before parsing; pieces of packets being reassembled always get in."""
+
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        received: asyncio.Queue[Datagram] = asyncio.Queue()
+        await b.udp.bind(9, received.put_nowait)
+        bucket = b6._reassembly_bucket
+        bucket.rate = 0  # no refill while the test runs: exact counts
+        burst = bucket.burst
+        source = a6.link_local
+        # The first piece of a datagram that will complete, then the storm.
+        udp = wire_udp.emit(wire_udp.UdpHeader(4000, 9), bytes(40), source, b6.link_local)  # type: ignore[arg-type]
+        b.ethernet.input(fragment_frame(b, source, 0, True, udp[:24]))
+        for i in range(burst + 3_000):
+            b.ethernet.input(fragment_frame(b, IPv6Address(f"fe80::f:{i:x}"), 0, True, bytes(64)))
+        policed = b.counters()["ipv6.fragment_policed"]
+        assert policed == 3_000 + 1  # the burst, less the real datagram's piece
+        # The storm evicted the datagram's first piece (the oldest gives
+        # way): sent again with one token left, then the last piece with
+        # none, which joins a reassembly under way and is never policed.
+        bucket._tokens = 1.0
+        b.ethernet.input(fragment_frame(b, source, 0, True, udp[:24]))
+        assert bucket._tokens < 1.0
+        b.ethernet.input(fragment_frame(b, source, 24, False, udp[24:]))
+        datagram = await asyncio.wait_for(received.get(), 1)
+        assert datagram.data == bytes(40)
+        assert b.counters()["ipv6.fragment_policed"] == policed
+
+    run(body)

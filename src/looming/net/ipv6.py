@@ -252,6 +252,10 @@ class Ipv6Layer:
         # second after a burst, dropped before ICMPv6 is parsed, so that a
         # flood costs little more than a header check each.
         self._solicit_bucket = TokenBucket(1000, 100, self._error_refilled_ns)
+        # Fragments that would start a new reassembly, likewise: a storm of
+        # first pieces (each a new packet) costs a header check apiece
+        # beyond this rate, not a reassembly each (``fragment_policed``).
+        self._reassembly_bucket = TokenBucket(10_000, 1_000, self._error_refilled_ns)
         self._random = random
         # Static on-link prefixes as (network, mask) integers: tested per packet.
         self._static_on_link: set[tuple[int, int]] = set()
@@ -435,6 +439,13 @@ class Ipv6Layer:
         ):
             counters["solicit_policed"] += 1
             return
+        if (
+            len(packet) >= 48
+            and packet[6] == NextHeader.FRAGMENT
+            and self._new_reassembly_policed(packet)
+        ):
+            counters["fragment_policed"] += 1
+            return
         try:
             header, payload_view = wire.parse(packet)
         except Malformed:
@@ -468,6 +479,18 @@ class Ipv6Layer:
             checksum_verified = False  # the interface saw only the pieces
             pointer = 6
         self._deliver(header, protocol, upper, raw_header, pointer, checksum_verified)
+
+    def _new_reassembly_policed(self, packet: bytes) -> bool:
+        """Whether ``packet``, whose fragment header follows the fixed one,
+        would start a new reassembly beyond the budget (read from its
+        bytes, before parsing; atomic fragments start none)."""
+        placement = packet[42] << 8 | packet[43]
+        if placement & 0xFFF9 == 0 or packet[24:40] not in self._accepted_packed:
+            return False  # atomic (RFC 6946), or not for us: counted later
+        key = (packet[8:24], packet[24:40], packet[40], int.from_bytes(packet[44:48], "big"))
+        if key in self.reassembler:
+            return False
+        return not self._reassembly_bucket.take(self._now())
 
     def _deliver(
         self,
