@@ -462,3 +462,21 @@ def test_a_connection_without_streams_is_closed_when_idle(
     assert b"".join(f.data for f in frames if f.type == 0x0 and f.stream_id == 1) == b"ok"
     assert goaway(frames) == h2.errors.ErrorCodes.NO_ERROR
     assert counted("idle") == before + 1
+
+
+def test_a_write_blocked_by_a_client_that_never_reads_is_cut(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows wide open and nothing read: the write the socket holds back
+    is cut after the stall timeout, and counted."""
+    monkeypatch.setattr(http2, "STALL_TIMEOUT", 0.5)
+    before = counted("stalled")
+    sock, conn = raw_client(server.port, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    conn.increment_flow_control_window(2**31 - 1 - 65535)
+    conn.send_headers(1, headers("/endless"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    deadline = time.monotonic() + 20
+    while counted("stalled") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sock.close()
+    assert counted("stalled") == before + 1

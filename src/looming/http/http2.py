@@ -294,6 +294,9 @@ class H2Session:
         self.resets: list[float] = []
         self.stopping = False
         self.idle_since = 0.0
+        self._writing: tuple[asyncio.Task[Any] | None, float] | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stalled = False
         """Loop time when the last stream ended (or the connection began)."""
         self.started = 0
         """Streams started in this turn (see :data:`STREAMS_PER_TURN`)."""
@@ -319,14 +322,38 @@ class H2Session:
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
-            async with self.write_lock:
-                try:
-                    async with asyncio.timeout(STALL_TIMEOUT):
-                        await self.flow.write(data)
-                except TimeoutError:
-                    abuse["stalled"] += 1
+        if not data:
+            return
+        async with self.write_lock:
+            # One timer a connection, not one a write: it checks the write
+            # under way when it fires (see _check_stall).
+            loop = asyncio.get_running_loop()
+            self._writing = (asyncio.current_task(), loop.time())
+            if self._stall_timer is None:
+                self._stall_timer = loop.call_at(loop.time() + STALL_TIMEOUT, self._check_stall)
+            try:
+                await self.flow.write(data)
+            except asyncio.CancelledError:
+                if self._stalled:
                     raise ClientGone(f"the client read nothing for {STALL_TIMEOUT} s") from None
+                raise
+            finally:
+                self._writing = None
+
+    def _check_stall(self) -> None:
+        """Cut the write under way if it has waited :data:`STALL_TIMEOUT` seconds."""
+        self._stall_timer = None
+        writing = self._writing
+        if writing is None or self._stalled:
+            return
+        task, since = writing
+        loop = asyncio.get_running_loop()
+        if loop.time() - since >= STALL_TIMEOUT and task is not None:
+            self._stalled = True
+            abuse["stalled"] += 1
+            task.cancel()
+        else:
+            self._stall_timer = loop.call_at(since + STALL_TIMEOUT, self._check_stall)
 
     async def acknowledge(self, stream_id: int, size: int) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
@@ -432,6 +459,9 @@ class H2Session:
         return True
 
     async def _end(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         for stream in self.streams.values():
             stream.watch.went_away()
             stream.window_open.set()
