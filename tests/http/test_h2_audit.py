@@ -77,6 +77,24 @@ def test_polling_app_sees_the_connection_close(server: RunningServer) -> None:
     assert events.count("poll-disconnected") == before + 3
 
 
+def test_polling_app_sees_its_stream_reset(server: RunningServer) -> None:
+    before = events.count("poll-disconnected")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    headers = [(":method", "GET"), (":path", "/poll"), (":scheme", "http"), (":authority", "x")]
+    conn.send_headers(1, headers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(0.2)
+    conn.reset_stream(1)
+    sock.sendall(conn.data_to_send())  # the connection stays open
+    deadline = time.monotonic() + 5
+    while events.count("poll-disconnected") == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events.count("poll-disconnected") == before + 1
+    sock.close()
+
+
 class _Session:
     """What a _Stream needs of its session."""
 
