@@ -34,6 +34,10 @@ Refused: ``time.sleep`` of more than 0 s (it would stop every node: use
 clocks of ``clock_gettime`` and ``uuid.uuid1`` (host CPU time and the host's
 MAC address).
 
+Not intercepted: host work the simulator does on a run's behalf in the
+run's thread, inside :func:`suspended` (building the artifact of a node added
+mid-run, whose smoke import waits for a child process).
+
 Scope: the functions are replaced for as long as at least one run is going
 on, and they consult a per-thread record of the running world, so other
 threads (and everything after the run) get the real functions. Names bound
@@ -424,6 +428,24 @@ def intercepted(world: World) -> Iterator[None]:
         _active.worlds.pop()
         _active.scenario_random.pop()
         _uninstall()
+        random.setstate(state)
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """Host work done in a run's thread on the run's behalf (building a node's
+    artifact when a scenario adds the node mid-run: files, a child interpreter
+    and ``subprocess``'s wait for it, which polls with ``time.sleep``) gets the
+    real functions. It draws nothing from the run's streams (the global
+    generator is put back afterwards), so a run is the same whether the
+    artifact had to be built or was found."""
+    worlds, scenario_random = _active.worlds, _active.scenario_random
+    state = random.getstate()
+    _active.worlds, _active.scenario_random = [], []
+    try:
+        yield
+    finally:
+        _active.worlds, _active.scenario_random = worlds, scenario_random
         random.setstate(state)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from looming.errors import UsageError
 from looming.sim.artifact import Artifact, ensure_artifact
 from looming.sim.devices import EPOCH_NS, derive_seed
-from looming.sim.intercept import intercepted, real_perf_counter
+from looming.sim.intercept import intercepted, real_perf_counter, suspended
 from looming.sim.loop import SimDeadlock, VirtualEventLoop
 from looming.sim.network import Link, SimNetwork
 from looming.sim.node import CURRENT_NODE, NodeSpec, SimNode, key_arguments
@@ -149,7 +149,10 @@ def prepare_artifact(spec: NodeSpec, artifact: Artifact | None = None) -> Artifa
 
     assert spec.app is not None
     if artifact is None:
-        artifact = Artifact(ensure_artifact(spec.app, spec.unikernel))
+        # Building is host work (files, a child interpreter for the smoke
+        # import), also when a node is added mid-run: not the simulation's.
+        with suspended():
+            artifact = Artifact(ensure_artifact(spec.app, spec.unikernel))
     loaded = artifact.load(f"check_{spec.name}")
     try:
         parse_keys(loaded.keys, key_arguments(spec.keys))
