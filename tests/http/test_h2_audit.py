@@ -67,14 +67,20 @@ def h2_get(port: int, path: str) -> socket.socket:
 
 def test_polling_app_sees_the_connection_close(server: RunningServer) -> None:
     before = events.count("poll-disconnected")
+    gone = server.server.clients_gone
     sockets = [h2_get(server.port, "/poll") for _ in range(3)]
     time.sleep(0.3)
+    assert server.server.in_flight == 3
     for sock in sockets:
         sock.close()
     deadline = time.monotonic() + 5
     while events.count("poll-disconnected") < before + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert events.count("poll-disconnected") == before + 3
+    while server.server.clients_gone < gone + 3 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the application ends, then its handler
+    assert server.server.clients_gone == gone + 3
+    assert server.server.in_flight == 0
 
 
 def test_polling_app_sees_its_stream_reset(server: RunningServer) -> None:
@@ -176,6 +182,7 @@ def test_h2_responses_are_logged_and_counted(server: RunningServer, how: list[st
     logger.addHandler(lines)
     old_level = logger.level
     logger.setLevel(logging.INFO)
+    served = server.server.requests_served
     server.server.observer = observe
     try:
         url = f"http://127.0.0.1:{server.port}/hello"
@@ -200,6 +207,8 @@ def test_h2_responses_are_logged_and_counted(server: RunningServer, how: list[st
     assert len(hits) == 2, lines.lines
     assert metrics.by_status == {"2xx": 2}
     assert metrics.body_bytes == 10
+    assert server.server.requests_served - served == 2
+    assert server.server.in_flight == 0
 
 
 def _frames(sock: socket.socket) -> list[Frame]:

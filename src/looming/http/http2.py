@@ -34,7 +34,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import h2.config
 import h2.connection
@@ -166,6 +166,24 @@ class _HeaderBlockWatch:
         return False
 
 
+class Counts(Protocol):
+    """The server's counters an HTTP/2 session keeps up to date (an
+    :class:`~looming.http.server.HttpServer` has them)."""
+
+    in_flight: int
+    requests_served: int
+    clients_gone: int
+
+
+class _OwnCounts:
+    """Counts of a session served without a server's."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.requests_served = 0
+        self.clients_gone = 0
+
+
 class _Reset:
     """Queued behind a stream's body when the stream is reset or the
     connection ends: wakes the reader waiting for more."""
@@ -275,9 +293,12 @@ class H2Session:
         max_body_bytes: int = 16 * 1024 * 1024,
         websockets: ServeWebSocket | None = None,
         observer: Callable[[Request, int, int, float], None] | None = None,
+        counts: Counts | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.observer = observer
+        self.counts: Counts = counts if counts is not None else _OwnCounts()
+        """Handlers running, responses sent, clients gone (for the metrics)."""
         """Told of each response, as the server's HTTP/1.1 responses (access log, metrics)."""
         self.websockets = websockets
         self.flow = flow
@@ -636,6 +657,7 @@ class H2Session:
             sent = [0]
             try:
                 await self._send(stream, request, response, sent)
+                self.counts.requests_served += 1
             except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
                 log.debug("h2 stream %d ended: %s", stream.stream_id, error)
                 self._cancel(stream)
@@ -653,6 +675,7 @@ class H2Session:
 
     async def _response(self, stream: _Stream, request: Request) -> Response | None:
         """The handler's response (None: the stream was reset meanwhile)."""
+        self.counts.in_flight += 1
         try:
             if not getattr(self.handler, "streams_request_body", False):
                 request = await self._whole_body(request, stream)
@@ -660,11 +683,14 @@ class H2Session:
                     return Response(413, ((b"content-type", b"text/plain"),), b"413\n")
             return await self.handler(request)
         except ClientGone:
+            self.counts.clients_gone += 1
             self._cancel(stream)
             return None
         except Exception:
             log.exception("handler failed on %s %s", request.method, request.target)
             return Response(500, ((b"content-type", b"text/plain"),), b"500\n")
+        finally:
+            self.counts.in_flight -= 1
 
     def _cancel(self, stream: _Stream) -> None:
         """Reset a stream the server gives up on (if it is still open)."""

@@ -987,6 +987,7 @@ class HttpServer:
             max_body_bytes=self.config.max_body_bytes,
             websockets=self._websockets,
             observer=self.observer,
+            counts=self,
         )
         parser.h2 = session
         if self.stopping:
