@@ -80,3 +80,29 @@ def test_a_node_added_mid_run_is_built_outside_the_simulation(
 
     assert _run(driver) == []
     assert consoles == [["hello from looming (1/1)"]]
+
+
+def _spin(seconds: float) -> None:
+    end = intercept.real_monotonic() + seconds
+    while intercept.real_monotonic() < end:
+        pass
+
+
+def test_the_watchdog_does_not_count_host_work() -> None:
+    """Virtual time stands still while an artifact is built mid-run; that is
+    not a stall (a big build on a loaded machine may take the watchdog's limit)."""
+
+    async def building(world: World) -> None:
+        with intercept.suspended():
+            _spin(0.6)
+            time.sleep(0.1)
+        await world.sleep(1.0)
+
+    async def spinning(world: World) -> None:
+        _spin(0.6)
+
+    for driver, stopped in [(building, False), (spinning, True)]:
+        scenario = Scenario("watchdog", duration=10.0, watchdog_s=0.2)
+        scenario.driver = driver  # type: ignore[assignment]
+        failures = run(scenario, 1, artifacts={}).failures
+        assert any("watchdog" in f for f in failures) == stopped, failures

@@ -436,17 +436,32 @@ def suspended() -> Iterator[None]:
     """Host work done in a run's thread on the run's behalf (building a node's
     artifact when a scenario adds the node mid-run: files, a child interpreter
     and ``subprocess``'s wait for it, which polls with ``time.sleep``) gets the
-    real functions. It draws nothing from the run's streams (the global
+    real functions, and the run's watchdog does not count the wall time it
+    takes (virtual time stands still meanwhile). It draws nothing from the run's streams (the global
     generator is put back afterwards), so a run is the same whether the
     artifact had to be built or was found."""
     worlds, scenario_random = _active.worlds, _active.scenario_random
     state = random.getstate()
     _active.worlds, _active.scenario_random = [], []
+    thread = threading.get_ident()
+    _suspended_threads[thread] = _suspended_threads.get(thread, 0) + 1
     try:
         yield
     finally:
+        _suspended_threads[thread] -= 1
+        if not _suspended_threads[thread]:
+            del _suspended_threads[thread]
         _active.worlds, _active.scenario_random = worlds, scenario_random
         random.setstate(state)
+
+
+_suspended_threads: dict[int, int] = {}
+
+
+def host_work_in(thread: int) -> bool:
+    """Whether the thread ``thread`` is doing host work inside :func:`suspended`
+    (the watchdog does not count it: virtual time stands still meanwhile)."""
+    return thread in _suspended_threads
 
 
 def active() -> bool:

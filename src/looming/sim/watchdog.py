@@ -20,7 +20,7 @@ import sys
 import threading
 from types import FrameType
 
-from looming.sim.intercept import real_monotonic
+from looming.sim.intercept import host_work_in, real_monotonic
 from looming.sim.loop import Gate, VirtualEventLoop
 
 _GATE_CALL = Gate.__call__.__code__
@@ -84,7 +84,7 @@ class Watchdog:
     def poll(self) -> None:
         """Called by the monitor, holding the lock (so the run cannot end meanwhile)."""
         now = self.loop.time()
-        if now != self._seen:
+        if now != self._seen or host_work_in(self._target):
             self._seen, self._since = now, real_monotonic()
             return
         stalled = real_monotonic() - self._since
