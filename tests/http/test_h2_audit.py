@@ -283,3 +283,31 @@ def test_invalid_http2_settings_are_answered_without_upgrade(
 
 def test_valid_http2_settings_upgrade(server: RunningServer) -> None:
     assert _upgrade(server.port, b"AAMAAABkAAQAoAAAAAIAAAAA").startswith(b"HTTP/1.1 101 ")
+
+
+cancelled_at: list[float] = []
+
+
+async def stubborn(scope: dict[str, object], receive: object, send: object) -> None:
+    if scope["type"] == "http":
+        try:
+            await asyncio.sleep(30)  # does not listen for the disconnect
+        except asyncio.CancelledError:
+            cancelled_at.append(time.monotonic())
+            raise
+
+
+def test_a_stop_out_of_time_cancels_h2_handlers_without_a_grace() -> None:
+    with serve_in_thread(lambda: AsgiAdapter(stubborn)) as running:
+        sock = h2_get(running.port, "/")
+        deadline = time.monotonic() + 5
+        while running.server.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        stop = asyncio.run_coroutine_threadsafe(running.server.shutdown(0.2), running.loop)
+        stop.result(10)
+        while not cancelled_at and time.monotonic() < started + 5:
+            time.sleep(0.01)
+        sock.close()
+    assert cancelled_at
+    assert cancelled_at[-1] - started < 1.0

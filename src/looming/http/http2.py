@@ -486,7 +486,9 @@ class H2Session:
         for stream in self.streams.values():
             stream.watch.went_away()
             stream.window_open.set()
-        if self.tasks:
+        current = asyncio.current_task()
+        if self.tasks and not (current is not None and current.cancelling()):
+            # (no grace when the connection itself is cancelled: a stop that ran out of time)
             await asyncio.wait(self.tasks, timeout=GONE_GRACE)
         for task in list(self.tasks):
             task.cancel()
