@@ -5,6 +5,7 @@ a cancel scope loses no message and leaves no task behind."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import logging
 import socket
@@ -16,8 +17,12 @@ import anyio
 import h2.config
 import h2.connection
 import h2.errors
+import h2.exceptions
 import pytest
+from hyperframe.exceptions import InvalidFrameError
 from hyperframe.frame import Frame, GoAwayFrame
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
@@ -25,6 +30,7 @@ from starlette.routing import Route
 
 import looming.http.http2  # noqa: F401  (imported here first, see test_http2.py)
 from looming.http import AsgiAdapter, HttpServer, Request, Response, ServerConfig
+from looming.http.h2c import valid_upgrade_settings
 from looming.http.http2 import _Stream
 from looming.http.service import AccessLog, Metrics
 from looming.unix.clock import UnixClock
@@ -311,3 +317,34 @@ def test_a_stop_out_of_time_cancels_h2_handlers_without_a_grace() -> None:
         sock.close()
     assert cancelled_at
     assert cancelled_at[-1] - started < 1.0
+
+
+def _h2_accepts(value: bytes) -> bool:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    try:
+        conn.initiate_upgrade_connection(value)
+    except (h2.exceptions.ProtocolError, ValueError, InvalidFrameError):
+        return False
+    return True
+
+
+_IDS = st.sampled_from([0, 1, 2, 3, 4, 5, 6, 8, 9, 0xFF])
+_EDGES = st.sampled_from([0, 1, 2, 2**14 - 1, 2**14, 2**24 - 1, 2**24, 2**31 - 1, 2**31])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(_IDS, _EDGES | st.integers(0, 2**32 - 1), max_size=5),
+    st.binary(max_size=3),
+    st.booleans(),
+)
+def test_http2_settings_checked_as_the_h2_library_does(
+    values: dict[int, int], junk: bytes, padded: bool
+) -> None:
+    """Differential: base64url SETTINGS payloads (each setting once) are
+    valid for the server exactly when h2 accepts them in an upgrade."""
+    payload = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in values.items())
+    value = base64.urlsafe_b64encode(payload + junk)
+    if not padded:
+        value = value.rstrip(b"=")
+    assert valid_upgrade_settings(value) == _h2_accepts(value)
