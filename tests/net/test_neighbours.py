@@ -222,16 +222,40 @@ def test_tcp_between_two_stacks_over_link_local_ipv6() -> None:
 
 
 def packet_too_big(
-    a: DirectStack, b: DirectStack, mtu: int, source: IPv6Address, tcp: bytes = bytes(40)
+    a: DirectStack,
+    b: DirectStack,
+    mtu: int,
+    source: IPv6Address,
+    tcp: bytes = bytes(40),
+    protocol: int = 6,
 ) -> None:
     """A Packet Too Big from b's address to a, quoting a packet from
-    ``source`` whose TCP header starts with ``tcp``."""
+    ``source`` whose TCP (or ``protocol``'s) header starts with ``tcp``."""
     assert a.ipv6 is not None and b.ipv6 is not None
     a_ll, b_ll = a.ipv6.link_local, b.ipv6.link_local
-    quoted = ipv6.emit_header(ipv6.Ipv6Header(source, b_ll, 6), 1400) + tcp
+    quoted = ipv6.emit_header(ipv6.Ipv6Header(source, b_ll, protocol), 1400) + tcp
     message = icmpv6.emit(icmpv6.Icmpv6Header(2, 0, mtu), quoted, b_ll, a_ll)
     packet = ipv6.emit(ipv6.Ipv6Header(b_ll, a_ll, 58, 64), message)
     a.ethernet.input(bytes(a.ethernet.mac) + bytes(b.ethernet.mac) + b"\x86\xdd" + packet)
+
+
+def test_packet_too_big_quoting_udp_needs_a_port_bound_here() -> None:
+    """RFC 5927 4.1 for UDP: a Packet Too Big quoting a datagram must name a
+    port we send from, or a blind forger could lower any path to 1280."""
+
+    async def body(a: DirectStack, b: DirectStack, a6: Ipv6Layer, b6: Ipv6Layer) -> None:
+        binding = await a.udp.bind(5353, lambda datagram: None)
+        unbound = (4000).to_bytes(2, "big") + (53).to_bytes(2, "big") + bytes(4)
+        packet_too_big(a, b, 1300, a6.link_local, unbound, protocol=17)
+        assert a6.mtu(b6.link_local) == 1460
+        assert a.counters()["udp.icmp_no_binding"] == 1
+        bound = (5353).to_bytes(2, "big") + (53).to_bytes(2, "big") + bytes(4)
+        packet_too_big(a, b, 1300, a6.link_local, bound, protocol=17)
+        assert a6.mtu(b6.link_local) == 1260
+        assert len(binding.errors) == 1 and binding.errors[0].next_hop_mtu == 1300
+        assert "ipv6.pmtu_unchecked" not in a.counters()
+
+    run(body)
 
 
 def test_packet_too_big_lowers_the_path_mtu_and_the_tcp_mss() -> None:

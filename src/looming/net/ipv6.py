@@ -686,9 +686,10 @@ class Ipv6Layer:
         One quoting TCP goes to TCP's check first, as IPv4's "fragmentation
         needed" does (RFC 5927: a connection's ports and a sequence number
         in flight), which lowers the path MTU (:meth:`lower_path_mtu`) only
-        if it passes; so a blind forger must guess both. Others lower it at
-        once (counted ``pmtu_unchecked``: UDP and ICMPv6 carry nothing to
-        check)."""
+        if it passes; so a blind forger must guess both. One quoting UDP
+        lowers it only if it quotes a port bound here. One quoting ICMPv6
+        lowers it at once (counted ``pmtu_unchecked``: nothing to check, as
+        in Linux; never below 1280)."""
         found = self._quoted(quoted, "packet_too_big_not_ours")
         if found is None:
             return
@@ -697,7 +698,7 @@ class Ipv6Layer:
             self.counters["packet_too_big_not_ours"] += 1
             return
         handler = self._error_handlers.get(original.next_header)
-        if original.next_header == NextHeader.TCP and handler is not None:
+        if original.next_header in (NextHeader.TCP, NextHeader.UDP) and handler is not None:
             self.counters["rx_error_delivered"] += 1
             error = Icmpv6Error(
                 packet.source, header.type, header.code, original, payload, mtu=header.mtu

@@ -158,6 +158,10 @@ class UdpLayer:
             self.counters["icmp_no_binding"] += 1
             return
         self.counters["icmp_delivered"] += 1
+        remote = error.original.destination
+        if error.fragmentation_needed and isinstance(remote, IPv6Address) and self._ipv6:
+            # A Packet Too Big quoting a port we send from (RFC 8201 5.2).
+            self._ipv6.lower_path_mtu(remote, error.next_hop_mtu)
         binding.errors.append(error)
         if binding.on_error is not None:
             try:
