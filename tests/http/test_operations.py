@@ -232,6 +232,7 @@ def test_connection_limit_answers_503() -> None:
         while server.connections_open < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         extra = socket.create_connection(("127.0.0.1", running_server.port), timeout=5)
+        extra.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # (the refusal reads first)
         assert extra.recv(4096).startswith(b"HTTP/1.1 503 ")
         assert server.connections_refused == 1
         held[0].sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
