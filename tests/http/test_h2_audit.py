@@ -348,3 +348,36 @@ def test_http2_settings_checked_as_the_h2_library_does(
     if not padded:
         value = value.rstrip(b"=")
     assert valid_upgrade_settings(value) == _h2_accepts(value)
+
+
+def test_a_session_given_settings_of_a_bad_length_ends_quietly() -> None:
+    """H2Session used directly (no server check before it): settings whose
+    length is not a multiple of 6 are counted, not raised."""
+    from looming.http.http2 import H2Session, abuse
+
+    class _Flow:
+        written = b""
+
+        async def write(self, data: bytes) -> None:
+            self.written += data
+
+        async def read(self) -> bytes:
+            return b""
+
+    async def handler(request: Request) -> Response:
+        return Response(200, (), b"")
+
+    async def main() -> None:
+        session = H2Session(
+            _Flow(),  # type: ignore[arg-type]
+            handler,
+            server_name=b"t",
+            date_line=lambda: b"",
+            clock=time.monotonic,
+        )
+        request = Request("GET", "/", [], b"", "2", None, None)
+        await session.run(b"", (base64.urlsafe_b64encode(b"\0\0\0"), request))
+
+    before = abuse["protocol_error"]
+    asyncio.run(main())
+    assert abuse["protocol_error"] == before + 1

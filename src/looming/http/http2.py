@@ -42,6 +42,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.exceptions import InvalidFrameError
 from hyperframe.frame import GoAwayFrame
 
 from looming.devices.flow import Flow
@@ -409,7 +410,7 @@ class H2Session:
             settings, request = upgraded
             try:
                 self.conn.initiate_upgrade_connection(settings)
-            except (h2.exceptions.ProtocolError, ValueError) as error:
+            except (h2.exceptions.ProtocolError, ValueError, InvalidFrameError) as error:
                 log.debug("bad HTTP2-Settings in an h2c upgrade: %s", error)
                 abuse["protocol_error"] += 1
                 return
