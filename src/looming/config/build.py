@@ -522,6 +522,8 @@ def write_zipapp(
     closure = module_closure(main_py, app_dir, starts)
     if natives:
         closure = _with_requirements(closure, main_py, app_dir, starts)
+    else:
+        _allow_requirements(closure, app_dir)
     entries: dict[str, bytes] = {}
     for src in closure.modules.values():
         entries[_archive_name(src)] = src.source()
@@ -566,6 +568,21 @@ def _with_requirements(
         tried |= new
         starts = (*starts, *sorted(new))
         closure = module_closure(main_py, app_dir, starts)
+
+
+def _allow_requirements(closure: Closure, app_dir: Path) -> None:
+    """Without ``natives`` the host provides the compiled packages; what they
+    require is then the host's too (cryptography's core imports cffi's
+    ``_cffi_backend`` unseen), so the smoke import may find it there."""
+    locator = ModuleLocator(app_dir)
+    allowed = closure.search_paths
+    while new := required_modules(set(allowed)) - set(allowed):
+        for top in sorted(new):
+            allowed[top] = locator.search_path(top) or ""
+        for top in [t for t, path in allowed.items() if not path]:
+            del allowed[top]
+        if not new & set(allowed):
+            return
 
 
 def _extracted_pack(
