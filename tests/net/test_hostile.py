@@ -4,13 +4,14 @@ measuring from its side (see tests/net/kernel.py and tests/net/hostile.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import subprocess
 import sys
 import time
 from asyncio.subprocess import Process
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from ipaddress import IPv4Interface
 
 import dpkt
@@ -42,14 +43,44 @@ async def echo(flow: TcpFlow) -> None:
         await flow.write(data)
 
 
+# Garbage collections during the current test: (start, end), time.monotonic.
+COLLECTIONS: list[tuple[float, float]] = []
+
+
+@pytest.fixture(autouse=True)
+def own_heap() -> Iterator[None]:
+    """Measure the stack with a heap of its own size: what earlier tests left
+    in this process is frozen (a unikernel's collector never walks a test
+    run's heap), and each collection still made is recorded (Timeline)."""
+    started: list[float] = []
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.monotonic()]
+        elif started:
+            COLLECTIONS.append((started[0], time.monotonic()))
+
+    COLLECTIONS.clear()
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(collected)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(collected)
+        gc.unfreeze()
+
+
 class Timeline:
     """When looming read each frame and echoed each message (time.monotonic,
     the probe's clock too), to tell where the worst round's time went."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Record every frame an EthernetLayer made from now on receives."""
+        """Record every frame an EthernetLayer made from now on receives, and
+        every garbage collection's pause."""
         self.frames: list[float] = []
         self.echoes: list[tuple[float, float]] = []
+        self.collections = COLLECTIONS
         receive = EthernetLayer.input
         now = time.monotonic
         frames = self.frames
@@ -74,10 +105,14 @@ class Timeline:
         gaps = [b - a for a, b in zip([start, *reads], [*reads, end], strict=True)]
         echoed = [(r, w) for r, w in self.echoes if start <= r <= end]
         ms = [f"+{(r - start) * 1e3:.1f}/+{(w - start) * 1e3:.1f}" for r, w in echoed]
+        paused = sum(
+            min(b, end) - max(a, start) for a, b in self.collections if b > start and a < end
+        )
         return (
             f"worst round {report['worst_ms']:.1f} ms (quiet {report['quiet_worst_ms']:.1f}): "
             f"looming read the message / echoed it at {ms or 'never'} ms; it read "
-            f"{len(reads)} frames meanwhile, at most {max(gaps) * 1e3:.1f} ms apart"
+            f"{len(reads)} frames meanwhile, at most {max(gaps) * 1e3:.1f} ms apart; "
+            f"garbage collection held it {paused * 1e3:.1f} ms"
         )
 
 
