@@ -56,7 +56,8 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface
 from pathlib import Path
@@ -233,24 +234,35 @@ def result_of(process: subprocess.Popen[str], timeout: float = 300) -> dict[str,
     return parsed
 
 
-def kernel_to_kernel(sizes: Sizes) -> Column:
+@contextmanager
+def veth_pair(subnet: str = "10.78.0") -> Iterator[tuple[str, str]]:
+    """Two namespaces joined by veth, ``subnet``.1 and ``subnet``.2 (/24):
+    (server namespace, client namespace), deleted afterwards."""
     suffix = unique_suffix()
     server_ns, client_ns = f"lmbs{suffix}", f"lmbc{suffix}"
     veth_server, veth_client = f"lmvs{suffix}", f"lmvc{suffix}"
-    column = Column("kernel<->kernel (veth)")
+    sh("ip", "netns", "add", server_ns)
+    sh("ip", "netns", "add", client_ns)
     try:
-        sh("ip", "netns", "add", server_ns)
-        sh("ip", "netns", "add", client_ns)
         sh("ip", "link", "add", veth_server, "type", "veth", "peer", "name", veth_client)
         sh("ip", "link", "set", veth_server, "netns", server_ns)
         sh("ip", "link", "set", veth_client, "netns", client_ns)
         for namespace, device, address in (
-            (server_ns, veth_server, "10.78.0.1/24"),
-            (client_ns, veth_client, "10.78.0.2/24"),
+            (server_ns, veth_server, f"{subnet}.1/24"),
+            (client_ns, veth_client, f"{subnet}.2/24"),
         ):
             sh(*netns(namespace, "ip", "addr", "add", address, "dev", device))
             sh(*netns(namespace, "ip", "link", "set", device, "up"))
             sh(*netns(namespace, "ip", "link", "set", "lo", "up"))
+        yield server_ns, client_ns
+    finally:
+        sh("ip", "netns", "del", server_ns, check=False)
+        sh("ip", "netns", "del", client_ns, check=False)
+
+
+def kernel_to_kernel(sizes: Sizes) -> Column:
+    column = Column("kernel<->kernel (veth)")
+    with veth_pair("10.78.0") as (server_ns, client_ns):
         server = "10.78.0.1"
 
         progress("kernel flood ping over veth")
@@ -283,9 +295,6 @@ def kernel_to_kernel(sizes: Sizes) -> Column:
         )["seconds"]
         acceptor.wait(timeout=30)
         column.values["connections_per_s"] = sizes.connections / seconds
-    finally:
-        sh("ip", "netns", "del", server_ns, check=False)
-        sh("ip", "netns", "del", client_ns, check=False)
     return column
 
 

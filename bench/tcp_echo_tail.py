@@ -42,40 +42,13 @@ from tcp import (  # noqa: E402
     PEER_ADDRESS,
     kernel_peer_namespace,
     kernel_program,
-    netns,
     open_stack,
     percentile,
     result_of,
-    sh,
     start_kernel,
-    unique_suffix,
+    veth_pair,
     wait_ready,
 )
-
-
-@contextmanager
-def veth_pair() -> Iterator[tuple[str, str]]:
-    """Two namespaces joined by veth: (server namespace, client namespace)."""
-    suffix = unique_suffix()
-    server_ns, client_ns = f"lmes{suffix}", f"lmec{suffix}"
-    veth_server, veth_client = f"lmves{suffix}", f"lmvec{suffix}"
-    sh("ip", "netns", "add", server_ns)
-    sh("ip", "netns", "add", client_ns)
-    try:
-        sh("ip", "link", "add", veth_server, "type", "veth", "peer", "name", veth_client)
-        sh("ip", "link", "set", veth_server, "netns", server_ns)
-        sh("ip", "link", "set", veth_client, "netns", client_ns)
-        for namespace, device, address in (
-            (server_ns, veth_server, "10.79.0.1/24"),
-            (client_ns, veth_client, "10.79.0.2/24"),
-        ):
-            sh(*netns(namespace, "ip", "addr", "add", address, "dev", device))
-            sh(*netns(namespace, "ip", "link", "set", device, "up"))
-            sh(*netns(namespace, "ip", "link", "set", "lo", "up"))
-        yield server_ns, client_ns
-    finally:
-        sh("ip", "netns", "del", server_ns, check=False)
-        sh("ip", "netns", "del", client_ns, check=False)
 
 
 def linux_round(namespaces: tuple[str, str], echoes: int, port: int) -> list[float]:
@@ -203,7 +176,7 @@ def main() -> int:
         f"looming {looming.__version__}, Linux {os.uname().release}, Python {sys.version.split()[0]}"
     )
     print(f"{args.rounds} rounds x {args.echoes} echoes per side, ABAB; {os.cpu_count()} CPUs")
-    with veth_pair() as namespaces:
+    with veth_pair("10.79.0") as namespaces:
         for label, hogs in (("quiet", 0), (f"{args.hogs} CPU hog(s)", args.hogs)):
             linux: list[float] = []
             ours: list[float] = []
