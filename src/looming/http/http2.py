@@ -12,7 +12,8 @@ stops reading holds the handler in ``send()``.
 Against abuse (each refusal counted in :data:`abuse`): at most
 :data:`MAX_CONCURRENT_STREAMS` streams at once, and as many handlers still
 running (a reset stream's handler counts until it ends), a stream over either
-refused with REFUSED_STREAM; a client that resets or gets refused more than
+refused with RST_STREAM (REFUSED_STREAM) while the connection and its other
+streams go on (RFC 9113 section 5.1.2); a client that resets or gets refused more than
 :data:`MAX_RESETS` streams, or sends more than :data:`MAX_CONTROL_FRAMES`
 frames that do no work (SETTINGS, PING, PRIORITY, unknown types, empty DATA),
 in one :data:`ABUSE_WINDOW` gets GOAWAY (ENHANCE_YOUR_CALM) and the
@@ -59,6 +60,9 @@ log = logging.getLogger("looming.http.h2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 100
+"""Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+one more is refused with RST_STREAM (REFUSED_STREAM), the connection and
+its other streams go on (RFC 9113 section 5.1.2)."""
 MAX_RESETS = 200
 MAX_CONTROL_FRAMES = 1000
 ABUSE_WINDOW = 10.0
@@ -76,6 +80,16 @@ IDLE_TIMEOUT = 60.0
 (PINGs and SETTINGS do not keep it: they are not streams)."""
 TURN_BYTES = 4096
 STREAMS_PER_TURN = 8
+
+
+def _h2_stream_limit() -> int:
+    """The stream limit h2 itself enforces (it would end the connection over
+    it): above the advertised one by the most streams one turn's bytes can
+    open (a HEADERS frame is at least 9 bytes), so that the session, which
+    sees them as events after h2 parsed the turn, refuses them one by one."""
+    return MAX_CONCURRENT_STREAMS + TURN_BYTES // 9 + 2
+
+
 abuse: Counter[str] = Counter()
 """Refusals in this process by reason: ``rapid_reset``, ``control_flood``,
 ``refused_stream``, ``header_block``, ``protocol_error``, ``stalled``, ``idle``."""
@@ -204,6 +218,11 @@ class _Stream:
         self.watch.on_gone(lambda: self.chunks.put_nowait(_RESET))
         self.window_open = asyncio.Event()
         self.ended = False
+        """The handler has read the end of the body."""
+        self.client_done = False
+        """The client ended its side of the stream (END_STREAM)."""
+        self.response_done = False
+        """The server ended its side of the stream (END_STREAM)."""
         self.unread = 0
         """Bytes queued and not yet read (so not yet acknowledged)."""
 
@@ -249,7 +268,7 @@ class _WebSocketStream:
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], *, end: bool) -> None:
         fields = [(b":status", str(status).encode()), *headers]
         self.session.conn.send_headers(self.stream.stream_id, fields, end_stream=end)
-        self.ended = end
+        self.ended = self.stream.response_done = end
         await self.session.flush()
 
     async def read(self) -> bytes:
@@ -271,7 +290,7 @@ class _WebSocketStream:
 
     async def shutdown(self) -> None:
         if not self.ended and not self.stream.watch.gone:
-            self.ended = True
+            self.ended = self.stream.response_done = True
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.session.conn.end_stream(self.stream.stream_id)
                 await self.session.flush()
@@ -384,13 +403,23 @@ class H2Session:
 
     def _forget(self, stream: _Stream) -> None:
         """The stream's handler is done with it: what it left unread is
-        acknowledged, so it does not keep the connection's window closed."""
+        acknowledged, so it does not keep the connection's window closed, and
+        a stream still open is reset, so it no longer counts against the
+        client's concurrent streams: with NO_ERROR when the response is
+        complete and only the client's side is open (it need not send the rest
+        of its body, RFC 9113 section 8.1), else with INTERNAL_ERROR."""
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
         unread, stream.unread = stream.unread, 0
-        if unread:
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            if unread:
                 self.conn.acknowledge_received_data(unread, stream.stream_id)
+            if not stream.watch.gone and not (stream.response_done and stream.client_done):
+                stream.watch.went_away()
+                code = h2.errors.ErrorCodes.INTERNAL_ERROR
+                if stream.response_done:
+                    code = h2.errors.ErrorCodes.NO_ERROR
+                self.conn.reset_stream(stream.stream_id, code)
 
     async def run(self, first: bytes, upgraded: tuple[bytes, Request] | None = None) -> None:
         """Serve until the client closes, misbehaves, or the connection fails.
@@ -398,14 +427,13 @@ class H2Session:
         ``upgraded`` is the HTTP2-Settings header and the request of an
         ``Upgrade: h2c`` exchange (after the 101): that request is stream 1.
         """
-        self.conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: int(self.websockets is not None),
-            },
-        )
+        codes = h2.settings.SettingCodes
+        advertised = {
+            codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            codes.ENABLE_CONNECT_PROTOCOL: int(self.websockets is not None),
+        }
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         if upgraded is not None:
             settings, request = upgraded
             try:
@@ -417,6 +445,11 @@ class H2Session:
             self._dispatch(1, request, ended=True)
         else:
             self.conn.initiate_connection()
+        # The SETTINGS are out: h2 now checks streams against a higher limit
+        # than the one advertised (see _h2_stream_limit), so that a stream over
+        # the advertised one is the session's to refuse, not a connection error.
+        enforced = {**advertised, codes.MAX_CONCURRENT_STREAMS: _h2_stream_limit()}
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=enforced)
         try:
             await self.flush()
             # After an upgrade the client's preface may not have come yet.
@@ -517,6 +550,7 @@ class H2Session:
         if isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
+                stream.client_done = True
                 stream.chunks.put_nowait(None)
         elif isinstance(event, h2.events.StreamReset):
             if self._reset(event.stream_id):
@@ -556,8 +590,8 @@ class H2Session:
         Whether the peer resets too often (a rapid-reset attack)."""
         stream = self.streams.get(stream_id)
         if stream is not None:
-            self._forget(stream)
             stream.watch.went_away()
+            self._forget(stream)
             stream.window_open.set()
         return self._abusive(self.resets, MAX_RESETS)
 
@@ -627,6 +661,7 @@ class H2Session:
         stream = _Stream(self, stream_id)
         self.streams[stream_id] = stream
         if ended:
+            stream.client_done = True
             stream.chunks.put_nowait(None)
         request.http_version = "2"
         request.body_stream = stream
@@ -740,6 +775,7 @@ class H2Session:
         head_only = request.method == "HEAD"
         empty = head_only or (whole and not body)
         self.conn.send_headers(stream.stream_id, headers, end_stream=empty)
+        stream.response_done = empty
         await self.flush()
         if empty:
             return
@@ -752,6 +788,7 @@ class H2Session:
                     await self.send_data(stream, piece)
                     sent[0] += len(piece)
         self.conn.end_stream(stream.stream_id)
+        stream.response_done = True
         await self.flush()
 
     async def send_data(self, stream: _Stream, data: bytes) -> None:

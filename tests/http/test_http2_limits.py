@@ -1,0 +1,197 @@
+"""HTTP/2 stream limits (RFC 9113 section 5.1.2): a stream over
+SETTINGS_MAX_CONCURRENT_STREAMS is refused with RST_STREAM (REFUSED_STREAM)
+and the connection and its other streams go on; refusals still count towards
+the rapid-reset budget (CVE-2023-44487), and a flood of them gets GOAWAY
+(ENHANCE_YOUR_CALM). The h2 library is the raw client, h2load the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+
+import looming.http.http2 as http2
+from looming.http import AsgiAdapter
+
+from .serving import RunningServer, serve_in_thread
+
+REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+LIMIT = 6
+"""The servers here advertise this many streams at once (the module's
+limit, patched while they run: it is read as each connection starts)."""
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.3)  # long enough to hold its stream while others arrive
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
+    monkeypatch.setattr(http2, "MAX_CONCURRENT_STREAMS", LIMIT)
+    with serve_in_thread(lambda: AsgiAdapter(app)) as running:
+        yield running
+
+
+def raw_client(port: int) -> tuple[socket.socket, h2.connection.H2Connection]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    return sock, conn
+
+
+def request(conn: h2.connection.H2Connection, stream_id: int, path: str) -> None:
+    fields = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
+    conn.send_headers(stream_id, fields, end_stream=True)
+
+
+def outcomes(
+    sock: socket.socket, conn: h2.connection.H2Connection, streams: set[int]
+) -> tuple[dict[int, bytes], dict[int, int], list[int]]:
+    """Read until each of ``streams`` ended or was reset: the bodies of those
+    that ended, the error codes of those reset, GOAWAY codes seen."""
+    bodies: dict[int, bytes] = {}
+    resets: dict[int, int] = {}
+    goaways: list[int] = []
+    ended: set[int] = set()
+    while not streams <= ended | set(resets) and not goaways:
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                resets[event.stream_id] = event.error_code
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                goaways.append(event.error_code)
+        sock.sendall(conn.data_to_send())
+    return {s: bodies.get(s, b"") for s in ended}, resets, goaways
+
+
+def test_streams_over_the_limit_are_refused_and_the_connection_goes_on(
+    server: RunningServer,
+) -> None:
+    before = http2.abuse["refused_stream"]
+    sock, conn = raw_client(server.port)
+    # Sent before the server's SETTINGS are read, as h2load and browsers do:
+    # the client does not know the limit yet.
+    ids = [1 + 2 * i for i in range(LIMIT + 4)]
+    for stream_id in ids:
+        request(conn, stream_id, "/slow")
+    sock.sendall(conn.data_to_send())
+    bodies, resets, goaways = outcomes(sock, conn, set(ids))
+    assert goaways == []
+    assert resets == {stream_id: REFUSED for stream_id in ids[LIMIT:]}
+    assert bodies == {stream_id: b"/slow" for stream_id in ids[:LIMIT]}
+    assert http2.abuse["refused_stream"] == before + 4
+    # The same connection serves the next streams (now within the limit).
+    later = [ids[-1] + 2 * i for i in range(1, LIMIT + 1)]
+    for stream_id in later:
+        request(conn, stream_id, "/again")
+    sock.sendall(conn.data_to_send())
+    bodies, resets, goaways = outcomes(sock, conn, set(later))
+    assert (goaways, resets) == ([], {})
+    assert bodies == {stream_id: b"/again" for stream_id in later}
+    sock.close()
+
+
+def test_refusals_count_towards_the_rapid_reset_budget(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http2, "MAX_RESETS", 20)
+    before = http2.abuse["rapid_reset"]
+    sock, conn = raw_client(server.port)
+    ids = [1 + 2 * i for i in range(LIMIT + 30)]
+    for stream_id in ids:
+        request(conn, stream_id, "/slow")
+    sock.sendall(conn.data_to_send())
+    _bodies, resets, goaways = outcomes(sock, conn, set(ids))
+    assert goaways == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+    assert set(resets.values()) == {REFUSED} and len(resets) == 21  # the 21st: GOAWAY
+    assert http2.abuse["rapid_reset"] == before + 1
+    sock.close()
+
+
+def test_a_stream_over_the_limit_while_the_handlers_run_is_refused(
+    server: RunningServer,
+) -> None:
+    """The client knows the limit (it read the SETTINGS) and still opens one
+    more: h2 would have ended the connection (TooManyStreamsError)."""
+    sock, conn = raw_client(server.port)
+    sock.sendall(conn.data_to_send())
+    while conn.remote_settings.max_concurrent_streams != LIMIT:
+        conn.receive_data(sock.recv(65536))
+    sock.sendall(conn.data_to_send())
+    for i in range(LIMIT):
+        request(conn, 1 + 2 * i, "/slow")
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        request(conn, 1 + 2 * LIMIT, "/slow")  # the client library will not
+    conn.remote_settings = h2.settings.Settings(client=False)  # forget the limit
+    request(conn, 1 + 2 * LIMIT, "/slow")
+    sock.sendall(conn.data_to_send())
+    ids = set(range(1, 2 * LIMIT + 2, 2))
+    bodies, resets, goaways = outcomes(sock, conn, ids)
+    assert (goaways, resets) == ([], {1 + 2 * LIMIT: REFUSED})
+    assert len(bodies) == LIMIT
+    sock.close()
+
+
+def test_h2load_with_more_streams_than_the_limit(server: RunningServer) -> None:
+    """h2load assumes 100 streams until the server's SETTINGS arrive, so
+    its first ``-m`` requests go out at once: those over the limit are
+    refused, the connection carries on with the rest."""
+    before = http2.abuse["refused_stream"]
+    done = subprocess.run(
+        ["h2load", "-n", "300", "-c", "2", "-m", "30", f"{server.url}/h2load"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", done.stdout)
+    assert found, done.stdout
+    succeeded, failed, errored, timeout = map(int, found.groups())
+    refused = http2.abuse["refused_stream"] - before
+    assert timeout == 0 and errored == failed
+    assert 0 < failed == refused <= 2 * (30 - LIMIT), done.stdout
+    assert succeeded + failed == 300, done.stdout
+
+
+def test_a_response_sent_before_the_body_ends_frees_the_stream(server: RunningServer) -> None:
+    """The app answers without reading the body and the client never ends
+    it: the stream is reset (NO_ERROR, RFC 9113 section 8.1) once the
+    response is complete, so such streams do not pile up against the limit."""
+    sock, conn = raw_client(server.port)
+    fields = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+    for i in range(3 * LIMIT):
+        stream_id = 1 + 2 * i
+        conn.send_headers(stream_id, fields)
+        conn.send_data(stream_id, b"part of a body")
+        sock.sendall(conn.data_to_send())
+        seen: list[type] = []
+        while h2.events.StreamReset not in seen:
+            events = conn.receive_data(sock.recv(65536))
+            seen += [type(e) for e in events if not isinstance(e, h2.events.WindowUpdated)]
+            reset = [e for e in events if isinstance(e, h2.events.StreamReset)]
+            assert all(e.error_code == h2.errors.ErrorCodes.NO_ERROR for e in reset)
+            sock.sendall(conn.data_to_send())
+        assert seen[-3:] == [h2.events.DataReceived, h2.events.StreamEnded, h2.events.StreamReset]
+    sock.close()
