@@ -1,17 +1,34 @@
 """HTTP/2 pieces the HTTP/1.1 server needs before a connection becomes an
 HTTP/2 one, without the ``h2`` library: checking an ``Upgrade: h2c``
 request's HTTP2-Settings (RFC 7540 section 3.2.1) and refusing an
-HTTP/2 client over the connection limit with a GOAWAY."""
+HTTP/2 client over the connection limit with a GOAWAY; and the count of
+HTTP/2 refusals (:data:`abuse`), kept here so that the metrics can show it
+without loading ``h2``."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
+import sys
+from collections import Counter
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REFUSED_STREAM = 0x7
 """The GOAWAY error code of a refusal: nothing was processed, retry later."""
+
+abuse: Counter[str] = Counter()
+"""HTTP/2 refusals in this process by reason (``looming.http.http2.abuse``)."""
+ABUSE_REASONS = (
+    "rapid_reset",
+    "control_flood",
+    "refused_stream",
+    "header_block",
+    "protocol_error",
+    "stalled",
+    "idle",
+)
+"""What :data:`abuse` counts: shown in the metrics even while zero."""
 
 _TOKEN68 = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
 _SETTING_RANGES = {
@@ -56,3 +73,24 @@ def goaway_refusal(reason: bytes = b"connection limit") -> bytes:
     payload = (0).to_bytes(4, "big") + REFUSED_STREAM.to_bytes(4, "big") + reason
     goaway = len(payload).to_bytes(3, "big") + b"\x07\x00" + (0).to_bytes(4, "big") + payload
     return settings + goaway
+
+
+def abuse_metrics() -> list[str]:
+    """The HTTP/2 refusals by reason and, once websockets are served, the
+    websockets closed for abuse by reason, as Prometheus text lines."""
+    lines = [
+        "# HELP looming_http2_abuse_total HTTP/2 streams and connections refused, by reason.",
+        "# TYPE looming_http2_abuse_total counter",
+    ]
+    for reason in sorted({*ABUSE_REASONS, *abuse}):
+        lines.append(f'looming_http2_abuse_total{{reason="{reason}"}} {abuse[reason]}')
+    websocket = sys.modules.get("looming.http.websocket")  # loaded only where it serves
+    if websocket is not None:
+        closed: Counter[str] = websocket.abuse
+        lines += [
+            "# HELP looming_websocket_abuse_total Websockets closed for abuse, by reason.",
+            "# TYPE looming_websocket_abuse_total counter",
+        ]
+        for reason in sorted(closed):
+            lines.append(f'looming_websocket_abuse_total{{reason="{reason}"}} {closed[reason]}')
+    return lines

@@ -48,6 +48,7 @@ from hyperframe.frame import GoAwayFrame
 
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
+from looming.http import h2c
 from looming.http.message import (
     ClientGone,
     Handler,
@@ -90,9 +91,10 @@ def _h2_stream_limit() -> int:
     return MAX_CONCURRENT_STREAMS + TURN_BYTES // 9 + 2
 
 
-abuse: Counter[str] = Counter()
+abuse: Counter[str] = h2c.abuse
 """Refusals in this process by reason: ``rapid_reset``, ``control_flood``,
-``refused_stream``, ``header_block``, ``protocol_error``, ``stalled``, ``idle``."""
+``refused_stream``, ``header_block``, ``protocol_error``, ``stalled``, ``idle``
+(kept in :mod:`looming.http.h2c`, shown by the metrics)."""
 _IDLE_EVENTS = (
     h2.events.RemoteSettingsChanged,
     h2.events.PingReceived,

@@ -28,6 +28,7 @@ from looming.addresses import stack_url
 from looming.devices import Clock, Console, Stack
 from looming.errors import UsageError
 from looming.http.asgi import AsgiAdapter, AsgiApp
+from looming.http.h2c import abuse_metrics
 from looming.http.message import Request, Response
 from looming.http.parser import chosen_parser
 from looming.http.server import HttpServer, ServerConfig
@@ -200,6 +201,7 @@ class Metrics:
             )
         for name, (kind, value) in gauges.items():
             lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += abuse_metrics()
         return ("\n".join(lines) + "\n").encode()
 
 
