@@ -237,10 +237,19 @@ class TcpConnection(TcpSender):
         self._become_closed()
 
     def input(
-        self, header: TcpHeader, payload: bytes | memoryview, now: int, *, ce: bool = False
+        self,
+        header: TcpHeader,
+        payload: bytes | memoryview,
+        now: int,
+        *,
+        ce: bool = False,
+        merged: tuple[int, int] | None = None,
     ) -> None:
         """Process one received segment addressed to this connection; ``ce``
-        says its IP header was marked Congestion Experienced."""
+        says its IP header was marked Congestion Experienced. ``merged``:
+        the payload is that of (count, size) in-order segments of one burst,
+        each of ``size`` bytes but the last (see :meth:`takes_merged`), and
+        is taken as they would be one by one, with one ACK decision."""
         if header.flags & RST:
             self.stats.resets_received += 1
         if self.state == State.CLOSED:
@@ -250,7 +259,23 @@ class TcpConnection(TcpSender):
         if self.state == State.SYN_SENT:
             self._input_syn_sent(header, now)
             return
-        self._input_synchronizing(header, payload, now)
+        self._input_synchronizing(header, payload, now, merged)
+
+    def takes_merged(self, seq: int, length: int) -> bool:
+        """Whether in-order segments from wire sequence number ``seq`` on,
+        ``length`` bytes in all, may be handed to :meth:`input` merged: the
+        connection is established, they start at the next byte expected,
+        fill no hole and fit the window, so that each one alone would have
+        been taken whole, in order (anything else goes one by one)."""
+        if self.state is not State.ESTABLISHED or self.app_closed:
+            return False
+        if not (self.defer_output and self.config.coalesce_acks):
+            return False  # each segment's ACK decision is its own
+        buffer = self.receive_buffer
+        if buffer.has_gaps or buffer.dsack:
+            return False
+        rcv_nxt = buffer.rcv_nxt
+        return unwrap(seq, rcv_nxt) == rcv_nxt and length <= self.receive_window
 
     def _ecn_input(self, header: TcpHeader, ce: bool, now: int) -> None:
         """RFC 3168 6.1.3: echo CE with ECE until the peer says CWR."""
@@ -311,7 +336,11 @@ class TcpConnection(TcpSender):
         return rcv_nxt <= seq < rcv_nxt + window or rcv_nxt <= end < rcv_nxt + window
 
     def _input_synchronizing(
-        self, header: TcpHeader, payload: bytes | memoryview, now: int
+        self,
+        header: TcpHeader,
+        payload: bytes | memoryview,
+        now: int,
+        merged: tuple[int, int] | None = None,
     ) -> None:
         """A segment in SYN-RECEIVED or later: RFC 9293 3.10.7.4, step by step."""
         # (The control bits are tested on the flags field directly: the
@@ -350,7 +379,7 @@ class TcpConnection(TcpSender):
             self.ts_recent = header.timestamps[0]
         # Sixth: URG. The urgent pointer is not supported; it is ignored.
         # Seventh: segment text (data in states past the peer's FIN is ignored).
-        if payload and self.state in RECEIVING and not self._input_text(seq, payload, now):
+        if payload and self.state in RECEIVING and not self._input_text(seq, payload, now, merged):
             return
         # Eighth: FIN.
         if flags & FIN or self.peer_fin is not None:
@@ -451,7 +480,13 @@ class TcpConnection(TcpSender):
         self.events.append(Event.CONNECTED)
         return True
 
-    def _input_text(self, seq: int, payload: bytes | memoryview, now: int) -> bool:
+    def _input_text(
+        self,
+        seq: int,
+        payload: bytes | memoryview,
+        now: int,
+        merged: tuple[int, int] | None = None,
+    ) -> bool:
         """Take the segment's data; False when the connection was reset
         because the application let go of it."""
         if self.app_closed:
@@ -459,7 +494,7 @@ class TcpConnection(TcpSender):
             self._send_reset(self.snd_max, now)
             self._fail(Event.RESET)
             return False
-        self._receive_data(seq, payload, now)
+        self._receive_data(seq, payload, now, merged)
         return True
 
     def _input_fin(self, header: TcpHeader, fin_seq: int, now: int) -> None:
@@ -497,7 +532,13 @@ class TcpConnection(TcpSender):
         else:
             self._become_closed()
 
-    def _receive_data(self, seq: int, payload: bytes | memoryview, now: int) -> None:
+    def _receive_data(
+        self,
+        seq: int,
+        payload: bytes | memoryview,
+        now: int,
+        merged: tuple[int, int] | None = None,
+    ) -> None:
         buffer = self.receive_buffer
         rcv_nxt = buffer.rcv_nxt
         right_edge = rcv_nxt + self.receive_window
@@ -505,8 +546,10 @@ class TcpConnection(TcpSender):
             payload = payload[: max(right_edge - seq, 0)]
         had_gaps = buffer.has_gaps
         advanced = buffer.insert(seq, payload)
-        if len(payload) > self.rcv_mss:
-            self.rcv_mss = min(len(payload), self.path_mss)
+        # Merged segments: the MSS estimate from the largest, each one's size.
+        largest = len(payload) if merged is None else merged[1]
+        if largest > self.rcv_mss:
+            self.rcv_mss = min(largest, self.path_mss)
         if not advanced:
             # Out of order or duplicate: ACK at once so the sender learns (RFC 5681 4.2).
             self._ack_for_sender(now)
@@ -515,7 +558,9 @@ class TcpConnection(TcpSender):
         if had_gaps:
             self._ack_for_sender(now)  # a hole was filled
             return
-        if len(payload) >= self.rcv_mss:
+        if merged is not None:
+            self.full_segments_unacked += self._full_segments(len(payload), *merged)
+        elif len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
         last, self.data_received_at = self.data_received_at, now
         if last is not None and now - last > self.rtt.rto:
@@ -534,6 +579,13 @@ class TcpConnection(TcpSender):
                     self.events.append(Event.ACK_DUE)
         elif self.delack_at is None:
             self.delack_at = now + self.config.delayed_ack_ns
+
+    def _full_segments(self, length: int, count: int, size: int) -> int:
+        """How many of ``count`` merged segments of ``size`` bytes (the
+        last one the rest of ``length``) are full-sized: each counts
+        towards the ACK every second full segment earns."""
+        last = length - (count - 1) * size
+        return (count - 1 if size >= self.rcv_mss else 0) + (1 if last >= self.rcv_mss else 0)
 
     def _ack_for_sender(self, now: int) -> None:
         """The immediate ACK of RFC 5681 4.2 (out-of-order data, a filled

@@ -23,7 +23,7 @@ from looming.net.tcp.receive_buffer import MemoryPool
 from looming.net.tcp.seq import MASK, unwrap
 from looming.net.tcp.tcb import sack_option_space
 from looming.net.wire import tcp as wire
-from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
+from looming.net.wire.tcp import ACK, PSH, RST, SYN, TcpHeader
 
 Address = IPv4Address | IPv6Address
 
@@ -42,6 +42,27 @@ class ListenerState:
 
 
 Touched = tuple[FourTuple, TcpConnection, list[Event]]
+# A segment as it arrived: source, destination, the segment, whether the
+# interface verified its checksum, whether its IP header was marked CE.
+Arrival = tuple[Address, Address, bytes, bool, bool]
+
+
+@dataclass(slots=True)
+class _Merge:
+    """In-order data segments of one connection from one burst, each full
+    sized but the last, alike in every header field but the sequence number
+    (and PSH on the last), as Linux's GRO merges them."""
+
+    src: Address
+    dst: Address
+    header: TcpHeader  # the first one's
+    headers: list[TcpHeader]
+    options: bytes
+    ce: bool
+    size: int  # the first payload's length
+    payloads: list[memoryview]
+    end: int  # the wire sequence number after the last
+    closed: bool = False  # a PSH or a short segment ended it
 
 
 class TcpEndpoint:
@@ -313,20 +334,99 @@ class TcpEndpoint:
         ``checksum_verified``: the interface already vouched for the
         checksum (checksum offload), so it is not summed again. ``ce``: the
         IP header was marked Congestion Experienced (RFC 3168)."""
+        parsed = self._parse_checked(src, dst, segment, checksum_verified)
+        if parsed is not None:
+            self._input_parsed(src, dst, parsed[0], parsed[1], now, ce)
+
+    def input_burst(self, arrivals: list[Arrival], now: int) -> None:
+        """Handle the segments of one burst (what the interface had ready),
+        in order, as :meth:`input` would one by one; but in-order data
+        segments of one connection that follow each other, full sized and
+        alike in every field but the sequence number (a PSH ends a run), are
+        taken as one when the connection can (:meth:`TcpConnection.takes_merged`):
+        one pass through the connection, one insert, one ACK decision that
+        counts each segment, as Linux's GRO does. Counted in
+        ``segments_merged``."""
+        merge: _Merge | None = None
+        for src, dst, segment, checksum_verified, ce in arrivals:
+            parsed = self._parse_checked(src, dst, segment, checksum_verified)
+            if parsed is None:
+                continue
+            header, payload = parsed
+            if merge is not None and _extends(merge, src, dst, header, payload, segment, ce):
+                continue
+            if merge is not None:
+                self._input_merge(merge, now)
+                merge = None
+            if header.flags & ~PSH == ACK and payload and not header.sack_blocks:
+                merge = _start_merge(src, dst, header, payload, segment, ce)
+            else:
+                self._input_parsed(src, dst, header, payload, now, ce)
+        if merge is not None:
+            self._input_merge(merge, now)
+
+    def _input_merge(self, merge: _Merge, now: int) -> None:
+        header, payloads = merge.header, merge.payloads
+        src, dst = merge.src, merge.dst
+        if len(payloads) > 1:
+            found = self._connection_for(src, dst, header)
+            if found is not None:
+                conn, key = found
+                length = sum(map(len, payloads))
+                if conn.takes_merged(header.seq, length):
+                    self.stats.segments_merged += len(payloads) - 1
+                    merged = (len(payloads), merge.size)
+                    conn.input(header, b"".join(payloads), now, ce=merge.ce, merged=merged)
+                    self.collect(key, conn)
+                    return
+        for each, payload in zip(merge.headers, payloads, strict=True):
+            self._input_parsed(src, dst, each, payload, now, merge.ce)
+
+    def _parse_checked(
+        self, src: Address, dst: Address, segment: bytes, checksum_verified: bool
+    ) -> tuple[TcpHeader, memoryview] | None:
+        """The header and payload of a segment with a good checksum and
+        ports, counted in; None (counted) for anything else."""
         try:
             header, payload = wire.parse(segment)
         except Malformed:
             self.stats.malformed_dropped += 1
-            return
+            return None
         if not checksum_verified and not wire.checksum_ok(segment, src, dst):
             self.stats.checksum_errors += 1
             self.stats.malformed_dropped += 1
-            return
+            return None
         self.stats.segments_in += 1
         self.stats.bytes_in += len(payload)
         if header.src_port == 0 or header.dst_port == 0:
             self.stats.malformed_dropped += 1
-            return
+            return None
+        return header, payload
+
+    def _connection_for(
+        self, src: Address, dst: Address, header: TcpHeader
+    ) -> tuple[TcpConnection, FourTuple] | None:
+        """The connection a segment belongs to, if any."""
+        recent = self._recent_connection(src, dst, header)
+        if recent is not None:
+            return recent
+        key = (dst, header.dst_port, src, header.src_port)
+        conn = self.connections.get(key)
+        if conn is None:
+            return None
+        self._recent = (conn, key)
+        return conn, key
+
+    def _input_parsed(
+        self,
+        src: Address,
+        dst: Address,
+        header: TcpHeader,
+        payload: memoryview,
+        now: int,
+        ce: bool,
+    ) -> None:
+        """:meth:`input` after the segment was parsed and checked."""
         conn: TcpConnection | None
         recent = self._recent_connection(src, dst, header)
         if recent is not None:
@@ -511,3 +611,63 @@ class TcpEndpoint:
         conn.input(header, payload, now)
         self.collect(key, conn)
         return True
+
+
+def _options(segment: bytes) -> bytes:
+    """The option bytes of a segment that parsed."""
+    return bytes(segment[TCP_HEADER_LENGTH : (segment[12] >> 4) * 4])
+
+
+def _start_merge(
+    src: Address, dst: Address, header: TcpHeader, payload: memoryview, segment: bytes, ce: bool
+) -> _Merge:
+    size = len(payload)
+    return _Merge(
+        src,
+        dst,
+        header,
+        [header],
+        _options(segment),
+        ce,
+        size,
+        [payload],
+        (header.seq + size) & MASK,
+        closed=bool(header.flags & PSH),
+    )
+
+
+def _extends(
+    merge: _Merge,
+    src: Address,
+    dst: Address,
+    header: TcpHeader,
+    payload: memoryview,
+    segment: bytes,
+    ce: bool,
+) -> bool:
+    """Whether a segment continues ``merge`` (and if so it is added):
+    the next bytes of the same connection, with the same ACK, window,
+    options and ECN mark, no flag but ACK (and PSH, which ends the run),
+    and no larger than the first while every one before was as large."""
+    first = merge.header
+    length = len(payload)
+    if (
+        merge.closed
+        or header.seq != merge.end
+        or header.flags & ~PSH != ACK
+        or not 0 < length <= merge.size
+        or header.ack != first.ack
+        or header.window != first.window
+        or header.src_port != first.src_port
+        or header.dst_port != first.dst_port
+        or ce != merge.ce
+        or not (src is merge.src or src == merge.src)
+        or not (dst is merge.dst or dst == merge.dst)
+        or _options(segment) != merge.options
+    ):
+        return False
+    merge.payloads.append(payload)
+    merge.headers.append(header)
+    merge.end = (header.seq + length) & MASK
+    merge.closed = length < merge.size or bool(header.flags & PSH)
+    return True

@@ -33,10 +33,11 @@ from looming.errors import (
 )
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
-from looming.net.tcp.endpoint import TcpEndpoint
+from looming.net.tcp.endpoint import Arrival, TcpEndpoint
 from looming.net.tcp.isn import FourTuple
 from looming.net.tcp.plpmtud import MtuSearch, SharedPath
 from looming.net.wire import tcp as wire
+from looming.net.wire.tcp import ACK
 
 if TYPE_CHECKING:
     from looming.net.icmp import IcmpError
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 _ACK_DUE = Event.ACK_DUE
 _READABLE = Event.READABLE
 _PEER_CLOSED = Event.PEER_CLOSED
+_NOT_PSH = 0xFF & ~wire.PSH  # the flags byte but PSH
 
 _T = TypeVar("_T")
 
@@ -329,6 +331,9 @@ class TcpLayer:
         # Segments and events move on as each segment arrives; timers are
         # re-armed once the burst is in, once per connection touched.
         self._burst_pending = False
+        # The burst's segments, taken together once it is in (endpoint.input_burst).
+        self._arrivals: list[Arrival] = []
+        self._ending_burst = False
         self._touched: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
@@ -428,33 +433,71 @@ class TcpLayer:
     def input(
         self, packet: ReceivedPacket[IPv4Address] | ReceivedPacket[IPv6Address], payload: bytes
     ) -> None:
-        """Receive one segment from IPv4. Never raises."""
-        try:
-            self._endpoint.input(
-                packet.source,
-                packet.destination,
-                payload,
-                self._time.now_ns(),
-                checksum_verified=packet.checksum_verified,
-                ce=packet.traffic_class & 0b11 == 0b11,  # RFC 3168 CE
+        """Receive one segment from IPv4. Never raises. A data segment with
+        no flag but ACK (and PSH) is handled with the rest of its burst
+        (every frame the interface had ready) once that is in, or before
+        anything else touches the connections; any other at once."""
+        ce = packet.traffic_class & 0b11 == 0b11  # RFC 3168 CE
+        if (
+            len(payload) > 20
+            and payload[13] & _NOT_PSH == ACK
+            and (payload[12] >> 4) * 4 < len(payload)
+        ):
+            self._arrivals.append(
+                (packet.source, packet.destination, payload, packet.checksum_verified, ce)
             )
-            self._deliver()
-        except Exception:
-            # A bug must not take the stack down with it: count, log, drop.
-            self.stats.malformed_dropped += 1
-            log.exception("TCP input failed; segment dropped")
+        else:
+            if self._arrivals:
+                self._take_arrivals()
+            try:
+                self._endpoint.input(
+                    packet.source,
+                    packet.destination,
+                    payload,
+                    self._time.now_ns(),
+                    checksum_verified=packet.checksum_verified,
+                    ce=ce,
+                )
+                self._deliver()
+            except Exception:
+                # A bug must not take the stack down with it: count, log, drop.
+                self.stats.malformed_dropped += 1
+                log.exception("TCP input failed; segment dropped")
         if not self._burst_pending:
             self._burst_pending = True
             asyncio.get_running_loop().call_soon(self._end_burst)
 
-    def _end_burst(self) -> None:
-        """Every segment that arrived with the last ones is in: re-arm the
-        timers of the connections they touched, once each."""
-        self._burst_pending = False
+    def _take_arrivals(self) -> None:
+        """Hand the burst's segments to the core (which merges in-order
+        runs, as GRO does) and move on what they produced."""
+        arrivals = self._arrivals
+        if not arrivals:
+            return
+        self._arrivals = []
         try:
+            self._endpoint.input_burst(arrivals, self._time.now_ns())
+        except Exception:
+            # A bug must not take the stack down with it: count, log, drop
+            # (the rest of the burst too: TCP resends it).
+            self.stats.malformed_dropped += 1
+            log.exception("TCP input failed; segments dropped")
+        self._deliver()
+
+    def _end_burst(self) -> None:
+        """Every segment that arrived with the last ones is in: take them,
+        send the ACKs they earned and re-arm the timers of the connections
+        they touched, once each."""
+        self._burst_pending = False
+        self._ending_burst = True
+        try:
+            self._take_arrivals()
+            if self._acks_due:
+                self._flush_acks()  # now, not on the next turn of the loop
             self._rearm()
         except Exception:
-            log.exception("TCP timer update failed")
+            log.exception("TCP burst handling failed")
+        finally:
+            self._ending_burst = False
 
     def on_icmp_error(self, error: IcmpError) -> None:
         """An ICMP error about a segment we sent (RFC 1122 4.2.3.9, RFC 5927).
@@ -513,6 +556,8 @@ class TcpLayer:
         """Call ``action`` (an operation of ``conn``) with the current time,
         then move the segments and events it produced on: what
         :class:`TcpStream` does for every read, write and close."""
+        if self._arrivals:
+            self._take_arrivals()
         result = action(self._time.now_ns())
         self._endpoint.collect(key, conn)
         self._pump()
@@ -537,7 +582,7 @@ class TcpLayer:
             touched[conn] = key
             if events:
                 if _ACK_DUE in events:
-                    if not self._acks_due:
+                    if not self._acks_due and not self._ending_burst:
                         asyncio.get_running_loop().call_soon(self._flush_acks)
                     self._acks_due[conn] = key
                 stream = self._streams.get(conn)
@@ -561,6 +606,8 @@ class TcpLayer:
 
     def _flush_acks(self) -> None:
         """The burst of arrivals is handled: send the ACKs it earned."""
+        if self._arrivals:
+            self._take_arrivals()
         due = self._acks_due
         self._acks_due = {}
         now = self._time.now_ns()
@@ -663,6 +710,8 @@ class TcpLayer:
     def _on_timer(self, key: FourTuple, conn: TcpConnection) -> None:
         self._timers.pop(conn, None)
         try:
+            if self._arrivals:
+                self._take_arrivals()
             retries = conn.retries
             conn.on_timer(self._time.now_ns())
             if conn.retries == BLACK_HOLE_TIMEOUTS and retries < conn.retries:
@@ -745,6 +794,7 @@ class TcpLayer:
         """Reset every connection, stop every listener and wait for handlers."""
         tasks = [task for listener in self._listeners.values() for task in listener.tasks]
         self._listeners.clear()
+        self._arrivals.clear()
         self._endpoint.abort_all(self._time.now_ns())
         self._pump()
         for task in tasks:

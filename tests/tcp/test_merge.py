@@ -1,0 +1,143 @@
+"""Bursts of arrivals merged as GRO does (TcpEndpoint.input_burst) against
+the same segments handed over one by one: the same bytes delivered, the same
+final ACK (number, window, SACK blocks), the same counters but the merge's."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from looming.net.tcp.config import TcpConfig, TcpStats
+from looming.net.tcp.connection import State, TcpConnection
+from looming.net.tcp.endpoint import Arrival, TcpEndpoint
+from looming.net.wire import tcp as wire
+from looming.net.wire.tcp import ACK, FIN, PSH, SYN, TcpHeader
+
+US = IPv4Address("10.0.0.1")
+THEM = IPv4Address("10.0.0.2")
+SECRET = bytes(range(32))
+PEER_ISN = 5000
+MSS = 1000
+MS = 1_000_000
+
+
+def _accepted() -> tuple[TcpEndpoint, TcpConnection, int]:
+    """An endpoint (deferring output, as the layer makes it) with one
+    connection past the handshake; and our ISN."""
+    endpoint = TcpEndpoint(
+        TcpConfig(), TcpStats(), secret=SECRET, mtu_for=lambda _: 1040, defer_output=True
+    )
+    endpoint.listen(80, None, backlog=8)
+    syn = TcpHeader(
+        4000,
+        80,
+        PEER_ISN,
+        0,
+        SYN,
+        65535,
+        mss=MSS,
+        window_scale=7,
+        sack_permitted=True,
+        timestamps=(100, 0),
+    )
+    endpoint.input(THEM, US, wire.emit(syn, b"", src=THEM, dst=US), 0)
+    ((_, synack, _),) = endpoint.take_outbox()
+    ours = wire.parse(synack)[0]
+    ack = TcpHeader(
+        4000, 80, PEER_ISN + 1, ours.seq + 1, ACK, 512, timestamps=(101, ours.timestamps[0])
+    )
+    endpoint.input(THEM, US, wire.emit(ack, b"", src=THEM, dst=US), MS)
+    endpoint.take_outbox()
+    endpoint.take_touched()
+    (conn,) = endpoint.connections.values()
+    assert conn.state is State.ESTABLISHED
+    return endpoint, conn, ours.seq + 1
+
+
+# A burst: (skip, length, extra flags, TSval step, window step) per segment.
+_segment = st.tuples(
+    st.integers(0, 40),  # 10 and 11: a hole or a duplicate before it
+    st.sampled_from([MSS, MSS, MSS, MSS, 400, 1]),
+    st.sampled_from([0, 0, 0, 0, 0, PSH, FIN]),
+    st.sampled_from([0, 0, 0, 0, 1]),
+    st.sampled_from([0, 0, 0, 0, 1]),
+)
+
+
+def _burst(spec: list[tuple[int, int, int, int, int]], our_seq: int) -> list[Arrival]:
+    """Segments mostly in order (index 0 is the next expected), some skipped,
+    repeated or with another TSval, window or flag: every reason not to merge."""
+    arrivals: list[Arrival] = []
+    offset, ts = 0, 200
+    for skip, length, extra, ts_step, window_step in spec:
+        if skip in (10, 11):  # a hole, or a step back (a duplicate)
+            offset += MSS if skip % 2 else -MSS
+        ts += ts_step
+        seq = (PEER_ISN + 1 + max(offset, 0)) & 0xFFFFFFFF
+        header = TcpHeader(
+            4000, 80, seq, our_seq, ACK | extra, 512 + window_step, timestamps=(ts, 1)
+        )
+        data = bytes((offset + i) % 251 for i in range(length))
+        arrivals.append((THEM, US, wire.emit(header, data, src=THEM, dst=US), False, False))
+        offset = max(offset, 0) + length
+    return arrivals
+
+
+def _replies(endpoint: TcpEndpoint, conn: TcpConnection, now: int) -> list[TcpHeader]:
+    conn.flush_ack(now)
+    (key,) = endpoint.connections
+    endpoint.collect(key, conn)
+    return [wire.parse(segment)[0] for _, segment, _ in endpoint.take_outbox()]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_segment, min_size=1, max_size=24))
+def test_a_merged_burst_is_taken_as_one_by_one(spec: list[tuple[int, int, int, int, int]]) -> None:
+    merged, merged_conn, our_seq = _accepted()
+    single, single_conn, _ = _accepted()
+    arrivals = _burst(spec, our_seq)
+    now = 2 * MS
+    merged.input_burst(arrivals, now)
+    for src, dst, segment, verified, ce in arrivals:
+        single.input(src, dst, segment, now, checksum_verified=verified, ce=ce)
+    last_merged = _replies(merged, merged_conn, now)[-1:]
+    last_single = _replies(single, single_conn, now)[-1:]
+    assert merged_conn.receive(now) == single_conn.receive(now)
+    assert merged_conn.receive_buffer.rcv_nxt == single_conn.receive_buffer.rcv_nxt
+    assert merged_conn.state is single_conn.state
+    assert merged_conn.ts_recent == single_conn.ts_recent
+    assert merged_conn.snd_wnd == single_conn.snd_wnd
+    # The ACK the burst ends with: its number, window and SACK blocks.
+    assert [(h.ack, h.window, h.sack_blocks, h.flags) for h in last_merged] == [
+        (h.ack, h.window, h.sack_blocks, h.flags) for h in last_single
+    ]
+    counters = merged.stats.as_dict()
+    assert counters.pop("segments_merged") >= 0
+    assert counters.pop("segments_out") <= single.stats.segments_out
+    expected = single.stats.as_dict()
+    del expected["segments_merged"], expected["segments_out"]
+    assert counters == expected
+
+
+def test_in_order_full_segments_are_merged_and_acked_once_for_each_two() -> None:
+    endpoint, conn, our_seq = _accepted()
+    arrivals = _burst([(0, MSS, 0, 0, 0)] * 5 + [(0, 400, PSH, 0, 0)], our_seq)
+    endpoint.input_burst(arrivals, 2 * MS)
+    assert endpoint.stats.segments_merged == 5
+    assert conn.receive_buffer.rcv_nxt == PEER_ISN + 1 + 5 * MSS + 400
+    # Five full segments counted, not one: the ACK is due at the burst's end.
+    assert conn.ack_due
+    (reply,) = _replies(endpoint, conn, 2 * MS)
+    assert reply.ack == PEER_ISN + 1 + 5 * MSS + 400
+    assert conn.receive(2 * MS) == b"".join(
+        bytes(i % 251 for i in range(n, n + MSS)) for n in range(0, 5 * MSS, MSS)
+    ) + bytes((5 * MSS + i) % 251 for i in range(400))
+
+
+def test_a_gap_a_changed_window_or_a_fin_stops_a_merge() -> None:
+    endpoint, _, our_seq = _accepted()
+    spec = [(0, MSS, 0, 0, 0), (11, MSS, 0, 0, 0), (0, MSS, 0, 0, 1), (0, MSS, FIN, 0, 0)]
+    endpoint.input_burst(_burst(spec, our_seq), 2 * MS)
+    assert endpoint.stats.segments_merged == 0
