@@ -35,10 +35,11 @@ limit, patched while they run: it is read as each connection starts)."""
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    if scope["path"] == "/slow":
+    path = scope["path"]
+    if path == "/slow":
         await asyncio.sleep(0.3)  # long enough to hold its stream while others arrive
     await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": scope["path"].encode()})
+    await send({"type": "http.response.body", "body": path.encode()})
 
 
 @pytest.fixture
@@ -175,23 +176,27 @@ def test_h2load_with_more_streams_than_the_limit(server: RunningServer) -> None:
     assert succeeded + failed == 300, done.stdout
 
 
-def test_a_response_sent_before_the_body_ends_frees_the_stream(server: RunningServer) -> None:
-    """The app answers without reading the body and the client never ends
-    it: the stream is reset (NO_ERROR, RFC 9113 section 8.1) once the
-    response is complete, so such streams do not pile up against the limit."""
+def test_answered_streams_still_sending_count_until_the_client_ends_them(
+    server: RunningServer,
+) -> None:
+    """The app answers without reading the body and the client goes on
+    sending it: the stream is open (half-closed) and counts against the
+    limit until the client ends it, so such streams cannot pile up."""
     sock, conn = raw_client(server.port)
     fields = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
-    for i in range(3 * LIMIT):
-        stream_id = 1 + 2 * i
+    ids = [1 + 2 * i for i in range(LIMIT)]
+    for stream_id in ids:
         conn.send_headers(stream_id, fields)
         conn.send_data(stream_id, b"part of a body")
-        sock.sendall(conn.data_to_send())
-        seen: list[type] = []
-        while h2.events.StreamReset not in seen:
-            events = conn.receive_data(sock.recv(65536))
-            seen += [type(e) for e in events if not isinstance(e, h2.events.WindowUpdated)]
-            reset = [e for e in events if isinstance(e, h2.events.StreamReset)]
-            assert all(e.error_code == h2.errors.ErrorCodes.NO_ERROR for e in reset)
-            sock.sendall(conn.data_to_send())
-        assert seen[-3:] == [h2.events.DataReceived, h2.events.StreamEnded, h2.events.StreamReset]
+    sock.sendall(conn.data_to_send())
+    bodies, resets, goaways = outcomes(sock, conn, set(ids))
+    assert (bodies, resets, goaways) == ({s: b"/" for s in ids}, {}, [])
+    conn.remote_settings = h2.settings.Settings(client=False)  # forget the limit
+    request(conn, ids[-1] + 2, "/over")
+    sock.sendall(conn.data_to_send())
+    assert outcomes(sock, conn, {ids[-1] + 2}) == ({}, {ids[-1] + 2: REFUSED}, [])
+    conn.send_data(ids[0], b"the rest", end_stream=True)  # one stream fewer open
+    request(conn, ids[-1] + 4, "/next")
+    sock.sendall(conn.data_to_send())
+    assert outcomes(sock, conn, {ids[-1] + 4}) == ({ids[-1] + 4: b"/next"}, {}, [])
     sock.close()

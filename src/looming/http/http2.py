@@ -64,6 +64,15 @@ MAX_CONCURRENT_STREAMS = 100
 """Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
 one more is refused with RST_STREAM (REFUSED_STREAM), the connection and
 its other streams go on (RFC 9113 section 5.1.2)."""
+STREAM_WINDOW = 65_535
+"""Each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE, the default)."""
+CONNECTION_WINDOW = 8 * STREAM_WINDOW
+"""The connection's receive window, raised from 65,535 by a WINDOW_UPDATE on
+stream 0 as the connection starts (RFC 9113 section 6.9.2), so that uploads
+on several streams at once are not held to 64 KiB a round trip in all. It
+also bounds what a connection holds of request bodies the application has
+not read: data is acknowledged (the window reopened) only as it is read, and
+a client that sends past the window gets GOAWAY (FLOW_CONTROL_ERROR)."""
 MAX_RESETS = 200
 MAX_CONTROL_FRAMES = 1000
 ABUSE_WINDOW = 10.0
@@ -331,6 +340,8 @@ class H2Session:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
         self.streams: dict[int, _Stream] = {}
+        self.draining: set[int] = set()
+        """Streams answered whose client side is still open (see _forget)."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.write_lock = asyncio.Lock()
         self.abuse: list[float] = []
@@ -398,30 +409,47 @@ class H2Session:
         else:
             self._stall_timer = loop.call_at(since + STALL_TIMEOUT, self._check_stall)
 
+    @property
+    def closed(self) -> bool:
+        """Whether h2 has ended the connection (GOAWAY sent or received):
+        nothing more is acknowledged then (h2 would still queue WINDOW_UPDATEs)."""
+        return self.conn.state_machine.state is h2.connection.ConnectionState.CLOSED
+
     async def acknowledge(self, stream_id: int, size: int) -> None:
+        if self.closed:
+            return
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
             self.conn.acknowledge_received_data(size, stream_id)
             await self.flush()
 
+    @property
+    def held(self) -> int:
+        """Bytes of request bodies received and not yet read by the
+        handlers (at most :data:`CONNECTION_WINDOW`)."""
+        return sum(stream.unread for stream in self.streams.values())
+
     def _forget(self, stream: _Stream) -> None:
         """The stream's handler is done with it: what it left unread is
-        acknowledged, so it does not keep the connection's window closed, and
-        a stream still open is reset, so it no longer counts against the
-        client's concurrent streams: with NO_ERROR when the response is
-        complete and only the client's side is open (it need not send the rest
-        of its body, RFC 9113 section 8.1), else with INTERNAL_ERROR."""
+        acknowledged, so it does not keep the connection's window closed.
+        A stream whose response is complete while the client still sends
+        is draining: it counts against the client's concurrent streams until
+        the client ends or resets it (its data is acknowledged and dropped;
+        a reset with NO_ERROR, RFC 9113 section 8.1, would be cleaner, but
+        curl 7.88 fails the request on it). One whose handler left it
+        unanswered is reset (INTERNAL_ERROR)."""
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
         unread, stream.unread = stream.unread, 0
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-            if unread:
+            if unread and not self.closed:
                 self.conn.acknowledge_received_data(unread, stream.stream_id)
-            if not stream.watch.gone and not (stream.response_done and stream.client_done):
+            if stream.watch.gone or (stream.client_done and stream.response_done):
+                return
+            if stream.response_done:
+                self.draining.add(stream.stream_id)
+            else:
                 stream.watch.went_away()
-                code = h2.errors.ErrorCodes.INTERNAL_ERROR
-                if stream.response_done:
-                    code = h2.errors.ErrorCodes.NO_ERROR
-                self.conn.reset_stream(stream.stream_id, code)
+                self.conn.reset_stream(stream.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
     async def run(self, first: bytes, upgraded: tuple[bytes, Request] | None = None) -> None:
         """Serve until the client closes, misbehaves, or the connection fails.
@@ -432,6 +460,7 @@ class H2Session:
         codes = h2.settings.SettingCodes
         advertised = {
             codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            codes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
             codes.ENABLE_CONNECT_PROTOCOL: int(self.websockets is not None),
         }
@@ -447,6 +476,9 @@ class H2Session:
             self._dispatch(1, request, ended=True)
         else:
             self.conn.initiate_connection()
+        raise_by = CONNECTION_WINDOW - self.conn.inbound_flow_control_window
+        if raise_by > 0:
+            self.conn.increment_flow_control_window(raise_by)
         # The SETTINGS are out: h2 now checks streams against a higher limit
         # than the one advertised (see _h2_stream_limit), so that a stream over
         # the advertised one is the session's to refuse, not a connection error.
@@ -550,11 +582,13 @@ class H2Session:
         if isinstance(event, h2.events.DataReceived):
             return await self._data(event)
         if isinstance(event, h2.events.StreamEnded):
+            self.draining.discard(event.stream_id)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.client_done = True
                 stream.chunks.put_nowait(None)
         elif isinstance(event, h2.events.StreamReset):
+            self.draining.discard(event.stream_id)
             if self._reset(event.stream_id):
                 abuse["rapid_reset"] += 1
                 return await self._calm_down()
@@ -609,10 +643,12 @@ class H2Session:
 
     async def _start_stream(self, event: h2.events.RequestReceived) -> bool:
         """Start the stream's handler, or refuse the stream (REFUSED_STREAM)
-        while stopping or while as many handlers as streams allowed still
-        run; False (after GOAWAY) when the client is refused too often."""
+        while stopping or while as many streams as allowed are busy (their
+        handlers still run, or they are draining); False (after GOAWAY) when
+        the client is refused too often."""
         stream_id = event.stream_id
-        if self.stopping or len(self.tasks) >= MAX_CONCURRENT_STREAMS:
+        busy = len(self.tasks) + len(self.draining)
+        if self.stopping or busy >= MAX_CONCURRENT_STREAMS:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             if self.stopping:
