@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from looming.net.tcp.config import TcpConfig, TcpStats
@@ -58,7 +58,7 @@ def _accepted() -> tuple[TcpEndpoint, TcpConnection, int]:
 
 # A burst: (skip, length, extra flags, TSval step, window step) per segment.
 _segment = st.tuples(
-    st.integers(0, 40),  # 10 and 11: a hole or a duplicate before it
+    st.integers(0, 15),  # 10: a hole before it; 11: three segments again
     st.sampled_from([MSS, MSS, MSS, MSS, 400, 1]),
     st.sampled_from([0, 0, 0, 0, 0, PSH, FIN]),
     st.sampled_from([0, 0, 0, 0, 1]),
@@ -72,8 +72,8 @@ def _burst(spec: list[tuple[int, int, int, int, int]], our_seq: int) -> list[Arr
     arrivals: list[Arrival] = []
     offset, ts = 0, 200
     for skip, length, extra, ts_step, window_step in spec:
-        if skip in (10, 11):  # a hole, or a step back (a duplicate)
-            offset += MSS if skip % 2 else -MSS
+        if skip in (10, 11):  # a hole, or a step back (duplicates)
+            offset += MSS if skip == 10 else -3 * MSS
         ts += ts_step
         seq = (PEER_ISN + 1 + max(offset, 0)) & 0xFFFFFFFF
         header = TcpHeader(
@@ -93,10 +93,27 @@ def _replies(endpoint: TcpEndpoint, conn: TcpConnection, now: int) -> list[TcpHe
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(_segment, min_size=1, max_size=24))
-def test_a_merged_burst_is_taken_as_one_by_one(spec: list[tuple[int, int, int, int, int]]) -> None:
+@given(st.lists(_segment, min_size=1, max_size=24), st.booleans())
+# Beyond a hole, three segments, then two of them again: a run inside a range held.
+@example(
+    spec=[
+        (10, MSS, 0, 0, 0),
+        (0, MSS, 0, 0, 0),
+        (0, MSS, 0, 0, 0),
+        (11, MSS, 0, 0, 0),
+        (0, MSS, 0, 0, 0),
+    ],
+    shut=False,
+)
+def test_a_merged_burst_is_taken_as_one_by_one(
+    spec: list[tuple[int, int, int, int, int]], shut: bool
+) -> None:
     merged, merged_conn, our_seq = _accepted()
     single, single_conn, _ = _accepted()
+    if shut:  # our FIN is out (FIN-WAIT-1): data still comes in
+        for endpoint, conn in ((merged, merged_conn), (single, single_conn)):
+            conn.shutdown(MS)
+            _replies(endpoint, conn, MS)
     arrivals = _burst(spec, our_seq)
     now = 2 * MS
     merged.input_burst(arrivals, now)
@@ -109,6 +126,11 @@ def test_a_merged_burst_is_taken_as_one_by_one(spec: list[tuple[int, int, int, i
     assert merged_conn.state is single_conn.state
     assert merged_conn.ts_recent == single_conn.ts_recent
     assert merged_conn.snd_wnd == single_conn.snd_wnd
+    assert (merged_conn.snd_wl1, merged_conn.snd_wl2) == (single_conn.snd_wl1, single_conn.snd_wl2)
+    assert merged_conn.rcv_mss == single_conn.rcv_mss
+    # What is held beyond a hole, and what the next ACK's SACK blocks say.
+    merged_buffer, single_buffer = merged_conn.receive_buffer, single_conn.receive_buffer
+    assert merged_buffer.sack_blocks(4) == single_buffer.sack_blocks(4)
     # The ACK the burst ends with: its number, window and SACK blocks.
     assert [(h.ack, h.window, h.sack_blocks, h.flags) for h in last_merged] == [
         (h.ack, h.window, h.sack_blocks, h.flags) for h in last_single

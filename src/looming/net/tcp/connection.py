@@ -38,6 +38,12 @@ from looming.sim.buggify import buggify
 
 __all__ = ["Event", "State", "TcpConnection"]
 
+# What one received segment may cost beyond its bytes, at most (a view and
+# the frame around it): merged segments must fit as they would one by one.
+MERGE_MARGIN = 1024
+# The states whose data merged segments may carry (ours may be shut already).
+_MERGING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
+
 
 class TcpConnection(TcpSender):
     """The state of one connection; see the module documentation."""
@@ -261,21 +267,32 @@ class TcpConnection(TcpSender):
             return
         self._input_synchronizing(header, payload, now, merged)
 
-    def takes_merged(self, seq: int, length: int) -> bool:
-        """Whether in-order segments from wire sequence number ``seq`` on,
-        ``length`` bytes in all, may be handed to :meth:`input` merged: the
-        connection is established, they start at the next byte expected,
-        fill no hole and fit the window, so that each one alone would have
-        been taken whole, in order (anything else goes one by one)."""
-        if self.state is not State.ESTABLISHED or self.app_closed:
+    def takes_merged(self, seq: int, length: int, count: int, size: int) -> bool:
+        """Whether ``count`` segments of ``size`` bytes (the last one the
+        rest of ``length``) that follow each other from wire sequence number
+        ``seq`` on may be handed to :meth:`input` merged: taken one by one,
+        each would have been taken whole and alike. The connection is
+        established (or only our side is closing), the segments fit the
+        window and the memory limits, and either they start at the next
+        byte expected and no hole is open, or (with SACK) they lie beyond
+        it, touching no range already held."""
+        if self.state not in _MERGING or self.app_closed:
             return False
         if not (self.defer_output and self.config.coalesce_acks):
             return False  # each segment's ACK decision is its own
         buffer = self.receive_buffer
-        if buffer.has_gaps or buffer.dsack:
+        if buffer.dsack:
             return False
         rcv_nxt = buffer.rcv_nxt
-        return unwrap(seq, rcv_nxt) == rcv_nxt and length <= self.receive_window
+        start = unwrap(seq, rcv_nxt)
+        if start < rcv_nxt or start + length > rcv_nxt + self.receive_window:
+            return False
+        # Each alone is charged at most its size and a frame's overheads.
+        if not buffer.can_hold(count * (size + MERGE_MARGIN)):
+            return False
+        if start == rcv_nxt:
+            return not buffer.has_gaps
+        return self.sack_ok and buffer.holds_none_of(start, start + length)
 
     def _ecn_input(self, header: TcpHeader, ce: bool, now: int) -> None:
         """RFC 3168 6.1.3: echo CE with ECE until the peer says CWR."""
@@ -372,6 +389,10 @@ class TcpConnection(TcpSender):
             return
         if not self._process_ack(header, seq, len(payload), now):
             return
+        if merged is not None:
+            # The window as the last one would have left it (RFC 9293 SND.WL1).
+            last_seq = seq + (merged[0] - 1) * merged[1]
+            self._update_window(header, last_seq, unwrap(header.ack, self.snd_una))
         if self.state == State.CLOSED:
             return
         # Timestamp to echo (RFC 7323 section 4.3).

@@ -373,7 +373,7 @@ class TcpEndpoint:
             if found is not None:
                 conn, key = found
                 length = sum(map(len, payloads))
-                if conn.takes_merged(header.seq, length):
+                if conn.takes_merged(header.seq, length, len(payloads), merge.size):
                     self.stats.segments_merged += len(payloads) - 1
                     merged = (len(payloads), merge.size)
                     conn.input(header, b"".join(payloads), now, ce=merge.ce, merged=merged)

@@ -334,6 +334,19 @@ class ReceiveBuffer:
                     space = allowance
         return space
 
+    def can_hold(self, cost: int) -> bool:
+        """Whether ``cost`` more bytes of true size fit the limits now."""
+        return self._fits(cost)
+
+    def holds_none_of(self, left: int, right: int) -> bool:
+        """Whether no out-of-order range held touches [left, right) from
+        inside (ranges that end at ``left`` or start at ``right`` may)."""
+        lefts = self._lefts
+        i = bisect.bisect_right(lefts, left) - 1
+        if i >= 0 and lefts[i] + len(self._pieces[i]) > left:
+            return False
+        return i + 1 >= len(lefts) or lefts[i + 1] >= right
+
     def _fits(self, cost: int) -> bool:
         limit = self.memory_limit
         if limit is not None and self.charged + cost > limit:
