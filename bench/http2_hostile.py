@@ -15,12 +15,19 @@ times its requests while one attack runs against the same server:
                    (CVE-2024-27316 class), 4 MiB per connection, in a loop
   h2load-streams   h2load -c 2 -m 100: two connections keeping 100 streams
                    each in flight (fairness: many multiplexed streams)
+  over-limit       150 requests for a slow page opened at once on a
+                   connection, 50 over the servers' limit of 100 (RFC 9113 section 5.1.2: refused
+                   with RST_STREAM, or the connection ended), in a loop
   ws-ping-flood    a websocket sends 80,000 pings (and never reads), in a loop
 
 Printed per server and attack: the ordinary client's p50 and p99 latency
 and failed requests, the server's RSS before the attack and at its end,
-and how the attacker's connections ended (GOAWAY codes seen); then
-looming/hypercorn ratios of the p99 and of the RSS growth.
+and how the attacker's connections ended (GOAWAY codes seen, streams
+refused); then looming/hypercorn ratios of the p99 and of the RSS growth.
+
+Then, in each round and interleaved the same way, h2load's throughput on
+the same application: GETs (``-c 4 -m 20``) and 64 KiB uploads the
+application reads (``-c 2 -m 8``), with the looming/hypercorn ratio.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ import argparse
 import asyncio
 import base64
 import os
+import re
 import signal
 import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -47,7 +56,19 @@ import psutil
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SERVERS = ("looming", "hypercorn")
-ATTACKS = ("none", "rapid-reset", "ping-flood", "continuation", "h2load-streams", "ws-ping-flood")
+ATTACKS = (
+    "none",
+    "rapid-reset",
+    "ping-flood",
+    "continuation",
+    "h2load-streams",
+    "over-limit",
+    "ws-ping-flood",
+)
+LOADS = {
+    "get": ["-c", "4", "-m", "20"],
+    "upload-64k": ["-c", "2", "-m", "8", "-d", "{upload}"],
+}
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -59,6 +80,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if scope["type"] != "http":
         return
+    more = scope["method"] == "POST"
+    while more:  # an upload is read
+        more = (await receive()).get("more_body", False)
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.2)  # holds its stream a while
     headers = [(b"content-length", b"2"), (b"content-type", b"text/plain")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -73,6 +99,7 @@ def serve(kind: str, port: int) -> None:
         config = Config()
         config.bind = [f"127.0.0.1:{port}"]
         config.accesslog = None
+        config.keep_alive_max_requests = 2**31  # as looming: no cap (h2load's runs are long)
         asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
         return
     from looming.http import AsgiAdapter, HttpServer
@@ -103,12 +130,12 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return head + struct.pack(">I", stream_id) + payload
 
 
-def header_block() -> bytes:
+def header_block(path: str = "/") -> bytes:
     import h2.config
     import h2.connection
 
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    fields = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+    fields = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
     return bytes(conn.encoder.encode(fields))
 
 
@@ -121,17 +148,24 @@ def h2_payload(attack: str) -> bytes:
         )
     if attack == "ping-flood":
         return frame(0x6, 0, 0, b"12345678") * 5000
+    if attack == "over-limit":
+        slow = header_block("/slow")
+        return b"".join(frame(0x1, 0x5, 1 + 2 * i, slow) for i in range(150))
     return frame(0x1, 0, 1, block) + frame(0x9, 0, 1, b"\0" * 16384) * 256
 
 
-def goaway_code(data: bytes) -> str:
-    """The error code of the first GOAWAY in ``data`` (server frames), or "-"."""
+def how_it_ended(data: bytes) -> str:
+    """The error code of the first GOAWAY in ``data`` (server frames), or
+    "-", and how many streams were refused (RST_STREAM REFUSED_STREAM)."""
+    code, refused = "-", 0
     while len(data) >= 9:
         length = int.from_bytes(data[:3], "big")
-        if data[3] == 0x7 and len(data) >= 17:
-            return str(int.from_bytes(data[13:17], "big"))
+        if data[3] == 0x7 and len(data) >= 17 and code == "-":
+            code = str(int.from_bytes(data[13:17], "big"))
+        if data[3] == 0x3 and data[9 : 9 + length] == b"\0\0\0\x07":
+            refused += 1
         data = data[9 + length :]
-    return "-"
+    return f"goaway {code}" + (f", {refused} refused" if refused else "")
 
 
 def h2_attacker(port: int, attack: str, stop: threading.Event, outcomes: Counter[str]) -> None:
@@ -151,7 +185,7 @@ def h2_attacker(port: int, attack: str, stop: threading.Event, outcomes: Counter
                         received += chunk
                 except OSError:
                     pass
-                outcomes[f"goaway {goaway_code(received)}"] += 1
+                outcomes[how_it_ended(received)] += 1
         except OSError as error:
             outcomes[type(error).__name__] += 1
 
@@ -263,6 +297,53 @@ def measure(process: psutil.Process, port: int, attack: str, count: int) -> dict
     }
 
 
+def throughput(port: int, load: str, requests: int, upload: Path) -> float:
+    """Requests a second h2load gets from ``port`` under ``load`` (nan when
+    not every request succeeded)."""
+    args = [arg.replace("{upload}", str(upload)) for arg in LOADS[load]]
+    done = subprocess.run(
+        ["h2load", "-n", str(requests), *args, f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    rate = re.search(r"finished in [^,]+, ([\d.]+) req/s", done.stdout)
+    succeeded = re.search(r"(\d+) succeeded", done.stdout)
+    if rate is None or succeeded is None or int(succeeded.group(1)) != requests:
+        progress(f"h2load {load} on {port}: {done.stdout[-300:]!r}")
+        return float("nan")
+    return float(rate.group(1))
+
+
+Servers = dict[str, tuple[subprocess.Popen[bytes], int]]
+Results = dict[tuple[str, str], list[dict[str, Any]]]
+Rates = dict[tuple[str, str], list[float]]
+
+
+def run_rounds(servers: Servers, rounds: int, count: int, quick: bool) -> tuple[Results, Rates]:
+    """Each round: every attack, then every load, on each server in turn."""
+    results: Results = {}
+    rates: Rates = {}
+    with tempfile.NamedTemporaryFile(suffix=".bin") as upload:
+        upload.write(os.urandom(64 * 1024))
+        upload.flush()
+        for round_number in range(rounds):
+            for attack in ATTACKS:
+                for kind, (process, port) in servers.items():
+                    progress(f"round {round_number + 1}: {kind} under {attack}")
+                    proc = psutil.Process(process.pid)
+                    results.setdefault((kind, attack), []).append(
+                        measure(proc, port, attack, count)
+                    )
+            for load in LOADS:
+                requests = (2000 if quick else 10000) // (5 if load != "get" else 1)
+                for kind, (_process, port) in servers.items():
+                    progress(f"round {round_number + 1}: {kind} h2load {load}")
+                    rate = throughput(port, load, requests, Path(upload.name))
+                    rates.setdefault((kind, load), []).append(rate)
+    return results, rates
+
+
 def wait_listening(port: int) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -288,23 +369,15 @@ def main() -> None:
         return
     rounds, count = (1, 150) if args.quick else (args.rounds, 300)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # servers stopped in finally
-    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    servers: Servers = {}
     for kind in SERVERS:
         port = free_port()
         process = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port)])
         servers[kind] = (process, port)
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     try:
         for _process, port in servers.values():
             wait_listening(port)
-        for round_number in range(rounds):
-            for attack in ATTACKS:
-                for kind, (process, port) in servers.items():
-                    progress(f"round {round_number + 1}: {kind} under {attack}")
-                    proc = psutil.Process(process.pid)
-                    results.setdefault((kind, attack), []).append(
-                        measure(proc, port, attack, count)
-                    )
+        results, rates = run_rounds(servers, rounds, count, args.quick)
     finally:
         for process, _ in servers.values():
             process.terminate()
@@ -314,9 +387,19 @@ def main() -> None:
                 process.kill()
                 process.wait()
     report(results)
+    report_throughput(rates)
 
 
-def report(results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+def report_throughput(rates: Rates) -> None:
+    print("h2load throughput, requests/s (median over the rounds):")
+    for load in LOADS:
+        ours = statistics.median(rates[("looming", load)])
+        theirs = statistics.median(rates[("hypercorn", load)])
+        print(f"  {load:11} looming {ours:9.0f}   hypercorn {theirs:9.0f}   "
+              f"x{ours / theirs:.2f}")  # fmt: skip
+
+
+def report(results: Results) -> None:
     nghttp2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout
     print(
         f"python {sys.version.split()[0]}, h2 {version('h2')}, wsproto {version('wsproto')}, "

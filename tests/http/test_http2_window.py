@@ -129,7 +129,7 @@ def test_a_client_the_app_does_not_read_is_held_to_the_connection_window() -> No
     opened, sent, held = asyncio.run(main())
     assert opened == CONNECTION_WINDOW > STREAM_WINDOW
     assert handler.started == len(streams)
-    # Each stream took its 64 KiB until the connection's window was spent:
+    # The streams took their windows until the connection's was spent:
     # what the client sent is exactly what the session holds, and no more.
     assert sent == held == CONNECTION_WINDOW
 

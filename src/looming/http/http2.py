@@ -64,9 +64,11 @@ MAX_CONCURRENT_STREAMS = 100
 """Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
 one more is refused with RST_STREAM (REFUSED_STREAM), the connection and
 its other streams go on (RFC 9113 section 5.1.2)."""
-STREAM_WINDOW = 65_535
-"""Each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE, the default)."""
-CONNECTION_WINDOW = 8 * STREAM_WINDOW
+STREAM_WINDOW = 128 * 1024
+"""Each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE; the default,
+65,535, is one byte short of a 64 KiB upload, which then waits a round trip
+for its last byte)."""
+CONNECTION_WINDOW = 4 * STREAM_WINDOW
 """The connection's receive window, raised from 65,535 by a WINDOW_UPDATE on
 stream 0 as the connection starts (RFC 9113 section 6.9.2), so that uploads
 on several streams at once are not held to 64 KiB a round trip in all. It
