@@ -44,6 +44,7 @@ PEER_PROGRAMS = frozenset(
         "git",
         "gnutls-cli",
         "gnutls-serv",
+        "h2load",
         "openssl",
         "ssh",
         "sshd",
