@@ -160,6 +160,15 @@ def test_in_order_full_segments_are_merged_and_acked_once_for_each_two() -> None
 
 def test_a_gap_a_changed_window_or_a_fin_stops_a_merge() -> None:
     endpoint, _, our_seq = _accepted()
-    spec = [(0, MSS, 0, 0, 0), (11, MSS, 0, 0, 0), (0, MSS, 0, 0, 1), (0, MSS, FIN, 0, 0)]
+    spec = [(0, MSS, 0, 0, 0), (10, MSS, 0, 0, 0), (0, MSS, 0, 0, 1), (0, MSS, FIN, 0, 0)]
     endpoint.input_burst(_burst(spec, our_seq), 2 * MS)
     assert endpoint.stats.segments_merged == 0
+
+
+def test_psh_and_short_segments_inside_a_run_are_merged() -> None:
+    endpoint, conn, our_seq = _accepted()
+    spec = [(0, MSS, PSH, 0, 0), (0, 400, 0, 0, 0), (0, 1, PSH, 0, 0), (0, MSS, 0, 0, 0)]
+    endpoint.input_burst(_burst(spec, our_seq), 2 * MS)
+    assert endpoint.stats.segments_merged == 3
+    # Two of the four were full sized: the ACK is due at the burst's end.
+    assert conn.full_segments_unacked == 2 and conn.ack_due

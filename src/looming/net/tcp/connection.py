@@ -249,13 +249,13 @@ class TcpConnection(TcpSender):
         now: int,
         *,
         ce: bool = False,
-        merged: tuple[int, int] | None = None,
+        merged: tuple[int, ...] | None = None,
     ) -> None:
         """Process one received segment addressed to this connection; ``ce``
         says its IP header was marked Congestion Experienced. ``merged``:
-        the payload is that of (count, size) in-order segments of one burst,
-        each of ``size`` bytes but the last (see :meth:`takes_merged`), and
-        is taken as they would be one by one, with one ACK decision."""
+        the payload is that of segments of these sizes that followed each
+        other in one burst (see :meth:`takes_merged`), and is taken as they
+        would be one by one, with one ACK decision."""
         if header.flags & RST:
             self.stats.resets_received += 1
         if self.state == State.CLOSED:
@@ -267,10 +267,10 @@ class TcpConnection(TcpSender):
             return
         self._input_synchronizing(header, payload, now, merged)
 
-    def takes_merged(self, seq: int, length: int, count: int, size: int) -> bool:
-        """Whether ``count`` segments of ``size`` bytes (the last one the
-        rest of ``length``) that follow each other from wire sequence number
-        ``seq`` on may be handed to :meth:`input` merged: taken one by one,
+    def takes_merged(self, seq: int, length: int, count: int) -> bool:
+        """Whether ``count`` segments, ``length`` bytes in all, that follow
+        each other from wire sequence number ``seq`` on may be handed to
+        :meth:`input` merged: taken one by one,
         each would have been taken whole and alike. The connection is
         established (or only our side is closing), the segments fit the
         window and the memory limits, and either they start at the next
@@ -288,7 +288,7 @@ class TcpConnection(TcpSender):
         if start < rcv_nxt or start + length > rcv_nxt + self.receive_window:
             return False
         # Each alone is charged at most its size and a frame's overheads.
-        if not buffer.can_hold(count * (size + MERGE_MARGIN)):
+        if not buffer.can_hold(length + count * MERGE_MARGIN):
             return False
         if start == rcv_nxt:
             return not buffer.has_gaps
@@ -357,7 +357,7 @@ class TcpConnection(TcpSender):
         header: TcpHeader,
         payload: bytes | memoryview,
         now: int,
-        merged: tuple[int, int] | None = None,
+        merged: tuple[int, ...] | None = None,
     ) -> None:
         """A segment in SYN-RECEIVED or later: RFC 9293 3.10.7.4, step by step."""
         # (The control bits are tested on the flags field directly: the
@@ -391,7 +391,7 @@ class TcpConnection(TcpSender):
             return
         if merged is not None:
             # The window as the last one would have left it (RFC 9293 SND.WL1).
-            last_seq = seq + (merged[0] - 1) * merged[1]
+            last_seq = seq + len(payload) - merged[-1]
             self._update_window(header, last_seq, unwrap(header.ack, self.snd_una))
         if self.state == State.CLOSED:
             return
@@ -506,7 +506,7 @@ class TcpConnection(TcpSender):
         seq: int,
         payload: bytes | memoryview,
         now: int,
-        merged: tuple[int, int] | None = None,
+        merged: tuple[int, ...] | None = None,
     ) -> bool:
         """Take the segment's data; False when the connection was reset
         because the application let go of it."""
@@ -558,7 +558,7 @@ class TcpConnection(TcpSender):
         seq: int,
         payload: bytes | memoryview,
         now: int,
-        merged: tuple[int, int] | None = None,
+        merged: tuple[int, ...] | None = None,
     ) -> None:
         buffer = self.receive_buffer
         rcv_nxt = buffer.rcv_nxt
@@ -567,10 +567,11 @@ class TcpConnection(TcpSender):
             payload = payload[: max(right_edge - seq, 0)]
         had_gaps = buffer.has_gaps
         advanced = buffer.insert(seq, payload)
-        # Merged segments: the MSS estimate from the largest, each one's size.
-        largest = len(payload) if merged is None else merged[1]
-        if largest > self.rcv_mss:
-            self.rcv_mss = min(largest, self.path_mss)
+        full = 0
+        if merged is not None:
+            full = self._estimate_mss(merged)
+        elif len(payload) > self.rcv_mss:
+            self.rcv_mss = min(len(payload), self.path_mss)
         if not advanced:
             # Out of order or duplicate: ACK at once so the sender learns (RFC 5681 4.2).
             self._ack_for_sender(now)
@@ -580,7 +581,7 @@ class TcpConnection(TcpSender):
             self._ack_for_sender(now)  # a hole was filled
             return
         if merged is not None:
-            self.full_segments_unacked += self._full_segments(len(payload), *merged)
+            self.full_segments_unacked += full
         elif len(payload) >= self.rcv_mss:
             self.full_segments_unacked += 1
         last, self.data_received_at = self.data_received_at, now
@@ -601,12 +602,18 @@ class TcpConnection(TcpSender):
         elif self.delack_at is None:
             self.delack_at = now + self.config.delayed_ack_ns
 
-    def _full_segments(self, length: int, count: int, size: int) -> int:
-        """How many of ``count`` merged segments of ``size`` bytes (the
-        last one the rest of ``length``) are full-sized: each counts
-        towards the ACK every second full segment earns."""
-        last = length - (count - 1) * size
-        return (count - 1 if size >= self.rcv_mss else 0) + (1 if last >= self.rcv_mss else 0)
+    def _estimate_mss(self, sizes: tuple[int, ...]) -> int:
+        """The receiver's MSS estimate as segments of ``sizes`` bytes, one
+        after the other, leave it; returns how many of them were full sized
+        (each counts towards the ACK every second full segment earns)."""
+        mss, path_mss, full = self.rcv_mss, self.path_mss, 0
+        for size in sizes:
+            if size > mss:
+                mss = min(size, path_mss)
+            if size >= mss:
+                full += 1
+        self.rcv_mss = mss
+        return full
 
     def _ack_for_sender(self, now: int) -> None:
         """The immediate ACK of RFC 5681 4.2 (out-of-order data, a filled

@@ -49,9 +49,8 @@ Arrival = tuple[Address, Address, bytes, bool, bool]
 
 @dataclass(slots=True)
 class _Merge:
-    """In-order data segments of one connection from one burst, each full
-    sized but the last, alike in every header field but the sequence number
-    (and PSH on the last), as Linux's GRO merges them."""
+    """Data segments of one connection from one burst that follow each
+    other, alike in every header field but the sequence number and PSH."""
 
     src: Address
     dst: Address
@@ -59,10 +58,8 @@ class _Merge:
     headers: list[TcpHeader]
     options: bytes
     ce: bool
-    size: int  # the first payload's length
     payloads: list[memoryview]
     end: int  # the wire sequence number after the last
-    closed: bool = False  # a PSH or a short segment ended it
 
 
 class TcpEndpoint:
@@ -340,13 +337,13 @@ class TcpEndpoint:
 
     def input_burst(self, arrivals: list[Arrival], now: int) -> None:
         """Handle the segments of one burst (what the interface had ready),
-        in order, as :meth:`input` would one by one; but in-order data
-        segments of one connection that follow each other, full sized and
-        alike in every field but the sequence number (a PSH ends a run), are
-        taken as one when the connection can (:meth:`TcpConnection.takes_merged`):
-        one pass through the connection, one insert, one ACK decision that
-        counts each segment, as Linux's GRO does. Counted in
-        ``segments_merged``."""
+        in order, as :meth:`input` would one by one; but data segments of
+        one connection that follow each other, alike in every field but the
+        sequence number and PSH (which asks only not to hold data back, and
+        the burst is in already), are taken as one when the connection can
+        (:meth:`TcpConnection.takes_merged`): one pass through the
+        connection, one insert, one ACK decision that counts each full
+        segment, as Linux's GRO merges. Counted in ``segments_merged``."""
         merge: _Merge | None = None
         for src, dst, segment, checksum_verified, ce in arrivals:
             parsed = self._parse_checked(src, dst, segment, checksum_verified)
@@ -373,9 +370,9 @@ class TcpEndpoint:
             if found is not None:
                 conn, key = found
                 length = sum(map(len, payloads))
-                if conn.takes_merged(header.seq, length, len(payloads), merge.size):
+                if conn.takes_merged(header.seq, length, len(payloads)):
                     self.stats.segments_merged += len(payloads) - 1
-                    merged = (len(payloads), merge.size)
+                    merged = tuple(map(len, payloads))
                     conn.input(header, b"".join(payloads), now, ce=merge.ce, merged=merged)
                     self.collect(key, conn)
                     return
@@ -621,7 +618,6 @@ def _options(segment: bytes) -> bytes:
 def _start_merge(
     src: Address, dst: Address, header: TcpHeader, payload: memoryview, segment: bytes, ce: bool
 ) -> _Merge:
-    size = len(payload)
     return _Merge(
         src,
         dst,
@@ -629,10 +625,8 @@ def _start_merge(
         [header],
         _options(segment),
         ce,
-        size,
         [payload],
-        (header.seq + size) & MASK,
-        closed=bool(header.flags & PSH),
+        (header.seq + len(payload)) & MASK,
     )
 
 
@@ -647,15 +641,13 @@ def _extends(
 ) -> bool:
     """Whether a segment continues ``merge`` (and if so it is added):
     the next bytes of the same connection, with the same ACK, window,
-    options and ECN mark, no flag but ACK (and PSH, which ends the run),
-    and no larger than the first while every one before was as large."""
+    options and ECN mark, and no flag but ACK (and PSH)."""
     first = merge.header
     length = len(payload)
     if (
-        merge.closed
-        or header.seq != merge.end
+        header.seq != merge.end
         or header.flags & ~PSH != ACK
-        or not 0 < length <= merge.size
+        or not length
         or header.ack != first.ack
         or header.window != first.window
         or header.src_port != first.src_port
@@ -669,5 +661,4 @@ def _extends(
     merge.payloads.append(payload)
     merge.headers.append(header)
     merge.end = (header.seq + length) & MASK
-    merge.closed = length < merge.size or bool(header.flags & PSH)
     return True
