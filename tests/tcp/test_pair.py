@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 from collections.abc import Callable
 
@@ -280,3 +281,46 @@ def test_a_transfer_goes_on_after_timeouts_lower_the_segment_size() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_a_handler_ended_by_the_peers_reset_is_not_logged_as_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reset is a connection's ordinary end: counted, logged at debug level,
+    never a traceback per connection (which any client could cause)."""
+
+    async def main() -> None:
+        client, server = _layers(Faults())
+        ended = asyncio.Event()
+
+        async def echo(flow: TcpFlow) -> None:
+            try:
+                await flow.write(b"greeting the client never reads")
+                while data := await flow.read():
+                    await flow.write(data)
+            finally:
+                ended.set()
+
+        async def broken(flow: TcpFlow) -> None:
+            raise RuntimeError("a real bug in the handler")
+
+        await server.listen(83, echo)
+        await server.listen(84, broken)
+        flow = await client.connect("10.9.0.2", 83)
+        assert isinstance(flow, TcpStream)
+        await _eventually(lambda: flow.connection.readable_bytes > 0)
+        await flow.close()  # unread data: an abort, the server's read sees a reset
+        await asyncio.wait_for(ended.wait(), 10)
+        await _eventually(lambda: server.counters["handler_ended_by_peer"] == 1)
+        assert server.counters["handler_errors"] == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+        other = await client.connect("10.9.0.2", 84)
+        await _eventually(lambda: server.counters["handler_errors"] == 1)
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR]
+        await other.close()
+        await client.close()
+        await server.close()
+
+    with caplog.at_level(logging.DEBUG, logger="looming"):
+        asyncio.run(main())

@@ -337,6 +337,8 @@ class TcpLayer:
         self._touched: dict[TcpConnection, FourTuple] = {}
         self.transmit_errors = 0
         self.handler_errors = 0
+        self.handler_ends = 0
+        """Handlers ended by a reset or a closed flow (logged at debug level)."""
         # Looks a name up for connect (set by the stack that has DNS): the
         # addresses to try, in order.
         self.resolver: Callable[[str], Awaitable[Sequence[IPv4Address | IPv6Address]]] | None = None
@@ -635,6 +637,12 @@ class TcpLayer:
     async def _serve(self, listener: TcpListener, stream: TcpStream) -> None:
         try:
             await listener.handler(stream)
+        except (ConnectionReset, Closed) as error:
+            # The peer reset or the flow closed under the handler: the
+            # connection's ordinary end, not the handler's failure (an
+            # attacker could otherwise log a traceback per connection).
+            self.handler_ends += 1
+            log.debug("TCP connection on port %d ended: %s", listener.port, error)
         except Exception:
             self.handler_errors += 1
             log.exception("TCP connection handler for port %d failed", listener.port)
@@ -772,6 +780,7 @@ class TcpLayer:
         counters = self.stats.as_dict()
         counters["transmit_errors"] = self.transmit_errors
         counters["handler_errors"] = self.handler_errors
+        counters["handler_ended_by_peer"] = self.handler_ends
         endpoint = self._endpoint
         counters["connection_limit_dropped"] = endpoint.connection_limit_dropped
         counters["memory_limit_dropped"] = endpoint.pool.refused
