@@ -5,10 +5,17 @@ serving an :class:`~looming.http.asgi.AsgiAdapter` (with the httptools
 parser and no access log or metrics) is served here instead of by a task
 reading its flow: :class:`FastAsgiConnection` takes the transport's
 callbacks, parses each request head with llhttp as it arrives, and runs
-the application in one task per request whose ``send()`` writes the
+the application right there, in the callback, whose ``send()`` writes the
 response into the transport itself (waiting, as the flow would, while the
-transport's buffer is above its high-water mark). A request costs one task
-and no hand-off between tasks.
+transport's buffer is above its high-water mark). An application that
+answers without waiting for anything costs no task at all: it runs as the
+connection's long-lived *runner* task (``asyncio.current_task()`` is that
+task, as anyio and ``asyncio.timeout`` need), stepped from the callback
+like an eager task. One that must wait is carried on from where it stopped
+by that runner, in the request's own context, and the connection makes a
+new runner for the requests after it (see :meth:`FastAsgiConnection._run_eagerly`).
+Requests arriving while a task is running (pipelined behind a response sent
+from a task) get a task each.
 
 Only the plain case is served here: HTTP/1.1 requests without a body,
 without ``Connection``, ``Upgrade`` or ``Expect`` fields, other than HEAD.
@@ -24,7 +31,9 @@ import asyncio
 import contextvars
 import logging
 import os
-from collections.abc import Callable
+import types
+from asyncio.tasks import _enter_task, _leave_task
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import h11
@@ -39,7 +48,7 @@ from looming.http.response_head import (
     PreparedHeaders,
     body_not_allowed,
 )
-from looming.http.server import _valid_trailers
+from looming.http.server import PIPELINE_TURN, _valid_trailers
 
 if TYPE_CHECKING:
     from looming.http.asgi import AsgiAdapter
@@ -90,6 +99,7 @@ class FastAsgiConnection(asyncio.Protocol):
         "_context",
         "_deadline",
         "_drain_waiter",
+        "_eager",
         "_eof",
         "_exchange",
         "_fallback",
@@ -98,16 +108,22 @@ class FastAsgiConnection(asyncio.Protocol):
         "_fresh",
         "_head_begun",
         "_headers",
+        "_last_head",
         "_loop",
         "_lost",
         "_message_done",
         "_parser",
         "_pos",
         "_reading_paused",
+        "_runner",
+        "_runner_waiter",
         "_scan",
         "_server",
+        "_template",
+        "_template_headers",
         "_timer",
         "_transport",
+        "_turn",
         "_url",
         "_write_paused",
         "close_after_response",
@@ -138,12 +154,25 @@ class FastAsgiConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._message_done = False
+        self._last_head = b"-"
+        """The last plain request head read (never a whole read: no head is one byte)."""
+        self._template: dict[str, Any] = {}
+        self._template_headers: tuple[tuple[bytes, bytes], ...] = ()
+        """The scope of ``_last_head``, and its fields, as first read."""
         self._exchange: _Exchange | None = None
         self._eof = self._lost = self._write_paused = self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._first = True
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._runner: asyncio.Task[None] | None = None
+        """The task applications run as while stepped from a callback (see the module)."""
+        self._runner_waiter: asyncio.Future[_Handoff] | None = None
+        """Given the application the runner carries on, when one must wait."""
+        self._eager = False
+        """Within a step of an application from a callback."""
+        self._turn = 0
+        """Requests answered in this callback (see :data:`PIPELINE_TURN`)."""
         self.close_after_response = False
         """Set by a graceful stop: the connection ends after its response."""
         self._transport = flow.lend_transport(self)
@@ -163,12 +192,19 @@ class FastAsgiConnection(asyncio.Protocol):
     # --- the transport's callbacks ----------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self._turn = 0
         buf = self._buf
         if self._pos == len(buf):
             # Everything before was answered: this read starts afresh.
             if buf:
                 buf.clear()
                 self._pos = self._scan = 0
+            if data == self._last_head and self._exchange is None and not self._write_paused:
+                # The last request's head again, alone in its read (a
+                # keep-alive client's next request): read once already.
+                self._fresh = False
+                self._begin(self._scope_again())
+                return
             self._fresh = True
         buf += data
         if self._exchange is None and not self._write_paused:
@@ -202,6 +238,7 @@ class FastAsgiConnection(asyncio.Protocol):
             waiter.set_result(None)
         if self._exchange is not None:
             self._exchange.client_gone()
+        self._retire_runner()
         self._flow.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -240,7 +277,13 @@ class FastAsgiConnection(asyncio.Protocol):
             self._head_unfinished(scan)
             return
         end += 4
-        scope = self._parse_head(buf[pos:end]) if not buf.startswith(_BAD_START, pos) else None
+        head = buf[pos:end]
+        if head == self._last_head:
+            scope: Scope | None = self._scope_again()
+        elif buf.startswith(_BAD_START, pos):
+            scope = None
+        else:
+            scope = self._parse_head(head)
         if scope is None:
             self._hand_over()
             return
@@ -252,13 +295,79 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._reading_paused and len(buf) - self._pos <= RECEIVE_HIGH_WATER:
             self._reading_paused = False
             self._transport.resume_reading()
+        self._begin(scope)
+
+    def _begin(self, scope: Scope) -> None:
+        """The exchange of a request whose head was taken from the buffer."""
         self._first = self._head_begun = False
         self._deadline = 0.0
         self._exchange = exchange = _Exchange(self, scope)
-        self._server.in_flight += 1
-        exchange._task = self._loop.create_task(exchange.run(), context=self._context.copy())
-        if self._eof and self._pos == len(buf):
+        server = self._server
+        server.in_flight += 1
+        if self._eof and self._pos == len(self._buf):
             exchange.client_ending()  # the last request the client sent before its end
+        context = self._context.copy()
+        if asyncio.current_task(self._loop) is not None:
+            # From within a task (a response sent from one): a task of its own.
+            exchange._task = self._loop.create_task(exchange.run(), context=context)
+            return
+        self._run_eagerly(exchange, context)
+        if self._exchange is None and not self._closing and not self._lost:
+            self._next_turn()
+
+    def _run_eagerly(self, exchange: _Exchange, context: contextvars.Context) -> None:
+        """Run the exchange's application in this callback up to its end or
+        its first wait, as the runner task; one that waits is carried on by
+        the runner, and a new runner serves the requests after it."""
+        loop = self._loop
+        runner = self._runner
+        if runner is None or runner.done():
+            waiter: asyncio.Future[_Handoff] = loop.create_future()
+            runner = loop.create_task(_carry(waiter), context=self._context.copy())
+            self._runner, self._runner_waiter = runner, waiter
+        exchange._task = runner
+        coro = exchange.run()
+        self._eager = True
+        _enter_task(loop, runner)
+        try:
+            yielded = context.run(coro.send, None)
+        except (StopIteration, asyncio.CancelledError):
+            return  # answered (or cancelled) without waiting: the runner serves on
+        finally:
+            _leave_task(loop, runner)
+            self._eager = False
+        given = self._runner_waiter
+        assert given is not None
+        self._runner = self._runner_waiter = None
+        if not given.done():
+            given.set_result((coro, yielded, context))
+        else:
+            # The runner was cancelled meanwhile: a task goes on, the
+            # cancellation first (the rare case of an application cancelling its task).
+            exchange._task = loop.create_task(
+                _resumed(coro, asyncio.CancelledError(), context, thrown=True), context=context
+            )
+
+    def _next_turn(self) -> None:
+        """A response was sent within this callback: on to the next request,
+        or, after :data:`PIPELINE_TURN` of them, in the loop's next turn."""
+        self._turn += 1
+        if self._turn < PIPELINE_TURN or self._pos == len(self._buf):
+            self._go_on()
+            return
+        self._turn = 0
+        self._loop.call_soon(self._go_on_later)
+
+    def _go_on_later(self) -> None:
+        if self._exchange is None and not self._closing and not self._lost:
+            self._go_on()
+
+    def _retire_runner(self) -> None:
+        """The connection serves no more requests: its idle runner ends."""
+        runner = self._runner
+        if runner is not None:
+            self._runner = self._runner_waiter = None
+            runner.cancel()
 
     def _head_unfinished(self, scan: int) -> None:
         """No whole head yet from ``_pos``; searched from ``scan``."""
@@ -302,9 +411,22 @@ class FastAsgiConnection(asyncio.Protocol):
             return None
         if notes or size > self._server.config.max_header_bytes:
             return None
-        return self._adapter.fast_scope(
+        scope = self._adapter.fast_scope(
             method, target, headers, self._flow.remote_address, self._flow.local_address
         )
+        self._last_head = bytes(head)
+        self._template = dict(scope)
+        self._template_headers = tuple(scope["headers"])
+        return scope
+
+    def _scope_again(self) -> Scope:
+        """The scope of a request whose head is the last one's (the same
+        fields, read again fresh: an application may change its scope)."""
+        scope: dict[str, Any] = self._template.copy()
+        scope["headers"] = list(self._template_headers)
+        scope["state"] = self._adapter.state.copy()
+        scope["extensions"] = {"http.response.trailers": {}, "http.response.pathsend": {}}
+        return scope
 
     def response_done(self, exchange: _Exchange, keep_alive: bool) -> None:
         """The exchange's response is written: on to the next request."""
@@ -318,7 +440,8 @@ class FastAsgiConnection(asyncio.Protocol):
         if not keep_alive or self.close_after_response or server.stopping:
             self.close()
             return
-        self._go_on()
+        if not self._eager:
+            self._go_on()  # (after an eager step, _next_request goes on)
 
     def _go_on(self) -> None:
         """Between requests: the next one received, the end, or the wait for one."""
@@ -349,6 +472,7 @@ class FastAsgiConnection(asyncio.Protocol):
         """The usual path serves the connection from here (see the module)."""
         self._closing = True  # this object is done with it
         self._cancel_timer()
+        self._retire_runner()
         self._server.forget_fast(self)
         self._server.adopted_from_fast(self._flow, first=self._first)
         pending = bytes(self._buf[self._pos :])
@@ -441,6 +565,54 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._pos < len(self._buf):
             self.write(self._server.error_response(408))
         self.close()
+
+
+_Handoff = tuple[Coroutine[Any, Any, None], Any, contextvars.Context]
+"""An application stopped at its first wait: its coroutine, what it
+yielded to its task, and the context it runs in."""
+
+
+async def _carry(waiter: asyncio.Future[_Handoff]) -> None:
+    """The runner task's body: idle until an application stepped as this
+    task must wait, then carry it on to its end (see FastAsgiConnection)."""
+    thrown: BaseException | None = None
+    try:
+        await waiter
+    except asyncio.CancelledError as error:
+        if not waiter.done() or waiter.cancelled():
+            raise  # retired while idle
+        thrown = error  # the application cancelled its task before it waited
+    coro, yielded, context = waiter.result()
+    if thrown is not None:
+        await _resumed(coro, thrown, context, thrown=True)
+    else:
+        await _resumed(coro, yielded, context)
+
+
+@types.coroutine
+def _resumed(
+    coro: Coroutine[Any, Any, None],
+    yielded: Any,
+    context: contextvars.Context,
+    *,
+    thrown: bool = False,
+) -> Generator[Any, None, None]:
+    """Carry on ``coro``, which yielded ``yielded`` to its task (or, with
+    ``thrown``, is to be thrown that exception first), stepping it in
+    ``context`` as its own task would."""
+    send, throw = coro.send, coro.throw
+    try:
+        if thrown:
+            yielded = context.run(throw, yielded)
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as error:  # the task's cancellation, mostly
+                yielded = context.run(throw, error)
+            else:
+                yielded = context.run(send, value)
+    except StopIteration:
+        return
 
 
 class _Exchange:
