@@ -18,6 +18,9 @@ times its requests while one attack runs against the same server:
   over-limit       150 requests for a slow page opened at once on a
                    connection, 50 over the servers' limit of 100 (RFC 9113 section 5.1.2: refused
                    with RST_STREAM, or the connection ended), in a loop
+  unread-upload    10 uploads on a connection to a page that never reads its
+                   body, sent as fast as flow control lets, 2 s a connection:
+                   what a server takes in is what it holds
   ws-ping-flood    a websocket sends 80,000 pings (and never reads), in a loop
 
 Printed per server and attack: the ordinary client's p50 and p99 latency
@@ -63,6 +66,7 @@ ATTACKS = (
     "continuation",
     "h2load-streams",
     "over-limit",
+    "unread-upload",
     "ws-ping-flood",
 )
 LOADS = {
@@ -80,11 +84,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if scope["type"] != "http":
         return
-    more = scope["method"] == "POST"
+    more = scope["method"] == "POST" and scope["path"] != "/ignore"
     while more:  # an upload is read
         more = (await receive()).get("more_body", False)
     if scope["path"] == "/slow":
         await asyncio.sleep(0.2)  # holds its stream a while
+    if scope["path"] == "/ignore":
+        await asyncio.sleep(5)  # does not read the upload
     headers = [(b"content-length", b"2"), (b"content-type", b"text/plain")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -190,6 +196,38 @@ def h2_attacker(port: int, attack: str, stop: threading.Event, outcomes: Counter
             outcomes[type(error).__name__] += 1
 
 
+def upload_attacker(port: int, stop: threading.Event, outcomes: Counter[str]) -> None:
+    """Uploads to a page that does not read them, as flow control allows;
+    counts the KiB each connection got in within 2 s."""
+    import h2.config
+    import h2.connection
+    import h2.exceptions
+
+    fields = [(":method", "POST"), (":path", "/ignore"), (":scheme", "http"), (":authority", "x")]
+    while not stop.is_set():
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        sent, give_up = 0, time.monotonic() + 2
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.05) as sock:
+                for stream_id in range(1, 21, 2):
+                    conn.send_headers(stream_id, fields)
+                while not stop.is_set() and time.monotonic() < give_up:
+                    for stream_id in range(1, 21, 2):
+                        room = min(conn.local_flow_control_window(stream_id), 16384)
+                        if room:
+                            conn.send_data(stream_id, b"u" * room)
+                            sent += room
+                    sock.sendall(conn.data_to_send())
+                    try:
+                        conn.receive_data(sock.recv(65536))
+                    except TimeoutError:
+                        pass
+        except (OSError, h2.exceptions.ProtocolError) as error:
+            outcomes[type(error).__name__] += 1
+        outcomes[f"took in {sent >> 10} KiB"] += 1
+
+
 def ws_attacker(port: int, stop: threading.Event, outcomes: Counter[str]) -> None:
     ping = bytes([0x89, 0x81]) + b"\0\0\0\0" + b"p"
     while not stop.is_set():
@@ -221,6 +259,8 @@ def start_attack(port: int, attack: str, outcomes: Counter[str]) -> Callable[[],
         )
     elif attack == "ws-ping-flood":
         threads.append(threading.Thread(target=ws_attacker, args=(port, stop, outcomes)))
+    elif attack == "unread-upload":
+        threads.append(threading.Thread(target=upload_attacker, args=(port, stop, outcomes)))
     elif attack != "none":
         threads += [
             threading.Thread(target=h2_attacker, args=(port, attack, stop, outcomes))
