@@ -8,7 +8,7 @@ import functools
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 
 from looming.devices.net import (
     BROADCAST_MAC,
@@ -26,6 +26,7 @@ from looming.net.ethernet import EthernetLayer
 from looming.net.reassembly import Reassembler
 from looming.net.wire import ipv4 as wire
 from looming.net.wire._cache import ipv4_address
+from looming.net.wire.checksum import internet_checksum, pseudo_header_sum
 from looming.net.wire.ipv4 import MIN_HEADER_LENGTH, Ipv4Header
 from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 
@@ -70,6 +71,46 @@ def options_problem(options: bytes) -> str | None:
             return "source_route_dropped"
         i += options[i + 1]
     return None
+
+
+_TCP_FIN = 0x01
+_TCP_PSH = 0x08
+_TCP_CWR = 0x80
+
+
+def cut_tcp_burst(
+    segment: bytes,
+    segment_size: int,
+    source: IPv4Address | IPv6Address,
+    destination: IPv4Address | IPv6Address,
+) -> list[bytes]:
+    """A TCP packet of several segments (its checksum finished or only the
+    pseudo-header sum) cut into segments of at most ``segment_size``
+    payload bytes, each with its own sequence number and finished
+    checksum: what an interface with segmentation offload does (Linux's
+    GSO in software). FIN and PSH stay on the last piece only, CWR on the
+    first only, as RFC 3168 6.1.2 and Linux's tcp_gso_segment have it."""
+    header_length = (segment[12] >> 4) * 4 if len(segment) >= 20 else 0
+    payload_length = len(segment) - header_length
+    if header_length < 20 or segment_size <= 0 or payload_length <= segment_size:
+        return [finish_tcp_checksum(segment)]
+    header = bytearray(segment[:header_length])
+    header[16:18] = b"\0\0"
+    first_seq = int.from_bytes(segment[4:8], "big")
+    flags = segment[13]
+    view = memoryview(segment)
+    pieces: list[bytes] = []
+    for offset in range(0, payload_length, segment_size):
+        last = offset + segment_size >= payload_length
+        header[4:8] = ((first_seq + offset) & 0xFFFFFFFF).to_bytes(4, "big")
+        header[13] = flags & ~((0 if last else _TCP_FIN | _TCP_PSH) | (_TCP_CWR if offset else 0))
+        start = header_length + offset
+        piece = bytearray(header)
+        piece += view[start : start + segment_size]
+        pseudo = pseudo_header_sum(source, destination, IpProtocol.TCP, len(piece))
+        piece[16:18] = (internet_checksum(piece, pseudo) or 0xFFFF).to_bytes(2, "big")
+        pieces.append(bytes(piece))
+    return pieces
 
 
 class Ipv4Layer:
@@ -134,6 +175,10 @@ class Ipv4Layer:
     @property
     def gateway(self) -> IPv4Address | None:
         return self._gateway
+
+    @property
+    def ethernet(self) -> EthernetLayer:
+        return self._ethernet
 
     def interfaces(self) -> list[IPv4Interface]:
         return [self._interface] if self._interface is not None else []
@@ -202,11 +247,10 @@ class Ipv4Layer:
     def segment_limit(self, destination: IPv4Address) -> int:
         """The largest TCP payload-plus-header :meth:`write` takes in one
         packet when given ``segment_size``: up to 64 KB when the interface
-        segments TCP itself (TSO), else the MTU's payload."""
+        segments TCP itself (TSO), else 0: without it TCP sends each segment
+        on its own, never more than one of the peer's segments in a packet."""
         offload = self._ethernet.capabilities.segmentation
-        if offload:
-            return offload - MIN_HEADER_LENGTH
-        return self.mtu(destination)
+        return offload - MIN_HEADER_LENGTH if offload else 0
 
     def register(self, protocol: int, handler: Ipv4Handler) -> None:
         self._handlers[protocol] = handler
@@ -228,6 +272,12 @@ class Ipv4Layer:
     def _on_frame(
         self, source: MacAddress, destination: MacAddress, payload: bytes, checksum_verified: bool
     ) -> None:
+        if source[0] & 1:
+            # A group (multicast or broadcast) Ethernet source is never a
+            # sender's (IEEE 802.3 3.2.3): forged, and an answer would go to
+            # every host on the link.
+            self.counters["martian_mac_source"] += 1
+            return
         self._receive(payload, looped_back=False, checksum_verified=checksum_verified)
 
     def input(self, packet: bytes) -> None:
@@ -334,8 +384,8 @@ class Ipv4Layer:
         ):
             counters["not_for_us"] += 1
             return True
-        if source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int:
-            counters["martian_source"] += 1  # see _refusal
+        if self._martian(source_int):
+            counters["martian_source"] += 1  # see _martian
             return True
         counters["rx_datagrams"] += 1
         received = ReceivedPacket(
@@ -369,12 +419,7 @@ class Ipv4Layer:
             or destination_int in self._broadcast_ints
         ):
             return "not_for_us"
-        source_int = int(header.source)
-        if not looped_back and (
-            source_int >> 28 == 0xE or source_int == 0xFFFFFFFF or source_int == self._local_int
-        ):
-            # RFC 1122 3.2.1.3: a datagram from a broadcast, multicast or
-            # our own address is forged or looped back; drop it.
+        if not looped_back and self._martian(int(header.source)):
             return "martian_source"
         if header.options:
             # RFC 7126 4.3/4.4 and Linux's accept_source_route=0: a source
@@ -383,6 +428,21 @@ class Ipv4Layer:
             # do not parse go too.
             return options_problem(header.options)
         return None
+
+    def _martian(self, source: int) -> bool:
+        """Whether a datagram from the wire with this source address is
+        dropped unanswered (RFC 1122 3.2.1.3, as Linux's martian checks):
+        "this network" (0.0.0.0/8), loopback (127.0.0.0/8), multicast,
+        reserved (240.0.0.0/4) and limited broadcast, our subnet's directed
+        broadcast, or our own address. An answer to any of them is
+        forged-source reflection (to a broadcast: an amplifier) or a loop."""
+        return (
+            source >= 0xE0000000  # 224.0.0.0/4, 240.0.0.0/4, 255.255.255.255
+            or source >> 24 == 0
+            or source >> 24 == 127
+            or source == self._local_int
+            or source in self._broadcast_ints
+        )
 
     def _watch_reassembly(self) -> None:
         """Make sure incomplete datagrams are freed at their timeout even
@@ -471,8 +531,8 @@ class Ipv4Layer:
         with ``segment_size`` (its MSS for this connection): an interface with
         segmentation offload then cuts it into segments of that payload size.
         Such a packet's TCP checksum holds only the pseudo-header sum (the
-        interface finishes it per segment); it is finished here when the
-        packet does not go to such an interface after all.
+        interface finishes it per segment); when the packet does not go to
+        such an interface after all, it is cut into segments here.
         """
         if (
             segment_size is None
@@ -497,13 +557,18 @@ class Ipv4Layer:
             and await self._write_offloaded(destination, payload, ttl, tos, segment_size)
         ):
             return
-        if (
-            segment_size is not None
-            and protocol == IpProtocol.TCP
-            and (self.is_local(destination) or not self._ethernet.capabilities.segmentation)
-        ):
-            payload = finish_tcp_checksum(payload)
-            segment_size = None
+        if segment_size is not None and protocol == IpProtocol.TCP:
+            if self.is_local(destination):
+                payload = finish_tcp_checksum(payload)
+                segment_size = None
+            elif len(payload) > self.segment_limit(destination):
+                # No interface to cut it (or too large for one): cut here,
+                # so that no segment exceeds the peer's MSS and none is
+                # fragmented (RFC 9293 3.7.1; DF as the caller asked).
+                await self._write_cut(
+                    destination, payload, segment_size, ttl, tos, dont_fragment, source
+                )
+                return
         if source is None:
             source = self.source_for(destination)
         header = Ipv4Header(
@@ -531,6 +596,33 @@ class Ipv4Layer:
                 await self._ethernet.write(hop, ethertype, frame, segment_size=size)
             return
         await self._arp.send(hop, frames)
+
+    async def _write_cut(
+        self,
+        destination: IPv4Address,
+        payload: bytes,
+        segment_size: int,
+        ttl: int,
+        tos: int,
+        dont_fragment: bool,
+        source: IPv4Address | None,
+    ) -> None:
+        """For :meth:`write`: a TCP packet of several segments that no
+        interface cuts up, sent as separate segments of ``segment_size``."""
+        origin = self.source_for(destination) if source is None else source
+        pieces = cut_tcp_burst(payload, segment_size, origin, destination)
+        if len(pieces) > 1:
+            self.counters["tx_cut_in_software"] += 1
+        for piece in pieces:
+            await self.write(
+                destination,
+                IpProtocol.TCP,
+                piece,
+                ttl=ttl,
+                dont_fragment=dont_fragment,
+                tos=tos,
+                source=source,
+            )
 
     async def _write_offloaded(
         self, destination: IPv4Address, payload: bytes, ttl: int, tos: int, segment_size: int

@@ -51,13 +51,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 
-from looming.devices.net import EthernetProtocol, MacAddress, ReceivedPacket
+from looming.devices.net import EthernetProtocol, IpProtocol, MacAddress, ReceivedPacket
 from looming.devices.random import Random
 from looming.devices.time import Time
 from looming.errors import ConnectionTimeout, Malformed, NoRoute
 from looming.net._timeouts import wait_until_done
 from looming.net.ethernet import EthernetLayer, TokenBucket
 from looming.net.icmp import IcmpError, QuotedHeader
+from looming.net.ipv4 import cut_tcp_burst
 from looming.net.neighbours import (
     NeighbourCache,
     NeighbourSettings,
@@ -145,6 +146,27 @@ def as_icmp_error(error: Icmpv6Error) -> IcmpError:
 
 # Upper-layer protocols a packet may name directly after the fixed header.
 _UPPER_LAYER = frozenset({NextHeader.TCP, NextHeader.UDP, NextHeader.ICMPV6})
+
+
+_LOOPBACK_PACKED = IPv6Address("::1").packed
+_UNSPECIFIED_PACKED = bytes(16)
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+def _martian_source(packet: bytes) -> bool:
+    """Whether a packet's source address may not come from the wire (RFC
+    4291, as Linux's ip6_rcv_core): multicast (2.7), loopback (2.5.3),
+    IPv4-mapped (2.5.5.2), or the unspecified address (2.5.2) on anything
+    but a Neighbor Solicitation without extension headers, which duplicate
+    address detection sends so (RFC 4862 5.4.2; ND handles it)."""
+    source = packet[8:24]
+    if source[0] == 0xFF or source == _LOOPBACK_PACKED or source[:12] == _V4_MAPPED_PREFIX:
+        return True
+    return source == _UNSPECIFIED_PACKED and not (
+        packet[6] == NextHeader.ICMPV6
+        and len(packet) > wire.HEADER_LENGTH
+        and packet[wire.HEADER_LENGTH] == Icmpv6Type.NEIGHBOR_SOLICITATION
+    )
 
 
 def _next_header_pointer(packet: bytes, chain: wire.Chain) -> int:
@@ -422,6 +444,10 @@ class Ipv6Layer:
     def _on_frame(
         self, source: MacAddress, destination: MacAddress, payload: bytes, checksum_verified: bool
     ) -> None:
+        if source[0] & 1:
+            # A group Ethernet source is never a sender's: forged (as IPv4's).
+            self.counters["martian_mac_source"] += 1
+            return
         self._receive(payload, checksum_verified)
 
     def input(self, packet: bytes) -> None:
@@ -454,8 +480,8 @@ class Ipv6Layer:
         if header.destination not in self._accepted:
             counters["not_for_us"] += 1
             return
-        if packet[8] == 0xFF:  # a multicast source (ff00::/8)
-            counters["martian_source"] += 1  # RFC 4291 2.7: never a source
+        if _martian_source(packet):
+            counters["martian_source"] += 1
             return
         if header.next_header in _UPPER_LAYER:
             # No extension headers (the common case): nothing to walk.
@@ -1086,26 +1112,37 @@ class Ipv6Layer:
         source: IPv6Address | None = None,
         hop_limit: int | None = None,
         traffic_class: int = 0,
+        segment_size: int | None = None,
     ) -> None:
         """Send one packet; never waits for address resolution (a packet for
         a neighbour being resolved waits in its queue). ``traffic_class`` is
         the DSCP and ECN byte (RFC 3168: 2 is ECT(0)). Raises NoRoute when
-        the destination is off-link and no router is known."""
+        the destination is off-link and no router is known. With
+        ``segment_size``, ``payload`` is a TCP packet of several segments
+        (its checksum finished or only the pseudo-header sum), sent as
+        segments of that many payload bytes each (IPv4's write does the same
+        without an offloading interface)."""
         hop = self.next_hop(destination)
         if hop is None:
             self.counters["no_route"] += 1
             raise NoRoute(f"{destination} is not on-link and no IPv6 router is known")
         header = self._header(destination, protocol, source, hop_limit, traffic_class)
+        pieces = [payload]
+        if segment_size is not None and protocol == IpProtocol.TCP:
+            pieces = cut_tcp_burst(payload, segment_size, header.source, destination)
+            if len(pieces) > 1:
+                self.counters["tx_cut_in_software"] += 1
         # Straight to the device, as IPv4 does: what the stack sends for
         # itself (Neighbor Discovery, ICMPv6 answers) waits in queues of its
         # own, never in front of this.
         write = self._ethernet.write
-        for mac, packet in self._route(header, payload, hop):
-            try:
-                await write(mac, EthernetProtocol.IPV6, packet)
-            except Exception:
-                self.counters["tx_failed"] += 1
-                raise
+        for piece in pieces:
+            for mac, packet in self._route(header, piece, hop):
+                try:
+                    await write(mac, EthernetProtocol.IPV6, packet)
+                except Exception:
+                    self.counters["tx_failed"] += 1
+                    raise
 
     def _send(
         self,

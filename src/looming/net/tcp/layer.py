@@ -251,8 +251,10 @@ class TcpStream:
 
 
 def _positive_ns(seconds: float, what: str) -> int:
-    if not seconds > 0:
-        raise ValueError(f"keepalive {what} must be a positive number of seconds, not {seconds}")
+    if not 0 < seconds <= 32767:  # (Linux's MAX_TCP_KEEPIDLE; also no inf or nan)
+        raise ValueError(
+            f"keepalive {what} must be a positive number of seconds up to 32767, not {seconds}"
+        )
     return int(seconds * 1e9)
 
 
@@ -356,7 +358,7 @@ class TcpLayer:
     def _segment_limit_for(self, remote: IPv4Address | IPv6Address) -> int:
         if isinstance(remote, IPv4Address):
             return self._ipv4.segment_limit(remote)
-        return self._ipv6_layer(remote).mtu(remote)  # no segmentation offload over IPv6
+        return 0  # no segmentation offload over IPv6: one segment a packet
 
     def _ipv6_layer(self, remote: IPv6Address) -> Ipv6Layer:
         if self._ipv6 is None:
@@ -658,17 +660,16 @@ class TcpLayer:
                         assert isinstance(source, IPv6Address)
                         await self._write_ipv6(destination, source, segment, segment_size, tos)
                         continue
-                    # DF: routers report a smaller path MTU (RFC 1191) instead
-                    # of fragmenting. A packet of several segments goes with
-                    # segment_size: the interface cuts it up, or IPv4 finishes
-                    # its checksum and sends it whole, fragmented if it must
-                    # (a segment cut before the path MTU fell, resent).
+                    # DF on every segment: routers report a smaller path MTU
+                    # (RFC 1191) instead of fragmenting. A packet of several
+                    # segments goes with segment_size: the interface cuts it
+                    # up, or IPv4 cuts it into segments of that size.
                     await self._ipv4.write(
                         destination,
                         IpProtocol.TCP,
                         segment,
                         tos=tos,
-                        dont_fragment=segment_size is None,
+                        dont_fragment=True,
                         segment_size=segment_size,
                     )
                 except Exception as error:
@@ -686,13 +687,16 @@ class TcpLayer:
         segment_size: int | None,
         tos: int,
     ) -> None:
-        if segment_size is not None:
-            segment = wire.finish_checksum(segment)  # no segmentation offload over IPv6
         # From the connection's own address: the checksum covers it, and the
         # layer's choice can change under a connection (a tentative address
         # becoming usable, a destination reached from link-local).
         await self._ipv6_layer(destination).write(
-            destination, IpProtocol.TCP, segment, source=source, traffic_class=tos
+            destination,
+            IpProtocol.TCP,
+            segment,
+            source=source,
+            traffic_class=tos,
+            segment_size=segment_size,  # (no offload over IPv6: IPv6 cuts it)
         )
 
     def _schedule(self, key: FourTuple, conn: TcpConnection, deadline: int | None) -> None:
