@@ -171,8 +171,12 @@ def build_looming_app(work: Path, port: int, *, static_site: bool) -> list[str]:
     return command if static_site else [*command, "--max-connections", "0"]
 
 
-def peer_commands(work: Path, port_of: dict[str, int]) -> dict[str, tuple[list[str], str]]:
-    """Name -> (command, path checked for readiness)."""
+def peer_commands(
+    work: Path, port_of: dict[str, int], access_log: bool = False
+) -> dict[str, tuple[list[str], str]]:
+    """Name -> (command, path checked for readiness); with ``access_log``,
+    every server logs each request (to a file or /dev/null, as the bench
+    starts them), in the common log format where it can choose."""
     (work / "bench_app.py").write_text(APP)
     py = sys.executable
     app_dir = ["--app-dir", str(work)]
@@ -185,15 +189,21 @@ def peer_commands(work: Path, port_of: dict[str, int]) -> dict[str, tuple[list[s
             else []
         )
 
+    logs = "--access-log" if access_log else "--no-access-log"
+    level = "info" if access_log else "warning"
     commands: dict[str, tuple[list[str], str]] = {
         "looming": (looming("looming"), "/plain"),
         "looming-pure": ([*looming("looming-pure"), "--loop", "asyncio", "--http-parser", "h11"], "/plain"),
         "looming-static": (looming("looming-static", static_site=True), "/bench.html"),
-        "uvicorn": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of.get("uvicorn", 0)), "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop"], "/plain"),
-        "uvicorn-h11": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of.get("uvicorn-h11", 0)), "--no-access-log", "--log-level", "warning", "--http", "h11", "--loop", "asyncio"], "/plain"),
-        "hypercorn": ([py, "-m", "hypercorn", "--bind", f"127.0.0.1:{port_of.get('hypercorn', 0)}", "--log-level", "warning", "bench_app:app"], "/plain"),
-        "granian": ([py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port_of.get("granian", 0)), "--workers", "1", "--log-level", "warning", "--no-access-log", "bench_app:app"], "/plain"),
+        "uvicorn": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of.get("uvicorn", 0)), logs, "--log-level", level, "--http", "httptools", "--loop", "uvloop"], "/plain"),
+        "uvicorn-h11": ([py, "-m", "uvicorn", *app_dir, "bench_app:app", "--port", str(port_of.get("uvicorn-h11", 0)), logs, "--log-level", level, "--http", "h11", "--loop", "asyncio"], "/plain"),
+        "hypercorn": ([py, "-m", "hypercorn", "--bind", f"127.0.0.1:{port_of.get('hypercorn', 0)}", "--log-level", level, *(["--access-logfile", "-"] if access_log else []), "bench_app:app"], "/plain"),
+        "granian": ([py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port_of.get("granian", 0)), "--workers", "1", "--log-level", level, logs, "bench_app:app"], "/plain"),
     }  # fmt: skip
+    if access_log:
+        for name in ("looming", "looming-pure", "looming-static"):
+            if commands[name][0]:
+                commands[name][0].extend(["--access-log", "common"])
     return commands
 
 
@@ -259,9 +269,11 @@ def idle_connections_rss(pid: int, port: int, path: str, count: int) -> tuple[in
 
 
 @contextmanager
-def servers(work: Path, names: list[str]) -> Iterator[dict[str, tuple[Any, int, str]]]:
+def servers(
+    work: Path, names: list[str], access_log: bool = False
+) -> Iterator[dict[str, tuple[Any, int, str]]]:
     ports = {name: free_port() for name in names}
-    commands = peer_commands(work, ports)
+    commands = peer_commands(work, ports, access_log)
     running: dict[str, tuple[Any, int, str]] = {}
     with ExitStack() as stack:
         for name in names:
@@ -300,6 +312,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the idle keep-alive memory figure"
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="every server logs each request (uvicorn's default; common format for looming)",
     )
     parser.add_argument(
         "--fairness",
@@ -423,7 +440,7 @@ def measure(
     fairness: dict[str, list[tuple[Any, float]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="looming-bench-http-") as tmp,
-        servers(Path(tmp), names) as running,
+        servers(Path(tmp), names, args.access_log) as running,
     ):
         for _process, port, ready_path in running.values():
             run_wrk(
@@ -539,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     samples, cpu, memory, fairness = measure(args, names, rounds, duration)
     print()
     print(
-        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians), {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"wrk -t{args.threads} -c{args.connections} -d{duration:g}s x {rounds} interleaved rounds (medians){', access logs on' if args.access_log else ''}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
         f"  starlette {version_of('starlette')}, h11 {version_of('h11')}, uvicorn {version_of('uvicorn')} (httptools {version_of('httptools')}, uvloop {version_of('uvloop')}), hypercorn {version_of('hypercorn')}, granian {version_of('granian')}"

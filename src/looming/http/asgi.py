@@ -730,12 +730,19 @@ class AsgiAdapter:
             await body.take_first()
         return Response(status, headers, body)
 
-    def fast_connection(self, server: Any, flow: Any, serve: Callable[[], None]) -> Any:
+    def fast_connection(
+        self,
+        server: Any,
+        flow: Any,
+        serve: Callable[[], None],
+        not_fast: frozenset[bytes] = frozenset(),
+    ) -> Any:
         """Serve ``flow`` for ``server`` from its transport's callbacks (see
-        looming.http.fast_asgi); ``serve()`` hands it back to the server."""
+        looming.http.fast_asgi); ``serve()`` hands it back to the server, as
+        the first request to one of the ``not_fast`` paths does."""
         from looming.http.fast_asgi import FastAsgiConnection
 
-        return FastAsgiConnection(server, self, flow, serve)
+        return FastAsgiConnection(server, self, flow, serve, not_fast)
 
     async def serve_websocket(
         self,

@@ -17,6 +17,11 @@ new runner for the requests after it (see :meth:`FastAsgiConnection._run_eagerly
 Requests arriving while a task is running (pipelined behind a response sent
 from a task) get a task each.
 
+Access logs and metrics see the same responses as on the usual path (the
+server's observer is told of each whole response, with the request as the
+usual path reads it); paths the server answers itself (``/metrics``) are
+handed back (``not_fast``).
+
 Only the plain case is served here: HTTP/1.1 requests without a body,
 without ``Connection``, ``Upgrade`` or ``Expect`` fields, other than HEAD.
 The first request that is anything else, a head llhttp or the server's
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import h11
 
 from looming.http.asgi import PATHSEND_CHUNK, ClientDisconnected, Message, Scope
+from looming.http.message import Request
 from looming.http.parser import _TARGET_MATCH, _checked_fields, httptools_module
 from looming.http.response_head import (
     CHUNKED,
@@ -48,7 +54,7 @@ from looming.http.response_head import (
     PreparedHeaders,
     body_not_allowed,
 )
-from looming.http.server import PIPELINE_TURN, _valid_trailers
+from looming.http.server import _INTERNAL_ERROR, PIPELINE_TURN, _valid_trailers
 
 if TYPE_CHECKING:
     from looming.http.asgi import AsgiAdapter
@@ -109,9 +115,11 @@ class FastAsgiConnection(asyncio.Protocol):
         "_head_begun",
         "_headers",
         "_last_head",
+        "_last_target",
         "_loop",
         "_lost",
         "_message_done",
+        "_not_fast",
         "_parser",
         "_pos",
         "_reading_paused",
@@ -135,8 +143,11 @@ class FastAsgiConnection(asyncio.Protocol):
         adapter: AsgiAdapter,
         flow: LentTransport,
         fallback: Callable[[], None],
+        not_fast: frozenset[bytes] = frozenset(),
     ) -> None:
         self._server = server
+        self._not_fast = not_fast
+        """Request paths (without the query) the usual path answers."""
         self._adapter = adapter
         self._flow = flow
         self._fallback = fallback
@@ -155,6 +166,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._message_done = False
         self._last_head = b"-"
+        self._last_target = b""
         """The last plain request head read (never a whole read: no head is one byte)."""
         self._template: dict[str, Any] = {}
         self._template_headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -304,6 +316,8 @@ class FastAsgiConnection(asyncio.Protocol):
         self._exchange = exchange = _Exchange(self, scope)
         server = self._server
         server.in_flight += 1
+        if server.observer is not None:
+            exchange.observed = (self._request(), server._date.now())
         if self._eof and self._pos == len(self._buf):
             exchange.client_ending()  # the last request the client sent before its end
         context = self._context.copy()
@@ -405,6 +419,8 @@ class FastAsgiConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"HEAD" or _TARGET_MATCH(target) is None:
             return None
+        if self._not_fast and target.partition(b"?")[0] in self._not_fast:
+            return None
         try:
             headers, notes, size = _checked_fields(self._headers, b"1.1", target)
         except h11.RemoteProtocolError:
@@ -415,9 +431,22 @@ class FastAsgiConnection(asyncio.Protocol):
             method, target, headers, self._flow.remote_address, self._flow.local_address
         )
         self._last_head = bytes(head)
+        self._last_target = target
         self._template = dict(scope)
         self._template_headers = tuple(scope["headers"])
         return scope
+
+    def _request(self) -> Request:
+        """The request being begun as the usual path reads it (for the
+        server's observer: access logs, metrics)."""
+        return Request(
+            self._template["method"],
+            self._last_target.decode("latin-1"),
+            self._template_headers,
+            http_version="1.1",
+            client=self._flow.remote_address,
+            server=self._flow.local_address,
+        )
 
     def _scope_again(self) -> Scope:
         """The scope of a request whose head is the last one's (the same
@@ -435,6 +464,11 @@ class FastAsgiConnection(asyncio.Protocol):
         self._exchange = None
         server = self._server
         server.requests_served += 1
+        observed = exchange.observed
+        if observed is not None and server.observer is not None:
+            request, started = observed
+            seconds = server._date.now() - started
+            server.observer(request, exchange._status, exchange._body_bytes, seconds)
         if self._lost or self._closing:
             return
         if not keep_alive or self.close_after_response or server.stopping:
@@ -619,6 +653,7 @@ class _Exchange:
     """One request and its response on a :class:`FastAsgiConnection`."""
 
     __slots__ = (
+        "_body_bytes",
         "_body_taken",
         "_conn",
         "_declared",
@@ -634,6 +669,7 @@ class _Exchange:
         "_task",
         "_trailers",
         "_written",
+        "observed",
         "scope",
     )
 
@@ -654,7 +690,11 @@ class _Exchange:
         self._keep_alive = True
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._sent = 0
+        self._body_bytes = 0
+        """Body bytes of the response, for the access log (as the usual path counts them)."""
         self._task: asyncio.Task[None] | None = None
+        self.observed: tuple[Request, float] | None = None
+        """The request and when it began, when the server has an observer."""
 
     async def run(self) -> None:
         conn = self._conn
@@ -712,6 +752,9 @@ class _Exchange:
 
     def _send_500(self) -> None:
         self._written = True
+        self._status = 500
+        assert isinstance(_INTERNAL_ERROR.body, bytes)
+        self._body_bytes = len(_INTERNAL_ERROR.body)
         conn = self._conn
         self._finish(conn._server.error_response(500, close=False))
 
@@ -873,6 +916,7 @@ class _Exchange:
                 declared,
                 len(body),
             )
+        self._body_bytes = len(body)
         return self._conn._server.whole_head(status, prepared, len(body)) + body
 
     def _streamed_head(self) -> bytes:
@@ -901,6 +945,7 @@ class _Exchange:
 
     def _end_body(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         declared = self._declared
+        self._body_bytes = self._sent
         last = b""
         if body_not_allowed(self._status):
             pass

@@ -104,8 +104,9 @@ class ServerConfig:
     ``auto``: httptools when installed. Both answer alike (see looming.http.parser)."""
     fast_path: bool = True
     """On the socket stack, serve an ASGI adapter's plain requests from the
-    transport's callbacks when the parser is httptools and no observer is
-    set (see looming.http.fast_asgi); False: every connection reads its flow."""
+    transport's callbacks when the parser is httptools (see
+    looming.http.fast_asgi; access logs and metrics see them as they see the
+    others); False: every connection reads its flow."""
 
 
 class _DateHeader:
@@ -428,7 +429,7 @@ class HttpServer:
         this server can; whether it does. The socket stack asks this of each
         new connection; ``serve()`` hands it back to :meth:`serve_flow`."""
         make = self._fast_connection
-        if make is None or self.observer is not None or self.stopping:
+        if make is None or self.stopping:
             return False
         limit = self.config.max_connections
         if (limit and self.connections_open >= limit) or not hasattr(flow, "lend_transport"):

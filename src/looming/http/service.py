@@ -16,6 +16,7 @@ environment variables).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -213,6 +214,9 @@ class MetricsEndpoint:
         self.metrics = metrics
         self.path = path
         self.streams_request_body = bool(getattr(inner, "streams_request_body", False))
+        fast = getattr(inner, "fast_connection", None)
+        if fast is not None:  # the inner handler's fast path, this path excepted
+            self.fast_connection = functools.partial(fast, not_fast=frozenset({path.encode()}))
         websockets = getattr(inner, "serve_websocket", None)
         if websockets is not None:
             self.serve_websocket = websockets
