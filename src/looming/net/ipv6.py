@@ -148,6 +148,12 @@ def as_icmp_error(error: Icmpv6Error) -> IcmpError:
 _UPPER_LAYER = frozenset({NextHeader.TCP, NextHeader.UDP, NextHeader.ICMPV6})
 
 
+_ORIGINS = {
+    "slaac": "by SLAAC, from a router's prefix",
+    "dhcpv6": "leased by DHCPv6",
+    "static": "static, no duplicate found",
+}
+
 _LOOPBACK_PACKED = IPv6Address("::1").packed
 _UNSPECIFIED_PACKED = bytes(16)
 _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
@@ -988,12 +994,18 @@ class Ipv6Layer:
                 self._announce(mld.join([wire.solicited_node(action.address)]))
                 self._probe(action.address)
             elif isinstance(action, Assign):
-                log.info("IPv6: %s assigned by autoconfiguration", action.address)
+                log.debug("IPv6: %s assigned (%s)", action.address, self._origin(action.address))
                 self.add_address(action.address)
                 self._tell(action.address, True)
             elif isinstance(action, Remove):
                 self._forget(action.address)
         self._arm_autoconf()
+
+    def _origin(self, address: IPv6Address) -> str:
+        """How an address passing duplicate address detection came to us."""
+        entry = self.autoconf.addresses.get(address)
+        origin = entry.origin if entry is not None else "slaac"
+        return _ORIGINS.get(origin, origin)
 
     def _forget(self, address: IPv6Address) -> None:
         """An address given up: its group left (RFC 3810 6.1, a state-change

@@ -205,8 +205,9 @@ class DirectStack:
         ``dhcp=True``, which waits up to ``dhcp_timeout`` seconds for a lease
         (the address it brings is printed on standard error and logged).
         ``max_connections`` bounds TCP connections past the handshake and
-        ``memory_limit`` the bytes all TCP receive queues may hold (None or
-        0: no limit); what they turn away is counted (see :meth:`counters`).
+        ``memory_limit`` the bytes all TCP send and receive queues together
+        may hold (None or 0: no limit); what they turn away is counted (see
+        :meth:`counters`).
         ``congestion_control`` is TCP's: ``"cubic"`` or ``"newreno"``.
         ``ipv6`` adds an IPv6 layer with a link-local address (neighbour
         discovery, echo, fragments, UDP and TCP), a static ``ipv6_address``

@@ -277,7 +277,7 @@ def direct_stack_impl(dev: Device) -> Impl:
                 "tcp_memory_limit",
                 "int",
                 256 * 1024 * 1024,
-                "bytes all TCP receive queues may hold (0: no limit, else 65536 or more)",
+                "bytes all TCP send and receive queues may hold (0: no limit, else 65536 or more)",
             ),
             KeyDecl("tcp_congestion", "str", "cubic", "TCP congestion control: cubic or newreno"),
             KeyDecl(

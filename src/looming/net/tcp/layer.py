@@ -302,7 +302,7 @@ class TcpLayer:
         """``max_connections`` bounds the connections past the handshake,
         TIME-WAIT included (half-open ones are bounded by each listener's
         backlog, then SYN cookies; SYNs and handshake ACKs beyond the limit
-        are dropped and counted); ``memory_limit`` the bytes all
+        are dropped and counted); ``memory_limit`` the bytes all send and
         receive queues together may hold, by true size. With ``ipv6``, TCP
         runs over IPv6 too, with the same core."""
         self._ipv4 = ipv4
