@@ -92,15 +92,15 @@ def cut_tcp_burst(
     first only, as RFC 3168 6.1.2 and Linux's tcp_gso_segment have it."""
     header_length = (segment[12] >> 4) * 4 if len(segment) >= 20 else 0
     payload_length = len(segment) - header_length
-    if header_length < 20 or segment_size <= 0 or payload_length <= segment_size:
-        return [finish_tcp_checksum(segment)]
+    if header_length < 20 or payload_length < 0 or segment_size <= 0:
+        return [segment]  # nonsense: the peer's parser rejects it
     header = bytearray(segment[:header_length])
     header[16:18] = b"\0\0"
     first_seq = int.from_bytes(segment[4:8], "big")
     flags = segment[13]
     view = memoryview(segment)
     pieces: list[bytes] = []
-    for offset in range(0, payload_length, segment_size):
+    for offset in range(0, payload_length or 1, segment_size):
         last = offset + segment_size >= payload_length
         header[4:8] = ((first_seq + offset) & 0xFFFFFFFF).to_bytes(4, "big")
         header[13] = flags & ~((0 if last else _TCP_FIN | _TCP_PSH) | (_TCP_CWR if offset else 0))
@@ -550,25 +550,14 @@ class Ipv4Layer:
             assert isinstance(hop, IPv4Address)
             await self._arp.send(hop, ((_IPV4, packet, None),))  # held until resolved
             return
-        if (
-            segment_size is not None
-            and protocol == IpProtocol.TCP
-            and source is None
-            and await self._write_offloaded(destination, payload, ttl, tos, segment_size)
-        ):
-            return
         if segment_size is not None and protocol == IpProtocol.TCP:
+            if await self._write_burst(
+                destination, payload, segment_size, ttl, tos, dont_fragment, source
+            ):
+                return
             if self.is_local(destination):
                 payload = finish_tcp_checksum(payload)
                 segment_size = None
-            elif len(payload) > self.segment_limit(destination):
-                # No interface to cut it (or too large for one): cut here,
-                # so that no segment exceeds the peer's MSS and none is
-                # fragmented (RFC 9293 3.7.1; DF as the caller asked).
-                await self._write_cut(
-                    destination, payload, segment_size, ttl, tos, dont_fragment, source
-                )
-                return
         if source is None:
             source = self.source_for(destination)
         header = Ipv4Header(
@@ -596,6 +585,34 @@ class Ipv4Layer:
                 await self._ethernet.write(hop, ethertype, frame, segment_size=size)
             return
         await self._arp.send(hop, frames)
+
+    async def _write_burst(
+        self,
+        destination: IPv4Address,
+        payload: bytes,
+        segment_size: int,
+        ttl: int,
+        tos: int,
+        dont_fragment: bool,
+        source: IPv4Address | None,
+    ) -> bool:
+        """For :meth:`write`: a TCP packet of several segments, handed to
+        the interface's segmentation offload or cut here; False when the
+        general path sends it (to our own address, or from a source given
+        to an interface that segments)."""
+        if self.is_local(destination):
+            return False
+        if source is None and await self._write_offloaded(
+            destination, payload, ttl, tos, segment_size
+        ):
+            return True
+        if len(payload) <= self.segment_limit(destination):
+            return False
+        # No interface to cut it (or too large for one): cut here, so that
+        # no segment exceeds the peer's MSS and none is fragmented (RFC 9293
+        # 3.7.1; DF as the caller asked).
+        await self._write_cut(destination, payload, segment_size, ttl, tos, dont_fragment, source)
+        return True
 
     async def _write_cut(
         self,
