@@ -212,6 +212,9 @@ def test_syns_beyond_the_rate_are_dropped_before_parsing() -> None:
         return bytes(ethernet.mac) + bytes(6) + b"\x08\x00" + packet
 
     syn, ack = frame(dpkt.tcp.TH_SYN), frame(dpkt.tcp.TH_ACK)
+    # A segment we sent on the ACKs' connection (addresses and ports swapped).
+    reply = ack[:26] + ack[30:34] + ack[26:30] + ack[36:38] + ack[34:36] + ack[38:]
+    ethernet.policy.sent(reply)
     for _ in range(300):
         ethernet.input(syn)
         ethernet.input(ack)  # segments of connections are never policed

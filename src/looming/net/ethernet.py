@@ -23,24 +23,154 @@ _VLAN = 0x8100
 _QINQ = 0x88A8
 
 
-def _is_syn(frame: bytes) -> bool:
-    """Whether an untagged frame holds a TCP SYN without ACK, over IPv4
-    (whatever its options) or IPv6 (TCP right after the fixed header), read
-    from a few bytes without parsing."""
-    if len(frame) <= 47:  # 14 + 20 + 13: no TCP flags inside
-        return False
+_IPV4 = b"\x08\x00"
+_IPV6 = b"\x86\xdd"
+_TCP = 6
+_UDP = 17
+_RST = 0x04
+
+
+def _transport_offset(frame: bytes) -> int:
+    """Where the TCP or UDP header of an untagged IPv4 or IPv6 frame starts,
+    or 0 if it holds neither right after the IP header (or is an IPv4
+    fragment past the first)."""
     ethertype = frame[12:14]
-    if ethertype == b"\x08\x00":
-        flags = 27 + (frame[14] & 0x0F) * 4  # 14 + the header's length + 13
-        return (
-            frame[23] == 6  # TCP
-            and not (frame[20] & 0x1F or frame[21])  # a first fragment or none
-            and len(frame) > flags
-            and frame[flags] & 0x12 == 0x02  # SYN without ACK
-        )
-    if ethertype == b"\x86\xdd":
-        return len(frame) > 67 and frame[20] == 6 and frame[67] & 0x12 == 0x02
-    return False
+    if ethertype == _IPV4:
+        if len(frame) < 38 or frame[20] & 0x1F or frame[21]:
+            return 0
+        protocol = frame[23]
+        offset = 14 + (frame[14] & 0x0F) * 4
+    elif ethertype == _IPV6:
+        if len(frame) < 58:
+            return 0
+        protocol = frame[20]
+        offset = 54
+    else:
+        return 0
+    if protocol != _TCP and protocol != _UDP:
+        return 0
+    return offset
+
+
+def sent_flow(frame: bytes) -> bytes | None:
+    """The flow key (:func:`received_flow`) of the segments or datagrams
+    that answer this outgoing frame; None if it vouches for no flow (not
+    TCP or UDP, or a TCP reset)."""
+    offset = _transport_offset(frame)
+    if not offset or len(frame) < offset + 8:
+        return None
+    ipv4 = frame[12] == 0x08
+    if (frame[23] if ipv4 else frame[20]) == _TCP and (
+        len(frame) < offset + 14 or frame[offset + 13] & _RST
+    ):
+        return None
+    addresses = frame[30:34] + frame[26:30] if ipv4 else frame[38:54] + frame[22:38]
+    return addresses + frame[offset + 2 : offset + 4] + frame[offset : offset + 2]
+
+
+class FramePolicy:
+    """Which received frames are worth parsing when they arrive faster than
+    a pure-Python stack can parse them, decided from a few bytes.
+
+    Frames of flows this host sent on lately (:meth:`sent`; a bounded LRU,
+    TCP resets excepted) and UDP datagrams to bound ports always pass. The
+    rest are policed before any parsing, each class by its own token
+    bucket, and counted by reason in the layer's counters:
+    ``syn_policed`` (TCP connection requests), ``tcp_stray_policed`` (TCP
+    segments of no known flow: stray ACKs, resets, probes),
+    ``udp_stray_policed`` (datagrams to unbound ports) and
+    ``fragment_policed`` (IPv4 fragments that would start a new
+    reassembly). A flood of any of them then costs a few byte comparisons
+    a frame, and established connections' segments never queue behind it.
+    """
+
+    def __init__(
+        self,
+        now_ns: int,
+        *,
+        syn_rate: int = 2000,
+        syn_burst: int = 64,
+        stray_rate: int = 1000,
+        stray_burst: int = 100,
+        fragment_rate: int = 10_000,
+        fragment_burst: int = 1000,
+        max_flows: int = 16384,
+        max_reassemblies: int = 256,
+    ) -> None:
+        self.syn = TokenBucket(syn_rate, syn_burst, now_ns)
+        self.stray = TokenBucket(stray_rate, stray_burst, now_ns)
+        self.fragments = TokenBucket(fragment_rate, fragment_burst, now_ns)
+        self.max_flows = max_flows
+        self.max_reassemblies = max_reassemblies
+        # Flow keys (as received frames read: source and destination
+        # address, source and destination port), least recently sent first.
+        self.flows: dict[bytes, None] = {}
+        # Raw IPv4 reassembly keys admitted lately, oldest first.
+        self.reassemblies: dict[bytes, None] = {}
+        # Bound UDP ports, two bytes each (network order).
+        self.udp_ports: set[bytes] = set()
+
+    def sent(self, frame: bytes) -> None:
+        """An outgoing frame: its flow's answers pass unpoliced from now on."""
+        key = sent_flow(frame)
+        if key is None:
+            return
+        flows = self.flows
+        if flows.pop(key, 0) is None:
+            flows[key] = None
+            return
+        flows[key] = None
+        if len(flows) > self.max_flows:
+            del flows[next(iter(flows))]
+
+    def verdict(self, frame: bytes, now: Callable[[], int]) -> str | None:
+        """None for a frame to parse; else the reason it is dropped."""
+        ethertype = frame[12:14]
+        if ethertype == _IPV4:
+            if len(frame) < 34:
+                return None
+            if frame[20] & 0x3F or frame[21]:
+                return self._fragment(frame, now)
+            protocol = frame[23]
+            offset = 14 + (frame[14] & 0x0F) * 4
+            addresses = frame[26:34]
+        elif ethertype == _IPV6:
+            if len(frame) < 58:
+                return None
+            protocol = frame[20]
+            offset = 54
+            addresses = frame[22:54]
+        else:
+            return None
+        if protocol == _TCP:
+            if len(frame) <= offset + 13:
+                return None
+            if frame[offset + 13] & 0x12 == 0x02:  # SYN without ACK
+                return None if self.syn.take(now()) else "syn_policed"
+            if addresses + frame[offset : offset + 4] in self.flows:
+                return None
+            return None if self.stray.take(now()) else "tcp_stray_policed"
+        if protocol == _UDP and len(frame) >= offset + 8:
+            if frame[offset + 2 : offset + 4] in self.udp_ports:
+                return None
+            if addresses + frame[offset : offset + 4] in self.flows:
+                return None
+            return None if self.stray.take(now()) else "udp_stray_policed"
+        return None
+
+    def _fragment(self, frame: bytes, now: Callable[[], int]) -> str | None:
+        """An IPv4 fragment: one of a reassembly admitted lately passes; one
+        that would start another takes a token of the fragment bucket."""
+        key = frame[26:34] + frame[18:20] + frame[23:24]
+        reassemblies = self.reassemblies
+        if key in reassemblies:
+            return None
+        if not self.fragments.take(now()):
+            return "fragment_policed"
+        reassemblies[key] = None
+        if len(reassemblies) > self.max_reassemblies:
+            del reassemblies[next(iter(reassemblies))]
+        return None
 
 
 class TokenBucket:
@@ -80,6 +210,8 @@ class EthernetLayer:
         time: Time | None = None,
         syn_rate: int = 2000,
         syn_burst: int = 64,
+        stray_rate: int = 1000,
+        fragment_rate: int = 10_000,
     ) -> None:
         self._network = network
         self._mac = mac if mac is not None else network.mac
@@ -97,16 +229,23 @@ class EthernetLayer:
         self.counters: Counter[str] = Counter()
         self.last_handler_error: Exception | None = None
         # Connection requests (TCP SYNs) beyond syn_rate a second, after a
-        # burst of syn_burst, are dropped before any parsing (with a Time
-        # device only): a flood then costs a few byte comparisons a frame
-        # and cannot queue up in front of established connections' segments.
+        # burst of syn_burst, segments and datagrams of no known flow beyond
+        # stray_rate and new IPv4 reassemblies beyond fragment_rate are
+        # dropped before any parsing (with a Time device only): see
+        # FramePolicy.
         self._time = time
         now = time.now_ns() if time is not None else 0
-        self._syn_bucket = TokenBucket(syn_rate, syn_burst, now)
+        self.policy = FramePolicy(
+            now,
+            syn_rate=syn_rate,
+            syn_burst=syn_burst,
+            stray_rate=stray_rate,
+            fragment_rate=fragment_rate,
+        )
 
     @property
     def syn_burst(self) -> int:
-        return self._syn_bucket.burst
+        return self.policy.syn.burst
 
     @property
     def mac(self) -> MacAddress:
@@ -129,13 +268,11 @@ class EthernetLayer:
 
     def input(self, frame: bytes, checksum_verified: bool = False) -> None:
         counters = self.counters
-        if (
-            self._time is not None
-            and _is_syn(frame)
-            and not self._syn_bucket.take(self._time.now_ns())
-        ):
-            counters["syn_policed"] += 1
-            return
+        if self._time is not None and type(frame) is bytes:
+            reason = self.policy.verdict(frame, self._time.now_ns)
+            if reason is not None:
+                counters[reason] += 1
+                return
         if type(frame) is bytes and len(frame) >= wire.HEADER_LENGTH:
             # The common untagged frame, read without a header object.
             ethertype = frame[12] << 8 | frame[13]
@@ -198,6 +335,7 @@ class EthernetLayer:
         splits the TCP packet inside into segments of that many bytes."""
         frame = destination + self._mac + ethertype.to_bytes(2, "big") + payload
         self.counters["tx_frames"] += 1
+        self.policy.sent(frame)
         if segment_size is not None:
             if self._write_segmented is None:
                 raise ValueError(

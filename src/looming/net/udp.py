@@ -107,6 +107,9 @@ class UdpLayer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         self.max_handler_tasks = 1024
+        # Datagrams to bound ports pass the link's frame policy unpoliced;
+        # to any other, they are policed as strays (FramePolicy).
+        self._open_ports = ipv4.ethernet.policy.udp_ports
         ipv4.register(IpProtocol.UDP, self.input)
         if ipv6 is not None:
             ipv6.register(IpProtocol.UDP, self.input)
@@ -141,12 +144,14 @@ class UdpLayer:
             raise AddressInUse(f"UDP port {port} is already bound")
         address = ip_address(host) if host not in (None, "", "0.0.0.0", "::") else None
         self._bindings[port] = (handler, address)
+        self._open_ports.add(port.to_bytes(2, "big"))
         binding = UdpBinding(self, port, address, on_error)
         self._binding_objects[port] = binding
         return binding
 
     def _unbind(self, port: int) -> None:
         self._bindings.pop(port, None)
+        self._open_ports.discard(port.to_bytes(2, "big"))
         self._binding_objects.pop(port, None)
 
     def on_icmp_error(self, error: IcmpError) -> None:

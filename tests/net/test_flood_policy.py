@@ -1,0 +1,216 @@
+"""The link's frame policy (looming.net.ethernet.FramePolicy): what a flood
+of segments, datagrams or fragments that belong to nothing costs, decided
+from a few bytes of each frame before any parsing."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from ipaddress import IPv4Interface
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from looming.net.ethernet import EthernetLayer, FramePolicy, sent_flow
+from looming.net.netif.memory import MemorySwitch
+from looming.net.stack import DirectStack
+from looming.unix.clock import UnixClock
+from looming.unix.random import UnixRandom
+
+OURS = "10.0.0.1"
+MAC = b"\x02\x00\x00\x00\x00\x01"
+
+
+class StoppedClock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+def ipv4(src: str, protocol: int, data: bytes, *, ident: int = 0, fragment: int = 0) -> bytes:
+    """An untagged Ethernet frame holding an IPv4 packet to OURS."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(data),
+        ident,
+        fragment,
+        64,
+        protocol,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(OURS),
+    )
+    total = sum(struct.unpack("!10H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+    header = header[:10] + checksum.to_bytes(2, "big") + header[12:]
+    return MAC + b"\x02\x66\x00\x00\x00\x09" + b"\x08\x00" + header + data
+
+
+def tcp(sport: int, dport: int, flags: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 2, 0x50, flags, 1000, 0, 0)
+
+
+def udp(sport: int, dport: int) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 12, 0) + b"data"
+
+
+def swapped(frame: bytes) -> bytes:
+    """The frame we would send back on the same flow (addresses and ports
+    swapped; the IPv4 header without options)."""
+    return frame[:26] + frame[30:34] + frame[26:30] + frame[36:38] + frame[34:36] + frame[38:]
+
+
+def policy(clock: StoppedClock, **limits: int) -> tuple[FramePolicy, list[str]]:
+    return FramePolicy(clock.now_ns(), **limits), []
+
+
+def verdicts(policy: FramePolicy, clock: StoppedClock, frames: list[bytes]) -> list[str | None]:
+    return [policy.verdict(frame, clock.now_ns) for frame in frames]
+
+
+def test_stray_segments_beyond_the_rate_are_policed_flows_we_sent_on_never() -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1000, stray_burst=100)
+    stray = [ipv4(f"10.0.1.{i % 250}", 6, tcp(1024 + i, 80, 0x10)) for i in range(300)]
+    ours = ipv4("10.0.0.9", 6, tcp(40000, 80, 0x18))
+    rules.sent(swapped(ours))
+    got = [rules.verdict(frame, clock.now_ns) for frame in stray]
+    assert got.count(None) == 100
+    assert got[100:] == ["tcp_stray_policed"] * 200
+    # The flow we sent on passes however many strays came before it.
+    assert all(rules.verdict(ours, clock.now_ns) is None for _ in range(1000))
+    clock.now += 20_000_000  # 20 ms: 20 more strays
+    assert verdicts(rules, clock, stray[:50]).count(None) == 20
+
+
+def test_a_reset_we_send_vouches_for_no_flow() -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1, stray_burst=1)
+    stray = ipv4("10.0.1.1", 6, tcp(1024, 80, 0x10))
+    rules.sent(swapped(ipv4("10.0.1.1", 6, tcp(1024, 80, 0x04))))  # our RST
+    assert sent_flow(swapped(stray)) is not None
+    assert verdicts(rules, clock, [stray, stray]) == [None, "tcp_stray_policed"]
+
+
+def test_syns_have_their_own_bucket() -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, syn_rate=10, syn_burst=5, stray_rate=10, stray_burst=5)
+    syns = [ipv4("10.0.1.1", 6, tcp(1024 + i, 80, 0x02)) for i in range(10)]
+    acks = [ipv4("10.0.1.1", 6, tcp(1024 + i, 80, 0x10)) for i in range(10)]
+    assert verdicts(rules, clock, syns).count("syn_policed") == 5
+    assert verdicts(rules, clock, acks).count("tcp_stray_policed") == 5  # SYNs took none
+
+
+def test_datagrams_to_bound_ports_pass_to_others_are_policed() -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1000, stray_burst=10)
+    rules.udp_ports.add((53).to_bytes(2, "big"))
+    bound = [ipv4(f"10.0.1.{i}", 17, udp(1024 + i, 53)) for i in range(100)]
+    closed = [ipv4(f"10.0.1.{i}", 17, udp(1024 + i, 9999)) for i in range(100)]
+    assert verdicts(rules, clock, closed).count("udp_stray_policed") == 90
+    assert verdicts(rules, clock, bound) == [None] * 100
+    # An answer to a datagram we sent passes whatever its port.
+    answer = ipv4("10.0.0.53", 17, udp(53, 33333))
+    rules.sent(swapped(answer))
+    assert verdicts(rules, clock, [answer] * 10) == [None] * 10
+
+
+def test_new_reassemblies_beyond_the_rate_are_policed_their_fragments_not() -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, fragment_rate=1000, fragment_burst=10, max_reassemblies=8)
+    first = [ipv4("10.0.1.1", 17, b"F" * 8, ident=i, fragment=0x2000) for i in range(20)]
+    later = [ipv4("10.0.1.1", 17, b"F" * 8, ident=i, fragment=1) for i in range(20)]
+    assert verdicts(rules, clock, first).count(None) == 10
+    # Of the 10 admitted, the 8 latest are remembered: their next pieces pass.
+    assert verdicts(rules, clock, later[2:10]) == [None] * 8
+    assert verdicts(rules, clock, later[10:]) == ["fragment_policed"] * 10
+    # A first fragment is a fragment, whatever protocol it carries.
+    syn_fragment = ipv4("10.0.1.1", 6, tcp(1, 2, 0x02), ident=99, fragment=0x2000)
+    assert rules.verdict(syn_fragment, clock.now_ns) == "fragment_policed"
+
+
+def test_the_flows_remembered_are_bounded_least_recently_sent_first_out() -> None:
+    rules = FramePolicy(0, max_flows=100)
+    frames = [ipv4(f"10.0.{i // 250}.{i % 250}", 6, tcp(1024 + i, 80, 0x10)) for i in range(300)]
+    for frame in frames[:100]:
+        rules.sent(swapped(frame))
+    rules.sent(swapped(frames[0]))  # sent on again: the most recent now
+    for frame in frames[100:199]:
+        rules.sent(swapped(frame))
+    assert len(rules.flows) == 100
+    remembered = {frame for frame in frames if sent_flow(swapped(frame)) in rules.flows}
+    assert frames[0] in remembered and frames[1] not in remembered
+    assert set(frames[100:199]) <= remembered
+
+
+@given(st.binary(max_size=80), st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06"]))
+def test_any_frame_gets_a_verdict_without_raising(tail: bytes, ethertype: bytes) -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_burst=0, fragment_burst=0, syn_burst=0)
+    frame = MAC + MAC + ethertype + tail
+    assert rules.verdict(frame, clock.now_ns) in (
+        None,
+        "syn_policed",
+        "tcp_stray_policed",
+        "udp_stray_policed",
+        "fragment_policed",
+    )
+    rules.sent(frame)
+    assert len(rules.flows) <= 1
+
+
+def test_a_stack_polices_strays_and_udp_bindings_open_their_port() -> None:
+    """Through a whole stack: strays counted by reason in the ethernet
+    counters; a bound UDP port's datagrams delivered however many came."""
+    import asyncio
+
+    async def main() -> None:
+        clock = StoppedClock()
+        stack = await DirectStack.connect(
+            MemorySwitch().port(MAC),  # type: ignore[arg-type]
+            time=clock,  # type: ignore[arg-type]
+            clock=UnixClock(),
+            random=UnixRandom(1),
+            address=IPv4Interface(f"{OURS}/16"),
+        )
+        got: list[bytes] = []
+        binding = await stack.udp.bind(5353, lambda datagram: got.append(datagram.data))
+        burst = stack.ethernet.policy.stray.burst
+        for i in range(500):
+            stack.ethernet.input(ipv4(f"10.0.1.{i % 250}", 17, udp(1024, 5353)))
+            stack.ethernet.input(ipv4(f"10.0.1.{i % 250}", 17, udp(1024, 5354)))
+            stack.ethernet.input(ipv4(f"10.0.1.{i % 250}", 6, tcp(1024 + i, 80, 0x10)))
+        counters = stack.counters()
+        assert len(got) == 500
+        assert counters["ethernet.udp_stray_policed"] + counters["ethernet.tcp_stray_policed"] == (
+            1000 - burst
+        )
+        await binding.close()
+        stack.ethernet.input(ipv4("10.0.1.1", 17, udp(1024, 5353)))
+        assert (
+            stack.counters()["ethernet.udp_stray_policed"]
+            == counters["ethernet.udp_stray_policed"] + 1
+        )
+        await stack.disconnect()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ethertype", [0x0800, 0x86DD])
+def test_a_layer_without_time_polices_nothing(ethertype: int) -> None:
+    ethernet = EthernetLayer(MemorySwitch().port(MAC))  # type: ignore[arg-type]
+    seen: list[bytes] = []
+    ethernet.register(
+        ethertype, lambda source, destination, payload, verified: seen.append(payload)
+    )
+    frame = ipv4("10.0.1.1", 6, tcp(1, 2, 0x10))
+    frame = frame[:12] + ethertype.to_bytes(2, "big") + frame[14:] + bytes(40)
+    for _ in range(1000):
+        ethernet.input(frame)
+    assert len(seen) == 1000
