@@ -1,0 +1,151 @@
+"""Floods of anything but SYNs from spoofed on-link sources - stray ACKs,
+datagrams to a closed port, small fragments, large first fragments - at
+100,000 frames a second, while the Linux kernel in a namespace measures an
+established connection's round trips (as the SYN-flood tests in
+test_hostile.py do, with the same frozen heap and explanation of the worst
+round). Each frame of such a flood is policed from a few bytes
+(ethernet.FramePolicy), so the connection never waits behind it. Without
+the policy the kernel drops tens of thousands of frames on the TAP (the
+probe's among them) and rounds take 60-570 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from looming.net.stack import DirectStack
+from tests.net.hostile import ECHO_PROBE
+from tests.net.kernel import KernelPeer
+from tests.net.test_hostile import (
+    WIDE,
+    Timeline,
+    kernel_program,
+    own_heap,
+    tap_dropped,
+)
+
+pytestmark = pytest.mark.root
+
+__all__ = ["own_heap"]  # the autouse fixture, imported to apply here too
+
+# Build 5,000 frames of KIND from sources 10.77.1.1 ... 10.77.20.250, print
+# "ready", wait for a line, send them round-robin at RATE a second for
+# SECONDS and print "sent SECONDS FRAMES".
+FLOOD = r"""
+import random, socket, struct, sys, time
+iface, mac, dst, port, kind, rate, seconds = sys.argv[1:8]
+port, rate, seconds = int(port), float(rate), float(seconds)
+dst = socket.inet_aton(dst)
+
+def fold(data):
+    data += bytes(len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+def ip(src, protocol, data, ident=0, fragment=0):
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), ident, fragment, 64,
+                         protocol, 0, src, dst)
+    return header[:10] + struct.pack("!H", fold(header)) + header[12:] + data
+
+frames = []
+for i in range(5000):
+    src = socket.inet_aton(f"10.77.{1 + i // 250}.{1 + i % 250}")
+    if kind == "ack":
+        segment = struct.pack("!HHIIBBHHH", 1024 + i, port, random.getrandbits(32),
+                              random.getrandbits(32), 0x50, 0x10, 1000, 0, 0)
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(segment))
+        segment = segment[:16] + struct.pack("!H", fold(pseudo + segment)) + segment[18:]
+        packet = ip(src, 6, segment)
+    elif kind == "udp":
+        packet = ip(src, 17, struct.pack("!HHHH", 1024 + i, port, 108, 0) + b"u" * 100)
+    elif kind == "smallfrag":
+        packet = ip(src, 17, b"F" * 8, ident=i, fragment=0x2000 | i % 100)
+    else:  # a 1,480-byte first fragment
+        packet = ip(src, 17, b"F" * 1480, ident=i, fragment=0x2000)
+    frames.append(bytes.fromhex(mac) + b"\x02\x66" + src + b"\x08\x00" + packet)
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind((iface, 0))
+print("ready", flush=True)
+sys.stdin.readline()
+started, sent = time.monotonic(), 0
+while (elapsed := time.monotonic() - started) < seconds:
+    for _ in range(int(elapsed * rate) - sent):
+        try:
+            raw.send(frames[sent % len(frames)])
+        except OSError:
+            pass
+        sent += 1
+    time.sleep(0.001)
+print("sent", round(time.monotonic() - started, 3), sent, flush=True)
+"""
+
+RATE = 100_000
+SECONDS = 1.5
+
+# The counter each kind of flood is policed by, and the port it is sent to
+# (7: the echo connection's listener, 9999: nothing bound).
+KINDS = {
+    "ack": ("ethernet.tcp_stray_policed", 7),
+    "udp": ("ethernet.udp_stray_policed", 9999),
+    "smallfrag": ("ethernet.fragment_policed", 9999),
+    "bigfrag": ("ethernet.fragment_policed", 9999),
+}
+
+
+async def flood_while_probing(
+    peer: KernelPeer, stack: DirectStack, timeline: Timeline, kind: str
+) -> tuple[dict[str, float], float, int]:
+    """Run the echo probe from Linux while FLOOD sends ``kind``; the probe's
+    report, the seconds the flood took and the frames it sent."""
+    await stack.tcp.listen(7, timeline.echo)
+    port = KINDS[kind][1]
+    flood = await kernel_program(
+        peer, FLOOD, peer.tap_name, stack.ethernet.mac.hex(), "10.77.0.2", port, kind, RATE, SECONDS
+    )
+    probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", SECONDS, SECONDS)
+    assert flood.stdout is not None and flood.stdin is not None
+    assert probe.stdout is not None and probe.stdin is not None
+    assert (await asyncio.wait_for(flood.stdout.readline(), 30)).strip() == b"ready"
+    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"connected"
+    probe.stdin.write(b"go\n")
+    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"quiet"
+    flood.stdin.write(b"go\n")
+    sent = (await asyncio.wait_for(flood.stdout.readline(), 30)).split()
+    assert sent[0] == b"sent", sent
+    report = json.loads(await asyncio.wait_for(probe.stdout.readline(), SECONDS + 10))
+    assert await flood.wait() == 0 and await probe.wait() == 0
+    return report, float(sent[1]), int(sent[2])
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_flood_of_strays_does_not_stall_a_connection(
+    kernel_peer: KernelPeer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    timeline = Timeline(monkeypatch)
+
+    async def body(stack: DirectStack) -> None:
+        dropped_before = await tap_dropped(kernel_peer)
+        report, flood_s, frames = await flood_while_probing(kernel_peer, stack, timeline, kind)
+        print("probe", report, "flood", flood_s, frames)
+        assert frames > 0.5 * RATE * SECONDS  # the flood came at (nearly) its rate
+        # looming read every frame the kernel queued for it, in time.
+        assert await tap_dropped(kernel_peer) == dropped_before
+        assert report["rounds"] > 150
+        # A stall is what the flood adds to this machine's own noise.
+        assert report["worst_ms"] < 50 + report["quiet_worst_ms"], timeline.explain(report)
+        counters = stack.counters()
+        policy = stack.ethernet.policy
+        # Beyond the policy's budget, every frame of the flood was dropped
+        # before parsing, and counted by reason.
+        counter = KINDS[kind][0]
+        budget = policy.stray if kind in ("ack", "udp") else policy.fragments
+        passed = budget.burst + budget.rate * (flood_s + 1.0)
+        assert counters[counter] >= frames - passed
+        if kind == "ack":
+            assert counters.get("tcp.resets_sent", 0) <= passed
+
+    kernel_peer.run(body, address=WIDE)
