@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 from hypothesis import given
@@ -15,6 +15,11 @@ from hypothesis import strategies as st
 from looming.net.ethernet import EthernetLayer, FramePolicy, sent_flow
 from looming.net.netif.memory import MemorySwitch
 from looming.net.stack import DirectStack
+from looming.net.tcp.config import SECOND, TcpConfig, TcpStats
+from looming.net.tcp.endpoint import RESET_BURST, RESET_RATE, TcpEndpoint
+from looming.net.tcp.isn import COOKIE_MAX_AGE_PERIODS, COOKIE_PERIOD_NS
+from looming.net.wire import tcp as tcp_wire
+from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
 
@@ -214,3 +219,50 @@ def test_a_layer_without_time_polices_nothing(ethertype: int) -> None:
     for _ in range(1000):
         ethernet.input(frame)
     assert len(seen) == 1000
+
+
+# -- what a stray segment costs TCP once past the frame policy -----------------
+
+
+def tcp_endpoint() -> TcpEndpoint:
+    return TcpEndpoint(TcpConfig(), TcpStats(), secret=bytes(32), mtu_for=lambda _: 1480)
+
+
+def deliver(endpoint: TcpEndpoint, header: TcpHeader, now: int) -> list[TcpHeader]:
+    us, them = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+    endpoint.input(them, us, tcp_wire.emit(header, b"", src=them, dst=us), now)
+    return [tcp_wire.parse(segment)[0] for _, segment, _ in endpoint.take_outbox()]
+
+
+def test_resets_to_strays_are_rate_limited_and_counted() -> None:
+    endpoint = tcp_endpoint()
+    now = 10 * SECOND
+    replies = [deliver(endpoint, TcpHeader(1024 + i, 81, i, i, ACK, 1000), now) for i in range(300)]
+    assert sum(map(len, replies)) == RESET_BURST
+    assert all(reply.flags == RST for each in replies for reply in each)
+    assert endpoint.stats.rst_ratelimited == 300 - RESET_BURST
+    assert endpoint.stats.no_connection == 300
+    now += SECOND // 10  # a tenth of a second: RESET_RATE / 10 more
+    replies = [deliver(endpoint, TcpHeader(2024 + i, 81, i, i, ACK, 1000), now) for i in range(100)]
+    assert sum(map(len, replies)) == RESET_RATE // 10
+
+
+def test_acks_are_checked_as_cookies_only_while_a_sent_cookie_lives() -> None:
+    config = TcpConfig(syn_backlog=1)
+    endpoint = TcpEndpoint(config, TcpStats(), secret=bytes(32), mtu_for=lambda _: 1480)
+    endpoint.listen(80, None, backlog=1)
+    now = SECOND
+    stray = TcpHeader(5001, 80, 201, 12345, ACK, 1000)
+    deliver(endpoint, stray, now)
+    assert endpoint.stats.cookies_rejected == 0  # no cookie ever sent: no check
+    deliver(endpoint, TcpHeader(5000, 80, 100, 0, SYN, 1000, mss=1460), now)  # fills the backlog
+    (cookie,) = deliver(endpoint, TcpHeader(5002, 80, 300, 0, SYN, 1000, mss=1460), now)
+    assert endpoint.stats.cookies_sent == 1
+    deliver(endpoint, stray, now + SECOND)
+    assert endpoint.stats.cookies_rejected == 1  # checked: a cookie is out
+    later = now + (COOKIE_MAX_AGE_PERIODS + 1) * COOKIE_PERIOD_NS
+    deliver(endpoint, stray, later)
+    assert endpoint.stats.cookies_rejected == 1  # every cookie sent has expired
+    # The real cookie is still taken while it lives.
+    deliver(endpoint, TcpHeader(5002, 80, 301, cookie.seq + 1, ACK, 1000), now + SECOND)
+    assert endpoint.stats.cookies_accepted == 1

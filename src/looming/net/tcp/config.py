@@ -119,6 +119,7 @@ class TcpStats:
     checksum_errors: int = 0
     no_connection: int = 0
     resets_sent: int = 0
+    rst_ratelimited: int = 0
     resets_received: int = 0
     challenge_acks: int = 0
     paws_dropped: int = 0

@@ -18,12 +18,25 @@ from ipaddress import IPv4Address, IPv6Address
 from looming.errors import AddressInUse, Malformed
 from looming.net.tcp.config import MS, TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
-from looming.net.tcp.isn import FourTuple, IsnGenerator, SynCookies
+from looming.net.tcp.isn import (
+    COOKIE_MAX_AGE_PERIODS,
+    COOKIE_PERIOD_NS,
+    FourTuple,
+    IsnGenerator,
+    SynCookies,
+)
 from looming.net.tcp.receive_buffer import MemoryPool
 from looming.net.tcp.seq import MASK, unwrap
 from looming.net.tcp.tcb import sack_option_space
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, PSH, RST, SYN, TcpHeader
+
+# Resets sent in answer to segments of no connection, at most this many a
+# second after a burst (FreeBSD's net.inet.icmp.icmplim is 200).
+RESET_RATE = 200
+RESET_BURST = 50
+# How long a cookie sent stays valid (SynCookies.check).
+_COOKIE_LIFETIME_NS = (COOKIE_MAX_AGE_PERIODS + 1) * COOKIE_PERIOD_NS
 
 Address = IPv4Address | IPv6Address
 
@@ -91,6 +104,15 @@ class TcpEndpoint:
         self._segment_limit_for = segment_limit_for
         self._isn = IsnGenerator(secret[:16] + secret[-16:])
         self._cookies = SynCookies(secret[16:] + secret[:16])
+        # When the last cookie went out: an ACK is checked as one only while
+        # a cookie sent could still be valid (Linux: after a recent SYN-queue
+        # overflow); otherwise a stray ACK costs no cookie check.
+        self._cookie_sent_ns: int | None = None
+        # Resets answering segments of no connection: a token bucket of
+        # RESET_RATE a second (FreeBSD's default), beyond counted in
+        # rst_ratelimited.
+        self._reset_tokens = float(RESET_BURST)
+        self._reset_refilled_ns = 0
         self.connections: dict[FourTuple, TcpConnection] = {}
         self._recent: tuple[TcpConnection, FourTuple] | None = None
         self.listeners: dict[int, ListenerState] = {}
@@ -462,11 +484,14 @@ class TcpEndpoint:
                 header.has_ack
                 and not header.syn
                 and self.config.syn_cookies
+                and self._cookie_sent_ns is not None
+                and now - self._cookie_sent_ns < _COOKIE_LIFETIME_NS
                 and self._on_cookie_ack(listener, key, header, payload, now)
             ):
                 return
         self.stats.no_connection += 1
-        self._reset_for(key, header, len(payload))
+        if self._reset_allowed(now):
+            self._reset_for(key, header, len(payload))
 
     def _recent_connection(
         self, src: Address, dst: Address, header: TcpHeader
@@ -490,6 +515,17 @@ class TcpEndpoint:
         ):
             return recent
         return None
+
+    def _reset_allowed(self, now: int) -> bool:
+        """Whether one more reset to a segment of no connection may go now."""
+        tokens = self._reset_tokens + (now - self._reset_refilled_ns) * RESET_RATE / 1e9
+        self._reset_refilled_ns = now
+        if tokens < 1.0:
+            self._reset_tokens = tokens
+            self.stats.rst_ratelimited += 1
+            return False
+        self._reset_tokens = min(tokens, float(RESET_BURST)) - 1.0
+        return True
 
     def _reset_for(self, key: FourTuple, header: TcpHeader, payload_length: int) -> None:
         """RFC 9293 3.10.7.1: answer with a reset, but never answer a reset."""
@@ -565,6 +601,7 @@ class TcpEndpoint:
             timestamps=timestamps,
         )
         self.stats.cookies_sent += 1
+        self._cookie_sent_ns = now
         self._send(key, header)
 
     def _on_cookie_ack(
