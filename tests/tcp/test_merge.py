@@ -1,19 +1,28 @@
 """Bursts of arrivals merged as GRO does (TcpEndpoint.input_burst) against
 the same segments handed over one by one: the same bytes delivered, the same
-final ACK (number, window, SACK blocks), the same counters but the merge's."""
+final ACK (number, window, SACK blocks), the same counters but the merge's.
+And the layer's other per-burst saving: a blocked writer woken in steps."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import random
 from ipaddress import IPv4Address
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from looming.devices.stack import TcpFlow
+from looming.net.tcp import TcpLayer
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import State, TcpConnection
 from looming.net.tcp.endpoint import Arrival, TcpEndpoint
 from looming.net.wire import tcp as wire
 from looming.net.wire.tcp import ACK, FIN, PSH, SYN, TcpHeader
+from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
+from tests.tcp.ipv4_pair import Faults, wire_pair
 
 US = IPv4Address("10.0.0.1")
 THEM = IPv4Address("10.0.0.2")
@@ -45,6 +54,7 @@ def _accepted() -> tuple[TcpEndpoint, TcpConnection, int]:
     endpoint.input(THEM, US, wire.emit(syn, b"", src=THEM, dst=US), 0)
     ((_, synack, _),) = endpoint.take_outbox()
     ours = wire.parse(synack)[0]
+    assert ours.timestamps is not None
     ack = TcpHeader(
         4000, 80, PEER_ISN + 1, ours.seq + 1, ACK, 512, timestamps=(101, ours.timestamps[0])
     )
@@ -172,3 +182,48 @@ def test_psh_and_short_segments_inside_a_run_are_merged() -> None:
     assert endpoint.stats.segments_merged == 3
     # Two of the four were full sized: the ACK is due at the burst's end.
     assert conn.full_segments_unacked == 2 and conn.ack_due
+
+
+def test_a_blocked_writer_is_woken_once_half_what_is_queued_is_free() -> None:
+    """As Linux's sk_stream_write_space: a writer waiting on a full send
+    buffer is woken when the space free is half the bytes queued, not for
+    every ACK that frees a little; what it writes all arrives."""
+    size, buffer = 2 * 1024 * 1024, 64 * 1024
+    config = TcpConfig(send_buffer=buffer)
+
+    async def main() -> None:
+        a, b = wire_pair(Faults())
+        client = TcpLayer(a, UnixTime(), UnixRandom(1), config=config)
+        server = TcpLayer(b, UnixTime(), UnixRandom(2), config=config)
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def serve(flow: TcpFlow) -> None:
+            parts = []
+            while chunk := await flow.read():
+                parts.append(chunk)
+            received.set_result(b"".join(parts))
+
+        await server.listen(80, serve)
+        flow = await client.connect("10.9.0.2", 80)
+        conn = flow.connection
+        sends, original = [], conn.send
+
+        def counted(data: bytes | bytearray | memoryview, now: int) -> int:
+            sends.append(conn.send_buffer.space)  # the space the writer woke to
+            return original(data, now)
+
+        conn.send = counted  # type: ignore[method-assign]
+        data = random.Random(5).randbytes(size)
+        await flow.write(data)
+        await flow.shutdown()
+        assert hashlib.sha256(await asyncio.wait_for(received, 30)).digest() == (
+            hashlib.sha256(data).digest()
+        )
+        # Every wake-up after the first found a third of the buffer free or
+        # more (half of the rest queued), so there were few of them.
+        assert all(3 * space >= buffer for space in sends[1:])
+        assert len(sends) <= 3 * size // buffer
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())

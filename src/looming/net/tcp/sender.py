@@ -239,7 +239,8 @@ class TcpSender(LossRecovery):
                 return 1
             return 0
         mss = self.data_mss
-        length = min(self.burst_bytes, data_end - seq)
+        offload = self.offload_bytes  # (burst_bytes, without data_mss again)
+        length = min(max(mss, offload - offload % mss), data_end - seq)
         room = min(self.snd_una + self.snd_wnd - seq, budget)
         if self.mtu_search is not None and self.recovery is Recovery.OPEN:
             length = self.mtu_search.take(now, seq, data_end - seq, room, self) or length
