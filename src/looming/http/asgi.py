@@ -287,6 +287,7 @@ class _AppBody:
         detach: Callable[[_AppRun], None],
         *,
         head_grace: float | None = None,
+        gone_grace: float = 1.0,
     ) -> None:
         self._next: Message | None = first
         self._outbox = outbox
@@ -298,6 +299,8 @@ class _AppBody:
         self._complete = False
         """Set once the application sent its response's last message."""
         self._head_grace = head_grace
+        self._gone_grace = gone_grace
+        """How long an application whose response was cut may take to finish."""
         """For a HEAD request (whose body the application sends is dropped):
         how long the application may go on streaming after the head."""
         self.bytes_sent = 0
@@ -426,9 +429,26 @@ class _AppBody:
         elif self._head_grace is not None and not self._outbox.gone and not self._run.done:
             self._drop_rest(self._head_grace)
         elif not self._run.done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await self._end_cut()
+
+    async def _end_cut(self) -> None:
+        """The response was cut (the client went away, mostly): the
+        application's pending send() raises ClientDisconnected, and it is
+        cancelled if it has not finished within the grace (ASGI HTTP 2.4).
+        Cut by the server (a stop, the send timeout): cancelled at once."""
+        task = self._task
+        server_task = asyncio.current_task()
+        try:
+            if server_task is not None and not server_task.cancelling():
+                self._outbox.client_gone()
+                with contextlib.suppress(TimeoutError, Exception):
+                    async with asyncio.timeout(self._gone_grace):
+                        await asyncio.shield(task)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 class AsgiAdapter:
@@ -721,7 +741,15 @@ class AsgiAdapter:
             self._run_on(run)
             return Response(status, headers, bytes(first.get("body", b"")))
         head_grace = self.disconnect_grace if request.method == "HEAD" else None
-        body = _AppBody(first, outbox, run, ended, self._run_on, head_grace=head_grace)
+        body = _AppBody(
+            first,
+            outbox,
+            run,
+            ended,
+            self._run_on,
+            head_grace=head_grace,
+            gone_grace=self.disconnect_grace,
+        )
         if trailers:
             body.trailers = []
         if first.get("type") == "http.response.pathsend":

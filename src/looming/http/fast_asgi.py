@@ -714,8 +714,8 @@ class _Exchange:
         scope = self.scope
         if self._done:
             log.error("ASGI application raised after its response was complete", exc_info=error)
-        elif self._gone and isinstance(error, ClientDisconnected):
-            pass
+        elif self._gone and ClientDisconnected in (type(error), type(error.__context__)):
+            pass  # what send() raised, or raised while handling it (Starlette's ClientDisconnect)
         elif not self._written and not self._gone:
             log.error(
                 "handler failed on %s %s",
@@ -792,14 +792,10 @@ class _Exchange:
         task = self._task
         if task is None or task.done():
             return
-        if self._written:
-            # A response cut midway: the application is stopped now, as the
-            # flow path stops it when the write fails.
-            task.cancel()
-        else:
-            # Told of the disconnect, it may finish within the grace.
-            grace = self._conn._adapter.disconnect_grace
-            self._conn._loop.call_later(grace, self._cut, task)
+        # Told of the disconnect (its pending send() raises ClientDisconnected),
+        # it may finish within the grace, also with a response cut midway.
+        grace = self._conn._adapter.disconnect_grace
+        self._conn._loop.call_later(grace, self._cut, task)
 
     def _cut(self, task: asyncio.Task[None]) -> None:
         if not self._done and not task.done():

@@ -599,7 +599,8 @@ class HttpServer:
             try:
                 response = await self.handler(request)
             except ClientGone:
-                self.clients_gone += 1
+                if not await self._refused_body(flow, request, started):
+                    self.clients_gone += 1
                 return
             except Exception:
                 log.exception("handler failed on %s %s", request.method, request.target)
@@ -932,6 +933,22 @@ class HttpServer:
             reader,
             watch,
         )
+
+    async def _refused_body(self, flow: Flow, request: Request, started: float) -> bool:
+        """After a handler that stopped at a malformed request body (bad
+        chunk framing, a forbidden trailer field), before any response:
+        whether it was one; then it is answered 400, counted and logged."""
+        reader = request.body_stream
+        if not isinstance(reader, BodyReader) or not reader.malformed:
+            return False
+        self.protocol_errors += 1
+        log.debug("bad request body on %s %s", request.method, request.target)
+        error = self.error_response(400)
+        await self._send_error_raw(flow, 400)
+        if self.observer is not None:
+            body_bytes = len(error) - error.index(b"\r\n\r\n") - 4
+            self.observer(request, 400, body_bytes, self._date.now() - started)
+        return True
 
     def _checked_response(
         self, request: Request, response: Response

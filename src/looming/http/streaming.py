@@ -156,6 +156,7 @@ class BodyReader:
         "_watch",
         "broken",
         "complete",
+        "malformed",
         "received",
     )
 
@@ -172,6 +173,8 @@ class BodyReader:
         self.complete = False
         self.broken = False
         """The body could not be read whole: the connection cannot carry another request."""
+        self.malformed = False
+        """It was broken by the client's bad framing (a 400), not by its going away."""
 
     def start_if_empty(self) -> None:
         """Mark a request without a body complete (and start watching) at once."""
@@ -214,6 +217,7 @@ class BodyReader:
             self._watch._went_away()
             if isinstance(error, ClientGone):
                 raise
+            self.malformed = isinstance(error, h11.RemoteProtocolError)
             raise ClientGone(f"request body failed: {error}") from None
 
     async def discard(self, limit: int) -> bool:
