@@ -96,7 +96,13 @@ class _Lifespan:
             # like other servers, carry on without it.
             if self.startup_done is not None and not self.startup_done.done():
                 self.supported = False
-                log.debug("application does not support lifespan: %r", error)
+                summary = (str(error).strip().splitlines() or [""])[0]
+                log.info(
+                    "ASGI 'lifespan' protocol appears unsupported (%s%s); going on without it",
+                    type(error).__name__,
+                    f": {summary}" if summary else "",
+                )
+                log.debug("the application's lifespan raised", exc_info=error)
                 self.startup_done.set_result({"type": "lifespan.unsupported"})
             elif self._reported_failure():
                 # The failure was reported with its message (and is raised

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -74,9 +75,22 @@ def access_log_problem(value: object) -> str | None:
     return None
 
 
+_METRICS_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
+"""A clean absolute path: segments of RFC 3986 path characters (no
+percent-escapes, query or fragment; no empty segment, so no trailing slash)."""
+
+
 def metrics_problem(value: object) -> str | None:
-    if value and not (isinstance(value, str) and value.startswith("/")):
-        return f"{value!r} must be a path such as /metrics"
+    """The endpoint's path must be clean and absolute, and not ``/`` (which
+    would take the application's root page)."""
+    if not value:
+        return None  # no endpoint
+    if value == "/":
+        return "'/' would take the application's root page; give a path such as /metrics"
+    if not isinstance(value, str) or not _METRICS_PATH.fullmatch(value):
+        return f"{value!r} must be a clean absolute path such as /metrics"
+    if any(segment in (".", "..") for segment in value.split("/")):
+        return f"{value!r} must be a clean absolute path such as /metrics (no . or ..)"
     return None
 
 
@@ -277,13 +291,15 @@ async def serve_asgi(
     """Serve ``app`` on ``port`` until cancelled, then stop gracefully; the
     Date headers read ``clock``, the unikernel's clock device."""
     settings = settings or HttpSettings()
-    adapter = AsgiAdapter(app)
+    # A TLS stack (looming.tls.device.TlsStack) says so: https in the scope and the URL.
+    scheme = str(getattr(stack, "scheme", "http"))
+    adapter = AsgiAdapter(app, scheme=scheme)
     adapter.background_grace = settings.shutdown_timeout
     adapter.websocket_max_message_bytes = settings.ws_max_size
     server = http_server(adapter, settings, clock=clock)
     async with adapter.lifespan():
         listener = await stack.tcp.listen(port, server.serve_flow)
-        url = stack_url("http", stack.addresses(), listener.port)
+        url = stack_url(scheme, stack.addresses(), listener.port)
         log.info("serving %s", url)
         await console.log(f"serving {url}")
         try:

@@ -136,6 +136,9 @@ class TlsTcp:
 class TlsStack:
     """:class:`looming.devices.Stack` over another stack, with TLS on TCP."""
 
+    scheme = "https"
+    """How URLs to a service on this stack begin (a plain stack's: ``http``)."""
+
     def __init__(self, stack: Stack, tcp: TlsTcp) -> None:
         self._stack = stack
         self._tcp = tcp
