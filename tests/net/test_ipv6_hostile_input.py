@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from looming.devices.net import EthernetHandler, MacAddress
 from looming.devices.stack import Datagram
-from looming.net.ethernet import EthernetLayer
+from looming.net.ethernet import EthernetLayer, TokenBucket
 from looming.net.ipv6 import Ipv6Layer
 from looming.net.neighbours import NeighbourCache, NeighbourSettings, NeighbourState
 from looming.net.netif.memory import MemorySwitch
@@ -202,6 +202,8 @@ def test_syns_with_ipv4_options_or_over_ipv6_are_policed_too() -> None:
             syn_rate=1000,
             syn_burst=100,
         )
+        # Segments of no known flow have a budget of their own (test_flood_policy).
+        ethernet.policy.stray = TokenBucket(0, 1000, 0)
         delivered: list[bytes] = []
         ethernet.register(int.from_bytes(ethertype, "big"), _collect(delivered))
         head = bytes(ethernet.mac) + bytes(6) + ethertype

@@ -29,6 +29,8 @@ class _Partial:
     first_seen_ns: int
     fragments: dict[int, bytes] = field(default_factory=dict)
     held_bytes: int = 0
+    # Where the furthest piece held ends.
+    held_end: int = 0
     total_length: int | None = None
 
 
@@ -116,9 +118,8 @@ class Reassembler:
             partial = _Partial(first_seen_ns=now_ns)
             self._partials[key] = partial
         if not more_fragments:
-            held_end = max((o + len(d) for o, d in partial.fragments.items()), default=0)
             if (partial.total_length is not None and partial.total_length != end) or (
-                held_end > end
+                partial.held_end > end
             ):
                 self.counters["inconsistent"] += 1
                 self._drop(key)
@@ -151,20 +152,17 @@ class Reassembler:
             return None
         partial.fragments[offset] = payload
         partial.held_bytes += len(payload)
+        partial.held_end = max(partial.held_end, end)
         self.held_bytes += len(payload)
-        if partial.total_length is None:
+        # The pieces held never overlap (an overlap drops the datagram, a
+        # duplicate is not kept): they cover the whole exactly when their
+        # bytes add up to its length, found without looking at each piece.
+        if partial.total_length is None or partial.held_bytes < partial.total_length:
             return None
-        return self._try_complete(key, partial)
+        return self._complete(key, partial)
 
-    def _try_complete(self, key: ReassemblyKey, partial: _Partial) -> bytes | None:
+    def _complete(self, key: ReassemblyKey, partial: _Partial) -> bytes:
         assert partial.total_length is not None
-        covered = 0
-        for offset in sorted(partial.fragments):
-            if offset > covered:
-                return None
-            covered = max(covered, offset + len(partial.fragments[offset]))
-        if covered < partial.total_length:
-            return None
         buffer = bytearray(partial.total_length)
         for offset in sorted(partial.fragments):
             data = partial.fragments[offset]
