@@ -266,3 +266,15 @@ def test_acks_are_checked_as_cookies_only_while_a_sent_cookie_lives() -> None:
     # The real cookie is still taken while it lives.
     deliver(endpoint, TcpHeader(5002, 80, 301, cookie.seq + 1, ACK, 1000), now + SECOND)
     assert endpoint.stats.cookies_accepted == 1
+
+
+@pytest.mark.parametrize("tags", [b"\x81\x00\x00\x05", b"\x88\xa8\x00\x05\x81\x00\x00\x07"])
+def test_a_vlan_tag_is_no_way_round_the_policy(tags: bytes) -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1000, stray_burst=10)
+    stray = ipv4("10.0.1.1", 6, tcp(1024, 80, 0x10))
+    tagged = stray[:12] + tags + stray[12:]
+    assert verdicts(rules, clock, [tagged] * 20).count("tcp_stray_policed") == 10
+    ours = ipv4("10.0.0.9", 6, tcp(40000, 80, 0x10))
+    rules.sent(swapped(ours))
+    assert rules.verdict(ours[:12] + tags + ours[12:], clock.now_ns) is None

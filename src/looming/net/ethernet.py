@@ -25,6 +25,8 @@ _QINQ = 0x88A8
 
 _IPV4 = b"\x08\x00"
 _IPV6 = b"\x86\xdd"
+_TAGGED = b"\x81\x00"
+_DOUBLE_TAGGED = b"\x88\xa8"
 _TCP = 6
 _UDP = 17
 _RST = 0x04
@@ -140,6 +142,9 @@ class FramePolicy:
             protocol = frame[20]
             offset = 54
             addresses = frame[22:54]
+        elif ethertype in (_TAGGED, _DOUBLE_TAGGED):
+            # Judged as the frame without its tag: a tag must not be a way round.
+            return self.verdict(frame[:12] + frame[16:], now)
         else:
             return None
         if protocol == _TCP:
