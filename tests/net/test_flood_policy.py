@@ -278,3 +278,17 @@ def test_a_vlan_tag_is_no_way_round_the_policy(tags: bytes) -> None:
     ours = ipv4("10.0.0.9", 6, tcp(40000, 80, 0x10))
     rules.sent(swapped(ours))
     assert rules.verdict(ours[:12] + tags + ours[12:], clock.now_ns) is None
+
+
+def test_one_datagrams_pieces_beyond_the_reassemblers_limit_are_policed() -> None:
+    """A flood of pieces of one admitted datagram (duplicates, overlaps that
+    drop it and start it again) gets in only as far as a datagram may have
+    pieces."""
+    clock = StoppedClock()
+    rules = FramePolicy(0, fragment_rate=1000, fragment_burst=10, max_pieces=128)
+    pieces = [ipv4("10.0.1.1", 17, b"F" * 8, ident=7, fragment=0x2000 | i) for i in range(1000)]
+    got = verdicts(rules, clock, pieces)
+    assert got[:128] == [None] * 128
+    assert got[128:] == ["fragment_policed"] * (1000 - 128)
+    # The datagram took one token of the burst of 10.
+    assert [rules.fragments.take(0) for _ in range(10)].count(True) == 9

@@ -98,17 +98,20 @@ class FramePolicy:
         fragment_burst: int = 1000,
         max_flows: int = 16384,
         max_reassemblies: int = 256,
+        max_pieces: int = 128,
     ) -> None:
         self.syn = TokenBucket(syn_rate, syn_burst, now_ns)
         self.stray = TokenBucket(stray_rate, stray_burst, now_ns)
         self.fragments = TokenBucket(fragment_rate, fragment_burst, now_ns)
         self.max_flows = max_flows
         self.max_reassemblies = max_reassemblies
+        self.max_pieces = max_pieces
         # Flow keys (as received frames read: source and destination
         # address, source and destination port), least recently sent first.
         self.flows: dict[bytes, None] = {}
-        # Raw IPv4 reassembly keys admitted lately, oldest first.
-        self.reassemblies: dict[bytes, None] = {}
+        # Raw IPv4 reassembly keys admitted lately, oldest first, and the
+        # pieces of each let in.
+        self.reassemblies: dict[bytes, int] = {}
         # Bound UDP ports, two bytes each (network order).
         self.udp_ports: set[bytes] = set()
 
@@ -164,15 +167,21 @@ class FramePolicy:
         return None
 
     def _fragment(self, frame: bytes, now: Callable[[], int]) -> str | None:
-        """An IPv4 fragment: one of a reassembly admitted lately passes; one
-        that would start another takes a token of the fragment bucket."""
+        """An IPv4 fragment: one of a reassembly admitted lately passes, up
+        to ``max_pieces`` of it (the reassembler's own limit: beyond, a
+        flood of one datagram's pieces); one that would start another takes
+        a token of the fragment bucket."""
         key = frame[26:34] + frame[18:20] + frame[23:24]
         reassemblies = self.reassemblies
-        if key in reassemblies:
+        pieces = reassemblies.get(key)
+        if pieces is not None:
+            if pieces >= self.max_pieces:
+                return "fragment_policed"
+            reassemblies[key] = pieces + 1
             return None
         if not self.fragments.take(now()):
             return "fragment_policed"
-        reassemblies[key] = None
+        reassemblies[key] = 1
         if len(reassemblies) > self.max_reassemblies:
             del reassemblies[next(iter(reassemblies))]
         return None
