@@ -38,7 +38,7 @@ import logging
 import os
 import types
 from asyncio.tasks import _enter_task, _leave_task
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import h11
@@ -214,9 +214,11 @@ class FastAsgiConnection(asyncio.Protocol):
             if data == self._last_head and self._exchange is None and not self._write_paused:
                 # The last request's head again, alone in its read (a
                 # keep-alive client's next request): read once already.
-                self._fresh = False
-                self._begin(self._scope_again())
-                return
+                scope = self._scope_again()
+                if scope is not None:
+                    self._fresh = False
+                    self._begin(scope)
+                    return
             self._fresh = True
         buf += data
         if self._exchange is None and not self._write_paused:
@@ -427,10 +429,16 @@ class FastAsgiConnection(asyncio.Protocol):
             return None
         if notes or size > self._server.config.max_header_bytes:
             return None
+        return self._scope_of(bytes(head), method, target, headers)
+
+    def _scope_of(
+        self, head: bytes, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> Scope | None:
+        """The scope of a plain request, kept to be read again (see _scope_again)."""
         scope = self._adapter.fast_scope(
             method, target, headers, self._flow.remote_address, self._flow.local_address
         )
-        self._last_head = bytes(head)
+        self._last_head = head
         self._last_target = target
         self._template = dict(scope)
         self._template_headers = tuple(scope["headers"])
@@ -448,7 +456,7 @@ class FastAsgiConnection(asyncio.Protocol):
             server=self._flow.local_address,
         )
 
-    def _scope_again(self) -> Scope:
+    def _scope_again(self) -> Scope | None:
         """The scope of a request whose head is the last one's (the same
         fields, read again fresh: an application may change its scope)."""
         scope: dict[str, Any] = self._template.copy()
@@ -599,6 +607,49 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._pos < len(self._buf):
             self.write(self._server.error_response(408))
         self.close()
+
+
+class FastCachedConnection(FastAsgiConnection):
+    """A connection of a handler that holds whole answers in memory
+    (``cached_response``: StaticSite's files), served from the transport's
+    callbacks as :class:`FastAsgiConnection` serves an ASGI application's:
+    each plain GET the handler holds is written at once, as the usual path
+    writes it (``HttpServer.cached_wire``); the first other request hands
+    the connection to the usual path. Not used with an observer (access
+    logs, metrics), as the usual path does not answer from the cache then."""
+
+    __slots__ = ()
+
+    def _scope_of(
+        self, head: bytes, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> Scope | None:
+        if method != b"GET":
+            return None
+        self._last_head = head
+        self._last_target = target
+        return self._scope_again()
+
+    def _scope_again(self) -> Scope | None:
+        wire = self._server.cached_wire(b"GET", self._last_target)
+        return None if wire is None else {"wire": wire}
+
+    def _begin(self, scope: Scope) -> None:
+        self._first = self._head_begun = False
+        self._deadline = 0.0
+        data, _head_length, rest = scope["wire"]
+        server = self._server
+        try:
+            self.write(data)
+            if rest:
+                self.write(rest)
+        except ClientDisconnected:
+            return  # its connection_lost comes
+        server.requests_served += 1
+        server.cached_answers += 1
+        if self.close_after_response or server.stopping:
+            self.close()
+        else:
+            self._next_turn()
 
 
 _Handoff = tuple[Coroutine[Any, Any, None], Any, contextvars.Context]

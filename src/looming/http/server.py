@@ -223,6 +223,30 @@ class _ParserHolder:
         """The HTTP/2 session, once the connection has become one."""
 
 
+_UNSERVED_WEBSOCKETS: list[bool] = []
+"""Holds True once :func:`note_unserved_websocket` has logged."""
+
+
+def note_unserved_websocket(
+    server: HttpServer, notes: int, method: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> None:
+    """Log once, at the first WebSocket upgrade (``notes`` has UPGRADE) the
+    server's handler, which serves WebSockets, gets without wsproto installed:
+    the request then reaches the application as a plain one (a 404 from
+    most), which says nothing of why."""
+    if not notes & UPGRADE or server._websockets is not None or _UNSERVED_WEBSOCKETS:
+        return
+    if getattr(server.handler, "serve_websocket", None) is None:
+        return
+    if is_websocket_upgrade(method, headers):
+        _UNSERVED_WEBSOCKETS.append(True)
+        log.warning(
+            "a WebSocket upgrade was served as a plain HTTP request: wsproto is not "
+            "installed; install looming[websocket] (pip install wsproto) and rebuild "
+            "to serve WebSockets"
+        )
+
+
 def is_websocket_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """Whether a request asks to become a WebSocket (RFC 6455 section 4.1)."""
     if method != b"GET":
@@ -406,7 +430,14 @@ class HttpServer:
             else None
         )
         """What serves a connection from its transport's callbacks, when
-        the handler offers it (AsgiAdapter does)."""
+        the handler offers it (AsgiAdapter does), or holds whole answers."""
+        if (
+            self._fast_connection is None
+            and self._cached is not None
+            and self.config.fast_path
+            and self._httptools
+        ):
+            self._fast_connection = self._fast_cached_connection
         self._fast: set[FastAsgiConnection] = set()
         """Connections served from their transport's callbacks (see fast_asgi)."""
         self._handed: dict[int, tuple[Any, bool]] = {}
@@ -441,6 +472,24 @@ class HttpServer:
         self._fast.add(connection)
         self.connections_fast += 1
         return True
+
+    def _fast_cached_connection(
+        self, server: HttpServer, flow: Any, serve: Callable[[], None]
+    ) -> FastAsgiConnection:
+        from looming.http.fast_asgi import FastCachedConnection
+
+        if self.observer is not None:
+            raise RuntimeError("the usual path logs what it answers from the cache")
+        handler: Any = self.handler  # what it asks of the handler: cached_response
+        return FastCachedConnection(server, handler, flow, serve)
+
+    def cached_wire(self, method: bytes, target: bytes) -> tuple[bytes, int, bytes] | None:
+        """The handler's cached answer to a plain keep-alive HTTP/1.1
+        ``method`` of ``target``, ready to write (see :meth:`_wire`), or None."""
+        if self.stopping or self.observer is not None or self._cached is None:
+            return None
+        response = self._cached(method, target)
+        return self._wire(response) if response is not None else None
 
     def forget_fast(self, connection: FastAsgiConnection) -> None:
         self._fast.discard(connection)
@@ -577,6 +626,7 @@ class HttpServer:
                 deadline.disarm()
                 await self._send_error_raw(flow, refusal)
                 return
+            note_unserved_websocket(self, notes, event.method, items)
             if (
                 stream.upgrades
                 and notes & UPGRADE
