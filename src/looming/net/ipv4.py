@@ -180,10 +180,6 @@ class Ipv4Layer:
     def ethernet(self) -> EthernetLayer:
         return self._ethernet
 
-    @property
-    def ethernet(self) -> EthernetLayer:
-        return self._ethernet
-
     def interfaces(self) -> list[IPv4Interface]:
         return [self._interface] if self._interface is not None else []
 
