@@ -11,7 +11,11 @@ Packages with compiled extensions are either left to that interpreter too
 at start that it runs on an interpreter that can load them and extracts
 them once into a private cache (:mod:`looming.config.build_boot`), so the
 pure half (pydantic) and the compiled half (pydantic_core) always come from
-one installation. kv_ro folders are crunched in.
+one installation. kv_ro folders are crunched in. The files and folders the
+application's modules read beside them (templates, static folders) are packed
+on every target with a copy of those modules, under ``_looming_native/app/``:
+the unix start extracts them, the sim's node loader and the VM image lay
+them out as files.
 Entries are written sorted with fixed timestamps and modes, so building
 twice, or in two clones, gives identical bytes.
 
@@ -49,6 +53,7 @@ from looming.config.build_native import (
     application_files,
     compiled_packages_to_pack,
     distribution_metadata,
+    installed_modules,
     main_with_boot,
     native_pack,
     referenced_paths,
@@ -75,6 +80,11 @@ DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
 """Modules imported by name at run time, packed whenever the key (a module
 or a top-level package) is reached. ``pkg.*`` stands for every module of
 ``pkg``. Others are added with ``register(..., packages=[...])``."""
+
+PROBED = frozenset({"uvloop", "httptools"})
+"""Modules looming looks for by name at run time and does without (the
+``loop`` and ``parser`` keys' ``auto``): an artifact without them is not
+told that they are installed where it was built."""
 
 _NEVER_PACKED = ("pydantic.v1", "pydantic.mypy", "pydantic.plugin._loader_v1", "fastapi.cli")
 """Subpackages a ``pkg.*`` leaves out: the legacy API and tool plug-ins,
@@ -524,10 +534,16 @@ def write_zipapp(
         closure = _with_requirements(closure, main_py, app_dir, starts)
     else:
         _allow_requirements(closure, app_dir)
+    notice = websocket_notice(closure, app_dir)
+    if notice is not None:
+        print(f"looming: warning: {notice}", file=sys.stderr, flush=True)
     entries: dict[str, bytes] = {}
     for src in closure.modules.values():
         entries[_archive_name(src)] = src.source()
-    pack, app_files = _extracted_pack(closure, app_dir, crunch, entries) if natives else (None, [])
+    if natives:
+        pack, app_files = _extracted_pack(closure, app_dir, crunch, entries)
+    else:
+        pack, app_files = _data_pack(closure, app_dir, crunch, entries)
     packed_tops = {name.partition(".")[0] for name in closure.modules}
     entries.update(distribution_metadata(packed_tops | set(pack.packages if pack else ())))
     crunched_entries, crunched = _crunch_entries(app_dir, crunch)
@@ -538,7 +554,8 @@ def write_zipapp(
             tmp,
             smoke_modules,
             closure,
-            natives=pack is not None,
+            natives=natives,
+            boot=pack is not None,
             app_dir=app_dir,
             app_files=app_files,
         )
@@ -551,6 +568,51 @@ def write_zipapp(
         pack.compiled_for if pack is not None else "",
         build_boot.listed(pack.manifest, "packages") if pack is not None else [],
         app_files,
+    )
+
+
+def _mentions_websockets(source: ModuleSource) -> bool:
+    """Whether a module names WebSockets: a name or attribute such as
+    ``WebSocketRoute``, ``@app.websocket`` or ``starlette.websockets``, or
+    the ASGI scope type ``"websocket"``."""
+    if source.namespace:
+        return False
+    for node in ast.walk(ast.parse(source.source(), str(source.path))):
+        if isinstance(node, ast.Name):
+            name = node.id
+        elif isinstance(node, ast.Attribute):
+            name = node.attr
+        elif isinstance(node, ast.alias):
+            name = node.name
+        elif isinstance(node, ast.ImportFrom):
+            name = node.module or ""
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            name = node.value if node.value == "websocket" else ""
+        else:
+            continue
+        if "websocket" in name.lower():
+            return True
+    return False
+
+
+def websocket_notice(closure: Closure, app_dir: Path) -> str | None:
+    """A warning when the application's modules use WebSockets and wsproto,
+    which looming serves them with, is not installed: the artifact would
+    answer each upgrade as a plain request (a 404 from most applications)."""
+    locator = ModuleLocator(app_dir)
+    if locator.find("wsproto")[0] not in ("missing", "stdlib"):
+        return None
+    users = sorted(
+        name
+        for name, src in closure.modules.items()
+        if name != "__main__" and locator.find(name)[0] == "app" and _mentions_websockets(src)
+    )
+    if not users:
+        return None
+    return (
+        f"{', '.join(users)} use{'s' if len(users) == 1 else ''} WebSockets, but wsproto is "
+        "not installed: the artifact will answer WebSocket upgrades as plain requests. "
+        "Install looming[websocket] (pip install wsproto) and build again"
     )
 
 
@@ -585,12 +647,12 @@ def _allow_requirements(closure: Closure, app_dir: Path) -> None:
             return
 
 
-def _extracted_pack(
+def _application_tree(
     closure: Closure, app_dir: Path, crunch: list[tuple[str, str]], entries: dict[str, bytes]
-) -> tuple[NativePack | None, list[str]]:
-    """Move into ``entries`` what runs extracted (``natives``): the compiled
-    packages, and, when the application's modules name files or folders
-    beside them, those modules with those files. Also the paths named."""
+) -> tuple[dict[str, bytes], list[Path]]:
+    """The application's modules with the files and folders they name beside
+    them (relative name: bytes), when they name any, and the paths named.
+    The modules' entries are taken from ``entries`` (left there too)."""
     locator = ModuleLocator(app_dir)
     app_modules = [
         src
@@ -602,16 +664,64 @@ def _extracted_pack(
         app_dir,
         [app_dir / dirname for _name, dirname in crunch],
     )
-    app: dict[str, bytes] = {}
-    if named:
-        app = {_archive_name(src): entries.pop(_archive_name(src)) for src in app_modules}
-        files = application_files(named, app_dir)
-        app.update((name, path.read_bytes()) for name, path in files.items())
-    pack = native_pack(compiled_packages_to_pack(closure), app)
+    if not named:
+        return {}, []
+    app = {_archive_name(src): entries[_archive_name(src)] for src in app_modules}
+    files = application_files(named, app_dir)
+    app.update((name, path.read_bytes()) for name, path in files.items())
+    return app, named
+
+
+def _named(named: list[Path], app_dir: Path) -> list[str]:
+    root = app_dir.resolve()
+    return [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in named]
+
+
+def _extracted_pack(
+    closure: Closure, app_dir: Path, crunch: list[tuple[str, str]], entries: dict[str, bytes]
+) -> tuple[NativePack | None, list[str]]:
+    """Move into ``entries`` what runs extracted (``natives``): the compiled
+    packages, and, when the application's modules name files or folders
+    beside them, those modules with those files. Also the paths named."""
+    app, named = _application_tree(closure, app_dir, crunch, entries)
+    for name in app:
+        entries.pop(name, None)  # the modules run from the extracted copy only
+    tops = compiled_packages_to_pack(closure)
+    packed = tops | {name.partition(".")[0] for name in closure.modules}
+    unpacked = installed_modules() - packed - closure.external - PROBED
+    pack = native_pack(tops, app, sorted(unpacked))
     entries.update(pack.entries)
     entries["__main__.py"] = main_with_boot(entries["__main__.py"])
-    root = app_dir.resolve()
-    return pack, [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in named]
+    return pack, _named(named, app_dir)
+
+
+def _data_pack(
+    closure: Closure, app_dir: Path, crunch: list[tuple[str, str]], entries: dict[str, bytes]
+) -> tuple[NativePack | None, list[str]]:
+    """Without ``natives`` (the sim and vm targets): when the application's
+    modules name files or folders beside them, add the tree of those modules
+    and files under :data:`build_boot.APP` (the modules stay in place too).
+    The artifact's loader lays the tree out as real files and runs the
+    modules from there: the sim's node loader (:mod:`looming.sim.artifact`),
+    the VM image's initramfs (:func:`application_tree_files`). Also the paths
+    named."""
+    app, named = _application_tree(closure, app_dir, crunch, entries)
+    if not app:
+        return None, []
+    pack = native_pack(set(), app)
+    entries.update(pack.entries)
+    return pack, _named(named, app_dir)
+
+
+def application_tree_files(archive: Path) -> dict[str, bytes]:
+    """The application tree :func:`_data_pack` packed in ``archive`` (relative
+    name: bytes); empty when there is none."""
+    with zipfile.ZipFile(archive) as z:
+        return {
+            name.removeprefix(build_boot.APP): z.read(name)
+            for name in sorted(z.namelist())
+            if name.startswith(build_boot.APP) and not name.endswith("/")
+        }
 
 
 def _zip_bytes(entries: dict[str, bytes]) -> bytes:

@@ -204,6 +204,34 @@ def extract(archive: zipfile.ZipFile, digest: str, prefix: str = FILES) -> str:
     return final
 
 
+class NotPacked:
+    """The last finder on ``sys.meta_path``: a module nothing found, that was
+    installed where the artifact was built but not packed in it (imported
+    under a name computed at run time, which the build cannot read), gets a
+    line on stderr, once, saying how to pack it. The import still fails."""
+
+    def __init__(self, archive: str, names: list[str]) -> None:
+        self.archive = archive
+        self.names = set(names)
+        self.told: set[str] = set()
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        top = name.partition(".")[0]
+        if top in self.names and top not in self.told:
+            self.told.add(top)
+            sys.stderr.write(
+                f"looming: {os.path.basename(self.archive)} does not hold the module {name!r}: "
+                "it was installed where the artifact was built, but nothing the build read "
+                "imports it (a name computed at run time?). If the application needs it, add "
+                f"register(..., packages=[{top!r}]) in config.py and run 'looming build'\n"
+            )
+            sys.stderr.flush()
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
 def prepare(archive_path: str | None = None) -> None:
     """Check this interpreter, then put the extracted application (before the
     artifact) and compiled packages (after it) on sys.path. An interpreter
@@ -221,6 +249,8 @@ def prepare(archive_path: str | None = None) -> None:
             sys.exit(2)
         compiled = extract(archive, str(manifest["digest"])) if listed(manifest, "packages") else ""
         app = extract(archive, str(manifest["app_digest"]), APP) if manifest.get("app") else ""
+    if listed(manifest, "unpacked"):
+        sys.meta_path.append(NotPacked(archive_path, listed(manifest, "unpacked")))
     here = os.path.abspath(archive_path)
     entries = [os.path.abspath(p) if p else p for p in sys.path]
     position = entries.index(here) if here in entries else 0

@@ -104,10 +104,14 @@ def _extension_suffix(name: str) -> str | None:
     return max(matching, key=len) if matching else None
 
 
-def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePack:
+def native_pack(
+    tops: set[str], app: dict[str, bytes] | None = None, unpacked: list[str] | None = None
+) -> NativePack:
     """The compiled packages ``tops`` as this interpreter has them, and the
     application's ``app`` entries (relative path: bytes), with a manifest of
-    what they need (with neither, the start still checks the Python version)."""
+    what they need (with neither, the start still checks the Python version)
+    and of the ``unpacked`` modules (installed here, not packed: the start
+    names one that is imported, see :class:`build_boot.NotPacked`)."""
     libs = _vendored_libraries() if tops else {}
     entries: dict[str, bytes] = {}
     suffixes: set[str] = set()
@@ -138,6 +142,8 @@ def native_pack(tops: set[str], app: dict[str, bytes] | None = None) -> NativePa
         "digest": digest(build_boot.FILES),
         "app_digest": digest(build_boot.APP),
     }
+    if unpacked:
+        manifest["unpacked"] = sorted(unpacked)
     entries[build_boot.MANIFEST] = json.dumps(manifest, sort_keys=True, indent=1).encode()
     entries[f"{BOOT_MODULE}.py"] = Path(build_boot.__file__).read_bytes()
     return NativePack(entries, manifest)
@@ -282,6 +288,16 @@ def distribution_metadata(tops: set[str]) -> dict[str, bytes]:
             if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] in _METADATA_FILES:
                 entries[file.as_posix()] = Path(str(file.locate())).read_bytes()
     return entries
+
+
+def installed_modules() -> set[str]:
+    """The top-level modules the installed distributions provide (not the
+    standard library's)."""
+    return {
+        top
+        for top in importlib.metadata.packages_distributions()
+        if top.isidentifier() and top not in sys.stdlib_module_names
+    }
 
 
 def _normalised(name: str) -> str:

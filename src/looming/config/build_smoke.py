@@ -36,8 +36,8 @@ class CompiledPackages:
         return None if where is None else importlib.machinery.PathFinder.find_spec(name, [where])
 sys.meta_path.append(CompiledPackages)
 sys.path.insert(0, zipapp)
-if "--natives" in modules:
-    modules.remove("--natives")
+if "--boot" in modules:
+    modules.remove("--boot")
     import _looming_boot
     _looming_boot.prepare(zipapp)
 for name in modules:
@@ -67,6 +67,7 @@ def smoke_import(
     closure: Closure,
     *,
     natives: bool = False,
+    boot: bool = False,
     app_dir: Path | None = None,
     app_files: Sequence[str] = (),
 ) -> None:
@@ -75,7 +76,11 @@ def smoke_import(
     The child interpreter is isolated (``-I -S``): it sees the artifact, the
     standard library and the compiled packages the artifact leaves to the
     host (none with ``natives``: the artifact's own are extracted as at
-    start), and nothing else that happens to be installed here.
+    start), and nothing else that happens to be installed here. With
+    ``boot`` the artifact's start (:func:`build_boot.prepare`) runs first: it
+    extracts the compiled packages and the application's tree of modules and
+    the files they read, as the unix start, the sim and the VM image lay
+    them out.
     """
     if not modules:
         return
@@ -91,7 +96,7 @@ def smoke_import(
         str(artifact),
         json.dumps(allowed, sort_keys=True),
         *modules,
-        *(["--natives"] if natives else []),
+        *(["--boot"] if boot else []),
     ]
     with tempfile.TemporaryDirectory(prefix="looming-smoke-") as cwd:
         # The files the application names, also where a path relative to the

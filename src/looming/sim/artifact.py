@@ -6,7 +6,12 @@ process, and two applications may both have a module called ``unikernel``,
 so each loaded copy gets its own namespace: the application's modules are
 imported from the zip as ``_looming_sim_nodes.<copy>.<module>`` through a
 private ``__import__`` in their globals. looming itself and third-party
-libraries are shared with the host, as they are the same code.
+libraries are shared with the host, as they are the same code. When the
+application's modules read files beside them (templates, static folders),
+the build packed those modules with the files as a tree (see
+:func:`looming.config.build._data_pack`): it is extracted once into the
+cache of :mod:`looming.config.build_boot`, and the modules' ``__file__``
+names their copy there, so ``Path(__file__).parent / "static"`` is a folder.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import itertools
+import json
 import sys
 import types
 import zipfile
@@ -25,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from looming.config import build_boot
 from looming.errors import ConfigError, UsageError
 
 ROOT = "_looming_sim_nodes"
-_DATA_TOPS = {"__main__.py", "_looming", "looming"}
+_DATA_TOPS = {"__main__.py", "_looming", "looming", build_boot.NATIVE_DIR, "_looming_boot.py"}
 _copies = itertools.count()
 
 
@@ -81,6 +88,18 @@ def ensure_artifact(app_dir: Path, unikernel: str | None = None) -> Path:
     return artifact
 
 
+def _application_tree(archive: zipfile.ZipFile) -> str:
+    """The folder of the application's modules and the files they read,
+    extracted from ``archive``; "" when the build packed none."""
+    try:
+        manifest = json.loads(archive.read(build_boot.MANIFEST))
+    except KeyError:
+        return ""
+    if not manifest.get("app"):
+        return ""
+    return build_boot.extract(archive, str(manifest["app_digest"]), build_boot.APP)
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     name: str
@@ -100,6 +119,7 @@ class Artifact:
                     if name.endswith(".py") and name.partition("/")[0] not in _DATA_TOPS
                 }
                 self.sources["__main__.py"] = z.read("__main__.py")
+                self.files_root = _application_tree(z)
         except (OSError, zipfile.BadZipFile, KeyError) as error:
             raise UsageError(f"{path} is not a built looming unikernel: {error}") from None
         self.code: dict[str, types.CodeType] = {}
@@ -113,6 +133,15 @@ class Artifact:
             or (app_dir / top / "__init__.py").is_file()
             or importlib.util.find_spec(top) is None
         )
+
+    def file_of(self, zip_name: str) -> str:
+        """The ``__file__`` of the module packed as ``zip_name``: its copy in
+        the extracted application tree if there is one, else inside the zip."""
+        if self.files_root:
+            copy = Path(self.files_root, zip_name)
+            if copy.is_file():
+                return str(copy)
+        return f"{self.path}/{zip_name}"
 
     def source_of(self, module: str) -> tuple[str, bytes, bool] | None:
         """(path in the zip, source, is a package) of an application module."""
@@ -205,7 +234,7 @@ class _ArtifactFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if found is None:
             return None
         spec = importlib.machinery.ModuleSpec(fullname, self, is_package=found[2])
-        spec.origin = f"{artifact.path}/{found[0]}"
+        spec.origin = artifact.file_of(found[0])
         if found[2]:
             spec.submodule_search_locations = []
         return spec
@@ -221,7 +250,7 @@ class _ArtifactFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         assert found is not None
         zip_name, source, _ = found
         module.__dict__["__builtins__"] = _private_builtins(namespace, artifact.app_modules)
-        module.__file__ = f"{artifact.path}/{zip_name}"
+        module.__file__ = artifact.file_of(zip_name)
         # Every boot runs the modules afresh, but compiles them only once.
         code = artifact.code.get(zip_name)
         if code is None:

@@ -32,10 +32,12 @@ from looming.config.build import (
     BuildReport,
     Closure,
     ModuleLocator,
+    application_tree_files,
     configured,
     module_closure,
     write_zipapp,
 )
+from looming.config.build_boot import APP as APP_TREE_IN_ARCHIVE
 from looming.errors import ConfigError, UsageError
 from looming.vm import bootcache, cpio, elf, wheels
 from looming.vm.arch import Arch, get_arch
@@ -98,6 +100,7 @@ DEVICE_NODES = (
 )
 INTERFACE = "eth0"
 ARCHIVE_IN_IMAGE = "/app/unikernel.pyz"
+APP_TREE_IN_IMAGE = "/app/files"  # the app's modules and the files they read (templates, ...)
 INIT_SOURCE = Path(__file__).with_name("init.py")
 GUEST_PYTHON = "3.11"  # Debian 12's python3-minimal; wheels are fetched for it
 SITE_PACKAGES = "usr/lib/python3/dist-packages"  # the wheels' files, for the guest's Python
@@ -305,6 +308,8 @@ def _with_bytecode(archive: Path, compiler: Compiler | None, app_dir: Path) -> b
     # stored members tighter than deflated ones; nor is anything inflated at boot.
     with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w") as target:
         for info in source.infolist():
+            if info.filename.startswith(APP_TREE_IN_ARCHIVE):
+                continue  # laid out as files in the image (APP_TREE_IN_IMAGE)
             data = source.read(info)
             top = info.filename.split("/")[0].removesuffix(".py")
             own = top == "__main__" or (app_dir / f"{top}.py").is_file() or (app_dir / top).is_dir()
@@ -768,6 +773,9 @@ def _initramfs_files(contents: ImageContents, compiler: Compiler | None) -> list
         entries.append(cpio.regular(image_path, _unsigned(path.read_bytes())))
     archive = _with_bytecode(contents.pyz, compiler, contents.app_dir)
     entries.append(cpio.regular(ARCHIVE_IN_IMAGE.lstrip("/"), archive))
+    tree = application_tree_files(contents.pyz)
+    base = APP_TREE_IN_IMAGE.lstrip("/")
+    entries += [cpio.regular(f"{base}/{name}", data) for name, data in tree.items()]
     boot_cache = bootcache.for_image(contents) if compiler is not None else None
     if boot_cache is not None:
         entries.append(cpio.regular(bootcache.PATH_IN_IMAGE.lstrip("/"), boot_cache))
@@ -776,6 +784,7 @@ def _initramfs_files(contents: ImageContents, compiler: Compiler | None) -> list
         "finit_module": contents.arch.finit_module,
         "interface": INTERFACE,
         "archive": ARCHIVE_IN_IMAGE,
+        "app_tree": APP_TREE_IN_IMAGE if tree else None,
         "site_packages": "/" + SITE_PACKAGES if contents.site_files else None,
         "disk": DISK_MOUNT if contents.uses_disk else None,
         "boot_cache": bootcache.PATH_IN_IMAGE if boot_cache is not None else None,
@@ -974,18 +983,24 @@ def _check_image_imports(
         if (where := locator.search_path(top)) is not None
     }
     builtins = builtin_modules(contents.interpreter_path)
-    check_imports(
-        ImageModules(
-            archive=contents.pyz,
-            main_py=main_py,
-            stdlib={*contents.stdlib.modules, *builtins, *_frozen_modules(), "os"},
-            stdlib_names=set(sys.stdlib_module_names) | builtins,
-            compiled=compiled,
-            modules=[*own, *dynamic],
-        ),
-        contents.app_dir,
-        progress,
-    )
+    with tempfile.TemporaryDirectory(prefix="looming-tree-") as folder:
+        tree = application_tree_files(contents.pyz)
+        for name, data in tree.items():  # laid out as /app/files holds them
+            (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(folder) / name).write_bytes(data)
+        check_imports(
+            ImageModules(
+                archive=contents.pyz,
+                main_py=main_py,
+                stdlib={*contents.stdlib.modules, *builtins, *_frozen_modules(), "os"},
+                stdlib_names=set(sys.stdlib_module_names) | builtins,
+                compiled=compiled,
+                modules=[*own, *dynamic],
+                tree=Path(folder) if tree else None,
+            ),
+            contents.app_dir,
+            progress,
+        )
 
 
 def _image_report(

@@ -40,6 +40,7 @@ allowed = set(sys.argv[3].split(","))
 stdlib = set(sys.argv[4].split(","))
 compiled = dict(item.split("=", 1) for item in sys.argv[5].split("\n") if item)
 modules = [m for m in sys.argv[6].split(",") if m]
+tree = sys.argv[7] if len(sys.argv) > 7 else ""
 
 path_finder = next(f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder")
 
@@ -70,6 +71,8 @@ def importer(error):
 sys.meta_path.insert(0, NotInImage)
 sys.meta_path.append(ImageWheels)
 sys.path.insert(0, archive)
+if tree:  # the application's modules beside the files they read, as in the image
+    sys.path.insert(0, tree)
 names = ["__looming_main__", *modules]
 for name in names:
     try:
@@ -95,6 +98,7 @@ class ImageModules:
     stdlib_names: set[str]  # every name that belongs to the standard library
     compiled: dict[str, str]  # top-level name of a wheel's module -> host folder
     modules: list[str]  # the application's modules and those imported by name
+    tree: Path | None = None  # the application tree, laid out as in the image
 
 
 def check_imports(
@@ -108,6 +112,7 @@ def check_imports(
         ",".join(sorted(image.stdlib)), ",".join(sorted(image.stdlib_names)),
         "\n".join(f"{top}={where}" for top, where in sorted(image.compiled.items())),
         ",".join(image.modules),
+        str(image.tree or ""),
     ]  # fmt: skip
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     try:

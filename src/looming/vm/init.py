@@ -298,6 +298,9 @@ def collect_garbage_after_imports(poll: float = 0.5, limit: float = 30.0) -> Non
 def run_unikernel(archive: str, argv: list[str]) -> int:
     sys.argv = [archive, *argv]
     sys.path.insert(0, archive)
+    if CONFIG.get("app_tree"):  # the app's modules beside the files they read, as files
+        sys.path.insert(0, str(CONFIG["app_tree"]))
+        os.chdir(str(CONFIG["app_tree"]))  # StaticFiles(directory="static") finds it there
     if CONFIG.get("site_packages"):  # the wheels of packages with compiled code
         sys.path.append(str(CONFIG["site_packages"]))
     try:

@@ -95,6 +95,15 @@ class UnixTarget(Target):
         artifact = self.artifact(app_dir, unikernel)
         return write_zipapp(artifact, main_py, app_dir, crunch, natives=True)
 
+    def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
+        """The artifact as it runs on another machine: without this
+        interpreter's site-packages (``-S -s``), so a module the build left
+        out fails here too (and the artifact names it, see
+        :class:`looming.config.build_boot.NotPacked`)."""
+        import sys
+
+        return [sys.executable, "-S", "-s", str(artifact), *argv]
+
 
 def kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
     """A folder crunched into the artifact, or read in place with --kv-ro direct."""
