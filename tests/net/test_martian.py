@@ -12,10 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from looming.devices.net import MacAddress
+from looming.net.arp import ArpLayer
+from looming.net.ethernet import EthernetLayer
 from looming.net.ipv6 import Ipv6Layer
+from looming.net.netif.memory import MemorySwitch
 from looming.net.stack import DirectStack
+from looming.net.wire import arp as wire_arp
 from looming.net.wire import icmpv6, ipv4, ndp
 from looming.net.wire import ipv6 as wire6
+from looming.unix.time import UnixTime
 from tests.net.test_neighbours import run
 from tests.net.test_tcp_fast_paths import LOCAL, Delivery, _ipv4_layer
 
@@ -155,3 +160,31 @@ def test_ipv6_frames_from_a_group_ethernet_source_are_dropped() -> None:
         assert b6.counters["rx_echo_request"] == before["rx_echo_request"]
 
     run(body)
+
+
+def test_arp_from_a_group_ethernet_address_is_neither_learned_nor_answered() -> None:
+    """A request for our address from a group Ethernet source, or naming a
+    group address as the sender's: no binding (it would send a neighbour's
+    traffic to every host) and no reply; the same request from a unicast
+    address is answered."""
+    ethernet = EthernetLayer(MemorySwitch().port(MacAddress(b"\x02\x00\x00\x00\x00\x02")))
+    arp = ArpLayer(ethernet, UnixTime())
+    arp.set_addresses([LOCAL.ip], announce=False)
+    unicast, group = MacAddress(b"\x02\x00\x00\x00\x00\x07"), MacAddress(b"\xff" * 6)
+    neighbour = IPv4Address("10.0.0.7")
+
+    def request(sender_mac: MacAddress) -> bytes:
+        return wire_arp.emit(
+            wire_arp.ArpPacket(
+                wire_arp.ArpOperation.REQUEST, sender_mac, neighbour, MacAddress(bytes(6)), LOCAL.ip
+            )
+        )
+
+    arp._on_frame(group, ethernet.mac, request(unicast), False)
+    arp._on_frame(unicast, ethernet.mac, request(group), False)
+    arp._on_frame(MacAddress(b"\x01\x00\x5e\x00\x00\x01"), ethernet.mac, request(group), False)
+    assert arp.counters["martian_mac_source"] == 3
+    assert neighbour not in arp.cache and arp.counters["tx_reply"] == 0
+    arp._on_frame(unicast, ethernet.mac, request(unicast), False)
+    assert arp.cache.lookup(neighbour, UnixTime().now_ns()) == unicast
+    assert arp.counters["tx_reply"] == 1

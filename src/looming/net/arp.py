@@ -467,6 +467,12 @@ class ArpLayer:
     def _on_frame(
         self, source: MacAddress, destination: MacAddress, payload: bytes, _verified: bool
     ) -> None:
+        if source[0] & 1 or (len(payload) >= 9 and payload[8] & 1):
+            # A group Ethernet source, or one as the sender's hardware
+            # address: forged; learning it would send a neighbour's traffic
+            # (and the reply) to every host on the link.
+            self.counters["martian_mac_source"] += 1
+            return
         if (
             len(payload) >= 28
             and payload[6:8] == b"\x00\x01"  # a request
