@@ -987,9 +987,9 @@ def _lossy_round(path: Any, size: int, row: LossyRow, seeded: Impairments, label
     row.cubic_timeouts.append(cubic.get("timeouts", 0))
     progress(f"relay, {label}: looming")
     path.impair(seeded)
-    peer_before, cpu = _peer_counters(path), time.process_time()
+    peer_before = _peer_counters(path)
     result = _checked(asyncio.run(_looming_relay_echo(path, size)))
-    row.looming_cpu.append(time.process_time() - cpu)
+    row.looming_cpu.append(result.cpu)
     peer = _deltas(peer_before, _peer_counters(path))
     row.looming.append(result.seconds)
     _add(row.counters, {key: result.counters.get(key, 0) for key in RECOVERY_COUNTERS})
@@ -1028,8 +1028,10 @@ def lossy_report(rows: list[LossyRow], size: int, default: str = "?") -> str:
         f"rounds, which alternate; {plain}: the namespaces' default congestion control; "
         "Linux cubic and looming's Linux peer: CUBIC on the sockets; ratio = median "
         "looming / median Linux cubic, goal <= 3 at 3% and 5%; "
-        f"/{default}: looming / {plain}; cpu: median CPU seconds of this process during "
-        "looming's echo, so wall minus cpu is time spent waiting). Under each row: the "
+        f"/{default}: looming / {plain}; cpu: median CPU seconds of this process from "
+        "looming's connect to its close, the echo's reading and hashing included, the "
+        "stack's setup and the payload's making not, so wall minus cpu is time spent "
+        "waiting). Under each row: the "
         "retransmission timeouts of each round (looming's own; its Linux peer's as the "
         "sender to looming; Linux to Linux with CUBIC, both ends), then the counters "
         "summed over the rounds:",

@@ -94,6 +94,10 @@ class EchoResult:
     intact: bool
     counters: dict[str, int] = field(default_factory=dict)
     congestion: str = ""  # Linux's congestion control on the client socket
+    # CPU seconds of this process from connect to close (looming's echoes):
+    # the stack and the echo's own reading, hashing and writing, not the
+    # setup nor building the payload and its digest beforehand.
+    cpu: float = 0.0
 
 
 def start_echo_server(path: RelayedPath) -> subprocess.Popen[str]:
@@ -169,7 +173,9 @@ async def looming_echo(
     """looming echoes ``size`` bytes through the relay against Linux's server
     (on ``port``: ECHO_PORT or CUBIC_ECHO_PORT)."""
     data = payload(size)
+    expected = hashlib.sha256(data).digest()
     before = stack.tcp.counters  # the recovery counters and the MSS lowered
+    cpu = time.process_time()
     start = time.perf_counter()
     flow: TcpFlow = await stack.tcp.connect(IPv4Address(path.left_address), port)
 
@@ -187,7 +193,8 @@ async def looming_echo(
     seconds = time.perf_counter() - start
     await task
     await flow.close()
+    cpu = time.process_time() - cpu
     after = stack.tcp.counters
     counters = {key: after[key] - before.get(key, 0) for key in after}
-    intact = got == size and digest.digest() == hashlib.sha256(data).digest()
-    return EchoResult(seconds, intact, counters)
+    intact = got == size and digest.digest() == expected
+    return EchoResult(seconds, intact, counters, cpu=cpu)
