@@ -117,7 +117,9 @@ def test_looming_run_sees_only_the_artifact_and_names_what_it_lacks(
     (app / "config.py").write_text(config.replace("keys=[port, *http_keys()])])", PACKED))
     looming(app, "configure", "-t", "unix")
     looming(app, "build")
-    with running(app, "--port", "0", ready=r"serving (http://\S+)") as (_proc, ready):
+    # uvloop and httptools, chosen at run time, are the running interpreter's.
+    keys = ("--port", "0", "--loop", "uvloop", "--http-parser", "httptools")
+    with running(app, *keys, ready=r"serving (http://\S+)") as (_proc, ready):
         assert fetch(ready.group(1) + "/")[::2] == (200, b"urllib3")
 
 

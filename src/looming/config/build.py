@@ -86,6 +86,32 @@ PROBED = frozenset({"uvloop", "httptools"})
 ``loop`` and ``parser`` keys' ``auto``): an artifact without them is not
 told that they are installed where it was built."""
 
+_ISOLATED_RUN = """
+import importlib.machinery, json, runpy, sys
+allowed = json.loads(sys.argv[1])
+class RunningInterpreters:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        where = allowed.get(name)
+        return None if where is None else importlib.machinery.PathFinder.find_spec(name, [where])
+sys.meta_path.append(RunningInterpreters)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def isolated_run_command(artifact: Path, argv: list[str]) -> list[str]:
+    """The command that runs the zipapp ``artifact`` as another machine
+    would: this interpreter without its site-packages (``-S -s``), so a
+    module the build left out fails here too, but with its own
+    :data:`PROBED` modules (uvloop, httptools), as any interpreter that has
+    them gives them to the artifact."""
+    locator = ModuleLocator(artifact.parent)
+    allowed = {name: where for name in sorted(PROBED) if (where := locator.search_path(name))}
+    program = [sys.executable, "-S", "-s", "-c", _ISOLATED_RUN, json.dumps(allowed)]
+    return [*program, str(artifact), *argv]
+
+
 _NEVER_PACKED = ("pydantic.v1", "pydantic.mypy", "pydantic.plugin._loader_v1", "fastapi.cli")
 """Subpackages a ``pkg.*`` leaves out: the legacy API and tool plug-ins,
 which import what an application does not have."""

@@ -97,12 +97,12 @@ class UnixTarget(Target):
 
     def run_command(self, artifact: Path, argv: list[str]) -> list[str]:
         """The artifact as it runs on another machine: without this
-        interpreter's site-packages (``-S -s``), so a module the build left
-        out fails here too (and the artifact names it, see
+        interpreter's site-packages, so a module the build left out fails
+        here too (and the artifact names it, see
         :class:`looming.config.build_boot.NotPacked`)."""
-        import sys
+        from looming.config.build import isolated_run_command
 
-        return [sys.executable, "-S", "-s", str(artifact), *argv]
+        return isolated_run_command(artifact, argv)
 
 
 def kv_ro_impl(dev: Device, options: dict[str, str]) -> Impl:
