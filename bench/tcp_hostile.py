@@ -12,6 +12,11 @@ Sections:
   while 5,000 SYNs from 5,000 unused on-link addresses arrive, paced (5,000
   per second) and in one burst. looming: the server is looming over TAP.
   Linux: the server is Linux in another namespace over veth, same flood.
+* Floods of strays (tests/net/test_flood.py's FLOOD): stray ACKs to the echo
+  port, datagrams to a closed port, 8-byte fragments and 1,480-byte first
+  fragments from 5,000 spoofed on-link sources at 100,000 frames a second
+  for 1.5 s, while the same probe measures; looming over TAP, Linux over
+  veth, rounds interleaved.
 * One-byte segments: a Linux client writes one byte at a time (TCP_NODELAY)
   to a server that never reads, for 3 s: the memory the server's connection
   holds, against its window. looming: its own accounting and tracemalloc.
@@ -47,6 +52,7 @@ sys.path.insert(0, str(REPO))
 from tests.direct.unikernel import build_direct, namespace, running_direct  # noqa: E402
 from tests.net.hostile import ECHO_PROBE, SYN_FLOOD  # noqa: E402
 from tests.net.kernel import kernel_peer_namespace, sh, unique_suffix  # noqa: E402
+from tests.net.test_flood import FLOOD, KINDS, RATE, SECONDS  # noqa: E402
 
 from looming.devices.stack import TcpFlow  # noqa: E402
 from looming.net.stack import DirectStack  # noqa: E402
@@ -235,6 +241,80 @@ def linux_flood(burst: int) -> dict[str, float]:
         return asyncio.run(main())
 
 
+# ---------------------------------------------------------------- floods of strays
+
+
+async def strays_and_probe(server_ns_argv: list[str], mac: str, iface: str, kind: str) -> str:
+    """Probe 10.77.0.2:7 while FLOOD sends ``kind`` on ``iface`` for
+    ``mac``: a line of the table."""
+    python = sys.executable
+    port = str(KINDS[kind][1])
+    args = [iface, mac, "10.77.0.2", port, kind, str(RATE), str(SECONDS)]
+    flood = await start([*server_ns_argv, python, "-c", FLOOD, *args])
+    probe = await start(
+        [*server_ns_argv, python, "-c", ECHO_PROBE, "10.77.0.2", "7", str(SECONDS), str(SECONDS)]
+    )
+    assert flood.stdout and flood.stdin and probe.stdout and probe.stdin
+    assert (await asyncio.wait_for(flood.stdout.readline(), 60)).strip() == b"ready"
+    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"connected"
+    probe.stdin.write(b"go\n")
+    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"quiet"
+    flood.stdin.write(b"go\n")
+    _, took, frames = (await asyncio.wait_for(flood.stdout.readline(), 60)).split()
+    r = json.loads(await asyncio.wait_for(probe.stdout.readline(), 30))
+    await flood.wait()
+    await probe.wait()
+    return (
+        f"{r['quiet_worst_ms']:7.1f} {r['worst_ms']:7.1f} {r['rounds']:7d} "
+        f"{int(frames) / float(took) / 1000:7.1f}k/s"
+    )
+
+
+def looming_strays(kind: str) -> str:
+    with kernel_peer_namespace() as peer:
+
+        async def main() -> str:
+            stack = await peer.connect_stack(address=IPv4Interface("10.77.0.2/16"))
+            try:
+                await stack.tcp.listen(7, echo)
+                line = await strays_and_probe(
+                    peer.netns(), stack.ethernet.mac.hex(), peer.tap_name, kind
+                )
+                policed = stack.counters().get(KINDS[kind][0], 0)
+                return f"{line}  {KINDS[kind][0].split('.')[1]} {policed}"
+            finally:
+                await stack.disconnect()
+
+        return asyncio.run(main())
+
+
+def linux_strays(kind: str) -> str:
+    with veth_pair() as (a, b, va):
+
+        async def main() -> str:
+            server = await start(netns(b, sys.executable, "-c", LINUX_ECHO, "10.77.0.2", "7"))
+            assert server.stdout is not None
+            await server.stdout.readline()
+            mac = interface_mac(b, va.replace("lmhva", "lmhvb"))
+            try:
+                return await strays_and_probe(netns(a), mac, va, kind)
+            finally:
+                server.kill()
+                await server.wait()
+
+        return asyncio.run(main())
+
+
+def print_strays(rounds: int) -> None:
+    print(f"\n## Floods of strays at {RATE:,} frames/s for {SECONDS} s: worst echo round trip (ms)")
+    print(f"{'flood':<10} {'peer':<8} {'quiet':>7} {'flood':>7} {'rounds':>7} {'rate':>9}")
+    for kind in KINDS:
+        for _ in range(rounds):
+            for name, run in (("looming", looming_strays), ("linux", linux_strays)):
+                progress(f"strays {kind} {name}")
+                print(f"{kind:<10} {name:<8} {run(kind)}", flush=True)
+
+
 # ---------------------------------------------------------------- one-byte segments
 
 
@@ -387,11 +467,17 @@ def median(values: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller transfers")
+    parser.add_argument(
+        "--only-strays", action="store_true", help="run only the floods of strays section"
+    )
     args = parser.parse_args()
     rounds = 1 if args.quick else 2
     size = (10 if args.quick else 20) * 1024 * 1024
     kernel = platform.release()
     print(f"# Python {platform.python_version()}, Linux {kernel}")
+    print_strays(rounds)
+    if args.only_strays:
+        return 0
 
     print("\n## SYN flood from 5,000 unresolvable sources: worst echo round trip (ms)")
     print(f"{'flood':<22} {'peer':<8} {'quiet':>7} {'flood':>7} {'rounds':>7} {'sent in':>8}")
