@@ -18,9 +18,9 @@ from looming.net.wire.ipv4 import MAX_PACKET_LENGTH, MIN_HEADER_LENGTH, Ipv4Head
 
 _SECOND_NS = 1_000_000_000
 
-# Addresses as objects, or (IPv6, whose address objects hash slowly) as the
-# 16 bytes of the header.
-_Address = IPv4Address | IPv6Address | bytes
+# Addresses as integers (IPv4) or the 16 bytes of the header (IPv6): address
+# objects hash slowly. (Objects are still taken from other callers.)
+_Address = IPv4Address | IPv6Address | bytes | int
 ReassemblyKey = tuple[_Address, _Address, int, int]
 
 
@@ -81,7 +81,14 @@ class Reassembler:
 
     def add(self, header: Ipv4Header, payload: bytes, now_ns: int) -> bytes | None:
         """Take one IPv4 fragment; the whole payload once every piece has come."""
-        key = (header.source, header.destination, header.protocol, header.identification)
+        # Keyed by the addresses' integers: an address object hashes slowly,
+        # and a reassembly's key is hashed several times for each piece.
+        key = (
+            int(header.source),
+            int(header.destination),
+            header.protocol,
+            header.identification,
+        )
         limit = MAX_PACKET_LENGTH - MIN_HEADER_LENGTH
         return self.add_piece(
             key, header.fragment_offset, header.more_fragments, payload, now_ns, limit
