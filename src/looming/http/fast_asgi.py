@@ -2,18 +2,18 @@
 
 On the socket stack a connection of an :class:`~looming.http.server.HttpServer`
 serving an :class:`~looming.http.asgi.AsgiAdapter` (with the httptools
-parser and no access log or metrics) is served here instead of by a task
+parser) is served here instead of by a task
 reading its flow: :class:`FastAsgiConnection` takes the transport's
 callbacks, parses each request head with llhttp as it arrives, and runs
 the application right there, in the callback, whose ``send()`` writes the
 response into the transport itself (waiting, as the flow would, while the
 transport's buffer is above its high-water mark). An application that
 answers without waiting for anything costs no task at all: it runs as the
-connection's long-lived *runner* task (``asyncio.current_task()`` is that
+server's long-lived *runner* task (``asyncio.current_task()`` is that
 task, as anyio and ``asyncio.timeout`` need), stepped from the callback
 like an eager task. One that must wait is carried on from where it stopped
-by that runner, in the request's own context, and the connection makes a
-new runner for the requests after it (see :meth:`FastAsgiConnection._run_eagerly`).
+by that runner, in the request's own context, and the server makes a new
+runner for the requests after it (see :meth:`FastAsgiConnection._run_eagerly`).
 Requests arriving while a task is running (pipelined behind a response sent
 from a task) get a task each.
 
@@ -123,8 +123,6 @@ class FastAsgiConnection(asyncio.Protocol):
         "_parser",
         "_pos",
         "_reading_paused",
-        "_runner",
-        "_runner_waiter",
         "_scan",
         "_server",
         "_template",
@@ -177,10 +175,6 @@ class FastAsgiConnection(asyncio.Protocol):
         self._first = True
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._runner: asyncio.Task[None] | None = None
-        """The task applications run as while stepped from a callback (see the module)."""
-        self._runner_waiter: asyncio.Future[_Handoff] | None = None
-        """Given the application the runner carries on, when one must wait."""
         self._eager = False
         """Within a step of an application from a callback."""
         self._turn = 0
@@ -252,7 +246,6 @@ class FastAsgiConnection(asyncio.Protocol):
             waiter.set_result(None)
         if self._exchange is not None:
             self._exchange.client_gone()
-        self._retire_runner()
         self._flow.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -333,14 +326,15 @@ class FastAsgiConnection(asyncio.Protocol):
 
     def _run_eagerly(self, exchange: _Exchange, context: contextvars.Context) -> None:
         """Run the exchange's application in this callback up to its end or
-        its first wait, as the runner task; one that waits is carried on by
-        the runner, and a new runner serves the requests after it."""
+        its first wait, as the server's runner task; one that waits is
+        carried on by the runner, and a new runner serves the requests after it."""
         loop = self._loop
-        runner = self._runner
-        if runner is None or runner.done():
+        server = self._server
+        held = server.fast_runner
+        if held is None or held[0].done():
             waiter: asyncio.Future[_Handoff] = loop.create_future()
-            runner = loop.create_task(_carry(waiter), context=self._context.copy())
-            self._runner, self._runner_waiter = runner, waiter
+            held = server.fast_runner = (loop.create_task(_carry(waiter)), waiter)
+        runner = held[0]
         exchange._task = runner
         coro = exchange.run()
         self._eager = True
@@ -352,9 +346,8 @@ class FastAsgiConnection(asyncio.Protocol):
         finally:
             _leave_task(loop, runner)
             self._eager = False
-        given = self._runner_waiter
-        assert given is not None
-        self._runner = self._runner_waiter = None
+        given = held[1]
+        server.fast_runner = None
         if not given.done():
             given.set_result((coro, yielded, context))
         else:
@@ -377,13 +370,6 @@ class FastAsgiConnection(asyncio.Protocol):
     def _go_on_later(self) -> None:
         if self._exchange is None and not self._closing and not self._lost:
             self._go_on()
-
-    def _retire_runner(self) -> None:
-        """The connection serves no more requests: its idle runner ends."""
-        runner = self._runner
-        if runner is not None:
-            self._runner = self._runner_waiter = None
-            runner.cancel()
 
     def _head_unfinished(self, scan: int) -> None:
         """No whole head yet from ``_pos``; searched from ``scan``."""
@@ -440,7 +426,8 @@ class FastAsgiConnection(asyncio.Protocol):
         )
         self._last_head = head
         self._last_target = target
-        self._template = dict(scope)
+        template = self._template = dict(scope)
+        del template["state"], template["extensions"]  # made afresh each time
         self._template_headers = tuple(scope["headers"])
         return scope
 
@@ -514,7 +501,6 @@ class FastAsgiConnection(asyncio.Protocol):
         """The usual path serves the connection from here (see the module)."""
         self._closing = True  # this object is done with it
         self._cancel_timer()
-        self._retire_runner()
         self._server.forget_fast(self)
         self._server.adopted_from_fast(self._flow, first=self._first)
         pending = bytes(self._buf[self._pos :])

@@ -450,6 +450,9 @@ class HttpServer:
         """Connections the fast path took (see :meth:`adopt_socket_flow`)."""
         self.connections_handed_back = 0
         """Of those, how many it handed back to :meth:`serve_flow`."""
+        self.fast_runner: tuple[asyncio.Task[None], asyncio.Future[Any]] | None = None
+        """The task the fast path's applications run as while they do not
+        wait, and what hands it one that must (see fast_asgi)."""
 
     @property
     def connections_open(self) -> int:
@@ -531,6 +534,9 @@ class HttpServer:
             await asyncio.sleep(min(0.05, max(0.0, give_up - loop.time())))
         for connection in list(self._fast):
             connection.abort()
+        if self.fast_runner is not None:
+            self.fast_runner[0].cancel()  # idle: one it carried is no longer its
+            self.fast_runner = None
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
