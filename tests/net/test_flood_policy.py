@@ -292,3 +292,23 @@ def test_one_datagrams_pieces_beyond_the_reassemblers_limit_are_policed() -> Non
     assert got[128:] == ["fragment_policed"] * (1000 - 128)
     # The datagram took one token of the burst of 10.
     assert [rules.fragments.take(0) for _ in range(10)].count(True) == 9
+
+
+def ipv6(src: bytes, dst: bytes, next_header: int, data: bytes) -> bytes:
+    header = struct.pack("!IHBB", 6 << 28, len(data), next_header, 64) + src + dst
+    return MAC + b"\x02\x66\x00\x00\x00\x09" + b"\x86\xdd" + header + data
+
+
+def test_ipv6_strays_are_policed_and_flows_we_sent_on_pass() -> None:
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1000, stray_burst=10)
+    us, them = bytes(15) + b"\x01", bytes(15) + b"\x02"
+    stray = [ipv6(them, us, 6, tcp(1024 + i, 80, 0x10)) for i in range(20)]
+    assert verdicts(rules, clock, stray).count("tcp_stray_policed") == 10
+    datagrams = [ipv6(them, us, 17, udp(1024 + i, 9999)) for i in range(5)]
+    assert verdicts(rules, clock, datagrams) == ["udp_stray_policed"] * 5
+    ours = ipv6(them, us, 6, tcp(40000, 443, 0x10))
+    rules.sent(ipv6(us, them, 6, tcp(443, 40000, 0x18)))
+    assert verdicts(rules, clock, [ours] * 10) == [None] * 10
+    # Anything but TCP or UDP right after the fixed header is left to IPv6.
+    assert rules.verdict(ipv6(them, us, 44, bytes(16)), clock.now_ns) is None
