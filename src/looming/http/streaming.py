@@ -143,6 +143,16 @@ class Watch:
                 await task
 
 
+def _check_trailer(end: h11.EndOfMessage) -> None:
+    """A chunked body's trailer may not hold framing fields (RFC 9110
+    section 6.5.1): refused as llhttp refuses them, whichever parser read it."""
+    for name, _ in end.headers:
+        if name in (b"content-length", b"transfer-encoding"):
+            raise h11.RemoteProtocolError(
+                f"{name.decode()} in a chunked body's trailer", error_status_hint=400
+            )
+
+
 class BodyReader:
     """A request's body, read from the connection when the handler asks
     (``limit``: the most bytes it may have; 0 for no limit)."""
@@ -180,6 +190,7 @@ class BodyReader:
         """Mark a request without a body complete (and start watching) at once."""
         event = self._conn.next_event()
         if type(event) is h11.EndOfMessage:
+            _check_trailer(event)
             self._finish()
         elif event is not h11.NEED_DATA:
             self._peeked = event
@@ -209,6 +220,7 @@ class BodyReader:
                         raise ClientGone(f"request body over {self._limit} bytes")
                     return bytes(event.data), True
                 if type(event) is h11.EndOfMessage:
+                    _check_trailer(event)
                     self._finish()
                     return b"", False
                 raise ClientGone("the client closed the connection in the middle of a body")
