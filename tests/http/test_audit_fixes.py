@@ -185,3 +185,22 @@ def test_a_good_chunked_body_is_still_echoed(served: tuple[Streamer, RunningServ
     sock.close()
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"abcde"), answer
     assert app.bodies == [b"abcde"]
+
+
+@pytest.mark.parametrize("peer", ["looming", "uvicorn"])
+@pytest.mark.parametrize("bad", list(BAD_BODIES))
+def test_looming_refuses_malformed_chunked_bodies_as_uvicorn_does(peer: str, bad: str) -> None:
+    """The same bad bodies, sent after the application began reading:
+    uvicorn (httptools) answers 400, and so does looming."""
+    from .test_background import SERVERS
+
+    app = Streamer()
+    with SERVERS[peer](app) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(HEAD)
+        time.sleep(0.2)  # the application waits for the body now
+        sock.sendall(BAD_BODIES[bad])
+        answer = read_to_end(sock)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+    assert app.bodies == []
