@@ -285,7 +285,10 @@ class TcpConnection(TcpSender):
             return False
         rcv_nxt = buffer.rcv_nxt
         start = unwrap(seq, rcv_nxt)
-        if start < rcv_nxt or start + length > rcv_nxt + self.receive_window:
+        # Within the window advertised: its right edge never moves back, so
+        # each segment alone would have been in the window whole (the
+        # window's free space may shrink by more than each one's bytes).
+        if start < rcv_nxt or start + length > self.rcv_adv:
             return False
         # Each alone is charged at most its size and a frame's overheads.
         if not buffer.can_hold(length + count * MERGE_MARGIN):
