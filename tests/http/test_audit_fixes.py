@@ -43,6 +43,13 @@ class Streamer:
         if scope["path"] == "/echo":
             await self.echo(receive, send)
             return
+        if scope["path"] == "/answer-then-read":
+            await self.answer_then_read(receive, send)
+            return
+        if scope["path"] == "/no-read":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"not read"})
+            return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
             while True:
@@ -58,6 +65,15 @@ class Streamer:
         except asyncio.CancelledError:
             self.cancelled_at = time.monotonic()
             raise
+
+    async def answer_then_read(self, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"begun", "more_body": True})
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message["more_body"]:
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def echo(self, receive: Any, send: Any) -> None:
         body = b""
@@ -174,6 +190,26 @@ def test_a_malformed_chunked_body_read_by_the_application_gets_400(
     wait_for(lambda: seen)
     assert (server.protocol_errors, server.clients_gone) == (before[0] + 1, before[1])
     assert seen == [("POST", "/echo", 400)]
+
+
+@pytest.mark.parametrize("path", ["/answer-then-read", "/no-read"])
+def test_a_malformed_body_after_the_response_began_is_a_protocol_error(
+    served: tuple[Streamer, RunningServer], path: str
+) -> None:
+    """No 400 can follow a response begun (or done): the connection just
+    closes, and the count says why."""
+    _app, running = served
+    server = running.server
+    before = server.protocol_errors, server.clients_gone
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+    sock.sendall(HEAD.replace(b"/echo", path.encode()))
+    time.sleep(0.2)  # the response has begun
+    sock.sendall(BAD_BODIES["no-crlf-after-data"])
+    answer = read_to_end(sock)  # and the server closes
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400" not in answer, answer
+    wait_for(lambda: server.protocol_errors > before[0])
+    assert (server.protocol_errors, server.clients_gone) == (before[0] + 1, before[1])
 
 
 def test_a_good_chunked_body_is_still_echoed(served: tuple[Streamer, RunningServer]) -> None:

@@ -593,8 +593,12 @@ class HttpServer:
             ):
                 await self._send_error_raw(flow, 408)
         except (ConnectionReset, ClientGone) as error:
-            # The client went away mid-request or mid-response: normal traffic.
-            self.clients_gone += 1
+            # The client went away mid-request or mid-response: normal traffic
+            # (or it broke the body the application read while responding).
+            if parser.watch is not None and parser.watch.malformed:
+                self.protocol_errors += 1
+            else:
+                self.clients_gone += 1
             log.debug("client gone: %s", error)
         except Closed as error:
             log.debug("connection ended: %s", error)
@@ -1039,6 +1043,8 @@ class HttpServer:
         if not keep_alive:
             return False
         if not reader.complete and not await reader.discard(self.config.linger_bytes):
+            if reader.malformed:  # what the handler left unread was malformed
+                self.protocol_errors += 1
             return False
         stream.leftover, stream.peer_closed = conn.trailing_data
         return not watch.gone

@@ -72,7 +72,16 @@ class Watch:
     is complete unless the response is done sooner.
     """
 
-    __slots__ = ("__weakref__", "_armed", "_arming", "_callbacks", "_flow", "_task", "gone")
+    __slots__ = (
+        "__weakref__",
+        "_armed",
+        "_arming",
+        "_callbacks",
+        "_flow",
+        "_task",
+        "gone",
+        "malformed",
+    )
 
     def __init__(self, flow: Flow, arming: Arming | None = None) -> None:
         self._flow = flow
@@ -81,6 +90,8 @@ class Watch:
         self._armed = False
         self._callbacks: list[Callable[[], object]] = []
         self.gone = False
+        self.malformed = False
+        """The request's body was malformed (set by its :class:`BodyReader`)."""
 
     def start(self) -> None:
         self.disarm()
@@ -229,7 +240,7 @@ class BodyReader:
             self._watch._went_away()
             if isinstance(error, ClientGone):
                 raise
-            self.malformed = isinstance(error, h11.RemoteProtocolError)
+            self.malformed = self._watch.malformed = isinstance(error, h11.RemoteProtocolError)
             raise ClientGone(f"request body failed: {error}") from None
 
     async def discard(self, limit: int) -> bool:
