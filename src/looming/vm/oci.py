@@ -38,6 +38,7 @@ from looming.vm import cpio
 from looming.vm.arch import Arch, get_arch
 from looming.vm.bytecode import Compiler
 from looming.vm.image import (
+    APP_TREE_IN_IMAGE,
     ARCHIVE_IN_IMAGE,
     INIT_MODULE,
     SITE_PACKAGES,
@@ -55,12 +56,16 @@ START = "app/start.py"
 # What /init does for a VM: the zipapp's __main__ run as __main__, without
 # runpy (which the image need not hold).
 START_SOURCE = f'''"""Runs the unikernel's zipapp: the image's entry point."""
+import os
 import sys
 import zipimport
 
 archive = "{ARCHIVE_IN_IMAGE}"
 sys.argv[0] = archive
 sys.path.insert(0, archive)
+if os.path.isdir("{APP_TREE_IN_IMAGE}"):  # the app's modules beside the files they read
+    sys.path.insert(0, "{APP_TREE_IN_IMAGE}")
+    os.chdir("{APP_TREE_IN_IMAGE}")
 importer = zipimport.zipimporter(archive)
 main = type(sys)("__main__")
 main.__file__ = importer.get_filename("__main__")
