@@ -539,7 +539,11 @@ def _libraries_present(tree: Tree, arch: Arch, module: StdlibModule) -> bool:
 # Standard-library modules a library reaches by name, not by import: the
 # unix target's socket stack (in an OCI image, looming.vm.oci) resolves names
 # with getaddrinfo, which encodes them with the idna codec, found by name.
-LIBRARY_STDLIB: dict[str, tuple[str, ...]] = {"looming.unix.socket_stack": ("encodings.idna",)}
+LIBRARY_STDLIB: dict[str, tuple[str, ...]] = {
+    "looming.unix.socket_stack": ("encodings.idna",),
+    # Jinja2's lexer decodes string literals in templates with this codec.
+    "jinja2.lexer": ("encodings.unicode_escape",),
+}
 
 
 def _stdlib_roots(
