@@ -206,8 +206,9 @@ def test_a_build_using_websockets_without_wsproto_warns(tmp_path: Path) -> None:
     assert "WebSockets" not in looming(app, "build").stderr
 
 
+@pytest.mark.parametrize("h2", ["installed", "missing"])
 def test_the_first_upgrade_served_without_wsproto_is_logged_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    h2: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
@@ -219,6 +220,8 @@ def test_the_first_upgrade_served_without_wsproto_is_logged_once(
         raise AssertionError("not served without wsproto")
 
     monkeypatch.setitem(sys.modules, "wsproto", None)
+    if h2 == "missing":  # only the core installed: the server takes no upgrade at all
+        monkeypatch.setitem(sys.modules, "h2", None)
     monkeypatch.setattr(server, "_UNSERVED_WEBSOCKETS", [], raising=False)
     adapter = AsgiAdapter(Starlette(routes=[WebSocketRoute("/echo", echo)]))
     upgrade = (
