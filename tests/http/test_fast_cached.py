@@ -7,10 +7,12 @@ aside), including the requests that hand the connection back midway."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,9 +20,12 @@ from hypothesis import strategies as st
 
 from looming.http import StaticSite
 from looming.http.server import ServerConfig
+from looming.http.service import AccessLog, Metrics
+from looming.unix.clock import UnixClock
 
 from .serving import RunningServer, serve_in_thread
 from .test_cached_path import EXTRAS, KV, TARGETS, request_bytes
+from .test_fast_observed import Lines, counters, normal
 from .test_server_fast_path import cut
 
 CACHED = ["/", "/index.html", "/css/site.css"]
@@ -116,3 +121,80 @@ def test_plain_gets_of_held_files_stay_on_the_fast_path(sites: dict[str, Running
         b"HTTP/1.1 200 OK\r\n",
     ]
     assert server.connections_handed_back == before[1] + 1
+
+
+@pytest.fixture(scope="module")
+def logged_sites() -> Iterator[dict[str, tuple[RunningServer, Metrics, Lines]]]:
+    """Both paths with an access log (common format) and metrics."""
+    access = logging.getLogger("looming.http.access")
+    lines = Lines()
+    access.addHandler(lines)
+    level = access.level
+    access.setLevel(logging.INFO)
+    running: dict[str, tuple[RunningServer, Metrics, Lines]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            for name, fast in (("fast", True), ("flow", False)):
+                config = ServerConfig(parser="httptools", fast_path=fast)
+                site = stack.enter_context(
+                    serve_in_thread(
+                        lambda: StaticSite(KV, max_cached_file_bytes=64 * 1024),
+                        config,
+                        loop="uvloop",
+                    )
+                )
+                for target in CACHED:
+                    close = b"connection: close\r\n"
+                    exchange(site.port, [request_bytes("GET", target, close, "1.1")])
+                metrics = Metrics()
+                log = AccessLog("common", UnixClock())
+
+                def both(*args: Any, log: AccessLog = log, metrics: Metrics = metrics) -> None:
+                    log(*args)
+                    metrics(*args)
+
+                site.server.observer = both
+                running[name] = (site, metrics, lines)
+            yield running
+    finally:
+        access.removeHandler(lines)
+        access.setLevel(level)
+
+
+@settings(max_examples=40, deadline=None)
+@given(requests, st.lists(st.integers(min_value=0), max_size=4))
+def test_both_paths_log_and_count_the_cached_answers_alike(
+    logged_sites: dict[str, tuple[RunningServer, Metrics, Lines]],
+    sequence: list[tuple[str, str, bytes, str]],
+    points: list[int],
+) -> None:
+    data = b"".join(request_bytes(*request) for request in sequence)
+    data += request_bytes("GET", "/", b"connection: close\r\n", "1.1")
+    pieces = cut(data, points)
+    seen = {}
+    for name in ("flow", "fast"):
+        site, metrics, lines = logged_sites[name]
+        before = counters(metrics)
+        lines.lines.clear()
+        answer = exchange(site.port, pieces)
+        logged = [normal(line, "common") for line in lines.lines]
+        after = counters(metrics)
+        seen[name] = (answer, logged, after[1] - before[1], after[2] - before[2])
+    assert seen["fast"] == seen["flow"]
+    assert seen["flow"][3] == len(seen["flow"][1]) > 0
+
+
+def test_plain_gets_stay_on_the_fast_path_with_an_access_log(
+    logged_sites: dict[str, tuple[RunningServer, Metrics, Lines]],
+) -> None:
+    site, _metrics, lines = logged_sites["fast"]
+    before = site.server.cached_answers, site.server.connections_handed_back
+    lines.lines.clear()
+    plain = request_bytes("GET", "/css/site.css", b"user-agent: t\r\n", "1.1")
+    exchange(site.port, [plain * 3], half_close=True)
+    size = len(KV.files["css/site.css"])
+    assert [normal(line, "common") for line in lines.lines] == [
+        f'127.0.0.1 - - [T] "GET /css/site.css HTTP/1.1" 200 {size}'
+    ] * 3
+    assert site.server.cached_answers == before[0] + 3
+    assert site.server.connections_handed_back == before[1]

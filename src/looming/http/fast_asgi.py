@@ -601,8 +601,9 @@ class FastCachedConnection(FastAsgiConnection):
     callbacks as :class:`FastAsgiConnection` serves an ASGI application's:
     each plain GET the handler holds is written at once, as the usual path
     writes it (``HttpServer.cached_wire``); the first other request hands
-    the connection to the usual path. Not used with an observer (access
-    logs, metrics), as the usual path does not answer from the cache then."""
+    the connection to the usual path. The server's observer (access logs,
+    metrics) is told of each answer as the usual path tells it of the
+    handler's answer to the same request."""
 
     __slots__ = ()
 
@@ -613,6 +614,8 @@ class FastCachedConnection(FastAsgiConnection):
             return None
         self._last_head = head
         self._last_target = target
+        self._template = {"method": "GET"}
+        self._template_headers = tuple(headers)
         return self._scope_again()
 
     def _scope_again(self) -> Scope | None:
@@ -622,8 +625,9 @@ class FastCachedConnection(FastAsgiConnection):
     def _begin(self, scope: Scope) -> None:
         self._first = self._head_begun = False
         self._deadline = 0.0
-        data, _head_length, rest = scope["wire"]
+        data, head_length, rest = scope["wire"]
         server = self._server
+        started = server._date.now() if server.observer is not None else 0.0
         try:
             self.write(data)
             if rest:
@@ -632,6 +636,9 @@ class FastCachedConnection(FastAsgiConnection):
             return  # its connection_lost comes
         server.requests_served += 1
         server.cached_answers += 1
+        if server.observer is not None:
+            sent = len(rest) if rest else len(data) - head_length
+            server.observer(self._request(), 200, sent, server._date.now() - started)
         if self.close_after_response or server.stopping:
             self.close()
         else:

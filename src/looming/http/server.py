@@ -481,15 +481,13 @@ class HttpServer:
     ) -> FastAsgiConnection:
         from looming.http.fast_asgi import FastCachedConnection
 
-        if self.observer is not None:
-            raise RuntimeError("the usual path logs what it answers from the cache")
         handler: Any = self.handler  # what it asks of the handler: cached_response
         return FastCachedConnection(server, handler, flow, serve)
 
     def cached_wire(self, method: bytes, target: bytes) -> tuple[bytes, int, bytes] | None:
         """The handler's cached answer to a plain keep-alive HTTP/1.1
         ``method`` of ``target``, ready to write (see :meth:`_wire`), or None."""
-        if self.stopping or self.observer is not None or self._cached is None:
+        if self.stopping or self._cached is None:
             return None
         response = self._cached(method, target)
         return self._wire(response) if response is not None else None
