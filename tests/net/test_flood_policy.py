@@ -312,3 +312,23 @@ def test_ipv6_strays_are_policed_and_flows_we_sent_on_pass() -> None:
     assert verdicts(rules, clock, [ours] * 10) == [None] * 10
     # Anything but TCP or UDP right after the fixed header is left to IPv6.
     assert rules.verdict(ipv6(them, us, 44, bytes(16)), clock.now_ns) is None
+
+
+def test_a_flood_of_handshakes_pushes_no_established_flow_out() -> None:
+    """SYN-ACKs (SYN cookies under a SYN flood: 2,000 a second) are
+    remembered apart: the established flows stay however many go out, and a
+    handshake's last ACK still passes."""
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1, stray_burst=0, max_flows=100, max_handshakes=50)
+    established = ipv4("10.0.0.9", 6, tcp(40000, 80, 0x10))
+    rules.sent(swapped(established))
+    syn_acks = [ipv4(f"10.0.{i // 250}.{i % 250}", 6, tcp(1024 + i, 80, 0x12)) for i in range(500)]
+    for frame in syn_acks:
+        rules.sent(swapped(frame))
+    assert len(rules.flows) == 1 and len(rules.handshakes) == 50
+    assert rules.verdict(established, clock.now_ns) is None
+    last_ack = syn_acks[-1][:47] + b"\x10" + syn_acks[-1][48:]
+    assert rules.verdict(last_ack, clock.now_ns) is None
+    assert rules.verdict(syn_acks[0][:47] + b"\x10" + syn_acks[0][48:], clock.now_ns) == (
+        "tcp_stray_policed"
+    )

@@ -30,6 +30,7 @@ _DOUBLE_TAGGED = b"\x88\xa8"
 _TCP = 6
 _UDP = 17
 _RST = 0x04
+_SYN = 0x02
 
 
 def _transport_offset(frame: bytes) -> int:
@@ -55,19 +56,27 @@ def _transport_offset(frame: bytes) -> int:
 
 
 def sent_flow(frame: bytes) -> bytes | None:
-    """The flow key (:func:`received_flow`) of the segments or datagrams
-    that answer this outgoing frame; None if it vouches for no flow (not
-    TCP or UDP, or a TCP reset)."""
+    """The flow key of the segments or datagrams that answer this outgoing
+    frame, as :meth:`FramePolicy.verdict` reads it from them (source and
+    destination address, source and destination port); None if it vouches
+    for no flow (not TCP or UDP, or a TCP reset)."""
+    sent = _sent_flow(frame)
+    return None if sent is None else sent[0]
+
+
+def _sent_flow(frame: bytes) -> tuple[bytes, bool] | None:
+    """:func:`sent_flow`, and whether the frame is a TCP SYN (with ACK or not)."""
     offset = _transport_offset(frame)
     if not offset or len(frame) < offset + 8:
         return None
     ipv4 = frame[12] == 0x08
-    if (frame[23] if ipv4 else frame[20]) == _TCP and (
-        len(frame) < offset + 14 or frame[offset + 13] & _RST
-    ):
-        return None
+    syn = False
+    if (frame[23] if ipv4 else frame[20]) == _TCP:
+        if len(frame) < offset + 14 or frame[offset + 13] & _RST:
+            return None
+        syn = bool(frame[offset + 13] & _SYN)
     addresses = frame[30:34] + frame[26:30] if ipv4 else frame[38:54] + frame[22:38]
-    return addresses + frame[offset + 2 : offset + 4] + frame[offset : offset + 2]
+    return addresses + frame[offset + 2 : offset + 4] + frame[offset : offset + 2], syn
 
 
 class FramePolicy:
@@ -75,8 +84,8 @@ class FramePolicy:
     a pure-Python stack can parse them, decided from a few bytes.
 
     Frames of flows this host sent on lately (:meth:`sent`; a bounded LRU,
-    TCP resets excepted) and UDP datagrams to bound ports always pass. The
-    rest are policed before any parsing, each class by its own token
+    TCP resets excepted, handshakes in an LRU of their own) and UDP
+    datagrams to bound ports always pass. The rest are policed before any parsing, each class by its own token
     bucket, and counted by reason in the layer's counters:
     ``syn_policed`` (TCP connection requests), ``tcp_stray_policed`` (TCP
     segments of no known flow: stray ACKs, resets, probes),
@@ -97,6 +106,7 @@ class FramePolicy:
         fragment_rate: int = 10_000,
         fragment_burst: int = 1000,
         max_flows: int = 16384,
+        max_handshakes: int = 4096,
         max_reassemblies: int = 256,
         max_pieces: int = 128,
     ) -> None:
@@ -104,11 +114,14 @@ class FramePolicy:
         self.stray = TokenBucket(stray_rate, stray_burst, now_ns)
         self.fragments = TokenBucket(fragment_rate, fragment_burst, now_ns)
         self.max_flows = max_flows
+        self.max_handshakes = max_handshakes
         self.max_reassemblies = max_reassemblies
         self.max_pieces = max_pieces
-        # Flow keys (as received frames read: source and destination
-        # address, source and destination port), least recently sent first.
+        # Flow keys (sent_flow) of frames sent but SYNs, least recently sent
+        # first; and apart, those of SYNs and SYN-ACKs (cookies among them:
+        # a SYN flood must not push established flows out).
         self.flows: dict[bytes, None] = {}
+        self.handshakes: dict[bytes, None] = {}
         # Raw IPv4 reassembly keys admitted lately, oldest first, and the
         # pieces of each let in.
         self.reassemblies: dict[bytes, int] = {}
@@ -117,15 +130,16 @@ class FramePolicy:
 
     def sent(self, frame: bytes) -> None:
         """An outgoing frame: its flow's answers pass unpoliced from now on."""
-        key = sent_flow(frame)
-        if key is None:
+        sent = _sent_flow(frame)
+        if sent is None:
             return
-        flows = self.flows
+        key, syn = sent
+        flows = self.handshakes if syn else self.flows
         if flows.pop(key, 0) is None:
             flows[key] = None
             return
         flows[key] = None
-        if len(flows) > self.max_flows:
+        if len(flows) > (self.max_handshakes if syn else self.max_flows):
             del flows[next(iter(flows))]
 
     def verdict(self, frame: bytes, now: Callable[[], int]) -> str | None:
@@ -155,7 +169,8 @@ class FramePolicy:
                 return None
             if frame[offset + 13] & 0x12 == 0x02:  # SYN without ACK
                 return None if self.syn.take(now()) else "syn_policed"
-            if addresses + frame[offset : offset + 4] in self.flows:
+            key = addresses + frame[offset : offset + 4]
+            if key in self.flows or key in self.handshakes:
                 return None
             return None if self.stray.take(now()) else "tcp_stray_policed"
         if protocol == _UDP and len(frame) >= offset + 8:
