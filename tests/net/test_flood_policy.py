@@ -332,3 +332,59 @@ def test_a_flood_of_handshakes_pushes_no_established_flow_out() -> None:
     assert rules.verdict(syn_acks[0][:47] + b"\x10" + syn_acks[0][48:], clock.now_ns) == (
         "tcp_stray_policed"
     )
+
+
+# (host index, source port, destination port, protocol, TCP flags, IPv4 option words)
+_PACKET = st.tuples(
+    st.integers(0, 3),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.sampled_from([6, 17]),
+    st.sampled_from([0x10, 0x18, 0x11, 0x04, 0x14, 0x12, 0x02]),
+    st.integers(0, 10),
+)
+
+
+def _dpkt_frame(packet: tuple[int, int, int, int, int, int], outgoing: bool) -> bytes:
+    """The packet built by dpkt: from host ``index`` to us, or (outgoing)
+    from us to it with the ports the other way round."""
+    import dpkt
+
+    index, sport, dport, protocol, flags, words = packet
+    them, us = socket.inet_aton(f"10.0.1.{index}"), socket.inet_aton(OURS)
+    if outgoing:
+        them, us, sport, dport = us, them, dport, sport
+    layer: dpkt.Packet
+    if protocol == 6:
+        layer = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags)
+    else:
+        layer = dpkt.udp.UDP(sport=sport, dport=dport, data=b"x")
+    ip = dpkt.ip.IP(src=them, dst=us, p=protocol, data=layer, opts=b"\x01" * 4 * words)
+    ip.hl = 5 + words
+    return MAC + MAC + b"\x08\x00" + bytes(ip)
+
+
+@given(st.lists(st.tuples(st.booleans(), _PACKET), max_size=40))
+def test_what_passes_is_what_flows_sent_on_answer_as_dpkt_reads_them(
+    steps: list[tuple[bool, tuple[int, int, int, int, int, int]]],
+) -> None:
+    """Differential against dpkt's parse: with no budget for strays or SYNs,
+    a received packet passes exactly when a packet we sent (no reset) had
+    its addresses and ports the other way round; a reset vouches for none."""
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_burst=0, syn_burst=0)
+    sent: set[tuple[int, int, int, int]] = set()
+    for outgoing, packet in steps:
+        index, sport, dport, protocol, flags, _ = packet
+        frame = _dpkt_frame(packet, outgoing)
+        if outgoing:
+            rules.sent(frame)
+            if protocol == 17 or not flags & 0x04:
+                sent.add((index, sport, dport, protocol))
+            continue
+        expected: str | None = None
+        if protocol == 6 and flags & 0x12 == 0x02:
+            expected = "syn_policed"
+        elif (index, sport, dport, protocol) not in sent:
+            expected = "tcp_stray_policed" if protocol == 6 else "udp_stray_policed"
+        assert rules.verdict(frame, clock.now_ns) == expected
