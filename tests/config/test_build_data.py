@@ -59,7 +59,8 @@ def test_a_sim_node_serves_its_templates_and_static_files(
     monkeypatch.setenv("LOOMING_NATIVE_CACHE", str(tmp_path / "cache"))
     app = starlette_app(tmp_path)
     looming(app, "configure", "-t", "sim")
-    looming(app, "build")  # StaticFiles checks its folder when the app is imported
+    built = looming(app, "build").stdout  # StaticFiles checks its folder at import
+    assert "packs what the application's modules name beside them: assets/, templates/" in built
     with zipfile.ZipFile(app / "dist" / "site-sim.pyz") as z:
         names = z.namelist()
     assert f"{build_boot.APP}templates/index.html" in names
@@ -142,6 +143,7 @@ def test_the_vm_image_lays_out_the_application_tree(tmp_path: Path) -> None:
     looming(app, "configure", "-t", "vm", "--arch", "x86_64")
     built = looming(app, "build").stdout
     assert "importing the unikernel here failed" not in built  # the check sees the tree
+    assert "packs what the application's modules name beside them: assets/, templates/" in built
     manifest = json.loads((app / "dist" / "site-vm.json").read_text())
     # Jinja2's lexer decodes a template's string literals with a codec found by name.
     assert "encodings.unicode_escape" in manifest["stdlib_modules"]

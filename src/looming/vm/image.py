@@ -130,6 +130,7 @@ class ImageReport:
     libraries: list[str] = field(default_factory=list)
     kernel_modules: list[str] = field(default_factory=list)
     app_modules: list[str] = field(default_factory=list)
+    app_files: list[str] = field(default_factory=list)  # beside the app's modules, in /app/files
     archive_size: int = 0
     crunched_files: int = 0
     dropped_optional: list[str] = field(default_factory=list)
@@ -1031,6 +1032,7 @@ def _image_report(
         kernel_build=contents.kernel_build,
         kernel_build_id=contents.guest.kernel_tree.name if contents.builtin_modules else "",
         app_modules=pyz.modules,
+        app_files=pyz.app_files,
         archive_size=pyz.size,
         crunched_files=pyz.crunched_files,
         dropped_optional=sorted(contents.stdlib.dropped),

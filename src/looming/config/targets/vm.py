@@ -153,6 +153,7 @@ class VmTarget(Target):
             report.app_modules,
             [],
             report.crunched_files,
+            app_files=report.app_files,
         )
 
     def describe_artifact(self, artifact: Path) -> str:
