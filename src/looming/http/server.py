@@ -649,8 +649,7 @@ class HttpServer:
             request = await self._read_request(flow, parser, conn, event, stream, deadline)
             if request is None:
                 return
-            # Stage 4, respond: the handler's response, checked, then written.
-            parser.busy = True
+            parser.busy = True  # stage 4, respond: the handler's answer, checked, written
             deadline.disarm()
             self.in_flight += 1
             started = self._date.now() if self.observer is not None else 0.0
