@@ -74,28 +74,38 @@ def sites() -> Iterator[dict[str, RunningServer]]:
         yield running
 
 
+CLOSING = (b"connection: close\r\n", b"upgrade: something\r\nconnection: upgrade\r\n")
+"""Fields after whose answer the server may close: only on the last request
+(a server that closes with requests still unread resets the connection, and
+the client may then lose answers sent before the reset, whoever serves)."""
 requests = st.lists(
     st.tuples(
         st.sampled_from(["GET", "GET", "GET", "HEAD", "POST"]),
         st.sampled_from([*CACHED, *CACHED, *TARGETS]),
-        st.sampled_from([b"", b"", b"", *EXTRAS]),
-        st.sampled_from(["1.1", "1.1", "1.1", "1.0"]),
+        st.sampled_from([b"", b"", b"", *(e for e in EXTRAS if e not in CLOSING)]),
+        st.just("1.1"),
     ),
     min_size=1,
     max_size=8,
 )
+last_request = st.tuples(
+    st.sampled_from(["GET", "HEAD"]),
+    st.sampled_from([*CACHED, *TARGETS]),
+    st.just(b"connection: close\r\n"),
+    st.just("1.1"),
+) | st.tuples(st.just("GET"), st.sampled_from(TARGETS), st.just(b""), st.just("1.0"))
 
 
 @settings(max_examples=60, deadline=None)
-@given(requests, st.lists(st.integers(min_value=0), max_size=4), st.booleans())
+@given(requests, last_request, st.lists(st.integers(min_value=0), max_size=4), st.booleans())
 def test_both_paths_write_the_same_cached_answers(
     sites: dict[str, RunningServer],
     sequence: list[tuple[str, str, bytes, str]],
+    last: tuple[str, str, bytes, str],
     points: list[int],
     half_close: bool,
 ) -> None:
-    data = b"".join(request_bytes(*request) for request in sequence)
-    data += request_bytes("GET", "/", b"connection: close\r\n", "1.1")
+    data = b"".join(request_bytes(*request) for request in [*sequence, last])
     pieces = cut(data, points)
     expected = exchange(sites["flow"].port, pieces, half_close)
     assert expected.startswith(b"HTTP/1.1 ")
