@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import socket
 import struct
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from looming.net.ethernet import EthernetLayer, FramePolicy, sent_flow
+from looming.devices.stack import TcpFlow
+from looming.net.ethernet import (
+    EthernetLayer,
+    FramePolicy,
+    TokenBucket,
+    connection_flow,
+    sent_flow,
+)
 from looming.net.netif.memory import MemorySwitch
 from looming.net.stack import DirectStack
 from looming.net.tcp.config import SECOND, TcpConfig, TcpStats
@@ -22,6 +30,7 @@ from looming.net.wire import tcp as tcp_wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 from looming.unix.clock import UnixClock
 from looming.unix.random import UnixRandom
+from looming.unix.time import UnixTime
 
 OURS = "10.0.0.1"
 MAC = b"\x02\x00\x00\x00\x00\x01"
@@ -167,7 +176,7 @@ def test_any_frame_gets_a_verdict_without_raising(tail: bytes, ethertype: bytes)
         "fragment_policed",
     )
     rules.sent(frame)
-    assert len(rules.flows) <= 1
+    assert len(rules.flows) + len(rules.handshakes) + len(rules.datagrams) <= 1
 
 
 def test_a_stack_polices_strays_and_udp_bindings_open_their_port() -> None:
@@ -388,3 +397,229 @@ def test_what_passes_is_what_flows_sent_on_answer_as_dpkt_reads_them(
         elif (index, sport, dport, protocol) not in sent:
             expected = "tcp_stray_policed" if protocol == 6 else "udp_stray_policed"
         assert rules.verdict(frame, clock.now_ns) == expected
+
+
+# -- live connections pass whatever other flows churn the LRU ------------------
+
+# Flows remembered by default: the churn below pushes one more than this.
+DEFAULT_FLOWS = FramePolicy(0).max_flows
+
+
+def _churn_frames(count: int, seed: int) -> list[bytes]:
+    """Frames we send on ``count`` other TCP flows (established: no SYN;
+    every fourth over IPv6), each eighth followed by a SYN-ACK and a UDP
+    datagram on flows of their own; built from templates (no checksums:
+    the policy reads none)."""
+    ours4, ours6 = socket.inet_aton(OURS), bytes(15) + b"\x01"
+    head4 = MAC + MAC + b"\x08\x00" + bytes.fromhex("4500002800000000400600") + b"\x00" + ours4
+    head6 = MAC + MAC + b"\x86\xdd" + struct.pack("!IHBB", 6 << 28, 20, 6, 64) + ours6
+    rest = struct.pack("!IIBBHHH", 1, 2, 0x50, 0x10, 1000, 0, 0)
+    frames = []
+    for i in range(count):
+        them = (0x0A000000 + seed * 0x10000 + i + 0x10000).to_bytes(4, "big")
+        ports = (443).to_bytes(2, "big") + (1024 + (i + seed) % 60000).to_bytes(2, "big")
+        if i % 4 == 3:
+            frames.append(head6 + b"\xfd" + bytes(11) + them + ports + rest)
+        else:
+            frames.append(head4 + them + ports + rest)
+        if i % 8 == 0:
+            frames.append(head4 + them + ports + rest[:9] + b"\x12" + rest[10:])
+            udp_frame = head4[:23] + b"\x11" + head4[24:] + them + ports + b"\x00\x0c\x00\x00"
+            frames.append(udp_frame + b"data")
+    return frames
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    st.integers(DEFAULT_FLOWS + 1, DEFAULT_FLOWS + 2000),
+    st.integers(0, 0xFF),
+    st.booleans(),
+    st.lists(st.integers(0, DEFAULT_FLOWS + 2000), max_size=5),
+)
+def test_a_live_connections_segments_pass_after_any_churn_of_other_flows(
+    churn: int, seed: int, over_ipv6: bool, sends_on_it: list[int]
+) -> None:
+    """A connection the TCP layer holds (pinned) and idle while more flows
+    than the LRU holds are sent on still gets its segments through while
+    strays are policed; a flow only sent on (not pinned) is forgotten."""
+    clock = StoppedClock()
+    rules = FramePolicy(0, stray_rate=1000, stray_burst=10)
+    if over_ipv6:
+        us, them = IPv6Address("fd00::1"), IPv6Address("fd00::2")
+        segment = ipv6(them.packed, us.packed, 6, tcp(50000, 443, 0x18))
+        idle = ipv6(them.packed, us.packed, 6, tcp(50001, 443, 0x18))
+    else:
+        us, them = IPv4Address(OURS), IPv4Address("10.0.0.9")  # type: ignore[assignment]
+        segment = ipv4(str(them), 6, tcp(50000, 443, 0x18))
+        idle = ipv4(str(them), 6, tcp(50001, 443, 0x18))
+    rules.pin(connection_flow(us, 443, them, 50000))
+    rules.sent(
+        swapped(segment)
+        if not over_ipv6
+        else ipv6(us.packed, them.packed, 6, tcp(443, 50000, 0x10))
+    )
+    rules.sent(
+        swapped(idle) if not over_ipv6 else ipv6(us.packed, them.packed, 6, tcp(443, 50001, 0x10))
+    )
+    frames = _churn_frames(churn, seed)
+    for i, frame in enumerate(frames):
+        rules.sent(frame)
+        if i in sends_on_it:  # the connection sends meanwhile: no matter
+            rules.sent(
+                ipv6(us.packed, them.packed, 6, tcp(443, 50000, 0x10))
+                if over_ipv6
+                else swapped(segment)
+            )
+    assert len(rules.flows) <= DEFAULT_FLOWS and len(rules.datagrams) <= DEFAULT_FLOWS
+    assert len(rules.handshakes) <= rules.max_handshakes
+    strays = [ipv4(f"10.0.1.{i % 250}", 6, tcp(1024 + i, 443, 0x10)) for i in range(50)]
+    got = verdicts(rules, clock, strays + [segment] * 100)
+    assert got[:50].count("tcp_stray_policed") == 40
+    assert got[50:] == [None] * 100
+    assert rules.verdict(idle, clock.now_ns) == "tcp_stray_policed"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([4, 6]),
+            st.ip_addresses(v=4),
+            st.ip_addresses(v=6),
+            st.integers(1, 0xFFFF),
+            st.integers(1, 0xFFFF),
+        ),
+        max_size=10,
+    )
+)
+def test_a_connections_key_is_what_verdict_reads_from_its_segments(
+    cases: list[tuple[int, IPv4Address, IPv6Address, int, int]],
+) -> None:
+    """connection_flow gives the key of the frames sent on the connection
+    as sent_flow reads them (which verdict reads from the answers alike)."""
+    for version, them4, them6, our_port, their_port in cases:
+        if version == 4:
+            out = ipv4(OURS, 6, tcp(our_port, their_port, 0x10))
+            out = out[:26] + out[26:30] + them4.packed + out[34:]
+            key = connection_flow(IPv4Address(OURS), our_port, them4, their_port)
+        else:
+            us = IPv6Address("fd00::1")
+            out = ipv6(us.packed, them6.packed, 6, tcp(our_port, their_port, 0x10))
+            key = connection_flow(us, our_port, them6, their_port)
+        assert sent_flow(out) == key
+
+
+class PinsAndLru(RuleBasedStateMachine):
+    """Connections pinned and released, other flows sent on, against a
+    model: a segment passes exactly while its connection is pinned or its
+    flow is among the ``max_flows`` sent on (or released) last."""
+
+    LIMIT = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = StoppedClock()
+        self.policy = FramePolicy(0, stray_burst=0, max_flows=self.LIMIT)
+        self.pinned: set[int] = set()
+        self.recent: dict[int, None] = {}
+
+    @staticmethod
+    def incoming(flow: int) -> bytes:
+        return ipv4(f"10.0.2.{flow}", 6, tcp(2000 + flow, 80, 0x18))
+
+    def remember(self, flow: int) -> None:
+        self.recent.pop(flow, None)
+        self.recent[flow] = None
+        if len(self.recent) > self.LIMIT:
+            del self.recent[next(iter(self.recent))]
+
+    @rule(flow=st.integers(0, 30))
+    def pin(self, flow: int) -> None:
+        self.policy.pin(
+            connection_flow(IPv4Address(OURS), 80, IPv4Address(f"10.0.2.{flow}"), 2000 + flow)
+        )
+        self.pinned.add(flow)
+
+    @rule(flow=st.integers(0, 30))
+    def release(self, flow: int) -> None:
+        self.policy.release(
+            connection_flow(IPv4Address(OURS), 80, IPv4Address(f"10.0.2.{flow}"), 2000 + flow)
+        )
+        if flow in self.pinned:
+            self.pinned.discard(flow)
+            self.remember(flow)
+
+    @rule(flow=st.integers(0, 30), flags=st.sampled_from([0x10, 0x18, 0x11]))
+    def send(self, flow: int, flags: int) -> None:
+        self.policy.sent(swapped(ipv4(f"10.0.2.{flow}", 6, tcp(2000 + flow, 80, flags))))
+        if flow not in self.pinned:
+            self.remember(flow)
+
+    @rule(flow=st.integers(0, 30))
+    def receive(self, flow: int) -> None:
+        expected = None if flow in self.pinned or flow in self.recent else "tcp_stray_policed"
+        assert self.policy.verdict(self.incoming(flow), self.clock.now_ns) == expected
+
+    @invariant()
+    def bounded(self) -> None:
+        assert len(self.policy.flows) <= self.LIMIT
+        assert len(self.policy.connections) == len(self.pinned)
+
+
+TestPinsAndLru = PinsAndLru.TestCase
+TestPinsAndLru.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_stacks_connections_are_pinned_while_it_holds_them(version: int) -> None:
+    """Through two stacks: an idle connection's data gets in after more
+    flows than the LRU holds were sent on and with no budget left for
+    strays; its key leaves the pins when the stack lets the connection go
+    (TIME-WAIT still held by the side that closed first)."""
+    import asyncio
+
+    async def main() -> None:
+        switch = MemorySwitch()
+        a, b = [
+            await DirectStack.connect(
+                switch.port(),
+                random=UnixRandom(host),
+                address=IPv4Interface(f"10.0.0.{host}/24"),
+                ipv6_address=IPv6Interface(f"fd00::{host}/64") if version == 6 else None,
+                time=UnixTime(),
+                clock=UnixClock(),
+                ipv6=version == 6,
+                slaac=False,
+            )
+            for host in (1, 2)
+        ]
+        try:
+            got: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def serve(stream: TcpFlow) -> None:
+                while data := await stream.read():
+                    got.put_nowait(data)
+                await stream.close()
+
+            await b.tcp.listen(7, serve)
+            stream = await a.tcp.connect("fd00::2" if version == 6 else "10.0.0.2", 7, timeout=5)
+            await stream.write(b"first")
+            assert await asyncio.wait_for(got.get(), 5) == b"first"
+            policy = b.ethernet.policy
+            assert len(policy.connections) == 1
+            for frame in _churn_frames(DEFAULT_FLOWS + 1, 0):
+                policy.sent(frame)
+            policy.stray = TokenBucket(0, 0, 0)  # no stray gets in any more
+            await stream.write(b"after the churn")
+            assert await asyncio.wait_for(got.get(), 5) == b"after the churn"
+            await stream.close()
+            for _ in range(100):
+                if not policy.connections:
+                    break
+                await asyncio.sleep(0.01)
+            assert not policy.connections  # b closed second: no TIME-WAIT
+            assert len(a.ethernet.policy.connections) == 1  # a is in TIME-WAIT
+        finally:
+            await a.disconnect()
+            await b.disconnect()
+
+    asyncio.run(main())

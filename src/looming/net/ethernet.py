@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv6Address
 
 from looming.devices.net import (
     Capabilities,
@@ -17,6 +18,8 @@ from looming.devices.time import Time
 from looming.errors import Malformed
 from looming.net.wire import ethernet as wire
 from looming.net.wire._cache import mac_address
+
+Address = IPv4Address | IPv6Address
 
 _BROADCAST = b"\xff" * 6
 _VLAN = 0x8100
@@ -64,29 +67,50 @@ def sent_flow(frame: bytes) -> bytes | None:
     return None if sent is None else sent[0]
 
 
-def _sent_flow(frame: bytes) -> tuple[bytes, bool] | None:
-    """:func:`sent_flow`, and whether the frame is a TCP SYN (with ACK or not)."""
+def connection_flow(local: Address, local_port: int, remote: Address, remote_port: int) -> bytes:
+    """The flow key :meth:`FramePolicy.verdict` reads from the segments of
+    a TCP connection from ``remote`` to ``local`` (IPv4 or IPv6)."""
+    return (
+        remote.packed
+        + local.packed
+        + remote_port.to_bytes(2, "big")
+        + local_port.to_bytes(2, "big")
+    )
+
+
+_SENT_UDP = 0
+_SENT_TCP = 1
+_SENT_SYN = 2
+
+
+def _sent_flow(frame: bytes) -> tuple[bytes, int] | None:
+    """:func:`sent_flow`, and what the frame is: a UDP datagram, a TCP
+    segment or a TCP SYN (with ACK or not)."""
     offset = _transport_offset(frame)
     if not offset or len(frame) < offset + 8:
         return None
     ipv4 = frame[12] == 0x08
-    syn = False
+    kind = _SENT_UDP
     if (frame[23] if ipv4 else frame[20]) == _TCP:
         if len(frame) < offset + 14 or frame[offset + 13] & _RST:
             return None
-        syn = bool(frame[offset + 13] & _SYN)
+        kind = _SENT_SYN if frame[offset + 13] & _SYN else _SENT_TCP
     addresses = frame[30:34] + frame[26:30] if ipv4 else frame[38:54] + frame[22:38]
-    return addresses + frame[offset + 2 : offset + 4] + frame[offset : offset + 2], syn
+    return addresses + frame[offset + 2 : offset + 4] + frame[offset : offset + 2], kind
 
 
 class FramePolicy:
     """Which received frames are worth parsing when they arrive faster than
     a pure-Python stack can parse them, decided from a few bytes.
 
-    Frames of flows this host sent on lately (:meth:`sent`; a bounded LRU,
-    TCP resets excepted, handshakes in an LRU of their own) and UDP
-    datagrams to bound ports always pass. The rest are policed before any parsing, each class by its own token
-    bucket, and counted by reason in the layer's counters:
+    Segments of every TCP connection the TCP layer holds (:meth:`pin` when
+    it is created, :meth:`release` when it is gone: any churn of other
+    flows leaves them in), UDP datagrams to bound ports and frames of other
+    flows this host sent on lately (:meth:`sent`; bounded LRUs, TCP resets
+    excepted, handshakes and UDP datagrams each in an LRU of their own)
+    always pass. The rest are
+    policed before any parsing, each class by its own token bucket, and
+    counted by reason in the layer's counters:
     ``syn_policed`` (TCP connection requests), ``tcp_stray_policed`` (TCP
     segments of no known flow: stray ACKs, resets, probes),
     ``udp_stray_policed`` (datagrams to unbound ports) and
@@ -122,24 +146,53 @@ class FramePolicy:
         # a SYN flood must not push established flows out).
         self.flows: dict[bytes, None] = {}
         self.handshakes: dict[bytes, None] = {}
+        # Those of UDP datagrams sent, apart (up to max_flows): a TCP
+        # segment passes on no datagram's account, nor one on a segment's.
+        self.datagrams: dict[bytes, None] = {}
         # Raw IPv4 reassembly keys admitted lately, oldest first, and the
         # pieces of each let in.
         self.reassemblies: dict[bytes, int] = {}
         # Bound UDP ports, two bytes each (network order).
         self.udp_ports: set[bytes] = set()
+        # Flow keys of the TCP connections the TCP layer holds, in any
+        # state (pin/release); bounded by its connection limit and backlogs.
+        self.connections: set[bytes] = set()
+
+    def pin(self, key: bytes) -> None:
+        """A TCP connection (key: :func:`connection_flow`) was created: its
+        segments pass until :meth:`release`, however many other flows are
+        sent on meanwhile."""
+        self.connections.add(key)
+
+    def release(self, key: bytes) -> None:
+        """The TCP connection of ``key`` is gone: its late segments pass
+        while it stays among the flows sent on lately."""
+        if key in self.connections:
+            self.connections.discard(key)
+            self._remember(self.flows, key, self.max_flows)
 
     def sent(self, frame: bytes) -> None:
         """An outgoing frame: its flow's answers pass unpoliced from now on."""
         sent = _sent_flow(frame)
         if sent is None:
             return
-        key, syn = sent
-        flows = self.handshakes if syn else self.flows
+        key, kind = sent
+        if kind == _SENT_UDP:
+            self._remember(self.datagrams, key, self.max_flows)
+        elif key not in self.connections:  # a pinned connection needs no place
+            if kind == _SENT_SYN:
+                self._remember(self.handshakes, key, self.max_handshakes)
+            else:
+                self._remember(self.flows, key, self.max_flows)
+
+    @staticmethod
+    def _remember(flows: dict[bytes, None], key: bytes, limit: int) -> None:
+        """``key`` the most recent of ``flows``, the least recent out beyond ``limit``."""
         if flows.pop(key, 0) is None:
             flows[key] = None
             return
         flows[key] = None
-        if len(flows) > (self.max_handshakes if syn else self.max_flows):
+        if len(flows) > limit:
             del flows[next(iter(flows))]
 
     def verdict(self, frame: bytes, now: Callable[[], int]) -> str | None:
@@ -170,13 +223,13 @@ class FramePolicy:
             if frame[offset + 13] & 0x12 == 0x02:  # SYN without ACK
                 return None if self.syn.take(now()) else "syn_policed"
             key = addresses + frame[offset : offset + 4]
-            if key in self.flows or key in self.handshakes:
+            if key in self.connections or key in self.flows or key in self.handshakes:
                 return None
             return None if self.stray.take(now()) else "tcp_stray_policed"
         if protocol == _UDP and len(frame) >= offset + 8:
             if frame[offset + 2 : offset + 4] in self.udp_ports:
                 return None
-            if addresses + frame[offset : offset + 4] in self.flows:
+            if addresses + frame[offset : offset + 4] in self.datagrams:
                 return None
             return None if self.stray.take(now()) else "udp_stray_policed"
         return None

@@ -114,6 +114,10 @@ class TcpEndpoint:
         self._reset_tokens = float(RESET_BURST)
         self._reset_refilled_ns = 0
         self.connections: dict[FourTuple, TcpConnection] = {}
+        # Told of each key entering and leaving connections (the link's
+        # frame policy lets the segments of those in it pass).
+        self.on_adopt: Callable[[FourTuple], None] | None = None
+        self.on_release: Callable[[FourTuple], None] | None = None
         self._recent: tuple[TcpConnection, FourTuple] | None = None
         self.listeners: dict[int, ListenerState] = {}
         self._half_open: dict[FourTuple, int] = {}
@@ -198,6 +202,8 @@ class TcpEndpoint:
                 conn.send_buffer.release()
                 if self.connections.get(key) is conn:
                     del self.connections[key]
+                    if self.on_release is not None:
+                        self.on_release(key)
                 port = self._half_open.pop(key, None)
                 if port is not None:
                     self._leave_backlog(port)
@@ -302,6 +308,8 @@ class TcpEndpoint:
 
     def _adopt(self, key: FourTuple, conn: TcpConnection) -> None:
         self.connections[key] = conn
+        if self.on_adopt is not None:
+            self.on_adopt(key)
         conn.defer_output = self.defer_output
         conn.receive_buffer.join(self.pool)
         conn.send_buffer.join(self.pool)

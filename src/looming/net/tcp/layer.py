@@ -31,6 +31,7 @@ from looming.errors import (
     NetworkError,
     NoRoute,
 )
+from looming.net.ethernet import FramePolicy, connection_flow
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import Arrival, TcpEndpoint
@@ -355,6 +356,12 @@ class TcpLayer:
         if ipv6 is not None:
             ipv6.register(IpProtocol.TCP, self.input)
             ipv6.watch_path_mtu(self._lower_mss)
+        # The link's frame policy lets each connection's segments pass for
+        # as long as it is in the table, whatever floods or churns the link.
+        policy = getattr(getattr(ipv4, "ethernet", None), "policy", None)
+        if isinstance(policy, FramePolicy):
+            self._endpoint.on_adopt = lambda key: policy.pin(connection_flow(*key))
+            self._endpoint.on_release = lambda key: policy.release(connection_flow(*key))
 
     def _mtu_for(self, remote: IPv4Address | IPv6Address) -> int:
         if isinstance(remote, IPv4Address):
