@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, BinaryIO
 from urllib.parse import unquote
@@ -457,6 +458,25 @@ class _AppBody:
                     await task
 
 
+def release_frames(error: BaseException) -> None:
+    """Let go now of what the frames ``error`` (and the exceptions it
+    chains) passed through still hold, not at the next cyclic garbage
+    collection: the exception, kept by a frame its own traceback holds, is a
+    cycle. What they held is then released at once; an async generator an
+    application stopped iterating (Starlette's StreamingResponse, when
+    send() raises because the client left) is closed by the event loop
+    right away, and its ``finally`` runs.
+
+    Only for an exception the server itself disposes of: nothing may look
+    at those frames' locals after (the frame still running is left alone)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
 class AsgiAdapter:
     """Serves the ASGI 3 application ``app`` as a looming HTTP handler."""
 
@@ -677,6 +697,10 @@ class AsgiAdapter:
         try:
             await self.app(scope, receive, outbox.put)
         except Exception as error:
+            if outbox.gone and ClientDisconnected in (type(error), type(error.__context__)):
+                # What send() raised for the client's leaving, or raised while
+                # handling it (Starlette's ClientDisconnect): kept, frames let go.
+                release_frames(error)
             if run.detached:
                 log.error("ASGI application raised after its response was complete", exc_info=error)
             else:

@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import h11
 
-from looming.http.asgi import PATHSEND_CHUNK, ClientDisconnected, Message, Scope
+from looming.http.asgi import (
+    PATHSEND_CHUNK,
+    ClientDisconnected,
+    Message,
+    Scope,
+    release_frames,
+)
 from looming.http.message import Request
 from looming.http.parser import _TARGET_MATCH, _checked_fields, httptools_module
 from looming.http.response_head import (
@@ -759,7 +765,9 @@ class _Exchange:
         if self._done:
             log.error("ASGI application raised after its response was complete", exc_info=error)
         elif self._gone and ClientDisconnected in (type(error), type(error.__context__)):
-            pass  # what send() raised, or raised while handling it (Starlette's ClientDisconnect)
+            # What send() raised, or raised while handling it (Starlette's
+            # ClientDisconnect): the application's ordinary end.
+            release_frames(error)
         elif not self._written and not self._gone:
             log.error(
                 "handler failed on %s %s",
