@@ -24,7 +24,8 @@ flood, CVE-2024-27316 class). A writer blocked by the client's window, or by
 a client that does not read, for :data:`STALL_TIMEOUT` seconds ends its
 stream (or the connection); a connection with no stream open for
 :data:`IDLE_TIMEOUT` seconds gets GOAWAY (NO_ERROR) and is closed. Fairness: the bytes received are parsed
-:data:`TURN_BYTES` at a time, and at most :data:`STREAMS_PER_TURN` new
+a turn at a time (:data:`TURN_BYTES` of frames, DATA payload counted
+:data:`DATA_DISCOUNT` times less), and at most :data:`STREAMS_PER_TURN` new
 streams are started, before the other connections get a turn.
 """
 
@@ -91,6 +92,14 @@ IDLE_TIMEOUT = 60.0
 """A connection with no stream open for this long gets GOAWAY and is closed
 (PINGs and SETTINGS do not keep it: they are not streams)."""
 TURN_BYTES = 4096
+"""Bytes of frames other than DATA payload parsed in one turn at most."""
+DATA_DISCOUNT = 16
+"""A byte of DATA payload counts this much less against a turn than any
+other byte (frame headers, control frames, HEADERS): a turn parses up to
+:data:`TURN_BYTES` bytes of those, or 16 times as much of uploads, whose
+bytes cost h2 little (sliced, not decoded) and each hold only the window the
+server gave. A flood of small frames still gets a small turn (each frame's
+9-byte header costs in full)."""
 STREAMS_PER_TURN = 8
 
 
@@ -156,41 +165,62 @@ def _without_request_priorities(events: list[h2.events.Event]) -> list[h2.events
     return [event for event in events if id(event) not in riding]
 
 
-class _HeaderBlockWatch:
-    """Follows frame boundaries in the bytes received, ahead of h2, to tell a
-    header block (HEADERS or PUSH_PROMISE and its CONTINUATIONs) that grows
-    over a limit before h2 has buffered it (h2 bounds the frames, not bytes)."""
+class _FrameWatch:
+    """Follows frame boundaries in the bytes received, ahead of h2: cuts
+    them into turns by cost (see :data:`DATA_DISCOUNT`), and tells a header
+    block (HEADERS or PUSH_PROMISE and its CONTINUATIONs) that grows over
+    a limit before h2 has buffered it (h2 bounds the frames, not bytes).
+    ``read_by(stream_id)`` tells whether DATA on that stream is a handler's
+    to read (cheap), not dropped (an ended, reset or refused stream's)."""
 
-    def __init__(self, limit: int, skip: int) -> None:
+    def __init__(
+        self, limit: int, skip: int, read_by: Callable[[int], bool] = lambda _: True
+    ) -> None:
         self.limit = limit
+        self.read_by = read_by
+        self.over = False
+        """The current header block is over the limit."""
         self._skip = skip  # the rest of the current frame (first: the preface)
+        self._data = False  # whether that frame is DATA a handler reads (cheap)
         self._head = b""
         self._block = 0
 
-    def over(self, data: bytes) -> bool:
-        """Take ``data``; whether the current header block is now too big."""
-        pos, end = 0, len(data)
-        while pos < end:
+    def turn(self, data: bytes, start: int, budget: int) -> int:
+        """Where the turn that begins at ``start`` in ``data`` ends: once it
+        has cost ``budget`` units, or where a header block went over the limit
+        (:attr:`over`). A byte costs :data:`DATA_DISCOUNT` units, one of DATA
+        payload a handler reads one unit."""
+        pos, end = start, len(data)
+        while pos < end and budget > 0:
             if self._skip:
-                step = min(self._skip, end - pos)
+                rate = 1 if self._data else DATA_DISCOUNT
+                step = min(self._skip, end - pos, -(-budget // rate))
                 self._skip -= step
                 pos += step
+                budget -= step * rate
                 continue
-            take = 9 - len(self._head)
-            self._head += data[pos : pos + take]
-            pos += take
-            if len(self._head) < 9:
+            head = data[pos : pos + 9 - len(self._head)]
+            self._head += head
+            pos += len(head)
+            budget -= len(head) * DATA_DISCOUNT
+            if len(self._head) == 9 and self._frame_began():
+                self.over = True
                 break
-            length = int.from_bytes(self._head[:3], "big")
-            kind, flags = self._head[3], self._head[4]
-            self._head = b""
-            self._skip = length
-            if kind in (0x1, 0x5, 0x9):  # HEADERS, PUSH_PROMISE, CONTINUATION
-                self._block += length
-                if self._block > self.limit:
-                    return True
-                if flags & 0x4:  # END_HEADERS
-                    self._block = 0
+        return pos
+
+    def _frame_began(self) -> bool:
+        """Take the frame header just read; whether its header block is too big."""
+        head, self._head = self._head, b""
+        length = int.from_bytes(head[:3], "big")
+        kind, flags = head[3], head[4]
+        self._skip = length
+        self._data = kind == 0x0 and self.read_by(int.from_bytes(head[5:9], "big") & 0x7FFFFFFF)
+        if kind in (0x1, 0x5, 0x9):  # HEADERS, PUSH_PROMISE, CONTINUATION
+            self._block += length
+            if self._block > self.limit:
+                return True
+            if flags & 0x4:  # END_HEADERS
+                self._block = 0
         return False
 
 
@@ -356,7 +386,7 @@ class H2Session:
         """Loop time when the last stream ended (or the connection began)."""
         self.started = 0
         """Streams started in this turn (see :data:`STREAMS_PER_TURN`)."""
-        self.header_watch = _HeaderBlockWatch(MAX_HEADER_BLOCK, len(PREFACE))
+        self.frame_watch = _FrameWatch(MAX_HEADER_BLOCK, len(PREFACE), self._read_by)
         self.client: tuple[str, int] | None = getattr(flow, "remote_address", None)
         self.server: tuple[str, int] | None = getattr(flow, "local_address", None)
 
@@ -518,17 +548,26 @@ class H2Session:
             except TimeoutError:
                 continue
 
+    def _read_by(self, stream_id: int) -> bool:
+        """Whether DATA on ``stream_id`` goes to a handler: its stream is
+        open, or it is one h2 has not seen opened yet (opened by HEADERS
+        in the same turn, or DATA on an idle stream, which ends the
+        connection)."""
+        return stream_id in self.streams or stream_id > self.conn.highest_inbound_stream_id
+
     def _stream_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self.idle_since = asyncio.get_running_loop().time()
 
     async def _take(self, data: bytes) -> bool:
         """Act on bytes received, a turn's worth at a time; False ends the connection."""
-        for start in range(0, len(data), TURN_BYTES):
+        start = 0
+        while start < len(data):
             if start:
                 await asyncio.sleep(0)  # the other connections' turn
-            piece = data[start : start + TURN_BYTES]
-            if self.header_watch.over(piece):
+            end = self.frame_watch.turn(data, start, TURN_BYTES * DATA_DISCOUNT)
+            piece, start = data[start:end], end
+            if self.frame_watch.over:
                 abuse["header_block"] += 1
                 return await self._calm_down()
             try:
