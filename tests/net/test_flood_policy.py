@@ -24,8 +24,9 @@ from looming.net.ethernet import (
 from looming.net.netif.memory import MemorySwitch
 from looming.net.stack import DirectStack
 from looming.net.tcp.config import SECOND, TcpConfig, TcpStats
+from looming.net.tcp.connection import State
 from looming.net.tcp.endpoint import RESET_BURST, RESET_RATE, TcpEndpoint
-from looming.net.tcp.isn import COOKIE_MAX_AGE_PERIODS, COOKIE_PERIOD_NS
+from looming.net.tcp.isn import COOKIE_MAX_AGE_PERIODS, COOKIE_PERIOD_NS, FourTuple
 from looming.net.wire import tcp as tcp_wire
 from looming.net.wire.tcp import ACK, RST, SYN, TcpHeader
 from looming.unix.clock import UnixClock
@@ -407,8 +408,8 @@ DEFAULT_FLOWS = FramePolicy(0).max_flows
 
 def _churn_frames(count: int, seed: int) -> list[bytes]:
     """Frames we send on ``count`` other TCP flows (established: no SYN;
-    every fourth over IPv6), each eighth followed by a SYN-ACK and a UDP
-    datagram on flows of their own; built from templates (no checksums:
+    every fourth over IPv6), each second followed by a SYN-ACK (more than
+    the handshakes remembered), each eighth by a UDP datagram; built from templates (no checksums:
     the policy reads none)."""
     ours4, ours6 = socket.inet_aton(OURS), bytes(15) + b"\x01"
     head4 = MAC + MAC + b"\x08\x00" + bytes.fromhex("4500002800000000400600") + b"\x00" + ours4
@@ -422,8 +423,9 @@ def _churn_frames(count: int, seed: int) -> list[bytes]:
             frames.append(head6 + b"\xfd" + bytes(11) + them + ports + rest)
         else:
             frames.append(head4 + them + ports + rest)
-        if i % 8 == 0:
+        if i % 2 == 0:
             frames.append(head4 + them + ports + rest[:9] + b"\x12" + rest[10:])
+        if i % 8 == 0:
             udp_frame = head4[:23] + b"\x11" + head4[24:] + them + ports + b"\x00\x0c\x00\x00"
             frames.append(udp_frame + b"data")
     return frames
@@ -477,6 +479,13 @@ def test_a_live_connections_segments_pass_after_any_churn_of_other_flows(
     assert got[:50].count("tcp_stray_policed") == 40
     assert got[50:] == [None] * 100
     assert rules.verdict(idle, clock.now_ns) == "tcp_stray_policed"
+    # A bound UDP port's datagrams pass too, whatever churned; others not.
+    rules.udp_ports.add((5353).to_bytes(2, "big"))
+    bound = ipv4(str(them), 17, udp(5353, 5353)) if not over_ipv6 else None
+    bound = bound or ipv6(them.packed, us.packed, 17, udp(5353, 5353))
+    closed = bound[:-10] + (5354).to_bytes(2, "big") + bound[-8:]
+    assert verdicts(rules, clock, [bound] * 20) == [None] * 20
+    assert rules.verdict(closed, clock.now_ns) == "udp_stray_policed"
 
 
 @given(
@@ -506,6 +515,20 @@ def test_a_connections_key_is_what_verdict_reads_from_its_segments(
             out = ipv6(us.packed, them6.packed, 6, tcp(our_port, their_port, 0x10))
             key = connection_flow(us, our_port, them6, their_port)
         assert sent_flow(out) == key
+
+
+def test_the_endpoint_tells_of_each_connection_entering_and_leaving_its_table() -> None:
+    """What the TCP layer pins and releases: a connection from SYN-SENT on,
+    until it leaves the table."""
+    endpoint = tcp_endpoint()
+    adopted: list[FourTuple] = []
+    released: list[FourTuple] = []
+    endpoint.on_adopt, endpoint.on_release = adopted.append, released.append
+    key, conn = endpoint.connect(IPv4Address(OURS), IPv4Address("10.0.0.2"), 80, 10 * SECOND)
+    assert adopted == [key] and conn.state is State.SYN_SENT and released == []
+    conn.abort(10 * SECOND)
+    endpoint.collect(key, conn)
+    assert released == [key] and key not in endpoint.connections
 
 
 class PinsAndLru(RuleBasedStateMachine):
@@ -605,7 +628,8 @@ def test_a_stacks_connections_are_pinned_while_it_holds_them(version: int) -> No
             await stream.write(b"first")
             assert await asyncio.wait_for(got.get(), 5) == b"first"
             policy = b.ethernet.policy
-            assert len(policy.connections) == 1
+            assert len(policy.connections) == 1  # SYN-RECEIVED on, then established
+            assert len(a.ethernet.policy.connections) == 1  # the side that connected
             for frame in _churn_frames(DEFAULT_FLOWS + 1, 0):
                 policy.sent(frame)
             policy.stray = TokenBucket(0, 0, 0)  # no stray gets in any more
