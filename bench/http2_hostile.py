@@ -1,6 +1,6 @@
 """HTTP/2 and WebSocket attacks on looming beside hypercorn, in one run.
 
-    .venv/bin/python bench/http2_hostile.py [--quick] [--rounds N]
+    .venv/bin/python bench/http2_hostile.py [--quick] [--rounds N] [--attacks A,B]
 
 The same ASGI application runs under looming (HttpServer on host sockets,
 asyncio) and hypercorn (asyncio worker), each in its own process. In every
@@ -15,6 +15,8 @@ times its requests while one attack runs against the same server:
                    (CVE-2024-27316 class), 4 MiB per connection, in a loop
   h2load-streams   h2load -c 2 -m 100: two connections keeping 100 streams
                    each in flight (fairness: many multiplexed streams)
+  h2load-uploads   h2load -c 2 -m 8 -d (64 KiB): uploads the application
+                   reads, as fast as they go (fairness: large DATA turns)
   over-limit       150 requests for a slow page opened at once on a
                    connection, 50 over the servers' limit of 100 (RFC 9113 section 5.1.2: refused
                    with RST_STREAM, or the connection ended), in a loop
@@ -37,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
+import functools
 import os
 import re
 import signal
@@ -65,6 +69,7 @@ ATTACKS = (
     "ping-flood",
     "continuation",
     "h2load-streams",
+    "h2load-uploads",
     "over-limit",
     "unread-upload",
     "ws-ping-flood",
@@ -245,15 +250,27 @@ def ws_attacker(port: int, stop: threading.Event, outcomes: Counter[str]) -> Non
             outcomes[type(error).__name__] += 1
 
 
+@functools.cache
+def upload_file() -> Path:
+    """64 KiB of random bytes in a file (removed at exit), for h2load -d."""
+    fd, name = tempfile.mkstemp(suffix=".bin")
+    os.write(fd, os.urandom(64 * 1024))
+    os.close(fd)
+    atexit.register(os.unlink, name)
+    return Path(name)
+
+
 def start_attack(port: int, attack: str, outcomes: Counter[str]) -> Callable[[], None]:
     """Start ``attack`` on ``port``; the function that stops it."""
     stop = threading.Event()
     threads: list[threading.Thread] = []
     h2load: subprocess.Popen[bytes] | None = None
-    if attack == "h2load-streams":
-        url = f"http://127.0.0.1:{port}/"
+    if attack in ("h2load-streams", "h2load-uploads"):
+        load = (
+            ["-m", "100"] if attack == "h2load-streams" else ["-m", "8", "-d", str(upload_file())]
+        )
         h2load = subprocess.Popen(
-            ["h2load", "-c", "2", "-m", "100", "-D", "60", url],
+            ["h2load", "-c", "2", *load, "-D", "60", f"http://127.0.0.1:{port}/"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -360,7 +377,9 @@ Results = dict[tuple[str, str], list[dict[str, Any]]]
 Rates = dict[tuple[str, str], list[float]]
 
 
-def run_rounds(servers: Servers, rounds: int, count: int, quick: bool) -> tuple[Results, Rates]:
+def run_rounds(
+    servers: Servers, rounds: int, count: int, quick: bool, attacks: list[str]
+) -> tuple[Results, Rates]:
     """Each round: every attack, then every load, on each server in turn."""
     results: Results = {}
     rates: Rates = {}
@@ -368,7 +387,7 @@ def run_rounds(servers: Servers, rounds: int, count: int, quick: bool) -> tuple[
         upload.write(os.urandom(64 * 1024))
         upload.flush()
         for round_number in range(rounds):
-            for attack in ATTACKS:
+            for attack in attacks:
                 for kind, (process, port) in servers.items():
                     progress(f"round {round_number + 1}: {kind} under {attack}")
                     proc = psutil.Process(process.pid)
@@ -403,7 +422,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one round, fewer requests")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--attacks", default=",".join(ATTACKS), help="the attacks to run, comma-separated"
+    )
     args = parser.parse_args()
+    attacks = [a for a in args.attacks.split(",") if a]
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown:
+        parser.error(f"unknown attack {', '.join(unknown)}: choose from {', '.join(ATTACKS)}")
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return
@@ -417,7 +443,7 @@ def main() -> None:
     try:
         for _process, port in servers.values():
             wait_listening(port)
-        results, rates = run_rounds(servers, rounds, count, args.quick)
+        results, rates = run_rounds(servers, rounds, count, args.quick, attacks)
     finally:
         for process, _ in servers.values():
             process.terminate()

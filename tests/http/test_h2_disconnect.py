@@ -111,14 +111,15 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
 
 
 class Client:
-    """A raw HTTP/2 client that never opens its streams' windows."""
+    """A raw HTTP/2 client that never opens its streams' windows (``window``
+    0), or leaves them wide but never opens the connection's (65,535)."""
 
-    def __init__(self, running: RunningServer) -> None:
+    def __init__(self, running: RunningServer, window: int = 0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config)
         self.conn.local_settings = h2.settings.Settings(
-            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
         )
         self.conn.initiate_connection()
         self.ended: set[int] = set()
@@ -153,9 +154,9 @@ class Client:
             self.flush()
 
 
-def hold(app: Held, running: RunningServer, paths: dict[int, str]) -> Client:
+def hold(app: Held, running: RunningServer, paths: dict[int, str], window: int = 0) -> Client:
     """A client with ``paths`` requested on their streams, each held in send()."""
-    client = Client(running)
+    client = Client(running, window)
     for stream_id, path in paths.items():
         client.get(stream_id, path)
     wait_for(lambda: all(p in app.chunks for p in paths.values()))
@@ -175,14 +176,15 @@ def leave(client: Client, how: str) -> None:
     client.sock.close()
 
 
+@pytest.mark.parametrize("window", [0, 2**20], ids=["stream-window", "connection-window"])
 @pytest.mark.parametrize("how", ["close", "reset", "goaway"])
 def test_every_stream_held_by_the_window_is_told_when_the_connection_ends(
-    served: tuple[Held, RunningServer], how: str
+    served: tuple[Held, RunningServer], how: str, window: int
 ) -> None:
     app, running = served
     before = task_count(running)
     paths = {1: "/endless?1", 3: "/endless?3", 5: "/stubborn?5"}
-    client = hold(app, running, paths)
+    client = hold(app, running, paths, window)
     assert task_count(running) > before
     leave(client, how)
     wait_for(lambda: len(app.cancelled_after) == 1 and len(app.received) == 3)
