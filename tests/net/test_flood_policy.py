@@ -534,7 +534,9 @@ def test_the_endpoint_tells_of_each_connection_entering_and_leaving_its_table() 
 class PinsAndLru(RuleBasedStateMachine):
     """Connections pinned and released, other flows sent on, against a
     model: a segment passes exactly while its connection is pinned or its
-    flow is among the ``max_flows`` sent on (or released) last."""
+    flow is among the ``max_flows`` sent on (or released) last; a datagram
+    exactly while its flow is among the ``max_flows`` UDP flows sent on
+    last (a TCP flow vouches for no datagram, nor a datagram for a segment)."""
 
     LIMIT = 8
 
@@ -544,16 +546,18 @@ class PinsAndLru(RuleBasedStateMachine):
         self.policy = FramePolicy(0, stray_burst=0, max_flows=self.LIMIT)
         self.pinned: set[int] = set()
         self.recent: dict[int, None] = {}
+        self.datagrams: dict[int, None] = {}
 
     @staticmethod
     def incoming(flow: int) -> bytes:
         return ipv4(f"10.0.2.{flow}", 6, tcp(2000 + flow, 80, 0x18))
 
-    def remember(self, flow: int) -> None:
-        self.recent.pop(flow, None)
-        self.recent[flow] = None
-        if len(self.recent) > self.LIMIT:
-            del self.recent[next(iter(self.recent))]
+    def remember(self, flow: int, recent: dict[int, None] | None = None) -> None:
+        recent = self.recent if recent is None else recent
+        recent.pop(flow, None)
+        recent[flow] = None
+        if len(recent) > self.LIMIT:
+            del recent[next(iter(recent))]
 
     @rule(flow=st.integers(0, 30))
     def pin(self, flow: int) -> None:
@@ -578,13 +582,25 @@ class PinsAndLru(RuleBasedStateMachine):
             self.remember(flow)
 
     @rule(flow=st.integers(0, 30))
+    def send_datagram(self, flow: int) -> None:
+        """A datagram on the same addresses and ports: UDP's own LRU."""
+        self.policy.sent(swapped(ipv4(f"10.0.2.{flow}", 17, udp(2000 + flow, 80))))
+        self.remember(flow, self.datagrams)
+
+    @rule(flow=st.integers(0, 30))
+    def receive_datagram(self, flow: int) -> None:
+        expected = None if flow in self.datagrams else "udp_stray_policed"
+        datagram = ipv4(f"10.0.2.{flow}", 17, udp(2000 + flow, 80))
+        assert self.policy.verdict(datagram, self.clock.now_ns) == expected
+
+    @rule(flow=st.integers(0, 30))
     def receive(self, flow: int) -> None:
         expected = None if flow in self.pinned or flow in self.recent else "tcp_stray_policed"
         assert self.policy.verdict(self.incoming(flow), self.clock.now_ns) == expected
 
     @invariant()
     def bounded(self) -> None:
-        assert len(self.policy.flows) <= self.LIMIT
+        assert len(self.policy.flows) <= self.LIMIT and len(self.policy.datagrams) <= self.LIMIT
         assert len(self.policy.connections) == len(self.pinned)
 
 
