@@ -661,5 +661,6 @@ def test_a_stacks_connections_are_pinned_while_it_holds_them(version: int) -> No
         finally:
             await a.disconnect()
             await b.disconnect()
+        assert not a.ethernet.policy.connections  # reset at shutdown, released
 
     asyncio.run(main())
