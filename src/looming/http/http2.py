@@ -276,7 +276,9 @@ class _Stream:
     async def next_chunk(self) -> tuple[bytes, bool]:
         if self.ended and self.chunks.empty():
             return b"", False
-        if self.watch.gone and self.chunks.empty():
+        if self.watch.gone:
+            # What is still queued was acknowledged when the stream was
+            # forgotten (see H2Session._forget): it is not the handler's.
             raise ClientGone("the stream was reset")
         # Queue.get keeps what it has not returned when it is cancelled (as
         # Starlette's is_disconnected cancels receive() at once): no helper
@@ -472,8 +474,12 @@ class H2Session:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
         unread, stream.unread = stream.unread, 0
+        while not stream.chunks.empty():  # acknowledged below: not to be read
+            stream.chunks.get_nowait()
+        if stream.watch.gone:
+            stream.chunks.put_nowait(_RESET)
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-            if unread and not self.closed:
+            if unread > 0 and not self.closed:
                 self.conn.acknowledge_received_data(unread, stream.stream_id)
             if stream.watch.gone or (stream.client_done and stream.response_done):
                 return
