@@ -25,7 +25,6 @@ import pytest
 from looming.devices.net import MacAddress
 from looming.net.ethernet import FramePolicy, TokenBucket
 from looming.net.stack import DirectStack
-from tests.net.hostile import ECHO_PROBE
 from tests.net.kernel import KernelPeer
 from tests.net.test_hostile import (
     WIDE,
@@ -33,6 +32,7 @@ from tests.net.test_hostile import (
     kernel_mac,
     kernel_program,
     own_heap,
+    probe_through,
     tap_dropped,
 )
 
@@ -116,18 +116,7 @@ async def flood_while_probing(
     flood = await kernel_program(
         peer, FLOOD, peer.tap_name, stack.ethernet.mac.hex(), "10.77.0.2", port, kind, RATE, SECONDS
     )
-    probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", SECONDS, SECONDS)
-    assert flood.stdout is not None and flood.stdin is not None
-    assert probe.stdout is not None and probe.stdin is not None
-    assert (await asyncio.wait_for(flood.stdout.readline(), 30)).strip() == b"ready"
-    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"connected"
-    probe.stdin.write(b"go\n")
-    assert (await asyncio.wait_for(probe.stdout.readline(), 10)).strip() == b"quiet"
-    flood.stdin.write(b"go\n")
-    sent = (await asyncio.wait_for(flood.stdout.readline(), 30)).split()
-    assert sent[0] == b"sent", sent
-    report = json.loads(await asyncio.wait_for(probe.stdout.readline(), SECONDS + 10))
-    assert await flood.wait() == 0 and await probe.wait() == 0
+    report, sent = await probe_through(peer, flood, SECONDS)
     return report, float(sent[1]), int(sent[2])
 
 

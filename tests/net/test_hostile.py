@@ -141,6 +141,17 @@ async def flood_while_probing(
     flood = await kernel_program(
         peer, SYN_FLOOD, peer.tap_name, stack.ethernet.mac.hex(), "10.77.0.2", "7", syns, burst
     )
+    report, sent = await probe_through(peer, flood, duration)
+    return report, float(sent[1])
+
+
+async def probe_through(
+    peer: KernelPeer, flood: Process, duration: float
+) -> tuple[dict[str, float], list[bytes]]:
+    """Run ECHO_PROBE from Linux against looming's echo on port 7: a quiet
+    phase first, then ``duration`` seconds while ``flood`` (a kernel program
+    that prints "ready", waits for a line and prints "sent ..." when done)
+    sends. The probe's report and the flood's "sent" line, split."""
     # The quiet phase lasts as long as the flood's: this shared machine's own
     # scheduling noise shows in both.
     probe = await kernel_program(peer, ECHO_PROBE, "10.77.0.2", "7", duration, duration)
@@ -155,7 +166,7 @@ async def flood_while_probing(
     assert sent[0] == b"sent", sent
     report = json.loads(await asyncio.wait_for(probe.stdout.readline(), duration + 10))
     assert await flood.wait() == 0 and await probe.wait() == 0
-    return report, float(sent[1])
+    return report, sent
 
 
 async def tap_dropped(peer: KernelPeer) -> int:
