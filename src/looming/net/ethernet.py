@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol, runtime_checkable
 
 from looming.devices.net import (
     Capabilities,
     EthernetHandler,
+    FrameHandler,
     MacAddress,
     Network,
     SegmentingNetwork,
@@ -24,6 +26,15 @@ Address = IPv4Address | IPv6Address
 _BROADCAST = b"\xff" * 6
 _VLAN = 0x8100
 _QINQ = 0x88A8
+
+
+@runtime_checkable
+class BatchingNetwork(Protocol):
+    """A network that hands up the frames of one wake-up together (TAP,
+    AF_PACKET) and says when the last one of them is in."""
+
+    def after_batch(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` after each wake-up's frames went to the handler."""
 
 
 _IPV4 = b"\x08\x00"
@@ -310,6 +321,14 @@ class EthernetLayer:
         self._handlers: dict[int, EthernetHandler] = {}
         self.counters: Counter[str] = Counter()
         self.last_handler_error: Exception | None = None
+        # What runs once a wake-up's frames are all in (see after_batch);
+        # in_batch: frames of such a wake-up are being handed up now.
+        self._batch_ends: list[Callable[[], None]] = []
+        self.in_batch = False
+        self._batching = False
+        if isinstance(network, BatchingNetwork):
+            network.after_batch(self._end_batch)
+            self._batching = True
         # Connection requests (TCP SYNs) beyond syn_rate a second, after a
         # burst of syn_burst, segments and datagrams of no known flow beyond
         # stray_rate and new IPv4 reassemblies beyond fragment_rate are
@@ -347,6 +366,35 @@ class EthernetLayer:
 
     def register(self, ethertype: int, handler: EthernetHandler) -> None:
         self._handlers[ethertype] = handler
+
+    def after_batch(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` each time the interface has handed up all the
+        frames one wake-up found, in the same turn of the event loop (so a
+        layer can end its pass there: flush ACKs, send, re-arm timers).
+        False when the interface does not say (a layer then ends its pass
+        on the next turn of the loop); while :attr:`in_batch` is true, the
+        callback is sure to follow."""
+        self._batch_ends.append(callback)
+        return self._batching
+
+    def _end_batch(self) -> None:
+        self.in_batch = False
+        for callback in self._batch_ends:
+            try:
+                callback()
+            except Exception as error:
+                self.counters["handler_error"] += 1
+                self.last_handler_error = error
+
+    @property
+    def frame_handler(self) -> FrameHandler:
+        """What the interface is to hand received frames to: :meth:`input`,
+        marking the frames of a wake-up the interface ends (after_batch)."""
+        return self._input_batched if self._batching else self.input
+
+    def _input_batched(self, frame: bytes, checksum_verified: bool = False) -> None:
+        self.in_batch = True
+        self.input(frame, checksum_verified)
 
     def input(self, frame: bytes, checksum_verified: bool = False) -> None:
         counters = self.counters

@@ -267,7 +267,7 @@ class DirectStack:
         """Start receiving, ARP, IPv6 and DHCP (when ``dhcp_timeout`` is
         given); on any failure, disconnect and raise."""
         loop = asyncio.get_running_loop()
-        self._listen_task = loop.create_task(self.network.listen(self.ethernet.input))
+        self._listen_task = loop.create_task(self.network.listen(self.ethernet.frame_handler))
         if self._limits_set:
             self._watch_task = loop.create_task(self._watch_limits())
         STATUS_REPORTERS.append(self._status_reporter)

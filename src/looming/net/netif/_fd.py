@@ -39,6 +39,9 @@ class FrameDevice:
         self._handler: FrameHandler | None = None
         self._closed = asyncio.Event()
         self._listening = False
+        # Called once the frames of a wake-up are all handed up: the layers
+        # above end their pass there, in the same turn of the loop.
+        self._batch_end: Callable[[], None] | None = None
 
     def _read(self) -> bytes:
         return os.read(self._fd, self._read_size)
@@ -86,10 +89,19 @@ class FrameDevice:
         finally:
             loop.remove_writer(self._fd)
 
+    def after_batch(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` after each wake-up's frames went to the handler."""
+        self._batch_end = callback
+
     def _on_readable(self) -> None:
         if self._receive_checked is not None:
             self._on_readable_checked(self._receive_checked)
-            return
+        else:
+            self._on_readable_plain()
+        if self._batch_end is not None:
+            self._batch_end()
+
+    def _on_readable_plain(self) -> None:
         handler = self._handler
         stats = self._stats
         receive = self._receive
@@ -184,6 +196,11 @@ class FrameDeviceNetwork:
 
     async def listen(self, handler: FrameHandler) -> None:
         await self._device.listen(handler)
+
+    def after_batch(self, callback: Callable[[], None] | None) -> None:
+        """:class:`looming.net.ethernet.BatchingNetwork`: ``callback`` runs
+        once each wake-up's frames are all handed up."""
+        self._device.after_batch(callback)
 
     async def disconnect(self) -> None:
         if self._device.closed:

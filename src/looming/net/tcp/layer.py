@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from looming.devices.net import IpProtocol, Ipv4, ReceivedPacket
 from looming.devices.random import Random
@@ -31,7 +31,8 @@ from looming.errors import (
     NetworkError,
     NoRoute,
 )
-from looming.net.ethernet import FramePolicy, connection_flow
+from looming.net.ethernet import EthernetLayer, connection_flow
+from looming.net.ipv4 import Ipv4Layer
 from looming.net.tcp.config import TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.tcp.endpoint import Arrival, TcpEndpoint
@@ -54,6 +55,36 @@ _PEER_CLOSED = Event.PEER_CLOSED
 _NOT_PSH = 0xFF & ~wire.PSH  # the flags byte but PSH
 
 _T = TypeVar("_T")
+
+_Segment = tuple[IPv4Address | IPv6Address, bytes, int | None, int, IPv4Address | IPv6Address]
+
+
+class _Started:
+    """Awaiting this continues a coroutine that was already stepped once
+    (and yielded ``yielded``, what it waits for), as if a task had run it
+    from the start: how a write that could not finish at once goes on in
+    a task, after the writes that did went out without one."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._coroutine = coroutine
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, yielded = self._coroutine, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as error:  # (a cancellation thrown in by the task)
+                try:
+                    yielded = coroutine.throw(error)
+                except StopIteration:
+                    return
+                continue
+            try:
+                yielded = coroutine.send(sent)
+            except StopIteration:
+                return
+
 
 _ERRORS: dict[Event, type[Exception]] = {
     Event.RESET: ConnectionReset,
@@ -332,10 +363,11 @@ class TcpLayer:
         self._streams: dict[TcpConnection, TcpStream] = {}
         self._listeners: dict[int, TcpListener] = {}
         self._timers: dict[TcpConnection, tuple[int, asyncio.TimerHandle]] = {}
-        self._tx: deque[
-            tuple[IPv4Address | IPv6Address, bytes, int | None, int, IPv4Address | IPv6Address]
-        ] = deque()
+        # Segments go out as soon as the core makes them, in order; only
+        # those behind one whose write has to wait go through a task.
+        self._tx: deque[_Segment] = deque()
         self._tx_task: asyncio.Task[None] | None = None
+        self._transmitting = False
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         # Segments and events move on as each segment arrives; timers are
         # re-armed once the burst is in, once per connection touched.
@@ -356,10 +388,16 @@ class TcpLayer:
         if ipv6 is not None:
             ipv6.register(IpProtocol.TCP, self.input)
             ipv6.watch_path_mtu(self._lower_mss)
-        # The link's frame policy lets each connection's segments pass for
-        # as long as it is in the table, whatever floods or churns the link.
-        policy = getattr(getattr(ipv4, "ethernet", None), "policy", None)
-        if isinstance(policy, FramePolicy):
+        # The link, when it says which frames came in one wake-up: a burst
+        # then ends in that same turn of the loop (_end_of_batch).
+        self._link: EthernetLayer | None = None
+        if isinstance(ipv4, Ipv4Layer):
+            link = ipv4.ethernet
+            if link.after_batch(self._end_of_batch):
+                self._link = link
+            # The link's frame policy lets each connection's segments pass for
+            # as long as it is in the table, whatever floods or churns the link.
+            policy = link.policy
             self._endpoint.on_adopt = lambda key: policy.pin(connection_flow(*key))
             self._endpoint.on_release = lambda key: policy.release(connection_flow(*key))
 
@@ -450,16 +488,20 @@ class TcpLayer:
     def input(
         self, packet: ReceivedPacket[IPv4Address] | ReceivedPacket[IPv6Address], payload: bytes
     ) -> None:
-        """Receive one segment from IPv4. Never raises. A data segment with
-        no flag but ACK (and PSH) is handled with the rest of its burst
-        (every frame the interface had ready) once that is in, or before
-        anything else touches the connections; any other at once."""
+        """Receive one segment from IPv4. Never raises. A segment with no
+        flag but ACK (and PSH), with data or without, is handled with the
+        rest of its burst (every frame the interface had ready) once that is
+        in, or before anything else touches the connections; any other at
+        once (after the burst's earlier segments). The
+        burst ends when the link says the wake-up's frames are all in, or
+        else on the next turn of the loop."""
+        if not self._burst_pending:
+            self._burst_pending = True
+            link = self._link
+            if link is None or not link.in_batch:
+                asyncio.get_running_loop().call_soon(self._end_burst)
         ce = packet.traffic_class & 0b11 == 0b11  # RFC 3168 CE
-        if (
-            len(payload) > 20
-            and payload[13] & _NOT_PSH == ACK
-            and (payload[12] >> 4) * 4 < len(payload)
-        ):
+        if len(payload) >= 20 and payload[13] & _NOT_PSH == ACK:
             self._arrivals.append(
                 (packet.source, packet.destination, payload, packet.checksum_verified, ce)
             )
@@ -480,9 +522,6 @@ class TcpLayer:
                 # A bug must not take the stack down with it: count, log, drop.
                 self.stats.malformed_dropped += 1
                 log.exception("TCP input failed; segment dropped")
-        if not self._burst_pending:
-            self._burst_pending = True
-            asyncio.get_running_loop().call_soon(self._end_burst)
 
     def _take_arrivals(self) -> None:
         """Hand the burst's segments to the core (which merges in-order
@@ -499,6 +538,10 @@ class TcpLayer:
             self.stats.malformed_dropped += 1
             log.exception("TCP input failed; segments dropped")
         self._deliver()
+
+    def _end_of_batch(self) -> None:
+        if self._burst_pending:
+            self._end_burst()
 
     def _end_burst(self) -> None:
         """Every segment that arrived with the last ones is in: take them,
@@ -592,14 +635,15 @@ class TcpLayer:
         outbox = endpoint.take_marked_outbox()
         if outbox:
             self._tx.extend(outbox)
-            if self._tx_task is None:
-                self._tx_task = asyncio.get_running_loop().create_task(self._drain())
+            if self._tx_task is None and not self._transmitting:
+                self._transmit()
         touched = self._touched
         for key, conn, events in endpoint.take_touched():
             touched[conn] = key
             if events:
                 if _ACK_DUE in events:
-                    if not self._acks_due and not self._ending_burst:
+                    # (A burst under way flushes them when it ends.)
+                    if not self._acks_due and not self._ending_burst and not self._burst_pending:
                         asyncio.get_running_loop().call_soon(self._flush_acks)
                     self._acks_due[conn] = key
                 stream = self._streams.get(conn)
@@ -664,33 +708,73 @@ class TcpLayer:
         finally:
             await stream.close()
 
-    async def _drain(self) -> None:
+    def _transmit(self) -> None:
+        """Send the queued segments now, in order, without a task: a write
+        that completes without waiting (the interface took the frame) costs
+        no turn of the loop. The first one that has to wait goes on in a
+        task (:meth:`_drain`), and every segment queued after it with it."""
+        self._transmitting = True
+        tx = self._tx
         try:
-            while self._tx:
-                destination, segment, segment_size, tos, source = self._tx.popleft()
+            while tx:
+                write = self._write_segment(*tx.popleft())
                 try:
-                    if isinstance(destination, IPv6Address):
-                        assert isinstance(source, IPv6Address)
-                        await self._write_ipv6(destination, source, segment, segment_size, tos)
-                        continue
-                    # DF on every segment: routers report a smaller path MTU
-                    # (RFC 1191) instead of fragmenting. A packet of several
-                    # segments goes with segment_size: the interface cuts it
-                    # up, or IPv4 cuts it into segments of that size.
-                    await self._ipv4.write(
-                        destination,
-                        IpProtocol.TCP,
-                        segment,
-                        tos=tos,
-                        dont_fragment=True,
-                        segment_size=segment_size,
-                    )
+                    waiting = write.send(None)
+                except StopIteration:
+                    continue
                 except Exception as error:
-                    # No route or no ARP answer: TCP retransmits, like a lost segment.
-                    self.transmit_errors += 1
-                    log.debug("TCP segment to %s not sent: %s", destination, error)
+                    self._transmit_failed(error)
+                    continue
+                started = _Started(write, waiting)
+                self._tx_task = asyncio.get_running_loop().create_task(self._drain(started))
+                return
+        finally:
+            self._transmitting = False
+
+    def _transmit_failed(self, error: Exception) -> None:
+        # No route or no ARP answer: TCP retransmits, like a lost segment.
+        self.transmit_errors += 1
+        log.debug("TCP segment not sent: %s", error)
+
+    async def _drain(self, started: _Started) -> None:
+        """Finish the write that had to wait, then send what queued behind it."""
+        try:
+            try:
+                await started
+            except Exception as error:
+                self._transmit_failed(error)
+            while self._tx:
+                try:
+                    await self._write_segment(*self._tx.popleft())
+                except Exception as error:
+                    self._transmit_failed(error)
         finally:
             self._tx_task = None
+
+    async def _write_segment(
+        self,
+        destination: IPv4Address | IPv6Address,
+        segment: bytes,
+        segment_size: int | None,
+        tos: int,
+        source: IPv4Address | IPv6Address,
+    ) -> None:
+        if isinstance(destination, IPv6Address):
+            assert isinstance(source, IPv6Address)
+            await self._write_ipv6(destination, source, segment, segment_size, tos)
+            return
+        # DF on every segment: routers report a smaller path MTU (RFC 1191)
+        # instead of fragmenting. A packet of several segments goes with
+        # segment_size: the interface cuts it up, or IPv4 cuts it into
+        # segments of that size.
+        await self._ipv4.write(
+            destination,
+            IpProtocol.TCP,
+            segment,
+            tos=tos,
+            dont_fragment=True,
+            segment_size=segment_size,
+        )
 
     async def _write_ipv6(
         self,
