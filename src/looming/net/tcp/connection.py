@@ -406,6 +406,9 @@ class TcpConnection(TcpSender):
         if self.ts_ok and header.timestamps is not None and seq <= rcv_nxt:
             self.ts_recent = header.timestamps[0]
         # Sixth: URG. The urgent pointer is not supported; it is ignored.
+        if flags & FIN and self.peer_fin is None:
+            # Known before the text's ACK goes: SACK blocks cover a FIN held.
+            self.peer_fin = seq + len(payload)
         # Seventh: segment text (data in states past the peer's FIN is ignored).
         if payload and self.state in RECEIVING and not self._input_text(seq, payload, now, merged):
             return
