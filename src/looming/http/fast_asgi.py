@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import h11
 
+from looming.bounded import Memo
 from looming.http.asgi import (
     PATHSEND_CHUNK,
     ClientDisconnected,
@@ -81,6 +82,11 @@ still gets a quick response, as on the flow path)."""
 
 _BAD_START = (b"\r", b"\n", b"PRI ")
 """Heads the usual path judges: a blank line first (h11 refuses it), HTTP/2's preface."""
+
+_PREPARED: Memo[tuple[Any, ...], PreparedHeaders] = Memo(1024)
+"""Response headers as applications gave them -> validated and rendered (the
+same for every server: one lookup a response for headers seen before)."""
+_PREPARED_GET = _PREPARED.get
 
 
 class LentTransport(Protocol):
@@ -217,12 +223,12 @@ class FastAsgiConnection(asyncio.Protocol):
                 scope = self._scope_again()
                 if scope is not None:
                     self._fresh = False
-                    self._begin(scope)
+                    self._begin(scope, in_callback=True)
                     return
             self._fresh = True
         buf += data
         if self._exchange is None and not self._write_paused:
-            self._next_request()
+            self._next_request(in_callback=True)
         elif len(buf) - self._pos > RECEIVE_HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -273,9 +279,10 @@ class FastAsgiConnection(asyncio.Protocol):
         """Between a request's head and the end of its response."""
         return self._exchange is not None
 
-    def _next_request(self) -> None:
+    def _next_request(self, *, in_callback: bool = False) -> None:
         """Start the exchange of the next request in the buffer, if its head
-        is whole; hand the connection over if it is not a plain one."""
+        is whole; hand the connection over if it is not a plain one.
+        ``in_callback``: called from a transport's callback, outside any task."""
         buf, pos = self._buf, self._pos
         if not self._fresh:
             # Blank lines after a request in the same read: llhttp skips
@@ -308,10 +315,11 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._reading_paused and len(buf) - self._pos <= RECEIVE_HIGH_WATER:
             self._reading_paused = False
             self._transport.resume_reading()
-        self._begin(scope)
+        self._begin(scope, in_callback=in_callback)
 
-    def _begin(self, scope: Scope) -> None:
-        """The exchange of a request whose head was taken from the buffer."""
+    def _begin(self, scope: Scope, *, in_callback: bool = False) -> None:
+        """The exchange of a request whose head was taken from the buffer
+        (``in_callback``: from a transport's callback, surely outside a task)."""
         self._first = self._head_begun = False
         self._deadline = 0.0
         self._exchange = exchange = _Exchange(self, scope)
@@ -322,13 +330,19 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._eof and self._pos == len(self._buf):
             exchange.client_ending()  # the last request the client sent before its end
         context = self._context.copy()
-        if asyncio.current_task(self._loop) is not None:
+        if not in_callback and asyncio.current_task(self._loop) is not None:
             # From within a task (a response sent from one): a task of its own.
             exchange._task = self._loop.create_task(exchange.run(), context=context)
             return
         self._run_eagerly(exchange, context)
         if self._exchange is None and not self._closing and not self._lost:
-            self._next_turn()
+            if self._pos == len(self._buf) and not (self._eof or self._write_paused):
+                # Answered, nothing more received: wait for the next request
+                # (what _next_turn's _go_on does, without the calls).
+                if self._deadline == 0.0:
+                    self._expire_in(self._server.config.keep_alive_timeout)
+            else:
+                self._next_turn()
 
     def _run_eagerly(self, exchange: _Exchange, context: contextvars.Context) -> None:
         """Run the exchange's application in this callback up to its end or
@@ -362,6 +376,9 @@ class FastAsgiConnection(asyncio.Protocol):
             exchange._task = loop.create_task(
                 _resumed(coro, asyncio.CancelledError(), context, thrown=True), context=context
             )
+        if exchange._done:
+            # It runs on after its response (background tasks): held till its end.
+            self._adapter._after.add(exchange._task)
 
     def _next_turn(self) -> None:
         """A response was sent within this callback: on to the next request,
@@ -628,7 +645,7 @@ class FastCachedConnection(FastAsgiConnection):
         wire = self._server.cached_wire(b"GET", self._last_target)
         return None if wire is None else {"wire": wire}
 
-    def _begin(self, scope: Scope) -> None:
+    def _begin(self, scope: Scope, *, in_callback: bool = False) -> None:
         self._first = self._head_begun = False
         self._deadline = 0.0
         data, head_length, rest = scope["wire"]
@@ -699,6 +716,15 @@ def _resumed(
         return
 
 
+def _prepared(conn: FastAsgiConnection, items: tuple[Any, ...], hashable: bool) -> PreparedHeaders:
+    """The headers an application gave, checked and prepared (raises
+    InvalidHeaders), kept in :data:`_PREPARED` when they are hashable."""
+    prepared = conn._server._headers.prepare(conn._adapter._checked_headers(items))
+    if hashable:
+        _PREPARED.put(items, prepared)
+    return prepared
+
+
 class _Exchange:
     """One request and its response on a :class:`FastAsgiConnection`."""
 
@@ -758,7 +784,8 @@ class _Exchange:
                 conn._server.in_flight -= 1
             if not self._done:
                 self._unfinished()
-            self._settle()
+            if not conn._eager:  # (an application that never waited was not held)
+                self._settle()
 
     def _failed(self, error: Exception) -> None:
         scope = self.scope
@@ -817,18 +844,19 @@ class _Exchange:
         waiter = self._disconnect
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if not self._ended:
-            # The application runs on after its response (background tasks).
-            self._conn._server.in_flight -= 1
-            self._ended = True
-            if self._task is not None:
-                self._conn._adapter._after.add(self._task)
         conn = self._conn
+        if not self._ended:
+            # The application runs on after its response (background tasks);
+            # stepped from a callback, its task is held once it must wait
+            # (see _run_eagerly).
+            conn._server.in_flight -= 1
+            self._ended = True
+            if self._task is not None and not conn._eager:
+                conn._adapter._after.add(self._task)
         try:
-            if last:
-                conn.write(last)
-        except ClientDisconnected:
-            pass
+            # (conn.write, without the call; a client gone is no error here)
+            if last and not (conn._lost or conn._closing or conn._transport.is_closing()):
+                conn._transport.write(last)
         finally:
             conn.response_done(self, self._keep_alive)
 
@@ -904,12 +932,16 @@ class _Exchange:
             await self._body(b"", False)
 
     def _start(self, message: Message) -> None:
-        conn = self._conn
-        server = conn._server
         status = int(message["status"])
-        headers = conn._adapter._checked_headers(message.get("headers", ()))
+        items = tuple(message.get("headers", ()))
         try:
-            prepared = server._headers.prepare(headers)
+            prepared = _PREPARED_GET(items)
+            hashable = True
+        except TypeError:  # unhashable pairs (lists, bytearrays): prepared each time
+            prepared, hashable = None, False
+        try:
+            if prepared is None:
+                prepared = _prepared(self._conn, items, hashable)
             if not 200 <= status <= 999:
                 raise InvalidHeaders(f"status {status} is not a final status")
         except InvalidHeaders as error:
@@ -955,17 +987,18 @@ class _Exchange:
             body = bytes(body)
         status, prepared = self._status, self._prepared
         assert prepared is not None  # set by the start
-        if body_not_allowed(status):
+        if status == 204 or status == 304:  # (body_not_allowed: the start took 200-999)
             return self._conn._server.whole_head(status, prepared, -1)
+        length = len(body)
         declared = self._declared
-        if declared is not None and declared != len(body):
+        if declared is not None and declared != length:
             log.warning(
                 "handler declared Content-Length %d for a %d byte body; sending the body's",
                 declared,
-                len(body),
+                length,
             )
-        self._body_bytes = len(body)
-        return self._conn._server.whole_head(status, prepared, len(body)) + body
+        self._body_bytes = length
+        return self._conn._server.whole_head(status, prepared, length) + body
 
     def _streamed_head(self) -> bytes:
         assert self._prepared is not None  # set by the start

@@ -112,18 +112,20 @@ class ServerConfig:
 class _DateHeader:
     """The Date header line, formatted at most once a second."""
 
-    __slots__ = ("_clock", "_line", "_second")
+    __slots__ = ("_clock", "_line", "_now", "_second")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        self._now = clock.now
+        """The clock's method, bound once (read for every response)."""
         self._second = -1
         self._line = b""
 
     def now(self) -> float:
-        return self._clock.now()
+        return self._now()
 
     def line(self) -> bytes:
-        second = int(self._clock.now())
+        second = int(self._now())
         if second != self._second:
             self._second = second
             self._line = b"date: " + format_http_date(second) + b"\r\n"
