@@ -325,3 +325,28 @@ def test_a_write_that_waits_holds_those_behind_it_in_order() -> None:
     assert len(echoed(sent)) >= 3 * SEGMENT  # the initial window's worth
     acks = [header.ack for header in segments_out(sent)]
     assert acks == sorted(acks)
+
+
+def test_a_stack_whose_write_never_ends_still_shuts_down() -> None:
+    """A write the interface never lets finish (a queue that stays full):
+    the task carrying it and the segments behind it is cancelled at
+    shutdown, which ends within a moment, and nothing behind it leaked
+    out meanwhile."""
+
+    async def main() -> tuple[int, int, float, bool]:
+        network = BatchingHeldNetwork()
+        stack, isn = await open_echo(network)
+        before = len(network.written)
+        network.gate = asyncio.get_running_loop().create_future()
+        network.wake(data_frames(isn, [0, 1, 2, 3], [False] * 4))
+        await settle()
+        waiting = stack.tcp._tx_task
+        held = len(network.written)
+        start = asyncio.get_running_loop().time()
+        await stack.disconnect()
+        return before, held, asyncio.get_running_loop().time() - start, waiting is not None
+
+    before, held, seconds, waited = asyncio.run(main())
+    assert waited  # the write did wait, in a task
+    assert held == before
+    assert seconds < 1.0
