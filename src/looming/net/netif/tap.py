@@ -9,6 +9,8 @@ checksummed packets).  Frames looming sends carry an empty header, except
 IPv4/TCP packets larger than the MTU: those go out as one TSO frame that the
 kernel cuts into MSS-sized segments (see :attr:`TapNetwork.capabilities`
 and ``Ipv4Layer.segment_limit``).
+Opened without offloads, the device's offloads are set to none: they belong
+to the device, and a persistent TAP keeps those an earlier open left on it.
 
 The kernel side of the TAP is an ordinary interface: give it an address (in
 the root namespace or after moving it into a network namespace with
@@ -112,6 +114,27 @@ def _attach_failure(name: str, error: OSError) -> str:
             "that name probably exists and is not a TAP device; choose another name"
         )
     return f"cannot attach TAP device {name!r} ({error.strerror})"
+
+
+def _clear_offloads(fd: int, name: str) -> None:
+    """Tell the kernel this side takes no partial checksums or TSO frames.
+
+    The offloads are a property of the device, not of the open file: a
+    persistent TAP that an earlier open (ours with offloads, qemu's,
+    libvirt's) left with ``TUN_F_CSUM`` would go on handing over segments
+    whose checksum is only the pseudo-header sum, and without a vnet header
+    nothing says so; every TCP segment would fail its checksum."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+    except OSError as error:
+        if error.errno == errno.ENOTTY:
+            return  # a kernel without the ioctl has no offloads to clear
+        os.close(fd)
+        raise DeviceError(
+            f"cannot turn off the offloads of TAP device {name!r} ({error.strerror}): "
+            "frames with partial checksums would be dropped; use --offload true, or "
+            f"delete the device ('ip link del {name}') so that it is created afresh"
+        ) from error
 
 
 def complete_checksum(frame: bytes, start: int, offset: int) -> bytes:
@@ -254,6 +277,8 @@ class TapNetwork(FrameDeviceNetwork):
             raise DeviceError(_attach_failure(name, error)) from error
         # The kernel fills in a template such as "tap%d"; use the real name.
         name = answer[:IFNAMSIZ].split(b"\0", 1)[0].decode() or name
+        if not offload:
+            _clear_offloads(fd, name)
         if bring_up:
             try:
                 _set_link(name, mtu=mtu)
