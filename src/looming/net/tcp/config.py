@@ -111,6 +111,7 @@ class TcpStats:
     ecn_ce_received: int = 0  # segments that arrived marked Congestion Experienced
     ecn_echoes_received: int = 0  # ACKs with ECE that reduced the window
     timeouts: int = 0
+    window_probe_timeouts: int = 0  # aborted: zero-window probes went unanswered
     segments_merged: int = 0  # in-order arrivals of a burst taken with the one before
     pmtu_probes: int = 0  # segments sent larger, to find a larger path MTU
     pmtu_probes_acked: int = 0

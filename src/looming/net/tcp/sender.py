@@ -136,9 +136,27 @@ class TcpSender(LossRecovery):
             if self.snd_max > self.snd_una:
                 return
         else:
+            if self._window_probes_exhausted(now):
+                return
             self._send_window_probe(now)
         self.persist_backoff = min(self.persist_backoff + 1, 16)
         self._arm_persist(now)
+
+    def _window_probes_exhausted(self, now: int) -> bool:
+        """RFC 1122 4.2.2.17: a receiver that answers the window probes keeps
+        the connection however long its window stays shut, but a probe that
+        gets no answer at all counts as an unanswered retransmission (RFC
+        9293's R2, Linux's tcp_retries2): past ``data_retries`` of them in a
+        row the peer is gone, and the connection is aborted."""
+        heard = self.heard_since_timeout
+        self.heard_since_timeout = False
+        self.window_probes_unanswered = 0 if heard else self.window_probes_unanswered + 1
+        if self.window_probes_unanswered <= self.config.data_retries:
+            return False
+        self.stats.window_probe_timeouts += 1
+        self._send_reset(self.snd_max, now)
+        self._fail(Event.TIMED_OUT)
+        return True
 
     def _arm_persist(self, now: int) -> None:
         base = max(self.rtt.rto, self.config.persist_min_ns)

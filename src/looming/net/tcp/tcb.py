@@ -239,6 +239,7 @@ class TransmissionControlBlock:
         self.rto_at: int | None = None
         self.persist_at: int | None = None
         self.persist_backoff = 0
+        self.window_probes_unanswered = 0
         self.delack_at: int | None = None
         self.time_wait_at: int | None = None
         self.fin_wait_2_at: int | None = None
