@@ -13,7 +13,7 @@ server's long-lived *runner* task (``asyncio.current_task()`` is that
 task, as anyio and ``asyncio.timeout`` need), stepped from the callback
 like an eager task. One that must wait is carried on from where it stopped
 by that runner, in the request's own context, and the server makes a new
-runner for the requests after it (see :meth:`FastAsgiConnection._run_eagerly`).
+runner for the requests after it (see :meth:`FastAsgiConnection._begin`).
 Requests arriving while a task is running (pipelined behind a response sent
 from a task) get a task each.
 
@@ -51,6 +51,7 @@ from looming.http.asgi import (
     Scope,
     release_frames,
 )
+from looming.http.h11_strict import bad_head_byte
 from looming.http.message import Request
 from looming.http.parser import _TARGET_MATCH, _checked_fields, httptools_module
 from looming.http.response_head import (
@@ -82,6 +83,9 @@ still gets a quick response, as on the flow path)."""
 
 _BAD_START = (b"\r", b"\n", b"PRI ")
 """Heads the usual path judges: a blank line first (h11 refuses it), HTTP/2's preface."""
+
+_ANSWERED: Any = object()
+"""What an application stepped from a callback "yielded" when it ended without waiting."""
 
 _PREPARED: Memo[tuple[Any, ...], PreparedHeaders] = Memo(1024)
 """Response headers as applications gave them -> validated and rendered (the
@@ -319,7 +323,12 @@ class FastAsgiConnection(asyncio.Protocol):
 
     def _begin(self, scope: Scope, *, in_callback: bool = False) -> None:
         """The exchange of a request whose head was taken from the buffer
-        (``in_callback``: from a transport's callback, surely outside a task)."""
+        (``in_callback``: from a transport's callback, surely outside a task).
+
+        Its application runs in this callback up to its end or its first
+        wait, as the server's runner task; one that waits is carried on by
+        the runner (see :meth:`_carry_on`), and a new runner serves the
+        requests after it."""
         self._first = self._head_begun = False
         self._deadline = 0.0
         self._exchange = exchange = _Exchange(self, scope)
@@ -330,55 +339,63 @@ class FastAsgiConnection(asyncio.Protocol):
         if self._eof and self._pos == len(self._buf):
             exchange.client_ending()  # the last request the client sent before its end
         context = self._context.copy()
-        if not in_callback and asyncio.current_task(self._loop) is not None:
-            # From within a task (a response sent from one): a task of its own.
-            exchange._task = self._loop.create_task(exchange.run(), context=context)
-            return
-        self._run_eagerly(exchange, context)
-        if self._exchange is None and not self._closing and not self._lost:
-            if self._pos == len(self._buf) and not (self._eof or self._write_paused):
-                # Answered, nothing more received: wait for the next request
-                # (what _next_turn's _go_on does, without the calls).
-                if self._deadline == 0.0:
-                    self._expire_in(self._server.config.keep_alive_timeout)
-            else:
-                self._next_turn()
-
-    def _run_eagerly(self, exchange: _Exchange, context: contextvars.Context) -> None:
-        """Run the exchange's application in this callback up to its end or
-        its first wait, as the server's runner task; one that waits is
-        carried on by the runner, and a new runner serves the requests after it."""
         loop = self._loop
-        server = self._server
+        if not in_callback and asyncio.current_task(loop) is not None:
+            # From within a task (a response sent from one): a task of its own.
+            exchange._task = loop.create_task(exchange.run(), context=context)
+            return
         held = server.fast_runner
         if held is None or held[0].done():
-            waiter: asyncio.Future[_Handoff] = loop.create_future()
-            held = server.fast_runner = (loop.create_task(_carry(waiter)), waiter)
-        runner = held[0]
-        exchange._task = runner
+            held = self._new_runner()
+        runner = exchange._task = held[0]
         coro = exchange.run()
         self._eager = True
         _enter_task(loop, runner)
         try:
             yielded = context.run(coro.send, None)
         except (StopIteration, asyncio.CancelledError):
-            return  # answered (or cancelled) without waiting: the runner serves on
+            yielded = _ANSWERED  # (or cancelled) without waiting: the runner serves on
         finally:
             _leave_task(loop, runner)
             self._eager = False
-        given = held[1]
-        server.fast_runner = None
+        if yielded is not _ANSWERED:
+            self._carry_on(exchange, held[1], (coro, yielded, context))
+        if self._exchange is None and not self._closing and not self._lost:
+            if self._pos == len(self._buf) and not (self._eof or self._write_paused):
+                # Answered, nothing more received: wait for the next request
+                # (what _next_turn's _go_on does, without the calls).
+                if self._deadline == 0.0:
+                    self._expire_in(server.config.keep_alive_timeout)
+            else:
+                self._next_turn()
+
+    def _new_runner(self) -> tuple[asyncio.Task[None], asyncio.Future[_Handoff]]:
+        """The server's runner task, idle until an application must wait."""
+        waiter: asyncio.Future[_Handoff] = self._loop.create_future()
+        held = self._server.fast_runner = (self._loop.create_task(_carry(waiter)), waiter)
+        return held
+
+    def _carry_on(
+        self, exchange: _Exchange, given: asyncio.Future[_Handoff], handoff: _Handoff
+    ) -> None:
+        """The exchange's application, stepped as the runner task, must
+        wait: the runner carries it on (the server makes a new one for the
+        requests after it)."""
+        self._server.fast_runner = None
         if not given.done():
-            given.set_result((coro, yielded, context))
+            given.set_result(handoff)
         else:
             # The runner was cancelled meanwhile: a task goes on, the
             # cancellation first (the rare case of an application cancelling its task).
-            exchange._task = loop.create_task(
+            coro, _, context = handoff
+            runner = exchange._task
+            task = exchange._task = self._loop.create_task(
                 _resumed(coro, asyncio.CancelledError(), context, thrown=True), context=context
             )
-        if exchange._done:
-            # It runs on after its response (background tasks): held till its end.
-            self._adapter._after.add(exchange._task)
+            if exchange._done and runner is not None:
+                # Held after its response as the runner was: now as this task.
+                self._adapter._after.discard(runner)
+                self._adapter._after.add(task)
 
     def _next_turn(self) -> None:
         """A response was sent within this callback: on to the next request,
@@ -403,6 +420,7 @@ class FastAsgiConnection(asyncio.Protocol):
         if (
             buf.startswith(_BAD_START, pos)
             or buf.find(b"\n\n", scan) >= 0
+            or bad_head_byte(buf, max(pos, scan - 1)) >= 0  # (the usual path refuses it)
             or len(buf) - pos > config.max_header_bytes
         ):
             self._hand_over()
@@ -784,8 +802,7 @@ class _Exchange:
                 conn._server.in_flight -= 1
             if not self._done:
                 self._unfinished()
-            if not conn._eager:  # (an application that never waited was not held)
-                self._settle()
+            self._settle()
 
     def _failed(self, error: Exception) -> None:
         scope = self.scope
@@ -846,12 +863,11 @@ class _Exchange:
             waiter.set_result(None)
         conn = self._conn
         if not self._ended:
-            # The application runs on after its response (background tasks);
-            # stepped from a callback, its task is held once it must wait
-            # (see _run_eagerly).
+            # The application runs on after its response (background tasks):
+            # held (and counted) before the client can see the response.
             conn._server.in_flight -= 1
             self._ended = True
-            if self._task is not None and not conn._eager:
+            if self._task is not None:
                 conn._adapter._after.add(self._task)
         try:
             # (conn.write, without the call; a client gone is no error here)
