@@ -301,7 +301,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--idle", type=int, default=1000, help="idle keep-alive connections for the memory figure"
     )
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 2 s (--breakdown: 3 x 2,000 requests)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
         "--servers",
@@ -323,6 +325,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--fairness",
         action="store_true",
         help=f"also measure {FAIR_CLIENTS} ordinary clients beside one pipelining {PIPELINE_DEPTH} requests",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only split looming's per-request Python cost, in-process without sockets, "
+        "into the application's own and the server's (see breakdown)",
     )
     args = parser.parse_args(argv)
     args.paths = [path for path in args.paths.split(",") if path]
@@ -543,8 +551,185 @@ def print_requests(
     return summary
 
 
+RAW_APP = """\
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+"""
+"""A raw ASGI application: almost all of its cost through a server is the server's."""
+
+
+class _NullTransport:
+    """A transport that counts writes and sends nothing (no kernel in the figures)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def writelines(self, data: Any) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class _NullFlow:
+    """What the fast path borrows a transport from (as the socket stack's flows lend theirs)."""
+
+    local_address = ("127.0.0.1", 8000)
+    remote_address = ("127.0.0.1", 40000)
+
+    def __init__(self) -> None:
+        self.transport = _NullTransport()
+
+    def lend_transport(self, protocol: Any) -> _NullTransport:
+        return self.transport
+
+    def take_back(self, pending: bytes, **state: Any) -> None:
+        raise RuntimeError("the fast path handed the connection back")
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+def _per_request_us(step: Any, count: int, repeats: int) -> float:
+    """The fastest of ``repeats`` runs of ``count`` steps, in microseconds a step."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        for _ in range(count):
+            step()
+        best = min(best, (time.perf_counter_ns() - started) / count / 1e3)
+    return best
+
+
+def _through_fast_path(app: Any, path: str, count: int, repeats: int) -> float:
+    """Microseconds a keep-alive GET of ``path`` takes on looming's fast path
+    (its head fed to the connection as a read, its response written to nothing)."""
+    from looming.http import AsgiAdapter, ServerConfig
+    from looming.http.server import HttpServer
+    from looming.unix.clock import UnixClock
+
+    adapter = AsgiAdapter(app)
+    server = HttpServer(adapter, ServerConfig(parser="httptools"), clock=UnixClock())
+    flow = _NullFlow()
+    connection = adapter.fast_connection(server, flow, lambda: None)
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n".encode()
+    received = connection.data_received
+    us = _per_request_us(lambda: received(head), count, repeats)
+    if flow.transport.writes < count * repeats:
+        raise RuntimeError(
+            f"{path}: {flow.transport.writes} responses to {count * repeats} requests"
+        )
+    return us
+
+
+def _app_alone(app: Any, path: str, count: int, repeats: int) -> float:
+    """Microseconds the application takes for ``path`` called directly, with
+    a scope copied from a template and receive/send that do nothing."""
+    template = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+                "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+                "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}  # fmt: skip
+    headers = [(b"host", b"127.0.0.1:8000")]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    def step() -> None:
+        scope = template.copy()
+        scope["headers"], scope["state"], scope["extensions"] = list(headers), {}, {}
+        try:
+            app(scope, receive, send).send(None)
+        except StopIteration:
+            return
+        raise RuntimeError(f"{path}: the application waited")
+
+    return _per_request_us(step, count, repeats)
+
+
+def breakdown(paths: list[str], count: int = 20_000, repeats: int = 7) -> list[list[str]]:
+    """Rows of (application and path, the application alone, through the
+    fast path, the server's share), in microseconds a request, measured in a
+    callback of the event loop looming would run (uvloop when installed).
+    The application's own part is what any server pays for it; only the
+    server's share (and the kernel's, not measured here) differs between servers."""
+    import asyncio
+
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    apps: dict[str, Any] = {}
+    for name, source in (("raw ASGI", RAW_APP), ("Starlette", APP)):
+        namespace: dict[str, Any] = {}
+        exec(compile(source, f"<bench {name}>", "exec"), namespace)
+        apps[name] = namespace["app"]
+    cases = [("raw ASGI", "/plain"), *(("Starlette", path) for path in paths)]
+    rows: list[list[str]] = []
+
+    def measure() -> None:
+        for name, path in cases:
+            alone = _app_alone(apps[name], path, count, repeats)
+            total = _through_fast_path(apps[name], path, count, repeats)
+            rows.append([f"{name} {path}", f"{alone:.2f}", f"{total:.2f}", f"{total - alone:.2f}"])
+
+    try:
+        loop.run_until_complete(_in_callback(loop, measure))
+        runners = asyncio.all_tasks(loop)  # the servers' idle runner tasks
+        for task in runners:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*runners, return_exceptions=True))
+    finally:
+        loop.close()
+    return rows
+
+
+async def _in_callback(loop: Any, work: Any) -> None:
+    """Run ``work`` in a callback of ``loop`` (as transports call protocols), not in a task."""
+    done = loop.create_future()
+
+    def call() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to the waiting task
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+
+    loop.call_soon(call)
+    await done
+
+
+def print_breakdown(paths: list[str], quick: bool) -> None:
+    count, repeats = (2_000, 3) if quick else (20_000, 7)
+    print(
+        f"per-request Python cost in-process, no sockets (fastest of {repeats} x {count:,}; Python {platform.python_version()}, starlette {version_of('starlette')})"
+    )
+    headers = ["application and path", "app alone us", "through looming us", "server's share us"]
+    print(table(headers, breakdown(paths, count, repeats)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
+    if args.breakdown:
+        print_breakdown(args.paths, args.quick)
+        return 0
     rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
     names = installed_servers()
     if args.servers:
