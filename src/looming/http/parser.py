@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import h11
 
+from looming.http.h11_strict import StrictReceiveBuffer
+
 PARSERS = ("auto", "h11", "httptools")
 """The values of ``ServerConfig.parser``: ``auto`` is httptools when installed."""
 
@@ -72,10 +74,13 @@ MAX_CHUNK_SIZE = 0xFFFF_FFFF_FFFF_FFFF
 
 class H11Parser(h11.Connection):
     """h11's server side, refusing a chunk size over :data:`MAX_CHUNK_SIZE`
-    at once: h11 takes up to 20 hex digits and would wait for the chunk."""
+    at once: h11 takes up to 20 hex digits and would wait for the chunk.
+    Its buffer refuses bare CR or LF, control bytes and chunk size lines
+    outside the grammar (see :mod:`looming.http.h11_strict`)."""
 
     def __init__(self, max_header_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._receive_buffer = StrictReceiveBuffer()
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         event = super().next_event()
@@ -274,9 +279,11 @@ class HttptoolsParser:
     announces is read first, by h11 (see :meth:`_read_body_by_h11`).
 
     llhttp refuses some heads that h11 takes (a method it does not know, a
-    target without its leading slash, bare LF line ends): when a head fails,
-    h11 reads that request from its first byte instead, so each request is
-    answered as h11 alone would answer it. The bytes since the last point
+    target without its leading slash): when a head fails, h11 reads that
+    request from its first byte instead, so each request is answered as h11
+    alone would answer it. h11 is held to llhttp's line grammar (bare CR or
+    LF, control bytes: see :mod:`looming.http.h11_strict`), so what llhttp
+    refuses for how lines end or frame the body h11 refuses too. The bytes since the last point
     where no request was under way (at most twice the head limit) are kept
     for that.
     """
