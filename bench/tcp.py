@@ -33,6 +33,13 @@ looming TCP layers over an in-memory wire:
   the like-for-like reference the ratio goal is measured against (its
   recoveries, retransmissions, timeouts and loss probes are shown too).
 
+``--only-pass`` (no root) measures instead looming's CPU per event-loop
+pass: a peer process writes data segments to the direct stack over a unix
+datagram socketpair in wake-ups of 2, 8 and 32 frames, each after the ACK
+of the one before; printed per wake-up size (alternating, median over the
+rounds) are the stack's CPU per pass and per frame, and the fixed cost of
+a pass, the intercept of CPU per pass against frames per pass.
+
 The kernel-side programs are small Python socket loops, the same ones in
 every column, so the ratios compare the stacks rather than the programs.
 PyTCP runs in its own process (it keeps global state and threads), driven
@@ -50,6 +57,7 @@ import json
 import platform
 import queue
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +67,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +93,9 @@ from tests.tcp.lossy import (  # noqa: E402
 )
 from tests.tcp.relay import Impairments, relayed_path  # noqa: E402
 
+from looming.devices.net import MacAddress  # noqa: E402
 from looming.devices.stack import TcpFlow  # noqa: E402
+from looming.net.netif import _fd  # noqa: E402
 from looming.net.netif.tap import TapNetwork  # noqa: E402
 from looming.net.stack import DirectStack  # noqa: E402
 from looming.net.tcp import TcpConfig, TcpLayer  # noqa: E402
@@ -1066,6 +1076,152 @@ def lossy_report(rows: list[LossyRow], size: int, default: str = "?") -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ CPU per event-loop pass
+
+PASS_FRAMES = (2, 8, 32)
+PASS_MSS = 1448
+_PASS_OURS, _PASS_PEER = IPv4Address("10.7.0.1"), IPv4Address("10.7.0.2")
+_PASS_MACS = (MacAddress(b"\x02\x00\x00\x00\x00\x01"), MacAddress(b"\x02\x00\x00\x00\x00\x02"))
+
+
+class _PairNetwork(_fd.FrameDeviceNetwork):
+    """One end of a unix datagram socketpair as an interface (one datagram a frame)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+        self._mac = _PASS_MACS[0]
+        self._mtu = 1500
+        self._device = _fd.FrameDevice(
+            sock.fileno(), receive=lambda: sock.recv(65536), send=sock.send
+        )
+
+    def _release(self) -> None:
+        self._socket.close()
+
+
+def _pass_frame(seq: int, ack: int, flags: int, payload: bytes = b"", **options: Any) -> bytes:
+    from looming.net.wire import ethernet as ether_wire
+    from looming.net.wire import ipv4 as ip_wire
+    from looming.net.wire import tcp as tcp_wire
+
+    header = tcp_wire.TcpHeader(
+        40000, 7, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, flags, 65535, **options
+    )
+    segment = tcp_wire.emit(header, payload, src=_PASS_PEER, dst=_PASS_OURS)
+    packet = ip_wire.emit(ip_wire.Ipv4Header(_PASS_PEER, _PASS_OURS, 6), segment)
+    return ether_wire.emit(ether_wire.EthernetHeader(_PASS_MACS[0], _PASS_MACS[1], 0x0800), packet)
+
+
+def _pass_acks(sock: socket.socket) -> Iterator[Any]:
+    """The TCP headers the stack sends, as they come."""
+    from looming.net.wire import tcp as tcp_wire
+
+    while True:
+        frame = sock.recv(65536)
+        if frame[12:14] == b"\x08\x00" and frame[23] == 6:
+            yield tcp_wire.parse(frame[34:])[0]
+
+
+def _pass_peer(sock: socket.socket, per_wake: int, wakes: int) -> None:
+    """The peer process: ARP, handshake, then ``wakes`` wake-ups of data."""
+    from looming.net.wire import arp as arp_wire
+    from looming.net.wire import ethernet as ether_wire
+    from looming.net.wire import tcp as tcp_wire
+
+    ask = arp_wire.ArpPacket(1, _PASS_MACS[1], _PASS_PEER, MacAddress(bytes(6)), _PASS_OURS)
+    broadcast = ether_wire.EthernetHeader(MacAddress(b"\xff" * 6), _PASS_MACS[1], 0x0806)
+    sock.send(ether_wire.emit(broadcast, arp_wire.emit(ask)))
+    sock.send(_pass_frame(1000, 0, tcp_wire.SYN, mss=PASS_MSS, sack_permitted=True))
+    acks = _pass_acks(sock)
+    ours = next(h for h in acks if h.flags & tcp_wire.SYN).seq + 1
+    sock.send(_pass_frame(1001, ours, tcp_wire.ACK))
+    payload, sent = bytes(PASS_MSS), 0
+    for _ in range(wakes):
+        # Built first, so that they go out back to back: one wake-up's.
+        frames = [
+            _pass_frame(1001 + number * PASS_MSS, ours, tcp_wire.ACK, payload)
+            for number in range(sent, sent + per_wake)
+        ]
+        for frame in frames:
+            sock.send(frame)
+        sent += per_wake
+        want = (1001 + sent * PASS_MSS) & 0xFFFFFFFF
+        next(h for h in acks if h.ack == want)
+    sock.send(_pass_frame(1001 + sent * PASS_MSS, ours, tcp_wire.ACK | tcp_wire.FIN))
+
+
+async def _pass_round(per_wake: int, wakes: int) -> tuple[float, int, float]:
+    """(CPU seconds, passes, frames) of a stack taking ``wakes`` wake-ups
+    of ``per_wake`` segments, the first one's not counted."""
+    import multiprocessing
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    passes = [0]
+    network = _PairNetwork(ours)
+    device = network._device
+    read = device._on_readable
+
+    def counted() -> None:
+        passes[0] += 1
+        read()
+
+    device._on_readable = counted  # type: ignore[method-assign]
+    stack = await DirectStack.connect(
+        network,
+        time=UnixTime(),
+        clock=UnixClock(),
+        random=UnixRandom(1),
+        address=IPv4Interface(f"{_PASS_OURS}/24"),
+    )
+    start: list[float] = []
+    got = 0
+
+    async def sink(flow: TcpFlow) -> None:
+        nonlocal got
+        while chunk := await flow.read():
+            got += len(chunk)
+            if not start and got >= per_wake * PASS_MSS:
+                start.extend((time.process_time(), passes[0], got))
+
+    listener = await stack.tcp.listen(7, sink)
+    peer = multiprocessing.get_context("fork").Process(
+        target=_pass_peer, args=(theirs, per_wake, wakes + 1)
+    )
+    peer.start()
+    while got < (wakes + 1) * per_wake * PASS_MSS:
+        await asyncio.sleep(0.01)
+    cpu = time.process_time() - start[0]
+    peer.join()
+    await listener.close()
+    await stack.disconnect()
+    return cpu, passes[0] - int(start[1]), (got - start[2]) / PASS_MSS
+
+
+def pass_cpu(rounds: int, wakes: int) -> str:
+    """The CPU per event-loop pass report, wake-up sizes alternating."""
+    figures: dict[int, list[tuple[float, int, float]]] = {n: [] for n in PASS_FRAMES}
+    for number in range(rounds):
+        for per_wake in PASS_FRAMES:
+            progress(f"pass CPU, {per_wake} frames a wake-up, round {number + 1}")
+            figures[per_wake].append(asyncio.run(_pass_round(per_wake, wakes)))
+    lines = [
+        f"CPU per event-loop pass of the direct stack (Python {platform.python_version()}; "
+        f"a peer process sends {wakes} wake-ups of data segments over a socketpair, each "
+        "after the ACK of the one before; medians over the rounds, which alternate):",
+        f"  {'frames/wake':>11} {'frames/pass':>11} {'us/pass':>8} {'us/frame':>8}",
+    ]
+    points = []
+    for per_wake, runs in figures.items():
+        per_pass = statistics.median(cpu / passes * 1e6 for cpu, passes, _ in runs)
+        frames = statistics.median(frames / passes for _, passes, frames in runs)
+        points.append((frames, per_pass))
+        lines.append(f"  {per_wake:>11} {frames:>11.1f} {per_pass:>8.1f} {per_pass / frames:>8.2f}")
+    slope, intercept = statistics.linear_regression(*zip(*points, strict=True))
+    lines.append(f"  fixed cost of a pass {intercept:.1f} us, then {slope:.2f} us a frame")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ report
 
 METRICS = [
@@ -1172,8 +1328,15 @@ def main() -> int:
     parser.add_argument(
         "--only-ipv6", action="store_true", help="only looming over IPv6 beside IPv4"
     )
+    parser.add_argument(
+        "--only-pass", action="store_true", help="only looming's CPU per event-loop pass (no root)"
+    )
     args = parser.parse_args()
     import os
+
+    if args.only_pass:
+        print(pass_cpu(3 if args.quick else 7, 1000 if args.quick else 3000))
+        return 0
 
     if os.geteuid() != 0:
         print("bench/tcp.py needs root (namespaces, TAP and veth devices)", file=sys.stderr)
