@@ -14,7 +14,9 @@ Errors sent, all from one token bucket (RFC 4443 2.4(f)): destination
 unreachable (UDP's port unreachable); parameter problem for an unknown
 Next Header (code 1, pointing at the field that named it), a malformed
 extension header (code 0) and an unrecognised option whose action bits ask
-for it (code 2, RFC 8200 4.2; action 11 not for a packet sent to a group);
+for it (code 2, RFC 8200 4.2; action 11 not for a packet sent to a group),
+a first fragment without the whole header chain through the upper-layer
+header, which is discarded (code 3, pointer 0, RFC 8200 4.5 and RFC 7112);
 time exceeded code 1 when a packet whose first fragment came is not
 complete in time (RFC 8200 4.5). Errors taken: Packet Too Big, which lowers
 the path MTU (and TCP's MSS) for its destination (RFC 8201), one quoting
@@ -146,6 +148,28 @@ def as_icmp_error(error: Icmpv6Error) -> IcmpError:
 
 # Upper-layer protocols a packet may name directly after the fixed header.
 _UPPER_LAYER = frozenset({NextHeader.TCP, NextHeader.UDP, NextHeader.ICMPV6})
+# The upper-layer header a first fragment must hold whole (RFC 7112; the
+# sizes Linux checks: TCP's and UDP's headers, ICMPv6's first eight bytes;
+# at least one byte of any other protocol, none after No Next Header).
+_UPPER_HEADER_LENGTH: dict[int, int] = {NextHeader.TCP: 20, NextHeader.UDP: 8, NextHeader.ICMPV6: 8}
+
+
+def _incomplete_first_fragment(fragment: FragmentHeader, data: memoryview) -> bool:
+    """Whether a first fragment (offset 0, more to come) lacks part of the
+    header chain through the upper-layer header (RFC 8200 4.5, RFC 7112)."""
+    if fragment.offset != 0:
+        return False
+    try:
+        chain = wire.walk(fragment.next_header, data)
+    except wire.ExtensionHeaderProblem:
+        return False  # a header wrong in itself: judged in the whole packet
+    except Malformed:
+        return True  # the extension headers run past the fragment
+    if chain.fragment is not None:
+        return False  # a fragment header inside: dropped after reassembly
+    if chain.protocol == NextHeader.NO_NEXT_HEADER:
+        return False
+    return len(chain.payload) < _UPPER_HEADER_LENGTH.get(chain.protocol, 1)
 
 
 _ORIGINS = {
@@ -600,6 +624,13 @@ class Ipv6Layer:
             counters["rx_atomic_fragments"] += 1
             return self._upper_layer(fragment, bytes(data))
         counters["rx_fragments"] += 1
+        if _incomplete_first_fragment(fragment, data):
+            # RFC 8200 4.5: discarded, and a Parameter Problem code 3
+            # pointing at the start of the packet.
+            counters["first_fragment_incomplete"] += 1
+            code = icmpv6.ParameterProblemCode.INCOMPLETE_CHAIN
+            self._send_error(header, packet, Icmpv6Type.PARAMETER_PROBLEM, code, 0)
+            return None
         # The Next Header is part of the key: pieces that disagree on it
         # never make a whole. The addresses as bytes: their hash is cached,
         # an IPv6Address's is computed at every lookup.
