@@ -7,12 +7,22 @@ below its last segment reported to it."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from dataclasses import replace
+from ipaddress import IPv4Address
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from looming.devices.net import IpProtocol, ReceivedPacket
+from looming.net.stack import DirectStack
+from looming.net.tcp import TcpLayer
 from looming.net.tcp.seq import unwrap
+from looming.net.wire import tcp as wire
+from tests.net.kernel import KernelPeer
 from tests.tcp.script import ISS, PLAIN, Script, established, seg
 
 A = ISS + 1
@@ -22,10 +32,9 @@ MSS = 1000
 
 def sack_connection(timestamps: bool = False) -> Script:
     config = replace(PLAIN, sack=True, timestamps=timestamps, congestion_control="cubic")
-    options: dict[str, object] = {"sack_permitted": True}
     if timestamps:
-        options["timestamps"] = (1, 0)
-    return established(config, **options)
+        return established(config, sack_permitted=True, timestamps=(1, 0))
+    return established(config, sack_permitted=True)
 
 
 def blocks(s: Script) -> list[tuple[int, int]]:
@@ -93,3 +102,87 @@ def test_the_linux_shape_a_lost_segment_below_the_last() -> None:
     # block covers it whole, FIN included, then the range.
     s.recv(seg("FPA", at, A, timestamps=(4, 1)), b"t" * 216)
     assert blocks(s) == [(at, at + 217), (at, at + 217)]
+
+
+# A kernel server that sends SIZE seeded bytes corked, so that the last
+# partial segment and the FIN leave as one segment, then closes; it prints
+# its retransmission timeouts (TCP_INFO's tcpi_total_retrans is no help:
+# /proc/net/netstat's TCPTimeouts of the namespace is read instead).
+KERNEL_CORKED_SENDER = r"""
+import random, socket, sys
+size = int(sys.argv[1])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("10.77.0.1", 5011))
+listener.listen(1)
+print("listening", flush=True)
+conn, _ = listener.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+conn.sendall(random.Random(3).randbytes(size))
+conn.close()
+print("sent", flush=True)
+"""
+TAIL = 216  # the last segment's data, sent with the FIN (as in the capture)
+
+
+def _kernel_timeouts(netstat: str) -> int:
+    lines = netstat.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(fields["TCPTimeouts"])
+    raise AssertionError("no TcpExt line in /proc/net/netstat")
+
+
+@pytest.mark.root
+def test_linux_resends_the_segment_below_its_fin_without_a_timeout(
+    kernel_peer: KernelPeer,
+) -> None:
+    """Linux sends data and its FIN on the last segment; the segment before
+    it is lost on the way to us. Our ACK's SACK block covers the last
+    segment and its FIN, so Linux sees the hole below it and resends at
+    once (RACK), rather than after a tail loss probe and its 200 ms
+    retransmission timeout, as it did when the block stopped at the FIN."""
+    size = 30 * 1448 + TAIL
+    sent = random.Random(3).randbytes(size)
+
+    async def body(stack: DirectStack) -> None:
+        tcp = stack.tcp
+        assert isinstance(tcp, TcpLayer)
+        timeouts = _kernel_timeouts(await kernel_peer.exec_output("cat", "/proc/net/netstat"))
+        server = await kernel_peer.python(KERNEL_CORKED_SENDER, str(size))
+        assert server.stdout is not None
+        assert (await server.stdout.readline()).strip() == b"listening"
+        deliver = tcp.input
+        isn: list[int] = []
+        dropped: list[float] = []
+        resent: list[float] = []
+
+        def lose_the_one_below_the_fin(packet: ReceivedPacket[IPv4Address], raw: bytes) -> None:
+            header, payload = wire.parse(raw)
+            if header.syn:
+                isn.append(header.seq)
+            elif isn and payload:
+                end = (header.seq - isn[0] - 1 + len(payload)) & 0xFFFFFFFF
+                if end == size - TAIL:
+                    if not dropped:
+                        dropped.append(time.monotonic())
+                        return
+                    resent.append(time.monotonic())
+            deliver(packet, raw)
+
+        stack.ipv4.register(IpProtocol.TCP, lose_the_one_below_the_fin)
+        flow = await tcp.connect(kernel_peer.peer_address, 5011, timeout=10)
+        got = b""
+        while chunk := await asyncio.wait_for(flow.read(), 10):
+            got += chunk
+        await flow.close()
+        assert (await server.stdout.readline()).strip() == b"sent"
+        await server.wait()
+        assert got == sent
+        assert dropped and resent, "the segment below the FIN was lost once and resent"
+        assert resent[0] - dropped[0] < 0.1, f"resent after {resent[0] - dropped[0]:.3f} s"
+        after = _kernel_timeouts(await kernel_peer.exec_output("cat", "/proc/net/netstat"))
+        assert after == timeouts, "Linux needed its retransmission timeout"
+
+    kernel_peer.run(body)
