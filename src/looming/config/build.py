@@ -61,10 +61,12 @@ from looming.config.build_native import (
     shebang,
 )
 from looming.config.build_smoke import smoke_import, top_level_imports
+from looming.config.build_times import packed_times, zip_date_time
 from looming.errors import ConfigError
 from looming.unix.kv import MANIFEST_DIR, crunch_manifest, survey_folder
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+DateTime = tuple[int, int, int, int, int, int]
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -574,7 +576,7 @@ def write_zipapp(
     entries.update(distribution_metadata(packed_tops | set(pack.packages if pack else ())))
     crunched_entries, crunched = _crunch_entries(app_dir, crunch)
     entries.update(crunched_entries)
-    content = shebang(pack) + _zip_bytes(entries)
+    content = shebang(pack) + _zip_bytes(entries, _packed_stamps(app_dir, entries))
     with _written_atomically(artifact, content) as tmp:
         smoke_import(
             tmp,
@@ -750,12 +752,31 @@ def application_tree_files(archive: Path) -> dict[str, bytes]:
         }
 
 
-def _zip_bytes(entries: dict[str, bytes]) -> bytes:
-    """The archive of ``entries``: sorted, fixed times and modes (the same bytes every build)."""
+def _packed_stamps(app_dir: Path, entries: dict[str, bytes]) -> dict[str, DateTime]:
+    """The zip times of the application's files packed beside it (see
+    :mod:`looming.config.build_times`), warning once if a clone would not
+    build the same bytes."""
+    files = {}
+    for name in entries:
+        if name.startswith(build_boot.APP):
+            relative = name.removeprefix(build_boot.APP)
+            if (app_dir / relative).is_file():
+                files[relative] = app_dir / relative
+    packed = packed_times(app_dir, files)
+    notice = packed.notice()
+    if notice is not None:
+        print(f"looming: warning: {notice}", file=sys.stderr, flush=True)
+    return {build_boot.APP + name: zip_date_time(t) for name, t in packed.times.items()}
+
+
+def _zip_bytes(entries: dict[str, bytes], stamps: dict[str, DateTime] | None = None) -> bytes:
+    """The archive of ``entries``: sorted, fixed modes, and fixed times but
+    for ``stamps`` (the same bytes every build of the same sources)."""
     buffer = io.BytesIO()
+    stamps = stamps or {}
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         for arcname in sorted(entries):
-            info = zipfile.ZipInfo(arcname, date_time=FIXED_TIME)
+            info = zipfile.ZipInfo(arcname, date_time=stamps.get(arcname, FIXED_TIME))
             info.external_attr = 0o644 << 16
             info.create_system = 3
             info.compress_type = zipfile.ZIP_DEFLATED
