@@ -802,7 +802,9 @@ class _Exchange:
                 conn._server.in_flight -= 1
             if not self._done:
                 self._unfinished()
-            self._settle()
+            task = self._task
+            if task is not None:
+                conn._adapter._after.discard(task)  # (held, if it ran on after its response)
 
     def _failed(self, error: Exception) -> None:
         scope = self.scope
@@ -839,12 +841,6 @@ class _Exchange:
             # The client would take a part for the whole body: the
             # connection is closed after what was sent, as on the flow path.
             conn.exchange_ended()
-
-    def _settle(self) -> None:
-        adapter = self._conn._adapter
-        task = self._task
-        if task is not None:
-            adapter._after.discard(task)
 
     def _send_500(self) -> None:
         self._written = True

@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import sys
+import time as _time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -115,9 +117,13 @@ class _DateHeader:
     __slots__ = ("_clock", "_line", "_now", "_second")
 
     def __init__(self, clock: Clock) -> None:
+        # (The host clock's module is looked up, not imported: other targets do without it.)
+        unix = sys.modules.get("looming.unix.clock")
+        host = unix is not None and type(clock) is unix.UnixClock
         self._clock = clock
-        self._now = clock.now
-        """The clock's method, bound once (read for every response)."""
+        self._now: Callable[[], float] = _time.time if host else clock.now
+        """The clock's time, read for every response (the host clock's is
+        time.time itself, without the method around it)."""
         self._second = -1
         self._line = b""
 
