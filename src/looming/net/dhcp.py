@@ -4,13 +4,17 @@ The state machine takes messages and the time in and gives messages to send,
 lease events and its next deadline out; :class:`DhcpShell` binds UDP port 68
 and drives it.  Timers follow RFC 2131 section 4.4: retransmission with
 exponential backoff and jitter, renewing at T1 (unicast to the server),
-rebinding at T2 (broadcast), and giving the address up when the lease ends.
+rebinding at T2 (broadcast), and giving the address up when the lease ends
+(logged as a warning).  Every new lease is printed and logged
+(:func:`report_lease`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -34,6 +38,7 @@ from looming.net.wire.dhcp import (
     DhcpOption,
 )
 
+log = logging.getLogger(__name__)
 _SECOND_NS = 1_000_000_000
 _BROADCAST = IPv4Address("255.255.255.255")
 _ZERO = IPv4Address(0)
@@ -88,6 +93,7 @@ class DhcpSend:
 class DhcpEvents:
     bound: list[DhcpLease] = field(default_factory=list)
     lost: int = 0
+    lost_leases: list[DhcpLease] = field(default_factory=list)  # the last few
 
 
 class DhcpClient:
@@ -145,8 +151,7 @@ class DhcpClient:
             return []
         if now_ns >= lease.expires_ns:
             self.counters["lease_expired"] += 1
-            self.lease = None
-            self.events.lost += 1
+            self._lose(lease)
             return self.start(now_ns)
         rebind_at = lease.bound_ns + lease.rebind_s * _SECOND_NS
         if state is DhcpState.BOUND:
@@ -230,13 +235,18 @@ class DhcpClient:
         ):
             self.counters["rx_nak"] += 1
             if self.lease is not None:
-                self.lease = None
-                self.events.lost += 1
+                self._lose(self.lease)
             return self.start(now_ns)
         self.counters["unexpected"] += 1
         return []
 
     # -- helpers -------------------------------------------------------------
+
+    def _lose(self, lease: DhcpLease) -> None:
+        self.lease = None
+        self.events.lost += 1
+        del self.events.lost_leases[:-7]  # bounded if nobody takes them
+        self.events.lost_leases.append(lease)
 
     def _new_transaction(self, now_ns: int) -> None:
         self._xid = self._random.randint(1, 0xFFFFFFFF)
@@ -330,6 +340,16 @@ class DhcpClient:
         )
 
 
+def report_lease(lease: DhcpLease) -> None:
+    """Log a new lease and print it on stderr, for whoever runs the unikernel."""
+    report = (
+        f"DHCP: address {lease.interface} from {lease.server}, gateway "
+        f"{lease.gateway or 'none'}, lease {lease.lease_s} s"
+    )
+    log.info("%s", report)
+    print(f"looming: {report}", file=sys.stderr, flush=True)
+
+
 class DhcpShell:
     """Runs a :class:`DhcpClient` over UDP and applies leases to IPv4."""
 
@@ -347,6 +367,7 @@ class DhcpShell:
         self._wake: asyncio.Event = asyncio.Event()
         self._bound: asyncio.Future[DhcpLease] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reported: IPv4Interface | None = None  # the address of the lease held
         self.counters: Counter[str] = Counter()
 
     async def start(self) -> None:
@@ -389,10 +410,23 @@ class DhcpShell:
             self.counters["tx_failed"] += 1
 
     def _apply_events(self) -> None:
+        """Apply lost and new leases to IPv4, and report them: a loss as a
+        warning, every new lease (another address, or one regained after a
+        loss) as the first is reported (the first by whoever awaits
+        :meth:`wait_bound`); renewals of the same lease quietly."""
         events = self.client.events
         if events.lost:
             events.lost = 0
             self._ipv4.configure(None)
+            for lost in events.lost_leases:
+                log.warning(
+                    "DHCP: lease of address %s from %s lost (expired or refused); "
+                    "no IPv4 address until a new lease comes",
+                    lost.interface,
+                    lost.server,
+                )
+            events.lost_leases.clear()
+            self._reported = None
         while events.bound:
             lease = events.bound.pop(0)
             current = self._ipv4.interfaces()
@@ -400,6 +434,9 @@ class DhcpShell:
                 self._ipv4.configure(lease.interface, lease.gateway)
             if self._bound is not None and not self._bound.done():
                 self._bound.set_result(lease)
+            elif lease.interface != self._reported:
+                report_lease(lease)
+            self._reported = lease.interface
 
     async def _run(self) -> None:
         self._dispatch(self.client.start(self._time.now_ns()))

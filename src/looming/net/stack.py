@@ -296,19 +296,14 @@ class DirectStack:
 
     async def _lease_ipv4(self, timeout: float, *, keep_dns_servers: bool) -> None:
         """Wait up to ``timeout`` s for a DHCP lease and report it."""
-        from looming.net.dhcp import DhcpClient, DhcpShell
+        from looming.net.dhcp import DhcpClient, DhcpShell, report_lease
 
         self.dhcp = DhcpShell(
             DhcpClient(self.network.mac, self.random), self._udp, self.ipv4, self.time
         )
         await self.dhcp.start()
         self.lease = lease = await self.dhcp.wait_bound(timeout)
-        report = (
-            f"DHCP: address {lease.interface} from {lease.server}, gateway "
-            f"{lease.gateway or 'none'}, lease {lease.lease_s} s"
-        )
-        log.info("%s", report)
-        print(f"looming: {report}", file=sys.stderr, flush=True)
+        report_lease(lease)  # later ones the DHCP shell reports itself
         if not keep_dns_servers:
             self.resolver.servers = list(lease.dns_servers)
 
