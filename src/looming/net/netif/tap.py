@@ -29,7 +29,7 @@ import socket
 import struct
 
 from looming.devices.net import Capabilities, MacAddress
-from looming.errors import DeviceError
+from looming.errors import DeviceError, UsageError
 from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.wire.checksum import internet_checksum, packed_pseudo_header_sum
 
@@ -82,16 +82,28 @@ def _set_link(name: str, *, mtu: int | None = None, up: bool = True) -> None:
             fcntl.ioctl(control, SIOCSIFFLAGS, struct.pack("16sH", raw_name, flags))
 
 
-def _check_name(name: str) -> None:
-    """Refuse names the kernel would refuse, with the reason (the kernel
-    only says "invalid argument")."""
+class BadInterfaceName(UsageError, DeviceError):
+    """A TAP name the kernel would refuse: the user's input was wrong (a
+    unikernel stops with exit code 2), not the device."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why the kernel would refuse ``name`` as an interface name (it only
+    says "invalid argument"), or None."""
     if not name or len(name.encode()) >= IFNAMSIZ:
-        raise DeviceError(f"TAP name {name!r} must have 1 to {IFNAMSIZ - 1} bytes")
+        return f"TAP name {name!r} must have 1 to {IFNAMSIZ - 1} bytes"
     if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
-        raise DeviceError(
+        return (
             f"TAP name {name!r} is not a valid interface name: no '/', ':' or "
             "white space, and not '.' or '..'"
         )
+    return None
+
+
+def _check_name(name: str) -> None:
+    problem = name_problem(name)
+    if problem is not None:
+        raise BadInterfaceName(problem)
 
 
 def _attach_failure(name: str, error: OSError) -> str:
