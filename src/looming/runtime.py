@@ -128,6 +128,9 @@ KEY_CHECKS: dict[str, str] = {
             "max_body_size",
             "shutdown_timeout",
             "http_parser",
+            "root_path",
+            "proxy_headers",
+            "forwarded_allow_ips",
         )
     },
 }

@@ -127,6 +127,21 @@ def http_keys() -> list[Key]:
             "request body bytes at most where it is held whole (streamed bodies: no cap)",
             where,
         ),
+        Key("root_path", "str", "", "path prefix the service is mounted under, e.g. /api", where),
+        Key(
+            "proxy_headers",
+            "bool",
+            False,
+            "take the scheme and client from X-Forwarded-Proto/For of trusted proxies",
+            where,
+        ),
+        Key(
+            "forwarded_allow_ips",
+            "str",
+            "127.0.0.1",
+            "proxies trusted with --proxy-headers: addresses, networks or *",
+            where,
+        ),
     ]
 
 
