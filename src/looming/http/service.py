@@ -8,7 +8,8 @@ in all to finish (what is still running then is cancelled, and has
 :data:`~looming.http.server.CUT_GRACE` to unwind), then the lifespan shutdown
 runs.
 Around it: access logs (common or JSON lines), an opt-in Prometheus
-``/metrics`` endpoint and a connection limit, all set by the keys that
+``/metrics`` endpoint, a connection limit, a root path and proxy headers
+(:mod:`looming.http.proxy`), all set by the keys that
 ``looming.config.http_keys()`` declares (and so also by ``LOOMING_*``
 environment variables).
 """
@@ -29,6 +30,7 @@ from typing import Any
 from looming.addresses import stack_url
 from looming.devices import Clock, Console, Stack
 from looming.errors import UsageError
+from looming.http import proxy
 from looming.http.asgi import AsgiAdapter, AsgiApp
 from looming.http.h2c import abuse_metrics
 from looming.http.message import Request, Response
@@ -52,6 +54,9 @@ class HttpSettings:
     http_parser: str = "auto"
     ws_max_size: int = 16 * 1024 * 1024
     max_body_size: int = 16 * 1024 * 1024
+    root_path: str = ""
+    proxy_headers: bool = False
+    forwarded_allow_ips: str = "127.0.0.1"
 
     @classmethod
     def from_keys(cls, **keys: Any) -> HttpSettings:
@@ -126,6 +131,18 @@ def http_parser_problem(value: object) -> str | None:
     return None
 
 
+def root_path_problem(value: object) -> str | None:
+    return proxy.root_path_problem(value)
+
+
+def proxy_headers_problem(value: object) -> str | None:
+    return None if isinstance(value, bool) else "give true or false"
+
+
+def forwarded_allow_ips_problem(value: object) -> str | None:
+    return proxy.trusted_problem(value)
+
+
 KEY_PROBLEMS = {
     "access_log": access_log_problem,
     "metrics": metrics_problem,
@@ -134,6 +151,9 @@ KEY_PROBLEMS = {
     "max_body_size": max_body_size_problem,
     "shutdown_timeout": shutdown_timeout_problem,
     "http_parser": http_parser_problem,
+    "root_path": root_path_problem,
+    "proxy_headers": proxy_headers_problem,
+    "forwarded_allow_ips": forwarded_allow_ips_problem,
 }
 
 
@@ -293,7 +313,10 @@ async def serve_asgi(
     settings = settings or HttpSettings()
     # A TLS stack (looming.tls.device.TlsStack) says so: https in the scope and the URL.
     scheme = str(getattr(stack, "scheme", "http"))
-    adapter = AsgiAdapter(app, scheme=scheme)
+    app = proxy.behind_proxy(
+        app, settings.root_path, settings.proxy_headers, settings.forwarded_allow_ips
+    )
+    adapter = AsgiAdapter(app, root_path=settings.root_path, scheme=scheme)
     adapter.background_grace = settings.shutdown_timeout
     adapter.websocket_max_message_bytes = settings.ws_max_size
     server = http_server(adapter, settings, clock=clock)
