@@ -157,6 +157,21 @@ KEY_PROBLEMS = {
 }
 
 
+_ESCAPES = {c: f"\\x{c:02X}" for c in [*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100)]}
+"""Bytes a common log line shows as ``\\xHH``, as nginx does: control bytes,
+``"`` and ``\\`` (which would end or escape the quoted request) and bytes
+beyond ASCII; a log parser then reads the request whole."""
+
+_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+
+def escaped(text: str) -> str:
+    """``text`` (latin-1 code points) as a common log line may hold it."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return text.translate(_ESCAPES)
+
+
 class AccessLog:
     """One log record per response, in the common log format or as JSON,
     stamped with the time of ``clock`` (the unikernel's clock device)."""
@@ -185,7 +200,7 @@ class AccessLog:
         else:
             stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(self.clock.now()))
             version = "2.0" if request.http_version == "2" else request.http_version
-            line = f"{request.method} {request.target} HTTP/{version}"
+            line = f"{escaped(request.method)} {escaped(request.target)} HTTP/{version}"
             access_log.info('%s - - [%s] "%s" %d %s', host, stamp, line, status, sent or "-")
 
 

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -59,7 +60,9 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
+from looming.http.dates import format_http_date
 from looming.http.message import ExtendedConnect, Request
+from looming.http.response_head import status_line
 
 log = logging.getLogger("looming.http.websocket")
 
@@ -143,6 +146,16 @@ def _header_list(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[st
     """The comma-separated values of every ``name`` header."""
     values = [v.decode("latin-1") for n, v in headers if n.lower() == name]
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def refusal(status: int) -> bytes:
+    """A whole HTTP/1.1 response refusing a handshake: its reason phrase, a
+    Date (the host's time: a session has no clock device of its own; time
+    is virtual in the simulator) and no body; the connection closes."""
+    date = format_http_date(time.time())
+    return status_line(status) + (
+        b"date: %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n" % date
+    )
 
 
 class WebSocketSession:
@@ -271,9 +284,7 @@ class WebSocketSession:
         self.ws.receive_data(b"".join(head) + b"\r\n" + leftover)
         handshake = next((e for e in self.ws.events() if isinstance(e, WsRequest)), None)
         if handshake is None:
-            await self.flow.write(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            )
+            await self.flow.write(refusal(400))
             return False
         self.subprotocols = list(handshake.subprotocols)
         return True
@@ -355,7 +366,8 @@ class WebSocketSession:
         if self.extended is not None:
             await self.extended.respond(status, [], end=True)
         else:
-            await self._write(RejectConnection(status_code=status))
+            self.ws.send(RejectConnection(status_code=status))  # (wsproto's state: closed)
+            await self.flow.write(refusal(status))
 
     async def _read(self) -> None:
         """Client frames into the inbox, pings answered, until the close."""
