@@ -2,9 +2,9 @@
 black hole (frames over 1,000 bytes from looming vanish) halves looming's
 MSS, then a "fragmentation needed" naming 1,200 bytes, forged by a raw
 socket in the namespace about data in flight, caps the search. When the
-hole is gone the probes confirm 1,200 bytes: the path-MTU entry rises to
-that (RFC 8899 5.1.4), a connection opened then starts there, and no frame
-larger than the report leaves. And a probe lost at the tail of the flight
+hole is gone the probes confirm 1,200 bytes: the path-MTU entry (which
+the report, not the black hole, lowered) is that, a connection opened
+then starts there, and no frame larger than the report leaves. And a probe lost at the tail of the flight
 to Linux is resent at once (tests/net/test_pmtu_probe_loss.py)."""
 
 from __future__ import annotations
@@ -94,13 +94,14 @@ def test_a_reported_mtu_confirmed_by_probes_is_the_paths(kernel_peer: KernelPeer
         conn = flow.connection  # type: ignore[attr-defined]
         writer = asyncio.create_task(write_slowly(flow, data))
         await eventually(lambda: conn.mtu_search is not None, 20)
-        assert stack.ipv4.mtu(kernel_peer.peer_address) == 730 + 20
+        # The black hole halved this connection's MSS, not the path's MTU.
+        assert conn.path_mss == 730 and stack.ipv4.mtu(kernel_peer.peer_address) == 1480
         await forge_until_accepted(kernel_peer, stack, conn)
         assert conn.mtu_search.ceiling == REPORTED_MTU - 40
         hole.on = False
         frames.largest = 0
         await eventually(lambda: conn.path_mss == REPORTED_MTU - 40, 20)
-        # The confirmed size is the path's: the entry rose to the report.
+        # The confirmed size is the path's: the entry the report set.
         assert stack.ipv4.mtu(kernel_peer.peer_address) == REPORTED_MTU - 20
         second = await sink_at(kernel_peer, 9102)
         fresh = await stack.tcp.connect(kernel_peer.peer_address, 9102, timeout=5)
@@ -116,7 +117,7 @@ def test_a_reported_mtu_confirmed_by_probes_is_the_paths(kernel_peer: KernelPeer
             assert await process.wait() == 0
         assert frames.largest <= REPORTED_MTU + 14  # nothing above the report left
         counters = stack.counters()
-        assert counters["ipv4.pmtu_raised"] >= 1
+        assert counters["ipv4.pmtu_lowered"] == 1  # by the report alone
         assert counters["tcp.icmp_accepted"] >= 1
 
     kernel_peer.run(body)

@@ -837,19 +837,19 @@ class TcpLayer:
         MTU is smaller and the ICMP errors that would say so are filtered
         (RFC 2923's black hole). Try smaller segments, as RFC 4821 and RFC
         8899 search does from below: half the MSS, at most 1024 and at
-        least 512 bytes, remembered for the path like a reported MTU (so a
-        segment sent larger before is resent in fragments). Probes search
-        back up after ``pmtu_raise_interval_ns`` (see plpmtud.py)."""
+        least 512 bytes, for this connection only (segments sent larger
+        before are resent at the new size). Probes search back up after
+        ``pmtu_raise_interval_ns`` (see plpmtud.py)."""
         if conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1):
             return
         if conn.path_mss <= _BLACK_HOLE_FLOOR_MSS or conn.bytes_in_flight < conn.send_mss:
             return
         remote = key[2]
         ceiling = min(self._endpoint.path_mss(remote), conn.peer_mss)
+        # This connection's alone, as Linux's tcp_mtu_probing: a silent peer
+        # is no evidence about the path that other connections share (only
+        # an ICMP report lowers the path MTU).
         mss = max(min(conn.path_mss // 2, 1024), _BLACK_HOLE_FLOOR_MSS)
-        if isinstance(remote, IPv4Address):
-            self._ipv4.lower_path_mtu(remote, mss + 40, 0)
-            mss = min(mss, self._endpoint.path_mss(remote))
         conn.path_mss = mss
         conn.mtu_search = self._mtu_search(remote, mss, ceiling)
         self.icmp_counters["black_hole_mss_lowered"] += 1

@@ -221,7 +221,7 @@ class SharedPath:
     path carries segments of that size. The IP layer's path MTU rises
     (RFC 8899 5.1.4: the PLPMTU is the path's, not one connection's), so
     connections opened later start there rather than at the size an ICMP
-    error or a black hole left until the entry lapses; and every open
+    error left until the entry lapses; and every open
     connection to ``remote`` sending smaller segments takes the size too."""
 
     remote: IPv4Address | IPv6Address
