@@ -39,6 +39,8 @@ REFUSED = {
     "lf_request_line": b"GET / HTTP/1.1\nHost: x\r\nConnection: close\r\n\r\n",
     "h2c_upgrade_lf": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\n"
     b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    "websocket_upgrade_lf": b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     "lf_in_chunk_size": CHUNKED + b"5\nhello\r\n0\r\n\r\n",
     "lf_after_chunk": CHUNKED + b"5\r\nhello\n0\r\n\r\n",
     "size_space": CHUNKED + b"5 \r\nhello\r\n0\r\n\r\n",
