@@ -5,12 +5,18 @@ segments whose checksum is only partial and every one is dropped."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import os
 import sys
+from typing import Any
 
 import pytest
 
 from looming.devices.stack import TcpFlow
-from looming.net.netif.tap import TapNetwork
+from looming.errors import DeviceError, UsageError
+from looming.net.netif import tap as tap_module
+from looming.net.netif.tap import OffloadsKept, TapNetwork
 from looming.net.stack import DirectStack
 from tests.net.kernel import KernelPeer, sh
 
@@ -62,3 +68,40 @@ def test_reopened_tap_without_offload_clears_the_kernels_offloads(
         kernel_peer.run(body, offload=False)
     finally:
         kernel_peer.sh("ip", "link", "del", kernel_peer.tap_name, check=False)
+
+
+def test_offloads_that_cannot_be_cleared_stop_with_bad_input(
+    kernel_peer: KernelPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the kernel refuses TUNSETOFFLOAD 0, the TAP is not used (its
+    frames would all be dropped) and the error is bad input: exit code 2."""
+    real_ioctl = fcntl.ioctl
+    opened: list[int] = []
+
+    def ioctl(fd: int, request: int, arg: Any = 0, *rest: Any) -> Any:
+        if request == tap_module.TUNSETOFFLOAD and arg == 0:
+            opened.append(fd)
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        return real_ioctl(fd, request, arg, *rest)
+
+    monkeypatch.setattr(tap_module.fcntl, "ioctl", ioctl)
+    assert tun_files() == []
+    with pytest.raises(OffloadsKept) as refused:
+        asyncio.run(TapNetwork.connect(kernel_peer.tap_name, offload=False))
+    assert isinstance(refused.value, UsageError) and isinstance(refused.value, DeviceError)
+    message = str(refused.value)
+    assert "\n" not in message and "--offload true" in message, message
+    assert len(opened) == 1
+    assert tun_files() == []  # the device's file was closed
+
+
+def tun_files() -> list[int]:
+    """This process's file descriptors open on /dev/net/tun."""
+    found = []
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{entry}") == "/dev/net/tun":
+                found.append(int(entry))
+        except OSError:
+            continue  # (closed meanwhile)
+    return found

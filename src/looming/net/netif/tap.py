@@ -128,6 +128,11 @@ def _attach_failure(name: str, error: OSError) -> str:
     return f"cannot attach TAP device {name!r} ({error.strerror})"
 
 
+class OffloadsKept(UsageError, DeviceError):
+    """``offload=False`` asked of a TAP whose offloads cannot be turned off:
+    the choice cannot be honoured on that device (exit code 2)."""
+
+
 def _clear_offloads(fd: int, name: str) -> None:
     """Tell the kernel this side takes no partial checksums or TSO frames.
 
@@ -142,7 +147,7 @@ def _clear_offloads(fd: int, name: str) -> None:
         if error.errno == errno.ENOTTY:
             return  # a kernel without the ioctl has no offloads to clear
         os.close(fd)
-        raise DeviceError(
+        raise OffloadsKept(
             f"cannot turn off the offloads of TAP device {name!r} ({error.strerror}): "
             "frames with partial checksums would be dropped; use --offload true, or "
             f"delete the device ('ip link del {name}') so that it is created afresh"
