@@ -6,6 +6,9 @@ that keeps answering with a zero window is kept however long it takes
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from looming.net.tcp.config import SECOND, TcpConfig, TcpStats
 from looming.net.tcp.connection import Event, State, TcpConnection
 from looming.net.wire.tcp import RST
@@ -125,3 +128,35 @@ def test_a_peer_that_comes_back_before_the_limit_resets_the_count() -> None:
         pair.run_timers(pair.now + 2 * SECOND)
     assert pair.sender.state is State.ESTABLISHED
     assert pair.stats.window_probe_timeouts == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=24))
+def test_aborted_exactly_when_data_retries_plus_one_probes_in_a_row_go_unanswered(
+    answers: list[bool],
+) -> None:
+    """Whether the peer answers each probe, at random: the connection ends
+    at the first persist timeout that follows ``data_retries + 1``
+    unanswered probes in a row, and never otherwise."""
+    pair = Pair()
+    pair.shut_window()
+    limit = CONFIG.data_retries + 1
+    run = 0
+    expected_abort: int | None = None  # the index of the probe that is not sent
+    for index, answered in enumerate(answers):
+        if run >= limit:
+            expected_abort = index
+            break
+        run = 0 if answered else run + 1
+    for index, answered in enumerate(answers):
+        persist_at = pair.sender.persist_at
+        if persist_at is None:
+            break
+        pair.peer_gone = not answered
+        pair.run_timers(persist_at)
+        if pair.sender.state is State.CLOSED:
+            assert index == expected_abort, (index, answers)
+            assert pair.stats.window_probe_timeouts == 1
+            return
+    assert expected_abort is None, answers
+    assert pair.sender.state is State.ESTABLISHED
