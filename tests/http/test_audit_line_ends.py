@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from looming.http import AsgiAdapter, ServerConfig
+from looming.http.h11_strict import _BAD_IN_HEAD, clean_head
 from looming.http.parser import H11Parser, HttptoolsParser, ParserEvent
 
 from .serving import serve_in_thread
@@ -188,3 +189,9 @@ def test_a_head_with_a_bare_cr_or_lf_is_refused_by_both_parsers(data: bytes) -> 
 def test_a_head_with_a_bare_cr_or_lf_gets_400_on_every_path(port: int, data: bytes) -> None:
     answer = exchange(port, data)
     assert answer.startswith(b"HTTP/1.1 400 "), (data, answer[:80])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40).map(lambda b: b.replace(b"\x01", b"\r\n")))
+def test_the_counted_check_agrees_with_the_pattern(data: bytes) -> None:
+    assert clean_head(data) == (_BAD_IN_HEAD.search(data) is None)
