@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import threading
 import time
@@ -235,3 +236,17 @@ def test_a_websocket_scope_gets_ws_schemes_and_the_root_path() -> None:
             b"/api/chat",
             "/api",
         )
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_the_access_log_names_the_forwarded_client(
+    parser: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    forwarded = [("X-Forwarded-For", "203.0.113.5, 10.0.0.2")]
+    keys = {"access_log": "common", "http_parser": parser, "proxy_headers": True}
+    with caplog.at_level(logging.INFO, logger="looming.http.access"):
+        for allow, shown in [("127.0.0.1,10.0.0.0/8", "203.0.113.5"), ("192.0.2.1", "127.0.0.1")]:
+            with under_looming(forwarded_allow_ips=allow, **keys) as port:
+                ask(port, forwarded, False)
+            lines = [r.getMessage() for r in caplog.records if r.name == "looming.http.access"]
+            assert lines and lines[-1].startswith(f"{shown} - - ["), lines

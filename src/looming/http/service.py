@@ -174,16 +174,33 @@ def escaped(text: str) -> str:
 
 class AccessLog:
     """One log record per response, in the common log format or as JSON,
-    stamped with the time of ``clock`` (the unikernel's clock device)."""
+    stamped with the time of ``clock`` (the unikernel's clock device). With
+    ``trusted`` (``--proxy-headers``), the client is the one a trusted
+    proxy's X-Forwarded-For names, as the application's scope has it."""
 
-    def __init__(self, style: str, clock: Clock) -> None:
+    def __init__(self, style: str, clock: Clock, trusted: proxy.TrustedProxies | None = None):
         self.style = style
         self.clock = clock
+        self.trusted = trusted
+
+    def _host(self, request: Request) -> str:
+        client = request.client
+        if client is None:
+            return "-"
+        trusted = self.trusted
+        if trusted is None or client[0] not in trusted:
+            return client[0]
+        hops = [value for name, value in request.headers if name == b"x-forwarded-for"]
+        if hops:
+            forwarded = trusted.client_of(b", ".join(hops).decode("latin-1"))[0]
+            if forwarded:
+                return forwarded
+        return client[0]
 
     def __call__(self, request: Request, status: int, sent: int, seconds: float) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
-        host = request.client[0] if request.client else "-"
+        host = self._host(request)
         if self.style == "json":
             record = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.now())),
@@ -282,7 +299,10 @@ class MetricsEndpoint:
 def _observers(settings: HttpSettings, metrics: Metrics | None, clock: Clock) -> Any:
     observers: list[Any] = []
     if settings.access_log != "off":
-        observers.append(AccessLog(settings.access_log, clock))
+        trusted = (
+            proxy.TrustedProxies(settings.forwarded_allow_ips) if settings.proxy_headers else None
+        )
+        observers.append(AccessLog(settings.access_log, clock, trusted))
     if metrics is not None:
         observers.append(metrics)
     if not observers:
