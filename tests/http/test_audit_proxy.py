@@ -250,3 +250,23 @@ def test_the_access_log_names_the_forwarded_client(
                 ask(port, forwarded, False)
             lines = [r.getMessage() for r in caplog.records if r.name == "looming.http.access"]
             assert lines and lines[-1].startswith(f"{shown} - - ["), lines
+
+
+def test_the_keys_come_from_the_command_line_or_the_environment() -> None:
+    from looming.config import http_keys
+    from looming.runtime import KeySpec, _port_checked, parse_keys
+    from looming.runtime import UsageError as RunUsageError
+
+    specs = [KeySpec(k.name, k.type_name, k.default, k.doc) for k in http_keys()]
+    environ = {"LOOMING_ROOT_PATH": "/api", "LOOMING_FORWARDED_ALLOW_IPS": "10.0.0.0/8"}
+    keys = parse_keys(specs, ["--proxy-headers"], environ).as_dict()
+    settings = HttpSettings.from_keys(**keys)
+    assert (settings.root_path, settings.proxy_headers, settings.forwarded_allow_ips) == (
+        "/api",
+        True,
+        "10.0.0.0/8",
+    )
+    assert HttpSettings.from_keys(**parse_keys(specs, [], {}).as_dict()).proxy_headers is False
+    spec = next(s for s in specs if s.name == "forwarded_allow_ips")
+    with pytest.raises(RunUsageError, match="LOOMING_FORWARDED_ALLOW_IPS: 'proxy' is not"):
+        _port_checked(spec, "proxy", "LOOMING_FORWARDED_ALLOW_IPS")
