@@ -230,6 +230,7 @@ class DirectStack:
             slaac_secret = _secret_from_hex(slaac_secret)
         check_stack_limits(max_connections, memory_limit, congestion_control)
         _check_ipv4(address, dhcp, ipv4=ipv4, ipv6=ipv6)
+        _check_ipv4_values(address, gateway)
         stack = cls(
             network,
             time=time,
@@ -477,6 +478,24 @@ def _check_ipv4(
         raise ValueError("give either a static address or dhcp=True, not both")
     if not dhcp and address is None:
         raise ValueError("a direct stack needs an address (or dhcp=True)")
+
+
+def _check_ipv4_values(address: IPv4Interface | None, gateway: IPv4Address | None) -> None:
+    """Refuse a static IPv4 address or gateway that cannot work, naming the key."""
+    if address is None:
+        return
+    ip, network = address.ip, address.network
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_reserved:
+        raise UsageError(f"--ipv4 {address}: not an address an interface can hold")
+    if network.prefixlen < 31 and ip in (network.network_address, network.broadcast_address):
+        raise UsageError(
+            f"--ipv4 {address}: the network's own or broadcast address; give a host address"
+        )
+    if gateway is not None and (gateway not in network or gateway == ip):
+        raise UsageError(
+            f"--ipv4-gateway {gateway}: not another address inside {network} (--ipv4 "
+            f"{address}); give a gateway on that network, or a wider prefix"
+        )
 
 
 def _check_ipv6(ipv6: bool, address: IPv6Interface | None, gateway: IPv6Address | None) -> None:
