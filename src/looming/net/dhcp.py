@@ -308,7 +308,9 @@ class DhcpClient:
 
     def _lease_from(self, ack: DhcpMessage, now_ns: int) -> DhcpLease | None:
         address = ack.your_address
-        if address.is_unspecified:
+        if address.is_unspecified or address.is_multicast or address.is_loopback:
+            return None
+        if address.is_reserved:  # 240.0.0.0/4, the limited broadcast among them
             return None
         mask = ack.address_option(DhcpOption.SUBNET_MASK)
         try:
@@ -317,6 +319,9 @@ class DhcpClient:
             return None
         prefix = network.prefixlen if network is not None else 24
         interface = IPv4Interface(f"{address}/{prefix}")
+        edges = (interface.network.network_address, interface.network.broadcast_address)
+        if prefix < 31 and address in edges:
+            return None  # the network's own or broadcast address: no host's
         routers = ack.addresses_option(DhcpOption.ROUTER)
         gateway = routers[0] if routers and routers[0] in interface.network else None
         lease_s = ack.seconds_option(DhcpOption.LEASE_TIME) or 3600
