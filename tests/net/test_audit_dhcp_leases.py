@@ -43,7 +43,24 @@ def dhcp_server(peer: KernelPeer, state: Path, first: int) -> list[str]:
         f"--dhcp-leasefile={state / 'leases'}",
         f"--dhcp-range=10.77.0.{first},10.77.0.{first + 9},255.255.255.0,2m",
         f"--dhcp-option=option:router,{peer.peer_address}",
+        f"--dhcp-option=option:dns-server,10.77.0.{first}",
     )
+
+
+async def serve_leases(peer: KernelPeer, tmp_path: Path, first: int) -> asyncio.subprocess.Process:
+    """dnsmasq leasing 10.77.0.FIRST to FIRST+9, once it is ready."""
+    state = tmp_path / str(first)
+    state.mkdir()
+    server = await peer.exec(*dhcp_server(peer, state, first))
+    assert server.stderr is not None
+    while b"DHCP, IP range" not in await asyncio.wait_for(server.stderr.readline(), 10):
+        pass
+    return server
+
+
+async def stop(server: asyncio.subprocess.Process) -> None:
+    server.terminate()
+    await server.wait()
 
 
 def test_lost_and_new_leases_are_reported(
@@ -56,17 +73,7 @@ def test_lost_and_new_leases_are_reported(
     time = ShiftedTime()
 
     async def serve(first: int) -> asyncio.subprocess.Process:
-        state = tmp_path / str(first)
-        state.mkdir()
-        server = await kernel_peer.exec(*dhcp_server(kernel_peer, state, first))
-        assert server.stderr is not None
-        while b"DHCP, IP range" not in await asyncio.wait_for(server.stderr.readline(), 10):
-            pass
-        return server
-
-    async def stop(server: asyncio.subprocess.Process) -> None:
-        server.terminate()
-        await server.wait()
+        return await serve_leases(kernel_peer, tmp_path, first)
 
     def reports() -> list[str]:
         return [line for line in capsys.readouterr().err.splitlines() if "DHCP: address" in line]
@@ -89,6 +96,7 @@ def test_lost_and_new_leases_are_reported(
             assert stack.dhcp is not None and stack.lease is not None
             first = stack.lease.interface
             assert first.ip <= IPv4Address("10.77.0.59")
+            assert stack.resolver.servers == [IPv4Address("10.77.0.50")]
             assert reports() == [
                 f"looming: DHCP: address {first} from {kernel_peer.peer_address}, "
                 f"gateway {kernel_peer.peer_address}, lease 120 s"
@@ -110,6 +118,10 @@ def test_lost_and_new_leases_are_reported(
             assert isinstance(second.ip, IPv4Address) and second.ip >= IPv4Address("10.77.0.150")
             [printed] = reports()
             assert f"DHCP: address {second} from" in printed
+            # The stack holds the new lease, and its DNS server.
+            assert stack.lease is not None and stack.lease.interface == second
+            assert stack.resolver.servers == [IPv4Address("10.77.0.150")]
+            granted = stack.lease.bound_ns
             assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
                 printed.removeprefix("looming: ")
             ]
@@ -119,6 +131,7 @@ def test_lost_and_new_leases_are_reported(
             assert any(str(second) in r.getMessage() for r in caplog.records)
             await until(lambda: stack.addresses() != [], 10)
             assert stack.addresses() == [second]
+            assert stack.lease is not None and stack.lease.bound_ns > granted
             [again] = reports()
             assert f"DHCP: address {second} from" in again
         finally:

@@ -16,6 +16,7 @@ import enum
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -373,6 +374,9 @@ class DhcpShell:
         self._bound: asyncio.Future[DhcpLease] | None = None
         self._task: asyncio.Task[None] | None = None
         self._reported: IPv4Interface | None = None  # the address of the lease held
+        # Called with each lease granted after the first (renewals too) and
+        # with None when the lease is lost.
+        self.lease_listeners: list[Callable[[DhcpLease | None], None]] = []
         self.counters: Counter[str] = Counter()
 
     async def start(self) -> None:
@@ -432,6 +436,7 @@ class DhcpShell:
                 )
             events.lost_leases.clear()
             self._reported = None
+            self._tell_listeners(None)
         while events.bound:
             lease = events.bound.pop(0)
             current = self._ipv4.interfaces()
@@ -439,9 +444,15 @@ class DhcpShell:
                 self._ipv4.configure(lease.interface, lease.gateway)
             if self._bound is not None and not self._bound.done():
                 self._bound.set_result(lease)
-            elif lease.interface != self._reported:
-                report_lease(lease)
+            else:
+                if lease.interface != self._reported:
+                    report_lease(lease)
+                self._tell_listeners(lease)
             self._reported = lease.interface
+
+    def _tell_listeners(self, lease: DhcpLease | None) -> None:
+        for listener in self.lease_listeners:
+            listener(lease)
 
     async def _run(self) -> None:
         self._dispatch(self.client.start(self._time.now_ns()))

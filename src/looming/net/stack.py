@@ -307,6 +307,15 @@ class DirectStack:
         report_lease(lease)  # later ones the DHCP shell reports itself
         if not keep_dns_servers:
             self.resolver.servers = list(lease.dns_servers)
+        self.dhcp.lease_listeners.append(
+            lambda later: self._take_lease(later, keep_dns_servers=keep_dns_servers)
+        )
+
+    def _take_lease(self, lease: DhcpLease | None, *, keep_dns_servers: bool) -> None:
+        """A lease after the first (None: the lease was lost)."""
+        self.lease = lease
+        if lease is not None and not keep_dns_servers:
+            self.resolver.servers = list(lease.dns_servers)
 
     @property
     def resolver(self) -> DnsResolver:
