@@ -75,17 +75,25 @@ def starlette_app(done: Log) -> Starlette:
 
         return StreamingResponse(parts(), background=BackgroundTask(done.work))
 
-    async def endless(request: Request) -> StreamingResponse:
-        async def forever() -> AsyncIterator[bytes]:
+    class Counted(StreamingResponse):
+        """Counts the cancellation of the response's whole run: it lands in
+        the generator's sleep or in send() (which yields once a HEAD's head
+        is out), wherever the task waits when the grace ends."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             try:
-                while True:
-                    yield b"tick\n"
-                    await asyncio.sleep(0.01)
+                await super().__call__(scope, receive, send)
             except asyncio.CancelledError:
                 done.cancelled += 1
                 raise
 
-        return StreamingResponse(forever(), background=BackgroundTask(done.work))
+    async def endless(request: Request) -> StreamingResponse:
+        async def forever() -> AsyncIterator[bytes]:
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.01)
+
+        return Counted(forever(), background=BackgroundTask(done.work))
 
     async def fails() -> None:
         await asyncio.sleep(0.2)
