@@ -271,7 +271,13 @@ class TcpConnection(TcpSender):
             return
         self._input_synchronizing(header, payload, now, merged)
 
-    def takes_merged(self, seq: int, length: int, count: int) -> bool:
+    def takes_merged(
+        self,
+        seq: int,
+        length: int,
+        count: int,
+        header: TcpHeader | None = None,
+    ) -> bool:
         """Whether ``count`` segments, ``length`` bytes in all, that follow
         each other from wire sequence number ``seq`` on may be handed to
         :meth:`input` merged: taken one by one,
@@ -279,8 +285,12 @@ class TcpConnection(TcpSender):
         established (or only our side is closing), the segments fit the
         window and the memory limits, and either they start at the next
         byte expected and no hole is open, or (with SACK) they lie beyond
-        it, touching no range already held."""
+        it, touching no range already held. The SACK blocks of their
+        ``header`` (the same in each) hold no D-SACK: each segment would
+        report it again."""
         if self.state not in _MERGING or self.app_closed:
+            return False
+        if header is not None and header.sack_blocks and self._reports_dsack(header):
             return False
         if not (self.defer_output and self.config.coalesce_acks):
             return False  # each segment's ACK decision is its own

@@ -370,7 +370,9 @@ class TcpEndpoint:
         in order, as :meth:`input` would one by one; but data segments of
         one connection that follow each other, alike in every field but the
         sequence number and PSH (which asks only not to hold data back, and
-        the burst is in already), are taken as one when the connection can
+        the burst is in already), options included (SACK blocks too: taken
+        again with the same ACK they would mark nothing new), are taken as
+        one when the connection can
         (:meth:`TcpConnection.takes_merged`): one pass through the
         connection, one insert, one ACK decision that counts each full
         segment, as Linux's GRO merges. Counted in ``segments_merged``."""
@@ -385,7 +387,7 @@ class TcpEndpoint:
             if merge is not None:
                 self._input_merge(merge, now)
                 merge = None
-            if header.flags & ~PSH == ACK and payload and not header.sack_blocks:
+            if header.flags & ~PSH == ACK and payload:
                 merge = _start_merge(src, dst, header, payload, segment, ce)
             else:
                 self._input_parsed(src, dst, header, payload, now, ce)
@@ -400,7 +402,7 @@ class TcpEndpoint:
             if found is not None:
                 conn, key = found
                 length = sum(map(len, payloads))
-                if conn.takes_merged(header.seq, length, len(payloads)):
+                if conn.takes_merged(header.seq, length, len(payloads), header):
                     self.stats.segments_merged += len(payloads) - 1
                     merged = tuple(map(len, payloads))
                     conn.input(header, b"".join(payloads), now, ce=merge.ce, merged=merged)

@@ -115,11 +115,8 @@ class LossRecovery(TransmissionControlBlock):
             (unwrap(left, self.snd_una), unwrap(right, self.snd_una))
             for left, right in header.sack_blocks
         ]
-        first_left, first_right = blocks[0]
-        if first_right <= ack or (
-            len(blocks) > 1 and blocks[1][0] <= first_left and first_right <= blocks[1][1]
-        ):
-            self._on_dsack(first_left, first_right)
+        if _is_dsack(blocks, ack):
+            self._on_dsack(*blocks[0])
             blocks = blocks[1:]
         delivered = 0
         original = False
@@ -132,6 +129,14 @@ class LossRecovery(TransmissionControlBlock):
                 self.rack.delivered(segment, now, ts_says_original=ts_original)
                 original |= self._original(segment)
         return delivered, original
+
+    def _reports_dsack(self, header: TcpHeader) -> bool:
+        """Whether the segment's SACK blocks begin with a D-SACK (RFC 2883)."""
+        if not self.sack_ok or not header.sack_blocks:
+            return False
+        base = self.snd_una
+        blocks = [(unwrap(left, base), unwrap(right, base)) for left, right in header.sack_blocks]
+        return _is_dsack(blocks, unwrap(header.ack, base))
 
     def _original(self, segment: Segment) -> bool:
         """Sent before the episode began and never resent (Linux's FLAG_ORIG_SACK_ACKED)."""
@@ -368,3 +373,11 @@ class LossRecovery(TransmissionControlBlock):
             self.prr = None
         self.frto = False
         self.frto_new_segments = 0
+
+
+def _is_dsack(blocks: list[tuple[int, int]], ack: int) -> bool:
+    """RFC 2883: a first block below the cumulative ACK, or inside the second one."""
+    first_left, first_right = blocks[0]
+    return first_right <= ack or (
+        len(blocks) > 1 and blocks[1][0] <= first_left and first_right <= blocks[1][1]
+    )
