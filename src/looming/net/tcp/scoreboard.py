@@ -49,11 +49,22 @@ class Segment:
 class Scoreboard:
     """Segments above the cumulative ACK, in sequence order."""
 
-    __slots__ = ("_starts", "lost_bytes", "retransmitted_bytes", "sacked_bytes", "segments")
+    __slots__ = (
+        "_sacked_runs",
+        "_starts",
+        "lost_bytes",
+        "retransmitted_bytes",
+        "sacked_bytes",
+        "segments",
+    )
 
     def __init__(self) -> None:
         self.segments: list[Segment] = []
         self._starts: list[int] = []
+        # Ranges recently SACKed: every segment wholly inside one is SACKed,
+        # so a SACK block that grows from the right (as the peer's holds do
+        # while data beyond a hole arrives) is walked only where it grew.
+        self._sacked_runs: list[tuple[int, int]] = []
         self.sacked_bytes = 0
         self.lost_bytes = 0
         self.retransmitted_bytes = 0
@@ -121,6 +132,7 @@ class Scoreboard:
         for segment in self.segments:
             segment.sacked = False
         self.sacked_bytes = 0
+        self._sacked_runs = []
 
     def _drop(self, segment: Segment) -> None:
         if segment.sacked:
@@ -153,6 +165,7 @@ class Scoreboard:
             head.start = ack
             self._starts[0] = ack
             self._restore(head)
+            self._sacked_runs = []  # the cut head may lie wholly inside a run now
         return gone, fresh
 
     def _restore(self, segment: Segment) -> None:
@@ -166,10 +179,26 @@ class Scoreboard:
     def sack(self, left: int, right: int) -> list[Segment]:
         """Mark the segments wholly inside [left, right) SACKed; returns
         those that were not before."""
-        i = bisect.bisect_left(self._starts, left)
+        starts = self._starts
+        i = bisect.bisect_left(starts, left)
+        runs = self._sacked_runs
+        start = left
+        for run_left, run_right in runs:
+            if run_left <= left < run_right and run_right > start:
+                start = run_right
+        if start > left:
+            # What lies wholly inside [left, start) is SACKed already: on
+            # from the last segment that begins at or before ``start``.
+            i = max(i, bisect.bisect_right(starts, start) - 1)
         newly: list[Segment] = []
         segments = self.segments
-        while i < len(segments) and segments[i].end <= right:
+        count = len(segments)
+        if count:  # (only up to what was sent: more may be sent into a block)
+            right_sent = min(right, segments[-1].end)
+            runs[:] = [(left, right_sent)] + [
+                run for run in runs[:3] if not (left <= run[0] and run[1] <= right_sent)
+            ]
+        while i < count and segments[i].end <= right:
             segment = segments[i]
             if not segment.sacked:
                 self._drop(segment)
