@@ -801,15 +801,19 @@ def test_an_application_limited_window_does_not_grow() -> None:
 # ------------------------------------------------------------------ timeouts, classified
 
 
-def _overlooked_losses(conn: TcpSender) -> list[str]:
+def _overlooked_losses(conn: TcpSender, now: int) -> list[str]:
     """What RACK should already have found when a retransmission timeout
-    fires: an outstanding segment sent before a segment the receiver has
-    SACKed (and that RACK's rule may use: never resent) is past RACK's
-    deadline by then, so it should be deemed lost. One deemed lost and not
-    yet resent counts as found: whether it went out before the timer is a
+    fires at ``now``: an outstanding segment sent before a segment the
+    receiver has SACKed (and that RACK's rule may use: never resent), once
+    RACK's latest RTT and the widest reordering window it may use (RFC 8985
+    6.2: at most SRTT) have passed since it was sent, should be deemed lost.
+    Within that window RACK must wait: after a pause of a shared machine the
+    SACK that reveals a loss and the timeout are taken in the same turn of
+    the event loop, and the timeout fires first. One deemed lost and not yet
+    resent counts as found: whether it went out before the timer is a
     matter of the window (pipe >= cwnd) or of which of two callbacks due in
-    the same turn of the event loop ran first, which a shared machine's
-    pauses decide, not RACK."""
+    the same turn of the event loop ran first, which such pauses decide,
+    not RACK."""
     board = conn.board
     newest_sacked = max(
         (s.sent_at for s in board.segments if s.sacked and not s.ever_retransmitted),
@@ -817,10 +821,16 @@ def _overlooked_losses(conn: TcpSender) -> list[str]:
     )
     if newest_sacked is None:
         return []
+    rack = conn.rack
+    srtt = conn.rtt.srtt or conn.rtt.rto
+    waited = rack.rtt + rack.reordering_window(srtt, in_recovery=False, dupthresh_met=False)
     return [
         repr(s)
         for s in board.segments
-        if not s.sacked and s.sent_at < newest_sacked and not (s.lost and not s.retransmitted)
+        if not s.sacked
+        and s.sent_at < newest_sacked
+        and s.sent_at + waited <= now
+        and not (s.lost and not s.retransmitted)
     ]
 
 
@@ -838,7 +848,7 @@ def test_under_heavy_loss_no_timeout_waits_for_a_loss_rack_could_see(seed: int) 
 
     def classified(self: TcpSender, now: int) -> None:
         if self.snd_una < self.snd_max and self.sack_ok:
-            overlooked.append(_overlooked_losses(self))
+            overlooked.append(_overlooked_losses(self, now))
         original(self, now)
 
     config = TcpConfig(rto_min_ns=30 * MS)  # the class of a timeout, not its length, is checked
