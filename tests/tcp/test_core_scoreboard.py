@@ -8,6 +8,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from looming.net.tcp.rack import Rack
 from looming.net.tcp.scoreboard import Scoreboard
 
 MSS = 100
@@ -90,3 +91,47 @@ def test_sack_marks_what_a_full_walk_marks(ops: list[tuple[str, int, int]]) -> N
                 segment[2] = False
         assert _state(board) == [tuple(s) for s in model]
         assert board.sacked_bytes == sum(int(s[1]) - int(s[0]) for s in model if s[2])
+
+
+_timeline = st.lists(
+    st.tuples(
+        st.sampled_from(["send", "send", "resend", "sack", "ack"]),
+        st.integers(0, 30),
+        st.integers(-2, 5),  # the clock's step (now and then backwards)
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_timeline, st.integers(0, 30), st.integers(0, 8), st.integers(0, 8))
+def test_rack_stops_early_only_where_a_full_walk_finds_nothing_more(
+    ops: list[tuple[str, int, int]], delivered: int, rtt: int, reo_wnd: int
+) -> None:
+    """RACK's walk ends at the first segment, of those sent once in order,
+    sent after the one most recently delivered: the segments deemed lost
+    and the reordering timer's wait are those of a walk over every one."""
+    board, now, top = Scoreboard(), 10, 0
+    for name, a, step in ops:
+        now += step
+        if name == "send":
+            board.sent(top, top + MSS, now)
+            top += MSS
+        elif board.segments:
+            segment = board.segments[a % len(board.segments)]
+            if name == "resend":
+                board.mark_lost(segment)
+                board.retransmitted(segment, now)
+            elif name == "sack":
+                board.sack(segment.start, segment.end)
+            elif a % 5 == 0:
+                board.acknowledge(segment.start + a % 3 * 10)
+    if not board.segments:
+        return
+    rack = Rack()
+    rack.delivered(board.segments[delivered % len(board.segments)], now)
+    rack.rtt = rtt
+    for later in (now, now + 4, now + 20):
+        assert rack.detect_loss(board.segments, later, reo_wnd, board.in_order_from) == (
+            rack.detect_loss(board.segments, later, reo_wnd)
+        )

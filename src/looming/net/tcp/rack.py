@@ -94,10 +94,14 @@ class Rack:
         return min(self.reo_wnd_mult * self.min_rtt // 4, srtt)
 
     def detect_loss(
-        self, segments: Iterable[Segment], now: int, reo_wnd: int
+        self, segments: Iterable[Segment], now: int, reo_wnd: int, in_order_from: int | None = None
     ) -> tuple[list[Segment], int | None]:
         """RFC 8985 6.2 step 5: the segments now deemed lost, and how long
-        until the next one would be (for the reordering timer), or None."""
+        until the next one would be (for the reordering timer), or None.
+        Segments that begin at ``in_order_from`` or above were sent once
+        each, in sequence and time order: the first of them not sent before
+        the most recently delivered one ends the walk, as Linux's walk of its
+        time-sorted list ends (every later one was sent later still)."""
         if self.xmit_ts < 0:
             return [], None
         lost: list[Segment] = []
@@ -109,7 +113,10 @@ class Rack:
                 continue
             sent = segment.sent_at
             if sent > xmit_ts or (sent == xmit_ts and segment.end >= end_seq):
-                continue  # not sent before the segment most recently delivered
+                # Not sent before the segment most recently delivered.
+                if in_order_from is not None and segment.start >= in_order_from:
+                    break
+                continue
             remaining = sent + deadline_base - now
             if remaining <= 0:
                 lost.append(segment)
@@ -125,7 +132,7 @@ def rack_detect(
     in ns for the reordering timer when one is needed."""
     dupthresh_met = board.sacked_bytes >= dupthresh
     reo_wnd = rack.reordering_window(srtt, in_recovery=in_recovery, dupthresh_met=dupthresh_met)
-    lost, wait = rack.detect_loss(board.segments, now, reo_wnd)
+    lost, wait = rack.detect_loss(board.segments, now, reo_wnd, board.in_order_from)
     newly = [segment for segment in lost if board.mark_lost(segment)]
     return newly, (now + wait if wait is not None else None)
 

@@ -50,8 +50,10 @@ class Scoreboard:
     """Segments above the cumulative ACK, in sequence order."""
 
     __slots__ = (
+        "_last_sent",
         "_sacked_runs",
         "_starts",
+        "in_order_from",
         "lost_bytes",
         "retransmitted_bytes",
         "sacked_bytes",
@@ -65,6 +67,11 @@ class Scoreboard:
         # so a SACK block that grows from the right (as the peer's holds do
         # while data beyond a hole arrives) is walked only where it grew.
         self._sacked_runs: list[tuple[int, int]] = []
+        # Segments that begin at or above this were each sent once, in
+        # sequence and time order (none resent, the clock never went back):
+        # RACK stops at the first of them sent after the one it follows.
+        self.in_order_from = 0
+        self._last_sent = 0
         self.sacked_bytes = 0
         self.lost_bytes = 0
         self.retransmitted_bytes = 0
@@ -92,6 +99,9 @@ class Scoreboard:
         segment = Segment(start, end, now)
         self.segments.append(segment)
         self._starts.append(start)
+        if now < self._last_sent:
+            self.in_order_from = end
+        self._last_sent = now
         return segment
 
     def retransmitted(self, segment: Segment, now: int) -> None:
@@ -101,6 +111,8 @@ class Scoreboard:
             self.retransmitted_bytes += segment.length
         segment.ever_retransmitted = True
         segment.sent_at = now
+        if segment.end > self.in_order_from:
+            self.in_order_from = segment.end
 
     def mark_lost(self, segment: Segment) -> bool:
         """Deem ``segment`` lost (with any retransmission of it); False if
