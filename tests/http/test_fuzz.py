@@ -4,6 +4,7 @@ with well-formed responses or a closed connection (no sockets, no clock)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Iterable
 
@@ -208,14 +209,36 @@ def test_both_parsers_answer_alike(
     if blank_line_at is None:
         chunks = cut_up(b"".join(pieces))
     else:
-        # A blank line read on its own, before or between requests: refused
-        # as h11 does (one between pipelined requests that arrive in one
-        # read is let through by llhttp, as RFC 9112 section 2.2 recommends,
-        # and is left out here).
+        # A blank line before or between requests, read on its own or with
+        # what is around it: skipped by both (RFC 9112 section 2.2).
         at = min(blank_line_at, len(pieces))
+        stream = b"".join(pieces[:at]) + b"\r\n" + b"".join(pieces[at:])
         chunks = [*cut_up(b"".join(pieces[:at])), b"\r\n", *cut_up(b"".join(pieces[at:]))]
+        if blank_line_at % 2:
+            chunks = cut_up(stream)
     expected = run_exchange(reflect_handler, chunks, "h11")
     assert run_exchange(reflect_handler, chunks, "httptools") == expected
+
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@PARSERS
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"\n", b"\r"]), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=0, max_value=80), max_size=4),
+)
+def test_blank_lines_before_a_request_are_skipped_however_they_arrive(
+    parser: str, blanks: list[bytes], points: list[int]
+) -> None:
+    # RFC 9112 section 2.2: a server SHOULD ignore empty lines before a
+    # request line. Both requests are answered, wherever reads begin.
+    stream = GET + b"".join(blanks) + GET
+    edges = sorted({p % len(stream) for p in points} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    output = run_exchange(reflect_handler, chunks, parser)
+    assert output.count(b"HTTP/1.1 200 ") == 2, output
 
 
 @settings(max_examples=150, deadline=None)

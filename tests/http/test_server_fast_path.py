@@ -175,24 +175,10 @@ def exchange(port: int, pieces: list[bytes], half_close: bool = False) -> bytes:
     return b"\r\n".join(line for line in lines if not line.startswith(b"date: "))
 
 
-def cut(data: bytes, points: list[int], whole: range = range(0)) -> list[bytes]:
-    """``data`` cut at ``points``; a cut that falls in ``whole`` is moved to its end."""
-    at = {p % (len(data) + 1) for p in points}
-    edges = sorted({whole.stop if p in whole else p for p in at} | {0, len(data)})
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """``data`` cut at ``points``."""
+    edges = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
     return [data[a:b] for a, b in itertools.pairwise(edges) if b > a]
-
-
-def blank_lines_behind_a_request(requests: bytes, last: bytes) -> range:
-    """Where ``last``'s leading blank lines lie when a request precedes them.
-
-    Both paths answer them as their parsers do: skipped when they come in
-    the read that ends the request before (llhttp), refused when a read
-    begins with them (h11). Cut there, the two pieces make one read or two
-    as the machine's scheduling decides, not the test: no cut falls there.
-    """
-    blank = len(last) - len(last.lstrip(b"\r\n"))
-    start = len(requests) - len(last)
-    return range(start, start + blank) if start and blank else range(0)
 
 
 @settings(max_examples=100, deadline=None)
@@ -214,7 +200,7 @@ def test_both_paths_answer_alike(
     half_close: bool,
 ) -> None:
     requests = b"".join([*plain, *handed_back, *after, last])
-    pieces = cut(requests, points, blank_lines_behind_a_request(requests, last))
+    pieces = cut(requests, points)
     expected = exchange(servers["flow-uvloop"].port, pieces, half_close)
     assert expected.startswith(b"HTTP/1.1 ")
     for name in ("fast-uvloop", "fast-asyncio"):

@@ -82,7 +82,7 @@ told its client is gone (a client that half-closes right after its request
 still gets a quick response, as on the flow path)."""
 
 _BAD_START = (b"\r", b"\n", b"PRI ")
-"""Heads the usual path judges: a blank line first (h11 refuses it), HTTP/2's preface."""
+"""Heads the usual path serves: a blank line first (its parser skips it), HTTP/2's preface."""
 
 _ANSWERED: Any = object()
 """What an application stepped from a callback "yielded" when it ended without waiting."""
@@ -289,9 +289,9 @@ class FastAsgiConnection(asyncio.Protocol):
         ``in_callback``: called from a transport's callback, outside any task."""
         buf, pos = self._buf, self._pos
         if not self._fresh:
-            # Blank lines after a request in the same read: llhttp skips
-            # them, as the usual path's parser does; at the start of a
-            # read, they are h11's to judge (handed over below).
+            # Blank lines after a request in the same read: skipped, as
+            # llhttp does; at the start of a read the usual path, which
+            # skips them as well, takes the connection (handed over below).
             while pos < len(buf) and buf[pos] in b"\r\n":
                 pos += 1
             self._pos = pos

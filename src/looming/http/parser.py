@@ -83,6 +83,8 @@ class H11Parser(h11.Connection):
         self._receive_buffer = StrictReceiveBuffer()
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self.their_state is h11.IDLE:
+            self._skip_blank_lines()
         event = super().next_event()
         size = getattr(self._reader, "_bytes_in_chunk", 0)  # what the chunk still holds
         if type(event) is h11.Data and event.chunk_start:
@@ -90,6 +92,18 @@ class H11Parser(h11.Connection):
         if size > MAX_CHUNK_SIZE:
             raise _remote_error("chunk size over 16 hex digits")
         return event
+
+    def _skip_blank_lines(self) -> None:
+        """Drop the CR and LF bytes before a request line, as llhttp does
+        (RFC 9112 section 2.2: a server SHOULD ignore at least one empty
+        line before a request), whether they came in the read that ended
+        the last request or in reads of their own. h11 alone refuses them,
+        and how TCP cut the bytes would then decide a client's answer."""
+        buffer = self._receive_buffer
+        data = buffer._data
+        blank = len(data) - len(data.lstrip(b"\r\n"))
+        if blank:
+            buffer._extract(blank)
 
 
 FRAMING = 1
@@ -255,7 +269,7 @@ def _after_messages(raw: bytes, count: int, limit: int) -> bytes | None:
     """What follows the first ``count`` whole requests of ``raw``, by h11's
     reading; None when h11 does not find them whole."""
     for _ in range(count):
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+        conn = H11Parser(limit)  # (blank lines before a request skipped, as llhttp does)
         conn.receive_data(raw)
         try:
             event = conn.next_event()
@@ -405,8 +419,9 @@ class HttptoolsParser:
             self._raw_size = self._completed = 0
             self._head_queued = False
             if data[0] in b"\r\n":
-                # A blank line before a request, which llhttp would skip
-                # (RFC 9112 section 2.2) and h11 refuses: h11 judges it.
+                # Blank lines at the start of a read: h11 reads on from here
+                # and skips them (H11Parser), as llhttp skips those after a
+                # request in the same read (RFC 9112 section 2.2).
                 self._raw.append(data)
                 self._raw_size = len(data)
                 self._hand_to_h11()
@@ -492,7 +507,7 @@ class HttptoolsParser:
 
     def _end_between_requests(self) -> None:
         """The client closed between requests: bytes it sent after the last
-        one (blank lines llhttp skips) are h11's to judge."""
+        one are h11's to judge (blank lines it skips, as llhttp does)."""
         if not self._raw or self._raw_size > 2 * self._limit:
             return
         rest = _after_messages(b"".join(self._raw), self._completed, self._limit)
