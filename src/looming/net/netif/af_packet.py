@@ -29,12 +29,11 @@ from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.netif.tap import (
     EMPTY_VNET_HEADER,
     MAX_OFFLOAD_PACKET,
-    VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VNET_HEADER,
     complete_checksum,
     mac_for_name,
     tso_frame,
+    vnet_frame,
 )
 
 ETH_P_ALL = 0x0003
@@ -204,15 +203,7 @@ class PacketNetwork(FrameDeviceNetwork):
                 continue
             if len(data) < header_size:
                 return b"", False
-            flags, _gso, _length, _size, start, offset = VNET_HEADER.unpack_from(data)
-            frame = data[header_size:]
-            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                completed = complete_checksum(frame, start, offset)
-                if completed is frame:
-                    return frame, False
-                self.checksums_completed += 1
-                return completed, True
-            return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
+            return vnet_frame(self, data, data[header_size:])
 
     def _receive_vnet_into(self) -> tuple[bytes, bool]:
         """:meth:`_receive_vnet` on a socket that never hands us our own frames."""
@@ -220,15 +211,7 @@ class PacketNetwork(FrameDeviceNetwork):
         header_size = VNET_HEADER.size
         if size < header_size:
             return b"", False
-        flags, _gso, _length, _size, start, offset = VNET_HEADER.unpack_from(self._buffer)
-        frame = bytes(self._view[header_size:size])
-        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            completed = complete_checksum(frame, start, offset)
-            if completed is frame:
-                return frame, False
-            self.checksums_completed += 1
-            return completed, True
-        return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
+        return vnet_frame(self, self._buffer, bytes(self._view[header_size:size]))
 
     def _send_vnet(self, frame: bytes) -> int:
         return self._socket.sendmsg((EMPTY_VNET_HEADER, frame))

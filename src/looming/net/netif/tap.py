@@ -27,6 +27,7 @@ import hashlib
 import os
 import socket
 import struct
+from typing import Protocol
 
 from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError, UsageError
@@ -165,6 +166,29 @@ def complete_checksum(frame: bytes, start: int, offset: int) -> bytes:
     return frame[:field] + checksum.to_bytes(2, "big") + frame[field + 2 :]
 
 
+class CountsChecksums(Protocol):
+    """A network that counts the checksums it completed."""
+
+    checksums_completed: int
+
+
+def vnet_frame(
+    network: CountsChecksums, header: bytes | bytearray, frame: bytes
+) -> tuple[bytes, bool]:
+    """The frame behind virtio-net ``header`` (its bytes from the start), and
+    whether its checksum is known to be right: the kernel checked it, or it
+    was left for us to complete and we did (counted on ``network``).
+    Offsets outside the frame leave it as it was, unverified."""
+    flags, _gso_type, _header_length, _gso_size, start, offset = VNET_HEADER.unpack_from(header)
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        completed = complete_checksum(frame, start, offset)
+        if completed is frame:
+            return frame, False
+        network.checksums_completed += 1
+        return completed, True
+    return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
+
+
 def tso_frame(
     frame: bytes, segment_size: int
 ) -> tuple[bytes, memoryview, bytes, memoryview] | None:
@@ -234,16 +258,7 @@ class TapNetwork(FrameDeviceNetwork):
         data = os.read(self._fd, 65536 + 128)
         if len(data) < VNET_HEADER.size:
             return b"", False
-        flags, _gso_type, _header_length, _gso_size, start, offset = VNET_HEADER.unpack_from(data)
-        frame = data[VNET_HEADER.size :]
-        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            completed = complete_checksum(frame, start, offset)
-            # (Offsets outside the frame leave it as it was, unverified.)
-            if completed is frame:
-                return frame, False
-            self.checksums_completed += 1
-            return completed, True
-        return frame, bool(flags & VIRTIO_NET_HDR_F_DATA_VALID)
+        return vnet_frame(self, data, data[VNET_HEADER.size :])
 
     def _write_vnet(self, frame: bytes) -> int:
         return os.writev(self._fd, (EMPTY_VNET_HEADER, frame))
