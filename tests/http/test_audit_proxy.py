@@ -10,13 +10,11 @@ import json
 import logging
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import uvicorn
 
 from looming.errors import UsageError
 from looming.http import proxy
@@ -25,6 +23,7 @@ from looming.unix.clock import UnixClock
 from looming.unix.socket_stack import SocketStack
 
 from .test_audit_line_ends import exchange
+from .test_background import under_uvicorn
 
 
 async def recorder(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
@@ -85,32 +84,14 @@ def under_looming(**keys: Any) -> Iterator[int]:
 
 
 @contextmanager
-def under_uvicorn(**keys: Any) -> Iterator[int]:
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
+def recorder_under_uvicorn(**keys: Any) -> Iterator[int]:
+    with under_uvicorn(
         recorder,
-        log_level="warning",
-        lifespan="off",
         root_path=keys.get("root_path", ""),
         proxy_headers=keys.get("proxy_headers", False),
         forwarded_allow_ips=keys.get("forwarded_allow_ips", "127.0.0.1"),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    ) as port:
+        yield port
 
 
 HEADERS = {
@@ -179,7 +160,7 @@ def ask_h2(port: int, headers: list[tuple[str, str]]) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.parametrize("keys", list(KEYS))
 def test_the_scope_is_uvicorn_s(keys: str) -> None:
-    with under_uvicorn(**KEYS[keys]) as port:
+    with recorder_under_uvicorn(**KEYS[keys]) as port:
         expected = {case: ask(port, headers, True) for case, headers in HEADERS.items()}
     for parser in ("httptools", "h11"):
         with under_looming(http_parser=parser, **KEYS[keys]) as port:

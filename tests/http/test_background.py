@@ -142,12 +142,12 @@ def fastapi_app(done: Log) -> FastAPI:
 
 
 @contextmanager
-def under_uvicorn(app: Any) -> Iterator[int]:
+def under_uvicorn(app: Any, **keys: Any) -> Iterator[int]:
     """``app`` served by uvicorn (its default choices: httptools and uvloop
-    when installed) on a free port, in a thread."""
+    when installed, and ``keys``, its Config's) on a free port, in a thread."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", **keys)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
