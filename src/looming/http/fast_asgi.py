@@ -15,7 +15,11 @@ like an eager task. One that must wait is carried on from where it stopped
 by that runner, in the request's own context, and the server makes a new
 runner for the requests after it (see :meth:`FastAsgiConnection._begin`).
 Requests arriving while a task is running (pipelined behind a response sent
-from a task) get a task each.
+from a task) get a task each. A whole response (or a streamed one's end)
+is held back to the loop's next turn and written then with those of every
+other connection answered in this one (see
+:meth:`FastAsgiConnection.write_soon`): a client reading many connections
+is woken once for them, not once for each.
 
 Access logs and metrics see the same responses as on the usual path (the
 server's observer is told of each whole response, with the request as the
@@ -72,6 +76,10 @@ log = logging.getLogger("looming.http")
 
 RECEIVE_HIGH_WATER = 256 * 1024
 """Unanswered pipelined bytes above which the transport stops reading."""
+
+HELD_WRITES = 64 * 1024
+"""Response bytes a connection may hold back for the loop's next turn (more
+are written at once, where the transport's high-water mark sees them)."""
 
 FLUSH_TIMEOUT = 30.0
 """Seconds a closed connection may take to hand its last bytes to a slow client."""
@@ -130,6 +138,8 @@ class FastAsgiConnection(asyncio.Protocol):
         "_fresh",
         "_head_begun",
         "_headers",
+        "_held",
+        "_held_bytes",
         "_last_head",
         "_last_target",
         "_loop",
@@ -168,6 +178,10 @@ class FastAsgiConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
         self._parser: Any = httptools_module().HttpRequestParser(self)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        """Responses written in this turn of the loop, not yet handed to
+        the transport (see :meth:`write_soon`)."""
         self._buf = bytearray()
         """What was received; from ``_pos`` on, not answered yet."""
         self._pos = 0
@@ -540,6 +554,7 @@ class FastAsgiConnection(asyncio.Protocol):
 
     def _hand_over(self) -> None:
         """The usual path serves the connection from here (see the module)."""
+        self.flush()
         self._closing = True  # this object is done with it
         self._cancel_timer()
         self._server.forget_fast(self)
@@ -565,7 +580,40 @@ class FastAsgiConnection(asyncio.Protocol):
         # connection_lost is still to come.
         if self._lost or self._closing or transport.is_closing():
             raise ClientDisconnected("the client has gone away")
+        if self._held:
+            self.flush()
         transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Write a whole response (or its end) with the other connections'
+        of this turn of the loop: one burst of writes wakes a client
+        reading many connections once, not once for each (the writes
+        otherwise alternate with the applications' work). Held back until
+        the loop's next turn, but never more than :data:`HELD_WRITES`
+        bytes; writing anything else writes them first."""
+        held = self._held
+        size = self._held_bytes + len(data)
+        if size > HELD_WRITES:
+            self.write(data)
+            return
+        if not held:
+            waiting = self._server.fast_writes
+            if not waiting:
+                self._loop.call_soon(flush_writes, self._server)
+            waiting.append(self)
+        held.append(data)
+        self._held_bytes = size
+
+    def flush(self) -> None:
+        """Hand what is held back to the transport."""
+        held = self._held
+        if not held:
+            return
+        transport = self._transport
+        if not (self._lost or transport.is_closing()):
+            transport.write(held[0] if len(held) == 1 else b"".join(held))
+        held.clear()
+        self._held_bytes = 0
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is above its high-water mark,
@@ -588,6 +636,7 @@ class FastAsgiConnection(asyncio.Protocol):
         it within :data:`FLUSH_TIMEOUT` is cut off)."""
         if self._lost or self._closing:
             return
+        self.flush()
         self._closing = True
         self._cancel_timer()
         transport = self._transport
@@ -669,12 +718,11 @@ class FastCachedConnection(FastAsgiConnection):
         data, head_length, rest = scope["wire"]
         server = self._server
         started = server._date.now() if server.observer is not None else 0.0
-        try:
-            self.write(data)
-            if rest:
-                self.write(rest)
-        except ClientDisconnected:
+        if self._lost or self._closing or self._transport.is_closing():
             return  # its connection_lost comes
+        self.write_soon(data)
+        if rest:
+            self.write_soon(rest)
         server.requests_served += 1
         server.cached_answers += 1
         if server.observer is not None:
@@ -684,6 +732,15 @@ class FastCachedConnection(FastAsgiConnection):
             self.close()
         else:
             self._next_turn()
+
+
+def flush_writes(server: HttpServer) -> None:
+    """Write what the server's fast connections held back in the loop's
+    last turn (see :meth:`FastAsgiConnection.write_soon`)."""
+    waiting = server.fast_writes
+    server.fast_writes = []
+    for connection in waiting:
+        connection.flush()
 
 
 _Handoff = tuple[Coroutine[Any, Any, None], Any, contextvars.Context]
@@ -866,9 +923,9 @@ class _Exchange:
             if self._task is not None:
                 conn._adapter._after.add(self._task)
         try:
-            # (conn.write, without the call; a client gone is no error here)
+            # (a client gone is no error here)
             if last and not (conn._lost or conn._closing or conn._transport.is_closing()):
-                conn._transport.write(last)
+                conn.write_soon(last)
         finally:
             conn.response_done(self, self._keep_alive)
 

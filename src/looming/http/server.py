@@ -461,6 +461,9 @@ class HttpServer:
         self.fast_runner: tuple[asyncio.Task[None], asyncio.Future[Any]] | None = None
         """The task the fast path's applications run as while they do not
         wait, and what hands it one that must (see fast_asgi)."""
+        self.fast_writes: list[FastAsgiConnection] = []
+        """Fast connections holding responses back until the loop's next
+        turn, when they are written together (see fast_asgi.flush_writes)."""
 
     @property
     def connections_open(self) -> int:
