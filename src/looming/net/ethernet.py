@@ -319,6 +319,7 @@ class EthernetLayer:
                 )
             self._write_segmented = network.write_segmented
         self._handlers: dict[int, EthernetHandler] = {}
+        self._whole_handlers: dict[int, Callable[[bytes, bool], None]] = {}
         self.counters: Counter[str] = Counter()
         self.last_handler_error: Exception | None = None
         # What runs once a wake-up's frames are all in (see after_batch);
@@ -364,8 +365,24 @@ class EthernetLayer:
     def network(self) -> Network:
         return self._network
 
-    def register(self, ethertype: int, handler: EthernetHandler) -> None:
+    def register(
+        self,
+        ethertype: int,
+        handler: EthernetHandler,
+        *,
+        whole: Callable[[bytes, bool], None] | None = None,
+    ) -> None:
+        """Hand frames of ``ethertype`` to ``handler``; with ``whole``, those
+        untagged and sent to our own MAC to ``whole`` instead, given the
+        frame as it came and whether its checksum was verified: it must do
+        what ``handler`` does with that frame's source, our MAC and its
+        payload (the common frame's path, with no payload copied or
+        address object looked up for it)."""
         self._handlers[ethertype] = handler
+        if whole is None:
+            self._whole_handlers.pop(ethertype, None)
+        else:
+            self._whole_handlers[ethertype] = whole
 
     def after_batch(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` each time the interface has handed up all the
@@ -407,6 +424,15 @@ class EthernetLayer:
             # The common untagged frame, read without a header object.
             ethertype = frame[12] << 8 | frame[13]
             if ethertype >= 0x0600 and ethertype != _VLAN and ethertype != _QINQ:
+                whole = self._whole_handlers.get(ethertype)
+                if whole is not None and frame.startswith(self._mac):
+                    counters["rx_frames"] += 1
+                    try:
+                        whole(frame, checksum_verified)
+                    except Exception as error:  # (as _dispatch)
+                        counters["handler_error"] += 1
+                        self.last_handler_error = error
+                    return
                 self._dispatch(
                     mac_address(frame[6:12]),
                     frame[:6],

@@ -31,11 +31,19 @@ from looming.net.wire.ipv4 import MIN_HEADER_LENGTH, Ipv4Header
 from looming.net.wire.tcp import finish_checksum as finish_tcp_checksum
 
 _LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+_ETHERNET_HEADER = 14
+_FRAME_HEADERS = _ETHERNET_HEADER + MIN_HEADER_LENGTH
 _UNSPECIFIED = IPv4Address(0)
 _IPV4 = int(EthernetProtocol.IPV4)
 
 UnhandledProtocolHandler = Callable[[ReceivedPacket[IPv4Address], bytes], None]
 """Called with what IPv4 knows of a datagram nobody registered for, and its payload."""
+
+PlainHandler = Callable[[IPv4Address, IPv4Address, int, bool, bytes], None]
+"""Called with the source, destination, ToS byte and checksum state of a
+datagram without options that is no fragment, and its payload: what a
+protocol that needs no more of the header takes instead of a
+:class:`ReceivedPacket` built for it (see :meth:`Ipv4Layer.register`)."""
 
 
 def multicast_mac(address: IPv4Address) -> MacAddress:
@@ -134,6 +142,7 @@ class Ipv4Layer:
         self._interface: IPv4Interface | None = None
         self._gateway: IPv4Address | None = None
         self._handlers: dict[int, Ipv4Handler] = {}
+        self._plain_handlers: dict[int, PlainHandler] = {}
         self._identification = random.randint(0, 0xFFFF)
         self.reassembler = reassembler if reassembler is not None else Reassembler()
         self._path_mtu: OrderedDict[IPv4Address, tuple[int, int]] = OrderedDict()
@@ -142,7 +151,7 @@ class Ipv4Layer:
         self._expiry_task: asyncio.Task[None] | None = None
         self._last_destination: IPv4Address | None = None
         self._last_destination_form = (0, b"")
-        ethernet.register(EthernetProtocol.IPV4, self._on_frame)
+        ethernet.register(EthernetProtocol.IPV4, self._on_frame, whole=self._on_whole_frame)
         self.configure(interface, gateway, announce=False)
 
     # -- configuration -------------------------------------------------------
@@ -252,8 +261,19 @@ class Ipv4Layer:
         offload = self._ethernet.capabilities.segmentation
         return offload - MIN_HEADER_LENGTH if offload else 0
 
-    def register(self, protocol: int, handler: Ipv4Handler) -> None:
+    def register(
+        self, protocol: int, handler: Ipv4Handler, *, plain: PlainHandler | None = None
+    ) -> None:
+        """Deliver datagrams of ``protocol`` to ``handler``; with ``plain``,
+        those without options that are no fragment to ``plain`` instead,
+        which must do what ``handler`` does with a packet of those fields
+        (no :class:`ReceivedPacket` is built for them: the common datagram's
+        path)."""
         self._handlers[protocol] = handler
+        if plain is None:
+            self._plain_handlers.pop(protocol, None)
+        else:
+            self._plain_handlers[protocol] = plain
 
     def is_local(self, address: IPv4Address) -> bool:
         local = self._local_address
@@ -279,6 +299,25 @@ class Ipv4Layer:
             self.counters["martian_mac_source"] += 1
             return
         self._receive(payload, looped_back=False, checksum_verified=checksum_verified)
+
+    def _on_whole_frame(self, frame: bytes, checksum_verified: bool) -> None:
+        """:meth:`_on_frame` for an untagged frame to our MAC, given whole
+        (see :meth:`EthernetLayer.register`): the common datagram is read in
+        place, its payload copied once."""
+        if frame[6] & 1:
+            self.counters["martian_mac_source"] += 1
+            return
+        if (
+            len(frame) >= _FRAME_HEADERS
+            and frame[14] == 0x45  # version 4, no options
+            and not frame[20] & 0xBF  # no fragment, no reserved flag (DF may be set)
+            and not frame[21]
+            and self._receive_plain(frame, checksum_verified, _ETHERNET_HEADER)
+        ):
+            return
+        self._receive(
+            frame[_ETHERNET_HEADER:], looped_back=False, checksum_verified=checksum_verified
+        )
 
     def input(self, packet: bytes) -> None:
         self._receive(packet, looped_back=False, checksum_verified=False)
@@ -342,10 +381,11 @@ class Ipv4Layer:
         if self.unhandled_protocol is not None:
             self.unhandled_protocol(received, payload)
 
-    def _receive_plain(self, packet: bytes, checksum_verified: bool) -> bool:
+    def _receive_plain(self, packet: bytes, checksum_verified: bool, at: int = 0) -> bool:
         """:meth:`_receive` for a datagram from the wire without options
-        that is no fragment, without building a header object; False when
-        it is not for this path after all (the general one then counts it)."""
+        that is no fragment (at ``at`` in ``packet``: a frame's), without
+        building a header object; False when it is not for this path after
+        all (the general one then counts it)."""
         (
             _,
             tos,
@@ -357,8 +397,8 @@ class Ipv4Layer:
             checksum,
             source,
             destination,
-        ) = wire.FIXED.unpack_from(packet)
-        if total_length < MIN_HEADER_LENGTH or total_length > len(packet):
+        ) = wire.FIXED.unpack_from(packet, at)
+        if total_length < MIN_HEADER_LENGTH or total_length > len(packet) - at:
             return False
         counters = self.counters
         destination_int = int.from_bytes(destination, "big")
@@ -388,6 +428,11 @@ class Ipv4Layer:
             counters["martian_source"] += 1  # see _martian
             return True
         counters["rx_datagrams"] += 1
+        payload = packet[at + MIN_HEADER_LENGTH : at + total_length]
+        plain = self._plain_handlers.get(protocol)
+        if plain is not None:
+            plain(ipv4_address(source), ipv4_address(destination), tos, checksum_verified, payload)
+            return True
         received = ReceivedPacket(
             ipv4_address(source),
             ipv4_address(destination),
@@ -395,10 +440,9 @@ class Ipv4Layer:
             ttl,
             tos,
             checksum_verified,
-            packet[:MIN_HEADER_LENGTH],
+            packet[at : at + MIN_HEADER_LENGTH],
         )
         handler = self._handlers.get(protocol)
-        payload = packet[MIN_HEADER_LENGTH:total_length]
         if handler is not None:
             handler(received, payload)
             return True

@@ -384,7 +384,10 @@ class TcpLayer:
         # addresses to try, in order.
         self.resolver: Callable[[str], Awaitable[Sequence[IPv4Address | IPv6Address]]] | None = None
         self.icmp_counters: Counter[str] = Counter()
-        ipv4.register(IpProtocol.TCP, self.input)
+        if isinstance(ipv4, Ipv4Layer):
+            ipv4.register(IpProtocol.TCP, self.input, plain=self._input_plain)
+        else:
+            ipv4.register(IpProtocol.TCP, self.input)
         if ipv6 is not None:
             ipv6.register(IpProtocol.TCP, self.input)
             ipv6.watch_path_mtu(self._lower_mss)
@@ -495,26 +498,42 @@ class TcpLayer:
         once (after the burst's earlier segments). The
         burst ends when the link says the wake-up's frames are all in, or
         else on the next turn of the loop."""
+        self._input_plain(
+            packet.source,
+            packet.destination,
+            packet.traffic_class,
+            packet.checksum_verified,
+            payload,
+        )
+
+    def _input_plain(
+        self,
+        source: IPv4Address | IPv6Address,
+        destination: IPv4Address | IPv6Address,
+        traffic_class: int,
+        checksum_verified: bool,
+        payload: bytes,
+    ) -> None:
+        """:meth:`input` with the only fields of the packet it reads (what
+        IPv4 hands over for its common datagram, building no packet object)."""
         if not self._burst_pending:
             self._burst_pending = True
             link = self._link
             if link is None or not link.in_batch:
                 asyncio.get_running_loop().call_soon(self._end_burst)
-        ce = packet.traffic_class & 0b11 == 0b11  # RFC 3168 CE
+        ce = traffic_class & 0b11 == 0b11  # RFC 3168 CE
         if len(payload) >= 20 and payload[13] & _NOT_PSH == ACK:
-            self._arrivals.append(
-                (packet.source, packet.destination, payload, packet.checksum_verified, ce)
-            )
+            self._arrivals.append((source, destination, payload, checksum_verified, ce))
         else:
             if self._arrivals:
                 self._take_arrivals()
             try:
                 self._endpoint.input(
-                    packet.source,
-                    packet.destination,
+                    source,
+                    destination,
                     payload,
                     self._time.now_ns(),
-                    checksum_verified=packet.checksum_verified,
+                    checksum_verified=checksum_verified,
                     ce=ce,
                 )
                 self._deliver()
