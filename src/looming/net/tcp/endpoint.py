@@ -11,6 +11,7 @@ new events, whose timers may have moved).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -68,11 +69,18 @@ class _Merge:
     src: Address
     dst: Address
     header: TcpHeader  # the first one's
-    headers: list[TcpHeader]
+    # Each one's header; None for one taken by its bytes alone (see
+    # _continues), parsed only should the run go one by one after all.
+    headers: list[TcpHeader | None]
+    segments: list[bytes]
     options: bytes
     ce: bool
     payloads: list[memoryview]
     end: int  # the wire sequence number after the last
+    # The first one's fixed header but the sequence number, checksum and
+    # urgent pointer, as _FIXED reads them, PSH left out of the flags.
+    fixed: tuple[int, int, int, int, int]
+    header_length: int
 
 
 class TcpEndpoint:
@@ -377,7 +385,20 @@ class TcpEndpoint:
         connection, one insert, one ACK decision that counts each full
         segment, as Linux's GRO merges. Counted in ``segments_merged``."""
         merge: _Merge | None = None
+        stats = self.stats
         for src, dst, segment, checksum_verified, ce in arrivals:
+            if merge is not None and _continues(merge, src, dst, segment, ce):
+                # The next of the run, known by its bytes: what parsing it
+                # and _extends would find, without a header object.
+                if not checksum_verified and not wire.checksum_ok(segment, src, dst):
+                    stats.checksum_errors += 1
+                    stats.malformed_dropped += 1
+                    continue
+                payload = memoryview(segment)[merge.header_length :]
+                stats.segments_in += 1
+                stats.bytes_in += len(payload)
+                _add(merge, None, segment, payload)
+                continue
             parsed = self._parse_checked(src, dst, segment, checksum_verified)
             if parsed is None:
                 continue
@@ -408,7 +429,9 @@ class TcpEndpoint:
                     conn.input(header, b"".join(payloads), now, ce=merge.ce, merged=merged)
                     self.collect(key, conn)
                     return
-        for each, payload in zip(merge.headers, payloads, strict=True):
+        for each, segment, payload in zip(merge.headers, merge.segments, payloads, strict=True):
+            if each is None:
+                each = wire.parse(segment)[0]  # (it parsed as the first did)
             self._input_parsed(src, dst, each, payload, now, merge.ce)
 
     def _parse_checked(
@@ -665,16 +688,55 @@ def _options(segment: bytes) -> bytes:
 def _start_merge(
     src: Address, dst: Address, header: TcpHeader, payload: memoryview, segment: bytes, ce: bool
 ) -> _Merge:
+    ports, _, ack, offset, flags, window, _, _ = _FIXED.unpack_from(segment)
     return _Merge(
         src,
         dst,
         header,
         [header],
+        [segment],
         _options(segment),
         ce,
         [payload],
         (header.seq + len(payload)) & MASK,
+        (ports, ack, offset, flags & ~PSH, window),
+        (offset >> 4) * 4,
     )
+
+
+# A TCP header's fixed part as _continues compares it: both ports as one
+# number, the sequence and acknowledgment numbers, the data offset byte,
+# the flags, the window, the checksum and the urgent pointer.
+_FIXED = struct.Struct("!IIIBBHHH")
+
+
+def _continues(merge: _Merge, src: Address, dst: Address, segment: bytes, ce: bool) -> bool:
+    """Whether ``segment`` (not yet parsed) continues ``merge`` by the
+    first one's very bytes: the same ports, ACK, data offset, flags but
+    PSH, window and option bytes, sequence number where the run ends, some
+    payload, the same ECN mark and addresses. Such a segment parses as the
+    first did (its options are the same bytes) and :func:`_extends` takes
+    it; a False sends it the general way (which may still take it, as a
+    difference in bytes the parser ignores does not stop a run there)."""
+    header_length = merge.header_length
+    if len(segment) <= header_length or ce != merge.ce:
+        return False
+    ports, seq, ack, offset, flags, window, _, _ = _FIXED.unpack_from(segment)
+    return (
+        seq == merge.end
+        and (ports, ack, offset, flags & ~PSH, window) == merge.fixed
+        and (src is merge.src or src == merge.src)
+        and (dst is merge.dst or dst == merge.dst)
+        and segment[TCP_HEADER_LENGTH:header_length] == merge.options
+    )
+
+
+def _add(merge: _Merge, header: TcpHeader | None, segment: bytes, payload: memoryview) -> None:
+    """``segment`` (its header, if parsed) the last of ``merge``."""
+    merge.payloads.append(payload)
+    merge.headers.append(header)
+    merge.segments.append(segment)
+    merge.end = (merge.end + len(payload)) & MASK
 
 
 def _extends(
@@ -705,7 +767,5 @@ def _extends(
         or _options(segment) != merge.options
     ):
         return False
-    merge.payloads.append(payload)
-    merge.headers.append(header)
-    merge.end = (header.seq + length) & MASK
+    _add(merge, header, segment, payload)
     return True
