@@ -139,7 +139,6 @@ class FastAsgiConnection(asyncio.Protocol):
         "_head_begun",
         "_headers",
         "_held",
-        "_held_bytes",
         "_last_head",
         "_last_target",
         "_loop",
@@ -178,8 +177,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
         self._parser: Any = httptools_module().HttpRequestParser(self)
-        self._held: list[bytes] = []
-        self._held_bytes = 0
+        self._held = b""
         """Responses written in this turn of the loop, not yet handed to
         the transport (see :meth:`write_soon`)."""
         self._buf = bytearray()
@@ -592,28 +590,28 @@ class FastAsgiConnection(asyncio.Protocol):
         the loop's next turn, but never more than :data:`HELD_WRITES`
         bytes; writing anything else writes them first."""
         held = self._held
-        size = self._held_bytes + len(data)
-        if size > HELD_WRITES:
-            self.write(data)
-            return
         if not held:
+            if len(data) > HELD_WRITES:
+                self._transport.write(data)
+                return
             waiting = self._server.fast_writes
             if not waiting:
                 self._loop.call_soon(flush_writes, self._server)
             waiting.append(self)
-        held.append(data)
-        self._held_bytes = size
+            self._held = data
+        elif len(held) + len(data) > HELD_WRITES:
+            self.write(data)
+        else:
+            self._held = held + data  # (pipelined responses: a few, small)
 
     def flush(self) -> None:
         """Hand what is held back to the transport."""
         held = self._held
-        if not held:
-            return
-        transport = self._transport
-        if not (self._lost or transport.is_closing()):
-            transport.write(held[0] if len(held) == 1 else b"".join(held))
-        held.clear()
-        self._held_bytes = 0
+        if held:
+            self._held = b""
+            transport = self._transport
+            if not (self._lost or transport.is_closing()):
+                transport.write(held)
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is above its high-water mark,
@@ -647,6 +645,7 @@ class FastAsgiConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection now, unsent bytes and all."""
         self._closing = True
+        self._held = b""
         if not self._lost:
             self._transport.abort()
 
