@@ -187,6 +187,8 @@ def test_after_a_pause_longer_than_the_rto_each_segment_is_acked_at_once() -> No
     s.recv(seg("A", B + MSS, A), b"b" * MSS)
     assert len(s.take()) == 1  # the second full segment: ACKed at once
     s.advance(s.conn.rtt.rto / MS + 10)  # the peer is silent past our RTO
+    ((repeated, _),) = s.take()  # (that ACK once more, the peer being silent)
+    assert unwrap(repeated.ack, B) == B + 2 * MSS
     at = B + 2 * MSS
     for _ in range(16):
         s.recv(seg("A", at, A), b"c" * MSS)

@@ -103,6 +103,7 @@ class TcpStats:
     fast_retransmits: int = 0  # recoveries entered without a timeout
     segments_deemed_lost: int = 0  # by RACK, or by duplicate ACKs without SACK
     tail_loss_probes: int = 0
+    acks_repeated: int = 0  # a pure ACK sent again after the peer fell silent
     dsacks_received: int = 0
     data_segments_with_sack: int = 0  # our data carried SACK blocks (RFC 2018 4)
     spurious_recoveries_undone: int = 0

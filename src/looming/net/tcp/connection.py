@@ -481,6 +481,8 @@ class TcpConnection(TcpSender):
         self.last_receive = now
         self.keepalive_probes = 0
         self.heard_since_timeout = True
+        if seg_len:
+            self.ack_repeat_at = None  # the peer is sending: its ACK comes anyway
         return True
 
     def _input_out_of_window(self, header: TcpHeader, seq: int, rcv_nxt: int, now: int) -> None:

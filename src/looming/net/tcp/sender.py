@@ -27,6 +27,7 @@ class TcpSender(LossRecovery):
                 self.rto_at,
                 self.persist_at,
                 self.delack_at,
+                self.ack_repeat_at,
                 self.time_wait_at,
                 self.fin_wait_2_at,
                 self.keepalive_deadline,
@@ -79,6 +80,10 @@ class TcpSender(LossRecovery):
         if self.delack_at is not None and now >= self.delack_at:
             self.delack_at = None
             self.send_ack(now)
+        if self.ack_repeat_at is not None and now >= self.ack_repeat_at:
+            self.send_ack(now)  # the same ACK again (see _ack_repeat_deadline)
+            self.ack_repeat_at = None  # once
+            self.stats.acks_repeated += 1
         keepalive_at = self.keepalive_deadline
         if keepalive_at is not None and now >= keepalive_at:
             self._on_keepalive(now)
