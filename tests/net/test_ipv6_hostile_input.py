@@ -216,22 +216,20 @@ def test_syns_with_ipv4_options_or_over_ipv6_are_policed_too() -> None:
         assert len(delivered) == 100 + 300 + 300
 
 
-def test_an_unresolvable_neighbour_is_asked_once_per_failure_lifetime() -> None:
-    """As ARP does (20 s): packets for a neighbour that never answered are
-    dropped without asking again (before, every SYN-ACK retransmission to
-    an unresolvable source started three more solicitations)."""
+def test_an_unresolvable_neighbour_is_asked_at_most_once_a_second() -> None:
+    """As ARP does: after a failed round of three, a packet for the
+    neighbour starts a single solicitation, never more than one a second
+    (RFC 1122 2.3.2.1), so a host arriving there later is not locked out."""
     cache = NeighbourCache(NeighbourSettings(failed_lifetime_ns=20 * S))
     peer = IPv6Address("fd00::99")
     solicitations = [cache.send(peer, b"syn-ack", 0)[1]]
-    for second in range(1, 60):
-        solicitations += cache.on_timer(second * S)
-        solicitations.append(cache.send(peer, b"syn-ack again", second * S)[1])
+    for tenth in range(1, 600):
+        solicitations += cache.on_timer(tenth * S // 10)
+        solicitations.append(cache.send(peer, b"syn-ack again", tenth * S // 10)[1])
     asked = [s for s in solicitations if s is not None]
-    # Three solicitations at 0, 1 and 2 s, failed at 3 s; the next round at
-    # 23 s (20 s later), failed at 26 s; then again at 46 s, failed at 49 s.
-    assert len(asked) == 9
-    # Dropped meanwhile: at 3..22, 26..45 and 49..59 s.
-    assert cache.counters["failed_neighbour_dropped"] == 20 + 20 + 11
+    # Three at 0, 1 and 2 s, failed at 3 s; then one a second from 3 to 59 s.
+    assert len(asked) == 3 + 57
+    assert cache.counters["failed_neighbour_retried"] == 57
     # A solicitation from it says it is there after all.
     cache.solicited_by(peer, MacAddress(bytes(6)), 61 * S)
     assert cache.send(peer, b"now", 62 * S)[0] is not None

@@ -5,8 +5,8 @@ No sender ever waits for a resolution. A datagram for a neighbour whose
 address is not yet known joins that neighbour's small pending queue and the
 sender carries on; the queue leaves when the reply comes, or is dropped (and
 counted) when the neighbour stays silent, which is then remembered for a
-while (negative caching) so that traffic to it fails at once instead of
-asking again. Every table is bounded, so a flood from unresolvable sources
+while (negative caching): traffic to it then asks once more with a single
+request, one a second at most, instead of a full round. Every table is bounded, so a flood from unresolvable sources
 costs a bounded amount of memory and never delays traffic to neighbours
 that answer.
 """
@@ -254,13 +254,17 @@ class NeighbourTable:
         resolves. Whether a request must go out now (a new resolution).
 
         A datagram for a neighbour not yet being resolved, beyond the
-        new-resolution budget, is dropped (``resolution_limited``); an
-        explicit query (None) is not limited."""
+        new-resolution budget, is dropped (``resolution_limited``, or
+        ``failed_neighbour_dropped`` for one that failed recently); an
+        explicit query (None) is not limited. A neighbour that failed
+        recently is asked once more, one request a second at most (RFC 1122
+        2.3.2.1): a host that has just arrived is not locked out."""
         entry = self.incomplete.get(address)
         started = entry is None
         if entry is None:
+            retry = self.failed.has_failed(address, now_ns)
             if datagram is not None and not self._may_start(now_ns):
-                self.counters["resolution_limited"] += 1
+                self.counters["failed_neighbour_dropped" if retry else "resolution_limited"] += 1
                 return False
             limits = self.limits
             while len(self.incomplete) >= limits.max_incomplete:
@@ -268,9 +272,13 @@ class NeighbourTable:
                 # way: newcomers still get their chance.
                 _, oldest = self.incomplete.popitem(last=False)
                 self._drop_queue(oldest, "incomplete_evicted")
-            entry = _Incomplete(next_request_ns=now_ns + limits.request_interval_ns, requests=1)
+            # A retry is a single request: it fails again after one interval.
+            requests = limits.requests if retry else 1
+            entry = _Incomplete(now_ns + limits.request_interval_ns, requests)
             self.incomplete[address] = entry
             self.counters["tx_request"] += 1
+            if retry:
+                self.counters["failed_neighbour_retried"] += 1
         if datagram is not None:
             if len(entry.queue) >= self.limits.queue_per_neighbour:
                 entry.queue.popleft()
@@ -441,6 +449,8 @@ class ArpLayer:
         self.counters["rx_" + ("request" if packet.operation == 1 else "reply")] += 1
         now = self._time.now_ns()
         sender = packet.sender_ip
+        if self.table.failed:
+            self.table.failed.forget(sender)  # it speaks after all
         reply = answer(
             self.cache,
             packet,
@@ -516,17 +526,15 @@ class ArpLayer:
 
     def _hold(self, address: IPv4Address, datagram: Datagram | None) -> None:
         now = self._time.now_ns()
-        if self.table.has_failed(address, now):
-            self.counters["failed_neighbour_dropped"] += 1
-            raise HostUnreachable(
-                f"{address} did not answer ARP recently; "
-                f"asking again after {self.limits.failed_lifetime_ns // _SECOND_NS} s"
-            )
         if self._stopped:
             raise HostUnreachable("ARP stopped")
-        if self.table.enqueue(address, datagram, now):
+        table = self.table
+        dropped = table.counters["failed_neighbour_dropped"]
+        if table.enqueue(address, datagram, now):
             self._send_request(address)
             self._arm_timer()
+        elif table.counters["failed_neighbour_dropped"] != dropped:
+            raise HostUnreachable(f"{address} did not answer ARP recently; asking again later")
 
     async def query(self, address: IPv4Address) -> MacAddress:
         """The MAC of ``address``, resolving it if needed (waits at most

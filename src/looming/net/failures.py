@@ -2,10 +2,12 @@
 and IPv6 Neighbor Discovery (``net/neighbours.py``), without I/O.
 
 A neighbour that never answered its solicitations is remembered as failed
-for a while, so that traffic to it is refused at once instead of starting
-the same resolution again: a flood of packets from one unresolvable source
-then costs one round of solicitations every ``lifetime_ns``, not one every
-few seconds. The table is bounded; the oldest failure gives way.
+for a while, so that traffic to it starts a single request (not a full
+round of three) at most once a second (RFC 1122 2.3.2.1): a flood of
+packets for one unresolvable source costs one broadcast a second, and a
+host that has just arrived at that address still gets its answer within a
+second. Any packet from the address clears the mark. The table is bounded;
+the oldest failure gives way.
 """
 
 from __future__ import annotations

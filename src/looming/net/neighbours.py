@@ -12,7 +12,7 @@ neighbours, of those being resolved and the bytes all queues hold are
 bounded, so a flood of packets for unresolvable addresses costs bounded
 memory and never delays traffic to neighbours that answer; one that never
 answered is remembered for a while (``net/failures.py``, as ARP does), and
-packets for it are dropped without asking again.
+a packet for it then starts a single solicitation, one a second at most.
 
 The owner calls :meth:`NeighbourCache.send` for each packet, the
 ``advertised``/``solicited_by`` methods for Neighbor Discovery input and
@@ -128,13 +128,14 @@ class NeighbourCache:
         unless ``explicit`` (asked for by a user, as a ping is)."""
         entry = self._entries.get(address)
         if entry is None:
-            if self.failed and self.failed.has_failed(address, now):
-                self.counters["failed_neighbour_dropped"] += 1
-                return None, None
+            # A neighbour that failed recently is asked once more (a single
+            # solicitation, one a second at most: RFC 1122 2.3.2.1), so that
+            # a host that has just arrived is not locked out.
+            retry = bool(self.failed) and self.failed.has_failed(address, now)
             if not explicit and not self._may_start(now):
-                self.counters["resolution_limited"] += 1
+                self.counters["failed_neighbour_dropped" if retry else "resolution_limited"] += 1
                 return None, None
-            return None, self._start(address, packet, now)
+            return None, self._start(address, packet, now, retry=retry)
         if entry.state is NeighbourState.INCOMPLETE:
             self._enqueue(entry, packet)
             return None, None
@@ -161,18 +162,24 @@ class NeighbourCache:
             )
         return bucket.take(now)
 
-    def _start(self, address: IPv6Address, packet: bytes, now: int) -> Solicitation:
+    def _start(
+        self, address: IPv6Address, packet: bytes, now: int, *, retry: bool = False
+    ) -> Solicitation:
         if self._incomplete >= self.settings.max_incomplete:
             # Under a flood of new destinations the oldest resolution gives
             # way (as in ARP): a newcomer that answers still gets its chance.
             self._evict_oldest_incomplete()
         if not self._make_room():
             self._evict_oldest_resolved()  # our own traffic: room is made
-        entry = Neighbour(NeighbourState.INCOMPLETE, None, now + self.settings.retransmit_ns, 1)
+        settings = self.settings
+        probes = settings.multicast_solicits if retry else 1  # a retry fails after one
+        entry = Neighbour(NeighbourState.INCOMPLETE, None, now + settings.retransmit_ns, probes)
         self._entries[address] = entry
         self._enqueue(entry, packet)
         self._incomplete += 1
         self.counters["tx_multicast_solicit"] += 1
+        if retry:
+            self.counters["failed_neighbour_retried"] += 1
         return address, None
 
     def _evict_oldest_incomplete(self) -> None:
@@ -256,6 +263,8 @@ class NeighbourCache:
     ) -> list[Transmission]:
         """A Neighbor Advertisement for ``target`` (RFC 4861 7.2.5): what
         its queue now lets out."""
+        if self.failed:
+            self.failed.forget(target)  # it speaks after all
         entry = self._entries.get(target)
         if entry is None:
             self.counters["unsolicited_advert_ignored"] += 1
@@ -284,9 +293,10 @@ class NeighbourCache:
     def solicited_by(self, source: IPv6Address, mac: MacAddress, now: int) -> list[Transmission]:
         """A Neighbor Solicitation from ``source`` carrying its MAC (RFC 4861
         7.2.3): the sender is at least STALE now."""
+        if self.failed:
+            self.failed.forget(source)  # it speaks after all
         entry = self._entries.get(source)
         if entry is None:
-            self.failed.forget(source)  # it speaks after all
             self._learn_unsolicited(source, mac)
             return []
         if entry.state is NeighbourState.INCOMPLETE:
