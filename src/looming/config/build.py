@@ -78,6 +78,24 @@ DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
     # OpenTelemetry (which FastAPI reports to when it is installed) loads its
     # context implementation through an entry point.
     "opentelemetry.context": ("opentelemetry.context.contextvars_context",),
+    # Django names its defaults in settings strings and loads them by
+    # import_string: template tag libraries, template engines and loaders,
+    # the default cache, session, message, file-storage and e-mail backends.
+    "django": (
+        "django.templatetags.*",
+        "django.template.backends.django",
+        "django.template.loader_tags",
+        "django.template.defaulttags",
+        "django.template.defaultfilters",
+        "django.template.loaders.*",
+        "django.middleware.*",
+        "django.core.cache.backends.locmem",
+        "django.contrib.sessions.backends.db",
+        "django.contrib.messages.storage.fallback",
+        "django.core.files.storage.filesystem",
+        "django.core.mail.backends.smtp",
+        "django.db.backends.sqlite3.*",
+    ),
 }
 """Modules imported by name at run time, packed whenever the key (a module
 or a top-level package) is reached. ``pkg.*`` stands for every module of
@@ -153,6 +171,23 @@ def _shadowed_module(top: str, package: Path) -> Path:
     return package
 
 
+_RUN_TIME = frozenset({"__main__", "__mp_main__"})
+"""Names the running interpreter gives its main script: never a module to pack
+(``import __main__`` in Django's autoreloader means the artifact itself)."""
+
+
+def _find_spec(top: str) -> importlib.machinery.ModuleSpec | None:
+    """``importlib.util.find_spec(top)``; a module whose lookup fails (a broken
+    ``sys.modules`` entry, a finder raising) is a one-line error naming it."""
+    try:
+        return importlib.util.find_spec(top)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot locate module {top!r} to pack it ({type(exc).__name__}: {exc}); "
+            "check that it is installed correctly, or leave it out of register(packages=[...])"
+        ) from None
+
+
 class ModuleLocator:
     """Finds modules' source files without importing them."""
 
@@ -171,10 +206,10 @@ class ModuleLocator:
             result = ("app", self.app_dir / f"{top}.py")
         elif (self.app_dir / top / "__init__.py").is_file():
             result = ("app", self.app_dir / top)
-        elif top in sys.builtin_module_names or top in sys.stdlib_module_names:
+        elif top in sys.builtin_module_names or top in sys.stdlib_module_names or top in _RUN_TIME:
             result = ("stdlib", None)
         else:
-            spec = importlib.util.find_spec(top)
+            spec = _find_spec(top)
             if spec is None:
                 result = ("missing", None)
             elif spec.submodule_search_locations:
@@ -223,7 +258,7 @@ class ModuleLocator:
 
     def search_path(self, top: str) -> str | None:
         """The folder an installed top-level module ``top`` is imported from."""
-        spec = importlib.util.find_spec(top)
+        spec = _find_spec(top)
         if spec is None:
             return None
         if spec.submodule_search_locations:
@@ -263,7 +298,13 @@ def _imports(source: ModuleSource) -> list[tuple[str, tuple[str, ...]]]:
     ``"app.main:app"``), to be packed if it is one."""
     if source.namespace:
         return []
-    tree = ast.parse(source.source(), str(source.path))
+    try:
+        tree = ast.parse(source.source(), str(source.path))
+    except (SyntaxError, ValueError, OSError) as exc:
+        raise ConfigError(
+            f"cannot read module {source.name} ({source.path}) to follow its imports: "
+            f"{type(exc).__name__}: {exc}; fix it or leave it out of register(packages=[...])"
+        ) from None
     package = source.name if source.is_package else source.name.rpartition(".")[0]
     found: list[tuple[str, tuple[str, ...]]] = []
 
