@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from looming import __version__
 from looming.errors import ConfigError, LoomingError, UsageError
@@ -53,10 +53,18 @@ def _plugin_available(module: str) -> bool:
     return base.joinpath(*module.split(".")[1:]).with_suffix(".py").is_file()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose mistakes are one line on stderr and exit code 2 (the
+    usage is for ``--help``); its sub-parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
 def make_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; only the plugin named by ``verb`` is imported,
     so one area's dependencies never stand in the way of another's verb."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = OneLineParser(
         prog="looming",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -278,9 +286,7 @@ def cmd_configure(app_dir: Path, args: argparse.Namespace, rest: list[str]) -> i
     from looming.config.targets import get_target
 
     target = get_target(args.target)
-    target_parser = argparse.ArgumentParser(
-        prog=f"looming configure -t {target.name}", add_help=False
-    )
+    target_parser = OneLineParser(prog=f"looming configure -t {target.name}", add_help=False)
     target.add_options(target_parser)
     if args.help:
         print(_configure_help(app_dir, args, target_parser, rest), end="")
