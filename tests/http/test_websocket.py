@@ -141,8 +141,8 @@ def test_refused_handshake_is_403(server: RunningServer) -> None:
 def test_oversized_message_closes_with_1009(server: RunningServer) -> None:
     async def talk() -> int | None:
         async with connect(url(server, "/echo"), max_size=None, compression=None) as ws:
-            await ws.send(b"\x00" * (17 * 1024 * 1024))
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionClosed):  # refused on the frame's header
+                await ws.send(b"\x00" * (17 * 1024 * 1024))
                 await ws.recv()
             return ws.close_code
 

@@ -24,11 +24,25 @@ in :data:`IDLE_WINDOW` seconds close with 1008. A close is answered and told to 
 ``websocket.disconnect`` with its code. Fairness: at most
 :data:`EVENTS_PER_TURN` frames are taken from one connection before the
 others get a turn. Refusals are counted in :data:`abuse`.
+
+An opening handshake that RFC 6455 section 4.2.1 does not allow (no
+``Sec-WebSocket-Key``, or one that is not base64 of 16 bytes; a
+``Sec-WebSocket-Version`` other than 13) is refused before the application
+sees it, counted as ``bad_handshake`` and logged at debug level: 400, or 426
+with ``Sec-WebSocket-Version: 13`` for a version the server does not speak
+(section 4.2.2). Over HTTP/2 a bad version is a 400 with the same header
+(426 needs ``Upgrade``, which HTTP/2 forbids). A frame whose header
+announces a payload over ``max_message_bytes`` is refused on its header,
+with 1009, before any of its payload is read. The reasons of the server's
+close frames are short fixed phrases (``protocol error``, ``invalid
+UTF-8``), never a parser's error text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import io
 import logging
@@ -40,7 +54,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -84,8 +98,16 @@ SEND_TIMEOUT = 30.0
 abuse: Counter[str] = Counter()
 """Websockets closed in this process by reason: ``message_too_big``,
 ``protocol_error`` (bad frames, bad UTF-8, bad close codes), ``frame_flood``,
-``send_stalled``."""
+``send_stalled``; and opening handshakes refused as malformed: ``bad_handshake``."""
 _VERDICTS = {1002: "protocol_error", 1007: "protocol_error", 1009: "message_too_big"}
+_REASONS = {1002: "protocol error", 1007: "invalid UTF-8", 1009: "message too big"}
+"""The reason a close frame gives when the server closes for a bad frame:
+fixed phrases (a parser's error text says nothing useful to a client)."""
+_EXTENSION_FAILED = "error in extension"
+"""wsproto's reason when permessage-deflate refused a payload."""
+DEFLATE_SLACK = 1024
+"""A compressed frame may announce this much (and 1/1024) more than the
+limit: deflate can make incompressible data a little longer."""
 
 
 class _BoundedDeflate(PerMessageDeflate):
@@ -148,14 +170,104 @@ def _header_list(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[st
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-def refusal(status: int) -> bytes:
+def refusal(status: int, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
     """A whole HTTP/1.1 response refusing a handshake: its reason phrase, a
     Date (the host's time: a session has no clock device of its own; time
-    is virtual in the simulator) and no body; the connection closes."""
+    is virtual in the simulator), ``headers`` and no body; the connection
+    closes. A 426 names the protocol to upgrade to, as RFC 9110 15.5.22 asks."""
     date = format_http_date(time.time())
+    fields = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    connection = b"upgrade, close" if status == 426 else b"close"
+    if status == 426:
+        fields += b"upgrade: websocket\r\n"
     return status_line(status) + (
-        b"date: %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n" % date
+        b"date: %s\r\n%scontent-length: 0\r\nconnection: %s\r\n\r\n" % (date, fields, connection)
     )
+
+
+_VERSION = [(b"sec-websocket-version", b"13")]
+
+
+def handshake_problem(
+    headers: Sequence[tuple[bytes, bytes]], *, http2: bool = False
+) -> tuple[int, list[tuple[bytes, bytes]], str] | None:
+    """Why an opening handshake is refused (status, headers to send, what
+    was wrong), or None. RFC 6455 4.2.1: version 13 and (on HTTP/1.1) one
+    ``Sec-WebSocket-Key``, base64 of 16 bytes; RFC 8441 drops the key."""
+    versions = _header_list(headers, b"sec-websocket-version")
+    if versions != ["13"]:
+        status = 400 if http2 or not versions else 426
+        return status, _VERSION, f"Sec-WebSocket-Version {versions or 'missing'}, not 13"
+    if http2:
+        return None
+    keys = [value for name, value in headers if name.lower() == b"sec-websocket-key"]
+    if len(keys) != 1:
+        return 400, [], f"{len(keys)} Sec-WebSocket-Key fields, not one"
+    try:
+        nonce = base64.b64decode(keys[0].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        nonce = b""
+    if len(nonce) != 16:
+        return 400, [], "Sec-WebSocket-Key is not base64 of 16 bytes"
+    return None
+
+
+class FrameSizes:
+    """Follows the frame headers in a websocket's incoming bytes, to refuse
+    a frame announcing a payload over the limit before its payload is read
+    (wsproto reads the payload first)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._payload_left = 0
+        """Bytes of the current frame's payload still to come."""
+        self._head = b""
+        """The start of a frame header cut by a read."""
+
+    def oversized_at(self, data: bytes) -> int:
+        """Where in ``data`` the header of an oversized frame begins, or -1."""
+        at, end = 0, len(data)
+        while at < end:
+            if self._payload_left:
+                taken = min(self._payload_left, end - at)
+                self._payload_left -= taken
+                at += taken
+                continue
+            start = at - len(self._head)
+            head = self._head + data[at : at + 14]
+            size = _header_size(head)
+            if size is None or len(head) < size:
+                self._head = head
+                return -1
+            self._head = b""
+            at += size - (at - start)
+            announced = _announced(head)
+            limit = (
+                self.limit + (self.limit >> 10) + DEFLATE_SLACK if head[0] & 0x40 else self.limit
+            )
+            if head[0] & 0x08 == 0 and announced > limit:
+                return max(start, 0)
+            self._payload_left = announced
+        return -1
+
+
+def _header_size(head: bytes) -> int | None:
+    """A frame header's size, once its first two bytes are known."""
+    if len(head) < 2:
+        return None
+    length = head[1] & 0x7F
+    extended = 8 if length == 127 else 2 if length == 126 else 0
+    return 2 + extended + (4 if head[1] & 0x80 else 0)
+
+
+def _announced(head: bytes) -> int:
+    """The payload length a whole frame header announces."""
+    length = head[1] & 0x7F
+    if length == 126:
+        return int.from_bytes(head[2:4], "big")
+    if length == 127:
+        return int.from_bytes(head[2:10], "big")
+    return length
 
 
 class WebSocketSession:
@@ -197,6 +309,9 @@ class WebSocketSession:
         self.accepted = False
         self.closed = False
         self._final: AsgiMessage | None = None
+        self._sizes = FrameSizes(max_message_bytes)
+        self._leftover = b""
+        """Bytes the client sent behind its handshake, read as frames."""
 
     async def receive(self) -> AsgiMessage:
         """The application's ``receive``: after the disconnect, the disconnect again."""
@@ -272,22 +387,38 @@ class WebSocketSession:
     async def _handshake(self, leftover: bytes) -> bool:
         """Check the opening request; False (after answering it) if it is refused."""
         request = self.request
+        problem = handshake_problem(request.headers, http2=self.extended is not None)
+        if problem is not None:
+            status, headers, why = problem
+            abuse["bad_handshake"] += 1
+            log.debug("refused websocket handshake on %s: %s", request.target, why)
+            await self._refuse_handshake(status, headers)
+            return False
         if self.extended is not None:
-            versions = _header_list(request.headers, b"sec-websocket-version")
-            if versions != ["13"]:
-                await self.extended.respond(400, [(b"sec-websocket-version", b"13")], end=True)
-                return False
             self.subprotocols = _header_list(request.headers, b"sec-websocket-protocol")
             return True
         head = [b"GET " + request.target.encode("latin-1") + b" HTTP/1.1\r\n"]
         head += [name + b": " + value + b"\r\n" for name, value in request.headers]
-        self.ws.receive_data(b"".join(head) + b"\r\n" + leftover)
-        handshake = next((e for e in self.ws.events() if isinstance(e, WsRequest)), None)
+        try:
+            self.ws.receive_data(b"".join(head) + b"\r\n")
+            handshake = next((e for e in self.ws.events() if isinstance(e, WsRequest)), None)
+        except RemoteProtocolError as error:
+            log.debug("refused websocket handshake on %s: %s", request.target, error)
+            handshake = None
         if handshake is None:
-            await self.flow.write(refusal(400))
+            abuse["bad_handshake"] += 1
+            await self._refuse_handshake(400, [])
             return False
         self.subprotocols = list(handshake.subprotocols)
+        self._leftover = leftover
         return True
+
+    async def _refuse_handshake(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.closed = True
+        if self.extended is not None:
+            await self.extended.respond(status, headers, end=True)
+        else:
+            await self.flow.write(refusal(status, headers))
 
     async def stop(self) -> None:
         """The server is stopping: close with 1001 (going away), tell the application."""
@@ -372,17 +503,27 @@ class WebSocketSession:
     async def _read(self) -> None:
         """Client frames into the inbox, pings answered, until the close."""
         assembly: _Assembly | None = _Assembly()
+        data, self._leftover = self._leftover, b""
         try:
             while assembly is not None:
-                data = await self.flow.read()
                 if not data:
-                    await self._disconnected(1006)
-                    return
+                    data = await self.flow.read()
+                    if not data:
+                        await self._disconnected(1006)
+                        return
+                oversized = self._sizes.oversized_at(data)
+                if oversized >= 0:
+                    data = data[:oversized]  # the frames before it are taken first
                 self.ws.receive_data(data)
+                data = b""
                 assembly = await self._take_events(assembly)
+                if oversized >= 0 and assembly is not None:
+                    abuse["message_too_big"] += 1
+                    await self._refuse(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                    return
         except RemoteProtocolError as error:
             abuse["protocol_error"] += 1
-            await self._refuse(CloseReason.PROTOCOL_ERROR, str(error))
+            await self._refuse(CloseReason.PROTOCOL_ERROR, f"protocol error: {error}")
         except (LoomingError, OSError, LocalProtocolError):
             await self._disconnected(1006)
 
@@ -431,18 +572,29 @@ class WebSocketSession:
         verdict = _VERDICTS.get(event.code)  # wsproto's on a bad frame (or the client's)
         if verdict is not None:
             abuse[verdict] += 1
+        reason = event.reason
+        if self.ws.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
+            # Not the client's close: wsproto's verdict on a bad frame, whose
+            # reason is an error's text; the client is told a fixed phrase.
+            log.debug("closing websocket (%d): %s", event.code, reason)
+            reason = _REASONS.get(event.code, "protocol error")
+            if reason == "invalid UTF-8" and event.reason == _EXTENSION_FAILED:
+                reason = "invalid compressed data"
+            event = CloseConnection(event.code, reason)
         if not self.closed:
             self.closed = True
             with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
                 await self._write(event.response())
-        await self._disconnected(event.code, event.reason)
+        await self._disconnected(event.code, reason)
 
     async def _refuse(self, reason: CloseReason, why: str) -> None:
+        """Close with ``reason``; the close frame says only the part of
+        ``why`` before a colon (what follows is for the debug log)."""
         log.debug("closing websocket: %s", why)
         if not self.closed:
             self.closed = True
             with contextlib.suppress(LocalProtocolError, LoomingError, OSError):
-                await self._write(CloseConnection(int(reason), why[:100]))
+                await self._write(CloseConnection(int(reason), why.partition(":")[0]))
         await self._disconnected(int(reason))
 
     async def _disconnected(self, code: int, reason: str | None = None) -> None:
