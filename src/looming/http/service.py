@@ -238,38 +238,61 @@ class Metrics:
         self.count += 1
 
     def render(self) -> bytes:
-        server = self.server
-        lines = [
-            "# HELP looming_http_responses_total Responses sent, by status class.",
-            "# TYPE looming_http_responses_total counter",
-        ]
+        """Every family with its HELP and TYPE lines (what ``promtool check
+        metrics`` asks): counters named ``_total``, and the request duration
+        one summary (``_sum`` and ``_count``)."""
+        lines = _family(
+            "looming_http_responses_total", "counter", "Responses sent, by status class."
+        )
         for status in sorted(self.by_status):
             lines.append(
                 f'looming_http_responses_total{{status="{status}"}} {self.by_status[status]}'
             )
-        gauges = {
-            "looming_http_response_body_bytes_total": ("counter", self.body_bytes),
-            "looming_http_request_duration_seconds_sum": ("counter", round(self.seconds, 6)),
-            "looming_http_request_duration_seconds_count": ("counter", self.count),
-        }
+        lines += _family(
+            "looming_http_response_body_bytes_total",
+            "counter",
+            "Bytes of response bodies sent.",
+            self.body_bytes,
+        )
+        duration = "looming_http_request_duration_seconds"
+        lines += _family(duration, "summary", "Time from a request's head to its response's end.")
+        lines += [f"{duration}_sum {round(self.seconds, 6)}", f"{duration}_count {self.count}"]
+        server = self.server
         if server is not None:
-            gauges.update(
-                {
-                    "looming_http_connections_open": ("gauge", server.connections_open),
-                    "looming_http_requests_in_flight": ("gauge", server.in_flight),
-                    "looming_http_connections_refused_total": (
-                        "counter",
-                        server.connections_refused,
-                    ),
-                    "looming_http_protocol_errors_total": ("counter", server.protocol_errors),
-                    "looming_http_timeouts_total": ("counter", server.timeouts),
-                    "looming_http_clients_gone_total": ("counter", server.clients_gone),
-                }
-            )
-        for name, (kind, value) in gauges.items():
-            lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+            for name, kind, text, value in (
+                ("connections_open", "gauge", "Connections open.", server.connections_open),
+                ("requests_in_flight", "gauge", "Requests being answered.", server.in_flight),
+                (
+                    "connections_refused_total",
+                    "counter",
+                    "Connections refused (the connection limit, or stopping).",
+                    server.connections_refused,
+                ),
+                (
+                    "protocol_errors_total",
+                    "counter",
+                    "Malformed requests refused.",
+                    server.protocol_errors,
+                ),
+                ("timeouts_total", "counter", "Connections timed out.", server.timeouts),
+                (
+                    "clients_gone_total",
+                    "counter",
+                    "Clients that went away mid-request or mid-response.",
+                    server.clients_gone,
+                ),
+            ):
+                lines += _family("looming_http_" + name, kind, text, value)
         lines += abuse_metrics()
         return ("\n".join(lines) + "\n").encode()
+
+
+def _family(name: str, kind: str, text: str, value: float | None = None) -> list[str]:
+    """A metric family's HELP and TYPE lines, and its one sample if ``value`` is given."""
+    lines = [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+    if value is not None:
+        lines.append(f"{name} {value}")
+    return lines
 
 
 class MetricsEndpoint:
