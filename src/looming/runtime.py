@@ -225,20 +225,36 @@ def parse_log_levels(spec: str) -> tuple[int | None, dict[str, int]]:
     return default, named
 
 
+ACCESS_LOGGER = "looming.http.access"
+
+
+class LogFormatter(logging.Formatter):
+    """Stamps each record with its time, level and logger, except the access
+    log's: those are written bare (a JSON object, or a common log line, per
+    line), as log collectors read them."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == ACCESS_LOGGER:
+            return record.getMessage()
+        return super().format(record)
+
+
 def configure_logging(spec: str, stream: Any = None) -> None:
     """Set log levels from a ``--logs`` value such as ``*:info,http:debug``.
 
     ``*`` sets the default; ``NAME`` sets both the ``NAME`` logger and
-    ``looming.NAME``. Levels: debug, info, warning, error, quiet.
+    ``looming.NAME``. Levels: debug, info, warning, error, quiet. Records
+    go to ``stream`` (stderr) through :class:`LogFormatter`.
     """
     default, named = parse_log_levels(spec)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    )
+    handler.setFormatter(LogFormatter())
     root.addHandler(handler)
     root.setLevel(logging.INFO if default is None else default)
     for name, level in named.items():
