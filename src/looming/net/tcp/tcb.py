@@ -37,7 +37,8 @@ TIMESTAMP_OPTION_SPACE = 12  # NOP NOP kind len TSval TSecr
 QUICK_ACKS = 16
 # A pure ACK is the one segment nothing retransmits: when it was the last
 # thing we sent and the peer stays quiet this long (or two of our smoothed
-# round trips, if longer), it goes once more (see TransmissionControlBlock._ack_repeat_deadline).
+# round trips, if longer, up to half the RTO), it goes once more (see
+# TransmissionControlBlock._ack_repeat_deadline).
 ACK_REPEAT_FLOOR_NS = 10_000_000
 
 
@@ -487,7 +488,12 @@ class TransmissionControlBlock:
         if self.receive_buffer.rcv_nxt == self.acknowledged_to and not header.sack_blocks:
             return None  # nothing the peer waits for (a window update, a challenge ACK)
         srtt = self.rtt.srtt
-        return now + (ACK_REPEAT_FLOOR_NS if srtt is None else max(2 * srtt, ACK_REPEAT_FLOOR_NS))
+        if srtt is None:
+            return now + ACK_REPEAT_FLOOR_NS
+        # Never later than half our RTO (the peer's is much the same): a
+        # round trip swollen by a delayed ACK would make it come too late.
+        ceiling = max(self.rtt.rto // 2, ACK_REPEAT_FLOOR_NS)
+        return now + min(max(2 * srtt, ACK_REPEAT_FLOOR_NS), ceiling)
 
     def _send_syn(self, now: int, *, with_ack: bool) -> None:
         config = self.config
