@@ -57,7 +57,7 @@ from looming.http.asgi import (
 )
 from looming.http.h11_strict import bad_head_byte
 from looming.http.message import Request
-from looming.http.parser import _TARGET_MATCH, _checked_fields, httptools_module
+from looming.http.parser import _PLAIN_TARGET_MATCH, _checked_fields, httptools_module
 from looming.http.response_head import (
     CHUNKED,
     CONNECTION_CLOSE,
@@ -458,7 +458,7 @@ class FastAsgiConnection(asyncio.Protocol):
         if not self._message_done or parser.get_http_version() != "1.1":
             return None
         method = parser.get_method()
-        if method == b"HEAD" or _TARGET_MATCH(target) is None:
+        if method == b"HEAD" or _PLAIN_TARGET_MATCH(target) is None:
             return None
         if self._not_fast and target.partition(b"?")[0] in self._not_fast:
             return None

@@ -34,6 +34,21 @@ HTTPTOOLS = "httptools"
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _TARGET_MATCH = _TARGET.fullmatch
 """A request target as h11 takes it (RFC 9112 section 3.2: visible ASCII)."""
+_PLAIN_TARGET_MATCH = re.compile(rb"[\x21\x22\x24-\x7e]+").fullmatch
+"""Such a target without a ``#``: one with a fragment is taken without it
+(:func:`without_fragment`), on the usual path."""
+
+
+def without_fragment(target: bytes) -> bytes:
+    """``target`` without its ``#fragment``, which a client should not send
+    and which is no part of the resource asked for (RFC 9110 section 7.1:
+    not in the path nor in the query), as uvicorn takes it. A target that
+    is only a fragment is refused."""
+    kept = target.partition(b"#")[0]
+    if not kept:
+        raise _remote_error("illegal request target")
+    return kept
+
 
 _END = h11.EndOfMessage()
 
@@ -86,6 +101,9 @@ class H11Parser(h11.Connection):
         if self.their_state is h11.IDLE:
             self._skip_blank_lines()
         event = super().next_event()
+        if type(event) is h11.Request and b"#" in event.target:
+            # h11's events are frozen; this one is not yet handed out.
+            object.__setattr__(event, "target", without_fragment(event.target))
         size = getattr(self._reader, "_bytes_in_chunk", 0)  # what the chunk still holds
         if type(event) is h11.Data and event.chunk_start:
             size += len(event.data)
@@ -375,9 +393,13 @@ class HttptoolsParser:
         target = self._url
         if _TARGET_MATCH(target) is None:
             raise _remote_error("illegal request target")
+        if b"#" in target:
+            target = without_fragment(target)
         given = parser.get_http_version()
         version = _VERSIONS.get(given)
         if version is None:
+            if given == "0.9":  # a request line without a version: h11 refuses it so
+                raise _remote_error("illegal request line")
             version = given.encode("ascii")
         headers, notes, size = _checked_fields(self._headers, version, target)
         head = RequestHead(parser.get_method(), target, headers, version, False, notes, size)
