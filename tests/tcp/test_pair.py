@@ -13,6 +13,7 @@ import pytest
 from looming.devices.stack import TcpFlow
 from looming.errors import Closed, ConnectionRefused, ConnectionReset, ConnectionTimeout
 from looming.net.tcp import State, TcpConfig, TcpLayer, TcpStream
+from looming.net.tcp.config import MS, SECOND
 from looming.unix.random import UnixRandom
 from looming.unix.time import UnixTime
 from tests.tcp.ipv4_pair import Faults, wire_pair
@@ -213,12 +214,23 @@ def test_backpressure_with_a_slow_reader() -> None:
 
 
 def test_syn_flood_is_answered_with_cookies_and_cookies_connect() -> None:
-    config = TcpConfig(syn_backlog=2)
+    """Two half-open connections fill the backlog, and the next three SYNs
+    are answered with cookies. The half-open ones stay half-open however
+    long the test takes: the server resends their SYN-ACKs (from 50 ms on,
+    ten times, for over a minute) and the ACKs answering those are lost
+    too. (Once a pause of a busy machine outlasted the server's RTO, the
+    resent SYN-ACKs completed them, the backlog had room again and a SYN
+    got no cookie.) The client's SYNs all arrive and it resends none (a
+    resent SYN would get a second cookie)."""
+    faults = Faults()
+    a, b = wire_pair(faults)
+    client = TcpLayer(a, UnixTime(), UnixRandom(1), config=TcpConfig(rto_initial_ns=30 * SECOND))
+    server_config = TcpConfig(
+        syn_backlog=2, rto_initial_ns=50 * MS, rto_min_ns=50 * MS, synack_retries=10
+    )
+    server = TcpLayer(b, UnixTime(), UnixRandom(2), config=server_config)
 
     async def main() -> None:
-        faults = Faults()
-        client, server = _layers(faults, config)
-
         async def echo(flow: TcpFlow) -> None:
             await flow.write(await flow.read())
 
@@ -228,7 +240,15 @@ def test_syn_flood_is_answered_with_cookies_and_cookies_connect() -> None:
         pending = [asyncio.create_task(client.connect("10.9.0.2", 11)) for _ in range(2)]
         await _eventually(lambda: server._endpoint.listeners[11].half_open == 2)
         await _eventually(lambda: all(task.done() for task in pending))
-        faults.drop_filter = None
+        held = {task.result().local_address[1] for task in pending}
+        faults.drop_filter = lambda src, payload: (
+            str(src) == "10.9.0.1"
+            and payload[13] == 0x10
+            and int.from_bytes(payload[:2], "big") in held
+        )
+        await asyncio.sleep(0.2)  # the server resends their SYN-ACKs meanwhile
+        assert server.stats.retransmits >= 2
+        assert server._endpoint.listeners[11].half_open == 2
         flows = [await client.connect("10.9.0.2", 11) for _ in range(3)]
         assert server.stats.cookies_sent == 3
         assert server.stats.cookies_accepted == 3
