@@ -229,7 +229,7 @@ class BodyReader:
                     self.received += len(event.data)
                     if self._limit and self.received > self._limit:
                         raise ClientGone(f"request body over {self._limit} bytes")
-                    return bytes(event.data), True
+                    return bytes(event.data), self._more_after_data()
                 if type(event) is h11.EndOfMessage:
                     _check_trailer(event)
                     self._finish()
@@ -242,6 +242,18 @@ class BodyReader:
                 raise
             self.malformed = self._watch.malformed = isinstance(error, h11.RemoteProtocolError)
             raise ClientGone(f"request body failed: {error}") from None
+
+    def _more_after_data(self) -> bool:
+        """Whether more of the body is to come after a piece: not when the
+        end of the body is already in hand (a whole Content-Length body in
+        one read is one message with ``more_body`` false, as uvicorn sends it)."""
+        event = self._conn.next_event()
+        if type(event) is h11.EndOfMessage:
+            _check_trailer(event)
+            self._finish()
+            return False
+        self._peeked = event
+        return True
 
     async def discard(self, limit: int) -> bool:
         """Read and drop what the handler left unread; whether it all arrived within ``limit``."""
