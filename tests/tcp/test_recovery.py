@@ -860,7 +860,10 @@ def _echo_state(layers: dict[str, TcpLayer]) -> str:
     waiters: what a stalled echo's report shows."""
     lines = []
     for name, layer in layers.items():
-        lines.append(f"{name}: {layer.timer_count} timer(s) armed")
+        lines.append(
+            f"{name}: {layer.timer_count} timer(s) armed, "
+            f"{layer.stats.malformed_dropped} segment(s) dropped as malformed"
+        )
         for key, conn in layer._endpoint.connections.items():
             armed = layer._timers.get(conn)
             stream = layer._streams.get(conn)
@@ -985,6 +988,9 @@ def test_under_heavy_loss_no_timeout_waits_for_a_loss_rack_could_see(seed: int) 
     finally:
         TcpSender._on_retransmit_timeout = original  # type: ignore[method-assign]
     assert echoed == sent
+    # The wire corrupts nothing: a segment dropped as malformed is TCP input
+    # that raised (the layer logs it and drops the segment).
+    assert [layer.stats.malformed_dropped for layer in layers.values()] == [0, 0]
     timeouts = sum(layer.stats.timeouts for layer in layers.values())
     assert len(overlooked) <= timeouts
     assert [found for found in overlooked if found] == []
