@@ -127,6 +127,7 @@ KEY_CHECKS: dict[str, str] = {
             "ws_max_size",
             "max_body_size",
             "shutdown_timeout",
+            "cancel_on_disconnect",
             "http_parser",
             "root_path",
             "proxy_headers",

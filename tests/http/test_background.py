@@ -326,7 +326,7 @@ def test_a_head_request_to_an_endless_stream_is_cut_after_the_grace() -> None:
             time.sleep(0.02)
         cut = time.monotonic() - began  # from before the request: at least the grace
         assert done.cancelled == 1, "the endless stream was never cut"
-        grace = AsgiAdapter.disconnect_grace
+        grace = AsgiAdapter.head_grace
         assert grace - 0.05 <= cut < grace + 2  # (0.05: the loop's timer grain)
         assert done.started == [] and done.ended == []
         assert timed(conn, "GET", "/plain")[1:] == (200, b"plain\n")  # the connection goes on

@@ -121,6 +121,13 @@ def http_keys() -> list[Key]:
         ),
         Key("ws_max_size", "int", 16 * 1024 * 1024, "websocket message bytes at most", where),
         Key(
+            "cancel_on_disconnect",
+            "float",
+            0.0,
+            "seconds a handler whose client left may run on before it is cancelled (0: never)",
+            where,
+        ),
+        Key(
             "max_body_size",
             "int",
             16 * 1024 * 1024,

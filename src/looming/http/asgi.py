@@ -294,7 +294,7 @@ class _AppBody:
         detach: Callable[[_AppRun], None],
         *,
         head_grace: float | None = None,
-        gone_grace: float = 1.0,
+        gone_grace: float | None = None,
     ) -> None:
         self._next: Message | None = first
         self._outbox = outbox
@@ -307,7 +307,8 @@ class _AppBody:
         """Set once the application sent its response's last message."""
         self._head_grace = head_grace
         self._gone_grace = gone_grace
-        """How long an application whose response was cut may take to finish."""
+        """How long an application whose response was cut may take to finish
+        (None: it runs on, told of the disconnect, and is never cancelled)."""
         """For a HEAD request (whose body the application sends is dropped):
         how long the application may go on streaming after the head."""
         self.bytes_sent = 0
@@ -445,6 +446,12 @@ class _AppBody:
         Cut by the server (a stop, the send timeout): cancelled at once."""
         task = self._task
         server_task = asyncio.current_task()
+        if self._gone_grace is None and server_task is not None and not server_task.cancelling():
+            # Told of the disconnect, it runs on by itself (as under uvicorn):
+            # the work a client asked for is not lost with its connection.
+            self._outbox.client_gone()
+            self._hand_over()
+            return
         try:
             if server_task is not None and not server_task.cancelling():
                 self._outbox.client_gone()
@@ -483,8 +490,17 @@ class AsgiAdapter:
     streams_request_body = True
     """Request bodies reach the application in pieces, as it reads them."""
 
-    disconnect_grace = 1.0
-    """How long an application told of a disconnect may take to finish before it is cancelled."""
+    disconnect_grace: float | None = None
+    """How long an application whose client went away may run on before it
+    is cancelled (the ``cancel_on_disconnect`` key). None, the default: never
+    cancelled, as under uvicorn; it is told (``receive()`` gives
+    ``http.disconnect``, ``send()`` raises an OSError), the connection is
+    closed at once, and it runs on as background tasks do (at shutdown it
+    gets :attr:`background_grace`)."""
+
+    head_grace = 1.0
+    """How long an application answering HEAD (its body goes nowhere) may
+    go on streaming after the head before it is cancelled."""
 
     background_grace = 10.0
     """At shutdown, how long applications still running after their response
@@ -697,12 +713,14 @@ class AsgiAdapter:
         try:
             await self.app(scope, receive, outbox.put)
         except Exception as error:
-            if outbox.gone and ClientDisconnected in (type(error), type(error.__context__)):
+            left = outbox.gone and ClientDisconnected in (type(error), type(error.__context__))
+            if left:
                 # What send() raised for the client's leaving, or raised while
                 # handling it (Starlette's ClientDisconnect): kept, frames let go.
                 release_frames(error)
             if run.detached:
-                log.error("ASGI application raised after its response was complete", exc_info=error)
+                if not left:
+                    log.error("ASGI application raised after its response", exc_info=error)
             else:
                 run.error = error
         finally:
@@ -733,7 +751,7 @@ class AsgiAdapter:
             ended.set()
             outbox.response_finished()
             task = run.task
-            if not run.done:
+            if not run.done and not run.detached:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -746,7 +764,7 @@ class AsgiAdapter:
         its first body message is its last, else streamed from the outbox."""
         start = outbox.take() or await outbox.get()
         if start is _GONE:
-            await self._end_after_disconnect(run.task)
+            await self._end_after_disconnect(run)
             raise ClientDisconnected("the client went away before the response")
         if start.get("type") != "http.response.start":
             await run.finished()  # raises the application's error, if any
@@ -756,7 +774,7 @@ class AsgiAdapter:
         trailers = bool(start.get("trailers", False))
         first = outbox.take() or await outbox.get()
         if first is _GONE:
-            await self._end_after_disconnect(run.task)
+            await self._end_after_disconnect(run)
             raise ClientDisconnected("the client went away before the response")
         if (
             not trailers
@@ -770,7 +788,7 @@ class AsgiAdapter:
             # (as Starlette re-raises after its 500 page) is logged.
             self._run_on(run)
             return Response(status, headers, bytes(first.get("body", b"")))
-        head_grace = self.disconnect_grace if request.method == "HEAD" else None
+        head_grace = self.head_grace if request.method == "HEAD" else None
         body = _AppBody(
             first,
             outbox,
@@ -834,8 +852,13 @@ class AsgiAdapter:
         for session in list(self._websockets):
             await session.stop()
 
-    async def _end_after_disconnect(self, task: asyncio.Task[None]) -> None:
-        """Let the application, told of the disconnect, finish; cancel it after a grace."""
+    async def _end_after_disconnect(self, run: _AppRun) -> None:
+        """Let the application, told of the disconnect, run on by itself; or,
+        with a :attr:`disconnect_grace`, wait that long for it (the caller
+        cancels it after)."""
+        if self.disconnect_grace is None:
+            self._run_on(run)
+            return
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
             async with asyncio.timeout(self.disconnect_grace):
-                await asyncio.shield(task)
+                await asyncio.shield(run.task)

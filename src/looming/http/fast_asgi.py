@@ -942,8 +942,18 @@ class _Exchange:
             return
         # Told of the disconnect (its pending send() raises ClientDisconnected),
         # it may finish within the grace, also with a response cut midway.
-        grace = self._conn._adapter.disconnect_grace
-        self._conn._loop.call_later(grace, self._cut, task)
+        conn = self._conn
+        grace = conn._adapter.disconnect_grace
+        if grace is not None:
+            conn._loop.call_later(grace, self._cut, task)
+            return
+        # No grace (the default): it runs on by itself, held as background
+        # tasks are, and the connection closes now (no CLOSE-WAIT).
+        if not self._ended:
+            self._ended = True
+            conn._server.in_flight -= 1
+            conn._adapter._after.add(task)
+        conn.exchange_ended()
 
     def _cut(self, task: asyncio.Task[None]) -> None:
         if not self._done and not task.done():

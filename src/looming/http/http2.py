@@ -86,8 +86,8 @@ encode a header list in more bytes than it holds, never much more."""
 STALL_TIMEOUT = 30.0
 GONE_GRACE = 1.5
 """Seconds the handlers of a connection that ended may take to finish on
-their own (an ASGI app, told ``http.disconnect``, gets its own shorter grace)
-before they are cancelled."""
+their own before they are cancelled (an ASGI app, told ``http.disconnect``,
+runs on by itself unless its adapter has a ``disconnect_grace``)."""
 IDLE_TIMEOUT = 60.0
 """A connection with no stream open for this long gets GOAWAY and is closed
 (PINGs and SETTINGS do not keep it: they are not streams)."""
@@ -603,8 +603,10 @@ class H2Session:
             stream.window_open.set()
         current = asyncio.current_task()
         if self.tasks and not (current is not None and current.cancelling()):
-            # (no grace when the connection itself is cancelled: a stop that ran out of time)
-            await asyncio.wait(self.tasks, timeout=GONE_GRACE)
+            # (no grace when the connection itself is cancelled: a stop that ran out of time;
+            # an ASGI app cancelled on disconnect gets the grace it was given)
+            asked = getattr(self.handler, "disconnect_grace", None) or 0.0
+            await asyncio.wait(self.tasks, timeout=max(GONE_GRACE, asked))
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

@@ -53,6 +53,7 @@ class HttpSettings:
     shutdown_timeout: float = 10.0
     http_parser: str = "auto"
     ws_max_size: int = 16 * 1024 * 1024
+    cancel_on_disconnect: float = 0.0
     max_body_size: int = 16 * 1024 * 1024
     root_path: str = ""
     proxy_headers: bool = False
@@ -123,6 +124,12 @@ def shutdown_timeout_problem(value: object) -> str | None:
     return None
 
 
+def cancel_on_disconnect_problem(value: object) -> str | None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return "give 0 (never cancel, the default) or a finite number of seconds"
+    return None
+
+
 def http_parser_problem(value: object) -> str | None:
     try:
         chosen_parser(str(value))
@@ -150,6 +157,7 @@ KEY_PROBLEMS = {
     "ws_max_size": ws_max_size_problem,
     "max_body_size": max_body_size_problem,
     "shutdown_timeout": shutdown_timeout_problem,
+    "cancel_on_disconnect": cancel_on_disconnect_problem,
     "http_parser": http_parser_problem,
     "root_path": root_path_problem,
     "proxy_headers": proxy_headers_problem,
@@ -377,6 +385,7 @@ async def serve_asgi(
     adapter = AsgiAdapter(app, root_path=settings.root_path, scheme=scheme)
     adapter.background_grace = settings.shutdown_timeout
     adapter.websocket_max_message_bytes = settings.ws_max_size
+    adapter.disconnect_grace = settings.cancel_on_disconnect or None
     server = http_server(adapter, settings, clock=clock)
     async with adapter.lifespan():
         listener = await stack.tcp.listen(port, server.serve_flow)
