@@ -85,6 +85,12 @@ def _start(plan: Plan) -> list[str]:
         f'    """Connect the devices, then run the {"jobs" if len(plan.jobs) > 1 else "job"}."""',
     ]
     for d in plan.devices:
+        if d.impl.check:
+            module, function = d.impl.check.split(":", 1)
+            values = [f"{k}={v}" for k, v in d.impl.kwargs if isinstance(v, str)]
+            lines.append(f"    from {module} import {function}")
+            lines.append(f"    {function}({', '.join(values)})  # before any device opens")
+    for d in plan.devices:
         lines.append(f"    {d.var} = {d.call()}")
         if d.impl.disconnect:
             lines.append(f"    devices.push_async_callback({d.var}.{d.impl.disconnect})")

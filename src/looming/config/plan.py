@@ -81,6 +81,9 @@ class Impl:
     served_folders: Sequence[str] = ()
     """Folders of the application read in place at run time (checked at build)."""
     summary: str = ""
+    check: str | None = None
+    """``"module:function"`` called with the key-valued ``kwargs`` before any
+    device connects: a bad value is reported before a device is opened."""
 
     @property
     def module(self) -> str:

@@ -97,6 +97,13 @@ class ServerConfig:
     """After an error response, how long unread request bytes are drained."""
     linger_bytes: int = 4 * 1024 * 1024
     """After an error response, how many unread request bytes are drained."""
+    unread_body_bytes: int = 256 * 1024 * 1024
+    """After a response, how many bytes of the request body the handler left
+    unread are read and dropped (as uvicorn does), so the connection goes on
+    and no reset destroys the response (RFC 9112 section 9.6)."""
+    unread_body_timeout: float = 5.0
+    """...and for how long at most: a client sending more, or slower, is cut
+    off (after a half-close and :attr:`linger_timeout`)."""
     server_name: str = "looming"
     """The value of the Server header."""
     max_connections: int = 0
@@ -1050,12 +1057,25 @@ class HttpServer:
         watch.disarm()
         if not keep_alive:
             return False
-        if not reader.complete and not await reader.discard(self.config.linger_bytes):
+        if not reader.complete and not await self._drop_unread(reader):
             if reader.malformed:  # what the handler left unread was malformed
                 self.protocol_errors += 1
+            elif not reader.broken:  # too much or too slow: a half-close first
+                with contextlib.suppress(NetworkError, OSError, TimeoutError):
+                    await self._linger(reader.flow)
             return False
         stream.leftover, stream.peer_closed = conn.trailing_data
         return not watch.gone
+
+    async def _drop_unread(self, reader: BodyReader) -> bool:
+        """Read and drop what the handler left unread of the request body,
+        within :attr:`ServerConfig.unread_body_bytes` and ``unread_body_timeout``;
+        whether it all arrived."""
+        config = self.config
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(config.unread_body_timeout):
+                return await reader.discard(config.unread_body_bytes)
+        return False
 
     async def _serve_h2(
         self,

@@ -197,6 +197,11 @@ class BodyReader:
         self.malformed = False
         """It was broken by the client's bad framing (a 400), not by its going away."""
 
+    @property
+    def flow(self) -> Flow:
+        """The connection the body is read from."""
+        return self._flow
+
     def start_if_empty(self) -> None:
         """Mark a request without a body complete (and start watching) at once."""
         event = self._conn.next_event()

@@ -29,6 +29,7 @@ from looming.net.ethernet import EthernetLayer
 from looming.net.icmp import IcmpLayer
 from looming.net.ipv4 import Ipv4Layer
 from looming.net.limits import check_stack_limits
+from looming.net.stack_checks import check_ipv4, check_ipv4_values, check_ipv6, secret_from_hex
 from looming.net.tcp import TcpConfig, TcpLayer
 from looming.net.udp import UdpLayer
 from looming.runtime import STATUS_REPORTERS
@@ -225,12 +226,12 @@ class DirectStack:
         dual-stack too (the simulator's hosts do: a connection opened at
         once then leaves from the static address, not the link-local one).
         """
-        _check_ipv6(ipv6, ipv6_address, ipv6_gateway)
+        check_ipv6(ipv6, ipv6_address, ipv6_gateway)
         if isinstance(slaac_secret, str):
-            slaac_secret = _secret_from_hex(slaac_secret)
+            slaac_secret = secret_from_hex(slaac_secret)
         check_stack_limits(max_connections, memory_limit, congestion_control)
-        _check_ipv4(address, dhcp, ipv4=ipv4, ipv6=ipv6)
-        _check_ipv4_values(address, gateway)
+        check_ipv4(address, dhcp, ipv4=ipv4, ipv6=ipv6)
+        check_ipv4_values(address, gateway)
         stack = cls(
             network,
             time=time,
@@ -450,18 +451,6 @@ def _weak_reporter(stack: weakref.ref[DirectStack]) -> Callable[[], None]:
     return report
 
 
-def _secret_from_hex(text: str) -> bytes:
-    try:
-        secret = bytes.fromhex(text)
-    except ValueError:
-        raise UsageError(f"--slaac-secret {text!r}: not hex digits") from None
-    if len(secret) < 16:
-        raise UsageError(
-            f"--slaac-secret: {len(secret) * 8} bits; give at least 128 (32 hex digits)"
-        )
-    return secret
-
-
 # How often the limit counters are looked at (a warning comes this late at most).
 _LIMIT_CHECK_S = 1.0
 
@@ -470,62 +459,3 @@ _LIMIT_CHECK_S = 1.0
 _STATIC_DAD_WAIT_S = 5.0
 
 
-def _check_ipv4(
-    address: IPv4Interface | None,
-    dhcp: bool,
-    *,
-    ipv4: bool = True,
-    ipv6: bool = False,
-) -> None:
-    if not ipv4:
-        if not ipv6:
-            raise UsageError("IPv6 only (--ipv6-only) needs IPv6: give --ipv6 on or drop it")
-        if dhcp or address is not None:
-            raise UsageError("IPv6 only (--ipv6-only) takes no IPv4 address and no --dhcp")
-        return
-    if dhcp and address is not None:
-        raise ValueError("give either a static address or dhcp=True, not both")
-    if not dhcp and address is None:
-        raise ValueError("a direct stack needs an address (or dhcp=True)")
-
-
-def _check_ipv4_values(address: IPv4Interface | None, gateway: IPv4Address | None) -> None:
-    """Refuse a static IPv4 address or gateway that cannot work, naming the key."""
-    if address is None:
-        return
-    ip, network = address.ip, address.network
-    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_reserved:
-        raise UsageError(f"--ipv4 {address}: not an address an interface can hold")
-    if network.prefixlen < 31 and ip in (network.network_address, network.broadcast_address):
-        raise UsageError(
-            f"--ipv4 {address}: the network's own or broadcast address; give a host address"
-        )
-    if gateway is not None and (gateway not in network or gateway == ip):
-        raise UsageError(
-            f"--ipv4-gateway {gateway}: not another address inside {network} (--ipv4 "
-            f"{address}); give a gateway on that network, or a wider prefix"
-        )
-
-
-def _check_ipv6(ipv6: bool, address: IPv6Interface | None, gateway: IPv6Address | None) -> None:
-    """Refuse IPv6 settings that cannot work, saying which key to fix."""
-    if not ipv6 and (address is not None or gateway is not None):
-        raise UsageError("an IPv6 address or gateway needs IPv6 turned on (--ipv6)")
-    if address is not None:
-        ip = address.ip
-        if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
-            raise UsageError(f"--ipv6-address {address}: not an address an interface can hold")
-        if address.network.prefixlen == 128 and gateway is not None and not gateway.is_link_local:
-            raise UsageError(
-                f"--ipv6-gateway {gateway} cannot be reached from {address}: give the "
-                "address with its prefix (e.g. /64) or a link-local gateway (fe80::...)"
-            )
-    if gateway is None:
-        return
-    if gateway.is_multicast or gateway.is_unspecified or gateway.is_loopback:
-        raise UsageError(f"--ipv6-gateway {gateway}: not a router's address")
-    if not gateway.is_link_local and (address is None or gateway not in address.network):
-        raise UsageError(
-            f"--ipv6-gateway {gateway} is neither link-local nor inside the prefix of "
-            "--ipv6-address: the router must be on the link"
-        )

@@ -273,7 +273,9 @@ def direct_stack_impl(dev: Device) -> Impl:
         disconnect="disconnect",
         deps={"network": dev.deps[0], "time": time_dev, "clock": clock_dev, "random": random_dev},
         keys=[
-            KeyDecl("ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix"),
+            KeyDecl(
+                "ipv4", "ipv4_interface", "10.0.0.2/24", "address and prefix length (e.g. /24)"
+            ),
             KeyDecl("ipv4_gateway", "ipv4_address", None, "default gateway"),
             KeyDecl("dhcp", "bool", False, "get the address by DHCP"),
             KeyDecl(
@@ -293,7 +295,12 @@ def direct_stack_impl(dev: Device) -> Impl:
                 "ipv6", "bool", False, "IPv6 too: link-local address, SLAAC unless --slaac off"
             ),
             KeyDecl("ipv6_only", "bool", False, "IPv6 only: no IPv4 address (turns IPv6 on)"),
-            KeyDecl("ipv6_address", "ipv6_interface", None, "static IPv6 address and prefix"),
+            KeyDecl(
+                "ipv6_address",
+                "ipv6_interface",
+                None,
+                "static IPv6 address and prefix length (e.g. /64)",
+            ),
             KeyDecl("ipv6_gateway", "ipv6_address", None, "static IPv6 default router"),
             KeyDecl("slaac", "bool", True, "with IPv6: addresses and routers from advertisements"),
             KeyDecl(
@@ -304,6 +311,7 @@ def direct_stack_impl(dev: Device) -> Impl:
             ),
         ],
         summary="looming TCP/IP stack",
+        check="looming.net.stack_checks:check_direct_keys",
     )
 
 
