@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from looming.http import AsgiAdapter, ServerConfig
 from looming.http.asgi import Scope
-from looming.http.fast_asgi import HELD_WRITES, FastAsgiConnection
+from looming.http.fast_asgi import APART, HELD_WRITES, FastAsgiConnection
 from looming.http.server import HttpServer
 from looming.unix.clock import UnixClock
 
@@ -58,6 +58,9 @@ class Transport:
 
     def write(self, data: bytes) -> None:
         self.written.append((self.turn, data))
+
+    def writelines(self, pieces: tuple[bytes, ...]) -> None:
+        self.written.append((self.turn, b"".join(pieces)))
 
     def is_closing(self) -> bool:
         return False
@@ -187,7 +190,7 @@ def exchanges(port: int, scripts: list[bytes]) -> list[bytes]:
 
 
 SIZES = st.sampled_from(
-    [0, 1, 100, 16384, HELD_WRITES - 200, HELD_WRITES, HELD_WRITES + 1, 200_000]
+    [0, 1, 100, APART - 1, APART, 16384, HELD_WRITES - 200, HELD_WRITES, HELD_WRITES + 1, 200_000]
 )
 TARGET = st.tuples(st.sampled_from(["whole", "whole", "stream"]), SIZES)
 

@@ -81,6 +81,10 @@ HELD_WRITES = 64 * 1024
 """Response bytes a connection may hold back for the loop's next turn (more
 are written at once, where the transport's high-water mark sees them)."""
 
+APART = 4096
+"""Body bytes from which a whole response's body is held beside its head
+and written with it in one writev, not copied behind it."""
+
 FLUSH_TIMEOUT = 30.0
 """Seconds a closed connection may take to hand its last bytes to a slow client."""
 
@@ -139,6 +143,7 @@ class FastAsgiConnection(asyncio.Protocol):
         "_head_begun",
         "_headers",
         "_held",
+        "_held_body",
         "_last_head",
         "_last_target",
         "_loop",
@@ -177,7 +182,7 @@ class FastAsgiConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
         self._parser: Any = httptools_module().HttpRequestParser(self)
-        self._held = b""
+        self._held = self._held_body = b""
         """Responses written in this turn of the loop, not yet handed to
         the transport (see :meth:`write_soon`)."""
         self._buf = bytearray()
@@ -582,35 +587,47 @@ class FastAsgiConnection(asyncio.Protocol):
             self.flush()
         transport.write(data)
 
-    def write_soon(self, data: bytes) -> None:
+    def write_soon(self, data: bytes, body: bytes = b"") -> None:
         """Write a whole response (or its end) with the other connections'
         of this turn of the loop: one burst of writes wakes a client
         reading many connections once, not once for each (the writes
         otherwise alternate with the applications' work). Held back until
         the loop's next turn, but never more than :data:`HELD_WRITES`
-        bytes; writing anything else writes them first."""
+        bytes; writing anything else writes them first. ``body``: a large
+        body that follows ``data``, held beside it (see :data:`APART`)."""
         held = self._held
         if not held:
-            if len(data) > HELD_WRITES:
-                self._transport.write(data)
+            if len(data) + len(body) > HELD_WRITES:
+                self._held, self._held_body = data, body
+                self.flush()
                 return
             waiting = self._server.fast_writes
             if not waiting:
                 self._loop.call_soon(flush_writes, self._server)
             waiting.append(self)
-            self._held = data
-        elif len(held) + len(data) > HELD_WRITES:
+            self._held, self._held_body = data, body
+            return
+        data += body
+        if self._held_body:
+            held += self._held_body  # (a response after a large one in the same read: rare)
+            self._held_body = b""
+        if len(held) + len(data) > HELD_WRITES:
+            self._held = held
             self.write(data)
         else:
             self._held = held + data  # (pipelined responses: a few, small)
 
     def flush(self) -> None:
         """Hand what is held back to the transport."""
-        held = self._held
+        held, body = self._held, self._held_body
         if held:
-            self._held = b""
+            self._held = self._held_body = b""
             transport = self._transport
-            if not (self._lost or transport.is_closing()):
+            if self._lost or transport.is_closing():
+                return
+            if body:
+                transport.writelines((held, body))  # (uvloop: one writev, no copy)
+            else:
                 transport.write(held)
 
     async def drain(self) -> None:
@@ -645,7 +662,7 @@ class FastAsgiConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection now, unsent bytes and all."""
         self._closing = True
-        self._held = b""
+        self._held = self._held_body = b""
         if not self._lost:
             self._transport.abort()
 
@@ -906,7 +923,7 @@ class _Exchange:
         conn = self._conn
         self._finish(conn._server.error_response(500, close=False))
 
-    def _finish(self, last: bytes) -> None:
+    def _finish(self, last: bytes, body: bytes = b"") -> None:
         """The response ends with ``last``: the application is told, runs
         on by itself (background tasks), and the connection goes on."""
         self._done = True
@@ -924,7 +941,7 @@ class _Exchange:
         try:
             # (a client gone is no error here)
             if last and not (conn._lost or conn._closing or conn._transport.is_closing()):
-                conn.write_soon(last)
+                conn.write_soon(last, body)
         finally:
             conn.response_done(self, self._keep_alive)
 
@@ -993,7 +1010,7 @@ class _Exchange:
                 # The whole response in one message (the common case): no
                 # further coroutine, one write.
                 self._written = True
-                self._finish(self._whole(message.get("body", b"")))
+                self._finish(*self._whole(message.get("body", b"")))
                 return
             await self._body(message.get("body", b""), more)
         elif not self._started:
@@ -1048,7 +1065,7 @@ class _Exchange:
         if not self._written:
             self._written = True
             if not more and self._trailers is None:
-                self._finish(self._whole(bytes(body)))
+                self._finish(*self._whole(bytes(body)))
                 return
             conn.write(self._streamed_head())
         if body_not_allowed(self._status):
@@ -1059,14 +1076,15 @@ class _Exchange:
             self._end_body()
         await conn.drain()
 
-    def _whole(self, body: bytes) -> bytes:
-        """Head and body of a response sent in one message."""
+    def _whole(self, body: bytes) -> tuple[bytes, bytes]:
+        """Head and body of a response sent in one message: joined, or
+        apart from :data:`APART` body bytes."""
         if type(body) is not bytes:
             body = bytes(body)
         status, prepared = self._status, self._prepared
         assert prepared is not None  # set by the start
         if status == 204 or status == 304:  # (body_not_allowed: the start took 200-999)
-            return self._conn._server.whole_head(status, prepared, -1)
+            return self._conn._server.whole_head(status, prepared, -1), b""
         length = len(body)
         declared = self._declared
         if declared is not None and declared != length:
@@ -1076,7 +1094,8 @@ class _Exchange:
                 length,
             )
         self._body_bytes = length
-        return self._conn._server.whole_head(status, prepared, length) + body
+        head = self._conn._server.whole_head(status, prepared, length)
+        return (head, body) if length >= APART else (head + body, b"")
 
     def _streamed_head(self) -> bytes:
         assert self._prepared is not None  # set by the start
