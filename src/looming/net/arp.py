@@ -87,6 +87,12 @@ class ArpCache:
             del self._unsolicited[address]  # in use from now on
         return mac
 
+    def binds(self, address: bytes, mac: bytes, now_ns: int) -> bool:
+        """Whether the packed ``address`` is bound to ``mac`` now (no side
+        effect: a binding looked at is not in use for it)."""
+        entry = self._entries.get(IPv4Address(address))
+        return entry is not None and entry[0] == mac and now_ns < entry[1]
+
     def expires_soon(self, address: IPv4Address, now_ns: int) -> bool:
         """Whether the entry is in the last tenth of its lifetime."""
         entry = self._entries.get(address)
@@ -381,6 +387,12 @@ class ArpLayer:
         # in the cache are always answered.
         self._request_bucket = TokenBucket(1000, 100, time.now_ns())
         ethernet.register(EthernetProtocol.ARP, self._on_frame)
+        # A SYN beyond the shared budget from a neighbour bound to its
+        # frame's source MAC still passes (FramePolicy).
+        ethernet.policy.bound_v4 = self._binds
+
+    def _binds(self, address: bytes, mac: bytes) -> bool:
+        return self.cache.binds(address, mac, self._time.now_ns())
 
     @property
     def limits(self) -> NeighbourLimits:

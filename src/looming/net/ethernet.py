@@ -128,6 +128,14 @@ class FramePolicy:
     ``fragment_policed`` (IPv4 fragments that would start a new
     reassembly). A flood of any of them then costs a few byte comparisons
     a frame, and established connections' segments never queue behind it.
+
+    A SYN beyond the budget whose IP source is a neighbour bound (ARP,
+    Neighbor Discovery) to the frame's Ethernet source is not a stranger:
+    a real on-link client resolved our address before it connected, and
+    we learned its MAC then (RFC 826's merge rule). Such SYNs take a
+    token of a budget of their own (``syn_from_neighbour``; beyond it
+    ``syn_neighbour_policed``), so a flood from spoofed on-link sources
+    does not delay them. Checked only once the shared budget is spent.
     """
 
     def __init__(
@@ -146,6 +154,12 @@ class FramePolicy:
         max_pieces: int = 128,
     ) -> None:
         self.syn = TokenBucket(syn_rate, syn_burst, now_ns)
+        self.neighbour_syn = TokenBucket(5 * syn_rate, 4 * syn_burst, now_ns)
+        # Whether (IP source, Ethernet source) of a frame is a bound
+        # neighbour: set by ARP (IPv4) and Neighbor Discovery (IPv6).
+        self.bound_v4: Callable[[bytes, bytes], bool] | None = None
+        self.bound_v6: Callable[[bytes, bytes], bool] | None = None
+        self.counters: Counter[str] = Counter()
         self.stray = TokenBucket(stray_rate, stray_burst, now_ns)
         self.fragments = TokenBucket(fragment_rate, fragment_burst, now_ns)
         self.max_flows = max_flows
@@ -232,7 +246,7 @@ class FramePolicy:
             if len(frame) <= offset + 13:
                 return None
             if frame[offset + 13] & 0x12 == 0x02:  # SYN without ACK
-                return None if self.syn.take(now()) else "syn_policed"
+                return None if self.syn.take(now()) else self._syn_beyond_budget(frame, now)
             key = addresses + frame[offset : offset + 4]
             if key in self.connections or key in self.flows or key in self.handshakes:
                 return None
@@ -243,6 +257,20 @@ class FramePolicy:
             if addresses + frame[offset : offset + 4] in self.datagrams:
                 return None
             return None if self.stray.take(now()) else "udp_stray_policed"
+        return None
+
+    def _syn_beyond_budget(self, frame: bytes, now: Callable[[], int]) -> str | None:
+        """A SYN the shared budget refused: one from a bound neighbour
+        takes a token of the neighbours' budget instead."""
+        if frame[12:14] == _IPV4:
+            bound, source = self.bound_v4, frame[26:30]
+        else:
+            bound, source = self.bound_v6, frame[22:38]
+        if bound is None or not bound(source, frame[6:12]):
+            return "syn_policed"
+        if not self.neighbour_syn.take(now()):
+            return "syn_neighbour_policed"
+        self.counters["syn_from_neighbour"] += 1
         return None
 
     def _fragment(self, frame: bytes, now: Callable[[], int]) -> str | None:
@@ -344,6 +372,7 @@ class EthernetLayer:
             stray_rate=stray_rate,
             fragment_rate=fragment_rate,
         )
+        self.policy.counters = self.counters
 
     @property
     def syn_burst(self) -> int:

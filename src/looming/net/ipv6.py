@@ -283,6 +283,7 @@ class Ipv6Layer:
         self._accepted_packed: set[bytes] = {wire.ALL_NODES.packed}
         self._handlers: dict[int, Ipv6Handler] = {NextHeader.ICMPV6: self._on_icmpv6}
         self.neighbours = NeighbourCache(settings)
+        ethernet.policy.bound_v6 = self.neighbours.binds  # SYNs of neighbours (FramePolicy)
         self.counters: Counter[str] = Counter()
         self._pings: dict[tuple[IPv6Address, int, int], asyncio.Future[None]] = {}
         self._ping_identifier = int.from_bytes(ethernet.mac[4:6], "big")

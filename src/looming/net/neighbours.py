@@ -117,6 +117,12 @@ class NeighbourCache:
         entry = self._entries.get(address)
         return entry.mac if entry is not None else None
 
+    def binds(self, address: bytes, mac: bytes) -> bool:
+        """Whether the packed ``address`` is a neighbour known at ``mac``
+        (in any state but INCOMPLETE: it has spoken from that MAC)."""
+        entry = self._entries.get(IPv6Address(address))
+        return entry is not None and entry.mac == mac
+
     # -- sending ---------------------------------------------------------------
 
     def send(
