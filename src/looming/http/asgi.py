@@ -64,6 +64,15 @@ def _last_line(message: Message) -> str:
     return text.splitlines()[-1] if text else "(no message)"
 
 
+class ResponseAbandoned(LoomingError):
+    """The application sent what cannot follow in its response (a second
+    ``http.response.start``, trailers it did not announce): logged where it
+    is found; the connection closes after what was sent."""
+
+
+_MISORDERED = "ASGI application on %s %s sent %r where it cannot follow; the response ends in error"
+
+
 class _Lifespan:
     """Runs the application's lifespan scope in a task and talks to it."""
 
@@ -255,6 +264,10 @@ class _Outbox:
         self._wake(self._putter)
 
 
+_ERROR_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"))
+"""The 500 in place of a response the application got wrong: the connection closes after."""
+
+
 class _AppRun:
     """One call of the application: its task, and how it ended."""
 
@@ -295,7 +308,10 @@ class _AppBody:
         *,
         head_grace: float | None = None,
         gone_grace: float | None = None,
+        request: Request | None = None,
     ) -> None:
+        self._request = request
+        """The request answered (named in the log of the application's mistakes)."""
         self._next: Message | None = first
         self._outbox = outbox
         self._run = run
@@ -369,10 +385,16 @@ class _AppBody:
                 self._finish(complete=True)
         elif message is _GONE:
             raise ClientDisconnected("the client went away during the response")
+        elif message is not _APP_DONE:
+            # What cannot follow (a second start, trailers it did not
+            # announce): its error; the response ends with what was sent.
+            self._finish(complete=False)
+            request = self._request
+            method, target = (request.method, request.target) if request else ("?", "?")
+            log.error(_MISORDERED, method, target, kind)
+            raise ResponseAbandoned(f"the application sent {kind!r} where it cannot follow")
         else:
-            # The application returned, or sent what cannot follow (a second
-            # start, trailers it did not announce): the response ends here.
-            self._finish(complete=message is not _APP_DONE)
+            self._finish(complete=False)  # it returned before its last message
         return b""
 
     async def _file_chunk(self) -> bytes:
@@ -776,6 +798,12 @@ class AsgiAdapter:
         if first is _GONE:
             await self._end_after_disconnect(run)
             raise ClientDisconnected("the client went away before the response")
+        if first.get("type") == "http.response.start":  # a second start: its error
+            log.error(_MISORDERED, request.method, request.target, "http.response.start")
+            outbox.response_finished()
+            ended.set()
+            self._run_on(run)
+            return Response(500, _ERROR_HEADERS, b"500 Internal Server Error\n")
         if (
             not trailers
             and first.get("type") == "http.response.body"
@@ -797,6 +825,7 @@ class AsgiAdapter:
             self._run_on,
             head_grace=head_grace,
             gone_grace=self.disconnect_grace,
+            request=request,
         )
         if trailers:
             body.trailers = []

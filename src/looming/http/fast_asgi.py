@@ -1022,9 +1022,23 @@ class _Exchange:
         elif kind == "http.response.pathsend" and self._trailers is None and not self._done:
             await self._pathsend(message)
         else:
-            # What cannot follow (a second start, trailers not announced):
-            # the response ends here, as on the flow path.
-            await self._body(b"", False)
+            self._misordered(kind)
+
+    def _misordered(self, kind: object) -> None:
+        """What cannot follow (a second start, trailers not announced): the
+        application's error, logged; a 500 if nothing was written, else the
+        connection closes after what was (as on the flow path)."""
+        log.error(
+            "handler on %s %s sent %r where it cannot follow; the response ends in error",
+            self.scope["method"],
+            self.scope["raw_path"].decode("latin-1"),
+            kind,
+        )
+        self._keep_alive = False
+        if not self._written:
+            self._send_500()
+        else:
+            self._finish(b"")
 
     def _start(self, message: Message) -> None:
         status = int(message["status"])
@@ -1088,11 +1102,16 @@ class _Exchange:
         length = len(body)
         declared = self._declared
         if declared is not None and declared != length:
-            log.warning(
-                "handler declared Content-Length %d for a %d byte body; sending the body's",
+            # The application's mistake: a 500 and a close, as on the flow path.
+            log.error(
+                "handler declared Content-Length %d for a %d byte body; a 500 sent instead",
                 declared,
                 length,
             )
+            self._status, self._keep_alive = 500, False
+            error = self._conn._server.error_response(500)
+            self._body_bytes = len(error) - error.index(b"\r\n\r\n") - 4
+            return error, b""
         self._body_bytes = length
         head = self._conn._server.whole_head(status, prepared, length)
         return (head, body) if length >= APART else (head + body, b"")

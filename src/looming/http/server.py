@@ -1221,13 +1221,17 @@ class HttpServer:
                 pass
             elif head_only and declared is not None:
                 lines.append(b"content-length: %d\r\n" % declared)
+            elif declared is not None and declared != len(body):
+                # Its mistake, not the client's to decode: a 500 and a close
+                # rather than bytes disagreeing with the length it declared.
+                log.error(
+                    "handler declared Content-Length %d for a %d byte body; a 500 sent instead",
+                    declared,
+                    len(body),
+                )
+                await flow.write(self.error_response(500))
+                return False
             else:
-                if declared is not None and declared != len(body) and not head_only:
-                    log.warning(
-                        "handler declared Content-Length %d for a %d byte body; sending the body's",
-                        declared,
-                        len(body),
-                    )
                 lines.append(b"content-length: %d\r\n" % len(body))
             if not keep_alive:
                 lines.append(CONNECTION_CLOSE)
