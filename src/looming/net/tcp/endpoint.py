@@ -396,7 +396,6 @@ class TcpEndpoint:
                     continue
                 payload = memoryview(segment)[merge.header_length :]
                 stats.segments_in += 1
-                stats.bytes_in += len(payload)
                 _add(merge, None, segment, payload)
                 continue
             parsed = self._parse_checked(src, dst, segment, checksum_verified)
@@ -425,6 +424,7 @@ class TcpEndpoint:
                 length = sum(map(len, payloads))
                 if conn.takes_merged(header.seq, length, len(payloads), header):
                     self.stats.segments_merged += len(payloads) - 1
+                    self.stats.bytes_in += length
                     merged = tuple(map(len, payloads))
                     conn.input(header, b"".join(payloads), now, ce=merge.ce, merged=merged)
                     self.collect(key, conn)
@@ -449,7 +449,6 @@ class TcpEndpoint:
             self.stats.malformed_dropped += 1
             return None
         self.stats.segments_in += 1
-        self.stats.bytes_in += len(payload)
         if header.src_port == 0 or header.dst_port == 0:
             self.stats.malformed_dropped += 1
             return None
@@ -503,6 +502,8 @@ class TcpEndpoint:
                 # resent, and the peer's answer is admitted once a slot frees.
                 return
             else:
+                # Counted once a connection takes it: a stray's payload is not ours.
+                self.stats.bytes_in += len(payload)
                 conn.input(header, payload, now, ce=ce)
                 self.collect(key, conn)
                 return
