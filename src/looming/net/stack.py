@@ -304,7 +304,8 @@ class DirectStack:
             DhcpClient(self.network.mac, self.random), self._udp, self.ipv4, self.time
         )
         await self.dhcp.start()
-        self.lease = lease = await self.dhcp.wait_bound(timeout)
+        link = getattr(self.network, "name", None) or "the link"
+        self.lease = lease = await self.dhcp.wait_bound(timeout, link=link)
         report_lease(lease)  # later ones the DHCP shell reports itself
         if not keep_dns_servers:
             self.resolver.servers = list(lease.dns_servers)
@@ -457,5 +458,3 @@ _LIMIT_CHECK_S = 1.0
 # How long an IPv6-only stack waits for its static address: one DAD probe
 # (RetransTimer, one second) with room for a slow start.
 _STATIC_DAD_WAIT_S = 5.0
-
-
