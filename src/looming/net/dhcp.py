@@ -356,6 +356,18 @@ def report_lease(lease: DhcpLease) -> None:
     print(f"looming: {report}", file=sys.stderr, flush=True)
 
 
+# With no lease after this long, say so; and again every WAIT_REMINDER_S.
+WAIT_NOTICE_S = 1.0
+WAIT_REMINDER_S = 10.0
+
+
+def report_waiting(link: str, waited: float, timeout: float) -> None:
+    """Tell whoever runs the unikernel that no lease has come yet."""
+    report = f"DHCP: waiting for a lease on {link} ({waited:.0f} s of {timeout:.0f} s)..."
+    log.info("%s", report)
+    print(f"looming: {report}", file=sys.stderr, flush=True)
+
+
 class DhcpShell:
     """Runs a :class:`DhcpClient` over UDP and applies leases to IPv4."""
 
@@ -385,12 +397,21 @@ class DhcpShell:
         self._binding = await self._udp.bind(CLIENT_PORT, self._on_datagram)
         self._task = loop.create_task(self._run())
 
-    async def wait_bound(self, timeout: float) -> DhcpLease:
-        """The first lease; :class:`DeviceError` if none comes within ``timeout``."""
-        assert self._bound is not None, "start() first"
-        if not await wait_until_done(self._bound, self._time, timeout):
-            raise DeviceError(f"no DHCP lease within {timeout} s (is a DHCP server reachable?)")
-        return self._bound.result()
+    async def wait_bound(self, timeout: float, *, link: str = "the link") -> DhcpLease:
+        """The first lease; :class:`DeviceError` if none comes within
+        ``timeout``. When none has come after ``WAIT_NOTICE_S`` it says that
+        it waits (on ``link``), and again every ``WAIT_REMINDER_S``."""
+        bound = self._bound
+        assert bound is not None, "start() first"
+        waited = 0.0
+        step = min(WAIT_NOTICE_S, timeout)
+        while not await wait_until_done(bound, self._time, step):
+            waited += step
+            if waited >= timeout:
+                raise DeviceError(f"no DHCP lease within {timeout} s (is a DHCP server reachable?)")
+            report_waiting(link, waited, timeout)
+            step = min(WAIT_REMINDER_S, timeout - waited)
+        return bound.result()
 
     def _on_datagram(self, datagram: Datagram) -> None:
         if datagram.source_port != SERVER_PORT:
