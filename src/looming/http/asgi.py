@@ -472,7 +472,11 @@ class _AppBody:
             # Told of the disconnect, it runs on by itself (as under uvicorn):
             # the work a client asked for is not lost with its connection.
             self._outbox.client_gone()
-            self._hand_over()
+            try:
+                if self._request is not None and self._request.http_version == "2":
+                    await asyncio.wait([task])  # counted by its stream (see _end_after_disconnect)
+            finally:
+                self._hand_over()
             return
         try:
             if server_task is not None and not server_task.cancelling():
@@ -773,7 +777,9 @@ class AsgiAdapter:
             ended.set()
             outbox.response_finished()
             task = run.task
-            if not run.done and not run.detached:
+            if not run.done and not run.detached and self.disconnect_grace is None and outbox.gone:
+                self._run_on(run)  # the client left (an HTTP/2 connection ended): it runs on
+            elif not run.done and not run.detached:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -786,7 +792,7 @@ class AsgiAdapter:
         its first body message is its last, else streamed from the outbox."""
         start = outbox.take() or await outbox.get()
         if start is _GONE:
-            await self._end_after_disconnect(run)
+            await self._end_after_disconnect(run, request)
             raise ClientDisconnected("the client went away before the response")
         if start.get("type") != "http.response.start":
             await run.finished()  # raises the application's error, if any
@@ -796,7 +802,7 @@ class AsgiAdapter:
         trailers = bool(start.get("trailers", False))
         first = outbox.take() or await outbox.get()
         if first is _GONE:
-            await self._end_after_disconnect(run)
+            await self._end_after_disconnect(run, request)
             raise ClientDisconnected("the client went away before the response")
         if first.get("type") == "http.response.start":  # a second start: its error
             log.error(_MISORDERED, request.method, request.target, "http.response.start")
@@ -881,11 +887,17 @@ class AsgiAdapter:
         for session in list(self._websockets):
             await session.stop()
 
-    async def _end_after_disconnect(self, run: _AppRun) -> None:
+    async def _end_after_disconnect(self, run: _AppRun, request: Request) -> None:
         """Let the application, told of the disconnect, run on by itself; or,
         with a :attr:`disconnect_grace`, wait that long for it (the caller
-        cancels it after)."""
+        cancels it after).
+
+        An HTTP/2 stream waits for it: its handler counts against the
+        connection's stream limit while it runs, reset or not (the "rapid
+        reset" attack, CVE-2023-44487); when the connection ends it runs on."""
         if self.disconnect_grace is None:
+            if request.http_version == "2":
+                await asyncio.wait([run.task])
             self._run_on(run)
             return
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
