@@ -28,8 +28,10 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import Counter
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
+from typing import TypeVar
 
 from looming.net.wire import ndp
 
@@ -44,6 +46,14 @@ MAX_ROUTERS = 8
 MAX_PREFIXES = 16
 MAX_ADDRESSES = 16
 MAX_DNS_SERVERS = 8
+K = TypeVar("K", bound=Hashable)
+
+# A full table of routers, prefixes or addresses gives way to a newcomer by
+# its entry heard from least recently, once that one has not been heard
+# from for this long: a flood of forged advertisements then cannot lock a
+# real router out for its lifetimes (up to days), nor churn the tables
+# faster than one round of them a minute.
+STALE_ENTRY_NS = 60 * SECOND_NS
 INTERFACE_ID_BITS = 64  # Ethernet (RFC 2464)
 
 
@@ -124,6 +134,15 @@ def _deadline(now: int, lifetime_s: int) -> int | None:
     return None if lifetime_s == INFINITY else now + lifetime_s * SECOND_NS
 
 
+def _stale(table: Mapping[K, object], heard: Mapping[K, int], now: int) -> K | None:
+    """The entry of ``table`` heard from least recently, if that was at
+    least STALE_ENTRY_NS ago (one never heard counts as heard at 0)."""
+    if not table:
+        return None
+    oldest = min(table, key=lambda key: heard.get(key, 0))
+    return oldest if now - heard.get(oldest, 0) >= STALE_ENTRY_NS else None
+
+
 def _remaining_s(deadline: int | None, now: int) -> int:
     return INFINITY if deadline is None else max(deadline - now, 0) // SECOND_NS
 
@@ -153,6 +172,9 @@ class Autoconf:
         self.on_link: dict[IPv6Network, int | None] = {}
         self.dns_servers: dict[IPv6Address, int | None] = {}
         self.addresses: dict[IPv6Address, AutoAddress] = {}
+        # When each router and each prefix was last advertised (for eviction).
+        self._router_heard: dict[IPv6Address, int] = {}
+        self._prefix_heard: dict[IPv6Network, int] = {}
         self.mtu: int | None = None
         self.hop_limit: int | None = None
         self.managed = False  # the last advertisement's M flag: addresses by DHCPv6
@@ -204,17 +226,29 @@ class Autoconf:
                 self._on_mtu(option.mtu)
             elif isinstance(option, ndp.RecursiveDnsServers):
                 self._on_dns_servers(option, now)
+        if len(self._prefix_heard) > MAX_PREFIXES + MAX_ADDRESSES:
+            # Only prefixes in a table are worth remembering (bounded so).
+            kept = set(self.on_link) | {a.prefix for a in self.addresses.values()}
+            self._prefix_heard = {p: t for p, t in self._prefix_heard.items() if p in kept}
         return actions
 
     def _learn_router(self, source: IPv6Address, lifetime_s: int, now: int) -> None:
         if lifetime_s == 0:
+            self._router_heard.pop(source, None)
             if self.routers.pop(source, 0) != 0:
                 self.counters["router_withdrawn"] += 1
             return
+        heard = self._router_heard
         if source not in self.routers and len(self.routers) >= MAX_ROUTERS:
-            self.counters["router_table_full"] += 1
-            return
+            stale = _stale(self.routers, heard, now)
+            if stale is None:
+                self.counters["router_table_full"] += 1
+                return
+            del self.routers[stale]
+            heard.pop(stale, None)
+            self.counters["router_evicted"] += 1
         self.routers[source] = now + lifetime_s * SECOND_NS  # at most 9000 s: never infinite
+        heard[source] = now
 
     def _on_mtu(self, mtu: int) -> None:
         # RFC 4861 6.3.4: only values between IPv6's minimum and the link's.
@@ -244,6 +278,7 @@ class Autoconf:
         if prefix.is_link_local or prefix.is_multicast:
             self.counters["prefix_ignored"] += 1  # RFC 4861 6.3.4, RFC 4862 5.5.3 (b)
             return []
+        self._prefix_heard[prefix] = now
         if option.on_link:
             self._learn_on_link(prefix, option.valid_lifetime, now)
         if not option.autonomous:
@@ -268,6 +303,10 @@ class Autoconf:
             self.on_link.pop(prefix, None)
         elif prefix in self.on_link or len(self.on_link) < MAX_PREFIXES:
             self.on_link[prefix] = _deadline(now, valid_s)
+        elif (stale := _stale(self.on_link, self._prefix_heard, now)) is not None:
+            del self.on_link[stale]
+            self.counters["prefix_evicted"] += 1
+            self.on_link[prefix] = _deadline(now, valid_s)
         else:
             self.counters["prefix_table_full"] += 1
 
@@ -290,10 +329,20 @@ class Autoconf:
         self, prefix: IPv6Network, counter: int, preferred_s: int, valid_s: int, now: int
     ) -> list[Action]:
         """A tentative address from ``prefix`` with DAD counter ``counter``
-        (or higher, past reserved identifiers)."""
+        (or higher, past reserved identifiers); in a full table, in place of
+        the SLAAC address whose prefix was advertised least recently, if
+        that was over STALE_ENTRY_NS ago."""
+        removed: list[Action] = []
         if len(self.addresses) >= MAX_ADDRESSES:
-            self.counters["address_table_full"] += 1
-            return []
+            formed = {a.address: a.prefix for a in self.addresses.values() if a.origin == "slaac"}
+            heard = {a: self._prefix_heard.get(p, 0) for a, p in formed.items()}
+            stale = _stale(formed, heard, now)
+            if stale is None:
+                self.counters["address_table_full"] += 1
+                return []
+            del self.addresses[stale]
+            self.counters["address_evicted"] += 1
+            removed.append(Remove(stale))
         while counter <= IDGEN_RETRIES:
             interface_id = stable_interface_id(
                 prefix, self._interface, self.network_id, counter, self._secret
@@ -315,7 +364,7 @@ class Autoconf:
             _deadline(now, valid_s),
         )
         self.counters["dad_started"] += 1
-        return [StartDad(address)]
+        return [*removed, StartDad(address)]
 
     def lease(self, address: IPv6Address, preferred_s: int, valid_s: int, now: int) -> list[Action]:
         """An address DHCPv6 gave (or renewed): probed like the others
