@@ -861,9 +861,10 @@ class AsgiAdapter:
         flow: Flow,
         leftover: bytes,
         extended: ExtendedConnect | None = None,
-    ) -> None:
+    ) -> tuple[int, int]:
         """Serve an upgraded connection with the application's websocket scope
-        (or, with ``extended``, an HTTP/2 stream opened by an RFC 8441 CONNECT)."""
+        (or, with ``extended``, an HTTP/2 stream opened by an RFC 8441 CONNECT);
+        the status answered and the bytes sent."""
         from looming.http.websocket import WebSocketSession
 
         session = WebSocketSession(
@@ -881,6 +882,7 @@ class AsgiAdapter:
             await session.run(leftover)
         finally:
             self._websockets.discard(session)
+        return session.status, session.bytes_sent
 
     async def close_websockets(self) -> None:
         """Close every open websocket with 1001 (the server is stopping)."""

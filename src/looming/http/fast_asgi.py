@@ -875,9 +875,20 @@ class _Exchange:
                 conn._server.in_flight -= 1
             if not self._done:
                 self._unfinished()
+                if self.observed is not None and self._started and not self._done:
+                    self._log_cut()
             task = self._task
             if task is not None:
                 conn._adapter._after.discard(task)  # (held, if it ran on after its response)
+
+    def _log_cut(self) -> None:
+        """Tell the observer of a response begun and cut off (the client left)."""
+        server = self._conn._server
+        assert self.observed is not None
+        request, started = self.observed
+        if server.observer is not None:
+            sent = self._sent or self._body_bytes
+            server.observer(request, self._status, sent, server._date.now() - started, True)
 
     def _failed(self, error: Exception) -> None:
         scope = self.scope

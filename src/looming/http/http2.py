@@ -357,7 +357,7 @@ class H2Session:
         clock: Callable[[], float],
         max_body_bytes: int = 16 * 1024 * 1024,
         websockets: ServeWebSocket | None = None,
-        observer: Callable[[Request, int, int, float], None] | None = None,
+        observer: Callable[..., None] | None = None,
         counts: Counts | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
@@ -765,8 +765,11 @@ class H2Session:
     async def _serve_websocket(self, stream: _Stream, request: Request) -> None:
         assert self.websockets is not None
         flow = _WebSocketStream(self, stream)
+        started = self.clock()
         try:
-            await self.websockets(request, flow, b"", flow)
+            status, sent = await self.websockets(request, flow, b"", flow)
+            if self.observer is not None and status:
+                self.observer(request, status, sent, self.clock() - started)
         except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
             log.debug("h2 websocket stream %d ended: %s", stream.stream_id, error)
         finally:
@@ -780,15 +783,21 @@ class H2Session:
             if response is None:
                 return
             sent = [0]
+            cut = True  # (told to the observer when the response did not end)
             try:
                 await self._send(stream, request, response, sent)
                 self.counts.requests_served += 1
+                cut = False
             except (h2.exceptions.ProtocolError, ClientGone, LoomingError, OSError) as error:
                 log.debug("h2 stream %d ended: %s", stream.stream_id, error)
                 self._cancel(stream)
             finally:
                 if self.observer is not None:
-                    self.observer(request, response.status, sent[0], self.clock() - started)
+                    seconds = self.clock() - started
+                    if cut:
+                        self.observer(request, response.status, sent[0], seconds, True)
+                    else:
+                        self.observer(request, response.status, sent[0], seconds)
                 closer: Any = getattr(response.body, "aclose", None)
                 if closer is not None:
                     with contextlib.suppress(Exception):

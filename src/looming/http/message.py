@@ -133,7 +133,8 @@ class ExtendedConnect(Protocol):
 class ServeWebSocket(Protocol):
     """A handler's websocket side: serves a connection upgraded by
     ``Upgrade: websocket`` (``leftover``: bytes read past the request), or an
-    HTTP/2 stream opened by an extended CONNECT (``extended`` given)."""
+    HTTP/2 stream opened by an extended CONNECT (``extended`` given); gives
+    the status answered and the bytes sent, for the access log."""
 
     def __call__(
         self,
@@ -142,4 +143,4 @@ class ServeWebSocket(Protocol):
         leftover: bytes,
         extended: ExtendedConnect | None = None,
         /,
-    ) -> Awaitable[None]: ...
+    ) -> Awaitable[tuple[int, int]]: ...

@@ -28,7 +28,7 @@ import sys
 import time as _time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 
@@ -224,7 +224,7 @@ class _ParserHolder:
     """The connection's current h11 parser, for the timeout path to inspect,
     and the watch on its last request (whose pending read comes first)."""
 
-    __slots__ = ("busy", "conn", "h2", "responding", "sent", "watch")
+    __slots__ = ("busy", "conn", "h2", "responding", "sent", "unlogged", "watch")
 
     def __init__(self) -> None:
         self.conn: RequestParser | None = None
@@ -236,6 +236,10 @@ class _ParserHolder:
         """Body bytes of the last response (for access logs)."""
         self.h2: Any = None
         """The HTTP/2 session, once the connection has become one."""
+        self.unlogged: tuple[Request, int, float, Any] | None = None
+        """With an observer, the response being sent (request, status,
+        start, body) until it is logged: one the client cuts off is logged
+        when the connection ends."""
 
 
 _UNSERVED_WEBSOCKETS: list[bool] = []
@@ -383,8 +387,13 @@ class _RequestStream:
         waited for the client or gave the others a turn (:data:`PIPELINE_TURN`)."""
 
 
-Observer = Callable[[Request, int, int, float], None]
-"""Told of each response: the request, status, body bytes sent, seconds taken."""
+class Observer(Protocol):
+    """Told of each response: the request, status, body bytes sent, seconds
+    taken, and (passed only when true) whether the client cut it off."""
+
+    def __call__(
+        self, request: Request, status: int, sent: int, seconds: float, aborted: bool = ..., /
+    ) -> None: ...
 
 
 class HttpServer:
@@ -626,10 +635,20 @@ class HttpServer:
             # so the connection is dropped and the client sees it truncated.
             log.exception("response on %s failed", flow.remote_address or "a flow")
         finally:
+            if parser.unlogged is not None:
+                self._log_cut(parser.unlogged, parser.sent)
             if parser.watch is not None:
                 await parser.watch.close()
             with contextlib.suppress(NetworkError, OSError):
                 await flow.close()
+
+    def _log_cut(self, unlogged: tuple[Request, int, float, Any], sent: int) -> None:
+        """Log a response the client (or a failure, or a stop) cut off."""
+        request, status, started, body = unlogged
+        if not isinstance(body, _WHOLE):
+            sent = getattr(body, "bytes_sent", 0)
+        if self.observer is not None:
+            self.observer(request, status, sent, self._date.now() - started, True)
 
     async def _serve_requests(
         self, flow: Flow, parser: _ParserHolder, deadline: _Watchdog, first: bool = True
@@ -650,7 +669,7 @@ class HttpServer:
             refusal = self._head_refusal(event, items, stream.raw, notes, size)
             if refusal:
                 deadline.disarm()
-                await self._send_error_raw(flow, refusal)
+                await self._send_error_raw(flow, refusal, event)
                 return
             note_unserved_websocket(self, notes, event.method, items)
             if (
@@ -682,7 +701,7 @@ class HttpServer:
                 response = _INTERNAL_ERROR
             finally:
                 self.in_flight -= 1
-            response, prepared = self._checked_response(request, response)
+            response, prepared = self._checked_response(request, response, parser, started)
             deadline.expire_in(self.config.send_timeout)
             parser.responding = True
             sent_body = response.body
@@ -702,6 +721,7 @@ class HttpServer:
             self.requests_served += 1
             parser.busy = False
             if self.observer is not None:
+                parser.unlogged = None
                 self.observer(request, response.status, parser.sent, self._date.now() - started)
             if stream.streamed is not None and not await self._finish_streamed(
                 stream.streamed, conn, stream, keep_alive
@@ -988,13 +1008,13 @@ class HttpServer:
                 stream.leftover, stream.peer_closed = conn.trailing_data
         except _BodyTooLarge:
             deadline.disarm()
-            await self._send_error_raw(flow, 413)
+            await self._send_error_raw(flow, 413, event)
             return None
         except h11.RemoteProtocolError as error:
             self.protocol_errors += 1
             log.debug("bad request body: %s", error)
             deadline.disarm()
-            await self._send_error_raw(flow, 400)
+            await self._send_error_raw(flow, 400, event)
             return None
         parser.watch = watch
         return Request(
@@ -1018,18 +1038,15 @@ class HttpServer:
             return False
         self.protocol_errors += 1
         log.debug("bad request body on %s %s", request.method, request.target)
-        error = self.error_response(400)
-        await self._send_error_raw(flow, 400)
-        if self.observer is not None:
-            body_bytes = len(error) - error.index(b"\r\n\r\n") - 4
-            self.observer(request, 400, body_bytes, self._date.now() - started)
+        await self._send_error_raw(flow, 400, request, started)
         return True
 
     def _checked_response(
-        self, request: Request, response: Response
+        self, request: Request, response: Response, parser: _ParserHolder, started: float
     ) -> tuple[Response, PreparedHeaders]:
         """The response with its headers prepared; a 500 in its place when
-        the handler's cannot be sent."""
+        the handler's cannot be sent. With an observer, it is noted on
+        ``parser`` as not logged yet (see ``_log_cut``)."""
         try:
             prepared = self._headers.prepare(response.headers)
             if not 200 <= response.status <= 999:
@@ -1040,6 +1057,8 @@ class HttpServer:
             )
             response = _INTERNAL_ERROR
             prepared = self._headers.prepare(response.headers)
+        if self.observer is not None:
+            parser.unlogged = (request, response.status, started, response.body)
         return response, prepared
 
     async def _finish_streamed(
@@ -1117,7 +1136,7 @@ class HttpServer:
         if type(conn.next_event()) is not h11.EndOfMessage:
             self.protocol_errors += 1
             deadline.disarm()
-            await self._send_error_raw(flow, 400)  # an upgrade request has no body
+            await self._send_error_raw(flow, 400, event)  # an upgrade request has no body
             return
         request = Request(
             "GET",
@@ -1132,7 +1151,10 @@ class HttpServer:
         self.requests_served += 1
         # Busy until it closes: a graceful stop closes it (1001) and waits for it.
         parser.busy = True
-        await self._websockets(request, flow, conn.trailing_data[0])
+        started = self._date.now()
+        status, sent = await self._websockets(request, flow, conn.trailing_data[0])
+        if self.observer is not None and status:
+            self.observer(request, status, sent, self._date.now() - started)
 
     async def _read_body(
         self,
@@ -1361,12 +1383,41 @@ class HttpServer:
                 await flow.write(goaway_refusal())
             await self._linger(flow)
 
-    async def _send_error_raw(self, flow: Flow, status: int) -> None:
-        """A complete error response, then the connection is to be closed."""
+    async def _send_error_raw(
+        self,
+        flow: Flow,
+        status: int,
+        request: Head | Request | None = None,
+        started: float | None = None,
+    ) -> None:
+        """A complete error response, then the connection is to be closed;
+        logged (with the request, or its head, when it was read)."""
+        if self.observer is not None:
+            self._log_refusal(flow, status, request, started)
         with contextlib.suppress(NetworkError, OSError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await flow.write(self.error_response(status))
             await self._linger(flow)
+
+    def _log_refusal(
+        self, flow: Flow, status: int, request: Head | Request | None, started: float | None
+    ) -> None:
+        """Tell the observer of one of the server's own error responses."""
+        if not isinstance(request, Request):
+            head = request
+            request = Request(
+                head.method.decode("latin-1") if head is not None else "",
+                head.target.decode("latin-1") if head is not None else "",
+                head.headers if head is not None else (),
+                b"",
+                head.http_version.decode("latin-1") if head is not None else "1.1",
+                flow.remote_address,
+                flow.local_address,
+            )
+        body = len(b"%d %s\n" % (status, reason_phrase(status)))
+        seconds = 0.0 if started is None else self._date.now() - started
+        assert self.observer is not None
+        self.observer(request, status, body, seconds)
 
     async def _linger(self, flow: Flow) -> None:
         """Half-close, then drain what the client is still sending for a moment.

@@ -184,7 +184,14 @@ class AccessLog:
     """One log record per response, in the common log format or as JSON,
     stamped with the time of ``clock`` (the unikernel's clock device). With
     ``trusted`` (``--proxy-headers``), the client is the one a trusted
-    proxy's X-Forwarded-For names, as the application's scope has it."""
+    proxy's X-Forwarded-For names, as the application's scope has it.
+
+    Every response begun gets its record: one the client cut off is
+    ``aborted`` (its status as sent, the body bytes sent before the cut; a
+    common line ends in `` aborted``); websocket sessions are 101 (``200``
+    over HTTP/2) or their refusal's status; the server's own refusals (400,
+    408, 413, 431, 503, ...) are logged too, as ``"-"`` when no request line
+    could be read."""
 
     def __init__(self, style: str, clock: Clock, trusted: proxy.TrustedProxies | None = None):
         self.style = style
@@ -205,12 +212,15 @@ class AccessLog:
                 return forwarded
         return client[0]
 
-    def __call__(self, request: Request, status: int, sent: int, seconds: float) -> None:
+    def __call__(
+        self, request: Request, status: int, sent: int, seconds: float, aborted: bool = False
+    ) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
         host = self._host(request)
         if self.style == "json":
             record = {
+                "aborted": aborted,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.now())),
                 "client": host,
                 "method": request.method,
@@ -226,7 +236,17 @@ class AccessLog:
             stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(self.clock.now()))
             version = "2.0" if request.http_version == "2" else request.http_version
             line = f"{escaped(request.method)} {escaped(request.target)} HTTP/{version}"
-            access_log.info('%s - - [%s] "%s" %d %s', host, stamp, line, status, sent or "-")
+            if not request.method:
+                line = "-"  # no request line could be read
+            access_log.info(
+                '%s - - [%s] "%s" %d %s%s',
+                host,
+                stamp,
+                line,
+                status,
+                sent or "-",
+                " aborted" if aborted else "",
+            )
 
 
 class Metrics:
@@ -239,7 +259,9 @@ class Metrics:
         self.seconds = 0.0
         self.count = 0
 
-    def __call__(self, request: Request, status: int, sent: int, seconds: float) -> None:
+    def __call__(
+        self, request: Request, status: int, sent: int, seconds: float, aborted: bool = False
+    ) -> None:
         self.by_status[f"{status // 100}xx"] += 1
         self.body_bytes += sent
         self.seconds += seconds
@@ -341,9 +363,11 @@ def _observers(settings: HttpSettings, metrics: Metrics | None, clock: Clock) ->
     if len(observers) == 1:
         return observers[0]
 
-    def both(request: Request, status: int, sent: int, seconds: float) -> None:
+    def both(
+        request: Request, status: int, sent: int, seconds: float, aborted: bool = False
+    ) -> None:
         for observer in observers:
-            observer(request, status, sent, seconds)
+            observer(request, status, sent, seconds, aborted)
 
     return both
 

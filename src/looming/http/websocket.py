@@ -310,6 +310,10 @@ class WebSocketSession:
         self.closed = False
         self._final: AsgiMessage | None = None
         self._sizes = FrameSizes(max_message_bytes)
+        self.status = 0
+        """The handshake's answer: 101 (200 over HTTP/2) or a refusal's status."""
+        self.bytes_sent = 0
+        """Bytes written to the client after the handshake's answer."""
         self._leftover = b""
         """Bytes the client sent behind its handshake, read as frames."""
 
@@ -353,6 +357,7 @@ class WebSocketSession:
     async def _write(self, event: Event) -> None:
         data = self.ws.send(event)
         if data:
+            self.bytes_sent += len(data)
             try:
                 async with asyncio.timeout(SEND_TIMEOUT):
                     await self.flow.write(data)
@@ -364,7 +369,11 @@ class WebSocketSession:
 
     async def run(self, leftover: bytes) -> None:
         """Take the handshake, run the application, and close the connection."""
-        if not await self._handshake(leftover):
+        try:
+            if not await self._handshake(leftover):
+                return
+        except (LoomingError, OSError) as error:
+            log.debug("websocket handshake on %s cut: %s", self.request.target, error)
             return
         await self.inbox.put(({"type": "websocket.connect"}, 0))
         reader = asyncio.get_running_loop().create_task(self._read())
@@ -415,6 +424,7 @@ class WebSocketSession:
 
     async def _refuse_handshake(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.closed = True
+        self.status = status
         if self.extended is not None:
             await self.extended.respond(status, headers, end=True)
         else:
@@ -477,6 +487,7 @@ class WebSocketSession:
         subprotocol = message.get("subprotocol")
         deflate = _BoundedDeflate(self.max_message_bytes)
         if self.extended is None:
+            self.status = 101
             accept = AcceptConnection(
                 subprotocol=subprotocol, extensions=[deflate], extra_headers=extra
             )
@@ -490,10 +501,12 @@ class WebSocketSession:
         if agreed is not None:
             headers.append((b"sec-websocket-extensions", agreed))
         self.ws = Connection(ConnectionType.SERVER, [deflate] if agreed is not None else [])
+        self.status = 200
         await self.extended.respond(200, headers, end=False)
 
     async def _reject(self, status: int) -> None:
         """Refuse the handshake with ``status`` (no websocket follows)."""
+        self.status = status
         if self.extended is not None:
             await self.extended.respond(status, [], end=True)
         else:

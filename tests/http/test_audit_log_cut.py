@@ -1,0 +1,196 @@
+"""Every response begun gets exactly one access-log record, also those the
+client cuts off (marked aborted, with the status sent and the bytes sent
+before the cut, as uvicorn logs ``"GET /big" 200``), websocket sessions
+(101, or the refusal's 403) and the server's own refusals (400, 431, 503),
+on both paths of the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+import looming.http.websocket  # noqa: F401  (see test_websocket: imported before the thread)
+from looming.http import AsgiAdapter, ServerConfig
+from looming.http.service import AccessLog
+from looming.unix.clock import UnixClock
+
+from .serving import RunningServer, serve_in_thread
+
+CHUNK = 65536
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if scope["path"] == "/deny":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": message.get("text", "")})
+        return
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    path = scope["path"]
+    if path == "/ok":
+        await send({"type": "http.response.body", "body": b"ok"})
+    elif path == "/big":  # 1 GiB: the client leaves long before
+        for _ in range(16384):
+            await send({"type": "http.response.body", "body": b"b" * CHUNK, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/sse":  # an endless event stream
+        while True:
+            await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+            await asyncio.sleep(0.05)
+    else:
+        await send({"type": "http.response.body", "body": b"not found"})
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.lines) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # (and no second record for the same response)
+        return self.lines
+
+
+@pytest.fixture(params=["fast", "usual"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[RunningServer, Records]]:
+    access = logging.getLogger("looming.http.access")
+    records = Records()
+    access.addHandler(records)
+    level = access.level
+    access.setLevel(logging.INFO)
+    config = ServerConfig(fast_path=request.param == "fast", max_connections=2)
+    try:
+        with serve_in_thread(lambda: AsgiAdapter(app), config) as running:
+            running.server.observer = AccessLog("json", UnixClock())
+            yield running, records
+    finally:
+        access.removeHandler(records)
+        access.setLevel(level)
+
+
+def cut_after(port: int, path: str, wanted: int) -> int:
+    """Read ``wanted`` bytes of the response to ``GET path``, then leave."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        got = 0
+        while got < wanted:
+            data = sock.recv(65536)
+            assert data
+            got += len(data)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # a reset
+    return got
+
+
+def one_record(records: Records, check: Callable[[], None]) -> dict[str, Any]:
+    before = len(records.lines)
+    check()
+    lines = records.wait_for(before + 1)
+    assert len(lines) == before + 1, lines[before:]
+    return lines[-1]
+
+
+@pytest.mark.parametrize(("path", "wanted"), [("/big", 256 * 1024), ("/sse", 20)])
+def test_a_response_the_client_cuts_off_is_logged_once(
+    server: tuple[RunningServer, Records], path: str, wanted: int
+) -> None:
+    running, records = server
+    record = one_record(records, lambda: cut_after(running.port, path, wanted))
+    assert (record["target"], record["status"], record["aborted"]) == (path, 200, True)
+    assert 0 < record["bytes"] < 16384 * CHUNK
+    whole = one_record(records, lambda: cut_after(running.port, "/ok", 1))
+    assert (whole["target"], whole["status"], whole["aborted"]) == ("/ok", 200, False)
+
+
+def test_websocket_sessions_are_logged(server: tuple[RunningServer, Records]) -> None:
+    running, records = server
+
+    async def talk() -> None:
+        async with connect(f"ws://127.0.0.1:{running.port}/ws") as client:
+            await client.send("hi")
+            assert await client.recv() == "hi"
+
+    async def refused() -> None:
+        with pytest.raises(InvalidStatus):
+            async with connect(f"ws://127.0.0.1:{running.port}/deny"):
+                pass
+
+    accepted = one_record(records, lambda: asyncio.run(talk()))
+    assert (accepted["target"], accepted["status"]) == ("/ws", 101)
+    assert accepted["bytes"] > 0
+    denied = one_record(records, lambda: asyncio.run(refused()))
+    assert (denied["target"], denied["status"], denied["bytes"]) == ("/deny", 403, 0)
+
+
+def ask(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "target"),
+    [
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nBig: " + b"a" * 70000 + b"\r\n\r\n", 431, "/x"),
+        (b"BLAH\x01 / HTTP/1.1\r\n\r\n", 400, ""),
+        (
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+            "",  # (refused with the head, which is then not read)
+        ),
+    ],
+    ids=["431", "400-bad-line", "400-two-lengths"],
+)
+def test_the_server_s_own_refusals_are_logged(
+    server: tuple[RunningServer, Records], request_bytes: bytes, status: int, target: str
+) -> None:
+    running, records = server
+    record = one_record(
+        records, lambda: ask(running.port, request_bytes).startswith(b"HTTP/1.1 %d" % status)
+    )
+    assert (record["status"], record["target"], record["client"]) == (status, target, "127.0.0.1")
+    assert record["bytes"] > 0
+
+
+def test_a_connection_over_the_limit_is_logged_as_503(
+    server: tuple[RunningServer, Records],
+) -> None:
+    running, records = server
+    held = [socket.create_connection(("127.0.0.1", running.port), timeout=10) for _ in range(2)]
+    try:
+        for sock in held:  # both served, so both counted as open
+            sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        records.wait_for(2)
+        answer: list[bytes] = []
+        record = one_record(
+            records, lambda: answer.append(ask(running.port, b"GET / HTTP/1.1\r\n\r\n"))
+        )
+        assert answer[0].startswith(b"HTTP/1.1 503")
+        assert (record["status"], record["method"]) == (503, "")
+    finally:
+        for sock in held:
+            sock.close()
