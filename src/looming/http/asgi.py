@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from looming.bounded import Memo
 from looming.devices.flow import Flow
 from looming.errors import LoomingError
-from looming.http.message import ClientGone, ExtendedConnect, Request, Response
+from looming.http.message import SERVER_STOPPED, ClientGone, ExtendedConnect, Request, Response
 
 log = logging.getLogger("looming.http.asgi")
 
@@ -773,11 +773,13 @@ class AsgiAdapter:
         )
         try:
             return await self._response(request, run, outbox, ended)
-        except BaseException:
+        except BaseException as error:
             ended.set()
             outbox.response_finished()
             task = run.task
-            if not run.done and not run.detached and self.disconnect_grace is None and outbox.gone:
+            stopped = isinstance(error, asyncio.CancelledError) and SERVER_STOPPED in error.args
+            left = outbox.gone and not stopped
+            if not run.done and not run.detached and self.disconnect_grace is None and left:
                 self._run_on(run)  # the client left (an HTTP/2 connection ended): it runs on
             elif not run.done and not run.detached:
                 task.cancel()

@@ -51,6 +51,7 @@ from looming.devices.flow import Flow
 from looming.errors import LoomingError
 from looming.http import h2c
 from looming.http.message import (
+    SERVER_STOPPED,
     ClientGone,
     Handler,
     Request,
@@ -602,13 +603,14 @@ class H2Session:
             stream.watch.went_away()
             stream.window_open.set()
         current = asyncio.current_task()
-        if self.tasks and not (current is not None and current.cancelling()):
+        stopped = current is not None and current.cancelling() > 0
+        if self.tasks and not stopped:
             # (no grace when the connection itself is cancelled: a stop that ran out of time;
             # an ASGI app cancelled on disconnect gets the grace it was given)
             asked = getattr(self.handler, "disconnect_grace", None) or 0.0
             await asyncio.wait(self.tasks, timeout=max(GONE_GRACE, asked))
         for task in list(self.tasks):
-            task.cancel()
+            task.cancel(SERVER_STOPPED if stopped else None)
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=1.0)
 

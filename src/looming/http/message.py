@@ -44,6 +44,11 @@ class ClientGone(OSError):
     """The client closed its connection (or broke its request) mid-exchange."""
 
 
+SERVER_STOPPED = "looming.http: the server stopped"
+"""The message of the cancellation of a handler's task by a stop that ran
+out of time (not by the client's leaving): what it runs is cancelled too."""
+
+
 @dataclass(slots=True)
 class Request:
     """One parsed HTTP request.
