@@ -126,6 +126,14 @@ def assert_same_counters(merged: TcpStats, single: TcpStats) -> None:
     ],
     shut=False,
 )
+# Segment 14001 again after two runs and a range beyond: its D-SACK goes
+# in its own ACK, whether the run before it was taken merged or not.
+@example(
+    spec=[(0, MSS, 0, 0, 0)] * 5
+    + [(10, MSS, 0, 0, 0), (10, MSS, 0, 0, 0), (0, MSS, 0, 0, 0)]
+    + [(10, MSS, 0, 0, 0), (11, MSS, 0, 0, 0), (0, MSS, 0, 0, 0)],
+    shut=False,
+)
 def test_a_merged_burst_is_taken_as_one_by_one(
     spec: list[tuple[int, int, int, int, int]], shut: bool
 ) -> None:

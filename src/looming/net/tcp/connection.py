@@ -682,8 +682,11 @@ class TcpConnection(TcpSender):
         blocks too, and then stands in for the pending ACK. Through the
         loss relay Linux, the sender, retransmitted a third more with one ACK
         per burst and a fifth more with this, while timeouts fell on both
-        sides and looming's echoes got shorter (see the commit's figures)."""
-        if not (self.defer_output and self.sack_ok):
+        sides and looming's echoes got shorter (see the commit's figures).
+        A segment that arrived twice is ACKed at once too: its D-SACK
+        block reports "the most recent packet" (RFC 2883 section 4), not a
+        later one, and goes in one ACK whatever else the burst holds."""
+        if not (self.defer_output and self.sack_ok) or self.receive_buffer.dsack is not None:
             self.send_ack(now)
             return
         latest = self.receive_buffer.latest_range
