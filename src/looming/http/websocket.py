@@ -219,54 +219,62 @@ class FrameSizes:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.deflated_limit = limit + (limit >> 10) + DEFLATE_SLACK
+        """The limit of a compressed frame (RSV1 set)."""
         self._payload_left = 0
         """Bytes of the current frame's payload still to come."""
         self._head = b""
         """The start of a frame header cut by a read."""
 
     def oversized_at(self, data: bytes) -> int:
-        """Where in ``data`` the header of an oversized frame begins, or -1."""
-        at, end = 0, len(data)
+        """Where in ``data`` the header of an oversized frame begins (0 if
+        it began in an earlier read), or -1."""
+        end = len(data)
+        at = self._payload_left
+        if at >= end:  # all payload (the common case of a large message)
+            self._payload_left = at - end
+            return -1
+        shift = len(self._head)  # (only between frames: then ``at`` is 0)
+        if shift:
+            data, end = self._head + data, end + shift
         while at < end:
-            if self._payload_left:
-                taken = min(self._payload_left, end - at)
-                self._payload_left -= taken
-                at += taken
-                continue
-            start = at - len(self._head)
-            head = self._head + data[at : at + 14]
-            size = _header_size(head)
-            if size is None or len(head) < size:
-                self._head = head
-                return -1
-            self._head = b""
-            at += size - (at - start)
-            announced = _announced(head)
-            limit = (
-                self.limit + (self.limit >> 10) + DEFLATE_SLACK if head[0] & 0x40 else self.limit
-            )
-            if head[0] & 0x08 == 0 and announced > limit:
-                return max(start, 0)
-            self._payload_left = announced
+            size = _header_size(data, at, end)
+            if size < 0:
+                break  # the header goes on in the next read
+            announced = _announced(data, at)
+            first = data[at]
+            # (control frames are wsproto's to refuse; compressed ones get some slack)
+            if (
+                announced > self.limit
+                and not first & 0x08
+                and (not first & 0x40 or announced > self.deflated_limit)
+            ):
+                return max(at - shift, 0)
+            at += size + announced
+        if at >= end:
+            self._payload_left, self._head = at - end, b""
+        else:
+            self._payload_left, self._head = 0, data[at:]
         return -1
 
 
-def _header_size(head: bytes) -> int | None:
-    """A frame header's size, once its first two bytes are known."""
-    if len(head) < 2:
-        return None
-    length = head[1] & 0x7F
-    extended = 8 if length == 127 else 2 if length == 126 else 0
-    return 2 + extended + (4 if head[1] & 0x80 else 0)
+def _header_size(data: bytes, at: int, end: int) -> int:
+    """The size of the frame header at ``at``, or -1 if ``data`` ends within it."""
+    if at + 2 > end:
+        return -1
+    second = data[at + 1]
+    length = second & 0x7F
+    size = (10 if length == 127 else 4 if length == 126 else 2) + (4 if second & 0x80 else 0)
+    return size if at + size <= end else -1
 
 
-def _announced(head: bytes) -> int:
-    """The payload length a whole frame header announces."""
-    length = head[1] & 0x7F
+def _announced(data: bytes, at: int) -> int:
+    """The payload length the whole frame header at ``at`` announces."""
+    length = data[at + 1] & 0x7F
     if length == 126:
-        return int.from_bytes(head[2:4], "big")
+        return int.from_bytes(data[at + 2 : at + 4], "big")
     if length == 127:
-        return int.from_bytes(head[2:10], "big")
+        return int.from_bytes(data[at + 2 : at + 10], "big")
     return length
 
 
