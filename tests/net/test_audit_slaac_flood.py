@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from looming.net import slaac
 from looming.net.slaac import Autoconf, Remove, StartDad
+from looming.net.wire import ndp
 from tests.net.test_slaac import MAC, SECRET, advert, prefix_option
 
 S = slaac.SECOND_NS
@@ -71,3 +72,21 @@ def test_a_sustained_flood_churns_nothing_within_a_minute() -> None:
     assert counters["address_table_full"] == 5000 - slaac.MAX_ADDRESSES
     # Its bookkeeping stays bounded too.
     assert len(autoconf._prefix_heard) <= slaac.MAX_PREFIXES + slaac.MAX_ADDRESSES + 1
+
+
+def test_dns_servers_of_a_flood_give_way_to_a_later_router() -> None:
+    """The same for RDNSS (8 servers): the real router's server is used."""
+    autoconf = Autoconf(SECRET, MAC)
+    for n in range(50):
+        forged = ndp.RecursiveDnsServers(
+            lifetime=9000, servers=(IPv6Address(f"2001:db8:f::{n + 1:x}"),)
+        )
+        autoconf.on_advertisement(IPv6Address(f"fe80::f:{n + 1:x}"), advert(forged), 0)
+    assert len(autoconf.dns_servers) == slaac.MAX_DNS_SERVERS
+    real = IPv6Address("2001:db8:1::53")
+    rdnss = ndp.RecursiveDnsServers(lifetime=1800, servers=(real,))
+    autoconf.on_advertisement(REAL_ROUTER, advert(rdnss), 10 * S)
+    assert real not in autoconf.dns_servers  # heard lately: no churn
+    autoconf.on_advertisement(REAL_ROUTER, advert(rdnss), 120 * S)
+    assert real in autoconf.current_dns_servers(120 * S)
+    assert len(autoconf.dns_servers) == slaac.MAX_DNS_SERVERS

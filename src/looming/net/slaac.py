@@ -175,6 +175,7 @@ class Autoconf:
         # When each router and each prefix was last advertised (for eviction).
         self._router_heard: dict[IPv6Address, int] = {}
         self._prefix_heard: dict[IPv6Network, int] = {}
+        self._dns_heard: dict[IPv6Address, int] = {}
         self.mtu: int | None = None
         self.hop_limit: int | None = None
         self.managed = False  # the last advertisement's M flag: addresses by DHCPv6
@@ -258,11 +259,22 @@ class Autoconf:
             self.counters["mtu_option_ignored"] += 1
 
     def _on_dns_servers(self, option: ndp.RecursiveDnsServers, now: int) -> None:
+        servers, heard = self.dns_servers, self._dns_heard
         for server in option.servers:
             if option.lifetime == 0:
-                self.dns_servers.pop(server, None)
-            elif server in self.dns_servers or len(self.dns_servers) < MAX_DNS_SERVERS:
-                self.dns_servers[server] = _deadline(now, option.lifetime)
+                servers.pop(server, None)
+                heard.pop(server, None)
+                continue
+            if server not in servers and len(servers) >= MAX_DNS_SERVERS:
+                stale = _stale(servers, heard, now)
+                if stale is None:
+                    self.counters["dns_table_full"] += 1
+                    continue
+                del servers[stale]
+                heard.pop(stale, None)
+                self.counters["dns_evicted"] += 1
+            servers[server] = _deadline(now, option.lifetime)
+            heard[server] = now
 
     def current_dns_servers(self, now: int) -> list[IPv6Address]:
         return [s for s, until in self.dns_servers.items() if until is None or until > now]
