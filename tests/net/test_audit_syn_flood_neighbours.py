@@ -143,3 +143,20 @@ def test_beyond_the_budget_only_bound_neighbours_pass() -> None:
     # The neighbours' own budget is bounded too.
     verdicts = [policy.verdict(_syn(real, real_mac), now) for _ in range(100)]
     assert verdicts.count(None) == 4 * 2 - 1 and "syn_neighbour_policed" in verdicts
+
+
+def test_over_ipv6_only_bound_neighbours_pass_too() -> None:
+    real, mac = bytes.fromhex("fd160000000000000000000000000001"), bytes.fromhex("020000000001")
+    policy = FramePolicy(0, syn_rate=10, syn_burst=1)
+    policy.bound_v6 = lambda source, frame_mac: (source, frame_mac) == (real, mac)
+
+    def syn6(source: bytes) -> bytes:
+        tcp = (1234).to_bytes(2, "big") + (7).to_bytes(2, "big") + bytes(8) + b"\x50\x02"
+        header = b"\x60" + bytes(3) + (20).to_bytes(2, "big") + b"\x06\x40"
+        return bytes(6) + mac + b"\x86\xdd" + header + source + bytes(16) + tcp + bytes(6)
+
+    now = lambda: 0  # noqa: E731
+    assert policy.verdict(syn6(bytes(15) + b"\x09"), now) is None  # the shared burst
+    assert policy.verdict(syn6(bytes(15) + b"\x09"), now) == "syn_policed"
+    assert policy.verdict(syn6(real), now) is None
+    assert policy.counters["syn_from_neighbour"] == 1
