@@ -32,9 +32,9 @@ MSS = 1000
 MS = 1_000_000
 
 
-def _accepted() -> tuple[TcpEndpoint, TcpConnection, int]:
+def _accepted(*, sack: bool = True) -> tuple[TcpEndpoint, TcpConnection, int]:
     """An endpoint (deferring output, as the layer makes it) with one
-    connection past the handshake; and our ISN."""
+    connection past the handshake (SACK agreed if ``sack``); and our ISN."""
     endpoint = TcpEndpoint(
         TcpConfig(), TcpStats(), secret=SECRET, mtu_for=lambda _: 1040, defer_output=True
     )
@@ -48,7 +48,7 @@ def _accepted() -> tuple[TcpEndpoint, TcpConnection, int]:
         65535,
         mss=MSS,
         window_scale=7,
-        sack_permitted=True,
+        sack_permitted=sack,
         timestamps=(100, 0),
     )
     endpoint.input(THEM, US, wire.emit(syn, b"", src=THEM, dst=US), 0)
@@ -187,6 +187,31 @@ def test_a_gap_a_changed_window_or_a_fin_stops_a_merge() -> None:
     spec = [(0, MSS, 0, 0, 0), (10, MSS, 0, 0, 0), (0, MSS, 0, 0, 1), (0, MSS, FIN, 0, 0)]
     endpoint.input_burst(_burst(spec, our_seq), 2 * MS)
     assert endpoint.stats.segments_merged == 0
+
+
+def test_data_received_twice_without_sack_does_not_stop_later_merges() -> None:
+    """Without SACK there is no D-SACK to send: part of a segment arriving
+    twice leaves nothing pending that would keep later runs apart."""
+    endpoint, conn, our_seq = _accepted(sack=False)
+    assert not conn.sack_ok
+    spec = [(0, MSS, 0, 0, 0), (0, MSS, 0, 0, 0)]
+    endpoint.input_burst(_burst(spec, our_seq), 2 * MS)
+    # Half of the second segment again, and 500 bytes beyond it.
+    header = TcpHeader(4000, 80, PEER_ISN + 1 + 1500, our_seq, ACK, 512, timestamps=(200, 1))
+    again = wire.emit(header, bytes((1500 + i) % 251 for i in range(MSS)), src=THEM, dst=US)
+    endpoint.input_burst([(THEM, US, again, False, False)], 3 * MS)
+    assert conn.receive_buffer.rcv_nxt == PEER_ISN + 1 + 2500
+    _replies(endpoint, conn, 3 * MS)
+    run = [
+        TcpHeader(4000, 80, PEER_ISN + 1 + n, our_seq, ACK, 512, timestamps=(200, 1))
+        for n in (2500, 3500, 4500)
+    ]
+    endpoint.input_burst(
+        [(THEM, US, wire.emit(h, bytes(MSS), src=THEM, dst=US), False, False) for h in run],
+        4 * MS,
+    )
+    assert endpoint.stats.segments_merged == 1 + 2
+    assert conn.receive_buffer.rcv_nxt == PEER_ISN + 1 + 5500
 
 
 def test_psh_and_short_segments_inside_a_run_are_merged() -> None:

@@ -589,6 +589,10 @@ class TcpConnection(TcpSender):
             payload = payload[: max(right_edge - seq, 0)]
         had_gaps = buffer.has_gaps
         advanced = buffer.insert(seq, payload)
+        if not self.sack_ok:
+            # No SACK option to report it in: a D-SACK kept would stay for
+            # good, and takes_merged would merge nothing from then on.
+            buffer.dsack = None
         full = 0
         if merged is not None:
             full = self._estimate_mss(merged)
