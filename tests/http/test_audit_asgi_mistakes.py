@@ -47,8 +47,12 @@ ROUTES: dict[str, list[dict[str, Any]]] = {
         body(b"part", more=True),
         {"type": "http.response.trailers", "headers": []},
     ],
+    "/stream-short": [start(10), body(b"abc", more=True), body(b"")],
+    "/stream-long": [start(2), body(b"ab", more=True), body(b"cd")],
     "/fine": [start(4), body(b"fine")],
 }
+WHOLE_AS_DECLARED = {"/fine": b"fine", "/stream-long": b"ab"}
+"""Paths whose client may get a whole 200: the body the application declared."""
 
 
 async def mistaken(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
@@ -133,8 +137,25 @@ def test_no_wrong_body_passes_for_whole_under_either(
     ours, theirs = outcome(port, path), outcome(uvicorn_port, path)
     for got in (ours, theirs):
         if got[0] == "whole" and got[1] == 200:
-            assert path == "/fine" and got[2] == b"fine", (path, got)
-    if path in ("/start-after-body", "/unannounced-trailers", "/fine"):
+            assert got[2] == WHOLE_AS_DECLARED.get(path), (path, got)
+    if path in ("/start-after-body", "/unannounced-trailers", "/fine", "/stream-short"):
         assert (ours[0], ours[1]) == (theirs[0], theirs[1]), (path, ours, theirs)
-    else:  # uvicorn sent the head already: cut; ours sent nothing yet: a 500
+    elif path != "/stream-long":  # uvicorn sent the head already: cut; ours nothing yet: 500
         assert theirs[0] == "cut" and ours == ("whole", 500, b"500 Internal Server Error\n")
+
+
+@pytest.mark.parametrize(
+    ("path", "got"),
+    [("/stream-short", ("cut", 200, b"abc")), ("/stream-long", ("whole", 200, b"ab"))],
+)
+def test_a_streamed_body_ends_at_its_declared_length_logged_in_a_line(
+    port: int, path: str, got: tuple[str, int, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a byte past the declared length; the flow path logs one line (on
+    the fast path send() raises to the application, as uvicorn's does)."""
+    with caplog.at_level(logging.ERROR, logger="looming"):
+        assert outcome(port, path) == got
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) <= 1 and all(r.exc_info is None for r in errors), [
+        r.getMessage() for r in errors
+    ]

@@ -347,6 +347,17 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _WrongLength(LoomingError):
+    """A streamed body disagreeing with the Content-Length its handler
+    declared: logged in one line where it is found (see :func:`_wrong_length`);
+    the connection closes after what was sent."""
+
+
+def _wrong_length(message: str) -> _WrongLength:
+    log.error("handler's %s; the connection is closed after what was sent", message)
+    return _WrongLength(message)
+
+
 class _RequestStream:
     """Where a connection's request loop stands from one request to the next."""
 
@@ -1316,7 +1327,7 @@ class HttpServer:
                     continue
                 sent += len(piece)
                 if declared is not None and sent > declared:
-                    raise RuntimeError(
+                    raise _wrong_length(
                         f"streamed body is longer than its Content-Length {declared}"
                     )
                 if chunked:
@@ -1328,7 +1339,9 @@ class HttpServer:
                 pending = []
                 deadline.disarm()
             if declared is not None and sent != declared:
-                raise RuntimeError(f"streamed body of {sent} bytes, Content-Length said {declared}")
+                raise _wrong_length(
+                    f"streamed body of {sent} bytes, Content-Length said {declared}"
+                )
             if chunked:
                 trailers: list[tuple[bytes, bytes]] | None = getattr(body, "trailers", None)
                 if trailers:
