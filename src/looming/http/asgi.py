@@ -422,7 +422,8 @@ class _AppBody:
     def _drop_rest(self, grace: float) -> None:
         """After a HEAD's head: the application's body goes nowhere and it
         runs on (to its background tasks) if it sends its last message
-        within the disconnect grace; one still streaming then is cancelled."""
+        within the HEAD grace (``AsgiAdapter.head_grace``); one still streaming
+        then is cancelled."""
         task = self._task
         self._outbox.is_last = self._is_last
         self._outbox.on_last = self._sent_last
