@@ -24,6 +24,7 @@ from looming.http.service import AccessLog
 from looming.unix.clock import UnixClock
 
 from .serving import RunningServer, serve_in_thread
+from .test_background import under_uvicorn
 
 CHUNK = 65536
 
@@ -194,3 +195,43 @@ def test_a_connection_over_the_limit_is_logged_as_503(
     finally:
         for sock in held:
             sock.close()
+
+
+class _Statuses(logging.Handler):
+    """The statuses of uvicorn's access records (its args end with the status)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        assert isinstance(record.args, tuple)
+        self.statuses.append(int(record.args[-1]))
+
+
+def test_a_cut_response_is_logged_as_uvicorn_logs_it(
+    server: tuple[RunningServer, Records],
+) -> None:
+    """uvicorn logs one record, with the status sent, for a download its
+    client cut off: looming logs the same one, marked aborted. (Not the
+    endless stream: uvicorn's stop would wait for it.)"""
+    path = "/big"
+    running, records = server
+    access = logging.getLogger("uvicorn.access")
+    statuses = _Statuses()
+    with under_uvicorn(app, access_log=True) as port:
+        level = access.level
+        access.setLevel(logging.INFO)
+        access.addHandler(statuses)
+        try:
+            cut_after(port, path, 64 * 1024)
+            deadline = time.monotonic() + 5
+            while not statuses.statuses and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.2)
+        finally:
+            access.removeHandler(statuses)
+            access.setLevel(level)
+    record = one_record(records, lambda: cut_after(running.port, path, 64 * 1024))
+    assert statuses.statuses == [record["status"]] == [200]
+    assert record["aborted"] is True
