@@ -18,12 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
+from wsproto.events import CloseConnection
 
 import looming.http.websocket as websocket
 from looming.http import AsgiAdapter
 from looming.http.websocket import FrameSizes
 
+from . import ws_h2_app
 from .serving import RunningServer, serve_in_thread
+from .test_websocket_h2 import H2WebSockets
 from .test_websocket_hostile import handshake, ws_frame
 
 LIMIT = 1 << 20
@@ -187,3 +190,20 @@ def test_the_header_follower_finds_the_first_oversized_frame(
             break
         at += len(piece)
     assert found == (max(expected, at) if expected >= 0 else -1)
+
+
+def test_over_http2_too_a_frame_announcing_too_much_is_refused_on_its_header() -> None:
+    """An RFC 8441 websocket: only the frame's header is sent on the stream."""
+    with serve_in_thread(lambda: AsgiAdapter(ws_h2_app.app)) as running:
+        client = H2WebSockets(running.port)
+        try:
+            stream_id, response = client.open("/echo")
+            assert response[b":status"] == b"200"
+            client.conn.send_data(stream_id, announcing(1 << 40))
+            client.conn.send_data(stream_id, b"\0" * 1000)
+            client._flush()
+            event = client.next_event(stream_id)
+            assert isinstance(event, CloseConnection)
+            assert (event.code, event.reason) == (1009, "message too big")
+        finally:
+            client.close()
