@@ -17,14 +17,17 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from wsproto.events import CloseConnection
 
 import looming.http.websocket  # noqa: F401  (see test_websocket: imported before the thread)
 from looming.http import AsgiAdapter, ServerConfig
 from looming.http.service import AccessLog
 from looming.unix.clock import UnixClock
 
+from . import ws_h2_app
 from .serving import RunningServer, serve_in_thread
 from .test_background import under_uvicorn
+from .test_websocket_h2 import H2WebSockets
 
 CHUNK = 65536
 
@@ -235,3 +238,32 @@ def test_a_cut_response_is_logged_as_uvicorn_logs_it(
     record = one_record(records, lambda: cut_after(running.port, path, 64 * 1024))
     assert statuses.statuses == [record["status"]] == [200]
     assert record["aborted"] is True
+
+
+def test_http2_websockets_are_logged() -> None:
+    """An RFC 8441 websocket is 200 (accepted) or its refusal's 403."""
+    access = logging.getLogger("looming.http.access")
+    records = Records()
+    access.addHandler(records)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        with serve_in_thread(lambda: AsgiAdapter(ws_h2_app.app)) as running:
+            running.server.observer = AccessLog("json", UnixClock())
+            client = H2WebSockets(running.port)
+            try:
+                stream_id, _ = client.open("/echo")
+                client.send(stream_id, CloseConnection(1000))
+                client.wait_ended(stream_id)
+                refused, _ = client.open("/refuse")
+                client.wait_ended(refused)
+            finally:
+                client.close()
+            lines = records.wait_for(2)
+    finally:
+        access.removeHandler(records)
+        access.setLevel(level)
+    assert sorted((r["target"], r["status"], r["http_version"]) for r in lines) == [
+        ("/echo", 200, "2"),
+        ("/refuse", 403, "2"),
+    ]
