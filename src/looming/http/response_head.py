@@ -24,6 +24,10 @@ _STATUS_LINES: dict[int, bytes] = {
 _STATUS_LINES[413] = b"HTTP/1.1 413 Content Too Large\r\n"  # RFC 9110's name
 
 CONNECTION_CLOSE = b"connection: close\r\n"
+
+_PERSISTENCE = frozenset((b"close", b"keep-alive", b""))
+"""Connection tokens that only say whether the connection persists: the
+server decides that and writes the header itself."""
 CHUNKED = b"transfer-encoding: chunked\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -88,6 +92,8 @@ def prepare_headers(headers: Headers) -> PreparedHeaders:
         if lowered == b"connection":
             tokens = {token.strip().lower() for token in value.split(b",")}
             close = close or b"close" in tokens
+            if tokens <= _PERSISTENCE:
+                continue  # the server writes its own, once (close or not)
         elif lowered == b"date":
             has_date = True
         elif lowered == b"server":
