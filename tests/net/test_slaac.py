@@ -333,3 +333,23 @@ class AutoconfMachine(RuleBasedStateMachine):
 
 AutoconfMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_autoconf_model = AutoconfMachine.TestCase
+
+
+def test_only_the_iana_reserved_identifiers_are_skipped() -> None:
+    """RFC 5453's reserved interface identifiers are skipped to the next
+    DAD counter, and only those: one in 128 identifiers lies above the
+    subnet anycast block, and such an identifier is formed at counter 0."""
+    reserved = (0, 0x0200_5EFF_FE00_0000, 0x0200_5EFF_FEFF_FFFF)
+    reserved += (0xFDFF_FFFF_FFFF_FF80, 0xFDFF_FFFF_FFFF_FFFF)
+    usable = (1, 0x0200_5EFF_FDFF_FFFF, 0x0200_5EFF_FF00_0000, 0xFDFF_FFFF_FFFF_FF7F)
+    usable += (0xFE00_0000_0000_0000, (1 << 64) - 1)
+    assert all(slaac._reserved(i) for i in reserved)
+    assert not any(slaac._reserved(i) for i in usable)
+    secret, mac = bytes(range(16)), bytes.fromhex("0234cf4d8d34")
+    prefix = IPv6Network("fd77:0:0:1::/64")
+    interface_id = stable_interface_id(prefix, mac, b"", 0, secret)
+    assert interface_id >> 56 == 0xFF  # above the anycast block
+    autoconf = Autoconf(secret, mac)
+    actions = autoconf.on_advertisement(ROUTER, advert(prefix_option(prefix)), 0)
+    first = IPv6Address(int(prefix.network_address) | interface_id)
+    assert actions == [StartDad(first)] and autoconf.addresses[first].dad_counter == 0

@@ -126,8 +126,22 @@ def stable_interface_id(
 
 
 def _reserved(interface_id: int) -> bool:
-    # RFC 5453: all zeros (subnet-router anycast) and the top 128 anycast IDs.
-    return interface_id == 0 or interface_id >= 0xFDFFFFFFFFFFFF80
+    """IANA's reserved interface identifiers (RFC 5453): all zeros (the
+    subnet-router anycast), those of the IANA Ethernet block
+    0200:5EFF:FE00:0000-0200:5EFF:FEFF:FFFF, and the 128 subnet anycast
+    ones FDFF:FFFF:FFFF:FF80-FDFF:FFFF:FFFF:FFFF (RFC 2526); nothing above
+    them (one identifier in 128 is there, and a usable one)."""
+    return (
+        interface_id == 0
+        or _IANA_ETHERNET_FIRST <= interface_id <= _IANA_ETHERNET_LAST
+        or _SUBNET_ANYCAST_FIRST <= interface_id <= _SUBNET_ANYCAST_LAST
+    )
+
+
+_IANA_ETHERNET_FIRST = 0x0200_5EFF_FE00_0000
+_IANA_ETHERNET_LAST = 0x0200_5EFF_FEFF_FFFF
+_SUBNET_ANYCAST_FIRST = 0xFDFF_FFFF_FFFF_FF80
+_SUBNET_ANYCAST_LAST = 0xFDFF_FFFF_FFFF_FFFF
 
 
 def _deadline(now: int, lifetime_s: int) -> int | None:
