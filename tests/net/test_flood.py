@@ -6,7 +6,11 @@ test_hostile.py do, with the same frozen heap and explanation of the worst
 round). Each frame of such a flood is policed from a few bytes
 (ethernet.FramePolicy), so the connection never waits behind it. Without
 the policy, on this shared machine under load, the same floods stalled the
-connection 0.17-2.8 s; at 100,000 frames a second the kernel dropped tens
+connection 0.17-2.8 s. The yardstick is the same flood sent, just before,
+to another MAC on the link: the kernel queues it for looming alike and
+looming reads and drops it as not its own, so the machine's load at that
+moment slows both phases (the queue is one FIFO: while looming is off the
+processor, the probe's segments wait behind the flood either way); at 100,000 frames a second the kernel dropped tens
 of thousands of frames on the TAP (the probe's among them). The rate is
 the audit's: at 100,000 a second the 8,192-frame TAP queue lasts 82 ms, less
 than a loaded 2-core machine may keep looming off the processor. A
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from asyncio.subprocess import Process
 
 import pytest
 
@@ -32,7 +37,6 @@ from tests.net.test_hostile import (
     kernel_mac,
     kernel_program,
     own_heap,
-    probe_through,
     tap_dropped,
 )
 
@@ -106,35 +110,109 @@ KINDS = {
 }
 
 
+# Connect to HOST:PORT, print "connected", then twice: wait for a line and
+# echo 64-byte rounds for SECONDS; print the first phase's report (the
+# reference), then the second's, each a JSON line.
+PHASED_PROBE = r"""
+import json, socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+conn = socket.create_connection((host, port))
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+print("connected", flush=True)
+message = b"m" * 64
+for phase in range(2):
+    sys.stdin.readline()
+    worst, worst_at, rounds, end = 0.0, 0.0, 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        sent = time.monotonic()
+        conn.sendall(message)
+        got = 0
+        while got < len(message):
+            chunk = conn.recv(len(message) - got)
+            if not chunk:
+                raise SystemExit("the echo server closed the connection")
+            got += len(chunk)
+        if time.monotonic() - sent > worst:
+            worst, worst_at = time.monotonic() - sent, sent
+        rounds += 1
+        time.sleep(0.002)
+    print(json.dumps({"worst_ms": worst * 1000, "worst_at": worst_at, "rounds": rounds}), flush=True)
+"""
+
+
+async def flood_phase(flood: Process, probe: Process) -> tuple[dict[str, float], list[bytes]]:
+    """Start ``flood`` (already "ready") and a probe phase together; the
+    probe's report and the flood's "sent" line, split."""
+    assert flood.stdin is not None and flood.stdout is not None
+    assert probe.stdin is not None and probe.stdout is not None
+    flood.stdin.write(b"go\n")
+    probe.stdin.write(b"go\n")
+    sent = (await asyncio.wait_for(flood.stdout.readline(), 30)).split()
+    assert sent[0] == b"sent", sent
+    report = json.loads(await asyncio.wait_for(probe.stdout.readline(), SECONDS + 10))
+    assert await flood.wait() == 0
+    return report, sent
+
+
+def elsewhere(mac: bytes) -> str:
+    """Another unicast MAC on the link: frames to it cross the TAP and are
+    read by looming, which drops them as not its own."""
+    return bytes([0x02, *mac[1:5], mac[5] ^ 0xFF]).hex()
+
+
 async def flood_while_probing(
     peer: KernelPeer, stack: DirectStack, timeline: Timeline, kind: str
-) -> tuple[dict[str, float], float, int]:
-    """Run the echo probe from Linux while FLOOD sends ``kind``; the probe's
-    report, the seconds the flood took and the frames it sent."""
+) -> tuple[dict[str, float], float, int, dict[str, int]]:
+    """Echo probe from Linux in two phases: while FLOOD sends ``kind`` to
+    another MAC on the link (the reference: the same frames for the kernel
+    to queue and looming to read, on this machine at this moment), then
+    while it sends them to looming. The probe's report (the reference's
+    worst round as ``quiet_worst_ms`` and its rounds as ``quiet_rounds``,
+    for Timeline.explain), the seconds the flood took, the frames it sent
+    and the counters from before the flood to looming."""
     await stack.tcp.listen(7, timeline.echo)
     port = KINDS[kind][1]
-    flood = await kernel_program(
-        peer, FLOOD, peer.tap_name, stack.ethernet.mac.hex(), "10.77.0.2", port, kind, RATE, SECONDS
-    )
-    report, sent = await probe_through(peer, flood, SECONDS)
-    return report, float(sent[1]), int(sent[2])
+    args = (peer.tap_name, "10.77.0.2", port, kind, RATE, SECONDS)
+    mac = bytes(stack.ethernet.mac)
+    reference = await kernel_program(peer, FLOOD, args[0], elsewhere(mac), *args[1:])
+    flood = await kernel_program(peer, FLOOD, args[0], mac.hex(), *args[1:])
+    probe = await kernel_program(peer, PHASED_PROBE, "10.77.0.2", "7", SECONDS)
+    for program, line in ((reference, b"ready"), (flood, b"ready"), (probe, b"connected")):
+        assert program.stdout is not None
+        assert (await asyncio.wait_for(program.stdout.readline(), 30)).strip() == line
+    quiet, quiet_sent = await flood_phase(reference, probe)
+    assert int(quiet_sent[2]) > 0.5 * RATE * SECONDS  # the reference came at its rate too
+    before = stack.counters()
+    report, sent = await flood_phase(flood, probe)
+    assert await probe.wait() == 0
+    report |= {"quiet_worst_ms": quiet["worst_ms"], "quiet_rounds": quiet["rounds"]}
+    return report, float(sent[1]), int(sent[2]), before
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_flood_of_strays_does_not_stall_a_connection(
     kernel_peer: KernelPeer, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
+    """A flood to looming stalls its connection no more than the same flood
+    to another host on the link: the policy makes looming's frames cost
+    what frames it only reads and drops do (a loaded machine slows both
+    phases alike; a probe segment dropped and retransmitted shows)."""
     timeline = Timeline(monkeypatch)
 
     async def body(stack: DirectStack) -> None:
         dropped_before = await tap_dropped(kernel_peer)
-        report, flood_s, frames = await flood_while_probing(kernel_peer, stack, timeline, kind)
+        report, flood_s, frames, before = await flood_while_probing(
+            kernel_peer, stack, timeline, kind
+        )
         print("probe", report, "flood", flood_s, frames)
         assert frames > 0.5 * RATE * SECONDS  # the flood came at (nearly) its rate
         # looming read every frame the kernel queued for it, in time.
         assert await tap_dropped(kernel_peer) == dropped_before
-        assert report["rounds"] > 150
-        # A stall is what the flood adds to this machine's own noise.
+        # Rounds as on an idle machine (150: a round under 10 ms), or, when
+        # the reference shows this machine slower now, a third of its rounds
+        # (a stall of three Linux RTOs, 1.4 s, leaves some 25).
+        assert report["rounds"] > min(150, report["quiet_rounds"] / 3)
+        # A stall is what the flood to looming adds to the reference's.
         assert report["worst_ms"] < 50 + report["quiet_worst_ms"], timeline.explain(report)
         counters = stack.counters()
         policy = stack.ethernet.policy
@@ -143,7 +221,7 @@ def test_a_flood_of_strays_does_not_stall_a_connection(
         counter = KINDS[kind][0]
         budget = policy.stray if kind in ("ack", "udp") else policy.fragments
         passed = budget.burst + budget.rate * (flood_s + 1.0)
-        assert counters[counter] >= frames - passed
+        assert counters[counter] - before.get(counter, 0) >= frames - passed
         if kind == "ack":
             assert counters.get("tcp.resets_sent", 0) <= passed
 
