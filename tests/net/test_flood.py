@@ -112,16 +112,21 @@ KINDS = {
 
 # Connect to HOST:PORT, print "connected", then twice: wait for a line and
 # echo 64-byte rounds for SECONDS; print the first phase's report (the
-# reference), then the second's, each a JSON line.
+# reference), then the second's, each a JSON line with the segments Linux
+# retransmitted meanwhile (tcp_info's tcpi_total_retrans, at byte 100).
 PHASED_PROBE = r"""
-import json, socket, sys, time
+import json, socket, struct, sys, time
 host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 conn = socket.create_connection((host, port))
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 print("connected", flush=True)
 message = b"m" * 64
+def retransmitted():
+    return struct.unpack_from("I", conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 100)[0]
+
 for phase in range(2):
     sys.stdin.readline()
+    retransmitted_before = retransmitted()
     worst, worst_at, rounds, end = 0.0, 0.0, 0, time.monotonic() + seconds
     while time.monotonic() < end:
         sent = time.monotonic()
@@ -136,7 +141,9 @@ for phase in range(2):
             worst, worst_at = time.monotonic() - sent, sent
         rounds += 1
         time.sleep(0.002)
-    print(json.dumps({"worst_ms": worst * 1000, "worst_at": worst_at, "rounds": rounds}), flush=True)
+    report = {"worst_ms": worst * 1000, "worst_at": worst_at, "rounds": rounds,
+              "retransmitted": retransmitted() - retransmitted_before}
+    print(json.dumps(report), flush=True)
 """
 
 
@@ -185,7 +192,11 @@ async def flood_while_probing(
     before = stack.counters()
     report, sent = await flood_phase(flood, probe)
     assert await probe.wait() == 0
-    report |= {"quiet_worst_ms": quiet["worst_ms"], "quiet_rounds": quiet["rounds"]}
+    report |= {
+        "quiet_worst_ms": quiet["worst_ms"],
+        "quiet_rounds": quiet["rounds"],
+        "quiet_retransmitted": quiet["retransmitted"],
+    }
     return report, float(sent[1]), int(sent[2]), before
 
 
@@ -208,13 +219,20 @@ def test_a_flood_of_strays_does_not_stall_a_connection(
         assert frames > 0.5 * RATE * SECONDS  # the flood came at (nearly) its rate
         # looming read every frame the kernel queued for it, in time.
         assert await tap_dropped(kernel_peer) == dropped_before
+        counters = stack.counters()
+        # Which way a stall went: Linux retransmitting means its segments
+        # (or looming's answers) were lost or held past an RTO.
+        lost = (
+            f"; Linux retransmitted {report['retransmitted']} probe segments "
+            f"(reference {report['quiet_retransmitted']}), looming "
+            f"{counters.get('tcp.retransmits', 0) - before.get('tcp.retransmits', 0)}"
+        )
         # Rounds as on an idle machine (150: a round under 10 ms), or, when
         # the reference shows this machine slower now, a third of its rounds
         # (a stall of three Linux RTOs, 1.4 s, leaves some 25).
-        assert report["rounds"] > min(150, report["quiet_rounds"] / 3)
+        assert report["rounds"] > min(150, report["quiet_rounds"] / 3), f"{report}{lost}"
         # A stall is what the flood to looming adds to the reference's.
-        assert report["worst_ms"] < 50 + report["quiet_worst_ms"], timeline.explain(report)
-        counters = stack.counters()
+        assert report["worst_ms"] < 50 + report["quiet_worst_ms"], timeline.explain(report) + lost
         policy = stack.ethernet.policy
         # Beyond the policy's budget, every frame of the flood was dropped
         # before parsing, and counted by reason.
