@@ -221,11 +221,13 @@ def test_a_flood_of_strays_does_not_stall_a_connection(
         assert await tap_dropped(kernel_peer) == dropped_before
         counters = stack.counters()
         # Which way a stall went: Linux retransmitting means its segments
-        # (or looming's answers) were lost or held past an RTO.
+        # (or looming's answers) were lost or held past an RTO; a write the
+        # TAP refused is a frame of looming's lost (FrameDevice.write).
         lost = (
             f"; Linux retransmitted {report['retransmitted']} probe segments "
             f"(reference {report['quiet_retransmitted']}), looming "
-            f"{counters.get('tcp.retransmits', 0) - before.get('tcp.retransmits', 0)}"
+            f"{counters.get('tcp.retransmits', 0) - before.get('tcp.retransmits', 0)}; "
+            f"the TAP refused {stack.ethernet.network.stats().tx_dropped} of looming's frames"
         )
         # Rounds as on an idle machine (150: a round under 10 ms), or, when
         # the reference shows this machine slower now, a third of its rounds
