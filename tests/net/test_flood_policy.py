@@ -664,3 +664,28 @@ def test_a_stacks_connections_are_pinned_while_it_holds_them(version: int) -> No
         assert not a.ethernet.policy.connections  # reset at shutdown, released
 
     asyncio.run(main())
+
+
+def test_frames_to_another_host_spend_none_of_our_budgets() -> None:
+    """A flood of SYNs and stray segments unicast to another MAC (a switch
+    that floods, a TAP's neighbour) is dropped as not ours before the
+    policy: our own strays still find the budgets whole."""
+    clock = StoppedClock()
+    ethernet = EthernetLayer(MemorySwitch().port(MAC), time=clock)  # type: ignore[arg-type]
+    seen: list[bytes] = []
+    ethernet.register(0x0800, lambda source, destination, payload, verified: seen.append(payload))
+    other = b"\x02\x00\x00\x00\x00\x77"
+    for i in range(5000):
+        for frame in (
+            ipv4(f"10.0.{i % 200}.{i % 250 + 1}", 6, tcp(1000 + i, 80, SYN)),
+            ipv4(f"10.0.{i % 200}.{i % 250 + 1}", 6, tcp(1000 + i, 81, ACK)),
+        ):
+            ethernet.input(other + frame[6:])
+    assert ethernet.counters["not_for_us"] == 10_000
+    assert not seen
+    assert not any(name.endswith("_policed") for name in ethernet.counters)
+    # Ours: SYNs up to the burst and strays up to theirs pass at the same instant.
+    syns = [ipv4("10.0.9.9", 6, tcp(2000 + i, 80, SYN)) for i in range(64)]
+    for frame in syns:
+        ethernet.input(frame)
+    assert len(seen) == 64

@@ -445,6 +445,10 @@ class EthernetLayer:
     def input(self, frame: bytes, checksum_verified: bool = False) -> None:
         counters = self.counters
         if self._time is not None and type(frame) is bytes:
+            if not frame.startswith(self._mac) and len(frame) >= 6 and not frame[0] & 1:
+                # Another host's unicast: it must not spend our budgets.
+                counters["not_for_us"] += 1
+                return
             reason = self.policy.verdict(frame, self._time.now_ns)
             if reason is not None:
                 counters[reason] += 1
