@@ -587,8 +587,10 @@ class AsgiAdapter:
         if not run.done:
             self._after.add(run.task)
         elif run.error is not None:
-            log.error("ASGI application raised after its response was complete", exc_info=run.error)
-            run.error = None
+            error, run.error = run.error, None
+            if ClientDisconnected not in (type(error), type(error.__context__)):
+                # (what send() raised for a client that left is no failure)
+                log.error("ASGI application raised after its response was complete", exc_info=error)
 
     async def finish_background(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the applications still running
