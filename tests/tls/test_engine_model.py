@@ -264,16 +264,19 @@ class EnginePair(RuleBasedStateMachine):
             side.closed = True
             self._collect(index)
 
+    def _corruptible(self) -> list[int]:
+        """Receivers with bytes in flight and none flipped yet: a second flip
+        could land on the first one's byte and undo it."""
+        return [i for i in SIDES if self.wire[i] and not self.corrupted[i]]
+
     # Bytes after a close_notify are rightly ignored: corrupt only before one.
     @precondition(
-        lambda self: (
-            (self.wire[0] or self.wire[1]) and not any(s.closed or s.failed for s in self.sides)
-        )
+        lambda self: bool(self._corruptible()) and not any(s.closed or s.failed for s in self.sides)
     )
     @rule(data=st.data(), mask=st.integers(1, 255))
     def corrupt(self, data: st.DataObject, mask: int) -> None:
         """Flip bits of one byte in flight."""
-        to = data.draw(st.sampled_from([i for i in SIDES if self.wire[i]]))
+        to = data.draw(st.sampled_from(self._corruptible()))
         position = data.draw(st.integers(0, len(self.wire[to]) - 1))
         self.wire[to][position] ^= mask
         self.corrupted[to] = True
