@@ -64,18 +64,25 @@ class Cubic:
                 self.k = 0.0
                 self.origin = cwnd
             self.w_est = cwnd
+        # (Comparisons below, not min() and max() calls: this runs for
+        # every ACK in congestion avoidance.)
         rtt = (srtt or 0) / SECOND
         t = (now - self.epoch_start) / SECOND
         target = self.origin + C * (t + rtt - self.k) ** 3  # W_cubic(t + RTT), eq. 1
-        target = min(max(target, cwnd), 1.5 * cwnd)
+        if cwnd > target:
+            target = cwnd
+        if 1.5 * cwnd < target:
+            target = 1.5 * cwnd
         segments = acked / mss
         # 4.3: alpha_cubic is 1 once W_est is back at cwnd_prior (a SHOULD).
-        alpha = 1.0 if self.w_est >= self.prior else ALPHA
-        self.w_est += alpha * segments / cwnd
+        w_est = self.w_est
+        w_est += (1.0 if w_est >= self.prior else ALPHA) * segments / cwnd
+        self.w_est = w_est
         # The Reno-friendly region (4.3), else the concave or convex one (4.4, 4.5).
         cubic = cwnd + (target - cwnd) / cwnd * segments
-        grown = max(self.w_est, cubic)
-        self.cwnd = max(self.cwnd, int(grown * mss))
+        grown = int((cubic if cubic > w_est else w_est) * mss)
+        if grown > self.cwnd:
+            self.cwnd = grown
 
     def on_congestion(self, now: int, flight: int) -> None:
         """RFC 9438 4.6 and 4.7: multiplicative decrease with fast convergence."""

@@ -57,16 +57,25 @@ class Rack:
             # retransmission tells nothing, and taken as the path's RTT it
             # would deem lost all sent before the resend and not yet acked.
             return
-        rtt = max(rtt, 1)
+        # (Comparisons, not max() calls and tuples: this runs for every
+        # segment delivered.)
+        if rtt < 1:
+            rtt = 1
         self.rtt = rtt
-        if self.min_rtt is None or rtt < self.min_rtt:
+        min_rtt = self.min_rtt
+        if min_rtt is None or rtt < min_rtt:
             self.min_rtt = rtt
-        if segment.end < self.fack and not segment.ever_retransmitted:
+        end = segment.end
+        fack = self.fack
+        if end < fack and not segment.ever_retransmitted:
             self.reordering_seen = True  # delivered below data delivered before it
-        self.fack = max(self.fack, segment.end)
-        if (segment.sent_at, segment.end) > (self.xmit_ts, self.end_seq):
-            self.xmit_ts = segment.sent_at
-            self.end_seq = segment.end
+        if end > fack:
+            self.fack = end
+        sent = segment.sent_at
+        xmit_ts = self.xmit_ts
+        if sent > xmit_ts or (sent == xmit_ts and end > self.end_seq):
+            self.xmit_ts = sent
+            self.end_seq = end
 
     def on_dsack(self, snd_max: int, round_end: int) -> None:
         """A D-SACK arrived: the network reorders more than we thought

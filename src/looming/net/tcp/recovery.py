@@ -29,6 +29,11 @@ from looming.net.tcp.seq import MASK, before32, unwrap
 from looming.net.tcp.tcb import ECE, Event, Recovery, State, TransmissionControlBlock
 from looming.net.wire.tcp import TcpHeader
 
+# Enum members the per-segment paths test, read once: Python 3.11 reads a
+# member through its class by EnumType's __getattr__ hook, some 0.1 us each.
+_OPEN, _RECOVERY, _LOSS = Recovery.OPEN, Recovery.RECOVERY, Recovery.LOSS
+_CLOSED, _WRITABLE = State.CLOSED, Event.WRITABLE
+
 
 class LossRecovery(TransmissionControlBlock):
     """ACK processing, loss detection, recovery and undo."""
@@ -52,14 +57,18 @@ class LossRecovery(TransmissionControlBlock):
         if ack > self.snd_max:
             self._challenge_ack(now)
             return False
-        if ack < self.snd_una - max(self.max_snd_wnd, 1 << 16):
+        max_window = self.max_snd_wnd
+        if ack < self.snd_una - (max_window if max_window > 1 << 16 else 1 << 16):
             # RFC 5961 section 5.2: too old to be from the real peer.
             self._challenge_ack(now)
             return False
         window_changed = self._update_window(header, seq, ack)
         if self.ecn_ok and header.flags & ECE:
             self._on_ecn_echo(now)
-        sacked, original = self._read_sack_blocks(header, ack, now)
+        if header.sack_blocks:
+            sacked, original = self._read_sack_blocks(header, ack, now)
+        else:
+            sacked, original = 0, False  # (what it gives for no blocks)
         if ack > self.snd_una:
             acked, original_acked = self._on_new_ack(ack, header, now)
             self._after_ack(now, sacked, acked, original or original_acked, advanced=True)
@@ -85,7 +94,7 @@ class LossRecovery(TransmissionControlBlock):
             return
         self.ecn_high = self.snd_max
         self.cwr_pending = True
-        if self.recovery is not Recovery.OPEN:
+        if self.recovery is not _OPEN:
             return  # already reduced for a loss in this window
         self.stats.ecn_echoes_received += 1
         self.cc.on_congestion(now, self.snd_max - self.snd_una)
@@ -99,7 +108,8 @@ class LossRecovery(TransmissionControlBlock):
             self.snd_wnd = window
             self.snd_wl1 = seq
             self.snd_wl2 = ack
-            self.max_snd_wnd = max(self.max_snd_wnd, window)
+            if window > self.max_snd_wnd:
+                self.max_snd_wnd = window
             if window > 0:
                 self.persist_at = None
                 self.persist_backoff = 0
@@ -164,7 +174,7 @@ class LossRecovery(TransmissionControlBlock):
         self.undo_retransmitted -= right - left
         if self.undo_retransmitted <= 0:
             # Every byte resent in the episode arrived twice: none was lost.
-            self._undo(timeout=self.recovery is Recovery.LOSS)
+            self._undo(timeout=self.recovery is _LOSS)
 
     def _on_new_ack(self, ack: int, header: TcpHeader, now: int) -> tuple[int, bool]:
         """The cumulative ACK advanced; returns the bytes it newly delivered
@@ -177,14 +187,17 @@ class LossRecovery(TransmissionControlBlock):
         if self.snd_nxt < ack:
             self.snd_nxt = ack
         gone, fresh = self.board.acknowledge(ack)
-        ts_original = self._echo_predates_retransmission(header)
+        # (False without a retransmission in this episode, the usual case.)
+        ts_original = self.retransmit_ts is not None and self._echo_predates_retransmission(header)
         original = False
+        rack, recover = self.rack, self.recover
         for segment in gone:
             if not segment.sacked:
-                self.rack.delivered(segment, now, ts_says_original=ts_original)
-                original |= self._original(segment)
+                rack.delivered(segment, now, ts_says_original=ts_original)
+                if not segment.ever_retransmitted and segment.end <= recover:
+                    original = True  # (self._original(segment))
         if ts_original and any(segment.ever_retransmitted for segment in gone):
-            self._undo(timeout=self.recovery is Recovery.LOSS)
+            self._undo(timeout=self.recovery is _LOSS)
         self.retries = 0
         self.dupacks = 0
         if self.tlp_high is not None and ack >= self.tlp_high:
@@ -193,9 +206,11 @@ class LossRecovery(TransmissionControlBlock):
         self.rto_at = None if self.snd_una >= self.snd_max else now + self.rtt.rto
         if self.snd_una >= self.snd_max:
             self.tlp_at = self.reorder_at = None
-        if released and not self.fin_queued:
-            self.events.append(Event.WRITABLE)
-        self._after_our_fin_acked(now)
+        if not self.fin_queued:
+            if released:
+                self.events.append(_WRITABLE)
+        else:
+            self._after_our_fin_acked(now)
         return fresh, original
 
     def _after_our_fin_acked(self, now: int) -> None:
@@ -217,20 +232,20 @@ class LossRecovery(TransmissionControlBlock):
     ) -> None:
         """Loss detection and the window after an ACK that delivered
         ``sacked`` bytes by SACK and ``acked`` more cumulatively."""
-        if self.state == State.CLOSED:
+        if self.state is _CLOSED:
             return
         delivered = sacked + acked
         flight_before = self.snd_max - self.snd_una + acked
-        if self.recovery is Recovery.LOSS and self.frto:
+        if self.recovery is _LOSS and self.frto:
             self._frto_step(original, sacked, advanced)
         self._detect_losses(now, advanced=advanced)
-        if self.recovery is Recovery.RECOVERY and self.snd_una >= self.recover:
+        if self.recovery is _RECOVERY and self.snd_una >= self.recover:
             self._leave_recovery()
             return  # the window is ssthresh now; growth resumes with the next ACK
-        elif self.recovery is Recovery.LOSS and self.snd_una >= self.recover:
-            self.recovery = Recovery.OPEN
+        elif self.recovery is _LOSS and self.snd_una >= self.recover:
+            self.recovery = _OPEN
             self.frto = False
-        if self.recovery is Recovery.RECOVERY and self.prr is not None:
+        if self.recovery is _RECOVERY and self.prr is not None:
             pipe = self.board.pipe(self.snd_max - self.snd_una)
             self.prr_allowance = self.prr.on_ack(delivered, pipe)
             self.cc.cwnd = max(pipe + self.prr_allowance, self.send_mss)
@@ -254,25 +269,25 @@ class LossRecovery(TransmissionControlBlock):
             return
         newly: list[Segment] = []
         if self.sack_ok:
-            if board.sacked_bytes or self.recovery is not Recovery.OPEN:
+            if board.sacked_bytes or self.recovery is not _OPEN:
                 newly, self.reorder_at = rack_detect(
                     self.rack,
                     board,
                     now,
                     self.rtt.srtt or self.rtt.rto,
-                    in_recovery=self.recovery is not Recovery.OPEN,
+                    in_recovery=self.recovery is not _OPEN,
                     dupthresh=DUPACK_THRESHOLD * self.send_mss,
                 )
-        elif self.recovery is Recovery.OPEN:
+        elif self.recovery is _OPEN:
             if self.dupacks >= DUPACK_THRESHOLD and self.snd_una >= self.recover:
                 newly = [board.segments[0]] if board.mark_lost(board.segments[0]) else []
-        elif self.recovery is Recovery.RECOVERY and advanced and self.snd_una < self.recover:
+        elif self.recovery is _RECOVERY and advanced and self.snd_una < self.recover:
             # RFC 6582 3.2 step 5: a partial ACK; the next segment was lost too.
             newly = [board.segments[0]] if board.mark_lost(board.segments[0]) else []
         if not newly:
             return
         self.stats.segments_deemed_lost += len(newly)
-        if self.recovery is Recovery.OPEN:
+        if self.recovery is _OPEN:
             if self.mtu_search is not None and self.mtu_search.holds_only(newly):
                 return  # a lost path-MTU probe is no congestion (RFC 8899 3): resend it
             self._enter_recovery(now)
@@ -289,7 +304,7 @@ class LossRecovery(TransmissionControlBlock):
         flight = self.snd_max - self.snd_una
         self._start_episode()
         self.cc.on_congestion(now, flight)
-        self.recovery = Recovery.RECOVERY
+        self.recovery = _RECOVERY
         self.recover = self.snd_max
         self.prr = ProportionalRateReduction(self.cc.ssthresh, flight, self.send_mss)
         # The first lost segment is resent at once (RFC 6675 5 step 4.2),
@@ -300,7 +315,7 @@ class LossRecovery(TransmissionControlBlock):
 
     def _leave_recovery(self) -> None:
         """RFC 6937: the window is ssthresh once the recovery point is acknowledged."""
-        self.recovery = Recovery.OPEN
+        self.recovery = _OPEN
         if self.prr is not None:
             self.cc.cwnd = max(self.cc.ssthresh, self.send_mss)
         self.prr = None
@@ -316,8 +331,8 @@ class LossRecovery(TransmissionControlBlock):
         keeps the ssthresh recovery set, as does a repeated timeout for the
         same data; the window restarts from one segment either way."""
         flight = self.snd_max - self.snd_una
-        first = self.recovery is not Recovery.LOSS
-        if self.recovery is Recovery.OPEN or (not first and self.retries <= 1):
+        first = self.recovery is not _LOSS
+        if self.recovery is _OPEN or (not first and self.retries <= 1):
             self._start_episode()
             self.cc.on_timeout(now, flight)
         else:
@@ -328,7 +343,7 @@ class LossRecovery(TransmissionControlBlock):
             # The receiver may have reneged on what it SACKed (RFC 2018 section 8).
             self.board.forget_sacks()
         self.board.mark_all_lost()
-        self.recovery = Recovery.LOSS
+        self.recovery = _LOSS
         self.recover = self.snd_max
         self.prr = None
         self.dupacks = 0
@@ -368,8 +383,8 @@ class LossRecovery(TransmissionControlBlock):
             self.stats.spurious_timeouts_undone += 1
         else:
             self.stats.spurious_recoveries_undone += 1
-        if self.recovery is not Recovery.OPEN:
-            self.recovery = Recovery.OPEN
+        if self.recovery is not _OPEN:
+            self.recovery = _OPEN
             self.prr = None
         self.frto = False
         self.frto_new_segments = 0

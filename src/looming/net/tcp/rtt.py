@@ -18,15 +18,26 @@ class RttEstimator:
 
     def sample(self, rtt_ns: int) -> None:
         """Fold in one measurement (RFC 6298 2.2 and 2.3); clears any backoff."""
-        rtt_ns = max(rtt_ns, 1)
-        if self.srtt is None:
-            self.srtt = rtt_ns
-            self.rttvar = rtt_ns // 2
+        # (Comparisons, not min() and max() calls: a sample comes with most ACKs.)
+        if rtt_ns < 1:
+            rtt_ns = 1
+        srtt = self.srtt
+        if srtt is None:
+            srtt = rtt_ns
+            rttvar = rtt_ns // 2
         else:
-            self.rttvar = (3 * self.rttvar + abs(self.srtt - rtt_ns)) // 4
-            self.srtt = (7 * self.srtt + rtt_ns) // 8
+            rttvar = (3 * self.rttvar + abs(srtt - rtt_ns)) // 4
+            srtt = (7 * srtt + rtt_ns) // 8
+        self.srtt = srtt
+        self.rttvar = rttvar
         # The clock granularity G is one nanosecond here, so K*RTTVAR dominates.
-        self.rto = min(max(self.srtt + max(4 * self.rttvar, 1), self._min), self._max)
+        variation = 4 * rttvar
+        rto = srtt + (variation if variation > 1 else 1)
+        if rto < self._min:
+            rto = self._min
+        if rto > self._max:
+            rto = self._max
+        self.rto = rto
         self._backoff = 0
 
     def back_off(self) -> None:

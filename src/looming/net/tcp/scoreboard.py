@@ -165,8 +165,9 @@ class Scoreboard:
         fresh = 0
         for segment in gone:
             if not segment.sacked:
-                fresh += segment.length
-            self._drop(segment)
+                fresh += segment.end - segment.start
+            if segment.sacked or segment.lost or segment.retransmitted:
+                self._drop(segment)  # (with nothing marked, it changes nothing)
         del segments[:count]
         del self._starts[:count]
         if segments and segments[0].start < ack:

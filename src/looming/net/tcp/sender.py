@@ -16,6 +16,10 @@ from looming.net.tcp.tcb import SENDING, SYNCHRONIZED, Event, Recovery, State
 from looming.net.wire.tcp import ACK, FIN, PSH
 from looming.sim.buggify import buggify
 
+# Enum members the per-segment paths test, read once: Python 3.11 reads a
+# member through its class by EnumType's __getattr__ hook, some 0.1 us each.
+_OPEN, _RECOVERY = Recovery.OPEN, Recovery.RECOVERY
+
 
 class TcpSender(LossRecovery):
     """Output, retransmission and timers."""
@@ -184,11 +188,11 @@ class TcpSender(LossRecovery):
         """Bytes the congestion state lets out now: PRR's allowance in fast
         recovery, else the window less the pipe (RFC 6675 section 5)."""
         mss = self.send_mss
-        if self.recovery is Recovery.RECOVERY and self.prr is not None:
+        if self.recovery is _RECOVERY and self.prr is not None:
             budget = self.prr_allowance
         else:
             window = self.cc.cwnd
-            if self.dupacks and self.recovery is Recovery.OPEN:
+            if self.dupacks and self.recovery is _OPEN:
                 # Limited transmit (RFC 3042): a new segment for each of the
                 # first two duplicate ACKs, to keep ACKs coming.
                 window += min(self.dupacks, 2) * mss
@@ -232,7 +236,7 @@ class TcpSender(LossRecovery):
                 self.frto_new_segments = max(self.frto_new_segments - 1, 0)
         if budget < self.send_mss and (self._has_unsent() or board.has_lost_to_send):
             self.cwnd_limited_to = self.snd_max  # the window, not the application, held data back
-        if self.prr is not None and self.recovery is Recovery.RECOVERY:
+        if self.prr is not None and self.recovery is _RECOVERY:
             used = start_budget - budget
             self.prr.on_sent(used)
             self.prr_allowance = max(self.prr_allowance - used, 0)
@@ -265,7 +269,7 @@ class TcpSender(LossRecovery):
         offload = self.offload_bytes  # (burst_bytes, without data_mss again)
         length = min(max(mss, offload - offload % mss), data_end - seq)
         room = min(self.snd_una + self.snd_wnd - seq, budget)
-        if self.mtu_search is not None and self.recovery is Recovery.OPEN:
+        if self.mtu_search is not None and self.recovery is _OPEN:
             length = self.mtu_search.take(now, seq, data_end - seq, room, self) or length
         if room < length and length > mss and room >= mss:
             length = room - room % mss  # an offloaded burst of whole segments
@@ -339,7 +343,7 @@ class TcpSender(LossRecovery):
         if (
             not self.sack_ok
             or not self.config.tail_loss_probe
-            or self.recovery is not Recovery.OPEN
+            or self.recovery is not _OPEN
             or self.tlp_high is not None
             or self.rtt.srtt is None
         ):
@@ -353,7 +357,7 @@ class TcpSender(LossRecovery):
 
     def _send_tail_loss_probe(self, now: int) -> None:
         """RFC 8985 7.3: new data if the windows allow, else the last segment again."""
-        if self.recovery is not Recovery.OPEN or self.snd_una >= self.snd_max:
+        if self.recovery is not _OPEN or self.snd_una >= self.snd_max:
             return
         if self.state not in SENDING or self.tlp_high is not None:
             return
