@@ -35,6 +35,8 @@ SEGMENT_MARGIN = 512
 
 def true_size(data: bytes | bytearray | memoryview) -> int:
     """The memory ``data`` keeps alive (a view keeps its whole buffer)."""
+    if type(data) is bytes:
+        return BYTES_OVERHEAD + len(data)  # (the last case below, tested first)
     if isinstance(data, memoryview):
         base = data.obj
         held = base.nbytes if isinstance(base, memoryview) else len(base)  # type: ignore[arg-type]
@@ -201,6 +203,8 @@ class ReadyBytes:
         if type(data) is memoryview and type(data.obj) is bytes:
             # A segment's payload, the usual case: what true_size says of it.
             cost = VIEW_OVERHEAD + BYTES_OVERHEAD + len(data.obj) + CHUNK_OVERHEAD
+        elif type(data) is bytes:
+            cost = BYTES_OVERHEAD + size + CHUNK_OVERHEAD  # (merged segments: as true_size)
         else:
             if isinstance(data, bytearray) or (
                 isinstance(data, memoryview) and not isinstance(data.obj, bytes)
@@ -348,11 +352,12 @@ class ReceiveBuffer:
         return i + 1 >= len(lefts) or lefts[i + 1] >= right
 
     def _fits(self, cost: int) -> bool:
+        charged = self.ready.charge + self._ooo_charge  # (self.charged, without the call)
         limit = self.memory_limit
-        if limit is not None and self.charged + cost > limit:
+        if limit is not None and charged + cost > limit:
             return False
         pool = self.pool
-        return pool is None or pool.fits(self.charged, cost)
+        return pool is None or pool.fits(charged, cost)
 
     def _prune_out_of_order(self, cost: int) -> None:
         """Drop out-of-order ranges, furthest first, until ``cost`` more fits
@@ -368,14 +373,15 @@ class ReceiveBuffer:
             self._charge_pool(before)
 
     def _room(self, cost: int) -> bool:
+        charged = self.ready.charge + self._ooo_charge  # (self.charged, without the call)
         limit = self.memory_limit
-        if limit is not None and self.charged + cost > limit:
+        if limit is not None and charged + cost > limit:
             self.refused += 1
             if self.pool is not None:
                 self.pool.connection_refused += 1
             return False
         pool = self.pool
-        if pool is not None and not pool.fits(self.charged, cost):
+        if pool is not None and not pool.fits(charged, cost):
             pool.refused += 1
             self.refused += 1
             return False
@@ -415,16 +421,20 @@ class ReceiveBuffer:
             return False
         before = self.charged
         if seq == self.rcv_nxt:
-            cost = len(data) + CHUNK_OVERHEAD if len(data) < COALESCE_BELOW else true_size(data)
-            if self._lefts and not self._fits(cost):
+            size = len(data)
+            cost = size + CHUNK_OVERHEAD if size < COALESCE_BELOW else true_size(data)
+            lefts = self._lefts
+            if lefts and not self._fits(cost):
                 self._prune_out_of_order(cost)
                 before = self.charged
             if not self._room(cost):
                 return False
             self.ready.append(data)
-            self.rcv_nxt += len(data)
-            self._pull_contiguous()
-            self._charge_pool(before)
+            self.rcv_nxt += size
+            if lefts:
+                self._pull_contiguous()
+            if self.pool is not None:
+                self._charge_pool(before)
             return True
         if not self._room(len(data) + BYTEARRAY_OVERHEAD + RANGE_OVERHEAD):
             return False

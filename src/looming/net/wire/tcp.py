@@ -382,9 +382,6 @@ def _sack_blocks(body: memoryview, length: int) -> tuple[tuple[int, int], ...]:
     )
 
 
-_NO_OPTIONS = _Options()
-
-
 def parse(buf: _Buffer) -> tuple[TcpHeader, memoryview]:
     """Split a segment into its header and payload (a view into ``buf``).
 
@@ -411,9 +408,10 @@ def parse(buf: _Buffer) -> tuple[TcpHeader, memoryview]:
                 src_port, dst_port, seq, ack, flags, window, urgent, timestamps=fields[10:]
             )
             return header, view[header_length:]
-    options = (
-        _parse_options(view[HEADER_LENGTH:header_length]) if header_length > 20 else _NO_OPTIONS
-    )
+    elif header_length == HEADER_LENGTH:
+        # No options: the defaults (positional arguments cost less than keywords).
+        return TcpHeader(src_port, dst_port, seq, ack, flags, window, urgent), view[header_length:]
+    options = _parse_options(view[HEADER_LENGTH:header_length])
     header = TcpHeader(
         src_port=src_port,
         dst_port=dst_port,
