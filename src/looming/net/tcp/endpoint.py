@@ -388,8 +388,16 @@ class TcpEndpoint:
         connection, one insert, one ACK decision that counts each full
         segment, as Linux's GRO merges. Counted in ``segments_merged``."""
         merge: _Merge | None = None
+        # A data segment that may start a run: its _Merge is built only once
+        # a segment that may continue it follows (a burst's last, often its
+        # only one, and one an echo's next segment acknowledging more of our
+        # data follows, go their way without).
+        lone: _Lone | None = None
         stats = self.stats
         for src, dst, segment, checksum_verified, ce in arrivals:
+            if lone is not None and _may_continue(lone, segment):
+                merge = _start_merge(*lone)
+                lone = None
             if merge is not None and _continues(merge, src, dst, segment, ce):
                 # The next of the run, known by its bytes: what parsing it
                 # and _extends would find, without a header object.
@@ -410,12 +418,22 @@ class TcpEndpoint:
             if merge is not None:
                 self._input_merge(merge, now)
                 merge = None
+            elif lone is not None:
+                self._input_lone(lone, now)
+                lone = None
             if header.flags & ~PSH == ACK and payload:
-                merge = _start_merge(src, dst, header, payload, segment, ce)
+                lone = (src, dst, header, payload, segment, ce)
             else:
                 self._input_parsed(src, dst, header, payload, now, ce)
-        if merge is not None:
+        if lone is not None:
+            self._input_lone(lone, now)
+        elif merge is not None:
             self._input_merge(merge, now)
+
+    def _input_lone(self, lone: _Lone, now: int) -> None:
+        """A data segment no other of its burst continued: as a run of one."""
+        src, dst, header, payload, _, ce = lone
+        self._input_parsed(src, dst, header, payload, now, ce)
 
     def _input_merge(self, merge: _Merge, now: int) -> None:
         header, payloads = merge.header, merge.payloads
@@ -682,6 +700,26 @@ class TcpEndpoint:
         conn.input(header, payload, now)
         self.collect(key, conn)
         return True
+
+
+# A data segment parsed and checked: source, destination, header, payload,
+# the segment, whether its IP header was marked CE.
+_Lone = tuple[Address, Address, TcpHeader, memoryview, bytes, bool]
+# A TCP header's sequence and acknowledgment numbers (from its fifth byte).
+_SEQ_ACK = struct.Struct("!II")
+
+
+def _may_continue(lone: _Lone, segment: bytes) -> bool:
+    """Whether ``segment`` (not yet parsed) has the sequence number where
+    ``lone`` ends and its acknowledgment number, as :func:`_continues` and
+    :func:`_extends` both require of a segment continuing a run (the parser
+    reads these fields from the same bytes)."""
+    if len(segment) < TCP_HEADER_LENGTH:
+        return False  # (malformed: the parser drops it)
+    fields: tuple[int, int] = _SEQ_ACK.unpack_from(segment, 4)
+    seq, ack = fields
+    header = lone[2]
+    return seq == (header.seq + len(lone[3])) & MASK and ack == header.ack
 
 
 def _options(segment: bytes) -> bytes:
