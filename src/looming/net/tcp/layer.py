@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _ACK_DUE = Event.ACK_DUE
 _READABLE = Event.READABLE
 _PEER_CLOSED = Event.PEER_CLOSED
+_WRITABLE = Event.WRITABLE
 _NOT_PSH = 0xFF & ~wire.PSH  # the flags byte but PSH
 
 _T = TypeVar("_T")
@@ -86,6 +87,35 @@ class _Started:
                 return
 
 
+class _Wakeup:
+    """The tasks waiting for a stream to become readable (or writable):
+    :meth:`wait` gives a future that the next :meth:`set` completes. What
+    ``asyncio.Event``'s clear-then-wait gives, lighter (no coroutine of
+    its own, no loop check): a reader or writer waits once a pass."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters
+        if waiters:
+            # (Those of waits cancelled since the last set.)
+            waiters[:] = [each for each in waiters if not each.done()]
+        waiters.append(waiter)
+        return waiter
+
+
 _ERRORS: dict[Event, type[Exception]] = {
     Event.RESET: ConnectionReset,
     Event.REFUSED: ConnectionRefused,
@@ -100,8 +130,8 @@ class TcpStream:
         self._layer = layer
         self._key = key
         self._conn = conn
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
+        self._readable = _Wakeup()
+        self._writable = _Wakeup()
         self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: Exception | None = None
         self._closed = False
@@ -184,7 +214,9 @@ class TcpStream:
         for event in events:
             if event is _READABLE or event is _PEER_CLOSED:
                 self._readable.set()
-            elif event is Event.WRITABLE:
+            elif event is _ACK_DUE:
+                continue  # (the layer's)
+            elif event is _WRITABLE:
                 # As Linux wakes a writer (sk_stream_write_space): once the
                 # space free is half what is queued, not for each ACK that
                 # frees a little (a wake-up and a write of a few segments
@@ -237,7 +269,6 @@ class TcpStream:
                 raise Closed("this TCP flow was closed: open a new connection to read again")
             if conn.fin_received or conn.state is State.CLOSED:
                 return b""
-            self._readable.clear()
             await self._readable.wait()
 
     async def write(self, data: bytes) -> None:
@@ -258,7 +289,6 @@ class TcpStream:
             chunk = view[offset:]
             offset += self._layer.drive(self._key, conn, partial(conn.send, chunk))
             if offset < len(view):
-                self._writable.clear()
                 await self._writable.wait()
 
     async def writev(self, buffers: Iterable[bytes]) -> None:
@@ -284,7 +314,6 @@ class TcpStream:
     async def wait_closed(self) -> None:
         """Wait until the connection has left every state (after TIME-WAIT too)."""
         while self._conn.state is not State.CLOSED:
-            self._readable.clear()
             await self._readable.wait()
 
 
