@@ -222,6 +222,21 @@ class FramePolicy:
 
     def verdict(self, frame: bytes, now: Callable[[], int]) -> str | None:
         """None for a frame to parse; else the reason it is dropped."""
+        if (
+            frame[12:14] == _IPV4
+            and len(frame) >= 48
+            and frame[14] == 0x45  # no options: addresses and ports lie together
+            and frame[23] == _TCP
+            and not frame[20] & 0x3F  # no fragment
+            and not frame[21]
+            and frame[47] & 0x12 != 0x02  # no SYN without ACK
+            and frame[26:38] in self.connections
+        ):
+            return None  # the common frame: a segment of a connection we hold
+        return self._general_verdict(frame, now)
+
+    def _general_verdict(self, frame: bytes, now: Callable[[], int]) -> str | None:
+        """:meth:`verdict` for any frame."""
         ethertype = frame[12:14]
         if ethertype == _IPV4:
             if len(frame) < 34:
