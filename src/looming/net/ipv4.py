@@ -178,6 +178,9 @@ class Ipv4Layer:
         self._broadcast_ints = {int(_LIMITED_BROADCAST)}
         if interface is not None and interface.network.prefixlen < 31:
             self._broadcast_ints.add(int(interface.network.broadcast_address))
+        # The last source found no martian (see _martian; which sources are
+        # depends on our address): the next datagram is most often from it.
+        self._sane_source = -1
         addresses = [interface.ip] if interface is not None else []
         self._arp.set_addresses(addresses, announce=announce)
 
@@ -419,14 +422,18 @@ class Ipv4Layer:
         if words % 0xFFFF:
             counters["malformed"] += 1  # header checksum mismatch
             return True
-        if self._interface is not None and not (
-            destination_int == self._local_int or destination_int in self._broadcast_ints
+        if (
+            destination_int != self._local_int
+            and self._interface is not None
+            and destination_int not in self._broadcast_ints
         ):
             counters["not_for_us"] += 1
             return True
-        if self._martian(source_int):
-            counters["martian_source"] += 1  # see _martian
-            return True
+        if source_int != self._sane_source:
+            if self._martian(source_int):
+                counters["martian_source"] += 1  # see _martian
+                return True
+            self._sane_source = source_int
         counters["rx_datagrams"] += 1
         payload = packet[at + MIN_HEADER_LENGTH : at + total_length]
         plain = self._plain_handlers.get(protocol)
