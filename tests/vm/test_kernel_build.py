@@ -40,6 +40,9 @@ from tests.vm.test_storage import boot_counter_twice
 X86_64 = get_arch("x86_64")
 # Issue 13's goal for the static site: kernel unpacked plus initramfs.
 BOOTED_GOAL = 40 * 10**6
+# The first test to need the minimal kernel compiles it (about 5 minutes on
+# two cores, then the source tree is removed): beyond the suite's 300 s.
+pytestmark = pytest.mark.timeout(1500)
 
 
 def test_a_bad_kernel_choice_is_refused_with_exit_2(tmp_path: Path) -> None:
