@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import struct
+from collections.abc import Awaitable
 from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
@@ -17,9 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from looming.devices.net import Capabilities, MacAddress, ReceivedPacket
+from looming.errors import DeviceError
 from looming.net.arp import ArpLayer
-from looming.net.ethernet import EthernetLayer
+from looming.net.ethernet import EthernetLayer, FramePolicy
 from looming.net.ipv4 import Ipv4Layer
+from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
 from looming.net.netif.memory import MemoryPort, MemorySwitch
 from looming.net.wire import ipv4, tcp
 from looming.net.wire.checksum import internet_checksum
@@ -317,3 +321,254 @@ def test_tcp_header_stays_a_frozen_dataclass() -> None:
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         header.seq = 10  # type: ignore[misc]
+
+
+@st.composite
+def connection_headers(draw: st.DrawFn) -> tcp.TcpHeader:
+    """Headers of a connection's segments after the handshake: no options,
+    timestamps, SACK blocks or both, some blocks more than fit."""
+    blocks = draw(st.lists(st.tuples(u32, u32), max_size=5))
+    return tcp.TcpHeader(
+        src_port=draw(u16),
+        dst_port=draw(u16),
+        seq=draw(u32),
+        ack=draw(u32),
+        flags=draw(u8),
+        window=draw(u16),
+        urgent=draw(u16),
+        sack_blocks=tuple(blocks),
+        timestamps=draw(st.none() | st.tuples(u32, u32)),
+    )
+
+
+@given(
+    connection_headers(),
+    st.binary(max_size=1600),
+    addresses,
+    addresses,
+    st.booleans(),
+    st.booleans(),
+)
+def test_connection_emit_is_the_general_emit(
+    header: tcp.TcpHeader,
+    payload: bytes,
+    src: IPv4Address,
+    dst: IPv4Address,
+    summed: bool,
+    partial: bool,
+) -> None:
+    """The layouts packed in one call (no options, SACK blocks behind the
+    timestamps or not) give the general emit's bytes, or its error."""
+    source, destination = (src, dst) if summed else (None, None)
+    try:
+        general = tcp._emit_general(header, payload, source, destination, partial)
+    except ValueError:
+        with pytest.raises(ValueError, match="TCP options exceed 40 bytes"):
+            tcp.emit(header, payload, src=source, dst=destination, partial_checksum=partial)
+        return
+    segment = tcp.emit(header, payload, src=source, dst=destination, partial_checksum=partial)
+    assert segment == general
+    parsed, rest = tcp.parse(segment)
+    assert parsed == header and bytes(rest) == payload
+    if summed and not partial:
+        assert tcp.checksum_ok(segment, src, dst)
+
+
+class _ImmediateNetwork(FrameDeviceNetwork):
+    """An interface whose device takes frames at once (a list records them),
+    but for the sends told to block, as a full socket buffer does; it
+    segments TCP packets too."""
+
+    def __init__(self, blocking: set[int]) -> None:
+        self._socket, self._other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._mac = MacAddress(b"\x02\x00\x00\x00\x00\x02")
+        self._mtu = 1500
+        self.sent: list[tuple[bytes, int | None]] = []
+        self._sends = 0
+        self._blocking = blocking
+        self._device = FrameDevice(self._socket.fileno(), send=self._send)
+
+    def _send(self, frame: bytes, segment_size: int | None = None) -> int:
+        self._sends += 1
+        if self._sends in self._blocking:
+            raise BlockingIOError
+        self.sent.append((frame, segment_size))
+        return len(frame)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(mtu=1500, tx_checksum=True, segmentation=65536)
+
+    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
+        await self._device.write(frame, send=lambda frame: self._send(frame, segment_size))
+
+    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
+        return self._device.write_now(frame, lambda frame: self._send(frame, segment_size))
+
+    def _release(self) -> None:
+        self._socket.close()
+        self._other.close()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["10.0.0.1", "10.0.0.3", "8.8.8.8", "10.0.0.2", "10.0.0.255"]),
+            st.sampled_from([6, 17]),
+            st.integers(0, 3000),
+            st.none() | st.integers(1, 1460),
+            u8,
+        ),
+        max_size=6,
+    ),
+    st.sets(st.integers(1, 8), max_size=3),
+)
+def test_immediate_ipv4_write_is_the_general_write(
+    datagrams: list[tuple[str, int, int, int | None, int]], blocking: set[int]
+) -> None:
+    """Datagrams sent through write_now (the frames leave without a
+    coroutine while the device takes them; what it gives back is awaited
+    where it would block) and through write: the same frames, in the same
+    order, with the same counters, whether the next hop is resolved
+    (10.0.0.1, 8.8.8.8 through it), held for ARP (10.0.0.3), our own
+    address or broadcast, fragmented or offloaded."""
+
+    async def run(immediate: bool) -> object:
+        network = _ImmediateNetwork(blocking)
+        ethernet = EthernetLayer(network)
+        time = UnixTime()
+        arp = ArpLayer(ethernet, time)
+        layer = Ipv4Layer(
+            ethernet, arp, time, UnixRandom(1), interface=LOCAL, gateway=IPv4Address("10.0.0.1")
+        )
+        arp.cache.learn(
+            IPv4Address("10.0.0.1"), MacAddress(b"\x02\x00\x00\x00\x00\x01"), time.now_ns()
+        )
+        errors: list[str] = []
+        for destination, protocol, length, segment_size, tos in datagrams:
+            size = segment_size if protocol == 6 else None
+            payload = bytes(range(256)) * (length // 256) + bytes(length % 256)
+            try:
+                if immediate:
+                    pending = layer.write_now(
+                        IPv4Address(destination),
+                        protocol,
+                        payload,
+                        dont_fragment=True,
+                        segment_size=size,
+                        tos=tos,
+                    )
+                    if pending is not None:
+                        await pending
+                else:
+                    await layer.write(
+                        IPv4Address(destination),
+                        protocol,
+                        payload,
+                        dont_fragment=True,
+                        segment_size=size,
+                        tos=tos,
+                    )
+            except ValueError as error:
+                errors.append(str(error))
+        await asyncio.sleep(0)  # (what went to our own address comes back)
+        stats = network.stats()
+        await network.disconnect()
+        return network.sent, errors, layer.counters, arp.counters, ethernet.counters, stats
+
+    assert asyncio.run(run(True)) == asyncio.run(run(False))
+
+
+def test_a_disconnected_interface_refuses_frames_at_once() -> None:
+    async def run() -> None:
+        network = _ImmediateNetwork(set())
+        await network.disconnect()
+        with pytest.raises(DeviceError, match="disconnected"):
+            network.write_now(b"\x00" * 60)
+
+    asyncio.run(run())
+
+
+FLOW_ADDRESSES = st.sampled_from([b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"])
+FLOW_PORTS = st.sampled_from([b"\x00\x07", b"\x9c\x40"])
+
+
+@st.composite
+def sent_frames(draw: st.DrawFn) -> bytes:
+    """Frames a host sends: IPv4 TCP segments (some resets, SYNs, first and
+    later fragments, header options), UDP datagrams, IPv6, short ones."""
+    version = draw(st.sampled_from([0x45, 0x45, 0x46]))
+    protocol = draw(st.sampled_from([6, 6, 17]))
+    fragment = draw(st.sampled_from([b"\x40\x00", b"\x40\x00", b"\x20\x00", b"\x00\x10"]))
+    header = (
+        bytes((version, 0))
+        + b"\x00\x00\x00\x01"
+        + fragment
+        + bytes((64, protocol))
+        + b"\x00\x00"
+        + draw(FLOW_ADDRESSES)
+        + draw(FLOW_ADDRESSES)
+        + bytes(4 * (version - 0x45))
+    )
+    transport = draw(FLOW_PORTS) + draw(FLOW_PORTS) + bytes(9) + bytes((draw(u8),)) + bytes(6)
+    frame = bytes(6) + bytes(6) + draw(st.sampled_from([b"\x08\x00", b"\x08\x00", b"\x86\xdd"]))
+    frame += header + transport + draw(st.binary(max_size=4))
+    return frame[: draw(st.sampled_from([len(frame), len(frame), 40, 47]))]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["send", "pin", "release"]), sent_frames()), max_size=30))
+def test_sent_of_a_pinned_connection_is_the_general_sent(
+    steps: list[tuple[str, bytes]],
+) -> None:
+    """The frame policy's shortcut for segments of pinned connections (and
+    its memory of the last one) leaves the flows it remembers as the
+    general code does, through pins and releases."""
+    fast, general = FramePolicy(0), FramePolicy(0)
+    for action, frame in steps:
+        key = frame[30:34] + frame[26:30] + frame[36:38] + frame[34:36]
+        if action == "pin":
+            fast.pin(key)
+            general.pin(key)
+        elif action == "release":
+            fast.release(key)
+            general.release(key)
+        else:
+            fast.sent(frame)
+            general._sent_general(frame)
+        for kind in ("flows", "handshakes", "datagrams", "connections"):
+            assert list(getattr(fast, kind)) == list(getattr(general, kind))
+
+
+def test_writes_waiting_together_all_go_out() -> None:
+    """Two writes the device refused at first (a full buffer) both go out
+    once it takes frames again: one waiting must not silence the other's
+    wake-up (the loop holds one writer callback an fd)."""
+
+    async def run() -> list[tuple[bytes, int | None]]:
+        network = _ImmediateNetwork({1, 2})
+        device = network._device
+        await asyncio.wait_for(asyncio.gather(device.write(b"1"), device.write(b"2")), 5)
+        await network.disconnect()
+        return network.sent
+
+    assert asyncio.run(run()) == [(b"1", None), (b"2", None)]
+
+
+def test_a_write_behind_a_waiting_one_keeps_its_place() -> None:
+    """A frame written while an earlier one waits for the device goes out
+    after it, though the device would take it at once."""
+
+    async def run() -> list[tuple[bytes, int | None]]:
+        network = _ImmediateNetwork({1})
+        device = network._device
+        first = device.write_now(b"1")
+        assert first is not None  # refused: it waits for the device
+        waiting = asyncio.ensure_future(first)
+        await asyncio.sleep(0)  # (it now waits for the fd to be writable)
+        second = device.write_now(b"2")
+        assert second is not None and network.sent == []
+        await asyncio.wait_for(asyncio.gather(waiting, second), 5)
+        await network.disconnect()
+        return network.sent
+
+    assert asyncio.run(run()) == [(b"1", None), (b"2", None)]

@@ -37,7 +37,27 @@ class BatchingNetwork(Protocol):
         """Call ``callback`` after each wake-up's frames went to the handler."""
 
 
+@runtime_checkable
+class ImmediateNetwork(Protocol):
+    """A network that sends a frame without a coroutine while its device
+    takes frames at once (TAP, AF_PACKET)."""
+
+    def write_now(self, frame: bytes) -> Awaitable[None] | None:
+        """Send ``frame`` now if the device takes it (None), else give what
+        sends it once the device can (to be awaited)."""
+
+
+@runtime_checkable
+class ImmediateSegmentingNetwork(Protocol):
+    """:class:`ImmediateNetwork` for the frames a segmenting interface cuts up."""
+
+    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
+        """:meth:`ImmediateNetwork.write_now` for
+        :meth:`~looming.devices.net.SegmentingNetwork.write_segmented`."""
+
+
 _IPV4 = b"\x08\x00"
+_IPV4_PLAIN = b"\x08\x00\x45"  # IPv4, a header without options
 _IPV6 = b"\x86\xdd"
 _TAGGED = b"\x81\x00"
 _DOUBLE_TAGGED = b"\x88\xa8"
@@ -182,6 +202,9 @@ class FramePolicy:
         # Flow keys of the TCP connections the TCP layer holds, in any
         # state (pin/release); bounded by its connection limit and backlogs.
         self.connections: set[bytes] = set()
+        # The addresses and ports (IPv4 bytes 12-24) of the last segment sent
+        # of a connection in there, or empty.
+        self._pinned_sent = b""
 
     def pin(self, key: bytes) -> None:
         """A TCP connection (key: :func:`connection_flow`) was created: its
@@ -194,10 +217,31 @@ class FramePolicy:
         while it stays among the flows sent on lately."""
         if key in self.connections:
             self.connections.discard(key)
+            self._pinned_sent = b""
             self._remember(self.flows, key, self.max_flows)
 
     def sent(self, frame: bytes) -> None:
         """An outgoing frame: its flow's answers pass unpoliced from now on."""
+        if (
+            frame[12:15] == _IPV4_PLAIN
+            and frame[23] == _TCP
+            and len(frame) >= 48
+            and not frame[20] & 0x1F
+            and not frame[21]
+        ):
+            # A segment of a connection the TCP layer holds changes nothing:
+            # the last such flow is known by its addresses and ports alone.
+            flow = frame[26:38]
+            if flow == self._pinned_sent:
+                return
+            key = frame[30:34] + frame[26:30] + frame[36:38] + frame[34:36]
+            if key in self.connections:
+                self._pinned_sent = flow
+                return
+        self._sent_general(frame)
+
+    def _sent_general(self, frame: bytes) -> None:
+        """:meth:`sent` for any frame."""
         sent = _sent_flow(frame)
         if sent is None:
             return
@@ -361,6 +405,16 @@ class EthernetLayer:
                     "capabilities but has no write_segmented method"
                 )
             self._write_segmented = network.write_segmented
+        # Where the interface says at once whether it took a frame, a frame
+        # goes out without a coroutine (see write_now).
+        self._write_now = network.write_now if isinstance(network, ImmediateNetwork) else None
+        self._write_segmented_now = (
+            network.write_segmented_now
+            if self._write_segmented is not None and isinstance(network, ImmediateSegmentingNetwork)
+            else None
+        )
+        # The last frame header sent: destination, EtherType, header.
+        self._head: tuple[bytes, int, bytes] = (b"", -1, b"")
         self._handlers: dict[int, EthernetHandler] = {}
         self._whole_handlers: dict[int, Callable[[bytes, bool], None]] = {}
         self.counters: Counter[str] = Counter()
@@ -537,7 +591,29 @@ class EthernetLayer:
     ) -> None:
         """Frame and send ``payload``; with ``segment_size`` the interface
         splits the TCP packet inside into segments of that many bytes."""
-        frame = destination + self._mac + ethertype.to_bytes(2, "big") + payload
+        pending = self.write_now(destination, ethertype, payload, segment_size=segment_size)
+        if pending is not None:
+            await pending
+
+    def write_now(
+        self,
+        destination: MacAddress,
+        ethertype: int,
+        payload: bytes,
+        *,
+        segment_size: int | None = None,
+    ) -> Awaitable[None] | None:
+        """:meth:`write` without a coroutine when the interface takes the
+        frame at once (:class:`ImmediateNetwork`): None once it is sent,
+        else what finishes sending it, to be awaited."""
+        head = self._head
+        if head[0] is not destination or head[1] != ethertype:
+            self._head = head = (
+                destination,
+                ethertype,
+                destination + self._mac + ethertype.to_bytes(2, "big"),
+            )
+        frame = head[2] + payload
         self.counters["tx_frames"] += 1
         self.policy.sent(frame)
         if segment_size is not None:
@@ -546,6 +622,11 @@ class EthernetLayer:
                     "this network interface cannot segment TCP packets: "
                     "give segment_size only when capabilities.segmentation is set"
                 )
-            await self._write_segmented(frame, segment_size)
-            return
-        await self._network.write(frame)
+            segmented_now = self._write_segmented_now
+            if segmented_now is not None:
+                return segmented_now(frame, segment_size)
+            return self._write_segmented(frame, segment_size)
+        write_now = self._write_now
+        if write_now is not None:
+            return write_now(frame)
+        return self._network.write(frame)

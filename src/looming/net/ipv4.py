@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 
@@ -44,6 +44,10 @@ PlainHandler = Callable[[IPv4Address, IPv4Address, int, bool, bytes], None]
 datagram without options that is no fragment, and its payload: what a
 protocol that needs no more of the header takes instead of a
 :class:`ReceivedPacket` built for it (see :meth:`Ipv4Layer.register`)."""
+
+
+_Route = tuple[IPv4Address | None, int, bytes, IPv4Address | MacAddress | None]
+_NO_ROUTE: _Route = (None, -1, b"", None)
 
 
 def multicast_mac(address: IPv4Address) -> MacAddress:
@@ -149,8 +153,9 @@ class Ipv4Layer:
         self.counters: Counter[str] = Counter()
         self.unhandled_protocol: UnhandledProtocolHandler | None = None
         self._expiry_task: asyncio.Task[None] | None = None
-        self._last_destination: IPv4Address | None = None
-        self._last_destination_form = (0, b"")
+        # The last destination written to: the address, as an integer and
+        # packed, and its next hop once looked up (forgotten by configure).
+        self._route: _Route = _NO_ROUTE
         ethernet.register(EthernetProtocol.IPV4, self._on_frame, whole=self._on_whole_frame)
         self.configure(interface, gateway, announce=False)
 
@@ -168,6 +173,7 @@ class Ipv4Layer:
             raise ValueError(f"gateway {gateway} is not inside {interface.network}")
         self._interface = interface
         self._gateway = gateway
+        self._route = _NO_ROUTE
         self._local_int = int(interface.ip) if interface is not None else -1
         # The hot paths compare integers and reuse one address object:
         # IPv4Interface.ip builds a new address on every access.
@@ -592,14 +598,14 @@ class Ipv4Layer:
             and len(payload) <= self.mtu(destination)
             and not self.is_local(destination)
         ):
-            hop, mac, packet = self._plain_datagram(
-                destination, protocol, payload, ttl, dont_fragment, tos
+            route = self._route
+            if route[0] is not destination:
+                route = self._route_to(destination)
+            pending = self._send_plain(
+                route, protocol, payload, ttl, dont_fragment, tos, "tx_datagrams"
             )
-            if mac is not None:
-                await self._ethernet.write(mac, _IPV4, packet)
-                return
-            assert isinstance(hop, IPv4Address)
-            await self._arp.send(hop, ((_IPV4, packet, None),))  # held until resolved
+            if pending is not None:
+                await pending
             return
         if segment_size is not None and protocol == IpProtocol.TCP:
             if await self._write_burst(
@@ -636,6 +642,46 @@ class Ipv4Layer:
                 await self._ethernet.write(hop, ethertype, frame, segment_size=size)
             return
         await self._arp.send(hop, frames)
+
+    def write_now(
+        self,
+        destination: IPv4Address,
+        protocol: int,
+        payload: bytes,
+        *,
+        dont_fragment: bool = False,
+        segment_size: int | None = None,
+        tos: int = 0,
+    ) -> Awaitable[None] | None:
+        """:meth:`write` (from our address, with the default TTL) without a
+        coroutine where it can: None once the datagram is sent (or held for
+        address resolution), else what finishes sending it, to be awaited.
+        The common datagram, and a TCP packet for segmentation offload, go
+        out so while the interface takes frames at once."""
+        if self._local_address is not None and "write" not in self.__dict__:
+            # ("write" set on the layer: a wrapper that sees every datagram.)
+            route = self._route
+            if route[0] is not destination:
+                route = self._route_to(destination)
+            if route[1] != self._local_int:
+                if segment_size is None:
+                    if len(payload) <= self.mtu(destination):
+                        return self._send_plain(
+                            route, protocol, payload, 64, dont_fragment, tos, "tx_datagrams"
+                        )
+                elif protocol == IpProtocol.TCP and self._offloads(payload):
+                    self.counters["tx_offloaded"] += 1
+                    return self._send_plain(
+                        route, protocol, payload, 64, True, tos, None, segment_size
+                    )
+        return self.write(
+            destination,
+            protocol,
+            payload,
+            dont_fragment=dont_fragment,
+            segment_size=segment_size,
+            tos=tos,
+        )
 
     async def _write_burst(
         self,
@@ -699,49 +745,63 @@ class Ipv4Layer:
         interface cuts into segments (always with DF), sent with the general
         path's bytes and counters but no header object; False when the
         general path must send it."""
-        offload = self._ethernet.capabilities.segmentation
-        if (
-            not offload
-            or self._local_address is None
-            or len(payload) > offload - MIN_HEADER_LENGTH
-            or self.is_local(destination)
-        ):
+        if self._local_address is None or not self._offloads(payload) or self.is_local(destination):
             return False
-        self.counters["tx_offloaded"] += 1
-        hop, mac, packet = self._plain_datagram(
-            destination, IpProtocol.TCP, payload, ttl, True, tos, counter=None
-        )
-        if mac is not None:
-            await self._ethernet.write(mac, _IPV4, packet, segment_size=segment_size)
-        else:
-            assert isinstance(hop, IPv4Address)
-            await self._arp.send(hop, ((_IPV4, packet, segment_size),))  # held until resolved
+        pending = self._offload(destination, payload, ttl, tos, segment_size)
+        if pending is not None:
+            await pending
         return True
 
-    def _plain_datagram(
+    def _offloads(self, payload: bytes) -> bool:
+        """Whether the interface cuts a TCP packet of ``payload`` into segments."""
+        offload = self._ethernet.capabilities.segmentation
+        return bool(offload) and len(payload) <= offload - MIN_HEADER_LENGTH
+
+    def _offload(
+        self, destination: IPv4Address, payload: bytes, ttl: int, tos: int, segment_size: int
+    ) -> Awaitable[None] | None:
+        """For :meth:`_write_offloaded`, as :meth:`write_now` gives it."""
+        self.counters["tx_offloaded"] += 1
+        route = self._route
+        if route[0] is not destination:
+            route = self._route_to(destination)
+        return self._send_plain(route, IpProtocol.TCP, payload, ttl, True, tos, None, segment_size)
+
+    def _route_to(self, destination: IPv4Address) -> _Route:
+        """``destination`` as :attr:`_route` holds it (its next hop not yet
+        looked up), remembered there."""
+        destination_int = int(destination)
+        self._route = route = (
+            destination,
+            destination_int,
+            destination_int.to_bytes(4, "big"),
+            None,
+        )
+        return route
+
+    def _send_plain(
         self,
-        destination: IPv4Address,
+        route: _Route,
         protocol: int,
         payload: bytes,
         ttl: int,
         dont_fragment: bool,
         tos: int,
-        counter: str | None = "tx_datagrams",
-    ) -> tuple[IPv4Address | MacAddress, MacAddress | None, bytes]:
-        """For :meth:`write`'s common datagram (from our address, to another
-        host, unfragmented): the next hop, its MAC when known (ARP resolved
-        it, or a group address) and the packet. The same bytes as the
-        general path, without building a header object; ``counter`` is
-        counted, if any."""
-        identification = self._next_identification()
-        hop = self.next_hop(destination)
-        if destination is self._last_destination:
-            destination_int, destination_packed = self._last_destination_form
-        else:
-            destination_int = int(destination)
-            destination_packed = destination_int.to_bytes(4, "big")
-            self._last_destination = destination
-            self._last_destination_form = (destination_int, destination_packed)
+        counter: str | None,
+        segment_size: int | None = None,
+    ) -> Awaitable[None] | None:
+        """For :meth:`write`'s common datagram (from our address, to
+        another host, unfragmented; with ``segment_size`` a TCP packet the
+        interface segments): the same bytes as the general path, without
+        building a header object, sent or held for the next hop's address
+        resolution; ``counter`` is counted, if any. None once done, else
+        what finishes sending it."""
+        self._identification = identification = (self._identification + 1) & 0xFFFF
+        destination, destination_int, destination_packed, hop = route
+        if hop is None:
+            assert destination is not None
+            hop = self.next_hop(destination)
+            self._route = (destination, destination_int, destination_packed, hop)
         packet = wire.emit_plain(
             self._local_packed,
             destination_packed,
@@ -755,8 +815,12 @@ class Ipv4Layer:
         )
         if counter is not None:
             self.counters[counter] += 1
-        mac = hop if isinstance(hop, MacAddress) else self._arp.lookup(hop)
-        return hop, mac, packet
+        if isinstance(hop, MacAddress):
+            return self._ethernet.write_now(hop, _IPV4, packet, segment_size=segment_size)
+        mac = self._arp.lookup(hop)
+        if mac is not None:
+            return self._ethernet.write_now(mac, _IPV4, packet, segment_size=segment_size)
+        return self._arp.send(hop, ((_IPV4, packet, segment_size),))  # held until resolved
 
     def _frames(self, header: Ipv4Header, payload: bytes, segment_size: int | None) -> list[Frame]:
         """The Ethernet payloads carrying one datagram (several when fragmented)."""

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import socket
 import struct
+from collections.abc import Awaitable
 
 from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError
@@ -219,12 +220,21 @@ class PacketNetwork(FrameDeviceNetwork):
     async def write_segmented(self, frame: bytes, segment_size: int) -> None:
         """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
         segments of ``segment_size`` payload bytes."""
+        pending = self.write_segmented_now(frame, segment_size)
+        if pending is not None:
+            await pending
+
+    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
+        """:meth:`write_segmented` without a coroutine while the socket
+        takes frames at once (see :meth:`FrameDevice.write_now`)."""
+        if "write_segmented" in self.__dict__:
+            return self.write_segmented(frame, segment_size)  # (a wrapper sees every frame)
         pieces = tso_frame(frame, segment_size) if self.offload else None
         if pieces is None:
             raise ValueError("only an offloading socket segments, and only IPv4/TCP frames")
         self.segments_offloaded += 1
         send = self._socket.sendmsg
-        await self._device.write(frame, send=lambda _frame: send(pieces))
+        return self._device.write_now(frame, lambda _frame: send(pieces))
 
     def _release(self) -> None:
         self._socket.close()

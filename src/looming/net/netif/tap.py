@@ -27,6 +27,7 @@ import hashlib
 import os
 import socket
 import struct
+from collections.abc import Awaitable
 from typing import Protocol
 
 from looming.devices.net import Capabilities, MacAddress
@@ -266,11 +267,21 @@ class TapNetwork(FrameDeviceNetwork):
     async def write_segmented(self, frame: bytes, segment_size: int) -> None:
         """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
         segments of ``segment_size`` payload bytes (TCP segmentation offload)."""
+        pending = self.write_segmented_now(frame, segment_size)
+        if pending is not None:
+            await pending
+
+    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
+        """:meth:`write_segmented` without a coroutine while the device
+        takes frames at once (see :meth:`FrameDevice.write_now`)."""
+        if "write_segmented" in self.__dict__:
+            return self.write_segmented(frame, segment_size)  # (a wrapper sees every frame)
         pieces = tso_frame(frame, segment_size) if self.offload else None
         if pieces is None:
             raise ValueError("only an offloading TAP segments, and only IPv4/TCP frames")
         self.segments_offloaded += 1
-        await self._device.write(frame, send=lambda _frame: os.writev(self._fd, pieces))
+        fd = self._fd
+        return self._device.write_now(frame, lambda _frame: os.writev(fd, pieces))
 
     @classmethod
     async def connect(

@@ -177,29 +177,34 @@ class TcpEndpoint:
     def collect(self, key: FourTuple, conn: TcpConnection) -> None:
         """Move a connection's segments and events out after any call on it."""
         local_ip, _, remote_ip, _ = key
-        if conn.outbox:
+        segments = conn.outbox
+        if segments:
+            # (What conn.take_outbox_marked gives, without pairing them first.)
+            marks = conn.outbox_ect
+            conn.outbox = []
+            conn.outbox_ect = []
             emit = wire.emit
             mss = conn.send_mss
             # (A path-MTU probe is one larger segment, sent whole with DF.)
             search = conn.mtu_search
             probe = search.probe_wire_seq if search is not None else -1
+            outbox = self._outbox
             # A packet of several segments goes to an interface that cuts it
             # up and checksums each piece: summing it here would be wasted,
             # so it leaves with only the pseudo-header sum (the IPv4 layer
             # finishes it should it not be offloaded after all).
-            for header, payload, ect in conn.take_outbox_marked():
-                # Segments carrying SACK blocks were cut smaller to leave room.
-                size = mss - sack_option_space(len(header.sack_blocks))
-                cut = len(payload) > size and header.seq != probe
-                self._outbox.append(
-                    (
-                        remote_ip,
-                        emit(header, payload, src=local_ip, dst=remote_ip, partial_checksum=cut),
-                        size if cut else None,
-                        ECT0 if ect else 0,
-                        local_ip,
-                    )
+            for (header, payload), ect in zip(segments, marks, strict=True):
+                size: int | None = None
+                if payload:
+                    # Segments carrying SACK blocks were cut smaller to leave room.
+                    blocks = header.sack_blocks
+                    whole = mss - sack_option_space(len(blocks)) if blocks else mss
+                    if len(payload) > whole and header.seq != probe:
+                        size = whole
+                segment = emit(
+                    header, payload, src=local_ip, dst=remote_ip, partial_checksum=size is not None
                 )
+                outbox.append((remote_ip, segment, size, ECT0 if ect else 0, local_ip))
         events = conn.take_events()
         for event in events:
             if event is Event.CONNECTED:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -54,6 +54,7 @@ _READABLE = Event.READABLE
 _PEER_CLOSED = Event.PEER_CLOSED
 _WRITABLE = Event.WRITABLE
 _NOT_PSH = 0xFF & ~wire.PSH  # the flags byte but PSH
+_TCP = IpProtocol.TCP
 
 _T = TypeVar("_T")
 
@@ -61,12 +62,13 @@ _Segment = tuple[IPv4Address | IPv6Address, bytes, int | None, int, IPv4Address 
 
 
 class _Started:
-    """Awaiting this continues a coroutine that was already stepped once
-    (and yielded ``yielded``, what it waits for), as if a task had run it
-    from the start: how a write that could not finish at once goes on in
-    a task, after the writes that did went out without one."""
+    """Awaiting this continues a coroutine (an awaitable's steps) that was
+    already stepped once (and yielded ``yielded``, what it waits for), as
+    if a task had run it from the start: how a write that could not finish
+    at once goes on in a task, after the writes that did went out without
+    one."""
 
-    def __init__(self, coroutine: Coroutine[Any, Any, None], yielded: Any) -> None:
+    def __init__(self, coroutine: Generator[Any, Any, Any], yielded: Any) -> None:
         self._coroutine = coroutine
         self._yielded = yielded
 
@@ -396,6 +398,7 @@ class TcpLayer:
         # those behind one whose write has to wait go through a task.
         self._tx: deque[_Segment] = deque()
         self._tx_task: asyncio.Task[None] | None = None
+        self._ipv4_write_now = ipv4.write_now if isinstance(ipv4, Ipv4Layer) else None
         self._transmitting = False
         self._acks_due: dict[TcpConnection, FourTuple] = {}
         # Segments and events move on as each segment arrives; timers are
@@ -778,10 +781,28 @@ class TcpLayer:
         task (:meth:`_drain`), and every segment queued after it with it."""
         self._transmitting = True
         tx = self._tx
+        write_now = self._ipv4_write_now
         try:
             while tx:
-                write = self._write_segment(*tx.popleft())
+                destination, segment, segment_size, tos, source = tx.popleft()
                 try:
+                    if write_now is not None and type(destination) is IPv4Address:
+                        # Sent at once where the layers below can (as _write_segment).
+                        pending = write_now(
+                            destination,
+                            _TCP,
+                            segment,
+                            dont_fragment=True,
+                            segment_size=segment_size,
+                            tos=tos,
+                        )
+                        if pending is None:
+                            continue
+                    else:
+                        pending = self._write_segment(
+                            destination, segment, segment_size, tos, source
+                        )
+                    write = pending.__await__()
                     waiting = write.send(None)
                 except StopIteration:
                     continue

@@ -397,15 +397,21 @@ class TransmissionControlBlock:
                 if self.cwr_pending:
                     flags |= CWR
                     self.cwr_pending = False
+        # (Positional, wrap() and _ts_now() written out: every segment sent
+        # comes here.)
         header = TcpHeader(
-            src_port=self.local_port,
-            dst_port=self.remote_port,
-            seq=wrap(seq),
-            ack=wrap(self.receive_buffer.rcv_nxt) if flags & ACK else 0,
-            flags=flags,
-            window=self._window_field(False),
-            sack_blocks=sack_blocks,
-            timestamps=(self._ts_now(now), self.ts_recent) if self.ts_ok else None,
+            self.local_port,
+            self.remote_port,
+            seq & MASK,
+            buffer.rcv_nxt & MASK if flags & ACK else 0,
+            flags,
+            self._window_field(False),
+            0,
+            None,
+            None,
+            False,
+            sack_blocks,
+            ((now // MS + self.ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
         )
         self._push(header, payload, now, carries_ack=not resent, ect=ect)
 

@@ -219,14 +219,27 @@ def emit(
     out of range, or options longer than 40 bytes).
     """
     timestamps = header.timestamps
-    if (
-        timestamps is not None
-        and header.mss is None
-        and header.window_scale is None
-        and not header.sack_permitted
-        and not header.sack_blocks
-    ):
-        return _emit_timestamped(header, timestamps, payload, src, dst, partial_checksum)
+    if header.mss is None and header.window_scale is None and not header.sack_permitted:
+        # A connection's segment after the handshake: one of the layouts
+        # below, packed in one call.
+        blocks = header.sack_blocks
+        if not blocks:
+            if timestamps is not None:
+                return _emit_timestamped(header, timestamps, payload, src, dst, partial_checksum)
+            return _emit_bare(header, payload, src, dst, partial_checksum)
+        if len(blocks) <= (3 if timestamps is not None else 4):
+            return _emit_sack(header, timestamps, blocks, payload, src, dst, partial_checksum)
+    return _emit_general(header, payload, src, dst, partial_checksum)
+
+
+def _emit_general(
+    header: TcpHeader,
+    payload: _Buffer,
+    src: IPv4Address | IPv6Address | None,
+    dst: IPv4Address | IPv6Address | None,
+    partial_checksum: bool,
+) -> bytes:
+    """:func:`emit` for any header, options laid out by :func:`_emit_options`."""
     if _options_length(header) > MAX_OPTIONS_LENGTH:
         raise ValueError("TCP options exceed 40 bytes: send fewer SACK blocks")
     options = _emit_options(header)
@@ -301,6 +314,121 @@ def _emit_timestamped(
             _NOP_NOP_TIMESTAMPS,
             timestamps[0],
             timestamps[1],
+        )
+    except struct.error as error:
+        raise ValueError(f"TCP header field out of range: {error}") from None
+    return fixed + payload
+
+
+def _header_words(header: TcpHeader, length: int) -> int:
+    """The fixed header's 16-bit words but the checksum, added as numbers
+    (a 32-bit field is congruent to the sum of its halves modulo 0xFFFF),
+    for a header of ``length`` bytes."""
+    return (
+        header.src_port
+        + header.dst_port
+        + header.seq
+        + header.ack
+        + (length << 10 | header.flags)
+        + header.window
+        + header.urgent
+    )
+
+
+def _segment_checksum(
+    words: int,
+    payload: _Buffer,
+    src: IPv4Address | IPv6Address,
+    dst: IPv4Address | IPv6Address,
+    length: int,
+    partial_checksum: bool,
+) -> int:
+    """The checksum field of a segment of ``length`` bytes whose header
+    words (but the checksum) add up to ``words``, summed without first
+    copying the payload behind the header."""
+    pseudo = pseudo_header_sum(src, dst, PROTOCOL_NUMBER, length)
+    if partial_checksum:
+        return pseudo
+    return internet_checksum(payload, pseudo + words)
+
+
+def _emit_bare(
+    header: TcpHeader,
+    payload: _Buffer,
+    src: IPv4Address | IPv6Address | None,
+    dst: IPv4Address | IPv6Address | None,
+    partial_checksum: bool,
+) -> bytes:
+    """:func:`emit` for a header without options (a pure ACK of a
+    connection without timestamps, most often)."""
+    checksum = 0
+    if src is not None and dst is not None:
+        words = _header_words(header, HEADER_LENGTH)
+        length = HEADER_LENGTH + len(payload)
+        checksum = _segment_checksum(words, payload, src, dst, length, partial_checksum)
+    try:
+        fixed = _FIXED.pack(
+            header.src_port,
+            header.dst_port,
+            header.seq,
+            header.ack,
+            HEADER_LENGTH << 2,
+            header.flags,
+            header.window,
+            checksum,
+            header.urgent,
+        )
+    except struct.error as error:
+        raise ValueError(f"TCP header field out of range: {error}") from None
+    return fixed + payload
+
+
+# The SACK option's layouts: the fixed header, timestamps behind two NOPs
+# (or not), then two NOPs, kind 5 and its length, then the blocks.
+_SACK_LAYOUTS = {
+    (stamped, count): struct.Struct("!HHIIBBHHH" + ("III" if stamped else "") + "I" + "II" * count)
+    for stamped in (False, True)
+    for count in range(1, 5)
+}
+
+
+def _emit_sack(
+    header: TcpHeader,
+    timestamps: tuple[int, int] | None,
+    blocks: tuple[tuple[int, int], ...],
+    payload: _Buffer,
+    src: IPv4Address | IPv6Address | None,
+    dst: IPv4Address | IPv6Address | None,
+    partial_checksum: bool,
+) -> bytes:
+    """:func:`emit` for a header whose options are SACK blocks (that fit),
+    behind the timestamps or not: what a receiver sends while a hole is open."""
+    options: list[int] = []
+    if timestamps is not None:
+        options += (_NOP_NOP_TIMESTAMPS, timestamps[0], timestamps[1])
+    options.append(0x01010500 | (2 + 8 * len(blocks)))
+    for left, right in blocks:
+        options += (left, right)
+    layout = _SACK_LAYOUTS[timestamps is not None, len(blocks)]
+    length = layout.size
+    checksum = 0
+    if src is not None and dst is not None:
+        words = _header_words(header, length) + sum(options)
+        checksum = _segment_checksum(
+            words, payload, src, dst, length + len(payload), partial_checksum
+        )
+    try:
+        fixed = layout.pack(
+            header.src_port,
+            header.dst_port,
+            header.seq,
+            header.ack,
+            length << 2,
+            header.flags,
+            header.window,
+            checksum,
+            header.urgent,
+            *options,
         )
     except struct.error as error:
         raise ValueError(f"TCP header field out of range: {error}") from None
