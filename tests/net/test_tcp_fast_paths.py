@@ -15,8 +15,9 @@ from collections.abc import Awaitable
 from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from looming.devices.net import Capabilities, MacAddress, ReceivedPacket
 from looming.errors import DeviceError
@@ -572,3 +573,87 @@ def test_a_write_behind_a_waiting_one_keeps_its_place() -> None:
         return network.sent
 
     assert asyncio.run(run()) == [(b"1", None), (b"2", None)]
+
+
+class _SteppedTime:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 10**12
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+_NEIGHBOURS = [IPv4Address(f"10.0.0.{n}") for n in (1, 2)]
+_MACS = [MacAddress(bytes([2, 0, 0, 0, 0, n])) for n in (1, 2)]
+
+
+class ArpLookupMachine(RuleBasedStateMachine):
+    """ArpLayer.lookup gives a binding found in use before without looking
+    it up again: what it returns and the refresh requests it sends are what
+    the bindings say, whatever is learned, forgotten or aged between (the
+    address given as the object used before, as IPv4 gives it, or as an
+    equal new one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.time = _SteppedTime()
+        self.arp = ArpLayer(
+            EthernetLayer(MemorySwitch().port()),
+            self.time,  # type: ignore[arg-type]
+            addresses=[IPv4Address("10.0.0.9")],
+        )
+        self.lifetime = self.arp.cache.lifetime_ns
+        self.bound: dict[IPv4Address, tuple[MacAddress, int]] = {}  # the model
+        self.refreshing: set[IPv4Address] = set()
+
+    @rule(which=st.integers(0, 1), mac=st.sampled_from(_MACS), unsolicited=st.booleans())
+    def learn(self, which: int, mac: MacAddress, unsolicited: bool) -> None:
+        address = _NEIGHBOURS[which]
+        self.arp.cache.learn(address, mac, self.time.now, unsolicited=unsolicited)
+        if address in self.arp.cache:
+            self.bound[address] = (mac, self.time.now + self.lifetime)
+
+    @rule(which=st.integers(0, 1))
+    def forget(self, which: int) -> None:
+        self.arp.cache.forget(_NEIGHBOURS[which])
+        self.bound.pop(_NEIGHBOURS[which], None)
+
+    # (none, a little, and across the refresh point and the expiry)
+    @rule(ns=st.sampled_from([0, 10**6, 10**9, 50 * 10**9, 54 * 10**9, 55 * 10**9, 61 * 10**9]))
+    def wait(self, ns: int) -> None:
+        self.time.now += ns
+
+    @rule(which=st.integers(0, 1), same=st.sampled_from([True, True, True, False]))
+    def lookup(self, which: int, same: bool) -> None:
+        address = _NEIGHBOURS[which]
+        arp = self.arp
+        requests = arp.counters["tx_request"]
+
+        async def look() -> MacAddress | None:
+            return arp.lookup(address if same else IPv4Address(str(address)))
+
+        mac = self.loop.run_until_complete(look())
+        entry = self.bound.get(address)
+        now = self.time.now
+        if entry is None or now >= entry[1]:
+            self.bound.pop(address, None)
+            self.refreshing.discard(address)
+            assert mac is None
+            assert arp.counters["tx_request"] == requests
+            return
+        assert mac == entry[0]
+        due = entry[1] - now < self.lifetime // 10 and address not in self.refreshing
+        if due:
+            self.refreshing.add(address)
+        assert arp.counters["tx_request"] == requests + due
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(self.arp.stop())
+        self.loop.close()
+
+
+TestArpLookup = ArpLookupMachine.TestCase
+TestArpLookup.settings = settings(max_examples=300, stateful_step_count=25)

@@ -68,6 +68,10 @@ class ArpCache:
         # hosts answering), the first one stays.
         self.lock_ns = lock_ns
         self._entries: OrderedDict[IPv4Address, tuple[MacAddress, int]] = OrderedDict()
+        # The binding :meth:`Arp.lookup` last found in use and not due for
+        # a refresh: the address, its MAC and the time up to which it stays
+        # so. Every change to the bindings forgets it.
+        self.recent: tuple[IPv4Address | None, MacAddress | None, int] = (None, None, -1)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -98,12 +102,19 @@ class ArpCache:
         entry = self._entries.get(address)
         return entry is not None and entry[1] - now_ns < self.lifetime_ns // 10
 
+    def fresh_until(self, address: IPv4Address) -> int:
+        """The last time at which ``address``'s binding is not yet in the
+        last tenth of its lifetime (-1 without one)."""
+        entry = self._entries.get(address)
+        return -1 if entry is None else entry[1] - self.lifetime_ns // 10
+
     def learn(
         self, address: IPv4Address, mac: MacAddress, now_ns: int, *, unsolicited: bool = False
     ) -> None:
         """Bind ``address`` to ``mac``; ``unsolicited``: a new binding
         learned only because its holder asked for us."""
         entries = self._entries
+        self.recent = (None, None, -1)
         if unsolicited and address not in entries and not self._room_for_unsolicited():
             self.counters["unsolicited_not_learned"] += 1
             return
@@ -124,6 +135,7 @@ class ArpCache:
         ):
             oldest, _ = unsolicited.popitem(last=False)
             del self._entries[oldest]
+            self.recent = (None, None, -1)
             self.counters["unsolicited_evicted"] += 1
             return True
         return len(self._entries) < self.max_entries
@@ -139,6 +151,7 @@ class ArpCache:
     def forget(self, address: IPv4Address) -> None:
         self._entries.pop(address, None)
         self._unsolicited.pop(address, None)
+        self.recent = (None, None, -1)
 
     def entries(self, now_ns: int) -> dict[IPv4Address, MacAddress]:
         return {ip: mac for ip, (mac, expires) in self._entries.items() if expires > now_ns}
@@ -510,15 +523,24 @@ class ArpLayer:
     def lookup(self, address: IPv4Address) -> MacAddress | None:
         """The bound MAC of ``address`` (refreshing it near expiry), or None."""
         now = self._time.now_ns()
-        mac = self.cache.lookup(address, now)
+        cache = self.cache
+        recent = cache.recent
+        if recent[0] is address and now <= recent[2]:
+            # (What the rest gives a binding in use and not due for a
+            # refresh, without hashing the address twice.)
+            return recent[1]
+        mac = cache.lookup(address, now)
         if mac is None:
             self._refreshing.discard(address)
-        elif self.cache.expires_soon(address, now) and address not in self._refreshing:
-            # Ask again (once) before the entry lapses, so a long-lived flow
-            # never stalls on a fresh resolution.
-            self._refreshing.add(address)
-            self._send_request(address)
-            self.counters["tx_request"] += 1
+        elif cache.expires_soon(address, now):
+            if address not in self._refreshing:
+                # Ask again (once) before the entry lapses, so a long-lived
+                # flow never stalls on a fresh resolution.
+                self._refreshing.add(address)
+                self._send_request(address)
+                self.counters["tx_request"] += 1
+        else:
+            cache.recent = (address, mac, cache.fresh_until(address))
         return mac
 
     async def send(self, address: IPv4Address, frames: Sequence[Frame]) -> None:
