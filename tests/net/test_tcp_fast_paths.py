@@ -490,6 +490,25 @@ def test_a_disconnected_interface_refuses_frames_at_once() -> None:
     asyncio.run(run())
 
 
+def test_writes_waiting_at_disconnect_are_dropped_and_released() -> None:
+    """A disconnect while frames wait for a full device releases their
+    writers (nothing would ever wake them) and counts the frames lost."""
+
+    async def run() -> None:
+        network = _ImmediateNetwork(set(range(1, 10**6)))  # the device takes none
+        device = network._device
+        waiting = [asyncio.ensure_future(device.write(bytes([n]) * 60)) for n in range(3)]
+        await asyncio.sleep(0.01)
+        assert not any(write.done() for write in waiting)
+        await network.disconnect()
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert network.sent == []
+        stats = device.stats()
+        assert stats.tx_dropped == 3 and stats.tx_packets == 0
+
+    asyncio.run(run())
+
+
 FLOW_ADDRESSES = st.sampled_from([b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"])
 FLOW_PORTS = st.sampled_from([b"\x00\x07", b"\x9c\x40"])
 
