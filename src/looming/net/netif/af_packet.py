@@ -22,18 +22,17 @@ import contextlib
 import fcntl
 import socket
 import struct
-from collections.abc import Awaitable
 
 from looming.devices.net import Capabilities, MacAddress
 from looming.errors import DeviceError
-from looming.net.netif._fd import FrameDevice, FrameDeviceNetwork
+from looming.net.netif._fd import FrameDevice
 from looming.net.netif.tap import (
     EMPTY_VNET_HEADER,
     MAX_OFFLOAD_PACKET,
     VNET_HEADER,
+    OffloadingNetwork,
     complete_checksum,
     mac_for_name,
-    tso_frame,
     vnet_frame,
 )
 
@@ -98,7 +97,7 @@ def finish_checksum(frame: bytes) -> bytes:
     return frame
 
 
-class PacketNetwork(FrameDeviceNetwork):
+class PacketNetwork(OffloadingNetwork):
     """:class:`looming.devices.net.Network` on an AF_PACKET socket."""
 
     def __init__(
@@ -217,24 +216,8 @@ class PacketNetwork(FrameDeviceNetwork):
     def _send_vnet(self, frame: bytes) -> int:
         return self._socket.sendmsg((EMPTY_VNET_HEADER, frame))
 
-    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
-        """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
-        segments of ``segment_size`` payload bytes."""
-        pending = self.write_segmented_now(frame, segment_size)
-        if pending is not None:
-            await pending
-
-    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
-        """:meth:`write_segmented` without a coroutine while the socket
-        takes frames at once (see :meth:`FrameDevice.write_now`)."""
-        if "write_segmented" in self.__dict__:
-            return self.write_segmented(frame, segment_size)  # (a wrapper sees every frame)
-        pieces = tso_frame(frame, segment_size) if self.offload else None
-        if pieces is None:
-            raise ValueError("only an offloading socket segments, and only IPv4/TCP frames")
-        self.segments_offloaded += 1
-        send = self._socket.sendmsg
-        return self._device.write_now(frame, lambda _frame: send(pieces))
+    def _send_pieces(self, pieces: tuple[bytes, memoryview, bytes, memoryview]) -> int:
+        return self._socket.sendmsg(pieces)
 
     def _release(self) -> None:
         self._socket.close()

@@ -223,7 +223,41 @@ def tso_frame(
     return header, view[:field], partial, view[field + 2 : 14 + total_length]
 
 
-class TapNetwork(FrameDeviceNetwork):
+class OffloadingNetwork(FrameDeviceNetwork):
+    """A :class:`FrameDeviceNetwork` whose device takes virtio-net headers
+    (``offload``): it hands the kernel IPv4/TCP frames of up to 64 KB to
+    cut into segments (TCP segmentation offload). Subclasses send the
+    pieces :func:`tso_frame` gives in :meth:`_send_pieces`."""
+
+    offload: bool
+    segments_offloaded: int
+
+    def _send_pieces(self, pieces: tuple[bytes, memoryview, bytes, memoryview]) -> int:
+        raise NotImplementedError
+
+    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
+        """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
+        segments of ``segment_size`` payload bytes."""
+        pending = self.write_segmented_now(frame, segment_size)
+        if pending is not None:
+            await pending
+
+    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
+        """:meth:`write_segmented` without a coroutine while the device
+        takes frames at once (see :meth:`FrameDevice.write_now`)."""
+        if "write_segmented" in self.__dict__:
+            return self.write_segmented(frame, segment_size)  # (a wrapper sees every frame)
+        pieces = tso_frame(frame, segment_size) if self.offload else None
+        if pieces is None:
+            raise ValueError(
+                "only an interface opened with offloads segments, and only IPv4/TCP frames"
+            )
+        self.segments_offloaded += 1
+        send = self._send_pieces
+        return self._device.write_now(frame, lambda _frame: send(pieces))
+
+
+class TapNetwork(OffloadingNetwork):
     """:class:`looming.devices.net.Network` on a TAP device."""
 
     def __init__(
@@ -264,24 +298,8 @@ class TapNetwork(FrameDeviceNetwork):
     def _write_vnet(self, frame: bytes) -> int:
         return os.writev(self._fd, (EMPTY_VNET_HEADER, frame))
 
-    async def write_segmented(self, frame: bytes, segment_size: int) -> None:
-        """Send an IPv4/TCP frame of up to 64 KB that the kernel cuts into
-        segments of ``segment_size`` payload bytes (TCP segmentation offload)."""
-        pending = self.write_segmented_now(frame, segment_size)
-        if pending is not None:
-            await pending
-
-    def write_segmented_now(self, frame: bytes, segment_size: int) -> Awaitable[None] | None:
-        """:meth:`write_segmented` without a coroutine while the device
-        takes frames at once (see :meth:`FrameDevice.write_now`)."""
-        if "write_segmented" in self.__dict__:
-            return self.write_segmented(frame, segment_size)  # (a wrapper sees every frame)
-        pieces = tso_frame(frame, segment_size) if self.offload else None
-        if pieces is None:
-            raise ValueError("only an offloading TAP segments, and only IPv4/TCP frames")
-        self.segments_offloaded += 1
-        fd = self._fd
-        return self._device.write_now(frame, lambda _frame: os.writev(fd, pieces))
+    def _send_pieces(self, pieces: tuple[bytes, memoryview, bytes, memoryview]) -> int:
+        return os.writev(self._fd, pieces)
 
     @classmethod
     async def connect(
