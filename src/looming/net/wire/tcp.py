@@ -288,36 +288,44 @@ def _emit_timestamped(
             # The header's 16-bit words, added as numbers: a 32-bit field is
             # congruent to the sum of its two halves modulo 0xFFFF.
             words = (
-                header.src_port
-                + header.dst_port
-                + header.seq
-                + header.ack
-                + (_TIMESTAMPED_LENGTH << 10 | header.flags)
-                + header.window
-                + header.urgent
+                _header_words(header, _TIMESTAMPED_LENGTH)
                 + _NOP_NOP_TIMESTAMPS
                 + timestamps[0]
                 + timestamps[1]
             )
             checksum = internet_checksum(payload, checksum + words)
+    fixed = _packed(
+        _TIMESTAMPED,
+        header,
+        _TIMESTAMPED_LENGTH,
+        checksum,
+        _NOP_NOP_TIMESTAMPS,
+        timestamps[0],
+        timestamps[1],
+    )
+    return fixed + payload
+
+
+def _packed(
+    layout: struct.Struct, header: TcpHeader, length: int, checksum: int, *options: int
+) -> bytes:
+    """The header of ``length`` bytes in ``layout``: the fixed fields, then
+    ``options`` (32-bit words)."""
     try:
-        fixed = _TIMESTAMPED.pack(
+        return layout.pack(
             header.src_port,
             header.dst_port,
             header.seq,
             header.ack,
-            _TIMESTAMPED_LENGTH << 2,
+            length << 2,
             header.flags,
             header.window,
             checksum,
             header.urgent,
-            _NOP_NOP_TIMESTAMPS,
-            timestamps[0],
-            timestamps[1],
+            *options,
         )
     except struct.error as error:
         raise ValueError(f"TCP header field out of range: {error}") from None
-    return fixed + payload
 
 
 def _header_words(header: TcpHeader, length: int) -> int:
@@ -366,21 +374,7 @@ def _emit_bare(
         words = _header_words(header, HEADER_LENGTH)
         length = HEADER_LENGTH + len(payload)
         checksum = _segment_checksum(words, payload, src, dst, length, partial_checksum)
-    try:
-        fixed = _FIXED.pack(
-            header.src_port,
-            header.dst_port,
-            header.seq,
-            header.ack,
-            HEADER_LENGTH << 2,
-            header.flags,
-            header.window,
-            checksum,
-            header.urgent,
-        )
-    except struct.error as error:
-        raise ValueError(f"TCP header field out of range: {error}") from None
-    return fixed + payload
+    return _packed(_FIXED, header, HEADER_LENGTH, checksum) + payload
 
 
 # The SACK option's layouts: the fixed header, timestamps behind two NOPs
@@ -417,22 +411,7 @@ def _emit_sack(
         checksum = _segment_checksum(
             words, payload, src, dst, length + len(payload), partial_checksum
         )
-    try:
-        fixed = layout.pack(
-            header.src_port,
-            header.dst_port,
-            header.seq,
-            header.ack,
-            length << 2,
-            header.flags,
-            header.window,
-            checksum,
-            header.urgent,
-            *options,
-        )
-    except struct.error as error:
-        raise ValueError(f"TCP header field out of range: {error}") from None
-    return fixed + payload
+    return _packed(layout, header, length, checksum, *options) + payload
 
 
 def finish_checksum(segment: bytes) -> bytes:
