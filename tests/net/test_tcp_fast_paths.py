@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from looming.devices.net import Capabilities, MacAddress, ReceivedPacket
+from looming.devices.net import Capabilities, MacAddress, Network, ReceivedPacket
 from looming.errors import DeviceError
 from looming.net.arp import ArpLayer
 from looming.net.ethernet import EthernetLayer, FramePolicy
@@ -126,6 +126,19 @@ def datagrams(draw: st.DrawFn) -> bytes:
     return bytes(packet)
 
 
+def _ipv4_with_gateway(network: Network) -> tuple[EthernetLayer, ArpLayer, Ipv4Layer]:
+    """An IPv4 layer at LOCAL on ``network`` whose gateway, 10.0.0.1, is
+    already resolved, with the layers below it."""
+    ethernet = EthernetLayer(network)
+    time = UnixTime()
+    arp = ArpLayer(ethernet, time)
+    layer = Ipv4Layer(
+        ethernet, arp, time, UnixRandom(1), interface=LOCAL, gateway=IPv4Address("10.0.0.1")
+    )
+    arp.cache.learn(IPv4Address("10.0.0.1"), MacAddress(b"\x02\x00\x00\x00\x00\x01"), time.now_ns())
+    return ethernet, arp, layer
+
+
 class _SegmentingPort(MemoryPort):
     """A network that cuts TCP packets itself: it records what it is given."""
 
@@ -165,15 +178,7 @@ def test_offloaded_ipv4_write_is_the_general_write(
 
     async def run(explicit_source: bool) -> tuple[list[tuple[bytes, int | None]], object]:
         port = _SegmentingPort()
-        ethernet = EthernetLayer(port)
-        time = UnixTime()
-        arp = ArpLayer(ethernet, time)
-        layer = Ipv4Layer(
-            ethernet, arp, time, UnixRandom(1), interface=LOCAL, gateway=IPv4Address("10.0.0.1")
-        )
-        arp.cache.learn(
-            IPv4Address("10.0.0.1"), MacAddress(b"\x02\x00\x00\x00\x00\x01"), time.now_ns()
-        )
+        _, arp, layer = _ipv4_with_gateway(port)
         for destination, length, segment_size, tos in packets:
             await layer.write(
                 IPv4Address(destination),
@@ -255,8 +260,12 @@ def _ethernet_layer(received: list[Delivery]) -> EthernetLayer:
 u32 = st.integers(0, 0xFFFFFFFF)
 
 
-@st.composite
-def timestamped_headers(draw: st.DrawFn) -> tcp.TcpHeader:
+def _drawn_header(
+    draw: st.DrawFn,
+    sack_blocks: tuple[tuple[int, int], ...],
+    timestamps: tuple[int, int] | None,
+) -> tcp.TcpHeader:
+    """A header with drawn fixed fields and the options given."""
     return tcp.TcpHeader(
         src_port=draw(u16),
         dst_port=draw(u16),
@@ -265,8 +274,14 @@ def timestamped_headers(draw: st.DrawFn) -> tcp.TcpHeader:
         flags=draw(u8),
         window=draw(u16),
         urgent=draw(u16),
-        timestamps=(draw(u32), draw(u32)),
+        sack_blocks=sack_blocks,
+        timestamps=timestamps,
     )
+
+
+@st.composite
+def timestamped_headers(draw: st.DrawFn) -> tcp.TcpHeader:
+    return _drawn_header(draw, (), (draw(u32), draw(u32)))
 
 
 def _reference_segment(
@@ -329,17 +344,7 @@ def connection_headers(draw: st.DrawFn) -> tcp.TcpHeader:
     """Headers of a connection's segments after the handshake: no options,
     timestamps, SACK blocks or both, some blocks more than fit."""
     blocks = draw(st.lists(st.tuples(u32, u32), max_size=5))
-    return tcp.TcpHeader(
-        src_port=draw(u16),
-        dst_port=draw(u16),
-        seq=draw(u32),
-        ack=draw(u32),
-        flags=draw(u8),
-        window=draw(u16),
-        urgent=draw(u16),
-        sack_blocks=tuple(blocks),
-        timestamps=draw(st.none() | st.tuples(u32, u32)),
-    )
+    return _drawn_header(draw, tuple(blocks), draw(st.none() | st.tuples(u32, u32)))
 
 
 @given(
@@ -436,15 +441,7 @@ def test_immediate_ipv4_write_is_the_general_write(
 
     async def run(immediate: bool) -> object:
         network = _ImmediateNetwork(blocking)
-        ethernet = EthernetLayer(network)
-        time = UnixTime()
-        arp = ArpLayer(ethernet, time)
-        layer = Ipv4Layer(
-            ethernet, arp, time, UnixRandom(1), interface=LOCAL, gateway=IPv4Address("10.0.0.1")
-        )
-        arp.cache.learn(
-            IPv4Address("10.0.0.1"), MacAddress(b"\x02\x00\x00\x00\x00\x01"), time.now_ns()
-        )
+        ethernet, arp, layer = _ipv4_with_gateway(network)
         errors: list[str] = []
         for destination, protocol, length, segment_size, tos in datagrams:
             size = segment_size if protocol == 6 else None
