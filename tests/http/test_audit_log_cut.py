@@ -179,6 +179,64 @@ def test_the_server_s_own_refusals_are_logged(
     assert record["bytes"] > 0
 
 
+BIG = b"a" * 70000
+SPLIT_HEADS = {
+    "whole": [b"GET /x HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\nBig: " + BIG + b"\r\n\r\n"],
+    "cut-in-a-field": [
+        b"GET /x HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\nBig: " + BIG[:1000],
+        BIG[1000:] + b"\r\n\r\n",
+    ],
+    "cut-in-the-first-field": [
+        b"GET /x HTTP/1.1\r\nBig: " + BIG[:30000],
+        BIG[30000:] + b"\r\nHost: x\r\n\r\n",
+    ],
+    "behind-another-request": [
+        b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nBig: " + BIG[:100],
+        BIG[100:] + b"\r\nHost: x\r\n\r\n",
+    ],
+    "with-a-fragment": [
+        b"GET /x#f HTTP/1.1\r\nHost: x\r\nBig: " + BIG[:5000],
+        BIG[5000:] + b"\r\n\r\n",
+    ],
+}
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@pytest.mark.parametrize("cut", list(SPLIT_HEADS))
+def test_a_head_too_large_is_logged_by_its_request_line_however_it_arrives(
+    parser: str, cut: str
+) -> None:
+    """A 431's record carries the request line (and no field of the
+    refused head), whether the head came whole or in pieces, alone or
+    behind another request in the same read, on both paths."""
+    access = logging.getLogger("looming.http.access")
+    records = Records()
+    access.addHandler(records)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        for fast in (True, False):
+            config = ServerConfig(parser=parser, fast_path=fast)
+            with serve_in_thread(lambda: AsgiAdapter(app), config) as running:
+                running.server.observer = AccessLog("json", UnixClock())
+                before = len(records.lines)
+                with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+                    for piece in SPLIT_HEADS[cut]:
+                        sock.sendall(piece)
+                        time.sleep(0.05)  # (read on its own)
+                    answer = b""
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                assert b"HTTP/1.1 431 " in answer
+                refused = records.wait_for(before + 1 + (cut == "behind-another-request"))[-1]
+                line = [refused[key] for key in ("status", "method", "target", "http_version")]
+                assert line == [431, "GET", "/x", "1.1"], (fast, refused)
+                assert refused["user_agent"] == ""
+    finally:
+        access.removeHandler(records)
+        access.setLevel(level)
+
+
 def test_a_connection_over_the_limit_is_logged_as_503(
     server: tuple[RunningServer, Records],
 ) -> None:

@@ -111,6 +111,11 @@ class H11Parser(h11.Connection):
             raise _remote_error("chunk size over 16 hex digits")
         return event
 
+    def partial_head(self) -> RequestHead | None:
+        """:meth:`RequestParser.partial_head`: h11 keeps a head's bytes
+        until it is whole."""
+        return request_line_head(bytes(self._receive_buffer._data))
+
     def _skip_blank_lines(self) -> None:
         """Drop the CR and LF bytes before a request line, as llhttp does
         (RFC 9112 section 2.2: a server SHOULD ignore at least one empty
@@ -233,8 +238,34 @@ class RequestParser(Protocol):
     @property
     def their_state(self) -> type[h11._util.Sentinel]: ...
 
+    def partial_head(self) -> RequestHead | None:
+        """The request line of a head not yet whole (refused as too
+        large, say), as a head without fields, once that line is whole."""
+
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n")
+"""A whole request line (RFC 9112 section 3): method, target, version."""
+
+
+def request_line_head(data: bytes, start: int = 0) -> RequestHead | None:
+    """The request line at ``start`` in ``data`` (blank lines before it
+    skipped) as a head without fields, when it is whole; else None: what
+    a refusal of the rest of the head is logged with, however the bytes
+    were cut into reads."""
+    while start < len(data) and data[start] in b"\r\n":
+        start += 1
+    match = _REQUEST_LINE.match(data, start)
+    if match is None:
+        return None
+    method, target, version = match.groups()
+    return RequestHead(method, _logged_target(target), (), version)
+
+
+def _logged_target(target: bytes) -> bytes:
+    """``target`` as a refused request's record shows it (see without_fragment)."""
+    return target.partition(b"#")[0] or target
 
 
 def _checked_fields(
@@ -569,6 +600,24 @@ class HttptoolsParser:
         if self._h11 is not None:
             return self._h11.trailing_data
         return self._trailing, self._closed
+
+    def partial_head(self) -> RequestHead | None:
+        """:meth:`RequestParser.partial_head`. llhttp has read the request
+        line once a field is whole; before, the line is looked for in the
+        bytes kept since the request began (see the class's notes)."""
+        if self._h11 is not None:
+            inner = self._h11
+            return inner.partial_head() if isinstance(inner, H11Parser) else None
+        if not self._in_head or not self._url:
+            return None
+        parser = self._parser
+        method = parser.get_method()
+        if self._headers:
+            version = parser.get_http_version().encode("ascii")
+            return RequestHead(method, _logged_target(self._url), (), version)
+        kept = b"".join(self._raw)
+        start = kept.rfind(method + b" " + self._url + b" ")
+        return request_line_head(kept, start) if start >= 0 else None
 
     @property
     def they_are_waiting_for_100_continue(self) -> bool:

@@ -680,7 +680,7 @@ class HttpServer:
             refusal = self._head_refusal(event, items, stream.raw, notes, size)
             if refusal:
                 deadline.disarm()
-                await self._send_error_raw(flow, refusal, event)
+                await self._send_error_raw(flow, refusal, self._refused_head(event, refusal))
                 return
             note_unserved_websocket(self, notes, event.method, items)
             if (
@@ -913,7 +913,10 @@ class HttpServer:
             status = error.error_status_hint
             log.debug("bad request: %s", error)
             deadline.disarm()
-            await self._send_error_raw(flow, status if status >= 400 else 400)
+            # A head too large is logged by its request line, as when it
+            # arrives whole (see _refused_head), however TCP cut it.
+            line = conn.partial_head() if status == 431 else None
+            await self._send_error_raw(flow, status if status >= 400 else 400, line)
             return None
         if type(event) is not RequestHead and type(event) is not h11.Request:
             # ConnectionClosed (or anything else unexpected): we are done.
@@ -925,6 +928,16 @@ class HttpServer:
             # for (obs-fold, Content-Length twice or as a list).
             stream.raw = fast.h11_raw if fast.read_by_h11 and fast.h11_raw is not None else []
         return conn, event
+
+    @staticmethod
+    def _refused_head(event: Head, refusal: int) -> Head:
+        """What a head refused with ``refusal`` is logged with: a head too
+        large by its request line alone, as when it is refused before it is
+        whole (RequestParser.partial_head), so how the bytes arrived makes
+        no difference to the record."""
+        if refusal != 431:
+            return event
+        return RequestHead(event.method, event.target, (), event.http_version)
 
     def _head_refusal(
         self,
