@@ -49,6 +49,41 @@ def test_syn_sent_rejects_a_bad_ack_with_a_reset() -> None:
     assert s.state is State.SYN_SENT
 
 
+def test_syn_sent_retries_soon_after_resetting_an_old_connection() -> None:
+    """The peer still holds a connection on these ports and answers our
+    SYN with an ACK of its own sequence space (a challenge ACK): our reset
+    ends that connection, and the SYN goes again 2 ms later, not after the
+    initial 1 s timeout. Once only: later bad ACKs leave the backed-off
+    timer alone."""
+    s = active()
+    s.take()
+    s.recv(seg("A", IRS, ISS + 5000))
+    s.expect(f"R {ISS + 5000}:{ISS + 5000}(0)")
+    s.advance(1.9)
+    s.expect()
+    s.advance(0.2)
+    s.expect(f"S {ISS}:{ISS}(0)")
+    assert s.state is State.SYN_SENT
+    s.recv(seg("A", IRS, ISS + 5000))  # the old connection again
+    s.expect(f"R {ISS + 5000}:{ISS + 5000}(0)")
+    s.advance(1000)
+    s.expect()  # the timer backed off to 2 s, and stays there
+    s.advance(1001)
+    s.expect(f"S {ISS}:{ISS}(0)")
+    s.recv(seg("SA", IRS, ISS + 1))
+    assert s.state is State.ESTABLISHED
+
+
+def test_syn_sent_bad_reset_does_not_hasten_the_syn() -> None:
+    s = active()
+    s.take()
+    s.recv(seg("RA", 0, ISS + 9))  # answered by nothing, so no reason to retry
+    s.advance(999)
+    s.expect()
+    s.advance(1)
+    s.expect(f"S {ISS}:{ISS}(0)")
+
+
 def test_syn_sent_reset_is_refused_and_a_bad_reset_ignored() -> None:
     s = active()
     s.take()

@@ -228,6 +228,66 @@ def test_reset_from_kernel(kernel_peer: KernelPeer) -> None:
     kernel_peer.run(body)
 
 
+# The kernel accepts a first connection and holds it open, silent; then a
+# second, whose line it echoes.
+KERNEL_HOLDER = r"""
+import socket
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("10.77.0.1", 5005))
+listener.listen(4)
+print("listening", flush=True)
+first, _ = listener.accept()
+print("first", flush=True)
+second, _ = listener.accept()
+print("second", flush=True)
+second.sendall(second.recv(100))
+second.close()
+"""
+
+
+def test_connect_over_a_connection_the_kernel_still_holds(kernel_peer: KernelPeer) -> None:
+    """A unikernel restarted while the kernel still held its connection
+    (nothing reached the kernel at the end) connects again from the same
+    port: the kernel answers the SYN with a challenge ACK (RFC 5961 4.2),
+    looming's reset ends the old connection, and the SYN goes again at
+    once rather than after the 1 s initial timeout."""
+
+    async def body() -> None:
+        first = await kernel_peer.connect_stack(seed=5)  # (the kernel's address comes with it)
+        server = await kernel_peer.python(KERNEL_HOLDER)
+        assert server.stdout is not None
+        try:
+            assert (await server.stdout.readline()).strip() == b"listening"
+            old = await _tcp(first).connect(kernel_peer.peer_address, 5005, timeout=10)
+            assert (await server.stdout.readline()).strip() == b"first"
+            # The link goes down under the first stack: its reset at
+            # shutdown never reaches the kernel.
+            await kernel_peer.exec_output("ip", "link", "set", kernel_peer.tap_name, "down")
+        finally:
+            await first.disconnect()
+        second = await kernel_peer.connect_stack(seed=5)  # the same first local port
+        try:
+            held = await kernel_peer.exec_output("ss", "-tn", "state", "established")
+            assert f"10.77.0.2:{old.connection.local_port}" in held, held
+            started = asyncio.get_running_loop().time()
+            flow = await _tcp(second).connect(kernel_peer.peer_address, 5005, timeout=10)
+            elapsed = asyncio.get_running_loop().time() - started
+            assert flow.connection.local_port == old.connection.local_port
+            assert (await server.stdout.readline()).strip() == b"second"
+            await flow.write(b"hello again\n")
+            assert await asyncio.wait_for(_read_all(flow), 10) == b"hello again\n"
+            await flow.close()
+            assert _tcp(second).stats.resets_sent == 1  # the answer to the challenge ACK
+            assert elapsed < 0.5, f"the SYN waited {elapsed:.2f} s to go again"
+        finally:
+            await second.disconnect()
+            server.kill()
+            await server.wait()
+
+    asyncio.run(body())
+
+
 def test_kernel_gets_reset_for_no_connection(kernel_peer: KernelPeer) -> None:
     code = r"""
 import socket

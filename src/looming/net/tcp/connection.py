@@ -52,6 +52,10 @@ _MERGING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
 # TcpConnection.delayed_ack_timeout): a timer much below a millisecond would
 # fire before the event loop could hand over the segment a burst holds next.
 DELACK_FLOOR_NS = 1_000_000
+# How soon a SYN goes again after our reset answered an ACK that is not for
+# it (see TcpConnection._input_syn_sent): long enough for the reset, which
+# left first on the same path, to end the peer's old connection.
+SYN_RETRY_AFTER_RESET_NS = 2_000_000
 
 
 class TcpConnection(TcpSender):
@@ -336,6 +340,7 @@ class TcpConnection(TcpSender):
                         now,
                     )
                     self.stats.resets_sent += 1
+                    self._retry_syn_soon(now)
                 return
             ack_ok = True
         if header.rst:
@@ -361,6 +366,19 @@ class TcpConnection(TcpSender):
             # Simultaneous open (RFC 9293 figure 7).
             self.state = State.SYN_RECEIVED
             self._send_syn(now, with_ack=True)
+
+    def _retry_syn_soon(self, now: int) -> None:
+        """An ACK not for our SYN came back, and our reset answered it: the
+        peer still holds an older connection on these ports (one whose end
+        it never heard, or our SYN met its challenge ACK, RFC 5961 4.2).
+        The reset ends that connection, so the first SYN goes again in
+        :data:`SYN_RETRY_AFTER_RESET_NS` rather than after the initial
+        retransmission timeout (1 s): a client reusing the ports of a
+        connection the server still holds would otherwise wait a second.
+        Once a connection, as Linux does (before any retransmission):
+        forged ACKs cannot make a SYN flood."""
+        if self.retries == 0 and self.rto_at is not None:
+            self.rto_at = min(self.rto_at, now + SYN_RETRY_AFTER_RESET_NS)
 
     def _segment_acceptable(self, seq: int, length: int) -> bool:
         rcv_nxt = self.receive_buffer.rcv_nxt
