@@ -147,13 +147,17 @@ async def open_looming(
 ) -> DirectStack:
     """looming's stack on the right namespace's TAP (the kernel there has no
     address), on an AF_PACKET socket with virtio-net offloads unless not
-    ``offload``."""
+    ``offload``. Unseeded, as ``looming run`` is without ``--seed``: each
+    stack connects from a port of its own, as the kernel's clients do. With
+    one seed every echo took the same port as the one before, whose
+    connection the server may still hold (its FIN resent after our last ACK
+    was lost), and met it at connect."""
     network = in_namespace(path.right_ns, lambda: _packet_socket(path.right_tap, offload))
     stack = await DirectStack.connect(
         network,
         time=UnixTime(),
         clock=UnixClock(),
-        random=UnixRandom(7),
+        random=UnixRandom(),
         address=IPv4Interface(f"{path.right_address}/24"),
         gateway=IPv4Address(path.left_address),
     )
